@@ -1,0 +1,51 @@
+"""Objectives and downstream tasks: what the one trainer (`tl_jax/train.py`) trains.
+
+A task is a plain Python object built by `build_task(config, workdir)`. The trainer relies on
+these attributes only (the contract every task file implements):
+
+    task.model : flax.linen.Module
+        Returns `(outputs, intermediates)` from `apply`.
+    task.example_batch(batch_size) -> dict[str, np.ndarray]
+        A batch of the right shapes and dtypes (zeros are fine); used for `jax.eval_shape` init.
+    task.init_params(params, rng) -> params
+        Hook called on the freshly initialised (unboxed, plain-pytree) params: e.g. load weights
+        from `config.init_from`. Return `params` unchanged when there is nothing to load.
+    task.loss_fn(params, batch, rng, train: bool) -> (loss, metrics)
+        Pure and jittable. `metrics` maps a name to a `(sum, count)` pair of scalars so the
+        trainer can average across micro-batches, devices and eval batches exactly.
+    task.train_batches() -> iterator
+        Yields host-local numpy batch dicts (this process's rows of the global batch, size
+        `config.batch_size // jax.process_count()`), forever (epochs wrap). It also has
+        `get_state() -> dict` (JSON-serialisable) and `set_state(dict)` so a restart continues
+        exactly where it stopped.
+    task.eval_batches() -> iterable of host-local numpy batch dicts (finite).
+    task.flops_per_example : float
+        Training FLOPs (forward + backward) per example, for MFU.
+    task.tokens_per_example : int
+        Tokens one example contributes to throughput figures.
+    task.save(workdir)
+        Writes what a user needs beside the checkpoint (tokenizer, label map, ...).
+
+Optional, for tasks whose evaluation needs decoding (SQuAD spans, BIO entities):
+    task.predict_fn(params, batch) -> outputs           (pure, jittable)
+    task.evaluate(batches_and_outputs, workdir, step) -> dict[str, float]
+        Gets a list of `(batch, outputs)` numpy pairs from the eval set, writes predictions
+        files, and returns metrics. When present the trainer calls it after each eval pass.
+
+Tasks are picked by `config.task`. Adding a task means adding one file here and one line below.
+"""
+import importlib
+
+# config.task -> module path; each module defines `Task(config, workdir)`.
+TASKS = {
+    "bert_pretrain": "tl_jax.tasks.bert_pretrain",
+}
+
+
+def build_task(config, workdir):
+    """Builds the task named by `config.task`."""
+    name = config.task
+    if name not in TASKS:
+        raise ValueError(f"Unknown task {name!r} in config.task; known tasks: {sorted(TASKS)}")
+    module = importlib.import_module(TASKS[name])
+    return module.Task(config, workdir)
