@@ -1,0 +1,203 @@
+"""Word vectors in memory, and the three standard files they travel in.
+
+* word2vec text:   a header line `V D`, then `word v1 ... vD` per line;
+* word2vec binary: the same header line, then per word `word` + b" " + D little-endian float32
+  (+ an optional b"\\n", which the C tool writes and gensim accepts);
+* GloVe text:      no header, `word v1 ... vD` per line.
+
+Loaders check every line (field count, numbers, header counts) and name the file and line of
+the first problem, since a truncated download is the usual way these files go wrong.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class WordVectors:
+    """Words and their vectors (row i belongs to words[i])."""
+
+    words: list[str]
+    vectors: np.ndarray  # (V, D) float32
+
+    def __post_init__(self):
+        self.vectors = np.asarray(self.vectors, dtype=np.float32)
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.words):
+            raise ValueError(f"vectors of shape {self.vectors.shape} do not match "
+                             f"{len(self.words)} words")
+        self.index = {}
+        for i, w in enumerate(self.words):
+            if not w or any(c.isspace() for c in w):
+                raise ValueError(f"word {i} ({w!r}) is empty or contains whitespace")
+            # First occurrence wins, as in gensim, so lookups are well defined on odd files.
+            self.index.setdefault(w, i)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self.index
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def __getitem__(self, word: str) -> np.ndarray:
+        return self.vectors[self.index[word]]
+
+    def unit_vectors(self) -> np.ndarray:
+        """Rows scaled to unit length (zero rows stay zero)."""
+        norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
+        return self.vectors / np.maximum(norms, 1e-12)
+
+    def most_similar(self, word: str, topn: int = 10) -> list[tuple[str, float]]:
+        """The `topn` nearest words by cosine similarity, excluding the word itself."""
+        if word not in self.index:
+            raise KeyError(f"{word!r} is not in the vocabulary")
+        unit = self.unit_vectors()
+        sims = unit @ unit[self.index[word]]
+        sims[self.index[word]] = -np.inf
+        best = np.argsort(-sims)[:topn]
+        return [(self.words[i], float(sims[i])) for i in best]
+
+
+def _parse_row(parts: list[str], dim: int | None, path, lineno: int) -> np.ndarray:
+    if dim is not None and len(parts) != dim + 1:
+        raise ValueError(f"{path}:{lineno}: expected a word and {dim} numbers, "
+                         f"got {len(parts)} fields")
+    if len(parts) < 2:
+        raise ValueError(f"{path}:{lineno}: expected a word followed by numbers, got "
+                         f"{' '.join(parts)!r}")
+    try:
+        return np.array(parts[1:], dtype=np.float32)
+    except ValueError:
+        raise ValueError(f"{path}:{lineno}: non-numeric vector component in line for "
+                         f"word {parts[0]!r}") from None
+
+
+def _read_text(path, header: bool) -> WordVectors:
+    words, rows = [], []
+    expected_rows, dim = None, None
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            # Split on spaces only: GloVe vocabularies hold odd Unicode "whitespace" tokens.
+            parts = line.rstrip("\n").rstrip(" ").split(" ")
+            if header and lineno == 1:
+                if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                    raise ValueError(f"{path}:1: expected a header 'vocab_size dim', "
+                                     f"got {line.strip()!r}")
+                expected_rows, dim = int(parts[0]), int(parts[1])
+                continue
+            if parts == [""]:
+                raise ValueError(f"{path}:{lineno}: empty line")
+            row = _parse_row(parts, dim, path, lineno)
+            dim = len(row)
+            words.append(parts[0])
+            rows.append(row)
+    if not words:
+        raise ValueError(f"{path}: no vectors in file")
+    if expected_rows is not None and expected_rows != len(words):
+        raise ValueError(f"{path}: header says {expected_rows} vectors, file has {len(words)}")
+    return WordVectors(words, np.stack(rows))
+
+
+def load_glove_text(path) -> WordVectors:
+    """Reads GloVe text format (no header)."""
+    return _read_text(path, header=False)
+
+
+def load_word2vec_text(path) -> WordVectors:
+    """Reads word2vec text format (header `V D`)."""
+    return _read_text(path, header=True)
+
+
+def load_word2vec_binary(path) -> WordVectors:
+    """Reads word2vec binary format (header `V D\\n`, then `word ` + D float32 per entry)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    end = data.find(b"\n")
+    header = data[:end].split() if end >= 0 else []
+    if len(header) != 2 or not all(h.isdigit() for h in header):
+        raise ValueError(f"{path}:1: expected a header 'vocab_size dim'")
+    n, dim = int(header[0]), int(header[1])
+    pos, nbytes = end + 1, 4 * dim
+    words, vectors = [], np.empty((n, dim), dtype=np.float32)
+    for i in range(n):
+        # Entries are separated by an optional newline, which is not part of the word.
+        while pos < len(data) and data[pos:pos + 1] == b"\n":
+            pos += 1
+        space = data.find(b" ", pos)
+        if space < 0 or space + 1 + nbytes > len(data):
+            raise ValueError(f"{path}: entry {i + 1} of {n} (byte {pos}) is truncated")
+        try:
+            words.append(data[pos:space].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: entry {i + 1} (byte {pos}) has a word that is "
+                             f"not UTF-8") from None
+        vectors[i] = np.frombuffer(data, dtype="<f4", count=dim, offset=space + 1)
+        pos = space + 1 + nbytes
+    if data[pos:].strip(b"\n"):
+        raise ValueError(f"{path}: {len(data) - pos} unexpected bytes after {n} entries")
+    return WordVectors(words, vectors)
+
+
+def _write_text(vectors: WordVectors, path, header: bool) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        if header:
+            f.write(f"{len(vectors)} {vectors.dim}\n")
+        for word, row in zip(vectors.words, vectors.vectors):
+            # repr-precision floats make the text round trip exact.
+            f.write(word + " " + " ".join(repr(float(x)) for x in row) + "\n")
+
+
+def save_glove_text(vectors: WordVectors, path) -> None:
+    """Writes GloVe text format."""
+    _write_text(vectors, path, header=False)
+
+
+def save_word2vec_text(vectors: WordVectors, path) -> None:
+    """Writes word2vec text format."""
+    _write_text(vectors, path, header=True)
+
+
+def save_word2vec_binary(vectors: WordVectors, path) -> None:
+    """Writes word2vec binary format (with the C tool's newline after each vector)."""
+    with open(path, "wb") as f:
+        f.write(f"{len(vectors)} {vectors.dim}\n".encode())
+        for word, row in zip(vectors.words, vectors.vectors):
+            f.write(word.encode("utf-8") + b" " + row.astype("<f4").tobytes() + b"\n")
+
+
+FORMATS = {
+    "word2vec_text": (load_word2vec_text, save_word2vec_text),
+    "word2vec_binary": (load_word2vec_binary, save_word2vec_binary),
+    "glove_text": (load_glove_text, save_glove_text),
+}
+
+
+def guess_format(path) -> str:
+    """The format of a file from its extension and first line."""
+    path = os.fspath(path)
+    if path.endswith(".bin"):
+        return "word2vec_binary"
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.readline().split()
+    return "word2vec_text" if len(first) == 2 and all(p.isdigit() for p in first) else "glove_text"
+
+
+def load_vectors(path, fmt: str | None = None) -> WordVectors:
+    """Loads vectors in `fmt` (one of FORMATS), guessing it from the file when None."""
+    fmt = fmt or guess_format(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"Unknown vector format {fmt!r}; known: {sorted(FORMATS)}")
+    return FORMATS[fmt][0](path)
+
+
+def save_vectors(vectors: WordVectors, path, fmt: str) -> None:
+    """Saves vectors in `fmt` (one of FORMATS)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"Unknown vector format {fmt!r}; known: {sorted(FORMATS)}")
+    FORMATS[fmt][1](vectors, path)

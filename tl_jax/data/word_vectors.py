@@ -1,0 +1,296 @@
+"""Training data for static word embeddings: vocabulary, word2vec examples, GloVe co-occurrences.
+
+Everything here is vectorised numpy over a whole encoded corpus (a flat array of word ids plus a
+parallel array of sentence ids), so one epoch of skip-gram pairs for a million-word corpus is built
+in well under a second, without Python loops over tokens.
+
+The statistics follow the original word2vec C code (Mikolov et al., 2013) and GloVe (Pennington et
+al., 2014):
+
+* `min_count` vocabulary, sorted by frequency (ties broken alphabetically, so it is deterministic);
+* subsampling of frequent words, keep probability `(sqrt(f / t) + 1) * t / f` with `f` the word's
+  relative frequency and `t` the `sample` threshold (the formula of word2vec.c and gensim);
+* a dynamic window: each centre word draws its window size `b` uniformly from `1..window`;
+* negatives drawn from the unigram distribution raised to 0.75, through a precomputed table;
+* GloVe co-occurrence counts within a symmetric window, each pair weighted by `1 / distance`.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import pathlib
+import re
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import scipy.sparse
+
+# Lowercase words: letters/digits, keeping inner apostrophes and hyphens ("don't", "well-known").
+_WORD_RE = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*")
+
+
+def tokenize(text: str) -> list[str]:
+    """The simple lowercase word tokenizer used for static embeddings (punctuation dropped)."""
+    return _WORD_RE.findall(text.lower().replace("\u2019", "'"))
+
+
+@dataclasses.dataclass
+class Vocab:
+    """Words sorted by decreasing count, with their corpus counts."""
+
+    words: list[str]
+    counts: np.ndarray  # (V,) int64
+
+    def __post_init__(self):
+        self.counts = np.asarray(self.counts, dtype=np.int64)
+        if len(self.words) != len(self.counts):
+            raise ValueError(f"Vocab has {len(self.words)} words but {len(self.counts)} counts")
+        self.index = {w: i for i, w in enumerate(self.words)}
+        if len(self.index) != len(self.words):
+            raise ValueError("Vocab words must be unique")
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self.index
+
+    @classmethod
+    def build(cls, sentences: Iterable[Sequence[str]], min_count: int = 5,
+              max_size: int | None = None) -> "Vocab":
+        """Counts words and keeps those seen at least `min_count` times (at most `max_size`)."""
+        if min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {min_count}")
+        counter = collections.Counter()
+        for sentence in sentences:
+            counter.update(sentence)
+        items = sorted(((w, c) for w, c in counter.items() if c >= min_count),
+                       key=lambda wc: (-wc[1], wc[0]))
+        if max_size is not None:
+            items = items[:max_size]
+        if not items:
+            raise ValueError(f"No word occurs at least min_count={min_count} times in the corpus")
+        return cls([w for w, _ in items], np.array([c for _, c in items], dtype=np.int64))
+
+    def encode(self, tokens: Sequence[str]) -> np.ndarray:
+        """Word ids of the in-vocabulary tokens (out-of-vocabulary tokens are dropped)."""
+        index = self.index
+        return np.fromiter((index[t] for t in tokens if t in index), dtype=np.int32)
+
+    def save(self, path) -> None:
+        """Writes `word count` lines (the format of word2vec's -save-vocab)."""
+        with open(path, "w", encoding="utf-8") as f:
+            for w, c in zip(self.words, self.counts):
+                f.write(f"{w} {c}\n")
+
+    @classmethod
+    def load(cls, path) -> "Vocab":
+        """Reads a file written by `save`; malformed lines raise with file and line number."""
+        words, counts = [], []
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                parts = line.split()
+                if len(parts) != 2 or not parts[1].isdigit():
+                    raise ValueError(f"{path}:{lineno}: expected 'word count', got {line.strip()!r}")
+                words.append(parts[0])
+                counts.append(int(parts[1]))
+        if not words:
+            raise ValueError(f"{path}: empty vocabulary file")
+        return cls(words, np.array(counts))
+
+
+@dataclasses.dataclass
+class EncodedCorpus:
+    """A corpus as one flat id array; `sentence_ids` tells which sentence each token is in."""
+
+    ids: np.ndarray  # (N,) int32
+    sentence_ids: np.ndarray  # (N,) int32, non-decreasing
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode_corpus(sentences: Iterable[Sequence[str]], vocab: Vocab) -> EncodedCorpus:
+    """Encodes tokenised sentences; out-of-vocabulary words are removed before windowing."""
+    chunks, sent = [], []
+    for i, sentence in enumerate(sentences):
+        ids = vocab.encode(sentence)
+        if len(ids):
+            chunks.append(ids)
+            sent.append(np.full(len(ids), i, dtype=np.int32))
+    if not chunks:
+        raise ValueError("The corpus has no in-vocabulary words")
+    return EncodedCorpus(np.concatenate(chunks), np.concatenate(sent))
+
+
+def subsample_keep_prob(counts: np.ndarray, sample: float) -> np.ndarray:
+    """Probability of keeping each word under frequent-word subsampling.
+
+    keep(w) = min(1, (sqrt(f(w) / t) + 1) * t / f(w)),  f(w) = count(w) / total count.
+    `sample <= 0` disables subsampling (every word kept).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if sample <= 0:
+        return np.ones_like(counts)
+    f = counts / counts.sum()
+    return np.minimum(1.0, (np.sqrt(f / sample) + 1.0) * sample / f)
+
+
+def negative_distribution(counts: np.ndarray, power: float = 0.75) -> np.ndarray:
+    """The negative-sampling distribution: count^power, normalised."""
+    p = np.asarray(counts, dtype=np.float64) ** power
+    return p / p.sum()
+
+
+def negative_table(counts: np.ndarray, power: float = 0.75, size: int = 10_000_000) -> np.ndarray:
+    """A table where word w fills a share `negative_distribution(w)` of the slots.
+
+    Drawing a uniform slot is then one random integer per negative (word2vec.c's unigram table).
+    Slot boundaries are rounded cumulative probabilities, so the error per word is < 1 / size.
+    """
+    probs = negative_distribution(counts, power)
+    bounds = np.round(np.cumsum(probs) * size).astype(np.int64)
+    return np.repeat(np.arange(len(probs), dtype=np.int32), np.diff(bounds, prepend=0))
+
+
+def _subsample(corpus: EncodedCorpus, keep_prob: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+    keep = rng.random(len(corpus.ids)) < keep_prob[corpus.ids]
+    return corpus.ids[keep], corpus.sentence_ids[keep]
+
+
+def skipgram_pairs(corpus: EncodedCorpus, window: int, keep_prob: np.ndarray,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, context) pairs of one epoch, after subsampling, with a dynamic window.
+
+    Each centre word i draws b_i ~ U{1..window}; it is paired with every word at distance
+    d <= b_i in the same sentence. Pairs come out grouped by distance; callers shuffle.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    ids, sent = _subsample(corpus, keep_prob, rng)
+    reach = rng.integers(1, window + 1, size=len(ids))  # b_i, per centre word
+    centres, contexts = [], []
+    for d in range(1, min(window, len(ids) - 1) + 1):
+        same = sent[:-d] == sent[d:]
+        right = same & (reach[:-d] >= d)  # centre i, context i + d
+        left = same & (reach[d:] >= d)  # centre i + d, context i
+        centres += [ids[:-d][right], ids[d:][left]]
+        contexts += [ids[d:][right], ids[:-d][left]]
+    if not centres:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    return np.concatenate(centres), np.concatenate(contexts)
+
+
+def cbow_examples(corpus: EncodedCorpus, window: int, keep_prob: np.ndarray,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """CBOW examples of one epoch: (target (M,), context (M, 2 * window) padded with -1).
+
+    Context slot order is [-1, +1, -2, +2, ...]; slots beyond the drawn window b_i or the
+    sentence are -1. Targets with no context at all are dropped.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    ids, sent = _subsample(corpus, keep_prob, rng)
+    n = len(ids)
+    reach = rng.integers(1, window + 1, size=n)
+    context = np.full((n, 2 * window), -1, dtype=np.int32)  # (M, 2W)
+    for d in range(1, min(window, n - 1) + 1):
+        same = sent[:-d] == sent[d:]
+        # Left neighbour at distance d of token i + d is token i.
+        ok = same & (reach[d:] >= d)
+        context[d:, 2 * d - 2][ok] = ids[:-d][ok]
+        ok = same & (reach[:-d] >= d)
+        context[:-d, 2 * d - 1][ok] = ids[d:][ok]
+    has_context = (context >= 0).any(axis=1)
+    return ids[has_context], context[has_context]
+
+
+class Word2VecBatches:
+    """Yields shuffled fixed-size batches of word2vec examples, epoch after epoch.
+
+    Each batch is a dict of int32 arrays:
+      skip-gram: centre (B,), context (B,), negatives (B, K)
+      CBOW:      centre (B,) (the target), context (B, 2W) (-1 = empty slot), negatives (B, K)
+    The last partial batch of an epoch is dropped. `progress` (fraction of planned words seen)
+    drives the linear learning-rate decay.
+    """
+
+    def __init__(self, corpus: EncodedCorpus, vocab: Vocab, *, batch_size: int, window: int,
+                 negatives: int, sample: float = 1e-3, cbow: bool = False, seed: int = 0,
+                 power: float = 0.75, table_size: int = 10_000_000):
+        self.corpus, self.vocab = corpus, vocab
+        self.batch_size, self.window, self.negatives, self.cbow = batch_size, window, negatives, cbow
+        self.keep_prob = subsample_keep_prob(vocab.counts, sample)
+        self.table = negative_table(vocab.counts, power, table_size)
+        self.rng = np.random.default_rng(seed)
+        self.epoch = 0
+
+    def epoch_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """One epoch of batches."""
+        rng, b = self.rng, self.batch_size
+        make = cbow_examples if self.cbow else skipgram_pairs
+        centre, context = make(self.corpus, self.window, self.keep_prob, rng)
+        order = rng.permutation(len(centre))
+        centre, context = centre[order], context[order]
+        n_batches = len(centre) // b
+        negs = self.table[rng.integers(0, len(self.table), size=(n_batches * b, self.negatives))]
+        for i in range(n_batches):
+            s = slice(i * b, (i + 1) * b)
+            yield {"centre": centre[s], "context": context[s], "negatives": negs[s]}
+        self.epoch += 1
+
+    def epoch_arrays(self) -> dict[str, np.ndarray]:
+        """One epoch as stacked arrays (n_batches, B, ...), for scanning many steps per call."""
+        batches = list(self.epoch_batches())
+        if not batches:
+            raise ValueError(f"The corpus gives fewer than batch_size={self.batch_size} examples")
+        return {k: np.stack([bt[k] for bt in batches]) for k in batches[0]}
+
+
+def cooccurrence_matrix(corpus: EncodedCorpus, vocab_size: int, window: int,
+                        symmetric: bool = True) -> scipy.sparse.coo_matrix:
+    """GloVe co-occurrence counts X[i, j] = sum over pairs within `window` of 1 / distance.
+
+    Pairs never cross sentence boundaries. With `symmetric`, both (i, j) and (j, i) count.
+    Returns a COO matrix with summed duplicates (float64), shape (V, V).
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    ids, sent = corpus.ids, corpus.sentence_ids
+    total = None
+    for d in range(1, min(window, len(ids) - 1) + 1):
+        same = sent[:-d] == sent[d:]
+        rows, cols = ids[:-d][same], ids[d:][same]
+        if symmetric:
+            rows, cols = np.concatenate([rows, cols]), np.concatenate([cols, rows])
+        part = scipy.sparse.csr_matrix(
+            (np.full(len(rows), 1.0 / d), (rows, cols)), shape=(vocab_size, vocab_size))
+        # Summing per distance keeps memory at one distance's pairs at a time.
+        total = part if total is None else total + part
+    if total is None:
+        raise ValueError("The corpus is too short to have any co-occurrences")
+    coo = total.tocoo()
+    coo.sum_duplicates()
+    return coo
+
+
+def load_sentences(spec: str, text_field: str = "text") -> list[list[str]]:
+    """Tokenised text units of a corpus named by `spec` (see `tl_jax.data.sources`)."""
+    from tl_jax.data import sources  # local import: sources pulls in tfds lazily
+
+    documents = sources.load_documents(spec, text_field=text_field)
+    sentences = [tokenize(unit) for doc in documents for unit in doc]
+    sentences = [s for s in sentences if s]
+    if not sentences:
+        raise ValueError(f"Corpus {spec!r} has no words")
+    return sentences
+
+
+def data_path(name: str) -> pathlib.Path:
+    """A file in the shared data folder, `$TL_JAX_DATA_DIR/name`, with a clear error if unset."""
+    import os
+
+    root = os.environ.get("TL_JAX_DATA_DIR")
+    if not root:
+        raise ValueError(f"TL_JAX_DATA_DIR is not set; it is needed to find {name!r}")
+    return pathlib.Path(root) / name

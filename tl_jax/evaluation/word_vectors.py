@@ -1,0 +1,161 @@
+"""Intrinsic evaluation of word vectors: similarity correlation and analogies.
+
+* Word similarity (WordSim353, SimLex-999): Spearman's rho between human scores and cosine
+  similarities, over the pairs whose two words are both in the vocabulary;
+* Analogies (Google `questions-words.txt`): 3CosAdd, i.e. for `a : b :: c : ?` the answer is
+  argmax_w cos(w, b - a + c) over the vocabulary minus {a, b, c} (Mikolov et al., 2013).
+
+Words are lowercased before lookup (gensim's `case_insensitive=True` behaviour) and the
+out-of-vocabulary counts are part of every result: a score over 40% of the pairs is not the
+same number as a score over all of them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import numpy as np
+import scipy.stats
+
+from tl_jax.data.vector_formats import WordVectors
+
+WORDSIM353 = "eval/wordsim353.tsv"
+SIMLEX999 = "eval/simlex999.txt"
+GOOGLE_ANALOGIES = "eval/questions-words.txt"
+
+
+def read_similarity_pairs(path) -> list[tuple[str, str, float]]:
+    """Reads `word1<TAB>word2<TAB>score` lines ('#' starts a comment line)."""
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 3:
+                raise ValueError(f"{path}:{lineno}: expected 'word1<TAB>word2<TAB>score'")
+            try:
+                score = float(parts[2])
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: score {parts[2]!r} is not a number") from None
+            pairs.append((parts[0].lower(), parts[1].lower(), score))
+    if not pairs:
+        raise ValueError(f"{path}: no similarity pairs")
+    return pairs
+
+
+def read_analogies(path) -> list[tuple[str, tuple[str, str, str, str]]]:
+    """Reads `: section` headers and `a b c d` questions into (section, question) pairs."""
+    questions, section = [], None
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if line.startswith(":"):
+                section = line[1:].strip()
+                continue
+            words = line.lower().split()
+            if len(words) != 4 or section is None:
+                raise ValueError(f"{path}:{lineno}: expected four words after a ': section' line")
+            questions.append((section, tuple(words)))
+    if not questions:
+        raise ValueError(f"{path}: no analogy questions")
+    return questions
+
+
+@dataclasses.dataclass
+class SimilarityResult:
+    spearman: float  # over in-vocabulary pairs; nan when fewer than 2
+    pairs: int  # pairs evaluated
+    oov_pairs: int  # pairs skipped because a word is missing
+    oov_words: int  # distinct evaluation words missing from the vocabulary
+
+
+def word_similarity(vectors: WordVectors, pairs) -> SimilarityResult:
+    """Spearman correlation of cosine similarity with the human scores."""
+    lookup = _lowercase_index(vectors)
+    unit = vectors.unit_vectors()
+    known = [(lookup[a], lookup[b], s) for a, b, s in pairs if a in lookup and b in lookup]
+    missing = {w for a, b, _ in pairs for w in (a, b) if w not in lookup}
+    if len(known) < 2:
+        rho = float("nan")
+    else:
+        i, j, human = map(np.array, zip(*known))
+        cos = np.sum(unit[i] * unit[j], axis=1)
+        rho = float(scipy.stats.spearmanr(cos, human).statistic)
+    return SimilarityResult(rho, len(known), len(pairs) - len(known), len(missing))
+
+
+@dataclasses.dataclass
+class AnalogyResult:
+    accuracy: float  # over answerable questions; nan when none
+    correct: int
+    questions: int  # questions evaluated
+    oov_questions: int  # skipped: a word outside the (restricted) vocabulary
+    by_section: dict[str, float]
+
+
+def analogy_accuracy(vectors: WordVectors, questions, restrict_vocab: int | None = 30_000,
+                     batch_size: int = 512) -> AnalogyResult:
+    """3CosAdd accuracy; candidates (and question words) are the first `restrict_vocab` words.
+
+    Restricting to the most frequent words is what word2vec's compute-accuracy and gensim do
+    (their default is 30,000 in the C tool); vectors should be sorted by frequency.
+    """
+    n = len(vectors) if restrict_vocab is None else min(restrict_vocab, len(vectors))
+    lookup = {w: i for w, i in _lowercase_index(vectors).items() if i < n}
+    unit = vectors.unit_vectors()[:n]
+    answerable = [(s, q) for s, q in questions if all(w in lookup for w in q)]
+    correct_by_section: dict[str, list[int]] = {}
+    correct = 0
+    for start in range(0, len(answerable), batch_size):
+        chunk = answerable[start:start + batch_size]
+        idx = np.array([[lookup[w] for w in q] for _, q in chunk])  # (Q, 4)
+        target = unit[idx[:, 1]] - unit[idx[:, 0]] + unit[idx[:, 2]]  # (Q, D)
+        scores = target @ unit.T  # (Q, n)
+        rows = np.arange(len(chunk))[:, None]
+        scores[rows, idx[:, :3]] = -np.inf  # the question words are never the answer
+        hit = scores.argmax(axis=1) == idx[:, 3]
+        correct += int(hit.sum())
+        for (section, _), h in zip(chunk, hit):
+            correct_by_section.setdefault(section, [0, 0])
+            correct_by_section[section][0] += int(h)
+            correct_by_section[section][1] += 1
+    total = len(answerable)
+    return AnalogyResult(
+        accuracy=correct / total if total else float("nan"),
+        correct=correct, questions=total, oov_questions=len(questions) - total,
+        by_section={s: c / t for s, (c, t) in correct_by_section.items()})
+
+
+def _lowercase_index(vectors: WordVectors) -> dict[str, int]:
+    """Lowercased word -> row, first (most frequent) spelling wins."""
+    index: dict[str, int] = {}
+    for i, w in enumerate(vectors.words):
+        index.setdefault(w.lower(), i)
+    return index
+
+
+def evaluate_all(vectors: WordVectors, data_dir, restrict_vocab: int | None = 30_000) -> dict:
+    """WordSim353, SimLex-999 and Google analogies, as a flat dict of numbers."""
+    data_dir = pathlib.Path(data_dir)
+    out = {}
+    for name, rel in (("wordsim353", WORDSIM353), ("simlex999", SIMLEX999)):
+        r = word_similarity(vectors, read_similarity_pairs(data_dir / rel))
+        out.update({f"{name}_spearman": r.spearman, f"{name}_pairs": r.pairs,
+                    f"{name}_oov_pairs": r.oov_pairs, f"{name}_oov_words": r.oov_words})
+    a = analogy_accuracy(vectors, read_analogies(data_dir / GOOGLE_ANALOGIES), restrict_vocab)
+    out.update({"analogy_accuracy": a.accuracy, "analogy_questions": a.questions,
+                "analogy_oov_questions": a.oov_questions})
+    return out
+
+
+def format_scores(scores: dict) -> str:
+    """One line per benchmark, for logs and reports."""
+    return (
+        f"WordSim353 rho={scores['wordsim353_spearman']:.3f} "
+        f"({scores['wordsim353_pairs']} pairs, {scores['wordsim353_oov_pairs']} OOV)\n"
+        f"SimLex-999 rho={scores['simlex999_spearman']:.3f} "
+        f"({scores['simlex999_pairs']} pairs, {scores['simlex999_oov_pairs']} OOV)\n"
+        f"Google analogies 3CosAdd acc={scores['analogy_accuracy']:.3f} "
+        f"({scores['analogy_questions']} questions, {scores['analogy_oov_questions']} OOV)")
