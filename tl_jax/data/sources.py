@@ -1,0 +1,307 @@
+"""Raw text sources: local text/jsonl files, globs, tfds datasets and package-shipped corpora.
+
+Everything is read into one shape, a list of documents where each document is a list of text
+units (paragraphs or lines) in reading order:
+
+    docs = load_documents("notes/*.txt,data.jsonl,gensim:lee")
+    docs[0]  # ['First paragraph of document 0.', 'Second paragraph.', ...]
+
+Document boundaries matter for BERT's next-sentence prediction (a "random" second segment must
+come from another document), so every source says where its documents begin and end:
+
+* plain text (any other extension, optionally `.gz`/`.bz2`): one paragraph per line, a blank
+  line ends a document;
+* jsonl (`.jsonl`, optionally `.gz`/`.bz2`): one JSON object per line holding `text_field`;
+  consecutive lines sharing the same `group_field` value form one document (without a group
+  field every line is a document);
+* `tfds:NAME[:SPLIT]`: a tensorflow_datasets dataset already prepared in `$TFDS_DATA_DIR`
+  (read through `tfds.data_source`, which needs no TensorFlow); each record is a document whose
+  `text_field` is split into paragraphs at newlines;
+* `gensim:enwiki` and `gensim:lee`: small real English corpora that the gensim package ships
+  with its tests, so a quickstart needs no download.
+
+`split_sentences` breaks a paragraph into sentences for the pretraining example builder.
+"""
+from __future__ import annotations
+
+import bz2
+import glob
+import gzip
+import json
+import os
+import re
+from typing import Iterable
+
+Document = list[str]
+
+# Checked in this order when `group_field` is not given: the first key present in a jsonl file's
+# first object groups its lines into documents (enwiki_sample uses "title", austen "book").
+AUTO_GROUP_FIELDS = ("title", "book", "doc_id")
+
+GENSIM_CORPORA = ("enwiki", "lee")
+_ENWIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+_LEE_FILE = "lee_background.cor"
+
+
+class SourceError(ValueError):
+    """A corpus spec or data file is missing, empty or malformed."""
+
+
+def load_documents(
+    spec: str, text_field: str = "text", group_field: str | None = None
+) -> list[Document]:
+    """Reads every source named in `spec` into a list of documents.
+
+    Args:
+      spec: comma-separated sources: file paths, globs (`data/*.jsonl`), `tfds:NAME[:SPLIT]`,
+        `gensim:enwiki`, `gensim:lee`.
+      text_field: the key holding the text in jsonl objects and tfds records.
+      group_field: the jsonl key whose consecutive equal values form one document. None or ""
+        auto-detects one of `AUTO_GROUP_FIELDS` from the first object of each file.
+
+    Returns:
+      Documents in source order, each a non-empty list of non-empty, stripped text units.
+
+    Raises:
+      SourceError: missing file, glob matching nothing, malformed jsonl line or missing text
+        field (naming file and line), a file with no text, or an empty corpus.
+    """
+    parts = [part.strip() for part in spec.split(",") if part.strip()]
+    if not parts:
+        raise SourceError(f"Empty corpus spec {spec!r}: name at least one file, glob or dataset.")
+    documents: list[Document] = []
+    for part in parts:
+        documents.extend(_load_part(part, text_field, group_field or None))
+    if not documents:
+        raise SourceError(f"Corpus {spec!r} is empty: its sources contain no text.")
+    return documents
+
+
+def _load_part(part: str, text_field: str, group_field: str | None) -> list[Document]:
+    if part.startswith("gensim:"):
+        name = part[len("gensim:"):]
+        if name == "enwiki":
+            return load_gensim_enwiki()
+        if name == "lee":
+            return load_gensim_lee()
+        raise SourceError(f"Unknown gensim corpus {part!r}; known: "
+                          + ", ".join(f"gensim:{n}" for n in GENSIM_CORPORA))
+    if part.startswith("tfds:"):
+        name, _, split = part[len("tfds:"):].partition(":")
+        return load_tfds(name, split or "train", text_field)
+    if any(ch in part for ch in "*?["):
+        paths = sorted(glob.glob(os.path.expanduser(part), recursive=True))
+        paths = [p for p in paths if os.path.isfile(p)]
+        if not paths:
+            raise SourceError(f"Glob {part!r} matches no files.")
+    else:
+        paths = [os.path.expanduser(part)]
+    documents = []
+    for path in paths:
+        documents.extend(load_file(path, text_field, group_field))
+    return documents
+
+
+def load_file(path: str, text_field: str = "text", group_field: str | None = None) -> list[Document]:
+    """Reads one plain-text or jsonl file (see the module docstring for the formats)."""
+    if not os.path.exists(path):
+        raise SourceError(f"Corpus file not found: {path}")
+    if not os.path.isfile(path):
+        raise SourceError(f"Corpus path is not a file: {path}")
+    base = re.sub(r"\.(gz|bz2)$", "", path)
+    if base.endswith(".jsonl"):
+        documents = _read_jsonl(path, text_field, group_field)
+    else:
+        documents = _read_text(path)
+    if not documents:
+        raise SourceError(f"Corpus file {path} contains no text.")
+    return documents
+
+
+def _open_text(path: str):
+    # Compressed corpora are common (Wikipedia dumps), and reading them needs nothing extra.
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    if path.endswith(".bz2"):
+        return bz2.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _read_text(path: str) -> list[Document]:
+    documents: list[Document] = []
+    current: Document = []
+    with _open_text(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                current.append(line)
+            elif current:
+                documents.append(current)
+                current = []
+    if current:
+        documents.append(current)
+    return documents
+
+
+def _read_jsonl(path: str, text_field: str, group_field: str | None) -> list[Document]:
+    documents: list[Document] = []
+    current: Document = []
+    current_key = object()  # Equal to no group value, so the first line starts a document.
+    auto = group_field is None
+    with _open_text(path) as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SourceError(f"{where}: malformed JSON ({e.msg} at column {e.colno}).") from None
+            if not isinstance(obj, dict):
+                raise SourceError(f"{where}: expected a JSON object, got {type(obj).__name__}.")
+            if auto:
+                # Decided on the file's first object so one file is grouped consistently.
+                group_field = next((k for k in AUTO_GROUP_FIELDS if k in obj), "")
+                auto = False
+            if text_field not in obj:
+                raise SourceError(f"{where}: missing text field {text_field!r} "
+                                  f"(keys: {sorted(obj)}); set text_field to the right key.")
+            text = obj[text_field]
+            if not isinstance(text, str):
+                raise SourceError(f"{where}: text field {text_field!r} is "
+                                  f"{type(text).__name__}, expected a string.")
+            if group_field:
+                if group_field not in obj:
+                    raise SourceError(f"{where}: missing group field {group_field!r} "
+                                      f"(keys: {sorted(obj)}).")
+                key = obj[group_field]
+            else:
+                key = object()  # Every line its own document.
+            if key != current_key and current:
+                documents.append(current)
+                current = []
+            current_key = key
+            units = [u.strip() for u in text.split("\n") if u.strip()]
+            current.extend(units)
+    if current:
+        documents.append(current)
+    return documents
+
+
+def load_tfds(name: str, split: str = "train", text_field: str = "text") -> list[Document]:
+    """Reads a prepared tfds dataset from `$TFDS_DATA_DIR` (default tfds location otherwise).
+
+    Nothing is downloaded: the dataset must already be prepared in a random-access format
+    (`array_record`), which `tfds.data_source` reads without TensorFlow.
+    """
+    import tensorflow_datasets as tfds  # Imported here: heavy, and only this source needs it.
+
+    data_dir = os.environ.get("TFDS_DATA_DIR") or None
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # tfds raises several types for "not prepared"/"unknown name".
+        raise SourceError(
+            f"Cannot read tfds dataset {name!r} split {split!r} from "
+            f"{data_dir or 'the default tfds data dir'} (set TFDS_DATA_DIR; the dataset must be "
+            f"prepared in array_record format): {type(e).__name__}: {e}") from None
+    documents = []
+    for index in range(len(source)):
+        record = source[index]
+        if text_field not in record:
+            raise SourceError(f"tfds:{name}:{split} record {index}: missing text field "
+                              f"{text_field!r} (keys: {sorted(record)}).")
+        text = record[text_field]
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        units = [u.strip() for u in str(text).split("\n") if u.strip()]
+        if units:
+            documents.append(units)
+    if not documents:
+        raise SourceError(f"tfds:{name}:{split} contains no text in field {text_field!r}.")
+    return documents
+
+
+def _gensim_datapath(filename: str) -> str:
+    from gensim.test.utils import datapath
+
+    path = datapath(filename)
+    if not os.path.exists(path):
+        raise SourceError(f"gensim's test corpus {filename} is missing from the installed gensim "
+                          f"package (looked at {path}); reinstall gensim.")
+    return path
+
+
+def load_gensim_lee() -> list[Document]:
+    """The Lee background corpus: 300 short news articles, one document per line."""
+    documents = []
+    with open(_gensim_datapath(_LEE_FILE), encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                documents.append([line.strip()])
+    return documents
+
+
+_WIKI_HEADING = re.compile(r"^=+[^=].*=+$")
+_WIKI_QUOTES = re.compile(r"'{2,}")
+_SPACES = re.compile(r"[ \t]+")
+
+
+def load_gensim_enwiki() -> list[Document]:
+    """~100 English Wikipedia articles, markup stripped, one document per article.
+
+    Redirect pages are dropped; headings are dropped (they are not sentences); paragraphs of
+    fewer than 4 words (leftover markup, captions) are dropped.
+    """
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    documents = []
+    with bz2.open(_gensim_datapath(_ENWIKI_FILE)) as f:
+        for _title, text, _page_id in extract_pages(f, filter_namespaces=("0",)):
+            if text.lstrip().lower().startswith("#redirect"):
+                continue
+            paragraphs = []
+            for line in filter_wiki(text).split("\n"):
+                line = line.strip()
+                if not line or _WIKI_HEADING.match(line):
+                    continue
+                line = _SPACES.sub(" ", _WIKI_QUOTES.sub("", line)).lstrip("*#:; ").strip()
+                if len(line.split()) >= 4:
+                    paragraphs.append(line)
+            if paragraphs:
+                documents.append(paragraphs)
+    return documents
+
+
+# A sentence ends at . ! or ? (optionally followed by closing quotes/brackets), then whitespace,
+# then something that can start a sentence (capital letter, digit, opening quote/bracket). Common
+# title abbreviations ("Mr. Darcy") are not sentence ends; other abbreviations and lower-case
+# starts are handled wrongly, which is harmless for building BERT segments: they are packed from
+# several sentences up to a token budget.
+_TITLES = frozenset("mr mrs ms dr st jr sr prof rev gen col capt lt sgt mt vs".split())
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)\]]*\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Splits a paragraph into sentences with a simple regex (see `_SENTENCE_END`)."""
+    out = []
+    start = 0
+    for match in _SENTENCE_END.finditer(text):
+        # Keep closing quotes/brackets with the sentence they close.
+        end = match.start() + len(match.group(0).rstrip())
+        words = text[start:match.start()].rsplit(None, 1)
+        if words and words[-1].rstrip(".").lower() in _TITLES:
+            continue  # "Mr. Darcy": the next sentence starts after the name, not here.
+        sentence = text[start:end].strip()
+        if sentence:
+            out.append(sentence)
+        start = match.end()
+    tail = text[start:].strip()
+    if tail:
+        out.append(tail)
+    return out
+
+
+def iter_units(documents: Iterable[Document]) -> Iterable[str]:
+    """All text units of all documents, in order (e.g. to train a tokenizer)."""
+    for document in documents:
+        yield from document
