@@ -1,0 +1,187 @@
+"""GPT-2 <-> tl_jax weight maps (Hugging Face `GPT2LMHeadModel` layout) and safetensors I/O.
+
+HF GPT-2 stores its projections as `Conv1D` modules whose weight is `(in, out)`, the same
+orientation as a Flax `Dense` kernel, so no transpose is needed for them (nanoGPT transposes
+because it uses `nn.Linear`, whose weight is `(out, in)`). The attention input projection is
+fused: `c_attn.weight` is `(E, 3E)` with columns `[q | k | v]`, each head-major `(H, D)`, which
+is exactly our `qkv` kernel `(E, 3, H, D)` flattened. The output projection `c_proj.weight`
+`(H*D, E)` is our `out` kernel `(H, D, E)` flattened. `lm_head.weight` is tied to `wte`.
+
+    config, params = load_pretrained("path/to/gpt2")      # config.json + model.safetensors
+    save_pretrained("out/", config, params)               # loads in transformers unchanged
+"""
+import json
+import pathlib
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from tl_jax.models.gpt import GPTConfig
+
+# HF buffers that are not parameters (older checkpoints store the causal mask).
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+
+def config_from_hf(hf: dict) -> GPTConfig:
+    """A `GPTConfig` from a GPT-2 `config.json` dict."""
+    activation = hf.get("activation_function", "gelu_new")
+    if activation not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(
+            f"GPT-2 config: activation_function={activation!r} is not supported; tl_jax's GPT "
+            "uses the tanh GELU ('gelu_new')"
+        )
+    for flag, expected in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                           ("reorder_and_upcast_attn", False)):
+        if hf.get(flag, expected) != expected:
+            raise ValueError(f"GPT-2 config: {flag}={hf[flag]!r} is not supported")
+    embed = hf["n_embd"]
+    return GPTConfig(
+        vocab_size=hf["vocab_size"],
+        num_layers=hf["n_layer"],
+        embed_dim=embed,
+        num_heads=hf["n_head"],
+        max_len=hf["n_positions"],
+        mlp_dim=hf.get("n_inner") or 4 * embed,
+        dropout_rate=hf.get("resid_pdrop", 0.1),
+        attention_dropout_rate=hf.get("attn_pdrop", 0.1),
+        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        initializer_range=hf.get("initializer_range", 0.02),
+    )
+
+
+def config_to_hf(config: GPTConfig, **extra) -> dict:
+    """A GPT-2 `config.json` dict for `config` (`extra` adds e.g. bos/eos token ids)."""
+    hf = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.max_len,
+        "n_embd": config.embed_dim,
+        "n_layer": config.num_layers,
+        "n_head": config.num_heads,
+        "n_inner": config.mlp_dim,
+        "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout_rate,
+        "embd_pdrop": config.dropout_rate,
+        "attn_pdrop": config.attention_dropout_rate,
+        "layer_norm_epsilon": config.layer_norm_eps,
+        "initializer_range": config.initializer_range,
+        "tie_word_embeddings": True,
+    }
+    hf.update(extra)
+    return hf
+
+
+def _take(state: dict, name: str, shape: tuple) -> np.ndarray:
+    if name not in state:
+        raise KeyError(f"GPT-2 state dict is missing {name!r}")
+    value = np.asarray(state.pop(name), dtype=np.float32)
+    if value.shape != tuple(shape):
+        raise ValueError(f"GPT-2 tensor {name!r} has shape {value.shape}; expected {tuple(shape)}")
+    return value
+
+
+def params_from_hf(state: dict, config: GPTConfig) -> dict:
+    """Flax params from a GPT-2 state dict (names with or without the `transformer.` prefix).
+
+    Every tensor must be consumed; a leftover name is an error (it would mean a silent mismatch).
+    """
+    state = {k.removeprefix("transformer."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.endswith(_IGNORED_SUFFIXES)}
+    E, H, D, M = config.embed_dim, config.num_heads, config.head_dim, config.mlp_dim
+    lm_head = state.pop("lm_head.weight", None)
+
+    def ln(prefix):
+        return {"scale": _take(state, f"{prefix}.weight", (E,)),
+                "bias": _take(state, f"{prefix}.bias", (E,))}
+
+    params = {
+        "wte": {"embedding": _take(state, "wte.weight", (config.vocab_size, E))},
+        "wpe": {"embedding": _take(state, "wpe.weight", (config.max_len, E))},
+        "ln_f": ln("ln_f"),
+    }
+    if lm_head is not None and not np.array_equal(np.asarray(lm_head), params["wte"]["embedding"]):
+        raise ValueError("GPT-2 lm_head.weight differs from wte.weight; tl_jax ties them")
+    for i in range(config.num_layers):
+        p = f"h.{i}"
+        params[f"h_{i}"] = {
+            "ln_1": ln(f"{p}.ln_1"),
+            "ln_2": ln(f"{p}.ln_2"),
+            "attn": {
+                "qkv": {
+                    "kernel": _take(state, f"{p}.attn.c_attn.weight", (E, 3 * E)).reshape(E, 3, H, D),
+                    "bias": _take(state, f"{p}.attn.c_attn.bias", (3 * E,)).reshape(3, H, D),
+                },
+                "out": {
+                    "kernel": _take(state, f"{p}.attn.c_proj.weight", (E, E)).reshape(H, D, E),
+                    "bias": _take(state, f"{p}.attn.c_proj.bias", (E,)),
+                },
+            },
+            "mlp": {
+                "fc": {"kernel": _take(state, f"{p}.mlp.c_fc.weight", (E, M)),
+                       "bias": _take(state, f"{p}.mlp.c_fc.bias", (M,))},
+                "proj": {"kernel": _take(state, f"{p}.mlp.c_proj.weight", (M, E)),
+                         "bias": _take(state, f"{p}.mlp.c_proj.bias", (E,))},
+            },
+        }
+    if state:
+        raise ValueError(f"GPT-2 state dict has unexpected tensors: {sorted(state)[:10]}")
+    return params
+
+
+def params_to_hf(params: dict, config: GPTConfig) -> dict:
+    """A GPT-2 state dict (`transformer.*` names, numpy float32) from Flax params.
+
+    `lm_head.weight` is left out: it is tied to `wte`, and transformers re-ties it on load.
+    """
+    E, M = config.embed_dim, config.mlp_dim
+
+    def arr(x):
+        return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+    out = {
+        "transformer.wte.weight": arr(params["wte"]["embedding"]),
+        "transformer.wpe.weight": arr(params["wpe"]["embedding"]),
+        "transformer.ln_f.weight": arr(params["ln_f"]["scale"]),
+        "transformer.ln_f.bias": arr(params["ln_f"]["bias"]),
+    }
+    for i in range(config.num_layers):
+        b, p = params[f"h_{i}"], f"transformer.h.{i}"
+        out.update({
+            f"{p}.ln_1.weight": arr(b["ln_1"]["scale"]),
+            f"{p}.ln_1.bias": arr(b["ln_1"]["bias"]),
+            f"{p}.ln_2.weight": arr(b["ln_2"]["scale"]),
+            f"{p}.ln_2.bias": arr(b["ln_2"]["bias"]),
+            f"{p}.attn.c_attn.weight": arr(b["attn"]["qkv"]["kernel"]).reshape(E, 3 * E),
+            f"{p}.attn.c_attn.bias": arr(b["attn"]["qkv"]["bias"]).reshape(3 * E),
+            f"{p}.attn.c_proj.weight": arr(b["attn"]["out"]["kernel"]).reshape(E, E),
+            f"{p}.attn.c_proj.bias": arr(b["attn"]["out"]["bias"]),
+            f"{p}.mlp.c_fc.weight": arr(b["mlp"]["fc"]["kernel"]).reshape(E, M),
+            f"{p}.mlp.c_fc.bias": arr(b["mlp"]["fc"]["bias"]),
+            f"{p}.mlp.c_proj.weight": arr(b["mlp"]["proj"]["kernel"]).reshape(M, E),
+            f"{p}.mlp.c_proj.bias": arr(b["mlp"]["proj"]["bias"]),
+        })
+    return out
+
+
+def load_pretrained(path) -> tuple:
+    """Reads `config.json` + `model.safetensors` from a GPT-2 directory: `(GPTConfig, params)`."""
+    path = pathlib.Path(path)
+    config_file, weights_file = path / "config.json", path / "model.safetensors"
+    for f in (config_file, weights_file):
+        if not f.exists():
+            raise FileNotFoundError(f"GPT-2 directory {path} has no {f.name}")
+    hf = json.loads(config_file.read_text())
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"{config_file}: model_type={hf['model_type']!r}, expected 'gpt2'")
+    config = config_from_hf(hf)
+    return config, params_from_hf(load_file(str(weights_file)), config)
+
+
+def save_pretrained(path, config: GPTConfig, params: dict, **hf_extra) -> None:
+    """Writes `config.json` + `model.safetensors` loadable by `GPT2LMHeadModel.from_pretrained`."""
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config_to_hf(config, **hf_extra), indent=2))
+    save_file(params_to_hf(params, config), str(path / "model.safetensors"),
+              metadata={"format": "pt"})

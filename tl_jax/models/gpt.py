@@ -1,0 +1,316 @@
+"""GPT-style decoder language model (Radford et al. 2018/2019) in Flax Linen.
+
+Token + learned position embeddings, a stack of pre-LayerNorm blocks with causal self-attention
+and a GELU MLP, a final LayerNorm, and an output projection tied to the token embedding. The
+parameter layout follows GPT-2 closely (fused qkv projection, `ln_1`/`ln_2`/`ln_f`) so that
+`tl_jax.interop.gpt2` maps weights one to one.
+
+Incremental decoding keeps keys and values in Flax's `"cache"` collection: call the model with
+`decode=True` and `mutable=["cache"]`, giving explicit `positions` and a `key_mask` over all
+cache slots (see `tl_jax.generate`).
+
+    model = GPT(gpt_config("tiny", vocab_size=1000))
+    params = model.init(rng, tokens)["params"]
+    outputs, intermediates = model.apply({"params": params}, tokens)
+    outputs["logits"]          # (B, T, vocab) float32
+    intermediates["layer_2"]   # (B, T, embed), residual stream after block 2
+"""
+import dataclasses
+import math
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+# name -> (num_layers, embed_dim, num_heads, max_len). small and medium are GPT-2's shapes.
+SIZES = {
+    "tiny": (2, 64, 2, 128),
+    "mini": (4, 256, 4, 256),
+    "small": (12, 768, 12, 1024),
+    "medium": (24, 1024, 16, 1024),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    """Hyperparameters of a GPT decoder. Hashable, so it can be a static jit argument."""
+
+    vocab_size: int
+    num_layers: int
+    embed_dim: int
+    num_heads: int
+    max_len: int
+    mlp_dim: int
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    dtype: Any = jnp.float32  # compute dtype; params are always float32
+
+    def __post_init__(self):
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"GPTConfig: embed_dim={self.embed_dim} is not divisible by "
+                f"num_heads={self.num_heads}"
+            )
+        for name in ("vocab_size", "num_layers", "embed_dim", "num_heads", "max_len", "mlp_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GPTConfig: {name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs (forward + backward = 3x forward) per token, as in the PaLM appendix."""
+        n = self.num_layers * 12 * self.embed_dim**2 + self.vocab_size * self.embed_dim
+        attention = self.num_layers * 2 * seq_len * self.embed_dim
+        return 6.0 * n + 6.0 * attention
+
+
+def gpt_config(size: str, vocab_size: int, **overrides) -> GPTConfig:
+    """The `GPTConfig` for a named size in `SIZES`, with any field overridden."""
+    if size not in SIZES:
+        raise ValueError(f"Unknown GPT size {size!r}; known sizes: {sorted(SIZES)}")
+    layers, embed, heads, max_len = SIZES[size]
+    fields = dict(
+        vocab_size=vocab_size,
+        num_layers=layers,
+        embed_dim=embed,
+        num_heads=heads,
+        max_len=max_len,
+        mlp_dim=4 * embed,
+    )
+    fields.update(overrides)
+    return GPTConfig(**fields)
+
+
+def check_tokens(tokens, config: GPTConfig, where: str = "tokens") -> None:
+    """Raises a clear error for ids outside the vocabulary or sequences past the position table.
+
+    JAX clamps out-of-range gathers silently, so this must run on host data before `apply`.
+    """
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2:
+        raise ValueError(f"{where}: expected a (batch, length) array, got shape {tokens.shape}")
+    if tokens.shape[1] > config.max_len:
+        raise ValueError(
+            f"{where}: sequence length {tokens.shape[1]} exceeds the model's max_len "
+            f"{config.max_len}"
+        )
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= config.vocab_size):
+        bad = tokens[(tokens < 0) | (tokens >= config.vocab_size)]
+        raise ValueError(
+            f"{where}: token id {int(bad[0])} is outside the vocabulary [0, {config.vocab_size})"
+        )
+
+
+def _dense_init(config: GPTConfig, scale: float = 1.0):
+    return nn.initializers.normal(stddev=config.initializer_range * scale)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with an optional key/value cache for decoding."""
+
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x, key_mask, decode: bool, train: bool):
+        cfg = self.config
+        batch, length, _ = x.shape
+        qkv = nn.DenseGeneral(
+            features=(3, cfg.num_heads, cfg.head_dim),
+            dtype=cfg.dtype,
+            kernel_init=nn.with_logical_partitioning(
+                _dense_init(cfg), ("embed", None, "heads", "kv")
+            ),
+            bias_init=nn.with_logical_partitioning(
+                nn.initializers.zeros, (None, "heads", "kv")
+            ),
+            name="qkv",
+        )(x)  # (B, T, 3, H, D)
+        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each (B, T, H, D)
+
+        if decode:
+            # Write this call's keys/values at cache_index and attend over the whole cache.
+            initialized = self.has_variable("cache", "cached_key")
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+            cached_value = self.variable(
+                "cache", "cached_value", jnp.zeros, value.shape, value.dtype
+            )
+            cache_index = self.variable(
+                "cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32)
+            )
+            if initialized:
+                index = cache_index.value
+                key = jax.lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
+                value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, index, 0, 0))
+                cached_key.value, cached_value.value = key, value
+                cache_index.value = index + length
+                query_slots = index + jnp.arange(length)  # (T,)
+            else:
+                query_slots = jnp.arange(length)
+        else:
+            query_slots = jnp.arange(length)
+        key_slots = jnp.arange(key.shape[1])  # (S,)
+
+        causal = key_slots[None, :] <= query_slots[:, None]  # (T, S)
+        mask = causal[None, None, :, :]  # (1, 1, T, S)
+        if key_mask is not None:
+            if key_mask.shape != (batch, key.shape[1]):
+                raise ValueError(
+                    f"key_mask has shape {key_mask.shape}; expected (batch, key length) = "
+                    f"{(batch, key.shape[1])}"
+                )
+            mask = mask & key_mask[:, None, None, :].astype(bool)  # (B, 1, T, S)
+
+        scores = jnp.einsum("bthd,bshd->bhts", query, key) / math.sqrt(cfg.head_dim)
+        scores = scores.astype(jnp.float32)
+        # A finite minimum (not -inf) keeps fully masked rows (left padding) free of NaNs.
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)  # (B, H, T, S)
+        weights = nn.Dropout(cfg.attention_dropout_rate)(weights, deterministic=not train)
+        out = jnp.einsum("bhts,bshd->bthd", weights, value)  # (B, T, H, D)
+        out = nn.DenseGeneral(
+            features=cfg.embed_dim,
+            axis=(-2, -1),
+            dtype=cfg.dtype,
+            kernel_init=nn.with_logical_partitioning(
+                _dense_init(cfg, 1.0 / math.sqrt(2 * cfg.num_layers)), ("heads", "kv", "embed")
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            name="out",
+        )(out)  # (B, T, E)
+        return out
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward block with GPT-2's tanh-approximated GELU."""
+
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        cfg = self.config
+        h = nn.Dense(
+            cfg.mlp_dim,
+            dtype=cfg.dtype,
+            kernel_init=nn.with_logical_partitioning(_dense_init(cfg), ("embed", "mlp")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+            name="fc",
+        )(x)
+        h = nn.gelu(h, approximate=True)
+        h = nn.Dense(
+            cfg.embed_dim,
+            dtype=cfg.dtype,
+            kernel_init=nn.with_logical_partitioning(
+                _dense_init(cfg, 1.0 / math.sqrt(2 * cfg.num_layers)), ("mlp", "embed")
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            name="proj",
+        )(h)
+        return nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
+
+
+def _layer_norm(cfg: GPTConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=cfg.layer_norm_eps,
+        dtype=cfg.dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name=name,
+    )
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x, key_mask, decode: bool, train: bool):
+        cfg = self.config
+        h = CausalSelfAttention(cfg, name="attn")(_layer_norm(cfg, "ln_1")(x), key_mask, decode, train)
+        x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
+        x = x + MLP(cfg, name="mlp")(_layer_norm(cfg, "ln_2")(x), train)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class GPT(nn.Module):
+    """The decoder LM. Returns `(outputs, intermediates)`.
+
+    Args (of `__call__`):
+      tokens: (B, T) int token ids.
+      positions: (B, T) position ids; defaults to `arange(T)`. Required with `decode=True`.
+      key_mask: (B, S) bool, False for keys to ignore (padding); S = T, or the cache length when
+        decoding.
+      decode: use and update the `"cache"` collection (incremental decoding).
+      train: enable dropout (needs a `"dropout"` rng).
+      logits: compute the vocabulary projection; False skips it (classifier heads).
+
+    Returns:
+      outputs: {"logits": (B, T, V) float32 (if `logits`), "hidden": (B, T, E) after `ln_f`}.
+      intermediates: {"embeddings", "layer_1", ..., "layer_N"}, each (B, T, E).
+    """
+
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, tokens, positions=None, key_mask=None, decode: bool = False,
+                 train: bool = False, logits: bool = True):
+        cfg = self.config
+        batch, length = tokens.shape
+        if length > cfg.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len {cfg.max_len}")
+        if positions is None:
+            if decode and not self.is_initializing():
+                raise ValueError("GPT: decode=True needs explicit positions (B, T)")
+            positions = jnp.broadcast_to(jnp.arange(length), (batch, length))  # (B, T)
+        wte = nn.Embed(
+            cfg.vocab_size,
+            cfg.embed_dim,
+            embedding_init=nn.with_logical_partitioning(_dense_init(cfg), ("vocab", "embed")),
+            name="wte",
+        )
+        wpe = nn.Embed(
+            cfg.max_len,
+            cfg.embed_dim,
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(stddev=0.01), (None, "embed")
+            ),
+            name="wpe",
+        )
+        x = wte(tokens).astype(cfg.dtype) + wpe(positions).astype(cfg.dtype)  # (B, T, E)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        intermediates = {"embeddings": x}
+        for i in range(cfg.num_layers):
+            x = Block(cfg, name=f"h_{i}")(x, key_mask, decode, train)
+            intermediates[f"layer_{i + 1}"] = x
+        hidden = _layer_norm(cfg, "ln_f")(x)
+        outputs = {"hidden": hidden}
+        if logits:
+            # Tied output embedding; logits in float32 for a stable softmax/loss.
+            outputs["logits"] = wte.attend(hidden.astype(jnp.float32))  # (B, T, V)
+        return outputs, intermediates
+
+
+def init_cache(model: GPT, batch_size: int, cache_len: int):
+    """A zeroed decoding cache for `batch_size` rows and `cache_len` slots (no params needed)."""
+    if cache_len > model.config.max_len:
+        raise ValueError(
+            f"cache length {cache_len} (prompt + new tokens) exceeds max_len "
+            f"{model.config.max_len}"
+        )
+    tokens = jnp.zeros((batch_size, cache_len), jnp.int32)
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), tokens, decode=True, logits=False)
+    )["cache"]
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def param_count(params) -> int:
+    """Number of scalars in a (boxed or plain) parameter tree."""
+    return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(nn.unbox(params)))
