@@ -1,0 +1,379 @@
+"""BERT (Devlin et al., 2019) as Flax Linen modules: encoder, pooler, MLM and NSP heads.
+
+Modules and what they return from `apply`, always `(outputs, intermediates)`:
+
+* `BertEncoder`: embeddings + post-LN transformer layers. outputs: `sequence_output` (B, L, H).
+* `BertModel`: the encoder plus a tanh pooler on [CLS]. adds `pooled_output` (B, H).
+* `BertForPreTraining`: `BertModel` under `bert/` plus `mlm_head/` and `nsp_head/`. adds
+  `mlm_logits` (B, P, V) at `masked_positions` (all L positions when None) and `nsp_logits`
+  (B, 2), both float32.
+
+`intermediates` names every hidden state: `embeddings` (after LayerNorm) and `layer_1` ...
+`layer_N` (each layer's output, so `layer_N` is `sequence_output`).
+
+Parameter paths are stable and readable; transfer strategies select layers by regex on them:
+
+    bert/embeddings/{word,position,token_type}_embeddings/embedding, bert/embeddings/norm/...
+    bert/encoder/layer_0/attention/{query,key,value}/{kernel,bias}   (E, heads, kv)
+    bert/encoder/layer_0/attention/out/{kernel,bias}                 (heads, kv, E)
+    bert/encoder/layer_0/attention_output_norm/{scale,bias}
+    bert/encoder/layer_0/mlp/{intermediate,output}/{kernel,bias}
+    bert/encoder/layer_0/mlp_output_norm/{scale,bias}
+    bert/pooler/dense/{kernel,bias}
+    mlm_head/transform/{kernel,bias}, mlm_head/transform_norm/{scale,bias}, mlm_head/output_bias
+    nsp_head/dense/{kernel,bias}
+
+`BertEncoder` and `BertModel` have the same names without the `bert/` prefix.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tl_jax.models import layers
+
+# name -> (num_layers, hidden_size, num_heads); intermediate_size is 4 * hidden_size.
+SIZES = {
+    "tiny": (2, 128, 2),
+    "mini": (4, 256, 4),
+    "small": (4, 512, 8),
+    "medium": (8, 512, 8),
+    "base": (12, 768, 12),
+    "large": (24, 1024, 16),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Shape and behaviour of a BERT model. Field names follow the BERT paper / HF config."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    hidden_act: str = "gelu"
+    dtype: str = "float32"  # compute dtype; params are always float32
+    adapter_size: int = 0  # > 0: Houlsby adapters in every layer
+    lora_rank: int = 0  # > 0: LoRA on the query and value projections
+    lora_alpha: float = 1.0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"BertConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"BertConfig.hidden_size={self.hidden_size} is not divisible by "
+                f"num_heads={self.num_heads}"
+            )
+        if self.adapter_size < 0 or self.lora_rank < 0:
+            raise ValueError("BertConfig.adapter_size and lora_rank must be >= 0")
+        layers.activation(self.hidden_act)  # fails early on an unknown activation name
+        jnp.dtype(self.dtype)
+
+    @classmethod
+    def from_size(cls, name: str, **overrides) -> "BertConfig":
+        """A config from the size table (`tiny` ... `large`); `vocab_size` is usually an override."""
+        if name not in SIZES:
+            raise ValueError(f"Unknown BERT size {name!r}; known sizes: {list(SIZES)}")
+        num_layers, hidden, heads = SIZES[name]
+        fields = dict(
+            vocab_size=30522,
+            hidden_size=hidden,
+            num_layers=num_layers,
+            num_heads=heads,
+            intermediate_size=4 * hidden,
+        )
+        fields.update(overrides)
+        return cls(**fields)
+
+    def replace(self, **changes) -> "BertConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+
+def validate_inputs(config: BertConfig, input_ids, segment_ids=None, input_mask=None) -> None:
+    """Checks a host-side batch before it reaches a compiled function.
+
+    JAX clamps out-of-range gathers silently, so a wrong vocabulary or an over-long sequence
+    would train on garbage instead of failing. Raises ValueError naming what is wrong.
+    """
+    input_ids = np.asarray(input_ids)
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must have shape (batch, length), got {input_ids.shape}")
+    if not np.issubdtype(input_ids.dtype, np.integer):
+        raise ValueError(f"input_ids must be integers, got dtype {input_ids.dtype}")
+    length = input_ids.shape[1]
+    if length > config.max_position_embeddings:
+        raise ValueError(
+            f"sequence length {length} exceeds max_position_embeddings="
+            f"{config.max_position_embeddings} of the model"
+        )
+    if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
+        bad = input_ids[(input_ids < 0) | (input_ids >= config.vocab_size)]
+        where = np.argwhere((input_ids < 0) | (input_ids >= config.vocab_size))[0].tolist()
+        raise ValueError(
+            f"token id {int(bad[0])} at (row, position) {tuple(where)} is outside the vocabulary "
+            f"[0, {config.vocab_size}); {bad.size} ids out of range. Does the tokenizer match "
+            f"the model's vocab_size?"
+        )
+    for name, value in (("segment_ids", segment_ids), ("input_mask", input_mask)):
+        if value is not None and np.shape(value) != input_ids.shape:
+            raise ValueError(f"{name} shape {np.shape(value)} != input_ids shape {input_ids.shape}")
+    if segment_ids is not None:
+        segment_ids = np.asarray(segment_ids)
+        bad = (segment_ids < 0) | (segment_ids >= config.type_vocab_size)
+        if bad.any():
+            where = tuple(np.argwhere(bad)[0].tolist())
+            raise ValueError(
+                f"segment id {int(segment_ids[where])} at (row, position) {where} is outside "
+                f"[0, {config.type_vocab_size}) (type_vocab_size)"
+            )
+
+
+class BertEmbeddings(nn.Module):
+    """Word + position + segment embeddings, summed, then LayerNorm and dropout."""
+
+    config: BertConfig
+
+    def setup(self):
+        c = self.config
+        embed = lambda n, axes: nn.Embed(  # noqa: E731
+            n,
+            c.hidden_size,
+            dtype=c.compute_dtype,
+            param_dtype=jnp.float32,
+            embedding_init=layers.normal_init(c.initializer_range, axes),
+        )
+        self.word_embeddings = embed(c.vocab_size, ("vocab", "embed"))
+        self.position_embeddings = embed(c.max_position_embeddings, (None, "embed"))
+        self.token_type_embeddings = embed(c.type_vocab_size, (None, "embed"))
+        self.norm = layers.layer_norm(c.layer_norm_eps, c.compute_dtype, None)
+        self.dropout = nn.Dropout(c.dropout_rate)
+
+    def __call__(self, input_ids, segment_ids, deterministic: bool):
+        length = input_ids.shape[1]
+        positions = jnp.arange(length)[None, :]  # (1, L)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(positions)
+            + self.token_type_embeddings(segment_ids)
+        )  # (B, L, H)
+        x = self.norm(x)
+        return self.dropout(x, deterministic=deterministic)
+
+    def attend(self, x):
+        """Scores x (..., H) against every word embedding: the tied MLM decoder. (..., V)"""
+        return self.word_embeddings.attend(x)
+
+
+class BertLayer(nn.Module):
+    """One post-LN transformer layer: attention, [adapter], add & norm, MLP, [adapter], add & norm."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x, attention_bias, deterministic: bool):
+        c = self.config
+        dtype = c.compute_dtype
+        dropout = nn.Dropout(c.dropout_rate)
+        h = layers.MultiHeadSelfAttention(
+            c.num_heads,
+            attention_dropout_rate=c.attention_dropout_rate,
+            initializer_range=c.initializer_range,
+            lora_rank=c.lora_rank,
+            lora_alpha=c.lora_alpha,
+            dtype=dtype,
+            name="attention",
+        )(x, attention_bias, deterministic)
+        h = dropout(h, deterministic=deterministic)
+        if c.adapter_size > 0:
+            h = layers.Adapter(c.adapter_size, c.hidden_act, dtype, name="attention_adapter")(h)
+        x = layers.layer_norm(c.layer_norm_eps, dtype, "attention_output_norm")(x + h)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+        h = layers.Mlp(
+            c.intermediate_size, c.hidden_act, c.initializer_range, dtype, name="mlp"
+        )(x)
+        h = dropout(h, deterministic=deterministic)
+        if c.adapter_size > 0:
+            h = layers.Adapter(c.adapter_size, c.hidden_act, dtype, name="mlp_adapter")(h)
+        x = layers.layer_norm(c.layer_norm_eps, dtype, "mlp_output_norm")(x + h)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class BertLayerStack(nn.Module):
+    """`num_layers` BertLayers named layer_0 ... (no nn.scan: per-layer paths are needed)."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x, attention_bias, deterministic: bool):
+        hidden_states = []
+        for i in range(self.config.num_layers):
+            x = BertLayer(self.config, name=f"layer_{i}")(x, attention_bias, deterministic)
+            hidden_states.append(x)
+        return hidden_states
+
+
+class BertEncoder(nn.Module):
+    """Embeddings + transformer layers; returns ({sequence_output}, intermediates)."""
+
+    config: BertConfig
+
+    def setup(self):
+        self.embeddings = BertEmbeddings(self.config)
+        self.encoder = BertLayerStack(self.config)
+
+    def encode(self, input_ids, segment_ids=None, input_mask=None, deterministic=True):
+        if segment_ids is None:
+            segment_ids = jnp.zeros_like(input_ids)
+        if input_mask is None:
+            input_mask = jnp.ones_like(input_ids)
+        # (B, 1, 1, L): broadcast over heads and query positions; padded keys get MASK_VALUE.
+        attention_bias = jnp.where(input_mask[:, None, None, :] > 0, 0.0, layers.MASK_VALUE)
+        attention_bias = attention_bias.astype(jnp.float32)
+        x = self.embeddings(input_ids, segment_ids, deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        hidden_states = self.encoder(x, attention_bias, deterministic)
+        intermediates = {"embeddings": x}
+        for i, h in enumerate(hidden_states, start=1):
+            intermediates[f"layer_{i}"] = h
+        return {"sequence_output": hidden_states[-1]}, intermediates
+
+    def __call__(self, input_ids, segment_ids=None, input_mask=None, masked_positions=None,
+                 deterministic=True):
+        del masked_positions  # accepted so every BERT module shares one call signature
+        return self.encode(input_ids, segment_ids, input_mask, deterministic)
+
+    def attend(self, x):
+        return self.embeddings.attend(x)
+
+
+class BertPooler(nn.Module):
+    """tanh(dense(hidden state of [CLS]))."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, sequence_output):
+        c = self.config
+        first = sequence_output[:, 0]  # (B, H)
+        dense = layers.dense(c.hidden_size, ("embed", None), c.initializer_range,
+                             c.compute_dtype, "dense")
+        return jnp.tanh(dense(first))
+
+
+class BertModel(BertEncoder):
+    """BertEncoder plus the [CLS] pooler; outputs sequence_output and pooled_output."""
+
+    def setup(self):
+        super().setup()
+        self.pooler = BertPooler(self.config)
+
+    def __call__(self, input_ids, segment_ids=None, input_mask=None, masked_positions=None,
+                 deterministic=True):
+        del masked_positions
+        outputs, intermediates = self.encode(input_ids, segment_ids, input_mask, deterministic)
+        outputs["pooled_output"] = self.pooler(outputs["sequence_output"])
+        return outputs, intermediates
+
+
+class BertMlmHead(nn.Module):
+    """Transform (dense, activation, LayerNorm), then the tied decoder plus an output bias."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden, attend):
+        """hidden: (B, P, H); attend: maps (..., H) to (..., V) with the word embeddings."""
+        c = self.config
+        dtype = c.compute_dtype
+        h = layers.dense(c.hidden_size, ("embed", None), c.initializer_range, dtype,
+                         "transform")(hidden)
+        h = layers.activation(c.hidden_act)(h)
+        h = layers.layer_norm(c.layer_norm_eps, dtype, "transform_norm")(h)
+        bias = self.param("output_bias", layers.zeros_init(("vocab",)), (c.vocab_size,),
+                          jnp.float32)
+        return attend(h).astype(jnp.float32) + bias  # (B, P, V) float32
+
+
+class BertNspHead(nn.Module):
+    """Two-way classifier on the pooled output: is segment B the real continuation of A?"""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, pooled):
+        c = self.config
+        dense = layers.dense(2, ("embed", None), c.initializer_range, c.compute_dtype, "dense")
+        return dense(pooled).astype(jnp.float32)  # (B, 2)
+
+
+class BertForPreTraining(nn.Module):
+    """BERT with the masked-LM and next-sentence-prediction heads."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids, segment_ids=None, input_mask=None, masked_positions=None,
+                 deterministic=True):
+        c = self.config
+        bert = BertModel(c, name="bert")
+        outputs, intermediates = bert(input_ids, segment_ids, input_mask,
+                                      deterministic=deterministic)
+        sequence = outputs["sequence_output"]
+        if masked_positions is not None:
+            # Gather first: the vocabulary projection is the costliest matmul, and only ~15%
+            # of positions have a label.
+            index = jnp.asarray(masked_positions)[..., None]  # (B, P, 1)
+            sequence = jnp.take_along_axis(sequence, index, axis=1)  # (B, P, H)
+        outputs["mlm_logits"] = BertMlmHead(c, name="mlm_head")(sequence, bert.attend)
+        outputs["nsp_logits"] = BertNspHead(c, name="nsp_head")(outputs["pooled_output"])
+        return outputs, intermediates
+
+
+def encoder_flops_per_token(config: BertConfig, seq_len: int) -> float:
+    """Training FLOPs (forward + backward = 3x forward) per token for embeddings and layers.
+
+    Counts matmuls only: Q, K, V and output projections (4 * 2H^2), the MLP (2 * 2HI) and the
+    attention scores and weighted sum (2 * 2LH, which grows with the sequence length).
+    """
+    h, i = config.hidden_size, config.intermediate_size
+    per_layer = 8 * h * h + 4 * h * i + 4 * seq_len * h
+    return 3.0 * config.num_layers * per_layer
+
+
+def mlm_flops_per_prediction(config: BertConfig) -> float:
+    """Training FLOPs of the MLM head per predicted position: transform (2H^2) + decoder (2HV)."""
+    h = config.hidden_size
+    return 3.0 * (2 * h * h + 2 * h * config.vocab_size)
+
+
+def flops_per_token(config: BertConfig, seq_len: int) -> float:
+    """Training FLOPs per token of the encoder; see `flops_per_example` for the heads."""
+    return encoder_flops_per_token(config, seq_len)
+
+
+def flops_per_example(config: BertConfig, seq_len: int, num_predictions: int) -> float:
+    """Training FLOPs of one pretraining example: encoder, MLM at `num_predictions`, pooler, NSP."""
+    h = config.hidden_size
+    heads = 3.0 * (2 * h * h + 2 * h * 2)  # pooler + NSP, once per sequence
+    return (seq_len * encoder_flops_per_token(config, seq_len)
+            + num_predictions * mlm_flops_per_prediction(config) + heads)
