@@ -7,6 +7,9 @@ these attributes only (the contract every task file implements):
         Returns `(outputs, intermediates)` from `apply`.
     task.example_batch(batch_size) -> dict[str, np.ndarray]
         A batch of the right shapes and dtypes (zeros are fine); used for `jax.eval_shape` init.
+    task.init_variables(rng, batch) -> variables
+        `self.model.init(...)` on an example batch (params still boxed with logical axis names);
+        the trainer calls it under `jax.eval_shape` and under a jitted init with out_shardings.
     task.init_params(params, rng) -> params
         Hook called on the freshly initialised (unboxed, plain-pytree) params: e.g. load weights
         from `config.init_from`. Return `params` unchanged when there is nothing to load.
@@ -25,6 +28,12 @@ these attributes only (the contract every task file implements):
         Tokens one example contributes to throughput figures.
     task.save(workdir)
         Writes what a user needs beside the checkpoint (tokenizer, label map, ...).
+
+Optional:
+    task.progress_keys / task.summary_keys : tuples of metric names shown in the progress bar
+        and in the final summary line (e.g. ("mlm_accuracy",), ("eval/mlm_accuracy",)).
+    task.make_optimizer(total_steps) -> (tx, schedule)
+        Replaces the default `optim.optimizers.make_optimizer(config.optimizer, ...)`.
 
 Optional, for tasks whose evaluation needs decoding (SQuAD spans, BIO entities):
     task.predict_fn(params, batch) -> outputs           (pure, jittable)

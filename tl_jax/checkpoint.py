@@ -1,0 +1,248 @@
+"""Checkpoints: an orbax CheckpointManager around the whole train state.
+
+A checkpoint holds everything needed to continue bit for bit: params, optimizer state, step and
+PRNG key (item `state`), the data iterator's position (item `data`) and the config it was
+written with (item `config`). Saves are asynchronous and atomic (orbax writes to a temporary
+directory and renames it when complete), so a run killed mid-save leaves the previous
+checkpoints intact. A checkpoint that fails to restore is moved aside (never deleted) and the
+next older one is tried.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from tl_jax.optim.optimizers import path_str
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint, or one that does not fit the current config."""
+
+
+def _is_tmp(name: str) -> bool:
+    return "orbax-checkpoint-tmp" in name or name.endswith(".tmp")
+
+
+class Checkpointer:
+    """Saves and restores train states in `directory` (normally `WORKDIR/checkpoints`).
+
+    Args:
+      directory: where checkpoints live; created if missing.
+      keep: how many of the most recent checkpoints to keep.
+      best_metric: a metric name (from eval) whose best checkpoint is also kept; "" for none.
+      best_mode: "max" or "min" for `best_metric`.
+      async_save: write in a background thread while training goes on.
+    """
+
+    def __init__(self, directory: str, keep: int = 3, best_metric: str = "",
+                 best_mode: str = "max", async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.best_metric = best_metric
+        policies: list = [pp.LatestN(n=keep)]
+        if best_metric:
+            policies.append(pp.BestN(
+                get_metric_fn=lambda m: m[best_metric], reverse=(best_mode == "min"), n=1,
+                keep_checkpoints_without_metrics=False,
+            ))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=pp.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=False,  # we report them first, see `report_incomplete`
+            create=True,
+        )
+        self.incomplete = self._find_incomplete()
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data", "config"),
+        )
+
+    # -- inspection ---------------------------------------------------------------------------
+
+    def _find_incomplete(self) -> list[str]:
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted(n for n in os.listdir(self.directory) if _is_tmp(n))
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def report_incomplete(self) -> None:
+        """Says which saves were interrupted, then removes their temporary directories."""
+        for name in self.incomplete:
+            path = os.path.join(self.directory, name)
+            print(f"[checkpoint] Found an incomplete checkpoint {path} (a save that was "
+                  "interrupted); it is ignored and removed. Earlier checkpoints are intact.",
+                  flush=True)
+            shutil.rmtree(path, ignore_errors=True)
+        self.incomplete = []
+
+    # -- save -------------------------------------------------------------------------------
+
+    def save(self, step: int, state: Any, data_state: dict, config: dict,
+             metrics: dict | None = None, force: bool = False) -> bool:
+        if metrics is not None and self.best_metric and self.best_metric not in metrics:
+            metrics = None
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state),
+            config=ocp.args.JsonSave(config),
+        )
+        if step in self.manager.all_steps():
+            return False
+        return self.manager.save(step, args=args, metrics=metrics, force=force)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    # -- restore ------------------------------------------------------------------------------
+
+    def read_config(self, step: int) -> dict:
+        restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return restored["config"]
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+        """Restores one step into the shardings of `abstract_state` (any mesh, any devices)."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(),
+            config=ocp.args.JsonRestore(),
+        ))
+        return restored["state"], restored["data"], restored["config"]
+
+    def restore_latest_good(self, abstract_state: Any):
+        """Restores the newest checkpoint that loads; moves broken ones aside.
+
+        Returns `(state, data_state, config, step)` or `None` when there is no checkpoint.
+        """
+        self.report_incomplete()
+        for step in reversed(self.all_steps()):
+            try:
+                state, data_state, config = self.restore(step, abstract_state)
+                _check_finite_step(state, step)
+                return state, data_state, config, step
+            except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+                if jax.process_count() > 1:
+                    raise CheckpointError(f"Checkpoint at step {step} failed to restore: {e}") from e
+                aside = self._move_aside(step)
+                print(f"[checkpoint] Checkpoint at step {step} is corrupt or incomplete "
+                      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Moved "
+                      f"it to {aside}; falling back to the previous checkpoint.", flush=True)
+        return None
+
+    def _move_aside(self, step: int) -> str:
+        src = os.path.join(self.directory, str(step))
+        dst_root = self.directory + "_corrupt"
+        os.makedirs(dst_root, exist_ok=True)
+        dst = os.path.join(dst_root, str(step))
+        suffix = 0
+        while os.path.exists(dst):
+            suffix += 1
+            dst = os.path.join(dst_root, f"{step}.{suffix}")
+        if os.path.exists(src):
+            shutil.move(src, dst)
+        # The manager caches its step list; rebuild it so the moved step is gone.
+        self.manager.reload()
+        return dst
+
+
+def _check_finite_step(state, step):
+    got = int(np.asarray(jax.device_get(state["step"])))
+    if got != step:
+        raise CheckpointError(f"state.step is {got} but the checkpoint directory says {step}")
+
+
+def abstract_with_shardings(abstract_tree, shardings):
+    """ShapeDtypeStructs carrying target shardings: restore reshards onto them."""
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_tree, shardings
+    )
+
+
+def config_differences(saved: dict, current: dict, sections=("model",), prefix="") -> list[str]:
+    """Dotted names of fields that differ between two config dicts in the given sections."""
+    diffs = []
+    for section in sections:
+        a, b = saved.get(section), current.get(section)
+        diffs.extend(_diff(a, b, f"{prefix}{section}"))
+    return diffs
+
+
+def _diff(a, b, name):
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out.extend(_diff(a.get(key), b.get(key), f"{name}.{key}"))
+        return out
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        a, b = list(a), list(b)
+    return [] if a == b else [f"{name}: checkpoint has {a!r}, config has {b!r}"]
+
+
+def merge_matching(params, source: dict[str, np.ndarray]):
+    """Warm start: copies every source tensor whose `/`-path and shape match into `params`.
+
+    Returns `(params, report)` where report lists `taken`, `shape_mismatch` (path, want, got),
+    `not_in_checkpoint` (params left at their fresh init) and `unused` (source tensors no
+    parameter matched).
+    """
+    taken, mismatch, fresh = [], [], []
+    used = set()
+
+    def pick(path, value):
+        name = path_str(path)
+        if name in source:
+            src = np.asarray(source[name])
+            used.add(name)
+            if src.shape == tuple(value.shape):
+                taken.append(name)
+                return jax.device_put(src.astype(value.dtype), value.sharding)
+            mismatch.append((name, tuple(value.shape), src.shape))
+        else:
+            fresh.append(name)
+        return value
+
+    params = jax.tree_util.tree_map_with_path(pick, params)
+    report = dict(taken=taken, shape_mismatch=mismatch, not_in_checkpoint=fresh,
+                  unused=sorted(set(source) - used))
+    return params, report
+
+
+def load_params_from_workdir(workdir: str) -> tuple[dict[str, np.ndarray], int]:
+    """Reads the params of the latest good checkpoint in a tl_jax workdir, as flat numpy."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{workdir} has no checkpoints/ directory: not a tl_jax workdir.")
+    mgr = ocp.CheckpointManager(directory, item_names=("state", "data", "config"),
+                                options=ocp.CheckpointManagerOptions(read_only=True))
+    for step in sorted(mgr.all_steps(), reverse=True):
+        try:
+            restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        except Exception as e:  # noqa: BLE001
+            print(f"[checkpoint] {directory}/{step} does not restore ({e}); trying older.")
+            continue
+        flat, _ = jax.tree_util.tree_flatten_with_path(restored["state"]["params"])
+        return {path_str(p): np.asarray(v) for p, v in flat}, step
+    raise CheckpointError(f"No restorable checkpoint in {directory}.")
+
+
+def save_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)

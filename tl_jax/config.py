@@ -1,0 +1,130 @@
+"""Loading experiment configs: `configs/NAME.py:ARG` plus dotted `key=value` overrides.
+
+A config file defines `get_config(arg) -> ml_collections.ConfigDict`. The loaded config is
+locked, so a misspelt key is an error that lists the valid keys instead of a value silently
+ignored. Override values are parsed as Python literals and must keep the field's type.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import pathlib
+from typing import Iterable
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid."""
+
+
+def _load_module(path: str):
+    if not os.path.exists(path):
+        raise ConfigError(f"Config file not found: {path}")
+    module_name = "tl_jax_config_" + pathlib.Path(path).stem
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"Config file {path} defines no get_config(arg) function.")
+    return module
+
+
+def _resolve_path(path: str) -> str:
+    """Finds a config given as a path, or as `configs/...` relative to the installed package."""
+    if os.path.exists(path):
+        return path
+    repo_root = pathlib.Path(__file__).resolve().parent.parent
+    candidate = repo_root / path
+    if candidate.exists():
+        return str(candidate)
+    candidate = repo_root / "configs" / path
+    if candidate.exists():
+        return str(candidate)
+    return path
+
+
+def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """Loads `path.py[:arg]` and applies `key.sub=value` overrides.
+
+    Example: `load_config("configs/bert_pretrain.py:tiny", ["train.steps=20"])`.
+    """
+    path, _, arg = spec.partition(":")
+    module = _load_module(_resolve_path(path))
+    config = module.get_config(arg or None) if arg else module.get_config(None)
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config in {path} must return an ml_collections.ConfigDict.")
+    config = ml_collections.ConfigDict(config)  # a copy we may lock and change
+    config.lock()
+    for override in overrides:
+        apply_override(config, override)
+    return config
+
+
+def parse_value(text: str):
+    """Parses an override value as a Python literal, falling back to the raw string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
+    """Applies one `a.b.c=value` override to a locked config, with a helpful error."""
+    key, sep, raw = override.partition("=")
+    if not sep:
+        raise ConfigError(f"Override {override!r} must look like key=value.")
+    parts = key.strip().split(".")
+    node = config
+    for depth, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            where = ".".join(parts[:depth]) or "<top level>"
+            valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            raise ConfigError(
+                f"Unknown config key {key!r}: {where} has no field {part!r}. Valid keys there: {valid}"
+            )
+        if depth < len(parts) - 1:
+            node = node[part]
+    field = parts[-1]
+    old = node[field]
+    value = parse_value(raw)
+    if isinstance(old, str) and not isinstance(value, str):
+        value = raw  # "1e-3" for a str field stays a string
+    if isinstance(old, bool) and isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(old, tuple) and isinstance(value, list):
+        value = tuple(value)
+    try:
+        node[field] = value
+    except (TypeError, KeyError) as e:
+        raise ConfigError(
+            f"Cannot set {key} to {value!r} (type {type(value).__name__}); current value is "
+            f"{old!r} (type {type(old).__name__}): {e}"
+        ) from e
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separates `--config.key=value` arguments from the other command-line arguments."""
+    overrides, rest = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            body = arg[len("--config."):]
+            if "=" not in body:
+                if i + 1 >= len(argv):
+                    raise ConfigError(f"{arg} needs a value")
+                body = body + "=" + argv[i + 1]
+                i += 1
+            overrides.append(body)
+        else:
+            rest.append(arg)
+        i += 1
+    return overrides, rest
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict:
+    return config.to_dict()

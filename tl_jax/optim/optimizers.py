@@ -1,0 +1,111 @@
+"""Optimizers and learning-rate schedules, built from `config.optimizer`.
+
+Everything here is optax: AdamW and LAMB come from optax itself; this file only chooses and
+chains them (warmup + decay schedule, weight-decay mask, clipping, gradient accumulation).
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import jax
+import ml_collections
+import optax
+
+# Parameters whose last path element matches this get no weight decay: biases and LayerNorm
+# scales/offsets (as in BERT's AdamWeightDecayOptimizer).
+NO_DECAY_PATTERN = re.compile(r"(^|/)(bias|scale|b)$|layer_?norm|LayerNorm")
+
+
+def path_str(path) -> str:
+    """`/`-joined name of a pytree path from `jax.tree_util.tree_flatten_with_path`."""
+    parts = []
+    for key in path:
+        if hasattr(key, "key"):
+            parts.append(str(key.key))
+        elif hasattr(key, "idx"):
+            parts.append(str(key.idx))
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def decay_mask(params):
+    """True for parameters that get weight decay (kernels and embeddings)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not NO_DECAY_PATTERN.search(path_str(path)), params
+    )
+
+
+def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warmup to `learning_rate`, then linear, polynomial, cosine or constant decay."""
+    peak = cfg.learning_rate
+    warmup = int(cfg.warmup_steps)
+    end = peak * cfg.end_lr_ratio
+    decay_steps = max(1, total_steps - warmup)
+    if cfg.decay == "linear":
+        decay = optax.linear_schedule(peak, end, decay_steps)
+    elif cfg.decay == "polynomial":
+        decay = optax.polynomial_schedule(peak, end, cfg.power, decay_steps)
+    elif cfg.decay == "cosine":
+        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=cfg.end_lr_ratio)
+    elif cfg.decay == "constant":
+        decay = optax.constant_schedule(peak)
+    else:
+        raise ValueError(
+            f"optimizer.decay={cfg.decay!r}; expected linear, polynomial, cosine or constant."
+        )
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def make_optimizer(
+    cfg: ml_collections.ConfigDict,
+    total_steps: int,
+    weight_decay_mask: Callable | None = decay_mask,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Returns `(tx, schedule)` for `config.optimizer`.
+
+    `tx` clips by global norm, applies AdamW or LAMB with the schedule, and, when
+    `grad_accum_steps > 1`, is wrapped in `optax.MultiSteps` only if `accumulate_in_optimizer`
+    is set; the trainer normally accumulates inside the jitted step instead (no extra state).
+    """
+    schedule = make_schedule(cfg, total_steps)
+    if cfg.name == "adamw":
+        opt = optax.adamw(
+            schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+            weight_decay=cfg.weight_decay, mask=weight_decay_mask,
+        )
+    elif cfg.name == "lamb":
+        opt = optax.lamb(
+            schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+            weight_decay=cfg.weight_decay, mask=weight_decay_mask,
+        )
+    elif cfg.name == "sgd":
+        opt = optax.sgd(schedule, momentum=cfg.b1 or None)
+    else:
+        raise ValueError(f"optimizer.name={cfg.name!r}; expected adamw, lamb or sgd.")
+    parts = []
+    if cfg.clip_norm and cfg.clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    parts.append(opt)
+    return optax.chain(*parts), schedule
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `optimizer` section shared by configs (each config may change any field)."""
+    return ml_collections.ConfigDict(dict(
+        name="adamw",            # adamw | lamb | sgd
+        learning_rate=1e-4,      # peak, after warmup
+        warmup_steps=100,
+        decay="linear",          # linear | polynomial | cosine | constant
+        power=1.0,               # for polynomial decay
+        end_lr_ratio=0.0,        # final lr / peak lr
+        weight_decay=0.01,       # decoupled; never on biases or LayerNorm
+        b1=0.9,
+        b2=0.999,
+        eps=1e-6,
+        clip_norm=1.0,           # global-norm clipping; 0 disables
+        grad_accum_steps=1,      # micro-batches per optimizer step
+    ))

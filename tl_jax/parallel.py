@@ -1,0 +1,212 @@
+"""Device mesh, logical-axis sharding, multi-host start-up and batch placement.
+
+Scale-out is JAX's own: `jax.distributed` for several processes, a `Mesh` with named axes
+(`data`, `fsdp`, `tensor`), and `jax.jit` with `NamedSharding`s derived from the logical axis
+names that models attach to their parameters. Models never see the mesh.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+# The batch dimension is split over every data-parallel axis (FSDP is data parallel too).
+BATCH_AXES = ("data", "fsdp")
+
+
+class MeshError(ValueError):
+    """The requested mesh does not fit the devices."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `mesh` section: axis sizes (-1 = all remaining devices) and logical-axis rules."""
+    return ml_collections.ConfigDict(dict(
+        data=-1,
+        fsdp=1,
+        tensor=1,
+        # logical axis name -> mesh axes. Activations: batch, length. Params: vocab, embed,
+        # heads, kv, mlp. FSDP shards the embedding dimension of every weight; tensor
+        # parallelism splits attention heads, MLP hidden units and the vocabulary.
+        axis_rules=(
+            ("batch", ("data", "fsdp")),
+            ("length", None),
+            ("vocab", "tensor"),
+            ("embed", "fsdp"),
+            ("heads", "tensor"),
+            ("kv", None),
+            ("mlp", "tensor"),
+        ),
+    ))
+
+
+def distributed_config() -> ml_collections.ConfigDict:
+    """The `distributed` section. Empty values fall back to JAX's environment detection."""
+    return ml_collections.ConfigDict(dict(
+        coordinator_address="",   # host:port of process 0; or env TL_JAX_COORDINATOR
+        num_processes=0,          # or env TL_JAX_NUM_PROCESSES
+        process_id=-1,            # or env TL_JAX_PROCESS_ID
+        local_device_ids="",      # comma-separated, optional
+    ))
+
+
+def maybe_initialize_distributed(cfg: ml_collections.ConfigDict) -> None:
+    """Starts `jax.distributed` when a multi-process run is configured (config or env).
+
+    On TPU pods and SLURM, `jax.distributed.initialize()` finds everything itself; set
+    `TL_JAX_AUTO_DISTRIBUTED=1` for that. Single-process runs do nothing.
+    """
+    address = cfg.coordinator_address or os.environ.get("TL_JAX_COORDINATOR", "")
+    num = cfg.num_processes or int(os.environ.get("TL_JAX_NUM_PROCESSES", "0"))
+    pid = cfg.process_id if cfg.process_id >= 0 else int(os.environ.get("TL_JAX_PROCESS_ID", "-1"))
+    if jax.distributed.is_initialized():
+        return
+    if address:
+        if num <= 0 or pid < 0:
+            raise ValueError(
+                "distributed.coordinator_address is set, so num_processes and process_id must be "
+                f"too (got num_processes={num}, process_id={pid})."
+            )
+        local = [int(x) for x in cfg.local_device_ids.split(",")] if cfg.local_device_ids else None
+        jax.distributed.initialize(address, num_processes=num, process_id=pid,
+                                   local_device_ids=local)
+        logging.info("jax.distributed: process %d of %d via %s", pid, num, address)
+    elif os.environ.get("TL_JAX_AUTO_DISTRIBUTED"):
+        jax.distributed.initialize()
+
+
+def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+    """Resolves -1 in the axis sizes and checks that they multiply to the device count."""
+    sizes = {axis: int(cfg[axis]) for axis in MESH_AXES}
+    unknown = [a for a, s in sizes.items() if s == -1]
+    if len(unknown) > 1:
+        raise MeshError(f"At most one mesh axis may be -1, got {sizes}.")
+    if any(s == 0 or s < -1 for s in sizes.values()):
+        raise MeshError(f"Mesh axis sizes must be positive or -1, got {sizes}.")
+    known = math.prod(s for s in sizes.values() if s != -1)
+    if unknown:
+        if num_devices % known:
+            raise MeshError(
+                f"Mesh {sizes}: the fixed axes multiply to {known}, which does not divide the "
+                f"{num_devices} devices."
+            )
+        sizes[unknown[0]] = num_devices // known
+    if math.prod(sizes.values()) != num_devices:
+        raise MeshError(
+            f"Mesh axis sizes {sizes} multiply to {math.prod(sizes.values())}, but there are "
+            f"{num_devices} devices. Set mesh.data/fsdp/tensor so that they multiply to "
+            f"{num_devices} (or use -1 for one axis)."
+        )
+    return sizes
+
+
+def make_mesh(cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
+    devices = jax.devices() if devices is None else devices
+    sizes = mesh_shape(cfg, len(devices))
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    try:
+        device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+    except Exception:  # noqa: BLE001 - fake CPU devices have no physical topology
+        device_array = np.asarray(devices).reshape(shape)
+    return Mesh(device_array, MESH_AXES)
+
+
+def axis_rules(cfg: ml_collections.ConfigDict) -> tuple:
+    return tuple((name, tuple(ax) if isinstance(ax, list) else ax) for name, ax in cfg.axis_rules)
+
+
+def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """Drops mesh axes from dimensions they do not divide (e.g. 2 heads on a 4-way tensor axis).
+
+    The dimension is then replicated over that axis: correct, only less sharded.
+    """
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        if axes is None:
+            fitted.append(None)
+            continue
+        names = (axes,) if isinstance(axes, str) else tuple(axes)
+        kept = []
+        for name in names:
+            size = mesh.shape[name] * math.prod(mesh.shape[k] for k in kept)
+            if dim % size == 0:
+                kept.append(name)
+        fitted.append(tuple(kept) if len(kept) > 1 else (kept[0] if kept else None))
+    return P(*fitted)
+
+
+def logical_to_shardings(boxed_tree, mesh: Mesh, rules) -> object:
+    """NamedShardings for a tree of (abstract) values, some boxed in `nn.Partitioned`.
+
+    The result has the structure of the *unboxed* tree. Unannotated leaves are replicated.
+    """
+    def leaf_sharding(x):
+        if isinstance(x, nn.LogicallyPartitioned):
+            spec = nn.logical_to_mesh_axes(x.names, rules)
+            value = x.value
+        elif isinstance(x, nn.Partitioned):
+            spec, value = P(*x.names), x.value
+        else:
+            spec, value = P(), x
+        return NamedSharding(mesh, _fit_spec(spec, tuple(np.shape(value)), mesh))
+
+    return jax.tree_util.tree_map(
+        leaf_sharding, boxed_tree, is_leaf=lambda x: isinstance(x, nn.Partitioned)
+    )
+
+
+def path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def shardings_like_params(tree, param_shardings, mesh: Mesh):
+    """Shardings for an optimizer state: a leaf whose path ends with a parameter's path and has
+    that parameter's shape gets the parameter's sharding; anything else is replicated."""
+    by_path = {}
+    flat, _ = jax.tree_util.tree_flatten_with_path(param_shardings)
+    for path, sharding in flat:
+        by_path[path_str(path)] = sharding
+    def find(path, leaf):
+        name = path_str(path)
+        parts = name.split("/")
+        for i in range(len(parts)):
+            suffix = "/".join(parts[i:])
+            if suffix in by_path:
+                spec = by_path[suffix].spec
+                return NamedSharding(mesh, _fit_spec(spec, tuple(np.shape(leaf)), mesh))
+        return NamedSharding(mesh, P())
+
+    return jax.tree_util.tree_map_with_path(find, tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def check_batch_size(global_batch: int, mesh: Mesh) -> None:
+    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if global_batch % shards:
+        raise MeshError(
+            f"Global batch size {global_batch} is not divisible by the {shards} data-parallel "
+            f"shards of mesh {dict(mesh.shape)}."
+        )
+    if global_batch % jax.process_count():
+        raise MeshError(
+            f"Global batch size {global_batch} is not divisible by {jax.process_count()} processes."
+        )
+
+
+def host_batch_to_global(batch: dict, mesh: Mesh) -> dict:
+    """Assembles each process's rows into one global array sharded over the batch axes."""
+    sharding = batch_sharding(mesh)
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in batch.items()
+    }

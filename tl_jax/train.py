@@ -1,0 +1,440 @@
+"""The one trainer: init the state under the mesh, jitted sharded step, eval, checkpoints, logs.
+
+Objectives plug in as tasks (see `tl_jax/tasks/__init__.py`); nothing here knows about BERT.
+
+    summary = train_and_evaluate(config, workdir)
+
+Read it top to bottom: set-up, state (abstract -> shardings -> jitted init or restore), the
+train and eval steps, then the loop.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from tl_jax import checkpoint as ckpt_lib
+from tl_jax import parallel, tasks
+from tl_jax.metrics_writer import MetricsWriter
+from tl_jax.optim import optimizers
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient norm became NaN or Inf."""
+
+
+# ================================================================================================
+# Set-up
+# ================================================================================================
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything the loop needs, built once by `build_trainer` (also handy in tests/Colab)."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    task: Any
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    state_shardings: dict
+    abstract_state: dict
+    train_step: Any
+    eval_step: Any
+    predict_step: Any | None
+    init_state: Any
+
+
+def _replicated(mesh):
+    return NamedSharding(mesh, P())
+
+
+def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
+    """Builds mesh, task, optimizer, shardings and the jitted functions. Compiles nothing yet."""
+    parallel.maybe_initialize_distributed(config.distributed)
+    mesh = parallel.make_mesh(config.mesh)
+    rules = parallel.axis_rules(config.mesh)
+    global_batch = int(config.data.batch_size)
+    accum = int(config.optimizer.grad_accum_steps)
+    if accum < 1 or global_batch % accum:
+        raise ValueError(
+            f"data.batch_size={global_batch} must be a multiple of "
+            f"optimizer.grad_accum_steps={accum}."
+        )
+    parallel.check_batch_size(global_batch // accum, mesh)
+
+    task = tasks.build_task(config, workdir)  # tokenizer, data, input checks: before compiling
+    total_steps = int(config.train.steps)
+    if hasattr(task, "make_optimizer"):
+        tx, schedule = task.make_optimizer(total_steps)
+    else:
+        tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps)
+
+    # -- State shapes and shardings, without materialising anything -------------------------
+    example = task.example_batch(global_batch // accum)
+    with mesh, nn.logical_axis_rules(rules):
+        abstract_boxed = jax.eval_shape(
+            lambda r: task.init_variables(r, example)["params"], jax.random.PRNGKey(0)
+        )
+    param_shardings = parallel.logical_to_shardings(abstract_boxed, mesh, rules)
+    abstract_params = nn.unbox(abstract_boxed)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_shardings = parallel.shardings_like_params(abstract_opt, param_shardings, mesh)
+    replicated = _replicated(mesh)
+    state_shardings = dict(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                           rng=replicated)
+    abstract_state = dict(
+        step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+        opt_state=abstract_opt, rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+    )
+
+    def init_params(rng):
+        return nn.unbox(task.init_variables(rng, example)["params"])
+
+    def init_state(rng):
+        """Initialises params sharded from the start, lets the task load pretrained weights,
+        then builds the optimizer state with matching shardings."""
+        with mesh, nn.logical_axis_rules(rules):
+            params = jax.jit(init_params, out_shardings=param_shardings)(rng)
+        params = task.init_params(params, rng)
+        params = jax.device_put(params, param_shardings)
+        opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+        return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                    rng=jax.device_put(jax.random.PRNGKey(config.seed), replicated))
+
+    batch_sharding = parallel.batch_sharding(mesh)
+    on_nonfinite = config.train.on_nonfinite
+    if on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"train.on_nonfinite={on_nonfinite!r}; expected 'stop' or 'skip'.")
+
+    # ============================================================================================
+    # Train step
+    # ============================================================================================
+
+    def grads_and_metrics(params, batch, rng):
+        (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
+            params, batch, rng, True)
+        return grads, loss, metrics
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(state["rng"], state["step"])
+        params = state["params"]
+        if accum == 1:
+            grads, loss, metrics = grads_and_metrics(params, batch, rng)
+        else:
+            # (B, ...) -> (accum, B/accum, ...), taking every accum-th row so each micro-batch
+            # stays spread over all data-parallel devices.
+            def split(x):
+                x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1)
+                return jax.lax.with_sharding_constraint(
+                    x, NamedSharding(mesh, P(None, parallel.BATCH_AXES)))
+            micro = jax.tree_util.tree_map(split, batch)
+
+            def body(carry, xs):
+                mb, i = xs
+                g, l, m = grads_and_metrics(params, mb, jax.random.fold_in(rng, i))
+                acc_g, acc_l, acc_m = carry
+                acc_g = jax.tree_util.tree_map(jnp.add, acc_g, g)
+                acc_m = jax.tree_util.tree_map(jnp.add, acc_m, m)
+                return (acc_g, acc_l + l, acc_m), None
+
+            first = jax.tree_util.tree_map(lambda x: x[0], micro)
+            zero_g = jax.tree_util.tree_map(jnp.zeros_like, params)
+            m_shape = jax.eval_shape(lambda: grads_and_metrics(params, first, rng)[2])
+            zero_m = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+            (grads, loss, metrics), _ = jax.lax.scan(
+                body, (zero_g, jnp.zeros((), jnp.float32), zero_m), (micro, jnp.arange(accum)))
+            grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
+            loss = loss / accum
+
+        grad_norm = optax.global_norm(grads)
+        updates, new_opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if on_nonfinite == "skip":
+            keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
+                lambda a, b: jnp.where(finite, a, b), new, old)
+            new_params = keep(new_params, params)
+            new_opt_state = keep(new_opt_state, state["opt_state"])
+        metrics = dict(metrics)
+        metrics["loss"] = (loss, jnp.ones((), jnp.float32))
+        metrics["grad_norm"] = (grad_norm, jnp.ones((), jnp.float32))
+        metrics["learning_rate"] = (jnp.asarray(schedule(state["step"]), jnp.float32),
+                                    jnp.ones((), jnp.float32))
+        metrics["nonfinite_steps"] = (1.0 - finite.astype(jnp.float32), jnp.zeros((), jnp.float32))
+        new_state = dict(step=state["step"] + 1, params=new_params, opt_state=new_opt_state,
+                         rng=state["rng"])
+        return new_state, metrics
+
+    def eval_step(params, batch):
+        _, metrics = task.loss_fn(params, batch, jax.random.PRNGKey(0), False)
+        return metrics
+
+    jit_train = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                        out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    jit_eval = jax.jit(eval_step, in_shardings=(param_shardings, batch_sharding),
+                       out_shardings=replicated)
+    jit_predict = None
+    if hasattr(task, "predict_fn"):
+        jit_predict = jax.jit(task.predict_fn, in_shardings=(param_shardings, batch_sharding))
+
+    return Trainer(config=config, workdir=workdir, mesh=mesh, rules=rules, task=task, tx=tx,
+                   schedule=schedule, state_shardings=state_shardings,
+                   abstract_state=abstract_state, train_step=jit_train, eval_step=jit_eval,
+                   predict_step=jit_predict, init_state=init_state)
+
+
+# ================================================================================================
+# Helpers for the loop
+# ================================================================================================
+
+
+def average(metric_list: list[dict]) -> dict[str, float]:
+    """Averages `(sum, count)` metrics; entries with count 0 are totals (e.g. skipped steps)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for metrics in jax.device_get(metric_list):
+        for k, (s, c) in metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(s)
+            counts[k] = counts.get(k, 0.0) + float(c)
+    return {k: (sums[k] / counts[k] if counts[k] else sums[k]) for k in sums}
+
+
+def first_nonfinite(metric_list: list[dict], first_step: int) -> tuple[int, str] | None:
+    for i, metrics in enumerate(jax.device_get(metric_list)):
+        for name in ("loss", "grad_norm"):
+            if not math.isfinite(float(metrics[name][0])):
+                return first_step + i, name
+    return None
+
+
+def evaluate(trainer: Trainer, params, step: int) -> dict[str, float]:
+    """One pass over (at most `train.eval_batches` of) the held-out batches."""
+    limit = int(trainer.config.train.eval_batches)
+    results, outputs = [], []
+    with trainer.mesh, nn.logical_axis_rules(trainer.rules):
+        for i, batch in enumerate(trainer.task.eval_batches()):
+            if limit and i >= limit:
+                break
+            gbatch = parallel.host_batch_to_global(batch, trainer.mesh)
+            results.append(trainer.eval_step(params, gbatch))
+            if trainer.predict_step is not None:
+                out = trainer.predict_step(params, gbatch)
+                outputs.append((batch, jax.tree_util.tree_map(
+                    lambda x: np.asarray(jax.experimental.multihost_utils.process_allgather(
+                        x, tiled=True)) if jax.process_count() > 1 else np.asarray(x), out)))
+    if not results:
+        return {}
+    metrics = {f"eval/{k}": v for k, v in average(results).items()}
+    if trainer.predict_step is not None and hasattr(trainer.task, "evaluate"):
+        extra = trainer.task.evaluate(outputs, trainer.workdir, step)
+        metrics.update({f"eval/{k}": float(v) for k, v in extra.items()})
+    return metrics
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks at step boundaries (then it saves and exits)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. some notebook runners)
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer):
+    """Continues from the newest good checkpoint in the workdir, or initialises fresh."""
+    config = trainer.config
+    target = ckpt_lib.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+    restored = checkpointer.restore_latest_good(target)
+    if restored is None:
+        if checkpointer.all_steps() == [] and os.path.isdir(checkpointer.directory + "_corrupt"):
+            print("[checkpoint] No usable checkpoint left; starting from scratch.", flush=True)
+        return trainer.init_state(jax.random.PRNGKey(config.seed)), None
+    state, data_state, saved_config, step = restored
+    diffs = ckpt_lib.config_differences(saved_config, config.to_dict(), sections=("model",))
+    if diffs:
+        raise ckpt_lib.CheckpointError(
+            f"The checkpoint at step {step} in {checkpointer.directory} was written with a "
+            "different model config:\n  " + "\n  ".join(diffs) + "\nUse a new workdir with "
+            "--config.init_from=<old workdir> to warm-start from it instead.")
+    print(f"[checkpoint] Resuming from step {step} ({checkpointer.directory}).", flush=True)
+    return state, data_state
+
+
+# ================================================================================================
+# The loop
+# ================================================================================================
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "TrainResult":
+    """Trains `config.task` for `config.train.steps` steps in `workdir`.
+
+    Resumes from the workdir's newest good checkpoint if there is one. Returns the summary
+    (also written to `WORKDIR/summary.json`) and the final state.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    trainer = build_trainer(config, workdir)
+    task, mesh, tc = trainer.task, trainer.mesh, config.train
+    is_main = jax.process_index() == 0
+    if is_main:
+        task.save(workdir)
+        ckpt_lib.save_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+    checkpointer = ckpt_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints,
+        best_metric=tc.best_metric, best_mode=tc.best_mode, async_save=tc.async_checkpoint)
+    state, data_state = restore_or_init(trainer, checkpointer)
+    train_iter = task.train_batches()
+    if data_state is not None:
+        train_iter.set_state(data_state)
+
+    writer = MetricsWriter(workdir)
+    start_step = int(jax.device_get(state["step"]))
+    total_steps = int(tc.steps)
+    global_batch = int(config.data.batch_size)
+    tokens_per_step = task.tokens_per_example * global_batch
+    flops_per_step = task.flops_per_example * global_batch
+    peak = float(tc.peak_flops) * jax.device_count()
+    config_dict = config.to_dict()
+
+    bar = None
+    if is_main and tc.progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total_steps, initial=start_step, desc=config.task, unit="step",
+                   dynamic_ncols=True)
+
+    pending: list[dict] = []
+    last_eval: dict[str, float] = {}
+    window_start, window_steps, timed_steps, timed_seconds = None, 0, 0, 0.0
+    skipped_total = 0
+    summary_rate = 0.0
+
+    def save(step, metrics=None):
+        checkpointer.save(step, state, train_iter.get_state(), config_dict, metrics=metrics)
+
+    def flush(step):
+        """Logs the pending steps' metrics; stops on a non-finite value unless skipping."""
+        nonlocal pending, window_start, window_steps, timed_steps, timed_seconds, summary_rate
+        nonlocal skipped_total
+        if not pending:
+            return
+        if tc.on_nonfinite == "stop":
+            bad = first_nonfinite(pending, step - len(pending) + 1)
+            if bad is not None:
+                raise NonFiniteError(
+                    f"Non-finite {bad[1]} at step {bad[0]}. Stopping (the last checkpoint before "
+                    "it is intact). Set --config.train.on_nonfinite=skip to skip such steps.")
+        scalars = average(pending)
+        skipped_total += int(scalars.pop("nonfinite_steps", 0))
+        elapsed = time.perf_counter() - window_start
+        if window_steps:
+            timed_steps += window_steps
+            timed_seconds += elapsed
+            rate = window_steps / elapsed
+            scalars["steps_per_sec"] = rate
+            scalars["tokens_per_sec"] = rate * tokens_per_step
+            scalars["mfu"] = rate * flops_per_step / peak
+            summary_rate = timed_steps / timed_seconds
+        scalars["skipped_steps"] = skipped_total
+        writer.write(step, scalars)
+        if bar is not None:
+            shown = {k: scalars[k] for k in getattr(task, "progress_keys", ()) if k in scalars}
+            shown["loss"] = scalars["loss"]
+            if "tokens_per_sec" in scalars:
+                shown["tok/s"] = scalars["tokens_per_sec"]
+            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+        pending = []
+        window_start, window_steps = time.perf_counter(), 0
+
+    with mesh, nn.logical_axis_rules(trainer.rules), _Preemption() as preemption:
+        window_start = time.perf_counter()
+        for step in range(start_step, total_steps):
+            batch = parallel.host_batch_to_global(next(train_iter), mesh)
+            state, metrics = trainer.train_step(state, batch)
+            pending.append(metrics)
+            done = step + 1
+            if step == start_step:
+                flush(done)  # waits for compilation; the throughput clock restarts after it
+            else:
+                window_steps += 1
+            if bar is not None:
+                bar.update(1)
+            if done % tc.log_every == 0 or done == total_steps:
+                flush(done)
+            if tc.eval_every and (done % tc.eval_every == 0 or done == total_steps):
+                flush(done)
+                last_eval = evaluate(trainer, state["params"], done)
+                writer.write(done, last_eval)
+                window_start, window_steps = time.perf_counter(), 0
+                if bar is not None and last_eval:
+                    bar.write(f"step {done}: " + ", ".join(
+                        f"{k}={v:.4f}" for k, v in sorted(last_eval.items())))
+            if done % tc.checkpoint_every == 0 or done == total_steps or preemption.requested:
+                flush(done)
+                save(done, last_eval if last_eval else None)
+                if preemption.requested:
+                    print(f"[checkpoint] SIGTERM: saved step {done}; exiting.", flush=True)
+                    break
+        flush(int(jax.device_get(state["step"])))
+    checkpointer.close()
+    writer.close()
+    if bar is not None:
+        bar.close()
+
+    final_step = int(jax.device_get(state["step"]))
+    summary = dict(step=final_step, tokens_per_sec=summary_rate * tokens_per_step,
+                   mfu=summary_rate * flops_per_step / peak, skipped_steps=skipped_total,
+                   **last_eval)
+    if is_main:
+        ckpt_lib.save_json(os.path.join(workdir, "summary.json"), summary)
+        print(format_summary(summary, task), flush=True)
+    return TrainResult(summary=summary, state=state, trainer=trainer)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    summary: dict
+    state: dict     # the final train state (params, opt_state, step, rng), sharded
+    trainer: Trainer
+
+
+def format_summary(summary: dict, task) -> str:
+    parts = [f"done: {summary['step']} steps"]
+    for key in getattr(task, "summary_keys", ()):
+        if key in summary:
+            parts.append(f"held-out {key.removeprefix('eval/')} {summary[key]:.4f}")
+    parts.append(f"{summary['tokens_per_sec']:,.0f} tokens/s")
+    parts.append(f"MFU {100 * summary['mfu']:.1f}%")
+    if summary.get("skipped_steps"):
+        parts.append(f"{summary['skipped_steps']} non-finite steps skipped")
+    return " | ".join(parts)
