@@ -1,0 +1,233 @@
+"""BERT WordPiece tokenizer: train on a corpus, or load a `vocab.txt` / `tokenizer.json`.
+
+A thin wrapper around Hugging Face `tokenizers.Tokenizer` with the BERT pipeline (BERT
+normaliser with optional lower-casing, BERT pre-tokeniser, WordPiece with `##` continuation
+pieces). Ids match `transformers.BertTokenizerFast` on the same vocabulary.
+
+    tok = Tokenizer.train_wordpiece(documents, vocab_size=8192)
+    tok.save("workdir/tokenizer")            # tokenizer.json + vocab.txt
+    tok = Tokenizer.load("workdir/tokenizer")
+    ids = tok.encode("Hello world")          # no [CLS]/[SEP]; the example builder adds them
+    starts = tok.word_starts(ids)            # False on '##' pieces: for whole-word masking
+
+The five special tokens [PAD] [UNK] [CLS] [SEP] [MASK] must exist, and [PAD] must be id 0
+because batches are padded with zeros.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
+CONTINUATION_PREFIX = "##"
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file is missing or unusable for BERT pretraining."""
+
+
+def _bert_pipeline(model: models.Model, lowercase: bool) -> tokenizers.Tokenizer:
+    tok = tokenizers.Tokenizer(model)
+    # strip_accents=None follows `lowercase`, as in BertTokenizerFast(do_lower_case=...).
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix=CONTINUATION_PREFIX)
+    return tok
+
+
+class Tokenizer:
+    """BERT WordPiece tokenizer with the ids the pretraining pipeline needs.
+
+    Build it with `train_wordpiece` or `load`; the constructor takes a ready
+    `tokenizers.Tokenizer` and validates its special tokens.
+    """
+
+    def __init__(self, hf_tokenizer: tokenizers.Tokenizer, source: str = "<in memory>"):
+        # Encoding for pretraining wants raw ids: a tokenizer.json made for inference (e.g.
+        # sentence-transformers) pads/truncates to 128 and would silently corrupt segments.
+        hf_tokenizer.no_truncation()
+        hf_tokenizer.no_padding()
+        self._tok = hf_tokenizer
+        self.source = source
+        missing = [t for t in SPECIAL_TOKENS if hf_tokenizer.token_to_id(t) is None]
+        if missing:
+            raise TokenizerError(f"Tokenizer {source} lacks the special token(s) {missing}; BERT "
+                                 f"pretraining needs all of {list(SPECIAL_TOKENS)}.")
+        if self.pad_id != 0:
+            raise TokenizerError(f"Tokenizer {source} has [PAD] at id {self.pad_id}; it must be 0 "
+                                 "because batches are zero-padded.")
+        self._vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        ids = sorted(hf_tokenizer.get_vocab(with_added_tokens=True).values())
+        if ids != list(range(len(ids))):
+            raise TokenizerError(f"Tokenizer {source} has non-contiguous ids (expected 0..{len(ids) - 1}).")
+        prefix = getattr(hf_tokenizer.model, "continuing_subword_prefix", None) or CONTINUATION_PREFIX
+        # Per-id flags, so word starts and maskable ids are one numpy gather per example.
+        tokens = [hf_tokenizer.id_to_token(i) for i in range(self._vocab_size)]
+        self._is_continuation = np.array([t.startswith(prefix) for t in tokens], dtype=bool)
+        self._is_special = np.zeros(self._vocab_size, dtype=bool)
+        self._is_special[self.special_ids] = True
+        if hf_tokenizer.post_processor is None:
+            # Our own encode() adds no special tokens, but a saved tokenizer.json should give
+            # downstream users (fine-tuning, transformers) the standard BERT layout.
+            hf_tokenizer.post_processor = processors.TemplateProcessing(
+                single=f"{CLS}:0 $A:0 {SEP}:0",
+                pair=f"{CLS}:0 $A:0 {SEP}:0 $B:1 {SEP}:1",
+                special_tokens=[(CLS, self.cls_id), (SEP, self.sep_id)],
+            )
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def train_wordpiece(
+        cls,
+        documents: Iterable[Sequence[str]],
+        vocab_size: int,
+        lowercase: bool = True,
+        min_frequency: int = 2,
+    ) -> "Tokenizer":
+        """Trains a WordPiece vocabulary of at most `vocab_size` entries on the documents' text."""
+        if vocab_size < len(SPECIAL_TOKENS) + 1:
+            raise TokenizerError(f"vocab_size={vocab_size} is too small for a WordPiece vocabulary.")
+        documents = list(documents)
+        tok = _bert_pipeline(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100), lowercase)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIAL_TOKENS),  # In this order, so [PAD] is 0.
+            continuing_subword_prefix=CONTINUATION_PREFIX,
+            show_progress=False,
+        )
+        units = (unit for document in documents for unit in document)
+        tok.train_from_iterator(units, trainer=trainer, length=sum(len(d) for d in documents))
+        return cls(tok, source=f"<trained WordPiece, vocab_size={vocab_size}>")
+
+    @classmethod
+    def from_vocab(cls, vocab_path: str, lowercase: bool = True) -> "Tokenizer":
+        """Builds the BERT pipeline around a `vocab.txt` (one token per line, id = line index)."""
+        vocab = {}
+        with open(vocab_path, encoding="utf-8") as f:
+            for index, line in enumerate(f):
+                token = line.rstrip("\n")
+                if token in vocab:
+                    raise TokenizerError(f"{vocab_path}:{index + 1}: duplicate token {token!r}.")
+                vocab[token] = index
+        if not vocab:
+            raise TokenizerError(f"Vocabulary file {vocab_path} is empty.")
+        if UNK not in vocab:
+            raise TokenizerError(f"Tokenizer {vocab_path} lacks the special token(s) ['{UNK}']; "
+                                 f"BERT pretraining needs all of {list(SPECIAL_TOKENS)}.")
+        model = models.WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=100)
+        return cls(_bert_pipeline(model, lowercase), source=vocab_path)
+
+    @classmethod
+    def load(cls, path: str, lowercase: bool = True) -> "Tokenizer":
+        """Loads a `tokenizer.json`, a `vocab.txt`, or a directory holding one of them.
+
+        A directory's `tokenizer.json` wins over its `vocab.txt` (it carries the normaliser
+        settings). `lowercase` applies to `vocab.txt` only.
+        """
+        if os.path.isdir(path):
+            for name in ("tokenizer.json", "vocab.txt"):
+                if os.path.exists(os.path.join(path, name)):
+                    return cls.load(os.path.join(path, name), lowercase)
+            raise TokenizerError(f"Directory {path} holds neither tokenizer.json nor vocab.txt.")
+        if not os.path.exists(path):
+            raise TokenizerError(f"Tokenizer file not found: {path}")
+        if path.endswith(".json"):
+            try:
+                tok = tokenizers.Tokenizer.from_file(path)
+            except Exception as e:  # tokenizers raises a bare Exception on bad JSON.
+                raise TokenizerError(f"Cannot read tokenizer file {path}: {e}") from None
+            return cls(tok, source=path)
+        return cls.from_vocab(path, lowercase)
+
+    def save(self, directory: str) -> None:
+        """Writes `tokenizer.json` and `vocab.txt` (readable by `load` and by transformers)."""
+        os.makedirs(directory, exist_ok=True)
+        self._tok.save(os.path.join(directory, "tokenizer.json"))
+        with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as f:
+            for i in range(self._vocab_size):
+                f.write(self._tok.id_to_token(i) + "\n")
+
+    # ---------------------------------------------------------------- ids
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def pad_id(self) -> int:
+        return self._tok.token_to_id(PAD)
+
+    @property
+    def unk_id(self) -> int:
+        return self._tok.token_to_id(UNK)
+
+    @property
+    def cls_id(self) -> int:
+        return self._tok.token_to_id(CLS)
+
+    @property
+    def sep_id(self) -> int:
+        return self._tok.token_to_id(SEP)
+
+    @property
+    def mask_id(self) -> int:
+        return self._tok.token_to_id(MASK)
+
+    @property
+    def special_ids(self) -> list[int]:
+        """Ids of [PAD] [UNK] [CLS] [SEP] [MASK], in that order."""
+        return [self._tok.token_to_id(t) for t in SPECIAL_TOKENS]
+
+    @property
+    def hf_tokenizer(self) -> tokenizers.Tokenizer:
+        """The underlying `tokenizers.Tokenizer` (no padding/truncation)."""
+        return self._tok
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def id_to_token(self, index: int) -> str | None:
+        return self._tok.id_to_token(index)
+
+    def non_special_ids(self) -> np.ndarray:
+        """All ids except the special tokens: the pool for MLM's random replacements."""
+        return np.flatnonzero(~self._is_special).astype(np.int32)
+
+    # ---------------------------------------------------------------- encoding
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without [CLS]/[SEP]."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """`encode` over many texts at once (tokenizers' batched, native path)."""
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode_with_word_ids(self, text: str) -> tuple[list[int], list[int]]:
+        """Token ids and, per token, the index of the pre-tokenised word it came from."""
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        return encoding.ids, list(encoding.word_ids)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def word_starts(self, ids) -> np.ndarray:
+        """Bool array: True where a token begins a word (not a `##` piece), as BERT's
+        whole-word masking defines words. Special tokens count as word starts."""
+        ids = np.asarray(ids, dtype=np.int64)
+        return ~self._is_continuation[ids]
+
+    def is_special(self, ids) -> np.ndarray:
+        """Bool array: True where the id is one of the five special tokens."""
+        return self._is_special[np.asarray(ids, dtype=np.int64)]
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, source={self.source!r})"
