@@ -1,0 +1,198 @@
+"""Feature conversion for downstream tasks: records -> fixed-length numpy arrays for BERT inputs.
+
+Every encoder returns a dict of numpy arrays with a leading example axis `N` and sequence axis
+`T = max_seq_length`, BERT style: `[CLS] a [SEP] (b [SEP])`, then padding.
+
+* `encode_classification`: `input_ids`, `segment_ids`, `input_mask` `(N, T)`, `labels` `(N,)`.
+  Pairs are truncated longest-first, as in BERT's `run_classifier.py`.
+* `encode_tagging`: the same inputs plus `labels` `(N, T)` with the word's tag id on its *first*
+  sub-token and `IGNORE` (-100) on every other position (later sub-tokens, specials, padding),
+  and `word_index` `(N, T)`: which word a first sub-token starts (-1 elsewhere), to map
+  predictions back onto words.
+* `encode_squad`: question + context windows. Contexts longer than the room left after the
+  question are split into overlapping windows `doc_stride` sub-tokens apart. Each window has
+  `start_positions` / `end_positions` (sub-token index; 0 = [CLS] when the answer is not inside
+  the window or the question has none), `offsets` `(N, T, 2)` with each context sub-token's
+  character span in the context (`-1` elsewhere), and `example_index` `(N,)`.
+
+Sub-token offsets come from the Hugging Face `tokenizers` encoding (`Encoding.offsets` and
+`word_ids`), so they map exactly back to the original characters, accents and case included.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tokenizers
+
+IGNORE = -100  # Label id the losses skip: non-first sub-tokens, special tokens, padding.
+
+
+def hf_tokenizer(tokenizer) -> tokenizers.Tokenizer:
+    """The underlying `tokenizers.Tokenizer`, copied with truncation and padding switched off.
+
+    Accepts a `tokenizers.Tokenizer` or an object wrapping one (tl_jax's `Tokenizer`). The copy
+    matters: a tokenizer.json may carry its own truncation/padding (MiniLM's pads to 128) which
+    would silently break window arithmetic here.
+    """
+    inner = tokenizer
+    if not isinstance(inner, tokenizers.Tokenizer):
+        wrapped = (getattr(tokenizer, a, None) for a in ("hf_tokenizer", "tokenizer", "_tokenizer"))
+        inner = next((w for w in wrapped if isinstance(w, tokenizers.Tokenizer)), None)
+    if not isinstance(inner, tokenizers.Tokenizer):
+        raise TypeError(f"expected a tokenizers.Tokenizer or a wrapper of one, got {type(tokenizer)}")
+    copy = tokenizers.Tokenizer.from_str(inner.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
+class _Specials:
+    """Ids of [CLS], [SEP] and [PAD] in a WordPiece vocabulary."""
+
+    def __init__(self, tok: tokenizers.Tokenizer):
+        ids = {name: tok.token_to_id(name) for name in ("[CLS]", "[SEP]", "[PAD]")}
+        missing = [name for name, i in ids.items() if i is None]
+        if missing:
+            raise ValueError(f"tokenizer vocabulary lacks special tokens {missing}")
+        self.cls, self.sep, self.pad = ids["[CLS]"], ids["[SEP]"], ids["[PAD]"]
+
+
+def _pack(specials: _Specials, a: Sequence[int], b: Sequence[int] | None, max_seq_length: int):
+    """`[CLS] a [SEP] (b [SEP])` padded to `max_seq_length`: (ids, segments, mask) int32 rows."""
+    ids = [specials.cls, *a, specials.sep]
+    segments = [0] * len(ids)
+    if b is not None:
+        ids += [*b, specials.sep]
+        segments += [1] * (len(b) + 1)
+    if len(ids) > max_seq_length:
+        raise ValueError(f"packed length {len(ids)} exceeds max_seq_length {max_seq_length}")
+    pad = max_seq_length - len(ids)
+    return (np.array(ids + [specials.pad] * pad, np.int32), np.array(segments + [0] * pad, np.int32),
+            np.array([1] * (max_seq_length - pad) + [0] * pad, np.int32))
+
+
+def _check_length(max_seq_length: int, minimum: int) -> None:
+    if max_seq_length < minimum:
+        raise ValueError(f"max_seq_length={max_seq_length} is too short (needs >= {minimum})")
+
+
+def encode_classification(tokenizer, records: Sequence[dict], label_map: dict[str, int],
+                          max_seq_length: int) -> dict[str, np.ndarray]:
+    """Encodes `{"text", "text_b", "label"}` records; unknown labels are an error."""
+    tok, has_pair = hf_tokenizer(tokenizer), any(r.get("text_b") is not None for r in records)
+    specials = _Specials(tok)
+    _check_length(max_seq_length, 4 if has_pair else 3)
+    firsts = tok.encode_batch([r["text"] for r in records], add_special_tokens=False)
+    seconds = (tok.encode_batch([r["text_b"] or "" for r in records], add_special_tokens=False)
+               if has_pair else [None] * len(records))
+    rows = []
+    for i, (record, first, second) in enumerate(zip(records, firsts, seconds)):
+        a, b = list(first.ids), (list(second.ids) if second is not None else None)
+        room = max_seq_length - (3 if b is not None else 2)
+        while len(a) + (len(b) if b is not None else 0) > room:
+            # Longest-first truncation keeps both sentences of a pair represented.
+            if b is not None and len(b) > len(a):
+                b.pop()
+            else:
+                a.pop()
+        label = record["label"]
+        if label not in label_map:
+            raise ValueError(f"record {i}: label {label!r} not in label map {sorted(label_map)}")
+        rows.append((*_pack(specials, a, b, max_seq_length), label_map[label]))
+    ids, segments, mask, labels = zip(*rows)
+    return {"input_ids": np.stack(ids), "segment_ids": np.stack(segments),
+            "input_mask": np.stack(mask), "labels": np.array(labels, np.int32)}
+
+
+def encode_tagging(tokenizer, records: Sequence[dict], label_map: dict[str, int],
+                   max_seq_length: int) -> dict[str, np.ndarray]:
+    """Encodes `{"tokens", "tags"}` sentences with labels on each word's first sub-token.
+
+    Words past `max_seq_length - 2` sub-tokens are cut off (their `word_index` never appears, so
+    decoding predicts `O` for them and span F1 counts the loss honestly).
+    """
+    tok = hf_tokenizer(tokenizer)
+    specials = _Specials(tok)
+    _check_length(max_seq_length, 3)
+    encodings = tok.encode_batch([list(r["tokens"]) for r in records], is_pretokenized=True,
+                                 add_special_tokens=False)
+    out = {k: [] for k in ("input_ids", "segment_ids", "input_mask", "labels", "word_index")}
+    for i, (record, enc) in enumerate(zip(records, encodings)):
+        unknown = [t for t in record["tags"] if t not in label_map]
+        if unknown:
+            raise ValueError(f"sentence {i}: tags {sorted(set(unknown))} not in {sorted(label_map)}")
+        ids, word_ids = list(enc.ids)[: max_seq_length - 2], list(enc.word_ids)[: max_seq_length - 2]
+        labels = np.full(max_seq_length, IGNORE, np.int32)
+        word_index = np.full(max_seq_length, -1, np.int32)
+        previous = None
+        for position, word in enumerate(word_ids, start=1):  # +1: [CLS] is position 0.
+            if word is not None and word != previous:
+                labels[position] = label_map[record["tags"][word]]
+                word_index[position] = word
+            previous = word
+        input_ids, segments, mask = _pack(specials, ids, None, max_seq_length)
+        for key, value in (("input_ids", input_ids), ("segment_ids", segments), ("input_mask", mask),
+                           ("labels", labels), ("word_index", word_index)):
+            out[key].append(value)
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def tags_from_predictions(pred_ids: np.ndarray, word_index: np.ndarray, n_words: int,
+                          id_to_tag: Sequence[str]) -> list[str]:
+    """Word-level tags from one row of sub-token predictions (first sub-token of each word).
+
+    Words that were truncated away get `O`.
+    """
+    tags = ["O"] * n_words
+    for position in np.nonzero(word_index >= 0)[0]:
+        tags[word_index[position]] = id_to_tag[int(pred_ids[position])]
+    return tags
+
+
+def encode_squad(tokenizer, records: Sequence[dict], max_seq_length: int = 384,
+                 doc_stride: int = 128, max_query_length: int = 64) -> dict[str, np.ndarray]:
+    """Encodes SQuAD records into question+context windows (see module docstring).
+
+    Training uses the first gold answer; a window that does not hold all of it points at [CLS].
+    """
+    tok = hf_tokenizer(tokenizer)
+    specials = _Specials(tok)
+    _check_length(max_seq_length, max_query_length + 4)
+    if not 0 < doc_stride:
+        raise ValueError(f"doc_stride must be positive, got {doc_stride}")
+    questions = tok.encode_batch([r["question"] for r in records], add_special_tokens=False)
+    contexts = tok.encode_batch([r["context"] for r in records], add_special_tokens=False)
+    out = {k: [] for k in ("input_ids", "segment_ids", "input_mask", "start_positions",
+                           "end_positions", "offsets", "example_index")}
+    for index, (record, question, context) in enumerate(zip(records, questions, contexts)):
+        q_ids = list(question.ids)[:max_query_length]
+        c_ids, c_offsets = list(context.ids), list(context.offsets)
+        room = max_seq_length - len(q_ids) - 3  # [CLS] q [SEP] window [SEP]
+        answer = record["answers"][0] if record["answers"] else None
+        if answer is not None:
+            a_start = answer["answer_start"]
+            a_end = a_start + len(answer["text"])
+            # Sub-tokens overlapping the answer's characters.
+            covering = [t for t, (s, e) in enumerate(c_offsets) if s < a_end and e > a_start]
+        window_start = 0
+        while True:
+            window = range(window_start, min(window_start + room, len(c_ids)))
+            ids, segments, mask = _pack(specials, q_ids, [c_ids[t] for t in window], max_seq_length)
+            offsets = np.full((max_seq_length, 2), -1, np.int32)
+            first = len(q_ids) + 2  # Position of the window's first sub-token.
+            for k, t in enumerate(window):
+                offsets[first + k] = c_offsets[t]
+            start = end = 0
+            if answer is not None and covering and covering[0] >= window.start and \
+                    covering[-1] < window.stop:
+                start, end = first + covering[0] - window.start, first + covering[-1] - window.start
+            for key, value in (("input_ids", ids), ("segment_ids", segments), ("input_mask", mask),
+                               ("start_positions", start), ("end_positions", end),
+                               ("offsets", offsets), ("example_index", index)):
+                out[key].append(value)
+            if window.stop >= len(c_ids):
+                break
+            window_start += min(doc_stride, room)
+    return {k: np.asarray(np.stack(v) if k in ("input_ids", "segment_ids", "input_mask", "offsets")
+                          else v, np.int32) for k, v in out.items()}

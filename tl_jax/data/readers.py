@@ -1,0 +1,316 @@
+"""Readers for downstream task files: classification, CoNLL tagging and SQuAD QA.
+
+Every reader returns plain Python records, the same shape whatever the source:
+
+* classification: `{"text": str, "text_b": str | None, "label": str}`
+* tagging:        `{"tokens": list[str], "tags": list[str]}` (BIO / IOB2 tags)
+* extractive QA:  `{"id", "title", "question", "context",
+                    "answers": [{"text", "answer_start"}], "is_impossible": bool}`
+
+Local files come in the standard formats (jsonl, CSV, TSV, CoNLL columns, SQuAD JSON). A malformed
+file raises `DataFormatError` naming the file and the line. Users with network access can name a
+tfds dataset instead (`glue/sst2`, `glue/mrpc`, ..., `conll2003`, `squad/v1.1`, `squad/v2.0`)
+through `read_tfds`, which maps it onto the same records.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import re
+from typing import Iterable, Iterator
+
+PathLike = str | os.PathLike
+
+
+class DataFormatError(ValueError):
+    """A task file that cannot be parsed; the message names the file and the line."""
+
+    def __init__(self, path: PathLike, line: int | None, message: str):
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {message}")
+        self.path, self.line = str(path), line
+
+
+# --------------------------------------------------------------------------------------------
+# Classification: jsonl, CSV, TSV.
+# --------------------------------------------------------------------------------------------
+
+def read_classification(path: PathLike, text_field: str = "text", text_b_field: str | None = None,
+                        label_field: str = "label") -> list[dict]:
+    """Reads a sentence (or sentence-pair) classification file.
+
+    The format follows the suffix: `.jsonl` (one JSON object per line), `.csv` or `.tsv` (a header
+    row naming the columns). `text_b_field` names the second sentence for pair tasks.
+
+    Returns:
+      A list of `{"text", "text_b", "label"}` dicts; labels are strings.
+    Raises:
+      DataFormatError: empty file, bad JSON, a missing field or an empty text (file and line).
+    """
+    path = pathlib.Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = _jsonl_rows(path)
+    elif suffix in (".csv", ".tsv"):
+        rows = _delimited_rows(path, "\t" if suffix == ".tsv" else ",")
+    else:
+        raise DataFormatError(path, None, f"unknown classification format {suffix!r}; "
+                              "use .jsonl, .csv or .tsv")
+    records = []
+    for line, row in rows:
+        fields = [text_field, label_field] + ([text_b_field] if text_b_field else [])
+        for field in fields:
+            if field not in row or row[field] is None:
+                raise DataFormatError(path, line, f"missing field {field!r} (has {sorted(row)})")
+        text = str(row[text_field])
+        if not text.strip():
+            raise DataFormatError(path, line, f"empty text in field {text_field!r}")
+        records.append({
+            "text": text,
+            "text_b": str(row[text_b_field]) if text_b_field else None,
+            "label": str(row[label_field]),
+        })
+    if not records:
+        raise DataFormatError(path, None, "no examples (empty file)")
+    return records
+
+
+def read_fasttext_labels(path: PathLike, prefix: str = "__label__") -> list[dict]:
+    """Reads `__label__X text` lines (fastText format, e.g. gensim's `pang_lee_polarity.cor`)."""
+    path = pathlib.Path(path)
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            label, _, text = line.strip().partition(" ")
+            if not label.startswith(prefix) or not text.strip():
+                raise DataFormatError(path, line_no, f"expected '{prefix}LABEL text', got {line[:60]!r}")
+            records.append({"text": text.strip(), "text_b": None, "label": label[len(prefix):]})
+    if not records:
+        raise DataFormatError(path, None, "no examples (empty file)")
+    return records
+
+
+def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(path, line_no, f"invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataFormatError(path, line_no, "expected a JSON object per line")
+            yield line_no, row
+
+
+def _delimited_rows(path: pathlib.Path, delimiter: str) -> Iterator[tuple[int, dict]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        header = next(reader, None)
+        if not header:
+            raise DataFormatError(path, 1, "missing header row")
+        for row in reader:
+            line_no = reader.line_num
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise DataFormatError(path, line_no, f"{len(row)} columns, header has "
+                                      f"{len(header)} ({header})")
+            yield line_no, dict(zip(header, row))
+
+
+# --------------------------------------------------------------------------------------------
+# Tagging: CoNLL-2003-style columns.
+# --------------------------------------------------------------------------------------------
+
+_TAG_RE = re.compile(r"^(O|[BI]-\S+)$")
+
+
+def read_conll(path: PathLike, token_column: int = 0, tag_column: int = -1) -> list[dict]:
+    """Reads CoNLL-style columns: one token per line, blank lines between sentences.
+
+    `-DOCSTART-` lines are skipped. Every non-blank line must have the same number of
+    whitespace-separated columns, and tags must be BIO / IOB2 (`O`, `B-X`, `I-X`).
+
+    Returns:
+      A list of `{"tokens": [...], "tags": [...]}` sentences.
+    """
+    path = pathlib.Path(path)
+    sentences, tokens, tags = [], [], []
+    n_columns = None
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            columns = line.split()
+            if not columns:
+                if tokens:
+                    sentences.append({"tokens": tokens, "tags": tags})
+                tokens, tags = [], []
+                continue
+            if columns[0] == "-DOCSTART-":
+                continue
+            if n_columns is None:
+                n_columns = len(columns)
+                if n_columns < 2:
+                    raise DataFormatError(path, line_no, "expected at least 2 columns (token and tag)")
+            elif len(columns) != n_columns:
+                raise DataFormatError(path, line_no, f"{len(columns)} columns, expected {n_columns}")
+            tag = columns[tag_column]
+            if not _TAG_RE.match(tag):
+                raise DataFormatError(path, line_no, f"tag {tag!r} is not BIO (O, B-X or I-X)")
+            tokens.append(columns[token_column])
+            tags.append(tag)
+    if tokens:
+        sentences.append({"tokens": tokens, "tags": tags})
+    if not sentences:
+        raise DataFormatError(path, None, "no sentences (empty file)")
+    return sentences
+
+
+def write_conll(path: PathLike, sentences: Iterable[dict]) -> None:
+    """Writes `{"tokens", "tags"}` sentences as two-column CoNLL (token TAB tag)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for sentence in sentences:
+            for token, tag in zip(sentence["tokens"], sentence["tags"], strict=True):
+                if not token or any(c.isspace() for c in token):
+                    raise ValueError(f"CoNLL tokens cannot be empty or hold whitespace: {token!r}")
+                f.write(f"{token}\t{tag}\n")
+            f.write("\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Extractive QA: SQuAD JSON (v1.1 and v2.0).
+# --------------------------------------------------------------------------------------------
+
+def read_squad(path: PathLike) -> list[dict]:
+    """Reads a SQuAD v1.1 / v2.0 JSON file into flat question records.
+
+    Each answer's `answer_start` must point at its text inside the context; v2.0 questions marked
+    `is_impossible` have no answers. Errors name the file and the line of the JSON where the bad
+    question starts (JSON has no line per record, so the line is found by the question id).
+    """
+    path = pathlib.Path(path)
+    raw = path.read_text(encoding="utf-8")
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(path, e.lineno, f"invalid JSON ({e.msg})") from None
+
+    def fail(qid, message):
+        line = None
+        if qid is not None:
+            pos = raw.find(json.dumps(str(qid)))
+            line = raw.count("\n", 0, pos) + 1 if pos >= 0 else None
+        raise DataFormatError(path, line, message)
+
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise DataFormatError(path, 1, "expected a SQuAD object with a 'data' list")
+    records = []
+    for article in doc["data"]:
+        title = article.get("title", "")
+        for paragraph in article.get("paragraphs", []):
+            context = paragraph.get("context")
+            if not isinstance(context, str):
+                fail(None, f"paragraph without a 'context' string in article {title!r}")
+            for qa in paragraph.get("qas", []):
+                qid = qa.get("id")
+                if qid is None or not isinstance(qa.get("question"), str):
+                    fail(qid, f"question without 'id' or 'question' in article {title!r}")
+                impossible = bool(qa.get("is_impossible", False))
+                answers = []
+                for answer in qa.get("answers", []):
+                    text, start = answer.get("text"), answer.get("answer_start")
+                    if not isinstance(text, str) or not isinstance(start, int):
+                        fail(qid, f"question {qid!r}: answer needs 'text' and integer 'answer_start'")
+                    if context[start:start + len(text)] != text:
+                        fail(qid, f"question {qid!r}: answer {text!r} not found at answer_start "
+                                  f"{start} (context has {context[start:start + len(text)]!r})")
+                    answers.append({"text": text, "answer_start": start})
+                if not answers and not impossible:
+                    fail(qid, f"question {qid!r} has no answers and is not marked is_impossible")
+                records.append({"id": str(qid), "title": title, "question": qa["question"],
+                                "context": context, "answers": [] if impossible else answers,
+                                "is_impossible": impossible})
+    if not records:
+        raise DataFormatError(path, None, "no questions in file")
+    return records
+
+
+def write_squad(path: PathLike, records: Iterable[dict], version: str = "1.1") -> None:
+    """Writes flat question records as SQuAD JSON, grouping questions by (title, context)."""
+    articles: dict[str, dict] = {}
+    paragraphs: dict[tuple[str, str], dict] = {}
+    for r in records:
+        article = articles.setdefault(r["title"], {"title": r["title"], "paragraphs": []})
+        key = (r["title"], r["context"])
+        if key not in paragraphs:
+            paragraphs[key] = {"context": r["context"], "qas": []}
+            article["paragraphs"].append(paragraphs[key])
+        qa = {"id": r["id"], "question": r["question"], "answers": r["answers"]}
+        if version.startswith("2"):
+            qa["is_impossible"] = bool(r.get("is_impossible", False))
+        paragraphs[key]["qas"].append(qa)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"version": version, "data": list(articles.values())}, f, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------------------------
+# tfds names (need network access the first time, or a prepared TFDS_DATA_DIR).
+# --------------------------------------------------------------------------------------------
+
+# glue config -> (first text field, second text field or None)
+GLUE_FIELDS = {
+    "cola": ("sentence", None), "sst2": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
+    "qqp": ("question1", "question2"), "stsb": ("sentence1", "sentence2"),
+    "mnli": ("premise", "hypothesis"), "qnli": ("question", "sentence"),
+    "rte": ("sentence1", "sentence2"), "wnli": ("sentence1", "sentence2"),
+    "ax": ("premise", "hypothesis"),
+}
+
+
+def read_tfds(name: str, split: str, data_dir: str | None = None) -> list[dict]:
+    """Loads a tfds dataset (`glue/<task>`, `conll2003`, `squad/v1.1`, `squad/v2.0`) as records.
+
+    Records have the same shape as the local readers' output, so tasks need not care where data
+    came from. Label ids become the dataset's label names.
+    """
+    import tensorflow_datasets as tfds  # Lazy: importing tfds is slow and most runs use files.
+
+    family = name.split("/")[0]
+    if family not in ("glue", "conll2003", "squad"):
+        raise ValueError(f"read_tfds supports glue/*, conll2003 and squad/*, not {name!r}")
+    if family == "glue" and name.split("/")[-1] not in GLUE_FIELDS:
+        raise ValueError(f"unknown GLUE config in {name!r}; known: {sorted(GLUE_FIELDS)}")
+    builder = tfds.builder(name, data_dir=data_dir)
+    builder.download_and_prepare()
+    dataset = tfds.as_numpy(builder.as_dataset(split=split))
+    info = builder.info.features
+
+    def text(value):
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    records = []
+    if family == "glue":
+        first, second = GLUE_FIELDS[name.split("/")[-1]]
+        names = info["label"].names if hasattr(info["label"], "names") else None
+        for ex in dataset:
+            label = int(ex["label"]) if names else float(ex["label"])
+            records.append({"text": text(ex[first]), "text_b": text(ex[second]) if second else None,
+                            "label": names[label] if names and label >= 0 else str(label)})
+    elif family == "conll2003":
+        tag_names = info["ner"].feature.names
+        for ex in dataset:
+            records.append({"tokens": [text(t) for t in ex["tokens"]],
+                            "tags": [tag_names[int(t)] for t in ex["ner"]]})
+    else:
+        for ex in dataset:
+            answers = [{"text": text(t), "answer_start": int(s)}
+                       for t, s in zip(ex["answers"]["text"], ex["answers"]["answer_start"])]
+            records.append({"id": text(ex["id"]), "title": text(ex["title"]),
+                            "question": text(ex["question"]), "context": text(ex["context"]),
+                            "answers": answers, "is_impossible": not answers})
+    return records

@@ -1,0 +1,282 @@
+"""Builds the downstream tasks of this project from the real text in `TL_JAX_DATA_DIR`.
+
+No labelled English NER or QA set ships in a package reachable here, so two *silver* tasks are
+made from the Austen novels (`austen.jsonl`) and the Wikipedia sample (`enwiki_sample.jsonl`):
+
+* **names** (token classification, CoNLL): every sentence is split into words; a capitalised
+  word that does not start a sentence (nor follow an opening quote or a colon, where English
+  capitalises too), and is not the pronoun "I", is a proper-name word; runs of such words are one
+  `NAME` entity (`B-NAME I-NAME ...`). Titles such as "Mr." count as name words, so "Mr. Darcy"
+  is one entity. The words are written **lowercased**, so a model cannot read the label off the
+  capital letter and must use the context and what it knows about names.
+* **cloze_qa** (extractive QA, SQuAD JSON): for a sentence holding a name span, the span is
+  replaced by `____` and the sentence becomes the question; the context is the passage around the
+  sentence (its paragraph without that sentence, plus the neighbouring paragraphs while they fit
+  in `max_context_chars`). The question is kept (SQuAD v1.1) when the removed span occurs in the
+  context, with every occurrence as a gold answer. With `version="2.0"`, questions whose span is
+  *not* in the context are kept as unanswerable (`is_impossible`), at most one per answerable one.
+* **food_reviews** (classification): the jsonl files as they are (`text`, `label`).
+
+Determinism: paragraphs are grouped into blocks of `BLOCK` consecutive paragraphs of one book or
+article, and a block's split (train / dev / test, 80/10/10) is a function of the md5 of its name,
+so the split never depends on order, caps or Python's hash seed; contexts never cross blocks, so
+no test passage leaks into training. Caps keep the first examples in file order.
+
+Run it with `python -m tl_jax.data.task_builders OUT_DIR` (or `tl_jax build_tasks`); it writes
+`OUT_DIR/names/{train,dev,test}.conll`, `OUT_DIR/cloze_qa/{train,dev,test}.json` and
+`OUT_DIR/manifest.json` with counts and md5 digests of every file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+import sys
+from typing import Iterator
+
+from tl_jax.data import readers
+
+BLOCK = 20  # Consecutive paragraphs that share a split; contexts stay inside a block.
+SPLITS = ("train", "dev", "test")
+BLANK = "____"
+ABBREVIATIONS = ("Mr", "Mrs", "Ms", "Dr", "St", "Col", "Capt", "Gen", "Lt", "Rev", "Messrs", "Jr",
+                 "Sr", "Mt", "Prof", "Sgt", "Hon")
+_TOKEN = re.compile(
+    r"(?:%s)\.|[^\W\d_]+(?:['’][^\W\d_]+)*|\d+(?:[.,:]\d+)*|[^\w\s]|_+" % "|".join(ABBREVIATIONS))
+_QUOTES = set("\"'“”‘’«»(")
+_SENTENCE_END = set(".!?")
+
+
+def split_of(name: str) -> str:
+    """train/dev/test (80/10/10) from the md5 of a block name: stable across runs and machines."""
+    bucket = int(hashlib.md5(name.encode("utf-8")).hexdigest(), 16) % 10
+    return "test" if bucket == 0 else "dev" if bucket == 1 else "train"
+
+
+def tokenize(text: str) -> list[tuple[str, int, int]]:
+    """Words and punctuation with character spans: `[(token, start, end), ...]`."""
+    return [(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(text)]
+
+
+def sentences(tokens: list[tuple[str, int, int]]) -> list[list[tuple[str, int, int]]]:
+    """Splits a paragraph's tokens after `.`, `!`, `?` and the closing quotes glued to them."""
+    out, current, closing = [], [], False
+    for i, token in enumerate(tokens):
+        current.append(token)
+        closing = token[0] in _SENTENCE_END or (closing and token[0] in _QUOTES)
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+        # A quote right after the end mark with no space closes the sentence; one after a
+        # space opens the next.
+        glued = nxt is not None and nxt[1] == token[2] and (nxt[0] in _QUOTES or nxt[0] in _SENTENCE_END)
+        if closing and not glued:
+            out.append(current)
+            current, closing = [], False
+    if current:
+        out.append(current)
+    return out
+
+
+def silver_tags(words: list[str]) -> list[str]:
+    """BIO `NAME` tags for one sentence by the capitalisation rule in the module docstring."""
+    tags, initial, inside, straight_quotes = [], True, False, 0
+    for word in words:
+        abbreviation = word.endswith(".") and word[:-1] in ABBREVIATIONS
+        # SHOUTED words and acronyms are not reliably names; "I" is a pronoun.
+        capitalised = word[0].isupper() and not (word.isupper() and len(word) > 1)
+        pronoun = word == "I" or word.startswith(("I'", "I’"))
+        is_name = not initial and (abbreviation or (capitalised and not pronoun))
+        tags.append(("I-NAME" if inside else "B-NAME") if is_name else "O")
+        inside = is_name
+        if word[0].isalnum():
+            initial = False
+        # Straight quotes alternate open/close within a sentence; only an opening one starts a
+        # capitalised quotation ("Yes," said Elizabeth: Elizabeth is still a name).
+        if word in ('"', "'"):
+            straight_quotes += 1
+        opening = word in ("“", "‘", "«", "(") or (word in ('"', "'") and straight_quotes % 2 == 1)
+        if opening or word in (":", "—") or word in _SENTENCE_END:
+            initial = True
+    return tags
+
+
+def _paragraphs(data_dir: pathlib.Path) -> Iterator[tuple[str, str]]:
+    """(block name, paragraph text) for Austen then Wikipedia, in file order."""
+    for filename, key in (("austen.jsonl", "book"), ("enwiki_sample.jsonl", "title")):
+        path = data_dir / filename
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing; is TL_JAX_DATA_DIR the shared data folder?")
+        counts: dict[str, int] = {}
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                try:
+                    row = json.loads(line)
+                    doc, text = row[key], row["text"]
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise readers.DataFormatError(path, line_no, f"bad paragraph record ({e})")
+                index = counts.get(doc, 0)
+                counts[doc] = index + 1
+                yield f"{filename.split('.')[0]}/{doc}/{index // BLOCK}", text
+
+
+def _blocks(data_dir: pathlib.Path) -> Iterator[tuple[str, list[str]]]:
+    block, paragraphs = None, []
+    for name, text in _paragraphs(data_dir):
+        if name != block and paragraphs:
+            yield block, paragraphs
+            paragraphs = []
+        block = name
+        paragraphs.append(text)
+    if paragraphs:
+        yield block, paragraphs
+
+
+def _usable(sentence: list[tuple[str, int, int]], min_words: int, max_words: int) -> bool:
+    words = [t for t, _, _ in sentence]
+    letters = "".join(w for w in words if w[0].isalpha())
+    # Chapter headings and title pages are SHOUTED; they carry no name signal.
+    return min_words <= len(words) <= max_words and letters and not letters.isupper()
+
+
+def build_names(data_dir: pathlib.Path, caps: dict[str, int], min_words: int = 5,
+                max_words: int = 50) -> dict[str, list[dict]]:
+    """Silver name tagging sentences per split: `{"tokens" (lowercased), "tags"}`."""
+    out = {s: [] for s in SPLITS}
+    for block, paragraphs in _blocks(data_dir):
+        if all(len(out[s]) >= caps[s] for s in SPLITS):
+            break
+        split = split_of(block)
+        if len(out[split]) >= caps[split]:
+            continue
+        for text in paragraphs:
+            for sentence in sentences(tokenize(text)):
+                if not _usable(sentence, min_words, max_words) or len(out[split]) >= caps[split]:
+                    continue
+                words = [t for t, _, _ in sentence]
+                out[split].append({"tokens": [w.lower() for w in words], "tags": silver_tags(words)})
+    return out
+
+
+def _spans(sentence: list[tuple[str, int, int]]) -> list[tuple[int, int]]:
+    """Character spans of the NAME entities of a sentence (paragraph offsets)."""
+    tags = silver_tags([t for t, _, _ in sentence]) + ["O"]
+    spans, start = [], None
+    for i, tag in enumerate(tags):
+        if tag != "I-NAME" and start is not None:
+            spans.append((sentence[start][1], sentence[i - 1][2]))
+            start = None
+        if tag == "B-NAME":
+            start = i
+    return spans
+
+
+def build_cloze_qa(data_dir: pathlib.Path, caps: dict[str, int], version: str = "1.1",
+                   max_context_chars: int = 1200, min_words: int = 6,
+                   max_words: int = 40) -> dict[str, list[dict]]:
+    """Cloze QA records (SQuAD shape) per split; see the module docstring."""
+    out = {s: [] for s in SPLITS}
+    impossible_budget = {s: 0 for s in SPLITS}
+    for block, paragraphs in _blocks(data_dir):
+        if all(len(out[s]) >= caps[s] for s in SPLITS):
+            break
+        split = split_of(block)
+        for p_index, text in enumerate(paragraphs):
+            for s_index, sentence in enumerate(sentences(tokenize(text))):
+                if len(out[split]) >= caps[split]:
+                    break
+                spans = _spans(sentence)
+                if not spans or not _usable(sentence, min_words, max_words):
+                    continue
+                s_start, s_end = sentence[0][1], sentence[-1][2]
+                context = " ".join((text[:s_start].strip() + " " + text[s_end:].strip()).split())
+                # Widen with neighbouring paragraphs, nearest first, while the passage fits.
+                for k in (1, -1, 2, -2):
+                    j = p_index + k
+                    if 0 <= j < len(paragraphs) and len(context) + len(paragraphs[j]) < max_context_chars:
+                        context = (context + "\n\n" + paragraphs[j]) if k > 0 else (paragraphs[j] + "\n\n" + context)
+                if len(context) > max_context_chars * 2 or len(context) < 80:
+                    continue
+                record = _cloze(text, sentence, spans, context)
+                qid = hashlib.md5(f"{block}/{p_index}/{s_index}".encode()).hexdigest()[:16]
+                if record is not None:
+                    record.update(id=qid, title=block)
+                    out[split].append(record)
+                    impossible_budget[split] += 1
+                elif version.startswith("2") and impossible_budget[split] > 0:
+                    a, b = spans[0]
+                    question = text[s_start:a] + BLANK + text[b:s_end]
+                    out[split].append({"id": qid, "title": block, "question": question,
+                                       "context": context, "answers": [], "is_impossible": True})
+                    impossible_budget[split] -= 1
+    return out
+
+
+def _cloze(text, sentence, spans, context) -> dict | None:
+    """The first span of the sentence that occurs (as whole words) in the context, as a record."""
+    s_start, s_end = sentence[0][1], sentence[-1][2]
+    for a, b in spans:
+        answer = text[a:b]
+        hits = [m.start() for m in re.finditer(r"(?<!\w)%s(?!\w)" % re.escape(answer), context)]
+        if hits:
+            question = text[s_start:a] + BLANK + text[b:s_end]
+            return {"question": question, "context": context, "is_impossible": False,
+                    "answers": [{"text": answer, "answer_start": h} for h in hits]}
+    return None
+
+
+def build_all(out_dir: os.PathLike, data_dir: os.PathLike | None = None,
+              names_caps: tuple[int, int, int] = (20000, 2000, 2000),
+              qa_caps: tuple[int, int, int] = (10000, 1000, 1000), qa_version: str = "1.1") -> dict:
+    """Writes every task under `out_dir` and returns the manifest (also written as JSON).
+
+    Args:
+      out_dir: where to write `names/`, `cloze_qa/` and `manifest.json`.
+      data_dir: the shared data folder; defaults to `$TL_JAX_DATA_DIR`.
+      names_caps, qa_caps: maximum examples in (train, dev, test).
+      qa_version: "1.1" (answerable only) or "2.0" (adds unanswerable questions).
+    """
+    data_dir = pathlib.Path(data_dir or os.environ.get("TL_JAX_DATA_DIR", ""))
+    if not (data_dir / "austen.jsonl").exists():
+        raise FileNotFoundError(f"no austen.jsonl in {str(data_dir)!r}; set TL_JAX_DATA_DIR")
+    out_dir = pathlib.Path(out_dir)
+    (out_dir / "names").mkdir(parents=True, exist_ok=True)
+    (out_dir / "cloze_qa").mkdir(parents=True, exist_ok=True)
+    manifest = {"names": {}, "cloze_qa": {"version": qa_version},
+                "food_reviews": {s: str(data_dir / f"food_reviews_{s}.jsonl") for s in ("train", "test")}}
+    names = build_names(data_dir, dict(zip(SPLITS, names_caps)))
+    qa = build_cloze_qa(data_dir, dict(zip(SPLITS, qa_caps)), version=qa_version)
+    for split in SPLITS:
+        path = out_dir / "names" / f"{split}.conll"
+        readers.write_conll(path, names[split])
+        manifest["names"][split] = {"path": str(path), "sentences": len(names[split]),
+                                    "entities": sum(t.count("B-NAME") for t in
+                                                    (s["tags"] for s in names[split])),
+                                    "md5": _md5(path)}
+        path = out_dir / "cloze_qa" / f"{split}.json"
+        readers.write_squad(path, qa[split], version=qa_version)
+        manifest["cloze_qa"][split] = {"path": str(path), "questions": len(qa[split]),
+                                       "unanswerable": sum(r["is_impossible"] for r in qa[split]),
+                                       "md5": _md5(path)}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _md5(path: pathlib.Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def run(out_dir: str, data_dir: str | None = None, qa_version: str = "1.1") -> dict:
+    """CLI entry (`tl_jax build_tasks --out_dir=DIR [--qa_version=2.0]`): builds and prints counts."""
+    manifest = build_all(out_dir, data_dir, qa_version=qa_version)
+    for task in ("names", "cloze_qa"):
+        for split in SPLITS:
+            info = {k: v for k, v in manifest[task][split].items() if k not in ("path", "md5")}
+            print(f"{task}/{split}: {info}")
+    return manifest
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python -m tl_jax.data.task_builders OUT_DIR [QA_VERSION]")
+    run(sys.argv[1], qa_version=sys.argv[2] if len(sys.argv) == 3 else "1.1")

@@ -1,0 +1,143 @@
+"""SQuAD evaluation: the official v1.1 / v2.0 answer normalisation, EM/F1, and span decoding.
+
+`normalize_answer`, `exact_match` and `f1_score` follow the official `evaluate-v2.0.py` script:
+lowercase, strip punctuation, drop the articles a/an/the, squeeze whitespace; F1 is over the bag
+of normalised tokens, and an empty gold answer (v2.0 no-answer) matches only an empty prediction.
+`evaluate` reports percentages, as the official script does.
+
+`decode_predictions` turns per-window start/end logits back into answer strings: the n best
+start and end sub-tokens of each window are paired (start <= end, length <= max_answer_length,
+both inside the context), scored by start + end logit, mapped back to character offsets, and the
+best span over all windows of a question wins. For v2.0, the question is answered with "" when the
+best null score ([CLS] start + end, lowest over windows) beats the best span by more than
+`null_threshold`.
+"""
+from __future__ import annotations
+
+import collections
+import re
+import string
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, remove punctuation, articles and extra whitespace (official SQuAD rules)."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    """1.0 when the normalised strings are equal."""
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1_score(prediction: str, gold: str) -> float:
+    """Token-overlap F1 between normalised answers; both empty counts as a match."""
+    pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)
+    common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred_tokens), overlap / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def evaluate(gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str]) -> dict[str, float]:
+    """Official SQuAD EM/F1 (percentages) over questions.
+
+    Args:
+      gold: question id -> gold answer texts; an empty list means "no answer" (v2.0).
+      predictions: question id -> predicted text ("" for no answer). Missing ids score 0, as in
+        the official script.
+    Returns:
+      `{"exact", "f1", "total"}` plus `HasAns_*` / `NoAns_*` breakdowns when both kinds occur.
+    """
+    if not gold:
+        raise ValueError("no gold questions to evaluate")
+    em, f1, has_answer = {}, {}, {}
+    for qid, answers in gold.items():
+        answers = [a for a in answers if normalize_answer(a)] or [""]
+        has_answer[qid] = answers != [""]
+        if qid not in predictions:
+            em[qid] = f1[qid] = 0.0
+            continue
+        prediction = predictions[qid]
+        em[qid] = max(exact_match(prediction, a) for a in answers)
+        f1[qid] = max(f1_score(prediction, a) for a in answers)
+    result = {"exact": 100.0 * np.mean(list(em.values())), "f1": 100.0 * np.mean(list(f1.values())),
+              "total": float(len(gold))}
+    for name, want in (("HasAns", True), ("NoAns", False)):
+        ids = [q for q in gold if has_answer[q] == want]
+        if ids and len(ids) < len(gold):
+            result[f"{name}_exact"] = 100.0 * np.mean([em[q] for q in ids])
+            result[f"{name}_f1"] = 100.0 * np.mean([f1[q] for q in ids])
+            result[f"{name}_total"] = float(len(ids))
+    return {k: float(v) for k, v in result.items()}
+
+
+def best_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray,
+               n_best: int = 20, max_answer_length: int = 30) -> list[tuple[float, int, int]]:
+    """Candidate spans of one window as `(score, start_char, end_char)`, best first.
+
+    Args:
+      start_logits, end_logits: `(T,)` logits over the window's sub-tokens.
+      offsets: `(T, 2)` character offsets of each sub-token in the context; `(-1, -1)` for
+        tokens outside the context (question, special tokens, padding), which never answer.
+      n_best: how many start and how many end positions to pair, and spans to return.
+      max_answer_length: longest answer in sub-tokens.
+    """
+    in_context = offsets[:, 0] >= 0
+    starts = [i for i in np.argsort(-start_logits)[: n_best * 4] if in_context[i]][:n_best]
+    ends = [i for i in np.argsort(-end_logits)[: n_best * 4] if in_context[i]][:n_best]
+    spans = []
+    for s in starts:
+        for e in ends:
+            if e < s or e - s + 1 > max_answer_length:
+                continue
+            spans.append((float(start_logits[s] + end_logits[e]), int(offsets[s, 0]),
+                          int(offsets[e, 1])))
+    spans.sort(key=lambda x: -x[0])
+    return spans[:n_best]
+
+
+def decode_predictions(windows: Iterable[dict], contexts: Mapping[str, str], n_best: int = 20,
+                       max_answer_length: int = 30, version_2: bool = False,
+                       null_threshold: float = 0.0) -> tuple[dict[str, str], dict[str, list]]:
+    """Best answer text per question from per-window logits.
+
+    Args:
+      windows: dicts with `"id"` (question id), `"start_logits"`, `"end_logits"` (`(T,)`),
+        `"offsets"` (`(T, 2)`, `-1` outside the context); the [CLS] token must be position 0.
+      contexts: question id -> context string (offsets index into it).
+      version_2: allow "no answer"; it wins when null_score - best_span_score > null_threshold.
+    Returns:
+      `(predictions, nbest)`: id -> answer text, and id -> list of `{"text", "score"}`.
+    """
+    candidates: dict[str, list] = collections.defaultdict(list)
+    null_scores: dict[str, float] = {}
+    for w in windows:
+        qid = w["id"]
+        start_logits, end_logits = np.asarray(w["start_logits"]), np.asarray(w["end_logits"])
+        null = float(start_logits[0] + end_logits[0])
+        null_scores[qid] = min(null, null_scores.get(qid, np.inf))
+        for score, a, b in best_spans(start_logits, end_logits, np.asarray(w["offsets"]),
+                                      n_best, max_answer_length):
+            candidates[qid].append((score, contexts[qid][a:b]))
+    predictions, nbest = {}, {}
+    for qid, null in null_scores.items():
+        ranked = sorted(candidates[qid], key=lambda x: -x[0])[:n_best]
+        nbest[qid] = [{"text": t, "score": s} for s, t in ranked]
+        best_text, best_score = (ranked[0][1], ranked[0][0]) if ranked else ("", -np.inf)
+        if version_2 and null - best_score > null_threshold:
+            best_text = ""
+        predictions[qid] = best_text
+    return predictions, nbest
