@@ -12,9 +12,9 @@ import jax
 import ml_collections
 import optax
 
-# Parameters whose last path element matches this get no weight decay: biases and LayerNorm
-# scales/offsets (as in BERT's AdamWeightDecayOptimizer).
-NO_DECAY_PATTERN = re.compile(r"(^|/)(bias|scale|b)$|layer_?norm|LayerNorm")
+# Parameters matching this get no weight decay: biases (`bias`, `output_bias`, `b`) and
+# LayerNorm scales/offsets (as in BERT's AdamWeightDecayOptimizer).
+NO_DECAY_PATTERN = re.compile(r"(^|/|_)(bias|scale)$|(^|/)b$|layer_?norm|LayerNorm|(^|/)norm/")
 
 
 def path_str(path) -> str:

@@ -1,0 +1,60 @@
+"""Config loading: sizes, overrides, locking and the errors a user sees."""
+import pathlib
+
+import pytest
+
+from tl_jax import config as config_lib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BERT = str(ROOT / "configs" / "bert_pretrain.py")
+
+
+def test_size_argument_and_overrides():
+    c = config_lib.load_config(BERT + ":tiny", ["train.steps=7", "optimizer.name=lamb",
+                                                "optimizer.learning_rate=3e-4",
+                                                "data.whole_word_masking=True"])
+    assert c.model.size == "tiny"
+    assert c.train.steps == 7
+    assert c.optimizer.name == "lamb"
+    assert c.optimizer.learning_rate == pytest.approx(3e-4)
+    assert c.data.whole_word_masking is True
+
+
+def test_int_override_of_float_field_and_string_that_looks_numeric():
+    c = config_lib.load_config(BERT + ":tiny", ["optimizer.learning_rate=1", "data.corpus=123"])
+    assert isinstance(c.optimizer.learning_rate, float)
+    assert c.data.corpus == "123"
+
+
+def test_unknown_key_names_valid_keys():
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.load_config(BERT + ":tiny", ["optimizer.learning_rat=1e-3"])
+    msg = str(e.value)
+    assert "learning_rat" in msg and "learning_rate" in msg and "optimizer" in msg
+
+
+def test_unknown_section_and_type_mismatch():
+    with pytest.raises(config_lib.ConfigError, match="no field 'trian'"):
+        config_lib.load_config(BERT + ":tiny", ["trian.steps=3"])
+    with pytest.raises(config_lib.ConfigError, match="train.steps"):
+        config_lib.load_config(BERT + ":tiny", ["train.steps=abc"])
+
+
+def test_config_is_locked_against_new_keys():
+    c = config_lib.load_config(BERT + ":tiny")
+    with pytest.raises(AttributeError):
+        c.train.stepz = 3
+
+
+def test_unknown_size_and_missing_file():
+    with pytest.raises(ValueError, match="Unknown size"):
+        config_lib.load_config(BERT + ":huge")
+    with pytest.raises(config_lib.ConfigError, match="not found"):
+        config_lib.load_config("configs/nope.py")
+
+
+def test_split_overrides_from_argv():
+    overrides, rest = config_lib.split_overrides(
+        ["--config=x.py", "--config.train.steps=3", "--workdir", "w", "--config.seed", "4"])
+    assert overrides == ["train.steps=3", "seed=4"]
+    assert rest == ["--config=x.py", "--workdir", "w"]

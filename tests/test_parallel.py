@@ -1,0 +1,57 @@
+"""Mesh construction and sharding rules (8 fake CPU devices)."""
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from tl_jax import parallel
+
+
+def mesh_cfg(data=-1, fsdp=1, tensor=1):
+    c = parallel.default_config()
+    c.data, c.fsdp, c.tensor = data, fsdp, tensor
+    return c
+
+
+def test_eight_fake_devices():
+    assert jax.device_count() == 8
+
+
+@pytest.mark.parametrize("sizes,expected", [
+    ((-1, 1, 1), (8, 1, 1)), ((4, 2, 1), (4, 2, 1)), ((2, 1, 4), (2, 1, 4)), ((-1, 2, 2), (2, 2, 2)),
+])
+def test_mesh_shapes(sizes, expected):
+    mesh = parallel.make_mesh(mesh_cfg(*sizes))
+    assert tuple(mesh.shape[a] for a in parallel.MESH_AXES) == expected
+
+
+def test_mesh_that_does_not_multiply_to_device_count_is_an_error():
+    with pytest.raises(parallel.MeshError, match="multiply to 6, but there are 8 devices"):
+        parallel.make_mesh(mesh_cfg(3, 2, 1))
+    with pytest.raises(parallel.MeshError, match="does not divide"):
+        parallel.make_mesh(mesh_cfg(-1, 3, 1))
+    with pytest.raises(parallel.MeshError, match="At most one"):
+        parallel.make_mesh(mesh_cfg(-1, -1, 1))
+
+
+def test_spec_falls_back_to_replication_when_axis_does_not_divide():
+    mesh = parallel.make_mesh(mesh_cfg(2, 1, 4))
+    # 2 heads cannot be split 4 ways: that dimension is replicated, the others stay sharded.
+    assert parallel._fit_spec(P(None, "tensor", None), (128, 2, 64), mesh) == P(None, None, None)
+    assert parallel._fit_spec(P("tensor", None), (8, 3), mesh) == P("tensor", None)
+
+
+def test_batch_size_checks():
+    mesh = parallel.make_mesh(mesh_cfg(4, 2, 1))
+    parallel.check_batch_size(16, mesh)
+    with pytest.raises(parallel.MeshError, match="not divisible by the 8 data-parallel"):
+        parallel.check_batch_size(12, mesh)
+
+
+def test_host_batch_becomes_global_array_sharded_over_batch_axes():
+    mesh = parallel.make_mesh(mesh_cfg(4, 2, 1))
+    batch = {"x": np.arange(16 * 3).reshape(16, 3)}
+    g = parallel.host_batch_to_global(batch, mesh)["x"]
+    assert g.shape == (16, 3)
+    assert g.sharding.spec == P(("data", "fsdp"))
+    np.testing.assert_array_equal(np.asarray(g), batch["x"])

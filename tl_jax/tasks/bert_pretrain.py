@@ -1,0 +1,150 @@
+"""BERT pretraining: masked LM (at the masked positions only) + next-sentence prediction."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tl_jax import warm_start
+from tl_jax.data import pretraining
+from tl_jax.models import bert
+
+
+def bert_config_from(model_cfg, vocab_size: int) -> bert.BertConfig:
+    """The model's BertConfig from `config.model` and the tokenizer's vocabulary size."""
+    if model_cfg.vocab_size and model_cfg.vocab_size < vocab_size:
+        raise ValueError(
+            f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's vocabulary "
+            f"({vocab_size} tokens): ids >= {model_cfg.vocab_size} would index past the "
+            "embedding table. Set model.vocab_size=0 to take the tokenizer's size.")
+    return bert.BertConfig.from_size(
+        model_cfg.size,
+        vocab_size=model_cfg.vocab_size or vocab_size,
+        max_position_embeddings=model_cfg.max_position_embeddings,
+        type_vocab_size=model_cfg.type_vocab_size,
+        dropout_rate=model_cfg.dropout_rate,
+        attention_dropout_rate=model_cfg.attention_dropout_rate,
+        dtype=model_cfg.dtype,
+    )
+
+
+class ValidatedBatches:
+    """Wraps a batch iterator and checks every batch against the model before it is used."""
+
+    def __init__(self, iterator, model_config: bert.BertConfig):
+        self.iterator = iterator
+        self.model_config = model_config
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.iterator)
+        bert.validate_inputs(self.model_config, batch["input_ids"], batch["segment_ids"],
+                             batch["input_mask"])
+        return batch
+
+    def get_state(self):
+        return self.iterator.get_state()
+
+    def set_state(self, state):
+        self.iterator.set_state(state)
+
+
+class Task:
+    """The `bert_pretrain` task (see `tl_jax/tasks/__init__.py` for the contract)."""
+
+    progress_keys = ("mlm_accuracy", "nsp_accuracy")
+    summary_keys = ("eval/mlm_accuracy", "eval/nsp_accuracy")
+
+    def __init__(self, config, workdir):
+        self.config = config
+        data_cfg = config.data
+        if data_cfg.max_seq_length > config.model.max_position_embeddings:
+            raise ValueError(
+                f"data.max_seq_length={data_cfg.max_seq_length} is longer than the position "
+                f"table (model.max_position_embeddings={config.model.max_position_embeddings}).")
+        self.data = pretraining.build_pretraining_data(
+            data_cfg, config.model.max_position_embeddings, workdir, config.seed,
+            process_index=jax.process_index(), process_count=jax.process_count())
+        self.tokenizer = self.data.tokenizer
+        self.model_config = bert_config_from(config.model, self.tokenizer.vocab_size)
+        self.model = bert.BertForPreTraining(self.model_config)
+        seq, preds = data_cfg.max_seq_length, data_cfg.max_predictions_per_seq
+        self.flops_per_example = bert.flops_per_example(self.model_config, seq, preds)
+        self.tokens_per_example = seq
+
+    # -- data -------------------------------------------------------------------------------
+
+    def example_batch(self, batch_size):
+        seq, preds = self.config.data.max_seq_length, self.config.data.max_predictions_per_seq
+        return dict(
+            input_ids=np.zeros((batch_size, seq), np.int32),
+            segment_ids=np.zeros((batch_size, seq), np.int32),
+            input_mask=np.ones((batch_size, seq), np.int32),
+            masked_positions=np.zeros((batch_size, preds), np.int32),
+            masked_ids=np.zeros((batch_size, preds), np.int32),
+            masked_weights=np.zeros((batch_size, preds), np.float32),
+            nsp_labels=np.zeros((batch_size,), np.int32),
+        )
+
+    def train_batches(self):
+        if not hasattr(self, "_train"):
+            self._train = ValidatedBatches(self.data.train, self.model_config)
+        return self._train
+
+    def eval_batches(self):
+        batches = self.data.eval_batches
+        return batches() if callable(batches) else batches
+
+    def save(self, workdir):
+        import os
+        self.tokenizer.save(os.path.join(workdir, "tokenizer"))
+
+    # -- model ------------------------------------------------------------------------------
+
+    def init_variables(self, rng, batch):
+        return self.model.init(
+            {"params": rng, "dropout": rng}, batch["input_ids"], batch["segment_ids"],
+            batch["input_mask"], masked_positions=batch["masked_positions"], deterministic=True)
+
+    def init_params(self, params, rng):
+        del rng
+        if not self.config.init_from:
+            return params
+        return warm_start.warm_start(params, self.config.init_from, self.model_config)
+
+    def loss_fn(self, params, batch, rng, train):
+        outputs, _ = self.model.apply(
+            {"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+            masked_positions=batch["masked_positions"], deterministic=not train,
+            rngs={"dropout": rng})
+        return pretraining_loss(outputs, batch)
+
+
+def pretraining_loss(outputs, batch):
+    """MLM cross-entropy over real predictions + NSP cross-entropy; metrics as (sum, count)."""
+    weights = batch["masked_weights"].astype(jnp.float32)  # (B, P)
+    mlm_logits = outputs["mlm_logits"]  # (B, P, V)
+    mlm_ce = optax.softmax_cross_entropy_with_integer_labels(mlm_logits, batch["masked_ids"])
+    n_pred = weights.sum()
+    mlm_loss = (mlm_ce * weights).sum() / jnp.maximum(n_pred, 1.0)
+    mlm_correct = (jnp.argmax(mlm_logits, -1) == batch["masked_ids"]) * weights
+
+    # Rows that only pad an eval batch have no real tokens; they do not count for NSP either.
+    rows = (batch["input_mask"].sum(-1) > 0).astype(jnp.float32)  # (B,)
+    nsp_logits = outputs["nsp_logits"]  # (B, 2)
+    nsp_ce = optax.softmax_cross_entropy_with_integer_labels(nsp_logits, batch["nsp_labels"])
+    n_rows = rows.sum()
+    nsp_loss = (nsp_ce * rows).sum() / jnp.maximum(n_rows, 1.0)
+    nsp_correct = (jnp.argmax(nsp_logits, -1) == batch["nsp_labels"]) * rows
+
+    loss = mlm_loss + nsp_loss
+    metrics = dict(
+        mlm_loss=((mlm_ce * weights).sum(), n_pred),
+        mlm_accuracy=(mlm_correct.sum(), n_pred),
+        nsp_loss=((nsp_ce * rows).sum(), n_rows),
+        nsp_accuracy=(nsp_correct.sum(), n_rows),
+    )
+    return loss, metrics

@@ -1,0 +1,73 @@
+"""Initialising a model from earlier weights: a tl_jax workdir or a Hugging Face directory.
+
+This is the basis of transfer: take every tensor that matches by name and shape, keep the
+fresh initialisation for the rest (new heads), and say exactly what was and wasn't taken.
+"""
+from __future__ import annotations
+
+import os
+
+from tl_jax import checkpoint
+
+
+class WarmStartError(ValueError):
+    """`init_from` names something that cannot initialise this model."""
+
+
+def is_tl_workdir(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "checkpoints"))
+
+
+def is_hf_directory(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and not is_tl_workdir(path)
+
+
+def report_lines(report: dict, source: str) -> list[str]:
+    lines = [f"[init_from] {source}: took {len(report['taken'])} tensors."]
+    if report["not_in_checkpoint"]:
+        lines.append(f"[init_from] freshly initialised (not in the source): "
+                     f"{', '.join(report['not_in_checkpoint'])}")
+    for name, want, got in report["shape_mismatch"]:
+        lines.append(f"[init_from] NOT taken, shape differs: {name} model {want} vs source {got}")
+    if report["unused"]:
+        lines.append(f"[init_from] unused source tensors: {', '.join(report['unused'])}")
+    return lines
+
+
+def warm_start(params, init_from: str, model_config=None, prefix_map: dict | None = None):
+    """Returns `params` with every matching tensor taken from `init_from`.
+
+    `init_from` is a tl_jax workdir (newest good checkpoint) or a Hugging Face BERT directory.
+    `prefix_map` renames source prefixes first, e.g. `{"bert/": "encoder/"}` when a task model
+    names its encoder differently from the pretraining model.
+    """
+    if not os.path.exists(init_from):
+        raise WarmStartError(f"init_from={init_from!r} does not exist.")
+    if is_tl_workdir(init_from):
+        source, step = checkpoint.load_params_from_workdir(init_from)
+        label = f"{init_from} (step {step})"
+    elif is_hf_directory(init_from):
+        from tl_jax.interop import bert as hf_bert  # torch-free path: safetensors / numpy
+        source = hf_bert.load_flat_params(init_from, model_config)
+        label = f"Hugging Face checkpoint {init_from}"
+    else:
+        raise WarmStartError(
+            f"init_from={init_from!r} is neither a tl_jax workdir (no checkpoints/ inside) nor a "
+            "Hugging Face directory (no config.json inside).")
+    if prefix_map:
+        renamed = {}
+        for name, value in source.items():
+            for old, new in prefix_map.items():
+                if name.startswith(old):
+                    name = new + name[len(old):]
+                    break
+            renamed[name] = value
+        source = renamed
+    params, report = checkpoint.merge_matching(params, source)
+    if not report["taken"]:
+        raise WarmStartError(
+            f"init_from={init_from!r}: no tensor matched this model by name and shape. "
+            + " ".join(report_lines(report, init_from)[1:3]))
+    for line in report_lines(report, label):
+        print(line, flush=True)
+    return params
