@@ -1,0 +1,608 @@
+"""Transfer strategies as optax transforms over parameter-path masks.
+
+Which weights to train, when, and how fast, all expressed as static masks over the `/`-joined
+parameter paths (`bert/encoder/layer_3/attention/query/kernel`):
+
+* **Rules**: a list of `(regex, setting)` pairs. The regex is matched with `re.fullmatch`
+  against each path and the first matching rule wins. Every parameter must be covered. A setting
+  is `"frozen"`, or trainable with a learning-rate multiplier and weight decay on/off, written as
+  a short string: `"train"`, `"train,lr=0.1"`, `"train,no_wd"`, `"frozen"`.
+* **Layer groups**: each path belongs to `embeddings`, `layer_<i>` (its encoder block) or `head`
+  (everything else: pooler, task head, final norm). Groups give the depth used by discriminative
+  learning rates (ULMFiT: `lr / 2.6` per layer down) and the units of gradual unfreezing and
+  chain-thaw.
+* **Stages**: gradual unfreezing (head first, then one more group per stage, top down) and
+  chain-thaw (head, then each group alone from the bottom, then all) are a list of stages with
+  static masks and start steps. The trainer compiles once per stage, never per step.
+
+Design of the optimizer state (why it looks like this):
+
+* Parameters frozen by a rule are not in the optimizer's tree at all: they have no optimizer
+  state, no gradient accumulator and, when the trainer differentiates only the trainable subtree
+  (`TransferPlan.split`), no gradient is ever computed for them.
+* Parameters that some stage trains are in the optimizer's tree from step 0, so the state has ONE
+  structure for the whole run: a checkpoint taken in any stage restores into the same target, and
+  resuming mid-schedule needs no state surgery. A group frozen in the current stage is wrapped in
+  `hold`: zero update, state untouched. Each group has its own optimizer state (via
+  `optax.multi_transform`), so a group thawed at step 1000 starts with a fresh Adam count; one
+  shared count would apply bias correction for step 1000 to zero moments and take a step of
+  roughly `lr * 3 * sign(g)`.
+* Learning-rate schedule and multipliers are applied after the per-group transforms, with one
+  global count, so the schedule runs over the whole training run regardless of stages.
+
+The `optax.masked` / `MaskedNode` pitfall: `optax.multi_transform` gives each inner transform the
+whole tree with `optax.MaskedNode()` in place of the other groups' leaves. A pytree-valued
+weight-decay mask handed to an inner `adamw` therefore no longer matches the tree it sees, and
+`tree_map`s over the state need `is_leaf=lambda x: isinstance(x, optax.MaskedNode)`. This module
+avoids both: weight decay on/off is part of the group label (the inner transforms take no mask),
+and the state is read with plain path flattening, where `MaskedNode` contributes no leaves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import re
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import traverse_util
+
+from tl_jax.optim import optimizers, schedules
+
+Params = Any
+HEAD = "head"
+EMBEDDINGS = "embeddings"
+STRATEGIES = ("none", "gradual_unfreezing", "chain_thaw")
+
+
+# ----------------------------------------------------------------------------------------------
+# Paths, split and merge.
+# ----------------------------------------------------------------------------------------------
+
+
+def flat_params(params: Params) -> dict[str, Any]:
+    """`{path: leaf}` with `/`-joined paths, in sorted path order (the order jax flattens in)."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return {k: flat[k] for k in sorted(flat)}
+
+
+def _unflat(flat: Mapping[str, Any]) -> Params:
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def split_params(params: Params, mask: Mapping[str, bool] | Callable[[str], bool]):
+    """Splits `params` into `(selected, rest)` nested dicts by a path mask.
+
+    `mask` maps every path to a bool (or is a predicate on paths). Both halves keep the nesting of
+    `params` and contain only their own leaves, so `jax.grad` of a function of `selected` computes
+    no gradient for `rest`. Inverse: `merge_params(selected, rest)`.
+    """
+    selected, rest = {}, {}
+    for path, leaf in flat_params(params).items():
+        take = mask(path) if callable(mask) else mask[path]
+        (selected if take else rest)[path] = leaf
+    return _unflat(selected), _unflat(rest)
+
+
+def merge_params(*parts: Params) -> Params:
+    """Merges nested dicts with disjoint paths (the inverse of `split_params`)."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        for path, leaf in flat_params(part).items():
+            if path in merged:
+                raise ValueError(f"merge_params: path {path!r} appears in more than one part.")
+            merged[path] = leaf
+    return _unflat(merged)
+
+
+def _num_elements(leaf) -> int:
+    leaf = getattr(leaf, "value", leaf)  # flax Partitioned boxes carry the array in .value
+    return int(math.prod(np.shape(leaf)))
+
+
+def count_params(params: Params) -> int:
+    """Number of scalar parameters in a tree (works on arrays and `jax.ShapeDtypeStruct`s)."""
+    return sum(_num_elements(x) for x in jax.tree_util.tree_leaves(params))
+
+
+def tree_bytes(tree) -> int:
+    """Bytes held by the array leaves of a tree, e.g. an optimizer state."""
+    total = 0
+    for leaf in jax.tree_util.tree_leaves(tree):
+        leaf = getattr(leaf, "value", leaf)
+        total += int(math.prod(np.shape(leaf))) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# Rules.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What a rule does to the parameters it matches."""
+
+    trainable: bool = True
+    lr_mult: float = 1.0
+    weight_decay: bool = True  # False turns decay off; True keeps the optimizer's default mask
+
+    def describe(self) -> str:
+        if not self.trainable:
+            return "frozen"
+        parts = ["train"]
+        if self.lr_mult != 1.0:
+            parts.append(f"lr={self.lr_mult:g}")
+        if not self.weight_decay:
+            parts.append("no_wd")
+        return ",".join(parts)
+
+
+def parse_setting(spec, where: str = "rule") -> Setting:
+    """Parses `"frozen"`, `"train"`, `"train,lr=0.1,no_wd"`, a dict of Setting fields or a Setting."""
+    if isinstance(spec, Setting):
+        return spec
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - {f.name for f in dataclasses.fields(Setting)}
+        if unknown:
+            raise ValueError(f"{where}: unknown setting keys {sorted(unknown)}; "
+                             "valid: trainable, lr_mult, weight_decay.")
+        return Setting(**spec)
+    if not isinstance(spec, str):
+        raise ValueError(f"{where}: setting must be a string like 'train,lr=0.1', got {spec!r}.")
+    tokens = [t.strip() for t in spec.split(",") if t.strip()]
+    if tokens == ["frozen"]:
+        return Setting(trainable=False)
+    if not tokens:
+        raise ValueError(f"{where}: empty setting.")
+    lr_mult, wd = 1.0, True
+    for tok in tokens:
+        if tok == "train":
+            continue
+        elif tok.startswith("lr="):
+            try:
+                lr_mult = float(tok[3:])
+            except ValueError:
+                raise ValueError(f"{where}: bad learning-rate multiplier in {spec!r}.") from None
+            if lr_mult < 0:
+                raise ValueError(f"{where}: negative learning-rate multiplier in {spec!r}.")
+        elif tok in ("no_wd", "wd=off"):
+            wd = False
+        elif tok == "wd=on":
+            wd = True
+        else:
+            raise ValueError(f"{where}: unknown token {tok!r} in setting {spec!r}; expected "
+                             "'frozen' or 'train' with optional 'lr=<float>', 'no_wd'/'wd=off'.")
+    return Setting(trainable=True, lr_mult=lr_mult, weight_decay=wd)
+
+
+def compile_rules(rules: Iterable) -> list[tuple[re.Pattern, Setting, str]]:
+    """Validates `[(regex, setting), ...]` and returns `[(compiled, Setting, regex)]`."""
+    compiled = []
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, (tuple, list)) or len(rule) != 2:
+            raise ValueError(f"transfer rule {i}: expected a (regex, setting) pair, got {rule!r}.")
+        pattern, spec = rule
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"transfer rule {i}: bad regex {pattern!r}: {e}") from None
+        compiled.append((regex, parse_setting(spec, where=f"transfer rule {i} ({pattern!r})"), pattern))
+    if not compiled:
+        raise ValueError("transfer rules are empty; use [('.*', 'train')] to train everything.")
+    return compiled
+
+
+def match_rules(paths: Iterable[str], rules: Iterable) -> dict[str, int]:
+    """`{path: index of the first rule whose regex fullmatches it}`; uncovered paths are an error."""
+    compiled = compile_rules(rules)
+    matched, uncovered = {}, []
+    for path in paths:
+        for i, (regex, _, _) in enumerate(compiled):
+            if regex.fullmatch(path):
+                matched[path] = i
+                break
+        else:
+            uncovered.append(path)
+    if uncovered:
+        shown = "\n  ".join(uncovered[:20])
+        more = f"\n  ... and {len(uncovered) - 20} more" if len(uncovered) > 20 else ""
+        raise ValueError(
+            f"{len(uncovered)} parameter(s) are not covered by any transfer rule (rules are "
+            f"matched with re.fullmatch; end the list with ('.*', 'frozen') or ('.*', 'train') "
+            f"to cover the rest):\n  {shown}{more}")
+    return matched
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer groups and stages.
+# ----------------------------------------------------------------------------------------------
+
+DEFAULT_LAYER_PATTERN = r"(?:^|/)(?:layer|h)_(\d+)(?:/|$)"
+DEFAULT_EMBEDDINGS_PATTERN = r"(?:^|/)(?:embeddings|wte|wpe)(?:/|$)"
+
+
+def layer_groups(paths: Iterable[str], layer_pattern: str = DEFAULT_LAYER_PATTERN,
+                 embeddings_pattern: str = DEFAULT_EMBEDDINGS_PATTERN):
+    """Assigns each path a layer group and returns `({path: group}, groups bottom-to-top)`.
+
+    A path is `layer_<i>` when `layer_pattern` (one capture group, searched) finds index i, else
+    `embeddings` when `embeddings_pattern` is found, else `head`. The returned order is
+    embeddings, layer_0 .. layer_{L-1}, head, keeping only groups that have parameters.
+    """
+    layer_re, emb_re = re.compile(layer_pattern), re.compile(embeddings_pattern)
+    if layer_re.groups != 1:
+        raise ValueError(f"layer_pattern {layer_pattern!r} must have exactly one capture group.")
+    assignment, layers = {}, set()
+    for path in paths:
+        m = layer_re.search(path)
+        if m:
+            assignment[path] = f"layer_{int(m.group(1))}"
+            layers.add(int(m.group(1)))
+        elif emb_re.search(path):
+            assignment[path] = EMBEDDINGS
+        else:
+            assignment[path] = HEAD
+    present = set(assignment.values())
+    order = ([EMBEDDINGS] if EMBEDDINGS in present else []) + \
+        [f"layer_{i}" for i in sorted(layers)] + ([HEAD] if HEAD in present else [])
+    return assignment, order
+
+
+def group_depth(group: str, num_layers: int) -> int:
+    """Depth of a group: embeddings 0, layer_i i+1, head num_layers+1."""
+    if group == EMBEDDINGS:
+        return 0
+    if group == HEAD:
+        return num_layers + 1
+    return int(group.split("_")[1]) + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One phase of a schedule: from `start_step` on, exactly `groups` may train."""
+
+    name: str
+    start_step: int
+    groups: frozenset
+
+
+def make_stages(strategy: str, groups: Sequence[str], steps_per_stage: int) -> list[Stage]:
+    """Stages for a strategy; `groups` are ordered bottom (embeddings) to top (head).
+
+    * `none`: one stage, every group.
+    * `gradual_unfreezing` (ULMFiT 3.3): the top group (head) first, then one more group per
+      stage going down; the last stage trains everything until the end of training.
+    * `chain_thaw` (Felbo et al. 2017): the head alone, then each other group alone from the
+      bottom up, then all groups until the end.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"transfer.strategy={strategy!r}; expected one of {STRATEGIES}.")
+    everything = frozenset(groups)
+    if strategy == "none":
+        return [Stage("all", 0, everything)]
+    if steps_per_stage <= 0:
+        raise ValueError(f"{strategy} needs a positive number of steps per stage, got {steps_per_stage}.")
+    top_down = list(reversed(groups))
+    if strategy == "gradual_unfreezing":
+        sets = [(f"top_{k + 1}" if k + 1 < len(top_down) else "all", frozenset(top_down[:k + 1]))
+                for k in range(len(top_down))]
+    else:
+        sets = [(HEAD, frozenset([HEAD]))] if HEAD in everything else []
+        sets += [(g, frozenset([g])) for g in groups if g != HEAD]
+        sets.append(("all", everything))
+    return [Stage(name, k * steps_per_stage, gs) for k, (name, gs) in enumerate(sets)]
+
+
+def stage_for_step(stages: Sequence[Stage], step: int) -> int:
+    """Index of the stage that update number `step` (0-based) belongs to."""
+    step = int(step)
+    index = 0
+    for i, stage in enumerate(stages):
+        if stage.start_step <= step:
+            index = i
+    return index
+
+
+# ----------------------------------------------------------------------------------------------
+# Small optax transforms.
+# ----------------------------------------------------------------------------------------------
+
+
+def hold(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Same state as `inner`, but the update is zero and the state does not change.
+
+    Used for groups that some stage trains but the current stage freezes: the optimizer state
+    keeps one structure across stages, and the held group's moments and count wait unchanged.
+    """
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree_util.tree_map(jnp.zeros_like, updates), state
+
+    return optax.GradientTransformation(inner.init, update_fn)
+
+
+def scale_by_multipliers(multipliers: Params) -> optax.GradientTransformation:
+    """Multiplies each update leaf by a static per-leaf float (discriminative learning rates)."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree_util.tree_map(lambda u, m: u * jnp.asarray(m, u.dtype), updates,
+                                      multipliers), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def direction(cfg: ml_collections.ConfigDict, weight_decay: bool) -> optax.GradientTransformation:
+    """The optimizer of `config.optimizer` without learning rate and clipping.
+
+    AdamW and LAMB in optax are `chain(scale_by_adam, add_decayed_weights, [trust ratio],
+    scale_by_learning_rate)`; the transfer plan applies one global learning rate after its
+    per-group transforms, so each group gets the same chain minus the last element. This keeps
+    `strategy='none'` with one rule numerically identical to `optimizers.make_optimizer`.
+    """
+    parts = []
+    if cfg.name in ("adamw", "lamb"):
+        parts.append(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+        if weight_decay and cfg.weight_decay:
+            parts.append(optax.add_decayed_weights(cfg.weight_decay))
+        if cfg.name == "lamb":
+            parts.append(optax.scale_by_trust_ratio())
+    elif cfg.name == "sgd":
+        # As in optimizers.make_optimizer: optax.sgd has no weight decay, momentum = b1.
+        if cfg.b1:
+            parts.append(optax.trace(decay=cfg.b1))
+    else:
+        raise ValueError(f"optimizer.name={cfg.name!r}; expected adamw, lamb or sgd.")
+    return optax.chain(*parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan: what the trainer uses.
+# ----------------------------------------------------------------------------------------------
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `transfer` config section (each config may change any field)."""
+    return ml_collections.ConfigDict(dict(
+        # (regex, setting) pairs, re.fullmatch on '/'-joined paths, first match wins.
+        rules=((".*", "train"),),
+        strategy="none",               # none | gradual_unfreezing | chain_thaw
+        stage_epochs=1.0,              # length of each unfreezing stage, in epochs ...
+        stage_steps=0,                 # ... or in steps when > 0
+        discriminative_decay=1.0,      # lr of a layer = lr of the layer above / decay (ULMFiT: 2.6)
+        schedule="optimizer",          # optimizer (config.optimizer's schedule) | stlr
+        stlr_cut_frac=0.1,             # STLR: fraction of steps spent increasing
+        stlr_ratio=32.0,               # STLR: peak lr / lowest lr
+        reinit_top_k=0,                # re-initialise the top k encoder layers (and the pooler)
+        layer_pattern=DEFAULT_LAYER_PATTERN,
+        embeddings_pattern=DEFAULT_EMBEDDINGS_PATTERN,
+    ))
+
+
+class GroupInfo(NamedTuple):
+    """Per-path facts the plan is built from."""
+
+    rule: int          # index of the matching rule
+    setting: Setting
+    group: str         # layer group
+    decay: bool        # weight decay applies (rule allows it and not a bias/LayerNorm)
+    lr_mult: float     # rule multiplier * discriminative multiplier
+
+
+class TransferPlan:
+    """Static masks, stages and per-stage optax transforms for one training run.
+
+    How the trainer uses it (`params` is the full parameter tree):
+
+        plan = build_transfer_optimizer(params, config.transfer, config.optimizer,
+                                        total_steps, steps_per_epoch)
+        logging.info(plan.summary())
+        opt_state = plan.init(params)                       # same structure in every stage
+        stage = plan.stage_for_step(step)                   # after a restore too
+        # one jitted step per stage; `stage` is a Python int closed over (static):
+        def train_step(params, opt_state, batch):
+            trainable, rest = plan.split(params, stage)
+            grads = jax.grad(lambda t: loss(plan.merge(t, rest), batch))(trainable)
+            return plan.update(grads, opt_state, params, stage)   # -> (params, opt_state)
+
+    At a stage boundary the trainer only re-jits the step for the new stage: the optimizer state
+    carries over unchanged. A checkpoint needs nothing extra: the stage is a function of the step.
+    """
+
+    def __init__(self, params: Params, cfg: ml_collections.ConfigDict,
+                 optimizer_cfg: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int):
+        self.cfg, self.optimizer_cfg, self.total_steps = cfg, optimizer_cfg, int(total_steps)
+        flat = flat_params(params)
+        self.paths = list(flat)
+        self.sizes = {p: _num_elements(x) for p, x in flat.items()}
+        self.rules = compile_rules(cfg.rules)
+        rule_of = match_rules(self.paths, cfg.rules)
+        group_of, self.groups = layer_groups(self.paths, cfg.layer_pattern, cfg.embeddings_pattern)
+        self.num_layers = sum(g.startswith("layer_") for g in self.groups)
+        depth_mults = schedules.discriminative_multipliers(self.num_layers + 2,
+                                                           cfg.discriminative_decay)
+        decays = {optimizers.path_str(path): bool(d) for path, d in
+                  jax.tree_util.tree_flatten_with_path(optimizers.decay_mask(params))[0]}
+        self.info: dict[str, GroupInfo] = {}
+        for path in self.paths:
+            setting = self.rules[rule_of[path]][1]
+            group = group_of[path]
+            self.info[path] = GroupInfo(
+                rule=rule_of[path], setting=setting, group=group,
+                decay=setting.weight_decay and decays[path],
+                lr_mult=setting.lr_mult * depth_mults[group_depth(group, self.num_layers)])
+
+        steps = int(cfg.stage_steps) if cfg.stage_steps > 0 else \
+            max(1, round(cfg.stage_epochs * steps_per_epoch))
+        trainable_groups = [g for g in self.groups
+                            if any(i.setting.trainable and i.group == g for i in self.info.values())]
+        if not trainable_groups:
+            raise ValueError("every parameter is frozen by the transfer rules; nothing to train.")
+        self.stages = make_stages(cfg.strategy, trainable_groups, steps)
+        if self.stages[-1].start_step >= self.total_steps:
+            logging.warning("transfer: %d stages of %d steps do not fit in %d training steps; "
+                            "the last stages will never run.", len(self.stages), steps,
+                            self.total_steps)
+        # Paths in the optimizer's tree: trainable by rule and in some stage's groups.
+        staged = frozenset().union(*(s.groups for s in self.stages))
+        self.optimizer_mask = {p: i.setting.trainable and i.group in staged
+                               for p, i in self.info.items()}
+        self.labels = {p: self._label(i) for p, i in self.info.items() if self.optimizer_mask[p]}
+        if cfg.schedule == "stlr":
+            self.schedule = schedules.slanted_triangular(
+                optimizer_cfg.learning_rate, self.total_steps, cfg.stlr_cut_frac, cfg.stlr_ratio)
+        elif cfg.schedule == "optimizer":
+            self.schedule = optimizers.make_schedule(optimizer_cfg, self.total_steps)
+        else:
+            raise ValueError(f"transfer.schedule={cfg.schedule!r}; expected optimizer or stlr.")
+
+    @staticmethod
+    def _label(info: GroupInfo) -> str:
+        return info.group if info.decay else f"{info.group}/no_decay"
+
+    # --- masks and stages ---------------------------------------------------------------------
+
+    def stage_for_step(self, step: int) -> int:
+        """Index of the stage that update number `step` (0-based) runs in."""
+        return stage_for_step(self.stages, step)
+
+    def trainable_mask(self, stage: int) -> dict[str, bool]:
+        """`{path: trains in this stage}`."""
+        groups = self.stages[stage].groups
+        return {p: self.optimizer_mask[p] and self.info[p].group in groups for p in self.paths}
+
+    def split(self, params: Params, stage: int):
+        """`(trainable in this stage, everything else)`; differentiate only the first."""
+        return split_params(params, self.trainable_mask(stage))
+
+    merge = staticmethod(merge_params)
+
+    # --- optimizer ----------------------------------------------------------------------------
+
+    @functools.lru_cache(maxsize=None)
+    def tx_for_stage(self, stage: int) -> optax.GradientTransformation:
+        """The transform over the optimizer subtree (`split_params(params, optimizer_mask)[0]`).
+
+        Its state has the same structure for every stage; only the update differs.
+        """
+        active = self.stages[stage].groups
+        transforms = {}
+        for label in sorted(set(self.labels.values())):
+            group, decay = label.split("/")[0], not label.endswith("/no_decay")
+            inner = direction(self.optimizer_cfg, weight_decay=decay)
+            transforms[label] = inner if group in active else hold(inner)
+        opt_paths = [p for p in self.paths if self.optimizer_mask[p]]
+        label_tree = _unflat({p: self.labels[p] for p in opt_paths})
+        mult_tree = _unflat({p: self.info[p].lr_mult for p in opt_paths})
+        parts = []
+        if self.optimizer_cfg.clip_norm and self.optimizer_cfg.clip_norm > 0:
+            # Held groups get zero gradients, so the norm is that of this stage's gradients.
+            parts.append(optax.clip_by_global_norm(self.optimizer_cfg.clip_norm))
+        parts += [optax.multi_transform(transforms, label_tree),
+                  scale_by_multipliers(mult_tree),
+                  optax.scale_by_learning_rate(self.schedule)]
+        return optax.chain(*parts)
+
+    def optimizer_params(self, params: Params) -> Params:
+        """The subtree the optimizer state is built over."""
+        return split_params(params, self.optimizer_mask)[0]
+
+    def init(self, params: Params):
+        """Optimizer state for the whole run (jittable; works under `jax.eval_shape`)."""
+        return self.tx_for_stage(0).init(self.optimizer_params(params))
+
+    def update(self, grads: Params, opt_state, params: Params, stage: int):
+        """One optimizer step. Returns `(new_params, new_opt_state)`.
+
+        `grads` covers exactly `split(params, stage)[0]` (the paths trainable in this stage).
+        Everything else in `params` is returned as the same arrays, so frozen parameters stay
+        bit-identical (adding a zero update would turn -0.0 into +0.0).
+        """
+        train_mask = self.trainable_mask(stage)
+        flat_g = flat_params(grads)
+        expected = [p for p in self.paths if train_mask[p]]
+        if sorted(flat_g) != expected:
+            raise ValueError("plan.update: grads must cover exactly the paths trainable in stage "
+                             f"{stage} ({self.stages[stage].name}); got {len(flat_g)} paths, "
+                             f"expected {len(expected)}.")
+        flat_p = flat_params(params)
+        opt_paths = [p for p in self.paths if self.optimizer_mask[p]]
+        # Held groups take zero gradients: the clip norm and the held state ignore them.
+        full_g = {p: flat_g[p] if train_mask[p] else jnp.zeros_like(flat_p[p]) for p in opt_paths}
+        opt_p = {p: flat_p[p] for p in opt_paths}
+        updates, opt_state = self.tx_for_stage(stage).update(_unflat(full_g), opt_state, _unflat(opt_p))
+        flat_u = flat_params(updates)
+        new = {p: (optax.apply_updates(flat_p[p], flat_u[p]) if train_mask[p] else flat_p[p])
+               for p in self.paths}
+        return _unflat(new), opt_state
+
+    # --- reporting ----------------------------------------------------------------------------
+
+    def trainable_count(self, stage: int | None = None) -> int:
+        """Parameters trained in `stage` (default: in any stage)."""
+        mask = self.optimizer_mask if stage is None else self.trainable_mask(stage)
+        return sum(self.sizes[p] for p in self.paths if mask[p])
+
+    def summary(self) -> str:
+        """Table of rules (matched tensors and parameters), groups and stages, for the log."""
+        total = sum(self.sizes.values())
+        lines = [f"transfer: {len(self.paths)} tensors, {total:,} parameters; "
+                 f"strategy={self.cfg.strategy}, discriminative_decay={self.cfg.discriminative_decay:g}",
+                 f"  {'rule':<48} {'setting':<18} {'tensors':>7} {'params':>12}"]
+        for i, (_, setting, pattern) in enumerate(self.rules):
+            paths = [p for p in self.paths if self.info[p].rule == i]
+            n = sum(self.sizes[p] for p in paths)
+            note = "" if paths else "   <- matches nothing"
+            lines.append(f"  {pattern:<48} {setting.describe():<18} {len(paths):>7} {n:>12,}{note}")
+        lines.append(f"  {'group':<18} {'lr mult':>9} {'trainable params':>17}")
+        for g in reversed(self.groups):
+            paths = [p for p in self.paths if self.info[p].group == g]
+            mults = sorted({self.info[p].lr_mult for p in paths if self.optimizer_mask[p]})
+            n = sum(self.sizes[p] for p in paths if self.optimizer_mask[p])
+            mult = ",".join(f"{m:.4g}" for m in mults) or "-"
+            lines.append(f"  {g:<18} {mult:>9} {n:>17,}")
+        lines.append(f"  {'stage':<12} {'from step':>9} {'trainable':>12}  groups")
+        for k, s in enumerate(self.stages):
+            groups = " ".join(g for g in reversed(self.groups) if g in s.groups)
+            lines.append(f"  {s.name:<12} {s.start_step:>9} {self.trainable_count(k):>12,}  {groups}")
+        return "\n".join(lines)
+
+
+def build_transfer_optimizer(params: Params, transfer_cfg: ml_collections.ConfigDict,
+                             optimizer_cfg: ml_collections.ConfigDict, total_steps: int,
+                             steps_per_epoch: int) -> TransferPlan:
+    """Builds the plan for `config.transfer` over `params` (arrays or `ShapeDtypeStruct`s)."""
+    return TransferPlan(params, transfer_cfg, optimizer_cfg, total_steps, steps_per_epoch)
+
+
+def reinit_top_layers(params: Params, fresh: Params, k: int,
+                      layer_pattern: str = DEFAULT_LAYER_PATTERN,
+                      extra_pattern: str = r"(?:^|/)pooler(?:/|$)") -> Params:
+    """Takes the top `k` encoder layers (and paths matching `extra_pattern`) from `fresh`.
+
+    Zhang et al. 2021 ("Revisiting few-sample BERT fine-tuning") re-initialise the pooler and
+    the top layers before fine-tuning. `fresh` is the model's random initialisation (same tree).
+    """
+    if k < 0:
+        raise ValueError(f"reinit_top_k must be >= 0, got {k}.")
+    if k == 0:
+        return params
+    flat, flat_fresh = flat_params(params), flat_params(fresh)
+    if flat.keys() != flat_fresh.keys():
+        raise ValueError("reinit_top_layers: `fresh` has different parameter paths from `params`.")
+    group_of, groups = layer_groups(flat, layer_pattern)
+    layers = [g for g in groups if g.startswith("layer_")]
+    if k > len(layers):
+        raise ValueError(f"reinit_top_k={k} but the model has {len(layers)} layers.")
+    top = set(layers[len(layers) - k:])
+    extra = re.compile(extra_pattern)
+    return _unflat({p: flat_fresh[p] if group_of[p] in top or extra.search(p) else x
+                    for p, x in flat.items()})
