@@ -1,0 +1,102 @@
+"""Masked-LM masking for BERT pretraining (Devlin et al., 2019, section 3.1 and appendix A.1).
+
+`Masker.mask(tokens, rng)` picks `masked_lm_prob` of the maskable tokens (at least one, at most
+`max_predictions_per_seq`) and replaces each picked token by [MASK] with probability 0.8, by a
+uniformly random non-special token with probability 0.1, and leaves it unchanged otherwise.
+The model must predict the original token at every picked position.
+
+Maskable means "not a special token": [CLS], [SEP], [PAD], [UNK] and [MASK] are never picked
+(the original code only excluded [CLS]/[SEP]; predicting [UNK] teaches nothing).
+
+With `whole_word=True` the unit of selection is a word: a token and the `##` pieces that follow
+it are picked together or not at all, as in BERT's whole-word-masking release. The 80/10/10
+choice is still made per token, as there.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from tl_jax.data.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedTokens:
+    """One masked example: `input_ids` to feed, and the predictions to score."""
+
+    input_ids: np.ndarray  # (n,) int32, tokens after replacement
+    positions: np.ndarray  # (k,) int32, sorted positions of the picked tokens
+    labels: np.ndarray  # (k,) int32, original ids at those positions
+
+
+class Masker:
+    """Applies MLM masking; holds the per-vocabulary tables it needs from the tokenizer."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        masked_lm_prob: float = 0.15,
+        max_predictions_per_seq: int = 20,
+        whole_word: bool = False,
+    ):
+        if not 0.0 < masked_lm_prob <= 1.0:
+            raise ValueError(f"masked_lm_prob must be in (0, 1], got {masked_lm_prob}.")
+        if max_predictions_per_seq < 1:
+            raise ValueError(f"max_predictions_per_seq must be >= 1, got {max_predictions_per_seq}.")
+        self.masked_lm_prob = float(masked_lm_prob)
+        self.max_predictions = int(max_predictions_per_seq)
+        self.whole_word = bool(whole_word)
+        self.mask_id = tokenizer.mask_id
+        vocab = np.arange(tokenizer.vocab_size)
+        self._is_special = tokenizer.is_special(vocab)  # (V,)
+        self._word_start = tokenizer.word_starts(vocab)  # (V,)
+        self._random_pool = tokenizer.non_special_ids()  # (V - 5,)
+
+    def num_to_predict(self, num_candidates: int) -> int:
+        """How many tokens to pick among `num_candidates` maskable ones."""
+        wanted = max(1, int(round(num_candidates * self.masked_lm_prob)))
+        return min(self.max_predictions, wanted, num_candidates)
+
+    def mask(self, tokens: np.ndarray, rng: np.random.Generator) -> MaskedTokens:
+        """Masks one example's tokens (e.g. `[CLS] A [SEP] B [SEP]`) with the given rng."""
+        tokens = np.asarray(tokens, dtype=np.int32)
+        candidates = np.flatnonzero(~self._is_special[tokens])
+        if candidates.size == 0:
+            raise ValueError("Cannot mask an example made only of special tokens.")
+        num = self.num_to_predict(candidates.size)
+        if self.whole_word:
+            positions = self._pick_whole_words(tokens, candidates, num, rng)
+        else:
+            positions = np.sort(rng.choice(candidates, size=num, replace=False))
+        positions = positions.astype(np.int32)
+        labels = tokens[positions]
+        # One uniform draw per picked token: < 0.8 -> [MASK], >= 0.9 -> random, else unchanged.
+        draw = rng.random(positions.size)
+        random_ids = self._random_pool[rng.integers(0, self._random_pool.size, size=positions.size)]
+        new_ids = np.where(draw < 0.8, self.mask_id, np.where(draw >= 0.9, random_ids, labels))
+        input_ids = tokens.copy()
+        input_ids[positions] = new_ids
+        return MaskedTokens(input_ids=input_ids, positions=positions, labels=labels)
+
+    def _pick_whole_words(self, tokens, candidates, num, rng) -> np.ndarray:
+        # A candidate continues the previous word if it is a '##' piece right after another
+        # candidate; a '##' piece after [SEP] (a segment truncated mid-word) starts its own word.
+        continues = ~self._word_start[tokens[candidates]]
+        continues[1:] &= candidates[1:] == candidates[:-1] + 1
+        continues[0] = False
+        words = np.split(candidates, np.flatnonzero(~continues)[1:])
+        picked: list[int] = []
+        for w in rng.permutation(len(words)):
+            word = words[w]
+            if len(picked) + len(word) > num:
+                continue  # As in BERT: skip a word that would overshoot, try shorter ones.
+            picked.extend(word.tolist())
+            if len(picked) >= num:
+                break
+        if not picked:
+            # Every word is longer than the budget: take the shortest one whole, capped at
+            # max_predictions (only a word of more pieces than that gets cut).
+            shortest = min(words, key=len)
+            picked = shortest[: self.max_predictions].tolist()
+        return np.sort(np.asarray(picked, dtype=np.int32))

@@ -1,0 +1,370 @@
+"""BERT pretraining data: sentence-pair (NSP) instances from documents, and the one entry point.
+
+Instances follow the original `create_pretraining_data.py` (google-research/bert):
+
+* documents are lists of tokenised sentences; sentences are packed into a chunk until it reaches
+  a target length of `max_seq_length - 3` tokens (with probability `short_seq_prob` a random
+  shorter target in [2, max_seq_length - 3], so the model also sees short inputs);
+* the chunk is cut at a random sentence boundary into A and B. With probability 0.5 (and always
+  when the chunk is a single sentence) B is instead taken from a random position in another
+  document (label 1, "random next"); the unused sentences are put back for the next chunk;
+* `truncate_seq_pair` trims the longer of A and B one token at a time, from the front or the
+  back at random, until the pair fits;
+* the layout is `[CLS] A [SEP] B [SEP]` with segment ids 0 for `[CLS] A [SEP]` and 1 after.
+
+One deliberate difference: the original retried 10 times to draw a random document different
+from the current one and then used whatever it got; here the random document is drawn from the
+other documents directly, so a "random next" segment never comes from the same document.
+
+Every random choice comes from `np.random.default_rng([seed, stream, copy, document])`, so
+instances depend only on the seed and the corpus, not on processing order.
+
+`build_pretraining_data(data_config, ...)` turns a config into a tokenizer, a resumable training
+iterator and an eval pass (see `tl_jax/data/pretraining_iterator.py`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from tl_jax.data.masking import Masker
+from tl_jax.data.pretraining_iterator import (
+    PretrainingIterator,
+    eval_batches,
+    zero_batch,
+)
+from tl_jax.data.sources import load_documents, split_sentences
+from tl_jax.data.tokenizer import Tokenizer
+
+# Stream tags in the rng seeds, so instance creation and the eval split draw independent numbers.
+_CREATE_STREAM = 11
+# The eval split does not depend on the run's seed, so runs with different seeds (ablations)
+# are scored on the same held-out documents.
+_EVAL_SPLIT_SEED = 20190524
+
+TokenizedDocument = list[list[int]]  # sentences of token ids
+
+
+@dataclasses.dataclass
+class PretrainingInstances:
+    """Packed NSP instances: token rows stored back to back, so millions fit in a few arrays."""
+
+    tokens: np.ndarray  # (total_tokens,) int32: each instance's [CLS] A [SEP] B [SEP]
+    offsets: np.ndarray  # (N + 1,) int64: instance i is tokens[offsets[i]:offsets[i + 1]]
+    num_a: np.ndarray  # (N,) int32: length of the segment-0 prefix `[CLS] A [SEP]`
+    nsp_labels: np.ndarray  # (N,) int32: 0 = B is the actual next segment, 1 = random
+
+    def __len__(self) -> int:
+        return len(self.num_a)
+
+    def tokens_of(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+    @classmethod
+    def empty(cls) -> "PretrainingInstances":
+        return cls(np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros(0, np.int32),
+                   np.zeros(0, np.int32))
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[list[int], int, int]]) -> "PretrainingInstances":
+        """From `(tokens, num_a, nsp_label)` rows."""
+        lengths = np.array([len(r[0]) for r in rows], dtype=np.int64)
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        tokens = np.fromiter((t for r in rows for t in r[0]), dtype=np.int32, count=int(offsets[-1]))
+        return cls(
+            tokens=tokens,
+            offsets=offsets,
+            num_a=np.array([r[1] for r in rows], dtype=np.int32),
+            nsp_labels=np.array([r[2] for r in rows], dtype=np.int32),
+        )
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["PretrainingInstances"]) -> "PretrainingInstances":
+        offsets = [np.zeros(1, dtype=np.int64)]
+        start = 0
+        for p in parts:
+            offsets.append(p.offsets[1:] + start)
+            start += int(p.offsets[-1])
+        return cls(
+            tokens=np.concatenate([p.tokens for p in parts]).astype(np.int32),
+            offsets=np.concatenate(offsets),
+            num_a=np.concatenate([p.num_a for p in parts]).astype(np.int32),
+            nsp_labels=np.concatenate([p.nsp_labels for p in parts]).astype(np.int32),
+        )
+
+
+def truncate_seq_pair(tokens_a: list, tokens_b: list, max_num_tokens: int, rng) -> None:
+    """Trims the longer list in place, from the front or back at random, until both fit."""
+    while len(tokens_a) + len(tokens_b) > max_num_tokens:
+        trunc = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+        # Random side, to avoid biasing toward always seeing sentence ends (as in BERT).
+        if rng.random() < 0.5:
+            del trunc[0]
+        else:
+            trunc.pop()
+
+
+def create_instances_from_document(
+    documents: Sequence[TokenizedDocument],
+    document_index: int,
+    max_seq_length: int,
+    short_seq_prob: float,
+    rng: np.random.Generator,
+    cls_id: int,
+    sep_id: int,
+) -> list[tuple[list[int], int, int]]:
+    """NSP instances from one document, as `(tokens, num_a, nsp_label)` rows."""
+    document = documents[document_index]
+    max_num_tokens = max_seq_length - 3  # room for [CLS], [SEP], [SEP]
+    target_seq_length = max_num_tokens
+    if rng.random() < short_seq_prob:
+        target_seq_length = int(rng.integers(2, max_num_tokens + 1))
+
+    rows = []
+    chunk: list[list[int]] = []
+    chunk_length = 0
+    i = 0
+    while i < len(document):
+        chunk.append(document[i])
+        chunk_length += len(document[i])
+        if i == len(document) - 1 or chunk_length >= target_seq_length:
+            a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
+            tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
+            tokens_b: list[int] = []
+            if len(chunk) == 1 or rng.random() < 0.5:
+                is_random_next = 1
+                target_b_length = target_seq_length - len(tokens_a)
+                # Any document but this one: draw from n - 1 and skip over our own index.
+                other = int(rng.integers(0, len(documents) - 1))
+                other += other >= document_index
+                random_document = documents[other]
+                start = int(rng.integers(0, len(random_document)))
+                for sentence in random_document[start:]:
+                    tokens_b.extend(sentence)
+                    if len(tokens_b) >= target_b_length:
+                        break
+                # The sentences after A were not used: put them back for the next chunk.
+                i -= len(chunk) - a_end
+            else:
+                is_random_next = 0
+                tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
+            truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
+            if tokens_a and tokens_b:
+                tokens = [cls_id, *tokens_a, sep_id, *tokens_b, sep_id]
+                rows.append((tokens, len(tokens_a) + 2, is_random_next))
+            chunk = []
+            chunk_length = 0
+        i += 1
+    return rows
+
+
+def create_instances(
+    documents: Sequence[TokenizedDocument],
+    max_seq_length: int,
+    short_seq_prob: float,
+    seed: int,
+    cls_id: int,
+    sep_id: int,
+    copy: int = 0,
+    progress: bool = False,
+) -> PretrainingInstances:
+    """NSP instances from all documents (one pass; `copy` varies the draws between passes)."""
+    if len(documents) < 2:
+        raise ValueError(f"NSP needs at least 2 non-empty documents to draw random next segments "
+                         f"from; got {len(documents)}.")
+    if max_seq_length < 5:
+        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for `[CLS] A [SEP] B [SEP]`.")
+    rows = []
+    for d in tqdm(range(len(documents)), desc="instances", unit="doc", disable=not progress,
+                  leave=False):
+        rng = np.random.default_rng([seed, _CREATE_STREAM, copy, d])
+        rows.extend(create_instances_from_document(
+            documents, d, max_seq_length, short_seq_prob, rng, cls_id, sep_id))
+    if not rows:
+        return PretrainingInstances.empty()
+    return PretrainingInstances.from_rows(rows)
+
+
+def tokenize_documents(
+    documents: Sequence[Sequence[str]], tokenizer: Tokenizer, chunk_size: int = 20_000,
+    progress: bool = True,
+) -> list[TokenizedDocument]:
+    """Splits units into sentences and tokenises them in batches; drops empty ones."""
+    sentences = []
+    owner = []  # document index of each sentence
+    for d, document in enumerate(documents):
+        for unit in document:
+            for sentence in split_sentences(unit):
+                sentences.append(sentence)
+                owner.append(d)
+    tokenized: list[TokenizedDocument] = [[] for _ in documents]
+    bar = tqdm(total=len(sentences), desc="tokenize", unit="sent", disable=not progress or
+               len(sentences) < 5 * chunk_size, leave=False)
+    for start in range(0, len(sentences), chunk_size):
+        batch = tokenizer.encode_batch(sentences[start:start + chunk_size])
+        for d, ids in zip(owner[start:start + chunk_size], batch):
+            if ids:
+                tokenized[d].append(ids)
+        bar.update(len(batch))
+    bar.close()
+    return [doc for doc in tokenized if doc]
+
+
+# ------------------------------------------------------------------ the entry point
+
+
+@dataclasses.dataclass
+class PretrainingData:
+    """What the BERT pretraining task needs from the data side."""
+
+    tokenizer: Tokenizer
+    train: PretrainingIterator
+    eval_batches: Callable[[], Iterator[dict]]  # a fresh finite pass on every call
+    num_train_instances: int
+    num_eval_instances: int
+    max_seq_length: int
+    max_predictions_per_seq: int
+
+    def example_batch(self, batch_size: int) -> dict:
+        """An all-zero batch with the right shapes and dtypes (for `jax.eval_shape` init)."""
+        return zero_batch(batch_size, self.max_seq_length, self.max_predictions_per_seq)
+
+
+DATA_CONFIG_KEYS = (
+    "corpus", "text_field", "group_field", "tokenizer", "tokenizer_vocab_size", "lowercase",
+    "max_seq_length", "max_predictions_per_seq", "masked_lm_prob", "short_seq_prob",
+    "whole_word_masking", "dynamic_masking", "dupe_factor", "eval_fraction", "batch_size",
+    "eval_batch_size", "max_documents",
+)
+
+
+def _validate(config, max_position_embeddings: int, process_count: int) -> None:
+    missing = [k for k in DATA_CONFIG_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"Data config lacks key(s) {missing}; expected all of {list(DATA_CONFIG_KEYS)}.")
+    if config.max_seq_length > max_position_embeddings:
+        raise ValueError(f"data.max_seq_length={config.max_seq_length} exceeds the model's "
+                         f"max_position_embeddings={max_position_embeddings}; lower the one or "
+                         "raise the other.")
+    if config.max_seq_length < 5:
+        raise ValueError(f"data.max_seq_length={config.max_seq_length} is too short for "
+                         "`[CLS] A [SEP] B [SEP]` (need >= 5).")
+    if not 0.0 <= config.short_seq_prob <= 1.0:
+        raise ValueError(f"data.short_seq_prob={config.short_seq_prob} must be in [0, 1].")
+    if not 0.0 <= config.eval_fraction < 1.0:
+        raise ValueError(f"data.eval_fraction={config.eval_fraction} must be in [0, 1).")
+    if config.dupe_factor < 1:
+        raise ValueError(f"data.dupe_factor={config.dupe_factor} must be >= 1.")
+    for key in ("batch_size", "eval_batch_size"):
+        size = config[key]
+        if size < 1 or size % process_count:
+            raise ValueError(f"data.{key}={size} must be a positive multiple of the process "
+                             f"count {process_count} (each process feeds an equal slice).")
+
+
+def split_eval_documents(num_documents: int, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, eval) document indices. At least 2 eval documents when eval_fraction > 0, because
+    random-next segments for eval instances come from other eval documents only (no leakage)."""
+    if eval_fraction <= 0:
+        return np.arange(num_documents), np.zeros(0, dtype=np.int64)
+    num_eval = max(2, int(round(num_documents * eval_fraction)))
+    if num_documents - num_eval < 2:
+        raise ValueError(f"The corpus has {num_documents} documents: too few to hold out "
+                         f"{num_eval} for eval (eval_fraction={eval_fraction}) and keep 2 for "
+                         "training. Add documents or set data.eval_fraction=0.")
+    order = np.random.default_rng(_EVAL_SPLIT_SEED).permutation(num_documents)
+    return np.sort(order[num_eval:]), np.sort(order[:num_eval])
+
+
+def _get_tokenizer(config, train_documents, workdir: str | None) -> Tokenizer:
+    saved = os.path.join(workdir, "tokenizer") if workdir else None
+    if saved and os.path.exists(os.path.join(saved, "tokenizer.json")):
+        # A resumed run must keep its vocabulary, whatever the config says now.
+        return Tokenizer.load(saved)
+    if config.tokenizer:
+        tokenizer = Tokenizer.load(config.tokenizer, lowercase=config.lowercase)
+    else:
+        tokenizer = Tokenizer.train_wordpiece(
+            train_documents, vocab_size=config.tokenizer_vocab_size, lowercase=config.lowercase)
+    if saved:
+        tokenizer.save(saved)
+    return tokenizer
+
+
+def build_pretraining_data(
+    data_config,
+    max_position_embeddings: int,
+    workdir: str | None,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> PretrainingData:
+    """Corpus -> tokenizer -> NSP instances -> masked batches, all from `data_config`.
+
+    Args:
+      data_config: ConfigDict with the keys in `DATA_CONFIG_KEYS` (see configs/bert_pretrain.py).
+      max_position_embeddings: the model's position table size; `max_seq_length` must fit.
+      workdir: where the tokenizer is saved (`workdir/tokenizer/`) and reused on restart.
+      seed: drives instance creation, shuffling and masking (the eval split is seed-free).
+      process_index, process_count: this process's slice of every global batch.
+
+    Raises:
+      ValueError (or SourceError/TokenizerError, both ValueErrors) before any compilation:
+      an empty corpus, `max_seq_length > max_position_embeddings`, a corpus too small to make
+      an instance or a batch, bad sizes.
+    """
+    c = data_config
+    _validate(c, max_position_embeddings, process_count)
+    documents = load_documents(c.corpus, text_field=c.text_field, group_field=c.group_field or None)
+    if c.max_documents:
+        documents = documents[:c.max_documents]
+    train_index, eval_index = split_eval_documents(len(documents), c.eval_fraction)
+    train_texts = [documents[i] for i in train_index]
+    eval_texts = [documents[i] for i in eval_index]
+
+    tokenizer = _get_tokenizer(c, train_texts, workdir)
+    train_docs = tokenize_documents(train_texts, tokenizer)
+    eval_docs = tokenize_documents(eval_texts, tokenizer)
+    if len(train_docs) < 2:
+        raise ValueError(f"Corpus {c.corpus!r} has {len(train_docs)} non-empty training "
+                         "document(s) after tokenisation; NSP needs at least 2.")
+
+    copies = 1 if c.dynamic_masking else c.dupe_factor
+    train = PretrainingInstances.concatenate([
+        create_instances(train_docs, c.max_seq_length, c.short_seq_prob, seed,
+                         tokenizer.cls_id, tokenizer.sep_id, copy=k, progress=True)
+        for k in range(copies)])
+    if len(train) < c.batch_size:
+        raise ValueError(f"Corpus {c.corpus!r} gives only {len(train)} training instances, fewer "
+                         f"than one batch (data.batch_size={c.batch_size}); use a larger corpus "
+                         "or a smaller batch.")
+    masker = Masker(tokenizer, c.masked_lm_prob, c.max_predictions_per_seq, c.whole_word_masking)
+    iterator = PretrainingIterator(
+        train, masker, c.max_seq_length, c.batch_size, seed,
+        dynamic_masking=c.dynamic_masking, process_index=process_index,
+        process_count=process_count, drop_remainder=True)
+
+    if len(eval_docs) >= 2:
+        evals = create_instances(eval_docs, c.max_seq_length, c.short_seq_prob, seed,
+                                 tokenizer.cls_id, tokenizer.sep_id)
+    else:
+        evals = PretrainingInstances.empty()
+
+    def eval_pass():
+        return eval_batches(evals, masker, c.max_seq_length, c.eval_batch_size, seed,
+                            process_index=process_index, process_count=process_count)
+
+    return PretrainingData(
+        tokenizer=tokenizer,
+        train=iterator,
+        eval_batches=eval_pass,
+        num_train_instances=len(train),
+        num_eval_instances=len(evals),
+        max_seq_length=c.max_seq_length,
+        max_predictions_per_seq=c.max_predictions_per_seq,
+    )
