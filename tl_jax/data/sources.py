@@ -25,6 +25,7 @@ come from another document), so every source says where its documents begin and 
 from __future__ import annotations
 
 import bz2
+import functools
 import glob
 import gzip
 import json
@@ -250,8 +251,14 @@ def load_gensim_enwiki() -> list[Document]:
     """~100 English Wikipedia articles, markup stripped, one document per article.
 
     Redirect pages are dropped; headings are dropped (they are not sentences); paragraphs of
-    fewer than 4 words (leftover markup, captions) are dropped.
+    fewer than 4 words (leftover markup, captions) are dropped. Parsing takes seconds, so the
+    result is cached per process (callers get their own copy).
     """
+    return [list(document) for document in _parse_gensim_enwiki()]
+
+
+@functools.lru_cache(maxsize=1)
+def _parse_gensim_enwiki() -> tuple[tuple[str, ...], ...]:
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
     documents = []
@@ -268,8 +275,8 @@ def load_gensim_enwiki() -> list[Document]:
                 if len(line.split()) >= 4:
                     paragraphs.append(line)
             if paragraphs:
-                documents.append(paragraphs)
-    return documents
+                documents.append(tuple(paragraphs))
+    return tuple(documents)
 
 
 # A sentence ends at . ! or ? (optionally followed by closing quotes/brackets), then whitespace,

@@ -1,0 +1,144 @@
+"""Corpus sources: formats, document boundaries, package corpora, tfds, and every error case."""
+import gzip
+import json
+import re
+
+import pytest
+
+from tl_jax.data import sources
+from tl_jax.data.sources import SourceError, load_documents, split_sentences
+
+
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _jsonl(path, objects):
+    return _write(path, "".join(json.dumps(o) + "\n" for o in objects))
+
+
+def test_text_file_paragraphs_and_document_boundaries(tmp_path):
+    path = _write(tmp_path / "a.txt", "p1 of d1\n  p2 of d1  \n\n\n p1 of d2\n\np1 of d3")
+    assert load_documents(path) == [["p1 of d1", "p2 of d1"], ["p1 of d2"], ["p1 of d3"]]
+
+
+def test_jsonl_grouping_auto_explicit_and_none(tmp_path):
+    rows = [{"title": "A", "book": "x", "text": "a1"}, {"title": "A", "book": "y", "text": "a2"},
+            {"title": "B", "book": "y", "text": "b1\nb2"}, {"title": "A", "book": "y", "text": "a3"}]
+    path = _jsonl(tmp_path / "c.jsonl", rows)
+    # Auto-detect prefers "title"; consecutive equal values group, a later repeat starts anew.
+    assert load_documents(path) == [["a1", "a2"], ["b1", "b2"], ["a3"]]
+    assert load_documents(path, group_field="book") == [["a1"], ["a2", "b1", "b2", "a3"]]
+    plain = _jsonl(tmp_path / "plain.jsonl", [{"text": "one"}, {"text": "two"}])
+    assert load_documents(plain) == [["one"], ["two"]]
+    other = _jsonl(tmp_path / "o.jsonl", [{"body": "x", "doc_id": 1}, {"body": "y", "doc_id": 1}])
+    assert load_documents(other, text_field="body") == [["x", "y"]]
+
+
+def test_real_jsonl_files_match_their_readme(data_dir):
+    wiki = load_documents(str(data_dir / "enwiki_sample.jsonl"))
+    assert len(wiki) == 106 and sum(len(d) for d in wiki) == 5579
+    austen = load_documents(str(data_dir / "austen.jsonl"))
+    assert len(austen) == 6  # one document per novel
+    assert austen[0][0] == "SENSE AND SENSIBILITY"
+
+
+def test_globs_compressed_files_and_comma_lists(tmp_path):
+    _write(tmp_path / "b.txt", "second")
+    _write(tmp_path / "a.txt", "first")
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "zipped"}) + "\n")
+    assert load_documents(str(tmp_path / "*.txt")) == [["first"], ["second"]]
+    spec = f"{tmp_path / 'c.jsonl.gz'}, {tmp_path / '[b]*.txt'}"
+    assert load_documents(spec) == [["zipped"], ["second"]]
+
+
+def test_package_corpora_need_no_setup():
+    lee = load_documents("gensim:lee")
+    assert len(lee) == 300 and all(len(d) == 1 for d in lee)
+    wiki = sources.load_gensim_enwiki()
+    assert 100 <= len(wiki) <= 110  # ~106 articles; redirect pages dropped
+    units = [u for d in wiki for u in d]
+    assert sum(len(u.split()) for u in units) > 300_000
+    # Markup is stripped: no headings, bold/italic quotes or redirects remain.
+    assert not any(re.match(r"^=+.*=+$", u) or "''" in u for u in units)
+    assert not any(u.lower().startswith("#redirect") for u in units)
+
+
+def test_tfds_dataset_read_without_tensorflow(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    class TlJaxSourcesTestCorpus(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"body": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(4)}
+
+        def _generate_examples(self, n):
+            for i in range(n):
+                yield i, {"body": f"Doc {i} para one.\n\nDoc {i} para two."}
+
+    data = tmp_path / "tfds"
+    TlJaxSourcesTestCorpus(data_dir=str(data), file_format="array_record").download_and_prepare()
+    monkeypatch.setenv("TFDS_DATA_DIR", str(data))
+    docs = load_documents("tfds:tl_jax_sources_test_corpus:train", text_field="body")
+    assert sorted(docs) == [[f"Doc {i} para one.", f"Doc {i} para two."] for i in range(4)]
+    with pytest.raises(SourceError, match="missing text field 'text'"):
+        load_documents("tfds:tl_jax_sources_test_corpus")
+    with pytest.raises(SourceError, match="Cannot read tfds dataset 'no_such_dataset_xyz'"):
+        load_documents("tfds:no_such_dataset_xyz:train")
+
+
+def test_errors_name_the_file_and_line(tmp_path):
+    with pytest.raises(SourceError, match="Corpus file not found: .*nope.txt"):
+        load_documents(str(tmp_path / "nope.txt"))
+    with pytest.raises(SourceError, match="matches no files"):
+        load_documents(str(tmp_path / "*.jsonl"))
+    with pytest.raises(SourceError, match="Empty corpus spec"):
+        load_documents(" , ")
+    empty = _write(tmp_path / "empty.txt", "\n\n  \n")
+    with pytest.raises(SourceError, match="empty.txt contains no text"):
+        load_documents(empty)
+    bad = _write(tmp_path / "bad.jsonl", '{"text": "ok"}\n\n{"text": "broken"\n')
+    with pytest.raises(SourceError, match=r"bad.jsonl:3: malformed JSON"):
+        load_documents(bad)
+    nofield = _jsonl(tmp_path / "nofield.jsonl", [{"text": "ok"}, {"body": "x"}])
+    with pytest.raises(SourceError, match=r"nofield.jsonl:2: missing text field 'text'"):
+        load_documents(nofield)
+    notstr = _jsonl(tmp_path / "notstr.jsonl", [{"text": 3}])
+    with pytest.raises(SourceError, match=r"notstr.jsonl:1: text field 'text' is int"):
+        load_documents(notstr)
+    array = _write(tmp_path / "array.jsonl", '["text"]\n')
+    with pytest.raises(SourceError, match=r"array.jsonl:1: expected a JSON object"):
+        load_documents(array)
+    nogroup = _jsonl(tmp_path / "nogroup.jsonl", [{"book": "a", "text": "x"}, {"text": "y"}])
+    with pytest.raises(SourceError, match=r"nogroup.jsonl:2: missing group field 'book'"):
+        load_documents(nogroup)
+    with pytest.raises(SourceError, match="Unknown gensim corpus 'gensim:brown'"):
+        load_documents("gensim:brown")
+
+
+def test_sentence_splitter_keeps_all_text(data_dir):
+    lines = (data_dir / "austen.jsonl").read_text(encoding="utf-8").splitlines()[:400]
+    norm = lambda s: " ".join(s.split())  # noqa: E731
+    total = 0
+    for line in lines:
+        text = json.loads(line)["text"]
+        sentences = split_sentences(text)
+        total += len(sentences)
+        # Splitting only happens at whitespace: rejoining loses no character.
+        assert norm(" ".join(sentences)) == norm(text)
+        assert all(s == s.strip() and s for s in sentences)
+    assert total > len(lines) * 1.5  # paragraphs really are split
+
+
+def test_sentence_splitter_examples():
+    assert split_sentences('He said "Stop." Then Mr. Darcy left! Why? (Nobody knew.) 3 cats.') == [
+        'He said "Stop."', "Then Mr. Darcy left!", "Why?", "(Nobody knew.)", "3 cats."]
+    assert split_sentences("no end punctuation") == ["no end punctuation"]
+    assert split_sentences("  ") == []
