@@ -1,0 +1,137 @@
+"""Byte-level BPE tokenizer (GPT-2 style): train on a corpus, or load vocab.json + merges.txt.
+
+A thin wrapper around Hugging Face `tokenizers` with GPT-2's pipeline: byte-level
+pre-tokenisation (every byte maps to a printable symbol, so any text round-trips exactly and
+there is no unknown token), BPE merges, a byte-level decoder, and one special token
+`<|endoftext|>` that separates documents.
+
+    tok = BPETokenizer.train(texts, vocab_size=4096)
+    tok.save("workdir/tokenizer")           # vocab.json + merges.txt (GPT-2 layout)
+    tok = BPETokenizer.load("workdir/tokenizer")
+    ids = tok.encode("It is a truth universally acknowledged")
+    tok.decode(ids)                          # the same string
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Iterable, Sequence
+
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+EOS = "<|endoftext|>"
+
+
+class BPEError(ValueError):
+    """A BPE tokenizer file is missing or unusable."""
+
+
+def _byte_level(model: models.BPE) -> tokenizers.Tokenizer:
+    tok = tokenizers.Tokenizer(model)
+    # add_prefix_space=False and trim_offsets as in GPT-2: "Hello" and " Hello" differ.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+class BPETokenizer:
+    """GPT-2 style byte-level BPE with an end-of-text token."""
+
+    def __init__(self, hf_tokenizer: tokenizers.Tokenizer, source: str = "<in memory>"):
+        hf_tokenizer.no_truncation()
+        hf_tokenizer.no_padding()
+        self._tok = hf_tokenizer
+        self.source = source
+        if hf_tokenizer.token_to_id(EOS) is None:
+            raise BPEError(f"BPE tokenizer {source} has no {EOS} token")
+        self._vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        ids = sorted(hf_tokenizer.get_vocab(with_added_tokens=True).values())
+        if ids != list(range(len(ids))):
+            raise BPEError(f"BPE tokenizer {source} has non-contiguous ids")
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 8192,
+              min_frequency: int = 2) -> "BPETokenizer":
+        """Learns merges from `texts` (an iterable of strings, e.g. paragraphs)."""
+        if vocab_size < 257:
+            raise BPEError(f"vocab_size={vocab_size} must exceed the 256 byte symbols + {EOS}")
+        tok = _byte_level(models.BPE())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=[EOS],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok, source="<trained>")
+
+    @classmethod
+    def from_files(cls, vocab_json: str, merges_txt: str) -> "BPETokenizer":
+        """Loads GPT-2 style `vocab.json` + `merges.txt`."""
+        for f in (vocab_json, merges_txt):
+            if not os.path.exists(f):
+                raise BPEError(f"BPE tokenizer file {f} does not exist")
+        try:
+            model = models.BPE.from_file(vocab_json, merges_txt)
+        except Exception as e:  # tokenizers raises a bare Exception on malformed files
+            raise BPEError(f"could not read BPE files {vocab_json}, {merges_txt}: {e}") from e
+        tok = _byte_level(model)
+        if tok.token_to_id(EOS) is not None:
+            tok.add_special_tokens([EOS])
+        return cls(tok, source=os.path.dirname(vocab_json) or vocab_json)
+
+    @classmethod
+    def load(cls, path: str) -> "BPETokenizer":
+        """Loads from a directory (vocab.json + merges.txt) or a `tokenizer.json` file."""
+        path = pathlib.Path(path)
+        if path.is_dir():
+            if (path / "vocab.json").exists() and (path / "merges.txt").exists():
+                return cls.from_files(str(path / "vocab.json"), str(path / "merges.txt"))
+            if (path / "tokenizer.json").exists():
+                path = path / "tokenizer.json"
+            else:
+                raise BPEError(f"{path} has neither vocab.json + merges.txt nor tokenizer.json")
+        if not path.exists():
+            raise BPEError(f"BPE tokenizer file {path} does not exist")
+        return cls(tokenizers.Tokenizer.from_file(str(path)), source=str(path))
+
+    def save(self, directory: str) -> None:
+        """Writes vocab.json + merges.txt (GPT-2 layout) and tokenizer.json."""
+        os.makedirs(directory, exist_ok=True)
+        self._tok.model.save(directory)
+        self._tok.save(os.path.join(directory, "tokenizer.json"))
+        # tokenizers writes the added EOS into tokenizer.json only; keep vocab.json complete so
+        # GPT2TokenizerFast(vocab.json, merges.txt) sees the same ids.
+        vocab_file = os.path.join(directory, "vocab.json")
+        with open(vocab_file, encoding="utf-8") as f:
+            vocab = json.load(f)
+        vocab[EOS] = self.eos_id
+        with open(vocab_file, "w", encoding="utf-8") as f:
+            json.dump(vocab, f, ensure_ascii=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def eos_id(self) -> int:
+        return self._tok.token_to_id(EOS)
+
+    @property
+    def hf_tokenizer(self) -> tokenizers.Tokenizer:
+        return self._tok
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab_size={self.vocab_size}, source={self.source!r})"

@@ -1,0 +1,173 @@
+"""Causal LM data: documents packed into fixed-length sequences, and a resumable batch iterator.
+
+Each document (a list of text units) is tokenised as its units joined by newlines, followed by
+the end-of-text token, and all documents are concatenated into one token stream (GPT-2 style:
+attention may cross a document boundary; the separator tells the model where one ends). The
+stream is cut into windows of `seq_len + 1` tokens with stride `seq_len`, so every token is a
+prediction target exactly once: `inputs = w[:-1]`, `targets = w[1:]`. The last, short window
+is padded and its padding has weight 0.
+
+    stream = pack_documents(documents, tokenizer)
+    blocks = make_blocks(stream, seq_len=128)                 # (N, 129) int32 + lengths
+    it = BlockIterator(blocks, batch_size=32, seed=0)         # global batch 32
+    batch = next(it)   # {"inputs": (32, 128), "targets": (32, 128), "weights": (32, 128)}
+    state = it.get_state(); it2 = BlockIterator(...); it2.set_state(state)  # same next batch
+
+With several processes, each host yields only its rows (`process_index`) of every global batch;
+the global order is the same on every host because it depends only on the seed and epoch.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def pack_documents(documents: Sequence[Sequence[str]], tokenizer, separator: str = "\n",
+                   batch_size: int = 1024) -> np.ndarray:
+    """One int32 token stream: each document's units joined by `separator`, then EOS."""
+    if not documents:
+        raise ValueError("pack_documents: no documents to pack")
+    texts = [separator.join(doc) for doc in documents]
+    pieces = []
+    eos = np.array([tokenizer.eos_id], np.int32)
+    for start in range(0, len(texts), batch_size):
+        for ids in tokenizer.encode_batch(texts[start:start + batch_size]):
+            pieces.append(np.asarray(ids, np.int32))
+            pieces.append(eos)
+    return np.concatenate(pieces)
+
+
+def make_blocks(stream: np.ndarray, seq_len: int, pad_id: int = 0):
+    """Windows of `seq_len + 1` tokens with stride `seq_len`.
+
+    Returns (blocks (N, seq_len + 1) int32, lengths (N,) int32: real tokens per window).
+    """
+    if seq_len < 1:
+        raise ValueError(f"make_blocks: seq_len must be >= 1, got {seq_len}")
+    stream = np.asarray(stream, np.int32)
+    if len(stream) < 2:
+        raise ValueError(f"make_blocks: a stream of {len(stream)} token(s) has nothing to predict")
+    n = -(-(len(stream) - 1) // seq_len)  # windows needed to cover every target once
+    padded = np.full(n * seq_len + 1, pad_id, np.int32)
+    padded[:len(stream)] = stream
+    index = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]  # (N, T+1)
+    lengths = np.minimum(len(stream) - np.arange(n) * seq_len, seq_len + 1).astype(np.int32)
+    return padded[index], lengths
+
+
+def blocks_to_batch(blocks: np.ndarray, lengths: np.ndarray) -> dict:
+    """The model batch for some windows: inputs, targets and per-target weights."""
+    seq_len = blocks.shape[1] - 1
+    weights = (np.arange(seq_len)[None, :] < (lengths[:, None] - 1)).astype(np.float32)  # (B, T)
+    return {
+        "inputs": blocks[:, :-1].astype(np.int32),
+        "targets": blocks[:, 1:].astype(np.int32),
+        "weights": weights,
+    }
+
+
+class BlockIterator:
+    """Shuffled, endless, resumable batches of packed windows.
+
+    Each epoch visits the windows in a permutation drawn from `(seed, epoch)`; a global batch is
+    `batch_size` consecutive entries of it (a trailing partial batch is dropped so every step
+    sees the same number of rows). This process yields rows
+    `[process_index * b, (process_index + 1) * b)` of each global batch, `b = batch_size /
+    process_count`. The state is `{"epoch", "batch"}`: the next global batch to produce.
+    """
+
+    def __init__(self, blocks: np.ndarray, lengths: np.ndarray, batch_size: int, seed: int = 0,
+                 process_index: int = 0, process_count: int = 1, shuffle: bool = True):
+        if batch_size % process_count:
+            raise ValueError(
+                f"batch_size {batch_size} is not divisible by the process count {process_count}"
+            )
+        if len(blocks) < batch_size:
+            raise ValueError(
+                f"only {len(blocks)} packed sequences for a global batch of {batch_size}; use "
+                "more text, a smaller batch_size or a shorter seq_len"
+            )
+        self.blocks, self.lengths = blocks, lengths
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.local = batch_size // process_count
+        self.offset = process_index * self.local
+        self.batches_per_epoch = len(blocks) // batch_size
+        self.epoch, self.batch = 0, 0
+        self._order = None
+
+    def _epoch_order(self) -> np.ndarray:
+        if self._order is None or self._order[0] != self.epoch:
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.blocks))
+            else:
+                order = np.arange(len(self.blocks))
+            self._order = (self.epoch, order)
+        return self._order[1]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        order = self._epoch_order()
+        start = self.batch * self.batch_size + self.offset
+        rows = order[start:start + self.local]
+        self.batch += 1
+        if self.batch == self.batches_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+        return blocks_to_batch(self.blocks[rows], self.lengths[rows])
+
+    def get_state(self) -> dict:
+        return {"epoch": int(self.epoch), "batch": int(self.batch)}
+
+    def set_state(self, state: dict) -> None:
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        if not 0 <= batch < self.batches_per_epoch or epoch < 0:
+            raise ValueError(
+                f"BlockIterator.set_state: {state} does not fit this data "
+                f"({self.batches_per_epoch} batches per epoch)"
+            )
+        self.epoch, self.batch = epoch, batch
+
+
+def eval_batches(blocks: np.ndarray, lengths: np.ndarray, batch_size: int,
+                 process_index: int = 0, process_count: int = 1, max_batches: int = 0):
+    """Finite, ordered host-local eval batches covering every window once.
+
+    The last global batch is padded with zero-weight rows, so metrics count each token once.
+    """
+    if batch_size % process_count:
+        raise ValueError(
+            f"eval batch_size {batch_size} is not divisible by the process count {process_count}"
+        )
+    local = batch_size // process_count
+    n_batches = -(-len(blocks) // batch_size)
+    if max_batches:
+        n_batches = min(n_batches, max_batches)
+    out = []
+    for i in range(n_batches):
+        start = i * batch_size + process_index * local
+        rows = np.arange(start, start + local)
+        real = rows < len(blocks)
+        rows = np.where(real, rows, 0)
+        batch = blocks_to_batch(blocks[rows], np.where(real, lengths[rows], 1))
+        out.append(batch)
+    return out
+
+
+def split_documents(documents: list, eval_fraction: float, seed: int = 0):
+    """(train, eval) documents: a seeded random `eval_fraction` of documents is held out."""
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    n_eval = int(round(len(documents) * eval_fraction))
+    if eval_fraction > 0 and n_eval == 0:
+        n_eval = 1
+    if n_eval >= len(documents):
+        raise ValueError(
+            f"{len(documents)} documents cannot be split with eval_fraction={eval_fraction}"
+        )
+    order = np.random.default_rng(seed).permutation(len(documents))
+    held = set(order[:n_eval].tolist())
+    train = [d for i, d in enumerate(documents) if i not in held]
+    evals = [d for i, d in enumerate(documents) if i in held]
+    return train, evals

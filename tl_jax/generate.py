@@ -1,0 +1,278 @@
+"""Text generation and prompt scoring with a GPT decoder.
+
+Generation runs a jitted prefill over the (left-padded) prompts, then a jitted one-token step
+that reads and writes the key/value cache. Shapes are fixed for a call, so each function is
+compiled once per (batch, prompt bucket, max_new_tokens, sampling) and reused for every token;
+`Generator.traces` counts traces so tests can prove it.
+
+Left padding: row `b`'s prompt occupies the last `len_b` of `P` slots. Its real tokens get
+positions `0 .. len_b-1` (as if unpadded) and a key mask hides the pad slots, so a padded prompt
+continues exactly like the same prompt alone.
+
+Scoring (`score`) returns the log-likelihood of continuations given contexts: GPT-2's zero-shot
+recipe compares these across label words (`classify_zero_shot`).
+"""
+import dataclasses
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tl_jax.models.gpt import GPT, check_tokens, init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How the next token is picked. `temperature=0` is greedy (argmax).
+
+    top_k: keep only the k most likely tokens (0 = all).
+    top_p: keep the smallest set of most likely tokens whose probability reaches p (1.0 = all).
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"Sampling: temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"Sampling: top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"Sampling: top_p must be in (0, 1], got {self.top_p}")
+
+
+_MASKED = -1e30  # finite, so an all-masked row cannot produce NaNs
+
+
+def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
+    """Masks (to a large negative value) tokens outside the top-k and the top-p nucleus.
+
+    logits: (B, V) float. The most likely token always survives.
+    """
+    logits = logits.astype(jnp.float32)
+    if top_k and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # (B, 1)
+        logits = jnp.where(logits < kth, _MASKED, logits)
+    if top_p < 1.0:
+        order = jnp.argsort(-logits, axis=-1)  # (B, V), most likely first
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        # Probability mass strictly before each token: keep while it is still below p.
+        before = jnp.cumsum(probs, axis=-1) - probs
+        keep_sorted = before < top_p
+        keep = jnp.zeros_like(keep_sorted).at[
+            jnp.arange(logits.shape[0])[:, None], order
+        ].set(keep_sorted)
+        logits = jnp.where(keep, logits, _MASKED)
+    return logits
+
+
+def sample_tokens(logits, rng, sampling: Sampling):
+    """Picks one token per row from (B, V) logits."""
+    if sampling.temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = filter_logits(logits / sampling.temperature, sampling.top_k, sampling.top_p)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, bucket: int = 8):
+    """Left-pads prompts to a common length rounded up to `bucket` (fewer distinct shapes).
+
+    Returns tokens (B, P) int32, mask (B, P) bool, positions (B, P) int32, lengths (B,).
+    """
+    if not prompts:
+        raise ValueError("generate: no prompts given")
+    lengths = np.array([len(p) for p in prompts], dtype=np.int32)
+    if lengths.min() == 0:
+        raise ValueError(f"generate: prompt {int(np.argmin(lengths))} is empty")
+    width = int(-(-lengths.max() // bucket) * bucket)
+    tokens = np.full((len(prompts), width), pad_id, dtype=np.int32)
+    mask = np.zeros((len(prompts), width), dtype=bool)
+    for b, prompt in enumerate(prompts):
+        tokens[b, width - len(prompt):] = prompt
+        mask[b, width - len(prompt):] = True
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)  # (B, P)
+    return tokens, mask, positions, lengths
+
+
+class Generator:
+    """Cached incremental decoding for one model and parameter set.
+
+        gen = Generator(model, params)
+        out = gen.generate([[5, 6, 7], [8]], max_new_tokens=20, sampling=Sampling(0.8, top_k=40))
+    """
+
+    def __init__(self, model: GPT, params, pad_id: int = 0):
+        self.model = model
+        self.params = params
+        self.pad_id = pad_id
+        self.traces = {"prefill": 0, "step": 0}
+        self._prefill = jax.jit(self._prefill_fn, static_argnames=("sampling",))
+        self._step = jax.jit(self._step_fn, static_argnames=("sampling",), donate_argnums=(1,))
+
+    def _decode(self, params, cache, tokens, positions, key_mask):
+        (outputs, _), mutated = self.model.apply(
+            {"params": params, "cache": cache}, tokens, positions=positions, key_mask=key_mask,
+            decode=True, mutable=["cache"],
+        )
+        return outputs["logits"][:, -1], mutated["cache"]  # (B, V)
+
+    def _pick(self, logits, rng, done, stop_ids, sampling):
+        token = sample_tokens(logits, rng, sampling)
+        token = jnp.where(done, self.pad_id, token)
+        done = done | jnp.isin(token, stop_ids)
+        return token, done
+
+    def _prefill_fn(self, params, cache, tokens, positions, key_mask, rng, stop_ids, sampling):
+        self.traces["prefill"] += 1  # runs at trace time only
+        logits, cache = self._decode(params, cache, tokens, positions, key_mask)
+        done = jnp.zeros(tokens.shape[:1], bool)
+        token, done = self._pick(logits, rng, done, stop_ids, sampling)
+        return token, done, cache, logits
+
+    def _step_fn(self, params, cache, token, position, key_mask, rng, done, stop_ids, sampling):
+        self.traces["step"] += 1  # runs at trace time only
+        logits, cache = self._decode(params, cache, token[:, None], position[:, None], key_mask)
+        next_token, done = self._pick(logits, rng, done, stop_ids, sampling)
+        return next_token, done, cache, logits
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                 sampling: Sampling = Sampling(), stop_tokens: Sequence[int] = (),
+                 seed: int = 0, return_logits: bool = False):
+        """Continues each prompt by up to `max_new_tokens` tokens.
+
+        Returns a list of new-token lists, one per prompt; a row ends after its first stop
+        token (which is included). With `return_logits`, also a list of (B, V) numpy logits,
+        one per generated position (the distribution each token was drawn from).
+        Deterministic for a given seed, batch and sampling setting.
+        """
+        cfg = self.model.config
+        if max_new_tokens < 1:
+            raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+        tokens, mask, positions, lengths = left_pad(prompts, self.pad_id)
+        check_tokens(tokens, cfg, where="generate prompts")
+        batch, width = tokens.shape
+        cache_len = width + max_new_tokens
+        if lengths.max() + max_new_tokens > cfg.max_len:
+            raise ValueError(
+                f"generate: prompt length {int(lengths.max())} + max_new_tokens {max_new_tokens} "
+                f"exceeds the model's max_len {cfg.max_len}"
+            )
+        # Left padding can push the cache past max_len even when every row fits; shrink the
+        # padding bucket in that case rather than failing.
+        if cache_len > cfg.max_len:
+            tokens, mask, positions, lengths = left_pad(prompts, self.pad_id, bucket=1)
+            width = tokens.shape[1]
+            cache_len = width + max_new_tokens
+        key_mask = jnp.asarray(np.concatenate([mask, np.ones((batch, max_new_tokens), bool)], 1))
+        stop_ids = jnp.asarray(np.array(list(stop_tokens) or [-1], dtype=np.int32))
+        key = jax.random.PRNGKey(seed)
+        cache = init_cache(self.model, batch, cache_len)
+
+        token, done, cache, logits = self._prefill(
+            self.params, cache, jnp.asarray(tokens), jnp.asarray(positions), key_mask,
+            jax.random.fold_in(key, 0), stop_ids, sampling=sampling,
+        )
+        generated, all_logits = [token], [logits]
+        lengths = jnp.asarray(lengths)
+        for i in range(1, max_new_tokens):
+            if bool(done.all()):
+                break
+            token, done, cache, logits = self._step(
+                self.params, cache, token, lengths + i - 1, key_mask, jax.random.fold_in(key, i),
+                done, stop_ids, sampling=sampling,
+            )
+            generated.append(token)
+            all_logits.append(logits)
+        steps = np.stack([np.asarray(t) for t in generated], axis=1)  # (B, new)
+        stop_set = set(int(s) for s in stop_tokens)
+        results = []
+        for row in steps:
+            out = []
+            for t in row.tolist():
+                out.append(t)
+                if t in stop_set:
+                    break
+            results.append(out)
+        if return_logits:
+            return results, [np.asarray(l) for l in all_logits]
+        return results
+
+
+_SCORE_FNS = {}
+
+
+def _score_fn(model: GPT):
+    """One jitted scorer per model config, so repeated `score` calls reuse compilations."""
+    if model.config in _SCORE_FNS:
+        return _SCORE_FNS[model.config]
+
+    @jax.jit
+    def fn(params, tokens, weights):
+        outputs, _ = model.apply({"params": params}, tokens[:, :-1])
+        logp = jax.nn.log_softmax(outputs["logits"], axis=-1)  # (B, L-1, V)
+        target = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]  # (B, L-1)
+        return (target * weights[:, 1:]).sum(-1)
+
+    _SCORE_FNS[model.config] = fn
+    return fn
+
+
+def score(model: GPT, params, contexts: Sequence[Sequence[int]],
+          continuations: Sequence[Sequence[int]], batch_size: int = 16, bucket: int = 16):
+    """Log-likelihood of each continuation given its context: (N,) float64 sums of log p.
+
+    Contexts longer than fits are truncated from the left (the continuation is kept whole).
+    Sequences are right-padded to a bucketed length; causal attention makes the padding
+    invisible to the scored positions.
+    """
+    cfg = model.config
+    if len(contexts) != len(continuations):
+        raise ValueError(
+            f"score: {len(contexts)} contexts but {len(continuations)} continuations"
+        )
+    rows, weights = [], []
+    for i, (ctx, cont) in enumerate(zip(contexts, continuations)):
+        if not ctx:
+            raise ValueError(f"score: context {i} is empty; give at least one token (e.g. EOS)")
+        if not cont:
+            raise ValueError(f"score: continuation {i} is empty")
+        if len(cont) >= cfg.max_len:
+            raise ValueError(
+                f"score: continuation {i} has {len(cont)} tokens; max_len is {cfg.max_len}"
+            )
+        ctx = list(ctx)[-(cfg.max_len + 1 - len(cont)):]
+        rows.append(ctx + list(cont))
+        weights.append([0.0] * len(ctx) + [1.0] * len(cont))
+    fn = _score_fn(model)
+    results = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        n = len(chunk)
+        width = min(int(-(-max(map(len, chunk)) // bucket) * bucket), cfg.max_len + 1)
+        tokens = np.zeros((batch_size, width), np.int32)  # fixed batch: one compile per width
+        w = np.zeros((batch_size, width), np.float32)
+        for j, (row, wt) in enumerate(zip(chunk, weights[start:start + n])):
+            tokens[j, :len(row)] = row
+            w[j, :len(wt)] = wt
+        check_tokens(tokens[:, :-1], cfg, where="score inputs")
+        check_tokens(tokens[:, 1:], cfg, where="score targets")
+        results.append(np.asarray(fn(params, jnp.asarray(tokens), jnp.asarray(w)))[:n])
+    return np.concatenate(results).astype(np.float64)
+
+
+def classify_zero_shot(model: GPT, params, prompts: Sequence[Sequence[int]],
+                       label_continuations: Sequence[Sequence[int]], normalize: bool = False):
+    """Zero-shot classification: the label whose continuation is most likely after the prompt.
+
+    Returns (predictions (N,) int, scores (N, num_labels)). With `normalize`, scores are
+    per-token averages so multi-token labels are not penalised for length.
+    """
+    contexts = [p for p in prompts for _ in label_continuations]
+    conts = [c for _ in prompts for c in label_continuations]
+    scores = score(model, params, contexts, conts).reshape(len(prompts), len(label_continuations))
+    if normalize:
+        scores = scores / np.array([len(c) for c in label_continuations])[None, :]
+    return scores.argmax(-1), scores

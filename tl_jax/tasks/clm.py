@@ -1,0 +1,171 @@
+"""Causal language modelling (GPT pretraining, and ULMFiT's target-domain LM fine-tuning).
+
+Next-token cross-entropy over packed windows of the corpus (`tl_jax.data.clm`), with token
+accuracy, and held-out perplexity `exp(total NLL / total tokens)` computed exactly over the
+eval set (not an average of per-batch perplexities).
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tl_jax import checkpoint, warm_start
+from tl_jax.data import bpe, clm as clm_data
+from tl_jax.models import gpt
+
+
+def load_tokenizer(data_cfg, workdir: str | None, documents=None) -> bpe.BPETokenizer:
+    """The run's tokenizer: the one saved in the workdir (a resumed run), the file named by
+    `data.tokenizer`, or a new byte-level BPE trained on `documents`."""
+    saved = os.path.join(workdir, "tokenizer") if workdir else None
+    if saved and os.path.isdir(saved):
+        return bpe.BPETokenizer.load(saved)
+    if data_cfg.tokenizer:
+        return bpe.BPETokenizer.load(os.path.expandvars(data_cfg.tokenizer))
+    if documents is None:
+        raise ValueError("load_tokenizer: no saved tokenizer, no data.tokenizer and no documents")
+    return bpe.BPETokenizer.train(
+        (unit for doc in documents for unit in doc), vocab_size=data_cfg.tokenizer_vocab_size)
+
+
+def gpt_config_from(model_cfg, vocab_size: int) -> gpt.GPTConfig:
+    """The GPTConfig from `config.model` and the tokenizer's vocabulary size."""
+    if model_cfg.vocab_size and model_cfg.vocab_size < vocab_size:
+        raise ValueError(
+            f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's vocabulary "
+            f"({vocab_size}); set model.vocab_size=0 to take the tokenizer's size.")
+    overrides = dict(
+        dropout_rate=model_cfg.dropout_rate,
+        attention_dropout_rate=model_cfg.attention_dropout_rate,
+        dtype=jnp.dtype(model_cfg.dtype),
+    )
+    if model_cfg.max_len:
+        overrides["max_len"] = model_cfg.max_len
+    return gpt.gpt_config(model_cfg.size, model_cfg.vocab_size or vocab_size, **overrides)
+
+
+def load_gpt_weights(params, init_from: str, model_config: gpt.GPTConfig, prefix: str = ""):
+    """Warm start from a tl_jax workdir or a Hugging Face GPT-2 directory.
+
+    `prefix` is where the GPT sits in `params` (e.g. "gpt/" inside a classifier).
+    """
+    init_from = os.path.expandvars(init_from)
+    if warm_start.is_hf_directory(init_from):
+        from tl_jax.interop import gpt2
+        hf_config, hf_params = gpt2.load_pretrained(init_from)
+        if hf_config.vocab_size > model_config.vocab_size:
+            raise ValueError(
+                f"init_from={init_from}: its vocabulary ({hf_config.vocab_size}) is larger than "
+                f"the model's ({model_config.vocab_size}); use its tokenizer as data.tokenizer")
+        flat, _ = jax.tree_util.tree_flatten_with_path(hf_params)
+        source = {prefix + checkpoint.path_str(p): np.asarray(v) for p, v in flat}
+        params, report = checkpoint.merge_matching(params, source)
+        for line in warm_start.report_lines(report, f"GPT-2 checkpoint {init_from}"):
+            print(line, flush=True)
+        return params
+    return warm_start.warm_start(params, init_from, model_config,
+                                 prefix_map={"": prefix} if prefix else None)
+
+
+def lm_loss(logits, targets, weights):
+    """Summed next-token NLL, correct predictions and token count over weighted positions."""
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # (B, T)
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    return (nll * weights).sum(), (correct * weights).sum(), weights.sum()
+
+
+class Task:
+    """The `clm` task (see `tl_jax/tasks/__init__.py` for the contract)."""
+
+    progress_keys = ("accuracy",)
+    summary_keys = ("eval/perplexity", "eval/accuracy")
+
+    def __init__(self, config, workdir):
+        from tl_jax.data import sources
+
+        self.config = config
+        data_cfg = config.data
+        documents = sources.load_documents(
+            os.path.expandvars(data_cfg.corpus), data_cfg.text_field, data_cfg.group_field or None)
+        if data_cfg.max_documents:
+            documents = documents[:data_cfg.max_documents]
+        train_docs, eval_docs = clm_data.split_documents(
+            documents, data_cfg.eval_fraction, config.seed)
+        self.tokenizer = load_tokenizer(data_cfg, workdir, train_docs)
+        self.model_config = gpt_config_from(config.model, self.tokenizer.vocab_size)
+        self.model = gpt.GPT(self.model_config)
+        seq = data_cfg.seq_len
+        if seq > self.model_config.max_len:
+            raise ValueError(
+                f"data.seq_len={seq} is longer than the position table "
+                f"(model max_len={self.model_config.max_len})")
+        self.train_blocks = clm_data.make_blocks(
+            clm_data.pack_documents(train_docs, self.tokenizer), seq)
+        self.eval_blocks = clm_data.make_blocks(
+            clm_data.pack_documents(eval_docs, self.tokenizer), seq) if eval_docs else None
+        # Token ids come from our own tokenizer, but check once: a clamped gather is silent.
+        gpt.check_tokens(self.train_blocks[0][:, :-1], self.model_config, where="packed training data")
+        self.flops_per_example = self.model_config.flops_per_token(seq) * seq
+        self.tokens_per_example = seq
+        self._process = (jax.process_index(), jax.process_count())
+
+    # -- data -------------------------------------------------------------------------------
+
+    def example_batch(self, batch_size):
+        seq = self.config.data.seq_len
+        return dict(inputs=np.zeros((batch_size, seq), np.int32),
+                    targets=np.zeros((batch_size, seq), np.int32),
+                    weights=np.ones((batch_size, seq), np.float32))
+
+    def train_batches(self):
+        if not hasattr(self, "_train"):
+            self._train = clm_data.BlockIterator(
+                *self.train_blocks, batch_size=self.config.data.batch_size, seed=self.config.seed,
+                process_index=self._process[0], process_count=self._process[1])
+        return self._train
+
+    def eval_batches(self):
+        if self.eval_blocks is None:
+            return []
+        return clm_data.eval_batches(
+            *self.eval_blocks, batch_size=self.config.data.eval_batch_size,
+            process_index=self._process[0], process_count=self._process[1],
+            max_batches=self.config.train.eval_batches)
+
+    def save(self, workdir):
+        self.tokenizer.save(os.path.join(workdir, "tokenizer"))
+
+    # -- model ------------------------------------------------------------------------------
+
+    def init_variables(self, rng, batch):
+        return self.model.init({"params": rng, "dropout": rng}, batch["inputs"])
+
+    def init_params(self, params, rng):
+        del rng
+        if not self.config.init_from:
+            return params
+        return load_gpt_weights(params, self.config.init_from, self.model_config)
+
+    def loss_fn(self, params, batch, rng, train):
+        outputs, _ = self.model.apply({"params": params}, batch["inputs"], train=train,
+                                      rngs={"dropout": rng})
+        nll, correct, count = lm_loss(outputs["logits"], batch["targets"], batch["weights"])
+        loss = nll / jnp.maximum(count, 1.0)
+        return loss, dict(nll=(nll, count), accuracy=(correct, count))
+
+    def predict_fn(self, params, batch):
+        outputs, _ = self.model.apply({"params": params}, batch["inputs"])
+        nll = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], batch["targets"])
+        return dict(nll=(nll * batch["weights"]).sum(-1), tokens=batch["weights"].sum(-1))
+
+    def evaluate(self, batches_and_outputs, workdir, step):
+        del workdir, step
+        nll = sum(float(np.sum(out["nll"])) for _, out in batches_and_outputs)
+        tokens = sum(float(np.sum(out["tokens"])) for _, out in batches_and_outputs)
+        if not tokens:
+            return {}
+        return {"perplexity": float(np.exp(nll / tokens))}
