@@ -62,6 +62,9 @@ class Tokenizer:
         if self.pad_id != 0:
             raise TokenizerError(f"Tokenizer {source} has [PAD] at id {self.pad_id}; it must be 0 "
                                  "because batches are zero-padded.")
+        # Registered as special (ids unchanged, they are in the vocabulary), as
+        # BertTokenizerFast does: "[MASK]" in text stays one token, and decode can skip them.
+        hf_tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
         self._vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
         ids = sorted(hf_tokenizer.get_vocab(with_added_tokens=True).values())
         if ids != list(range(len(ids))):
