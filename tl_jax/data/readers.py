@@ -81,8 +81,12 @@ def read_fasttext_labels(path: PathLike, prefix: str = "__label__") -> list[dict
     """Reads `__label__X text` lines (fastText format, e.g. gensim's `pang_lee_polarity.cor`)."""
     path = pathlib.Path(path)
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:  # pang_lee_polarity.cor mixes in Windows-1252 dashes.
+                line = raw.decode("cp1252", errors="replace")
             if not line.strip():
                 continue
             label, _, text = line.strip().partition(" ")
@@ -314,3 +318,62 @@ def read_tfds(name: str, split: str, data_dir: str | None = None) -> list[dict]:
                             "question": text(ex["question"]), "context": text(ex["context"]),
                             "answers": answers, "is_impossible": not answers})
     return records
+
+
+# --------------------------------------------------------------------------------------------
+# One spec string per data set, as configs name them.
+# --------------------------------------------------------------------------------------------
+
+def gensim_polarity(split: str) -> list[dict]:
+    """gensim's 200 labelled movie-review sentences (`pang_lee_polarity.cor`), zero-setup.
+
+    Split deterministically: every 5th sentence is `test` (40), the rest `train` (160); the file
+    holds 100 `neg` then 100 `pos`, so both splits are balanced.
+    """
+    from gensim.test.utils import datapath  # gensim is a runtime dependency; import is slow.
+
+    if split not in ("train", "test"):
+        raise ValueError(f"gensim:polarity split must be train or test, got {split!r}")
+    records = read_fasttext_labels(datapath("pang_lee_polarity.cor"))
+    return [r for i, r in enumerate(records) if (i % 5 == 4) == (split == "test")]
+
+
+def read_records(spec: str, kind: str, **fields) -> list[dict]:
+    """Reads a data set named by a config string.
+
+    Args:
+      spec: a file path (format from the suffix), `tfds:NAME:SPLIT` (e.g.
+        `tfds:glue/sst2:validation`), `gensim:polarity:train|test`, or
+        `silver:names|cloze_qa:train|dev|test` (this project's silver tasks, built once from
+        `$TL_JAX_DATA_DIR` by `tl_jax.data.task_builders`).
+      kind: "classification", "tagging" or "squad".
+      fields: passed to the file reader (`text_field`, `label_field`, ... for classification).
+    """
+    if not spec:
+        raise ValueError(f"no {kind} data file given (empty spec)")
+    if spec.startswith("tfds:"):
+        name, _, split = spec[len("tfds:"):].rpartition(":")
+        if not name:
+            raise ValueError(f"tfds spec {spec!r} must look like tfds:NAME:SPLIT")
+        return read_tfds(name, split)
+    if spec.startswith("gensim:"):
+        name, _, split = spec[len("gensim:"):].partition(":")
+        if name != "polarity" or kind != "classification":
+            raise ValueError(f"unknown gensim data set {spec!r}; known: gensim:polarity:train|test")
+        return gensim_polarity(split)
+    if spec.startswith("silver:"):
+        from tl_jax.data import task_builders  # builds from TL_JAX_DATA_DIR text on first use
+
+        task, _, split = spec[len("silver:"):].partition(":")
+        spec = str(task_builders.silver_path(task, split))
+    if not os.path.exists(spec):
+        raise FileNotFoundError(f"{kind} data file {spec} does not exist")
+    if kind == "classification":
+        if spec.endswith(".cor"):
+            return read_fasttext_labels(spec)
+        return read_classification(spec, **fields)
+    if kind == "tagging":
+        return read_conll(spec, **fields)
+    if kind == "squad":
+        return read_squad(spec)
+    raise ValueError(f"unknown data kind {kind!r}")

@@ -280,3 +280,32 @@ if __name__ == "__main__":
     if len(sys.argv) not in (2, 3):
         sys.exit("usage: python -m tl_jax.data.task_builders OUT_DIR [QA_VERSION]")
     run(sys.argv[1], qa_version=sys.argv[2] if len(sys.argv) == 3 else "1.1")
+
+
+def cache_dir() -> pathlib.Path:
+    """Where `silver:` specs build the tasks once: `$TL_JAX_TASKS_DIR` or ~/.cache/tl_jax/tasks."""
+    default = pathlib.Path(os.path.expanduser("~")) / ".cache" / "tl_jax" / "tasks"
+    return pathlib.Path(os.environ.get("TL_JAX_TASKS_DIR", default))
+
+
+def silver_path(task: str, split: str) -> pathlib.Path:
+    """The file of a silver task split, building all tasks into `cache_dir()` on first use.
+
+    The build goes to a temporary folder renamed into place, so concurrent runs never read a
+    half-written file.
+    """
+    suffix = {"names": "conll", "cloze_qa": "json"}
+    if task not in suffix or split not in SPLITS:
+        raise ValueError(f"unknown silver task {task}:{split}; tasks {sorted(suffix)}, "
+                         f"splits {SPLITS}")
+    root = cache_dir()
+    if not (root / "manifest.json").exists():
+        tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
+        build_all(tmp)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, root)
+        except OSError:  # another process finished first; its build is identical
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root / task / f"{split}.{suffix[task]}"

@@ -1,0 +1,168 @@
+"""Sentence and sentence-pair classification (fine-tuning BERT with a classifier head).
+
+Data: `config.data.train_file` / `eval_file` name a jsonl/CSV/TSV file, `tfds:glue/NAME:SPLIT` or
+`gensim:polarity:train|test` (see `tl_jax.data.readers.read_records`). Labels are
+`config.data.labels` or, when empty, the sorted set of training labels.
+
+Metrics: in the step, `loss` and `accuracy` as (sum, count); after each eval pass, `evaluate`
+computes accuracy, macro F1, MCC (and binary F1 of `data.positive_label`) on the whole eval set
+and writes `WORKDIR/predictions/eval_step_N.jsonl` (text, gold, predicted, probabilities).
+The best checkpoint is kept by `train.best_metric` (default `eval/accuracy`).
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tl_jax.data import features, readers
+from tl_jax.evaluation import classification
+from tl_jax.models import heads
+from tl_jax.tasks import downstream
+
+
+def read_split(data_cfg, spec: str, limit: int) -> list[dict]:
+    records = readers.read_records(spec, "classification", text_field=data_cfg.text_field,
+                                   text_b_field=data_cfg.text_b_field or None,
+                                   label_field=data_cfg.label_field)
+    return records[:limit] if limit else records
+
+
+class Task:
+    """The `classify` task (contract: `tl_jax/tasks/__init__.py`)."""
+
+    progress_keys = ("accuracy",)
+    summary_keys = ("eval/accuracy", "eval/f1_macro", "eval/mcc")
+
+    def __init__(self, config, workdir):
+        self.config, d = config, config.data
+        self.train_records = read_split(d, d.train_file, d.max_train_examples)
+        self.eval_records = read_split(d, d.eval_file, d.max_eval_examples)
+        self.labels = list(d.labels) or sorted({r["label"] for r in self.train_records})
+        self.label_map = {label: i for i, label in enumerate(self.labels)}
+        unknown = sorted({r["label"] for r in self.eval_records} - set(self.labels))
+        if unknown:
+            raise ValueError(f"{d.eval_file}: labels {unknown} never occur in training data "
+                             f"{d.train_file} (labels {self.labels}); set data.labels")
+        texts = [r["text"] for r in self.train_records] + [
+            r["text_b"] for r in self.train_records if r["text_b"]]
+        self.encoder = downstream.Encoder.from_config(config, texts)
+        self.model_config = self.encoder.model_config
+        self.model = heads.BertForSequenceClassification(
+            self.model_config, len(self.labels), pooling=config.model.pooling,
+            classifier_dropout=config.model.classifier_dropout)
+        encode = lambda records: features.encode_classification(  # noqa: E731
+            self.encoder.tokenizer, records, self.label_map, d.max_seq_length)
+        self.train_arrays, self.eval_arrays = encode(self.train_records), encode(self.eval_records)
+        downstream.fit_schedule(config, len(self.train_records))
+        self.flops_per_example = downstream.encoder_flops(self.model_config, d.max_seq_length)
+        self.tokens_per_example = d.max_seq_length
+
+    # -- data -------------------------------------------------------------------------------
+
+    def example_batch(self, batch_size):
+        seq = self.config.data.max_seq_length
+        return dict(input_ids=np.zeros((batch_size, seq), np.int32),
+                    segment_ids=np.zeros((batch_size, seq), np.int32),
+                    input_mask=np.ones((batch_size, seq), np.int32),
+                    labels=np.zeros((batch_size,), np.int32))
+
+    def train_batches(self):
+        if not hasattr(self, "_train"):
+            self._train = downstream.EpochBatches(self.train_arrays, self.config.data.batch_size,
+                                                  self.config.seed)
+        return self._train
+
+    def eval_batches(self):
+        return downstream.eval_batches(self.eval_arrays, self.config.data.batch_size)
+
+    def save(self, workdir):
+        self.encoder.save(workdir)
+        downstream.write_jsonl(os.path.join(workdir, "labels.jsonl"),
+                               [{"id": i, "label": label} for i, label in enumerate(self.labels)])
+
+    # -- model ------------------------------------------------------------------------------
+
+    def init_variables(self, rng, batch):
+        return self.model.init({"params": rng, "dropout": rng}, batch["input_ids"],
+                               batch["segment_ids"], batch["input_mask"], deterministic=True)
+
+    def init_params(self, params, rng):
+        del rng
+        return self.encoder.load_weights(params)
+
+    def _logits(self, params, batch, rng, train):
+        outputs, _ = self.model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
+                                      batch["input_mask"], deterministic=not train,
+                                      rngs={"dropout": rng})
+        return outputs["logits"]  # (B, C)
+
+    def loss_fn(self, params, batch, rng, train):
+        logits = self._logits(params, batch, rng, train)
+        # Rows padding an eval batch have no tokens and must not count.
+        weights = (batch["input_mask"].sum(-1) > 0).astype(jnp.float32)  # (B,)
+        ce_sum, n = downstream.weighted_cross_entropy(logits, batch["labels"], weights)
+        correct = ((jnp.argmax(logits, -1) == batch["labels"]) * weights).sum()
+        return ce_sum / jnp.maximum(n, 1.0), dict(loss=(ce_sum, n), accuracy=(correct, n))
+
+    def predict_fn(self, params, batch):
+        logits = self._logits(params, batch, jax.random.PRNGKey(0), False)
+        return dict(probs=jax.nn.softmax(logits, -1), row=batch["row"])
+
+    def evaluate(self, batches_and_outputs, workdir, step):
+        rows, probs = [], []
+        for _, out in batches_and_outputs:
+            keep = out["row"] >= 0
+            rows.append(out["row"][keep])
+            probs.append(out["probs"][keep])
+        rows, probs = np.concatenate(rows), np.concatenate(probs)
+        gold = [self.eval_records[r]["label"] for r in rows]
+        predicted = [self.labels[i] for i in probs.argmax(-1)]
+        positive = self.config.data.positive_label or None
+        report = classification.classification_report(gold, predicted, positive=positive)
+        if jax.process_index() == 0:
+            downstream.write_jsonl(
+                os.path.join(workdir, "predictions", f"eval_step_{step}.jsonl"),
+                ({"row": int(r), "text": self.eval_records[r]["text"],
+                  "text_b": self.eval_records[r]["text_b"], "gold": g, "predicted": p,
+                  "probs": {label: round(float(x), 5) for label, x in zip(self.labels, pr)}}
+                 for r, g, p, pr in zip(rows, gold, predicted, probs)))
+        return report
+
+
+def transfer_comparison(pretrained: str, workdir: str, seeds=(0,), overrides=(),
+                        config_spec: str = "configs/finetune_classify.py:minilm") -> dict:
+    """Fine-tunes `pretrained` and the same architecture from random weights; returns both.
+
+    The quickstart's second stage and the evidence-of-transfer experiment. Both runs share the
+    tokenizer of `pretrained` (a tl_jax workdir or a HF directory), data, schedule and seed; only
+    the initial encoder weights differ. Data defaults to the config's (the food reviews when
+    TL_JAX_DATA_DIR is set, else gensim's 200 polarity sentences); override anything with
+    `overrides`, e.g. `("data.max_train_examples=800",)`.
+
+    Returns:
+      `{"pretrained": [summary per seed], "scratch": [...], "pretrained_accuracy": (mean, std),
+      "scratch_accuracy": (mean, std)}`; summaries hold `eval/accuracy`, `eval/f1_macro`, `eval/mcc`
+      of the last epoch.
+    """
+    from tl_jax import config as config_lib, train  # train imports this module's package
+
+    results = {"pretrained": [], "scratch": []}
+    for seed in seeds:
+        for arm in ("pretrained", "scratch"):
+            arm_overrides = [f"seed={seed}", "train.progress=False", "train.keep_checkpoints=1"]
+            if arm == "pretrained":
+                arm_overrides.append(f"init_from={pretrained}")
+            else:
+                arm_overrides += ["init_from=", f"model.size={pretrained}",
+                                  f"data.tokenizer={downstream.tokenizer_path(pretrained)}"]
+            config = config_lib.load_config(config_spec, [*overrides, *arm_overrides])
+            summary = train.train_and_evaluate(
+                config, os.path.join(workdir, f"{arm}_seed{seed}")).summary
+            results[arm].append({k: v for k, v in summary.items() if k.startswith("eval/")})
+    for arm in ("pretrained", "scratch"):
+        accuracies = [s["eval/accuracy"] for s in results[arm]]
+        results[f"{arm}_accuracy"] = (float(np.mean(accuracies)), float(np.std(accuracies)))
+    return results

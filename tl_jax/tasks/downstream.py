@@ -1,0 +1,197 @@
+"""What the fine-tuning tasks (`classify`, `tag`, `squad`) share: encoder set-up and batching.
+
+* `Encoder.from_config(config, texts)`: the tokenizer and `BertConfig` for `config.init_from`:
+  a tl_jax pretraining workdir (its `config.json` model section and `tokenizer/`), a Hugging Face
+  BERT directory (`config.json` + tokenizer + safetensors), or "" for a model from scratch whose
+  shape is `config.model.size` (a size name, or a Hugging Face directory whose architecture, not
+  weights, is copied), with `config.data.tokenizer` or else a WordPiece vocabulary trained on
+  the task's own training text. `Encoder.load_weights` fills the `bert/` params from the source.
+* `EpochBatches`: shuffled epochs over fixed-size feature arrays, resumable (`get_state`).
+* `eval_batches`: the whole eval set in order, the last batch padded with rows whose `row` is -1.
+* `fit_schedule`: turns `data.num_epochs` into `train.steps`, and evaluates and checkpoints once
+  per epoch, which is what "evaluate every epoch, keep the best" means for the trainer.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tl_jax import warm_start
+from tl_jax.data.tokenizer import Tokenizer
+from tl_jax.models import bert
+
+
+class Encoder:
+    """The tokenizer, encoder shape and weight source of a fine-tuning run."""
+
+    def __init__(self, tokenizer: Tokenizer, model_config: bert.BertConfig, init_from: str):
+        self.tokenizer, self.model_config, self.init_from = tokenizer, model_config, init_from
+
+    @classmethod
+    def from_config(cls, config, train_texts) -> "Encoder":
+        """Resolves `config.init_from` / `config.model` / `config.data.tokenizer` (see module doc)."""
+        init_from, m, d = config.init_from, config.model, config.data
+        overrides = dict(dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
+                         dtype=m.dtype)
+        if init_from:
+            tokenizer = Tokenizer.load(d.tokenizer or tokenizer_path(init_from))
+            model_config = architecture(init_from, tokenizer).replace(**overrides)
+        else:
+            if d.tokenizer:
+                tokenizer = Tokenizer.load(tokenizer_path(d.tokenizer))
+            else:
+                tokenizer = Tokenizer.train_wordpiece([list(train_texts)], d.tokenizer_vocab_size)
+            if m.size in bert.SIZES:
+                model_config = bert.BertConfig.from_size(
+                    m.size, vocab_size=tokenizer.vocab_size,
+                    max_position_embeddings=m.max_position_embeddings, **overrides)
+            else:
+                # The architecture of a checkpoint without its weights: the from-scratch
+                # baseline of a transfer experiment.
+                model_config = architecture(m.size, tokenizer).replace(**overrides)
+        if tokenizer.vocab_size > model_config.vocab_size:
+            raise ValueError(f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} tokens but "
+                             f"the model's vocab_size is {model_config.vocab_size}")
+        if d.max_seq_length > model_config.max_position_embeddings:
+            raise ValueError(f"data.max_seq_length={d.max_seq_length} exceeds the model's "
+                             f"max_position_embeddings={model_config.max_position_embeddings}")
+        return cls(tokenizer, model_config, init_from)
+
+    def load_weights(self, params):
+        """Fills `bert/...` from `init_from`; the head keeps its fresh initialisation."""
+        if not self.init_from:
+            return params
+        if warm_start.is_hf_directory(self.init_from):
+            from tl_jax.interop import bert as hf_bert
+            params, report = hf_bert.init_from_hf(params, self.init_from, warn=False)
+            missing = [p for p in report.missing if p.startswith("bert/")]
+            if missing:
+                raise warm_start.WarmStartError(
+                    f"init_from={self.init_from}: encoder params not in the checkpoint: {missing[:5]}")
+            print(f"[init_from] Hugging Face checkpoint {self.init_from}: encoder loaded; fresh: "
+                  f"{', '.join(report.missing)}", flush=True)
+            return params
+        return warm_start.warm_start(params, self.init_from, self.model_config)
+
+    def save(self, workdir: str) -> None:
+        self.tokenizer.save(os.path.join(workdir, "tokenizer"))
+
+
+def tokenizer_path(source: str) -> str:
+    """The tokenizer of a tl_jax workdir (`tokenizer/`), else `source` itself (file or HF dir)."""
+    if warm_start.is_tl_workdir(source):
+        return os.path.join(source, "tokenizer")
+    return source
+
+
+def architecture(source: str, tokenizer: Tokenizer) -> bert.BertConfig:
+    """The `BertConfig` of a tl_jax pretraining workdir or a Hugging Face BERT directory."""
+    if warm_start.is_tl_workdir(source):
+        with open(os.path.join(source, "config.json")) as f:
+            saved = json.load(f)["model"]
+        return bert.BertConfig.from_size(
+            saved["size"], vocab_size=saved.get("vocab_size") or tokenizer.vocab_size,
+            max_position_embeddings=saved["max_position_embeddings"],
+            type_vocab_size=saved["type_vocab_size"])
+    if warm_start.is_hf_directory(source):
+        from tl_jax.interop import bert as hf_bert
+        return hf_bert.read_hf_config(source)
+    raise warm_start.WarmStartError(
+        f"{source!r} is neither a tl_jax workdir (with checkpoints/) nor a Hugging Face BERT "
+        "directory (with config.json), nor a model size name.")
+
+
+class EpochBatches:
+    """Host-local batches over shuffled epochs of `arrays`, forever; resumable.
+
+    Each epoch is a fresh permutation (seeded by `seed` and the epoch number); the rows that do
+    not fill a last global batch are dropped for that epoch (a different tail each epoch).
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], global_batch: int, seed: int):
+        self.arrays, self.global_batch, self.seed = arrays, global_batch, seed
+        self.n = len(next(iter(arrays.values())))
+        self.steps_per_epoch = self.n // global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{self.n} training examples cannot fill one batch of {global_batch}")
+        self.local = global_batch // jax.process_count()
+        self.epoch, self.position = 0, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        if self.position >= self.steps_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        start = self.position * self.global_batch + jax.process_index() * self.local
+        rows = order[start:start + self.local]
+        self.position += 1
+        return {k: v[rows] for k, v in self.arrays.items()}
+
+    def get_state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def set_state(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+def eval_batches(arrays: dict[str, np.ndarray], global_batch: int) -> Iterator[dict]:
+    """Every row once, in order, as host-local batches; `row` is the global row index (-1: pad)."""
+    n = len(next(iter(arrays.values())))
+    arrays = dict(arrays, row=np.arange(n, dtype=np.int32))
+    local = global_batch // jax.process_count()
+    for start in range(0, n, global_batch):
+        lo = start + jax.process_index() * local
+        batch = {}
+        for k, v in arrays.items():
+            part = v[lo:lo + local]
+            pad = local - len(part)
+            if pad:
+                filler = np.full((pad,) + v.shape[1:], -1 if k == "row" else 0, v.dtype)
+                part = np.concatenate([part, filler])
+            batch[k] = part
+        yield batch
+
+
+def fit_schedule(config, n_train: int) -> int:
+    """Sets `train.steps` from `data.num_epochs` (when > 0) and eval/checkpoint to every epoch.
+
+    Returns the steps per epoch. The config is locked against new keys, not against values;
+    the trainer reads these fields after building the task, and saves the result in config.json.
+    """
+    steps_per_epoch = n_train // config.data.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{n_train} training examples cannot fill one batch of "
+                         f"data.batch_size={config.data.batch_size}")
+    if config.data.num_epochs > 0:
+        config.train.steps = max(1, math.ceil(config.data.num_epochs * steps_per_epoch))
+        config.train.eval_every = steps_per_epoch
+        config.train.checkpoint_every = steps_per_epoch
+    return steps_per_epoch
+
+
+def encoder_flops(model_config: bert.BertConfig, seq_len: int) -> float:
+    """Training FLOPs of one sequence through the encoder (heads are negligible beside it)."""
+    return seq_len * bert.encoder_flops_per_token(model_config, seq_len)
+
+
+def weighted_cross_entropy(logits, labels, weights):
+    """Sum of cross-entropy over positions with weight 1, and the number of such positions."""
+    safe = jnp.where(weights > 0, labels, 0)  # IGNORE (-100) must not reach the gather.
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
+    return (ce * weights).sum(), weights.sum()
+
+
+def write_jsonl(path: str, rows) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,145 @@
+"""Extractive QA (SQuAD v1.1 / v2.0): fine-tuning BERT to point at answer start and end sub-tokens.
+
+Data: `config.data.train_file` / `eval_file` are SQuAD JSON files (e.g. the silver `cloze_qa`
+task from `tl_jax.data.task_builders`) or `tfds:squad/v1.1:SPLIT`. Question + context windows
+come from `tl_jax.data.features.encode_squad` (doc stride over long contexts).
+
+Loss: mean of start and end cross-entropy over each window's real tokens; a window without the
+answer (or a v2.0 question without one) points at [CLS]. After each eval pass `evaluate` decodes
+n-best spans per question across its windows (max answer length; for `data.version="2.0"` the
+no-answer threshold), scores them with the official SQuAD EM/F1, and writes
+`WORKDIR/predictions/eval_step_N.json` (id -> answer) and `nbest_step_N.json`. Keep the best
+checkpoint by `eval/f1`.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tl_jax.data import features, readers
+from tl_jax.evaluation import squad as squad_eval
+from tl_jax.models import heads
+from tl_jax.tasks import downstream
+
+_HOST_ONLY = ("offsets", "example_index")  # decoding needs them; the device does not
+
+
+class Task:
+    """The `squad` task (contract: `tl_jax/tasks/__init__.py`)."""
+
+    progress_keys = ("start_accuracy", "end_accuracy")
+    summary_keys = ("eval/exact", "eval/f1")
+
+    def __init__(self, config, workdir):
+        self.config, d = config, config.data
+
+        def read(spec, limit):
+            records = readers.read_records(spec, "squad")
+            return records[:limit] if limit else records
+
+        self.train_records = read(d.train_file, d.max_train_examples)
+        self.eval_records = read(d.eval_file, d.max_eval_examples)
+        if d.version not in ("1.1", "2.0"):
+            raise ValueError(f"data.version={d.version!r}; expected '1.1' or '2.0'")
+        texts = [r["question"] for r in self.train_records] + sorted(
+            {r["context"] for r in self.train_records})
+        self.encoder = downstream.Encoder.from_config(config, texts)
+        self.model_config = self.encoder.model_config
+        self.model = heads.BertForQuestionAnswering(self.model_config)
+        encode = lambda records: features.encode_squad(  # noqa: E731
+            self.encoder.tokenizer, records, d.max_seq_length, d.doc_stride, d.max_query_length)
+        self.train_arrays = encode(self.train_records)
+        if d.version == "1.1":
+            # SQuAD v1.1 training skips windows that miss the answer (as BERT's run_squad.py);
+            # v2.0 keeps them, pointing at [CLS], which is how "no answer" is learned.
+            has = self.train_arrays["start_positions"] > 0
+            self.train_arrays = {k: v[has] for k, v in self.train_arrays.items()}
+        for key in _HOST_ONLY:
+            self.train_arrays.pop(key)
+        self.eval_arrays = encode(self.eval_records)
+        self.eval_host = {k: self.eval_arrays.pop(k) for k in _HOST_ONLY}
+        downstream.fit_schedule(config, len(self.train_arrays["input_ids"]))
+        self.flops_per_example = downstream.encoder_flops(self.model_config, d.max_seq_length)
+        self.tokens_per_example = d.max_seq_length
+
+    # -- data -------------------------------------------------------------------------------
+
+    def example_batch(self, batch_size):
+        seq = self.config.data.max_seq_length
+        zeros = lambda *shape: np.zeros((batch_size,) + shape, np.int32)  # noqa: E731
+        return dict(input_ids=zeros(seq), segment_ids=zeros(seq), input_mask=zeros(seq) + 1,
+                    start_positions=zeros(), end_positions=zeros())
+
+    def train_batches(self):
+        if not hasattr(self, "_train"):
+            self._train = downstream.EpochBatches(self.train_arrays, self.config.data.batch_size,
+                                                  self.config.seed)
+        return self._train
+
+    def eval_batches(self):
+        return downstream.eval_batches(self.eval_arrays, self.config.data.batch_size)
+
+    def save(self, workdir):
+        self.encoder.save(workdir)
+
+    # -- model ------------------------------------------------------------------------------
+
+    def init_variables(self, rng, batch):
+        return self.model.init({"params": rng, "dropout": rng}, batch["input_ids"],
+                               batch["segment_ids"], batch["input_mask"], deterministic=True)
+
+    def init_params(self, params, rng):
+        del rng
+        return self.encoder.load_weights(params)
+
+    def _logits(self, params, batch, rng, train):
+        outputs, _ = self.model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
+                                      batch["input_mask"], deterministic=not train,
+                                      rngs={"dropout": rng})
+        # Padding can never be an answer boundary.
+        pad = jnp.where(batch["input_mask"] > 0, 0.0, -1e9)  # (B, L)
+        return outputs["start_logits"] + pad, outputs["end_logits"] + pad
+
+    def loss_fn(self, params, batch, rng, train):
+        start_logits, end_logits = self._logits(params, batch, rng, train)
+        rows = (batch["input_mask"].sum(-1) > 0).astype(jnp.float32)  # (B,): eval padding rows
+        start_sum, n = downstream.weighted_cross_entropy(start_logits, batch["start_positions"], rows)
+        end_sum, _ = downstream.weighted_cross_entropy(end_logits, batch["end_positions"], rows)
+        loss_sum = 0.5 * (start_sum + end_sum)
+        start_ok = ((jnp.argmax(start_logits, -1) == batch["start_positions"]) * rows).sum()
+        end_ok = ((jnp.argmax(end_logits, -1) == batch["end_positions"]) * rows).sum()
+        metrics = dict(loss=(loss_sum, n), start_accuracy=(start_ok, n), end_accuracy=(end_ok, n))
+        return loss_sum / jnp.maximum(n, 1.0), metrics
+
+    def predict_fn(self, params, batch):
+        start_logits, end_logits = self._logits(params, batch, jax.random.PRNGKey(0), False)
+        return dict(start_logits=start_logits, end_logits=end_logits, row=batch["row"])
+
+    def evaluate(self, batches_and_outputs, workdir, step):
+        d = self.config.data
+        windows = []
+        for _, out in batches_and_outputs:
+            for row, start, end in zip(out["row"], out["start_logits"], out["end_logits"]):
+                if row < 0:
+                    continue
+                record = self.eval_records[self.eval_host["example_index"][row]]
+                windows.append(dict(id=record["id"], start_logits=start, end_logits=end,
+                                    offsets=self.eval_host["offsets"][row]))
+        contexts = {r["id"]: r["context"] for r in self.eval_records}
+        predictions, nbest = squad_eval.decode_predictions(
+            windows, contexts, n_best=d.n_best, max_answer_length=d.max_answer_length,
+            version_2=d.version == "2.0", null_threshold=d.null_threshold)
+        gold = {r["id"]: [a["text"] for a in r["answers"]] for r in self.eval_records}
+        report = squad_eval.evaluate(gold, predictions)
+        if jax.process_index() == 0:
+            directory = os.path.join(workdir, "predictions")
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, f"eval_step_{step}.json"), "w") as f:
+                json.dump(predictions, f, ensure_ascii=False, indent=1)
+            with open(os.path.join(directory, f"nbest_step_{step}.json"), "w") as f:
+                json.dump({q: v[:5] for q, v in nbest.items()}, f, ensure_ascii=False, indent=1)
+        return {k: v for k, v in report.items() if not k.endswith("total")}

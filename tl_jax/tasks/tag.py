@@ -1,0 +1,138 @@
+"""Token classification with BIO / IOB2 tags (NER-style), fine-tuning BERT with a per-token head.
+
+Data: `config.data.train_file` / `eval_file` are CoNLL column files (e.g. the silver `names` task
+from `tl_jax.data.task_builders`) or `tfds:conll2003:SPLIT`. Each word's tag goes on its first
+sub-token; later sub-tokens, special tokens and padding are ignored by the loss (`IGNORE`).
+
+Metrics: in the step, `loss` and sub-token `accuracy` over labelled positions; after each eval pass,
+`evaluate` maps first-sub-token predictions back onto words and reports entity-level `span_f1`,
+`span_precision` and `span_recall` (conlleval semantics), and writes
+`WORKDIR/predictions/eval_step_N.conll` (`word gold predicted`, blank line between sentences,
+readable by `conlleval`). Keep the best checkpoint by `eval/span_f1`.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tl_jax.data import features, readers
+from tl_jax.evaluation import spans
+from tl_jax.models import heads
+from tl_jax.tasks import downstream
+
+
+def label_set(sentences) -> list[str]:
+    """"O" first, then B-/I- tags of every type seen, so both exist for each type."""
+    kinds = sorted({t[2:] for s in sentences for t in s["tags"] if t != "O"})
+    return ["O"] + [f"{p}-{k}" for k in kinds for p in ("B", "I")]
+
+
+class Task:
+    """The `tag` task (contract: `tl_jax/tasks/__init__.py`)."""
+
+    progress_keys = ("accuracy",)
+    summary_keys = ("eval/span_f1", "eval/span_precision", "eval/span_recall")
+
+    def __init__(self, config, workdir):
+        self.config, d = config, config.data
+
+        def read(spec, limit):
+            records = readers.read_records(spec, "tagging")
+            return records[:limit] if limit else records
+
+        self.train_records = read(d.train_file, d.max_train_examples)
+        self.eval_records = read(d.eval_file, d.max_eval_examples)
+        self.labels = list(d.labels) or label_set(self.train_records)
+        self.label_map = {t: i for i, t in enumerate(self.labels)}
+        unknown = sorted({t for s in self.eval_records for t in s["tags"]} - set(self.labels))
+        if unknown:
+            raise ValueError(f"{d.eval_file}: tags {unknown} never occur in {d.train_file}; "
+                             "set data.labels")
+        texts = [" ".join(s["tokens"]) for s in self.train_records]
+        self.encoder = downstream.Encoder.from_config(config, texts)
+        self.model_config = self.encoder.model_config
+        self.model = heads.BertForTokenClassification(
+            self.model_config, len(self.labels), classifier_dropout=config.model.classifier_dropout)
+        encode = lambda records: features.encode_tagging(  # noqa: E731
+            self.encoder.tokenizer, records, self.label_map, d.max_seq_length)
+        self.train_arrays = encode(self.train_records)
+        self.train_arrays.pop("word_index")  # only decoding needs it
+        self.eval_arrays = encode(self.eval_records)
+        downstream.fit_schedule(config, len(self.train_records))
+        self.flops_per_example = downstream.encoder_flops(self.model_config, d.max_seq_length)
+        self.tokens_per_example = d.max_seq_length
+
+    # -- data -------------------------------------------------------------------------------
+
+    def example_batch(self, batch_size):
+        seq = self.config.data.max_seq_length
+        zeros = lambda: np.zeros((batch_size, seq), np.int32)  # noqa: E731
+        return dict(input_ids=zeros(), segment_ids=zeros(), input_mask=zeros() + 1, labels=zeros())
+
+    def train_batches(self):
+        if not hasattr(self, "_train"):
+            self._train = downstream.EpochBatches(self.train_arrays, self.config.data.batch_size,
+                                                  self.config.seed)
+        return self._train
+
+    def eval_batches(self):
+        return downstream.eval_batches(self.eval_arrays, self.config.data.batch_size)
+
+    def save(self, workdir):
+        self.encoder.save(workdir)
+        downstream.write_jsonl(os.path.join(workdir, "labels.jsonl"),
+                               [{"id": i, "label": t} for i, t in enumerate(self.labels)])
+
+    # -- model ------------------------------------------------------------------------------
+
+    def init_variables(self, rng, batch):
+        return self.model.init({"params": rng, "dropout": rng}, batch["input_ids"],
+                               batch["segment_ids"], batch["input_mask"], deterministic=True)
+
+    def init_params(self, params, rng):
+        del rng
+        return self.encoder.load_weights(params)
+
+    def _logits(self, params, batch, rng, train):
+        outputs, _ = self.model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
+                                      batch["input_mask"], deterministic=not train,
+                                      rngs={"dropout": rng})
+        return outputs["logits"]  # (B, L, C)
+
+    def loss_fn(self, params, batch, rng, train):
+        logits = self._logits(params, batch, rng, train)
+        weights = (batch["labels"] != features.IGNORE).astype(jnp.float32)  # (B, L)
+        ce_sum, n = downstream.weighted_cross_entropy(logits, batch["labels"], weights)
+        correct = ((jnp.argmax(logits, -1) == batch["labels"]) * weights).sum()
+        return ce_sum / jnp.maximum(n, 1.0), dict(loss=(ce_sum, n), accuracy=(correct, n))
+
+    def predict_fn(self, params, batch):
+        logits = self._logits(params, batch, jax.random.PRNGKey(0), False)
+        return dict(predicted=jnp.argmax(logits, -1).astype(jnp.int32), row=batch["row"],
+                    word_index=batch["word_index"])
+
+    def evaluate(self, batches_and_outputs, workdir, step):
+        gold, predicted, rows = [], [], []
+        for _, out in batches_and_outputs:
+            for row, pred, word_index in zip(out["row"], out["predicted"], out["word_index"]):
+                if row < 0:
+                    continue
+                sentence = self.eval_records[row]
+                rows.append(row)
+                gold.append(sentence["tags"])
+                predicted.append(features.tags_from_predictions(
+                    pred, word_index, len(sentence["tokens"]), self.labels))
+        report = spans.span_f1(gold, predicted)
+        if jax.process_index() == 0:
+            path = os.path.join(workdir, "predictions", f"eval_step_{step}.conll")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                for row, g, p in zip(rows, gold, predicted):
+                    for word, gt, pt in zip(self.eval_records[row]["tokens"], g, p):
+                        f.write(f"{word} {gt} {pt}\n")
+                    f.write("\n")
+        return {"span_f1": report["f1"], "span_precision": report["precision"],
+                "span_recall": report["recall"]}
