@@ -158,93 +158,105 @@ def _subsample(corpus: EncodedCorpus, keep_prob: np.ndarray, rng) -> tuple[np.nd
     return corpus.ids[keep], corpus.sentence_ids[keep]
 
 
+def _context_matrix(ids: np.ndarray, sent: np.ndarray, window: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """(N, 2W) context ids of every token under a dynamic window; -1 marks an empty slot.
+
+    Token i draws b_i ~ U{1..window} and sees the words at distance d <= b_i in its sentence.
+    Slot order is [-1, +1, -2, +2, ...].
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    n = len(ids)
+    reach = rng.integers(1, window + 1, size=n)  # b_i, per centre word
+    context = np.full((n, 2 * window), -1, dtype=np.int32)  # (N, 2W)
+    for d in range(1, min(window, n - 1) + 1):
+        same = sent[:-d] == sent[d:]
+        # The left neighbour at distance d of token i + d is token i, and vice versa.
+        ok = same & (reach[d:] >= d)
+        context[d:, 2 * d - 2][ok] = ids[:-d][ok]
+        ok = same & (reach[:-d] >= d)
+        context[:-d, 2 * d - 1][ok] = ids[d:][ok]
+    return context
+
+
 def skipgram_pairs(corpus: EncodedCorpus, window: int, keep_prob: np.ndarray,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(centre, context) pairs of one epoch, after subsampling, with a dynamic window.
 
-    Each centre word i draws b_i ~ U{1..window}; it is paired with every word at distance
-    d <= b_i in the same sentence. Pairs come out grouped by distance; callers shuffle.
+    Pairs come out in corpus order (all pairs of token i, then of token i + 1), the order in
+    which word2vec.c and gensim visit them; with a linearly decaying rate no global shuffle is
+    needed, and skipping it saves a random permutation of every pair each epoch.
     """
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
     ids, sent = _subsample(corpus, keep_prob, rng)
-    reach = rng.integers(1, window + 1, size=len(ids))  # b_i, per centre word
-    centres, contexts = [], []
-    for d in range(1, min(window, len(ids) - 1) + 1):
-        same = sent[:-d] == sent[d:]
-        right = same & (reach[:-d] >= d)  # centre i, context i + d
-        left = same & (reach[d:] >= d)  # centre i + d, context i
-        centres += [ids[:-d][right], ids[d:][left]]
-        contexts += [ids[d:][right], ids[:-d][left]]
-    if not centres:
-        return np.zeros(0, np.int32), np.zeros(0, np.int32)
-    return np.concatenate(centres), np.concatenate(contexts)
+    context = _context_matrix(ids, sent, window, rng)  # (N, 2W)
+    valid = context >= 0
+    centres = np.broadcast_to(ids[:, None], context.shape)[valid]
+    return centres, context[valid]
 
 
 def cbow_examples(corpus: EncodedCorpus, window: int, keep_prob: np.ndarray,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """CBOW examples of one epoch: (target (M,), context (M, 2 * window) padded with -1).
 
-    Context slot order is [-1, +1, -2, +2, ...]; slots beyond the drawn window b_i or the
-    sentence are -1. Targets with no context at all are dropped.
+    Slots beyond the drawn window or the sentence are -1; targets with no context are dropped.
     """
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
     ids, sent = _subsample(corpus, keep_prob, rng)
-    n = len(ids)
-    reach = rng.integers(1, window + 1, size=n)
-    context = np.full((n, 2 * window), -1, dtype=np.int32)  # (M, 2W)
-    for d in range(1, min(window, n - 1) + 1):
-        same = sent[:-d] == sent[d:]
-        # Left neighbour at distance d of token i + d is token i.
-        ok = same & (reach[d:] >= d)
-        context[d:, 2 * d - 2][ok] = ids[:-d][ok]
-        ok = same & (reach[:-d] >= d)
-        context[:-d, 2 * d - 1][ok] = ids[d:][ok]
+    context = _context_matrix(ids, sent, window, rng)  # (N, 2W)
     has_context = (context >= 0).any(axis=1)
     return ids[has_context], context[has_context]
 
 
 class Word2VecBatches:
-    """Yields shuffled fixed-size batches of word2vec examples, epoch after epoch.
+    """Builds fixed-size batches of word2vec examples, epoch after epoch.
 
     Each batch is a dict of int32 arrays:
       skip-gram: centre (B,), context (B,), negatives (B, K)
       CBOW:      centre (B,) (the target), context (B, 2W) (-1 = empty slot), negatives (B, K)
-    The last partial batch of an epoch is dropped. `progress` (fraction of planned words seen)
-    drives the linear learning-rate decay.
+    The last partial batch of an epoch is dropped.
     """
 
     def __init__(self, corpus: EncodedCorpus, vocab: Vocab, *, batch_size: int, window: int,
                  negatives: int, sample: float = 1e-3, cbow: bool = False, seed: int = 0,
-                 power: float = 0.75, table_size: int = 10_000_000):
+                 power: float = 0.75, table_size: int | None = None):
         self.corpus, self.vocab = corpus, vocab
         self.batch_size, self.window, self.negatives, self.cbow = batch_size, window, negatives, cbow
         self.keep_prob = subsample_keep_prob(vocab.counts, sample)
+        # 100 slots per word (at least 1e6) keeps the table cache-friendly for small vocabularies
+        # while every word's share stays within 1e-6 of its probability.
+        table_size = table_size or max(1_000_000, 100 * len(vocab))
         self.table = negative_table(vocab.counts, power, table_size)
         self.rng = np.random.default_rng(seed)
         self.epoch = 0
 
-    def epoch_batches(self) -> Iterator[dict[str, np.ndarray]]:
-        """One epoch of batches."""
-        rng, b = self.rng, self.batch_size
-        make = cbow_examples if self.cbow else skipgram_pairs
-        centre, context = make(self.corpus, self.window, self.keep_prob, rng)
-        order = rng.permutation(len(centre))
-        centre, context = centre[order], context[order]
-        n_batches = len(centre) // b
-        negs = self.table[rng.integers(0, len(self.table), size=(n_batches * b, self.negatives))]
-        for i in range(n_batches):
-            s = slice(i * b, (i + 1) * b)
-            yield {"centre": centre[s], "context": context[s], "negatives": negs[s]}
-        self.epoch += 1
+    def sample_negatives(self, shape) -> np.ndarray:
+        """Word ids drawn from the unigram^power distribution (through the table)."""
+        return self.table[self.rng.integers(0, len(self.table), size=shape, dtype=np.int32)]
 
-    def epoch_arrays(self) -> dict[str, np.ndarray]:
-        """One epoch as stacked arrays (n_batches, B, ...), for scanning many steps per call."""
-        batches = list(self.epoch_batches())
-        if not batches:
-            raise ValueError(f"The corpus gives fewer than batch_size={self.batch_size} examples")
-        return {k: np.stack([bt[k] for bt in batches]) for k in batches[0]}
+    def epoch_arrays(self, with_negatives: bool = True) -> dict[str, np.ndarray]:
+        """One epoch as arrays stacked (n_batches, B, ...), in corpus order.
+
+        The last partial batch is dropped. Without negatives the caller samples them itself
+        (the trainer does so on the device, from `self.table`).
+        """
+        make = cbow_examples if self.cbow else skipgram_pairs
+        centre, context = make(self.corpus, self.window, self.keep_prob, self.rng)
+        n_batches, b = len(centre) // self.batch_size, self.batch_size
+        if n_batches == 0:
+            raise ValueError(f"The corpus gives {len(centre)} examples per epoch, fewer than "
+                             f"batch_size={b}")
+        out = {"centre": centre[:n_batches * b].reshape(n_batches, b),  # (S, B)
+               "context": context[:n_batches * b].reshape((n_batches, b) + context.shape[1:])}
+        if with_negatives:
+            out["negatives"] = self.sample_negatives((n_batches, b, self.negatives))  # (S, B, K)
+        self.epoch += 1
+        return out
+
+    def epoch_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """One epoch of batch dicts: centre (B,), context (B,) or (B, 2W), negatives (B, K)."""
+        arrays = self.epoch_arrays()
+        for i in range(len(arrays["centre"])):
+            yield {k: v[i] for k, v in arrays.items()}
 
 
 def cooccurrence_matrix(corpus: EncodedCorpus, vocab_size: int, window: int,
@@ -275,10 +287,16 @@ def cooccurrence_matrix(corpus: EncodedCorpus, vocab_size: int, window: int,
 
 
 def load_sentences(spec: str, text_field: str = "text") -> list[list[str]]:
-    """Tokenised text units of a corpus named by `spec` (see `tl_jax.data.sources`)."""
-    from tl_jax.data import sources  # local import: sources pulls in tfds lazily
+    """Tokenised text units of a corpus named by `spec` (see `tl_jax.data.sources`).
 
-    documents = sources.load_documents(spec, text_field=text_field)
+    Environment variables in the spec are expanded, so configs can name
+    `$TL_JAX_DATA_DIR/austen.jsonl` without hard-coding the data folder.
+    """
+    import os
+
+    from tl_jax.data import sources
+
+    documents = sources.load_documents(os.path.expandvars(spec), text_field=text_field)
     sentences = [tokenize(unit) for doc in documents for unit in doc]
     sentences = [s for s in sentences if s]
     if not sentences:

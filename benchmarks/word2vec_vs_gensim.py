@@ -1,0 +1,92 @@
+"""word2vec throughput and quality: tl_jax against gensim's Word2Vec, in the same process.
+
+    TL_JAX_DATA_DIR=../shared/data python benchmarks/word2vec_vs_gensim.py [--epochs 5] [--cbow]
+
+Both train on the same tokenised corpus (Austen + the Wikipedia sample by default) with the same
+vocabulary threshold, dimension, window, negatives, subsampling, learning rate and epochs;
+gensim gets one worker thread per CPU core. Training time counts from the first update to the
+last (vocabulary building excluded for both; tl_jax's includes jit compilation and building every
+epoch's examples). Words/s = corpus tokens x epochs / training seconds. Prints both rates, their
+ratio (tl_jax / gensim) and the WordSim353 / SimLex-999 / analogy scores of both.
+
+Run it without the 8-fake-device XLA flag the tests use: it splits the CPU and slows XLA down.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from tl_jax import static_train
+from tl_jax.data import word_vectors as wv
+from tl_jax.data.vector_formats import WordVectors
+from tl_jax.evaluation.word_vectors import evaluate_all
+
+DEFAULT_CORPUS = "$TL_JAX_DATA_DIR/austen.jsonl,$TL_JAX_DATA_DIR/enwiki_sample.jsonl"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", default=DEFAULT_CORPUS)
+    parser.add_argument("--dim", type=int, default=100)
+    parser.add_argument("--window", type=int, default=5)
+    parser.add_argument("--negatives", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--min-count", type=int, default=5)
+    parser.add_argument("--sample", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=0.025)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--cbow", action="store_true", help="CBOW instead of skip-gram")
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        print("warning: XLA_FLAGS fakes several CPU devices; tl_jax numbers will be low")
+
+    from gensim.models import Word2Vec  # imported here: only the benchmark needs gensim
+
+    data_dir = os.environ.get("TL_JAX_DATA_DIR")
+    if not data_dir:
+        raise SystemExit("Set TL_JAX_DATA_DIR to the shared data folder (evaluation files).")
+    sentences = wv.load_sentences(args.corpus)
+    n_words = sum(len(s) for s in sentences)
+    print(f"corpus: {len(sentences)} sentences, {n_words} words; dim={args.dim} "
+          f"window={args.window} negatives={args.negatives} epochs={args.epochs} "
+          f"{'cbow' if args.cbow else 'skip-gram'}; gensim workers={args.workers}")
+
+    gensim_model = Word2Vec(vector_size=args.dim, window=args.window, negative=args.negatives,
+                            min_count=args.min_count, sample=args.sample, alpha=args.lr,
+                            min_alpha=1e-4, sg=0 if args.cbow else 1, workers=args.workers,
+                            epochs=args.epochs, seed=0)
+    gensim_model.build_vocab(sentences)
+    start = time.perf_counter()
+    gensim_model.train(sentences, total_examples=len(sentences), epochs=args.epochs)
+    gensim_seconds = time.perf_counter() - start
+    gensim_rate = n_words * args.epochs / gensim_seconds
+    gensim_vectors = WordVectors(list(gensim_model.wv.index_to_key), gensim_model.wv.vectors)
+
+    vocab = wv.Vocab.build(sentences, args.min_count)
+    ours, stats = static_train.train_word2vec(
+        sentences, dim=args.dim, window=args.window, negatives=args.negatives,
+        epochs=args.epochs, sample=args.sample, lr=args.lr, batch_size=args.batch_size,
+        cbow=args.cbow, vocab=vocab, log=None)
+
+    rows = []
+    for name, vectors, rate in (("gensim", gensim_vectors, gensim_rate),
+                                ("tl_jax", ours, stats["words_per_sec"])):
+        s = evaluate_all(vectors, data_dir)
+        rows.append((name, rate, s))
+        print(f"{name:7s} {rate:11,.0f} words/s  WordSim353 {s['wordsim353_spearman']:.3f} "
+              f"({s['wordsim353_oov_pairs']} OOV pairs)  SimLex-999 {s['simlex999_spearman']:.3f}  "
+              f"analogy {s['analogy_accuracy']:.3f} ({s['analogy_questions']} answerable)")
+    ratio = rows[1][1] / rows[0][1]
+    delta = rows[1][2]["wordsim353_spearman"] - rows[0][2]["wordsim353_spearman"]
+    print(f"tl_jax / gensim words/s ratio: {ratio:.2f}; WordSim353 difference "
+          f"(tl_jax - gensim): {delta:+.3f}; tl_jax loss by epoch: "
+          + " ".join(f"{x:.3f}" for x in stats["losses"]))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()

@@ -1,0 +1,196 @@
+"""Static word embeddings: word2vec (skip-gram, CBOW) with negative sampling, and GloVe.
+
+Also the bridge to downstream tasks: `embedding_matrix_for_vocab` lays pretrained vectors out
+for a task's vocabulary, and `StaticEmbeddingClassifier` is a small classifier (bag of
+embeddings or BiLSTM) whose table starts from them, frozen or tuned.
+
+Models follow the house contract: `apply` returns `(outputs, intermediates)`.
+
+References: Mikolov et al. 2013, "Distributed Representations of Words and Phrases and their
+Compositionality"; Pennington et al. 2014, "GloVe: Global Vectors for Word Representation".
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SIZES = {
+    # name: embedding dimension
+    "tiny": 16,
+    "small": 50,
+    "base": 100,
+    "large": 300,
+}
+
+
+def _uniform(scale: float):
+    """U(-scale, scale): word2vec.c and GloVe initialise input vectors this way."""
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -scale, scale)
+    return init
+
+
+class Word2Vec(nn.Module):
+    """word2vec with negative sampling: `input` (centre) and `output` (context) tables.
+
+    Skip-gram scores centre word vs context and negatives; CBOW scores the mean of the context
+    words' input vectors vs the centre (target) word and negatives.
+
+    Batch: centre (B,), context (B,) [skip-gram] or (B, 2W) with -1 padding [CBOW],
+    negatives (B, K). Outputs: pos_logits (B,), neg_logits (B, K).
+    """
+
+    vocab_size: int
+    dim: int
+    cbow: bool = False
+
+    def setup(self):
+        self.input = self.param(
+            "input", nn.with_logical_partitioning(_uniform(0.5 / self.dim), ("vocab", "embed")),
+            (self.vocab_size, self.dim))
+        # word2vec.c starts the output table at zero: the first updates come from the inputs.
+        self.output = self.param(
+            "output", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab", "embed")),
+            (self.vocab_size, self.dim))
+
+    def hidden(self, batch) -> jnp.ndarray:
+        """The vector that predicts: the centre word's (skip-gram) or the context mean (CBOW)."""
+        if not self.cbow:
+            return self.input[batch["centre"]]  # (B, D)
+        ctx = batch["context"]  # (B, 2W)
+        mask = (ctx >= 0).astype(self.input.dtype)[..., None]  # (B, 2W, 1)
+        summed = jnp.sum(self.input[jnp.maximum(ctx, 0)] * mask, axis=1)  # (B, D)
+        return summed / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+
+    def __call__(self, batch):
+        h = self.hidden(batch)  # (B, D)
+        target = batch["centre"] if self.cbow else batch["context"]
+        pos = jnp.sum(h * self.output[target], axis=-1)  # (B,)
+        neg = jnp.einsum("bd,bkd->bk", h, self.output[batch["negatives"]])  # (B, K)
+        return {"pos_logits": pos, "neg_logits": neg}, {"hidden": h}
+
+
+def negative_sampling_loss(pos_logits: jnp.ndarray, neg_logits: jnp.ndarray) -> jnp.ndarray:
+    """Per-example loss  -log sigma(pos) - sum_k log sigma(-neg_k)."""
+    return -jax.nn.log_sigmoid(pos_logits) - jnp.sum(jax.nn.log_sigmoid(-neg_logits), axis=-1)
+
+
+class GloVe(nn.Module):
+    """GloVe's two tables and biases: prediction w_i . c_j + b_i + b~_j for log X_ij."""
+
+    vocab_size: int
+    dim: int
+
+    @nn.compact
+    def __call__(self, rows: jnp.ndarray, cols: jnp.ndarray):
+        init = nn.with_logical_partitioning(_uniform(0.5 / self.dim), ("vocab", "embed"))
+        w = self.param("word", init, (self.vocab_size, self.dim))
+        c = self.param("context", init, (self.vocab_size, self.dim))
+        bias_init = nn.with_logical_partitioning(_uniform(0.5 / self.dim), ("vocab",))
+        bw = self.param("word_bias", bias_init, (self.vocab_size,))
+        bc = self.param("context_bias", bias_init, (self.vocab_size,))
+        wi, cj = w[rows], c[cols]  # (B, D)
+        pred = jnp.sum(wi * cj, axis=-1) + bw[rows] + bc[cols]  # (B,)
+        return pred, {"word": wi, "context": cj}
+
+
+def glove_weight(x: jnp.ndarray, x_max: float = 100.0, alpha: float = 0.75) -> jnp.ndarray:
+    """GloVe's weighting f(x) = (x / x_max)^alpha for x < x_max, else 1."""
+    return jnp.minimum(1.0, (x / x_max) ** alpha)
+
+
+def glove_loss(pred: jnp.ndarray, counts: jnp.ndarray, x_max: float = 100.0,
+               alpha: float = 0.75) -> jnp.ndarray:
+    """Per-entry weighted least squares  f(X_ij) (pred_ij - log X_ij)^2."""
+    return glove_weight(counts, x_max, alpha) * (pred - jnp.log(counts)) ** 2
+
+
+def glove_vectors(params) -> np.ndarray:
+    """The vectors GloVe reports: word + context tables (the paper's W + W~)."""
+    return np.asarray(params["word"]) + np.asarray(params["context"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Static embeddings as a downstream encoder.
+# ----------------------------------------------------------------------------------------------
+
+def embedding_matrix_for_vocab(vectors, vocab: Sequence[str], seed: int = 0,
+                               lowercase_fallback: bool = True) -> tuple[np.ndarray, int]:
+    """Rows of `vectors` (a `WordVectors`) in the order of a task's `vocab`.
+
+    A token missing from `vectors` (also after lowercasing, when `lowercase_fallback`) gets a
+    random normal row with the pretrained vectors' per-dimension mean and std, so it is on
+    the same scale as the rest. Returns (matrix (len(vocab), D) float32, number of such OOV rows).
+    """
+    rng = np.random.default_rng(seed)
+    table = vectors.vectors
+    mean, std = table.mean(axis=0), table.std(axis=0)
+    out = np.empty((len(vocab), table.shape[1]), dtype=np.float32)
+    n_oov = 0
+    for i, token in enumerate(vocab):
+        row = vectors.index.get(token)
+        if row is None and lowercase_fallback:
+            row = vectors.index.get(token.lower())
+        if row is None:
+            out[i] = rng.normal(mean, std)
+            n_oov += 1
+        else:
+            out[i] = table[row]
+    return out, n_oov
+
+
+class StaticEmbeddingClassifier(nn.Module):
+    """A classifier over a (pretrained) word-embedding table: bag of embeddings or BiLSTM.
+
+    `freeze_embeddings` stops gradients into the table inside the model; for optimizer-level
+    freezing (no optimizer state) use a transfer mask on the path `embed/embedding` instead.
+    Load pretrained rows with `init_params` below or by writing the matrix into
+    params["embed"]["embedding"].
+
+    Inputs: token_ids (B, T) int, mask (B, T) bool. Outputs: logits (B, num_classes).
+    """
+
+    vocab_size: int
+    dim: int
+    num_classes: int
+    encoder: str = "bag"  # "bag" (mean of embeddings) or "bilstm"
+    hidden: int = 128
+    dropout: float = 0.1
+    freeze_embeddings: bool = False
+
+    @nn.compact
+    def __call__(self, token_ids, mask, train: bool = False):
+        emb = nn.Embed(self.vocab_size, self.dim, name="embed")(token_ids)  # (B, T, D)
+        if self.freeze_embeddings:
+            emb = jax.lax.stop_gradient(emb)
+        maskf = mask.astype(emb.dtype)[..., None]  # (B, T, 1)
+        if self.encoder == "bag":
+            states = emb
+        elif self.encoder == "bilstm":
+            lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
+            fwd = nn.RNN(nn.OptimizedLSTMCell(self.hidden), name="forward")(
+                emb, seq_lengths=lengths)
+            bwd = nn.RNN(nn.OptimizedLSTMCell(self.hidden), reverse=True, keep_order=True,
+                         name="backward")(emb, seq_lengths=lengths)
+            states = jnp.concatenate([fwd, bwd], axis=-1)  # (B, T, 2H)
+        else:
+            raise ValueError(f"Unknown encoder {self.encoder!r}; use 'bag' or 'bilstm'")
+        pooled = jnp.sum(states * maskf, axis=1) / jnp.maximum(jnp.sum(maskf, axis=1), 1.0)
+        pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
+        logits = nn.Dense(self.num_classes, name="classifier")(pooled)  # (B, C)
+        return logits, {"embeddings": emb, "states": states, "pooled": pooled}
+
+
+def load_embedding_matrix(params, matrix: np.ndarray):
+    """Returns params with the classifier's embedding table replaced by `matrix`."""
+    params = jax.tree_util.tree_map(lambda x: x, params)  # shallow copy of the nested dicts
+    current = params["embed"]["embedding"]
+    if tuple(current.shape) != tuple(matrix.shape):
+        raise ValueError(f"Embedding matrix {matrix.shape} does not match the model's table "
+                         f"{tuple(current.shape)}")
+    params["embed"]["embedding"] = jnp.asarray(matrix, dtype=current.dtype)
+    return params

@@ -1,0 +1,230 @@
+"""Trainers for static embeddings: word2vec (SGD, linear decay) and GloVe (AdaGrad).
+
+Static embeddings do not fit the canonical `train.py` well: their whole appeal is speed on one
+machine, a word2vec step touches a few thousand rows of a table, and plain SGD with a linearly
+decaying rate has no optimizer state. So they get this small trainer, which reuses the models
+(`tl_jax.models.embeddings`), the data code (`tl_jax.data.word_vectors`) and optax.
+
+Speed comes from three things: (1) one jitted call runs `steps_per_call` steps under
+`lax.scan`, so Python dispatch is paid once per many batches; (2) the word2vec step writes its
+closed-form gradient straight into the gathered rows with a scatter-add on donated tables
+(instead of materialising a dense (V, D) gradient); (3) negatives are drawn on the device;
+(4) a host thread builds the next epoch's examples with vectorised numpy meanwhile.
+
+Run from the CLI (see configs/word2vec.py and configs/glove.py), or call `train_word2vec` /
+`train_glove` on tokenised sentences.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+import pathlib
+import time
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tl_jax.data import word_vectors as wv
+from tl_jax.data.vector_formats import WordVectors, save_vectors
+from tl_jax.models import embeddings
+
+# ----------------------------------------------------------------------------------------------
+# word2vec
+# ----------------------------------------------------------------------------------------------
+
+
+def word2vec_sgd_step(params, batch, lr, cbow: bool):
+    """One SGD step of negative-sampling word2vec, with the gradient in closed form.
+
+    For logits x = h . v_t over t in [target, negatives] with labels [1, 0, ..., 0], the loss
+    -log sigma(x_0) - sum_k log sigma(-x_k) has dL/dx = sigma(x) - label, so
+    dL/dv_t = (sigma(x_t) - label_t) h and dL/dh = sum_t (sigma(x_t) - label_t) v_t.
+    A negative equal to the target is ignored, as in word2vec.c. For CBOW every context
+    word receives the full dL/dh (word2vec.c's and gensim's convention with a mean context).
+    Returns (params, mean loss); equals `jax.grad` of `Word2Vec` + `negative_sampling_loss`
+    summed over the batch (tested).
+    """
+    inp, out = params["input"], params["output"]
+    dim = inp.shape[1]
+    target = batch["centre"] if cbow else batch["context"]
+    if cbow:
+        ctx = batch["context"]  # (B, 2W)
+        ctx_mask = (ctx >= 0).astype(inp.dtype)[..., None]  # (B, 2W, 1)
+        ctx_ids = jnp.maximum(ctx, 0)
+        n_ctx = jnp.maximum(jnp.sum(ctx_mask, axis=1), 1.0)  # (B, 1)
+        h = jnp.sum(inp[ctx_ids] * ctx_mask, axis=1) / n_ctx  # (B, D)
+    else:
+        h = inp[batch["centre"]]  # (B, D)
+    targets = jnp.concatenate([target[:, None], batch["negatives"]], axis=1)  # (B, 1+K)
+    valid = jnp.concatenate(
+        [jnp.ones_like(target[:, None], dtype=bool), batch["negatives"] != target[:, None]],
+        axis=1)  # (B, 1+K)
+    vt = out[targets]  # (B, 1+K, D)
+    logits = jnp.einsum("bd,bkd->bk", h, vt)  # (B, 1+K)
+    labels = jnp.zeros_like(logits).at[:, 0].set(1.0)
+    g = jnp.where(valid, jax.nn.sigmoid(logits) - labels, 0.0)  # dL/dlogits, (B, 1+K)
+    loss = -jax.nn.log_sigmoid(logits[:, 0]) - jnp.sum(
+        jnp.where(valid[:, 1:], jax.nn.log_sigmoid(-logits[:, 1:]), 0.0), axis=1)
+    grad_h = jnp.einsum("bk,bkd->bd", g, vt)  # (B, D)
+    grad_vt = g[..., None] * h[:, None, :]  # (B, 1+K, D)
+    out = out.at[targets.reshape(-1)].add(-lr * grad_vt.reshape(-1, dim))
+    if cbow:
+        upd = jnp.broadcast_to(-lr * grad_h[:, None, :], ctx_mask.shape[:2] + (dim,)) * ctx_mask
+        inp = inp.at[ctx_ids.reshape(-1)].add(upd.reshape(-1, dim))  # (B * 2W, D)
+    else:
+        inp = inp.at[batch["centre"]].add(-lr * grad_h)
+    return {"input": inp, "output": out}, jnp.mean(loss)
+
+
+@functools.partial(jax.jit, static_argnames=("cbow", "negatives"), donate_argnums=(0,))
+def _word2vec_chunk(params, batches, lrs, key, table, cbow: bool, negatives: int):
+    """Runs len(lrs) SGD steps; `batches` holds arrays stacked as (steps, B, ...).
+
+    Negatives are drawn here, on the device, from the unigram^0.75 `table`: that saves the host
+    a random gather of steps * B * K ids per call and the copy of them to the device.
+    """
+    def body(p, xs):
+        batch, lr, step_key = xs
+        slots = jax.random.randint(step_key, batch["centre"].shape + (negatives,), 0,
+                                   table.shape[0])
+        batch = dict(batch, negatives=table[slots])  # (B, K)
+        return word2vec_sgd_step(p, batch, lr, cbow)
+
+    keys = jax.random.split(key, lrs.shape[0])
+    params, losses = jax.lax.scan(body, params, (batches, lrs, keys))
+    return params, losses
+
+
+def init_word2vec(vocab_size: int, dim: int, cbow: bool, seed: int):
+    """Initial word2vec tables (plain arrays, no partitioning boxes)."""
+    model = embeddings.Word2Vec(vocab_size, dim, cbow)
+    dummy = {"centre": jnp.zeros((1,), jnp.int32), "negatives": jnp.zeros((1, 1), jnp.int32),
+             "context": jnp.zeros((1, 2) if cbow else (1,), jnp.int32)}
+    params = nn.unbox(model.init(jax.random.PRNGKey(seed), dummy)["params"])
+    return model, params
+
+
+def train_word2vec(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: int = 5,
+                   negatives: int = 5, epochs: int = 5, min_count: int = 5, sample: float = 1e-3,
+                   lr: float = 0.025, min_lr: float = 1e-4, batch_size: int = 1024,
+                   cbow: bool = False, seed: int = 0, steps_per_call: int = 64,
+                   vocab: wv.Vocab | None = None,
+                   log: Callable[[str], None] | None = print) -> tuple[WordVectors, dict]:
+    """Trains word2vec on tokenised sentences; returns (input vectors, stats).
+
+    The learning rate falls linearly from `lr` to `min_lr` over all planned epochs, as in
+    word2vec.c. stats: words (corpus tokens x epochs), seconds, words_per_sec, losses (mean
+    loss per epoch), vocab.
+    """
+    vocab = vocab or wv.Vocab.build(sentences, min_count)
+    corpus = wv.encode_corpus(sentences, vocab)
+    n_words = sum(len(s) for s in sentences)
+    data = wv.Word2VecBatches(corpus, vocab, batch_size=batch_size, window=window,
+                              negatives=negatives, sample=sample, cbow=cbow, seed=seed)
+    _, params = init_word2vec(len(vocab), dim, cbow, seed)
+    table = jnp.asarray(data.table)
+    key = jax.random.PRNGKey(seed + 1)
+    losses = []
+    start = time.perf_counter()
+    # The next epoch's examples are built on a host thread while the device trains on this one
+    # (numpy releases the GIL in its array loops).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        next_epoch = pool.submit(data.epoch_arrays, False)
+        for epoch in range(epochs):
+            arrays = next_epoch.result()
+            if epoch + 1 < epochs:
+                next_epoch = pool.submit(data.epoch_arrays, False)
+            n_steps = len(arrays["centre"])
+            frac = (epoch + np.arange(n_steps) / n_steps) / epochs  # progress through training
+            lrs = np.maximum(lr * (1.0 - frac), min_lr).astype(np.float32)
+            epoch_losses = []
+            for s in range(0, n_steps, steps_per_call):
+                chunk = {k: v[s:s + steps_per_call] for k, v in arrays.items()}
+                key, sub = jax.random.split(key)
+                params, chunk_losses = _word2vec_chunk(
+                    params, chunk, lrs[s:s + steps_per_call], sub, table, cbow=cbow,
+                    negatives=negatives)
+                epoch_losses.append(chunk_losses)  # kept on device: no sync inside the epoch
+            losses.append(float(jnp.mean(jnp.concatenate(epoch_losses))))
+            if log:
+                log(f"word2vec epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
+    vectors = np.asarray(jax.block_until_ready(params["input"]))
+    seconds = time.perf_counter() - start
+    stats = {"words": n_words * epochs, "seconds": seconds,
+             "words_per_sec": n_words * epochs / seconds, "losses": losses, "vocab": vocab}
+    return WordVectors(list(vocab.words), vectors), stats
+
+
+# ----------------------------------------------------------------------------------------------
+# GloVe
+# ----------------------------------------------------------------------------------------------
+
+
+def _glove_loss(params, batch, x_max, alpha):
+    pred, _ = embeddings.GloVe(params["word"].shape[0], params["word"].shape[1]).apply(
+        {"params": params}, batch["rows"], batch["cols"])
+    per_entry = embeddings.glove_loss(pred, batch["counts"], x_max, alpha) * batch["mask"]
+    # A sum, not a mean: GloVe's updates are per entry, and AdaGrad normalises the scale anyway.
+    return 0.5 * jnp.sum(per_entry)
+
+
+@functools.partial(jax.jit, static_argnames=("optimizer", "x_max", "alpha"),
+                   donate_argnums=(0, 1))
+def _glove_chunk(params, opt_state, batches, optimizer, x_max, alpha):
+    def body(carry, batch):
+        p, s = carry
+        loss, grads = jax.value_and_grad(_glove_loss)(p, batch, x_max, alpha)
+        updates, s = optimizer.update(grads, s, p)
+        return (optax.apply_updates(p, updates), s), loss / jnp.maximum(jnp.sum(batch["mask"]), 1)
+
+    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), batches)
+    return params, opt_state, losses
+
+
+def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: int = 10,
+                epochs: int = 15, min_count: int = 5, x_max: float = 100.0, alpha: float = 0.75,
+                lr: float = 0.05, batch_size: int = 16384, seed: int = 0,
+                steps_per_call: int = 16, vocab: wv.Vocab | None = None,
+                log: Callable[[str], None] | None = print) -> tuple[WordVectors, dict]:
+    """Trains GloVe with AdaGrad on the nonzero co-occurrences; returns (W + W~, stats)."""
+    vocab = vocab or wv.Vocab.build(sentences, min_count)
+    corpus = wv.encode_corpus(sentences, vocab)
+    cooc = wv.cooccurrence_matrix(corpus, len(vocab), window)
+    rows, cols = cooc.row.astype(np.int32), cooc.col.astype(np.int32)
+    counts = cooc.data.astype(np.float32)
+    model = embeddings.GloVe(len(vocab), dim)
+    params = nn.unbox(model.init(jax.random.PRNGKey(seed), jnp.zeros(1, jnp.int32),
+                                 jnp.zeros(1, jnp.int32))["params"])
+    # GloVe's C code starts every squared-gradient accumulator at 1.
+    optimizer = optax.adagrad(lr, initial_accumulator_value=1.0, eps=1e-8)
+    opt_state = optimizer.init(params)
+    rng = np.random.default_rng(seed)
+    n = len(counts)
+    n_batches = -(-n // batch_size)
+    losses = []
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        # Whole batches only: slots past n repeat real entries and are masked out of the loss.
+        perm = rng.permutation(n_batches * batch_size)
+        order = perm % n
+        arrays = {"rows": rows[order], "cols": cols[order], "counts": counts[order],
+                  "mask": (perm < n).astype(np.float32)}
+        arrays = {k: v.reshape(n_batches, batch_size) for k, v in arrays.items()}  # (S, B)
+        epoch_losses = []
+        for s in range(0, n_batches, steps_per_call):
+            chunk = {k: v[s:s + steps_per_call] for k, v in arrays.items()}
+            params, opt_state, chunk_losses = _glove_chunk(params, opt_state, chunk, optimizer,
+                                                           float(x_max), float(alpha))
+            epoch_losses.append(chunk_losses)
+        losses.append(float(jnp.mean(jnp.concatenate(epoch_losses))))
+        if log:
+            log(f"glove epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
+    vectors = embeddings.glove_vectors(jax.block_until_ready(params))
+    seconds = time.perf_counter() - start
+    stats = {"nonzeros": n, "seconds": seconds, "losses": losses, "vocab": vocab}
+    return WordVectors(list(vocab.words), vectors), stats
