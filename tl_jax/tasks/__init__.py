@@ -48,6 +48,8 @@ import importlib
 # config.task -> module path; each module defines `Task(config, workdir)`.
 TASKS = {
     "bert_pretrain": "tl_jax.tasks.bert_pretrain",
+    "clm": "tl_jax.tasks.clm",
+    "lm_classify": "tl_jax.tasks.lm_classify",
     "classify": "tl_jax.tasks.classify",
     "tag": "tl_jax.tasks.tag",
     "squad": "tl_jax.tasks.squad",

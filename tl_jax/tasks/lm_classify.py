@@ -1,0 +1,218 @@
+"""ULMFiT-style classification with a GPT: a classifier head on a (domain-adapted) decoder LM.
+
+The recipe (Howard & Ruder 2018, with GPT in place of the AWD-LSTM):
+  1. pretrain a GPT on general text            (`configs/gpt_pretrain.py`)
+  2. fine-tune the LM on the target domain      (the same config with `init_from` = step 1 and
+                                                 `data.corpus` = the task's text)
+  3. put a classifier head on it and fine-tune  (this task, `configs/gpt_finetune_classify.py`)
+
+Each text is encoded as its BPE ids followed by `<|endoftext|>`; the head reads the state at
+that last token (`model.pooling="last"`, which under causal attention has seen the whole text)
+or the mean over the text's states (`"mean"`). Sequences are right-padded: under causal attention
+padding after the text cannot change it.
+
+Metrics as in `classify`: loss/accuracy in the step; accuracy, macro F1 and MCC on the whole
+eval set after each eval pass, with predictions in `WORKDIR/predictions/eval_step_N.jsonl`.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from tl_jax import warm_start
+from tl_jax.data import bpe, readers
+from tl_jax.evaluation import classification
+from tl_jax.models import gpt
+from tl_jax.tasks import clm, downstream
+
+
+class GPTClassifier(nn.Module):
+    """GPT + pooling + dropout + linear head. Returns `({"logits", "pooled"}, intermediates)`."""
+
+    config: gpt.GPTConfig
+    num_labels: int
+    pooling: str = "last"  # last | mean
+    classifier_dropout: float = 0.1
+
+    @nn.compact
+    def __call__(self, tokens, lengths, train: bool = False):
+        if self.pooling not in ("last", "mean"):
+            raise ValueError(f"GPTClassifier: pooling={self.pooling!r}; expected last or mean")
+        length = tokens.shape[1]
+        key_mask = jnp.arange(length)[None, :] < lengths[:, None]  # (B, T)
+        outputs, intermediates = gpt.GPT(self.config, name="gpt")(
+            tokens, key_mask=key_mask, train=train, logits=False)
+        hidden = outputs["hidden"]  # (B, T, E)
+        if self.pooling == "last":
+            last = jnp.maximum(lengths - 1, 0)[:, None, None]  # (B, 1, 1)
+            pooled = jnp.take_along_axis(hidden, last, axis=1)[:, 0]  # (B, E)
+        else:
+            weights = key_mask.astype(hidden.dtype)[..., None]  # (B, T, 1)
+            pooled = (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)  # (B, E)
+        pooled = nn.Dropout(self.classifier_dropout)(pooled, deterministic=not train)
+        logits = nn.Dense(
+            self.num_labels,
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.normal(self.config.initializer_range), ("embed", None)),
+            name="head",
+        )(pooled)
+        return {"logits": logits.astype(jnp.float32), "pooled": pooled}, intermediates
+
+
+def encode(tokenizer: bpe.BPETokenizer, records, label_map: dict, max_len: int) -> dict:
+    """Arrays for the model: ids + EOS (texts cut to `max_len - 1` ids), lengths and labels."""
+    ids = tokenizer.encode_batch([r["text"] for r in records])
+    tokens = np.zeros((len(records), max_len), np.int32)
+    lengths = np.zeros(len(records), np.int32)
+    for i, row in enumerate(ids):
+        row = row[:max_len - 1] + [tokenizer.eos_id]
+        tokens[i, :len(row)] = row
+        lengths[i] = len(row)
+    labels = np.array([label_map[r["label"]] for r in records], np.int32)
+    return dict(input_ids=tokens, lengths=lengths, labels=labels)
+
+
+def resolve_model(config, train_texts):
+    """(tokenizer, GPTConfig) for `config.init_from`: a tl_jax LM workdir, a Hugging Face GPT-2
+    directory, or "" for a model from scratch of `config.model.size`."""
+    init_from, m, d = os.path.expandvars(config.init_from), config.model, config.data
+    if init_from and warm_start.is_tl_workdir(init_from):
+        with open(os.path.join(init_from, "config.json")) as f:
+            saved = json.load(f)["model"]
+        tokenizer = bpe.BPETokenizer.load(d.tokenizer or os.path.join(init_from, "tokenizer"))
+        model_config = gpt.gpt_config(
+            saved["size"], saved.get("vocab_size") or tokenizer.vocab_size,
+            max_len=saved.get("max_len") or gpt.SIZES[saved["size"]][3],
+            dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
+            dtype=jnp.dtype(m.dtype))
+    elif init_from and warm_start.is_hf_directory(init_from):
+        from tl_jax.interop import gpt2
+        with open(os.path.join(init_from, "config.json")) as f:
+            model_config = gpt2.config_from_hf(json.load(f))
+        model_config = gpt.GPTConfig(**{
+            **model_config.__dict__, "dropout_rate": m.dropout_rate,
+            "attention_dropout_rate": m.attention_dropout_rate, "dtype": jnp.dtype(m.dtype)})
+        tokenizer = bpe.BPETokenizer.load(d.tokenizer or init_from)
+    elif init_from:
+        raise warm_start.WarmStartError(
+            f"init_from={init_from!r} is neither a tl_jax workdir (with checkpoints/) nor a "
+            "Hugging Face GPT-2 directory (with config.json).")
+    else:
+        tokenizer = (bpe.BPETokenizer.load(d.tokenizer) if d.tokenizer else
+                     bpe.BPETokenizer.train(train_texts, vocab_size=d.tokenizer_vocab_size))
+        model_config = clm.gpt_config_from(m, tokenizer.vocab_size)
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise ValueError(f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} tokens but the "
+                         f"model's vocab_size is {model_config.vocab_size}")
+    if d.max_seq_length > model_config.max_len:
+        raise ValueError(f"data.max_seq_length={d.max_seq_length} exceeds the model's max_len "
+                         f"{model_config.max_len}")
+    return tokenizer, model_config
+
+
+class Task:
+    """The `lm_classify` task (contract: `tl_jax/tasks/__init__.py`)."""
+
+    progress_keys = ("accuracy",)
+    summary_keys = ("eval/accuracy", "eval/f1_macro", "eval/mcc")
+
+    def __init__(self, config, workdir):
+        self.config, d = config, config.data
+
+        def read(spec, limit):
+            records = readers.read_records(os.path.expandvars(spec), "classification",
+                                           text_field=d.text_field, label_field=d.label_field)
+            return records[:limit] if limit else records
+
+        self.train_records = read(d.train_file, d.max_train_examples)
+        self.eval_records = read(d.eval_file, d.max_eval_examples)
+        self.labels = list(d.labels) or sorted({r["label"] for r in self.train_records})
+        self.label_map = {label: i for i, label in enumerate(self.labels)}
+        unknown = sorted({r["label"] for r in self.eval_records} - set(self.labels))
+        if unknown:
+            raise ValueError(f"{d.eval_file}: labels {unknown} never occur in training data "
+                             f"{d.train_file} (labels {self.labels}); set data.labels")
+        saved_tok = os.path.join(workdir, "tokenizer") if workdir else ""
+        if saved_tok and os.path.isdir(saved_tok) and not d.tokenizer:
+            d.tokenizer = saved_tok  # a resumed run keeps the vocabulary it started with
+        self.tokenizer, self.model_config = resolve_model(
+            config, [r["text"] for r in self.train_records])
+        self.model = GPTClassifier(self.model_config, len(self.labels), pooling=config.model.pooling,
+                                   classifier_dropout=config.model.classifier_dropout)
+        seq = d.max_seq_length
+        self.train_arrays = encode(self.tokenizer, self.train_records, self.label_map, seq)
+        self.eval_arrays = encode(self.tokenizer, self.eval_records, self.label_map, seq)
+        downstream.fit_schedule(config, len(self.train_records))
+        self.flops_per_example = self.model_config.flops_per_token(seq) * seq
+        self.tokens_per_example = seq
+
+    # -- data -------------------------------------------------------------------------------
+
+    def example_batch(self, batch_size):
+        seq = self.config.data.max_seq_length
+        return dict(input_ids=np.zeros((batch_size, seq), np.int32),
+                    lengths=np.ones((batch_size,), np.int32),
+                    labels=np.zeros((batch_size,), np.int32))
+
+    def train_batches(self):
+        if not hasattr(self, "_train"):
+            self._train = downstream.EpochBatches(self.train_arrays, self.config.data.batch_size,
+                                                  self.config.seed)
+        return self._train
+
+    def eval_batches(self):
+        return downstream.eval_batches(self.eval_arrays, self.config.data.batch_size)
+
+    def save(self, workdir):
+        self.tokenizer.save(os.path.join(workdir, "tokenizer"))
+        downstream.write_jsonl(os.path.join(workdir, "labels.jsonl"),
+                               [{"id": i, "label": label} for i, label in enumerate(self.labels)])
+
+    # -- model ------------------------------------------------------------------------------
+
+    def init_variables(self, rng, batch):
+        return self.model.init({"params": rng, "dropout": rng}, batch["input_ids"],
+                               batch["lengths"])
+
+    def init_params(self, params, rng):
+        del rng
+        if not self.config.init_from:
+            return params
+        return clm.load_gpt_weights(params, self.config.init_from, self.model_config,
+                                    prefix="gpt/")
+
+    def _logits(self, params, batch, rng, train):
+        outputs, _ = self.model.apply({"params": params}, batch["input_ids"], batch["lengths"],
+                                      train=train, rngs={"dropout": rng})
+        return outputs["logits"]  # (B, C)
+
+    def loss_fn(self, params, batch, rng, train):
+        logits = self._logits(params, batch, rng, train)
+        weights = (batch["lengths"] > 0).astype(jnp.float32)  # eval padding rows have length 0
+        ce_sum, n = downstream.weighted_cross_entropy(logits, batch["labels"], weights)
+        correct = ((jnp.argmax(logits, -1) == batch["labels"]) * weights).sum()
+        return ce_sum / jnp.maximum(n, 1.0), dict(loss=(ce_sum, n), accuracy=(correct, n))
+
+    def predict_fn(self, params, batch):
+        logits = self._logits(params, batch, jax.random.PRNGKey(0), False)
+        return dict(probs=jax.nn.softmax(logits, -1), row=batch["row"])
+
+    def evaluate(self, batches_and_outputs, workdir, step):
+        rows = np.concatenate([out["row"][out["row"] >= 0] for _, out in batches_and_outputs])
+        probs = np.concatenate([out["probs"][out["row"] >= 0] for _, out in batches_and_outputs])
+        gold = [self.eval_records[r]["label"] for r in rows]
+        predicted = [self.labels[i] for i in probs.argmax(-1)]
+        report = classification.classification_report(
+            gold, predicted, positive=self.config.data.positive_label or None)
+        if jax.process_index() == 0:
+            downstream.write_jsonl(
+                os.path.join(workdir, "predictions", f"eval_step_{step}.jsonl"),
+                ({"row": int(r), "text": self.eval_records[r]["text"], "gold": g, "predicted": p,
+                  "probs": {label: round(float(x), 5) for label, x in zip(self.labels, pr)}}
+                 for r, g, p, pr in zip(rows, gold, predicted, probs)))
+        return report
