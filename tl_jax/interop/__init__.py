@@ -1,0 +1,69 @@
+"""Hugging Face <-> tl_jax weights, one file per model family.
+
+`FAMILIES` maps a HF `config.json` `model_type` to the module that converts it. Each family
+module provides
+
+    load_pretrained(directory) -> (config, params)     # HF directory -> tl_jax
+    save_pretrained(directory, config, params)         # tl_jax -> HF directory
+
+and whatever richer API its family needs (see `interop/bert.py`: load reports, export with or
+without heads, tokenizers, `init_from_hf`). Adding a family (ELECTRA, DistilBERT, ...) means one
+new file with those two functions and one line here.
+"""
+import dataclasses
+import importlib
+import json
+import pathlib
+
+FAMILIES = {
+    "bert": "tl_jax.interop.bert",
+    "gpt2": "tl_jax.interop.gpt2",
+}
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What happened to every tensor: `used`, `derived` (buffers and tied copies, checked and
+    skipped), `unused` (in the checkpoint, not in tl_jax) and `missing` (tl_jax params the
+    checkpoint lacked, freshly initialised). Names are the checkpoint's, paths are tl_jax's."""
+
+    source: str
+    used: list = dataclasses.field(default_factory=list)
+    derived: list = dataclasses.field(default_factory=list)
+    unused: list = dataclasses.field(default_factory=list)
+    missing: list = dataclasses.field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{self.source}: {len(self.used)} tensors used, {len(self.derived)} derived "
+                 f"(buffers/tied), {len(self.unused)} unused, {len(self.missing)} missing"]
+        if self.unused:
+            lines.append("  unused: " + ", ".join(self.unused))
+        if self.missing:
+            lines.append("  missing (freshly initialised): " + ", ".join(self.missing))
+        return "\n".join(lines)
+
+
+def model_type(directory) -> str:
+    """The `model_type` in a HF directory's config.json (clear errors when there is none)."""
+    config_file = pathlib.Path(directory) / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{directory} is not a Hugging Face checkpoint: no config.json")
+    try:
+        hf = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_file}:{e.lineno}: invalid JSON ({e.msg})") from e
+    if "model_type" not in hf:
+        raise ValueError(f"{config_file} has no model_type; known families: {sorted(FAMILIES)}")
+    return hf["model_type"]
+
+
+def family(name: str):
+    """The interop module for HF `model_type` `name`."""
+    if name not in FAMILIES:
+        raise ValueError(f"no tl_jax interop for model_type {name!r}; known: {sorted(FAMILIES)}")
+    return importlib.import_module(FAMILIES[name])
+
+
+def family_of(directory):
+    """The interop module for the checkpoint in `directory`."""
+    return family(model_type(directory))

@@ -1,0 +1,529 @@
+"""Hugging Face BERT <-> tl_jax BERT: configs, weight maps, tokenizer, import and export.
+
+    config, params, report = load("path/to/hf_bert")          # BertForPreTraining tree
+    print(report)                                              # used / unused / missing tensors
+    export(params, config, "out/", with_heads=True)            # BertForPreTraining.from_pretrained
+    params, report = init_from_hf(my_params, "path/to/hf_bert")  # merge into any tree with BERT in it
+
+The weight map is one table (`_tensor_map`) of `(hf_name, tl_path, transform)`; each transform is
+a transpose and/or reshape, so import and export are exact inverses. HF `nn.Linear` weights are
+`(out, in)`; ours are `(in, out)`, and attention projections keep a separate heads axis:
+query/key/value kernels `(E, heads, kv)` and the output kernel `(heads, kv, E)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import shutil
+import warnings
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tl_jax.interop import LoadReport, safetensors_io
+from tl_jax.models import bert as bert_model
+from tl_jax.models.bert import BertConfig
+
+MODEL_TYPE = "bert"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
+# Buffers and tied copies that carry no information of their own.
+_POSITION_IDS = "embeddings.position_ids"
+_TIED_DECODER = "cls.predictions.decoder.weight"
+_TIED_DECODER_BIAS = "cls.predictions.decoder.bias"
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def config_from_hf(hf: dict, source: str = "config.json") -> BertConfig:
+    """A `BertConfig` from a HF BERT `config.json` dict; unsupported variants are errors."""
+    if hf.get("model_type") != MODEL_TYPE:
+        raise ValueError(
+            f"{source}: model_type={hf.get('model_type')!r}, expected {MODEL_TYPE!r}; this is "
+            f"not a BERT checkpoint"
+        )
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"{source}: position_embedding_type="
+                         f"{hf['position_embedding_type']!r} is not supported (only 'absolute')")
+    if hf.get("is_decoder") or hf.get("add_cross_attention"):
+        raise ValueError(f"{source}: decoder / cross-attention BERT variants are not supported")
+    try:
+        return BertConfig(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=hf["num_attention_heads"],
+            intermediate_size=hf["intermediate_size"],
+            max_position_embeddings=hf.get("max_position_embeddings", 512),
+            type_vocab_size=hf.get("type_vocab_size", 2),
+            dropout_rate=hf.get("hidden_dropout_prob", 0.1),
+            attention_dropout_rate=hf.get("attention_probs_dropout_prob", 0.1),
+            layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+            initializer_range=hf.get("initializer_range", 0.02),
+            hidden_act=hf.get("hidden_act", "gelu"),
+        )
+    except KeyError as e:
+        raise ValueError(f"{source}: missing BERT config field {e.args[0]!r}") from e
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
+
+
+def config_to_hf(config: BertConfig, with_heads: bool = True, pad_token_id: int = 0) -> dict:
+    """A HF `config.json` dict for `config`."""
+    return {
+        "architectures": ["BertForPreTraining" if with_heads else "BertModel"],
+        "model_type": MODEL_TYPE,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.intermediate_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        "type_vocab_size": config.type_vocab_size,
+        "hidden_dropout_prob": config.dropout_rate,
+        "attention_probs_dropout_prob": config.attention_dropout_rate,
+        "layer_norm_eps": config.layer_norm_eps,
+        "initializer_range": config.initializer_range,
+        "hidden_act": config.hidden_act,
+        "position_embedding_type": "absolute",
+        "pad_token_id": pad_token_id,
+        "tie_word_embeddings": True,
+    }
+
+
+# ----------------------------------------------------------------------------- weight map
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    hf_name: str  # without the "bert." prefix for encoder tensors
+    tl_path: str  # in the BertForPreTraining tree ("bert/..." or head paths)
+    hf_shape: tuple
+    kind: str  # one of _TO_TL
+
+
+def _to_tl(kind: str, x: np.ndarray, tl_shape: tuple) -> np.ndarray:
+    if kind == "copy":
+        return x
+    if kind in ("linear", "heads_in", "heads_out"):
+        return np.ascontiguousarray(x.T).reshape(tl_shape)  # (in, out) then split heads
+    if kind == "heads_bias":
+        return x.reshape(tl_shape)  # (heads, kv)
+    raise AssertionError(kind)
+
+
+def _to_hf(kind: str, x: np.ndarray, hf_shape: tuple) -> np.ndarray:
+    if kind == "copy":
+        return x
+    if kind in ("linear", "heads_in", "heads_out"):
+        out, inp = hf_shape
+        return np.ascontiguousarray(x.reshape(inp, out).T)  # merge heads, then (out, in)
+    if kind == "heads_bias":
+        return x.reshape(hf_shape)
+    raise AssertionError(kind)
+
+
+def _tensor_map(config: BertConfig) -> list[_Entry]:
+    """Every HF BERT tensor with its tl_jax path, HF shape and transform."""
+    E, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
+    entries = [
+        _Entry("embeddings.word_embeddings.weight", "bert/embeddings/word_embeddings/embedding",
+               (V, E), "copy"),
+        _Entry("embeddings.position_embeddings.weight",
+               "bert/embeddings/position_embeddings/embedding",
+               (config.max_position_embeddings, E), "copy"),
+        _Entry("embeddings.token_type_embeddings.weight",
+               "bert/embeddings/token_type_embeddings/embedding", (config.type_vocab_size, E),
+               "copy"),
+        _Entry("embeddings.LayerNorm.weight", "bert/embeddings/norm/scale", (E,), "copy"),
+        _Entry("embeddings.LayerNorm.bias", "bert/embeddings/norm/bias", (E,), "copy"),
+    ]
+    for i in range(config.num_layers):
+        hf, tl = f"encoder.layer.{i}", f"bert/encoder/layer_{i}"
+        for proj in ("query", "key", "value"):
+            entries += [
+                _Entry(f"{hf}.attention.self.{proj}.weight", f"{tl}/attention/{proj}/kernel",
+                       (E, E), "heads_in"),
+                _Entry(f"{hf}.attention.self.{proj}.bias", f"{tl}/attention/{proj}/bias",
+                       (E,), "heads_bias"),
+            ]
+        entries += [
+            _Entry(f"{hf}.attention.output.dense.weight", f"{tl}/attention/out/kernel", (E, E),
+                   "heads_out"),
+            _Entry(f"{hf}.attention.output.dense.bias", f"{tl}/attention/out/bias", (E,), "copy"),
+            _Entry(f"{hf}.attention.output.LayerNorm.weight",
+                   f"{tl}/attention_output_norm/scale", (E,), "copy"),
+            _Entry(f"{hf}.attention.output.LayerNorm.bias", f"{tl}/attention_output_norm/bias",
+                   (E,), "copy"),
+            _Entry(f"{hf}.intermediate.dense.weight", f"{tl}/mlp/intermediate/kernel", (I, E),
+                   "linear"),
+            _Entry(f"{hf}.intermediate.dense.bias", f"{tl}/mlp/intermediate/bias", (I,), "copy"),
+            _Entry(f"{hf}.output.dense.weight", f"{tl}/mlp/output/kernel", (E, I), "linear"),
+            _Entry(f"{hf}.output.dense.bias", f"{tl}/mlp/output/bias", (E,), "copy"),
+            _Entry(f"{hf}.output.LayerNorm.weight", f"{tl}/mlp_output_norm/scale", (E,), "copy"),
+            _Entry(f"{hf}.output.LayerNorm.bias", f"{tl}/mlp_output_norm/bias", (E,), "copy"),
+        ]
+    entries += [
+        _Entry("pooler.dense.weight", "bert/pooler/dense/kernel", (E, E), "linear"),
+        _Entry("pooler.dense.bias", "bert/pooler/dense/bias", (E,), "copy"),
+        # Heads: HF names are absolute (no "bert." prefix).
+        _Entry("cls.predictions.transform.dense.weight", "mlm_head/transform/kernel", (E, E),
+               "linear"),
+        _Entry("cls.predictions.transform.dense.bias", "mlm_head/transform/bias", (E,), "copy"),
+        _Entry("cls.predictions.transform.LayerNorm.weight", "mlm_head/transform_norm/scale",
+               (E,), "copy"),
+        _Entry("cls.predictions.transform.LayerNorm.bias", "mlm_head/transform_norm/bias",
+               (E,), "copy"),
+        _Entry("cls.predictions.bias", "mlm_head/output_bias", (V,), "copy"),
+        _Entry("cls.seq_relationship.weight", "nsp_head/dense/kernel", (2, E), "linear"),
+        _Entry("cls.seq_relationship.bias", "nsp_head/dense/bias", (2,), "copy"),
+    ]
+    return entries
+
+
+def _is_head(entry: _Entry) -> bool:
+    return entry.hf_name.startswith("cls.")
+
+
+def _normalise_names(tensors: dict) -> tuple[dict, dict]:
+    """Strips the `bert.` prefix and renames TF-era `gamma`/`beta`; returns (tensors, new->old)."""
+    renamed, original = {}, {}
+    for name, value in tensors.items():
+        new = name.removeprefix("bert.")
+        if ".LayerNorm." in new:
+            new = new.replace("LayerNorm.gamma", "LayerNorm.weight")
+            new = new.replace("LayerNorm.beta", "LayerNorm.bias")
+        renamed[new] = value
+        original[new] = name
+    return renamed, original
+
+
+def params_from_hf_tensors(tensors: dict, config: BertConfig, source: str = "checkpoint"):
+    """Flat tl_jax params (`/` paths of the BertForPreTraining tree) from HF tensors.
+
+    Returns `(flat_params, report)`; `report.missing` lists tl_jax paths not in the checkpoint.
+    Shapes are checked against `config` before anything is transposed.
+    """
+    tensors, original = _normalise_names(tensors)
+    report = LoadReport(source=source)
+    flat = {}
+    for entry in _tensor_map(config):
+        if entry.hf_name not in tensors:
+            report.missing.append(entry.tl_path)
+            continue
+        value = np.asarray(tensors.pop(entry.hf_name))
+        if value.shape != entry.hf_shape:
+            raise ValueError(
+                f"{source}: tensor {original[entry.hf_name]!r} has shape {value.shape}, but "
+                f"config.json implies {entry.hf_shape} (tl_jax {entry.tl_path})"
+            )
+        flat[entry.tl_path] = _to_tl(entry.kind, value.astype(np.float32),
+                                     _tl_shape(entry, config))
+        report.used.append(original[entry.hf_name])
+
+    if _POSITION_IDS in tensors:  # a buffer (arange), recomputed by the model
+        tensors.pop(_POSITION_IDS)
+        report.derived.append(original[_POSITION_IDS])
+    words = flat.get("bert/embeddings/word_embeddings/embedding")
+    if _TIED_DECODER in tensors:
+        decoder = np.asarray(tensors[_TIED_DECODER])
+        if words is not None and decoder.shape == words.shape and np.array_equal(decoder, words):
+            tensors.pop(_TIED_DECODER)
+            report.derived.append(original[_TIED_DECODER])
+        else:  # an untied decoder cannot be represented: say so rather than drop it silently
+            warnings.warn(f"{source}: {_TIED_DECODER} differs from the word embeddings; tl_jax "
+                          "ties them, so the checkpoint's decoder weight is not used")
+    if _TIED_DECODER_BIAS in tensors:
+        bias = np.asarray(tensors[_TIED_DECODER_BIAS])
+        if "mlm_head/output_bias" not in flat and bias.shape == (config.vocab_size,):
+            flat["mlm_head/output_bias"] = bias.astype(np.float32)
+            report.missing.remove("mlm_head/output_bias")
+            report.used.append(original[_TIED_DECODER_BIAS])
+            tensors.pop(_TIED_DECODER_BIAS)
+        elif np.array_equal(bias, flat.get("mlm_head/output_bias")):
+            report.derived.append(original[_TIED_DECODER_BIAS])
+            tensors.pop(_TIED_DECODER_BIAS)
+    report.unused = sorted(original[name] for name in tensors)
+    return flat, report
+
+
+def _tl_shape(entry: _Entry, config: BertConfig) -> tuple:
+    E, H = config.hidden_size, config.num_heads
+    if entry.kind == "heads_in":
+        return (E, H, E // H)
+    if entry.kind == "heads_bias":
+        return (H, E // H)
+    if entry.kind == "heads_out":
+        return (H, E // H, E)
+    if entry.kind == "linear":
+        return entry.hf_shape[::-1]
+    return entry.hf_shape
+
+
+def params_to_hf_tensors(flat: dict, config: BertConfig, with_heads: bool = True) -> dict:
+    """HF tensors from flat tl_jax params (the BertForPreTraining tree, `/` paths).
+
+    with_heads=True gives `BertForPreTraining` names (`bert.` prefix and `cls.*`), False gives
+    `BertModel` names. A tl_jax param the HF layout cannot hold (adapters, LoRA) is an error.
+    """
+    if config.adapter_size or config.lora_rank:
+        raise ValueError("HF BERT has no adapters or LoRA: call merge_lora() and/or export a "
+                         "config with adapter_size=0 and lora_rank=0")
+    out, taken = {}, set()
+    for entry in _tensor_map(config):
+        if _is_head(entry) and not with_heads:
+            continue
+        if entry.tl_path not in flat:
+            raise ValueError(f"cannot export: tl_jax param {entry.tl_path!r} is missing"
+                             + (" (export with_heads=False for an encoder without heads)"
+                                if _is_head(entry) else ""))
+        value = np.asarray(flat[entry.tl_path], dtype=np.float32)
+        expected = _tl_shape(entry, config)
+        if value.shape != expected:
+            raise ValueError(f"cannot export: tl_jax param {entry.tl_path!r} has shape "
+                             f"{value.shape}, config implies {expected}")
+        name = entry.hf_name if _is_head(entry) or not with_heads else "bert." + entry.hf_name
+        out[name] = _to_hf(entry.kind, value, entry.hf_shape)
+        taken.add(entry.tl_path)
+    left = sorted(p for p in flat if p not in taken and (with_heads or p.startswith("bert/")))
+    if left:
+        raise ValueError(f"cannot export: tl_jax params with no HF BERT name: {left[:10]}")
+    return out
+
+
+def merge_lora(params: dict, config: BertConfig) -> tuple[dict, BertConfig]:
+    """Folds LoRA updates into the query/value kernels: W + alpha/r * A @ B. Returns
+    `(params, config)` with the `lora_*` params removed and `lora_rank=0`."""
+    if not config.lora_rank:
+        return params, config
+    flat = safetensors_io.flatten_params(params)
+    scale = config.lora_alpha / config.lora_rank
+    merged = {}
+    for path, value in flat.items():
+        if path.endswith("/lora_a") or path.endswith("/lora_b"):
+            continue
+        if path.endswith("/kernel") and path[: -len("kernel")] + "lora_a" in flat:
+            base = path[: -len("kernel")]
+            a, b = flat[base + "lora_a"], flat[base + "lora_b"]  # (E, r), (r, heads, kv)
+            value = value + scale * np.einsum("er,rhd->ehd", a, b)
+        merged[path] = value
+    return safetensors_io.unflatten_params(merged), config.replace(lora_rank=0)
+
+
+# ----------------------------------------------------------------------------- directories
+
+
+def read_hf_config(directory) -> BertConfig:
+    """The `BertConfig` of a HF directory; a clear error when it is not a BERT checkpoint."""
+    directory = pathlib.Path(directory)
+    config_file = directory / "config.json"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory")
+    if not config_file.exists():
+        raise FileNotFoundError(f"{directory} is not a Hugging Face checkpoint: no config.json")
+    try:
+        hf = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_file}:{e.lineno}: invalid JSON ({e.msg})") from e
+    return config_from_hf(hf, source=str(config_file))
+
+
+def _fresh_params(config: BertConfig, with_heads: bool, rng) -> dict:
+    import flax.linen as nn  # local: only needed when something must be initialised
+
+    model = (bert_model.BertForPreTraining if with_heads else bert_model.BertModel)(config)
+    ids = jnp.zeros((1, 1), jnp.int32)
+    variables = jax.jit(model.init)(rng, ids)
+    return safetensors_io.flatten_params(nn.unbox(variables["params"]))
+
+
+def load(directory, *, with_heads: bool = True, rng=None, warn: bool = True):
+    """Reads a HF BERT directory into `(BertConfig, params, LoadReport)`.
+
+    with_heads=True returns the `BertForPreTraining` tree (`bert/`, `mlm_head/`, `nsp_head/`);
+    False returns the `BertModel` tree (no prefix). Params the checkpoint lacks (typically the
+    MLM/NSP heads, sometimes the pooler) are freshly initialised from `rng`, with a warning.
+    """
+    directory = pathlib.Path(directory)
+    config = read_hf_config(directory)
+    tensors, weight_file = safetensors_io.read_hf_tensors(directory)
+    flat, report = params_from_hf_tensors(tensors, config, source=str(weight_file))
+    if not with_heads:
+        report.missing = [p for p in report.missing if p.startswith("bert/")]
+        report.unused += [n for n in report.used if n.removeprefix("bert.").startswith("cls.")]
+        report.used = [n for n in report.used if not n.removeprefix("bert.").startswith("cls.")]
+        flat = {p: v for p, v in flat.items() if p.startswith("bert/")}
+    encoder_missing = [p for p in report.missing
+                       if p.startswith("bert/") and not p.startswith("bert/pooler/")]
+    if encoder_missing:
+        raise ValueError(f"{weight_file} lacks encoder tensors (tl_jax paths): "
+                         f"{encoder_missing[:10]}{' ...' if len(encoder_missing) > 10 else ''}")
+    if report.missing:
+        if warn:
+            warnings.warn(f"{weight_file}: not in the checkpoint, freshly initialised: "
+                          f"{report.missing}")
+        fresh = _fresh_params(config, True, jax.random.PRNGKey(0) if rng is None else rng)
+        for path in report.missing:
+            flat[path] = fresh[path]
+    if not with_heads:
+        flat = {p.removeprefix("bert/"): v for p, v in flat.items()}
+    return config, safetensors_io.unflatten_params(flat), report
+
+
+def load_pretrained(directory):
+    """Family-table interface: `(config, params)` of the BertForPreTraining tree."""
+    config, params, _ = load(directory)
+    return config, params
+
+
+def _pretraining_flat(params) -> dict:
+    flat = safetensors_io.flatten_params(params)
+    if any(p.startswith("bert/") for p in flat):
+        return flat
+    return {"bert/" + p: v for p, v in flat.items()}  # a BertModel / BertEncoder tree
+
+
+def export(params, config: BertConfig, directory, *, with_heads: bool = True,
+           tokenizer=None) -> pathlib.Path:
+    """Writes `config.json` + `model.safetensors` (+ tokenizer files) in the HF BERT layout.
+
+    params: a BertForPreTraining tree, or a BertModel tree when with_heads=False.
+    tokenizer: None, a directory holding tokenizer files (copied), or a `tokenizers.Tokenizer`
+    (saved as tokenizer.json plus vocab.txt). Its vocabulary size must equal the model's.
+    """
+    directory = pathlib.Path(directory)
+    params, config = merge_lora(params, config)
+    tensors = params_to_hf_tensors(_pretraining_flat(params), config, with_heads)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(
+        json.dumps(config_to_hf(config, with_heads), indent=2) + "\n")
+    safetensors_io.write_safetensors(directory / "model.safetensors", tensors)
+    if tokenizer is not None:
+        _write_tokenizer(tokenizer, directory, config)
+    return directory
+
+
+def save_pretrained(directory, config: BertConfig, params) -> None:
+    """Family-table interface: export with heads when the tree has them."""
+    has_heads = "mlm_head" in params
+    export(params, config, directory, with_heads=has_heads)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def load_tokenizer(directory, vocab_size: Optional[int] = None):
+    """The `tokenizers.Tokenizer` of a HF directory, matching HF's own tokenizer ids.
+
+    Prefers `tokenizer.json`; else builds BERT WordPiece from `vocab.txt` (lower-casing as
+    `tokenizer_config.json` says). Padding/truncation stored in tokenizer.json are switched off:
+    batching decides those. vocab_size: when given, the tokenizer must have exactly that many
+    entries (a mismatch would give out-of-range ids or dead rows).
+    """
+    import tokenizers
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    directory = pathlib.Path(directory)
+    if (directory / "tokenizer.json").exists():
+        path = directory / "tokenizer.json"
+        tok = tokenizers.Tokenizer.from_file(str(path))
+        tok.no_padding()
+        tok.no_truncation()
+    elif (directory / "vocab.txt").exists():
+        path = directory / "vocab.txt"
+        settings = {}
+        if (directory / "tokenizer_config.json").exists():
+            settings = json.loads((directory / "tokenizer_config.json").read_text())
+        lowercase = settings.get("do_lower_case", True)
+        strip_accents = settings.get("strip_accents")
+        tok = BertWordPieceTokenizer(
+            str(path), lowercase=lowercase, strip_accents=strip_accents,
+            handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
+        )._tokenizer
+    else:
+        raise FileNotFoundError(f"{directory} has no tokenizer: expected tokenizer.json or "
+                                "vocab.txt")
+    if vocab_size is not None and tok.get_vocab_size() != vocab_size:
+        raise ValueError(f"tokenizer {path} has {tok.get_vocab_size()} entries but the model's "
+                         f"vocab_size is {vocab_size}; they must agree")
+    return tok
+
+
+def _write_tokenizer(tokenizer, directory: pathlib.Path, config: BertConfig) -> None:
+    if isinstance(tokenizer, (str, pathlib.Path)):
+        source = pathlib.Path(tokenizer)
+        load_tokenizer(source, vocab_size=config.vocab_size)  # validate before copying
+        for name in TOKENIZER_FILES:
+            if (source / name).exists():
+                shutil.copyfile(source / name, directory / name)
+        return
+    tok = getattr(tokenizer, "tokenizer", tokenizer)  # unwrap a tl_jax Tokenizer
+    if tok.get_vocab_size() != config.vocab_size:
+        raise ValueError(f"tokenizer has {tok.get_vocab_size()} entries but the model's "
+                         f"vocab_size is {config.vocab_size}; they must agree")
+    tok.save(str(directory / "tokenizer.json"))
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])  # vocab.txt is id-ordered
+    (directory / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "BertTokenizer", "model_max_length": config.max_position_embeddings},
+        indent=2) + "\n")
+
+
+def load_tokenizer_for(directory):
+    """Loads the tokenizer of a checkpoint directory and checks it against its config.json."""
+    return load_tokenizer(directory, vocab_size=read_hf_config(directory).vocab_size)
+
+
+# ----------------------------------------------------------------------------- init_from
+
+
+def _find_bert_root(flat_target: dict) -> str:
+    suffix = "embeddings/word_embeddings/embedding"
+    roots = [p[: -len(suffix)] for p in flat_target if p.endswith(suffix)]
+    if len(roots) != 1:
+        raise ValueError(f"expected exactly one BERT encoder in the param tree (a path ending "
+                         f"in {suffix!r}), found {len(roots)}: {roots}")
+    return roots[0]
+
+
+def init_from_hf(params, hf_dir, *, warn: bool = True):
+    """Copies HF BERT weights into an initialised tl_jax param tree; returns `(params, report)`.
+
+    The tree may hold the encoder anywhere (`bert/...`, top level, or inside a task model);
+    heads are taken when the tree has `mlm_head`/`nsp_head` beside the encoder. Params the
+    checkpoint lacks (e.g. a classifier) keep their initial values and are listed in
+    `report.missing`; checkpoint tensors with no place in the tree are in `report.unused`.
+    A shape mismatch is an error naming the param.
+    """
+    config = read_hf_config(hf_dir)
+    tensors, weight_file = safetensors_io.read_hf_tensors(hf_dir)
+    source, report = params_from_hf_tensors(tensors, config, source=str(weight_file))
+    target = safetensors_io.flatten_params(params)
+    root = _find_bert_root(target)
+    parent = root[: -len("bert/")] if root.endswith("bert/") else None
+    hf_name = {e.tl_path: e.hf_name for e in _tensor_map(config)}
+    merged, taken = dict(target), set()
+    for path, value in source.items():
+        if path.startswith("bert/"):
+            dest = root + path[len("bert/"):]
+        else:
+            dest = None if parent is None else parent + path
+        if dest is None or dest not in target:
+            report.unused.append(hf_name.get(path, path))
+            report.used = [n for n in report.used if n.removeprefix("bert.") != hf_name.get(path)]
+            continue
+        if tuple(target[dest].shape) != value.shape:
+            raise ValueError(f"{weight_file}: {hf_name.get(path, path)} maps to {dest} with "
+                             f"shape {value.shape}, but the model has {tuple(target[dest].shape)}")
+        merged[dest] = value.astype(target[dest].dtype)
+        taken.add(dest)
+    report.missing = sorted(p for p in target if p not in taken)
+    report.unused = sorted(set(report.unused))
+    if warn and report.missing:
+        warnings.warn(f"init_from {hf_dir}: {len(report.missing)} params keep their fresh "
+                      f"initialisation: {report.missing[:10]}")
+    return safetensors_io.unflatten_params(merged), report

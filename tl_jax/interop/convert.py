@@ -1,0 +1,177 @@
+"""`tl_jax convert` and `init_from`: moving weights between HF and tl_jax directories.
+
+A tl_jax weights directory is deliberately plain, readable without tl_jax:
+
+    config.json         {"family": "bert", "config_class": "tl_jax.models.bert.BertConfig",
+                         "config": {<dataclass fields>}}
+    params.safetensors  float32 tensors named by `/`-joined param paths
+    (tokenizer files)   copied through unchanged
+
+    convert("hf_dir", "tl_dir", direction="hf_to_tl")
+    convert("tl_dir", "hf_dir2", direction="tl_to_hf")
+    params, report = init_from(params, "some_dir")   # either kind of directory
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import pathlib
+import shutil
+import warnings
+
+from tl_jax import interop
+from tl_jax.interop import safetensors_io
+
+TL_CONFIG = "config.json"
+TL_PARAMS = "params.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                   "special_tokens_map.json", "merges.txt", "vocab.json")
+DIRECTIONS = ("hf_to_tl", "tl_to_hf")
+
+
+def is_tl_dir(directory) -> bool:
+    return (pathlib.Path(directory) / TL_PARAMS).exists()
+
+
+def save_tl_params(directory, config, params, family: str) -> pathlib.Path:
+    """Writes a tl_jax weights directory (see module doc)."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cls = type(config)
+    meta = {"family": family, "config_class": f"{cls.__module__}.{cls.__qualname__}",
+            "config": dataclasses.asdict(config)}
+    (directory / TL_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    safetensors_io.write_safetensors(directory / TL_PARAMS,
+                                     safetensors_io.flatten_params(params),
+                                     metadata={"format": "tl_jax", "family": family})
+    return directory
+
+
+def load_tl_params(directory):
+    """Reads a tl_jax weights directory: `(config, params, family)`."""
+    directory = pathlib.Path(directory)
+    config_file = directory / TL_CONFIG
+    for f in (config_file, directory / TL_PARAMS):
+        if not f.exists():
+            raise FileNotFoundError(f"{directory} is not a tl_jax weights directory: no {f.name}")
+    meta = json.loads(config_file.read_text())
+    for key in ("family", "config_class", "config"):
+        if key not in meta:
+            raise ValueError(f"{config_file}: missing key {key!r} (is this a HF config.json? "
+                             f"use direction='hf_to_tl')")
+    module_name, _, class_name = meta["config_class"].rpartition(".")
+    config = getattr(importlib.import_module(module_name), class_name)(**meta["config"])
+    params = safetensors_io.unflatten_params(
+        safetensors_io.read_safetensors(directory / TL_PARAMS))
+    return config, params, meta["family"]
+
+
+def _copy_tokenizer(src: pathlib.Path, dst: pathlib.Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).exists():
+            shutil.copyfile(src / name, dst / name)
+            copied.append(name)
+    return copied
+
+
+def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
+    """Converts a checkpoint directory between the HF layout and tl_jax's.
+
+    hf_to_tl: BERT checkpoints without MLM/NSP heads stay headless (no random heads are
+    invented); a missing pooler is initialised fresh with a warning. tl_to_hf: the HF model
+    gets heads exactly when the tl_jax tree has them. Tokenizer files are copied along.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    src, dst = pathlib.Path(src), pathlib.Path(dst)
+    if src.resolve() == dst.resolve():
+        raise ValueError(f"convert: source and destination are the same directory {src}")
+    if direction == "hf_to_tl":
+        name = interop.model_type(src)
+        module = interop.family(name)
+        if name == "bert":
+            config, params, report = module.load(src, with_heads=True, warn=False)
+            heads = [p for p in report.missing if not p.startswith("bert/")]
+            if heads and len(heads) == sum(1 for _ in _head_paths(params)):
+                params = params["bert"]  # headless checkpoint -> BertModel tree
+            elif heads:
+                warnings.warn(f"{src}: partial heads; freshly initialised: {heads}")
+            pooler = [p for p in report.missing if p.startswith("bert/pooler/")]
+            if pooler:
+                warnings.warn(f"{src}: no pooler in the checkpoint; freshly initialised")
+        else:
+            config, params = module.load_pretrained(src)
+        save_tl_params(dst, config, params, name)
+    else:
+        config, params, name = load_tl_params(src)
+        interop.family(name).save_pretrained(dst, config, params)
+    _copy_tokenizer(src, dst)
+    return dst
+
+
+def _head_paths(params):
+    flat = safetensors_io.flatten_params(params)
+    return [p for p in flat if not p.startswith("bert/")]
+
+
+def init_from(params, directory, *, warn: bool = True):
+    """Merges weights from `directory` (HF or tl_jax layout) into an initialised param tree.
+
+    Returns `(params, report)`. For a HF directory see the family's `init_from_hf`. For a
+    tl_jax BERT directory the encoder is matched wherever it sits in either tree (e.g. a
+    pretraining checkpoint's `bert/` into a classifier's encoder); other families match paths
+    exactly. Shape mismatches are errors; params with no source keep their initial values.
+    """
+    directory = pathlib.Path(directory)
+    if not is_tl_dir(directory):
+        module = interop.family_of(directory)
+        if not hasattr(module, "init_from_hf"):
+            raise ValueError(f"init_from: the {interop.model_type(directory)!r} family has no "
+                             "init_from_hf; convert the checkpoint to a tl_jax directory first")
+        return module.init_from_hf(params, directory, warn=warn)
+
+    _, source_params, family = load_tl_params(directory)
+    source = safetensors_io.flatten_params(source_params)
+    target = safetensors_io.flatten_params(params)
+    src_root = dst_root = ""
+    if family == "bert":
+        from tl_jax.interop.bert import _find_bert_root
+
+        src_root, dst_root = _find_bert_root(source), _find_bert_root(target)
+    merged, taken, unused = dict(target), set(), []
+    for path, value in source.items():
+        if src_root and path.startswith(src_root):
+            dest = dst_root + path[len(src_root):]
+        elif src_root.endswith("bert/") and dst_root.endswith("bert/"):
+            dest = dst_root[: -len("bert/")] + path  # heads beside the encoder
+        else:
+            dest = path
+        if dest not in target:
+            unused.append(path)
+            continue
+        if tuple(target[dest].shape) != value.shape:
+            raise ValueError(f"{directory / TL_PARAMS}: {path} has shape {value.shape}, but the "
+                             f"model's {dest} has {tuple(target[dest].shape)}")
+        merged[dest] = value.astype(target[dest].dtype)
+        taken.add(dest)
+    if not taken:
+        raise ValueError(f"init_from {directory}: no parameter path matches the model")
+    report = interop.LoadReport(
+        source=str(directory / TL_PARAMS),
+        used=sorted(p for p in source if p not in unused),
+        unused=sorted(unused),
+        missing=sorted(p for p in target if p not in taken),
+    )
+    if warn and report.missing:
+        warnings.warn(f"init_from {directory}: {len(report.missing)} params keep their fresh "
+                      f"initialisation: {report.missing[:10]}")
+    return safetensors_io.unflatten_params(merged), report
+
+
+def run(src, dst, direction: str = "hf_to_tl") -> None:
+    """Entry point for `tl_jax convert --src=DIR --dst=DIR --direction=hf_to_tl|tl_to_hf`."""
+    out = convert(src, dst, direction)
+    files = ", ".join(sorted(p.name for p in out.iterdir()))
+    print(f"converted {src} -> {out} ({direction}): {files}")

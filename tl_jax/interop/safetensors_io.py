@@ -1,0 +1,115 @@
+"""Reading and writing checkpoint tensors: HF weight files and flat `/`-joined param trees.
+
+Hugging Face directories hold `model.safetensors` (possibly sharded with an `.index.json`) or,
+in older ones, `pytorch_model.bin`. Reading `.bin` needs torch (the `test` extra); safetensors
+needs only the `safetensors` package.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Mapping
+
+import numpy as np
+from flax import traverse_util
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+# File names in the order we prefer them (safetensors is safe to load and needs no torch).
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def find_weight_file(directory) -> pathlib.Path | None:
+    """The first weight file of `WEIGHT_FILES` present in `directory`, or None."""
+    directory = pathlib.Path(directory)
+    for name in WEIGHT_FILES:
+        if (directory / name).exists():
+            return directory / name
+    return None
+
+
+def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    tensors = {}
+    with safe_open(str(path), framework="numpy") as f:
+        for name in f.keys():
+            try:
+                tensors[name] = f.get_tensor(name)
+            except TypeError as e:  # numpy has no bfloat16; say which tensor and what to do
+                raise ValueError(
+                    f"{path}: cannot read tensor {name!r} as numpy ({e}); convert the checkpoint "
+                    "to float32 or float16 first"
+                ) from e
+    return tensors
+
+
+def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
+    try:
+        import torch  # only the legacy format needs it
+    except ImportError as e:
+        raise ImportError(
+            f"{path} is a PyTorch pickle; reading it needs torch (pip install 'tl_jax[test]'), "
+            "or convert the checkpoint to model.safetensors"
+        ) from e
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    return {name: t.detach().float().numpy() if t.dtype == torch.bfloat16 else t.detach().numpy()
+            for name, t in state.items()}
+
+
+def read_hf_tensors(directory) -> tuple[dict[str, np.ndarray], pathlib.Path]:
+    """All tensors of the checkpoint in `directory` as numpy arrays, and the file read.
+
+    Raises FileNotFoundError naming the files looked for when there is none.
+    """
+    directory = pathlib.Path(directory)
+    path = find_weight_file(directory)
+    if path is None:
+        raise FileNotFoundError(
+            f"{directory} holds no weights: expected one of {', '.join(WEIGHT_FILES)}"
+        )
+    if path.name.endswith(".index.json"):
+        index = json.loads(path.read_text())
+        shards = sorted(set(index["weight_map"].values()))
+        tensors = {}
+        for shard in shards:
+            shard_path = directory / shard
+            if not shard_path.exists():
+                raise FileNotFoundError(f"{path} names shard {shard}, which is not in {directory}")
+            reader = _read_safetensors if shard.endswith(".safetensors") else _read_torch_bin
+            tensors.update(reader(shard_path))
+        return tensors, path
+    reader = _read_safetensors if path.suffix == ".safetensors" else _read_torch_bin
+    return reader(path), path
+
+
+def write_safetensors(path, tensors: Mapping[str, np.ndarray], metadata=None) -> None:
+    """Writes numpy tensors to `path`; `metadata={"format": "pt"}` is what transformers expects."""
+    arrays = {name: np.ascontiguousarray(np.asarray(v)) for name, v in tensors.items()}
+    save_file(arrays, str(path), metadata=dict(metadata or {"format": "pt"}))
+
+
+def read_safetensors(path) -> dict[str, np.ndarray]:
+    """Reads every tensor of one safetensors file."""
+    return _read_safetensors(pathlib.Path(path))
+
+
+def flatten_params(params) -> dict[str, np.ndarray]:
+    """A nested param tree as `{"a/b/kernel": array}` (numpy, host memory)."""
+    flat = traverse_util.flatten_dict(_to_dict(params), sep="/")
+    return {k: np.asarray(v) for k, v in flat.items()}
+
+
+def unflatten_params(flat: Mapping[str, np.ndarray]) -> dict:
+    """The inverse of `flatten_params`."""
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def _to_dict(tree):
+    # FrozenDict and other mappings -> plain dicts, so flatten_dict sees every level.
+    if isinstance(tree, Mapping):
+        return {k: _to_dict(v) for k, v in tree.items()}
+    return tree
