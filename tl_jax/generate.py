@@ -276,3 +276,146 @@ def classify_zero_shot(model: GPT, params, prompts: Sequence[Sequence[int]],
     if normalize:
         scores = scores / np.array([len(c) for c in label_continuations])[None, :]
     return scores.argmax(-1), scores
+
+
+# ================================================================================================
+# `tl_jax generate`: load a model, then complete or score prompts
+# ================================================================================================
+
+
+def load_model(path: str):
+    """(GPT model, params, BPETokenizer) from a tl_jax `clm` workdir or a GPT-2 directory.
+
+    A workdir needs `config.json`, `tokenizer/` and `checkpoints/` (the newest good one is used);
+    a Hugging Face directory needs `config.json`, `model.safetensors` and vocab.json+merges.txt
+    (or tokenizer.json).
+    """
+    import json
+    import os
+
+    import ml_collections
+
+    from tl_jax import checkpoint, warm_start
+    from tl_jax.data import bpe
+
+    path = os.path.expandvars(path)
+    if warm_start.is_tl_workdir(path):
+        with open(os.path.join(path, "config.json")) as f:
+            saved = json.load(f)
+        if saved.get("task") != "clm":
+            raise ValueError(
+                f"{path} was trained with task={saved.get('task')!r}; generation needs a 'clm' "
+                "(GPT language model) workdir")
+        from tl_jax.tasks.clm import gpt_config_from
+        tokenizer = bpe.BPETokenizer.load(os.path.join(path, "tokenizer"))
+        config = gpt_config_from(ml_collections.ConfigDict(saved["model"]), tokenizer.vocab_size)
+        flat, step = checkpoint.load_params_from_workdir(path)
+        params = {}
+        for name, value in flat.items():
+            node = params
+            *parents, leaf = name.split("/")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = jnp.asarray(value)
+        print(f"[generate] {path}: checkpoint step {step}", flush=True)
+    elif warm_start.is_hf_directory(path):
+        from tl_jax.interop import gpt2
+        config, params = gpt2.load_pretrained(path)
+        tokenizer = bpe.BPETokenizer.load(path)
+    else:
+        raise FileNotFoundError(
+            f"{path} is neither a tl_jax workdir (with checkpoints/) nor a GPT-2 directory "
+            "(with config.json)")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                         f"{config.vocab_size}")
+    return GPT(config), params, tokenizer
+
+
+def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] = (),
+                 prompt_file: str = "", text_field: str = "text", label_field: str = "label",
+                 template: str = "{text}", choices: Sequence[str] = (),
+                 max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True,
+                 batch_size: int = 8, output: str = "") -> list[dict]:
+    """The `tl_jax generate` command.
+
+    mode="complete": continues each prompt (GPT-2's zero-shot tasks, e.g. a template ending in
+      "TL;DR:" for summaries) and prints prompt + completion.
+    mode="score": for each prompt, the log-likelihood of each of `choices` as its continuation;
+      the prediction is the most likely choice (zero-shot classification). If the prompt file
+      has `label_field`, accuracy over the examples is printed too.
+
+    Prompts come from `prompts` and/or `prompt_file` (plain text: one prompt per line; jsonl:
+    `text_field` of each object), each formatted with `template` (`{text}` is the prompt).
+    Results are returned (and written to `output` as jsonl when given).
+    """
+    import json
+    import os
+
+    if mode not in ("complete", "score"):
+        raise ValueError(f"generate: mode={mode!r}; expected complete or score")
+    records = [{"text": p} for p in prompts]
+    if prompt_file:
+        from tl_jax.data.readers import DataFormatError
+        with open(os.path.expandvars(prompt_file), encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if prompt_file.endswith(".jsonl"):
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataFormatError(prompt_file, lineno, f"bad JSON: {e}") from e
+                    if text_field not in row:
+                        raise DataFormatError(prompt_file, lineno,
+                                              f"missing field {text_field!r} (has {sorted(row)})")
+                    records.append({"text": str(row[text_field]), "label": row.get(label_field)})
+                else:
+                    records.append({"text": line.rstrip("\n")})
+    if not records:
+        raise ValueError("generate: no prompts (give --prompt or --prompt_file)")
+    model, params, tokenizer = load_model(model_dir)
+    texts = [template.replace("{text}", r["text"]) for r in records]
+    encoded = [tokenizer.encode(t) or [tokenizer.eos_id] for t in texts]
+    limit = model.config.max_len - (max_new_tokens if mode == "complete" else 16)
+    encoded = [ids[-limit:] for ids in encoded]  # keep the end of over-long prompts
+    results = []
+    if mode == "complete":
+        generator = Generator(model, params, pad_id=tokenizer.eos_id)
+        sampling = Sampling(temperature, top_k, top_p)
+        stops = [tokenizer.eos_id] if stop_at_eos else []
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start:start + batch_size]
+            outs = generator.generate(chunk, max_new_tokens, sampling, stops, seed=seed + start)
+            for text, out in zip(texts[start:start + batch_size], outs):
+                out = [t for t in out if t not in stops]
+                completion = tokenizer.decode(out)
+                results.append({"prompt": text, "completion": completion})
+                print(f"{text}{completion}\n{'-' * 40}", flush=True)
+    else:
+        if not choices:
+            raise ValueError("generate: mode=score needs --choices")
+        conts = [tokenizer.encode(c) for c in choices]
+        for c, ids in zip(choices, conts):
+            if not ids:
+                raise ValueError(f"generate: choice {c!r} encodes to no tokens")
+        predictions, scores = classify_zero_shot(model, params, encoded, conts)
+        correct = 0
+        for r, text, pred, row in zip(records, texts, predictions, scores):
+            result = {"prompt": text, "prediction": choices[int(pred)],
+                      "scores": {c: float(s) for c, s in zip(choices, row)}}
+            if r.get("label") is not None:
+                result["label"] = r["label"]
+                correct += str(r["label"]).strip() == choices[int(pred)].strip()
+            results.append(result)
+            print(json.dumps(result, ensure_ascii=False), flush=True)
+        labelled = sum(r.get("label") is not None for r in records)
+        if labelled:
+            print(f"zero-shot accuracy {correct / labelled:.4f} on {labelled} labelled prompts",
+                  flush=True)
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            for r in results:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return results
