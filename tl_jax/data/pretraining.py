@@ -4,7 +4,8 @@ Instances follow the original `create_pretraining_data.py` (google-research/bert
 
 * documents are lists of tokenised sentences; sentences are packed into a chunk until it reaches
   a target length of `max_seq_length - 3` tokens (with probability `short_seq_prob` a random
-  shorter target in [2, max_seq_length - 3], so the model also sees short inputs);
+  shorter target in [2, max_seq_length - 3], so the model also sees inputs as short as
+  fine-tuning ones);
 * the chunk is cut at a random sentence boundary into A and B. With probability 0.5 (and always
   when the chunk is a single sentence) B is instead taken from a random position in another
   document (label 1, "random next"); the unused sentences are put back for the next chunk;
@@ -12,9 +13,18 @@ Instances follow the original `create_pretraining_data.py` (google-research/bert
   back at random, until the pair fits;
 * the layout is `[CLS] A [SEP] B [SEP]` with segment ids 0 for `[CLS] A [SEP]` and 1 after.
 
-One deliberate difference: the original retried 10 times to draw a random document different
-from the current one and then used whatever it got; here the random document is drawn from the
-other documents directly, so a "random next" segment never comes from the same document.
+Three deliberate differences:
+
+* the original retried 10 times to draw a random document different from the current one and
+  then used whatever it got; here the random document is drawn from the other documents
+  directly, so a "random next" segment never comes from the same document;
+* the original always made a chunk of a single sentence a "random next" pair, which puts the
+  random share above 50% (54% at max_seq_length 64 on Wikipedia); here a single sentence of
+  2+ tokens is cut at a random token into A and its actual continuation B, so the labels are
+  balanced;
+* the original drew the short target once per document, so a corpus of few long documents
+  (six novels) got either no short instances or a whole novel of them; here it is drawn for
+  every instance, so `short_seq_prob` is the fraction of instances with a short target.
 
 Every random choice comes from `np.random.default_rng([seed, stream, copy, document])`, so
 instances depend only on the seed and the corpus, not on processing order.
@@ -63,6 +73,12 @@ class PretrainingInstances:
 
     def tokens_of(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+    def select(self, indices) -> "PretrainingInstances":
+        """The instances at `indices`, in that order (e.g. a subset for a quick run)."""
+        return PretrainingInstances.from_rows(
+            [(self.tokens_of(i).tolist(), int(self.num_a[i]), int(self.nsp_labels[i]))
+             for i in indices])
 
     @classmethod
     def empty(cls) -> "PretrainingInstances":
@@ -121,10 +137,13 @@ def create_instances_from_document(
     """NSP instances from one document, as `(tokens, num_a, nsp_label)` rows."""
     document = documents[document_index]
     max_num_tokens = max_seq_length - 3  # room for [CLS], [SEP], [SEP]
-    target_seq_length = max_num_tokens
-    if rng.random() < short_seq_prob:
-        target_seq_length = int(rng.integers(2, max_num_tokens + 1))
 
+    def draw_target() -> int:
+        if rng.random() < short_seq_prob:
+            return int(rng.integers(2, max_num_tokens + 1))
+        return max_num_tokens
+
+    target_seq_length = draw_target()
     rows = []
     chunk: list[list[int]] = []
     chunk_length = 0
@@ -133,6 +152,12 @@ def create_instances_from_document(
         chunk.append(document[i])
         chunk_length += len(document[i])
         if i == len(document) - 1 or chunk_length >= target_seq_length:
+            split_sentence = len(chunk) == 1 and len(chunk[0]) >= 2
+            if split_sentence:
+                # One long sentence: cut it at a random token so it can still give an
+                # actual-next pair (see the module docstring).
+                cut = int(rng.integers(1, len(chunk[0])))
+                chunk = [chunk[0][:cut], chunk[0][cut:]]
             a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
             tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
             tokens_b: list[int] = []
@@ -148,8 +173,10 @@ def create_instances_from_document(
                     tokens_b.extend(sentence)
                     if len(tokens_b) >= target_b_length:
                         break
-                # The sentences after A were not used: put them back for the next chunk.
-                i -= len(chunk) - a_end
+                # The sentences after A were not used: put them back for the next chunk
+                # (the rest of a cut sentence is dropped, as truncation would drop it).
+                if not split_sentence:
+                    i -= len(chunk) - a_end
             else:
                 is_random_next = 0
                 tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
@@ -159,6 +186,7 @@ def create_instances_from_document(
                 rows.append((tokens, len(tokens_a) + 2, is_random_next))
             chunk = []
             chunk_length = 0
+            target_seq_length = draw_target()
         i += 1
     return rows
 

@@ -1,0 +1,352 @@
+"""BERT pretraining data: NSP instances, MLM masking statistics, and the resumable iterator."""
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+
+from tl_jax.data.masking import Masker
+from tl_jax.data.pretraining import (
+    PretrainingInstances,
+    build_pretraining_data,
+    create_instances,
+    tokenize_documents,
+)
+from tl_jax.data.pretraining_iterator import BATCH_KEYS, PretrainingIterator, eval_batches
+from tl_jax.data.sources import SourceError, load_documents
+from tl_jax.data.tokenizer import Tokenizer
+
+L = 64  # max_seq_length for the module's instances
+
+
+@pytest.fixture(scope="module")
+def tokenizer(data_dir):
+    return Tokenizer.load(str(data_dir / "models" / "all-MiniLM-L6-v2" / "vocab.txt"))
+
+
+@pytest.fixture(scope="module")
+def documents(data_dir, tokenizer):
+    texts = load_documents(str(data_dir / "enwiki_sample.jsonl"))[:30]
+    return tokenize_documents(texts, tokenizer, progress=False)
+
+
+@pytest.fixture(scope="module")
+def instances(documents, tokenizer):
+    return create_instances(documents, L, 0.1, seed=0, cls_id=tokenizer.cls_id,
+                            sep_id=tokenizer.sep_id)
+
+
+def _one_epoch(instances, masker, batch_size=64, **kw):
+    it = PretrainingIterator(instances, masker, L, batch_size, seed=0, **kw)
+    return [next(it) for _ in range(it.batches_per_epoch)]
+
+
+def _originals(batch):
+    """Input ids with the masked positions restored to their original tokens."""
+    original = batch["input_ids"].copy()
+    for r in range(len(original)):
+        k = int(batch["masked_weights"][r].sum())
+        original[r, batch["masked_positions"][r, :k]] = batch["masked_ids"][r, :k]
+    return original
+
+
+def test_instance_layout_lengths_and_segments(instances, tokenizer):
+    assert len(instances) > 1500
+    lengths = np.diff(instances.offsets)
+    assert lengths.max() <= L
+    for i in range(len(instances)):
+        tokens, num_a = instances.tokens_of(i), instances.num_a[i]
+        assert tokens[0] == tokenizer.cls_id and tokens[num_a - 1] == tokenizer.sep_id
+        assert tokens[-1] == tokenizer.sep_id and 3 <= num_a <= len(tokens) - 2
+        assert np.isin(tokens[1:-1], [tokenizer.cls_id, tokenizer.pad_id]).sum() == 0
+        assert (tokens[1:-1] == tokenizer.sep_id).sum() == 1
+    # Most instances fill the budget; short_seq_prob=0.1 makes some clearly shorter.
+    assert 0.03 < np.mean(lengths < L - 8) < 0.2
+
+
+def test_short_seq_prob_controls_short_instances(documents, tokenizer):
+    def short_share(prob):
+        inst = create_instances(documents, L, prob, 0, tokenizer.cls_id, tokenizer.sep_id)
+        return np.mean(np.diff(inst.offsets) < L - 8)
+    assert short_share(0.0) < 0.02 < short_share(0.1) < short_share(0.5) < short_share(1.0)
+
+
+def test_nsp_labels_balanced(instances):
+    assert 0.46 < instances.nsp_labels.mean() < 0.54
+
+
+def test_actual_next_follows_and_random_next_is_from_another_document():
+    # Token ids encode (document, position), so provenance is readable from the ids alone.
+    rng = np.random.default_rng(0)
+    docs = []
+    for d in range(40):
+        pos, sentences = 0, []
+        for _ in range(rng.integers(1, 12)):
+            n = int(rng.integers(1, 30))
+            sentences.append(list(range(10 + 1000 * d + pos, 10 + 1000 * d + pos + n)))
+            pos += n
+        docs.append(sentences)
+    inst = create_instances(docs, 32, 0.2, seed=3, cls_id=2, sep_id=3)
+    assert len(inst) > 100
+    doc_of = lambda t: (t - 10) // 1000  # noqa: E731
+    seen = {0: 0, 1: 0}
+    for i in range(len(inst)):
+        tokens, num_a, label = inst.tokens_of(i), inst.num_a[i], inst.nsp_labels[i]
+        a, b = tokens[1:num_a - 1], tokens[num_a:-1]
+        assert len(a) and len(b) and len(tokens) <= 32
+        assert len(set(doc_of(a))) == 1 and len(set(doc_of(b))) == 1
+        assert np.all(np.diff(a) == 1) and np.all(np.diff(b) == 1)  # contiguous text
+        if label == 0:
+            assert doc_of(b[0]) == doc_of(a[0]) and b[0] > a[-1]
+        else:
+            assert doc_of(b[0]) != doc_of(a[0])
+        seen[int(label)] += 1
+    assert min(seen.values()) > 0.3 * len(inst)
+
+
+def test_masking_statistics_15_percent_and_80_10_10(instances, tokenizer):
+    masker = Masker(tokenizer, masked_lm_prob=0.15, max_predictions_per_seq=L)
+    picked = maskable = n_mask = n_same = n_random = 0
+    random_ids = []
+    for batch in _one_epoch(instances, masker):
+        original = _originals(batch)
+        for r in range(len(original)):
+            k = int(batch["masked_weights"][r].sum())
+            pos = batch["masked_positions"][r, :k]
+            n = int(batch["input_mask"][r].sum())
+            maskable += int((~tokenizer.is_special(original[r, :n])).sum())
+            picked += k
+            new = batch["input_ids"][r, pos]
+            n_mask += int((new == tokenizer.mask_id).sum())
+            same = new == batch["masked_ids"][r, :k]
+            n_same += int(same.sum())
+            rand = (new != tokenizer.mask_id) & ~same
+            n_random += int(rand.sum())
+            random_ids.extend(new[rand].tolist())
+    assert picked > 20_000
+    assert abs(picked / maskable - 0.15) < 0.005
+    assert abs(n_mask / picked - 0.8) < 0.015
+    assert abs(n_same / picked - 0.1) < 0.01
+    assert abs(n_random / picked - 0.1) < 0.01
+    # Random replacements are uniform over non-special ids: never special, widely spread.
+    assert not tokenizer.is_special(random_ids).any()
+    assert len(set(random_ids)) > 0.8 * len(random_ids)
+
+
+def test_special_tokens_never_masked_and_batch_format(instances, tokenizer):
+    P = 5
+    masker = Masker(tokenizer, 0.15, P)
+    for batch in _one_epoch(instances, masker, batch_size=32)[:20]:
+        assert set(batch) == set(BATCH_KEYS)
+        assert batch["input_ids"].shape == batch["segment_ids"].shape == (32, L)
+        assert batch["masked_positions"].shape == batch["masked_weights"].shape == (32, P)
+        assert batch["masked_weights"].dtype == np.float32 and batch["input_ids"].dtype == np.int32
+        original = _originals(batch)
+        for r in range(32):
+            n = int(batch["input_mask"][r].sum())
+            k = int(batch["masked_weights"][r].sum())
+            pos = batch["masked_positions"][r, :k]
+            maskable = int((~tokenizer.is_special(original[r, :n])).sum())
+            assert k == min(P, max(1, round(0.15 * maskable)))  # capped, at least 1
+            assert np.all(np.diff(pos) > 0) and pos.max() < n
+            assert not tokenizer.is_special(batch["masked_ids"][r, :k]).any()
+            # Every [CLS]/[SEP] is still in place; padding is zero everywhere.
+            assert original[r, 0] == batch["input_ids"][r, 0] == tokenizer.cls_id
+            seps = np.flatnonzero(original[r, :n] == tokenizer.sep_id)
+            assert np.all(batch["input_ids"][r, seps] == tokenizer.sep_id) and len(seps) == 2
+            assert np.all(batch["segment_ids"][r, :seps[0] + 1] == 0)
+            assert np.all(batch["segment_ids"][r, seps[0] + 1:n] == 1)
+            assert not batch["input_ids"][r, n:].any() and not batch["segment_ids"][r, n:].any()
+            assert not batch["masked_positions"][r, k:].any()
+            assert batch["nsp_weights"][r] == 1.0
+
+
+def _whole_word_violations(batch, tokenizer):
+    original = _originals(batch)
+    violations = 0
+    for r in range(len(original)):
+        k = int(batch["masked_weights"][r].sum())
+        picked = set(batch["masked_positions"][r, :k].tolist())
+        n = int(batch["input_mask"][r].sum())
+        piece = ~tokenizer.word_starts(original[r, :n]) & ~tokenizer.is_special(original[r, :n])
+        for p in picked:
+            # The next token continues this word, or this token continues the previous one.
+            if p + 1 < n and piece[p + 1] and p + 1 not in picked:
+                violations += 1
+            if piece[p] and not tokenizer.is_special(original[r, p - 1]) and p - 1 not in picked:
+                violations += 1
+    return violations
+
+
+def test_whole_word_masking_masks_whole_words(instances, tokenizer):
+    wwm = Masker(tokenizer, 0.15, 20, whole_word=True)
+    batches = _one_epoch(instances, wwm)
+    assert sum(_whole_word_violations(b, tokenizer) for b in batches) == 0
+    rate = sum(b["masked_weights"].sum() for b in batches) / sum(
+        (b["input_mask"].sum(1) - 3).sum() for b in batches)
+    assert 0.13 < rate < 0.16
+    # The same check catches token-level masking, so it is not vacuous.
+    plain = _one_epoch(instances, Masker(tokenizer, 0.15, 20), batch_size=64)
+    assert sum(_whole_word_violations(b, tokenizer) for b in plain[:5]) > 20
+
+
+def _masks_by_instance(it, epoch):
+    out = {}
+    for index in range(it.batches_per_epoch):
+        batch = next(it)
+        for r, i in enumerate(it.global_rows(epoch, index)):
+            out[int(i)] = (tuple(batch["masked_positions"][r]), tuple(batch["input_ids"][r]))
+    return out
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_dynamic_masks_change_every_epoch_static_do_not(instances, tokenizer, dynamic):
+    subset = instances.select(range(96))
+    it = PretrainingIterator(subset, Masker(tokenizer), L, 32, seed=1, dynamic_masking=dynamic)
+    epochs = [_masks_by_instance(it, e) for e in range(3)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(96))  # every instance once
+    same = np.mean([epochs[0][i] == epochs[1][i] for i in range(96)])
+    assert same < 0.1 if dynamic else same == 1.0
+    assert not np.array_equal(it.epoch_order(0), it.epoch_order(1))  # reshuffled either way
+
+
+def _batches(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def _same(a, b):
+    return all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in BATCH_KEYS) and len(a) == len(b)
+
+
+def test_deterministic_given_seed(instances, tokenizer):
+    make = lambda seed: PretrainingIterator(instances, Masker(tokenizer), L, 16, seed)  # noqa: E731
+    assert _same(_batches(make(5), 4), _batches(make(5), 4))
+    assert not np.array_equal(next(make(5))["input_ids"], next(make(6))["input_ids"])
+
+
+def test_resume_from_saved_state_reproduces_batches(instances, tokenizer):
+    subset = instances.select(range(100))
+    make = lambda: PretrainingIterator(subset, Masker(tokenizer), L, 16, seed=2)  # noqa: E731
+    it = make()
+    assert it.batches_per_epoch == 6
+    _batches(it, 8)  # into the second epoch
+    state = json.loads(json.dumps(it.get_state()))
+    assert state["epoch"] == 1 and state["index"] == 2
+    expected = _batches(it, 9)  # crosses into the third epoch
+    resumed = make()
+    resumed.set_state(state)
+    assert _same(_batches(resumed, 9), expected)
+    with pytest.raises(ValueError, match="num_instances=100 but this iterator has 99"):
+        PretrainingIterator(instances.select(range(99)), Masker(tokenizer), L, 16, 2).set_state(state)
+    with pytest.raises(ValueError, match="lacks 'index'"):
+        make().set_state({"epoch": 0})
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_processes_together_see_the_single_process_batch(instances, tokenizer, count):
+    subset = instances.select(range(70))
+    single = _batches(PretrainingIterator(subset, Masker(tokenizer), L, 16, seed=4), 6)
+    parts = [_batches(PretrainingIterator(subset, Masker(tokenizer), L, 16, seed=4,
+                                          process_index=p, process_count=count), 6)
+             for p in range(count)]
+    for step in range(6):
+        assert all(parts[p][step]["input_ids"].shape[0] == 16 // count for p in range(count))
+        joined = {k: np.concatenate([parts[p][step][k] for p in range(count)]) for k in BATCH_KEYS}
+        assert _same([joined], [single[step]])
+    with pytest.raises(ValueError, match="not divisible by the process count 3"):
+        PretrainingIterator(subset, Masker(tokenizer), L, 16, 0, process_count=3)
+
+
+def test_remainder_and_eval_batches(instances, tokenizer):
+    subset = instances.select(range(50))
+    masker = Masker(tokenizer)
+    kept = PretrainingIterator(subset, masker, L, 16, seed=0, drop_remainder=False)
+    assert kept.batches_per_epoch == 4
+    last = _batches(kept, 4)[-1]
+    assert last["nsp_weights"].tolist() == [1.0] * 2 + [0.0] * 14
+    assert not last["input_mask"][2:].any() and not last["masked_weights"][2:].any()
+    assert PretrainingIterator(subset, masker, L, 16, seed=0).batches_per_epoch == 3
+
+    first = list(eval_batches(subset, masker, L, 16, seed=0))
+    assert _same(first, list(eval_batches(subset, masker, L, 16, seed=0)))  # fixed masks
+    assert len(first) == 4 and sum(b["nsp_weights"].sum() for b in first) == 50
+    assert np.array_equal(np.concatenate([b["nsp_labels"] for b in first])[:50], subset.nsp_labels)
+    halves = [list(eval_batches(subset, masker, L, 16, 0, process_index=p, process_count=2))
+              for p in range(2)]
+    joined = [{k: np.concatenate([halves[0][i][k], halves[1][i][k]]) for k in BATCH_KEYS}
+              for i in range(4)]
+    assert _same(joined, first)
+
+
+def _data_config(corpus, **overrides):
+    c = ml_collections.ConfigDict(dict(
+        corpus=corpus, text_field="text", group_field="", tokenizer="",
+        tokenizer_vocab_size=1000, lowercase=True, max_seq_length=64,
+        max_predictions_per_seq=10, masked_lm_prob=0.15, short_seq_prob=0.1,
+        whole_word_masking=False, dynamic_masking=True, dupe_factor=3, eval_fraction=0.1,
+        batch_size=8, eval_batch_size=8, max_documents=0))
+    c.update(overrides)
+    return c
+
+
+@pytest.fixture(scope="module")
+def small_corpus(data_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "wiki.jsonl"
+    with open(data_dir / "enwiki_sample.jsonl", encoding="utf-8") as f:
+        path.write_text("".join(line for _, line in zip(range(600), f)), encoding="utf-8")
+    return str(path)
+
+
+def test_build_saves_and_reuses_tokenizer(small_corpus, tmp_path):
+    config = _data_config(small_corpus)
+    data = build_pretraining_data(config, 128, str(tmp_path), seed=0)
+    assert (tmp_path / "tokenizer" / "vocab.txt").exists()
+    assert data.tokenizer.vocab_size == 1000
+    batch = next(data.train)
+    example = data.example_batch(8)
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+        k: (v.shape, v.dtype) for k, v in example.items()}
+    assert batch["input_ids"].max() < data.tokenizer.vocab_size
+    evals = list(data.eval_batches())
+    assert sum(b["nsp_weights"].sum() for b in evals) == data.num_eval_instances > 0
+    # A restart (even with a changed vocabulary size) keeps the saved vocabulary.
+    again = build_pretraining_data(_data_config(small_corpus, tokenizer_vocab_size=500), 128,
+                                   str(tmp_path), seed=0)
+    assert again.tokenizer.vocab_size == 1000
+    assert _same([next(again.train)], [batch])
+    static = build_pretraining_data(_data_config(small_corpus, dynamic_masking=False), 128,
+                                    str(tmp_path), seed=0)
+    assert static.num_train_instances > 2.5 * data.num_train_instances  # dupe_factor copies
+
+
+def test_build_quickstart_default_corpus(tmp_path):
+    data = build_pretraining_data(
+        _data_config("gensim:enwiki,gensim:lee", max_seq_length=128, max_predictions_per_seq=20,
+                     tokenizer_vocab_size=8192, batch_size=32, eval_batch_size=32, eval_fraction=0.05),
+        512, None, seed=0)
+    assert data.num_train_instances > 5000 and data.num_eval_instances > 100
+    assert 0.46 < data.train.instances.nsp_labels.mean() < 0.54
+    assert not (tmp_path / "tokenizer").exists()
+
+
+def test_build_errors_before_any_work(small_corpus, tmp_path):
+    with pytest.raises(ValueError, match="max_seq_length=64 exceeds the model's max_position_embeddings=32"):
+        build_pretraining_data(_data_config(small_corpus), 32, None, 0)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    with pytest.raises(SourceError, match="empty.jsonl contains no text"):
+        build_pretraining_data(_data_config(str(empty)), 128, None, 0)
+    one = tmp_path / "one.txt"
+    one.write_text("A single document. It has two sentences.", encoding="utf-8")
+    with pytest.raises(ValueError, match="NSP needs at least 2"):
+        build_pretraining_data(_data_config(str(one), eval_fraction=0.0), 128, None, 0)
+    few = tmp_path / "few.txt"
+    few.write_text("First doc here. And more.\n\nSecond doc here. And more.", encoding="utf-8")
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        build_pretraining_data(_data_config(str(few), eval_fraction=0.0), 128, None, 0)
+    with pytest.raises(ValueError, match="too few to hold out"):
+        build_pretraining_data(_data_config(str(few)), 128, None, 0)
+    with pytest.raises(ValueError, match="batch_size=6 must be a positive multiple of the process count 4"):
+        build_pretraining_data(_data_config(small_corpus, batch_size=6), 128, None, 0, 0, 4)
+    with pytest.raises(ValueError, match="lacks key"):
+        build_pretraining_data(ml_collections.ConfigDict({"corpus": small_corpus}), 128, None, 0)
