@@ -1,0 +1,151 @@
+"""Metrics on hand-computed cases: classification, conlleval span F1, official SQuAD EM/F1."""
+import math
+
+import numpy as np
+import pytest
+
+from tl_jax.evaluation import classification, spans, squad
+
+
+# -- classification -----------------------------------------------------------------------------
+
+def test_binary_metrics_hand_computed():
+    # TP=2 (rows 0,1), FN=1 (row 2), FP=1 (row 3), TN=2 (rows 4,5).
+    y_true = [1, 1, 1, 0, 0, 0]
+    y_pred = [1, 1, 0, 1, 0, 0]
+    assert classification.accuracy(y_true, y_pred) == pytest.approx(4 / 6)
+    assert classification.f1_binary(y_true, y_pred, positive=1) == pytest.approx(2 / 3)
+    # (TP*TN - FP*FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)) = (4 - 1) / sqrt(3*3*3*3) = 1/3
+    assert classification.matthews_corrcoef(y_true, y_pred) == pytest.approx(1 / 3)
+    # Class 0: TP=2, FP=1, FN=1 -> 2/3 as well.
+    assert classification.f1_macro(y_true, y_pred) == pytest.approx(2 / 3)
+
+
+def test_mcc_extremes_and_constant_prediction():
+    assert classification.matthews_corrcoef(list("abab"), list("abab")) == pytest.approx(1.0)
+    assert classification.matthews_corrcoef(list("abab"), list("baba")) == pytest.approx(-1.0)
+    # A majority-class predictor carries no information: MCC is 0 (defined by convention).
+    assert classification.matthews_corrcoef(list("aaab"), list("aaaa")) == 0.0
+
+
+def test_multiclass_mcc_matches_binary_formula_and_macro_f1():
+    rng = np.random.default_rng(0)
+    y_true, y_pred = rng.integers(0, 2, 200).tolist(), rng.integers(0, 2, 200).tolist()
+    tp = sum(t == 1 and p == 1 for t, p in zip(y_true, y_pred))
+    tn = sum(t == 0 and p == 0 for t, p in zip(y_true, y_pred))
+    fp = sum(t == 0 and p == 1 for t, p in zip(y_true, y_pred))
+    fn = sum(t == 1 and p == 0 for t, p in zip(y_true, y_pred))
+    expected = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    assert classification.matthews_corrcoef(y_true, y_pred) == pytest.approx(expected)
+    # Three classes: per-class F1 of (a: 1.0, b: 2/3, c: 0.0) -> macro 5/9.
+    assert classification.f1_macro(list("aabbc"), list("aabcb")) == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_classification_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="3 labels but y_pred has 2"):
+        classification.accuracy([1, 0, 1], [1, 0])
+
+
+# -- spans (conlleval) ---------------------------------------------------------------------------
+
+def test_chunks_follow_conlleval_rules():
+    tags = ["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-LOC", "I-PER", "B-ORG"]
+    # A stray I-LOC starts a chunk; B-LOC after I-LOC starts a new one; I-PER after B-LOC too.
+    assert spans.chunks(tags) == [("PER", 0, 1), ("LOC", 3, 4), ("LOC", 5, 5), ("PER", 6, 6),
+                                  ("ORG", 7, 7)]
+
+
+def test_span_f1_hand_computed():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    pred = [["B-PER", "I-PER", "O", "O"], ["B-ORG", "B-LOC"]]
+    # gold chunks: PER(0-1), LOC(3), ORG(0) = 3; predicted: PER(0-1), ORG(0), LOC(1) = 3;
+    # correct: PER, ORG = 2 -> P = R = F1 = 2/3.
+    report = spans.span_f1(gold, pred)
+    assert (report["n_gold"], report["n_predicted"], report["n_correct"]) == (3, 3, 2)
+    assert report["precision"] == pytest.approx(2 / 3)
+    assert report["recall"] == pytest.approx(2 / 3)
+    assert report["f1"] == pytest.approx(2 / 3)
+    assert report["f1/PER"] == pytest.approx(1.0) and report["f1/LOC"] == 0.0
+
+
+def test_partial_span_is_wrong_and_empty_prediction_scores_zero():
+    gold = [["B-NAME", "I-NAME", "O"]]
+    assert spans.span_f1(gold, [["B-NAME", "O", "O"]])["f1"] == 0.0  # boundary must match
+    assert spans.span_f1(gold, [["O", "O", "O"]])["f1"] == 0.0
+    assert spans.span_f1(gold, gold)["f1"] == 1.0
+
+
+def test_span_f1_rejects_bad_tags_and_lengths():
+    with pytest.raises(ValueError, match="not O, B-X"):
+        spans.span_f1([["X-PER"]], [["O"]])
+    with pytest.raises(ValueError, match="sentence 0: 2 gold tags but 1"):
+        spans.span_f1([["O", "O"]], [["O"]])
+
+
+# -- SQuAD ---------------------------------------------------------------------------------------
+
+def test_official_normalisation():
+    assert squad.normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+    assert squad.normalize_answer("an apple, a pear & the fig.") == "apple pear fig"
+    # Articles are whole words only; "theatre" keeps its "the".
+    assert squad.normalize_answer("Theatre of the Absurd") == "theatre of absurd"
+
+
+def test_exact_match_and_f1_hand_computed():
+    assert squad.exact_match("the Eiffel tower", "Eiffel Tower.") == 1.0
+    # prediction tokens: [eiffel, tower, paris], gold: [eiffel, tower] -> P=2/3, R=1, F1=0.8.
+    assert squad.f1_score("Eiffel Tower, Paris", "the Eiffel Tower") == pytest.approx(0.8)
+    assert squad.f1_score("London", "Paris") == 0.0
+    # v2.0: an empty gold answer matches only an empty prediction.
+    assert squad.f1_score("", "") == 1.0 and squad.f1_score("Paris", "") == 0.0
+
+
+def test_evaluate_takes_best_gold_and_reports_percentages():
+    gold = {"q1": ["Denver Broncos", "The Broncos"], "q2": ["Paris"], "q3": []}
+    predictions = {"q1": "broncos", "q2": "Paris France", "q3": ""}
+    result = squad.evaluate(gold, predictions)
+    # q1: EM 1 against "The Broncos"; q2: EM 0, F1 2/3; q3: no-answer correct.
+    assert result["exact"] == pytest.approx(100 * 2 / 3)
+    assert result["f1"] == pytest.approx(100 * (1 + 2 / 3 + 1) / 3)
+    assert result["HasAns_total"] == 2 and result["NoAns_exact"] == 100.0
+    assert squad.evaluate(gold, {})["exact"] == 0.0  # missing predictions score zero
+
+
+def _window(context, token_spans, start_logits, end_logits, qid="q"):
+    offsets = np.full((len(start_logits), 2), -1)
+    for position, span in token_spans.items():
+        offsets[position] = span
+    return dict(id=qid, start_logits=np.array(start_logits, float),
+                end_logits=np.array(end_logits, float), offsets=offsets)
+
+
+def test_decode_respects_order_max_length_and_context():
+    context = "Elizabeth met Mr Darcy at Pemberley"
+    spans_ = {2: (0, 9), 3: (10, 13), 4: (14, 16), 5: (17, 22), 6: (23, 25), 7: (26, 35)}
+    # Position 1 (a question token) has the highest start logit but is not in the context.
+    start = [0, 9, 1, 0, 5, 0, 0, 4]
+    end = [0, 9, 0, 0, 0, 6, 0, 3]
+    w = _window(context, spans_, start, end)
+    predictions, nbest = squad.decode_predictions([w], {"q": context}, n_best=5,
+                                                  max_answer_length=5)
+    assert predictions["q"] == "Mr Darcy"  # start 4 (5) + end 5 (6) = 11 is the best span
+    assert all(n["score"] <= nbest["q"][0]["score"] for n in nbest["q"])
+    # With a max length of 1 sub-token, only single-token spans are allowed.
+    predictions, _ = squad.decode_predictions([w], {"q": context}, max_answer_length=1)
+    assert predictions["q"] == "Pemberley"  # 4 + 3 = 7 beats any other single token
+
+
+def test_decode_picks_best_window_and_v2_null_threshold():
+    context = "alpha beta gamma"
+    a = _window(context, {1: (0, 5), 2: (6, 10)}, [8, 1, 0, 0], [8, 1, 0, 0])
+    b = _window(context, {1: (6, 10), 2: (11, 16)}, [0, 0, 3, 0], [0, 0, 3, 0])
+    predictions, _ = squad.decode_predictions([a, b], {"q": context})
+    assert predictions["q"] == "gamma"  # 6 in window b beats 2 in window a
+    # v2.0: the null score is the lowest [CLS] score over windows: min(16, 0) = 0 < 6: answer.
+    predictions, _ = squad.decode_predictions([a, b], {"q": context}, version_2=True)
+    assert predictions["q"] == "gamma"
+    predictions, _ = squad.decode_predictions([a], {"q": context}, version_2=True)
+    assert predictions["q"] == ""  # null 16 - best 2 = 14 > 0
+    predictions, _ = squad.decode_predictions([a], {"q": context}, version_2=True,
+                                              null_threshold=20.0)
+    assert predictions["q"] == "alpha"

@@ -1,0 +1,108 @@
+"""Feature conversion: classification packing, first-sub-token label alignment, SQuAD windows."""
+import numpy as np
+import pytest
+import tokenizers
+
+from tl_jax.data import features
+from tl_jax.data.tokenizer import Tokenizer
+from tl_jax.evaluation import squad
+
+
+@pytest.fixture(scope="module")
+def tokenizer(data_dir):
+    return Tokenizer.load(str(data_dir / "models" / "all-MiniLM-L6-v2"))
+
+
+def test_hf_tokenizer_unwraps_and_drops_padding(tokenizer, data_dir):
+    raw = tokenizers.Tokenizer.from_file(str(data_dir / "models" / "all-MiniLM-L6-v2" /
+                                             "tokenizer.json"))
+    assert raw.padding is not None  # MiniLM's file pads to 128 ...
+    tok = features.hf_tokenizer(raw)
+    assert tok.padding is None and tok.truncation is None  # ... the copy does not
+    assert features.hf_tokenizer(tokenizer).get_vocab_size() == raw.get_vocab_size()
+    with pytest.raises(TypeError, match="tokenizers.Tokenizer"):
+        features.hf_tokenizer(object())
+
+
+def test_classification_pairs_truncate_longest_first(tokenizer):
+    records = [{"text": "one two three four five six seven eight", "text_b": "nine ten",
+                "label": "b"}]
+    out = features.encode_classification(tokenizer, records, {"a": 0, "b": 1}, max_seq_length=9)
+    ids = out["input_ids"][0]
+    cls, sep = tokenizer.cls_id, tokenizer.sep_id
+    # [CLS] a(4) [SEP] b(2) [SEP]: the long first sentence lost its tail, the pair survived.
+    assert ids[0] == cls and list(np.nonzero(ids == sep)[0]) == [5, 8]
+    assert tokenizer.decode(ids[1:5]) == "one two three four"
+    assert list(out["segment_ids"][0]) == [0] * 6 + [1] * 3
+    assert out["labels"].tolist() == [1] and out["input_mask"].sum() == 9
+    with pytest.raises(ValueError, match="label 'c' not in label map"):
+        features.encode_classification(tokenizer, [dict(records[0], label="c")], {"a": 0}, 9)
+
+
+def test_tagging_labels_only_first_subtokens(tokenizer):
+    words = ["elizabeth", "visited", "pemberley", "and", "netherfield"]
+    tags = ["B-NAME", "O", "B-NAME", "O", "B-NAME"]
+    label_map = {"O": 0, "B-NAME": 1, "I-NAME": 2}
+    out = features.encode_tagging(tokenizer, [{"tokens": words, "tags": tags}], label_map, 16)
+    labels, word_index = out["labels"][0], out["word_index"][0]
+    n_sub = int(out["input_mask"][0].sum()) - 2
+    assert n_sub > len(words)  # the rare names split into several sub-tokens
+    labelled = np.nonzero(labels != features.IGNORE)[0]
+    # Exactly one labelled position per word, in order, carrying that word's tag.
+    assert len(labelled) == len(words)
+    assert word_index[labelled].tolist() == list(range(len(words)))
+    assert labels[labelled].tolist() == [label_map[t] for t in tags]
+    starts = tokenizer.word_starts(out["input_ids"][0][1:n_sub + 1])
+    assert (np.nonzero(starts)[0] + 1).tolist() == labelled.tolist()
+    # Decoding maps first-sub-token predictions back to words; truncated words become O.
+    back = features.tags_from_predictions(labels.clip(0), word_index, len(words), list(label_map))
+    assert back == tags
+    short = features.encode_tagging(tokenizer, [{"tokens": words, "tags": tags}], label_map, 4)
+    assert features.tags_from_predictions(short["labels"][0].clip(0), short["word_index"][0],
+                                          len(words), list(label_map))[2:] == ["O"] * 3
+
+
+def test_squad_windows_cover_the_answer_and_map_back_to_characters(tokenizer):
+    context = ("Elizabeth walked to Meryton with her sisters. " * 6) + \
+              "Later she visited Pemberley in Derbyshire with her aunt. " + \
+              ("They talked about Mr. Darcy at length. " * 4)
+    start = context.index("Pemberley")
+    record = {"id": "q", "question": "Where did she go later?", "context": context,
+              "answers": [{"text": "Pemberley", "answer_start": start}]}
+    out = features.encode_squad(tokenizer, [record], max_seq_length=48, doc_stride=16,
+                                max_query_length=16)
+    n = len(out["input_ids"])
+    assert n > 3 and out["example_index"].tolist() == [0] * n
+    with_answer = np.nonzero(out["start_positions"] > 0)[0]
+    assert len(with_answer) >= 1
+    covered = set()
+    for i in range(n):
+        offsets = out["offsets"][i]
+        in_context = offsets[:, 0] >= 0
+        # Context tokens sit in segment 1 and never in the question or specials.
+        assert (out["segment_ids"][i][in_context] == 1).all()
+        covered |= {tuple(o) for o in offsets[in_context]}
+        s, e = out["start_positions"][i], out["end_positions"][i]
+        if s > 0:
+            assert context[offsets[s, 0]:offsets[e, 1]] == "Pemberley"
+    # Windows overlap (doc stride) and together cover every context sub-token.
+    n_context = len(features.hf_tokenizer(tokenizer).encode(context, add_special_tokens=False).ids)
+    assert len(covered) == n_context
+    # An oracle decoder on the windows' gold positions recovers the answer text exactly.
+    windows = []
+    for i in range(n):
+        logits = np.zeros((2, 48))
+        logits[0, out["start_positions"][i]] = logits[1, out["end_positions"][i]] = 10.0
+        windows.append(dict(id="q", start_logits=logits[0], end_logits=logits[1],
+                            offsets=out["offsets"][i]))
+    predictions, _ = squad.decode_predictions(windows, {"q": context}, version_2=True)
+    assert predictions["q"] == "Pemberley"
+
+
+def test_squad_unanswerable_points_at_cls(tokenizer):
+    record = {"id": "q", "question": "Who?", "context": "Nobody was there.", "answers": []}
+    out = features.encode_squad(tokenizer, [record], max_seq_length=32, doc_stride=8,
+                                max_query_length=8)
+    assert out["start_positions"].tolist() == [0] and out["end_positions"].tolist() == [0]
+    with pytest.raises(ValueError, match="too short"):
+        features.encode_squad(tokenizer, [record], max_seq_length=10, max_query_length=8)

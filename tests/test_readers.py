@@ -1,0 +1,130 @@
+"""Readers of downstream task files: formats, round trips, and errors that name file and line."""
+import json
+
+import pytest
+
+from tl_jax.data import readers
+
+
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_jsonl_csv_tsv_give_the_same_records(tmp_path):
+    rows = [("a fine day", "x y", "pos"), ('say "hi", then go', "z", "neg")]
+    jsonl = _write(tmp_path / "d.jsonl", "".join(
+        json.dumps({"sentence": a, "other": b, "gold": c}) + "\n\n" for a, b, c in rows))
+    csv_text = "sentence,other,gold\n" + "".join(
+        '"%s",%s,%s\n' % (a.replace('"', '""'), b, c) for a, b, c in rows)
+    tsv_text = "sentence\tother\tgold\n" + "".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows)
+    fields = dict(text_field="sentence", text_b_field="other", label_field="gold")
+    expected = [{"text": a, "text_b": b, "label": c} for a, b, c in rows]
+    for path in (jsonl, _write(tmp_path / "d.csv", csv_text), _write(tmp_path / "d.tsv", tsv_text)):
+        assert readers.read_classification(path, **fields) == expected, path.suffix
+
+
+def test_classification_errors_name_file_and_line(tmp_path):
+    bad_json = _write(tmp_path / "bad.jsonl", '{"text": "ok", "label": "a"}\n{"text": oops}\n')
+    with pytest.raises(readers.DataFormatError, match=r"bad.jsonl:2: invalid JSON"):
+        readers.read_classification(bad_json)
+    missing = _write(tmp_path / "missing.jsonl", '{"text": "ok", "label": "a"}\n\n{"text": "x"}\n')
+    with pytest.raises(readers.DataFormatError, match=r"missing.jsonl:3: missing field 'label'"):
+        readers.read_classification(missing)
+    ragged = _write(tmp_path / "ragged.tsv", "text\tlabel\nfine\ta\ntoo\tmany\tcells\n")
+    with pytest.raises(readers.DataFormatError, match=r"ragged.tsv:3: 3 columns, header has 2"):
+        readers.read_classification(ragged)
+    empty = _write(tmp_path / "empty.jsonl", "\n")
+    with pytest.raises(readers.DataFormatError, match=r"empty.jsonl: no examples"):
+        readers.read_classification(empty)
+    with pytest.raises(readers.DataFormatError, match="unknown classification format '.txt'"):
+        readers.read_classification(_write(tmp_path / "x.txt", "a"))
+
+
+def test_real_food_reviews(data_dir):
+    train = readers.read_records(str(data_dir / "food_reviews_train.jsonl"), "classification")
+    test = readers.read_records(str(data_dir / "food_reviews_test.jsonl"), "classification")
+    assert len(train) == 4000 and len(test) == 1000
+    assert sum(r["label"] == "great" for r in train) == 2600
+    assert sum(r["label"] == "great" for r in test) == 658
+
+
+def test_gensim_polarity_is_zero_setup_and_balanced():
+    train = readers.read_records("gensim:polarity:train", "classification")
+    test = readers.read_records("gensim:polarity:test", "classification")
+    assert (len(train), len(test)) == (160, 40)
+    assert sorted({r["label"] for r in test}) == ["neg", "pos"]
+    assert sum(r["label"] == "pos" for r in test) == 20
+    assert not {r["text"] for r in train} & {r["text"] for r in test}
+
+
+def test_conll_round_trip_and_docstart(tmp_path):
+    sentences = [{"tokens": ["EU", "rejects", "German", "call"],
+                  "tags": ["B-ORG", "O", "B-MISC", "O"]},
+                 {"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"]}]
+    path = tmp_path / "out.conll"
+    readers.write_conll(path, sentences)
+    assert readers.read_conll(path) == sentences
+    # Four CoNLL-2003 columns with a -DOCSTART- header: tokens from column 0, tags from the last.
+    four = _write(tmp_path / "four.conll", "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\n"
+                  "rejects VBZ B-VP O\n\nPeter NNP B-NP B-PER\n")
+    assert readers.read_conll(four) == [{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]},
+                                        {"tokens": ["Peter"], "tags": ["B-PER"]}]
+
+
+def test_conll_errors_name_file_and_line(tmp_path):
+    ragged = _write(tmp_path / "ragged.conll", "a O\nb NNP O\n")
+    with pytest.raises(readers.DataFormatError, match=r"ragged.conll:2: 3 columns, expected 2"):
+        readers.read_conll(ragged)
+    bad_tag = _write(tmp_path / "tag.conll", "a O\n\nb PERSON\n")
+    with pytest.raises(readers.DataFormatError, match=r"tag.conll:3: tag 'PERSON' is not BIO"):
+        readers.read_conll(bad_tag)
+    with pytest.raises(readers.DataFormatError, match=r"empty.conll: no sentences"):
+        readers.read_conll(_write(tmp_path / "empty.conll", "\n\n"))
+
+
+def _squad_doc(answer_start=11, impossible=False):
+    qa = {"id": "q1", "question": "Who?", "answers": [] if impossible else
+          [{"text": "Darcy", "answer_start": answer_start}]}
+    if impossible:
+        qa["is_impossible"] = True
+    return {"version": "2.0", "data": [{"title": "P&P", "paragraphs": [
+        {"context": "It was Mr. Darcy.", "qas": [qa]}]}]}
+
+
+def test_squad_round_trip_v1_and_v2(tmp_path):
+    path = _write(tmp_path / "s.json", json.dumps(_squad_doc()))
+    records = readers.read_squad(path)
+    assert records == [{"id": "q1", "title": "P&P", "question": "Who?",
+                        "context": "It was Mr. Darcy.", "is_impossible": False,
+                        "answers": [{"text": "Darcy", "answer_start": 11}]}]
+    out = tmp_path / "again.json"
+    readers.write_squad(out, records)
+    assert readers.read_squad(out) == records
+    impossible = readers.read_squad(_write(tmp_path / "v2.json", json.dumps(_squad_doc(impossible=True))))
+    assert impossible[0]["is_impossible"] and impossible[0]["answers"] == []
+
+
+def test_squad_errors_name_file_and_line(tmp_path):
+    text = json.dumps(_squad_doc(answer_start=3), indent=1)
+    path = _write(tmp_path / "off.json", text)
+    line = text[: text.index('"q1"')].count("\n") + 1
+    with pytest.raises(readers.DataFormatError,
+                       match=rf"off.json:{line}: question 'q1': answer 'Darcy' not found"):
+        readers.read_squad(path)
+    broken = _write(tmp_path / "broken.json", '{"data": [\n{"title": }\n]}')
+    with pytest.raises(readers.DataFormatError, match=r"broken.json:2: invalid JSON"):
+        readers.read_squad(broken)
+    with pytest.raises(readers.DataFormatError, match=r"shape.json:1: expected a SQuAD object"):
+        readers.read_squad(_write(tmp_path / "shape.json", "[]"))
+
+
+def test_read_records_rejects_unknown_specs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        readers.read_records(str(tmp_path / "nope.jsonl"), "classification")
+    with pytest.raises(ValueError, match="unknown gensim data set"):
+        readers.read_records("gensim:lee:train", "classification")
+    with pytest.raises(ValueError, match="supports glue/\\*, conll2003 and squad"):
+        readers.read_tfds("imdb_reviews", "train")
+    with pytest.raises(ValueError, match="unknown GLUE config"):
+        readers.read_tfds("glue/nope", "train")
