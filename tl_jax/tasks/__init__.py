@@ -53,6 +53,7 @@ TASKS = {
     "classify": "tl_jax.tasks.classify",
     "tag": "tl_jax.tasks.tag",
     "squad": "tl_jax.tasks.squad",
+    "bilm": "tl_jax.tasks.bilm",
 }
 
 

@@ -1,0 +1,302 @@
+"""The ELMo biLM objective: forward and backward next-word prediction with a shared softmax.
+
+Each text unit of the corpus (a paragraph) is tokenised keeping case and punctuation (the char
+CNN sees every spelling), cut into pieces of at most `data.max_len - 2` tokens and framed with
+<S> ... </S>. The forward LM at position t predicts token t + 1, the backward LM at t predicts
+t - 1; both use one softmax over the word vocabulary (`data.max_vocab` most frequent words,
+others are <unk>). Training uses the full softmax or, with `loss.sampled_softmax = S > 0`, a
+sampled softmax with S log-uniform candidates shared by the batch (Jean et al., 2015); eval is
+always the exact full softmax, and reports forward and backward perplexity.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tl_jax.models import elmo
+
+SPECIALS = ("<pad>", "<unk>", elmo.BOS_TOKEN, elmo.EOS_TOKEN)
+PAD_ID, UNK_ID = 0, 1
+
+# Words (with inner apostrophes/hyphens), numbers, or any single other non-space character.
+_TOKEN_RE = re.compile(r"\w+(?:['\u2019\-]\w+)*|[^\w\s]")
+
+
+def tokenize(text: str) -> list[str]:
+    """Cased word/punctuation tokens for the biLM."""
+    return _TOKEN_RE.findall(text)
+
+
+def build_vocab(sequences, min_count: int, max_vocab: int) -> list[str]:
+    """SPECIALS + words seen at least `min_count` times, most frequent first (max `max_vocab`)."""
+    counts = collections.Counter(t for seq in sequences for t in seq
+                                 if t not in (elmo.BOS_TOKEN, elmo.EOS_TOKEN))
+    words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+    return list(SPECIALS) + words[:max(0, max_vocab - len(SPECIALS))]
+
+
+def frame_units(units, max_len: int) -> list[list[str]]:
+    """Tokenised units cut into <S> + at most max_len - 2 tokens + </S>."""
+    if max_len < 3:
+        raise ValueError(f"data.max_len must be >= 3 (two markers and a word), got {max_len}")
+    out = []
+    for unit in units:
+        tokens = tokenize(unit)
+        for s in range(0, len(tokens), max_len - 2):
+            out.append([elmo.BOS_TOKEN] + tokens[s:s + max_len - 2] + [elmo.EOS_TOKEN])
+    return out
+
+
+class Encoded:
+    """Sequences stored as token-type ids (B, T) plus per-type word ids and characters.
+
+    Characters are computed once per distinct spelling, not once per occurrence: that keeps a
+    million-token corpus at a few MB instead of T * C ints per token.
+    """
+
+    def __init__(self, sequences, vocab: list[str], max_len: int, max_chars: int):
+        word_index = {w: i for i, w in enumerate(vocab)}
+        type_index: dict[str, int] = {"<pad>": 0}
+        types = np.zeros((len(sequences), max_len), np.int32)  # (N, T)
+        for n, seq in enumerate(sequences):
+            types[n, :len(seq)] = [type_index.setdefault(t, len(type_index)) for t in seq]
+        spellings = list(type_index)
+        self.types = types
+        self.type_words = np.array([word_index.get(t, UNK_ID) for t in spellings], np.int32)
+        self.type_words[0] = PAD_ID
+        self.type_chars = elmo.char_ids(spellings, max_chars)  # (n_types, C)
+        self.type_chars[0] = 0  # padding positions have no characters at all
+        self.lengths = np.array([len(s) for s in sequences], np.int32)
+
+    def __len__(self):
+        return len(self.types)
+
+    def batch(self, rows) -> dict[str, np.ndarray]:
+        types = self.types[rows]  # (B, T)
+        return {"token_ids": self.type_words[types], "chars": self.type_chars[types],
+                "mask": types > 0}
+
+
+class SequenceIterator:
+    """Endless, shuffled, resumable batches; state = the next global batch {"epoch", "batch"}."""
+
+    def __init__(self, data: Encoded, batch_size: int, seed: int, process_index: int = 0,
+                 process_count: int = 1):
+        if batch_size % process_count:
+            raise ValueError(f"data.batch_size={batch_size} is not divisible by the "
+                             f"{process_count} processes")
+        if len(data) < batch_size:
+            raise ValueError(f"only {len(data)} training sequences for data.batch_size="
+                             f"{batch_size}; use more text or a smaller batch")
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.local = batch_size // process_count
+        self.offset = process_index * self.local
+        self.batches_per_epoch = len(data) // batch_size
+        self.epoch, self.batch = 0, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data))
+        start = self.batch * self.batch_size + self.offset
+        rows = order[start:start + self.local]
+        self.batch += 1
+        if self.batch == self.batches_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+        return self.data.batch(rows)
+
+    def get_state(self) -> dict:
+        return {"epoch": int(self.epoch), "batch": int(self.batch)}
+
+    def set_state(self, state: dict) -> None:
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        if epoch < 0 or not 0 <= batch < self.batches_per_epoch:
+            raise ValueError(f"SequenceIterator.set_state: {state} does not fit "
+                             f"{self.batches_per_epoch} batches per epoch")
+        self.epoch, self.batch = epoch, batch
+
+
+def log_uniform_log_q(ids, vocab_size: int, num_samples: int):
+    """log of the expected count of `ids` among num_samples log-uniform draws (with replacement).
+
+    P(k) = (log(k + 2) - log(k + 1)) / log(V + 1): roughly Zipf over frequency-sorted ids.
+    """
+    ids = ids.astype(jnp.float32)
+    p = (jnp.log(ids + 2.0) - jnp.log(ids + 1.0)) / jnp.log(vocab_size + 1.0)
+    return jnp.log(num_samples * p)
+
+
+def sampled_softmax_nll(hidden, targets, kernel, bias, rng, num_samples: int):
+    """Per-position NLL under a sampled softmax with shared log-uniform candidates.
+
+    hidden (N, P), targets (N,), kernel (V, P), bias (V,). Logits are corrected by the log
+    expected counts; a candidate equal to the target is masked out ("accidental hit").
+    """
+    v = kernel.shape[0]
+    u = jax.random.uniform(rng, (num_samples,))
+    samples = jnp.clip(jnp.floor(jnp.exp(u * jnp.log(v + 1.0))) - 1.0, 0, v - 1).astype(jnp.int32)
+    true_logit = (jnp.sum(hidden * kernel[targets], axis=-1) + bias[targets]
+                  - log_uniform_log_q(targets, v, num_samples))  # (N,)
+    sampled = (hidden @ kernel[samples].T + bias[samples]
+               - log_uniform_log_q(samples, v, num_samples)[None, :])  # (N, S)
+    sampled = jnp.where(samples[None, :] == targets[:, None], -1e9, sampled)
+    logits = jnp.concatenate([true_logit[:, None], sampled], axis=1)  # (N, 1 + S)
+    return -jax.nn.log_softmax(logits, axis=-1)[:, 0]
+
+
+class Task:
+    """The `bilm` task (see `tl_jax/tasks/__init__.py` for the contract)."""
+
+    progress_keys = ("forward_nll", "backward_nll")
+    summary_keys = ("eval/forward_perplexity", "eval/backward_perplexity")
+
+    def __init__(self, config, workdir):
+        from tl_jax.data import sources
+
+        self.config = config
+        data_cfg = config.data
+        documents = sources.load_documents(os.path.expandvars(data_cfg.corpus),
+                                           data_cfg.text_field, data_cfg.group_field or None)
+        units = [u for doc in documents for u in doc]
+        if data_cfg.max_units:
+            units = units[:data_cfg.max_units]
+        sequences = frame_units(units, data_cfg.max_len)
+        # A seeded random eval_fraction of the pieces is held out.
+        held = np.random.default_rng(config.seed).random(len(sequences)) < data_cfg.eval_fraction
+        train_seqs = [s for s, h in zip(sequences, held) if not h]
+        eval_seqs = [s for s, h in zip(sequences, held) if h]
+        saved_vocab = os.path.join(workdir, "vocab.txt") if workdir else None
+        if saved_vocab and os.path.exists(saved_vocab):  # a resumed run keeps its vocabulary
+            self.vocab = load_vocab(saved_vocab)
+        else:
+            self.vocab = build_vocab(train_seqs, data_cfg.min_count, data_cfg.max_vocab)
+        self.model_config = elmo.elmo_config(
+            config.model.size, len(self.vocab), dropout_rate=config.model.dropout_rate,
+            **({"max_chars": config.model.max_chars} if config.model.max_chars else {}))
+        self.model = elmo.BiLM(self.model_config)
+        max_chars = self.model_config.max_chars
+        self.train_data = Encoded(train_seqs, self.vocab, data_cfg.max_len, max_chars)
+        self.eval_data = Encoded(eval_seqs, self.vocab, data_cfg.max_len, max_chars) \
+            if eval_seqs else None
+        seq = data_cfg.max_len
+        self.flops_per_example = self.model_config.flops_per_token() * seq
+        self.tokens_per_example = seq
+        self._process = (jax.process_index(), jax.process_count())
+
+    # -- data -------------------------------------------------------------------------------
+
+    def example_batch(self, batch_size):
+        seq, c = self.config.data.max_len, self.model_config.max_chars
+        return {"token_ids": np.zeros((batch_size, seq), np.int32),
+                "chars": np.zeros((batch_size, seq, c), np.int32),
+                "mask": np.ones((batch_size, seq), bool)}
+
+    def train_batches(self):
+        if not hasattr(self, "_train"):
+            self._train = SequenceIterator(self.train_data, self.config.data.batch_size,
+                                           self.config.seed, *self._process)
+        return self._train
+
+    def eval_batches(self):
+        """The held-out pieces in order; the last batch is padded with empty rows (mask 0)."""
+        if self.eval_data is None:
+            return []
+        global_b = self.config.data.eval_batch_size
+        local, offset = global_b // self._process[1], self._process[0] * (
+            global_b // self._process[1])
+        batches = []
+        n = len(self.eval_data)
+        for start in range(0, n, global_b):
+            rows = np.arange(start + offset, start + offset + local)
+            batch = self.eval_data.batch(np.minimum(rows, n - 1))
+            batch["mask"] &= (rows < n)[:, None]  # rows past the end count for nothing
+            batches.append(batch)
+        return batches
+
+    def save(self, workdir):
+        with open(os.path.join(workdir, "vocab.txt"), "w", encoding="utf-8") as f:
+            f.write("\n".join(self.vocab) + "\n")
+        # elmo_features.load_elmo rebuilds the model from these two files and the checkpoint.
+        with open(os.path.join(workdir, "elmo_config.json"), "w") as f:
+            json.dump(dataclasses.asdict(self.model_config), f, indent=1)
+
+    # -- model ------------------------------------------------------------------------------
+
+    def init_variables(self, rng, batch):
+        return self.model.init({"params": rng, "dropout": rng}, batch["chars"], batch["mask"])
+
+    def init_params(self, params, rng):
+        del rng
+        if not self.config.init_from:
+            return params
+        from tl_jax import warm_start
+        return warm_start.warm_start(params, os.path.expandvars(self.config.init_from),
+                                     self.model_config)
+
+    def _nll(self, params, batch, rng, train):
+        """Summed forward NLL, backward NLL and the number of predicted tokens."""
+        outputs, _ = self.model.apply({"params": params}, batch["chars"], batch["mask"],
+                                      train=train, rngs={"dropout": rng})
+        ids = batch["token_ids"]
+        # Position t predicts t + 1 forwards and t - 1 backwards; both need token t + 1 / t
+        # to be real, i.e. mask[:, 1:] (padding only trails).
+        weights = batch["mask"][:, 1:].astype(jnp.float32)  # (B, T-1)
+        pairs = ((outputs["forward"][:, :-1], ids[:, 1:]), (outputs["backward"][:, 1:], ids[:, :-1]))
+        samples = self.config.loss.sampled_softmax
+        nlls = []
+        for i, (hidden, targets) in enumerate(pairs):
+            if train and samples:
+                p = hidden.shape[-1]
+                nll = sampled_softmax_nll(
+                    hidden.reshape(-1, p), targets.reshape(-1), params["softmax_kernel"],
+                    params["softmax_bias"], jax.random.fold_in(rng, i), samples
+                ).reshape(targets.shape)  # (B, T-1)
+            else:
+                logits = self.model.apply({"params": params}, hidden, method=elmo.BiLM.logits)
+                nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+            nlls.append(jnp.sum(nll * weights))
+        return nlls[0], nlls[1], jnp.sum(weights)
+
+    def loss_fn(self, params, batch, rng, train):
+        fwd, bwd, count = self._nll(params, batch, rng, train)
+        loss = (fwd + bwd) / (2.0 * jnp.maximum(count, 1.0))
+        return loss, {"forward_nll": (fwd, count), "backward_nll": (bwd, count)}
+
+    def predict_fn(self, params, batch):
+        fwd, bwd, count = self._nll(params, batch, jax.random.PRNGKey(0), False)
+        return {"forward_nll": fwd[None], "backward_nll": bwd[None], "tokens": count[None]}
+
+    def evaluate(self, batches_and_outputs, workdir, step):
+        """Exact held-out perplexities exp(total NLL / total tokens), per direction."""
+        del workdir, step
+        return perplexities(out for _, out in batches_and_outputs)
+
+
+def perplexities(outputs) -> dict[str, float]:
+    """Forward/backward perplexity from `predict_fn` outputs."""
+    totals = collections.Counter()
+    for out in outputs:
+        for k in ("forward_nll", "backward_nll", "tokens"):
+            totals[k] += float(np.sum(out[k]))
+    if not totals["tokens"]:
+        return {}
+    return {"forward_perplexity": float(np.exp(totals["forward_nll"] / totals["tokens"])),
+            "backward_perplexity": float(np.exp(totals["backward_nll"] / totals["tokens"]))}
+
+
+def load_vocab(path) -> list[str]:
+    """A vocab.txt written by `Task.save` (one word per line, specials first)."""
+    with open(path, encoding="utf-8") as f:
+        words = [line.rstrip("\n") for line in f if line.rstrip("\n")]
+    if tuple(words[:len(SPECIALS)]) != SPECIALS:
+        raise ValueError(f"{path}: expected the first lines to be {SPECIALS}")
+    return words
