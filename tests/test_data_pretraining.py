@@ -314,6 +314,10 @@ def test_build_saves_and_reuses_tokenizer(small_corpus, tmp_path):
                                    str(tmp_path), seed=0)
     assert again.tokenizer.vocab_size == 1000
     assert _same([next(again.train)], [batch])
+    # Another seed trains on other pairs and masks but is scored on the same held-out batches.
+    other = build_pretraining_data(config, 128, str(tmp_path), seed=1)
+    assert _same(list(other.eval_batches()), evals)
+    assert not np.array_equal(next(other.train)["input_ids"], batch["input_ids"])
     static = build_pretraining_data(_data_config(small_corpus, dynamic_masking=False), 128,
                                     str(tmp_path), seed=0)
     assert static.num_train_instances > 2.5 * data.num_train_instances  # dupe_factor copies

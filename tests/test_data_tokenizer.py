@@ -139,3 +139,13 @@ def test_errors(tmp_path):
     (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(TokenizerError, match="Cannot read tokenizer file"):
         Tokenizer.load(str(tmp_path / "bad.json"))
+
+
+def test_training_is_deterministic(texts):
+    # tokenizers numbers its trained alphabet in hash-map order, which changes on every run;
+    # our ids must not, or a resumed run or a second host would disagree with the first.
+    documents = [texts[i:i + 10] for i in range(0, 120, 10)]
+    vocabs = [Tokenizer.train_wordpiece(documents, vocab_size=400).hf_tokenizer.get_vocab()
+              for _ in range(4)]
+    assert all(v == vocabs[0] for v in vocabs)
+    assert len(vocabs[0]) == 400

@@ -52,8 +52,8 @@ from tl_jax.data.tokenizer import Tokenizer
 
 # Stream tags in the rng seeds, so instance creation and the eval split draw independent numbers.
 _CREATE_STREAM = 11
-# The eval split does not depend on the run's seed, so runs with different seeds (ablations)
-# are scored on the same held-out documents.
+# The held-out set (documents, pairs, masks) does not depend on the run's seed, so runs with
+# different seeds (ablations) are scored on the same examples.
 _EVAL_SPLIT_SEED = 20190524
 
 TokenizedDocument = list[list[int]]  # sentences of token ids
@@ -338,7 +338,8 @@ def build_pretraining_data(
       data_config: ConfigDict with the keys in `DATA_CONFIG_KEYS` (see configs/bert_pretrain.py).
       max_position_embeddings: the model's position table size; `max_seq_length` must fit.
       workdir: where the tokenizer is saved (`workdir/tokenizer/`) and reused on restart.
-      seed: drives instance creation, shuffling and masking (the eval split is seed-free).
+      seed: drives training instance creation, shuffling and masking. The held-out set (which
+        documents, their pairs and masks) does not depend on it.
       process_index, process_count: this process's slice of every global batch.
 
     Raises:
@@ -378,13 +379,15 @@ def build_pretraining_data(
         process_count=process_count, drop_remainder=True)
 
     if len(eval_docs) >= 2:
-        evals = create_instances(eval_docs, c.max_seq_length, c.short_seq_prob, seed,
-                                 tokenizer.cls_id, tokenizer.sep_id)
+        # Seed-free, like the split: runs with different seeds are scored on the same pairs
+        # and masks, so their eval metrics compare without extra noise.
+        evals = create_instances(eval_docs, c.max_seq_length, c.short_seq_prob,
+                                 _EVAL_SPLIT_SEED, tokenizer.cls_id, tokenizer.sep_id)
     else:
         evals = PretrainingInstances.empty()
 
     def eval_pass():
-        return eval_batches(evals, masker, c.max_seq_length, c.eval_batch_size, seed,
+        return eval_batches(evals, masker, c.max_seq_length, c.eval_batch_size, _EVAL_SPLIT_SEED,
                             process_index=process_index, process_count=process_count)
 
     return PretrainingData(

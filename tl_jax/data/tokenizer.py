@@ -45,7 +45,8 @@ class Tokenizer:
     """BERT WordPiece tokenizer with the ids the pretraining pipeline needs.
 
     Build it with `train_wordpiece` or `load`; the constructor takes a ready
-    `tokenizers.Tokenizer` and validates its special tokens.
+    `tokenizers.Tokenizer` (which it changes in place: padding and truncation off, the five
+    special tokens registered) and validates its special tokens.
     """
 
     def __init__(self, hf_tokenizer: tokenizers.Tokenizer, source: str = "<in memory>"):
@@ -108,7 +109,17 @@ class Tokenizer:
         )
         units = (unit for document in documents for unit in document)
         tok.train_from_iterator(units, trainer=trainer, length=sum(len(d) for d in documents))
-        return cls(tok, source=f"<trained WordPiece, vocab_size={vocab_size}>")
+        # The trainer's vocabulary is deterministic as a set, but the ids of its initial
+        # alphabet follow a hash-map order that changes from run to run (and process to
+        # process). Ids must not depend on that: a resumed run, or a second host building its
+        # own copy, has to agree with the first. WordPiece matching only looks at the set, so
+        # renumbering (specials first, then sorted) changes no tokenisation.
+        trained = tok.get_vocab(with_added_tokens=True)
+        ordered = list(SPECIAL_TOKENS) + sorted(t for t in trained if t not in SPECIAL_TOKENS)
+        model = models.WordPiece({t: i for i, t in enumerate(ordered)}, unk_token=UNK,
+                                 max_input_chars_per_word=100)
+        return cls(_bert_pipeline(model, lowercase),
+                   source=f"<trained WordPiece, vocab_size={vocab_size}>")
 
     @classmethod
     def from_vocab(cls, vocab_path: str, lowercase: bool = True) -> "Tokenizer":
