@@ -64,6 +64,7 @@ def test_train_save_load_round_trip_and_hf_reads_it(texts, tmp_path):
     assert 600 < tok.vocab_size <= 1200
     assert tok.special_ids == [0, 1, 2, 3, 4]
     tok.save(str(tmp_path / "tok"))
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["tokenizer.json", "vocab.txt"]
     vocab_lines = (tmp_path / "tok" / "vocab.txt").read_text(encoding="utf-8").splitlines()
     assert vocab_lines[:5] == list(SPECIAL_TOKENS) and len(vocab_lines) == tok.vocab_size
     assert [tok.token_to_id(t) for t in vocab_lines] == list(range(tok.vocab_size))

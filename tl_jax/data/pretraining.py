@@ -309,7 +309,7 @@ def split_eval_documents(num_documents: int, eval_fraction: float) -> tuple[np.n
     return np.sort(order[num_eval:]), np.sort(order[:num_eval])
 
 
-def _get_tokenizer(config, train_documents, workdir: str | None) -> Tokenizer:
+def _get_tokenizer(config, train_documents, workdir: str | None, process_index: int) -> Tokenizer:
     saved = os.path.join(workdir, "tokenizer") if workdir else None
     if saved and os.path.exists(os.path.join(saved, "tokenizer.json")):
         # A resumed run must keep its vocabulary, whatever the config says now.
@@ -319,7 +319,8 @@ def _get_tokenizer(config, train_documents, workdir: str | None) -> Tokenizer:
     else:
         tokenizer = Tokenizer.train_wordpiece(
             train_documents, vocab_size=config.tokenizer_vocab_size, lowercase=config.lowercase)
-    if saved:
+    # Every process builds the same vocabulary (training is deterministic); one writes it.
+    if saved and process_index == 0:
         tokenizer.save(saved)
     return tokenizer
 
@@ -356,7 +357,7 @@ def build_pretraining_data(
     train_texts = [documents[i] for i in train_index]
     eval_texts = [documents[i] for i in eval_index]
 
-    tokenizer = _get_tokenizer(c, train_texts, workdir)
+    tokenizer = _get_tokenizer(c, train_texts, workdir, process_index)
     train_docs = tokenize_documents(train_texts, tokenizer)
     eval_docs = tokenize_documents(eval_texts, tokenizer)
     if len(train_docs) < 2:

@@ -164,10 +164,16 @@ class Tokenizer:
     def save(self, directory: str) -> None:
         """Writes `tokenizer.json` and `vocab.txt` (readable by `load` and by transformers)."""
         os.makedirs(directory, exist_ok=True)
-        self._tok.save(os.path.join(directory, "tokenizer.json"))
-        with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as f:
+        # Written under a temporary name and renamed, so a reader (a restarted run, another
+        # host) never sees half a file.
+        vocab_tmp = os.path.join(directory, f"vocab.txt.tmp{os.getpid()}")
+        with open(vocab_tmp, "w", encoding="utf-8") as f:
             for i in range(self._vocab_size):
                 f.write(self._tok.id_to_token(i) + "\n")
+        os.replace(vocab_tmp, os.path.join(directory, "vocab.txt"))
+        json_tmp = os.path.join(directory, f"tokenizer.json.tmp{os.getpid()}")
+        self._tok.save(json_tmp)
+        os.replace(json_tmp, os.path.join(directory, "tokenizer.json"))
 
     # ---------------------------------------------------------------- ids
 
