@@ -361,7 +361,7 @@ def direction(cfg: ml_collections.ConfigDict, weight_decay: bool) -> optax.Gradi
             parts.append(optax.trace(decay=cfg.b1))
     else:
         raise ValueError(f"optimizer.name={cfg.name!r}; expected adamw, lamb or sgd.")
-    return optax.chain(*parts)
+    return optax.chain(*parts) if parts else optax.identity()  # optax.chain() needs one part
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,342 @@
+"""Transfer strategies: rule coverage, freezing, optimizer-state size, discriminative LR, stages,
+resume mid-schedule, adapters/LoRA on the real BERT, re-initialising the top layers."""
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tl_jax.models import bert
+from tl_jax.optim import optimizers, transfer
+
+NUM_LAYERS = 3
+
+
+def toy_params(seed=0, hidden=6):
+    """A BERT-shaped tree: embeddings, NUM_LAYERS encoder layers, pooler, head."""
+    ks = iter(jax.random.split(jax.random.PRNGKey(seed), 20))
+    layer = lambda: {"dense": {"kernel": jax.random.normal(next(ks), (hidden, hidden)),
+                               "bias": jax.random.normal(next(ks), (hidden,))},
+                     "norm": {"scale": jnp.ones(hidden)}}
+    return {
+        "bert": {"embeddings": {"word": {"embedding": jax.random.normal(next(ks), (10, hidden))}},
+                 "encoder": {f"layer_{i}": layer() for i in range(NUM_LAYERS)},
+                 "pooler": {"dense": {"kernel": jax.random.normal(next(ks), (hidden, hidden))}}},
+        "head": {"dense": {"kernel": jax.random.normal(next(ks), (hidden, 2)),
+                           "bias": jnp.zeros(2)}},
+    }
+
+
+def toy_loss(params, batch):
+    h = params["bert"]["embeddings"]["word"]["embedding"][batch["ids"]]  # (B, H)
+    for i in range(NUM_LAYERS):
+        p = params["bert"]["encoder"][f"layer_{i}"]
+        h = jnp.tanh(h @ p["dense"]["kernel"] + p["dense"]["bias"]) * p["norm"]["scale"]
+    h = jnp.tanh(h @ params["bert"]["pooler"]["dense"]["kernel"])
+    logits = h @ params["head"]["dense"]["kernel"] + params["head"]["dense"]["bias"]  # (B, 2)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+
+
+def batch_for(step):
+    rng = np.random.default_rng(step)
+    return {"ids": rng.integers(0, 10, size=(8,)), "y": rng.integers(0, 2, size=(8,))}
+
+
+def configs(**transfer_overrides):
+    tc = transfer.default_config()
+    tc.update(transfer_overrides)
+    oc = optimizers.default_config()
+    oc.warmup_steps = 0  # a zero first-step rate would hide which groups train at step 0
+    oc.learning_rate = 0.05
+    return tc, oc
+
+
+class Runner:
+    """The trainer's use of a plan: one jitted step per stage, counted."""
+
+    def __init__(self, plan, loss=toy_loss):
+        self.plan, self.loss, self.compiles, self._steps = plan, loss, 0, {}
+
+    def step_fn(self, stage):
+        if stage not in self._steps:
+            plan, loss = self.plan, self.loss
+
+            def train_step(params, opt_state, batch):
+                self.compiles += 1  # runs once per trace
+                trainable, rest = plan.split(params, stage)
+                grads = jax.grad(lambda t: loss(plan.merge(t, rest), batch))(trainable)
+                return plan.update(grads, opt_state, params, stage)
+
+            self._steps[stage] = jax.jit(train_step)
+        return self._steps[stage]
+
+    def run(self, params, opt_state, start, stop, on_step=None):
+        for step in range(start, stop):
+            params, opt_state = self.step_fn(self.plan.stage_for_step(step))(
+                params, opt_state, batch_for(step))
+            if on_step:
+                on_step(step, params)
+        return params, opt_state
+
+
+def flat(tree):
+    return transfer.flat_params(jax.device_get(tree))
+
+
+def test_uncovered_parameters_are_an_error_naming_them():
+    params = toy_params()
+    tc, oc = configs(rules=((r"bert/encoder/.*", "frozen"), (r"head/.*", "train")))
+    with pytest.raises(ValueError) as err:
+        transfer.build_transfer_optimizer(params, tc, oc, 10, 5)
+    msg = str(err.value)
+    assert "2 parameter(s) are not covered" in msg
+    for path in ["bert/embeddings/word/embedding", "bert/pooler/dense/kernel"]:
+        assert path in msg
+    assert "layer_0" not in msg
+
+
+def test_first_match_wins_and_settings_parse():
+    paths = list(transfer.flat_params(toy_params()))
+    rules = [(r".*layer_1/.*", "frozen"), (r"bert/encoder/.*", "train,lr=0.5,no_wd"), (".*", "train")]
+    matched = transfer.match_rules(paths, rules)
+    for path, rule in matched.items():
+        if "layer_1/" in path:
+            assert rule == 0
+        elif path.startswith("bert/encoder/"):
+            assert rule == 1
+        else:
+            assert rule == 2
+    assert transfer.parse_setting("train,lr=0.5,no_wd") == transfer.Setting(True, 0.5, False)
+    assert transfer.parse_setting("frozen") == transfer.Setting(trainable=False)
+    with pytest.raises(ValueError, match="unknown token 'fast'"):
+        transfer.parse_setting("train,fast")
+    with pytest.raises(ValueError, match=r"transfer rule 1: bad regex"):
+        transfer.compile_rules([(".*", "train"), ("(", "train")])
+
+
+def test_summary_lists_groups_with_counts():
+    tc, oc = configs(rules=((r"bert/embeddings/.*", "frozen"), (".*", "train")))
+    plan = transfer.build_transfer_optimizer(toy_params(), tc, oc, 10, 5)
+    text = plan.summary()
+    assert re.search(r"bert/embeddings/\.\*\s+frozen\s+1\s+60\b", text)
+    total = transfer.count_params(toy_params())
+    assert re.search(rf"\.\*\s+train\s+{len(plan.paths) - 1}\s+{total - 60:,}\b", text)
+
+
+@pytest.mark.parametrize("rules", [
+    ((r"bert/.*", "frozen"), (".*", "train")),                       # linear probe on the head
+    ((r"bert/(embeddings|encoder/layer_[01])/.*", "frozen"), (".*", "train")),
+    ((".*", "train"),),
+])
+def test_frozen_bit_identical_and_state_scales_with_trainable(rules):
+    params = toy_params()
+    # A -0.0 in a frozen tensor: adding a zero update would flip it to +0.0.
+    params["bert"]["embeddings"]["word"]["embedding"] = \
+        params["bert"]["embeddings"]["word"]["embedding"].at[0, 0].set(-0.0)
+    tc, oc = configs(rules=rules)
+    plan = transfer.build_transfer_optimizer(params, tc, oc, 20, 5)
+    opt_state = plan.init(params)
+    trainable = plan.trainable_count()
+    # Adam keeps mu and nu (2 x float32) per trainable scalar; the rest is a few step counts.
+    overhead = transfer.tree_bytes(opt_state) - 8 * trainable
+    assert 0 <= overhead <= 64, overhead
+    new, _ = Runner(plan).run(params, opt_state, 0, 5)
+    before, after = flat(params), flat(new)
+    for path in before:
+        if plan.optimizer_mask[path]:
+            assert not np.array_equal(before[path], after[path]), path
+        else:
+            assert before[path].tobytes() == after[path].tobytes(), path
+
+
+def test_full_finetuning_matches_plain_optimizer():
+    """strategy none + one 'train' rule is exactly optimizers.make_optimizer (AdamW + clip)."""
+    params = toy_params()
+    tc, oc = configs()
+    oc.warmup_steps = 2
+    plan = transfer.build_transfer_optimizer(params, tc, oc, 20, 5)
+    ours, _ = Runner(plan).run(params, plan.init(params), 0, 6)
+    tx, _ = optimizers.make_optimizer(oc, 20)
+
+    @jax.jit
+    def ref_step(p, state, batch):
+        updates, state = tx.update(jax.grad(toy_loss)(p, batch), state, p)
+        return optax.apply_updates(p, updates), state
+
+    ref, state = params, tx.init(params)
+    for step in range(6):
+        ref, state = ref_step(ref, state, batch_for(step))
+    for path, value in flat(ref).items():
+        # Jitted vs eager: fusion changes the last bits.
+        np.testing.assert_allclose(flat(ours)[path], value, rtol=1e-5, atol=1e-5, err_msg=path)
+
+
+def test_discriminative_learning_rates_per_depth():
+    params = toy_params()
+    tc, oc = configs(discriminative_decay=2.6)
+    oc.name, oc.b1, oc.weight_decay, oc.clip_norm = "sgd", 0.0, 0.0, 0.0
+    oc.warmup_steps, oc.decay = 0, "constant"
+    plan = transfer.build_transfer_optimizer(params, tc, oc, 10, 5)
+    new, _ = Runner(plan).run(params, plan.init(params), 0, 1)
+    grads = flat(jax.grad(toy_loss)(params, batch_for(0)))
+    depth = {"bert/embeddings/word/embedding": 0, "bert/encoder/layer_1/dense/kernel": 2,
+             "bert/encoder/layer_2/dense/bias": 3, "bert/pooler/dense/kernel": 4,
+             "head/dense/kernel": 4}
+    for path, d in depth.items():
+        expected = flat(params)[path] - oc.learning_rate * 2.6 ** -(4 - d) * grads[path]
+        np.testing.assert_allclose(flat(new)[path], expected, rtol=1e-5, atol=1e-7, err_msg=path)
+
+
+def _changed_groups(plan, before, after):
+    return {plan.info[p].group for p in before if not np.array_equal(before[p], after[p])}
+
+
+def test_gradual_unfreezing_order_and_one_compile_per_stage():
+    params = toy_params()
+    tc, oc = configs(strategy="gradual_unfreezing", stage_steps=2)
+    plan = transfer.build_transfer_optimizer(params, tc, oc, 12, 5)
+    order = ["head", "layer_2", "layer_1", "layer_0", "embeddings"]
+    assert [s.start_step for s in plan.stages] == [0, 2, 4, 6, 8]
+    for k, stage in enumerate(plan.stages):
+        assert stage.groups == frozenset(order[:k + 1])
+    changed = {}
+    last = [flat(params)]
+
+    def record(step, new):
+        changed[step] = _changed_groups(plan, last[0], flat(new))
+        last[0] = flat(new)
+
+    runner = Runner(plan)
+    runner.run(params, plan.init(params), 0, 12, record)
+    for step in range(12):
+        assert changed[step] == set(order[:min(step // 2, 4) + 1]), step
+    assert runner.compiles == len(plan.stages)
+
+
+def test_chain_thaw_stages_train_one_group_at_a_time():
+    params = toy_params()
+    tc, oc = configs(strategy="chain_thaw", stage_steps=1)
+    plan = transfer.build_transfer_optimizer(params, tc, oc, 8, 5)
+    expected = [["head"], ["embeddings"], ["layer_0"], ["layer_1"], ["layer_2"],
+                ["embeddings", "layer_0", "layer_1", "layer_2", "head"]]
+    assert [sorted(s.groups) for s in plan.stages] == [sorted(e) for e in expected]
+    changed = {}
+    last = [flat(params)]
+
+    def record(step, new):
+        changed[step] = _changed_groups(plan, last[0], flat(new))
+        last[0] = flat(new)
+
+    Runner(plan).run(params, plan.init(params), 0, 7, record)
+    for step in range(7):
+        assert changed[step] == set(expected[min(step, 5)]), step
+
+
+def test_thawed_group_starts_with_fresh_adam_count():
+    """A group thawed late takes Adam's first step (|update| = lr), not a bias-corrected blow-up."""
+    params = toy_params()
+    tc, oc = configs(strategy="gradual_unfreezing", stage_steps=3)
+    oc.warmup_steps, oc.decay, oc.clip_norm, oc.weight_decay = 0, "constant", 0.0, 0.0
+    plan = transfer.build_transfer_optimizer(params, tc, oc, 20, 5)
+    runner = Runner(plan)
+    mid, state = runner.run(params, plan.init(params), 0, 3)
+    new, _ = runner.run(mid, state, 3, 4)  # first step of stage 1: layer_2 thaws
+    delta = np.abs(flat(new)["bert/encoder/layer_2/dense/kernel"]
+                   - flat(mid)["bert/encoder/layer_2/dense/kernel"])
+    # Adam's first step is lr * g / (|g| + eps): lr up to eps. A count shared with the head (4 at
+    # this step) would give about 0.58 * lr; at step 1000 about 3.2 * lr.
+    np.testing.assert_allclose(delta, oc.learning_rate, rtol=1e-2)
+
+
+def test_resume_mid_schedule_equals_uninterrupted_run():
+    params = toy_params()
+    tc, oc = configs(strategy="gradual_unfreezing", stage_steps=2, discriminative_decay=2.6,
+                     schedule="stlr")
+    plan = transfer.build_transfer_optimizer(params, tc, oc, 10, 5)
+    runner = Runner(plan)  # shares the compiled per-stage steps between the runs (test speed)
+    full, full_state = runner.run(params, plan.init(params), 0, 10)
+    # Stop in the middle of stage 1 and round-trip everything through host numpy (a checkpoint).
+    # A restarted process rebuilds the plan from the config; its state template must match.
+    part, part_state = runner.run(params, plan.init(params), 0, 3)
+    saved = jax.device_get((part, part_state))
+    restarted = transfer.build_transfer_optimizer(params, tc, oc, 10, 5)
+    assert restarted.stage_for_step(3) == 1
+    template = jax.eval_shape(restarted.init, params)
+    assert jax.tree.structure(template) == jax.tree.structure(saved[1])
+    for t, s in zip(jax.tree.leaves(template), jax.tree.leaves(saved[1])):
+        assert t.shape == np.shape(s) and t.dtype == np.asarray(s).dtype
+    resumed, resumed_state = runner.run(saved[0], saved[1], 3, 10)
+    for a, b in zip(jax.tree.leaves((full, full_state)), jax.tree.leaves((resumed, resumed_state))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_gradient_accumulation_composes():
+    """optax.MultiSteps around a stage's transform: k micro-steps == one step on the mean grad."""
+    params = toy_params()
+    tc, oc = configs(rules=((r"bert/embeddings/.*", "frozen"), (".*", "train")))
+    plan = transfer.build_transfer_optimizer(params, tc, oc, 10, 5)
+    opt_params = plan.optimizer_params(params)
+    multi = optax.MultiSteps(plan.tx_for_stage(0), every_k_schedule=2)
+    state = multi.init(opt_params)
+    grads = [jax.grad(lambda p: toy_loss(plan.merge(p, plan.split(params, 0)[1]), batch_for(s)))(
+        opt_params) for s in range(2)]
+    for g in grads:
+        updates, state = multi.update(g, state, opt_params)
+    mean = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+    ref, _ = plan.tx_for_stage(0).update(mean, plan.tx_for_stage(0).init(opt_params), opt_params)
+    for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+    # The accumulator covers the trainable subtree only.
+    assert transfer.count_params(state.acc_grads) == plan.trainable_count()
+
+
+def test_reinit_top_layers():
+    params, fresh = toy_params(0), toy_params(1)
+    out = flat(transfer.reinit_top_layers(params, fresh, 2))
+    for path, value in out.items():
+        take_fresh = "layer_1/" in path or "layer_2/" in path or "pooler/" in path
+        source = flat(fresh) if take_fresh else flat(params)
+        np.testing.assert_array_equal(value, source[path], err_msg=path)
+    with pytest.raises(ValueError, match="has 3 layers"):
+        transfer.reinit_top_layers(params, fresh, 4)
+
+
+def _tiny_bert(**kw):
+    cfg = bert.BertConfig(vocab_size=30, hidden_size=16, num_layers=2, num_heads=2,
+                          intermediate_size=32, max_position_embeddings=16, **kw)
+    model = bert.BertModel(cfg)
+    ids = jnp.ones((2, 8), jnp.int32)
+    params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), ids))["params"]
+
+    def loss(p, batch):
+        outputs, _ = model.apply({"params": p}, batch["ids"])
+        return jnp.mean((outputs["pooled_output"] - 0.5) ** 2)
+
+    return params, loss
+
+
+@pytest.mark.parametrize("kind,rules,pattern", [
+    ("adapter", ((r".*_adapter/.*", "train"), (r".*norm/.*", "train"), (r".*pooler/.*", "train"),
+                 (".*", "frozen")), r".*(_adapter/|norm/|pooler/).*"),
+    ("lora", ((r".*/lora_[ab]", "train"), (".*", "frozen")), r".*/lora_[ab]"),
+])
+def test_adapters_and_lora_train_only_their_parameters(kind, rules, pattern):
+    params, loss = _tiny_bert(**({"adapter_size": 4} if kind == "adapter" else {"lora_rank": 2}))
+    tc, oc = configs(rules=rules)
+    plan = transfer.build_transfer_optimizer(params, tc, oc, 10, 5)
+    trained = {p for p in plan.paths if plan.optimizer_mask[p]}
+    assert trained == {p for p in plan.paths if re.fullmatch(pattern, p)} and trained
+    assert plan.trainable_count() < 0.3 * transfer.count_params(params)
+    runner = Runner(plan, loss)
+    step = runner.step_fn(0)
+    new, state = params, plan.init(params)
+    for s in range(3):
+        new, state = step(new, state, {"ids": jnp.asarray(batch_for(s)["ids"]).reshape(2, 4)})
+    before, after = flat(params), flat(new)
+    changed = {p for p in before if not np.array_equal(before[p], after[p])}
+    assert changed <= trained and changed  # (lora_a gets no gradient until lora_b moves)
+    for p in set(before) - trained:
+        assert before[p].tobytes() == after[p].tobytes(), p
