@@ -2,7 +2,7 @@
 
 Run:
   TL_JAX_DATA_DIR=... python experiments/transfer_food_reviews.py [--init_from=DIR] [--seeds=0,1,2]
-      [--train_examples=1000] [--eval_examples=1000] [--max_seq_length=64] [--epochs=2]
+      [--train_examples=512] [--eval_examples=500] [--max_seq_length=64] [--epochs=2]
 
 Both arms use the same tokenizer, data, optimizer, schedule and seeds (via
 `tl_jax.tasks.classify.transfer_comparison`); only the initial encoder weights differ. It prints a
@@ -25,18 +25,21 @@ def main():
     parser.add_argument("--init_from", default=os.path.join(data_dir, "models", "all-MiniLM-L6-v2"))
     parser.add_argument("--workdir", default="/tmp/tl_jax_transfer_food")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--train_examples", type=int, default=1000)
-    parser.add_argument("--eval_examples", type=int, default=1000)
+    parser.add_argument("--train_examples", type=int, default=512)
+    parser.add_argument("--eval_examples", type=int, default=500)
     parser.add_argument("--max_seq_length", type=int, default=64)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--warmup_steps", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=32)
     args = parser.parse_args()
     if not data_dir:
         raise SystemExit("set TL_JAX_DATA_DIR to the shared data folder")
     overrides = [f"data.max_train_examples={args.train_examples}",
                  f"data.max_eval_examples={args.eval_examples}",
                  f"data.max_seq_length={args.max_seq_length}", f"data.num_epochs={args.epochs}",
-                 f"optimizer.learning_rate={args.learning_rate}"]
+                 f"optimizer.learning_rate={args.learning_rate}",
+                 f"optimizer.warmup_steps={args.warmup_steps}", f"data.batch_size={args.batch_size}"]
     seeds = [int(s) for s in args.seeds.split(",")]
     results = classify.transfer_comparison(args.init_from, args.workdir, seeds, overrides)
 
