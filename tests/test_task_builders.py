@@ -1,0 +1,89 @@
+"""The silver downstream tasks built from the real text: deterministic and well-formed."""
+import json
+
+import pytest
+
+from tl_jax.data import readers, task_builders as tb
+
+NAMES_CAPS, QA_CAPS = (300, 60, 60), (120, 30, 30)
+
+
+@pytest.fixture(scope="module")
+def built(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tasks")
+    manifest = tb.build_all(out, data_dir, names_caps=NAMES_CAPS, qa_caps=QA_CAPS)
+    return out, manifest
+
+
+def test_silver_tagging_rule():
+    words = ['"', "Yes", ",", '"', "said", "Elizabeth", ".", "I", "met", "Mr.", "Darcy", "at",
+             "Netherfield", "Park", "in", "MAY", ";", "Jane", "laughed", ":", "Good", "news"]
+    # Sentence starts, the words after an opening quote or a colon, "I" and SHOUTED words are not
+    # names; "Mr. Darcy" and "Netherfield Park" are one entity each.
+    expected = ["O", "O", "O", "O", "O", "B-NAME", "O", "O", "O", "B-NAME", "I-NAME", "O",
+                "B-NAME", "I-NAME", "O", "O", "O", "B-NAME", "O", "O", "O", "O"]
+    assert tb.silver_tags(words) == expected
+
+
+def test_sentence_split_keeps_abbreviations_and_closing_quotes():
+    text = 'Mr. Bennet came. "Is he rich?" she asked. Yes!'
+    got = [" ".join(t for t, _, _ in s) for s in tb.sentences(tb.tokenize(text))]
+    assert got == ["Mr. Bennet came .", '" Is he rich ? "', "she asked .", "Yes !"]
+
+
+def test_build_is_deterministic(built, data_dir, tmp_path):
+    _, manifest = built
+    again = tb.build_all(tmp_path, data_dir, names_caps=NAMES_CAPS, qa_caps=QA_CAPS)
+    for task in ("names", "cloze_qa"):
+        for split in tb.SPLITS:
+            assert again[task][split]["md5"] == manifest[task][split]["md5"], (task, split)
+    assert json.loads((tmp_path / "manifest.json").read_text())["names"]["train"]["sentences"] == 300
+
+
+def test_names_task_is_well_formed(built):
+    out, manifest = built
+    for split, cap in zip(tb.SPLITS, NAMES_CAPS):
+        sentences = readers.read_conll(out / "names" / f"{split}.conll")
+        assert len(sentences) == cap == manifest["names"][split]["sentences"]
+        tokens = [t for s in sentences for t in s["tokens"]]
+        assert all(t == t.lower() for t in tokens)  # the input is lowercased
+        tags = [t for s in sentences for t in s["tags"]]
+        assert set(tags) <= {"O", "B-NAME", "I-NAME"}
+        assert 0.005 < tags.count("B-NAME") / len(tags) < 0.2  # names present, not everywhere
+        assert sum("B-NAME" in s["tags"] for s in sentences) > cap // 5
+        for s in sentences:  # IOB2: every entity opens with B-
+            assert all(not (t == "I-NAME" and p == "O") for p, t in zip(["O"] + s["tags"], s["tags"]))
+    train = {" ".join(s["tokens"]) for s in readers.read_conll(out / "names" / "train.conll")}
+    test = {" ".join(s["tokens"]) for s in readers.read_conll(out / "names" / "test.conll")}
+    assert len(train & test) <= 2  # blocks split cleanly (only stock phrases can repeat)
+
+
+def test_cloze_qa_is_well_formed_and_blocks_do_not_leak(built):
+    out, manifest = built
+    titles = {}
+    for split, cap in zip(tb.SPLITS, QA_CAPS):
+        records = readers.read_squad(out / "cloze_qa" / f"{split}.json")  # checks answer offsets
+        assert len(records) == cap == manifest["cloze_qa"][split]["questions"]
+        assert len({r["id"] for r in records}) == cap
+        for r in records:
+            assert r["question"].count(tb.BLANK) == 1 and not r["is_impossible"]
+            answer = r["answers"][0]["text"]
+            assert answer[0].isupper() or answer.split(".")[0] in tb.ABBREVIATIONS
+            # The question sentence itself was taken out of the passage.
+            assert r["question"].replace(tb.BLANK, answer) not in r["context"]
+            assert tb.split_of(r["title"]) == split
+        titles[split] = {r["title"] for r in records}
+    assert not titles["train"] & titles["test"] and not titles["dev"] & titles["test"]
+
+
+def test_v2_adds_unanswerable_questions(data_dir):
+    qa = tb.build_cloze_qa(data_dir, {"train": 80, "dev": 0, "test": 0}, version="2.0")["train"]
+    impossible = [r for r in qa if r["is_impossible"]]
+    assert 0 < len(impossible) <= len(qa) - len(impossible)
+    for r in impossible:
+        assert r["answers"] == [] and tb.BLANK in r["question"]
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no austen.jsonl"):
+        tb.build_all(tmp_path / "out", tmp_path)
