@@ -228,3 +228,61 @@ def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: i
     seconds = time.perf_counter() - start
     stats = {"nonzeros": n, "seconds": seconds, "losses": losses, "vocab": vocab}
     return WordVectors(list(vocab.words), vectors), stats
+
+
+# ----------------------------------------------------------------------------------------------
+# The CLI entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def run(config, workdir: str) -> dict:
+    """Trains `config.method` ("word2vec" or "glove") and writes vectors + scores to `workdir`.
+
+    Writes WORKDIR/vectors.{txt,bin} in each of `config.save_formats`, WORKDIR/vocab.txt and
+    WORKDIR/scores.json (when `config.eval_dir` holds the evaluation files), and prints the
+    scores last. Returns the scores (plus words_per_sec for word2vec).
+    """
+    import json
+
+    from tl_jax.evaluation import word_vectors as evaluation
+
+    if config.method not in ("word2vec", "glove"):
+        raise ValueError(f"config.method={config.method!r}; expected 'word2vec' or 'glove'")
+    sentences = wv.load_sentences(config.corpus, config.text_field)
+    if config.max_sentences:
+        sentences = sentences[:config.max_sentences]
+    vocab = wv.Vocab.build(sentences, config.min_count, config.max_vocab or None)
+    print(f"{config.method}: {len(sentences)} sentences, "
+          f"{sum(len(s) for s in sentences)} words, vocabulary {len(vocab)}", flush=True)
+    if config.method == "word2vec":
+        w = config.word2vec
+        vectors, stats = train_word2vec(
+            sentences, dim=config.dim, window=config.window, negatives=w.negatives,
+            epochs=config.epochs, sample=w.sample, lr=w.learning_rate, min_lr=w.min_learning_rate,
+            batch_size=config.batch_size, cbow=w.cbow, seed=config.seed,
+            steps_per_call=config.steps_per_call, vocab=vocab)
+    else:
+        g = config.glove
+        vectors, stats = train_glove(
+            sentences, dim=config.dim, window=config.window, epochs=config.epochs,
+            x_max=g.x_max, alpha=g.alpha, lr=g.learning_rate, batch_size=config.batch_size,
+            seed=config.seed, steps_per_call=config.steps_per_call, vocab=vocab)
+    os.makedirs(workdir, exist_ok=True)
+    vocab.save(os.path.join(workdir, "vocab.txt"))
+    for fmt in config.save_formats:
+        ext = "bin" if fmt == "word2vec_binary" else "txt"
+        save_vectors(vectors, os.path.join(workdir, f"vectors.{fmt}.{ext}"), fmt)
+    scores = {"train_seconds": stats["seconds"], "final_loss": stats["losses"][-1]}
+    if "words_per_sec" in stats:
+        scores["words_per_sec"] = stats["words_per_sec"]
+    eval_dir = os.path.expandvars(config.eval_dir) if config.eval_dir else ""
+    if eval_dir and pathlib.Path(eval_dir, evaluation.WORDSIM353).exists():
+        scores.update(evaluation.evaluate_all(vectors, eval_dir))
+        print(evaluation.format_scores(scores), flush=True)
+    elif eval_dir:
+        print(f"no evaluation files under {eval_dir}; skipping word similarity and analogies")
+    with open(os.path.join(workdir, "scores.json"), "w") as f:
+        json.dump(scores, f, indent=1)
+    print(f"done: {config.method} {config.epochs} epochs in {stats['seconds']:.1f}s | final loss "
+          f"{scores['final_loss']:.4f} | vectors in {workdir}", flush=True)
+    return scores

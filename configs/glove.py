@@ -1,0 +1,53 @@
+"""GloVe (weighted least squares on 1/distance co-occurrence counts, AdaGrad) on Austen +
+the Wikipedia sample.
+
+Run:
+  tl_jax static --config=configs/glove.py --workdir=/tmp/glove
+
+It counts co-occurrences in a symmetric window, trains W and W~ with AdaGrad, writes
+WORKDIR/vectors.glove_text.txt (W + W~) and scores.json, and ends with a summary like:
+  WordSim353 rho=0.xxx (258 pairs, 95 OOV)
+  SimLex-999 rho=0.xxx (704 pairs, 295 OOV)
+  Google analogies 3CosAdd acc=0.0xx (5351 questions, 14193 OOV)
+  done: glove 15 epochs in NN.Ns | final loss 0.0xxx | vectors in /tmp/glove
+
+Arguments: "" or "base" (dim 100, window 10, 15 epochs); "tiny" (dim 16, 2 epochs on 2,000
+text units: a smoke test). Override with --config.key=value.
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+    arg = arg or "base"
+    if arg not in ("base", "tiny"):
+        raise ValueError(f"Unknown argument {arg!r}; choose base or tiny")
+    c = ml_collections.ConfigDict()
+    c.method = "glove"
+    c.seed = 0
+    c.corpus = "$TL_JAX_DATA_DIR/austen.jsonl,$TL_JAX_DATA_DIR/enwiki_sample.jsonl"
+    c.text_field = "text"
+    c.max_sentences = 0
+    c.min_count = 5
+    c.max_vocab = 0
+    c.dim = 100
+    c.window = 10
+    c.epochs = 15
+    c.batch_size = 16384       # co-occurrence entries per AdaGrad step
+    c.steps_per_call = 16
+    c.word2vec = ml_collections.ConfigDict(dict(
+        cbow=False, negatives=5, sample=1e-3, learning_rate=0.025, min_learning_rate=1e-4))
+    c.glove = ml_collections.ConfigDict(dict(
+        x_max=100.0,           # counts above x_max get weight 1
+        alpha=0.75,            # f(x) = (x / x_max)^alpha below x_max
+        learning_rate=0.05,
+    ))
+    c.save_formats = ("glove_text",)
+    c.eval_dir = "$TL_JAX_DATA_DIR"
+    if arg == "tiny":
+        c.max_sentences = 2000
+        c.min_count = 2
+        c.dim = 16
+        c.epochs = 2
+        c.batch_size = 1024
+        c.steps_per_call = 4
+    return c
