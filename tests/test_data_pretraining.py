@@ -71,8 +71,14 @@ def test_short_seq_prob_controls_short_instances(documents, tokenizer):
     assert short_share(0.0) < 0.02 < short_share(0.1) < short_share(0.5) < short_share(1.0)
 
 
-def test_nsp_labels_balanced(instances):
+def test_nsp_labels_balanced(instances, tokenizer):
     assert 0.46 < instances.nsp_labels.mean() < 0.54
+    # Short documents (news articles of ~10 sentences) are where a lone last sentence used to
+    # force extra "random next" pairs (58% random in the original algorithm).
+    lee = tokenize_documents(load_documents("gensim:lee"), tokenizer, progress=False)
+    labels = np.concatenate([create_instances(lee, 128, 0.1, seed, tokenizer.cls_id,
+                                              tokenizer.sep_id).nsp_labels for seed in range(4)])
+    assert len(labels) > 3000 and 0.47 < labels.mean() < 0.53
 
 
 def test_actual_next_follows_and_random_next_is_from_another_document():

@@ -7,7 +7,7 @@ Instances follow the original `create_pretraining_data.py` (google-research/bert
   shorter target in [2, max_seq_length - 3], so the model also sees inputs as short as
   fine-tuning ones);
 * the chunk is cut at a random sentence boundary into A and B. With probability 0.5 (and always
-  when the chunk is a single sentence) B is instead taken from a random position in another
+  when the document is a single sentence) B is instead taken from a random position in another
   document (label 1, "random next"); the unused sentences are put back for the next chunk;
 * `truncate_seq_pair` trims the longer of A and B one token at a time, from the front or the
   back at random, until the pair fits;
@@ -18,10 +18,13 @@ Three deliberate differences:
 * the original retried 10 times to draw a random document different from the current one and
   then used whatever it got; here the random document is drawn from the other documents
   directly, so a "random next" segment never comes from the same document;
-* the original always made a chunk of a single sentence a "random next" pair, which puts the
-  random share above 50% (54% at max_seq_length 64 on Wikipedia); here a single sentence of
-  2+ tokens is cut at a random token into A and its actual continuation B, so the labels are
-  balanced;
+* the original closed a chunk as soon as it reached the target, even with a single sentence
+  in it, and such a chunk can only make a "random next" pair: that put the random share at
+  54% (max_seq_length 64, Wikipedia; 58% on the short Lee news articles). Here a chunk takes
+  a second sentence before it closes (truncation then trims the pair to fit), it never leaves
+  the document's last sentence alone, and a last sentence left alone anyway (put back after a
+  "random next" pair) is dropped. Only one-sentence documents still make "random next" pairs
+  only; the labels are balanced (49-51% on Wikipedia, Lee and Austen);
 * the original drew the short target once per document, so a corpus of few long documents
   (six novels) got either no short instances or a whole novel of them; here it is drawn for
   every instance, so `short_seq_prob` is the fraction of instances with a short target.
@@ -151,13 +154,13 @@ def create_instances_from_document(
     while i < len(document):
         chunk.append(document[i])
         chunk_length += len(document[i])
-        if i == len(document) - 1 or chunk_length >= target_seq_length:
-            split_sentence = len(chunk) == 1 and len(chunk[0]) >= 2
-            if split_sentence:
-                # One long sentence: cut it at a random token so it can still give an
-                # actual-next pair (see the module docstring).
-                cut = int(rng.integers(1, len(chunk[0])))
-                chunk = [chunk[0][:cut], chunk[0][cut:]]
+        # A chunk takes at least two sentences, and never leaves the document's last sentence
+        # alone for the next chunk (see the module docstring): one sentence alone could only
+        # make a "random next" pair.
+        last = len(document) - 1
+        if i == last or (chunk_length >= target_seq_length and len(chunk) >= 2 and i < last - 1):
+            if len(chunk) == 1 and len(document) > 1:
+                break  # A lone last sentence put back by a "random next" pair: dropped.
             a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
             tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
             tokens_b: list[int] = []
@@ -173,10 +176,8 @@ def create_instances_from_document(
                     tokens_b.extend(sentence)
                     if len(tokens_b) >= target_b_length:
                         break
-                # The sentences after A were not used: put them back for the next chunk
-                # (the rest of a cut sentence is dropped, as truncation would drop it).
-                if not split_sentence:
-                    i -= len(chunk) - a_end
+                # The sentences after A were not used: put them back for the next chunk.
+                i -= len(chunk) - a_end
             else:
                 is_random_next = 0
                 tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
