@@ -1,0 +1,204 @@
+"""Cached decoding, sampling, left padding, prompt scoring and the `generate` command."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from tl_jax import generate
+from tl_jax.generate import Generator, Sampling, filter_logits, score
+from tl_jax.models.gpt import GPT, gpt_config
+
+VOCAB = 61
+
+
+@pytest.fixture(scope="module")
+def lm():
+    # A wide init so the random model's greedy choices vary (a 0.02 init mostly repeats the
+    # last token, which would make padding and cache bugs invisible).
+    cfg = gpt_config("tiny", VOCAB, max_len=64, dropout_rate=0.0, attention_dropout_rate=0.0,
+                     initializer_range=0.3)
+    model = GPT(cfg)
+    params = nn.unbox(model.init(jax.random.PRNGKey(1), jnp.zeros((1, 4), jnp.int32))["params"])
+    return model, params
+
+
+@pytest.fixture(scope="module")
+def gen(lm):
+    """One generator shared by the tests, so they share its compiled functions."""
+    return Generator(*lm)
+
+
+PROMPTS = [[3, 14, 15, 9, 26], [5], [35, 8, 9, 7, 9, 3, 2, 38, 4, 6, 2]]
+N = 10  # new tokens; one value keeps the number of distinct compiled shapes small
+
+
+def full_logits(model, params, seq):
+    """Logits of a full forward pass without the cache (right-padded to one fixed width)."""
+    fn = _FORWARD.setdefault(model.config, jax.jit(
+        lambda p, t: model.apply({"params": p}, t)[0]["logits"]))
+    tokens = np.zeros((1, 64), np.int32)
+    tokens[0, :len(seq)] = seq
+    return np.asarray(fn(params, tokens)[0, :len(seq)])
+
+
+_FORWARD = {}
+
+
+def test_cached_decoding_equals_full_recomputation(lm, gen):
+    model, params = lm
+    outs, logits = gen.generate(PROMPTS, N, Sampling(1.0), seed=0, return_logits=True)
+    assert len(logits) == N
+    for b, prompt in enumerate(PROMPTS):
+        seq = prompt + outs[b]
+        ref = full_logits(model, params, seq)[len(prompt) - 1:len(seq) - 1]  # (N, V)
+        mine = np.stack([step[b] for step in logits])
+        np.testing.assert_allclose(mine, ref, atol=2e-5, rtol=1e-5)
+    assert len(set(map(tuple, outs))) == len(outs)  # the rows really differ
+
+
+def test_step_is_compiled_once_for_all_tokens(lm):
+    model, params = lm
+    gen = Generator(model, params)
+    gen.generate(PROMPTS, 20)
+    assert gen.traces == {"prefill": 1, "step": 1}
+    # Same shapes again, other prompts and seed: nothing is traced again.
+    gen.generate([p[::-1] for p in PROMPTS], 20, seed=5)
+    assert gen.traces == {"prefill": 1, "step": 1}
+    # And XLA itself compiles nothing new for the same shapes.
+    with jax.log_compiles(True):
+        import logging
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logger = logging.getLogger("jax")
+        logger.addHandler(handler)
+        try:
+            gen.generate(PROMPTS, 20, seed=7)
+        finally:
+            logger.removeHandler(handler)
+    compiled = [r for r in records if "_step_fn" in r.getMessage() or "_prefill_fn" in r.getMessage()]
+    assert compiled == []
+
+
+def test_left_padded_prompt_continues_like_unpadded(gen):
+    batched, batched_logits = gen.generate(PROMPTS, N, return_logits=True)
+    for b in (1, 2):  # the shortest prompt (most padding) and the longest (none)
+        prompt = PROMPTS[b]
+        alone, alone_logits = gen.generate([prompt], N, return_logits=True)
+        assert alone[0] == batched[b]
+        np.testing.assert_allclose(np.stack([l[0] for l in alone_logits]),
+                                   np.stack([l[b] for l in batched_logits]), atol=2e-5)
+
+
+def test_sampling_is_deterministic_per_seed(gen):
+    s = Sampling(temperature=1.0, top_k=20, top_p=0.95)
+    a = gen.generate(PROMPTS, N, s, seed=3)
+    b = gen.generate(PROMPTS, N, s, seed=3)
+    c = gen.generate(PROMPTS, N, s, seed=4)
+    assert a == b
+    assert a != c
+
+
+def test_low_temperature_sampling_is_greedy(gen):
+    assert gen.generate(PROMPTS, N, Sampling(1e-4), seed=9) == gen.generate(PROMPTS, N)
+
+
+def test_stop_tokens_end_rows(gen):
+    free = gen.generate(PROMPTS, N)
+    stop = free[0][2]  # row 0 produces it at its third step
+    stopped = gen.generate(PROMPTS, N, stop_tokens=[stop])
+    for row_free, row_stopped in zip(free, stopped):
+        if stop in row_free:
+            cut = row_free.index(stop) + 1
+            assert row_stopped == row_free[:cut]
+        else:
+            assert row_stopped == row_free
+
+
+def test_top_k_samples_only_the_k_most_likely(gen):
+    k = 3
+    outs, logits = gen.generate(PROMPTS, N, Sampling(2.0, top_k=k), seed=1, return_logits=True)
+    for step, step_logits in enumerate(logits):
+        top = np.argsort(-step_logits, axis=-1)[:, :k]
+        for b in range(len(PROMPTS)):
+            assert outs[b][step] in top[b]
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.99])
+def test_top_p_keeps_the_smallest_nucleus(p):
+    logits = jax.random.normal(jax.random.PRNGKey(0), (16, 40)) * 3
+    probs = np.asarray(jax.nn.softmax(logits, -1))
+    kept = np.asarray(filter_logits(logits, top_p=p)) > -1e29
+    for row_p, row_kept in zip(probs, kept):
+        kept_p = np.sort(row_p[row_kept])
+        assert kept_p.sum() >= p - 1e-6  # reaches p ...
+        assert kept_p.sum() - kept_p[0] < p + 1e-6  # ... and is minimal
+        assert row_p[row_kept].min() >= row_p[~row_kept].max(initial=0)  # the most likely ones
+
+
+def test_top_k_filter_keeps_k():
+    logits = jax.random.normal(jax.random.PRNGKey(2), (8, 30))
+    kept = np.asarray(filter_logits(logits, top_k=5)) > -1e29
+    assert (kept.sum(-1) == 5).all()
+    assert (np.asarray(logits)[kept].reshape(8, 5).min(-1)
+            >= np.sort(np.asarray(logits), -1)[:, -5]).all()
+
+
+def test_generate_rejects_bad_input(gen):
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        gen.generate([[1, VOCAB]], 4)
+    with pytest.raises(ValueError, match="max_len"):
+        gen.generate([[1] * 60], 10)
+    with pytest.raises(ValueError, match="empty"):
+        gen.generate([[1], []], 4)
+
+
+def test_score_is_the_continuation_log_likelihood(lm):
+    model, params = lm
+    contexts = [[3, 4, 5], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]]
+    conts = [[8, 9], [10, 11, 12], [13]]
+    got = score(model, params, contexts, conts, batch_size=2)
+    for i, (ctx, cont) in enumerate(zip(contexts, conts)):
+        seq = ctx + cont
+        logp = jax.nn.log_softmax(full_logits(model, params, seq), -1)
+        want = sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont))
+        assert got[i] == pytest.approx(want, abs=1e-4)
+    assert (got < 0).all()
+
+
+def test_zero_shot_classification_picks_the_likelier_label(lm):
+    model, params = lm
+    prompts = [[3, 4, 5], [9, 9]]
+    labels = [[10], [20, 21], [30]]
+    pred, scores = generate.classify_zero_shot(model, params, prompts, labels)
+    assert scores.shape == (2, 3)
+    np.testing.assert_array_equal(pred, scores.argmax(-1))
+    direct = score(model, params, [prompts[1]], [labels[1]])[0]
+    assert scores[1, 1] == pytest.approx(direct, abs=1e-5)
+
+
+def test_run_generate_from_a_gpt2_directory(tmp_path, lm):
+    from tl_jax.data.bpe import BPETokenizer
+    from tl_jax.interop import gpt2
+
+    texts = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"] * 20
+    tok = BPETokenizer.train(texts, vocab_size=300)
+    cfg = gpt_config("tiny", tok.vocab_size, max_len=64, initializer_range=0.3)
+    model = GPT(cfg)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    gpt2.save_pretrained(tmp_path, cfg, params)
+    tok.save(str(tmp_path))
+    out = generate.run_generate(str(tmp_path), prompts=["the cat", "a dog sat"],
+                                max_new_tokens=6, stop_at_eos=False)
+    assert [r["prompt"] for r in out] == ["the cat", "a dog sat"]
+    gen = Generator(model, params, pad_id=tok.eos_id)
+    want = gen.generate([tok.encode("the cat")], 6)[0]
+    assert out[0]["completion"] == tok.decode(want)
+
+    prompt_file = tmp_path / "prompts.jsonl"
+    prompt_file.write_text('{"text": "the cat", "label": " sat"}\n{"text": "a", "label": " dog"}\n')
+    scored = generate.run_generate(str(tmp_path), mode="score", prompt_file=str(prompt_file),
+                                   choices=[" sat", " dog"], output=str(tmp_path / "out.jsonl"))
+    assert all(r["prediction"] in (" sat", " dog") for r in scored)
+    assert (tmp_path / "out.jsonl").read_text().count("\n") == 2
