@@ -340,3 +340,35 @@ def test_adapters_and_lora_train_only_their_parameters(kind, rules, pattern):
     assert changed <= trained and changed  # (lora_a gets no gradient until lora_b moves)
     for p in set(before) - trained:
         assert before[p].tobytes() == after[p].tobytes(), p
+
+
+def test_as_optax_single_compile_matches_static_stages():
+    """One transform over the full tree, stage read from the step: same result as one jitted step
+    per stage, one compile for the run, frozen leaves bit-identical through optax.apply_updates."""
+    params = toy_params()
+    params["bert"]["embeddings"]["word"]["embedding"] = \
+        params["bert"]["embeddings"]["word"]["embedding"].at[0, 0].set(-0.0)
+    tc, oc = configs(rules=((r"bert/embeddings/.*", "frozen"), (".*", "train")),
+                     strategy="gradual_unfreezing", stage_steps=2, discriminative_decay=2.6,
+                     schedule="stlr")
+    plan = transfer.build_transfer_optimizer(params, tc, oc, 9, 5)
+    static, static_state = Runner(plan).run(params, plan.init(params), 0, 9)
+
+    tx, compiles = plan.as_optax(), []
+
+    @jax.jit
+    def step(p, state, batch):
+        compiles.append(1)
+        updates, state = tx.update(jax.grad(toy_loss)(p, batch), state, p)
+        return optax.apply_updates(p, updates), state
+
+    dynamic, state = params, tx.init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(static_state)
+    for s in range(9):
+        dynamic, state = step(dynamic, state, batch_for(s))
+    assert len(compiles) == 1
+    for path, value in flat(static).items():
+        np.testing.assert_allclose(flat(dynamic)[path], value, rtol=1e-5, atol=1e-6, err_msg=path)
+    frozen = "bert/embeddings/word/embedding"
+    assert flat(dynamic)[frozen].tobytes() == flat(params)[frozen].tobytes()
+    assert int(state.count) == 9

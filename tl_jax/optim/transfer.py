@@ -22,20 +22,26 @@ Design of the optimizer state (why it looks like this):
   (`TransferPlan.split`), no gradient is ever computed for them.
 * Parameters that some stage trains are in the optimizer's tree from step 0, so the state has ONE
   structure for the whole run: a checkpoint taken in any stage restores into the same target, and
-  resuming mid-schedule needs no state surgery. A group frozen in the current stage is wrapped in
-  `hold`: zero update, state untouched. Each group has its own optimizer state (via
-  `optax.multi_transform`), so a group thawed at step 1000 starts with a fresh Adam count; one
-  shared count would apply bias correction for step 1000 to zero moments and take a step of
-  roughly `lr * 3 * sign(g)`.
-* Learning-rate schedule and multipliers are applied after the per-group transforms, with one
-  global count, so the schedule runs over the whole training run regardless of stages.
+  resuming mid-schedule needs no state surgery. A group frozen in the current stage is held: its
+  update is -0.0 and its state does not change. Each label (layer group x weight decay on/off)
+  has its own inner optimizer state, so a group thawed at step 1000 starts with a fresh Adam
+  count; one shared count would apply step-1000 bias correction to zero moments and take a step
+  of about `3 * lr * sign(g)`.
+* Clipping is by the global norm of what the stage trains (as `optimizers.make_optimizer` does
+  for the whole model); the learning-rate schedule and the per-path multipliers are applied after
+  the per-label transforms with one global count, so the schedule spans the whole run.
+* Two ways to run it, with identical state: `as_optax()` (one transform over the full tree, the
+  stage read from the step at run time: one compile per run, drop-in for any trainer) and
+  `tx_for_stage(k)` / `split` / `update` (the stage static: one compile per stage, and no
+  gradients computed for anything the stage does not train).
 
-The `optax.masked` / `MaskedNode` pitfall: `optax.multi_transform` gives each inner transform the
-whole tree with `optax.MaskedNode()` in place of the other groups' leaves. A pytree-valued
-weight-decay mask handed to an inner `adamw` therefore no longer matches the tree it sees, and
-`tree_map`s over the state need `is_leaf=lambda x: isinstance(x, optax.MaskedNode)`. This module
-avoids both: weight decay on/off is part of the group label (the inner transforms take no mask),
-and the state is read with plain path flattening, where `MaskedNode` contributes no leaves.
+Why not `optax.multi_transform` / `optax.masked`: they give each inner transform the whole tree
+with `optax.MaskedNode()` in place of the other labels' leaves. A pytree-valued weight-decay mask
+handed to an inner `adamw` no longer matches the tree it sees, `tree_map`s over the state need
+`is_leaf=lambda x: isinstance(x, optax.MaskedNode)`, and the frozen labels' `set_to_zero` adds
++0.0 (flipping -0.0 weights). Here each label's state is built over that label's own subtree,
+weight decay on/off is part of the label (the inner transforms take no mask), and frozen leaves
+get -0.0 updates.
 """
 from __future__ import annotations
 
@@ -315,31 +321,6 @@ def stage_for_step(stages: Sequence[Stage], step: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def hold(inner: optax.GradientTransformation) -> optax.GradientTransformation:
-    """Same state as `inner`, but the update is zero and the state does not change.
-
-    Used for groups that some stage trains but the current stage freezes: the optimizer state
-    keeps one structure across stages, and the held group's moments and count wait unchanged.
-    """
-
-    def update_fn(updates, state, params=None):
-        del params
-        return jax.tree_util.tree_map(jnp.zeros_like, updates), state
-
-    return optax.GradientTransformation(inner.init, update_fn)
-
-
-def scale_by_multipliers(multipliers: Params) -> optax.GradientTransformation:
-    """Multiplies each update leaf by a static per-leaf float (discriminative learning rates)."""
-
-    def update_fn(updates, state, params=None):
-        del params
-        return jax.tree_util.tree_map(lambda u, m: u * jnp.asarray(m, u.dtype), updates,
-                                      multipliers), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
-
-
 def direction(cfg: ml_collections.ConfigDict, weight_decay: bool) -> optax.GradientTransformation:
     """The optimizer of `config.optimizer` without learning rate and clipping.
 
@@ -415,6 +396,9 @@ class TransferPlan:
 
     At a stage boundary the trainer only re-jits the step for the new stage: the optimizer state
     carries over unchanged. A checkpoint needs nothing extra: the stage is a function of the step.
+
+    Or, with no change to a trainer that differentiates every parameter: `tx = plan.as_optax()`
+    (one compile for the whole run; see there). Both keep the same state, step for step.
     """
 
     def __init__(self, params: Params, cfg: ml_collections.ConfigDict,
@@ -487,62 +471,57 @@ class TransferPlan:
 
     # --- optimizer ----------------------------------------------------------------------------
 
-    @functools.lru_cache(maxsize=None)
-    def tx_for_stage(self, stage: int) -> optax.GradientTransformation:
-        """The transform over the optimizer subtree (`split_params(params, optimizer_mask)[0]`).
-
-        Its state has the same structure for every stage; only the update differs.
-        """
-        active = self.stages[stage].groups
-        transforms = {}
-        for label in sorted(set(self.labels.values())):
-            group, decay = label.split("/")[0], not label.endswith("/no_decay")
-            inner = direction(self.optimizer_cfg, weight_decay=decay)
-            transforms[label] = inner if group in active else hold(inner)
-        opt_paths = [p for p in self.paths if self.optimizer_mask[p]]
-        label_tree = _unflat({p: self.labels[p] for p in opt_paths})
-        mult_tree = _unflat({p: self.info[p].lr_mult for p in opt_paths})
-        parts = []
-        if self.optimizer_cfg.clip_norm and self.optimizer_cfg.clip_norm > 0:
-            # Held groups get zero gradients, so the norm is that of this stage's gradients.
-            parts.append(optax.clip_by_global_norm(self.optimizer_cfg.clip_norm))
-        parts += [optax.multi_transform(transforms, label_tree),
-                  scale_by_multipliers(mult_tree),
-                  optax.scale_by_learning_rate(self.schedule)]
-        return optax.chain(*parts)
-
     def optimizer_params(self, params: Params) -> Params:
-        """The subtree the optimizer state is built over."""
+        """The subtree the optimizer state is built over (what some stage trains)."""
         return split_params(params, self.optimizer_mask)[0]
 
-    def init(self, params: Params):
-        """Optimizer state for the whole run (jittable; works under `jax.eval_shape`)."""
-        return self.tx_for_stage(0).init(self.optimizer_params(params))
+    def init(self, params: Params) -> "TransferState":
+        """Optimizer state for the whole run, over the full tree or `optimizer_params`.
+
+        Jittable and `jax.eval_shape`-able; the same structure for every stage.
+        """
+        return self.as_optax().init(params)
+
+    @functools.lru_cache(maxsize=None)
+    def tx_for_stage(self, stage: int) -> optax.GradientTransformation:
+        """The transform with `stage` fixed at trace time.
+
+        Accepts gradients for any superset of the stage's trainable paths (typically exactly
+        `split(params, stage)[0]`) and returns updates for the same paths: -0.0 for paths this
+        stage does not train. Its state is the same as `as_optax()`'s.
+        """
+        return _staged_transform(self, stage)
+
+    @functools.lru_cache(maxsize=None)
+    def as_optax(self) -> optax.GradientTransformation:
+        """The whole schedule as ONE optax transform over the full parameter tree.
+
+        The stage is read from the state's step count at run time, so the trainer compiles once
+        for the entire run and resumes correctly from any checkpoint; the price is that it
+        computes gradients for every parameter (use `split`/`update` to avoid that). Frozen and
+        held parameters get updates of -0.0, which `optax.apply_updates` adds without changing a
+        single bit (x + -0.0 == x for every x, including -0.0; x + 0.0 would turn -0.0 into 0.0).
+        """
+        return _staged_transform(self, None)
 
     def update(self, grads: Params, opt_state, params: Params, stage: int):
-        """One optimizer step. Returns `(new_params, new_opt_state)`.
+        """One optimizer step with the stage fixed. Returns `(new_params, new_opt_state)`.
 
-        `grads` covers exactly `split(params, stage)[0]` (the paths trainable in this stage).
-        Everything else in `params` is returned as the same arrays, so frozen parameters stay
-        bit-identical (adding a zero update would turn -0.0 into +0.0).
+        `grads` covers exactly `split(params, stage)[0]`. Every other leaf of `params` is
+        returned as the same array, untouched.
         """
         train_mask = self.trainable_mask(stage)
-        flat_g = flat_params(grads)
+        flat_g, flat_p = flat_params(grads), flat_params(params)
         expected = [p for p in self.paths if train_mask[p]]
         if sorted(flat_g) != expected:
             raise ValueError("plan.update: grads must cover exactly the paths trainable in stage "
                              f"{stage} ({self.stages[stage].name}); got {len(flat_g)} paths, "
                              f"expected {len(expected)}.")
-        flat_p = flat_params(params)
-        opt_paths = [p for p in self.paths if self.optimizer_mask[p]]
-        # Held groups take zero gradients: the clip norm and the held state ignore them.
-        full_g = {p: flat_g[p] if train_mask[p] else jnp.zeros_like(flat_p[p]) for p in opt_paths}
-        opt_p = {p: flat_p[p] for p in opt_paths}
-        updates, opt_state = self.tx_for_stage(stage).update(_unflat(full_g), opt_state, _unflat(opt_p))
-        flat_u = flat_params(updates)
-        new = {p: (optax.apply_updates(flat_p[p], flat_u[p]) if train_mask[p] else flat_p[p])
-               for p in self.paths}
-        return _unflat(new), opt_state
+        trainable = _unflat({p: flat_p[p] for p in expected})
+        updates, opt_state = self.tx_for_stage(stage).update(grads, opt_state, trainable)
+        new = merge_params(optax.apply_updates(trainable, updates),
+                           _unflat({p: x for p, x in flat_p.items() if not train_mask[p]}))
+        return new, opt_state
 
     # --- reporting ----------------------------------------------------------------------------
 
@@ -574,6 +553,82 @@ class TransferPlan:
             groups = " ".join(g for g in reversed(self.groups) if g in s.groups)
             lines.append(f"  {s.name:<12} {s.start_step:>9} {self.trainable_count(k):>12,}  {groups}")
         return "\n".join(lines)
+
+
+class TransferState(NamedTuple):
+    """Optimizer state of a plan: the global step and one inner state per label.
+
+    `inner[label]` is the direction's state over that label's parameters only (a nested dict of
+    just those paths), so no `MaskedNode` placeholders appear and a leaf's path ends with its
+    parameter's path (what `parallel.shardings_like_params` matches on).
+    """
+
+    count: jax.Array
+    inner: dict
+
+
+def _staged_transform(plan: "TransferPlan", stage: int | None) -> optax.GradientTransformation:
+    """The plan's optimizer; `stage=None` selects the stage from the step count at run time."""
+    labels = sorted(set(plan.labels.values()))
+    label_paths = {lb: [p for p in plan.paths if plan.labels.get(p) == lb] for lb in labels}
+    label_group = {lb: plan.info[label_paths[lb][0]].group for lb in labels}
+    directions = {lb: direction(plan.optimizer_cfg, weight_decay=not lb.endswith("/no_decay"))
+                  for lb in labels}
+    groups = sorted(set(label_group.values()))
+    starts = np.array([s.start_step for s in plan.stages])
+    # (stages, groups): does stage k train group g?
+    table = np.array([[g in s.groups for g in groups] for s in plan.stages])
+    clip = plan.optimizer_cfg.clip_norm
+
+    def init_fn(params):
+        flat = flat_params(params)
+        return TransferState(
+            count=jnp.zeros((), jnp.int32),
+            inner={lb: directions[lb].init(_unflat({p: flat[p] for p in label_paths[lb]}))
+                   for lb in labels})
+
+    def update_fn(updates, state, params=None):
+        flat_u = flat_params(updates)
+        flat_p = flat_params(params) if params is not None else {}
+        if stage is None:
+            k = jnp.sum(state.count >= starts) - 1  # stage index of this update
+            active = {g: jnp.asarray(table)[k, i] for i, g in enumerate(groups)}
+        else:
+            active = {g: bool(table[stage, i]) for i, g in enumerate(groups)}
+        live = [lb for lb in labels if active[label_group[lb]] is not False]
+        grads = {}
+        for lb in live:
+            a = active[label_group[lb]]
+            for p in label_paths[lb]:
+                if p not in flat_u:
+                    raise ValueError(f"transfer: no gradient for {p!r}, which stage "
+                                     f"{stage} trains.")
+                # Run-time stage: held groups' gradients are zeroed so the clip norm is the norm
+                # of what this stage trains, exactly as with the static stage.
+                grads[p] = flat_u[p] if stage is not None else jnp.where(a, flat_u[p], 0.0)
+        if clip and clip > 0 and grads:
+            grads = flat_params(optax.clip_by_global_norm(clip).update(
+                _unflat(grads), optax.EmptyState())[0])
+        lr = plan.schedule(state.count)
+        out = {p: jnp.full_like(u, -0.0) for p, u in flat_u.items()}
+        inner = dict(state.inner)
+        for lb in live:
+            a = active[label_group[lb]]
+            sub_p = _unflat({p: flat_p[p] for p in label_paths[lb]}) if flat_p else None
+            new_u, new_s = directions[lb].update(
+                _unflat({p: grads[p] for p in label_paths[lb]}), state.inner[lb], sub_p)
+            new_u = flat_params(new_u)
+            if stage is None:  # a held group keeps its state (its moments and its count)
+                new_s = jax.tree_util.tree_map(lambda n, o: jnp.where(a, n, o), new_s,
+                                               state.inner[lb])
+            inner[lb] = new_s
+            for p in label_paths[lb]:
+                # Same order as optax.scale_by_learning_rate: (-lr * mult) * u; mult 1.0 is exact.
+                step = jnp.asarray(-lr * plan.info[p].lr_mult, new_u[p].dtype) * new_u[p]
+                out[p] = step if stage is not None else jnp.where(a, step, -0.0)
+        return _unflat(out), TransferState(count=state.count + 1, inner=inner)
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def build_transfer_optimizer(params: Params, transfer_cfg: ml_collections.ConfigDict,
