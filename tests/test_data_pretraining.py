@@ -11,6 +11,7 @@ from tl_jax.data.pretraining import (
     build_pretraining_data,
     create_instances,
     tokenize_documents,
+    truncate_seq_pair,
 )
 from tl_jax.data.pretraining_iterator import BATCH_KEYS, PretrainingIterator, eval_batches
 from tl_jax.data.sources import SourceError, load_documents
@@ -62,6 +63,26 @@ def test_instance_layout_lengths_and_segments(instances, tokenizer):
         assert (tokens[1:-1] == tokenizer.sep_id).sum() == 1
     # Most instances fill the budget; short_seq_prob=0.1 makes some clearly shorter.
     assert 0.03 < np.mean(lengths < L - 8) < 0.2
+
+
+def test_truncate_seq_pair_matches_token_by_token_trimming():
+    def reference(a, b, max_num_tokens, draws):
+        while len(a) + len(b) > max_num_tokens:
+            longer = a if len(a) > len(b) else b
+            if next(draws) < 0.5:
+                del longer[0]
+            else:
+                longer.pop()
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        na, nb, limit = (int(x) for x in rng.integers(1, 60, 3))
+        seed = int(rng.integers(1 << 30))
+        a, b = list(range(na)), list(range(100, 100 + nb))
+        truncate_seq_pair(a, b, limit, np.random.default_rng(seed))
+        ra, rb = list(range(na)), list(range(100, 100 + nb))
+        reference(ra, rb, limit, iter(np.random.default_rng(seed).random(max(0, na + nb - limit))))
+        assert (a, b) == (ra, rb) and len(a) + len(b) == min(limit, na + nb)
 
 
 def test_short_seq_prob_controls_short_instances(documents, tokenizer):

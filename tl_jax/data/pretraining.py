@@ -118,14 +118,25 @@ class PretrainingInstances:
 
 
 def truncate_seq_pair(tokens_a: list, tokens_b: list, max_num_tokens: int, rng) -> None:
-    """Trims the longer list in place, from the front or back at random, until both fit."""
-    while len(tokens_a) + len(tokens_b) > max_num_tokens:
-        trunc = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
-        # Random side, to avoid biasing toward always seeing sentence ends (as in BERT).
-        if rng.random() < 0.5:
-            del trunc[0]
+    """Trims the longer list in place, one token at a time from the front or the back at
+    random (so the model does not always see sentence ends, as in BERT), until both fit."""
+    excess = len(tokens_a) + len(tokens_b) - max_num_tokens
+    if excess <= 0:
+        return
+    # Same decisions as trimming token by token, but counted first and cut once (deleting
+    # list heads one at a time is quadratic on long chunks).
+    len_a, len_b = len(tokens_a), len(tokens_b)
+    front = {"a": 0, "b": 0}
+    sides = rng.random(excess) < 0.5
+    for from_front in sides:
+        if len_a > len_b:
+            len_a -= 1
+            front["a"] += int(from_front)
         else:
-            trunc.pop()
+            len_b -= 1
+            front["b"] += int(from_front)
+    for tokens, new_len, cut in ((tokens_a, len_a, front["a"]), (tokens_b, len_b, front["b"])):
+        tokens[:] = tokens[cut:cut + new_len]
 
 
 def create_instances_from_document(
