@@ -188,6 +188,22 @@ def test_special_tokens_never_masked_and_batch_format(instances, tokenizer):
             assert batch["nsp_weights"][r] == 1.0
 
 
+def test_rows_without_maskable_tokens_get_no_predictions(tokenizer):
+    unk, cls, sep = tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id
+    only_unk = [cls, unk, sep, unk, unk, sep]
+    rows = [(only_unk, 3, 1), ([cls, 2000, sep, 2001, sep], 3, 0)]
+    inst = PretrainingInstances.from_rows(rows)
+    for whole_word in (False, True):
+        it = PretrainingIterator(inst, Masker(tokenizer, whole_word=whole_word), 8, 2, 0)
+        batch = next(it)
+        for r in range(2):
+            if batch["nsp_labels"][r] == 1:  # the [UNK]-only row: nothing to predict, no crash
+                assert batch["masked_weights"][r].sum() == 0
+                assert batch["input_ids"][r, :6].tolist() == only_unk
+            else:
+                assert batch["masked_weights"][r].sum() == 1  # at least one when possible
+
+
 def _whole_word_violations(batch, tokenizer):
     original = _originals(batch)
     violations = 0

@@ -1,7 +1,7 @@
 """Masked-LM masking for BERT pretraining (Devlin et al., 2019, section 3.1 and appendix A.1).
 
-`Masker.mask(tokens, rng)` picks `masked_lm_prob` of the maskable tokens (at least one, at most
-`max_predictions_per_seq`) and replaces each picked token by [MASK] with probability 0.8, by a
+`Masker.mask(tokens, rng)` picks `masked_lm_prob` of the maskable tokens (at least one if there
+is one, at most `max_predictions_per_seq`) and replaces each picked token by [MASK] with probability 0.8, by a
 uniformly random non-special token with probability 0.1, and leaves it unchanged otherwise.
 The model must predict the original token at every picked position.
 
@@ -63,7 +63,10 @@ class Masker:
         tokens = np.asarray(tokens, dtype=np.int32)
         candidates = np.flatnonzero(~self._is_special[tokens])
         if candidates.size == 0:
-            raise ValueError("Cannot mask an example made only of special tokens.")
+            # Text the vocabulary cannot represent ([UNK] only): nothing to predict, and the
+            # row's prediction weights stay zero rather than the run failing.
+            empty = np.zeros(0, np.int32)
+            return MaskedTokens(input_ids=tokens.copy(), positions=empty, labels=empty)
         num = self.num_to_predict(candidates.size)
         if self.whole_word:
             positions = self._pick_whole_words(tokens, candidates, num, rng)
