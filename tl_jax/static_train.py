@@ -151,6 +151,12 @@ def train_word2vec(sentences: Sequence[Sequence[str]], *, dim: int = 100, window
                     negatives=negatives)
                 epoch_losses.append(chunk_losses)  # kept on device: no sync inside the epoch
             losses.append(float(jnp.mean(jnp.concatenate(epoch_losses))))
+            if not np.isfinite(losses[-1]):
+                # A batch sums the updates of every occurrence of a word; with a tiny vocabulary
+                # (or a huge batch) one row gets too many at once.
+                raise FloatingPointError(
+                    f"word2vec loss became {losses[-1]} in epoch {epoch + 1}: lower the learning "
+                    f"rate ({lr}) or batch_size ({batch_size}) for this {len(vocab)}-word vocabulary")
             if log:
                 log(f"word2vec epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
     vectors = np.asarray(jax.block_until_ready(params["input"]))

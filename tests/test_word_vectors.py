@@ -1,0 +1,198 @@
+"""word2vec / GloVe data statistics, the closed-form SGD step, and short training runs that learn."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tl_jax import static_train
+from tl_jax.data import word_vectors as wv
+from tl_jax.models import embeddings
+
+
+def _corpus(sentences, min_count=1):
+    vocab = wv.Vocab.build(sentences, min_count)
+    return vocab, wv.encode_corpus(sentences, vocab)
+
+
+def test_tokenize_lowercases_and_keeps_inner_apostrophes():
+    assert wv.tokenize("Don\u2019t STOP, well-known 42!") == ["don't", "stop", "well-known", "42"]
+
+
+def test_vocab_min_count_order_and_round_trip(tmp_path):
+    sents = [["b", "a", "a", "c"], ["a", "b", "d"]]
+    vocab = wv.Vocab.build(sents, min_count=2)
+    assert vocab.words == ["a", "b"] and list(vocab.counts) == [3, 2]
+    assert list(vocab.encode(["c", "b", "a"])) == [1, 0]  # OOV dropped
+    vocab.save(tmp_path / "v.txt")
+    again = wv.Vocab.load(tmp_path / "v.txt")
+    assert again.words == vocab.words and list(again.counts) == [3, 2]
+    (tmp_path / "bad.txt").write_text("a 3\nb two\n")
+    with pytest.raises(ValueError, match=r"bad.txt:2"):
+        wv.Vocab.load(tmp_path / "bad.txt")
+    with pytest.raises(ValueError, match="min_count"):
+        wv.Vocab.build(sents, min_count=10)
+
+
+def test_subsampling_probabilities_formula_and_empirical_rate():
+    counts = np.array([50_000, 5_000, 500, 50, 5])
+    t = 1e-3
+    keep = wv.subsample_keep_prob(counts, t)
+    f = counts / counts.sum()
+    np.testing.assert_allclose(keep, np.minimum(1, (np.sqrt(f / t) + 1) * t / f))
+    assert np.all(np.diff(keep) >= 0) and keep[-1] == 1.0 and keep[0] < 0.2
+    np.testing.assert_array_equal(wv.subsample_keep_prob(counts, 0), np.ones(5))
+    # The pair generator keeps each word at that rate (a binomial check, 6 sigma).
+    ids = np.repeat(np.arange(5, dtype=np.int32), counts)
+    corpus = wv.EncodedCorpus(ids, np.zeros_like(ids))
+    kept, _ = wv._subsample(corpus, keep, np.random.default_rng(0))
+    seen = np.bincount(kept, minlength=5)
+    assert np.all(np.abs(seen - counts * keep) <= 6 * np.sqrt(counts * keep * (1 - keep)) + 1)
+
+
+def test_negative_table_and_samples_follow_unigram_to_the_075():
+    counts = np.array([1000, 300, 100, 10, 1])
+    expected = counts ** 0.75 / np.sum(counts ** 0.75)
+    table = wv.negative_table(counts, 0.75, size=100_000)
+    np.testing.assert_allclose(np.bincount(table, minlength=5) / len(table), expected, atol=1e-5)
+    vocab = wv.Vocab([str(i) for i in range(5)], counts)
+    corpus = wv.EncodedCorpus(np.arange(5, dtype=np.int32), np.zeros(5, np.int32))
+    data = wv.Word2VecBatches(corpus, vocab, batch_size=2, window=1, negatives=5)
+    draws = data.sample_negatives((200_000,))
+    freq = np.bincount(draws, minlength=5) / len(draws)
+    assert np.all(np.abs(freq - expected) <= 5 * np.sqrt(expected / len(draws)) + 1e-4)
+    # Not the raw unigram distribution: rare words are boosted.
+    assert freq[-1] > counts[-1] / counts.sum() * 2
+
+
+def test_dynamic_window_distance_distribution_and_sentence_boundaries():
+    window, n = 4, 40_000
+    ids = np.arange(n, dtype=np.int32)  # every token distinct: distances are readable
+    sent = (np.arange(n) // 100).astype(np.int32)
+    centre, context = wv.skipgram_pairs(wv.EncodedCorpus(ids, sent), window, np.ones(n),
+                                        np.random.default_rng(0))
+    dist = np.abs(context - centre)
+    assert dist.min() >= 1 and dist.max() <= window
+    assert np.all(sent[centre] == sent[context])
+    # With b ~ U{1..W}, distance d is used with probability (W - d + 1) / W.
+    by_d = np.bincount(dist, minlength=window + 1)[1:]
+    ratio = by_d / by_d[0]
+    np.testing.assert_allclose(ratio, (window - np.arange(window)) / window, atol=0.02)
+
+
+def test_cbow_examples_hold_the_same_pairs_as_skipgram():
+    rng_sents = np.random.default_rng(1)
+    sents = [[str(x) for x in rng_sents.integers(0, 30, size=rng_sents.integers(1, 12))]
+             for _ in range(200)]
+    vocab, corpus = _corpus(sents)
+    keep = wv.subsample_keep_prob(vocab.counts, 0.01)
+    sg = wv.skipgram_pairs(corpus, 3, keep, np.random.default_rng(7))
+    target, ctx = wv.cbow_examples(corpus, 3, keep, np.random.default_rng(7))
+    valid = ctx >= 0
+    cb = (np.broadcast_to(target[:, None], ctx.shape)[valid], ctx[valid])
+    key = lambda a, b: sorted(zip(a.tolist(), b.tolist()))  # noqa: E731
+    assert key(*sg) == key(*cb)
+    assert valid.any(axis=1).all()
+
+
+def test_cooccurrence_counts_weight_by_inverse_distance():
+    vocab = wv.Vocab(["a", "b", "c"], [3, 2, 1])
+    corpus = wv.encode_corpus([["a", "b", "c"], ["c", "a"]], vocab)
+    x = wv.cooccurrence_matrix(corpus, 3, window=2).toarray()
+    want = np.zeros((3, 3))
+    want[0, 1] = want[1, 0] = 1.0
+    want[1, 2] = want[2, 1] = 1.0
+    want[0, 2] = want[2, 0] = 0.5 + 1.0  # distance 2 in sentence 1, adjacent in sentence 2
+    np.testing.assert_allclose(x, want)
+
+
+def test_glove_weighting_function():
+    x = jnp.array([0.0, 1.0, 50.0, 100.0, 1e4])
+    f = embeddings.glove_weight(x, x_max=100.0, alpha=0.75)
+    np.testing.assert_allclose(f, [0.0, 0.01 ** 0.75, 0.5 ** 0.75, 1.0, 1.0], rtol=1e-6)
+    grid = jnp.linspace(0.01, 200, 500)
+    assert bool(jnp.all(jnp.diff(embeddings.glove_weight(grid)) >= 0))
+    # The loss is zero exactly when the prediction is log X, whatever the weight.
+    assert float(embeddings.glove_loss(jnp.log(x[1:]), x[1:]).max()) == 0.0
+
+
+@pytest.mark.parametrize("cbow", [False, True])
+def test_closed_form_sgd_step_equals_autodiff_of_the_flax_model(cbow):
+    vocab_size, dim, b, k = 50, 8, 16, 4
+    model, params = static_train.init_word2vec(vocab_size, dim, cbow, seed=0)
+    rng = np.random.default_rng(0)
+    params = {"input": jnp.asarray(rng.normal(size=(vocab_size, dim)), jnp.float32),
+              "output": jnp.asarray(rng.normal(size=(vocab_size, dim)), jnp.float32)}
+    centre = rng.integers(0, vocab_size, b)
+    context = rng.integers(0, vocab_size, (b, 4) if cbow else b)
+    if cbow:
+        context[:, 2:] = np.where(rng.random((b, 2)) < 0.5, -1, context[:, 2:])
+    target = centre if cbow else context
+    negs = (target[:, None] + 1 + rng.integers(0, vocab_size - 1, (b, k))) % vocab_size
+    batch = {"centre": jnp.asarray(centre), "context": jnp.asarray(context),
+             "negatives": jnp.asarray(negs)}
+    lr = 0.1
+
+    def loss(p):
+        out, _ = model.apply({"params": p}, batch)
+        return jnp.sum(embeddings.negative_sampling_loss(out["pos_logits"], out["neg_logits"]))
+
+    grads = jax.grad(loss)(params)
+    new, mean_loss = static_train.word2vec_sgd_step(params, batch, lr, cbow)
+    np.testing.assert_allclose(mean_loss, loss(params) / b, rtol=1e-5)
+    np.testing.assert_allclose(new["output"], params["output"] - lr * grads["output"], atol=1e-5)
+    if cbow:
+        # word2vec.c gives each context word the full hidden-layer gradient, i.e. n_ctx times
+        # the true gradient of the mean; check that convention row by row.
+        scaled = np.zeros((vocab_size, dim), np.float32)
+        out, _ = model.apply({"params": params}, batch)
+        g_logits = jax.grad(lambda pl, nl: jnp.sum(
+            embeddings.negative_sampling_loss(pl, nl)), argnums=(0, 1))(
+                out["pos_logits"], out["neg_logits"])
+        gh = (np.asarray(g_logits[0])[:, None] * np.asarray(params["output"])[centre]
+              + np.einsum("bk,bkd->bd", np.asarray(g_logits[1]), np.asarray(params["output"])[negs]))
+        for row in range(b):
+            for c in context[row]:
+                if c >= 0:
+                    scaled[c] += gh[row]
+        np.testing.assert_allclose(new["input"], params["input"] - lr * scaled, atol=1e-5)
+    else:
+        np.testing.assert_allclose(new["input"], params["input"] - lr * grads["input"], atol=1e-5)
+
+
+TOPIC = 40  # words per topic
+
+
+def _planted_corpus(n_sentences=1500, seed=0):
+    """Two topics: words 0-39 only co-occur with each other, and words 40-79 likewise."""
+    rng = np.random.default_rng(seed)
+    sents = []
+    for i in range(n_sentences):
+        base = TOPIC * (i % 2)
+        sents.append([f"w{base + x}" for x in rng.integers(0, TOPIC, size=12)])
+    return sents
+
+
+def _topic_margin(vectors):
+    unit = vectors.unit_vectors()
+    idx = np.array([vectors.index[f"w{i}"] for i in range(2 * TOPIC)])
+    sims = unit[idx] @ unit[idx].T
+    topic = np.arange(2 * TOPIC) // TOPIC
+    same = (topic[:, None] == topic[None, :]) & ~np.eye(2 * TOPIC, dtype=bool)
+    return sims[same].mean() - sims[topic[:, None] != topic[None, :]].mean()
+
+
+@pytest.mark.parametrize("cbow", [False, True])
+def test_word2vec_learns_planted_topics(cbow):
+    vectors, stats = static_train.train_word2vec(
+        _planted_corpus(), dim=16, window=3, negatives=5, epochs=3, min_count=1, sample=0,
+        lr=0.05, batch_size=128, cbow=cbow, steps_per_call=16, log=None)
+    assert stats["losses"][-1] < stats["losses"][0]
+    assert _topic_margin(vectors) > 0.3  # chance is 0
+
+
+def test_glove_learns_planted_topics():
+    vectors, stats = static_train.train_glove(
+        _planted_corpus(), dim=16, window=4, epochs=30, min_count=1, x_max=10.0,
+        batch_size=64, steps_per_call=4, log=None)
+    assert stats["losses"][-1] < 0.5 * stats["losses"][0]
+    assert _topic_margin(vectors) > 0.3
