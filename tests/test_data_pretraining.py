@@ -10,6 +10,7 @@ from tl_jax.data.pretraining import (
     PretrainingInstances,
     build_pretraining_data,
     create_instances,
+    describe,
     tokenize_documents,
     truncate_seq_pair,
 )
@@ -361,6 +362,9 @@ def test_build_saves_and_reuses_tokenizer(small_corpus, tmp_path):
     other = build_pretraining_data(config, 128, str(tmp_path), seed=1)
     assert _same(list(other.eval_batches()), evals)
     assert not np.array_equal(next(other.train)["input_ids"], batch["input_ids"])
+    summary = describe(data, num_examples=2)
+    assert "NSP 'random next' share" in summary and summary.count("predict [(") == 2
+    assert data.train.get_state()["index"] == 1  # describe left the real iterator alone
     static = build_pretraining_data(_data_config(small_corpus, dynamic_masking=False), 128,
                                     str(tmp_path), seed=0)
     assert static.num_train_instances > 2.5 * data.num_train_instances  # dupe_factor copies

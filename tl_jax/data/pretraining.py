@@ -412,3 +412,38 @@ def build_pretraining_data(
         max_seq_length=c.max_seq_length,
         max_predictions_per_seq=c.max_predictions_per_seq,
     )
+
+
+def describe(data: PretrainingData, num_examples: int = 2) -> str:
+    """A readable summary: sizes, label balance, and a few masked training examples decoded.
+
+    For a look at the data before training (CLI, notebooks); draws from a fresh copy of the
+    training iterator so the real one's position is untouched.
+    """
+    train = data.train
+    inst = train.instances
+    lengths = np.diff(inst.offsets)
+    lines = [
+        f"tokenizer: {data.tokenizer}",
+        f"train instances: {data.num_train_instances:,} ({train.batches_per_epoch:,} batches of "
+        f"{train.global_batch_size} per epoch), eval instances: {data.num_eval_instances:,}",
+        f"tokens per instance: mean {lengths.mean():.1f}, max {lengths.max()} "
+        f"(max_seq_length {data.max_seq_length})",
+        f"NSP 'random next' share: {inst.nsp_labels.mean():.3f}",
+        f"masking: {'dynamic' if train.dynamic_masking else 'static'}, "
+        f"whole-word {train.masker.whole_word}, p={train.masker.masked_lm_prob}, "
+        f"max {train.masker.max_predictions} predictions",
+    ]
+    fresh = PretrainingIterator(inst, train.masker, train.max_seq_length,
+                                train.global_batch_size, train.seed, train.dynamic_masking)
+    batch = next(fresh)
+    tok = data.tokenizer
+    for r in range(min(num_examples, len(batch["input_ids"]))):
+        n = int(batch["input_mask"][r].sum())
+        k = int(batch["masked_weights"][r].sum())
+        shown = [tok.id_to_token(int(t)) for t in batch["input_ids"][r, :n]]
+        targets = [tok.id_to_token(int(t)) for t in batch["masked_ids"][r, :k]]
+        label = "random next" if batch["nsp_labels"][r] else "actual next"
+        lines.append(f"example {r} ({label}): {' '.join(shown)}")
+        lines.append(f"  predict {list(zip(batch['masked_positions'][r, :k].tolist(), targets))}")
+    return "\n".join(lines)
