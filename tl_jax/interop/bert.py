@@ -366,7 +366,9 @@ def load(directory, *, with_heads: bool = True, rng=None, warn: bool = True):
         if warn:
             warnings.warn(f"{weight_file}: not in the checkpoint, freshly initialised: "
                           f"{report.missing}")
-        fresh = _fresh_params(config, True, jax.random.PRNGKey(0) if rng is None else rng)
+        # Heads and pooler do not depend on depth: a 1-layer model initialises them cheaply.
+        fresh = _fresh_params(config.replace(num_layers=1), True,
+                              jax.random.PRNGKey(0) if rng is None else rng)
         for path in report.missing:
             flat[path] = fresh[path]
     if not with_heads:

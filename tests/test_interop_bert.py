@@ -1,0 +1,327 @@
+"""Hugging Face BERT interop: parity with transformers (PyTorch CPU), export, round trip, errors."""
+import json
+import shutil
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import traverse_util
+from safetensors.numpy import load_file, save_file
+
+from tl_jax import interop
+from tl_jax.interop import bert as hf_bert
+from tl_jax.interop import convert, safetensors_io
+from tl_jax.models import bert
+
+# (vocab, hidden, layers, heads, intermediate, act): odd sizes catch transposes that happen to fit.
+SHAPES = [
+    (67, 16, 1, 2, 24, "gelu"),
+    (101, 32, 2, 4, 37, "gelu"),
+    (53, 24, 3, 3, 40, "gelu_new"),
+]
+
+
+def hf_random_model(tmp_path, shape, seed=0, heads=True, **save_kwargs):
+    vocab, hidden, layers, num_heads, inter, act = shape
+    config = transformers.BertConfig(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=num_heads, intermediate_size=inter, hidden_act=act,
+        max_position_embeddings=32, type_vocab_size=3)
+    torch.manual_seed(seed)
+    cls = transformers.BertForPreTraining if heads else transformers.BertModel
+    model = cls(config).eval()
+    with torch.no_grad():  # make biases and LayerNorms non-trivial so every tensor matters
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = tmp_path / f"hf_{seed}"
+    model.save_pretrained(path, **save_kwargs)
+    return model, path
+
+
+def mean_pool(hidden, mask):
+    mask = mask[..., None].astype(np.float32)
+    return (hidden * mask).sum(1) / mask.sum(1)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_parity_with_transformers_random_init(tmp_path, shape):
+    torch_model, path = hf_random_model(tmp_path, shape)
+    config, params, report = hf_bert.load(path)
+    assert report.unused == [] and report.missing == []
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, shape[0], (3, 13))
+    segments = rng.integers(0, 3, (3, 13))
+    mask = np.ones((3, 13), np.int64)
+    mask[1, 9:] = 0
+    mask[2, 4:] = 0
+    with torch.no_grad():
+        ref = torch_model(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(segments),
+                          attention_mask=torch.tensor(mask), output_hidden_states=True)
+    positions = rng.integers(0, 4, (3, 5))
+    out, inter = bert.BertForPreTraining(config).apply(
+        {"params": params}, ids, segments, mask, masked_positions=positions)
+    real = mask == 1
+    for i, hidden in enumerate(ref.hidden_states):
+        ours = np.asarray(inter["embeddings" if i == 0 else f"layer_{i}"])
+        np.testing.assert_allclose(ours[real], hidden.numpy()[real], atol=1e-5, rtol=0)
+    expected_mlm = np.take_along_axis(ref.prediction_logits.numpy(), positions[..., None], axis=1)
+    np.testing.assert_allclose(out["mlm_logits"], expected_mlm, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out["nsp_logits"], ref.seq_relationship_logits.numpy(), atol=1e-5,
+                               rtol=0)
+
+
+def real_sentences(data_dir, n=6):
+    lines = (data_dir / "austen.jsonl").read_text().splitlines()[200:200 + n // 2]
+    lines += (data_dir / "enwiki_sample.jsonl").read_text().splitlines()[50:50 + n - n // 2]
+    return [json.loads(line)["text"][:300] for line in lines]
+
+
+def test_minilm_parity_on_real_sentences(data_dir):
+    model_dir = data_dir / "models" / "all-MiniLM-L6-v2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a headless load must not invent anything
+        config, params, report = hf_bert.load(model_dir, with_heads=False)
+    assert (config.num_layers, config.hidden_size, config.num_heads) == (6, 384, 12)
+    assert report.unused == [] and report.missing == []
+    assert report.derived == ["embeddings.position_ids"]
+    assert len(report.used) == 103
+
+    texts = real_sentences(data_dir)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    enc = hf_tok(texts, padding=True, truncation=True, max_length=96, return_tensors="np")
+    torch_model = transformers.BertModel.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        ref = torch_model(**{k: torch.tensor(v) for k, v in enc.items()}).last_hidden_state.numpy()
+    out, _ = bert.BertModel(config).apply(
+        {"params": params}, enc["input_ids"], enc["token_type_ids"], enc["attention_mask"])
+    ours = np.asarray(out["sequence_output"])
+    real = enc["attention_mask"] == 1
+    assert (~real).any()  # the batch really has padding
+    np.testing.assert_allclose(ours[real], ref[real], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(mean_pool(ours, enc["attention_mask"]),
+                               mean_pool(ref, enc["attention_mask"]), atol=1e-5, rtol=0)
+
+
+def test_tokenizer_ids_match_hf_on_real_text(data_dir, tmp_path):
+    model_dir = data_dir / "models" / "all-MiniLM-L6-v2"
+    texts = real_sentences(data_dir, n=40)
+    expected = transformers.AutoTokenizer.from_pretrained(model_dir)(texts)["input_ids"]
+    from_json = hf_bert.load_tokenizer_for(model_dir)
+    assert [e.ids for e in from_json.encode_batch(texts)] == expected
+    # The vocab.txt path (no tokenizer.json) gives the same ids.
+    vocab_only = tmp_path / "vocab_only"
+    vocab_only.mkdir()
+    for name in ("config.json", "vocab.txt", "tokenizer_config.json"):
+        shutil.copy(model_dir / name, vocab_only / name)
+    from_vocab = hf_bert.load_tokenizer_for(vocab_only)
+    assert [e.ids for e in from_vocab.encode_batch(texts)] == expected
+    assert max(max(ids) for ids in expected) < 30522
+
+
+@pytest.mark.parametrize("with_heads", [True, False])
+def test_export_loads_in_transformers_without_missing_keys(tmp_path, with_heads):
+    config = bert.BertConfig(vocab_size=61, hidden_size=16, num_layers=2, num_heads=2,
+                             intermediate_size=20, max_position_embeddings=16)
+    model = bert.BertForPreTraining(config) if with_heads else bert.BertModel(config)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    out_dir = hf_bert.export(params, config, tmp_path / "out", with_heads=with_heads)
+    for cls in (transformers.BertModel, transformers.BertForPreTraining):
+        if cls is transformers.BertForPreTraining and not with_heads:
+            continue
+        loaded, info = cls.from_pretrained(out_dir, output_loading_info=True)
+        assert not info["missing_keys"] and not info["mismatched_keys"], info
+        if (cls is transformers.BertModel) != with_heads:  # same architecture: nothing extra
+            assert not info["unexpected_keys"], info
+    ids = np.random.default_rng(1).integers(0, 61, (2, 7))
+    ours, _ = model.apply({"params": params}, ids)
+    torch_model = (transformers.BertForPreTraining if with_heads else transformers.BertModel)
+    torch_model = torch_model.from_pretrained(out_dir).eval()
+    with torch.no_grad():
+        ref = torch_model(input_ids=torch.tensor(ids))
+    if with_heads:
+        np.testing.assert_allclose(ours["mlm_logits"], ref.prediction_logits.numpy(), atol=1e-5)
+        np.testing.assert_allclose(ours["nsp_logits"], ref.seq_relationship_logits.numpy(),
+                                   atol=1e-5)
+    else:
+        np.testing.assert_allclose(ours["sequence_output"], ref.last_hidden_state.numpy(),
+                                   atol=1e-5)
+        np.testing.assert_allclose(ours["pooled_output"], ref.pooler_output.numpy(), atol=1e-5)
+
+
+def test_round_trip_is_exact(tmp_path):
+    _, path = hf_random_model(tmp_path, SHAPES[1])
+    config, params, _ = hf_bert.load(path)
+    hf_bert.export(params, config, tmp_path / "back", with_heads=True)
+    original = load_file(path / "model.safetensors")
+    back = load_file(tmp_path / "back" / "model.safetensors")
+    assert sorted(back) == sorted(original)
+    for name, value in original.items():
+        assert back[name].dtype == value.dtype and np.array_equal(back[name], value), name
+    # tl_jax -> HF -> tl_jax is exact too.
+    _, again, _ = hf_bert.load(tmp_path / "back")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, again)
+
+
+def test_convert_both_directions_on_minilm(data_dir, tmp_path):
+    model_dir = data_dir / "models" / "all-MiniLM-L6-v2"
+    convert.convert(model_dir, tmp_path / "tl", "hf_to_tl")
+    config, params, family = convert.load_tl_params(tmp_path / "tl")
+    assert family == "bert" and config.hidden_size == 384
+    assert "mlm_head" not in params and "encoder" in params  # headless stays headless
+    assert (tmp_path / "tl" / "vocab.txt").exists() and (tmp_path / "tl" / "tokenizer.json").exists()
+    convert.convert(tmp_path / "tl", tmp_path / "hf", "tl_to_hf")
+    original = load_file(model_dir / "model.safetensors")
+    back = load_file(tmp_path / "hf" / "model.safetensors")
+    # position_ids is a buffer (arange) that current transformers neither saves nor needs.
+    assert set(original) - set(back) == {"embeddings.position_ids"} and set(back) <= set(original)
+    for name in back:
+        assert np.array_equal(back[name], original[name]), name
+    _, info = transformers.BertModel.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    with pytest.raises(ValueError, match="direction must be one of"):
+        convert.convert(model_dir, tmp_path / "x", "sideways")
+
+
+def test_missing_heads_are_initialised_with_a_warning(data_dir):
+    model_dir = data_dir / "models" / "all-MiniLM-L6-v2"
+    with pytest.warns(UserWarning, match="freshly initialised.*mlm_head/transform/kernel"):
+        config, params, report = hf_bert.load(model_dir, with_heads=True)
+    assert sorted(report.missing) == sorted(
+        ["mlm_head/transform/kernel", "mlm_head/transform/bias", "mlm_head/transform_norm/scale",
+         "mlm_head/transform_norm/bias", "mlm_head/output_bias", "nsp_head/dense/kernel",
+         "nsp_head/dense/bias"])
+    assert "missing (freshly initialised): mlm_head" in str(report)
+    kernel = np.asarray(params["mlm_head"]["transform"]["kernel"])
+    assert kernel.shape == (384, 384) and 0.01 < kernel.std() < 0.03  # initializer_range 0.02
+    assert params["mlm_head"]["output_bias"].shape == (30522,)
+    # The encoder is the checkpoint's, untouched by the fresh init of the heads.
+    original = load_file(model_dir / "model.safetensors")
+    np.testing.assert_array_equal(params["bert"]["embeddings"]["word_embeddings"]["embedding"],
+                                  original["embeddings.word_embeddings.weight"])
+
+
+class _Classifier(nn.Module):
+    """A downstream model with BERT nested under `bert/` and a head HF knows nothing about."""
+
+    config: bert.BertConfig
+
+    @nn.compact
+    def __call__(self, ids):
+        outputs, _ = bert.BertModel(self.config, name="bert")(ids)
+        return nn.Dense(3, name="classifier")(outputs["pooled_output"])
+
+
+def test_init_from_hf_merges_into_a_nested_tree(tmp_path):
+    torch_model, path = hf_random_model(tmp_path, SHAPES[0])
+    config = hf_bert.read_hf_config(path)
+    model = _Classifier(config)
+    fresh = nn.unbox(model.init(jax.random.PRNGKey(3), jnp.zeros((1, 4), jnp.int32))["params"])
+    with pytest.warns(UserWarning, match="keep their fresh initialisation"):
+        params, report = hf_bert.init_from_hf(fresh, path)
+    assert report.missing == ["classifier/bias", "classifier/kernel"]
+    assert all(name.startswith("cls.") for name in report.unused) and len(report.unused) == 7
+    np.testing.assert_array_equal(params["classifier"]["kernel"], fresh["classifier"]["kernel"])
+    ids = np.random.default_rng(2).integers(0, SHAPES[0][0], (2, 6))
+    with torch.no_grad():
+        ref = torch_model.bert(input_ids=torch.tensor(ids)).pooler_output.numpy()
+    pooled, _ = bert.BertModel(config).apply({"params": params["bert"]}, ids)
+    np.testing.assert_allclose(pooled["pooled_output"], ref, atol=1e-5)
+
+    # The same through convert.init_from, from a tl_jax directory of a pretraining tree.
+    full_config, full, _ = hf_bert.load(path)
+    convert.save_tl_params(tmp_path / "tl", full_config, full, "bert")
+    params2, report2 = convert.init_from(fresh, tmp_path / "tl", warn=False)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params2["bert"], params["bert"])
+    assert report2.missing == ["classifier/bias", "classifier/kernel"]
+    assert all(p.startswith(("mlm_head/", "nsp_head/")) for p in report2.unused)
+
+    # A vocabulary that differs from the model's is a shape error naming the tensor.
+    small = _Classifier(config.replace(vocab_size=config.vocab_size - 1))
+    other = nn.unbox(small.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    with pytest.raises(ValueError, match="embeddings.word_embeddings.weight maps to "
+                                         "bert/embeddings/word_embeddings/embedding"):
+        hf_bert.init_from_hf(other, path)
+
+
+def test_reads_pytorch_bin_and_lists_unused_tensors(tmp_path):
+    torch_model, path = hf_random_model(tmp_path, SHAPES[0])
+    (path / "model.safetensors").unlink()  # an older checkpoint: a PyTorch pickle only
+    torch.save(torch_model.state_dict(), path / "pytorch_model.bin")
+    assert safetensors_io.find_weight_file(path).name == "pytorch_model.bin"
+    state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+    state["classifier.weight"] = np.zeros((2, 16), np.float32)  # e.g. a fine-tuned checkpoint
+    _, params, report = hf_bert.load(path)
+    flat, report2 = hf_bert.params_from_hf_tensors(state, hf_bert.read_hf_config(path))
+    assert report2.unused == ["classifier.weight"] and report2.missing == []
+    assert "cls.predictions.decoder.weight" in report2.derived  # tied: checked, not stored twice
+    np.testing.assert_array_equal(flat["bert/embeddings/word_embeddings/embedding"],
+                                  params["bert"]["embeddings"]["word_embeddings"]["embedding"])
+
+
+def test_errors_name_what_is_wrong(tmp_path, data_dir):
+    with pytest.raises(FileNotFoundError, match="not a Hugging Face checkpoint: no config.json"):
+        hf_bert.load(tmp_path)
+    roberta = tmp_path / "roberta"
+    roberta.mkdir()
+    (roberta / "config.json").write_text(json.dumps({"model_type": "roberta", "vocab_size": 5}))
+    with pytest.raises(ValueError, match="model_type='roberta', expected 'bert'; this is not a "
+                                         "BERT checkpoint"):
+        hf_bert.load(roberta)
+    with pytest.raises(ValueError, match="no tl_jax interop for model_type 'roberta'"):
+        interop.family_of(roberta)
+
+    _, path = hf_random_model(tmp_path, SHAPES[0])
+    config_only = tmp_path / "config_only"
+    config_only.mkdir()
+    shutil.copy(path / "config.json", config_only / "config.json")
+    with pytest.raises(FileNotFoundError, match="holds no weights: expected one of "
+                                                "model.safetensors"):
+        hf_bert.load(config_only)
+
+    tensors = load_file(path / "model.safetensors")
+    tensors["bert.encoder.layer.0.intermediate.dense.weight"] = np.zeros((16, 24), np.float32)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"'bert.encoder.layer.0.intermediate.dense.weight' has "
+                                         r"shape \(16, 24\), but config.json implies \(24, 16\)"):
+        hf_bert.load(path)
+
+    # A tokenizer whose vocabulary disagrees with the weights.
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(data_dir / "models" / "all-MiniLM-L6-v2", mismatch)
+    hf_config = json.loads((mismatch / "config.json").read_text())
+    hf_config["vocab_size"] = 30000
+    (mismatch / "config.json").write_text(json.dumps(hf_config))
+    with pytest.raises(ValueError, match="has 30522 entries but the model's vocab_size is 30000"):
+        hf_bert.load_tokenizer_for(mismatch)
+
+    config = bert.BertConfig(vocab_size=30, hidden_size=8, num_layers=1, num_heads=2,
+                             intermediate_size=8, adapter_size=2)
+    params = nn.unbox(bert.BertModel(config).init(jax.random.PRNGKey(0),
+                                                  jnp.zeros((1, 2), jnp.int32))["params"])
+    with pytest.raises(ValueError, match="HF BERT has no adapters"):
+        hf_bert.export(params, config, tmp_path / "nope", with_heads=False)
+    with pytest.raises(ValueError, match="mlm_head/transform/kernel' is missing"):
+        hf_bert.export(params, config.replace(adapter_size=0), tmp_path / "nope", with_heads=True)
+
+
+def test_merge_lora_export_matches_the_lora_model(tmp_path):
+    config = bert.BertConfig(vocab_size=40, hidden_size=16, num_layers=1, num_heads=2,
+                             intermediate_size=20, lora_rank=2, lora_alpha=4.0)
+    model = bert.BertModel(config)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    flat = traverse_util.flatten_dict(params, sep="/")
+    for key in [k for k in flat if k.endswith("lora_b")]:
+        flat[key] = jax.random.normal(jax.random.PRNGKey(1), flat[key].shape) * 0.3
+    params = traverse_util.unflatten_dict(flat, sep="/")
+    hf_bert.export(params, config, tmp_path / "merged", with_heads=False)
+    ids = np.random.default_rng(0).integers(0, 40, (2, 5))
+    ours, _ = model.apply({"params": params}, ids)
+    with torch.no_grad():
+        ref = transformers.BertModel.from_pretrained(tmp_path / "merged")(
+            input_ids=torch.tensor(ids)).last_hidden_state.numpy()
+    np.testing.assert_allclose(ours["sequence_output"], ref, atol=1e-5)
