@@ -325,3 +325,14 @@ def test_merge_lora_export_matches_the_lora_model(tmp_path):
         ref = transformers.BertModel.from_pretrained(tmp_path / "merged")(
             input_ids=torch.tensor(ids)).last_hidden_state.numpy()
     np.testing.assert_allclose(ours["sequence_output"], ref, atol=1e-5)
+
+
+def test_load_flat_params_for_name_and_shape_warm_start(tmp_path):
+    _, path = hf_random_model(tmp_path, SHAPES[1])
+    config, params, _ = hf_bert.load(path)
+    flat = hf_bert.load_flat_params(path, config)
+    assert flat.keys() == safetensors_io.flatten_params(params).keys()
+    for name, value in safetensors_io.flatten_params(params).items():
+        np.testing.assert_array_equal(flat[name], value)
+    with pytest.raises(ValueError, match="num_layers: model 3 vs checkpoint 2"):
+        hf_bert.load_flat_params(path, config.replace(num_layers=3))

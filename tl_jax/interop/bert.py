@@ -376,6 +376,26 @@ def load(directory, *, with_heads: bool = True, rng=None, warn: bool = True):
     return config, safetensors_io.unflatten_params(flat), report
 
 
+def load_flat_params(directory, model_config: Optional[BertConfig] = None) -> dict:
+    """The checkpoint's tensors as flat tl_jax params (`bert/...`, `mlm_head/...` paths of the
+    BertForPreTraining tree), without initialising anything: for name-and-shape warm starts.
+
+    model_config: the model they are for; an architecture that differs from the checkpoint's
+    (depth, width, heads) is an error here, before any tensor is silently left out.
+    """
+    config = read_hf_config(directory)
+    if model_config is not None:
+        fields = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
+        diff = [f"{f}: model {getattr(model_config, f)} vs checkpoint {getattr(config, f)}"
+                for f in fields if getattr(model_config, f) != getattr(config, f)]
+        if diff:
+            raise ValueError(f"{directory}: checkpoint architecture differs from the model's: "
+                             + "; ".join(diff))
+    tensors, weight_file = safetensors_io.read_hf_tensors(directory)
+    flat, _ = params_from_hf_tensors(tensors, config, source=str(weight_file))
+    return flat
+
+
 def load_pretrained(directory):
     """Family-table interface: `(config, params)` of the BertForPreTraining tree."""
     config, params, _ = load(directory)
