@@ -1,0 +1,123 @@
+"""GPT-2 interop: logits and greedy generation match transformers' GPT2LMHeadModel (PyTorch)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import linen as nn
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from tl_jax.generate import Generator
+from tl_jax.interop import gpt2
+from tl_jax.models.gpt import GPT, gpt_config
+
+
+def random_hf(seed, **shape):
+    """A GPT2LMHeadModel with every tensor random (not just the init's small weights), so that
+    a swapped, untransposed or mis-split tensor changes the output visibly."""
+    torch.manual_seed(seed)
+    config = GPT2Config(bos_token_id=0, eos_token_id=None, pad_token_id=0, **shape)
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith(
+                    "ln_f.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(0.2 * torch.randn_like(p))
+    return model
+
+
+def import_hf(model):
+    config = gpt2.config_from_hf(model.config.to_dict())
+    params = gpt2.params_from_hf({k: v.numpy() for k, v in model.state_dict().items()}, config)
+    return config, params
+
+
+SHAPES = [
+    dict(vocab_size=97, n_positions=32, n_embd=48, n_layer=2, n_head=4),
+    dict(vocab_size=50, n_positions=24, n_embd=32, n_layer=3, n_head=2, n_inner=80),
+    dict(vocab_size=128, n_positions=40, n_embd=64, n_layer=1, n_head=8),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_imported_logits_match_transformers(shape):
+    hf = random_hf(0, **shape)
+    config, params = import_hf(hf)
+    tokens = np.random.RandomState(0).randint(0, shape["vocab_size"], (3, shape["n_positions"]))
+    (outputs, intermediates) = GPT(config).apply({"params": params}, jnp.asarray(tokens))
+    with torch.no_grad():
+        ref = hf(torch.tensor(tokens), output_hidden_states=True)
+    np.testing.assert_allclose(np.asarray(outputs["logits"]), ref.logits.numpy(), atol=1e-5,
+                               rtol=1e-5)
+    # HF's hidden_states: embeddings, then each block's output (the last one after ln_f).
+    np.testing.assert_allclose(np.asarray(intermediates["embeddings"]),
+                               ref.hidden_states[0].numpy(), atol=1e-5)
+    for i in range(1, shape["n_layer"]):
+        np.testing.assert_allclose(np.asarray(intermediates[f"layer_{i}"]),
+                                   ref.hidden_states[i].numpy(), atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(outputs["hidden"]), ref.hidden_states[-1].numpy(),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_export_loads_in_transformers_with_no_missing_keys(tmp_path):
+    config = gpt_config("tiny", 77, max_len=32, initializer_range=0.2)
+    model = GPT(config)
+    params = nn.unbox(model.init(jax.random.PRNGKey(3), jnp.zeros((1, 8), jnp.int32))["params"])
+    # Random LayerNorm and bias values too, so that a dropped or swapped one is visible.
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(4), len(leaves))
+    params = jax.tree_util.tree_unflatten(
+        treedef, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    gpt2.save_pretrained(tmp_path, config, params)
+    hf, info = GPT2LMHeadModel.from_pretrained(tmp_path, output_loading_info=True)
+    hf.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert not info["mismatched_keys"]
+    tokens = np.random.RandomState(1).randint(0, 77, (2, 32))
+    with torch.no_grad():
+        ref = hf(torch.tensor(tokens)).logits.numpy()
+    mine = np.asarray(model.apply({"params": params}, jnp.asarray(tokens))[0]["logits"])
+    np.testing.assert_allclose(mine, ref, atol=1e-5, rtol=1e-5)
+    # And back: the import of the export is the identity.
+    config2, params2 = gpt2.load_pretrained(tmp_path)
+    assert config2 == config
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params2, jax.tree_util.tree_map(
+        np.asarray, params))
+
+
+def test_greedy_generation_matches_hf_generate():
+    hf = random_hf(1, vocab_size=89, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    config, params = import_hf(hf)
+    prompts = [[3, 14, 15, 9, 26], [5], [35, 8, 9, 7, 9, 3, 2, 38, 4, 6, 2]]
+    mine = Generator(GPT(config), params).generate(prompts, 16)
+    width = max(map(len, prompts))
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):  # HF left-padded batch, as ours
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    with torch.no_grad():
+        ref = hf.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
+                          pad_token_id=0)
+    assert mine == ref[:, width:].tolist()
+    assert len({tuple(row) for row in mine}) == len(prompts)
+
+
+def test_import_rejects_mismatched_state():
+    hf = random_hf(0, **SHAPES[0])
+    config = gpt2.config_from_hf(hf.config.to_dict())
+    state = {k: v.numpy() for k, v in hf.state_dict().items()}
+    missing = dict(state)
+    del missing["transformer.h.1.mlp.c_fc.bias"]
+    with pytest.raises(KeyError, match="h.1.mlp.c_fc.bias"):
+        gpt2.params_from_hf(missing, config)
+    extra = dict(state, **{"transformer.h.9.attn.c_attn.weight": np.zeros(3)})
+    with pytest.raises(ValueError, match="unexpected"):
+        gpt2.params_from_hf(extra, config)
+    wrong = dict(state, **{"transformer.wpe.weight": np.zeros((5, 48), np.float32)})
+    with pytest.raises(ValueError, match="wpe.weight"):
+        gpt2.params_from_hf(wrong, config)
+    with pytest.raises(ValueError, match="activation_function"):
+        gpt2.config_from_hf(dict(hf.config.to_dict(), activation_function="relu"))
