@@ -1,0 +1,89 @@
+"""Feature-based probes: feature choices, pooled == token-level for the linear head, BiLSTM
+length masking, and a frozen encoder whose gradient is never computed."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tl_jax.models import bert, probes
+
+
+def _tiny():
+    cfg = bert.BertConfig(vocab_size=40, hidden_size=16, num_layers=4, num_heads=2,
+                          intermediate_size=32, max_position_embeddings=16, dropout_rate=0.0,
+                          attention_dropout_rate=0.0)
+    ids = jax.random.randint(jax.random.PRNGKey(1), (3, 8), 1, 40)
+    mask = jnp.array([[1] * 8, [1] * 5 + [0] * 3, [1] * 2 + [0] * 6])
+    return cfg, ids, mask
+
+
+def _layers():
+    cfg, ids, mask = _tiny()
+    model = bert.BertModel(cfg)
+    params = model.init(jax.random.PRNGKey(0), ids)["params"]
+    _, inter = model.apply(params and {"params": params}, ids, None, mask)
+    return probes.stack_layers(inter), inter, mask
+
+
+def test_stack_layers_and_feature_selection():
+    layers, inter, mask = _layers()
+    assert layers.shape == (3, 5, 8, 16)
+    np.testing.assert_array_equal(layers[:, 4], inter["layer_4"])
+    expected = {
+        "embeddings": inter["embeddings"], "last": inter["layer_4"],
+        "second_to_last": inter["layer_3"],
+        "sum_last_four": sum(inter[f"layer_{i}"] for i in range(1, 5)),
+        "concat_last_four": jnp.concatenate([inter[f"layer_{i}"] for i in range(1, 5)], -1),
+    }
+    for feature, value in expected.items():
+        probe = probes.FeatureProbe(2, feature=feature)
+        got = probe.bind({}, rngs={})._select(layers, mask, 5)
+        np.testing.assert_allclose(got, value, rtol=1e-5, atol=1e-5, err_msg=feature)
+
+
+@pytest.mark.parametrize("feature", probes.FEATURES)
+def test_linear_probe_on_pooled_features_equals_token_level(feature):
+    layers, _, mask = _layers()
+    probe = probes.FeatureProbe(3, feature=feature)
+    params = probe.init(jax.random.PRNGKey(0), layers, mask)["params"]
+    token_level = probe.apply({"params": params}, layers, mask)
+    pooled = probes.pool(layers, mask, "mean")  # (B, N+1, H)
+    assert pooled.shape == (3, 5, 16)
+    np.testing.assert_allclose(probe.apply({"params": params}, pooled, None, pooled=True),
+                               token_level, rtol=1e-4, atol=1e-5)
+
+
+def test_bilstm_head_ignores_padding():
+    layers, _, mask = _layers()
+    probe = probes.FeatureProbe(2, feature="sum_last_four", head="bilstm", lstm_hidden=8)
+    params = probe.init(jax.random.PRNGKey(0), layers, mask)["params"]
+    assert {"forward_lstm", "backward_lstm", "output"} == set(params)
+    noisy = layers.at[1, :, 5:].set(50.0).at[2, :, 2:].set(-50.0)
+    np.testing.assert_allclose(probe.apply({"params": params}, noisy, mask),
+                               probe.apply({"params": params}, layers, mask), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="only with the linear head"):
+        probe.apply({"params": params}, probes.pool(layers, mask, "mean"), pooled=True)
+
+
+def test_probe_classifier_stops_encoder_gradients():
+    cfg, ids, mask = _tiny()
+    model = probes.ProbeClassifier(cfg, 2, feature="scalar_mix")
+    params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), ids, None, mask))["params"]
+    assert set(params) == {"bert", "head"} and "scalar_mix" in params["head"]
+
+    def loss(p):
+        out, _ = model.apply({"params": p}, ids, None, mask)
+        return jnp.sum(out["logits"] ** 2)
+
+    grads = jax.grad(loss)(params)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["bert"]))
+    assert any(float(jnp.abs(g).max()) > 0.0 for g in jax.tree.leaves(grads["head"]))
+    # The cached path (features in, encoder not run) gives the same logits.
+    layers = model.apply({"params": params}, ids, None, mask, method=model.encode)[0]
+    direct, _ = model.apply({"params": params}, ids, None, mask)
+    np.testing.assert_allclose(model.apply({"params": params}, layers, mask, method=model.probe),
+                               direct["logits"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="needs 4 encoder layers"):
+        probes.FeatureProbe(2, feature="concat_last_four").init(
+            jax.random.PRNGKey(0), jnp.zeros((1, 3, 4, 8)))
