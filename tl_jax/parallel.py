@@ -29,6 +29,7 @@ class MeshError(ValueError):
 def default_config() -> ml_collections.ConfigDict:
     """The `mesh` section: axis sizes (-1 = all remaining devices) and logical-axis rules."""
     return ml_collections.ConfigDict(dict(
+        num_devices=0,  # 0 = every device of every process; N = the first N (single process)
         data=-1,
         fsdp=1,
         tensor=1,
@@ -108,7 +109,13 @@ def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, in
 
 
 def make_mesh(cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
-    devices = jax.devices() if devices is None else devices
+    if devices is None:
+        devices = jax.devices()
+        if cfg.get("num_devices"):
+            if cfg.num_devices > len(devices):
+                raise MeshError(f"mesh.num_devices={cfg.num_devices} but only {len(devices)} "
+                                "devices exist.")
+            devices = devices[: cfg.num_devices]
     sizes = mesh_shape(cfg, len(devices))
     shape = tuple(sizes[a] for a in MESH_AXES)
     try:

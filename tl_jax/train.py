@@ -115,7 +115,9 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         params = task.init_params(params, rng)
         params = jax.device_put(params, param_shardings)
         opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-        return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+        # Every leaf carries its final sharding, so the first step compiles exactly once.
+        return dict(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
+                    opt_state=opt_state,
                     rng=jax.device_put(jax.random.PRNGKey(config.seed), replicated))
 
     batch_sharding = parallel.batch_sharding(mesh)

@@ -1,0 +1,155 @@
+"""Pretraining-step throughput and MFU: tl_jax vs Hugging Face `BertForPreTraining` (PyTorch).
+
+    python benchmarks/bert_pretrain_vs_hf.py            # mini and base
+    python benchmarks/bert_pretrain_vs_hf.py --settings mini --steps 10
+
+Both sides run the same model shape, sequence length, batch and optimizer (AdamW, clipping),
+in this process, on all of this machine's cores. tl_jax runs the real trainer's jitted step
+(`tl_jax.train.build_trainer`); HF runs forward, backward and `torch.optim.AdamW.step`.
+MFU is measured against the f32 matmul peak this script measures first. Both MFU figures count
+the same model FLOPs (tl_jax's, with the MLM decoder at the masked positions), so the ratio of
+MFUs equals the ratio of throughputs; HF's own work is larger because it decodes every position.
+
+Do not run under `--xla_force_host_platform_device_count`: fake devices split the CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SETTINGS = {
+    # name: (size, seq_len, batch, max_predictions)
+    "mini": ("mini", 128, 32, 20),
+    "base": ("base", 128, 8, 20),
+}
+VOCAB = 30522
+
+
+def measure_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """Best f32 matmul FLOP/s of this machine through XLA (all cores)."""
+    import jax
+    import jax.numpy as jnp
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
+    return best
+
+
+def random_batch(rng, batch, seq, preds):
+    input_ids = rng.integers(5, VOCAB, size=(batch, seq)).astype(np.int32)
+    positions = np.sort(np.stack([rng.choice(np.arange(1, seq), preds, replace=False)
+                                  for _ in range(batch)]), axis=1).astype(np.int32)
+    return dict(
+        input_ids=input_ids,
+        segment_ids=(np.arange(seq)[None, :] >= seq // 2).astype(np.int32).repeat(batch, 0),
+        input_mask=np.ones((batch, seq), np.int32),
+        masked_positions=positions,
+        masked_ids=np.take_along_axis(input_ids, positions, 1),
+        masked_weights=np.ones((batch, preds), np.float32),
+        nsp_labels=rng.integers(0, 2, size=(batch,)).astype(np.int32),
+    )
+
+
+def bench_tl_jax(size, seq, batch, preds, steps, workdir):
+    import jax
+    from tl_jax import config as config_lib, parallel, train
+    vocab_file = os.path.join(workdir, "vocab.txt")
+    with open(vocab_file, "w") as f:  # a vocabulary of the benchmark's size; content irrelevant
+        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                          + [f"w{i}" for i in range(VOCAB - 5)]) + "\n")
+    config = config_lib.load_config(str(ROOT / "configs/bert_pretrain.py") + f":{size}", [
+        f"data.max_seq_length={seq}", f"data.batch_size={batch}",
+        f"data.max_predictions_per_seq={preds}", f"data.tokenizer={vocab_file}",
+        "data.corpus=gensim:lee", "train.progress=False", "model.dropout_rate=0.1",
+    ])
+    trainer = train.build_trainer(config, workdir)
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    batches = [parallel.host_batch_to_global(random_batch(rng, batch, seq, preds), trainer.mesh)
+               for _ in range(2)]
+    import flax.linen as nn
+    with trainer.mesh, nn.logical_axis_rules(trainer.rules):
+        for i in range(2):  # compile + warm up
+            state, m = trainer.train_step(state, batches[i % 2])
+        jax.block_until_ready(m)
+        t = time.perf_counter()
+        for i in range(steps):
+            state, m = trainer.train_step(state, batches[i % 2])
+        jax.block_until_ready(m)
+    seconds = (time.perf_counter() - t) / steps
+    return seconds, trainer.task.flops_per_example * batch
+
+
+def bench_hf(size, seq, batch, preds, steps):
+    import torch
+    from transformers import BertConfig, BertForPreTraining
+    from tl_jax.models.bert import SIZES
+    layers, hidden, heads = SIZES[size]
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count())
+    model = BertForPreTraining(BertConfig(
+        vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * hidden, max_position_embeddings=512))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    b = random_batch(np.random.default_rng(0), batch, seq, preds)
+    labels = np.full((batch, seq), -100, np.int64)
+    np.put_along_axis(labels, b["masked_positions"], b["masked_ids"], 1)
+    inputs = dict(input_ids=torch.tensor(b["input_ids"], dtype=torch.long),
+                  token_type_ids=torch.tensor(b["segment_ids"], dtype=torch.long),
+                  attention_mask=torch.tensor(b["input_mask"], dtype=torch.long),
+                  labels=torch.tensor(labels),
+                  next_sentence_label=torch.tensor(b["nsp_labels"], dtype=torch.long))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = model(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    for _ in range(2):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t) / steps
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        sys.exit("Unset XLA_FLAGS=--xla_force_host_platform_device_count: it splits the CPU.")
+    peak = measure_matmul_peak()
+    print(f"measured f32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({os.cpu_count()} cores)")
+    print(f"{'setting':8} {'tl_jax tok/s':>13} {'HF tok/s':>10} {'ratio':>6} "
+          f"{'tl_jax MFU':>10} {'HF MFU':>7}")
+    for name in args.settings:
+        size, seq, batch, preds = SETTINGS[name]
+        with tempfile.TemporaryDirectory() as workdir:
+            jax_s, flops = bench_tl_jax(size, seq, batch, preds, args.steps, workdir)
+        hf_s = bench_hf(size, seq, batch, preds, args.steps)
+        tokens = seq * batch
+        print(f"{name:8} {tokens / jax_s:13,.0f} {tokens / hf_s:10,.0f} {hf_s / jax_s:6.2f} "
+              f"{flops / jax_s / peak:10.1%} {flops / hf_s / peak:7.1%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
