@@ -1,0 +1,139 @@
+"""Byte-level BPE and causal-LM packing/iteration."""
+import json
+
+import numpy as np
+import pytest
+
+from tl_jax.data import clm
+from tl_jax.data.bpe import EOS, BPEError, BPETokenizer
+
+
+@pytest.fixture(scope="module")
+def austen(data_dir):
+    with open(data_dir / "austen.jsonl") as f:
+        return [json.loads(line)["text"] for _, line in zip(range(1500), f)]
+
+
+@pytest.fixture(scope="module")
+def tok(austen):
+    return BPETokenizer.train(austen, vocab_size=600)
+
+
+WEIRD = ["It is a truth universally acknowledged", "  two  spaces\n\nand\ttabs ",
+         "naïve café — “quotes” 😀 日本語", "", "<|endoftext|>", "x" * 300, "\x00\x7f\u200b"]
+
+
+def test_bpe_round_trips_any_text(tok):
+    rng = np.random.default_rng(0)
+    randoms = ["".join(chr(c) for c in rng.integers(1, 0x2FFF, size=rng.integers(1, 40)))
+               for _ in range(50)]
+    for text in WEIRD + randoms:
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.vocab_size == 600
+    assert all(0 <= i < tok.vocab_size for t in randoms for i in tok.encode(t))
+
+
+def test_bpe_learns_merges_and_keeps_eos_whole(tok, austen):
+    text = " ".join(austen[:200])
+    assert len(tok.encode(text)) < len(text.encode("utf-8")) / 2  # merges compress real text
+    assert tok.encode(EOS) == [tok.eos_id]
+    assert tok.encode("a" + EOS + "b")[1] == tok.eos_id
+
+
+def test_bpe_save_load_gives_same_ids(tok, tmp_path, austen):
+    tok.save(str(tmp_path / "tok"))
+    assert (tmp_path / "tok" / "vocab.json").exists() and (tmp_path / "tok" / "merges.txt").exists()
+    from_files = BPETokenizer.from_files(str(tmp_path / "tok" / "vocab.json"),
+                                         str(tmp_path / "tok" / "merges.txt"))
+    from_json = BPETokenizer.load(str(tmp_path / "tok" / "tokenizer.json"))
+    for text in austen[:50] + WEIRD:
+        assert from_files.encode(text) == tok.encode(text) == from_json.encode(text)
+    assert from_files.eos_id == tok.eos_id and from_files.vocab_size == tok.vocab_size
+    with pytest.raises(BPEError, match="does not exist"):
+        BPETokenizer.load(str(tmp_path / "nope.json"))
+
+
+def test_pack_documents_separates_documents_with_eos(tok):
+    docs = [["First para.", "Second para."], ["Another doc."], ["Third", "doc", "here"]]
+    stream = clm.pack_documents(docs, tok)
+    assert (stream == tok.eos_id).sum() == len(docs)
+    assert stream[-1] == tok.eos_id
+    assert tok.decode(stream.tolist()) == "".join("\n".join(d) + EOS for d in docs)
+
+
+@pytest.mark.parametrize("n,seq_len", [(2, 1), (10, 3), (13, 4), (100, 7), (9, 8)])
+def test_blocks_make_every_token_a_target_exactly_once(n, seq_len):
+    stream = np.arange(1, n + 1, dtype=np.int32)
+    blocks, lengths = clm.make_blocks(stream, seq_len)
+    batch = clm.blocks_to_batch(blocks, lengths)
+    w = batch["weights"].astype(bool)
+    np.testing.assert_array_equal(batch["targets"][w], stream[1:])
+    np.testing.assert_array_equal(batch["inputs"][w], stream[:-1])
+    # targets are inputs shifted by one within a window
+    np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+    assert batch["inputs"].shape == (len(blocks), seq_len)
+
+
+def make_iterator(batch_size=4, **kw):
+    blocks, lengths = clm.make_blocks(np.arange(1, 203, dtype=np.int32), 5)  # 41 windows
+    return clm.BlockIterator(blocks, lengths, batch_size=batch_size, seed=3, **kw)
+
+
+def test_iterator_resumes_exactly():
+    it = make_iterator()
+    for _ in range(13):  # past an epoch boundary (10 batches per epoch)
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))  # JSON-serialisable
+    want = [next(it) for _ in range(12)]
+    resumed = make_iterator()
+    resumed.set_state(state)
+    for a, b in zip(want, (next(resumed) for _ in range(12))):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    with pytest.raises(ValueError, match="does not fit"):
+        resumed.set_state({"epoch": 0, "batch": 99})
+
+
+def test_iterator_epochs_are_permutations_that_differ():
+    it = make_iterator()
+    epochs = []
+    for _ in range(2):
+        rows = np.concatenate([next(it)["inputs"][:, 0] for _ in range(it.batches_per_epoch)])
+        assert len(set(rows.tolist())) == len(rows)  # no window twice within an epoch
+        epochs.append(rows)
+    assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_host_slices_partition_the_global_batch():
+    whole = make_iterator(batch_size=8)
+    hosts = [make_iterator(batch_size=8, process_index=p, process_count=4) for p in range(4)]
+    for _ in range(7):
+        full = next(whole)
+        parts = [next(h) for h in hosts]
+        for k in full:
+            np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), full[k])
+    with pytest.raises(ValueError, match="divisible"):
+        make_iterator(batch_size=6, process_count=4)
+
+
+def test_eval_batches_cover_every_token_once():
+    stream = np.arange(1, 95, dtype=np.int32)
+    blocks, lengths = clm.make_blocks(stream, 6)
+    batches = clm.eval_batches(blocks, lengths, batch_size=4)
+    targets = np.concatenate([b["targets"][b["weights"].astype(bool)] for b in batches])
+    np.testing.assert_array_equal(targets, stream[1:])
+    host = [clm.eval_batches(blocks, lengths, 4, process_index=p, process_count=2)
+            for p in range(2)]
+    merged = np.concatenate([np.concatenate([h[i]["targets"][h[i]["weights"] > 0] for h in host])
+                             for i in range(len(batches))])
+    np.testing.assert_array_equal(merged, stream[1:])
+
+
+def test_split_documents_is_seeded_and_disjoint():
+    docs = [[f"doc {i}"] for i in range(20)]
+    train, held = clm.split_documents(docs, 0.25, seed=1)
+    assert len(held) == 5 and len(train) == 15
+    assert sorted(map(tuple, train + held)) == sorted(map(tuple, docs))
+    assert clm.split_documents(docs, 0.25, seed=1) == (train, held)
+    with pytest.raises(ValueError, match="eval_fraction"):
+        clm.split_documents(docs, 1.5)
