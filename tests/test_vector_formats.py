@@ -1,0 +1,123 @@
+"""Word-vector files: exact round trips, the real GloVe file, malformed files, task embedding tables."""
+import numpy as np
+import pytest
+
+from tl_jax.data import vector_formats as vf
+from tl_jax.models import embeddings
+
+
+def _vectors(n=7, dim=5, seed=0):
+    rng = np.random.default_rng(seed)
+    words = ["the", "Straße", "naïve", "x", "日本", "don't", "42"][:n]
+    return vf.WordVectors(words, rng.normal(size=(n, dim)).astype(np.float32))
+
+
+@pytest.mark.parametrize("fmt", sorted(vf.FORMATS))
+def test_round_trip_is_exact(tmp_path, fmt):
+    vectors = _vectors()
+    path = tmp_path / ("v.bin" if fmt == "word2vec_binary" else "v.txt")
+    vf.save_vectors(vectors, path, fmt)
+    for loaded in (vf.load_vectors(path, fmt), vf.load_vectors(path)):  # explicit and guessed
+        assert loaded.words == vectors.words
+        np.testing.assert_array_equal(loaded.vectors, vectors.vectors)
+
+
+def test_guess_format_tells_the_three_apart(tmp_path):
+    vectors = _vectors()
+    vf.save_word2vec_text(vectors, tmp_path / "a.txt")
+    vf.save_glove_text(vectors, tmp_path / "b.txt")
+    vf.save_word2vec_binary(vectors, tmp_path / "c.bin")
+    assert [vf.guess_format(tmp_path / n) for n in ("a.txt", "b.txt", "c.bin")] == \
+        ["word2vec_text", "glove_text", "word2vec_binary"]
+
+
+def test_binary_without_newlines_between_entries_loads(tmp_path):
+    vectors = _vectors(3, 4)
+    with open(tmp_path / "v.bin", "wb") as f:  # gensim accepts entries packed back to back
+        f.write(b"3 4\n")
+        for w, row in zip(vectors.words, vectors.vectors):
+            f.write(w.encode() + b" " + row.astype("<f4").tobytes())
+    loaded = vf.load_word2vec_binary(tmp_path / "v.bin")
+    assert loaded.words == vectors.words
+    np.testing.assert_array_equal(loaded.vectors, vectors.vectors)
+
+
+def test_real_glove_file_loads(data_dir):
+    vectors = vf.load_glove_text(data_dir / "glove.6B.50d.top20k.txt")
+    assert len(vectors) == 20_000 and vectors.dim == 50
+    assert vectors.words[:3] == ["the", ",", "."]
+    np.testing.assert_allclose(vectors["the"][:3], [0.418, 0.24968, -0.41242], rtol=1e-6)
+    assert vectors.most_similar("france", 5)[0][0] in {"belgium", "french", "spain", "britain"}
+
+
+@pytest.mark.parametrize("content,loader,match", [
+    ("a 1 2\nb 3\n", vf.load_glove_text, r"bad.txt:2: expected a word and 2 numbers"),
+    ("a 1 2\nb 3 x\n", vf.load_glove_text, r"bad.txt:2: non-numeric"),
+    ("a 1 2\n\nb 1 2\n", vf.load_glove_text, r"bad.txt:2: empty line"),
+    ("", vf.load_glove_text, r"no vectors"),
+    ("3 2\na 1 2\nb 3 4\n", vf.load_word2vec_text, r"header says 3 vectors, file has 2"),
+    ("2 x\na 1 2\n", vf.load_word2vec_text, r"bad.txt:1: expected a header"),
+    ("2 2\na 1 2\nb 1 2 3\n", vf.load_word2vec_text, r"bad.txt:3"),
+])
+def test_malformed_text_files_name_file_and_line(tmp_path, content, loader, match):
+    path = tmp_path / "bad.txt"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        loader(path)
+
+
+def test_truncated_binary_file_is_an_error(tmp_path):
+    vf.save_word2vec_binary(_vectors(3, 4), tmp_path / "v.bin")
+    data = (tmp_path / "v.bin").read_bytes()
+    (tmp_path / "cut.bin").write_bytes(data[:-10])
+    with pytest.raises(ValueError, match=r"cut.bin: entry 3 of 3 .* truncated"):
+        vf.load_word2vec_binary(tmp_path / "cut.bin")
+    (tmp_path / "extra.bin").write_bytes(data + b"junk")
+    with pytest.raises(ValueError, match="unexpected bytes"):
+        vf.load_word2vec_binary(tmp_path / "extra.bin")
+
+
+def test_embedding_matrix_for_a_task_vocabulary():
+    vectors = vf.WordVectors(["the", "cat", "sat"], np.arange(12, dtype=np.float32).reshape(3, 4))
+    matrix, n_oov = embeddings.embedding_matrix_for_vocab(
+        vectors, ["[PAD]", "The", "sat", "dog", "cat"])
+    assert matrix.shape == (5, 4) and n_oov == 2
+    np.testing.assert_array_equal(matrix[1], vectors["the"])  # lowercase fallback
+    np.testing.assert_array_equal(matrix[2], vectors["sat"])
+    np.testing.assert_array_equal(matrix[4], vectors["cat"])
+    # OOV rows are random but on the scale of the pretrained ones, and distinct.
+    assert not np.allclose(matrix[0], matrix[3])
+    _, strict_oov = embeddings.embedding_matrix_for_vocab(
+        vectors, ["The"], lowercase_fallback=False)
+    assert strict_oov == 1
+
+
+@pytest.mark.parametrize("encoder", ["bag", "bilstm"])
+def test_static_embedding_classifier_uses_the_pretrained_table(encoder):
+    import jax
+    import jax.numpy as jnp
+
+    matrix = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    ids = jnp.array([[1, 2, 3, 0], [4, 5, 0, 0]])
+    mask = ids > 0
+    for freeze in (True, False):
+        model = embeddings.StaticEmbeddingClassifier(10, 4, 3, encoder=encoder, hidden=8,
+                                                     freeze_embeddings=freeze)
+        params = model.init(jax.random.PRNGKey(0), ids, mask)["params"]
+        params = embeddings.load_embedding_matrix(params, matrix)
+        np.testing.assert_array_equal(params["embed"]["embedding"], matrix)
+
+        def loss(p):
+            logits, _ = model.apply({"params": p}, ids, mask)
+            return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
+
+        grads = jax.grad(loss)(params)
+        emb_grad = np.abs(np.asarray(grads["embed"]["embedding"]))
+        assert (emb_grad.sum() == 0) == freeze
+        assert np.abs(np.asarray(grads["classifier"]["kernel"])).sum() > 0
+        # Padding never reaches the output: changing a padded id changes nothing.
+        logits, _ = model.apply({"params": params}, ids, mask)
+        logits2, _ = model.apply({"params": params}, ids.at[1, 3].set(9), mask)
+        np.testing.assert_allclose(logits, logits2, atol=1e-6)
+    with pytest.raises(ValueError, match="does not match"):
+        embeddings.load_embedding_matrix(params, matrix[:5])
