@@ -121,6 +121,10 @@ def test_tokenizer_ids_match_hf_on_real_text(data_dir, tmp_path):
     from_vocab = hf_bert.load_tokenizer_for(vocab_only)
     assert [e.ids for e in from_vocab.encode_batch(texts)] == expected
     assert max(max(ids) for ids in expected) < 30522
+    # The tl_jax Tokenizer (no [CLS]/[SEP]: the example builder adds them) agrees as well.
+    tl_tok = hf_bert.load_tl_tokenizer(vocab_only)
+    assert tl_tok.vocab_size == 30522
+    assert tl_tok.encode_batch(texts) == [ids[1:-1] for ids in expected]
 
 
 @pytest.mark.parametrize("with_heads", [True, False])
@@ -336,3 +340,23 @@ def test_load_flat_params_for_name_and_shape_warm_start(tmp_path):
         np.testing.assert_array_equal(flat[name], value)
     with pytest.raises(ValueError, match="num_layers: model 3 vs checkpoint 2"):
         hf_bert.load_flat_params(path, config.replace(num_layers=3))
+
+
+def test_export_writes_a_tokenizer_transformers_reads(data_dir, tmp_path):
+    model_dir = data_dir / "models" / "all-MiniLM-L6-v2"
+    texts = real_sentences(data_dir, n=8)
+    expected = transformers.AutoTokenizer.from_pretrained(model_dir)(texts)["input_ids"]
+    config = bert.BertConfig(vocab_size=30522, hidden_size=8, num_layers=1, num_heads=2,
+                             intermediate_size=8)
+    params = nn.unbox(bert.BertModel(config).init(jax.random.PRNGKey(0),
+                                                  jnp.zeros((1, 2), jnp.int32))["params"])
+    for name, tokenizer in (("from_dir", model_dir),
+                            ("from_object", hf_bert.load_tl_tokenizer(model_dir))):
+        out = hf_bert.export(params, config, tmp_path / name, with_heads=False,
+                             tokenizer=tokenizer)
+        assert transformers.AutoTokenizer.from_pretrained(out)(texts)["input_ids"] == expected
+    small = config.replace(vocab_size=100)
+    with pytest.raises(ValueError, match="30522 entries but the model's vocab_size is 100"):
+        hf_bert.export(nn.unbox(bert.BertModel(small).init(
+            jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32))["params"]), small,
+            tmp_path / "bad", with_heads=False, tokenizer=model_dir)

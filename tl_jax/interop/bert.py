@@ -483,7 +483,7 @@ def _write_tokenizer(tokenizer, directory: pathlib.Path, config: BertConfig) -> 
             if (source / name).exists():
                 shutil.copyfile(source / name, directory / name)
         return
-    tok = getattr(tokenizer, "tokenizer", tokenizer)  # unwrap a tl_jax Tokenizer
+    tok = getattr(tokenizer, "hf_tokenizer", tokenizer)  # unwrap a tl_jax data.tokenizer.Tokenizer
     if tok.get_vocab_size() != config.vocab_size:
         raise ValueError(f"tokenizer has {tok.get_vocab_size()} entries but the model's "
                          f"vocab_size is {config.vocab_size}; they must agree")
@@ -498,6 +498,14 @@ def _write_tokenizer(tokenizer, directory: pathlib.Path, config: BertConfig) -> 
 def load_tokenizer_for(directory):
     """Loads the tokenizer of a checkpoint directory and checks it against its config.json."""
     return load_tokenizer(directory, vocab_size=read_hf_config(directory).vocab_size)
+
+
+def load_tl_tokenizer(directory):
+    """The checkpoint's tokenizer as a `tl_jax.data.tokenizer.Tokenizer` (what tasks use),
+    checked against the weights' vocab_size and honouring tokenizer_config.json's casing."""
+    from tl_jax.data.tokenizer import Tokenizer
+
+    return Tokenizer(load_tokenizer_for(directory), source=str(directory))
 
 
 # ----------------------------------------------------------------------------- init_from
