@@ -1,0 +1,77 @@
+"""Word similarity (Spearman) and 3CosAdd analogies on constructed vectors and the real files."""
+import numpy as np
+import pytest
+
+from tl_jax.data.vector_formats import WordVectors, load_glove_text
+from tl_jax.evaluation import word_vectors as ev
+
+
+def _angle_vectors(words, angles):
+    """2-d unit vectors at the given angles: cosine with angle 0 falls as the angle grows."""
+    a = np.asarray(angles, dtype=np.float64)
+    return WordVectors(list(words), np.stack([np.cos(a), np.sin(a)], axis=1))
+
+
+def test_spearman_follows_the_ranking_and_counts_oov():
+    vectors = _angle_vectors(["base", "w1", "w2", "w3", "w4"], [0, 0.1, 0.5, 1.0, 2.0])
+    human = [("base", "w1", 9.0), ("base", "w2", 7.0), ("base", "w3", 3.0), ("Base", "w4", 1.0)]
+    r = ev.word_similarity(vectors, [(a.lower(), b, s) for a, b, s in human])
+    assert r.spearman == pytest.approx(1.0) and r.pairs == 4 and r.oov_pairs == 0
+    flipped = [(a.lower(), b, -s) for a, b, s in human]
+    assert ev.word_similarity(vectors, flipped).spearman == pytest.approx(-1.0)
+    with_oov = human[:3] + [("base", "missing", 5.0), ("gone", "missing", 5.0)]
+    r = ev.word_similarity(vectors, with_oov)
+    assert (r.pairs, r.oov_pairs, r.oov_words) == (3, 2, 2)
+    assert np.isnan(ev.word_similarity(vectors, [("a", "b", 1.0)]).spearman)
+
+
+def test_3cosadd_solves_exact_offsets_and_skips_question_words():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(4, 50))
+    gender = rng.normal(size=50)
+    words = ["king", "queen", "man", "woman", "prince", "princess", "boy", "girl"]
+    rows = []
+    for b in base:
+        rows += [b, b + gender]
+    vectors = WordVectors(words, np.stack(rows))
+    questions = [("family", ("man", "woman", "king", "queen")),
+                 ("family", ("boy", "girl", "prince", "princess")),
+                 ("family", ("man", "woman", "king", "unknownword"))]
+    r = ev.analogy_accuracy(vectors, questions, restrict_vocab=None)
+    assert (r.correct, r.questions, r.oov_questions) == (2, 2, 1)
+    assert r.accuracy == 1.0 and r.by_section == {"family": 1.0}
+    # b - a + c is closest to c itself here; excluding the question words is what makes it work.
+    same = [("s", ("man", "man", "king", "king"))]
+    assert ev.analogy_accuracy(vectors, same, restrict_vocab=None).correct == 0
+    # Restricting the vocabulary to the first 4 words makes "princess" questions unanswerable.
+    r = ev.analogy_accuracy(vectors, questions, restrict_vocab=4)
+    assert (r.questions, r.oov_questions) == (1, 2)
+
+
+def test_readers_parse_the_real_files_and_reject_malformed_ones(data_dir, tmp_path):
+    assert len(ev.read_similarity_pairs(data_dir / ev.WORDSIM353)) == 353
+    assert len(ev.read_similarity_pairs(data_dir / ev.SIMLEX999)) == 999
+    questions = ev.read_analogies(data_dir / ev.GOOGLE_ANALOGIES)
+    assert len(questions) == 19_544
+    assert questions[0] == ("capital-common-countries", ("athens", "greece", "baghdad", "iraq"))
+    (tmp_path / "sim.tsv").write_text("# header\na\tb\t1.0\nc\td\tlots\n")
+    with pytest.raises(ValueError, match=r"sim.tsv:3: score 'lots'"):
+        ev.read_similarity_pairs(tmp_path / "sim.tsv")
+    (tmp_path / "q.txt").write_text(": s\na b c d\na b c\n")
+    with pytest.raises(ValueError, match=r"q.txt:3: expected four words"):
+        ev.read_analogies(tmp_path / "q.txt")
+
+
+def test_real_glove_vectors_score_well_above_chance(data_dir):
+    scores = ev.evaluate_all(load_glove_text(data_dir / "glove.6B.50d.top20k.txt"), data_dir)
+    # Published GloVe 6B-50d numbers are ~0.5 (WordSim353) and ~0.5 (analogies, full vocab).
+    assert scores["wordsim353_spearman"] > 0.45
+    assert scores["simlex999_spearman"] > 0.2
+    assert scores["analogy_accuracy"] > 0.4
+    assert scores["wordsim353_oov_pairs"] == 34 and scores["analogy_oov_questions"] > 0
+    # Shuffling which word owns which vector destroys the signal.
+    vectors = load_glove_text(data_dir / "glove.6B.50d.top20k.txt")
+    perm = np.random.default_rng(0).permutation(len(vectors))
+    shuffled = WordVectors(vectors.words, vectors.vectors[perm])
+    r = ev.word_similarity(shuffled, ev.read_similarity_pairs(data_dir / ev.WORDSIM353))
+    assert abs(r.spearman) < 0.15
