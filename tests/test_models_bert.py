@@ -293,6 +293,11 @@ def test_validate_inputs_errors():
         bert.validate_inputs(config, np.ones((8,), np.int32))
     with pytest.raises(ValueError, match="input_mask shape"):
         bert.validate_inputs(config, ok, input_mask=np.ones((2, 7)))
+    with pytest.raises(ValueError, match=r"masked position 8 at \(row, slot\) \(1, 0\) is outside "
+                                         r"the sequence \[0, 8\)"):
+        bert.validate_inputs(config, ok, masked_positions=np.array([[0, 7], [8, 1]]))
+    with pytest.raises(ValueError, match="masked_positions must have shape"):
+        bert.validate_inputs(config, ok, masked_positions=np.array([0, 7]))
     with pytest.raises(ValueError, match="must be integers"):
         bert.validate_inputs(config, ok.astype(np.float32))
 

@@ -108,7 +108,8 @@ class BertConfig:
         return jnp.dtype(self.dtype)
 
 
-def validate_inputs(config: BertConfig, input_ids, segment_ids=None, input_mask=None) -> None:
+def validate_inputs(config: BertConfig, input_ids, segment_ids=None, input_mask=None,
+                    masked_positions=None) -> None:
     """Checks a host-side batch before it reaches a compiled function.
 
     JAX clamps out-of-range gathers silently, so a wrong vocabulary or an over-long sequence
@@ -145,6 +146,16 @@ def validate_inputs(config: BertConfig, input_ids, segment_ids=None, input_mask=
                 f"segment id {int(segment_ids[where])} at (row, position) {where} is outside "
                 f"[0, {config.type_vocab_size}) (type_vocab_size)"
             )
+    if masked_positions is not None:
+        masked_positions = np.asarray(masked_positions)
+        if masked_positions.ndim != 2 or masked_positions.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"masked_positions must have shape (batch={input_ids.shape[0]}, "
+                             f"predictions), got {masked_positions.shape}")
+        bad = (masked_positions < 0) | (masked_positions >= length)
+        if bad.any():
+            where = tuple(np.argwhere(bad)[0].tolist())
+            raise ValueError(f"masked position {int(masked_positions[where])} at (row, slot) "
+                             f"{where} is outside the sequence [0, {length})")
 
 
 class BertEmbeddings(nn.Module):
