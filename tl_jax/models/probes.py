@@ -81,7 +81,8 @@ class FeatureProbe(nn.Module):
 
     @nn.compact
     def __call__(self, layers: jax.Array, mask: Optional[jax.Array] = None, pooled: bool = False,
-                 deterministic: bool = True) -> jax.Array:
+                 deterministic: bool = True, selected: bool = False) -> jax.Array:
+        """`selected=True`: `layers` already is the chosen feature, (B, [T,] D) (a cache of it)."""
         if self.feature not in FEATURES:
             raise ValueError(f"probe feature={self.feature!r}; expected one of {FEATURES}")
         if self.head not in HEADS:
@@ -90,9 +91,12 @@ class FeatureProbe(nn.Module):
             raise ValueError("pooled features work only with the linear head and no mix layer norm "
                              "(pooling commutes with the feature choice only then)")
         num = layers.shape[1]
-        if num < 5 and self.feature in ("sum_last_four", "concat_last_four"):
-            raise ValueError(f"feature {self.feature!r} needs 4 encoder layers; got {num - 1}")
-        x = self._select(layers.astype(jnp.float32), mask, num)  # (B, [T,] D)
+        if selected:
+            x = layers.astype(jnp.float32)  # (B, [T,] D)
+        else:
+            if num < 5 and self.feature in ("sum_last_four", "concat_last_four"):
+                raise ValueError(f"feature {self.feature!r} needs 4 encoder layers; got {num - 1}")
+            x = self._select(layers.astype(jnp.float32), mask, num)  # (B, [T,] D)
         if self.head == "linear":
             if not pooled:
                 x = pool(x, mask, self.pooling)  # (B, D)
@@ -160,6 +164,11 @@ class ProbeClassifier(nn.Module):
         logits = self.head(layers, input_mask, deterministic=deterministic)
         return {"logits": logits}, intermediates
 
-    def probe(self, features, input_mask=None, pooled=False, deterministic=True):
+    def probe(self, features, input_mask=None, pooled=False, deterministic=True, selected=False):
         """Logits from precomputed features (the cached path); the encoder is not run."""
-        return self.head(features, input_mask, pooled=pooled, deterministic=deterministic)
+        return self.head(features, input_mask, pooled=pooled, deterministic=deterministic,
+                         selected=selected)
+
+    def select(self, layers, input_mask=None):
+        """The parameter-free feature choice on stacked layers (not for `scalar_mix`)."""
+        return self.head._select(layers, input_mask, layers.shape[1])

@@ -363,6 +363,9 @@ def default_config() -> ml_collections.ConfigDict:
         stlr_cut_frac=0.1,             # STLR: fraction of steps spent increasing
         stlr_ratio=32.0,               # STLR: peak lr / lowest lr
         reinit_top_k=0,                # re-initialise the top k encoder layers (and the pooler)
+        adapter_size=0,                # > 0: bottleneck adapters after attention and the FFN
+        lora_rank=0,                   # > 0: LoRA on the query and value projections
+        lora_alpha=1.0,
         layer_pattern=DEFAULT_LAYER_PATTERN,
         embeddings_pattern=DEFAULT_EMBEDDINGS_PATTERN,
     ))
@@ -661,3 +664,21 @@ def reinit_top_layers(params: Params, fresh: Params, k: int,
     extra = re.compile(extra_pattern)
     return _unflat({p: flat_fresh[p] if group_of[p] in top or extra.search(p) else x
                     for p, x in flat.items()})
+
+
+def make_task_optimizer(task, config, total_steps: int, steps_per_epoch: int):
+    """`(tx, schedule)` from `config.transfer` for a task: the trainer's `make_optimizer` hook.
+
+    Builds the plan over the task's abstract params (nothing is materialised), prints its
+    summary table on process 0, and returns the single-compile `as_optax()` transform.
+    """
+    import flax.linen as nn  # models' boxes; kept local so optim does not import flax.linen early
+
+    example = task.example_batch(1)
+    abstract = nn.unbox(jax.eval_shape(lambda r: task.init_variables(r, example)["params"],
+                                       jax.random.PRNGKey(0)))
+    plan = build_transfer_optimizer(abstract, config.transfer, config.optimizer, total_steps,
+                                    steps_per_epoch)
+    if jax.process_index() == 0:
+        print(plan.summary(), flush=True)
+    return plan.as_optax(), plan.schedule

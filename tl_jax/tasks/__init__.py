@@ -54,6 +54,7 @@ TASKS = {
     "tag": "tl_jax.tasks.tag",
     "squad": "tl_jax.tasks.squad",
     "bilm": "tl_jax.tasks.bilm",
+    "probe": "tl_jax.tasks.probe",
 }
 
 

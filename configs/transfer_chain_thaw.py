@@ -1,0 +1,28 @@
+"""Chain-thaw (Felbo et al. 2017): the new head alone, then each layer alone, then all.
+
+Run:
+  tl_jax train --config=configs/transfer_chain_thaw.py:minilm --workdir=/tmp/transfer_chain_thaw
+
+Stages: head; embeddings; layer_0; ...; layer_5; everything until the end; each lasts
+`transfer.stage_steps`. The trainer compiles once (the stage is read from the step); each
+layer group keeps its own Adam state, so a group trained alone and later thawed again continues
+where it stopped. Ends with a summary like:
+  done: 250 steps | held-out accuracy 0.8xxx | ...
+
+Arguments: `minilm` (default) or `tiny` (smoke test).
+"""
+import importlib.util
+import os
+
+
+def get_config(arg=None):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transfer_full.py")
+    spec = importlib.util.spec_from_file_location("_transfer_full", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.base_config(arg)
+    c.transfer.rules = ((".*", "train"),)
+    c.transfer.strategy = "chain_thaw"
+    c.transfer.stage_steps = 10 if arg == "tiny" else 20
+    c.optimizer.learning_rate = 1e-4
+    return c

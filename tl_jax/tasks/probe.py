@@ -1,0 +1,194 @@
+"""Classification under a transfer strategy (`config.task = "probe"`): feature-based or fine-tuned.
+
+The `classify` task (same data, loss, metrics, evaluation and predictions files) plus:
+
+* the optimizer from `config.transfer` (`optim/transfer.py`): freezing rules, discriminative
+  learning rates, STLR, gradual unfreezing, chain-thaw; through the trainer's `make_optimizer`
+  hook, so `tl_jax train` runs every strategy unchanged;
+* `transfer.adapter_size` / `lora_rank` add adapters / LoRA to the encoder (their weights start
+  fresh, the rest comes from `init_from`); `transfer.reinit_top_k` re-initialises the top layers;
+* `probe.feature` other than "none": feature-based transfer. The model becomes
+  `models.probes.ProbeClassifier`: the encoder from `init_from` (or random, the baseline) is
+  frozen, and the probe picks the feature (embeddings, last, second_to_last, sum_last_four,
+  concat_last_four, scalar_mix) and the head (linear, bilstm). Freeze `bert/.*` in the rules too,
+  so the encoder has no optimizer state (its gradient is stopped inside the model).
+
+`probe.cache_features=True` runs the frozen encoder once over the train and eval sets when the task
+is built, then trains the head on the stored features; nothing else changes (the same loss,
+metrics, evaluation and predictions files). For the linear head it stores each layer's pooled
+vector (N, L+1, H), from which every feature choice follows exactly (pooling is linear), so with
+`probe.cache_dir` set one encoder pass serves a whole sweep of features and seeds. The BiLSTM head
+needs token-level features and caches the chosen one in memory (float16).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tl_jax.models import heads, probes
+from tl_jax.optim import transfer
+from tl_jax.tasks import classify, downstream
+
+
+# Parameters a pretrained BERT checkpoint does not have: they keep their fresh initialisation.
+NEW_PARAMS = re.compile(r"(^|/)(attention_adapter|mlp_adapter|lora_a|lora_b)(/|$)")
+
+
+class Task(classify.Task):
+    """The `probe` task (contract: `tl_jax/tasks/__init__.py`)."""
+
+    def __init__(self, config, workdir):
+        super().__init__(config, workdir)
+        p, t = config.probe, config.transfer
+        self.model_config = self.model_config.replace(
+            adapter_size=t.adapter_size, lora_rank=t.lora_rank, lora_alpha=t.lora_alpha)
+        if p.feature == "none":
+            self.model = heads.BertForSequenceClassification(
+                self.model_config, len(self.labels), pooling=config.model.pooling,
+                classifier_dropout=config.model.classifier_dropout)
+        else:
+            self.model = probes.ProbeClassifier(
+                self.model_config, len(self.labels), feature=p.feature, head_type=p.head,
+                pooling=p.pooling, lstm_hidden=p.lstm_hidden, mix_layer_norm=p.mix_layer_norm,
+                dropout_rate=config.model.classifier_dropout)
+        if p.cache_features and p.feature == "none":
+            raise ValueError("probe.cache_features needs a frozen encoder: set probe.feature.")
+        self.steps_per_epoch = len(self.train_records) // config.data.batch_size
+        self.cached = bool(p.cache_features)
+        # Pooled per-layer vectors suffice only where pooling commutes with the feature choice.
+        self.pooled = p.head == "linear" and not p.mix_layer_norm
+        self.selected = p.feature != "scalar_mix"
+        if self.cached:
+            self.train_arrays = self._cache(self.train_arrays, "train")
+            self.eval_arrays = self._cache(self.eval_arrays, "eval")
+            head_params = sum(np.prod(x.shape) for x in jax.tree.leaves(jax.eval_shape(
+                lambda r: self.init_variables(r, self.example_batch(1))["params"]["head"],
+                jax.random.PRNGKey(0))))
+            self.flops_per_example = 6.0 * float(head_params) * (
+                1 if self.pooled else config.data.max_seq_length)
+
+    def init_params(self, params, rng):
+        """Pretrained encoder from `init_from`; adapters, LoRA and the head stay fresh; then
+        `transfer.reinit_top_k` layers (and the pooler) go back to their fresh values."""
+        fresh = params
+        new, base = transfer.split_params(params, lambda path: bool(NEW_PARAMS.search(path)))
+        params = transfer.merge_params(self.encoder.load_weights(base), new)
+        k = self.config.transfer.reinit_top_k
+        return transfer.reinit_top_layers(params, fresh, k, self.config.transfer.layer_pattern)
+
+    def make_optimizer(self, total_steps):
+        """The trainer's hook: the optimizer of `config.transfer` (freeze `bert/.*`)."""
+        return transfer.make_task_optimizer(self, self.config, total_steps, self.steps_per_epoch)
+
+    # -- feature cache ----------------------------------------------------------------------
+
+    def _cache_file(self, split: str) -> str:
+        """Where a split's pooled features live on disk ("" when not cached to disk)."""
+        c = self.config
+        if not (c.probe.cache_dir and self.pooled):
+            return ""
+        key = json.dumps([c.init_from, c.seed if not c.init_from else None, c.model.size,
+                          c.data.train_file if split == "train" else c.data.eval_file,
+                          c.data.max_seq_length, c.data.max_train_examples if split == "train"
+                          else c.data.max_eval_examples, c.probe.pooling, c.data.text_field,
+                          c.data.text_b_field], sort_keys=True)
+        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+        return os.path.join(c.probe.cache_dir, f"probe_features_{split}_{digest}.npy")
+
+    def _cache(self, arrays: dict, split: str) -> dict:
+        """Replaces token arrays by encoder features: {features, labels, valid[, input_mask]}."""
+        out = {"labels": arrays["labels"], "valid": np.ones(len(arrays["labels"]), np.int32)}
+        path = self._cache_file(split)
+        if path and os.path.exists(path):
+            out["features"] = np.load(path)
+            if len(out["features"]) != len(arrays["labels"]):
+                raise ValueError(f"{path}: cached features for {len(out['features'])} examples, "
+                                 f"but the {split} set has {len(arrays['labels'])}; delete it.")
+            return out
+        out["features"] = self._encode(arrays)
+        if not self.pooled:
+            out["input_mask"] = arrays["input_mask"]
+        if path and jax.process_index() == 0:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = path + f".tmp{os.getpid()}.npy"
+            np.save(tmp, out["features"])
+            os.replace(tmp, path)  # atomic: parallel sweeps never read half a file
+        return out
+
+    def _encode(self, arrays: dict) -> np.ndarray:
+        """Runs the frozen encoder (the weights the trainer will load) over every example."""
+        example = self.example_batch(1)
+        params = jax.jit(lambda r: self.init_variables(r, example)["params"])(
+            jax.random.PRNGKey(self.config.seed))
+        import flax.linen as nn
+        params = self.init_params(nn.unbox(params), None)
+        model, pooled, selected = self.model, self.pooled, self.selected
+
+        @jax.jit
+        def features(ids, segments, mask):
+            layers, _ = model.apply({"params": params}, ids, segments, mask, method=model.encode)
+            if pooled:
+                return probes.pool(layers, mask, model.pooling)  # (B, N+1, H)
+            if selected:
+                layers = model.apply({"params": params}, layers, mask, method=model.select)
+            return layers.astype(jnp.float16)  # (B, [N+1,] T, D)
+
+        chunks, n, bs = [], len(arrays["labels"]), 64
+        for start in range(0, n, bs):
+            rows = slice(start, start + bs)
+            ids, seg, mask = (arrays[k][rows] for k in ("input_ids", "segment_ids", "input_mask"))
+            pad = bs - len(ids)  # one compiled shape for the last, short chunk
+            if pad:
+                ids, seg, mask = (np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
+                                  for a in (ids, seg, mask))
+            chunks.append(np.asarray(features(ids, seg, mask))[:bs - pad])
+        return np.concatenate(chunks)
+
+    # -- batches and loss -------------------------------------------------------------------
+
+    def example_batch(self, batch_size):
+        batch = super().example_batch(batch_size)
+        if getattr(self, "cached", False) and "features" in getattr(self, "train_arrays", {}):
+            for k in ("features", "valid"):
+                v = self.train_arrays[k]
+                batch[k] = np.zeros((batch_size,) + v.shape[1:], v.dtype)
+        return batch
+
+    def _logits(self, params, batch, rng, train):
+        if not self.cached:
+            return super()._logits(params, batch, rng, train)
+        return self.model.apply(
+            {"params": params}, batch["features"], batch.get("input_mask"), pooled=self.pooled,
+            deterministic=not train, selected=self.selected and not self.pooled,
+            rngs={"dropout": rng}, method=self.model.probe)
+
+    def loss_fn(self, params, batch, rng, train):
+        if not self.cached:
+            return super().loss_fn(params, batch, rng, train)
+        logits = self._logits(params, batch, rng, train)
+        weights = batch["valid"].astype(jnp.float32)  # 0 on rows padding an eval batch
+        ce_sum, n = downstream.weighted_cross_entropy(logits, batch["labels"], weights)
+        correct = ((jnp.argmax(logits, -1) == batch["labels"]) * weights).sum()
+        return ce_sum / jnp.maximum(n, 1.0), dict(loss=(ce_sum, n), accuracy=(correct, n))
+
+
+def default_config():
+    """The `probe` config section."""
+    import ml_collections
+
+    return ml_collections.ConfigDict(dict(
+        feature="none",          # none (fine-tune) | embeddings | last | second_to_last |
+                                 # sum_last_four | concat_last_four | scalar_mix
+        head="linear",           # linear | bilstm
+        pooling="mean",          # linear head: mean over tokens | cls
+        lstm_hidden=128,
+        mix_layer_norm=False,    # scalar_mix: normalise each layer first (ELMo's option)
+        cache_features=False,    # run the frozen encoder once, train the head on stored features
+        cache_dir="",            # linear head: keep pooled features here across runs
+    ))
