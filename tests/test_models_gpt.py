@@ -1,0 +1,183 @@
+"""The GPT decoder: shapes, logical axes, causality, the cache, input checks, and training."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+
+from tl_jax.models import gpt
+from tl_jax.models.gpt import GPT, gpt_config, init_cache
+
+VOCAB = 53
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = gpt_config("tiny", VOCAB, max_len=32, dropout_rate=0.1, attention_dropout_rate=0.1,
+                     initializer_range=0.2)
+    model = GPT(cfg)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8), jnp.int32))
+    return model, variables
+
+
+def test_outputs_and_intermediates(tiny):
+    model, variables = tiny
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 11), 0, VOCAB)
+    outputs, inter = model.apply(variables, tokens)
+    assert outputs["logits"].shape == (3, 11, VOCAB) and outputs["logits"].dtype == jnp.float32
+    assert outputs["hidden"].shape == (3, 11, 64)
+    assert list(inter) == ["embeddings", "layer_1", "layer_2"]
+    assert all(v.shape == (3, 11, 64) for v in inter.values())
+    # The output projection is the token embedding (tied): no separate lm_head parameter.
+    params = nn.unbox(variables["params"])
+    assert set(params) == {"wte", "wpe", "h_0", "h_1", "ln_f"}
+    want = outputs["hidden"] @ params["wte"]["embedding"].T
+    np.testing.assert_allclose(outputs["logits"], want, atol=1e-5)
+
+
+def test_params_carry_logical_axis_names(tiny):
+    _, variables = tiny
+    specs = nn.get_partition_spec(variables)["params"]
+    assert specs["wte"]["embedding"] == jax.sharding.PartitionSpec("vocab", "embed")
+    assert specs["h_0"]["attn"]["qkv"]["kernel"] == jax.sharding.PartitionSpec(
+        "embed", None, "heads", "kv")
+    assert specs["h_0"]["attn"]["out"]["kernel"] == jax.sharding.PartitionSpec(
+        "heads", "kv", "embed")
+    assert specs["h_1"]["mlp"]["fc"]["kernel"] == jax.sharding.PartitionSpec("embed", "mlp")
+    boxed = jax.tree_util.tree_leaves(variables["params"],
+                                      is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert all(isinstance(x, nn.Partitioned) for x in boxed)
+
+
+def test_future_tokens_do_not_change_the_past(tiny):
+    model, variables = tiny
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, VOCAB, (2, 16))
+    base = np.asarray(model.apply(variables, tokens)[0]["logits"])
+    for t in (0, 5, 15):
+        changed = tokens.copy()
+        changed[:, t:] = rng.integers(0, VOCAB, changed[:, t:].shape)
+        out = np.asarray(model.apply(variables, changed)[0]["logits"])
+        np.testing.assert_allclose(out[:, :t], base[:, :t], atol=1e-5)
+        if t < 15:
+            assert not np.allclose(out[:, t:], base[:, t:])
+
+
+def test_chunked_decoding_with_the_cache_equals_one_pass(tiny):
+    model, variables = tiny
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 12), 0, VOCAB)
+    full = model.apply(variables, tokens)[0]["logits"]
+    cache = init_cache(model, 2, 12)
+    pieces = []
+    for start, stop in ((0, 5), (5, 6), (6, 12)):  # prefill, one token, a chunk
+        positions = jnp.broadcast_to(jnp.arange(start, stop), (2, stop - start))
+        (out, _), mutated = model.apply(
+            {"params": variables["params"], "cache": cache}, tokens[:, start:stop],
+            positions=positions, decode=True, mutable=["cache"])
+        cache = mutated["cache"]
+        pieces.append(out["logits"])
+    np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=1e-5)
+    assert int(cache["h_0"]["attn"]["cache_index"]) == 12
+
+
+def test_dropout_only_in_training(tiny):
+    model, variables = tiny
+    tokens = jnp.ones((1, 8), jnp.int32)
+    a = model.apply(variables, tokens, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
+    b = model.apply(variables, tokens, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    assert not np.allclose(a[0]["logits"], b[0]["logits"])
+    np.testing.assert_array_equal(model.apply(variables, tokens)[0]["logits"],
+                                  model.apply(variables, tokens)[0]["logits"])
+
+
+def test_bad_inputs_get_clear_errors(tiny):
+    model, variables = tiny
+    cfg = model.config
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        gpt.check_tokens(np.array([[1, VOCAB]]), cfg)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        gpt.check_tokens(np.array([[-1, 2]]), cfg)
+    with pytest.raises(ValueError, match="exceeds the model's max_len"):
+        gpt.check_tokens(np.zeros((1, 33), np.int32), cfg)
+    with pytest.raises(ValueError, match="exceeds max_len"):
+        model.apply(variables, jnp.zeros((1, 33), jnp.int32))
+    with pytest.raises(ValueError, match="exceeds max_len"):
+        init_cache(model, 1, 40)
+    with pytest.raises(ValueError, match="divisible"):
+        gpt_config("tiny", 10, num_heads=3)
+    with pytest.raises(ValueError, match="Unknown GPT size"):
+        gpt_config("huge", 10)
+
+
+def test_size_table_matches_gpt2_shapes():
+    small = gpt_config("small", 50257)
+    medium = gpt_config("medium", 50257)
+    assert (small.num_layers, small.embed_dim, small.num_heads, small.max_len) == (12, 768, 12, 1024)
+    assert (medium.num_layers, medium.embed_dim, medium.num_heads) == (24, 1024, 16)
+    shapes = jax.eval_shape(lambda: GPT(small).init(jax.random.PRNGKey(0),
+                                                    jnp.zeros((1, 4), jnp.int32)))
+    assert gpt.param_count(shapes["params"]) == 124_439_808  # GPT-2 small's count
+
+
+def test_training_lowers_the_loss():
+    cfg = gpt_config("tiny", 32, max_len=16, dropout_rate=0.0, attention_dropout_rate=0.0)
+    model = GPT(cfg)
+    # A periodic sequence: a causal LM can learn it exactly.
+    tokens = jnp.asarray(np.tile(np.arange(7), 10)[None, :17].repeat(4, 0) + np.arange(4)[:, None])
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), tokens[:, :-1])["params"])
+    tx = optax.adam(3e-3)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt):
+        def loss_fn(p):
+            logits = model.apply({"params": p}, tokens[:, :-1])[0]["logits"]
+            return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt = tx.update(grads, opt)
+        return optax.apply_updates(params, updates), opt, loss
+
+    losses = []
+    for _ in range(60):
+        params, opt, loss = step(params, opt)
+        losses.append(float(loss))
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_pretrain_then_classify_configs_run_with_the_trainer(tmp_path, data_dir, monkeypatch):
+    """Smoke runs of both GPT configs through the real trainer: pretrain a tiny LM, then
+    fine-tune a classifier from it (ULMFiT chain), checking the warm start took the LM."""
+    from tl_jax import config as config_lib, train
+    from tl_jax.tasks import clm
+
+    monkeypatch.setenv("TL_JAX_DATA_DIR", str(data_dir))
+    lm_dir = str(tmp_path / "lm")
+    cfg = config_lib.load_config("configs/gpt_pretrain.py:tiny", [
+        f"data.corpus={data_dir}/polarity_sentences.jsonl", "train.steps=6",
+        "data.batch_size=8", "data.eval_batch_size=8",
+        "train.eval_every=6", "train.checkpoint_every=6",
+        "train.progress=False", "data.tokenizer_vocab_size=400",
+        "data.seq_len=32"])
+    result = train.train_and_evaluate(cfg, lm_dir)
+    assert result.summary["step"] == 6
+    assert np.isfinite(result.summary["eval/perplexity"])
+    assert result.summary["eval/perplexity"] < 400  # below uniform over the vocabulary
+
+    # Generation from the workdir uses the same weights.
+    from tl_jax import generate
+    model, params, tok = generate.load_model(lm_dir)
+    lm_params = jax.device_get(result.state["params"])
+    np.testing.assert_array_equal(params["wte"]["embedding"], lm_params["wte"]["embedding"])
+
+    cls_cfg = config_lib.load_config("configs/gpt_finetune_classify.py:tiny", [
+        f"init_from={lm_dir}", "data.max_train_examples=32",
+        "data.max_eval_examples=16", "train.progress=False"])
+    cls = train.train_and_evaluate(cls_cfg, str(tmp_path / "cls"))
+    assert cls.summary["step"] == 2 and "eval/accuracy" in cls.summary
+    cls_params = jax.device_get(cls.state["params"])
+    assert set(cls_params) == {"gpt", "head"}
+    # Warm-started (then trained 2 steps at a small lr): close to the LM, far from a fresh init.
+    diff = np.abs(cls_params["gpt"]["wpe"]["embedding"] - lm_params["wpe"]["embedding"]).max()
+    assert diff < 0.05
+    assert clm.Task  # the task module imports
