@@ -28,10 +28,8 @@ Parameter paths are stable and readable; transfer strategies select layers by re
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
