@@ -123,6 +123,7 @@ def with_pretrained_elmo(variables, elmo_params):
     Finds the `elmo` sub-tree wherever the encoder sits and checks every shape.
     """
     found = []
+    elmo_params = _plain(nn.unbox(elmo_params))
 
     def replace(tree, path=()):
         if isinstance(tree, dict) and "elmo" in tree and isinstance(tree["elmo"], dict) \

@@ -1,0 +1,186 @@
+"""ELMo biLM: LSTM cell vs NumPy, direction/causality and padding properties, sampled softmax,
+the bilm task learning on real text, and ELMo features with a scalar mix."""
+import pathlib
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tl_jax import config as config_lib
+from tl_jax import elmo_features
+from tl_jax.models import elmo
+from tl_jax.tasks import bilm
+
+CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "elmo_pretrain.py")
+TINY = elmo.elmo_config("tiny", vocab_size=30)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def test_lstm_projection_cell_matches_numpy_reference():
+    hidden, proj, dim, b, steps = 6, 4, 5, 3, 7
+    cell = elmo.LSTMProjCell(hidden, proj, cell_clip=0.8, proj_clip=0.5)
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(steps, b, dim)).astype(np.float32)
+    carry = (jnp.zeros((b, hidden)), jnp.zeros((b, proj)))
+    params = cell.init(jax.random.PRNGKey(1), carry, xs[0])["params"]
+    p = jax.tree_util.tree_map(np.asarray, params)
+    c_np, h_np = np.zeros((b, hidden)), np.zeros((b, proj))
+    for t in range(steps):
+        carry, out = cell.apply({"params": params}, carry, xs[t])
+        gates = xs[t] @ p["input"]["kernel"] + p["input"]["bias"] + h_np @ p["recurrent"]["kernel"]
+        i, f, g, o = np.split(gates, 4, axis=-1)
+        c_np = np.clip(_sigmoid(f) * c_np + _sigmoid(i) * np.tanh(g), -0.8, 0.8)
+        h_np = np.clip((_sigmoid(o) * np.tanh(c_np)) @ p["projection"]["kernel"], -0.5, 0.5)
+        np.testing.assert_allclose(carry[0], c_np, atol=1e-5)
+        np.testing.assert_allclose(out, h_np, atol=1e-5)
+    assert np.abs(c_np).max() <= 0.8 + 1e-6 and np.abs(h_np).max() <= 0.5 + 1e-6
+
+
+def test_reverse_padded_reverses_real_steps_only_and_is_an_involution():
+    x = jnp.arange(12.0).reshape(2, 6)[..., None]  # (B, T, 1)
+    lengths = jnp.array([4, 6])
+    rev = elmo.reverse_padded(x, lengths)
+    np.testing.assert_array_equal(rev[0, :, 0], [3, 2, 1, 0, 4, 5])
+    np.testing.assert_array_equal(rev[1, :, 0], [11, 10, 9, 8, 7, 6])
+    np.testing.assert_array_equal(elmo.reverse_padded(rev, lengths), x)
+
+
+def test_char_ids_mark_word_boundaries_and_sentence_markers():
+    ids = elmo.char_ids(["ab", elmo.BOS_TOKEN, "é", "x" * 20], max_chars=6)
+    np.testing.assert_array_equal(ids[0], [elmo.BOW, ord("a") + 1, ord("b") + 1, elmo.EOW, 0, 0])
+    np.testing.assert_array_equal(ids[1], [elmo.BOW, elmo.BOS_CHAR, elmo.EOW, 0, 0, 0])
+    assert list(ids[2, 1:3]) == [b + 1 for b in "é".encode()]  # UTF-8 bytes
+    assert ids[3, -1] == elmo.EOW and (ids[3, 1:-1] == ord("x") + 1).all()  # cut to fit
+
+
+def _bilm_inputs(sentences, max_chars=TINY.max_chars):
+    return elmo_features.encode_sentences(sentences, max_chars)
+
+
+def test_bilm_directions_see_only_their_side_and_ignore_padding():
+    model = elmo.BiLM(TINY)
+    chars, mask = _bilm_inputs([["a", "b", "c", "d", "e"], ["f", "g"]])
+    params = model.init(jax.random.PRNGKey(0), chars, mask)["params"]
+    out, inter = model.apply({"params": params}, chars, mask)
+    assert set(inter) == {"char_cnn", "lstm_1", "lstm_2"}
+    for v in inter.values():
+        assert v.shape == (2, 7, 2 * TINY.projection_dim)
+    # Change token 3 ("c", framed position 3) of sentence 0.
+    chars2 = chars.copy()
+    chars2[0, 3] = elmo.char_ids(["zz"], TINY.max_chars)[0]
+    out2, _ = model.apply({"params": params}, chars2, mask)
+    fwd_changed = np.abs(out["forward"][0] - out2["forward"][0]).max(-1) > 1e-6
+    bwd_changed = np.abs(out["backward"][0] - out2["backward"][0]).max(-1) > 1e-6
+    np.testing.assert_array_equal(fwd_changed, np.arange(7) >= 3)  # forward: t >= 3 only
+    np.testing.assert_array_equal(bwd_changed, np.arange(7) <= 3)  # backward: t <= 3 only
+    # Extra padding changes nothing for the real positions of the short sentence.
+    chars3, mask3 = elmo_features.encode_sentences([["f", "g"]], TINY.max_chars, max_len=9)
+    out3, _ = model.apply({"params": params}, chars3, mask3)
+    for k in ("forward", "backward"):
+        np.testing.assert_allclose(out3[k][0, :4], out[k][1, :4], atol=1e-5)
+    # The softmax is one matrix for both directions.
+    assert model.apply({"params": params}, out["forward"], method=elmo.BiLM.logits).shape == \
+        (2, 7, TINY.vocab_size)
+
+
+def test_sampled_softmax_correction_and_accidental_hits():
+    v = 1000
+    ids = jnp.arange(v)
+    q = jnp.exp(bilm.log_uniform_log_q(ids, v, 1))
+    assert float(jnp.sum(q)) == pytest.approx(1.0, abs=1e-4)
+    assert bool(jnp.all(jnp.diff(q) < 0))  # frequent (low) ids are sampled more often
+    rng = np.random.default_rng(0)
+    kernel = jnp.asarray(rng.normal(size=(v, 8)), jnp.float32)
+    bias = jnp.zeros(v)
+    hidden = jnp.asarray(rng.normal(size=(64, 8)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 50, 64))
+    full = optax.softmax_cross_entropy_with_integer_labels(hidden @ kernel.T + bias, targets)
+    sampled = jnp.stack([bilm.sampled_softmax_nll(hidden, targets, kernel, bias,
+                                                  jax.random.PRNGKey(s), 400) for s in range(8)])
+    assert bool(jnp.all(jnp.isfinite(sampled)))
+    # Importance-corrected sampled NLL tracks the full NLL across positions.
+    corr = np.corrcoef(np.asarray(full), np.asarray(sampled.mean(0)))[0, 1]
+    assert corr > 0.9
+
+
+def _tiny_task(data_dir, *overrides):
+    assert data_dir.exists()
+    config = config_lib.load_config(CONFIG + ":tiny", ["data.max_units=300", *overrides])
+    return config, bilm.Task(config, workdir=None)
+
+
+def test_bilm_task_learns_on_real_text(data_dir):
+    # Trained with the sampled softmax; evaluated (loss_fn with train=False) with the full one.
+    config, task = _tiny_task(data_dir, "loss.sampled_softmax=64", "data.batch_size=16")
+    batches = task.train_batches()
+    first = next(batches)
+    assert set(first) == {"token_ids", "chars", "mask"}
+    assert (first["token_ids"][:, 0] == task.vocab.index(elmo.BOS_TOKEN)).all()
+    params = task.init_variables(jax.random.PRNGKey(0), task.example_batch(16))["params"]
+    params = flax.linen.unbox(params)
+    tx = optax.adam(3e-3)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, batch, rng):
+        (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
+            params, batch, rng, True)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), opt, loss
+
+    eval_batch = task.eval_batches()[0]
+    before, _ = task.loss_fn(params, eval_batch, jax.random.PRNGKey(0), False)
+    for i in range(25):
+        params, opt, _ = step(params, opt, next(batches), jax.random.PRNGKey(i))
+    after, metrics = task.loss_fn(params, eval_batch, jax.random.PRNGKey(0), False)
+    assert float(after) < float(before) - 0.5
+    ppl = bilm.perplexities([task.predict_fn(params, eval_batch)])
+    assert ppl["forward_perplexity"] == pytest.approx(
+        float(np.exp(metrics["forward_nll"][0] / metrics["forward_nll"][1])), rel=1e-4)
+    assert 1.0 < ppl["backward_perplexity"] < len(task.vocab)
+    # The iterator resumes exactly where it stopped.
+    state = batches.get_state()
+    expected = next(batches)
+    batches.set_state(state)
+    np.testing.assert_array_equal(next(batches)["chars"], expected["chars"])
+
+
+def test_elmo_features_scalar_mix_modes_and_frozen_bilm():
+    chars, mask = _bilm_inputs([["a", "b", "c"], ["d"]])
+    encoder = elmo_features.ElmoEncoder(TINY, mode="scalar_mix")
+    params = flax.linen.unbox(encoder.init(jax.random.PRNGKey(0), chars, mask)["params"])
+    params = dict(params, scalar_mix={"scalars": jnp.array([0.0, np.log(2.0), np.log(5.0)]),
+                                      "gamma": jnp.array(2.0)})
+    feats, out = encoder.apply({"params": params}, chars, mask)
+    assert feats.shape == (2, 3, 2 * TINY.projection_dim)
+    np.testing.assert_array_equal(out["mask"], [[1, 1, 1], [1, 0, 0]])
+    w = np.array([1.0, 2.0, 5.0]) / 8.0
+    layers = [out[n] for n in elmo_features.layer_names(TINY)]
+    want = 2.0 * sum(wi * np.asarray(x) for wi, x in zip(w, layers))
+    np.testing.assert_allclose(feats, want * np.asarray(out["mask"])[..., None], atol=1e-5)
+    # Frozen: gradients reach the mix but not the biLM.
+    grads = jax.grad(lambda p: jnp.sum(encoder.apply({"params": p}, chars, mask)[0] ** 2))(params)
+    assert float(jnp.abs(grads["scalar_mix"]["scalars"]).sum()) > 0
+    assert all(float(jnp.abs(g).sum()) == 0 for g in jax.tree_util.tree_leaves(grads["elmo"]))
+    # Other modes, and loading pretrained biLM weights by shape.
+    top = elmo_features.ElmoEncoder(TINY, mode="top")
+    f_top, _ = top.apply({"params": {"elmo": params["elmo"]}}, chars, mask)
+    np.testing.assert_allclose(f_top, out["lstm_2"] * np.asarray(out["mask"])[..., None],
+                               atol=1e-6)
+    concat = elmo_features.ElmoEncoder(TINY, mode="all")
+    assert concat.apply({"params": {"elmo": params["elmo"]}}, chars, mask)[0].shape[-1] == \
+        3 * 2 * TINY.projection_dim
+    fresh = encoder.init(jax.random.PRNGKey(5), chars, mask)
+    loaded = elmo_features.with_pretrained_elmo(fresh, params["elmo"])
+    np.testing.assert_array_equal(loaded["params"]["elmo"]["softmax_kernel"],
+                                  params["elmo"]["softmax_kernel"])
+    other = elmo.BiLM(elmo.elmo_config("tiny", vocab_size=31)).init(
+        jax.random.PRNGKey(0), chars, mask)["params"]
+    with pytest.raises(ValueError, match="do not match"):
+        elmo_features.with_pretrained_elmo(fresh, other)
