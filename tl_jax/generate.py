@@ -132,10 +132,14 @@ class Generator:
         token, done = self._pick(logits, rng, done, stop_ids, sampling)
         return token, done, cache, logits
 
-    def _step_fn(self, params, cache, token, position, key_mask, rng, done, stop_ids, sampling):
+    def _step_fn(self, params, cache, token, lengths, i, key_mask, key, done, stop_ids,
+                 sampling):
+        """Feeds generated token i-1 (at position len + i - 1) and picks token i."""
         self.traces["step"] += 1  # runs at trace time only
+        position = lengths + i - 1  # (B,)
         logits, cache = self._decode(params, cache, token[:, None], position[:, None], key_mask)
-        next_token, done = self._pick(logits, rng, done, stop_ids, sampling)
+        next_token, done = self._pick(logits, jax.random.fold_in(key, i), done, stop_ids,
+                                      sampling)
         return next_token, done, cache, logits
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
@@ -178,11 +182,12 @@ class Generator:
         generated, all_logits = [token], [logits]
         lengths = jnp.asarray(lengths)
         for i in range(1, max_new_tokens):
-            if bool(done.all()):
+            # Reading `done` syncs with the device; only worth it when rows can stop early.
+            if stop_tokens and bool(done.all()):
                 break
             token, done, cache, logits = self._step(
-                self.params, cache, token, lengths + i - 1, key_mask, jax.random.fold_in(key, i),
-                done, stop_ids, sampling=sampling,
+                self.params, cache, token, lengths, jnp.int32(i), key_mask, key, done, stop_ids,
+                sampling=sampling,
             )
             generated.append(token)
             all_logits.append(logits)

@@ -1,0 +1,157 @@
+"""GPT throughput: training tokens/s vs Hugging Face GPT2LMHeadModel + AdamW (PyTorch), and
+cached generation vs recomputing the whole sequence for every new token.
+
+Run (on the real device count; do not set the 8-fake-device flag used by the tests):
+  python benchmarks/gpt_train_and_generate.py [--sizes=tiny,mini] [--batch=16] [--seq=128]
+
+Prints, per size, tokens/s of both trainers and their ratio (target >= 1.5x at tiny/mini on a
+CPU), then generation tokens/s with and without the cache and their ratio (target >= 5x for
+256 new tokens), and HF's cached `generate` for reference. Both sides use the same shapes,
+batch, dropout 0 and fp32; each is warmed up (compiled) before timing.
+"""
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+from flax import linen as nn
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from tl_jax.generate import Generator
+from tl_jax.models.gpt import GPT, gpt_config
+
+VOCAB = 8192  # the BPE size the GPT configs train
+
+
+def timed(fn, steps: int) -> float:
+    """Seconds per call of `fn` (which must block until its work is done), after one warm-up."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def jax_train(cfg, batch, seq, steps):
+    model = GPT(cfg)
+    tokens = jax.random.randint(jax.random.PRNGKey(0), (batch, seq + 1), 0, cfg.vocab_size)
+    params = nn.unbox(model.init(jax.random.PRNGKey(1), tokens[:, :-1])["params"])
+    tx = optax.adamw(1e-4, weight_decay=0.01)
+    state = {"params": params, "opt": tx.init(params)}
+
+    @jax.jit
+    def step(state, tokens):
+        def loss_fn(p):
+            logits = model.apply({"params": p}, tokens[:, :-1])[0]["logits"]
+            return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, loss
+
+    def run():
+        nonlocal state
+        state, loss = step(state, tokens)
+        loss.block_until_ready()
+
+    return timed(run, steps)
+
+
+def hf_config(cfg):
+    return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=cfg.embed_dim,
+                      n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.mlp_dim,
+                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
+                      eos_token_id=None, pad_token_id=0)
+
+
+def torch_train(cfg, batch, seq, steps):
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(hf_config(cfg)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    tokens = torch.randint(0, cfg.vocab_size, (batch, seq))
+
+    def run():
+        loss = model(tokens, labels=tokens).loss  # HF shifts the labels internally
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return timed(run, steps)
+
+
+def generation(cfg, batch, prompt_len, new_tokens):
+    """Seconds for `new_tokens` tokens: with the KV cache, and recomputing all positions."""
+    model = GPT(cfg)
+    params = nn.unbox(model.init(jax.random.PRNGKey(1), jnp.zeros((1, 8), jnp.int32))["params"])
+    prompts = np.random.default_rng(0).integers(1, cfg.vocab_size, (batch, prompt_len)).tolist()
+    gen = Generator(model, params)
+    cached = timed(lambda: gen.generate(prompts, new_tokens), 1)
+
+    total = prompt_len + new_tokens
+
+    @jax.jit
+    def next_token(params, tokens, t):
+        # One fixed shape (B, total): compiled once; position t-1's logits give token t.
+        logits = model.apply({"params": params}, tokens)[0]["logits"]  # (B, total, V)
+        return tokens.at[:, t].set(jnp.argmax(logits[:, t - 1], -1))
+
+    def recompute():
+        tokens = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_len].set(jnp.asarray(prompts))
+        for t in range(prompt_len, total):
+            tokens = next_token(params, tokens, t)
+        tokens.block_until_ready()
+        return tokens
+
+    uncached = timed(recompute, 1)
+    # Both decoders are greedy over the same model: the outputs must agree.
+    assert recompute()[:, prompt_len:].tolist() == gen.generate(prompts, new_tokens)
+    return cached, uncached
+
+
+def hf_generation(cfg, batch, prompt_len, new_tokens):
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(hf_config(cfg)).eval()
+    prompts = torch.randint(1, cfg.vocab_size, (batch, prompt_len))
+
+    def run():
+        with torch.no_grad():
+            model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
+                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+
+    return timed(run, 1)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="tiny,mini")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--gen_batch", type=int, default=1)
+    parser.add_argument("--prompt_len", type=int, default=16)
+    parser.add_argument("--new_tokens", type=int, default=256)
+    args = parser.parse_args()
+    print(f"devices: {jax.devices()}  torch threads: {torch.get_num_threads()}")
+    for size in args.sizes.split(","):
+        max_len = max(args.seq, args.prompt_len + args.new_tokens)
+        cfg = gpt_config(size, VOCAB, max_len=max_len, dropout_rate=0.0,
+                         attention_dropout_rate=0.0)
+        tokens = args.batch * args.seq
+        ours = tokens / jax_train(cfg, args.batch, args.seq, args.steps)
+        theirs = tokens / torch_train(cfg, args.batch, args.seq, args.steps)
+        print(f"[{size}] train  batch {args.batch} x seq {args.seq}: tl_jax {ours:,.0f} tok/s | "
+              f"HF PyTorch {theirs:,.0f} tok/s | ratio {ours / theirs:.2f}x (target >= 1.5x)",
+              flush=True)
+        new = args.gen_batch * args.new_tokens
+        cached, uncached = generation(cfg, args.gen_batch, args.prompt_len, args.new_tokens)
+        hf = hf_generation(cfg, args.gen_batch, args.prompt_len, args.new_tokens)
+        print(f"[{size}] generate {args.new_tokens} new tokens (batch {args.gen_batch}, prompt "
+              f"{args.prompt_len}): cached {new / cached:,.0f} tok/s | recompute "
+              f"{new / uncached:,.0f} tok/s | ratio {uncached / cached:.1f}x (target >= 5x) | "
+              f"HF generate {new / hf:,.0f} tok/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
