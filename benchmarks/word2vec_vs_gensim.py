@@ -6,8 +6,10 @@ Both train on the same tokenised corpus (Austen + the Wikipedia sample by defaul
 vocabulary threshold, dimension, window, negatives, subsampling, learning rate and epochs;
 gensim gets one worker thread per CPU core. Training time counts from the first update to the
 last (vocabulary building excluded for both; tl_jax's includes jit compilation and building every
-epoch's examples). Words/s = corpus tokens x epochs / training seconds. Prints both rates, their
-ratio (tl_jax / gensim) and the WordSim353 / SimLex-999 / analogy scores of both.
+epoch's examples). Words/s = corpus tokens x epochs / training seconds. tl_jax runs once per
+value of --shared-negatives (per-pair negatives as in word2vec.c, and negatives shared by each
+batch); each line gives words/s, the ratio to gensim and the WordSim353 / SimLex-999 / analogy
+scores.
 
 Run it without the 8-fake-device XLA flag the tests use: it splits the CPU and slows XLA down.
 """
@@ -39,6 +41,9 @@ def main():
     parser.add_argument("--lr", type=float, default=0.025)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--cbow", action="store_true", help="CBOW instead of skip-gram")
+    parser.add_argument("--shared-negatives", default="0,64",
+                        help="comma-separated tl_jax runs: 0 = K negatives per pair as in "
+                             "word2vec.c; S > 0 = S negatives shared by each batch")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     args = parser.parse_args()
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
@@ -67,24 +72,28 @@ def main():
     gensim_vectors = WordVectors(list(gensim_model.wv.index_to_key), gensim_model.wv.vectors)
 
     vocab = wv.Vocab.build(sentences, args.min_count)
-    ours, stats = static_train.train_word2vec(
-        sentences, dim=args.dim, window=args.window, negatives=args.negatives,
-        epochs=args.epochs, sample=args.sample, lr=args.lr, batch_size=args.batch_size,
-        cbow=args.cbow, vocab=vocab, log=None)
+    runs = [("gensim", gensim_vectors, gensim_rate, None)]
+    for shared in (int(x) for x in args.shared_negatives.split(",")):
+        ours, stats = static_train.train_word2vec(
+            sentences, dim=args.dim, window=args.window, negatives=args.negatives,
+            epochs=args.epochs, sample=args.sample, lr=args.lr, batch_size=args.batch_size,
+            cbow=args.cbow, shared_negatives=shared, vocab=vocab, log=None)
+        name = f"tl_jax shared_negatives={shared}" if shared else "tl_jax per-pair negatives"
+        runs.append((name, ours, stats["words_per_sec"], stats["losses"]))
 
-    rows = []
-    for name, vectors, rate in (("gensim", gensim_vectors, gensim_rate),
-                                ("tl_jax", ours, stats["words_per_sec"])):
+    base = None
+    for name, vectors, rate, losses in runs:
         s = evaluate_all(vectors, data_dir)
-        rows.append((name, rate, s))
-        print(f"{name:7s} {rate:11,.0f} words/s  WordSim353 {s['wordsim353_spearman']:.3f} "
-              f"({s['wordsim353_oov_pairs']} OOV pairs)  SimLex-999 {s['simlex999_spearman']:.3f}  "
-              f"analogy {s['analogy_accuracy']:.3f} ({s['analogy_questions']} answerable)")
-    ratio = rows[1][1] / rows[0][1]
-    delta = rows[1][2]["wordsim353_spearman"] - rows[0][2]["wordsim353_spearman"]
-    print(f"tl_jax / gensim words/s ratio: {ratio:.2f}; WordSim353 difference "
-          f"(tl_jax - gensim): {delta:+.3f}; tl_jax loss by epoch: "
-          + " ".join(f"{x:.3f}" for x in stats["losses"]))
+        base = base or (rate, s["wordsim353_spearman"])
+        line = (f"{name:34s} {rate:11,.0f} words/s  WordSim353 {s['wordsim353_spearman']:.3f} "
+                f"({s['wordsim353_oov_pairs']} OOV pairs)  SimLex-999 "
+                f"{s['simlex999_spearman']:.3f}  analogy {s['analogy_accuracy']:.3f} "
+                f"({s['analogy_questions']} answerable)")
+        if losses is not None:
+            line += (f"\n{'':34s} ratio to gensim: words/s x{rate / base[0]:.2f}, WordSim353 "
+                     f"{s['wordsim353_spearman'] - base[1]:+.3f}; loss by epoch "
+                     + " ".join(f"{x:.3f}" for x in losses))
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Run:
 
 It builds a word vocabulary from the corpus (default: Austen + the Wikipedia sample in
 $TL_JAX_DATA_DIR), trains both directions for `train.steps` steps and ends with a summary like:
-  done: 600 steps | held-out forward_perplexity 2xx.xxxx | held-out backward_perplexity 2xx.xxxx | ...
+  done: 600 steps | held-out forward_perplexity NNN.N | held-out backward_perplexity NNN.N | ...
 
 The argument picks a size from `tl_jax.models.elmo.SIZES` (tiny, mini, small, base); `tiny`
 shrinks the run to a smoke test of a few steps. `--config.loss.sampled_softmax=N` trains with a

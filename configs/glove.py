@@ -34,8 +34,9 @@ def get_config(arg=None):
     c.epochs = 15
     c.batch_size = 16384       # co-occurrence entries per AdaGrad step
     c.steps_per_call = 16
-    c.word2vec = ml_collections.ConfigDict(dict(
-        cbow=False, negatives=5, sample=1e-3, learning_rate=0.025, min_learning_rate=1e-4))
+    c.word2vec = ml_collections.ConfigDict(dict(  # unused here; kept so both configs share keys
+        cbow=False, negatives=5, shared_negatives=0, sample=1e-3, learning_rate=0.025,
+        min_learning_rate=1e-4))
     c.glove = ml_collections.ConfigDict(dict(
         x_max=100.0,           # counts above x_max get weight 1
         alpha=0.75,            # f(x) = (x / x_max)^alpha below x_max

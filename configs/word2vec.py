@@ -36,6 +36,7 @@ def get_config(arg=None):
     c.word2vec = ml_collections.ConfigDict(dict(
         cbow=arg == "cbow",
         negatives=5,
+        shared_negatives=0,    # S > 0: S negatives per batch shared by all pairs (faster)
         sample=1e-3,           # frequent-word subsampling threshold; 0 = off
         learning_rate=0.05 if arg == "cbow" else 0.025,
         min_learning_rate=1e-4,

@@ -1,4 +1,4 @@
-"""Word-vector files: exact round trips, the real GloVe file, malformed files, task embedding tables."""
+"""Word-vector files: round trips, the real GloVe file, malformed files, task embedding tables."""
 import numpy as np
 import pytest
 

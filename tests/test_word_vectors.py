@@ -1,4 +1,4 @@
-"""word2vec / GloVe data statistics, the closed-form SGD step, and short training runs that learn."""
+"""word2vec / GloVe data statistics, the closed-form SGD step, short training runs that learn."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,48 +115,57 @@ def test_glove_weighting_function():
     assert float(embeddings.glove_loss(jnp.log(x[1:]), x[1:]).max()) == 0.0
 
 
-@pytest.mark.parametrize("cbow", [False, True])
-def test_closed_form_sgd_step_equals_autodiff_of_the_flax_model(cbow):
+@pytest.mark.parametrize("cbow,shared", [(False, 0), (True, 0), (False, 6), (True, 6)])
+def test_closed_form_sgd_step_equals_autodiff_of_the_flax_model(cbow, shared):
     vocab_size, dim, b, k = 50, 8, 16, 4
-    model, params = static_train.init_word2vec(vocab_size, dim, cbow, seed=0)
+    model, _ = static_train.init_word2vec(vocab_size, dim, cbow, seed=0)
     rng = np.random.default_rng(0)
     params = {"input": jnp.asarray(rng.normal(size=(vocab_size, dim)), jnp.float32),
               "output": jnp.asarray(rng.normal(size=(vocab_size, dim)), jnp.float32)}
-    centre = rng.integers(0, vocab_size, b)
-    context = rng.integers(0, vocab_size, (b, 4) if cbow else b)
+    # Words 0-24 are centres/contexts, 25-49 negatives: no accidental hits to mask here.
+    centre = rng.integers(0, 25, b)
+    context = rng.integers(0, 25, (b, 4) if cbow else b)
     if cbow:
         context[:, 2:] = np.where(rng.random((b, 2)) < 0.5, -1, context[:, 2:])
-    target = centre if cbow else context
-    negs = (target[:, None] + 1 + rng.integers(0, vocab_size - 1, (b, k))) % vocab_size
+    negs = rng.integers(25, 50, (shared,) if shared else (b, k))
+    weight = k / shared if shared else 1.0
     batch = {"centre": jnp.asarray(centre), "context": jnp.asarray(context),
              "negatives": jnp.asarray(negs)}
     lr = 0.1
 
     def loss(p):
         out, _ = model.apply({"params": p}, batch)
-        return jnp.sum(embeddings.negative_sampling_loss(out["pos_logits"], out["neg_logits"]))
+        return jnp.sum(embeddings.negative_sampling_loss(out["pos_logits"], out["neg_logits"],
+                                                         weight))
 
     grads = jax.grad(loss)(params)
-    new, mean_loss = static_train.word2vec_sgd_step(params, batch, lr, cbow)
+    new, mean_loss = static_train.word2vec_sgd_step(params, batch, lr, cbow, weight)
     np.testing.assert_allclose(mean_loss, loss(params) / b, rtol=1e-5)
     np.testing.assert_allclose(new["output"], params["output"] - lr * grads["output"], atol=1e-5)
-    if cbow:
-        # word2vec.c gives each context word the full hidden-layer gradient, i.e. n_ctx times
-        # the true gradient of the mean; check that convention row by row.
-        scaled = np.zeros((vocab_size, dim), np.float32)
-        out, _ = model.apply({"params": params}, batch)
-        g_logits = jax.grad(lambda pl, nl: jnp.sum(
-            embeddings.negative_sampling_loss(pl, nl)), argnums=(0, 1))(
-                out["pos_logits"], out["neg_logits"])
-        gh = (np.asarray(g_logits[0])[:, None] * np.asarray(params["output"])[centre]
-              + np.einsum("bk,bkd->bd", np.asarray(g_logits[1]), np.asarray(params["output"])[negs]))
-        for row in range(b):
-            for c in context[row]:
-                if c >= 0:
-                    scaled[c] += gh[row]
-        np.testing.assert_allclose(new["input"], params["input"] - lr * scaled, atol=1e-5)
-    else:
+    if not cbow:
         np.testing.assert_allclose(new["input"], params["input"] - lr * grads["input"], atol=1e-5)
+        return
+    # word2vec.c gives each context word the full hidden-layer gradient dL/dh, i.e. n_ctx
+    # times the true gradient of the mean; check that convention.
+    out, hidden = model.apply({"params": params}, batch)
+    grad_h = jax.grad(lambda h: jnp.sum(embeddings.negative_sampling_loss(
+        *model.apply({"params": params}, batch, method=lambda m, bt: _logits_from(m, bt, h)),
+        weight)))(hidden["hidden"])
+    want = np.zeros((vocab_size, dim), np.float32)
+    for row in range(b):
+        for c in context[row]:
+            if c >= 0:
+                want[c] += np.asarray(grad_h[row])
+    np.testing.assert_allclose(new["input"], params["input"] - lr * want, atol=1e-5)
+
+
+def _logits_from(module, batch, h):
+    """The Word2Vec logits for a given hidden vector h (to differentiate with respect to h)."""
+    pos = jnp.sum(h * module.output[batch["centre"]], axis=-1)
+    negs = batch["negatives"]
+    neg = h @ module.output[negs].T if negs.ndim == 1 else jnp.einsum(
+        "bd,bkd->bk", h, module.output[negs])
+    return pos, neg
 
 
 TOPIC = 40  # words per topic

@@ -38,20 +38,26 @@ from tl_jax.models import embeddings
 # ----------------------------------------------------------------------------------------------
 
 
-def word2vec_sgd_step(params, batch, lr, cbow: bool):
+def word2vec_sgd_step(params, batch, lr, cbow: bool, neg_weight: float = 1.0):
     """One SGD step of negative-sampling word2vec, with the gradient in closed form.
 
     For logits x = h . v_t over t in [target, negatives] with labels [1, 0, ..., 0], the loss
-    -log sigma(x_0) - sum_k log sigma(-x_k) has dL/dx = sigma(x) - label, so
-    dL/dv_t = (sigma(x_t) - label_t) h and dL/dh = sum_t (sigma(x_t) - label_t) v_t.
-    A negative equal to the target is ignored, as in word2vec.c. For CBOW every context
-    word receives the full dL/dh (word2vec.c's and gensim's convention with a mean context).
-    Returns (params, mean loss); equals `jax.grad` of `Word2Vec` + `negative_sampling_loss`
-    summed over the batch (tested).
+    -log sigma(x_0) - w sum_k log sigma(-x_k) has dL/dx = sigma(x) - label (times w for the
+    negatives), so dL/dv_t = (dL/dx_t) h and dL/dh = sum_t (dL/dx_t) v_t.
+
+    `batch["negatives"]` is either (B, K), K negatives per example as in word2vec.c (w = 1), or
+    (S,), S negatives shared by the whole batch (Ji et al. 2016, "Parallelizing word2vec in
+    shared and distributed memory"): the negative terms become dense (B, S) matmuls instead
+    of B * K row gathers and scatters; with w = K / S the expected gradient is that of K
+    negatives per example. A negative equal to the target is ignored, as in word2vec.c.
+    For CBOW every context word receives the full dL/dh (word2vec.c's and gensim's convention
+    with a mean context). Returns (params, mean loss); equals `jax.grad` of `Word2Vec` +
+    `negative_sampling_loss` summed over the batch (tested).
     """
     inp, out = params["input"], params["output"]
     dim = inp.shape[1]
     target = batch["centre"] if cbow else batch["context"]
+    negs = batch["negatives"]
     if cbow:
         ctx = batch["context"]  # (B, 2W)
         ctx_mask = (ctx >= 0).astype(inp.dtype)[..., None]  # (B, 2W, 1)
@@ -60,19 +66,28 @@ def word2vec_sgd_step(params, batch, lr, cbow: bool):
         h = jnp.sum(inp[ctx_ids] * ctx_mask, axis=1) / n_ctx  # (B, D)
     else:
         h = inp[batch["centre"]]  # (B, D)
-    targets = jnp.concatenate([target[:, None], batch["negatives"]], axis=1)  # (B, 1+K)
-    valid = jnp.concatenate(
-        [jnp.ones_like(target[:, None], dtype=bool), batch["negatives"] != target[:, None]],
-        axis=1)  # (B, 1+K)
-    vt = out[targets]  # (B, 1+K, D)
-    logits = jnp.einsum("bd,bkd->bk", h, vt)  # (B, 1+K)
-    labels = jnp.zeros_like(logits).at[:, 0].set(1.0)
-    g = jnp.where(valid, jax.nn.sigmoid(logits) - labels, 0.0)  # dL/dlogits, (B, 1+K)
-    loss = -jax.nn.log_sigmoid(logits[:, 0]) - jnp.sum(
-        jnp.where(valid[:, 1:], jax.nn.log_sigmoid(-logits[:, 1:]), 0.0), axis=1)
-    grad_h = jnp.einsum("bk,bkd->bd", g, vt)  # (B, D)
-    grad_vt = g[..., None] * h[:, None, :]  # (B, 1+K, D)
-    out = out.at[targets.reshape(-1)].add(-lr * grad_vt.reshape(-1, dim))
+    v_pos = out[target]  # (B, D)
+    pos = jnp.sum(h * v_pos, axis=-1)  # (B,)
+    if negs.ndim == 1:
+        v_neg = out[negs]  # (S, D)
+        neg = h @ v_neg.T  # (B, S)
+        valid = negs[None, :] != target[:, None]  # (B, S)
+    else:
+        v_neg = out[negs]  # (B, K, D)
+        neg = jnp.einsum("bd,bkd->bk", h, v_neg)  # (B, K)
+        valid = negs != target[:, None]  # (B, K)
+    g_pos = jax.nn.sigmoid(pos) - 1.0  # dL/dpos, (B,)
+    g_neg = neg_weight * jnp.where(valid, jax.nn.sigmoid(neg), 0.0)  # dL/dneg
+    loss = -jax.nn.log_sigmoid(pos) - neg_weight * jnp.sum(
+        jnp.where(valid, jax.nn.log_sigmoid(-neg), 0.0), axis=1)
+    if negs.ndim == 1:
+        grad_h = g_pos[:, None] * v_pos + g_neg @ v_neg  # (B, D)
+        grad_v_neg = g_neg.T @ h  # (S, D)
+    else:
+        grad_h = g_pos[:, None] * v_pos + jnp.einsum("bk,bkd->bd", g_neg, v_neg)  # (B, D)
+        grad_v_neg = (g_neg[..., None] * h[:, None, :]).reshape(-1, dim)  # (B * K, D)
+    out = out.at[target].add(-lr * g_pos[:, None] * h)
+    out = out.at[negs.reshape(-1)].add(-lr * grad_v_neg)
     if cbow:
         upd = jnp.broadcast_to(-lr * grad_h[:, None, :], ctx_mask.shape[:2] + (dim,)) * ctx_mask
         inp = inp.at[ctx_ids.reshape(-1)].add(upd.reshape(-1, dim))  # (B * 2W, D)
@@ -81,8 +96,10 @@ def word2vec_sgd_step(params, batch, lr, cbow: bool):
     return {"input": inp, "output": out}, jnp.mean(loss)
 
 
-@functools.partial(jax.jit, static_argnames=("cbow", "negatives"), donate_argnums=(0,))
-def _word2vec_chunk(params, batches, lrs, key, table, cbow: bool, negatives: int):
+@functools.partial(jax.jit, static_argnames=("cbow", "negatives", "shared_negatives"),
+                   donate_argnums=(0,))
+def _word2vec_chunk(params, batches, lrs, key, table, cbow: bool, negatives: int,
+                    shared_negatives: int = 0):
     """Runs len(lrs) SGD steps; `batches` holds arrays stacked as (steps, B, ...).
 
     Negatives are drawn here, on the device, from the unigram^0.75 `table`: that saves the host
@@ -90,10 +107,11 @@ def _word2vec_chunk(params, batches, lrs, key, table, cbow: bool, negatives: int
     """
     def body(p, xs):
         batch, lr, step_key = xs
-        slots = jax.random.randint(step_key, batch["centre"].shape + (negatives,), 0,
-                                   table.shape[0])
-        batch = dict(batch, negatives=table[slots])  # (B, K)
-        return word2vec_sgd_step(p, batch, lr, cbow)
+        shape = (shared_negatives,) if shared_negatives else batch["centre"].shape + (negatives,)
+        slots = jax.random.randint(step_key, shape, 0, table.shape[0])
+        batch = dict(batch, negatives=table[slots])  # (S,) or (B, K)
+        weight = negatives / shared_negatives if shared_negatives else 1.0
+        return word2vec_sgd_step(p, batch, lr, cbow, weight)
 
     keys = jax.random.split(key, lrs.shape[0])
     params, losses = jax.lax.scan(body, params, (batches, lrs, keys))
@@ -113,13 +131,15 @@ def train_word2vec(sentences: Sequence[Sequence[str]], *, dim: int = 100, window
                    negatives: int = 5, epochs: int = 5, min_count: int = 5, sample: float = 1e-3,
                    lr: float = 0.025, min_lr: float = 1e-4, batch_size: int = 1024,
                    cbow: bool = False, seed: int = 0, steps_per_call: int = 64,
-                   vocab: wv.Vocab | None = None,
+                   shared_negatives: int = 0, vocab: wv.Vocab | None = None,
                    log: Callable[[str], None] | None = print) -> tuple[WordVectors, dict]:
     """Trains word2vec on tokenised sentences; returns (input vectors, stats).
 
     The learning rate falls linearly from `lr` to `min_lr` over all planned epochs, as in
-    word2vec.c. stats: words (corpus tokens x epochs), seconds, words_per_sec, losses (mean
-    loss per epoch), vocab.
+    word2vec.c. `shared_negatives=S > 0` draws S negatives per batch shared by all its
+    examples, weighted K / S (see `word2vec_sgd_step`); 0 draws K per example.
+    stats: words (corpus tokens x epochs), seconds, words_per_sec, losses (mean loss per
+    epoch), vocab.
     """
     vocab = vocab or wv.Vocab.build(sentences, min_count)
     corpus = wv.encode_corpus(sentences, vocab)
@@ -148,7 +168,7 @@ def train_word2vec(sentences: Sequence[Sequence[str]], *, dim: int = 100, window
                 key, sub = jax.random.split(key)
                 params, chunk_losses = _word2vec_chunk(
                     params, chunk, lrs[s:s + steps_per_call], sub, table, cbow=cbow,
-                    negatives=negatives)
+                    negatives=negatives, shared_negatives=shared_negatives)
                 epoch_losses.append(chunk_losses)  # kept on device: no sync inside the epoch
             losses.append(float(jnp.mean(jnp.concatenate(epoch_losses))))
             if not np.isfinite(losses[-1]):
@@ -156,7 +176,8 @@ def train_word2vec(sentences: Sequence[Sequence[str]], *, dim: int = 100, window
                 # (or a huge batch) one row gets too many at once.
                 raise FloatingPointError(
                     f"word2vec loss became {losses[-1]} in epoch {epoch + 1}: lower the learning "
-                    f"rate ({lr}) or batch_size ({batch_size}) for this {len(vocab)}-word vocabulary")
+                    f"rate ({lr}) or batch_size ({batch_size}) for this {len(vocab)}-word "
+                    "vocabulary")
             if log:
                 log(f"word2vec epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
     vectors = np.asarray(jax.block_until_ready(params["input"]))
@@ -266,7 +287,8 @@ def run(config, workdir: str) -> dict:
             sentences, dim=config.dim, window=config.window, negatives=w.negatives,
             epochs=config.epochs, sample=w.sample, lr=w.learning_rate, min_lr=w.min_learning_rate,
             batch_size=config.batch_size, cbow=w.cbow, seed=config.seed,
-            steps_per_call=config.steps_per_call, vocab=vocab)
+            steps_per_call=config.steps_per_call, shared_negatives=w.shared_negatives,
+            vocab=vocab)
     else:
         g = config.glove
         vectors, stats = train_glove(

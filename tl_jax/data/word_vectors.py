@@ -91,7 +91,8 @@ class Vocab:
             for lineno, line in enumerate(f, 1):
                 parts = line.split()
                 if len(parts) != 2 or not parts[1].isdigit():
-                    raise ValueError(f"{path}:{lineno}: expected 'word count', got {line.strip()!r}")
+                    raise ValueError(
+                        f"{path}:{lineno}: expected 'word count', got {line.strip()!r}")
                 words.append(parts[0])
                 counts.append(int(parts[1]))
         if not words:
@@ -220,7 +221,8 @@ class Word2VecBatches:
                  negatives: int, sample: float = 1e-3, cbow: bool = False, seed: int = 0,
                  power: float = 0.75, table_size: int | None = None):
         self.corpus, self.vocab = corpus, vocab
-        self.batch_size, self.window, self.negatives, self.cbow = batch_size, window, negatives, cbow
+        self.batch_size, self.window = batch_size, window
+        self.negatives, self.cbow = negatives, cbow
         self.keep_prob = subsample_keep_prob(vocab.counts, sample)
         # 100 slots per word (at least 1e6) keeps the table cache-friendly for small vocabularies
         # while every word's share stays within 1e-6 of its probability.

@@ -41,7 +41,8 @@ class Word2Vec(nn.Module):
     words' input vectors vs the centre (target) word and negatives.
 
     Batch: centre (B,), context (B,) [skip-gram] or (B, 2W) with -1 padding [CBOW],
-    negatives (B, K). Outputs: pos_logits (B,), neg_logits (B, K).
+    negatives (B, K), or (S,) shared by the batch. Outputs: pos_logits (B,),
+    neg_logits (B, K) or (B, S).
     """
 
     vocab_size: int
@@ -70,13 +71,22 @@ class Word2Vec(nn.Module):
         h = self.hidden(batch)  # (B, D)
         target = batch["centre"] if self.cbow else batch["context"]
         pos = jnp.sum(h * self.output[target], axis=-1)  # (B,)
-        neg = jnp.einsum("bd,bkd->bk", h, self.output[batch["negatives"]])  # (B, K)
+        negs = batch["negatives"]
+        if negs.ndim == 1:  # (S,) negatives shared by the whole batch
+            neg = h @ self.output[negs].T  # (B, S)
+        else:
+            neg = jnp.einsum("bd,bkd->bk", h, self.output[negs])  # (B, K)
         return {"pos_logits": pos, "neg_logits": neg}, {"hidden": h}
 
 
-def negative_sampling_loss(pos_logits: jnp.ndarray, neg_logits: jnp.ndarray) -> jnp.ndarray:
-    """Per-example loss  -log sigma(pos) - sum_k log sigma(-neg_k)."""
-    return -jax.nn.log_sigmoid(pos_logits) - jnp.sum(jax.nn.log_sigmoid(-neg_logits), axis=-1)
+def negative_sampling_loss(pos_logits: jnp.ndarray, neg_logits: jnp.ndarray,
+                           neg_weight: float = 1.0) -> jnp.ndarray:
+    """Per-example loss  -log sigma(pos) - w sum_k log sigma(-neg_k).
+
+    w = 1 for K negatives per example; w = K / S for S negatives shared by a batch.
+    """
+    return -jax.nn.log_sigmoid(pos_logits) - neg_weight * jnp.sum(
+        jax.nn.log_sigmoid(-neg_logits), axis=-1)
 
 
 class GloVe(nn.Module):

@@ -250,7 +250,8 @@ class Task:
         # Position t predicts t + 1 forwards and t - 1 backwards; both need token t + 1 / t
         # to be real, i.e. mask[:, 1:] (padding only trails).
         weights = batch["mask"][:, 1:].astype(jnp.float32)  # (B, T-1)
-        pairs = ((outputs["forward"][:, :-1], ids[:, 1:]), (outputs["backward"][:, 1:], ids[:, :-1]))
+        pairs = ((outputs["forward"][:, :-1], ids[:, 1:]),
+                 (outputs["backward"][:, 1:], ids[:, :-1]))
         samples = self.config.loss.sampled_softmax
         nlls = []
         for i, (hidden, targets) in enumerate(pairs):
