@@ -205,3 +205,25 @@ def test_glove_learns_planted_topics():
         batch_size=64, steps_per_call=4, log=None)
     assert stats["losses"][-1] < 0.5 * stats["losses"][0]
     assert _topic_margin(vectors) > 0.3
+
+
+@pytest.mark.parametrize("name", ["word2vec", "glove"])
+def test_tiny_configs_run_end_to_end(data_dir, tmp_path, name):
+    import json
+    import pathlib
+
+    from tl_jax import config as config_lib
+    from tl_jax.data import vector_formats
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / f"{name}.py"
+    config = config_lib.load_config(f"{path}:tiny", ["max_sentences=400", "epochs=1"])
+    assert data_dir.exists()
+    scores = static_train.run(config, str(tmp_path))
+    saved = json.loads((tmp_path / "scores.json").read_text())
+    assert saved["wordsim353_pairs"] + saved["wordsim353_oov_pairs"] == 353
+    assert np.isfinite(scores["final_loss"])
+    vocab = wv.Vocab.load(tmp_path / "vocab.txt")
+    for fmt in config.save_formats:
+        ext = "bin" if fmt == "word2vec_binary" else "txt"
+        vectors = vector_formats.load_vectors(tmp_path / f"vectors.{fmt}.{ext}")
+        assert vectors.words == vocab.words and vectors.dim == config.dim

@@ -214,11 +214,15 @@ def _glove_chunk(params, opt_state, batches, optimizer, x_max, alpha):
 
 
 def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: int = 10,
-                epochs: int = 15, min_count: int = 5, x_max: float = 100.0, alpha: float = 0.75,
-                lr: float = 0.05, batch_size: int = 16384, seed: int = 0,
+                epochs: int = 15, min_count: int = 5, x_max: float = 10.0, alpha: float = 0.75,
+                lr: float = 0.5, batch_size: int = 16384, seed: int = 0,
                 steps_per_call: int = 16, vocab: wv.Vocab | None = None,
                 log: Callable[[str], None] | None = print) -> tuple[WordVectors, dict]:
-    """Trains GloVe with AdaGrad on the nonzero co-occurrences; returns (W + W~, stats)."""
+    """Trains GloVe with AdaGrad on the nonzero co-occurrences; returns (W + W~, stats).
+
+    Defaults suit corpora of about a million words (see configs/glove.py for why x_max and
+    lr differ from the paper's 100 and 0.05).
+    """
     vocab = vocab or wv.Vocab.build(sentences, min_count)
     corpus = wv.encode_corpus(sentences, vocab)
     cooc = wv.cooccurrence_matrix(corpus, len(vocab), window)
