@@ -360,3 +360,19 @@ def test_export_writes_a_tokenizer_transformers_reads(data_dir, tmp_path):
         hf_bert.export(nn.unbox(bert.BertModel(small).init(
             jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32))["params"]), small,
             tmp_path / "bad", with_heads=False, tokenizer=model_dir)
+
+
+def test_convert_goes_through_the_family_table(tmp_path):
+    # GPT-2 is another family module; convert must round-trip it exactly too.
+    config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1,
+                                     n_head=2, bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "hf")
+    assert interop.model_type(tmp_path / "hf") == "gpt2"
+    convert.convert(tmp_path / "hf", tmp_path / "tl", "hf_to_tl")
+    tl_config, _, family = convert.load_tl_params(tmp_path / "tl")
+    assert family == "gpt2" and tl_config.embed_dim == 16
+    convert.convert(tmp_path / "tl", tmp_path / "hf2", "tl_to_hf")
+    original = load_file(tmp_path / "hf" / "model.safetensors")
+    back = load_file(tmp_path / "hf2" / "model.safetensors")
+    assert sorted(back) == sorted(original)
+    assert all(np.array_equal(back[k], original[k]) for k in original)

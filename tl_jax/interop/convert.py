@@ -20,6 +20,8 @@ import pathlib
 import shutil
 import warnings
 
+import numpy as np
+
 from tl_jax import interop
 from tl_jax.interop import safetensors_io
 
@@ -39,8 +41,14 @@ def save_tl_params(directory, config, params, family: str) -> pathlib.Path:
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cls = type(config)
+    fields, dtype_fields = {}, []
+    for name, value in dataclasses.asdict(config).items():
+        if not isinstance(value, (str, int, float, bool, type(None), list, dict)):
+            value = np.dtype(value).name  # e.g. jnp.float32 in a config: stored by name
+            dtype_fields.append(name)
+        fields[name] = value
     meta = {"family": family, "config_class": f"{cls.__module__}.{cls.__qualname__}",
-            "config": dataclasses.asdict(config)}
+            "config": fields, "dtype_fields": dtype_fields}
     (directory / TL_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     safetensors_io.write_safetensors(directory / TL_PARAMS,
                                      safetensors_io.flatten_params(params),
@@ -61,7 +69,10 @@ def load_tl_params(directory):
             raise ValueError(f"{config_file}: missing key {key!r} (is this a HF config.json? "
                              f"use direction='hf_to_tl')")
     module_name, _, class_name = meta["config_class"].rpartition(".")
-    config = getattr(importlib.import_module(module_name), class_name)(**meta["config"])
+    fields = dict(meta["config"])
+    for name in meta.get("dtype_fields", []):
+        fields[name] = np.dtype(fields[name])
+    config = getattr(importlib.import_module(module_name), class_name)(**fields)
     params = safetensors_io.unflatten_params(
         safetensors_io.read_safetensors(directory / TL_PARAMS))
     return config, params, meta["family"]
