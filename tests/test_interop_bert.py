@@ -376,3 +376,38 @@ def test_convert_goes_through_the_family_table(tmp_path):
     back = load_file(tmp_path / "hf2" / "model.safetensors")
     assert sorted(back) == sorted(original)
     assert all(np.array_equal(back[k], original[k]) for k in original)
+
+
+@pytest.mark.parametrize("kind", ["pretraining", "classifier"])
+def test_convert_exports_a_trainer_workdir(tmp_path, monkeypatch, kind):
+    from tl_jax import checkpoint
+
+    config = bert.BertConfig(vocab_size=45, hidden_size=24, num_layers=2, num_heads=3,
+                             intermediate_size=30, max_position_embeddings=20, type_vocab_size=3,
+                             hidden_act="gelu_new")
+    model = bert.BertForPreTraining(config) if kind == "pretraining" else _Classifier(config)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps({"model": {"hidden_act": "gelu_new"}}))
+    # The orbax reading is checkpoint.py's (tested there); this test owns the BERT export.
+    monkeypatch.setattr(checkpoint, "load_params_from_workdir",
+                        lambda path: (safetensors_io.flatten_params(params), 7))
+    convert.convert(workdir, tmp_path / "hf", "tl_to_hf")
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (hf_config["num_attention_heads"], hf_config["type_vocab_size"],
+            hf_config["hidden_act"]) == (3, 3, "gelu_new")
+    with_heads = kind == "pretraining"
+    cls = transformers.BertForPreTraining if with_heads else transformers.BertModel
+    torch_model, info = cls.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    ids = np.random.default_rng(0).integers(0, 45, (2, 6))
+    with torch.no_grad():
+        ref = torch_model.eval()(input_ids=torch.tensor(ids))
+    if with_heads:
+        ours, _ = model.apply({"params": params}, ids)
+        np.testing.assert_allclose(ours["mlm_logits"], ref.prediction_logits.numpy(), atol=1e-5)
+    else:
+        ours, _ = bert.BertModel(config).apply({"params": params["bert"]}, ids)
+        np.testing.assert_allclose(ours["sequence_output"], ref.last_hidden_state.numpy(),
+                                   atol=1e-5)

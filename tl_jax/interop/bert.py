@@ -396,6 +396,60 @@ def load_flat_params(directory, model_config: Optional[BertConfig] = None) -> di
     return flat
 
 
+def config_from_params(params, **fields) -> BertConfig:
+    """The `BertConfig` implied by a param tree's shapes (the encoder anywhere in it).
+
+    Shapes fix every size, heads included (query kernels are (E, heads, kv)); `fields` give
+    what shapes cannot (hidden_act, layer_norm_eps, dropout rates).
+    """
+    flat = safetensors_io.flatten_params(params)
+    root = _find_bert_root(flat)
+    layers = {int(p[len(root + "encoder/layer_"):].split("/")[0])
+              for p in flat if p.startswith(root + "encoder/layer_")}
+    if layers != set(range(len(layers))) or not layers:
+        raise ValueError(f"encoder layers under {root}encoder/ are not layer_0..layer_N: "
+                         f"{sorted(layers)}")
+    words = flat[root + "embeddings/word_embeddings/embedding"]
+    query = flat[root + "encoder/layer_0/attention/query/kernel"]  # (E, heads, kv)
+    sizes = dict(
+        vocab_size=words.shape[0],
+        hidden_size=words.shape[1],
+        num_layers=len(layers),
+        num_heads=query.shape[1],
+        intermediate_size=flat[root + "encoder/layer_0/mlp/intermediate/kernel"].shape[1],
+        max_position_embeddings=flat[root + "embeddings/position_embeddings/embedding"].shape[0],
+        type_vocab_size=flat[root + "embeddings/token_type_embeddings/embedding"].shape[0],
+        adapter_size=(flat[root + "encoder/layer_0/mlp_adapter/down/kernel"].shape[1]
+                      if root + "encoder/layer_0/mlp_adapter/down/kernel" in flat else 0),
+        lora_rank=(flat[root + "encoder/layer_0/attention/query/lora_a"].shape[1]
+                   if root + "encoder/layer_0/attention/query/lora_a" in flat else 0),
+    )
+    sizes.update(fields)
+    return BertConfig(**sizes)
+
+
+def encoder_and_heads(params) -> tuple[dict, bool]:
+    """Re-roots any tree holding a BERT encoder as a BertForPreTraining-style tree.
+
+    Returns `(tree, has_heads)`: `tree` has the encoder under `bert/`, plus `mlm_head`/
+    `nsp_head` when they sit beside it (a pretraining model). Other params (a task's
+    classifier) are dropped: the HF BERT layout has no place for them.
+    """
+    flat = safetensors_io.flatten_params(params)
+    root = _find_bert_root(flat)
+    parent = root[: -len("bert/")] if root.endswith("bert/") else None
+    out = {"bert/" + p[len(root):]: v for p, v in flat.items() if p.startswith(root)}
+    heads = {}
+    if parent is not None:
+        heads = {p[len(parent):]: v for p, v in flat.items()
+                 if p.startswith((parent + "mlm_head/", parent + "nsp_head/"))}
+    has_heads = (any(p.startswith("mlm_head/") for p in heads)
+                 and any(p.startswith("nsp_head/") for p in heads))
+    if has_heads:
+        out.update(heads)
+    return safetensors_io.unflatten_params(out), has_heads
+
+
 def load_pretrained(directory):
     """Family-table interface: `(config, params)` of the BertForPreTraining tree."""
     config, params, _ = load(directory)

@@ -9,6 +9,7 @@ A tl_jax weights directory is deliberately plain, readable without tl_jax:
 
     convert("hf_dir", "tl_dir", direction="hf_to_tl")
     convert("tl_dir", "hf_dir2", direction="tl_to_hf")
+    convert("train_workdir", "hf_dir3", direction="tl_to_hf")  # newest checkpoint of a BERT run
     params, report = init_from(params, "some_dir")   # either kind of directory
 """
 from __future__ import annotations
@@ -115,11 +116,42 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
         else:
             config, params = module.load_pretrained(src)
         save_tl_params(dst, config, params, name)
+    elif is_trainer_workdir(src):
+        _export_trainer_workdir(src, dst)
+        return dst
     else:
         config, params, name = load_tl_params(src)
         interop.family(name).save_pretrained(dst, config, params)
     _copy_tokenizer(src, dst)
     return dst
+
+
+def is_trainer_workdir(directory) -> bool:
+    """A `tl_jax train` workdir: orbax checkpoints/ plus the run's config.json."""
+    directory = pathlib.Path(directory)
+    return (directory / "checkpoints").is_dir() and (directory / TL_CONFIG).exists()
+
+
+def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """HF export of the newest checkpoint of a BERT run (pretraining or fine-tuning).
+
+    The architecture comes from the param shapes, the rest (activation, dropout) from the
+    run's config; a pretraining run keeps its MLM/NSP heads, a task model exports its encoder.
+    """
+    from tl_jax import checkpoint
+    from tl_jax.interop import bert as hf_bert
+
+    flat, step = checkpoint.load_params_from_workdir(str(src))
+    run_config = json.loads((src / TL_CONFIG).read_text())
+    model = run_config.get("model", {}) if isinstance(run_config.get("model"), dict) else {}
+    extra = {k: model[k] for k in ("hidden_act", "layer_norm_eps", "dropout_rate",
+                                   "attention_dropout_rate") if k in model}
+    params, has_heads = hf_bert.encoder_and_heads(safetensors_io.unflatten_params(flat))
+    config = hf_bert.config_from_params(params, **extra)
+    tokenizer = src / "tokenizer" if (src / "tokenizer").is_dir() else None
+    hf_bert.export(params, config, dst, with_heads=has_heads, tokenizer=tokenizer)
+    print(f"[convert] {src} step {step}: BERT {config.num_layers}x{config.hidden_size}, "
+          f"{'with' if has_heads else 'without'} MLM/NSP heads")
 
 
 def _head_paths(params):
