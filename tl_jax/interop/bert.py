@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import shutil
 import warnings
 from typing import Optional
 
@@ -24,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from tl_jax.interop import LoadReport, safetensors_io
+from tl_jax.interop.bert_tokenizer import (  # noqa: F401  (re-exported: one import for users)
+    load_tl_tokenizer, load_tokenizer, load_tokenizer_for, write_tokenizer)
 from tl_jax.models import bert as bert_model
 from tl_jax.models.bert import BertConfig
 
 MODEL_TYPE = "bert"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
-                   "special_tokens_map.json")
 # Buffers and tied copies that carry no information of their own.
 _POSITION_IDS = "embeddings.position_ids"
 _TIED_DECODER = "cls.predictions.decoder.weight"
@@ -479,7 +478,7 @@ def export(params, config: BertConfig, directory, *, with_heads: bool = True,
         json.dumps(config_to_hf(config, with_heads), indent=2) + "\n")
     safetensors_io.write_safetensors(directory / "model.safetensors", tensors)
     if tokenizer is not None:
-        _write_tokenizer(tokenizer, directory, config)
+        write_tokenizer(tokenizer, directory, config.vocab_size, config.max_position_embeddings)
     return directory
 
 
@@ -487,79 +486,6 @@ def save_pretrained(directory, config: BertConfig, params) -> None:
     """Family-table interface: export with heads when the tree has them."""
     has_heads = "mlm_head" in params
     export(params, config, directory, with_heads=has_heads)
-
-
-# ----------------------------------------------------------------------------- tokenizer
-
-
-def load_tokenizer(directory, vocab_size: Optional[int] = None):
-    """The `tokenizers.Tokenizer` of a HF directory, matching HF's own tokenizer ids.
-
-    Prefers `tokenizer.json`; else builds BERT WordPiece from `vocab.txt` (lower-casing as
-    `tokenizer_config.json` says). Padding/truncation stored in tokenizer.json are switched off:
-    batching decides those. vocab_size: when given, the tokenizer must have exactly that many
-    entries (a mismatch would give out-of-range ids or dead rows).
-    """
-    import tokenizers
-    from tokenizers.implementations import BertWordPieceTokenizer
-
-    directory = pathlib.Path(directory)
-    if (directory / "tokenizer.json").exists():
-        path = directory / "tokenizer.json"
-        tok = tokenizers.Tokenizer.from_file(str(path))
-        tok.no_padding()
-        tok.no_truncation()
-    elif (directory / "vocab.txt").exists():
-        path = directory / "vocab.txt"
-        settings = {}
-        if (directory / "tokenizer_config.json").exists():
-            settings = json.loads((directory / "tokenizer_config.json").read_text())
-        lowercase = settings.get("do_lower_case", True)
-        strip_accents = settings.get("strip_accents")
-        tok = BertWordPieceTokenizer(
-            str(path), lowercase=lowercase, strip_accents=strip_accents,
-            handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
-        )._tokenizer
-    else:
-        raise FileNotFoundError(f"{directory} has no tokenizer: expected tokenizer.json or "
-                                "vocab.txt")
-    if vocab_size is not None and tok.get_vocab_size() != vocab_size:
-        raise ValueError(f"tokenizer {path} has {tok.get_vocab_size()} entries but the model's "
-                         f"vocab_size is {vocab_size}; they must agree")
-    return tok
-
-
-def _write_tokenizer(tokenizer, directory: pathlib.Path, config: BertConfig) -> None:
-    if isinstance(tokenizer, (str, pathlib.Path)):
-        source = pathlib.Path(tokenizer)
-        load_tokenizer(source, vocab_size=config.vocab_size)  # validate before copying
-        for name in TOKENIZER_FILES:
-            if (source / name).exists():
-                shutil.copyfile(source / name, directory / name)
-        return
-    tok = getattr(tokenizer, "hf_tokenizer", tokenizer)  # unwrap a tl_jax data.tokenizer.Tokenizer
-    if tok.get_vocab_size() != config.vocab_size:
-        raise ValueError(f"tokenizer has {tok.get_vocab_size()} entries but the model's "
-                         f"vocab_size is {config.vocab_size}; they must agree")
-    tok.save(str(directory / "tokenizer.json"))
-    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])  # vocab.txt is id-ordered
-    (directory / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab))
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "BertTokenizer", "model_max_length": config.max_position_embeddings},
-        indent=2) + "\n")
-
-
-def load_tokenizer_for(directory):
-    """Loads the tokenizer of a checkpoint directory and checks it against its config.json."""
-    return load_tokenizer(directory, vocab_size=read_hf_config(directory).vocab_size)
-
-
-def load_tl_tokenizer(directory):
-    """The checkpoint's tokenizer as a `tl_jax.data.tokenizer.Tokenizer` (what tasks use),
-    checked against the weights' vocab_size and honouring tokenizer_config.json's casing."""
-    from tl_jax.data.tokenizer import Tokenizer
-
-    return Tokenizer(load_tokenizer_for(directory), source=str(directory))
 
 
 # ----------------------------------------------------------------------------- init_from

@@ -1,0 +1,98 @@
+"""BERT tokenizers of Hugging Face directories: load (same ids as transformers) and write.
+
+    tok = load_tokenizer_for("hf_dir")        # tokenizers.Tokenizer, checked against config.json
+    tok = load_tl_tokenizer("hf_dir")         # the tl_jax data.tokenizer.Tokenizer wrapper
+    write_tokenizer(tok, "out_dir", vocab_size=30522)
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+from typing import Optional
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
+
+
+def load_tokenizer(directory, vocab_size: Optional[int] = None):
+    """The `tokenizers.Tokenizer` of a HF directory, matching HF's own tokenizer ids.
+
+    Prefers `tokenizer.json`; else builds BERT WordPiece from `vocab.txt` (lower-casing as
+    `tokenizer_config.json` says). Padding/truncation stored in tokenizer.json are switched off:
+    batching decides those. vocab_size: when given, the tokenizer must have exactly that many
+    entries (a mismatch would give out-of-range ids or dead rows).
+    """
+    import tokenizers
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    directory = pathlib.Path(directory)
+    if (directory / "tokenizer.json").exists():
+        path = directory / "tokenizer.json"
+        tok = tokenizers.Tokenizer.from_file(str(path))
+        tok.no_padding()
+        tok.no_truncation()
+    elif (directory / "vocab.txt").exists():
+        path = directory / "vocab.txt"
+        settings = {}
+        if (directory / "tokenizer_config.json").exists():
+            settings = json.loads((directory / "tokenizer_config.json").read_text())
+        lowercase = settings.get("do_lower_case", True)
+        strip_accents = settings.get("strip_accents")
+        tok = BertWordPieceTokenizer(
+            str(path), lowercase=lowercase, strip_accents=strip_accents,
+            handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
+        )._tokenizer
+    else:
+        raise FileNotFoundError(f"{directory} has no tokenizer: expected tokenizer.json or "
+                                "vocab.txt")
+    if vocab_size is not None and tok.get_vocab_size() != vocab_size:
+        raise ValueError(f"tokenizer {path} has {tok.get_vocab_size()} entries but the model's "
+                         f"vocab_size is {vocab_size}; they must agree")
+    return tok
+
+
+def write_tokenizer(tokenizer, directory: pathlib.Path, vocab_size: int,
+                    model_max_length: int = 512) -> None:
+    """Writes tokenizer files for transformers into `directory`.
+
+    tokenizer: a directory holding tokenizer files (validated, then copied), or a
+    `tokenizers.Tokenizer` / tl_jax `Tokenizer` (saved as tokenizer.json plus an id-ordered
+    vocab.txt). Its vocabulary size must equal `vocab_size`.
+    """
+    if isinstance(tokenizer, (str, pathlib.Path)):
+        source = pathlib.Path(tokenizer)
+        load_tokenizer(source, vocab_size=vocab_size)  # validate before copying
+        for name in TOKENIZER_FILES:
+            if (source / name).exists():
+                shutil.copyfile(source / name, directory / name)
+        return
+    tok = getattr(tokenizer, "hf_tokenizer", tokenizer)  # unwrap a tl_jax data.tokenizer.Tokenizer
+    if tok.get_vocab_size() != vocab_size:
+        raise ValueError(f"tokenizer has {tok.get_vocab_size()} entries but the model's "
+                         f"vocab_size is {vocab_size}; they must agree")
+    tok.save(str(directory / "tokenizer.json"))
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])  # vocab.txt is id-ordered
+    (directory / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "BertTokenizer", "model_max_length": model_max_length},
+        indent=2) + "\n")
+
+
+def load_tokenizer_for(directory):
+    """Loads the tokenizer of a checkpoint directory and checks it against its config.json."""
+    config_file = pathlib.Path(directory) / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{directory} is not a Hugging Face checkpoint: no config.json")
+    vocab_size = json.loads(config_file.read_text()).get("vocab_size")
+    if vocab_size is None:
+        raise ValueError(f"{config_file} has no vocab_size")
+    return load_tokenizer(directory, vocab_size=vocab_size)
+
+
+def load_tl_tokenizer(directory):
+    """The checkpoint's tokenizer as a `tl_jax.data.tokenizer.Tokenizer` (what tasks use),
+    checked against the weights' vocab_size and honouring tokenizer_config.json's casing."""
+    from tl_jax.data.tokenizer import Tokenizer
+
+    return Tokenizer(load_tokenizer_for(directory), source=str(directory))
