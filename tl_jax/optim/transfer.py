@@ -45,275 +45,27 @@ get -0.0 updates.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
-import math
 import re
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import traverse_util
 
 from tl_jax.optim import optimizers, schedules
+# The static masks live in masks.py; re-exported so `transfer.X` is the one import users need.
+from tl_jax.optim.masks import (  # noqa: F401
+    DEFAULT_EMBEDDINGS_PATTERN, DEFAULT_LAYER_PATTERN, EMBEDDINGS, HEAD, STRATEGIES, Setting,
+    Stage, compile_rules, count_params, flat_params, group_depth, layer_groups, make_stages,
+    match_rules, merge_params, num_elements, parse_setting, split_params, stage_for_step,
+    tree_bytes, unflatten_paths)
 
 Params = Any
-HEAD = "head"
-EMBEDDINGS = "embeddings"
-STRATEGIES = ("none", "gradual_unfreezing", "chain_thaw")
-
-
-# ----------------------------------------------------------------------------------------------
-# Paths, split and merge.
-# ----------------------------------------------------------------------------------------------
-
-
-def flat_params(params: Params) -> dict[str, Any]:
-    """`{path: leaf}` with `/`-joined paths, in sorted path order (the order jax flattens in)."""
-    flat = traverse_util.flatten_dict(params, sep="/")
-    return {k: flat[k] for k in sorted(flat)}
-
-
-def _unflat(flat: Mapping[str, Any]) -> Params:
-    return traverse_util.unflatten_dict(dict(flat), sep="/")
-
-
-def split_params(params: Params, mask: Mapping[str, bool] | Callable[[str], bool]):
-    """Splits `params` into `(selected, rest)` nested dicts by a path mask.
-
-    `mask` maps every path to a bool (or is a predicate on paths). Both halves keep the nesting of
-    `params` and contain only their own leaves, so `jax.grad` of a function of `selected` computes
-    no gradient for `rest`. Inverse: `merge_params(selected, rest)`.
-    """
-    selected, rest = {}, {}
-    for path, leaf in flat_params(params).items():
-        take = mask(path) if callable(mask) else mask[path]
-        (selected if take else rest)[path] = leaf
-    return _unflat(selected), _unflat(rest)
-
-
-def merge_params(*parts: Params) -> Params:
-    """Merges nested dicts with disjoint paths (the inverse of `split_params`)."""
-    merged: dict[str, Any] = {}
-    for part in parts:
-        for path, leaf in flat_params(part).items():
-            if path in merged:
-                raise ValueError(f"merge_params: path {path!r} appears in more than one part.")
-            merged[path] = leaf
-    return _unflat(merged)
-
-
-def _num_elements(leaf) -> int:
-    leaf = getattr(leaf, "value", leaf)  # flax Partitioned boxes carry the array in .value
-    return int(math.prod(np.shape(leaf)))
-
-
-def count_params(params: Params) -> int:
-    """Number of scalar parameters in a tree (works on arrays and `jax.ShapeDtypeStruct`s)."""
-    return sum(_num_elements(x) for x in jax.tree_util.tree_leaves(params))
-
-
-def tree_bytes(tree) -> int:
-    """Bytes held by the array leaves of a tree, e.g. an optimizer state."""
-    total = 0
-    for leaf in jax.tree_util.tree_leaves(tree):
-        leaf = getattr(leaf, "value", leaf)
-        total += int(math.prod(np.shape(leaf))) * np.dtype(leaf.dtype).itemsize
-    return total
-
-
-# ----------------------------------------------------------------------------------------------
-# Rules.
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-    """What a rule does to the parameters it matches."""
-
-    trainable: bool = True
-    lr_mult: float = 1.0
-    weight_decay: bool = True  # False turns decay off; True keeps the optimizer's default mask
-
-    def describe(self) -> str:
-        if not self.trainable:
-            return "frozen"
-        parts = ["train"]
-        if self.lr_mult != 1.0:
-            parts.append(f"lr={self.lr_mult:g}")
-        if not self.weight_decay:
-            parts.append("no_wd")
-        return ",".join(parts)
-
-
-def parse_setting(spec, where: str = "rule") -> Setting:
-    """Parses `"frozen"`, `"train"`, `"train,lr=0.1,no_wd"`, a dict of Setting fields or a Setting."""
-    if isinstance(spec, Setting):
-        return spec
-    if isinstance(spec, Mapping):
-        unknown = set(spec) - {f.name for f in dataclasses.fields(Setting)}
-        if unknown:
-            raise ValueError(f"{where}: unknown setting keys {sorted(unknown)}; "
-                             "valid: trainable, lr_mult, weight_decay.")
-        return Setting(**spec)
-    if not isinstance(spec, str):
-        raise ValueError(f"{where}: setting must be a string like 'train,lr=0.1', got {spec!r}.")
-    tokens = [t.strip() for t in spec.split(",") if t.strip()]
-    if tokens == ["frozen"]:
-        return Setting(trainable=False)
-    if not tokens:
-        raise ValueError(f"{where}: empty setting.")
-    lr_mult, wd = 1.0, True
-    for tok in tokens:
-        if tok == "train":
-            continue
-        elif tok.startswith("lr="):
-            try:
-                lr_mult = float(tok[3:])
-            except ValueError:
-                raise ValueError(f"{where}: bad learning-rate multiplier in {spec!r}.") from None
-            if lr_mult < 0:
-                raise ValueError(f"{where}: negative learning-rate multiplier in {spec!r}.")
-        elif tok in ("no_wd", "wd=off"):
-            wd = False
-        elif tok == "wd=on":
-            wd = True
-        else:
-            raise ValueError(f"{where}: unknown token {tok!r} in setting {spec!r}; expected "
-                             "'frozen' or 'train' with optional 'lr=<float>', 'no_wd'/'wd=off'.")
-    return Setting(trainable=True, lr_mult=lr_mult, weight_decay=wd)
-
-
-def compile_rules(rules: Iterable) -> list[tuple[re.Pattern, Setting, str]]:
-    """Validates `[(regex, setting), ...]` and returns `[(compiled, Setting, regex)]`."""
-    compiled = []
-    for i, rule in enumerate(rules):
-        if not isinstance(rule, (tuple, list)) or len(rule) != 2:
-            raise ValueError(f"transfer rule {i}: expected a (regex, setting) pair, got {rule!r}.")
-        pattern, spec = rule
-        try:
-            regex = re.compile(pattern)
-        except re.error as e:
-            raise ValueError(f"transfer rule {i}: bad regex {pattern!r}: {e}") from None
-        compiled.append((regex, parse_setting(spec, where=f"transfer rule {i} ({pattern!r})"), pattern))
-    if not compiled:
-        raise ValueError("transfer rules are empty; use [('.*', 'train')] to train everything.")
-    return compiled
-
-
-def match_rules(paths: Iterable[str], rules: Iterable) -> dict[str, int]:
-    """`{path: index of the first rule whose regex fullmatches it}`; uncovered paths are an error."""
-    compiled = compile_rules(rules)
-    matched, uncovered = {}, []
-    for path in paths:
-        for i, (regex, _, _) in enumerate(compiled):
-            if regex.fullmatch(path):
-                matched[path] = i
-                break
-        else:
-            uncovered.append(path)
-    if uncovered:
-        shown = "\n  ".join(uncovered[:20])
-        more = f"\n  ... and {len(uncovered) - 20} more" if len(uncovered) > 20 else ""
-        raise ValueError(
-            f"{len(uncovered)} parameter(s) are not covered by any transfer rule (rules are "
-            f"matched with re.fullmatch; end the list with ('.*', 'frozen') or ('.*', 'train') "
-            f"to cover the rest):\n  {shown}{more}")
-    return matched
-
-
-# ----------------------------------------------------------------------------------------------
-# Layer groups and stages.
-# ----------------------------------------------------------------------------------------------
-
-DEFAULT_LAYER_PATTERN = r"(?:^|/)(?:layer|h)_(\d+)(?:/|$)"
-DEFAULT_EMBEDDINGS_PATTERN = r"(?:^|/)(?:embeddings|wte|wpe)(?:/|$)"
-
-
-def layer_groups(paths: Iterable[str], layer_pattern: str = DEFAULT_LAYER_PATTERN,
-                 embeddings_pattern: str = DEFAULT_EMBEDDINGS_PATTERN):
-    """Assigns each path a layer group and returns `({path: group}, groups bottom-to-top)`.
-
-    A path is `layer_<i>` when `layer_pattern` (one capture group, searched) finds index i, else
-    `embeddings` when `embeddings_pattern` is found, else `head`. The returned order is
-    embeddings, layer_0 .. layer_{L-1}, head, keeping only groups that have parameters.
-    """
-    layer_re, emb_re = re.compile(layer_pattern), re.compile(embeddings_pattern)
-    if layer_re.groups != 1:
-        raise ValueError(f"layer_pattern {layer_pattern!r} must have exactly one capture group.")
-    assignment, layers = {}, set()
-    for path in paths:
-        m = layer_re.search(path)
-        if m:
-            assignment[path] = f"layer_{int(m.group(1))}"
-            layers.add(int(m.group(1)))
-        elif emb_re.search(path):
-            assignment[path] = EMBEDDINGS
-        else:
-            assignment[path] = HEAD
-    present = set(assignment.values())
-    order = ([EMBEDDINGS] if EMBEDDINGS in present else []) + \
-        [f"layer_{i}" for i in sorted(layers)] + ([HEAD] if HEAD in present else [])
-    return assignment, order
-
-
-def group_depth(group: str, num_layers: int) -> int:
-    """Depth of a group: embeddings 0, layer_i i+1, head num_layers+1."""
-    if group == EMBEDDINGS:
-        return 0
-    if group == HEAD:
-        return num_layers + 1
-    return int(group.split("_")[1]) + 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One phase of a schedule: from `start_step` on, exactly `groups` may train."""
-
-    name: str
-    start_step: int
-    groups: frozenset
-
-
-def make_stages(strategy: str, groups: Sequence[str], steps_per_stage: int) -> list[Stage]:
-    """Stages for a strategy; `groups` are ordered bottom (embeddings) to top (head).
-
-    * `none`: one stage, every group.
-    * `gradual_unfreezing` (ULMFiT 3.3): the top group (head) first, then one more group per
-      stage going down; the last stage trains everything until the end of training.
-    * `chain_thaw` (Felbo et al. 2017): the head alone, then each other group alone from the
-      bottom up, then all groups until the end.
-    """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"transfer.strategy={strategy!r}; expected one of {STRATEGIES}.")
-    everything = frozenset(groups)
-    if strategy == "none":
-        return [Stage("all", 0, everything)]
-    if steps_per_stage <= 0:
-        raise ValueError(f"{strategy} needs a positive number of steps per stage, got {steps_per_stage}.")
-    top_down = list(reversed(groups))
-    if strategy == "gradual_unfreezing":
-        sets = [(f"top_{k + 1}" if k + 1 < len(top_down) else "all", frozenset(top_down[:k + 1]))
-                for k in range(len(top_down))]
-    else:
-        sets = [(HEAD, frozenset([HEAD]))] if HEAD in everything else []
-        sets += [(g, frozenset([g])) for g in groups if g != HEAD]
-        sets.append(("all", everything))
-    return [Stage(name, k * steps_per_stage, gs) for k, (name, gs) in enumerate(sets)]
-
-
-def stage_for_step(stages: Sequence[Stage], step: int) -> int:
-    """Index of the stage that update number `step` (0-based) belongs to."""
-    step = int(step)
-    index = 0
-    for i, stage in enumerate(stages):
-        if stage.start_step <= step:
-            index = i
-    return index
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,7 +161,7 @@ class TransferPlan:
         self.cfg, self.optimizer_cfg, self.total_steps = cfg, optimizer_cfg, int(total_steps)
         flat = flat_params(params)
         self.paths = list(flat)
-        self.sizes = {p: _num_elements(x) for p, x in flat.items()}
+        self.sizes = {p: num_elements(x) for p, x in flat.items()}
         self.rules = compile_rules(cfg.rules)
         rule_of = match_rules(self.paths, cfg.rules)
         group_of, self.groups = layer_groups(self.paths, cfg.layer_pattern, cfg.embeddings_pattern)
@@ -520,10 +272,10 @@ class TransferPlan:
             raise ValueError("plan.update: grads must cover exactly the paths trainable in stage "
                              f"{stage} ({self.stages[stage].name}); got {len(flat_g)} paths, "
                              f"expected {len(expected)}.")
-        trainable = _unflat({p: flat_p[p] for p in expected})
+        trainable = unflatten_paths({p: flat_p[p] for p in expected})
         updates, opt_state = self.tx_for_stage(stage).update(grads, opt_state, trainable)
         new = merge_params(optax.apply_updates(trainable, updates),
-                           _unflat({p: x for p, x in flat_p.items() if not train_mask[p]}))
+                           unflatten_paths({p: x for p, x in flat_p.items() if not train_mask[p]}))
         return new, opt_state
 
     # --- reporting ----------------------------------------------------------------------------
@@ -587,7 +339,7 @@ def _staged_transform(plan: "TransferPlan", stage: int | None) -> optax.Gradient
         flat = flat_params(params)
         return TransferState(
             count=jnp.zeros((), jnp.int32),
-            inner={lb: directions[lb].init(_unflat({p: flat[p] for p in label_paths[lb]}))
+            inner={lb: directions[lb].init(unflatten_paths({p: flat[p] for p in label_paths[lb]}))
                    for lb in labels})
 
     def update_fn(updates, state, params=None):
@@ -611,15 +363,15 @@ def _staged_transform(plan: "TransferPlan", stage: int | None) -> optax.Gradient
                 grads[p] = flat_u[p] if stage is not None else jnp.where(a, flat_u[p], 0.0)
         if clip and clip > 0 and grads:
             grads = flat_params(optax.clip_by_global_norm(clip).update(
-                _unflat(grads), optax.EmptyState())[0])
+                unflatten_paths(grads), optax.EmptyState())[0])
         lr = plan.schedule(state.count)
         out = {p: jnp.full_like(u, -0.0) for p, u in flat_u.items()}
         inner = dict(state.inner)
         for lb in live:
             a = active[label_group[lb]]
-            sub_p = _unflat({p: flat_p[p] for p in label_paths[lb]}) if flat_p else None
+            sub_p = unflatten_paths({p: flat_p[p] for p in label_paths[lb]}) if flat_p else None
             new_u, new_s = directions[lb].update(
-                _unflat({p: grads[p] for p in label_paths[lb]}), state.inner[lb], sub_p)
+                unflatten_paths({p: grads[p] for p in label_paths[lb]}), state.inner[lb], sub_p)
             new_u = flat_params(new_u)
             if stage is None:  # a held group keeps its state (its moments and its count)
                 new_s = jax.tree_util.tree_map(lambda n, o: jnp.where(a, n, o), new_s,
@@ -629,7 +381,7 @@ def _staged_transform(plan: "TransferPlan", stage: int | None) -> optax.Gradient
                 # Same order as optax.scale_by_learning_rate: (-lr * mult) * u; mult 1.0 is exact.
                 step = jnp.asarray(-lr * plan.info[p].lr_mult, new_u[p].dtype) * new_u[p]
                 out[p] = step if stage is not None else jnp.where(a, step, -0.0)
-        return _unflat(out), TransferState(count=state.count + 1, inner=inner)
+        return unflatten_paths(out), TransferState(count=state.count + 1, inner=inner)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -662,7 +414,7 @@ def reinit_top_layers(params: Params, fresh: Params, k: int,
         raise ValueError(f"reinit_top_k={k} but the model has {len(layers)} layers.")
     top = set(layers[len(layers) - k:])
     extra = re.compile(extra_pattern)
-    return _unflat({p: flat_fresh[p] if group_of[p] in top or extra.search(p) else x
+    return unflatten_paths({p: flat_fresh[p] if group_of[p] in top or extra.search(p) else x
                     for p, x in flat.items()})
 
 
@@ -672,8 +424,6 @@ def make_task_optimizer(task, config, total_steps: int, steps_per_epoch: int):
     Builds the plan over the task's abstract params (nothing is materialised), prints its
     summary table on process 0, and returns the single-compile `as_optax()` transform.
     """
-    import flax.linen as nn  # models' boxes; kept local so optim does not import flax.linen early
-
     example = task.example_batch(1)
     abstract = nn.unbox(jax.eval_shape(lambda r: task.init_variables(r, example)["params"],
                                        jax.random.PRNGKey(0)))
