@@ -184,3 +184,34 @@ def test_elmo_features_scalar_mix_modes_and_frozen_bilm():
         jax.random.PRNGKey(0), chars, mask)["params"]
     with pytest.raises(ValueError, match="do not match"):
         elmo_features.with_pretrained_elmo(fresh, other)
+
+
+def test_elmo_classifier_trains_its_head_and_mix_on_frozen_features():
+    chars, mask = _bilm_inputs([["good", "film"], ["bad", "film", "!"]] * 4)
+    labels = jnp.array([0, 1] * 4)
+    model = elmo_features.ElmoClassifier(TINY, num_classes=2, dropout_rate=0.0)
+    params = flax.linen.unbox(model.init(jax.random.PRNGKey(0), chars, mask)["params"])
+    assert set(params) == {"encoder", "classifier"}
+    elmo_before = params["encoder"]["elmo"]
+    tx = optax.adam(0.05)
+    opt = tx.init(params)
+
+    def loss_fn(p):
+        logits, _ = model.apply({"params": p}, chars, mask)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    @jax.jit
+    def step(p, o):
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, o = tx.update(grads, o, p)
+        return optax.apply_updates(p, updates), o, loss
+
+    losses = []
+    for _ in range(15):
+        params, opt, loss = step(params, opt)
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params["encoder"]["elmo"], elmo_before)
+    tagger = elmo_features.ElmoClassifier(TINY, num_classes=3, per_token=True)
+    logits, _ = tagger.apply(tagger.init(jax.random.PRNGKey(0), chars, mask), chars, mask)
+    assert logits.shape == (8, 3, 3)

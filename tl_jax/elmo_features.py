@@ -181,3 +181,38 @@ def load_elmo(workdir: str) -> tuple[elmo.ElmoConfig, dict, list[str]]:
             node = node.setdefault(p, {})
         node[leaf] = value
     return config, params, bilm.load_vocab(os.path.join(workdir, "vocab.txt"))
+
+
+class ElmoClassifier(nn.Module):
+    """A sentence classifier (or, with `per_token`, a tagger) over ELMo features.
+
+    The head a downstream task puts on ELMo where it would put one on BERT's last layer:
+    features from `ElmoEncoder`, dropout, then mean pooling over real tokens and a linear layer
+    (or a linear layer per token). Params: `encoder/elmo/...` (the biLM: load it with
+    `with_pretrained_elmo`), `encoder/scalar_mix/...`, `classifier/...`.
+
+    Returns (logits (B, C) or (B, T, C), intermediates of the encoder + "features").
+    """
+
+    config: elmo.ElmoConfig
+    num_classes: int
+    mode: str = "scalar_mix"
+    layer_norm: bool = False
+    freeze_elmo: bool = True
+    dropout_rate: float = 0.5
+    per_token: bool = False
+
+    @nn.compact
+    def __call__(self, chars, mask, train: bool = False):
+        features, out = ElmoEncoder(self.config, mode=self.mode, layer_norm=self.layer_norm,
+                                    freeze_elmo=self.freeze_elmo,
+                                    dropout_rate=self.dropout_rate, name="encoder")(
+            chars, mask, train=train)
+        token_mask = out["mask"].astype(features.dtype)[..., None]  # (B, T, 1)
+        if self.per_token:
+            logits = nn.Dense(self.num_classes, name="classifier")(features)  # (B, T, C)
+        else:
+            pooled = jnp.sum(features * token_mask, axis=1) / jnp.maximum(
+                jnp.sum(token_mask, axis=1), 1.0)  # (B, D)
+            logits = nn.Dense(self.num_classes, name="classifier")(pooled)  # (B, C)
+        return logits, dict(out, features=features)
