@@ -1,4 +1,6 @@
-"""Hugging Face BERT <-> tl_jax BERT: configs, weight maps, tokenizer, import and export.
+"""Hugging Face BERT <-> tl_jax BERT: configs, weight maps, import and export.
+
+Tokenizer loading/writing lives in `bert_tokenizer.py` and is re-exported here.
 
     config, params, report = load("path/to/hf_bert")          # BertForPreTraining tree
     print(report)                                              # used / unused / missing tensors
