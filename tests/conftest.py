@@ -28,3 +28,24 @@ def data_dir() -> pathlib.Path:
     if not (path / "README.md").exists():
         pytest.fail(f"TL_JAX_DATA_DIR={path} does not look like the shared data folder.")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_overrides(data_dir, tmp_path_factory) -> list[str]:
+    """Config overrides for a tiny BERT on a slice of real Wikipedia text (fast to train).
+
+    The WordPiece vocabulary is trained once per session and shared by every test using it.
+    """
+    from tl_jax.data import sources
+    from tl_jax.data.tokenizer import Tokenizer
+
+    corpus = str(data_dir / "enwiki_sample.jsonl")
+    docs = sources.load_documents(corpus, text_field="text", group_field="title")[:40]
+    tok_dir = tmp_path_factory.mktemp("tokenizer")
+    Tokenizer.train_wordpiece(docs, vocab_size=2000, lowercase=True).save(str(tok_dir))
+    return [
+        f"data.corpus={corpus}", "data.max_documents=40", f"data.tokenizer={tok_dir}",
+        "data.max_seq_length=32", "data.max_predictions_per_seq=5", "data.batch_size=16",
+        "data.eval_batch_size=16", "train.progress=False", "train.eval_batches=2",
+        "model.max_position_embeddings=64",
+    ]

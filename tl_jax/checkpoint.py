@@ -125,25 +125,40 @@ class Checkpointer:
         ))
         return restored["state"], restored["data"], restored["config"]
 
-    def restore_latest_good(self, abstract_state: Any):
+    def restore_latest_good(self, abstract_state: Any, check_config=None):
         """Restores the newest checkpoint that loads; moves broken ones aside.
+
+        `check_config(saved_config: dict, step)` runs on each candidate's config before its
+        arrays are read and may raise: a checkpoint of a different model is not corrupt, and
+        must stay where it is.
 
         Returns `(state, data_state, config, step)` or `None` when there is no checkpoint.
         """
         self.report_incomplete()
         for step in reversed(self.all_steps()):
             try:
+                saved_config = self.read_config(step)
+            except Exception as e:  # noqa: BLE001 - an unreadable config means a broken checkpoint
+                self._report_broken(step, e)
+                continue
+            if check_config is not None:
+                check_config(saved_config, step)
+            try:
                 state, data_state, config = self.restore(step, abstract_state)
                 _check_finite_step(state, step)
                 return state, data_state, config, step
             except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
-                if jax.process_count() > 1:
-                    raise CheckpointError(f"Checkpoint at step {step} failed to restore: {e}") from e
-                aside = self._move_aside(step)
-                print(f"[checkpoint] Checkpoint at step {step} is corrupt or incomplete "
-                      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Moved "
-                      f"it to {aside}; falling back to the previous checkpoint.", flush=True)
+                self._report_broken(step, e)
         return None
+
+    def _report_broken(self, step: int, error: Exception) -> None:
+        if jax.process_count() > 1:
+            raise CheckpointError(f"Checkpoint at step {step} failed to restore: {error}") from error
+        aside = self._move_aside(step)
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        print(f"[checkpoint] Checkpoint at step {step} is corrupt or incomplete "
+              f"({type(error).__name__}: {first_line}). Moved it to {aside}; falling back to the "
+              "previous checkpoint.", flush=True)
 
     def _move_aside(self, step: int) -> str:
         src = os.path.join(self.directory, str(step))
@@ -174,12 +189,20 @@ def abstract_with_shardings(abstract_tree, shardings):
     )
 
 
-def config_differences(saved: dict, current: dict, sections=("model",), prefix="") -> list[str]:
-    """Dotted names of fields that differ between two config dicts in the given sections."""
+# Model fields that may change between a checkpoint and its resumption: they change how the
+# weights are used, not their shapes.
+RESUMABLE_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype")
+
+
+def config_differences(saved: dict, current: dict, sections=("model",)) -> list[str]:
+    """Fields that differ between two config dicts in the given sections, as readable lines."""
     diffs = []
     for section in sections:
         a, b = saved.get(section), current.get(section)
-        diffs.extend(_diff(a, b, f"{prefix}{section}"))
+        if isinstance(a, dict) and isinstance(b, dict):
+            a = {k: v for k, v in a.items() if k not in RESUMABLE_MODEL_FIELDS}
+            b = {k: v for k, v in b.items() if k not in RESUMABLE_MODEL_FIELDS}
+        diffs.extend(_diff(a, b, section))
     return diffs
 
 

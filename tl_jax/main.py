@@ -24,10 +24,17 @@ def _quickstart(args, overrides):
     quickstart.run(args.workdir, overrides=overrides, with_finetune=not args.skip_finetune)
 
 
+def _convert(args, overrides):
+    del overrides
+    from tl_jax.interop import convert
+    convert.run(args.input, args.output, args.direction)
+
+
 COMMANDS = {
     "train": ("Train any config (pretraining or fine-tuning).", _train),
     "quickstart": ("Pretrain a small BERT on text shipped with gensim, then fine-tune it.",
                    _quickstart),
+    "convert": ("Convert weights between the Hugging Face layout and tl_jax.", _convert),
 }
 
 
@@ -41,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][0])
     p.add_argument("--workdir", default="workdirs/quickstart")
     p.add_argument("--skip_finetune", action="store_true")
+    p = sub.add_parser("convert", help=COMMANDS["convert"][0])
+    p.add_argument("--input", required=True,
+                   help="HF checkpoint dir (hf_to_tl), or tl_jax weights dir / workdir (tl_to_hf)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--direction", default="hf_to_tl", choices=["hf_to_tl", "tl_to_hf"])
     return parser
 
 

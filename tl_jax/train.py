@@ -277,18 +277,25 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer):
     """Continues from the newest good checkpoint in the workdir, or initialises fresh."""
     config = trainer.config
     target = ckpt_lib.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
-    restored = checkpointer.restore_latest_good(target)
+
+    def check_config(saved_config, step):
+        current = config.to_dict()
+        if dataclasses.is_dataclass(getattr(trainer.task, "model_config", None)):
+            current["resolved_model"] = dataclasses.asdict(trainer.task.model_config)
+        diffs = ckpt_lib.config_differences(saved_config, current,
+                                            sections=("model", "resolved_model"))
+        if diffs:
+            raise ckpt_lib.CheckpointError(
+                f"The checkpoint at step {step} in {checkpointer.directory} was written with a "
+                "different model config:\n  " + "\n  ".join(diffs) + "\nUse a new workdir with "
+                "--config.init_from=<old workdir> to warm-start from it instead.")
+
+    restored = checkpointer.restore_latest_good(target, check_config)
     if restored is None:
         if checkpointer.all_steps() == [] and os.path.isdir(checkpointer.directory + "_corrupt"):
             print("[checkpoint] No usable checkpoint left; starting from scratch.", flush=True)
         return trainer.init_state(jax.random.PRNGKey(config.seed)), None
-    state, data_state, saved_config, step = restored
-    diffs = ckpt_lib.config_differences(saved_config, config.to_dict(), sections=("model",))
-    if diffs:
-        raise ckpt_lib.CheckpointError(
-            f"The checkpoint at step {step} in {checkpointer.directory} was written with a "
-            "different model config:\n  " + "\n  ".join(diffs) + "\nUse a new workdir with "
-            "--config.init_from=<old workdir> to warm-start from it instead.")
+    state, data_state, _, step = restored
     print(f"[checkpoint] Resuming from step {step} ({checkpointer.directory}).", flush=True)
     return state, data_state
 
@@ -328,6 +335,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     flops_per_step = task.flops_per_example * global_batch
     peak = float(tc.peak_flops) * jax.device_count()
     config_dict = config.to_dict()
+    if dataclasses.is_dataclass(getattr(task, "model_config", None)):
+        # The shape actually built (vocab size from the tokenizer, etc.), checked on resume.
+        config_dict["resolved_model"] = dataclasses.asdict(task.model_config)
 
     bar = None
     if is_main and tc.progress:

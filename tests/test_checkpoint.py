@@ -1,0 +1,260 @@
+"""Interrupt, restart and move: exact resume, kill -9 mid-save, corruption, topology, faults."""
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tl_jax import checkpoint as ckpt_lib
+from tl_jax import config as config_lib
+from tl_jax import train, warm_start
+from tl_jax.tasks import bert_pretrain
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BERT = str(ROOT / "configs" / "bert_pretrain.py")
+WORKER = str(ROOT / "tests" / "workers" / "train_worker.py")
+
+
+def cfg(overrides, *more):
+    return config_lib.load_config(BERT + ":tiny", list(overrides) + list(more))
+
+
+def run(overrides, workdir, *more):
+    return train.train_and_evaluate(cfg(overrides, *more), str(workdir))
+
+
+def losses(workdir):
+    lines = [json.loads(x) for x in (pathlib.Path(workdir) / "metrics.jsonl").read_text().split("\n") if x]
+    return {x["step"]: x["loss"] for x in lines if "loss" in x}
+
+
+def params_of(result):
+    return jax.tree_util.tree_map(np.asarray, jax.device_get(result.state["params"]))
+
+
+def assert_trees_equal(a, b):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+
+def worker(args, env_extra=None, **kw):
+    env = dict(os.environ, **(env_extra or {}))
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run([sys.executable, WORKER] + args, env=env, cwd=ROOT,
+                          capture_output=True, text=True, **kw)
+
+
+STEPS = ["train.log_every=1", "train.eval_every=0", "train.checkpoint_every=3"]
+
+
+def test_resume_is_bit_exact(tiny_bert_overrides, tmp_path):
+    full = run(tiny_bert_overrides, tmp_path / "full", *STEPS, "train.steps=6")
+    run(tiny_bert_overrides, tmp_path / "split", *STEPS, "train.steps=3")
+    resumed = run(tiny_bert_overrides, tmp_path / "split", *STEPS, "train.steps=6")
+    assert resumed.summary["step"] == 6
+    assert_trees_equal(params_of(full), params_of(resumed))
+    assert_trees_equal(jax.device_get(full.state["opt_state"]),
+                       jax.device_get(resumed.state["opt_state"]))
+    assert losses(tmp_path / "full") == losses(tmp_path / "split")
+
+
+def test_keeps_last_n_and_the_best(tiny_bert_overrides, tmp_path):
+    run(tiny_bert_overrides, tmp_path, "train.steps=8", "train.checkpoint_every=1",
+        "train.eval_every=1", "train.keep_checkpoints=2", "train.log_every=1",
+        "train.best_metric=eval/mlm_loss", "train.best_mode=min")
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().split("\n") if x]
+    evals = {x["step"]: x["eval/mlm_loss"] for x in lines if "eval/mlm_loss" in x}
+    best = min(evals, key=evals.get)
+    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == sorted({7, 8, best})
+
+
+def test_kill_9_during_a_save_keeps_the_previous_checkpoint(tiny_bert_overrides, tmp_path):
+    args = ["train", f"--config={BERT}:tiny", f"--workdir={tmp_path}"] + [
+        f"--config.{o}" for o in tiny_bert_overrides + STEPS + ["train.steps=9",
+                                                                 "train.async_checkpoint=False"]]
+    killed = worker(args, {"WORKER_KILL_IN_SAVE": "6"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    names = os.listdir(tmp_path / "checkpoints")
+    assert "3" in names and "6" not in names
+    resumed = worker(args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "incomplete checkpoint" in resumed.stdout
+    assert "Resuming from step 3" in resumed.stdout
+    assert sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())[-1] == 9
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_bert_overrides, tmp_path, capsys):
+    run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=6")
+    step_dir = tmp_path / "checkpoints" / "6" / "state"
+    files = sorted((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: -p.stat().st_size)
+    for f in files[:3]:  # truncate the biggest array files
+        f.write_bytes(f.read_bytes()[: max(1, f.stat().st_size // 3)])
+    capsys.readouterr()
+    resumed = run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=6")
+    out = capsys.readouterr().out
+    assert "Checkpoint at step 6 is corrupt" in out
+    assert "Resuming from step 3" in out
+    assert (tmp_path / "checkpoints_corrupt" / "6").exists()  # moved aside, not deleted
+    assert resumed.summary["step"] == 6
+
+
+def test_every_checkpoint_corrupt_is_reported_not_silently_restarted(tiny_bert_overrides, tmp_path,
+                                                                    capsys):
+    run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3")
+    for f in (tmp_path / "checkpoints" / "3" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3")
+    out = capsys.readouterr().out
+    assert "Checkpoint at step 3 is corrupt" in out
+    assert "No usable checkpoint left; starting from scratch" in out
+
+
+def test_checkpoint_from_8_devices_restores_on_1_and_on_2x4(tiny_bert_overrides, tmp_path):
+    base = tiny_bert_overrides + ["model.size=mini", "train.eval_every=0", "train.log_every=1",
+                                  "train.checkpoint_every=2"]
+    run(base, tmp_path / "eight", "mesh.data=8", "train.steps=2")
+    ref = run(base, tmp_path / "eight", "mesh.data=8", "train.steps=4")
+    for name, mesh in (("one", ["mesh.num_devices=1"]), ("2x4", ["mesh.data=2", "mesh.tensor=4"])):
+        target = tmp_path / name
+        os.makedirs(target / "checkpoints")
+        os.symlink(tmp_path / "eight" / "tokenizer", target / "tokenizer")
+        import shutil
+        shutil.copytree(tmp_path / "eight" / "checkpoints" / "2", target / "checkpoints" / "2")
+        moved = run(base, target, *mesh, "train.steps=4")
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                               params_of(ref), params_of(moved))
+        for step in (3, 4):
+            assert losses(target)[step] == pytest.approx(losses(tmp_path / "eight")[step], rel=1e-5)
+
+
+def test_changed_model_on_resume_is_an_error_naming_the_fields(tiny_bert_overrides, tmp_path):
+    run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3")
+    with pytest.raises(ckpt_lib.CheckpointError) as e:
+        run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=6", "model.type_vocab_size=3")
+    assert "model.type_vocab_size: checkpoint has 2, config has 3" in str(e.value)
+    assert "init_from" in str(e.value)
+
+
+def test_warm_start_takes_matching_weights_and_reports_the_rest(tiny_bert_overrides, tmp_path,
+                                                                capsys):
+    first = run(tiny_bert_overrides, tmp_path / "a", *STEPS, "train.steps=3")
+    capsys.readouterr()
+    config = cfg(tiny_bert_overrides, *STEPS, "train.steps=1", "model.type_vocab_size=3",
+                 f"init_from={tmp_path / 'a'}", "optimizer.learning_rate=0.0",
+                 "optimizer.weight_decay=0.0")
+    trainer = train.build_trainer(config, str(tmp_path / "b"))
+    state = trainer.init_state(jax.random.PRNGKey(1))
+    out = capsys.readouterr().out
+    assert "shape differs: bert/embeddings/token_type_embeddings/embedding" in out
+    np.testing.assert_array_equal(
+        np.asarray(state["params"]["bert"]["encoder"]["layer_1"]["mlp"]["output"]["kernel"]),
+        params_of(first)["bert"]["encoder"]["layer_1"]["mlp"]["output"]["kernel"])
+    with pytest.raises(warm_start.WarmStartError, match="does not exist"):
+        warm_start.warm_start(state["params"], str(tmp_path / "missing"))
+
+
+def test_nonfinite_loss_stops_the_run_naming_the_step(tiny_bert_overrides, tmp_path, monkeypatch):
+    poison_at = 4
+    original_next = bert_pretrain.ValidatedBatches.__next__
+    calls = {"n": 0}
+
+    def poisoned_next(self):
+        batch = original_next(self)
+        calls["n"] += 1
+        if calls["n"] == poison_at:
+            batch = dict(batch, masked_weights=batch["masked_weights"] * np.float32(np.nan))
+        return batch
+
+    monkeypatch.setattr(bert_pretrain.ValidatedBatches, "__next__", poisoned_next)
+    with pytest.raises(train.NonFiniteError, match=f"Non-finite loss at step {poison_at}"):
+        run(tiny_bert_overrides, tmp_path / "stop", *STEPS, "train.steps=6")
+
+    calls["n"] = 0
+    result = run(tiny_bert_overrides, tmp_path / "skip", *STEPS, "train.steps=6",
+                 "train.on_nonfinite=skip")
+    assert result.summary["skipped_steps"] == 1
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params_of(result)))
+
+
+def test_out_of_vocabulary_ids_are_caught_before_the_step(tiny_bert_overrides):
+    config = cfg(tiny_bert_overrides)
+    trainer = train.build_trainer(config, None)
+    it = trainer.task.train_batches()
+    real = next(it.iterator)
+    it.iterator = iter([dict(real, input_ids=real["input_ids"] + 5000)])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        next(it)
+
+
+def test_sigterm_saves_and_exits_then_resumes(tiny_bert_overrides, tmp_path):
+    args = ["train", f"--config={BERT}:tiny", f"--workdir={tmp_path}"] + [
+        f"--config.{o}" for o in tiny_bert_overrides + [
+            "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=100000",
+            "train.steps=100000"]]
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.Popen([sys.executable, WORKER] + args, env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and
+                                          len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGTERM: saved step" in out
+    saved = [int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()]
+    assert len(saved) == 1 and saved[0] >= 3
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_checkpoint_resume_and_match_one_process(tiny_bert_overrides,
+                                                                     tmp_path):
+    common = ["train.log_every=1", "train.eval_every=0", "train.checkpoint_every=2",
+              "model.dropout_rate=0.0", "model.attention_dropout_rate=0.0"]
+
+    def args(workdir, steps):
+        return ["train", f"--config={BERT}:tiny", f"--workdir={workdir}"] + [
+            f"--config.{o}" for o in tiny_bert_overrides + common + [f"train.steps={steps}"]]
+
+    def two_processes(workdir, steps):
+        port = _free_port()
+        procs = [subprocess.Popen(
+            [sys.executable, WORKER] + args(workdir, steps), cwd=ROOT,
+            env=dict({k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+                     WORKER_DEVICES="4", TL_JAX_COORDINATOR=f"localhost:{port}",
+                     TL_JAX_NUM_PROCESSES="2", TL_JAX_PROCESS_ID=str(i)),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        outs = [p.communicate(timeout=600) for p in procs]
+        for p, (out, err) in zip(procs, outs):
+            assert p.returncode == 0, err[-3000:]
+        return outs
+
+    two_processes(tmp_path / "multi", 2)
+    outs = two_processes(tmp_path / "multi", 4)
+    assert "Resuming from step 2" in outs[0][0]
+    single = worker(args(tmp_path / "single", 4))
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi_params, step_m = ckpt_lib.load_params_from_workdir(str(tmp_path / "multi"))
+    single_params, step_s = ckpt_lib.load_params_from_workdir(str(tmp_path / "single"))
+    assert step_m == step_s == 4
+    for name in single_params:
+        np.testing.assert_allclose(multi_params[name], single_params[name], rtol=1e-4, atol=1e-5)
+    l_multi, l_single = losses(tmp_path / "multi"), losses(tmp_path / "single")
+    for step in (1, 2, 3, 4):
+        assert l_multi[step] == pytest.approx(l_single[step], rel=1e-5)
