@@ -158,9 +158,14 @@ def test_pretrain_then_classify_configs_run_with_the_trainer(tmp_path, data_dir,
         "data.batch_size=8", "data.eval_batch_size=8",
         "train.eval_every=6", "train.checkpoint_every=6",
         "train.progress=False", "data.tokenizer_vocab_size=400",
-        "data.seq_len=32"])
+        "data.seq_len=32",
+        # 8 fake devices as data 2 x fsdp 2 x tensor 2: every GPT parameter's logical axes
+        # ("vocab", "embed", "heads", "mlp") meet a real mesh axis.
+        "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"])
     result = train.train_and_evaluate(cfg, lm_dir)
     assert result.summary["step"] == 6
+    qkv = result.state["params"]["h_0"]["attn"]["qkv"]["kernel"]
+    assert qkv.sharding.spec == jax.sharding.PartitionSpec("fsdp", None, "tensor", None)
     assert np.isfinite(result.summary["eval/perplexity"])
     assert result.summary["eval/perplexity"] < 400  # below uniform over the vocabulary
 

@@ -17,7 +17,6 @@ cache slots (see `tl_jax.generate`).
 """
 import dataclasses
 import math
-from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -47,9 +46,15 @@ class GPTConfig:
     attention_dropout_rate: float = 0.1
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
-    dtype: Any = jnp.float32  # compute dtype; params are always float32
+    dtype: str = "float32"  # compute dtype name; params are always float32
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
 
     def __post_init__(self):
+        # A string keeps the config JSON-serialisable (it is saved beside checkpoints).
+        object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"GPTConfig: embed_dim={self.embed_dim} is not divisible by "
@@ -122,7 +127,7 @@ class CausalSelfAttention(nn.Module):
         batch, length, _ = x.shape
         qkv = nn.DenseGeneral(
             features=(3, cfg.num_heads, cfg.head_dim),
-            dtype=cfg.dtype,
+            dtype=cfg.compute_dtype,
             kernel_init=nn.with_logical_partitioning(
                 _dense_init(cfg), ("embed", None, "heads", "kv")
             ),
@@ -170,13 +175,13 @@ class CausalSelfAttention(nn.Module):
         scores = scores.astype(jnp.float32)
         # A finite minimum (not -inf) keeps fully masked rows (left padding) free of NaNs.
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)  # (B, H, T, S)
+        weights = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)  # (B, H, T, S)
         weights = nn.Dropout(cfg.attention_dropout_rate)(weights, deterministic=not train)
         out = jnp.einsum("bhts,bshd->bthd", weights, value)  # (B, T, H, D)
         out = nn.DenseGeneral(
             features=cfg.embed_dim,
             axis=(-2, -1),
-            dtype=cfg.dtype,
+            dtype=cfg.compute_dtype,
             kernel_init=nn.with_logical_partitioning(
                 _dense_init(cfg, 1.0 / math.sqrt(2 * cfg.num_layers)), ("heads", "kv", "embed")
             ),
@@ -196,7 +201,7 @@ class MLP(nn.Module):
         cfg = self.config
         h = nn.Dense(
             cfg.mlp_dim,
-            dtype=cfg.dtype,
+            dtype=cfg.compute_dtype,
             kernel_init=nn.with_logical_partitioning(_dense_init(cfg), ("embed", "mlp")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
             name="fc",
@@ -204,7 +209,7 @@ class MLP(nn.Module):
         h = nn.gelu(h, approximate=True)
         h = nn.Dense(
             cfg.embed_dim,
-            dtype=cfg.dtype,
+            dtype=cfg.compute_dtype,
             kernel_init=nn.with_logical_partitioning(
                 _dense_init(cfg, 1.0 / math.sqrt(2 * cfg.num_layers)), ("mlp", "embed")
             ),
@@ -217,7 +222,7 @@ class MLP(nn.Module):
 def _layer_norm(cfg: GPTConfig, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=cfg.layer_norm_eps,
-        dtype=cfg.dtype,
+        dtype=cfg.compute_dtype,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
         name=name,
@@ -282,7 +287,8 @@ class GPT(nn.Module):
             ),
             name="wpe",
         )
-        x = wte(tokens).astype(cfg.dtype) + wpe(positions).astype(cfg.dtype)  # (B, T, E)
+        x = wte(tokens) + wpe(positions)  # (B, T, E)
+        x = x.astype(cfg.compute_dtype)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         intermediates = {"embeddings": x}

@@ -41,7 +41,7 @@ def gpt_config_from(model_cfg, vocab_size: int) -> gpt.GPTConfig:
     overrides = dict(
         dropout_rate=model_cfg.dropout_rate,
         attention_dropout_rate=model_cfg.attention_dropout_rate,
-        dtype=jnp.dtype(model_cfg.dtype),
+        dtype=model_cfg.dtype,
     )
     if model_cfg.max_len:
         overrides["max_len"] = model_cfg.max_len

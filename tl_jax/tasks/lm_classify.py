@@ -89,14 +89,14 @@ def resolve_model(config, train_texts):
             saved["size"], saved.get("vocab_size") or tokenizer.vocab_size,
             max_len=saved.get("max_len") or gpt.SIZES[saved["size"]][3],
             dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
-            dtype=jnp.dtype(m.dtype))
+            dtype=m.dtype)
     elif init_from and warm_start.is_hf_directory(init_from):
         from tl_jax.interop import gpt2
         with open(os.path.join(init_from, "config.json")) as f:
             model_config = gpt2.config_from_hf(json.load(f))
         model_config = gpt.GPTConfig(**{
             **model_config.__dict__, "dropout_rate": m.dropout_rate,
-            "attention_dropout_rate": m.attention_dropout_rate, "dtype": jnp.dtype(m.dtype)})
+            "attention_dropout_rate": m.attention_dropout_rate, "dtype": m.dtype})
         tokenizer = bpe.BPETokenizer.load(d.tokenizer or init_from)
     elif init_from:
         raise warm_start.WarmStartError(
