@@ -48,14 +48,15 @@ class ElmoConfig:
     def cnn_features(self) -> int:
         return sum(n for _, n in self.filters)
 
-    def flops_per_token(self) -> float:
-        """Forward + backward (x3) matmul FLOPs per token, full softmax included."""
+    def flops_per_token(self, softmax_size: int | None = None) -> float:
+        """Forward + backward (x3) matmul FLOPs per token; the softmax scores `softmax_size`
+        words per direction (default: the full vocabulary; a sampled softmax scores fewer)."""
         c, p, h = self.max_chars, self.projection_dim, self.lstm_dim
         cnn = sum(2 * c * w * self.char_dim * n for w, n in self.filters)
         highway = self.highway_layers * 2 * self.cnn_features * 2 * self.cnn_features
         proj = 2 * self.cnn_features * p
         lstm = 2 * self.num_layers * (2 * (p + p) * 4 * h + 2 * h * p)  # two directions
-        softmax = 2 * 2 * p * self.vocab_size
+        softmax = 2 * 2 * p * (softmax_size or self.vocab_size)
         return 3.0 * (cnn + highway + proj + lstm + softmax)
 
 

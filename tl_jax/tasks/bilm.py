@@ -188,7 +188,9 @@ class Task:
         self.eval_data = Encoded(eval_seqs, self.vocab, data_cfg.max_len, max_chars) \
             if eval_seqs else None
         seq = data_cfg.max_len
-        self.flops_per_example = self.model_config.flops_per_token() * seq
+        sampled = config.loss.sampled_softmax
+        self.flops_per_example = self.model_config.flops_per_token(
+            min(sampled + 1, len(self.vocab)) if sampled else None) * seq
         self.tokens_per_example = seq
         self._process = (jax.process_index(), jax.process_count())
 
