@@ -227,3 +227,19 @@ def test_tiny_configs_run_end_to_end(data_dir, tmp_path, name):
         ext = "bin" if fmt == "word2vec_binary" else "txt"
         vectors = vector_formats.load_vectors(tmp_path / f"vectors.{fmt}.{ext}")
         assert vectors.words == vocab.words and vectors.dim == config.dim
+
+
+@pytest.mark.parametrize("cbow", [False, True])
+def test_epoch_batches_have_contract_shapes_and_in_vocab_ids(cbow):
+    vocab, corpus = _corpus(_planted_corpus(200))
+    data = wv.Word2VecBatches(corpus, vocab, batch_size=32, window=3, negatives=4, cbow=cbow)
+    batches = list(data.epoch_batches())
+    assert len(batches) > 10 and data.epoch == 1
+    for b in batches:
+        assert b["centre"].shape == (32,) and b["negatives"].shape == (32, 4)
+        assert b["context"].shape == ((32, 6) if cbow else (32,))
+        for k in ("centre", "negatives"):
+            assert b[k].min() >= 0 and b[k].max() < len(vocab)
+        assert b["context"].max() < len(vocab) and b["context"].min() >= (-1 if cbow else 0)
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        wv.Word2VecBatches(corpus, vocab, batch_size=10**7, window=3, negatives=4).epoch_arrays()
