@@ -37,6 +37,7 @@ def get_config(arg=None):
 
     c.model = ml_collections.ConfigDict(dict(
         size="tiny",              # from scratch: a size name or a HF dir to copy the shape of
+        num_layers=0,             # > 0: keep only the bottom num_layers of init_from
         max_position_embeddings=512,
         dropout_rate=0.1,
         attention_dropout_rate=0.1,

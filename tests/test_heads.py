@@ -110,7 +110,7 @@ def test_minilm_loads_into_a_head_model_and_matches_transformers(data_dir):
     minilm = str(data_dir / "models" / "all-MiniLM-L6-v2")
     config = ml_collections.ConfigDict(dict(
         init_from=minilm,
-        model=dict(size="tiny", max_position_embeddings=512, dropout_rate=0.1,
+        model=dict(size="tiny", num_layers=0, max_position_embeddings=512, dropout_rate=0.1,
                    attention_dropout_rate=0.1, dtype="float32"),
         data=dict(tokenizer="", tokenizer_vocab_size=0, max_seq_length=32)))
     encoder = downstream.Encoder.from_config(config, [])

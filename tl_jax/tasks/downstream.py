@@ -5,7 +5,8 @@
   BERT directory (`config.json` + tokenizer + safetensors), or "" for a model from scratch whose
   shape is `config.model.size` (a size name, or a Hugging Face directory whose architecture, not
   weights, is copied), with `config.data.tokenizer` or else a WordPiece vocabulary trained on
-  the task's own training text. `Encoder.load_weights` fills the `bert/` params from the source.
+  the task's own training text. `config.model.num_layers` > 0 keeps only that many bottom layers
+  of `init_from`. `Encoder.load_weights` fills the `bert/` params from the source.
 * `EpochBatches`: shuffled epochs over fixed-size feature arrays, resumable (`get_state`).
 * `eval_batches`: the whole eval set in order, the last batch padded with rows whose `row` is -1.
 * `fit_schedule`: turns `data.num_epochs` into `train.steps`, and evaluates and checkpoints once
@@ -43,6 +44,13 @@ class Encoder:
         if init_from:
             tokenizer = Tokenizer.load(d.tokenizer or tokenizer_path(init_from))
             model_config = architecture(init_from, tokenizer).replace(**overrides)
+            if m.num_layers:
+                # Keep the bottom layers only (as DistilBERT-style initialisation does): cheaper
+                # to fine-tune, and the top layers' tensors are simply not used.
+                if m.num_layers > model_config.num_layers:
+                    raise ValueError(f"model.num_layers={m.num_layers} but {init_from} has only "
+                                     f"{model_config.num_layers} layers")
+                model_config = model_config.replace(num_layers=m.num_layers)
         else:
             if d.tokenizer:
                 tokenizer = Tokenizer.load(tokenizer_path(d.tokenizer))
@@ -75,8 +83,9 @@ class Encoder:
             if missing:
                 raise warm_start.WarmStartError(
                     f"init_from={self.init_from}: encoder params not in the checkpoint: {missing[:5]}")
-            print(f"[init_from] Hugging Face checkpoint {self.init_from}: encoder loaded; fresh: "
-                  f"{', '.join(report.missing)}", flush=True)
+            fresh = f"; fresh: {', '.join(report.missing)}" if report.missing else ""
+            print(f"[init_from] Hugging Face checkpoint {self.init_from}: encoder loaded{fresh}",
+                  flush=True)
             return params
         return warm_start.warm_start(params, self.init_from, self.model_config)
 

@@ -1,0 +1,85 @@
+"""`tl_jax extract`: layer selection, output files, and parity of the features with transformers."""
+import json
+
+import numpy as np
+import pytest
+
+from tl_jax import extract
+
+TEXTS = ["Mr. Darcy walked to Pemberley.", "It is a truth universally acknowledged."]
+
+
+@pytest.fixture(scope="module")
+def minilm(data_dir):
+    return str(data_dir / "models" / "all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="module")
+def all_layers(minilm):
+    return extract.extract(minilm, TEXTS, layers="all", max_seq_length=16, batch_size=4)
+
+
+def test_resolve_layers():
+    assert extract.resolve_layers("last", 6) == ("single", [6])
+    assert extract.resolve_layers("second_to_last", 6) == ("single", [5])
+    assert extract.resolve_layers("sum_last_four", 6) == ("sum", [6, 5, 4, 3])
+    assert extract.resolve_layers("concat_last_four", 6) == ("concat", [6, 5, 4, 3])
+    assert extract.resolve_layers("all", 2) == ("stack", [0, 1, 2])
+    assert extract.resolve_layers("0,-1,3", 6) == ("stack", [0, 6, 3])
+    with pytest.raises(ValueError, match="layer 7 is outside 0..6"):
+        extract.resolve_layers("7", 6)
+    with pytest.raises(ValueError, match="expected one of"):
+        extract.resolve_layers("top", 6)
+    with pytest.raises(ValueError, match="needs 4 layers"):
+        extract.resolve_layers("sum_last_four", 2)
+
+
+def test_all_layers_match_transformers_hidden_states(minilm, all_layers):
+    import torch
+    import transformers
+
+    tokens, features = all_layers
+    assert tokens[0][0] == "[CLS]" and tokens[0][-1] == "[SEP]" and "darcy" in tokens[0]
+    reference = transformers.BertModel.from_pretrained(minilm).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(minilm)
+    for text, tok, feat in zip(TEXTS, tokens, features):
+        ids = hf_tok(text, return_tensors="pt")["input_ids"]
+        assert hf_tok.convert_ids_to_tokens(ids[0]) == tok
+        with torch.no_grad():
+            hidden = reference(input_ids=ids, output_hidden_states=True).hidden_states
+        assert feat.shape == (7, len(tok), 384)
+        np.testing.assert_allclose(feat, torch.stack(hidden)[:, 0].numpy(), atol=3e-4, rtol=1e-3)
+
+
+def test_files_hold_the_chosen_combinations(minilm, all_layers, tmp_path):
+    tokens, stacked = all_layers
+    text_file = tmp_path / "in.txt"
+    text_file.write_text(TEXTS[0] + "\n\n" + TEXTS[1] + "\n")
+    npz = extract.run(minilm, str(text_file), str(tmp_path / "f.npz"), layers="sum_last_four",
+                      max_seq_length=16, batch_size=4)
+    data = np.load(npz)
+    assert str(data["layers"]) == "sum_last_four" and list(data["texts"]) == TEXTS
+    for i in range(2):
+        assert list(data[f"tokens_{i:06d}"]) == tokens[i]
+        np.testing.assert_allclose(data[f"features_{i:06d}"], stacked[i][3:].sum(0), atol=1e-4)
+    jsonl = extract.run(minilm, str(text_file), str(tmp_path / "f.jsonl"), layers="0,-1",
+                        max_seq_length=16, batch_size=4)
+    rows = [json.loads(line) for line in open(jsonl)]
+    assert [r["text"] for r in rows] == TEXTS
+    first = rows[0]["tokens"]
+    assert [t["token"] for t in first] == tokens[0]
+    # Each token carries the listed layers in order: (2, H).
+    got = np.array([t["features"] for t in first])  # (T, 2, H)
+    np.testing.assert_allclose(got, np.moveaxis(stacked[0][[0, 6]], 0, 1), atol=1e-5)
+    concat, _ = extract.combine(stacked[1], "concat", [6, 5, 4, 3]), None
+    assert concat.shape == (len(tokens[1]), 4 * 384)
+    np.testing.assert_array_equal(concat[:, 384:768], stacked[1][5])
+
+
+def test_bad_output_and_empty_input(minilm, tmp_path):
+    with pytest.raises(ValueError, match="must end in .npz or .jsonl"):
+        extract.run(minilm, "in.txt", str(tmp_path / "out.csv"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    with pytest.raises(ValueError, match="no non-empty lines"):
+        extract.run(minilm, str(empty), str(tmp_path / "out.npz"))

@@ -1,0 +1,157 @@
+"""`tl_jax extract`: per-token features of a text file from chosen encoder layers (feature-based transfer).
+
+    tl_jax extract --init_from=DIR --input=sentences.txt --output=features.npz --layers=sum_last_four
+
+`DIR` is a tl_jax pretraining workdir or a Hugging Face BERT directory. Each non-empty input line
+is one text; it is WordPiece-tokenised, wrapped in [CLS] ... [SEP], and truncated to
+`max_seq_length` sub-tokens (a warning says how many lines were cut).
+
+`--layers` picks what each token's feature is. Layer 0 is the embedding output, layer k the k-th
+transformer layer's output, negative numbers count from the top (-1 = last):
+
+    last | second_to_last        one layer                          -> (T, H)
+    sum_last_four                sum of the top four layers         -> (T, H)
+    concat_last_four             top four, concatenated (-1 first)  -> (T, 4H)
+    all                          every layer, embeddings included   -> (N+1, T, H)
+    "0,-1,-2" (any list)         the listed layers, stacked         -> (len, T, H)
+
+Output format follows the suffix of `--output`:
+
+* `.npz`: for line i (zero-padded to 6 digits) `features_000000` (float32, shapes above, T = the
+  line's sub-token count including [CLS] and [SEP]) and `tokens_000000` (the sub-token strings);
+  plus `layers` (the spec) and `texts`. Load with `np.load(path)`.
+* `.jsonl`: one object per line `{"line_index", "text", "layers", "tokens": [{"token",
+  "features"}]}`, as BERT's `extract_features.py` writes (features rounded to 6 decimals).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tl_jax.data.tokenizer import Tokenizer
+from tl_jax.models import bert
+from tl_jax.tasks import downstream
+
+NAMED = ("last", "second_to_last", "sum_last_four", "concat_last_four", "all")
+
+
+def resolve_layers(spec: str, num_layers: int) -> tuple[str, list[int]]:
+    """`(how, layer indices)` for a `--layers` spec; how is stack | sum | concat | single."""
+    top = num_layers
+    if spec == "last":
+        return "single", [top]
+    if spec == "second_to_last":
+        return "single", [top - 1]
+    if spec in ("sum_last_four", "concat_last_four"):
+        if num_layers < 4:
+            raise ValueError(f"--layers={spec} needs 4 layers; the model has {num_layers}")
+        return spec.split("_")[0], [top, top - 1, top - 2, top - 3]
+    if spec == "all":
+        return "stack", list(range(top + 1))
+    indices = []
+    for part in spec.split(","):
+        try:
+            k = int(part)
+        except ValueError:
+            raise ValueError(f"--layers={spec!r}: expected one of {NAMED} or a comma-separated "
+                             f"list of layer numbers (0 = embeddings .. {top}, negative from the "
+                             "top)") from None
+        k = top + 1 + k if k < 0 else k
+        if not 0 <= k <= top:
+            raise ValueError(f"--layers={spec!r}: layer {part} is outside 0..{top} (-{top + 1}..-1)")
+        indices.append(k)
+    return "stack", indices
+
+
+def combine(hidden: np.ndarray, how: str, indices: list[int]) -> np.ndarray:
+    """Features of one sequence from its stacked hidden states `(N+1, T, H)`."""
+    chosen = hidden[indices]  # (len, T, H)
+    if how == "single":
+        return chosen[0]
+    if how == "sum":
+        return chosen.sum(0)
+    if how == "concat":
+        return np.concatenate(list(chosen), axis=-1)  # (T, 4H)
+    return chosen
+
+
+def load_encoder(init_from: str):
+    """`(tokenizer, BertConfig, params)` of a tl_jax workdir or HF directory, encoder only."""
+    tokenizer = Tokenizer.load(downstream.tokenizer_path(init_from))
+    config = downstream.architecture(init_from, tokenizer)
+    model = bert.BertModel(config)
+    ids = jnp.zeros((1, 8), jnp.int32)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), ids)["params"])
+    # The loaders fill a tree holding the encoder under bert/, as every task model does.
+    params = downstream.Encoder(tokenizer, config, init_from).load_weights({"bert": params})["bert"]
+    return tokenizer, config, params
+
+
+def extract(init_from: str, texts: list[str], layers: str = "last", max_seq_length: int = 128,
+            batch_size: int = 32) -> tuple[list[list[str]], list[np.ndarray]]:
+    """Per-token features of `texts`; returns `(tokens per text, features per text)`."""
+    tokenizer, config, params = load_encoder(init_from)
+    how, indices = resolve_layers(layers, config.num_layers)
+    if max_seq_length > config.max_position_embeddings:
+        raise ValueError(f"max_seq_length={max_seq_length} exceeds the model's "
+                         f"max_position_embeddings={config.max_position_embeddings}")
+    model = bert.BertModel(config)
+
+    @jax.jit
+    def hidden_states(ids, mask):
+        _, inter = model.apply({"params": params}, ids, jnp.zeros_like(ids), mask)
+        return jnp.stack([inter["embeddings"]] + [inter[f"layer_{k}"]
+                                                  for k in range(1, config.num_layers + 1)], 1)
+
+    encoded, cut = [], 0
+    for text in texts:
+        ids = tokenizer.encode(text)
+        cut += len(ids) > max_seq_length - 2
+        encoded.append([tokenizer.cls_id, *ids[: max_seq_length - 2], tokenizer.sep_id])
+    if cut:
+        print(f"[extract] {cut} of {len(texts)} lines were truncated to {max_seq_length} sub-tokens")
+    all_tokens, all_features = [], []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start:start + batch_size]
+        ids = np.zeros((batch_size, max_seq_length), np.int32)  # fixed shape: one compilation
+        mask = np.zeros_like(ids)
+        for row, seq in enumerate(chunk):
+            ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
+        hidden = np.asarray(hidden_states(ids, mask))  # (B, N+1, T, H)
+        for row, seq in enumerate(chunk):
+            all_tokens.append([tokenizer.id_to_token(i) for i in seq])
+            all_features.append(combine(hidden[row, :, :len(seq)], how, indices).astype(np.float32))
+    return all_tokens, all_features
+
+
+def run(init_from: str, input_path: str, output_path: str, layers: str = "last",
+        max_seq_length: int = 128, batch_size: int = 32) -> str:
+    """The `tl_jax extract` command: reads `input_path`, writes `output_path` (.npz or .jsonl)."""
+    if not output_path.endswith((".npz", ".jsonl")):
+        raise ValueError(f"--output={output_path!r} must end in .npz or .jsonl")
+    with open(input_path, encoding="utf-8") as f:
+        texts = [line.strip() for line in f if line.strip()]
+    if not texts:
+        raise ValueError(f"{input_path}: no non-empty lines to extract features for")
+    tokens, feats = extract(init_from, texts, layers, max_seq_length, batch_size)
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+    if output_path.endswith(".npz"):
+        arrays = {"layers": np.array(layers), "texts": np.array(texts)}
+        for i, (t, x) in enumerate(zip(tokens, feats)):
+            arrays[f"features_{i:06d}"], arrays[f"tokens_{i:06d}"] = x, np.array(t)
+        np.savez(output_path, **arrays)
+    else:
+        with open(output_path, "w", encoding="utf-8") as f:
+            for i, (text, t, x) in enumerate(zip(texts, tokens, feats)):
+                per_token = np.moveaxis(x, -2, 0) if x.ndim == 3 else x  # (T, ...) first
+                f.write(json.dumps({"line_index": i, "text": text, "layers": layers, "tokens": [
+                    {"token": tok, "features": np.round(v, 6).tolist()}
+                    for tok, v in zip(t, per_token)]}) + "\n")
+    print(f"[extract] {len(texts)} lines, layers={layers}, feature shape of line 0 "
+          f"{feats[0].shape} -> {output_path}")
+    return output_path
