@@ -22,7 +22,7 @@ import ml_collections
 
 from tl_jax import parallel
 from tl_jax.models import gpt
-from tl_jax.optim import optimizers
+from tl_jax.optim import optimizers, transfer
 
 
 def get_config(arg=None):
@@ -64,6 +64,13 @@ def get_config(arg=None):
     c.optimizer = optimizers.default_config()
     c.optimizer.learning_rate = 1e-4
     c.optimizer.warmup_steps = 20
+
+    # ULMFiT's fine-tuning: discriminative learning rates (each block lr / 2.6 of the one above)
+    # and a slanted triangular schedule. Gradual unfreezing: transfer.strategy=gradual_unfreezing
+    # (one stage per transfer.stage_epochs; raise data.num_epochs to cover all stages).
+    c.transfer = transfer.default_config()
+    c.transfer.discriminative_decay = 2.6
+    c.transfer.schedule = "stlr"
 
     c.train = ml_collections.ConfigDict(dict(
         steps=0,                  # set from data.num_epochs

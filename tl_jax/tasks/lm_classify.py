@@ -11,6 +11,11 @@ that last token (`model.pooling="last"`, which under causal attention has seen t
 or the mean over the text's states (`"mean"`). Sequences are right-padded: under causal attention
 padding after the text cannot change it.
 
+The optimizer comes from `config.transfer` (`tl_jax/optim/transfer.py`): the layer groups are
+the embeddings (`wte`, `wpe`), each block `h_<i>` and the head (classifier + final LayerNorm), so
+ULMFiT's discriminative learning rates (`discriminative_decay=2.6`), slanted triangular schedule
+(`schedule="stlr"`) and gradual unfreezing (`strategy="gradual_unfreezing"`) apply as they are.
+
 Metrics as in `classify`: loss/accuracy in the step; accuracy, macro F1 and MCC on the whole
 eval set after each eval pass, with predictions in `WORKDIR/predictions/eval_step_N.jsonl`.
 """
@@ -28,6 +33,7 @@ from tl_jax import warm_start
 from tl_jax.data import bpe, readers
 from tl_jax.evaluation import classification
 from tl_jax.models import gpt
+from tl_jax.optim import transfer
 from tl_jax.tasks import clm, downstream
 
 
@@ -147,7 +153,11 @@ class Task:
         seq = d.max_seq_length
         self.train_arrays = encode(self.tokenizer, self.train_records, self.label_map, seq)
         self.eval_arrays = encode(self.tokenizer, self.eval_records, self.label_map, seq)
-        downstream.fit_schedule(config, len(self.train_records))
+        t = config.transfer
+        if t.adapter_size or t.lora_rank:
+            raise ValueError("transfer.adapter_size / transfer.lora_rank are not supported for "
+                             "the GPT classifier (lm_classify); set them to 0")
+        self.steps_per_epoch = downstream.fit_schedule(config, len(self.train_records))
         self.flops_per_example = self.model_config.flops_per_token(seq) * seq
         self.tokens_per_example = seq
 
@@ -180,11 +190,20 @@ class Task:
                                batch["lengths"])
 
     def init_params(self, params, rng):
+        """Loads the LM from `init_from` into `gpt/`; the head (and the top
+        `transfer.reinit_top_k` blocks) keep their fresh initialisation."""
         del rng
-        if not self.config.init_from:
-            return params
-        return clm.load_gpt_weights(params, self.config.init_from, self.model_config,
-                                    prefix="gpt/")
+        fresh = params
+        if self.config.init_from:
+            params = clm.load_gpt_weights(params, self.config.init_from, self.model_config,
+                                          prefix="gpt/")
+        t = self.config.transfer
+        return transfer.reinit_top_layers(params, fresh, t.reinit_top_k, t.layer_pattern)
+
+    def make_optimizer(self, total_steps):
+        """ULMFiT's tools from `config.transfer`: discriminative learning rates, slanted
+        triangular schedule, gradual unfreezing / chain-thaw over the blocks `gpt/h_<i>`."""
+        return transfer.make_task_optimizer(self, self.config, total_steps, self.steps_per_epoch)
 
     def _logits(self, params, batch, rng, train):
         outputs, _ = self.model.apply({"params": params}, batch["input_ids"], batch["lengths"],
