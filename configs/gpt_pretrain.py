@@ -4,11 +4,15 @@ Run:
   tl_jax train --config=configs/gpt_pretrain.py:mini --workdir=/tmp/gpt_mini
 
 It trains a byte-level BPE vocabulary on the corpus, pretrains for `train.steps` steps with a
-progress bar, and ends with a summary like:
-  done: 1000 steps | held-out perplexity 9x.xxxx | held-out accuracy 0.3xxx | 2x,xxx tokens/s | MFU ..
+progress bar, evaluates held-out perplexity (one held-out book), and ends with a summary like:
+  done: 1000 steps | held-out perplexity N | held-out accuracy 0.xxxx | N tokens/s | MFU x.x%
+(measured: `:tiny` for 400 steps with data.tokenizer_vocab_size=2048 data.seq_len=128 reaches
+held-out perplexity 133 on a loaded 2-core CPU in about 5 minutes.)
 
-Then sample from it:
-  tl_jax generate --workdir=/tmp/gpt_mini --prompt="It is a truth universally acknowledged"
+Then sample from it, or score label words zero-shot:
+  tl_jax generate --model=/tmp/gpt_mini --prompt="It is a truth universally acknowledged"
+  tl_jax generate --model=/tmp/gpt_mini --mode=score --prompt="She was" --choice=" happy" \
+      --choice=" unhappy"
 
 The argument picks a model size from `tl_jax.models.gpt.SIZES` (tiny, mini, small, medium);
 `tiny` also shrinks the run to a smoke test. Override anything with `--config.key=value`, e.g.

@@ -352,7 +352,8 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
       has `label_field`, accuracy over the examples is printed too.
 
     Prompts come from `prompts` and/or `prompt_file` (plain text: one prompt per line; jsonl:
-    `text_field` of each object), each formatted with `template` (`{text}` is the prompt).
+    `text_field` of each object), each formatted with `template` (`{text}` is the prompt; a
+    literal backslash-n becomes a newline, e.g. "{text}\\nTL;DR:").
     Results are returned (and written to `output` as jsonl when given).
     """
     import json
@@ -381,6 +382,7 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     if not records:
         raise ValueError("generate: no prompts (give --prompt or --prompt_file)")
     model, params, tokenizer = load_model(model_dir)
+    template = template.replace("\\n", "\n")  # a template typed on a command line
     texts = [template.replace("{text}", r["text"]) for r in records]
     encoded = [tokenizer.encode(t) or [tokenizer.eos_id] for t in texts]
     limit = model.config.max_len - (max_new_tokens if mode == "complete" else 16)
