@@ -60,9 +60,12 @@ def common_overrides(args, config_name):
     steps_per_epoch = args.train_examples // args.batch_size
     if config_name == "transfer_feature":
         # Cached features make head epochs nearly free: train the head longer.
-        over += [f"data.num_epochs={args.feature_epochs}", f"probe.cache_dir={args.cache_dir}"]
+        over += [f"data.num_epochs={args.feature_epochs}", f"probe.cache_dir={args.cache_dir}",
+                 f"optimizer.learning_rate={args.feature_lr}"]
     else:
         over += [f"data.num_epochs={args.epochs}"]
+        if config_name in ("transfer_full", "transfer_chain_thaw"):
+            over.append(f"optimizer.learning_rate={args.finetune_lr}")
         total = int(args.epochs * steps_per_epoch)
         if config_name in ("transfer_ulmfit", "transfer_chain_thaw"):
             # Fit all stages into the first ~80% of the run, leaving the rest for "all".
@@ -95,6 +98,9 @@ def main():
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--feature_epochs", type=float, default=10.0)
+    parser.add_argument("--feature_lr", type=float, default=3e-3)
+    parser.add_argument("--finetune_lr", type=float, default=2e-4,
+                        help="full fine-tuning and chain-thaw (other configs keep theirs)")
     parser.add_argument("--cache_dir", default="")
     parser.add_argument("--only", default="", help="comma-separated substrings of strategy names")
     parser.add_argument("--measure_only", action="store_true")
