@@ -251,11 +251,21 @@ def load_params_from_workdir(workdir: str) -> tuple[dict[str, np.ndarray], int]:
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         raise CheckpointError(f"{workdir} has no checkpoints/ directory: not a tl_jax workdir.")
-    mgr = ocp.CheckpointManager(directory, item_names=("state", "data", "config"),
-                                options=ocp.CheckpointManagerOptions(read_only=True))
+    mgr = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler()})
+    # Whatever mesh wrote it (8 devices, 2 processes, ...), read it onto this process's first
+    # device: orbax needs an explicit target when the topology differs.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     for step in sorted(mgr.all_steps(), reverse=True):
         try:
-            restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+            metadata = mgr.item_metadata(step)["state"]
+            target = jax.tree_util.tree_map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+            restored = mgr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target)))
         except Exception as e:  # noqa: BLE001
             print(f"[checkpoint] {directory}/{step} does not restore ({e}); trying older.")
             continue
