@@ -200,5 +200,9 @@ def test_run_generate_from_a_gpt2_directory(tmp_path, lm):
     prompt_file.write_text('{"text": "the cat", "label": " sat"}\n{"text": "a", "label": " dog"}\n')
     scored = generate.run_generate(str(tmp_path), mode="score", prompt_file=str(prompt_file),
                                    choices=[" sat", " dog"], output=str(tmp_path / "out.jsonl"))
-    assert all(r["prediction"] in (" sat", " dog") for r in scored)
+    assert all(r["prediction"] in ("sat", "dog") for r in scored)
+    named = generate.run_generate(str(tmp_path), mode="score", prompt_file=str(prompt_file),
+                                  choices=[" sat", " dog"], labels=["S", "D"])
+    assert [r["prediction"] for r in named] == [{"sat": "S", "dog": "D"}[r["prediction"]]
+                                                for r in scored]
     assert (tmp_path / "out.jsonl").read_text().count("\n") == 2

@@ -340,6 +340,7 @@ def load_model(path: str):
 def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] = (),
                  prompt_file: str = "", text_field: str = "text", label_field: str = "label",
                  template: str = "{text}", choices: Sequence[str] = (),
+                 labels: Sequence[str] = (),
                  max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True,
                  batch_size: int = 8, output: str = "") -> list[dict]:
@@ -349,7 +350,9 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
       "TL;DR:" for summaries) and prints prompt + completion.
     mode="score": for each prompt, the log-likelihood of each of `choices` as its continuation;
       the prediction is the most likely choice (zero-shot classification). If the prompt file
-      has `label_field`, accuracy over the examples is printed too.
+      has `label_field`, accuracy over the examples is printed too; `labels` names the label
+      each choice stands for (e.g. choices " good", " bad" for labels pos, neg), else a choice
+      is its own label.
 
     Prompts come from `prompts` and/or `prompt_file` (plain text: one prompt per line; jsonl:
     `text_field` of each object), each formatted with `template` (`{text}` is the prompt; a
@@ -403,6 +406,9 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     else:
         if not choices:
             raise ValueError("generate: mode=score needs --choices")
+        labels = list(labels) or [c.strip() for c in choices]
+        if len(labels) != len(choices):
+            raise ValueError(f"generate: {len(labels)} labels for {len(choices)} choices")
         conts = [tokenizer.encode(c) for c in choices]
         for c, ids in zip(choices, conts):
             if not ids:
@@ -410,11 +416,11 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
         predictions, scores = classify_zero_shot(model, params, encoded, conts)
         correct = 0
         for r, text, pred, row in zip(records, texts, predictions, scores):
-            result = {"prompt": text, "prediction": choices[int(pred)],
+            result = {"prompt": text, "prediction": labels[int(pred)],
                       "scores": {c: float(s) for c, s in zip(choices, row)}}
             if r.get("label") is not None:
                 result["label"] = r["label"]
-                correct += str(r["label"]).strip() == choices[int(pred)].strip()
+                correct += str(r["label"]).strip() == labels[int(pred)]
             results.append(result)
             print(json.dumps(result, ensure_ascii=False), flush=True)
         labelled = sum(r.get("label") is not None for r in records)
