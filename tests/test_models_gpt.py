@@ -17,7 +17,8 @@ def tiny():
     cfg = gpt_config("tiny", VOCAB, max_len=32, dropout_rate=0.1, attention_dropout_rate=0.1,
                      initializer_range=0.2)
     model = GPT(cfg)
-    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8), jnp.int32))
+    # jit: one compile is cheaper than dispatching every init op eagerly.
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((2, 8), jnp.int32))
     return model, variables
 
 
@@ -70,11 +71,12 @@ def test_chunked_decoding_with_the_cache_equals_one_pass(tiny):
     full = model.apply(variables, tokens)[0]["logits"]
     cache = init_cache(model, 2, 12)
     pieces = []
+    decode = jax.jit(lambda v, t, p: model.apply(v, t, positions=p, decode=True,
+                                                 mutable=["cache"]))
     for start, stop in ((0, 5), (5, 6), (6, 12)):  # prefill, one token, a chunk
         positions = jnp.broadcast_to(jnp.arange(start, stop), (2, stop - start))
-        (out, _), mutated = model.apply(
-            {"params": variables["params"], "cache": cache}, tokens[:, start:stop],
-            positions=positions, decode=True, mutable=["cache"])
+        (out, _), mutated = decode({"params": variables["params"], "cache": cache},
+                                   tokens[:, start:stop], positions)
         cache = mutated["cache"]
         pieces.append(out["logits"])
     np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=1e-5)
