@@ -42,7 +42,7 @@ def main():
     parser.add_argument("--lr", type=float, default=0.025)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--cbow", action="store_true", help="CBOW instead of skip-gram")
-    parser.add_argument("--shared-negatives", default="0,64",
+    parser.add_argument("--shared-negatives", default="0,16",
                         help="comma-separated tl_jax runs: 0 = K negatives per pair as in "
                              "word2vec.c; S > 0 = S negatives shared by each batch")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
