@@ -8,7 +8,7 @@ scores.json, and ends with the evaluation and a summary like:
   WordSim353 rho=0.2xx (258 pairs, 95 OOV)
   SimLex-999 rho=0.1xx (704 pairs, 295 OOV)
   Google analogies 3CosAdd acc=0.0xx (5351 questions, 14193 OOV)
-  done: word2vec 5 epochs in NN.Ns | final loss 2.3xxx | vectors in /tmp/w2v
+  done: word2vec 5 epochs in NN.Ns | final loss 2.4xxx | vectors in /tmp/w2v
 
 Arguments: "" or "base" (dim 100, 5 epochs); "cbow" (CBOW instead of skip-gram); "tiny"
 (dim 16, 1 epoch on 2,000 text units: a smoke test). Override with --config.key=value.
