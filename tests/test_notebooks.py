@@ -12,6 +12,7 @@ NOTEBOOKS = sorted((ROOT / "colab").glob("*.ipynb"))
 # Environment each notebook reads to shrink its run for the tests.
 SHRINK = {
     "quickstart.ipynb": {"TL_JAX_NOTEBOOK_STEPS": "12"},
+    "gpt_austen.ipynb": {"TL_JAX_NOTEBOOK_STEPS": "8"},
 }
 
 

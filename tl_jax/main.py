@@ -30,11 +30,25 @@ def _convert(args, overrides):
     convert.run(args.input, args.output, args.direction)
 
 
+def _generate(args, overrides):
+    del overrides
+    from tl_jax import generate
+    generate.run_generate(
+        model_dir=args.model, mode=args.mode, prompts=args.prompt or (),
+        prompt_file=args.prompt_file, text_field=args.text_field, label_field=args.label_field,
+        template=args.template, choices=args.choice or (),
+        labels=[x for x in args.labels.split(",") if x], max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        stop_at_eos=not args.no_stop_at_eos, batch_size=args.batch_size, output=args.output)
+
+
 COMMANDS = {
     "train": ("Train any config (pretraining or fine-tuning).", _train),
     "quickstart": ("Pretrain a small BERT on text shipped with gensim, then fine-tune it.",
                    _quickstart),
     "convert": ("Convert weights between the Hugging Face layout and tl_jax.", _convert),
+    "generate": ("Complete or score prompts with a GPT (a clm workdir or a GPT-2 directory).",
+                 _generate),
 }
 
 
@@ -53,6 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HF checkpoint dir (hf_to_tl), or tl_jax weights dir / workdir (tl_to_hf)")
     p.add_argument("--output", required=True)
     p.add_argument("--direction", default="hf_to_tl", choices=["hf_to_tl", "tl_to_hf"])
+    p = sub.add_parser("generate", help=COMMANDS["generate"][0])
+    p.add_argument("--model", required=True, help="tl_jax clm workdir or HF GPT-2 directory")
+    p.add_argument("--mode", default="complete", choices=["complete", "score"])
+    p.add_argument("--prompt", action="append", help="repeatable")
+    p.add_argument("--prompt_file", default="", help="text or jsonl file of prompts")
+    p.add_argument("--text_field", default="text")
+    p.add_argument("--label_field", default="label")
+    p.add_argument("--template", default="{text}", help="e.g. '{text} TL;DR:'")
+    p.add_argument("--choice", action="append", help="score mode: a continuation (repeatable)")
+    p.add_argument("--labels", default="", help="score mode: comma-separated label per choice")
+    p.add_argument("--max_new_tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top_k", type=int, default=0)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no_stop_at_eos", action="store_true")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--output", default="", help="write results as jsonl")
     return parser
 
 
