@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from tl_jax import checkpoint as ckpt_lib
@@ -226,6 +227,13 @@ def first_nonfinite(metric_list: list[dict], first_step: int) -> tuple[int, str]
     return None
 
 
+def _to_host(x) -> np.ndarray:
+    """A global array as numpy on every process (gathered across hosts when needed)."""
+    if jax.process_count() > 1:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def evaluate(trainer: Trainer, params, step: int) -> dict[str, float]:
     """One pass over (at most `train.eval_batches` of) the held-out batches."""
     limit = int(trainer.config.train.eval_batches)
@@ -238,9 +246,10 @@ def evaluate(trainer: Trainer, params, step: int) -> dict[str, float]:
             results.append(trainer.eval_step(params, gbatch))
             if trainer.predict_step is not None:
                 out = trainer.predict_step(params, gbatch)
-                outputs.append((batch, jax.tree_util.tree_map(
-                    lambda x: np.asarray(jax.experimental.multihost_utils.process_allgather(
-                        x, tiled=True)) if jax.process_count() > 1 else np.asarray(x), out)))
+                # Whole (global) batch and outputs on every process, so decoding sees all rows.
+                whole = batch if jax.process_count() == 1 else jax.tree_util.tree_map(
+                    _to_host, gbatch)
+                outputs.append((whole, jax.tree_util.tree_map(_to_host, out)))
     if not results:
         return {}
     metrics = {f"eval/{k}": v for k, v in average(results).items()}
