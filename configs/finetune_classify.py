@@ -63,7 +63,7 @@ def get_config(arg=None):
         tokenizer_vocab_size=8192,
         max_seq_length=128,
         batch_size=32,            # global, over all devices and processes
-        num_epochs=2.0,           # > 0 sets train.steps and evaluates/checkpoints every epoch
+        num_epochs=2.0,           # used when train.steps=0; eval/checkpoint every epoch
         max_train_examples=0,     # 0 = all
         max_eval_examples=0,
     ))
@@ -73,11 +73,11 @@ def get_config(arg=None):
     c.optimizer.warmup_steps = 20
 
     c.train = ml_collections.ConfigDict(dict(
-        steps=0,                  # set from data.num_epochs
+        steps=0,                  # 0 = data.num_epochs epochs
         log_every=10,
-        eval_every=0,             # set to one epoch from data.num_epochs
+        eval_every=0,             # 0 = once per epoch
         eval_batches=0,           # 0 = the whole eval set (needed for exact metrics)
-        checkpoint_every=0,       # set to one epoch from data.num_epochs
+        checkpoint_every=0,       # 0 = once per epoch
         keep_checkpoints=1,
         best_metric="eval/accuracy",
         best_mode="max",

@@ -53,7 +53,7 @@ def get_config(arg=None):
         tokenizer_vocab_size=8192,
         max_seq_length=64,
         batch_size=32,
-        num_epochs=1.0,           # > 0 sets train.steps and evaluates/checkpoints every epoch
+        num_epochs=1.0,           # used when train.steps=0; eval/checkpoint every epoch
         max_train_examples=2000,  # 0 = all (20,000 silver sentences)
         max_eval_examples=500,
     ))

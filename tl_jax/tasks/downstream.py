@@ -9,8 +9,8 @@
   of `init_from`. `Encoder.load_weights` fills the `bert/` params from the source.
 * `EpochBatches`: shuffled epochs over fixed-size feature arrays, resumable (`get_state`).
 * `eval_batches`: the whole eval set in order, the last batch padded with rows whose `row` is -1.
-* `fit_schedule`: turns `data.num_epochs` into `train.steps`, and evaluates and checkpoints once
-  per epoch, which is what "evaluate every epoch, keep the best" means for the trainer.
+* `fit_schedule`: turns `data.num_epochs` into `train.steps` (when that is 0), and evaluates and
+  checkpoints once per epoch (when those are 0): "evaluate every epoch, keep the best".
 """
 from __future__ import annotations
 
@@ -171,18 +171,24 @@ def eval_batches(arrays: dict[str, np.ndarray], global_batch: int) -> Iterator[d
 
 
 def fit_schedule(config, n_train: int) -> int:
-    """Sets `train.steps` from `data.num_epochs` (when > 0) and eval/checkpoint to every epoch.
+    """Fills the schedule from the data: `train.steps` = 0 becomes `data.num_epochs` epochs, and
+    `train.eval_every` / `train.checkpoint_every` = 0 become one epoch.
 
-    Returns the steps per epoch. The config is locked against new keys, not against values;
-    the trainer reads these fields after building the task, and saves the result in config.json.
+    Explicit values win, so `--config.train.steps=2` still runs two steps. Returns the steps per
+    epoch. The config is locked against new keys, not against values; the trainer reads these
+    fields after building the task and saves the result in config.json.
     """
     steps_per_epoch = n_train // config.data.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{n_train} training examples cannot fill one batch of "
                          f"data.batch_size={config.data.batch_size}")
-    if config.data.num_epochs > 0:
+    if config.train.steps == 0:
+        if config.data.num_epochs <= 0:
+            raise ValueError("set train.steps or data.num_epochs (both are 0)")
         config.train.steps = max(1, math.ceil(config.data.num_epochs * steps_per_epoch))
+    if config.train.eval_every == 0:
         config.train.eval_every = steps_per_epoch
+    if config.train.checkpoint_every == 0:
         config.train.checkpoint_every = steps_per_epoch
     return steps_per_epoch
 
