@@ -13,6 +13,7 @@ NOTEBOOKS = sorted((ROOT / "colab").glob("*.ipynb"))
 SHRINK = {
     "quickstart.ipynb": {"TL_JAX_NOTEBOOK_STEPS": "12"},
     "gpt_austen.ipynb": {"TL_JAX_NOTEBOOK_STEPS": "8"},
+    "finetune.ipynb": {"TL_JAX_NOTEBOOK_EXAMPLES": "64"},
 }
 
 

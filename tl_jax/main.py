@@ -3,6 +3,10 @@
     tl_jax train --config=configs/bert_pretrain.py:mini --workdir=DIR [--config.key=value ...]
     tl_jax quickstart [--workdir=DIR]
     tl_jax convert --input=DIR --output=DIR [--direction=hf_to_tl|tl_to_hf]
+    tl_jax generate --model=DIR --prompt="..." [--mode=score --choice=" a" --choice=" b"]
+    tl_jax extract --init_from=DIR --input=FILE --output=OUT.npz [--layers=sum_last_four]
+    tl_jax static --config=configs/word2vec.py --workdir=DIR
+    tl_jax build_tasks --out_dir=DIR
 
 Run `tl_jax <command> --help` for a command's flags.
 """
@@ -42,6 +46,24 @@ def _generate(args, overrides):
         stop_at_eos=not args.no_stop_at_eos, batch_size=args.batch_size, output=args.output)
 
 
+def _extract(args, overrides):
+    del overrides
+    from tl_jax import extract
+    extract.run(args.init_from, args.input, args.output, args.layers, args.max_seq_length,
+                args.batch_size)
+
+
+def _build_tasks(args, overrides):
+    del overrides
+    from tl_jax.data import task_builders
+    task_builders.run(args.out_dir, args.data_dir or None, args.qa_version)
+
+
+def _static(args, overrides):
+    from tl_jax import config as config_lib, static_train
+    static_train.run(config_lib.load_config(args.config, overrides), args.workdir)
+
+
 COMMANDS = {
     "train": ("Train any config (pretraining or fine-tuning).", _train),
     "quickstart": ("Pretrain a small BERT on text shipped with gensim, then fine-tune it.",
@@ -49,6 +71,11 @@ COMMANDS = {
     "convert": ("Convert weights between the Hugging Face layout and tl_jax.", _convert),
     "generate": ("Complete or score prompts with a GPT (a clm workdir or a GPT-2 directory).",
                  _generate),
+    "extract": ("Write per-token encoder features of a text file (feature-based transfer).",
+                _extract),
+    "build_tasks": ("Build the silver tagging and cloze-QA tasks from the shared data.",
+                    _build_tasks),
+    "static": ("Train static word vectors (word2vec or GloVe) and score them.", _static),
 }
 
 
@@ -67,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HF checkpoint dir (hf_to_tl), or tl_jax weights dir / workdir (tl_to_hf)")
     p.add_argument("--output", required=True)
     p.add_argument("--direction", default="hf_to_tl", choices=["hf_to_tl", "tl_to_hf"])
+    p = sub.add_parser("extract", help=COMMANDS["extract"][0])
+    p.add_argument("--init_from", required=True, help="tl_jax workdir or HF BERT directory")
+    p.add_argument("--input", required=True, help="text file, one sequence per line")
+    p.add_argument("--output", required=True, help="OUT.npz or OUT.jsonl")
+    p.add_argument("--layers", default="last",
+                   help="last | second_to_last | sum_last_four | concat_last_four | all | 0,-1,...")
+    p.add_argument("--max_seq_length", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=32)
+    p = sub.add_parser("build_tasks", help=COMMANDS["build_tasks"][0])
+    p.add_argument("--out_dir", required=True)
+    p.add_argument("--data_dir", default="", help="default: $TL_JAX_DATA_DIR")
+    p.add_argument("--qa_version", default="1.1", choices=["1.1", "2.0"])
+    p = sub.add_parser("static", help=COMMANDS["static"][0])
+    p.add_argument("--config", required=True, help="configs/word2vec.py or configs/glove.py")
+    p.add_argument("--workdir", required=True)
     p = sub.add_parser("generate", help=COMMANDS["generate"][0])
     p.add_argument("--model", required=True, help="tl_jax clm workdir or HF GPT-2 directory")
     p.add_argument("--mode", default="complete", choices=["complete", "score"])
