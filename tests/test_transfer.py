@@ -404,3 +404,27 @@ def test_transfer_configs_run_in_the_trainer(name, extra, data_dir, tmp_path):
         assert frozen and any("_adapter/" in p for p in changed)
     else:  # gradual unfreezing reached the embeddings in the last of its 4 stages
         assert any(p.startswith("bert/embeddings/") for p in changed)
+
+
+def test_trainer_computes_no_gradients_for_frozen_parameters(data_dir, tmp_path):
+    """With the encoder frozen (adapters), the compiled train step skips the encoder's weight
+    gradients: XLA's FLOP count is well below the same model trained in full, and the frozen
+    tensors' updates do not depend on the batch."""
+    from tl_jax import config as config_lib, train
+
+    def step_flops(rules):
+        config = config_lib.load_config("configs/transfer_adapters.py:tiny", TINY_RUN)
+        config.transfer.rules = rules
+        trainer = train.build_trainer(config, str(tmp_path / str(len(rules))))
+        batch = trainer.task.example_batch(int(config.data.batch_size))
+        compiled = trainer.train_step.lower(trainer.abstract_state, batch).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost["flops"]), trainer
+
+    frozen_flops, trainer = step_flops(
+        config_lib.load_config("configs/transfer_adapters.py:tiny", TINY_RUN).transfer.rules)
+    assert trainer.task.transfer_plan is not None
+    assert not all(trainer.task.transfer_plan.optimizer_mask.values())
+    full_flops, _ = step_flops(((".*", "train"),))
+    assert frozen_flops < 0.85 * full_flops, (frozen_flops, full_flops)

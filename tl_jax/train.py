@@ -29,7 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tl_jax import checkpoint as ckpt_lib
 from tl_jax import parallel, tasks
 from tl_jax.metrics_writer import MetricsWriter
-from tl_jax.optim import optimizers
+from tl_jax.optim import masks, optimizers
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,25 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     # Train step
     # ============================================================================================
 
+    # Parameters no stage of a transfer plan ever trains (a frozen encoder under adapters, LoRA
+    # or a probe) are closed over as constants: jax.grad computes no gradient for them, and no
+    # backward pass at all below the lowest trainable parameter. One compile for the whole run.
+    plan = getattr(task, "transfer_plan", None)
+    static_mask = None
+    if plan is not None and not all(plan.optimizer_mask.values()):
+        static_mask = plan.optimizer_mask
+
     def grads_and_metrics(params, batch, rng):
-        (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
-            params, batch, rng, True)
-        return grads, loss, metrics
+        if static_mask is None:
+            (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
+                params, batch, rng, True)
+            return grads, loss, metrics
+        trainable, frozen = masks.split_params(params, static_mask)
+        (loss, metrics), grads = jax.value_and_grad(
+            lambda t: task.loss_fn(masks.merge_params(t, frozen), batch, rng, True),
+            has_aux=True)(trainable)
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, frozen)  # the optimizer ignores these
+        return masks.merge_params(grads, zeros), loss, metrics
 
     def train_step(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])

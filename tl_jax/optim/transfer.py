@@ -252,8 +252,9 @@ class TransferPlan:
         """The whole schedule as ONE optax transform over the full parameter tree.
 
         The stage is read from the state's step count at run time, so the trainer compiles once
-        for the entire run and resumes correctly from any checkpoint; the price is that it
-        computes gradients for every parameter (use `split`/`update` to avoid that). Frozen and
+        for the entire run and resumes correctly from any checkpoint; the price is that gradients
+        are computed for groups a stage holds (`split`/`update` avoid that; the trainer skips
+        only what no stage trains, which keeps its one compile). Frozen and
         held parameters get updates of -0.0, which `optax.apply_updates` adds without changing a
         single bit (x + -0.0 == x for every x, including -0.0; x + 0.0 would turn -0.0 into 0.0).
         """
@@ -422,7 +423,8 @@ def make_task_optimizer(task, config, total_steps: int, steps_per_epoch: int):
     """`(tx, schedule)` from `config.transfer` for a task: the trainer's `make_optimizer` hook.
 
     Builds the plan over the task's abstract params (nothing is materialised), prints its
-    summary table on process 0, and returns the single-compile `as_optax()` transform.
+    summary table on process 0, sets `task.transfer_plan` (the trainer then computes no gradient
+    for parameters no stage trains) and returns the single-compile `as_optax()` transform.
     """
     example = task.example_batch(1)
     abstract = nn.unbox(jax.eval_shape(lambda r: task.init_variables(r, example)["params"],
@@ -431,4 +433,6 @@ def make_task_optimizer(task, config, total_steps: int, steps_per_epoch: int):
                                     steps_per_epoch)
     if jax.process_index() == 0:
         print(plan.summary(), flush=True)
+    # The trainer reads the plan's static mask and differentiates only what some stage trains.
+    task.transfer_plan = plan
     return plan.as_optax(), plan.schedule
