@@ -174,7 +174,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = embed(c.max_position_embeddings, (None, "embed"))
         self.token_type_embeddings = embed(c.type_vocab_size, (None, "embed"))
         self.norm = layers.layer_norm(c.layer_norm_eps, c.compute_dtype, None)
-        self.dropout = nn.Dropout(c.dropout_rate)
+        self.dropout = layers.Dropout(c.dropout_rate)
 
     def __call__(self, input_ids, segment_ids, deterministic: bool):
         length = input_ids.shape[1]
@@ -201,7 +201,7 @@ class BertLayer(nn.Module):
     def __call__(self, x, attention_bias, deterministic: bool):
         c = self.config
         dtype = c.compute_dtype
-        dropout = nn.Dropout(c.dropout_rate)
+        dropout = layers.Dropout(c.dropout_rate)
         h = layers.MultiHeadSelfAttention(
             c.num_heads,
             attention_dropout_rate=c.attention_dropout_rate,

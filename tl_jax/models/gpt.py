@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from tl_jax.models.layers import Dropout
+
 # name -> (num_layers, embed_dim, num_heads, max_len). small and medium are GPT-2's shapes.
 SIZES = {
     "tiny": (2, 64, 2, 128),
@@ -176,7 +178,7 @@ class CausalSelfAttention(nn.Module):
         # A finite minimum (not -inf) keeps fully masked rows (left padding) free of NaNs.
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)  # (B, H, T, S)
-        weights = nn.Dropout(cfg.attention_dropout_rate)(weights, deterministic=not train)
+        weights = Dropout(cfg.attention_dropout_rate)(weights, deterministic=not train)
         out = jnp.einsum("bhts,bshd->bthd", weights, value)  # (B, T, H, D)
         out = nn.DenseGeneral(
             features=cfg.embed_dim,
@@ -216,7 +218,7 @@ class MLP(nn.Module):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
             name="proj",
         )(h)
-        return nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
+        return Dropout(cfg.dropout_rate)(h, deterministic=not train)
 
 
 def _layer_norm(cfg: GPTConfig, name: str) -> nn.LayerNorm:
@@ -238,7 +240,7 @@ class Block(nn.Module):
     def __call__(self, x, key_mask, decode: bool, train: bool):
         cfg = self.config
         h = CausalSelfAttention(cfg, name="attn")(_layer_norm(cfg, "ln_1")(x), key_mask, decode, train)
-        x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
+        x = x + Dropout(cfg.dropout_rate)(h, deterministic=not train)
         x = x + MLP(cfg, name="mlp")(_layer_norm(cfg, "ln_2")(x), train)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -289,7 +291,7 @@ class GPT(nn.Module):
         )
         x = wte(tokens) + wpe(positions)  # (B, T, E)
         x = x.astype(cfg.compute_dtype)
-        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train)
+        x = Dropout(cfg.dropout_rate)(x, deterministic=not train)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         intermediates = {"embeddings": x}
         for i in range(cfg.num_layers):

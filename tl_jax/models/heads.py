@@ -53,7 +53,7 @@ class BertForSequenceClassification(nn.Module):
             mask = mask.astype(outputs["sequence_output"].dtype)[..., None]  # (B, L, 1)
             total = (outputs["sequence_output"] * mask).sum(axis=1)  # (B, H)
             pooled = total / jnp.maximum(mask.sum(axis=1), 1.0)
-        pooled = nn.Dropout(self.classifier_dropout)(pooled, deterministic=deterministic)
+        pooled = layers.Dropout(self.classifier_dropout)(pooled, deterministic=deterministic)
         outputs["logits"] = _Head(self.config, self.num_labels, name="head")(pooled)  # (B, C)
         return outputs, intermediates
 
@@ -69,7 +69,7 @@ class BertForTokenClassification(nn.Module):
     def __call__(self, input_ids, segment_ids=None, input_mask=None, deterministic=True):
         outputs, intermediates = bert.BertModel(self.config, name="bert")(
             input_ids, segment_ids, input_mask, deterministic=deterministic)
-        hidden = nn.Dropout(self.classifier_dropout)(outputs["sequence_output"],
+        hidden = layers.Dropout(self.classifier_dropout)(outputs["sequence_output"],
                                                      deterministic=deterministic)
         outputs["logits"] = _Head(self.config, self.num_labels, name="head")(hidden)  # (B, L, C)
         return outputs, intermediates

@@ -22,6 +22,35 @@ Dtype = Any
 MASK_VALUE = -1e9
 
 
+class Dropout(nn.Module):
+    """Inverted dropout with masks from XLA's RngBitGenerator, a drop-in for `nn.Dropout`.
+
+    `nn.Dropout` draws its mask with JAX's threefry written out in HLO, which on CPU costs about
+    as much as a BERT-base layer's attention: 0.3 s for the 19M attention-probability draws of a
+    BERT-base step (batch 8, seq 128), 16% of the step. XLA's own `rng-bit-generator` (threefry
+    too) draws the same number of bits 8x faster. The mask is still a pure function of the
+    module's 'dropout' rng, so runs stay deterministic for a seed and resume bit-exactly.
+    """
+
+    rate: float
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        if self.rate >= 1.0:
+            return jnp.zeros_like(x)
+        keep = 1.0 - self.rate
+        key = jax.random.key_data(self.make_rng(self.rng_collection)).reshape(-1)
+        key = jnp.concatenate([key, key[::-1]]) if key.shape[0] == 2 else key
+        _, bits = jax.lax.rng_bit_generator(
+            key.astype(jnp.uint32), x.shape, dtype=jnp.uint32,
+            algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)
+        mask = bits < jnp.uint32(min(int(keep * 2.0 ** 32), 2 ** 32 - 1))
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     """Returns the activation function called `name` in Hugging Face configs.
 
@@ -171,7 +200,7 @@ class MultiHeadSelfAttention(nn.Module):
         # Softmax in float32: bfloat16 scores lose the small differences that matter here.
         scores = scores.astype(jnp.float32) / jnp.sqrt(jnp.float32(head_dim))
         probs = jax.nn.softmax(scores + attention_bias, axis=-1).astype(self.dtype)
-        probs = nn.Dropout(self.attention_dropout_rate)(probs, deterministic=deterministic)
+        probs = Dropout(self.attention_dropout_rate)(probs, deterministic=deterministic)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs, value)  # (B, L, heads, kv)
 
         return OutProjection(self.initializer_range, self.dtype, name="out")(context)
