@@ -267,6 +267,20 @@ def test_reads_pytorch_bin_and_lists_unused_tensors(tmp_path):
                                   params["bert"]["embeddings"]["word_embeddings"]["embedding"])
 
 
+def test_reads_bfloat16_safetensors_as_float32(tmp_path):
+    """Many published checkpoints are stored in bfloat16: they load, upcast exactly."""
+    torch_model, path = hf_random_model(tmp_path, SHAPES[0])
+    from safetensors.torch import save_file as save_torch
+    state = {k: v.to(torch.bfloat16).contiguous() for k, v in torch_model.state_dict().items()}
+    save_torch(state, str(path / "model.safetensors"))
+    tensors, _ = safetensors_io.read_hf_tensors(path)
+    name = "bert.embeddings.word_embeddings.weight"
+    assert tensors[name].dtype == np.float32
+    np.testing.assert_array_equal(tensors[name], state[name].float().numpy())
+    _, params, report = hf_bert.load(path)
+    assert report.missing == []
+
+
 def test_errors_name_what_is_wrong(tmp_path, data_dir):
     with pytest.raises(FileNotFoundError, match="not a Hugging Face checkpoint: no config.json"):
         hf_bert.load(tmp_path)

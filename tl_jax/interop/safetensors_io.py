@@ -34,16 +34,20 @@ def find_weight_file(directory) -> pathlib.Path | None:
 
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    tensors = {}
+    """All tensors of a safetensors file; bfloat16 ones (numpy has no such dtype) as float32."""
+    tensors, bf16 = {}, []
     with safe_open(str(path), framework="numpy") as f:
         for name in f.keys():
             try:
-                tensors[name] = f.get_tensor(name)
-            except TypeError as e:  # numpy has no bfloat16; say which tensor and what to do
-                raise ValueError(
-                    f"{path}: cannot read tensor {name!r} as numpy ({e}); convert the checkpoint "
-                    "to float32 or float16 first"
-                ) from e
+                tensor = f.get_tensor(name)
+            except TypeError:  # a safetensors without ml_dtypes support
+                bf16.append(name)
+                continue
+            tensors[name] = tensor.astype(np.float32) if tensor.dtype.name == "bfloat16" else tensor
+    if bf16:  # read through JAX, which has bfloat16, and upcast exactly
+        with safe_open(str(path), framework="flax") as f:
+            for name in bf16:
+                tensors[name] = np.asarray(f.get_tensor(name).astype(np.float32))
     return tensors
 
 
