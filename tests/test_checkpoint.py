@@ -145,11 +145,12 @@ def test_changed_model_on_resume_is_an_error_naming_the_fields(tiny_bert_overrid
 
 
 def test_warm_start_takes_matching_weights_and_reports_the_rest(tiny_bert_overrides, tmp_path,
-                                                                capsys):
+                                                                capsys, monkeypatch):
     first = run(tiny_bert_overrides, tmp_path / "a", *STEPS, "train.steps=3")
     capsys.readouterr()
+    monkeypatch.chdir(tmp_path)  # a relative init_from, as the quickstart passes it
     config = cfg(tiny_bert_overrides, *STEPS, "train.steps=1", "model.type_vocab_size=3",
-                 f"init_from={tmp_path / 'a'}", "optimizer.learning_rate=0.0",
+                 "init_from=a", "optimizer.learning_rate=0.0",
                  "optimizer.weight_decay=0.0")
     trainer = train.build_trainer(config, str(tmp_path / "b"))
     state = trainer.init_state(jax.random.PRNGKey(1))

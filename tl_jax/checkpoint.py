@@ -248,7 +248,7 @@ def merge_matching(params, source: dict[str, np.ndarray]):
 
 def load_params_from_workdir(workdir: str) -> tuple[dict[str, np.ndarray], int]:
     """Reads the params of the latest good checkpoint in a tl_jax workdir, as flat numpy."""
-    directory = os.path.join(workdir, "checkpoints")
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))  # orbax needs absolute
     if not os.path.isdir(directory):
         raise CheckpointError(f"{workdir} has no checkpoints/ directory: not a tl_jax workdir.")
     mgr = ocp.CheckpointManager(
