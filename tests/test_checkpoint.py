@@ -65,6 +65,18 @@ def test_resume_is_bit_exact(tiny_bert_overrides, tmp_path):
     assert losses(tmp_path / "full") == losses(tmp_path / "split")
 
 
+def test_rerunning_a_finished_run_trains_nothing_and_reports_held_out_metrics(
+        tiny_bert_overrides, tmp_path, capsys):
+    first = run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3")
+    capsys.readouterr()
+    again = run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3", "train.eval_every=3")
+    out = capsys.readouterr().out
+    assert "already at step 3" in out and "nothing to train" in out
+    assert again.summary["step"] == 3 and "eval/mlm_accuracy" in again.summary
+    assert "held-out mlm_accuracy" in out and "tokens/s" not in out.splitlines()[-1]
+    assert_trees_equal(params_of(first), params_of(again))
+
+
 def test_keeps_last_n_and_the_best(tiny_bert_overrides, tmp_path):
     run(tiny_bert_overrides, tmp_path, "train.steps=8", "train.checkpoint_every=1",
         "train.eval_every=1", "train.keep_checkpoints=2", "train.log_every=1",

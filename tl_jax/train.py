@@ -363,6 +363,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         # The shape actually built (vocab size from the tokenizer, etc.), checked on resume.
         config_dict["resolved_model"] = dataclasses.asdict(task.model_config)
 
+    if start_step >= total_steps and is_main:
+        print(f"[train] {workdir} is already at step {start_step} (train.steps={total_steps}): "
+              "nothing to train; evaluating the restored model.", flush=True)
+
     bar = None
     if is_main and tc.progress:
         from tqdm.auto import tqdm
@@ -448,6 +452,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         bar.close()
 
     final_step = int(jax.device_get(state["step"]))
+    if start_step >= total_steps and tc.eval_every:
+        last_eval = evaluate(trainer, state["params"], final_step)
     summary = dict(step=final_step, tokens_per_sec=summary_rate * tokens_per_step,
                    mfu=summary_rate * flops_per_step / peak, skipped_steps=skipped_total,
                    **last_eval)
@@ -469,8 +475,9 @@ def format_summary(summary: dict, task) -> str:
     for key in getattr(task, "summary_keys", ()):
         if key in summary:
             parts.append(f"held-out {key.removeprefix('eval/')} {summary[key]:.4f}")
-    parts.append(f"{summary['tokens_per_sec']:,.0f} tokens/s")
-    parts.append(f"MFU {100 * summary['mfu']:.1f}%")
+    if summary["tokens_per_sec"]:  # 0 when this run trained no step (already complete)
+        parts.append(f"{summary['tokens_per_sec']:,.0f} tokens/s")
+        parts.append(f"MFU {100 * summary['mfu']:.1f}%")
     if summary.get("skipped_steps"):
         parts.append(f"{summary['skipped_steps']} non-finite steps skipped")
     return " | ".join(parts)
