@@ -30,7 +30,7 @@ def read_split(data_cfg, spec: str, limit: int) -> list[dict]:
     return records[:limit] if limit else records
 
 
-class Task:
+class Task(downstream.EncoderTask):
     """The `classify` task (contract: `tl_jax/tasks/__init__.py`)."""
 
     progress_keys = ("accuracy",)
@@ -69,15 +69,6 @@ class Task:
                     input_mask=np.ones((batch_size, seq), np.int32),
                     labels=np.zeros((batch_size,), np.int32))
 
-    def train_batches(self):
-        if not hasattr(self, "_train"):
-            self._train = downstream.EpochBatches(self.train_arrays, self.config.data.batch_size,
-                                                  self.config.seed)
-        return self._train
-
-    def eval_batches(self):
-        return downstream.eval_batches(self.eval_arrays, self.config.data.batch_size)
-
     def save(self, workdir):
         self.encoder.save(workdir)
         downstream.write_jsonl(os.path.join(workdir, "labels.jsonl"),
@@ -85,18 +76,8 @@ class Task:
 
     # -- model ------------------------------------------------------------------------------
 
-    def init_variables(self, rng, batch):
-        return self.model.init({"params": rng, "dropout": rng}, batch["input_ids"],
-                               batch["segment_ids"], batch["input_mask"], deterministic=True)
-
-    def init_params(self, params, rng):
-        del rng
-        return self.encoder.load_weights(params)
-
     def _logits(self, params, batch, rng, train):
-        outputs, _ = self.model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
-                                      batch["input_mask"], deterministic=not train,
-                                      rngs={"dropout": rng})
+        outputs = self._head_outputs(params, batch, rng, train)
         return outputs["logits"]  # (B, C)
 
     def loss_fn(self, params, batch, rng, train):

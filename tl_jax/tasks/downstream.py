@@ -9,6 +9,7 @@
   of `init_from`. `Encoder.load_weights` fills the `bert/` params from the source.
 * `EpochBatches`: shuffled epochs over fixed-size feature arrays, resumable (`get_state`).
 * `eval_batches`: the whole eval set in order, the last batch padded with rows whose `row` is -1.
+* `EncoderTask`: the batching, init and forward methods the three tasks share.
 * `fit_schedule`: turns `data.num_epochs` into `train.steps` (when that is 0), and evaluates and
   checkpoints once per epoch (when those are 0): "evaluate every epoch, keep the best".
 """
@@ -210,3 +211,35 @@ def write_jsonl(path: str, rows) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+class EncoderTask:
+    """Methods shared by the fine-tuning tasks. A subclass sets `config`, `encoder` (an
+    `Encoder`), `model` (a head model taking input_ids, segment_ids, input_mask),
+    `train_arrays` and `eval_arrays`."""
+
+    def train_batches(self):
+        if not hasattr(self, "_train"):
+            self._train = EpochBatches(self.train_arrays, self.config.data.batch_size,
+                                       self.config.seed)
+        return self._train
+
+    def eval_batches(self):
+        return eval_batches(self.eval_arrays, self.config.data.batch_size)
+
+    def save(self, workdir):
+        self.encoder.save(workdir)
+
+    def init_variables(self, rng, batch):
+        return self.model.init({"params": rng, "dropout": rng}, batch["input_ids"],
+                               batch["segment_ids"], batch["input_mask"], deterministic=True)
+
+    def init_params(self, params, rng):
+        del rng
+        return self.encoder.load_weights(params)
+
+    def _head_outputs(self, params, batch, rng, train) -> dict:
+        outputs, _ = self.model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
+                                      batch["input_mask"], deterministic=not train,
+                                      rngs={"dropout": rng})
+        return outputs

@@ -28,7 +28,7 @@ from tl_jax.tasks import downstream
 _HOST_ONLY = ("offsets", "example_index")  # decoding needs them; the device does not
 
 
-class Task:
+class Task(downstream.EncoderTask):
     """The `squad` task (contract: `tl_jax/tasks/__init__.py`)."""
 
     progress_keys = ("start_accuracy", "end_accuracy")
@@ -74,32 +74,10 @@ class Task:
         return dict(input_ids=zeros(seq), segment_ids=zeros(seq), input_mask=zeros(seq) + 1,
                     start_positions=zeros(), end_positions=zeros())
 
-    def train_batches(self):
-        if not hasattr(self, "_train"):
-            self._train = downstream.EpochBatches(self.train_arrays, self.config.data.batch_size,
-                                                  self.config.seed)
-        return self._train
-
-    def eval_batches(self):
-        return downstream.eval_batches(self.eval_arrays, self.config.data.batch_size)
-
-    def save(self, workdir):
-        self.encoder.save(workdir)
-
     # -- model ------------------------------------------------------------------------------
 
-    def init_variables(self, rng, batch):
-        return self.model.init({"params": rng, "dropout": rng}, batch["input_ids"],
-                               batch["segment_ids"], batch["input_mask"], deterministic=True)
-
-    def init_params(self, params, rng):
-        del rng
-        return self.encoder.load_weights(params)
-
     def _logits(self, params, batch, rng, train):
-        outputs, _ = self.model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
-                                      batch["input_mask"], deterministic=not train,
-                                      rngs={"dropout": rng})
+        outputs = self._head_outputs(params, batch, rng, train)
         # Padding can never be an answer boundary.
         pad = jnp.where(batch["input_mask"] > 0, 0.0, -1e9)  # (B, L)
         return outputs["start_logits"] + pad, outputs["end_logits"] + pad

@@ -30,7 +30,7 @@ def label_set(sentences) -> list[str]:
     return ["O"] + [f"{p}-{k}" for k in kinds for p in ("B", "I")]
 
 
-class Task:
+class Task(downstream.EncoderTask):
     """The `tag` task (contract: `tl_jax/tasks/__init__.py`)."""
 
     progress_keys = ("accuracy",)
@@ -72,15 +72,6 @@ class Task:
         zeros = lambda: np.zeros((batch_size, seq), np.int32)  # noqa: E731
         return dict(input_ids=zeros(), segment_ids=zeros(), input_mask=zeros() + 1, labels=zeros())
 
-    def train_batches(self):
-        if not hasattr(self, "_train"):
-            self._train = downstream.EpochBatches(self.train_arrays, self.config.data.batch_size,
-                                                  self.config.seed)
-        return self._train
-
-    def eval_batches(self):
-        return downstream.eval_batches(self.eval_arrays, self.config.data.batch_size)
-
     def save(self, workdir):
         self.encoder.save(workdir)
         downstream.write_jsonl(os.path.join(workdir, "labels.jsonl"),
@@ -88,18 +79,8 @@ class Task:
 
     # -- model ------------------------------------------------------------------------------
 
-    def init_variables(self, rng, batch):
-        return self.model.init({"params": rng, "dropout": rng}, batch["input_ids"],
-                               batch["segment_ids"], batch["input_mask"], deterministic=True)
-
-    def init_params(self, params, rng):
-        del rng
-        return self.encoder.load_weights(params)
-
     def _logits(self, params, batch, rng, train):
-        outputs, _ = self.model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
-                                      batch["input_mask"], deterministic=not train,
-                                      rngs={"dropout": rng})
+        outputs = self._head_outputs(params, batch, rng, train)
         return outputs["logits"]  # (B, L, C)
 
     def loss_fn(self, params, batch, rng, train):
