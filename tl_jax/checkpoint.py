@@ -252,7 +252,7 @@ def load_params_from_workdir(workdir: str) -> tuple[dict[str, np.ndarray], int]:
     if not os.path.isdir(directory):
         raise CheckpointError(f"{workdir} has no checkpoints/ directory: not a tl_jax workdir.")
     mgr = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(read_only=True),
+        directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": ocp.JsonCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler()})
