@@ -25,10 +25,10 @@ MASK_VALUE = -1e9
 class Dropout(nn.Module):
     """Inverted dropout with masks from XLA's RngBitGenerator, a drop-in for `nn.Dropout`.
 
-    `nn.Dropout` draws its mask with JAX's threefry written out in HLO, which on CPU costs about
-    as much as a BERT-base layer's attention: 0.3 s for the 19M attention-probability draws of a
-    BERT-base step (batch 8, seq 128), 16% of the step. XLA's own `rng-bit-generator` (threefry
-    too) draws the same number of bits 8x faster. The mask is still a pure function of the
+    `nn.Dropout` draws its mask with JAX's threefry written out in HLO, which is slow on CPU:
+    0.3 s for the 19M attention-probability draws of a BERT-base step (batch 8, seq 128), whose
+    dropout as a whole costs ~16% of the step. XLA's own `rng-bit-generator` (threefry too) draws
+    the same number of bits 8x faster. The mask is still a pure function of the
     module's 'dropout' rng, so runs stay deterministic for a seed and resume bit-exactly.
     """
 
