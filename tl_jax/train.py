@@ -363,7 +363,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         # The shape actually built (vocab size from the tokenizer, etc.), checked on resume.
         config_dict["resolved_model"] = dataclasses.asdict(task.model_config)
 
-    if start_step >= total_steps and is_main:
+    nothing_to_train = start_step >= total_steps
+    if nothing_to_train and is_main:
         print(f"[train] {workdir} is already at step {start_step} (train.steps={total_steps}): "
               "nothing to train; evaluating the restored model.", flush=True)
 
@@ -452,7 +453,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         bar.close()
 
     final_step = int(jax.device_get(state["step"]))
-    if start_step >= total_steps and tc.eval_every:
+    if nothing_to_train and tc.eval_every:
         last_eval = evaluate(trainer, state["params"], final_step)
     summary = dict(step=final_step, tokens_per_sec=summary_rate * tokens_per_step,
                    mfu=summary_rate * flops_per_step / peak, skipped_steps=skipped_total,

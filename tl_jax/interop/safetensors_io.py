@@ -34,20 +34,17 @@ def find_weight_file(directory) -> pathlib.Path | None:
 
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """All tensors of a safetensors file; bfloat16 ones (numpy has no such dtype) as float32."""
-    tensors, bf16 = {}, []
+    """All tensors of a safetensors file; bfloat16 ones (ml_dtypes in numpy) as float32."""
+    tensors = {}
     with safe_open(str(path), framework="numpy") as f:
         for name in f.keys():
             try:
                 tensor = f.get_tensor(name)
-            except TypeError:  # a safetensors without ml_dtypes support
-                bf16.append(name)
-                continue
+            except TypeError as e:  # a dtype this numpy cannot hold; say which tensor
+                raise ValueError(
+                    f"{path}: cannot read tensor {name!r} as numpy ({e}); convert the checkpoint "
+                    "to float32 first") from e
             tensors[name] = tensor.astype(np.float32) if tensor.dtype.name == "bfloat16" else tensor
-    if bf16:  # read through JAX, which has bfloat16, and upcast exactly
-        with safe_open(str(path), framework="flax") as f:
-            for name in bf16:
-                tensors[name] = np.asarray(f.get_tensor(name).astype(np.float32))
     return tensors
 
 
