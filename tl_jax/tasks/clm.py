@@ -11,11 +11,10 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from tl_jax import checkpoint, warm_start
 from tl_jax.data import bpe, clm as clm_data
-from tl_jax.models import gpt
+from tl_jax.models import gpt, losses
 
 
 def load_tokenizer(data_cfg, workdir: str | None, documents=None) -> bpe.BPETokenizer:
@@ -71,11 +70,15 @@ def load_gpt_weights(params, init_from: str, model_config: gpt.GPTConfig, prefix
                                  prefix_map={"": prefix} if prefix else None)
 
 
-def lm_loss(logits, targets, weights):
-    """Summed next-token NLL, correct predictions and token count over weighted positions."""
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # (B, T)
-    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-    return (nll * weights).sum(), (correct * weights).sum(), weights.sum()
+def lm_loss(params, hidden, targets, weights):
+    """Summed next-token NLL, correct predictions and token count over weighted positions.
+
+    The logits come from the tied embedding `params["wte"]["embedding"]`, chunk by chunk
+    (`losses.tied_softmax_cross_entropy`): the full (B, T, V) logits are never held in memory.
+    """
+    nll, correct = losses.tied_softmax_cross_entropy(
+        hidden, params["wte"]["embedding"], targets)  # (B, T) each
+    return (nll * weights).sum(), (correct.astype(jnp.float32) * weights).sum(), weights.sum()
 
 
 class Task:
@@ -152,14 +155,16 @@ class Task:
 
     def loss_fn(self, params, batch, rng, train):
         outputs, _ = self.model.apply({"params": params}, batch["inputs"], train=train,
-                                      rngs={"dropout": rng})
-        nll, correct, count = lm_loss(outputs["logits"], batch["targets"], batch["weights"])
+                                      rngs={"dropout": rng}, logits=False)
+        nll, correct, count = lm_loss(params, outputs["hidden"], batch["targets"],
+                                      batch["weights"])
         loss = nll / jnp.maximum(count, 1.0)
         return loss, dict(nll=(nll, count), accuracy=(correct, count))
 
     def predict_fn(self, params, batch):
-        outputs, _ = self.model.apply({"params": params}, batch["inputs"])
-        nll = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], batch["targets"])
+        outputs, _ = self.model.apply({"params": params}, batch["inputs"], logits=False)
+        nll, _ = losses.tied_softmax_cross_entropy(
+            outputs["hidden"], params["wte"]["embedding"], batch["targets"])
         return dict(nll=(nll * batch["weights"]).sum(-1), tokens=batch["weights"].sum(-1))
 
     def evaluate(self, batches_and_outputs, workdir, step):

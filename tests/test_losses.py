@@ -1,0 +1,78 @@
+"""The chunked tied-embedding cross-entropy equals the plain formulation, values and gradients."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tl_jax.models.losses import tied_softmax_cross_entropy
+
+
+def _problem(batch=3, length=13, width=8, vocab=50, seed=0):
+    k = jax.random.split(jax.random.PRNGKey(seed), 4)
+    hidden = jax.random.normal(k[0], (batch, length, width))
+    embedding = jax.random.normal(k[1], (vocab, width))
+    targets = jax.random.randint(k[2], (batch, length), 0, vocab)
+    weights = (jax.random.uniform(k[3], (batch, length)) > 0.3).astype(jnp.float32)
+    return hidden, embedding, targets, weights
+
+
+def _reference(hidden, embedding, targets, weights):
+    logits = jnp.einsum("bte,ve->btv", hidden.astype(jnp.float32), embedding)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return (nll * weights).sum(), jnp.argmax(logits, -1) == targets
+
+
+# One token per chunk, chunks that do not divide the length (padding), and a single chunk.
+@pytest.mark.parametrize("chunk_elements", [1, 3 * 4 * 50, 10 ** 9])
+def test_matches_autodiff_of_plain_softmax_cross_entropy(chunk_elements):
+    hidden, embedding, targets, weights = _problem()
+
+    def ours(h, e):
+        nll, correct = tied_softmax_cross_entropy(h, e, targets, chunk_elements=chunk_elements)
+        return (nll * weights).sum(), correct
+
+    (want, want_correct), want_grads = jax.value_and_grad(
+        _reference, argnums=(0, 1), has_aux=True)(hidden, embedding, targets, weights)
+    (got, got_correct), got_grads = jax.jit(jax.value_and_grad(
+        ours, argnums=(0, 1), has_aux=True))(hidden, embedding)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_array_equal(got_correct, want_correct)
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def test_bfloat16_hidden_gets_a_bfloat16_gradient_and_float32_logits():
+    hidden, embedding, targets, weights = _problem()
+    grad = jax.grad(lambda h: (tied_softmax_cross_entropy(h, embedding, targets)[0]
+                               * weights).sum())(hidden.astype(jnp.bfloat16))
+    assert grad.dtype == jnp.bfloat16
+    want = jax.grad(lambda h: _reference(h, embedding, targets, weights)[0])(hidden)
+    np.testing.assert_allclose(np.asarray(grad, np.float32), want, atol=0.05)
+
+
+def test_shape_errors_name_the_shapes():
+    hidden, embedding, targets, _ = _problem()
+    with pytest.raises(ValueError, match=r"targets \(B, T\)"):
+        tied_softmax_cross_entropy(hidden, embedding, targets[:, :-1])
+    with pytest.raises(ValueError, match=r"embedding must be \(V, 8\)"):
+        tied_softmax_cross_entropy(hidden, embedding[:, :-1], targets)
+
+
+def test_same_result_with_batch_and_vocabulary_sharded_over_a_mesh():
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    devices = np.array(jax.devices()[:8]).reshape(4, 2)
+    mesh = Mesh(devices, ("data", "tensor"))
+    hidden, embedding, targets, weights = _problem(batch=8, length=12, width=8, vocab=64)
+
+    def loss(h, e, t, w):
+        return (tied_softmax_cross_entropy(h, e, t, chunk_elements=8 * 5 * 64)[0] * w).sum()
+
+    want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(hidden, embedding, targets, weights)
+    put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))  # noqa: E731
+    got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(
+        put(hidden, P("data")), put(embedding, P("tensor")), put(targets, P("data")),
+        put(weights, P("data")))
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for g, w in zip(got[1], want[1]):
+        np.testing.assert_allclose(g, w, atol=1e-5)
