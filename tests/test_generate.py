@@ -77,7 +77,8 @@ def test_step_is_compiled_once_for_all_tokens(lm):
             gen.generate(PROMPTS, 20, seed=7)
         finally:
             logger.removeHandler(handler)
-    compiled = [r for r in records if "_step_fn" in r.getMessage() or "_prefill_fn" in r.getMessage()]
+    compiled = [r for r in records
+                if any(f in r.getMessage() for f in ("_step_fn", "_prefill_fn", "_loop_fn"))]
     assert compiled == []
 
 
@@ -114,6 +115,16 @@ def test_stop_tokens_end_rows(gen):
             assert row_stopped == row_free[:cut]
         else:
             assert row_stopped == row_free
+
+
+def test_generation_stops_once_every_row_has_stopped(gen):
+    free, free_logits = gen.generate(PROMPTS[:1], N, return_logits=True)
+    stop = free[0][2]
+    cut = free[0].index(stop) + 1  # its first occurrence; the only row then stops there
+    out, logits = gen.generate(PROMPTS[:1], N, stop_tokens=[stop], return_logits=True)
+    assert out == [free[0][:cut]]
+    assert len(logits) == cut  # no steps ran after the last row stopped
+    np.testing.assert_allclose(np.stack(logits), np.stack(free_logits[:cut]), atol=1e-6)
 
 
 def test_top_k_samples_only_the_k_most_likely(gen):

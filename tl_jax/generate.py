@@ -1,9 +1,10 @@
 """Text generation and prompt scoring with a GPT decoder.
 
-Generation runs a jitted prefill over the (left-padded) prompts, then a jitted one-token step
-that reads and writes the key/value cache. Shapes are fixed for a call, so each function is
-compiled once per (batch, prompt bucket, max_new_tokens, sampling) and reused for every token;
-`Generator.traces` counts traces so tests can prove it.
+Generation runs a jitted prefill over the (left-padded) prompts, then every further token in
+one jitted `lax.while_loop` whose body is a one-token step that reads and writes the key/value
+cache, so the host dispatches two calls per `generate`, not one per token. Shapes are fixed for
+a call, so each function is compiled once per (batch, prompt bucket, max_new_tokens, sampling)
+and reused; `Generator.traces` counts traces so tests can prove it.
 
 Left padding: row `b`'s prompt occupies the last `len_b` of `P` slots. Its real tokens get
 positions `0 .. len_b-1` (as if unpadded) and a key mask hides the pad slots, so a padded prompt
@@ -110,7 +111,8 @@ class Generator:
         self.pad_id = pad_id
         self.traces = {"prefill": 0, "step": 0}
         self._prefill = jax.jit(self._prefill_fn, static_argnames=("sampling",))
-        self._step = jax.jit(self._step_fn, static_argnames=("sampling",), donate_argnums=(1,))
+        self._loop = jax.jit(self._loop_fn, donate_argnums=(1,),
+                             static_argnames=("max_new_tokens", "sampling", "return_logits"))
 
     def _decode(self, params, cache, tokens, positions, key_mask):
         (outputs, _), mutated = self.model.apply(
@@ -141,6 +143,38 @@ class Generator:
         next_token, done = self._pick(logits, jax.random.fold_in(key, i), done, stop_ids,
                                       sampling)
         return next_token, done, cache, logits
+
+    def _loop_fn(self, params, cache, token, done, logits, lengths, key_mask, key, stop_ids,
+                 max_new_tokens, sampling, return_logits):
+        """Tokens 1 .. max_new_tokens-1 in one `lax.while_loop` (token 0 comes from prefill).
+
+        The loop stops early once every row has produced a stop token. Returns the (B, new)
+        tokens (pad after a row stops), how many steps ran, and, with `return_logits`, the
+        (new, B, V) logits each token was drawn from (else None).
+        """
+        batch = token.shape[0]
+        tokens = jnp.full((batch, max_new_tokens), self.pad_id, jnp.int32).at[:, 0].set(token)
+        all_logits = None
+        if return_logits:
+            all_logits = jnp.zeros((max_new_tokens,) + logits.shape, jnp.float32).at[0].set(
+                logits)
+
+        def cond(carry):
+            i, _, done, *_ = carry
+            return (i < max_new_tokens) & ~jnp.all(done)
+
+        def body(carry):
+            i, token, done, cache, tokens, all_logits = carry
+            token, done, cache, logits = self._step_fn(
+                params, cache, token, lengths, i, key_mask, key, done, stop_ids, sampling)
+            tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, i))
+            if return_logits:
+                all_logits = all_logits.at[i].set(logits)
+            return i + 1, token, done, cache, tokens, all_logits
+
+        steps, _, _, _, tokens, all_logits = jax.lax.while_loop(
+            cond, body, (jnp.int32(1), token, done, cache, tokens, all_logits))
+        return tokens, steps, all_logits
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                  sampling: Sampling = Sampling(), stop_tokens: Sequence[int] = (),
@@ -179,22 +213,16 @@ class Generator:
             self.params, cache, jnp.asarray(tokens), jnp.asarray(positions), key_mask,
             jax.random.fold_in(key, 0), stop_ids, sampling=sampling,
         )
-        generated, all_logits = [token], [logits]
-        lengths = jnp.asarray(lengths)
-        for i in range(1, max_new_tokens):
-            # Reading `done` syncs with the device; only worth it when rows can stop early.
-            if stop_tokens and bool(done.all()):
-                break
-            token, done, cache, logits = self._step(
-                self.params, cache, token, lengths, jnp.int32(i), key_mask, key, done, stop_ids,
-                sampling=sampling,
-            )
-            generated.append(token)
-            all_logits.append(logits)
-        steps = np.stack([np.asarray(t) for t in generated], axis=1)  # (B, new)
+        tokens_out, steps, all_logits = self._loop(
+            self.params, cache, token, done, logits, jnp.asarray(lengths), key_mask, key,
+            stop_ids, max_new_tokens=max_new_tokens, sampling=sampling,
+            return_logits=return_logits,
+        )
+        steps = int(steps)
+        steps_out = np.asarray(tokens_out)[:, :steps]  # (B, new)
         stop_set = set(int(s) for s in stop_tokens)
         results = []
-        for row in steps:
+        for row in steps_out:
             out = []
             for t in row.tolist():
                 out.append(t)
@@ -202,7 +230,7 @@ class Generator:
                     break
             results.append(out)
         if return_logits:
-            return results, [np.asarray(l) for l in all_logits]
+            return results, list(np.asarray(all_logits)[:steps])
         return results
 
 
