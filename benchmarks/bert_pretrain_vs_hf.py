@@ -64,7 +64,7 @@ def random_batch(rng, batch, seq, preds):
     )
 
 
-def bench_tl_jax(size, seq, batch, preds, steps, workdir):
+def bench_tl_jax(size, seq, batch, preds, steps, workdir, dtype="float32"):
     import jax
     from tl_jax import config as config_lib, parallel, train
     vocab_file = os.path.join(workdir, "vocab.txt")
@@ -75,6 +75,7 @@ def bench_tl_jax(size, seq, batch, preds, steps, workdir):
         f"data.max_seq_length={seq}", f"data.batch_size={batch}",
         f"data.max_predictions_per_seq={preds}", f"data.tokenizer={vocab_file}",
         "data.corpus=gensim:lee", "train.progress=False", "model.dropout_rate=0.1",
+        f"model.dtype={dtype}",
     ])
     trainer = train.build_trainer(config, workdir)
     state = trainer.init_state(jax.random.PRNGKey(0))
@@ -94,7 +95,7 @@ def bench_tl_jax(size, seq, batch, preds, steps, workdir):
     return seconds, trainer.task.flops_per_example * batch
 
 
-def bench_hf(size, seq, batch, preds, steps):
+def bench_hf(size, seq, batch, preds, steps, dtype="float32"):
     import torch
     from transformers import BertConfig, BertForPreTraining
     from tl_jax.models.bert import SIZES
@@ -117,7 +118,9 @@ def bench_hf(size, seq, batch, preds, steps):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = model(**inputs).loss
+        # bfloat16: PyTorch's own mixed precision (autocast; params and optimizer stay f32).
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            loss = model(**inputs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -134,6 +137,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="compute dtype of both sides; bfloat16 = mixed precision (tl_jax's "
+                             "model.dtype, PyTorch's autocast), params and optimizer in f32")
     args = parser.parse_args()
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         sys.exit("Unset XLA_FLAGS=--xla_force_host_platform_device_count: it splits the CPU.")
@@ -144,8 +150,9 @@ def main():
     for name in args.settings:
         size, seq, batch, preds = SETTINGS[name]
         with tempfile.TemporaryDirectory() as workdir:
-            jax_s, flops = bench_tl_jax(size, seq, batch, preds, args.steps, workdir)
-        hf_s = bench_hf(size, seq, batch, preds, args.steps)
+            jax_s, flops = bench_tl_jax(size, seq, batch, preds, args.steps, workdir,
+                                       args.dtype)
+        hf_s = bench_hf(size, seq, batch, preds, args.steps, args.dtype)
         tokens = seq * batch
         print(f"{name:8} {tokens / jax_s:13,.0f} {tokens / hf_s:10,.0f} {hf_s / jax_s:6.2f} "
               f"{flops / jax_s / peak:10.1%} {flops / hf_s / peak:7.1%}", flush=True)
