@@ -86,8 +86,9 @@ def word2vec_sgd_step(params, batch, lr, cbow: bool, neg_weight: float = 1.0):
     else:
         grad_h = g_pos[:, None] * v_pos + jnp.einsum("bk,bkd->bd", g_neg, v_neg)  # (B, D)
         grad_v_neg = (g_neg[..., None] * h[:, None, :]).reshape(-1, dim)  # (B * K, D)
-    out = out.at[target].add(-lr * g_pos[:, None] * h)
-    out = out.at[negs.reshape(-1)].add(-lr * grad_v_neg)
+    # One scatter for the target and negative rows (two would copy the table in between).
+    out = out.at[jnp.concatenate([target, negs.reshape(-1)])].add(
+        jnp.concatenate([-lr * g_pos[:, None] * h, -lr * grad_v_neg]))
     if cbow:
         upd = jnp.broadcast_to(-lr * grad_h[:, None, :], ctx_mask.shape[:2] + (dim,)) * ctx_mask
         inp = inp.at[ctx_ids.reshape(-1)].add(upd.reshape(-1, dim))  # (B * 2W, D)
