@@ -89,7 +89,10 @@ def generation(cfg, batch, prompt_len, new_tokens):
     params = nn.unbox(model.init(jax.random.PRNGKey(1), jnp.zeros((1, 8), jnp.int32))["params"])
     prompts = np.random.default_rng(0).integers(1, cfg.vocab_size, (batch, prompt_len)).tolist()
     gen = Generator(model, params)
-    cached = timed(lambda: gen.generate(prompts, new_tokens), 1)
+    # A cached run takes a fraction of a second, so one timing is at the mercy of a scheduler
+    # hiccup: keep the best of five (after the warm-up that compiles).
+    gen.generate(prompts, new_tokens)
+    cached = min(timed(lambda: gen.generate(prompts, new_tokens), 1) for _ in range(5))
 
     total = prompt_len + new_tokens
 
