@@ -38,8 +38,9 @@ def get_config(arg=None):
         negatives=5,
         # S > 0: S negatives per batch shared by all its pairs, weighted K / S (dense matmuls).
         # Measured on Austen + Wikipedia (benchmarks/word2vec_vs_gensim.py, 2 idle cores):
-        # S = 16 ran at 0.54x gensim's words/s with WordSim353 0.252 (gensim 0.188) but analogies
-        # 0.047 (gensim 0.055); S = 0 (word2vec.c's K per pair) ran at 0.32x, 0.228 / 0.064.
+        # S = 16 ran at 1.38-1.39x gensim's words/s with WordSim353 0.252 (gensim 0.17-0.19) but
+        # analogies 0.047 (gensim 0.056); S = 0 (word2vec.c's K per pair) ran at 0.45x,
+        # 0.228 / 0.064.
         shared_negatives=16,
         sample=1e-3,           # frequent-word subsampling threshold; 0 = off
         learning_rate=0.05 if arg == "cbow" else 0.025,
