@@ -64,8 +64,9 @@ def _tied_xent_fwd(hidden, embedding, targets, chunk_len):
         top = jnp.max(logits, axis=-1)
         lse = jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1)) + top
         target_logit = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-        # A tie counts as correct only if argmax picks the target, as `argmax == target` would.
-        correct = jnp.argmax(logits, axis=-1) == t
+        # The target's logit is the largest: `argmax == target` except on exact ties, without
+        # an index-tracking reduction over the vocabulary.
+        correct = target_logit >= top
         return lse, lse - target_logit, correct
 
     lse, nll, correct = jax.lax.map(
@@ -114,7 +115,8 @@ def tied_softmax_cross_entropy(hidden, embedding, targets,
       chunk_elements: logits elements per chunk (B * chunk_len * V); smaller saves memory.
 
     Returns:
-      (nll, correct): (B, T) float32 and (B, T) bool. Differentiable in `hidden` and
+      (nll, correct): (B, T) float32 and (B, T) bool (the target's logit is the largest; an
+      exact tie counts as correct). Differentiable in `hidden` and
       `embedding` (through nll); the gradients equal autodiff of the plain formulation.
     """
     if hidden.ndim != 3 or targets.shape != hidden.shape[:2]:

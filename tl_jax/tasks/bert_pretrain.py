@@ -130,7 +130,11 @@ def pretraining_loss(outputs, batch):
     mlm_ce = optax.softmax_cross_entropy_with_integer_labels(mlm_logits, batch["masked_ids"])
     n_pred = weights.sum()
     mlm_loss = (mlm_ce * weights).sum() / jnp.maximum(n_pred, 1.0)
-    mlm_correct = (jnp.argmax(mlm_logits, -1) == batch["masked_ids"]) * weights
+    # Correct = the target's logit is the largest. Equal to `argmax == target` except on exact
+    # ties, and a plain max (which XLA shares with the softmax) costs a fraction of the
+    # index-tracking argmax over 30k words (~45 ms of a 1.4 s BERT-mini step on 2 cores).
+    target_logit = jnp.take_along_axis(mlm_logits, batch["masked_ids"][..., None], -1)[..., 0]
+    mlm_correct = (target_logit >= mlm_logits.max(-1)) * weights
 
     # Rows that only pad an eval batch have no real tokens; they do not count for NSP either.
     rows = (batch["input_mask"].sum(-1) > 0).astype(jnp.float32)  # (B,)
