@@ -17,27 +17,40 @@ def _problem(batch=3, length=13, width=8, vocab=50, seed=0):
     return hidden, embedding, targets, weights
 
 
-def _reference(hidden, embedding, targets, weights):
+def _reference(hidden, embedding, targets, weights, bias=None):
     logits = jnp.einsum("bte,ve->btv", hidden.astype(jnp.float32), embedding)
+    if bias is not None:
+        logits = logits + bias
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     return (nll * weights).sum(), jnp.argmax(logits, -1) == targets
 
 
-# One token per chunk, chunks that do not divide the length (padding), and a single chunk.
-@pytest.mark.parametrize("chunk_elements", [1, 3 * 4 * 50, 10 ** 9])
-def test_matches_autodiff_of_plain_softmax_cross_entropy(chunk_elements):
+# One token per chunk, chunks that do not divide the length (padding), and a single chunk;
+# logits recomputed in the backward pass or kept from the forward; with and without a bias.
+@pytest.mark.parametrize("chunk_elements", [1, 3 * 4 * 50, 10 ** 9, None])
+@pytest.mark.parametrize("recompute", [True, False])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_matches_autodiff_of_plain_softmax_cross_entropy(chunk_elements, recompute, with_bias):
     hidden, embedding, targets, weights = _problem()
+    bias = (jax.random.normal(jax.random.PRNGKey(7), (embedding.shape[0],)) if with_bias
+            else None)
 
-    def ours(h, e):
-        nll, correct = tied_softmax_cross_entropy(h, e, targets, chunk_elements=chunk_elements)
+    def ours(h, e, b):
+        nll, correct = tied_softmax_cross_entropy(
+            h, e, targets, bias=b, chunk_elements=chunk_elements, recompute=recompute)
         return (nll * weights).sum(), correct
 
+    def ref(h, e, b):
+        return _reference(h, e, targets, weights, b)
+
+    argnums = (0, 1, 2) if with_bias else (0, 1)
     (want, want_correct), want_grads = jax.value_and_grad(
-        _reference, argnums=(0, 1), has_aux=True)(hidden, embedding, targets, weights)
+        ref, argnums=argnums, has_aux=True)(hidden, embedding, bias)
     (got, got_correct), got_grads = jax.jit(jax.value_and_grad(
-        ours, argnums=(0, 1), has_aux=True))(hidden, embedding)
+        ours, argnums=argnums, has_aux=True))(hidden, embedding, bias)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     np.testing.assert_array_equal(got_correct, want_correct)
+    assert len(got_grads) == len(argnums)
     for g, w in zip(got_grads, want_grads):
         np.testing.assert_allclose(g, w, atol=1e-5)
 
@@ -57,6 +70,8 @@ def test_shape_errors_name_the_shapes():
         tied_softmax_cross_entropy(hidden, embedding, targets[:, :-1])
     with pytest.raises(ValueError, match=r"embedding must be \(V, 8\)"):
         tied_softmax_cross_entropy(hidden, embedding[:, :-1], targets)
+    with pytest.raises(ValueError, match=r"bias must be \(50,\)"):
+        tied_softmax_cross_entropy(hidden, embedding, targets, bias=jnp.zeros(49))
 
 
 def test_same_result_with_batch_and_vocabulary_sharded_over_a_mesh():

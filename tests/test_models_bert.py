@@ -345,3 +345,38 @@ def test_flops_per_token_counts_the_real_matmul_params():
     assert bert.mlm_flops_per_prediction(config) == pytest.approx(6 * (head + vocab_matmul))
     per_example = bert.flops_per_example(config, seq, num_predictions=3)
     assert per_example > seq * bert.flops_per_token(config, seq) + 3 * bert.mlm_flops_per_prediction(config)
+
+
+def test_pretraining_loss_fused_decoder_equals_loss_on_logits():
+    """The task's loss (decoder fused into the softmax) equals optax on `mlm_logits`."""
+    from tl_jax.tasks import bert_pretrain
+
+    model = bert.BertForPreTraining(small_config())
+    params = nn.unbox(init(model))
+    # Give the output bias values, so a dropped bias term or gradient would show.
+    params["mlm_head"]["output_bias"] = jax.random.normal(jax.random.PRNGKey(3), (VOCAB,))
+    rng = np.random.default_rng(1)
+    ids, segments = random_batch(rng)
+    batch = dict(input_ids=ids, segment_ids=segments, input_mask=np.ones_like(ids),
+                 masked_positions=rng.integers(0, 10, (3, 4)),
+                 masked_ids=rng.integers(0, VOCAB, (3, 4)),
+                 masked_weights=np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], np.float32),
+                 nsp_labels=np.array([0, 1, 1]))
+
+    def loss(p, fused):
+        outputs, _ = model.apply({"params": p}, batch["input_ids"], batch["segment_ids"],
+                                 batch["input_mask"], masked_positions=batch["masked_positions"])
+        return bert_pretrain.pretraining_loss(outputs, batch, p if fused else None)
+
+    (want, want_m), want_g = jax.value_and_grad(loss, has_aux=True)(params, False)
+    (got, got_m), got_g = jax.jit(jax.value_and_grad(loss, has_aux=True),
+                                  static_argnums=1)(params, True)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    for key in want_m:
+        np.testing.assert_allclose(got_m[key], want_m[key], rtol=1e-6)
+    flat_want = traverse_util.flatten_dict(want_g, sep="/")
+    flat_got = traverse_util.flatten_dict(got_g, sep="/")
+    assert flat_got.keys() == flat_want.keys()
+    for path in flat_want:
+        np.testing.assert_allclose(flat_got[path], flat_want[path], atol=2e-6, err_msg=path)
+    assert np.abs(flat_got["mlm_head/output_bias"]).max() > 1e-3

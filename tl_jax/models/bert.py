@@ -6,7 +6,8 @@ Modules and what they return from `apply`, always `(outputs, intermediates)`:
 * `BertModel`: the encoder plus a tanh pooler on [CLS]. adds `pooled_output` (B, H).
 * `BertForPreTraining`: `BertModel` under `bert/` plus `mlm_head/` and `nsp_head/`. adds
   `mlm_logits` (B, P, V) at `masked_positions` (all L positions when None) and `nsp_logits`
-  (B, 2), both float32.
+  (B, 2), both float32, and `mlm_hidden` (B, P, H), the MLM transform's output that the tied
+  decoder multiplies (the pretraining loss fuses that matmul into its softmax).
 
 `intermediates` names every hidden state: `embeddings` (after LayerNorm) and `layer_1` ...
 `layer_N` (each layer's output, so `layer_N` is `sequence_output`).
@@ -311,7 +312,10 @@ class BertMlmHead(nn.Module):
 
     @nn.compact
     def __call__(self, hidden, attend):
-        """hidden: (B, P, H); attend: maps (..., H) to (..., V) with the word embeddings."""
+        """hidden: (B, P, H); attend: maps (..., H) to (..., V) with the word embeddings.
+
+        Returns (transformed hidden (B, P, H), logits (B, P, V) float32).
+        """
         c = self.config
         dtype = c.compute_dtype
         h = layers.dense(c.hidden_size, ("embed", None), c.initializer_range, dtype,
@@ -320,7 +324,7 @@ class BertMlmHead(nn.Module):
         h = layers.layer_norm(c.layer_norm_eps, dtype, "transform_norm")(h)
         bias = self.param("output_bias", layers.zeros_init(("vocab",)), (c.vocab_size,),
                           jnp.float32)
-        return attend(h).astype(jnp.float32) + bias  # (B, P, V) float32
+        return h, attend(h).astype(jnp.float32) + bias  # (B, P, V) float32
 
 
 class BertNspHead(nn.Module):
@@ -353,7 +357,10 @@ class BertForPreTraining(nn.Module):
             # of positions have a label.
             index = jnp.asarray(masked_positions)[..., None]  # (B, P, 1)
             sequence = jnp.take_along_axis(sequence, index, axis=1)  # (B, P, H)
-        outputs["mlm_logits"] = BertMlmHead(c, name="mlm_head")(sequence, bert.attend)
+        # `mlm_hidden` lets a loss fuse the decoder into the softmax (tasks/bert_pretrain.py);
+        # under jit the unused `mlm_logits` are then never computed.
+        outputs["mlm_hidden"], outputs["mlm_logits"] = BertMlmHead(c, name="mlm_head")(
+            sequence, bert.attend)
         outputs["nsp_logits"] = BertNspHead(c, name="nsp_head")(outputs["pooled_output"])
         return outputs, intermediates
 
