@@ -1,10 +1,11 @@
 """Pretraining-step throughput and MFU: tl_jax vs Hugging Face `BertForPreTraining` (PyTorch).
 
     python benchmarks/bert_pretrain_vs_hf.py            # mini and base
-    python benchmarks/bert_pretrain_vs_hf.py --settings mini --steps 10
+    python benchmarks/bert_pretrain_vs_hf.py --settings mini --steps 10 --repeats 3
 
 Both sides run the same model shape, sequence length, batch and optimizer (AdamW, clipping),
-in this process, on all of this machine's cores. tl_jax runs the real trainer's jitted step
+in this process, on all of this machine's cores, in alternating timed blocks (best block
+counts). tl_jax runs the real trainer's jitted step
 (`tl_jax.train.build_trainer`); HF runs forward, backward and `torch.optim.AdamW.step`.
 MFU is measured against the f32 matmul peak this script measures first. Both MFU figures count
 the same model FLOPs (tl_jax's, with the MLM decoder at the masked positions), so the ratio of
@@ -64,7 +65,8 @@ def random_batch(rng, batch, seq, preds):
     )
 
 
-def bench_tl_jax(size, seq, batch, preds, steps, workdir, dtype="float32"):
+def setup_tl_jax(size, seq, batch, preds, workdir, dtype="float32"):
+    """Returns (run(steps) -> seconds per step, training FLOPs per step)."""
     import jax
     from tl_jax import config as config_lib, parallel, train
     vocab_file = os.path.join(workdir, "vocab.txt")
@@ -83,19 +85,24 @@ def bench_tl_jax(size, seq, batch, preds, steps, workdir, dtype="float32"):
     batches = [parallel.host_batch_to_global(random_batch(rng, batch, seq, preds), trainer.mesh)
                for _ in range(2)]
     import flax.linen as nn
-    with trainer.mesh, nn.logical_axis_rules(trainer.rules):
-        for i in range(2):  # compile + warm up
-            state, m = trainer.train_step(state, batches[i % 2])
-        jax.block_until_ready(m)
-        t = time.perf_counter()
-        for i in range(steps):
-            state, m = trainer.train_step(state, batches[i % 2])
-        jax.block_until_ready(m)
-    seconds = (time.perf_counter() - t) / steps
-    return seconds, trainer.task.flops_per_example * batch
+    holder = {"state": state}
+
+    def run(steps):
+        with trainer.mesh, nn.logical_axis_rules(trainer.rules):
+            state = holder["state"]
+            t = time.perf_counter()
+            for i in range(steps):
+                state, m = trainer.train_step(state, batches[i % 2])
+            jax.block_until_ready(m)
+            holder["state"] = state
+        return (time.perf_counter() - t) / steps
+
+    run(2)  # compile + warm up
+    return run, trainer.task.flops_per_example * batch
 
 
-def bench_hf(size, seq, batch, preds, steps, dtype="float32"):
+def setup_hf(size, seq, batch, preds, dtype="float32"):
+    """Returns run(steps) -> seconds per step."""
     import torch
     from transformers import BertConfig, BertForPreTraining
     from tl_jax.models.bert import SIZES
@@ -125,18 +132,23 @@ def bench_hf(size, seq, batch, preds, steps, dtype="float32"):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    for _ in range(2):
-        step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t) / steps
+    def run(steps):
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return (time.perf_counter() - t) / steps
+
+    run(2)  # warm up
+    return run
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed blocks per side, alternating tl_jax and HF; the best counts "
+                             "(this machine's speed drifts by 10-25%% over minutes)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="compute dtype of both sides; bfloat16 = mixed precision (tl_jax's "
                              "model.dtype, PyTorch's autocast), params and optimizer in f32")
@@ -150,9 +162,12 @@ def main():
     for name in args.settings:
         size, seq, batch, preds = SETTINGS[name]
         with tempfile.TemporaryDirectory() as workdir:
-            jax_s, flops = bench_tl_jax(size, seq, batch, preds, args.steps, workdir,
-                                       args.dtype)
-        hf_s = bench_hf(size, seq, batch, preds, args.steps, args.dtype)
+            run_jax, flops = setup_tl_jax(size, seq, batch, preds, workdir, args.dtype)
+            run_hf = setup_hf(size, seq, batch, preds, args.dtype)
+            jax_s = hf_s = float("inf")
+            for _ in range(args.repeats):
+                jax_s = min(jax_s, run_jax(args.steps))
+                hf_s = min(hf_s, run_hf(args.steps))
         tokens = seq * batch
         print(f"{name:8} {tokens / jax_s:13,.0f} {tokens / hf_s:10,.0f} {hf_s / jax_s:6.2f} "
               f"{flops / jax_s / peak:10.1%} {flops / hf_s / peak:7.1%}", flush=True)
