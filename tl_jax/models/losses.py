@@ -1,4 +1,7 @@
-"""Next-token cross-entropy through a tied output embedding, in chunks, with a hand-written VJP.
+"""Cross-entropy through a tied output embedding and optional bias, in chunks, hand-written VJP.
+
+GPT's next-token loss uses it over every position; BERT's MLM loss at the masked positions,
+with the decoder's output bias, keeping its (small) logits instead of recomputing them.
 
 The plain way, `optax.softmax_cross_entropy_with_integer_labels(hidden @ E.T, targets)`, holds
 the (B, T, V) logits in memory for the backward pass and then a (B, T, V) gradient next to them:
@@ -97,7 +100,6 @@ def _tied_xent_bwd(chunk_len, recompute, residuals, cotangents):
     g_nll = cotangents[0]  # the `correct` output has no gradient
     length = hidden.shape[1]
     n_chunks = lse.shape[0]
-    vocab = embedding.shape[0]
 
     def one_chunk(carry, xs):
         d_embedding, d_bias = carry
