@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 from jax.sharding import Mesh
@@ -363,10 +364,24 @@ def test_pretraining_loss_fused_decoder_equals_loss_on_logits():
                  masked_weights=np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], np.float32),
                  nsp_labels=np.array([0, 1, 1]))
 
+    def on_logits(outputs):  # the plain formulation: optax on the materialised logits
+        weights = batch["masked_weights"]
+        logits = outputs["mlm_logits"]
+        mlm_ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["masked_ids"])
+        target = jnp.take_along_axis(logits, batch["masked_ids"][..., None], -1)[..., 0]
+        nsp_ce = optax.softmax_cross_entropy_with_integer_labels(
+            outputs["nsp_logits"], batch["nsp_labels"])
+        nsp_correct = jnp.argmax(outputs["nsp_logits"], -1) == batch["nsp_labels"]
+        n_pred, n_rows = weights.sum(), 3.0
+        metrics = dict(mlm_loss=((mlm_ce * weights).sum(), n_pred),
+                       mlm_accuracy=(((target >= logits.max(-1)) * weights).sum(), n_pred),
+                       nsp_loss=(nsp_ce.sum(), n_rows), nsp_accuracy=(nsp_correct.sum(), n_rows))
+        return (mlm_ce * weights).sum() / n_pred + nsp_ce.sum() / n_rows, metrics
+
     def loss(p, fused):
         outputs, _ = model.apply({"params": p}, batch["input_ids"], batch["segment_ids"],
                                  batch["input_mask"], masked_positions=batch["masked_positions"])
-        return bert_pretrain.pretraining_loss(outputs, batch, p if fused else None)
+        return bert_pretrain.pretraining_loss(outputs, batch, p) if fused else on_logits(outputs)
 
     (want, want_m), want_g = jax.value_and_grad(loss, has_aux=True)(params, False)
     (got, got_m), got_g = jax.jit(jax.value_and_grad(loss, has_aux=True),

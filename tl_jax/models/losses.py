@@ -48,7 +48,7 @@ def _unchunk(x, length: int):
     return x.reshape(x.shape[:1] + (-1,) + x.shape[3:])[:, :length]
 
 
-def token_sum(x):
+def _token_sum(x):
     """Sum of x (..., N) over every axis but the last: a bias gradient.
 
     On CPU this is a matrix-vector product with a ones vector: XLA:CPU (YNNPACK) runs a column
@@ -115,7 +115,7 @@ def _tied_xent_bwd(chunk_len, recompute, residuals, cotangents):
         d_embedding = d_embedding + jnp.einsum(
             "bte,btv->ev", h.astype(jnp.float32), d_logits).T
         if d_bias is not None:
-            d_bias = d_bias + token_sum(d_logits)
+            d_bias = d_bias + _token_sum(d_logits)
         return (d_embedding, d_bias), d_hidden.astype(hidden.dtype)
 
     init = (jnp.zeros(embedding.shape, jnp.float32),

@@ -123,33 +123,24 @@ class Task:
         return pretraining_loss(outputs, batch, params)
 
 
-def pretraining_loss(outputs, batch, params=None):
+def pretraining_loss(outputs, batch, params):
     """MLM cross-entropy over real predictions + NSP cross-entropy; metrics as (sum, count).
 
-    With `params`, the MLM loss goes through `losses.tied_softmax_cross_entropy` on
-    `outputs["mlm_hidden"]`, the tied word embeddings and the output bias: the logits are made
-    and consumed in one place with a hand-written gradient, instead of autodiff through
-    `mlm_logits` (a bias broadcast, a scatter of the target term, a column sum and a
-    (V, predictions) transpose; ~190 ms of a ~1.4 s BERT-mini step on 2 cores). Without
-    `params` it uses `outputs["mlm_logits"]`; both give the same values and gradients.
+    The MLM loss goes through `losses.tied_softmax_cross_entropy` on `outputs["mlm_hidden"]`,
+    the tied word embeddings and the output bias: the logits are made and consumed in one place
+    with a hand-written gradient, instead of autodiff through `outputs["mlm_logits"]` (a bias
+    broadcast, a scatter of the target term, a column sum and a (V, predictions) transpose;
+    ~190 ms of a ~1.4 s BERT-mini step on 2 cores). Values and gradients are the same as
+    optax's cross-entropy on `mlm_logits`; MLM accuracy counts the target's logit being the
+    largest (an exact tie counts as correct).
     """
     weights = batch["masked_weights"].astype(jnp.float32)  # (B, P)
     n_pred = weights.sum()
-    if params is not None:
-        mlm_ce, mlm_correct = losses.tied_softmax_cross_entropy(
-            outputs["mlm_hidden"], params["bert"]["embeddings"]["word_embeddings"]["embedding"],
-            batch["masked_ids"], bias=params["mlm_head"]["output_bias"],
-            chunk_elements=None, recompute=False)
-        mlm_correct = mlm_correct * weights
-    else:
-        mlm_logits = outputs["mlm_logits"]  # (B, P, V)
-        mlm_ce = optax.softmax_cross_entropy_with_integer_labels(mlm_logits, batch["masked_ids"])
-        # Correct = the target's logit is the largest. Equal to `argmax == target` except on
-        # exact ties, and a plain max (which XLA shares with the softmax) costs a fraction of
-        # the index-tracking argmax over 30k words (~45 ms of a 1.4 s BERT-mini step).
-        target_logit = jnp.take_along_axis(
-            mlm_logits, batch["masked_ids"][..., None], -1)[..., 0]
-        mlm_correct = (target_logit >= mlm_logits.max(-1)) * weights
+    mlm_ce, mlm_correct = losses.tied_softmax_cross_entropy(
+        outputs["mlm_hidden"], params["bert"]["embeddings"]["word_embeddings"]["embedding"],
+        batch["masked_ids"], bias=params["mlm_head"]["output_bias"],
+        chunk_elements=None, recompute=False)
+    mlm_correct = mlm_correct * weights
     mlm_loss = (mlm_ce * weights).sum() / jnp.maximum(n_pred, 1.0)
 
     # Rows that only pad an eval batch have no real tokens; they do not count for NSP either.
