@@ -1,9 +1,12 @@
-"""Shared layers: the RngBitGenerator dropout."""
+"""Shared layers: the hashed-mask dropout."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tl_jax.models import layers
 from tl_jax.models.layers import Dropout
 
 
@@ -35,3 +38,31 @@ def test_dropout_accepts_typed_keys():
     x = jnp.ones((16, 16))
     y = Dropout(0.5).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(3)})
     assert 0.3 < float((y == 0).mean()) < 0.7
+
+
+def test_dropout_masks_are_independent_across_positions_and_keys():
+    # The keyed hash must behave like independent coin flips: for rate p, two positions (or two
+    # keys at one position) are both dropped with probability p^2, not p (copies) or 0.
+    rate, shape = 0.3, (256, 64, 64)
+    keep = lambda seed: np.asarray(layers._dropout_bits_keep(  # noqa: E731
+        jax.random.key_data(jax.random.PRNGKey(seed)).astype(jnp.uint32), shape, 1.0 - rate))
+    drop0, drop1 = ~keep(0), ~keep(1)
+    assert abs(drop0.mean() - rate) < 0.005
+    for a, b in [(drop0[:, :, 1:], drop0[:, :, :-1]),      # neighbours along the last axis
+                 (drop0[1:], drop0[:-1]),                  # along the first axis
+                 (drop0, drop1),                           # two keys
+                 (drop0[::2], drop0[1::2])]:               # rows of a flattened batch
+        assert abs((a & b).mean() - rate ** 2) < 0.005
+    # Over 8-bit windows the draws are still uniform: the mean of 8 neighbouring flags.
+    counts = drop0.reshape(-1, 8).sum(axis=1)
+    expected = np.array([math.comb(8, k) * rate ** k * (1 - rate) ** (8 - k) for k in range(9)])
+    observed = np.bincount(counts, minlength=9) / counts.size
+    np.testing.assert_allclose(observed, expected, atol=0.005)
+
+
+def test_dropout_masks_of_2_to_the_32_elements_fall_back_to_the_bit_generator():
+    key = jnp.zeros((4,), jnp.uint32)
+    big = str(jax.make_jaxpr(lambda k: layers._dropout_bits_keep(k, (1 << 16, 1 << 16), 0.9))(key))
+    small = str(jax.make_jaxpr(lambda k: layers._dropout_bits_keep(k, (1 << 16, 4), 0.9))(key))
+    assert "rng_bit_generator" in big
+    assert "rng_bit_generator" not in small
