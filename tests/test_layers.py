@@ -66,3 +66,55 @@ def test_dropout_masks_of_2_to_the_32_elements_fall_back_to_the_bit_generator():
     small = str(jax.make_jaxpr(lambda k: layers._dropout_bits_keep(k, (1 << 16, 4), 0.9))(key))
     assert "rng_bit_generator" in big
     assert "rng_bit_generator" not in small
+
+
+def _equations(jaxpr, name):
+    """The equations of primitive `name` in a jaxpr, including those inside nested jaxprs."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == name:
+            yield eqn
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", value)
+            if hasattr(inner, "eqns"):
+                yield from _equations(inner, name)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_tensordot_matches_float32_and_accumulates_in_float32_in_bfloat16(n):
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 4, 8))
+    w = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 6) if n == 2 else (8, 2, 3))
+    loss = lambda f, dtype: lambda x, w: (  # noqa: E731
+        jnp.sin(f(x.astype(dtype), w.astype(dtype), n).astype(jnp.float32))).sum()
+    np.testing.assert_array_equal(layers.tensordot(x, w, n), jnp.tensordot(x, w, n))
+    ref_value, ref_grads = jax.value_and_grad(loss(jnp.tensordot, jnp.float32), (0, 1))(x, w)
+    value, grads = jax.value_and_grad(loss(layers.tensordot, jnp.bfloat16), (0, 1))(x, w)
+    assert value == pytest.approx(float(ref_value), rel=2e-2, abs=0.1)
+    for g, ref in zip(grads, ref_grads):
+        assert g.dtype == jnp.float32 and g.shape == ref.shape
+        np.testing.assert_allclose(g, ref, atol=0.05 * float(jnp.abs(ref).max()))
+    # Every dot of the forward and backward pass takes bf16 operands and accumulates in f32.
+    jaxpr = jax.make_jaxpr(jax.grad(loss(layers.tensordot, jnp.bfloat16), (0, 1)))(x, w)
+    dots = list(_equations(jaxpr.jaxpr, "dot_general"))
+    assert len(dots) == 3
+    for e in dots:
+        assert [v.aval.dtype for v in e.invars] == [jnp.bfloat16, jnp.bfloat16]
+        assert e.params["preferred_element_type"] == jnp.float32
+
+
+def test_dense_dot_general_serves_dense_general_layers():
+    import flax.linen as nn
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 3, 4))
+    plain = nn.DenseGeneral((2, 6), axis=(-2, -1))
+    routed = nn.DenseGeneral((2, 6), axis=(-2, -1), dot_general=layers.dense_dot_general)
+    params = plain.init(jax.random.PRNGKey(1), x)
+    np.testing.assert_allclose(routed.apply(params, x), plain.apply(params, x), rtol=1e-6)
+    bf16 = nn.DenseGeneral((2, 6), axis=(-2, -1), dtype=jnp.bfloat16,
+                           dot_general=layers.dense_dot_general)
+    loss = lambda p: bf16.apply(p, x).astype(jnp.float32).sum()  # noqa: E731
+    dots = list(_equations(jax.make_jaxpr(jax.grad(loss))(params).jaxpr, "dot_general"))
+    assert len(dots) == 3
+    assert all(e.params["preferred_element_type"] == jnp.float32 for e in dots)
+    # A batched dot is not a tensordot: it is passed through unchanged.
+    a, b = jnp.ones((2, 3, 4)), jnp.ones((2, 4, 5))
+    np.testing.assert_array_equal(
+        layers.dense_dot_general(a, b, (((2,), (1,)), ((0,), (0,)))), jnp.matmul(a, b))

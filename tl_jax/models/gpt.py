@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from tl_jax.models.layers import Dropout
+from tl_jax.models.layers import Dropout, dense_dot_general
 
 # name -> (num_layers, embed_dim, num_heads, max_len). small and medium are GPT-2's shapes.
 SIZES = {
@@ -130,6 +130,7 @@ class CausalSelfAttention(nn.Module):
         qkv = nn.DenseGeneral(
             features=(3, cfg.num_heads, cfg.head_dim),
             dtype=cfg.compute_dtype,
+            dot_general=dense_dot_general,
             kernel_init=nn.with_logical_partitioning(
                 _dense_init(cfg), ("embed", None, "heads", "kv")
             ),
@@ -184,6 +185,7 @@ class CausalSelfAttention(nn.Module):
             features=cfg.embed_dim,
             axis=(-2, -1),
             dtype=cfg.compute_dtype,
+            dot_general=dense_dot_general,
             kernel_init=nn.with_logical_partitioning(
                 _dense_init(cfg, 1.0 / math.sqrt(2 * cfg.num_layers)), ("heads", "kv", "embed")
             ),
@@ -204,6 +206,7 @@ class MLP(nn.Module):
         h = nn.Dense(
             cfg.mlp_dim,
             dtype=cfg.compute_dtype,
+            dot_general=dense_dot_general,
             kernel_init=nn.with_logical_partitioning(_dense_init(cfg), ("embed", "mlp")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
             name="fc",
@@ -212,6 +215,7 @@ class MLP(nn.Module):
         h = nn.Dense(
             cfg.embed_dim,
             dtype=cfg.compute_dtype,
+            dot_general=dense_dot_general,
             kernel_init=nn.with_logical_partitioning(
                 _dense_init(cfg, 1.0 / math.sqrt(2 * cfg.num_layers)), ("mlp", "embed")
             ),

@@ -74,6 +74,67 @@ def _dropout_bwd(keep, key, g):
 _dropout.defvjp(_dropout_fwd, _dropout_bwd)
 
 
+def _tensordot_2d(x, w, n):
+    """x (..., K1..Kn), w (K1..Kn, N...) as the matrices (M, K) and (K, N)."""
+    k = 1
+    for d in w.shape[:n]:
+        k *= d
+    return x.reshape(-1, k), w.reshape(k, -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _low_precision_tensordot(x, w, n):
+    x2, w2 = _tensordot_2d(x, w, n)
+    y = jnp.dot(x2, w2, preferred_element_type=jnp.float32).astype(x.dtype)
+    return y.reshape(x.shape[: x.ndim - n] + w.shape[n:])
+
+
+def _low_precision_tensordot_fwd(x, w, n):
+    return _low_precision_tensordot(x, w, n), (x, w)
+
+
+def _low_precision_tensordot_bwd(n, residuals, g):
+    x, w = residuals
+    x2, w2 = _tensordot_2d(x, w, n)
+    g2 = g.astype(x.dtype).reshape(x2.shape[0], w2.shape[1])
+    f32 = jnp.float32
+    dx = jax.lax.dot_general(g2, w2, (((1,), (1,)), ((), ())), preferred_element_type=f32)
+    dw = jax.lax.dot_general(x2, g2, (((0,), (0,)), ((), ())), preferred_element_type=f32)
+    return dx.astype(x.dtype).reshape(x.shape), dw.astype(w.dtype).reshape(w.shape)
+
+
+_low_precision_tensordot.defvjp(_low_precision_tensordot_fwd, _low_precision_tensordot_bwd)
+
+
+def tensordot(x: jax.Array, w: jax.Array, n: int = 1) -> jax.Array:
+    """Contracts the last `n` axes of `x` with the first `n` of `w`, in `x`'s dtype.
+
+    In float32 this is `jnp.tensordot`. In bfloat16 (mixed precision) every dot of the forward
+    and backward pass accumulates in float32 (`preferred_element_type`) and rounds its result to
+    bfloat16 once. That is also the form XLA:CPU hands to the AMX bf16 units: measured on this
+    project's 2-core machine, a 1024x768x3072 bf16 dot ran at ~560 GFLOP/s that way, and at
+    ~140 (the float32 speed) as the bf16-result dot autodiff writes for the backward pass.
+    """
+    if x.dtype == jnp.bfloat16 and w.dtype == jnp.bfloat16:
+        return _low_precision_tensordot(x, w, n)
+    return jnp.tensordot(x, w, n)
+
+
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
+    """The `dot_general` of `nn.Dense` and `nn.DenseGeneral`, routed through `tensordot`.
+
+    Their dots contract trailing axes of the input with the kernel's leading ones; anything else
+    goes to `lax.dot_general` unchanged.
+    """
+    (contract_lhs, contract_rhs), (batch_lhs, batch_rhs) = dimension_numbers
+    n = len(contract_lhs)
+    if (tuple(contract_lhs) == tuple(range(lhs.ndim - n, lhs.ndim))
+            and tuple(contract_rhs) == tuple(range(n))
+            and not batch_lhs and not batch_rhs and not kwargs):
+        return tensordot(lhs, rhs, n)
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, **kwargs)
+
+
 class Dropout(nn.Module):
     """Inverted dropout with hashed masks, a drop-in for `nn.Dropout`.
 
@@ -157,6 +218,7 @@ def dense(features: int, kernel_axes: tuple, stddev: float, dtype: Dtype, name: 
         param_dtype=jnp.float32,
         kernel_init=normal_init(stddev, kernel_axes),
         bias_init=zeros_init(kernel_axes[-1:]),
+        dot_general=dense_dot_general,
         name=name,
     )
 
@@ -190,7 +252,7 @@ class HeadsProjection(nn.Module):
             "bias", zeros_init(("heads", "kv")), (self.num_heads, self.head_dim), jnp.float32
         )
         x = x.astype(self.dtype)
-        y = jnp.einsum("ble,ehd->blhd", x, kernel.astype(self.dtype))  # (B, L, heads, kv)
+        y = tensordot(x, kernel.astype(self.dtype), 1)  # (B, L, heads, kv)
         y = y + bias.astype(self.dtype)
         if self.lora_rank > 0:
             lora_a = self.param(
@@ -274,7 +336,7 @@ class OutProjection(nn.Module):
             jnp.float32,
         )
         bias = self.param("bias", zeros_init(("embed",)), (embed,), jnp.float32)
-        y = jnp.einsum("blhd,hde->ble", context.astype(self.dtype), kernel.astype(self.dtype))
+        y = tensordot(context.astype(self.dtype), kernel.astype(self.dtype), 2)  # (B, L, E)
         return y + bias.astype(self.dtype)  # (B, L, E)
 
 
