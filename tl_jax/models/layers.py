@@ -10,6 +10,7 @@ precision). Softmax and LayerNorm statistics are computed in float32 whatever `d
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -42,9 +43,7 @@ def _dropout_bits_keep(key, shape, keep: float):
     mask does not depend on the sharding. Tensors of 2^32 elements or more, which the uint32 index
     cannot count, take XLA's RngBitGenerator (threefry) instead.
     """
-    size = 1
-    for d in shape:
-        size *= d
+    size = math.prod(shape)
     threshold = jnp.uint32(min(int(keep * 2.0 ** 32), 2 ** 32 - 1))
     if size >= 2 ** 32:
         _, bits = jax.lax.rng_bit_generator(
@@ -76,9 +75,7 @@ _dropout.defvjp(_dropout_fwd, _dropout_bwd)
 
 def _tensordot_2d(x, w, n):
     """x (..., K1..Kn), w (K1..Kn, N...) as the matrices (M, K) and (K, N)."""
-    k = 1
-    for d in w.shape[:n]:
-        k *= d
+    k = math.prod(w.shape[:n])
     return x.reshape(-1, k), w.reshape(k, -1)
 
 
