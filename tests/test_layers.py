@@ -1,4 +1,4 @@
-"""Shared layers: the hashed-mask dropout."""
+"""Shared layers: the hashed-mask dropout, mixed-precision dots, the dense layer and its bias."""
 import math
 
 import jax
@@ -101,20 +101,54 @@ def test_tensordot_matches_float32_and_accumulates_in_float32_in_bfloat16(n):
         assert e.params["preferred_element_type"] == jnp.float32
 
 
-def test_dense_dot_general_serves_dense_general_layers():
+@pytest.mark.parametrize("features,in_axes", [(6, 1), ((2, 6), 2), ((3, 2, 4), 1)])
+def test_dense_has_flax_parameters_and_outputs(features, in_axes):
     import flax.linen as nn
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 3, 4))
-    plain = nn.DenseGeneral((2, 6), axis=(-2, -1))
-    routed = nn.DenseGeneral((2, 6), axis=(-2, -1), dot_general=layers.dense_dot_general)
-    params = plain.init(jax.random.PRNGKey(1), x)
-    np.testing.assert_allclose(routed.apply(params, x), plain.apply(params, x), rtol=1e-6)
-    bf16 = nn.DenseGeneral((2, 6), axis=(-2, -1), dtype=jnp.bfloat16,
-                           dot_general=layers.dense_dot_general)
-    loss = lambda p: bf16.apply(p, x).astype(jnp.float32).sum()  # noqa: E731
-    dots = list(_equations(jax.make_jaxpr(jax.grad(loss))(params).jaxpr, "dot_general"))
+    init = nn.initializers.normal(0.5)
+    ours = layers.Dense(features, kernel_init=init, bias_init=init, in_axes=in_axes)
+    flax_layer = nn.DenseGeneral(features, axis=tuple(range(-in_axes, 0)), kernel_init=init,
+                                 bias_init=init)
+    params = ours.init(jax.random.PRNGKey(1), x)
+    assert (jax.tree.map(jnp.shape, params)
+            == jax.tree.map(jnp.shape, flax_layer.init(jax.random.PRNGKey(1), x)))
+    np.testing.assert_allclose(ours.apply(params, x), flax_layer.apply(params, x), rtol=1e-5,
+                               atol=1e-6)
+    # Mixed precision: the same gradients to bf16 accuracy, every dot accumulating in f32.
+    bf16 = layers.Dense(features, kernel_init=init, bias_init=init, in_axes=in_axes,
+                        dtype=jnp.bfloat16)
+    loss = lambda layer: lambda p: jnp.sin(layer.apply(p, x).astype(jnp.float32)).sum()  # noqa: E731
+    ref, grads = jax.grad(loss(flax_layer))(params), jax.grad(loss(bf16))(params)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref)):
+        assert g.dtype == jnp.float32
+        np.testing.assert_allclose(g, r, atol=0.03 * float(jnp.abs(r).max()))
+    dots = list(_equations(jax.make_jaxpr(jax.grad(loss(bf16)))(params).jaxpr, "dot_general"))
     assert len(dots) == 3
     assert all(e.params["preferred_element_type"] == jnp.float32 for e in dots)
-    # A batched dot is not a tensordot: it is passed through unchanged.
-    a, b = jnp.ones((2, 3, 4)), jnp.ones((2, 4, 5))
-    np.testing.assert_array_equal(
-        layers.dense_dot_general(a, b, (((2,), (1,)), ((0,), (0,)))), jnp.matmul(a, b))
+
+
+def test_add_bias_sums_the_bias_gradient_in_float32():
+    y = jnp.zeros((64, 64, 3), jnp.bfloat16)
+    bias = jnp.zeros((3,), jnp.float32)
+    _, vjp = jax.vjp(layers.add_bias, y, bias)
+    g_y, g_bias = vjp(jnp.ones_like(y))
+    assert g_bias.dtype == jnp.float32
+    np.testing.assert_array_equal(g_bias, [4096.0] * 3)
+    np.testing.assert_array_equal(g_y, jnp.ones_like(y))
+    # The sum is written in float32 (autodiff of the plain add sums bf16, which XLA:CPU runs
+    # several times slower).
+    sums = list(_equations(jax.make_jaxpr(vjp)(jnp.ones_like(y)).jaxpr, "reduce_sum"))
+    assert sums and all(e.invars[0].aval.dtype == jnp.float32 for e in sums)
+    plain = jax.vjp(lambda a, b: a + b.astype(a.dtype), y, bias)[1]
+    assert any(e.invars[0].aval.dtype == jnp.bfloat16
+               for e in _equations(jax.make_jaxpr(plain)(jnp.ones_like(y)).jaxpr, "reduce_sum"))
+    # float32 matches autodiff of the plain add; a 2-axis bias works the same way.
+    y32 = jax.random.normal(jax.random.PRNGKey(0), (4, 5, 2, 3))
+    b32 = jax.random.normal(jax.random.PRNGKey(1), (2, 3))
+    g = jax.random.normal(jax.random.PRNGKey(2), y32.shape)
+    ours = jax.vjp(layers.add_bias, y32, b32)[1](g)
+    plain = jax.vjp(lambda a, b: a + b, y32, b32)[1](g)
+    for a, b in zip(ours, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises(ValueError, match="trailing axes"):
+        layers.add_bias(y32, jnp.zeros((3, 2)))

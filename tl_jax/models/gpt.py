@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from tl_jax.models.layers import Dropout, dense_dot_general
+from tl_jax.models.layers import Dense, Dropout
 
 # name -> (num_layers, embed_dim, num_heads, max_len). small and medium are GPT-2's shapes.
 SIZES = {
@@ -127,10 +127,9 @@ class CausalSelfAttention(nn.Module):
     def __call__(self, x, key_mask, decode: bool, train: bool):
         cfg = self.config
         batch, length, _ = x.shape
-        qkv = nn.DenseGeneral(
+        qkv = Dense(
             features=(3, cfg.num_heads, cfg.head_dim),
             dtype=cfg.compute_dtype,
-            dot_general=dense_dot_general,
             kernel_init=nn.with_logical_partitioning(
                 _dense_init(cfg), ("embed", None, "heads", "kv")
             ),
@@ -181,11 +180,10 @@ class CausalSelfAttention(nn.Module):
         weights = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)  # (B, H, T, S)
         weights = Dropout(cfg.attention_dropout_rate)(weights, deterministic=not train)
         out = jnp.einsum("bhts,bshd->bthd", weights, value)  # (B, T, H, D)
-        out = nn.DenseGeneral(
+        out = Dense(
             features=cfg.embed_dim,
-            axis=(-2, -1),
+            in_axes=2,
             dtype=cfg.compute_dtype,
-            dot_general=dense_dot_general,
             kernel_init=nn.with_logical_partitioning(
                 _dense_init(cfg, 1.0 / math.sqrt(2 * cfg.num_layers)), ("heads", "kv", "embed")
             ),
@@ -203,19 +201,17 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         cfg = self.config
-        h = nn.Dense(
+        h = Dense(
             cfg.mlp_dim,
             dtype=cfg.compute_dtype,
-            dot_general=dense_dot_general,
             kernel_init=nn.with_logical_partitioning(_dense_init(cfg), ("embed", "mlp")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
             name="fc",
         )(x)
         h = nn.gelu(h, approximate=True)
-        h = nn.Dense(
+        h = Dense(
             cfg.embed_dim,
             dtype=cfg.compute_dtype,
-            dot_general=dense_dot_general,
             kernel_init=nn.with_logical_partitioning(
                 _dense_init(cfg, 1.0 / math.sqrt(2 * cfg.num_layers)), ("mlp", "embed")
             ),

@@ -25,7 +25,7 @@ from tl_jax.models import bert, layers
 POOLINGS = ("pooler", "cls", "mean")
 
 
-def _classifier(config: bert.BertConfig, num_labels: int, name: str = "dense") -> nn.Dense:
+def _classifier(config: bert.BertConfig, num_labels: int, name: str = "dense") -> layers.Dense:
     return layers.dense(num_labels, ("embed", None), config.initializer_range,
                         config.compute_dtype, name)
 

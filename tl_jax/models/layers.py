@@ -117,19 +117,60 @@ def tensordot(x: jax.Array, w: jax.Array, n: int = 1) -> jax.Array:
     return jnp.tensordot(x, w, n)
 
 
-def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
-    """The `dot_general` of `nn.Dense` and `nn.DenseGeneral`, routed through `tensordot`.
+@jax.custom_vjp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """`y + bias` over y's trailing axes, in y's dtype; the bias gradient is summed in float32.
 
-    Their dots contract trailing axes of the input with the kernel's leading ones; anything else
-    goes to `lax.dot_general` unchanged.
+    Autodiff of the plain add sums the bias gradient in y's dtype. In bfloat16 XLA:CPU runs that
+    sum as an f32 convert plus a tree of `reduce-window`s: measured on this project's 2-core
+    machine, 4-11 ms per (2048, 256..1024) gradient, against 0.15-0.55 ms for the same sum written
+    in float32, and ~16% of a GPT-mini mixed-precision step. In float32 the two are the same.
     """
-    (contract_lhs, contract_rhs), (batch_lhs, batch_rhs) = dimension_numbers
-    n = len(contract_lhs)
-    if (tuple(contract_lhs) == tuple(range(lhs.ndim - n, lhs.ndim))
-            and tuple(contract_rhs) == tuple(range(n))
-            and not batch_lhs and not batch_rhs and not kwargs):
-        return tensordot(lhs, rhs, n)
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, **kwargs)
+    if bias.ndim > y.ndim or y.shape[y.ndim - bias.ndim:] != bias.shape:
+        raise ValueError(f"add_bias: bias {bias.shape} must match the trailing axes of {y.shape}")
+    return y + bias.astype(y.dtype)
+
+
+def _add_bias_fwd(y, bias):
+    # The backward pass needs only the bias's rank and dtype: an empty array of both.
+    return add_bias(y, bias), jnp.zeros((0,) * bias.ndim, bias.dtype)
+
+
+def _add_bias_bwd(like_bias, g):
+    lead = tuple(range(g.ndim - like_bias.ndim))
+    return g, g.astype(jnp.float32).sum(lead).astype(like_bias.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+class Dense(nn.Module):
+    """`y = x @ kernel + bias` over the last `in_axes` axes of x, through `tensordot`/`add_bias`.
+
+    The parameters are exactly `nn.Dense`'s (`in_axes=1`, int `features`) and `nn.DenseGeneral`'s
+    (trailing input axes, tuple `features`): kernel `x.shape[-in_axes:] + features`, bias
+    `features`, both float32, so checkpoints and weight converters do not see a difference. It
+    exists for the compute: all three dots of a mixed-precision layer accumulate in float32 on
+    bf16 operands (`tensordot`) and the bias gradient is summed in float32 (`add_bias`), where
+    Flax's layers leave both to autodiff in bfloat16.
+    """
+
+    features: int | tuple[int, ...]
+    kernel_init: Callable
+    bias_init: Callable
+    in_axes: int = 1
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        kernel = self.param("kernel", self.kernel_init,
+                            tuple(x.shape[x.ndim - self.in_axes:]) + features, jnp.float32)
+        y = tensordot(x.astype(self.dtype), kernel.astype(self.dtype), self.in_axes)
+        if self.use_bias:
+            y = add_bias(y, self.param("bias", self.bias_init, features, jnp.float32))
+        return y
 
 
 class Dropout(nn.Module):
@@ -207,15 +248,13 @@ def layer_norm(epsilon: float, dtype: Dtype, name: str) -> nn.LayerNorm:
     )
 
 
-def dense(features: int, kernel_axes: tuple, stddev: float, dtype: Dtype, name: str) -> nn.Dense:
+def dense(features: int, kernel_axes: tuple, stddev: float, dtype: Dtype, name: str) -> Dense:
     """A plain dense layer (`kernel`, `bias`) whose kernel carries the given logical axes."""
-    return nn.Dense(
+    return Dense(
         features,
-        dtype=dtype,
-        param_dtype=jnp.float32,
         kernel_init=normal_init(stddev, kernel_axes),
         bias_init=zeros_init(kernel_axes[-1:]),
-        dot_general=dense_dot_general,
+        dtype=dtype,
         name=name,
     )
 
@@ -249,8 +288,7 @@ class HeadsProjection(nn.Module):
             "bias", zeros_init(("heads", "kv")), (self.num_heads, self.head_dim), jnp.float32
         )
         x = x.astype(self.dtype)
-        y = tensordot(x, kernel.astype(self.dtype), 1)  # (B, L, heads, kv)
-        y = y + bias.astype(self.dtype)
+        y = add_bias(tensordot(x, kernel.astype(self.dtype), 1), bias)  # (B, L, heads, kv)
         if self.lora_rank > 0:
             lora_a = self.param(
                 "lora_a",
@@ -334,7 +372,7 @@ class OutProjection(nn.Module):
         )
         bias = self.param("bias", zeros_init(("embed",)), (embed,), jnp.float32)
         y = tensordot(context.astype(self.dtype), kernel.astype(self.dtype), 2)  # (B, L, E)
-        return y + bias.astype(self.dtype)  # (B, L, E)
+        return add_bias(y, bias)  # (B, L, E)
 
 
 class Mlp(nn.Module):
