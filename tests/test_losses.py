@@ -55,13 +55,48 @@ def test_matches_autodiff_of_plain_softmax_cross_entropy(chunk_elements, recompu
         np.testing.assert_allclose(g, w, atol=1e-5)
 
 
-def test_bfloat16_hidden_gets_a_bfloat16_gradient_and_float32_logits():
+def _dot_operand_dtypes(jaxpr):
+    """(operand dtypes, preferred_element_type) of every dot_general, nested jaxprs included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield tuple(v.aval.dtype for v in eqn.invars), eqn.params["preferred_element_type"]
+        for value in eqn.params.values():
+            for inner in (value if isinstance(value, (tuple, list)) else [value]):
+                inner = getattr(inner, "jaxpr", inner)
+                if hasattr(inner, "eqns"):
+                    yield from _dot_operand_dtypes(inner)
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_bfloat16_hidden_runs_bfloat16_dots_with_float32_sums(recompute):
     hidden, embedding, targets, weights = _problem()
-    grad = jax.grad(lambda h: (tied_softmax_cross_entropy(h, embedding, targets)[0]
-                               * weights).sum())(hidden.astype(jnp.bfloat16))
-    assert grad.dtype == jnp.bfloat16
-    want = jax.grad(lambda h: _reference(h, embedding, targets, weights)[0])(hidden)
-    np.testing.assert_allclose(np.asarray(grad, np.float32), want, atol=0.05)
+
+    def loss(h, e):
+        nll, _ = tied_softmax_cross_entropy(h, e, targets, chunk_elements=3 * 4 * 50,
+                                            recompute=recompute)
+        return (nll * weights).sum()
+
+    value, (g_hidden, g_embedding) = jax.jit(jax.value_and_grad(loss, (0, 1)))(
+        hidden.astype(jnp.bfloat16), embedding)
+    assert value.dtype == jnp.float32
+    assert g_hidden.dtype == jnp.bfloat16 and g_embedding.dtype == jnp.float32
+    want, (w_hidden, w_embedding) = jax.value_and_grad(
+        lambda h, e: _reference(h, e, targets, weights)[0], (0, 1))(hidden, embedding)
+    assert float(value) == pytest.approx(float(want), rel=2e-2)
+    np.testing.assert_allclose(np.asarray(g_hidden, np.float32), w_hidden,
+                               atol=0.03 * float(jnp.abs(w_hidden).max()))
+    np.testing.assert_allclose(g_embedding, w_embedding,
+                               atol=0.03 * float(jnp.abs(w_embedding).max()))
+    # Mixed precision: logits, d_hidden and d_embedding are bf16 x bf16 dots summing in f32
+    # (XLA:CPU runs those on the AMX/bf16 units; an f32 dot would run at f32 speed).
+    jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(hidden.astype(jnp.bfloat16), embedding)
+    dots = list(_dot_operand_dtypes(jaxpr.jaxpr))
+    assert len(dots) == (4 if recompute else 3)
+    assert all(d == ((jnp.bfloat16, jnp.bfloat16), jnp.float32) for d in dots)
+    # float32 hidden states keep float32 operands.
+    jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(hidden, embedding)
+    assert all(d == ((jnp.float32, jnp.float32), jnp.float32)
+               for d in _dot_operand_dtypes(jaxpr.jaxpr))
 
 
 def test_shape_errors_name_the_shapes():
