@@ -7,9 +7,11 @@ Run (on the real device count; do not set the 8-fake-device flag used by the tes
 Prints, per size, tokens/s of both trainers and their ratio (target >= 1.5x at tiny/mini on a
 CPU), then generation tokens/s with and without the cache and their ratio (target >= 5x for
 256 new tokens), and HF's cached `generate` for reference. Both sides use the same shapes,
-batch, dropout 0 and fp32; each is warmed up (compiled) before timing.
+batch, dropout 0 and fp32 (`--dtype=bfloat16`: mixed precision for training on both sides);
+each is warmed up (compiled) before timing.
 """
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -73,9 +75,12 @@ def torch_train(cfg, batch, seq, steps):
     model = GPT2LMHeadModel(hf_config(cfg)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     tokens = torch.randint(0, cfg.vocab_size, (batch, seq))
+    low = cfg.dtype == "bfloat16"
 
     def run():
-        loss = model(tokens, labels=tokens).loss  # HF shifts the labels internally
+        # bfloat16: PyTorch's own mixed precision (autocast; params and optimizer stay f32).
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+            loss = model(tokens, labels=tokens).loss  # HF shifts the labels internally
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -137,6 +142,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=3,
                         help="training is timed this many times, alternating the two sides; "
                              "the best of each is kept (load on a shared machine hits both)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="training compute dtype of both sides; bfloat16 = mixed precision "
+                             "(tl_jax's model dtype, PyTorch's autocast), params and optimizer "
+                             "in f32. Generation always runs in float32")
     parser.add_argument("--gen_batch", type=int, default=1)
     parser.add_argument("--prompt_len", type=int, default=16)
     parser.add_argument("--new_tokens", type=int, default=256)
@@ -146,12 +155,14 @@ def main():
         max_len = max(args.seq, args.prompt_len + args.new_tokens)
         cfg = gpt_config(size, VOCAB, max_len=max_len, dropout_rate=0.0,
                          attention_dropout_rate=0.0)
+        train_cfg = dataclasses.replace(cfg, dtype=args.dtype)
         tokens = args.batch * args.seq
         ours = theirs = 0.0
         for _ in range(args.repeats):
-            ours = max(ours, tokens / jax_train(cfg, args.batch, args.seq, args.steps))
-            theirs = max(theirs, tokens / torch_train(cfg, args.batch, args.seq, args.steps))
-        print(f"[{size}] train  batch {args.batch} x seq {args.seq}: tl_jax {ours:,.0f} tok/s | "
+            ours = max(ours, tokens / jax_train(train_cfg, args.batch, args.seq, args.steps))
+            theirs = max(theirs, tokens / torch_train(train_cfg, args.batch, args.seq, args.steps))
+        print(f"[{size}] train {args.dtype} batch {args.batch} x seq {args.seq}: "
+              f"tl_jax {ours:,.0f} tok/s | "
               f"HF PyTorch {theirs:,.0f} tok/s | ratio {ours / theirs:.2f}x (target >= 1.5x)",
               flush=True)
         new = args.gen_batch * args.new_tokens
