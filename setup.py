@@ -26,6 +26,7 @@ setup(
     extras_require={
         "test": [
             "pytest",
+            "pytest-xdist",
             "torch==2.13.0",
             "nbclient",
             "nbformat",
