@@ -68,6 +68,17 @@ def _token_sum(x):
     return jax.lax.platform_dependent(flat, cpu=as_dot, default=lambda f: f.sum(0))
 
 
+def _minus_at_targets(d_logits, targets, g):
+    """d_logits (B, c, V) with g[b, t] subtracted at [b, t, targets[b, t]].
+
+    A per-row scatter (vmapped, so batch and time are scatter batching dimensions and a batch
+    sharded over the mesh stays sharded). Measured on 2 CPU cores at GPT tiny's head (2048
+    tokens, width 64, 8,192 words), fwd+bwd ~94 -> ~82 ms against fusing the one-hot as a
+    compare with an iota into the exp pass, which XLA:CPU runs ~2.5x slower than a plain exp.
+    """
+    return jax.vmap(jax.vmap(lambda row, i, x: row.at[i].add(-x)))(d_logits, targets, g)
+
+
 def _operand_dtype(hidden):
     """The dtype of the head's matmul operands: bfloat16 for bf16 hidden states (mixed precision),
     else float32. The dots accumulate in float32 either way and the softmax runs in float32."""
@@ -123,10 +134,9 @@ def _tied_xent_bwd(chunk_len, recompute, residuals, cotangents):
         h = h.astype(operand.dtype)
         if logits is None:
             logits = _chunk_logits(h, operand, bias)
-        # d nll / d logits = softmax - onehot(target), scaled by the incoming gradient. The
-        # one-hot is a compare against an iota, fused into the same pass (no scatter).
-        onehot = t[..., None] == jax.lax.broadcasted_iota(jnp.int32, logits.shape, 2)
-        d_logits = (jnp.exp(logits - chunk_lse[..., None]) - onehot) * g[..., None]
+        # d nll / d logits = (softmax - onehot(target)) * g: the softmax term in one
+        # elementwise pass, then -g added at each token's target, one element per row.
+        d_logits = _minus_at_targets(jnp.exp(logits - chunk_lse[..., None]) * g[..., None], t, g)
         if d_bias is not None:
             d_bias = d_bias + _token_sum(d_logits)
         d_logits = d_logits.astype(operand.dtype)  # bf16 operands: one rounding, f32 sums
