@@ -1,10 +1,11 @@
 """Text generation and prompt scoring with a GPT decoder.
 
-Generation runs a jitted prefill over the (left-padded) prompts, then every further token in
-one jitted `lax.while_loop` whose body is a one-token step that reads and writes the key/value
-cache, so the host dispatches two calls per `generate`, not one per token. Shapes are fixed for
-a call, so each function is compiled once per (batch, prompt bucket, max_new_tokens, sampling)
-and reused; `Generator.traces` counts traces so tests can prove it.
+Generation is one jitted program: it zeroes the key/value cache, runs a prefill over the
+(left-padded) prompts, then every further token in a `lax.while_loop` whose body is a one-token
+step that reads and writes the cache. The host dispatches one call per `generate`, not one per
+token, and does no tracing once a shape has been compiled. Shapes are fixed for a call, so the
+program is compiled once per (batch, prompt bucket, max_new_tokens, sampling) and reused;
+`Generator.traces` counts traces so tests can prove it.
 
 Left padding: row `b`'s prompt occupies the last `len_b` of `P` slots. Its real tokens get
 positions `0 .. len_b-1` (as if unpadded) and a key mask hides the pad slots, so a padded prompt
@@ -110,9 +111,8 @@ class Generator:
         self.params = params
         self.pad_id = pad_id
         self.traces = {"prefill": 0, "step": 0}
-        self._prefill = jax.jit(self._prefill_fn, static_argnames=("sampling",))
-        self._loop = jax.jit(self._loop_fn, donate_argnums=(1,),
-                             static_argnames=("max_new_tokens", "sampling", "return_logits"))
+        self._generate = jax.jit(
+            self._generate_fn, static_argnames=("max_new_tokens", "sampling", "return_logits"))
 
     def _decode(self, params, cache, tokens, positions, key_mask):
         (outputs, _), mutated = self.model.apply(
@@ -176,6 +176,18 @@ class Generator:
             cond, body, (jnp.int32(1), token, done, cache, tokens, all_logits))
         return tokens, steps, all_logits
 
+    def _generate_fn(self, params, tokens, positions, key_mask, lengths, key, stop_ids,
+                     max_new_tokens, sampling, return_logits):
+        # The zero cache is built inside the program: `init_cache` traces the model to find
+        # the cache's shapes, ~45 ms of host time for GPT tiny, which here happens only when
+        # the program is traced, not on every call.
+        cache = init_cache(self.model, tokens.shape[0], key_mask.shape[1])
+        token, done, cache, logits = self._prefill_fn(
+            params, cache, tokens, positions, key_mask, jax.random.fold_in(key, 0), stop_ids,
+            sampling)
+        return self._loop_fn(params, cache, token, done, logits, lengths, key_mask, key,
+                             stop_ids, max_new_tokens, sampling, return_logits)
+
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                  sampling: Sampling = Sampling(), stop_tokens: Sequence[int] = (),
                  seed: int = 0, return_logits: bool = False):
@@ -206,17 +218,10 @@ class Generator:
             cache_len = width + max_new_tokens
         key_mask = jnp.asarray(np.concatenate([mask, np.ones((batch, max_new_tokens), bool)], 1))
         stop_ids = jnp.asarray(np.array(list(stop_tokens) or [-1], dtype=np.int32))
-        key = jax.random.PRNGKey(seed)
-        cache = init_cache(self.model, batch, cache_len)
-
-        token, done, cache, logits = self._prefill(
-            self.params, cache, jnp.asarray(tokens), jnp.asarray(positions), key_mask,
-            jax.random.fold_in(key, 0), stop_ids, sampling=sampling,
-        )
-        tokens_out, steps, all_logits = self._loop(
-            self.params, cache, token, done, logits, jnp.asarray(lengths), key_mask, key,
-            stop_ids, max_new_tokens=max_new_tokens, sampling=sampling,
-            return_logits=return_logits,
+        tokens_out, steps, all_logits = self._generate(
+            self.params, jnp.asarray(tokens), jnp.asarray(positions), key_mask,
+            jnp.asarray(lengths), jax.random.PRNGKey(seed), stop_ids,
+            max_new_tokens=max_new_tokens, sampling=sampling, return_logits=return_logits,
         )
         steps = int(steps)
         steps_out = np.asarray(tokens_out)[:, :steps]  # (B, new)
