@@ -84,11 +84,10 @@ def setup_tl_jax(size, seq, batch, preds, workdir, dtype="float32"):
     rng = np.random.default_rng(0)
     batches = [parallel.host_batch_to_global(random_batch(rng, batch, seq, preds), trainer.mesh)
                for _ in range(2)]
-    import flax.linen as nn
     holder = {"state": state}
 
     def run(steps):
-        with trainer.mesh, nn.logical_axis_rules(trainer.rules):
+        with parallel.mesh_context(trainer.mesh, trainer.rules):
             state = holder["state"]
             t = time.perf_counter()
             for i in range(steps):

@@ -55,3 +55,17 @@ def test_host_batch_becomes_global_array_sharded_over_batch_axes():
     assert g.shape == (16, 3)
     assert g.sharding.spec == P(("data", "fsdp"))
     np.testing.assert_array_equal(np.asarray(g), batch["x"])
+
+
+def test_mesh_context_applies_the_models_activation_constraints():
+    # Models constrain activations by logical names; under the trainer's context they must come
+    # out sharded by the rules (batch over data x fsdp), not silently unconstrained.
+    import flax.linen as nn
+    mesh = parallel.make_mesh(mesh_cfg(4, 2, 1))
+    rules = parallel.axis_rules(parallel.default_config())
+    f = jax.jit(lambda x: nn.with_logical_constraint(x * 2.0, ("batch", "length", "embed")))
+    with parallel.mesh_context(mesh, rules):
+        out = f(np.ones((8, 4, 6), np.float32))
+    # fsdp already shards the batch, so "embed" (also fsdp) stays whole.
+    assert out.sharding.shard_shape(out.shape) == (1, 4, 6)
+    np.testing.assert_array_equal(np.asarray(out), 2.0)

@@ -4,7 +4,6 @@ import pathlib
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ def one_step(overrides, mesh_overrides):
     trainer = train.build_trainer(config, workdir=None)
     state = trainer.init_state(jax.random.PRNGKey(0))
     batch = next(trainer.task.train_batches())
-    with trainer.mesh, nn.logical_axis_rules(trainer.rules):
+    with parallel.mesh_context(trainer.mesh, trainer.rules):
         gbatch = parallel.host_batch_to_global(batch, trainer.mesh)
         state, metrics = trainer.train_step(state, gbatch)
     params = jax.tree_util.tree_map(np.asarray, jax.device_get(state["params"]))

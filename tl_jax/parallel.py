@@ -6,6 +6,7 @@ names that models attach to their parameters. Models never see the mesh.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -123,6 +124,20 @@ def make_mesh(cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
     except Exception:  # noqa: BLE001 - fake CPU devices have no physical topology
         device_array = np.asarray(devices).reshape(shape)
     return Mesh(device_array, MESH_AXES)
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh, rules):
+    """The context to trace and run sharded code in: `mesh` as JAX's current mesh, plus the
+    logical-axis `rules`.
+
+    Flax's activation constraints (`nn.with_logical_constraint`) read JAX's abstract mesh,
+    which `jax.set_mesh` sets; the older `with mesh:` leaves it empty, and the constraints then
+    silently do nothing. JAX versions without `set_mesh` fall back to `with mesh:`.
+    """
+    set_mesh = getattr(jax, "set_mesh", None)
+    with (set_mesh(mesh) if set_mesh is not None else mesh), nn.logical_axis_rules(rules):
+        yield
 
 
 def axis_rules(cfg: ml_collections.ConfigDict) -> tuple:

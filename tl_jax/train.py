@@ -89,7 +89,7 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
 
     # -- State shapes and shardings, without materialising anything -------------------------
     example = task.example_batch(global_batch // accum)
-    with mesh, nn.logical_axis_rules(rules):
+    with parallel.mesh_context(mesh, rules):
         abstract_boxed = jax.eval_shape(
             lambda r: task.init_variables(r, example)["params"], jax.random.PRNGKey(0)
         )
@@ -111,7 +111,7 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     def init_state(rng):
         """Initialises params sharded from the start, lets the task load pretrained weights,
         then builds the optimizer state with matching shardings."""
-        with mesh, nn.logical_axis_rules(rules):
+        with parallel.mesh_context(mesh, rules):
             params = jax.jit(init_params, out_shardings=param_shardings)(rng)
         params = task.init_params(params, rng)
         params = jax.device_put(params, param_shardings)
@@ -253,7 +253,7 @@ def evaluate(trainer: Trainer, params, step: int) -> dict[str, float]:
     """One pass over (at most `train.eval_batches` of) the held-out batches."""
     limit = int(trainer.config.train.eval_batches)
     results, outputs = [], []
-    with trainer.mesh, nn.logical_axis_rules(trainer.rules):
+    with parallel.mesh_context(trainer.mesh, trainer.rules):
         for i, batch in enumerate(trainer.task.eval_batches()):
             if limit and i >= limit:
                 break
@@ -417,7 +417,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         pending = []
         window_start, window_steps = time.perf_counter(), 0
 
-    with mesh, nn.logical_axis_rules(trainer.rules), _Preemption() as preemption:
+    with parallel.mesh_context(mesh, trainer.rules), _Preemption() as preemption:
         window_start = time.perf_counter()
         for step in range(start_step, total_steps):
             batch = parallel.host_batch_to_global(next(train_iter), mesh)
