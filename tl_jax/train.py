@@ -31,6 +31,9 @@ from tl_jax import parallel, tasks
 from tl_jax.metrics_writer import MetricsWriter
 from tl_jax.optim import masks, optimizers
 
+# optax.tree.norm replaces the deprecated optax.global_norm; older optax has only the latter.
+_global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
+
 log = logging.getLogger(__name__)
 
 
@@ -181,7 +184,7 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
             grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
             loss = loss / accum
 
-        grad_norm = optax.global_norm(grads)
+        grad_norm = _global_norm(grads)
         updates, new_opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
