@@ -165,6 +165,18 @@ def test_generate_rejects_bad_input(gen):
         gen.generate([[1], []], 4)
 
 
+def test_prompt_that_fills_the_position_table_with_padding_bucket_still_generates(lm, gen):
+    # 55 prompt tokens + 9 new = max_len 64 exactly, but the padding bucket of 8 would make the
+    # cache 56 + 9 = 65 slots: generate re-pads without the bucket instead of failing.
+    model, params = lm
+    prompt = [int(t) for t in np.random.default_rng(0).integers(1, VOCAB, 55)]
+    out = gen.generate([prompt], 9)[0]
+    assert len(out) == 9
+    seq = prompt + out
+    expected = full_logits(model, params, seq)[len(prompt) - 1:len(seq) - 1].argmax(-1)
+    assert out == expected.tolist()
+
+
 def test_score_is_the_continuation_log_likelihood(lm):
     model, params = lm
     contexts = [[3, 4, 5], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]]
