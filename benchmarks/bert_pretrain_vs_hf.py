@@ -87,13 +87,12 @@ def setup_tl_jax(size, seq, batch, preds, workdir, dtype="float32"):
     holder = {"state": state}
 
     def run(steps):
-        with parallel.mesh_context(trainer.mesh, trainer.rules):
-            state = holder["state"]
-            t = time.perf_counter()
-            for i in range(steps):
-                state, m = trainer.train_step(state, batches[i % 2])
-            jax.block_until_ready(m)
-            holder["state"] = state
+        state = holder["state"]
+        t = time.perf_counter()
+        for i in range(steps):
+            state, m = trainer.train_step(state, batches[i % 2])
+        jax.block_until_ready(m)
+        holder["state"] = state
         return (time.perf_counter() - t) / steps
 
     run(2)  # compile + warm up

@@ -20,9 +20,8 @@ def one_step(overrides, mesh_overrides):
     trainer = train.build_trainer(config, workdir=None)
     state = trainer.init_state(jax.random.PRNGKey(0))
     batch = next(trainer.task.train_batches())
-    with parallel.mesh_context(trainer.mesh, trainer.rules):
-        gbatch = parallel.host_batch_to_global(batch, trainer.mesh)
-        state, metrics = trainer.train_step(state, gbatch)
+    gbatch = parallel.host_batch_to_global(batch, trainer.mesh)
+    state, metrics = trainer.train_step(state, gbatch)
     params = jax.tree_util.tree_map(np.asarray, jax.device_get(state["params"]))
     return float(metrics["loss"][0]), params, state
 
@@ -47,6 +46,18 @@ def test_one_step_is_the_same_unsharded_and_on_every_mesh(tiny_bert_overrides):
         if "mesh.fsdp=2" in mesh:
             emb = state["params"]["bert"]["embeddings"]["word_embeddings"]["embedding"]
             assert "fsdp" in str(emb.sharding.spec)
+
+
+def test_train_step_applies_the_activation_constraints_whoever_calls_it(tiny_bert_overrides):
+    # The models constrain activations by logical axis names. Those constraints only take effect
+    # when the step is traced under the mesh, so the trainer's step must bring its own mesh
+    # context, even when lowered outside any (as here).
+    config = config_lib.load_config(BERT + ":tiny",
+                                    tiny_bert_overrides + ["mesh.data=4", "mesh.fsdp=2"])
+    trainer = train.build_trainer(config, workdir=None)
+    batch = trainer.task.example_batch(int(config.data.batch_size))
+    text = trainer.train_step.lower(trainer.abstract_state, batch).as_text()
+    assert "sharding_constraint" in text or "@Sharding" in text
 
 
 def test_gradient_accumulation_matches_one_big_batch(tiny_bert_overrides):

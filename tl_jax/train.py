@@ -65,6 +65,23 @@ class Trainer:
     init_state: Any
 
 
+class _InMesh:
+    """A jitted function that is always traced, whether called or lowered, under the trainer's
+    mesh context (`parallel.mesh_context`), so the models' activation constraints apply no
+    matter who calls it: the loop, a test, a notebook."""
+
+    def __init__(self, fn, mesh, rules):
+        self.fn, self.mesh, self.rules = fn, mesh, rules
+
+    def __call__(self, *args, **kwargs):
+        with parallel.mesh_context(self.mesh, self.rules):
+            return self.fn(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        with parallel.mesh_context(self.mesh, self.rules):
+            return self.fn.lower(*args, **kwargs)
+
+
 def _replicated(mesh):
     return NamedSharding(mesh, P())
 
@@ -207,13 +224,15 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         _, metrics = task.loss_fn(params, batch, jax.random.PRNGKey(0), False)
         return metrics
 
-    jit_train = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                        out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-    jit_eval = jax.jit(eval_step, in_shardings=(param_shardings, batch_sharding),
-                       out_shardings=replicated)
+    jit_train = _InMesh(jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                                out_shardings=(state_shardings, replicated),
+                                donate_argnums=(0,)), mesh, rules)
+    jit_eval = _InMesh(jax.jit(eval_step, in_shardings=(param_shardings, batch_sharding),
+                               out_shardings=replicated), mesh, rules)
     jit_predict = None
     if hasattr(task, "predict_fn"):
-        jit_predict = jax.jit(task.predict_fn, in_shardings=(param_shardings, batch_sharding))
+        jit_predict = _InMesh(jax.jit(task.predict_fn,
+                                      in_shardings=(param_shardings, batch_sharding)), mesh, rules)
 
     return Trainer(config=config, workdir=workdir, mesh=mesh, rules=rules, task=task, tx=tx,
                    schedule=schedule, state_shardings=state_shardings,
@@ -256,18 +275,17 @@ def evaluate(trainer: Trainer, params, step: int) -> dict[str, float]:
     """One pass over (at most `train.eval_batches` of) the held-out batches."""
     limit = int(trainer.config.train.eval_batches)
     results, outputs = [], []
-    with parallel.mesh_context(trainer.mesh, trainer.rules):
-        for i, batch in enumerate(trainer.task.eval_batches()):
-            if limit and i >= limit:
-                break
-            gbatch = parallel.host_batch_to_global(batch, trainer.mesh)
-            results.append(trainer.eval_step(params, gbatch))
-            if trainer.predict_step is not None:
-                out = trainer.predict_step(params, gbatch)
-                # Whole (global) batch and outputs on every process, so decoding sees all rows.
-                whole = batch if jax.process_count() == 1 else jax.tree_util.tree_map(
-                    _to_host, gbatch)
-                outputs.append((whole, jax.tree_util.tree_map(_to_host, out)))
+    for i, batch in enumerate(trainer.task.eval_batches()):
+        if limit and i >= limit:
+            break
+        gbatch = parallel.host_batch_to_global(batch, trainer.mesh)
+        results.append(trainer.eval_step(params, gbatch))
+        if trainer.predict_step is not None:
+            out = trainer.predict_step(params, gbatch)
+            # Whole (global) batch and outputs on every process, so decoding sees all rows.
+            whole = batch if jax.process_count() == 1 else jax.tree_util.tree_map(
+                _to_host, gbatch)
+            outputs.append((whole, jax.tree_util.tree_map(_to_host, out)))
     if not results:
         return {}
     metrics = {f"eval/{k}": v for k, v in average(results).items()}
@@ -420,7 +438,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         pending = []
         window_start, window_steps = time.perf_counter(), 0
 
-    with parallel.mesh_context(mesh, trainer.rules), _Preemption() as preemption:
+    with _Preemption() as preemption:
         window_start = time.perf_counter()
         for step in range(start_step, total_steps):
             batch = parallel.host_batch_to_global(next(train_iter), mesh)
