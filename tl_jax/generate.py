@@ -15,7 +15,7 @@ Scoring (`score`) returns the log-likelihood of continuations given contexts: GP
 recipe compares these across label words (`classify_zero_shot`).
 """
 import dataclasses
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -204,7 +204,6 @@ class Generator:
         tokens, mask, positions, lengths = left_pad(prompts, self.pad_id)
         check_tokens(tokens, cfg, where="generate prompts")
         batch, width = tokens.shape
-        cache_len = width + max_new_tokens
         if lengths.max() + max_new_tokens > cfg.max_len:
             raise ValueError(
                 f"generate: prompt length {int(lengths.max())} + max_new_tokens {max_new_tokens} "
@@ -212,10 +211,8 @@ class Generator:
             )
         # Left padding can push the cache past max_len even when every row fits; shrink the
         # padding bucket in that case rather than failing.
-        if cache_len > cfg.max_len:
+        if width + max_new_tokens > cfg.max_len:
             tokens, mask, positions, lengths = left_pad(prompts, self.pad_id, bucket=1)
-            width = tokens.shape[1]
-            cache_len = width + max_new_tokens
         key_mask = jnp.asarray(np.concatenate([mask, np.ones((batch, max_new_tokens), bool)], 1))
         stop_ids = jnp.asarray(np.array(list(stop_tokens) or [-1], dtype=np.int32))
         tokens_out, steps, all_logits = self._generate(
