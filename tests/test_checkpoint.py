@@ -65,6 +65,32 @@ def test_resume_is_bit_exact(tiny_bert_overrides, tmp_path):
     assert losses(tmp_path / "full") == losses(tmp_path / "split")
 
 
+def test_resume_sets_aside_the_rows_logged_after_the_last_checkpoint(tiny_bert_overrides,
+                                                                    tmp_path, capsys):
+    def rows(name):
+        path = tmp_path / name
+        return [json.loads(x) for x in path.read_text().splitlines() if x]
+
+    run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=5")  # saves steps 3 and 5
+    # As if killed after logging step 5 but before saving it: the resumed run trains 4 and 5
+    # again, and metrics.jsonl must not hold two rows for each.
+    ckpt = tmp_path / "checkpoints"
+    for name in os.listdir(ckpt):
+        if name.startswith("5"):
+            subprocess.run(["rm", "-r", str(ckpt / name)], check=True)
+    first = {r["step"]: r["loss"] for r in rows("metrics.jsonl")}
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # a line cut short by the kill
+    capsys.readouterr()
+    run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=6")
+    assert "3 row(s)" in capsys.readouterr().out
+    assert [r["step"] for r in rows("metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    set_aside = (tmp_path / "metrics.discarded.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in set_aside[:2]] == [4, 5]
+    # The resumed run retraced the same steps (resume is exact).
+    assert {r["step"]: r["loss"] for r in rows("metrics.jsonl")[:5]} == first
+
+
 def test_rerunning_a_finished_run_trains_nothing_and_reports_held_out_metrics(
         tiny_bert_overrides, tmp_path, capsys):
     first = run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3")

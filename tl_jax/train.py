@@ -372,8 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     if data_state is not None:
         train_iter.set_state(data_state)
 
-    writer = MetricsWriter(workdir)
     start_step = int(jax.device_get(state["step"]))
+    writer = MetricsWriter(workdir, start_step=start_step)
     total_steps = int(tc.steps)
     global_batch = int(config.data.batch_size)
     tokens_per_step = task.tokens_per_example * global_batch
