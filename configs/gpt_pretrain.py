@@ -17,8 +17,8 @@ Then sample from it, or score label words zero-shot:
 The argument picks a model size from `tl_jax.models.gpt.SIZES` (tiny, mini, small, medium);
 `tiny` also shrinks the run to a smoke test. Override anything with `--config.key=value`, e.g.
 `--config.data.corpus=gensim:enwiki` (zero-setup text shipped with gensim) or
-`--config.init_from=path/to/gpt2` (a Hugging Face GPT-2 directory; then also set
-`--config.data.tokenizer=path/to/gpt2` so the ids match).
+`--config.init_from=path/to/gpt2` (a Hugging Face GPT-2 directory, or a tl_jax workdir; its
+tokenizer is used unless `data.tokenizer` names another, so the ids match).
 """
 import ml_collections
 
@@ -58,7 +58,7 @@ def get_config(arg=None):
         corpus="$TL_JAX_DATA_DIR/austen.jsonl",  # files, globs, jsonl, tfds:NAME, gensim:enwiki
         text_field="text",
         group_field="",           # "" = auto (book/title); consecutive equal values = a document
-        tokenizer="",             # "" = train byte-level BPE; or a vocab.json+merges.txt dir
+        tokenizer="",             # "" = init_from's, else train byte-level BPE; or a dir
         tokenizer_vocab_size=8192,
         seq_len=run["seq"],
         eval_fraction=0.1,        # documents held out for perplexity

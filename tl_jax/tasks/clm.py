@@ -17,14 +17,39 @@ from tl_jax.data import bpe, clm as clm_data
 from tl_jax.models import gpt, losses
 
 
-def load_tokenizer(data_cfg, workdir: str | None, documents=None) -> bpe.BPETokenizer:
+def init_from_tokenizer(init_from: str) -> str:
+    """The tokenizer that belongs to `init_from`'s weights ("" if it has none): a tl_jax
+    workdir's `tokenizer/`, or a Hugging Face directory's vocab.json + merges.txt /
+    tokenizer.json."""
+    init_from = os.path.expandvars(init_from or "")
+    if not init_from:
+        return ""
+    if warm_start.is_tl_workdir(init_from):
+        saved = os.path.join(init_from, "tokenizer")
+        return saved if os.path.isdir(saved) else ""
+    if warm_start.is_hf_directory(init_from):
+        has_bpe = all(os.path.exists(os.path.join(init_from, f))
+                      for f in ("vocab.json", "merges.txt"))
+        if has_bpe or os.path.exists(os.path.join(init_from, "tokenizer.json")):
+            return init_from
+    return ""
+
+
+def load_tokenizer(data_cfg, workdir: str | None, documents=None,
+                   init_from: str = "") -> bpe.BPETokenizer:
     """The run's tokenizer: the one saved in the workdir (a resumed run), the file named by
-    `data.tokenizer`, or a new byte-level BPE trained on `documents`."""
+    `data.tokenizer`, the one `init_from`'s weights were trained with (a new vocabulary would
+    give the warm-started embedding rows other meanings), or a new byte-level BPE trained on
+    `documents`."""
     saved = os.path.join(workdir, "tokenizer") if workdir else None
     if saved and os.path.isdir(saved):
         return bpe.BPETokenizer.load(saved)
     if data_cfg.tokenizer:
         return bpe.BPETokenizer.load(os.path.expandvars(data_cfg.tokenizer))
+    source = init_from_tokenizer(init_from)
+    if source:
+        print(f"[clm] tokenizer of init_from: {source}", flush=True)
+        return bpe.BPETokenizer.load(source)
     if documents is None:
         raise ValueError("load_tokenizer: no saved tokenizer, no data.tokenizer and no documents")
     return bpe.BPETokenizer.train(
@@ -98,7 +123,7 @@ class Task:
             documents = documents[:data_cfg.max_documents]
         train_docs, eval_docs = clm_data.split_documents(
             documents, data_cfg.eval_fraction, config.seed)
-        self.tokenizer = load_tokenizer(data_cfg, workdir, train_docs)
+        self.tokenizer = load_tokenizer(data_cfg, workdir, train_docs, config.init_from)
         self.model_config = gpt_config_from(config.model, self.tokenizer.vocab_size)
         self.model = gpt.GPT(self.model_config)
         seq = data_cfg.seq_len
