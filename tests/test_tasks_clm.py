@@ -43,3 +43,27 @@ def test_warm_start_keeps_the_init_from_tokenizer(tmp_path, texts, kind):
     tok = clm.load_tokenizer(data_cfg(tokenizer=str(other)), str(tmp_path / "run"), new_docs,
                              str(init_from))
     assert tok.hf_tokenizer.get_vocab() == fresh.hf_tokenizer.get_vocab()
+
+
+def test_warm_start_from_a_gpt2_directory_of_another_size_is_an_error(tmp_path):
+    """A GPT-2 directory whose shapes match nothing must not silently train from scratch."""
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+
+    from tl_jax import warm_start
+    from tl_jax.interop import gpt2
+    from tl_jax.models.gpt import GPT, gpt_config
+
+    source = gpt_config("tiny", 300, embed_dim=32, mlp_dim=128, max_len=64)
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    gpt2.save_pretrained(tmp_path, source, nn.unbox(
+        GPT(source).init(jax.random.PRNGKey(0), tokens)["params"]))
+    target = gpt_config("tiny", 300)
+    params = nn.unbox(GPT(target).init(jax.random.PRNGKey(1), tokens)["params"])
+    with pytest.raises(warm_start.WarmStartError, match="width 32"):
+        clm.load_gpt_weights(params, str(tmp_path), target)
+    # The matching size loads every tensor.
+    matching = nn.unbox(GPT(source).init(jax.random.PRNGKey(1), tokens)["params"])
+    loaded = clm.load_gpt_weights(matching, str(tmp_path), source)
+    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(matching)

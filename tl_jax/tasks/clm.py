@@ -88,6 +88,12 @@ def load_gpt_weights(params, init_from: str, model_config: gpt.GPTConfig, prefix
         flat, _ = jax.tree_util.tree_flatten_with_path(hf_params)
         source = {prefix + checkpoint.path_str(p): np.asarray(v) for p, v in flat}
         params, report = checkpoint.merge_matching(params, source)
+        if not report["taken"]:
+            raise warm_start.WarmStartError(
+                f"init_from={init_from!r}: no tensor matched this model by name and shape (the "
+                f"checkpoint has {hf_config.num_layers} layers of width {hf_config.embed_dim} "
+                f"and {hf_config.max_len} positions; the model {model_config.num_layers} of "
+                f"{model_config.embed_dim} and {model_config.max_len}); pick the matching size.")
         for line in warm_start.report_lines(report, f"GPT-2 checkpoint {init_from}"):
             print(line, flush=True)
         return params
