@@ -229,3 +229,26 @@ def test_run_generate_from_a_gpt2_directory(tmp_path, lm):
     assert [r["prediction"] for r in named] == [{"sat": "S", "dog": "D"}[r["prediction"]]
                                                 for r in scored]
     assert (tmp_path / "out.jsonl").read_text().count("\n") == 2
+
+
+def test_run_generate_rejects_max_new_tokens_that_fill_the_context(tmp_path):
+    """max_new_tokens >= max_len leaves no room for any prompt: say so (it used to report an
+    empty prompt, or a prompt length that was not the user's), in both CLI modes' terms."""
+    from tl_jax.data.bpe import BPETokenizer
+    from tl_jax.interop import gpt2
+
+    tok = BPETokenizer.train(["the cat sat on the mat", "a dog"] * 20, vocab_size=280)
+    cfg = gpt_config("tiny", tok.vocab_size, max_len=16)
+    params = nn.unbox(GPT(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    gpt2.save_pretrained(tmp_path, cfg, params)
+    tok.save(str(tmp_path))
+    for n in (16, 40):
+        with pytest.raises(ValueError, match="leaves no room for a prompt"):
+            generate.run_generate(str(tmp_path), prompts=["the cat"], max_new_tokens=n)
+    out = generate.run_generate(str(tmp_path), prompts=["the cat sat " * 10], max_new_tokens=15,
+                                stop_at_eos=False)
+    assert len(tok.encode(out[0]["completion"])) >= 1
+    # Scoring keeps a long context's end (score() truncates), with a tiny max_len too.
+    scored = generate.run_generate(str(tmp_path), mode="score", prompts=["the cat sat " * 10],
+                                   choices=[" mat", " dog"])
+    assert scored[0]["prediction"] in ("mat", "dog")

@@ -418,10 +418,14 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     template = template.replace("\\n", "\n")  # a template typed on a command line
     texts = [template.replace("{text}", r["text"]) for r in records]
     encoded = [tokenizer.encode(t) or [tokenizer.eos_id] for t in texts]
-    limit = model.config.max_len - (max_new_tokens if mode == "complete" else 16)
-    encoded = [ids[-limit:] for ids in encoded]  # keep the end of over-long prompts
     results = []
     if mode == "complete":
+        if max_new_tokens >= model.config.max_len:
+            raise ValueError(
+                f"generate: max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
+                f"model's max_len {model.config.max_len}")
+        limit = model.config.max_len - max_new_tokens
+        encoded = [ids[-limit:] for ids in encoded]  # keep the end of over-long prompts
         generator = Generator(model, params, pad_id=tokenizer.eos_id)
         sampling = Sampling(temperature, top_k, top_p)
         stops = [tokenizer.eos_id] if stop_at_eos else []
@@ -435,7 +439,7 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                 print(f"{text}{completion}\n{'-' * 40}", flush=True)
     else:
         if not choices:
-            raise ValueError("generate: mode=score needs --choices")
+            raise ValueError("generate: mode=score needs choices (--choice, repeatable)")
         labels = list(labels) or [c.strip() for c in choices]
         if len(labels) != len(choices):
             raise ValueError(f"generate: {len(labels)} labels for {len(choices)} choices")
