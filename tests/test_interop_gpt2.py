@@ -121,3 +121,45 @@ def test_import_rejects_mismatched_state():
         gpt2.params_from_hf(wrong, config)
     with pytest.raises(ValueError, match="activation_function"):
         gpt2.config_from_hf(dict(hf.config.to_dict(), activation_function="relu"))
+
+
+def test_convert_exports_a_clm_workdir(tmp_path, monkeypatch):
+    """`tl_jax convert --direction=tl_to_hf` of a GPT (clm) training run: a GPT2LMHeadModel
+    with the run's tokenizer (it used to fail looking for a BERT encoder)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from tl_jax import checkpoint
+    from tl_jax.data.bpe import BPETokenizer
+    from tl_jax.interop import convert, safetensors_io
+
+    tok = BPETokenizer.train(["the cat sat on the mat", "a dog sat on a log"] * 20,
+                             vocab_size=280)
+    config = gpt_config("tiny", tok.vocab_size, max_len=32, initializer_range=0.2)
+    params = nn.unbox(GPT(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))[
+        "params"])
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    tok.save(str(workdir / "tokenizer"))
+    (workdir / "config.json").write_text(json.dumps({"task": "clm", "model": dict(
+        size="tiny", vocab_size=0, max_len=32, dropout_rate=0.1, attention_dropout_rate=0.1,
+        dtype="float32")}))
+    # The orbax reading is checkpoint.py's (tested there); this test owns the GPT-2 export.
+    monkeypatch.setattr(checkpoint, "load_params_from_workdir",
+                        lambda path: (safetensors_io.flatten_params(params), 5))
+    convert.convert(workdir, tmp_path / "hf", "tl_to_hf")
+    hf, info = GPT2LMHeadModel.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    assert hf.config.eos_token_id == tok.eos_id
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf_tok("the cat sat").input_ids == tok.encode("the cat sat")
+    ids = np.random.RandomState(0).randint(0, tok.vocab_size, (2, 32))
+    with torch.no_grad():
+        ref = hf.eval()(torch.tensor(ids)).logits.numpy()
+    mine = np.asarray(GPT(config).apply({"params": params}, jnp.asarray(ids))[0]["logits"])
+    np.testing.assert_allclose(mine, ref, atol=1e-5, rtol=1e-5)
+
+    (workdir / "config.json").write_text(json.dumps({"task": "lm_classify", "model": {}}))
+    with pytest.raises(ValueError, match="lm_classify"):
+        convert.convert(workdir, tmp_path / "hf2", "tl_to_hf")

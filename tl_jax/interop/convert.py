@@ -9,7 +9,7 @@ A tl_jax weights directory is deliberately plain, readable without tl_jax:
 
     convert("hf_dir", "tl_dir", direction="hf_to_tl")
     convert("tl_dir", "hf_dir2", direction="tl_to_hf")
-    convert("train_workdir", "hf_dir3", direction="tl_to_hf")  # newest checkpoint of a BERT run
+    convert("train_workdir", "hf_dir3", direction="tl_to_hf")  # newest checkpoint: BERT or clm
     params, report = init_from(params, "some_dir")   # either kind of directory
 """
 from __future__ import annotations
@@ -133,7 +133,8 @@ def is_trainer_workdir(directory) -> bool:
 
 
 def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
-    """HF export of the newest checkpoint of a BERT run (pretraining or fine-tuning).
+    """HF export of the newest checkpoint of a BERT run (pretraining or fine-tuning), or of a
+    GPT language model (`clm`) run as `GPT2LMHeadModel`.
 
     The architecture comes from the param shapes, the rest (activation, dropout) from the
     run's config; a pretraining run keeps its MLM/NSP heads, a task model exports its encoder.
@@ -141,8 +142,15 @@ def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
     from tl_jax import checkpoint
     from tl_jax.interop import bert as hf_bert
 
-    flat, step = checkpoint.load_params_from_workdir(str(src))
     run_config = json.loads((src / TL_CONFIG).read_text())
+    task = run_config.get("task")
+    if task == "clm":
+        _export_gpt_workdir(src, dst)
+        return
+    if task == "lm_classify":
+        raise ValueError(f"convert: {src} is a GPT classifier (task lm_classify), which has no "
+                         "GPT-2 layout; export the clm workdir its LM came from")
+    flat, step = checkpoint.load_params_from_workdir(str(src))
     model = run_config.get("model", {}) if isinstance(run_config.get("model"), dict) else {}
     extra = {k: model[k] for k in ("hidden_act", "layer_norm_eps", "dropout_rate",
                                    "attention_dropout_rate") if k in model}
@@ -152,6 +160,20 @@ def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
     hf_bert.export(params, config, dst, with_heads=has_heads, tokenizer=tokenizer)
     print(f"[convert] {src} step {step}: BERT {config.num_layers}x{config.hidden_size}, "
           f"{'with' if has_heads else 'without'} MLM/NSP heads")
+
+
+def _export_gpt_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """A `clm` workdir's newest checkpoint as a GPT-2 directory: config.json (with the
+    `<|endoftext|>` id as bos/eos), model.safetensors, vocab.json + merges.txt."""
+    from tl_jax.generate import load_model
+    from tl_jax.interop import gpt2
+
+    model, params, tokenizer = load_model(str(src))
+    eos = tokenizer.eos_id
+    gpt2.save_pretrained(dst, model.config, params, bos_token_id=eos, eos_token_id=eos)
+    tokenizer.save(str(dst))
+    print(f"[convert] {src}: GPT {model.config.num_layers}x{model.config.embed_dim}, "
+          f"vocabulary {model.config.vocab_size}")
 
 
 def _head_paths(params):
