@@ -163,3 +163,29 @@ def test_convert_exports_a_clm_workdir(tmp_path, monkeypatch):
     (workdir / "config.json").write_text(json.dumps({"task": "lm_classify", "model": {}}))
     with pytest.raises(ValueError, match="lm_classify"):
         convert.convert(workdir, tmp_path / "hf2", "tl_to_hf")
+
+
+def test_converted_tl_directory_loads_where_a_gpt2_directory_does(tmp_path):
+    """`tl_jax convert` (hf_to_tl) output is usable by the GPT paths (generate --model,
+    init_from): it used to fail with 'no model.safetensors' or KeyError 'n_embd'."""
+    from tl_jax import generate
+    from tl_jax.data.bpe import BPETokenizer
+    from tl_jax.interop import convert
+
+    tok = BPETokenizer.train(["the cat sat on the mat", "a dog sat on a log"] * 20,
+                             vocab_size=280)
+    hf = random_hf(2, vocab_size=tok.vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+    hf.save_pretrained(tmp_path / "hf")
+    tok.save(str(tmp_path / "hf"))
+    convert.convert(tmp_path / "hf", tmp_path / "tl", "hf_to_tl")
+    config, params = gpt2.load_pretrained(tmp_path / "tl")
+    _, hf_params = gpt2.load_pretrained(tmp_path / "hf")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, hf_params)
+    outs = [generate.run_generate(str(tmp_path / d), prompts=["the cat"], max_new_tokens=5,
+                                  stop_at_eos=False) for d in ("hf", "tl")]
+    assert outs[0] == outs[1]
+    assert gpt2.load_config(tmp_path / "tl") == gpt2.load_config(tmp_path / "hf")
+    with pytest.raises(ValueError, match="model_type"):
+        (tmp_path / "bert").mkdir()
+        (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+        gpt2.load_config(tmp_path / "bert")

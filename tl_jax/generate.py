@@ -319,7 +319,8 @@ def classify_zero_shot(model: GPT, params, prompts: Sequence[Sequence[int]],
 
 
 def load_model(path: str):
-    """(GPT model, params, BPETokenizer) from a tl_jax `clm` workdir or a GPT-2 directory.
+    """(GPT model, params, BPETokenizer) from a tl_jax `clm` workdir or a GPT-2 directory (or
+    its `tl_jax convert` weights directory).
 
     A workdir needs `config.json`, `tokenizer/` and `checkpoints/` (the newest good one is used);
     a Hugging Face directory needs `config.json`, `model.safetensors` and vocab.json+merges.txt

@@ -164,17 +164,47 @@ def params_to_hf(params: dict, config: GPTConfig) -> dict:
     return out
 
 
-def load_pretrained(path) -> tuple:
-    """Reads `config.json` + `model.safetensors` from a GPT-2 directory: `(GPTConfig, params)`."""
+_TL_PARAMS = "params.safetensors"  # a tl_jax weights directory (`tl_jax convert` hf_to_tl)
+
+
+def _tl_weights(path: pathlib.Path):
+    """`(config, params)` of a tl_jax weights directory written by `tl_jax convert`."""
+    from tl_jax.interop import convert
+
+    config, params, family = convert.load_tl_params(path)
+    if family != "gpt2":
+        raise ValueError(f"{path} holds {family!r} weights, not GPT-2")
+    return config, params
+
+
+def load_config(path) -> GPTConfig:
+    """The `GPTConfig` of a GPT-2 directory, or of a tl_jax weights directory converted from
+    one, without reading the weights."""
     path = pathlib.Path(path)
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"GPT-2 directory {path} has no config.json")
+    meta = json.loads(config_file.read_text())
+    if (path / _TL_PARAMS).exists():
+        if meta.get("family") != "gpt2":
+            raise ValueError(f"{path} holds {meta.get('family')!r} weights, not GPT-2")
+        return GPTConfig(**meta["config"])
+    if meta.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"{config_file}: model_type={meta['model_type']!r}, expected 'gpt2'")
+    return config_from_hf(meta)
+
+
+def load_pretrained(path) -> tuple:
+    """Reads `config.json` + `model.safetensors` from a GPT-2 directory (or the tl_jax weights
+    directory `tl_jax convert` made of one): `(GPTConfig, params)`."""
+    path = pathlib.Path(path)
+    if (path / _TL_PARAMS).exists():
+        return _tl_weights(path)
     config_file, weights_file = path / "config.json", path / "model.safetensors"
     for f in (config_file, weights_file):
         if not f.exists():
             raise FileNotFoundError(f"GPT-2 directory {path} has no {f.name}")
-    hf = json.loads(config_file.read_text())
-    if hf.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"{config_file}: model_type={hf['model_type']!r}, expected 'gpt2'")
-    config = config_from_hf(hf)
+    config = load_config(path)
     return config, params_from_hf(load_file(str(weights_file)), config)
 
 

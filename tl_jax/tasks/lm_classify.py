@@ -98,10 +98,8 @@ def resolve_model(config, train_texts):
             dtype=m.dtype)
     elif init_from and warm_start.is_hf_directory(init_from):
         from tl_jax.interop import gpt2
-        with open(os.path.join(init_from, "config.json")) as f:
-            model_config = gpt2.config_from_hf(json.load(f))
         model_config = gpt.GPTConfig(**{
-            **model_config.__dict__, "dropout_rate": m.dropout_rate,
+            **gpt2.load_config(init_from).__dict__, "dropout_rate": m.dropout_rate,
             "attention_dropout_rate": m.attention_dropout_rate, "dtype": m.dtype})
         tokenizer = bpe.BPETokenizer.load(d.tokenizer or init_from)
     elif init_from:
