@@ -67,3 +67,17 @@ def test_warm_start_from_a_gpt2_directory_of_another_size_is_an_error(tmp_path):
     matching = nn.unbox(GPT(source).init(jax.random.PRNGKey(1), tokens)["params"])
     loaded = clm.load_gpt_weights(matching, str(tmp_path), source)
     assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(matching)
+
+
+def test_workdir_tokenizer_is_kept_only_by_a_run_that_resumes(tmp_path, texts):
+    """A tokenizer left by a run that stopped before its first checkpoint must not override
+    the config (it used to: a rerun asking for another vocabulary size silently got the old one)."""
+    docs = [[t] for t in texts]
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    BPETokenizer.train(texts, vocab_size=300).save(str(workdir / "tokenizer"))
+    tok = clm.load_tokenizer(data_cfg(tokenizer_vocab_size=350), str(workdir), docs)
+    assert tok.vocab_size == 350
+    (workdir / "checkpoints" / "10").mkdir()
+    tok = clm.load_tokenizer(data_cfg(tokenizer_vocab_size=350), str(workdir), docs)
+    assert tok.vocab_size == 300

@@ -17,6 +17,12 @@ from tl_jax.data import bpe, clm as clm_data
 from tl_jax.models import gpt, losses
 
 
+def has_checkpoint(workdir: str) -> bool:
+    """Whether `workdir/checkpoints` holds a finished step (a run to resume)."""
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 def init_from_tokenizer(init_from: str) -> str:
     """The tokenizer that belongs to `init_from`'s weights ("" if it has none): a tl_jax
     workdir's `tokenizer/`, or a Hugging Face directory's vocab.json + merges.txt /
@@ -37,12 +43,14 @@ def init_from_tokenizer(init_from: str) -> str:
 
 def load_tokenizer(data_cfg, workdir: str | None, documents=None,
                    init_from: str = "") -> bpe.BPETokenizer:
-    """The run's tokenizer: the one saved in the workdir (a resumed run), the file named by
+    """The run's tokenizer: the one saved in the workdir (a resumed run), the one named by
     `data.tokenizer`, the one `init_from`'s weights were trained with (a new vocabulary would
     give the warm-started embedding rows other meanings), or a new byte-level BPE trained on
     `documents`."""
     saved = os.path.join(workdir, "tokenizer") if workdir else None
-    if saved and os.path.isdir(saved):
+    if saved and os.path.isdir(saved) and has_checkpoint(workdir):
+        # Only a run that resumes keeps the vocabulary it saved: one left by a run that stopped
+        # before its first checkpoint would silently override data.tokenizer / init_from.
         return bpe.BPETokenizer.load(saved)
     if data_cfg.tokenizer:
         return bpe.BPETokenizer.load(os.path.expandvars(data_cfg.tokenizer))

@@ -142,7 +142,8 @@ class Task:
             raise ValueError(f"{d.eval_file}: labels {unknown} never occur in training data "
                              f"{d.train_file} (labels {self.labels}); set data.labels")
         saved_tok = os.path.join(workdir, "tokenizer") if workdir else ""
-        if saved_tok and os.path.isdir(saved_tok) and not d.tokenizer:
+        if (saved_tok and os.path.isdir(saved_tok) and clm.has_checkpoint(workdir)
+                and not d.tokenizer):
             d.tokenizer = saved_tok  # a resumed run keeps the vocabulary it started with
         self.tokenizer, self.model_config = resolve_model(
             config, [r["text"] for r in self.train_records])
