@@ -215,3 +215,18 @@ def test_elmo_classifier_trains_its_head_and_mix_on_frozen_features():
     tagger = elmo_features.ElmoClassifier(TINY, num_classes=3, per_token=True)
     logits, _ = tagger.apply(tagger.init(jax.random.PRNGKey(0), chars, mask), chars, mask)
     assert logits.shape == (8, 3, 3)
+
+
+def test_resume_check_accepts_the_biLM_config_after_its_json_round_trip():
+    # The checkpoint stores the resolved ElmoConfig as JSON, which turns the nested filter
+    # tuples into lists; resuming a bilm workdir must not see that as a changed model.
+    import dataclasses
+    import json
+
+    from tl_jax import checkpoint as ckpt_lib
+    current = {"resolved_model": dataclasses.asdict(TINY)}
+    saved = json.loads(json.dumps(current))
+    assert ckpt_lib.config_differences(saved, current, sections=("resolved_model",)) == []
+    changed = json.loads(json.dumps({"resolved_model": dataclasses.asdict(
+        dataclasses.replace(TINY, filters=((1, 8), (2, 9))))}))
+    assert ckpt_lib.config_differences(changed, current, sections=("resolved_model",))

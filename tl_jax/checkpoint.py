@@ -213,8 +213,13 @@ def _diff(a, b, name):
             out.extend(_diff(a.get(key), b.get(key), f"{name}.{key}"))
         return out
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        a, b = list(a), list(b)
+        # JSON turns every tuple into a list, nested ones too (ELMo's filters ((1, 8), ...)).
+        a, b = _lists(a), _lists(b)
     return [] if a == b else [f"{name}: checkpoint has {a!r}, config has {b!r}"]
+
+
+def _lists(x):
+    return [_lists(v) for v in x] if isinstance(x, (list, tuple)) else x
 
 
 def merge_matching(params, source: dict[str, np.ndarray]):
