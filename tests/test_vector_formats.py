@@ -66,6 +66,26 @@ def test_malformed_text_files_name_file_and_line(tmp_path, content, loader, matc
         loader(path)
 
 
+def test_non_utf8_text_file_names_file_and_line(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"2 3\nthe 1 2 3\n\xffof 1 2 3\n")
+    for loader in (vf.load_word2vec_text, vf.load_vectors):
+        with pytest.raises(ValueError, match=r"bad.txt:3: not UTF-8"):
+            loader(tmp_path / "bad.txt")
+
+
+@pytest.mark.parametrize("fmt", sorted(vf.FORMATS))
+def test_unicode_whitespace_tokens_load_and_round_trip(tmp_path, fmt):
+    # GloVe's vocabularies hold tokens such as a lone no-break space; only " " separates fields.
+    (tmp_path / "g.txt").write_text("the 1 2\n\xa0 3 4\na\u2009b 5 6\n", encoding="utf-8")
+    vectors = vf.load_glove_text(tmp_path / "g.txt")
+    assert vectors.words == ["the", "\xa0", "a\u2009b"]
+    path = tmp_path / ("v.bin" if fmt == "word2vec_binary" else "v.txt")
+    vf.save_vectors(vectors, path, fmt)
+    assert vf.load_vectors(path, fmt).words == vectors.words
+    with pytest.raises(ValueError, match="space or newline"):
+        vf.WordVectors(["a b"], np.zeros((1, 2)))
+
+
 def test_truncated_binary_file_is_an_error(tmp_path):
     vf.save_word2vec_binary(_vectors(3, 4), tmp_path / "v.bin")
     data = (tmp_path / "v.bin").read_bytes()

@@ -30,8 +30,10 @@ class WordVectors:
                              f"{len(self.words)} words")
         self.index = {}
         for i, w in enumerate(self.words):
-            if not w or any(c.isspace() for c in w):
-                raise ValueError(f"word {i} ({w!r}) is empty or contains whitespace")
+            # Only what the files cannot carry: a word ends at " " (and a line at "\n"). Other
+            # Unicode whitespace ("\xa0", "\u2009") are real GloVe tokens and round-trip.
+            if not w or " " in w or "\n" in w:
+                raise ValueError(f"word {i} ({w!r}) is empty or contains a space or newline")
             # First occurrence wins, as in gensim, so lookups are well defined on odd files.
             self.index.setdefault(w, i)
 
@@ -81,10 +83,19 @@ def _parse_row(parts: list[str], dim: int | None, path, lineno: int) -> np.ndarr
 def _read_text(path, header: bool) -> WordVectors:
     words, rows = [], []
     expected_rows, dim = None, None
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    # Bytes, decoded line by line: a stray non-UTF-8 byte is then reported with its line, and
+    # only b"\n" ends a line (text mode would also split a token holding a lone "\r").
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 (byte {e.start} of the line: "
+                                 f"{raw[e.start:e.start + 1]!r})") from None
+            line = line.rstrip("\n")
+            line = line[:-1] if line.endswith("\r") else line  # Windows line ends
             # Split on spaces only: GloVe vocabularies hold odd Unicode "whitespace" tokens.
-            parts = line.rstrip("\n").rstrip(" ").split(" ")
+            parts = line.rstrip(" ").split(" ")
             if header and lineno == 1:
                 if len(parts) != 2 or not all(p.isdigit() for p in parts):
                     raise ValueError(f"{path}:1: expected a header 'vocab_size dim', "
