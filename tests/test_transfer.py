@@ -428,3 +428,18 @@ def test_trainer_computes_no_gradients_for_frozen_parameters(data_dir, tmp_path)
     assert not all(trainer.task.transfer_plan.optimizer_mask.values())
     full_flops, _ = step_flops(((".*", "train"),))
     assert frozen_flops < 0.85 * full_flops, (frozen_flops, full_flops)
+
+
+def test_a_rule_naming_no_parameter_is_an_error():
+    # A misspelt or out-of-range layer name would otherwise leave that layer to ('.*', 'train').
+    paths = list(transfer.flat_params(toy_params()))
+    with pytest.raises(ValueError, match=r"layer_9.*match no parameter"):
+        transfer.match_rules(paths, [(r"bert/encoder/layer_9/.*", "frozen"), (".*", "train")])
+    with pytest.raises(ValueError, match="embedings"):
+        tc, oc = configs(rules=((r"bert/embedings/.*", "frozen"), (".*", "train")))
+        transfer.build_transfer_optimizer(toy_params(), tc, oc, 10, 5)
+    # A rule that earlier rules shadow still names parameters: allowed, and noted in the table.
+    tc, oc = configs(rules=((r"bert/.*", "frozen"), (r"bert/embeddings/.*", "train"),
+                            (".*", "train")))
+    plan = transfer.build_transfer_optimizer(toy_params(), tc, oc, 10, 5)
+    assert "earlier rules take all it matches" in plan.summary()

@@ -167,7 +167,11 @@ def compile_rules(rules: Iterable) -> list[tuple[re.Pattern, Setting, str]]:
 
 
 def match_rules(paths: Iterable[str], rules: Iterable) -> dict[str, int]:
-    """`{path: index of the first rule whose regex fullmatches it}`; uncovered paths are an error."""
+    """`{path: index of the first rule whose regex fullmatches it}`.
+
+    Uncovered paths are an error, and so is a rule whose regex matches no path at all (a typo
+    in a layer name); a rule matching only paths that earlier rules took is allowed.
+    """
     compiled = compile_rules(rules)
     matched, uncovered = {}, []
     for path in paths:
@@ -177,6 +181,14 @@ def match_rules(paths: Iterable[str], rules: Iterable) -> dict[str, int]:
                 break
         else:
             uncovered.append(path)
+    paths = list(matched) + uncovered
+    unknown = [pattern for regex, _, pattern in compiled
+               if not any(regex.fullmatch(path) for path in paths)]
+    if unknown and paths:
+        # A misspelt layer name must not silently leave that layer to the catch-all rule.
+        raise ValueError(
+            f"transfer rule(s) {unknown} match no parameter of this model (rules are matched "
+            f"with re.fullmatch on paths like {paths[0]!r}); fix or remove them.")
     if uncovered:
         shown = "\n  ".join(uncovered[:20])
         more = f"\n  ... and {len(uncovered) - 20} more" if len(uncovered) > 20 else ""

@@ -295,7 +295,7 @@ class TransferPlan:
         for i, (_, setting, pattern) in enumerate(self.rules):
             paths = [p for p in self.paths if self.info[p].rule == i]
             n = sum(self.sizes[p] for p in paths)
-            note = "" if paths else "   <- matches nothing"
+            note = "" if paths else "   <- earlier rules take all it matches"
             lines.append(f"  {pattern:<48} {setting.describe():<18} {len(paths):>7} {n:>12,}{note}")
         lines.append(f"  {'group':<18} {'lr mult':>9} {'trainable params':>17}")
         for g in reversed(self.groups):
