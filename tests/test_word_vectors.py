@@ -229,6 +229,18 @@ def test_tiny_configs_run_end_to_end(data_dir, tmp_path, name):
         assert vectors.words == vocab.words and vectors.dim == config.dim
 
 
+def test_unknown_save_format_fails_before_training(tmp_path, monkeypatch):
+    import pathlib
+
+    from tl_jax import config as config_lib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "word2vec.py"
+    config = config_lib.load_config(f"{path}:tiny", ["save_formats=('word2vec_txt',)"])
+    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    with pytest.raises(ValueError, match=r"save_formats.*'word2vec_txt'"):
+        static_train.run(config, str(tmp_path))
+
+
 @pytest.mark.parametrize("cbow", [False, True])
 def test_epoch_batches_have_contract_shapes_and_in_vocab_ids(cbow):
     vocab, corpus = _corpus(_planted_corpus(200))

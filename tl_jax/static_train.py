@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from tl_jax.data import word_vectors as wv
-from tl_jax.data.vector_formats import WordVectors, save_vectors
+from tl_jax.data.vector_formats import FORMATS, WordVectors, save_vectors
 from tl_jax.models import embeddings
 
 # ----------------------------------------------------------------------------------------------
@@ -280,6 +280,10 @@ def run(config, workdir: str) -> dict:
 
     if config.method not in ("word2vec", "glove"):
         raise ValueError(f"config.method={config.method!r}; expected 'word2vec' or 'glove'")
+    unknown = [f for f in config.save_formats if f not in FORMATS]
+    if unknown:  # before training, not after it
+        raise ValueError(f"config.save_formats: unknown format(s) {unknown}; known: "
+                         f"{sorted(FORMATS)}")
     sentences = wv.load_sentences(config.corpus, config.text_field)
     if config.max_sentences:
         sentences = sentences[:config.max_sentences]
