@@ -443,3 +443,15 @@ def test_a_rule_naming_no_parameter_is_an_error():
                             (".*", "train")))
     plan = transfer.build_transfer_optimizer(toy_params(), tc, oc, 10, 5)
     assert "earlier rules take all it matches" in plan.summary()
+
+
+@pytest.mark.parametrize("name", ["transfer_ulmfit", "transfer_chain_thaw"])
+def test_tiny_smoke_configs_reach_their_last_stage(data_dir, tmp_path, name):
+    # A smoke test that never thaws anything below the head tests no unfreezing at all.
+    from tl_jax import config as config_lib, train
+
+    config = config_lib.load_config(f"configs/{name}.py:tiny", ["train.progress=False"])
+    trainer = train.build_trainer(config, str(tmp_path))
+    plan = trainer.task.transfer_plan
+    assert plan.stages[-1].name == "all"
+    assert plan.stages[-1].start_step < config.train.steps, (plan.stages, config.train.steps)
