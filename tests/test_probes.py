@@ -87,3 +87,20 @@ def test_probe_classifier_stops_encoder_gradients():
     with pytest.raises(ValueError, match="needs 4 encoder layers"):
         probes.FeatureProbe(2, feature="concat_last_four").init(
             jax.random.PRNGKey(0), jnp.zeros((1, 3, 4, 8)))
+
+
+def test_feature_cache_is_not_shared_by_encoders_of_different_depth(data_dir, tmp_path):
+    # probe.cache_dir serves sweeps; a run keeping fewer layers of init_from must not read the
+    # pooled features of a deeper encoder (its "last" would be the other run's last layer).
+    from tl_jax import config as config_lib, tasks
+
+    def task(num_layers):
+        config = config_lib.load_config("configs/transfer_feature.py:minilm", [
+            "data.max_train_examples=32", "data.max_eval_examples=16", "data.max_seq_length=16",
+            f"probe.cache_dir={tmp_path / 'cache'}", f"model.num_layers={num_layers}"])
+        return tasks.build_task(config, str(tmp_path / f"run{num_layers}"))
+
+    assert task(2).train_arrays["features"].shape == (32, 3, 384)
+    shallow = task(1)
+    assert shallow.train_arrays["features"].shape == (32, 2, 384)
+    assert len(list((tmp_path / "cache").glob("*train*.npy"))) == 2

@@ -97,7 +97,11 @@ class Task(classify.Task):
                           c.data.train_file if split == "train" else c.data.eval_file,
                           c.data.max_seq_length, c.data.max_train_examples if split == "train"
                           else c.data.max_eval_examples, c.probe.pooling, c.data.text_field,
-                          c.data.text_b_field], sort_keys=True)
+                          c.data.text_b_field,
+                          # Anything else that changes the encoder or its input ids.
+                          c.model.num_layers, c.model.dtype, c.data.tokenizer,
+                          c.data.tokenizer_vocab_size, c.transfer.reinit_top_k,
+                          c.transfer.adapter_size, c.transfer.lora_rank], sort_keys=True)
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         return os.path.join(c.probe.cache_dir, f"probe_features_{split}_{digest}.npy")
 
@@ -107,9 +111,12 @@ class Task(classify.Task):
         path = self._cache_file(split)
         if path and os.path.exists(path):
             out["features"] = np.load(path)
-            if len(out["features"]) != len(arrays["labels"]):
-                raise ValueError(f"{path}: cached features for {len(out['features'])} examples, "
-                                 f"but the {split} set has {len(arrays['labels'])}; delete it.")
+            want = (len(arrays["labels"]), self.model_config.num_layers + 1,
+                    self.model_config.hidden_size)
+            if out["features"].shape != want:
+                raise ValueError(f"{path}: cached features of shape {out['features'].shape}, "
+                                 f"but this run's {split} set and encoder need {want}; "
+                                 "delete it.")
             return out
         out["features"] = self._encode(arrays)
         if not self.pooled:
