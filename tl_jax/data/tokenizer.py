@@ -100,10 +100,24 @@ class Tokenizer:
             raise TokenizerError(f"vocab_size={vocab_size} is too small for a WordPiece vocabulary.")
         documents = list(documents)
         tok = _bert_pipeline(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100), lowercase)
+        # The trainer creates a `##c` piece for every character c it meets inside a word, with
+        # ids in hash-map order, and breaks ties between equally frequent merges by those ids:
+        # the vocabulary itself (not just its numbering) changed from run to run and process to
+        # process (huggingface/tokenizers#1794). Registering the same pieces up front, sorted,
+        # gives them fixed ids and so a deterministic vocabulary; the set of pieces is the
+        # one the trainer would have created.
+        continuation = set()
+        for document in documents:
+            for unit in document:
+                normalized = tok.normalizer.normalize_str(unit)
+                for word, _ in tok.pre_tokenizer.pre_tokenize_str(normalized):
+                    continuation.update(word[1:])
+        continuation_pieces = [CONTINUATION_PREFIX + ch for ch in sorted(continuation)]
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
-            special_tokens=list(SPECIAL_TOKENS),  # In this order, so [PAD] is 0.
+            # In this order, so [PAD] is 0 (the pieces are renumbered below anyway).
+            special_tokens=list(SPECIAL_TOKENS) + continuation_pieces,
             continuing_subword_prefix=CONTINUATION_PREFIX,
             show_progress=False,
         )
