@@ -123,6 +123,19 @@ def test_errors_name_the_file_and_line(tmp_path):
         load_documents("gensim:brown")
 
 
+def test_files_that_are_not_utf8_name_the_file_and_line(tmp_path):
+    # A Windows-1252 export (e.g. "café"): a bare UnicodeDecodeError named neither.
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"First paragraph.\n\nCaf\xe9 society.\n")
+    with pytest.raises(SourceError, match=r"latin.txt:3: not UTF-8 text \(byte b'\\xe9'"):
+        load_documents(str(latin))
+    packed = tmp_path / "latin.jsonl.gz"
+    with gzip.open(packed, "wb") as f:
+        f.write(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(SourceError, match=r"latin.jsonl.gz:2: not UTF-8 text"):
+        load_documents(str(packed))
+
+
 def test_sentence_splitter_keeps_all_text(data_dir):
     lines = (data_dir / "austen.jsonl").read_text(encoding="utf-8").splitlines()[:400]
     norm = lambda s: " ".join(s.split())  # noqa: E731

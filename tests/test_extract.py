@@ -83,3 +83,7 @@ def test_bad_output_and_empty_input(minilm, tmp_path):
     empty.write_text("\n \n")
     with pytest.raises(ValueError, match="no non-empty lines"):
         extract.run(minilm, str(empty), str(tmp_path / "out.npz"))
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"fine\ncaf\xe9\n")
+    with pytest.raises(ValueError, match=r"latin.txt:2: not UTF-8 text"):
+        extract.run(minilm, str(latin), str(tmp_path / "out.npz"))

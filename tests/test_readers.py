@@ -41,6 +41,23 @@ def test_classification_errors_name_file_and_line(tmp_path):
         readers.read_classification(_write(tmp_path / "x.txt", "a"))
 
 
+def test_files_that_are_not_utf8_name_the_file_and_line(tmp_path):
+    # Windows-1252 "café" on line 3 of each: a bare UnicodeDecodeError named neither.
+    files = {
+        "latin.csv": (b"text,label\nfine,a\ncaf\xe9,b\n", "classification", 3),
+        "latin.jsonl": (b'{"text": "ok", "label": "a"}\n\n{"text": "caf\xe9", "label": "b"}\n',
+                        "classification", 3),
+        "latin.conll": (b"fine O\n\ncaf\xe9 B-X\n", "tagging", 3),
+        "latin.json": (b'{"data": [\n{"title": "t",\n "paragraphs": [{"context": "caf\xe9"}]}]}',
+                       "squad", 3),
+    }
+    for name, (content, kind, line) in files.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(readers.DataFormatError,
+                           match=rf"{name}:{line}: not UTF-8 text \(byte b'\\xe9'"):
+            readers.read_records(str(tmp_path / name), kind)
+
+
 def test_real_food_reviews(data_dir):
     train = readers.read_records(str(data_dir / "food_reviews_train.jsonl"), "classification")
     test = readers.read_records(str(data_dir / "food_reviews_test.jsonl"), "classification")

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tl_jax.data.sources import non_utf8_message
 from tl_jax.data.tokenizer import Tokenizer
 from tl_jax.models import bert
 from tl_jax.tasks import downstream
@@ -134,8 +135,11 @@ def run(init_from: str, input_path: str, output_path: str, layers: str = "last",
     """The `tl_jax extract` command: reads `input_path`, writes `output_path` (.npz or .jsonl)."""
     if not output_path.endswith((".npz", ".jsonl")):
         raise ValueError(f"--output={output_path!r} must end in .npz or .jsonl")
-    with open(input_path, encoding="utf-8") as f:
-        texts = [line.strip() for line in f if line.strip()]
+    try:
+        with open(input_path, encoding="utf-8") as f:
+            texts = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ValueError(non_utf8_message(input_path, e)) from None
     if not texts:
         raise ValueError(f"{input_path}: no non-empty lines to extract features for")
     tokens, feats = extract(init_from, texts, layers, max_seq_length, batch_size)

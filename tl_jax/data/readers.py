@@ -21,6 +21,8 @@ import pathlib
 import re
 from typing import Iterable, Iterator
 
+from tl_jax.data.sources import NOT_UTF8_HINT, first_non_utf8_line
+
 PathLike = str | os.PathLike
 
 
@@ -31,6 +33,13 @@ class DataFormatError(ValueError):
         where = f"{path}:{line}" if line is not None else f"{path}"
         super().__init__(f"{where}: {message}")
         self.path, self.line = str(path), line
+
+    @classmethod
+    def not_utf8(cls, path: PathLike, error: UnicodeDecodeError) -> "DataFormatError":
+        """The error for a file that does not decode as UTF-8, naming its first bad line."""
+        found = first_non_utf8_line(path)
+        line, what = found if found else (None, str(error))
+        return cls(path, line, f"not UTF-8 text ({what}); {NOT_UTF8_HINT}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,7 +58,14 @@ def read_classification(path: PathLike, text_field: str = "text", text_b_field: 
     Raises:
       DataFormatError: empty file, bad JSON, a missing field or an empty text (file and line).
     """
-    path = pathlib.Path(path)
+    try:
+        return _read_classification(pathlib.Path(path), text_field, text_b_field, label_field)
+    except UnicodeDecodeError as e:
+        raise DataFormatError.not_utf8(path, e) from None
+
+
+def _read_classification(path: pathlib.Path, text_field: str, text_b_field: str | None,
+                         label_field: str) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = _jsonl_rows(path)
@@ -144,7 +160,13 @@ def read_conll(path: PathLike, token_column: int = 0, tag_column: int = -1) -> l
     Returns:
       A list of `{"tokens": [...], "tags": [...]}` sentences.
     """
-    path = pathlib.Path(path)
+    try:
+        return _read_conll(pathlib.Path(path), token_column, tag_column)
+    except UnicodeDecodeError as e:
+        raise DataFormatError.not_utf8(path, e) from None
+
+
+def _read_conll(path: pathlib.Path, token_column: int, tag_column: int) -> list[dict]:
     sentences, tokens, tags = [], [], []
     n_columns = None
     with open(path, encoding="utf-8") as f:
@@ -198,7 +220,10 @@ def read_squad(path: PathLike) -> list[dict]:
     question starts (JSON has no line per record, so the line is found by the question id).
     """
     path = pathlib.Path(path)
-    raw = path.read_text(encoding="utf-8")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataFormatError.not_utf8(path, e) from None
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as e:

@@ -110,22 +110,51 @@ def load_file(path: str, text_field: str = "text", group_field: str | None = Non
     if not os.path.isfile(path):
         raise SourceError(f"Corpus path is not a file: {path}")
     base = re.sub(r"\.(gz|bz2)$", "", path)
-    if base.endswith(".jsonl"):
-        documents = _read_jsonl(path, text_field, group_field)
-    else:
-        documents = _read_text(path)
+    try:
+        if base.endswith(".jsonl"):
+            documents = _read_jsonl(path, text_field, group_field)
+        else:
+            documents = _read_text(path)
+    except UnicodeDecodeError as e:
+        raise SourceError(non_utf8_message(path, e)) from None
     if not documents:
         raise SourceError(f"Corpus file {path} contains no text.")
     return documents
 
 
-def _open_text(path: str):
+def _open_text(path: str, mode: str = "rt"):
     # Compressed corpora are common (Wikipedia dumps), and reading them needs nothing extra.
+    encoding = None if "b" in mode else "utf-8"
     if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
+        return gzip.open(path, mode, encoding=encoding)
     if path.endswith(".bz2"):
-        return bz2.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return bz2.open(path, mode, encoding=encoding)
+    return open(path, mode.replace("t", ""), encoding=encoding)
+
+
+NOT_UTF8_HINT = "convert the file to UTF-8, e.g. `iconv -f cp1252 -t utf-8`"
+
+
+def first_non_utf8_line(path) -> tuple[int, str] | None:
+    """`(line number, what is wrong)` for the first line of `path` that is not UTF-8, or None.
+
+    A decoding error while reading a text stream knows neither the line nor the offset in the
+    file (it decodes in chunks), so the file is scanned again, as bytes (`.gz`/`.bz2` too).
+    """
+    with _open_text(str(path), "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return line_number, f"byte {raw[e.start:e.start + 1]!r} at byte {e.start + 1} of the line"
+    return None
+
+
+def non_utf8_message(path, error: UnicodeDecodeError) -> str:
+    """`path:line: not UTF-8 text (...)` for a file that failed to decode with `error`."""
+    found = first_non_utf8_line(path)
+    where, what = (f"{path}:{found[0]}", found[1]) if found else (str(path), str(error))
+    return f"{where}: not UTF-8 text ({what}); {NOT_UTF8_HINT}."
 
 
 def _read_text(path: str) -> list[Document]:
