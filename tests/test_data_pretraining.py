@@ -354,10 +354,17 @@ def test_build_saves_and_reuses_tokenizer(small_corpus, tmp_path):
     evals = list(data.eval_batches())
     assert sum(b["nsp_weights"].sum() for b in evals) == data.num_eval_instances > 0
     # A restart (even with a changed vocabulary size) keeps the saved vocabulary.
+    (tmp_path / "checkpoints" / "10").mkdir(parents=True)
     again = build_pretraining_data(_data_config(small_corpus, tokenizer_vocab_size=500), 128,
                                    str(tmp_path), seed=0)
     assert again.tokenizer.vocab_size == 1000
     assert _same([next(again.train)], [batch])
+    # Without a checkpoint there is nothing to resume: the tokenizer a run left behind when it
+    # stopped before its first save does not override the config.
+    (tmp_path / "checkpoints" / "10").rmdir()
+    fresh = build_pretraining_data(_data_config(small_corpus, tokenizer_vocab_size=500), 128,
+                                   str(tmp_path), seed=0)
+    assert fresh.tokenizer.vocab_size == 500
     # Another seed trains on other pairs and masks but is scored on the same held-out batches.
     other = build_pretraining_data(config, 128, str(tmp_path), seed=1)
     assert _same(list(other.eval_batches()), evals)
