@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from tl_jax import config as config_lib, train
+from tl_jax import config as config_lib, extract, train
 from tl_jax.data import readers, task_builders
 
 FAST = ["train.progress=False", "model.num_layers=1", "data.batch_size=16", "mesh.data=1", "mesh.fsdp=8",
@@ -71,6 +71,11 @@ def test_classify_beats_majority_class(data_dir, tmp_path):
     assert len(rows) == 96 and [r["gold"] for r in rows] == gold
     assert sum(r["gold"] == r["predicted"] for r in rows) / 96 == pytest.approx(summary["eval/accuracy"])
     assert os.path.isdir(workdir / "checkpoints") and os.path.exists(workdir / "tokenizer")
+    # The fine-tuned workdir is itself a source (intermediate-task transfer, features): its
+    # architecture is MiniLM's bottom layer, not the `tiny` its config's model.size names (and
+    # reading that config for pretraining fields was a KeyError).
+    tokens, feats = extract.extract(str(workdir), ["Elinor walked to Barton."], layers="all")
+    assert feats[0].shape == (2, len(tokens[0]), 384)  # embeddings + 1 layer, MiniLM's width
 
 
 def test_tag_beats_no_entity_baseline(silver, tmp_path):

@@ -251,8 +251,7 @@ def merge_matching(params, source: dict[str, np.ndarray]):
     return params, report
 
 
-def load_params_from_workdir(workdir: str) -> tuple[dict[str, np.ndarray], int]:
-    """Reads the params of the latest good checkpoint in a tl_jax workdir, as flat numpy."""
+def _read_only_manager(workdir: str) -> tuple[ocp.CheckpointManager, str]:
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))  # orbax needs absolute
     if not os.path.isdir(directory):
         raise CheckpointError(f"{workdir} has no checkpoints/ directory: not a tl_jax workdir.")
@@ -261,6 +260,27 @@ def load_params_from_workdir(workdir: str) -> tuple[dict[str, np.ndarray], int]:
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": ocp.JsonCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler()})
+    return mgr, directory
+
+
+def param_shapes_from_workdir(workdir: str) -> tuple[dict[str, tuple[int, ...]], int]:
+    """`/`-path -> shape of the params of the newest readable checkpoint (no array is read):
+    the architecture a run actually trained, whatever its config's size names."""
+    mgr, directory = _read_only_manager(workdir)
+    for step in sorted(mgr.all_steps(), reverse=True):
+        try:
+            metadata = mgr.item_metadata(step)["state"]["params"]
+        except Exception as e:  # noqa: BLE001
+            print(f"[checkpoint] {directory}/{step} has unreadable metadata ({e}); trying older.")
+            continue
+        flat, _ = jax.tree_util.tree_flatten_with_path(metadata)
+        return {path_str(p): tuple(m.shape) for p, m in flat}, step
+    raise CheckpointError(f"No readable checkpoint in {directory}.")
+
+
+def load_params_from_workdir(workdir: str) -> tuple[dict[str, np.ndarray], int]:
+    """Reads the params of the latest good checkpoint in a tl_jax workdir, as flat numpy."""
+    mgr, directory = _read_only_manager(workdir)
     # Whatever mesh wrote it (8 devices, 2 processes, ...), read it onto this process's first
     # device: orbax needs an explicit target when the topology differs.
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

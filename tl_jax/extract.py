@@ -2,9 +2,9 @@
 
     tl_jax extract --init_from=DIR --input=sentences.txt --output=features.npz --layers=sum_last_four
 
-`DIR` is a tl_jax pretraining workdir or a Hugging Face BERT directory. Each non-empty input line
-is one text; it is WordPiece-tokenised, wrapped in [CLS] ... [SEP], and truncated to
-`max_seq_length` sub-tokens (a warning says how many lines were cut).
+`DIR` is a tl_jax workdir (pretraining or fine-tuning) or a Hugging Face BERT directory. Each
+non-empty input line is one text; it is WordPiece-tokenised, wrapped in [CLS] ... [SEP], and
+truncated to `max_seq_length` sub-tokens (a warning says how many lines were cut).
 
 `--layers` picks what each token's feature is. Layer 0 is the embedding output, layer k the k-th
 transformer layer's output, negative numbers count from the top (-1 = last):

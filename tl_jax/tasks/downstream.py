@@ -1,8 +1,8 @@
 """What the fine-tuning tasks (`classify`, `tag`, `squad`) share: encoder set-up and batching.
 
 * `Encoder.from_config(config, texts)`: the tokenizer and `BertConfig` for `config.init_from`:
-  a tl_jax pretraining workdir (its `config.json` model section and `tokenizer/`), a Hugging Face
-  BERT directory (`config.json` + tokenizer + safetensors), or "" for a model from scratch whose
+  a tl_jax workdir (pretraining or fine-tuning: its checkpoint's shapes and `tokenizer/`), a
+  Hugging Face BERT directory (`config.json` + tokenizer + safetensors), or "" for a model from scratch whose
   shape is `config.model.size` (a size name, or a Hugging Face directory whose architecture, not
   weights, is copied), with `config.data.tokenizer` or else a WordPiece vocabulary trained on
   the task's own training text. `config.model.num_layers` > 0 keeps only that many bottom layers
@@ -104,12 +104,13 @@ def tokenizer_path(source: str) -> str:
 def architecture(source: str, tokenizer: Tokenizer) -> bert.BertConfig:
     """The `BertConfig` of a tl_jax pretraining workdir or a Hugging Face BERT directory."""
     if warm_start.is_tl_workdir(source):
-        with open(os.path.join(source, "config.json")) as f:
-            saved = json.load(f)["model"]
-        return bert.BertConfig.from_size(
-            saved["size"], vocab_size=saved.get("vocab_size") or tokenizer.vocab_size,
-            max_position_embeddings=saved["max_position_embeddings"],
-            type_vocab_size=saved["type_vocab_size"])
+        # From the checkpoint's shapes, not its config: a fine-tuning run's config has no
+        # pretraining fields and names a size its init_from overrode (e.g. MiniLM's 6x384).
+        from tl_jax import checkpoint
+        from tl_jax.interop import bert as hf_bert
+        shapes, _ = checkpoint.param_shapes_from_workdir(source)
+        stand_ins = {p: np.broadcast_to(np.zeros((), np.float32), s) for p, s in shapes.items()}
+        return hf_bert.config_from_params(stand_ins)
     if warm_start.is_hf_directory(source):
         from tl_jax.interop import bert as hf_bert
         return hf_bert.read_hf_config(source)
