@@ -38,7 +38,7 @@ def get_config(arg=None):
     c.init_from = ""  # tl_jax workdir or Hugging Face BERT directory to start from
 
     c.model = ml_collections.ConfigDict(dict(
-        size=size,
+        size=size,                # or a HF BERT dir / tl_jax workdir: copy its architecture
         vocab_size=0,             # 0 = the tokenizer's size; otherwise must be >= it
         max_position_embeddings=512,
         type_vocab_size=2,

@@ -425,3 +425,23 @@ def test_convert_exports_a_trainer_workdir(tmp_path, monkeypatch, kind):
         ours, _ = bert.BertModel(config).apply({"params": params["bert"]}, ids)
         np.testing.assert_allclose(ours["sequence_output"], ref.last_hidden_state.numpy(),
                                    atol=1e-5)
+
+
+def test_pretraining_model_size_can_be_a_checkpoint_directory(data_dir):
+    # Continued pretraining from a HF BERT outside the size table (MiniLM: 6 x 384, 12 heads):
+    # `model.size` names the directory whose architecture to copy, as the fine-tuning configs
+    # allow. It was "Unknown BERT size", and `init_from` alone an architecture mismatch.
+    import ml_collections
+
+    from tl_jax.tasks.bert_pretrain import bert_config_from
+
+    minilm = str(data_dir / "models" / "all-MiniLM-L6-v2")
+    model_cfg = ml_collections.ConfigDict(dict(
+        size=minilm, vocab_size=0, max_position_embeddings=512, type_vocab_size=2,
+        dropout_rate=0.0, attention_dropout_rate=0.0, dtype="bfloat16"))
+    config = bert_config_from(model_cfg, 30522)
+    assert (config.num_layers, config.hidden_size, config.num_heads, config.intermediate_size,
+            config.vocab_size) == (6, 384, 12, 1536, 30522)
+    assert config.dropout_rate == 0.0 and config.dtype == "bfloat16"  # the run's, not MiniLM's
+    with pytest.raises(ValueError, match="smaller than the tokenizer's vocabulary"):
+        bert_config_from(model_cfg, 40000)

@@ -391,7 +391,8 @@ def load_flat_params(directory, model_config: Optional[BertConfig] = None) -> di
                 for f in fields if getattr(model_config, f) != getattr(config, f)]
         if diff:
             raise ValueError(f"{directory}: checkpoint architecture differs from the model's: "
-                             + "; ".join(diff))
+                             + "; ".join(diff) + f". To take its architecture, set "
+                             f"model.size={directory} (and data.tokenizer={directory}).")
     tensors, weight_file = safetensors_io.read_hf_tensors(directory)
     flat, _ = params_from_hf_tensors(tensors, config, source=str(weight_file))
     return flat

@@ -11,8 +11,26 @@ from tl_jax.data import pretraining
 from tl_jax.models import bert, losses
 
 
-def bert_config_from(model_cfg, vocab_size: int) -> bert.BertConfig:
-    """The model's BertConfig from `config.model` and the tokenizer's vocabulary size."""
+def bert_config_from(model_cfg, vocab_size: int, tokenizer=None) -> bert.BertConfig:
+    """The model's BertConfig from `config.model` and the tokenizer's vocabulary size.
+
+    `model.size` is a size name, or a Hugging Face BERT directory / tl_jax workdir whose
+    architecture (not weights) is copied, vocabulary and position table included: continued
+    pretraining of a checkpoint outside the size table (`model.size` = `init_from` = MiniLM).
+    """
+    if model_cfg.size not in bert.SIZES:
+        from tl_jax.tasks import downstream
+        source = downstream.architecture(model_cfg.size, tokenizer)
+        if model_cfg.vocab_size:
+            source = source.replace(vocab_size=model_cfg.vocab_size)
+        if source.vocab_size < vocab_size:
+            raise ValueError(
+                f"model.size={model_cfg.size} has a {source.vocab_size}-token embedding table, "
+                f"smaller than the tokenizer's vocabulary ({vocab_size} tokens); use its "
+                "tokenizer (data.tokenizer) or set model.vocab_size.")
+        return source.replace(dropout_rate=model_cfg.dropout_rate,
+                              attention_dropout_rate=model_cfg.attention_dropout_rate,
+                              dtype=model_cfg.dtype)
     if model_cfg.vocab_size and model_cfg.vocab_size < vocab_size:
         raise ValueError(
             f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's vocabulary "
@@ -69,7 +87,13 @@ class Task:
             data_cfg, config.model.max_position_embeddings, workdir, config.seed,
             process_index=jax.process_index(), process_count=jax.process_count())
         self.tokenizer = self.data.tokenizer
-        self.model_config = bert_config_from(config.model, self.tokenizer.vocab_size)
+        self.model_config = bert_config_from(config.model, self.tokenizer.vocab_size,
+                                             self.tokenizer)
+        if data_cfg.max_seq_length > self.model_config.max_position_embeddings:
+            raise ValueError(
+                f"data.max_seq_length={data_cfg.max_seq_length} is longer than the position "
+                f"table of model.size={config.model.size} "
+                f"({self.model_config.max_position_embeddings}).")
         self.model = bert.BertForPreTraining(self.model_config)
         seq, preds = data_cfg.max_seq_length, data_cfg.max_predictions_per_seq
         self.flops_per_example = bert.flops_per_example(self.model_config, seq, preds)
