@@ -98,3 +98,32 @@ def test_squad_beats_empty_answer_baseline(silver, tmp_path):
     assert summary["eval/exact"] > 10.0 and summary["eval/f1"] > 15.0, summary
     predictions = json.load(open(tmp_path / "predictions" / f"eval_step_{summary['step']}.json"))
     assert len(predictions) == 40
+
+
+def test_labels_outside_the_label_set_name_the_file(tmp_path):
+    from tl_jax.tasks import classify, tag
+
+    def jsonl(name, labels):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"text": f"text {i}", "label": label}) + "\n"
+                                for i, label in enumerate(labels)))
+        return str(path)
+
+    train_file, eval_file = jsonl("train.jsonl", ["a", "b", "a"]), jsonl("eval.jsonl", ["a", "c"])
+    base = [f"data.train_file={train_file}", f"data.eval_file={train_file}"]
+    config = config_lib.load_config("configs/finetune_classify.py:tiny", base[:1] + [
+        f"data.eval_file={eval_file}"])
+    with pytest.raises(ValueError, match=r"eval.jsonl: labels \['c'\] never occur in training"):
+        classify.Task(config, str(tmp_path))
+    # With data.labels, a training label outside it is named with its file too (it was
+    # "record 1: label 'b' not in label map", and the eval check blamed the training data).
+    config = config_lib.load_config("configs/finetune_classify.py:tiny", base + [
+        "data.labels=['a']"])
+    with pytest.raises(ValueError, match=r"train.jsonl: labels \['b'\] are not in data.labels"):
+        classify.Task(config, str(tmp_path))
+    conll = tmp_path / "train.conll"
+    conll.write_text("Emma B-PER\nsmiled O\n\nHighbury B-LOC\n")
+    config = config_lib.load_config("configs/finetune_tag.py:tiny", [
+        f"data.train_file={conll}", f"data.eval_file={conll}", "data.labels=['O', 'B-PER', 'I-PER']"])
+    with pytest.raises(ValueError, match=r"train.conll: tags \['B-LOC'\] are not in data.labels"):
+        tag.Task(config, str(tmp_path))
