@@ -114,6 +114,20 @@ def test_keeps_last_n_and_the_best(tiny_bert_overrides, tmp_path):
     assert kept == sorted({7, 8, best})
 
 
+def test_the_best_checkpoint_is_one_that_was_evaluated(tiny_bert_overrides, tmp_path):
+    # Checkpoints every step, evals every 4th: steps 5-7 used to be saved with step 4's score,
+    # and step 7 (never evaluated) was kept as "best" in place of step 4. best_mode=max on the
+    # loss makes the early eval the best one.
+    run(tiny_bert_overrides, tmp_path, "train.steps=8", "train.checkpoint_every=1",
+        "train.eval_every=4", "train.keep_checkpoints=1", "train.log_every=1",
+        "train.best_metric=eval/mlm_loss", "train.best_mode=max")
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().split("\n") if x]
+    evals = {x["step"]: x["eval/mlm_loss"] for x in lines if "eval/mlm_loss" in x}
+    assert sorted(evals) == [4, 8] and evals[4] > evals[8]
+    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == [4, 8]
+
+
 def test_kill_9_during_a_save_keeps_the_previous_checkpoint(tiny_bert_overrides, tmp_path):
     args = ["train", f"--config={BERT}:tiny", f"--workdir={tmp_path}"] + [
         f"--config.{o}" for o in tiny_bert_overrides + STEPS + ["train.steps=9",

@@ -404,6 +404,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     def save(step, metrics=None):
         checkpointer.save(step, state, train_iter.get_state(), config_dict, metrics=metrics)
 
+    last_eval_step = None
+
     def flush(step):
         """Logs the pending steps' metrics; stops on a non-finite value unless skipping."""
         nonlocal pending, window_start, window_steps, timed_steps, timed_seconds, summary_rate
@@ -456,6 +458,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
             if tc.eval_every and (done % tc.eval_every == 0 or done == total_steps):
                 flush(done)
                 last_eval = evaluate(trainer, state["params"], done)
+                last_eval_step = done
                 writer.write(done, last_eval)
                 window_start, window_steps = time.perf_counter(), 0
                 if bar is not None and last_eval:
@@ -463,7 +466,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                         f"{k}={v:.4f}" for k, v in sorted(last_eval.items())))
             if done % tc.checkpoint_every == 0 or done == total_steps or preemption.requested:
                 flush(done)
-                save(done, last_eval if last_eval else None)
+                # Metrics only for the weights they were measured on: a checkpoint between
+                # evals carrying the last eval's score could be kept as "best" instead of it.
+                save(done, last_eval if last_eval and last_eval_step == done else None)
                 if preemption.requested:
                     print(f"[checkpoint] SIGTERM: saved step {done}; exiting.", flush=True)
                     break
