@@ -445,3 +445,23 @@ def test_pretraining_model_size_can_be_a_checkpoint_directory(data_dir):
     assert config.dropout_rate == 0.0 and config.dtype == "bfloat16"  # the run's, not MiniLM's
     with pytest.raises(ValueError, match="smaller than the tokenizer's vocabulary"):
         bert_config_from(model_cfg, 40000)
+
+
+def test_converted_tl_weights_are_an_init_from(data_dir, tmp_path):
+    # `tl_jax convert` HF -> tl_jax weights, then use them: the directory (config.json in
+    # tl_jax's format + params.safetensors) was taken for a HF one ("model_type=None, expected
+    # 'bert'") by fine-tuning, pretraining and extract alike.
+    from tl_jax import extract, warm_start
+    from tl_jax.tasks import downstream
+
+    model_dir = data_dir / "models" / "all-MiniLM-L6-v2"
+    convert.convert(model_dir, tmp_path / "tl", "hf_to_tl")
+    tl_dir = str(tmp_path / "tl")
+    assert downstream.architecture(tl_dir, None) == hf_bert.read_hf_config(model_dir)
+    text = ["Emma Woodhouse, handsome, clever, and rich."]
+    tokens, feats = extract.extract(tl_dir, text, layers="all")
+    ref_tokens, ref_feats = extract.extract(str(model_dir), text, layers="all")
+    assert tokens == ref_tokens
+    np.testing.assert_allclose(feats[0], ref_feats[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(warm_start.WarmStartError, match="neither a tl_jax workdir"):
+        warm_start.warm_start({}, str(tmp_path))

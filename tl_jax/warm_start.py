@@ -18,8 +18,25 @@ def is_tl_workdir(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "checkpoints"))
 
 
+def is_tl_weights(path: str) -> bool:
+    """A tl_jax weights directory (`tl_jax convert` output): config.json + params.safetensors."""
+    return os.path.isfile(os.path.join(path, "params.safetensors")) and not is_tl_workdir(path)
+
+
 def is_hf_directory(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json")) and not is_tl_workdir(path)
+
+
+def bert_weights(path: str):
+    """`(BertConfig, flat params with the encoder under bert/)` of a tl_jax weights directory."""
+    from tl_jax.interop import convert, safetensors_io
+    config, params, family = convert.load_tl_params(path)
+    if family != "bert":
+        raise WarmStartError(f"{path} holds {family!r} weights, not a BERT encoder.")
+    flat = safetensors_io.flatten_params(params)
+    if not any(name.startswith("bert/") for name in flat):  # a headless BertModel tree
+        flat = {"bert/" + name: value for name, value in flat.items()}
+    return config, flat
 
 
 def report_lines(report: dict, source: str) -> list[str]:
@@ -46,14 +63,18 @@ def warm_start(params, init_from: str, model_config=None, prefix_map: dict | Non
     if is_tl_workdir(init_from):
         source, step = checkpoint.load_params_from_workdir(init_from)
         label = f"{init_from} (step {step})"
+    elif is_tl_weights(init_from):
+        _, source = bert_weights(init_from)
+        label = f"tl_jax weights {init_from}"
     elif is_hf_directory(init_from):
         from tl_jax.interop import bert as hf_bert  # torch-free path: safetensors / numpy
         source = hf_bert.load_flat_params(init_from, model_config)
         label = f"Hugging Face checkpoint {init_from}"
     else:
         raise WarmStartError(
-            f"init_from={init_from!r} is neither a tl_jax workdir (no checkpoints/ inside) nor a "
-            "Hugging Face directory (no config.json inside).")
+            f"init_from={init_from!r} is neither a tl_jax workdir (no checkpoints/ inside), nor "
+            "tl_jax weights (no params.safetensors), nor a Hugging Face directory (no "
+            "config.json inside).")
     if prefix_map:
         renamed = {}
         for name, value in source.items():

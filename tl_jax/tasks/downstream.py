@@ -77,7 +77,8 @@ class Encoder:
         """Fills `bert/...` from `init_from`; the head keeps its fresh initialisation."""
         if not self.init_from:
             return params
-        if warm_start.is_hf_directory(self.init_from):
+        if warm_start.is_hf_directory(self.init_from) and not warm_start.is_tl_weights(
+                self.init_from):
             from tl_jax.interop import bert as hf_bert
             params, report = hf_bert.init_from_hf(params, self.init_from, warn=False)
             missing = [p for p in report.missing if p.startswith("bert/")]
@@ -111,12 +112,15 @@ def architecture(source: str, tokenizer: Tokenizer) -> bert.BertConfig:
         shapes, _ = checkpoint.param_shapes_from_workdir(source)
         stand_ins = {p: np.broadcast_to(np.zeros((), np.float32), s) for p, s in shapes.items()}
         return hf_bert.config_from_params(stand_ins)
+    if warm_start.is_tl_weights(source):
+        return warm_start.bert_weights(source)[0]
     if warm_start.is_hf_directory(source):
         from tl_jax.interop import bert as hf_bert
         return hf_bert.read_hf_config(source)
     raise warm_start.WarmStartError(
-        f"{source!r} is neither a tl_jax workdir (with checkpoints/) nor a Hugging Face BERT "
-        "directory (with config.json), nor a model size name.")
+        f"{source!r} is neither a tl_jax workdir (with checkpoints/), nor tl_jax weights (with "
+        "params.safetensors), nor a Hugging Face BERT directory (with config.json), nor a model "
+        "size name.")
 
 
 class EpochBatches:
