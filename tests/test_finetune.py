@@ -101,7 +101,7 @@ def test_squad_beats_empty_answer_baseline(silver, tmp_path):
 
 
 def test_labels_outside_the_label_set_name_the_file(tmp_path):
-    from tl_jax.tasks import classify, tag
+    from tl_jax.tasks import classify, lm_classify, tag
 
     def jsonl(name, labels):
         path = tmp_path / name
@@ -127,3 +127,8 @@ def test_labels_outside_the_label_set_name_the_file(tmp_path):
         f"data.train_file={conll}", f"data.eval_file={conll}", "data.labels=['O', 'B-PER', 'I-PER']"])
     with pytest.raises(ValueError, match=r"train.conll: tags \['B-LOC'\] are not in data.labels"):
         tag.Task(config, str(tmp_path))
+    # The GPT classifier checks its files the same way.
+    config = config_lib.load_config("configs/gpt_finetune_classify.py:tiny", base + [
+        "data.labels=['a']"])
+    with pytest.raises(ValueError, match=r"train.jsonl: labels \['b'\] are not in data.labels"):
+        lm_classify.Task(config, str(tmp_path))

@@ -42,13 +42,9 @@ class Task(downstream.EncoderTask):
         self.eval_records = read_split(d, d.eval_file, d.max_eval_examples)
         self.labels = list(d.labels) or sorted({r["label"] for r in self.train_records})
         self.label_map = {label: i for i, label in enumerate(self.labels)}
-        for spec, records in ((d.train_file, self.train_records), (d.eval_file, self.eval_records)):
-            unknown = sorted({r["label"] for r in records} - set(self.labels))
-            if unknown and d.labels:
-                raise ValueError(f"{spec}: labels {unknown} are not in data.labels {self.labels}")
-            if unknown:
-                raise ValueError(f"{spec}: labels {unknown} never occur in training data "
-                                 f"{d.train_file} (labels {self.labels}); set data.labels")
+        downstream.check_labels(self.labels, bool(d.labels), [
+            (d.train_file, {r["label"] for r in self.train_records}),
+            (d.eval_file, {r["label"] for r in self.eval_records})])
         texts = [r["text"] for r in self.train_records] + [
             r["text_b"] for r in self.train_records if r["text_b"]]
         self.encoder = downstream.Encoder.from_config(config, texts)

@@ -176,6 +176,23 @@ def eval_batches(arrays: dict[str, np.ndarray], global_batch: int) -> Iterator[d
         yield batch
 
 
+def check_labels(labels, configured: bool, splits, kind: str = "labels") -> None:
+    """Raises, naming the file, when a split uses a label outside `labels`.
+
+    `splits` is `[(file spec, labels seen in it), ...]`, training file first. With `data.labels`
+    set (`configured`), both files are checked against it; otherwise the label set comes from
+    the training file and an eval label it never shows is the error.
+    """
+    train_spec = splits[0][0]
+    for spec, seen in splits:
+        unknown = sorted(set(seen) - set(labels))
+        if unknown and configured:
+            raise ValueError(f"{spec}: {kind} {unknown} are not in data.labels {list(labels)}")
+        if unknown:
+            raise ValueError(f"{spec}: {kind} {unknown} never occur in training data "
+                             f"{train_spec} ({kind} {list(labels)}); set data.labels")
+
+
 def fit_schedule(config, n_train: int) -> int:
     """Fills the schedule from the data: `train.steps` = 0 becomes `data.num_epochs` epochs, and
     `train.eval_every` / `train.checkpoint_every` = 0 become one epoch.

@@ -137,10 +137,9 @@ class Task:
         self.eval_records = read(d.eval_file, d.max_eval_examples)
         self.labels = list(d.labels) or sorted({r["label"] for r in self.train_records})
         self.label_map = {label: i for i, label in enumerate(self.labels)}
-        unknown = sorted({r["label"] for r in self.eval_records} - set(self.labels))
-        if unknown:
-            raise ValueError(f"{d.eval_file}: labels {unknown} never occur in training data "
-                             f"{d.train_file} (labels {self.labels}); set data.labels")
+        downstream.check_labels(self.labels, bool(d.labels), [
+            (d.train_file, {r["label"] for r in self.train_records}),
+            (d.eval_file, {r["label"] for r in self.eval_records})])
         saved_tok = os.path.join(workdir, "tokenizer") if workdir else ""
         if (saved_tok and os.path.isdir(saved_tok) and clm.has_checkpoint(workdir)
                 and not d.tokenizer):

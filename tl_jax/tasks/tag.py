@@ -47,13 +47,9 @@ class Task(downstream.EncoderTask):
         self.eval_records = read(d.eval_file, d.max_eval_examples)
         self.labels = list(d.labels) or label_set(self.train_records)
         self.label_map = {t: i for i, t in enumerate(self.labels)}
-        for spec, records in ((d.train_file, self.train_records), (d.eval_file, self.eval_records)):
-            unknown = sorted({t for s in records for t in s["tags"]} - set(self.labels))
-            if unknown and d.labels:
-                raise ValueError(f"{spec}: tags {unknown} are not in data.labels {self.labels}")
-            if unknown:
-                raise ValueError(f"{spec}: tags {unknown} never occur in {d.train_file}; "
-                                 "set data.labels")
+        downstream.check_labels(self.labels, bool(d.labels), [
+            (d.train_file, {t for s in self.train_records for t in s["tags"]}),
+            (d.eval_file, {t for s in self.eval_records for t in s["tags"]})], kind="tags")
         texts = [" ".join(s["tokens"]) for s in self.train_records]
         self.encoder = downstream.Encoder.from_config(config, texts)
         self.model_config = self.encoder.model_config
