@@ -230,3 +230,14 @@ def test_resume_check_accepts_the_biLM_config_after_its_json_round_trip():
     changed = json.loads(json.dumps({"resolved_model": dataclasses.asdict(
         dataclasses.replace(TINY, filters=((1, 8), (2, 9))))}))
     assert ckpt_lib.config_differences(changed, current, sections=("resolved_model",))
+
+
+def test_a_vocabulary_left_in_the_workdir_is_kept_only_by_a_run_that_resumes(data_dir, tmp_path):
+    config, task = _tiny_task(data_dir)
+    task.save(str(tmp_path))
+    full = len(task.vocab)
+    smaller = config_lib.load_config(CONFIG + ":tiny", ["data.max_units=300", "data.max_vocab=50"])
+    # No checkpoint: the run that wrote vocab.txt never saved, so the config decides.
+    assert len(bilm.Task(smaller, workdir=str(tmp_path)).vocab) < full
+    (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+    assert len(bilm.Task(smaller, workdir=str(tmp_path)).vocab) == full

@@ -33,6 +33,16 @@ def _is_tmp(name: str) -> bool:
     return "orbax-checkpoint-tmp" in name or name.endswith(".tmp")
 
 
+def has_saved_step(workdir: str) -> bool:
+    """Whether `workdir/checkpoints` holds a finished step, i.e. a run started there resumes.
+
+    What a run saves beside its checkpoints (a tokenizer, a vocabulary) is reused only then: one
+    left by a run that stopped before its first save must not override the current config.
+    """
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 class Checkpointer:
     """Saves and restores train states in `directory` (normally `WORKDIR/checkpoints`).
 

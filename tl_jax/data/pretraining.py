@@ -44,6 +44,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from tl_jax.checkpoint import has_saved_step
 from tl_jax.data.masking import Masker
 from tl_jax.data.pretraining_iterator import (
     PretrainingIterator,
@@ -321,14 +322,9 @@ def split_eval_documents(num_documents: int, eval_fraction: float) -> tuple[np.n
     return np.sort(order[num_eval:]), np.sort(order[:num_eval])
 
 
-def _has_checkpoint(workdir: str) -> bool:
-    directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
-
-
 def _get_tokenizer(config, train_documents, workdir: str | None, process_index: int) -> Tokenizer:
     saved = os.path.join(workdir, "tokenizer") if workdir else None
-    if saved and os.path.exists(os.path.join(saved, "tokenizer.json")) and _has_checkpoint(workdir):
+    if saved and os.path.exists(os.path.join(saved, "tokenizer.json")) and has_saved_step(workdir):
         # A resumed run must keep its vocabulary, whatever the config says now. Without a
         # checkpoint there is nothing to resume: a tokenizer left by a run that stopped before
         # its first save (a bad batch size, Ctrl-C) would silently override the config.

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tl_jax import checkpoint
 from tl_jax.models import elmo
 
 SPECIALS = ("<pad>", "<unk>", elmo.BOS_TOKEN, elmo.EOS_TOKEN)
@@ -175,7 +176,8 @@ class Task:
         train_seqs = [s for s, h in zip(sequences, held) if not h]
         eval_seqs = [s for s, h in zip(sequences, held) if h]
         saved_vocab = os.path.join(workdir, "vocab.txt") if workdir else None
-        if saved_vocab and os.path.exists(saved_vocab):  # a resumed run keeps its vocabulary
+        if saved_vocab and os.path.exists(saved_vocab) and checkpoint.has_saved_step(workdir):
+            # A resumed run keeps its vocabulary; one left by a run that never saved does not.
             self.vocab = load_vocab(saved_vocab)
         else:
             self.vocab = build_vocab(train_seqs, data_cfg.min_count, data_cfg.max_vocab)

@@ -17,12 +17,6 @@ from tl_jax.data import bpe, clm as clm_data
 from tl_jax.models import gpt, losses
 
 
-def has_checkpoint(workdir: str) -> bool:
-    """Whether `workdir/checkpoints` holds a finished step (a run to resume)."""
-    directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
-
-
 def init_from_tokenizer(init_from: str) -> str:
     """The tokenizer that belongs to `init_from`'s weights ("" if it has none): a tl_jax
     workdir's `tokenizer/`, or a Hugging Face directory's vocab.json + merges.txt /
@@ -48,7 +42,7 @@ def load_tokenizer(data_cfg, workdir: str | None, documents=None,
     give the warm-started embedding rows other meanings), or a new byte-level BPE trained on
     `documents`."""
     saved = os.path.join(workdir, "tokenizer") if workdir else None
-    if saved and os.path.isdir(saved) and has_checkpoint(workdir):
+    if saved and os.path.isdir(saved) and checkpoint.has_saved_step(workdir):
         # Only a run that resumes keeps the vocabulary it saved: one left by a run that stopped
         # before its first checkpoint would silently override data.tokenizer / init_from.
         return bpe.BPETokenizer.load(saved)

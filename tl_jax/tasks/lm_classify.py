@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from tl_jax import warm_start
+from tl_jax import checkpoint, warm_start
 from tl_jax.data import bpe, readers
 from tl_jax.evaluation import classification
 from tl_jax.models import gpt
@@ -141,7 +141,7 @@ class Task:
             (d.train_file, {r["label"] for r in self.train_records}),
             (d.eval_file, {r["label"] for r in self.eval_records})])
         saved_tok = os.path.join(workdir, "tokenizer") if workdir else ""
-        if (saved_tok and os.path.isdir(saved_tok) and clm.has_checkpoint(workdir)
+        if (saved_tok and os.path.isdir(saved_tok) and checkpoint.has_saved_step(workdir)
                 and not d.tokenizer):
             d.tokenizer = saved_tok  # a resumed run keeps the vocabulary it started with
         self.tokenizer, self.model_config = resolve_model(
