@@ -27,3 +27,30 @@ def test_missing_required_flag_is_an_error(capsys):
         main.main(["train", "--config=configs/bert_pretrain.py:tiny"])
     assert e.value.code == 2
     assert "--workdir" in capsys.readouterr().err
+
+
+def test_input_errors_are_one_line_and_library_errors_keep_their_traceback(tmp_path, capsys,
+                                                                          monkeypatch):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    argv = ["train", "--config=configs/bert_pretrain.py:tiny", f"--workdir={tmp_path / 'w'}",
+            f"--config.data.corpus={empty}"]
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as e:
+        main.main(argv)
+    message = str(e.value.code)
+    assert message.startswith("tl_jax: error: ") and str(empty) in message
+    # Asked for, the traceback is there.
+    monkeypatch.setenv("TL_JAX_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="empty"):
+        main.main(argv)
+    # A ValueError raised inside a library is not taken for an input check.
+    monkeypatch.delenv("TL_JAX_TRACEBACK")
+
+    def broken(args, overrides):
+        import numpy as np
+        np.zeros(3).reshape(2, 2)
+
+    monkeypatch.setitem(main.COMMANDS, "train", (main.COMMANDS["train"][0], broken))
+    with pytest.raises(ValueError, match="reshape"):
+        main.main(argv)

@@ -143,6 +143,25 @@ def main(argv: list[str] | None = None) -> None:
         COMMANDS[args.command][1](args, overrides)
     except ConfigError as e:
         sys.exit(f"tl_jax: config error: {e}")
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
+        if not _is_input_error(e):
+            raise
+        sys.exit(f"tl_jax: error: {e}\n(set TL_JAX_TRACEBACK=1 to see where it was raised)")
+
+
+def _is_input_error(error: BaseException) -> bool:
+    """Whether `error` is one of tl_jax's own checks on its input (a bad file, flag or
+    checkpoint): raised by a `raise` in this package, whose message says what is wrong and
+    where. Those are printed as one line; anything raised inside a library (or with
+    TL_JAX_TRACEBACK=1 set) keeps its traceback, since it may be a bug."""
+    import os
+    import traceback
+
+    if os.environ.get("TL_JAX_TRACEBACK"):
+        return False
+    frames = traceback.extract_tb(error.__traceback__)
+    package = os.path.dirname(os.path.abspath(__file__))
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(package + os.sep)
 
 
 if __name__ == "__main__":
