@@ -104,3 +104,23 @@ def test_feature_cache_is_not_shared_by_encoders_of_different_depth(data_dir, tm
     shallow = task(1)
     assert shallow.train_arrays["features"].shape == (32, 2, 384)
     assert len(list((tmp_path / "cache").glob("*train*.npy"))) == 2
+
+
+def test_a_frozen_encoder_counts_forward_flops_only(tmp_path):
+    # MFU must not count a backward pass through an encoder that stop_gradient freezes (a
+    # probe without the feature cache reported 127%).
+    from tl_jax import config as config_lib, tasks
+    from tl_jax.tasks import downstream
+
+    def task(*overrides):
+        config = config_lib.load_config("configs/transfer_feature.py:tiny", [
+            "data.max_train_examples=32", "data.max_eval_examples=16", *overrides])
+        return tasks.build_task(config, str(tmp_path / "_".join(overrides)))
+
+    live = task("probe.feature=second_to_last", "probe.cache_features=False")
+    full = downstream.encoder_flops(live.model_config, live.config.data.max_seq_length)
+    assert full / 3 < live.flops_per_example < full / 3 * 1.05
+    cached = task("probe.feature=second_to_last", "probe.cache_features=True")
+    assert 0 < cached.flops_per_example < full / 100
+    tuned = task("probe.feature=none", "probe.cache_features=False")
+    assert tuned.flops_per_example == full

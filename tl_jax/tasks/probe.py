@@ -67,10 +67,14 @@ class Task(classify.Task):
         if self.cached:
             self.train_arrays = self._cache(self.train_arrays, "train")
             self.eval_arrays = self._cache(self.eval_arrays, "eval")
+        if p.feature != "none":
+            # The frozen encoder runs forward only (a third of its training FLOPs), and not at
+            # all once its features are cached; the head trains on them.
             head_params = sum(np.prod(x.shape) for x in jax.tree.leaves(jax.eval_shape(
                 lambda r: self.init_variables(r, self.example_batch(1))["params"]["head"],
                 jax.random.PRNGKey(0))))
-            self.flops_per_example = 6.0 * float(head_params) * (
+            encoder = 0.0 if self.cached else self.flops_per_example / 3
+            self.flops_per_example = encoder + 6.0 * float(head_params) * (
                 1 if self.pooled else config.data.max_seq_length)
 
     def init_params(self, params, rng):
