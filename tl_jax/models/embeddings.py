@@ -158,7 +158,7 @@ class StaticEmbeddingClassifier(nn.Module):
 
     `freeze_embeddings` stops gradients into the table inside the model; for optimizer-level
     freezing (no optimizer state) use a transfer mask on the path `embed/embedding` instead.
-    Load pretrained rows with `init_params` below or by writing the matrix into
+    `load_embedding_matrix` below returns params with pretrained rows in
     params["embed"]["embedding"].
 
     Inputs: token_ids (B, T) int, mask (B, T) bool. Outputs: logits (B, num_classes).
