@@ -26,6 +26,20 @@ def test_int_override_of_float_field_and_string_that_looks_numeric():
     assert c.data.corpus == "123"
 
 
+def test_a_tuple_of_strings_takes_a_comma_list_or_a_literal():
+    classify = str(ROOT / "configs" / "finetune_classify.py") + ":tiny"
+    for text in ("negative,positive", "negative, positive", "['negative', 'positive']",
+                 "('negative', 'positive')"):
+        c = config_lib.load_config(classify, [f"data.labels={text}"])
+        assert c.data.labels == ("negative", "positive"), text
+    assert config_lib.load_config(classify, ["data.labels=neutral"]).data.labels == ("neutral",)
+    assert config_lib.load_config(classify, ["data.labels="]).data.labels == ()
+    # A tuple of pairs (transfer rules) is not split: a bare string there stays an error.
+    with pytest.raises(config_lib.ConfigError):
+        config_lib.load_config(str(ROOT / "configs" / "transfer_full.py") + ":tiny",
+                               ["transfer.rules=frozen"])
+
+
 def test_unknown_key_names_valid_keys():
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.load_config(BERT + ":tiny", ["optimizer.learning_rat=1e-3"])

@@ -97,6 +97,10 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
         value = float(value)
     if isinstance(old, tuple) and isinstance(value, list):
         value = tuple(value)
+    if (isinstance(old, tuple) and isinstance(value, str)
+            and all(isinstance(x, str) for x in old)):
+        # A tuple of strings may be written as a comma list: data.labels=negative,positive.
+        value = tuple(x.strip() for x in value.split(",") if x.strip())
     try:
         node[field] = value
     except (TypeError, KeyError) as e:
