@@ -19,7 +19,7 @@ def data_cfg(**kw):
 
 
 @pytest.mark.parametrize("kind", ["workdir", "hf"])
-def test_warm_start_keeps_the_init_from_tokenizer(tmp_path, texts, kind):
+def test_warm_start_keeps_the_init_from_tokenizer(tmp_path, texts, kind, capsys):
     """Continuing from an LM without data.tokenizer must reuse the LM's vocabulary: a new BPE
     trained on the new corpus would give the warm-started embedding rows other meanings."""
     source = BPETokenizer.train(texts[:200], vocab_size=300)
@@ -37,12 +37,19 @@ def test_warm_start_keeps_the_init_from_tokenizer(tmp_path, texts, kind):
     assert fresh.hf_tokenizer.get_vocab() != source.hf_tokenizer.get_vocab()  # the old pitfall
     tok = clm.load_tokenizer(data_cfg(), str(tmp_path / "run"), new_docs, str(init_from))
     assert tok.hf_tokenizer.get_vocab() == source.hf_tokenizer.get_vocab()
-    # data.tokenizer still wins.
+    # data.tokenizer still wins, with a warning when it is not init_from's vocabulary.
     other = tmp_path / "other"
     fresh.save(str(other))
+    capsys.readouterr()
     tok = clm.load_tokenizer(data_cfg(tokenizer=str(other)), str(tmp_path / "run"), new_docs,
                              str(init_from))
     assert tok.hf_tokenizer.get_vocab() == fresh.hf_tokenizer.get_vocab()
+    assert "is not the vocabulary init_from's weights were trained with" in capsys.readouterr().out
+    same = tmp_path / "same"
+    source.save(str(same))
+    clm.load_tokenizer(data_cfg(tokenizer=str(same)), str(tmp_path / "run"), new_docs,
+                       str(init_from))
+    assert "warning" not in capsys.readouterr().out
 
 
 def test_warm_start_from_a_gpt2_directory_of_another_size_is_an_error(tmp_path):

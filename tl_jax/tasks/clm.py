@@ -46,9 +46,15 @@ def load_tokenizer(data_cfg, workdir: str | None, documents=None,
         # Only a run that resumes keeps the vocabulary it saved: one left by a run that stopped
         # before its first checkpoint would silently override data.tokenizer / init_from.
         return bpe.BPETokenizer.load(saved)
-    if data_cfg.tokenizer:
-        return bpe.BPETokenizer.load(os.path.expandvars(data_cfg.tokenizer))
     source = init_from_tokenizer(init_from)
+    if data_cfg.tokenizer:
+        tokenizer = bpe.BPETokenizer.load(os.path.expandvars(data_cfg.tokenizer))
+        if source and (bpe.BPETokenizer.load(source).hf_tokenizer.get_vocab()
+                       != tokenizer.hf_tokenizer.get_vocab()):
+            print(f"[clm] warning: data.tokenizer={data_cfg.tokenizer!r} is not the vocabulary "
+                  f"init_from's weights were trained with ({source}): embedding rows it takes "
+                  "over will stand for other tokens.", flush=True)
+        return tokenizer
     if source:
         print(f"[clm] tokenizer of init_from: {source}", flush=True)
         return bpe.BPETokenizer.load(source)
