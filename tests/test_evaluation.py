@@ -149,3 +149,17 @@ def test_decode_picks_best_window_and_v2_null_threshold():
     predictions, _ = squad.decode_predictions([a], {"q": context}, version_2=True,
                                               null_threshold=20.0)
     assert predictions["q"] == "alpha"
+
+
+def test_nbest_lists_each_answer_text_once_at_its_best_score():
+    # Two overlapping windows both see "beta" (and "gamma"); the n-best list once held each
+    # text twice. BERT's run_squad de-duplicates by final text, keeping the best score.
+    context = "alpha beta gamma"
+    a = _window(context, {1: (0, 5), 2: (6, 10)}, [0, 1, 4, 0], [0, 1, 4, 0])
+    b = _window(context, {1: (6, 10), 2: (11, 16)}, [0, 3, 2, 0], [0, 3, 2, 0])
+    predictions, nbest = squad.decode_predictions([a, b], {"q": context}, n_best=3)
+    texts = [n["text"] for n in nbest["q"]]
+    assert predictions["q"] == "beta" == texts[0]  # 4 + 4 in window a
+    assert len(texts) == len(set(texts)) == 3, nbest["q"]
+    assert nbest["q"][0]["score"] == 8.0
+    assert [n["score"] for n in nbest["q"]] == sorted((n["score"] for n in nbest["q"]), reverse=True)

@@ -8,7 +8,7 @@ of normalised tokens, and an empty gold answer (v2.0 no-answer) matches only an 
 `decode_predictions` turns per-window start/end logits back into answer strings: the n best
 start and end sub-tokens of each window are paired (start <= end, length <= max_answer_length,
 both inside the context), scored by start + end logit, mapped back to character offsets, and the
-best span over all windows of a question wins. For v2.0, the question is answered with "" when the
+best span over all windows of a question wins; the n-best list keeps each answer text once. For v2.0, the question is answered with "" when the
 best null score ([CLS] start + end, lowest over windows) beats the best span by more than
 `null_threshold`.
 """
@@ -120,7 +120,8 @@ def decode_predictions(windows: Iterable[dict], contexts: Mapping[str, str], n_b
       contexts: question id -> context string (offsets index into it).
       version_2: allow "no answer"; it wins when null_score - best_span_score > null_threshold.
     Returns:
-      `(predictions, nbest)`: id -> answer text, and id -> list of `{"text", "score"}`.
+      `(predictions, nbest)`: id -> answer text, and id -> list of `{"text", "score"}`, best
+      first, each text once (at its best score over windows).
     """
     candidates: dict[str, list] = collections.defaultdict(list)
     null_scores: dict[str, float] = {}
@@ -134,7 +135,13 @@ def decode_predictions(windows: Iterable[dict], contexts: Mapping[str, str], n_b
             candidates[qid].append((score, contexts[qid][a:b]))
     predictions, nbest = {}, {}
     for qid, null in null_scores.items():
-        ranked = sorted(candidates[qid], key=lambda x: -x[0])[:n_best]
+        # One entry per answer text, at its best score: overlapping windows (and repeats of a
+        # name in the context) give the same text many times, as in BERT's run_squad.py.
+        ranked, seen = [], set()
+        for score, text in sorted(candidates[qid], key=lambda x: -x[0]):
+            if text not in seen and len(ranked) < n_best:
+                seen.add(text)
+                ranked.append((score, text))
         nbest[qid] = [{"text": t, "score": s} for s, t in ranked]
         best_text, best_score = (ranked[0][1], ranked[0][0]) if ranked else ("", -np.inf)
         if version_2 and null - best_score > null_threshold:
