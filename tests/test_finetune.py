@@ -132,3 +132,34 @@ def test_labels_outside_the_label_set_name_the_file(tmp_path):
         "data.labels=['a']"])
     with pytest.raises(ValueError, match=r"train.jsonl: labels \['b'\] are not in data.labels"):
         lm_classify.Task(config, str(tmp_path))
+
+
+def test_squad_version_must_match_the_data(tmp_path):
+    # data.version=2.0 on data without an unanswerable question (the default silver:cloze_qa is
+    # built as v1.1) trained silently without ever learning "no answer"; v1.1 on v2.0 data
+    # dropped the unanswerable questions from training and scored them 0.
+    from tl_jax.tasks import squad
+
+    context = "Elizabeth walked to Netherfield with Jane."
+    answerable = {"id": "a", "title": "t", "question": "Who walked with ____?", "context": context,
+                  "answers": [{"text": "Jane", "answer_start": context.index("Jane")}],
+                  "is_impossible": False}
+    impossible = {"id": "b", "title": "t", "question": "Who met ____?", "context": context,
+                  "answers": [], "is_impossible": True}
+    v1, v2 = tmp_path / "v1.json", tmp_path / "v2.json"
+    readers.write_squad(v1, [answerable])
+    readers.write_squad(v2, [answerable, impossible], version="2.0")
+
+    def task(version, train_file, eval_file):
+        config = config_lib.load_config("configs/finetune_squad.py:tiny", [
+            f"data.version={version}", f"data.train_file={train_file}",
+            f"data.eval_file={eval_file}"])
+        return squad.Task(config, str(tmp_path / "run"))
+
+    with pytest.raises(ValueError, match=r"data.version='2.0' but the training data .*v1.json "
+                                         r"has no unanswerable question.*--qa_version=2.0"):
+        task("2.0", v1, v2)
+    with pytest.raises(ValueError, match=r"data.version='1.1' but .*v2.json has 1 unanswerable"):
+        task("1.1", v1, v2)
+    with pytest.raises(ValueError, match=r"data.version='1.1' but .*v2.json has 1 unanswerable"):
+        task("1.1", v2, v1)

@@ -28,6 +28,30 @@ from tl_jax.tasks import downstream
 _HOST_ONLY = ("offsets", "example_index")  # decoding needs them; the device does not
 
 
+def _check_version(version, train_file, train_records, eval_file, eval_records) -> None:
+    """data.version must match the data: a mismatch would train or score silently wrong.
+
+    v2.0 on data without an unanswerable question never learns "no answer" (e.g. the default
+    `silver:cloze_qa`, built as v1.1); v1.1 on data with some drops them from training and scores
+    them 0 on eval, since v1.1 always answers.
+    """
+    if version == "2.0" and not any(r["is_impossible"] for r in train_records):
+        raise ValueError(
+            f"data.version='2.0' but the training data {train_file} has no unanswerable question, "
+            "so the model would never learn to answer \"\" (silver:cloze_qa is built as v1.1). "
+            "Use SQuAD 2.0 data, or build the silver v2.0 task with 'tl_jax build_tasks "
+            "--out_dir=DIR --qa_version=2.0' and pass --config.data.train_file=DIR/cloze_qa/"
+            "train.json --config.data.eval_file=DIR/cloze_qa/dev.json; or use data.version=1.1")
+    if version == "1.1":
+        for spec, records in ((train_file, train_records), (eval_file, eval_records)):
+            n = sum(r["is_impossible"] for r in records)
+            if n:
+                raise ValueError(
+                    f"data.version='1.1' but {spec} has {n} unanswerable question(s) (SQuAD "
+                    "2.0 data); v1.1 would skip them in training and score them 0. Set "
+                    "--config.data.version=2.0")
+
+
 class Task(downstream.EncoderTask):
     """The `squad` task (contract: `tl_jax/tasks/__init__.py`)."""
 
@@ -45,6 +69,8 @@ class Task(downstream.EncoderTask):
         self.eval_records = read(d.eval_file, d.max_eval_examples)
         if d.version not in ("1.1", "2.0"):
             raise ValueError(f"data.version={d.version!r}; expected '1.1' or '2.0'")
+        _check_version(d.version, d.train_file, self.train_records, d.eval_file,
+                       self.eval_records)
         texts = [r["question"] for r in self.train_records] + sorted(
             {r["context"] for r in self.train_records})
         self.encoder = downstream.Encoder.from_config(config, texts)
