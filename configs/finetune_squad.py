@@ -14,7 +14,9 @@ a summary like:
 Arguments: minilm (default), scratch (MiniLM's architecture and tokenizer, random weights), tiny
 (a 2-layer model from scratch on a small slice: a smoke test). Real SQuAD:
 `--config.data.train_file=train-v1.1.json --config.data.eval_file=dev-v1.1.json` or
-`tfds:squad/v1.1:train`; SQuAD 2.0 adds `--config.data.version=2.0`.
+`tfds:squad/v1.1:train`; SQuAD 2.0 adds `--config.data.version=2.0`, which needs training data with
+unanswerable questions: the silver `cloze_qa` is v1.1, so build its v2.0 variant with
+`tl_jax build_tasks --out_dir=DIR --qa_version=2.0` and pass DIR/cloze_qa/{train,dev}.json.
 """
 import os
 

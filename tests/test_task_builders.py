@@ -87,3 +87,20 @@ def test_v2_adds_unanswerable_questions(data_dir):
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no austen.jsonl"):
         tb.build_all(tmp_path / "out", tmp_path)
+
+
+def test_readme_states_what_qa_version_2_builds(data_dir):
+    # The README said --qa_version=2.0 "adds unanswerable ones"; under the same caps they
+    # replace answerable ones. Its counts must be what the full build gives.
+    import pathlib
+    import re
+
+    readme = " ".join((pathlib.Path(__file__).parent.parent / "README.md").read_text().split())
+    qa = tb.build_cloze_qa(data_dir, {"train": 10000, "dev": 1000, "test": 1000}, version="2.0")
+    counts = {s: (sum(not r["is_impossible"] for r in qa[s]), sum(r["is_impossible"] for r in qa[s]))
+              for s in tb.SPLITS}
+    stated = re.search(r"train ([\d,]+) answerable \+ ([\d,]+) unanswerable, dev ([\d,]+) \+ "
+                       r"([\d,]+), test ([\d,]+) \+ ([\d,]+)", readme)
+    assert stated, "README does not give the --qa_version=2.0 counts"
+    numbers = [int(n.replace(",", "")) for n in stated.groups()]
+    assert numbers == [n for s in tb.SPLITS for n in counts[s]], counts

@@ -14,7 +14,8 @@ made from the Austen novels (`austen.jsonl`) and the Wikipedia sample (`enwiki_s
   sentence (its paragraph without that sentence, plus the neighbouring paragraphs while they fit
   in `max_context_chars`). The question is kept (SQuAD v1.1) when the removed span occurs in the
   context, with every occurrence as a gold answer. With `version="2.0"`, questions whose span is
-  *not* in the context are kept as unanswerable (`is_impossible`), at most one per answerable one.
+  *not* in the context are kept as unanswerable (`is_impossible`), at most one per answerable one;
+  they count against the same caps, so they take the place of answerable questions.
 * **food_reviews** (classification): the jsonl files as they are (`text`, `label`).
 
 Determinism: paragraphs are grouped into blocks of `BLOCK` consecutive paragraphs of one book or
@@ -234,7 +235,8 @@ def build_all(out_dir: os.PathLike, data_dir: os.PathLike | None = None,
       out_dir: where to write `names/`, `cloze_qa/` and `manifest.json`.
       data_dir: the shared data folder; defaults to `$TL_JAX_DATA_DIR`.
       names_caps, qa_caps: maximum examples in (train, dev, test).
-      qa_version: "1.1" (answerable only) or "2.0" (adds unanswerable questions).
+      qa_version: "1.1" (answerable only) or "2.0" (unanswerable questions mixed in under the
+        same qa_caps, so fewer answerable ones).
     """
     data_dir = pathlib.Path(data_dir or os.environ.get("TL_JAX_DATA_DIR", ""))
     if not (data_dir / "austen.jsonl").exists():
