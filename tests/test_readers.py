@@ -136,6 +136,48 @@ def test_squad_errors_name_file_and_line(tmp_path):
         readers.read_squad(_write(tmp_path / "shape.json", "[]"))
 
 
+def test_squad_shape_errors_repeated_ids_and_bad_answers_are_named(tmp_path):
+    # Wrong shapes crashed with AttributeError/TypeError and no file name; a repeated id was
+    # accepted (its windows were then decoded against the other question's context); a negative
+    # answer_start or a blank answer text was accepted and silently dropped from training.
+    def doc(**change):
+        d = _squad_doc()
+        qa = d["data"][0]["paragraphs"][0]["qas"][0]
+        for key, value in change.items():
+            if key == "data":
+                d["data"] = value
+            elif key == "paragraphs":
+                d["data"][0]["paragraphs"] = value
+            elif key == "qas":
+                d["data"][0]["paragraphs"][0]["qas"] = value
+            else:
+                qa[key] = value
+        return d
+
+    cases = {
+        "data": ([["P&P"]], r"'data' must be a list of objects"),
+        "paragraphs": ("It was Mr. Darcy.", r"'paragraphs' must be a list of objects"),
+        "qas": ({"id": "q1"}, r"'qas' must be a list of objects"),
+        "answers": (None, r"question 'q1': 'answers' must be a list of objects"),
+    }
+    for key, (value, message) in cases.items():
+        path = _write(tmp_path / f"{key}.json", json.dumps(doc(**{key: value})))
+        with pytest.raises(readers.DataFormatError, match=rf"{key}.json.*{message}"):
+            readers.read_squad(path)
+    for name, answer in (("negative", {"text": "Darcy.", "answer_start": -6}),
+                         ("blank", {"text": " ", "answer_start": 6})):
+        path = _write(tmp_path / f"{name}.json", json.dumps(doc(answers=[answer])))
+        with pytest.raises(readers.DataFormatError, match=r"non-blank 'text' and an 'answer_start' "
+                                                          r"integer >= 0"):
+            readers.read_squad(path)
+    twice = _squad_doc()
+    twice["data"].append({"title": "S&S", "paragraphs": [
+        {"context": "Elinor smiled.", "qas": [{"id": "q1", "question": "Who?",
+                                               "answers": [{"text": "Elinor", "answer_start": 0}]}]}]})
+    with pytest.raises(readers.DataFormatError, match=r"question id 'q1' occurs twice"):
+        readers.read_squad(_write(tmp_path / "twice.json", json.dumps(twice)))
+
+
 def test_read_records_rejects_unknown_specs(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         readers.read_records(str(tmp_path / "nope.jsonl"), "classification")

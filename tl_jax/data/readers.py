@@ -238,23 +238,37 @@ def read_squad(path: PathLike) -> list[dict]:
 
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise DataFormatError(path, 1, "expected a SQuAD object with a 'data' list")
-    records = []
-    for article in doc["data"]:
+    def items(value, key, where, qid=None):
+        """`value[key]` as a list of objects (a missing key is an empty list)."""
+        found = value.get(key, [])
+        if not isinstance(found, list) or not all(isinstance(x, dict) for x in found):
+            fail(qid, f"{where}: {key!r} must be a list of objects, got {json.dumps(found)[:60]}")
+        return found
+
+    records, seen = [], {}
+    for a_index, article in enumerate(items(doc, "data", "top level")):
         title = article.get("title", "")
-        for paragraph in article.get("paragraphs", []):
+        for paragraph in items(article, "paragraphs", f"article {a_index} ({title!r})"):
             context = paragraph.get("context")
             if not isinstance(context, str):
                 fail(None, f"paragraph without a 'context' string in article {title!r}")
-            for qa in paragraph.get("qas", []):
+            for qa in items(paragraph, "qas", f"a paragraph of article {title!r}"):
                 qid = qa.get("id")
                 if qid is None or not isinstance(qa.get("question"), str):
                     fail(qid, f"question without 'id' or 'question' in article {title!r}")
+                if str(qid) in seen:
+                    # Predictions and gold are keyed by id: a repeat would be decoded against
+                    # the other question's context.
+                    fail(qid, f"question id {qid!r} occurs twice (also in article {seen[str(qid)]!r})")
+                seen[str(qid)] = title
                 impossible = bool(qa.get("is_impossible", False))
                 answers = []
-                for answer in qa.get("answers", []):
+                for answer in items(qa, "answers", f"question {qid!r}", qid):
                     text, start = answer.get("text"), answer.get("answer_start")
-                    if not isinstance(text, str) or not isinstance(start, int):
-                        fail(qid, f"question {qid!r}: answer needs 'text' and integer 'answer_start'")
+                    if not isinstance(text, str) or not isinstance(start, int) or \
+                            isinstance(start, bool) or start < 0 or not text.strip():
+                        fail(qid, f"question {qid!r}: answer needs a non-blank 'text' and an "
+                                  f"'answer_start' integer >= 0, got {json.dumps(answer)[:80]}")
                     if context[start:start + len(text)] != text:
                         fail(qid, f"question {qid!r}: answer {text!r} not found at answer_start "
                                   f"{start} (context has {context[start:start + len(text)]!r})")
