@@ -9,7 +9,8 @@ answer (or a v2.0 question without one) points at [CLS]. After each eval pass `e
 n-best spans per question across its windows (max answer length; for `data.version="2.0"` the
 no-answer threshold), scores them with the official SQuAD EM/F1, and writes
 `WORKDIR/predictions/eval_step_N.json` (id -> answer) and `nbest_step_N.json`. Keep the best
-checkpoint by `eval/f1`.
+checkpoint by `eval/f1`. With `train.eval_batches` > 0 only the questions whose windows were all
+evaluated are decoded and scored.
 """
 from __future__ import annotations
 
@@ -125,19 +126,28 @@ class Task(downstream.EncoderTask):
 
     def evaluate(self, batches_and_outputs, workdir, step):
         d = self.config.data
-        windows = []
+        windows, example_of = [], self.eval_host["example_index"]
+        seen = np.zeros(len(self.eval_records), np.int64)
         for _, out in batches_and_outputs:
             for row, start, end in zip(out["row"], out["start_logits"], out["end_logits"]):
                 if row < 0:
                     continue
-                record = self.eval_records[self.eval_host["example_index"][row]]
+                seen[example_of[row]] += 1
+                record = self.eval_records[example_of[row]]
                 windows.append(dict(id=record["id"], start_logits=start, end_logits=end,
                                     offsets=self.eval_host["offsets"][row]))
-        contexts = {r["id"]: r["context"] for r in self.eval_records}
+        # Score the questions whose windows were all evaluated: with train.eval_batches > 0 the
+        # pass stops early, and the questions it never reached are not wrong answers.
+        complete = seen == np.bincount(example_of, minlength=len(self.eval_records))
+        records = [r for r, ok in zip(self.eval_records, complete) if ok] or \
+            [r for r, n in zip(self.eval_records, seen) if n]
+        ids = {r["id"] for r in records}
+        contexts = {r["id"]: r["context"] for r in records}
         predictions, nbest = squad_eval.decode_predictions(
-            windows, contexts, n_best=d.n_best, max_answer_length=d.max_answer_length,
-            version_2=d.version == "2.0", null_threshold=d.null_threshold)
-        gold = {r["id"]: [a["text"] for a in r["answers"]] for r in self.eval_records}
+            [w for w in windows if w["id"] in ids], contexts, n_best=d.n_best,
+            max_answer_length=d.max_answer_length, version_2=d.version == "2.0",
+            null_threshold=d.null_threshold)
+        gold = {r["id"]: [a["text"] for a in r["answers"]] for r in records}
         report = squad_eval.evaluate(gold, predictions)
         if jax.process_index() == 0:
             directory = os.path.join(workdir, "predictions")
