@@ -104,3 +104,18 @@ def test_readme_states_what_qa_version_2_builds(data_dir):
     assert stated, "README does not give the --qa_version=2.0 counts"
     numbers = [int(n.replace(",", "")) for n in stated.groups()]
     assert numbers == [n for s in tb.SPLITS for n in counts[s]], counts
+
+
+def test_silver_cache_manifest_names_the_files_where_they_are(data_dir, tmp_path, monkeypatch):
+    # The cache is built in a temporary folder renamed into place; its manifest named the files
+    # under the temporary folder, which no longer exists.
+    import pathlib
+
+    monkeypatch.setenv("TL_JAX_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("TL_JAX_TASKS_DIR", str(tmp_path / "tasks"))
+    path = tb.silver_path("cloze_qa", "dev")
+    manifest = json.loads((tmp_path / "tasks" / "manifest.json").read_text())
+    assert manifest["cloze_qa"]["dev"]["path"] == str(path)
+    for task in ("names", "cloze_qa"):
+        for split in tb.SPLITS:
+            assert pathlib.Path(manifest[task][split]["path"]).is_file(), manifest[task][split]

@@ -310,4 +310,8 @@ def silver_path(task: str, split: str) -> pathlib.Path:
         except OSError:  # another process finished first; its build is identical
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
+        else:  # the manifest named the files under the temporary folder
+            manifest = root / "manifest.json"
+            manifest.write_text(manifest.read_text().replace(
+                json.dumps(str(tmp))[1:-1] + "/", json.dumps(str(root))[1:-1] + "/"))
     return root / task / f"{split}.{suffix[task]}"
