@@ -197,3 +197,30 @@ def test_squad_eval_scores_only_the_questions_it_reached(tmp_path):
     assert report["exact"] == report["f1"] == 100.0, report
     predictions = json.load(open(tmp_path / "run" / "predictions" / "eval_step_7.json"))
     assert predictions == {"q0": "Jane", "q1": "Jane"}
+
+
+def test_squad_predictions_are_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    # The prediction files were opened in the locale's encoding; under an ASCII locale the first
+    # eval with a non-ASCII answer raised UnicodeEncodeError and ended the run.
+    import builtins
+
+    from tl_jax.tasks import squad
+
+    context = "Zoë walked to Netherfield with José and met Mr. Bingley there."
+    path = tmp_path / "qa.json"
+    readers.write_squad(path, [{"id": "q", "title": "t", "question": "Who walked with ____?",
+                                "context": context, "is_impossible": False,
+                                "answers": [{"text": "José", "answer_start": 31}]}])
+    config = config_lib.load_config("configs/finetune_squad.py:tiny", [
+        f"data.train_file={path}", f"data.eval_file={path}", "data.batch_size=1"])
+    task = squad.Task(config, str(tmp_path / "run"))
+    offsets = task.eval_host["offsets"][0]
+    start = np.where(offsets[:, 0] == 31, 10.0, 0.0)[None]
+    end = np.where(offsets[:, 1] == 35, 10.0, 0.0)[None]
+    ascii_open = lambda *a, encoding=None, **k: builtins.open(*a, encoding=encoding or "ascii", **k)  # noqa: E731
+    monkeypatch.setattr(squad, "open", ascii_open, raising=False)
+    report = task.evaluate([(None, {"row": np.array([0]), "start_logits": start,
+                                    "end_logits": end})], str(tmp_path / "run"), 1)
+    assert report["exact"] == 100.0
+    text = (tmp_path / "run" / "predictions" / "eval_step_1.json").read_text(encoding="utf-8")
+    assert json.loads(text) == {"q": "José"}

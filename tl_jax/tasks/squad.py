@@ -152,8 +152,9 @@ class Task(downstream.EncoderTask):
         if jax.process_index() == 0:
             directory = os.path.join(workdir, "predictions")
             os.makedirs(directory, exist_ok=True)
-            with open(os.path.join(directory, f"eval_step_{step}.json"), "w") as f:
-                json.dump(predictions, f, ensure_ascii=False, indent=1)
-            with open(os.path.join(directory, f"nbest_step_{step}.json"), "w") as f:
-                json.dump({q: v[:5] for q, v in nbest.items()}, f, ensure_ascii=False, indent=1)
+            # UTF-8 whatever the locale: answers hold any character of the contexts.
+            for name, value in (("eval", predictions), ("nbest", {q: v[:5] for q, v in nbest.items()})):
+                with open(os.path.join(directory, f"{name}_step_{step}.json"), "w",
+                          encoding="utf-8") as f:
+                    json.dump(value, f, ensure_ascii=False, indent=1)
         return {k: v for k, v in report.items() if not k.endswith("total")}
