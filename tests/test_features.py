@@ -104,5 +104,5 @@ def test_squad_unanswerable_points_at_cls(tokenizer):
     out = features.encode_squad(tokenizer, [record], max_seq_length=32, doc_stride=8,
                                 max_query_length=8)
     assert out["start_positions"].tolist() == [0] and out["end_positions"].tolist() == [0]
-    with pytest.raises(ValueError, match="too short"):
+    with pytest.raises(ValueError, match="too short for max_query_length=8"):
         features.encode_squad(tokenizer, [record], max_seq_length=10, max_query_length=8)

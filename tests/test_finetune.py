@@ -224,3 +224,19 @@ def test_squad_predictions_are_utf8_whatever_the_locale(tmp_path, monkeypatch):
     assert report["exact"] == 100.0
     text = (tmp_path / "run" / "predictions" / "eval_step_1.json").read_text(encoding="utf-8")
     assert json.loads(text) == {"q": "José"}
+
+
+def test_squad_settings_that_can_never_answer_are_errors(tmp_path):
+    # data.max_answer_length=0 (or n_best=0) trained and then silently scored EM = F1 = 0.
+    from tl_jax.tasks import squad
+
+    context = "Elizabeth walked to Netherfield with Jane."
+    path = tmp_path / "qa.json"
+    readers.write_squad(path, [{"id": "q", "title": "t", "question": "Who?", "context": context,
+                                "answers": [{"text": "Jane", "answer_start": 37}],
+                                "is_impossible": False}])
+    for key in ("max_answer_length", "n_best"):
+        config = config_lib.load_config("configs/finetune_squad.py:tiny", [
+            f"data.train_file={path}", f"data.eval_file={path}", f"data.{key}=0"])
+        with pytest.raises(ValueError, match=rf"data.{key}=0 must be >= 1"):
+            squad.Task(config, str(tmp_path / "run"))

@@ -158,7 +158,10 @@ def encode_squad(tokenizer, records: Sequence[dict], max_seq_length: int = 384,
     """
     tok = hf_tokenizer(tokenizer)
     specials = _Specials(tok)
-    _check_length(max_seq_length, max_query_length + 4)
+    if max_seq_length < max_query_length + 4:
+        raise ValueError(f"max_seq_length={max_seq_length} is too short for max_query_length="
+                         f"{max_query_length}: [CLS] question [SEP] context [SEP] needs >= "
+                         f"{max_query_length + 4}")
     if not 0 < doc_stride:
         raise ValueError(f"doc_stride must be positive, got {doc_stride}")
     questions = tok.encode_batch([r["question"] for r in records], add_special_tokens=False)

@@ -70,6 +70,9 @@ class Task(downstream.EncoderTask):
         self.eval_records = read(d.eval_file, d.max_eval_examples)
         if d.version not in ("1.1", "2.0"):
             raise ValueError(f"data.version={d.version!r}; expected '1.1' or '2.0'")
+        for key in ("n_best", "max_answer_length", "max_query_length", "doc_stride"):
+            if d[key] < 1:  # 0 would silently answer nothing (EM = F1 = 0) or loop forever
+                raise ValueError(f"data.{key}={d[key]} must be >= 1")
         _check_version(d.version, d.train_file, self.train_records, d.eval_file,
                        self.eval_records)
         texts = [r["question"] for r in self.train_records] + sorted(
