@@ -106,3 +106,28 @@ def test_squad_unanswerable_points_at_cls(tokenizer):
     assert out["start_positions"].tolist() == [0] and out["end_positions"].tolist() == [0]
     with pytest.raises(ValueError, match="too short for max_query_length=8"):
         features.encode_squad(tokenizer, [record], max_seq_length=10, max_query_length=8)
+
+
+def test_squad_window_points_at_any_gold_answer_it_holds(tokenizer):
+    # Only the first gold answer was used: a window holding another one (the silver cloze_qa
+    # lists every occurrence of the name; 40% of its [CLS] windows at seq 256) was labelled
+    # "no answer", which v2.0 trains on and v1.1 throws away.
+    context = ("Darcy rode out early. " + "The weather was grey and cold that day. " * 8 +
+               "Later Darcy came back.")
+    answers = [{"text": "Darcy", "answer_start": 0},
+               {"text": "Darcy", "answer_start": context.rindex("Darcy")}]
+    record = {"id": "q", "question": "Who rode?", "context": context, "answers": answers}
+    out = features.encode_squad(tokenizer, [record], max_seq_length=32, doc_stride=12,
+                                max_query_length=8)
+    for i in range(len(out["input_ids"])):
+        offsets, s, e = out["offsets"][i], out["start_positions"][i], out["end_positions"][i]
+        in_context = offsets[:, 0] >= 0
+        lo, hi = offsets[in_context, 0].min(), offsets[in_context, 1].max()
+        holds = [a for a in answers if a["answer_start"] >= lo and
+                 a["answer_start"] + len(a["text"]) <= hi]
+        if holds:
+            assert context[offsets[s, 0]:offsets[e, 1]] == "Darcy", i
+            assert offsets[s, 0] == holds[0]["answer_start"]
+        else:
+            assert s == e == 0
+    assert (out["start_positions"] > 0).sum() >= 2  # the first window and the last

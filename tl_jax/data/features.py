@@ -11,9 +11,10 @@ Every encoder returns a dict of numpy arrays with a leading example axis `N` and
   predictions back onto words.
 * `encode_squad`: question + context windows. Contexts longer than the room left after the
   question are split into overlapping windows `doc_stride` sub-tokens apart. Each window has
-  `start_positions` / `end_positions` (sub-token index; 0 = [CLS] when the answer is not inside
-  the window or the question has none), `offsets` `(N, T, 2)` with each context sub-token's
-  character span in the context (`-1` elsewhere), and `example_index` `(N,)`.
+  `start_positions` / `end_positions` (sub-token index of the first gold answer wholly inside
+  the window; 0 = [CLS] when none is, or the question has none), `offsets` `(N, T, 2)` with
+  each context sub-token's character span in the context (`-1` elsewhere), and
+  `example_index` `(N,)`.
 
 Sub-token offsets come from the Hugging Face `tokenizers` encoding (`Encoding.offsets` and
 `word_ids`), so they map exactly back to the original characters, accents and case included.
@@ -154,7 +155,9 @@ def encode_squad(tokenizer, records: Sequence[dict], max_seq_length: int = 384,
                  doc_stride: int = 128, max_query_length: int = 64) -> dict[str, np.ndarray]:
     """Encodes SQuAD records into question+context windows (see module docstring).
 
-    Training uses the first gold answer; a window that does not hold all of it points at [CLS].
+    Each window points at the first gold answer it holds whole (SQuAD training sets have one;
+    the silver cloze_qa lists every occurrence of the name); a window holding none, or a question
+    without answers, points at [CLS].
     """
     tok = hf_tokenizer(tokenizer)
     specials = _Specials(tok)
@@ -172,12 +175,14 @@ def encode_squad(tokenizer, records: Sequence[dict], max_seq_length: int = 384,
         q_ids = list(question.ids)[:max_query_length]
         c_ids, c_offsets = list(context.ids), list(context.offsets)
         room = max_seq_length - len(q_ids) - 3  # [CLS] q [SEP] window [SEP]
-        answer = record["answers"][0] if record["answers"] else None
-        if answer is not None:
+        # Sub-tokens overlapping each gold answer's characters, in the order of the answers.
+        coverings = []
+        for answer in record["answers"]:
             a_start = answer["answer_start"]
             a_end = a_start + len(answer["text"])
-            # Sub-tokens overlapping the answer's characters.
             covering = [t for t, (s, e) in enumerate(c_offsets) if s < a_end and e > a_start]
+            if covering:
+                coverings.append(covering)
         window_start = 0
         while True:
             window = range(window_start, min(window_start + room, len(c_ids)))
@@ -187,9 +192,12 @@ def encode_squad(tokenizer, records: Sequence[dict], max_seq_length: int = 384,
             for k, t in enumerate(window):
                 offsets[first + k] = c_offsets[t]
             start = end = 0
-            if answer is not None and covering and covering[0] >= window.start and \
-                    covering[-1] < window.stop:
-                start, end = first + covering[0] - window.start, first + covering[-1] - window.start
+            # The first gold answer wholly inside the window: a window holding any of them is
+            # not a "no answer" window (silver cloze_qa lists every occurrence of the name).
+            inside = [c for c in coverings if c[0] >= window.start and c[-1] < window.stop]
+            if inside:
+                start = first + inside[0][0] - window.start
+                end = first + inside[0][-1] - window.start
             for key, value in (("input_ids", ids), ("segment_ids", segments), ("input_mask", mask),
                                ("start_positions", start), ("end_positions", end),
                                ("offsets", offsets), ("example_index", index)):
