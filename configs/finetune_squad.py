@@ -9,7 +9,7 @@ imported all-MiniLM-L6-v2) on question + context windows (doc stride), decodes n
 maximum answer length on the dev split after every epoch, scores them with the official SQuAD
 EM/F1, keeps the best checkpoint by F1, writes WORKDIR/predictions/eval_step_N.json, and ends with
 a summary like:
-  done: 62 steps | held-out exact 3x.xxxx | held-out f1 4x.xxxx | ...
+  done: 173 steps | held-out exact 3x.xxxx | held-out f1 4x.xxxx | ...
 
 Arguments: minilm (default), scratch (MiniLM's architecture and tokenizer, random weights), tiny
 (a 2-layer model from scratch on a small slice: a smoke test). Real SQuAD:
