@@ -23,7 +23,9 @@ from tl_jax import parallel
 from tl_jax.optim import optimizers
 
 DATA_DIR = os.environ.get("TL_JAX_DATA_DIR", "")
-MINILM = os.path.join(DATA_DIR, "models", "all-MiniLM-L6-v2") if DATA_DIR else ""
+# Unset, the path stays unexpanded, so `:minilm` / `:scratch` fail naming the variable instead of
+# quietly training a model from scratch.
+MINILM = os.path.join(DATA_DIR or "$TL_JAX_DATA_DIR", "models", "all-MiniLM-L6-v2")
 
 
 def get_config(arg=None):

@@ -46,3 +46,22 @@ def test_config_smoke_run(path, tmp_path, data_dir):
         from tl_jax import static_train
         summary = static_train.run(config, str(tmp_path))
         assert summary
+
+
+@pytest.mark.parametrize("name", ["finetune_classify", "finetune_tag", "finetune_squad",
+                                  "transfer_full"])
+def test_minilm_without_the_data_dir_is_an_error_not_a_model_from_scratch(name, tmp_path,
+                                                                          monkeypatch, capsys):
+    # `:minilm` names the all-MiniLM-L6-v2 in $TL_JAX_DATA_DIR; without the variable it must not
+    # quietly become a 2-layer model from scratch.
+    monkeypatch.delenv("TL_JAX_DATA_DIR", raising=False)
+    for arg in ("minilm", "scratch"):
+        config = config_lib.load_config(f"{ROOT / 'configs' / name}.py:{arg}")
+        source = config.init_from if arg == "minilm" else config.model.size
+        assert "$TL_JAX_DATA_DIR" in source, (arg, source)
+    if name == "finetune_classify":  # its data falls back to gensim's: the run reaches init_from
+        from tl_jax import main
+        with pytest.raises(SystemExit) as e:
+            main.main(["train", f"--config={ROOT / 'configs' / name}.py:minilm",
+                       f"--workdir={tmp_path}"])
+        assert "$TL_JAX_DATA_DIR/models/all-MiniLM-L6-v2" in str(e.value.code)
