@@ -1,11 +1,11 @@
 """BERT pretraining (masked LM + next-sentence prediction) on raw text.
 
-Run (the quickstart):
+Run (`tl_jax quickstart` runs it shortened to 300 steps, then fine-tunes):
   tl_jax train --config=configs/bert_pretrain.py:mini --workdir=/tmp/bert_mini
 
 It trains a WordPiece vocabulary on the corpus, pretrains for `train.steps` steps with a progress
 bar, and ends with a summary like:
-  done: 600 steps | held-out MLM acc 0.2xx | NSP acc 0.6xx | 9,xxx tokens/s
+  done: 600 steps | held-out mlm_accuracy 0.2xxx | held-out nsp_accuracy 0.6xxx | 9,xxx tokens/s | MFU xx.x%
 
 The argument picks a model size from `tl_jax.models.bert.SIZES` (tiny, mini, small, medium, base,
 large); `tiny` also shrinks the run to a smoke test. Override anything with
