@@ -108,11 +108,13 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
             heads = [p for p in report.missing if not p.startswith("bert/")]
             if heads and len(heads) == sum(1 for _ in _head_paths(params)):
                 params = params["bert"]  # headless checkpoint -> BertModel tree
+                report.missing = [p for p in report.missing if p.startswith("bert/")]
             elif heads:
                 warnings.warn(f"{src}: partial heads; freshly initialised: {heads}")
             pooler = [p for p in report.missing if p.startswith("bert/pooler/")]
             if pooler:
                 warnings.warn(f"{src}: no pooler in the checkpoint; freshly initialised")
+            print(f"[convert] {report}")  # used / derived / unused / missing tensors
         else:
             config, params = module.load_pretrained(src)
         save_tl_params(dst, config, params, name)
