@@ -67,6 +67,18 @@ def test_unknown_size_and_missing_file():
         config_lib.load_config("configs/nope.py")
 
 
+@pytest.mark.parametrize("spec", ["bert_pretrain.py:huge", "transfer_lora.py:mini"])
+def test_a_wrong_config_argument_is_a_one_line_config_error(spec, tmp_path, capsys):
+    # The argument checks in configs/*.py are input checks too (transfer_lora's is in
+    # finetune_classify.py, which it loads): one line, like an unknown key, not a traceback.
+    from tl_jax import main
+    with pytest.raises(SystemExit) as e:
+        main.main(["train", f"--config={ROOT / 'configs' / spec}", f"--workdir={tmp_path}"])
+    message = str(e.value.code)
+    assert message.startswith("tl_jax: config error: ") and "Unknown" in message, message
+    assert "\n" not in message and "Traceback" not in capsys.readouterr().err
+
+
 def test_split_overrides_from_argv():
     overrides, rest = config_lib.split_overrides(
         ["--config=x.py", "--config.train.steps=3", "--workdir", "w", "--config.seed", "4"])

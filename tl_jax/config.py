@@ -10,6 +10,7 @@ import ast
 import importlib.util
 import os
 import pathlib
+import traceback
 from typing import Iterable
 
 import ml_collections
@@ -51,8 +52,18 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     Example: `load_config("configs/bert_pretrain.py:tiny", ["train.steps=20"])`.
     """
     path, _, arg = spec.partition(":")
-    module = _load_module(_resolve_path(path))
-    config = module.get_config(arg or None) if arg else module.get_config(None)
+    resolved = _resolve_path(path)
+    module = _load_module(resolved)
+    try:
+        config = module.get_config(arg or None) if arg else module.get_config(None)
+    except ValueError as e:
+        # A `raise` in a config file (or one it loads from its folder) is that config's own
+        # check of its argument: a ConfigError, reported in one line. Others keep their type.
+        frames = traceback.extract_tb(e.__traceback__)
+        folder = os.path.dirname(os.path.abspath(resolved)) + os.sep
+        if frames and os.path.abspath(frames[-1].filename).startswith(folder):
+            raise ConfigError(f"{spec}: {e}") from e
+        raise
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"get_config in {path} must return an ml_collections.ConfigDict.")
     config = ml_collections.ConfigDict(config)  # a copy we may lock and change
