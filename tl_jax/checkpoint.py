@@ -261,6 +261,18 @@ def merge_matching(params, source: dict[str, np.ndarray]):
     return params, report
 
 
+class _DropReadOnlyNotice(logging.Filter):
+    """Orbax warns "Given directory is read only" whenever a manager is opened read-only, which
+    is how every reader of a finished workdir (generate, convert, extract, init_from) opens it:
+    noise on each command, not a warning to the user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_DropReadOnlyNotice())
+
+
 def _read_only_manager(workdir: str) -> tuple[ocp.CheckpointManager, str]:
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))  # orbax needs absolute
     if not os.path.isdir(directory):
