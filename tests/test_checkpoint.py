@@ -31,9 +31,21 @@ def run(overrides, workdir, *more):
     return train.train_and_evaluate(cfg(overrides, *more), str(workdir))
 
 
+def metric_rows(workdir, name="metrics.jsonl"):
+    return [json.loads(x) for x in (pathlib.Path(workdir) / name).read_text().splitlines() if x]
+
+
 def losses(workdir):
-    lines = [json.loads(x) for x in (pathlib.Path(workdir) / "metrics.jsonl").read_text().split("\n") if x]
-    return {x["step"]: x["loss"] for x in lines if "loss" in x}
+    return {x["step"]: x["loss"] for x in metric_rows(workdir) if "loss" in x}
+
+
+def saved_steps(workdir):
+    return sorted(int(p.name) for p in (pathlib.Path(workdir) / "checkpoints").iterdir()
+                  if p.name.isdigit())
+
+
+def evals(workdir, metric):
+    return {x["step"]: x[metric] for x in metric_rows(workdir) if metric in x}
 
 
 def params_of(result):
@@ -68,8 +80,7 @@ def test_resume_is_bit_exact(tiny_bert_overrides, tmp_path):
 def test_resume_sets_aside_the_rows_logged_after_the_last_checkpoint(tiny_bert_overrides,
                                                                     tmp_path, capsys):
     def rows(name):
-        path = tmp_path / name
-        return [json.loads(x) for x in path.read_text().splitlines() if x]
+        return metric_rows(tmp_path, name)
 
     run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=5")  # saves steps 3 and 5
     # As if killed after logging step 5 but before saving it: the resumed run trains 4 and 5
@@ -107,10 +118,9 @@ def test_keeps_last_n_and_the_best(tiny_bert_overrides, tmp_path):
     run(tiny_bert_overrides, tmp_path, "train.steps=8", "train.checkpoint_every=1",
         "train.eval_every=1", "train.keep_checkpoints=2", "train.log_every=1",
         "train.best_metric=eval/mlm_loss", "train.best_mode=min")
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().split("\n") if x]
-    evals = {x["step"]: x["eval/mlm_loss"] for x in lines if "eval/mlm_loss" in x}
-    best = min(evals, key=evals.get)
-    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    scores = evals(tmp_path, "eval/mlm_loss")
+    best = min(scores, key=scores.get)
+    kept = saved_steps(tmp_path)
     assert kept == sorted({7, 8, best})
 
 
@@ -121,10 +131,9 @@ def test_the_best_checkpoint_is_one_that_was_evaluated(tiny_bert_overrides, tmp_
     run(tiny_bert_overrides, tmp_path, "train.steps=8", "train.checkpoint_every=1",
         "train.eval_every=4", "train.keep_checkpoints=1", "train.log_every=1",
         "train.best_metric=eval/mlm_loss", "train.best_mode=max")
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().split("\n") if x]
-    evals = {x["step"]: x["eval/mlm_loss"] for x in lines if "eval/mlm_loss" in x}
-    assert sorted(evals) == [4, 8] and evals[4] > evals[8]
-    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    scores = evals(tmp_path, "eval/mlm_loss")
+    assert sorted(scores) == [4, 8] and scores[4] > scores[8]
+    kept = saved_steps(tmp_path)
     assert kept == [4, 8]
 
 

@@ -46,6 +46,14 @@ def _resolve_path(path: str) -> str:
     return path
 
 
+def raised_in(error: BaseException, folder: str) -> bool:
+    """Whether `error` was raised by a `raise` in a file under `folder` (its innermost frame):
+    a deliberate check with a message for the user, not a failure inside a library."""
+    frames = traceback.extract_tb(error.__traceback__)
+    prefix = os.path.abspath(folder) + os.sep
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(prefix)
+
+
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     """Loads `path.py[:arg]` and applies `key.sub=value` overrides.
 
@@ -59,9 +67,7 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     except ValueError as e:
         # A `raise` in a config file (or one it loads from its folder) is that config's own
         # check of its argument: a ConfigError, reported in one line. Others keep their type.
-        frames = traceback.extract_tb(e.__traceback__)
-        folder = os.path.dirname(os.path.abspath(resolved)) + os.sep
-        if frames and os.path.abspath(frames[-1].filename).startswith(folder):
+        if raised_in(e, os.path.dirname(resolved)):
             raise ConfigError(f"{spec}: {e}") from e
         raise
     if not isinstance(config, ml_collections.ConfigDict):

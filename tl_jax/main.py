@@ -155,13 +155,9 @@ def _is_input_error(error: BaseException) -> bool:
     where. Those are printed as one line; anything raised inside a library (or with
     TL_JAX_TRACEBACK=1 set) keeps its traceback, since it may be a bug."""
     import os
-    import traceback
 
-    if os.environ.get("TL_JAX_TRACEBACK"):
-        return False
-    frames = traceback.extract_tb(error.__traceback__)
-    package = os.path.dirname(os.path.abspath(__file__))
-    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(package + os.sep)
+    from tl_jax.config import raised_in
+    return not os.environ.get("TL_JAX_TRACEBACK") and raised_in(error, os.path.dirname(__file__))
 
 
 if __name__ == "__main__":
