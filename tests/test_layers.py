@@ -87,11 +87,12 @@ def test_tensordot_matches_float32_and_accumulates_in_float32_in_bfloat16(n):
         jnp.sin(f(x.astype(dtype), w.astype(dtype), n).astype(jnp.float32))).sum()
     np.testing.assert_array_equal(layers.tensordot(x, w, n), jnp.tensordot(x, w, n))
     ref_value, ref_grads = jax.value_and_grad(loss(jnp.tensordot, jnp.float32), (0, 1))(x, w)
-    value, grads = jax.value_and_grad(loss(layers.tensordot, jnp.bfloat16), (0, 1))(x, w)
-    assert value == pytest.approx(float(ref_value), rel=2e-2, abs=0.1)
-    for g, ref in zip(grads, ref_grads):
-        assert g.dtype == jnp.float32 and g.shape == ref.shape
-        np.testing.assert_allclose(g, ref, atol=0.05 * float(jnp.abs(ref).max()))
+    for wrap in (lambda f: f, jax.jit):  # op by op, and as one XLA program
+        value, grads = wrap(jax.value_and_grad(loss(layers.tensordot, jnp.bfloat16), (0, 1)))(x, w)
+        assert value == pytest.approx(float(ref_value), rel=2e-2, abs=0.1)
+        for g, ref in zip(grads, ref_grads):
+            assert g.dtype == jnp.float32 and g.shape == ref.shape
+            np.testing.assert_allclose(g, ref, atol=0.05 * float(jnp.abs(ref).max()))
     # Every dot of the forward and backward pass takes bf16 operands and accumulates in f32.
     jaxpr = jax.make_jaxpr(jax.grad(loss(layers.tensordot, jnp.bfloat16), (0, 1)))(x, w)
     dots = list(_equations(jaxpr.jaxpr, "dot_general"))
@@ -99,6 +100,36 @@ def test_tensordot_matches_float32_and_accumulates_in_float32_in_bfloat16(n):
     for e in dots:
         assert [v.aval.dtype for v in e.invars] == [jnp.bfloat16, jnp.bfloat16]
         assert e.params["preferred_element_type"] == jnp.float32
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (7, 16), (13, 11), (1, 6), (6, 1), (2, 2)])
+def test_row_major_transpose_is_the_transpose(shape):
+    # Shapes with an even, an odd and no axis to split (13 x 11: both prime).
+    a = jax.random.normal(jax.random.PRNGKey(0), shape)
+    np.testing.assert_array_equal(layers.row_major_transpose(a), a.T)
+    np.testing.assert_array_equal(jax.jit(layers.row_major_transpose)(a), a.T)
+    # As a bf16 weight-gradient operand, and transposed back, inside one compiled program.
+    g = jax.random.normal(jax.random.PRNGKey(1), (shape[0], 9))
+
+    @jax.jit
+    def grad_t(a, g):
+        d = jnp.dot(layers.row_major_transpose(a.astype(jnp.bfloat16)), g.astype(jnp.bfloat16),
+                    preferred_element_type=jnp.float32)
+        return layers.row_major_transpose(d)
+
+    np.testing.assert_allclose(grad_t(a, g), (a.T @ g).T, atol=0.05 * float(jnp.abs(a.T @ g).max()))
+
+
+def test_bfloat16_tensordot_gradient_of_a_transposed_kernel_compiles():
+    # A tied decoder multiplies by embedding.T: its gradient is the weight-gradient dot,
+    # transposed, which XLA may fold into the dot itself.
+    k = jax.random.normal(jax.random.PRNGKey(0), (24, 16))
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 16))
+    low = lambda k, x: jnp.sin(layers.tensordot(  # noqa: E731
+        x.astype(jnp.bfloat16), k.T.astype(jnp.bfloat16)).astype(jnp.float32)).sum()
+    g = jax.jit(jax.grad(low))(k, x)
+    ref = jax.grad(lambda k, x: jnp.sin(jnp.tensordot(x, k.T, 1)).sum())(k, x)
+    np.testing.assert_allclose(g, ref, atol=0.05 * float(jnp.abs(ref).max()))
 
 
 @pytest.mark.parametrize("features,in_axes", [(6, 1), ((2, 6), 2), ((3, 2, 4), 1)])

@@ -29,6 +29,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from tl_jax.models.layers import row_major_transpose
+
 # Logits elements per chunk (B * chunk_len * V): 2M float32 = 8 MiB, a cache-friendly block.
 DEFAULT_CHUNK_ELEMENTS = 1 << 21
 
@@ -141,14 +143,22 @@ def _tied_xent_bwd(chunk_len, recompute, residuals, cotangents):
             d_bias = d_bias + _token_sum(d_logits)
         d_logits = d_logits.astype(operand.dtype)  # bf16 operands: one rounding, f32 sums
         d_hidden = jnp.einsum("btv,ve->bte", d_logits, operand, preferred_element_type=f32)
-        # (h^T d_logits)^T: the small (E, B*c) transpose instead of the (V, B*c) one. As a 2-D
-        # dot: XLA:CPU has no bf16 x bf16 -> f32 kernel with two contracting axes.
-        d_embedding = d_embedding + jnp.einsum(
-            "ne,nv->ev", h.reshape(-1, h.shape[-1]), d_logits.reshape(-1, d_logits.shape[-1]),
-            preferred_element_type=f32).T
+        # h^T d_logits, (E, V): the small (E, B*c) transpose instead of the (V, B*c) one. As a
+        # 2-D dot: XLA:CPU has no bf16 x bf16 -> f32 kernel with two contracting axes. In bf16
+        # the transpose is a real copy (`row_major_transpose`), else XLA runs the dot in f32;
+        # the sum stays (E, V) and is transposed the same way once after the loop (with one
+        # chunk, a plain `.T` there let XLA fold it into a bf16 dot it has no kernel for).
+        h2, d_logits2 = h.reshape(-1, h.shape[-1]), d_logits.reshape(-1, d_logits.shape[-1])
+        if low:
+            d_embedding = d_embedding + jnp.dot(row_major_transpose(h2), d_logits2,
+                                                preferred_element_type=f32)
+        else:
+            d_embedding = d_embedding + jnp.einsum("ne,nv->ev", h2, d_logits2,
+                                                   preferred_element_type=f32).T
         return (d_embedding, d_bias), d_hidden.astype(hidden.dtype)
 
-    init = (jnp.zeros(embedding.shape, jnp.float32),
+    low = operand.dtype == jnp.bfloat16
+    init = (jnp.zeros(embedding.shape[::-1] if low else embedding.shape, jnp.float32),
             None if bias is None else jnp.zeros(bias.shape, jnp.float32))
     (d_embedding, d_bias), d_hidden = jax.lax.scan(
         one_chunk, init,
@@ -156,6 +166,8 @@ def _tied_xent_bwd(chunk_len, recompute, residuals, cotangents):
          _chunks(g_nll, n_chunks, chunk_len), saved_logits))
     if d_bias is not None:
         d_bias = d_bias.astype(bias.dtype)
+    if low:
+        d_embedding = row_major_transpose(d_embedding)
     return _unchunk(d_hidden, length), d_embedding.astype(embedding.dtype), d_bias, None
 
 
