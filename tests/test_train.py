@@ -48,6 +48,22 @@ def test_one_step_is_the_same_unsharded_and_on_every_mesh(tiny_bert_overrides):
             assert "fsdp" in str(emb.sharding.spec)
 
 
+def test_mixed_precision_step_runs_and_agrees_on_every_mesh(tiny_bert_overrides):
+    # bf16 compute under sharding: the hand-written backward passes (row-major weight
+    # gradients, the tied head) compile and run on each mesh, and the loss is the one-device one.
+    # (Their gradient values are checked against float32 in test_layers / test_losses.)
+    low = tiny_bert_overrides + ["model.dtype=bfloat16", "model.size=mini",
+                                 "optimizer.warmup_steps=0"]
+    ref_loss, ref_params, _ = one_step(low, ["mesh.num_devices=1"])
+    for mesh in (["mesh.data=4", "mesh.fsdp=2"], ["mesh.data=2", "mesh.tensor=4"]):
+        loss, params, _ = one_step(low, mesh)
+        assert np.isfinite(loss) and loss == pytest.approx(ref_loss, rel=1e-2), mesh
+        # Adam's first step moves every weight by about the learning rate (1e-3) either way.
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2.5e-3), params,
+            ref_params)
+
+
 def test_train_step_applies_the_activation_constraints_whoever_calls_it(tiny_bert_overrides):
     # The models constrain activations by logical axis names. Those constraints only take effect
     # when the step is traced under the mesh, so the trainer's step must bring its own mesh
