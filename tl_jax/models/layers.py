@@ -91,9 +91,10 @@ def row_major_transpose(a: jax.Array) -> jax.Array:
         if split is None:
             continue
         if axis == 0:  # (M/s, s, K) -> (K, M/s, s)
-            return jnp.transpose(a.reshape(rows // split, split, cols), (2, 0, 1)).reshape(cols, rows)
-        # (M, K/s, s) -> (K/s, s, M)
-        return jnp.transpose(a.reshape(rows, cols // split, split), (1, 2, 0)).reshape(cols, rows)
+            cube, order = a.reshape(rows // split, split, cols), (2, 0, 1)
+        else:  # (M, K/s, s) -> (K/s, s, M)
+            cube, order = a.reshape(rows, cols // split, split), (1, 2, 0)
+        return jnp.transpose(cube, order).reshape(cols, rows)
     return a.T
 
 
