@@ -114,8 +114,29 @@ def test_silver_cache_manifest_names_the_files_where_they_are(data_dir, tmp_path
     monkeypatch.setenv("TL_JAX_DATA_DIR", str(data_dir))
     monkeypatch.setenv("TL_JAX_TASKS_DIR", str(tmp_path / "tasks"))
     path = tb.silver_path("cloze_qa", "dev")
-    manifest = json.loads((tmp_path / "tasks" / "manifest.json").read_text())
+    root = tb.silver_build_dir(data_dir)
+    assert root.parent == tmp_path / "tasks" and path == root / "cloze_qa" / "dev.json"
+    manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["cloze_qa"]["dev"]["path"] == str(path)
     for task in ("names", "cloze_qa"):
         for split in tb.SPLITS:
             assert pathlib.Path(manifest[task][split]["path"]).is_file(), manifest[task][split]
+
+
+def test_silver_cache_is_keyed_by_the_source_files_and_the_builder_version(tmp_path, monkeypatch):
+    # Tasks built from other data, or by a builder that has changed, must not be reused.
+    monkeypatch.setenv("TL_JAX_TASKS_DIR", str(tmp_path / "tasks"))
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in tb.SOURCES:
+        (data / name).write_text('{"text": "One."}\n')
+    first = tb.silver_build_dir(data)
+    assert first.parent == tmp_path / "tasks" and tb.silver_build_dir(data) == first
+    (data / tb.SOURCES[1]).write_text('{"text": "One."}\n{"text": "Two."}\n')
+    second = tb.silver_build_dir(data)
+    assert second != first
+    monkeypatch.setattr(tb, "BUILDER_VERSION", tb.BUILDER_VERSION + 1)
+    assert tb.silver_build_dir(data) not in (first, second)
+    (data / tb.SOURCES[0]).unlink()
+    with pytest.raises(FileNotFoundError, match=tb.SOURCES[0]):
+        tb.silver_build_dir(data)

@@ -39,6 +39,9 @@ from typing import Iterator
 
 from tl_jax.data import readers
 
+# Bump when a builder's output changes: the `silver:` cache is keyed by it (see `silver_path`).
+BUILDER_VERSION = 1
+SOURCES = ("austen.jsonl", "enwiki_sample.jsonl")  # what the silver tasks are built from
 BLOCK = 20  # Consecutive paragraphs that share a split; contexts stay inside a block.
 SPLITS = ("train", "dev", "test")
 BLANK = "____"
@@ -104,7 +107,7 @@ def silver_tags(words: list[str]) -> list[str]:
 
 def _paragraphs(data_dir: pathlib.Path) -> Iterator[tuple[str, str]]:
     """(block name, paragraph text) for Austen then Wikipedia, in file order."""
-    for filename, key in (("austen.jsonl", "book"), ("enwiki_sample.jsonl", "title")):
+    for filename, key in zip(SOURCES, ("book", "title")):
         path = data_dir / filename
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing; is TL_JAX_DATA_DIR the shared data folder?")
@@ -290,9 +293,24 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("TL_JAX_TASKS_DIR", default))
 
 
+def silver_build_dir(data_dir: pathlib.Path) -> pathlib.Path:
+    """The subfolder of `cache_dir()` for tasks built from `data_dir` by this builder version."""
+    key = [f"v{BUILDER_VERSION}"]
+    for name in SOURCES:
+        source = (data_dir / name).resolve()
+        if not source.is_file():
+            raise FileNotFoundError(f"no {name} in {str(data_dir)!r}; set TL_JAX_DATA_DIR")
+        stat = source.stat()
+        key.append(f"{source}:{stat.st_size}:{stat.st_mtime_ns}")
+    return cache_dir() / hashlib.md5("|".join(key).encode()).hexdigest()[:12]
+
+
 def silver_path(task: str, split: str) -> pathlib.Path:
     """The file of a silver task split, building all tasks into `cache_dir()` on first use.
 
+    Each build has its own subfolder of `cache_dir()`, named by a digest of `BUILDER_VERSION`
+    and the source files it read (their path, size and modification time): other data in
+    `$TL_JAX_DATA_DIR`, or a builder that changed, gets a fresh build instead of an old one.
     The build goes to a temporary folder renamed into place, so concurrent runs never read a
     half-written file.
     """
@@ -300,10 +318,11 @@ def silver_path(task: str, split: str) -> pathlib.Path:
     if task not in suffix or split not in SPLITS:
         raise ValueError(f"unknown silver task {task}:{split}; tasks {sorted(suffix)}, "
                          f"splits {SPLITS}")
-    root = cache_dir()
+    data_dir = pathlib.Path(os.environ.get("TL_JAX_DATA_DIR", ""))
+    root = silver_build_dir(data_dir)
     if not (root / "manifest.json").exists():
         tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
-        build_all(tmp)
+        build_all(tmp, data_dir)
         root.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(tmp, root)
