@@ -71,9 +71,27 @@ def test_cloze_qa_is_well_formed_and_blocks_do_not_leak(built):
             assert answer[0].isupper() or answer.split(".")[0] in tb.ABBREVIATIONS
             # The question sentence itself was taken out of the passage.
             assert r["question"].replace(tb.BLANK, answer) not in r["context"]
+            # ...and the answer cannot be copied from the question.
+            assert not tb._occurrences(answer, r["question"]), r["question"]
             assert tb.split_of(r["title"]) == split
         titles[split] = {r["title"] for r in records}
     assert not titles["train"] & titles["test"] and not titles["dev"] & titles["test"]
+
+
+def test_a_name_repeated_in_its_sentence_is_not_the_blank():
+    context = "Lydia and Kitty walked to Meryton with Mr. Collins, who talked all the way there."
+
+    def cloze(text):
+        sentence = tb.sentences(tb.tokenize(text))[0]
+        return tb._cloze(text, sentence, tb._spans(sentence), context)
+
+    # "Lydia" is the only span that is in the context, but the question would still hold it.
+    assert cloze("Oh, Lydia, Lydia was always the same girl.") is None
+    # The next span is tried instead: "Kitty" is in the context and only once in the sentence.
+    record = cloze("Then Lydia laughed at Kitty, and Lydia ran off.")
+    assert record["question"] == "Then Lydia laughed at ____, and Lydia ran off."
+    assert [a["text"] for a in record["answers"]] == ["Kitty"]
+    assert context[record["answers"][0]["answer_start"]:].startswith("Kitty")
 
 
 def test_v2_adds_unanswerable_questions(data_dir):

@@ -13,8 +13,10 @@ made from the Austen novels (`austen.jsonl`) and the Wikipedia sample (`enwiki_s
   replaced by `____` and the sentence becomes the question; the context is the passage around the
   sentence (its paragraph without that sentence, plus the neighbouring paragraphs while they fit
   in `max_context_chars`). The question is kept (SQuAD v1.1) when the removed span occurs in the
-  context, with every occurrence as a gold answer. With `version="2.0"`, questions whose span is
-  *not* in the context are kept as unanswerable (`is_impossible`), at most one per answerable one;
+  context, with every occurrence as a gold answer, and nowhere else in the question ("Lydia was
+  Lydia still" would give "Lydia was ____ still", answered by copying from the question; the
+  sentence's next span is tried instead). With `version="2.0"`, questions whose spans are *not*
+  in the context are kept as unanswerable (`is_impossible`), at most one per answerable one;
   they count against the same caps, so they take the place of answerable questions.
 * **food_reviews** (classification): the jsonl files as they are (`text`, `label`).
 
@@ -40,7 +42,7 @@ from typing import Iterator
 from tl_jax.data import readers
 
 # Bump when a builder's output changes: the `silver:` cache is keyed by it (see `silver_path`).
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: no answer also stands elsewhere in its question
 SOURCES = ("austen.jsonl", "enwiki_sample.jsonl")  # what the silver tasks are built from
 BLOCK = 20  # Consecutive paragraphs that share a split; contexts stay inside a block.
 SPLITS = ("train", "dev", "test")
@@ -207,7 +209,8 @@ def build_cloze_qa(data_dir: pathlib.Path, caps: dict[str, int], version: str = 
                     record.update(id=qid, title=block)
                     out[split].append(record)
                     impossible_budget[split] += 1
-                elif version.startswith("2") and impossible_budget[split] > 0:
+                elif (version.startswith("2") and impossible_budget[split] > 0
+                      and not any(_occurrences(text[a:b], context) for a, b in spans)):
                     a, b = spans[0]
                     question = text[s_start:a] + BLANK + text[b:s_end]
                     out[split].append({"id": qid, "title": block, "question": question,
@@ -216,14 +219,20 @@ def build_cloze_qa(data_dir: pathlib.Path, caps: dict[str, int], version: str = 
     return out
 
 
+def _occurrences(phrase: str, text: str) -> list[int]:
+    """Start offsets of `phrase` in `text` as whole words."""
+    return [m.start() for m in re.finditer(r"(?<!\w)%s(?!\w)" % re.escape(phrase), text)]
+
+
 def _cloze(text, sentence, spans, context) -> dict | None:
-    """The first span of the sentence that occurs (as whole words) in the context, as a record."""
+    """The first span of the sentence that occurs (as whole words) in the context and not again
+    in the question, as a record; None if there is none."""
     s_start, s_end = sentence[0][1], sentence[-1][2]
     for a, b in spans:
         answer = text[a:b]
-        hits = [m.start() for m in re.finditer(r"(?<!\w)%s(?!\w)" % re.escape(answer), context)]
-        if hits:
-            question = text[s_start:a] + BLANK + text[b:s_end]
+        hits = _occurrences(answer, context)
+        question = text[s_start:a] + BLANK + text[b:s_end]
+        if hits and not _occurrences(answer, question):
             return {"question": question, "context": context, "is_impossible": False,
                     "answers": [{"text": answer, "answer_start": h} for h in hits]}
     return None
