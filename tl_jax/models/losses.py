@@ -128,6 +128,7 @@ def _tied_xent_bwd(chunk_len, recompute, residuals, cotangents):
     length = hidden.shape[1]
     n_chunks = lse.shape[0]
     operand = embedding.astype(_operand_dtype(hidden))
+    low = operand.dtype == jnp.bfloat16
     f32 = jnp.float32
 
     def one_chunk(carry, xs):
@@ -157,7 +158,6 @@ def _tied_xent_bwd(chunk_len, recompute, residuals, cotangents):
                                                    preferred_element_type=f32).T
         return (d_embedding, d_bias), d_hidden.astype(hidden.dtype)
 
-    low = operand.dtype == jnp.bfloat16
     init = (jnp.zeros(embedding.shape[::-1] if low else embedding.shape, jnp.float32),
             None if bias is None else jnp.zeros(bias.shape, jnp.float32))
     (d_embedding, d_bias), d_hidden = jax.lax.scan(
