@@ -145,6 +145,7 @@ class Checkpointer:
         Returns `(state, data_state, config, step)` or `None` when there is no checkpoint.
         """
         self.report_incomplete()
+        _drop_closed_loop_noise()
         for step in reversed(self.all_steps()):
             try:
                 saved_config = self.read_config(step)
@@ -165,10 +166,9 @@ class Checkpointer:
         if jax.process_count() > 1:
             raise CheckpointError(f"Checkpoint at step {step} failed to restore: {error}") from error
         aside = self._move_aside(step)
-        first_line = str(error).splitlines()[0] if str(error) else ""
         print(f"[checkpoint] Checkpoint at step {step} is corrupt or incomplete "
-              f"({type(error).__name__}: {first_line}). Moved it to {aside}; falling back to the "
-              "previous checkpoint.", flush=True)
+              f"({type(error).__name__}: {_short(error)}). Moved it to {aside}; falling back to "
+              "the previous checkpoint.", flush=True)
 
     def _move_aside(self, step: int) -> str:
         src = os.path.join(self.directory, str(step))
@@ -273,16 +273,44 @@ class _DropReadOnlyNotice(logging.Filter):
 logging.getLogger("absl").addFilter(_DropReadOnlyNotice())
 
 
-def _read_only_manager(workdir: str) -> tuple[ocp.CheckpointManager, str]:
+def _read_only_manager(workdir: str, state_handler=None) -> tuple[ocp.CheckpointManager, str]:
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))  # orbax needs absolute
     if not os.path.isdir(directory):
         raise CheckpointError(f"{workdir} has no checkpoints/ directory: not a tl_jax workdir.")
     mgr = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
+        item_handlers={"state": state_handler or ocp.StandardCheckpointHandler(),
                        "data": ocp.JsonCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler()})
     return mgr, directory
+
+
+def _short(error: Exception) -> str:
+    """An orbax/tensorstore error's first line, without the kilobyte-long tensorstore spec."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text.split(" [tensorstore_spec=")[0]
+
+
+def _drop_closed_loop_noise() -> None:
+    """Once a restore has failed, tensorstore's reads that were still in flight complete into
+    orbax's closed asyncio loop, and each prints an "Event loop is closed" traceback (hundreds
+    of lines, during and after the restore) through `sys.unraisablehook`. The failure itself is
+    reported on one line by the caller; this drops exactly those, and passes everything else to
+    the hook that was installed before."""
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_tl_jax_closed_loop_filter", False):
+        return
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._tl_jax_closed_loop_filter = True
+    sys.unraisablehook = hook
 
 
 def param_shapes_from_workdir(workdir: str) -> tuple[dict[str, tuple[int, ...]], int]:
@@ -293,7 +321,8 @@ def param_shapes_from_workdir(workdir: str) -> tuple[dict[str, tuple[int, ...]],
         try:
             metadata = mgr.item_metadata(step)["state"]["params"]
         except Exception as e:  # noqa: BLE001
-            print(f"[checkpoint] {directory}/{step} has unreadable metadata ({e}); trying older.")
+            print(f"[checkpoint] {directory}/{step} has unreadable metadata ({_short(e)}); "
+                  "trying older.")
             continue
         flat, _ = jax.tree_util.tree_flatten_with_path(metadata)
         return {path_str(p): tuple(m.shape) for p, m in flat}, step
@@ -301,20 +330,29 @@ def param_shapes_from_workdir(workdir: str) -> tuple[dict[str, tuple[int, ...]],
 
 
 def load_params_from_workdir(workdir: str) -> tuple[dict[str, np.ndarray], int]:
-    """Reads the params of the latest good checkpoint in a tl_jax workdir, as flat numpy."""
-    mgr, directory = _read_only_manager(workdir)
+    """Reads the params of the latest good checkpoint in a tl_jax workdir, as flat numpy.
+
+    Only the params are restored (a partial restore): the optimizer state, twice their size
+    with Adam, is not loaded. A checkpoint that does not restore is reported on one line and the
+    next older one is tried; the workdir is not modified.
+    """
+    mgr, directory = _read_only_manager(workdir, ocp.PyTreeCheckpointHandler())
     # Whatever mesh wrote it (8 devices, 2 processes, ...), read it onto this process's first
     # device: orbax needs an explicit target when the topology differs.
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    _drop_closed_loop_noise()
     for step in sorted(mgr.all_steps(), reverse=True):
         try:
             metadata = mgr.item_metadata(step)["state"]
-            target = jax.tree_util.tree_map(
-                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
-            restored = mgr.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target)))
+            target = {"params": jax.tree_util.tree_map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                metadata["params"])}
+            restore_args = jax.tree_util.tree_map(
+                lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
+            restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=True)))
         except Exception as e:  # noqa: BLE001
-            print(f"[checkpoint] {directory}/{step} does not restore ({e}); trying older.")
+            print(f"[checkpoint] {directory}/{step} does not restore ({_short(e)}); trying older.")
             continue
         flat, _ = jax.tree_util.tree_flatten_with_path(restored["state"]["params"])
         return {path_str(p): np.asarray(v) for p, v in flat}, step
