@@ -224,7 +224,7 @@ def test_run_generate_from_a_gpt2_directory(tmp_path, lm):
     scored = generate.run_generate(str(tmp_path), mode="score", prompt_file=str(prompt_file),
                                    choices=[" sat", " dog"], output=str(tmp_path / "out.jsonl"))
     assert all(r["prediction"] in ("sat", "dog") for r in scored)
-    named = generate.run_generate(str(tmp_path), mode="score", prompt_file=str(prompt_file),
+    named = generate.run_generate(str(tmp_path), mode="score", prompts=["the cat", "a"],
                                   choices=[" sat", " dog"], labels=["S", "D"])
     assert [r["prediction"] for r in named] == [{"sat": "S", "dog": "D"}[r["prediction"]]
                                                 for r in scored]
@@ -252,3 +252,107 @@ def test_run_generate_rejects_max_new_tokens_that_fill_the_context(tmp_path):
     scored = generate.run_generate(str(tmp_path), mode="score", prompts=["the cat sat " * 10],
                                    choices=[" mat", " dog"])
     assert scored[0]["prediction"] in ("mat", "dog")
+
+
+def _small_gpt2_dir(path, max_len=64):
+    from tl_jax.data.bpe import BPETokenizer
+    from tl_jax.interop import gpt2
+
+    tok = BPETokenizer.train(["the cat sat on the mat.", "the dog sat on the log.",
+                              "a cat and a dog."] * 20, vocab_size=300)
+    cfg = gpt_config("tiny", tok.vocab_size, max_len=max_len, initializer_range=0.3)
+    model = GPT(cfg)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    gpt2.save_pretrained(path, cfg, params)
+    tok.save(str(path))
+    return model, params, tok
+
+
+def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
+    from tl_jax.data.readers import DataFormatError
+
+    missing = str(tmp_path / "no_model")  # never reached: each flag is refused first
+    cases = [
+        (dict(top_p=1.5), "top_p must be in"),
+        (dict(temperature=-1.0), "temperature must be >= 0"),
+        (dict(batch_size=0), "batch_size must be >= 1"),
+        (dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
+        (dict(template="Summary:"), "has no {text}"),
+        (dict(choices=[" a"]), "are for mode=score"),
+        (dict(mode="score", choices=[" a", " b"], labels=["x"]), "1 labels for 2 choices"),
+        (dict(mode="score", choices=[" a", " b"], labels=["x", "x"]), "repeat a label"),
+        (dict(output=str(tmp_path / "nowhere" / "out.jsonl")), "folder of output"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            generate.run_generate(missing, prompts=["the cat"], **kwargs)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n"just a string"\n')
+    with pytest.raises(DataFormatError, match=r"bad.jsonl:2: expected a JSON object"):
+        generate.run_generate(missing, prompt_file=str(bad))
+    # Gold labels the choices cannot produce would score 0 without a word: refused.
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n')
+    with pytest.raises(ValueError, match=r"labels \['neg', 'pos'\] in .*labelled.jsonl are not "
+                                         r"among the labels of the choices \['good', 'bad'\]"):
+        generate.run_generate(missing, mode="score", prompt_file=str(labelled),
+                              choices=[" good", " bad"])
+
+
+def test_generate_command_line_labels_stops_and_long_prompts(tmp_path, capsys):
+    from tl_jax import main as cli
+
+    model, params, tok = _small_gpt2_dir(tmp_path, max_len=16)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"text": "the cat", "label": "pos"}\n{"text": "a dog", "label": "neg"}\n')
+    out = tmp_path / "out.jsonl"
+    # "--labels=pos, neg": the space after the comma is not part of a label (it made every
+    # prediction " neg" and the accuracy 0).
+    cli.main(["generate", f"--model={tmp_path}", "--mode=score", f"--prompt_file={prompts}",
+              "--choice= sat", "--choice= dog", "--labels=pos, neg", f"--output={out}"])
+    import json
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["prediction"] for r in rows} <= {"pos", "neg"}
+    accuracy = sum(r["prediction"] == r["label"] for r in rows) / 2
+    assert f"zero-shot accuracy {accuracy:.4f} on 2 labelled prompts" in capsys.readouterr().out
+
+    # A prompt longer than max_len - max_new_tokens keeps its end, and says so.
+    long = "the cat sat on the mat. " * 6
+    cut = len(tok.encode(long)) - (16 - 4)
+    results = generate.run_generate(str(tmp_path), prompts=[long, "a cat"], max_new_tokens=4,
+                                    stop_at_eos=False)
+    err = capsys.readouterr().err
+    assert "1 prompt(s) longer than the 12 tokens" in err, err
+    assert results[0]["prompt_tokens_cut"] == cut > 0 and "prompt_tokens_cut" not in results[1]
+
+    # --stop: a single token ends the completion (and is not printed); several tokens are refused.
+    want = Generator(model, params, pad_id=tok.eos_id).generate([tok.encode("a cat")], 8)[0]
+    usable = [(k, t) for k, t in enumerate(want)
+              if tok.encode(tok.decode([t])) == [t] and t not in want[:k]]
+    k, stop = ([u for u in usable if u[0] > 0] or usable)[0]
+    results = generate.run_generate(str(tmp_path), prompts=["a cat"], max_new_tokens=8,
+                                    stop_at_eos=False, stop=[tok.decode([stop])])
+    assert results[0]["completion"] == tok.decode(want[:k])
+    with pytest.raises(ValueError, match="a stop must be a single token"):
+        generate.run_generate(str(tmp_path), prompts=["a cat"], max_new_tokens=4,
+                              stop=["the cat sat on the mat"])
+
+    # Commands without a config refuse --config.* overrides instead of dropping them.
+    with pytest.raises(SystemExit, match="has no config, so --config.\\* overrides do not apply"):
+        cli.main(["generate", f"--model={tmp_path}", "--prompt=a", "--config.model.foo=1"])
+
+
+def test_a_workdir_with_a_broken_config_is_named(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text('{"task": "clm", "mod')
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
+        generate.load_model(str(tmp_path))
+
+
+def test_python_dash_m_runs_the_command_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tl_jax", "generate", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--stop" in done.stdout, done.stderr

@@ -318,7 +318,7 @@ def classify_zero_shot(model: GPT, params, prompts: Sequence[Sequence[int]],
 # ================================================================================================
 
 
-def load_model(path: str):
+def load_model(path: str, caller: str = "generate"):
     """(GPT model, params, BPETokenizer) from a tl_jax `clm` workdir or a GPT-2 directory (or
     its `tl_jax convert` weights directory).
 
@@ -337,7 +337,11 @@ def load_model(path: str):
     path = os.path.expandvars(path)
     if warm_start.is_tl_workdir(path):
         with open(os.path.join(path, "config.json")) as f:
-            saved = json.load(f)
+            try:
+                saved = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}/config.json is not valid JSON ({e}); it is the run's "
+                                 "config, written by `tl_jax train`") from e
         if saved.get("task") != "clm":
             raise ValueError(
                 f"{path} was trained with task={saved.get('task')!r}; generation needs a 'clm' "
@@ -353,7 +357,7 @@ def load_model(path: str):
             for p in parents:
                 node = node.setdefault(p, {})
             node[leaf] = jnp.asarray(value)
-        print(f"[generate] {path}: checkpoint step {step}", flush=True)
+        print(f"[{caller}] {path}: checkpoint step {step}", flush=True)
     elif warm_start.is_hf_directory(path):
         from tl_jax.interop import gpt2
         config, params = gpt2.load_pretrained(path)
@@ -374,27 +378,58 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                  labels: Sequence[str] = (),
                  max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True,
-                 batch_size: int = 8, output: str = "") -> list[dict]:
+                 stop: Sequence[str] = (), batch_size: int = 8, output: str = "") -> list[dict]:
     """The `tl_jax generate` command.
 
     mode="complete": continues each prompt (GPT-2's zero-shot tasks, e.g. a template ending in
-      "TL;DR:" for summaries) and prints prompt + completion.
+      "TL;DR:" for summaries) and prints prompt + completion. A row stops at `<|endoftext|>`
+      (unless `stop_at_eos=False`) and at any of `stop`, strings that are single tokens of the
+      vocabulary (e.g. "\\n"). A prompt longer than `max_len - max_new_tokens` tokens keeps its
+      end; a warning says so, and its result records `prompt_tokens_cut`.
     mode="score": for each prompt, the log-likelihood of each of `choices` as its continuation;
       the prediction is the most likely choice (zero-shot classification). If the prompt file
       has `label_field`, accuracy over the examples is printed too; `labels` names the label
       each choice stands for (e.g. choices " good", " bad" for labels pos, neg), else a choice
-      is its own label.
+      is its own label (without surrounding spaces). Every gold label must be one of them.
 
     Prompts come from `prompts` and/or `prompt_file` (plain text: one prompt per line; jsonl:
     `text_field` of each object), each formatted with `template` (`{text}` is the prompt; a
     literal backslash-n becomes a newline, e.g. "{text}\\nTL;DR:").
     Results are returned (and written to `output` as jsonl when given).
+    Flags are checked before the model is loaded.
     """
     import json
     import os
+    import sys
 
+    # -- flags, before anything is loaded -------------------------------------------------------
     if mode not in ("complete", "score"):
         raise ValueError(f"generate: mode={mode!r}; expected complete or score")
+    if batch_size < 1:
+        raise ValueError(f"generate: batch_size must be >= 1, got {batch_size}")
+    template = template.replace("\\n", "\n")  # a template typed on a command line
+    if "{text}" not in template:
+        raise ValueError(f"generate: template {template!r} has no {{text}}: every prompt would "
+                         "be the same text")
+    labels = [str(x).strip() for x in labels]
+    if mode == "complete":
+        if choices or labels:
+            raise ValueError("generate: choices and labels are for mode=score (--mode=score)")
+        if max_new_tokens < 1:
+            raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+        sampling = Sampling(temperature, top_k, top_p)
+    else:
+        if not choices:
+            raise ValueError("generate: mode=score needs choices (--choice, repeatable)")
+        labels = labels or [c.strip() for c in choices]
+        if len(labels) != len(choices):
+            raise ValueError(f"generate: {len(labels)} labels for {len(choices)} choices")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"generate: labels {labels} repeat a label")
+    if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        raise FileNotFoundError(f"generate: the folder of output={output!r} does not exist")
+
+    # -- prompts ---------------------------------------------------------------------------------
     records = [{"text": p} for p in prompts]
     if prompt_file:
         from tl_jax.data.readers import DataFormatError
@@ -407,6 +442,9 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                         row = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise DataFormatError(prompt_file, lineno, f"bad JSON: {e}") from e
+                    if not isinstance(row, dict):
+                        raise DataFormatError(prompt_file, lineno, "expected a JSON object with "
+                                              f"a {text_field!r} field, got {type(row).__name__}")
                     if text_field not in row:
                         raise DataFormatError(prompt_file, lineno,
                                               f"missing field {text_field!r} (has {sorted(row)})")
@@ -415,8 +453,14 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                     records.append({"text": line.rstrip("\n")})
     if not records:
         raise ValueError("generate: no prompts (give --prompt or --prompt_file)")
+    if mode == "score":
+        unknown = sorted({str(r["label"]).strip() for r in records if r.get("label") is not None}
+                         - set(labels))
+        if unknown:
+            raise ValueError(f"generate: labels {unknown} in {prompt_file} are not among the "
+                             f"labels of the choices {labels}; name them with --labels")
+
     model, params, tokenizer = load_model(model_dir)
-    template = template.replace("\\n", "\n")  # a template typed on a command line
     texts = [template.replace("{text}", r["text"]) for r in records]
     encoded = [tokenizer.encode(t) or [tokenizer.eos_id] for t in texts]
     results = []
@@ -425,29 +469,45 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
             raise ValueError(
                 f"generate: max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
                 f"model's max_len {model.config.max_len}")
+        stops = [tokenizer.eos_id] if stop_at_eos else []
+        for text in stop:
+            text = text.replace("\\n", "\n")
+            ids = tokenizer.encode(text)
+            if len(ids) != 1:
+                raise ValueError(f"generate: stop {text!r} is {len(ids)} tokens of this "
+                                 "vocabulary; a stop must be a single token")
+            stops.append(ids[0])
         limit = model.config.max_len - max_new_tokens
+        cut = [max(0, len(ids) - limit) for ids in encoded]
+        if any(cut):
+            print(f"[generate] warning: {sum(c > 0 for c in cut)} prompt(s) longer than the "
+                  f"{limit} tokens that max_len {model.config.max_len} leaves beside "
+                  f"max_new_tokens {max_new_tokens}; only their last {limit} tokens are read "
+                  f"(the longest was {max(map(len, encoded))})", file=sys.stderr, flush=True)
         encoded = [ids[-limit:] for ids in encoded]  # keep the end of over-long prompts
         generator = Generator(model, params, pad_id=tokenizer.eos_id)
-        sampling = Sampling(temperature, top_k, top_p)
-        stops = [tokenizer.eos_id] if stop_at_eos else []
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start:start + batch_size]
             outs = generator.generate(chunk, max_new_tokens, sampling, stops, seed=seed + start)
-            for text, out in zip(texts[start:start + batch_size], outs):
+            for k, (text, out) in enumerate(zip(texts[start:start + batch_size], outs)):
                 out = [t for t in out if t not in stops]
                 completion = tokenizer.decode(out)
-                results.append({"prompt": text, "completion": completion})
+                result = {"prompt": text, "completion": completion}
+                if cut[start + k]:
+                    result["prompt_tokens_cut"] = cut[start + k]
+                results.append(result)
                 print(f"{text}{completion}\n{'-' * 40}", flush=True)
     else:
-        if not choices:
-            raise ValueError("generate: mode=score needs choices (--choice, repeatable)")
-        labels = list(labels) or [c.strip() for c in choices]
-        if len(labels) != len(choices):
-            raise ValueError(f"generate: {len(labels)} labels for {len(choices)} choices")
         conts = [tokenizer.encode(c) for c in choices]
         for c, ids in zip(choices, conts):
             if not ids:
                 raise ValueError(f"generate: choice {c!r} encodes to no tokens")
+        room = model.config.max_len + 1 - max(map(len, conts))
+        long = sum(len(ids) > room for ids in encoded)
+        if long:
+            print(f"[generate] warning: {long} prompt(s) longer than the {room} tokens that "
+                  f"max_len {model.config.max_len} leaves beside the longest choice; only their "
+                  "last tokens are read", file=sys.stderr, flush=True)
         predictions, scores = classify_zero_shot(model, params, encoded, conts)
         correct = 0
         for r, text, pred, row in zip(records, texts, predictions, scores):

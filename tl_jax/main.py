@@ -28,33 +28,43 @@ def _quickstart(args, overrides):
     quickstart.run(args.workdir, overrides=overrides, with_finetune=not args.skip_finetune)
 
 
+def _no_overrides(command: str, overrides) -> None:
+    """Commands without a config take no --config.* overrides; ignoring them would hide a typo
+    or a flag meant for `train`."""
+    from tl_jax.config import ConfigError
+    if overrides:
+        raise ConfigError(f"`tl_jax {command}` has no config, so --config.* overrides do not "
+                          f"apply (got {', '.join(overrides)}); see `tl_jax {command} --help`")
+
+
 def _convert(args, overrides):
-    del overrides
+    _no_overrides("convert", overrides)
     from tl_jax.interop import convert
     convert.run(args.input, args.output, args.direction)
 
 
 def _generate(args, overrides):
-    del overrides
+    _no_overrides("generate", overrides)
     from tl_jax import generate
     generate.run_generate(
         model_dir=args.model, mode=args.mode, prompts=args.prompt or (),
         prompt_file=args.prompt_file, text_field=args.text_field, label_field=args.label_field,
         template=args.template, choices=args.choice or (),
-        labels=[x for x in args.labels.split(",") if x], max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        stop_at_eos=not args.no_stop_at_eos, batch_size=args.batch_size, output=args.output)
+        labels=[x.strip() for x in args.labels.split(",") if x.strip()],
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, seed=args.seed, stop_at_eos=not args.no_stop_at_eos,
+        stop=args.stop or (), batch_size=args.batch_size, output=args.output)
 
 
 def _extract(args, overrides):
-    del overrides
+    _no_overrides("extract", overrides)
     from tl_jax import extract
     extract.run(args.init_from, args.input, args.output, args.layers, args.max_seq_length,
                 args.batch_size)
 
 
 def _build_tasks(args, overrides):
-    del overrides
+    _no_overrides("build_tasks", overrides)
     from tl_jax.data import task_builders
     task_builders.run(args.out_dir, args.data_dir or None, args.qa_version)
 
@@ -125,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_stop_at_eos", action="store_true")
+    p.add_argument("--stop", action="append",
+                   help="complete mode: also stop at this token (repeatable; a single token of "
+                        "the vocabulary, e.g. '\\n' or '.')")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--output", default="", help="write results as jsonl")
     return parser

@@ -170,7 +170,7 @@ def _export_gpt_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
     from tl_jax.generate import load_model
     from tl_jax.interop import gpt2
 
-    model, params, tokenizer = load_model(str(src))
+    model, params, tokenizer = load_model(str(src), caller="convert")
     eos = tokenizer.eos_id
     gpt2.save_pretrained(dst, model.config, params, bos_token_id=eos, eos_token_id=eos)
     tokenizer.save(str(dst))
