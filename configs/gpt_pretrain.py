@@ -49,6 +49,12 @@ def get_config(arg=None):
         size=size,
         vocab_size=0,             # 0 = the tokenizer's size; otherwise must be >= it
         max_len=0,                # 0 = the size table's position table length
+        # 0 = the size table's; set them for a shape outside the table (e.g. an init_from
+        # checkpoint such as distilgpt2: num_layers=6, the rest as small's).
+        num_layers=0,
+        embed_dim=0,
+        num_heads=0,
+        mlp_dim=0,                # 0 = 4 * embed_dim
         dropout_rate=0.1,
         attention_dropout_rate=0.1,
         dtype="float32",          # compute dtype; "bfloat16" = mixed precision (params stay f32)

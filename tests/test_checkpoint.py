@@ -365,3 +365,12 @@ def test_opening_a_workdir_read_only_does_not_warn(caplog):
         absl_logging.warning("Given directory is read only=%s", "/w/checkpoints")
         absl_logging.warning("a real warning")
     assert "read only" not in caplog.text and "a real warning" in caplog.text
+
+
+def test_a_config_field_added_after_the_checkpoint_is_no_difference_at_its_default():
+    saved = {"model": {"size": "tiny", "max_len": 0}}
+    assert ckpt_lib.config_differences(saved, {"model": {"size": "tiny", "max_len": 0,
+                                                         "num_layers": 0}}) == []
+    assert ckpt_lib.config_differences(saved, {"model": {"size": "tiny", "max_len": 0,
+                                                         "num_layers": 3}}) == [
+        "model.num_layers: checkpoint has None, config has 3"]

@@ -189,3 +189,44 @@ def test_converted_tl_directory_loads_where_a_gpt2_directory_does(tmp_path):
         (tmp_path / "bert").mkdir()
         (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
         gpt2.load_config(tmp_path / "bert")
+
+
+def test_gpt2_checkpoint_of_a_shape_outside_the_size_table(tmp_path, data_dir, monkeypatch):
+    """A GPT-2 checkpoint whose shape no size names (as distilgpt2's 6 x 768): pretraining from
+    it is refused with the overrides that fit, works with them, and the workdir it writes is
+    read back at that shape by generate and by the classifier's warm start."""
+    from tl_jax import config as config_lib, generate, train, warm_start
+    from tl_jax.data.bpe import BPETokenizer
+    from tl_jax.tasks import lm_classify
+
+    monkeypatch.setenv("TL_JAX_DATA_DIR", str(data_dir))
+    texts = [line for line in open(data_dir / "polarity_sentences.jsonl")][:200]
+    tok = BPETokenizer.train(texts, vocab_size=300)
+    hf = random_hf(3, vocab_size=tok.vocab_size, n_positions=48, n_embd=24, n_layer=3, n_head=2)
+    hf.save_pretrained(tmp_path / "hf")
+    tok.save(str(tmp_path / "hf"))
+    base = [f"init_from={tmp_path / 'hf'}", f"data.corpus={data_dir}/polarity_sentences.jsonl",
+            "train.steps=2", "data.batch_size=8", "data.eval_batch_size=8", "data.seq_len=16",
+            "train.eval_every=2", "train.checkpoint_every=2", "train.progress=False"]
+    shape = ["model.num_layers=3", "model.embed_dim=24", "model.num_heads=2",
+             "model.mlp_dim=96", "model.max_len=48"]
+    with pytest.raises(warm_start.WarmStartError,
+                       match="--config.model.num_layers=3 --config.model.embed_dim=24 "
+                             "--config.model.num_heads=2 --config.model.mlp_dim=96 "
+                             "--config.model.max_len=48"):
+        train.train_and_evaluate(config_lib.load_config("configs/gpt_pretrain.py:tiny", base),
+                                 str(tmp_path / "refused"))
+    lm_dir = tmp_path / "lm"
+    result = train.train_and_evaluate(
+        config_lib.load_config("configs/gpt_pretrain.py:tiny", base + shape), str(lm_dir))
+    assert result.summary["step"] == 2
+    model, params, _ = generate.load_model(str(lm_dir))
+    cfg = model.config
+    assert (cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.mlp_dim, cfg.max_len) == (
+        3, 24, 2, 96, 48)
+    np.testing.assert_array_equal(params["h_2"]["mlp"]["proj"]["kernel"],
+                                  jax.device_get(result.state["params"]["h_2"]["mlp"]["proj"]["kernel"]))
+    cls_cfg = config_lib.load_config("configs/gpt_finetune_classify.py:tiny", [
+        f"init_from={lm_dir}", "data.max_seq_length=32"])
+    _, cls_model = lm_classify.resolve_model(cls_cfg, [])
+    assert (cls_model.num_layers, cls_model.embed_dim, cls_model.max_len) == (3, 24, 48)

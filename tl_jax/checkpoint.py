@@ -211,7 +211,10 @@ def config_differences(saved: dict, current: dict, sections=("model",)) -> list[
         a, b = saved.get(section), current.get(section)
         if isinstance(a, dict) and isinstance(b, dict):
             a = {k: v for k, v in a.items() if k not in RESUMABLE_MODEL_FIELDS}
-            b = {k: v for k, v in b.items() if k not in RESUMABLE_MODEL_FIELDS}
+            # A field added to the config after the checkpoint was written, left at its neutral
+            # default (0, "", False, None), describes the same model.
+            b = {k: v for k, v in b.items()
+                 if k not in RESUMABLE_MODEL_FIELDS and (k in a or v not in (0, "", False, None))}
         diffs.extend(_diff(a, b, section))
     return diffs
 

@@ -64,8 +64,14 @@ def load_tokenizer(data_cfg, workdir: str | None, documents=None,
         (unit for doc in documents for unit in doc), vocab_size=data_cfg.tokenizer_vocab_size)
 
 
+# `config.model` fields that override the size table's shape when set (non-zero).
+SHAPE_FIELDS = ("num_layers", "embed_dim", "num_heads", "mlp_dim", "max_len")
+
+
 def gpt_config_from(model_cfg, vocab_size: int) -> gpt.GPTConfig:
-    """The GPTConfig from `config.model` and the tokenizer's vocabulary size."""
+    """The GPTConfig from `config.model` and the tokenizer's vocabulary size: `model.size`'s
+    shape, with any of `SHAPE_FIELDS` that is set taking its place (configs written before a
+    field existed simply lack it)."""
     if model_cfg.vocab_size and model_cfg.vocab_size < vocab_size:
         raise ValueError(
             f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's vocabulary "
@@ -75,8 +81,11 @@ def gpt_config_from(model_cfg, vocab_size: int) -> gpt.GPTConfig:
         attention_dropout_rate=model_cfg.attention_dropout_rate,
         dtype=model_cfg.dtype,
     )
-    if model_cfg.max_len:
-        overrides["max_len"] = model_cfg.max_len
+    for field in SHAPE_FIELDS:
+        if model_cfg.get(field):
+            overrides[field] = model_cfg.get(field)
+    if model_cfg.get("embed_dim") and not model_cfg.get("mlp_dim"):
+        overrides["mlp_dim"] = 4 * model_cfg.embed_dim
     return gpt.gpt_config(model_cfg.size, model_cfg.vocab_size or vocab_size, **overrides)
 
 
@@ -101,7 +110,12 @@ def load_gpt_weights(params, init_from: str, model_config: gpt.GPTConfig, prefix
                 f"init_from={init_from!r}: no tensor matched this model by name and shape (the "
                 f"checkpoint has {hf_config.num_layers} layers of width {hf_config.embed_dim} "
                 f"and {hf_config.max_len} positions; the model {model_config.num_layers} of "
-                f"{model_config.embed_dim} and {model_config.max_len}); pick the matching size.")
+                f"{model_config.embed_dim} and {model_config.max_len}); pick the matching size, "
+                f"or give its shape: --config.model.num_layers={hf_config.num_layers} "
+                f"--config.model.embed_dim={hf_config.embed_dim} "
+                f"--config.model.num_heads={hf_config.num_heads} "
+                f"--config.model.mlp_dim={hf_config.mlp_dim} "
+                f"--config.model.max_len={hf_config.max_len}")
         for line in warm_start.report_lines(report, f"GPT-2 checkpoint {init_from}"):
             print(line, flush=True)
         return params

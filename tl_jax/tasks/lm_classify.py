@@ -26,6 +26,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import linen as nn
 
@@ -91,11 +92,11 @@ def resolve_model(config, train_texts):
         with open(os.path.join(init_from, "config.json")) as f:
             saved = json.load(f)["model"]
         tokenizer = bpe.BPETokenizer.load(d.tokenizer or os.path.join(init_from, "tokenizer"))
-        model_config = gpt.gpt_config(
-            saved["size"], saved.get("vocab_size") or tokenizer.vocab_size,
-            max_len=saved.get("max_len") or gpt.SIZES[saved["size"]][3],
-            dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
-            dtype=m.dtype)
+        # The LM's own shape (its size and any shape fields it set), this run's dropout/dtype.
+        model_config = clm.gpt_config_from(ml_collections.ConfigDict({
+            **saved, "dropout_rate": m.dropout_rate,
+            "attention_dropout_rate": m.attention_dropout_rate, "dtype": m.dtype}),
+            tokenizer.vocab_size)
     elif init_from and warm_start.is_hf_directory(init_from):
         from tl_jax.interop import gpt2
         model_config = gpt.GPTConfig(**{
