@@ -164,8 +164,11 @@ def split_documents(documents: list, eval_fraction: float, seed: int = 0):
         n_eval = 1
     if n_eval >= len(documents):
         raise ValueError(
-            f"{len(documents)} documents cannot be split with eval_fraction={eval_fraction}"
-        )
+            f"{len(documents)} document(s) cannot be split with data.eval_fraction="
+            f"{eval_fraction}: perplexity is measured on whole held-out documents. Give more "
+            "documents (in a plain-text corpus a blank line ends one; in jsonl each row is one, "
+            "unless data.group_field or a book/title field groups rows), or set "
+            "data.eval_fraction=0 to train without a held-out set")
     order = np.random.default_rng(seed).permutation(len(documents))
     held = set(order[:n_eval].tolist())
     train = [d for i, d in enumerate(documents) if i not in held]
