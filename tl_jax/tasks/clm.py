@@ -45,7 +45,11 @@ def load_tokenizer(data_cfg, workdir: str | None, documents=None,
     if saved and os.path.isdir(saved) and checkpoint.has_saved_step(workdir):
         # Only a run that resumes keeps the vocabulary it saved: one left by a run that stopped
         # before its first checkpoint would silently override data.tokenizer / init_from.
-        return bpe.BPETokenizer.load(saved)
+        tokenizer = bpe.BPETokenizer.load(saved)
+        print(f"[clm] resuming with the tokenizer saved in {saved} ({tokenizer.vocab_size} "
+              "tokens); data.tokenizer, data.tokenizer_vocab_size and init_from's tokenizer "
+              "apply to new runs only", flush=True)
+        return tokenizer
     source = init_from_tokenizer(init_from)
     if data_cfg.tokenizer:
         tokenizer = bpe.BPETokenizer.load(os.path.expandvars(data_cfg.tokenizer))
