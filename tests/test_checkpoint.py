@@ -374,3 +374,21 @@ def test_a_config_field_added_after_the_checkpoint_is_no_difference_at_its_defau
     assert ckpt_lib.config_differences(saved, {"model": {"size": "tiny", "max_len": 0,
                                                          "num_layers": 3}}) == [
         "model.num_layers: checkpoint has None, config has 3"]
+
+
+def test_a_checkpoint_of_other_shapes_is_an_error_not_corruption(tmp_path):
+    # E.g. a classifier resumed with another number of labels: the healthy checkpoint used to
+    # be moved aside as corrupt, and the run restarted from scratch.
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
+    state = {"params": {"head": {"kernel": jnp.ones((4, 2))}}, "step": jnp.asarray(3)}
+    ckpt.save(3, state, {"epoch": 0}, {"model": {}})
+    ckpt.wait()
+    wider = jax.eval_shape(lambda: {"params": {"head": {"kernel": jnp.ones((4, 3))}},
+                                    "step": jnp.asarray(3)})
+    with pytest.raises(ckpt_lib.CheckpointError,
+                       match=r"step 3 .* another model: params/head/kernel: checkpoint \(4, 2\), "
+                             r"this run \(4, 3\)"):
+        ckpt.restore_latest_good(wider)
+    assert ckpt.all_steps() == [3] and not (tmp_path / "checkpoints_corrupt").exists()
+    restored = ckpt.restore_latest_good(jax.eval_shape(lambda: state))
+    assert restored[3] == 3

@@ -154,6 +154,7 @@ class Checkpointer:
                 continue
             if check_config is not None:
                 check_config(saved_config, step)
+            self._check_shapes(step, abstract_state)
             try:
                 state, data_state, config = self.restore(step, abstract_state)
                 _check_finite_step(state, step)
@@ -161,6 +162,26 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
                 self._report_broken(step, e)
         return None
+
+    def _check_shapes(self, step: int, abstract_state: Any) -> None:
+        """A checkpoint whose arrays have other shapes than this run's state belongs to another
+        model (e.g. another number of labels): an error naming them, and the checkpoint stays
+        where it is. Unreadable metadata is left for the restore to report as corruption."""
+        try:
+            stored = self.manager.item_metadata(step)["state"]
+            flat, _ = jax.tree_util.tree_flatten_with_path(stored)
+        except Exception:  # noqa: BLE001
+            return
+        stored = {path_str(p): tuple(m.shape) for p, m in flat if hasattr(m, "shape")}
+        wanted, _ = jax.tree_util.tree_flatten_with_path(abstract_state)
+        differ = [f"{name}: checkpoint {stored[name]}, this run {tuple(leaf.shape)}"
+                  for name, leaf in ((path_str(p), leaf) for p, leaf in wanted)
+                  if name in stored and hasattr(leaf, "shape") and stored[name] != tuple(leaf.shape)]
+        if differ:
+            raise CheckpointError(
+                f"Checkpoint at step {step} in {self.directory} holds another model: "
+                f"{'; '.join(differ[:5])}{' ...' if len(differ) > 5 else ''}. Use a new workdir "
+                "or the config it was trained with; the checkpoint is left as it is.")
 
     def _report_broken(self, step: int, error: Exception) -> None:
         if jax.process_count() > 1:
