@@ -240,3 +240,51 @@ def test_squad_settings_that_can_never_answer_are_errors(tmp_path):
             f"data.train_file={path}", f"data.eval_file={path}", f"data.{key}=0"])
         with pytest.raises(ValueError, match=rf"data.{key}=0 must be >= 1"):
             squad.Task(config, str(tmp_path / "run"))
+
+
+def test_labels_of_a_workdir_and_of_init_from_are_not_mixed_up(tmp_path, capsys):
+    """Resuming with another label set is refused (it continued silently, or moved a healthy
+    checkpoint aside as corrupt); warm-starting from a fine-tuned workdir takes its encoder,
+    never its head, even when the head's shape fits; a positive_label that is no label is an
+    error, not an F1 of 0."""
+    from tl_jax.tasks import classify
+
+    def data(name, labels):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"text": f"review number {i} was {labels[i % 2]}",
+                                            "label": labels[i % 2]}) + "\n" for i in range(32)))
+        return str(path)
+
+    ab, cd = data("ab.jsonl", ["a", "b"]), data("cd.jsonl", ["c", "d"])
+    tiny = ["train.progress=False", "train.steps=2", "train.eval_every=0", "mesh.data=1",
+            "mesh.fsdp=8", "data.batch_size=8"]
+
+    def run(workdir, train_file, *more):
+        config = config_lib.load_config("configs/finetune_classify.py:tiny", tiny + [
+            f"data.train_file={train_file}", f"data.eval_file={train_file}", *more])
+        return train.train_and_evaluate(config, str(workdir))
+
+    first = run(tmp_path / "ab", ab)
+    kept = {name: (tmp_path / "ab" / name).read_bytes()
+            for name in ("config.json", "labels.jsonl", "tokenizer/tokenizer.json")}
+    # c/d: another vocabulary as well (the tokenizer is trained on the data), so other shapes.
+    with pytest.raises(Exception, match=r"different model config:\n  resolved_model.vocab_size"):
+        run(tmp_path / "ab", cd, "train.steps=4")
+    with pytest.raises(ValueError, match=r"trained with labels \['a', 'b'\].*gives \['c', 'd'\]"):
+        run(tmp_path / "ab", cd, "train.steps=4", f"data.tokenizer={tmp_path / 'ab' / 'tokenizer'}")
+    assert os.listdir(tmp_path / "ab" / "checkpoints") == ["2"]
+    assert {name: (tmp_path / "ab" / name).read_bytes() for name in kept} == kept  # untouched
+    assert not (tmp_path / "ab" / "checkpoints_corrupt").exists()
+
+    capsys.readouterr()
+    run(tmp_path / "cd", cd, f"init_from={tmp_path / 'ab'}",
+        f"data.tokenizer={tmp_path / 'ab' / 'tokenizer'}")
+    out = capsys.readouterr().out
+    fresh = next(line for line in out.splitlines() if "freshly initialised" in line)
+    assert "head/" in fresh and "bert/" not in fresh, out
+    assert first.summary["step"] == 2
+
+    config = config_lib.load_config("configs/finetune_classify.py:tiny", tiny + [
+        f"data.train_file={ab}", f"data.eval_file={ab}", "data.positive_label=positive"])
+    with pytest.raises(ValueError, match=r"positive_label='positive' is not one of the labels"):
+        classify.Task(config, str(tmp_path / "pos"))

@@ -360,14 +360,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     trainer = build_trainer(config, workdir)
     task, mesh, tc = trainer.task, trainer.mesh, config.train
     is_main = jax.process_index() == 0
-    if is_main:
-        task.save(workdir)
-        ckpt_lib.save_json(os.path.join(workdir, "config.json"), config.to_dict())
-
     checkpointer = ckpt_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints,
         best_metric=tc.best_metric, best_mode=tc.best_mode, async_save=tc.async_checkpoint)
     state, data_state = restore_or_init(trainer, checkpointer)
+    if is_main:
+        # Only now: a run refused for not fitting the workdir's checkpoints (another model,
+        # other labels) must leave the tokenizer and config.json they were trained with.
+        task.save(workdir)
+        ckpt_lib.save_json(os.path.join(workdir, "config.json"), config.to_dict())
     train_iter = task.train_batches()
     if data_state is not None:
         train_iter.set_state(data_state)

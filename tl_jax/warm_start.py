@@ -51,12 +51,14 @@ def report_lines(report: dict, source: str) -> list[str]:
     return lines
 
 
-def warm_start(params, init_from: str, model_config=None, prefix_map: dict | None = None):
+def warm_start(params, init_from: str, model_config=None, prefix_map: dict | None = None,
+               only: str = ""):
     """Returns `params` with every matching tensor taken from `init_from`.
 
     `init_from` is a tl_jax workdir (newest good checkpoint) or a Hugging Face BERT directory.
     `prefix_map` renames source prefixes first, e.g. `{"bert/": "encoder/"}` when a task model
-    names its encoder differently from the pretraining model.
+    names its encoder differently from the pretraining model. With `only`, just the tensors
+    under that prefix are taken (e.g. "bert/": a fine-tuned workdir's head stays behind).
     """
     if not os.path.exists(init_from):
         raise WarmStartError(f"init_from={init_from!r} does not exist.")
@@ -84,6 +86,8 @@ def warm_start(params, init_from: str, model_config=None, prefix_map: dict | Non
                     break
             renamed[name] = value
         source = renamed
+    if only:
+        source = {name: value for name, value in source.items() if name.startswith(only)}
     params, report = checkpoint.merge_matching(params, source)
     if not report["taken"]:
         raise WarmStartError(

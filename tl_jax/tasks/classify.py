@@ -45,6 +45,7 @@ class Task(downstream.EncoderTask):
         downstream.check_labels(self.labels, bool(d.labels), [
             (d.train_file, {r["label"] for r in self.train_records}),
             (d.eval_file, {r["label"] for r in self.eval_records})])
+        downstream.check_positive_label(d.positive_label, self.labels)
         texts = [r["text"] for r in self.train_records] + [
             r["text_b"] for r in self.train_records if r["text_b"]]
         self.encoder = downstream.Encoder.from_config(config, texts)
@@ -69,9 +70,8 @@ class Task(downstream.EncoderTask):
                     labels=np.zeros((batch_size,), np.int32))
 
     def save(self, workdir):
+        downstream.write_labels(workdir, self.labels)  # first: it may refuse the workdir
         self.encoder.save(workdir)
-        downstream.write_jsonl(os.path.join(workdir, "labels.jsonl"),
-                               [{"id": i, "label": label} for i, label in enumerate(self.labels)])
 
     # -- model ------------------------------------------------------------------------------
 

@@ -89,7 +89,8 @@ class Encoder:
             print(f"[init_from] Hugging Face checkpoint {self.init_from}: encoder loaded{fresh}",
                   flush=True)
             return params
-        return warm_start.warm_start(params, self.init_from, self.model_config)
+        # Another task's (or label set's) head must not come along when its shapes fit.
+        return warm_start.warm_start(params, self.init_from, self.model_config, only="bert/")
 
     def save(self, workdir: str) -> None:
         self.tokenizer.save(os.path.join(workdir, "tokenizer"))
@@ -226,6 +227,31 @@ def weighted_cross_entropy(logits, labels, weights):
     safe = jnp.where(weights > 0, labels, 0)  # IGNORE (-100) must not reach the gather.
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
     return (ce * weights).sum(), weights.sum()
+
+
+def write_labels(workdir: str, labels) -> None:
+    """Writes `WORKDIR/labels.jsonl` (output index -> label). A workdir whose checkpoints were
+    trained with other labels is refused, not overwritten: resuming would give its trained
+    output units other meanings (or, with another count, other shapes)."""
+    from tl_jax import checkpoint
+
+    path = os.path.join(workdir, "labels.jsonl")
+    if os.path.exists(path) and checkpoint.has_saved_step(workdir):
+        with open(path, encoding="utf-8") as f:
+            saved = [json.loads(line)["label"] for line in f if line.strip()]
+        if saved != list(labels):
+            raise ValueError(
+                f"{workdir} holds checkpoints trained with labels {saved} (labels.jsonl), but "
+                f"this run's data gives {list(labels)}; use a new workdir, or set data.labels "
+                "to the saved list")
+    write_jsonl(path, [{"id": i, "label": label} for i, label in enumerate(labels)])
+
+
+def check_positive_label(positive: str, labels) -> None:
+    """`data.positive_label` (binary F1) must be one of the labels: else F1 is 0 silently."""
+    if positive and positive not in labels:
+        raise ValueError(f"data.positive_label={positive!r} is not one of the labels "
+                         f"{list(labels)}")
 
 
 def write_jsonl(path: str, rows) -> None:

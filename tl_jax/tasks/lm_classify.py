@@ -141,6 +141,7 @@ class Task:
         downstream.check_labels(self.labels, bool(d.labels), [
             (d.train_file, {r["label"] for r in self.train_records}),
             (d.eval_file, {r["label"] for r in self.eval_records})])
+        downstream.check_positive_label(d.positive_label, self.labels)
         saved_tok = os.path.join(workdir, "tokenizer") if workdir else ""
         if (saved_tok and os.path.isdir(saved_tok) and checkpoint.has_saved_step(workdir)
                 and not d.tokenizer):
@@ -178,9 +179,8 @@ class Task:
         return downstream.eval_batches(self.eval_arrays, self.config.data.batch_size)
 
     def save(self, workdir):
+        downstream.write_labels(workdir, self.labels)  # first: it may refuse the workdir
         self.tokenizer.save(os.path.join(workdir, "tokenizer"))
-        downstream.write_jsonl(os.path.join(workdir, "labels.jsonl"),
-                               [{"id": i, "label": label} for i, label in enumerate(self.labels)])
 
     # -- model ------------------------------------------------------------------------------
 

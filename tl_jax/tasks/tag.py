@@ -72,9 +72,8 @@ class Task(downstream.EncoderTask):
         return dict(input_ids=zeros(), segment_ids=zeros(), input_mask=zeros() + 1, labels=zeros())
 
     def save(self, workdir):
+        downstream.write_labels(workdir, self.labels)  # first: it may refuse the workdir
         self.encoder.save(workdir)
-        downstream.write_jsonl(os.path.join(workdir, "labels.jsonl"),
-                               [{"id": i, "label": t} for i, t in enumerate(self.labels)])
 
     # -- model ------------------------------------------------------------------------------
 
