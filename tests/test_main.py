@@ -54,3 +54,24 @@ def test_input_errors_are_one_line_and_library_errors_keep_their_traceback(tmp_p
     monkeypatch.setitem(main.COMMANDS, "train", (main.COMMANDS["train"][0], broken))
     with pytest.raises(ValueError, match="reshape"):
         main.main(argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--config=configs/finetune_classify.py", "--config.init_from={missing}"],
+    ["train", "--config=configs/gpt_finetune_classify.py", "--config.init_from={missing}"],
+    ["extract", "--init_from={missing}", "--input=README.md", "--output={tmp}/f.npz"],
+    ["generate", "--model={missing}", "--prompt=hi"],
+], ids=["finetune", "gpt_finetune", "extract", "generate"])
+def test_a_missing_weight_source_is_named_as_missing(argv, tmp_path, capsys, monkeypatch):
+    # Not "Tokenizer file not found" or "is neither a workdir nor ...": the path is not there.
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    missing = str(tmp_path / "no_such_run")
+    argv = [a.format(missing=missing, tmp=tmp_path) for a in argv]
+    if argv[0] == "train":
+        argv.append(f"--workdir={tmp_path / 'w'}")
+    with pytest.raises(SystemExit) as e:
+        main.main(argv)
+    message = str(e.value.code)
+    assert message.startswith("tl_jax: error: ") and "does not exist" in message
+    assert missing in message
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())

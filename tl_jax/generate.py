@@ -363,6 +363,8 @@ def load_model(path: str, caller: str = "generate"):
         config, params = gpt2.load_pretrained(path)
         tokenizer = bpe.BPETokenizer.load(path)
     else:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} does not exist")
         raise FileNotFoundError(
             f"{path} is neither a tl_jax workdir (with checkpoints/) nor a GPT-2 directory "
             "(with config.json)")

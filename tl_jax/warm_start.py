@@ -51,6 +51,12 @@ def report_lines(report: dict, source: str) -> list[str]:
     return lines
 
 
+def require_source(path: str, what: str = "init_from") -> None:
+    """A clear error for a weight source that is not there (before any reader guesses its kind)."""
+    if not os.path.exists(path):
+        raise WarmStartError(f"{what}={path!r} does not exist.")
+
+
 def warm_start(params, init_from: str, model_config=None, prefix_map: dict | None = None,
                only: str = ""):
     """Returns `params` with every matching tensor taken from `init_from`.
@@ -60,8 +66,7 @@ def warm_start(params, init_from: str, model_config=None, prefix_map: dict | Non
     names its encoder differently from the pretraining model. With `only`, just the tensors
     under that prefix are taken (e.g. "bert/": a fine-tuned workdir's head stays behind).
     """
-    if not os.path.exists(init_from):
-        raise WarmStartError(f"init_from={init_from!r} does not exist.")
+    require_source(init_from)
     if is_tl_workdir(init_from):
         source, step = checkpoint.load_params_from_workdir(init_from)
         label = f"{init_from} (step {step})"

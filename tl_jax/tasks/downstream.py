@@ -43,6 +43,7 @@ class Encoder:
         overrides = dict(dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
                          dtype=m.dtype)
         if init_from:
+            warm_start.require_source(init_from)
             tokenizer = Tokenizer.load(d.tokenizer or tokenizer_path(init_from))
             model_config = architecture(init_from, tokenizer).replace(**overrides)
             if m.num_layers:

@@ -104,6 +104,7 @@ def resolve_model(config, train_texts):
             "attention_dropout_rate": m.attention_dropout_rate, "dtype": m.dtype})
         tokenizer = bpe.BPETokenizer.load(d.tokenizer or init_from)
     elif init_from:
+        warm_start.require_source(init_from)
         raise warm_start.WarmStartError(
             f"init_from={init_from!r} is neither a tl_jax workdir (with checkpoints/) nor a "
             "Hugging Face GPT-2 directory (with config.json).")
