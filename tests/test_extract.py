@@ -59,13 +59,15 @@ def test_files_hold_the_chosen_combinations(minilm, all_layers, tmp_path):
                       max_seq_length=16, batch_size=4)
     data = np.load(npz)
     assert str(data["layers"]) == "sum_last_four" and list(data["texts"]) == TEXTS
+    # The blank second line is skipped; line_index keeps the input's line numbers.
+    assert list(data["line_index"]) == [0, 2]
     for i in range(2):
         assert list(data[f"tokens_{i:06d}"]) == tokens[i]
         np.testing.assert_allclose(data[f"features_{i:06d}"], stacked[i][3:].sum(0), atol=1e-4)
     jsonl = extract.run(minilm, str(text_file), str(tmp_path / "f.jsonl"), layers="0,-1",
                         max_seq_length=16, batch_size=4)
     rows = [json.loads(line) for line in open(jsonl)]
-    assert [r["text"] for r in rows] == TEXTS
+    assert [r["text"] for r in rows] == TEXTS and [r["line_index"] for r in rows] == [0, 2]
     first = rows[0]["tokens"]
     assert [t["token"] for t in first] == tokens[0]
     # Each token carries the listed layers in order: (2, H).

@@ -17,11 +17,15 @@ transformer layer's output, negative numbers count from the top (-1 = last):
 
 Output format follows the suffix of `--output`:
 
-* `.npz`: for line i (zero-padded to 6 digits) `features_000000` (float32, shapes above, T = the
-  line's sub-token count including [CLS] and [SEP]) and `tokens_000000` (the sub-token strings);
-  plus `layers` (the spec) and `texts`. Load with `np.load(path)`.
-* `.jsonl`: one object per line `{"line_index", "text", "layers", "tokens": [{"token",
+* `.npz`: for the i-th text (zero-padded to 6 digits) `features_000000` (float32, shapes above,
+  T = the text's sub-token count including [CLS] and [SEP]) and `tokens_000000` (the sub-token
+  strings); plus `layers` (the spec), `texts`, and `line_index` (each text's 0-based line number
+  in the input). Load with `np.load(path)`.
+* `.jsonl`: one object per text `{"line_index", "text", "layers", "tokens": [{"token",
   "features"}]}`, as BERT's `extract_features.py` writes (features rounded to 6 decimals).
+
+Blank lines are skipped (a message counts them); `line_index` is always the text's line number
+in the input file, so features can be matched to input lines even when some were blank.
 """
 from __future__ import annotations
 
@@ -139,23 +143,30 @@ def run(init_from: str, input_path: str, output_path: str, layers: str = "last",
         raise ValueError(f"--output={output_path!r} must end in .npz or .jsonl")
     try:
         with open(input_path, encoding="utf-8") as f:
-            texts = [line.strip() for line in f if line.strip()]
+            numbered = [(n, line.strip()) for n, line in enumerate(f) if line.strip()]
     except UnicodeDecodeError as e:
         raise ValueError(non_utf8_message(input_path, e)) from None
-    if not texts:
+    if not numbered:
         raise ValueError(f"{input_path}: no non-empty lines to extract features for")
+    line_index = [n for n, _ in numbered]
+    texts = [text for _, text in numbered]
+    if line_index[-1] + 1 > len(texts):
+        blank = line_index[-1] + 1 - len(texts)
+        print(f"[extract] skipped {blank} blank line(s); line_index in the output is each "
+              "text's 0-based line number in the input")
     tokens, feats = extract(init_from, texts, layers, max_seq_length, batch_size)
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     if output_path.endswith(".npz"):
-        arrays = {"layers": np.array(layers), "texts": np.array(texts)}
+        arrays = {"layers": np.array(layers), "texts": np.array(texts),
+                  "line_index": np.array(line_index, np.int64)}
         for i, (t, x) in enumerate(zip(tokens, feats)):
             arrays[f"features_{i:06d}"], arrays[f"tokens_{i:06d}"] = x, np.array(t)
         np.savez(output_path, **arrays)
     else:
         with open(output_path, "w", encoding="utf-8") as f:
-            for i, (text, t, x) in enumerate(zip(texts, tokens, feats)):
+            for n, text, t, x in zip(line_index, texts, tokens, feats):
                 per_token = np.moveaxis(x, -2, 0) if x.ndim == 3 else x  # (T, ...) first
-                f.write(json.dumps({"line_index": i, "text": text, "layers": layers, "tokens": [
+                f.write(json.dumps({"line_index": n, "text": text, "layers": layers, "tokens": [
                     {"token": tok, "features": np.round(v, 6).tolist()}
                     for tok, v in zip(t, per_token)]}) + "\n")
     print(f"[extract] {len(texts)} lines, layers={layers}, feature shape of line 0 "
