@@ -315,6 +315,15 @@ def test_generate_command_line_labels_stops_and_long_prompts(tmp_path, capsys):
     assert {r["prediction"] for r in rows} <= {"pos", "neg"}
     accuracy = sum(r["prediction"] == r["label"] for r in rows) / 2
     assert f"zero-shot accuracy {accuracy:.4f} on 2 labelled prompts" in capsys.readouterr().out
+    # Numeric gold labels (pandas writes 1.0) are the labels "1" and "0".
+    numeric = tmp_path / "n.jsonl"
+    numeric.write_text('{"text": "the cat", "label": 1.0}\n{"text": "a dog", "label": 0}\n')
+    by_number = generate.run_generate(str(tmp_path), mode="score", prompt_file=str(numeric),
+                                      choices=[" sat", " dog"], labels=["1", "0"])
+    assert [r["label"] for r in by_number] == ["1", "0"]
+    assert [r["prediction"] for r in by_number] == [{"pos": "1", "neg": "0"}[r["prediction"]]
+                                                    for r in rows]
+    capsys.readouterr()
 
     # A prompt longer than max_len - max_new_tokens keeps its end, and says so.
     long = "the cat sat on the mat. " * 6

@@ -24,6 +24,22 @@ def test_jsonl_csv_tsv_give_the_same_records(tmp_path):
         assert readers.read_classification(path, **fields) == expected, path.suffix
 
 
+def test_labels_are_one_class_per_value(tmp_path):
+    # A jsonl file written by pandas may mix 1 and 1.0; a CSV may have "pos, neg".
+    mixed = _write(tmp_path / "m.jsonl", "".join(json.dumps({"text": "t", "label": v}) + "\n"
+                                                 for v in (1, 1.0, "0", 0.0, 2.5, " pos ")))
+    assert [r["label"] for r in readers.read_classification(mixed)] == [
+        "1", "1", "0", "0", "2.5", "pos"]
+    spaced = _write(tmp_path / "s.csv", "text,label\nfine, pos\nbad,neg \n")
+    assert [r["label"] for r in readers.read_classification(spaced)] == ["pos", "neg"]
+    nested = _write(tmp_path / "n.jsonl", '{"text": "t", "label": "a"}\n{"text": "t", "label": [1]}\n')
+    with pytest.raises(readers.DataFormatError, match=r"n.jsonl:2: field 'label' must be a string"):
+        readers.read_classification(nested)
+    blank = _write(tmp_path / "b.csv", "text,label\nfine,a\nbad, \n")
+    with pytest.raises(readers.DataFormatError, match=r"b.csv:3: empty label"):
+        readers.read_classification(blank)
+
+
 def test_classification_errors_name_file_and_line(tmp_path):
     bad_json = _write(tmp_path / "bad.jsonl", '{"text": "ok", "label": "a"}\n{"text": oops}\n')
     with pytest.raises(readers.DataFormatError, match=r"bad.jsonl:2: invalid JSON"):

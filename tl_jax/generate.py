@@ -434,7 +434,7 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     # -- prompts ---------------------------------------------------------------------------------
     records = [{"text": p} for p in prompts]
     if prompt_file:
-        from tl_jax.data.readers import DataFormatError
+        from tl_jax.data.readers import DataFormatError, label_text
         with open(os.path.expandvars(prompt_file), encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
@@ -450,13 +450,15 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                     if text_field not in row:
                         raise DataFormatError(prompt_file, lineno,
                                               f"missing field {text_field!r} (has {sorted(row)})")
-                    records.append({"text": str(row[text_field]), "label": row.get(label_field)})
+                    gold = row.get(label_field)
+                    records.append({"text": str(row[text_field]),
+                                    "label": None if gold is None else label_text(gold)})
                 else:
                     records.append({"text": line.rstrip("\n")})
     if not records:
         raise ValueError("generate: no prompts (give --prompt or --prompt_file)")
     if mode == "score":
-        unknown = sorted({str(r["label"]).strip() for r in records if r.get("label") is not None}
+        unknown = sorted({r["label"] for r in records if r.get("label") is not None}
                          - set(labels))
         if unknown:
             raise ValueError(f"generate: labels {unknown} in {prompt_file} are not among the "
@@ -517,7 +519,7 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                       "scores": {c: float(s) for c, s in zip(choices, row)}}
             if r.get("label") is not None:
                 result["label"] = r["label"]
-                correct += str(r["label"]).strip() == labels[int(pred)]
+                correct += r["label"] == labels[int(pred)]
             results.append(result)
             print(json.dumps(result, ensure_ascii=False), flush=True)
         labelled = sum(r.get("label") is not None for r in records)

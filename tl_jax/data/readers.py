@@ -86,11 +86,30 @@ def _read_classification(path: pathlib.Path, text_field: str, text_b_field: str 
         records.append({
             "text": text,
             "text_b": str(row[text_b_field]) if text_b_field else None,
-            "label": str(row[label_field]),
+            "label": _label(row[label_field], path, line, label_field),
         })
     if not records:
         raise DataFormatError(path, None, "no examples (empty file)")
     return records
+
+
+def label_text(value) -> str:
+    """A class label as a string: JSON numbers by value (1 and 1.0 are one class, "1"), spaces
+    around it trimmed (a CSV's "pos, neg" gives "neg")."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _label(value, path, line, field: str) -> str:
+    """`label_text`; a list, an object or an empty label is a format error."""
+    if isinstance(value, (list, dict)):
+        raise DataFormatError(path, line, f"field {field!r} must be a string or a number, got "
+                              f"{json.dumps(value)[:60]}")
+    label = label_text(value)
+    if not label:
+        raise DataFormatError(path, line, f"empty label in field {field!r}")
+    return label
 
 
 def read_fasttext_labels(path: PathLike, prefix: str = "__label__") -> list[dict]:
