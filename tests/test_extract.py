@@ -81,6 +81,11 @@ def test_files_hold_the_chosen_combinations(minilm, all_layers, tmp_path):
 def test_bad_output_and_empty_input(minilm, tmp_path):
     with pytest.raises(ValueError, match="must end in .npz or .jsonl"):
         extract.run(minilm, "in.txt", str(tmp_path / "out.csv"))
+    for flags, message in (({"max_seq_length": 1}, "at least 3 sub-tokens"),
+                           ({"batch_size": 0}, "--batch_size=0 must be at least 1")):
+        # Checked before reading anything: the input does not even exist.
+        with pytest.raises(ValueError, match=message):
+            extract.run(minilm, "in.txt", str(tmp_path / "out.npz"), **flags)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
     with pytest.raises(ValueError, match="no non-empty lines"):

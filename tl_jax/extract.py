@@ -99,9 +99,18 @@ def load_encoder(init_from: str):
     return tokenizer, config, params
 
 
+def check_sizes(max_seq_length: int, batch_size: int) -> None:
+    if max_seq_length < 3:
+        raise ValueError(f"--max_seq_length={max_seq_length}: it counts [CLS] and [SEP], so at "
+                         "least 3 sub-tokens are needed to hold any text")
+    if batch_size < 1:
+        raise ValueError(f"--batch_size={batch_size} must be at least 1")
+
+
 def extract(init_from: str, texts: list[str], layers: str = "last", max_seq_length: int = 128,
             batch_size: int = 32) -> tuple[list[list[str]], list[np.ndarray]]:
     """Per-token features of `texts`; returns `(tokens per text, features per text)`."""
+    check_sizes(max_seq_length, batch_size)
     tokenizer, config, params = load_encoder(init_from)
     how, indices = resolve_layers(layers, config.num_layers)
     if max_seq_length > config.max_position_embeddings:
@@ -141,6 +150,7 @@ def run(init_from: str, input_path: str, output_path: str, layers: str = "last",
     """The `tl_jax extract` command: reads `input_path`, writes `output_path` (.npz or .jsonl)."""
     if not output_path.endswith((".npz", ".jsonl")):
         raise ValueError(f"--output={output_path!r} must end in .npz or .jsonl")
+    check_sizes(max_seq_length, batch_size)
     try:
         with open(input_path, encoding="utf-8") as f:
             numbered = [(n, line.strip()) for n, line in enumerate(f) if line.strip()]
