@@ -56,6 +56,28 @@ def test_input_errors_are_one_line_and_library_errors_keep_their_traceback(tmp_p
         main.main(argv)
 
 
+def test_only_deliberate_checks_and_file_errors_count_as_input_errors(monkeypatch):
+    import linecache
+    import os
+
+    def raised_in_package(source, name):
+        """What `source` raises when it runs as a module of the tl_jax package."""
+        path = os.path.join(os.path.dirname(main.__file__), f"_not_a_module_{name}.py")
+        monkeypatch.setitem(linecache.cache, path, (len(source), None, source.splitlines(True), path))
+        with pytest.raises(Exception) as e:
+            exec(compile(source, path, "exec"), {})
+        return e.value
+
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    assert main._is_input_error(raised_in_package(
+        "n = 0\nraise ValueError(\n    f'--batch_size={n} must be at least 1')\n", "check"))
+    assert main._is_input_error(raised_in_package("open('/no/such/file.txt')\n", "open"))
+    # A builtin or numpy failing in tl_jax's own code is a bug to show, not a message.
+    assert not main._is_input_error(raised_in_package("range(0, 5, 0)\n", "range"))
+    assert not main._is_input_error(raised_in_package(
+        "import numpy as np\na = np.zeros(1)\na[:] = [1, 2]\n", "numpy"))
+
+
 @pytest.mark.parametrize("argv", [
     ["train", "--config=configs/finetune_classify.py", "--config.init_from={missing}"],
     ["train", "--config=configs/gpt_finetune_classify.py", "--config.init_from={missing}"],

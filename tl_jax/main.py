@@ -164,13 +164,19 @@ def main(argv: list[str] | None = None) -> None:
 
 def _is_input_error(error: BaseException) -> bool:
     """Whether `error` is one of tl_jax's own checks on its input (a bad file, flag or
-    checkpoint): raised by a `raise` in this package, whose message says what is wrong and
-    where. Those are printed as one line; anything raised inside a library (or with
-    TL_JAX_TRACEBACK=1 set) keeps its traceback, since it may be a bug."""
+    checkpoint): raised by a `raise` statement in this package, whose message says what is wrong
+    and where, or an OSError of a file it opened (the message names the path). Those are printed
+    as one line. Anything else keeps its traceback (and everything does with TL_JAX_TRACEBACK=1
+    set), since it may be a bug: an error inside a library, or one a builtin or numpy raised in
+    tl_jax's own code ("could not broadcast ...")."""
     import os
+    import traceback
 
     from tl_jax.config import raised_in
-    return not os.environ.get("TL_JAX_TRACEBACK") and raised_in(error, os.path.dirname(__file__))
+    if os.environ.get("TL_JAX_TRACEBACK") or not raised_in(error, os.path.dirname(__file__)):
+        return False
+    statement = (traceback.extract_tb(error.__traceback__)[-1].line or "").lstrip()
+    return statement.startswith("raise") or isinstance(error, OSError)
 
 
 if __name__ == "__main__":
