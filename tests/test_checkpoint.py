@@ -115,6 +115,21 @@ def test_rerunning_a_finished_run_trains_nothing_and_reports_held_out_metrics(
     assert_trees_equal(params_of(first), params_of(again))
 
 
+def test_resuming_with_more_steps_says_the_schedule_is_rebuilt(tiny_bert_overrides, tmp_path,
+                                                               capsys):
+    sched = ["optimizer.warmup_steps=0", "optimizer.decay=linear", "optimizer.end_lr_ratio=0.0",
+             "optimizer.learning_rate=0.01"]
+    run(tiny_bert_overrides, tmp_path, *STEPS, *sched, "train.steps=3")
+    assert "Note:" not in capsys.readouterr().out
+    resumed = run(tiny_bert_overrides, tmp_path, *STEPS, *sched, "train.steps=6")
+    out = capsys.readouterr().out
+    # Linear decay to 0: at step 3 the 3-step schedule had reached 0, the 6-step one is at half.
+    assert ("Note: train.steps 3 -> 6 since the checkpoint. The learning-rate schedule is this "
+            "config's, over 6 steps, not a continuation: at step 3 it is 0.005 (the checkpoint's "
+            "schedule: 0)." in out), out
+    assert resumed.summary["step"] == 6
+
+
 def test_keeps_last_n_and_the_best(tiny_bert_overrides, tmp_path):
     run(tiny_bert_overrides, tmp_path, "train.steps=8", "train.checkpoint_every=1",
         "train.eval_every=1", "train.keep_checkpoints=2", "train.log_every=1",

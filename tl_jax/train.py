@@ -329,12 +329,14 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer):
             current["resolved_model"] = dataclasses.asdict(trainer.task.model_config)
         diffs = ckpt_lib.config_differences(saved_config, current,
                                             sections=("model", "resolved_model"))
+        seen["saved"] = saved_config
         if diffs:
             raise ckpt_lib.CheckpointError(
                 f"The checkpoint at step {step} in {checkpointer.directory} was written with a "
                 "different model config:\n  " + "\n  ".join(diffs) + "\nUse a new workdir with "
                 "--config.init_from=<old workdir> to warm-start from it instead.")
 
+    seen = {}
     restored = checkpointer.restore_latest_good(target, check_config)
     if restored is None:
         if checkpointer.all_steps() == [] and os.path.isdir(checkpointer.directory + "_corrupt"):
@@ -342,7 +344,42 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer):
         return trainer.init_state(jax.random.PRNGKey(config.seed)), None
     state, data_state, _, step = restored
     print(f"[checkpoint] Resuming from step {step} ({checkpointer.directory}).", flush=True)
+    schedule_note = _schedule_change(seen.get("saved") or {}, trainer, step)
+    if schedule_note:
+        print(schedule_note, flush=True)
     return state, data_state
+
+
+SCHEDULE_FIELDS = ("learning_rate", "warmup_steps", "decay", "end_lr_ratio", "power")
+
+
+def _schedule_change(saved: dict, trainer: Trainer, step: int) -> str:
+    """A note when the resumed run's step count or learning-rate schedule differs from the
+    checkpoint's: the schedule is rebuilt from this config, not continued (more train.steps
+    stretches the decay, so the learning rate jumps at the resume step)."""
+    config = trainer.config
+    old_steps = (saved.get("train") or {}).get("steps")
+    old_opt = saved.get("optimizer") or {}
+    changed = []
+    if old_steps is not None and old_steps != config.train.steps:
+        changed.append(f"train.steps {old_steps} -> {config.train.steps}")
+    for field in SCHEDULE_FIELDS:
+        if field in old_opt and field in config.optimizer and old_opt[field] != config.optimizer[field]:
+            changed.append(f"optimizer.{field} {old_opt[field]} -> {config.optimizer[field]}")
+    if not changed:
+        return ""
+    new_lr = float(trainer.schedule(step))
+    note = (f"[checkpoint] Note: {', '.join(changed)} since the checkpoint. The learning-rate "
+            f"schedule is this config's, over {config.train.steps} steps, not a continuation: "
+            f"at step {step} it is {new_lr:.3g}")
+    if not hasattr(trainer.task, "make_optimizer") and old_steps is not None:
+        try:
+            old_cfg = ml_collections.ConfigDict({**config.optimizer.to_dict(), **old_opt})
+            old_lr = float(optimizers.make_schedule(old_cfg, int(old_steps))(step))
+            note += f" (the checkpoint's schedule: {old_lr:.3g})"
+        except (ValueError, TypeError, KeyError):
+            pass  # a checkpoint from an older config layout: the new figure alone
+    return note + "."
 
 
 # ================================================================================================
