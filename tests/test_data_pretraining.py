@@ -341,9 +341,10 @@ def small_corpus(data_dir, tmp_path_factory):
     return str(path)
 
 
-def test_build_saves_and_reuses_tokenizer(small_corpus, tmp_path):
+def test_build_saves_and_reuses_tokenizer(small_corpus, tmp_path, capsys):
     config = _data_config(small_corpus)
     data = build_pretraining_data(config, 128, str(tmp_path), seed=0)
+    assert "instances" in capsys.readouterr().err  # the progress bar
     assert (tmp_path / "tokenizer" / "vocab.txt").exists()
     assert data.tokenizer.vocab_size == 1000
     batch = next(data.train)
@@ -366,7 +367,9 @@ def test_build_saves_and_reuses_tokenizer(small_corpus, tmp_path):
                                    str(tmp_path), seed=0)
     assert fresh.tokenizer.vocab_size == 500
     # Another seed trains on other pairs and masks but is scored on the same held-out batches.
-    other = build_pretraining_data(config, 128, str(tmp_path), seed=1)
+    capsys.readouterr()
+    other = build_pretraining_data(config, 128, str(tmp_path), seed=1, progress=False)
+    assert capsys.readouterr().err == ""  # train.progress=False: no bars
     assert _same(list(other.eval_batches()), evals)
     assert not np.array_equal(next(other.train)["input_ids"], batch["input_ids"])
     summary = describe(data, num_examples=2)

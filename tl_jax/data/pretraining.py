@@ -347,6 +347,7 @@ def build_pretraining_data(
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
+    progress: bool = True,
 ) -> PretrainingData:
     """Corpus -> tokenizer -> NSP instances -> masked batches, all from `data_config`.
 
@@ -357,6 +358,7 @@ def build_pretraining_data(
       seed: drives training instance creation, shuffling and masking. The held-out set (which
         documents, their pairs and masks) does not depend on it.
       process_index, process_count: this process's slice of every global batch.
+      progress: show progress bars while tokenising and building instances (big corpora).
 
     Raises:
       ValueError (or SourceError/TokenizerError, both ValueErrors) before any compilation:
@@ -373,8 +375,8 @@ def build_pretraining_data(
     eval_texts = [documents[i] for i in eval_index]
 
     tokenizer = _get_tokenizer(c, train_texts, workdir, process_index)
-    train_docs = tokenize_documents(train_texts, tokenizer)
-    eval_docs = tokenize_documents(eval_texts, tokenizer)
+    train_docs = tokenize_documents(train_texts, tokenizer, progress=progress)
+    eval_docs = tokenize_documents(eval_texts, tokenizer, progress=progress)
     if len(train_docs) < 2:
         raise ValueError(f"Corpus {c.corpus!r} has {len(train_docs)} non-empty training "
                          "document(s) after tokenisation; NSP needs at least 2.")
@@ -382,7 +384,7 @@ def build_pretraining_data(
     copies = 1 if c.dynamic_masking else c.dupe_factor
     train = PretrainingInstances.concatenate([
         create_instances(train_docs, c.max_seq_length, c.short_seq_prob, seed,
-                         tokenizer.cls_id, tokenizer.sep_id, copy=k, progress=True)
+                         tokenizer.cls_id, tokenizer.sep_id, copy=k, progress=progress)
         for k in range(copies)])
     if len(train) < c.batch_size:
         raise ValueError(f"Corpus {c.corpus!r} gives only {len(train)} training instances, fewer "

@@ -85,7 +85,8 @@ class Task:
                 f"table (model.max_position_embeddings={config.model.max_position_embeddings}).")
         self.data = pretraining.build_pretraining_data(
             data_cfg, config.model.max_position_embeddings, workdir, config.seed,
-            process_index=jax.process_index(), process_count=jax.process_count())
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            progress=bool(config.train.progress) and jax.process_index() == 0)
         self.tokenizer = self.data.tokenizer
         self.model_config = bert_config_from(config.model, self.tokenizer.vocab_size,
                                              self.tokenizer)
