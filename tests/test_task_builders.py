@@ -125,8 +125,8 @@ def test_readme_states_what_qa_version_2_builds(data_dir):
 
 
 def test_silver_cache_manifest_names_the_files_where_they_are(data_dir, tmp_path, monkeypatch):
-    # The cache is built in a temporary folder renamed into place; its manifest named the files
-    # under the temporary folder, which no longer exists.
+    # The cache is built in a temporary folder renamed into place: the manifest's paths are
+    # relative to its folder, so they hold after the rename (and after any later move).
     import pathlib
 
     monkeypatch.setenv("TL_JAX_DATA_DIR", str(data_dir))
@@ -135,10 +135,13 @@ def test_silver_cache_manifest_names_the_files_where_they_are(data_dir, tmp_path
     root = tb.silver_build_dir(data_dir)
     assert root.parent == tmp_path / "tasks" and path == root / "cloze_qa" / "dev.json"
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["cloze_qa"]["dev"]["path"] == str(path)
+    assert manifest["cloze_qa"]["dev"]["path"] == "cloze_qa/dev.json"
+    moved = tmp_path / "moved"
+    root.rename(moved)
     for task in ("names", "cloze_qa"):
         for split in tb.SPLITS:
-            assert pathlib.Path(manifest[task][split]["path"]).is_file(), manifest[task][split]
+            assert (moved / manifest[task][split]["path"]).is_file(), manifest[task][split]
+    assert pathlib.Path(manifest["food_reviews"]["train"]).is_file()
 
 
 def test_silver_cache_is_keyed_by_the_source_files_and_the_builder_version(tmp_path, monkeypatch):

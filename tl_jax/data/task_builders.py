@@ -243,6 +243,9 @@ def build_all(out_dir: os.PathLike, data_dir: os.PathLike | None = None,
               qa_caps: tuple[int, int, int] = (10000, 1000, 1000), qa_version: str = "1.1") -> dict:
     """Writes every task under `out_dir` and returns the manifest (also written as JSON).
 
+    The manifest names each built file by its path relative to `out_dir` (so the folder can be
+    moved or renamed), and the food reviews, used as shipped, by their path in `data_dir`.
+
     Args:
       out_dir: where to write `names/`, `cloze_qa/` and `manifest.json`.
       data_dir: the shared data folder; defaults to `$TL_JAX_DATA_DIR`.
@@ -257,19 +260,22 @@ def build_all(out_dir: os.PathLike, data_dir: os.PathLike | None = None,
     (out_dir / "names").mkdir(parents=True, exist_ok=True)
     (out_dir / "cloze_qa").mkdir(parents=True, exist_ok=True)
     manifest = {"names": {}, "cloze_qa": {"version": qa_version},
-                "food_reviews": {s: str(data_dir / f"food_reviews_{s}.jsonl") for s in ("train", "test")}}
+                "food_reviews": {s: str((data_dir / f"food_reviews_{s}.jsonl").resolve())
+                                 for s in ("train", "test")}}
     names = build_names(data_dir, dict(zip(SPLITS, names_caps)))
     qa = build_cloze_qa(data_dir, dict(zip(SPLITS, qa_caps)), version=qa_version)
     for split in SPLITS:
         path = out_dir / "names" / f"{split}.conll"
         readers.write_conll(path, names[split])
-        manifest["names"][split] = {"path": str(path), "sentences": len(names[split]),
+        manifest["names"][split] = {"path": str(path.relative_to(out_dir)),
+                                    "sentences": len(names[split]),
                                     "entities": sum(t.count("B-NAME") for t in
                                                     (s["tags"] for s in names[split])),
                                     "md5": _md5(path)}
         path = out_dir / "cloze_qa" / f"{split}.json"
         readers.write_squad(path, qa[split], version=qa_version)
-        manifest["cloze_qa"][split] = {"path": str(path), "questions": len(qa[split]),
+        manifest["cloze_qa"][split] = {"path": str(path.relative_to(out_dir)),
+                                       "questions": len(qa[split]),
                                        "unanswerable": sum(r["is_impossible"] for r in qa[split]),
                                        "md5": _md5(path)}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -338,8 +344,4 @@ def silver_path(task: str, split: str) -> pathlib.Path:
         except OSError:  # another process finished first; its build is identical
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
-        else:  # the manifest named the files under the temporary folder
-            manifest = root / "manifest.json"
-            manifest.write_text(manifest.read_text().replace(
-                json.dumps(str(tmp))[1:-1] + "/", json.dumps(str(root))[1:-1] + "/"))
     return root / task / f"{split}.{suffix[task]}"
