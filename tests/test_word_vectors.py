@@ -255,3 +255,41 @@ def test_epoch_batches_have_contract_shapes_and_in_vocab_ids(cbow):
         assert b["context"].max() < len(vocab) and b["context"].min() >= (-1 if cbow else 0)
     with pytest.raises(ValueError, match="fewer than batch_size"):
         wv.Word2VecBatches(corpus, vocab, batch_size=10**7, window=3, negatives=4).epoch_arrays()
+
+
+@pytest.mark.parametrize("name,override,match", [
+    ("word2vec", "epochs=0", r"config.epochs=0"),
+    ("glove", "epochs=-1", r"config.epochs=-1"),
+    ("word2vec", "batch_size=0", r"config.batch_size=0"),
+    ("glove", "batch_size=0", r"config.batch_size=0"),
+    ("word2vec", "steps_per_call=0", r"config.steps_per_call=0"),
+    ("glove", "dim=0", r"config.dim=0"),
+    ("word2vec", "window=0", r"config.window=0"),
+    ("word2vec", "word2vec.negatives=0", r"config.word2vec.negatives=0"),
+    ("word2vec", "word2vec.shared_negatives=-1", r"config.word2vec.shared_negatives=-1"),
+    ("word2vec", "max_sentences=-5", r"config.max_sentences=-5"),
+    ("glove", "max_vocab=-5", r"config.max_vocab=-5"),
+])
+def test_sizes_below_their_minimum_fail_before_reading_the_corpus(tmp_path, monkeypatch, name,
+                                                                   override, match):
+    import pathlib
+
+    from tl_jax import config as config_lib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / f"{name}.py"
+    config = config_lib.load_config(f"{path}:tiny", [override])
+    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    with pytest.raises(ValueError, match=match):
+        static_train.run(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("train,kwargs", [
+    (static_train.train_word2vec, dict(epochs=0)),
+    (static_train.train_word2vec, dict(negatives=0)),
+    (static_train.train_glove, dict(batch_size=0)),
+    (static_train.train_glove, dict(steps_per_call=0)),
+])
+def test_trainers_reject_sizes_below_one(train, kwargs):
+    (key, value), = kwargs.items()
+    with pytest.raises(ValueError, match=rf"{key}={value}"):
+        train(_planted_corpus(20), min_count=1, log=None, **kwargs)

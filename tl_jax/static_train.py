@@ -38,6 +38,14 @@ from tl_jax.models import embeddings
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_at_least(minimum: int, values: dict, prefix: str = "") -> None:
+    """Raises naming every value below `minimum` (a 0 or negative size would otherwise fail
+    deep inside numpy or JAX, or train on silently cut data)."""
+    bad = [f"{prefix}{k}={v!r}" for k, v in values.items() if v < minimum]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: must be >= {minimum}")
+
+
 def word2vec_sgd_step(params, batch, lr, cbow: bool, neg_weight: float = 1.0):
     """One SGD step of negative-sampling word2vec, with the gradient in closed form.
 
@@ -142,6 +150,9 @@ def train_word2vec(sentences: Sequence[Sequence[str]], *, dim: int = 100, window
     stats: words (corpus tokens x epochs), seconds, words_per_sec, losses (mean loss per
     epoch), vocab.
     """
+    _check_at_least(1, dict(dim=dim, window=window, negatives=negatives, epochs=epochs,
+                            batch_size=batch_size, steps_per_call=steps_per_call))
+    _check_at_least(0, dict(shared_negatives=shared_negatives))
     vocab = vocab or wv.Vocab.build(sentences, min_count)
     corpus = wv.encode_corpus(sentences, vocab)
     n_words = sum(len(s) for s in sentences)
@@ -224,6 +235,8 @@ def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: i
     Defaults suit corpora of about a million words (see configs/glove.py for why x_max and
     lr differ from the paper's 100 and 0.05).
     """
+    _check_at_least(1, dict(dim=dim, window=window, epochs=epochs, batch_size=batch_size,
+                            steps_per_call=steps_per_call))
     vocab = vocab or wv.Vocab.build(sentences, min_count)
     corpus = wv.encode_corpus(sentences, vocab)
     cooc = wv.cooccurrence_matrix(corpus, len(vocab), window)
@@ -284,6 +297,13 @@ def run(config, workdir: str) -> dict:
     if unknown:  # before training, not after it
         raise ValueError(f"config.save_formats: unknown format(s) {unknown}; known: "
                          f"{sorted(FORMATS)}")
+    sizes = {k: config[k] for k in ("dim", "window", "epochs", "batch_size", "steps_per_call")}
+    if config.method == "word2vec":
+        sizes["word2vec.negatives"] = config.word2vec.negatives
+        _check_at_least(0, {"word2vec.shared_negatives": config.word2vec.shared_negatives},
+                        "config.")
+    _check_at_least(1, sizes, "config.")
+    _check_at_least(0, {k: config[k] for k in ("max_sentences", "max_vocab")}, "config.")
     sentences = wv.load_sentences(config.corpus, config.text_field)
     if config.max_sentences:
         sentences = sentences[:config.max_sentences]
