@@ -293,3 +293,12 @@ def test_trainers_reject_sizes_below_one(train, kwargs):
     (key, value), = kwargs.items()
     with pytest.raises(ValueError, match=rf"{key}={value}"):
         train(_planted_corpus(20), min_count=1, log=None, **kwargs)
+
+
+def test_glove_on_one_word_sentences_says_there_are_no_cooccurrences():
+    sentences = [["a"], ["b"], ["a"], ["b"]]
+    vocab, corpus = _corpus(sentences)
+    with pytest.raises(ValueError, match="no co-occurrences"):
+        wv.cooccurrence_matrix(corpus, len(vocab), window=5)
+    with pytest.raises(ValueError, match="no co-occurrences"):
+        static_train.train_glove(sentences, min_count=1, log=None)

@@ -281,8 +281,10 @@ def cooccurrence_matrix(corpus: EncodedCorpus, vocab_size: int, window: int,
             (np.full(len(rows), 1.0 / d), (rows, cols)), shape=(vocab_size, vocab_size))
         # Summing per distance keeps memory at one distance's pairs at a time.
         total = part if total is None else total + part
-    if total is None:
-        raise ValueError("The corpus is too short to have any co-occurrences")
+    if total is None or total.nnz == 0:
+        # No two in-vocabulary words share a sentence (e.g. one-word text units).
+        raise ValueError(f"The corpus has no co-occurrences: no two in-vocabulary words are "
+                         f"within window={window} of each other in one sentence")
     coo = total.tocoo()
     coo.sum_duplicates()
     return coo
