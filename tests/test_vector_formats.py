@@ -73,6 +73,19 @@ def test_non_utf8_text_file_names_file_and_line(tmp_path):
             loader(tmp_path / "bad.txt")
 
 
+@pytest.mark.parametrize("fmt", ["word2vec_text", "glove_text"])
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_word(tmp_path, fmt):
+    # Windows editors and some exporters start UTF-8 text with a BOM.
+    vectors = _vectors(3, 2)
+    vf.save_vectors(vectors, tmp_path / "plain.txt", fmt)
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "plain.txt").read_bytes())
+    assert vf.guess_format(tmp_path / "bom.txt") == fmt
+    for guess in (fmt, None):
+        loaded = vf.load_vectors(tmp_path / "bom.txt", guess)
+        assert loaded.words == vectors.words
+        np.testing.assert_array_equal(loaded.vectors, vectors.vectors)
+
+
 @pytest.mark.parametrize("fmt", sorted(vf.FORMATS))
 def test_unicode_whitespace_tokens_load_and_round_trip(tmp_path, fmt):
     # GloVe's vocabularies hold tokens such as a lone no-break space; only " " separates fields.

@@ -92,6 +92,8 @@ def _read_text(path, header: bool) -> WordVectors:
             except UnicodeDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not UTF-8 (byte {e.start} of the line: "
                                  f"{raw[e.start:e.start + 1]!r})") from None
+            if lineno == 1 and line.startswith("\ufeff"):
+                line = line[1:]  # a UTF-8 byte order mark, not part of the first word
             line = line.rstrip("\n")
             line = line[:-1] if line.endswith("\r") else line  # Windows line ends
             # Split on spaces only: GloVe vocabularies hold odd Unicode "whitespace" tokens.
@@ -194,7 +196,7 @@ def guess_format(path) -> str:
     path = os.fspath(path)
     if path.endswith(".bin"):
         return "word2vec_binary"
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         first = f.readline().split()
     return "word2vec_text" if len(first) == 2 and all(p.isdigit() for p in first) else "glove_text"
 
