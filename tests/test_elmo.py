@@ -241,3 +241,19 @@ def test_a_vocabulary_left_in_the_workdir_is_kept_only_by_a_run_that_resumes(dat
     assert len(bilm.Task(smaller, workdir=str(tmp_path)).vocab) < full
     (tmp_path / "checkpoints" / "10").mkdir(parents=True)
     assert len(bilm.Task(smaller, workdir=str(tmp_path)).vocab) == full
+
+
+@pytest.mark.parametrize("override,match", [
+    ("loss.sampled_softmax=-1", r"loss.sampled_softmax=-1"),
+    ("data.batch_size=0", r"data.batch_size=0"),
+    ("data.eval_batch_size=0", r"data.eval_batch_size=0"),
+    ("data.max_units=-5", r"data.max_units=-5"),
+])
+def test_sizes_below_their_minimum_are_named_before_the_corpus_is_read(monkeypatch, override,
+                                                                        match):
+    from tl_jax.data import sources
+
+    config = config_lib.load_config(CONFIG + ":tiny", [override])
+    monkeypatch.setattr(sources, "load_documents", lambda *a: pytest.fail("read the corpus"))
+    with pytest.raises(ValueError, match=match):
+        bilm.Task(config, workdir=None)

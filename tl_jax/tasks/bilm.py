@@ -165,6 +165,15 @@ class Task:
 
         self.config = config
         data_cfg = config.data
+        # Before reading the corpus: 0 or negative values fail late (ZeroDivisionError, a JAX
+        # shape error after compiling) or silently cut the corpus (max_units=-5).
+        minimums = {"data.batch_size": (data_cfg.batch_size, 1),
+                    "data.eval_batch_size": (data_cfg.eval_batch_size, 1),
+                    "data.max_units": (data_cfg.max_units, 0),
+                    "loss.sampled_softmax": (config.loss.sampled_softmax, 0)}
+        bad = [f"{k}={v!r} (must be >= {m})" for k, (v, m) in minimums.items() if v < m]
+        if bad:
+            raise ValueError(", ".join(bad))
         documents = sources.load_documents(os.path.expandvars(data_cfg.corpus),
                                            data_cfg.text_field, data_cfg.group_field or None)
         units = [u for doc in documents for u in doc]
