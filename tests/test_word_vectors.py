@@ -222,6 +222,7 @@ def test_tiny_configs_run_end_to_end(data_dir, tmp_path, name):
     saved = json.loads((tmp_path / "scores.json").read_text())
     assert saved["wordsim353_pairs"] + saved["wordsim353_oov_pairs"] == 353
     assert np.isfinite(scores["final_loss"])
+    assert json.loads((tmp_path / "static_config.json").read_text())["method"] == name
     vocab = wv.Vocab.load(tmp_path / "vocab.txt")
     for fmt in config.save_formats:
         ext = "bin" if fmt == "word2vec_binary" else "txt"
@@ -302,3 +303,27 @@ def test_glove_on_one_word_sentences_says_there_are_no_cooccurrences():
         wv.cooccurrence_matrix(corpus, len(vocab), window=5)
     with pytest.raises(ValueError, match="no co-occurrences"):
         static_train.train_glove(sentences, min_count=1, log=None)
+
+
+def test_a_workdir_written_with_another_config_is_refused_and_the_same_config_reruns(
+        tmp_path, monkeypatch):
+    import json
+    import pathlib
+
+    from tl_jax import config as config_lib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "word2vec.py"
+    earlier = config_lib.load_config(f"{path}:tiny")
+    (tmp_path / "static_config.json").write_text(json.dumps(earlier.to_dict()))
+    (tmp_path / "vectors.word2vec_text.txt").write_text("1 2\na 1 2\n")
+
+    def read(*args):
+        raise RuntimeError("reached the corpus")
+
+    monkeypatch.setattr(wv, "load_sentences", read)
+    changed = config_lib.load_config(f"{path}:tiny", ["dim=32", "eval_dir=''"])
+    with pytest.raises(ValueError, match=r"(?s)another config.*dim: 16 there, 32 now"):
+        static_train.run(changed, str(tmp_path))
+    # The same training config (evaluation aside) runs again over its own outputs.
+    with pytest.raises(RuntimeError, match="reached the corpus"):
+        static_train.run(config_lib.load_config(f"{path}:tiny", ["eval_dir=''"]), str(tmp_path))

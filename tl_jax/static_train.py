@@ -280,12 +280,25 @@ def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: i
 # ----------------------------------------------------------------------------------------------
 
 
+def _differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, value in a, value in b) for every leaf that differs."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out.extend(_differences(x, y, f"{prefix}{key}."))
+        elif x != y:
+            out.append((prefix + key, x, y))
+    return out
+
+
 def run(config, workdir: str) -> dict:
     """Trains `config.method` ("word2vec" or "glove") and writes vectors + scores to `workdir`.
 
-    Writes WORKDIR/vectors.{txt,bin} in each of `config.save_formats`, WORKDIR/vocab.txt and
-    WORKDIR/scores.json (when `config.eval_dir` holds the evaluation files), and prints the
-    scores last. Returns the scores (plus words_per_sec for word2vec).
+    Writes WORKDIR/vectors.{txt,bin} in each of `config.save_formats`, WORKDIR/vocab.txt,
+    WORKDIR/static_config.json and WORKDIR/scores.json (with the evaluation when `config.eval_dir`
+    holds its files), and prints the scores last. Returns the scores (plus words_per_sec for
+    word2vec). A workdir written with another config (`eval_dir` aside) is refused.
     """
     import json
 
@@ -304,6 +317,19 @@ def run(config, workdir: str) -> dict:
                         "config.")
     _check_at_least(1, sizes, "config.")
     _check_at_least(0, {k: config[k] for k in ("max_sentences", "max_vocab")}, "config.")
+    # Outputs of another config would be overwritten, and those of formats not saved now left
+    # beside the new ones as if they belonged to them: refused, as train.py refuses to resume.
+    # (Not "config.json": that would make the workdir look like a Hugging Face directory.)
+    current = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as saved
+    config_path = os.path.join(workdir, "static_config.json")
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            saved = json.load(f)
+        diffs = [f"  {k}: {saved_v!r} there, {now!r} now"
+                 for k, saved_v, now in _differences(saved, current) if k != "eval_dir"]
+        if diffs:
+            raise ValueError(f"{workdir} holds vectors trained with another config:\n"
+                             + "\n".join(diffs) + "\nUse a new workdir (or delete this one).")
     sentences = wv.load_sentences(config.corpus, config.text_field)
     if config.max_sentences:
         sentences = sentences[:config.max_sentences]
@@ -325,6 +351,8 @@ def run(config, workdir: str) -> dict:
             x_max=g.x_max, alpha=g.alpha, lr=g.learning_rate, batch_size=config.batch_size,
             seed=config.seed, steps_per_call=config.steps_per_call, vocab=vocab)
     os.makedirs(workdir, exist_ok=True)
+    with open(config_path, "w") as f:
+        json.dump(current, f, indent=1)
     vocab.save(os.path.join(workdir, "vocab.txt"))
     for fmt in config.save_formats:
         ext = "bin" if fmt == "word2vec_binary" else "txt"
