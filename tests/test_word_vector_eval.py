@@ -62,6 +62,15 @@ def test_readers_parse_the_real_files_and_reject_malformed_ones(data_dir, tmp_pa
         ev.read_analogies(tmp_path / "q.txt")
 
 
+def test_non_utf8_evaluation_files_name_file_and_line(tmp_path):
+    (tmp_path / "sim.tsv").write_bytes(b"a\tb\t1.0\ncaf\xe9\tcoffee\t7.5\n")  # Latin-1
+    with pytest.raises(ValueError, match=r"sim.tsv:2: not UTF-8"):
+        ev.read_similarity_pairs(tmp_path / "sim.tsv")
+    (tmp_path / "q.txt").write_bytes(b": s\na b c d\n\xe9 b c d\n")
+    with pytest.raises(ValueError, match=r"q.txt:3: not UTF-8"):
+        ev.read_analogies(tmp_path / "q.txt")
+
+
 def test_real_glove_vectors_score_well_above_chance(data_dir):
     scores = ev.evaluate_all(load_glove_text(data_dir / "glove.6B.50d.top20k.txt"), data_dir)
     # Published GloVe 6B-50d numbers are ~0.5 (WordSim353) and ~0.5 (analogies, full vocab).

@@ -24,11 +24,22 @@ SIMLEX999 = "eval/simlex999.txt"
 GOOGLE_ANALOGIES = "eval/questions-words.txt"
 
 
+def _decoded(f, path):
+    """(line number, text) of a file opened in binary: a byte that is not UTF-8 is named by
+    file and line (text mode would raise a bare UnicodeDecodeError, with neither)."""
+    for lineno, raw in enumerate(f, 1):
+        try:
+            yield lineno, raw.decode("utf-8").replace("\r\n", "\n")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not UTF-8 (byte {e.start} of the line: "
+                             f"{raw[e.start:e.start + 1]!r})") from None
+
+
 def read_similarity_pairs(path) -> list[tuple[str, str, float]]:
     """Reads `word1<TAB>word2<TAB>score` lines ('#' starts a comment line)."""
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, line in _decoded(f, path):
             if not line.strip() or line.startswith("#"):
                 continue
             parts = line.rstrip("\n").split("\t")
@@ -47,8 +58,8 @@ def read_similarity_pairs(path) -> list[tuple[str, str, float]]:
 def read_analogies(path) -> list[tuple[str, tuple[str, str, str, str]]]:
     """Reads `: section` headers and `a b c d` questions into (section, question) pairs."""
     questions, section = [], None
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, line in _decoded(f, path):
             if not line.strip():
                 continue
             if line.startswith(":"):
