@@ -257,3 +257,15 @@ def test_sizes_below_their_minimum_are_named_before_the_corpus_is_read(monkeypat
     monkeypatch.setattr(sources, "load_documents", lambda *a: pytest.fail("read the corpus"))
     with pytest.raises(ValueError, match=match):
         bilm.Task(config, workdir=None)
+
+
+def test_characters_encoded_for_another_max_chars_are_refused():
+    # The char CNN max-pools over positions, so any width would run; but a biLM trained on
+    # words cut to max_chars - 2 bytes would then see other spellings than it learned.
+    params = elmo.BiLM(TINY).init(jax.random.PRNGKey(0), *_bilm_inputs([["a", "b"]]))
+    chars, mask = elmo_features.encode_sentences([["a", "b"]], TINY.max_chars + 4)
+    with pytest.raises(ValueError,
+                       match=rf"{TINY.max_chars + 4} characters.*max_chars={TINY.max_chars}"):
+        elmo.BiLM(TINY).apply(params, chars, mask)
+    with pytest.raises(ValueError, match=rf"max_chars={TINY.max_chars}"):
+        elmo_features.ElmoEncoder(TINY).init(jax.random.PRNGKey(0), chars, mask)

@@ -203,6 +203,11 @@ class BiLM(nn.Module):
 
     def __call__(self, chars, mask, train: bool = False):
         cfg = self.config
+        if chars.shape[-1] != cfg.max_chars:
+            # The char CNN would run on any width, on other spellings than it was trained on.
+            raise ValueError(f"chars hold {chars.shape[-1]} characters per token, but this "
+                             f"biLM has max_chars={cfg.max_chars}: encode them with that "
+                             f"max_chars (elmo_features.encode_sentences)")
         b = chars.shape[0]
         maskf = mask.astype(jnp.float32)[..., None]  # (B, T, 1)
         lengths = jnp.sum(mask, axis=1).astype(jnp.int32)  # (B,)
