@@ -86,6 +86,19 @@ def test_a_utf8_byte_order_mark_is_not_part_of_the_first_word(tmp_path, fmt):
         np.testing.assert_array_equal(loaded.vectors, vectors.vectors)
 
 
+@pytest.mark.parametrize("name", ["v.bin.gz", "v.txt.gz"])
+def test_a_compressed_file_is_named_as_compressed(tmp_path, name):
+    # GoogleNews-vectors-negative300.bin.gz is the usual word2vec download.
+    import gzip
+
+    with gzip.open(tmp_path / name, "wb") as f:
+        f.write(b"1 2\na 1 2\n")
+    loaders = [vf.load_vectors] + [load for load, _ in vf.FORMATS.values()]
+    for load in loaders:
+        with pytest.raises(ValueError, match=rf"{name} is gzip-compressed"):
+            load(tmp_path / name)
+
+
 @pytest.mark.parametrize("fmt", sorted(vf.FORMATS))
 def test_unicode_whitespace_tokens_load_and_round_trip(tmp_path, fmt):
     # GloVe's vocabularies hold tokens such as a lone no-break space; only " " separates fields.

@@ -80,6 +80,18 @@ def _parse_row(parts: list[str], dim: int | None, path, lineno: int) -> np.ndarr
                          f"word {parts[0]!r}") from None
 
 
+# Downloads come compressed (GoogleNews-vectors-negative300.bin.gz, glove.6B.zip); read as
+# vectors they would fail as "not UTF-8" or a bad header, which hides the cause.
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip"}
+
+
+def _check_not_compressed(path, head: bytes) -> None:
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise ValueError(f"{path} is {kind}-compressed; decompress it first "
+                             f"({'gunzip' if kind == 'gzip' else 'unzip'})")
+
+
 def _read_text(path, header: bool) -> WordVectors:
     words, rows = [], []
     expected_rows, dim = None, None
@@ -87,6 +99,8 @@ def _read_text(path, header: bool) -> WordVectors:
     # only b"\n" ends a line (text mode would also split a token holding a lone "\r").
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
+            if lineno == 1:
+                _check_not_compressed(path, raw)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -131,6 +145,7 @@ def load_word2vec_binary(path) -> WordVectors:
     """Reads word2vec binary format (header `V D\\n`, then `word ` + D float32 per entry)."""
     with open(path, "rb") as f:
         data = f.read()
+    _check_not_compressed(path, data)
     end = data.find(b"\n")
     header = data[:end].split() if end >= 0 else []
     if len(header) != 2 or not all(h.isdigit() for h in header):
