@@ -248,6 +248,8 @@ def test_a_vocabulary_left_in_the_workdir_is_kept_only_by_a_run_that_resumes(dat
     ("data.batch_size=0", r"data.batch_size=0"),
     ("data.eval_batch_size=0", r"data.eval_batch_size=0"),
     ("data.max_units=-5", r"data.max_units=-5"),
+    # 0 is "no cap" in the static configs; here it would leave only the specials (all <unk>).
+    ("data.max_vocab=0", r"data.max_vocab=0 \(must be >= 5"),
 ])
 def test_sizes_below_their_minimum_are_named_before_the_corpus_is_read(monkeypatch, override,
                                                                         match):

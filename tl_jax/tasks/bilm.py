@@ -170,6 +170,8 @@ class Task:
         minimums = {"data.batch_size": (data_cfg.batch_size, 1),
                     "data.eval_batch_size": (data_cfg.eval_batch_size, 1),
                     "data.max_units": (data_cfg.max_units, 0),
+                    # The specials and at least one word (with fewer every token is <unk>).
+                    "data.max_vocab": (data_cfg.max_vocab, len(SPECIALS) + 1),
                     "loss.sampled_softmax": (config.loss.sampled_softmax, 0)}
         bad = [f"{k}={v!r} (must be >= {m})" for k, (v, m) in minimums.items() if v < m]
         if bad:
