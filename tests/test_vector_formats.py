@@ -123,6 +123,21 @@ def test_truncated_binary_file_is_an_error(tmp_path):
         vf.load_word2vec_binary(tmp_path / "extra.bin")
 
 
+@pytest.mark.parametrize("fmt", sorted(vf.FORMATS))
+def test_a_save_that_fails_midway_keeps_the_previous_file(tmp_path, fmt):
+    # A GloVe text cut at a line end even loads, silently short; and the old file is gone.
+    good = _vectors()
+    path = tmp_path / ("v.bin" if fmt == "word2vec_binary" else "v.txt")
+    vf.save_vectors(good, path, fmt)
+    before = path.read_bytes()
+    broken = _vectors()
+    broken.words[4] = None  # fails after four rows are written
+    with pytest.raises((TypeError, AttributeError)):
+        vf.save_vectors(broken, path, fmt)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
 def test_embedding_matrix_for_a_task_vocabulary():
     vectors = vf.WordVectors(["the", "cat", "sat"], np.arange(12, dtype=np.float32).reshape(3, 4))
     matrix, n_oov = embeddings.embedding_matrix_for_vocab(
