@@ -271,3 +271,9 @@ def test_characters_encoded_for_another_max_chars_are_refused():
         elmo.BiLM(TINY).apply(params, chars, mask)
     with pytest.raises(ValueError, match=rf"max_chars={TINY.max_chars}"):
         elmo_features.ElmoEncoder(TINY).init(jax.random.PRNGKey(0), chars, mask)
+
+
+def test_encode_sentences_refuses_untokenised_strings():
+    # A string is a sequence of strings too: each character would silently become a token.
+    with pytest.raises(ValueError, match=r"sentence 1 is a string.*tokenise"):
+        elmo_features.encode_sentences([["The", "cat"], "The cat sat"], TINY.max_chars)

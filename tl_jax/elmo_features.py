@@ -45,6 +45,10 @@ def encode_sentences(sentences: Sequence[Sequence[str]], max_chars: int,
     Returns chars (B, T + 2, C) int32 and mask (B, T + 2) bool, T = the longest sentence (or
     `max_len`; longer sentences raise, since silently cutting them would drop tokens).
     """
+    for i, sentence in enumerate(sentences):
+        if isinstance(sentence, str):
+            raise ValueError(f"sentence {i} is a string ({sentence[:30]!r}), not a list of "
+                             f"tokens: tokenise it first (e.g. tl_jax.tasks.bilm.tokenize)")
     longest = max((len(s) for s in sentences), default=0)
     t = longest if max_len is None else max_len
     if longest > t:
