@@ -327,3 +327,15 @@ def test_a_workdir_written_with_another_config_is_refused_and_the_same_config_re
     # The same training config (evaluation aside) runs again over its own outputs.
     with pytest.raises(RuntimeError, match="reached the corpus"):
         static_train.run(config_lib.load_config(f"{path}:tiny", ["eval_dir=''"]), str(tmp_path))
+
+
+def test_untokenised_string_sentences_are_refused():
+    # Each character of a string would silently count as a word ("a", "i" are real words).
+    texts = ["a cat sat on a mat", "i saw a cat"] * 50
+    with pytest.raises(ValueError, match=r"sentence 0 is a string.*tokenize"):
+        wv.Vocab.build(texts, min_count=1)
+    vocab = wv.Vocab.build([t.split() for t in texts], min_count=1)
+    with pytest.raises(ValueError, match=r"sentence 0 is a string"):
+        wv.encode_corpus(texts, vocab)
+    with pytest.raises(ValueError, match=r"sentence 0 is a string"):
+        static_train.train_glove(texts, min_count=1, log=None)

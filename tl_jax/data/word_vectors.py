@@ -34,6 +34,13 @@ def tokenize(text: str) -> list[str]:
     return _WORD_RE.findall(text.lower().replace("\u2019", "'"))
 
 
+def _check_tokenised(i: int, sentence) -> None:
+    # A string is a sequence of strings too: its characters would silently count as words.
+    if isinstance(sentence, str):
+        raise ValueError(f"sentence {i} is a string ({sentence[:30]!r}), not a list of words: "
+                         f"tokenize it first (tl_jax.data.word_vectors.tokenize)")
+
+
 @dataclasses.dataclass
 class Vocab:
     """Words sorted by decreasing count, with their corpus counts."""
@@ -62,7 +69,8 @@ class Vocab:
         if min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {min_count}")
         counter = collections.Counter()
-        for sentence in sentences:
+        for i, sentence in enumerate(sentences):
+            _check_tokenised(i, sentence)
             counter.update(sentence)
         items = sorted(((w, c) for w, c in counter.items() if c >= min_count),
                        key=lambda wc: (-wc[1], wc[0]))
@@ -115,6 +123,7 @@ def encode_corpus(sentences: Iterable[Sequence[str]], vocab: Vocab) -> EncodedCo
     """Encodes tokenised sentences; out-of-vocabulary words are removed before windowing."""
     chunks, sent = [], []
     for i, sentence in enumerate(sentences):
+        _check_tokenised(i, sentence)
         ids = vocab.encode(sentence)
         if len(ids):
             chunks.append(ids)
