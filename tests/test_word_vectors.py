@@ -339,3 +339,9 @@ def test_untokenised_string_sentences_are_refused():
         wv.encode_corpus(texts, vocab)
     with pytest.raises(ValueError, match=r"sentence 0 is a string"):
         static_train.train_glove(texts, min_count=1, log=None)
+
+
+def test_glove_divergence_is_an_error_like_word2vec_not_nan_vectors():
+    with pytest.raises(FloatingPointError, match=r"glove loss became nan in epoch 1.*learning"):
+        static_train.train_glove(_planted_corpus(100), dim=8, window=3, epochs=2, min_count=1,
+                                 lr=1e30, batch_size=64, steps_per_call=4, log=None)

@@ -267,6 +267,10 @@ def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: i
                                                            float(x_max), float(alpha))
             epoch_losses.append(chunk_losses)
         losses.append(float(jnp.mean(jnp.concatenate(epoch_losses))))
+        if not np.isfinite(losses[-1]):  # as in word2vec: not NaN vectors saved and scored
+            raise FloatingPointError(
+                f"glove loss became {losses[-1]} in epoch {epoch + 1}: lower the learning "
+                f"rate ({lr}) or batch_size ({batch_size})")
         if log:
             log(f"glove epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
     vectors = embeddings.glove_vectors(jax.block_until_ready(params))
