@@ -345,3 +345,19 @@ def test_glove_divergence_is_an_error_like_word2vec_not_nan_vectors():
     with pytest.raises(FloatingPointError, match=r"glove loss became nan in epoch 1.*learning"):
         static_train.train_glove(_planted_corpus(100), dim=8, window=3, epochs=2, min_count=1,
                                  lr=1e30, batch_size=64, steps_per_call=4, log=None)
+
+
+def test_a_training_workdir_is_refused_before_its_vocab_is_overwritten(tmp_path, monkeypatch):
+    # A biLM (or BERT) workdir keeps its vocabulary in vocab.txt, which a static run rewrites.
+    import pathlib
+
+    from tl_jax import config as config_lib
+
+    (tmp_path / "checkpoints" / "6").mkdir(parents=True)
+    (tmp_path / "vocab.txt").write_text("<pad>\n<unk>\n<S>\n</S>\nthe\n")
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "glove.py"
+    config = config_lib.load_config(f"{path}:tiny")
+    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    with pytest.raises(ValueError, match=r"training workdir.*use another workdir"):
+        static_train.run(config, str(tmp_path))
+    assert (tmp_path / "vocab.txt").read_text().startswith("<pad>")

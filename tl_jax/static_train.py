@@ -321,6 +321,9 @@ def run(config, workdir: str) -> dict:
                         "config.")
     _check_at_least(1, sizes, "config.")
     _check_at_least(0, {k: config[k] for k in ("max_sentences", "max_vocab")}, "config.")
+    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise ValueError(f"{workdir} is a training workdir (it has checkpoints/): static vectors "
+                         f"would overwrite its vocab.txt; use another workdir")
     # Outputs of another config would be overwritten, and those of formats not saved now left
     # beside the new ones as if they belonged to them: refused, as train.py refuses to resume.
     # (Not "config.json": that would make the workdir look like a Hugging Face directory.)
