@@ -138,6 +138,15 @@ def test_a_save_that_fails_midway_keeps_the_previous_file(tmp_path, fmt):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
+def test_most_similar_never_returns_the_word_itself_and_rejects_negative_topn():
+    vectors = _vectors(3, 4)
+    result = vectors.most_similar("the", topn=10)
+    assert [w for w, _ in result] != [] and "the" not in [w for w, _ in result]
+    assert len(result) == 2 and all(np.isfinite(s) for _, s in result)
+    with pytest.raises(ValueError, match="topn=-1"):
+        vectors.most_similar("the", topn=-1)
+
+
 def test_embedding_matrix_for_a_task_vocabulary():
     vectors = vf.WordVectors(["the", "cat", "sat"], np.arange(12, dtype=np.float32).reshape(3, 4))
     matrix, n_oov = embeddings.embedding_matrix_for_vocab(

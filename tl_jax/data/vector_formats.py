@@ -60,10 +60,12 @@ class WordVectors:
         """The `topn` nearest words by cosine similarity, excluding the word itself."""
         if word not in self.index:
             raise KeyError(f"{word!r} is not in the vocabulary")
+        if topn < 0:
+            raise ValueError(f"topn={topn}: must be >= 0")
         unit = self.unit_vectors()
         sims = unit @ unit[self.index[word]]
         sims[self.index[word]] = -np.inf
-        best = np.argsort(-sims)[:topn]
+        best = np.argsort(-sims)[:min(topn, len(self) - 1)]  # the word itself comes last
         return [(self.words[i], float(sims[i])) for i in best]
 
 
