@@ -48,6 +48,17 @@ def test_3cosadd_solves_exact_offsets_and_skips_question_words():
     assert (r.questions, r.oov_questions) == (1, 2)
 
 
+def test_pairs_and_questions_passed_directly_are_lowercased_like_the_files():
+    # "Words are lowercased before lookup": also for pairs and questions not read by the readers.
+    vectors = _angle_vectors(["paris", "france", "rome", "italy"], [0, 0.1, 1.0, 1.1])
+    r = ev.word_similarity(vectors, [("Paris", "France", 9.0), ("Paris", "Italy", 1.0),
+                                     ("ROME", "italy", 8.0)])
+    assert (r.pairs, r.oov_pairs, r.oov_words) == (3, 0, 0)
+    a = ev.analogy_accuracy(vectors, [("c", ("Paris", "France", "Rome", "Italy"))],
+                            restrict_vocab=None)
+    assert (a.questions, a.oov_questions) == (1, 0)
+
+
 def test_readers_parse_the_real_files_and_reject_malformed_ones(data_dir, tmp_path):
     assert len(ev.read_similarity_pairs(data_dir / ev.WORDSIM353)) == 353
     assert len(ev.read_similarity_pairs(data_dir / ev.SIMLEX999)) == 999

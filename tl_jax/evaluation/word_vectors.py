@@ -85,6 +85,7 @@ class SimilarityResult:
 def word_similarity(vectors: WordVectors, pairs) -> SimilarityResult:
     """Spearman correlation of cosine similarity with the human scores."""
     lookup = _lowercase_index(vectors)
+    pairs = [(a.lower(), b.lower(), s) for a, b, s in pairs]
     unit = vectors.unit_vectors()
     known = [(lookup[a], lookup[b], s) for a, b, s in pairs if a in lookup and b in lookup]
     missing = {w for a, b, _ in pairs for w in (a, b) if w not in lookup}
@@ -116,6 +117,7 @@ def analogy_accuracy(vectors: WordVectors, questions, restrict_vocab: int | None
     n = len(vectors) if restrict_vocab is None else min(restrict_vocab, len(vectors))
     lookup = {w: i for w, i in _lowercase_index(vectors).items() if i < n}
     unit = vectors.unit_vectors()[:n]
+    questions = [(s, tuple(w.lower() for w in q)) for s, q in questions]
     answerable = [(s, q) for s, q in questions if all(w in lookup for w in q)]
     correct_by_section: dict[str, list[int]] = {}
     correct = 0
