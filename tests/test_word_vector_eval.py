@@ -59,6 +59,15 @@ def test_pairs_and_questions_passed_directly_are_lowercased_like_the_files():
     assert (a.questions, a.oov_questions) == (1, 0)
 
 
+@pytest.mark.parametrize("kwargs,match", [(dict(restrict_vocab=0), "restrict_vocab=0"),
+                                          (dict(restrict_vocab=-5), "restrict_vocab=-5"),
+                                          (dict(batch_size=0), "batch_size=0")])
+def test_analogy_sizes_below_one_are_errors_not_all_oov(kwargs, match):
+    vectors = _angle_vectors(["a", "b", "c", "d"], [0, 0.1, 1.0, 1.1])
+    with pytest.raises(ValueError, match=match):
+        ev.analogy_accuracy(vectors, [("s", ("a", "b", "c", "d"))], **kwargs)
+
+
 def test_readers_parse_the_real_files_and_reject_malformed_ones(data_dir, tmp_path):
     assert len(ev.read_similarity_pairs(data_dir / ev.WORDSIM353)) == 353
     assert len(ev.read_similarity_pairs(data_dir / ev.SIMLEX999)) == 999

@@ -114,6 +114,10 @@ def analogy_accuracy(vectors: WordVectors, questions, restrict_vocab: int | None
     Restricting to the most frequent words is what word2vec's compute-accuracy and gensim do
     (their default is 30,000 in the C tool); vectors should be sorted by frequency.
     """
+    if (restrict_vocab is not None and restrict_vocab < 1) or batch_size < 1:
+        # restrict_vocab <= 0 would make every question "out of vocabulary", silently.
+        raise ValueError(f"restrict_vocab={restrict_vocab}, batch_size={batch_size}: both must "
+                         f"be >= 1 (restrict_vocab=None for the whole vocabulary)")
     n = len(vectors) if restrict_vocab is None else min(restrict_vocab, len(vectors))
     lookup = {w: i for w, i in _lowercase_index(vectors).items() if i < n}
     unit = vectors.unit_vectors()[:n]
