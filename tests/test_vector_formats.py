@@ -147,6 +147,14 @@ def test_most_similar_never_returns_the_word_itself_and_rejects_negative_topn():
         vectors.most_similar("the", topn=-1)
 
 
+@pytest.mark.parametrize("content,match", [(b"0 3\n", r"e.bin: no vectors in file"),
+                                           (b"2 0\na \nb \n", r"e.bin:1: dimension 0")])
+def test_binary_file_without_vectors_is_an_error_like_a_text_one(tmp_path, content, match):
+    (tmp_path / "e.bin").write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        vf.load_word2vec_binary(tmp_path / "e.bin")
+
+
 def test_embedding_matrix_for_a_task_vocabulary():
     vectors = vf.WordVectors(["the", "cat", "sat"], np.arange(12, dtype=np.float32).reshape(3, 4))
     matrix, n_oov = embeddings.embedding_matrix_for_vocab(

@@ -154,6 +154,10 @@ def load_word2vec_binary(path) -> WordVectors:
     if len(header) != 2 or not all(h.isdigit() for h in header):
         raise ValueError(f"{path}:1: expected a header 'vocab_size dim'")
     n, dim = int(header[0]), int(header[1])
+    if n == 0:
+        raise ValueError(f"{path}: no vectors in file")  # as for the text formats
+    if dim == 0:
+        raise ValueError(f"{path}:1: dimension 0 in the header")
     pos, nbytes = end + 1, 4 * dim
     words, vectors = [], np.empty((n, dim), dtype=np.float32)
     for i in range(n):
