@@ -277,3 +277,8 @@ def test_encode_sentences_refuses_untokenised_strings():
     # A string is a sequence of strings too: each character would silently become a token.
     with pytest.raises(ValueError, match=r"sentence 1 is a string.*tokenise"):
         elmo_features.encode_sentences([["The", "cat"], "The cat sat"], TINY.max_chars)
+
+
+def test_a_min_count_no_word_reaches_is_an_error_not_an_all_unk_softmax(data_dir):
+    with pytest.raises(ValueError, match=r"data.min_count=1000000"):
+        _tiny_task(data_dir, "data.min_count=1000000")

@@ -192,6 +192,10 @@ class Task:
             self.vocab = load_vocab(saved_vocab)
         else:
             self.vocab = build_vocab(train_seqs, data_cfg.min_count, data_cfg.max_vocab)
+            if len(self.vocab) == len(SPECIALS):  # every token would be <unk>
+                raise ValueError(f"no word of the training text occurs data.min_count="
+                                 f"{data_cfg.min_count} times: the vocabulary would hold only "
+                                 f"{SPECIALS}")
         self.model_config = elmo.elmo_config(
             config.model.size, len(self.vocab), dropout_rate=config.model.dropout_rate,
             **({"max_chars": config.model.max_chars} if config.model.max_chars else {}))
