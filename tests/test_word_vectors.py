@@ -361,3 +361,21 @@ def test_a_training_workdir_is_refused_before_its_vocab_is_overwritten(tmp_path,
     with pytest.raises(ValueError, match=r"training workdir.*use another workdir"):
         static_train.run(config, str(tmp_path))
     assert (tmp_path / "vocab.txt").read_text().startswith("<pad>")
+
+
+def test_an_eval_dir_missing_some_of_the_files_fails_before_training(tmp_path, monkeypatch):
+    # Only WordSim353 was checked, so a missing SimLex-999 crashed after training, before
+    # scores.json was written.
+    import pathlib
+
+    from tl_jax import config as config_lib
+    from tl_jax.evaluation import word_vectors as evaluation
+
+    eval_dir = tmp_path / "evals"
+    (eval_dir / "eval").mkdir(parents=True)
+    (eval_dir / evaluation.WORDSIM353).write_text("a\tb\t1.0\nc\td\t2.0\n")
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "word2vec.py"
+    config = config_lib.load_config(f"{path}:tiny", [f"eval_dir='{eval_dir}'"])
+    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    with pytest.raises(ValueError, match=r"eval_dir.*lacks.*simlex999.txt.*questions-words.txt"):
+        static_train.run(config, str(tmp_path / "work"))

@@ -337,6 +337,12 @@ def run(config, workdir: str) -> dict:
         if diffs:
             raise ValueError(f"{workdir} holds vectors trained with another config:\n"
                              + "\n".join(diffs) + "\nUse a new workdir (or delete this one).")
+    eval_dir = os.path.expandvars(config.eval_dir) if config.eval_dir else ""
+    eval_files = (evaluation.WORDSIM353, evaluation.SIMLEX999, evaluation.GOOGLE_ANALOGIES)
+    missing = [f for f in eval_files if not pathlib.Path(eval_dir, f).exists()]
+    if eval_dir and 0 < len(missing) < len(eval_files):  # before training, not after it
+        raise ValueError(f"config.eval_dir={eval_dir!r} lacks {missing}; it needs all of "
+                         f"{list(eval_files)} (or eval_dir='' to skip the evaluation)")
     sentences = wv.load_sentences(config.corpus, config.text_field)
     if config.max_sentences:
         sentences = sentences[:config.max_sentences]
@@ -367,8 +373,7 @@ def run(config, workdir: str) -> dict:
     scores = {"train_seconds": stats["seconds"], "final_loss": stats["losses"][-1]}
     if "words_per_sec" in stats:
         scores["words_per_sec"] = stats["words_per_sec"]
-    eval_dir = os.path.expandvars(config.eval_dir) if config.eval_dir else ""
-    if eval_dir and pathlib.Path(eval_dir, evaluation.WORDSIM353).exists():
+    if eval_dir and not missing:
         scores.update(evaluation.evaluate_all(vectors, eval_dir))
         print(evaluation.format_scores(scores), flush=True)
     elif eval_dir:
