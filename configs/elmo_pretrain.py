@@ -9,7 +9,8 @@ $TL_JAX_DATA_DIR), trains both directions for `train.steps` steps and ends with 
 
 The argument picks a size from `tl_jax.models.elmo.SIZES` (tiny, mini, small, base); `tiny`
 shrinks the run to a smoke test of a few steps. `--config.loss.sampled_softmax=N` trains with a
-sampled softmax of N candidates (eval stays exact). Features for downstream tasks:
+sampled softmax of N candidates (eval stays exact); mini, small and base do so by default (1024,
+4096, 8192), and N=0 trains with the full softmax. Features for downstream tasks:
 `tl_jax.elmo_features.load_elmo(workdir)`.
 """
 import ml_collections

@@ -5,7 +5,7 @@ machine, a word2vec step touches a few thousand rows of a table, and plain SGD w
 decaying rate has no optimizer state. So they get this small trainer, which reuses the models
 (`tl_jax.models.embeddings`), the data code (`tl_jax.data.word_vectors`) and optax.
 
-Speed comes from three things: (1) one jitted call runs `steps_per_call` steps under
+Speed comes from four things: (1) one jitted call runs `steps_per_call` steps under
 `lax.scan`, so Python dispatch is paid once per many batches; (2) the word2vec step writes its
 closed-form gradient straight into the gathered rows with a scatter-add on donated tables
 (instead of materialising a dense (V, D) gradient); (3) negatives are drawn on the device;
