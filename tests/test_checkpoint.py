@@ -407,3 +407,16 @@ def test_a_checkpoint_of_other_shapes_is_an_error_not_corruption(tmp_path):
     assert ckpt.all_steps() == [3] and not (tmp_path / "checkpoints_corrupt").exists()
     restored = ckpt.restore_latest_good(jax.eval_shape(lambda: state))
     assert restored[3] == 3
+
+
+def test_summaries_are_strict_json_even_with_nan(tmp_path):
+    # summary.json / scores.json are read by jq and JSON.parse, which reject bare NaN.
+    path = str(tmp_path / "summary.json")
+    ckpt_lib.save_json(path, {"eval/loss": float("nan"), "acc": np.float32(0.5),
+                              "rows": [np.float64("-inf"), 2]})
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    assert json.loads(open(path).read(), parse_constant=refuse) == {
+        "eval/loss": "nan", "acc": 0.5, "rows": ["-inf", 2]}

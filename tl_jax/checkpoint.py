@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from tl_jax.metrics_writer import json_safe
 from tl_jax.optim.optimizers import path_str
 
 log = logging.getLogger(__name__)
@@ -386,5 +387,5 @@ def load_params_from_workdir(workdir: str) -> tuple[dict[str, np.ndarray], int]:
 def save_json(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        json.dump(json_safe(obj), f, indent=2, sort_keys=True, default=str, allow_nan=False)
     os.replace(tmp, path)

@@ -6,6 +6,7 @@ import math
 import os
 
 import jax
+import numpy as np
 
 
 def _row_step(line: str) -> int | None:
@@ -44,6 +45,19 @@ def truncate_after(path: str, step: int) -> int:
     return len(drop)
 
 
+
+def json_safe(obj):
+    """`obj` with every NaN or infinite float as the string "nan" / "inf" / "-inf": strict JSON
+    has no such numbers (Python would write bare NaN, which jq and JSON.parse reject)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else str(value)
+    return obj
+
 class MetricsWriter:
     """Writes scalars from process 0 only; other processes get a no-op writer.
 
@@ -74,8 +88,7 @@ class MetricsWriter:
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
-        clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v)))
-                 for k, v in scalars.items()}
+        clean = {k: json_safe(float(v)) for k, v in scalars.items()}
         self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
         for k, v in scalars.items():
             self._tb.add_scalar(k, float(v), int(step))

@@ -31,6 +31,7 @@ import optax
 
 from tl_jax.data import word_vectors as wv
 from tl_jax.data.vector_formats import FORMATS, WordVectors, save_vectors
+from tl_jax.metrics_writer import json_safe
 from tl_jax.models import embeddings
 
 # ----------------------------------------------------------------------------------------------
@@ -379,7 +380,7 @@ def run(config, workdir: str) -> dict:
     elif eval_dir:
         print(f"no evaluation files under {eval_dir}; skipping word similarity and analogies")
     with open(os.path.join(workdir, "scores.json"), "w") as f:
-        json.dump(scores, f, indent=1)
+        json.dump(json_safe(scores), f, indent=1, allow_nan=False)
     print(f"done: {config.method} {config.epochs} epochs in {stats['seconds']:.1f}s | final loss "
           f"{scores['final_loss']:.4f} | vectors in {workdir}", flush=True)
     return scores
