@@ -282,3 +282,14 @@ def test_encode_sentences_refuses_untokenised_strings():
 def test_a_min_count_no_word_reaches_is_an_error_not_an_all_unk_softmax(data_dir):
     with pytest.raises(ValueError, match=r"data.min_count=1000000"):
         _tiny_task(data_dir, "data.min_count=1000000")
+
+
+def test_training_in_a_static_vectors_workdir_is_refused(tmp_path):
+    from tl_jax import train
+
+    (tmp_path / "vocab.txt").write_text("the 10\n")
+    (tmp_path / "static_config.json").write_text("{}")
+    config = config_lib.load_config(CONFIG + ":tiny")
+    with pytest.raises(ValueError, match="holds static word vectors"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert (tmp_path / "vocab.txt").read_text() == "the 10\n"

@@ -393,6 +393,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     Resumes from the workdir's newest good checkpoint if there is one. Returns the summary
     (also written to `WORKDIR/summary.json`) and the final state.
     """
+    if os.path.exists(os.path.join(workdir, "static_config.json")):
+        # Its vocab.txt (and, for some tasks, more) would be overwritten by this run's.
+        raise ValueError(f"{workdir} holds static word vectors (`tl_jax static`); train in "
+                         "another workdir")
     os.makedirs(workdir, exist_ok=True)
     trainer = build_trainer(config, workdir)
     task, mesh, tc = trainer.task, trainer.mesh, config.train
