@@ -48,6 +48,7 @@ import importlib
 # config.task -> module path; each module defines `Task(config, workdir)`.
 TASKS = {
     "bert_pretrain": "tl_jax.tasks.bert_pretrain",
+    "electra": "tl_jax.tasks.electra",
     "clm": "tl_jax.tasks.clm",
     "lm_classify": "tl_jax.tasks.lm_classify",
     "classify": "tl_jax.tasks.classify",

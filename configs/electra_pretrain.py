@@ -1,0 +1,115 @@
+"""ELECTRA pretraining (generator MLM + replaced-token detection) on raw text.
+
+Run:
+  tl_jax train --config=configs/electra_pretrain.py:mini --workdir=/tmp/electra_mini
+
+It trains a WordPiece vocabulary on the corpus, pretrains generator and discriminator together
+for `train.steps` steps with a progress bar (generator MLM accuracy, discriminator accuracy),
+and ends with a summary line of this form:
+  done: 600 steps | held-out mlm_accuracy A | held-out disc_accuracy B | held-out
+  disc_baseline_accuracy C | held-out disc_precision D | held-out disc_recall E | N tokens/s | MFU M%
+where C is what answering "original" everywhere scores: the discriminator has learnt something
+when B > C. Fine-tune the discriminator with
+  tl_jax train --config=configs/finetune_classify.py:tiny --workdir=/tmp/ft \
+    --config.init_from=/tmp/electra_mini
+
+The argument picks a size from `tl_jax.models.electra.SIZES` (tiny, mini, small, base, large;
+ELECTRA's small is 12 layers of 256, not BERT's small); `tiny` also shrinks the run to a smoke
+test. The generator is `model.generator_fraction` of the discriminator's width (0 = the size
+table's: 1/4, 1/3 for base). Override anything with `--config.key=value`.
+"""
+import ml_collections
+
+from tl_jax import parallel
+from tl_jax.optim import optimizers
+
+# Steps / batch / warmup / peak lr per size: tiny and mini sized for a 2-core CPU as in
+# configs/bert_pretrain.py; small, base and large as in the ELECTRA paper (Table 6).
+RUNS = {
+    "tiny": dict(steps=20, batch_size=16, warmup=5, lr=1e-3, seq=64),
+    "mini": dict(steps=600, batch_size=32, warmup=60, lr=1e-3, seq=128),
+    "small": dict(steps=1_000_000, batch_size=128, warmup=10_000, lr=5e-4, seq=128),
+    "base": dict(steps=766_000, batch_size=256, warmup=10_000, lr=2e-4, seq=512),
+    "large": dict(steps=400_000, batch_size=2048, warmup=10_000, lr=2e-4, seq=512),
+}
+
+
+def get_config(arg=None):
+    size = arg or "mini"
+    if size not in RUNS:
+        raise ValueError(f"Unknown size {size!r}; choose one of {sorted(RUNS)}")
+    run = RUNS[size]
+    c = ml_collections.ConfigDict()
+    c.task = "electra"
+    c.seed = 0
+    c.init_from = ""  # an ELECTRA workdir to continue, or a BERT workdir for the discriminator
+
+    c.model = ml_collections.ConfigDict(dict(
+        size=size,                # a name in tl_jax.models.electra.SIZES
+        generator_fraction=0.0,   # generator width / discriminator width; 0 = the size's
+        generator_num_layers=0,   # 0 = as deep as the discriminator
+        vocab_size=0,             # 0 = the tokenizer's size; otherwise must be >= it
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        dropout_rate=0.1,
+        attention_dropout_rate=0.1,
+        dtype="float32",          # compute dtype; "bfloat16" = mixed precision (params stay f32)
+    ))
+
+    c.electra = ml_collections.ConfigDict(dict(
+        discriminator_weight=50.0,  # lambda in loss = MLM + lambda * replaced-token BCE
+        temperature=1.0,            # of the generator's softmax when sampling replacements
+    ))
+
+    # BERT pretraining's data pipeline; the NSP pairs are made but not scored.
+    c.data = ml_collections.ConfigDict(dict(
+        corpus="gensim:enwiki,gensim:lee",  # files, globs, jsonl, tfds:NAME, gensim:enwiki|lee
+        text_field="text",
+        group_field="",
+        tokenizer="",                       # "" = train WordPiece; or vocab.txt / tokenizer.json
+        tokenizer_vocab_size=8192,
+        lowercase=True,
+        max_seq_length=run["seq"],
+        max_predictions_per_seq=20 if run["seq"] <= 128 else 80,
+        masked_lm_prob=0.15,
+        short_seq_prob=0.1,
+        whole_word_masking=False,
+        dynamic_masking=True,
+        dupe_factor=5,
+        eval_fraction=0.05,
+        batch_size=run["batch_size"],       # global, over all devices and processes
+        eval_batch_size=run["batch_size"],
+        max_documents=0,
+    ))
+
+    c.optimizer = optimizers.default_config()
+    c.optimizer.learning_rate = run["lr"]
+    c.optimizer.warmup_steps = run["warmup"]
+
+    c.train = ml_collections.ConfigDict(dict(
+        steps=run["steps"],
+        log_every=10,
+        eval_every=200,
+        eval_batches=20,          # 0 = the whole held-out set
+        checkpoint_every=200,
+        keep_checkpoints=3,
+        # No "best" checkpoint: discriminator accuracy falls as the generator gets better, so
+        # it does not rank checkpoints; the newest is the one to fine-tune (as in the paper).
+        best_metric="",
+        best_mode="max",
+        async_checkpoint=True,
+        on_nonfinite="stop",      # stop | skip (skipped steps leave params and optimizer as is)
+        peak_flops=200e9,         # per device, for MFU; measure yours with benchmarks/
+        progress=True,
+    ))
+    if size == "tiny":
+        c.train.log_every = 5
+        c.train.eval_every = 10
+        c.train.checkpoint_every = 10
+        c.train.eval_batches = 2
+        c.data.max_documents = 200
+        c.data.tokenizer_vocab_size = 2000
+
+    c.mesh = parallel.default_config()
+    c.distributed = parallel.distributed_config()
+    return c

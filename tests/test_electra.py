@@ -1,0 +1,259 @@
+"""ELECTRA: the model (shared embeddings, replaced-token labels, gradients), the task through the
+one trainer (learning on real text, sharding invariance) and fine-tuning from its workdir."""
+import json
+import pathlib
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tl_jax import config as config_lib
+from tl_jax import parallel, train
+from tl_jax.models import electra
+from tl_jax.tasks import electra as electra_task
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ELECTRA = str(ROOT / "configs" / "electra_pretrain.py")
+CLASSIFY = str(ROOT / "configs" / "finetune_classify.py")
+
+B, L, P, V = 2, 8, 3, 50
+
+
+def tiny_model(**overrides):
+    config = electra.ElectraConfig.from_size("tiny", vocab_size=V, max_position_embeddings=16,
+                                             **overrides)
+    return config, electra.ElectraForPreTraining(config)
+
+
+def toy_batch():
+    input_ids = np.array([[2, 4, 9, 11, 3, 0, 0, 0],    # [CLS] [MASK] w w [SEP] pad pad pad
+                          [2, 12, 4, 13, 14, 4, 3, 0]], np.int32)
+    return dict(
+        input_ids=input_ids,
+        segment_ids=np.zeros((B, L), np.int32),
+        input_mask=(input_ids > 0).astype(np.int32),
+        masked_positions=np.array([[1, 0, 0], [2, 5, 0]], np.int32),  # weight 0: padding slots
+        masked_ids=np.array([[7, 0, 0], [20, 21, 0]], np.int32),
+        masked_weights=np.array([[1, 0, 0], [1, 1, 0]], np.float32),
+    )
+
+
+def inputs(batch):
+    return (batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+            batch["masked_positions"], batch["masked_ids"], batch["masked_weights"])
+
+
+def flat(tree):
+    return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config, model = tiny_model(dropout_rate=0.0, attention_dropout_rate=0.0)
+    batch = toy_batch()
+    key = jax.random.PRNGKey(0)
+    init = jax.jit(lambda k: model.init({"params": k, "dropout": k, "sample": k}, *inputs(batch)))
+    params = flax.linen.unbox(init(key)["params"])
+    return config, model, params, batch
+
+
+def test_shapes_and_shared_embeddings(tiny):
+    config, model, params, batch = tiny
+    assert config.generator.hidden_size == 32 and config.generator.num_heads == 1  # 1/4 of 128
+    outputs, intermediates = jax.eval_shape(lambda p: model.apply(
+        {"params": p}, *inputs(batch), rngs={"sample": jax.random.PRNGKey(1)}), params)
+    assert outputs["mlm_logits"].shape == (B, P, V)
+    assert outputs["sampled_ids"].shape == (B, P)
+    assert outputs["discriminator_logits"].shape == (B, L)
+    assert outputs["sequence_output"].shape == (B, L, 128)
+    assert {"embeddings", "layer_2", "generator_embeddings", "generator_layer_2"} <= set(
+        intermediates)
+    assert intermediates["generator_layer_2"].shape == (B, L, 32)
+    names = flat(params)
+    # One embedding table, the discriminator's: the generator has none of its own (the MLM
+    # loss reaching that table is checked in test_loss_is_finite_...).
+    assert [n for n in names if "word_embeddings" in n] == [
+        "bert/embeddings/word_embeddings/embedding"]
+    assert not any(n.startswith("generator/embeddings/") for n in names)
+    assert names["generator/embeddings_project/kernel"].shape == (128, 32)
+    assert names["generator/mlm_head/transform/kernel"].shape == (32, 128)
+
+
+def test_replaced_labels_count_only_real_changes():
+    batch = toy_batch()
+    # Row 0: the one real slot samples its original (7): not replaced. Slots 2-3 are padding
+    # (position 0, weight 0) and sample 5 / 6: [CLS] must stay. Row 1: 20 -> 30 replaced,
+    # 21 -> 21 not.
+    sampled = np.array([[7, 5, 6], [30, 21, 9]], np.int32)
+    fake, replaced = electra.replace_tokens(
+        jnp.asarray(batch["input_ids"]), jnp.asarray(batch["masked_positions"]),
+        jnp.asarray(batch["masked_weights"]), jnp.asarray(batch["masked_ids"]),
+        jnp.asarray(sampled))
+    np.testing.assert_array_equal(fake, [[2, 7, 9, 11, 3, 0, 0, 0],
+                                         [2, 12, 30, 13, 14, 21, 3, 0]])
+    expected = np.zeros((B, L), bool)
+    expected[1, 2] = True
+    np.testing.assert_array_equal(replaced, expected)
+
+    # The loss scores every real token and no pad: counts are the non-pad tokens.
+    outputs = dict(mlm_logits=jnp.zeros((B, P, V)), replaced=replaced,
+                   discriminator_logits=jnp.full((B, L), -3.0))
+    loss, metrics = electra_task.electra_loss(outputs, batch, 50.0)
+    assert np.isfinite(loss)
+    n_real = batch["input_mask"].sum()
+    assert float(metrics["disc_accuracy"][1]) == n_real == 12
+    assert float(metrics["disc_accuracy"][0]) == n_real - 1  # all "original": one miss
+    assert float(metrics["disc_baseline_accuracy"][0]) == n_real - 1
+    assert float(metrics["disc_recall"][0]) == 0 and float(metrics["disc_recall"][1]) == 1
+    assert float(metrics["mlm_accuracy"][1]) == 3  # the real prediction slots only
+
+
+@pytest.fixture(scope="module")
+def gradients(tiny):
+    """(loss, gradients of the loss, of the MLM loss alone, of the discriminator's loss alone)."""
+    _, model, params, batch = tiny
+
+    def losses(p):
+        outputs, _ = model.apply({"params": p}, *inputs(batch),
+                                 rngs={"sample": jax.random.PRNGKey(3)})
+        loss, metrics = electra_task.electra_loss(outputs, batch, 50.0)
+        return (loss, metrics["mlm_loss"][0] / metrics["mlm_loss"][1],
+                metrics["disc_loss"][0] / metrics["disc_loss"][1])
+
+    @jax.jit
+    def grads(p):
+        loss, total = jax.value_and_grad(lambda q: losses(q)[0])(p)
+        return (loss, total, jax.grad(lambda q: losses(q)[1])(p),
+                jax.grad(lambda q: losses(q)[2])(p))
+    return grads(params)
+
+
+def _norms(grads, prefix):
+    return [float(np.abs(np.asarray(g)).sum()) for n, g in flat(grads).items()
+            if n.startswith(prefix)]
+
+
+def test_loss_is_finite_and_its_gradient_reaches_both_models(gradients):
+    loss, grads, mlm_grads, _ = gradients
+    assert np.isfinite(loss) and loss > 0
+    for prefix in ("generator/encoder/", "generator/mlm_head/", "generator/embeddings_project",
+                   "bert/encoder/", "bert/embeddings/", "discriminator_head/"):
+        assert sum(_norms(grads, prefix)) > 0, prefix
+    # The generator's own loss trains the shared embeddings (it reads and decodes with them)
+    # and leaves the discriminator's layers alone.
+    assert sum(_norms(mlm_grads, "bert/embeddings/word_embeddings")) > 0
+    assert sum(_norms(mlm_grads, "bert/embeddings/position_embeddings")) > 0
+    assert max(_norms(mlm_grads, "bert/encoder/") + _norms(mlm_grads, "discriminator_head/")) == 0
+
+
+def test_no_gradient_flows_through_the_sampling(gradients):
+    grads = gradients[3]
+    # The discriminator's loss trains the discriminator and the shared embeddings...
+    assert sum(_norms(grads, "bert/encoder/")) > 0
+    assert sum(_norms(grads, "bert/embeddings/")) > 0
+    # ...and not one generator weight, whose only way there is the discrete sample.
+    assert _norms(grads, "generator/") and max(_norms(grads, "generator/")) == 0.0
+
+
+def test_bad_sizes_are_clear_errors(tiny_bert_overrides):
+    with pytest.raises(ValueError, match="generator is bigger than the discriminator"):
+        tiny_model(generator_num_layers=3)
+    with pytest.raises(ValueError, match="bigger than the discriminator is not ELECTRA"):
+        tiny_model(generator_fraction=1.5)
+    with pytest.raises(ValueError, match="Unknown ELECTRA size 'huge'"):
+        electra.ElectraConfig.from_size("huge")
+    with pytest.raises(ValueError, match="Unknown size 'huge'"):
+        config_lib.load_config(ELECTRA + ":huge")
+    # Through the trainer, before any data is read or anything compiles.
+    for override, message in (("model.generator_fraction=2.0", "not ELECTRA"),
+                              ("model.size='medium'", "Unknown ELECTRA size"),
+                              ("electra.temperature=0.0", "temperature")):
+        config = config_lib.load_config(ELECTRA + ":tiny", tiny_bert_overrides + [override])
+        with pytest.raises(ValueError, match=message):
+            train.build_trainer(config, workdir=None)
+
+
+def one_step(overrides):
+    config = config_lib.load_config(ELECTRA + ":tiny", overrides)
+    trainer = train.build_trainer(config, workdir=None)
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    batch = parallel.host_batch_to_global(next(trainer.task.train_batches()), trainer.mesh)
+    state, metrics = trainer.train_step(state, batch)
+    params = jax.tree_util.tree_map(np.asarray, jax.device_get(state["params"]))
+    return {k: float(s) / max(float(c), 1.0) for k, (s, c) in
+            jax.device_get(metrics).items()}, params, state
+
+
+def test_one_step_is_the_same_unsharded_and_sharded(tiny_bert_overrides):
+    ref, ref_params, _ = one_step(tiny_bert_overrides + ["mesh.num_devices=1"])
+    got, params, state = one_step(tiny_bert_overrides + ["mesh.data=2", "mesh.fsdp=2",
+                                                         "mesh.tensor=2"])
+    # Same samples (same replaced fraction), same losses, same updated weights.
+    for key in ("loss", "mlm_loss", "disc_loss", "replaced_fraction", "disc_accuracy"):
+        assert got[key] == pytest.approx(ref[key], rel=1e-5), key
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), params, ref_params)
+    kernel = state["params"]["bert"]["encoder"]["layer_0"]["attention"]["query"]["kernel"]
+    assert "tensor" in str(kernel.sharding.spec)
+    emb = state["params"]["bert"]["embeddings"]["word_embeddings"]["embedding"]
+    assert "fsdp" in str(emb.sharding.spec)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert_overrides, tmp_path_factory):
+    # Sampling at a high temperature (near-uniform replacements). At temperature 1 the generator
+    # learns unigram frequencies within ~20 steps, and its samples are then frequent words that
+    # only knowledge of the language can spot: a tiny discriminator sits at the prior for its
+    # first ~150 steps (measured: held-out BCE 0.368 vs the prior's 0.376 at step 200). Flat
+    # samples are rare words out of place, which it learns to spot within a few dozen steps.
+    workdir = tmp_path_factory.mktemp("electra")
+    config = config_lib.load_config(ELECTRA + ":tiny", tiny_bert_overrides + [
+        "train.steps=60", "train.log_every=10", "train.eval_every=60",
+        "train.checkpoint_every=60", "optimizer.warmup_steps=6", "optimizer.learning_rate=2e-3",
+        "train.eval_batches=4", "electra.temperature=1000.0"])
+    return train.train_and_evaluate(config, str(workdir)), workdir
+
+
+def test_a_tiny_run_on_real_text_learns_to_detect_replacements(trained):
+    result, workdir = trained
+    summary = result.summary
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [x for x in lines if "loss" in x]
+    assert train_lines[-1]["loss"] < train_lines[0]["loss"] - 5.0, train_lines
+    assert train_lines[-1]["mlm_loss"] < train_lines[0]["mlm_loss"] - 0.3
+    # Held-out, the discriminator beats every constant answer in log-loss: the best constant
+    # (the replaced fraction r) scores the entropy H(r). Its accuracy is at least the
+    # all-"original" baseline (with 1 token in 8 replaced, few probabilities pass 0.5 this early).
+    r = summary["eval/replaced_fraction"]
+    prior = -(r * np.log(r) + (1 - r) * np.log(1 - r))
+    assert 0.05 < r < 0.2
+    assert summary["eval/disc_loss"] < prior - 0.02, (summary, prior)
+    assert summary["eval/disc_accuracy"] >= summary["eval/disc_baseline_accuracy"] - 1e-3
+    assert summary["step"] == 60 and (workdir / "tokenizer" / "vocab.txt").exists()
+
+
+def test_a_finished_workdir_warm_starts_the_classifier(trained, data_dir, capsys):
+    _, workdir = trained
+    config = config_lib.load_config(CLASSIFY + ":tiny", [
+        f"init_from={workdir}", "train.progress=False", "mesh.num_devices=1",
+        f"data.train_file={data_dir / 'polarity_sentences.jsonl'}",
+        f"data.eval_file={data_dir / 'polarity_sentences.jsonl'}", "data.max_seq_length=32",
+        "data.max_train_examples=32", "data.max_eval_examples=16"])
+    trainer = train.build_trainer(config, workdir=None)
+    shape = trainer.task.model_config  # read from the checkpoint's shapes
+    assert (shape.num_layers, shape.hidden_size, shape.num_heads, shape.vocab_size) == (2, 128, 2,
+                                                                                       2000)
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    printed = capsys.readouterr().out
+    assert "took 37 tensors" in printed and "bert/pooler" in printed
+    from tl_jax import checkpoint
+    source, _ = checkpoint.load_params_from_workdir(str(workdir))
+    got = flat(jax.device_get(state["params"]))
+    encoder = [n for n in source if n.startswith("bert/")]
+    assert len(encoder) == 37
+    for name in encoder:  # every discriminator tensor, and no generator's
+        np.testing.assert_array_equal(got[name], source[name])
+    assert not any(n.startswith("generator") for n in got)
+
