@@ -497,6 +497,11 @@ def save_pretrained(directory, config: BertConfig, params) -> None:
 def _find_bert_root(flat_target: dict) -> str:
     suffix = "embeddings/word_embeddings/embedding"
     roots = [p[: -len(suffix)] for p in flat_target if p.endswith(suffix)]
+    # A distillation run keeps its frozen teacher nested (`teacher/bert/`) beside the student
+    # (`bert/`): the shallowest encoder is the model, when exactly one is shallowest.
+    depths = [r.count("/") for r in roots]
+    if len(roots) > 1 and depths.count(min(depths)) == 1:
+        return roots[depths.index(min(depths))]
     if len(roots) != 1:
         raise ValueError(f"expected exactly one BERT encoder in the param tree (a path ending "
                          f"in {suffix!r}), found {len(roots)}: {roots}")

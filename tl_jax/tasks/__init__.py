@@ -56,6 +56,7 @@ TASKS = {
     "squad": "tl_jax.tasks.squad",
     "bilm": "tl_jax.tasks.bilm",
     "probe": "tl_jax.tasks.probe",
+    "distill": "tl_jax.tasks.distill",
 }
 
 

@@ -1,0 +1,236 @@
+"""DistilBERT-style distillation (tl_jax/tasks/distill.py) through the one trainer."""
+import json
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tl_jax import checkpoint, config as config_lib, train, warm_start
+from tl_jax.data import sources
+from tl_jax.data.tokenizer import Tokenizer
+from tl_jax.interop import bert as hf_bert
+from tl_jax.models import bert
+from tl_jax.optim import masks
+from tl_jax.tasks import distill
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DISTILL = str(ROOT / "configs" / "distill.py") + ":tiny"
+CLASSIFY = str(ROOT / "configs" / "finetune_classify.py") + ":tiny"
+
+
+def random_bert_dir(path, tokenizer, num_layers, hidden, *, with_heads=True, seed=0):
+    """A Hugging Face BERT directory with random weights. Its MLM output bias is large and
+    random, so the teacher's distribution is peaked (a target a student has to learn)."""
+    config = bert.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden,
+                             num_layers=num_layers, num_heads=2, intermediate_size=2 * hidden,
+                             max_position_embeddings=64)
+    ids = jnp.zeros((1, 8), jnp.int32)
+    model = bert.BertForPreTraining(config) if with_heads else bert.BertModel(config)
+    params = nn.unbox(model.init(jax.random.PRNGKey(seed), ids)["params"])
+    params = jax.tree_util.tree_map(np.asarray, params)
+    if with_heads:
+        params["mlm_head"]["output_bias"] = 3.0 * np.random.default_rng(seed).standard_normal(
+            tokenizer.vocab_size).astype(np.float32)
+    hf_bert.export(params, config, path, with_heads=with_heads, tokenizer=tokenizer)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def corpus(data_dir):
+    return str(data_dir / "enwiki_sample.jsonl")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus):
+    docs = sources.load_documents(corpus, text_field="text", group_field="title")[:60]
+    return Tokenizer.train_wordpiece(docs, vocab_size=1000, lowercase=True)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, tokenizer):
+    return random_bert_dir(tmp_path_factory.mktemp("teacher"), tokenizer, num_layers=2, hidden=32)
+
+
+def distill_config(teacher, corpus, *overrides):
+    return config_lib.load_config(DISTILL, [
+        f"init_from={teacher}", f"data.corpus={corpus}", "train.progress=False",
+        "data.batch_size=8", "data.eval_batch_size=8", "train.eval_batches=1", *overrides])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, teacher_dir, corpus):
+    """A tiny distillation from scratch (the soft targets then have much to teach): the state
+    before training, the eval metrics before and after, and the finished workdir."""
+    workdir = str(tmp_path_factory.mktemp("distill"))
+    config = distill_config(teacher_dir, corpus, "student.init=scratch", "train.steps=10",
+                            "train.eval_every=10", "train.checkpoint_every=10",
+                            "optimizer.learning_rate=3e-3")
+    result = train.train_and_evaluate(config, workdir)
+    initial = result.trainer.init_state(jax.random.PRNGKey(config.seed))
+    before = train.evaluate(result.trainer, initial["params"], 0)
+    return dict(result=result, initial=initial, before=before, workdir=workdir)
+
+
+# -- student shape and initialisation ------------------------------------------------------------
+
+
+def test_student_layers_default_to_every_other_layer_and_lists_are_checked():
+    assert distill.student_layer_indices(12, 0) == [0, 2, 4, 6, 8, 10]
+    assert distill.student_layer_indices(6, 3) == [0, 2, 4]
+    assert distill.student_layer_indices(4, 0, "1,3") == [1, 3]
+    with pytest.raises(ValueError, match="deeper than the teacher"):
+        distill.student_layer_indices(4, 5)
+    with pytest.raises(ValueError, match="outside the teacher's layers"):
+        distill.student_layer_indices(4, 0, "1,4")
+    with pytest.raises(ValueError, match="names 2 layers but student.num_layers=3"):
+        distill.student_layer_indices(4, 3, "1,3")
+    with pytest.raises(ValueError, match="increasing"):
+        distill.student_layer_indices(4, 0, "3,1")
+
+
+def test_student_takes_exactly_the_chosen_teacher_layers(teacher_dir, corpus):
+    trainer = train.build_trainer(distill_config(teacher_dir, corpus, "student.layers=1",
+                                                 "mesh.num_devices=1"), None)
+    params = jax.device_get(trainer.init_state(jax.random.PRNGKey(0))["params"])
+    source = hf_bert.load_flat_params(teacher_dir)  # the teacher as written, bert/... paths
+    flat = masks.flat_params(params)
+    assert trainer.task.model_config.num_layers == 1
+    for path, value in source.items():
+        np.testing.assert_array_equal(flat["teacher/" + path], value)  # the teacher, untouched
+        if "/layer_0/" in path:
+            continue  # not in the student
+        np.testing.assert_array_equal(flat[path.replace("/layer_1/", "/layer_0/")], value,
+                                      err_msg=path)
+    student = [p for p in flat if not p.startswith("teacher/")]
+    assert len(student) == len([p for p in source if "/layer_0/" not in p])
+
+
+# -- loss pieces --------------------------------------------------------------------------------
+
+
+def test_soft_cross_entropy_is_t_squared_kl_with_the_known_gradient():
+    rng = np.random.default_rng(0)
+    s, t = rng.standard_normal((3, 7)) * 2, rng.standard_normal((3, 7)) * 2
+    temp = 2.0
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    p, log_q = np.exp(log_softmax(t / temp)), log_softmax(s / temp)
+    soft_ce = -(p * log_q).sum(-1)                       # the paper's soft cross-entropy
+    entropy = -(p * np.log(p)).sum(-1)
+    got = np.asarray(distill.soft_cross_entropy(jnp.asarray(s), jnp.asarray(t), temp))
+    np.testing.assert_allclose(got, temp ** 2 * (soft_ce - entropy), rtol=1e-5)
+    # d/ds T^2 KL = T (softmax(s/T) - softmax(t/T)): the same gradient as the soft CE.
+    grad = jax.grad(lambda x: distill.soft_cross_entropy(x, jnp.asarray(t), temp).sum())(
+        jnp.asarray(s))
+    np.testing.assert_allclose(grad, temp * (np.exp(log_q) - p), rtol=1e-5, atol=1e-7)
+    assert np.allclose(distill.soft_cross_entropy(jnp.asarray(t), jnp.asarray(t), temp), 0,
+                       atol=1e-6)
+
+
+def test_cosine_loss_counts_real_tokens_only():
+    rng = np.random.default_rng(1)
+    s, t = rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 5, 4))
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    total, count = distill.cosine_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(mask))
+    cos = (s * t).sum(-1) / np.linalg.norm(s, axis=-1) / np.linalg.norm(t, axis=-1)
+    assert float(count) == 7
+    np.testing.assert_allclose(float(total), (1 - cos)[mask > 0].sum(), rtol=1e-5)
+    s2 = s.copy()
+    s2[mask == 0] = -100.0  # padding: anything at all
+    total2, _ = distill.cosine_loss(jnp.asarray(s2), jnp.asarray(t), jnp.asarray(mask))
+    np.testing.assert_allclose(float(total2), float(total), rtol=1e-6)
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def test_a_tiny_run_reduces_the_distillation_loss(run):
+    before, after = run["before"], run["result"].summary
+    assert after["step"] == 10
+    assert after["eval/distill_loss"] < 0.85 * before["eval/distill_loss"], (before, after)
+    assert after["eval/cos_loss"] < before["eval/cos_loss"]
+    total = lambda m: 5.0 * m["eval/distill_loss"] + 2.0 * m["eval/mlm_loss"] + m["eval/cos_loss"]  # noqa: E731
+    assert total(after) < total(before)
+    # The teacher is the same model before and after: its accuracy does not move.
+    assert after["eval/teacher_mlm_accuracy"] == pytest.approx(
+        before["eval/teacher_mlm_accuracy"])
+
+
+def test_the_teacher_gets_no_gradient_no_optimizer_state_and_does_not_change(run):
+    result, initial = run["result"], run["initial"]
+    task = result.trainer.task
+    params = jax.device_get(result.state["params"])
+    teacher_paths = [p for p in masks.flat_params(params) if p.startswith("teacher/")]
+    assert teacher_paths and not any(task.transfer_plan.optimizer_mask[p] for p in teacher_paths)
+    opt_paths = [checkpoint.path_str(p) for p, _ in
+                 jax.tree_util.tree_flatten_with_path(result.state["opt_state"])[0]]
+    assert opt_paths and not any("teacher" in p for p in opt_paths)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params["teacher"],
+                           jax.device_get(initial["params"]["teacher"]))
+    # ... while the student moved.
+    assert not np.array_equal(params["mlm_head"]["output_bias"],
+                              np.asarray(initial["params"]["mlm_head"]["output_bias"]))
+    # Differentiating the loss with respect to everything gives the teacher exactly zero.
+    batch = next(iter(task.eval_batches()))
+    grads = jax.jit(jax.grad(lambda p: task.loss_fn(p, batch, jax.random.PRNGKey(0), True)[0]))(
+        params)
+    assert all(not np.any(g) for g in jax.tree_util.tree_leaves(grads["teacher"]))
+    assert any(np.any(g) for g in jax.tree_util.tree_leaves(grads["bert"]))
+
+
+def test_the_finished_workdir_warm_starts_fine_tuning_with_the_student(run, tmp_path):
+    workdir = run["workdir"]
+    saved, _ = checkpoint.load_params_from_workdir(workdir)
+    config = config_lib.load_config(CLASSIFY, [f"init_from={workdir}", "train.progress=False"])
+    trainer = train.build_trainer(config, str(tmp_path / "ft"))
+    assert trainer.task.encoder.model_config.num_layers == 1  # the student's depth, not 2
+    params = masks.flat_params(jax.device_get(trainer.init_state(jax.random.PRNGKey(0))["params"]))
+    encoder = [p for p in params if p.startswith("bert/")]
+    assert encoder
+    for path in encoder:
+        np.testing.assert_array_equal(params[path], saved[path], err_msg=path)
+    word = "bert/embeddings/word_embeddings/embedding"
+    assert not np.array_equal(params[word], saved["teacher/" + word])
+
+    # `tl_jax convert` exports the student (with its MLM head), not the teacher.
+    from tl_jax.interop import convert
+    out = convert.convert(workdir, tmp_path / "hf", "tl_to_hf")
+    hf_config = json.loads((out / "config.json").read_text())
+    assert hf_config["num_hidden_layers"] == 1
+    exported = hf_bert.load_flat_params(out)
+    np.testing.assert_array_equal(exported["mlm_head/output_bias"], saved["mlm_head/output_bias"])
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def test_bad_set_ups_are_clear_errors(teacher_dir, corpus, tokenizer, tmp_path, data_dir):
+    with pytest.raises(ValueError, match="distill needs a teacher"):
+        train.build_trainer(distill_config("", corpus), None)
+    with pytest.raises(warm_start.WarmStartError, match="does not exist"):
+        train.build_trainer(distill_config(str(tmp_path / "nowhere"), corpus), None)
+    with pytest.raises(ValueError, match="deeper than the teacher"):
+        train.build_trainer(distill_config(teacher_dir, corpus, "student.num_layers=3"), None)
+
+    other_vocab = tmp_path / "other_tokenizer"
+    docs = sources.load_documents(str(data_dir / "austen.jsonl"), text_field="text")[:50]
+    Tokenizer.train_wordpiece(docs, vocab_size=500, lowercase=True).save(str(other_vocab))
+    with pytest.raises(ValueError, match="not the teacher's vocabulary"):
+        train.build_trainer(distill_config(teacher_dir, corpus,
+                                           f"data.tokenizer={other_vocab}"), None)
+
+    narrow = random_bert_dir(tmp_path / "narrow", tokenizer, num_layers=1, hidden=16)
+    with pytest.raises(ValueError, match="16 wide .* the teacher is 32 wide"):
+        train.build_trainer(distill_config(teacher_dir, corpus, f"student.init={narrow}"), None)
+
+    headless = random_bert_dir(tmp_path / "headless", tokenizer, num_layers=1, hidden=32,
+                               with_heads=False)
+    trainer = train.build_trainer(distill_config(headless, corpus), None)
+    with pytest.raises(warm_start.WarmStartError, match="has no MLM head"):
+        trainer.init_state(jax.random.PRNGKey(0))

@@ -1,0 +1,370 @@
+"""DistilBERT-style distillation (Sanh et al., 2019): a shallow student learns a frozen teacher.
+
+The parameter tree holds both models:
+
+    bert/..., mlm_head/..., nsp_head/...      the student: exactly a BertForPreTraining tree, so
+                                              every reader of a pretraining workdir (fine-tuning
+                                              `init_from`, `tl_jax convert`, extract) finds it
+    teacher/bert/..., teacher/mlm_head/...    the teacher, loaded from `config.init_from`
+
+The teacher is frozen through the transfer machinery (`tl_jax/optim/transfer.py`): its paths
+are a `frozen` rule, so the trainer computes no gradient for them and the optimizer keeps no
+state for them; its outputs are also under `stop_gradient`. The student's pooler and NSP head
+(copies of the teacher's; nothing here trains them, DistilBERT drops NSP) are frozen the same
+way. The student has the teacher's width and vocabulary and `student.num_layers` layers
+(default: half), initialised from the teacher's embeddings, heads and every other layer
+(`student.layers`), or from scratch, or from another BERT of the same width and vocabulary.
+
+Loss, on BERT pretraining's masked-LM batches (`tl_jax/data/pretraining.py`, the teacher's
+tokenizer):
+
+    alpha_ce  * T^2 * KL(softmax(teacher / T) || softmax(student / T))   at the masked positions
+  + alpha_mlm * cross-entropy(student, masked tokens)
+  + alpha_cos * (1 - cos(student last hidden state, teacher last hidden state))  over real tokens
+
+The KL differs from the paper's soft cross-entropy by the teacher's entropy, a constant: the
+same gradient, and a value that reaches 0 when the student matches.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from tl_jax import warm_start
+from tl_jax.data import pretraining
+from tl_jax.data.tokenizer import Tokenizer
+from tl_jax.models import bert
+from tl_jax.optim import masks, transfer
+from tl_jax.tasks import downstream
+from tl_jax.tasks.bert_pretrain import ValidatedBatches
+
+TEACHER = "teacher"
+# The transfer rules the task always uses: the teacher, and the student's untrained pooler and
+# NSP head (the teacher's copies), get no gradient and no optimizer state.
+FREEZE_RULES = ((r"teacher/.*", "frozen"), (r"bert/pooler/.*|nsp_head/.*", "frozen"),
+                (r".*", "train"))
+
+
+# ================================================================================================
+# Student shape and initialisation
+# ================================================================================================
+
+
+def student_layer_indices(teacher_layers: int, num_layers: int, spec: str = "") -> list[int]:
+    """Which teacher layer initialises each student layer.
+
+    `spec` "" spreads `num_layers` evenly from the bottom (DistilBERT's every other layer:
+    12 -> 0,2,...,10; 6 -> 0,2,4); otherwise a comma list of teacher layer indices, increasing.
+    `num_layers` 0 means half the teacher's layers (rounded up), or the list's length.
+    """
+    if spec:
+        try:
+            indices = [int(x) for x in str(spec).split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"student.layers={spec!r} is not a comma list of layer indices")
+        if num_layers and num_layers != len(indices):
+            raise ValueError(f"student.layers={spec!r} names {len(indices)} layers but "
+                             f"student.num_layers={num_layers}")
+        bad = [i for i in indices if not 0 <= i < teacher_layers]
+        if bad:
+            raise ValueError(f"student.layers={spec!r}: {bad} outside the teacher's layers "
+                             f"0..{teacher_layers - 1}")
+        if not indices or sorted(set(indices)) != indices:
+            raise ValueError(f"student.layers={spec!r} must be increasing teacher layer indices")
+        return indices
+    num_layers = num_layers or (teacher_layers + 1) // 2
+    if num_layers > teacher_layers:
+        raise ValueError(f"student.num_layers={num_layers} is deeper than the teacher "
+                         f"({teacher_layers} layers): a student is a smaller model")
+    if num_layers < 1:
+        raise ValueError(f"student.num_layers={num_layers}; expected >= 1 (0 = half the teacher)")
+    return [i * teacher_layers // num_layers for i in range(num_layers)]
+
+
+def student_from_teacher(teacher_params: dict, indices: list[int]) -> dict:
+    """A student BertForPreTraining tree: the teacher's embeddings, pooler and heads, and
+    teacher layer `indices[i]` as student layer i (copies, not shared buffers)."""
+    copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)  # noqa: E731
+    t_bert = teacher_params["bert"]
+    layers = {f"layer_{i}": copy(t_bert["encoder"][f"layer_{j}"]) for i, j in enumerate(indices)}
+    student = {k: copy(v) for k, v in teacher_params.items() if k != "bert"}
+    student["bert"] = {k: copy(v) for k, v in t_bert.items() if k != "encoder"}
+    student["bert"]["encoder"] = layers
+    return student
+
+
+# ================================================================================================
+# Loss pieces
+# ================================================================================================
+
+
+def soft_cross_entropy(student_logits, teacher_logits, temperature: float):
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)) per position. (..., V) -> (...)
+
+    Hinton et al.'s T^2 keeps the soft targets' gradient scale independent of T.
+    """
+    t = jnp.asarray(temperature, jnp.float32)
+    log_p_teacher = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / t, axis=-1)
+    log_p_student = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t, axis=-1)
+    kl = jnp.sum(jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
+    return kl * t * t
+
+
+def cosine_loss(student_hidden, teacher_hidden, input_mask):
+    """`(sum over real tokens of 1 - cos(student, teacher), number of real tokens)`.
+
+    student_hidden, teacher_hidden: (B, L, H); input_mask: (B, L), 1 for real tokens.
+    """
+    s = student_hidden.astype(jnp.float32)
+    t = teacher_hidden.astype(jnp.float32)
+    eps = 1e-8  # as torch.nn.CosineEmbeddingLoss: a zero vector gives cos 0, not NaN
+    cos = jnp.sum(s * t, -1) / jnp.sqrt(
+        jnp.maximum(jnp.sum(s * s, -1) * jnp.sum(t * t, -1), eps * eps))  # (B, L)
+    weights = (input_mask > 0).astype(jnp.float32)
+    return ((1.0 - cos) * weights).sum(), weights.sum()
+
+
+def distillation_loss(student_out, teacher_out, batch, cfg):
+    """The weighted DistilBERT loss and its metrics as `(sum, count)` pairs.
+
+    student_out / teacher_out: BertForPreTraining outputs at `batch["masked_positions"]`.
+    cfg: `config.distill` (temperature, alpha_ce, alpha_mlm, alpha_cos).
+    """
+    weights = batch["masked_weights"].astype(jnp.float32)  # (B, P)
+    n_pred = weights.sum()
+    s_logits, t_logits = student_out["mlm_logits"], teacher_out["mlm_logits"]  # (B, P, V)
+
+    ce = soft_cross_entropy(s_logits, t_logits, cfg.temperature)  # (B, P)
+    ce_sum = (ce * weights).sum()
+    labels = jnp.where(weights > 0, batch["masked_ids"], 0)
+    mlm = optax.softmax_cross_entropy_with_integer_labels(s_logits, labels)  # (B, P)
+    mlm_sum = (mlm * weights).sum()
+    cos_sum, n_tokens = cosine_loss(student_out["sequence_output"],
+                                    teacher_out["sequence_output"], batch["input_mask"])
+
+    loss = (cfg.alpha_ce * ce_sum / jnp.maximum(n_pred, 1.0)
+            + cfg.alpha_mlm * mlm_sum / jnp.maximum(n_pred, 1.0)
+            + cfg.alpha_cos * cos_sum / jnp.maximum(n_tokens, 1.0))
+
+    s_top, t_top = jnp.argmax(s_logits, -1), jnp.argmax(t_logits, -1)  # (B, P)
+    metrics = dict(
+        distill_loss=(ce_sum, n_pred),
+        mlm_loss=(mlm_sum, n_pred),
+        cos_loss=(cos_sum, n_tokens),
+        mlm_accuracy=(((s_top == batch["masked_ids"]) * weights).sum(), n_pred),
+        teacher_mlm_accuracy=(((t_top == batch["masked_ids"]) * weights).sum(), n_pred),
+        agreement=(((s_top == t_top) * weights).sum(), n_pred),
+    )
+    return loss, metrics
+
+
+# ================================================================================================
+# The task
+# ================================================================================================
+
+
+def _check_same_vocabulary(tokenizer: Tokenizer, teacher_tokenizer: Tokenizer, what: str):
+    mine, theirs = tokenizer.hf_tokenizer.get_vocab(), teacher_tokenizer.hf_tokenizer.get_vocab()
+    if mine == theirs:
+        return
+    differing = sorted(set(mine.items()) ^ set(theirs.items()))[:3]
+    raise ValueError(
+        f"{what} ({tokenizer.source}, {len(mine)} tokens) is not the teacher's vocabulary "
+        f"({teacher_tokenizer.source}, {len(theirs)} tokens; e.g. {differing} differ): the "
+        "student learns the teacher's distribution over ITS vocabulary. Leave data.tokenizer "
+        "empty to use the teacher's.")
+
+
+class Task:
+    """The `distill` task (see `tl_jax/tasks/__init__.py` for the contract)."""
+
+    progress_keys = ("mlm_accuracy", "agreement")
+    summary_keys = ("eval/mlm_accuracy", "eval/teacher_mlm_accuracy", "eval/agreement",
+                    "eval/distill_loss")
+
+    def __init__(self, config, workdir):
+        self.config = config
+        m, s = config.model, config.student
+        if not config.init_from:
+            raise ValueError(
+                "distill needs a teacher: set config.init_from to a tl_jax BERT pretraining "
+                "workdir or a Hugging Face BERT directory with an MLM head.")
+        warm_start.require_source(config.init_from)
+        teacher_tokenizer = Tokenizer.load(downstream.tokenizer_path(config.init_from))
+        overrides = dict(dropout_rate=m.dropout_rate,
+                         attention_dropout_rate=m.attention_dropout_rate, dtype=m.dtype)
+        self.teacher_config = downstream.architecture(config.init_from,
+                                                      teacher_tokenizer).replace(**overrides)
+        tc = self.teacher_config
+        if teacher_tokenizer.vocab_size != tc.vocab_size:
+            raise ValueError(f"the teacher {config.init_from} has a {tc.vocab_size}-token "
+                             f"embedding table but its tokenizer {teacher_tokenizer.source} has "
+                             f"{teacher_tokenizer.vocab_size} tokens")
+
+        # -- the student ---------------------------------------------------------------------
+        self.student_layers = None
+        if s.init in ("teacher", "scratch"):
+            spec = s.layers if s.init == "teacher" else ""
+            if s.init == "scratch" and s.layers:
+                raise ValueError("student.layers picks teacher layers to copy; it needs "
+                                 "student.init=teacher")
+            indices = student_layer_indices(tc.num_layers, s.num_layers, spec)
+            if s.init == "teacher":
+                self.student_layers = indices
+            self.model_config = tc.replace(num_layers=len(indices))
+        else:  # another BERT of the teacher's width and vocabulary
+            warm_start.require_source(s.init, "student.init")
+            student_tokenizer = Tokenizer.load(downstream.tokenizer_path(s.init))
+            _check_same_vocabulary(student_tokenizer, teacher_tokenizer,
+                                   f"student.init={s.init}'s tokenizer")
+            source = downstream.architecture(s.init, student_tokenizer)
+            if (source.hidden_size, source.vocab_size) != (tc.hidden_size, tc.vocab_size):
+                raise ValueError(
+                    f"student.init={s.init} is {source.hidden_size} wide with a "
+                    f"{source.vocab_size}-token vocabulary; the teacher is {tc.hidden_size} wide "
+                    f"with {tc.vocab_size}. The cosine loss compares hidden states and the soft "
+                    "targets are over the teacher's vocabulary: both must match.")
+            if s.num_layers and s.num_layers != source.num_layers:
+                raise ValueError(f"student.num_layers={s.num_layers} but student.init={s.init} "
+                                 f"has {source.num_layers} layers")
+            if s.layers:
+                raise ValueError("student.layers picks teacher layers to copy; it needs "
+                                 "student.init=teacher")
+            self.model_config = source.replace(**overrides)
+        if self.model_config.num_layers > tc.num_layers:
+            raise ValueError(f"the student has {self.model_config.num_layers} layers, the "
+                             f"teacher {tc.num_layers}: a student must not be deeper")
+
+        # -- data: BERT pretraining's masked-LM batches in the teacher's vocabulary ------------
+        data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+        if data_cfg.tokenizer:
+            _check_same_vocabulary(Tokenizer.load(data_cfg.tokenizer), teacher_tokenizer,
+                                   f"data.tokenizer={data_cfg.tokenizer}")
+        else:
+            data_cfg.tokenizer = downstream.tokenizer_path(config.init_from)
+        if data_cfg.max_seq_length > tc.max_position_embeddings:
+            raise ValueError(f"data.max_seq_length={data_cfg.max_seq_length} is longer than the "
+                             f"teacher's position table ({tc.max_position_embeddings}).")
+        self.data = pretraining.build_pretraining_data(
+            data_cfg, tc.max_position_embeddings, workdir, config.seed,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            progress=bool(config.train.progress) and jax.process_index() == 0)
+        self.tokenizer = self.data.tokenizer
+
+        self.model = bert.BertForPreTraining(self.model_config)     # the student
+        self.teacher = bert.BertForPreTraining(tc)
+        seq, preds = data_cfg.max_seq_length, data_cfg.max_predictions_per_seq
+        # The student trains (3x forward); the teacher only runs forward.
+        self.flops_per_example = (bert.flops_per_example(self.model_config, seq, preds)
+                                  + bert.flops_per_example(tc, seq, preds) / 3.0)
+        self.tokens_per_example = seq
+
+    # -- data -------------------------------------------------------------------------------
+
+    def example_batch(self, batch_size):
+        seq, preds = self.config.data.max_seq_length, self.config.data.max_predictions_per_seq
+        return dict(
+            input_ids=np.zeros((batch_size, seq), np.int32),
+            segment_ids=np.zeros((batch_size, seq), np.int32),
+            input_mask=np.ones((batch_size, seq), np.int32),
+            masked_positions=np.zeros((batch_size, preds), np.int32),
+            masked_ids=np.zeros((batch_size, preds), np.int32),
+            masked_weights=np.zeros((batch_size, preds), np.float32),
+            nsp_labels=np.zeros((batch_size,), np.int32),
+        )
+
+    def train_batches(self):
+        if not hasattr(self, "_train"):
+            self._train = ValidatedBatches(self.data.train, self.model_config)
+        return self._train
+
+    def eval_batches(self):
+        batches = self.data.eval_batches
+        return batches() if callable(batches) else batches
+
+    def save(self, workdir):
+        self.tokenizer.save(os.path.join(workdir, "tokenizer"))
+
+    # -- model ------------------------------------------------------------------------------
+
+    def _init(self, module, rng, batch):
+        return dict(module.init(
+            {"params": rng, "dropout": rng}, batch["input_ids"], batch["segment_ids"],
+            batch["input_mask"], masked_positions=batch["masked_positions"],
+            deterministic=True)["params"])
+
+    def init_variables(self, rng, batch):
+        student_rng, teacher_rng = jax.random.split(rng)
+        params = self._init(self.model, student_rng, batch)
+        params[TEACHER] = self._init(self.teacher, teacher_rng, batch)
+        return {"params": params}
+
+    def init_params(self, params, rng):
+        """The teacher from `init_from`; the student from the teacher's layers (or as
+        `student.init` says)."""
+        del rng
+        init_from = self.config.init_from
+        fresh_transform = np.asarray(params[TEACHER]["mlm_head"]["transform"]["kernel"])
+        # A distillation workdir as the source: its student becomes this run's teacher, and its
+        # own teacher is left behind.
+        prefix_map = {f"{TEACHER}/": "source_teacher/", "bert/": f"{TEACHER}/bert/",
+                      "mlm_head/": f"{TEACHER}/mlm_head/", "nsp_head/": f"{TEACHER}/nsp_head/"}
+        teacher = warm_start.warm_start({TEACHER: params[TEACHER]}, init_from,
+                                        self.teacher_config, prefix_map=prefix_map)[TEACHER]
+        if np.array_equal(np.asarray(teacher["mlm_head"]["transform"]["kernel"]),
+                          fresh_transform):
+            raise warm_start.WarmStartError(
+                f"init_from={init_from} has no MLM head (a sentence-embedding or task model?): "
+                "the teacher's soft targets are its masked-LM distribution. Give it one first "
+                "with a short continued pretraining run, then distil from that workdir:\n"
+                f"  tl_jax train --config=configs/bert_pretrain.py --config.model.size={init_from}"
+                f" --config.init_from={init_from} --config.data.tokenizer={init_from} "
+                "--workdir=runs/teacher_mlm")
+        student = {k: v for k, v in params.items() if k != TEACHER}
+        s_init = self.config.student.init
+        if s_init == "teacher":
+            student = student_from_teacher(teacher, self.student_layers)
+            print(f"[distill] student: {self.model_config.num_layers} layers from teacher layers "
+                  f"{self.student_layers}, embeddings and heads from the teacher.", flush=True)
+        elif s_init != "scratch":
+            student = warm_start.warm_start(student, s_init, self.model_config,
+                                            prefix_map={f"{TEACHER}/": "source_teacher/"})
+        return dict(student, **{TEACHER: teacher})
+
+    def make_optimizer(self, total_steps):
+        """`config.optimizer` over the student; the teacher is a frozen rule (no gradient, no
+        optimizer state)."""
+        t = transfer.default_config()
+        t.rules = FREEZE_RULES
+        plan_config = ml_collections.ConfigDict(dict(transfer=t, optimizer=self.config.optimizer))
+        tx, schedule = transfer.make_task_optimizer(self, plan_config, total_steps,
+                                                    steps_per_epoch=1)
+        frozen = [p for p, trains in self.transfer_plan.optimizer_mask.items()
+                  if p.startswith(f"{TEACHER}/") and trains]
+        assert not frozen, f"teacher parameters left trainable: {frozen[:3]}"
+        return tx, schedule
+
+    def _forward(self, module, params, batch, rng, train):
+        outputs, _ = module.apply(
+            {"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+            masked_positions=batch["masked_positions"], deterministic=not train,
+            rngs={"dropout": rng})
+        return outputs
+
+    def loss_fn(self, params, batch, rng, train):
+        student = {k: v for k, v in params.items() if k != TEACHER}
+        # The teacher always runs in inference mode (no dropout), as in DistilBERT.
+        teacher_out = jax.lax.stop_gradient(
+            self._forward(self.teacher, params[TEACHER], batch, rng, False))
+        student_out = self._forward(self.model, student, batch, rng, train)
+        return distillation_loss(student_out, teacher_out, batch, self.config.distill)
+
+
+def teacher_paths(params) -> list[str]:
+    """The `/`-paths of the teacher's parameters (for tests and reports)."""
+    return [p for p in masks.flat_params(params) if p.startswith(f"{TEACHER}/")]
