@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from tl_jax import warm_start
+from tl_jax import checkpoint, warm_start
 from tl_jax.data import pretraining
 from tl_jax.data.tokenizer import Tokenizer
 from tl_jax.models import bert
@@ -168,6 +168,27 @@ def distillation_loss(student_out, teacher_out, batch, cfg):
 # ================================================================================================
 
 
+def check_mlm_head(init_from: str, teacher_config: bert.BertConfig) -> None:
+    """Refuses a teacher without an MLM head (e.g. a sentence-embedding model), before anything
+    compiles: its soft targets would come from a randomly initialised head."""
+    if warm_start.is_tl_workdir(init_from):
+        names = checkpoint.param_shapes_from_workdir(init_from)[0]
+    elif warm_start.is_tl_weights(init_from):
+        names = warm_start.bert_weights(init_from)[1]
+    else:
+        from tl_jax.interop import bert as hf_bert
+        names = hf_bert.load_flat_params(init_from, teacher_config)
+    if any(name.startswith("mlm_head/") for name in names):
+        return
+    raise warm_start.WarmStartError(
+        f"init_from={init_from} has no MLM head (a sentence-embedding or task model?): the "
+        "teacher's soft targets are its masked-LM distribution. Give it one first with a short "
+        "continued pretraining run, then distil from that workdir:\n"
+        f"  tl_jax train --config=configs/bert_pretrain.py --config.model.size={init_from} "
+        f"--config.init_from={init_from} --config.data.tokenizer={init_from} "
+        "--workdir=runs/teacher_mlm")
+
+
 def _check_same_vocabulary(tokenizer: Tokenizer, teacher_tokenizer: Tokenizer, what: str):
     mine, theirs = tokenizer.hf_tokenizer.get_vocab(), teacher_tokenizer.hf_tokenizer.get_vocab()
     if mine == theirs:
@@ -201,6 +222,7 @@ class Task:
         self.teacher_config = downstream.architecture(config.init_from,
                                                       teacher_tokenizer).replace(**overrides)
         tc = self.teacher_config
+        check_mlm_head(config.init_from, tc)
         if teacher_tokenizer.vocab_size != tc.vocab_size:
             raise ValueError(f"the teacher {config.init_from} has a {tc.vocab_size}-token "
                              f"embedding table but its tokenizer {teacher_tokenizer.source} has "
@@ -309,22 +331,12 @@ class Task:
         `student.init` says)."""
         del rng
         init_from = self.config.init_from
-        fresh_transform = np.asarray(params[TEACHER]["mlm_head"]["transform"]["kernel"])
         # A distillation workdir as the source: its student becomes this run's teacher, and its
         # own teacher is left behind.
         prefix_map = {f"{TEACHER}/": "source_teacher/", "bert/": f"{TEACHER}/bert/",
                       "mlm_head/": f"{TEACHER}/mlm_head/", "nsp_head/": f"{TEACHER}/nsp_head/"}
         teacher = warm_start.warm_start({TEACHER: params[TEACHER]}, init_from,
                                         self.teacher_config, prefix_map=prefix_map)[TEACHER]
-        if np.array_equal(np.asarray(teacher["mlm_head"]["transform"]["kernel"]),
-                          fresh_transform):
-            raise warm_start.WarmStartError(
-                f"init_from={init_from} has no MLM head (a sentence-embedding or task model?): "
-                "the teacher's soft targets are its masked-LM distribution. Give it one first "
-                "with a short continued pretraining run, then distil from that workdir:\n"
-                f"  tl_jax train --config=configs/bert_pretrain.py --config.model.size={init_from}"
-                f" --config.init_from={init_from} --config.data.tokenizer={init_from} "
-                "--workdir=runs/teacher_mlm")
         student = {k: v for k, v in params.items() if k != TEACHER}
         s_init = self.config.student.init
         if s_init == "teacher":
