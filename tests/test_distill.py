@@ -62,9 +62,9 @@ def distill_config(teacher, corpus, *overrides):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, teacher_dir, corpus):
-    """A tiny distillation, data-parallel over 2 devices, the student from scratch (copied from a random teacher
-    it would already agree with it): the state before training, the eval metrics before and
-    after, and the finished workdir."""
+    """A tiny distillation, data-parallel over 2 devices, the student from scratch (copied
+    from a random teacher it would already agree with it): the state before training, the eval
+    metrics before and after, and the finished workdir."""
     workdir = str(tmp_path_factory.mktemp("distill"))
     config = distill_config(teacher_dir, corpus, "student.init=scratch", "train.steps=10",
                             "train.eval_every=10", "train.checkpoint_every=10",
@@ -158,7 +158,8 @@ def test_a_tiny_run_reduces_the_distillation_loss(run):
     assert after["step"] == 10
     assert after["eval/distill_loss"] < 0.85 * before["eval/distill_loss"], (before, after)
     assert after["eval/cos_loss"] < before["eval/cos_loss"]
-    total = lambda m: 5.0 * m["eval/distill_loss"] + 2.0 * m["eval/mlm_loss"] + m["eval/cos_loss"]  # noqa: E731
+    def total(m):  # the config's weights: 5 / 2 / 1
+        return 5.0 * m["eval/distill_loss"] + 2.0 * m["eval/mlm_loss"] + m["eval/cos_loss"]
     assert total(after) < total(before)
     # The teacher is the same model before and after: its accuracy does not move.
     assert after["eval/teacher_mlm_accuracy"] == pytest.approx(

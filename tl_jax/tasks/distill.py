@@ -39,7 +39,7 @@ from tl_jax import checkpoint, warm_start
 from tl_jax.data import pretraining
 from tl_jax.data.tokenizer import Tokenizer
 from tl_jax.models import bert
-from tl_jax.optim import masks, transfer
+from tl_jax.optim import transfer
 from tl_jax.tasks import downstream
 from tl_jax.tasks.bert_pretrain import ValidatedBatches
 
@@ -376,7 +376,3 @@ class Task:
         student_out = self._forward(self.model, student, batch, rng, train)
         return distillation_loss(student_out, teacher_out, batch, self.config.distill)
 
-
-def teacher_paths(params) -> list[str]:
-    """The `/`-paths of the teacher's parameters (for tests and reports)."""
-    return [p for p in masks.flat_params(params) if p.startswith(f"{TEACHER}/")]
