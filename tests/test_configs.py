@@ -37,6 +37,12 @@ def test_config_smoke_run(path, tmp_path, data_dir):
     config = config_lib.load_config(f"{path}:tiny")
     overrides = [f"{k}={v}" for k, v in SHORT.items() if has(config, k)]
     config = config_lib.load_config(f"{path}:tiny", overrides)
+    if has(config, "task") and config.task == "distill":  # a teacher: two steps of BERT tiny
+        from tl_jax import train
+        bert = config_lib.load_config(f"{ROOT / 'configs' / 'bert_pretrain.py'}:tiny",
+                                      [f"{k}={v}" for k, v in SHORT.items()])
+        train.train_and_evaluate(bert, str(tmp_path / "teacher"))
+        config.init_from = str(tmp_path / "teacher")
     if has(config, "task"):
         from tl_jax import train
         result = train.train_and_evaluate(config, str(tmp_path))
