@@ -378,8 +378,12 @@ def test_opening_a_workdir_read_only_does_not_warn(caplog):
     from absl import logging as absl_logging
     with caplog.at_level(logging.WARNING):
         absl_logging.warning("Given directory is read only=%s", "/w/checkpoints")
+        # On every resume: reading a checkpoint's config alone left "data" and "state" out.
+        absl_logging.warning('Item "state" was found in the checkpoint, but could not be '
+                             'restored. Please provide a `CheckpointHandlerRegistry`, ...')
         absl_logging.warning("a real warning")
     assert "read only" not in caplog.text and "a real warning" in caplog.text
+    assert "could not be restored" not in caplog.text
 
 
 def test_a_config_field_added_after_the_checkpoint_is_no_difference_at_its_default():

@@ -286,16 +286,20 @@ def merge_matching(params, source: dict[str, np.ndarray]):
     return params, report
 
 
-class _DropReadOnlyNotice(logging.Filter):
-    """Orbax warns "Given directory is read only" whenever a manager is opened read-only, which
-    is how every reader of a finished workdir (generate, convert, extract, init_from) opens it:
-    noise on each command, not a warning to the user."""
+class _DropOrbaxNoise(logging.Filter):
+    """Two orbax warnings that are noise here, not warnings to the user: "Given directory is
+    read only", logged whenever a manager is opened read-only (how every reader of a finished
+    workdir opens it: generate, convert, extract, init_from), and "Item ... was found in the
+    checkpoint, but could not be restored", logged for each item a read leaves out on purpose
+    (the config before the arrays on every resume, the params without the optimizer state)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Given directory is read only")
+        message = str(record.msg)
+        return not (message.startswith("Given directory is read only")
+                    or "was found in the checkpoint, but could not be restored" in message)
 
 
-logging.getLogger("absl").addFilter(_DropReadOnlyNotice())
+logging.getLogger("absl").addFilter(_DropOrbaxNoise())
 
 
 def _read_only_manager(workdir: str, state_handler=None) -> tuple[ocp.CheckpointManager, str]:
