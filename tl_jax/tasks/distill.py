@@ -27,12 +27,10 @@ same gradient, and a value that reaches 0 when the student matches.
 """
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from tl_jax import checkpoint, warm_start
@@ -41,7 +39,7 @@ from tl_jax.data.tokenizer import Tokenizer
 from tl_jax.models import bert
 from tl_jax.optim import transfer
 from tl_jax.tasks import downstream
-from tl_jax.tasks.bert_pretrain import ValidatedBatches
+from tl_jax.tasks import bert_pretrain
 
 TEACHER = "teacher"
 # The transfer rules the task always uses: the teacher, and the student's untrained pooler and
@@ -288,29 +286,11 @@ class Task:
 
     # -- data -------------------------------------------------------------------------------
 
-    def example_batch(self, batch_size):
-        seq, preds = self.config.data.max_seq_length, self.config.data.max_predictions_per_seq
-        return dict(
-            input_ids=np.zeros((batch_size, seq), np.int32),
-            segment_ids=np.zeros((batch_size, seq), np.int32),
-            input_mask=np.ones((batch_size, seq), np.int32),
-            masked_positions=np.zeros((batch_size, preds), np.int32),
-            masked_ids=np.zeros((batch_size, preds), np.int32),
-            masked_weights=np.zeros((batch_size, preds), np.float32),
-            nsp_labels=np.zeros((batch_size,), np.int32),
-        )
-
-    def train_batches(self):
-        if not hasattr(self, "_train"):
-            self._train = ValidatedBatches(self.data.train, self.model_config)
-        return self._train
-
-    def eval_batches(self):
-        batches = self.data.eval_batches
-        return batches() if callable(batches) else batches
-
-    def save(self, workdir):
-        self.tokenizer.save(os.path.join(workdir, "tokenizer"))
+    # The same masked-LM batches as BERT pretraining, checked against the student's config.
+    example_batch = bert_pretrain.Task.example_batch
+    train_batches = bert_pretrain.Task.train_batches
+    eval_batches = bert_pretrain.Task.eval_batches
+    save = bert_pretrain.Task.save
 
     # -- model ------------------------------------------------------------------------------
 
