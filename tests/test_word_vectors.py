@@ -242,6 +242,20 @@ def test_unknown_save_format_fails_before_training(tmp_path, monkeypatch):
         static_train.run(config, str(tmp_path))
 
 
+def test_empty_save_formats_fail_before_training(tmp_path, monkeypatch):
+    # save_formats=() trained for the whole run and saved no vectors at all.
+    import pathlib
+
+    from tl_jax import config as config_lib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "glove.py"
+    config = config_lib.load_config(f"{path}:tiny", ["save_formats=()"])
+    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    with pytest.raises(ValueError, match=r"save_formats is empty.*glove_text"):
+        static_train.run(config, str(tmp_path))
+    assert not (tmp_path / "static_config.json").exists()
+
+
 @pytest.mark.parametrize("cbow", [False, True])
 def test_epoch_batches_have_contract_shapes_and_in_vocab_ids(cbow):
     vocab, corpus = _corpus(_planted_corpus(200))
@@ -378,4 +392,28 @@ def test_an_eval_dir_missing_some_of_the_files_fails_before_training(tmp_path, m
     config = config_lib.load_config(f"{path}:tiny", [f"eval_dir='{eval_dir}'"])
     monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
     with pytest.raises(ValueError, match=r"eval_dir.*lacks.*simlex999.txt.*questions-words.txt"):
+        static_train.run(config, str(tmp_path / "work"))
+
+
+@pytest.mark.parametrize("broken", ["simlex999", "analogies"])
+def test_a_malformed_eval_file_fails_before_training(tmp_path, monkeypatch, broken):
+    # All three files existed but one was malformed: the run trained, then crashed reading it,
+    # and wrote neither vectors nor scores.json.
+    import pathlib
+
+    from tl_jax import config as config_lib
+    from tl_jax.evaluation import word_vectors as evaluation
+
+    eval_dir = tmp_path / "evals"
+    (eval_dir / "eval").mkdir(parents=True)
+    (eval_dir / evaluation.WORDSIM353).write_text("a\tb\t1.0\nc\td\t2.0\n")
+    simlex = "a\tb\tnot-a-number\n" if broken == "simlex999" else "a\tb\t1.0\n"
+    (eval_dir / evaluation.SIMLEX999).write_text(simlex)
+    analogies = ": s\na b c\n" if broken == "analogies" else ": s\na b c d\n"
+    (eval_dir / evaluation.GOOGLE_ANALOGIES).write_text(analogies)
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "word2vec.py"
+    config = config_lib.load_config(f"{path}:tiny", [f"eval_dir='{eval_dir}'"])
+    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    where = "simlex999.txt:1: score" if broken == "simlex999" else "questions-words.txt:2: expected"
+    with pytest.raises(ValueError, match=where):
         static_train.run(config, str(tmp_path / "work"))

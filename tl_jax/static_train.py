@@ -311,6 +311,9 @@ def run(config, workdir: str) -> dict:
 
     if config.method not in ("word2vec", "glove"):
         raise ValueError(f"config.method={config.method!r}; expected 'word2vec' or 'glove'")
+    if not config.save_formats:
+        raise ValueError(f"config.save_formats is empty: the vectors would be trained and not "
+                         f"saved; name one or more of {sorted(FORMATS)}")
     unknown = [f for f in config.save_formats if f not in FORMATS]
     if unknown:  # before training, not after it
         raise ValueError(f"config.save_formats: unknown format(s) {unknown}; known: "
@@ -344,6 +347,7 @@ def run(config, workdir: str) -> dict:
     if eval_dir and 0 < len(missing) < len(eval_files):  # before training, not after it
         raise ValueError(f"config.eval_dir={eval_dir!r} lacks {missing}; it needs all of "
                          f"{list(eval_files)} (or eval_dir='' to skip the evaluation)")
+    eval_data = evaluation.read_all(eval_dir) if eval_dir and not missing else None
     sentences = wv.load_sentences(config.corpus, config.text_field)
     if config.max_sentences:
         sentences = sentences[:config.max_sentences]
@@ -375,7 +379,7 @@ def run(config, workdir: str) -> dict:
     if "words_per_sec" in stats:
         scores["words_per_sec"] = stats["words_per_sec"]
     if eval_dir and not missing:
-        scores.update(evaluation.evaluate_all(vectors, eval_dir))
+        scores.update(evaluation.evaluate_all(vectors, data=eval_data))
         print(evaluation.format_scores(scores), flush=True)
     elif eval_dir:
         print(f"no evaluation files under {eval_dir}; skipping word similarity and analogies")

@@ -153,15 +153,30 @@ def _lowercase_index(vectors: WordVectors) -> dict[str, int]:
     return index
 
 
-def evaluate_all(vectors: WordVectors, data_dir, restrict_vocab: int | None = 30_000) -> dict:
-    """WordSim353, SimLex-999 and Google analogies, as a flat dict of numbers."""
+def read_all(data_dir) -> dict:
+    """Reads (and so checks) the three evaluation files under `data_dir`; a training run calls
+    this before it trains, so a malformed file fails in seconds, not after the run."""
     data_dir = pathlib.Path(data_dir)
+    return {"wordsim353": read_similarity_pairs(data_dir / WORDSIM353),
+            "simlex999": read_similarity_pairs(data_dir / SIMLEX999),
+            "analogies": read_analogies(data_dir / GOOGLE_ANALOGIES)}
+
+
+def evaluate_all(vectors: WordVectors, data_dir=None, restrict_vocab: int | None = 30_000, *,
+                 data: dict | None = None) -> dict:
+    """WordSim353, SimLex-999 and Google analogies, as a flat dict of numbers.
+
+    The files are read from `data_dir`, or taken already read from `data` (see `read_all`)."""
+    if data is None:
+        if data_dir is None:
+            raise ValueError("evaluate_all: give data_dir or data")
+        data = read_all(data_dir)
     out = {}
-    for name, rel in (("wordsim353", WORDSIM353), ("simlex999", SIMLEX999)):
-        r = word_similarity(vectors, read_similarity_pairs(data_dir / rel))
+    for name in ("wordsim353", "simlex999"):
+        r = word_similarity(vectors, data[name])
         out.update({f"{name}_spearman": r.spearman, f"{name}_pairs": r.pairs,
                     f"{name}_oov_pairs": r.oov_pairs, f"{name}_oov_words": r.oov_words})
-    a = analogy_accuracy(vectors, read_analogies(data_dir / GOOGLE_ANALOGIES), restrict_vocab)
+    a = analogy_accuracy(vectors, data["analogies"], restrict_vocab)
     out.update({"analogy_accuracy": a.accuracy, "analogy_questions": a.questions,
                 "analogy_oov_questions": a.oov_questions})
     return out
