@@ -229,6 +229,13 @@ def test_run_generate_from_a_gpt2_directory(tmp_path, lm):
     assert [r["prediction"] for r in named] == [{"sat": "S", "dog": "D"}[r["prediction"]]
                                                 for r in scored]
     assert (tmp_path / "out.jsonl").read_text().count("\n") == 2
+    # A plain-text prompt file saved on Windows (BOM, CRLF) gives the same prompts.
+    windows = tmp_path / "prompts.txt"
+    windows.write_bytes("\ufeffthe cat\r\na dog sat\r\n".encode("utf-8"))
+    from_file = generate.run_generate(str(tmp_path), prompt_file=str(windows),
+                                      max_new_tokens=6, stop_at_eos=False)
+    assert [r["prompt"] for r in from_file] == ["the cat", "a dog sat"]
+    assert from_file[0]["completion"] == out[0]["completion"]
 
 
 def test_run_generate_rejects_max_new_tokens_that_fill_the_context(tmp_path):
@@ -290,6 +297,14 @@ def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
     bad.write_text('{"text": "fine"}\n"just a string"\n')
     with pytest.raises(DataFormatError, match=r"bad.jsonl:2: expected a JSON object"):
         generate.run_generate(missing, prompt_file=str(bad))
+    with pytest.raises(FileNotFoundError, match=r"prompt_file '.*nope.txt' does not exist"):
+        generate.run_generate(missing, prompt_file=str(tmp_path / "nope.txt"))
+    with pytest.raises(FileNotFoundError, match=r"prompt_file .* is not a file"):
+        generate.run_generate(missing, prompt_file=str(tmp_path))
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\u00e9 ok\n".encode("utf-8") + "na\u00efve\n".encode("latin-1"))
+    with pytest.raises(DataFormatError, match=r"latin1.txt:2: not UTF-8"):
+        generate.run_generate(missing, prompt_file=str(latin1))
     # Gold labels the choices cannot produce would score 0 without a word: refused.
     labelled = tmp_path / "labelled.jsonl"
     labelled.write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n')

@@ -435,8 +435,20 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     records = [{"text": p} for p in prompts]
     if prompt_file:
         from tl_jax.data.readers import DataFormatError, label_text
-        with open(os.path.expandvars(prompt_file), encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        path = os.path.expandvars(prompt_file)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"generate: prompt_file {prompt_file!r} does not exist"
+                                    if not os.path.exists(path) else
+                                    f"generate: prompt_file {prompt_file!r} is not a file")
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataFormatError(prompt_file, lineno,
+                                          f"not UTF-8 (byte {e.start} of the line)") from None
+                if lineno == 1:
+                    line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark
                 if not line.strip():
                     continue
                 if prompt_file.endswith(".jsonl"):
@@ -454,7 +466,7 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                     records.append({"text": str(row[text_field]),
                                     "label": None if gold is None else label_text(gold)})
                 else:
-                    records.append({"text": line.rstrip("\n")})
+                    records.append({"text": line.rstrip("\r\n")})
     if not records:
         raise ValueError("generate: no prompts (give --prompt or --prompt_file)")
     if mode == "score":
