@@ -253,6 +253,28 @@ def test_changed_model_on_resume_is_an_error_naming_the_fields(tiny_bert_overrid
     assert "init_from" in str(e.value)
 
 
+def test_changed_data_on_resume_is_named_and_the_workdir_kept(tiny_bert_overrides, tmp_path,
+                                                              capsys):
+    run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3")
+    saved_config = (tmp_path / "config.json").read_text()
+    # Fewer documents: the saved position cannot be restored. The error used to be the data
+    # iterator's alone (naming no setting), raised after config.json had been overwritten.
+    with pytest.raises(ckpt_lib.CheckpointError) as e:
+        run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=6", "data.max_documents=10")
+    assert "cannot continue its data stream" in str(e.value)
+    assert "data.max_documents: checkpoint has 40, config has 10" in str(e.value)
+    assert "init_from" in str(e.value)
+    assert (tmp_path / "config.json").read_text() == saved_config
+    # A change the position survives is named in a note, and the run goes on.
+    capsys.readouterr()
+    resumed = run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=6",
+                  "data.eval_batch_size=8")
+    out = capsys.readouterr().out
+    assert ("Note: data settings changed since the checkpoint:\n  data.eval_batch_size: "
+            "checkpoint has 16, config has 8" in out), out
+    assert resumed.summary["step"] == 6
+
+
 def test_warm_start_takes_matching_weights_and_reports_the_rest(tiny_bert_overrides, tmp_path,
                                                                 capsys, monkeypatch):
     first = run(tiny_bert_overrides, tmp_path / "a", *STEPS, "train.steps=3")

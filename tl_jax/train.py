@@ -341,13 +341,38 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer):
     if restored is None:
         if checkpointer.all_steps() == [] and os.path.isdir(checkpointer.directory + "_corrupt"):
             print("[checkpoint] No usable checkpoint left; starting from scratch.", flush=True)
-        return trainer.init_state(jax.random.PRNGKey(config.seed)), None
+        return trainer.init_state(jax.random.PRNGKey(config.seed)), None, None
     state, data_state, _, step = restored
     print(f"[checkpoint] Resuming from step {step} ({checkpointer.directory}).", flush=True)
     schedule_note = _schedule_change(seen.get("saved") or {}, trainer, step)
     if schedule_note:
         print(schedule_note, flush=True)
-    return state, data_state
+    return state, data_state, {"config": seen.get("saved") or {}, "step": step,
+                               "directory": checkpointer.directory}
+
+
+def restore_data_position(train_iter, data_state, resumed: dict, config) -> None:
+    """Puts the training stream where the checkpoint left it.
+
+    Data settings changed since the checkpoint are named: in a note when the position still
+    fits (the stream continues in data built the new way, and held-out figures may not compare
+    with earlier ones), in the error when it does not.
+    """
+    changed = ckpt_lib.config_differences(resumed["config"], config.to_dict(), sections=("data",))
+    try:
+        train_iter.set_state(data_state)
+    except ValueError as e:
+        why = ("data settings changed since the checkpoint:\n  " + "\n  ".join(changed)
+               if changed else "the data it reads changed since the checkpoint")
+        raise ckpt_lib.CheckpointError(
+            f"The checkpoint at step {resumed['step']} in {resumed['directory']} cannot continue "
+            f"its data stream: {why}\n({e})\nResume with the checkpoint's data settings, or "
+            "train in a new workdir with --config.init_from=<old workdir>.") from None
+    if changed and jax.process_index() == 0:
+        print("[checkpoint] Note: data settings changed since the checkpoint:\n  "
+              + "\n  ".join(changed) + "\nTraining continues from the saved position in the data "
+              "built with this config; held-out figures may not compare with earlier ones.",
+              flush=True)
 
 
 SCHEDULE_FIELDS = ("learning_rate", "warmup_steps", "decay", "end_lr_ratio", "power")
@@ -404,15 +429,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     checkpointer = ckpt_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints,
         best_metric=tc.best_metric, best_mode=tc.best_mode, async_save=tc.async_checkpoint)
-    state, data_state = restore_or_init(trainer, checkpointer)
-    if is_main:
-        # Only now: a run refused for not fitting the workdir's checkpoints (another model,
-        # other labels) must leave the tokenizer and config.json they were trained with.
-        task.save(workdir)
-        ckpt_lib.save_json(os.path.join(workdir, "config.json"), config.to_dict())
+    state, data_state, resumed = restore_or_init(trainer, checkpointer)
     train_iter = task.train_batches()
     if data_state is not None:
-        train_iter.set_state(data_state)
+        restore_data_position(train_iter, data_state, resumed, config)
+    if is_main:
+        # Only now: a run refused for not fitting the workdir's checkpoints (another model,
+        # other labels, data whose position cannot be restored) must leave the tokenizer and
+        # config.json they were trained with.
+        task.save(workdir)
+        ckpt_lib.save_json(os.path.join(workdir, "config.json"), config.to_dict())
 
     start_step = int(jax.device_get(state["step"]))
     writer = MetricsWriter(workdir, start_step=start_step)
