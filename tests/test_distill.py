@@ -292,3 +292,40 @@ def test_a_stopped_run_resumes_from_its_checkpoint_as_if_uninterrupted(teacher_d
         np.testing.assert_array_equal(flat["teacher/" + path], value, err_msg=path)
     assert not np.array_equal(params["mlm_head"]["output_bias"],
                               saved["params"]["mlm_head"]["output_bias"])
+
+
+# -- fill_mask ----------------------------------------------------------------------------------
+
+
+def test_fill_mask_predicts_with_the_student_not_the_teacher(run, capsys):
+    from tl_jax import fill_mask, main
+    workdir, result = run["workdir"], run["result"]
+    model = fill_mask.FillMask.from_workdir(workdir)
+    assert model.model_config == result.trainer.task.model_config  # 1 layer, not the teacher's 2
+    assert "teacher" not in model.params  # not even read from the checkpoint
+    assert "distilled student" in model.description
+
+    tok = model.tokenizer
+    ids = np.asarray([[tok.cls_id] + tok.encode("the first") + [tok.mask_id, tok.sep_id]],
+                     np.int32)
+    positions = np.asarray([[ids.shape[1] - 2]], np.int32)
+    got = np.asarray(model._apply(model.params, ids, np.zeros_like(ids), np.ones_like(ids),
+                                  positions))
+    params = jax.device_get(result.state["params"])
+    task = result.trainer.task
+
+    def logits(module, p):
+        return np.asarray(module.apply({"params": p}, ids, np.zeros_like(ids), np.ones_like(ids),
+                                       masked_positions=positions)[0]["mlm_logits"])
+    np.testing.assert_allclose(
+        got, logits(task.model, {k: v for k, v in params.items() if k != "teacher"}),
+        rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, logits(task.teacher, params["teacher"]), atol=1e-3)
+
+    capsys.readouterr()
+    main.main(["fill_mask", f"--model={workdir}", "--text=the [MASK] of the [MASK]",
+               "--top_k=3"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("[fill_mask] predicting with the distilled student of " + workdir)
+    assert [line.split("\t")[1].split(":")[0] for line in out[1:]] == ["[MASK] 1", "[MASK] 2"]
+    assert all(len(line.split(": ", 1)[1].split()) == 3 for line in out[1:])
