@@ -237,3 +237,95 @@ def test_bad_set_ups_are_clear_errors(teacher_dir, corpus, tokenizer, tmp_path):
                                with_heads=False)
     with pytest.raises(warm_start.WarmStartError, match="has no MLM head"):
         train.build_trainer(distill_config(headless, corpus), None)
+
+
+# -- resume -------------------------------------------------------------------------------------
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_as_if_uninterrupted(teacher_dir, corpus,
+                                                                      tmp_path, capsys):
+    """Stopped after 3 of 6 steps and started again: the step count, the student, its optimizer
+    state and the data position continue from the checkpoint, the teacher stays the teacher,
+    and the end is bit-identical to an uninterrupted run (same devices). A constant learning
+    rate: the 3-step run's schedule would otherwise differ from the 6-step one's."""
+    common = ["train.log_every=1", "train.eval_every=0", "train.checkpoint_every=3",
+              "optimizer.decay=constant", "optimizer.learning_rate=3e-3", "mesh.num_devices=2"]
+
+    def config(steps):
+        return distill_config(teacher_dir, corpus, *common, f"train.steps={steps}")
+
+    full = train.train_and_evaluate(config(6), str(tmp_path / "full"))
+    split = str(tmp_path / "split")
+    first = train.train_and_evaluate(config(3), split)
+    assert first.summary["step"] == 3
+    saved = jax.device_get(first.state)
+
+    # What the second start restores (the same call the trainer makes).
+    trainer = train.build_trainer(config(6), split)
+    checkpointer = checkpoint.Checkpointer(str(tmp_path / "split" / "checkpoints"))
+    restored, data_state = train.restore_or_init(trainer, checkpointer)
+    checkpointer.close()
+    restored = jax.device_get(restored)
+    assert int(restored["step"]) == 3 and data_state is not None
+    jax.tree_util.tree_map(np.testing.assert_array_equal, restored["params"], saved["params"])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, restored["opt_state"],
+                           saved["opt_state"])
+    capsys.readouterr()
+
+    resumed = train.train_and_evaluate(config(6), split)
+    assert "Resuming from step 3" in capsys.readouterr().out
+    assert resumed.summary["step"] == 6
+    rows = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    full_rows = [json.loads(x) for x in
+                 (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    assert losses == {r["step"]: r["loss"] for r in full_rows if "loss" in r}
+    params = jax.device_get(resumed.state["params"])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params,
+                           jax.device_get(full.state["params"]))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(resumed.state["opt_state"]),
+                           jax.device_get(full.state["opt_state"]))
+    # The teacher is still exactly the one in teacher_dir; the student trained on.
+    flat = masks.flat_params(params)
+    for path, value in hf_bert.load_flat_params(teacher_dir).items():
+        np.testing.assert_array_equal(flat["teacher/" + path], value, err_msg=path)
+    assert not np.array_equal(params["mlm_head"]["output_bias"],
+                              saved["params"]["mlm_head"]["output_bias"])
+
+
+# -- fill_mask ----------------------------------------------------------------------------------
+
+
+def test_fill_mask_predicts_with_the_student_not_the_teacher(run, capsys):
+    from tl_jax import fill_mask, main
+    workdir, result = run["workdir"], run["result"]
+    model = fill_mask.FillMask.from_workdir(workdir)
+    assert model.model_config == result.trainer.task.model_config  # 1 layer, not the teacher's 2
+    assert "teacher" not in model.params  # not even read from the checkpoint
+    assert "distilled student" in model.description
+
+    tok = model.tokenizer
+    ids = np.asarray([[tok.cls_id] + tok.encode("the first") + [tok.mask_id, tok.sep_id]],
+                     np.int32)
+    positions = np.asarray([[ids.shape[1] - 2]], np.int32)
+    got = np.asarray(model._apply(model.params, ids, np.zeros_like(ids), np.ones_like(ids),
+                                  positions))
+    params = jax.device_get(result.state["params"])
+    task = result.trainer.task
+
+    def logits(module, p):
+        return np.asarray(module.apply({"params": p}, ids, np.zeros_like(ids), np.ones_like(ids),
+                                       masked_positions=positions)[0]["mlm_logits"])
+    np.testing.assert_allclose(
+        got, logits(task.model, {k: v for k, v in params.items() if k != "teacher"}),
+        rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, logits(task.teacher, params["teacher"]), atol=1e-3)
+
+    capsys.readouterr()
+    main.main(["fill_mask", f"--model={workdir}", "--text=the [MASK] of the [MASK]",
+               "--top_k=3"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("[fill_mask] predicting with the distilled student of " + workdir)
+    assert [line.split("\t")[1].split(":")[0] for line in out[1:]] == ["[MASK] 1", "[MASK] 2"]
+    assert all(len(line.split(": ", 1)[1].split()) == 3 for line in out[1:])

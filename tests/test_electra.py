@@ -257,3 +257,23 @@ def test_a_finished_workdir_warm_starts_the_classifier(trained, data_dir, capsys
         np.testing.assert_array_equal(got[name], source[name])
     assert not any(n.startswith("generator") for n in got)
 
+
+
+def test_fill_mask_reads_the_generator_of_an_electra_workdir(trained, capsys):
+    from tl_jax import fill_mask
+    result, workdir = trained
+    model = fill_mask.FillMask.from_workdir(str(workdir))
+    assert model.model_config == result.trainer.task.model_config
+    assert sorted(model.params) == ["bert", "generator"]  # no discriminator head
+    assert "ELECTRA generator" in model.description
+    batch = next(iter(result.trainer.task.eval_batches()))
+    row = {k: v[:1] for k, v in batch.items()}
+    got = np.asarray(model._apply(model.params, row["input_ids"], row["segment_ids"],
+                                  row["input_mask"], row["masked_positions"]))
+    params = jax.device_get(result.state["params"])
+    want, _ = result.trainer.task.model.apply(
+        {"params": params}, row["input_ids"], row["segment_ids"], row["input_mask"],
+        row["masked_positions"], method=electra.ElectraForPreTraining.generate)
+    np.testing.assert_allclose(got, np.asarray(want["mlm_logits"]), rtol=1e-5, atol=1e-5)
+    predictions = model.predict("the [MASK] of the city", top_k=4)
+    assert len(predictions) == 1 and len(predictions[0]) == 4

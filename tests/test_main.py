@@ -83,7 +83,8 @@ def test_only_deliberate_checks_and_file_errors_count_as_input_errors(monkeypatc
     ["train", "--config=configs/gpt_finetune_classify.py", "--config.init_from={missing}"],
     ["extract", "--init_from={missing}", "--input=README.md", "--output={tmp}/f.npz"],
     ["generate", "--model={missing}", "--prompt=hi"],
-], ids=["finetune", "gpt_finetune", "extract", "generate"])
+    ["fill_mask", "--model={missing}", "--text=a [MASK]"],
+], ids=["finetune", "gpt_finetune", "extract", "generate", "fill_mask"])
 def test_a_missing_weight_source_is_named_as_missing(argv, tmp_path, capsys, monkeypatch):
     # Not "Tokenizer file not found" or "is neither a workdir nor ...": the path is not there.
     monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)

@@ -358,12 +358,15 @@ def param_shapes_from_workdir(workdir: str) -> tuple[dict[str, tuple[int, ...]],
     raise CheckpointError(f"No readable checkpoint in {directory}.")
 
 
-def load_params_from_workdir(workdir: str) -> tuple[dict[str, np.ndarray], int]:
+def load_params_from_workdir(workdir: str, only: tuple[str, ...] | None = None
+                             ) -> tuple[dict[str, np.ndarray], int]:
     """Reads the params of the latest good checkpoint in a tl_jax workdir, as flat numpy.
 
     Only the params are restored (a partial restore): the optimizer state, twice their size
-    with Adam, is not loaded. A checkpoint that does not restore is reported on one line and the
-    next older one is tried; the workdir is not modified.
+    with Adam, is not loaded; with `only` (top-level names such as `("bert", "mlm_head")`),
+    neither are the params outside those subtrees (a distillation run's teacher). A checkpoint
+    that does not restore is reported on one line and the next older one is tried; the workdir
+    is not modified.
     """
     mgr, directory = _read_only_manager(workdir, ocp.PyTreeCheckpointHandler())
     # Whatever mesh wrote it (8 devices, 2 processes, ...), read it onto this process's first
@@ -372,10 +375,11 @@ def load_params_from_workdir(workdir: str) -> tuple[dict[str, np.ndarray], int]:
     _drop_closed_loop_noise()
     for step in sorted(mgr.all_steps(), reverse=True):
         try:
-            metadata = mgr.item_metadata(step)["state"]
+            metadata = mgr.item_metadata(step)["state"]["params"]
+            if only is not None:
+                metadata = {k: v for k, v in metadata.items() if k in only}
             target = {"params": jax.tree_util.tree_map(
-                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                metadata["params"])}
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)}
             restore_args = jax.tree_util.tree_map(
                 lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
             restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
@@ -386,6 +390,14 @@ def load_params_from_workdir(workdir: str) -> tuple[dict[str, np.ndarray], int]:
         flat, _ = jax.tree_util.tree_flatten_with_path(restored["state"]["params"])
         return {path_str(p): np.asarray(v) for p, v in flat}, step
     raise CheckpointError(f"No restorable checkpoint in {directory}.")
+
+
+def config_from_workdir(workdir: str, step: int) -> dict:
+    """The config checkpoint `step` of a workdir was written with, including `resolved_model`
+    (the model shape the run actually built: vocabulary from the tokenizer, a distillation
+    student's depth, ...)."""
+    mgr, _ = _read_only_manager(workdir)
+    return mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
 
 def save_json(path: str, obj) -> None:

@@ -1,10 +1,23 @@
-"""Fill-in-the-blank with a pretrained BERT from a tl_jax workdir: a quick look at what it learned.
+"""Fill-in-the-blank with a masked LM from a tl_jax workdir: a quick look at what it learned.
 
     model = FillMask.from_workdir("workdirs/quickstart/pretrain")
     model.predict("The capital of France is [MASK].", top_k=5)
+
+    tl_jax fill_mask --model=workdirs/quickstart/pretrain --text="The capital of France is [MASK]."
+
+Which model predicts, by the workdir's task:
+
+    bert_pretrain   the BERT and its MLM head
+    distill         the student (`bert/`, `mlm_head/`); the teacher (`teacher/`) is not read
+    electra         the generator, the only half that predicts tokens (the discriminator only
+                    says whether a token was replaced); it is the small model (1/4 width)
+
+Any other workdir (a fine-tuned task model, a GPT language model, a biLM, static vectors) has
+no masked-LM head and is refused with a one-line `FillMaskError` saying what the workdir is.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -14,8 +27,33 @@ import ml_collections
 
 from tl_jax import checkpoint
 from tl_jax.data.tokenizer import Tokenizer
-from tl_jax.models import bert
-from tl_jax.tasks.bert_pretrain import bert_config_from
+from tl_jax.models import bert, electra
+
+
+class FillMaskError(ValueError):
+    """A directory fill_mask cannot predict masked tokens with."""
+
+
+# Tasks whose workdirs hold a masked-LM head, and the params each one needs.
+MASKED_LM_PARAMS = {
+    "bert_pretrain": ("bert", "mlm_head", "nsp_head"),  # BertForPreTraining runs both heads
+    "distill": ("bert", "mlm_head", "nsp_head"),
+    "electra": ("bert", "generator"),
+}
+
+# What the other tasks' workdirs are, for the error.
+_FINE_TUNED = "a fine-tuned {task} model: fine-tuning keeps the encoder and drops the MLM head"
+NOT_MASKED_LMS = {
+    "classify": _FINE_TUNED,
+    "tag": _FINE_TUNED,
+    "squad": _FINE_TUNED,
+    "probe": _FINE_TUNED,
+    "lm_classify": "a fine-tuned GPT classifier (task lm_classify): a GPT has no masked-LM head",
+    "clm": "a GPT causal language model (task clm): it predicts the next token, not a masked "
+           "one; use `tl_jax generate --model={workdir}`",
+    "bilm": "an ELMo-style biLM (task bilm): it predicts the next and previous words, not "
+            "masked ones",
+}
 
 
 def _unflatten(flat: dict[str, np.ndarray]) -> dict:
@@ -29,23 +67,106 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict:
     return tree
 
 
+def workdir_task(workdir: str) -> str:
+    """The task of a workdir fill_mask can read; a `FillMaskError` for anything else."""
+    if os.path.isfile(os.path.join(workdir, "static_config.json")):
+        raise FillMaskError(f"fill_mask: {workdir} holds static word vectors (`tl_jax static`), "
+                            "which have no masked-LM head")
+    if not os.path.isdir(workdir):
+        raise FillMaskError(f"fill_mask: {workdir} does not exist")
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")) or not os.path.isfile(config_path):
+        raise FillMaskError(f"fill_mask: {workdir} is not a `tl_jax train` workdir (it needs "
+                            "checkpoints/ and config.json)")
+    with open(config_path) as f:
+        config = json.load(f)
+    task = config.get("task", "")
+    if task in MASKED_LM_PARAMS:
+        return task
+    if task in NOT_MASKED_LMS:
+        what = NOT_MASKED_LMS[task].format(task=task, workdir=workdir)
+        if task in ("classify", "tag", "squad", "probe") and config.get("init_from"):
+            what += f" (its encoder came from init_from={config['init_from']})"
+        raise FillMaskError(f"fill_mask: {workdir} is {what}")
+    raise FillMaskError(f"fill_mask: {workdir} is a {task or 'task-less'} workdir "
+                        f"({config_path}); fill_mask reads {', '.join(MASKED_LM_PARAMS)} workdirs")
+
+
+def _bert_config(resolved: dict | None, params: dict, model_cfg: dict) -> bert.BertConfig:
+    """The BertConfig the run built (its checkpoint's `resolved_model`), else from the shapes."""
+    fields = {f.name for f in dataclasses.fields(bert.BertConfig)}
+    if resolved and set(resolved) <= fields:
+        return bert.BertConfig(**resolved)
+    from tl_jax.interop import bert as hf_bert
+    extra = {k: model_cfg[k] for k in ("hidden_act", "layer_norm_eps") if k in model_cfg}
+    return hf_bert.config_from_params(params, **extra)
+
+
+def _electra_config(resolved: dict | None, model_cfg: dict, vocab_size: int):
+    if resolved and isinstance(resolved.get("discriminator"), dict):
+        return electra.ElectraConfig(**dict(
+            resolved, discriminator=bert.BertConfig(**resolved["discriminator"])))
+    from tl_jax.tasks.electra import electra_config_from
+    return electra_config_from(ml_collections.ConfigDict(model_cfg), vocab_size)
+
+
 class FillMask:
-    def __init__(self, model_config: bert.BertConfig, params, tokenizer: Tokenizer):
-        self.model = bert.BertForPreTraining(model_config)
+    """Top-k tokens for each [MASK] of a text.
+
+    `model_config` is a `BertConfig` (BERT, or a distillation student: `params` holds `bert/`
+    and `mlm_head/`) or an `ElectraConfig` (the generator predicts; `params` holds `bert/`, whose
+    embeddings it shares, and `generator/`).
+    """
+
+    def __init__(self, model_config, params, tokenizer: Tokenizer, description: str = ""):
         self.params = params
         self.tokenizer = tokenizer
         self.model_config = model_config
-        self._apply = jax.jit(lambda p, ids, seg, mask: self.model.apply(
-            {"params": p}, ids, seg, mask, deterministic=True)[0]["mlm_logits"])
+        if isinstance(model_config, electra.ElectraConfig):
+            self.model = electra.ElectraForPreTraining(model_config)
+            self.max_positions = model_config.discriminator.max_position_embeddings
+            apply = lambda p, ids, seg, mask, pos: self.model.apply(  # noqa: E731
+                {"params": p}, ids, seg, mask, pos, method=electra.ElectraForPreTraining.generate)
+            self.description = description or "the ELECTRA generator"
+        else:
+            self.model = bert.BertForPreTraining(model_config)
+            self.max_positions = model_config.max_position_embeddings
+            apply = lambda p, ids, seg, mask, pos: self.model.apply(  # noqa: E731
+                {"params": p}, ids, seg, mask, masked_positions=pos, deterministic=True)
+            self.description = description or "BERT"
+        # (1, L) ids and the (1, P) mask positions -> (1, P, V) logits
+        self._apply = jax.jit(lambda *args: apply(*args)[0]["mlm_logits"])
 
     @classmethod
     def from_workdir(cls, workdir: str) -> "FillMask":
+        """The masked LM of a `bert_pretrain`, `distill` (the student) or `electra` (the
+        generator) workdir; `FillMaskError` for any other directory."""
+        task = workdir_task(workdir)
         with open(os.path.join(workdir, "config.json")) as f:
-            config = ml_collections.ConfigDict(json.load(f))
+            model_cfg = json.load(f).get("model") or {}
         tokenizer = Tokenizer.load(os.path.join(workdir, "tokenizer"))
-        flat, _ = checkpoint.load_params_from_workdir(workdir)
-        return cls(bert_config_from(config.model, tokenizer.vocab_size), _unflatten(flat),
-                   tokenizer)
+        wanted = MASKED_LM_PARAMS[task]
+        flat, step = checkpoint.load_params_from_workdir(workdir, only=wanted)
+        missing = [name for name in wanted if not any(p.startswith(name + "/") for p in flat)]
+        if missing:
+            raise FillMaskError(f"fill_mask: the step-{step} checkpoint of {workdir} (task "
+                                f"{task}) has no {' or '.join(p + '/' for p in missing)} params")
+        params = _unflatten(flat)
+        resolved = checkpoint.config_from_workdir(workdir, step).get("resolved_model")
+        if task == "electra":
+            config = _electra_config(resolved, model_cfg, tokenizer.vocab_size)
+            description = (f"the ELECTRA generator of {workdir} (step {step}; "
+                           f"{config.generator_num_layers} layers, "
+                           f"{config.generator_hidden_size} wide): the discriminator only tells "
+                           "original from replaced tokens")
+        else:
+            config = _bert_config(resolved, params, model_cfg)
+            what = ("the distilled student" if task == "distill" else "BERT")
+            description = (f"{what} of {workdir} (step {step}; {config.num_layers} layers, "
+                           f"{config.hidden_size} wide)")
+            if task == "distill":
+                description += "; the teacher is not used"
+        return cls(config, params, tokenizer, description)
 
     def predict(self, text: str, top_k: int = 5) -> list[list[str]]:
         """The top-k tokens for each [MASK] in `text` (which may contain several)."""
@@ -57,15 +178,33 @@ class FillMask:
             if i < len(pieces) - 1:
                 ids.append(tok.mask_id)
         ids.append(tok.sep_id)
-        if len(ids) > self.model_config.max_position_embeddings:
-            raise ValueError(f"{len(ids)} tokens exceed the model's "
-                             f"{self.model_config.max_position_embeddings} positions.")
+        if len(ids) > self.max_positions:
+            raise ValueError(f"{len(ids)} tokens exceed the model's {self.max_positions} "
+                             "positions.")
         arr = np.asarray([ids], np.int32)
-        logits = np.asarray(self._apply(self.params, arr, np.zeros_like(arr), np.ones_like(arr)))
+        positions = np.flatnonzero(arr[0] == tok.mask_id).astype(np.int32)
+        if not len(positions):
+            return []
+        logits = np.asarray(self._apply(self.params, arr, np.zeros_like(arr), np.ones_like(arr),
+                                        positions[None]))  # (1, P, V)
         out = []
-        for pos in np.flatnonzero(arr[0] == tok.mask_id):
-            scores = logits[0, pos].copy()
+        for scores in logits[0]:
+            scores = scores.copy()
             scores[list(tok.special_ids)] = -np.inf
             best = np.argsort(-scores)[:top_k]
             out.append([tok.decode([int(i)]) for i in best])
         return out
+
+
+def run(model_dir: str, texts, top_k: int = 5) -> None:
+    """`tl_jax fill_mask`: says which model predicts, then one line per [MASK]."""
+    if not texts:
+        raise FillMaskError("fill_mask: give at least one --text with a [MASK] in it")
+    no_mask = [t for t in texts if "[MASK]" not in t]
+    if no_mask:
+        raise FillMaskError(f"fill_mask: --text={no_mask[0]!r} has no [MASK] to fill")
+    model = FillMask.from_workdir(model_dir)
+    print(f"[fill_mask] predicting with {model.description}", flush=True)
+    for text in texts:
+        for i, tokens in enumerate(model.predict(text, top_k=top_k), start=1):
+            print(f"{text}\t[MASK] {i}: {' '.join(tokens)}", flush=True)

@@ -5,6 +5,7 @@
     tl_jax convert --input=DIR --output=DIR [--direction=hf_to_tl|tl_to_hf]
     tl_jax generate --model=DIR --prompt="..." [--mode=score --choice=" a" --choice=" b"]
     tl_jax extract --init_from=DIR --input=FILE --output=OUT.npz [--layers=sum_last_four]
+    tl_jax fill_mask --model=DIR --text="The capital of France is [MASK]." [--top_k=5]
     tl_jax static --config=configs/word2vec.py --workdir=DIR
     tl_jax build_tasks --out_dir=DIR
 
@@ -63,6 +64,12 @@ def _extract(args, overrides):
                 args.batch_size)
 
 
+def _fill_mask(args, overrides):
+    _no_overrides("fill_mask", overrides)
+    from tl_jax import fill_mask
+    fill_mask.run(args.model, args.text or (), args.top_k)
+
+
 def _build_tasks(args, overrides):
     _no_overrides("build_tasks", overrides)
     from tl_jax.data import task_builders
@@ -83,6 +90,8 @@ COMMANDS = {
                  _generate),
     "extract": ("Write per-token encoder features of a text file (feature-based transfer).",
                 _extract),
+    "fill_mask": ("Fill in [MASK] with a masked LM (BERT, a distilled student, an ELECTRA "
+                  "generator).", _fill_mask),
     "build_tasks": ("Build the silver tagging and cloze-QA tasks from the shared data.",
                     _build_tasks),
     "static": ("Train static word vectors (word2vec or GloVe) and score them.", _static),
@@ -112,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="last | second_to_last | sum_last_four | concat_last_four | all | 0,-1,...")
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=32)
+    p = sub.add_parser("fill_mask", help=COMMANDS["fill_mask"][0])
+    p.add_argument("--model", required=True,
+                   help="tl_jax workdir of a bert_pretrain, distill or electra run")
+    p.add_argument("--text", action="append", help="a text with [MASK]s (repeatable)")
+    p.add_argument("--top_k", type=int, default=5)
     p = sub.add_parser("build_tasks", help=COMMANDS["build_tasks"][0])
     p.add_argument("--out_dir", required=True)
     p.add_argument("--data_dir", default="", help="default: $TL_JAX_DATA_DIR")
