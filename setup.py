@@ -31,6 +31,7 @@ setup(
             "nbclient",
             "nbformat",
             "ipykernel",
+            "matplotlib",  # tl_jax sweep's plots are tested
         ],
         "notebooks": ["jupyter", "matplotlib"],
     },

@@ -7,6 +7,8 @@
     tl_jax extract --init_from=DIR --input=FILE --output=OUT.npz [--layers=sum_last_four]
     tl_jax fill_mask --model=DIR --text="The capital of France is [MASK]." [--top_k=5]
     tl_jax static --config=configs/word2vec.py --workdir=DIR
+    tl_jax sweep --config=configs/bert_pretrain.py:tiny --workdir=DIR \
+        --grid=data.masked_lm_prob=0.1,0.15,0.3 --seeds=0,1 [--config.key=value ...]
     tl_jax build_tasks --out_dir=DIR
 
 Run `tl_jax <command> --help` for a command's flags.
@@ -76,6 +78,22 @@ def _build_tasks(args, overrides):
     task_builders.run(args.out_dir, args.data_dir or None, args.qa_version)
 
 
+def _sweep(args, overrides):
+    from tl_jax import sweep
+    from tl_jax.config import ConfigError
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds={args.seeds!r}: expected comma-separated integers") from None
+    result = sweep.run(args.config, args.workdir, grid=args.grid or (), zipped=args.zip or (),
+                       seeds=seeds, overrides=overrides,
+                       metrics=[x.strip() for x in args.metrics.split(",") if x.strip()],
+                       dry_run=args.dry_run)
+    if result["failed"]:
+        sys.exit(f"tl_jax: error: {len(result['failed'])} sweep run(s) failed (see "
+                 f"{args.workdir}/results.md)")
+
+
 def _static(args, overrides):
     from tl_jax import config as config_lib, static_train
     static_train.run(config_lib.load_config(args.config, overrides), args.workdir)
@@ -95,6 +113,8 @@ COMMANDS = {
     "build_tasks": ("Build the silver tagging and cloze-QA tasks from the shared data.",
                     _build_tasks),
     "static": ("Train static word vectors (word2vec or GloVe) and score them.", _static),
+    "sweep": ("Train one config over a grid of settings and seeds; tables and plots of the "
+              "results (ablations).", _sweep),
 }
 
 
@@ -133,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("static", help=COMMANDS["static"][0])
     p.add_argument("--config", required=True, help="configs/word2vec.py or configs/glove.py")
     p.add_argument("--workdir", required=True)
+    p = sub.add_parser("sweep", help=COMMANDS["sweep"][0])
+    p.add_argument("--config", required=True, help="configs/NAME.py[:ARG] (a `train` config)")
+    p.add_argument("--workdir", required=True, help="runs/ and the result tables go here")
+    p.add_argument("--grid", action="append", help="KEY=V1,V2,... an axis (repeatable)")
+    p.add_argument("--zip", action="append",
+                   help="KEY=V1,V2,... axes that move together (repeatable, equal lengths)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--metrics", default="",
+                   help="comma-separated metrics for the tables (default: every eval/ metric "
+                        "and the last training loss)")
+    p.add_argument("--dry_run", action="store_true", help="list the runs and stop")
     p = sub.add_parser("generate", help=COMMANDS["generate"][0])
     p.add_argument("--model", required=True, help="tl_jax clm workdir or HF GPT-2 directory")
     p.add_argument("--mode", default="complete", choices=["complete", "score"])

@@ -1,0 +1,137 @@
+"""`tl_jax sweep`: the run plan, the result tables and plots, skipping finished runs, failures."""
+import csv
+import json
+import pathlib
+
+import pytest
+
+from tl_jax import config as config_lib
+from tl_jax import main as cli
+from tl_jax import sweep, train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BERT = str(ROOT / "configs" / "bert_pretrain.py") + ":tiny"
+
+
+def test_plan_is_the_product_of_the_grid_the_zipped_group_and_the_seeds():
+    runs = sweep.plan(["data.masked_lm_prob=0.1,0.3"],
+                      ["data.batch_size=16,64", "optimizer.learning_rate=1e-3,2e-3"], [0, 1])
+    assert len(runs) == 8
+    settings = {r.setting for r in runs}
+    assert (("data.masked_lm_prob", "0.3"), ("data.batch_size", "64"),
+            ("optimizer.learning_rate", "2e-3")) in settings
+    # Zipped axes move together: batch 16 never meets lr 2e-3.
+    assert not any(dict(s)["data.batch_size"] == "16" and dict(s)["optimizer.learning_rate"]
+                   == "2e-3" for s in settings)
+    assert runs[0].name == "masked_lm_prob=0.1__batch_size=16__learning_rate=1e-3__seed=0"
+    assert runs[0].overrides == ["data.masked_lm_prob=0.1", "data.batch_size=16",
+                                 "optimizer.learning_rate=1e-3", "seed=0"]
+    # Commas inside brackets or quotes belong to a value.
+    key, values = sweep.parse_axis("model.filters=((1, 8), (2, 8)),((1, 4),),'a,b'", "grid")
+    assert values == ["((1, 8), (2, 8))", "((1, 4),)", "'a,b'"]
+
+
+@pytest.mark.parametrize("grid, zipped, seeds, message", [
+    ([], [], [0], "nothing to sweep"),
+    (["data.batch_size"], [], [0], "expected KEY=V1,V2"),
+    (["data.batch_size=16,,32"], [], [0], "an empty value"),
+    (["data.batch_size=16,16"], [], [0], "a value repeats"),
+    (["data.batch_size=16,32", "data.batch_size=8,4"], [], [0], "swept twice"),
+    (["seed=1,2"], [], [0], "--seeds"),
+    ([], ["data.batch_size=16,32", "optimizer.learning_rate=1e-3"], [0], "one length"),
+    (["data.batch_size=16,32"], [], [1, 1], "distinct"),
+    (["a.x=1/2,1_2"], [], [0], "same run name"),
+])
+def test_bad_sweeps_are_refused(grid, zipped, seeds, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        sweep.plan(grid, zipped, seeds)
+
+
+def _fake_training(calls, fail=()):
+    """Stands in for train.train_and_evaluate: writes what a run writes, from the config."""
+    def fake(config, workdir):
+        name = pathlib.Path(workdir).name
+        calls.append(name)
+        if any(f in name for f in fail):
+            raise ValueError(f"broken run {name}")
+        work = pathlib.Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        score = config.data.masked_lm_prob + config.seed / 100
+        rows = [{"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0 - score},
+                {"step": 2, "eval/mlm_accuracy": score / 2},
+                {"step": 4, "eval/mlm_accuracy": score}]
+        (work / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        summary = {"step": config.train.steps, "eval/mlm_accuracy": score}
+        (work / "summary.json").write_text(json.dumps(summary))
+        return train.TrainResult(summary=summary, state={}, trainer=None)
+    return fake
+
+
+def test_sweep_tables_plots_and_a_rerun_that_skips_finished_runs(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls))
+    args = dict(grid=["data.masked_lm_prob=0.1,0.3"], overrides=["train.steps=4"])
+    result = sweep.run(BERT, str(tmp_path), seeds=[0], **args)
+    assert calls == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.3__seed=0"]
+    # More seeds later: only the new runs train.
+    result = sweep.run(BERT, str(tmp_path), seeds=[0, 1], **args)
+    assert calls[2:] == ["masked_lm_prob=0.1__seed=1", "masked_lm_prob=0.3__seed=1"]
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["run"] for r in rows] == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.1__seed=1",
+                                        "masked_lm_prob=0.3__seed=0", "masked_lm_prob=0.3__seed=1"]
+    assert float(rows[1]["eval/mlm_accuracy"]) == pytest.approx(0.11)
+    assert float(rows[1]["train/loss"]) == pytest.approx(4.0 - 0.11)
+    table = (tmp_path / "results.md").read_text()
+    # Mean and population std over the two seeds: 0.1 and 0.11 -> 0.105 +- 0.005.
+    assert "| 0.1 | 2 | 0.1050 ± 0.0050 |" in table, table
+    assert "| 0.3 | 2 | 0.3050 ± 0.0050 |" in table
+    saved = json.loads((tmp_path / "results.json").read_text())
+    curve = saved["settings"][0]["curves"]["eval/mlm_accuracy"]
+    assert [s for s, _ in curve] == [2, 4]
+    assert [v for _, v in curve] == pytest.approx([0.0525, 0.105])
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert (tmp_path / "final.png").stat().st_size > 1000
+    # A run whose steps changed is not "finished": it trains (resumes) again.
+    sweep.run(BERT, str(tmp_path), seeds=[0], grid=args["grid"], overrides=["train.steps=6"])
+    assert calls[4:] == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.3__seed=0"]
+    with pytest.raises(ValueError, match=r"no run reports the metric 'eval/f1'.*mlm_accuracy"):
+        sweep.run(BERT, str(tmp_path), seeds=[0], metrics=["eval/f1"], **args)
+
+
+def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls, fail=["0.2"]))
+    with pytest.raises(SystemExit, match="1 sweep run"):
+        cli.main(["sweep", f"--config={BERT}", f"--workdir={tmp_path}",
+                  "--grid=data.masked_lm_prob=0.1,0.2,0.3", "--config.train.steps=4"])
+    assert len(calls) == 3
+    out = capsys.readouterr().out
+    assert "masked_lm_prob=0.2__seed=0 failed: ValueError: broken run" in out
+    table = (tmp_path / "results.md").read_text()
+    assert "| 0.2 | 0 | - |" in table and "Failed runs:" in table
+
+
+def test_every_config_is_checked_before_the_first_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained"))
+    # The second setting's value is bad: found before the first run trains.
+    with pytest.raises(config_lib.ConfigError, match=r"run masked_lm_prob=abc__seed=0: "):
+        sweep.run(BERT, str(tmp_path), grid=["data.masked_lm_prob=0.1,abc"])
+    with pytest.raises(config_lib.ConfigError, match=r"run masked_lm_prob=0.1__seed=0: .*nope"):
+        sweep.run(BERT, str(tmp_path), grid=["data.masked_lm_prob=0.1,0.3"],
+                  overrides=["data.nope=1"])
+    with pytest.raises(config_lib.ConfigError, match="not a `tl_jax train` config"):
+        sweep.run(str(ROOT / "configs" / "word2vec.py"), str(tmp_path), grid=["dim=8,16"])
+
+
+def test_a_real_sweep_trains_each_run_in_its_own_workdir(tiny_bert_overrides, tmp_path):
+    overrides = list(tiny_bert_overrides) + ["train.steps=2", "train.eval_every=2",
+                                             "train.eval_batches=1", "train.log_every=1"]
+    result = sweep.run(BERT, str(tmp_path), grid=["data.masked_lm_prob=0.15,0.3"],
+                       overrides=overrides)
+    assert [r["step"] for r in result["runs"]] == [2, 2]
+    for rec in result["runs"]:
+        run_dir = tmp_path / "runs" / rec["run"]
+        saved = json.loads((run_dir / "config.json").read_text())
+        assert str(saved["data"]["masked_lm_prob"]) == rec["setting"]["data.masked_lm_prob"]
+        assert 0.0 <= rec["eval/mlm_accuracy"] <= 1.0 and rec["train/loss"] > 0
+    assert "eval/mlm_accuracy" in result["metrics"] and "eval/nsp_accuracy" in result["metrics"]

@@ -1,0 +1,337 @@
+"""`tl_jax sweep`: one config trained over a grid of settings and seeds, gathered into tables
+and plots (paper ablations: masking ratios, LAMB batch scaling, ...).
+
+    tl_jax sweep --config=configs/bert_pretrain.py:tiny --workdir=DIR \\
+        --grid=data.masked_lm_prob=0.1,0.15,0.3 --seeds=0,1 --config.train.steps=200
+
+Each `--grid=KEY=V1,V2,...` is an axis; the runs are the product of the axes and the seeds.
+`--zip` axes move together instead (all of the same length): `--zip=data.batch_size=16,64
+--zip=optimizer.learning_rate=1e-3,2e-3` is two settings, not four. `--config.*` overrides
+apply to every run. Every run is an ordinary workdir under DIR/runs/ (checkpoints, metrics,
+resume). A sweep run again skips the finished runs and resumes an interrupted one, so a
+killed sweep loses at most the steps since a run's last checkpoint. A failed run is reported
+and the others go on.
+
+Written to DIR: results.csv (one row per run), results.md (one row per setting: mean ± std
+over seeds), results.json, and, with matplotlib installed, curves.png (held-out metrics over
+steps, one line per setting) and, when one axis is numeric, final.png (each metric against it).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import os
+import re
+from typing import Sequence
+
+import numpy as np
+
+from tl_jax import config as config_lib
+
+
+@dataclasses.dataclass
+class Run:
+    setting: tuple[tuple[str, str], ...]   # (key, value text) per axis, in axis order
+    seed: int
+    name: str
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"{k}={v}" for k, v in self.setting] + [f"seed={self.seed}"]
+
+
+def split_values(text: str) -> list[str]:
+    """Splits `a,b,c` on commas outside brackets and quotes: `(1,2),(3,4)` is two values."""
+    values, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            values.append(text[start:i].strip())
+            start = i + 1
+    values.append(text[start:].strip())
+    return values
+
+
+def parse_axis(spec: str, flag: str) -> tuple[str, list[str]]:
+    key, sep, values = spec.partition("=")
+    key = key.strip()
+    if not sep or not key or not values.strip():
+        raise config_lib.ConfigError(f"--{flag}={spec!r}: expected KEY=V1,V2,...")
+    parts = split_values(values)
+    if any(not v for v in parts):
+        raise config_lib.ConfigError(f"--{flag}={spec!r}: an empty value")
+    if len(set(parts)) != len(parts):
+        raise config_lib.ConfigError(f"--{flag}={spec!r}: a value repeats")
+    return key, parts
+
+
+def _short(key: str, keys: Sequence[str]) -> str:
+    """The last part of a dotted key, unless another axis ends the same way."""
+    last = key.rsplit(".", 1)[-1]
+    return last if sum(k.rsplit(".", 1)[-1] == last for k in keys) == 1 else key
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_") or "_"
+
+
+def plan(grid: Sequence[str] = (), zipped: Sequence[str] = (),
+         seeds: Sequence[int] = (0,)) -> list[Run]:
+    """The runs of a sweep: the product of the grid axes (and the zipped group), times seeds."""
+    axes = [parse_axis(s, "grid") for s in grid]
+    zip_axes = [parse_axis(s, "zip") for s in zipped]
+    keys = [k for k, _ in axes + zip_axes]
+    if len(set(keys)) != len(keys):
+        raise config_lib.ConfigError(f"sweep: a key is swept twice: {keys}")
+    if "seed" in keys:
+        raise config_lib.ConfigError("sweep: give seeds with --seeds, not as an axis")
+    if len({len(v) for _, v in zip_axes}) > 1:
+        lengths = {k: len(v) for k, v in zip_axes}
+        raise config_lib.ConfigError(f"sweep: --zip axes must have one length each, got {lengths}")
+    if not axes and not zip_axes:
+        raise config_lib.ConfigError("sweep: nothing to sweep (give --grid and/or --zip)")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise config_lib.ConfigError(f"sweep: seeds must be distinct, got {list(seeds)}")
+    factors = [[((k, v),) for v in values] for k, values in axes]
+    if zip_axes:
+        factors.append([tuple((k, values[i]) for k, values in zip_axes)
+                        for i in range(len(zip_axes[0][1]))])
+    runs = []
+    for combo in itertools.product(*factors):
+        setting = tuple(pair for group in combo for pair in group)
+        parts = [_safe(f"{_short(k, keys)}={v}") for k, v in setting]
+        for seed in seeds:
+            runs.append(Run(setting, int(seed), "__".join(parts + [f"seed={seed}"])))
+    if len({r.name for r in runs}) != len(runs):
+        raise config_lib.ConfigError("sweep: two settings give the same run name; use values "
+                                     "that differ in letters or digits")
+    return runs
+
+
+def _finished(run_dir: str, steps: int) -> dict | None:
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        summary = json.load(f)
+    return summary if summary.get("step") == steps else None
+
+
+def _curves(run_dir: str) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
+    """Held-out metrics over steps, and the last logged training loss, from metrics.jsonl."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    last_loss = None
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return curves, None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a row cut short by a kill; the trainer sets such rows aside on resume
+            for key, value in row.items():
+                if key.startswith("eval/") and isinstance(value, (int, float)):
+                    curves.setdefault(key, []).append((int(row["step"]), float(value)))
+            if isinstance(row.get("loss"), (int, float)):
+                last_loss = float(row["loss"])
+    return curves, last_loss
+
+
+def _number(text: str):
+    value = config_lib.parse_value(text)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std())
+
+
+def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequence[str] = (),
+        seeds: Sequence[int] = (0,), overrides: Sequence[str] = (),
+        metrics: Sequence[str] = (), dry_run: bool = False) -> dict:
+    """Trains every run of the sweep (skipping finished ones) and writes the tables and plots.
+
+    Every run's config is built (and so checked: unknown keys, bad values) before the first
+    one trains. Returns {"runs": [...], "settings": [...], "failed": [...]}."""
+    from tl_jax import train
+
+    runs = plan(grid, zipped, seeds)
+    configs = {}
+    for r in runs:
+        try:
+            configs[r.name] = config_lib.load_config(config_spec, list(overrides) + r.overrides)
+        except config_lib.ConfigError as e:
+            raise config_lib.ConfigError(f"sweep run {r.name}: {e}") from e
+    first = configs[runs[0].name]
+    if "task" not in first or "train" not in first:
+        raise config_lib.ConfigError(f"sweep: {config_spec} is not a `tl_jax train` config "
+                                     "(no task/train sections)")
+    if not first.train.eval_every:
+        print("[sweep] Note: train.eval_every=0, so runs report no held-out metrics; the "
+              "tables will hold the last training loss only.", flush=True)
+    print(f"[sweep] {len(runs)} runs ({len(runs) // len(seeds)} settings x {len(seeds)} seeds) "
+          f"under {workdir}/runs", flush=True)
+    if dry_run:
+        for r in runs:
+            print(f"  {r.name}: {' '.join('--config.' + o for o in r.overrides)}")
+        return {"runs": [], "settings": [], "failed": []}
+    os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
+    records, failed = [], []
+    for i, r in enumerate(runs, 1):
+        run_dir = os.path.join(workdir, "runs", r.name)
+        config = configs[r.name]
+        summary = _finished(run_dir, int(config.train.steps))
+        if summary is not None:
+            print(f"[sweep] {i}/{len(runs)} {r.name}: finished before, skipped", flush=True)
+        else:
+            print(f"[sweep] {i}/{len(runs)} {r.name}", flush=True)
+            try:
+                summary = train.train_and_evaluate(config, run_dir).summary
+            except (ValueError, RuntimeError, OSError, FloatingPointError) as e:
+                print(f"[sweep] {r.name} failed: {type(e).__name__}: {e}", flush=True)
+                failed.append({"run": r.name, "error": f"{type(e).__name__}: {e}"})
+                continue
+        curves, last_loss = _curves(run_dir)
+        records.append({"run": r.name, "setting": dict(r.setting), "seed": r.seed,
+                        "step": summary.get("step"), "train/loss": last_loss,
+                        **{k: v for k, v in summary.items() if k.startswith("eval/")},
+                        "curves": curves})
+    result = summarize(records, runs, metrics)
+    result["failed"] = failed
+    write_outputs(workdir, result, runs)
+    if failed:
+        print(f"[sweep] {len(failed)} of {len(runs)} runs failed: "
+              f"{', '.join(f['run'] for f in failed)}", flush=True)
+    return result
+
+
+def summarize(records: list[dict], runs: list[Run], metrics: Sequence[str] = ()) -> dict:
+    """Groups the runs by setting: mean and population std over seeds of each metric."""
+    if metrics:
+        names = list(metrics)
+        for name in names:
+            if records and not any(name in rec for rec in records):
+                have = sorted({k for rec in records for k in rec if k.startswith(("eval/", "train/"))})
+                raise ValueError(f"sweep: no run reports the metric {name!r}; they report {have}")
+    else:
+        evals = sorted({k for rec in records for k in rec if k.startswith("eval/")})
+        names = evals + ["train/loss"]
+    settings = []
+    for setting in dict.fromkeys(r.setting for r in runs):
+        group = [rec for rec in records if tuple(rec["setting"].items()) == setting]
+        row = {"setting": dict(setting), "seeds": len(group)}
+        for name in names:
+            values = [rec[name] for rec in group
+                      if isinstance(rec.get(name), (int, float)) and math.isfinite(rec[name])]
+            if values:
+                row[name] = _mean_std(values)
+        curves: dict[str, dict[int, list[float]]] = {}
+        for rec in group:
+            for key, points in rec["curves"].items():
+                for step, value in points:
+                    curves.setdefault(key, {}).setdefault(step, []).append(value)
+        row["curves"] = {k: sorted((s, float(np.mean(v))) for s, v in c.items())
+                         for k, c in curves.items()}
+        settings.append(row)
+    return {"runs": records, "settings": settings, "metrics": names}
+
+
+def _fmt(mean_std, seeds: int) -> str:
+    mean, std = mean_std
+    return f"{mean:.4f}" if seeds < 2 else f"{mean:.4f} ± {std:.4f}"
+
+
+def markdown_table(result: dict) -> str:
+    settings, names = result["settings"], result["metrics"]
+    keys = list(settings[0]["setting"]) if settings else []
+    lines = ["| " + " | ".join(keys + ["seeds"] + names) + " |",
+             "|" + "---|" * len(keys) + "---:|" + "---:|" * len(names)]
+    for row in settings:
+        cells = [row["setting"][k] for k in keys] + [str(row["seeds"])]
+        cells += [_fmt(row[n], row["seeds"]) if n in row else "-" for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(workdir: str, result: dict, runs: list[Run]) -> None:
+    names = result["metrics"]
+    keys = list(runs[0].setting and dict(runs[0].setting))
+    with open(os.path.join(workdir, "results.csv"), "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run"] + keys + ["seed", "step"] + names)
+        for rec in result["runs"]:
+            writer.writerow([rec["run"]] + [rec["setting"][k] for k in keys]
+                            + [rec["seed"], rec["step"]] + [rec.get(n, "") for n in names])
+    table = markdown_table(result)
+    with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+        if result.get("failed"):
+            f.write("\nFailed runs:\n" + "".join(f"- {x['run']}: {x['error']}\n"
+                                                  for x in result["failed"]))
+    from tl_jax.metrics_writer import json_safe
+    with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(json_safe({k: v for k, v in result.items()}), f, indent=1, allow_nan=False)
+    print(table, flush=True)
+    plots = plot(workdir, result, keys)
+    print(f"[sweep] results.md, results.csv, results.json{''.join(', ' + p for p in plots)} "
+          f"in {workdir}", flush=True)
+
+
+def plot(workdir: str, result: dict, keys: list[str]) -> list[str]:
+    """curves.png and (one numeric axis) final.png; nothing without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[sweep] matplotlib is not installed (pip install -e '.[notebooks]'): tables only",
+              flush=True)
+        return []
+    written = []
+    settings = result["settings"]
+    curve_names = sorted({k for row in settings for k in row["curves"]})
+    if curve_names:
+        fig, axes = plt.subplots(1, len(curve_names), figsize=(4.5 * len(curve_names), 3.5),
+                                 squeeze=False)
+        for ax, name in zip(axes[0], curve_names):
+            for row in settings:
+                points = row["curves"].get(name)
+                if points:
+                    label = ", ".join(f"{_short(k, keys)}={v}" for k, v in row["setting"].items())
+                    ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+            ax.set_xlabel("step")
+            ax.set_title(name)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(workdir, "curves.png"), dpi=120)
+        plt.close(fig)
+        written.append("curves.png")
+    numeric = [k for k in keys if all(_number(row["setting"][k]) is not None for row in settings)]
+    names = [n for n in result["metrics"] if any(n in row for row in settings)]
+    if len(keys) == 1 and numeric and names:
+        key = numeric[0]
+        fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            rows = [row for row in settings if name in row]
+            x = [_number(row["setting"][key]) for row in rows]
+            ax.errorbar(x, [row[name][0] for row in rows], yerr=[row[name][1] for row in rows],
+                        marker="o", capsize=3)
+            ax.set_xlabel(key)
+            ax.set_title(name)
+        fig.tight_layout()
+        fig.savefig(os.path.join(workdir, "final.png"), dpi=120)
+        plt.close(fig)
+        written.append("final.png")
+    return written
