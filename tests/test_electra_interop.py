@@ -164,6 +164,17 @@ def test_convert_of_an_hf_pair_round_trips_through_tl_weights(tmp_path, capsys):
         back = load_file(tmp_path / "back" / sub / "model.safetensors")
         assert sorted(back) == sorted(original), sub
         assert all(np.array_equal(back[k], original[k]) for k in original), sub
+    # A discriminator alone (what the hub's *-discriminator repos hold) round-trips too.
+    shutil.rmtree(tmp_path / "hf" / "generator")
+    convert.convert(tmp_path / "hf", tmp_path / "tl_disc", "hf_to_tl")
+    config, params, family = convert.load_tl_params(tmp_path / "tl_disc")
+    assert family == "electra" and sorted(params) == ["bert", "discriminator_head"]
+    convert.convert(tmp_path / "tl_disc", tmp_path / "back_disc", "tl_to_hf")
+    original = load_file(tmp_path / "hf" / "model.safetensors")
+    back = load_file(tmp_path / "back_disc" / "model.safetensors")
+    assert sorted(back) == sorted(original)
+    assert all(np.array_equal(back[k], original[k]) for k in original)
+    assert not (tmp_path / "back_disc" / "generator").exists()
 
 
 @pytest.fixture(scope="module")
