@@ -31,8 +31,9 @@ def bert_weights(path: str):
     """`(BertConfig, flat params with the encoder under bert/)` of a tl_jax weights directory."""
     from tl_jax.interop import convert, safetensors_io
     config, params, family = convert.load_tl_params(path)
-    if family != "bert":
+    if family not in ("bert", "electra"):
         raise WarmStartError(f"{path} holds {family!r} weights, not a BERT encoder.")
+    config = getattr(config, "discriminator", config)  # an ELECTRA pair: the encoder that fine-tunes
     flat = safetensors_io.flatten_params(params)
     if not any(name.startswith("bert/") for name in flat):  # a headless BertModel tree
         flat = {"bert/" + name: value for name, value in flat.items()}
@@ -61,7 +62,8 @@ def warm_start(params, init_from: str, model_config=None, prefix_map: dict | Non
                only: str = ""):
     """Returns `params` with every matching tensor taken from `init_from`.
 
-    `init_from` is a tl_jax workdir (newest good checkpoint) or a Hugging Face BERT directory.
+    `init_from` is a tl_jax workdir (newest good checkpoint) or a Hugging Face BERT or ELECTRA
+    directory.
     `prefix_map` renames source prefixes first, e.g. `{"bert/": "encoder/"}` when a task model
     names its encoder differently from the pretraining model. With `only`, just the tensors
     under that prefix are taken (e.g. "bert/": a fine-tuned workdir's head stays behind).
@@ -74,8 +76,8 @@ def warm_start(params, init_from: str, model_config=None, prefix_map: dict | Non
         _, source = bert_weights(init_from)
         label = f"tl_jax weights {init_from}"
     elif is_hf_directory(init_from):
-        from tl_jax.interop import bert as hf_bert  # torch-free path: safetensors / numpy
-        source = hf_bert.load_flat_params(init_from, model_config)
+        from tl_jax import interop  # torch-free path: safetensors / numpy
+        source = interop.encoder_family_of(init_from).load_flat_params(init_from, model_config)
         label = f"Hugging Face checkpoint {init_from}"
     else:
         raise WarmStartError(

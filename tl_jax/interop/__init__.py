@@ -7,7 +7,7 @@ module provides
     save_pretrained(directory, config, params)         # tl_jax -> HF directory
 
 and whatever richer API its family needs (see `interop/bert.py`: load reports, export with or
-without heads, tokenizers, `init_from_hf`). Adding a family (ELECTRA, DistilBERT, ...) means one
+without heads, tokenizers, `init_from_hf`). Adding a family (DistilBERT, ...) means one
 new file with those two functions and one line here.
 """
 import dataclasses
@@ -17,6 +17,7 @@ import pathlib
 
 FAMILIES = {
     "bert": "tl_jax.interop.bert",
+    "electra": "tl_jax.interop.electra",
     "gpt2": "tl_jax.interop.gpt2",
 }
 
@@ -62,6 +63,20 @@ def family(name: str):
     if name not in FAMILIES:
         raise ValueError(f"no tl_jax interop for model_type {name!r}; known: {sorted(FAMILIES)}")
     return importlib.import_module(FAMILIES[name])
+
+
+# Families whose HF checkpoint holds a BERT-style encoder that `init_from` takes into any
+# fine-tuning model; each module has read_hf_config, load_flat_params and init_from_hf.
+ENCODER_FAMILIES = ("bert", "electra")
+
+
+def encoder_family_of(directory):
+    """The interop module of a HF directory holding a BERT-style encoder (BERT, ELECTRA)."""
+    name = model_type(directory)
+    if name not in ENCODER_FAMILIES:
+        raise ValueError(f"{directory}: model_type={name!r} is not a BERT-style encoder; "
+                         f"fine-tuning takes {list(ENCODER_FAMILIES)} checkpoints")
+    return family(name)
 
 
 def family_of(directory):

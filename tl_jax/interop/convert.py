@@ -9,7 +9,8 @@ A tl_jax weights directory is deliberately plain, readable without tl_jax:
 
     convert("hf_dir", "tl_dir", direction="hf_to_tl")
     convert("tl_dir", "hf_dir2", direction="tl_to_hf")
-    convert("train_workdir", "hf_dir3", direction="tl_to_hf")  # newest checkpoint: BERT or clm
+    convert("train_workdir", "hf_dir3", direction="tl_to_hf")  # newest checkpoint: BERT, clm
+                                                               # or electra
     params, report = init_from(params, "some_dir")   # either kind of directory
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import importlib
 import json
 import pathlib
 import shutil
+import typing
 import warnings
 
 import numpy as np
@@ -70,13 +72,25 @@ def load_tl_params(directory):
             raise ValueError(f"{config_file}: missing key {key!r} (is this a HF config.json? "
                              f"use direction='hf_to_tl')")
     module_name, _, class_name = meta["config_class"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
     fields = dict(meta["config"])
     for name in meta.get("dtype_fields", []):
         fields[name] = np.dtype(fields[name])
-    config = getattr(importlib.import_module(module_name), class_name)(**fields)
+    config = _build_config(cls, fields)
     params = safetensors_io.unflatten_params(
         safetensors_io.read_safetensors(directory / TL_PARAMS))
     return config, params, meta["family"]
+
+
+def _build_config(cls, fields: dict):
+    """`cls(**fields)`, rebuilding nested dataclass fields (an ElectraConfig's discriminator
+    `BertConfig`) from the dicts `dataclasses.asdict` wrote."""
+    hints = typing.get_type_hints(cls)
+    for name, value in fields.items():
+        kind = hints.get(name)
+        if isinstance(value, dict) and dataclasses.is_dataclass(kind):
+            fields[name] = _build_config(kind, dict(value))
+    return cls(**fields)
 
 
 def _copy_tokenizer(src: pathlib.Path, dst: pathlib.Path) -> list[str]:
@@ -93,7 +107,9 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
 
     hf_to_tl: BERT checkpoints without MLM/NSP heads stay headless (no random heads are
     invented); a missing pooler is initialised fresh with a warning. tl_to_hf: the HF model
-    gets heads exactly when the tl_jax tree has them. Tokenizer files are copied along.
+    gets heads exactly when the tl_jax tree has them. ELECTRA: a discriminator directory
+    converts alone, or with its generator when `src/generator/` holds one, and back the same
+    way. Tokenizer files are copied along.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -125,6 +141,8 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
         config, params, name = load_tl_params(src)
         interop.family(name).save_pretrained(dst, config, params)
     _copy_tokenizer(src, dst)
+    if direction == "tl_to_hf" and (dst / "generator" / "config.json").exists():
+        _copy_tokenizer(src, dst / "generator")  # an ELECTRA pair: each half loads alone
     return dst
 
 
@@ -135,8 +153,9 @@ def is_trainer_workdir(directory) -> bool:
 
 
 def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
-    """HF export of the newest checkpoint of a BERT run (pretraining or fine-tuning), or of a
-    GPT language model (`clm`) run as `GPT2LMHeadModel`.
+    """HF export of the newest checkpoint of a BERT run (pretraining or fine-tuning), of a
+    GPT language model (`clm`) run as `GPT2LMHeadModel`, or of an `electra` run as
+    `ElectraForPreTraining` + `generator/ElectraForMaskedLM`.
 
     The architecture comes from the param shapes, the rest (activation, dropout) from the
     run's config; a pretraining run keeps its MLM/NSP heads, a task model exports its encoder.
@@ -148,6 +167,9 @@ def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
     task = run_config.get("task")
     if task == "clm":
         _export_gpt_workdir(src, dst)
+        return
+    if task == "electra":
+        _export_electra_workdir(src, dst, run_config)
         return
     if task == "lm_classify":
         raise ValueError(f"convert: {src} is a GPT classifier (task lm_classify), which has no "
@@ -162,6 +184,27 @@ def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
     hf_bert.export(params, config, dst, with_heads=has_heads, tokenizer=tokenizer)
     print(f"[convert] {src} step {step}: BERT {config.num_layers}x{config.hidden_size}, "
           f"{'with' if has_heads else 'without'} MLM/NSP heads")
+
+
+def _export_electra_workdir(src: pathlib.Path, dst: pathlib.Path, run_config: dict) -> None:
+    """An `electra` workdir's newest checkpoint: the discriminator as `ElectraForPreTraining`
+    in `dst`, the generator as `ElectraForMaskedLM` in `dst/generator`, each with the run's
+    tokenizer. Shapes come from the params, activation and dropout from the run's config."""
+    from tl_jax import checkpoint
+    from tl_jax.interop import electra as hf_electra
+
+    flat, step = checkpoint.load_params_from_workdir(str(src))
+    model = run_config.get("model", {}) if isinstance(run_config.get("model"), dict) else {}
+    extra = {k: model[k] for k in ("hidden_act", "layer_norm_eps", "dropout_rate",
+                                   "attention_dropout_rate") if k in model}
+    params = safetensors_io.unflatten_params(flat)
+    config = hf_electra.config_from_params(params, **extra)
+    tokenizer = src / "tokenizer" if (src / "tokenizer").is_dir() else None
+    hf_electra.export(params, config, dst, tokenizer=tokenizer)
+    d = config.discriminator
+    print(f"[convert] {src} step {step}: ELECTRA discriminator {d.num_layers}x{d.hidden_size} "
+          f"-> {dst}, generator {config.generator_num_layers}x{config.generator_hidden_size} "
+          f"-> {dst / hf_electra.GENERATOR_SUBDIR}")
 
 
 def _export_gpt_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
@@ -203,7 +246,7 @@ def init_from(params, directory, *, warn: bool = True):
     source = safetensors_io.flatten_params(source_params)
     target = safetensors_io.flatten_params(params)
     src_root = dst_root = ""
-    if family == "bert":
+    if family in ("bert", "electra"):
         from tl_jax.interop.bert import _find_bert_root
 
         src_root, dst_root = _find_bert_root(source), _find_bert_root(target)

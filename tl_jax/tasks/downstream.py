@@ -2,7 +2,7 @@
 
 * `Encoder.from_config(config, texts)`: the tokenizer and `BertConfig` for `config.init_from`:
   a tl_jax workdir (pretraining or fine-tuning: its checkpoint's shapes and `tokenizer/`), a
-  Hugging Face BERT directory (`config.json` + tokenizer + safetensors), or "" for a model from scratch whose
+  Hugging Face BERT or ELECTRA discriminator directory (`config.json` + tokenizer + safetensors), or "" for a model from scratch whose
   shape is `config.model.size` (a size name, or a Hugging Face directory whose architecture, not
   weights, is copied), with `config.data.tokenizer` or else a WordPiece vocabulary trained on
   the task's own training text. `config.model.num_layers` > 0 keeps only that many bottom layers
@@ -80,9 +80,12 @@ class Encoder:
             return params
         if warm_start.is_hf_directory(self.init_from) and not warm_start.is_tl_weights(
                 self.init_from):
-            from tl_jax.interop import bert as hf_bert
-            params, report = hf_bert.init_from_hf(params, self.init_from, warn=False)
-            missing = [p for p in report.missing if p.startswith("bert/")]
+            from tl_jax import interop
+            hf_family = interop.encoder_family_of(self.init_from)  # BERT or ELECTRA
+            params, report = hf_family.init_from_hf(params, self.init_from, warn=False)
+            # The pooler is a head: ELECTRA trains none, some BERT exports drop it.
+            missing = [p for p in report.missing
+                       if p.startswith("bert/") and not p.startswith("bert/pooler/")]
             if missing:
                 raise warm_start.WarmStartError(
                     f"init_from={self.init_from}: encoder params not in the checkpoint: {missing[:5]}")
@@ -105,7 +108,8 @@ def tokenizer_path(source: str) -> str:
 
 
 def architecture(source: str, tokenizer: Tokenizer) -> bert.BertConfig:
-    """The `BertConfig` of a tl_jax pretraining workdir or a Hugging Face BERT directory."""
+    """The `BertConfig` of a tl_jax pretraining workdir or a Hugging Face BERT (or ELECTRA
+    discriminator) directory."""
     if warm_start.is_tl_workdir(source):
         # From the checkpoint's shapes, not its config: a fine-tuning run's config has no
         # pretraining fields and names a size its init_from overrode (e.g. MiniLM's 6x384).
@@ -117,8 +121,8 @@ def architecture(source: str, tokenizer: Tokenizer) -> bert.BertConfig:
     if warm_start.is_tl_weights(source):
         return warm_start.bert_weights(source)[0]
     if warm_start.is_hf_directory(source):
-        from tl_jax.interop import bert as hf_bert
-        return hf_bert.read_hf_config(source)
+        from tl_jax import interop
+        return interop.encoder_family_of(source).read_hf_config(source)  # BERT or ELECTRA
     raise warm_start.WarmStartError(
         f"{source!r} is neither a tl_jax workdir (with checkpoints/), nor tl_jax weights (with "
         "params.safetensors), nor a Hugging Face BERT directory (with config.json), nor a model "

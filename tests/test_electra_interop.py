@@ -1,0 +1,306 @@
+"""Hugging Face ELECTRA interop: logit parity with transformers (PyTorch CPU) both ways, exact
+round trips, `tl_jax convert` of a trained electra workdir, HF discriminators as `init_from`,
+and errors for what cannot be converted."""
+import dataclasses
+import json
+import pathlib
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.numpy import load_file, save_file
+
+from tl_jax import config as config_lib
+from tl_jax import interop, train
+from tl_jax.interop import convert
+from tl_jax.interop import electra as hf_electra
+from tl_jax.models import electra
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ELECTRA = str(ROOT / "configs" / "electra_pretrain.py")
+CLASSIFY = str(ROOT / "configs" / "finetune_classify.py")
+
+# (vocab, width, layers, heads, intermediate, generator width, heads, intermediate, layers):
+# odd sizes catch transposes that happen to fit; the second has a generator as wide as the
+# discriminator (no embeddings_project) and a shallower one.
+SHAPES = [
+    (53, 24, 2, 3, 37, 8, 1, 11, 2),
+    (67, 16, 2, 2, 20, 16, 2, 12, 1),
+]
+
+
+def hf_pair(path, shape, seed=0):
+    """A random-init discriminator + generator (shared embeddings), saved as HF saves them."""
+    vocab, width, layers, heads, inter, g_width, g_heads, g_inter, g_layers = shape
+    common = dict(vocab_size=vocab, embedding_size=width, max_position_embeddings=32,
+                  type_vocab_size=3)
+    disc_cfg = transformers.ElectraConfig(hidden_size=width, num_hidden_layers=layers,
+                                          num_attention_heads=heads, intermediate_size=inter,
+                                          **common)
+    gen_cfg = transformers.ElectraConfig(hidden_size=g_width, num_hidden_layers=g_layers,
+                                         num_attention_heads=g_heads, intermediate_size=g_inter,
+                                         **common)
+    torch.manual_seed(seed)
+    disc = transformers.ElectraForPreTraining(disc_cfg).eval()
+    gen = transformers.ElectraForMaskedLM(gen_cfg).eval()
+    with torch.no_grad():  # non-trivial biases and LayerNorms, so every tensor matters
+        for model in (disc, gen):
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        gen.electra.embeddings.load_state_dict(disc.electra.embeddings.state_dict())
+    disc.save_pretrained(path)
+    gen.save_pretrained(path / "generator")
+    return disc, gen
+
+
+def random_inputs(vocab, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, (3, 13))
+    segments = rng.integers(0, 3, (3, 13))
+    mask = np.ones((3, 13), np.int64)
+    mask[1, 9:] = 0
+    mask[2, 4:] = 0
+    return ids, segments, mask
+
+
+def torch_logits(disc, gen, ids, segments, mask):
+    args = dict(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(segments),
+                attention_mask=torch.tensor(mask))
+    with torch.no_grad():
+        return disc(**args).logits.numpy(), gen(**args).logits.numpy()
+
+
+def tl_logits(config, params, ids, segments, mask):
+    """(discriminator logits (B, L), generator MLM logits at every position (B, L, V))."""
+    model = electra.ElectraForPreTraining(config)
+
+    @jax.jit  # one compilation instead of hundreds of op-by-op dispatches
+    def both(p, ids, segments, mask):
+        disc, _ = model.apply({"params": p}, ids, segments, mask, method="discriminate")
+        every = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+        gen, _ = model.apply({"params": p}, ids, segments, mask, every, method="generate")
+        return disc["discriminator_logits"], gen["mlm_logits"]
+
+    disc, gen = both(params, *(np.asarray(x, np.int32) for x in (ids, segments, mask)))
+    return np.asarray(disc), np.asarray(gen)
+
+
+def assert_parity(ours, ref, mask):
+    real = mask == 1  # HF computes padded positions too; nobody reads them
+    np.testing.assert_allclose(ours[0][real], ref[0][real], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours[1][real], ref[1][real], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_hf_to_tl_parity(tmp_path, shape):
+    disc, gen = hf_pair(tmp_path / "hf", shape)
+    config, params, report = hf_electra.load(tmp_path / "hf")
+    assert report.unused == [] and report.missing == []
+    assert (config.generator_hidden_size, config.generator_num_layers) == (shape[5], shape[8])
+    has_project = shape[5] != shape[1]
+    assert ("embeddings_project" in params["generator"]) == has_project
+    inputs = random_inputs(shape[0])
+    assert_parity(tl_logits(config, params, *inputs), torch_logits(disc, gen, *inputs),
+                  inputs[2])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_tl_to_hf_parity_and_exact_round_trip(tmp_path, shape):
+    vocab, width, layers, heads, inter, g_width, g_heads, g_inter, g_layers = shape
+    config = electra.ElectraConfig(
+        discriminator=electra.bert.BertConfig(
+            vocab_size=vocab, hidden_size=width, num_layers=layers, num_heads=heads,
+            intermediate_size=inter, max_position_embeddings=32, type_vocab_size=3),
+        generator_hidden_size=g_width, generator_num_heads=g_heads,
+        generator_intermediate_size=g_inter, generator_num_layers=g_layers)
+    ids, segments, mask = random_inputs(vocab, seed=1)
+    positions = np.zeros((3, 2), np.int32)
+    # The model's param shapes, filled with random values (compiling the real initialisers
+    # would cost more than the rest of the test): LayerNorm scales near 1, the rest near 0.
+    init = electra.ElectraForPreTraining(config).init
+    shapes = nn.unbox(jax.eval_shape(
+        init, {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)},
+        ids.astype(np.int32), segments.astype(np.int32), mask.astype(np.int32), positions,
+        positions, np.ones((3, 2), np.float32))["params"])
+    rng = np.random.default_rng(2)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, s: (path[-1].key == "scale") + np.float32(0.1) * rng.standard_normal(
+            s.shape, np.float32), shapes)
+
+    out = hf_electra.export(params, config, tmp_path / "hf")
+    disc, info = transformers.ElectraForPreTraining.from_pretrained(out, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    gen, info = transformers.ElectraForMaskedLM.from_pretrained(out / "generator",
+                                                                output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert_parity(tl_logits(config, params, ids, segments, mask),
+                  torch_logits(disc.eval(), gen.eval(), ids, segments, mask), mask)
+
+    # tl_jax -> HF -> tl_jax is exact, and so is HF -> tl_jax -> HF.
+    config2, params2, _ = hf_electra.load(out)
+    assert config2 == config
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params2, params)
+    hf_electra.export(params2, config2, tmp_path / "again")
+    for sub in ("", "generator"):
+        first = load_file(out / sub / "model.safetensors")
+        again = load_file(tmp_path / "again" / sub / "model.safetensors")
+        assert sorted(first) == sorted(again)
+        assert all(np.array_equal(first[k], again[k]) for k in first)
+
+
+def test_convert_of_an_hf_pair_round_trips_through_tl_weights(tmp_path, capsys):
+    hf_pair(tmp_path / "hf", SHAPES[0])
+    convert.convert(tmp_path / "hf", tmp_path / "tl", "hf_to_tl")
+    config, params, family = convert.load_tl_params(tmp_path / "tl")  # nested BertConfig rebuilt
+    assert family == "electra" and isinstance(config, electra.ElectraConfig)
+    convert.convert(tmp_path / "tl", tmp_path / "back", "tl_to_hf")
+    for sub in ("", "generator"):
+        original = load_file(tmp_path / "hf" / sub / "model.safetensors")
+        back = load_file(tmp_path / "back" / sub / "model.safetensors")
+        assert sorted(back) == sorted(original), sub
+        assert all(np.array_equal(back[k], original[k]) for k in original), sub
+    # A discriminator alone (what the hub's *-discriminator repos hold) round-trips too.
+    shutil.rmtree(tmp_path / "hf" / "generator")
+    convert.convert(tmp_path / "hf", tmp_path / "tl_disc", "hf_to_tl")
+    config, params, family = convert.load_tl_params(tmp_path / "tl_disc")
+    assert family == "electra" and sorted(params) == ["bert", "discriminator_head"]
+    convert.convert(tmp_path / "tl_disc", tmp_path / "back_disc", "tl_to_hf")
+    original = load_file(tmp_path / "hf" / "model.safetensors")
+    back = load_file(tmp_path / "back_disc" / "model.safetensors")
+    assert sorted(back) == sorted(original)
+    assert all(np.array_equal(back[k], original[k]) for k in original)
+    assert not (tmp_path / "back_disc" / "generator").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert_overrides, tmp_path_factory):
+    """A finished electra workdir: tiny model, three steps on real text (no eval: it would only
+    add a compilation)."""
+    workdir = tmp_path_factory.mktemp("electra_run")
+    config = config_lib.load_config(ELECTRA + ":tiny", tiny_bert_overrides + [
+        "train.steps=3", "train.log_every=3", "train.eval_every=0", "train.checkpoint_every=3",
+        "optimizer.warmup_steps=1", "mesh.num_devices=1"])
+    train.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+def test_convert_a_trained_workdir_loads_in_transformers(trained, tmp_path, data_dir, capsys):
+    from tl_jax import checkpoint
+
+    out = tmp_path / "hf"
+    convert.convert(trained, out, "tl_to_hf")
+    assert "ELECTRA discriminator 2x128" in capsys.readouterr().out
+    flat, _ = checkpoint.load_params_from_workdir(str(trained))
+    params = jax.tree_util.tree_map(np.asarray, convert.safetensors_io.unflatten_params(flat))
+    config = hf_electra.config_from_params(params)
+
+    lines = (data_dir / "enwiki_sample.jsonl").read_text().splitlines()[60:63]
+    texts = [json.loads(line)["text"][:n] for line, n in zip(lines, (200, 60, 25))]
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    enc = hf_tok(texts, padding=True, truncation=True, max_length=32, return_tensors="np")
+    from tl_jax.data.tokenizer import Tokenizer
+    ours_tok = Tokenizer.load(str(trained / "tokenizer"))
+    assert [ids[1:-1] for ids in hf_tok(texts, truncation=False)["input_ids"]] == \
+        ours_tok.encode_batch(texts)  # same ids ([CLS]/[SEP] are added by our example builder)
+
+    disc, info = transformers.ElectraForPreTraining.from_pretrained(out, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    gen = transformers.ElectraForMaskedLM.from_pretrained(out / "generator")
+    inputs = (enc["input_ids"], enc["token_type_ids"], enc["attention_mask"])
+    assert (enc["attention_mask"] == 0).any()  # the batch really has padding
+    assert_parity(tl_logits(config, params, *inputs), torch_logits(disc.eval(), gen.eval(),
+                                                                   *inputs), inputs[2])
+    assert (out / "generator" / "tokenizer.json").exists()
+
+
+def test_an_hf_discriminator_is_an_init_from_for_fine_tuning(trained, tmp_path, data_dir,
+                                                              capsys):
+    from tl_jax import checkpoint
+
+    out = tmp_path / "hf"
+    convert.convert(trained, out, "tl_to_hf")
+    shutil.rmtree(out / "generator")  # what people fine-tune: the discriminator alone
+    config = config_lib.load_config(CLASSIFY + ":tiny", [
+        f"init_from={out}", "train.progress=False", "mesh.num_devices=1",
+        f"data.train_file={data_dir / 'polarity_sentences.jsonl'}",
+        f"data.eval_file={data_dir / 'polarity_sentences.jsonl'}", "data.max_seq_length=32",
+        "data.max_train_examples=32", "data.max_eval_examples=16"])
+    trainer = train.build_trainer(config, workdir=None)
+    shape = trainer.task.model_config
+    assert (shape.num_layers, shape.hidden_size, shape.vocab_size) == (2, 128, 2000)
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    printed = capsys.readouterr().out
+    assert "Hugging Face checkpoint" in printed and "bert/pooler" in printed  # fresh: no pooler
+    source, _ = checkpoint.load_params_from_workdir(str(trained))
+    got = convert.safetensors_io.flatten_params(jax.device_get(state["params"]))
+    encoder = [n for n in source if n.startswith("bert/")]
+    assert len(encoder) == 37
+    for name in encoder:
+        np.testing.assert_array_equal(got[name], source[name])
+
+
+def test_errors_name_what_is_wrong(tmp_path):
+    hf_pair(tmp_path / "hf", SHAPES[0])
+    hf = tmp_path / "hf"
+
+    bert_dir = tmp_path / "bert"
+    transformers.BertModel(transformers.BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=8)).save_pretrained(bert_dir)
+    with pytest.raises(ValueError, match=r"config.json: model_type='bert', expected 'electra'; "
+                                         "this is not an ELECTRA checkpoint"):
+        hf_electra.load(bert_dir)
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="model_type='gpt2' is not a BERT-style encoder"):
+        interop.encoder_family_of(gpt)
+
+    # ELECTRA-Small's factorised embeddings: refused, not approximated.
+    small = tmp_path / "small"
+    transformers.ElectraForPreTraining(transformers.ElectraConfig(
+        vocab_size=30, embedding_size=8, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=8)).save_pretrained(small)
+    with pytest.raises(ValueError, match=r"small/config.json: embedding_size=8 differs from "
+                                         r"hidden_size=16 \(factorised embeddings"):
+        hf_electra.read_hf_config(small)
+
+    with pytest.raises(FileNotFoundError, match="holds no ELECTRA generator"):
+        hf_electra.load(hf, generator_directory=tmp_path / "nowhere")
+    gen_config = json.loads((hf / "generator" / "config.json").read_text())
+    bad = tmp_path / "bad_gen"
+    shutil.copytree(hf / "generator", bad)
+    (bad / "config.json").write_text(json.dumps(dict(gen_config, embedding_size=12)))
+    with pytest.raises(ValueError, match=r"bad_gen/config.json: embedding_size=12, but the "
+                                         r"generator shares the discriminator's embeddings"):
+        hf_electra.load(hf, generator_directory=bad)
+    (bad / "config.json").write_text(json.dumps(dict(gen_config, vocab_size=54)))
+    with pytest.raises(ValueError, match="vocab_size=54 differs from the discriminator's 53"):
+        hf_electra.load(hf, generator_directory=bad)
+
+    tensors = load_file(hf / "model.safetensors")
+    name = "electra.encoder.layer.1.intermediate.dense.weight"
+    tensors[name] = np.zeros((24, 37), np.float32)
+    save_file(tensors, str(hf / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"'{name}' has shape \(24, 37\), but config.json "
+                                         r"implies \(37, 24\)"):
+        hf_electra.load(hf)
+    del tensors[name]
+    save_file(tensors, str(hf / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="lacks encoder tensors.*layer_1/mlp/intermediate/kernel"):
+        hf_electra.load_discriminator(hf)
+
+    # HF's generator head is always gelu: another activation cannot export exactly.
+    hf_pair(tmp_path / "fresh", SHAPES[1])
+    config, params, _ = hf_electra.load(tmp_path / "fresh")
+    tanh_gelu = dataclasses.replace(
+        config, discriminator=config.discriminator.replace(hidden_act="gelu_new"))
+    with pytest.raises(ValueError, match="hidden_act='gelu_new'.*always applies 'gelu'"):
+        hf_electra.export(params, tanh_gelu, tmp_path / "nope")
+    hf_electra.export(params, tanh_gelu, tmp_path / "disc_only", with_generator=False)
+    assert not (tmp_path / "disc_only" / "generator").exists()
