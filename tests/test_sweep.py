@@ -47,7 +47,7 @@ def test_bad_sweeps_are_refused(grid, zipped, seeds, message):
         sweep.plan(grid, zipped, seeds)
 
 
-def _fake_training(calls, fail=()):
+def _fake_training(calls, fail=(), stop_at=None):
     """Stands in for train.train_and_evaluate: writes what a run writes, from the config."""
     def fake(config, workdir):
         name = pathlib.Path(workdir).name
@@ -61,7 +61,8 @@ def _fake_training(calls, fail=()):
                 {"step": 2, "eval/mlm_accuracy": score / 2},
                 {"step": 4, "eval/mlm_accuracy": score}]
         (work / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        summary = {"step": config.train.steps, "eval/mlm_accuracy": score}
+        step = stop_at if stop_at and name.startswith("masked_lm_prob=0.3") else config.train.steps
+        summary = {"step": step, "eval/mlm_accuracy": score}
         (work / "summary.json").write_text(json.dumps(summary))
         return train.TrainResult(summary=summary, state={}, trainer=None)
     return fake
@@ -109,6 +110,16 @@ def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, ca
     assert "masked_lm_prob=0.2__seed=0 failed: ValueError: broken run" in out
     table = (tmp_path / "results.md").read_text()
     assert "| 0.2 | 0 | - |" in table and "Failed runs:" in table
+
+
+def test_a_run_stopped_by_sigterm_stops_the_sweep(tmp_path, monkeypatch):
+    # The trainer saves and returns early on SIGTERM; the sweep used to start the next run.
+    calls = []
+    monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls, stop_at=2))
+    with pytest.raises(SystemExit, match="sweep stopped during run masked_lm_prob=0.3__seed=0"):
+        cli.main(["sweep", f"--config={BERT}", f"--workdir={tmp_path}",
+                  "--grid=data.masked_lm_prob=0.1,0.3,0.5", "--config.train.steps=4"])
+    assert calls == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.3__seed=0"]
 
 
 def test_every_config_is_checked_before_the_first_run(tmp_path, monkeypatch):

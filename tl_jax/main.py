@@ -89,6 +89,8 @@ def _sweep(args, overrides):
                        seeds=seeds, overrides=overrides,
                        metrics=[x.strip() for x in args.metrics.split(",") if x.strip()],
                        dry_run=args.dry_run)
+    if result.get("stopped"):
+        sys.exit(f"tl_jax: sweep stopped during run {result['stopped']} (rerun to resume)")
     if result["failed"]:
         sys.exit(f"tl_jax: error: {len(result['failed'])} sweep run(s) failed (see "
                  f"{args.workdir}/results.md)")

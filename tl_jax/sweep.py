@@ -203,6 +203,13 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
                 print(f"[sweep] {r.name} failed: {type(e).__name__}: {e}", flush=True)
                 failed.append({"run": r.name, "error": f"{type(e).__name__}: {e}"})
                 continue
+            if summary.get("step") != int(config.train.steps):
+                # The trainer saved and returned early: SIGTERM (a preemption, a kill). The
+                # sweep stops too, rather than start the next run on a machine going away.
+                print(f"[sweep] {r.name} stopped at step {summary.get('step')} of "
+                      f"{config.train.steps}; the sweep stops here. Run the same command "
+                      "again to resume it.", flush=True)
+                return {"runs": records, "settings": [], "failed": failed, "stopped": r.name}
         curves, last_loss = _curves(run_dir)
         records.append({"run": r.name, "setting": dict(r.setting), "seed": r.seed,
                         "step": summary.get("step"), "train/loss": last_loss,
