@@ -92,3 +92,62 @@ def test_other_directories_are_refused_in_one_line(tmp_path, pretrained):
             fill_mask.FillMask.from_workdir(str(path))
     with pytest.raises(fill_mask.FillMaskError, match="has no \\[MASK\\] to fill"):
         fill_mask.run(pretrained[1], ["no mask"])
+
+
+def _hf_bert(path, masked_lm: bool):
+    """A random 2-layer HF BERT (with or without its MLM head) and a small WordPiece vocab."""
+    import torch
+    import transformers
+
+    words = "the a city river town is was big old new in on of and".split()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    hf_config = transformers.BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    cls = transformers.BertForMaskedLM if masked_lm else transformers.BertModel
+    model = cls(hf_config).eval()
+    model.save_pretrained(path)
+    (pathlib.Path(path) / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return model
+
+
+def test_a_hugging_face_bert_with_its_mlm_head_fills_masks(tmp_path, capsys):
+    import torch
+
+    from tl_jax.interop import convert
+
+    hf = _hf_bert(tmp_path / "hf", masked_lm=True)
+    model = fill_mask.FillMask.load(str(tmp_path / "hf"))
+    assert model.description.startswith(f"the Hugging Face BERT in {tmp_path / 'hf'}")
+    text = "the old [MASK] is big"
+    tok = model.tokenizer
+    ids = [tok.cls_id] + tok.encode("the old") + [tok.mask_id] + tok.encode("is big") + [tok.sep_id]
+    with torch.no_grad():
+        logits = hf(torch.tensor([ids])).logits[0, ids.index(tok.mask_id)].numpy()
+    logits[list(tok.special_ids)] = -np.inf
+    want = [tok.decode([int(i)]) for i in np.argsort(-logits)[:3]]
+    assert model.predict(text, top_k=3) == [want]
+    # The same model as a tl_jax weights directory (`tl_jax convert`) predicts the same.
+    convert.convert(tmp_path / "hf", tmp_path / "tl", "hf_to_tl")
+    assert fill_mask.FillMask.load(str(tmp_path / "tl")).predict(text, top_k=3) == [want]
+    main.main(["fill_mask", f"--model={tmp_path / 'tl'}", f"--text={text}", "--top_k=3"])
+    assert f"{text}\t[MASK] 1: {' '.join(want)}" in capsys.readouterr().out
+
+
+def test_an_encoder_without_its_mlm_head_is_refused(tmp_path):
+    from tl_jax.interop import convert
+
+    _hf_bert(tmp_path / "hf", masked_lm=False)
+    with pytest.raises(fill_mask.FillMaskError, match=r"holds an encoder without its MLM head .*"
+                                                      r"--config.init_from="):
+        fill_mask.FillMask.load(str(tmp_path / "hf"))
+    convert.convert(tmp_path / "hf", tmp_path / "tl", "hf_to_tl")
+    with pytest.raises(fill_mask.FillMaskError, match="weights directory of a BERT encoder "
+                                                      "without its MLM head"):
+        fill_mask.FillMask.load(str(tmp_path / "tl"))
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(fill_mask.FillMaskError, match="is a Hugging Face gpt2 model"):
+        fill_mask.FillMask.load(str(gpt))

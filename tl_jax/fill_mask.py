@@ -14,6 +14,10 @@ Which model predicts, by the workdir's task:
 
 Any other workdir (a fine-tuned task model, a GPT language model, a biLM, static vectors) has
 no masked-LM head and is refused with a one-line `FillMaskError` saying what the workdir is.
+
+`FillMask.load(path)` also takes a Hugging Face BERT directory whose checkpoint has the MLM head
+(`BertForMaskedLM`, `BertForPreTraining`; an encoder-only `BertModel` is refused) and a tl_jax
+weights directory of a BERT with its heads (`tl_jax convert` of such a directory or workdir).
 """
 from __future__ import annotations
 
@@ -168,6 +172,62 @@ class FillMask:
                 description += "; the teacher is not used"
         return cls(config, params, tokenizer, description)
 
+    @classmethod
+    def load(cls, path: str) -> "FillMask":
+        """A `tl_jax train` workdir (see `from_workdir`), a Hugging Face BERT directory with its
+        MLM head, or a tl_jax weights directory of a BERT with its heads."""
+        from tl_jax.interop import convert
+
+        if os.path.isdir(os.path.join(path, "checkpoints")) or not os.path.isdir(path):
+            return cls.from_workdir(path)
+        if convert.is_tl_dir(path):
+            return cls._from_weights_dir(path)
+        hf_config = os.path.join(path, "config.json")
+        if os.path.isfile(hf_config):
+            with open(hf_config) as f:
+                try:
+                    is_hf = "model_type" in json.load(f)
+                except json.JSONDecodeError:
+                    is_hf = False
+            if is_hf:
+                return cls._from_hf_dir(path)
+        return cls.from_workdir(path)  # says what is missing
+
+    @classmethod
+    def _from_hf_dir(cls, path: str) -> "FillMask":
+        from tl_jax.interop import bert as hf_bert
+
+        with open(os.path.join(path, "config.json")) as f:
+            model_type = json.load(f).get("model_type")
+        if model_type != "bert":
+            raise FillMaskError(f"fill_mask: {path} is a Hugging Face {model_type or 'unknown'} "
+                                "model; fill_mask reads BERT directories (model_type 'bert')")
+        config, params, report = hf_bert.load(path, with_heads=True, warn=False)
+        if any(p.startswith("mlm_head/") for p in report.missing):
+            raise FillMaskError(
+                f"fill_mask: {path} holds an encoder without its MLM head (a BertModel "
+                "checkpoint), so it cannot predict tokens; give it one with `tl_jax train "
+                f"--config=configs/bert_pretrain.py --config.init_from={path}`")
+        tokenizer = hf_bert.load_tl_tokenizer(path)
+        return cls(config, params, tokenizer,
+                   f"the Hugging Face BERT in {path} ({config.num_layers} layers, "
+                   f"{config.hidden_size} wide)")
+
+    @classmethod
+    def _from_weights_dir(cls, path: str) -> "FillMask":
+        from tl_jax.interop import convert
+
+        config, params, family = convert.load_tl_params(path)
+        heads = isinstance(params, dict) and {"mlm_head", "nsp_head"} <= set(params)
+        if family != "bert" or not heads:
+            what = (f"a {family} model" if family != "bert" else
+                    "a BERT encoder without its MLM head")
+            raise FillMaskError(f"fill_mask: {path} is a tl_jax weights directory of {what}; "
+                                "fill_mask needs a BERT with its MLM head (as `tl_jax convert` "
+                                "writes one of a pretraining checkpoint)")
+        return cls(config, params, Tokenizer.load(path),
+                   f"the BERT in {path} ({config.num_layers} layers, {config.hidden_size} wide)")
+
     def predict(self, text: str, top_k: int = 5) -> list[list[str]]:
         """The top-k tokens for each [MASK] in `text` (which may contain several)."""
         tok = self.tokenizer
@@ -203,7 +263,7 @@ def run(model_dir: str, texts, top_k: int = 5) -> None:
     no_mask = [t for t in texts if "[MASK]" not in t]
     if no_mask:
         raise FillMaskError(f"fill_mask: --text={no_mask[0]!r} has no [MASK] to fill")
-    model = FillMask.from_workdir(model_dir)
+    model = FillMask.load(model_dir)
     print(f"[fill_mask] predicting with {model.description}", flush=True)
     for text in texts:
         for i, tokens in enumerate(model.predict(text, top_k=top_k), start=1):

@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=32)
     p = sub.add_parser("fill_mask", help=COMMANDS["fill_mask"][0])
     p.add_argument("--model", required=True,
-                   help="tl_jax workdir of a bert_pretrain, distill or electra run")
+                   help="tl_jax workdir of a bert_pretrain, distill or electra run, a HF BERT "
+                        "directory with its MLM head, or a tl_jax weights directory of one")
     p.add_argument("--text", action="append", help="a text with [MASK]s (repeatable)")
     p.add_argument("--top_k", type=int, default=5)
     p = sub.add_parser("build_tasks", help=COMMANDS["build_tasks"][0])
