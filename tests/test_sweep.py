@@ -26,6 +26,9 @@ def test_plan_is_the_product_of_the_grid_the_zipped_group_and_the_seeds():
     assert runs[0].name == "masked_lm_prob=0.1__batch_size=16__learning_rate=1e-3__seed=0"
     assert runs[0].overrides == ["data.masked_lm_prob=0.1", "data.batch_size=16",
                                  "optimizer.learning_rate=1e-3", "seed=0"]
+    # A zipped value may repeat, as long as the settings differ.
+    runs = sweep.plan([], ["optimizer.name=adamw,adamw,lamb", "data.batch_size=16,64,16"])
+    assert [dict(r.setting)["optimizer.name"] for r in runs] == ["adamw", "adamw", "lamb"]
     # Commas inside brackets or quotes belong to a value.
     key, values = sweep.parse_axis("model.filters=((1, 8), (2, 8)),((1, 4),),'a,b'", "grid")
     assert values == ["((1, 8), (2, 8))", "((1, 4),)", "'a,b'"]
@@ -40,6 +43,7 @@ def test_plan_is_the_product_of_the_grid_the_zipped_group_and_the_seeds():
     (["seed=1,2"], [], [0], "--seeds"),
     ([], ["data.batch_size=16,32", "optimizer.learning_rate=1e-3"], [0], "one length"),
     (["data.batch_size=16,32"], [], [1, 1], "distinct"),
+    ([], ["data.batch_size=16,16", "optimizer.name=lamb,lamb"], [0], "repeat a setting"),
     (["a.x=1/2,1_2"], [], [0], "same run name"),
 ])
 def test_bad_sweeps_are_refused(grid, zipped, seeds, message):

@@ -70,7 +70,7 @@ def parse_axis(spec: str, flag: str) -> tuple[str, list[str]]:
     parts = split_values(values)
     if any(not v for v in parts):
         raise config_lib.ConfigError(f"--{flag}={spec!r}: an empty value")
-    if len(set(parts)) != len(parts):
+    if flag == "grid" and len(set(parts)) != len(parts):
         raise config_lib.ConfigError(f"--{flag}={spec!r}: a value repeats")
     return key, parts
 
@@ -104,8 +104,12 @@ def plan(grid: Sequence[str] = (), zipped: Sequence[str] = (),
         raise config_lib.ConfigError(f"sweep: seeds must be distinct, got {list(seeds)}")
     factors = [[((k, v),) for v in values] for k, values in axes]
     if zip_axes:
-        factors.append([tuple((k, values[i]) for k, values in zip_axes)
-                        for i in range(len(zip_axes[0][1]))])
+        # A zipped value may repeat (batch 16 with two learning rates); a whole setting not.
+        group = [tuple((k, values[i]) for k, values in zip_axes)
+                 for i in range(len(zip_axes[0][1]))]
+        if len(set(group)) != len(group):
+            raise config_lib.ConfigError(f"sweep: the --zip axes repeat a setting: {group}")
+        factors.append(group)
     runs = []
     for combo in itertools.product(*factors):
         setting = tuple(pair for group in combo for pair in group)
