@@ -134,8 +134,11 @@ def test_every_config_is_checked_before_the_first_run(tmp_path, monkeypatch):
     with pytest.raises(config_lib.ConfigError, match=r"run masked_lm_prob=0.1__seed=0: .*nope"):
         sweep.run(BERT, str(tmp_path), grid=["data.masked_lm_prob=0.1,0.3"],
                   overrides=["data.nope=1"])
-    with pytest.raises(config_lib.ConfigError, match="not a `tl_jax train` config"):
-        sweep.run(str(ROOT / "configs" / "word2vec.py"), str(tmp_path), grid=["dim=8,16"])
+    other = tmp_path / "other.py"
+    other.write_text("import ml_collections\n\ndef get_config(arg=None):\n"
+                     "    return ml_collections.ConfigDict(dict(seed=0, dim=8))\n")
+    with pytest.raises(config_lib.ConfigError, match="neither a `tl_jax train` config"):
+        sweep.run(str(other), str(tmp_path), grid=["dim=8,16"])
 
 
 def test_a_real_sweep_trains_each_run_in_its_own_workdir(tiny_bert_overrides, tmp_path):
@@ -150,3 +153,41 @@ def test_a_real_sweep_trains_each_run_in_its_own_workdir(tiny_bert_overrides, tm
         assert str(saved["data"]["masked_lm_prob"]) == rec["setting"]["data.masked_lm_prob"]
         assert 0.0 <= rec["eval/mlm_accuracy"] <= 1.0 and rec["train/loss"] > 0
     assert "eval/mlm_accuracy" in result["metrics"] and "eval/nsp_accuracy" in result["metrics"]
+
+
+def test_runs_trained_with_other_settings_are_refused_not_reported(tmp_path, monkeypatch):
+    # A rerun with another --config.* override used to skip the finished runs and report
+    # their results as the new settings'.
+    calls = []
+    monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls))
+    grid = ["data.masked_lm_prob=0.1,0.3"]
+    sweep.run(BERT, str(tmp_path), grid=grid, overrides=["train.steps=4"])
+    for name in calls:  # what the trainer writes at the start of a run
+        config = config_lib.load_config(BERT, ["train.steps=4", f"data.masked_lm_prob={name[15:18]}",
+                                               "seed=0"])
+        (tmp_path / "runs" / name / "config.json").write_text(json.dumps(config.to_dict()))
+    with pytest.raises(config_lib.ConfigError, match=r"masked_lm_prob=0.1__seed=0 was trained "
+                       r"with other settings:\n  optimizer.learning_rate: 0.001 there, 0.01 now"):
+        sweep.run(BERT, str(tmp_path), grid=grid,
+                  overrides=["train.steps=4", "optimizer.learning_rate=0.01"])
+    assert len(calls) == 2
+    # What only changes how a run logs, or how long it trains, is not another setting.
+    sweep.run(BERT, str(tmp_path), grid=grid, overrides=["train.steps=4", "train.log_every=1"])
+    assert len(calls) == 2
+
+
+def test_a_static_vectors_sweep(tmp_path, data_dir):
+    path = str(ROOT / "configs" / "word2vec.py") + ":tiny"
+    result = sweep.run(path, str(tmp_path), grid=["window=2,5"],
+                       overrides=[f"eval_dir={data_dir}"])
+    assert [r["run"] for r in result["runs"]] == ["window=2__seed=0", "window=5__seed=0"]
+    assert result["metrics"] == ["wordsim353_spearman", "simlex999_spearman", "analogy_accuracy",
+                                 "final_loss"]
+    for rec in result["runs"]:
+        saved = json.loads((tmp_path / "runs" / rec["run"] / "scores.json").read_text())
+        assert rec["wordsim353_spearman"] == saved["wordsim353_spearman"]
+        assert (tmp_path / "runs" / rec["run"] / "static_config.json").exists()
+    table = (tmp_path / "results.md").read_text()
+    assert table.startswith("| window | seeds | wordsim353_spearman |"), table
+    again = sweep.run(path, str(tmp_path), grid=["window=2,5"], overrides=[f"eval_dir={data_dir}"])
+    assert again["runs"][0]["final_loss"] == result["runs"][0]["final_loss"]

@@ -1,5 +1,6 @@
 """`tl_jax sweep`: one config trained over a grid of settings and seeds, gathered into tables
-and plots (paper ablations: masking ratios, LAMB batch scaling, ...).
+and plots (paper ablations: masking ratios, LAMB batch scaling, word2vec window sizes, ...).
+The config is a `tl_jax train` one, or a `tl_jax static` one (word2vec, GloVe).
 
     tl_jax sweep --config=configs/bert_pretrain.py:tiny --workdir=DIR \\
         --grid=data.masked_lm_prob=0.1,0.15,0.3 --seeds=0,1 --config.train.steps=200
@@ -9,8 +10,9 @@ Each `--grid=KEY=V1,V2,...` is an axis; the runs are the product of the axes and
 --zip=optimizer.learning_rate=1e-3,2e-3` is two settings, not four. `--config.*` overrides
 apply to every run. Every run is an ordinary workdir under DIR/runs/ (checkpoints, metrics,
 resume). A sweep run again skips the finished runs and resumes an interrupted one, so a
-killed sweep loses at most the steps since a run's last checkpoint. A failed run is reported
-and the others go on.
+killed sweep loses at most the steps since a run's last checkpoint; a run trained with other
+settings (a changed `--config.*` override) is refused, not reported as this sweep's. More
+`train.steps` resumes the runs and trains on. A failed run is reported and the others go on.
 
 Written to DIR: results.csv (one row per run), results.md (one row per setting: mean ± std
 over seeds), results.json, and, with matplotlib installed, curves.png (held-out metrics over
@@ -122,6 +124,49 @@ def plan(grid: Sequence[str] = (), zipped: Sequence[str] = (),
     return runs
 
 
+# Settings that change how a run reports or saves, not what it learns: a sweep rerun may change
+# them. (`train.steps` may change too: a run then resumes and trains on, or is already done.)
+OPERATIONAL_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every",
+                    "train.keep_checkpoints", "train.async_checkpoint", "train.steps")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _saved_config_differences(saved: dict, current: dict) -> list[str]:
+    from tl_jax.metrics_writer import json_safe
+    # As the run saved it: tuples as lists, NaN as "nan", anything else by its str().
+    b = _flat(json.loads(json.dumps(json_safe(current), default=str)))
+    a = _flat(saved)
+    return [f"{k}: {a.get(k, '(absent)')!r} there, {b.get(k, '(absent)')!r} now"
+            for k in sorted(set(a) | set(b))
+            if k not in OPERATIONAL_KEYS and k != "eval_dir" and a.get(k) != b.get(k)]
+
+
+def _check_earlier_runs(workdir: str, runs: list["Run"], configs: dict, saved_name: str) -> None:
+    """Refuses a sweep whose workdir holds runs trained with other settings: their results
+    would be reported (or resumed) as this sweep's."""
+    for r in runs:
+        path = os.path.join(workdir, "runs", r.name, saved_name)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            saved = json.load(f)
+        diffs = _saved_config_differences(saved, configs[r.name].to_dict())
+        if diffs:
+            raise config_lib.ConfigError(
+                f"sweep: {os.path.dirname(path)} was trained with other settings:\n  "
+                + "\n  ".join(diffs[:10]) + ("\n  ..." if len(diffs) > 10 else "")
+                + "\nUse another sweep workdir (or delete that run).")
+
+
 def _finished(run_dir: str, steps: int) -> dict | None:
     path = os.path.join(run_dir, "summary.json")
     if not os.path.exists(path):
@@ -129,6 +174,18 @@ def _finished(run_dir: str, steps: int) -> dict | None:
     with open(path) as f:
         summary = json.load(f)
     return summary if summary.get("step") == steps else None
+
+
+def _static_scores(run_dir: str) -> dict | None:
+    path = os.path.join(run_dir, "scores.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+# Of the scores `tl_jax static` writes, those the tables show by default.
+STATIC_METRICS = ("wordsim353_spearman", "simlex999_spearman", "analogy_accuracy", "final_loss")
 
 
 def _curves(run_dir: str) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
@@ -169,7 +226,7 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
 
     Every run's config is built (and so checked: unknown keys, bad values) before the first
     one trains. Returns {"runs": [...], "settings": [...], "failed": [...]}."""
-    from tl_jax import train
+    from tl_jax import static_train, train
 
     runs = plan(grid, zipped, seeds)
     configs = {}
@@ -179,12 +236,17 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
         except config_lib.ConfigError as e:
             raise config_lib.ConfigError(f"sweep run {r.name}: {e}") from e
     first = configs[runs[0].name]
-    if "task" not in first or "train" not in first:
-        raise config_lib.ConfigError(f"sweep: {config_spec} is not a `tl_jax train` config "
-                                     "(no task/train sections)")
-    if not first.train.eval_every:
+    if "task" in first and "train" in first:
+        kind, saved_name = "train", "config.json"
+    elif "method" in first and "save_formats" in first:
+        kind, saved_name = "static", "static_config.json"
+    else:
+        raise config_lib.ConfigError(f"sweep: {config_spec} is neither a `tl_jax train` config "
+                                     "(task/train sections) nor a `tl_jax static` one")
+    if kind == "train" and not first.train.eval_every:
         print("[sweep] Note: train.eval_every=0, so runs report no held-out metrics; the "
               "tables will hold the last training loss only.", flush=True)
+    _check_earlier_runs(workdir, runs, configs, saved_name)
     print(f"[sweep] {len(runs)} runs ({len(runs) // len(seeds)} settings x {len(seeds)} seeds) "
           f"under {workdir}/runs", flush=True)
     if dry_run:
@@ -196,29 +258,42 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
     for i, r in enumerate(runs, 1):
         run_dir = os.path.join(workdir, "runs", r.name)
         config = configs[r.name]
-        summary = _finished(run_dir, int(config.train.steps))
+        if kind == "train":
+            summary = _finished(run_dir, int(config.train.steps))
+        else:
+            summary = _static_scores(run_dir)
         if summary is not None:
             print(f"[sweep] {i}/{len(runs)} {r.name}: finished before, skipped", flush=True)
         else:
             print(f"[sweep] {i}/{len(runs)} {r.name}", flush=True)
             try:
-                summary = train.train_and_evaluate(config, run_dir).summary
+                if kind == "train":
+                    summary = train.train_and_evaluate(config, run_dir).summary
+                else:
+                    summary = static_train.run(config, run_dir)
             except (ValueError, RuntimeError, OSError, FloatingPointError) as e:
                 print(f"[sweep] {r.name} failed: {type(e).__name__}: {e}", flush=True)
                 failed.append({"run": r.name, "error": f"{type(e).__name__}: {e}"})
                 continue
-            if summary.get("step") != int(config.train.steps):
+            if kind == "train" and summary.get("step") != int(config.train.steps):
                 # The trainer saved and returned early: SIGTERM (a preemption, a kill). The
                 # sweep stops too, rather than start the next run on a machine going away.
                 print(f"[sweep] {r.name} stopped at step {summary.get('step')} of "
                       f"{config.train.steps}; the sweep stops here. Run the same command "
                       "again to resume it.", flush=True)
                 return {"runs": records, "settings": [], "failed": failed, "stopped": r.name}
-        curves, last_loss = _curves(run_dir)
-        records.append({"run": r.name, "setting": dict(r.setting), "seed": r.seed,
-                        "step": summary.get("step"), "train/loss": last_loss,
-                        **{k: v for k, v in summary.items() if k.startswith("eval/")},
+        if kind == "train":
+            curves, last_loss = _curves(run_dir)
+            values = {"step": summary.get("step"), "train/loss": last_loss,
+                      **{k: v for k, v in summary.items() if k.startswith("eval/")}}
+        else:
+            curves = {}
+            values = {"step": None, **{k: v for k, v in summary.items()
+                                       if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+        records.append({"run": r.name, "setting": dict(r.setting), "seed": r.seed, **values,
                         "curves": curves})
+    if kind == "static" and not metrics:
+        metrics = [m for m in STATIC_METRICS if any(m in rec for rec in records)]
     result = summarize(records, runs, metrics)
     result["failed"] = failed
     write_outputs(workdir, result, runs)
@@ -234,7 +309,8 @@ def summarize(records: list[dict], runs: list[Run], metrics: Sequence[str] = ())
         names = list(metrics)
         for name in names:
             if records and not any(name in rec for rec in records):
-                have = sorted({k for rec in records for k in rec if k.startswith(("eval/", "train/"))})
+                have = sorted({k for rec in records for k, v in rec.items()
+                               if isinstance(v, (int, float)) and k not in ("seed", "step")})
                 raise ValueError(f"sweep: no run reports the metric {name!r}; they report {have}")
     else:
         evals = sorted({k for rec in records for k in rec if k.startswith("eval/")})
