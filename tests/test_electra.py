@@ -318,3 +318,22 @@ def test_small_has_the_papers_factorised_embeddings_shared_by_both_halves():
     assert electra_task.electra_config_from(model_cfg, V).discriminator.embedding_size == 128
     model_cfg.embedding_size = 256  # = hidden_size: no factorisation
     assert not electra_task.electra_config_from(model_cfg, V).discriminator.factorised
+
+
+def test_a_factorised_step_trains_both_projections_and_the_shared_table(tiny_bert_overrides):
+    config = config_lib.load_config(ELECTRA + ":tiny", tiny_bert_overrides + [
+        "mesh.num_devices=1", "model.embedding_size=64"])
+    trainer = train.build_trainer(config, workdir=None)
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    before = flat(jax.tree_util.tree_map(np.asarray, jax.device_get(state["params"])))
+    assert before["bert/embeddings/word_embeddings/embedding"].shape == (2000, 64)
+    assert before["bert/embeddings_project/kernel"].shape == (64, 128)
+    assert before["generator/embeddings_project/kernel"].shape == (64, 32)
+    batch = parallel.host_batch_to_global(next(trainer.task.train_batches()), trainer.mesh)
+    for _ in range(2):  # the warmup's first learning rate is 0
+        state, metrics = trainer.train_step(state, batch)
+    after = flat(jax.tree_util.tree_map(np.asarray, jax.device_get(state["params"])))
+    assert all(np.isfinite(float(s)) for s, _ in jax.device_get(metrics).values())
+    for name in ("bert/embeddings/word_embeddings/embedding", "bert/embeddings_project/kernel",
+                 "generator/embeddings_project/kernel", "generator/mlm_head/transform/kernel"):
+        assert not np.array_equal(after[name], before[name]), name
