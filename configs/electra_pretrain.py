@@ -18,8 +18,8 @@ Fine-tune the discriminator with
     --config.init_from=/tmp/electra_mini
 
 The argument picks a size from `tl_jax.models.electra.SIZES` (tiny, mini, small, base, large;
-ELECTRA's small is 12 layers of 256, not BERT's small); `tiny` also shrinks the run to a smoke
-test. The generator is `model.generator_fraction` of the discriminator's width (0 = the size
+ELECTRA's small is 12 layers of 256 over 128-wide embeddings, not BERT's small); `tiny` also
+shrinks the run to a smoke test. The generator is `model.generator_fraction` of the discriminator's width (0 = the size
 table's: 1/4, 1/3 for base). Override anything with `--config.key=value`.
 """
 import ml_collections
@@ -52,6 +52,8 @@ def get_config(arg=None):
         size=size,                # a name in tl_jax.models.electra.SIZES
         generator_fraction=0.0,   # generator width / discriminator width; 0 = the size's
         generator_num_layers=0,   # 0 = as deep as the discriminator
+        embedding_size=0,         # shared embedding width; 0 = the size's (128 for small, else
+                                  # hidden_size); another width adds an embeddings_project
         vocab_size=0,             # 0 = the tokenizer's size; otherwise must be >= it
         max_position_embeddings=512,
         type_vocab_size=2,

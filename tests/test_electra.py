@@ -1,5 +1,6 @@
 """ELECTRA: the model (shared embeddings, replaced-token labels, gradients), the task through the
 one trainer (learning on real text, sharding invariance) and fine-tuning from its workdir."""
+import dataclasses
 import json
 import pathlib
 
@@ -277,3 +278,62 @@ def test_fill_mask_reads_the_generator_of_an_electra_workdir(trained, capsys):
     np.testing.assert_allclose(got, np.asarray(want["mlm_logits"]), rtol=1e-5, atol=1e-5)
     predictions = model.predict("the [MASK] of the city", top_k=4)
     assert len(predictions) == 1 and len(predictions[0]) == 4
+
+
+def test_small_has_the_papers_factorised_embeddings_shared_by_both_halves():
+    """ELECTRA-Small: 12 x 256 over 128-wide embeddings, a 64-wide generator; both project the
+    one shared table to their own width (as HF's two models do)."""
+    config = electra.ElectraConfig.from_size("small", vocab_size=V)
+    d, g = config.discriminator, config.generator
+    assert (d.num_layers, d.hidden_size, d.num_heads, d.embedding_size) == (12, 256, 4, 128)
+    assert (g.hidden_size, g.num_heads, g.embedding_width) == (64, 1, 128)
+    assert electra.ElectraConfig.from_size("base").discriminator.embedding_size == 0
+    # The same layout at a testable size: 2 layers, embeddings 12, discriminator 16, generator 8.
+    config = electra.ElectraConfig.from_size("tiny", vocab_size=V, max_position_embeddings=16,
+                                             hidden_size=16, num_heads=2, intermediate_size=20,
+                                             embedding_size=12, dropout_rate=0.0,
+                                             attention_dropout_rate=0.0)
+    model = electra.ElectraForPreTraining(config)
+    batch = toy_batch()
+    shapes = flax.linen.unbox(jax.eval_shape(
+        lambda k: model.init({"params": k, "dropout": k, "sample": k}, *inputs(batch)),
+        jax.random.PRNGKey(0))["params"])
+    names = {n: s.shape for n, s in flat(shapes).items()}
+    assert names["bert/embeddings/word_embeddings/embedding"] == (V, 12)
+    assert names["bert/embeddings_project/kernel"] == (12, 16)
+    assert names["generator/embeddings_project/kernel"] == (12, 4)
+    assert names["generator/mlm_head/transform/kernel"] == (4, 12)
+    assert names["discriminator_head/dense/kernel"] == (16, 16)
+    outputs, intermediates = jax.eval_shape(lambda p: model.apply(
+        {"params": p}, *inputs(batch), rngs={"sample": jax.random.PRNGKey(1)}), shapes)
+    assert outputs["mlm_hidden"].shape == (B, P, 12) and outputs["mlm_logits"].shape == (B, P, V)
+    assert intermediates["embeddings"].shape == (B, L, 16)
+    assert intermediates["generator_embeddings"].shape == (B, L, 4)
+    # A generator as wide as the embeddings has no projection of its own.
+    same = dataclasses.replace(config, generator_hidden_size=12, generator_num_heads=2,
+                               generator_intermediate_size=12)
+    assert not same.generator.factorised and same.discriminator.factorised
+    # Through the training config: model.embedding_size overrides the size's.
+    model_cfg = config_lib.load_config(ELECTRA + ":small").model
+    assert electra_task.electra_config_from(model_cfg, V).discriminator.embedding_size == 128
+    model_cfg.embedding_size = 256  # = hidden_size: no factorisation
+    assert not electra_task.electra_config_from(model_cfg, V).discriminator.factorised
+
+
+def test_a_factorised_step_trains_both_projections_and_the_shared_table(tiny_bert_overrides):
+    config = config_lib.load_config(ELECTRA + ":tiny", tiny_bert_overrides + [
+        "mesh.num_devices=1", "model.embedding_size=64"])
+    trainer = train.build_trainer(config, workdir=None)
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    before = flat(jax.tree_util.tree_map(np.asarray, jax.device_get(state["params"])))
+    assert before["bert/embeddings/word_embeddings/embedding"].shape == (2000, 64)
+    assert before["bert/embeddings_project/kernel"].shape == (64, 128)
+    assert before["generator/embeddings_project/kernel"].shape == (64, 32)
+    batch = parallel.host_batch_to_global(next(trainer.task.train_batches()), trainer.mesh)
+    for _ in range(2):  # the warmup's first learning rate is 0
+        state, metrics = trainer.train_step(state, batch)
+    after = flat(jax.tree_util.tree_map(np.asarray, jax.device_get(state["params"])))
+    assert all(np.isfinite(float(s)) for s, _ in jax.device_get(metrics).values())
+    for name in ("bert/embeddings/word_embeddings/embedding", "bert/embeddings_project/kernel",
+                 "generator/embeddings_project/kernel", "generator/mlm_head/transform/kernel"):
+        assert not np.array_equal(after[name], before[name]), name

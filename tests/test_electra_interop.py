@@ -25,19 +25,23 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 ELECTRA = str(ROOT / "configs" / "electra_pretrain.py")
 CLASSIFY = str(ROOT / "configs" / "finetune_classify.py")
 
-# (vocab, width, layers, heads, intermediate, generator width, heads, intermediate, layers):
-# odd sizes catch transposes that happen to fit; the second has a generator as wide as the
-# discriminator (no embeddings_project) and a shallower one.
+# (vocab, width, layers, heads, intermediate, generator width, heads, intermediate, layers,
+# embedding size): odd sizes catch transposes that happen to fit. The second has a generator as
+# wide as the discriminator (no embeddings_project) and a shallower one; the last two are
+# ELECTRA-Small-shaped, with factorised embeddings (12 and 8 wide) that the discriminator
+# projects to its width and the generator to its own (third) or takes as they are (fourth).
 SHAPES = [
-    (53, 24, 2, 3, 37, 8, 1, 11, 2),
-    (67, 16, 2, 2, 20, 16, 2, 12, 1),
+    (53, 24, 2, 3, 37, 8, 1, 11, 2, 24),
+    (67, 16, 2, 2, 20, 16, 2, 12, 1, 16),
+    (59, 24, 2, 3, 37, 8, 1, 11, 2, 12),
+    (61, 16, 1, 2, 20, 8, 2, 12, 1, 8),
 ]
 
 
 def hf_pair(path, shape, seed=0):
     """A random-init discriminator + generator (shared embeddings), saved as HF saves them."""
-    vocab, width, layers, heads, inter, g_width, g_heads, g_inter, g_layers = shape
-    common = dict(vocab_size=vocab, embedding_size=width, max_position_embeddings=32,
+    vocab, width, layers, heads, inter, g_width, g_heads, g_inter, g_layers, emb = shape
+    common = dict(vocab_size=vocab, embedding_size=emb, max_position_embeddings=32,
                   type_vocab_size=3)
     disc_cfg = transformers.ElectraConfig(hidden_size=width, num_hidden_layers=layers,
                                           num_attention_heads=heads, intermediate_size=inter,
@@ -102,8 +106,9 @@ def test_hf_to_tl_parity(tmp_path, shape):
     config, params, report = hf_electra.load(tmp_path / "hf")
     assert report.unused == [] and report.missing == []
     assert (config.generator_hidden_size, config.generator_num_layers) == (shape[5], shape[8])
-    has_project = shape[5] != shape[1]
-    assert ("embeddings_project" in params["generator"]) == has_project
+    assert config.discriminator.embedding_width == shape[9]
+    assert ("embeddings_project" in params["bert"]) == (shape[9] != shape[1])
+    assert ("embeddings_project" in params["generator"]) == (shape[9] != shape[5])
     inputs = random_inputs(shape[0])
     assert_parity(tl_logits(config, params, *inputs), torch_logits(disc, gen, *inputs),
                   inputs[2])
@@ -111,11 +116,12 @@ def test_hf_to_tl_parity(tmp_path, shape):
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_tl_to_hf_parity_and_exact_round_trip(tmp_path, shape):
-    vocab, width, layers, heads, inter, g_width, g_heads, g_inter, g_layers = shape
+    vocab, width, layers, heads, inter, g_width, g_heads, g_inter, g_layers, emb = shape
     config = electra.ElectraConfig(
         discriminator=electra.bert.BertConfig(
             vocab_size=vocab, hidden_size=width, num_layers=layers, num_heads=heads,
-            intermediate_size=inter, max_position_embeddings=32, type_vocab_size=3),
+            intermediate_size=inter, max_position_embeddings=32, type_vocab_size=3,
+            embedding_size=emb),
         generator_hidden_size=g_width, generator_num_heads=g_heads,
         generator_intermediate_size=g_inter, generator_num_layers=g_layers)
     ids, segments, mask = random_inputs(vocab, seed=1)
@@ -154,7 +160,7 @@ def test_tl_to_hf_parity_and_exact_round_trip(tmp_path, shape):
 
 
 def test_convert_of_an_hf_pair_round_trips_through_tl_weights(tmp_path, capsys):
-    hf_pair(tmp_path / "hf", SHAPES[0])
+    hf_pair(tmp_path / "hf", SHAPES[2])  # factorised embeddings, as ELECTRA-Small
     convert.convert(tmp_path / "hf", tmp_path / "tl", "hf_to_tl")
     config, params, family = convert.load_tl_params(tmp_path / "tl")  # nested BertConfig rebuilt
     assert family == "electra" and isinstance(config, electra.ElectraConfig)
@@ -244,6 +250,51 @@ def test_an_hf_discriminator_is_an_init_from_for_fine_tuning(trained, tmp_path, 
         np.testing.assert_array_equal(got[name], source[name])
 
 
+def test_an_hf_electra_small_discriminator_fine_tunes(trained, tmp_path, data_dir, capsys):
+    """ELECTRA-Small's layout (embeddings narrower than the layers) as `init_from`: the
+    classifier's encoder gets the embeddings_project and every tensor, and trains."""
+    from tl_jax import checkpoint
+
+    hf_dir = tmp_path / "hf_small"
+    torch.manual_seed(0)
+    hf = transformers.ElectraForPreTraining(transformers.ElectraConfig(
+        vocab_size=2000, embedding_size=12, hidden_size=16, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=20, max_position_embeddings=64)).eval()
+    hf.save_pretrained(hf_dir)
+    interop.bert.write_tokenizer(trained / "tokenizer", hf_dir, 2000, 64)  # a real vocabulary
+    config = config_lib.load_config(CLASSIFY + ":tiny", [
+        f"init_from={hf_dir}", "train.progress=False", "mesh.num_devices=1", "train.steps=2",
+        "train.eval_every=2", "train.checkpoint_every=2", "train.log_every=1",
+        f"data.train_file={data_dir / 'polarity_sentences.jsonl'}",
+        f"data.eval_file={data_dir / 'polarity_sentences.jsonl'}", "data.max_seq_length=32",
+        "data.max_train_examples=32", "data.max_eval_examples=16", "data.num_epochs=0"])
+    trainer = train.build_trainer(config, workdir=None)
+    shape = trainer.task.model_config
+    assert (shape.hidden_size, shape.embedding_size, shape.num_layers) == (16, 12, 2)
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    assert "encoder loaded" in capsys.readouterr().out
+    got = convert.safetensors_io.flatten_params(jax.device_get(state["params"]))
+    source = {n: v.numpy() for n, v in hf.state_dict().items()}
+    np.testing.assert_array_equal(got["bert/embeddings_project/kernel"],
+                                  source["electra.embeddings_project.weight"].T)
+    np.testing.assert_array_equal(got["bert/embeddings/word_embeddings/embedding"],
+                                  source["electra.embeddings.word_embeddings.weight"])
+    # The classifier's encoder computes HF's hidden states.
+    ids = np.random.default_rng(0).integers(0, 2000, (2, 9))
+    model = electra.bert.BertEncoder(shape)
+    ours, _ = model.apply({"params": state["params"]["bert"]}, ids.astype(np.int32))
+    with torch.no_grad():
+        ref = hf.electra(input_ids=torch.tensor(ids)).last_hidden_state.numpy()
+    np.testing.assert_allclose(ours["sequence_output"], ref, atol=1e-5)
+
+    workdir = tmp_path / "ft"
+    train.train_and_evaluate(config, str(workdir))
+    tuned, step = checkpoint.load_params_from_workdir(str(workdir))
+    assert step == 2
+    assert not np.array_equal(tuned["bert/embeddings_project/kernel"],
+                              got["bert/embeddings_project/kernel"])  # it trains
+
+
 def test_errors_name_what_is_wrong(tmp_path):
     hf_pair(tmp_path / "hf", SHAPES[0])
     hf = tmp_path / "hf"
@@ -260,15 +311,6 @@ def test_errors_name_what_is_wrong(tmp_path):
     (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match="model_type='gpt2' is not a BERT-style encoder"):
         interop.encoder_family_of(gpt)
-
-    # ELECTRA-Small's factorised embeddings: refused, not approximated.
-    small = tmp_path / "small"
-    transformers.ElectraForPreTraining(transformers.ElectraConfig(
-        vocab_size=30, embedding_size=8, hidden_size=16, num_hidden_layers=1,
-        num_attention_heads=2, intermediate_size=8)).save_pretrained(small)
-    with pytest.raises(ValueError, match=r"small/config.json: embedding_size=8 differs from "
-                                         r"hidden_size=16 \(factorised embeddings"):
-        hf_electra.read_hf_config(small)
 
     with pytest.raises(FileNotFoundError, match="holds no ELECTRA generator"):
         hf_electra.load(hf, generator_directory=tmp_path / "nowhere")

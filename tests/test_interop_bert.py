@@ -468,3 +468,25 @@ def test_converted_tl_weights_are_an_init_from(data_dir, tmp_path):
     np.testing.assert_allclose(feats[0], ref_feats[0], rtol=1e-5, atol=1e-5)
     with pytest.raises(warm_start.WarmStartError, match="neither a tl_jax workdir"):
         warm_start.warm_start({}, str(tmp_path))
+
+
+def test_factorised_embeddings_are_inferred_and_refused_by_hf_bert(tmp_path):
+    """HF BERT has no embeddings_project: a factorised encoder's shapes are read back right, and
+    its export as BERT (or a BERT checkpoint as its warm start) is refused, naming why."""
+    config = bert.BertConfig(vocab_size=40, hidden_size=16, num_layers=1, num_heads=2,
+                             intermediate_size=20, embedding_size=8)
+    model = bert.BertForPreTraining(config)
+    params = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                                     jnp.zeros((1, 4), jnp.int32))["params"])
+    params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), params)
+    assert hf_bert.config_from_params(params) == config
+    assert hf_bert.config_from_params(params["bert"]) == config  # a headless tree
+    with pytest.raises(ValueError, match=r"HF BERT has no factorised embeddings: this model's "
+                                         r"embeddings are 8 wide with an embeddings_project"):
+        hf_bert.export(params, config, tmp_path / "nope")
+    assert not (tmp_path / "nope").exists()
+    _, path = hf_random_model(tmp_path, SHAPES[0])
+    with pytest.raises(ValueError, match="embedding_width: model 8 vs checkpoint 16"):
+        hf_bert.load_flat_params(path, bert.BertConfig(
+            vocab_size=67, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=24,
+            embedding_size=8))

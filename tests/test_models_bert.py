@@ -395,3 +395,58 @@ def test_pretraining_loss_fused_decoder_equals_loss_on_logits():
     for path in flat_want:
         np.testing.assert_allclose(flat_got[path], flat_want[path], atol=2e-6, err_msg=path)
     assert np.abs(flat_got["mlm_head/output_bias"]).max() > 1e-3
+
+
+def test_factorised_embeddings_project_to_the_layers_and_tie_the_decoder():
+    """embedding_size != hidden_size: E-wide tables and LayerNorm, `bert/embeddings_project`
+    (E, H) before the layers, an MLM transform back to E so the decoder stays tied."""
+    assert small_config(embedding_size=32) == small_config()  # = hidden_size: stored as 0
+    assert not small_config().factorised and small_config().embedding_width == 32
+    with pytest.raises(ValueError, match="embedding_size must be >= 0"):
+        small_config(embedding_size=-1)
+    config = small_config(embedding_size=12)
+    model = bert.BertForPreTraining(config)
+    boxed = init(model)
+    params = nn.unbox(boxed)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    shapes = {p: v.shape for p, v in flat.items()}
+    assert shapes["bert/embeddings/word_embeddings/embedding"] == (VOCAB, 12)
+    assert shapes["bert/embeddings/position_embeddings/embedding"] == (24, 12)
+    assert shapes["bert/embeddings/norm/scale"] == (12,)
+    assert shapes["bert/embeddings_project/kernel"] == (12, 32)
+    assert shapes["bert/embeddings_project/bias"] == (32,)
+    assert shapes["bert/encoder/layer_0/attention/query/kernel"] == (32, 4, 8)
+    assert shapes["mlm_head/transform/kernel"] == (32, 12)
+    assert shapes["mlm_head/transform_norm/scale"] == (12,)
+    assert len(flat) == 2 * 16 + 5 + 2 + 2 + 5 + 2  # the projection's kernel and bias added
+    specs = traverse_util.flatten_dict(nn.get_partition_spec(boxed), sep="/")
+    assert tuple(specs["bert/embeddings_project/kernel"]) == ("embed", None)
+
+    ids, segments = random_batch(np.random.default_rng(4))
+    positions = np.array([[1, 2], [0, 9], [5, 5]])
+    outputs, inter = model.apply({"params": params}, ids, segments, masked_positions=positions)
+    assert outputs["sequence_output"].shape == (3, 10, 32)
+    assert outputs["mlm_hidden"].shape == (3, 2, 12)
+    # The layers' input (HF's hidden_states[0]) is the projection of the normalised embeddings.
+    embedded = bert.BertEmbeddings(config).apply(
+        {"params": params["bert"]["embeddings"]}, ids, segments, True)
+    kernel, bias = flat["bert/embeddings_project/kernel"], flat["bert/embeddings_project/bias"]
+    np.testing.assert_allclose(inter["embeddings"], embedded @ kernel + bias, atol=1e-5)
+    assert all(inter[f"layer_{i}"].shape == (3, 10, 32) for i in (1, 2))
+    words = flat["bert/embeddings/word_embeddings/embedding"]
+    np.testing.assert_allclose(outputs["mlm_logits"],
+                               outputs["mlm_hidden"] @ words.T + flat["mlm_head/output_bias"],
+                               atol=1e-5)
+
+    from tl_jax.optim import masks
+    groups, order = masks.layer_groups(flat)
+    assert groups["bert/embeddings_project/kernel"] == "embeddings"
+    assert order == ["embeddings", "layer_0", "layer_1", "head"]
+
+    # FLOPs: the projection is one more encoder matmul; the MLM transform is H x E.
+    matmul = sum(v.size for p, v in flat.items() if p.endswith("kernel") and p.startswith(
+        ("bert/encoder/", "bert/embeddings_project/")))
+    attention = 3 * config.num_layers * 4 * 16 * config.hidden_size
+    assert bert.flops_per_token(config, 16) == pytest.approx(6 * matmul + attention)
+    assert bert.mlm_flops_per_prediction(config) == pytest.approx(
+        6 * (flat["mlm_head/transform/kernel"].size + words.size))

@@ -129,19 +129,25 @@ def _to_hf(kind: str, x: np.ndarray, hf_shape: tuple) -> np.ndarray:
 
 
 def _tensor_map(config: BertConfig) -> list[_Entry]:
-    """Every HF BERT tensor with its tl_jax path, HF shape and transform."""
+    """Every HF BERT tensor with its tl_jax path, HF shape and transform.
+
+    A factorised config (`embedding_size`, which HF BERT does not have) gets its embedding and
+    MLM-transform widths here, for interop/electra.py, which adds the projection itself;
+    exporting it as BERT is refused in `params_to_hf_tensors`.
+    """
     E, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
+    W = config.embedding_width  # = E unless factorised
     entries = [
         _Entry("embeddings.word_embeddings.weight", "bert/embeddings/word_embeddings/embedding",
-               (V, E), "copy"),
+               (V, W), "copy"),
         _Entry("embeddings.position_embeddings.weight",
                "bert/embeddings/position_embeddings/embedding",
-               (config.max_position_embeddings, E), "copy"),
+               (config.max_position_embeddings, W), "copy"),
         _Entry("embeddings.token_type_embeddings.weight",
-               "bert/embeddings/token_type_embeddings/embedding", (config.type_vocab_size, E),
+               "bert/embeddings/token_type_embeddings/embedding", (config.type_vocab_size, W),
                "copy"),
-        _Entry("embeddings.LayerNorm.weight", "bert/embeddings/norm/scale", (E,), "copy"),
-        _Entry("embeddings.LayerNorm.bias", "bert/embeddings/norm/bias", (E,), "copy"),
+        _Entry("embeddings.LayerNorm.weight", "bert/embeddings/norm/scale", (W,), "copy"),
+        _Entry("embeddings.LayerNorm.bias", "bert/embeddings/norm/bias", (W,), "copy"),
     ]
     for i in range(config.num_layers):
         hf, tl = f"encoder.layer.{i}", f"bert/encoder/layer_{i}"
@@ -172,13 +178,13 @@ def _tensor_map(config: BertConfig) -> list[_Entry]:
         _Entry("pooler.dense.weight", "bert/pooler/dense/kernel", (E, E), "linear"),
         _Entry("pooler.dense.bias", "bert/pooler/dense/bias", (E,), "copy"),
         # Heads: HF names are absolute (no "bert." prefix).
-        _Entry("cls.predictions.transform.dense.weight", "mlm_head/transform/kernel", (E, E),
+        _Entry("cls.predictions.transform.dense.weight", "mlm_head/transform/kernel", (W, E),
                "linear"),
-        _Entry("cls.predictions.transform.dense.bias", "mlm_head/transform/bias", (E,), "copy"),
+        _Entry("cls.predictions.transform.dense.bias", "mlm_head/transform/bias", (W,), "copy"),
         _Entry("cls.predictions.transform.LayerNorm.weight", "mlm_head/transform_norm/scale",
-               (E,), "copy"),
+               (W,), "copy"),
         _Entry("cls.predictions.transform.LayerNorm.bias", "mlm_head/transform_norm/bias",
-               (E,), "copy"),
+               (W,), "copy"),
         _Entry("cls.predictions.bias", "mlm_head/output_bias", (V,), "copy"),
         _Entry("cls.seq_relationship.weight", "nsp_head/dense/kernel", (2, E), "linear"),
         _Entry("cls.seq_relationship.bias", "nsp_head/dense/bias", (2,), "copy"),
@@ -274,6 +280,12 @@ def params_to_hf_tensors(flat: dict, config: BertConfig, with_heads: bool = True
     if config.adapter_size or config.lora_rank:
         raise ValueError("HF BERT has no adapters or LoRA: call merge_lora() and/or export a "
                          "config with adapter_size=0 and lora_rank=0")
+    if config.factorised:
+        raise ValueError(
+            f"HF BERT has no factorised embeddings: this model's embeddings are "
+            f"{config.embedding_size} wide with an embeddings_project to hidden_size="
+            f"{config.hidden_size}, which BertModel / BertForPreTraining cannot hold. Export "
+            "the encoder as ELECTRA (tl_jax.interop.electra), whose HF model has that projection.")
     out, taken = {}, set()
     for entry in _tensor_map(config):
         if _is_head(entry) and not with_heads:
@@ -386,7 +398,8 @@ def load_flat_params(directory, model_config: Optional[BertConfig] = None) -> di
     """
     config = read_hf_config(directory)
     if model_config is not None:
-        fields = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
+        fields = ("hidden_size", "num_layers", "num_heads", "intermediate_size",
+                  "embedding_width")
         diff = [f"{f}: model {getattr(model_config, f)} vs checkpoint {getattr(config, f)}"
                 for f in fields if getattr(model_config, f) != getattr(config, f)]
         if diff:
@@ -401,7 +414,8 @@ def load_flat_params(directory, model_config: Optional[BertConfig] = None) -> di
 def config_from_params(params, **fields) -> BertConfig:
     """The `BertConfig` implied by a param tree's shapes (the encoder anywhere in it).
 
-    Shapes fix every size, heads included (query kernels are (E, heads, kv)); `fields` give
+    Shapes fix every size, heads included (query kernels are (H, heads, kv)), and the
+    embedding width when an `embeddings_project` (E, H) follows the embeddings; `fields` give
     what shapes cannot (hidden_act, layer_norm_eps, dropout rates).
     """
     flat = safetensors_io.flatten_params(params)
@@ -411,11 +425,20 @@ def config_from_params(params, **fields) -> BertConfig:
     if layers != set(range(len(layers))) or not layers:
         raise ValueError(f"encoder layers under {root}encoder/ are not layer_0..layer_N: "
                          f"{sorted(layers)}")
-    words = flat[root + "embeddings/word_embeddings/embedding"]
-    query = flat[root + "encoder/layer_0/attention/query/kernel"]  # (E, heads, kv)
+    words = flat[root + "embeddings/word_embeddings/embedding"]  # (V, E)
+    query = flat[root + "encoder/layer_0/attention/query/kernel"]  # (H, heads, kv)
+    project = flat.get(root + "embeddings_project/kernel")  # (E, H) when factorised
+    if project is not None and tuple(project.shape) != (words.shape[1], query.shape[0]):
+        raise ValueError(f"{root}embeddings_project/kernel has shape {tuple(project.shape)}; "
+                         f"the embeddings ({words.shape[1]} wide) and layers ({query.shape[0]} "
+                         f"wide) imply {(words.shape[1], query.shape[0])}")
+    if project is None and words.shape[1] != query.shape[0]:
+        raise ValueError(f"the embeddings under {root}embeddings/ are {words.shape[1]} wide but "
+                         f"the layers {query.shape[0]}, and there is no {root}embeddings_project")
     sizes = dict(
         vocab_size=words.shape[0],
-        hidden_size=words.shape[1],
+        hidden_size=query.shape[0],
+        embedding_size=words.shape[1] if project is not None else 0,
         num_layers=len(layers),
         num_heads=query.shape[1],
         intermediate_size=flat[root + "encoder/layer_0/mlp/intermediate/kernel"].shape[1],

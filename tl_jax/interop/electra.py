@@ -19,20 +19,22 @@ Names (HF -> tl_jax; the per-layer tensors are BERT's, see `interop/bert.py` for
 
     electra.embeddings.*                        bert/embeddings/*  (shared; the generator's copy
                                                 must equal the discriminator's)
+    electra.embeddings_project                  bert/embeddings_project | generator/embeddings_project
+                                                (each half's, when embedding_size != its width)
     electra.encoder.layer.i.*                   bert/encoder/layer_i/* | generator/encoder/layer_i/*
     discriminator_predictions.dense             discriminator_head/dense
     discriminator_predictions.dense_prediction  discriminator_head/output
-    electra.embeddings_project                  generator/embeddings_project (generator only)
     generator_predictions.dense, .LayerNorm     generator/mlm_head/transform, transform_norm
     generator_lm_head.bias                      generator/mlm_head/output_bias
     generator_lm_head.weight                    tied to the word embeddings (checked, not stored)
 
-What cannot be represented is refused, not approximated: a discriminator whose
-`embedding_size` differs from its `hidden_size` (ELECTRA-Small's factorised 128-wide
-embeddings and their `embeddings_project`: our discriminator is a plain `BertEncoder`), a
-generator whose `embedding_size` is not the discriminator's width (the embeddings are shared),
-and a generator under a `hidden_act` other than "gelu" (HF's generator head always uses gelu;
-ours uses the model's activation).
+Factorised embeddings (ELECTRA-Small: `embedding_size` 128, `hidden_size` 256) convert both
+ways: the discriminator is then a `BertEncoder` with `embedding_size` set (see
+`tl_jax/models/bert.py`), and a fine-tuning model built from `read_hf_config` has the projection.
+
+What cannot be represented is refused, not approximated: a generator whose `embedding_size`
+is not the discriminator's (the embeddings are shared), and a generator under a `hidden_act`
+other than "gelu" (HF's generator head always uses gelu; ours uses the model's activation).
 """
 from __future__ import annotations
 
@@ -79,8 +81,8 @@ def read_hf_json(directory) -> tuple[dict, pathlib.Path]:
     return hf, config_file
 
 
-def encoder_config_from_hf(hf: dict, source: str = "config.json") -> tuple[BertConfig, int]:
-    """`(BertConfig of the transformer layers, embedding_size)` of a HF ELECTRA config dict."""
+def encoder_config_from_hf(hf: dict, source: str = "config.json") -> BertConfig:
+    """The `BertConfig` of a HF ELECTRA config dict (either half), embedding width included."""
     if hf.get("model_type") != MODEL_TYPE:
         raise ValueError(f"{source}: model_type={hf.get('model_type')!r}, expected "
                          f"{MODEL_TYPE!r}; this is not an ELECTRA checkpoint")
@@ -103,25 +105,19 @@ def encoder_config_from_hf(hf: dict, source: str = "config.json") -> tuple[BertC
             layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
             initializer_range=hf.get("initializer_range", 0.02),
             hidden_act=hf.get("hidden_act", "gelu"),
+            embedding_size=hf.get("embedding_size", _DEFAULT_EMBEDDING_SIZE),
         )
     except KeyError as e:
         raise ValueError(f"{source}: missing ELECTRA config field {e.args[0]!r}") from e
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from e
-    return config, hf.get("embedding_size", _DEFAULT_EMBEDDING_SIZE)
+    return config
 
 
 def discriminator_config_from_hf(hf: dict, source: str = "config.json") -> BertConfig:
-    """The discriminator's `BertConfig`; factorised embeddings are refused (see module doc)."""
-    config, embedding_size = encoder_config_from_hf(hf, source)
-    if embedding_size != config.hidden_size:
-        raise ValueError(
-            f"{source}: embedding_size={embedding_size} differs from hidden_size="
-            f"{config.hidden_size} (factorised embeddings with an embeddings_project, as in "
-            "ELECTRA-Small). tl_jax's ELECTRA discriminator is a plain BERT encoder whose "
-            "embeddings are as wide as its layers, so this checkpoint cannot be loaded exactly; "
-            "ELECTRA-Base and -Large (embedding_size == hidden_size) can.")
-    return config
+    """The discriminator's `BertConfig` (with `embedding_size` when its embeddings are
+    factorised, as ELECTRA-Small's)."""
+    return encoder_config_from_hf(hf, source)
 
 
 def electra_config_from_hf(disc_hf: dict, gen_hf: dict, disc_source: str = "config.json",
@@ -129,11 +125,11 @@ def electra_config_from_hf(disc_hf: dict, gen_hf: dict, disc_source: str = "conf
     """The `ElectraConfig` of a discriminator + generator pair; what ours cannot share is an
     error naming the generator's config file."""
     disc = discriminator_config_from_hf(disc_hf, disc_source)
-    gen, gen_embedding = encoder_config_from_hf(gen_hf, gen_source)
-    if gen_embedding != disc.hidden_size:
+    gen = encoder_config_from_hf(gen_hf, gen_source)
+    if gen.embedding_width != disc.embedding_width:
         raise ValueError(
-            f"{gen_source}: embedding_size={gen_embedding}, but the generator shares the "
-            f"discriminator's embeddings, which are {disc.hidden_size} wide ({disc_source})")
+            f"{gen_source}: embedding_size={gen.embedding_width}, but the generator shares the "
+            f"discriminator's embeddings, which are {disc.embedding_width} wide ({disc_source})")
     for field in ("vocab_size", "max_position_embeddings", "type_vocab_size", "hidden_act",
                   "layer_norm_eps"):
         if getattr(gen, field) != getattr(disc, field):
@@ -158,13 +154,12 @@ def _check_generator_activation(config: BertConfig, where: str) -> None:
             "activation, so the generator's logits would differ. Only 'gelu' converts exactly.")
 
 
-def _hf_config(config: BertConfig, embedding_size: int, architecture: str,
-               pad_token_id: int) -> dict:
+def _hf_config(config: BertConfig, architecture: str, pad_token_id: int) -> dict:
     return {
         "architectures": [architecture],
         "model_type": MODEL_TYPE,
         "vocab_size": config.vocab_size,
-        "embedding_size": embedding_size,
+        "embedding_size": config.embedding_width,
         "hidden_size": config.hidden_size,
         "num_hidden_layers": config.num_layers,
         "num_attention_heads": config.num_heads,
@@ -183,13 +178,12 @@ def _hf_config(config: BertConfig, embedding_size: int, architecture: str,
 
 def discriminator_config_to_hf(config: BertConfig, pad_token_id: int = 0) -> dict:
     """A HF `config.json` dict for the discriminator (`ElectraForPreTraining`)."""
-    return _hf_config(config, config.hidden_size, DISCRIMINATOR_ARCH, pad_token_id)
+    return _hf_config(config, DISCRIMINATOR_ARCH, pad_token_id)
 
 
 def generator_config_to_hf(config: ElectraConfig, pad_token_id: int = 0) -> dict:
     """A HF `config.json` dict for the generator (`ElectraForMaskedLM`)."""
-    return _hf_config(config.generator, config.discriminator.hidden_size, GENERATOR_ARCH,
-                      pad_token_id)
+    return _hf_config(config.generator, GENERATOR_ARCH, pad_token_id)
 
 
 # ----------------------------------------------------------------------------- weight map
@@ -215,7 +209,8 @@ def _layer_norm(hf_name: str, tl_path: str, width: int) -> list[_Entry]:
 
 
 def _bert_entries(config: BertConfig, tl_root: str, embeddings: bool) -> list[_Entry]:
-    """BERT's entries for the embeddings (or not) and the layers, named as in ElectraModel."""
+    """BERT's entries for the embeddings (or not) and the layers, named as in ElectraModel,
+    with `config`'s embeddings_project (under `tl_root`) when it is factorised."""
     out = []
     for e in hf_bert._tensor_map(config):
         is_embedding = e.hf_name.startswith("embeddings.")
@@ -224,6 +219,9 @@ def _bert_entries(config: BertConfig, tl_root: str, embeddings: bool) -> list[_E
         path = e.tl_path if is_embedding else tl_root + e.tl_path[len("bert/"):]
         out.append(_Entry("electra." + e.hf_name, path, e.hf_shape,
                           hf_bert._tl_shape(e, config), e.kind))
+    if config.factorised:  # (H, E) in HF: embedding width in, the layers' width out
+        out += _linear("electra.embeddings_project", tl_root + "embeddings_project",
+                       config.hidden_size, config.embedding_width)
     return out
 
 
@@ -238,13 +236,11 @@ def discriminator_tensor_map(config: BertConfig) -> list[_Entry]:
 
 def generator_tensor_map(config: ElectraConfig) -> list[_Entry]:
     """Every `ElectraForMaskedLM` tensor (but the tied decoder) with its tl_jax path."""
-    g, E, V = config.generator, config.discriminator.hidden_size, config.discriminator.vocab_size
+    g, V = config.generator, config.discriminator.vocab_size
+    E = g.embedding_width  # the shared embeddings' width
     entries = _bert_entries(config.discriminator, "bert/", embeddings=True)
     entries = [e for e in entries if e.tl_path.startswith("bert/embeddings/")]
-    if g.hidden_size != E:
-        entries += _linear("electra.embeddings_project", "generator/embeddings_project",
-                           g.hidden_size, E)
-    entries += _bert_entries(g, "generator/", embeddings=False)
+    entries += _bert_entries(g, "generator/", embeddings=False)  # with its embeddings_project
     entries += _linear("generator_predictions.dense", "generator/mlm_head/transform", E,
                        g.hidden_size)
     entries += _layer_norm("generator_predictions.LayerNorm", "generator/mlm_head/transform_norm",
@@ -485,7 +481,8 @@ def load_flat_params(directory, model_config: Optional[BertConfig] = None) -> di
     error (as `interop.bert.load_flat_params`)."""
     config, flat, _ = load_discriminator(directory)
     if model_config is not None:
-        fields = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
+        fields = ("hidden_size", "num_layers", "num_heads", "intermediate_size",
+                  "embedding_width")
         diff = [f"{f}: model {getattr(model_config, f)} vs checkpoint {getattr(config, f)}"
                 for f in fields if getattr(model_config, f) != getattr(config, f)]
         if diff:

@@ -9,12 +9,20 @@ Modules and what they return from `apply`, always `(outputs, intermediates)`:
   (B, 2), both float32, and `mlm_hidden` (B, P, H), the MLM transform's output that the tied
   decoder multiplies (the pretraining loss fuses that matmul into its softmax).
 
-`intermediates` names every hidden state: `embeddings` (after LayerNorm) and `layer_1` ...
-`layer_N` (each layer's output, so `layer_N` is `sequence_output`).
+`intermediates` names every hidden state: `embeddings` (after LayerNorm, and after the
+projection when the embeddings are factorised: the layers' input, HF's `hidden_states[0]`) and
+`layer_1` ... `layer_N` (each layer's output, so `layer_N` is `sequence_output`).
+
+Factorised embeddings (ALBERT, ELECTRA-Small): `embedding_size` > 0 and != `hidden_size` makes
+the tables and their LayerNorm `embedding_size` wide, followed by a dense projection to
+`hidden_size` (`bert/embeddings_project`, HF ELECTRA's `embeddings_project`, applied after the
+embeddings' dropout). The MLM transform then maps H -> embedding_size, so the tied decoder
+still multiplies by the word embeddings (as HF's `ElectraGeneratorPredictions`).
 
 Parameter paths are stable and readable; transfer strategies select layers by regex on them:
 
     bert/embeddings/{word,position,token_type}_embeddings/embedding, bert/embeddings/norm/...
+    bert/embeddings_project/{kernel,bias}                            only when factorised
     bert/encoder/layer_0/attention/{query,key,value}/{kernel,bias}   (E, heads, kv)
     bert/encoder/layer_0/attention/out/{kernel,bias}                 (heads, kv, E)
     bert/encoder/layer_0/attention_output_norm/{scale,bias}
@@ -67,6 +75,9 @@ class BertConfig:
     adapter_size: int = 0  # > 0: Houlsby adapters in every layer
     lora_rank: int = 0  # > 0: LoRA on the query and value projections
     lora_alpha: float = 1.0
+    # Width of the embedding tables; 0 = hidden_size. Another width adds `embeddings_project`.
+    # A value equal to hidden_size is stored as 0, so one architecture has one config.
+    embedding_size: int = 0
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -78,6 +89,11 @@ class BertConfig:
                 f"BertConfig.hidden_size={self.hidden_size} is not divisible by "
                 f"num_heads={self.num_heads}"
             )
+        if self.embedding_size < 0:
+            raise ValueError(f"BertConfig.embedding_size must be >= 0 (0 = hidden_size), got "
+                             f"{self.embedding_size}")
+        if self.embedding_size == self.hidden_size:
+            object.__setattr__(self, "embedding_size", 0)  # frozen dataclass: normalise in place
         if self.adapter_size < 0 or self.lora_rank < 0:
             raise ValueError("BertConfig.adapter_size and lora_rank must be >= 0")
         layers.activation(self.hidden_act)  # fails early on an unknown activation name
@@ -105,6 +121,16 @@ class BertConfig:
     @property
     def compute_dtype(self):
         return jnp.dtype(self.dtype)
+
+    @property
+    def embedding_width(self) -> int:
+        """The width of the embedding tables (and of the MLM transform's output)."""
+        return self.embedding_size or self.hidden_size
+
+    @property
+    def factorised(self) -> bool:
+        """True when narrower (or wider) embeddings are projected to hidden_size."""
+        return self.embedding_size != 0
 
 
 def validate_inputs(config: BertConfig, input_ids, segment_ids=None, input_mask=None,
@@ -158,7 +184,11 @@ def validate_inputs(config: BertConfig, input_ids, segment_ids=None, input_mask=
 
 
 class BertEmbeddings(nn.Module):
-    """Word + position + segment embeddings, summed, then LayerNorm and dropout."""
+    """Word + position + segment embeddings, summed, then LayerNorm and dropout.
+
+    All `config.embedding_width` wide; `BertEncoder` projects them to hidden_size when they
+    are factorised.
+    """
 
     config: BertConfig
 
@@ -166,7 +196,7 @@ class BertEmbeddings(nn.Module):
         c = self.config
         embed = lambda n, axes: nn.Embed(  # noqa: E731
             n,
-            c.hidden_size,
+            c.embedding_width,
             dtype=c.compute_dtype,
             param_dtype=jnp.float32,
             embedding_init=layers.normal_init(c.initializer_range, axes),
@@ -184,12 +214,12 @@ class BertEmbeddings(nn.Module):
             self.word_embeddings(input_ids)
             + self.position_embeddings(positions)
             + self.token_type_embeddings(segment_ids)
-        )  # (B, L, H)
+        )  # (B, L, E)
         x = self.norm(x)
         return self.dropout(x, deterministic=deterministic)
 
     def attend(self, x):
-        """Scores x (..., H) against every word embedding: the tied MLM decoder. (..., V)"""
+        """Scores x (..., E) against every word embedding: the tied MLM decoder. (..., V)"""
         return self.word_embeddings.attend(x)
 
 
@@ -248,8 +278,13 @@ class BertEncoder(nn.Module):
     config: BertConfig
 
     def setup(self):
-        self.embeddings = BertEmbeddings(self.config)
-        self.encoder = BertLayerStack(self.config)
+        c = self.config
+        self.embeddings = BertEmbeddings(c)
+        if c.factorised:
+            # (E, H); named by its attribute, `embeddings_project`, as in HF ELECTRA.
+            self.embeddings_project = layers.dense(c.hidden_size, ("embed", None),
+                                                   c.initializer_range, c.compute_dtype, None)
+        self.encoder = BertLayerStack(c)
 
     def encode(self, input_ids, segment_ids=None, input_mask=None, deterministic=True):
         if segment_ids is None:
@@ -259,7 +294,9 @@ class BertEncoder(nn.Module):
         # (B, 1, 1, L): broadcast over heads and query positions; padded keys get MASK_VALUE.
         attention_bias = jnp.where(input_mask[:, None, None, :] > 0, 0.0, layers.MASK_VALUE)
         attention_bias = attention_bias.astype(jnp.float32)
-        x = self.embeddings(input_ids, segment_ids, deterministic)
+        x = self.embeddings(input_ids, segment_ids, deterministic)  # (B, L, E)
+        if self.config.factorised:
+            x = self.embeddings_project(x)  # (B, L, H)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         hidden_states = self.encoder(x, attention_bias, deterministic)
         intermediates = {"embeddings": x}
@@ -306,19 +343,23 @@ class BertModel(BertEncoder):
 
 
 class BertMlmHead(nn.Module):
-    """Transform (dense, activation, LayerNorm), then the tied decoder plus an output bias."""
+    """Transform (dense, activation, LayerNorm), then the tied decoder plus an output bias.
+
+    The transform maps H to the embedding width E (H itself unless factorised), the width of
+    the tied word embeddings.
+    """
 
     config: BertConfig
 
     @nn.compact
     def __call__(self, hidden, attend):
-        """hidden: (B, P, H); attend: maps (..., H) to (..., V) with the word embeddings.
+        """hidden: (B, P, H); attend: maps (..., E) to (..., V) with the word embeddings.
 
-        Returns (transformed hidden (B, P, H), logits (B, P, V) float32).
+        Returns (transformed hidden (B, P, E), logits (B, P, V) float32).
         """
         c = self.config
         dtype = c.compute_dtype
-        h = layers.dense(c.hidden_size, ("embed", None), c.initializer_range, dtype,
+        h = layers.dense(c.embedding_width, ("embed", None), c.initializer_range, dtype,
                          "transform")(hidden)
         h = layers.activation(c.hidden_act)(h)
         h = layers.layer_norm(c.layer_norm_eps, dtype, "transform_norm")(h)
@@ -369,17 +410,19 @@ def encoder_flops_per_token(config: BertConfig, seq_len: int) -> float:
     """Training FLOPs (forward + backward = 3x forward) per token for embeddings and layers.
 
     Counts matmuls only: Q, K, V and output projections (4 * 2H^2), the MLP (2 * 2HI) and the
-    attention scores and weighted sum (2 * 2LH, which grows with the sequence length).
+    attention scores and weighted sum (2 * 2LH, which grows with the sequence length), plus the
+    embeddings' projection (2EH) when they are factorised.
     """
     h, i = config.hidden_size, config.intermediate_size
     per_layer = 8 * h * h + 4 * h * i + 4 * seq_len * h
-    return 3.0 * config.num_layers * per_layer
+    project = 2 * config.embedding_width * h if config.factorised else 0
+    return 3.0 * (config.num_layers * per_layer + project)
 
 
 def mlm_flops_per_prediction(config: BertConfig) -> float:
-    """Training FLOPs of the MLM head per predicted position: transform (2H^2) + decoder (2HV)."""
-    h = config.hidden_size
-    return 3.0 * (2 * h * h + 2 * h * config.vocab_size)
+    """Training FLOPs of the MLM head per predicted position: transform (2HE) + decoder (2EV)."""
+    h, e = config.hidden_size, config.embedding_width
+    return 3.0 * (2 * h * e + 2 * e * config.vocab_size)
 
 
 def flops_per_token(config: BertConfig, seq_len: int) -> float:

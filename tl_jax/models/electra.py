@@ -19,22 +19,23 @@ Modules and what they return from `apply`, always `(outputs, intermediates)`:
 `layer_1` ... `layer_N`) and the generator's as `generator_embeddings` (the shared embeddings
 projected to its width) and `generator_layer_1` ...
 
-Embedding sharing, kept simple: the generator reuses the discriminator's whole embedding block
-(word, position and segment tables and their LayerNorm), as the original ELECTRA code does, and
-the embedding width is the discriminator's hidden size (HF's `embedding_size` equal to
-`hidden_size`, as in ELECTRA-Base/Large). A narrower generator projects the embeddings to its
-width (`generator/embeddings_project`), and its MLM transform projects back to the embedding
-width before the tied decoder. ELECTRA-Small's factorised 128-wide embeddings are not built:
-with embeddings as wide as the discriminator, the discriminator is exactly a `BertEncoder` and
-fine-tunes with every BERT task unchanged.
+Embedding sharing: the generator reuses the discriminator's whole embedding block (word,
+position and segment tables and their LayerNorm), as the original ELECTRA code does. Their width
+E is the discriminator's `embedding_size`: its hidden size for Base and Large, 128 for the
+paper's Small (256 hidden), whose discriminator then projects them to its width
+(`bert/embeddings_project`, a `BertEncoder` with factorised embeddings, so it still fine-tunes
+with every BERT task). A generator whose width differs from E has its own projection
+(`generator/embeddings_project`), and its MLM transform maps back to E before the tied decoder;
+this is HF's layout too (each of its two models has its `embeddings_project`).
 
 Parameter paths (the discriminator is BERT's, under `bert/`, so `init_from` of the fine-tuning
 tasks takes it as is; there is no pooler, ELECTRA does not train one):
 
-    bert/embeddings/...                         shared by generator and discriminator
+    bert/embeddings/...                         shared by generator and discriminator (E wide)
+    bert/embeddings_project/{kernel,bias}       only when E != the discriminator's width
     bert/encoder/layer_i/...                    the discriminator
     discriminator_head/{dense,output}/{kernel,bias}
-    generator/embeddings_project/{kernel,bias}  only when the generator is narrower
+    generator/embeddings_project/{kernel,bias}  only when E != the generator's width
     generator/encoder/layer_i/...
     generator/mlm_head/{transform,transform_norm,output_bias}
 """
@@ -48,15 +49,16 @@ import jax.numpy as jnp
 
 from tl_jax.models import bert, layers
 
-# name -> (num_layers, hidden_size, num_heads, generator fraction). intermediate_size is
-# 4 * hidden_size. The generator has the discriminator's depth and `fraction` of its width,
-# heads and MLP (the paper's Table 6 / released configs: 1/4 for Small and Large, 1/3 for Base).
+# name -> (num_layers, hidden_size, num_heads, generator fraction, embedding_size).
+# intermediate_size is 4 * hidden_size; embedding_size 0 is hidden_size. The generator has the
+# discriminator's depth and `fraction` of its width, heads and MLP (the paper's Table 6 /
+# released configs: 1/4 for Small and Large, 1/3 for Base); Small's embeddings are 128 wide.
 SIZES = {
-    "tiny": (2, 128, 2, 0.25),
-    "mini": (4, 256, 4, 0.25),
-    "small": (12, 256, 4, 0.25),
-    "base": (12, 768, 12, 1 / 3),
-    "large": (24, 1024, 16, 0.25),
+    "tiny": (2, 128, 2, 0.25, 0),
+    "mini": (4, 256, 4, 0.25, 0),
+    "small": (12, 256, 4, 0.25, 128),
+    "base": (12, 768, 12, 1 / 3, 0),
+    "large": (24, 1024, 16, 0.25, 0),
 }
 
 
@@ -112,23 +114,28 @@ class ElectraConfig:
     def from_size(cls, name: str, generator_fraction: float = 0.0,
                   generator_num_layers: int = 0, **overrides) -> "ElectraConfig":
         """A config from the size table; `overrides` go to the discriminator's `BertConfig`
-        (`vocab_size` usually), `generator_fraction` 0 takes the table's."""
+        (`vocab_size` usually; `embedding_size` replaces the table's), `generator_fraction` 0
+        takes the table's."""
         if name not in SIZES:
             raise ValueError(f"Unknown ELECTRA size {name!r}; known sizes: {list(SIZES)}")
-        num_layers, hidden, heads, fraction = SIZES[name]
+        num_layers, hidden, heads, fraction, embedding_size = SIZES[name]
         fields = dict(vocab_size=30522, hidden_size=hidden, num_layers=num_layers,
-                      num_heads=heads, intermediate_size=4 * hidden)
+                      num_heads=heads, intermediate_size=4 * hidden,
+                      embedding_size=embedding_size)
         fields.update(overrides)
         return cls.from_fraction(bert.BertConfig(**fields), generator_fraction or fraction,
                                  generator_num_layers)
 
     @property
     def generator(self) -> bert.BertConfig:
-        """The generator's transformer layers as a `BertConfig` (its embeddings are shared)."""
-        return self.discriminator.replace(
+        """The generator as a `BertConfig`: its layers, and the shared embeddings' width as its
+        `embedding_size` (factorised when that is not its hidden size)."""
+        d = self.discriminator
+        return d.replace(
             hidden_size=self.generator_hidden_size, num_heads=self.generator_num_heads,
             intermediate_size=self.generator_intermediate_size,
-            num_layers=self.generator_num_layers, adapter_size=0, lora_rank=0)
+            num_layers=self.generator_num_layers, adapter_size=0, lora_rank=0,
+            embedding_size=d.embedding_width)
 
 
 def replace_tokens(input_ids, masked_positions, masked_weights, masked_ids, sampled_ids):
@@ -168,7 +175,7 @@ class ElectraGenerator(nn.Module):
         """embedded: (B, L, E) shared embeddings; attend: (..., E) -> (..., V) tied decoder."""
         g, d = self.config.generator, self.config.discriminator
         x = embedded
-        if g.hidden_size != d.hidden_size:
+        if g.factorised:  # the shared embeddings are not as wide as the generator
             x = layers.dense(g.hidden_size, ("embed", None), g.initializer_range,
                              g.compute_dtype, "embeddings_project")(x)  # (B, L, Hg)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -246,13 +253,12 @@ class ElectraForPreTraining(nn.Module):
 
 
 def flops_per_example(config: ElectraConfig, seq_len: int, num_predictions: int) -> float:
-    """Training FLOPs (3x forward) of one example: both encoders over every token, the
-    generator's projection and MLM head at the predictions, the discriminator's head."""
+    """Training FLOPs (3x forward) of one example: both encoders over every token (each with
+    its embeddings_project, if any), the generator's MLM head at the predictions, the
+    discriminator's head."""
     d, g = config.discriminator, config.generator
-    e = d.hidden_size
+    h, e = d.hidden_size, d.embedding_width
     per_token = (bert.encoder_flops_per_token(d, seq_len) + bert.encoder_flops_per_token(g, seq_len)
-                 + 3.0 * (2 * e * e + 2 * e))  # discriminator head
-    if g.hidden_size != e:
-        per_token += 3.0 * 2 * e * g.hidden_size  # embeddings_project
+                 + 3.0 * (2 * h * h + 2 * h))  # discriminator head
     per_prediction = 3.0 * (2 * g.hidden_size * e + 2 * e * d.vocab_size)
     return seq_len * per_token + num_predictions * per_prediction

@@ -204,7 +204,9 @@ def match_rules(paths: Iterable[str], rules: Iterable) -> dict[str, int]:
 # ----------------------------------------------------------------------------------------------
 
 DEFAULT_LAYER_PATTERN = r"(?:^|/)(?:layer|h)_(\d+)(?:/|$)"
-DEFAULT_EMBEDDINGS_PATTERN = r"(?:^|/)(?:embeddings|wte|wpe)(?:/|$)"
+# `embeddings_project` (factorised embeddings, ELECTRA-Small) projects the embeddings to the
+# layers' width: it is part of the embedding block, not a head.
+DEFAULT_EMBEDDINGS_PATTERN = r"(?:^|/)(?:embeddings|embeddings_project|wte|wpe)(?:/|$)"
 
 
 def layer_groups(paths: Iterable[str], layer_pattern: str = DEFAULT_LAYER_PATTERN,

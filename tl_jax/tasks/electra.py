@@ -43,6 +43,8 @@ def electra_config_from(model_cfg, vocab_size: int) -> electra.ElectraConfig:
         generator_fraction=model_cfg.generator_fraction,
         generator_num_layers=model_cfg.generator_num_layers,
         vocab_size=model_cfg.vocab_size or vocab_size,
+        # 0 keeps the size's (ELECTRA-Small's 128; the hidden size otherwise).
+        **({"embedding_size": model_cfg.embedding_size} if model_cfg.embedding_size else {}),
         max_position_embeddings=model_cfg.max_position_embeddings,
         type_vocab_size=model_cfg.type_vocab_size,
         dropout_rate=model_cfg.dropout_rate,
