@@ -263,7 +263,7 @@ def test_a_stopped_run_resumes_from_its_checkpoint_as_if_uninterrupted(teacher_d
     # What the second start restores (the same call the trainer makes).
     trainer = train.build_trainer(config(6), split)
     checkpointer = checkpoint.Checkpointer(str(tmp_path / "split" / "checkpoints"))
-    restored, data_state = train.restore_or_init(trainer, checkpointer)
+    restored, data_state, _ = train.restore_or_init(trainer, checkpointer)
     checkpointer.close()
     restored = jax.device_get(restored)
     assert int(restored["step"]) == 3 and data_state is not None
