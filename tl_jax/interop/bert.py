@@ -40,18 +40,23 @@ _TIED_DECODER_BIAS = "cls.predictions.decoder.bias"
 # ----------------------------------------------------------------------------- config
 
 
-def config_from_hf(hf: dict, source: str = "config.json") -> BertConfig:
-    """A `BertConfig` from a HF BERT `config.json` dict; unsupported variants are errors."""
-    if hf.get("model_type") != MODEL_TYPE:
+def config_from_hf(hf: dict, source: str = "config.json", *, model_type: str = MODEL_TYPE,
+                   name: str = "BERT", **fields) -> BertConfig:
+    """A `BertConfig` from a HF BERT `config.json` dict; unsupported variants are errors.
+
+    Other BERT-shaped families (ELECTRA) pass their `model_type`, their `name` for the errors,
+    and the `BertConfig` fields of their own (`embedding_size`)."""
+    article = "an" if name[:1] in "AEIOU" else "a"
+    if hf.get("model_type") != model_type:
         raise ValueError(
-            f"{source}: model_type={hf.get('model_type')!r}, expected {MODEL_TYPE!r}; this is "
-            f"not a BERT checkpoint"
+            f"{source}: model_type={hf.get('model_type')!r}, expected {model_type!r}; this is "
+            f"not {article} {name} checkpoint"
         )
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"{source}: position_embedding_type="
                          f"{hf['position_embedding_type']!r} is not supported (only 'absolute')")
     if hf.get("is_decoder") or hf.get("add_cross_attention"):
-        raise ValueError(f"{source}: decoder / cross-attention BERT variants are not supported")
+        raise ValueError(f"{source}: decoder / cross-attention {name} variants are not supported")
     try:
         return BertConfig(
             vocab_size=hf["vocab_size"],
@@ -66,9 +71,10 @@ def config_from_hf(hf: dict, source: str = "config.json") -> BertConfig:
             layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
             initializer_range=hf.get("initializer_range", 0.02),
             hidden_act=hf.get("hidden_act", "gelu"),
+            **fields,
         )
     except KeyError as e:
-        raise ValueError(f"{source}: missing BERT config field {e.args[0]!r}") from e
+        raise ValueError(f"{source}: missing {name} config field {e.args[0]!r}") from e
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from e
 

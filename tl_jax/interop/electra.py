@@ -83,35 +83,9 @@ def read_hf_json(directory) -> tuple[dict, pathlib.Path]:
 
 def encoder_config_from_hf(hf: dict, source: str = "config.json") -> BertConfig:
     """The `BertConfig` of a HF ELECTRA config dict (either half), embedding width included."""
-    if hf.get("model_type") != MODEL_TYPE:
-        raise ValueError(f"{source}: model_type={hf.get('model_type')!r}, expected "
-                         f"{MODEL_TYPE!r}; this is not an ELECTRA checkpoint")
-    if hf.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"{source}: position_embedding_type="
-                         f"{hf['position_embedding_type']!r} is not supported (only 'absolute')")
-    if hf.get("is_decoder") or hf.get("add_cross_attention"):
-        raise ValueError(f"{source}: decoder / cross-attention ELECTRA variants are not supported")
-    try:
-        config = BertConfig(
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=hf["num_attention_heads"],
-            intermediate_size=hf["intermediate_size"],
-            max_position_embeddings=hf.get("max_position_embeddings", 512),
-            type_vocab_size=hf.get("type_vocab_size", 2),
-            dropout_rate=hf.get("hidden_dropout_prob", 0.1),
-            attention_dropout_rate=hf.get("attention_probs_dropout_prob", 0.1),
-            layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-            initializer_range=hf.get("initializer_range", 0.02),
-            hidden_act=hf.get("hidden_act", "gelu"),
-            embedding_size=hf.get("embedding_size", _DEFAULT_EMBEDDING_SIZE),
-        )
-    except KeyError as e:
-        raise ValueError(f"{source}: missing ELECTRA config field {e.args[0]!r}") from e
-    except ValueError as e:
-        raise ValueError(f"{source}: {e}") from e
-    return config
+    return hf_bert.config_from_hf(
+        hf, source, model_type=MODEL_TYPE, name="ELECTRA",
+        embedding_size=hf.get("embedding_size", _DEFAULT_EMBEDDING_SIZE))
 
 
 def discriminator_config_from_hf(hf: dict, source: str = "config.json") -> BertConfig:
