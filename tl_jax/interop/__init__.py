@@ -44,15 +44,25 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def model_type(directory) -> str:
-    """The `model_type` in a HF directory's config.json (clear errors when there is none)."""
-    config_file = pathlib.Path(directory) / "config.json"
+def read_config_json(directory) -> tuple[dict, pathlib.Path]:
+    """A HF directory's config.json as `(dict, path)`; a clear error when the directory or the
+    file is missing or the file is not JSON."""
+    directory = pathlib.Path(directory)
+    config_file = directory / "config.json"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory")
     if not config_file.exists():
         raise FileNotFoundError(f"{directory} is not a Hugging Face checkpoint: no config.json")
     try:
         hf = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{config_file}:{e.lineno}: invalid JSON ({e.msg})") from e
+    return hf, config_file
+
+
+def model_type(directory) -> str:
+    """The `model_type` in a HF directory's config.json (clear errors when there is none)."""
+    hf, config_file = read_config_json(directory)
     if "model_type" not in hf:
         raise ValueError(f"{config_file} has no model_type; known families: {sorted(FAMILIES)}")
     return hf["model_type"]

@@ -7,7 +7,7 @@ Tokenizer loading/writing lives in `bert_tokenizer.py` and is re-exported here.
     export(params, config, "out/", with_heads=True)            # BertForPreTraining.from_pretrained
     params, report = init_from_hf(my_params, "path/to/hf_bert")  # merge into any tree with BERT in it
 
-The weight map is one table (`_tensor_map`) of `(hf_name, tl_path, transform)`; each transform is
+The weight map is one table (`tensor_map`) of `(hf_name, tl_path, transform)`; each transform is
 a transpose and/or reshape, so import and export are exact inverses. HF `nn.Linear` weights are
 `(out, in)`; ours are `(in, out)`, and attention projections keep a separate heads axis:
 query/key/value kernels `(E, heads, kv)` and the output kernel `(heads, kv, E)`.
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tl_jax.interop import LoadReport, safetensors_io
+from tl_jax.interop import LoadReport, read_config_json, safetensors_io
 from tl_jax.interop.bert_tokenizer import (  # noqa: F401  (re-exported: one import for users)
     load_tl_tokenizer, load_tokenizer, load_tokenizer_for, write_tokenizer)
 from tl_jax.models import bert as bert_model
@@ -113,7 +113,8 @@ class _Entry:
     kind: str  # one of _TO_TL
 
 
-def _to_tl(kind: str, x: np.ndarray, tl_shape: tuple) -> np.ndarray:
+def to_tl(kind: str, x: np.ndarray, tl_shape: tuple) -> np.ndarray:
+    """One HF tensor in tl_jax's layout (`kind` from the tensor map; `tl_shape` its shape)."""
     if kind == "copy":
         return x
     if kind in ("linear", "heads_in", "heads_out"):
@@ -123,7 +124,8 @@ def _to_tl(kind: str, x: np.ndarray, tl_shape: tuple) -> np.ndarray:
     raise AssertionError(kind)
 
 
-def _to_hf(kind: str, x: np.ndarray, hf_shape: tuple) -> np.ndarray:
+def to_hf(kind: str, x: np.ndarray, hf_shape: tuple) -> np.ndarray:
+    """One tl_jax param in HF's layout: the inverse of `to_tl`."""
     if kind == "copy":
         return x
     if kind in ("linear", "heads_in", "heads_out"):
@@ -134,7 +136,7 @@ def _to_hf(kind: str, x: np.ndarray, hf_shape: tuple) -> np.ndarray:
     raise AssertionError(kind)
 
 
-def _tensor_map(config: BertConfig) -> list[_Entry]:
+def tensor_map(config: BertConfig) -> list[_Entry]:
     """Every HF BERT tensor with its tl_jax path, HF shape and transform.
 
     A factorised config (`embedding_size`, which HF BERT does not have) gets its embedding and
@@ -224,7 +226,7 @@ def params_from_hf_tensors(tensors: dict, config: BertConfig, source: str = "che
     tensors, original = _normalise_names(tensors)
     report = LoadReport(source=source)
     flat = {}
-    for entry in _tensor_map(config):
+    for entry in tensor_map(config):
         if entry.hf_name not in tensors:
             report.missing.append(entry.tl_path)
             continue
@@ -234,8 +236,8 @@ def params_from_hf_tensors(tensors: dict, config: BertConfig, source: str = "che
                 f"{source}: tensor {original[entry.hf_name]!r} has shape {value.shape}, but "
                 f"config.json implies {entry.hf_shape} (tl_jax {entry.tl_path})"
             )
-        flat[entry.tl_path] = _to_tl(entry.kind, value.astype(np.float32),
-                                     _tl_shape(entry, config))
+        flat[entry.tl_path] = to_tl(entry.kind, value.astype(np.float32),
+                                    tl_shape(entry, config))
         report.used.append(original[entry.hf_name])
 
     if _POSITION_IDS in tensors:  # a buffer (arange), recomputed by the model
@@ -264,7 +266,8 @@ def params_from_hf_tensors(tensors: dict, config: BertConfig, source: str = "che
     return flat, report
 
 
-def _tl_shape(entry: _Entry, config: BertConfig) -> tuple:
+def tl_shape(entry: _Entry, config: BertConfig) -> tuple:
+    """The tl_jax shape of a tensor map entry (attention kernels split into heads)."""
     E, H = config.hidden_size, config.num_heads
     if entry.kind == "heads_in":
         return (E, H, E // H)
@@ -293,7 +296,7 @@ def params_to_hf_tensors(flat: dict, config: BertConfig, with_heads: bool = True
             f"{config.hidden_size}, which BertModel / BertForPreTraining cannot hold. Export "
             "the encoder as ELECTRA (tl_jax.interop.electra), whose HF model has that projection.")
     out, taken = {}, set()
-    for entry in _tensor_map(config):
+    for entry in tensor_map(config):
         if _is_head(entry) and not with_heads:
             continue
         if entry.tl_path not in flat:
@@ -301,12 +304,12 @@ def params_to_hf_tensors(flat: dict, config: BertConfig, with_heads: bool = True
                              + (" (export with_heads=False for an encoder without heads)"
                                 if _is_head(entry) else ""))
         value = np.asarray(flat[entry.tl_path], dtype=np.float32)
-        expected = _tl_shape(entry, config)
+        expected = tl_shape(entry, config)
         if value.shape != expected:
             raise ValueError(f"cannot export: tl_jax param {entry.tl_path!r} has shape "
                              f"{value.shape}, config implies {expected}")
         name = entry.hf_name if _is_head(entry) or not with_heads else "bert." + entry.hf_name
-        out[name] = _to_hf(entry.kind, value, entry.hf_shape)
+        out[name] = to_hf(entry.kind, value, entry.hf_shape)
         taken.add(entry.tl_path)
     left = sorted(p for p in flat if p not in taken and (with_heads or p.startswith("bert/")))
     if left:
@@ -338,16 +341,7 @@ def merge_lora(params: dict, config: BertConfig) -> tuple[dict, BertConfig]:
 
 def read_hf_config(directory) -> BertConfig:
     """The `BertConfig` of a HF directory; a clear error when it is not a BERT checkpoint."""
-    directory = pathlib.Path(directory)
-    config_file = directory / "config.json"
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory")
-    if not config_file.exists():
-        raise FileNotFoundError(f"{directory} is not a Hugging Face checkpoint: no config.json")
-    try:
-        hf = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_file}:{e.lineno}: invalid JSON ({e.msg})") from e
+    hf, config_file = read_config_json(directory)
     return config_from_hf(hf, source=str(config_file))
 
 
@@ -549,23 +543,38 @@ def init_from_hf(params, hf_dir, *, warn: bool = True):
     config = read_hf_config(hf_dir)
     tensors, weight_file = safetensors_io.read_hf_tensors(hf_dir)
     source, report = params_from_hf_tensors(tensors, config, source=str(weight_file))
+    hf_name = {e.tl_path: e.hf_name for e in tensor_map(config)}
+    return merge_encoder_params(params, source, report, hf_name, where=str(weight_file),
+                                hf_dir=hf_dir, warn=warn)
+
+
+def merge_encoder_params(params, source: dict, report, hf_name: dict, *, where: str, hf_dir,
+                         warn: bool = True):
+    """Copies flat checkpoint params (`bert/...` for the encoder, anything else for heads that
+    sit beside it) into `params`, wherever its BERT encoder is; returns `(params, report)`.
+
+    Shared by the BERT and ELECTRA `init_from_hf`. Params the checkpoint lacks keep their
+    values and are listed in `report.missing`; checkpoint tensors with no place in the tree move
+    from `report.used` to `report.unused` (`hf_name` gives their checkpoint names); a shape
+    mismatch is an error naming the tensor, the param and `where` the weights came from.
+    """
     target = safetensors_io.flatten_params(params)
     root = _find_bert_root(target)
     parent = root[: -len("bert/")] if root.endswith("bert/") else None
-    hf_name = {e.tl_path: e.hf_name for e in _tensor_map(config)}
     merged, taken = dict(target), set()
     for path, value in source.items():
+        name = hf_name.get(path, path)
         if path.startswith("bert/"):
             dest = root + path[len("bert/"):]
         else:
             dest = None if parent is None else parent + path
         if dest is None or dest not in target:
-            report.unused.append(hf_name.get(path, path))
-            report.used = [n for n in report.used if n.removeprefix("bert.") != hf_name.get(path)]
+            report.unused.append(name)
+            report.used = [n for n in report.used if n != name and n.removeprefix("bert.") != name]
             continue
         if tuple(target[dest].shape) != value.shape:
-            raise ValueError(f"{weight_file}: {hf_name.get(path, path)} maps to {dest} with "
-                             f"shape {value.shape}, but the model has {tuple(target[dest].shape)}")
+            raise ValueError(f"{where}: {name} maps to {dest} with shape {value.shape}, but the "
+                             f"model has {tuple(target[dest].shape)}")
         merged[dest] = value.astype(target[dest].dtype)
         taken.add(dest)
     report.missing = sorted(p for p in target if p not in taken)

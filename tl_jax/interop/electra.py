@@ -46,7 +46,7 @@ from typing import Optional
 
 import numpy as np
 
-from tl_jax.interop import LoadReport, safetensors_io
+from tl_jax.interop import LoadReport, read_config_json, safetensors_io
 from tl_jax.interop import bert as hf_bert
 from tl_jax.models.bert import BertConfig
 from tl_jax.models.electra import ElectraConfig
@@ -65,16 +65,7 @@ _DEFAULT_EMBEDDING_SIZE = 128  # transformers' ElectraConfig default, when confi
 
 def read_hf_json(directory) -> tuple[dict, pathlib.Path]:
     """The config.json dict of a HF ELECTRA directory (clear errors for anything else)."""
-    directory = pathlib.Path(directory)
-    config_file = directory / "config.json"
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory")
-    if not config_file.exists():
-        raise FileNotFoundError(f"{directory} is not a Hugging Face checkpoint: no config.json")
-    try:
-        hf = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_file}:{e.lineno}: invalid JSON ({e.msg})") from e
+    hf, config_file = read_config_json(directory)
     if hf.get("model_type") != MODEL_TYPE:
         raise ValueError(f"{config_file}: model_type={hf.get('model_type')!r}, expected "
                          f"{MODEL_TYPE!r}; this is not an ELECTRA checkpoint")
@@ -186,13 +177,13 @@ def _bert_entries(config: BertConfig, tl_root: str, embeddings: bool) -> list[_E
     """BERT's entries for the embeddings (or not) and the layers, named as in ElectraModel,
     with `config`'s embeddings_project (under `tl_root`) when it is factorised."""
     out = []
-    for e in hf_bert._tensor_map(config):
+    for e in hf_bert.tensor_map(config):
         is_embedding = e.hf_name.startswith("embeddings.")
         if not (e.hf_name.startswith("encoder.") or (embeddings and is_embedding)):
             continue  # pooler and the BERT heads: ELECTRA has neither
         path = e.tl_path if is_embedding else tl_root + e.tl_path[len("bert/"):]
         out.append(_Entry("electra." + e.hf_name, path, e.hf_shape,
-                          hf_bert._tl_shape(e, config), e.kind))
+                          hf_bert.tl_shape(e, config), e.kind))
     if config.factorised:  # (H, E) in HF: embedding width in, the layers' width out
         out += _linear("electra.embeddings_project", tl_root + "embeddings_project",
                        config.hidden_size, config.embedding_width)
@@ -252,8 +243,8 @@ def params_from_hf_tensors(tensors: dict, entries: list[_Entry], source: str = "
             raise ValueError(f"{source}: tensor {original[entry.hf_name]!r} has shape "
                              f"{value.shape}, but config.json implies {entry.hf_shape} (tl_jax "
                              f"{entry.tl_path})")
-        flat[entry.tl_path] = hf_bert._to_tl(entry.kind, value.astype(np.float32),
-                                             entry.tl_shape)
+        flat[entry.tl_path] = hf_bert.to_tl(entry.kind, value.astype(np.float32),
+                                            entry.tl_shape)
         report.used.append(original[entry.hf_name])
     for name in _BUFFERS:  # arange / zeros buffers the model recomputes
         if name in tensors:
@@ -282,7 +273,7 @@ def params_to_hf_tensors(flat: dict, entries: list[_Entry]) -> dict:
         if value.shape != entry.tl_shape:
             raise ValueError(f"cannot export: tl_jax param {entry.tl_path!r} has shape "
                              f"{value.shape}, config implies {entry.tl_shape}")
-        out[entry.hf_name] = hf_bert._to_hf(entry.kind, value, entry.hf_shape)
+        out[entry.hf_name] = hf_bert.to_hf(entry.kind, value, entry.hf_shape)
     return out
 
 
@@ -475,28 +466,6 @@ def init_from_hf(params, hf_dir, *, warn: bool = True):
     initial values and is listed in `report.missing`. A shape mismatch is an error.
     """
     _, source, report = load_discriminator(hf_dir)
-    target = safetensors_io.flatten_params(params)
-    root = hf_bert._find_bert_root(target)
-    parent = root[: -len("bert/")] if root.endswith("bert/") else None
     hf_name = {e.tl_path: e.hf_name for e in discriminator_tensor_map(read_hf_config(hf_dir))}
-    merged, taken = dict(target), set()
-    for path, value in source.items():
-        if path.startswith("bert/"):
-            dest = root + path[len("bert/"):]
-        else:
-            dest = None if parent is None else parent + path
-        if dest is None or dest not in target:
-            report.unused.append(hf_name[path])
-            report.used = [n for n in report.used if n != hf_name[path]]
-            continue
-        if tuple(target[dest].shape) != value.shape:
-            raise ValueError(f"{report.source}: {hf_name[path]} maps to {dest} with shape "
-                             f"{value.shape}, but the model has {tuple(target[dest].shape)}")
-        merged[dest] = value.astype(target[dest].dtype)
-        taken.add(dest)
-    report.missing = sorted(p for p in target if p not in taken)
-    report.unused = sorted(set(report.unused))
-    if warn and report.missing:
-        warnings.warn(f"init_from {hf_dir}: {len(report.missing)} params keep their fresh "
-                      f"initialisation: {report.missing[:10]}")
-    return safetensors_io.unflatten_params(merged), report
+    return hf_bert.merge_encoder_params(params, source, report, hf_name, where=report.source,
+                                        hf_dir=hf_dir, warn=warn)
