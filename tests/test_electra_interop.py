@@ -183,6 +183,81 @@ def test_convert_of_an_hf_pair_round_trips_through_tl_weights(tmp_path, capsys):
     assert not (tmp_path / "back_disc" / "generator").exists()
 
 
+def random_params(model, *args):
+    """`model`'s param shapes filled with random values: LayerNorm scales near 1, the rest near
+    0 (compiling the real initialisers would cost more than the test)."""
+    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), *args)["params"])
+    rng = np.random.default_rng(3)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, s: (path[-1].key == "scale") + np.float32(0.1) * rng.standard_normal(
+            s.shape, np.float32), shapes)
+
+
+def electra_model_hidden_states(directory, ids, segments, mask):
+    """Loads `directory` in transformers' ElectraModel (no missing or unexpected keys) and
+    returns its last hidden states."""
+    hf, info = transformers.ElectraModel.from_pretrained(directory, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    with torch.no_grad():
+        return hf.eval()(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(segments),
+                         attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+
+
+def test_a_factorised_bert_weights_dir_exports_as_a_headless_electra_model(tmp_path, capsys):
+    """HF BERT has no embeddings_project: a factorised BERT (here with its MLM/NSP heads and
+    pooler) exports its encoder as ElectraModel, which computes our hidden states and reads back
+    bit for bit, as a tl_jax weights directory and as an init_from."""
+    config = electra.bert.BertConfig(vocab_size=53, hidden_size=24, num_layers=2, num_heads=3,
+                                     intermediate_size=37, max_position_embeddings=32,
+                                     type_vocab_size=3, embedding_size=12)
+    ids, segments, mask = random_inputs(53, seed=4)
+    params = random_params(electra.bert.BertForPreTraining(config), ids.astype(np.int32))
+    convert.save_tl_params(tmp_path / "tl", config, params, "bert")
+    out = convert.convert(tmp_path / "tl", tmp_path / "hf", "tl_to_hf")
+    printed = capsys.readouterr().out
+    assert ("factorised BERT encoder 2x24 (embeddings 12 wide, projected) -> "
+            f"{tmp_path / 'hf'} as a headless HF ElectraModel") in printed
+    assert "not exported (no place in ElectraModel): bert/pooler, mlm_head, nsp_head" in printed
+    hf_config = json.loads((out / "config.json").read_text())
+    assert (hf_config["model_type"], hf_config["architectures"], hf_config["embedding_size"],
+            hf_config["hidden_size"]) == ("electra", ["ElectraModel"], 12, 24)
+
+    ref = electra_model_hidden_states(out, ids, segments, mask)
+    ours, _ = electra.bert.BertEncoder(config).apply(
+        {"params": params["bert"]}, *(np.asarray(x, np.int32) for x in (ids, segments, mask)))
+    real = mask == 1
+    gap = np.abs(np.asarray(ours["sequence_output"])[real] - ref[real]).max()
+    print(f"ElectraModel vs tl_jax encoder (weights dir): max |diff| {gap:.2e}")
+    assert gap < 1e-5
+
+    # Read back: the discriminator loader takes the headless directory (no head: missing), the
+    # encoder bit for bit, and HF -> tl_jax -> HF returns the same tensors.
+    read_config, flat, report = hf_electra.load_discriminator(out)
+    assert read_config == config
+    assert report.unused == [] and sorted(report.missing) == sorted(
+        e.tl_path for e in hf_electra.discriminator_tensor_map(config)
+        if e.tl_path.startswith("discriminator_head/"))
+    encoder = {p: v for p, v in convert.safetensors_io.flatten_params(params).items()
+               if p.startswith("bert/") and not p.startswith("bert/pooler/")}
+    assert sorted(flat) == sorted(encoder)
+    for name, value in encoder.items():
+        np.testing.assert_array_equal(flat[name], value)
+    convert.convert(out, tmp_path / "tl_again", "hf_to_tl")
+    convert.convert(tmp_path / "tl_again", tmp_path / "hf_again", "tl_to_hf")
+    first, again = load_file(out / "model.safetensors"), load_file(
+        tmp_path / "hf_again" / "model.safetensors")
+    assert sorted(first) == sorted(again) and all(np.array_equal(first[k], again[k])
+                                                  for k in first)
+    # As init_from, into a fresh tree of the same shape (the pooler and heads keep theirs).
+    fresh = jax.tree_util.tree_map(np.zeros_like, params)
+    merged, report = convert.init_from(fresh, out, warn=False)
+    merged = convert.safetensors_io.flatten_params(merged)
+    for name, value in encoder.items():
+        np.testing.assert_array_equal(merged[name], value)
+    assert [p for p in report.missing if p.startswith("bert/")] == [
+        "bert/pooler/dense/bias", "bert/pooler/dense/kernel"]
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_bert_overrides, tmp_path_factory):
     """A finished electra workdir: tiny model, three steps on real text (no eval: it would only
@@ -250,9 +325,12 @@ def test_an_hf_discriminator_is_an_init_from_for_fine_tuning(trained, tmp_path, 
         np.testing.assert_array_equal(got[name], source[name])
 
 
-def test_an_hf_electra_small_discriminator_fine_tunes(trained, tmp_path, data_dir, capsys):
+def test_an_hf_electra_small_discriminator_fine_tunes_and_exports_back(trained, tmp_path,
+                                                                      data_dir, capsys):
     """ELECTRA-Small's layout (embeddings narrower than the layers) as `init_from`: the
-    classifier's encoder gets the embeddings_project and every tensor, and trains."""
+    classifier's encoder gets the embeddings_project and every tensor, and trains; `tl_jax
+    convert` of the fine-tuned workdir writes its encoder as a headless ElectraModel (HF BERT
+    has no projection), which computes our hidden states and is an init_from in turn."""
     from tl_jax import checkpoint
 
     hf_dir = tmp_path / "hf_small"
@@ -293,6 +371,39 @@ def test_an_hf_electra_small_discriminator_fine_tunes(trained, tmp_path, data_di
     assert step == 2
     assert not np.array_equal(tuned["bert/embeddings_project/kernel"],
                               got["bert/embeddings_project/kernel"])  # it trains
+
+    capsys.readouterr()
+    out = convert.convert(workdir, tmp_path / "hf_tuned", "tl_to_hf")
+    printed = capsys.readouterr().out
+    assert (f"{workdir} step 2: factorised BERT encoder 2x16 (embeddings 12 wide, "
+            f"projected) -> {out} as a headless HF ElectraModel") in printed
+    assert "not exported (no place in ElectraModel): bert/pooler, head" in printed
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["ElectraModel"]
+    assert (out / "tokenizer.json").exists()
+    segments, mask = np.zeros_like(ids), np.ones_like(ids)
+    mask[1, 6:] = 0
+    ref = electra_model_hidden_states(out, ids, segments, mask)
+    tuned_tree = convert.safetensors_io.unflatten_params(tuned)
+    ours, _ = model.apply({"params": tuned_tree["bert"]},
+                          *(np.asarray(x, np.int32) for x in (ids, segments, mask)))
+    real = mask == 1
+    gap = np.abs(np.asarray(ours["sequence_output"])[real] - ref[real]).max()
+    print(f"ElectraModel vs tl_jax encoder (fine-tuned workdir): max |diff| {gap:.2e}")
+    assert gap < 1e-5
+    # The export fine-tunes again: a classifier built from it starts from the tuned encoder.
+    again = config_lib.load_config(CLASSIFY + ":tiny", [
+        f"init_from={out}", "train.progress=False", "mesh.num_devices=1",
+        f"data.train_file={data_dir / 'polarity_sentences.jsonl'}",
+        f"data.eval_file={data_dir / 'polarity_sentences.jsonl'}", "data.max_seq_length=32",
+        "data.max_train_examples=32", "data.max_eval_examples=16"])
+    trainer = train.build_trainer(again, workdir=None)
+    assert trainer.task.model_config.embedding_size == 12
+    state = trainer.init_state(jax.random.PRNGKey(1))
+    got = convert.safetensors_io.flatten_params(jax.device_get(state["params"]))
+    encoder = [n for n in tuned if n.startswith("bert/") and not n.startswith("bert/pooler/")]
+    assert len(encoder) == 39  # 5 embeddings, the projection's 2, 16 per layer
+    for name in encoder:
+        np.testing.assert_array_equal(got[name], tuned[name])
 
 
 def test_errors_name_what_is_wrong(tmp_path):

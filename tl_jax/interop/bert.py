@@ -294,7 +294,8 @@ def params_to_hf_tensors(flat: dict, config: BertConfig, with_heads: bool = True
             f"HF BERT has no factorised embeddings: this model's embeddings are "
             f"{config.embedding_size} wide with an embeddings_project to hidden_size="
             f"{config.hidden_size}, which BertModel / BertForPreTraining cannot hold. Export "
-            "the encoder as ELECTRA (tl_jax.interop.electra), whose HF model has that projection.")
+            "the encoder as a headless ELECTRA (tl_jax.interop.electra.export_encoder; `tl_jax "
+            "convert` does so), whose HF model has that projection.")
     out, taken = {}, set()
     for entry in tensor_map(config):
         if _is_head(entry) and not with_heads:

@@ -12,6 +12,10 @@ A tl_jax weights directory is deliberately plain, readable without tl_jax:
     convert("train_workdir", "hf_dir3", direction="tl_to_hf")  # newest checkpoint: BERT, clm
                                                                # or electra
     params, report = init_from(params, "some_dir")   # either kind of directory
+
+A BERT encoder with factorised embeddings (`embedding_size`: a task model fine-tuned from
+ELECTRA-Small) exports as a headless HF `ElectraModel`, since HF BERT has no embeddings
+projection; its heads (task head, pooler) are left behind, and convert says so.
 """
 from __future__ import annotations
 
@@ -107,9 +111,10 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
 
     hf_to_tl: BERT checkpoints without MLM/NSP heads stay headless (no random heads are
     invented); a missing pooler is initialised fresh with a warning. tl_to_hf: the HF model
-    gets heads exactly when the tl_jax tree has them. ELECTRA: a discriminator directory
-    converts alone, or with its generator when `src/generator/` holds one, and back the same
-    way. Tokenizer files are copied along.
+    gets heads exactly when the tl_jax tree has them, except a factorised BERT encoder, which
+    exports headless as `ElectraModel` (HF BERT cannot hold its projection). ELECTRA: a
+    discriminator directory converts alone, or with its generator when `src/generator/` holds
+    one, and back the same way. Tokenizer files are copied along.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -139,7 +144,11 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
         return dst
     else:
         config, params, name = load_tl_params(src)
-        interop.family(name).save_pretrained(dst, config, params)
+        if name == "bert" and config.factorised:
+            print(f"[convert] {src}: " + _export_factorised_encoder(
+                safetensors_io.flatten_params(params), config, dst, None))
+        else:
+            interop.family(name).save_pretrained(dst, config, params)
     _copy_tokenizer(src, dst)
     if direction == "tl_to_hf" and (dst / "generator" / "config.json").exists():
         _copy_tokenizer(src, dst / "generator")  # an ELECTRA pair: each half loads alone
@@ -159,6 +168,7 @@ def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
 
     The architecture comes from the param shapes, the rest (activation, dropout) from the
     run's config; a pretraining run keeps its MLM/NSP heads, a task model exports its encoder.
+    A factorised encoder (fine-tuned from ELECTRA-Small) exports as a headless `ElectraModel`.
     """
     from tl_jax import checkpoint
     from tl_jax.interop import bert as hf_bert
@@ -181,9 +191,36 @@ def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
     params, has_heads = hf_bert.encoder_and_heads(safetensors_io.unflatten_params(flat))
     config = hf_bert.config_from_params(params, **extra)
     tokenizer = src / "tokenizer" if (src / "tokenizer").is_dir() else None
+    if config.factorised:
+        what = _export_factorised_encoder(flat, config, dst, tokenizer)
+        print(f"[convert] {src} step {step}: {what}")
+        return
     hf_bert.export(params, config, dst, with_heads=has_heads, tokenizer=tokenizer)
     print(f"[convert] {src} step {step}: BERT {config.num_layers}x{config.hidden_size}, "
           f"{'with' if has_heads else 'without'} MLM/NSP heads")
+
+
+def _export_factorised_encoder(flat: dict, config, dst: pathlib.Path, tokenizer) -> str:
+    """The BERT encoder of `flat` (any tree holding one), whose embeddings are factorised, as a
+    headless HF `ElectraModel`: HF BERT has no `embeddings_project`, HF ELECTRA has. Everything
+    else (a task head, the pooler, MLM/NSP heads) stays behind; returns a line saying what was
+    written and what was left."""
+    from tl_jax.interop import bert as hf_bert
+    from tl_jax.interop import electra as hf_electra
+
+    root = hf_bert._find_bert_root(flat)
+    encoder = {"bert/" + p[len(root):]: v for p, v in flat.items()
+               if p.startswith(root) and not p.startswith(root + "pooler/")}
+    left = sorted({root + "pooler" if p.startswith(root) else p.split("/")[0]
+                   for p in flat if not p.startswith(root) or p.startswith(root + "pooler/")})
+    hf_electra.export_encoder(safetensors_io.unflatten_params(encoder), config, dst,
+                              tokenizer=tokenizer)
+    line = (f"factorised BERT encoder {config.num_layers}x{config.hidden_size} (embeddings "
+            f"{config.embedding_size} wide, projected) -> {dst} as a headless HF ElectraModel "
+            "(HF BERT has no embeddings projection)")
+    if left:
+        line += f"; not exported (no place in ElectraModel): {', '.join(left)}"
+    return line
 
 
 def _export_electra_workdir(src: pathlib.Path, dst: pathlib.Path, run_config: dict) -> None:

@@ -28,6 +28,11 @@ Names (HF -> tl_jax; the per-layer tensors are BERT's, see `interop/bert.py` for
     generator_lm_head.bias                      generator/mlm_head/output_bias
     generator_lm_head.weight                    tied to the word embeddings (checked, not stored)
 
+A headless `ElectraModel` directory (what `ElectraModel.save_pretrained` writes: the same
+encoder names without the `electra.` prefix) reads as a discriminator without its head, and
+`export_encoder` writes one: how a factorised BERT encoder (a task model fine-tuned from
+ELECTRA-Small) reaches HF, whose BERT has no `embeddings_project`.
+
 Factorised embeddings (ELECTRA-Small: `embedding_size` 128, `hidden_size` 256) convert both
 ways: the discriminator is then a `BertEncoder` with `embedding_size` set (see
 `tl_jax/models/bert.py`), and a fine-tuning model built from `read_hf_config` has the projection.
@@ -55,6 +60,8 @@ MODEL_TYPE = "electra"
 GENERATOR_SUBDIR = "generator"
 DISCRIMINATOR_ARCH = "ElectraForPreTraining"
 GENERATOR_ARCH = "ElectraForMaskedLM"
+ENCODER_ARCH = "ElectraModel"  # headless: what a factorised task model's encoder exports as
+_ENCODER_PREFIXES = ("embeddings.", "embeddings_project.", "encoder.")  # ElectraModel's names
 _BUFFERS = ("electra.embeddings.position_ids", "electra.embeddings.token_type_ids")
 _TIED_DECODER = "generator_lm_head.weight"
 _DEFAULT_EMBEDDING_SIZE = 128  # transformers' ElectraConfig default, when config.json omits it
@@ -141,6 +148,11 @@ def _hf_config(config: BertConfig, architecture: str, pad_token_id: int) -> dict
     }
 
 
+def encoder_config_to_hf(config: BertConfig, pad_token_id: int = 0) -> dict:
+    """A HF `config.json` dict for a headless encoder (`ElectraModel`)."""
+    return _hf_config(config, ENCODER_ARCH, pad_token_id)
+
+
 def discriminator_config_to_hf(config: BertConfig, pad_token_id: int = 0) -> dict:
     """A HF `config.json` dict for the discriminator (`ElectraForPreTraining`)."""
     return _hf_config(config, DISCRIMINATOR_ARCH, pad_token_id)
@@ -199,6 +211,13 @@ def discriminator_tensor_map(config: BertConfig) -> list[_Entry]:
                       1, H))
 
 
+def encoder_tensor_map(config: BertConfig) -> list[_Entry]:
+    """Every `ElectraModel` tensor (named as `ElectraModel.save_pretrained` names them: no
+    `electra.` prefix) with its tl_jax path (`bert/...`), shapes and transform."""
+    return [dataclasses.replace(e, hf_name=e.hf_name[len("electra."):])
+            for e in _bert_entries(config, "bert/", embeddings=True)]
+
+
 def generator_tensor_map(config: ElectraConfig) -> list[_Entry]:
     """Every `ElectraForMaskedLM` tensor (but the tied decoder) with its tl_jax path."""
     g, V = config.generator, config.discriminator.vocab_size
@@ -216,11 +235,14 @@ def generator_tensor_map(config: ElectraConfig) -> list[_Entry]:
 
 
 def _normalise_names(tensors: dict) -> tuple[dict, dict]:
-    """TF-era `LayerNorm.gamma/beta` -> `weight/bias`; returns (tensors, new name -> original)."""
+    """TF-era `LayerNorm.gamma/beta` -> `weight/bias`, and a headless `ElectraModel`'s names
+    (`embeddings.*`, `encoder.*`) -> `electra.*`; returns (tensors, new name -> original)."""
     renamed, original = {}, {}
     for name, value in tensors.items():
         new = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
             "LayerNorm.beta", "LayerNorm.bias")
+        if new.startswith(_ENCODER_PREFIXES) and "electra." + name not in tensors:
+            new = "electra." + new
         renamed[new], original[new] = value, name
     return renamed, original
 
@@ -306,7 +328,8 @@ def read_hf_config(directory) -> BertConfig:
 
 
 def load_discriminator(directory):
-    """`(BertConfig, flat params, LoadReport)` of a HF ELECTRA discriminator directory.
+    """`(BertConfig, flat params, LoadReport)` of a HF ELECTRA discriminator directory
+    (`ElectraForPreTraining`, or a headless `ElectraModel`).
 
     The flat params are `bert/...` (the encoder) and `discriminator_head/...` when the checkpoint
     has the head; a missing encoder tensor is an error, a missing head is in `report.missing`.
@@ -406,6 +429,41 @@ def export(params, config: ElectraConfig, directory, *, tokenizer=None,
     return directory
 
 
+def export_encoder(params, config: BertConfig, directory, *, tokenizer=None) -> pathlib.Path:
+    """Writes a BERT encoder as a headless HF `ElectraModel` (config.json with `embedding_size`,
+    model.safetensors, tokenizer files): the HF model of a factorised encoder, whose
+    `embeddings_project` HF BERT cannot hold.
+
+    params: the encoder under `bert/` (a `BertModel`/`BertEncoder` tree is taken too); any other
+    param (a task head, a pooler: ElectraModel has none) is an error: choose what to export
+    before calling this. LoRA is merged
+    into its kernels; adapters, which HF ELECTRA has no place for, are an error.
+    """
+    directory = pathlib.Path(directory)
+    if config.adapter_size:
+        raise ValueError("HF ELECTRA has no adapters: export a model without them")
+    flat = safetensors_io.flatten_params(params)
+    if not any(p.startswith("bert/") for p in flat):
+        flat = {"bert/" + p: v for p, v in flat.items()}
+    params, config = hf_bert.merge_lora(safetensors_io.unflatten_params(flat), config)
+    flat = safetensors_io.flatten_params(params)
+    entries = encoder_tensor_map(config)
+    taken = {e.tl_path for e in entries}
+    left = sorted(p for p in flat if p not in taken)
+    if left:
+        raise ValueError(f"cannot export as ElectraModel: tl_jax params with no HF name: "
+                         f"{left[:10]}")
+    tensors = params_to_hf_tensors(flat, entries)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(
+        json.dumps(encoder_config_to_hf(config), indent=2) + "\n")
+    safetensors_io.write_safetensors(directory / "model.safetensors", tensors)
+    if tokenizer is not None:
+        hf_bert.write_tokenizer(tokenizer, directory, config.vocab_size,
+                                config.max_position_embeddings)
+    return directory
+
+
 def load_pretrained(directory):
     """Family-table interface: `(ElectraConfig, pretraining tree)` when `directory/generator`
     holds the generator, else `(BertConfig, {bert, discriminator_head})`: the discriminator."""
@@ -414,21 +472,23 @@ def load_pretrained(directory):
         config, params, _ = load(directory)
         return config, params
     config, flat, report = load_discriminator(directory)
-    if report.missing:
+    headless = ENCODER_ARCH in (read_hf_json(directory)[0].get("architectures") or [])
+    if report.missing and not headless:  # an ElectraModel has no head to miss
         warnings.warn(f"{report.source}: no discriminator head; the weights hold the encoder only")
     return config, safetensors_io.unflatten_params(flat)
 
 
 def save_pretrained(directory, config, params) -> None:
-    """Family-table interface: the inverse of `load_pretrained`."""
+    """Family-table interface: the inverse of `load_pretrained` (a discriminator without its
+    head, as a headless `ElectraModel` directory loads, exports as `ElectraModel`)."""
     if isinstance(config, ElectraConfig):
         export(params, config, directory)
         return
     flat = safetensors_io.flatten_params(params)
     entries = discriminator_tensor_map(config)
     if not any(p.startswith("discriminator_head/") for p in flat):
-        raise ValueError("cannot export as ElectraForPreTraining: the tree has no "
-                         "discriminator_head/ (export a BERT encoder with interop.bert instead)")
+        export_encoder(params, config, directory)  # an encoder alone: a headless ElectraModel
+        return
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(
