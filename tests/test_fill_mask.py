@@ -1,4 +1,5 @@
-"""tl_jax/fill_mask.py: a BERT pretraining workdir, and clear refusals of what has no MLM head.
+"""tl_jax/fill_mask.py: a BERT pretraining workdir, Hugging Face BERT and ELECTRA (generator)
+directories checked against transformers, and clear refusals of what has no MLM head.
 
 Distillation and ELECTRA workdirs are read in tests/test_distill.py and tests/test_electra.py,
 by the runs those files train anyway.
@@ -151,3 +152,98 @@ def test_an_encoder_without_its_mlm_head_is_refused(tmp_path):
     (gpt / "config.json").write_text('{"model_type": "gpt2"}')
     with pytest.raises(fill_mask.FillMaskError, match="is a Hugging Face gpt2 model"):
         fill_mask.FillMask.load(str(gpt))
+
+
+WORDS = "the a city river town is was big old new in on of and".split()
+
+
+def _hf_electra(path, pair: bool):
+    """A random HF ELECTRA generator (`ElectraForMaskedLM`, factorised: 8-wide embeddings, 16-wide
+    layers) in `path`, or with pair=True a discriminator in `path` and the generator in
+    `path/generator` sharing its embeddings, as the hub's pairs are; the vocabulary is in `path`
+    only. Returns the generator."""
+    import torch
+    import transformers
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    common = dict(vocab_size=len(vocab), embedding_size=8, max_position_embeddings=64)
+    torch.manual_seed(1)
+    gen = transformers.ElectraForMaskedLM(transformers.ElectraConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+        **common)).eval()
+    with torch.no_grad():  # non-trivial biases and LayerNorms: every tensor matters
+        for p in gen.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    path = pathlib.Path(path)
+    if pair:
+        disc = transformers.ElectraForPreTraining(transformers.ElectraConfig(
+            hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=32,
+            **common)).eval()
+        disc.electra.embeddings.load_state_dict(gen.electra.embeddings.state_dict())
+        disc.save_pretrained(path)
+        gen.save_pretrained(path / "generator")
+    else:
+        gen.save_pretrained(path)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return gen
+
+
+def _hf_top_k(hf, tok, ids, k):
+    """transformers' logits at the first [MASK] of `ids` and their top-k tokens (specials out)."""
+    import torch
+
+    with torch.no_grad():
+        logits = hf(torch.tensor([ids])).logits[0, ids.index(tok.mask_id)].numpy()
+    ranked = logits.copy()
+    ranked[list(tok.special_ids)] = -np.inf
+    return logits, [tok.decode([int(i)]) for i in np.argsort(-ranked)[:k]]
+
+
+@pytest.mark.parametrize("pair", [False, True])
+def test_a_hugging_face_electra_generator_fills_masks(tmp_path, pair, capsys):
+    """An ElectraForMaskedLM directory, or a pair whose generator/ holds it: the generator's
+    logits match transformers' and so do the top-k tokens."""
+    hf = _hf_electra(tmp_path / "hf", pair=pair)
+    model = fill_mask.FillMask.load(str(tmp_path / "hf"))
+    gen_dir = tmp_path / "hf" / "generator" if pair else tmp_path / "hf"
+    assert f"ELECTRA generator {'of the pair ' + str(tmp_path / 'hf') + ', ' if pair else ''}" \
+           f"in {gen_dir} (2 layers, 16 wide)" in model.description
+    text = "the old [MASK] is big"
+    tok = model.tokenizer
+    ids = [tok.cls_id] + tok.encode("the old") + [tok.mask_id] + tok.encode("is big") + [tok.sep_id]
+    want_logits, want = _hf_top_k(hf, tok, ids, 3)
+    arr = np.asarray([ids], np.int32)
+    got = np.asarray(model._apply(model.params, arr, np.zeros_like(arr), np.ones_like(arr),
+                                  np.asarray([[ids.index(tok.mask_id)]], np.int32)))[0, 0]
+    gap = np.abs(got - want_logits).max()
+    with capsys.disabled():
+        print(f"ELECTRA generator logits vs transformers (pair={pair}): max |diff| {gap:.2e}")
+    assert gap < 1e-5
+    assert model.predict(text, top_k=3) == [want]
+    main.main(["fill_mask", f"--model={tmp_path / 'hf'}", f"--text={text}", "--top_k=3"])
+    assert f"{text}\t[MASK] 1: {' '.join(want)}" in capsys.readouterr().out
+
+
+def test_an_electra_discriminator_alone_is_refused_in_one_line(tmp_path, monkeypatch):
+    import shutil
+
+    _hf_electra(tmp_path / "hf", pair=True)
+    shutil.rmtree(tmp_path / "hf" / "generator")  # what the hub's *-discriminator repos hold
+    expected = (f"fill_mask: {tmp_path / 'hf'} holds an ELECTRA discriminator "
+                "(ElectraForPreTraining) and no generator: it cannot fill masks, because only "
+                "ELECTRA's generator (ElectraForMaskedLM) has a masked-LM head")
+    with pytest.raises(fill_mask.FillMaskError) as e:
+        fill_mask.FillMask.load(str(tmp_path / "hf"))
+    assert str(e.value).startswith(expected) and "\n" not in str(e.value), str(e.value)
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as e:
+        main.main(["fill_mask", f"--model={tmp_path / 'hf'}", "--text=a [MASK]"])
+    assert str(e.value.code).startswith(f"tl_jax: error: {expected}")
+    # Without `architectures` in config.json the weights decide: no generator head, refused.
+    config_file = tmp_path / "hf" / "config.json"
+    config = json.loads(config_file.read_text())
+    del config["architectures"]
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(fill_mask.FillMaskError, match=r"cannot fill masks: .*model.safetensors "
+                                                      r"lacks the generator's MLM head"):
+        fill_mask.FillMask.load(str(tmp_path / "hf"))

@@ -16,8 +16,11 @@ Any other workdir (a fine-tuned task model, a GPT language model, a biLM, static
 no masked-LM head and is refused with a one-line `FillMaskError` saying what the workdir is.
 
 `FillMask.load(path)` also takes a Hugging Face BERT directory whose checkpoint has the MLM head
-(`BertForMaskedLM`, `BertForPreTraining`; an encoder-only `BertModel` is refused) and a tl_jax
-weights directory of a BERT with its heads (`tl_jax convert` of such a directory or workdir).
+(`BertForMaskedLM`, `BertForPreTraining`; an encoder-only `BertModel` is refused), a Hugging
+Face ELECTRA generator directory (`ElectraForMaskedLM`, or a discriminator + generator pair
+directory, whose `generator/` predicts; a discriminator alone is refused: it has no masked-LM
+head) and a tl_jax weights directory of a BERT with its heads (`tl_jax convert` of such a
+directory or workdir).
 """
 from __future__ import annotations
 
@@ -175,7 +178,8 @@ class FillMask:
     @classmethod
     def load(cls, path: str) -> "FillMask":
         """A `tl_jax train` workdir (see `from_workdir`), a Hugging Face BERT directory with its
-        MLM head, or a tl_jax weights directory of a BERT with its heads."""
+        MLM head, a Hugging Face ELECTRA generator (or pair) directory, or a tl_jax weights
+        directory of a BERT with its heads."""
         from tl_jax.interop import convert
 
         if os.path.isdir(os.path.join(path, "checkpoints")) or not os.path.isdir(path):
@@ -198,10 +202,14 @@ class FillMask:
         from tl_jax.interop import bert as hf_bert
 
         with open(os.path.join(path, "config.json")) as f:
-            model_type = json.load(f).get("model_type")
+            hf_config = json.load(f)
+        model_type = hf_config.get("model_type")
+        if model_type == "electra":
+            return cls._from_hf_electra(path, hf_config.get("architectures") or [])
         if model_type != "bert":
             raise FillMaskError(f"fill_mask: {path} is a Hugging Face {model_type or 'unknown'} "
-                                "model; fill_mask reads BERT directories (model_type 'bert')")
+                                "model; fill_mask reads BERT and ELECTRA directories (model_type "
+                                "'bert' or 'electra')")
         config, params, report = hf_bert.load(path, with_heads=True, warn=False)
         if any(p.startswith("mlm_head/") for p in report.missing):
             raise FillMaskError(
@@ -212,6 +220,41 @@ class FillMask:
         return cls(config, params, tokenizer,
                    f"the Hugging Face BERT in {path} ({config.num_layers} layers, "
                    f"{config.hidden_size} wide)")
+
+    @classmethod
+    def _from_hf_electra(cls, path: str, architectures: list) -> "FillMask":
+        """The generator of a HF ELECTRA directory: the directory itself when it is one
+        (`ElectraForMaskedLM`), else the `generator/` of a pair directory; a discriminator or
+        encoder alone has no masked-LM head and is refused."""
+        from tl_jax.interop import bert as hf_bert
+        from tl_jax.interop import electra as hf_electra
+
+        gen_dir = os.path.join(path, hf_electra.GENERATOR_SUBDIR)
+        if hf_electra.GENERATOR_ARCH in architectures:
+            gen_dir, what = path, "the Hugging Face ELECTRA generator in"
+        elif os.path.isfile(os.path.join(gen_dir, "config.json")):
+            what = f"the Hugging Face ELECTRA generator of the pair {path}, in"
+        elif architectures:
+            arch = architectures[0]
+            kind = {hf_electra.DISCRIMINATOR_ARCH: "an ELECTRA discriminator",
+                    hf_electra.ENCODER_ARCH: "an ELECTRA encoder"}.get(arch, "an ELECTRA model")
+            raise FillMaskError(
+                f"fill_mask: {path} holds {kind} ({arch}) and no generator: it cannot fill masks, "
+                "because only ELECTRA's generator (ElectraForMaskedLM) has a masked-LM head (the "
+                "discriminator only tells original from replaced tokens); give the generator's "
+                f"directory, or a pair directory with it in {hf_electra.GENERATOR_SUBDIR}/")
+        else:  # no architectures in config.json: the weights say whether it is a generator
+            gen_dir, what = path, "the Hugging Face ELECTRA generator in"
+        try:
+            config, params, _ = hf_electra.load_generator(gen_dir)
+        except ValueError as e:
+            raise FillMaskError(f"fill_mask: {gen_dir} cannot fill masks: {e}") from e
+        tokenizer_dir = gen_dir if any(
+            os.path.isfile(os.path.join(gen_dir, name)) for name in ("tokenizer.json",
+                                                                     "vocab.txt")) else path
+        g = config.generator
+        return cls(config, params, hf_bert.load_tl_tokenizer(tokenizer_dir),
+                   f"{what} {gen_dir} ({g.num_layers} layers, {g.hidden_size} wide)")
 
     @classmethod
     def _from_weights_dir(cls, path: str) -> "FillMask":

@@ -11,6 +11,7 @@ generator as `ElectraForMaskedLM` (google/electra-*-generator). Ours is one para
 and `load(out)` reads both back (the generator from `out/generator/` unless named).
 
     config, params, report = load("electra_dir")           # ElectraConfig, pretraining tree
+    config, params, report = load_generator("electra_dir/generator")  # the generator alone
     export(params, config, "out/", tokenizer=tok)           # both directories
     bert_config = read_hf_config("electra_discriminator")   # for fine-tuning (init_from)
     params, report = init_from_hf(my_params, "electra_discriminator")
@@ -343,6 +344,35 @@ def load_discriminator(directory):
         raise ValueError(f"{weight_file} lacks encoder tensors (tl_jax paths): "
                          f"{encoder_missing[:10]}{' ...' if len(encoder_missing) > 10 else ''}")
     return config, flat, report
+
+
+def load_generator(directory):
+    """`(ElectraConfig, params, LoadReport)` of a HF ELECTRA generator directory
+    (`ElectraForMaskedLM`) alone: what predicts masked tokens (fill-mask).
+
+    params hold the embeddings (`bert/embeddings/`, which the generator shares with its
+    discriminator) and `generator/`. With no discriminator to describe, the config's
+    `discriminator` is the generator's own shape: the tree runs `ElectraForPreTraining.generate`,
+    nothing else. Every generator tensor must be there; a checkpoint without the MLM head
+    (`generator_predictions`, `generator_lm_head`) is an error naming the weights file.
+    """
+    hf, config_file = read_hf_json(directory)
+    gen = encoder_config_from_hf(hf, str(config_file))
+    _check_generator_activation(gen, str(config_file))
+    config = ElectraConfig(discriminator=gen, generator_hidden_size=gen.hidden_size,
+                           generator_num_heads=gen.num_heads,
+                           generator_intermediate_size=gen.intermediate_size,
+                           generator_num_layers=gen.num_layers)
+    tensors, weight_file = safetensors_io.read_hf_tensors(directory)
+    flat, report = params_from_hf_tensors(tensors, generator_tensor_map(config),
+                                          source=str(weight_file))
+    if report.missing:
+        head = [p for p in report.missing if p.startswith("generator/mlm_head/")]
+        what = ("the generator's MLM head (generator_predictions, generator_lm_head): it is not "
+                "an ElectraForMaskedLM checkpoint" if head else "generator tensors")
+        raise ValueError(f"{weight_file} lacks {what} (tl_jax paths: {report.missing[:6]}"
+                         f"{' ...' if len(report.missing) > 6 else ''})")
+    return config, safetensors_io.unflatten_params(flat), report
 
 
 def load(directory, generator_directory=None):
