@@ -12,6 +12,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pathlib
 
+# A persistent XLA compilation cache shared by every process of the run (both pytest-xdist
+# workers and the `tl_jax` subprocesses tests start, which inherit the environment). Most tests
+# train or run the same tiny models, so most programs compile once per run instead of once per
+# test; a rerun on the same checkout starts warm. Entries are keyed by the program, the XLA
+# flags and the jax version, so a stale entry is never used. Set JAX_COMPILATION_CACHE_DIR to
+# put it elsewhere, or JAX_ENABLE_COMPILATION_CACHE=false to compile everything afresh.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 import pytest
 
 
