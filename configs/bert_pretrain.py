@@ -40,6 +40,8 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict(dict(
         size=size,                # or a HF BERT dir / tl_jax workdir: copy its architecture
         vocab_size=0,             # 0 = the tokenizer's size; otherwise must be >= it
+        embedding_size=0,         # > 0: factorised embeddings this wide, projected to the
+                                  # hidden size (ALBERT, ELECTRA-Small); 0 = hidden size
         max_position_embeddings=512,
         type_vocab_size=2,
         dropout_rate=0.1,

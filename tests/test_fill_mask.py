@@ -247,3 +247,49 @@ def test_an_electra_discriminator_alone_is_refused_in_one_line(tmp_path, monkeyp
     with pytest.raises(fill_mask.FillMaskError, match=r"cannot fill masks: .*model.safetensors "
                                                       r"lacks the generator's MLM head"):
         fill_mask.FillMask.load(str(tmp_path / "hf"))
+
+
+def test_factorised_bert_pretraining_trains_fills_masks_and_exports(tiny_bert_overrides, tmp_path,
+                                                                     capsys):
+    """`model.embedding_size` factorises bert_pretrain's embeddings (ALBERT's E < H): the run
+    trains 32-wide tables projected to the 128-wide layers, fill_mask reads it with that width,
+    fine-tuning reads the architecture back from the checkpoint, and convert exports the encoder
+    as a headless ElectraModel (HF BERT has no projection)."""
+    from tl_jax.interop import convert
+    from tl_jax.tasks import bert_pretrain, downstream
+
+    workdir = str(tmp_path / "albert_like")
+    config = config_lib.load_config(BERT, tiny_bert_overrides + [
+        "model.embedding_size=32", "train.steps=2", "train.eval_every=0",
+        "train.checkpoint_every=2", "mesh.num_devices=1"])
+    result = train.train_and_evaluate(config, workdir)
+    params = jax.device_get(result.state["params"])
+    vocab = result.trainer.task.tokenizer.vocab_size
+    assert params["bert"]["embeddings"]["word_embeddings"]["embedding"].shape == (vocab, 32)
+    assert params["bert"]["embeddings_project"]["kernel"].shape == (32, 128)
+    assert params["mlm_head"]["transform"]["kernel"].shape == (128, 32)
+
+    model = fill_mask.FillMask.from_workdir(workdir)
+    assert model.model_config.embedding_size == 32
+    tok = model.tokenizer
+    ids = np.asarray([[tok.cls_id] + tok.encode("the city") + [tok.mask_id, tok.sep_id]], np.int32)
+    positions = np.asarray([[ids.shape[1] - 2]], np.int32)
+    got = np.asarray(model._apply(model.params, ids, np.zeros_like(ids), np.ones_like(ids),
+                                  positions))
+    want = result.trainer.task.model.apply(
+        {"params": params}, ids, np.zeros_like(ids), np.ones_like(ids),
+        masked_positions=positions)[0]["mlm_logits"]
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
+
+    assert downstream.architecture(workdir, tok).embedding_size == 32  # what init_from builds
+
+    convert.convert(workdir, tmp_path / "hf", "tl_to_hf")
+    assert "as a headless HF ElectraModel" in capsys.readouterr().out
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (hf_config["architectures"], hf_config["embedding_size"]) == (["ElectraModel"], 32)
+
+    # A copied architecture (a directory as model.size) has its own embedding width.
+    model_cfg = config.model.copy_and_resolve_references()
+    model_cfg.size = workdir
+    with pytest.raises(ValueError, match="model.embedding_size=32 applies to a size name"):
+        bert_pretrain.bert_config_from(model_cfg, vocab, tok)

@@ -98,3 +98,30 @@ def test_a_missing_weight_source_is_named_as_missing(argv, tmp_path, capsys, mon
     assert message.startswith("tl_jax: error: ") and "does not exist" in message
     assert missing in message
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+
+
+def test_commands_turn_on_the_persistent_compilation_cache(tmp_path, monkeypatch):
+    """Every command points jax's compilation cache at ~/.cache/tl_jax/jax (under
+    XDG_CACHE_HOME), or at TL_JAX_COMPILATION_CACHE; "0" turns it off; a
+    JAX_COMPILATION_CACHE_DIR the user set wins."""
+    import jax
+    before = jax.config.jax_compilation_cache_dir
+    for name in ("JAX_COMPILATION_CACHE_DIR", "TL_JAX_COMPILATION_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    try:
+        default = str(tmp_path / "xdg" / "tl_jax" / "jax")
+        assert main.use_compilation_cache() == default
+        assert jax.config.jax_compilation_cache_dir == default
+        monkeypatch.setenv("TL_JAX_COMPILATION_CACHE", str(tmp_path / "mine"))
+        assert main.use_compilation_cache() == str(tmp_path / "mine")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+        jax.config.update("jax_compilation_cache_dir", before)
+        monkeypatch.setenv("TL_JAX_COMPILATION_CACHE", "0")
+        assert main.use_compilation_cache() is None
+        assert jax.config.jax_compilation_cache_dir == before
+        monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "users"))
+        assert main.use_compilation_cache() == str(tmp_path / "users")
+        assert jax.config.jax_compilation_cache_dir == before  # jax reads its own variable
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

@@ -420,7 +420,7 @@ def config_from_params(params, **fields) -> BertConfig:
     what shapes cannot (hidden_act, layer_norm_eps, dropout rates).
     """
     flat = safetensors_io.flatten_params(params)
-    root = _find_bert_root(flat)
+    root = find_bert_root(flat)
     layers = {int(p[len(root + "encoder/layer_"):].split("/")[0])
               for p in flat if p.startswith(root + "encoder/layer_")}
     if layers != set(range(len(layers))) or not layers:
@@ -462,7 +462,7 @@ def encoder_and_heads(params) -> tuple[dict, bool]:
     classifier) are dropped: the HF BERT layout has no place for them.
     """
     flat = safetensors_io.flatten_params(params)
-    root = _find_bert_root(flat)
+    root = find_bert_root(flat)
     parent = root[: -len("bert/")] if root.endswith("bert/") else None
     out = {"bert/" + p[len(root):]: v for p, v in flat.items() if p.startswith(root)}
     heads = {}
@@ -518,7 +518,9 @@ def save_pretrained(directory, config: BertConfig, params) -> None:
 # ----------------------------------------------------------------------------- init_from
 
 
-def _find_bert_root(flat_target: dict) -> str:
+def find_bert_root(flat_target: dict) -> str:
+    """The path prefix of the BERT encoder in a flat param tree (`bert/`, `""`, `student/bert/`,
+    ...); an error unless exactly one encoder is the model's."""
     suffix = "embeddings/word_embeddings/embedding"
     roots = [p[: -len(suffix)] for p in flat_target if p.endswith(suffix)]
     # A distillation run keeps its frozen teacher nested (`teacher/bert/`) beside the student
@@ -560,7 +562,7 @@ def merge_encoder_params(params, source: dict, report, hf_name: dict, *, where: 
     mismatch is an error naming the tensor, the param and `where` the weights came from.
     """
     target = safetensors_io.flatten_params(params)
-    root = _find_bert_root(target)
+    root = find_bert_root(target)
     parent = root[: -len("bert/")] if root.endswith("bert/") else None
     merged, taken = dict(target), set()
     for path, value in source.items():

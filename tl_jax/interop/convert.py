@@ -208,7 +208,7 @@ def _export_factorised_encoder(flat: dict, config, dst: pathlib.Path, tokenizer)
     from tl_jax.interop import bert as hf_bert
     from tl_jax.interop import electra as hf_electra
 
-    root = hf_bert._find_bert_root(flat)
+    root = hf_bert.find_bert_root(flat)
     encoder = {"bert/" + p[len(root):]: v for p, v in flat.items()
                if p.startswith(root) and not p.startswith(root + "pooler/")}
     left = sorted({root + "pooler" if p.startswith(root) else p.split("/")[0]
@@ -284,9 +284,9 @@ def init_from(params, directory, *, warn: bool = True):
     target = safetensors_io.flatten_params(params)
     src_root = dst_root = ""
     if family in ("bert", "electra"):
-        from tl_jax.interop.bert import _find_bert_root
+        from tl_jax.interop.bert import find_bert_root
 
-        src_root, dst_root = _find_bert_root(source), _find_bert_root(target)
+        src_root, dst_root = find_bert_root(source), find_bert_root(target)
     merged, taken, unused = dict(target), set(), []
     for path, value in source.items():
         if src_root and path.startswith(src_root):

@@ -17,8 +17,15 @@ def bert_config_from(model_cfg, vocab_size: int, tokenizer=None) -> bert.BertCon
     `model.size` is a size name, or a Hugging Face BERT directory / tl_jax workdir whose
     architecture (not weights) is copied, vocabulary and position table included: continued
     pretraining of a checkpoint outside the size table (`model.size` = `init_from` = MiniLM).
+    `model.embedding_size` > 0 factorises a size's embeddings (ALBERT, ELECTRA-Small).
     """
+    embedding_size = model_cfg.get("embedding_size", 0)
     if model_cfg.size not in bert.SIZES:
+        if embedding_size:
+            raise ValueError(
+                f"model.embedding_size={embedding_size} applies to a size name; "
+                f"model.size={model_cfg.size} copies its architecture, embedding width included "
+                "(set model.embedding_size=0)")
         from tl_jax.tasks import downstream
         source = downstream.architecture(model_cfg.size, tokenizer)
         if model_cfg.vocab_size:
@@ -39,6 +46,7 @@ def bert_config_from(model_cfg, vocab_size: int, tokenizer=None) -> bert.BertCon
     return bert.BertConfig.from_size(
         model_cfg.size,
         vocab_size=model_cfg.vocab_size or vocab_size,
+        embedding_size=embedding_size,
         max_position_embeddings=model_cfg.max_position_embeddings,
         type_vocab_size=model_cfg.type_vocab_size,
         dropout_rate=model_cfg.dropout_rate,
