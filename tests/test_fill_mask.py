@@ -26,11 +26,8 @@ def pretrained(tiny_bert_overrides, tmp_path_factory):
     return train.train_and_evaluate(config, str(workdir)), str(workdir)
 
 
-def test_a_bert_pretraining_workdir_fills_masks_with_its_mlm_head(pretrained):
-    result, workdir = pretrained
-    model = fill_mask.FillMask.from_workdir(workdir)
-    assert model.model_config == result.trainer.task.model_config
-    assert model.description.startswith(f"BERT of {workdir} (step 2; 2 layers, 128 wide)")
+def assert_logits_are_the_runs(model, result):
+    """fill_mask's MLM logits at a [MASK] equal those of the trained run's own model."""
     tok = model.tokenizer
     ids = np.asarray([[tok.cls_id] + tok.encode("the city") + [tok.mask_id, tok.sep_id]], np.int32)
     positions = np.asarray([[ids.shape[1] - 2]], np.int32)
@@ -40,6 +37,14 @@ def test_a_bert_pretraining_workdir_fills_masks_with_its_mlm_head(pretrained):
         {"params": jax.device_get(result.state["params"])}, ids, np.zeros_like(ids),
         np.ones_like(ids), masked_positions=positions)[0]["mlm_logits"]
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_a_bert_pretraining_workdir_fills_masks_with_its_mlm_head(pretrained):
+    result, workdir = pretrained
+    model = fill_mask.FillMask.from_workdir(workdir)
+    assert model.model_config == result.trainer.task.model_config
+    assert model.description.startswith(f"BERT of {workdir} (step 2; 2 layers, 128 wide)")
+    assert_logits_are_the_runs(model, result)
     top = model.predict("the [MASK] is [MASK].", top_k=2)
     assert len(top) == 2 and all(len(t) == 2 for t in top)
     assert not set(sum(top, [])) & {"[CLS]", "[SEP]", "[MASK]", "[PAD]"}
@@ -271,15 +276,8 @@ def test_factorised_bert_pretraining_trains_fills_masks_and_exports(tiny_bert_ov
 
     model = fill_mask.FillMask.from_workdir(workdir)
     assert model.model_config.embedding_size == 32
+    assert_logits_are_the_runs(model, result)
     tok = model.tokenizer
-    ids = np.asarray([[tok.cls_id] + tok.encode("the city") + [tok.mask_id, tok.sep_id]], np.int32)
-    positions = np.asarray([[ids.shape[1] - 2]], np.int32)
-    got = np.asarray(model._apply(model.params, ids, np.zeros_like(ids), np.ones_like(ids),
-                                  positions))
-    want = result.trainer.task.model.apply(
-        {"params": params}, ids, np.zeros_like(ids), np.ones_like(ids),
-        masked_positions=positions)[0]["mlm_logits"]
-    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
 
     assert downstream.architecture(workdir, tok).embedding_size == 32  # what init_from builds
 
