@@ -159,6 +159,15 @@ def test_tl_to_hf_parity_and_exact_round_trip(tmp_path, shape):
         assert all(np.array_equal(first[k], again[k]) for k in first)
 
 
+def classifier_config(init_from, data_dir):
+    """A tiny polarity classifier config warm-started from `init_from`."""
+    return config_lib.load_config(CLASSIFY + ":tiny", [
+        f"init_from={init_from}", "train.progress=False", "mesh.num_devices=1",
+        f"data.train_file={data_dir / 'polarity_sentences.jsonl'}",
+        f"data.eval_file={data_dir / 'polarity_sentences.jsonl'}", "data.max_seq_length=32",
+        "data.max_train_examples=32", "data.max_eval_examples=16"])
+
+
 def test_convert_of_an_hf_pair_round_trips_through_tl_weights(tmp_path, capsys):
     hf_pair(tmp_path / "hf", SHAPES[2])  # factorised embeddings, as ELECTRA-Small
     convert.convert(tmp_path / "hf", tmp_path / "tl", "hf_to_tl")
@@ -306,11 +315,7 @@ def test_an_hf_discriminator_is_an_init_from_for_fine_tuning(trained, tmp_path, 
     out = tmp_path / "hf"
     convert.convert(trained, out, "tl_to_hf")
     shutil.rmtree(out / "generator")  # what people fine-tune: the discriminator alone
-    config = config_lib.load_config(CLASSIFY + ":tiny", [
-        f"init_from={out}", "train.progress=False", "mesh.num_devices=1",
-        f"data.train_file={data_dir / 'polarity_sentences.jsonl'}",
-        f"data.eval_file={data_dir / 'polarity_sentences.jsonl'}", "data.max_seq_length=32",
-        "data.max_train_examples=32", "data.max_eval_examples=16"])
+    config = classifier_config(out, data_dir)
     trainer = train.build_trainer(config, workdir=None)
     shape = trainer.task.model_config
     assert (shape.num_layers, shape.hidden_size, shape.vocab_size) == (2, 128, 2000)
@@ -391,11 +396,7 @@ def test_an_hf_electra_small_discriminator_fine_tunes_and_exports_back(trained, 
     print(f"ElectraModel vs tl_jax encoder (fine-tuned workdir): max |diff| {gap:.2e}")
     assert gap < 1e-5
     # The export fine-tunes again: a classifier built from it starts from the tuned encoder.
-    again = config_lib.load_config(CLASSIFY + ":tiny", [
-        f"init_from={out}", "train.progress=False", "mesh.num_devices=1",
-        f"data.train_file={data_dir / 'polarity_sentences.jsonl'}",
-        f"data.eval_file={data_dir / 'polarity_sentences.jsonl'}", "data.max_seq_length=32",
-        "data.max_train_examples=32", "data.max_eval_examples=16"])
+    again = classifier_config(out, data_dir)
     trainer = train.build_trainer(again, workdir=None)
     assert trainer.task.model_config.embedding_size == 12
     state = trainer.init_state(jax.random.PRNGKey(1))
