@@ -6,6 +6,7 @@ by the runs those files train anyway.
 """
 import json
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -98,6 +99,32 @@ def test_other_directories_are_refused_in_one_line(tmp_path, pretrained):
             fill_mask.FillMask.from_workdir(str(path))
     with pytest.raises(fill_mask.FillMaskError, match="has no \\[MASK\\] to fill"):
         fill_mask.run(pretrained[1], ["no mask"])
+
+
+def test_a_broken_config_json_is_named_with_its_line(tmp_path, monkeypatch):
+    """A workdir's config.json, or a HF directory's, that is not a JSON object: one line naming
+    the file (and the line), never a JSON traceback."""
+    workdir = tmp_path / "w"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "config.json").write_text('{"task": "bert_pretrain",\n "model": {')
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "bert",\n')
+    listed = tmp_path / "listed"
+    (listed / "checkpoints").mkdir(parents=True)
+    (listed / "config.json").write_text('["bert_pretrain"]')
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    for path, expected in (
+            (workdir, f"{workdir}/config.json:2: invalid JSON \\(.*\\); it is the run's config"),
+            (hf, f"{hf}/config.json:2: invalid JSON \\(.*\\); read as a Hugging Face model's "
+                 f"config, since {hf} has no checkpoints/"),
+            (listed, f"{listed}/config.json holds a JSON list, not the run's config")):
+        with pytest.raises(fill_mask.FillMaskError, match=f"^fill_mask: {expected}"):
+            fill_mask.FillMask.load(str(path))
+        with pytest.raises(SystemExit) as e:
+            main.main(["fill_mask", f"--model={path}", "--text=a [MASK]"])
+        assert re.match(f"tl_jax: error: fill_mask: {expected}", str(e.value.code))
+        assert "Traceback" not in str(e.value.code)
 
 
 def _hf_bert(path, masked_lm: bool):

@@ -369,7 +369,11 @@ def test_generate_command_line_labels_stops_and_long_prompts(tmp_path, capsys):
 def test_a_workdir_with_a_broken_config_is_named(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "config.json").write_text('{"task": "clm", "mod')
-    with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
+    with pytest.raises(ValueError, match=r"config.json:1: invalid JSON \(.*\); it is the run's "
+                       r"config, written by `tl_jax train`"):
+        generate.load_model(str(tmp_path))
+    (tmp_path / "config.json").write_text('["clm"]')  # JSON, but not a run's config
+    with pytest.raises(ValueError, match=r"trained with task=None; generation needs a 'clm'"):
         generate.load_model(str(tmp_path))
 
 

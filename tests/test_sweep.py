@@ -174,6 +174,12 @@ def test_runs_trained_with_other_settings_are_refused_not_reported(tmp_path, mon
     # What only changes how a run logs, or how long it trains, is not another setting.
     sweep.run(BERT, str(tmp_path), grid=grid, overrides=["train.steps=4", "train.log_every=1"])
     assert len(calls) == 2
+    # A run's config.json that is not JSON is named (file and line), not a JSON traceback.
+    broken = tmp_path / "runs" / calls[0] / "config.json"
+    broken.write_text('{"seed": 0,')
+    with pytest.raises(ValueError, match=f"{broken}:1: invalid JSON \\(.*\\); the config of an "
+                                         "earlier run of this sweep"):
+        sweep.run(BERT, str(tmp_path), grid=grid, overrides=["train.steps=4"])
 
 
 def test_a_static_vectors_sweep(tmp_path, data_dir):

@@ -341,6 +341,11 @@ def test_a_workdir_written_with_another_config_is_refused_and_the_same_config_re
     # The same training config (evaluation aside) runs again over its own outputs.
     with pytest.raises(RuntimeError, match="reached the corpus"):
         static_train.run(config_lib.load_config(f"{path}:tiny", ["eval_dir=''"]), str(tmp_path))
+    # A saved config that is not JSON (cut short, edited by hand) is named, file and line.
+    (tmp_path / "static_config.json").write_text('{"dim": 16,\n')
+    with pytest.raises(ValueError, match=r"static_config.json:2: invalid JSON \(.*\); the config "
+                                         r"`tl_jax static` saved there"):
+        static_train.run(changed, str(tmp_path))
 
 
 def test_untokenised_string_sentences_are_refused():

@@ -400,6 +400,21 @@ def config_from_workdir(workdir: str, step: int) -> dict:
     return mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
 
+RUN_CONFIG = "it is the run's config, written by `tl_jax train`"
+
+
+def load_json(path: str, what: str = ""):
+    """The JSON in `path` (a file tl_jax wrote, or a config.json); a file that is not JSON is a
+    one-line `ValueError` naming the file, the line and, when given, `what` the file is."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})"
+                         + (f"; {what}" if what else "")) from e
+
+
 def save_json(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

@@ -25,7 +25,6 @@ directory or workdir).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -85,8 +84,7 @@ def workdir_task(workdir: str) -> str:
     if not os.path.isdir(os.path.join(workdir, "checkpoints")) or not os.path.isfile(config_path):
         raise FillMaskError(f"fill_mask: {workdir} is not a `tl_jax train` workdir (it needs "
                             "checkpoints/ and config.json)")
-    with open(config_path) as f:
-        config = json.load(f)
+    config = _workdir_config(workdir)
     task = config.get("task", "")
     if task in MASKED_LM_PARAMS:
         return task
@@ -115,6 +113,34 @@ def _electra_config(resolved: dict | None, model_cfg: dict, vocab_size: int):
             resolved, discriminator=bert.BertConfig(**resolved["discriminator"])))
     from tl_jax.tasks.electra import electra_config_from
     return electra_config_from(ml_collections.ConfigDict(model_cfg), vocab_size)
+
+
+def _workdir_config(workdir: str) -> dict:
+    """The config.json `tl_jax train` wrote in `workdir`, as a dict."""
+    path = os.path.join(workdir, "config.json")
+    try:
+        config = checkpoint.load_json(path, checkpoint.RUN_CONFIG)
+    except ValueError as e:
+        raise FillMaskError(f"fill_mask: {e}") from e
+    if not isinstance(config, dict):
+        raise FillMaskError(f"fill_mask: {path} holds a JSON {type(config).__name__}, not the "
+                            "run's config (an object, written by `tl_jax train`)")
+    return config
+
+
+def _hf_config(path: str) -> dict:
+    """The config.json of a directory that is not a workdir (a Hugging Face model's)."""
+    from tl_jax import interop
+
+    try:
+        hf_config, config_file = interop.read_config_json(path)
+    except ValueError as e:
+        raise FillMaskError(f"fill_mask: {e}; read as a Hugging Face model's config, since "
+                            f"{path} has no checkpoints/ of a `tl_jax train` workdir") from e
+    if not isinstance(hf_config, dict):
+        raise FillMaskError(f"fill_mask: {config_file} holds a JSON "
+                            f"{type(hf_config).__name__}, not a model config (an object)")
+    return hf_config
 
 
 class FillMask:
@@ -149,8 +175,7 @@ class FillMask:
         """The masked LM of a `bert_pretrain`, `distill` (the student) or `electra` (the
         generator) workdir; `FillMaskError` for any other directory."""
         task = workdir_task(workdir)
-        with open(os.path.join(workdir, "config.json")) as f:
-            model_cfg = json.load(f).get("model") or {}
+        model_cfg = _workdir_config(workdir).get("model") or {}
         tokenizer = Tokenizer.load(os.path.join(workdir, "tokenizer"))
         wanted = MASKED_LM_PARAMS[task]
         flat, step = checkpoint.load_params_from_workdir(workdir, only=wanted)
@@ -186,23 +211,16 @@ class FillMask:
             return cls.from_workdir(path)
         if convert.is_tl_dir(path):
             return cls._from_weights_dir(path)
-        hf_config = os.path.join(path, "config.json")
-        if os.path.isfile(hf_config):
-            with open(hf_config) as f:
-                try:
-                    is_hf = "model_type" in json.load(f)
-                except json.JSONDecodeError:
-                    is_hf = False
-            if is_hf:
-                return cls._from_hf_dir(path)
+        if os.path.isfile(os.path.join(path, "config.json")):
+            hf_config = _hf_config(path)
+            if "model_type" in hf_config:
+                return cls._from_hf_dir(path, hf_config)
         return cls.from_workdir(path)  # says what is missing
 
     @classmethod
-    def _from_hf_dir(cls, path: str) -> "FillMask":
+    def _from_hf_dir(cls, path: str, hf_config: dict) -> "FillMask":
         from tl_jax.interop import bert as hf_bert
 
-        with open(os.path.join(path, "config.json")) as f:
-            hf_config = json.load(f)
         model_type = hf_config.get("model_type")
         if model_type == "electra":
             return cls._from_hf_electra(path, hf_config.get("architectures") or [])

@@ -326,7 +326,6 @@ def load_model(path: str, caller: str = "generate"):
     a Hugging Face directory needs `config.json`, `model.safetensors` and vocab.json+merges.txt
     (or tokenizer.json).
     """
-    import json
     import os
 
     import ml_collections
@@ -336,15 +335,11 @@ def load_model(path: str, caller: str = "generate"):
 
     path = os.path.expandvars(path)
     if warm_start.is_tl_workdir(path):
-        with open(os.path.join(path, "config.json")) as f:
-            try:
-                saved = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}/config.json is not valid JSON ({e}); it is the run's "
-                                 "config, written by `tl_jax train`") from e
-        if saved.get("task") != "clm":
+        saved = checkpoint.load_json(os.path.join(path, "config.json"), checkpoint.RUN_CONFIG)
+        if not isinstance(saved, dict) or saved.get("task") != "clm":
+            task = saved.get("task") if isinstance(saved, dict) else None
             raise ValueError(
-                f"{path} was trained with task={saved.get('task')!r}; generation needs a 'clm' "
+                f"{path} was trained with task={task!r}; generation needs a 'clm' "
                 "(GPT language model) workdir")
         from tl_jax.tasks.clm import gpt_config_from
         tokenizer = bpe.BPETokenizer.load(os.path.join(path, "tokenizer"))

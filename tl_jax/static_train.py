@@ -307,6 +307,7 @@ def run(config, workdir: str) -> dict:
     """
     import json
 
+    from tl_jax import checkpoint
     from tl_jax.evaluation import word_vectors as evaluation
 
     if config.method not in ("word2vec", "glove"):
@@ -334,8 +335,7 @@ def run(config, workdir: str) -> dict:
     current = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as saved
     config_path = os.path.join(workdir, "static_config.json")
     if os.path.exists(config_path):
-        with open(config_path) as f:
-            saved = json.load(f)
+        saved = checkpoint.load_json(config_path, "the config `tl_jax static` saved there")
         diffs = [f"  {k}: {saved_v!r} there, {now!r} now"
                  for k, saved_v, now in _differences(saved, current) if k != "eval_dir"]
         if diffs:

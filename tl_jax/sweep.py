@@ -31,6 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tl_jax import checkpoint
 from tl_jax import config as config_lib
 
 
@@ -157,8 +158,7 @@ def _check_earlier_runs(workdir: str, runs: list["Run"], configs: dict, saved_na
         path = os.path.join(workdir, "runs", r.name, saved_name)
         if not os.path.exists(path):
             continue
-        with open(path) as f:
-            saved = json.load(f)
+        saved = checkpoint.load_json(path, "the config of an earlier run of this sweep")
         diffs = _saved_config_differences(saved, configs[r.name].to_dict())
         if diffs:
             raise config_lib.ConfigError(
@@ -171,8 +171,7 @@ def _finished(run_dir: str, steps: int) -> dict | None:
     path = os.path.join(run_dir, "summary.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        summary = json.load(f)
+    summary = checkpoint.load_json(path, "the final scores of an earlier run of this sweep")
     return summary if summary.get("step") == steps else None
 
 
@@ -180,8 +179,7 @@ def _static_scores(run_dir: str) -> dict | None:
     path = os.path.join(run_dir, "scores.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return checkpoint.load_json(path, "the scores of an earlier run of this sweep")
 
 
 # Of the scores `tl_jax static` writes, those the tables show by default.

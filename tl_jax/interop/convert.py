@@ -70,7 +70,7 @@ def load_tl_params(directory):
     for f in (config_file, directory / TL_PARAMS):
         if not f.exists():
             raise FileNotFoundError(f"{directory} is not a tl_jax weights directory: no {f.name}")
-    meta = json.loads(config_file.read_text())
+    meta, _ = interop.read_config_json(directory)
     for key in ("family", "config_class", "config"):
         if key not in meta:
             raise ValueError(f"{config_file}: missing key {key!r} (is this a HF config.json? "
@@ -173,7 +173,10 @@ def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
     from tl_jax import checkpoint
     from tl_jax.interop import bert as hf_bert
 
-    run_config = json.loads((src / TL_CONFIG).read_text())
+    run_config = checkpoint.load_json(str(src / TL_CONFIG), checkpoint.RUN_CONFIG)
+    if not isinstance(run_config, dict):
+        raise ValueError(f"{src / TL_CONFIG} holds a JSON {type(run_config).__name__}, not a "
+                         "run's config (an object, written by `tl_jax train`)")
     task = run_config.get("task")
     if task == "clm":
         _export_gpt_workdir(src, dst)

@@ -16,6 +16,7 @@ import pathlib
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from tl_jax.interop import read_config_json
 from tl_jax.models.gpt import GPTConfig
 
 # HF buffers that are not parameters (older checkpoints store the causal mask).
@@ -181,10 +182,9 @@ def load_config(path) -> GPTConfig:
     """The `GPTConfig` of a GPT-2 directory, or of a tl_jax weights directory converted from
     one, without reading the weights."""
     path = pathlib.Path(path)
-    config_file = path / "config.json"
-    if not config_file.exists():
+    if not (path / "config.json").exists():
         raise FileNotFoundError(f"GPT-2 directory {path} has no config.json")
-    meta = json.loads(config_file.read_text())
+    meta, config_file = read_config_json(path)
     if (path / _TL_PARAMS).exists():
         if meta.get("family") != "gpt2":
             raise ValueError(f"{path} holds {meta.get('family')!r} weights, not GPT-2")
