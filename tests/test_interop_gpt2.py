@@ -230,3 +230,23 @@ def test_gpt2_checkpoint_of_a_shape_outside_the_size_table(tmp_path, data_dir, m
         f"init_from={lm_dir}", "data.max_seq_length=32"])
     _, cls_model = lm_classify.resolve_model(cls_cfg, [])
     assert (cls_model.num_layers, cls_model.embed_dim, cls_model.max_len) == (3, 24, 48)
+
+
+@pytest.mark.parametrize("saved, expected", [
+    ('{"task": "bert_pretrain", "model": {"size": "tiny"}}',
+     r"was trained with task='bert_pretrain'; lm_classify starts from a 'clm' \(GPT language "
+     r"model\) workdir .*configs/finetune_classify.py"),
+    ('{"task": "clm", "model": {', r"config.json:1: invalid JSON \(.*\); it is the run's config"),
+])
+def test_the_gpt_classifier_refuses_a_workdir_that_is_not_a_gpt_lm(tmp_path, saved, expected):
+    """`init_from` a BERT workdir (or one with a broken config.json) is named as such, not met
+    later by a tokenizer error ("no <|endoftext|> token") or a JSON traceback."""
+    from tl_jax import config as config_lib
+    from tl_jax.tasks import lm_classify
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text(saved)
+    cfg = config_lib.load_config("configs/gpt_finetune_classify.py:tiny",
+                                 [f"init_from={tmp_path}"])
+    with pytest.raises(ValueError, match=expected):
+        lm_classify.resolve_model(cfg, [])
