@@ -162,7 +162,12 @@ def test_a_hugging_face_bert_with_its_mlm_head_fills_masks(tmp_path, capsys):
     want = [tok.decode([int(i)]) for i in np.argsort(-logits)[:3]]
     assert model.predict(text, top_k=3) == [want]
     # The same model as a tl_jax weights directory (`tl_jax convert`) predicts the same.
-    convert.convert(tmp_path / "hf", tmp_path / "tl", "hf_to_tl")
+    # The HF model has an MLM head but no NSP head and no pooler: convert says so.
+    with pytest.warns(UserWarning) as said:
+        convert.convert(tmp_path / "hf", tmp_path / "tl", "hf_to_tl")
+    said = [str(w.message) for w in said]
+    assert any("partial heads; freshly initialised: ['nsp_head/" in m for m in said), said
+    assert any("no pooler in the checkpoint; freshly initialised" in m for m in said), said
     assert fill_mask.FillMask.load(str(tmp_path / "tl")).predict(text, top_k=3) == [want]
     main.main(["fill_mask", f"--model={tmp_path / 'tl'}", f"--text={text}", "--top_k=3"])
     assert f"{text}\t[MASK] 1: {' '.join(want)}" in capsys.readouterr().out
