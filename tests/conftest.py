@@ -60,3 +60,21 @@ def tiny_bert_overrides(data_dir, tmp_path_factory) -> list[str]:
         "data.eval_batch_size=16", "train.progress=False", "train.eval_batches=2",
         "model.max_position_embeddings=64",
     ]
+
+
+@pytest.fixture
+def polarity_classifier_config(data_dir):
+    """A factory: `make(init_from, *overrides)` is a tiny `finetune_classify.py` config on 32
+    real polarity sentences (16 held out), warm-started from `init_from`, on one device."""
+    from tl_jax import config as config_lib
+
+    sentences = data_dir / "polarity_sentences.jsonl"
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "finetune_classify.py"
+
+    def make(init_from, *overrides):
+        return config_lib.load_config(f"{path}:tiny", [
+            f"init_from={init_from}", "train.progress=False", "mesh.num_devices=1",
+            f"data.train_file={sentences}", f"data.eval_file={sentences}",
+            "data.max_seq_length=32", "data.max_train_examples=32", "data.max_eval_examples=16",
+            *overrides])
+    return make

@@ -17,7 +17,6 @@ from tl_jax.tasks import electra as electra_task
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ELECTRA = str(ROOT / "configs" / "electra_pretrain.py")
-CLASSIFY = str(ROOT / "configs" / "finetune_classify.py")
 
 B, L, P, V = 2, 8, 3, 50
 
@@ -235,13 +234,10 @@ def test_a_tiny_run_on_real_text_learns_to_detect_replacements(trained):
     assert summary["step"] == 60 and (workdir / "tokenizer" / "vocab.txt").exists()
 
 
-def test_a_finished_workdir_warm_starts_the_classifier(trained, data_dir, capsys):
+def test_a_finished_workdir_warm_starts_the_classifier(trained, polarity_classifier_config,
+                                                       capsys):
     _, workdir = trained
-    config = config_lib.load_config(CLASSIFY + ":tiny", [
-        f"init_from={workdir}", "train.progress=False", "mesh.num_devices=1",
-        f"data.train_file={data_dir / 'polarity_sentences.jsonl'}",
-        f"data.eval_file={data_dir / 'polarity_sentences.jsonl'}", "data.max_seq_length=32",
-        "data.max_train_examples=32", "data.max_eval_examples=16"])
+    config = polarity_classifier_config(workdir)
     trainer = train.build_trainer(config, workdir=None)
     shape = trainer.task.model_config  # read from the checkpoint's shapes
     assert (shape.num_layers, shape.hidden_size, shape.num_heads, shape.vocab_size) == (2, 128, 2,

@@ -23,7 +23,6 @@ from tl_jax.models import electra
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ELECTRA = str(ROOT / "configs" / "electra_pretrain.py")
-CLASSIFY = str(ROOT / "configs" / "finetune_classify.py")
 
 # (vocab, width, layers, heads, intermediate, generator width, heads, intermediate, layers,
 # embedding size): odd sizes catch transposes that happen to fit. The second has a generator as
@@ -157,15 +156,6 @@ def test_tl_to_hf_parity_and_exact_round_trip(tmp_path, shape):
         again = load_file(tmp_path / "again" / sub / "model.safetensors")
         assert sorted(first) == sorted(again)
         assert all(np.array_equal(first[k], again[k]) for k in first)
-
-
-def classifier_config(init_from, data_dir):
-    """A tiny polarity classifier config warm-started from `init_from`."""
-    return config_lib.load_config(CLASSIFY + ":tiny", [
-        f"init_from={init_from}", "train.progress=False", "mesh.num_devices=1",
-        f"data.train_file={data_dir / 'polarity_sentences.jsonl'}",
-        f"data.eval_file={data_dir / 'polarity_sentences.jsonl'}", "data.max_seq_length=32",
-        "data.max_train_examples=32", "data.max_eval_examples=16"])
 
 
 def test_convert_of_an_hf_pair_round_trips_through_tl_weights(tmp_path, capsys):
@@ -308,14 +298,14 @@ def test_convert_a_trained_workdir_loads_in_transformers(trained, tmp_path, data
     assert (out / "generator" / "tokenizer.json").exists()
 
 
-def test_an_hf_discriminator_is_an_init_from_for_fine_tuning(trained, tmp_path, data_dir,
-                                                              capsys):
+def test_an_hf_discriminator_is_an_init_from_for_fine_tuning(trained, tmp_path,
+                                                              polarity_classifier_config, capsys):
     from tl_jax import checkpoint
 
     out = tmp_path / "hf"
     convert.convert(trained, out, "tl_to_hf")
     shutil.rmtree(out / "generator")  # what people fine-tune: the discriminator alone
-    config = classifier_config(out, data_dir)
+    config = polarity_classifier_config(out)
     trainer = train.build_trainer(config, workdir=None)
     shape = trainer.task.model_config
     assert (shape.num_layers, shape.hidden_size, shape.vocab_size) == (2, 128, 2000)
@@ -330,8 +320,8 @@ def test_an_hf_discriminator_is_an_init_from_for_fine_tuning(trained, tmp_path, 
         np.testing.assert_array_equal(got[name], source[name])
 
 
-def test_an_hf_electra_small_discriminator_fine_tunes_and_exports_back(trained, tmp_path,
-                                                                      data_dir, capsys):
+def test_an_hf_electra_small_discriminator_fine_tunes_and_exports_back(
+        trained, tmp_path, polarity_classifier_config, capsys):
     """ELECTRA-Small's layout (embeddings narrower than the layers) as `init_from`: the
     classifier's encoder gets the embeddings_project and every tensor, and trains; `tl_jax
     convert` of the fine-tuned workdir writes its encoder as a headless ElectraModel (HF BERT
@@ -345,12 +335,9 @@ def test_an_hf_electra_small_discriminator_fine_tunes_and_exports_back(trained, 
         num_attention_heads=2, intermediate_size=20, max_position_embeddings=64)).eval()
     hf.save_pretrained(hf_dir)
     interop.bert.write_tokenizer(trained / "tokenizer", hf_dir, 2000, 64)  # a real vocabulary
-    config = config_lib.load_config(CLASSIFY + ":tiny", [
-        f"init_from={hf_dir}", "train.progress=False", "mesh.num_devices=1", "train.steps=2",
-        "train.eval_every=2", "train.checkpoint_every=2", "train.log_every=1",
-        f"data.train_file={data_dir / 'polarity_sentences.jsonl'}",
-        f"data.eval_file={data_dir / 'polarity_sentences.jsonl'}", "data.max_seq_length=32",
-        "data.max_train_examples=32", "data.max_eval_examples=16", "data.num_epochs=0"])
+    config = polarity_classifier_config(
+        hf_dir, "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
+        "train.log_every=1", "data.num_epochs=0")
     trainer = train.build_trainer(config, workdir=None)
     shape = trainer.task.model_config
     assert (shape.hidden_size, shape.embedding_size, shape.num_layers) == (16, 12, 2)
@@ -396,7 +383,7 @@ def test_an_hf_electra_small_discriminator_fine_tunes_and_exports_back(trained, 
     print(f"ElectraModel vs tl_jax encoder (fine-tuned workdir): max |diff| {gap:.2e}")
     assert gap < 1e-5
     # The export fine-tunes again: a classifier built from it starts from the tuned encoder.
-    again = classifier_config(out, data_dir)
+    again = polarity_classifier_config(out)
     trainer = train.build_trainer(again, workdir=None)
     assert trainer.task.model_config.embedding_size == 12
     state = trainer.init_state(jax.random.PRNGKey(1))
