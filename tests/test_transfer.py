@@ -455,3 +455,21 @@ def test_tiny_smoke_configs_reach_their_last_stage(data_dir, tmp_path, name):
     plan = trainer.task.transfer_plan
     assert plan.stages[-1].name == "all"
     assert plan.stages[-1].start_step < config.train.steps, (plan.stages, config.train.steps)
+
+
+def test_resume_with_changed_transfer_rules_is_refused_keeping_the_checkpoint(data_dir, tmp_path):
+    # Other rules give the optimizer state another layout: the restore used to fail, and the
+    # good checkpoint was moved to checkpoints_corrupt/ and training restarted from step 0.
+    import os
+
+    from tl_jax import config as config_lib, train
+
+    run = ["train.steps=2", "train.eval_every=0"]
+    config = config_lib.load_config("configs/transfer_full.py:tiny", TINY_RUN + run)
+    train.train_and_evaluate(config, str(tmp_path))
+    config = config_lib.load_config("configs/transfer_full.py:tiny", TINY_RUN + run + [
+        "train.steps=4", "transfer.rules=((r'bert/embeddings/.*', 'frozen'), ('.*', 'train'))"])
+    with pytest.raises(Exception, match=r"different model or transfer config:\n  transfer.rules"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert os.listdir(tmp_path / "checkpoints") == ["2"]
+    assert not os.path.exists(tmp_path / "checkpoints_corrupt")

@@ -327,13 +327,21 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer):
         current = config.to_dict()
         if dataclasses.is_dataclass(getattr(trainer.task, "model_config", None)):
             current["resolved_model"] = dataclasses.asdict(trainer.task.model_config)
-        diffs = ckpt_lib.config_differences(saved_config, current,
-                                            sections=("model", "resolved_model"))
+        # Transfer rules and probe settings decide the parameter tree and the optimizer
+        # state's layout (and the unfreezing schedule): a change would not restore, and the
+        # checkpoint would be moved aside as corrupt. Caching the probe's features changes
+        # neither.
+        sections = ("model", "resolved_model") + tuple(
+            s for s in ("transfer", "probe") if s in current)
+        diffs = [d for d in ckpt_lib.config_differences(saved_config, current, sections=sections)
+                 if not d.startswith(("probe.cache_features:", "probe.cache_dir:"))]
         seen["saved"] = saved_config
         if diffs:
+            what = "model" if all(d.startswith(("model.", "resolved_model.")) for d in diffs) \
+                else "model or transfer"
             raise ckpt_lib.CheckpointError(
                 f"The checkpoint at step {step} in {checkpointer.directory} was written with a "
-                "different model config:\n  " + "\n  ".join(diffs) + "\nUse a new workdir with "
+                f"different {what} config:\n  " + "\n  ".join(diffs) + "\nUse a new workdir with "
                 "--config.init_from=<old workdir> to warm-start from it instead.")
 
     seen = {}
