@@ -235,6 +235,17 @@ def test_chain_thaw_stages_train_one_group_at_a_time():
         assert changed[step] == set(expected[min(step, 5)]), step
 
 
+@pytest.mark.parametrize("length", [dict(stage_epochs=0.0), dict(stage_epochs=-1.0),
+                                    dict(stage_steps=-3)])
+def test_stages_of_no_or_negative_length_are_an_error(length):
+    # They used to give stages of one step each (or fall back to stage_epochs) without a word.
+    tc, oc = configs(strategy="gradual_unfreezing", **length)
+    with pytest.raises(ValueError, match=r"needs stages of a positive length.*stage_steps"):
+        transfer.build_transfer_optimizer(toy_params(), tc, oc, 12, 5)
+    tc, oc = configs(strategy="none", **length)  # no stages: the lengths are not used
+    transfer.build_transfer_optimizer(toy_params(), tc, oc, 12, 5)
+
+
 def test_thawed_group_starts_with_fresh_adam_count():
     """A group thawed late takes Adam's first step (|update| = lr), not a bias-corrected blow-up."""
     params = toy_params()

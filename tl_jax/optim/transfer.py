@@ -179,6 +179,12 @@ class TransferPlan:
                 decay=setting.weight_decay and decays[path],
                 lr_mult=setting.lr_mult * depth_mults[group_depth(group, self.num_layers)])
 
+        if cfg.strategy != "none" and (cfg.stage_steps < 0 or (cfg.stage_steps == 0
+                                                               and not cfg.stage_epochs > 0)):
+            raise ValueError(
+                f"transfer.strategy={cfg.strategy!r} needs stages of a positive length: "
+                f"transfer.stage_steps={cfg.stage_steps} (> 0: steps per stage; 0: use "
+                f"stage_epochs), transfer.stage_epochs={cfg.stage_epochs}.")
         steps = int(cfg.stage_steps) if cfg.stage_steps > 0 else \
             max(1, round(cfg.stage_epochs * steps_per_epoch))
         trainable_groups = [g for g in self.groups
