@@ -94,3 +94,39 @@ def test_bad_output_and_empty_input(minilm, tmp_path):
     latin.write_bytes(b"fine\ncaf\xe9\n")
     with pytest.raises(ValueError, match=r"latin.txt:2: not UTF-8 text"):
         extract.run(minilm, str(latin), str(tmp_path / "out.npz"))
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("gpt", r"task='clm' \(a GPT language model\), not a BERT-style encoder"),
+    ("static", r"holds static word vectors"),
+    ("empty", r"is neither a tl_jax workdir"),
+    ("file", r"is neither a tl_jax workdir"),
+])
+def test_a_source_without_a_bert_encoder_is_named(tmp_path, kind, message):
+    # These used to fail reading their tokenizer: "... lacks the special token(s) ...; BERT
+    # pretraining needs ..." or "holds neither tokenizer.json nor vocab.txt".
+    import ml_collections
+
+    from tl_jax.tasks import downstream
+
+    source = tmp_path / kind
+    if kind == "file":
+        source.write_text("Mr. Darcy walked.\n")
+    else:
+        source.mkdir()
+    if kind == "gpt":
+        (source / "checkpoints").mkdir()
+        (source / "config.json").write_text(json.dumps({"task": "clm", "model": {}}))
+        (source / "tokenizer").mkdir()
+        (source / "tokenizer" / "vocab.json").write_text("{}")
+    elif kind == "static":
+        (source / "static_config.json").write_text("{}")
+        (source / "vocab.txt").write_text("the\nof\n")
+    with pytest.raises(ValueError, match=message):
+        extract.extract(str(source), TEXTS)
+    config = ml_collections.ConfigDict(dict(
+        init_from=str(source), model=dict(dropout_rate=0.1, attention_dropout_rate=0.1,
+                                          dtype="float32", num_layers=0),
+        data=dict(tokenizer="")))
+    with pytest.raises(ValueError, match=message):
+        downstream.Encoder.from_config(config, TEXTS)

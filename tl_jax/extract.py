@@ -40,7 +40,6 @@ import numpy as np
 from tl_jax.data.sources import non_utf8_message
 from tl_jax.data.tokenizer import Tokenizer
 from tl_jax.models import bert
-from tl_jax import warm_start
 from tl_jax.tasks import downstream
 
 NAMED = ("last", "second_to_last", "sum_last_four", "concat_last_four", "all")
@@ -88,7 +87,7 @@ def combine(hidden: np.ndarray, how: str, indices: list[int]) -> np.ndarray:
 
 def load_encoder(init_from: str):
     """`(tokenizer, BertConfig, params)` of a tl_jax workdir or HF directory, encoder only."""
-    warm_start.require_source(init_from)
+    downstream.check_encoder_source(init_from)
     tokenizer = Tokenizer.load(downstream.tokenizer_path(init_from))
     config = downstream.architecture(init_from, tokenizer)
     model = bert.BertModel(config)

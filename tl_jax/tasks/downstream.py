@@ -43,7 +43,7 @@ class Encoder:
         overrides = dict(dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
                          dtype=m.dtype)
         if init_from:
-            warm_start.require_source(init_from)
+            check_encoder_source(init_from)
             tokenizer = Tokenizer.load(d.tokenizer or tokenizer_path(init_from))
             model_config = architecture(init_from, tokenizer).replace(**overrides)
             if m.num_layers:
@@ -98,6 +98,38 @@ class Encoder:
 
     def save(self, workdir: str) -> None:
         self.tokenizer.save(os.path.join(workdir, "tokenizer"))
+
+
+# Tasks whose workdirs hold no BERT-style encoder (a GPT, an ELMo-style biLM).
+NOT_ENCODER_TASKS = {"clm": "a GPT language model", "lm_classify": "a GPT classifier",
+                     "bilm": "an ELMo-style biLM"}
+
+
+def check_encoder_source(source: str, what: str = "init_from") -> None:
+    """A clear error for a weight source that holds no BERT-style encoder (a GPT or biLM
+    workdir, static word vectors, a file, an empty directory), before its tokenizer is read."""
+    warm_start.require_source(source, what)
+    if warm_start.is_tl_workdir(source):
+        path = os.path.join(source, "config.json")
+        if os.path.isfile(path):
+            from tl_jax import checkpoint
+            run = checkpoint.load_json(path, checkpoint.RUN_CONFIG)
+            task = run.get("task") if isinstance(run, dict) else None
+            if task in NOT_ENCODER_TASKS:
+                raise warm_start.WarmStartError(
+                    f"{what}={source} was trained with task={task!r} ({NOT_ENCODER_TASKS[task]}), "
+                    "not a BERT-style encoder; start from a bert_pretrain, electra or fine-tuning "
+                    "workdir, tl_jax weights or a Hugging Face BERT directory.")
+        return
+    if warm_start.is_tl_weights(source) or warm_start.is_hf_directory(source):
+        return
+    if os.path.isfile(os.path.join(source, "static_config.json")):
+        raise warm_start.WarmStartError(
+            f"{what}={source} holds static word vectors (`tl_jax static`), not a BERT-style "
+            "encoder.")
+    raise warm_start.WarmStartError(
+        f"{what}={source!r} is neither a tl_jax workdir (with checkpoints/), nor tl_jax weights "
+        "(with params.safetensors), nor a Hugging Face BERT directory (with config.json).")
 
 
 def tokenizer_path(source: str) -> str:
