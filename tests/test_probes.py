@@ -124,3 +124,20 @@ def test_a_frozen_encoder_counts_forward_flops_only(tmp_path):
     assert 0 < cached.flops_per_example < full / 100
     tuned = task("probe.feature=none", "probe.cache_features=False")
     assert tuned.flops_per_example == full
+
+
+def test_a_feature_probe_whose_rules_train_the_encoder_is_an_error(data_dir, tmp_path):
+    # The encoder's gradient is stopped, but with ('.*', 'train') it got optimizer state and
+    # AdamW's weight decay changed the "frozen" encoder at every step, without a word.
+    from tl_jax import config as config_lib, tasks
+
+    config = config_lib.load_config("configs/transfer_feature.py:tiny", [
+        "data.max_train_examples=32", "data.max_eval_examples=16", "data.max_seq_length=16",
+        "probe.cache_features=False", "optimizer.weight_decay=0.1",
+        "transfer.rules=(('.*', 'train'),)"])
+    task = tasks.build_task(config, str(tmp_path / "probe"))
+    with pytest.raises(ValueError, match=r"probe.feature='last' uses a frozen encoder, but "
+                                         r"transfer rule '\.\*' trains"):
+        task.make_optimizer(10)
+    config.transfer.rules = ((r"bert/.*", "frozen"), (".*", "train"))
+    tx, _ = tasks.build_task(config, str(tmp_path / "probe")).make_optimizer(10)

@@ -88,7 +88,19 @@ class Task(classify.Task):
 
     def make_optimizer(self, total_steps):
         """The trainer's hook: the optimizer of `config.transfer` (freeze `bert/.*`)."""
-        return transfer.make_task_optimizer(self, self.config, total_steps, self.steps_per_epoch)
+        tx, schedule = transfer.make_task_optimizer(self, self.config, total_steps,
+                                                    self.steps_per_epoch)
+        feature = self.config.probe.feature
+        plan = self.transfer_plan
+        trained = [p for p in plan.paths if plan.optimizer_mask[p] and p.startswith("bert/")]
+        if feature != "none" and trained:
+            # Its gradient is stopped, but weight decay would still shrink the "frozen" encoder.
+            rule = plan.rules[plan.info[trained[0]].rule][2]
+            raise ValueError(
+                f"probe.feature={feature!r} uses a frozen encoder, but transfer rule {rule!r} "
+                f"trains {len(trained)} of its tensors (e.g. {trained[0]!r}), which weight decay "
+                "would change; put (r'bert/.*', 'frozen') first in transfer.rules.")
+        return tx, schedule
 
     # -- feature cache ----------------------------------------------------------------------
 
