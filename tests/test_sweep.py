@@ -141,6 +141,18 @@ def test_every_config_is_checked_before_the_first_run(tmp_path, monkeypatch):
         sweep.run(str(other), str(tmp_path), grid=["dim=8,16"])
 
 
+def test_an_override_of_a_swept_key_is_refused(tmp_path, monkeypatch):
+    # The run's own value used to win, dropping the --config.* override without a word.
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained"))
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"--config.data.masked_lm_prob would be replaced by each run's own"):
+        sweep.run(BERT, str(tmp_path), grid=["data.masked_lm_prob=0.1,0.3"],
+                  overrides=["train.steps=4", "data.masked_lm_prob=0.2"])
+    with pytest.raises(config_lib.ConfigError, match=r"--config.seed would be .*--seeds"):
+        sweep.run(BERT, str(tmp_path), grid=["data.masked_lm_prob=0.1,0.3"],
+                  overrides=["seed=3"])
+
+
 def test_a_real_sweep_trains_each_run_in_its_own_workdir(tiny_bert_overrides, tmp_path):
     overrides = list(tiny_bert_overrides) + ["train.steps=2", "train.eval_every=2",
                                              "train.eval_batches=1", "train.log_every=1"]

@@ -227,6 +227,17 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
     from tl_jax import static_train, train
 
     runs = plan(grid, zipped, seeds)
+    # Each run's own setting is applied after the overrides: an override of a swept key (or
+    # of the seed) would be dropped without a word.
+    swept = {k for k, _ in runs[0].setting} | {"seed"}
+    both = [o.partition("=")[0].strip() for o in overrides
+            if o.partition("=")[0].strip() in swept]
+    if both:
+        raise config_lib.ConfigError(
+            f"sweep: {', '.join('--config.' + k for k in both)} would be replaced by each run's "
+            "own setting; "
+            + ("give seeds with --seeds" if both == ["seed"] else
+               "drop the override or the axis (a key is either swept or set for every run)"))
     configs = {}
     for r in runs:
         try:
