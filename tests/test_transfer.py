@@ -484,3 +484,13 @@ def test_resume_with_changed_transfer_rules_is_refused_keeping_the_checkpoint(da
         train.train_and_evaluate(config, str(tmp_path))
     assert os.listdir(tmp_path / "checkpoints") == ["2"]
     assert not os.path.exists(tmp_path / "checkpoints_corrupt")
+
+
+def test_lora_alpha_zero_is_an_error(data_dir, tmp_path):
+    # alpha / rank scales LoRA's update: with 0 the run trained only the head, without a word.
+    from tl_jax import config as config_lib, tasks
+
+    config = config_lib.load_config("configs/transfer_lora.py:tiny",
+                                    TINY_RUN + ["transfer.lora_alpha=0.0"])
+    with pytest.raises(ValueError, match=r"transfer.lora_alpha=0.0 with lora_rank="):
+        tasks.build_task(config, str(tmp_path))
