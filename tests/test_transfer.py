@@ -117,6 +117,13 @@ def test_first_match_wins_and_settings_parse():
         transfer.compile_rules([(".*", "train"), ("(", "train")])
 
 
+@pytest.mark.parametrize("spec", ["train,lr=nan", "train,lr=inf"])
+def test_a_non_finite_lr_multiplier_is_an_error(spec):
+    # It used to train into "Non-finite loss at step 2", naming no rule.
+    with pytest.raises(ValueError, match=r"learning-rate multiplier in .* is not finite"):
+        transfer.parse_setting(spec)
+
+
 def test_summary_lists_groups_with_counts():
     tc, oc = configs(rules=((r"bert/embeddings/.*", "frozen"), (".*", "train")))
     plan = transfer.build_transfer_optimizer(toy_params(), tc, oc, 10, 5)

@@ -139,6 +139,8 @@ def parse_setting(spec, where: str = "rule") -> Setting:
                 raise ValueError(f"{where}: bad learning-rate multiplier in {spec!r}.") from None
             if lr_mult < 0:
                 raise ValueError(f"{where}: negative learning-rate multiplier in {spec!r}.")
+            if not math.isfinite(lr_mult):
+                raise ValueError(f"{where}: learning-rate multiplier in {spec!r} is not finite.")
         elif tok in ("no_wd", "wd=off"):
             wd = False
         elif tok == "wd=on":
