@@ -106,6 +106,24 @@ def test_feature_cache_is_not_shared_by_encoders_of_different_depth(data_dir, tm
     assert len(list((tmp_path / "cache").glob("*train*.npy"))) == 2
 
 
+def test_feature_cache_is_not_shared_by_seeds_with_reinitialised_layers(data_dir, tmp_path):
+    # With reinit_top_k the top layers are random per seed: seed 1 used to read seed 0's features.
+    from tl_jax import config as config_lib, tasks
+
+    def task(seed, k):
+        config = config_lib.load_config("configs/transfer_feature.py:minilm", [
+            "data.max_train_examples=32", "data.max_eval_examples=8", "data.max_seq_length=16",
+            "model.num_layers=2", f"probe.cache_dir={tmp_path / 'cache'}", f"seed={seed}",
+            f"transfer.reinit_top_k={k}"])
+        return tasks.build_task(config, str(tmp_path / f"run{seed}_{k}"))
+
+    a, b = task(0, 1), task(1, 1)
+    assert a._cache_file("train") != b._cache_file("train")
+    assert not np.array_equal(a.train_arrays["features"][:, -1], b.train_arrays["features"][:, -1])
+    # Without re-initialised layers the pretrained encoder is the same for every seed: shared.
+    assert task(0, 0)._cache_file("train") == task(1, 0)._cache_file("train")
+
+
 def test_a_frozen_encoder_counts_forward_flops_only(tmp_path):
     # MFU must not count a backward pass through an encoder that stop_gradient freezes (a
     # probe without the feature cache reported 127%).

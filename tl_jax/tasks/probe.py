@@ -113,7 +113,10 @@ class Task(classify.Task):
         c = self.config
         if not (c.probe.cache_dir and self.pooled):
             return ""
-        key = json.dumps([c.init_from, c.seed if not c.init_from else None, c.model.size,
+        # The seed picks the encoder's random weights: all of them from scratch, the top
+        # layers with reinit_top_k, the adapters' (near-identity) initialisation.
+        seeded = not c.init_from or c.transfer.reinit_top_k or c.transfer.adapter_size
+        key = json.dumps([c.init_from, c.seed if seeded else None, c.model.size,
                           c.data.train_file if split == "train" else c.data.eval_file,
                           c.data.max_seq_length, c.data.max_train_examples if split == "train"
                           else c.data.max_eval_examples, c.probe.pooling, c.data.text_field,
