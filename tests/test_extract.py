@@ -101,6 +101,7 @@ def test_bad_output_and_empty_input(minilm, tmp_path):
     ("static", r"holds static word vectors"),
     ("empty", r"is neither a tl_jax workdir"),
     ("file", r"is neither a tl_jax workdir"),
+    ("hf_gpt2", r"model_type='gpt2' is not a BERT-style encoder"),
 ])
 def test_a_source_without_a_bert_encoder_is_named(tmp_path, kind, message):
     # These used to fail reading their tokenizer: "... lacks the special token(s) ...; BERT
@@ -119,6 +120,9 @@ def test_a_source_without_a_bert_encoder_is_named(tmp_path, kind, message):
         (source / "config.json").write_text(json.dumps({"task": "clm", "model": {}}))
         (source / "tokenizer").mkdir()
         (source / "tokenizer" / "vocab.json").write_text("{}")
+    elif kind == "hf_gpt2":
+        (source / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+        (source / "tokenizer.json").write_text("{}")
     elif kind == "static":
         (source / "static_config.json").write_text("{}")
         (source / "vocab.txt").write_text("the\nof\n")

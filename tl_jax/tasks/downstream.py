@@ -121,7 +121,11 @@ def check_encoder_source(source: str, what: str = "init_from") -> None:
                     "not a BERT-style encoder; start from a bert_pretrain, electra or fine-tuning "
                     "workdir, tl_jax weights or a Hugging Face BERT directory.")
         return
-    if warm_start.is_tl_weights(source) or warm_start.is_hf_directory(source):
+    if warm_start.is_tl_weights(source):
+        return
+    if warm_start.is_hf_directory(source):
+        from tl_jax import interop
+        interop.encoder_family_of(source)  # a GPT-2 directory is named by its model_type
         return
     if os.path.isfile(os.path.join(source, "static_config.json")):
         raise warm_start.WarmStartError(
