@@ -86,8 +86,29 @@ def _replicated(mesh):
     return NamedSharding(mesh, P())
 
 
+def check_train_config(tc: ml_collections.ConfigDict) -> None:
+    """Refuses `config.train` values the loop cannot run with, before anything is built: a
+    `log_every` or `checkpoint_every` of 0 would fail at the first step (modulo by zero), a
+    negative `train.steps` would "finish" at once, `keep_checkpoints=0` would delete every
+    checkpoint as it is written, and a misspelt `best_mode` would silently mean "max"."""
+    positive = ("log_every", "checkpoint_every", "keep_checkpoints")
+    non_negative = ("steps", "eval_every", "eval_batches")
+    for key in positive + non_negative:
+        if key not in tc:
+            continue
+        value = tc[key]
+        least = 1 if key in positive else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"train.{key}={value!r} must be an integer >= {least}"
+                             + (" (0 = never)" if key in ("eval_every",) else "")
+                             + (" (0 = the whole held-out set)" if key == "eval_batches" else ""))
+    if tc.get("best_mode", "max") not in ("max", "min"):
+        raise ValueError(f"train.best_mode={tc.best_mode!r}; expected 'max' or 'min'.")
+
+
 def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     """Builds mesh, task, optimizer, shardings and the jitted functions. Compiles nothing yet."""
+    check_train_config(config.train)
     parallel.maybe_initialize_distributed(config.distributed)
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.axis_rules(config.mesh)
@@ -454,8 +475,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
 
     nothing_to_train = start_step >= total_steps
     if nothing_to_train and is_main:
-        print(f"[train] {workdir} is already at step {start_step} (train.steps={total_steps}): "
-              "nothing to train; evaluating the restored model.", flush=True)
+        if resumed is not None:
+            print(f"[train] {workdir} is already at step {start_step} (train.steps="
+                  f"{total_steps}): nothing to train; evaluating the restored model.", flush=True)
+        else:  # train.steps=0 in a new workdir: no checkpoint, nothing restored
+            print(f"[train] train.steps=0: nothing to train; evaluating the initial model ("
+                  + (f"init_from={config.init_from}" if config.get("init_from") else
+                     "randomly initialised") + "). No checkpoint is written.", flush=True)
 
     bar = None
     if is_main and tc.progress:
