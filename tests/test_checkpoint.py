@@ -178,6 +178,8 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_bert_overrides, 
     resumed = run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=6")
     out = capsys.readouterr().out
     assert "Checkpoint at step 6 is corrupt" in out
+    # The reason names the broken file, not orbax's "<bound method ... spec of TensorStore({".
+    assert "TensorStore details" not in out and "bound method" not in out, out
     assert "Resuming from step 3" in out
     assert (tmp_path / "checkpoints_corrupt" / "6").exists()  # moved aside, not deleted
     assert resumed.summary["step"] == 6
@@ -215,6 +217,17 @@ def test_reading_params_skips_a_broken_checkpoint_quietly_and_leaves_it(tiny_ber
     assert "tensorstore_spec" not in captured.out
     assert "Event loop is closed" not in captured.err, captured.err[-2000:]
     assert (tmp_path / "checkpoints" / "6").exists()
+
+
+def test_a_failed_array_read_is_reported_by_the_error_it_wraps():
+    cause = ValueError('OUT_OF_RANGE: Error reading "params.w/0.0" in OCDBT database at local '
+                       'file "/w/checkpoints/6/state/": Requested byte range [0, 9) is not valid')
+    wrapper = Exception("Encountered error while reading array index: (slice(0, 4, 1),). See "
+                        "full TensorStore details: <bound method spec of TensorStore({\n  'a': 1")
+    wrapper.__cause__ = cause
+    short = ckpt_lib._short(wrapper)
+    assert "bound method" not in short and "TensorStore details" not in short
+    assert 'OUT_OF_RANGE: Error reading "params.w/0.0"' in short and "/6/state/" in short
 
 
 def test_the_closed_loop_filter_passes_every_other_unraisable(monkeypatch):
