@@ -87,7 +87,7 @@ def _replicated(mesh):
 
 
 def check_train_config(tc: ml_collections.ConfigDict) -> None:
-    """Refuses `config.train` values the loop cannot run with, before anything is built: a
+    """Refuses `config.train` values the loop cannot run with, before anything compiles: a
     `log_every` or `checkpoint_every` of 0 would fail at the first step (modulo by zero), a
     negative `train.steps` would "finish" at once, `keep_checkpoints=0` would delete every
     checkpoint as it is written, and a misspelt `best_mode` would silently mean "max"."""
@@ -108,7 +108,6 @@ def check_train_config(tc: ml_collections.ConfigDict) -> None:
 
 def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     """Builds mesh, task, optimizer, shardings and the jitted functions. Compiles nothing yet."""
-    check_train_config(config.train)
     parallel.maybe_initialize_distributed(config.distributed)
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.axis_rules(config.mesh)
@@ -122,6 +121,7 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     parallel.check_batch_size(global_batch // accum, mesh)
 
     task = tasks.build_task(config, workdir)  # tokenizer, data, input checks: before compiling
+    check_train_config(config.train)  # after the task: fine-tuning fills 0s from its epochs
     total_steps = int(config.train.steps)
     if hasattr(task, "make_optimizer"):
         tx, schedule = task.make_optimizer(total_steps)
