@@ -153,6 +153,17 @@ def test_the_best_checkpoint_is_one_that_was_evaluated(tiny_bert_overrides, tmp_
     assert kept == [4, 8]
 
 
+def test_a_best_metric_that_eval_never_reports_is_named_once(tiny_bert_overrides, tmp_path,
+                                                             capsys):
+    run(tiny_bert_overrides, tmp_path, "train.steps=4", "train.checkpoint_every=2",
+        "train.eval_every=2", "train.keep_checkpoints=1", "train.log_every=2",
+        "train.best_metric=eval/mlm_acc")
+    out = capsys.readouterr().out
+    assert out.count("train.best_metric='eval/mlm_acc' is not among the eval metrics") == 1
+    assert "eval/mlm_accuracy" in out and "no best checkpoint is kept, only the last 1" in out
+    assert saved_steps(tmp_path) == [4]
+
+
 def test_kill_9_during_a_save_keeps_the_previous_checkpoint(tiny_bert_overrides, tmp_path):
     args = ["train", f"--config={BERT}:tiny", f"--workdir={tmp_path}"] + [
         f"--config.{o}" for o in tiny_bert_overrides + STEPS + ["train.steps=9",

@@ -499,6 +499,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         checkpointer.save(step, state, train_iter.get_state(), config_dict, metrics=metrics)
 
     last_eval_step = None
+    best_metric_missing = False
 
     def flush(step):
         """Logs the pending steps' metrics; stops on a non-finite value unless skipping."""
@@ -554,6 +555,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                 last_eval = evaluate(trainer, state["params"], done)
                 last_eval_step = done
                 writer.write(done, last_eval)
+                if (tc.best_metric and last_eval and tc.best_metric not in last_eval
+                        and not best_metric_missing and is_main):
+                    best_metric_missing = True  # a misspelt name would silently keep no best
+                    print(f"[checkpoint] Note: train.best_metric={tc.best_metric!r} is not "
+                          f"among the eval metrics ({', '.join(sorted(last_eval))}): no best "
+                          f"checkpoint is kept, only the last {tc.keep_checkpoints}.",
+                          flush=True)
                 window_start, window_steps = time.perf_counter(), 0
                 if bar is not None and last_eval:
                     bar.write(f"step {done}: " + ", ".join(
