@@ -292,10 +292,15 @@ def test_changed_data_on_resume_is_named_and_the_workdir_kept(tiny_bert_override
     # A change the position survives is named in a note, and the run goes on.
     capsys.readouterr()
     resumed = run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=6",
-                  "data.eval_batch_size=8")
+                  "data.eval_batch_size=8", "data.lowercase=False")
     out = capsys.readouterr().out
     assert ("Note: data settings changed since the checkpoint:\n  data.eval_batch_size: "
-            "checkpoint has 16, config has 8" in out), out
+            "checkpoint has 16, config has 8\nTraining continues" in out), out
+    # The workdir's tokenizer is kept on resume: a tokenizer setting is said to change nothing,
+    # not listed among the settings the data is "built with".
+    assert ("keeps the tokenizer it was trained with (" + str(tmp_path / "tokenizer") + "); "
+            "these changes since the checkpoint have no effect:\n  data.lowercase: checkpoint "
+            "has True, config has False" in out), out
     assert resumed.summary["step"] == 6
 
 

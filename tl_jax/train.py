@@ -380,6 +380,15 @@ def restore_data_position(train_iter, data_state, resumed: dict, config) -> None
     with earlier ones), in the error when it does not.
     """
     changed = ckpt_lib.config_differences(resumed["config"], config.to_dict(), sections=("data",))
+    # A resumed run keeps the tokenizer saved in its workdir, whatever these say now: they
+    # changed nothing, and "data built with this config" would suggest they did.
+    kept = [line for line in changed if line.startswith(TOKENIZER_FIELDS)]
+    changed = [line for line in changed if not line.startswith(TOKENIZER_FIELDS)]
+    if kept and jax.process_index() == 0:
+        tokenizer_dir = os.path.join(os.path.dirname(resumed["directory"]), "tokenizer")
+        print("[checkpoint] Note: the run keeps the tokenizer it was trained with "
+              f"({tokenizer_dir}); these changes since the checkpoint have no effect:\n  "
+              + "\n  ".join(kept), flush=True)
     try:
         train_iter.set_state(data_state)
     except ValueError as e:
@@ -396,6 +405,7 @@ def restore_data_position(train_iter, data_state, resumed: dict, config) -> None
               flush=True)
 
 
+TOKENIZER_FIELDS = ("data.tokenizer:", "data.tokenizer_vocab_size:", "data.lowercase:")
 SCHEDULE_FIELDS = ("learning_rate", "warmup_steps", "decay", "end_lr_ratio", "power")
 
 
