@@ -63,6 +63,13 @@ def test_none_is_refused_for_a_typed_field():
     assert config_lib.load_config(BERT + ":tiny", ["init_from=None"]).init_from == "None"
 
 
+def test_a_section_given_a_value_is_one_line_naming_its_fields():
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.load_config(BERT + ":tiny", ["train=5"])
+    assert str(e.value).startswith("train is a section, not a value")
+    assert "'steps'" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_config_is_locked_against_new_keys():
     c = config_lib.load_config(BERT + ":tiny")
     with pytest.raises(AttributeError):

@@ -105,6 +105,9 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
             node = node[part]
     field = parts[-1]
     old = node[field]
+    if isinstance(old, ml_collections.ConfigDict):
+        raise ConfigError(f"{key} is a section, not a value; set one of its fields "
+                          f"({key}.FIELD=...): {sorted(old.keys())}")
     value = parse_value(raw)
     if value is None and old is not None and not isinstance(old, str):
         # ml_collections lets None into any field; the code reading it (a seed, a step count)
