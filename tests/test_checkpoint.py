@@ -277,6 +277,23 @@ def test_changed_model_on_resume_is_an_error_naming_the_fields(tiny_bert_overrid
     assert "init_from" in str(e.value)
 
 
+def test_a_checkpoint_of_another_task_is_named_by_its_task(tiny_bert_overrides):
+    trainer = types.SimpleNamespace(config=cfg(tiny_bert_overrides), abstract_state={},
+                                    state_shardings={}, task=types.SimpleNamespace())
+
+    class Checkpointer:
+        directory = "/runs/electra/checkpoints"
+
+        def restore_latest_good(self, target, check_config):
+            check_config({"task": "electra", "model": {"size": "tiny"}}, 20)
+
+    with pytest.raises(ckpt_lib.CheckpointError) as e:
+        train.restore_or_init(trainer, Checkpointer())
+    assert ("step 20 in /runs/electra/checkpoints was written by a run of task `electra`; "
+            "this config's task is `bert_pretrain`" in str(e.value))
+    assert "checkpoint has None" not in str(e.value)
+
+
 def test_changed_data_on_resume_is_named_and_the_workdir_kept(tiny_bert_overrides, tmp_path,
                                                               capsys):
     run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3")

@@ -345,6 +345,16 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer):
     target = ckpt_lib.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
 
     def check_config(saved_config, step):
+        saved_task = saved_config.get("task")
+        if saved_task and saved_task != config.task:
+            # Another task's checkpoint: every model field would differ (a page of "checkpoint
+            # has None"); say what it is instead.
+            raise ckpt_lib.CheckpointError(
+                f"The checkpoint at step {step} in {checkpointer.directory} was written by "
+                f"a run of task `{saved_task}`; this config's task is `{config.task}`. Use a "
+                "new workdir "
+                "(with --config.init_from=<old workdir> to start from its weights); the "
+                "checkpoint is left as it is.")
         current = config.to_dict()
         if dataclasses.is_dataclass(getattr(trainer.task, "model_config", None)):
             current["resolved_model"] = dataclasses.asdict(trainer.task.model_config)
