@@ -153,6 +153,17 @@ def test_the_best_checkpoint_is_one_that_was_evaluated(tiny_bert_overrides, tmp_
     assert kept == [4, 8]
 
 
+def test_a_best_metric_that_eval_never_reports_is_named_once(tiny_bert_overrides, tmp_path,
+                                                             capsys):
+    run(tiny_bert_overrides, tmp_path, "train.steps=4", "train.checkpoint_every=2",
+        "train.eval_every=2", "train.keep_checkpoints=1", "train.log_every=2",
+        "train.best_metric=eval/mlm_acc")
+    out = capsys.readouterr().out
+    assert out.count("train.best_metric='eval/mlm_acc' is not among the eval metrics") == 1
+    assert "eval/mlm_accuracy" in out and "no best checkpoint is kept, only the last 1" in out
+    assert saved_steps(tmp_path) == [4]
+
+
 def test_kill_9_during_a_save_keeps_the_previous_checkpoint(tiny_bert_overrides, tmp_path):
     args = ["train", f"--config={BERT}:tiny", f"--workdir={tmp_path}"] + [
         f"--config.{o}" for o in tiny_bert_overrides + STEPS + ["train.steps=9",
@@ -178,6 +189,8 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_bert_overrides, 
     resumed = run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=6")
     out = capsys.readouterr().out
     assert "Checkpoint at step 6 is corrupt" in out
+    # The reason names the broken file, not orbax's "<bound method ... spec of TensorStore({".
+    assert "TensorStore details" not in out and "bound method" not in out, out
     assert "Resuming from step 3" in out
     assert (tmp_path / "checkpoints_corrupt" / "6").exists()  # moved aside, not deleted
     assert resumed.summary["step"] == 6
@@ -217,6 +230,17 @@ def test_reading_params_skips_a_broken_checkpoint_quietly_and_leaves_it(tiny_ber
     assert (tmp_path / "checkpoints" / "6").exists()
 
 
+def test_a_failed_array_read_is_reported_by_the_error_it_wraps():
+    cause = ValueError('OUT_OF_RANGE: Error reading "params.w/0.0" in OCDBT database at local '
+                       'file "/w/checkpoints/6/state/": Requested byte range [0, 9) is not valid')
+    wrapper = Exception("Encountered error while reading array index: (slice(0, 4, 1),). See "
+                        "full TensorStore details: <bound method spec of TensorStore({\n  'a': 1")
+    wrapper.__cause__ = cause
+    short = ckpt_lib._short(wrapper)
+    assert "bound method" not in short and "TensorStore details" not in short
+    assert 'OUT_OF_RANGE: Error reading "params.w/0.0"' in short and "/6/state/" in short
+
+
 def test_the_closed_loop_filter_passes_every_other_unraisable(monkeypatch):
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
@@ -253,6 +277,23 @@ def test_changed_model_on_resume_is_an_error_naming_the_fields(tiny_bert_overrid
     assert "init_from" in str(e.value)
 
 
+def test_a_checkpoint_of_another_task_is_named_by_its_task(tiny_bert_overrides):
+    trainer = types.SimpleNamespace(config=cfg(tiny_bert_overrides), abstract_state={},
+                                    state_shardings={}, task=types.SimpleNamespace())
+
+    class Checkpointer:
+        directory = "/runs/electra/checkpoints"
+
+        def restore_latest_good(self, target, check_config):
+            check_config({"task": "electra", "model": {"size": "tiny"}}, 20)
+
+    with pytest.raises(ckpt_lib.CheckpointError) as e:
+        train.restore_or_init(trainer, Checkpointer())
+    assert ("step 20 in /runs/electra/checkpoints was written by a run of task `electra`; "
+            "this config's task is `bert_pretrain`" in str(e.value))
+    assert "checkpoint has None" not in str(e.value)
+
+
 def test_changed_data_on_resume_is_named_and_the_workdir_kept(tiny_bert_overrides, tmp_path,
                                                               capsys):
     run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3")
@@ -268,10 +309,15 @@ def test_changed_data_on_resume_is_named_and_the_workdir_kept(tiny_bert_override
     # A change the position survives is named in a note, and the run goes on.
     capsys.readouterr()
     resumed = run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=6",
-                  "data.eval_batch_size=8")
+                  "data.eval_batch_size=8", "data.lowercase=False")
     out = capsys.readouterr().out
     assert ("Note: data settings changed since the checkpoint:\n  data.eval_batch_size: "
-            "checkpoint has 16, config has 8" in out), out
+            "checkpoint has 16, config has 8\nTraining continues" in out), out
+    # The workdir's tokenizer is kept on resume: a tokenizer setting is said to change nothing,
+    # not listed among the settings the data is "built with".
+    assert ("keeps the tokenizer it was trained with (" + str(tmp_path / "tokenizer") + "); "
+            "these changes since the checkpoint have no effect:\n  data.lowercase: checkpoint "
+            "has True, config has False" in out), out
     assert resumed.summary["step"] == 6
 
 

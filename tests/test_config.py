@@ -54,6 +54,22 @@ def test_unknown_section_and_type_mismatch():
         config_lib.load_config(BERT + ":tiny", ["train.steps=abc"])
 
 
+def test_none_is_refused_for_a_typed_field():
+    # It used to be accepted and fail later as a numpy TypeError traceback (seed=None).
+    with pytest.raises(config_lib.ConfigError, match="Cannot set seed to None: the field is of type int"):
+        config_lib.load_config(BERT + ":tiny", ["seed=None"])
+    with pytest.raises(config_lib.ConfigError, match="train.steps to None"):
+        config_lib.load_config(BERT + ":tiny", ["train.steps=None"])
+    assert config_lib.load_config(BERT + ":tiny", ["init_from=None"]).init_from == "None"
+
+
+def test_a_section_given_a_value_is_one_line_naming_its_fields():
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.load_config(BERT + ":tiny", ["train=5"])
+    assert str(e.value).startswith("train is a section, not a value")
+    assert "'steps'" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_config_is_locked_against_new_keys():
     c = config_lib.load_config(BERT + ":tiny")
     with pytest.raises(AttributeError):

@@ -401,6 +401,12 @@ def test_build_errors_before_any_work(small_corpus, tmp_path):
     one.write_text("A single document. It has two sentences.", encoding="utf-8")
     with pytest.raises(ValueError, match="NSP needs at least 2"):
         build_pretraining_data(_data_config(str(one), eval_fraction=0.0), 128, None, 0)
+    # With held-out documents too: the error says what a document is, rather than suggesting
+    # data.eval_fraction=0 (which only leads to the error above).
+    with pytest.raises(ValueError, match="holds 1 document; NSP needs at least 2 documents.*"
+                                         "a blank line ends a document") as e:
+        build_pretraining_data(_data_config(str(one)), 128, None, 0)
+    assert "eval_fraction" not in str(e.value)
     few = tmp_path / "few.txt"
     few.write_text("First doc here. And more.\n\nSecond doc here. And more.", encoding="utf-8")
     with pytest.raises(ValueError, match="fewer than one batch"):

@@ -239,6 +239,23 @@ def test_bad_set_ups_are_clear_errors(teacher_dir, corpus, tokenizer, tmp_path):
         train.build_trainer(distill_config(headless, corpus), None)
 
 
+def test_a_teacher_workdir_without_an_mlm_head_is_named_by_its_task(tmp_path, monkeypatch):
+    # An ELECTRA run's encoder (the discriminator) has no MLM head; the refusal says what the
+    # workdir is instead of guessing "a sentence-embedding or task model?".
+    workdir = tmp_path / "electra_run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps({"task": "electra"}))
+    shapes = {"bert/embeddings/word_embeddings/embedding": (100, 32),
+              "generator_mlm_head/output_bias": (100,)}
+    monkeypatch.setattr(checkpoint, "param_shapes_from_workdir", lambda _: (shapes, 3))
+    with pytest.raises(warm_start.WarmStartError, match="no MLM head \\(an ELECTRA run") as e:
+        distill.check_mlm_head(str(workdir), None)
+    assert "sentence-embedding" not in str(e.value)
+    (workdir / "config.json").write_text(json.dumps({"task": "classify"}))
+    with pytest.raises(warm_start.WarmStartError, match="no MLM head \\(a `classify` run\\)"):
+        distill.check_mlm_head(str(workdir), None)
+
+
 # -- resume -------------------------------------------------------------------------------------
 
 

@@ -192,6 +192,20 @@ def test_convert_both_directions_on_minilm(data_dir, tmp_path, capsys):
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
     with pytest.raises(ValueError, match="direction must be one of"):
         convert.convert(model_dir, tmp_path / "x", "sideways")
+    # The default direction is hf_to_tl: a tl_jax directory given without it is named as such.
+    with pytest.raises(ValueError, match="is a tl_jax weights directory.*--direction=tl_to_hf"):
+        convert.convert(tmp_path / "tl", tmp_path / "x", "hf_to_tl")
+
+
+def test_convert_names_a_missing_input_and_a_workdir_given_the_wrong_direction(tmp_path):
+    with pytest.raises(FileNotFoundError, match="input .*nowhere does not exist"):
+        convert.convert(tmp_path / "nowhere", tmp_path / "out", "tl_to_hf")
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "config.json").write_text('{"task": "bert_pretrain"}')
+    with pytest.raises(ValueError, match="is a `tl_jax train` workdir.*--direction=tl_to_hf"):
+        convert.convert(workdir, tmp_path / "out", "hf_to_tl")
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_heads_are_initialised_with_a_warning(data_dir):

@@ -56,6 +56,23 @@ def test_input_errors_are_one_line_and_library_errors_keep_their_traceback(tmp_p
         main.main(argv)
 
 
+def test_ctrl_c_is_one_line_saying_the_checkpoints_are_intact(tmp_path, capsys, monkeypatch):
+    def interrupted(args, overrides):
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    monkeypatch.setitem(main.COMMANDS, "train", (main.COMMANDS["train"][0], interrupted))
+    with pytest.raises(SystemExit) as e:
+        main.main(["train", "--config=configs/bert_pretrain.py:tiny", f"--workdir={tmp_path}"])
+    assert e.value.code == 130
+    err = capsys.readouterr().err
+    assert err.startswith("tl_jax: interrupted (Ctrl-C). Checkpoints already written are intact")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("TL_JAX_TRACEBACK", "1")
+    with pytest.raises(KeyboardInterrupt):
+        main.main(["train", "--config=configs/bert_pretrain.py:tiny", f"--workdir={tmp_path}"])
+
+
 def test_only_deliberate_checks_and_file_errors_count_as_input_errors(monkeypatch):
     import linecache
     import os

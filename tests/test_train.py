@@ -122,6 +122,12 @@ def test_cli_reports_unknown_config_key_before_doing_anything(tmp_path):
     ("mesh.data=3", "multiply to"),
     ("model.vocab_size=100", "smaller than the tokenizer"),
     ("data.corpus=/nonexistent/*.txt", "nonexistent"),
+    ("train.log_every=0", r"train.log_every=0 must be an integer >= 1"),
+    ("train.checkpoint_every=0", r"train.checkpoint_every=0 must be an integer >= 1"),
+    ("train.keep_checkpoints=0", r"train.keep_checkpoints=0 must be an integer >= 1"),
+    ("train.steps=-5", r"train.steps=-5 must be an integer >= 0"),
+    ("train.eval_every=-1", r"train.eval_every=-1 must be an integer >= 0"),
+    ("train.best_mode='maximum'", "expected 'max' or 'min'"),
 ])
 def test_bad_setups_fail_before_compiling(tiny_bert_overrides, override, message):
     config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [override])
@@ -135,3 +141,15 @@ def test_empty_corpus_is_a_clear_error(tiny_bert_overrides, tmp_path):
     config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [f"data.corpus={empty}"])
     with pytest.raises(ValueError, match="empty"):
         train.build_trainer(config, workdir=None)
+
+
+def test_zero_steps_in_a_new_workdir_evaluates_the_initial_model_and_says_so(
+        tiny_bert_overrides, tmp_path, capsys):
+    config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [
+        "train.steps=0", "train.eval_every=1"])
+    result = train.train_and_evaluate(config, str(tmp_path))
+    out = capsys.readouterr().out
+    assert "restored" not in out
+    assert "train.steps=0: nothing to train; evaluating the initial model (randomly " in out
+    assert result.summary["step"] == 0 and "eval/mlm_accuracy" in result.summary
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]

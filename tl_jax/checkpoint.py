@@ -315,9 +315,18 @@ def _read_only_manager(workdir: str, state_handler=None) -> tuple[ocp.Checkpoint
 
 
 def _short(error: Exception) -> str:
-    """An orbax/tensorstore error's first line, without the kilobyte-long tensorstore spec."""
+    """An orbax/tensorstore error's first line, without the kilobyte-long tensorstore spec.
+
+    orbax wraps a failed array read in "Encountered error while reading array index: ... See
+    full TensorStore details: <bound method ... spec of TensorStore({": that part is cut, and
+    the error it wraps (which names the file and what is wrong with it) is added."""
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return text.split(" [tensorstore_spec=")[0]
+    text = text.split(" [tensorstore_spec=")[0]
+    if " See full TensorStore details" in text:
+        text = text.split(" See full TensorStore details")[0]
+        if error.__cause__ is not None:
+            text += " " + _short(error.__cause__)
+    return text
 
 
 def _drop_closed_loop_noise() -> None:

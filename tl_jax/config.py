@@ -105,7 +105,15 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
             node = node[part]
     field = parts[-1]
     old = node[field]
+    if isinstance(old, ml_collections.ConfigDict):
+        raise ConfigError(f"{key} is a section, not a value; set one of its fields "
+                          f"({key}.FIELD=...): {sorted(old.keys())}")
     value = parse_value(raw)
+    if value is None and old is not None and not isinstance(old, str):
+        # ml_collections lets None into any field; the code reading it (a seed, a step count)
+        # would then fail far away with a TypeError.
+        raise ConfigError(f"Cannot set {key} to None: the field is of type {type(old).__name__} "
+                          f"(current value {old!r}).")
     if isinstance(old, str) and not isinstance(value, str):
         value = raw  # "1e-3" for a str field stays a string
     if isinstance(old, bool) and isinstance(value, str) and value.lower() in ("true", "false"):

@@ -209,6 +209,18 @@ def main(argv: list[str] | None = None) -> None:
         if not _is_input_error(e):
             raise
         sys.exit(f"tl_jax: error: {e}\n(set TL_JAX_TRACEBACK=1 to see where it was raised)")
+    except KeyboardInterrupt:
+        # Ctrl-C: a page of traceback from wherever the loop was (a device_get, a data
+        # worker) says nothing; what the user needs is whether anything was lost.
+        import os
+        if os.environ.get("TL_JAX_TRACEBACK"):
+            raise
+        note = ""
+        if args.command in ("train", "sweep", "quickstart", "static"):
+            note = (" Checkpoints already written are intact: run the same command again to "
+                    "resume from the newest (SIGTERM instead saves the current step first).")
+        print(f"tl_jax: interrupted (Ctrl-C).{note}", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 def use_compilation_cache() -> str | None:

@@ -86,6 +86,26 @@ def _replicated(mesh):
     return NamedSharding(mesh, P())
 
 
+def check_train_config(tc: ml_collections.ConfigDict) -> None:
+    """Refuses `config.train` values the loop cannot run with, before anything compiles: a
+    `log_every` or `checkpoint_every` of 0 would fail at the first step (modulo by zero), a
+    negative `train.steps` would "finish" at once, `keep_checkpoints=0` would delete every
+    checkpoint as it is written, and a misspelt `best_mode` would silently mean "max"."""
+    positive = ("log_every", "checkpoint_every", "keep_checkpoints")
+    non_negative = ("steps", "eval_every", "eval_batches")
+    for key in positive + non_negative:
+        if key not in tc:
+            continue
+        value = tc[key]
+        least = 1 if key in positive else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"train.{key}={value!r} must be an integer >= {least}"
+                             + (" (0 = never)" if key in ("eval_every",) else "")
+                             + (" (0 = the whole held-out set)" if key == "eval_batches" else ""))
+    if tc.get("best_mode", "max") not in ("max", "min"):
+        raise ValueError(f"train.best_mode={tc.best_mode!r}; expected 'max' or 'min'.")
+
+
 def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     """Builds mesh, task, optimizer, shardings and the jitted functions. Compiles nothing yet."""
     parallel.maybe_initialize_distributed(config.distributed)
@@ -101,6 +121,7 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     parallel.check_batch_size(global_batch // accum, mesh)
 
     task = tasks.build_task(config, workdir)  # tokenizer, data, input checks: before compiling
+    check_train_config(config.train)  # after the task: fine-tuning fills 0s from its epochs
     total_steps = int(config.train.steps)
     if hasattr(task, "make_optimizer"):
         tx, schedule = task.make_optimizer(total_steps)
@@ -324,6 +345,16 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer):
     target = ckpt_lib.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
 
     def check_config(saved_config, step):
+        saved_task = saved_config.get("task")
+        if saved_task and saved_task != config.task:
+            # Another task's checkpoint: every model field would differ (a page of "checkpoint
+            # has None"); say what it is instead.
+            raise ckpt_lib.CheckpointError(
+                f"The checkpoint at step {step} in {checkpointer.directory} was written by "
+                f"a run of task `{saved_task}`; this config's task is `{config.task}`. Use a "
+                "new workdir "
+                "(with --config.init_from=<old workdir> to start from its weights); the "
+                "checkpoint is left as it is.")
         current = config.to_dict()
         if dataclasses.is_dataclass(getattr(trainer.task, "model_config", None)):
             current["resolved_model"] = dataclasses.asdict(trainer.task.model_config)
@@ -367,6 +398,15 @@ def restore_data_position(train_iter, data_state, resumed: dict, config) -> None
     with earlier ones), in the error when it does not.
     """
     changed = ckpt_lib.config_differences(resumed["config"], config.to_dict(), sections=("data",))
+    # A resumed run keeps the tokenizer saved in its workdir, whatever these say now: they
+    # changed nothing, and "data built with this config" would suggest they did.
+    kept = [line for line in changed if line.startswith(TOKENIZER_FIELDS)]
+    changed = [line for line in changed if not line.startswith(TOKENIZER_FIELDS)]
+    if kept and jax.process_index() == 0:
+        tokenizer_dir = os.path.join(os.path.dirname(resumed["directory"]), "tokenizer")
+        print("[checkpoint] Note: the run keeps the tokenizer it was trained with "
+              f"({tokenizer_dir}); these changes since the checkpoint have no effect:\n  "
+              + "\n  ".join(kept), flush=True)
     try:
         train_iter.set_state(data_state)
     except ValueError as e:
@@ -383,6 +423,7 @@ def restore_data_position(train_iter, data_state, resumed: dict, config) -> None
               flush=True)
 
 
+TOKENIZER_FIELDS = ("data.tokenizer:", "data.tokenizer_vocab_size:", "data.lowercase:")
 SCHEDULE_FIELDS = ("learning_rate", "warmup_steps", "decay", "end_lr_ratio", "power")
 
 
@@ -462,8 +503,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
 
     nothing_to_train = start_step >= total_steps
     if nothing_to_train and is_main:
-        print(f"[train] {workdir} is already at step {start_step} (train.steps={total_steps}): "
-              "nothing to train; evaluating the restored model.", flush=True)
+        if resumed is not None:
+            print(f"[train] {workdir} is already at step {start_step} (train.steps="
+                  f"{total_steps}): nothing to train; evaluating the restored model.", flush=True)
+        else:  # train.steps=0 in a new workdir: no checkpoint, nothing restored
+            print(f"[train] train.steps=0: nothing to train; evaluating the initial model ("
+                  + (f"init_from={config.init_from}" if config.get("init_from") else
+                     "randomly initialised") + "). No checkpoint is written.", flush=True)
 
     bar = None
     if is_main and tc.progress:
@@ -481,6 +527,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         checkpointer.save(step, state, train_iter.get_state(), config_dict, metrics=metrics)
 
     last_eval_step = None
+    best_metric_missing = False
 
     def flush(step):
         """Logs the pending steps' metrics; stops on a non-finite value unless skipping."""
@@ -536,6 +583,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                 last_eval = evaluate(trainer, state["params"], done)
                 last_eval_step = done
                 writer.write(done, last_eval)
+                if (tc.best_metric and last_eval and tc.best_metric not in last_eval
+                        and not best_metric_missing and is_main):
+                    best_metric_missing = True  # a misspelt name would silently keep no best
+                    print(f"[checkpoint] Note: train.best_metric={tc.best_metric!r} is not "
+                          f"among the eval metrics ({', '.join(sorted(last_eval))}): no best "
+                          f"checkpoint is kept, only the last {tc.keep_checkpoints}.",
+                          flush=True)
                 window_start, window_steps = time.perf_counter(), 0
                 if bar is not None and last_eval:
                     bar.write(f"step {done}: " + ", ".join(

@@ -370,6 +370,13 @@ def build_pretraining_data(
     documents = load_documents(c.corpus, text_field=c.text_field, group_field=c.group_field or None)
     if c.max_documents:
         documents = documents[:c.max_documents]
+    if len(documents) < 2:
+        # Said before the eval split, whose "set data.eval_fraction=0" would not help.
+        raise ValueError(
+            f"Corpus {c.corpus!r} holds {len(documents)} document; NSP needs at least 2 "
+            "documents to draw random next segments from. In a text file a blank line ends a "
+            "document; in a .jsonl file each line is one (or consecutive lines sharing "
+            "data.group_field).")
     train_index, eval_index = split_eval_documents(len(documents), c.eval_fraction)
     train_texts = [documents[i] for i in train_index]
     eval_texts = [documents[i] for i in eval_index]

@@ -119,8 +119,15 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     src, dst = pathlib.Path(src), pathlib.Path(dst)
+    if not src.exists():
+        raise FileNotFoundError(f"convert: input {src} does not exist")
     if src.resolve() == dst.resolve():
         raise ValueError(f"convert: source and destination are the same directory {src}")
+    if direction == "hf_to_tl" and (is_trainer_workdir(src) or is_tl_dir(src)):
+        # hf_to_tl is the default: a tl_jax directory given without --direction.
+        kind = "a `tl_jax train` workdir" if is_trainer_workdir(src) else "a tl_jax weights directory"
+        raise ValueError(f"convert: {src} is {kind}, not a Hugging Face checkpoint; export it "
+                         "with --direction=tl_to_hf")
     if direction == "hf_to_tl":
         name = interop.model_type(src)
         module = interop.family(name)

@@ -27,6 +27,7 @@ same gradient, and a value that reaches 0 when the student matches.
 """
 from __future__ import annotations
 
+import os
 
 import jax
 import jax.numpy as jnp
@@ -178,8 +179,20 @@ def check_mlm_head(init_from: str, teacher_config: bert.BertConfig) -> None:
         names = hf_bert.load_flat_params(init_from, teacher_config)
     if any(name.startswith("mlm_head/") for name in names):
         return
+    guess = "a sentence-embedding or task model?"
+    if warm_start.is_tl_workdir(init_from):
+        # A workdir says what it is: name its task rather than guess.
+        try:
+            task = checkpoint.load_json(os.path.join(init_from, "config.json")).get("task")
+        except (OSError, ValueError, AttributeError):
+            task = None
+        if task == "electra":
+            guess = ("an ELECTRA run: its discriminator has no MLM head, and its generator "
+                     "is a smaller model")
+        elif task:
+            guess = f"a `{task}` run"
     raise warm_start.WarmStartError(
-        f"init_from={init_from} has no MLM head (a sentence-embedding or task model?): the "
+        f"init_from={init_from} has no MLM head ({guess}): the "
         "teacher's soft targets are its masked-LM distribution. Give it one first with a short "
         "continued pretraining run, then distil from that workdir:\n"
         f"  tl_jax train --config=configs/bert_pretrain.py --config.model.size={init_from} "
