@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("TL_JAX_TRACEBACK"):
             raise
         note = ""
-        if args.command in ("train", "sweep", "quickstart", "static"):
+        if args.command in ("train", "sweep", "quickstart"):  # static keeps no checkpoints
             note = (" Checkpoints already written are intact: run the same command again to "
                     "resume from the newest (SIGTERM instead saves the current step first).")
         print(f"tl_jax: interrupted (Ctrl-C).{note}", file=sys.stderr, flush=True)
