@@ -294,6 +294,25 @@ def test_a_checkpoint_of_another_task_is_named_by_its_task(tiny_bert_overrides):
     assert "checkpoint has None" not in str(e.value)
 
 
+@pytest.mark.parametrize("override", ["optimizer.name=sgd", "optimizer.clip_norm=0"])
+def test_another_optimizer_on_resume_is_an_error_and_the_checkpoint_stays(
+        tiny_bert_overrides, tmp_path, override):
+    # Another optimizer state tree used to fail the restore, so the good checkpoint was moved to
+    # checkpoints_corrupt/ and the run started again from step 0.
+    run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=2")
+    with pytest.raises(ckpt_lib.CheckpointError,
+                       match=r"step 2 .* holds another optimizer state layout than this run "
+                             r"builds \(only in the checkpoint: opt_state/.*optimizer\.\* "
+                             r"settings.*the checkpoint is left as it is"):
+        run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3", override)
+    assert saved_steps(tmp_path) == [2]
+    assert not (tmp_path / "checkpoints_corrupt").exists()
+    # The optimizer it was trained with resumes it; another beta only changes a value.
+    resumed = run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3", "optimizer.b1=0.8")
+    assert resumed.summary["step"] == 3 and saved_steps(tmp_path) == [2, 3]
+    assert not (tmp_path / "checkpoints_corrupt").exists()
+
+
 def test_changed_data_on_resume_is_named_and_the_workdir_kept(tiny_bert_overrides, tmp_path,
                                                               capsys):
     run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3")

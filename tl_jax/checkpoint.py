@@ -169,15 +169,36 @@ class Checkpointer:
         model (e.g. another number of labels): an error naming them, and the checkpoint stays
         where it is. Unreadable metadata is left for the restore to report as corruption."""
         try:
-            stored = self.manager.item_metadata(step)["state"]
+            reader = _read_only_manager_at(self.directory)
+            try:
+                stored = reader.item_metadata(step)["state"]
+            finally:
+                reader.close()
             flat, _ = jax.tree_util.tree_flatten_with_path(stored)
         except Exception:  # noqa: BLE001
             return
-        stored = {path_str(p): tuple(m.shape) for p, m in flat if hasattr(m, "shape")}
+        if not flat:
+            return  # no array metadata to compare: the restore says what is wrong
+        stored = {_leaf_name(p): tuple(m.shape) for p, m in flat if hasattr(m, "shape")}
         wanted, _ = jax.tree_util.tree_flatten_with_path(abstract_state)
-        differ = [f"{name}: checkpoint {stored[name]}, this run {tuple(leaf.shape)}"
-                  for name, leaf in ((path_str(p), leaf) for p, leaf in wanted)
-                  if name in stored and hasattr(leaf, "shape") and stored[name] != tuple(leaf.shape)]
+        wanted = {_leaf_name(p): tuple(leaf.shape) for p, leaf in wanted if hasattr(leaf, "shape")}
+        differ = [f"{name}: checkpoint {stored[name]}, this run {shape}"
+                  for name, shape in wanted.items() if name in stored and stored[name] != shape]
+        only_saved, only_now = sorted(set(stored) - set(wanted)), sorted(set(wanted) - set(stored))
+        if not differ and (only_saved or only_now):
+            # Another tree: the restore would fail and the good checkpoint be moved aside as
+            # corrupt. Most often the optimizer changed (optimizer.name, or clip_norm to or from
+            # 0 adds or drops a state), or what trains (transfer rules).
+            parts = sorted({n.split("/")[0] for n in only_saved + only_now})
+            what = " and ".join({"opt_state": "optimizer state", "params": "parameters"}.get(
+                p, p) for p in parts)
+            raise CheckpointError(
+                f"Checkpoint at step {step} in {self.directory} holds another {what} layout than "
+                f"this run builds (only in the checkpoint: {_some(only_saved)}; only in this run: "
+                f"{_some(only_now)}): was it trained with other optimizer.* settings (name, "
+                "clip_norm) or transfer rules? Resume with the config it was "
+                "trained with (its config.json), or use a new workdir with "
+                "--config.init_from=<this workdir>; the checkpoint is left as it is.")
         if differ:
             raise CheckpointError(
                 f"Checkpoint at step {step} in {self.directory} holds another model: "
@@ -206,6 +227,17 @@ class Checkpointer:
         # The manager caches its step list; rebuild it so the moved step is gone.
         self.manager.reload()
         return dst
+
+
+def _leaf_name(path) -> str:
+    """`path_str` of a state leaf, the same for the restore target and the checkpoint's stored
+    metadata: a NamedTuple field (optax's states) is `.mu` in the first and `mu` in the second."""
+    return "/".join(part.removeprefix(".") for part in path_str(path).split("/"))
+
+
+def _some(names: list[str], n: int = 3) -> str:
+    return (", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+            if names else "nothing")
 
 
 def _check_finite_step(state, step):
@@ -306,12 +338,18 @@ def _read_only_manager(workdir: str, state_handler=None) -> tuple[ocp.Checkpoint
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))  # orbax needs absolute
     if not os.path.isdir(directory):
         raise CheckpointError(f"{workdir} has no checkpoints/ directory: not a tl_jax workdir.")
-    mgr = ocp.CheckpointManager(
+    return _read_only_manager_at(directory, state_handler), directory
+
+
+def _read_only_manager_at(directory: str, state_handler=None) -> ocp.CheckpointManager:
+    """A manager that only reads the checkpoints in `directory`, with a handler for each item
+    (so `item_metadata` describes the state's arrays, which a writing manager leaves as None
+    until it has saved or restored)."""
+    return ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
         item_handlers={"state": state_handler or ocp.StandardCheckpointHandler(),
                        "data": ocp.JsonCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler()})
-    return mgr, directory
 
 
 def _short(error: Exception) -> str:
