@@ -373,7 +373,7 @@ def test_a_workdir_with_a_broken_config_is_named(tmp_path):
                        r"config, written by `tl_jax train`"):
         generate.load_model(str(tmp_path))
     (tmp_path / "config.json").write_text('["clm"]')  # JSON, but not a run's config
-    with pytest.raises(ValueError, match=r"trained with task=None; generation needs a 'clm'"):
+    with pytest.raises(ValueError, match=r"config.json holds a JSON list, not the run's config"):
         generate.load_model(str(tmp_path))
 
 

@@ -462,6 +462,17 @@ def load_json(path: str, what: str = ""):
                          + (f"; {what}" if what else "")) from e
 
 
+def load_run_config(directory: str) -> dict:
+    """The config.json `tl_jax train` wrote in a workdir; a one-line `ValueError` when it is
+    not JSON (file and line) or not a JSON object."""
+    path = os.path.join(directory, "config.json")
+    config = load_json(path, RUN_CONFIG)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a JSON {type(config).__name__}, not the run's config (an "
+                         "object, written by `tl_jax train`)")
+    return config
+
+
 def save_json(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

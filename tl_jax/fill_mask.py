@@ -117,15 +117,10 @@ def _electra_config(resolved: dict | None, model_cfg: dict, vocab_size: int):
 
 def _workdir_config(workdir: str) -> dict:
     """The config.json `tl_jax train` wrote in `workdir`, as a dict."""
-    path = os.path.join(workdir, "config.json")
     try:
-        config = checkpoint.load_json(path, checkpoint.RUN_CONFIG)
+        return checkpoint.load_run_config(workdir)
     except ValueError as e:
         raise FillMaskError(f"fill_mask: {e}") from e
-    if not isinstance(config, dict):
-        raise FillMaskError(f"fill_mask: {path} holds a JSON {type(config).__name__}, not the "
-                            "run's config (an object, written by `tl_jax train`)")
-    return config
 
 
 def _hf_config(path: str) -> dict:

@@ -335,11 +335,10 @@ def load_model(path: str, caller: str = "generate"):
 
     path = os.path.expandvars(path)
     if warm_start.is_tl_workdir(path):
-        saved = checkpoint.load_json(os.path.join(path, "config.json"), checkpoint.RUN_CONFIG)
-        if not isinstance(saved, dict) or saved.get("task") != "clm":
-            task = saved.get("task") if isinstance(saved, dict) else None
+        saved = checkpoint.load_run_config(path)
+        if saved.get("task") != "clm":
             raise ValueError(
-                f"{path} was trained with task={task!r}; generation needs a 'clm' "
+                f"{path} was trained with task={saved.get('task')!r}; generation needs a 'clm' "
                 "(GPT language model) workdir")
         from tl_jax.tasks.clm import gpt_config_from
         tokenizer = bpe.BPETokenizer.load(os.path.join(path, "tokenizer"))

@@ -180,10 +180,7 @@ def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
     from tl_jax import checkpoint
     from tl_jax.interop import bert as hf_bert
 
-    run_config = checkpoint.load_json(str(src / TL_CONFIG), checkpoint.RUN_CONFIG)
-    if not isinstance(run_config, dict):
-        raise ValueError(f"{src / TL_CONFIG} holds a JSON {type(run_config).__name__}, not a "
-                         "run's config (an object, written by `tl_jax train`)")
+    run_config = checkpoint.load_run_config(str(src))
     task = run_config.get("task")
     if task == "clm":
         _export_gpt_workdir(src, dst)

@@ -110,11 +110,9 @@ def check_encoder_source(source: str, what: str = "init_from") -> None:
     workdir, static word vectors, a file, an empty directory), before its tokenizer is read."""
     warm_start.require_source(source, what)
     if warm_start.is_tl_workdir(source):
-        path = os.path.join(source, "config.json")
-        if os.path.isfile(path):
+        if os.path.isfile(os.path.join(source, "config.json")):
             from tl_jax import checkpoint
-            run = checkpoint.load_json(path, checkpoint.RUN_CONFIG)
-            task = run.get("task") if isinstance(run, dict) else None
+            task = checkpoint.load_run_config(source).get("task")
             if task in NOT_ENCODER_TASKS:
                 raise warm_start.WarmStartError(
                     f"{what}={source} was trained with task={task!r} ({NOT_ENCODER_TASKS[task]}), "

@@ -88,14 +88,12 @@ def resolve_model(config, train_texts):
     directory, or "" for a model from scratch of `config.model.size`."""
     init_from, m, d = os.path.expandvars(config.init_from), config.model, config.data
     if init_from and warm_start.is_tl_workdir(init_from):
-        run = checkpoint.load_json(os.path.join(init_from, "config.json"),
-                                   checkpoint.RUN_CONFIG)
-        if not isinstance(run, dict) or run.get("task") != "clm":
-            task = run.get("task") if isinstance(run, dict) else None
+        run = checkpoint.load_run_config(init_from)
+        if run.get("task") != "clm":
             raise ValueError(
-                f"init_from={init_from} was trained with task={task!r}; lm_classify starts from "
-                "a 'clm' (GPT language model) workdir or a Hugging Face GPT-2 directory (for a "
-                "BERT-style encoder, use configs/finetune_classify.py)")
+                f"init_from={init_from} was trained with task={run.get('task')!r}; lm_classify "
+                "starts from a 'clm' (GPT language model) workdir or a Hugging Face GPT-2 "
+                "directory (for a BERT-style encoder, use configs/finetune_classify.py)")
         saved = run.get("model") or {}
         tokenizer = bpe.BPETokenizer.load(d.tokenizer or os.path.join(init_from, "tokenizer"))
         # The LM's own shape (its size and any shape fields it set), this run's dropout/dtype.
