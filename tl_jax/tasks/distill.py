@@ -27,7 +27,6 @@ same gradient, and a value that reaches 0 when the student matches.
 """
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -183,8 +182,8 @@ def check_mlm_head(init_from: str, teacher_config: bert.BertConfig) -> None:
     if warm_start.is_tl_workdir(init_from):
         # A workdir says what it is: name its task rather than guess.
         try:
-            task = checkpoint.load_json(os.path.join(init_from, "config.json")).get("task")
-        except (OSError, ValueError, AttributeError):
+            task = checkpoint.load_run_config(init_from).get("task")
+        except (OSError, ValueError):
             task = None
         if task == "electra":
             guess = ("an ELECTRA run: its discriminator has no MLM head, and its generator "
