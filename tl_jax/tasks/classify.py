@@ -48,7 +48,7 @@ class Task(downstream.EncoderTask):
         downstream.check_positive_label(d.positive_label, self.labels)
         texts = [r["text"] for r in self.train_records] + [
             r["text_b"] for r in self.train_records if r["text_b"]]
-        self.encoder = downstream.Encoder.from_config(config, texts)
+        self.encoder = downstream.Encoder.from_config(config, texts, workdir)
         self.model_config = self.encoder.model_config
         self.model = heads.BertForSequenceClassification(
             self.model_config, len(self.labels), pooling=config.model.pooling,

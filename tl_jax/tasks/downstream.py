@@ -1,12 +1,12 @@
 """What the fine-tuning tasks (`classify`, `tag`, `squad`) share: encoder set-up and batching.
 
-* `Encoder.from_config(config, texts)`: the tokenizer and `BertConfig` for `config.init_from`:
+* `Encoder.from_config(config, texts, workdir)`: the tokenizer and `BertConfig` for `config.init_from`:
   a tl_jax workdir (pretraining or fine-tuning: its checkpoint's shapes and `tokenizer/`), a
   Hugging Face BERT or ELECTRA discriminator directory (`config.json` + tokenizer + safetensors), or "" for a model from scratch whose
   shape is `config.model.size` (a size name, or a Hugging Face directory whose architecture, not
   weights, is copied), with `config.data.tokenizer` or else a WordPiece vocabulary trained on
-  the task's own training text. `config.model.num_layers` > 0 keeps only that many bottom layers
-  of `init_from`. `Encoder.load_weights` fills the `bert/` params from the source.
+  the task's own training text; a run that resumes keeps the tokenizer saved in its workdir.
+  `config.model.num_layers` > 0 keeps only that many bottom layers of `init_from`. `Encoder.load_weights` fills the `bert/` params from the source.
 * `EpochBatches`: shuffled epochs over fixed-size feature arrays, resumable (`get_state`).
 * `eval_batches`: the whole eval set in order, the last batch padded with rows whose `row` is -1.
 * `EncoderTask`: the batching, init and forward methods the three tasks share.
@@ -37,14 +37,15 @@ class Encoder:
         self.tokenizer, self.model_config, self.init_from = tokenizer, model_config, init_from
 
     @classmethod
-    def from_config(cls, config, train_texts) -> "Encoder":
+    def from_config(cls, config, train_texts, workdir: str | None = None) -> "Encoder":
         """Resolves `config.init_from` / `config.model` / `config.data.tokenizer` (see module doc)."""
         init_from, m, d = config.init_from, config.model, config.data
         overrides = dict(dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
                          dtype=m.dtype)
+        saved = resumed_tokenizer(workdir)
         if init_from:
             check_encoder_source(init_from)
-            tokenizer = Tokenizer.load(d.tokenizer or tokenizer_path(init_from))
+            tokenizer = saved or Tokenizer.load(d.tokenizer or tokenizer_path(init_from))
             model_config = architecture(init_from, tokenizer).replace(**overrides)
             if m.num_layers:
                 # Keep the bottom layers only (as DistilBERT-style initialisation does): cheaper
@@ -54,7 +55,9 @@ class Encoder:
                                      f"{model_config.num_layers} layers")
                 model_config = model_config.replace(num_layers=m.num_layers)
         else:
-            if d.tokenizer:
+            if saved:
+                tokenizer = saved
+            elif d.tokenizer:
                 tokenizer = Tokenizer.load(tokenizer_path(d.tokenizer))
             else:
                 tokenizer = Tokenizer.train_wordpiece([list(train_texts)], d.tokenizer_vocab_size)
@@ -132,6 +135,23 @@ def check_encoder_source(source: str, what: str = "init_from") -> None:
     raise warm_start.WarmStartError(
         f"{what}={source!r} is neither a tl_jax workdir (with checkpoints/), nor tl_jax weights "
         "(with params.safetensors), nor a Hugging Face BERT directory (with config.json).")
+
+
+def resumed_tokenizer(workdir: str | None) -> Tokenizer | None:
+    """The tokenizer saved in `workdir` when a run there resumes (it has a checkpoint), else None.
+
+    The checkpoint's embedding rows belong to that vocabulary. Rebuilt from the config instead, a
+    vocabulary trained on the task's text changes with the data (another
+    `data.max_train_examples`, an edited file) while its size stays the same: the run would go on
+    with every token id meaning another word, and overwrite the saved tokenizer.
+    """
+    from tl_jax import checkpoint
+
+    saved = os.path.join(workdir, "tokenizer") if workdir else ""
+    if saved and os.path.isfile(os.path.join(saved, "tokenizer.json")) and \
+            checkpoint.has_saved_step(workdir):
+        return Tokenizer.load(saved)
+    return None
 
 
 def tokenizer_path(source: str) -> str:

@@ -77,7 +77,7 @@ class Task(downstream.EncoderTask):
                        self.eval_records)
         texts = [r["question"] for r in self.train_records] + sorted(
             {r["context"] for r in self.train_records})
-        self.encoder = downstream.Encoder.from_config(config, texts)
+        self.encoder = downstream.Encoder.from_config(config, texts, workdir)
         self.model_config = self.encoder.model_config
         self.model = heads.BertForQuestionAnswering(self.model_config)
         encode = lambda records: features.encode_squad(  # noqa: E731

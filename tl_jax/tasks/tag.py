@@ -51,7 +51,7 @@ class Task(downstream.EncoderTask):
             (d.train_file, {t for s in self.train_records for t in s["tags"]}),
             (d.eval_file, {t for s in self.eval_records for t in s["tags"]})], kind="tags")
         texts = [" ".join(s["tokens"]) for s in self.train_records]
-        self.encoder = downstream.Encoder.from_config(config, texts)
+        self.encoder = downstream.Encoder.from_config(config, texts, workdir)
         self.model_config = self.encoder.model_config
         self.model = heads.BertForTokenClassification(
             self.model_config, len(self.labels), classifier_dropout=config.model.classifier_dropout)
