@@ -57,6 +57,19 @@ def test_classification_errors_name_file_and_line(tmp_path):
         readers.read_classification(_write(tmp_path / "x.txt", "a"))
 
 
+def test_a_text_field_must_hold_text(tmp_path):
+    # A list was read as its Python repr ("['a', 'b']") and trained on; null was reported as a
+    # "missing" field while the listed fields included it.
+    listed = _write(tmp_path / "l.jsonl", '{"text": "ok", "label": "a"}\n{"text": ["a", "b"], '
+                                          '"label": "a"}\n')
+    with pytest.raises(readers.DataFormatError, match=r"l.jsonl:2: field 'text' must be a string"):
+        readers.read_classification(listed)
+    null = _write(tmp_path / "n.jsonl", '{"text": "ok", "label": "a", "b": null}\n')
+    with pytest.raises(readers.DataFormatError, match=r"n.jsonl:1: field 'b' is null"):
+        readers.read_classification(null, text_b_field="b")
+
+
+
 def test_files_that_are_not_utf8_name_the_file_and_line(tmp_path):
     # Windows-1252 "café" on line 3 of each: a bare UnicodeDecodeError named neither.
     files = {

@@ -78,14 +78,16 @@ def _read_classification(path: pathlib.Path, text_field: str, text_b_field: str 
     for line, row in rows:
         fields = [text_field, label_field] + ([text_b_field] if text_b_field else [])
         for field in fields:
-            if field not in row or row[field] is None:
+            if field not in row:
                 raise DataFormatError(path, line, f"missing field {field!r} (has {sorted(row)})")
-        text = str(row[text_field])
+            if row[field] is None:
+                raise DataFormatError(path, line, f"field {field!r} is null")
+        text = _text(row[text_field], path, line, text_field)
         if not text.strip():
             raise DataFormatError(path, line, f"empty text in field {text_field!r}")
         records.append({
             "text": text,
-            "text_b": str(row[text_b_field]) if text_b_field else None,
+            "text_b": _text(row[text_b_field], path, line, text_b_field) if text_b_field else None,
             "label": _label(row[label_field], path, line, label_field),
         })
     if not records:
@@ -99,6 +101,16 @@ def label_text(value) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value).strip()
+
+
+def _text(value, path, line, field: str) -> str:
+    """A text field as a string; a list or an object would be read as its Python repr."""
+    if isinstance(value, (list, dict)):
+        raise DataFormatError(path, line, f"field {field!r} must be a string, got "
+                              f"{json.dumps(value)[:60]}")
+    return str(value)
+
+
 
 
 def _label(value, path, line, field: str) -> str:
