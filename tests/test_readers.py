@@ -69,6 +69,22 @@ def test_a_text_field_must_hold_text(tmp_path):
         readers.read_classification(null, text_b_field="b")
 
 
+def test_csv_rows_are_placed_where_they_start(tmp_path):
+    # An unclosed quote takes every line up to the next quote into one cell: the error named the
+    # line where that swallowed row ended, and a cell past csv's size limit raised a bare
+    # csv.Error (a traceback from the command line) naming neither file nor line.
+    unclosed = _write(tmp_path / "u.csv", 'text,label\nfine,a\n"he said hi,b\nnext,a\nlast,b\n')
+    with pytest.raises(readers.DataFormatError,
+                       match=r"u.csv:3: 1 columns, header has 2 .* runs to line 5: an unclosed"):
+        readers.read_classification(unclosed)
+    huge = _write(tmp_path / "h.csv", 'text,label\nfine,a\n"' + "word " * 30000 + "\nnext,a\n")
+    with pytest.raises(readers.DataFormatError, match=r"h.csv:3: field larger than field limit"):
+        readers.read_classification(huge)
+    # A quoted cell over several lines is fine, and a later error names its own line.
+    multi = _write(tmp_path / "m.csv", 'text,label\n"two\nlines",a\nfine,b\nbad\n')
+    with pytest.raises(readers.DataFormatError, match=r"m.csv:5: 1 columns, header has 2 \("):
+        readers.read_classification(multi)
+
 
 def test_files_that_are_not_utf8_name_the_file_and_line(tmp_path):
     # Windows-1252 "café" on line 3 of each: a bare UnicodeDecodeError named neither.

@@ -160,19 +160,37 @@ def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
 
 
 def _delimited_rows(path: pathlib.Path, delimiter: str) -> Iterator[tuple[int, dict]]:
+    """(line, {column: cell}) per row; the line is where the row starts (a quoted cell may
+    span lines, and an unclosed quote swallows the lines after it)."""
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         header = next(reader, None)
         if not header:
             raise DataFormatError(path, 1, "missing header row")
-        for row in reader:
-            line_no = reader.line_num
+        while True:
+            line_no = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:  # e.g. a cell past csv's size limit
+                raise DataFormatError(path, line_no, f"{e} (an unclosed '\"' makes one cell of "
+                                      "every line up to the next '\"')") from None
             if not row or not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
+                spans = (f"; {_quote_hint(reader, line_no)}" if reader.line_num > line_no
+                         else "")
                 raise DataFormatError(path, line_no, f"{len(row)} columns, header has "
-                                      f"{len(header)} ({header})")
+                                      f"{len(header)} ({header}){spans}")
             yield line_no, dict(zip(header, row))
+
+
+
+
+def _quote_hint(reader, line_no: int) -> str:
+    return (f"the row starting here runs to line {reader.line_num}: an unclosed '\"' in a "
+            "cell takes every line up to the next '\"'")
 
 
 # --------------------------------------------------------------------------------------------
