@@ -57,18 +57,6 @@ def test_classification_errors_name_file_and_line(tmp_path):
         readers.read_classification(_write(tmp_path / "x.txt", "a"))
 
 
-def test_a_text_field_must_hold_text(tmp_path):
-    # A list was read as its Python repr ("['a', 'b']") and trained on; null was reported as a
-    # "missing" field while the listed fields included it.
-    listed = _write(tmp_path / "l.jsonl", '{"text": "ok", "label": "a"}\n{"text": ["a", "b"], '
-                                          '"label": "a"}\n')
-    with pytest.raises(readers.DataFormatError, match=r"l.jsonl:2: field 'text' must be a string"):
-        readers.read_classification(listed)
-    null = _write(tmp_path / "n.jsonl", '{"text": "ok", "label": "a", "b": null}\n')
-    with pytest.raises(readers.DataFormatError, match=r"n.jsonl:1: field 'b' is null"):
-        readers.read_classification(null, text_b_field="b")
-
-
 def test_csv_rows_are_placed_where_they_start(tmp_path):
     # An unclosed quote takes every line up to the next quote into one cell: the error named the
     # line where that swallowed row ended, and a cell past csv's size limit raised a bare
@@ -84,6 +72,39 @@ def test_csv_rows_are_placed_where_they_start(tmp_path):
     multi = _write(tmp_path / "m.csv", 'text,label\n"two\nlines",a\nfine,b\nbad\n')
     with pytest.raises(readers.DataFormatError, match=r"m.csv:5: 1 columns, header has 2 \("):
         readers.read_classification(multi)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path):
+    # Excel's "CSV UTF-8" and Notepad write one. The CSV's first column was '\ufefftext' (so
+    # "missing field 'text'"), a jsonl file was "invalid JSON", and in CoNLL it silently joined
+    # the first token ('\ufeff-DOCSTART-' became a one-word sentence tagged O).
+    bom = "\ufeff"
+    files = {"d.csv": "text,label\nfine,a\n", "d.tsv": "text\tlabel\nfine\ta\n",
+             "d.jsonl": '{"text": "fine", "label": "a"}\n'}
+    for name, text in files.items():
+        (tmp_path / name).write_text(bom + text, encoding="utf-8")
+        assert readers.read_classification(tmp_path / name) == [
+            {"text": "fine", "text_b": None, "label": "a"}], name
+    conll = _write(tmp_path / "d.conll", bom + "-DOCSTART- O\n\nEmma B-PER\nsmiled O\n")
+    assert readers.read_conll(conll) == [{"tokens": ["Emma", "smiled"], "tags": ["B-PER", "O"]}]
+    squad = tmp_path / "d.json"
+    readers.write_squad(squad, [{"id": "q", "title": "t", "question": "Who?", "context": "Emma.",
+                                 "answers": [{"text": "Emma", "answer_start": 0}]}])
+    squad.write_text(bom + squad.read_text(encoding="utf-8"), encoding="utf-8")
+    assert [r["answers"] for r in readers.read_squad(squad)] == [
+        [{"text": "Emma", "answer_start": 0}]]
+
+
+def test_a_text_field_must_hold_text(tmp_path):
+    # A list was read as its Python repr ("['a', 'b']") and trained on; null was reported as a
+    # "missing" field while the listed fields included it.
+    listed = _write(tmp_path / "l.jsonl", '{"text": "ok", "label": "a"}\n{"text": ["a", "b"], '
+                                          '"label": "a"}\n')
+    with pytest.raises(readers.DataFormatError, match=r"l.jsonl:2: field 'text' must be a string"):
+        readers.read_classification(listed)
+    null = _write(tmp_path / "n.jsonl", '{"text": "ok", "label": "a", "b": null}\n')
+    with pytest.raises(readers.DataFormatError, match=r"n.jsonl:1: field 'b' is null"):
+        readers.read_classification(null, text_b_field="b")
 
 
 def test_files_that_are_not_utf8_name_the_file_and_line(tmp_path):

@@ -7,10 +7,10 @@ Every reader returns plain Python records, the same shape whatever the source:
 * extractive QA:  `{"id", "title", "question", "context",
                     "answers": [{"text", "answer_start"}], "is_impossible": bool}`
 
-Local files come in the standard formats (jsonl, CSV, TSV, CoNLL columns, SQuAD JSON). A malformed
-file raises `DataFormatError` naming the file and the line. Users with network access can name a
-tfds dataset instead (`glue/sst2`, `glue/mrpc`, ..., `conll2003`, `squad/v1.1`, `squad/v2.0`)
-through `read_tfds`, which maps it onto the same records.
+Local files come in the standard formats (jsonl, CSV, TSV, CoNLL columns, SQuAD JSON), UTF-8 with
+or without a byte-order mark. A malformed file raises `DataFormatError` naming the file and the
+line. Users with network access can name a tfds dataset instead (`glue/sst2`, `glue/mrpc`, ...,
+`conll2003`, `squad/v1.1`, `squad/v2.0`) through `read_tfds`, which maps it onto the same records.
 """
 from __future__ import annotations
 
@@ -111,8 +111,6 @@ def _text(value, path, line, field: str) -> str:
     return str(value)
 
 
-
-
 def _label(value, path, line, field: str) -> str:
     """`label_text`; a list, an object or an empty label is a format error."""
     if isinstance(value, (list, dict)):
@@ -146,7 +144,7 @@ def read_fasttext_labels(path: PathLike, prefix: str = "__label__") -> list[dict
 
 
 def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -162,7 +160,7 @@ def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
 def _delimited_rows(path: pathlib.Path, delimiter: str) -> Iterator[tuple[int, dict]]:
     """(line, {column: cell}) per row; the line is where the row starts (a quoted cell may
     span lines, and an unclosed quote swallows the lines after it)."""
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         header = next(reader, None)
         if not header:
@@ -184,8 +182,6 @@ def _delimited_rows(path: pathlib.Path, delimiter: str) -> Iterator[tuple[int, d
                 raise DataFormatError(path, line_no, f"{len(row)} columns, header has "
                                       f"{len(header)} ({header}){spans}")
             yield line_no, dict(zip(header, row))
-
-
 
 
 def _quote_hint(reader, line_no: int) -> str:
@@ -218,7 +214,8 @@ def read_conll(path: PathLike, token_column: int = 0, tag_column: int = -1) -> l
 def _read_conll(path: pathlib.Path, token_column: int, tag_column: int) -> list[dict]:
     sentences, tokens, tags = [], [], []
     n_columns = None
-    with open(path, encoding="utf-8") as f:
+    # utf-8-sig: a byte-order mark (Windows editors write one) would join the first token.
+    with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, 1):
             columns = line.split()
             if not columns:
@@ -270,7 +267,7 @@ def read_squad(path: PathLike) -> list[dict]:
     """
     path = pathlib.Path(path)
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataFormatError.not_utf8(path, e) from None
     try:
