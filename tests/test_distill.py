@@ -222,6 +222,16 @@ def test_bad_set_ups_are_clear_errors(teacher_dir, corpus, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="deeper than the teacher"):
         train.build_trainer(distill_config(teacher_dir, corpus, "student.num_layers=3"), None)
 
+    # An empty directory, or a file, is not a model: said so, not a complaint about tokenizers.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(warm_start.WarmStartError, match="init_from=.*empty.* is an empty directory"):
+        train.build_trainer(distill_config(str(empty), corpus), None)
+    with pytest.raises(warm_start.WarmStartError, match="student.init=.*empty.* is an empty dir"):
+        train.build_trainer(distill_config(teacher_dir, corpus, f"student.init={empty}"), None)
+    with pytest.raises(warm_start.WarmStartError, match="init_from=.* is neither a tl_jax workdir"):
+        train.build_trainer(distill_config(corpus, corpus), None)
+
     other_vocab = tmp_path / "other_tokenizer"
     docs = sources.load_documents(corpus, text_field="text", group_field="title")[:60]
     Tokenizer.train_wordpiece(docs, vocab_size=500, lowercase=True).save(str(other_vocab))

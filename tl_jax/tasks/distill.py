@@ -225,7 +225,8 @@ class Task:
             raise ValueError(
                 "distill needs a teacher: set config.init_from to a tl_jax BERT pretraining "
                 "workdir or a Hugging Face BERT directory with an MLM head.")
-        warm_start.require_source(config.init_from)
+        # Before its tokenizer is read: an empty directory or a file is not a model.
+        downstream.check_encoder_source(config.init_from)
         teacher_tokenizer = Tokenizer.load(downstream.tokenizer_path(config.init_from))
         overrides = dict(dropout_rate=m.dropout_rate,
                          attention_dropout_rate=m.attention_dropout_rate, dtype=m.dtype)
@@ -250,7 +251,7 @@ class Task:
                 self.student_layers = indices
             self.model_config = tc.replace(num_layers=len(indices))
         else:  # another BERT of the teacher's width and vocabulary
-            warm_start.require_source(s.init, "student.init")
+            downstream.check_encoder_source(s.init, "student.init")
             student_tokenizer = Tokenizer.load(downstream.tokenizer_path(s.init))
             _check_same_vocabulary(student_tokenizer, teacher_tokenizer,
                                    f"student.init={s.init}'s tokenizer")
