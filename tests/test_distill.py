@@ -249,6 +249,31 @@ def test_bad_set_ups_are_clear_errors(teacher_dir, corpus, tokenizer, tmp_path):
         train.build_trainer(distill_config(headless, corpus), None)
 
 
+@pytest.mark.parametrize("override,message", [
+    ("distill.temperature=0.0", r"distill.temperature=0.0 must be a finite number > 0"),
+    ("distill.temperature=-2.0", r"distill.temperature=-2.0 must be a finite number > 0"),
+    ("distill.temperature=1e999", r"distill.temperature=inf must be a finite number > 0"),
+    ("distill.alpha_ce=-5.0", r"distill.alpha_ce=-5.0 must be a finite number >= 0"),
+    ("distill.alpha_cos=1e999", r"distill.alpha_cos=inf must be a finite number >= 0"),
+])
+def test_bad_loss_settings_are_refused_before_the_teacher_is_read(tmp_path, override, message):
+    # Temperature 0 made every loss NaN after compiling; a negative weight trained the student
+    # away from the teacher without a word.
+    config = distill_config(str(tmp_path / "not_read"), "unused", override)
+    with pytest.raises(ValueError, match=message):
+        distill.Task(config, None)
+    config.distill.temperature = float("nan")  # the Python API can set what the CLI cannot
+    with pytest.raises(ValueError, match=r"distill.temperature=nan must be a finite number"):
+        distill.Task(config, None)
+
+
+def test_all_loss_weights_zero_is_refused(tmp_path):
+    config = distill_config(str(tmp_path / "not_read"), "unused", "distill.alpha_ce=0.0",
+                            "distill.alpha_mlm=0.0", "distill.alpha_cos=0.0")
+    with pytest.raises(ValueError, match="all three .* are 0: nothing would train"):
+        distill.Task(config, None)
+
+
 def test_a_teacher_workdir_without_an_mlm_head_is_named_by_its_task(tmp_path, monkeypatch):
     # An ELECTRA run's encoder (the discriminator) has no MLM head; the refusal says what the
     # workdir is instead of guessing "a sentence-embedding or task model?".

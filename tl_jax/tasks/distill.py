@@ -27,6 +27,7 @@ same gradient, and a value that reaches 0 when the student matches.
 """
 from __future__ import annotations
 
+import math
 
 import jax
 import jax.numpy as jnp
@@ -199,6 +200,22 @@ def check_mlm_head(init_from: str, teacher_config: bert.BertConfig) -> None:
         "--workdir=runs/teacher_mlm")
 
 
+def check_loss_settings(cfg) -> None:
+    """`config.distill` must give a loss that trains the student towards the teacher: a positive
+    temperature (0 divides by zero; a negative one ranks the teacher's tokens upside down) and
+    finite, non-negative weights, not all 0 (a negative one pushes the student away)."""
+    t = cfg.temperature
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"distill.temperature={t} must be a finite number > 0 (DistilBERT: 2).")
+    weights = {name: cfg[name] for name in ("alpha_ce", "alpha_mlm", "alpha_cos")}
+    for name, weight in weights.items():
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"distill.{name}={weight} must be a finite number >= 0.")
+    if not any(weights.values()):
+        raise ValueError("distill.alpha_ce, alpha_mlm and alpha_cos: all three loss weights are "
+                         "0: nothing would train the student.")
+
+
 def _check_same_vocabulary(tokenizer: Tokenizer, teacher_tokenizer: Tokenizer, what: str):
     mine, theirs = tokenizer.hf_tokenizer.get_vocab(), teacher_tokenizer.hf_tokenizer.get_vocab()
     if mine == theirs:
@@ -221,6 +238,7 @@ class Task:
     def __init__(self, config, workdir):
         self.config = config
         m, s = config.model, config.student
+        check_loss_settings(config.distill)
         if not config.init_from:
             raise ValueError(
                 "distill needs a teacher: set config.init_from to a tl_jax BERT pretraining "
