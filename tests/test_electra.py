@@ -169,9 +169,18 @@ def test_bad_sizes_are_clear_errors(tiny_bert_overrides):
     # Through the trainer, before any data is read or anything compiles.
     for override, message in (("model.generator_fraction=2.0", "not ELECTRA"),
                               ("model.size='medium'", "Unknown ELECTRA size"),
-                              ("electra.temperature=0.0", "temperature")):
+                              ("electra.temperature=0.0", "temperature"),
+                              # 1e999 is inf: every loss would be NaN
+                              ("electra.discriminator_weight=1e999",
+                               "discriminator_weight=inf must be a finite")):
         config = config_lib.load_config(ELECTRA + ":tiny", tiny_bert_overrides + [override])
         with pytest.raises(ValueError, match=message):
+            train.build_trainer(config, workdir=None)
+    # NaN passed `<= 0` and `< 0` (the Python API can set what the command line cannot).
+    for key in ("temperature", "discriminator_weight"):
+        config = config_lib.load_config(ELECTRA + ":tiny", tiny_bert_overrides)
+        config.electra[key] = float("nan")
+        with pytest.raises(ValueError, match=f"electra.{key}=nan must be"):
             train.build_trainer(config, workdir=None)
 
 

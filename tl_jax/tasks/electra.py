@@ -19,6 +19,7 @@ predicted "replaced" in a pass, `disc_precision` has no count and reads 0.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -65,10 +66,12 @@ class Task:
         data_cfg, model_cfg = config.data, config.model
         # The model config first: a bad size or generator fails before the corpus is read.
         electra_config_from(model_cfg, 1)
-        if config.electra.discriminator_weight < 0:
-            raise ValueError(f"electra.discriminator_weight={config.electra.discriminator_weight}"
-                             " must be >= 0.")
-        if config.electra.temperature <= 0:
+        weight = config.electra.discriminator_weight
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"electra.discriminator_weight={weight} must be a finite number "
+                             ">= 0.")
+        # Written so that NaN fails too; inf is allowed: it samples uniformly.
+        if not config.electra.temperature > 0:
             raise ValueError(f"electra.temperature={config.electra.temperature} must be > 0.")
         self.data = pretraining.build_pretraining_data(
             data_cfg, model_cfg.max_position_embeddings, workdir, config.seed,
