@@ -286,6 +286,8 @@ def test_a_teacher_workdir_without_an_mlm_head_is_named_by_its_task(tmp_path, mo
     with pytest.raises(warm_start.WarmStartError, match="no MLM head \\(an ELECTRA run") as e:
         distill.check_mlm_head(str(workdir), None)
     assert "sentence-embedding" not in str(e.value)
+    # The command it suggests reads the workdir's tokenizer/, not the workdir (which has none).
+    assert f"--config.data.tokenizer={workdir / 'tokenizer'} " in str(e.value)
     (workdir / "config.json").write_text(json.dumps({"task": "classify"}))
     with pytest.raises(warm_start.WarmStartError, match="no MLM head \\(a `classify` run\\)"):
         distill.check_mlm_head(str(workdir), None)
