@@ -117,6 +117,15 @@ def test_top_k_below_one_is_refused_and_above_the_vocabulary_gives_real_tokens(p
     assert "" not in tokens
 
 
+def test_an_over_long_prompt_is_named_in_one_line(pretrained):
+    model = fill_mask.FillMask.from_workdir(pretrained[1])
+    text = "the city " * 40 + "[MASK]"
+    with pytest.raises(fill_mask.FillMaskError,
+                       match=r"fill_mask: --text='the city the city .*' is \d+ tokens with "
+                             r"\[CLS\] and \[SEP\]; the model has 64 positions"):
+        model.predict(text)
+
+
 def test_rows_past_the_tokenizer_of_a_padded_vocabulary_are_never_predicted(pretrained):
     # model.vocab_size may exceed the tokenizer's (e.g. padded to a multiple of 128); those
     # rows are no token at all and decoded as "".

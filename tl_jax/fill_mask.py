@@ -297,8 +297,9 @@ class FillMask:
                 ids.append(tok.mask_id)
         ids.append(tok.sep_id)
         if len(ids) > self.max_positions:
-            raise ValueError(f"{len(ids)} tokens exceed the model's {self.max_positions} "
-                             "positions.")
+            shown = text if len(text) <= 60 else text[:60] + "..."
+            raise FillMaskError(f"fill_mask: --text={shown!r} is {len(ids)} tokens with [CLS] and "
+                                f"[SEP]; the model has {self.max_positions} positions")
         arr = np.asarray([ids], np.int32)
         positions = np.flatnonzero(arr[0] == tok.mask_id).astype(np.int32)
         if not len(positions):
