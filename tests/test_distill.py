@@ -222,6 +222,16 @@ def test_bad_set_ups_are_clear_errors(teacher_dir, corpus, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="deeper than the teacher"):
         train.build_trainer(distill_config(teacher_dir, corpus, "student.num_layers=3"), None)
 
+    # An empty directory, or a file, is not a model: said so, not a complaint about tokenizers.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(warm_start.WarmStartError, match="init_from=.*empty.* is an empty directory"):
+        train.build_trainer(distill_config(str(empty), corpus), None)
+    with pytest.raises(warm_start.WarmStartError, match="student.init=.*empty.* is an empty dir"):
+        train.build_trainer(distill_config(teacher_dir, corpus, f"student.init={empty}"), None)
+    with pytest.raises(warm_start.WarmStartError, match="init_from=.* is neither a tl_jax workdir"):
+        train.build_trainer(distill_config(corpus, corpus), None)
+
     other_vocab = tmp_path / "other_tokenizer"
     docs = sources.load_documents(corpus, text_field="text", group_field="title")[:60]
     Tokenizer.train_wordpiece(docs, vocab_size=500, lowercase=True).save(str(other_vocab))
@@ -239,6 +249,31 @@ def test_bad_set_ups_are_clear_errors(teacher_dir, corpus, tokenizer, tmp_path):
         train.build_trainer(distill_config(headless, corpus), None)
 
 
+@pytest.mark.parametrize("override,message", [
+    ("distill.temperature=0.0", r"distill.temperature=0.0 must be a finite number > 0"),
+    ("distill.temperature=-2.0", r"distill.temperature=-2.0 must be a finite number > 0"),
+    ("distill.temperature=1e999", r"distill.temperature=inf must be a finite number > 0"),
+    ("distill.alpha_ce=-5.0", r"distill.alpha_ce=-5.0 must be a finite number >= 0"),
+    ("distill.alpha_cos=1e999", r"distill.alpha_cos=inf must be a finite number >= 0"),
+])
+def test_bad_loss_settings_are_refused_before_the_teacher_is_read(tmp_path, override, message):
+    # Temperature 0 made every loss NaN after compiling; a negative weight trained the student
+    # away from the teacher without a word.
+    config = distill_config(str(tmp_path / "not_read"), "unused", override)
+    with pytest.raises(ValueError, match=message):
+        distill.Task(config, None)
+    config.distill.temperature = float("nan")  # the Python API can set what the CLI cannot
+    with pytest.raises(ValueError, match=r"distill.temperature=nan must be a finite number"):
+        distill.Task(config, None)
+
+
+def test_all_loss_weights_zero_is_refused(tmp_path):
+    config = distill_config(str(tmp_path / "not_read"), "unused", "distill.alpha_ce=0.0",
+                            "distill.alpha_mlm=0.0", "distill.alpha_cos=0.0")
+    with pytest.raises(ValueError, match="all three .* are 0: nothing would train"):
+        distill.Task(config, None)
+
+
 def test_a_teacher_workdir_without_an_mlm_head_is_named_by_its_task(tmp_path, monkeypatch):
     # An ELECTRA run's encoder (the discriminator) has no MLM head; the refusal says what the
     # workdir is instead of guessing "a sentence-embedding or task model?".
@@ -251,6 +286,8 @@ def test_a_teacher_workdir_without_an_mlm_head_is_named_by_its_task(tmp_path, mo
     with pytest.raises(warm_start.WarmStartError, match="no MLM head \\(an ELECTRA run") as e:
         distill.check_mlm_head(str(workdir), None)
     assert "sentence-embedding" not in str(e.value)
+    # The command it suggests reads the workdir's tokenizer/, not the workdir (which has none).
+    assert f"--config.data.tokenizer={workdir / 'tokenizer'} " in str(e.value)
     (workdir / "config.json").write_text(json.dumps({"task": "classify"}))
     with pytest.raises(warm_start.WarmStartError, match="no MLM head \\(a `classify` run\\)"):
         distill.check_mlm_head(str(workdir), None)

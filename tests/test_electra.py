@@ -169,10 +169,41 @@ def test_bad_sizes_are_clear_errors(tiny_bert_overrides):
     # Through the trainer, before any data is read or anything compiles.
     for override, message in (("model.generator_fraction=2.0", "not ELECTRA"),
                               ("model.size='medium'", "Unknown ELECTRA size"),
-                              ("electra.temperature=0.0", "temperature")):
+                              ("electra.temperature=0.0", "temperature"),
+                              # 1e999 is inf: every loss would be NaN
+                              ("electra.discriminator_weight=1e999",
+                               "discriminator_weight=inf must be a finite")):
         config = config_lib.load_config(ELECTRA + ":tiny", tiny_bert_overrides + [override])
         with pytest.raises(ValueError, match=message):
             train.build_trainer(config, workdir=None)
+    # NaN passed `<= 0` and `< 0` (the Python API can set what the command line cannot).
+    for key in ("temperature", "discriminator_weight"):
+        config = config_lib.load_config(ELECTRA + ":tiny", tiny_bert_overrides)
+        config.electra[key] = float("nan")
+        with pytest.raises(ValueError, match=f"electra.{key}=nan must be"):
+            train.build_trainer(config, workdir=None)
+
+
+def test_a_run_from_init_from_takes_its_tokenizer_not_a_new_vocabulary(tiny_bert_overrides,
+                                                                       data_dir, tmp_path):
+    # Continuing an ELECTRA (or BERT) workdir on another corpus with data.tokenizer unset used to
+    # train a new vocabulary of the same size, and the source's embedding rows were then taken
+    # by shape for tokens they never stood for.
+    from tl_jax import tasks
+    from tl_jax.data import sources
+    from tl_jax.data.tokenizer import Tokenizer
+
+    source = tmp_path / "austen_run"
+    (source / "checkpoints").mkdir(parents=True)
+    austen = sources.load_documents(str(data_dir / "austen.jsonl"), text_field="text",
+                                    group_field="book")
+    Tokenizer.train_wordpiece([doc[:300] for doc in austen], vocab_size=500).save(
+        str(source / "tokenizer"))
+    overrides = [o for o in tiny_bert_overrides if not o.startswith("data.tokenizer=")]
+    config = config_lib.load_config(ELECTRA + ":tiny", overrides + [f"init_from={source}"])
+    task = tasks.build_task(config, None)
+    assert (task.tokenizer.hf_tokenizer.get_vocab()
+            == Tokenizer.load(str(source / "tokenizer")).hf_tokenizer.get_vocab())
 
 
 def one_step(overrides):

@@ -99,7 +99,7 @@ def test_bad_output_and_empty_input(minilm, tmp_path):
 @pytest.mark.parametrize("kind,message", [
     ("gpt", r"task='clm' \(a GPT language model\), not a BERT-style encoder"),
     ("static", r"holds static word vectors"),
-    ("empty", r"is neither a tl_jax workdir"),
+    ("empty", r"is an empty directory, not a model"),
     ("file", r"is neither a tl_jax workdir"),
     ("hf_gpt2", r"model_type='gpt2' is not a BERT-style encoder"),
 ])

@@ -101,6 +101,51 @@ def test_other_directories_are_refused_in_one_line(tmp_path, pretrained):
         fill_mask.run(pretrained[1], ["no mask"])
 
 
+def test_top_k_below_one_is_refused_and_above_the_vocabulary_gives_real_tokens(pretrained):
+    # top_k=-3 used to print every token but three (an argsort sliced [:-3]); top_k=0 printed an
+    # empty line; a top_k past the vocabulary listed the special tokens, decoded as "".
+    workdir = pretrained[1]
+    for top_k in (0, -3):
+        with pytest.raises(fill_mask.FillMaskError, match=f"--top_k={top_k}: expected >= 1"):
+            fill_mask.run(workdir, ["the [MASK] is"], top_k)
+    model = fill_mask.FillMask.from_workdir(workdir)
+    with pytest.raises(fill_mask.FillMaskError, match="top_k=0: expected >= 1"):
+        model.predict("the [MASK] is", top_k=0)
+    (tokens,) = model.predict("the [MASK] is", top_k=10 ** 6)
+    tok = model.tokenizer
+    assert len(tokens) == tok.vocab_size - len(tok.special_ids)
+    assert "" not in tokens
+
+
+def test_an_over_long_prompt_is_named_in_one_line(pretrained):
+    model = fill_mask.FillMask.from_workdir(pretrained[1])
+    text = "the city " * 40 + "[MASK]"
+    with pytest.raises(fill_mask.FillMaskError,
+                       match=r"fill_mask: --text='the city the city .*' is \d+ tokens with "
+                             r"\[CLS\] and \[SEP\]; the model has 64 positions"):
+        model.predict(text)
+
+
+def test_rows_past_the_tokenizer_of_a_padded_vocabulary_are_never_predicted(pretrained):
+    # model.vocab_size may exceed the tokenizer's (e.g. padded to a multiple of 128); those
+    # rows are no token at all and decoded as "".
+    import flax.linen as nn
+
+    from tl_jax.models import bert
+
+    tok = fill_mask.FillMask.from_workdir(pretrained[1]).tokenizer
+    config = bert.BertConfig(vocab_size=tok.vocab_size + 8, hidden_size=16, num_layers=1,
+                             num_heads=2, intermediate_size=32, max_position_embeddings=64)
+    ids = np.zeros((1, 8), np.int32)
+    params = nn.unbox(bert.BertForPreTraining(config).init(
+        jax.random.PRNGKey(0), ids, masked_positions=np.zeros((1, 1), np.int32))["params"])
+    params = jax.tree_util.tree_map(np.array, params)
+    params["mlm_head"]["output_bias"][tok.vocab_size:] = 100.0
+    model = fill_mask.FillMask(config, params, tok)
+    (tokens,) = model.predict("the [MASK] is", top_k=3)
+    assert len(tokens) == 3 and "" not in tokens
+
+
 def test_a_broken_config_json_is_named_with_its_line(tmp_path, monkeypatch):
     """A workdir's config.json, or a HF directory's, that is not a JSON object: one line naming
     the file (and the line), never a JSON traceback."""

@@ -285,7 +285,9 @@ class FillMask:
                    f"the BERT in {path} ({config.num_layers} layers, {config.hidden_size} wide)")
 
     def predict(self, text: str, top_k: int = 5) -> list[list[str]]:
-        """The top-k tokens for each [MASK] in `text` (which may contain several)."""
+        """The top-k tokens for each [MASK] in `text` (which may contain several); fewer when
+        the vocabulary has fewer than `top_k` tokens that are not special."""
+        _check_top_k(top_k, "top_k")
         tok = self.tokenizer
         pieces = text.split("[MASK]")
         ids = [tok.cls_id]
@@ -295,27 +297,36 @@ class FillMask:
                 ids.append(tok.mask_id)
         ids.append(tok.sep_id)
         if len(ids) > self.max_positions:
-            raise ValueError(f"{len(ids)} tokens exceed the model's {self.max_positions} "
-                             "positions.")
+            shown = text if len(text) <= 60 else text[:60] + "..."
+            raise FillMaskError(f"fill_mask: --text={shown!r} is {len(ids)} tokens with [CLS] and "
+                                f"[SEP]; the model has {self.max_positions} positions")
         arr = np.asarray([ids], np.int32)
         positions = np.flatnonzero(arr[0] == tok.mask_id).astype(np.int32)
         if not len(positions):
             return []
         logits = np.asarray(self._apply(self.params, arr, np.zeros_like(arr), np.ones_like(arr),
                                         positions[None]))  # (1, P, V)
+        # Only the tokenizer's tokens, less the special ones: rows past the tokenizer (a model
+        # vocabulary padded beyond it) are no token at all.
+        candidates = np.setdiff1d(np.arange(tok.vocab_size), tok.special_ids)
         out = []
         for scores in logits[0]:
-            scores = scores.copy()
-            scores[list(tok.special_ids)] = -np.inf
-            best = np.argsort(-scores)[:top_k]
+            best = candidates[np.argsort(-scores[candidates], kind="stable")[:top_k]]
             out.append([tok.decode([int(i)]) for i in best])
         return out
+
+
+def _check_top_k(top_k: int, name: str) -> None:
+    if top_k < 1:
+        raise FillMaskError(f"fill_mask: {name}={top_k}: expected >= 1 (the number of tokens "
+                            "to list for each [MASK])")
 
 
 def run(model_dir: str, texts, top_k: int = 5) -> None:
     """`tl_jax fill_mask`: says which model predicts, then one line per [MASK]."""
     if not texts:
         raise FillMaskError("fill_mask: give at least one --text with a [MASK] in it")
+    _check_top_k(top_k, "--top_k")
     no_mask = [t for t in texts if "[MASK]" not in t]
     if no_mask:
         raise FillMaskError(f"fill_mask: --text={no_mask[0]!r} has no [MASK] to fill")

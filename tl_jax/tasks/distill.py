@@ -27,6 +27,7 @@ same gradient, and a value that reaches 0 when the student matches.
 """
 from __future__ import annotations
 
+import math
 
 import jax
 import jax.numpy as jnp
@@ -195,8 +196,25 @@ def check_mlm_head(init_from: str, teacher_config: bert.BertConfig) -> None:
         "teacher's soft targets are its masked-LM distribution. Give it one first with a short "
         "continued pretraining run, then distil from that workdir:\n"
         f"  tl_jax train --config=configs/bert_pretrain.py --config.model.size={init_from} "
-        f"--config.init_from={init_from} --config.data.tokenizer={init_from} "
+        f"--config.init_from={init_from} "
+        f"--config.data.tokenizer={downstream.tokenizer_path(init_from)} "
         "--workdir=runs/teacher_mlm")
+
+
+def check_loss_settings(cfg) -> None:
+    """`config.distill` must give a loss that trains the student towards the teacher: a positive
+    temperature (0 divides by zero; a negative one ranks the teacher's tokens upside down) and
+    finite, non-negative weights, not all 0 (a negative one pushes the student away)."""
+    t = cfg.temperature
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"distill.temperature={t} must be a finite number > 0 (DistilBERT: 2).")
+    weights = {name: cfg[name] for name in ("alpha_ce", "alpha_mlm", "alpha_cos")}
+    for name, weight in weights.items():
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"distill.{name}={weight} must be a finite number >= 0.")
+    if not any(weights.values()):
+        raise ValueError("distill.alpha_ce, alpha_mlm and alpha_cos: all three loss weights are "
+                         "0: nothing would train the student.")
 
 
 def _check_same_vocabulary(tokenizer: Tokenizer, teacher_tokenizer: Tokenizer, what: str):
@@ -221,11 +239,13 @@ class Task:
     def __init__(self, config, workdir):
         self.config = config
         m, s = config.model, config.student
+        check_loss_settings(config.distill)
         if not config.init_from:
             raise ValueError(
                 "distill needs a teacher: set config.init_from to a tl_jax BERT pretraining "
                 "workdir or a Hugging Face BERT directory with an MLM head.")
-        warm_start.require_source(config.init_from)
+        # Before its tokenizer is read: an empty directory or a file is not a model.
+        downstream.check_encoder_source(config.init_from)
         teacher_tokenizer = Tokenizer.load(downstream.tokenizer_path(config.init_from))
         overrides = dict(dropout_rate=m.dropout_rate,
                          attention_dropout_rate=m.attention_dropout_rate, dtype=m.dtype)
@@ -250,7 +270,7 @@ class Task:
                 self.student_layers = indices
             self.model_config = tc.replace(num_layers=len(indices))
         else:  # another BERT of the teacher's width and vocabulary
-            warm_start.require_source(s.init, "student.init")
+            downstream.check_encoder_source(s.init, "student.init")
             student_tokenizer = Tokenizer.load(downstream.tokenizer_path(s.init))
             _check_same_vocabulary(student_tokenizer, teacher_tokenizer,
                                    f"student.init={s.init}'s tokenizer")

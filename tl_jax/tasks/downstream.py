@@ -132,6 +132,10 @@ def check_encoder_source(source: str, what: str = "init_from") -> None:
         raise warm_start.WarmStartError(
             f"{what}={source} holds static word vectors (`tl_jax static`), not a BERT-style "
             "encoder.")
+    if os.path.isdir(source) and not os.listdir(source):
+        raise warm_start.WarmStartError(
+            f"{what}={source!r} is an empty directory, not a model: give a tl_jax workdir, tl_jax "
+            "weights or a Hugging Face BERT directory.")
     raise warm_start.WarmStartError(
         f"{what}={source!r} is neither a tl_jax workdir (with checkpoints/), nor tl_jax weights "
         "(with params.safetensors), nor a Hugging Face BERT directory (with config.json).")

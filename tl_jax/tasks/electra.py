@@ -19,16 +19,18 @@ predicted "replaced" in a pass, `disc_precision` has no count and reads 0.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from tl_jax import warm_start
 from tl_jax.data import pretraining
 from tl_jax.models import electra
-from tl_jax.tasks import bert_pretrain
+from tl_jax.tasks import bert_pretrain, downstream
 
 
 def electra_config_from(model_cfg, vocab_size: int) -> electra.ElectraConfig:
@@ -53,6 +55,22 @@ def electra_config_from(model_cfg, vocab_size: int) -> electra.ElectraConfig:
     )
 
 
+def _with_init_from_tokenizer(data_cfg, init_from: str):
+    """`data_cfg`, with `data.tokenizer` set to `init_from`'s own when it is empty: a vocabulary
+    trained afresh (on another corpus, say) would give the embedding rows taken over from
+    `init_from` other tokens to stand for, without any shape to tell."""
+    if data_cfg.tokenizer:
+        return data_cfg
+    path = downstream.tokenizer_path(init_from)
+    if not any(os.path.isfile(os.path.join(path, name))
+               for name in ("tokenizer.json", "vocab.txt")):
+        return data_cfg
+    print(f"[electra] tokenizer of init_from: {path}", flush=True)
+    data_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
+    data_cfg.tokenizer = path
+    return data_cfg
+
+
 class Task:
     """The `electra` task (see `tl_jax/tasks/__init__.py` for the contract)."""
 
@@ -65,11 +83,16 @@ class Task:
         data_cfg, model_cfg = config.data, config.model
         # The model config first: a bad size or generator fails before the corpus is read.
         electra_config_from(model_cfg, 1)
-        if config.electra.discriminator_weight < 0:
-            raise ValueError(f"electra.discriminator_weight={config.electra.discriminator_weight}"
-                             " must be >= 0.")
-        if config.electra.temperature <= 0:
+        weight = config.electra.discriminator_weight
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"electra.discriminator_weight={weight} must be a finite number "
+                             ">= 0.")
+        # Written so that NaN fails too; inf is allowed: it samples uniformly.
+        if not config.electra.temperature > 0:
             raise ValueError(f"electra.temperature={config.electra.temperature} must be > 0.")
+        if config.init_from:
+            warm_start.require_source(config.init_from)
+            data_cfg = _with_init_from_tokenizer(data_cfg, config.init_from)
         self.data = pretraining.build_pretraining_data(
             data_cfg, model_cfg.max_position_embeddings, workdir, config.seed,
             process_index=jax.process_index(), process_count=jax.process_count(),
