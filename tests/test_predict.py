@@ -188,3 +188,36 @@ def test_errors_are_one_line(classify_run, polarity_files, tmp_path, capsys):
 def test_help_lists_predict():
     assert "predict" in main.build_parser().format_help()
     assert "tl_jax predict --workdir" in main.__doc__
+
+
+def test_squad_predictions_are_the_runs_own_eval(tmp_path):
+    from tl_jax import config as config_lib
+    from tl_jax.data import readers
+    contexts = ["Emma lived at Hartfield with her father near the village of Highbury in Surrey.",
+                "Elinor and Marianne moved to Barton Cottage in Devonshire after their father "
+                "died."]
+    records = [dict(id=f"q{i}", title="t", question=f"who lived there {i}?",
+                    context=contexts[i % 2], is_impossible=False,
+                    answers=[dict(text=contexts[i % 2].split()[0], answer_start=0)])
+               for i in range(40)]
+    readers.write_squad(tmp_path / "train.json", records[:32])
+    readers.write_squad(tmp_path / "eval.json", records[32:])
+    readers.write_squad(tmp_path / "unlabelled.json", [dict(r, answers=[]) for r in records[32:]])
+    workdir = tmp_path / "run"
+    config = config_lib.load_config("configs/finetune_squad.py:tiny", [
+        "train.progress=False", "mesh.num_devices=1", "data.max_seq_length=32",
+        "data.doc_stride=8", "data.max_query_length=8", "data.batch_size=8",
+        f"data.train_file={tmp_path / 'train.json'}", f"data.eval_file={tmp_path / 'eval.json'}",
+        "data.max_train_examples=0", "data.max_eval_examples=0", "data.num_epochs=2.0"])
+    _train(config, workdir)  # contexts longer than a window: several windows per question
+    result = predict.run(str(workdir), str(tmp_path / "eval.json"), str(tmp_path / "out.json"))
+    step = result["step"]
+    assert (tmp_path / "out.json").read_text() == _eval_rows(workdir, step, ".json")
+    assert (tmp_path / "out.nbest.json").read_text() == \
+        (workdir / "predictions" / f"nbest_step_{step}.json").read_text()
+    expected = _metrics_at(workdir, step)
+    assert result["metrics"] == pytest.approx({k: v for k, v in expected.items() if k != "step"})
+    result = predict.run(str(workdir), str(tmp_path / "unlabelled.json"),
+                         str(tmp_path / "out2.json"))
+    assert result["metrics"] == {}
+    assert (tmp_path / "out2.json").read_text() == (tmp_path / "out.json").read_text()
