@@ -170,7 +170,9 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
     results, outputs = train.eval_pass(trainer, params, with_loss=scored,
                                        progress=bool(config.train.progress))
     predictions = task.decode(outputs)
-    if config.task == "squad":
+    if jax.process_index() != 0:  # every process decoded the whole set; one writes it
+        pass
+    elif config.task == "squad":
         stem = output[:-len(".json")] if output.endswith(".json") else output
         task.write_predictions(output, predictions, stem + ".nbest.json")
     else:
