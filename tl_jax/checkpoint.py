@@ -405,9 +405,11 @@ def param_shapes_from_workdir(workdir: str) -> tuple[dict[str, tuple[int, ...]],
     raise CheckpointError(f"No readable checkpoint in {directory}.")
 
 
-def load_params_from_workdir(workdir: str, only: tuple[str, ...] | None = None
-                             ) -> tuple[dict[str, np.ndarray], int]:
+def load_params_from_workdir(workdir: str, only: tuple[str, ...] | None = None,
+                             step: int | None = None) -> tuple[dict[str, np.ndarray], int]:
     """Reads the params of the latest good checkpoint in a tl_jax workdir, as flat numpy.
+
+    With `step`, that checkpoint only: one that does not restore is an error, not a fallback.
 
     Only the params are restored (a partial restore): the optimizer state, twice their size
     with Adam, is not loaded; with `only` (top-level names such as `("bert", "mlm_head")`),
@@ -420,7 +422,8 @@ def load_params_from_workdir(workdir: str, only: tuple[str, ...] | None = None
     # device: orbax needs an explicit target when the topology differs.
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     _drop_closed_loop_noise()
-    for step in sorted(mgr.all_steps(), reverse=True):
+    steps = sorted(mgr.all_steps(), reverse=True) if step is None else [step]
+    for step in steps:
         try:
             metadata = mgr.item_metadata(step)["state"]["params"]
             if only is not None:
@@ -436,7 +439,54 @@ def load_params_from_workdir(workdir: str, only: tuple[str, ...] | None = None
             continue
         flat, _ = jax.tree_util.tree_flatten_with_path(restored["state"]["params"])
         return {path_str(p): np.asarray(v) for p, v in flat}, step
-    raise CheckpointError(f"No restorable checkpoint in {directory}.")
+    raise CheckpointError(f"No restorable checkpoint in {directory}"
+                          + (f" at step {steps[0]}." if len(steps) == 1 else "."))
+
+
+def saved_steps(workdir: str) -> list[int]:
+    """The finished checkpoint steps of a workdir, oldest first (none: a CheckpointError)."""
+    mgr, directory = _read_only_manager(workdir)
+    steps = sorted(mgr.all_steps())
+    if not steps:
+        raise CheckpointError(f"{workdir} has no checkpoint in {directory} (did its training "
+                              "run save one?).")
+    return steps
+
+
+def best_step(workdir: str, best_metric: str, best_mode: str = "max") -> tuple[int, str]:
+    """The checkpoint to use a finished run with: the best one it kept, else the newest.
+
+    The trainer keeps the checkpoint with the best `train.best_metric` besides the newest ones,
+    but orbax does not store the score with it: the score comes from the eval rows of the
+    workdir's metrics.jsonl (a resumed run drops the rows logged after its checkpoint, so they
+    describe the kept weights). Among equal scores the newest wins. Returns the step and a
+    line saying why it was chosen.
+    """
+    steps = saved_steps(workdir)
+    newest = steps[-1]
+    if not best_metric:
+        return newest, "the newest checkpoint (the run kept no best: train.best_metric is empty)"
+    scores = {}
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash: that eval is lost, not the choice
+                if isinstance(row, dict) and row.get("step") in steps and \
+                        isinstance(row.get(best_metric), (int, float)):
+                    scores[row["step"]] = float(row[best_metric])
+    if not scores:
+        return newest, (f"the newest checkpoint (no kept checkpoint has an eval {best_metric} "
+                        "in metrics.jsonl)")
+    sign = -1.0 if best_mode == "min" else 1.0
+    best = max(scores, key=lambda s: (sign * scores[s], s))
+    why = f"the best kept checkpoint by {best_metric} ({best_mode}: {scores[best]:.4g})"
+    if best != newest:
+        why += f"; the newest is step {newest}"
+    return best, why
 
 
 def config_from_workdir(workdir: str, step: int) -> dict:

@@ -1,6 +1,7 @@
 """The `tl_jax` command line. Flags only; every command's logic lives in the package.
 
     tl_jax train --config=configs/bert_pretrain.py:mini --workdir=DIR [--config.key=value ...]
+    tl_jax predict --workdir=DIR --input=FILE --output=FILE [--batch_size=N]
     tl_jax quickstart [--workdir=DIR]
     tl_jax convert --input=DIR --output=DIR [--direction=hf_to_tl|tl_to_hf]
     tl_jax generate --model=DIR --prompt="..." [--mode=score --choice=" a" --choice=" b"]
@@ -24,6 +25,12 @@ def _train(args, overrides):
     from tl_jax import config as config_lib, train
     config = config_lib.load_config(args.config, overrides)
     train.train_and_evaluate(config, args.workdir)
+
+
+def _predict(args, overrides):
+    _no_overrides("predict", overrides)
+    from tl_jax import predict
+    predict.run(args.workdir, args.input, args.output, args.batch_size)
 
 
 def _quickstart(args, overrides):
@@ -103,6 +110,8 @@ def _static(args, overrides):
 
 COMMANDS = {
     "train": ("Train any config (pretraining or fine-tuning).", _train),
+    "predict": ("Apply a fine-tuned classify, tag or squad workdir (its best checkpoint) to a "
+                "new file; metrics too when the file is labelled.", _predict),
     "quickstart": ("Pretrain a small BERT on text shipped with gensim, then fine-tune it.",
                    _quickstart),
     "convert": ("Convert weights between the Hugging Face layout and tl_jax.", _convert),
@@ -127,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help=COMMANDS["train"][0])
     p.add_argument("--config", required=True, help="configs/NAME.py[:ARG]")
     p.add_argument("--workdir", required=True, help="checkpoints, metrics and logs go here")
+    p = sub.add_parser("predict", help=COMMANDS["predict"][0])
+    p.add_argument("--workdir", required=True, help="workdir of a classify, tag or squad run")
+    p.add_argument("--input", required=True,
+                   help="a file in the task's training formats (jsonl/CSV/TSV, CoNLL, SQuAD "
+                        "JSON); labels, tags and answers optional")
+    p.add_argument("--output", required=True,
+                   help="predictions: .jsonl (classify), .conll (tag), .json (squad)")
+    p.add_argument("--batch_size", type=int, default=0, help="0 = the run's data.batch_size")
     p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][0])
     p.add_argument("--workdir", default="workdirs/quickstart")
     p.add_argument("--skip_finetune", action="store_true")

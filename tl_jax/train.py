@@ -106,8 +106,11 @@ def check_train_config(tc: ml_collections.ConfigDict) -> None:
         raise ValueError(f"train.best_mode={tc.best_mode!r}; expected 'max' or 'min'.")
 
 
-def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
-    """Builds mesh, task, optimizer, shardings and the jitted functions. Compiles nothing yet."""
+def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) -> Trainer:
+    """Builds mesh, task, optimizer, shardings and the jitted functions. Compiles nothing yet.
+
+    `task` replaces the one `config.task` builds (`tl_jax predict` passes a finished run's task
+    with the file to predict as its eval set)."""
     parallel.maybe_initialize_distributed(config.distributed)
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.axis_rules(config.mesh)
@@ -120,7 +123,8 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         )
     parallel.check_batch_size(global_batch // accum, mesh)
 
-    task = tasks.build_task(config, workdir)  # tokenizer, data, input checks: before compiling
+    if task is None:
+        task = tasks.build_task(config, workdir)  # tokenizer, data, input checks: before compiling
     check_train_config(config.train)  # after the task: fine-tuning fills 0s from its epochs
     total_steps = int(config.train.steps)
     if hasattr(task, "make_optimizer"):
@@ -292,21 +296,36 @@ def _to_host(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def evaluate(trainer: Trainer, params, step: int) -> dict[str, float]:
-    """One pass over (at most `train.eval_batches` of) the held-out batches."""
-    limit = int(trainer.config.train.eval_batches)
+def eval_pass(trainer: Trainer, params, limit: int = 0, with_loss: bool = True,
+              progress: bool = False) -> tuple[list[dict], list[tuple]]:
+    """Runs the eval step (`with_loss`: the loss needs labels) and the predict step over the
+    task's held-out batches (at most `limit` of them; 0 = all). Returns the step metrics and the
+    `(batch, outputs)` numpy pairs the task decodes. `progress` shows a bar over the batches."""
     results, outputs = [], []
-    for i, batch in enumerate(trainer.task.eval_batches()):
+    batches = trainer.task.eval_batches()
+    if progress and jax.process_index() == 0:
+        from tqdm.auto import tqdm
+        n = len(next(iter(trainer.task.eval_arrays.values())))
+        batches = tqdm(batches, total=-(-n // int(trainer.config.data.batch_size)),
+                       desc="predict", unit="batch", dynamic_ncols=True)
+    for i, batch in enumerate(batches):
         if limit and i >= limit:
             break
         gbatch = parallel.host_batch_to_global(batch, trainer.mesh)
-        results.append(trainer.eval_step(params, gbatch))
+        if with_loss:
+            results.append(trainer.eval_step(params, gbatch))
         if trainer.predict_step is not None:
             out = trainer.predict_step(params, gbatch)
             # Whole (global) batch and outputs on every process, so decoding sees all rows.
             whole = batch if jax.process_count() == 1 else jax.tree_util.tree_map(
                 _to_host, gbatch)
             outputs.append((whole, jax.tree_util.tree_map(_to_host, out)))
+    return results, outputs
+
+
+def evaluate(trainer: Trainer, params, step: int) -> dict[str, float]:
+    """One pass over (at most `train.eval_batches` of) the held-out batches."""
+    results, outputs = eval_pass(trainer, params, int(trainer.config.train.eval_batches))
     if not results:
         return {}
     metrics = {f"eval/{k}": v for k, v in average(results).items()}

@@ -79,8 +79,11 @@ def _check_length(max_seq_length: int, minimum: int) -> None:
 
 
 def encode_classification(tokenizer, records: Sequence[dict], label_map: dict[str, int],
-                          max_seq_length: int) -> dict[str, np.ndarray]:
-    """Encodes `{"text", "text_b", "label"}` records; unknown labels are an error."""
+                          max_seq_length: int, truncated: list | None = None
+                          ) -> dict[str, np.ndarray]:
+    """Encodes `{"text", "text_b", "label"}` records; unknown labels are an error, a label None
+    (an unlabelled record, `tl_jax predict`) is `IGNORE`. The index of each record that had to
+    be truncated is appended to `truncated` when given."""
     tok, has_pair = hf_tokenizer(tokenizer), any(r.get("text_b") is not None for r in records)
     specials = _Specials(tok)
     _check_length(max_seq_length, 4 if has_pair else 3)
@@ -91,6 +94,8 @@ def encode_classification(tokenizer, records: Sequence[dict], label_map: dict[st
     for i, (record, first, second) in enumerate(zip(records, firsts, seconds)):
         a, b = list(first.ids), (list(second.ids) if second is not None else None)
         room = max_seq_length - (3 if b is not None else 2)
+        if truncated is not None and len(a) + (len(b) if b is not None else 0) > room:
+            truncated.append(i)
         while len(a) + (len(b) if b is not None else 0) > room:
             # Longest-first truncation keeps both sentences of a pair represented.
             if b is not None and len(b) > len(a):
@@ -98,6 +103,9 @@ def encode_classification(tokenizer, records: Sequence[dict], label_map: dict[st
             else:
                 a.pop()
         label = record["label"]
+        if label is None:
+            rows.append((*_pack(specials, a, b, max_seq_length), IGNORE))
+            continue
         if label not in label_map:
             raise ValueError(f"record {i}: label {label!r} not in label map {sorted(label_map)}")
         rows.append((*_pack(specials, a, b, max_seq_length), label_map[label]))
@@ -107,11 +115,13 @@ def encode_classification(tokenizer, records: Sequence[dict], label_map: dict[st
 
 
 def encode_tagging(tokenizer, records: Sequence[dict], label_map: dict[str, int],
-                   max_seq_length: int) -> dict[str, np.ndarray]:
+                   max_seq_length: int, truncated: list | None = None) -> dict[str, np.ndarray]:
     """Encodes `{"tokens", "tags"}` sentences with labels on each word's first sub-token.
 
     Words past `max_seq_length - 2` sub-tokens are cut off (their `word_index` never appears, so
-    decoding predicts `O` for them and span F1 counts the loss honestly).
+    decoding predicts `O` for them and span F1 counts the loss honestly). A sentence whose tags
+    are None (unlabelled, `tl_jax predict`) gets `IGNORE` labels only. The index of each sentence
+    that was cut is appended to `truncated` when given.
     """
     tok = hf_tokenizer(tokenizer)
     specials = _Specials(tok)
@@ -120,16 +130,20 @@ def encode_tagging(tokenizer, records: Sequence[dict], label_map: dict[str, int]
                                  add_special_tokens=False)
     out = {k: [] for k in ("input_ids", "segment_ids", "input_mask", "labels", "word_index")}
     for i, (record, enc) in enumerate(zip(records, encodings)):
-        unknown = [t for t in record["tags"] if t not in label_map]
+        tags = record["tags"]
+        unknown = [t for t in tags or () if t not in label_map]
         if unknown:
             raise ValueError(f"sentence {i}: tags {sorted(set(unknown))} not in {sorted(label_map)}")
+        if truncated is not None and len(enc.ids) > max_seq_length - 2:
+            truncated.append(i)
         ids, word_ids = list(enc.ids)[: max_seq_length - 2], list(enc.word_ids)[: max_seq_length - 2]
         labels = np.full(max_seq_length, IGNORE, np.int32)
         word_index = np.full(max_seq_length, -1, np.int32)
         previous = None
         for position, word in enumerate(word_ids, start=1):  # +1: [CLS] is position 0.
             if word is not None and word != previous:
-                labels[position] = label_map[record["tags"][word]]
+                if tags is not None:
+                    labels[position] = label_map[tags[word]]
                 word_index[position] = word
             previous = word
         input_ids, segments, mask = _pack(specials, ids, None, max_seq_length)
@@ -152,12 +166,14 @@ def tags_from_predictions(pred_ids: np.ndarray, word_index: np.ndarray, n_words:
 
 
 def encode_squad(tokenizer, records: Sequence[dict], max_seq_length: int = 384,
-                 doc_stride: int = 128, max_query_length: int = 64) -> dict[str, np.ndarray]:
+                 doc_stride: int = 128, max_query_length: int = 64,
+                 truncated: list | None = None) -> dict[str, np.ndarray]:
     """Encodes SQuAD records into question+context windows (see module docstring).
 
     Each window points at the first gold answer it holds whole (SQuAD training sets have one;
     the silver cloze_qa lists every occurrence of the name); a window holding none, or a question
-    without answers, points at [CLS].
+    without answers, points at [CLS]. Long contexts are windowed, never cut; the index of each
+    record whose question was cut to `max_query_length` is appended to `truncated` when given.
     """
     tok = hf_tokenizer(tokenizer)
     specials = _Specials(tok)
@@ -172,12 +188,14 @@ def encode_squad(tokenizer, records: Sequence[dict], max_seq_length: int = 384,
     out = {k: [] for k in ("input_ids", "segment_ids", "input_mask", "start_positions",
                            "end_positions", "offsets", "example_index")}
     for index, (record, question, context) in enumerate(zip(records, questions, contexts)):
+        if truncated is not None and len(question.ids) > max_query_length:
+            truncated.append(index)
         q_ids = list(question.ids)[:max_query_length]
         c_ids, c_offsets = list(context.ids), list(context.offsets)
         room = max_seq_length - len(q_ids) - 3  # [CLS] q [SEP] window [SEP]
         # Sub-tokens overlapping each gold answer's characters, in the order of the answers.
         coverings = []
-        for answer in record["answers"]:
+        for answer in record["answers"] or ():  # None: unlabelled (`tl_jax predict`)
             a_start = answer["answer_start"]
             a_end = a_start + len(answer["text"])
             covering = [t for t, (s, e) in enumerate(c_offsets) if s < a_end and e > a_start]

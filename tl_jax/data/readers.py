@@ -47,11 +47,14 @@ class DataFormatError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 def read_classification(path: PathLike, text_field: str = "text", text_b_field: str | None = None,
-                        label_field: str = "label") -> list[dict]:
+                        label_field: str = "label", require_labels: bool = True) -> list[dict]:
     """Reads a sentence (or sentence-pair) classification file.
 
     The format follows the suffix: `.jsonl` (one JSON object per line), `.csv` or `.tsv` (a header
     row naming the columns). `text_b_field` names the second sentence for pair tasks.
+
+    With `require_labels=False` (`tl_jax predict`) a row without the label field, or with a null
+    one, is read with label None.
 
     Returns:
       A list of `{"text", "text_b", "label"}` dicts; labels are strings.
@@ -59,13 +62,14 @@ def read_classification(path: PathLike, text_field: str = "text", text_b_field: 
       DataFormatError: empty file, bad JSON, a missing field or an empty text (file and line).
     """
     try:
-        return _read_classification(pathlib.Path(path), text_field, text_b_field, label_field)
+        return _read_classification(pathlib.Path(path), text_field, text_b_field, label_field,
+                                    require_labels)
     except UnicodeDecodeError as e:
         raise DataFormatError.not_utf8(path, e) from None
 
 
 def _read_classification(path: pathlib.Path, text_field: str, text_b_field: str | None,
-                         label_field: str) -> list[dict]:
+                         label_field: str, require_labels: bool = True) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = _jsonl_rows(path)
@@ -76,7 +80,9 @@ def _read_classification(path: pathlib.Path, text_field: str, text_b_field: str 
                               "use .jsonl, .csv or .tsv")
     records = []
     for line, row in rows:
-        fields = [text_field, label_field] + ([text_b_field] if text_b_field else [])
+        labelled = require_labels or row.get(label_field) is not None
+        fields = [text_field] + ([label_field] if labelled else []) + (
+            [text_b_field] if text_b_field else [])
         for field in fields:
             if field not in row:
                 raise DataFormatError(path, line, f"missing field {field!r} (has {sorted(row)})")
@@ -88,7 +94,7 @@ def _read_classification(path: pathlib.Path, text_field: str, text_b_field: str 
         records.append({
             "text": text,
             "text_b": _text(row[text_b_field], path, line, text_b_field) if text_b_field else None,
-            "label": _label(row[label_field], path, line, label_field),
+            "label": _label(row[label_field], path, line, label_field) if labelled else None,
         })
     if not records:
         raise DataFormatError(path, None, "no examples (empty file)")
@@ -196,22 +202,27 @@ def _quote_hint(reader, line_no: int) -> str:
 _TAG_RE = re.compile(r"^(O|[BI]-\S+)$")
 
 
-def read_conll(path: PathLike, token_column: int = 0, tag_column: int = -1) -> list[dict]:
+def read_conll(path: PathLike, token_column: int = 0, tag_column: int = -1,
+               require_labels: bool = True) -> list[dict]:
     """Reads CoNLL-style columns: one token per line, blank lines between sentences.
 
     `-DOCSTART-` lines are skipped. Every non-blank line must have the same number of
     whitespace-separated columns, and tags must be BIO / IOB2 (`O`, `B-X`, `I-X`).
 
+    With `require_labels=False` (`tl_jax predict`) a file of one column holds tokens only, and
+    its sentences have tags None.
+
     Returns:
       A list of `{"tokens": [...], "tags": [...]}` sentences.
     """
     try:
-        return _read_conll(pathlib.Path(path), token_column, tag_column)
+        return _read_conll(pathlib.Path(path), token_column, tag_column, require_labels)
     except UnicodeDecodeError as e:
         raise DataFormatError.not_utf8(path, e) from None
 
 
-def _read_conll(path: pathlib.Path, token_column: int, tag_column: int) -> list[dict]:
+def _read_conll(path: pathlib.Path, token_column: int, tag_column: int,
+                require_labels: bool = True) -> list[dict]:
     sentences, tokens, tags = [], [], []
     n_columns = None
     # utf-8-sig: a byte-order mark (Windows editors write one) would join the first token.
@@ -220,24 +231,26 @@ def _read_conll(path: pathlib.Path, token_column: int, tag_column: int) -> list[
             columns = line.split()
             if not columns:
                 if tokens:
-                    sentences.append({"tokens": tokens, "tags": tags})
+                    sentences.append({"tokens": tokens, "tags": tags if n_columns > 1 else None})
                 tokens, tags = [], []
                 continue
             if columns[0] == "-DOCSTART-":
                 continue
             if n_columns is None:
                 n_columns = len(columns)
-                if n_columns < 2:
+                if n_columns < 2 and require_labels:
                     raise DataFormatError(path, line_no, "expected at least 2 columns (token and tag)")
             elif len(columns) != n_columns:
                 raise DataFormatError(path, line_no, f"{len(columns)} columns, expected {n_columns}")
+            tokens.append(columns[token_column])
+            if n_columns == 1:  # tokens only (allowed by require_labels=False above)
+                continue
             tag = columns[tag_column]
             if not _TAG_RE.match(tag):
                 raise DataFormatError(path, line_no, f"tag {tag!r} is not BIO (O, B-X or I-X)")
-            tokens.append(columns[token_column])
             tags.append(tag)
     if tokens:
-        sentences.append({"tokens": tokens, "tags": tags})
+        sentences.append({"tokens": tokens, "tags": tags if n_columns > 1 else None})
     if not sentences:
         raise DataFormatError(path, None, "no sentences (empty file)")
     return sentences
@@ -258,12 +271,14 @@ def write_conll(path: PathLike, sentences: Iterable[dict]) -> None:
 # Extractive QA: SQuAD JSON (v1.1 and v2.0).
 # --------------------------------------------------------------------------------------------
 
-def read_squad(path: PathLike) -> list[dict]:
+def read_squad(path: PathLike, require_labels: bool = True) -> list[dict]:
     """Reads a SQuAD v1.1 / v2.0 JSON file into flat question records.
 
     Each answer's `answer_start` must point at its text inside the context; v2.0 questions marked
     `is_impossible` have no answers. Errors name the file and the line of the JSON where the bad
     question starts (JSON has no line per record, so the line is found by the question id).
+    With `require_labels=False` (`tl_jax predict`) a question with no answers that is not marked
+    `is_impossible` is unlabelled: its `answers` are None.
     """
     path = pathlib.Path(path)
     try:
@@ -319,10 +334,12 @@ def read_squad(path: PathLike) -> list[dict]:
                         fail(qid, f"question {qid!r}: answer {text!r} not found at answer_start "
                                   f"{start} (context has {context[start:start + len(text)]!r})")
                     answers.append({"text": text, "answer_start": start})
-                if not answers and not impossible:
+                unlabelled = not answers and not impossible
+                if unlabelled and require_labels:
                     fail(qid, f"question {qid!r} has no answers and is not marked is_impossible")
                 records.append({"id": str(qid), "title": title, "question": qa["question"],
-                                "context": context, "answers": [] if impossible else answers,
+                                "context": context,
+                                "answers": None if unlabelled else [] if impossible else answers,
                                 "is_impossible": impossible})
     if not records:
         raise DataFormatError(path, None, "no questions in file")
@@ -423,7 +440,7 @@ def gensim_polarity(split: str) -> list[dict]:
     return [r for i, r in enumerate(records) if (i % 5 == 4) == (split == "test")]
 
 
-def read_records(spec: str, kind: str, **fields) -> list[dict]:
+def read_records(spec: str, kind: str, require_labels: bool = True, **fields) -> list[dict]:
     """Reads a data set named by a config string.
 
     Args:
@@ -432,6 +449,8 @@ def read_records(spec: str, kind: str, **fields) -> list[dict]:
         `silver:names|cloze_qa:train|dev|test` (this project's silver tasks, built once from
         `$TL_JAX_DATA_DIR` by `tl_jax.data.task_builders`).
       kind: "classification", "tagging" or "squad".
+      require_labels: False reads local files whose labels, tags or answers are missing (see
+        each reader); a record without them has None there.
       fields: passed to the file reader (`text_field`, `label_field`, ... for classification).
     """
     if not spec:
@@ -456,9 +475,9 @@ def read_records(spec: str, kind: str, **fields) -> list[dict]:
     if kind == "classification":
         if spec.endswith(".cor"):
             return read_fasttext_labels(spec)
-        return read_classification(spec, **fields)
+        return read_classification(spec, require_labels=require_labels, **fields)
     if kind == "tagging":
-        return read_conll(spec, **fields)
+        return read_conll(spec, require_labels=require_labels, **fields)
     if kind == "squad":
-        return read_squad(spec)
+        return read_squad(spec, require_labels=require_labels)
     raise ValueError(f"unknown data kind {kind!r}")

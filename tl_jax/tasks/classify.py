@@ -40,25 +40,33 @@ class Task(downstream.EncoderTask):
         self.config, d = config, config.data
         self.train_records = read_split(d, d.train_file, d.max_train_examples)
         self.eval_records = read_split(d, d.eval_file, d.max_eval_examples)
-        self.labels = list(d.labels) or sorted({r["label"] for r in self.train_records})
-        self.label_map = {label: i for i, label in enumerate(self.labels)}
-        downstream.check_labels(self.labels, bool(d.labels), [
+        labels = list(d.labels) or sorted({r["label"] for r in self.train_records})
+        downstream.check_labels(labels, bool(d.labels), [
             (d.train_file, {r["label"] for r in self.train_records}),
             (d.eval_file, {r["label"] for r in self.eval_records})])
-        downstream.check_positive_label(d.positive_label, self.labels)
+        downstream.check_positive_label(d.positive_label, labels)
         texts = [r["text"] for r in self.train_records] + [
             r["text_b"] for r in self.train_records if r["text_b"]]
-        self.encoder = downstream.Encoder.from_config(config, texts, workdir)
-        self.model_config = self.encoder.model_config
-        self.model = heads.BertForSequenceClassification(
-            self.model_config, len(self.labels), pooling=config.model.pooling,
-            classifier_dropout=config.model.classifier_dropout)
-        encode = lambda records: features.encode_classification(  # noqa: E731
-            self.encoder.tokenizer, records, self.label_map, d.max_seq_length)
-        self.train_arrays, self.eval_arrays = encode(self.train_records), encode(self.eval_records)
+        self._build(downstream.Encoder.from_config(config, texts, workdir), labels)
+        self.train_arrays = self.encode(self.train_records)
+        self.eval_arrays = self.encode(self.eval_records)
         downstream.fit_schedule(config, len(self.train_records))
-        self.flops_per_example = downstream.encoder_flops(self.model_config, d.max_seq_length)
-        self.tokens_per_example = d.max_seq_length
+
+    def _build(self, encoder, labels):
+        """The model over `encoder` with one output per label (training and `for_prediction`)."""
+        self.labels, self.encoder = list(labels), encoder
+        self.label_map = {label: i for i, label in enumerate(self.labels)}
+        self.model_config = encoder.model_config
+        self.model = heads.BertForSequenceClassification(
+            self.model_config, len(self.labels), pooling=self.config.model.pooling,
+            classifier_dropout=self.config.model.classifier_dropout)
+        seq = self.config.data.max_seq_length
+        self.flops_per_example = downstream.encoder_flops(self.model_config, seq)
+        self.tokens_per_example = seq
+
+    def encode(self, records, truncated=None):
+        return features.encode_classification(self.encoder.tokenizer, records, self.label_map,
+                                              self.config.data.max_seq_length, truncated)
 
     # -- data -------------------------------------------------------------------------------
 
@@ -92,24 +100,40 @@ class Task(downstream.EncoderTask):
         return dict(probs=jax.nn.softmax(logits, -1), row=batch["row"])
 
     def evaluate(self, batches_and_outputs, workdir, step):
+        predictions = self.decode(batches_and_outputs)
+        report = self.score(predictions)
+        if jax.process_index() == 0:
+            self.write_predictions(
+                os.path.join(workdir, "predictions", f"eval_step_{step}.jsonl"), predictions)
+        return report
+
+    # -- decoding, scoring and writing the eval set's predictions (eval and `tl_jax predict`) --
+
+    def decode(self, batches_and_outputs) -> dict:
+        """`{"rows", "probs", "predicted"}` of the eval records the outputs cover, in order."""
         rows, probs = [], []
         for _, out in batches_and_outputs:
             keep = out["row"] >= 0
             rows.append(out["row"][keep])
             probs.append(out["probs"][keep])
         rows, probs = np.concatenate(rows), np.concatenate(probs)
-        gold = [self.eval_records[r]["label"] for r in rows]
-        predicted = [self.labels[i] for i in probs.argmax(-1)]
+        return dict(rows=rows, probs=probs, predicted=[self.labels[i] for i in probs.argmax(-1)])
+
+    def score(self, predictions) -> dict[str, float]:
+        gold = [self.eval_records[r]["label"] for r in predictions["rows"]]
         positive = self.config.data.positive_label or None
-        report = classification.classification_report(gold, predicted, positive=positive)
-        if jax.process_index() == 0:
-            downstream.write_jsonl(
-                os.path.join(workdir, "predictions", f"eval_step_{step}.jsonl"),
-                ({"row": int(r), "text": self.eval_records[r]["text"],
-                  "text_b": self.eval_records[r]["text_b"], "gold": g, "predicted": p,
-                  "probs": {label: round(float(x), 5) for label, x in zip(self.labels, pr)}}
-                 for r, g, p, pr in zip(rows, gold, predicted, probs)))
-        return report
+        return classification.classification_report(gold, predictions["predicted"],
+                                                    positive=positive)
+
+    def write_predictions(self, path, predictions) -> None:
+        """jsonl: text, gold (None when unlabelled), predicted and probabilities per record."""
+        records = self.eval_records
+        downstream.write_jsonl(path, (
+            {"row": int(r), "text": records[r]["text"], "text_b": records[r]["text_b"],
+             "gold": records[r]["label"], "predicted": p,
+             "probs": {label: round(float(x), 5) for label, x in zip(self.labels, pr)}}
+            for r, p, pr in zip(predictions["rows"], predictions["predicted"],
+                                predictions["probs"])))
 
 
 def transfer_comparison(pretrained: str, workdir: str, seeds=(0,), overrides=(),

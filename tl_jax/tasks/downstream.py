@@ -102,6 +102,18 @@ class Encoder:
     def save(self, workdir: str) -> None:
         self.tokenizer.save(os.path.join(workdir, "tokenizer"))
 
+    @classmethod
+    def of_run(cls, config, workdir: str, resolved_model: dict | None) -> "Encoder":
+        """The encoder a finished fine-tuning run in `workdir` trained: its saved tokenizer, and
+        the shape it built (`resolved_model` of its checkpoint's config, else read from the
+        checkpoint's shapes); nothing to load from `init_from` (the checkpoint has it all)."""
+        tokenizer = Tokenizer.load(os.path.join(workdir, "tokenizer"))
+        if resolved_model:
+            model_config = bert.BertConfig(**resolved_model)
+        else:
+            model_config = architecture(workdir, tokenizer).replace(dtype=config.model.dtype)
+        return cls(tokenizer, model_config, init_from="")
+
 
 # Tasks whose workdirs hold no BERT-style encoder (a GPT, an ELMo-style biLM).
 NOT_ENCODER_TASKS = {"clm": "a GPT language model", "lm_classify": "a GPT classifier",
@@ -292,6 +304,22 @@ def weighted_cross_entropy(logits, labels, weights):
     return (ce * weights).sum(), weights.sum()
 
 
+def read_labels(workdir: str) -> list[str]:
+    """The labels (output index -> label) `write_labels` saved in `workdir`."""
+    path = os.path.join(workdir, "labels.jsonl")
+    labels = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                labels.append(json.loads(line)["label"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"{path}:{line_no}: expected an object with a \"label\", as "
+                                 "`tl_jax train` writes it") from None
+    return labels
+
+
 def write_labels(workdir: str, labels) -> None:
     """Writes `WORKDIR/labels.jsonl` (output index -> label). A workdir whose checkpoints were
     trained with other labels is refused, not overwritten: resuming would give its trained
@@ -318,7 +346,7 @@ def check_positive_label(positive: str, labels) -> None:
 
 
 def write_jsonl(path: str, rows) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -337,6 +365,19 @@ class EncoderTask:
 
     def eval_batches(self):
         return eval_batches(self.eval_arrays, self.config.data.batch_size)
+
+    @classmethod
+    def for_prediction(cls, config, encoder: Encoder, labels, records, truncated=None):
+        """The task of a finished run with `records` as its eval set (`tl_jax predict`): built
+        from the run's encoder and labels, reading no training data. The subclass's `_build`
+        makes the model, and its `encode` the eval arrays (appending the index of each record
+        it had to truncate to `truncated`)."""
+        task = cls.__new__(cls)
+        task.config = config
+        task._build(encoder, labels)
+        task.train_records, task.eval_records = [], records
+        task.eval_arrays = task.encode(records, truncated)
+        return task
 
     def save(self, workdir):
         self.encoder.save(workdir)

@@ -77,12 +77,8 @@ class Task(downstream.EncoderTask):
                        self.eval_records)
         texts = [r["question"] for r in self.train_records] + sorted(
             {r["context"] for r in self.train_records})
-        self.encoder = downstream.Encoder.from_config(config, texts, workdir)
-        self.model_config = self.encoder.model_config
-        self.model = heads.BertForQuestionAnswering(self.model_config)
-        encode = lambda records: features.encode_squad(  # noqa: E731
-            self.encoder.tokenizer, records, d.max_seq_length, d.doc_stride, d.max_query_length)
-        self.train_arrays = encode(self.train_records)
+        self._build(downstream.Encoder.from_config(config, texts, workdir), None)
+        self.train_arrays = self._encode(self.train_records)
         if d.version == "1.1":
             # SQuAD v1.1 training skips windows that miss the answer (as BERT's run_squad.py);
             # v2.0 keeps them, pointing at [CLS], which is how "no answer" is learned.
@@ -90,11 +86,28 @@ class Task(downstream.EncoderTask):
             self.train_arrays = {k: v[has] for k, v in self.train_arrays.items()}
         for key in _HOST_ONLY:
             self.train_arrays.pop(key)
-        self.eval_arrays = encode(self.eval_records)
-        self.eval_host = {k: self.eval_arrays.pop(k) for k in _HOST_ONLY}
+        self.eval_arrays = self.encode(self.eval_records)
         downstream.fit_schedule(config, len(self.train_arrays["input_ids"]))
-        self.flops_per_example = downstream.encoder_flops(self.model_config, d.max_seq_length)
-        self.tokens_per_example = d.max_seq_length
+
+    def _build(self, encoder, labels):
+        """The span model over `encoder` (training and `for_prediction`; QA has no labels)."""
+        del labels
+        self.encoder, self.model_config = encoder, encoder.model_config
+        self.model = heads.BertForQuestionAnswering(self.model_config)
+        seq = self.config.data.max_seq_length
+        self.flops_per_example = downstream.encoder_flops(self.model_config, seq)
+        self.tokens_per_example = seq
+
+    def _encode(self, records, truncated=None):
+        d = self.config.data
+        return features.encode_squad(self.encoder.tokenizer, records, d.max_seq_length,
+                                     d.doc_stride, d.max_query_length, truncated)
+
+    def encode(self, records, truncated=None):
+        """The eval windows of `records`; what only decoding needs is kept in `eval_host`."""
+        arrays = self._encode(records, truncated)
+        self.eval_host = {k: arrays.pop(k) for k in _HOST_ONLY}
+        return arrays
 
     # -- data -------------------------------------------------------------------------------
 
@@ -128,6 +141,19 @@ class Task(downstream.EncoderTask):
         return dict(start_logits=start_logits, end_logits=end_logits, row=batch["row"])
 
     def evaluate(self, batches_and_outputs, workdir, step):
+        predictions = self.decode(batches_and_outputs)
+        report = self.score(predictions)
+        if jax.process_index() == 0:
+            directory = os.path.join(workdir, "predictions")
+            self.write_predictions(os.path.join(directory, f"eval_step_{step}.json"), predictions,
+                                   os.path.join(directory, f"nbest_step_{step}.json"))
+        return report
+
+    # -- decoding, scoring and writing the eval set's predictions (eval and `tl_jax predict`) --
+
+    def decode(self, batches_and_outputs) -> dict:
+        """`{"records", "answers", "nbest"}`: the eval questions decoded (those whose windows
+        were all evaluated), id -> answer text, id -> n-best list."""
         d = self.config.data
         windows, example_of = [], self.eval_host["example_index"]
         seen = np.zeros(len(self.eval_records), np.int64)
@@ -146,18 +172,25 @@ class Task(downstream.EncoderTask):
             [r for r, n in zip(self.eval_records, seen) if n]
         ids = {r["id"] for r in records}
         contexts = {r["id"]: r["context"] for r in records}
-        predictions, nbest = squad_eval.decode_predictions(
+        answers, nbest = squad_eval.decode_predictions(
             [w for w in windows if w["id"] in ids], contexts, n_best=d.n_best,
             max_answer_length=d.max_answer_length, version_2=d.version == "2.0",
             null_threshold=d.null_threshold)
-        gold = {r["id"]: [a["text"] for a in r["answers"]] for r in records}
-        report = squad_eval.evaluate(gold, predictions)
-        if jax.process_index() == 0:
-            directory = os.path.join(workdir, "predictions")
-            os.makedirs(directory, exist_ok=True)
-            # UTF-8 whatever the locale: answers hold any character of the contexts.
-            for name, value in (("eval", predictions), ("nbest", {q: v[:5] for q, v in nbest.items()})):
-                with open(os.path.join(directory, f"{name}_step_{step}.json"), "w",
-                          encoding="utf-8") as f:
-                    json.dump(value, f, ensure_ascii=False, indent=1)
+        return dict(records=records, answers=answers, nbest=nbest)
+
+    def score(self, predictions) -> dict[str, float]:
+        gold = {r["id"]: [a["text"] for a in r["answers"]] for r in predictions["records"]}
+        report = squad_eval.evaluate(gold, predictions["answers"])
         return {k: v for k, v in report.items() if not k.endswith("total")}
+
+    def write_predictions(self, path, predictions, nbest_path=None) -> None:
+        """SQuAD's predictions JSON (id -> answer text), and the 5 best spans per question to
+        `nbest_path` when given."""
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        outputs = [(path, predictions["answers"])]
+        if nbest_path:
+            outputs.append((nbest_path, {q: v[:5] for q, v in predictions["nbest"].items()}))
+        for target, value in outputs:
+            # UTF-8 whatever the locale: answers hold any character of the contexts.
+            with open(target, "w", encoding="utf-8") as f:
+                json.dump(value, f, ensure_ascii=False, indent=1)

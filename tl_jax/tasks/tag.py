@@ -45,24 +45,32 @@ class Task(downstream.EncoderTask):
 
         self.train_records = read(d.train_file, d.max_train_examples)
         self.eval_records = read(d.eval_file, d.max_eval_examples)
-        self.labels = list(d.labels) or label_set(self.train_records)
-        self.label_map = {t: i for i, t in enumerate(self.labels)}
-        downstream.check_labels(self.labels, bool(d.labels), [
+        labels = list(d.labels) or label_set(self.train_records)
+        downstream.check_labels(labels, bool(d.labels), [
             (d.train_file, {t for s in self.train_records for t in s["tags"]}),
             (d.eval_file, {t for s in self.eval_records for t in s["tags"]})], kind="tags")
         texts = [" ".join(s["tokens"]) for s in self.train_records]
-        self.encoder = downstream.Encoder.from_config(config, texts, workdir)
-        self.model_config = self.encoder.model_config
-        self.model = heads.BertForTokenClassification(
-            self.model_config, len(self.labels), classifier_dropout=config.model.classifier_dropout)
-        encode = lambda records: features.encode_tagging(  # noqa: E731
-            self.encoder.tokenizer, records, self.label_map, d.max_seq_length)
-        self.train_arrays = encode(self.train_records)
+        self._build(downstream.Encoder.from_config(config, texts, workdir), labels)
+        self.train_arrays = self.encode(self.train_records)
         self.train_arrays.pop("word_index")  # only decoding needs it
-        self.eval_arrays = encode(self.eval_records)
+        self.eval_arrays = self.encode(self.eval_records)
         downstream.fit_schedule(config, len(self.train_records))
-        self.flops_per_example = downstream.encoder_flops(self.model_config, d.max_seq_length)
-        self.tokens_per_example = d.max_seq_length
+
+    def _build(self, encoder, labels):
+        """The model over `encoder` with one output per tag (training and `for_prediction`)."""
+        self.labels, self.encoder = list(labels), encoder
+        self.label_map = {t: i for i, t in enumerate(self.labels)}
+        self.model_config = encoder.model_config
+        self.model = heads.BertForTokenClassification(
+            self.model_config, len(self.labels),
+            classifier_dropout=self.config.model.classifier_dropout)
+        seq = self.config.data.max_seq_length
+        self.flops_per_example = downstream.encoder_flops(self.model_config, seq)
+        self.tokens_per_example = seq
+
+    def encode(self, records, truncated=None):
+        return features.encode_tagging(self.encoder.tokenizer, records, self.label_map,
+                                       self.config.data.max_seq_length, truncated)
 
     # -- data -------------------------------------------------------------------------------
 
@@ -94,24 +102,41 @@ class Task(downstream.EncoderTask):
                     word_index=batch["word_index"])
 
     def evaluate(self, batches_and_outputs, workdir, step):
-        gold, predicted, rows = [], [], []
+        predictions = self.decode(batches_and_outputs)
+        report = self.score(predictions)
+        if jax.process_index() == 0:
+            self.write_predictions(
+                os.path.join(workdir, "predictions", f"eval_step_{step}.conll"), predictions)
+        return report
+
+    # -- decoding, scoring and writing the eval set's predictions (eval and `tl_jax predict`) --
+
+    def decode(self, batches_and_outputs) -> dict:
+        """`{"rows", "predicted"}`: word-level tags of the eval sentences the outputs cover."""
+        rows, predicted = [], []
         for _, out in batches_and_outputs:
             for row, pred, word_index in zip(out["row"], out["predicted"], out["word_index"]):
                 if row < 0:
                     continue
-                sentence = self.eval_records[row]
                 rows.append(row)
-                gold.append(sentence["tags"])
                 predicted.append(features.tags_from_predictions(
-                    pred, word_index, len(sentence["tokens"]), self.labels))
-        report = spans.span_f1(gold, predicted)
-        if jax.process_index() == 0:
-            path = os.path.join(workdir, "predictions", f"eval_step_{step}.conll")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w", encoding="utf-8") as f:
-                for row, g, p in zip(rows, gold, predicted):
-                    for word, gt, pt in zip(self.eval_records[row]["tokens"], g, p):
-                        f.write(f"{word} {gt} {pt}\n")
-                    f.write("\n")
+                    pred, word_index, len(self.eval_records[row]["tokens"]), self.labels))
+        return dict(rows=rows, predicted=predicted)
+
+    def score(self, predictions) -> dict[str, float]:
+        gold = [self.eval_records[row]["tags"] for row in predictions["rows"]]
+        report = spans.span_f1(gold, predictions["predicted"])
         return {"span_f1": report["f1"], "span_precision": report["precision"],
                 "span_recall": report["recall"]}
+
+    def write_predictions(self, path, predictions) -> None:
+        """CoNLL `word gold predicted` (`word predicted` for unlabelled sentences), a blank line
+        between sentences: readable by conlleval when labelled."""
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            for row, tags in zip(predictions["rows"], predictions["predicted"]):
+                sentence = self.eval_records[row]
+                gold = sentence["tags"]
+                for i, (word, tag) in enumerate(zip(sentence["tokens"], tags)):
+                    f.write(f"{word} {tag}\n" if gold is None else f"{word} {gold[i]} {tag}\n")
+                f.write("\n")

@@ -1,0 +1,223 @@
+"""`tl_jax predict`: a fine-tuned workdir applied to a new file.
+
+Tiny runs from scratch on real polarity sentences (classify) and a tagging task made from them;
+predictions must be exactly the run's own eval predictions on the same file, from the best
+checkpoint the run kept.
+"""
+import json
+import shutil
+
+import pytest
+
+from tl_jax import main, predict, train
+
+EVAL_ROWS = 21  # not a multiple of the batch size (16): the last batch is partial
+
+
+def _train(config, workdir):
+    return train.train_and_evaluate(config, str(workdir)).summary
+
+
+def _eval_rows(workdir, step, suffix):
+    return (workdir / "predictions" / f"eval_step_{step}{suffix}").read_text()
+
+
+def _metrics_at(workdir, step):
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    return next(r for r in rows if r["step"] == step and any(k.startswith("eval/") for k in r))
+
+
+@pytest.fixture(scope="module")
+def polarity_files(data_dir, tmp_path_factory):
+    """Train and eval jsonl files alternating neg/pos sentences (the real file is sorted)."""
+    rows = [json.loads(line) for line in open(data_dir / "polarity_sentences.jsonl")]
+    mixed = [r for pair in zip(rows[:100], rows[100:]) for r in pair]
+    folder = tmp_path_factory.mktemp("polarity")
+    write = lambda name, part: (folder / name).write_text(  # noqa: E731
+        "".join(json.dumps(r) + "\n" for r in part))
+    write("train.jsonl", mixed[:64])
+    write("eval.jsonl", mixed[100:100 + EVAL_ROWS])
+    write("unlabelled.jsonl", [{"text": r["text"]} for r in mixed[100:100 + EVAL_ROWS]])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def classify_run(polarity_files, tmp_path_factory):
+    """Three epochs, one eval each; the best kept by `eval/loss` *max* is the first epoch's
+    (the loss falls), so the newest checkpoint is not the best one."""
+    from tl_jax import config as config_lib
+    workdir = tmp_path_factory.mktemp("classify")
+    config = config_lib.load_config("configs/finetune_classify.py:tiny", [
+        "train.progress=False", "mesh.num_devices=1", "data.max_seq_length=32",
+        f"data.train_file={polarity_files / 'train.jsonl'}",
+        f"data.eval_file={polarity_files / 'eval.jsonl'}", "data.max_train_examples=0",
+        "data.max_eval_examples=0", "data.num_epochs=3.0", "train.keep_checkpoints=1",
+        "train.best_metric=eval/loss", "train.best_mode=max"])
+    _train(config, workdir)
+    return workdir
+
+
+def test_classify_predicts_with_the_best_checkpoint_as_its_own_eval(classify_run,
+                                                                    polarity_files, tmp_path):
+    from tl_jax import checkpoint
+    losses = {s: _metrics_at(classify_run, s)["eval/loss"]
+              for s in checkpoint.saved_steps(str(classify_run))}
+    best = max(losses, key=losses.get)
+    assert sorted(losses) == [best, 12] and best < 12, losses  # best kept beside the newest
+    out = tmp_path / "predictions.jsonl"
+    result = predict.run(str(classify_run), str(polarity_files / "eval.jsonl"), str(out))
+    assert result["step"] == best and "best kept checkpoint by eval/loss" in result["why"]
+    assert out.read_text() == _eval_rows(classify_run, best, ".jsonl")
+    expected = _metrics_at(classify_run, best)
+    assert set(result["metrics"]) == {k for k in expected if k.startswith("eval/")}
+    for key, value in result["metrics"].items():
+        assert value == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_unlabelled_input_gets_predictions_only(classify_run, polarity_files, tmp_path, capsys):
+    out = tmp_path / "predictions.jsonl"
+    result = predict.run(str(classify_run), str(polarity_files / "unlabelled.jsonl"), str(out),
+                         batch_size=8)  # another batch size: the same predictions
+    assert result["metrics"] == {} and result["labelled"] == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    gold = [json.loads(line) for line in _eval_rows(classify_run, result["step"],
+                                                    ".jsonl").splitlines()]
+    assert len(rows) == EVAL_ROWS and all(r["gold"] is None for r in rows)
+    assert [r["predicted"] for r in rows] == [g["predicted"] for g in gold]
+    for r, g in zip(rows, gold):
+        assert r["probs"] == pytest.approx(g["probs"], abs=2e-5)
+    printed = capsys.readouterr().out
+    assert "Metrics" not in printed
+    assert "longer than data.max_seq_length=32 sub-tokens and were truncated" in printed
+
+
+def _conll(path, sentences, with_tags=True):
+    path.write_text("".join(
+        "".join(f"{w} {t}\n" if with_tags else f"{w}\n" for w, t in zip(*s)) + "\n"
+        for s in sentences))
+
+
+@pytest.fixture(scope="module")
+def tag_run(data_dir, tmp_path_factory):
+    """Tagging from real sentences: `film`/`movie` are B-THING, the word after them I-THING."""
+    texts = [json.loads(line)["text"] for line in open(data_dir / "polarity_sentences.jsonl")]
+    sentences = []
+    for text in texts[::2]:
+        words = text.split()[:40]
+        tags = ["O"] * len(words)
+        for i, w in enumerate(words):
+            if w in ("film", "movie"):
+                tags[i] = "B-THING"
+                if i + 1 < len(words):
+                    tags[i + 1] = "I-THING"
+        sentences.append((words, tags))
+    folder = tmp_path_factory.mktemp("tag")
+    _conll(folder / "train.conll", sentences[:64])
+    _conll(folder / "eval.conll", sentences[64:64 + EVAL_ROWS])
+    _conll(folder / "unlabelled.conll", sentences[64:64 + EVAL_ROWS], with_tags=False)
+    from tl_jax import config as config_lib
+    workdir = folder / "run"
+    config = config_lib.load_config("configs/finetune_tag.py:tiny", [
+        "train.progress=False", "mesh.num_devices=1", "data.max_seq_length=32",
+        f"data.train_file={folder / 'train.conll'}", f"data.eval_file={folder / 'eval.conll'}",
+        "data.max_train_examples=0", "data.max_eval_examples=0", "data.num_epochs=2.0"])
+    _train(config, workdir)
+    return folder, workdir
+
+
+def test_tag_predictions_are_the_runs_own_eval(tag_run, tmp_path, capsys):
+    folder, workdir = tag_run
+    out = tmp_path / "predictions.conll"
+    result = predict.run(str(workdir), str(folder / "eval.conll"), str(out))
+    assert out.read_text() == _eval_rows(workdir, result["step"], ".conll")
+    expected = _metrics_at(workdir, result["step"])
+    for key, value in result["metrics"].items():
+        assert value == pytest.approx(expected[key], abs=1e-6), key
+    assert "eval/span_f1" in result["metrics"]
+    assert "their words past the limit are tagged O" in capsys.readouterr().out
+    # Tokens only: `word predicted`, the same predictions.
+    out2 = tmp_path / "unlabelled.conll"
+    result = predict.run(str(workdir), str(folder / "unlabelled.conll"), str(out2))
+    assert result["metrics"] == {}
+    first_last = lambda text: [line.split()[::len(line.split()) - 1] if line else []  # noqa: E731
+                               for line in text.splitlines()]
+    assert first_last(out2.read_text()) == first_last(out.read_text())
+
+
+def _error(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        main.main(["predict", *argv])
+    return str(e.value)
+
+
+def test_errors_are_one_line(classify_run, polarity_files, tmp_path, capsys):
+    good = ["--workdir", str(classify_run), "--output", str(tmp_path / "out.jsonl")]
+    inputs = ["--input", str(polarity_files / "eval.jsonl")]
+    assert "does not exist" in _error(capsys, "--workdir", str(tmp_path / "none"), *inputs,
+                                      "--output", str(tmp_path / "o.jsonl"))
+    assert "no config.json: not a workdir" in _error(
+        capsys, "--workdir", str(tmp_path), *inputs, "--output", str(tmp_path / "o.jsonl"))
+    pretrain = tmp_path / "pretrain"
+    pretrain.mkdir()
+    (pretrain / "config.json").write_text(json.dumps({"task": "bert_pretrain"}))
+    message = _error(capsys, "--workdir", str(pretrain), *inputs, "--output",
+                     str(tmp_path / "o.jsonl"))
+    assert "task='bert_pretrain', not a fine-tuned classify, tag or squad run" in message
+    assert "fill_mask" in message
+    empty = tmp_path / "no_checkpoint"
+    shutil.copytree(classify_run, empty, ignore=shutil.ignore_patterns("[0-9]*"))
+    assert "has no checkpoint" in _error(capsys, "--workdir", str(empty), *inputs, "--output",
+                                         str(tmp_path / "o.jsonl"))
+    assert "does not exist" in _error(capsys, *good, "--input", str(tmp_path / "missing.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": \n')
+    assert f"{bad}:2: invalid JSON" in _error(capsys, *good, "--input", str(bad))
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text('{"text": "fine", "label": "pos"}\n{"text": "so so", "label": "meh"}\n')
+    message = _error(capsys, *good, "--input", str(unknown))
+    assert "labels ['meh'] are not among the 2 the model" in message
+    assert "is the input file" in _error(capsys, "--workdir", str(classify_run), *inputs,
+                                         "--output", str(polarity_files / "eval.jsonl"))
+    assert "checkpoint manager owns" in _error(
+        capsys, "--workdir", str(classify_run), *inputs, "--output",
+        str(classify_run / "checkpoints" / "p.jsonl"))
+    for message in capsys.readouterr().err.splitlines():
+        assert "Traceback" not in message
+
+
+def test_help_lists_predict():
+    assert "predict" in main.build_parser().format_help()
+    assert "tl_jax predict --workdir" in main.__doc__
+
+
+def test_squad_predictions_are_the_runs_own_eval(tmp_path):
+    from tl_jax import config as config_lib
+    from tl_jax.data import readers
+    contexts = ["Emma lived at Hartfield with her father near the village of Highbury in Surrey.",
+                "Elinor and Marianne moved to Barton Cottage in Devonshire after their father "
+                "died."]
+    records = [dict(id=f"q{i}", title="t", question=f"who lived there {i}?",
+                    context=contexts[i % 2], is_impossible=False,
+                    answers=[dict(text=contexts[i % 2].split()[0], answer_start=0)])
+               for i in range(40)]
+    readers.write_squad(tmp_path / "train.json", records[:32])
+    readers.write_squad(tmp_path / "eval.json", records[32:])
+    readers.write_squad(tmp_path / "unlabelled.json", [dict(r, answers=[]) for r in records[32:]])
+    workdir = tmp_path / "run"
+    config = config_lib.load_config("configs/finetune_squad.py:tiny", [
+        "train.progress=False", "mesh.num_devices=1", "data.max_seq_length=32",
+        "data.doc_stride=8", "data.max_query_length=8", "data.batch_size=8",
+        f"data.train_file={tmp_path / 'train.json'}", f"data.eval_file={tmp_path / 'eval.json'}",
+        "data.max_train_examples=0", "data.max_eval_examples=0", "data.num_epochs=2.0"])
+    _train(config, workdir)  # contexts longer than a window: several windows per question
+    result = predict.run(str(workdir), str(tmp_path / "eval.json"), str(tmp_path / "out.json"))
+    step = result["step"]
+    assert (tmp_path / "out.json").read_text() == _eval_rows(workdir, step, ".json")
+    assert (tmp_path / "out.nbest.json").read_text() == \
+        (workdir / "predictions" / f"nbest_step_{step}.json").read_text()
+    expected = _metrics_at(workdir, step)
+    assert result["metrics"] == pytest.approx({k: v for k, v in expected.items() if k != "step"})
+    result = predict.run(str(workdir), str(tmp_path / "unlabelled.json"),
+                         str(tmp_path / "out2.json"))
+    assert result["metrics"] == {}
+    assert (tmp_path / "out2.json").read_text() == (tmp_path / "out.json").read_text()

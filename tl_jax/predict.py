@@ -1,0 +1,192 @@
+"""`tl_jax predict`: a fine-tuned workdir applied to a new file.
+
+    tl_jax predict --workdir=WORKDIR --input=FILE --output=FILE [--batch_size=N]
+
+For a `classify`, `tag` or `squad` run it loads the run's config (`config.json`), tokenizer
+(`tokenizer/`), labels (`labels.jsonl`) and the best checkpoint the run kept by its
+`train.best_metric` (else the newest), reads FILE in the formats the task's training files take,
+and writes the predictions in the format of the run's own eval predictions: jsonl (classify),
+CoNLL `word gold predicted` or `word predicted` (tag), SQuAD predictions JSON plus
+`OUTPUT.nbest.json` (squad). Labels, tags and answers are optional; when every record has them,
+the task's eval metrics are printed too, computed by the same code as during training, so on
+the run's eval file they are the run's own figures.
+
+The model runs through the trainer's own eval pass (`train.build_trainer` with this task,
+`train.eval_pass`) and the task's own decoding (`decode`, `score`, `write_predictions`), so
+batching, padding of the last batch, truncation and SQuAD's windows are those of the eval.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import jax
+import ml_collections
+
+from tl_jax import checkpoint, train
+from tl_jax.data import readers
+from tl_jax.optim.optimizers import path_str
+from tl_jax.tasks import downstream
+
+# config.task -> (module, reader kind, the record field holding the label, what the labels are)
+TASKS = {
+    "classify": ("tl_jax.tasks.classify", "classification", "label", "labels"),
+    "tag": ("tl_jax.tasks.tag", "tagging", "tags", "tags"),
+    "squad": ("tl_jax.tasks.squad", "squad", "answers", "answers"),
+}
+
+# Where to go instead, for workdirs of other tasks.
+OTHER_COMMANDS = {
+    "bert_pretrain": "`tl_jax fill_mask` or `tl_jax extract`",
+    "electra": "`tl_jax fill_mask` (its generator) or `tl_jax extract`",
+    "distill": "`tl_jax fill_mask` or `tl_jax extract`",
+    "clm": "`tl_jax generate`",
+    "lm_classify": "`tl_jax generate --mode=score` (predict does not cover the GPT classifier yet)",
+}
+
+
+def check_workdir(workdir: str) -> dict:
+    """The run config of a fine-tuned `classify`/`tag`/`squad` workdir, or a one-line error."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"--workdir={workdir} does not exist")
+    if not os.path.isfile(os.path.join(workdir, "config.json")):
+        raise ValueError(f"{workdir} has no config.json: not a workdir of `tl_jax train`")
+    config = checkpoint.load_run_config(workdir)
+    task = config.get("task")
+    if task not in TASKS:
+        elsewhere = OTHER_COMMANDS.get(task)
+        raise ValueError(
+            f"{workdir} was trained with task={task!r}, not a fine-tuned classify, tag or squad "
+            "run; `tl_jax predict` applies those" + (f" (for this one see {elsewhere})"
+                                                     if elsewhere else ""))
+    return config
+
+
+def check_output(output: str, input_spec: str, workdir: str) -> None:
+    """The output must not overwrite the input, nor land among the run's checkpoints."""
+    out = os.path.realpath(output)
+    if os.path.exists(input_spec) and out == os.path.realpath(input_spec):
+        raise ValueError(f"--output={output} is the input file; choose another path")
+    checkpoints = os.path.realpath(os.path.join(workdir, "checkpoints"))
+    if out == checkpoints or out.startswith(checkpoints + os.sep):
+        raise ValueError(f"--output={output} is inside {checkpoints}, which the run's "
+                         "checkpoint manager owns; write it elsewhere (e.g. WORKDIR/predictions/)")
+    if os.path.isdir(output):
+        raise ValueError(f"--output={output} is a directory; name a file")
+
+
+def read_input(config, input_spec: str) -> list[dict]:
+    """The records of `input_spec`, read as the run read its eval file, labels optional."""
+    kind = TASKS[config.task][1]
+    fields = {}
+    if kind == "classification":
+        d = config.data
+        fields = dict(text_field=d.text_field, text_b_field=d.text_b_field or None,
+                      label_field=d.label_field)
+    return readers.read_records(input_spec, kind, require_labels=False, **fields)
+
+
+def check_known_labels(config, records, labels, input_spec: str, workdir: str) -> None:
+    """Labels in the file that the model has no output for cannot be scored: a clear error."""
+    field = TASKS[config.task][2]
+    if config.task == "classify":
+        seen = {r[field] for r in records if r[field] is not None}
+    else:
+        seen = {t for r in records for t in r[field] or ()}
+    unknown = sorted(seen - set(labels))
+    if unknown:
+        what = TASKS[config.task][3]
+        raise ValueError(f"{input_spec}: {what} {unknown} are not among the {len(labels)} the "
+                         f"model in {workdir} was trained with ({list(labels)}, labels.jsonl); "
+                         f"remove the {what} column/field to get predictions only")
+
+
+def load_params(trainer, workdir: str, step: int):
+    """The params of checkpoint `step`, in the trainer's shardings."""
+    flat, _ = checkpoint.load_params_from_workdir(workdir, step=step)
+    missing = []
+
+    def pick(path, leaf):
+        name = path_str(path)
+        if name not in flat or tuple(flat[name].shape) != tuple(leaf.shape):
+            missing.append(name)
+            return None
+        return flat[name].astype(leaf.dtype)
+
+    params = jax.tree_util.tree_map_with_path(pick, trainer.abstract_state["params"])
+    if missing:
+        raise checkpoint.CheckpointError(
+            f"checkpoint {step} of {workdir} does not hold the model its config builds "
+            f"(missing or of another shape: {', '.join(missing[:3])})")
+    return jax.device_put(params, trainer.state_shardings["params"])
+
+
+def _note_truncated(config, truncated: list, n: int) -> None:
+    if not truncated:
+        return
+    d = config.data
+    if config.task == "squad":
+        print(f"[predict] Note: {len(truncated)} of {n} questions are longer than "
+              f"data.max_query_length={d.max_query_length} sub-tokens and were cut, as in "
+              "training (contexts are split into windows, never cut).", flush=True)
+        return
+    what = "sentences" if config.task == "tag" else "inputs"
+    tail = "; their words past the limit are tagged O" if config.task == "tag" else ""
+    print(f"[predict] Note: {len(truncated)} of {n} {what} are longer than "
+          f"data.max_seq_length={d.max_seq_length} sub-tokens and were truncated, as in "
+          f"training{tail}.", flush=True)
+
+
+def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict:
+    """Predicts `input_spec` with the fine-tuned run in `workdir` and writes `output`.
+
+    Returns `{"step", "why", "examples", "labelled", "metrics", "output"}`; `metrics` is empty
+    unless every record of the input has its label (tags, answers).
+    """
+    saved = check_workdir(workdir)
+    check_output(output, input_spec, workdir)
+    config = ml_collections.ConfigDict(saved)
+    if batch_size:
+        config.data.batch_size = int(batch_size)
+    step, why = checkpoint.best_step(workdir, config.train.best_metric, config.train.best_mode)
+    records = read_input(config, input_spec)
+    field = TASKS[config.task][2]
+    labelled = sum(r[field] is not None for r in records)
+    labels = downstream.read_labels(workdir) if config.task != "squad" else None
+    if labels is not None:
+        check_known_labels(config, records, labels, input_spec, workdir)
+    print(f"[predict] {workdir}: step {step}, {why}.", flush=True)
+
+    resolved = checkpoint.config_from_workdir(workdir, step).get("resolved_model")
+    encoder = downstream.Encoder.of_run(config, workdir, resolved)
+    truncated = []
+    task_class = importlib.import_module(TASKS[config.task][0]).Task
+    task = task_class.for_prediction(config, encoder, labels, records, truncated)
+    _note_truncated(config, truncated, len(records))
+    trainer = train.build_trainer(config, workdir, task=task)
+    params = load_params(trainer, workdir, step)
+
+    scored = labelled == len(records)
+    results, outputs = train.eval_pass(trainer, params, with_loss=scored,
+                                       progress=bool(config.train.progress))
+    predictions = task.decode(outputs)
+    if jax.process_index() != 0:  # every process decoded the whole set; one writes it
+        pass
+    elif config.task == "squad":
+        stem = output[:-len(".json")] if output.endswith(".json") else output
+        task.write_predictions(output, predictions, stem + ".nbest.json")
+    else:
+        task.write_predictions(output, predictions)
+    print(f"[predict] Wrote {len(records)} predictions to {output}.", flush=True)
+
+    metrics = {}
+    if scored:
+        metrics = {f"eval/{k}": float(v) for k, v in train.average(results).items()}
+        metrics.update({f"eval/{k}": float(v) for k, v in task.score(predictions).items()})
+        print(f"[predict] Metrics on {input_spec}: " + " | ".join(
+            f"{k.removeprefix('eval/')} {v:.4f}" for k, v in sorted(metrics.items())), flush=True)
+    elif labelled:
+        print(f"[predict] Note: only {labelled} of {len(records)} records have "
+              f"{TASKS[config.task][3]}; no metrics.", flush=True)
+    return dict(step=step, why=why, examples=len(records), labelled=labelled, metrics=metrics,
+                output=output)
