@@ -53,7 +53,8 @@ def get_config(arg=None):
         corpus="gensim:enwiki,gensim:lee",  # files, globs, jsonl, tfds:NAME, gensim:enwiki|lee
         text_field="text",
         group_field="",
-        tokenizer="",                       # "" = train WordPiece; or vocab.txt / tokenizer.json
+        tokenizer="",                       # "" = init_from's, else train WordPiece; or
+                                            # vocab.txt / tokenizer.json
         tokenizer_vocab_size=8192,
         lowercase=True,
         max_seq_length=run["seq"],

@@ -63,6 +63,15 @@ def test_none_is_refused_for_a_typed_field():
     assert config_lib.load_config(BERT + ":tiny", ["init_from=None"]).init_from == "None"
 
 
+def test_a_boolean_is_refused_for_a_number_field():
+    # bool is an int subclass: steps=True used to run a one-step training.
+    with pytest.raises(config_lib.ConfigError, match="Cannot set train.steps to True: the field is a number"):
+        config_lib.load_config(BERT + ":tiny", ["train.steps=True"])
+    with pytest.raises(config_lib.ConfigError, match="optimizer.learning_rate to False"):
+        config_lib.load_config(BERT + ":tiny", ["optimizer.learning_rate=False"])
+    assert config_lib.load_config(BERT + ":tiny", ["train.steps=7"]).train.steps == 7
+
+
 def test_a_section_given_a_value_is_one_line_naming_its_fields():
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.load_config(BERT + ":tiny", ["train=5"])

@@ -184,11 +184,12 @@ def test_bad_sizes_are_clear_errors(tiny_bert_overrides):
             train.build_trainer(config, workdir=None)
 
 
-def test_a_run_from_init_from_takes_its_tokenizer_not_a_new_vocabulary(tiny_bert_overrides,
+@pytest.mark.parametrize("spec", [ELECTRA, ELECTRA.replace("electra_pretrain", "bert_pretrain")])
+def test_a_run_from_init_from_takes_its_tokenizer_not_a_new_vocabulary(spec, tiny_bert_overrides,
                                                                        data_dir, tmp_path):
-    # Continuing an ELECTRA (or BERT) workdir on another corpus with data.tokenizer unset used to
-    # train a new vocabulary of the same size, and the source's embedding rows were then taken
-    # by shape for tokens they never stood for.
+    # Continuing an ELECTRA or BERT workdir on another corpus with data.tokenizer unset used to
+    # train a new vocabulary of the same size (in either pretraining task), and the source's
+    # embedding rows were then taken by shape for tokens they never stood for.
     from tl_jax import tasks
     from tl_jax.data import sources
     from tl_jax.data.tokenizer import Tokenizer
@@ -200,7 +201,7 @@ def test_a_run_from_init_from_takes_its_tokenizer_not_a_new_vocabulary(tiny_bert
     Tokenizer.train_wordpiece([doc[:300] for doc in austen], vocab_size=500).save(
         str(source / "tokenizer"))
     overrides = [o for o in tiny_bert_overrides if not o.startswith("data.tokenizer=")]
-    config = config_lib.load_config(ELECTRA + ":tiny", overrides + [f"init_from={source}"])
+    config = config_lib.load_config(spec + ":tiny", overrides + [f"init_from={source}"])
     task = tasks.build_task(config, None)
     assert (task.tokenizer.hf_tokenizer.get_vocab()
             == Tokenizer.load(str(source / "tokenizer")).hf_tokenizer.get_vocab())

@@ -197,7 +197,7 @@ def test_convert_both_directions_on_minilm(data_dir, tmp_path, capsys):
         convert.convert(tmp_path / "tl", tmp_path / "x", "hf_to_tl")
 
 
-def test_convert_names_a_missing_input_and_a_workdir_given_the_wrong_direction(tmp_path):
+def test_convert_refuses_a_missing_input_a_wrong_direction_and_an_output_inside_the_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="input .*nowhere does not exist"):
         convert.convert(tmp_path / "nowhere", tmp_path / "out", "tl_to_hf")
     workdir = tmp_path / "run"
@@ -206,6 +206,12 @@ def test_convert_names_a_missing_input_and_a_workdir_given_the_wrong_direction(t
     with pytest.raises(ValueError, match="is a `tl_jax train` workdir.*--direction=tl_to_hf"):
         convert.convert(workdir, tmp_path / "out", "hf_to_tl")
     assert not (tmp_path / "out").exists()
+    (workdir / "tokenizer").mkdir()
+    (workdir / "tokenizer" / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    for inside in ("tokenizer", "checkpoints/hf"):
+        with pytest.raises(ValueError, match=f"inside the run's {inside.split('/')[0]}/ folder"):
+            convert.convert(workdir, workdir / inside, "tl_to_hf")
+    assert (workdir / "tokenizer" / "vocab.txt").read_text() == "[PAD]\n[UNK]\n"
 
 
 def test_missing_heads_are_initialised_with_a_warning(data_dir):

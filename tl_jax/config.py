@@ -114,6 +114,10 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
         # would then fail far away with a TypeError.
         raise ConfigError(f"Cannot set {key} to None: the field is of type {type(old).__name__} "
                           f"(current value {old!r}).")
+    if isinstance(value, bool) and isinstance(old, (int, float)) and not isinstance(old, bool):
+        # bool is an int to Python and to ml_collections: steps=True would run one step.
+        raise ConfigError(f"Cannot set {key} to {value!r}: the field is a number "
+                          f"(current value {old!r}).")
     if isinstance(old, str) and not isinstance(value, str):
         value = raw  # "1e-3" for a str field stays a string
     if isinstance(old, bool) and isinstance(value, str) and value.lower() in ("true", "false"):

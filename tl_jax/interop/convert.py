@@ -123,6 +123,14 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
         raise FileNotFoundError(f"convert: input {src} does not exist")
     if src.resolve() == dst.resolve():
         raise ValueError(f"convert: source and destination are the same directory {src}")
+    if is_trainer_workdir(src):
+        # Exporting into the run's own tokenizer or checkpoint folders would overwrite files
+        # the run still reads (the tokenizer would be copied onto itself).
+        for inner in ("tokenizer", "checkpoints"):
+            folder = (src / inner).resolve()
+            if dst.resolve() == folder or folder in dst.resolve().parents:
+                raise ValueError(f"convert: destination {dst} is inside the run's {inner}/ "
+                                 f"folder; choose a directory outside {src / inner}")
     if direction == "hf_to_tl" and (is_trainer_workdir(src) or is_tl_dir(src)):
         # hf_to_tl is the default: a tl_jax directory given without --direction.
         kind = "a `tl_jax train` workdir" if is_trainer_workdir(src) else "a tl_jax weights directory"

@@ -1,8 +1,11 @@
 """BERT pretraining: masked LM (at the masked positions only) + next-sentence prediction."""
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -78,6 +81,25 @@ class ValidatedBatches:
         self.iterator.set_state(state)
 
 
+def with_init_from_tokenizer(data_cfg, init_from: str, task: str):
+    """`data_cfg`, with `data.tokenizer` set to `init_from`'s own when it is empty: a vocabulary
+    trained afresh (on another corpus, say) would give the embedding rows taken over from
+    `init_from` other tokens to stand for, without any shape to tell. An explicit
+    `data.tokenizer` wins."""
+    from tl_jax.tasks import downstream
+
+    if data_cfg.tokenizer:
+        return data_cfg
+    path = downstream.tokenizer_path(init_from)
+    if not any(os.path.isfile(os.path.join(path, name))
+               for name in ("tokenizer.json", "vocab.txt")):
+        return data_cfg
+    print(f"[{task}] tokenizer of init_from: {path}", flush=True)
+    data_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
+    data_cfg.tokenizer = path
+    return data_cfg
+
+
 class Task:
     """The `bert_pretrain` task (see `tl_jax/tasks/__init__.py` for the contract)."""
 
@@ -91,6 +113,9 @@ class Task:
             raise ValueError(
                 f"data.max_seq_length={data_cfg.max_seq_length} is longer than the position "
                 f"table (model.max_position_embeddings={config.model.max_position_embeddings}).")
+        if config.init_from:
+            warm_start.require_source(config.init_from)
+            data_cfg = with_init_from_tokenizer(data_cfg, config.init_from, "bert_pretrain")
         self.data = pretraining.build_pretraining_data(
             data_cfg, config.model.max_position_embeddings, workdir, config.seed,
             process_index=jax.process_index(), process_count=jax.process_count(),

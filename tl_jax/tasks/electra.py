@@ -24,13 +24,12 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from tl_jax import warm_start
 from tl_jax.data import pretraining
 from tl_jax.models import electra
-from tl_jax.tasks import bert_pretrain, downstream
+from tl_jax.tasks import bert_pretrain
 
 
 def electra_config_from(model_cfg, vocab_size: int) -> electra.ElectraConfig:
@@ -55,22 +54,6 @@ def electra_config_from(model_cfg, vocab_size: int) -> electra.ElectraConfig:
     )
 
 
-def _with_init_from_tokenizer(data_cfg, init_from: str):
-    """`data_cfg`, with `data.tokenizer` set to `init_from`'s own when it is empty: a vocabulary
-    trained afresh (on another corpus, say) would give the embedding rows taken over from
-    `init_from` other tokens to stand for, without any shape to tell."""
-    if data_cfg.tokenizer:
-        return data_cfg
-    path = downstream.tokenizer_path(init_from)
-    if not any(os.path.isfile(os.path.join(path, name))
-               for name in ("tokenizer.json", "vocab.txt")):
-        return data_cfg
-    print(f"[electra] tokenizer of init_from: {path}", flush=True)
-    data_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
-    data_cfg.tokenizer = path
-    return data_cfg
-
-
 class Task:
     """The `electra` task (see `tl_jax/tasks/__init__.py` for the contract)."""
 
@@ -92,7 +75,7 @@ class Task:
             raise ValueError(f"electra.temperature={config.electra.temperature} must be > 0.")
         if config.init_from:
             warm_start.require_source(config.init_from)
-            data_cfg = _with_init_from_tokenizer(data_cfg, config.init_from)
+            data_cfg = bert_pretrain.with_init_from_tokenizer(data_cfg, config.init_from, "electra")
         self.data = pretraining.build_pretraining_data(
             data_cfg, model_cfg.max_position_embeddings, workdir, config.seed,
             process_index=jax.process_index(), process_count=jax.process_count(),
