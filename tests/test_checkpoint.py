@@ -153,6 +153,20 @@ def test_the_best_checkpoint_is_one_that_was_evaluated(tiny_bert_overrides, tmp_
     assert kept == [4, 8]
 
 
+def test_a_resumed_run_keeps_the_best_checkpoint_of_before_the_restart(tiny_bert_overrides,
+                                                                       tmp_path):
+    # The scores lived only in the checkpoint manager's memory: after a restart the best
+    # checkpoint had none, and the first save deleted it.
+    keep_best = ["train.checkpoint_every=1", "train.eval_every=4", "train.keep_checkpoints=1",
+                 "train.log_every=1", "train.best_metric=eval/mlm_loss", "train.best_mode=max"]
+    run(tiny_bert_overrides, tmp_path, "train.steps=4", *keep_best)
+    run(tiny_bert_overrides, tmp_path, "train.steps=6", *keep_best)
+    run(tiny_bert_overrides, tmp_path, "train.steps=8", *keep_best)
+    scores = evals(tmp_path, "eval/mlm_loss")  # the last step of each run is evaluated too
+    assert sorted(scores) == [4, 6, 8] and scores[4] > max(scores[6], scores[8])
+    assert saved_steps(tmp_path) == [4, 8]
+
+
 def test_a_best_metric_that_eval_never_reports_is_named_once(tiny_bert_overrides, tmp_path,
                                                              capsys):
     run(tiny_bert_overrides, tmp_path, "train.steps=4", "train.checkpoint_every=2",

@@ -65,8 +65,14 @@ class Checkpointer:
                 get_metric_fn=lambda m: m[best_metric], reverse=(best_mode == "min"), n=1,
                 keep_checkpoints_without_metrics=False,
             ))
+        # best_fn does not choose what is kept (the policies do); it makes orbax write each
+        # save's metrics next to it and read them back, so a resumed run still knows which
+        # kept checkpoint is the best. Without it the scores lived only in memory, and the
+        # first save after a restart deleted the best checkpoint as one without metrics.
+        tracking = dict(best_fn=lambda m: m[best_metric], best_mode=best_mode) if best_metric else {}
         options = ocp.CheckpointManagerOptions(
             preservation_policy=pp.AnyPreservationPolicy(policies),
+            **tracking,
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=False,  # we report them first, see `report_incomplete`
             create=True,
