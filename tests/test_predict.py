@@ -91,6 +91,21 @@ def test_unlabelled_input_gets_predictions_only(classify_run, polarity_files, tm
     assert "longer than data.max_seq_length=32 sub-tokens and were truncated" in printed
 
 
+def test_a_run_trained_on_more_devices_predicts_on_the_devices_here(classify_run,
+                                                                     polarity_files, tmp_path,
+                                                                     capsys):
+    # Fine-tuned on a 16-device slice (data=8 x tensor=2), applied on this 8-device machine.
+    workdir = tmp_path / "from_a_pod"
+    shutil.copytree(classify_run, workdir)
+    saved = json.loads((workdir / "config.json").read_text())
+    saved["mesh"].update(num_devices=0, data=8, fsdp=1, tensor=2)
+    (workdir / "config.json").write_text(json.dumps(saved))
+    out = tmp_path / "predictions.jsonl"
+    result = predict.run(str(workdir), str(polarity_files / "eval.jsonl"), str(out))
+    assert "The run's mesh does not fit the 8 devices here" in capsys.readouterr().out
+    assert out.read_text() == _eval_rows(classify_run, result["step"], ".jsonl")
+
+
 def _conll(path, sentences, with_tags=True):
     path.write_text("".join(
         "".join(f"{w} {t}\n" if with_tags else f"{w}\n" for w, t in zip(*s)) + "\n"

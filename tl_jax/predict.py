@@ -23,7 +23,7 @@ import os
 import jax
 import ml_collections
 
-from tl_jax import checkpoint, train
+from tl_jax import checkpoint, parallel, train
 from tl_jax.data import readers
 from tl_jax.optim.optimizers import path_str
 from tl_jax.tasks import downstream
@@ -121,6 +121,17 @@ def load_params(trainer, workdir: str, step: int):
     return jax.device_put(params, trainer.state_shardings["params"])
 
 
+def fit_mesh(config) -> None:
+    """The run's mesh when it fits the devices here; else data parallelism over all of them (a
+    model fine-tuned on a pod slice, applied on a laptop)."""
+    try:
+        parallel.make_mesh(config.mesh)
+    except parallel.MeshError as e:
+        print(f"[predict] The run's mesh does not fit the {jax.device_count()} devices here "
+              f"({e}); predicting with data parallelism over all of them.", flush=True)
+        config.mesh = parallel.default_config()
+
+
 def _note_truncated(config, truncated: list, n: int) -> None:
     if not truncated:
         return
@@ -163,6 +174,7 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
     task_class = importlib.import_module(TASKS[config.task][0]).Task
     task = task_class.for_prediction(config, encoder, labels, records, truncated)
     _note_truncated(config, truncated, len(records))
+    fit_mesh(config)
     trainer = train.build_trainer(config, workdir, task=task)
     params = load_params(trainer, workdir, step)
 
