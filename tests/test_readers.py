@@ -74,6 +74,14 @@ def test_csv_rows_are_placed_where_they_start(tmp_path):
         readers.read_classification(multi)
 
 
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    # The rows became dicts: text,text,label silently trained on the second text column only.
+    twice = _write(tmp_path / "t.csv", "text,text,label\nfirst,second,a\n")
+    with pytest.raises(readers.DataFormatError,
+                       match=r"t.csv:1: header names column\(s\) \['text'\] more than once"):
+        readers.read_classification(twice)
+
+
 def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path):
     # Excel's "CSV UTF-8" and Notepad write one. The CSV's first column was '\ufefftext' (so
     # "missing field 'text'"), a jsonl file was "invalid JSON", and in CoNLL it silently joined

@@ -171,6 +171,10 @@ def _delimited_rows(path: pathlib.Path, delimiter: str) -> Iterator[tuple[int, d
         header = next(reader, None)
         if not header:
             raise DataFormatError(path, 1, "missing header row")
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:  # a dict of the row would keep only the last such column
+            raise DataFormatError(path, 1, f"header names column(s) {repeated} more than once "
+                                  f"({header})")
         while True:
             line_no = reader.line_num + 1
             try:
