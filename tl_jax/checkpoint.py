@@ -60,16 +60,20 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self.best_metric = best_metric
         policies: list = [pp.LatestN(n=keep)]
+        tracking = {}
         if best_metric:
-            policies.append(pp.BestN(
-                get_metric_fn=lambda m: m[best_metric], reverse=(best_mode == "min"), n=1,
-                keep_checkpoints_without_metrics=False,
-            ))
-        # best_fn does not choose what is kept (the policies do); it makes orbax write each
-        # save's metrics next to it and read them back, so a resumed run still knows which
-        # kept checkpoint is the best. Without it the scores lived only in memory, and the
-        # first save after a restart deleted the best checkpoint as one without metrics.
-        tracking = dict(best_fn=lambda m: m[best_metric], best_mode=best_mode) if best_metric else {}
+            # A checkpoint scored on another metric (train.best_metric changed on resume)
+            # ranks last instead of failing the policy with a KeyError.
+            worst = float("inf") if best_mode == "min" else float("-inf")
+            score = lambda m: m.get(best_metric, worst)  # noqa: E731
+            policies.append(pp.BestN(get_metric_fn=score, reverse=(best_mode == "min"), n=1,
+                                     keep_checkpoints_without_metrics=False))
+            # best_fn does not choose what is kept (the policies do); it makes orbax write each
+            # save's metrics next to it and read them back, so a resumed run still knows which
+            # kept checkpoint is the best. Without it the scores lived only in memory, and the
+            # first save after a restart deleted the best checkpoint as one without metrics.
+            tracking = dict(best_fn=score, best_mode=best_mode)
+            self._score_unscored_checkpoints()
         options = ocp.CheckpointManagerOptions(
             preservation_policy=pp.AnyPreservationPolicy(policies),
             **tracking,
@@ -81,6 +85,21 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data", "config"),
         )
+
+    def _score_unscored_checkpoints(self) -> None:
+        """Gives the checkpoints of a workdir written before orbax kept their scores (tl_jax
+        before 2026-12-03) the score of their eval from the workdir's metrics.jsonl, so that a
+        resumed run does not delete its best checkpoint as one without a score. Written where
+        orbax keeps a save's metrics (`STEP/metrics/metrics`), which the manager reads back."""
+        if not os.path.isdir(self.directory):
+            return
+        unscored = [int(n) for n in os.listdir(self.directory) if n.isdigit()
+                    and not os.path.exists(os.path.join(self.directory, n, "metrics"))]
+        scores = eval_scores(os.path.dirname(self.directory), self.best_metric, unscored)
+        for step, score in scores.items():
+            folder = os.path.join(self.directory, str(step), "metrics")
+            os.makedirs(folder, exist_ok=True)
+            save_json(os.path.join(folder, "metrics"), {self.best_metric: score})
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -459,6 +478,26 @@ def saved_steps(workdir: str) -> list[int]:
     return steps
 
 
+def eval_scores(workdir: str, metric: str, steps) -> dict[int, float]:
+    """`{step: value}` of `metric` in the eval rows of the workdir's metrics.jsonl, for `steps`
+    (a resumed run drops the rows logged after its checkpoint, so they describe the weights the
+    checkpoints hold)."""
+    scores, steps = {}, set(steps)
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not steps or not os.path.isfile(path):
+        return scores
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash: that eval is lost, not the others
+            if (isinstance(row, dict) and row.get("step") in steps
+                    and isinstance(row.get(metric), (int, float))):
+                scores[row["step"]] = float(row[metric])
+    return scores
+
+
 def best_step(workdir: str, best_metric: str, best_mode: str = "max") -> tuple[int, str]:
     """The checkpoint to use a finished run with: the best one it kept, else the newest.
 
@@ -472,18 +511,7 @@ def best_step(workdir: str, best_metric: str, best_mode: str = "max") -> tuple[i
     newest = steps[-1]
     if not best_metric:
         return newest, "the newest checkpoint (the run kept no best: train.best_metric is empty)"
-    scores = {}
-    path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash: that eval is lost, not the choice
-                if isinstance(row, dict) and row.get("step") in steps and \
-                        isinstance(row.get(best_metric), (int, float)):
-                    scores[row["step"]] = float(row[best_metric])
+    scores = eval_scores(workdir, best_metric, steps)
     if not scores:
         return newest, (f"the newest checkpoint (no kept checkpoint has an eval {best_metric} "
                         "in metrics.jsonl)")
