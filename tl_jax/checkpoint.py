@@ -501,11 +501,11 @@ def eval_scores(workdir: str, metric: str, steps) -> dict[int, float]:
 def best_step(workdir: str, best_metric: str, best_mode: str = "max") -> tuple[int, str]:
     """The checkpoint to use a finished run with: the best one it kept, else the newest.
 
-    The trainer keeps the checkpoint with the best `train.best_metric` besides the newest ones,
-    but orbax does not store the score with it: the score comes from the eval rows of the
-    workdir's metrics.jsonl (a resumed run drops the rows logged after its checkpoint, so they
-    describe the kept weights). Among equal scores the newest wins. Returns the step and a
-    line saying why it was chosen.
+    The trainer keeps the checkpoint with the best `train.best_metric` besides the newest ones.
+    The scores come from the eval rows of the workdir's metrics.jsonl (`eval_scores`), which
+    workdirs of every tl_jax version have (orbax keeps them beside the checkpoints only since
+    2026-12-03). Among equal scores the newest wins. Returns the step and a line saying why it
+    was chosen.
     """
     steps = saved_steps(workdir)
     newest = steps[-1]
