@@ -1,8 +1,8 @@
 """`tl_jax predict`: a fine-tuned workdir applied to a new file.
 
-Tiny runs from scratch on real polarity sentences (classify) and a tagging task made from them;
-predictions must be exactly the run's own eval predictions on the same file, from the best
-checkpoint the run kept.
+Tiny runs on real polarity sentences (classify from scratch, the GPT classifier from a tiny GPT
+LM), a tagging task made from them and a small SQuAD set; predictions must be exactly the run's
+own eval predictions on the same file, from the best checkpoint the run kept.
 """
 import json
 import shutil
@@ -106,6 +106,67 @@ def test_a_run_trained_on_more_devices_predicts_on_the_devices_here(classify_run
     assert out.read_text() == _eval_rows(classify_run, result["step"], ".jsonl")
 
 
+@pytest.fixture(scope="module")
+def gpt_classify_run(data_dir, polarity_files, tmp_path_factory):
+    """The GPT classifier (lm_classify) fine-tuned from a tiny GPT LM, a few steps each (ULMFiT's
+    chain); the LM's workdir is then deleted: the classifier's holds all predict needs."""
+    from tl_jax import config as config_lib
+    folder = tmp_path_factory.mktemp("gpt")
+    lm = folder / "lm"
+    _train(config_lib.load_config("configs/gpt_pretrain.py:tiny", [
+        f"data.corpus={data_dir / 'polarity_sentences.jsonl'}", "train.steps=2",
+        "data.batch_size=8", "data.eval_batch_size=8", "train.eval_every=2",
+        "train.checkpoint_every=2", "train.progress=False", "data.tokenizer_vocab_size=400",
+        "data.seq_len=32", "mesh.num_devices=1"]), lm)
+    workdir = folder / "run"
+    _train(config_lib.load_config("configs/gpt_finetune_classify.py:tiny", [
+        f"init_from={lm}", "train.progress=False", "mesh.num_devices=1",
+        "data.max_seq_length=32", f"data.train_file={polarity_files / 'train.jsonl'}",
+        f"data.eval_file={polarity_files / 'eval.jsonl'}", "data.max_train_examples=0",
+        "data.max_eval_examples=0", "data.num_epochs=2.0", "train.keep_checkpoints=1",
+        "train.best_metric=eval/loss", "train.best_mode=max"]), workdir)
+    shutil.rmtree(lm)
+    return workdir
+
+
+def test_gpt_classifier_predicts_with_the_best_checkpoint_as_its_own_eval(
+        gpt_classify_run, polarity_files, tmp_path, capsys):
+    from tl_jax import checkpoint
+    losses = {s: _metrics_at(gpt_classify_run, s)["eval/loss"]
+              for s in checkpoint.saved_steps(str(gpt_classify_run))}
+    best = max(losses, key=losses.get)
+    assert sorted(losses) == [best, 8] and best < 8, losses  # best kept beside the newest
+    out = tmp_path / "predictions.jsonl"
+    result = predict.run(str(gpt_classify_run), str(polarity_files / "eval.jsonl"), str(out))
+    assert result["step"] == best and "best kept checkpoint by eval/loss" in result["why"]
+    assert out.read_text() == _eval_rows(gpt_classify_run, best, ".jsonl")
+    expected = _metrics_at(gpt_classify_run, best)
+    assert set(result["metrics"]) == {k for k in expected if k.startswith("eval/")}
+    for key, value in result["metrics"].items():
+        assert value == pytest.approx(expected[key], abs=1e-6), key
+    printed = capsys.readouterr().out
+    assert "Metrics on" in printed
+    assert ("longer than data.max_seq_length=32 BPE tokens with <|endoftext|> and were "
+            "truncated") in printed
+
+
+def test_gpt_classifier_unlabelled_input_gets_predictions_only(gpt_classify_run, polarity_files,
+                                                               tmp_path, capsys):
+    out = tmp_path / "predictions.jsonl"
+    result = predict.run(str(gpt_classify_run), str(polarity_files / "unlabelled.jsonl"),
+                         str(out), batch_size=8)  # another batch size: the same predictions
+    assert result["metrics"] == {} and result["labelled"] == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    gold = [json.loads(line) for line in _eval_rows(gpt_classify_run, result["step"],
+                                                    ".jsonl").splitlines()]
+    assert len(rows) == EVAL_ROWS and all(r["gold"] is None for r in rows)
+    assert [r["text"] for r in rows] == [g["text"] for g in gold]
+    assert [r["predicted"] for r in rows] == [g["predicted"] for g in gold]
+    for r, g in zip(rows, gold):
+        assert r["probs"] == pytest.approx(g["probs"], abs=2e-5)
+    assert "Metrics" not in capsys.readouterr().out
+
+
 def _conll(path, sentences, with_tags=True):
     path.write_text("".join(
         "".join(f"{w} {t}\n" if with_tags else f"{w}\n" for w, t in zip(*s)) + "\n"
@@ -177,7 +238,8 @@ def test_errors_are_one_line(classify_run, polarity_files, tmp_path, capsys):
     (pretrain / "config.json").write_text(json.dumps({"task": "bert_pretrain"}))
     message = _error(capsys, "--workdir", str(pretrain), *inputs, "--output",
                      str(tmp_path / "o.jsonl"))
-    assert "task='bert_pretrain', not a fine-tuned classify, tag or squad run" in message
+    assert ("task='bert_pretrain', not a fine-tuned classify, tag, squad or lm_classify run"
+            in message)
     assert "fill_mask" in message
     empty = tmp_path / "no_checkpoint"
     shutil.copytree(classify_run, empty, ignore=shutil.ignore_patterns("[0-9]*"))

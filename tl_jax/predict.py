@@ -2,14 +2,15 @@
 
     tl_jax predict --workdir=WORKDIR --input=FILE --output=FILE [--batch_size=N]
 
-For a `classify`, `tag` or `squad` run it loads the run's config (`config.json`), tokenizer
-(`tokenizer/`), labels (`labels.jsonl`) and the best checkpoint the run kept by its
-`train.best_metric` (else the newest), reads FILE in the formats the task's training files take,
-and writes the predictions in the format of the run's own eval predictions: jsonl (classify),
-CoNLL `word gold predicted` or `word predicted` (tag), SQuAD predictions JSON plus
-`OUTPUT.nbest.json` (squad). Labels, tags and answers are optional; when every record has them,
-the task's eval metrics are printed too, computed by the same code as during training, so on
-the run's eval file they are the run's own figures.
+For a `classify`, `tag`, `squad` or `lm_classify` (GPT classifier) run it loads the run's
+config (`config.json`), tokenizer (`tokenizer/`: WordPiece, or the GPT's BPE), labels
+(`labels.jsonl`) and the best checkpoint the run kept by its `train.best_metric` (else the
+newest), reads FILE in the formats the task's training files take, and writes the predictions in
+the format of the run's own eval predictions: jsonl (classify, lm_classify), CoNLL
+`word gold predicted` or `word predicted` (tag), SQuAD predictions JSON plus `OUTPUT.nbest.json`
+(squad). Labels, tags and answers are optional; when every record has them, the task's eval
+metrics are printed too, computed by the same code as during training, so on the run's eval file
+they are the run's own figures.
 
 The model runs through the trainer's own eval pass (`train.build_trainer` with this task,
 `train.eval_pass`) and the task's own decoding (`decode`, `score`, `write_predictions`), so
@@ -33,6 +34,7 @@ TASKS = {
     "classify": ("tl_jax.tasks.classify", "classification", "label", "labels"),
     "tag": ("tl_jax.tasks.tag", "tagging", "tags", "tags"),
     "squad": ("tl_jax.tasks.squad", "squad", "answers", "answers"),
+    "lm_classify": ("tl_jax.tasks.lm_classify", "classification", "label", "labels"),
 }
 
 # Where to go instead, for workdirs of other tasks.
@@ -41,12 +43,12 @@ OTHER_COMMANDS = {
     "electra": "`tl_jax fill_mask` (its generator) or `tl_jax extract`",
     "distill": "`tl_jax fill_mask` or `tl_jax extract`",
     "clm": "`tl_jax generate`",
-    "lm_classify": "`tl_jax generate --mode=score` (predict does not cover the GPT classifier yet)",
 }
 
 
 def check_workdir(workdir: str) -> dict:
-    """The run config of a fine-tuned `classify`/`tag`/`squad` workdir, or a one-line error."""
+    """The run config of a fine-tuned `classify`/`tag`/`squad`/`lm_classify` workdir, or a
+    one-line error."""
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"--workdir={workdir} does not exist")
     if not os.path.isfile(os.path.join(workdir, "config.json")):
@@ -56,9 +58,9 @@ def check_workdir(workdir: str) -> dict:
     if task not in TASKS:
         elsewhere = OTHER_COMMANDS.get(task)
         raise ValueError(
-            f"{workdir} was trained with task={task!r}, not a fine-tuned classify, tag or squad "
-            "run; `tl_jax predict` applies those" + (f" (for this one see {elsewhere})"
-                                                     if elsewhere else ""))
+            f"{workdir} was trained with task={task!r}, not a fine-tuned classify, tag, squad or "
+            "lm_classify run; `tl_jax predict` applies those"
+            + (f" (for this one see {elsewhere})" if elsewhere else ""))
     return config
 
 
@@ -81,15 +83,16 @@ def read_input(config, input_spec: str) -> list[dict]:
     fields = {}
     if kind == "classification":
         d = config.data
-        fields = dict(text_field=d.text_field, text_b_field=d.text_b_field or None,
-                      label_field=d.label_field)
+        fields = dict(text_field=d.text_field, label_field=d.label_field)
+        if config.task == "classify":  # the GPT classifier reads single texts
+            fields["text_b_field"] = d.text_b_field or None
     return readers.read_records(input_spec, kind, require_labels=False, **fields)
 
 
 def check_known_labels(config, records, labels, input_spec: str, workdir: str) -> None:
     """Labels in the file that the model has no output for cannot be scored: a clear error."""
     field = TASKS[config.task][2]
-    if config.task == "classify":
+    if TASKS[config.task][1] == "classification":
         seen = {r[field] for r in records if r[field] is not None}
     else:
         seen = {t for r in records for t in r[field] or ()}
@@ -141,6 +144,11 @@ def _note_truncated(config, truncated: list, n: int) -> None:
               f"data.max_query_length={d.max_query_length} sub-tokens and were cut, as in "
               "training (contexts are split into windows, never cut).", flush=True)
         return
+    if config.task == "lm_classify":
+        print(f"[predict] Note: {len(truncated)} of {n} inputs are longer than "
+              f"data.max_seq_length={d.max_seq_length} BPE tokens with <|endoftext|> and were "
+              "truncated, as in training.", flush=True)
+        return
     what = "sentences" if config.task == "tag" else "inputs"
     tail = "; their words past the limit are tagged O" if config.task == "tag" else ""
     print(f"[predict] Note: {len(truncated)} of {n} {what} are longer than "
@@ -169,10 +177,13 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
     print(f"[predict] {workdir}: step {step}, {why}.", flush=True)
 
     resolved = checkpoint.config_from_workdir(workdir, step).get("resolved_model")
-    encoder = downstream.Encoder.of_run(config, workdir, resolved)
+    task_module = importlib.import_module(TASKS[config.task][0])
+    if config.task == "lm_classify":  # a GPT and its BPE tokenizer
+        encoder = task_module.of_run(workdir, resolved)
+    else:
+        encoder = downstream.Encoder.of_run(config, workdir, resolved)
     truncated = []
-    task_class = importlib.import_module(TASKS[config.task][0]).Task
-    task = task_class.for_prediction(config, encoder, labels, records, truncated)
+    task = task_module.Task.for_prediction(config, encoder, labels, records, truncated)
     _note_truncated(config, truncated, len(records))
     fit_mesh(config)
     trainer = train.build_trainer(config, workdir, task=task)

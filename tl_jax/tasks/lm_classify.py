@@ -16,8 +16,10 @@ the embeddings (`wte`, `wpe`), each block `h_<i>` and the head (classifier + fin
 ULMFiT's discriminative learning rates (`discriminative_decay=2.6`), slanted triangular schedule
 (`schedule="stlr"`) and gradual unfreezing (`strategy="gradual_unfreezing"`) apply as they are.
 
-Metrics as in `classify`: loss/accuracy in the step; accuracy, macro F1 and MCC on the whole
-eval set after each eval pass, with predictions in `WORKDIR/predictions/eval_step_N.jsonl`.
+Metrics as in `classify` (its `decode` and `score`): loss/accuracy in the step; accuracy, macro
+F1 and MCC on the whole eval set after each eval pass, with predictions in
+`WORKDIR/predictions/eval_step_N.jsonl`. `tl_jax predict` applies a finished run to a new file
+(`Task.for_prediction`).
 """
 from __future__ import annotations
 
@@ -30,11 +32,10 @@ import numpy as np
 from flax import linen as nn
 
 from tl_jax import checkpoint, warm_start
-from tl_jax.data import bpe, readers
-from tl_jax.evaluation import classification
+from tl_jax.data import bpe, features, readers
 from tl_jax.models import gpt
-from tl_jax.optim import transfer
-from tl_jax.tasks import clm, downstream
+from tl_jax.optim import optimizers, transfer
+from tl_jax.tasks import classify, clm, downstream
 
 
 class GPTClassifier(nn.Module):
@@ -70,16 +71,24 @@ class GPTClassifier(nn.Module):
         return {"logits": logits.astype(jnp.float32), "pooled": pooled}, intermediates
 
 
-def encode(tokenizer: bpe.BPETokenizer, records, label_map: dict, max_len: int) -> dict:
-    """Arrays for the model: ids + EOS (texts cut to `max_len - 1` ids), lengths and labels."""
+def encode(tokenizer: bpe.BPETokenizer, records, label_map: dict, max_len: int,
+           truncated: list | None = None) -> dict:
+    """Arrays for the model: ids + EOS (texts cut to `max_len - 1` ids), lengths and labels.
+
+    A label None (an unlabelled record, `tl_jax predict`) is `features.IGNORE`. The index of each
+    record that had to be cut is appended to `truncated` when given.
+    """
     ids = tokenizer.encode_batch([r["text"] for r in records])
     tokens = np.zeros((len(records), max_len), np.int32)
     lengths = np.zeros(len(records), np.int32)
     for i, row in enumerate(ids):
+        if truncated is not None and len(row) > max_len - 1:
+            truncated.append(i)
         row = row[:max_len - 1] + [tokenizer.eos_id]
         tokens[i, :len(row)] = row
         lengths[i] = len(row)
-    labels = np.array([label_map[r["label"]] for r in records], np.int32)
+    labels = np.array([features.IGNORE if r["label"] is None else label_map[r["label"]]
+                       for r in records], np.int32)
     return dict(input_ids=tokens, lengths=lengths, labels=labels)
 
 
@@ -125,6 +134,18 @@ def resolve_model(config, train_texts):
     return tokenizer, model_config
 
 
+def of_run(workdir: str, resolved_model: dict | None):
+    """(tokenizer, GPTConfig) of a finished run in `workdir` (`tl_jax predict`): its saved
+    tokenizer and the shape it built (`resolved_model` of its checkpoint's config); nothing is
+    read from `init_from` (the checkpoint has it all)."""
+    if not resolved_model:
+        raise checkpoint.CheckpointError(
+            f"the checkpoint of {workdir} does not record the model shape it was trained with "
+            "(resolved_model); retrain it with this version of tl_jax")
+    tokenizer = bpe.BPETokenizer.load(os.path.join(workdir, "tokenizer"))
+    return tokenizer, gpt.GPTConfig(**resolved_model)
+
+
 class Task:
     """The `lm_classify` task (contract: `tl_jax/tasks/__init__.py`)."""
 
@@ -141,30 +162,53 @@ class Task:
 
         self.train_records = read(d.train_file, d.max_train_examples)
         self.eval_records = read(d.eval_file, d.max_eval_examples)
-        self.labels = list(d.labels) or sorted({r["label"] for r in self.train_records})
-        self.label_map = {label: i for i, label in enumerate(self.labels)}
-        downstream.check_labels(self.labels, bool(d.labels), [
+        labels = list(d.labels) or sorted({r["label"] for r in self.train_records})
+        downstream.check_labels(labels, bool(d.labels), [
             (d.train_file, {r["label"] for r in self.train_records}),
             (d.eval_file, {r["label"] for r in self.eval_records})])
-        downstream.check_positive_label(d.positive_label, self.labels)
+        downstream.check_positive_label(d.positive_label, labels)
         saved_tok = os.path.join(workdir, "tokenizer") if workdir else ""
         if (saved_tok and os.path.isdir(saved_tok) and checkpoint.has_saved_step(workdir)
                 and not d.tokenizer):
             d.tokenizer = saved_tok  # a resumed run keeps the vocabulary it started with
-        self.tokenizer, self.model_config = resolve_model(
-            config, [r["text"] for r in self.train_records])
-        self.model = GPTClassifier(self.model_config, len(self.labels), pooling=config.model.pooling,
-                                   classifier_dropout=config.model.classifier_dropout)
-        seq = d.max_seq_length
-        self.train_arrays = encode(self.tokenizer, self.train_records, self.label_map, seq)
-        self.eval_arrays = encode(self.tokenizer, self.eval_records, self.label_map, seq)
+        self._build(*resolve_model(config, [r["text"] for r in self.train_records]), labels)
+        self.train_arrays = self.encode(self.train_records)
+        self.eval_arrays = self.encode(self.eval_records)
         t = config.transfer
         if t.adapter_size or t.lora_rank:
             raise ValueError("transfer.adapter_size / transfer.lora_rank are not supported for "
                              "the GPT classifier (lm_classify); set them to 0")
         self.steps_per_epoch = downstream.fit_schedule(config, len(self.train_records))
-        self.flops_per_example = self.model_config.flops_per_token(seq) * seq
+
+    def _build(self, tokenizer, model_config, labels):
+        """The classifier over a GPT of `model_config` with one output per label (training and
+        `for_prediction`)."""
+        self.tokenizer, self.model_config = tokenizer, model_config
+        self.labels = list(labels)
+        self.label_map = {label: i for i, label in enumerate(self.labels)}
+        self.model = GPTClassifier(model_config, len(self.labels),
+                                   pooling=self.config.model.pooling,
+                                   classifier_dropout=self.config.model.classifier_dropout)
+        seq = self.config.data.max_seq_length
+        self.flops_per_example = model_config.flops_per_token(seq) * seq
         self.tokens_per_example = seq
+
+    def encode(self, records, truncated=None):
+        return encode(self.tokenizer, records, self.label_map, self.config.data.max_seq_length,
+                      truncated)
+
+    @classmethod
+    def for_prediction(cls, config, run_model, labels, records, truncated=None):
+        """The task of a finished run with `records` as its eval set (`tl_jax predict`), as
+        `downstream.EncoderTask.for_prediction`: `run_model` is `of_run`'s (tokenizer,
+        GPTConfig); no training data is read."""
+        task = cls.__new__(cls)
+        task.config = config
+        task._build(*run_model, labels)
+        task.train_records, task.eval_records = [], records
+        task.eval_arrays = task.encode(records, truncated)
+        task.steps_per_epoch = None  # nothing to train: see `make_optimizer`
+        return task
 
     # -- data -------------------------------------------------------------------------------
 
@@ -207,6 +251,8 @@ class Task:
     def make_optimizer(self, total_steps):
         """ULMFiT's tools from `config.transfer`: discriminative learning rates, slanted
         triangular schedule, gradual unfreezing / chain-thaw over the blocks `gpt/h_<i>`."""
+        if self.steps_per_epoch is None:  # `for_prediction`: the trainer only takes the shapes
+            return optimizers.make_optimizer(self.config.optimizer, total_steps)
         return transfer.make_task_optimizer(self, self.config, total_steps, self.steps_per_epoch)
 
     def _logits(self, params, batch, rng, train):
@@ -225,17 +271,20 @@ class Task:
         logits = self._logits(params, batch, jax.random.PRNGKey(0), False)
         return dict(probs=jax.nn.softmax(logits, -1), row=batch["row"])
 
-    def evaluate(self, batches_and_outputs, workdir, step):
-        rows = np.concatenate([out["row"][out["row"] >= 0] for _, out in batches_and_outputs])
-        probs = np.concatenate([out["probs"][out["row"] >= 0] for _, out in batches_and_outputs])
-        gold = [self.eval_records[r]["label"] for r in rows]
-        predicted = [self.labels[i] for i in probs.argmax(-1)]
-        report = classification.classification_report(
-            gold, predicted, positive=self.config.data.positive_label or None)
-        if jax.process_index() == 0:
-            downstream.write_jsonl(
-                os.path.join(workdir, "predictions", f"eval_step_{step}.jsonl"),
-                ({"row": int(r), "text": self.eval_records[r]["text"], "gold": g, "predicted": p,
-                  "probs": {label: round(float(x), 5) for label, x in zip(self.labels, pr)}}
-                 for r, g, p, pr in zip(rows, gold, predicted, probs)))
-        return report
+    # -- decoding, scoring and writing the eval set's predictions (eval and `tl_jax predict`) --
+    # The same outputs, labels and metrics as the BERT classifier's; only the rows differ (no
+    # second text).
+
+    evaluate = classify.Task.evaluate
+    decode = classify.Task.decode
+    score = classify.Task.score
+
+    def write_predictions(self, path, predictions) -> None:
+        """jsonl: text, gold (None when unlabelled), predicted and probabilities per record."""
+        records = self.eval_records
+        downstream.write_jsonl(path, (
+            {"row": int(r), "text": records[r]["text"], "gold": records[r]["label"],
+             "predicted": p,
+             "probs": {label: round(float(x), 5) for label, x in zip(self.labels, pr)}}
+            for r, p, pr in zip(predictions["rows"], predictions["predicted"],
+                                predictions["probs"])))
