@@ -57,21 +57,29 @@ def classify_run(polarity_files, tmp_path_factory):
     return workdir
 
 
-def test_classify_predicts_with_the_best_checkpoint_as_its_own_eval(classify_run,
-                                                                    polarity_files, tmp_path):
+def _assert_predicts_as_its_best_eval(workdir, eval_file, tmp_path, last_step):
+    """A run kept its best checkpoint by eval/loss (max mode: an earlier one) beside its last,
+    and predict on the run's own eval file picks it, writing that eval's predictions file
+    byte for byte and reporting its metrics."""
     from tl_jax import checkpoint
-    losses = {s: _metrics_at(classify_run, s)["eval/loss"]
-              for s in checkpoint.saved_steps(str(classify_run))}
+    losses = {s: _metrics_at(workdir, s)["eval/loss"]
+              for s in checkpoint.saved_steps(str(workdir))}
     best = max(losses, key=losses.get)
-    assert sorted(losses) == [best, 12] and best < 12, losses  # best kept beside the newest
+    assert sorted(losses) == [best, last_step] and best < last_step, losses
     out = tmp_path / "predictions.jsonl"
-    result = predict.run(str(classify_run), str(polarity_files / "eval.jsonl"), str(out))
+    result = predict.run(str(workdir), str(eval_file), str(out))
     assert result["step"] == best and "best kept checkpoint by eval/loss" in result["why"]
-    assert out.read_text() == _eval_rows(classify_run, best, ".jsonl")
-    expected = _metrics_at(classify_run, best)
+    assert out.read_text() == _eval_rows(workdir, best, ".jsonl")
+    expected = _metrics_at(workdir, best)
     assert set(result["metrics"]) == {k for k in expected if k.startswith("eval/")}
     for key, value in result["metrics"].items():
         assert value == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_classify_predicts_with_the_best_checkpoint_as_its_own_eval(classify_run,
+                                                                    polarity_files, tmp_path):
+    _assert_predicts_as_its_best_eval(classify_run, polarity_files / "eval.jsonl", tmp_path,
+                                      last_step=12)
 
 
 def test_unlabelled_input_gets_predictions_only(classify_run, polarity_files, tmp_path, capsys):
@@ -131,19 +139,8 @@ def gpt_classify_run(data_dir, polarity_files, tmp_path_factory):
 
 def test_gpt_classifier_predicts_with_the_best_checkpoint_as_its_own_eval(
         gpt_classify_run, polarity_files, tmp_path, capsys):
-    from tl_jax import checkpoint
-    losses = {s: _metrics_at(gpt_classify_run, s)["eval/loss"]
-              for s in checkpoint.saved_steps(str(gpt_classify_run))}
-    best = max(losses, key=losses.get)
-    assert sorted(losses) == [best, 8] and best < 8, losses  # best kept beside the newest
-    out = tmp_path / "predictions.jsonl"
-    result = predict.run(str(gpt_classify_run), str(polarity_files / "eval.jsonl"), str(out))
-    assert result["step"] == best and "best kept checkpoint by eval/loss" in result["why"]
-    assert out.read_text() == _eval_rows(gpt_classify_run, best, ".jsonl")
-    expected = _metrics_at(gpt_classify_run, best)
-    assert set(result["metrics"]) == {k for k in expected if k.startswith("eval/")}
-    for key, value in result["metrics"].items():
-        assert value == pytest.approx(expected[key], abs=1e-6), key
+    _assert_predicts_as_its_best_eval(gpt_classify_run, polarity_files / "eval.jsonl", tmp_path,
+                                      last_step=8)
     printed = capsys.readouterr().out
     assert "Metrics on" in printed
     assert ("longer than data.max_seq_length=32 BPE tokens with <|endoftext|> and were "

@@ -99,14 +99,6 @@ class Task(downstream.EncoderTask):
         logits = self._logits(params, batch, jax.random.PRNGKey(0), False)
         return dict(probs=jax.nn.softmax(logits, -1), row=batch["row"])
 
-    def evaluate(self, batches_and_outputs, workdir, step):
-        predictions = self.decode(batches_and_outputs)
-        report = self.score(predictions)
-        if jax.process_index() == 0:
-            self.write_predictions(
-                os.path.join(workdir, "predictions", f"eval_step_{step}.jsonl"), predictions)
-        return report
-
     # -- decoding, scoring and writing the eval set's predictions (eval and `tl_jax predict`) --
 
     def decode(self, batches_and_outputs) -> dict:

@@ -9,6 +9,8 @@
   `config.model.num_layers` > 0 keeps only that many bottom layers of `init_from`. `Encoder.load_weights` fills the `bert/` params from the source.
 * `EpochBatches`: shuffled epochs over fixed-size feature arrays, resumable (`get_state`).
 * `eval_batches`: the whole eval set in order, the last batch padded with rows whose `row` is -1.
+* `EvalPredictions`: `evaluate` as `decode`, `score` and `write_predictions` (shared with the GPT
+  classifier, whose predictions are the BERT classifier's).
 * `EncoderTask`: the batching, init and forward methods the three tasks share.
 * `fit_schedule`: turns `data.num_epochs` into `train.steps` (when that is 0), and evaluates and
   checkpoints once per epoch (when those are 0): "evaluate every epoch, keep the best".
@@ -352,7 +354,26 @@ def write_jsonl(path: str, rows) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-class EncoderTask:
+class EvalPredictions:
+    """`evaluate` for a task whose eval set is decoded (`decode`), scored (`score`) and written
+    (`write_predictions`) by the same methods `tl_jax predict` uses. Process 0 writes the
+    predictions to `WORKDIR/predictions/eval_step_N` + `predictions_extension`."""
+
+    predictions_extension = ".jsonl"
+
+    def evaluate(self, batches_and_outputs, workdir, step):
+        predictions = self.decode(batches_and_outputs)
+        report = self.score(predictions)
+        if jax.process_index() == 0:
+            self.write_eval_predictions(os.path.join(workdir, "predictions"), step, predictions)
+        return report
+
+    def write_eval_predictions(self, directory, step, predictions) -> None:
+        self.write_predictions(
+            os.path.join(directory, f"eval_step_{step}{self.predictions_extension}"), predictions)
+
+
+class EncoderTask(EvalPredictions):
     """Methods shared by the fine-tuning tasks. A subclass sets `config`, `encoder` (an
     `Encoder`), `model` (a head model taking input_ids, segment_ids, input_mask),
     `train_arrays` and `eval_arrays`."""

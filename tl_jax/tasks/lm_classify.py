@@ -146,7 +146,7 @@ def of_run(workdir: str, resolved_model: dict | None):
     return tokenizer, gpt.GPTConfig(**resolved_model)
 
 
-class Task:
+class Task(downstream.EvalPredictions):
     """The `lm_classify` task (contract: `tl_jax/tasks/__init__.py`)."""
 
     progress_keys = ("accuracy",)
@@ -275,7 +275,6 @@ class Task:
     # The same outputs, labels and metrics as the BERT classifier's; only the rows differ (no
     # second text).
 
-    evaluate = classify.Task.evaluate
     decode = classify.Task.decode
     score = classify.Task.score
 

@@ -140,14 +140,12 @@ class Task(downstream.EncoderTask):
         start_logits, end_logits = self._logits(params, batch, jax.random.PRNGKey(0), False)
         return dict(start_logits=start_logits, end_logits=end_logits, row=batch["row"])
 
-    def evaluate(self, batches_and_outputs, workdir, step):
-        predictions = self.decode(batches_and_outputs)
-        report = self.score(predictions)
-        if jax.process_index() == 0:
-            directory = os.path.join(workdir, "predictions")
-            self.write_predictions(os.path.join(directory, f"eval_step_{step}.json"), predictions,
-                                   os.path.join(directory, f"nbest_step_{step}.json"))
-        return report
+    predictions_extension = ".json"
+
+    def write_eval_predictions(self, directory, step, predictions) -> None:
+        """`eval_step_N.json` and the n-best spans in `nbest_step_N.json`."""
+        self.write_predictions(os.path.join(directory, f"eval_step_{step}.json"), predictions,
+                               os.path.join(directory, f"nbest_step_{step}.json"))
 
     # -- decoding, scoring and writing the eval set's predictions (eval and `tl_jax predict`) --
 

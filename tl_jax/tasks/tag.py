@@ -101,13 +101,7 @@ class Task(downstream.EncoderTask):
         return dict(predicted=jnp.argmax(logits, -1).astype(jnp.int32), row=batch["row"],
                     word_index=batch["word_index"])
 
-    def evaluate(self, batches_and_outputs, workdir, step):
-        predictions = self.decode(batches_and_outputs)
-        report = self.score(predictions)
-        if jax.process_index() == 0:
-            self.write_predictions(
-                os.path.join(workdir, "predictions", f"eval_step_{step}.conll"), predictions)
-        return report
+    predictions_extension = ".conll"
 
     # -- decoding, scoring and writing the eval set's predictions (eval and `tl_jax predict`) --
 
