@@ -136,6 +136,22 @@ def test_top_k_samples_only_the_k_most_likely(gen):
             assert outs[b][step] in top[b]
 
 
+def test_rows_past_the_tokenizer_vocabulary_are_never_generated(lm, gen):
+    """A model whose vocabulary is padded past the tokenizer's (here 61 rows, 40 tokens) must
+    not emit the padding ids: they decode to nothing, so text would silently lose tokens."""
+    model, params = lm
+    tokens = 40
+    sampling = Sampling(1.5)
+    unmasked = [t for out in gen.generate(PROMPTS, N, sampling, seed=3) for t in out]
+    assert max(unmasked) >= tokens  # this random model does pick padding rows unmasked
+    masked = Generator(model, params, num_tokens=tokens)
+    for sampling in (sampling, Sampling(), Sampling(1.0, top_k=30), Sampling(1.0, top_p=0.99)):
+        outs = masked.generate(PROMPTS, N, sampling, seed=3)
+        assert max(t for out in outs for t in out) < tokens, sampling
+    with pytest.raises(ValueError, match="num_tokens=62"):
+        Generator(model, params, num_tokens=VOCAB + 1)
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.99])
 def test_top_p_keeps_the_smallest_nucleus(p):
     logits = jax.random.normal(jax.random.PRNGKey(0), (16, 40)) * 3
@@ -218,6 +234,20 @@ def test_run_generate_from_a_gpt2_directory(tmp_path, lm):
     gen = Generator(model, params, pad_id=tok.eos_id)
     want = gen.generate([tok.encode("the cat")], 6)[0]
     assert out[0]["completion"] == tok.decode(want)
+
+    # A checkpoint whose embedding is padded past the tokenizer (model 340 rows, tokenizer
+    # fewer) samples tokens of the tokenizer only.
+    padded = gpt_config("tiny", tok.vocab_size + 40, max_len=64, initializer_range=0.3)
+    padded_params = nn.unbox(GPT(padded).init(jax.random.PRNGKey(0),
+                                              jnp.zeros((1, 4), jnp.int32))["params"])
+    gpt2.save_pretrained(tmp_path / "padded", padded, padded_params)
+    tok.save(str(tmp_path / "padded"))
+    sampled = generate.run_generate(str(tmp_path / "padded"), prompts=["the cat"],
+                                    max_new_tokens=24, temperature=1.5, stop_at_eos=False)
+    want = Generator(GPT(padded), padded_params, pad_id=tok.eos_id,
+                     num_tokens=tok.vocab_size).generate(
+        [tok.encode("the cat")], 24, Sampling(1.5), seed=0)[0]
+    assert max(want) < tok.vocab_size and sampled[0]["completion"] == tok.decode(want)
 
     prompt_file = tmp_path / "prompts.jsonl"
     prompt_file.write_text('{"text": "the cat", "label": " sat"}\n{"text": "a", "label": " dog"}\n')

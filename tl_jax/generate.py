@@ -104,12 +104,21 @@ class Generator:
 
         gen = Generator(model, params)
         out = gen.generate([[5, 6, 7], [8]], max_new_tokens=20, sampling=Sampling(0.8, top_k=40))
+
+    `num_tokens`: the tokenizer's vocabulary size when the model's output has more rows (a
+    vocabulary padded to a round size, as GPT checkpoints often are): those rows are never
+    picked, as they decode to nothing. None: every row is a token.
     """
 
-    def __init__(self, model: GPT, params, pad_id: int = 0):
+    def __init__(self, model: GPT, params, pad_id: int = 0, num_tokens: int | None = None):
+        vocab_size = model.config.vocab_size
+        if num_tokens is not None and not 0 < num_tokens <= vocab_size:
+            raise ValueError(f"Generator: num_tokens={num_tokens} must be in [1, the model's "
+                             f"vocab_size={vocab_size}]")
         self.model = model
         self.params = params
         self.pad_id = pad_id
+        self.num_tokens = None if num_tokens == vocab_size else num_tokens
         self.traces = {"prefill": 0, "step": 0}
         self._generate = jax.jit(
             self._generate_fn, static_argnames=("max_new_tokens", "sampling", "return_logits"))
@@ -119,7 +128,10 @@ class Generator:
             {"params": params, "cache": cache}, tokens, positions=positions, key_mask=key_mask,
             decode=True, mutable=["cache"],
         )
-        return outputs["logits"][:, -1], mutated["cache"]  # (B, V)
+        logits = outputs["logits"][:, -1]  # (B, V)
+        if self.num_tokens is not None:
+            logits = jnp.where(jnp.arange(logits.shape[-1]) < self.num_tokens, logits, _MASKED)
+        return logits, mutated["cache"]
 
     def _pick(self, logits, rng, done, stop_ids, sampling):
         token = sample_tokens(logits, rng, sampling)
@@ -495,7 +507,8 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                   f"max_new_tokens {max_new_tokens}; only their last {limit} tokens are read "
                   f"(the longest was {max(map(len, encoded))})", file=sys.stderr, flush=True)
         encoded = [ids[-limit:] for ids in encoded]  # keep the end of over-long prompts
-        generator = Generator(model, params, pad_id=tokenizer.eos_id)
+        generator = Generator(model, params, pad_id=tokenizer.eos_id,
+                              num_tokens=tokenizer.vocab_size)
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start:start + batch_size]
             outs = generator.generate(chunk, max_new_tokens, sampling, stops, seed=seed + start)
