@@ -53,6 +53,21 @@ def test_bpe_save_load_gives_same_ids(tok, tmp_path, austen):
         BPETokenizer.load(str(tmp_path / "nope.json"))
 
 
+def test_unreadable_bpe_files_are_named(tok, tmp_path):
+    """A broken tokenizer.json, vocab.json or merges.txt is a BPEError naming the file."""
+    tok.save(str(tmp_path / "tok"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text("{not json")
+    with pytest.raises(BPEError, match=r"could not read .*broken/tokenizer.json as a Hugging"):
+        BPETokenizer.load(str(broken))
+    with pytest.raises(BPEError, match=r"could not read .*merges.txt as a Hugging"):
+        BPETokenizer.load(str(tmp_path / "tok" / "merges.txt"))  # not a tokenizer.json
+    (tmp_path / "tok" / "merges.txt").write_text("#version: 0.2\nzz qq\n")
+    with pytest.raises(BPEError, match=r"could not read BPE files .*vocab.json.*merges.txt"):
+        BPETokenizer.load(str(tmp_path / "tok"))
+
+
 def test_pack_documents_separates_documents_with_eos(tok):
     docs = [["First para.", "Second para."], ["Another doc."], ["Third", "doc", "here"]]
     stream = clm.pack_documents(docs, tok)

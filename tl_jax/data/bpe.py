@@ -96,7 +96,13 @@ class BPETokenizer:
                 raise BPEError(f"{path} has neither vocab.json + merges.txt nor tokenizer.json")
         if not path.exists():
             raise BPEError(f"BPE tokenizer file {path} does not exist")
-        return cls(tokenizers.Tokenizer.from_file(str(path)), source=str(path))
+        try:
+            hf_tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as e:  # a bare Exception on a file that is not a tokenizer.json
+            raise BPEError(f"could not read {path} as a Hugging Face tokenizer.json (expected a "
+                           f"directory with vocab.json + merges.txt, or a tokenizer.json): {e}"
+                           ) from e
+        return cls(hf_tokenizer, source=str(path))
 
     def save(self, directory: str) -> None:
         """Writes vocab.json + merges.txt (GPT-2 layout) and tokenizer.json."""
