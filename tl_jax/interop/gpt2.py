@@ -14,17 +14,21 @@ import json
 import pathlib
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from tl_jax.interop import read_config_json
+from tl_jax.interop import read_config_json, safetensors_io
 from tl_jax.models.gpt import GPTConfig
 
 # HF buffers that are not parameters (older checkpoints store the causal mask).
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
-def config_from_hf(hf: dict) -> GPTConfig:
-    """A `GPTConfig` from a GPT-2 `config.json` dict."""
+def config_from_hf(hf: dict, source: str = "GPT-2 config") -> GPTConfig:
+    """A `GPTConfig` from a GPT-2 `config.json` dict (`source` names it in errors)."""
+    missing = [k for k in ("vocab_size", "n_layer", "n_embd", "n_head", "n_positions")
+               if k not in hf]
+    if missing:
+        raise ValueError(f"{source}: missing GPT-2 config field(s) {missing}")
     activation = hf.get("activation_function", "gelu_new")
     if activation not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(
@@ -75,7 +79,7 @@ def config_to_hf(config: GPTConfig, **extra) -> dict:
 
 def _take(state: dict, name: str, shape: tuple) -> np.ndarray:
     if name not in state:
-        raise KeyError(f"GPT-2 state dict is missing {name!r}")
+        raise ValueError(f"GPT-2 state dict is missing {name!r}")
     value = np.asarray(state.pop(name), dtype=np.float32)
     if value.shape != tuple(shape):
         raise ValueError(f"GPT-2 tensor {name!r} has shape {value.shape}; expected {tuple(shape)}")
@@ -191,21 +195,22 @@ def load_config(path) -> GPTConfig:
         return GPTConfig(**meta["config"])
     if meta.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"{config_file}: model_type={meta['model_type']!r}, expected 'gpt2'")
-    return config_from_hf(meta)
+    return config_from_hf(meta, str(config_file))
 
 
 def load_pretrained(path) -> tuple:
-    """Reads `config.json` + `model.safetensors` from a GPT-2 directory (or the tl_jax weights
-    directory `tl_jax convert` made of one): `(GPTConfig, params)`."""
+    """Reads `config.json` and the weights (`model.safetensors`, `pytorch_model.bin`, or sharded
+    ones with an index) of a GPT-2 directory, or the tl_jax weights directory `tl_jax convert`
+    made of one: `(GPTConfig, params)`."""
     path = pathlib.Path(path)
     if (path / _TL_PARAMS).exists():
         return _tl_weights(path)
-    config_file, weights_file = path / "config.json", path / "model.safetensors"
-    for f in (config_file, weights_file):
-        if not f.exists():
-            raise FileNotFoundError(f"GPT-2 directory {path} has no {f.name}")
-    config = load_config(path)
-    return config, params_from_hf(load_file(str(weights_file)), config)
+    config = load_config(path)  # first: a directory without config.json is named as such
+    tensors, weights_file = safetensors_io.read_hf_tensors(path)
+    try:
+        return config, params_from_hf(tensors, config)
+    except ValueError as e:
+        raise ValueError(f"{weights_file}: {e}") from e
 
 
 def save_pretrained(path, config: GPTConfig, params: dict, **hf_extra) -> None:

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 from flax import traverse_util
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 # File names in the order we prefer them (safetensors is safe to load and needs no torch).
@@ -36,15 +36,20 @@ def find_weight_file(directory) -> pathlib.Path | None:
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
     """All tensors of a safetensors file; bfloat16 ones (ml_dtypes in numpy) as float32."""
     tensors = {}
-    with safe_open(str(path), framework="numpy") as f:
-        for name in f.keys():
-            try:
-                tensor = f.get_tensor(name)
-            except TypeError as e:  # a dtype this numpy cannot hold; say which tensor
-                raise ValueError(
-                    f"{path}: cannot read tensor {name!r} as numpy ({e}); convert the checkpoint "
-                    "to float32 first") from e
-            tensors[name] = tensor.astype(np.float32) if tensor.dtype.name == "bfloat16" else tensor
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            for name in f.keys():
+                try:
+                    tensor = f.get_tensor(name)
+                except TypeError as e:  # a dtype this numpy cannot hold; say which tensor
+                    raise ValueError(
+                        f"{path}: cannot read tensor {name!r} as numpy ({e}); convert the "
+                        "checkpoint to float32 first") from e
+                tensors[name] = (tensor.astype(np.float32) if tensor.dtype.name == "bfloat16"
+                                 else tensor)
+    except SafetensorError as e:  # truncated (an interrupted download) or not safetensors
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); an interrupted "
+                         "download leaves such a file: fetch it again") from e
     return tensors
 
 
@@ -56,7 +61,13 @@ def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
             f"{path} is a PyTorch pickle; reading it needs torch (pip install 'tl_jax[test]'), "
             "or convert the checkpoint to model.safetensors"
         ) from e
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, not a pickle, or a pickle of other objects
+        raise ValueError(f"{path} is not a readable PyTorch state dict ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); fetch it again") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
     return {name: t.detach().float().numpy() if t.dtype == torch.bfloat16 else t.detach().numpy()
             for name, t in state.items()}
 
@@ -73,8 +84,11 @@ def read_hf_tensors(directory) -> tuple[dict[str, np.ndarray], pathlib.Path]:
             f"{directory} holds no weights: expected one of {', '.join(WEIGHT_FILES)}"
         )
     if path.name.endswith(".index.json"):
-        index = json.loads(path.read_text())
-        shards = sorted(set(index["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path} is not a weight index (a JSON object whose weight_map "
+                             f"maps tensor names to shard files): {e!r}") from e
         tensors = {}
         for shard in shards:
             shard_path = directory / shard
