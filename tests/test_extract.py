@@ -19,6 +19,24 @@ def all_layers(minilm):
     return extract.extract(minilm, TEXTS, layers="all", max_seq_length=16, batch_size=4)
 
 
+def test_the_weights_are_arguments_of_the_compiled_program_not_constants(minilm):
+    # Closed over by the jitted function, MiniLM's 90 MB of weights were embedded in the
+    # program as constants, compiled into every extraction.
+    import warnings
+
+    import jax
+
+    previous = jax.config.jax_captured_constants_warn_bytes
+    jax.config.update("jax_captured_constants_warn_bytes", 1024 * 1024)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="A large amount of constants")
+            tokens, feats = extract.extract(minilm, TEXTS[:1], max_seq_length=16, batch_size=2)
+    finally:
+        jax.config.update("jax_captured_constants_warn_bytes", previous)
+    assert feats[0].shape == (len(tokens[0]), 384)
+
+
 def test_resolve_layers():
     assert extract.resolve_layers("last", 6) == ("single", [6])
     assert extract.resolve_layers("second_to_last", 6) == ("single", [5])

@@ -16,7 +16,7 @@ import pytest
 from tl_jax import config as config_lib, extract, train
 from tl_jax.data import readers, task_builders
 
-FAST = ["train.progress=False", "model.num_layers=1", "data.batch_size=16", "mesh.data=1", "mesh.fsdp=8",
+FAST = ["train.progress=False", "model.num_layers=1", "data.batch_size=16", "mesh.num_devices=1",
         "data.num_epochs=2.0", "optimizer.warmup_steps=2", "optimizer.learning_rate=1e-3"]
 
 
@@ -256,8 +256,8 @@ def test_labels_of_a_workdir_and_of_init_from_are_not_mixed_up(tmp_path, capsys)
         return str(path)
 
     ab, cd = data("ab.jsonl", ["a", "b"]), data("cd.jsonl", ["c", "d"])
-    tiny = ["train.progress=False", "train.steps=2", "train.eval_every=0", "mesh.data=1",
-            "mesh.fsdp=8", "data.batch_size=8"]
+    tiny = ["train.progress=False", "train.steps=2", "train.eval_every=0",
+            "mesh.num_devices=1", "data.batch_size=8"]
 
     def run(workdir, train_file, *more):
         config = config_lib.load_config("configs/finetune_classify.py:tiny", tiny + [
@@ -296,7 +296,7 @@ def test_a_resumed_run_keeps_the_tokenizer_of_its_checkpoint(data_dir, tmp_path)
     # (here fewer training examples) retrained it, same size but other ids, went on training the
     # checkpoint's embedding rows under the new meanings and overwrote WORKDIR/tokenizer.
     sentences = data_dir / "polarity_sentences.jsonl"
-    base = ["train.progress=False", "mesh.data=1", "mesh.fsdp=8", "data.batch_size=16",
+    base = ["train.progress=False", "mesh.num_devices=1", "data.batch_size=16",
             "data.max_seq_length=32", f"data.train_file={sentences}",
             f"data.eval_file={sentences}", "data.max_eval_examples=16", "train.eval_every=0"]
     workdir = tmp_path / "run"

@@ -11,7 +11,7 @@ NOTEBOOKS = sorted((ROOT / "colab").glob("*.ipynb"))
 
 # Environment each notebook reads to shrink its run for the tests.
 SHRINK = {
-    "quickstart.ipynb": {"TL_JAX_NOTEBOOK_STEPS": "12"},
+    "quickstart.ipynb": {"TL_JAX_NOTEBOOK_STEPS": "3"},
     "gpt_austen.ipynb": {"TL_JAX_NOTEBOOK_STEPS": "8"},
     "finetune.ipynb": {"TL_JAX_NOTEBOOK_EXAMPLES": "64"},
 }

@@ -159,3 +159,24 @@ def test_a_feature_probe_whose_rules_train_the_encoder_is_an_error(data_dir, tmp
         task.make_optimizer(10)
     config.transfer.rules = ((r"bert/.*", "frozen"), (".*", "train"))
     tx, _ = tasks.build_task(config, str(tmp_path / "probe")).make_optimizer(10)
+
+
+def test_feature_extraction_passes_the_weights_as_arguments_not_as_constants(tmp_path):
+    # Closed over by the jitted feature function, the encoder's weights were embedded in the
+    # program as constants: every compile folded them (seconds for MiniLM), once per run.
+    import warnings
+
+    from tl_jax import config as config_lib, tasks
+
+    config = config_lib.load_config("configs/transfer_feature.py:tiny", [
+        "data.max_train_examples=32", "data.max_eval_examples=16", "data.max_seq_length=16",
+        "probe.cache_features=True"])
+    previous = jax.config.jax_captured_constants_warn_bytes
+    jax.config.update("jax_captured_constants_warn_bytes", 64 * 1024)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="A large amount of constants")
+            task = tasks.build_task(config, str(tmp_path / "probe"))
+    finally:
+        jax.config.update("jax_captured_constants_warn_bytes", previous)
+    assert task.cached and task.train_arrays["features"].shape[0] == 32

@@ -117,8 +117,8 @@ def extract(init_from: str, texts: list[str], layers: str = "last", max_seq_leng
                          f"max_position_embeddings={config.max_position_embeddings}")
     model = bert.BertModel(config)
 
-    @jax.jit
-    def hidden_states(ids, mask):
+    @jax.jit  # the weights are an argument: closed over, they were embedded as constants
+    def hidden_states(params, ids, mask):
         _, inter = model.apply({"params": params}, ids, jnp.zeros_like(ids), mask)
         return jnp.stack([inter["embeddings"]] + [inter[f"layer_{k}"]
                                                   for k in range(1, config.num_layers + 1)], 1)
@@ -137,7 +137,7 @@ def extract(init_from: str, texts: list[str], layers: str = "last", max_seq_leng
         mask = np.zeros_like(ids)
         for row, seq in enumerate(chunk):
             ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
-        hidden = np.asarray(hidden_states(ids, mask))  # (B, N+1, T, H)
+        hidden = np.asarray(hidden_states(params, ids, mask))  # (B, N+1, T, H)
         for row, seq in enumerate(chunk):
             all_tokens.append([tokenizer.id_to_token(i) for i in seq])
             all_features.append(combine(hidden[row, :, :len(seq)], how, indices).astype(np.float32))

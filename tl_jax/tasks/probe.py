@@ -160,8 +160,10 @@ class Task(classify.Task):
         params = self.init_params(nn.unbox(params), None)
         model, pooled, selected = self.model, self.pooled, self.selected
 
+        # The weights are an argument, not constants closed over: closed over, they were embedded
+        # in the program (megabytes of constants per compile, one program per weight set).
         @jax.jit
-        def features(ids, segments, mask):
+        def features(params, ids, segments, mask):
             layers, _ = model.apply({"params": params}, ids, segments, mask, method=model.encode)
             if pooled:
                 return probes.pool(layers, mask, model.pooling)  # (B, N+1, H)
@@ -177,7 +179,7 @@ class Task(classify.Task):
             if pad:
                 ids, seg, mask = (np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
                                   for a in (ids, seg, mask))
-            chunks.append(np.asarray(features(ids, seg, mask))[:bs - pad])
+            chunks.append(np.asarray(features(params, ids, seg, mask))[:bs - pad])
         return np.concatenate(chunks)
 
     # -- batches and loss -------------------------------------------------------------------
