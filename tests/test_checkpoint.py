@@ -268,6 +268,35 @@ def test_the_closed_loop_filter_passes_every_other_unraisable(monkeypatch):
     assert [str(u.exc_value) for u in seen] == ["other", "x"]
 
 
+def test_saving_replicated_arrays_on_a_multi_device_cpu_compiles_nothing(tmp_path, monkeypatch):
+    # orbax's default handler would compile a slicing program per array and device here (the
+    # cost of a process's first save on the tests' 8 fake devices); start from that default.
+    import orbax.checkpoint as ocp
+    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(),
+                                            override=True)
+    monkeypatch.setattr(ckpt_lib, "_CPU_HANDLER_REGISTERED", False)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    values = {"w": np.arange(64 * 48, dtype=np.float32).reshape(64, 48),
+              "b": np.linspace(-1, 1, 7, dtype=np.float32)}
+    state = {k: jax.device_put(v, replicated) for k, v in values.items()}
+    compiles = []
+    listener = lambda name, *_, **__: compiles.append(name) if "backend_compile" in name else None  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
+        assert checkpointer.save(1, state, {"epoch": 0}, {"task": "x"})
+        checkpointer.manager.wait_until_finished()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+    restored = checkpointer.manager.restore(1, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state))))
+    for name, value in values.items():
+        np.testing.assert_array_equal(np.asarray(restored["state"][name]), value)
+
+
 def test_checkpoint_from_8_devices_restores_on_1_and_on_4x2(tiny_bert_overrides, tmp_path):
     # tiny's 2 heads on a tensor axis of 2: each device holds one head, so the restore really
     # reshards the data-parallel checkpoint across heads (as mini's 4 heads on 2x4 did).
