@@ -212,16 +212,19 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def check_batch_size(global_batch: int, mesh: Mesh) -> None:
+def check_batch_size(global_batch: int, mesh: Mesh, name: str = "") -> None:
+    """Every data-parallel shard and every process must get the same number of rows. `name`
+    (e.g. "data.eval_batch_size") is the config field the error names."""
+    what = f"{name}={global_batch}" if name else f"Global batch size {global_batch}"
     shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
     if global_batch % shards:
         raise MeshError(
-            f"Global batch size {global_batch} is not divisible by the {shards} data-parallel "
+            f"{what} is not divisible by the {shards} data-parallel "
             f"shards of mesh {dict(mesh.shape)}."
         )
     if global_batch % jax.process_count():
         raise MeshError(
-            f"Global batch size {global_batch} is not divisible by {jax.process_count()} processes."
+            f"{what} is not divisible by {jax.process_count()} processes."
         )
 
 
