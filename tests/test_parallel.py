@@ -69,3 +69,24 @@ def test_mesh_context_applies_the_models_activation_constraints():
     # fsdp already shards the batch, so "embed" (also fsdp) stays whole.
     assert out.sharding.shard_shape(out.shape) == (1, 4, 6)
     np.testing.assert_array_equal(np.asarray(out), 2.0)
+
+
+@pytest.mark.parametrize("env,message", [
+    # Each process would train alone, all in the same workdir.
+    ({"TL_JAX_NUM_PROCESSES": "2", "TL_JAX_PROCESS_ID": "1"}, "no coordinator"),
+    # The coordinator only admits ids 0 .. num_processes - 1: refused before any wait.
+    ({"TL_JAX_COORDINATOR": "localhost:1", "TL_JAX_NUM_PROCESSES": "2",
+      "TL_JAX_PROCESS_ID": "2"}, r"process_id=2 is not below num_processes=2"),
+])
+def test_a_half_configured_multi_process_start_is_an_error(monkeypatch, env, message):
+    for key in ("TL_JAX_COORDINATOR", "TL_JAX_NUM_PROCESSES", "TL_JAX_PROCESS_ID",
+                "TL_JAX_AUTO_DISTRIBUTED"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match=message):
+        parallel.maybe_initialize_distributed(parallel.distributed_config())
+    # One process, nothing configured: nothing to start, no error.
+    for key in env:
+        monkeypatch.delenv(key)
+    parallel.maybe_initialize_distributed(parallel.distributed_config())

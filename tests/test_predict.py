@@ -114,6 +114,23 @@ def test_a_run_trained_on_more_devices_predicts_on_the_devices_here(classify_run
     assert out.read_text() == _eval_rows(classify_run, result["step"], ".jsonl")
 
 
+def test_a_coordinator_saved_by_a_multi_process_run_is_not_reused(classify_run, polarity_files,
+                                                                   tmp_path):
+    # Trained as 2 processes with the coordinator in the config: config.json keeps process 0's
+    # distributed section. Predict runs as this one process, not as process 0 of the old run
+    # (which made it start jax.distributed after touching the devices: a RuntimeError; on a
+    # fresh host, a wait for a coordinator long gone).
+    workdir = tmp_path / "from_two_processes"
+    shutil.copytree(classify_run, workdir)
+    saved = json.loads((workdir / "config.json").read_text())
+    saved["distributed"].update(coordinator_address="10.0.0.1:1234", num_processes=2,
+                                process_id=0)
+    (workdir / "config.json").write_text(json.dumps(saved))
+    out = tmp_path / "predictions.jsonl"
+    result = predict.run(str(workdir), str(polarity_files / "eval.jsonl"), str(out))
+    assert out.read_text() == _eval_rows(classify_run, result["step"], ".jsonl")
+
+
 @pytest.fixture(scope="module")
 def gpt_classify_run(data_dir, polarity_files, tmp_path_factory):
     """The GPT classifier (lm_classify) fine-tuned from a tiny GPT LM, a few steps each (ULMFiT's

@@ -120,6 +120,9 @@ def test_cli_reports_unknown_config_key_before_doing_anything(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("data.max_seq_length=600", "max_position_embeddings"),
     ("mesh.data=3", "multiply to"),
+    # Not at the first eval, after train.eval_every steps, in a JAX IndivisibleError.
+    ("data.eval_batch_size=12", r"data.eval_batch_size=12 is not divisible by the 8 "
+                                "data-parallel shards"),
     ("model.vocab_size=100", "smaller than the tokenizer"),
     ("data.corpus=/nonexistent/*.txt", "nonexistent"),
     ("train.log_every=0", r"train.log_every=0 must be an integer >= 1"),

@@ -76,12 +76,22 @@ def maybe_initialize_distributed(cfg: ml_collections.ConfigDict) -> None:
                 "distributed.coordinator_address is set, so num_processes and process_id must be "
                 f"too (got num_processes={num}, process_id={pid})."
             )
+        if pid >= num:
+            # The coordinator only admits ids below num_processes; checked here, before any wait.
+            raise ValueError(f"distributed.process_id={pid} is not below num_processes={num} "
+                             f"(process ids are 0 .. {num - 1}).")
         local = [int(x) for x in cfg.local_device_ids.split(",")] if cfg.local_device_ids else None
         jax.distributed.initialize(address, num_processes=num, process_id=pid,
                                    local_device_ids=local)
         logging.info("jax.distributed: process %d of %d via %s", pid, num, address)
     elif os.environ.get("TL_JAX_AUTO_DISTRIBUTED"):
         jax.distributed.initialize()
+    elif num > 1 or pid > 0:
+        # Without a coordinator each process would run alone, all in the same workdir.
+        raise ValueError(
+            f"num_processes={num}, process_id={pid} but no coordinator: set "
+            "distributed.coordinator_address (or TL_JAX_COORDINATOR) to host:port of process 0, "
+            "or TL_JAX_AUTO_DISTRIBUTED=1 where jax finds it (TPU pods, SLURM).")
 
 
 def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
@@ -212,16 +222,19 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def check_batch_size(global_batch: int, mesh: Mesh) -> None:
+def check_batch_size(global_batch: int, mesh: Mesh, name: str = "") -> None:
+    """Every data-parallel shard and every process must get the same number of rows. `name`
+    (e.g. "data.eval_batch_size") is the config field the error names."""
+    what = f"{name}={global_batch}" if name else f"Global batch size {global_batch}"
     shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
     if global_batch % shards:
         raise MeshError(
-            f"Global batch size {global_batch} is not divisible by the {shards} data-parallel "
+            f"{what} is not divisible by the {shards} data-parallel "
             f"shards of mesh {dict(mesh.shape)}."
         )
     if global_batch % jax.process_count():
         raise MeshError(
-            f"Global batch size {global_batch} is not divisible by {jax.process_count()} processes."
+            f"{what} is not divisible by {jax.process_count()} processes."
         )
 
 

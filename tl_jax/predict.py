@@ -165,6 +165,11 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
     saved = check_workdir(workdir)
     check_output(output, input_spec, workdir)
     config = ml_collections.ConfigDict(saved)
+    # The processes of this command (TL_JAX_COORDINATOR etc.), not the training run's: a
+    # coordinator saved in config.json is the address of a pod that may be long gone. Started
+    # before anything touches a device (fit_mesh does), as jax.distributed requires.
+    config.distributed = parallel.distributed_config()
+    parallel.maybe_initialize_distributed(config.distributed)
     if batch_size:
         config.data.batch_size = int(batch_size)
     step, why = checkpoint.best_step(workdir, config.train.best_metric, config.train.best_mode)

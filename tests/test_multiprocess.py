@@ -1,0 +1,128 @@
+"""Two local processes (`jax.distributed` on localhost, CPU collectives, 4 fake devices each)
+against one process with 8 devices, for what the BERT test in test_checkpoint.py does not
+cover: a fine-tune with eval (a partial last eval batch, eval predictions, the best checkpoint)
+and `tl_jax predict`."""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+WORKER = str(ROOT / "tests" / "workers" / "train_worker.py")
+EVAL_ROWS = 21  # two eval batches of 16: the second has 5 real rows, all on process 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(extra)
+    return env
+
+
+def two_processes(argv):
+    """Runs `tl_jax ARGV` as 2 processes; returns their (returncode, stdout, stderr)."""
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, WORKER] + argv, cwd=ROOT,
+        env=_env(WORKER_DEVICES="4", TL_JAX_COORDINATOR=f"localhost:{port}",
+                 TL_JAX_NUM_PROCESSES="2", TL_JAX_PROCESS_ID=str(i)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+
+
+def _ok(results):
+    for rc, _, err in results:
+        assert rc == 0, err[-3000:]
+    return results
+
+
+def _files(workdir: pathlib.Path) -> set:
+    return {str(p.relative_to(workdir)) for p in workdir.rglob("*")
+            if "checkpoints" not in p.parts and "tensorboard" not in p.parts}
+
+
+def _evals(workdir):
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    return {r["step"]: {k: v for k, v in r.items() if k.startswith("eval/")}
+            for r in rows if any(k.startswith("eval/") for k in r)}
+
+
+@pytest.fixture(scope="module")
+def polarity_files(data_dir, tmp_path_factory):
+    rows = [json.loads(line) for line in open(data_dir / "polarity_sentences.jsonl")]
+    mixed = [r for pair in zip(rows[:100], rows[100:]) for r in pair]
+    folder = tmp_path_factory.mktemp("polarity")
+    write = lambda name, part: (folder / name).write_text(  # noqa: E731
+        "".join(json.dumps(r) + "\n" for r in part))
+    write("train.jsonl", mixed[:64])
+    write("eval.jsonl", mixed[100:100 + EVAL_ROWS])
+    return folder
+
+
+def test_two_processes_finetune_with_eval_and_predict_match_one_process(polarity_files,
+                                                                       tmp_path):
+    # 4 steps of 16, an eval after 2 and 4 over 21 rows (the last eval batch is partial and
+    # process 1's half of it is all padding), the best checkpoint kept by eval/loss max (the
+    # first eval's); each process trains the tokenizer on the data.
+    def train_args(workdir):
+        return ["train", "--config=configs/finetune_classify.py:tiny", f"--workdir={workdir}"] + [
+            f"--config.{o}" for o in (
+                "train.progress=False", "data.max_seq_length=32", "data.batch_size=16",
+                f"data.train_file={polarity_files / 'train.jsonl'}",
+                f"data.eval_file={polarity_files / 'eval.jsonl'}", "data.max_train_examples=0",
+                "data.max_eval_examples=0", "train.steps=4", "train.eval_every=2",
+                "train.checkpoint_every=2", "train.log_every=1", "train.keep_checkpoints=1",
+                "train.best_metric=eval/loss", "train.best_mode=max")]
+
+    multi = tmp_path / "multi"
+    _ok(two_processes(train_args(multi)))
+
+    # Process 0 wrote each file once; nothing missing.
+    assert _files(multi) == {
+        "config.json", "labels.jsonl", "metrics.jsonl", "summary.json", "tokenizer",
+        "tokenizer/tokenizer.json", "tokenizer/vocab.txt", "predictions",
+        "predictions/eval_step_2.jsonl", "predictions/eval_step_4.jsonl"}
+    evals = _evals(multi)
+    assert sorted(evals) == [2, 4]
+    for step in (2, 4):
+        rows = [json.loads(r) for r in
+                (multi / "predictions" / f"eval_step_{step}.jsonl").read_text().splitlines()]
+        assert [r["row"] for r in rows] == list(range(EVAL_ROWS))  # every row once, no padding
+    from tl_jax import checkpoint, predict
+    best, _ = checkpoint.best_step(str(multi), "eval/loss", "max")
+    assert best == max(evals, key=lambda s: evals[s]["eval/loss"])
+    assert best in checkpoint.saved_steps(str(multi))
+
+    # One process (this one, 8 devices) evaluating the kept checkpoint gets the figures and
+    # predictions the two processes wrote (the tokenizer each trained was the same, too).
+    eval_file = str(polarity_files / "eval.jsonl")
+    expected = (multi / "predictions" / f"eval_step_{best}.jsonl").read_text()
+    one = predict.run(str(multi), eval_file, str(tmp_path / "one.jsonl"))
+    assert one["step"] == best
+    assert set(one["metrics"]) == set(evals[best])
+    for key, value in one["metrics"].items():
+        assert value == pytest.approx(evals[best][key], abs=1e-5), key
+    assert [json.loads(r)["predicted"] for r in (tmp_path / "one.jsonl").read_text().splitlines()
+            ] == [json.loads(r)["predicted"] for r in expected.splitlines()]
+
+    # `tl_jax predict` as 2 processes: the same predictions, written once.
+    out = tmp_path / "two.jsonl"
+    results = _ok(two_processes(["predict", f"--workdir={multi}", f"--input={eval_file}",
+                                 f"--output={out}"]))
+    assert out.read_text() == expected
+    assert f"step {best}, the best kept checkpoint" in results[0][1]
