@@ -34,6 +34,17 @@ def test_mesh_that_does_not_multiply_to_device_count_is_an_error():
         parallel.make_mesh(mesh_cfg(-1, -1, 1))
 
 
+def test_a_device_subset_is_refused_with_several_processes(monkeypatch):
+    cfg = mesh_cfg()
+    cfg.num_devices = 4
+    assert parallel.make_mesh(cfg).devices.size == 4  # one process: the first 4
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(parallel.MeshError, match="mesh.num_devices=4 takes a subset"):
+        parallel.make_mesh(cfg)
+    cfg.num_devices = 8  # all of them, named explicitly: fine
+    assert parallel.make_mesh(cfg).devices.size == 8
+
+
 def test_spec_falls_back_to_replication_when_axis_does_not_divide():
     mesh = parallel.make_mesh(mesh_cfg(2, 1, 4))
     # 2 heads cannot be split 4 ways: that dimension is replicated, the others stay sharded.

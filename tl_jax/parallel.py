@@ -126,6 +126,14 @@ def make_mesh(cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
             if cfg.num_devices > len(devices):
                 raise MeshError(f"mesh.num_devices={cfg.num_devices} but only {len(devices)} "
                                 "devices exist.")
+            if jax.process_count() > 1 and cfg.num_devices != len(devices):
+                # The first N devices are process 0's: the other processes would hold no part
+                # of the mesh and could not feed their rows of the batch.
+                raise MeshError(
+                    f"mesh.num_devices={cfg.num_devices} takes a subset of the devices, which "
+                    f"only a single-process run can do; these {jax.process_count()} processes "
+                    f"have {len(devices)} devices together. Leave mesh.num_devices at 0 (all "
+                    "of them), or give each process fewer devices (distributed.local_device_ids).")
             devices = devices[: cfg.num_devices]
     sizes = mesh_shape(cfg, len(devices))
     shape = tuple(sizes[a] for a in MESH_AXES)
