@@ -14,7 +14,7 @@ Arguments:
   tiny     a 2-layer model from scratch on a 200-example slice; a smoke test of a few steps.
 Fine-tune your own pretraining run with `--config.init_from=/path/to/pretrain_workdir`; any other
 file with `--config.data.train_file=... --config.data.eval_file=...` (jsonl, .csv, .tsv,
-`tfds:glue/sst2:train`, `gensim:polarity:train`).
+`tfds:glue/sst2:train`, `gensim:polarity:train`, `gensim:newsgroups:train`).
 """
 import os
 

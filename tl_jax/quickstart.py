@@ -5,7 +5,8 @@
 Stage 1 pretrains `configs/bert_pretrain.py:mini` (shortened to a few minutes on a 2-core CPU)
 on the Wikipedia and Lee corpora that the gensim package ships: nothing to download. Stage 2
 fine-tunes the pretrained encoder, and an identical encoder from scratch, on a real labelled
-task and prints both scores.
+task (gensim's newsgroup posts, atheism vs space) and prints both held-out accuracies
+next to the majority-class baseline.
 """
 from __future__ import annotations
 

@@ -14,11 +14,15 @@ line. Users with network access can name a tfds dataset instead (`glue/sst2`, `g
 """
 from __future__ import annotations
 
+import builtins
 import csv
+import io
 import json
 import os
 import pathlib
+import pickle
 import re
+import zlib
 from typing import Iterable, Iterator
 
 from tl_jax.data.sources import NOT_UTF8_HINT, first_non_utf8_line
@@ -444,12 +448,59 @@ def gensim_polarity(split: str) -> list[dict]:
     return [r for i, r in enumerate(records) if (i % 5 == 4) == (split == "test")]
 
 
+class _BunchUnpickler(pickle.Unpickler):
+    """Loads gensim's `mini_newsgroup` (a pickled scikit-learn Bunch) without scikit-learn; only
+    the builtins and numpy classes such a pickle needs are allowed."""
+
+    def find_class(self, module, name):
+        if name == "Bunch":
+            return dict
+        if module in ("copy_reg", "copyreg") and name == "_reconstructor":
+            import copyreg
+            return copyreg._reconstructor
+        if module in ("__builtin__", "builtins") and name in ("object", "dict", "list"):
+            return getattr(builtins, name)
+        if module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray") and name in (
+                "ndarray", "dtype", "_reconstruct"):
+            import numpy as np
+            return {"ndarray": np.ndarray, "dtype": np.dtype,
+                    "_reconstruct": np._core.multiarray._reconstruct}[name]
+        raise pickle.UnpicklingError(f"mini_newsgroup: unexpected class {module}.{name}")
+
+
+def gensim_newsgroups(split: str) -> list[dict]:
+    """gensim's 200 Usenet posts labelled `alt.atheism` / `sci.space` (`mini_newsgroup`), zero-setup.
+
+    The header block (which names the newsgroup) is dropped: the text is the body only. Split
+    deterministically and stratified: every 5th post of each group is `test` (20 + 20), the rest
+    `train` (80 + 80).
+    """
+    from gensim.test.utils import datapath  # gensim is a runtime dependency; import is slow.
+
+    if split not in ("train", "test"):
+        raise ValueError(f"gensim:newsgroups split must be train or test, got {split!r}")
+    with open(datapath("mini_newsgroup"), "rb") as f:
+        bunch = _BunchUnpickler(io.BytesIO(zlib.decompress(f.read())), encoding="latin1").load()
+    seen: dict[str, int] = {}
+    records = []
+    for text, target in zip(bunch["data"], bunch["target"]):
+        label = bunch["target_names"][int(target)]
+        seen[label] = seen.get(label, 0) + 1
+        if (seen[label] % 5 == 0) == (split == "test"):
+            body = text.partition("\n\n")[2].strip()
+            records.append({"text": body, "text_b": None, "label": label})
+    return records
+
+
+GENSIM_SETS = {"polarity": gensim_polarity, "newsgroups": gensim_newsgroups}
+
+
 def read_records(spec: str, kind: str, require_labels: bool = True, **fields) -> list[dict]:
     """Reads a data set named by a config string.
 
     Args:
       spec: a file path (format from the suffix), `tfds:NAME:SPLIT` (e.g.
-        `tfds:glue/sst2:validation`), `gensim:polarity:train|test`, or
+        `tfds:glue/sst2:validation`), `gensim:polarity|newsgroups:train|test`, or
         `silver:names|cloze_qa:train|dev|test` (this project's silver tasks, built once from
         `$TL_JAX_DATA_DIR` by `tl_jax.data.task_builders`).
       kind: "classification", "tagging" or "squad".
@@ -466,9 +517,10 @@ def read_records(spec: str, kind: str, require_labels: bool = True, **fields) ->
         return read_tfds(name, split)
     if spec.startswith("gensim:"):
         name, _, split = spec[len("gensim:"):].partition(":")
-        if name != "polarity" or kind != "classification":
-            raise ValueError(f"unknown gensim data set {spec!r}; known: gensim:polarity:train|test")
-        return gensim_polarity(split)
+        if name not in GENSIM_SETS or kind != "classification":
+            raise ValueError(f"unknown gensim data set {spec!r}; known: "
+                             "gensim:polarity:train|test, gensim:newsgroups:train|test")
+        return GENSIM_SETS[name](split)
     if spec.startswith("silver:"):
         from tl_jax.data import task_builders  # builds from TL_JAX_DATA_DIR text on first use
 
