@@ -53,9 +53,9 @@ def get_config(arg=None):
 
     c.data = ml_collections.ConfigDict(dict(
         train_file=os.path.join(DATA_DIR, "food_reviews_train.jsonl") if DATA_DIR
-        else "gensim:polarity:train",
+        else "gensim:newsgroups:train",  # zero-setup: 160 posts, alt.atheism vs sci.space
         eval_file=os.path.join(DATA_DIR, "food_reviews_test.jsonl") if DATA_DIR
-        else "gensim:polarity:test",
+        else "gensim:newsgroups:test",
         text_field="text",
         text_b_field="",          # set for sentence pairs
         label_field="label",
