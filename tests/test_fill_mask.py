@@ -218,6 +218,21 @@ def test_a_hugging_face_bert_with_its_mlm_head_fills_masks(tmp_path, capsys):
     assert f"{text}\t[MASK] 1: {' '.join(want)}" in capsys.readouterr().out
 
 
+def test_the_command_that_gives_an_encoder_its_mlm_head_is_one_that_runs(tmp_path):
+    # The refusal names a continued-pretraining command: it has to parse (a workdir) and to
+    # build the encoder's own shape and tokenizer (MiniLM's 6x384 is in no size table).
+    from tl_jax import config as config_lib
+
+    _hf_bert(tmp_path / "hf", masked_lm=False)
+    with pytest.raises(fill_mask.FillMaskError) as e:
+        fill_mask.FillMask.load(str(tmp_path / "hf"))
+    command = str(e.value).split("`")[1].split()
+    assert command[:2] == ["tl_jax", "train"]
+    main.build_parser().parse_args(config_lib.split_overrides(command[1:])[1])
+    for flag in ("model.size", "init_from", "data.tokenizer"):
+        assert f"--config.{flag}={tmp_path / 'hf'}" in command
+
+
 def test_an_encoder_without_its_mlm_head_is_refused(tmp_path):
     from tl_jax.interop import convert
 

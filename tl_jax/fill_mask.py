@@ -31,7 +31,7 @@ import jax
 import numpy as np
 import ml_collections
 
-from tl_jax import checkpoint
+from tl_jax import checkpoint, warm_start
 from tl_jax.data.tokenizer import Tokenizer
 from tl_jax.models import bert, electra
 
@@ -227,8 +227,8 @@ class FillMask:
         if any(p.startswith("mlm_head/") for p in report.missing):
             raise FillMaskError(
                 f"fill_mask: {path} holds an encoder without its MLM head (a BertModel "
-                "checkpoint), so it cannot predict tokens; give it one with `tl_jax train "
-                f"--config=configs/bert_pretrain.py --config.init_from={path}`")
+                "checkpoint), so it cannot predict tokens; give it one with "
+                f"`{warm_start.mlm_head_command(path, path, 'runs/mlm_head')}`")
         tokenizer = hf_bert.load_tl_tokenizer(path)
         return cls(config, params, tokenizer,
                    f"the Hugging Face BERT in {path} ({config.num_layers} layers, "

@@ -52,6 +52,15 @@ def report_lines(report: dict, source: str) -> list[str]:
     return lines
 
 
+def mlm_head_command(source: str, tokenizer: str, workdir: str = "runs/teacher_mlm") -> str:
+    """The continued-pretraining command that gives an encoder without an MLM head (e.g.
+    all-MiniLM-L6-v2) one: its own architecture and tokenizer, since its shape may be in no
+    size table."""
+    return (f"tl_jax train --config=configs/bert_pretrain.py --config.model.size={source} "
+            f"--config.init_from={source} --config.data.tokenizer={tokenizer} "
+            f"--workdir={workdir}")
+
+
 def require_source(path: str, what: str = "init_from") -> None:
     """A clear error for a weight source that is not there (before any reader guesses its kind)."""
     if not os.path.exists(path):

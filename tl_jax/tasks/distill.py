@@ -195,10 +195,7 @@ def check_mlm_head(init_from: str, teacher_config: bert.BertConfig) -> None:
         f"init_from={init_from} has no MLM head ({guess}): the "
         "teacher's soft targets are its masked-LM distribution. Give it one first with a short "
         "continued pretraining run, then distil from that workdir:\n"
-        f"  tl_jax train --config=configs/bert_pretrain.py --config.model.size={init_from} "
-        f"--config.init_from={init_from} "
-        f"--config.data.tokenizer={downstream.tokenizer_path(init_from)} "
-        "--workdir=runs/teacher_mlm")
+        "  " + warm_start.mlm_head_command(init_from, downstream.tokenizer_path(init_from)))
 
 
 def check_loss_settings(cfg) -> None:
