@@ -62,6 +62,24 @@ def tiny_bert_overrides(data_dir, tmp_path_factory) -> list[str]:
     ]
 
 
+def write_polarity_files(data_dir: pathlib.Path, folder: pathlib.Path, eval_rows: int):
+    """Writes `train.jsonl` (64 rows), `eval.jsonl` and `unlabelled.jsonl` (`eval_rows` rows,
+    the latter without labels) to `folder`, alternating neg/pos sentences (the real file is
+    sorted by label). Returns `folder`."""
+    import json
+
+    rows = [json.loads(line) for line in open(data_dir / "polarity_sentences.jsonl")]
+    mixed = [r for pair in zip(rows[:100], rows[100:]) for r in pair]
+
+    def write(name, part):
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+
+    write("train.jsonl", mixed[:64])
+    write("eval.jsonl", mixed[100:100 + eval_rows])
+    write("unlabelled.jsonl", [{"text": r["text"]} for r in mixed[100:100 + eval_rows]])
+    return folder
+
+
 @pytest.fixture
 def polarity_classifier_config(data_dir):
     """A factory: `make(init_from, *overrides)` is a tiny `finetune_classify.py` config on 32

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import write_polarity_files
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORKER = str(ROOT / "tests" / "workers" / "train_worker.py")
@@ -64,14 +65,7 @@ def _evals(workdir):
 
 @pytest.fixture(scope="module")
 def polarity_files(data_dir, tmp_path_factory):
-    rows = [json.loads(line) for line in open(data_dir / "polarity_sentences.jsonl")]
-    mixed = [r for pair in zip(rows[:100], rows[100:]) for r in pair]
-    folder = tmp_path_factory.mktemp("polarity")
-    write = lambda name, part: (folder / name).write_text(  # noqa: E731
-        "".join(json.dumps(r) + "\n" for r in part))
-    write("train.jsonl", mixed[:64])
-    write("eval.jsonl", mixed[100:100 + EVAL_ROWS])
-    return folder
+    return write_polarity_files(data_dir, tmp_path_factory.mktemp("polarity"), EVAL_ROWS)
 
 
 def test_two_processes_finetune_with_eval_and_predict_match_one_process(polarity_files,

@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+from conftest import write_polarity_files
 
 from tl_jax import main, predict, train
 
@@ -30,15 +31,7 @@ def _metrics_at(workdir, step):
 @pytest.fixture(scope="module")
 def polarity_files(data_dir, tmp_path_factory):
     """Train and eval jsonl files alternating neg/pos sentences (the real file is sorted)."""
-    rows = [json.loads(line) for line in open(data_dir / "polarity_sentences.jsonl")]
-    mixed = [r for pair in zip(rows[:100], rows[100:]) for r in pair]
-    folder = tmp_path_factory.mktemp("polarity")
-    write = lambda name, part: (folder / name).write_text(  # noqa: E731
-        "".join(json.dumps(r) + "\n" for r in part))
-    write("train.jsonl", mixed[:64])
-    write("eval.jsonl", mixed[100:100 + EVAL_ROWS])
-    write("unlabelled.jsonl", [{"text": r["text"]} for r in mixed[100:100 + EVAL_ROWS]])
-    return folder
+    return write_polarity_files(data_dir, tmp_path_factory.mktemp("polarity"), EVAL_ROWS)
 
 
 @pytest.fixture(scope="module")
