@@ -8,7 +8,9 @@ Prints, per size, tokens/s of both trainers and their ratio (target >= 1.5x at t
 CPU), then generation tokens/s with and without the cache and their ratio (target >= 5x for
 256 new tokens), and HF's cached `generate` for reference. Both sides use the same shapes,
 batch, dropout 0 and fp32 (`--dtype=bfloat16`: mixed precision for training on both sides);
-each is warmed up (compiled) before timing.
+each is warmed up (compiled) before timing. On a GPU (JAX's default backend `gpu` and
+`torch.cuda` available) PyTorch runs on the same GPU; e.g. `--sizes=small --seq=512
+--dtype=bfloat16`.
 """
 import argparse
 import dataclasses
@@ -27,6 +29,23 @@ from tl_jax.models.gpt import GPT, gpt_config
 from tl_jax.tasks.clm import lm_loss
 
 VOCAB = 8192  # the BPE size the GPT configs train
+# Where PyTorch runs: the GPU when JAX runs on one too (set in main), so the two sides compare on
+# the same chip.
+TORCH_DEVICE = "cpu"
+
+
+def torch_sync():
+    if TORCH_DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_flops_per_token(cfg, seq: int) -> float:
+    """Model FLOPs of one training token: 6 x the matmul weights (blocks and the tied output
+    head) plus attention scores and mixing (12 x layers x seq x width, not halved for the causal
+    mask)."""
+    d = cfg.embed_dim
+    weights = cfg.num_layers * (4 * d * d + 2 * d * cfg.mlp_dim) + cfg.vocab_size * d
+    return 6 * weights + 12 * cfg.num_layers * seq * d
 
 
 def timed(fn, steps: int) -> float:
@@ -72,18 +91,19 @@ def hf_config(cfg):
 
 def torch_train(cfg, batch, seq, steps):
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(hf_config(cfg)).train()
+    model = GPT2LMHeadModel(hf_config(cfg)).to(TORCH_DEVICE).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    tokens = torch.randint(0, cfg.vocab_size, (batch, seq))
+    tokens = torch.randint(0, cfg.vocab_size, (batch, seq)).to(TORCH_DEVICE)
     low = cfg.dtype == "bfloat16"
 
     def run():
         # bfloat16: PyTorch's own mixed precision (autocast; params and optimizer stay f32).
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+        with torch.autocast(TORCH_DEVICE, dtype=torch.bfloat16, enabled=low):
             loss = model(tokens, labels=tokens).loss  # HF shifts the labels internally
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        torch_sync()
 
     return timed(run, steps)
 
@@ -122,13 +142,14 @@ def generation(cfg, batch, prompt_len, new_tokens):
 
 def hf_generation(cfg, batch, prompt_len, new_tokens):
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(hf_config(cfg)).eval()
-    prompts = torch.randint(1, cfg.vocab_size, (batch, prompt_len))
+    model = GPT2LMHeadModel(hf_config(cfg)).to(TORCH_DEVICE).eval()
+    prompts = torch.randint(1, cfg.vocab_size, (batch, prompt_len)).to(TORCH_DEVICE)
 
     def run():
         with torch.no_grad():
             model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
                            max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+        torch_sync()
 
     return timed(run, 1)
 
@@ -150,7 +171,12 @@ def main():
     parser.add_argument("--prompt_len", type=int, default=16)
     parser.add_argument("--new_tokens", type=int, default=256)
     args = parser.parse_args()
-    print(f"devices: {jax.devices()}  torch threads: {torch.get_num_threads()}")
+    global TORCH_DEVICE
+    if jax.default_backend() == "gpu" and torch.cuda.is_available():
+        TORCH_DEVICE = "cuda"
+    torch_where = (torch.cuda.get_device_name() if TORCH_DEVICE == "cuda"
+                   else f"cpu, {torch.get_num_threads()} threads")
+    print(f"devices: {jax.devices()}  torch: {torch_where}")
     for size in args.sizes.split(","):
         max_len = max(args.seq, args.prompt_len + args.new_tokens)
         cfg = gpt_config(size, VOCAB, max_len=max_len, dropout_rate=0.0,
@@ -161,10 +187,11 @@ def main():
         for _ in range(args.repeats):
             ours = max(ours, tokens / jax_train(train_cfg, args.batch, args.seq, args.steps))
             theirs = max(theirs, tokens / torch_train(train_cfg, args.batch, args.seq, args.steps))
+        per_token = train_flops_per_token(train_cfg, args.seq)
         print(f"[{size}] train {args.dtype} batch {args.batch} x seq {args.seq}: "
-              f"tl_jax {ours:,.0f} tok/s | "
-              f"HF PyTorch {theirs:,.0f} tok/s | ratio {ours / theirs:.2f}x (target >= 1.5x)",
-              flush=True)
+              f"tl_jax {ours:,.0f} tok/s ({ours * per_token / 1e12:.2f} TFLOP/s) | "
+              f"HF PyTorch {theirs:,.0f} tok/s ({theirs * per_token / 1e12:.2f} TFLOP/s) | "
+              f"ratio {ours / theirs:.2f}x (target >= 1.5x on a CPU)", flush=True)
         new = args.gen_batch * args.new_tokens
         cached, uncached = generation(cfg, args.gen_batch, args.prompt_len, args.new_tokens)
         hf = hf_generation(cfg, args.gen_batch, args.prompt_len, args.new_tokens)
