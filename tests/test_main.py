@@ -142,3 +142,44 @@ def test_commands_turn_on_the_persistent_compilation_cache(tmp_path, monkeypatch
         assert jax.config.jax_compilation_cache_dir == before  # jax reads its own variable
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+@pytest.mark.parametrize("command", main.SINGLE_PROCESS)
+def test_one_process_commands_run_on_process_0_alone_under_a_multi_process_launch(
+        command, tmp_path, capsys, monkeypatch):
+    """A pod or SLURM job starts the same command on every host; generate, extract, fill_mask,
+    convert, static and build_tasks then run on process 0 only (each process used to compute
+    the same thing and write the same file)."""
+    ran = []
+    monkeypatch.setitem(main.COMMANDS, command,
+                        (main.COMMANDS[command][0], lambda args, overrides: ran.append(command)))
+    argv = {"convert": ["--input=a", "--output=b"], "generate": ["--model=m", "--prompt=p"],
+            "extract": ["--init_from=m", "--input=a", "--output=b.npz"],
+            "fill_mask": ["--model=m", "--text=a [MASK]"], "build_tasks": ["--out_dir=o"],
+            "static": ["--config=configs/word2vec.py", "--workdir=w"]}[command]
+    for name in ("TL_JAX_COORDINATOR", "TL_JAX_AUTO_DISTRIBUTED", "TL_JAX_TRACEBACK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TL_JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("TL_JAX_COORDINATOR", "localhost:1234")  # never contacted
+    monkeypatch.setenv("TL_JAX_PROCESS_ID", "1")
+    main.main([command] + argv)
+    assert ran == [] and "process 1 of 2 has nothing to do" in capsys.readouterr().out
+    monkeypatch.setenv("TL_JAX_PROCESS_ID", "0")
+    main.main([command] + argv)
+    assert ran == [command]
+    # Which process this is must be known; otherwise every process would do the work.
+    for env, said in [({"TL_JAX_PROCESS_ID": None}, "TL_JAX_PROCESS_ID is not set"),
+                      ({"TL_JAX_PROCESS_ID": "2"}, "not below TL_JAX_NUM_PROCESSES=2"),
+                      ({"TL_JAX_PROCESS_ID": None, "TL_JAX_NUM_PROCESSES": None,
+                        "TL_JAX_AUTO_DISTRIBUTED": "1"}, "cannot tell which process")]:
+        for name, value in env.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        with pytest.raises(SystemExit) as e:
+            main.main([command] + argv)
+        assert said in str(e.value.code) and ran == [command]
+        monkeypatch.setenv("TL_JAX_NUM_PROCESSES", "2")
+        monkeypatch.setenv("TL_JAX_PROCESS_ID", "0")
+        monkeypatch.delenv("TL_JAX_AUTO_DISTRIBUTED", raising=False)

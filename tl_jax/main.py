@@ -128,6 +128,10 @@ COMMANDS = {
               "results (ablations).", _sweep),
 }
 
+# Commands that run in one process: under a multi-process launch only process 0 runs them
+# (`parallel.runs_on_this_process`). `train`, `predict`, `quickstart` and `sweep` run on all.
+SINGLE_PROCESS = ("convert", "generate", "extract", "fill_mask", "build_tasks", "static")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tl_jax", description=__doc__,
@@ -221,6 +225,10 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(rest)
     use_compilation_cache()
     try:
+        if args.command in SINGLE_PROCESS:
+            from tl_jax import parallel
+            if not parallel.runs_on_this_process(args.command):
+                return
         COMMANDS[args.command][1](args, overrides)
     except ConfigError as e:
         sys.exit(f"tl_jax: config error: {e}")

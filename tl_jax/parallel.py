@@ -94,6 +94,38 @@ def maybe_initialize_distributed(cfg: ml_collections.ConfigDict) -> None:
             "or TL_JAX_AUTO_DISTRIBUTED=1 where jax finds it (TPU pods, SLURM).")
 
 
+def runs_on_this_process(command: str) -> bool:
+    """For the commands that run in one process (`generate`, `extract`, `fill_mask`, `convert`,
+    `static`, `build_tasks`): whether this process of a multi-process launch does the work.
+
+    A pod or SLURM job starts the same command on every host. These commands need no
+    collectives, so they do not start `jax.distributed`: process 0 runs the command alone on its
+    own devices and writes the output; every other process says so and does nothing (without
+    this, each process would compute the same thing and write the same file). The process id
+    comes from `TL_JAX_PROCESS_ID` (and `TL_JAX_NUM_PROCESSES`), as for `train`.
+    """
+    num = int(os.environ.get("TL_JAX_NUM_PROCESSES", "0") or 0)
+    pid = int(os.environ.get("TL_JAX_PROCESS_ID", "-1") or -1)
+    if os.environ.get("TL_JAX_AUTO_DISTRIBUTED") and pid < 0:
+        raise ValueError(
+            f"tl_jax {command} runs in one process, and with TL_JAX_AUTO_DISTRIBUTED set it cannot "
+            "tell which process this is: run it on one host without TL_JAX_AUTO_DISTRIBUTED, or "
+            "set TL_JAX_PROCESS_ID (process 0 does the work, the others exit).")
+    if num > 1 and pid < 0:
+        raise ValueError(f"TL_JAX_NUM_PROCESSES={num} but TL_JAX_PROCESS_ID is not set: tl_jax "
+                         f"{command} runs on process 0 alone and needs the id to know which "
+                         "process this is.")
+    if num > 0 and pid >= num:
+        raise ValueError(f"TL_JAX_PROCESS_ID={pid} is not below TL_JAX_NUM_PROCESSES={num} "
+                         f"(process ids are 0 .. {num - 1}).")
+    if pid > 0:
+        print(f"tl_jax {command} runs in one process: process 0 does the work and writes the "
+              f"output; process {pid}{f' of {num}' if num else ''} has nothing to do.",
+              flush=True)
+        return False
+    return True
+
+
 def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
     """Resolves -1 in the axis sizes and checks that they multiply to the device count."""
     sizes = {axis: int(cfg[axis]) for axis in MESH_AXES}
