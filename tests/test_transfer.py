@@ -501,3 +501,30 @@ def test_lora_alpha_zero_is_an_error(data_dir, tmp_path):
                                     TINY_RUN + ["transfer.lora_alpha=0.0"])
     with pytest.raises(ValueError, match=r"transfer.lora_alpha=0.0 with lora_rank="):
         tasks.build_task(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("rules, share", [
+    # toy matmuls: 3 layers x 36, pooler 36 and head 12 (the `head` group), 156 in all; the
+    # embedding table is a lookup, not a matmul.
+    (((r"bert/.*", "frozen"), (".*", "train")), (156 + 48 + 12) / 468),   # probe: head only
+    (((r"bert/(embeddings|encoder/layer_[01])/.*", "frozen"), (".*", "train")),
+     (156 + 84 + 84) / 468),                                              # top layer + head
+    (((".*", "train"),), 1.0),
+])
+def test_mfu_counts_no_backward_below_the_lowest_trained_group(rules, share):
+    """MFU with frozen layers: the step runs the forward pass, the backward pass down to the
+    lowest trained group and weight gradients of trained matmuls only; counting a full training
+    step overstated a frozen encoder's MFU about 3x."""
+    import types
+
+    from tl_jax import train
+    params = toy_params()
+    tc, oc = configs(rules=rules)
+    plan = transfer.build_transfer_optimizer(params, tc, oc, 20, 5)
+    assert plan.training_flops_fraction(jax.eval_shape(lambda: params)) == pytest.approx(share)
+    task = types.SimpleNamespace(transfer_plan=plan)
+    trainer = types.SimpleNamespace(abstract_state={"params": jax.eval_shape(lambda: params)})
+    assert train.frozen_flops_share(task, trainer) == pytest.approx(share)
+    task.flops_count_frozen = True  # the probes and distillation count their frozen part
+    assert train.frozen_flops_share(task, trainer) == 1.0
+    assert train.frozen_flops_share(types.SimpleNamespace(), trainer) == 1.0

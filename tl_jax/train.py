@@ -106,6 +106,18 @@ def check_train_config(tc: ml_collections.ConfigDict) -> None:
         raise ValueError(f"train.best_mode={tc.best_mode!r}; expected 'max' or 'min'.")
 
 
+def frozen_flops_share(task, trainer: Trainer) -> float:
+    """The share of `task.flops_per_example` (a full training step) a step does when a transfer
+    plan keeps parameters frozen: no backward below the lowest trained group, no weight
+    gradients for frozen matmuls (`TransferPlan.training_flops_fraction`). Tasks that count
+    their frozen part themselves (`flops_count_frozen = True`: the probes) are left as they are.
+    """
+    plan = getattr(task, "transfer_plan", None)
+    if plan is None or getattr(task, "flops_count_frozen", False):
+        return 1.0
+    return plan.training_flops_fraction(trainer.abstract_state["params"])
+
+
 def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) -> Trainer:
     """Builds mesh, task, optimizer, shardings and the jitted functions. Compiles nothing yet.
 
@@ -518,7 +530,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     total_steps = int(tc.steps)
     global_batch = int(config.data.batch_size)
     tokens_per_step = task.tokens_per_example * global_batch
-    flops_per_step = task.flops_per_example * global_batch
+    flops_per_step = task.flops_per_example * global_batch * frozen_flops_share(task, trainer)
     peak = float(tc.peak_flops) * jax.device_count()
     config_dict = config.to_dict()
     if dataclasses.is_dataclass(getattr(task, "model_config", None)):

@@ -209,6 +209,33 @@ class TransferPlan:
         else:
             raise ValueError(f"transfer.schedule={cfg.schedule!r}; expected optimizer or stlr.")
 
+    def training_flops_fraction(self, params: Params) -> float:
+        """The share of a full training step's model FLOPs that a step of this plan does.
+
+        The trainer differentiates only what some stage trains (`optimizer_mask`): a step runs
+        the whole forward pass, the backward pass to the activations from the top down to the
+        lowest group holding a trained parameter, and weight gradients for the trained matmuls.
+        Each part is counted by matmul weights (leaves of two or more axes that are not an
+        `embedding` lookup table; attention scores scale with the layers like them), against
+        forward + activations + weights for every matmul: `(all + above + trained) / (3 all)`.
+        A frozen encoder under a trained head gives about 1/3, full fine-tuning 1. (Groups that
+        a stage holds still get gradients, so the share is the same in every stage.)
+        `params`: the tree or its shapes (`jax.eval_shape`).
+        """
+        def matmul(path, leaf):
+            return len(leaf.shape) >= 2 and not path.endswith("embedding")
+
+        sizes = {p: num_elements(x) for p, x in flat_params(params).items() if matmul(p, x)}
+        trained = [p for p, t in self.optimizer_mask.items() if t]
+        if not sizes or not trained:
+            return 1.0
+        lowest = min(group_depth(self.info[p].group, self.num_layers) for p in trained)
+        total = sum(sizes.values())
+        above = sum(n for p, n in sizes.items()
+                    if group_depth(self.info[p].group, self.num_layers) >= lowest)
+        weights = sum(n for p, n in sizes.items() if self.optimizer_mask[p])
+        return (total + above + weights) / (3.0 * total)
+
     @staticmethod
     def _label(info: GroupInfo) -> str:
         return info.group if info.decay else f"{info.group}/no_decay"

@@ -308,7 +308,9 @@ class Task:
         self.model = bert.BertForPreTraining(self.model_config)     # the student
         self.teacher = bert.BertForPreTraining(tc)
         seq, preds = data_cfg.max_seq_length, data_cfg.max_predictions_per_seq
-        # The student trains (3x forward); the teacher only runs forward.
+        # The student trains (3x forward); the teacher only runs forward. (Counted here, so the
+        # trainer does not discount the frozen teacher again.)
+        self.flops_count_frozen = True
         self.flops_per_example = (bert.flops_per_example(self.model_config, seq, preds)
                                   + bert.flops_per_example(tc, seq, preds) / 3.0)
         self.tokens_per_example = seq

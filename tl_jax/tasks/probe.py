@@ -77,6 +77,7 @@ class Task(classify.Task):
             head_params = sum(np.prod(x.shape) for x in jax.tree.leaves(jax.eval_shape(
                 lambda r: self.init_variables(r, self.example_batch(1))["params"]["head"],
                 jax.random.PRNGKey(0))))
+            self.flops_count_frozen = True  # the trainer must not discount them again
             encoder = 0.0 if self.cached else self.flops_per_example / 3
             self.flops_per_example = encoder + 6.0 * float(head_params) * (
                 1 if self.pooled else config.data.max_seq_length)
