@@ -26,7 +26,8 @@ from tl_jax.evaluation import squad as squad_eval
 from tl_jax.models import heads
 from tl_jax.tasks import downstream
 
-_HOST_ONLY = ("offsets", "example_index")  # decoding needs them; the device does not
+# Decoding needs them; the device does not (kept out of the training and eval batches).
+_HOST_ONLY = ("offsets", "max_context", "example_index")
 
 
 def _check_version(version, train_file, train_records, eval_file, eval_records) -> None:
