@@ -94,7 +94,7 @@ def test_squad_windows_cover_the_answer_and_map_back_to_characters(tokenizer):
         logits = np.zeros((2, 48))
         logits[0, out["start_positions"][i]] = logits[1, out["end_positions"][i]] = 10.0
         windows.append(dict(id="q", start_logits=logits[0], end_logits=logits[1],
-                            offsets=out["offsets"][i]))
+                            offsets=out["offsets"][i], max_context=out["max_context"][i]))
     predictions, _ = squad.decode_predictions(windows, {"q": context}, version_2=True)
     assert predictions["q"] == "Pemberley"
 
