@@ -111,12 +111,15 @@ def test_evaluate_takes_best_gold_and_reports_percentages():
     assert squad.evaluate(gold, {})["exact"] == 0.0  # missing predictions score zero
 
 
-def _window(context, token_spans, start_logits, end_logits, qid="q"):
+def _window(context, token_spans, start_logits, end_logits, qid="q", max_context=None):
     offsets = np.full((len(start_logits), 2), -1)
     for position, span in token_spans.items():
         offsets[position] = span
-    return dict(id=qid, start_logits=np.array(start_logits, float),
-                end_logits=np.array(end_logits, float), offsets=offsets)
+    window = dict(id=qid, start_logits=np.array(start_logits, float),
+                  end_logits=np.array(end_logits, float), offsets=offsets)
+    if max_context is not None:
+        window["max_context"] = np.array(max_context)
+    return window
 
 
 def test_decode_respects_order_max_length_and_context():
@@ -163,3 +166,25 @@ def test_nbest_lists_each_answer_text_once_at_its_best_score():
     assert len(texts) == len(set(texts)) == 3, nbest["q"]
     assert nbest["q"][0]["score"] == 8.0
     assert [n["score"] for n in nbest["q"]] == sorted((n["score"] for n in nbest["q"]), reverse=True)
+
+
+def test_decode_starts_only_in_the_max_context_window():
+    # Windows a (alpha beta gamma) and b (beta gamma delta) overlap; gamma has more context in
+    # b, beta in a. Window a scores "gamma" at 9 + 9, but gamma may only start in b, where
+    # "gamma delta" (3 + 3) is its best span. Ends are not restricted: "beta gamma" in a is a
+    # span, at -5 + 9 = 4.
+    context = "alpha beta gamma delta"
+    a = _window(context, {1: (0, 5), 2: (6, 10), 3: (11, 16)}, [0, -5, -5, 9, 0],
+                [0, 0, 0, 9, 0], max_context=[0, 1, 1, 0, 0])
+    b = _window(context, {1: (6, 10), 2: (11, 16), 3: (17, 22)}, [0, -5, 3, -5, 0],
+                [0, 0, 0, 3, 0], max_context=[0, 0, 1, 1, 0])
+    predictions, nbest = squad.decode_predictions([a, b], {"q": context}, n_best=5)
+    assert predictions["q"] == "gamma delta" and nbest["q"][0]["score"] == 6.0
+    scores = {n["text"]: n["score"] for n in nbest["q"]}
+    assert scores["gamma"] == 3.0  # from window b (3 + 0), never window a's 18
+    assert scores["beta gamma"] == 4.0
+    # Without the mask every context sub-token may start: window a's "gamma" wins.
+    del a["max_context"], b["max_context"]
+    assert squad.decode_predictions([a, b], {"q": context})[0]["q"] == "gamma"
+    with pytest.raises(ValueError, match=r"max_context has shape \(4,\) but the window has 5"):
+        squad.decode_predictions([dict(a, max_context=np.ones(4))], {"q": context})

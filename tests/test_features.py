@@ -94,9 +94,39 @@ def test_squad_windows_cover_the_answer_and_map_back_to_characters(tokenizer):
         logits = np.zeros((2, 48))
         logits[0, out["start_positions"][i]] = logits[1, out["end_positions"][i]] = 10.0
         windows.append(dict(id="q", start_logits=logits[0], end_logits=logits[1],
-                            offsets=out["offsets"][i]))
+                            offsets=out["offsets"][i], max_context=out["max_context"][i]))
     predictions, _ = squad.decode_predictions(windows, {"q": context}, version_2=True)
     assert predictions["q"] == "Pemberley"
+
+
+def test_squad_max_context_is_berts_one_window_per_context_token(tokenizer):
+    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    context = " ".join(words)  # 12 sub-tokens, one per word
+    record = {"id": "q", "question": "Who?", "context": context, "answers": None}
+    # [CLS] who ? [SEP] window [SEP]: 13 - 5 = 8 context sub-tokens a window, 3 apart, so the
+    # windows hold context sub-tokens [0, 8), [3, 11) and [6, 12) (the last one shorter).
+    out = features.encode_squad(tokenizer, [record], max_seq_length=13, doc_stride=3,
+                                max_query_length=8)
+    assert len(out["input_ids"]) == 3 and out["max_context"].shape == (3, 13)
+    in_context = out["offsets"][..., 0] >= 0
+    assert not out["max_context"][~in_context].any()  # question, specials, padding
+    owner = {}
+    for w in range(3):
+        for position in np.nonzero(out["max_context"][w])[0]:
+            word = context[out["offsets"][w, position, 0]:out["offsets"][w, position, 1]]
+            assert word not in owner, f"{word} is max-context in windows {owner[word]} and {w}"
+            owner[word] = w
+    assert sorted(owner) == sorted(words)  # every context sub-token in exactly one window
+    # BERT's score min(left, right) + 0.01 * window length, by hand:
+    #   five (4): w0 min(4, 3) + .08 = 3.08; w1 min(1, 6) + .08 = 1.08          -> w0
+    #   six (5):  w0 min(5, 2) + .08 = 2.08; w1 min(2, 5) + .08 = 2.08 (a tie)  -> w0, the first
+    #   seven (6): w0 1.08; w1 min(3, 4) + .08 = 3.08; w2 min(0, 5) + .06 = .06 -> w1
+    #   nine (8): w1 min(5, 2) + .08 = 2.08; w2 min(2, 3) + .06 = 2.06          -> w1
+    #   ten (9):  w1 min(6, 1) + .08 = 1.08; w2 min(3, 2) + .06 = 2.06          -> w2
+    assert [owner[w] for w in words] == [0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    # A context that fits one window is max-context there throughout.
+    short = features.encode_squad(tokenizer, [dict(record, context="one two")], 13, 3, 8)
+    assert (short["max_context"][0] == (short["offsets"][0, :, 0] >= 0)).all()
 
 
 def test_squad_unanswerable_points_at_cls(tokenizer):

@@ -197,6 +197,16 @@ def test_squad_eval_scores_only_the_questions_it_reached(tmp_path):
     assert report["exact"] == report["f1"] == 100.0, report
     predictions = json.load(open(tmp_path / "run" / "predictions" / "eval_step_7.json"))
     assert predictions == {"q0": "Jane", "q1": "Jane"}
+    # Starts follow BERT's max-context rule: the mask stays host-side, out of the batches, and
+    # decoding skips starts of 25 on every context sub-token outside its max-context window.
+    assert "max_context" not in task.eval_arrays and "max_context" not in task.train_arrays
+    host = {k: v[rows] for k, v in task.eval_host.items()}
+    outside = (host["offsets"][..., 0] >= 0) & (host["max_context"] == 0)
+    assert outside.any()
+    task.evaluate([(None, dict(out, start_logits=np.where(outside, 25.0, start)))],
+                  str(tmp_path / "run"), 8)
+    predictions = json.load(open(tmp_path / "run" / "predictions" / "eval_step_8.json"))
+    assert predictions == {"q0": "Jane", "q1": "Jane"}
 
 
 def test_squad_predictions_are_utf8_whatever_the_locale(tmp_path, monkeypatch):

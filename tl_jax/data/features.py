@@ -13,8 +13,14 @@ Every encoder returns a dict of numpy arrays with a leading example axis `N` and
   question are split into overlapping windows `doc_stride` sub-tokens apart. Each window has
   `start_positions` / `end_positions` (sub-token index of the first gold answer wholly inside
   the window; 0 = [CLS] when none is, or the question has none), `offsets` `(N, T, 2)` with
-  each context sub-token's character span in the context (`-1` elsewhere), and
-  `example_index` `(N,)`.
+  each context sub-token's character span in the context (`-1` elsewhere), `max_context`
+  `(N, T)` (1 on the context sub-tokens for which this window is their max-context window, 0
+  elsewhere: question, specials, padding, and context sub-tokens better centred in another
+  window) and `example_index` `(N,)`. The max-context window of a sub-token is BERT's
+  (`run_squad.py`, `_check_is_max_context`): of the windows holding it, the one with the
+  highest `min(sub-tokens to its left, sub-tokens to its right) + 0.01 * window length`, the
+  first on ties. Each context sub-token is max-context in exactly one window, and decoding
+  only starts answers there.
 
 Sub-token offsets come from the Hugging Face `tokenizers` encoding (`Encoding.offsets` and
 `word_ids`), so they map exactly back to the original characters, accents and case included.
@@ -186,7 +192,7 @@ def encode_squad(tokenizer, records: Sequence[dict], max_seq_length: int = 384,
     questions = tok.encode_batch([r["question"] for r in records], add_special_tokens=False)
     contexts = tok.encode_batch([r["context"] for r in records], add_special_tokens=False)
     out = {k: [] for k in ("input_ids", "segment_ids", "input_mask", "start_positions",
-                           "end_positions", "offsets", "example_index")}
+                           "end_positions", "offsets", "max_context", "example_index")}
     for index, (record, question, context) in enumerate(zip(records, questions, contexts)):
         if truncated is not None and len(question.ids) > max_query_length:
             truncated.append(index)
@@ -201,14 +207,16 @@ def encode_squad(tokenizer, records: Sequence[dict], max_seq_length: int = 384,
             covering = [t for t, (s, e) in enumerate(c_offsets) if s < a_end and e > a_start]
             if covering:
                 coverings.append(covering)
-        window_start = 0
-        while True:
-            window = range(window_start, min(window_start + room, len(c_ids)))
+        windows = _squad_windows(len(c_ids), room, doc_stride)
+        best_window = _max_context_windows(windows, len(c_ids))
+        for w, window in enumerate(windows):
             ids, segments, mask = _pack(specials, q_ids, [c_ids[t] for t in window], max_seq_length)
             offsets = np.full((max_seq_length, 2), -1, np.int32)
+            max_context = np.zeros(max_seq_length, np.int32)
             first = len(q_ids) + 2  # Position of the window's first sub-token.
             for k, t in enumerate(window):
                 offsets[first + k] = c_offsets[t]
+                max_context[first + k] = best_window[t] == w
             start = end = 0
             # The first gold answer wholly inside the window: a window holding any of them is
             # not a "no answer" window (silver cloze_qa lists every occurrence of the name).
@@ -218,10 +226,36 @@ def encode_squad(tokenizer, records: Sequence[dict], max_seq_length: int = 384,
                 end = first + inside[0][-1] - window.start
             for key, value in (("input_ids", ids), ("segment_ids", segments), ("input_mask", mask),
                                ("start_positions", start), ("end_positions", end),
-                               ("offsets", offsets), ("example_index", index)):
+                               ("offsets", offsets), ("max_context", max_context),
+                               ("example_index", index)):
                 out[key].append(value)
-            if window.stop >= len(c_ids):
-                break
-            window_start += min(doc_stride, room)
-    return {k: np.asarray(np.stack(v) if k in ("input_ids", "segment_ids", "input_mask", "offsets")
-                          else v, np.int32) for k, v in out.items()}
+    per_token = ("input_ids", "segment_ids", "input_mask", "offsets", "max_context")
+    return {k: np.asarray(np.stack(v) if k in per_token else v, np.int32) for k, v in out.items()}
+
+
+def _squad_windows(n_context: int, room: int, doc_stride: int) -> list[range]:
+    """The context sub-token ranges of the windows: `room` long, `doc_stride` apart (at most
+    `room`, so no sub-token is skipped), the last one ending at the context's end. An empty
+    context has one empty window."""
+    windows, start = [], 0
+    while True:
+        windows.append(range(start, min(start + room, n_context)))
+        if windows[-1].stop >= n_context:
+            return windows
+        start += min(doc_stride, room)
+
+
+def _max_context_windows(windows: Sequence[range], n_context: int) -> np.ndarray:
+    """`(n_context,)`: the index of each context sub-token's max-context window, as BERT's
+    `_check_is_max_context`: of the windows holding the sub-token, the one with the highest
+    `min(left, right) + 0.01 * len(window)` (`left`/`right`: sub-tokens of the window before and
+    after it), the first one on ties."""
+    best_score = np.full(n_context, -np.inf)
+    best_window = np.full(n_context, -1, np.int64)
+    for w, window in enumerate(windows):
+        t = np.arange(window.start, window.stop)
+        score = np.minimum(t - window.start, window.stop - 1 - t) + 0.01 * len(window)
+        better = score > best_score[t]  # strictly: the first window wins ties
+        best_score[t[better]] = score[better]
+        best_window[t[better]] = w
+    return best_window

@@ -8,9 +8,12 @@ of normalised tokens, and an empty gold answer (v2.0 no-answer) matches only an 
 `decode_predictions` turns per-window start/end logits back into answer strings: the n best
 start and end sub-tokens of each window are paired (start <= end, length <= max_answer_length,
 both inside the context), scored by start + end logit, mapped back to character offsets, and the
-best span over all windows of a question wins; the n-best list keeps each answer text once. For v2.0, the question is answered with "" when the
-best null score ([CLS] start + end, lowest over windows) beats the best span by more than
-`null_threshold`.
+best span over all windows of a question wins; the n-best list keeps each answer text once.
+Starts follow BERT's max-context rule (`run_squad.py`): a sub-token held by several overlapping
+windows may start an answer only in the window where it has the most context on both sides
+(`max_context` from `tl_jax.data.features.encode_squad`); ends are not restricted. For v2.0,
+the question is answered with "" when the best null score ([CLS] start + end, lowest over
+windows) beats the best span by more than `null_threshold`.
 """
 from __future__ import annotations
 
@@ -85,7 +88,8 @@ def evaluate(gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str]) 
 
 
 def best_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray,
-               n_best: int = 20, max_answer_length: int = 30) -> list[tuple[float, int, int]]:
+               n_best: int = 20, max_answer_length: int = 30,
+               max_context: np.ndarray | None = None) -> list[tuple[float, int, int]]:
     """Candidate spans of one window as `(score, start_char, end_char)`, best first.
 
     Args:
@@ -94,10 +98,20 @@ def best_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.nda
         tokens outside the context (question, special tokens, padding), which never answer.
       n_best: how many start and how many end positions to pair, and spans to return.
       max_answer_length: longest answer in sub-tokens.
+      max_context: `(T,)`, nonzero where this window is the sub-token's max-context window;
+        only those sub-tokens may start a span. None: every context sub-token may.
     """
     in_context = offsets[:, 0] >= 0
-    starts = [i for i in np.argsort(-start_logits)[: n_best * 4] if in_context[i]][:n_best]
-    ends = [i for i in np.argsort(-end_logits)[: n_best * 4] if in_context[i]][:n_best]
+    can_start = in_context
+    if max_context is not None:
+        if max_context.shape != in_context.shape:
+            raise ValueError(f"max_context has shape {max_context.shape} but the window has "
+                             f"{len(in_context)} positions (offsets {offsets.shape})")
+        can_start = in_context & (max_context != 0)
+    # The n best allowed positions, in logit order (ties in argsort's order).
+    start_order, end_order = np.argsort(-start_logits), np.argsort(-end_logits)
+    starts = start_order[can_start[start_order]][:n_best]
+    ends = end_order[in_context[end_order]][:n_best]
     spans = []
     for s in starts:
         for e in ends:
@@ -116,7 +130,10 @@ def decode_predictions(windows: Iterable[dict], contexts: Mapping[str, str], n_b
 
     Args:
       windows: dicts with `"id"` (question id), `"start_logits"`, `"end_logits"` (`(T,)`),
-        `"offsets"` (`(T, 2)`, `-1` outside the context); the [CLS] token must be position 0.
+        `"offsets"` (`(T, 2)`, `-1` outside the context), and optionally `"max_context"`
+        (`(T,)`, nonzero where a start is allowed: BERT's max-context rule, as `encode_squad`
+        gives it; without it any context sub-token may start an answer, which is only right
+        for questions whose context fits one window); the [CLS] token must be position 0.
       contexts: question id -> context string (offsets index into it).
       version_2: allow "no answer"; it wins when null_score - best_span_score > null_threshold.
     Returns:
@@ -130,8 +147,10 @@ def decode_predictions(windows: Iterable[dict], contexts: Mapping[str, str], n_b
         start_logits, end_logits = np.asarray(w["start_logits"]), np.asarray(w["end_logits"])
         null = float(start_logits[0] + end_logits[0])
         null_scores[qid] = min(null, null_scores.get(qid, np.inf))
-        for score, a, b in best_spans(start_logits, end_logits, np.asarray(w["offsets"]),
-                                      n_best, max_answer_length):
+        max_context = w.get("max_context")
+        for score, a, b in best_spans(
+                start_logits, end_logits, np.asarray(w["offsets"]), n_best, max_answer_length,
+                None if max_context is None else np.asarray(max_context)):
             candidates[qid].append((score, contexts[qid][a:b]))
     predictions, nbest = {}, {}
     for qid, null in null_scores.items():

@@ -6,8 +6,9 @@ come from `tl_jax.data.features.encode_squad` (doc stride over long contexts).
 
 Loss: mean of start and end cross-entropy over each window's real tokens; a window without the
 answer (or a v2.0 question without one) points at [CLS]. After each eval pass `evaluate` decodes
-n-best spans per question across its windows (max answer length; for `data.version="2.0"` the
-no-answer threshold), scores them with the official SQuAD EM/F1, and writes
+n-best spans per question across its windows (a span starts only in its start sub-token's
+max-context window, as in BERT; max answer length; for `data.version="2.0"` the no-answer
+threshold), scores them with the official SQuAD EM/F1, and writes
 `WORKDIR/predictions/eval_step_N.json` (id -> answer) and `nbest_step_N.json`. Keep the best
 checkpoint by `eval/f1`. With `train.eval_batches` > 0 only the questions whose windows were all
 evaluated are decoded and scored.
@@ -26,7 +27,8 @@ from tl_jax.evaluation import squad as squad_eval
 from tl_jax.models import heads
 from tl_jax.tasks import downstream
 
-_HOST_ONLY = ("offsets", "example_index")  # decoding needs them; the device does not
+# Decoding needs them; the device does not (kept out of the training and eval batches).
+_HOST_ONLY = ("offsets", "max_context", "example_index")
 
 
 def _check_version(version, train_file, train_records, eval_file, eval_records) -> None:
@@ -162,7 +164,8 @@ class Task(downstream.EncoderTask):
                 seen[example_of[row]] += 1
                 record = self.eval_records[example_of[row]]
                 windows.append(dict(id=record["id"], start_logits=start, end_logits=end,
-                                    offsets=self.eval_host["offsets"][row]))
+                                    offsets=self.eval_host["offsets"][row],
+                                    max_context=self.eval_host["max_context"][row]))
         # Score the questions whose windows were all evaluated: with train.eval_batches > 0 the
         # pass stops early, and the questions it never reached are not wrong answers.
         complete = seen == np.bincount(example_of, minlength=len(self.eval_records))
