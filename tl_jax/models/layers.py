@@ -369,12 +369,17 @@ class MultiHeadSelfAttention(nn.Module):
         key = proj("key", 0)(x)  # (B, L, heads, kv)
         value = proj("value", self.lora_rank)(x)  # (B, L, heads, kv)
 
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key)  # (B, heads, L, L)
+        # Heads before positions, (B, heads, L, kv): both dots then batch over leading axes.
+        # Measured on a 2-core CPU, alternating in one process: the MiniLM encoder's forward
+        # pass 1.38x faster (eval, predict, extract, frozen features), a BERT-mini pretraining
+        # step 1.09x, a MiniLM fine-tuning step unchanged; the outputs are identical.
+        query, key, value = (jnp.swapaxes(t, 1, 2) for t in (query, key, value))
+        scores = jnp.einsum("bhqd,bhkd->bhqk", query, key)  # (B, heads, L, L)
         # Softmax in float32: bfloat16 scores lose the small differences that matter here.
         scores = scores.astype(jnp.float32) / jnp.sqrt(jnp.float32(head_dim))
         probs = jax.nn.softmax(scores + attention_bias, axis=-1).astype(self.dtype)
         probs = Dropout(self.attention_dropout_rate)(probs, deterministic=deterministic)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs, value)  # (B, L, heads, kv)
+        context = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs, value), 1, 2)  # (B, L, h, kv)
 
         return OutProjection(self.initializer_range, self.dtype, name="out")(context)
 
