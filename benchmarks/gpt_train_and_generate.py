@@ -48,6 +48,11 @@ def train_flops_per_token(cfg, seq: int) -> float:
     return 6 * weights + 12 * cfg.num_layers * seq * d
 
 
+def flop_rate(flops_per_second: float) -> str:
+    return (f"{flops_per_second / 1e12:,.1f} TFLOP/s" if flops_per_second >= 1e12
+            else f"{flops_per_second / 1e9:,.0f} GFLOP/s")
+
+
 def timed(fn, steps: int) -> float:
     """Seconds per call of `fn` (which must block until its work is done), after one warm-up."""
     fn()
@@ -189,8 +194,8 @@ def main():
             theirs = max(theirs, tokens / torch_train(train_cfg, args.batch, args.seq, args.steps))
         per_token = train_flops_per_token(train_cfg, args.seq)
         print(f"[{size}] train {args.dtype} batch {args.batch} x seq {args.seq}: "
-              f"tl_jax {ours:,.0f} tok/s ({ours * per_token / 1e12:.2f} TFLOP/s) | "
-              f"HF PyTorch {theirs:,.0f} tok/s ({theirs * per_token / 1e12:.2f} TFLOP/s) | "
+              f"tl_jax {ours:,.0f} tok/s ({flop_rate(ours * per_token)}) | "
+              f"HF PyTorch {theirs:,.0f} tok/s ({flop_rate(theirs * per_token)}) | "
               f"ratio {ours / theirs:.2f}x (target >= 1.5x on a CPU)", flush=True)
         new = args.gen_batch * args.new_tokens
         cached, uncached = generation(cfg, args.gen_batch, args.prompt_len, args.new_tokens)
