@@ -110,7 +110,8 @@ def frozen_flops_share(task, trainer: Trainer) -> float:
     """The share of `task.flops_per_example` (a full training step) a step does when a transfer
     plan keeps parameters frozen: no backward below the lowest trained group, no weight
     gradients for frozen matmuls (`TransferPlan.training_flops_fraction`). Tasks that count
-    their frozen part themselves (`flops_count_frozen = True`: the probes) are left as they are.
+    their frozen part themselves (`flops_count_frozen = True`: probes on frozen features,
+    distillation's teacher) are left as they are.
     """
     plan = getattr(task, "transfer_plan", None)
     if plan is None or getattr(task, "flops_count_frozen", False):
