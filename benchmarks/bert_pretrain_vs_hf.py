@@ -132,6 +132,13 @@ def setup_hf(size, seq, batch, preds, dtype="float32"):
                   attention_mask=torch.tensor(b["input_mask"], dtype=torch.long),
                   labels=torch.tensor(labels),
                   next_sentence_label=torch.tensor(b["nsp_labels"], dtype=torch.long))
+    return torch_step_timer(model, opt, inputs, device, dtype)
+
+
+def torch_step_timer(model, opt, inputs, device, dtype):
+    """HF's training step on `inputs` (forward, backward, clipping at 1.0, `opt.step`), warmed
+    up; returns run(steps) -> seconds per step (synchronised on a GPU)."""
+    import torch
     inputs = {k: v.to(device) for k, v in inputs.items()}
 
     def step():
@@ -155,6 +162,20 @@ def setup_hf(size, seq, batch, preds, dtype="float32"):
     return run
 
 
+def measure_peak(dtype: str) -> float:
+    """The matmul peak MFU is measured against, printed: on a GPU in the compute dtype, on a
+    CPU in float32 (also for bfloat16: AMX bf16 can pass 100% of it, see the README)."""
+    if on_gpu():
+        import torch
+        peak_dtype, where = dtype, torch.cuda.get_device_name()
+        peak = measure_matmul_peak(8192, dtype=peak_dtype)
+    else:
+        peak_dtype, where = "float32", f"{os.cpu_count()} cores"
+        peak = measure_matmul_peak()
+    print(f"measured {peak_dtype} matmul peak: {peak / 1e9:,.1f} GFLOP/s ({where})")
+    return peak
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -168,15 +189,7 @@ def main():
     args = parser.parse_args()
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         sys.exit("Unset XLA_FLAGS=--xla_force_host_platform_device_count: it splits the CPU.")
-    if on_gpu():
-        import torch
-        peak_dtype, where = args.dtype, torch.cuda.get_device_name()
-        peak = measure_matmul_peak(8192, dtype=peak_dtype)
-    else:  # the f32 peak also for bf16 (see the README: AMX bf16 can pass 100% of it)
-        peak_dtype, where = "float32", f"{os.cpu_count()} cores"
-        peak = measure_matmul_peak()
-    print(f"measured {peak_dtype} matmul peak: "
-          f"{peak / 1e9:,.1f} GFLOP/s ({where})")
+    peak = measure_peak(args.dtype)
     print(f"{'setting':8} {'tl_jax tok/s':>13} {'HF tok/s':>10} {'ratio':>6} "
           f"{'tl_jax MFU':>10} {'HF MFU':>7}")
     for name in args.settings:

@@ -24,13 +24,12 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bert_pretrain_vs_hf import measure_matmul_peak, on_gpu  # noqa: E402
+from bert_pretrain_vs_hf import measure_peak, on_gpu, torch_step_timer  # noqa: E402
 
 
 def setup_tl_jax(batch, seq, workdir, dtype):
@@ -82,26 +81,7 @@ def setup_hf(init_from, host, dtype):
                   token_type_ids=torch.tensor(host["segment_ids"], dtype=torch.long),
                   attention_mask=torch.tensor(host["input_mask"], dtype=torch.long),
                   labels=torch.tensor(host["labels"], dtype=torch.long))
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            loss = model(**inputs).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
-    def run(steps):
-        t = time.perf_counter()
-        for _ in range(steps):
-            step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - t) / steps
-
-    run(2)  # warm up
-    return run
+    return torch_step_timer(model, opt, inputs, device, dtype)
 
 
 def main():
@@ -119,14 +99,7 @@ def main():
         sys.exit("Unset XLA_FLAGS=--xla_force_host_platform_device_count: it splits the CPU.")
     if not os.environ.get("TL_JAX_DATA_DIR"):
         sys.exit("Set TL_JAX_DATA_DIR to the shared data folder (MiniLM and the food reviews).")
-    if on_gpu():
-        import torch
-        peak_dtype, where = args.dtype, torch.cuda.get_device_name()
-        peak = measure_matmul_peak(8192, dtype=peak_dtype)
-    else:
-        peak_dtype, where = "float32", f"{os.cpu_count()} cores"
-        peak = measure_matmul_peak()
-    print(f"measured {peak_dtype} matmul peak: {peak / 1e9:,.1f} GFLOP/s ({where})")
+    peak = measure_peak(args.dtype)
     with tempfile.TemporaryDirectory() as workdir:
         run_jax, host, flops, init_from = setup_tl_jax(args.batch, args.seq, workdir, args.dtype)
         run_hf = setup_hf(init_from, host, args.dtype)
