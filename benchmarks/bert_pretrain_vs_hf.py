@@ -176,19 +176,37 @@ def measure_peak(dtype: str) -> float:
     return peak
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
+def add_timing_args(parser, steps: int) -> None:
+    """--steps, --repeats and --dtype, shared by the HF comparison scripts."""
+    parser.add_argument("--steps", type=int, default=steps, help="steps per timed block")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed blocks per side, alternating tl_jax and HF; the best counts "
                              "(this machine's speed drifts by 10-25%% over minutes)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="compute dtype of both sides; bfloat16 = mixed precision (tl_jax's "
                              "model.dtype, PyTorch's autocast), params and optimizer in f32")
-    args = parser.parse_args()
+
+
+def refuse_fake_devices() -> None:
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         sys.exit("Unset XLA_FLAGS=--xla_force_host_platform_device_count: it splits the CPU.")
+
+
+def best_alternating(run_a, run_b, repeats: int, steps: int) -> tuple[float, float]:
+    """Best seconds per step of each side over `repeats` alternating timed blocks."""
+    a = b = float("inf")
+    for _ in range(repeats):
+        a = min(a, run_a(steps))
+        b = min(b, run_b(steps))
+    return a, b
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    add_timing_args(parser, steps=10)
+    args = parser.parse_args()
+    refuse_fake_devices()
     peak = measure_peak(args.dtype)
     print(f"{'setting':8} {'tl_jax tok/s':>13} {'HF tok/s':>10} {'ratio':>6} "
           f"{'tl_jax MFU':>10} {'HF MFU':>7}")
@@ -197,10 +215,7 @@ def main():
         with tempfile.TemporaryDirectory() as workdir:
             run_jax, flops = setup_tl_jax(size, seq, batch, preds, workdir, args.dtype)
             run_hf = setup_hf(size, seq, batch, preds, args.dtype)
-            jax_s = hf_s = float("inf")
-            for _ in range(args.repeats):
-                jax_s = min(jax_s, run_jax(args.steps))
-                hf_s = min(hf_s, run_hf(args.steps))
+            jax_s, hf_s = best_alternating(run_jax, run_hf, args.repeats, args.steps)
         tokens = seq * batch
         print(f"{name:8} {tokens / jax_s:13,.0f} {tokens / hf_s:10,.0f} {hf_s / jax_s:6.2f} "
               f"{flops / jax_s / peak:10.1%} {flops / hf_s / peak:7.1%}", flush=True)

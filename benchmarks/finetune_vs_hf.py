@@ -29,7 +29,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bert_pretrain_vs_hf import measure_peak, on_gpu, torch_step_timer  # noqa: E402
+from bert_pretrain_vs_hf import (  # noqa: E402
+    add_timing_args, best_alternating, measure_peak, on_gpu, refuse_fake_devices,
+    torch_step_timer)
 
 
 def setup_tl_jax(batch, seq, workdir, dtype):
@@ -88,25 +90,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed blocks per side, alternating tl_jax and HF; the best counts")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="compute dtype of both sides; bfloat16 = mixed precision (tl_jax's "
-                             "model.dtype, PyTorch's autocast), params and optimizer in f32")
+    add_timing_args(parser, steps=5)
     args = parser.parse_args()
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-        sys.exit("Unset XLA_FLAGS=--xla_force_host_platform_device_count: it splits the CPU.")
+    refuse_fake_devices()
     if not os.environ.get("TL_JAX_DATA_DIR"):
         sys.exit("Set TL_JAX_DATA_DIR to the shared data folder (MiniLM and the food reviews).")
     peak = measure_peak(args.dtype)
     with tempfile.TemporaryDirectory() as workdir:
         run_jax, host, flops, init_from = setup_tl_jax(args.batch, args.seq, workdir, args.dtype)
         run_hf = setup_hf(init_from, host, args.dtype)
-        jax_s = hf_s = float("inf")
-        for _ in range(args.repeats):
-            jax_s = min(jax_s, run_jax(args.steps))
-            hf_s = min(hf_s, run_hf(args.steps))
+        jax_s, hf_s = best_alternating(run_jax, run_hf, args.repeats, args.steps)
     tokens = args.batch * args.seq
     print(f"MiniLM-L6 classify fine-tuning, {args.dtype}, batch {args.batch} x seq {args.seq}: "
           f"tl_jax {tokens / jax_s:,.0f} tok/s (MFU {flops / jax_s / peak:.1%}) | HF PyTorch "
