@@ -407,6 +407,14 @@ def test_a_workdir_with_a_broken_config_is_named(tmp_path):
         generate.load_model(str(tmp_path))
 
 
+def test_a_workdir_without_its_checkpoints_folder_is_named(tmp_path):
+    """A run's config.json without checkpoints/ is not read as a GPT-2 config.json."""
+    (tmp_path / "config.json").write_text('{"task": "clm", "model": {"size": "tiny"}}')
+    with pytest.raises(FileNotFoundError, match=r"is a tl_jax workdir \(task='clm'\) without a "
+                       r"checkpoints/ folder"):
+        generate.load_model(str(tmp_path))
+
+
 def test_python_dash_m_runs_the_command_line():
     import subprocess
     import sys

@@ -193,6 +193,11 @@ def load_config(path) -> GPTConfig:
         if meta.get("family") != "gpt2":
             raise ValueError(f"{path} holds {meta.get('family')!r} weights, not GPT-2")
         return GPTConfig(**meta["config"])
+    if "task" in meta and isinstance(meta.get("model"), dict):
+        # A `tl_jax train` run's config.json: a workdir whose checkpoints/ folder is gone.
+        raise FileNotFoundError(
+            f"{path} is a tl_jax workdir (task={meta['task']!r}) without a checkpoints/ "
+            "folder: the run saved no checkpoint, or it was removed")
     if meta.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"{config_file}: model_type={meta['model_type']!r}, expected 'gpt2'")
     return config_from_hf(meta, str(config_file))
