@@ -68,6 +68,16 @@ def test_unreadable_bpe_files_are_named(tok, tmp_path):
         BPETokenizer.load(str(tmp_path / "tok"))
 
 
+def test_an_empty_merges_file_is_an_error(tok, tmp_path):
+    """merges.txt emptied (a failed copy) would split every word into bytes: not silently."""
+    tok.save(str(tmp_path / "tok"))
+    for text in ("", "#version: 0.2\n"):
+        (tmp_path / "tok" / "merges.txt").write_text(text)
+        with pytest.raises(BPEError, match=r"merges.txt has no merges, but .*vocab.json has "
+                           rf"{tok.vocab_size} tokens"):
+            BPETokenizer.load(str(tmp_path / "tok"))
+
+
 def test_pack_documents_separates_documents_with_eos(tok):
     docs = [["First para.", "Second para."], ["Another doc."], ["Third", "doc", "here"]]
     stream = clm.pack_documents(docs, tok)

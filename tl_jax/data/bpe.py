@@ -79,6 +79,13 @@ class BPETokenizer:
         except Exception as e:  # tokenizers raises a bare Exception on malformed files
             raise BPEError(f"could not read BPE files {vocab_json}, {merges_txt}: {e}") from e
         tok = _byte_level(model)
+        with open(merges_txt, encoding="utf-8") as f:
+            has_merges = any(line.strip() and not line.startswith("#version") for line in f)
+        if not has_merges and tok.get_vocab_size() > 257:
+            # Without merges every word is split into single bytes: the vocabulary's longer
+            # tokens (the ones a model was trained on) would never be produced.
+            raise BPEError(f"{merges_txt} has no merges, but {vocab_json} has "
+                           f"{tok.get_vocab_size()} tokens (more than the 256 bytes + {EOS})")
         if tok.token_to_id(EOS) is not None:
             tok.add_special_tokens([EOS])
         return cls(tok, source=os.path.dirname(vocab_json) or vocab_json)
