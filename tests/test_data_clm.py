@@ -78,6 +78,19 @@ def test_an_empty_merges_file_is_an_error(tok, tmp_path):
             BPETokenizer.load(str(tmp_path / "tok"))
 
 
+def test_a_vocabulary_without_every_byte_symbol_is_an_error(tok, tmp_path):
+    """A byte missing from vocab.json would be dropped from any text holding it."""
+    tok.save(str(tmp_path / "tok"))
+    vocab = json.loads((tmp_path / "tok" / "vocab.json").read_text())
+    gone = "Ã"  # the first byte of "é" in UTF-8
+    kept = sorted((t for t in vocab if gone not in t), key=vocab.get)
+    (tmp_path / "tok" / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(kept)}))
+    merges = (tmp_path / "tok" / "merges.txt").read_text().splitlines()
+    (tmp_path / "tok" / "merges.txt").write_text("\n".join(m for m in merges if gone not in m))
+    with pytest.raises(BPEError, match=r"lacks 1 of the 256 byte-level symbols \(e.g. 'Ã'\)"):
+        BPETokenizer.load(str(tmp_path / "tok"))
+
+
 def test_pack_documents_separates_documents_with_eos(tok):
     docs = [["First para.", "Second para."], ["Another doc."], ["Third", "doc", "here"]]
     stream = clm.pack_documents(docs, tok)

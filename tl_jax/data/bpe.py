@@ -46,6 +46,12 @@ class BPETokenizer:
         self.source = source
         if hf_tokenizer.token_to_id(EOS) is None:
             raise BPEError(f"BPE tokenizer {source} has no {EOS} token")
+        # Without a byte's symbol, text holding that byte loses it when encoded.
+        missing = [s for s in sorted(pre_tokenizers.ByteLevel.alphabet())
+                   if hf_tokenizer.token_to_id(s) is None]
+        if missing:
+            raise BPEError(f"BPE tokenizer {source} lacks {len(missing)} of the 256 byte-level "
+                           f"symbols (e.g. {missing[0]!r}); it is not a byte-level BPE")
         self._vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
         ids = sorted(hf_tokenizer.get_vocab(with_added_tokens=True).values())
         if ids != list(range(len(ids))):
