@@ -311,7 +311,9 @@ def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
     missing = str(tmp_path / "no_model")  # never reached: each flag is refused first
     cases = [
         (dict(top_p=1.5), "top_p must be in"),
-        (dict(temperature=-1.0), "temperature must be >= 0"),
+        (dict(temperature=-1.0), "temperature must be a finite number >= 0"),
+        (dict(temperature=float("nan")), "temperature must be a finite number >= 0, got nan"),
+        (dict(temperature=float("inf")), "temperature must be a finite number >= 0, got inf"),
         (dict(batch_size=0), "batch_size must be >= 1"),
         (dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
         (dict(template="Summary:"), "has no {text}"),

@@ -37,8 +37,9 @@ class Sampling:
     top_p: float = 1.0
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"Sampling: temperature must be >= 0, got {self.temperature}")
+        if not 0.0 <= self.temperature < float("inf"):  # NaN too: it samples garbage
+            raise ValueError(f"Sampling: temperature must be a finite number >= 0, got "
+                             f"{self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"Sampling: top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
