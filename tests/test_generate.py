@@ -1,4 +1,6 @@
 """Cached decoding, sampling, left padding, prompt scoring and the `generate` command."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -329,6 +331,12 @@ def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
     bad.write_text('{"text": "fine"}\n"just a string"\n')
     with pytest.raises(DataFormatError, match=r"bad.jsonl:2: expected a JSON object"):
         generate.run_generate(missing, prompt_file=str(bad))
+    nulls = tmp_path / "nulls.jsonl"  # read as the prompts "None" and "['a', 'b']" before
+    for row, message in (('{"text": null}', "field 'text' is null"),
+                         ('{"text": ["a", "b"]}', "field 'text' must be a string")):
+        nulls.write_text('{"text": "fine"}\n' + row + "\n")
+        with pytest.raises(DataFormatError, match=rf"nulls.jsonl:2: {re.escape(message)}"):
+            generate.run_generate(missing, prompt_file=str(nulls))
     with pytest.raises(FileNotFoundError, match=r"prompt_file '.*nope.txt' does not exist"):
         generate.run_generate(missing, prompt_file=str(tmp_path / "nope.txt"))
     with pytest.raises(FileNotFoundError, match=r"prompt_file .* is not a file"):

@@ -441,7 +441,7 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     # -- prompts ---------------------------------------------------------------------------------
     records = [{"text": p} for p in prompts]
     if prompt_file:
-        from tl_jax.data.readers import DataFormatError, label_text
+        from tl_jax.data.readers import DataFormatError, _text, label_text
         path = os.path.expandvars(prompt_file)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"generate: prompt_file {prompt_file!r} does not exist"
@@ -469,8 +469,12 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                     if text_field not in row:
                         raise DataFormatError(prompt_file, lineno,
                                               f"missing field {text_field!r} (has {sorted(row)})")
+                    if row[text_field] is None:  # not the prompt "None"
+                        raise DataFormatError(prompt_file, lineno,
+                                              f"field {text_field!r} is null")
                     gold = row.get(label_field)
-                    records.append({"text": str(row[text_field]),
+                    records.append({"text": _text(row[text_field], prompt_file, lineno,
+                                                  text_field),
                                     "label": None if gold is None else label_text(gold)})
                 else:
                     records.append({"text": line.rstrip("\r\n")})
