@@ -4,7 +4,7 @@ import json
 import ml_collections
 import pytest
 
-from tl_jax.data.bpe import BPETokenizer
+from tl_jax.data.bpe import BPEError, BPETokenizer
 from tl_jax.tasks import clm
 
 
@@ -50,6 +50,23 @@ def test_warm_start_keeps_the_init_from_tokenizer(tmp_path, texts, kind, capsys)
     clm.load_tokenizer(data_cfg(tokenizer=str(same)), str(tmp_path / "run"), new_docs,
                        str(init_from))
     assert "warning" not in capsys.readouterr().out
+
+
+def test_warm_start_from_a_gpt2_directory_without_a_tokenizer_is_an_error(tmp_path, texts):
+    """Weights saved without their tokenizer: a new BPE trained on the corpus (as many tokens,
+    so every embedding row was taken) used to give the warm-started rows other meanings."""
+    init_from = tmp_path / "gpt2"
+    init_from.mkdir()
+    (init_from / "config.json").write_text('{"model_type": "gpt2"}')
+    docs = [[t] for t in texts]
+    with pytest.raises(BPEError, match=r"init_from=.*gpt2' has no tokenizer \(vocab.json \+ "
+                       r"merges.txt or tokenizer.json\): name the one .* as data.tokenizer"):
+        clm.load_tokenizer(data_cfg(), str(tmp_path / "run"), docs, str(init_from))
+    other = tmp_path / "other"
+    BPETokenizer.train(texts, vocab_size=300).save(str(other))
+    tok = clm.load_tokenizer(data_cfg(tokenizer=str(other)), str(tmp_path / "run"), docs,
+                             str(init_from))
+    assert tok.vocab_size == 300
 
 
 def test_warm_start_from_a_gpt2_directory_of_another_size_is_an_error(tmp_path):

@@ -51,6 +51,14 @@ def load_tokenizer(data_cfg, workdir: str | None, documents=None,
               "apply to new runs only", flush=True)
         return tokenizer
     source = init_from_tokenizer(init_from)
+    weights = os.path.expandvars(init_from or "")
+    if weights and not source and not data_cfg.tokenizer and (
+            warm_start.is_tl_workdir(weights) or warm_start.is_hf_directory(weights)):
+        # A vocabulary trained here would give the warm-started embedding rows other tokens
+        # (silently, when it happens to have as many tokens as the checkpoint).
+        raise bpe.BPEError(
+            f"init_from={init_from!r} has no tokenizer (vocab.json + merges.txt or "
+            "tokenizer.json): name the one its weights were trained with as data.tokenizer")
     if data_cfg.tokenizer:
         tokenizer = bpe.BPETokenizer.load(os.path.expandvars(data_cfg.tokenizer))
         if source and (bpe.BPETokenizer.load(source).hf_tokenizer.get_vocab()
