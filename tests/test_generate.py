@@ -337,6 +337,10 @@ def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
         nulls.write_text('{"text": "fine"}\n' + row + "\n")
         with pytest.raises(DataFormatError, match=rf"nulls.jsonl:2: {re.escape(message)}"):
             generate.run_generate(missing, prompt_file=str(nulls))
+    upper = tmp_path / "PROMPTS.JSONL"  # jsonl by its suffix in any case, as the readers
+    upper.write_text('{"txt": "fine"}\n')
+    with pytest.raises(DataFormatError, match=r"PROMPTS.JSONL:1: missing field 'text'"):
+        generate.run_generate(missing, prompt_file=str(upper))
     with pytest.raises(FileNotFoundError, match=r"prompt_file '.*nope.txt' does not exist"):
         generate.run_generate(missing, prompt_file=str(tmp_path / "nope.txt"))
     with pytest.raises(FileNotFoundError, match=r"prompt_file .* is not a file"):

@@ -458,7 +458,7 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                     line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark
                 if not line.strip():
                     continue
-                if prompt_file.endswith(".jsonl"):
+                if prompt_file.lower().endswith(".jsonl"):  # as the readers: .JSONL too
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError as e:
