@@ -307,6 +307,19 @@ def _small_gpt2_dir(path, max_len=64):
     return model, params, tok
 
 
+def test_a_stop_string_ends_the_loop_at_every_token_that_holds_it(tmp_path):
+    _, _, tok = _small_gpt2_dir(tmp_path)
+    vocab = range(tok.vocab_size)
+    assert generate.stop_token_ids(tok, []) == []
+    ids = generate.stop_token_ids(tok, ["t"])
+    assert ids == [i for i in vocab if "t" in tok.decode([i], skip_special_tokens=True)]
+    assert len(ids) > 1 and tok.encode("t")[0] in ids and tok.encode(" the")[0] in ids
+    assert tok.eos_id not in generate.stop_token_ids(tok, ["end"])  # <|endoftext|> is no text
+    # A stop string longer than any token ends no row early; the text is cut after the run.
+    assert generate.stop_token_ids(tok, ["the cat sat on the mat"]) == []
+    assert generate.cut_at_stop("a cat sat. the dog", ["the", ". "]) == "a cat sat"
+
+
 def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
     from tl_jax.data.readers import DataFormatError
 
@@ -393,17 +406,27 @@ def test_generate_command_line_labels_stops_and_long_prompts(tmp_path, capsys):
     assert "1 prompt(s) longer than the 12 tokens" in err, err
     assert results[0]["prompt_tokens_cut"] == cut > 0 and "prompt_tokens_cut" not in results[1]
 
-    # --stop: a single token ends the completion (and is not printed); several tokens are refused.
+    # --stop: the completion ends before the first occurrence of a stop string, whether it is
+    # one token, inside a token, or spread over several tokens.
     want = Generator(model, params, pad_id=tok.eos_id).generate([tok.encode("a cat")], 8)[0]
+    text = tok.decode(want)
+
+    def completion(stops):
+        return generate.run_generate(str(tmp_path), prompts=["a cat"], max_new_tokens=8,
+                                     stop_at_eos=False, stop=stops)[0]["completion"]
+
     usable = [(k, t) for k, t in enumerate(want)
               if tok.encode(tok.decode([t])) == [t] and t not in want[:k]]
     k, stop = ([u for u in usable if u[0] > 0] or usable)[0]
-    results = generate.run_generate(str(tmp_path), prompts=["a cat"], max_new_tokens=8,
-                                    stop_at_eos=False, stop=[tok.decode([stop])])
-    assert results[0]["completion"] == tok.decode(want[:k])
-    with pytest.raises(ValueError, match="a stop must be a single token"):
-        generate.run_generate(str(tmp_path), prompts=["a cat"], max_new_tokens=4,
-                              stop=["the cat sat on the mat"])
+    assert completion([tok.decode([stop])]) == tok.decode(want[:k])
+    spanning = tok.decode(want[-3:-1])  # two tokens
+    assert completion([spanning]) == text[:text.index(spanning)]
+    inside = tok.decode([want[-1]])[-1]  # the last character of a token
+    assert completion([inside, spanning]) == text[:min(text.index(inside),
+                                                       text.index(spanning))]
+    assert completion(["never in the text \u2603"]) == text
+    with pytest.raises(ValueError, match="an empty stop string"):
+        generate.run_generate(str(tmp_path / "unread"), prompts=["a cat"], stop=[""])
 
     # Commands without a config refuse --config.* overrides instead of dropping them.
     with pytest.raises(SystemExit, match="has no config, so --config.\\* overrides do not apply"):

@@ -381,6 +381,30 @@ def load_model(path: str, caller: str = "generate"):
     return GPT(config), params, tokenizer
 
 
+def stop_token_ids(tokenizer, stop_strings: Sequence[str]) -> list[int]:
+    """Ids of the vocabulary tokens whose text holds one of `stop_strings`.
+
+    The decoding loop ends a row at any of them, so a stop string ends generation early however
+    the model spells it: "\\n" is GPT-2's token 198, but also inside "\\n\\n" (628) and ".\\n".
+    A stop string that only ever spans several tokens is not among them; `cut_at_stop` still
+    ends the completion's text there, after the row has run its course.
+    """
+    for text in stop_strings:
+        if not text:
+            raise ValueError("generate: an empty stop string would end every completion at once")
+    if not stop_strings:
+        return []
+    pieces = tokenizer.hf_tokenizer.decode_batch([[i] for i in range(tokenizer.vocab_size)],
+                                                 skip_special_tokens=True)
+    return [i for i, piece in enumerate(pieces) if any(s in piece for s in stop_strings)]
+
+
+def cut_at_stop(completion: str, stop_strings: Sequence[str]) -> str:
+    """`completion` up to (not including) the first occurrence of any of `stop_strings`."""
+    cuts = [completion.find(s) for s in stop_strings if s in completion]
+    return completion[:min(cuts)] if cuts else completion
+
+
 def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] = (),
                  prompt_file: str = "", text_field: str = "text", label_field: str = "label",
                  template: str = "{text}", choices: Sequence[str] = (),
@@ -392,8 +416,8 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
 
     mode="complete": continues each prompt (GPT-2's zero-shot tasks, e.g. a template ending in
       "TL;DR:" for summaries) and prints prompt + completion. A row stops at `<|endoftext|>`
-      (unless `stop_at_eos=False`) and at any of `stop`, strings that are single tokens of the
-      vocabulary (e.g. "\\n"). A prompt longer than `max_len - max_new_tokens` tokens keeps its
+      (unless `stop_at_eos=False`) and where its text first holds any of `stop` (strings, e.g.
+      "\\n"; the completion ends before it). A prompt longer than `max_len - max_new_tokens` tokens keeps its
       end; a warning says so, and its result records `prompt_tokens_cut`.
     mode="score": for each prompt, the log-likelihood of each of `choices` as its continuation;
       the prediction is the most likely choice (zero-shot classification). If the prompt file
@@ -427,6 +451,8 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
         if max_new_tokens < 1:
             raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
         sampling = Sampling(temperature, top_k, top_p)
+        if any(not text for text in stop):
+            raise ValueError("generate: an empty stop string would end every completion at once")
     else:
         if not choices:
             raise ValueError("generate: mode=score needs choices (--choice, repeatable)")
@@ -496,14 +522,9 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
             raise ValueError(
                 f"generate: max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
                 f"model's max_len {model.config.max_len}")
-        stops = [tokenizer.eos_id] if stop_at_eos else []
-        for text in stop:
-            text = text.replace("\\n", "\n")
-            ids = tokenizer.encode(text)
-            if len(ids) != 1:
-                raise ValueError(f"generate: stop {text!r} is {len(ids)} tokens of this "
-                                 "vocabulary; a stop must be a single token")
-            stops.append(ids[0])
+        stop_strings = [text.replace("\\n", "\n") for text in stop]
+        stops = ([tokenizer.eos_id] if stop_at_eos else []) + stop_token_ids(tokenizer,
+                                                                             stop_strings)
         limit = model.config.max_len - max_new_tokens
         cut = [max(0, len(ids) - limit) for ids in encoded]
         if any(cut):
@@ -518,8 +539,9 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
             chunk = encoded[start:start + batch_size]
             outs = generator.generate(chunk, max_new_tokens, sampling, stops, seed=seed + start)
             for k, (text, out) in enumerate(zip(texts[start:start + batch_size], outs)):
-                out = [t for t in out if t not in stops]
-                completion = tokenizer.decode(out)
+                if stop_at_eos and tokenizer.eos_id in out:
+                    out = out[:out.index(tokenizer.eos_id)]
+                completion = cut_at_stop(tokenizer.decode(out), stop_strings)
                 result = {"prompt": text, "completion": completion}
                 if cut[start + k]:
                     result["prompt_tokens_cut"] = cut[start + k]

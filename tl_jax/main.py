@@ -207,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_stop_at_eos", action="store_true")
     p.add_argument("--stop", action="append",
-                   help="complete mode: also stop at this token (repeatable; a single token of "
-                        "the vocabulary, e.g. '\\n' or '.')")
+                   help="complete mode: also end a completion where its text first holds this "
+                        "string, which is not printed (repeatable; e.g. '\\n' or 'Q:')")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--output", default="", help="write results as jsonl")
     return parser
