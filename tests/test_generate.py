@@ -217,6 +217,22 @@ def test_zero_shot_classification_picks_the_likelier_label(lm):
     np.testing.assert_array_equal(pred, scores.argmax(-1))
     direct = score(model, params, [prompts[1]], [labels[1]])[0]
     assert scores[1, 1] == pytest.approx(direct, abs=1e-5)
+    # --batch_size prompts at a time, each with every label; the scores do not depend on it.
+    one_by_one = generate.classify_zero_shot(model, params, prompts, labels, batch_size=1)[1]
+    np.testing.assert_allclose(one_by_one, scores, atol=1e-5)
+
+
+def test_score_mode_sends_batch_size_prompts_at_a_time(tmp_path, monkeypatch):
+    _small_gpt2_dir(tmp_path)
+    sizes = []
+    real = generate.score
+    monkeypatch.setattr(generate, "score", lambda *a, **k: sizes.append(k["batch_size"])
+                        or real(*a, **k))
+    kw = dict(mode="score", prompts=["the cat", "a dog", "the mat"], choices=[" sat", " dog"])
+    small = generate.run_generate(str(tmp_path), batch_size=1, **kw)
+    default = generate.run_generate(str(tmp_path), **kw)
+    assert sizes == [2, 16]  # 1 and 8 prompts x 2 choices
+    assert [r["prediction"] for r in small] == [r["prediction"] for r in default]
 
 
 def test_run_generate_from_a_gpt2_directory(tmp_path, lm):

@@ -312,15 +312,19 @@ def score(model: GPT, params, contexts: Sequence[Sequence[int]],
 
 
 def classify_zero_shot(model: GPT, params, prompts: Sequence[Sequence[int]],
-                       label_continuations: Sequence[Sequence[int]], normalize: bool = False):
+                       label_continuations: Sequence[Sequence[int]], normalize: bool = False,
+                       batch_size: int = 8):
     """Zero-shot classification: the label whose continuation is most likely after the prompt.
 
     Returns (predictions (N,) int, scores (N, num_labels)). With `normalize`, scores are
-    per-token averages so multi-token labels are not penalised for length.
+    per-token averages so multi-token labels are not penalised for length. `batch_size` prompts
+    (each with every continuation) go through the model at a time.
     """
     contexts = [p for p in prompts for _ in label_continuations]
     conts = [c for _ in prompts for c in label_continuations]
-    scores = score(model, params, contexts, conts).reshape(len(prompts), len(label_continuations))
+    scores = score(model, params, contexts, conts,
+                   batch_size=batch_size * len(label_continuations))
+    scores = scores.reshape(len(prompts), len(label_continuations))
     if normalize:
         scores = scores / np.array([len(c) for c in label_continuations])[None, :]
     return scores.argmax(-1), scores
@@ -558,7 +562,8 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
             print(f"[generate] warning: {long} prompt(s) longer than the {room} tokens that "
                   f"max_len {model.config.max_len} leaves beside the longest choice; only their "
                   "last tokens are read", file=sys.stderr, flush=True)
-        predictions, scores = classify_zero_shot(model, params, encoded, conts)
+        predictions, scores = classify_zero_shot(model, params, encoded, conts,
+                                                 batch_size=batch_size)
         correct = 0
         for r, text, pred, row in zip(records, texts, predictions, scores):
             result = {"prompt": text, "prediction": labels[int(pred)],

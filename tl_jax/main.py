@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append",
                    help="complete mode: also end a completion where its text first holds this "
                         "string, which is not printed (repeatable; e.g. '\\n' or 'Q:')")
-    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--batch_size", type=int, default=8,
+                   help="prompts per batch (score mode: each with every --choice)")
     p.add_argument("--output", default="", help="write results as jsonl")
     return parser
 
