@@ -1,5 +1,6 @@
 """The `clm` task's warm start: the tokenizer and weights taken from `init_from`."""
 import json
+import os
 
 import ml_collections
 import pytest
@@ -67,6 +68,21 @@ def test_warm_start_from_a_gpt2_directory_without_a_tokenizer_is_an_error(tmp_pa
     tok = clm.load_tokenizer(data_cfg(tokenizer=str(other)), str(tmp_path / "run"), docs,
                              str(init_from))
     assert tok.vocab_size == 300
+
+
+def test_warm_start_from_another_model_family_is_named(tmp_path, texts, data_dir):
+    """A BERT directory or workdir as a clm run's init_from: said so, not a complaint about
+    the tokenizer lacking <|endoftext|>."""
+    docs = [[t] for t in texts]
+    bert = os.path.join(data_dir, "models", "all-MiniLM-L6-v2")
+    with pytest.raises(ValueError, match=r"holds a 'bert' model \(.*config.json\); a clm run "
+                                         "warm-starts from GPT-2-layout weights"):
+        clm.load_tokenizer(data_cfg(), str(tmp_path / "run"), docs, bert)
+    workdir = tmp_path / "bert_run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "config.json").write_text('{"task": "bert_pretrain"}')
+    with pytest.raises(ValueError, match="was trained with task='bert_pretrain'; a clm run"):
+        clm.load_tokenizer(data_cfg(), str(tmp_path / "run"), docs, str(workdir))
 
 
 def test_warm_start_from_a_gpt2_directory_of_another_size_is_an_error(tmp_path):

@@ -6,6 +6,7 @@ eval set (not an average of per-batch perplexities).
 """
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -50,8 +51,28 @@ def load_tokenizer(data_cfg, workdir: str | None, documents=None,
               "tokens); data.tokenizer, data.tokenizer_vocab_size and init_from's tokenizer "
               "apply to new runs only", flush=True)
         return tokenizer
-    source = init_from_tokenizer(init_from)
     weights = os.path.expandvars(init_from or "")
+    # Another model family's weights are named as such here, before their tokenizer is read (a
+    # BERT directory's WordPiece tokenizer.json only failed for lacking <|endoftext|>).
+    if weights and warm_start.is_tl_workdir(weights) and os.path.isfile(
+            os.path.join(weights, "config.json")):
+        task = checkpoint.load_run_config(weights).get("task")
+        if task not in ("clm", "lm_classify"):
+            raise ValueError(f"init_from={init_from!r} was trained with task={task!r}; a clm "
+                             "run warm-starts from a 'clm' or 'lm_classify' workdir or a "
+                             "GPT-2-layout directory")
+    elif weights and warm_start.is_hf_directory(weights):
+        config_file = os.path.join(weights, "config.json")
+        try:
+            with open(config_file) as f:
+                model_type = json.load(f).get("model_type", "gpt2")
+        except (ValueError, AttributeError):
+            model_type = "gpt2"  # the weight loader names what is wrong with the file
+        if model_type != "gpt2":
+            raise ValueError(f"init_from={init_from!r} holds a {model_type!r} model "
+                             f"({config_file}); a clm run warm-starts from GPT-2-layout weights "
+                             "or a 'clm' / 'lm_classify' workdir")
+    source = init_from_tokenizer(init_from)
     if weights and not source and not data_cfg.tokenizer and (
             warm_start.is_tl_workdir(weights) or warm_start.is_hf_directory(weights)):
         # A vocabulary trained here would give the warm-started embedding rows other tokens
