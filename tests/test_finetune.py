@@ -134,6 +134,25 @@ def test_labels_outside_the_label_set_name_the_file(tmp_path):
         lm_classify.Task(config, str(tmp_path))
 
 
+def test_numeric_labels_in_the_config_are_the_files_labels(tmp_path):
+    # data.labels=1,0 on the command line arrives as numbers; the files' labels are strings
+    # ("1", "0"), so every label of the file was "not in data.labels [1, 0]".
+    from tl_jax.tasks import classify, lm_classify
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": f"review number {i}", "label": i % 2}) + "\n"
+                            for i in range(32)))
+    base = [f"data.train_file={path}", f"data.eval_file={path}"]
+    config = config_lib.load_config("configs/finetune_classify.py:tiny", base + ["data.labels=1,0"])
+    task = classify.Task(config, str(tmp_path / "run"))
+    assert task.labels == ["1", "0"]
+    assert list(task.train_arrays["labels"][:4]) == [1, 0, 1, 0]
+    config = config_lib.load_config("configs/gpt_finetune_classify.py:tiny", base + [
+        "data.labels=(0,)"])
+    with pytest.raises(ValueError, match=r"labels \['1'\] are not in data.labels \['0'\]"):
+        lm_classify.Task(config, str(tmp_path / "gpt"))
+
+
 def test_squad_version_must_match_the_data(tmp_path):
     # data.version=2.0 on data without an unanswerable question (the default silver:cloze_qa is
     # built as v1.1) trained silently without ever learning "no answer"; v1.1 on v2.0 data
