@@ -252,6 +252,24 @@ def test_squad_shape_errors_repeated_ids_and_bad_answers_are_named(tmp_path):
         readers.read_squad(_write(tmp_path / "twice.json", json.dumps(twice)))
 
 
+def test_squad_errors_name_the_line_of_the_question_not_a_string_equal_to_its_id(tmp_path):
+    # The line was that of the first `"2"` in the file: here question "1"'s answer text, and
+    # for a repeated id the first question holding it, not the repeat.
+    context = "In 1815 Emma was 21 and had 2 sisters."
+    qas = [{"id": "1", "question": "Sisters?", "answers": [{"text": "2", "answer_start": 28}]},
+           {"id": "2", "question": "Age?", "answers": [{"text": "21", "answer_start": 16}]}]
+    doc = {"data": [{"title": "Emma", "paragraphs": [{"context": context, "qas": qas}]}]}
+    text = json.dumps(doc, indent=1)
+    line = text[: text.index('"id": "2"')].count("\n") + 1
+    with pytest.raises(readers.DataFormatError, match=rf"off.json:{line}: question '2': answer"):
+        readers.read_squad(_write(tmp_path / "off.json", text))
+    qas[1] = dict(qas[0], question="Again?")
+    text = json.dumps(doc, indent=1)
+    line = text[: text.rindex('"id": "1"')].count("\n") + 1
+    with pytest.raises(readers.DataFormatError, match=rf"twice.json:{line}: question id '1' occurs"):
+        readers.read_squad(_write(tmp_path / "twice.json", text))
+
+
 def test_read_records_rejects_unknown_specs(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         readers.read_records(str(tmp_path / "nope.jsonl"), "classification")

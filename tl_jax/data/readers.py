@@ -298,11 +298,16 @@ def read_squad(path: PathLike, require_labels: bool = True) -> list[dict]:
     except json.JSONDecodeError as e:
         raise DataFormatError(path, e.lineno, f"invalid JSON ({e.msg})") from None
 
-    def fail(qid, message):
+    def fail(qid, message, occurrence=0):
+        """Raises at the line of the `occurrence`-th `"id": qid` (not any string equal to the
+        id: an earlier answer "2" is not question "2")."""
         line = None
         if qid is not None:
-            pos = raw.find(json.dumps(str(qid)))
-            line = raw.count("\n", 0, pos) + 1 if pos >= 0 else None
+            forms = {json.dumps(qid), json.dumps(qid, ensure_ascii=False)}
+            found = sorted(m.start() for form in forms for m in re.finditer(
+                r'"id"\s*:\s*' + re.escape(form) + r"(?=\s*[,}])", raw))
+            if found:
+                line = raw.count("\n", 0, found[min(occurrence, len(found) - 1)]) + 1
         raise DataFormatError(path, line, message)
 
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
@@ -328,7 +333,8 @@ def read_squad(path: PathLike, require_labels: bool = True) -> list[dict]:
                 if str(qid) in seen:
                     # Predictions and gold are keyed by id: a repeat would be decoded against
                     # the other question's context.
-                    fail(qid, f"question id {qid!r} occurs twice (also in article {seen[str(qid)]!r})")
+                    fail(qid, f"question id {qid!r} occurs twice (also in article "
+                              f"{seen[str(qid)]!r})", occurrence=1)
                 seen[str(qid)] = title
                 impossible = bool(qa.get("is_impossible", False))
                 answers = []
