@@ -279,3 +279,21 @@ def test_read_records_rejects_unknown_specs(tmp_path):
         readers.read_tfds("imdb_reviews", "train")
     with pytest.raises(ValueError, match="unknown GLUE config"):
         readers.read_tfds("glue/nope", "train")
+
+
+def test_a_tfds_dataset_that_cannot_be_loaded_is_a_one_line_error(monkeypatch):
+    # Offline, or without TensorFlow, tfds raised from deep inside itself with every dataset
+    # name it knows (hundreds of lines), and `tl_jax train` printed the traceback.
+    import tensorflow_datasets as tfds
+
+    def not_found(name, data_dir=None):
+        raise tfds.core.registered.DatasetNotFoundError(
+            f"Dataset {name.split('/')[0]} not found.\nAvailable datasets:\n\t- abstract_reasoning")
+
+    monkeypatch.setattr(tfds, "builder", not_found)
+    with pytest.raises(ValueError) as e:
+        readers.read_records("tfds:glue/sst2:train", "classification")
+    message = str(e.value)
+    assert message.startswith("cannot load tfds:glue/sst2:train (DatasetNotFoundError: Dataset "
+                              "glue not found.)")
+    assert "TFDS_DATA_DIR" in message and "abstract_reasoning" not in message

@@ -405,9 +405,17 @@ def read_tfds(name: str, split: str, data_dir: str | None = None) -> list[dict]:
         raise ValueError(f"read_tfds supports glue/*, conll2003 and squad/*, not {name!r}")
     if family == "glue" and name.split("/")[-1] not in GLUE_FIELDS:
         raise ValueError(f"unknown GLUE config in {name!r}; known: {sorted(GLUE_FIELDS)}")
-    builder = tfds.builder(name, data_dir=data_dir)
-    builder.download_and_prepare()
-    dataset = tfds.as_numpy(builder.as_dataset(split=split))
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        builder.download_and_prepare()
+        dataset = tfds.as_numpy(builder.as_dataset(split=split))
+    except Exception as e:  # tfds raises many types (not found, no network, no TensorFlow).
+        first_line = (str(e).strip().splitlines() or [""])[0]  # tfds appends every dataset name
+        raise ValueError(
+            f"cannot load tfds:{name}:{split} ({type(e).__name__}: {first_line}); the first use "
+            "downloads and prepares it (network access and TensorFlow), or set TFDS_DATA_DIR to "
+            "where it is prepared; or give a local jsonl/CSV/TSV, CoNLL or SQuAD JSON file"
+        ) from None
     info = builder.info.features
 
     def text(value):
