@@ -270,6 +270,21 @@ def test_squad_errors_name_the_line_of_the_question_not_a_string_equal_to_its_id
         readers.read_squad(_write(tmp_path / "twice.json", text))
 
 
+def test_squad_is_impossible_must_be_a_boolean(tmp_path):
+    # "is_impossible": "false" was read as bool("false"), True: an answerable question became
+    # unanswerable, its answers dropped, silently.
+    doc = _squad_doc()
+    doc["data"][0]["paragraphs"][0]["qas"][0]["is_impossible"] = "false"
+    text = json.dumps(doc, indent=1)
+    line = text[: text.index('"id": "q1"')].count("\n") + 1
+    with pytest.raises(readers.DataFormatError,
+                       match=rf"str.json:{line}: question 'q1': 'is_impossible' must be true or "
+                             r'false, got "false"'):
+        readers.read_squad(_write(tmp_path / "str.json", text))
+    doc["data"][0]["paragraphs"][0]["qas"][0]["is_impossible"] = False
+    assert not readers.read_squad(_write(tmp_path / "ok.json", json.dumps(doc)))[0]["is_impossible"]
+
+
 def test_read_records_rejects_unknown_specs(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         readers.read_records(str(tmp_path / "nope.jsonl"), "classification")

@@ -336,7 +336,11 @@ def read_squad(path: PathLike, require_labels: bool = True) -> list[dict]:
                     fail(qid, f"question id {qid!r} occurs twice (also in article "
                               f"{seen[str(qid)]!r})", occurrence=1)
                 seen[str(qid)] = title
-                impossible = bool(qa.get("is_impossible", False))
+                impossible = qa.get("is_impossible", False)
+                if impossible not in (True, False):  # bool("false") is True
+                    fail(qid, f"question {qid!r}: 'is_impossible' must be true or false, got "
+                              f"{json.dumps(impossible)[:60]}")
+                impossible = bool(impossible)
                 answers = []
                 for answer in items(qa, "answers", f"question {qid!r}", qid):
                     text, start = answer.get("text"), answer.get("answer_start")
