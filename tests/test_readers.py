@@ -294,6 +294,12 @@ def test_read_records_rejects_unknown_specs(tmp_path):
         readers.read_tfds("imdb_reviews", "train")
     with pytest.raises(ValueError, match="unknown GLUE config"):
         readers.read_tfds("glue/nope", "train")
+    # A silver task given to the other task kind was built, then read in the wrong format
+    # ("tag '365}]}]}' is not BIO", "invalid JSON").
+    with pytest.raises(ValueError, match="silver:cloze_qa:train is squad data .* reads tagging"):
+        readers.read_records("silver:cloze_qa:train", "tagging")
+    with pytest.raises(ValueError, match="silver:names:dev is tagging data .* reads squad"):
+        readers.read_records("silver:names:dev", "squad")
 
 
 def test_a_tfds_dataset_that_cannot_be_loaded_is_a_one_line_error(monkeypatch):

@@ -543,6 +543,10 @@ def read_records(spec: str, kind: str, require_labels: bool = True, **fields) ->
         from tl_jax.data import task_builders  # builds from TL_JAX_DATA_DIR text on first use
 
         task, _, split = spec[len("silver:"):].partition(":")
+        silver_kind = {"names": "tagging", "cloze_qa": "squad"}.get(task, kind)
+        if silver_kind != kind:  # else a CoNLL file read as JSON, or the reverse
+            raise ValueError(f"{spec} is {silver_kind} data (CoNLL for silver:names, SQuAD JSON "
+                             f"for silver:cloze_qa), but this task reads {kind} data")
         spec = str(task_builders.silver_path(task, split))
     if not os.path.exists(spec):
         raise FileNotFoundError(f"{kind} data file {spec} does not exist")
