@@ -40,6 +40,16 @@ def test_labels_are_one_class_per_value(tmp_path):
         readers.read_classification(blank)
 
 
+def test_a_blank_label_cell_is_unlabelled_for_prediction(tmp_path):
+    # A spreadsheet of new rows keeps the label column, left empty: `tl_jax predict` failed
+    # with "empty label" instead of predicting them (training still requires every label).
+    path = _write(tmp_path / "new.csv", "text,label\ngreat snack,\nawful taste, \nfine,pos\n")
+    records = readers.read_classification(path, require_labels=False)
+    assert [r["label"] for r in records] == [None, None, "pos"]
+    with pytest.raises(readers.DataFormatError, match=r"new.csv:2: empty label"):
+        readers.read_classification(path)
+
+
 def test_classification_errors_name_file_and_line(tmp_path):
     bad_json = _write(tmp_path / "bad.jsonl", '{"text": "ok", "label": "a"}\n{"text": oops}\n')
     with pytest.raises(readers.DataFormatError, match=r"bad.jsonl:2: invalid JSON"):

@@ -58,7 +58,7 @@ def read_classification(path: PathLike, text_field: str = "text", text_b_field: 
     row naming the columns). `text_b_field` names the second sentence for pair tasks.
 
     With `require_labels=False` (`tl_jax predict`) a row without the label field, or with a null
-    one, is read with label None.
+    or blank one (an empty CSV cell), is read with label None.
 
     Returns:
       A list of `{"text", "text_b", "label"}` dicts; labels are strings.
@@ -84,7 +84,9 @@ def _read_classification(path: pathlib.Path, text_field: str, text_b_field: str 
                               "use .jsonl, .csv or .tsv")
     records = []
     for line, row in rows:
-        labelled = require_labels or row.get(label_field) is not None
+        # Unlabelled: no label field, a null, or a blank cell (a CSV's label column left empty).
+        labelled = require_labels or (row.get(label_field) is not None
+                                      and label_text(row[label_field]) != "")
         fields = [text_field] + ([label_field] if labelled else []) + (
             [text_b_field] if text_b_field else [])
         for field in fields:
