@@ -184,6 +184,28 @@ def test_squad_version_must_match_the_data(tmp_path):
         task("1.1", v2, v1)
 
 
+def test_squad_answers_no_window_holds_are_counted(tmp_path, capsys):
+    # An answer longer than a window (or across a boundary the windows overlap less than it is
+    # long) is in no window whole: v1.1 training dropped the question without a word.
+    from tl_jax.tasks import squad
+
+    words = "Emma walked to Hartfield with her father and met Mr. Knightley by the old gate".split()
+    context = " ".join(words * 3)
+    long_answer = " ".join(words * 2)
+    records = [{"id": f"q{i}", "title": "t", "question": f"Who walked {i}?", "context": context,
+                "answers": [{"text": "Hartfield", "answer_start": 15}], "is_impossible": False}
+               for i in range(3)]
+    records.append(dict(records[0], id="long", answers=[{"text": long_answer, "answer_start": 0}]))
+    path = tmp_path / "qa.json"
+    readers.write_squad(path, records)
+    config = config_lib.load_config("configs/finetune_squad.py:tiny", [
+        f"data.train_file={path}", f"data.eval_file={path}", "data.max_seq_length=24",
+        "data.max_query_length=8", "data.doc_stride=4", "data.batch_size=2"])
+    squad.Task(config, str(tmp_path / "run"))
+    assert ("1 of 4 answerable training questions have their answer in no window whole, so they "
+            "are skipped") in capsys.readouterr().out
+
+
 def test_squad_eval_scores_only_the_questions_it_reached(tmp_path):
     # With train.eval_batches > 0 the eval pass stops early; the questions it never reached were
     # scored as wrong (tiny config on cloze_qa: EM 2.1 with eval_batches=1 instead of 33.3 on
