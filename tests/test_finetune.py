@@ -134,6 +134,25 @@ def test_labels_outside_the_label_set_name_the_file(tmp_path):
         lm_classify.Task(config, str(tmp_path))
 
 
+def test_numeric_labels_in_the_config_are_the_files_labels(tmp_path):
+    # data.labels=1,0 on the command line arrives as numbers; the files' labels are strings
+    # ("1", "0"), so every label of the file was "not in data.labels [1, 0]".
+    from tl_jax.tasks import classify, lm_classify
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": f"review number {i}", "label": i % 2}) + "\n"
+                            for i in range(32)))
+    base = [f"data.train_file={path}", f"data.eval_file={path}"]
+    config = config_lib.load_config("configs/finetune_classify.py:tiny", base + ["data.labels=1,0"])
+    task = classify.Task(config, str(tmp_path / "run"))
+    assert task.labels == ["1", "0"]
+    assert list(task.train_arrays["labels"][:4]) == [1, 0, 1, 0]
+    config = config_lib.load_config("configs/gpt_finetune_classify.py:tiny", base + [
+        "data.labels=(0,)"])
+    with pytest.raises(ValueError, match=r"labels \['1'\] are not in data.labels \['0'\]"):
+        lm_classify.Task(config, str(tmp_path / "gpt"))
+
+
 def test_squad_version_must_match_the_data(tmp_path):
     # data.version=2.0 on data without an unanswerable question (the default silver:cloze_qa is
     # built as v1.1) trained silently without ever learning "no answer"; v1.1 on v2.0 data
@@ -163,6 +182,28 @@ def test_squad_version_must_match_the_data(tmp_path):
         task("1.1", v1, v2)
     with pytest.raises(ValueError, match=r"data.version='1.1' but .*v2.json has 1 unanswerable"):
         task("1.1", v2, v1)
+
+
+def test_squad_answers_no_window_holds_are_counted(tmp_path, capsys):
+    # An answer longer than a window (or across a boundary the windows overlap less than it is
+    # long) is in no window whole: v1.1 training dropped the question without a word.
+    from tl_jax.tasks import squad
+
+    words = "Emma walked to Hartfield with her father and met Mr. Knightley by the old gate".split()
+    context = " ".join(words * 3)
+    long_answer = " ".join(words * 2)
+    records = [{"id": f"q{i}", "title": "t", "question": f"Who walked {i}?", "context": context,
+                "answers": [{"text": "Hartfield", "answer_start": 15}], "is_impossible": False}
+               for i in range(3)]
+    records.append(dict(records[0], id="long", answers=[{"text": long_answer, "answer_start": 0}]))
+    path = tmp_path / "qa.json"
+    readers.write_squad(path, records)
+    config = config_lib.load_config("configs/finetune_squad.py:tiny", [
+        f"data.train_file={path}", f"data.eval_file={path}", "data.max_seq_length=24",
+        "data.max_query_length=8", "data.doc_stride=4", "data.batch_size=2"])
+    squad.Task(config, str(tmp_path / "run"))
+    assert ("1 of 4 answerable training questions have their answer in no window whole, so they "
+            "are skipped") in capsys.readouterr().out
 
 
 def test_squad_eval_scores_only_the_questions_it_reached(tmp_path):

@@ -227,6 +227,19 @@ def test_tag_predictions_are_the_runs_own_eval(tag_run, tmp_path, capsys):
     assert first_last(out2.read_text()) == first_last(out.read_text())
 
 
+def test_tag_loss_and_accuracy_do_not_count_the_rows_padding_the_last_batch(tag_run, tmp_path):
+    # 21 sentences: batches of 16 pad the last one with 11 empty rows, of 21 with none. Padding
+    # rows have labels 0 ("O"), not IGNORE: counted, they pushed accuracy towards 1 and changed
+    # the loss with the batch size.
+    folder, workdir = tag_run
+    exact = predict.run(str(workdir), str(folder / "eval.conll"), str(tmp_path / "a.conll"),
+                        batch_size=EVAL_ROWS)["metrics"]
+    padded = predict.run(str(workdir), str(folder / "eval.conll"), str(tmp_path / "b.conll"),
+                         batch_size=16)["metrics"]
+    for key in ("eval/accuracy", "eval/loss"):
+        assert padded[key] == pytest.approx(exact[key], abs=1e-5), key
+
+
 def _error(capsys, *argv):
     with pytest.raises(SystemExit) as e:
         main.main(["predict", *argv])

@@ -40,6 +40,16 @@ def test_labels_are_one_class_per_value(tmp_path):
         readers.read_classification(blank)
 
 
+def test_a_blank_label_cell_is_unlabelled_for_prediction(tmp_path):
+    # A spreadsheet of new rows keeps the label column, left empty: `tl_jax predict` failed
+    # with "empty label" instead of predicting them (training still requires every label).
+    path = _write(tmp_path / "new.csv", "text,label\ngreat snack,\nawful taste, \nfine,pos\n")
+    records = readers.read_classification(path, require_labels=False)
+    assert [r["label"] for r in records] == [None, None, "pos"]
+    with pytest.raises(readers.DataFormatError, match=r"new.csv:2: empty label"):
+        readers.read_classification(path)
+
+
 def test_classification_errors_name_file_and_line(tmp_path):
     bad_json = _write(tmp_path / "bad.jsonl", '{"text": "ok", "label": "a"}\n{"text": oops}\n')
     with pytest.raises(readers.DataFormatError, match=r"bad.jsonl:2: invalid JSON"):
@@ -252,6 +262,39 @@ def test_squad_shape_errors_repeated_ids_and_bad_answers_are_named(tmp_path):
         readers.read_squad(_write(tmp_path / "twice.json", json.dumps(twice)))
 
 
+def test_squad_errors_name_the_line_of_the_question_not_a_string_equal_to_its_id(tmp_path):
+    # The line was that of the first `"2"` in the file: here question "1"'s answer text, and
+    # for a repeated id the first question holding it, not the repeat.
+    context = "In 1815 Emma was 21 and had 2 sisters."
+    qas = [{"id": "1", "question": "Sisters?", "answers": [{"text": "2", "answer_start": 28}]},
+           {"id": "2", "question": "Age?", "answers": [{"text": "21", "answer_start": 16}]}]
+    doc = {"data": [{"title": "Emma", "paragraphs": [{"context": context, "qas": qas}]}]}
+    text = json.dumps(doc, indent=1)
+    line = text[: text.index('"id": "2"')].count("\n") + 1
+    with pytest.raises(readers.DataFormatError, match=rf"off.json:{line}: question '2': answer"):
+        readers.read_squad(_write(tmp_path / "off.json", text))
+    qas[1] = dict(qas[0], question="Again?")
+    text = json.dumps(doc, indent=1)
+    line = text[: text.rindex('"id": "1"')].count("\n") + 1
+    with pytest.raises(readers.DataFormatError, match=rf"twice.json:{line}: question id '1' occurs"):
+        readers.read_squad(_write(tmp_path / "twice.json", text))
+
+
+def test_squad_is_impossible_must_be_a_boolean(tmp_path):
+    # "is_impossible": "false" was read as bool("false"), True: an answerable question became
+    # unanswerable, its answers dropped, silently.
+    doc = _squad_doc()
+    doc["data"][0]["paragraphs"][0]["qas"][0]["is_impossible"] = "false"
+    text = json.dumps(doc, indent=1)
+    line = text[: text.index('"id": "q1"')].count("\n") + 1
+    with pytest.raises(readers.DataFormatError,
+                       match=rf"str.json:{line}: question 'q1': 'is_impossible' must be true or "
+                             r'false, got "false"'):
+        readers.read_squad(_write(tmp_path / "str.json", text))
+    doc["data"][0]["paragraphs"][0]["qas"][0]["is_impossible"] = False
+    assert not readers.read_squad(_write(tmp_path / "ok.json", json.dumps(doc)))[0]["is_impossible"]
+
+
 def test_read_records_rejects_unknown_specs(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         readers.read_records(str(tmp_path / "nope.jsonl"), "classification")
@@ -261,3 +304,27 @@ def test_read_records_rejects_unknown_specs(tmp_path):
         readers.read_tfds("imdb_reviews", "train")
     with pytest.raises(ValueError, match="unknown GLUE config"):
         readers.read_tfds("glue/nope", "train")
+    # A silver task given to the other task kind was built, then read in the wrong format
+    # ("tag '365}]}]}' is not BIO", "invalid JSON").
+    with pytest.raises(ValueError, match="silver:cloze_qa:train is squad data .* reads tagging"):
+        readers.read_records("silver:cloze_qa:train", "tagging")
+    with pytest.raises(ValueError, match="silver:names:dev is tagging data .* reads squad"):
+        readers.read_records("silver:names:dev", "squad")
+
+
+def test_a_tfds_dataset_that_cannot_be_loaded_is_a_one_line_error(monkeypatch):
+    # Offline, or without TensorFlow, tfds raised from deep inside itself with every dataset
+    # name it knows (hundreds of lines), and `tl_jax train` printed the traceback.
+    import tensorflow_datasets as tfds
+
+    def not_found(name, data_dir=None):
+        raise tfds.core.registered.DatasetNotFoundError(
+            f"Dataset {name.split('/')[0]} not found.\nAvailable datasets:\n\t- abstract_reasoning")
+
+    monkeypatch.setattr(tfds, "builder", not_found)
+    with pytest.raises(ValueError) as e:
+        readers.read_records("tfds:glue/sst2:train", "classification")
+    message = str(e.value)
+    assert message.startswith("cannot load tfds:glue/sst2:train (DatasetNotFoundError: Dataset "
+                              "glue not found.)")
+    assert "TFDS_DATA_DIR" in message and "abstract_reasoning" not in message

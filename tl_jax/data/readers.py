@@ -58,7 +58,7 @@ def read_classification(path: PathLike, text_field: str = "text", text_b_field: 
     row naming the columns). `text_b_field` names the second sentence for pair tasks.
 
     With `require_labels=False` (`tl_jax predict`) a row without the label field, or with a null
-    one, is read with label None.
+    or blank one (an empty CSV cell), is read with label None.
 
     Returns:
       A list of `{"text", "text_b", "label"}` dicts; labels are strings.
@@ -84,7 +84,9 @@ def _read_classification(path: pathlib.Path, text_field: str, text_b_field: str 
                               "use .jsonl, .csv or .tsv")
     records = []
     for line, row in rows:
-        labelled = require_labels or row.get(label_field) is not None
+        # Unlabelled: no label field, a null, or a blank cell (a CSV's label column left empty).
+        labelled = require_labels or (row.get(label_field) is not None
+                                      and label_text(row[label_field]) != "")
         fields = [text_field] + ([label_field] if labelled else []) + (
             [text_b_field] if text_b_field else [])
         for field in fields:
@@ -298,11 +300,16 @@ def read_squad(path: PathLike, require_labels: bool = True) -> list[dict]:
     except json.JSONDecodeError as e:
         raise DataFormatError(path, e.lineno, f"invalid JSON ({e.msg})") from None
 
-    def fail(qid, message):
+    def fail(qid, message, occurrence=0):
+        """Raises at the line of the `occurrence`-th `"id": qid` (not any string equal to the
+        id: an earlier answer "2" is not question "2")."""
         line = None
         if qid is not None:
-            pos = raw.find(json.dumps(str(qid)))
-            line = raw.count("\n", 0, pos) + 1 if pos >= 0 else None
+            forms = {json.dumps(qid), json.dumps(qid, ensure_ascii=False)}
+            found = sorted(m.start() for form in forms for m in re.finditer(
+                r'"id"\s*:\s*' + re.escape(form) + r"(?=\s*[,}])", raw))
+            if found:
+                line = raw.count("\n", 0, found[min(occurrence, len(found) - 1)]) + 1
         raise DataFormatError(path, line, message)
 
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
@@ -328,9 +335,14 @@ def read_squad(path: PathLike, require_labels: bool = True) -> list[dict]:
                 if str(qid) in seen:
                     # Predictions and gold are keyed by id: a repeat would be decoded against
                     # the other question's context.
-                    fail(qid, f"question id {qid!r} occurs twice (also in article {seen[str(qid)]!r})")
+                    fail(qid, f"question id {qid!r} occurs twice (also in article "
+                              f"{seen[str(qid)]!r})", occurrence=1)
                 seen[str(qid)] = title
-                impossible = bool(qa.get("is_impossible", False))
+                impossible = qa.get("is_impossible", False)
+                if impossible not in (True, False):  # bool("false") is True
+                    fail(qid, f"question {qid!r}: 'is_impossible' must be true or false, got "
+                              f"{json.dumps(impossible)[:60]}")
+                impossible = bool(impossible)
                 answers = []
                 for answer in items(qa, "answers", f"question {qid!r}", qid):
                     text, start = answer.get("text"), answer.get("answer_start")
@@ -399,9 +411,17 @@ def read_tfds(name: str, split: str, data_dir: str | None = None) -> list[dict]:
         raise ValueError(f"read_tfds supports glue/*, conll2003 and squad/*, not {name!r}")
     if family == "glue" and name.split("/")[-1] not in GLUE_FIELDS:
         raise ValueError(f"unknown GLUE config in {name!r}; known: {sorted(GLUE_FIELDS)}")
-    builder = tfds.builder(name, data_dir=data_dir)
-    builder.download_and_prepare()
-    dataset = tfds.as_numpy(builder.as_dataset(split=split))
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        builder.download_and_prepare()
+        dataset = tfds.as_numpy(builder.as_dataset(split=split))
+    except Exception as e:  # tfds raises many types (not found, no network, no TensorFlow).
+        first_line = (str(e).strip().splitlines() or [""])[0]  # tfds appends every dataset name
+        raise ValueError(
+            f"cannot load tfds:{name}:{split} ({type(e).__name__}: {first_line}); the first use "
+            "downloads and prepares it (network access and TensorFlow), or set TFDS_DATA_DIR to "
+            "where it is prepared; or give a local jsonl/CSV/TSV, CoNLL or SQuAD JSON file"
+        ) from None
     info = builder.info.features
 
     def text(value):
@@ -525,6 +545,10 @@ def read_records(spec: str, kind: str, require_labels: bool = True, **fields) ->
         from tl_jax.data import task_builders  # builds from TL_JAX_DATA_DIR text on first use
 
         task, _, split = spec[len("silver:"):].partition(":")
+        silver_kind = {"names": "tagging", "cloze_qa": "squad"}.get(task, kind)
+        if silver_kind != kind:  # else a CoNLL file read as JSON, or the reverse
+            raise ValueError(f"{spec} is {silver_kind} data (CoNLL for silver:names, SQuAD JSON "
+                             f"for silver:cloze_qa), but this task reads {kind} data")
         spec = str(task_builders.silver_path(task, split))
     if not os.path.exists(spec):
         raise FileNotFoundError(f"{kind} data file {spec} does not exist")

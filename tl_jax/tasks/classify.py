@@ -40,7 +40,9 @@ class Task(downstream.EncoderTask):
         self.config, d = config, config.data
         self.train_records = read_split(d, d.train_file, d.max_train_examples)
         self.eval_records = read_split(d, d.eval_file, d.max_eval_examples)
-        labels = list(d.labels) or sorted({r["label"] for r in self.train_records})
+        # As the files' labels: data.labels=0,1 arrives as numbers, the files give "0" and "1".
+        labels = [readers.label_text(label) for label in d.labels] or sorted(
+            {r["label"] for r in self.train_records})
         downstream.check_labels(labels, bool(d.labels), [
             (d.train_file, {r["label"] for r in self.train_records}),
             (d.eval_file, {r["label"] for r in self.eval_records})])

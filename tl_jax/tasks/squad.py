@@ -55,6 +55,22 @@ def _check_version(version, train_file, train_records, eval_file, eval_records) 
                     "--config.data.version=2.0")
 
 
+def _note_answers_in_no_window(arrays, records, d) -> None:
+    """Says how many answerable training questions no window holds whole (an answer longer than
+    a window, or across a boundary where the windows overlap less than it is long): v1.1
+    training skips them and v2.0 trains them as unanswerable, which went unsaid."""
+    held = np.zeros(len(records), bool)
+    held[arrays["example_index"][arrays["start_positions"] > 0]] = True
+    answerable = [bool(r["answers"]) for r in records]
+    lost = sum(a and not h for a, h in zip(answerable, held))
+    if lost:
+        what = "skipped" if d.version == "1.1" else "trained as unanswerable"
+        print(f"[squad] Note: {lost} of {sum(answerable)} answerable training questions have "
+              f"their answer in no window whole, so they are {what}; a larger "
+              f"data.max_seq_length or a smaller data.doc_stride={d.doc_stride} (more overlap) "
+              "keeps them.", flush=True)
+
+
 class Task(downstream.EncoderTask):
     """The `squad` task (contract: `tl_jax/tasks/__init__.py`)."""
 
@@ -81,6 +97,7 @@ class Task(downstream.EncoderTask):
             {r["context"] for r in self.train_records})
         self._build(downstream.Encoder.from_config(config, texts, workdir), None)
         self.train_arrays = self._encode(self.train_records)
+        _note_answers_in_no_window(self.train_arrays, self.train_records, d)
         if d.version == "1.1":
             # SQuAD v1.1 training skips windows that miss the answer (as BERT's run_squad.py);
             # v2.0 keeps them, pointing at [CLS], which is how "no answer" is learned.

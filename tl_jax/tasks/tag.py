@@ -91,7 +91,9 @@ class Task(downstream.EncoderTask):
 
     def loss_fn(self, params, batch, rng, train):
         logits = self._logits(params, batch, rng, train)
-        weights = (batch["labels"] != features.IGNORE).astype(jnp.float32)  # (B, L)
+        # Rows padding an eval batch have no tokens but labels 0, not IGNORE: they must not count.
+        weights = ((batch["labels"] != features.IGNORE) & (batch["input_mask"] > 0)
+                   ).astype(jnp.float32)  # (B, L)
         ce_sum, n = downstream.weighted_cross_entropy(logits, batch["labels"], weights)
         correct = ((jnp.argmax(logits, -1) == batch["labels"]) * weights).sum()
         return ce_sum / jnp.maximum(n, 1.0), dict(loss=(ce_sum, n), accuracy=(correct, n))
