@@ -278,6 +278,12 @@ def test_errors_are_one_line(classify_run, polarity_files, tmp_path, capsys):
     assert "checkpoint manager owns" in _error(
         capsys, "--workdir", str(classify_run), *inputs, "--output",
         str(classify_run / "checkpoints" / "p.jsonl"))
+    # The run's own files (which predict reads) are not replaced either.
+    for name in ("config.json", "labels.jsonl", "metrics.jsonl"):
+        before = (classify_run / name).read_bytes()
+        assert "which the run in" in _error(capsys, "--workdir", str(classify_run), *inputs,
+                                            "--output", str(classify_run / name))
+        assert (classify_run / name).read_bytes() == before
     for message in capsys.readouterr().err.splitlines():
         assert "Traceback" not in message
 

@@ -64,8 +64,14 @@ def check_workdir(workdir: str) -> dict:
     return config
 
 
+# What `tl_jax train` writes in a workdir besides checkpoints/: predictions must not replace them.
+RUN_FILES = ("config.json", "labels.jsonl", "metrics.jsonl", "summary.json", "vocab.txt")
+RUN_DIRS = ("tokenizer", "tensorboard")
+
+
 def check_output(output: str, input_spec: str, workdir: str) -> None:
-    """The output must not overwrite the input, nor land among the run's checkpoints."""
+    """The output must not overwrite the input, land among the run's checkpoints, or replace a
+    file the run wrote (its config, label list, metrics, tokenizer)."""
     out = os.path.realpath(output)
     if os.path.exists(input_spec) and out == os.path.realpath(input_spec):
         raise ValueError(f"--output={output} is the input file; choose another path")
@@ -73,6 +79,12 @@ def check_output(output: str, input_spec: str, workdir: str) -> None:
     if out == checkpoints or out.startswith(checkpoints + os.sep):
         raise ValueError(f"--output={output} is inside {checkpoints}, which the run's "
                          "checkpoint manager owns; write it elsewhere (e.g. WORKDIR/predictions/)")
+    root = os.path.realpath(workdir)
+    run_files = [os.path.join(root, name) for name in RUN_FILES]
+    run_dirs = [os.path.join(root, name) for name in RUN_DIRS]
+    if out in run_files or any(out == d or out.startswith(d + os.sep) for d in run_dirs):
+        raise ValueError(f"--output={output} would replace {out}, which the run in {workdir} "
+                         "wrote (predict reads it); write it elsewhere (e.g. WORKDIR/predictions/)")
     if os.path.isdir(output):
         raise ValueError(f"--output={output} is a directory; name a file")
 
