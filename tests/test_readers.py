@@ -295,6 +295,12 @@ def test_squad_is_impossible_must_be_a_boolean(tmp_path):
     assert not readers.read_squad(_write(tmp_path / "ok.json", json.dumps(doc)))[0]["is_impossible"]
 
 
+def test_read_records_expands_environment_variables(tmp_path, monkeypatch):
+    _write(tmp_path / "t.jsonl", '{"text": "fine", "label": "pos"}\n')
+    monkeypatch.setenv("MY_DATA", str(tmp_path))
+    assert readers.read_records("$MY_DATA/t.jsonl", "classification")[0]["label"] == "pos"
+
+
 def test_read_records_rejects_unknown_specs(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         readers.read_records(str(tmp_path / "nope.jsonl"), "classification")

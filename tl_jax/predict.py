@@ -175,6 +175,7 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
     unless every record of the input has its label (tags, answers).
     """
     saved = check_workdir(workdir)
+    input_spec = os.path.expandvars(input_spec)
     check_output(output, input_spec, workdir)
     config = ml_collections.ConfigDict(saved)
     # The processes of this command (TL_JAX_COORDINATOR etc.), not the training run's: a

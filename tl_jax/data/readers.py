@@ -550,6 +550,7 @@ def read_records(spec: str, kind: str, require_labels: bool = True, **fields) ->
             raise ValueError(f"{spec} is {silver_kind} data (CoNLL for silver:names, SQuAD JSON "
                              f"for silver:cloze_qa), but this task reads {kind} data")
         spec = str(task_builders.silver_path(task, split))
+    spec = os.path.expandvars(spec)  # '$TL_JAX_DATA_DIR/...' in a config, as the corpora take
     if not os.path.exists(spec):
         raise FileNotFoundError(f"{kind} data file {spec} does not exist")
     if kind == "classification":
