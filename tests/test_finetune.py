@@ -153,6 +153,19 @@ def test_numeric_labels_in_the_config_are_the_files_labels(tmp_path):
         lm_classify.Task(config, str(tmp_path / "gpt"))
 
 
+def test_gpt_classifier_settings_are_checked_before_data_and_tokenizer(tmp_path):
+    from tl_jax.tasks import lm_classify
+
+    missing = [f"data.train_file={tmp_path / 'none.jsonl'}",
+               f"data.eval_file={tmp_path / 'none.jsonl'}"]  # never read: the settings fail first
+    for override, message in [("model.pooling=cls", "model.pooling='cls'; expected last or mean"),
+                              ("transfer.lora_rank=4", "lora_rank are not supported")]:
+        config = config_lib.load_config("configs/gpt_finetune_classify.py:tiny",
+                                        missing + [override])
+        with pytest.raises(ValueError, match=message):
+            lm_classify.Task(config, str(tmp_path / "run"))
+
+
 def test_squad_version_must_match_the_data(tmp_path):
     # data.version=2.0 on data without an unanswerable question (the default silver:cloze_qa is
     # built as v1.1) trained silently without ever learning "no answer"; v1.1 on v2.0 data

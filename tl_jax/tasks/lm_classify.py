@@ -154,6 +154,13 @@ class Task(downstream.EvalPredictions):
 
     def __init__(self, config, workdir):
         self.config, d = config, config.data
+        if config.model.pooling not in ("last", "mean"):  # before reading data or a tokenizer
+            raise ValueError(f"lm_classify: model.pooling={config.model.pooling!r}; expected "
+                             "last or mean")
+        t = config.transfer
+        if t.adapter_size or t.lora_rank:
+            raise ValueError("transfer.adapter_size / transfer.lora_rank are not supported for "
+                             "the GPT classifier (lm_classify); set them to 0")
 
         def read(spec, limit):
             records = readers.read_records(os.path.expandvars(spec), "classification",
@@ -176,10 +183,6 @@ class Task(downstream.EvalPredictions):
         self._build(*resolve_model(config, [r["text"] for r in self.train_records]), labels)
         self.train_arrays = self.encode(self.train_records)
         self.eval_arrays = self.encode(self.eval_records)
-        t = config.transfer
-        if t.adapter_size or t.lora_rank:
-            raise ValueError("transfer.adapter_size / transfer.lora_rank are not supported for "
-                             "the GPT classifier (lm_classify); set them to 0")
         self.steps_per_epoch = downstream.fit_schedule(config, len(self.train_records))
 
     def _build(self, tokenizer, model_config, labels):
