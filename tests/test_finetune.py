@@ -153,6 +153,37 @@ def test_numeric_labels_in_the_config_are_the_files_labels(tmp_path):
         lm_classify.Task(config, str(tmp_path / "gpt"))
 
 
+def test_training_says_how_many_examples_were_truncated(tmp_path, capsys):
+    from tl_jax.tasks import classify, lm_classify, tag
+
+    path = tmp_path / "train.jsonl"
+    texts = ["short one", "a much longer review that goes on and on about the food here"] * 8
+    path.write_text("".join(json.dumps({"text": t, "label": i % 2}) + "\n"
+                            for i, t in enumerate(texts)))
+    files = [f"data.train_file={path}", f"data.eval_file={path}", "data.max_seq_length=8"]
+    classify.Task(config_lib.load_config("configs/finetune_classify.py:tiny", files),
+                  str(tmp_path / "run"))
+    out = capsys.readouterr().out
+    for split in ("training", "eval"):
+        assert (f"[classify] Note: 8 of 16 {split} inputs are longer than "
+                "data.max_seq_length=8 sub-tokens and were truncated." in out), out
+    lm_classify.Task(config_lib.load_config("configs/gpt_finetune_classify.py:tiny", files + [
+        "data.tokenizer_vocab_size=300"]), str(tmp_path / "gpt"))
+    assert "[lm_classify] Note: 8 of 16 training inputs are longer than" in capsys.readouterr().out
+    conll = tmp_path / "train.conll"
+    conll.write_text("a B-PER\nb O\n\n" * 15 + "".join(f"{c} O\n" for c in "cdefghijklmn"))
+    tag.Task(config_lib.load_config("configs/finetune_tag.py:tiny", [
+        f"data.train_file={conll}", f"data.eval_file={conll}", "data.max_seq_length=8"]),
+        str(tmp_path / "tag"))
+    assert ("[tag] Note: 1 of 16 training sentences are longer than data.max_seq_length=8 "
+            "sub-tokens and were truncated; their words past the limit are tagged O."
+            in capsys.readouterr().out)
+    # Short enough: no note.
+    classify.Task(config_lib.load_config("configs/finetune_classify.py:tiny", files[:2]),
+                  str(tmp_path / "run2"))
+    assert "Note:" not in capsys.readouterr().out
+
+
 def test_gpt_classifier_settings_are_checked_before_data_and_tokenizer(tmp_path):
     from tl_jax.tasks import lm_classify
 

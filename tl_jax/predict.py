@@ -147,27 +147,6 @@ def fit_mesh(config) -> None:
         config.mesh = parallel.default_config()
 
 
-def _note_truncated(config, truncated: list, n: int) -> None:
-    if not truncated:
-        return
-    d = config.data
-    if config.task == "squad":
-        print(f"[predict] Note: {len(truncated)} of {n} questions are longer than "
-              f"data.max_query_length={d.max_query_length} sub-tokens and were cut, as in "
-              "training (contexts are split into windows, never cut).", flush=True)
-        return
-    if config.task == "lm_classify":
-        print(f"[predict] Note: {len(truncated)} of {n} inputs are longer than "
-              f"data.max_seq_length={d.max_seq_length} BPE tokens with <|endoftext|> and were "
-              "truncated, as in training.", flush=True)
-        return
-    what = "sentences" if config.task == "tag" else "inputs"
-    tail = "; their words past the limit are tagged O" if config.task == "tag" else ""
-    print(f"[predict] Note: {len(truncated)} of {n} {what} are longer than "
-          f"data.max_seq_length={d.max_seq_length} sub-tokens and were truncated, as in "
-          f"training{tail}.", flush=True)
-
-
 def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict:
     """Predicts `input_spec` with the fine-tuned run in `workdir` and writes `output`.
 
@@ -202,7 +181,7 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
         encoder = downstream.Encoder.of_run(config, workdir, resolved)
     truncated = []
     task = task_module.Task.for_prediction(config, encoder, labels, records, truncated)
-    _note_truncated(config, truncated, len(records))
+    downstream.note_truncated(config, truncated, len(records), "predict")
     fit_mesh(config)
     trainer = train.build_trainer(config, workdir, task=task)
     params = load_params(trainer, workdir, step)

@@ -50,8 +50,11 @@ class Task(downstream.EncoderTask):
         texts = [r["text"] for r in self.train_records] + [
             r["text_b"] for r in self.train_records if r["text_b"]]
         self._build(downstream.Encoder.from_config(config, texts, workdir), labels)
-        self.train_arrays = self.encode(self.train_records)
-        self.eval_arrays = self.encode(self.eval_records)
+        cut_train, cut_eval = [], []
+        self.train_arrays = self.encode(self.train_records, cut_train)
+        self.eval_arrays = self.encode(self.eval_records, cut_eval)
+        downstream.note_truncated(config, cut_train, len(self.train_records), "training")
+        downstream.note_truncated(config, cut_eval, len(self.eval_records), "eval")
         downstream.fit_schedule(config, len(self.train_records))
 
     def _build(self, encoder, labels):

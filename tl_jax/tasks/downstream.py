@@ -271,6 +271,33 @@ def check_labels(labels, configured: bool, splits, kind: str = "labels") -> None
                              f"{train_spec} ({kind} {list(labels)}); set data.labels")
 
 
+def note_truncated(config, truncated: list, n: int, where: str) -> None:
+    """Says how many of `n` records `encode` had to cut (the indices in `truncated`), if any.
+
+    `where`: "predict" (a `tl_jax predict` input), or "training" / "eval" (the run's files)."""
+    if not truncated:
+        return
+    d = config.data
+    if config.task == "squad":
+        what, limit = "questions", f"data.max_query_length={d.max_query_length} sub-tokens"
+        tail = " (contexts are split into windows, never cut)"
+    elif config.task == "lm_classify":
+        what = "inputs"
+        limit = f"data.max_seq_length={d.max_seq_length} BPE tokens with <|endoftext|>"
+        tail = ""
+    else:
+        what = "sentences" if config.task == "tag" else "inputs"
+        limit = f"data.max_seq_length={d.max_seq_length} sub-tokens"
+        tail = "; their words past the limit are tagged O" if config.task == "tag" else ""
+    cut = "were cut" if config.task == "squad" else "were truncated"
+    if where == "predict":
+        print(f"[predict] Note: {len(truncated)} of {n} {what} are longer than {limit} and "
+              f"{cut}, as in training{tail}.", flush=True)
+    else:
+        print(f"[{config.task}] Note: {len(truncated)} of {n} {where} {what} are longer than "
+              f"{limit} and {cut}{tail}.", flush=True)
+
+
 def fit_schedule(config, n_train: int) -> int:
     """Fills the schedule from the data: `train.steps` = 0 becomes `data.num_epochs` epochs, and
     `train.eval_every` / `train.checkpoint_every` = 0 become one epoch.

@@ -181,8 +181,11 @@ class Task(downstream.EvalPredictions):
                 and not d.tokenizer):
             d.tokenizer = saved_tok  # a resumed run keeps the vocabulary it started with
         self._build(*resolve_model(config, [r["text"] for r in self.train_records]), labels)
-        self.train_arrays = self.encode(self.train_records)
-        self.eval_arrays = self.encode(self.eval_records)
+        cut_train, cut_eval = [], []
+        self.train_arrays = self.encode(self.train_records, cut_train)
+        self.eval_arrays = self.encode(self.eval_records, cut_eval)
+        downstream.note_truncated(config, cut_train, len(self.train_records), "training")
+        downstream.note_truncated(config, cut_eval, len(self.eval_records), "eval")
         self.steps_per_epoch = downstream.fit_schedule(config, len(self.train_records))
 
     def _build(self, tokenizer, model_config, labels):

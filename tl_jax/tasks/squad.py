@@ -96,7 +96,9 @@ class Task(downstream.EncoderTask):
         texts = [r["question"] for r in self.train_records] + sorted(
             {r["context"] for r in self.train_records})
         self._build(downstream.Encoder.from_config(config, texts, workdir), None)
-        self.train_arrays = self._encode(self.train_records)
+        cut_train, cut_eval = [], []
+        self.train_arrays = self._encode(self.train_records, cut_train)
+        downstream.note_truncated(config, cut_train, len(self.train_records), "training")
         _note_answers_in_no_window(self.train_arrays, self.train_records, d)
         if d.version == "1.1":
             # SQuAD v1.1 training skips windows that miss the answer (as BERT's run_squad.py);
@@ -105,7 +107,8 @@ class Task(downstream.EncoderTask):
             self.train_arrays = {k: v[has] for k, v in self.train_arrays.items()}
         for key in _HOST_ONLY:
             self.train_arrays.pop(key)
-        self.eval_arrays = self.encode(self.eval_records)
+        self.eval_arrays = self.encode(self.eval_records, cut_eval)
+        downstream.note_truncated(config, cut_eval, len(self.eval_records), "eval")
         downstream.fit_schedule(config, len(self.train_arrays["input_ids"]))
 
     def _build(self, encoder, labels):

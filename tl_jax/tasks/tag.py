@@ -51,9 +51,12 @@ class Task(downstream.EncoderTask):
             (d.eval_file, {t for s in self.eval_records for t in s["tags"]})], kind="tags")
         texts = [" ".join(s["tokens"]) for s in self.train_records]
         self._build(downstream.Encoder.from_config(config, texts, workdir), labels)
-        self.train_arrays = self.encode(self.train_records)
+        cut_train, cut_eval = [], []
+        self.train_arrays = self.encode(self.train_records, cut_train)
         self.train_arrays.pop("word_index")  # only decoding needs it
-        self.eval_arrays = self.encode(self.eval_records)
+        self.eval_arrays = self.encode(self.eval_records, cut_eval)
+        downstream.note_truncated(config, cut_train, len(self.train_records), "training")
+        downstream.note_truncated(config, cut_eval, len(self.eval_records), "eval")
         downstream.fit_schedule(config, len(self.train_records))
 
     def _build(self, encoder, labels):
