@@ -547,6 +547,32 @@ def test_a_checkpoint_of_other_shapes_is_an_error_not_corruption(tmp_path):
     assert restored[3] == 3
 
 
+def test_a_save_that_cannot_be_written_is_one_error_and_the_earlier_checkpoint_stays(tmp_path):
+    # A full disk: orbax's background thread failed, and the next save (or the end of the run)
+    # raised its ValueError with two pages of orbax traceback. A file size limit makes the
+    # writes fail the same way (EFBIG instead of ENOSPC), without a small file system.
+    import resource
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=True)
+    state = {"params": {"w": jax.random.normal(jax.random.PRNGKey(0), (256, 256))},
+             "step": jnp.asarray(1)}
+    ckpt.save(1, state, {"epoch": 0}, {"model": {}})
+    ckpt.wait()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, hard))
+    try:
+        ckpt.save(2, dict(state, step=jnp.asarray(2)), {"epoch": 0}, {"model": {}})
+        with pytest.raises(ckpt_lib.CheckpointError,
+                           match=r"Writing a checkpoint to .*checkpoints failed .*File too large"
+                                 r".* saved there before are intact"):
+            ckpt.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert "1" in os.listdir(tmp_path / "checkpoints")
+    restored = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")).restore_latest_good(
+        jax.eval_shape(lambda: state))
+    assert restored[3] == 1
+
+
 def test_summaries_are_strict_json_even_with_nan(tmp_path):
     # summary.json / scores.json are read by jq and JSON.parse, which reject bare NaN.
     path = str(tmp_path / "summary.json")

@@ -160,14 +160,31 @@ class Checkpointer:
         )
         if step in self.manager.all_steps():
             return False
-        return self.manager.save(step, args=args, metrics=metrics, force=force)
+        try:
+            # Also waits for the previous asynchronous save, whose failure surfaces here.
+            return self.manager.save(step, args=args, metrics=metrics, force=force)
+        except Exception as e:  # noqa: BLE001 - a failed write: a full or read-only disk, ...
+            raise self._write_failed(e) from e
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._write_failed(e) from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
+
+    def _write_failed(self, error: Exception) -> CheckpointError:
+        """A save that did not complete (no space left, a read-only or lost file system) is
+        one line naming the directory and orbax's reason, not orbax's traceback from its
+        background thread; the half-written temporary directory is reported and removed at the
+        next start."""
+        return CheckpointError(
+            f"Writing a checkpoint to {self.directory} failed ({type(error).__name__}: "
+            f"{_short(error)}). The checkpoints saved there before are intact: free some space "
+            "(or fix the path) and run the same command again to resume from the newest.")
 
     # -- restore ------------------------------------------------------------------------------
 
