@@ -258,6 +258,18 @@ def test_a_failed_array_read_is_reported_by_the_error_it_wraps():
     assert 'OUT_OF_RANGE: Error reading "params.w/0.0"' in short and "/6/state/" in short
 
 
+def test_a_truncated_manifest_is_reported_without_the_tensorstore_spec():
+    # The error of a cut manifest.ocdbt names its spec as `tensorstore_spec[1]=`, and the
+    # whole kilobyte-long JSON spec was printed in the "corrupt or incomplete" line.
+    error = ValueError(
+        'DATA_LOSS: Error opening "cast" driver: Error reading "opt_state.1.0.count/.zarray" in '
+        'OCDBT database at local file "/w/checkpoints/12/state/": Error decoding manifest: '
+        "Encoded length (5) is less than minimum length (16) [tensorstore_spec[1]='{\"base\":"
+        '{\"driver\":\"zarr\"}}\']')
+    short = ckpt_lib._short(error)
+    assert short.endswith("Encoded length (5) is less than minimum length (16)"), short
+
+
 def test_the_closed_loop_filter_passes_every_other_unraisable(monkeypatch):
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from typing import Any
 
@@ -427,7 +428,9 @@ def _short(error: Exception) -> str:
     full TensorStore details: <bound method ... spec of TensorStore({": that part is cut, and
     the error it wraps (which names the file and what is wrong with it) is added."""
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    text = text.split(" [tensorstore_spec=")[0]
+    # `[tensorstore_spec=...]`, or `[tensorstore_spec[1]=...]` when the failed read opened
+    # a second store (a truncated manifest.ocdbt).
+    text = re.split(r" \[tensorstore_spec[\[=]", text)[0]
     if " See full TensorStore details" in text:
         text = text.split(" See full TensorStore details")[0]
         if error.__cause__ is not None:
