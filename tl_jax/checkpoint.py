@@ -177,6 +177,21 @@ class Checkpointer:
         self.wait()
         self.manager.close()
 
+    def finish_after_interrupt(self) -> None:
+        """After Ctrl-C: waits for a save still being written in the background, so that the
+        interpreter does not shut down under it (that left it half-written, with pages of orbax
+        tracebacks). Polled, not joined: a join that Ctrl-C interrupted (the save's wait for
+        the previous one) leaves Python 3.11 taking the thread for finished (bpo-45274), and
+        `wait` would return at once. A thread that never started (Ctrl-C within `save`) ends
+        the wait too: `threading.enumerate` lists a thread until it has really finished."""
+        import threading
+        import time
+
+        while self.manager.is_saving_in_progress() and any(
+                t.name.startswith("save_finalize") for t in threading.enumerate()):
+            time.sleep(0.05)
+        self.wait()
+
     def _write_failed(self, error: Exception) -> CheckpointError:
         """A save that did not complete (no space left, a read-only or lost file system) is
         one line naming the directory and orbax's reason, not orbax's traceback from its
@@ -391,9 +406,12 @@ class _DropOrbaxNoise(logging.Filter):
     checkpoint, but could not be restored", logged for each item a read leaves out on purpose
     (the config before the arrays on every resume, the params without the optimizer state),
     and the note that a type handler was replaced (our own, see
-    `_save_cpu_arrays_without_replica_slicing`)."""
+    `_save_cpu_arrays_without_replica_slicing`). Also the traceback orbax logs when Ctrl-C
+    lands in its wait for a save: `tl_jax` reports the interrupt in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            return False
         message = str(record.msg)
         return not (message.startswith("Given directory is read only")
                     or "was found in the checkpoint, but could not be restored" in message
