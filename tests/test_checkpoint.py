@@ -542,8 +542,11 @@ def test_opening_a_workdir_read_only_does_not_warn(caplog):
         # On every resume: reading a checkpoint's config alone left "data" and "state" out.
         absl_logging.warning('Item "state" was found in the checkpoint, but could not be '
                              'restored. Please provide a `CheckpointHandlerRegistry`, ...')
+        # On every save between evals (a SIGTERM's): the checkpoint has no score on purpose.
+        absl_logging.warning("Requested `tracked_metric`; did not provide metrics.")
         absl_logging.warning("a real warning")
     assert "read only" not in caplog.text and "a real warning" in caplog.text
+    assert "tracked_metric" not in caplog.text
     assert "could not be restored" not in caplog.text
 
 

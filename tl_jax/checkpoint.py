@@ -407,7 +407,10 @@ class _DropOrbaxNoise(logging.Filter):
     (the config before the arrays on every resume, the params without the optimizer state),
     and the note that a type handler was replaced (our own, see
     `_save_cpu_arrays_without_replica_slicing`). Also the traceback orbax logs when Ctrl-C
-    lands in its wait for a save: `tl_jax` reports the interrupt in one line."""
+    lands in its wait for a save: `tl_jax` reports the interrupt in one line. And "Requested
+    `tracked_metric`; did not provide metrics", logged for each save between evals (a SIGTERM's,
+    or `checkpoint_every` off the `eval_every` grid): such a checkpoint has no score on purpose
+    (`train_and_evaluate`'s `save`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
@@ -415,7 +418,8 @@ class _DropOrbaxNoise(logging.Filter):
         message = str(record.msg)
         return not (message.startswith("Given directory is read only")
                     or "was found in the checkpoint, but could not be restored" in message
-                    or message.startswith("Type handler registry type"))
+                    or message.startswith("Type handler registry type")
+                    or message.startswith("Requested `tracked_metric`; did not provide metrics"))
 
 
 logging.getLogger("absl").addFilter(_DropOrbaxNoise())
