@@ -90,6 +90,10 @@ def test_unknown_size_and_missing_file():
         config_lib.load_config(BERT + ":huge")
     with pytest.raises(config_lib.ConfigError, match="not found"):
         config_lib.load_config("configs/nope.py")
+    # A folder, or a file that is not Python: an AttributeError from importlib before.
+    for spec in (str(ROOT / "configs"), str(ROOT / "README.md") + ":tiny"):
+        with pytest.raises(config_lib.ConfigError, match="is not a Python file"):
+            config_lib.load_config(spec)
 
 
 @pytest.mark.parametrize("spec", ["bert_pretrain.py:huge", "transfer_lora.py:mini"])
