@@ -196,19 +196,21 @@ def test_kill_9_during_a_save_keeps_the_previous_checkpoint(tiny_bert_overrides,
     assert sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())[-1] == 9
 
 
-def test_ctrl_c_during_an_async_save_finishes_it_and_prints_one_line(tiny_bert_overrides,
+@pytest.mark.parametrize("step", ["6", "9"], ids=["during_training", "the_final_save"])
+def test_ctrl_c_during_an_async_save_finishes_it_and_prints_one_line(step, tiny_bert_overrides,
                                                                      tmp_path):
     # The interpreter used to shut down under orbax's background thread: the checkpoint in
     # flight was left as a temporary directory, and ~90 lines of "cannot schedule new futures
     # after shutdown" tracebacks followed the one line saying the checkpoints are intact.
     args = ["train", f"--config={BERT}:tiny", f"--workdir={tmp_path}"] + [
         f"--config.{o}" for o in tiny_bert_overrides + STEPS + ["train.steps=9"]]
-    env = {"WORKER_CTRL_C_IN_SAVE": "6"}
-    interrupted = worker(args, env, timeout=600)
+    interrupted = worker(args, {"WORKER_CTRL_C_IN_SAVE": step}, timeout=600)
     assert interrupted.returncode == 130, interrupted.stderr[-3000:]
     assert "Traceback" not in interrupted.stderr, interrupted.stderr[-3000:]
     assert interrupted.stderr.strip().splitlines()[-1].startswith("tl_jax: interrupted (Ctrl-C)")
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
+    # The interrupted save is finished, complete, and the run stopped there.
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == (["3", "6"] if step == "6"
+                                                            else ["3", "6", "9"])
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_bert_overrides, tmp_path, capsys):

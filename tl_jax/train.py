@@ -658,7 +658,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                     print(f"[checkpoint] SIGTERM: saved step {done}; exiting.", flush=True)
                     break
         flush(int(jax.device_get(state["step"])))
-    checkpointer.close()
+    with _finish_save_on_ctrl_c(checkpointer):  # the final save may still be in flight
+        checkpointer.close()
     writer.close()
     if bar is not None:
         bar.close()
