@@ -196,6 +196,23 @@ def test_kill_9_during_a_save_keeps_the_previous_checkpoint(tiny_bert_overrides,
     assert sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())[-1] == 9
 
 
+@pytest.mark.parametrize("step", ["6", "9"], ids=["during_training", "the_final_save"])
+def test_ctrl_c_during_an_async_save_finishes_it_and_prints_one_line(step, tiny_bert_overrides,
+                                                                     tmp_path):
+    # The interpreter used to shut down under orbax's background thread: the checkpoint in
+    # flight was left as a temporary directory, and ~90 lines of "cannot schedule new futures
+    # after shutdown" tracebacks followed the one line saying the checkpoints are intact.
+    args = ["train", f"--config={BERT}:tiny", f"--workdir={tmp_path}"] + [
+        f"--config.{o}" for o in tiny_bert_overrides + STEPS + ["train.steps=9"]]
+    interrupted = worker(args, {"WORKER_CTRL_C_IN_SAVE": step}, timeout=600)
+    assert interrupted.returncode == 130, interrupted.stderr[-3000:]
+    assert "Traceback" not in interrupted.stderr, interrupted.stderr[-3000:]
+    assert interrupted.stderr.strip().splitlines()[-1].startswith("tl_jax: interrupted (Ctrl-C)")
+    # The interrupted save is finished, complete, and the run stopped there.
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == (["3", "6"] if step == "6"
+                                                            else ["3", "6", "9"])
+
+
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_bert_overrides, tmp_path, capsys):
     run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=6")
     step_dir = tmp_path / "checkpoints" / "6" / "state"
@@ -256,6 +273,18 @@ def test_a_failed_array_read_is_reported_by_the_error_it_wraps():
     short = ckpt_lib._short(wrapper)
     assert "bound method" not in short and "TensorStore details" not in short
     assert 'OUT_OF_RANGE: Error reading "params.w/0.0"' in short and "/6/state/" in short
+
+
+def test_a_truncated_manifest_is_reported_without_the_tensorstore_spec():
+    # The error of a cut manifest.ocdbt names its spec as `tensorstore_spec[1]=`, and the
+    # whole kilobyte-long JSON spec was printed in the "corrupt or incomplete" line.
+    error = ValueError(
+        'DATA_LOSS: Error opening "cast" driver: Error reading "opt_state.1.0.count/.zarray" in '
+        'OCDBT database at local file "/w/checkpoints/12/state/": Error decoding manifest: '
+        "Encoded length (5) is less than minimum length (16) [tensorstore_spec[1]='{\"base\":"
+        '{\"driver\":\"zarr\"}}\']')
+    short = ckpt_lib._short(error)
+    assert short.endswith("Encoded length (5) is less than minimum length (16)"), short
 
 
 def test_the_closed_loop_filter_passes_every_other_unraisable(monkeypatch):
@@ -515,8 +544,11 @@ def test_opening_a_workdir_read_only_does_not_warn(caplog):
         # On every resume: reading a checkpoint's config alone left "data" and "state" out.
         absl_logging.warning('Item "state" was found in the checkpoint, but could not be '
                              'restored. Please provide a `CheckpointHandlerRegistry`, ...')
+        # On every save between evals (a SIGTERM's): the checkpoint has no score on purpose.
+        absl_logging.warning("Requested `tracked_metric`; did not provide metrics.")
         absl_logging.warning("a real warning")
     assert "read only" not in caplog.text and "a real warning" in caplog.text
+    assert "tracked_metric" not in caplog.text
     assert "could not be restored" not in caplog.text
 
 
@@ -545,6 +577,32 @@ def test_a_checkpoint_of_other_shapes_is_an_error_not_corruption(tmp_path):
     assert ckpt.all_steps() == [3] and not (tmp_path / "checkpoints_corrupt").exists()
     restored = ckpt.restore_latest_good(jax.eval_shape(lambda: state))
     assert restored[3] == 3
+
+
+def test_a_save_that_cannot_be_written_is_one_error_and_the_earlier_checkpoint_stays(tmp_path):
+    # A full disk: orbax's background thread failed, and the next save (or the end of the run)
+    # raised its ValueError with two pages of orbax traceback. A file size limit makes the
+    # writes fail the same way (EFBIG instead of ENOSPC), without a small file system.
+    import resource
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=True)
+    state = {"params": {"w": jax.random.normal(jax.random.PRNGKey(0), (256, 256))},
+             "step": jnp.asarray(1)}
+    ckpt.save(1, state, {"epoch": 0}, {"model": {}})
+    ckpt.wait()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, hard))
+    try:
+        ckpt.save(2, dict(state, step=jnp.asarray(2)), {"epoch": 0}, {"model": {}})
+        with pytest.raises(ckpt_lib.CheckpointError,
+                           match=r"Writing a checkpoint to .*checkpoints failed .*File too large"
+                                 r".* saved there before are intact"):
+            ckpt.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert "1" in os.listdir(tmp_path / "checkpoints")
+    restored = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")).restore_latest_good(
+        jax.eval_shape(lambda: state))
+    assert restored[3] == 1
 
 
 def test_summaries_are_strict_json_even_with_nan(tmp_path):

@@ -90,6 +90,10 @@ def test_unknown_size_and_missing_file():
         config_lib.load_config(BERT + ":huge")
     with pytest.raises(config_lib.ConfigError, match="not found"):
         config_lib.load_config("configs/nope.py")
+    # A folder, or a file that is not Python: an AttributeError from importlib before.
+    for spec in (str(ROOT / "configs"), str(ROOT / "README.md") + ":tiny"):
+        with pytest.raises(config_lib.ConfigError, match="is not a Python file"):
+            config_lib.load_config(spec)
 
 
 @pytest.mark.parametrize("spec", ["bert_pretrain.py:huge", "transfer_lora.py:mini"])
@@ -109,3 +113,21 @@ def test_split_overrides_from_argv():
         ["--config=x.py", "--config.train.steps=3", "--workdir", "w", "--config.seed", "4"])
     assert overrides == ["train.steps=3", "seed=4"]
     assert rest == ["--config=x.py", "--workdir", "w"]
+
+
+@pytest.mark.parametrize("dtype", ["flot16", "int8"])
+def test_a_wrong_model_dtype_is_one_line_naming_the_field(dtype, tiny_bert_overrides, tmp_path,
+                                                          monkeypatch):
+    # --config.model.dtype=flot16 ended in numpy's "TypeError: data type 'flot16' not
+    # understood" with a traceback (and a sweep over model.dtype stopped at that run).
+    from tl_jax import main
+    from tl_jax.models import gpt
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    argv = ["train", f"--config={BERT}:tiny", f"--workdir={tmp_path}"] + [
+        f"--config.{o}" for o in tiny_bert_overrides] + [f"--config.model.dtype={dtype}"]
+    with pytest.raises(SystemExit) as e:
+        main.main(argv)
+    message = str(e.value.code)
+    assert message.startswith("tl_jax: error: model.dtype=") and dtype in message, message
+    with pytest.raises(ValueError, match="model.dtype"):
+        gpt.gpt_config("tiny", vocab_size=10, dtype=dtype)

@@ -95,6 +95,25 @@ def test_only_deliberate_checks_and_file_errors_count_as_input_errors(monkeypatc
         "import numpy as np\na = np.zeros(1)\na[:] = [1, 2]\n", "numpy"))
 
 
+def test_a_workdir_that_cannot_be_created_is_one_line(tmp_path, capsys, monkeypatch):
+    # A workdir on a read-only (or full) disk: os.makedirs raised from the standard library,
+    # and the run ended in a traceback instead of the message naming the path.
+    import errno
+    import os
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    monkeypatch.setattr(os, "makedirs", read_only)
+    workdir = str(tmp_path / "w")
+    with pytest.raises(SystemExit) as e:
+        main.main(["train", "--config=configs/bert_pretrain.py:tiny", f"--workdir={workdir}"])
+    message = str(e.value.code)
+    assert message.startswith("tl_jax: error: ") and "Read-only file system" in message
+    assert workdir in message
+
+
 @pytest.mark.parametrize("argv", [
     ["train", "--config=configs/finetune_classify.py", "--config.init_from={missing}"],
     ["train", "--config=configs/gpt_finetune_classify.py", "--config.init_from={missing}"],

@@ -126,6 +126,31 @@ def test_a_run_stopped_by_sigterm_stops_the_sweep(tmp_path, monkeypatch):
     assert calls == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.3__seed=0"]
 
 
+def test_a_rerun_with_fewer_steps_reports_the_runs_and_is_not_taken_for_a_sigterm(
+        tmp_path, monkeypatch, capsys):
+    # Like the trainer: a workdir already past train.steps trains nothing and reports the step
+    # its checkpoint is at. The sweep took that for a SIGTERM and stopped at the first run.
+    calls = []
+
+    def fake(config, workdir):
+        calls.append(pathlib.Path(workdir).name)
+        work = pathlib.Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        done = work / "summary.json"
+        before = json.loads(done.read_text())["step"] if done.exists() else 0
+        summary = {"step": max(before, config.train.steps), "eval/mlm_accuracy": 0.5}
+        done.write_text(json.dumps(summary))
+        return train.TrainResult(summary=summary, state={}, trainer=None)
+
+    monkeypatch.setattr(train, "train_and_evaluate", fake)
+    grid = ["data.masked_lm_prob=0.1,0.3"]
+    sweep.run(BERT, str(tmp_path), grid=grid, overrides=["train.steps=6"])
+    result = sweep.run(BERT, str(tmp_path), grid=grid, overrides=["train.steps=4"])
+    assert "stopped" not in result and "the sweep stops here" not in capsys.readouterr().out
+    assert calls[2:] == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.3__seed=0"]
+    assert [r["step"] for r in result["runs"]] == [6, 6]
+
+
 def test_every_config_is_checked_before_the_first_run(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained"))
     # The second setting's value is bad: found before the first run trains.

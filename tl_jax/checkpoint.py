@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from typing import Any
 
@@ -160,14 +161,46 @@ class Checkpointer:
         )
         if step in self.manager.all_steps():
             return False
-        return self.manager.save(step, args=args, metrics=metrics, force=force)
+        try:
+            # Also waits for the previous asynchronous save, whose failure surfaces here.
+            return self.manager.save(step, args=args, metrics=metrics, force=force)
+        except Exception as e:  # noqa: BLE001 - a failed write: a full or read-only disk, ...
+            raise self._write_failed(e) from e
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._write_failed(e) from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
+
+    def finish_after_interrupt(self) -> None:
+        """After Ctrl-C: waits for a save still being written in the background, so that the
+        interpreter does not shut down under it (that left it half-written, with pages of orbax
+        tracebacks). Polled, not joined: a join that Ctrl-C interrupted (the save's wait for
+        the previous one) leaves Python 3.11 taking the thread for finished (bpo-45274), and
+        `wait` would return at once. A thread that never started (Ctrl-C within `save`) ends
+        the wait too: `threading.enumerate` lists a thread until it has really finished."""
+        import threading
+        import time
+
+        while self.manager.is_saving_in_progress() and any(
+                t.name.startswith("save_finalize") for t in threading.enumerate()):
+            time.sleep(0.05)
+        self.wait()
+
+    def _write_failed(self, error: Exception) -> CheckpointError:
+        """A save that did not complete (no space left, a read-only or lost file system) is
+        one line naming the directory and orbax's reason, not orbax's traceback from its
+        background thread; the half-written temporary directory is reported and removed at the
+        next start."""
+        return CheckpointError(
+            f"Writing a checkpoint to {self.directory} failed ({type(error).__name__}: "
+            f"{_short(error)}). The checkpoints saved there before are intact: free some space "
+            "(or fix the path) and run the same command again to resume from the newest.")
 
     # -- restore ------------------------------------------------------------------------------
 
@@ -373,13 +406,20 @@ class _DropOrbaxNoise(logging.Filter):
     checkpoint, but could not be restored", logged for each item a read leaves out on purpose
     (the config before the arrays on every resume, the params without the optimizer state),
     and the note that a type handler was replaced (our own, see
-    `_save_cpu_arrays_without_replica_slicing`)."""
+    `_save_cpu_arrays_without_replica_slicing`). Also the traceback orbax logs when Ctrl-C
+    lands in its wait for a save: `tl_jax` reports the interrupt in one line. And "Requested
+    `tracked_metric`; did not provide metrics", logged for each save between evals (a SIGTERM's,
+    or `checkpoint_every` off the `eval_every` grid): such a checkpoint has no score on purpose
+    (`train_and_evaluate`'s `save`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            return False
         message = str(record.msg)
         return not (message.startswith("Given directory is read only")
                     or "was found in the checkpoint, but could not be restored" in message
-                    or message.startswith("Type handler registry type"))
+                    or message.startswith("Type handler registry type")
+                    or message.startswith("Requested `tracked_metric`; did not provide metrics"))
 
 
 logging.getLogger("absl").addFilter(_DropOrbaxNoise())
@@ -410,7 +450,9 @@ def _short(error: Exception) -> str:
     full TensorStore details: <bound method ... spec of TensorStore({": that part is cut, and
     the error it wraps (which names the file and what is wrong with it) is added."""
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    text = text.split(" [tensorstore_spec=")[0]
+    # `[tensorstore_spec=...]`, or `[tensorstore_spec[1]=...]` when the failed read opened
+    # a second store (a truncated manifest.ocdbt).
+    text = re.split(r" \[tensorstore_spec[\[=]", text)[0]
     if " See full TensorStore details" in text:
         text = text.split(" See full TensorStore details")[0]
         if error.__cause__ is not None:

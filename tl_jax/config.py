@@ -25,6 +25,10 @@ def _load_module(path: str):
         raise ConfigError(f"Config file not found: {path}")
     module_name = "tl_jax_config_" + pathlib.Path(path).stem
     spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or os.path.isdir(path):
+        # A folder (--config=configs) or a file importlib cannot load (no .py): it failed
+        # with an AttributeError from importlib.
+        raise ConfigError(f"Config {path} is not a Python file; expected configs/NAME.py[:ARG].")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):

@@ -287,7 +287,13 @@ def _is_input_error(error: BaseException) -> bool:
     import traceback
 
     from tl_jax.config import raised_in
-    if os.environ.get("TL_JAX_TRACEBACK") or not raised_in(error, os.path.dirname(__file__)):
+    if os.environ.get("TL_JAX_TRACEBACK"):
+        return False
+    if isinstance(error, OSError) and error.filename is not None:
+        # The system refused a path (a read-only or full disk, no permission), whoever asked:
+        # os.makedirs of the workdir raises it from the standard library, not from tl_jax.
+        return True
+    if not raised_in(error, os.path.dirname(__file__)):
         return False
     statement = (traceback.extract_tb(error.__traceback__)[-1].line or "").lstrip()
     return statement.startswith("raise") or isinstance(error, OSError)

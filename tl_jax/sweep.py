@@ -284,7 +284,7 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
                 print(f"[sweep] {r.name} failed: {type(e).__name__}: {e}", flush=True)
                 failed.append({"run": r.name, "error": f"{type(e).__name__}: {e}"})
                 continue
-            if kind == "train" and summary.get("step") != int(config.train.steps):
+            if kind == "train" and (summary.get("step") or 0) < int(config.train.steps):
                 # The trainer saved and returned early: SIGTERM (a preemption, a kill). The
                 # sweep stops too, rather than start the next run on a machine going away.
                 print(f"[sweep] {r.name} stopped at step {summary.get('step')} of "

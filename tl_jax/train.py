@@ -9,6 +9,7 @@ train and eval steps, then the loop.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -376,6 +377,23 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._old)
 
 
+@contextlib.contextmanager
+def _finish_save_on_ctrl_c(checkpointer: ckpt_lib.Checkpointer):
+    """On Ctrl-C, lets an asynchronous save still in flight finish before the interrupt goes on.
+
+    Otherwise the interpreter shuts down under orbax's background thread: that checkpoint is
+    left half-written, and the thread's failure prints pages of tracebacks after the one line
+    that says the checkpoints are intact. A second Ctrl-C stops the wait."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        try:
+            checkpointer.finish_after_interrupt()
+        except ckpt_lib.CheckpointError as e:
+            print(f"[checkpoint] {e}", flush=True)
+        raise
+
+
 def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer):
     """Continues from the newest good checkpoint in the workdir, or initialises fresh."""
     config = trainer.config
@@ -600,7 +618,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         pending = []
         window_start, window_steps = time.perf_counter(), 0
 
-    with _Preemption() as preemption:
+    with _Preemption() as preemption, _finish_save_on_ctrl_c(checkpointer):
         window_start = time.perf_counter()
         for step in range(start_step, total_steps):
             batch = parallel.host_batch_to_global(next(train_iter), mesh)
@@ -640,7 +658,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                     print(f"[checkpoint] SIGTERM: saved step {done}; exiting.", flush=True)
                     break
         flush(int(jax.device_get(state["step"])))
-    checkpointer.close()
+    with _finish_save_on_ctrl_c(checkpointer):  # the final save may still be in flight
+        checkpointer.close()
     writer.close()
     if bar is not None:
         bar.close()

@@ -97,7 +97,7 @@ class BertConfig:
         if self.adapter_size < 0 or self.lora_rank < 0:
             raise ValueError("BertConfig.adapter_size and lora_rank must be >= 0")
         layers.activation(self.hidden_act)  # fails early on an unknown activation name
-        jnp.dtype(self.dtype)
+        layers.float_dtype_name(self.dtype)
 
     @classmethod
     def from_size(cls, name: str, **overrides) -> "BertConfig":

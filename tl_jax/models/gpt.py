@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from tl_jax.models.layers import Dense, Dropout
+from tl_jax.models.layers import Dense, Dropout, float_dtype_name
 
 # name -> (num_layers, embed_dim, num_heads, max_len). small and medium are GPT-2's shapes.
 SIZES = {
@@ -56,7 +56,7 @@ class GPTConfig:
 
     def __post_init__(self):
         # A string keeps the config JSON-serialisable (it is saved beside checkpoints).
-        object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
+        object.__setattr__(self, "dtype", float_dtype_name(self.dtype))
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"GPTConfig: embed_dim={self.embed_dim} is not divisible by "

@@ -226,6 +226,20 @@ class Dropout(nn.Module):
         return _dropout(x, key.astype(jnp.uint32), 1.0 - self.rate)
 
 
+def float_dtype_name(name) -> str:
+    """The name of the floating compute dtype `name` (`model.dtype`: "float32", "bfloat16", ...);
+    anything else (a misspelt "flot16", "int8") is a ValueError naming the field, not numpy's
+    TypeError from inside the model's config."""
+    try:
+        dtype = jnp.dtype(name)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"model.dtype={name!r} is not a floating-point dtype; use float32, "
+                         "bfloat16 or float16")
+    return dtype.name
+
+
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     """Returns the activation function called `name` in Hugging Face configs.
 
