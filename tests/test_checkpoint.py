@@ -579,6 +579,29 @@ def test_a_checkpoint_of_other_shapes_is_an_error_not_corruption(tmp_path):
     assert restored[3] == 3
 
 
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("RESOURCE_EXHAUSTED: Out of memory "
+                                                               "allocating 4294967296 bytes"),
+                                   OSError(24, "Too many open files")])
+def test_a_restore_out_of_memory_leaves_the_checkpoint_and_stops(tmp_path, monkeypatch, error):
+    # Any failed restore counted as corruption: a sound checkpoint was moved aside and the run
+    # started from scratch when the host or device was short of memory for a moment.
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
+    state = {"params": {"w": jnp.ones((4, 2))}, "step": jnp.asarray(3)}
+    ckpt.save(3, state, {"epoch": 0}, {"model": {}})
+    ckpt.wait()
+
+    def short_of_resources(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(ckpt, "restore", short_of_resources)
+    with pytest.raises(ckpt_lib.CheckpointError,
+                       match=r"Restoring the checkpoint at step 3 in .*checkpoints ran out of "
+                             r"resources \(.*\); the checkpoint is left where it is"):
+        ckpt.restore_latest_good(jax.eval_shape(lambda: state))
+    monkeypatch.undo()
+    assert ckpt.all_steps() == [3] and not (tmp_path / "checkpoints_corrupt").exists()
+    assert ckpt.restore_latest_good(jax.eval_shape(lambda: state))[3] == 3
+
+
 def test_a_save_that_cannot_be_written_is_one_error_and_the_earlier_checkpoint_stays(tmp_path):
     # A full disk: orbax's background thread failed, and the next save (or the end of the run)
     # raised its ValueError with two pages of orbax traceback. A file size limit makes the

@@ -9,6 +9,7 @@ next older one is tried.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -242,6 +243,12 @@ class Checkpointer:
                 _check_finite_step(state, step)
                 return state, data_state, config, step
             except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+                if _out_of_resources(e):  # not the checkpoint's fault: it stays, the run stops
+                    raise CheckpointError(
+                        f"Restoring the checkpoint at step {step} in {self.directory} ran out of "
+                        f"resources ({type(e).__name__}: {_short(e)}); the checkpoint is left "
+                        "where it is. Free memory (or file handles) and rerun the same command "
+                        "to resume.") from e
                 self._report_broken(step, e)
         return None
 
@@ -319,6 +326,17 @@ def _leaf_name(path) -> str:
 def _some(names: list[str], n: int = 3) -> str:
     return (", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
             if names else "nothing")
+
+
+def _out_of_resources(error: Exception) -> bool:
+    """A restore that failed for want of host or device memory or file handles: the checkpoint
+    may be sound, so it is not moved aside as corrupt (the run would restart from scratch)."""
+    if isinstance(error, MemoryError):
+        return True
+    if isinstance(error, OSError) and error.errno in (errno.ENOMEM, errno.EMFILE, errno.ENFILE):
+        return True
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
 def _check_finite_step(state, step):
