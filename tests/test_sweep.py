@@ -51,13 +51,15 @@ def test_bad_sweeps_are_refused(grid, zipped, seeds, message):
         sweep.plan(grid, zipped, seeds)
 
 
-def _fake_training(calls, fail=(), stop_at=None):
+def _fake_training(calls, fail=(), stop_at=None, bug=()):
     """Stands in for train.train_and_evaluate: writes what a run writes, from the config."""
     def fake(config, workdir):
         name = pathlib.Path(workdir).name
         calls.append(name)
         if any(f in name for f in fail):
             raise ValueError(f"broken run {name}")
+        if any(f in name for f in bug):
+            raise KeyError(f"a bug in {name}")
         work = pathlib.Path(workdir)
         work.mkdir(parents=True, exist_ok=True)
         score = config.data.masked_lm_prob + config.seed / 100
@@ -114,6 +116,21 @@ def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, ca
     assert "masked_lm_prob=0.2__seed=0 failed: ValueError: broken run" in out
     table = (tmp_path / "results.md").read_text()
     assert "| 0.2 | 0 | - |" in table and "Failed runs:" in table
+
+
+def test_a_run_that_hits_a_bug_is_reported_in_full_and_the_others_go_on(tmp_path, monkeypatch,
+                                                                         capsys):
+    # Only input errors were caught: a KeyError in one run stopped the sweep before its tables.
+    calls = []
+    monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls, bug=["0.1"]))
+    result = sweep.run(BERT, str(tmp_path), seeds=[0], grid=["data.masked_lm_prob=0.1,0.3"],
+                       overrides=["train.steps=4"])
+    assert len(calls) == 2 and [f["run"] for f in result["failed"]] == [
+        "masked_lm_prob=0.1__seed=0"]
+    captured = capsys.readouterr()
+    assert "Traceback" in captured.err and "KeyError: 'a bug in masked_lm_prob=0.1" in captured.err
+    assert "masked_lm_prob=0.1__seed=0 failed: KeyError" in captured.out
+    assert "| 0.3 | 1 |" in (tmp_path / "results.md").read_text()
 
 
 def test_a_run_stopped_by_sigterm_stops_the_sweep(tmp_path, monkeypatch):

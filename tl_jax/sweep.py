@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import traceback
 from typing import Sequence
 
 import numpy as np
@@ -280,7 +281,9 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
                     summary = train.train_and_evaluate(config, run_dir).summary
                 else:
                     summary = static_train.run(config, run_dir)
-            except (ValueError, RuntimeError, OSError, FloatingPointError) as e:
+            except Exception as e:  # noqa: BLE001 - one run's failure must not lose the others'
+                if not isinstance(e, (ValueError, RuntimeError, OSError, FloatingPointError)):
+                    traceback.print_exc()  # not an input error: a bug, shown in full
                 print(f"[sweep] {r.name} failed: {type(e).__name__}: {e}", flush=True)
                 failed.append({"run": r.name, "error": f"{type(e).__name__}: {e}"})
                 continue
