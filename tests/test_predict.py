@@ -293,7 +293,7 @@ def test_help_lists_predict():
     assert "tl_jax predict --workdir" in main.__doc__
 
 
-def test_squad_predictions_are_the_runs_own_eval(tmp_path):
+def test_squad_predictions_are_the_runs_own_eval(tmp_path, capsys):
     from tl_jax import config as config_lib
     from tl_jax.data import readers
     contexts = ["Emma lived at Hartfield with her father near the village of Highbury in Surrey.",
@@ -324,3 +324,9 @@ def test_squad_predictions_are_the_runs_own_eval(tmp_path):
                          str(tmp_path / "out2.json"))
     assert result["metrics"] == {}
     assert (tmp_path / "out2.json").read_text() == (tmp_path / "out.json").read_text()
+    # A SQuAD 2.0 file given to this v1.1 run: its unanswerable questions score 0, and it says so.
+    readers.write_squad(tmp_path / "v2.json", records[32:34] + [
+        dict(records[34], is_impossible=True, answers=[])], version="2.0")
+    capsys.readouterr()
+    predict.run(str(workdir), str(tmp_path / "v2.json"), str(tmp_path / "out3.json"))
+    assert ("Note: 1 of 3 questions in " in capsys.readouterr().out)

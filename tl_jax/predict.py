@@ -179,6 +179,12 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
         encoder = task_module.of_run(workdir, resolved)
     else:
         encoder = downstream.Encoder.of_run(config, workdir, resolved)
+    if config.task == "squad" and config.data.version == "1.1":
+        impossible = sum(bool(r.get("is_impossible")) for r in records)
+        if impossible:
+            print(f"[predict] Note: {impossible} of {len(records)} questions in {input_spec} are "
+                  "unanswerable (SQuAD 2.0); this run was trained as data.version='1.1', which "
+                  "always answers, so their exact match and F1 are 0.", flush=True)
     truncated = []
     task = task_module.Task.for_prediction(config, encoder, labels, records, truncated)
     downstream.note_truncated(config, truncated, len(records), "predict")
