@@ -121,6 +121,10 @@ def test_labels_outside_the_label_set_name_the_file(tmp_path):
         "data.labels=['a']"])
     with pytest.raises(ValueError, match=r"train.jsonl: labels \['b'\] are not in data.labels"):
         classify.Task(config, str(tmp_path))
+    config = config_lib.load_config("configs/finetune_classify.py:tiny", base + [
+        "data.labels=['a', 'b', 'a']"])
+    with pytest.raises(ValueError, match=r"data.labels \['a', 'b', 'a'\] lists \['a'\] more "):
+        classify.Task(config, str(tmp_path))
     conll = tmp_path / "train.conll"
     conll.write_text("Emma B-PER\nsmiled O\n\nHighbury B-LOC\n")
     config = config_lib.load_config("configs/finetune_tag.py:tiny", [

@@ -261,6 +261,9 @@ def check_labels(labels, configured: bool, splits, kind: str = "labels") -> None
     set (`configured`), both files are checked against it; otherwise the label set comes from
     the training file and an eval label it never shows is the error.
     """
+    repeated = sorted({label for label in labels if list(labels).count(label) > 1})
+    if configured and repeated:  # two outputs for one label: one of them would never train
+        raise ValueError(f"data.labels {list(labels)} lists {repeated} more than once")
     train_spec = splits[0][0]
     for spec, seen in splits:
         unknown = sorted(set(seen) - set(labels))
