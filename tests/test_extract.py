@@ -105,6 +105,11 @@ def test_bad_output_and_empty_input(minilm, tmp_path):
         # Checked before reading anything: the input does not even exist.
         with pytest.raises(ValueError, match=message):
             extract.run(minilm, "in.txt", str(tmp_path / "out.npz"), **flags)
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text("a text\n")
+    with pytest.raises(ValueError, match="is the input file"):  # as predict refuses it
+        extract.run(minilm, str(lines), str(lines))
+    assert lines.read_text() == "a text\n"
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
     with pytest.raises(ValueError, match="no non-empty lines"):

@@ -153,6 +153,8 @@ def run(init_from: str, input_path: str, output_path: str, layers: str = "last",
     """The `tl_jax extract` command: reads `input_path`, writes `output_path` (.npz or .jsonl)."""
     if not output_path.endswith((".npz", ".jsonl")):
         raise ValueError(f"--output={output_path!r} must end in .npz or .jsonl")
+    if os.path.exists(input_path) and os.path.realpath(output_path) == os.path.realpath(input_path):
+        raise ValueError(f"--output={output_path} is the input file; choose another path")
     check_sizes(max_seq_length, batch_size)
     try:
         with open(input_path, encoding="utf-8") as f:
