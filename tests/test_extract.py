@@ -110,6 +110,10 @@ def test_bad_output_and_empty_input(minilm, tmp_path):
     with pytest.raises(ValueError, match="is the input file"):  # as predict refuses it
         extract.run(minilm, str(lines), str(lines))
     assert lines.read_text() == "a text\n"
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "a text"}\n')
+    with pytest.raises(ValueError, match="corpus.jsonl: extract reads plain text"):
+        extract.run(minilm, str(corpus), str(tmp_path / "out.npz"))
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
     with pytest.raises(ValueError, match="no non-empty lines"):

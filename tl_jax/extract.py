@@ -155,6 +155,10 @@ def run(init_from: str, input_path: str, output_path: str, layers: str = "last",
         raise ValueError(f"--output={output_path!r} must end in .npz or .jsonl")
     if os.path.exists(input_path) and os.path.realpath(output_path) == os.path.realpath(input_path):
         raise ValueError(f"--output={output_path} is the input file; choose another path")
+    if input_path.endswith((".jsonl", ".json")):
+        # Each line would be encoded as it stands, braces, keys and all.
+        raise ValueError(f"--input={input_path}: extract reads plain text, one text per line, "
+                         "not JSON; write the texts (e.g. each line's text field) to a .txt file")
     check_sizes(max_seq_length, batch_size)
     try:
         with open(input_path, encoding="utf-8") as f:
