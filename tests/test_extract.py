@@ -69,12 +69,13 @@ def test_all_layers_match_transformers_hidden_states(minilm, all_layers):
         np.testing.assert_allclose(feat, torch.stack(hidden)[:, 0].numpy(), atol=3e-4, rtol=1e-3)
 
 
-def test_files_hold_the_chosen_combinations(minilm, all_layers, tmp_path):
+def test_files_hold_the_chosen_combinations(minilm, all_layers, tmp_path, capsys):
     tokens, stacked = all_layers
     text_file = tmp_path / "in.txt"
-    text_file.write_text(TEXTS[0] + "\n\n" + TEXTS[1] + "\n")
+    text_file.write_text(TEXTS[0] + "\n\n" + TEXTS[1] + "\n \n\n")
     npz = extract.run(minilm, str(text_file), str(tmp_path / "f.npz"), layers="sum_last_four",
                       max_seq_length=16, batch_size=4)
+    assert "skipped 3 blank line(s)" in capsys.readouterr().out  # the trailing two as well
     data = np.load(npz)
     assert str(data["layers"]) == "sum_last_four" and list(data["texts"]) == TEXTS
     # The blank second line is skipped; line_index keeps the input's line numbers.
@@ -104,6 +105,15 @@ def test_bad_output_and_empty_input(minilm, tmp_path):
         # Checked before reading anything: the input does not even exist.
         with pytest.raises(ValueError, match=message):
             extract.run(minilm, "in.txt", str(tmp_path / "out.npz"), **flags)
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text("a text\n")
+    with pytest.raises(ValueError, match="is the input file"):  # as predict refuses it
+        extract.run(minilm, str(lines), str(lines))
+    assert lines.read_text() == "a text\n"
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "a text"}\n')
+    with pytest.raises(ValueError, match="corpus.jsonl: extract reads plain text"):
+        extract.run(minilm, str(corpus), str(tmp_path / "out.npz"))
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
     with pytest.raises(ValueError, match="no non-empty lines"):

@@ -58,12 +58,22 @@ def test_real_glove_file_loads(data_dir):
     ("3 2\na 1 2\nb 3 4\n", vf.load_word2vec_text, r"header says 3 vectors, file has 2"),
     ("2 x\na 1 2\n", vf.load_word2vec_text, r"bad.txt:1: expected a header"),
     ("2 2\na 1 2\nb 1 2 3\n", vf.load_word2vec_text, r"bad.txt:3"),
+    ("a 1 2\nb nan 4\n", vf.load_glove_text, r"bad.txt:2: non-finite .* word 'b'"),
+    ("2 2\na 1 2\nb 3 -inf\n", vf.load_word2vec_text, r"bad.txt:3: non-finite"),
 ])
 def test_malformed_text_files_name_file_and_line(tmp_path, content, loader, match):
     path = tmp_path / "bad.txt"
     path.write_text(content)
     with pytest.raises(ValueError, match=match):
         loader(path)
+
+
+def test_non_finite_binary_vector_names_the_entry(tmp_path):
+    rows = np.array([[1, 2], [np.nan, 4]], np.float32)
+    (tmp_path / "bad.bin").write_bytes(b"2 2\na " + rows[0].tobytes() + b"\nb "
+                                       + rows[1].tobytes() + b"\n")
+    with pytest.raises(ValueError, match=r"bad.bin: entry 2 .*word 'b'.* non-finite"):
+        vf.load_word2vec_binary(tmp_path / "bad.bin")
 
 
 def test_non_utf8_text_file_names_file_and_line(tmp_path):

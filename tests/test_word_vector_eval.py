@@ -59,6 +59,21 @@ def test_pairs_and_questions_passed_directly_are_lowercased_like_the_files():
     assert (a.questions, a.oov_questions) == (1, 0)
 
 
+def test_analogies_on_cased_vectors_treat_other_spellings_as_the_same_word():
+    # Cased vectors (GoogleNews): "Paris", a spelling of the question word "paris", is not an
+    # answer, and "London" answers "london" (gensim's case_insensitive=True).
+    e = np.eye(5)
+    question = [("s", ("france", "paris", "england", "london"))]
+    variant_of_question_word = WordVectors(
+        ["france", "paris", "england", "london", "Paris"],
+        np.stack([e[0], e[1], e[2], e[1] - e[0] + e[2] + 0.3 * e[3], e[1] - e[0] + e[2]]))
+    assert ev.analogy_accuracy(variant_of_question_word, question, restrict_vocab=None).correct == 1
+    variant_of_answer = WordVectors(
+        ["france", "paris", "england", "london", "London"],
+        np.stack([e[0], e[1], e[2], e[1] + e[2] + 0.3 * e[3], e[1] - e[0] + e[2]]))
+    assert ev.analogy_accuracy(variant_of_answer, question, restrict_vocab=None).correct == 1
+
+
 @pytest.mark.parametrize("kwargs,match", [(dict(restrict_vocab=0), "restrict_vocab=0"),
                                           (dict(restrict_vocab=-5), "restrict_vocab=-5"),
                                           (dict(batch_size=0), "batch_size=0")])

@@ -153,18 +153,25 @@ def run(init_from: str, input_path: str, output_path: str, layers: str = "last",
     """The `tl_jax extract` command: reads `input_path`, writes `output_path` (.npz or .jsonl)."""
     if not output_path.endswith((".npz", ".jsonl")):
         raise ValueError(f"--output={output_path!r} must end in .npz or .jsonl")
+    if os.path.exists(input_path) and os.path.realpath(output_path) == os.path.realpath(input_path):
+        raise ValueError(f"--output={output_path} is the input file; choose another path")
+    if input_path.endswith((".jsonl", ".json")):
+        # Each line would be encoded as it stands, braces, keys and all.
+        raise ValueError(f"--input={input_path}: extract reads plain text, one text per line, "
+                         "not JSON; write the texts (e.g. each line's text field) to a .txt file")
     check_sizes(max_seq_length, batch_size)
     try:
         with open(input_path, encoding="utf-8") as f:
-            numbered = [(n, line.strip()) for n, line in enumerate(f) if line.strip()]
+            lines = [line.strip() for line in f]
+        numbered = [(n, line) for n, line in enumerate(lines) if line]
     except UnicodeDecodeError as e:
         raise ValueError(non_utf8_message(input_path, e)) from None
     if not numbered:
         raise ValueError(f"{input_path}: no non-empty lines to extract features for")
     line_index = [n for n, _ in numbered]
     texts = [text for _, text in numbered]
-    if line_index[-1] + 1 > len(texts):
-        blank = line_index[-1] + 1 - len(texts)
+    if len(lines) > len(texts):  # trailing blank lines count too
+        blank = len(lines) - len(texts)
         print(f"[extract] skipped {blank} blank line(s); line_index in the output is each "
               "text's 0-based line number in the input")
     tokens, feats = extract(init_from, texts, layers, max_seq_length, batch_size)

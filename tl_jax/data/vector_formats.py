@@ -77,10 +77,14 @@ def _parse_row(parts: list[str], dim: int | None, path, lineno: int) -> np.ndarr
         raise ValueError(f"{path}:{lineno}: expected a word followed by numbers, got "
                          f"{' '.join(parts)!r}")
     try:
-        return np.array(parts[1:], dtype=np.float32)
+        row = np.array(parts[1:], dtype=np.float32)
     except ValueError:
         raise ValueError(f"{path}:{lineno}: non-numeric vector component in line for "
                          f"word {parts[0]!r}") from None
+    if not np.isfinite(row).all():  # "nan"/"inf" parse, then poison every similarity
+        raise ValueError(f"{path}:{lineno}: non-finite vector component (nan or inf) in line "
+                         f"for word {parts[0]!r}")
+    return row
 
 
 # Downloads come compressed (GoogleNews-vectors-negative300.bin.gz, glove.6B.zip); read as
@@ -173,6 +177,9 @@ def load_word2vec_binary(path) -> WordVectors:
             raise ValueError(f"{path}: entry {i + 1} (byte {pos}) has a word that is "
                              f"not UTF-8") from None
         vectors[i] = np.frombuffer(data, dtype="<f4", count=dim, offset=space + 1)
+        if not np.isfinite(vectors[i]).all():
+            raise ValueError(f"{path}: entry {i + 1} (byte {pos}, word {words[-1]!r}) has a "
+                             f"non-finite vector component (nan or inf)")
         pos = space + 1 + nbytes
     if data[pos:].strip(b"\n"):
         raise ValueError(f"{path}: {len(data) - pos} unexpected bytes after {n} entries")

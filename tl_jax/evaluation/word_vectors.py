@@ -121,6 +121,10 @@ def analogy_accuracy(vectors: WordVectors, questions, restrict_vocab: int | None
     n = len(vectors) if restrict_vocab is None else min(restrict_vocab, len(vectors))
     lookup = {w: i for w, i in _lowercase_index(vectors).items() if i < n}
     unit = vectors.unit_vectors()[:n]
+    # Each candidate row as its lowercased word's row: in cased vectors "Paris" is the question
+    # word "paris" (never the answer) and "London" the answer "london", as in gensim.
+    canon = np.array([lookup[w.lower()] for w in vectors.words[:n]], dtype=np.int64)
+    cased = bool(np.any(canon != np.arange(n)))
     questions = [(s, tuple(w.lower() for w in q)) for s, q in questions]
     answerable = [(s, q) for s, q in questions if all(w in lookup for w in q)]
     correct_by_section: dict[str, list[int]] = {}
@@ -132,7 +136,10 @@ def analogy_accuracy(vectors: WordVectors, questions, restrict_vocab: int | None
         scores = target @ unit.T  # (Q, n)
         rows = np.arange(len(chunk))[:, None]
         scores[rows, idx[:, :3]] = -np.inf  # the question words are never the answer
-        hit = scores.argmax(axis=1) == idx[:, 3]
+        if cased:  # nor are their other spellings
+            scores[(canon[None, :] == idx[:, 0:1]) | (canon[None, :] == idx[:, 1:2])
+                   | (canon[None, :] == idx[:, 2:3])] = -np.inf
+        hit = canon[scores.argmax(axis=1)] == idx[:, 3]
         correct += int(hit.sum())
         for (section, _), h in zip(chunk, hit):
             correct_by_section.setdefault(section, [0, 0])
