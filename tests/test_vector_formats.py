@@ -146,6 +146,9 @@ def test_a_save_that_fails_midway_keeps_the_previous_file(tmp_path, fmt):
         vf.save_vectors(broken, path, fmt)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*nowhere.v.out: its folder "
+                                                 r".*nowhere does not exist"):
+        vf.save_vectors(good, tmp_path / "nowhere" / "v.out", fmt)
 
 
 def test_most_similar_never_returns_the_word_itself_and_rejects_negative_topn():

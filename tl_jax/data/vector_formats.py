@@ -191,6 +191,9 @@ def _atomic_open(path, mode: str, **kwargs):
     """Writes to a temporary file beside `path`, renamed over it only once complete: a write
     cut short (an error, Ctrl-C) neither leaves a truncated file nor destroys the old one."""
     path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):  # else the error names the temporary file
+        raise FileNotFoundError(f"cannot write {path}: its folder {folder} does not exist")
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, mode, **kwargs) as f:
