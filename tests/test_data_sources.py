@@ -136,6 +136,20 @@ def test_files_that_are_not_utf8_name_the_file_and_line(tmp_path):
         load_documents(str(packed))
 
 
+def test_byte_order_mark_is_not_text(tmp_path):
+    # Windows editors start UTF-8 files with a BOM; the task readers skip it, so must corpora.
+    lines = json.dumps({"text": "first"}) + "\n" + json.dumps({"text": "second"}) + "\n"
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + lines.encode("utf-8"))
+    assert load_documents(str(bom)) == [["first"], ["second"]]
+    with gzip.open(tmp_path / "bom.jsonl.gz", "wb") as f:
+        f.write(b"\xef\xbb\xbf" + lines.encode("utf-8"))
+    assert load_documents(str(tmp_path / "bom.jsonl.gz")) == [["first"], ["second"]]
+    text = tmp_path / "bom.txt"
+    text.write_bytes(b"\xef\xbb\xbfHello there.\n\nSecond.\n")
+    assert load_documents(str(text)) == [["Hello there."], ["Second."]]
+
+
 def test_sentence_splitter_keeps_all_text(data_dir):
     lines = (data_dir / "austen.jsonl").read_text(encoding="utf-8").splitlines()[:400]
     norm = lambda s: " ".join(s.split())  # noqa: E731

@@ -124,7 +124,9 @@ def load_file(path: str, text_field: str = "text", group_field: str | None = Non
 
 def _open_text(path: str, mode: str = "rt"):
     # Compressed corpora are common (Wikipedia dumps), and reading them needs nothing extra.
-    encoding = None if "b" in mode else "utf-8"
+    # utf-8-sig: a byte-order mark (Windows editors write one) would make the first jsonl line
+    # malformed JSON, as the task readers already know.
+    encoding = None if "b" in mode else "utf-8-sig"
     if path.endswith(".gz"):
         return gzip.open(path, mode, encoding=encoding)
     if path.endswith(".bz2"):
