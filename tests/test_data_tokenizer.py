@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tokenizers
 
 from tl_jax.data.tokenizer import SPECIAL_TOKENS, Tokenizer, TokenizerError
 
@@ -137,6 +138,13 @@ def test_errors(tmp_path):
     (tmp_path / "emptydir").mkdir()
     with pytest.raises(TokenizerError, match="neither tokenizer.json nor vocab.txt"):
         Tokenizer.load(str(tmp_path / "emptydir"))
+    # A BPE tokenizer.json (GPT-2, RoBERTa), even one holding BERT's special tokens.
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE(
+        vocab={"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "a": 5, "b": 6,
+               "ab": 7}, merges=[("a", "b")], unk_token="[UNK]"))
+    bpe.save(str(tmp_path / "bpe.json"))
+    with pytest.raises(TokenizerError, match=r"bpe.json is a BPE tokenizer; BERT needs a WordPiece"):
+        Tokenizer.load(str(tmp_path / "bpe.json"))
     (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(TokenizerError, match="Cannot read tokenizer file"):
         Tokenizer.load(str(tmp_path / "bad.json"))

@@ -56,6 +56,12 @@ class Tokenizer:
         hf_tokenizer.no_padding()
         self._tok = hf_tokenizer
         self.source = source
+        if not isinstance(hf_tokenizer.model, models.WordPiece):
+            # A GPT-2/RoBERTa BPE (or a Unigram) tokenizer.json: its word starts are not marked
+            # by '##' pieces, so even with BERT's special tokens it would mask and decode wrongly.
+            raise TokenizerError(f"Tokenizer {source} is a {type(hf_tokenizer.model).__name__} "
+                                 "tokenizer; BERT needs a WordPiece one (a BERT vocab.txt or "
+                                 "tokenizer.json).")
         missing = [t for t in SPECIAL_TOKENS if hf_tokenizer.token_to_id(t) is None]
         if missing:
             raise TokenizerError(f"Tokenizer {source} lacks the special token(s) {missing}; BERT "
