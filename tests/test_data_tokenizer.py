@@ -133,6 +133,9 @@ def test_errors(tmp_path):
     (tmp_path / "v4.txt").write_text("[PAD]\n[UNK]\n[UNK]\n", encoding="utf-8")
     with pytest.raises(TokenizerError, match=r"v4.txt:3: duplicate token"):
         Tokenizer.load(str(tmp_path / "v4.txt"))
+    # A byte-order mark (Windows editors) is not part of the first token.
+    (tmp_path / "v5.txt").write_bytes(b"\xef\xbb\xbf[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhi\n")
+    assert Tokenizer.load(str(tmp_path / "v5.txt")).pad_id == 0
     with pytest.raises(TokenizerError, match="Tokenizer file not found"):
         Tokenizer.load(str(tmp_path / "missing.txt"))
     (tmp_path / "emptydir").mkdir()

@@ -145,7 +145,8 @@ class Tokenizer:
     def from_vocab(cls, vocab_path: str, lowercase: bool = True) -> "Tokenizer":
         """Builds the BERT pipeline around a `vocab.txt` (one token per line, id = line index)."""
         vocab = {}
-        with open(vocab_path, encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark would be read as part of [PAD], which then goes missing.
+        with open(vocab_path, encoding="utf-8-sig") as f:
             for index, line in enumerate(f):
                 token = line.rstrip("\n")
                 if token in vocab:
