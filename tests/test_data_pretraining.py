@@ -380,6 +380,16 @@ def test_build_saves_and_reuses_tokenizer(small_corpus, tmp_path, capsys):
     assert static.num_train_instances > 2.5 * data.num_train_instances  # dupe_factor copies
 
 
+def test_build_expands_environment_variables_in_paths(small_corpus, data_dir, monkeypatch):
+    monkeypatch.setenv("MY_CORPUS", small_corpus)
+    monkeypatch.setenv("MY_DATA", str(data_dir))
+    data = build_pretraining_data(
+        _data_config("$MY_CORPUS", tokenizer="$MY_DATA/models/all-MiniLM-L6-v2/vocab.txt",
+                     max_documents=20, eval_fraction=0.0, batch_size=2),
+        128, None, seed=0, progress=False)
+    assert data.tokenizer.vocab_size == 30522 and data.num_train_instances >= 2
+
+
 def test_build_quickstart_default_corpus(tmp_path):
     data = build_pretraining_data(
         _data_config("gensim:enwiki,gensim:lee", max_seq_length=128, max_predictions_per_seq=20,

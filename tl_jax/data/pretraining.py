@@ -330,7 +330,7 @@ def _get_tokenizer(config, train_documents, workdir: str | None, process_index: 
         # its first save (a bad batch size, Ctrl-C) would silently override the config.
         return Tokenizer.load(saved)
     if config.tokenizer:
-        tokenizer = Tokenizer.load(config.tokenizer, lowercase=config.lowercase)
+        tokenizer = Tokenizer.load(os.path.expandvars(config.tokenizer), lowercase=config.lowercase)
     else:
         tokenizer = Tokenizer.train_wordpiece(
             train_documents, vocab_size=config.tokenizer_vocab_size, lowercase=config.lowercase)
@@ -367,7 +367,9 @@ def build_pretraining_data(
     """
     c = data_config
     _validate(c, max_position_embeddings, process_count)
-    documents = load_documents(c.corpus, text_field=c.text_field, group_field=c.group_field or None)
+    # '$TL_JAX_DATA_DIR/...' in a config, as the GPT, biLM and fine-tuning data paths take.
+    documents = load_documents(os.path.expandvars(c.corpus), text_field=c.text_field,
+                               group_field=c.group_field or None)
     if c.max_documents:
         documents = documents[:c.max_documents]
     if len(documents) < 2:
