@@ -403,6 +403,12 @@ def test_build_quickstart_default_corpus(tmp_path):
 def test_build_errors_before_any_work(small_corpus, tmp_path):
     with pytest.raises(ValueError, match="max_seq_length=64 exceeds the model's max_position_embeddings=32"):
         build_pretraining_data(_data_config(small_corpus), 32, None, 0)
+    # Masking settings are refused before the corpus is read or a tokenizer trained.
+    missing = str(tmp_path / "not_read.jsonl")
+    for key, value in (("masked_lm_prob", 0.0), ("masked_lm_prob", 1.5),
+                       ("max_predictions_per_seq", 0)):
+        with pytest.raises(ValueError, match=rf"data.{key}={value} must be"):
+            build_pretraining_data(_data_config(missing, **{key: value}), 128, None, 0)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n", encoding="utf-8")
     with pytest.raises(SourceError, match="empty.jsonl contains no text"):

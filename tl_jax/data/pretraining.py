@@ -295,6 +295,13 @@ def _validate(config, max_position_embeddings: int, process_count: int) -> None:
     if config.max_seq_length < 5:
         raise ValueError(f"data.max_seq_length={config.max_seq_length} is too short for "
                          "`[CLS] A [SEP] B [SEP]` (need >= 5).")
+    # Checked here too (the Masker says so as well): that one is built after the tokenizer is
+    # trained and the corpus tokenised, which takes long on a real corpus.
+    if not 0.0 < config.masked_lm_prob <= 1.0:
+        raise ValueError(f"data.masked_lm_prob={config.masked_lm_prob} must be in (0, 1].")
+    if config.max_predictions_per_seq < 1:
+        raise ValueError(f"data.max_predictions_per_seq={config.max_predictions_per_seq} must "
+                         "be >= 1.")
     if not 0.0 <= config.short_seq_prob <= 1.0:
         raise ValueError(f"data.short_seq_prob={config.short_seq_prob} must be in [0, 1].")
     if not 0.0 <= config.eval_fraction < 1.0:
