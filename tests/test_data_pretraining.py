@@ -189,6 +189,16 @@ def test_special_tokens_never_masked_and_batch_format(instances, tokenizer):
             assert batch["nsp_weights"][r] == 1.0
 
 
+def test_special_tokens_written_in_the_corpus_are_text(tokenizer):
+    # Text about BERT: "[MASK]" or "[SEP]" in a sentence are characters, not a real [PAD] inside
+    # a segment (input_mask 1), a separator, or a [MASK] the model is never asked to fill.
+    docs = tokenize_documents([["Replace a word by [MASK] or [PAD], then add [SEP] and [CLS]."]],
+                              tokenizer, progress=False)
+    assert not tokenizer.is_special(docs[0][0]).any()
+    assert "[ mask ]" in tokenizer.decode(docs[0][0])
+    assert tokenizer.encode("a [MASK]")[-1] == tokenizer.mask_id  # fill_mask's text unchanged
+
+
 def test_rows_without_maskable_tokens_get_no_predictions(tokenizer):
     unk, cls, sep = tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id
     only_unk = [cls, unk, sep, unk, unk, sep]

@@ -247,7 +247,10 @@ def tokenize_documents(
     bar = tqdm(total=len(sentences), desc="tokenize", unit="sent", disable=not progress or
                len(sentences) < 5 * chunk_size, leave=False)
     for start in range(0, len(sentences), chunk_size):
-        batch = tokenizer.encode_batch(sentences[start:start + chunk_size])
+        # A corpus that writes "[MASK]" or "[PAD]" (text about BERT) must not put a real [PAD]
+        # or [SEP] inside a segment, nor an unlabelled [MASK].
+        batch = tokenizer.encode_batch(sentences[start:start + chunk_size],
+                                       special_tokens_as_text=True)
         for d, ids in zip(owner[start:start + chunk_size], batch):
             if ids:
                 tokenized[d].append(ids)

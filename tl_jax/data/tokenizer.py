@@ -248,9 +248,20 @@ class Tokenizer:
         """Token ids of `text`, without [CLS]/[SEP]."""
         return self._tok.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """`encode` over many texts at once (tokenizers' batched, native path)."""
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+    def encode_batch(self, texts: Sequence[str], special_tokens_as_text: bool = False
+                     ) -> list[list[int]]:
+        """`encode` over many texts at once (tokenizers' batched, native path).
+
+        `special_tokens_as_text`: "[MASK]", "[SEP]", "[PAD]"... written in the text are ordinary
+        text ("[", "mask", "]"), as for BERT's own pretraining data, rather than special tokens.
+        """
+        if not special_tokens_as_text:
+            return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        self._tok.encode_special_tokens = True
+        try:
+            return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        finally:
+            self._tok.encode_special_tokens = False
 
     def encode_with_word_ids(self, text: str) -> tuple[list[int], list[int]]:
         """Token ids and, per token, the index of the pre-tokenised word it came from."""
