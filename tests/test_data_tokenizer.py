@@ -136,6 +136,9 @@ def test_errors(tmp_path):
     # A byte-order mark (Windows editors) is not part of the first token.
     (tmp_path / "v5.txt").write_bytes(b"\xef\xbb\xbf[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhi\n")
     assert Tokenizer.load(str(tmp_path / "v5.txt")).pad_id == 0
+    (tmp_path / "v6.txt").write_bytes(b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ncaf\xe9\n")
+    with pytest.raises(TokenizerError, match=r"v6.txt:6: not UTF-8 text \(byte b'\\xe9'"):
+        Tokenizer.load(str(tmp_path / "v6.txt"))
     with pytest.raises(TokenizerError, match="Tokenizer file not found"):
         Tokenizer.load(str(tmp_path / "missing.txt"))
     (tmp_path / "emptydir").mkdir()

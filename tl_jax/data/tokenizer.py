@@ -145,13 +145,19 @@ class Tokenizer:
     def from_vocab(cls, vocab_path: str, lowercase: bool = True) -> "Tokenizer":
         """Builds the BERT pipeline around a `vocab.txt` (one token per line, id = line index)."""
         vocab = {}
-        # utf-8-sig: a byte-order mark would be read as part of [PAD], which then goes missing.
-        with open(vocab_path, encoding="utf-8-sig") as f:
-            for index, line in enumerate(f):
-                token = line.rstrip("\n")
-                if token in vocab:
-                    raise TokenizerError(f"{vocab_path}:{index + 1}: duplicate token {token!r}.")
-                vocab[token] = index
+        try:
+            # utf-8-sig: a byte-order mark would be read as part of [PAD], which then goes missing.
+            with open(vocab_path, encoding="utf-8-sig") as f:
+                for index, line in enumerate(f):
+                    token = line.rstrip("\n")
+                    if token in vocab:
+                        raise TokenizerError(
+                            f"{vocab_path}:{index + 1}: duplicate token {token!r}.")
+                    vocab[token] = index
+        except UnicodeDecodeError as e:
+            from tl_jax.data.sources import non_utf8_message
+
+            raise TokenizerError(non_utf8_message(vocab_path, e)) from None
         if not vocab:
             raise TokenizerError(f"Vocabulary file {vocab_path} is empty.")
         if UNK not in vocab:
