@@ -52,6 +52,9 @@ def test_globs_compressed_files_and_comma_lists(tmp_path):
     assert load_documents(str(tmp_path / "*.txt")) == [["first"], ["second"]]
     spec = f"{tmp_path / 'c.jsonl.gz'}, {tmp_path / '[b]*.txt'}"
     assert load_documents(spec) == [["zipped"], ["second"]]
+    # A file whose name has glob characters is read as named, not matched as a pattern.
+    _write(tmp_path / "notes[1].txt", "bracketed")
+    assert load_documents(str(tmp_path / "notes[1].txt")) == [["bracketed"]]
 
 
 def test_package_corpora_need_no_setup():

@@ -90,7 +90,8 @@ def _load_part(part: str, text_field: str, group_field: str | None) -> list[Docu
     if part.startswith("tfds:"):
         name, _, split = part[len("tfds:"):].partition(":")
         return load_tfds(name, split or "train", text_field)
-    if any(ch in part for ch in "*?["):
+    # A file that exists is itself, even when its name has glob characters ("notes[1].txt").
+    if any(ch in part for ch in "*?[") and not os.path.isfile(os.path.expanduser(part)):
         paths = sorted(glob.glob(os.path.expanduser(part), recursive=True))
         paths = [p for p in paths if os.path.isfile(p)]
         if not paths:
