@@ -126,6 +126,14 @@ def test_errors_name_the_file_and_line(tmp_path):
         load_documents("gensim:brown")
 
 
+def test_a_json_file_is_not_read_as_plain_text(tmp_path):
+    # Hugging Face datasets' to_json writes JSON lines named .json: as plain text, the braces
+    # and keys would be trained on.
+    path = _jsonl(tmp_path / "export.json", [{"text": "one"}, {"text": "two"}])
+    with pytest.raises(SourceError, match=r"export.json is .json: .*rename it to .jsonl"):
+        load_documents(path)
+
+
 def test_files_that_are_not_utf8_name_the_file_and_line(tmp_path):
     # A Windows-1252 export (e.g. "café"): a bare UnicodeDecodeError named neither.
     latin = tmp_path / "latin.txt"

@@ -9,8 +9,8 @@ units (paragraphs or lines) in reading order:
 Document boundaries matter for BERT's next-sentence prediction (a "random" second segment must
 come from another document), so every source says where its documents begin and end:
 
-* plain text (any other extension, optionally `.gz`/`.bz2`): one paragraph per line, a blank
-  line ends a document;
+* plain text (any other extension but `.json`, optionally `.gz`/`.bz2`): one paragraph per
+  line, a blank line ends a document;
 * jsonl (`.jsonl`, optionally `.gz`/`.bz2`): one JSON object per line holding `text_field`;
   consecutive lines sharing the same `group_field` value form one document (without a group
   field every line is a document);
@@ -111,6 +111,12 @@ def load_file(path: str, text_field: str = "text", group_field: str | None = Non
     if not os.path.isfile(path):
         raise SourceError(f"Corpus path is not a file: {path}")
     base = re.sub(r"\.(gz|bz2)$", "", path)
+    if base.endswith(".json"):
+        # Read as plain text, its JSON syntax would be trained on as if it were prose.
+        raise SourceError(f"Corpus file {path} is .json: corpora are plain text or JSON lines "
+                          "named .jsonl. If it holds one JSON object per line (as Hugging Face "
+                          "datasets' to_json writes), rename it to .jsonl; a JSON array is not "
+                          "read.")
     try:
         if base.endswith(".jsonl"):
             documents = _read_jsonl(path, text_field, group_field)
