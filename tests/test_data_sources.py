@@ -126,6 +126,21 @@ def test_errors_name_the_file_and_line(tmp_path):
         load_documents("gensim:brown")
 
 
+def test_broken_compressed_files_name_the_file(tmp_path):
+    fake = tmp_path / "fake.txt.gz"
+    fake.write_text("Not compressed at all.\n", encoding="utf-8")
+    with pytest.raises(SourceError, match=r"fake.txt.gz cannot be decompressed as gzip .*"
+                                          "not gzip data or it is truncated"):
+        load_documents(str(fake))
+    whole = gzip.compress(b'{"text": "a paragraph"}\n' * 2000)
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[:len(whole) // 2])  # a download cut short
+    with pytest.raises(SourceError, match=r"cut.jsonl.gz cannot be decompressed as gzip \(EOF"):
+        load_documents(str(tmp_path / "cut.jsonl.gz"))
+    (tmp_path / "fake.jsonl.bz2").write_text('{"text": "x"}\n', encoding="utf-8")
+    with pytest.raises(SourceError, match=r"fake.jsonl.bz2 cannot be decompressed as bz2"):
+        load_documents(str(tmp_path / "fake.jsonl.bz2"))
+
+
 def test_a_json_file_is_not_read_as_plain_text(tmp_path):
     # Hugging Face datasets' to_json writes JSON lines named .json: as plain text, the braces
     # and keys would be trained on.

@@ -124,6 +124,15 @@ def load_file(path: str, text_field: str = "text", group_field: str | None = Non
             documents = _read_text(path)
     except UnicodeDecodeError as e:
         raise SourceError(non_utf8_message(path, e)) from None
+    except (OSError, EOFError) as e:
+        # gzip/bz2 say "Not a gzipped file" or "Compressed file ended before the end-of-stream
+        # marker" (a download cut short) without naming the file.
+        if not path.endswith((".gz", ".bz2")) or isinstance(e, PermissionError):
+            raise
+        kind = "gzip" if path.endswith(".gz") else "bz2"
+        raise SourceError(f"Corpus file {path} cannot be decompressed as {kind} "
+                          f"({type(e).__name__}: {e}): it is not {kind} data or it is "
+                          "truncated.") from None
     if not documents:
         raise SourceError(f"Corpus file {path} contains no text.")
     return documents
