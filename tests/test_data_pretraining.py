@@ -189,6 +189,16 @@ def test_special_tokens_never_masked_and_batch_format(instances, tokenizer):
             assert batch["nsp_weights"][r] == 1.0
 
 
+def test_special_tokens_written_in_the_corpus_are_text(tokenizer):
+    # Text about BERT: "[MASK]" or "[SEP]" in a sentence are characters, not a real [PAD] inside
+    # a segment (input_mask 1), a separator, or a [MASK] the model is never asked to fill.
+    docs = tokenize_documents([["Replace a word by [MASK] or [PAD], then add [SEP] and [CLS]."]],
+                              tokenizer, progress=False)
+    assert not tokenizer.is_special(docs[0][0]).any()
+    assert "[ mask ]" in tokenizer.decode(docs[0][0])
+    assert tokenizer.encode("a [MASK]")[-1] == tokenizer.mask_id  # fill_mask's text unchanged
+
+
 def test_rows_without_maskable_tokens_get_no_predictions(tokenizer):
     unk, cls, sep = tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id
     only_unk = [cls, unk, sep, unk, unk, sep]
@@ -380,6 +390,16 @@ def test_build_saves_and_reuses_tokenizer(small_corpus, tmp_path, capsys):
     assert static.num_train_instances > 2.5 * data.num_train_instances  # dupe_factor copies
 
 
+def test_build_expands_environment_variables_in_paths(small_corpus, data_dir, monkeypatch):
+    monkeypatch.setenv("MY_CORPUS", small_corpus)
+    monkeypatch.setenv("MY_DATA", str(data_dir))
+    data = build_pretraining_data(
+        _data_config("$MY_CORPUS", tokenizer="$MY_DATA/models/all-MiniLM-L6-v2/vocab.txt",
+                     max_documents=20, eval_fraction=0.0, batch_size=2),
+        128, None, seed=0, progress=False)
+    assert data.tokenizer.vocab_size == 30522 and data.num_train_instances >= 2
+
+
 def test_build_quickstart_default_corpus(tmp_path):
     data = build_pretraining_data(
         _data_config("gensim:enwiki,gensim:lee", max_seq_length=128, max_predictions_per_seq=20,
@@ -393,6 +413,12 @@ def test_build_quickstart_default_corpus(tmp_path):
 def test_build_errors_before_any_work(small_corpus, tmp_path):
     with pytest.raises(ValueError, match="max_seq_length=64 exceeds the model's max_position_embeddings=32"):
         build_pretraining_data(_data_config(small_corpus), 32, None, 0)
+    # Masking settings are refused before the corpus is read or a tokenizer trained.
+    missing = str(tmp_path / "not_read.jsonl")
+    for key, value in (("masked_lm_prob", 0.0), ("masked_lm_prob", 1.5),
+                       ("max_predictions_per_seq", 0)):
+        with pytest.raises(ValueError, match=rf"data.{key}={value} must be"):
+            build_pretraining_data(_data_config(missing, **{key: value}), 128, None, 0)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n", encoding="utf-8")
     with pytest.raises(SourceError, match="empty.jsonl contains no text"):

@@ -52,6 +52,9 @@ def test_globs_compressed_files_and_comma_lists(tmp_path):
     assert load_documents(str(tmp_path / "*.txt")) == [["first"], ["second"]]
     spec = f"{tmp_path / 'c.jsonl.gz'}, {tmp_path / '[b]*.txt'}"
     assert load_documents(spec) == [["zipped"], ["second"]]
+    # A file whose name has glob characters is read as named, not matched as a pattern.
+    _write(tmp_path / "notes[1].txt", "bracketed")
+    assert load_documents(str(tmp_path / "notes[1].txt")) == [["bracketed"]]
 
 
 def test_package_corpora_need_no_setup():
@@ -123,6 +126,29 @@ def test_errors_name_the_file_and_line(tmp_path):
         load_documents("gensim:brown")
 
 
+def test_broken_compressed_files_name_the_file(tmp_path):
+    fake = tmp_path / "fake.txt.gz"
+    fake.write_text("Not compressed at all.\n", encoding="utf-8")
+    with pytest.raises(SourceError, match=r"fake.txt.gz cannot be decompressed as gzip .*"
+                                          "not gzip data or it is truncated"):
+        load_documents(str(fake))
+    whole = gzip.compress(b'{"text": "a paragraph"}\n' * 2000)
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[:len(whole) // 2])  # a download cut short
+    with pytest.raises(SourceError, match=r"cut.jsonl.gz cannot be decompressed as gzip \(EOF"):
+        load_documents(str(tmp_path / "cut.jsonl.gz"))
+    (tmp_path / "fake.jsonl.bz2").write_text('{"text": "x"}\n', encoding="utf-8")
+    with pytest.raises(SourceError, match=r"fake.jsonl.bz2 cannot be decompressed as bz2"):
+        load_documents(str(tmp_path / "fake.jsonl.bz2"))
+
+
+def test_a_json_file_is_not_read_as_plain_text(tmp_path):
+    # Hugging Face datasets' to_json writes JSON lines named .json: as plain text, the braces
+    # and keys would be trained on.
+    path = _jsonl(tmp_path / "export.json", [{"text": "one"}, {"text": "two"}])
+    with pytest.raises(SourceError, match=r"export.json is .json: .*rename it to .jsonl"):
+        load_documents(path)
+
+
 def test_files_that_are_not_utf8_name_the_file_and_line(tmp_path):
     # A Windows-1252 export (e.g. "café"): a bare UnicodeDecodeError named neither.
     latin = tmp_path / "latin.txt"
@@ -134,6 +160,20 @@ def test_files_that_are_not_utf8_name_the_file_and_line(tmp_path):
         f.write(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(SourceError, match=r"latin.jsonl.gz:2: not UTF-8 text"):
         load_documents(str(packed))
+
+
+def test_byte_order_mark_is_not_text(tmp_path):
+    # Windows editors start UTF-8 files with a BOM; the task readers skip it, so must corpora.
+    lines = json.dumps({"text": "first"}) + "\n" + json.dumps({"text": "second"}) + "\n"
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + lines.encode("utf-8"))
+    assert load_documents(str(bom)) == [["first"], ["second"]]
+    with gzip.open(tmp_path / "bom.jsonl.gz", "wb") as f:
+        f.write(b"\xef\xbb\xbf" + lines.encode("utf-8"))
+    assert load_documents(str(tmp_path / "bom.jsonl.gz")) == [["first"], ["second"]]
+    text = tmp_path / "bom.txt"
+    text.write_bytes(b"\xef\xbb\xbfHello there.\n\nSecond.\n")
+    assert load_documents(str(text)) == [["Hello there."], ["Second."]]
 
 
 def test_sentence_splitter_keeps_all_text(data_dir):

@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tokenizers
 
 from tl_jax.data.tokenizer import SPECIAL_TOKENS, Tokenizer, TokenizerError
 
@@ -132,11 +133,24 @@ def test_errors(tmp_path):
     (tmp_path / "v4.txt").write_text("[PAD]\n[UNK]\n[UNK]\n", encoding="utf-8")
     with pytest.raises(TokenizerError, match=r"v4.txt:3: duplicate token"):
         Tokenizer.load(str(tmp_path / "v4.txt"))
+    # A byte-order mark (Windows editors) is not part of the first token.
+    (tmp_path / "v5.txt").write_bytes(b"\xef\xbb\xbf[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhi\n")
+    assert Tokenizer.load(str(tmp_path / "v5.txt")).pad_id == 0
+    (tmp_path / "v6.txt").write_bytes(b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ncaf\xe9\n")
+    with pytest.raises(TokenizerError, match=r"v6.txt:6: not UTF-8 text \(byte b'\\xe9'"):
+        Tokenizer.load(str(tmp_path / "v6.txt"))
     with pytest.raises(TokenizerError, match="Tokenizer file not found"):
         Tokenizer.load(str(tmp_path / "missing.txt"))
     (tmp_path / "emptydir").mkdir()
     with pytest.raises(TokenizerError, match="neither tokenizer.json nor vocab.txt"):
         Tokenizer.load(str(tmp_path / "emptydir"))
+    # A BPE tokenizer.json (GPT-2, RoBERTa), even one holding BERT's special tokens.
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE(
+        vocab={"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "a": 5, "b": 6,
+               "ab": 7}, merges=[("a", "b")], unk_token="[UNK]"))
+    bpe.save(str(tmp_path / "bpe.json"))
+    with pytest.raises(TokenizerError, match=r"bpe.json is a BPE tokenizer; BERT needs a WordPiece"):
+        Tokenizer.load(str(tmp_path / "bpe.json"))
     (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(TokenizerError, match="Cannot read tokenizer file"):
         Tokenizer.load(str(tmp_path / "bad.json"))

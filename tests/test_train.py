@@ -138,6 +138,14 @@ def test_bad_setups_fail_before_compiling(tiny_bert_overrides, override, message
         train.build_trainer(config, workdir=None)
 
 
+def test_bad_model_size_fails_before_the_corpus_is_read(tiny_bert_overrides, tmp_path):
+    # The corpus does not exist: reading it (and training a tokenizer) would fail first.
+    config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [
+        f"data.corpus={tmp_path / 'unread.txt'}", "model.size='mini2'"])
+    with pytest.raises(ValueError, match="'mini2' is neither a tl_jax workdir"):
+        train.build_trainer(config, workdir=None)
+
+
 def test_empty_corpus_is_a_clear_error(tiny_bert_overrides, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")

@@ -247,7 +247,10 @@ def tokenize_documents(
     bar = tqdm(total=len(sentences), desc="tokenize", unit="sent", disable=not progress or
                len(sentences) < 5 * chunk_size, leave=False)
     for start in range(0, len(sentences), chunk_size):
-        batch = tokenizer.encode_batch(sentences[start:start + chunk_size])
+        # A corpus that writes "[MASK]" or "[PAD]" (text about BERT) must not put a real [PAD]
+        # or [SEP] inside a segment, nor an unlabelled [MASK].
+        batch = tokenizer.encode_batch(sentences[start:start + chunk_size],
+                                       special_tokens_as_text=True)
         for d, ids in zip(owner[start:start + chunk_size], batch):
             if ids:
                 tokenized[d].append(ids)
@@ -295,6 +298,13 @@ def _validate(config, max_position_embeddings: int, process_count: int) -> None:
     if config.max_seq_length < 5:
         raise ValueError(f"data.max_seq_length={config.max_seq_length} is too short for "
                          "`[CLS] A [SEP] B [SEP]` (need >= 5).")
+    # Checked here too (the Masker says so as well): that one is built after the tokenizer is
+    # trained and the corpus tokenised, which takes long on a real corpus.
+    if not 0.0 < config.masked_lm_prob <= 1.0:
+        raise ValueError(f"data.masked_lm_prob={config.masked_lm_prob} must be in (0, 1].")
+    if config.max_predictions_per_seq < 1:
+        raise ValueError(f"data.max_predictions_per_seq={config.max_predictions_per_seq} must "
+                         "be >= 1.")
     if not 0.0 <= config.short_seq_prob <= 1.0:
         raise ValueError(f"data.short_seq_prob={config.short_seq_prob} must be in [0, 1].")
     if not 0.0 <= config.eval_fraction < 1.0:
@@ -330,7 +340,7 @@ def _get_tokenizer(config, train_documents, workdir: str | None, process_index: 
         # its first save (a bad batch size, Ctrl-C) would silently override the config.
         return Tokenizer.load(saved)
     if config.tokenizer:
-        tokenizer = Tokenizer.load(config.tokenizer, lowercase=config.lowercase)
+        tokenizer = Tokenizer.load(os.path.expandvars(config.tokenizer), lowercase=config.lowercase)
     else:
         tokenizer = Tokenizer.train_wordpiece(
             train_documents, vocab_size=config.tokenizer_vocab_size, lowercase=config.lowercase)
@@ -367,7 +377,9 @@ def build_pretraining_data(
     """
     c = data_config
     _validate(c, max_position_embeddings, process_count)
-    documents = load_documents(c.corpus, text_field=c.text_field, group_field=c.group_field or None)
+    # '$TL_JAX_DATA_DIR/...' in a config, as the GPT, biLM and fine-tuning data paths take.
+    documents = load_documents(os.path.expandvars(c.corpus), text_field=c.text_field,
+                               group_field=c.group_field or None)
     if c.max_documents:
         documents = documents[:c.max_documents]
     if len(documents) < 2:

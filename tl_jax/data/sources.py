@@ -9,8 +9,8 @@ units (paragraphs or lines) in reading order:
 Document boundaries matter for BERT's next-sentence prediction (a "random" second segment must
 come from another document), so every source says where its documents begin and end:
 
-* plain text (any other extension, optionally `.gz`/`.bz2`): one paragraph per line, a blank
-  line ends a document;
+* plain text (any other extension but `.json`, optionally `.gz`/`.bz2`): one paragraph per
+  line, a blank line ends a document;
 * jsonl (`.jsonl`, optionally `.gz`/`.bz2`): one JSON object per line holding `text_field`;
   consecutive lines sharing the same `group_field` value form one document (without a group
   field every line is a document);
@@ -90,7 +90,8 @@ def _load_part(part: str, text_field: str, group_field: str | None) -> list[Docu
     if part.startswith("tfds:"):
         name, _, split = part[len("tfds:"):].partition(":")
         return load_tfds(name, split or "train", text_field)
-    if any(ch in part for ch in "*?["):
+    # A file that exists is itself, even when its name has glob characters ("notes[1].txt").
+    if any(ch in part for ch in "*?[") and not os.path.isfile(os.path.expanduser(part)):
         paths = sorted(glob.glob(os.path.expanduser(part), recursive=True))
         paths = [p for p in paths if os.path.isfile(p)]
         if not paths:
@@ -110,6 +111,12 @@ def load_file(path: str, text_field: str = "text", group_field: str | None = Non
     if not os.path.isfile(path):
         raise SourceError(f"Corpus path is not a file: {path}")
     base = re.sub(r"\.(gz|bz2)$", "", path)
+    if base.endswith(".json"):
+        # Read as plain text, its JSON syntax would be trained on as if it were prose.
+        raise SourceError(f"Corpus file {path} is .json: corpora are plain text or JSON lines "
+                          "named .jsonl. If it holds one JSON object per line (as Hugging Face "
+                          "datasets' to_json writes), rename it to .jsonl; a JSON array is not "
+                          "read.")
     try:
         if base.endswith(".jsonl"):
             documents = _read_jsonl(path, text_field, group_field)
@@ -117,6 +124,15 @@ def load_file(path: str, text_field: str = "text", group_field: str | None = Non
             documents = _read_text(path)
     except UnicodeDecodeError as e:
         raise SourceError(non_utf8_message(path, e)) from None
+    except (OSError, EOFError) as e:
+        # gzip/bz2 say "Not a gzipped file" or "Compressed file ended before the end-of-stream
+        # marker" (a download cut short) without naming the file.
+        if not path.endswith((".gz", ".bz2")) or isinstance(e, PermissionError):
+            raise
+        kind = "gzip" if path.endswith(".gz") else "bz2"
+        raise SourceError(f"Corpus file {path} cannot be decompressed as {kind} "
+                          f"({type(e).__name__}: {e}): it is not {kind} data or it is "
+                          "truncated.") from None
     if not documents:
         raise SourceError(f"Corpus file {path} contains no text.")
     return documents
@@ -124,7 +140,9 @@ def load_file(path: str, text_field: str = "text", group_field: str | None = Non
 
 def _open_text(path: str, mode: str = "rt"):
     # Compressed corpora are common (Wikipedia dumps), and reading them needs nothing extra.
-    encoding = None if "b" in mode else "utf-8"
+    # utf-8-sig: a byte-order mark (Windows editors write one) would make the first jsonl line
+    # malformed JSON, as the task readers already know.
+    encoding = None if "b" in mode else "utf-8-sig"
     if path.endswith(".gz"):
         return gzip.open(path, mode, encoding=encoding)
     if path.endswith(".bz2"):

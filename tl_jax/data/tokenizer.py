@@ -56,6 +56,12 @@ class Tokenizer:
         hf_tokenizer.no_padding()
         self._tok = hf_tokenizer
         self.source = source
+        if not isinstance(hf_tokenizer.model, models.WordPiece):
+            # A GPT-2/RoBERTa BPE (or a Unigram) tokenizer.json: its word starts are not marked
+            # by '##' pieces, so even with BERT's special tokens it would mask and decode wrongly.
+            raise TokenizerError(f"Tokenizer {source} is a {type(hf_tokenizer.model).__name__} "
+                                 "tokenizer; BERT needs a WordPiece one (a BERT vocab.txt or "
+                                 "tokenizer.json).")
         missing = [t for t in SPECIAL_TOKENS if hf_tokenizer.token_to_id(t) is None]
         if missing:
             raise TokenizerError(f"Tokenizer {source} lacks the special token(s) {missing}; BERT "
@@ -139,12 +145,19 @@ class Tokenizer:
     def from_vocab(cls, vocab_path: str, lowercase: bool = True) -> "Tokenizer":
         """Builds the BERT pipeline around a `vocab.txt` (one token per line, id = line index)."""
         vocab = {}
-        with open(vocab_path, encoding="utf-8") as f:
-            for index, line in enumerate(f):
-                token = line.rstrip("\n")
-                if token in vocab:
-                    raise TokenizerError(f"{vocab_path}:{index + 1}: duplicate token {token!r}.")
-                vocab[token] = index
+        try:
+            # utf-8-sig: a byte-order mark would be read as part of [PAD], which then goes missing.
+            with open(vocab_path, encoding="utf-8-sig") as f:
+                for index, line in enumerate(f):
+                    token = line.rstrip("\n")
+                    if token in vocab:
+                        raise TokenizerError(
+                            f"{vocab_path}:{index + 1}: duplicate token {token!r}.")
+                    vocab[token] = index
+        except UnicodeDecodeError as e:
+            from tl_jax.data.sources import non_utf8_message
+
+            raise TokenizerError(non_utf8_message(vocab_path, e)) from None
         if not vocab:
             raise TokenizerError(f"Vocabulary file {vocab_path} is empty.")
         if UNK not in vocab:
@@ -241,9 +254,20 @@ class Tokenizer:
         """Token ids of `text`, without [CLS]/[SEP]."""
         return self._tok.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """`encode` over many texts at once (tokenizers' batched, native path)."""
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+    def encode_batch(self, texts: Sequence[str], special_tokens_as_text: bool = False
+                     ) -> list[list[int]]:
+        """`encode` over many texts at once (tokenizers' batched, native path).
+
+        `special_tokens_as_text`: "[MASK]", "[SEP]", "[PAD]"... written in the text are ordinary
+        text ("[", "mask", "]"), as for BERT's own pretraining data, rather than special tokens.
+        """
+        if not special_tokens_as_text:
+            return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        self._tok.encode_special_tokens = True
+        try:
+            return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        finally:
+            self._tok.encode_special_tokens = False
 
     def encode_with_word_ids(self, text: str) -> tuple[list[int], list[int]]:
         """Token ids and, per token, the index of the pre-tokenised word it came from."""

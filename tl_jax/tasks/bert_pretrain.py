@@ -109,6 +109,9 @@ class Task:
     def __init__(self, config, workdir):
         self.config = config
         data_cfg = config.data
+        # The model config first, as electra does: a bad model.size (a typo, a missing
+        # directory) fails before the corpus is read and a tokenizer trained.
+        bert_config_from(config.model, 1)
         if data_cfg.max_seq_length > config.model.max_position_embeddings:
             raise ValueError(
                 f"data.max_seq_length={data_cfg.max_seq_length} is longer than the position "
