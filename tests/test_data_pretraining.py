@@ -416,7 +416,7 @@ def test_build_errors_before_any_work(small_corpus, tmp_path):
     # Masking settings are refused before the corpus is read or a tokenizer trained.
     missing = str(tmp_path / "not_read.jsonl")
     for key, value in (("masked_lm_prob", 0.0), ("masked_lm_prob", 1.5),
-                       ("max_predictions_per_seq", 0)):
+                       ("max_predictions_per_seq", 0), ("max_documents", -1)):
         with pytest.raises(ValueError, match=rf"data.{key}={value} must be"):
             build_pretraining_data(_data_config(missing, **{key: value}), 128, None, 0)
     empty = tmp_path / "empty.jsonl"

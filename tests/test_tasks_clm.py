@@ -70,6 +70,14 @@ def test_warm_start_from_a_gpt2_directory_without_a_tokenizer_is_an_error(tmp_pa
     assert tok.vocab_size == 300
 
 
+def test_a_negative_max_documents_is_an_error(tmp_path):
+    from tl_jax import config as config_lib
+    config = config_lib.load_config("configs/gpt_pretrain.py:tiny", [
+        f"data.corpus={tmp_path / 'not_read.txt'}", "data.max_documents=-1"])
+    with pytest.raises(ValueError, match=r"data.max_documents=-1 must be >= 0"):
+        clm.Task(config, str(tmp_path / "run"))
+
+
 def test_warm_start_from_another_model_family_is_named(tmp_path, texts, data_dir):
     """A BERT directory or workdir as a clm run's init_from: said so, not a complaint about
     the tokenizer lacking <|endoftext|>."""

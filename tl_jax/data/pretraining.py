@@ -309,6 +309,8 @@ def _validate(config, max_position_embeddings: int, process_count: int) -> None:
         raise ValueError(f"data.short_seq_prob={config.short_seq_prob} must be in [0, 1].")
     if not 0.0 <= config.eval_fraction < 1.0:
         raise ValueError(f"data.eval_fraction={config.eval_fraction} must be in [0, 1).")
+    if config.max_documents < 0:  # documents[:-n] would silently drop the last n
+        raise ValueError(f"data.max_documents={config.max_documents} must be >= 0 (0: all).")
     if config.dupe_factor < 1:
         raise ValueError(f"data.dupe_factor={config.dupe_factor} must be >= 1.")
     for key in ("batch_size", "eval_batch_size"):
