@@ -4,9 +4,9 @@ Environment knobs (test-only; production code has none of these):
   WORKER_DEVICES=N          fake CPU devices in this process (default 8)
   WORKER_KILL_IN_SAVE=STEP  SIGKILL this process while the checkpoint of STEP is being
                             committed: its files are written but not yet renamed into place.
-  WORKER_CTRL_C_IN_SAVE=STEP  Ctrl-C (SIGINT) this process while the checkpoint of STEP is
-                            being committed in orbax's background thread, which then takes a
-                            second more to finish it.
+  WORKER_CTRL_C_IN_SAVE=STEP  Ctrl-C (KeyboardInterrupt in the main thread) while the
+                            checkpoint of STEP is being committed in orbax's background thread,
+                            which then takes a second more to finish it.
 """
 import os
 import signal
@@ -33,21 +33,39 @@ def install_kill_in_save(step: int) -> None:
 
 
 def install_ctrl_c_in_save(step: int) -> None:
+    """Ctrl-C lands in the main thread right after the save of `step` is handed to orbax's
+    background thread, whose commit then takes a second more.
+
+    Raised there rather than sent as a SIGINT from the background thread: a real signal lands
+    wherever the main thread happens to be, and inside an `asyncio.run` (orbax runs some in the
+    main thread) asyncio's own SIGINT handler swallows it when the running task finishes anyway,
+    so under load the run went on as if nothing had been pressed."""
     import time
 
     from orbax.checkpoint._src.path import atomicity
+
+    from tl_jax import checkpoint
 
     for cls in (atomicity.AtomicRenameTemporaryPath, atomicity.CommitFileTemporaryPath):
         original = cls.finalize
 
         async def finalize(self, *args, _original=original, **kwargs):
             if os.path.basename(str(self.get_final())) == str(step):
-                print(f"worker: Ctrl-C while committing step {step}", flush=True)
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(1.0)  # the background thread goes on; the main thread is interrupted
+                time.sleep(1.0)  # still being written when the interrupt reaches the trainer
             return await _original(self, *args, **kwargs)
 
         cls.finalize = finalize
+
+    save = checkpoint.Checkpointer.save
+
+    def save_then_ctrl_c(self, at, *args, **kwargs):
+        saved = save(self, at, *args, **kwargs)
+        if at == step:
+            print(f"worker: Ctrl-C while committing step {step}", flush=True)
+            raise KeyboardInterrupt
+        return saved
+
+    checkpoint.Checkpointer.save = save_then_ctrl_c
 
 
 if __name__ == "__main__":
