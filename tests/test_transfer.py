@@ -206,6 +206,19 @@ def test_a_discriminative_decay_below_one_or_not_finite_is_an_error(decay):
     with pytest.raises(ValueError, match=r"transfer.discriminative_decay=.*finite number >= 1"):
         transfer.build_transfer_optimizer(toy_params(), tc, oc, 10, 5)
 
+
+@pytest.mark.parametrize("overrides", [dict(strategy="gradual_unfreezing", stage_steps=2),
+                                       dict(discriminative_decay=2.6)])
+def test_a_layer_pattern_that_finds_no_layer_is_an_error(overrides):
+    # A typo put every layer in `head`: gradual unfreezing trained them all from step 0 and
+    # discriminative rates gave them the head's rate, silently.
+    tc, oc = configs(layer_pattern=r"(?:^|/)block_(\d+)(?:/|$)", **overrides)
+    with pytest.raises(ValueError, match=r"transfer.layer_pattern=.*block_.*finds no encoder"):
+        transfer.build_transfer_optimizer(toy_params(), tc, oc, 10, 5)
+    tc, oc = configs(layer_pattern=r"(?:^|/)block_(\d+)(?:/|$)")  # unused: no error
+    transfer.build_transfer_optimizer(toy_params(), tc, oc, 10, 5)
+
+
 def _changed_groups(plan, before, after):
     return {plan.info[p].group for p in before if not np.array_equal(before[p], after[p])}
 

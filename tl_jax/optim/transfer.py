@@ -176,6 +176,13 @@ class TransferPlan:
                 "layer's rate is the rate of the layer above DIVIDED by it; ULMFiT: 2.6, 1 = "
                 "off). A layer-wise decay written as a multiplier below 1 (e.g. 0.8) is its "
                 "inverse here (1 / 0.8 = 1.25).")
+        if not self.num_layers and (cfg.strategy != "none" or decay != 1.0):
+            # Without layer groups the layers would silently train as part of `head`.
+            raise ValueError(
+                f"transfer.layer_pattern={cfg.layer_pattern!r} finds no encoder layer in this "
+                f"model's parameter paths (e.g. {self.paths[0]!r}), so "
+                f"transfer.strategy={cfg.strategy!r} and discriminative_decay={decay:g} would "
+                "see no layers; it needs one capture group for the layer index.")
         depth_mults = schedules.discriminative_multipliers(self.num_layers + 2,
                                                            cfg.discriminative_decay)
         decays = {optimizers.path_str(path): bool(d) for path, d in
