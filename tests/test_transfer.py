@@ -525,6 +525,21 @@ def test_lora_alpha_zero_is_an_error(data_dir, tmp_path):
         tasks.build_task(config, str(tmp_path))
 
 
+@pytest.mark.parametrize("name, rule", [("transfer_adapters", r".*_adapter/.*"),
+                                        ("transfer_lora", r".*/lora_[ab]")])
+def test_adapters_or_lora_frozen_by_an_earlier_rule_are_an_error(data_dir, tmp_path, name, rule):
+    # (bert/.*, frozen) before the adapter rule froze the fresh adapters too: the run trained
+    # only the head, and the summary's "earlier rules take all it matches" was the only sign.
+    from tl_jax import config as config_lib, tasks
+
+    rules = f"((r'bert/.*', 'frozen'), (r'{rule}', 'train'), ('.*', 'train'))"
+    config = config_lib.load_config(f"configs/{name}.py:tiny",
+                                    TINY_RUN + [f"transfer.rules={rules}"])
+    task = tasks.build_task(config, str(tmp_path))
+    with pytest.raises(ValueError, match=r"transfer rule 'bert/\.\*' freezes all of them"):
+        task.make_optimizer(10)
+
+
 @pytest.mark.parametrize("rules, share", [
     # toy matmuls: 3 layers x 36, pooler 36 and head 12 (the `head` group), 156 in all; the
     # embedding table is a lookup, not a matmul.
