@@ -445,3 +445,20 @@ def test_errors_name_what_is_wrong(tmp_path):
         hf_electra.export(params, tanh_gelu, tmp_path / "nope")
     hf_electra.export(params, tanh_gelu, tmp_path / "disc_only", with_generator=False)
     assert not (tmp_path / "disc_only" / "generator").exists()
+
+
+def test_convert_of_a_discriminator_with_extra_tensors_names_them(tmp_path, recwarn):
+    # A classifier head (ElectraForSequenceClassification) was dropped without a word; BERT's
+    # convert lists such tensors as unused.
+    hf_pair(tmp_path / "hf", SHAPES[0])
+    disc = tmp_path / "disc"
+    shutil.copytree(tmp_path / "hf", disc, ignore=shutil.ignore_patterns("generator"))
+    tensors = load_file(disc / "model.safetensors")
+    tensors["classifier.out_proj.weight"] = np.zeros((2, SHAPES[0][1]), np.float32)
+    save_file(tensors, disc / "model.safetensors", metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match=r"1 tensor\(s\) .* not converted: "
+                                         r"\['classifier.out_proj.weight'\]"):
+        convert.convert(disc, tmp_path / "out")
+    recwarn.clear()
+    convert.convert(tmp_path / "hf", tmp_path / "out_pair")  # nothing extra: no such warning
+    assert not [w for w in recwarn if "not converted" in str(w.message)]

@@ -214,6 +214,35 @@ def test_convert_refuses_a_missing_input_a_wrong_direction_and_an_output_inside_
     assert (workdir / "tokenizer" / "vocab.txt").read_text() == "[PAD]\n[UNK]\n"
 
 
+def test_convert_refuses_to_overwrite_a_run_or_another_kind_of_checkpoint(tmp_path):
+    # Its config.json was overwritten: the run no longer resumed, the HF directory no longer
+    # loaded (a tl_jax config.json beside its model.safetensors).
+    hf = tmp_path / "hf"
+    transformers.BertModel(transformers.BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=8)).save_pretrained(hf)
+    (hf / "vocab.txt").write_text("\n".join(f"t{i}" for i in range(30)) + "\n")
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "config.json").write_text('{"task": "bert_pretrain"}')
+    with pytest.raises(ValueError, match="destination .*run is a `tl_jax train` workdir"):
+        convert.convert(hf, workdir, "hf_to_tl")
+    assert (workdir / "config.json").read_text() == '{"task": "bert_pretrain"}'
+    other = tmp_path / "other_hf"
+    shutil.copytree(hf, other)
+    before = (other / "config.json").read_text()
+    with pytest.raises(ValueError, match="holds a Hugging Face checkpoint, whose config.json"):
+        convert.convert(hf, other, "hf_to_tl")
+    assert (other / "config.json").read_text() == before
+    tl = convert.convert(hf, tmp_path / "tl")
+    convert.convert(hf, tl)  # converting again into the same kind of directory is fine
+    tl2 = convert.convert(hf, tmp_path / "tl2")
+    with pytest.raises(ValueError, match="holds tl_jax weights, whose config.json"):
+        convert.convert(tl, tl2, "tl_to_hf")
+    assert convert.is_tl_dir(tl2) and "family" in (tl2 / "config.json").read_text()
+    convert.convert(tl, other, "tl_to_hf")  # an HF export over an HF directory: allowed
+
+
 def test_missing_heads_are_initialised_with_a_warning(data_dir):
     model_dir = data_dir / "models" / "all-MiniLM-L6-v2"
     with pytest.warns(UserWarning, match="freshly initialised.*mlm_head/transform/kernel"):

@@ -197,6 +197,28 @@ def test_discriminative_learning_rates_per_depth():
         np.testing.assert_allclose(flat(new)[path], expected, rtol=1e-5, atol=1e-7, err_msg=path)
 
 
+
+@pytest.mark.parametrize("decay", [0.0, 0.8, float("nan"), float("inf")])
+def test_a_discriminative_decay_below_one_or_not_finite_is_an_error(decay):
+    # 0.8 (a multiplier convention) would train the embeddings 0.8**-4 = 2.4x FASTER than the
+    # head; NaN made every lower rate NaN, inf made it 0: all silently.
+    tc, oc = configs(discriminative_decay=decay)
+    with pytest.raises(ValueError, match=r"transfer.discriminative_decay=.*finite number >= 1"):
+        transfer.build_transfer_optimizer(toy_params(), tc, oc, 10, 5)
+
+
+@pytest.mark.parametrize("overrides", [dict(strategy="gradual_unfreezing", stage_steps=2),
+                                       dict(discriminative_decay=2.6)])
+def test_a_layer_pattern_that_finds_no_layer_is_an_error(overrides):
+    # A typo put every layer in `head`: gradual unfreezing trained them all from step 0 and
+    # discriminative rates gave them the head's rate, silently.
+    tc, oc = configs(layer_pattern=r"(?:^|/)block_(\d+)(?:/|$)", **overrides)
+    with pytest.raises(ValueError, match=r"transfer.layer_pattern=.*block_.*finds no encoder"):
+        transfer.build_transfer_optimizer(toy_params(), tc, oc, 10, 5)
+    tc, oc = configs(layer_pattern=r"(?:^|/)block_(\d+)(?:/|$)")  # unused: no error
+    transfer.build_transfer_optimizer(toy_params(), tc, oc, 10, 5)
+
+
 def _changed_groups(plan, before, after):
     return {plan.info[p].group for p in before if not np.array_equal(before[p], after[p])}
 
@@ -501,6 +523,21 @@ def test_lora_alpha_zero_is_an_error(data_dir, tmp_path):
                                     TINY_RUN + ["transfer.lora_alpha=0.0"])
     with pytest.raises(ValueError, match=r"transfer.lora_alpha=0.0 with lora_rank="):
         tasks.build_task(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("name, rule", [("transfer_adapters", r".*_adapter/.*"),
+                                        ("transfer_lora", r".*/lora_[ab]")])
+def test_adapters_or_lora_frozen_by_an_earlier_rule_are_an_error(data_dir, tmp_path, name, rule):
+    # (bert/.*, frozen) before the adapter rule froze the fresh adapters too: the run trained
+    # only the head, and the summary's "earlier rules take all it matches" was the only sign.
+    from tl_jax import config as config_lib, tasks
+
+    rules = f"((r'bert/.*', 'frozen'), (r'{rule}', 'train'), ('.*', 'train'))"
+    config = config_lib.load_config(f"configs/{name}.py:tiny",
+                                    TINY_RUN + [f"transfer.rules={rules}"])
+    task = tasks.build_task(config, str(tmp_path))
+    with pytest.raises(ValueError, match=r"transfer rule 'bert/\.\*' freezes all of them"):
+        task.make_optimizer(10)
 
 
 @pytest.mark.parametrize("rules, share", [

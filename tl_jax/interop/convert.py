@@ -131,6 +131,15 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
             if dst.resolve() == folder or folder in dst.resolve().parents:
                 raise ValueError(f"convert: destination {dst} is inside the run's {inner}/ "
                                  f"folder; choose a directory outside {src / inner}")
+    # Its config.json would be overwritten by another kind of file: a run that no longer
+    # resumes, or a checkpoint that no longer loads.
+    if is_trainer_workdir(dst):
+        raise ValueError(f"convert: destination {dst} is a `tl_jax train` workdir; writing there "
+                         "would overwrite its run's config.json. Choose a new directory.")
+    if (dst / TL_CONFIG).exists() and (is_tl_dir(dst) != (direction == "hf_to_tl")):
+        held = "tl_jax weights" if is_tl_dir(dst) else "a Hugging Face checkpoint"
+        raise ValueError(f"convert: destination {dst} holds {held}, whose config.json this "
+                         f"{direction} conversion would overwrite. Choose a new directory.")
     if direction == "hf_to_tl" and (is_trainer_workdir(src) or is_tl_dir(src)):
         # hf_to_tl is the default: a tl_jax directory given without --direction.
         kind = "a `tl_jax train` workdir" if is_trainer_workdir(src) else "a tl_jax weights directory"

@@ -499,13 +499,23 @@ def load_pretrained(directory):
     holds the generator, else `(BertConfig, {bert, discriminator_head})`: the discriminator."""
     directory = pathlib.Path(directory)
     if (directory / GENERATOR_SUBDIR / "config.json").exists():
-        config, params, _ = load(directory)
+        config, params, report = load(directory)
+        _warn_unused(report)
         return config, params
     config, flat, report = load_discriminator(directory)
     headless = ENCODER_ARCH in (read_hf_json(directory)[0].get("architectures") or [])
     if report.missing and not headless:  # an ElectraModel has no head to miss
         warnings.warn(f"{report.source}: no discriminator head; the weights hold the encoder only")
+    _warn_unused(report)
     return config, safetensors_io.unflatten_params(flat)
+
+
+def _warn_unused(report) -> None:
+    # As BERT's convert lists them: a task head (classifier.*) must not vanish without a word.
+    if report.unused:
+        warnings.warn(f"{report.source}: {len(report.unused)} tensor(s) have no place in the "
+                      f"tl_jax ELECTRA model and were not converted: {report.unused[:10]}"
+                      f"{' ...' if len(report.unused) > 10 else ''}")
 
 
 def save_pretrained(directory, config, params) -> None:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 from typing import Any, NamedTuple
 
@@ -166,6 +167,22 @@ class TransferPlan:
         rule_of = match_rules(self.paths, cfg.rules)
         group_of, self.groups = layer_groups(self.paths, cfg.layer_pattern, cfg.embeddings_pattern)
         self.num_layers = sum(g.startswith("layer_") for g in self.groups)
+        decay = cfg.discriminative_decay
+        if not (math.isfinite(decay) and decay >= 1.0):
+            # Below 1 the lower layers would train FASTER than the head (0.8: the embeddings at
+            # 0.8**-(L+1) times the head's rate); NaN would make every rate NaN.
+            raise ValueError(
+                f"transfer.discriminative_decay={decay}: expected a finite number >= 1 (each "
+                "layer's rate is the rate of the layer above DIVIDED by it; ULMFiT: 2.6, 1 = "
+                "off). A layer-wise decay written as a multiplier below 1 (e.g. 0.8) is its "
+                "inverse here (1 / 0.8 = 1.25).")
+        if not self.num_layers and (cfg.strategy != "none" or decay != 1.0):
+            # Without layer groups the layers would silently train as part of `head`.
+            raise ValueError(
+                f"transfer.layer_pattern={cfg.layer_pattern!r} finds no encoder layer in this "
+                f"model's parameter paths (e.g. {self.paths[0]!r}), so "
+                f"transfer.strategy={cfg.strategy!r} and discriminative_decay={decay:g} would "
+                "see no layers; it needs one capture group for the layer index.")
         depth_mults = schedules.discriminative_multipliers(self.num_layers + 2,
                                                            cfg.discriminative_decay)
         decays = {optimizers.path_str(path): bool(d) for path, d in

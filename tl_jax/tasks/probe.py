@@ -105,6 +105,17 @@ class Task(classify.Task):
                 f"probe.feature={feature!r} uses a frozen encoder, but transfer rule {rule!r} "
                 f"trains {len(trained)} of its tensors (e.g. {trained[0]!r}), which weight decay "
                 "would change; put (r'bert/.*', 'frozen') first in transfer.rules.")
+        added = [p for p in plan.paths if NEW_PARAMS.search(p)]
+        if feature == "none" and added and not any(plan.optimizer_mask[p] for p in added):
+            # Frozen at their fresh initialisation they change nothing: only the head trains.
+            t = self.config.transfer
+            rule = plan.rules[plan.info[added[0]].rule][2]
+            raise ValueError(
+                f"transfer.adapter_size={t.adapter_size} / lora_rank={t.lora_rank} add "
+                f"{len(added)} fresh tensors (e.g. {added[0]!r}), but transfer rule {rule!r} "
+                "freezes all of them, so they would never train; put their rule "
+                "((r'.*_adapter/.*', 'train') or (r'.*/lora_[ab]', 'train')) before "
+                "(r'bert/.*', 'frozen') in transfer.rules.")
         return tx, schedule
 
     # -- feature cache ----------------------------------------------------------------------
