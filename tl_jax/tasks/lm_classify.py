@@ -163,7 +163,7 @@ class Task(downstream.EvalPredictions):
                              "the GPT classifier (lm_classify); set them to 0")
 
         def read(spec, limit):
-            records = readers.read_records(os.path.expandvars(spec), "classification",
+            records = readers.read_records(spec, "classification",
                                            text_field=d.text_field, label_field=d.label_field)
             return records[:limit] if limit else records
 
