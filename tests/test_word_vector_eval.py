@@ -97,6 +97,74 @@ def test_readers_parse_the_real_files_and_reject_malformed_ones(data_dir, tmp_pa
         ev.read_analogies(tmp_path / "q.txt")
 
 
+SIMLEX_OFFICIAL = (  # the first rows of SimLex-999.txt as distributed (tab-separated)
+    "word1\tword2\tPOS\tSimLex999\tconc(w1)\tconc(w2)\tconcQ\tAssoc(USF)\tSimAssoc333\tSD(SimLex)\n"
+    "old\tnew\tA\t1.58\t2.72\t2.81\t2\t7.25\t1\t0.41\n"
+    "smart\tintelligent\tA\t9.2\t1.75\t2.46\t1\t7.11\t1\t0.67\n"
+    "Hard\tdifficult\tA\t8.77\t3.76\t2.21\t2\t5.94\t1\t1.19\n")
+
+
+def test_official_simlex999_layout_reads_the_simlex999_column(tmp_path):
+    # The header was "score 'POS' is not a number"; the score is the 4th column, not the 3rd.
+    (tmp_path / "SimLex-999.txt").write_text(SIMLEX_OFFICIAL)
+    assert ev.read_similarity_pairs(tmp_path / "SimLex-999.txt") == [
+        ("old", "new", 1.58), ("smart", "intelligent", 9.2), ("hard", "difficult", 8.77)]
+
+
+@pytest.mark.parametrize("name,sep,newline", [("combined.csv", ",", "\r\n"),
+                                              ("combined.csv", ",", "\n"),
+                                              ("combined.tab", "\t", "\n")])
+def test_official_wordsim353_layouts_read(tmp_path, name, sep, newline):
+    rows = [["Word 1", "Word 2", "Human (mean)"], ["love", "sex", "6.77"],
+            ["tiger", "cat", "7.35"], ["tiger", "tiger", "10.00"]]
+    (tmp_path / name).write_bytes("".join(sep.join(r) + newline for r in rows).encode())
+    assert ev.read_similarity_pairs(tmp_path / name) == [
+        ("love", "sex", 6.77), ("tiger", "cat", 7.35), ("tiger", "tiger", 10.0)]
+    # set1.tab / set2.tab: the mean, then each rater's score.
+    (tmp_path / "set1.tab").write_text("Word 1\tWord 2\tHuman (mean)\t1\t2\n"
+                                       "love\tsex\t6.77\t9\t6\n")
+    assert ev.read_similarity_pairs(tmp_path / "set1.tab") == [("love", "sex", 6.77)]
+
+
+def test_comma_separated_without_header_reads(tmp_path):
+    (tmp_path / "sim.csv").write_text("# a comment\nlove,sex,6.77\ntiger,cat,7.35\n")
+    assert ev.read_similarity_pairs(tmp_path / "sim.csv") == [("love", "sex", 6.77),
+                                                              ("tiger", "cat", 7.35)]
+
+
+def test_the_real_files_in_the_official_layouts_read_as_the_same_pairs(data_dir, tmp_path):
+    wordsim = ev.read_similarity_pairs(data_dir / ev.WORDSIM353)
+    simlex = ev.read_similarity_pairs(data_dir / ev.SIMLEX999)
+    (tmp_path / "combined.csv").write_text(
+        "Word 1,Word 2,Human (mean)\n" + "".join(f"{a},{b},{s}\n" for a, b, s in wordsim))
+    (tmp_path / "SimLex-999.txt").write_text(SIMLEX_OFFICIAL.splitlines(True)[0] + "".join(
+        f"{a}\t{b}\tN\t{s}\t4.1\t3.2\t3\t0.5\t0\t1.1\n" for a, b, s in simlex))
+    assert ev.read_similarity_pairs(tmp_path / "combined.csv") == wordsim
+    assert ev.read_similarity_pairs(tmp_path / "SimLex-999.txt") == simlex
+
+
+@pytest.mark.parametrize("text,match", [
+    # A header and nothing else: named by file and the header's line.
+    (SIMLEX_OFFICIAL.splitlines(True)[0], r"sim.txt:1: score 'POS'.*header.*no similarity pairs"),
+    ("# comment\nWord 1,Word 2,Human (mean)\n", r"sim.txt:2: .*header.*no similarity pairs"),
+    # Only the first line may be a header: a second one, or a bad score later, is an error.
+    ("Word 1,Word 2,Human (mean)\nWord 1,Word 2,Human (mean)\n",
+     r"sim.txt:2: score 'Human \(mean\)' \(column 3, 'Human \(mean\)'\) is not a number"),
+    ("love,sex,6.77\ntiger,cat,lots\n", r"sim.txt:2: score 'lots' is not a number"),
+    (SIMLEX_OFFICIAL + "old\tnew\tA\tlots\t1\t1\t1\t1\t1\t1\n",
+     r"sim.txt:5: score 'lots' \(column 4, 'SimLex999'\) is not a number"),
+    # Too few fields for the column the header named; another separator than the first line's.
+    (SIMLEX_OFFICIAL + "old\tnew\t1.58\n", r"sim.txt:5: expected .*column 4.*found 3 field"),
+    ("Word 1\tWord 2\tHuman (mean)\nlove,sex,6.77\n", r"sim.txt:2: expected 'word1<TAB>word2"),
+    ("love sex 6.77\n", r"sim.txt:1: expected .*found 1 field"),
+    ("word1\tword2\tSimLex999\tHuman (mean)\na\tb\t1\t2\n", r"sim.txt:1: .*more than one score"),
+])
+def test_malformed_similarity_files_name_file_and_line(tmp_path, text, match):
+    (tmp_path / "sim.txt").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        ev.read_similarity_pairs(tmp_path / "sim.txt")
+
+
 def test_non_utf8_evaluation_files_name_file_and_line(tmp_path):
     (tmp_path / "sim.tsv").write_bytes(b"a\tb\t1.0\ncaf\xe9\tcoffee\t7.5\n")  # Latin-1
     with pytest.raises(ValueError, match=r"sim.tsv:2: not UTF-8"):

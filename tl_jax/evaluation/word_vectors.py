@@ -35,22 +35,62 @@ def _decoded(f, path):
                              f"{raw[e.start:e.start + 1]!r})") from None
 
 
+# Header names of the score column in the official distributions: SimLex-999.txt
+# (`word1 word2 POS SimLex999 conc(w1) ...`, the score 4th) and WordSim353's combined.csv /
+# combined.tab / set1.tab (`Word 1,Word 2,Human (mean)[,1,2,...]`); compared lowercased, with
+# everything but letters and digits dropped.
+_SCORE_COLUMNS = ("simlex999", "humanmean")
+
+
 def read_similarity_pairs(path) -> list[tuple[str, str, float]]:
-    """Reads `word1<TAB>word2<TAB>score` lines ('#' starts a comment line)."""
+    """Reads `word1 word2 score` lines, tab- or comma-separated ('#' starts a comment line).
+
+    The separator is the first non-comment line's: a tab if it has one, else a comma. That
+    line is a header when its score field (the third) is not a number, as in the official
+    SimLex-999.txt and WordSim353 combined.csv / combined.tab; it is skipped, and when it names
+    the score column (`SimLex999`, `Human (mean)`) that column holds the scores, else the third.
+    Any other line whose score is not a number is an error naming the file and line.
+    """
     pairs = []
+    sep = header = None  # header: (line number, score field) of a skipped header line
+    col, col_name = 2, None
     with open(path, "rb") as f:
         for lineno, line in _decoded(f, path):
             if not line.strip() or line.startswith("#"):
                 continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) < 3:
-                raise ValueError(f"{path}:{lineno}: expected 'word1<TAB>word2<TAB>score'")
+            line = line.rstrip("\n").rstrip("\r")
+            if sep is None:
+                sep = "\t" if "\t" in line else ","
+            parts = [p.strip() for p in line.split(sep)]
+            first = header is None and not pairs
+            if len(parts) <= col:
+                layout = ("'word1<TAB>word2<TAB>score' or 'word1,word2,score'" if first else
+                          "'word1{0}word2{0}score'".format("<TAB>" if sep == "\t" else ","))
+                raise ValueError(f"{path}:{lineno}: expected {layout}"
+                                 + (f" with the score in column {col + 1} ({col_name!r})"
+                                    if col_name else "")
+                                 + f"; found {len(parts)} field(s)")
             try:
-                score = float(parts[2])
+                score = float(parts[col])
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: score {parts[2]!r} is not a number") from None
+                if first:  # a header
+                    header = (lineno, parts[col])
+                    named = [i for i, p in enumerate(parts)
+                             if "".join(c for c in p.lower() if c.isalnum()) in _SCORE_COLUMNS]
+                    if len(named) > 1:
+                        raise ValueError(f"{path}:{lineno}: header names more than one score "
+                                         f"column: {[parts[i] for i in named]}") from None
+                    if named:
+                        col, col_name = named[0], parts[named[0]]
+                    continue
+                where = f" (column {col + 1}, {col_name!r})" if col_name else ""
+                raise ValueError(f"{path}:{lineno}: score {parts[col]!r}{where} is not a "
+                                 f"number") from None
             pairs.append((parts[0].lower(), parts[1].lower(), score))
     if not pairs:
+        if header is not None:
+            raise ValueError(f"{path}:{header[0]}: score {header[1]!r} is not a number: read as "
+                             f"a header line, but no similarity pairs follow it")
         raise ValueError(f"{path}: no similarity pairs")
     return pairs
 
