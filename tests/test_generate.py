@@ -80,8 +80,23 @@ def test_step_is_compiled_once_for_all_tokens(lm):
         finally:
             logger.removeHandler(handler)
     compiled = [r for r in records
-                if "_generate_fn" in r.getMessage()]
+                if "_start_fn" in r.getMessage() or "_resume_fn" in r.getMessage()]
     assert compiled == []
+    # A host-side stop check runs the same loop program segment after segment: no new trace
+    # per segment or per call, whatever the segment's end.
+    for check_every in (3, 7):
+        with jax.log_compiles(True):
+            records = []
+            logger.addHandler(handler)
+            try:
+                gen.generate(PROMPTS, 20, seed=7, stop_when=lambda t: False,
+                             check_every=check_every)
+            finally:
+                logger.removeHandler(handler)
+        assert [r for r in records if "_start_fn" in r.getMessage()
+                or "_resume_fn" in r.getMessage()] == []
+        assert gen.last_steps == 20
+    assert gen.traces == {"prefill": 1, "step": 1}
 
 
 def test_left_padded_prompt_continues_like_unpadded(gen):
@@ -127,6 +142,66 @@ def test_generation_stops_once_every_row_has_stopped(gen):
     assert out == [free[0][:cut]]
     assert len(logits) == cut  # no steps ran after the last row stopped
     np.testing.assert_allclose(np.stack(logits), np.stack(free_logits[:cut]), atol=1e-6)
+
+
+M = 40  # new tokens for the host-check tests: several check_every segments
+
+
+def _holds(seq):
+    """A host check: whether a row's tokens hold `seq` (a multi-token stop sequence)."""
+    n = len(seq)
+    return lambda t: any(list(t[k:k + n]) == list(seq) for k in range(len(t) - n + 1))
+
+
+def _first_end(row, seq):
+    """The length of the shortest prefix of `row` that holds `seq`."""
+    return next(k + len(seq) for k in range(len(row)) if row[k:k + len(seq)] == list(seq))
+
+
+def test_a_host_stop_check_ends_decoding_early(gen):
+    """A stop that only a sequence of tokens shows (a stop string spread over several tokens)
+    used to run every row on to max_new_tokens; the host check ends the loop within
+    `check_every` tokens of it, with the same tokens up to there."""
+    free, free_logits = gen.generate(PROMPTS[:1], M, Sampling(1.0), seed=2, return_logits=True)
+    assert gen.last_steps == M
+    seq = free[0][4:6]
+    end = _first_end(free[0], seq)
+    assert end <= 8
+    for check_every in (1, 4, 16):
+        out, logits = gen.generate(PROMPTS[:1], M, Sampling(1.0), seed=2, return_logits=True,
+                                   stop_when=_holds(seq), check_every=check_every)
+        assert out == [free[0][:end]]  # ends at the shortest prefix, whatever the segment
+        steps = -(-end // check_every) * check_every
+        assert gen.last_steps == len(logits) == steps < M // 2
+        np.testing.assert_allclose(np.stack(logits), np.stack(free_logits[:steps]), atol=1e-6)
+    with pytest.raises(ValueError, match="check_every must be >= 1"):
+        gen.generate(PROMPTS, M, stop_when=_holds(seq), check_every=0)
+
+
+def test_a_host_stop_check_ends_only_the_rows_that_pass_it(gen):
+    """Rows the check ends produce pad from then on; the others run on exactly as without it
+    (left-padded batch, sampled), and so does a row that stops at a stop token."""
+    sampling = Sampling(1.0, top_k=20)
+    free = gen.generate(PROMPTS, M, sampling, seed=5)
+    seq = free[0][:3]  # only row 0 produces it
+    assert all(not _holds(seq)(row) for row in free[1:])
+    out = gen.generate(PROMPTS, M, sampling, seed=5, stop_when=_holds(seq), check_every=8)
+    assert out[0] == free[0][:_first_end(free[0], seq)]
+    assert out[1:] == free[1:]
+    assert gen.last_steps == M
+    # With a stop token for row 2 and the check for row 0, row 1 alone runs to the end.
+    stop = next(t for t in free[2] if t not in free[1] + seq)
+    out = gen.generate(PROMPTS, M, sampling, seed=5, stop_tokens=[stop],
+                       stop_when=_holds(seq), check_every=8)
+    assert out == [free[0][:_first_end(free[0], seq)], free[1],
+                   free[2][:free[2].index(stop) + 1]]
+    # Every row ended (each by its own sequence): the loop stops at the segment after the last.
+    seqs = [row[3:5] for row in free]
+    out = gen.generate(PROMPTS, M, sampling, seed=5, check_every=8,
+                       stop_when=lambda t: any(_holds(s)(t) for s in seqs))
+    ends = [min(_first_end(row, s) for s in seqs if _holds(s)(row)) for row in free]
+    assert out == [row[:e] for row, e in zip(free, ends)]
+    assert gen.last_steps == -(-max(ends) // 8) * 8 < M
 
 
 def test_top_k_samples_only_the_k_most_likely(gen):
@@ -334,6 +409,73 @@ def test_a_stop_string_ends_the_loop_at_every_token_that_holds_it(tmp_path):
     # A stop string longer than any token ends no row early; the text is cut after the run.
     assert generate.stop_token_ids(tok, ["the cat sat on the mat"]) == []
     assert generate.cut_at_stop("a cat sat. the dog", ["the", ". "]) == "a cat sat"
+
+
+def test_a_stop_string_across_several_tokens_ends_decoding_early(tmp_path, monkeypatch):
+    """`--stop` with a string that no single token holds used to cut the text right but
+    decode every row to max_new_tokens; now the row ends within 16 tokens of it, and the text
+    is the same."""
+    model, params, tok = _small_gpt2_dir(tmp_path)
+    new, seed = 48, 1
+    gen = Generator(model, params, pad_id=tok.eos_id, num_tokens=tok.vocab_size)
+
+    def free_texts(prompts):
+        rows = gen.generate([tok.encode(p) for p in prompts], new, Sampling(0.7, top_k=10),
+                            seed=seed)
+        return rows, [tok.decode(row) for row in rows]
+
+    def early_stop(row, text, avoid=""):
+        """A string of 3 of `row`'s first 12 tokens that no token holds, nor `avoid`."""
+        return next(s for k in range(10) for s in [tok.decode(row[k:k + 3])]
+                    if "\ufffd" not in s and s in text and s not in avoid
+                    and not generate.stop_token_ids(tok, [s]))
+
+    steps = []
+    real = Generator.generate
+
+    def spy(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        steps.append(self.last_steps)
+        return out
+
+    monkeypatch.setattr(Generator, "generate", spy)
+
+    def run(prompts, stops):
+        return [r["completion"] for r in generate.run_generate(
+            str(tmp_path), prompts=prompts, max_new_tokens=new, temperature=0.7, top_k=10,
+            seed=seed, stop_at_eos=False, stop=stops)]
+
+    # One prompt: it runs no further than the 16-token segment where its text holds the string.
+    rows, texts = free_texts(["a cat"])
+    stop = early_stop(rows[0], texts[0])
+    assert texts[0].index(stop) + len(stop) < len(texts[0])  # the text does run on past it
+    steps.clear()
+    assert run(["a cat"], [stop]) == [generate.cut_at_stop(texts[0], [stop])]
+    assert steps == [16]
+    # In one batch with a row whose text never holds it, that row runs on; the texts are the
+    # same as without the early end.
+    rows, texts = free_texts(["a cat", "the dog"])
+    stop = early_stop(rows[0], texts[0], avoid=texts[1])
+    steps.clear()
+    assert run(["a cat", "the dog"], [stop]) == [generate.cut_at_stop(t, [stop]) for t in texts]
+    assert steps == [new]
+    # A stop string in each row ends the whole batch early.
+    stops = [stop, early_stop(rows[1], texts[1])]
+    steps.clear()
+    assert run(["a cat", "the dog"], stops) == [generate.cut_at_stop(t, stops) for t in texts]
+    assert steps == [16]
+
+
+def test_a_stop_string_check_waits_for_an_unfinished_character(tmp_path):
+    """The check counts only text more tokens cannot change: an unfinished UTF-8 character
+    decodes to U+FFFD for now, and the stop must not be found in that."""
+    _, _, tok = _small_gpt2_dir(tmp_path)
+    ids = tok.encode("a \u00e9")  # "é" is two bytes, so two tokens here
+    assert tok.decode(ids[:-1]).endswith("\ufffd") and tok.decode(ids) == "a \u00e9"
+    check = generate.stop_string_check(tok, ["\ufffd", "x"])
+    assert not check(ids[:-1]) and not check(ids)
+    assert generate.stop_string_check(tok, [" \u00e9"])(ids)
+    assert generate.stop_string_check(tok, ["a "])(ids[:-1])
 
 
 def test_generate_checks_its_flags_before_loading_the_model(tmp_path):

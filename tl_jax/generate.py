@@ -1,10 +1,15 @@
 """Text generation and prompt scoring with a GPT decoder.
 
-Generation is one jitted program: it zeroes the key/value cache, runs a prefill over the
-(left-padded) prompts, then every further token in a `lax.while_loop` whose body is a one-token
-step that reads and writes the cache. The host dispatches one call per `generate`, not one per
-token, and does no tracing once a shape has been compiled. Shapes are fixed for a call, so the
-program is compiled once per (batch, prompt bucket, max_new_tokens, sampling) and reused;
+Generation is two jitted programs: the first zeroes the key/value cache and runs a prefill over
+the (left-padded) prompts; the second produces further tokens in a `lax.while_loop` whose body is
+a one-token step that reads and writes the cache, and resumes from the state (cache, tokens, done
+rows) it returned last time. Without a host-side stop check the loop runs in one call to
+`max_new_tokens` (or until every row has produced a stop token); with one (`stop_when`, e.g. a
+stop string that the model writes across several tokens) it runs `check_every` tokens at a time,
+and between calls the host marks the rows whose tokens now satisfy the check as done. Either
+way the host never dispatches one call per token and does no tracing once a shape has been
+compiled: the segment's end is an argument, not a shape. Shapes are fixed for a call, so the
+programs are compiled once per (batch, prompt bucket, max_new_tokens, sampling) and reused;
 `Generator.traces` counts traces so tests can prove it.
 
 Left padding: row `b`'s prompt occupies the last `len_b` of `P` slots. Its real tokens get
@@ -15,7 +20,7 @@ Scoring (`score`) returns the log-likelihood of continuations given contexts: GP
 recipe compares these across label words (`classify_zero_shot`).
 """
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -109,6 +114,9 @@ class Generator:
     `num_tokens`: the tokenizer's vocabulary size when the model's output has more rows (a
     vocabulary padded to a round size, as GPT checkpoints often are): those rows are never
     picked, as they decode to nothing. None: every row is a token.
+
+    After each `generate`, `last_steps` is how many tokens per row the decoding ran for (the
+    prefill's included): `max_new_tokens`, or fewer when every row stopped early.
     """
 
     def __init__(self, model: GPT, params, pad_id: int = 0, num_tokens: int | None = None):
@@ -121,8 +129,13 @@ class Generator:
         self.pad_id = pad_id
         self.num_tokens = None if num_tokens == vocab_size else num_tokens
         self.traces = {"prefill": 0, "step": 0}
-        self._generate = jax.jit(
-            self._generate_fn, static_argnames=("max_new_tokens", "sampling", "return_logits"))
+        self.last_steps = 0
+        self._start = jax.jit(
+            self._start_fn, static_argnames=("max_new_tokens", "sampling", "return_logits"))
+        # The state (cache and all) is donated: each segment writes it in place instead of
+        # copying the cache (CPU ignores donation without a word where it cannot use it).
+        self._resume = jax.jit(self._resume_fn, static_argnames=("sampling",),
+                               donate_argnames=("state",))
 
     def _decode(self, params, cache, tokens, positions, key_mask):
         (outputs, _), mutated = self.model.apply(
@@ -157,40 +170,10 @@ class Generator:
                                       sampling)
         return next_token, done, cache, logits
 
-    def _loop_fn(self, params, cache, token, done, logits, lengths, key_mask, key, stop_ids,
-                 max_new_tokens, sampling, return_logits):
-        """Tokens 1 .. max_new_tokens-1 in one `lax.while_loop` (token 0 comes from prefill).
-
-        The loop stops early once every row has produced a stop token. Returns the (B, new)
-        tokens (pad after a row stops), how many steps ran, and, with `return_logits`, the
-        (new, B, V) logits each token was drawn from (else None).
-        """
-        batch = token.shape[0]
-        tokens = jnp.full((batch, max_new_tokens), self.pad_id, jnp.int32).at[:, 0].set(token)
-        all_logits = None
-        if return_logits:
-            all_logits = jnp.zeros((max_new_tokens,) + logits.shape, jnp.float32).at[0].set(
-                logits)
-
-        def cond(carry):
-            i, _, done, *_ = carry
-            return (i < max_new_tokens) & ~jnp.all(done)
-
-        def body(carry):
-            i, token, done, cache, tokens, all_logits = carry
-            token, done, cache, logits = self._step_fn(
-                params, cache, token, lengths, i, key_mask, key, done, stop_ids, sampling)
-            tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, i))
-            if return_logits:
-                all_logits = all_logits.at[i].set(logits)
-            return i + 1, token, done, cache, tokens, all_logits
-
-        steps, _, _, _, tokens, all_logits = jax.lax.while_loop(
-            cond, body, (jnp.int32(1), token, done, cache, tokens, all_logits))
-        return tokens, steps, all_logits
-
-    def _generate_fn(self, params, tokens, positions, key_mask, lengths, key, stop_ids,
-                     max_new_tokens, sampling, return_logits):
+    def _start_fn(self, params, tokens, positions, key_mask, key, stop_ids, max_new_tokens,
+                  sampling, return_logits):
+        """Prefill: token 0 of every row. Returns the decoding state the loop resumes from:
+        (i=1, last token, done, cache, (B, new) tokens, (new, B, V) logits or None)."""
         # The zero cache is built inside the program: `init_cache` traces the model to find
         # the cache's shapes, ~45 ms of host time for GPT tiny, which here happens only when
         # the program is traced, not on every call.
@@ -198,22 +181,66 @@ class Generator:
         token, done, cache, logits = self._prefill_fn(
             params, cache, tokens, positions, key_mask, jax.random.fold_in(key, 0), stop_ids,
             sampling)
-        return self._loop_fn(params, cache, token, done, logits, lengths, key_mask, key,
-                             stop_ids, max_new_tokens, sampling, return_logits)
+        batch = token.shape[0]
+        out = jnp.full((batch, max_new_tokens), self.pad_id, jnp.int32).at[:, 0].set(token)
+        all_logits = None
+        if return_logits:
+            all_logits = jnp.zeros((max_new_tokens,) + logits.shape, jnp.float32).at[0].set(
+                logits)
+        return jnp.int32(1), token, done, cache, out, all_logits
+
+    def _resume_fn(self, params, state, stop_rows, end, lengths, key_mask, key, stop_ids,
+                   sampling):
+        """Tokens i .. end-1 in one `lax.while_loop`, from the state `_start_fn` or the last
+        call returned; `stop_rows` (B,) marks rows the host has ended (they produce pad).
+
+        The loop stops early once every row is done (a stop token, or ended by the host).
+        Returns the new state; its `i` is how many tokens per row have been decoded.
+        """
+        i, token, done, cache, tokens, all_logits = state
+        done = done | stop_rows
+
+        def cond(carry):
+            i, _, done, *_ = carry
+            return (i < end) & ~jnp.all(done)
+
+        def body(carry):
+            i, token, done, cache, tokens, all_logits = carry
+            token, done, cache, logits = self._step_fn(
+                params, cache, token, lengths, i, key_mask, key, done, stop_ids, sampling)
+            tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, i))
+            if all_logits is not None:
+                all_logits = all_logits.at[i].set(logits)
+            return i + 1, token, done, cache, tokens, all_logits
+
+        return jax.lax.while_loop(cond, body, (i, token, done, cache, tokens, all_logits))
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                  sampling: Sampling = Sampling(), stop_tokens: Sequence[int] = (),
-                 seed: int = 0, return_logits: bool = False):
+                 seed: int = 0, return_logits: bool = False,
+                 stop_when: Callable[[list[int]], bool] | None = None, check_every: int = 16):
         """Continues each prompt by up to `max_new_tokens` tokens.
 
         Returns a list of new-token lists, one per prompt; a row ends after its first stop
         token (which is included). With `return_logits`, also a list of (B, V) numpy logits,
-        one per generated position (the distribution each token was drawn from).
+        one per decoding step that ran (the distribution each token was drawn from).
         Deterministic for a given seed, batch and sampling setting.
+
+        `stop_when(tokens) -> bool`: a check on the host for what no single stop token shows,
+        e.g. that a row's decoded text holds a stop string the model wrote across several
+        tokens. Decoding then runs `check_every` tokens at a time; after each run, a row whose
+        new tokens so far pass the check ends at the shortest such prefix (its last token
+        included), produces only pad from then on, and the loop stops once every row has
+        ended. The check must stay true once true (as tokens are appended), so that where a
+        row ends does not depend on `check_every`. It is only called on rows that have not
+        produced a stop token. The tokens a row produces before it ends are those it produces
+        without the check: the other rows, the seed and the compiled programs are the same.
         """
         cfg = self.model.config
         if max_new_tokens < 1:
             raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+        if check_every < 1:
+            raise ValueError(f"generate: check_every must be >= 1, got {check_every}")
         tokens, mask, positions, lengths = left_pad(prompts, self.pad_id)
         check_tokens(tokens, cfg, where="generate prompts")
         batch, width = tokens.shape
@@ -228,24 +255,52 @@ class Generator:
             tokens, mask, positions, lengths = left_pad(prompts, self.pad_id, bucket=1)
         key_mask = jnp.asarray(np.concatenate([mask, np.ones((batch, max_new_tokens), bool)], 1))
         stop_ids = jnp.asarray(np.array(list(stop_tokens) or [-1], dtype=np.int32))
-        tokens_out, steps, all_logits = self._generate(
-            self.params, jnp.asarray(tokens), jnp.asarray(positions), key_mask,
-            jnp.asarray(lengths), jax.random.PRNGKey(seed), stop_ids,
-            max_new_tokens=max_new_tokens, sampling=sampling, return_logits=return_logits,
-        )
-        steps = int(steps)
-        steps_out = np.asarray(tokens_out)[:, :steps]  # (B, new)
         stop_set = set(int(s) for s in stop_tokens)
+        key = jax.random.PRNGKey(seed)
+        lengths = jnp.asarray(lengths)
+        state = self._start(
+            self.params, jnp.asarray(tokens), jnp.asarray(positions), key_mask, key, stop_ids,
+            max_new_tokens=max_new_tokens, sampling=sampling, return_logits=return_logits)
+
+        ends = [None] * batch  # where the host check ended each row (its length)
+        stop_rows = np.zeros(batch, bool)
+        checked = 0  # every row's first `checked` tokens failed the check
+        steps = 1
+        while True:
+            # Segments end at multiples of check_every tokens (the prefill's token included).
+            end = max_new_tokens if stop_when is None else min(
+                (steps // check_every + 1) * check_every, max_new_tokens)
+            state = self._resume(self.params, state, jnp.array(stop_rows), jnp.int32(end),
+                                 lengths, key_mask, key, stop_ids, sampling=sampling)
+            steps, done, out = jax.device_get((state[0], state[2], state[4]))
+            steps = int(steps)
+            if stop_when is None:
+                break
+            for b in range(batch):
+                if ends[b] is not None or done[b]:  # ended here before, or by a stop token
+                    continue
+                row = out[b, :steps].tolist()
+                if stop_when(row):  # the shortest passing prefix is among the new tokens
+                    ends[b] = next(n for n in range(checked + 1, steps + 1)
+                                   if stop_when(row[:n]))
+                    stop_rows[b] = True
+            checked = steps
+            if steps >= max_new_tokens or all(done | stop_rows):
+                break
+        self.last_steps = steps
         results = []
-        for row in steps_out:
-            out = []
+        for b, row in enumerate(out[:, :steps]):
+            if ends[b] is not None:
+                results.append(row[:ends[b]].tolist())
+                continue
+            kept = []
             for t in row.tolist():
-                out.append(t)
+                kept.append(t)
                 if t in stop_set:
                     break
-            results.append(out)
+            results.append(kept)
         if return_logits:
-            return results, list(np.asarray(all_logits)[:steps])
+            return results, list(np.asarray(state[5])[:steps])
         return results
 
 
@@ -388,10 +443,10 @@ def load_model(path: str, caller: str = "generate"):
 def stop_token_ids(tokenizer, stop_strings: Sequence[str]) -> list[int]:
     """Ids of the vocabulary tokens whose text holds one of `stop_strings`.
 
-    The decoding loop ends a row at any of them, so a stop string ends generation early however
-    the model spells it: "\\n" is GPT-2's token 198, but also inside "\\n\\n" (628) and ".\\n".
-    A stop string that only ever spans several tokens is not among them; `cut_at_stop` still
-    ends the completion's text there, after the row has run its course.
+    The decoding loop ends a row at any of them as soon as it is produced: "\\n" is GPT-2's
+    token 198, but also inside "\\n\\n" (628) and ".\\n". A stop string that the model writes
+    across several tokens is not among them; `stop_string_check` ends such a row from the host
+    (every `check_every` tokens), and `cut_at_stop` ends the completion's text there.
     """
     for text in stop_strings:
         if not text:
@@ -401,6 +456,26 @@ def stop_token_ids(tokenizer, stop_strings: Sequence[str]) -> list[int]:
     pieces = tokenizer.hf_tokenizer.decode_batch([[i] for i in range(tokenizer.vocab_size)],
                                                  skip_special_tokens=True)
     return [i for i, piece in enumerate(pieces) if any(s in piece for s in stop_strings)]
+
+
+def stop_string_check(tokenizer, stop_strings: Sequence[str]):
+    """A `Generator.generate(stop_when=...)` check: whether the text of a row's new tokens holds
+    any of `stop_strings`, so the row can end even where the model spells the string across
+    several tokens (where no stop token id shows it).
+
+    Only text that more tokens cannot change counts: a byte-level BPE decodes a token prefix to
+    a prefix of the full text, except for an unfinished UTF-8 character at its end, which
+    decodes to U+FFFD for now; those are left out. So once the check holds, the first stop
+    string in the text is where it will be in the completion of the whole row, and the text
+    `cut_at_stop` keeps is the same as if the row had run to `max_new_tokens`.
+    """
+    stop_strings = list(stop_strings)
+
+    def holds_stop(tokens: Sequence[int]) -> bool:
+        text = tokenizer.decode(tokens).rstrip("\ufffd")
+        return any(s in text for s in stop_strings)
+
+    return holds_stop
 
 
 def cut_at_stop(completion: str, stop_strings: Sequence[str]) -> str:
@@ -421,8 +496,11 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     mode="complete": continues each prompt (GPT-2's zero-shot tasks, e.g. a template ending in
       "TL;DR:" for summaries) and prints prompt + completion. A row stops at `<|endoftext|>`
       (unless `stop_at_eos=False`) and where its text first holds any of `stop` (strings, e.g.
-      "\\n"; the completion ends before it). A prompt longer than `max_len - max_new_tokens` tokens keeps its
-      end; a warning says so, and its result records `prompt_tokens_cut`.
+      "\\n"; the completion ends before it): decoding of that row ends there too, at once for a
+      token holding a stop string, and within 16 tokens (the host checks the text that often)
+      for one the model writes across several tokens. A prompt longer than
+      `max_len - max_new_tokens` tokens keeps its end; a warning says so, and its result
+      records `prompt_tokens_cut`.
     mode="score": for each prompt, the log-likelihood of each of `choices` as its continuation;
       the prediction is the most likely choice (zero-shot classification). If the prompt file
       has `label_field`, accuracy over the examples is printed too; `labels` names the label
@@ -529,6 +607,9 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
         stop_strings = [text.replace("\\n", "\n") for text in stop]
         stops = ([tokenizer.eos_id] if stop_at_eos else []) + stop_token_ids(tokenizer,
                                                                              stop_strings)
+        # A stop string the model writes across several tokens is in no stop token: the host
+        # checks the rows' text every few tokens instead, so they end early all the same.
+        stop_when = stop_string_check(tokenizer, stop_strings) if stop_strings else None
         limit = model.config.max_len - max_new_tokens
         cut = [max(0, len(ids) - limit) for ids in encoded]
         if any(cut):
@@ -541,7 +622,8 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                               num_tokens=tokenizer.vocab_size)
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start:start + batch_size]
-            outs = generator.generate(chunk, max_new_tokens, sampling, stops, seed=seed + start)
+            outs = generator.generate(chunk, max_new_tokens, sampling, stops, seed=seed + start,
+                                      stop_when=stop_when)
             for k, (text, out) in enumerate(zip(texts[start:start + batch_size], outs)):
                 if stop_at_eos and tokenizer.eos_id in out:
                     out = out[:out.index(tokenizer.eos_id)]
