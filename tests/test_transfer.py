@@ -525,6 +525,28 @@ def test_lora_alpha_zero_is_an_error(data_dir, tmp_path):
         tasks.build_task(config, str(tmp_path))
 
 
+def test_stlr_with_an_optimizer_warmup_is_an_error(tmp_path):
+    # STLR replaces the optimizer's schedule, its warm-up included: configs/gpt_finetune_classify.py
+    # set 20 warm-up steps that did nothing.
+    from tl_jax import config as config_lib, tasks
+
+    tc, oc = configs(schedule="stlr")
+    oc.warmup_steps = 20
+    message = (r"transfer.schedule='stlr' with optimizer.warmup_steps=20: STLR has its own "
+               r"warm-up .*stlr_cut_frac=0.1.* set optimizer.warmup_steps=0")
+    with pytest.raises(ValueError, match=message):
+        transfer.build_transfer_optimizer(toy_params(), tc, oc, 100, 10)
+    oc.warmup_steps = 0
+    transfer.build_transfer_optimizer(toy_params(), tc, oc, 100, 10)
+    # The tasks that read config.transfer check it before reading data (these files are missing).
+    missing = [f"data.train_file={tmp_path / 'none.jsonl'}",
+               f"data.eval_file={tmp_path / 'none.jsonl'}", "optimizer.warmup_steps=20"]
+    for name in ("transfer_ulmfit", "gpt_finetune_classify"):
+        config = config_lib.load_config(f"configs/{name}.py:tiny", missing)
+        with pytest.raises(ValueError, match=message):
+            tasks.build_task(config, str(tmp_path / name))
+
+
 @pytest.mark.parametrize("name, rule", [("transfer_adapters", r".*_adapter/.*"),
                                         ("transfer_lora", r".*/lora_[ab]")])
 def test_adapters_or_lora_frozen_by_an_earlier_rule_are_an_error(data_dir, tmp_path, name, rule):

@@ -124,6 +124,19 @@ def default_config() -> ml_collections.ConfigDict:
     ))
 
 
+def check_config(transfer_cfg: ml_collections.ConfigDict,
+                 optimizer_cfg: ml_collections.ConfigDict) -> None:
+    """Settings of `config.transfer` that are wrong whatever the model: checked by the tasks
+    before they read data or build a model, and by `TransferPlan`."""
+    if transfer_cfg.schedule == "stlr" and optimizer_cfg.warmup_steps:
+        # STLR replaces the optimizer's schedule, warm-up included: the steps would do nothing.
+        raise ValueError(
+            f"transfer.schedule='stlr' with optimizer.warmup_steps={optimizer_cfg.warmup_steps}: "
+            "STLR has its own warm-up (it rises over the first transfer.stlr_cut_frac="
+            f"{transfer_cfg.stlr_cut_frac:g} of the steps) and ignores optimizer.warmup_steps; "
+            "set optimizer.warmup_steps=0.")
+
+
 class GroupInfo(NamedTuple):
     """Per-path facts the plan is built from."""
 
@@ -160,6 +173,7 @@ class TransferPlan:
     def __init__(self, params: Params, cfg: ml_collections.ConfigDict,
                  optimizer_cfg: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int):
         self.cfg, self.optimizer_cfg, self.total_steps = cfg, optimizer_cfg, int(total_steps)
+        check_config(cfg, optimizer_cfg)
         flat = flat_params(params)
         self.paths = list(flat)
         self.sizes = {p: num_elements(x) for p, x in flat.items()}

@@ -44,6 +44,7 @@ class Task(classify.Task):
     """The `probe` task (contract: `tl_jax/tasks/__init__.py`)."""
 
     def __init__(self, config, workdir):
+        transfer.check_config(config.transfer, config.optimizer)  # before reading any data
         super().__init__(config, workdir)
         p, t = config.probe, config.transfer
         if t.lora_rank > 0 and not t.lora_alpha:
