@@ -124,6 +124,29 @@ def test_a_non_finite_lr_multiplier_is_an_error(spec):
         transfer.parse_setting(spec)
 
 
+def test_settings_written_as_dicts_are_checked_as_strings_are():
+    # The dict form went to Setting(**spec) unchecked: a negative or non-finite multiplier, a
+    # multiplier or a flag of the wrong type and a frozen setting with options all passed.
+    assert transfer.parse_setting({"lr_mult": 0.5, "weight_decay": False}) == \
+        transfer.parse_setting("train,lr=0.5,no_wd")
+    assert transfer.parse_setting({"lr_mult": 2}) == transfer.parse_setting("train,lr=2")
+    assert transfer.parse_setting({"trainable": False}) == transfer.parse_setting("frozen")
+    assert transfer.parse_setting({"trainable": True}) == transfer.parse_setting("train")
+    for spec, message in [
+            ({"lr_mult": -1.0}, r"negative learning-rate multiplier in \{'lr_mult': -1.0\}"),
+            ({"lr_mult": float("nan")}, r"learning-rate multiplier in .*nan.* is not finite"),
+            ({"lr_mult": float("inf")}, r"learning-rate multiplier in .*inf.* is not finite"),
+            ({"lr_mult": "0.1"}, r"bad learning-rate multiplier lr_mult='0.1'"),
+            ({"lr_mult": True}, r"bad learning-rate multiplier lr_mult=True"),
+            ({"trainable": "no"}, r"trainable='no' in setting .*; expected True or False"),
+            ({"weight_decay": "off"}, r"weight_decay='off' in setting .*; expected True or False"),
+            ({"trainable": False, "lr_mult": 0.1}, r"a frozen setting takes no other key"),
+            ({}, r"empty setting"),
+            ({"lr": 0.1}, r"unknown setting keys \['lr'\]")]:
+        with pytest.raises(ValueError, match=r"transfer rule 1 \('head/\.\*'\): " + message):
+            transfer.compile_rules([(r"bert/.*", "train"), (r"head/.*", spec)])
+
+
 def test_summary_lists_groups_with_counts():
     tc, oc = configs(rules=((r"bert/embeddings/.*", "frozen"), (".*", "train")))
     plan = transfer.build_transfer_optimizer(toy_params(), tc, oc, 10, 5)
