@@ -570,6 +570,38 @@ def test_stlr_with_an_optimizer_warmup_is_an_error(tmp_path):
             tasks.build_task(config, str(tmp_path / name))
 
 
+@pytest.mark.parametrize("name, override, message", [
+    ("transfer_adapters", "transfer.adapter_size=-1",
+     r"transfer.adapter_size=-1: expected an integer >= 0"),
+    ("transfer_lora", "transfer.lora_rank=-8", r"transfer.lora_rank=-8: expected an integer >= 0"),
+    ("transfer_full", "transfer.lora_rank=-1", r"transfer.lora_rank=-1: expected an integer >= 0"),
+    ("gpt_finetune_classify", "transfer.lora_rank=-1",
+     r"transfer.lora_rank=-1: expected an integer >= 0"),
+    ("gpt_finetune_classify", "transfer.adapter_size=-4",
+     r"transfer.adapter_size=-4: expected an integer >= 0"),
+    ("transfer_lora", "transfer.lora_alpha=0.0", r"transfer.lora_alpha=0.0 with lora_rank=8"),
+    ("transfer_lora", "transfer.lora_alpha=nan",
+     r"transfer.lora_alpha=nan with lora_rank=8: .* expected a finite number"),
+])
+def test_bad_adapter_or_lora_settings_are_errors_before_the_data_is_read(name, override, message,
+                                                                         tmp_path):
+    # A negative size or rank failed only after the probe task had read and tokenized its data,
+    # in BertConfig, naming no transfer key; the GPT classifier called it "not supported".
+    from tl_jax import config as config_lib, tasks
+
+    missing = [f"data.train_file={tmp_path / 'none.jsonl'}",
+               f"data.eval_file={tmp_path / 'none.jsonl'}"]  # never read: the settings fail first
+    if override.endswith("=nan"):  # no Python literal for it
+        config = config_lib.load_config(f"configs/{name}.py:tiny", missing)
+        config.transfer.lora_alpha = float("nan")
+    else:
+        config = config_lib.load_config(f"configs/{name}.py:tiny", missing + [override])
+    with pytest.raises(ValueError, match=message):
+        tasks.build_task(config, str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=message):  # and a plan built directly
+        transfer.build_transfer_optimizer(toy_params(), config.transfer, config.optimizer, 10, 5)
+
+
 @pytest.mark.parametrize("name, rule", [("transfer_adapters", r".*_adapter/.*"),
                                         ("transfer_lora", r".*/lora_[ab]")])
 def test_adapters_or_lora_frozen_by_an_earlier_rule_are_an_error(data_dir, tmp_path, name, rule):
