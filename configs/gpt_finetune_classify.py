@@ -63,7 +63,7 @@ def get_config(arg=None):
 
     c.optimizer = optimizers.default_config()
     c.optimizer.learning_rate = 1e-4
-    c.optimizer.warmup_steps = 20
+    c.optimizer.warmup_steps = 0  # STLR (below) warms up over transfer.stlr_cut_frac of the steps
 
     # ULMFiT's fine-tuning: discriminative learning rates (each block lr / 2.6 of the one above)
     # and a slanted triangular schedule. Gradual unfreezing: transfer.strategy=gradual_unfreezing
@@ -94,7 +94,6 @@ def get_config(arg=None):
         c.data.num_epochs = 1.0
         c.data.tokenizer_vocab_size = 1000
         c.optimizer.learning_rate = 1e-3
-        c.optimizer.warmup_steps = 2
         c.train.log_every = 4
 
     c.mesh = parallel.default_config()

@@ -26,6 +26,7 @@ def get_config(arg=None):
     c.transfer.strategy = "gradual_unfreezing"
     c.transfer.discriminative_decay = 2.6
     c.transfer.schedule = "stlr"
+    c.optimizer.warmup_steps = 0  # STLR warms up itself, over transfer.stlr_cut_frac of the steps
     # 8 stages fit in ~2 epochs of 125 steps; tiny: 4 stages of 3 in its 12 steps
     c.transfer.stage_steps = 3 if arg == "tiny" else 20
     c.optimizer.learning_rate = 2e-4  # the head's (top) rate; lower layers get / 2.6 per layer

@@ -56,7 +56,9 @@ def common_overrides(args, config_name):
     over = [f"data.max_train_examples={args.train_examples}",
             f"data.max_eval_examples={args.eval_examples}",
             f"data.max_seq_length={args.seq_len}", f"data.batch_size={args.batch_size}",
-            "train.progress=False", "train.keep_checkpoints=1", "optimizer.warmup_steps=2"]
+            "train.progress=False", "train.keep_checkpoints=1",
+            # STLR (transfer_ulmfit) warms up itself; it takes no optimizer warm-up.
+            f"optimizer.warmup_steps={0 if config_name == 'transfer_ulmfit' else 2}"]
     steps_per_epoch = args.train_examples // args.batch_size
     if config_name == "transfer_feature":
         # Cached features make head epochs nearly free: train the head longer.

@@ -33,6 +33,17 @@ def test_every_config_documents_its_command():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_transfer_settings_of_every_config_are_valid(path):
+    # configs/gpt_finetune_classify.py combined STLR with 20 optimizer warm-up steps it ignored.
+    from tl_jax.optim import transfer
+
+    for arg in ("", ":tiny"):
+        config = config_lib.load_config(f"{path}{arg}")
+        if has(config, "transfer"):
+            transfer.check_config(config.transfer, config.optimizer)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_smoke_run(path, tmp_path, data_dir):
     config = config_lib.load_config(f"{path}:tiny")
     overrides = [f"{k}={v}" for k, v in SHORT.items() if has(config, k)]

@@ -124,6 +124,29 @@ def test_a_non_finite_lr_multiplier_is_an_error(spec):
         transfer.parse_setting(spec)
 
 
+def test_settings_written_as_dicts_are_checked_as_strings_are():
+    # The dict form went to Setting(**spec) unchecked: a negative or non-finite multiplier, a
+    # multiplier or a flag of the wrong type and a frozen setting with options all passed.
+    assert transfer.parse_setting({"lr_mult": 0.5, "weight_decay": False}) == \
+        transfer.parse_setting("train,lr=0.5,no_wd")
+    assert transfer.parse_setting({"lr_mult": 2}) == transfer.parse_setting("train,lr=2")
+    assert transfer.parse_setting({"trainable": False}) == transfer.parse_setting("frozen")
+    assert transfer.parse_setting({"trainable": True}) == transfer.parse_setting("train")
+    for spec, message in [
+            ({"lr_mult": -1.0}, r"negative learning-rate multiplier in \{'lr_mult': -1.0\}"),
+            ({"lr_mult": float("nan")}, r"learning-rate multiplier in .*nan.* is not finite"),
+            ({"lr_mult": float("inf")}, r"learning-rate multiplier in .*inf.* is not finite"),
+            ({"lr_mult": "0.1"}, r"bad learning-rate multiplier lr_mult='0.1'"),
+            ({"lr_mult": True}, r"bad learning-rate multiplier lr_mult=True"),
+            ({"trainable": "no"}, r"trainable='no' in setting .*; expected True or False"),
+            ({"weight_decay": "off"}, r"weight_decay='off' in setting .*; expected True or False"),
+            ({"trainable": False, "lr_mult": 0.1}, r"a frozen setting takes no other key"),
+            ({}, r"empty setting"),
+            ({"lr": 0.1}, r"unknown setting keys \['lr'\]")]:
+        with pytest.raises(ValueError, match=r"transfer rule 1 \('head/\.\*'\): " + message):
+            transfer.compile_rules([(r"bert/.*", "train"), (r"head/.*", spec)])
+
+
 def test_summary_lists_groups_with_counts():
     tc, oc = configs(rules=((r"bert/embeddings/.*", "frozen"), (".*", "train")))
     plan = transfer.build_transfer_optimizer(toy_params(), tc, oc, 10, 5)
@@ -523,6 +546,60 @@ def test_lora_alpha_zero_is_an_error(data_dir, tmp_path):
                                     TINY_RUN + ["transfer.lora_alpha=0.0"])
     with pytest.raises(ValueError, match=r"transfer.lora_alpha=0.0 with lora_rank="):
         tasks.build_task(config, str(tmp_path))
+
+
+def test_stlr_with_an_optimizer_warmup_is_an_error(tmp_path):
+    # STLR replaces the optimizer's schedule, its warm-up included: configs/gpt_finetune_classify.py
+    # set 20 warm-up steps that did nothing.
+    from tl_jax import config as config_lib, tasks
+
+    tc, oc = configs(schedule="stlr")
+    oc.warmup_steps = 20
+    message = (r"transfer.schedule='stlr' with optimizer.warmup_steps=20: STLR has its own "
+               r"warm-up .*stlr_cut_frac=0.1.* set optimizer.warmup_steps=0")
+    with pytest.raises(ValueError, match=message):
+        transfer.build_transfer_optimizer(toy_params(), tc, oc, 100, 10)
+    oc.warmup_steps = 0
+    transfer.build_transfer_optimizer(toy_params(), tc, oc, 100, 10)
+    # The tasks that read config.transfer check it before reading data (these files are missing).
+    missing = [f"data.train_file={tmp_path / 'none.jsonl'}",
+               f"data.eval_file={tmp_path / 'none.jsonl'}", "optimizer.warmup_steps=20"]
+    for name in ("transfer_ulmfit", "gpt_finetune_classify"):
+        config = config_lib.load_config(f"configs/{name}.py:tiny", missing)
+        with pytest.raises(ValueError, match=message):
+            tasks.build_task(config, str(tmp_path / name))
+
+
+@pytest.mark.parametrize("name, override, message", [
+    ("transfer_adapters", "transfer.adapter_size=-1",
+     r"transfer.adapter_size=-1: expected an integer >= 0"),
+    ("transfer_lora", "transfer.lora_rank=-8", r"transfer.lora_rank=-8: expected an integer >= 0"),
+    ("transfer_full", "transfer.lora_rank=-1", r"transfer.lora_rank=-1: expected an integer >= 0"),
+    ("gpt_finetune_classify", "transfer.lora_rank=-1",
+     r"transfer.lora_rank=-1: expected an integer >= 0"),
+    ("gpt_finetune_classify", "transfer.adapter_size=-4",
+     r"transfer.adapter_size=-4: expected an integer >= 0"),
+    ("transfer_lora", "transfer.lora_alpha=0.0", r"transfer.lora_alpha=0.0 with lora_rank=8"),
+    ("transfer_lora", "transfer.lora_alpha=nan",
+     r"transfer.lora_alpha=nan with lora_rank=8: .* expected a finite number"),
+])
+def test_bad_adapter_or_lora_settings_are_errors_before_the_data_is_read(name, override, message,
+                                                                         tmp_path):
+    # A negative size or rank failed only after the probe task had read and tokenized its data,
+    # in BertConfig, naming no transfer key; the GPT classifier called it "not supported".
+    from tl_jax import config as config_lib, tasks
+
+    missing = [f"data.train_file={tmp_path / 'none.jsonl'}",
+               f"data.eval_file={tmp_path / 'none.jsonl'}"]  # never read: the settings fail first
+    if override.endswith("=nan"):  # no Python literal for it
+        config = config_lib.load_config(f"configs/{name}.py:tiny", missing)
+        config.transfer.lora_alpha = float("nan")
+    else:
+        config = config_lib.load_config(f"configs/{name}.py:tiny", missing + [override])
+    with pytest.raises(ValueError, match=message):
+        tasks.build_task(config, str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=message):  # and a plan built directly
+        transfer.build_transfer_optimizer(toy_params(), config.transfer, config.optimizer, 10, 5)
 
 
 @pytest.mark.parametrize("name, rule", [("transfer_adapters", r".*_adapter/.*"),

@@ -112,15 +112,36 @@ class Setting:
 
 
 def parse_setting(spec, where: str = "rule") -> Setting:
-    """Parses `"frozen"`, `"train"`, `"train,lr=0.1,no_wd"`, a dict of Setting fields or a Setting."""
+    """Parses `"frozen"`, `"train"`, `"train,lr=0.1,no_wd"`, a dict of Setting fields or a Setting.
+
+    A dict is checked as a string is: `{"trainable": False}` alone is frozen; `lr_mult` is a
+    finite number >= 0 and `trainable` / `weight_decay` are bools."""
     if isinstance(spec, Setting):
         return spec
     if isinstance(spec, Mapping):
+        # Checked as the string form is: a dict reaches the same settings, and no others.
         unknown = set(spec) - {f.name for f in dataclasses.fields(Setting)}
         if unknown:
             raise ValueError(f"{where}: unknown setting keys {sorted(unknown)}; "
                              "valid: trainable, lr_mult, weight_decay.")
-        return Setting(**spec)
+        if not spec:
+            raise ValueError(f"{where}: empty setting.")
+        for key in ("trainable", "weight_decay"):
+            if key in spec and not isinstance(spec[key], bool):
+                raise ValueError(f"{where}: {key}={spec[key]!r} in setting {spec!r}; expected "
+                                 "True or False.")
+        if not spec.get("trainable", True):
+            if len(spec) > 1:  # as 'frozen' takes no 'lr=' or 'no_wd'
+                raise ValueError(f"{where}: a frozen setting takes no other key, got {spec!r}; "
+                                 "expected {'trainable': False} alone.")
+            return Setting(trainable=False)
+        lr_mult = spec.get("lr_mult", 1.0)
+        if isinstance(lr_mult, bool) or not isinstance(lr_mult, (int, float)):
+            raise ValueError(f"{where}: bad learning-rate multiplier lr_mult={lr_mult!r} in "
+                             f"{spec!r}; expected a number.")
+        _check_lr_mult(float(lr_mult), spec, where)
+        return Setting(trainable=True, lr_mult=float(lr_mult),
+                       weight_decay=spec.get("weight_decay", True))
     if not isinstance(spec, str):
         raise ValueError(f"{where}: setting must be a string like 'train,lr=0.1', got {spec!r}.")
     tokens = [t.strip() for t in spec.split(",") if t.strip()]
@@ -137,10 +158,7 @@ def parse_setting(spec, where: str = "rule") -> Setting:
                 lr_mult = float(tok[3:])
             except ValueError:
                 raise ValueError(f"{where}: bad learning-rate multiplier in {spec!r}.") from None
-            if lr_mult < 0:
-                raise ValueError(f"{where}: negative learning-rate multiplier in {spec!r}.")
-            if not math.isfinite(lr_mult):
-                raise ValueError(f"{where}: learning-rate multiplier in {spec!r} is not finite.")
+            _check_lr_mult(lr_mult, spec, where)
         elif tok in ("no_wd", "wd=off"):
             wd = False
         elif tok == "wd=on":
@@ -149,6 +167,13 @@ def parse_setting(spec, where: str = "rule") -> Setting:
             raise ValueError(f"{where}: unknown token {tok!r} in setting {spec!r}; expected "
                              "'frozen' or 'train' with optional 'lr=<float>', 'no_wd'/'wd=off'.")
     return Setting(trainable=True, lr_mult=lr_mult, weight_decay=wd)
+
+
+def _check_lr_mult(lr_mult: float, spec, where: str) -> None:
+    if lr_mult < 0:
+        raise ValueError(f"{where}: negative learning-rate multiplier in {spec!r}.")
+    if not math.isfinite(lr_mult):
+        raise ValueError(f"{where}: learning-rate multiplier in {spec!r} is not finite.")
 
 
 def compile_rules(rules: Iterable) -> list[tuple[re.Pattern, Setting, str]]:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import numbers
 import re
 from typing import Any, NamedTuple
 
@@ -124,6 +125,36 @@ def default_config() -> ml_collections.ConfigDict:
     ))
 
 
+def check_config(transfer_cfg: ml_collections.ConfigDict,
+                 optimizer_cfg: ml_collections.ConfigDict) -> None:
+    """Settings of `config.transfer` that are wrong whatever the model: checked by the tasks
+    before they read data or build a model, and by `TransferPlan`."""
+    if transfer_cfg.schedule == "stlr" and optimizer_cfg.warmup_steps:
+        # STLR replaces the optimizer's schedule, warm-up included: the steps would do nothing.
+        raise ValueError(
+            f"transfer.schedule='stlr' with optimizer.warmup_steps={optimizer_cfg.warmup_steps}: "
+            "STLR has its own warm-up (it rises over the first transfer.stlr_cut_frac="
+            f"{transfer_cfg.stlr_cut_frac:g} of the steps) and ignores optimizer.warmup_steps; "
+            "set optimizer.warmup_steps=0.")
+    for key, what in (("adapter_size", "the adapters' bottleneck width"),
+                      ("lora_rank", "the rank of LoRA's update")):
+        value = transfer_cfg[key]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            # Before any data is read, naming the key (BertConfig refused a negative one only
+            # after the probe task had read and tokenized its data).
+            raise ValueError(f"transfer.{key}={value!r}: expected an integer >= 0 ({what}; "
+                             "0 = off).")
+    alpha = transfer_cfg.lora_alpha
+    if transfer_cfg.lora_rank > 0 and not alpha:
+        raise ValueError(f"transfer.lora_alpha={alpha} with lora_rank={transfer_cfg.lora_rank}: "
+                         "LoRA's update is scaled by lora_alpha / lora_rank, so it would "
+                         "change nothing (and its weights get no gradient).")
+    if transfer_cfg.lora_rank > 0 and not math.isfinite(alpha):
+        raise ValueError(f"transfer.lora_alpha={alpha} with lora_rank={transfer_cfg.lora_rank}: "
+                         "LoRA's update is scaled by lora_alpha / lora_rank; expected a finite "
+                         "number.")
+
+
 class GroupInfo(NamedTuple):
     """Per-path facts the plan is built from."""
 
@@ -160,6 +191,7 @@ class TransferPlan:
     def __init__(self, params: Params, cfg: ml_collections.ConfigDict,
                  optimizer_cfg: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int):
         self.cfg, self.optimizer_cfg, self.total_steps = cfg, optimizer_cfg, int(total_steps)
+        check_config(cfg, optimizer_cfg)
         flat = flat_params(params)
         self.paths = list(flat)
         self.sizes = {p: num_elements(x) for p, x in flat.items()}

@@ -157,6 +157,7 @@ class Task(downstream.EvalPredictions):
         if config.model.pooling not in ("last", "mean"):  # before reading data or a tokenizer
             raise ValueError(f"lm_classify: model.pooling={config.model.pooling!r}; expected "
                              "last or mean")
+        transfer.check_config(config.transfer, config.optimizer)
         t = config.transfer
         if t.adapter_size or t.lora_rank:
             raise ValueError("transfer.adapter_size / transfer.lora_rank are not supported for "

@@ -44,12 +44,9 @@ class Task(classify.Task):
     """The `probe` task (contract: `tl_jax/tasks/__init__.py`)."""
 
     def __init__(self, config, workdir):
+        transfer.check_config(config.transfer, config.optimizer)  # before reading any data
         super().__init__(config, workdir)
         p, t = config.probe, config.transfer
-        if t.lora_rank > 0 and not t.lora_alpha:
-            raise ValueError(f"transfer.lora_alpha={t.lora_alpha} with lora_rank={t.lora_rank}: "
-                             "LoRA's update is scaled by lora_alpha / lora_rank, so it would "
-                             "change nothing (and its weights get no gradient).")
         self.model_config = self.model_config.replace(
             adapter_size=t.adapter_size, lora_rank=t.lora_rank, lora_alpha=t.lora_alpha)
         if p.feature == "none":
