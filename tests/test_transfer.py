@@ -579,6 +579,10 @@ def test_stlr_with_an_optimizer_warmup_is_an_error(tmp_path):
      r"transfer.lora_rank=-1: expected an integer >= 0"),
     ("gpt_finetune_classify", "transfer.adapter_size=-4",
      r"transfer.adapter_size=-4: expected an integer >= 0"),
+    ("transfer_full", "transfer.reinit_top_k=-1",
+     r"transfer.reinit_top_k=-1: expected an integer >= 0"),
+    ("gpt_finetune_classify", "transfer.reinit_top_k=-2",
+     r"transfer.reinit_top_k=-2: expected an integer >= 0"),
     ("transfer_lora", "transfer.lora_alpha=0.0", r"transfer.lora_alpha=0.0 with lora_rank=8"),
     ("transfer_lora", "transfer.lora_alpha=nan",
      r"transfer.lora_alpha=nan with lora_rank=8: .* expected a finite number"),
@@ -586,7 +590,8 @@ def test_stlr_with_an_optimizer_warmup_is_an_error(tmp_path):
 def test_bad_adapter_or_lora_settings_are_errors_before_the_data_is_read(name, override, message,
                                                                          tmp_path):
     # A negative size or rank failed only after the probe task had read and tokenized its data,
-    # in BertConfig, naming no transfer key; the GPT classifier called it "not supported".
+    # in BertConfig, naming no transfer key; the GPT classifier called it "not supported". A
+    # negative reinit_top_k failed only when the weights were loaded, after the data.
     from tl_jax import config as config_lib, tasks
 
     missing = [f"data.train_file={tmp_path / 'none.jsonl'}",

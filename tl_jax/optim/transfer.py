@@ -137,7 +137,8 @@ def check_config(transfer_cfg: ml_collections.ConfigDict,
             f"{transfer_cfg.stlr_cut_frac:g} of the steps) and ignores optimizer.warmup_steps; "
             "set optimizer.warmup_steps=0.")
     for key, what in (("adapter_size", "the adapters' bottleneck width"),
-                      ("lora_rank", "the rank of LoRA's update")):
+                      ("lora_rank", "the rank of LoRA's update"),
+                      ("reinit_top_k", "how many top layers start fresh")):
         value = transfer_cfg[key]
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             # Before any data is read, naming the key (BertConfig refused a negative one only
