@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import jax
@@ -24,6 +25,7 @@ import numpy as np
 
 from tl_jax import config as config_lib
 from tl_jax import train
+from tl_jax.main import _is_input_error
 from tl_jax.optim import transfer
 from tl_jax.tasks import build_task
 
@@ -107,6 +109,9 @@ def main():
     parser.add_argument("--only", default="", help="comma-separated substrings of strategy names")
     parser.add_argument("--measure_only", action="store_true")
     args = parser.parse_args()
+    if not os.environ.get("TL_JAX_DATA_DIR"):
+        raise SystemExit("set TL_JAX_DATA_DIR to the shared data folder (with "
+                         "models/all-MiniLM-L6-v2 and the food reviews)")
     os.makedirs(args.workdir, exist_ok=True)
     args.cache_dir = args.cache_dir or os.path.join(args.workdir, "feature_cache")
     results_path = os.path.join(args.workdir, "results.json")
@@ -161,4 +166,10 @@ def print_table(results):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError, RuntimeError) as e:
+        # A missing data file, a model that is not there, an unwritable workdir: one line.
+        if not _is_input_error(e):
+            raise
+        sys.exit(f"transfer_strategies.py: error: {e}")
