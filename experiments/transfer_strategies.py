@@ -119,8 +119,11 @@ def main():
     strategies = strategy_list(args)
 
     def save():
-        with open(results_path, "w") as f:
+        # Written aside and renamed: a Ctrl-C mid-write leaves the previous results.json whole.
+        tmp = results_path + ".tmp"
+        with open(tmp, "w") as f:
             json.dump(results, f, indent=1)
+        os.replace(tmp, results_path)
 
     for name, (config_name, extra) in strategies.items():
         entry = results.setdefault(name, {"runs": {}})

@@ -1,4 +1,6 @@
 """The scripts in experiments/: what a user sees when the data or the workdir is not there."""
+import importlib.util
+import json
 import os
 import pathlib
 import subprocess
@@ -40,3 +42,34 @@ def test_input_problems_are_one_line_errors(name, problem, tmp_path, data_dir):
     expected = {"no_data_dir": "TL_JAX_DATA_DIR", "empty_data_dir": "does not exist",
                 "workdir_under_a_file": "Not a directory"}[problem]
     assert expected in message, result.stderr
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name[:-3], ROOT / "experiments" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_transfer_strategies_interrupted_while_saving_keeps_the_saved_results(
+        tmp_path, data_dir, monkeypatch):
+    """Ctrl-C while results.json is written must not leave it cut short: the next run could not
+    read it, and every finished run's result would be lost."""
+    script = load_script("transfer_strategies.py")
+    saved = {"full fine-tuning": {"runs": {"0": {"accuracy": 0.8}}, "trainable": 10,
+                                  "total_params": 10, "opt_bytes": 80, "stages": 1}}
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+
+    def interrupted_dump(obj, f, **kw):
+        f.write(json.dumps(obj)[:20])
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("TL_JAX_DATA_DIR", str(data_dir))
+    monkeypatch.setattr(script.json, "dump", interrupted_dump)
+    monkeypatch.setattr(script, "measure", lambda config: dict(
+        total_params=10, trainable=1, opt_bytes=8, stages=1))
+    monkeypatch.setattr(sys, "argv", ["transfer_strategies.py", f"--workdir={tmp_path}",
+                                      "--measure_only", "--only=LoRA"])
+    with pytest.raises(KeyboardInterrupt):
+        script.main()
+    assert json.loads((tmp_path / "results.json").read_text()) == saved
