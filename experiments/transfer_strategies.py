@@ -10,7 +10,11 @@ For each strategy config (configs/transfer_*.py, all-MiniLM-L6-v2 on the food re
    interrupted run still has every strategy for the first seeds;
 and writes WORKDIR/results.json after every run, then prints a markdown table:
 
-  | strategy | trainable params | optimizer state | accuracy (mean ± std over seeds) |
+  | strategy | trainable params | optimizer state | accuracy (mean ± std) | seeds |
+
+Run again with the same workdir, it skips the runs results.json already holds (and resumes an
+interrupted one from its checkpoint); with other settings (--epochs, --train_examples, ...) it
+refuses, naming them, rather than mixing both in one table.
 """
 from __future__ import annotations
 
@@ -39,6 +43,12 @@ STRATEGIES = {
 }
 FEATURES = ("embeddings", "last", "second_to_last", "sum_last_four", "concat_last_four",
             "scalar_mix")
+
+
+# results.json keeps the flags its runs were trained with under this key.
+SETTINGS_KEY = "_settings"
+RESULT_SETTINGS = ("train_examples", "eval_examples", "seq_len", "batch_size", "epochs",
+                   "feature_epochs", "feature_lr", "finetune_lr")
 
 
 def strategy_list(args):
@@ -116,13 +126,21 @@ def main():
     args.cache_dir = args.cache_dir or os.path.join(args.workdir, "feature_cache")
     results_path = os.path.join(args.workdir, "results.json")
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+    # The settings every run's result depends on; a rerun with others would mix both in a table.
+    settings = {k: getattr(args, k) for k in RESULT_SETTINGS}
+    saved = results.pop(SETTINGS_KEY, None)
+    if saved not in (None, settings) and any(e.get("runs") for e in results.values()):
+        changed = ", ".join(f"--{k}={saved.get(k)} -> {settings[k]}" for k in RESULT_SETTINGS
+                            if saved.get(k) != settings[k])
+        raise SystemExit(f"{results_path} holds runs with other settings ({changed}); use "
+                         "another --workdir, or the settings they were run with")
     strategies = strategy_list(args)
 
     def save():
         # Written aside and renamed: a Ctrl-C mid-write leaves the previous results.json whole.
         tmp = results_path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({SETTINGS_KEY: settings, **results}, f, indent=1)
         os.replace(tmp, results_path)
 
     for name, (config_name, extra) in strategies.items():

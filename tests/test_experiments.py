@@ -73,3 +73,23 @@ def test_transfer_strategies_interrupted_while_saving_keeps_the_saved_results(
     with pytest.raises(KeyboardInterrupt):
         script.main()
     assert json.loads((tmp_path / "results.json").read_text()) == saved
+
+
+def test_transfer_strategies_rerun_with_other_settings_is_refused(tmp_path, data_dir):
+    """results.json's runs are skipped on a rerun: with another --epochs they would be reported
+    in the new table as if run with it."""
+    (tmp_path / "results.json").write_text(json.dumps({
+        "_settings": {"train_examples": 640, "eval_examples": 400, "seq_len": 64,
+                      "batch_size": 32, "epochs": 1.0, "feature_epochs": 10.0,
+                      "feature_lr": 3e-3, "finetune_lr": 2e-4},
+        "LoRA (r=8)": {"runs": {"0": {"accuracy": 0.7}}, "trainable": 10, "total_params": 10,
+                       "opt_bytes": 80, "stages": 1}}))
+    common = [f"--workdir={tmp_path}", "--only=LoRA", "--seeds=0"]
+    result = run_script("transfer_strategies.py", [*common, "--epochs=3"],
+                        {"TL_JAX_DATA_DIR": str(data_dir)})
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert "--epochs=1.0 -> 3.0" in result.stderr.strip().splitlines()[-1]
+    # The same settings: the saved run is reported, nothing is trained.
+    result = run_script("transfer_strategies.py", common, {"TL_JAX_DATA_DIR": str(data_dir)})
+    assert result.returncode == 0, result.stderr
+    assert "| LoRA (r=8) | 10 (100.00%) | 0.00 MiB | 0.7000 ± 0.0000 | 1 |" in result.stdout
