@@ -7,7 +7,7 @@ Run:
 Both arms use the same tokenizer, data, optimizer, schedule and seeds (via
 `tl_jax.tasks.classify.transfer_comparison`); only the initial encoder weights differ. It prints a
 table of accuracy / macro F1 / MCC per seed and ends with:
-  pretrained accuracy 0.xxx +- 0.xxx | scratch accuracy 0.xxx +- 0.xxx | majority 0.658
+  pretrained accuracy 0.xxx +- 0.xxx | scratch accuracy 0.xxx +- 0.xxx | majority 0.622
 and writes the numbers to WORKDIR/transfer_results.json.
 """
 import argparse
