@@ -1,6 +1,8 @@
 """The quickstart's second stage: its zero-setup task and a classifier that learns something."""
 import pathlib
 
+import pytest
+
 from tl_jax import config as config_lib
 from tl_jax import quickstart_finetune, train
 from tl_jax.data import readers
@@ -33,3 +35,20 @@ def test_stage_two_beats_the_majority_class(tiny_bert_overrides, tmp_path):
     best = max(("pretrained", "scratch"), key=lambda arm: scores[arm])
     assert scores["predicted_classes"][best] == [2], scores
     assert scores[best] >= 0.6, scores  # 0.650-0.750 measured over seeds 0-3 (0.5 if degenerate)
+
+
+def test_rerun_after_more_pretraining_does_not_report_the_old_fine_tuning(
+        tiny_bert_overrides, tmp_path, monkeypatch):
+    """Stage 2's runs resume from their checkpoints: after a rerun that pretrained further, they
+    would print the old encoder's fine-tuned accuracies as the new one's. That is refused."""
+    from tl_jax import quickstart
+    monkeypatch.setattr(quickstart, "CONFIG", str(ROOT / "configs" / "bert_pretrain.py") + ":tiny")
+    monkeypatch.setattr(quickstart, "QUICK_OVERRIDES", [*tiny_bert_overrides, "train.eval_every=0"])
+    stage_two = []
+    monkeypatch.setattr(quickstart_finetune, "run", lambda pre, fine: stage_two.append(fine))
+    quickstart.run(str(tmp_path), overrides=["train.steps=2"])
+    quickstart.run(str(tmp_path), overrides=["train.steps=2"])  # the same: stage 2 resumes
+    assert len(stage_two) == 2
+    with pytest.raises(ValueError, match="stage 1 at step 2, but stage 1 is now at step 3"):
+        quickstart.run(str(tmp_path), overrides=["train.steps=3"])
+    assert len(stage_two) == 2

@@ -7,9 +7,14 @@ on the Wikipedia and Lee corpora that the gensim package ships: nothing to downl
 fine-tunes the pretrained encoder, and an identical encoder from scratch, on a real labelled
 task (gensim's newsgroup posts, atheism vs space) and prints both held-out accuracies
 next to the majority-class baseline.
+
+Run again, each stage resumes its checkpoints (a finished one is only evaluated). Stage 2 is not
+continued from another stage 1 than it started from (after more `--config.train.steps`, say):
+that is an error saying to move WORKDIR/finetune aside.
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 
@@ -45,6 +50,28 @@ def run(workdir: str, overrides=(), with_finetune: bool = True) -> dict:
     out = {"pretrain": result.summary}
     if with_finetune:
         from tl_jax import quickstart_finetune
+        finetune_dir = os.path.join(workdir, "finetune")
+        check_finetune_source(finetune_dir, int(result.summary["step"]))
         print("== Stage 2: fine-tuning the pretrained model and the same model from scratch")
-        out["finetune"] = quickstart_finetune.run(pretrain_dir, os.path.join(workdir, "finetune"))
+        out["finetune"] = quickstart_finetune.run(pretrain_dir, finetune_dir)
     return out
+
+
+def check_finetune_source(finetune_dir: str, pretrain_step: int) -> None:
+    """Stage 2's runs resume from their checkpoints, whatever stage 1 became since: after a rerun
+    that pretrained further, they would report the old encoder's fine-tuning as this one's.
+    Records the stage 1 step they start from, and refuses to continue them from another."""
+    marker = os.path.join(finetune_dir, "pretrain_step.json")
+    if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as f:
+            used = json.load(f)["step"]
+        if used != pretrain_step:
+            raise ValueError(
+                f"{finetune_dir} holds stage 2 runs fine-tuned from stage 1 at step {used}, but "
+                f"stage 1 is now at step {pretrain_step}; they would resume rather than fine-tune "
+                f"this encoder. Move {finetune_dir} aside (or use another --workdir) to fine-tune "
+                "it again.")
+        return
+    os.makedirs(finetune_dir, exist_ok=True)
+    with open(marker, "w", encoding="utf-8") as f:
+        json.dump({"step": pretrain_step}, f)
