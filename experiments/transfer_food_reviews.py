@@ -8,7 +8,8 @@ Both arms use the same tokenizer, data, optimizer, schedule and seeds (via
 `tl_jax.tasks.classify.transfer_comparison`); only the initial encoder weights differ. It prints a
 table of accuracy / macro F1 / MCC per seed and ends with:
   pretrained accuracy 0.xxx +- 0.xxx | scratch accuracy 0.xxx +- 0.xxx | majority 0.622
-and writes the numbers to WORKDIR/transfer_results.json.
+and writes the numbers to WORKDIR/transfer_results.json. Run again into the same workdir, the
+runs resume (finished ones are only evaluated; new --seeds train); other settings are refused.
 """
 import argparse
 import collections
@@ -37,6 +38,17 @@ def main():
     args = parser.parse_args()
     if not data_dir:
         raise SystemExit("set TL_JAX_DATA_DIR to the shared data folder")
+    previous = os.path.join(args.workdir, "transfer_results.json")
+    if os.path.exists(previous):
+        # Its runs resume (a finished one is only evaluated): with other settings the table
+        # would show them as this run's.
+        with open(previous, encoding="utf-8") as f:
+            saved = json.load(f).get("settings", {})
+        changed = [f"--{k}={saved[k]} -> {v}" for k, v in vars(args).items()
+                   if k not in ("seeds", "workdir") and k in saved and saved[k] != v]
+        if changed:
+            raise SystemExit(f"{previous} holds runs with other settings ({', '.join(changed)}); "
+                             "use another --workdir, or the settings they were run with")
     overrides = [f"data.max_train_examples={args.train_examples}",
                  f"data.max_eval_examples={args.eval_examples}",
                  f"data.max_seq_length={args.max_seq_length}", f"data.num_epochs={args.epochs}",

@@ -93,3 +93,19 @@ def test_transfer_strategies_rerun_with_other_settings_is_refused(tmp_path, data
     result = run_script("transfer_strategies.py", common, {"TL_JAX_DATA_DIR": str(data_dir)})
     assert result.returncode == 0, result.stderr
     assert "| LoRA (r=8) | 10 (100.00%) | 0.00 MiB | 0.7000 ± 0.0000 | 1 |" in result.stdout
+
+
+def test_transfer_food_reviews_rerun_with_other_settings_is_refused(tmp_path, data_dir):
+    """Its finished runs are only evaluated on a rerun: with another --learning_rate they would be
+    reported as trained with it."""
+    settings = {"init_from": str(data_dir / "models" / "all-MiniLM-L6-v2"),
+                "workdir": str(tmp_path), "seeds": "0", "train_examples": 512,
+                "eval_examples": 500, "max_seq_length": 64, "epochs": 2.0,
+                "learning_rate": 1e-4, "warmup_steps": 4, "batch_size": 32}
+    (tmp_path / "transfer_results.json").write_text(json.dumps({"settings": settings}))
+    result = run_script("transfer_food_reviews.py",
+                        [f"--workdir={tmp_path}", "--seeds=0,1", "--learning_rate=3e-4"],
+                        {"TL_JAX_DATA_DIR": str(data_dir)})
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert "--learning_rate=0.0001 -> 0.0003" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "pretrained_seed0").exists()
