@@ -34,3 +34,22 @@ def test_notebook_executes(path, tmp_path, data_dir, monkeypatch):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
+
+
+def test_finetune_notebook_builds_its_task_without_the_data_dir(tmp_path, monkeypatch):
+    """On a fresh Colab (no TL_JAX_DATA_DIR) the notebook's config falls back to the gensim
+    newsgroups and a model from scratch; its settings must fit that data (its positive label)."""
+    from tl_jax.tasks import build_task
+    monkeypatch.delenv("TL_JAX_DATA_DIR", raising=False)
+    monkeypatch.setenv("TL_JAX_NOTEBOOK_EXAMPLES", "64")
+    monkeypatch.chdir(ROOT)
+    nb = nbformat.read(ROOT / "colab" / "finetune.ipynb", as_version=4)
+    namespace = {}
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            if "train_and_evaluate" in cell.source:
+                break
+            exec(cell.source, namespace)
+    config = namespace["config"]
+    assert config.data.train_file == "gensim:newsgroups:train" and not config.init_from
+    build_task(config, str(tmp_path / "work"))
