@@ -129,6 +129,8 @@ def main():
     # The settings every run's result depends on; a rerun with others would mix both in a table.
     settings = {k: getattr(args, k) for k in RESULT_SETTINGS}
     saved = results.pop(SETTINGS_KEY, None)
+    if saved and args.measure_only:
+        settings = saved  # sizes do not depend on them: measuring adds to the saved runs' table
     if saved not in (None, settings) and any(e.get("runs") for e in results.values()):
         changed = ", ".join(f"--{k}={saved.get(k)} -> {settings[k]}" for k in RESULT_SETTINGS
                             if saved.get(k) != settings[k])

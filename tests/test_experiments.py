@@ -93,6 +93,13 @@ def test_transfer_strategies_rerun_with_other_settings_is_refused(tmp_path, data
     result = run_script("transfer_strategies.py", common, {"TL_JAX_DATA_DIR": str(data_dir)})
     assert result.returncode == 0, result.stderr
     assert "| LoRA (r=8) | 10 (100.00%) | 0.00 MiB | 0.7000 ± 0.0000 | 1 |" in result.stdout
+    # Sizes do not depend on the settings: measuring another strategy with any is fine, and
+    # leaves the saved runs' settings.
+    result = run_script("transfer_strategies.py", [
+        f"--workdir={tmp_path}", "--only=adapters", "--measure_only", "--epochs=3"],
+        {"TL_JAX_DATA_DIR": str(data_dir)})
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "results.json").read_text())["_settings"]["epochs"] == 1.0
 
 
 def test_transfer_food_reviews_rerun_with_other_settings_is_refused(tmp_path, data_dir):
