@@ -53,3 +53,31 @@ def test_finetune_notebook_builds_its_task_without_the_data_dir(tmp_path, monkey
     config = namespace["config"]
     assert config.data.train_file == "gensim:newsgroups:train" and not config.init_from
     build_task(config, str(tmp_path / "work"))
+
+
+def test_transfer_strategies_notebook_fetches_minilm_from_the_hub_without_the_data_dir(
+        data_dir, monkeypatch):
+    """On a fresh Colab (no TL_JAX_DATA_DIR) the notebook downloads MiniLM from the Hugging Face
+    Hub (it raised a bare KeyError). No network here: the download is a stand-in that returns
+    the shared copy and records what was asked for."""
+    import sys
+    import types
+
+    asked = []
+
+    def snapshot_download(repo_id, allow_patterns=None):
+        asked.append((repo_id, allow_patterns))
+        return str(data_dir / "models" / "all-MiniLM-L6-v2")
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub",
+                        types.SimpleNamespace(snapshot_download=snapshot_download))
+    monkeypatch.delenv("TL_JAX_DATA_DIR", raising=False)
+    nb = nbformat.read(ROOT / "colab" / "transfer_strategies.ipynb", as_version=4)
+    code = [cell.source for cell in nb.cells if cell.cell_type == "code"]
+    namespace = {}
+    for source in code[:2]:  # imports and the model's path; then the model import itself
+        exec(source, namespace)
+    assert asked and asked[0][0] == "sentence-transformers/all-MiniLM-L6-v2"
+    # Every file the import reads is among those fetched.
+    assert {"config.json", "model.safetensors"} <= set(asked[0][1])
+    assert namespace["transfer"].count_params(namespace["params"]) > 22_000_000
