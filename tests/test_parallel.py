@@ -101,3 +101,59 @@ def test_a_half_configured_multi_process_start_is_an_error(monkeypatch, env, mes
     for key in env:
         monkeypatch.delenv(key)
     parallel.maybe_initialize_distributed(parallel.distributed_config())
+
+
+def _clear_distributed_env(monkeypatch):
+    for key in ("TL_JAX_COORDINATOR", "TL_JAX_NUM_PROCESSES", "TL_JAX_PROCESS_ID",
+                "TL_JAX_AUTO_DISTRIBUTED"):
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.mark.parametrize("address", ["localhost", "http://localhost:1234", "localhost:abc",
+                                     ":1234", "localhost:0"])
+def test_a_coordinator_address_that_is_not_host_port_is_an_error_before_any_wait(
+        monkeypatch, address):
+    # jax failed on "localhost" with an IndexError, and on the others waited the whole
+    # initialization timeout (5 minutes) before aborting the process.
+    _clear_distributed_env(monkeypatch)
+    monkeypatch.setattr(jax.distributed, "initialize",
+                        lambda *a, **k: pytest.fail("jax.distributed.initialize was called"))
+    cfg = parallel.distributed_config()
+    cfg.num_processes, cfg.process_id, cfg.coordinator_address = 2, 0, address
+    with pytest.raises(ValueError, match="distributed.coordinator_address=.* is not host:port"):
+        parallel.maybe_initialize_distributed(cfg)
+    monkeypatch.setenv("TL_JAX_COORDINATOR", address)
+    cfg.coordinator_address = ""
+    with pytest.raises(ValueError, match="TL_JAX_COORDINATOR=.* is not host:port"):
+        parallel.maybe_initialize_distributed(cfg)
+
+
+def test_process_variables_that_are_not_integers_are_named(monkeypatch):
+    _clear_distributed_env(monkeypatch)
+    monkeypatch.setenv("TL_JAX_NUM_PROCESSES", "two")
+    with pytest.raises(ValueError, match="TL_JAX_NUM_PROCESSES='two' is not an integer"):
+        parallel.maybe_initialize_distributed(parallel.distributed_config())
+    with pytest.raises(ValueError, match="TL_JAX_NUM_PROCESSES='two' is not an integer"):
+        parallel.runs_on_this_process("generate")
+
+
+def test_joining_the_coordinator_says_what_it_waits_for_first(monkeypatch, capsys):
+    # A wrong address or process count makes jax wait silently for the whole timeout, then
+    # abort with a C++ check failure: the line before the wait is all the user has to go on.
+    _clear_distributed_env(monkeypatch)
+    calls = []
+
+    def initialize(*args, **kwargs):
+        calls.append((args, kwargs, capsys.readouterr().out))
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    cfg = parallel.distributed_config()
+    cfg.coordinator_address, cfg.num_processes, cfg.process_id = "10.0.0.1:1234", 4, 3
+    parallel.maybe_initialize_distributed(cfg)
+    (args, kwargs, printed), = calls
+    assert args[0] == "10.0.0.1:1234" and kwargs["num_processes"] == 4
+    assert kwargs["process_id"] == 3
+    assert kwargs["initialization_timeout"] == parallel.INITIALIZATION_TIMEOUT_S
+    assert "Process 3 of 4: joining the coordinator at 10.0.0.1:1234" in printed
+    assert f"up to {parallel.INITIALIZATION_TIMEOUT_S} s for all 4 processes" in printed

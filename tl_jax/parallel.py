@@ -59,6 +59,32 @@ def distributed_config() -> ml_collections.ConfigDict:
     ))
 
 
+# How long process 0 waits for the others to join, and they for it (jax's own default), in s.
+INITIALIZATION_TIMEOUT_S = 300
+
+
+def env_int(name: str, default: int) -> int:
+    """An integer environment variable; a value that is not one is an error naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer.") from None
+
+
+def check_coordinator_address(address: str, key: str) -> None:
+    """`host:port` of process 0, as jax.distributed wants it. Checked before any wait: without a
+    port jax fails with an IndexError, and a URL or a port that is not a number make the
+    processes wait the whole initialization timeout for each other, then abort."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or "/" in address or not sep or not host or not port.isdigit() \
+            or not 0 < int(port) < 65536:
+        raise ValueError(f"{key}={address!r} is not host:port (e.g. 10.0.0.1:1234): the "
+                         "address and port where process 0 serves the coordinator.")
+
+
 def maybe_initialize_distributed(cfg: ml_collections.ConfigDict) -> None:
     """Starts `jax.distributed` when a multi-process run is configured (config or env).
 
@@ -66,11 +92,13 @@ def maybe_initialize_distributed(cfg: ml_collections.ConfigDict) -> None:
     `TL_JAX_AUTO_DISTRIBUTED=1` for that. Single-process runs do nothing.
     """
     address = cfg.coordinator_address or os.environ.get("TL_JAX_COORDINATOR", "")
-    num = cfg.num_processes or int(os.environ.get("TL_JAX_NUM_PROCESSES", "0"))
-    pid = cfg.process_id if cfg.process_id >= 0 else int(os.environ.get("TL_JAX_PROCESS_ID", "-1"))
+    num = cfg.num_processes or env_int("TL_JAX_NUM_PROCESSES", 0)
+    pid = cfg.process_id if cfg.process_id >= 0 else env_int("TL_JAX_PROCESS_ID", -1)
     if jax.distributed.is_initialized():
         return
     if address:
+        check_coordinator_address(address, "distributed.coordinator_address"
+                                  if cfg.coordinator_address else "TL_JAX_COORDINATOR")
         if num <= 0 or pid < 0:
             raise ValueError(
                 "distributed.coordinator_address is set, so num_processes and process_id must be "
@@ -81,8 +109,15 @@ def maybe_initialize_distributed(cfg: ml_collections.ConfigDict) -> None:
             raise ValueError(f"distributed.process_id={pid} is not below num_processes={num} "
                              f"(process ids are 0 .. {num - 1}).")
         local = [int(x) for x in cfg.local_device_ids.split(",")] if cfg.local_device_ids else None
+        # jax waits for every process to join, and after the timeout aborts the process with a
+        # C++ check failure ("DEADLINE_EXCEEDED ... RegisterTask"): say first what it waits for.
+        print(f"[distributed] Process {pid} of {num}: joining the coordinator at {address}; "
+              f"waiting up to {INITIALIZATION_TIMEOUT_S} s for all {num} processes. If it stops "
+              "here, check that process 0 is running and reachable at that address, and that "
+              "every process was given the same address and number of processes.", flush=True)
         jax.distributed.initialize(address, num_processes=num, process_id=pid,
-                                   local_device_ids=local)
+                                   local_device_ids=local,
+                                   initialization_timeout=INITIALIZATION_TIMEOUT_S)
         logging.info("jax.distributed: process %d of %d via %s", pid, num, address)
     elif os.environ.get("TL_JAX_AUTO_DISTRIBUTED"):
         jax.distributed.initialize()
@@ -104,8 +139,8 @@ def runs_on_this_process(command: str) -> bool:
     this, each process would compute the same thing and write the same file). The process id
     comes from `TL_JAX_PROCESS_ID` (and `TL_JAX_NUM_PROCESSES`), as for `train`.
     """
-    num = int(os.environ.get("TL_JAX_NUM_PROCESSES", "0") or 0)
-    pid = int(os.environ.get("TL_JAX_PROCESS_ID", "-1") or -1)
+    num = env_int("TL_JAX_NUM_PROCESSES", 0)
+    pid = env_int("TL_JAX_PROCESS_ID", -1)
     if os.environ.get("TL_JAX_AUTO_DISTRIBUTED") and pid < 0:
         raise ValueError(
             f"tl_jax {command} runs in one process, and with TL_JAX_AUTO_DISTRIBUTED set it cannot "
