@@ -157,3 +157,28 @@ def test_joining_the_coordinator_says_what_it_waits_for_first(monkeypatch, capsy
     assert kwargs["initialization_timeout"] == parallel.INITIALIZATION_TIMEOUT_S
     assert "Process 3 of 4: joining the coordinator at 10.0.0.1:1234" in printed
     assert f"up to {parallel.INITIALIZATION_TIMEOUT_S} s for all 4 processes" in printed
+
+
+@pytest.mark.parametrize("rule,message", [
+    # flax ignores a rule for a name no model uses: "batch" then had no rule, and activations
+    # were silently left unsharded.
+    (("batchh", ("data", "fsdp")), "unknown logical axis 'batchh'"),
+    # Failed in JAX's sharding code, with a traceback.
+    (("batch", ("data", "fsdpp")), "logical axis 'batch' maps to"),
+    (("mlp", "model"), "logical axis 'mlp' maps to 'model'"),
+    (("mlp",), "is not a .logical axis, mesh axes. pair"),
+])
+def test_axis_rules_naming_an_unknown_axis_are_an_error(rule, message):
+    cfg = parallel.default_config()
+    cfg.axis_rules = (rule,) + tuple(cfg.axis_rules)[1:]
+    with pytest.raises(parallel.MeshError, match=r"mesh.axis_rules: .*" + message):
+        parallel.axis_rules(cfg)
+
+
+def test_axis_rules_read_back_from_json_are_accepted():
+    # config.json (what `tl_jax predict` rebuilds a run from) holds the rules as lists.
+    cfg = parallel.default_config()
+    expected = parallel.axis_rules(cfg)
+    cfg.axis_rules = [[name, list(axes) if isinstance(axes, tuple) else axes]
+                      for name, axes in expected]
+    assert parallel.axis_rules(cfg) == expected

@@ -21,6 +21,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 MESH_AXES = ("data", "fsdp", "tensor")
 # The batch dimension is split over every data-parallel axis (FSDP is data parallel too).
 BATCH_AXES = ("data", "fsdp")
+# The logical axis names models attach to parameters and activations (`mesh.axis_rules` maps
+# them onto mesh axes).
+LOGICAL_AXES = ("batch", "length", "vocab", "embed", "heads", "kv", "mlp")
 
 
 class MeshError(ValueError):
@@ -226,7 +229,23 @@ def mesh_context(mesh: Mesh, rules):
 
 
 def axis_rules(cfg: ml_collections.ConfigDict) -> tuple:
-    return tuple((name, tuple(ax) if isinstance(ax, list) else ax) for name, ax in cfg.axis_rules)
+    """`mesh.axis_rules` as flax wants them, checked: flax silently ignores a rule whose logical
+    name no model uses (a misspelt "batch" left activations unsharded), and a mesh axis that does
+    not exist failed in JAX's sharding code with a traceback."""
+    rules = []
+    for rule in cfg.axis_rules:
+        if not isinstance(rule, (tuple, list)) or len(rule) != 2:
+            raise MeshError(f"mesh.axis_rules: {rule!r} is not a (logical axis, mesh axes) pair.")
+        name, axes = rule
+        if name not in LOGICAL_AXES:
+            raise MeshError(f"mesh.axis_rules: unknown logical axis {name!r}; the models name "
+                            f"{', '.join(LOGICAL_AXES)}.")
+        names = () if axes is None else (axes,) if isinstance(axes, str) else axes
+        if not isinstance(names, (tuple, list)) or any(a not in MESH_AXES for a in names):
+            raise MeshError(f"mesh.axis_rules: logical axis {name!r} maps to {axes!r}; expected "
+                            f"None, a mesh axis or a tuple of them ({', '.join(MESH_AXES)}).")
+        rules.append((name, tuple(axes) if isinstance(axes, list) else axes))
+    return tuple(rules)
 
 
 def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
