@@ -318,8 +318,8 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def check_batch_size(global_batch: int, mesh: Mesh, name: str = "") -> None:
     """Every data-parallel shard and every process must get the same number of rows. `name`
-    (e.g. "data.eval_batch_size") is the config field the error names."""
-    what = f"{name}={global_batch}" if name else f"Global batch size {global_batch}"
+    (e.g. "data.eval_batch_size=12") says where `global_batch` comes from in the config."""
+    what = name or f"Global batch size {global_batch}"
     shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
     if global_batch % shards:
         raise MeshError(

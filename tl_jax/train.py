@@ -135,12 +135,14 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) ->
             f"data.batch_size={global_batch} must be a multiple of "
             f"optimizer.grad_accum_steps={accum}."
         )
-    parallel.check_batch_size(global_batch // accum, mesh)
+    parallel.check_batch_size(
+        global_batch // accum, mesh, name=f"data.batch_size={global_batch}" if accum == 1 else
+        f"data.batch_size={global_batch} / optimizer.grad_accum_steps={accum}")
     if config.data.get("eval_batch_size"):
         # Checked now, not at the first eval: that comes after train.eval_every steps (hours
         # of them, on a real run), and failed with JAX's IndivisibleError before any save.
         parallel.check_batch_size(int(config.data.eval_batch_size), mesh,
-                                  name="data.eval_batch_size")
+                                  name=f"data.eval_batch_size={int(config.data.eval_batch_size)}")
 
     if task is None:
         task = tasks.build_task(config, workdir)  # tokenizer, data, input checks: before compiling
