@@ -182,3 +182,19 @@ def test_axis_rules_read_back_from_json_are_accepted():
     cfg.axis_rules = [[name, list(axes) if isinstance(axes, tuple) else axes]
                       for name, axes in expected]
     assert parallel.axis_rules(cfg) == expected
+
+
+def test_auto_distributed_without_a_cluster_is_one_error(monkeypatch):
+    # jax's own ValueError ("coordinator_address should be defined.") came with its traceback.
+    _clear_distributed_env(monkeypatch)
+    monkeypatch.setenv("TL_JAX_AUTO_DISTRIBUTED", "1")
+
+    def initialize(*args, **kwargs):
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    with pytest.raises(ValueError, match=r"TL_JAX_AUTO_DISTRIBUTED is set, but jax found no "
+                                         r"cluster .*coordinator_address should be defined.*"
+                                         r"TL_JAX_COORDINATOR"):
+        parallel.maybe_initialize_distributed(parallel.distributed_config())

@@ -123,7 +123,14 @@ def maybe_initialize_distributed(cfg: ml_collections.ConfigDict) -> None:
                                    initialization_timeout=INITIALIZATION_TIMEOUT_S)
         logging.info("jax.distributed: process %d of %d via %s", pid, num, address)
     elif os.environ.get("TL_JAX_AUTO_DISTRIBUTED"):
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except ValueError as e:  # jax found no cluster it knows ("coordinator_address should ...")
+            raise ValueError(
+                f"TL_JAX_AUTO_DISTRIBUTED is set, but jax found no cluster to start from ({e}). "
+                "It finds one on TPU pods, SLURM and the other clusters jax.distributed detects; "
+                "elsewhere set TL_JAX_COORDINATOR, TL_JAX_NUM_PROCESSES and TL_JAX_PROCESS_ID "
+                "instead.") from None
     elif num > 1 or pid > 0:
         # Without a coordinator each process would run alone, all in the same workdir.
         raise ValueError(
