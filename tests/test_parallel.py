@@ -45,6 +45,14 @@ def test_a_device_subset_is_refused_with_several_processes(monkeypatch):
     assert parallel.make_mesh(cfg).devices.size == 8
 
 
+def test_a_negative_device_count_is_an_error():
+    # -1 means "the rest" for an axis size; as mesh.num_devices it silently used all but one.
+    cfg = mesh_cfg()
+    cfg.num_devices = -1
+    with pytest.raises(parallel.MeshError, match=r"mesh.num_devices=-1: expected 0"):
+        parallel.make_mesh(cfg)
+
+
 def test_spec_falls_back_to_replication_when_axis_does_not_divide():
     mesh = parallel.make_mesh(mesh_cfg(2, 1, 4))
     # 2 heads cannot be split 4 ways: that dimension is replicated, the others stay sharded.

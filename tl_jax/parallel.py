@@ -200,6 +200,11 @@ def make_mesh(cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
     if devices is None:
         devices = jax.devices()
         if cfg.get("num_devices"):
+            if isinstance(cfg.num_devices, bool) or not isinstance(cfg.num_devices, int) \
+                    or cfg.num_devices < 0:
+                # -1 (read as "all", as for the axis sizes) took devices[:-1]: all but one.
+                raise MeshError(f"mesh.num_devices={cfg.num_devices!r}: expected 0 (every "
+                                "device) or the number of devices to use.")
             if cfg.num_devices > len(devices):
                 raise MeshError(f"mesh.num_devices={cfg.num_devices} but only {len(devices)} "
                                 "devices exist.")
