@@ -206,3 +206,24 @@ def test_auto_distributed_without_a_cluster_is_one_error(monkeypatch):
                                          r"cluster .*coordinator_address should be defined.*"
                                          r"TL_JAX_COORDINATOR"):
         parallel.maybe_initialize_distributed(parallel.distributed_config())
+
+
+@pytest.mark.parametrize("shape,process_of_device,ok", [
+    # 2 processes x 4 devices, devices in process order.
+    ((4, 1, 2), lambda i: i // 4, True),   # data 0, 1 on process 0; 2, 3 on process 1
+    ((2, 1, 4), lambda i: i // 4, True),   # a tensor group of 4 within each process
+    ((1, 2, 4), lambda i: i // 4, True),   # fsdp splits the batch over the processes
+    # A tensor axis of 8 spans both processes: the one batch shard would be fed different
+    # rows by each (the run trained silently on half the batch).
+    ((1, 1, 8), lambda i: i // 4, False),
+    ((2, 1, 4), lambda i: i % 2, False),   # tensor groups interleave the processes
+])
+def test_each_batch_shard_must_lie_within_one_process(shape, process_of_device, ok):
+    ids = np.array([process_of_device(i) for i in range(8)]).reshape(shape)
+    sizes = dict(zip(parallel.MESH_AXES, shape))
+    if ok:
+        parallel.check_batch_shards_within_processes(ids, sizes)
+    else:
+        with pytest.raises(parallel.MeshError, match=r"shard 0 of the batch .* lies on the "
+                                                     r"devices of processes \[0, 1\]"):
+            parallel.check_batch_shards_within_processes(ids, sizes)

@@ -223,7 +223,35 @@ def make_mesh(cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
         device_array = mesh_utils.create_device_mesh(shape, devices=devices)
     except Exception:  # noqa: BLE001 - fake CPU devices have no physical topology
         device_array = np.asarray(devices).reshape(shape)
-    return Mesh(device_array, MESH_AXES)
+    mesh = Mesh(device_array, MESH_AXES)
+    if jax.process_count() > 1:
+        check_batch_shards_within_processes(
+            np.vectorize(lambda d: d.process_index)(device_array), dict(mesh.shape))
+    return mesh
+
+
+def check_batch_shards_within_processes(process_ids: np.ndarray, sizes: dict) -> None:
+    """Each process feeds its own rows of every global batch (`host_batch_to_global`), so each
+    data-parallel shard of the batch must lie on one process's devices. A shard spread over
+    several processes (e.g. a tensor axis spanning them) would take each process's different
+    rows as copies of one another: jax then built a smaller batch than data.batch_size from
+    them, and training went on silently on the wrong data.
+
+    `process_ids`: the process index of each device of the mesh, shaped like it (`MESH_AXES`).
+    """
+    batch_dims = tuple(MESH_AXES.index(a) for a in BATCH_AXES)
+    other_dims = tuple(i for i in range(len(MESH_AXES)) if i not in batch_dims)
+    per_shard = np.transpose(process_ids, batch_dims + other_dims).reshape(
+        math.prod(process_ids.shape[i] for i in batch_dims), -1)
+    for shard, owners in enumerate(per_shard):
+        owners = sorted(set(owners.tolist()))
+        if len(owners) > 1:
+            raise MeshError(
+                f"Mesh {sizes}: data-parallel shard {shard} of the batch (of "
+                f"{per_shard.shape[0]}, data x fsdp) lies on the devices of processes {owners}, "
+                "but each process feeds its own rows of the batch. Make data x fsdp a multiple "
+                f"of the {len(np.unique(process_ids))} processes, and tensor at most the devices "
+                "of one process.")
 
 
 @contextlib.contextmanager
