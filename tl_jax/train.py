@@ -120,11 +120,10 @@ def frozen_flops_share(task, trainer: Trainer) -> float:
     return plan.training_flops_fraction(trainer.abstract_state["params"])
 
 
-def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) -> Trainer:
-    """Builds mesh, task, optimizer, shardings and the jitted functions. Compiles nothing yet.
-
-    `task` replaces the one `config.task` builds (`tl_jax predict` passes a finished run's task
-    with the file to predict as its eval set)."""
+def mesh_and_rules(config: ml_collections.ConfigDict):
+    """Starts jax.distributed if configured, builds `config.mesh` and checks the batch sizes
+    against it: `(mesh, logical axis rules)`. Nothing is read or compiled; `tl_jax sweep` runs it
+    for every run before the first trains."""
     parallel.maybe_initialize_distributed(config.distributed)
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.axis_rules(config.mesh)
@@ -143,6 +142,17 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) ->
         # of them, on a real run), and failed with JAX's IndivisibleError before any save.
         parallel.check_batch_size(int(config.data.eval_batch_size), mesh,
                                   name=f"data.eval_batch_size={int(config.data.eval_batch_size)}")
+    return mesh, rules
+
+
+def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) -> Trainer:
+    """Builds mesh, task, optimizer, shardings and the jitted functions. Compiles nothing yet.
+
+    `task` replaces the one `config.task` builds (`tl_jax predict` passes a finished run's task
+    with the file to predict as its eval set)."""
+    mesh, rules = mesh_and_rules(config)
+    global_batch = int(config.data.batch_size)
+    accum = int(config.optimizer.grad_accum_steps)
 
     if task is None:
         task = tasks.build_task(config, workdir)  # tokenizer, data, input checks: before compiling
