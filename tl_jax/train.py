@@ -129,7 +129,9 @@ def mesh_and_rules(config: ml_collections.ConfigDict):
     rules = parallel.axis_rules(config.mesh)
     global_batch = int(config.data.batch_size)
     accum = int(config.optimizer.grad_accum_steps)
-    if accum < 1 or global_batch % accum:
+    if accum < 1:
+        raise ValueError(f"optimizer.grad_accum_steps={accum} must be >= 1 (1 = no accumulation).")
+    if global_batch % accum:
         raise ValueError(
             f"data.batch_size={global_batch} must be a multiple of "
             f"optimizer.grad_accum_steps={accum}."
