@@ -120,3 +120,21 @@ def test_two_processes_finetune_with_eval_and_predict_match_one_process(polarity
                                  f"--output={out}"]))
     assert out.read_text() == expected
     assert f"step {best}, the best kept checkpoint" in results[0][1]
+
+
+def test_a_mesh_whose_batch_shards_span_two_processes_is_refused_at_once(data_dir, tmp_path):
+    # A tensor axis of 8 over 2 processes x 4 devices: the batch's one data-parallel shard lies
+    # on both processes, which each fed their own rows as if they were copies. The run trained
+    # silently on half the batch (other losses than one process); now both stop before any data.
+    results = two_processes([
+        "train", "--config=configs/bert_pretrain.py:tiny", f"--workdir={tmp_path}",
+        "--config.mesh.data=1", "--config.mesh.tensor=8", "--config.train.progress=False",
+        f"--config.data.corpus={data_dir / 'enwiki_sample.jsonl'}", "--config.data.max_documents=40",
+        "--config.data.tokenizer_vocab_size=1000", "--config.data.max_seq_length=32",
+        "--config.data.batch_size=8", "--config.data.eval_batch_size=8", "--config.train.steps=2"])
+    for rc, _, err in results:
+        assert rc == 1, err[-3000:]
+        assert "data-parallel shard 0 of the batch (of 1, data x fsdp) lies on the devices of " \
+               "processes [0, 1]" in err
+        assert "Traceback" not in err
+    assert not (tmp_path / "tokenizer").exists()

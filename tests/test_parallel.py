@@ -45,6 +45,14 @@ def test_a_device_subset_is_refused_with_several_processes(monkeypatch):
     assert parallel.make_mesh(cfg).devices.size == 8
 
 
+def test_a_negative_device_count_is_an_error():
+    # -1 means "the rest" for an axis size; as mesh.num_devices it silently used all but one.
+    cfg = mesh_cfg()
+    cfg.num_devices = -1
+    with pytest.raises(parallel.MeshError, match=r"mesh.num_devices=-1: expected 0"):
+        parallel.make_mesh(cfg)
+
+
 def test_spec_falls_back_to_replication_when_axis_does_not_divide():
     mesh = parallel.make_mesh(mesh_cfg(2, 1, 4))
     # 2 heads cannot be split 4 ways: that dimension is replicated, the others stay sharded.
@@ -101,3 +109,121 @@ def test_a_half_configured_multi_process_start_is_an_error(monkeypatch, env, mes
     for key in env:
         monkeypatch.delenv(key)
     parallel.maybe_initialize_distributed(parallel.distributed_config())
+
+
+def _clear_distributed_env(monkeypatch):
+    for key in ("TL_JAX_COORDINATOR", "TL_JAX_NUM_PROCESSES", "TL_JAX_PROCESS_ID",
+                "TL_JAX_AUTO_DISTRIBUTED"):
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.mark.parametrize("address", ["localhost", "http://localhost:1234", "localhost:abc",
+                                     ":1234", "localhost:0"])
+def test_a_coordinator_address_that_is_not_host_port_is_an_error_before_any_wait(
+        monkeypatch, address):
+    # jax failed on "localhost" with an IndexError, and on the others waited the whole
+    # initialization timeout (5 minutes) before aborting the process.
+    _clear_distributed_env(monkeypatch)
+    monkeypatch.setattr(jax.distributed, "initialize",
+                        lambda *a, **k: pytest.fail("jax.distributed.initialize was called"))
+    cfg = parallel.distributed_config()
+    cfg.num_processes, cfg.process_id, cfg.coordinator_address = 2, 0, address
+    with pytest.raises(ValueError, match="distributed.coordinator_address=.* is not host:port"):
+        parallel.maybe_initialize_distributed(cfg)
+    monkeypatch.setenv("TL_JAX_COORDINATOR", address)
+    cfg.coordinator_address = ""
+    with pytest.raises(ValueError, match="TL_JAX_COORDINATOR=.* is not host:port"):
+        parallel.maybe_initialize_distributed(cfg)
+
+
+def test_process_variables_that_are_not_integers_are_named(monkeypatch):
+    _clear_distributed_env(monkeypatch)
+    monkeypatch.setenv("TL_JAX_NUM_PROCESSES", "two")
+    with pytest.raises(ValueError, match="TL_JAX_NUM_PROCESSES='two' is not an integer"):
+        parallel.maybe_initialize_distributed(parallel.distributed_config())
+    with pytest.raises(ValueError, match="TL_JAX_NUM_PROCESSES='two' is not an integer"):
+        parallel.runs_on_this_process("generate")
+
+
+def test_joining_the_coordinator_says_what_it_waits_for_first(monkeypatch, capsys):
+    # A wrong address or process count makes jax wait silently for the whole timeout, then
+    # abort with a C++ check failure: the line before the wait is all the user has to go on.
+    _clear_distributed_env(monkeypatch)
+    calls = []
+
+    def initialize(*args, **kwargs):
+        calls.append((args, kwargs, capsys.readouterr().out))
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    cfg = parallel.distributed_config()
+    cfg.coordinator_address, cfg.num_processes, cfg.process_id = "10.0.0.1:1234", 4, 3
+    parallel.maybe_initialize_distributed(cfg)
+    (args, kwargs, printed), = calls
+    assert args[0] == "10.0.0.1:1234" and kwargs["num_processes"] == 4
+    assert kwargs["process_id"] == 3
+    assert kwargs["initialization_timeout"] == parallel.INITIALIZATION_TIMEOUT_S
+    assert "Process 3 of 4: joining the coordinator at 10.0.0.1:1234" in printed
+    assert f"up to {parallel.INITIALIZATION_TIMEOUT_S} s for all 4 processes" in printed
+
+
+@pytest.mark.parametrize("rule,message", [
+    # flax ignores a rule for a name no model uses: "batch" then had no rule, and activations
+    # were silently left unsharded.
+    (("batchh", ("data", "fsdp")), "unknown logical axis 'batchh'"),
+    # Failed in JAX's sharding code, with a traceback.
+    (("batch", ("data", "fsdpp")), "logical axis 'batch' maps to"),
+    (("mlp", "model"), "logical axis 'mlp' maps to 'model'"),
+    (("mlp",), "is not a .logical axis, mesh axes. pair"),
+])
+def test_axis_rules_naming_an_unknown_axis_are_an_error(rule, message):
+    cfg = parallel.default_config()
+    cfg.axis_rules = (rule,) + tuple(cfg.axis_rules)[1:]
+    with pytest.raises(parallel.MeshError, match=r"mesh.axis_rules: .*" + message):
+        parallel.axis_rules(cfg)
+
+
+def test_axis_rules_read_back_from_json_are_accepted():
+    # config.json (what `tl_jax predict` rebuilds a run from) holds the rules as lists.
+    cfg = parallel.default_config()
+    expected = parallel.axis_rules(cfg)
+    cfg.axis_rules = [[name, list(axes) if isinstance(axes, tuple) else axes]
+                      for name, axes in expected]
+    assert parallel.axis_rules(cfg) == expected
+
+
+def test_auto_distributed_without_a_cluster_is_one_error(monkeypatch):
+    # jax's own ValueError ("coordinator_address should be defined.") came with its traceback.
+    _clear_distributed_env(monkeypatch)
+    monkeypatch.setenv("TL_JAX_AUTO_DISTRIBUTED", "1")
+
+    def initialize(*args, **kwargs):
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    with pytest.raises(ValueError, match=r"TL_JAX_AUTO_DISTRIBUTED is set, but jax found no "
+                                         r"cluster .*coordinator_address should be defined.*"
+                                         r"TL_JAX_COORDINATOR"):
+        parallel.maybe_initialize_distributed(parallel.distributed_config())
+
+
+@pytest.mark.parametrize("shape,process_of_device,ok", [
+    # 2 processes x 4 devices, devices in process order.
+    ((4, 1, 2), lambda i: i // 4, True),   # data 0, 1 on process 0; 2, 3 on process 1
+    ((2, 1, 4), lambda i: i // 4, True),   # a tensor group of 4 within each process
+    ((1, 2, 4), lambda i: i // 4, True),   # fsdp splits the batch over the processes
+    # A tensor axis of 8 spans both processes: the one batch shard would be fed different
+    # rows by each (the run trained silently on half the batch).
+    ((1, 1, 8), lambda i: i // 4, False),
+    ((2, 1, 4), lambda i: i % 2, False),   # tensor groups interleave the processes
+])
+def test_each_batch_shard_must_lie_within_one_process(shape, process_of_device, ok):
+    ids = np.array([process_of_device(i) for i in range(8)]).reshape(shape)
+    sizes = dict(zip(parallel.MESH_AXES, shape))
+    if ok:
+        parallel.check_batch_shards_within_processes(ids, sizes)
+    else:
+        with pytest.raises(parallel.MeshError, match=r"shard 0 of the batch .* lies on the "
+                                                     r"devices of processes \[0, 1\]"):
+            parallel.check_batch_shards_within_processes(ids, sizes)

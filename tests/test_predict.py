@@ -107,6 +107,27 @@ def test_a_run_trained_on_more_devices_predicts_on_the_devices_here(classify_run
     assert out.read_text() == _eval_rows(classify_run, result["step"], ".jsonl")
 
 
+def test_the_runs_gradient_accumulation_does_not_constrain_the_prediction_batch(
+        classify_run, polarity_files, tmp_path):
+    # Fine-tuned with optimizer.grad_accum_steps=2, applied on 8 devices in batches of 8: that
+    # was refused as "data.batch_size=8 / optimizer.grad_accum_steps=2 is not divisible by the 8
+    # data-parallel shards", naming settings predict neither uses nor takes.
+    workdir = tmp_path / "accumulated"
+    shutil.copytree(classify_run, workdir)
+    saved = json.loads((workdir / "config.json").read_text())
+    saved["mesh"].update(num_devices=0, data=-1, fsdp=1, tensor=1)
+    saved["optimizer"]["grad_accum_steps"] = 2
+    (workdir / "config.json").write_text(json.dumps(saved))
+    out = tmp_path / "predictions.jsonl"
+    result = predict.run(str(workdir), str(polarity_files / "eval.jsonl"), str(out),
+                         batch_size=8)
+    assert out.read_text() == _eval_rows(classify_run, result["step"], ".jsonl")
+    # A batch the devices do not divide is named as the flag that set it.
+    with pytest.raises(ValueError, match=r"--batch_size=3 is not divisible by the 8 "
+                                         r"data-parallel shards.* Pass a --batch_size"):
+        predict.run(str(workdir), str(polarity_files / "eval.jsonl"), str(out), batch_size=3)
+
+
 def test_a_coordinator_saved_by_a_multi_process_run_is_not_reused(classify_run, polarity_files,
                                                                    tmp_path):
     # Trained as 2 processes with the coordinator in the config: config.json keeps process 0's

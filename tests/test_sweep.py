@@ -183,6 +183,17 @@ def test_every_config_is_checked_before_the_first_run(tmp_path, monkeypatch):
         sweep.run(str(other), str(tmp_path), grid=["dim=8,16"])
 
 
+def test_a_batch_size_the_devices_do_not_divide_is_refused_before_the_first_run(
+        tmp_path, monkeypatch):
+    # LAMB's batch scaling sweeps the batch: a size the 8 devices do not divide failed only
+    # when its turn came, after the runs before it had trained.
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained"))
+    with pytest.raises(ValueError, match=r"sweep run batch_size=12__seed=0: data.batch_size=12 "
+                                         r"is not divisible by the 8 data-parallel shards"):
+        sweep.run(BERT, str(tmp_path), grid=["data.batch_size=16,12"])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_an_override_of_a_swept_key_is_refused(tmp_path, monkeypatch):
     # The run's own value used to win, dropping the --config.* override without a word.
     monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained"))

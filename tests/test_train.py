@@ -123,6 +123,12 @@ def test_cli_reports_unknown_config_key_before_doing_anything(tmp_path):
     # Not at the first eval, after train.eval_every steps, in a JAX IndivisibleError.
     ("data.eval_batch_size=12", r"data.eval_batch_size=12 is not divisible by the 8 "
                                 "data-parallel shards"),
+    # The error names the config keys (it said "Global batch size 12").
+    ("data.batch_size=12", r"data.batch_size=12 is not divisible by the 8 data-parallel shards"),
+    ("optimizer.grad_accum_steps=4", r"data.batch_size=16 / optimizer.grad_accum_steps=4 is not "
+                                     "divisible by the 8 data-parallel shards"),
+    # Was "data.batch_size=16 must be a multiple of optimizer.grad_accum_steps=0".
+    ("optimizer.grad_accum_steps=0", r"optimizer.grad_accum_steps=0 must be >= 1"),
     ("model.vocab_size=100", "smaller than the tokenizer"),
     ("data.corpus=/nonexistent/*.txt", "nonexistent"),
     ("train.log_every=0", r"train.log_every=0 must be an integer >= 1"),

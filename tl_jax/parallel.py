@@ -21,6 +21,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 MESH_AXES = ("data", "fsdp", "tensor")
 # The batch dimension is split over every data-parallel axis (FSDP is data parallel too).
 BATCH_AXES = ("data", "fsdp")
+# The logical axis names models attach to parameters and activations (`mesh.axis_rules` maps
+# them onto mesh axes).
+LOGICAL_AXES = ("batch", "length", "vocab", "embed", "heads", "kv", "mlp")
 
 
 class MeshError(ValueError):
@@ -59,6 +62,32 @@ def distributed_config() -> ml_collections.ConfigDict:
     ))
 
 
+# How long process 0 waits for the others to join, and they for it (jax's own default), in s.
+INITIALIZATION_TIMEOUT_S = 300
+
+
+def env_int(name: str, default: int) -> int:
+    """An integer environment variable; a value that is not one is an error naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer.") from None
+
+
+def check_coordinator_address(address: str, key: str) -> None:
+    """`host:port` of process 0, as jax.distributed wants it. Checked before any wait: without a
+    port jax fails with an IndexError, and a URL or a port that is not a number make the
+    processes wait the whole initialization timeout for each other, then abort."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or "/" in address or not sep or not host or not port.isdigit() \
+            or not 0 < int(port) < 65536:
+        raise ValueError(f"{key}={address!r} is not host:port (e.g. 10.0.0.1:1234): the "
+                         "address and port where process 0 serves the coordinator.")
+
+
 def maybe_initialize_distributed(cfg: ml_collections.ConfigDict) -> None:
     """Starts `jax.distributed` when a multi-process run is configured (config or env).
 
@@ -66,11 +95,13 @@ def maybe_initialize_distributed(cfg: ml_collections.ConfigDict) -> None:
     `TL_JAX_AUTO_DISTRIBUTED=1` for that. Single-process runs do nothing.
     """
     address = cfg.coordinator_address or os.environ.get("TL_JAX_COORDINATOR", "")
-    num = cfg.num_processes or int(os.environ.get("TL_JAX_NUM_PROCESSES", "0"))
-    pid = cfg.process_id if cfg.process_id >= 0 else int(os.environ.get("TL_JAX_PROCESS_ID", "-1"))
+    num = cfg.num_processes or env_int("TL_JAX_NUM_PROCESSES", 0)
+    pid = cfg.process_id if cfg.process_id >= 0 else env_int("TL_JAX_PROCESS_ID", -1)
     if jax.distributed.is_initialized():
         return
     if address:
+        check_coordinator_address(address, "distributed.coordinator_address"
+                                  if cfg.coordinator_address else "TL_JAX_COORDINATOR")
         if num <= 0 or pid < 0:
             raise ValueError(
                 "distributed.coordinator_address is set, so num_processes and process_id must be "
@@ -81,11 +112,25 @@ def maybe_initialize_distributed(cfg: ml_collections.ConfigDict) -> None:
             raise ValueError(f"distributed.process_id={pid} is not below num_processes={num} "
                              f"(process ids are 0 .. {num - 1}).")
         local = [int(x) for x in cfg.local_device_ids.split(",")] if cfg.local_device_ids else None
+        # jax waits for every process to join, and after the timeout aborts the process with a
+        # C++ check failure ("DEADLINE_EXCEEDED ... RegisterTask"): say first what it waits for.
+        print(f"[distributed] Process {pid} of {num}: joining the coordinator at {address}; "
+              f"waiting up to {INITIALIZATION_TIMEOUT_S} s for all {num} processes. If it stops "
+              "here, check that process 0 is running and reachable at that address, and that "
+              "every process was given the same address and number of processes.", flush=True)
         jax.distributed.initialize(address, num_processes=num, process_id=pid,
-                                   local_device_ids=local)
+                                   local_device_ids=local,
+                                   initialization_timeout=INITIALIZATION_TIMEOUT_S)
         logging.info("jax.distributed: process %d of %d via %s", pid, num, address)
     elif os.environ.get("TL_JAX_AUTO_DISTRIBUTED"):
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except ValueError as e:  # jax found no cluster it knows ("coordinator_address should ...")
+            raise ValueError(
+                f"TL_JAX_AUTO_DISTRIBUTED is set, but jax found no cluster to start from ({e}). "
+                "It finds one on TPU pods, SLURM and the other clusters jax.distributed detects; "
+                "elsewhere set TL_JAX_COORDINATOR, TL_JAX_NUM_PROCESSES and TL_JAX_PROCESS_ID "
+                "instead.") from None
     elif num > 1 or pid > 0:
         # Without a coordinator each process would run alone, all in the same workdir.
         raise ValueError(
@@ -104,8 +149,8 @@ def runs_on_this_process(command: str) -> bool:
     this, each process would compute the same thing and write the same file). The process id
     comes from `TL_JAX_PROCESS_ID` (and `TL_JAX_NUM_PROCESSES`), as for `train`.
     """
-    num = int(os.environ.get("TL_JAX_NUM_PROCESSES", "0") or 0)
-    pid = int(os.environ.get("TL_JAX_PROCESS_ID", "-1") or -1)
+    num = env_int("TL_JAX_NUM_PROCESSES", 0)
+    pid = env_int("TL_JAX_PROCESS_ID", -1)
     if os.environ.get("TL_JAX_AUTO_DISTRIBUTED") and pid < 0:
         raise ValueError(
             f"tl_jax {command} runs in one process, and with TL_JAX_AUTO_DISTRIBUTED set it cannot "
@@ -155,6 +200,11 @@ def make_mesh(cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
     if devices is None:
         devices = jax.devices()
         if cfg.get("num_devices"):
+            if isinstance(cfg.num_devices, bool) or not isinstance(cfg.num_devices, int) \
+                    or cfg.num_devices < 0:
+                # -1 (read as "all", as for the axis sizes) took devices[:-1]: all but one.
+                raise MeshError(f"mesh.num_devices={cfg.num_devices!r}: expected 0 (every "
+                                "device) or the number of devices to use.")
             if cfg.num_devices > len(devices):
                 raise MeshError(f"mesh.num_devices={cfg.num_devices} but only {len(devices)} "
                                 "devices exist.")
@@ -173,7 +223,35 @@ def make_mesh(cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
         device_array = mesh_utils.create_device_mesh(shape, devices=devices)
     except Exception:  # noqa: BLE001 - fake CPU devices have no physical topology
         device_array = np.asarray(devices).reshape(shape)
-    return Mesh(device_array, MESH_AXES)
+    mesh = Mesh(device_array, MESH_AXES)
+    if jax.process_count() > 1:
+        check_batch_shards_within_processes(
+            np.vectorize(lambda d: d.process_index)(device_array), dict(mesh.shape))
+    return mesh
+
+
+def check_batch_shards_within_processes(process_ids: np.ndarray, sizes: dict) -> None:
+    """Each process feeds its own rows of every global batch (`host_batch_to_global`), so each
+    data-parallel shard of the batch must lie on one process's devices. A shard spread over
+    several processes (e.g. a tensor axis spanning them) would take each process's different
+    rows as copies of one another: jax then built a smaller batch than data.batch_size from
+    them, and training went on silently on the wrong data.
+
+    `process_ids`: the process index of each device of the mesh, shaped like it (`MESH_AXES`).
+    """
+    batch_dims = tuple(MESH_AXES.index(a) for a in BATCH_AXES)
+    other_dims = tuple(i for i in range(len(MESH_AXES)) if i not in batch_dims)
+    per_shard = np.transpose(process_ids, batch_dims + other_dims).reshape(
+        math.prod(process_ids.shape[i] for i in batch_dims), -1)
+    for shard, owners in enumerate(per_shard):
+        owners = sorted(set(owners.tolist()))
+        if len(owners) > 1:
+            raise MeshError(
+                f"Mesh {sizes}: data-parallel shard {shard} of the batch (of "
+                f"{per_shard.shape[0]}, data x fsdp) lies on the devices of processes {owners}, "
+                "but each process feeds its own rows of the batch. Make data x fsdp a multiple "
+                f"of the {len(np.unique(process_ids))} processes, and tensor at most the devices "
+                "of one process.")
 
 
 @contextlib.contextmanager
@@ -191,7 +269,23 @@ def mesh_context(mesh: Mesh, rules):
 
 
 def axis_rules(cfg: ml_collections.ConfigDict) -> tuple:
-    return tuple((name, tuple(ax) if isinstance(ax, list) else ax) for name, ax in cfg.axis_rules)
+    """`mesh.axis_rules` as flax wants them, checked: flax silently ignores a rule whose logical
+    name no model uses (a misspelt "batch" left activations unsharded), and a mesh axis that does
+    not exist failed in JAX's sharding code with a traceback."""
+    rules = []
+    for rule in cfg.axis_rules:
+        if not isinstance(rule, (tuple, list)) or len(rule) != 2:
+            raise MeshError(f"mesh.axis_rules: {rule!r} is not a (logical axis, mesh axes) pair.")
+        name, axes = rule
+        if name not in LOGICAL_AXES:
+            raise MeshError(f"mesh.axis_rules: unknown logical axis {name!r}; the models name "
+                            f"{', '.join(LOGICAL_AXES)}.")
+        names = () if axes is None else (axes,) if isinstance(axes, str) else axes
+        if not isinstance(names, (tuple, list)) or any(a not in MESH_AXES for a in names):
+            raise MeshError(f"mesh.axis_rules: logical axis {name!r} maps to {axes!r}; expected "
+                            f"None, a mesh axis or a tuple of them ({', '.join(MESH_AXES)}).")
+        rules.append((name, tuple(axes) if isinstance(axes, list) else axes))
+    return tuple(rules)
 
 
 def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
@@ -264,8 +358,8 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def check_batch_size(global_batch: int, mesh: Mesh, name: str = "") -> None:
     """Every data-parallel shard and every process must get the same number of rows. `name`
-    (e.g. "data.eval_batch_size") is the config field the error names."""
-    what = f"{name}={global_batch}" if name else f"Global batch size {global_batch}"
+    (e.g. "data.eval_batch_size=12") says where `global_batch` comes from in the config."""
+    what = name or f"Global batch size {global_batch}"
     shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
     if global_batch % shards:
         raise MeshError(

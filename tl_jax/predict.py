@@ -189,6 +189,16 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
     task = task_module.Task.for_prediction(config, encoder, labels, records, truncated)
     downstream.note_truncated(config, truncated, len(records), "predict")
     fit_mesh(config)
+    # Prediction takes no optimizer step: the run's gradient accumulation would refuse batch
+    # sizes that it does not divide, or that split into micro-batches the devices do not divide.
+    config.optimizer.grad_accum_steps = 1
+    mesh = parallel.make_mesh(config.mesh)
+    try:
+        parallel.check_batch_size(int(config.data.batch_size), mesh,
+                                  name=f"--batch_size={config.data.batch_size}" if batch_size
+                                  else f"The run's data.batch_size={config.data.batch_size}")
+    except parallel.MeshError as e:
+        raise parallel.MeshError(f"{e} Pass a --batch_size that they divide.") from None
     trainer = train.build_trainer(config, workdir, task=task)
     params = load_params(trainer, workdir, step)
 

@@ -256,6 +256,14 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
     if kind == "train" and not first.train.eval_every:
         print("[sweep] Note: train.eval_every=0, so runs report no held-out metrics; the "
               "tables will hold the last training loss only.", flush=True)
+    if kind == "train":
+        # The mesh and the batch sizes against it, so that a swept batch size the devices do
+        # not divide is refused now, not after the runs before it have trained.
+        for r in runs:
+            try:
+                train.mesh_and_rules(configs[r.name])
+            except ValueError as e:
+                raise ValueError(f"sweep run {r.name}: {e}") from None
     _check_earlier_runs(workdir, runs, configs, saved_name)
     print(f"[sweep] {len(runs)} runs ({len(runs) // len(seeds)} settings x {len(seeds)} seeds) "
           f"under {workdir}/runs", flush=True)

@@ -120,27 +120,41 @@ def frozen_flops_share(task, trainer: Trainer) -> float:
     return plan.training_flops_fraction(trainer.abstract_state["params"])
 
 
-def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) -> Trainer:
-    """Builds mesh, task, optimizer, shardings and the jitted functions. Compiles nothing yet.
-
-    `task` replaces the one `config.task` builds (`tl_jax predict` passes a finished run's task
-    with the file to predict as its eval set)."""
+def mesh_and_rules(config: ml_collections.ConfigDict):
+    """Starts jax.distributed if configured, builds `config.mesh` and checks the batch sizes
+    against it: `(mesh, logical axis rules)`. Nothing is read or compiled; `tl_jax sweep` runs it
+    for every run before the first trains."""
     parallel.maybe_initialize_distributed(config.distributed)
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.axis_rules(config.mesh)
     global_batch = int(config.data.batch_size)
     accum = int(config.optimizer.grad_accum_steps)
-    if accum < 1 or global_batch % accum:
+    if accum < 1:
+        raise ValueError(f"optimizer.grad_accum_steps={accum} must be >= 1 (1 = no accumulation).")
+    if global_batch % accum:
         raise ValueError(
             f"data.batch_size={global_batch} must be a multiple of "
             f"optimizer.grad_accum_steps={accum}."
         )
-    parallel.check_batch_size(global_batch // accum, mesh)
+    parallel.check_batch_size(
+        global_batch // accum, mesh, name=f"data.batch_size={global_batch}" if accum == 1 else
+        f"data.batch_size={global_batch} / optimizer.grad_accum_steps={accum}")
     if config.data.get("eval_batch_size"):
         # Checked now, not at the first eval: that comes after train.eval_every steps (hours
         # of them, on a real run), and failed with JAX's IndivisibleError before any save.
         parallel.check_batch_size(int(config.data.eval_batch_size), mesh,
-                                  name="data.eval_batch_size")
+                                  name=f"data.eval_batch_size={int(config.data.eval_batch_size)}")
+    return mesh, rules
+
+
+def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) -> Trainer:
+    """Builds mesh, task, optimizer, shardings and the jitted functions. Compiles nothing yet.
+
+    `task` replaces the one `config.task` builds (`tl_jax predict` passes a finished run's task
+    with the file to predict as its eval set)."""
+    mesh, rules = mesh_and_rules(config)
+    global_batch = int(config.data.batch_size)
+    accum = int(config.optimizer.grad_accum_steps)
 
     if task is None:
         task = tasks.build_task(config, workdir)  # tokenizer, data, input checks: before compiling

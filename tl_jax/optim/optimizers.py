@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules, built from `config.optimizer`.
 
 Everything here is optax: AdamW and LAMB come from optax itself; this file only chooses and
-chains them (warmup + decay schedule, weight-decay mask, clipping, gradient accumulation).
+chains them (warmup + decay schedule, weight-decay mask, clipping).
 """
 from __future__ import annotations
 
@@ -67,9 +67,9 @@ def make_optimizer(
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns `(tx, schedule)` for `config.optimizer`.
 
-    `tx` clips by global norm, applies AdamW or LAMB with the schedule, and, when
-    `grad_accum_steps > 1`, is wrapped in `optax.MultiSteps` only if `accumulate_in_optimizer`
-    is set; the trainer normally accumulates inside the jitted step instead (no extra state).
+    `tx` clips by global norm and applies AdamW, LAMB or SGD with the schedule. It does not
+    accumulate: with `grad_accum_steps > 1` the trainer sums the micro-batches' gradients inside
+    its jitted step and calls `tx` once per step (no extra optimizer state).
     """
     schedule = make_schedule(cfg, total_steps)
     if cfg.name == "adamw":
