@@ -15,10 +15,9 @@ import argparse
 import collections
 import json
 import os
-import sys
 
 from tl_jax.data import readers
-from tl_jax.main import _is_input_error
+from tl_jax.main import run_script
 from tl_jax.tasks import classify
 
 
@@ -76,10 +75,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError, RuntimeError) as e:
-        # A missing data file, a model that is not there, an unwritable workdir: one line.
-        if not _is_input_error(e):
-            raise
-        sys.exit(f"transfer_food_reviews.py: error: {e}")
+    run_script(main, "transfer_food_reviews.py")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import jax
@@ -29,7 +28,7 @@ import numpy as np
 
 from tl_jax import config as config_lib
 from tl_jax import train
-from tl_jax.main import _is_input_error
+from tl_jax.main import run_script
 from tl_jax.optim import transfer
 from tl_jax.tasks import build_task
 
@@ -189,10 +188,4 @@ def print_table(results):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError, RuntimeError) as e:
-        # A missing data file, a model that is not there, an unwritable workdir: one line.
-        if not _is_input_error(e):
-            raise
-        sys.exit(f"transfer_strategies.py: error: {e}")
+    run_script(main, "transfer_strategies.py")

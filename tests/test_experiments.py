@@ -116,3 +116,27 @@ def test_transfer_food_reviews_rerun_with_other_settings_is_refused(tmp_path, da
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert "--learning_rate=0.0001 -> 0.0003" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "pretrained_seed0").exists()
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_ctrl_c_is_one_line_that_says_what_was_kept(name, monkeypatch, capsys):
+    """Ctrl-C printed a page of traceback from wherever the run was; like `tl_jax`, the scripts
+    now say in one line that what was saved stays, and exit with 130."""
+    from tl_jax import main as tl_main
+
+    script = load_script(name)
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        tl_main.run_script(interrupted, name)
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{name}: interrupted (Ctrl-C).")
+    assert "run the same command again" in err[0]
+    # The script's entry point is this one.
+    source = (ROOT / "experiments" / name).read_text()
+    assert f'run_script(main, "{name}")' in source.split('if __name__ == "__main__":')[1]
+    assert script.main  # the entry point it passes exists

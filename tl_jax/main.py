@@ -251,6 +251,26 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
 
 
+def run_script(main_fn, prog: str) -> None:
+    """The entry point of a script in experiments/, with the CLI's manners: an input error (a
+    missing data file or model, an unwritable workdir) is one line, and so is Ctrl-C (the
+    scripts save each finished run, and a rerun goes on from there)."""
+    import os
+    try:
+        main_fn()
+    except (ValueError, OSError, RuntimeError) as e:
+        if not _is_input_error(e):
+            raise
+        sys.exit(f"{prog}: error: {e}")
+    except KeyboardInterrupt:
+        if os.environ.get("TL_JAX_TRACEBACK"):
+            raise
+        print(f"{prog}: interrupted (Ctrl-C). Results and checkpoints already written are "
+              "intact: run the same command again to go on from them.", file=sys.stderr,
+              flush=True)
+        sys.exit(130)
+
+
 def use_compilation_cache() -> str | None:
     """Turns on jax's persistent compilation cache for a command; returns its folder (None: off).
 
