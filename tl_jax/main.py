@@ -225,49 +225,49 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"tl_jax: error: {e}")
     args = build_parser().parse_args(rest)
     use_compilation_cache()
-    try:
+
+    def command():
         if args.command in SINGLE_PROCESS:
             from tl_jax import parallel
             if not parallel.runs_on_this_process(args.command):
                 return
         COMMANDS[args.command][1](args, overrides)
+
+    note = ""
+    if args.command in ("train", "sweep", "quickstart"):  # static keeps no checkpoints
+        note = (" Checkpoints already written are intact: run the same command again to "
+                "resume from the newest (SIGTERM instead saves the current step first).")
+    run_script(command, "tl_jax", interrupted_note=note,
+               error_hint="\n(set TL_JAX_TRACEBACK=1 to see where it was raised)")
+
+
+SCRIPT_INTERRUPTED_NOTE = (" Results and checkpoints already written are intact: run the same "
+                           "command again to go on from them.")
+
+
+def run_script(main_fn, prog: str, interrupted_note: str = SCRIPT_INTERRUPTED_NOTE,
+               error_hint: str = "") -> None:
+    """Runs `main_fn` (the `tl_jax` command, or a script in experiments/) with the CLI's
+    manners: a config error or an input error (a missing data file or model, an unwritable
+    workdir; see `_is_input_error`) is one line, and so is Ctrl-C, followed by
+    `interrupted_note` (what was kept). A page of traceback from wherever the loop was (a
+    device_get, a data worker) says nothing; what the user needs is whether anything was lost.
+    `TL_JAX_TRACEBACK=1` keeps every traceback."""
+    import os
+
+    from tl_jax.config import ConfigError
+    try:
+        main_fn()
     except ConfigError as e:
-        sys.exit(f"tl_jax: config error: {e}")
+        sys.exit(f"{prog}: config error: {e}")
     except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
         if not _is_input_error(e):
             raise
-        sys.exit(f"tl_jax: error: {e}\n(set TL_JAX_TRACEBACK=1 to see where it was raised)")
-    except KeyboardInterrupt:
-        # Ctrl-C: a page of traceback from wherever the loop was (a device_get, a data
-        # worker) says nothing; what the user needs is whether anything was lost.
-        import os
-        if os.environ.get("TL_JAX_TRACEBACK"):
-            raise
-        note = ""
-        if args.command in ("train", "sweep", "quickstart"):  # static keeps no checkpoints
-            note = (" Checkpoints already written are intact: run the same command again to "
-                    "resume from the newest (SIGTERM instead saves the current step first).")
-        print(f"tl_jax: interrupted (Ctrl-C).{note}", file=sys.stderr, flush=True)
-        sys.exit(130)
-
-
-def run_script(main_fn, prog: str) -> None:
-    """The entry point of a script in experiments/, with the CLI's manners: an input error (a
-    missing data file or model, an unwritable workdir) is one line, and so is Ctrl-C (the
-    scripts save each finished run, and a rerun goes on from there)."""
-    import os
-    try:
-        main_fn()
-    except (ValueError, OSError, RuntimeError) as e:
-        if not _is_input_error(e):
-            raise
-        sys.exit(f"{prog}: error: {e}")
+        sys.exit(f"{prog}: error: {e}{error_hint}")
     except KeyboardInterrupt:
         if os.environ.get("TL_JAX_TRACEBACK"):
             raise
-        print(f"{prog}: interrupted (Ctrl-C). Results and checkpoints already written are "
-              "intact: run the same command again to go on from them.", file=sys.stderr,
-              flush=True)
+        print(f"{prog}: interrupted (Ctrl-C).{interrupted_note}", file=sys.stderr, flush=True)
         sys.exit(130)
 
 
