@@ -13,9 +13,9 @@ runs resume (finished ones are only evaluated; new --seeds train); other setting
 """
 import argparse
 import collections
-import json
 import os
 
+from tl_jax import experiment_results
 from tl_jax.data import readers
 from tl_jax.main import run_script
 from tl_jax.tasks import classify
@@ -37,17 +37,22 @@ def main():
     args = parser.parse_args()
     if not data_dir:
         raise SystemExit("set TL_JAX_DATA_DIR to the shared data folder")
-    previous = os.path.join(args.workdir, "transfer_results.json")
-    if os.path.exists(previous):
-        # Its runs resume (a finished one is only evaluated): with other settings the table
-        # would show them as this run's.
-        with open(previous, encoding="utf-8") as f:
-            saved = json.load(f).get("settings", {})
-        changed = [f"--{k}={saved[k]} -> {v}" for k, v in vars(args).items()
-                   if k not in ("seeds", "workdir") and k in saved and saved[k] != v]
-        if changed:
-            raise SystemExit(f"{previous} holds runs with other settings ({', '.join(changed)}); "
-                             "use another --workdir, or the settings they were run with")
+    results_path = os.path.join(args.workdir, "transfer_results.json")
+    # Its runs resume (a finished one is only evaluated): with other settings the table would
+    # show them as this run's.
+    experiment_results.refuse_other_settings(
+        results_path, experiment_results.read(results_path).get("settings"),
+        {k: v for k, v in vars(args).items() if k not in ("seeds", "workdir")})
+    # Checked here, before a run's folder is made: a missing file would otherwise stop the
+    # first run after it had created its workdir.
+    for name in ("food_reviews_train.jsonl", "food_reviews_test.jsonl"):
+        path = os.path.join(data_dir, name)
+        if not os.path.isfile(path):
+            raise SystemExit(f"{path} does not exist: TL_JAX_DATA_DIR must be the shared data "
+                             "folder with the food reviews")
+    if not os.path.isdir(args.init_from):
+        raise SystemExit(f"--init_from={args.init_from} does not exist (the default is the "
+                         "MiniLM import in $TL_JAX_DATA_DIR/models)")
     overrides = [f"data.max_train_examples={args.train_examples}",
                  f"data.max_eval_examples={args.eval_examples}",
                  f"data.max_seq_length={args.max_seq_length}", f"data.num_epochs={args.epochs}",
@@ -67,8 +72,7 @@ def main():
                   f"{s['eval/mcc']:>7.4f}")
     results.update(majority_accuracy=majority, settings=vars(args))
     os.makedirs(args.workdir, exist_ok=True)
-    with open(os.path.join(args.workdir, "transfer_results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    experiment_results.write(results_path, results)
     (pm, ps), (sm, ss) = results["pretrained_accuracy"], results["scratch_accuracy"]
     print(f"pretrained accuracy {pm:.3f} +- {ps:.3f} | scratch accuracy {sm:.3f} +- {ss:.3f} | "
           f"majority {majority:.3f}")

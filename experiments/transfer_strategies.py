@@ -19,7 +19,6 @@ refuses, naming them, rather than mixing both in one table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -27,7 +26,7 @@ import jax
 import numpy as np
 
 from tl_jax import config as config_lib
-from tl_jax import train
+from tl_jax import experiment_results, train
 from tl_jax.main import run_script
 from tl_jax.optim import transfer
 from tl_jax.tasks import build_task
@@ -124,25 +123,18 @@ def main():
     os.makedirs(args.workdir, exist_ok=True)
     args.cache_dir = args.cache_dir or os.path.join(args.workdir, "feature_cache")
     results_path = os.path.join(args.workdir, "results.json")
-    results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+    results = experiment_results.read(results_path)
     # The settings every run's result depends on; a rerun with others would mix both in a table.
     settings = {k: getattr(args, k) for k in RESULT_SETTINGS}
     saved = results.pop(SETTINGS_KEY, None)
     if saved and args.measure_only:
         settings = saved  # sizes do not depend on them: measuring adds to the saved runs' table
-    if saved not in (None, settings) and any(e.get("runs") for e in results.values()):
-        changed = ", ".join(f"--{k}={saved.get(k)} -> {settings[k]}" for k in RESULT_SETTINGS
-                            if saved.get(k) != settings[k])
-        raise SystemExit(f"{results_path} holds runs with other settings ({changed}); use "
-                         "another --workdir, or the settings they were run with")
+    if any(isinstance(e, dict) and e.get("runs") for e in results.values()):
+        experiment_results.refuse_other_settings(results_path, saved, settings)
     strategies = strategy_list(args)
 
     def save():
-        # Written aside and renamed: a Ctrl-C mid-write leaves the previous results.json whole.
-        tmp = results_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({SETTINGS_KEY: settings, **results}, f, indent=1)
-        os.replace(tmp, results_path)
+        experiment_results.write(results_path, {SETTINGS_KEY: settings, **results})
 
     for name, (config_name, extra) in strategies.items():
         entry = results.setdefault(name, {"runs": {}})

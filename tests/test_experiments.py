@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tl_jax import experiment_results
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPTS = {
     "transfer_strategies.py": ["--measure_only", "--only=LoRA"],
@@ -42,6 +44,9 @@ def test_input_problems_are_one_line_errors(name, problem, tmp_path, data_dir):
     expected = {"no_data_dir": "TL_JAX_DATA_DIR", "empty_data_dir": "does not exist",
                 "workdir_under_a_file": "Not a directory"}[problem]
     assert expected in message, result.stderr
+    if problem == "empty_data_dir":
+        # Nothing is created before the data is found: no run folder left empty.
+        assert not workdir.exists() or not any(workdir.iterdir()), list(workdir.iterdir())
 
 
 def load_script(name):
@@ -65,7 +70,7 @@ def test_transfer_strategies_interrupted_while_saving_keeps_the_saved_results(
         raise KeyboardInterrupt
 
     monkeypatch.setenv("TL_JAX_DATA_DIR", str(data_dir))
-    monkeypatch.setattr(script.json, "dump", interrupted_dump)
+    monkeypatch.setattr(experiment_results.json, "dump", interrupted_dump)
     monkeypatch.setattr(script, "measure", lambda config: dict(
         total_params=10, trainable=1, opt_bytes=8, stages=1))
     monkeypatch.setattr(sys, "argv", ["transfer_strategies.py", f"--workdir={tmp_path}",
@@ -116,6 +121,25 @@ def test_transfer_food_reviews_rerun_with_other_settings_is_refused(tmp_path, da
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert "--learning_rate=0.0001 -> 0.0003" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "pretrained_seed0").exists()
+
+
+RESULTS_FILE = {"transfer_strategies.py": "results.json",
+                "transfer_food_reviews.py": "transfer_results.json"}
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+@pytest.mark.parametrize("content", ['{"LoRA (r=8)": {"runs": {"0": {"accur', "[1, 2]"])
+def test_unreadable_results_file_is_one_line_and_kept(name, content, tmp_path, data_dir):
+    """A results file cut short (by a crash of a version that wrote it in place) or not a JSON
+    object gave a JSON traceback; it is named in one line and left as it was."""
+    path = tmp_path / RESULTS_FILE[name]
+    path.write_text(content)
+    result = run_script(name, [f"--workdir={tmp_path}", *SCRIPTS[name]],
+                        {"TL_JAX_DATA_DIR": str(data_dir)})
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert str(path) in message and "move it aside" in message.lower(), message
+    assert path.read_text() == content
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
