@@ -131,6 +131,41 @@ def test_resuming_with_more_steps_says_the_schedule_is_rebuilt(tiny_bert_overrid
     assert resumed.summary["step"] == 6
 
 
+def test_schedule_note_under_stlr_names_only_what_shapes_stlr():
+    """Under transfer.schedule=stlr the optimizer's warm-up and decay do not shape the learning
+    rate: a checkpoint saved with warmup_steps=20 (from before STLR refused a warm-up) resumed
+    with 0 got a note that the schedule had changed though it had not. A changed stlr_ratio, or a
+    switch to STLR, is still named."""
+    import types
+
+    import ml_collections
+
+    from tl_jax import train as train_lib
+
+    from tl_jax.optim import optimizers
+
+    optimizer = optimizers.default_config()
+    optimizer.update(learning_rate=1e-3, warmup_steps=0)
+    config = ml_collections.ConfigDict({
+        "train": {"steps": 10}, "transfer": {"schedule": "stlr", "stlr_cut_frac": 0.1,
+                                             "stlr_ratio": 32.0}, "optimizer": optimizer})
+    trainer = types.SimpleNamespace(config=config, schedule=lambda step: 5e-4,
+                                    task=types.SimpleNamespace(make_optimizer=None))
+    saved = {"train": {"steps": 10}, "transfer": {"schedule": "stlr", "stlr_cut_frac": 0.1,
+                                                  "stlr_ratio": 32.0},
+             "optimizer": {"learning_rate": 1e-3, "warmup_steps": 20, "decay": "linear"}}
+    assert train_lib._schedule_change(saved, trainer, 4) == ""
+    saved["transfer"]["stlr_ratio"] = 16.0
+    assert "transfer.stlr_ratio 16.0 -> 32.0" in train_lib._schedule_change(saved, trainer, 4)
+    saved["transfer"] = {"schedule": "optimizer"}
+    note = train_lib._schedule_change(saved, trainer, 4)
+    assert "transfer.schedule optimizer -> stlr" in note and "warmup_steps 20 -> 0" in note
+    # A task that does not read config.transfer follows the optimizer's schedule.
+    trainer.task = types.SimpleNamespace()
+    saved["transfer"] = {"schedule": "stlr"}
+    assert "optimizer.warmup_steps 20 -> 0" in train_lib._schedule_change(saved, trainer, 4)
+
+
 def test_keeps_last_n_and_the_best(tiny_bert_overrides, tmp_path):
     run(tiny_bert_overrides, tmp_path, "train.steps=8", "train.checkpoint_every=1",
         "train.eval_every=1", "train.keep_checkpoints=2", "train.log_every=1",

@@ -506,9 +506,24 @@ def _schedule_change(saved: dict, trainer: Trainer, step: int) -> str:
     changed = []
     if old_steps is not None and old_steps != config.train.steps:
         changed.append(f"train.steps {old_steps} -> {config.train.steps}")
-    for field in SCHEDULE_FIELDS:
-        if field in old_opt and field in config.optimizer and old_opt[field] != config.optimizer[field]:
-            changed.append(f"optimizer.{field} {old_opt[field]} -> {config.optimizer[field]}")
+    # Under transfer.schedule=stlr the learning rate follows STLR's own rise and decay: the
+    # optimizer's warm-up and decay settings do not shape it, its cut_frac and ratio do.
+    old_transfer = saved.get("transfer") or {}
+    transfer_cfg = config.get("transfer") or {}
+    # (Only the tasks with their own make_optimizer, the probes and the GPT classifier, read it.)
+    stlr = hasattr(trainer.task, "make_optimizer") and transfer_cfg.get("schedule") == "stlr"
+    fields = [("optimizer", "learning_rate", old_opt, config.optimizer)]
+    if stlr and old_transfer.get("schedule", "stlr") == "stlr":
+        fields += [("transfer", f, old_transfer, transfer_cfg)
+                   for f in ("stlr_cut_frac", "stlr_ratio")]
+    else:
+        fields = [("optimizer", f, old_opt, config.optimizer) for f in SCHEDULE_FIELDS]
+        if "schedule" in old_transfer and old_transfer["schedule"] != transfer_cfg.get("schedule"):
+            changed.append(f"transfer.schedule {old_transfer['schedule']} -> "
+                           f"{transfer_cfg.get('schedule')}")
+    for section, field, old, new in fields:
+        if field in old and field in new and old[field] != new[field]:
+            changed.append(f"{section}.{field} {old[field]} -> {new[field]}")
     if not changed:
         return ""
     new_lr = float(trainer.schedule(step))
