@@ -136,15 +136,16 @@ def load_params(trainer, workdir: str, step: int):
     return jax.device_put(params, trainer.state_shardings["params"])
 
 
-def fit_mesh(config) -> None:
+def fit_mesh(config):
     """The run's mesh when it fits the devices here; else data parallelism over all of them (a
-    model fine-tuned on a pod slice, applied on a laptop)."""
+    model fine-tuned on a pod slice, applied on a laptop), written back to `config.mesh`."""
     try:
-        parallel.make_mesh(config.mesh)
+        return parallel.make_mesh(config.mesh)
     except parallel.MeshError as e:
         print(f"[predict] The run's mesh does not fit the {jax.device_count()} devices here "
               f"({e}); predicting with data parallelism over all of them.", flush=True)
         config.mesh = parallel.default_config()
+        return parallel.make_mesh(config.mesh)
 
 
 def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict:
@@ -188,11 +189,10 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
     truncated = []
     task = task_module.Task.for_prediction(config, encoder, labels, records, truncated)
     downstream.note_truncated(config, truncated, len(records), "predict")
-    fit_mesh(config)
+    mesh = fit_mesh(config)
     # Prediction takes no optimizer step: the run's gradient accumulation would refuse batch
     # sizes that it does not divide, or that split into micro-batches the devices do not divide.
     config.optimizer.grad_accum_steps = 1
-    mesh = parallel.make_mesh(config.mesh)
     try:
         parallel.check_batch_size(int(config.data.batch_size), mesh,
                                   name=f"--batch_size={config.data.batch_size}" if batch_size
@@ -206,13 +206,12 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
     results, outputs = train.eval_pass(trainer, params, with_loss=scored,
                                        progress=bool(config.train.progress))
     predictions = task.decode(outputs)
-    if jax.process_index() != 0:  # every process decoded the whole set; one writes it
-        pass
-    elif config.task == "squad":
-        stem = output[:-len(".json")] if output.endswith(".json") else output
-        task.write_predictions(output, predictions, stem + ".nbest.json")
-    else:
-        task.write_predictions(output, predictions)
+    if jax.process_index() == 0:  # every process decoded the whole set; one writes it
+        if config.task == "squad":
+            stem = output[:-len(".json")] if output.endswith(".json") else output
+            task.write_predictions(output, predictions, stem + ".nbest.json")
+        else:
+            task.write_predictions(output, predictions)
     print(f"[predict] Wrote {len(records)} predictions to {output}.", flush=True)
 
     metrics = {}
