@@ -231,7 +231,8 @@ def default_config():
         head="linear",           # linear | bilstm
         pooling="mean",          # linear head: mean over tokens | cls
         lstm_hidden=128,
-        mix_layer_norm=False,    # scalar_mix: normalise each layer first (ELMo's option)
+        mix_layer_norm=False,    # learned mixes (scalar_mix, weighted_sum_*): normalise
+                                 # each layer first (ELMo's option)
         cache_features=False,    # run the frozen encoder once, train the head on stored features
         cache_dir="",            # linear head: keep pooled features here across runs
     ))
