@@ -5,8 +5,9 @@ Run:
       --config.probe.feature=scalar_mix
 
 The encoder is frozen (no gradient, no optimizer state); features come from `probe.feature`:
-embeddings | last | second_to_last | sum_last_four | concat_last_four | scalar_mix, into a
-`probe.head` of linear (default) or bilstm. Encoder features are computed once and cached
+embeddings | last | second_to_last | sum_last_four | concat_last_four | scalar_mix |
+weighted_sum_last_four | weighted_sum_all_layers (tl_jax/models/probes.py maps them onto the BERT
+paper's Table 7), into a `probe.head` of linear (default) or bilstm. Encoder features are computed once and cached
 (`probe.cache_features`), so each epoch costs only the head. Ends with a summary like:
   done: 375 steps | held-out accuracy 0.7xxx | held-out f1_macro 0.7xxx | ...
 

@@ -42,6 +42,32 @@ def test_stack_layers_and_feature_selection():
         np.testing.assert_allclose(got, value, rtol=1e-5, atol=1e-5, err_msg=feature)
 
 
+@pytest.mark.parametrize("feature,ids", [("weighted_sum_last_four", [3, 4, 5, 6]),
+                                         ("weighted_sum_all_layers", [1, 2, 3, 4, 5, 6]),
+                                         ("scalar_mix", [0, 1, 2, 3, 4, 5, 6])])
+def test_weighted_sums_of_the_bert_papers_table_mix_exactly_their_layers(feature, ids):
+    # BERT Table 7's "Weighted Sum Last Four Hidden" and "Weighted Sum All 12 Layers" (encoder
+    # layers, not the embeddings) learn their weights; `sum_last_four` is a plain sum and
+    # `scalar_mix` (ELMo) mixes the embeddings in as well. 6 layers: "last four" != "all".
+    layers = jax.random.normal(jax.random.PRNGKey(3), (2, 7, 5, 4))  # (B, N+1, T, H)
+    scalars = jnp.arange(len(ids), dtype=jnp.float32) * 0.3 - 0.5
+    probe = probes.FeatureProbe(2, feature=feature)
+    params = dict(probe.init(jax.random.PRNGKey(0), layers)["params"])
+    params["scalar_mix"] = {"scalars": scalars, "gamma": jnp.float32(1.7)}
+    expected = 1.7 * sum(w * layers[:, i] for w, i in zip(jax.nn.softmax(scalars), ids))
+    # The same linear head on the expected feature (`selected`: already chosen, (B, T, H)).
+    want = probes.FeatureProbe(2).apply({"params": {"output": params["output"]}}, expected,
+                                        selected=True)
+    np.testing.assert_allclose(probe.apply({"params": params}, layers), want, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_weighted_sum_last_four_needs_four_layers():
+    with pytest.raises(ValueError, match="needs 4 encoder layers"):
+        probes.FeatureProbe(2, feature="weighted_sum_last_four").init(
+            jax.random.PRNGKey(0), jnp.ones((2, 4, 5, 4)))
+
+
 @pytest.mark.parametrize("feature", probes.FEATURES)
 def test_linear_probe_on_pooled_features_equals_token_level(feature):
     layers, _, mask = _layers()

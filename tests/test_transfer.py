@@ -221,6 +221,21 @@ def test_discriminative_learning_rates_per_depth():
 
 
 
+def test_electra_layerwise_decay_recipe_of_the_docstring():
+    # schedules.discriminative_multipliers: ELECTRA's head sits one depth above its top layer
+    # (google-research/electra `_get_layer_lrs`: lr * decay ** (L + 2 - depth)); decay 1 / 0.8
+    # plus an lr=0.8 rule on the encoder gives its rates.
+    tc, oc = configs(discriminative_decay=1 / 0.8,
+                     rules=(("bert/.*", "train,lr=0.8"), (".*", "train")))
+    plan = transfer.build_transfer_optimizer(toy_params(), tc, oc, 10, 5)
+    electra = {"bert/embeddings/word/embedding": 0.8 ** (NUM_LAYERS + 2),
+               "head/dense/kernel": 1.0}
+    electra.update({f"bert/encoder/layer_{i}/dense/kernel": 0.8 ** (NUM_LAYERS + 1 - i)
+                    for i in range(NUM_LAYERS)})
+    for path, mult in electra.items():
+        np.testing.assert_allclose(plan.info[path].lr_mult, mult, rtol=1e-12, err_msg=path)
+
+
 @pytest.mark.parametrize("decay", [0.0, 0.8, float("nan"), float("inf")])
 def test_a_discriminative_decay_below_one_or_not_finite_is_an_error(decay):
     # 0.8 (a multiplier convention) would train the embeddings 0.8**-4 = 2.4x FASTER than the

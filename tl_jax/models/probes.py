@@ -2,14 +2,20 @@
 
 The encoder's `intermediates` name every hidden state (`embeddings`, `layer_1` ... `layer_N`);
 `stack_layers` puts them in order as one (B, N+1, T, H) array. A `FeatureProbe` then builds the
-feature the BERT paper's ablation compares:
+features the BERT paper's ablation (Table 7) compares, and two related ones:
 
-    embeddings        the embedding output (layer 0)
-    last              layer N
-    second_to_last    layer N-1
-    sum_last_four     layers N-3 .. N summed
-    concat_last_four  layers N-3 .. N concatenated (4H features)
-    scalar_mix        an ELMo scalar mix of all N+1 layers (learned softmax weights and scale)
+    embeddings               the embedding output (layer 0)            Table 7: Embeddings
+    last                     layer N                                   Last Hidden
+    second_to_last           layer N-1                                 Second-to-Last Hidden
+    weighted_sum_last_four   layers N-3 .. N, learned weighted sum     Weighted Sum Last Four Hidden
+    concat_last_four         layers N-3 .. N concatenated (4H)         Concat Last Four Hidden
+    weighted_sum_all_layers  layers 1 .. N (not the embeddings),       Weighted Sum All 12 Layers
+                             learned weighted sum
+    sum_last_four            layers N-3 .. N, plain (unweighted) sum   (not in the final table)
+    scalar_mix               all N+1 layers, embeddings included       (ELMo's choice)
+
+A learned weighted sum is an ELMo scalar mix (softmax weights, starting equal, times a learned
+scale) over the layers named; the paper does not say how its weights were learned.
 
 and feeds it to a head: `linear` (pool over tokens, then one dense layer) or `bilstm` (a small
 bidirectional LSTM over the token features, its final states concatenated, then a dense layer;
@@ -33,7 +39,9 @@ from tl_jax.models import bert
 from tl_jax.models.scalar_mix import ScalarMix
 
 FEATURES = ("embeddings", "last", "second_to_last", "sum_last_four", "concat_last_four",
-            "scalar_mix")
+            "scalar_mix", "weighted_sum_last_four", "weighted_sum_all_layers")
+# Features with learned mixing weights (the rest are a parameter-free choice of layers).
+MIXED_FEATURES = ("scalar_mix", "weighted_sum_last_four", "weighted_sum_all_layers")
 HEADS = ("linear", "bilstm")
 POOLINGS = ("mean", "cls")
 
@@ -94,7 +102,8 @@ class FeatureProbe(nn.Module):
         if selected:
             x = layers.astype(jnp.float32)  # (B, [T,] D)
         else:
-            if num < 5 and self.feature in ("sum_last_four", "concat_last_four"):
+            if num < 5 and self.feature in ("sum_last_four", "concat_last_four",
+                                            "weighted_sum_last_four"):
                 raise ValueError(f"feature {self.feature!r} needs 4 encoder layers; got {num - 1}")
             x = self._select(layers.astype(jnp.float32), mask, num)  # (B, [T,] D)
         if self.head == "linear":
@@ -128,8 +137,10 @@ class FeatureProbe(nn.Module):
         if f == "concat_last_four":
             last4 = layers[:, num - 4:]  # (B, 4, [T,] H)
             return jnp.concatenate([last4[:, i] for i in range(4)], axis=-1)  # (B, [T,] 4H)
-        mix = ScalarMix(num, layer_norm=self.mix_layer_norm, name="scalar_mix")
-        return mix([layers[:, i] for i in range(num)], mask if layers.ndim == 4 else None)
+        mixed = {"scalar_mix": range(num), "weighted_sum_last_four": range(num - 4, num),
+                 "weighted_sum_all_layers": range(1, num)}[f]
+        mix = ScalarMix(len(mixed), layer_norm=self.mix_layer_norm, name="scalar_mix")
+        return mix([layers[:, i] for i in mixed], mask if layers.ndim == 4 else None)
 
 
 class ProbeClassifier(nn.Module):
@@ -170,5 +181,5 @@ class ProbeClassifier(nn.Module):
                          selected=selected)
 
     def select(self, layers, input_mask=None):
-        """The parameter-free feature choice on stacked layers (not for `scalar_mix`)."""
+        """The parameter-free feature choice on stacked layers (not for `MIXED_FEATURES`)."""
         return self.head._select(layers, input_mask, layers.shape[1])

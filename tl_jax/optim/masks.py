@@ -289,6 +289,12 @@ def make_stages(strategy: str, groups: Sequence[str], steps_per_stage: int) -> l
       stage going down; the last stage trains everything until the end of training.
     * `chain_thaw` (Felbo et al. 2017): the head alone, then each other group alone from the
       bottom up, then all groups until the end.
+
+    Stages have a fixed length here. The papers' own code differs: each ULMFiT stage (fastai)
+    restarts its one-cycle schedule, and DeepMoji's chain-thaw trains each stage to convergence
+    on a validation set (early stopping, best weights reloaded) with a new Adam per stage, at
+    1e-3 for the new layer's stage and 1e-4 for every later one. `transfer.py` instead runs one
+    schedule over the whole run and keeps each group's Adam state across stages.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"transfer.strategy={strategy!r}; expected one of {STRATEGIES}.")

@@ -2,6 +2,18 @@
 
 Everything here is optax: AdamW and LAMB come from optax itself; this file only chooses and
 chains them (warmup + decay schedule, weight-decay mask, clipping).
+
+Where this differs from the reference implementations (deliberately; the recorded experiments
+use it as it is):
+
+* `optax.adamw` bias-corrects Adam's moments (as PyTorch/HF AdamW do); BERT's TF
+  `AdamWeightDecayOptimizer` does not. With a warmup the difference is confined to the first
+  steps, whose rate is near zero anyway.
+* `optax.lamb` applies the layer-wise trust ratio to every parameter, biases and LayerNorm
+  included. TensorFlow Addons' LAMB (`exclude_from_layer_adaptation`, which defaults to the
+  weight-decay exclusions) leaves those parameters out of the layer adaptation as well, so they
+  take plain Adam steps there. The weight-decay mask below reaches LAMB's decay only
+  (`experiments/lamb_batch_scaling.md` was measured with optax's behaviour).
 """
 from __future__ import annotations
 
@@ -38,7 +50,15 @@ def decay_mask(params):
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Linear warmup to `learning_rate`, then linear, polynomial, cosine or constant decay."""
+    """Linear warmup to `learning_rate`, then linear, polynomial, cosine or constant decay.
+
+    The warmup rises from 0 at step 0 to the peak at step `warmup_steps`; the decay then runs
+    over the remaining `total_steps - warmup_steps` steps, from the peak to
+    `peak * end_lr_ratio` (linear: `peak * (T - t) / (T - w)`, as HF's
+    `get_linear_schedule_with_warmup`). BERT's TF code instead decays over all T steps from
+    step 0 and lets the warmup override the start, so right after warmup its rate is
+    `peak * (1 - w / T)` rather than the peak; the two agree when w << T.
+    """
     peak = cfg.learning_rate
     warmup = int(cfg.warmup_steps)
     end = peak * cfg.end_lr_ratio

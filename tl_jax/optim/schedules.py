@@ -26,7 +26,13 @@ def slanted_triangular(
         lr  = peak * (1 + p * (ratio - 1)) / ratio
 
     so the rate starts at `peak / ratio`, reaches `peak` at step `cut`, and returns to
-    `peak / ratio` at step `T`. Steps past `T` keep the final value.
+    `peak / ratio` at step `T`. Steps past `T` keep the final value, and so do steps past
+    `cut / cut_frac` when `T * cut_frac` is not a whole number (there eq. 3 would go below
+    `peak / ratio`).
+
+    The transfer plan uses one STLR over the whole run, T = all training steps, gradual
+    unfreezing included. The ULMFiT scripts (fastai) instead restart a triangular cycle at each
+    unfreezing stage, so there the rate rises and falls once per stage.
 
     Args:
       peak_value: the maximum learning rate (ULMFiT: 0.01).
@@ -68,6 +74,13 @@ def discriminative_multipliers(num_depths: int, decay: float) -> list[float]:
     divided by `decay`. Index `d` of the result is the multiplier for depth `d`, where depth 0 is
     the embeddings and depth `num_depths - 1` is the task head, so the head trains at the base
     rate: `mult[d] = decay ** -(num_depths - 1 - d)`.
+
+    ELECTRA's `layerwise_lr_decay` (a multiplier below 1, e.g. 0.8) is the same idea with one
+    difference: its task head sits at depth L+2, one above the top layer's L, so its top encoder
+    layer gets `0.8 ** 2` of the head's rate and the embeddings `0.8 ** (L + 2)`. Here
+    `decay = 1 / 0.8` gives the top layer `0.8` and the embeddings `0.8 ** (L + 1)`; a rule
+    `('bert/.*', 'train,lr=0.8')` ahead of the catch-all gives ELECTRA's rates to the embeddings
+    and every encoder layer (and 0.8 to BERT's pooler, which ELECTRA does not have).
 
     Args:
       num_depths: number of depths (embeddings + encoder layers + head).

@@ -10,7 +10,8 @@ The `classify` task (same data, loss, metrics, evaluation and predictions files)
 * `probe.feature` other than "none": feature-based transfer. The model becomes
   `models.probes.ProbeClassifier`: the encoder from `init_from` (or random, the baseline) is
   frozen, and the probe picks the feature (embeddings, last, second_to_last, sum_last_four,
-  concat_last_four, scalar_mix) and the head (linear, bilstm). Freeze `bert/.*` in the rules too,
+  concat_last_four, scalar_mix, and the BERT paper's weighted_sum_last_four and
+  weighted_sum_all_layers: `models/probes.py`) and the head (linear, bilstm). Freeze `bert/.*` in the rules too,
   so the encoder has no optimizer state (its gradient is stopped inside the model).
 
 `probe.cache_features=True` runs the frozen encoder once over the train and eval sets when the task
@@ -64,7 +65,7 @@ class Task(classify.Task):
         self.cached = bool(p.cache_features)
         # Pooled per-layer vectors suffice only where pooling commutes with the feature choice.
         self.pooled = p.head == "linear" and not p.mix_layer_norm
-        self.selected = p.feature != "scalar_mix"
+        self.selected = p.feature not in probes.MIXED_FEATURES
         if self.cached:
             self.train_arrays = self._cache(self.train_arrays, "train")
             self.eval_arrays = self._cache(self.eval_arrays, "eval")
@@ -225,11 +226,13 @@ def default_config():
 
     return ml_collections.ConfigDict(dict(
         feature="none",          # none (fine-tune) | embeddings | last | second_to_last |
-                                 # sum_last_four | concat_last_four | scalar_mix
+                                 # sum_last_four | concat_last_four | scalar_mix |
+                                 # weighted_sum_last_four | weighted_sum_all_layers
         head="linear",           # linear | bilstm
         pooling="mean",          # linear head: mean over tokens | cls
         lstm_hidden=128,
-        mix_layer_norm=False,    # scalar_mix: normalise each layer first (ELMo's option)
+        mix_layer_norm=False,    # learned mixes (scalar_mix, weighted_sum_*): normalise
+                                 # each layer first (ELMo's option)
         cache_features=False,    # run the frozen encoder once, train the head on stored features
         cache_dir="",            # linear head: keep pooled features here across runs
     ))
