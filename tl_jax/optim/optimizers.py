@@ -10,10 +10,13 @@ use it as it is):
   `AdamWeightDecayOptimizer` does not. With a warmup the difference is confined to the first
   steps, whose rate is near zero anyway.
 * `optax.lamb` applies the layer-wise trust ratio to every parameter, biases and LayerNorm
-  included. TensorFlow Addons' LAMB (`exclude_from_layer_adaptation`, which defaults to the
-  weight-decay exclusions) leaves those parameters out of the layer adaptation as well, so they
-  take plain Adam steps there. The weight-decay mask below reaches LAMB's decay only
-  (`experiments/lamb_batch_scaling.md` was measured with optax's behaviour).
+  included, and that is the default here (`experiments/lamb_batch_scaling.md` was measured with
+  it). TensorFlow Addons' LAMB, used for BERT's large-batch pretraining, leaves the parameters
+  it does not decay out of the layer adaptation as well (`exclude_from_layer_adaptation`
+  defaults to the weight-decay exclusions), so they take plain Adam steps.
+  `optimizer.lamb_exclude_from_adaptation=True` does that: the parameters without weight decay
+  (biases and LayerNorm, `NO_DECAY_PATTERN`) take no trust ratio. optax has no such option, so
+  that LAMB is optax's own chain with the trust ratio masked (`lamb`).
 """
 from __future__ import annotations
 
@@ -91,6 +94,7 @@ def make_optimizer(
     accumulate: with `grad_accum_steps > 1` the trainer sums the micro-batches' gradients inside
     its jitted step and calls `tx` once per step (no extra optimizer state).
     """
+    check_lamb_option(cfg)
     schedule = make_schedule(cfg, total_steps)
     if cfg.name == "adamw":
         opt = optax.adamw(
@@ -98,10 +102,7 @@ def make_optimizer(
             weight_decay=cfg.weight_decay, mask=weight_decay_mask,
         )
     elif cfg.name == "lamb":
-        opt = optax.lamb(
-            schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-            weight_decay=cfg.weight_decay, mask=weight_decay_mask,
-        )
+        opt = lamb(cfg, schedule, weight_decay_mask)
     elif cfg.name == "sgd":
         opt = optax.sgd(schedule, momentum=cfg.b1 or None)
     else:
@@ -111,6 +112,30 @@ def make_optimizer(
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     parts.append(opt)
     return optax.chain(*parts), schedule
+
+
+def check_lamb_option(cfg: ml_collections.ConfigDict) -> None:
+    """`lamb_exclude_from_adaptation` set for another optimizer would be silently ignored."""
+    if cfg.get("lamb_exclude_from_adaptation", False) and cfg.name != "lamb":
+        raise ValueError(f"optimizer.lamb_exclude_from_adaptation=True with optimizer.name="
+                         f"{cfg.name!r}: it applies to LAMB's trust ratio only; set "
+                         "optimizer.name=lamb, or leave it False")
+
+
+def lamb(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
+         weight_decay_mask: Callable | None = decay_mask) -> optax.GradientTransformation:
+    """optax's LAMB; with `cfg.lamb_exclude_from_adaptation`, the same chain (`scale_by_adam`,
+    `add_decayed_weights`, `scale_by_trust_ratio`, `scale_by_learning_rate`) with the trust
+    ratio only on the parameters that get weight decay, as TensorFlow Addons' LAMB."""
+    if not cfg.get("lamb_exclude_from_adaptation", False):
+        return optax.lamb(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                          weight_decay=cfg.weight_decay, mask=weight_decay_mask)
+    adapted = weight_decay_mask or decay_mask
+    return optax.chain(
+        optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+        optax.add_decayed_weights(cfg.weight_decay, mask=weight_decay_mask),
+        optax.masked(optax.scale_by_trust_ratio(), adapted),
+        optax.scale_by_learning_rate(schedule))
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -128,4 +153,7 @@ def default_config() -> ml_collections.ConfigDict:
         eps=1e-6,
         clip_norm=1.0,           # global-norm clipping; 0 disables
         grad_accum_steps=1,      # micro-batches per optimizer step
+        # LAMB only. False: optax's LAMB, the trust ratio on every parameter. True: not on the
+        # parameters without weight decay (biases, LayerNorm), as TF Addons' LAMB for BERT.
+        lamb_exclude_from_adaptation=False,
     ))

@@ -83,12 +83,16 @@ def direction(cfg: ml_collections.ConfigDict, weight_decay: bool) -> optax.Gradi
     per-group transforms, so each group gets the same chain minus the last element. This keeps
     `strategy='none'` with one rule numerically identical to `optimizers.make_optimizer`.
     """
+    optimizers.check_lamb_option(cfg)
     parts = []
     if cfg.name in ("adamw", "lamb"):
         parts.append(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
         if weight_decay and cfg.weight_decay:
             parts.append(optax.add_decayed_weights(cfg.weight_decay))
-        if cfg.name == "lamb":
+        # The groups without weight decay (biases, LayerNorm) take no trust ratio under
+        # lamb_exclude_from_adaptation, as in optimizers.lamb.
+        if cfg.name == "lamb" and (weight_decay or not cfg.get("lamb_exclude_from_adaptation",
+                                                               False)):
             parts.append(optax.scale_by_trust_ratio())
     elif cfg.name == "sgd":
         # As in optimizers.make_optimizer: optax.sgd has no weight decay, momentum = b1.

@@ -1,0 +1,102 @@
+"""tl_jax.optim.optimizers: LAMB with and without the trust ratio on the undecayed parameters."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tl_jax.optim import optimizers, transfer
+
+
+def params():
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    return {"bert": {"dense": {"kernel": jax.random.normal(k[0], (8, 4)) * 0.5,
+                               "bias": jax.random.normal(k[1], (4,)) * 0.01},
+                     "LayerNorm": {"scale": jnp.full((4,), 3.0), "bias": jnp.zeros((4,))}}}
+
+
+def grads():
+    return jax.tree_util.tree_map(lambda p: jnp.full(p.shape, 0.1) * (1 + jnp.arange(p.size)
+                                                                      ).reshape(p.shape), params())
+
+
+def lamb_config(exclude):
+    cfg = optimizers.default_config()
+    cfg.update(name="lamb", learning_rate=0.01, warmup_steps=0, decay="constant",
+               clip_norm=0.0, weight_decay=0.01, lamb_exclude_from_adaptation=exclude)
+    return cfg
+
+
+def first_update(tx):
+    return tx.update(grads(), tx.init(params()), params())[0]
+
+
+def adam_first_step(g, eps=1e-6):
+    # Adam's first bias-corrected step is g / (|g| + eps): +-1 up to eps.
+    return g / (jnp.abs(g) + eps)
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_lamb_trust_ratio_on_undecayed_parameters(exclude):
+    """Default: optax's LAMB (trust ratio ||w|| / ||step|| on every parameter). With
+    lamb_exclude_from_adaptation (TF Addons' LAMB, used for BERT), biases and LayerNorm take the
+    plain Adam step; kernels keep the trust ratio and the weight decay either way."""
+    tx, _ = optimizers.make_optimizer(lamb_config(exclude), 10)
+    up = first_update(tx)
+    p, g = params(), grads()
+    kernel_step = adam_first_step(g["bert"]["dense"]["kernel"]) + 0.01 * p["bert"]["dense"]["kernel"]
+    ratio = jnp.linalg.norm(p["bert"]["dense"]["kernel"]) / jnp.linalg.norm(kernel_step)
+    np.testing.assert_allclose(up["bert"]["dense"]["kernel"], -0.01 * ratio * kernel_step,
+                               rtol=1e-5)
+    scale_step = adam_first_step(g["bert"]["LayerNorm"]["scale"])  # no decay on LayerNorm
+    scale_ratio = 1.0 if exclude else (jnp.linalg.norm(p["bert"]["LayerNorm"]["scale"])
+                                       / jnp.linalg.norm(scale_step))
+    np.testing.assert_allclose(up["bert"]["LayerNorm"]["scale"], -0.01 * scale_ratio * scale_step,
+                               rtol=1e-5)
+    # A zero bias: optax's trust ratio falls back to 1 for a zero-norm parameter, so excluded or
+    # not it steps by Adam's.
+    np.testing.assert_allclose(up["bert"]["LayerNorm"]["bias"],
+                               -0.01 * adam_first_step(g["bert"]["LayerNorm"]["bias"]), rtol=1e-5)
+    small_bias = p["bert"]["dense"]["bias"]
+    bias_step = -0.01 * adam_first_step(g["bert"]["dense"]["bias"])
+    if exclude:
+        np.testing.assert_allclose(up["bert"]["dense"]["bias"], bias_step, rtol=1e-5)
+    else:  # ||b|| / ||step|| is tiny: the bias barely moves
+        expected = bias_step * jnp.linalg.norm(small_bias) / jnp.linalg.norm(bias_step / 0.01)
+        np.testing.assert_allclose(up["bert"]["dense"]["bias"], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_transfer_plan_lamb_matches_make_optimizer(exclude):
+    """The transfer plan builds each group's chain itself: one 'train' rule must give the same
+    LAMB as make_optimizer, with the option or without."""
+    tc = transfer.default_config()
+    cfg = lamb_config(exclude)
+    plan = transfer.build_transfer_optimizer(params(), tc, cfg, 10, 5)
+    stage = plan.stage_for_step(0)
+    trainable_grads, _ = plan.split(grads(), stage)
+    new, _ = plan.update(trainable_grads, plan.init(params()), params(), stage)
+    ours = jax.tree_util.tree_map(lambda n, p: n - p, new, params())
+    ref = first_update(optimizers.make_optimizer(cfg, 10)[0])
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ref)[0],
+                            jax.tree_util.tree_leaves(ours)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-8, err_msg=str(path))
+
+
+def test_lamb_option_with_another_optimizer_is_an_error():
+    cfg = lamb_config(True)
+    cfg.name = "adamw"
+    with pytest.raises(ValueError, match="lamb_exclude_from_adaptation=True with optimizer.name"):
+        optimizers.make_optimizer(cfg, 10)
+    with pytest.raises(ValueError, match="applies to LAMB"):
+        transfer.direction(cfg, weight_decay=True)
+
+
+def test_default_lamb_is_optax_lamb():
+    """The default must stay optax's own LAMB: the recorded LAMB experiment used it."""
+    cfg = lamb_config(False)
+    ours = first_update(optimizers.make_optimizer(cfg, 10)[0])
+    ref = first_update(optax.lamb(0.01, eps=1e-6, weight_decay=0.01,
+                                  mask=optimizers.decay_mask))
+    for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(ours)):
+        np.testing.assert_array_equal(a, b)
