@@ -41,7 +41,8 @@ def get_config(arg=None):
         dropout_rate=0.1,
         attention_dropout_rate=0.1,
         dtype="float32",
-        pooling="last",           # last (the <|endoftext|> state) | mean
+        pooling="last",           # last (the <|endoftext|> state) | mean | concat (ULMFiT's
+                                  # [last, max, mean] over the text's states)
         classifier_dropout=0.1,
     ))
 

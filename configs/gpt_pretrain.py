@@ -4,7 +4,9 @@ Run:
   tl_jax train --config=configs/gpt_pretrain.py:mini --workdir=/tmp/gpt_mini
 
 It trains a byte-level BPE vocabulary on the corpus, pretrains for `train.steps` steps with a
-progress bar, evaluates held-out perplexity (one held-out book), and ends with a summary like:
+progress bar, evaluates held-out perplexity (one book is held out; the perplexity is over the
+first `train.eval_batches` batches of it, 20 here and 2 for `tiny`, so the start of the book:
+`--config.train.eval_batches=0` scores all of it), and ends with a summary like:
   done: 1000 steps | held-out perplexity N | held-out accuracy 0.xxxx | N tokens/s | MFU x.x%
 (measured: `:tiny` for 400 steps with data.tokenizer_vocab_size=2048 data.seq_len=128 reaches
 held-out perplexity 139 in about a minute on a 2-core CPU.)

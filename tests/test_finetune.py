@@ -193,7 +193,7 @@ def test_gpt_classifier_settings_are_checked_before_data_and_tokenizer(tmp_path)
 
     missing = [f"data.train_file={tmp_path / 'none.jsonl'}",
                f"data.eval_file={tmp_path / 'none.jsonl'}"]  # never read: the settings fail first
-    for override, message in [("model.pooling=cls", "model.pooling='cls'; expected last or mean"),
+    for override, message in [("model.pooling=cls", "model.pooling='cls'; expected last, mean or concat"),
                               ("transfer.lora_rank=4", "lora_rank are not supported")]:
         config = config_lib.load_config("configs/gpt_finetune_classify.py:tiny",
                                         missing + [override])

@@ -188,3 +188,26 @@ def test_pretrain_then_classify_configs_run_with_the_trainer(tmp_path, data_dir,
     diff = np.abs(cls_params["gpt"]["wpe"]["embedding"] - lm_params["wpe"]["embedding"]).max()
     assert diff < 0.05
     assert clm.Task  # the task module imports
+
+
+def test_gpt_classifier_concat_pooling_is_ulmfits_last_max_mean_over_the_text():
+    """pooling="concat" is ULMFiT's [h_T, maxpool(H), meanpool(H)] over the text's states only:
+    padding (whatever its ids) does not enter the max or the mean."""
+    from tl_jax.tasks.lm_classify import GPTClassifier
+
+    cfg = gpt_config("tiny", VOCAB, max_len=16, initializer_range=0.2)
+    model = GPTClassifier(cfg, num_labels=3, pooling="concat")
+    tokens = np.array([[5, 9, 2, 7, 0, 0, 0, 0], [4, 1, 8, 3, 6, 2, 9, 11]], np.int32)
+    lengths = np.array([4, 8], np.int32)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), tokens, lengths)
+    out, _ = model.apply(variables, tokens, lengths)
+    hidden = GPT(cfg).apply({"params": variables["params"]["gpt"]}, tokens)[0]["hidden"]
+    for b, n in enumerate(lengths):
+        text = np.asarray(hidden[b, :n])
+        expected = np.concatenate([text[-1], text.max(0), text.mean(0)])
+        np.testing.assert_allclose(out["pooled"][b], expected, rtol=1e-5, atol=1e-6)
+    padded = tokens.copy()
+    padded[0, 4:] = 50  # other padding ids: the same pooled text
+    np.testing.assert_allclose(model.apply(variables, padded, lengths)[0]["logits"],
+                               out["logits"], rtol=1e-5, atol=1e-6)
+    assert nn.unbox(variables["params"]["head"]["kernel"]).shape == (3 * cfg.embed_dim, 3)

@@ -223,7 +223,9 @@ class Generator:
 
         Returns a list of new-token lists, one per prompt; a row ends after its first stop
         token (which is included). With `return_logits`, also a list of (B, V) numpy logits,
-        one per decoding step that ran (the distribution each token was drawn from).
+        one per decoding step that ran: the model's next-token logits that step, before
+        temperature, top-k and top-p (rows past `num_tokens` masked); the token was drawn from
+        them after those filters.
         Deterministic for a given seed, batch and sampling setting.
 
         `stop_when(tokens) -> bool`: a check on the host for what no single stop token shows,

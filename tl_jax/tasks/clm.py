@@ -1,8 +1,15 @@
 """Causal language modelling (GPT pretraining, and ULMFiT's target-domain LM fine-tuning).
 
+The target-domain stage is plain continued training with `config.optimizer` (warmup + decay,
+one learning rate for every weight): ULMFiT's discriminative learning rates and slanted
+triangular schedule are applied in the classifier stage (`lm_classify`, `config.transfer`) only,
+whereas the paper uses them for LM fine-tuning too.
+
 Next-token cross-entropy over packed windows of the corpus (`tl_jax.data.clm`), with token
 accuracy, and held-out perplexity `exp(total NLL / total tokens)` computed exactly over the
-eval set (not an average of per-batch perplexities).
+eval batches (not an average of per-batch perplexities). Those are the first
+`train.eval_batches` batches of the held-out windows, in corpus order: the start of the
+held-out documents, not all of them, unless `train.eval_batches=0`.
 """
 from __future__ import annotations
 

@@ -7,9 +7,12 @@ The recipe (Howard & Ruder 2018, with GPT in place of the AWD-LSTM):
   3. put a classifier head on it and fine-tune  (this task, `configs/gpt_finetune_classify.py`)
 
 Each text is encoded as its BPE ids followed by `<|endoftext|>`; the head reads the state at
-that last token (`model.pooling="last"`, which under causal attention has seen the whole text)
-or the mean over the text's states (`"mean"`). Sequences are right-padded: under causal attention
-padding after the text cannot change it.
+that last token (`model.pooling="last"`, which under causal attention has seen the whole text),
+the mean over the text's states (`"mean"`), or ULMFiT's concat pooling (`"concat"`, section 3.3:
+`[h_T, maxpool(H), meanpool(H)]` over the text's states, as fastai's `masked_concat_pool`).
+Sequences are right-padded: under causal attention padding after the text cannot change it.
+The head itself is one linear layer (after dropout), not ULMFiT's two linear blocks with batch
+norm.
 
 The optimizer comes from `config.transfer` (`tl_jax/optim/transfer.py`): the layer groups are
 the embeddings (`wte`, `wpe`), each block `h_<i>` and the head (classifier + final LayerNorm), so
@@ -37,30 +40,41 @@ from tl_jax.models import gpt
 from tl_jax.optim import optimizers, transfer
 from tl_jax.tasks import classify, clm, downstream
 
+POOLINGS = ("last", "mean", "concat")
+
 
 class GPTClassifier(nn.Module):
     """GPT + pooling + dropout + linear head. Returns `({"logits", "pooled"}, intermediates)`."""
 
     config: gpt.GPTConfig
     num_labels: int
-    pooling: str = "last"  # last | mean
+    pooling: str = "last"  # last | mean | concat (ULMFiT: [last, max, mean])
     classifier_dropout: float = 0.1
 
     @nn.compact
     def __call__(self, tokens, lengths, train: bool = False):
-        if self.pooling not in ("last", "mean"):
-            raise ValueError(f"GPTClassifier: pooling={self.pooling!r}; expected last or mean")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"GPTClassifier: pooling={self.pooling!r}; expected last, mean or "
+                             "concat")
         length = tokens.shape[1]
         key_mask = jnp.arange(length)[None, :] < lengths[:, None]  # (B, T)
         outputs, intermediates = gpt.GPT(self.config, name="gpt")(
             tokens, key_mask=key_mask, train=train, logits=False)
         hidden = outputs["hidden"]  # (B, T, E)
+        last_index = jnp.maximum(lengths - 1, 0)[:, None, None]  # (B, 1, 1)
+        last = jnp.take_along_axis(hidden, last_index, axis=1)[:, 0]  # (B, E)
+        weights = key_mask.astype(hidden.dtype)[..., None]  # (B, T, 1)
+        mean = (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)  # (B, E)
         if self.pooling == "last":
-            last = jnp.maximum(lengths - 1, 0)[:, None, None]  # (B, 1, 1)
-            pooled = jnp.take_along_axis(hidden, last, axis=1)[:, 0]  # (B, E)
+            pooled = last
+        elif self.pooling == "mean":
+            pooled = mean
         else:
-            weights = key_mask.astype(hidden.dtype)[..., None]  # (B, T, 1)
-            pooled = (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)  # (B, E)
+            # Max over the text's states only (padding excluded); a row with no text (an eval
+            # padding row, length 0) gets 0 rather than the float minimum.
+            masked = jnp.where(key_mask[..., None], hidden, jnp.finfo(hidden.dtype).min)
+            maxed = jnp.where(lengths[:, None] > 0, masked.max(1), 0.0)  # (B, E)
+            pooled = jnp.concatenate([last, maxed, mean], axis=-1)  # (B, 3E)
         pooled = nn.Dropout(self.classifier_dropout)(pooled, deterministic=not train)
         logits = nn.Dense(
             self.num_labels,
@@ -154,9 +168,9 @@ class Task(downstream.EvalPredictions):
 
     def __init__(self, config, workdir):
         self.config, d = config, config.data
-        if config.model.pooling not in ("last", "mean"):  # before reading data or a tokenizer
+        if config.model.pooling not in POOLINGS:  # before reading data or a tokenizer
             raise ValueError(f"lm_classify: model.pooling={config.model.pooling!r}; expected "
-                             "last or mean")
+                             "last, mean or concat")
         transfer.check_config(config.transfer, config.optimizer)
         t = config.transfer
         if t.adapter_size or t.lora_rank:
