@@ -79,6 +79,8 @@ class ElmoEncoder(nn.Module):
       mode: "scalar_mix" (learned softmax weights and gamma), "top" (last LSTM layer),
         "layer" (layer number `layer`: 0 = char CNN), "all" (layers concatenated, D = 2P (L+1)).
       layer_norm: normalise each layer before the scalar mix (ELMo's option).
+      layer_norm_stats: "example" (statistics per sentence, the default) or "batch" (over the
+        whole batch, as bilm-tf and AllenNLP do; see `tl_jax.models.scalar_mix`).
       freeze_elmo: stop gradients into the biLM (ELMo's feature-based use).
       dropout_rate: dropout on the features (ELMo applies it to the mixed representation).
     """
@@ -87,6 +89,7 @@ class ElmoEncoder(nn.Module):
     mode: str = "scalar_mix"
     layer: int = -1
     layer_norm: bool = False
+    layer_norm_stats: str = "example"
     freeze_elmo: bool = True
     dropout_rate: float = 0.0
 
@@ -105,7 +108,8 @@ class ElmoEncoder(nn.Module):
         out = dict(zip(names, layers))
         out["mask"] = token_mask
         if self.mode == "scalar_mix":
-            features = ScalarMix(len(layers), layer_norm=self.layer_norm, name="scalar_mix")(
+            features = ScalarMix(len(layers), layer_norm=self.layer_norm,
+                                 layer_norm_stats=self.layer_norm_stats, name="scalar_mix")(
                 layers, token_mask)
         elif self.mode == "top":
             features = layers[-1]
@@ -202,6 +206,7 @@ class ElmoClassifier(nn.Module):
     num_classes: int
     mode: str = "scalar_mix"
     layer_norm: bool = False
+    layer_norm_stats: str = "example"
     freeze_elmo: bool = True
     dropout_rate: float = 0.5
     per_token: bool = False
@@ -209,6 +214,7 @@ class ElmoClassifier(nn.Module):
     @nn.compact
     def __call__(self, chars, mask, train: bool = False):
         features, out = ElmoEncoder(self.config, mode=self.mode, layer_norm=self.layer_norm,
+                                    layer_norm_stats=self.layer_norm_stats,
                                     freeze_elmo=self.freeze_elmo,
                                     dropout_rate=self.dropout_rate, name="encoder")(
             chars, mask, train=train)
