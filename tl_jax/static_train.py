@@ -145,8 +145,10 @@ def train_word2vec(sentences: Sequence[Sequence[str]], *, dim: int = 100, window
                    log: Callable[[str], None] | None = print) -> tuple[WordVectors, dict]:
     """Trains word2vec on tokenised sentences; returns (input vectors, stats).
 
-    The learning rate falls linearly from `lr` to `min_lr` over all planned epochs, as in
-    word2vec.c. `shared_negatives=S > 0` draws S negatives per batch shared by all its
+    The learning rate falls linearly from `lr` towards 0 over all planned epochs and is held
+    at `min_lr` once it gets there (word2vec.c's rule, whose floor is lr * 1e-4 rather than
+    an absolute `min_lr`; gensim instead interpolates linearly from alpha to min_alpha).
+    `shared_negatives=S > 0` draws S negatives per batch shared by all its
     examples, weighted K / S (see `word2vec_sgd_step`); 0 draws K per example.
     stats: words (corpus tokens x epochs), seconds, words_per_sec, losses (mean loss per
     epoch), vocab.
