@@ -198,6 +198,8 @@ class Task:
                                  f"{SPECIALS}")
         self.model_config = elmo.elmo_config(
             config.model.size, len(self.vocab), dropout_rate=config.model.dropout_rate,
+            forget_bias_init=config.model.get("forget_bias_init", 0.0),
+            highway_gate_bias_init=config.model.get("highway_gate_bias_init", 0.0),
             **({"max_chars": config.model.max_chars} if config.model.max_chars else {}))
         self.model = elmo.BiLM(self.model_config)
         max_chars = self.model_config.max_chars
