@@ -189,6 +189,27 @@ def test_bilm_task_learns_on_real_text(data_dir):
     np.testing.assert_array_equal(next(batches)["chars"], expected["chars"])
 
 
+def test_elmo_features_batch_layer_norm_is_allennlps_over_the_framed_sentences():
+    """layer_norm_stats="batch": one mean/variance per layer over every unpadded framed position
+    of the batch, <S> and </S> included (AllenNLP's Elmo), markers stripped after the mix."""
+    chars, mask = _bilm_inputs([["a", "b", "c"], ["d"]])
+    encoder = elmo_features.ElmoEncoder(TINY, mode="scalar_mix", layer_norm=True,
+                                        layer_norm_stats="batch")
+    variables = encoder.init(jax.random.PRNGKey(0), chars, mask)
+    features, out = encoder.apply(variables, chars, mask)
+    _, hidden = elmo.BiLM(TINY).apply({"params": variables["params"]["elmo"]}, chars, mask)
+    m = np.asarray(mask, np.float64)[..., None]
+    want = 0.0
+    for name in elmo_features.layer_names(TINY):
+        x = np.asarray(hidden[name], np.float64)
+        n = m.sum() * x.shape[-1]
+        mean = (x * m).sum() / n
+        var = (((x - mean) * m) ** 2).sum() / n
+        want = want + (x - mean) / np.sqrt(var + 1e-12) / 3.0
+    want = want[:, 1:-1] * np.asarray(out["mask"])[..., None]
+    np.testing.assert_allclose(features, want, rtol=1e-4, atol=1e-4)
+
+
 def test_elmo_features_scalar_mix_modes_and_frozen_bilm():
     chars, mask = _bilm_inputs([["a", "b", "c"], ["d"]])
     encoder = elmo_features.ElmoEncoder(TINY, mode="scalar_mix")
