@@ -251,7 +251,10 @@ class BiLM(nn.Module):
                      jnp.zeros((b, cfg.projection_dim), fwd.dtype))  # (c, h)
             _, fwd_out = self.forward_layers[i](carry, fwd_in)  # (B, T, P)
             _, bwd_out = self.backward_layers[i](carry, bwd_in)
-            if i > 0:  # residual connections between LSTM layers (not into the first)
+            # Residual connections between LSTM layers (not into the first). They add the
+            # layer's input before dropout; in bilm-tf the ResidualWrapper sits inside the
+            # DropoutWrapper and adds the dropped-out input (the same outside training).
+            if i > 0:
                 fwd_out, bwd_out = fwd_out + fwd, bwd_out + bwd
             fwd, bwd = fwd_out * maskf, bwd_out * maskf  # reversal keeps padding at the end
             intermediates[f"lstm_{i + 1}"] = jnp.concatenate(

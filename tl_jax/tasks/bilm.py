@@ -141,6 +141,9 @@ def sampled_softmax_nll(hidden, targets, kernel, bias, rng, num_samples: int):
 
     hidden (N, P), targets (N,), kernel (V, P), bias (V,). Logits are corrected by the log
     expected counts; a candidate equal to the target is masked out ("accidental hit").
+    Candidates are drawn with replacement (expected count S * P(k)); bilm-tf's
+    `tf.nn.sampled_softmax_loss` draws S distinct ones and corrects by each one's chance of
+    being drawn at all, a difference that matters only for the most frequent ids.
     """
     v = kernel.shape[0]
     u = jax.random.uniform(rng, (num_samples,))
