@@ -219,7 +219,8 @@ def glove_c_adagrad(learning_rate: float) -> optax.GradientTransformation:
     late steps are eta * g / sqrt(sum g^2), where glove.c's are g / sqrt(sum g^2), independent
     of eta: glove.c's eta = 0.05 behaves like plain SGD at 0.05 early and like AdaGrad with rate
     1 late. (Here a step sums a batch's per-entry gradients before squaring them, where glove.c
-    steps once per entry.)
+    steps once per entry; later versions of glove.c also clip each gradient component of the
+    vectors at +-100 before scaling it, which this does not.)
     """
     def init(params):
         return jax.tree_util.tree_map(jnp.ones_like, params)
