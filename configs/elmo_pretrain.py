@@ -42,6 +42,10 @@ def get_config(arg=None):
         size=size,
         dropout_rate=0.1,
         max_chars=0,  # 0 = the size's default
+        # Initial forget-gate and highway carry-gate biases. bilm-tf and AllenNLP start both at
+        # 1 (set both to 1.0 to reproduce them); 0 is what the README's perplexities used.
+        forget_bias_init=0.0,
+        highway_gate_bias_init=0.0,
     ))
     c.data = ml_collections.ConfigDict(dict(
         corpus="$TL_JAX_DATA_DIR/austen.jsonl,$TL_JAX_DATA_DIR/enwiki_sample.jsonl",

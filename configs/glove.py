@@ -43,7 +43,9 @@ def get_config(arg=None):
         x_max=10.0,            # counts above x_max get weight 1
         alpha=0.75,            # f(x) = (x / x_max)^alpha below x_max
         # One AdaGrad step sums a batch's per-entry gradients where GloVe's C code takes one
-        # step per entry, so the rate is 10x its 0.05 (0.05 here: WordSim353 -0.02).
+        # step per entry, so the rate is 10x its 0.05 (0.05 here: WordSim353 -0.02). This is
+        # optax's AdaGrad, whose rate is not glove.c's eta (glove.c accumulates squares of
+        # eta-scaled gradients); `static_train.train_glove(adagrad="glove_c")` has glove.c's rule.
         learning_rate=0.5,
     ))
     c.save_formats = ("glove_text",)

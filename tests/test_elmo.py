@@ -42,6 +42,44 @@ def test_lstm_projection_cell_matches_numpy_reference():
     assert np.abs(c_np).max() <= 0.8 + 1e-6 and np.abs(h_np).max() <= 0.5 + 1e-6
 
 
+def test_gate_bias_inits_reproduce_the_references_and_default_to_zero():
+    """bilm-tf (LSTMCell forget_bias=1.0) and AllenNLP (LstmCellWithProjection) start the forget
+    gate at sigmoid(1) = 0.73, and AllenNLP's Highway starts its carry gate there too; the
+    config fields give that, and their 0 default keeps the gates at 0.5 (the README's runs)."""
+    hidden, proj, dim = 6, 4, 5
+    carry = (jnp.ones((1, hidden)), jnp.zeros((1, proj)))
+    x = jnp.zeros((1, dim))
+    for value in (0.0, 1.0):
+        cell = elmo.LSTMProjCell(hidden, proj, forget_bias_init=value)
+        params = cell.init(jax.random.PRNGKey(1), carry, x)["params"]
+        (c, _), _ = cell.apply({"params": params}, carry, x)  # x = h = 0: only the biases act
+        np.testing.assert_allclose(c, _sigmoid(value), rtol=1e-6)  # + sigmoid(0) * tanh(0)
+    for value, cfg in ((0.0, TINY), (1.0, elmo.elmo_config("tiny", vocab_size=30,
+                                                            forget_bias_init=1.0,
+                                                            highway_gate_bias_init=1.0))):
+        params = elmo.BiLM(cfg).init(jax.random.PRNGKey(0), *_bilm_inputs([["a", "b"]]))["params"]
+        h = cfg.lstm_dim
+        for i in range(cfg.num_layers):
+            for direction in ("forward", "backward"):
+                bias = np.asarray(params[f"{direction}_{i}"]["input"]["bias"])
+                np.testing.assert_array_equal(bias[h:2 * h], value)  # forget gate of (i, f, g, o)
+                np.testing.assert_array_equal(np.delete(bias, np.s_[h:2 * h]), 0.0)
+        for i in range(cfg.highway_layers):
+            bias = np.asarray(params["char_cnn"][f"highway_{i}"]["bias"])
+            np.testing.assert_array_equal(bias[:cfg.cnn_features], 0.0)  # the relu(W x) part
+            np.testing.assert_array_equal(bias[cfg.cnn_features:], value)  # the carry gate
+
+
+def test_bilm_task_passes_the_gate_bias_inits_from_the_config(data_dir):
+    _, task = _tiny_task(data_dir, "model.forget_bias_init=1.0",
+                         "model.highway_gate_bias_init=1.0")
+    assert (task.model_config.forget_bias_init, task.model_config.highway_gate_bias_init) == (
+        1.0, 1.0)
+    _, task = _tiny_task(data_dir)
+    assert (task.model_config.forget_bias_init, task.model_config.highway_gate_bias_init) == (
+        0.0, 0.0)
+
+
 def test_reverse_padded_reverses_real_steps_only_and_is_an_involution():
     x = jnp.arange(12.0).reshape(2, 6)[..., None]  # (B, T, 1)
     lengths = jnp.array([4, 6])
@@ -149,6 +187,27 @@ def test_bilm_task_learns_on_real_text(data_dir):
     expected = next(batches)
     batches.set_state(state)
     np.testing.assert_array_equal(next(batches)["chars"], expected["chars"])
+
+
+def test_elmo_features_batch_layer_norm_is_allennlps_over_the_framed_sentences():
+    """layer_norm_stats="batch": one mean/variance per layer over every unpadded framed position
+    of the batch, <S> and </S> included (AllenNLP's Elmo), markers stripped after the mix."""
+    chars, mask = _bilm_inputs([["a", "b", "c"], ["d"]])
+    encoder = elmo_features.ElmoEncoder(TINY, mode="scalar_mix", layer_norm=True,
+                                        layer_norm_stats="batch")
+    variables = encoder.init(jax.random.PRNGKey(0), chars, mask)
+    features, out = encoder.apply(variables, chars, mask)
+    _, hidden = elmo.BiLM(TINY).apply({"params": variables["params"]["elmo"]}, chars, mask)
+    m = np.asarray(mask, np.float64)[..., None]
+    want = 0.0
+    for name in elmo_features.layer_names(TINY):
+        x = np.asarray(hidden[name], np.float64)
+        n = m.sum() * x.shape[-1]
+        mean = (x * m).sum() / n
+        var = (((x - mean) * m) ** 2).sum() / n
+        want = want + (x - mean) / np.sqrt(var + 1e-12) / 3.0
+    want = want[:, 1:-1] * np.asarray(out["mask"])[..., None]
+    np.testing.assert_allclose(features, want, rtol=1e-4, atol=1e-4)
 
 
 def test_elmo_features_scalar_mix_modes_and_frozen_bilm():

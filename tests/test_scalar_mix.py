@@ -51,3 +51,36 @@ def test_gradients_reach_scalars_and_gamma_and_errors():
     assert set(fixed.init(jax.random.PRNGKey(0), layers)["params"]) == {"scalars"}
     with pytest.raises(ValueError, match="built for 3 layers but got 2"):
         mix.apply({"params": params}, layers[:2])
+
+
+def test_layer_norm_stats_per_example_by_default_or_per_batch_as_allennlp():
+    """"example": each sentence normalised on its own; "batch": one mean/variance per layer over
+    every unpadded entry of the batch, as bilm-tf's weight_layers and AllenNLP's ScalarMix."""
+    layers = _layers(n=2, shape=(2, 5, 4))
+    layers = [x.at[1].multiply(10.0).at[1].add(3.0) for x in layers]  # sentence 2 on another scale
+    mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    m = np.asarray(mask, np.float32)[:, :, None]
+    for stats in ("example", "batch"):
+        mix = ScalarMix(2, layer_norm=True, layer_norm_stats=stats)
+        params = mix.init(jax.random.PRNGKey(0), layers, mask)["params"]
+        out = np.asarray(mix.apply({"params": params}, layers, mask))
+        expected = 0.0
+        for x in layers:
+            x = np.asarray(x)
+            axes = (1, 2) if stats == "example" else (0, 1, 2)
+            n = (m * np.ones_like(x)).sum(axis=axes, keepdims=True)
+            mean = (x * m).sum(axis=axes, keepdims=True) / n
+            var = (((x - mean) * m) ** 2).sum(axis=axes, keepdims=True) / n
+            expected = expected + 0.5 * (x - mean) / np.sqrt(var + 1e-12)
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    # Per example, sentence 1's features do not depend on its batch-mate; per batch they do.
+    alone = [x[:1] for x in layers]
+    for stats, same in (("example", True), ("batch", False)):
+        mix = ScalarMix(2, layer_norm=True, layer_norm_stats=stats)
+        params = mix.init(jax.random.PRNGKey(0), layers, mask)["params"]
+        a = np.asarray(mix.apply({"params": params}, layers, mask))[0, :3]
+        b = np.asarray(mix.apply({"params": params}, alone, mask[:1]))[0, :3]
+        assert np.allclose(a, b, atol=1e-4) == same
+    with pytest.raises(ValueError, match="layer_norm_stats"):
+        ScalarMix(2, layer_norm=True, layer_norm_stats="token").init(
+            jax.random.PRNGKey(0), layers, mask)

@@ -207,6 +207,49 @@ def test_glove_learns_planted_topics():
     assert _topic_margin(vectors) > 0.3
 
 
+def test_glove_c_adagrad_steps_like_glove_c():
+    """Two updates on one co-occurrence entry, against glove.c's loop written out in NumPy:
+    temp = eta * f(x) * diff * w_other; w -= temp / sqrt(gradsq); gradsq += temp^2."""
+    import flax.linen as nn
+    import optax
+
+    v, d, eta, x_max, alpha = 5, 3, 0.05, 10.0, 0.75
+    init = embeddings.GloVe(v, d).init(jax.random.PRNGKey(0), jnp.zeros(1, jnp.int32),
+                                       jnp.zeros(1, jnp.int32))["params"]
+    # Scaled up so the gradients are far from 0 and the two AdaGrad rules tell apart.
+    start = jax.tree_util.tree_map(lambda a: a * 20.0, nn.unbox(init))
+    batch = {"rows": jnp.array([1]), "cols": jnp.array([3]), "counts": jnp.array([4.0]),
+             "mask": jnp.array([1.0])}
+    opt = static_train.glove_c_adagrad(eta)
+    params, state = start, opt.init(start)
+    p = {k: np.array(val, np.float64) for k, val in start.items()}
+    gsq = {k: np.ones_like(val) for k, val in p.items()}
+    for _ in range(2):
+        grads = jax.grad(static_train._glove_loss)(params, batch, x_max, alpha)
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        w, c = p["word"][1].copy(), p["context"][3].copy()
+        diff = w @ c + p["word_bias"][1] + p["context_bias"][3] - np.log(4.0)
+        fdiff = eta * (4.0 / x_max) ** alpha * diff
+        for name, row, other in (("word", 1, c), ("context", 3, w)):
+            temp = fdiff * other
+            p[name][row] -= temp / np.sqrt(gsq[name][row])
+            gsq[name][row] += temp ** 2
+        for name, row in (("word_bias", 1), ("context_bias", 3)):
+            p[name][row] -= fdiff / np.sqrt(gsq[name][row])
+            gsq[name][row] += fdiff ** 2
+        for k in p:
+            np.testing.assert_allclose(params[k], p[k], rtol=1e-5, atol=1e-6)
+    # optax's adagrad (the trainer's default) is another rule, even with the accumulator at 1.
+    other = optax.adagrad(eta, initial_accumulator_value=1.0, eps=1e-8)
+    grads = jax.grad(static_train._glove_loss)(start, batch, x_max, alpha)
+    step, _ = other.update(grads, other.init(start), start)
+    glove_c_step, _ = opt.update(grads, opt.init(start), start)
+    assert not np.allclose(step["word"], glove_c_step["word"], rtol=1e-2)
+    with pytest.raises(ValueError, match="adagrad='sgd'"):
+        static_train.train_glove(_planted_corpus(10), min_count=1, adagrad="sgd", log=None)
+
+
 @pytest.mark.parametrize("name", ["word2vec", "glove"])
 def test_tiny_configs_run_end_to_end(data_dir, tmp_path, name):
     import json

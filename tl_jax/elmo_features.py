@@ -79,6 +79,9 @@ class ElmoEncoder(nn.Module):
       mode: "scalar_mix" (learned softmax weights and gamma), "top" (last LSTM layer),
         "layer" (layer number `layer`: 0 = char CNN), "all" (layers concatenated, D = 2P (L+1)).
       layer_norm: normalise each layer before the scalar mix (ELMo's option).
+      layer_norm_stats: "example" (statistics per sentence, over its tokens, the default) or
+        "batch" (over the whole batch, <S> and </S> included, as AllenNLP's `Elmo` does; see
+        `tl_jax.models.scalar_mix`).
       freeze_elmo: stop gradients into the biLM (ELMo's feature-based use).
       dropout_rate: dropout on the features (ELMo applies it to the mixed representation).
     """
@@ -87,6 +90,7 @@ class ElmoEncoder(nn.Module):
     mode: str = "scalar_mix"
     layer: int = -1
     layer_norm: bool = False
+    layer_norm_stats: str = "example"
     freeze_elmo: bool = True
     dropout_rate: float = 0.0
 
@@ -96,17 +100,24 @@ class ElmoEncoder(nn.Module):
             raise ValueError(f"Unknown ELMo feature mode {self.mode!r}; choose one of {MODES}")
         _, hidden = elmo.BiLM(self.config, name="elmo")(chars, mask, train=False)
         names = layer_names(self.config)
-        layers = [hidden[n][:, 1:-1] for n in names]  # (B, T, 2P) each, markers stripped
+        framed = [hidden[n] for n in names]  # (B, T + 2, 2P) each
         if self.freeze_elmo:
-            layers = [jax.lax.stop_gradient(x) for x in layers]
+            framed = [jax.lax.stop_gradient(x) for x in framed]
+        layers = [x[:, 1:-1] for x in framed]  # (B, T, 2P) each, markers stripped
         # Token t of the sentence sits at framed position t + 1; it is real when position
         # t + 2 (the token after it, at worst </S>) is inside the frame.
         token_mask = mask[:, 2:]  # (B, T)
         out = dict(zip(names, layers))
         out["mask"] = token_mask
         if self.mode == "scalar_mix":
-            features = ScalarMix(len(layers), layer_norm=self.layer_norm, name="scalar_mix")(
-                layers, token_mask)
+            mix = ScalarMix(len(layers), layer_norm=self.layer_norm,
+                            layer_norm_stats=self.layer_norm_stats, name="scalar_mix")
+            if self.layer_norm and self.layer_norm_stats == "batch":
+                # AllenNLP's Elmo mixes the framed layers, so <S> and </S> count in the layer
+                # norm's statistics, and strips the markers afterwards: done the same way here.
+                features = mix(framed, mask)[:, 1:-1]
+            else:
+                features = mix(layers, token_mask)
         elif self.mode == "top":
             features = layers[-1]
         elif self.mode == "layer":
@@ -202,6 +213,7 @@ class ElmoClassifier(nn.Module):
     num_classes: int
     mode: str = "scalar_mix"
     layer_norm: bool = False
+    layer_norm_stats: str = "example"
     freeze_elmo: bool = True
     dropout_rate: float = 0.5
     per_token: bool = False
@@ -209,6 +221,7 @@ class ElmoClassifier(nn.Module):
     @nn.compact
     def __call__(self, chars, mask, train: bool = False):
         features, out = ElmoEncoder(self.config, mode=self.mode, layer_norm=self.layer_norm,
+                                    layer_norm_stats=self.layer_norm_stats,
                                     freeze_elmo=self.freeze_elmo,
                                     dropout_rate=self.dropout_rate, name="encoder")(
             chars, mask, train=train)

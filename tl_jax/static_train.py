@@ -145,8 +145,10 @@ def train_word2vec(sentences: Sequence[Sequence[str]], *, dim: int = 100, window
                    log: Callable[[str], None] | None = print) -> tuple[WordVectors, dict]:
     """Trains word2vec on tokenised sentences; returns (input vectors, stats).
 
-    The learning rate falls linearly from `lr` to `min_lr` over all planned epochs, as in
-    word2vec.c. `shared_negatives=S > 0` draws S negatives per batch shared by all its
+    The learning rate falls linearly from `lr` towards 0 over all planned epochs and is held
+    at `min_lr` once it gets there (word2vec.c's rule, whose floor is lr * 1e-4 rather than
+    an absolute `min_lr`; gensim instead interpolates linearly from alpha to min_alpha).
+    `shared_negatives=S > 0` draws S negatives per batch shared by all its
     examples, weighted K / S (see `word2vec_sgd_step`); 0 draws K per example.
     stats: words (corpus tokens x epochs), seconds, words_per_sec, losses (mean loss per
     epoch), vocab.
@@ -205,6 +207,37 @@ def train_word2vec(sentences: Sequence[Sequence[str]], *, dim: int = 100, window
 # ----------------------------------------------------------------------------------------------
 
 
+def glove_c_adagrad(learning_rate: float) -> optax.GradientTransformation:
+    """AdaGrad exactly as GloVe's glove.c applies it (which is not optax's `adagrad`).
+
+    glove.c scales the gradient by the rate first, divides by the root of the accumulator as it
+    was *before* this step, then adds the square of the scaled gradient:
+
+        u = eta * g;  theta -= u / sqrt(G);  G += u^2        (G starts at 1)
+
+    optax's adagrad adds g^2 (unscaled) first and divides eta * g by the root of that, so its
+    late steps are eta * g / sqrt(sum g^2), where glove.c's are g / sqrt(sum g^2), independent
+    of eta: glove.c's eta = 0.05 behaves like plain SGD at 0.05 early and like AdaGrad with rate
+    1 late. (Here a step sums a batch's per-entry gradients before squaring them, where glove.c
+    steps once per entry; later versions of glove.c also clip each gradient component of the
+    vectors at +-100 before scaling it, which this does not.)
+    """
+    def init(params):
+        return jax.tree_util.tree_map(jnp.ones_like, params)
+
+    def update(grads, acc, params=None):
+        del params
+        scaled = jax.tree_util.tree_map(lambda g: learning_rate * g, grads)
+        updates = jax.tree_util.tree_map(lambda u, a: -u / jnp.sqrt(a), scaled, acc)
+        acc = jax.tree_util.tree_map(lambda a, u: a + u * u, acc, scaled)
+        return updates, acc
+
+    return optax.GradientTransformation(init, update)
+
+
+GLOVE_ADAGRADS = ("optax", "glove_c")
+
+
 def _glove_loss(params, batch, x_max, alpha):
     pred, _ = embeddings.GloVe(params["word"].shape[0], params["word"].shape[1]).apply(
         {"params": params}, batch["rows"], batch["cols"])
@@ -230,14 +263,21 @@ def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: i
                 epochs: int = 15, min_count: int = 5, x_max: float = 10.0, alpha: float = 0.75,
                 lr: float = 0.5, batch_size: int = 16384, seed: int = 0,
                 steps_per_call: int = 16, vocab: wv.Vocab | None = None,
+                adagrad: str = "optax",
                 log: Callable[[str], None] | None = print) -> tuple[WordVectors, dict]:
     """Trains GloVe with AdaGrad on the nonzero co-occurrences; returns (W + W~, stats).
 
     Defaults suit corpora of about a million words (see configs/glove.py for why x_max and
-    lr differ from the paper's 100 and 0.05).
+    lr differ from the paper's 100 and 0.05). `adagrad="optax"` (the default, which the README's
+    scores used) is optax's AdaGrad with the accumulator started at 1; `"glove_c"` is glove.c's
+    own variant, where the rate sits inside the accumulated squares (see `glove_c_adagrad`).
+    The same `lr` means different steps in each, so glove.c's eta = 0.05 only carries over with
+    "glove_c" (and even then batching changes the dynamics: tune it for the corpus).
     """
     _check_at_least(1, dict(dim=dim, window=window, epochs=epochs, batch_size=batch_size,
                             steps_per_call=steps_per_call))
+    if adagrad not in GLOVE_ADAGRADS:
+        raise ValueError(f"adagrad={adagrad!r}; expected one of {GLOVE_ADAGRADS}")
     vocab = vocab or wv.Vocab.build(sentences, min_count)
     corpus = wv.encode_corpus(sentences, vocab)
     cooc = wv.cooccurrence_matrix(corpus, len(vocab), window)
@@ -246,8 +286,10 @@ def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: i
     model = embeddings.GloVe(len(vocab), dim)
     params = nn.unbox(model.init(jax.random.PRNGKey(seed), jnp.zeros(1, jnp.int32),
                                  jnp.zeros(1, jnp.int32))["params"])
-    # GloVe's C code starts every squared-gradient accumulator at 1.
-    optimizer = optax.adagrad(lr, initial_accumulator_value=1.0, eps=1e-8)
+    # GloVe's C code starts every squared-gradient accumulator at 1 (but accumulates squares of
+    # lr-scaled gradients, after the step: `glove_c_adagrad`).
+    optimizer = (glove_c_adagrad(lr) if adagrad == "glove_c" else
+                 optax.adagrad(lr, initial_accumulator_value=1.0, eps=1e-8))
     opt_state = optimizer.init(params)
     rng = np.random.default_rng(seed)
     n = len(counts)

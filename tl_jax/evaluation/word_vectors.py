@@ -152,7 +152,8 @@ def analogy_accuracy(vectors: WordVectors, questions, restrict_vocab: int | None
     """3CosAdd accuracy; candidates (and question words) are the first `restrict_vocab` words.
 
     Restricting to the most frequent words is what word2vec's compute-accuracy and gensim do
-    (their default is 30,000 in the C tool); vectors should be sorted by frequency.
+    (30,000 is the value word2vec's demo script passes to the C tool, whose own default is no
+    limit; gensim's default is 300,000); vectors should be sorted by frequency.
     """
     if (restrict_vocab is not None and restrict_vocab < 1) or batch_size < 1:
         # restrict_vocab <= 0 would make every question "out of vocabulary", silently.

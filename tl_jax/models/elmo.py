@@ -43,6 +43,13 @@ class ElmoConfig:
     cell_clip: float = 3.0  # ELMo clips cell and projected states to stay stable in long runs
     proj_clip: float = 3.0
     dropout_rate: float = 0.1
+    # Initial biases. The references start both at 1: bilm-tf's LSTMCell adds forget_bias=1.0
+    # and AllenNLP's LstmCellWithProjection initialises the forget-gate bias to 1 (Jozefowicz et
+    # al., 2015); AllenNLP's Highway starts its carry gate at 1 (bilm-tf: a transform-gate bias
+    # of -2), so the highways begin by mostly passing their input through. 0 (the default,
+    # with which the README's figures were made) starts the forget and carry gates at 0.5.
+    forget_bias_init: float = 0.0
+    highway_gate_bias_init: float = 0.0
 
     @property
     def cnn_features(self) -> int:
@@ -101,8 +108,21 @@ def char_ids(tokens: Sequence[str], max_chars: int) -> np.ndarray:
     return out
 
 
+def _split_bias_init(parts: int, index: int, value: float):
+    """A bias of `parts` equal blocks, zero except block `index`, which starts at `value`."""
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        n = shape[-1] // parts
+        return jnp.zeros(shape, dtype).at[..., index * n:(index + 1) * n].set(value)
+    return init
+
+
 class CharCNN(nn.Module):
-    """Token representations from characters: convolutions, max-pool, highway, projection."""
+    """Token representations from characters: convolutions, max-pool, highway, projection.
+
+    Each highway gate's bias starts at `config.highway_gate_bias_init` (AllenNLP's ELMo: 1, so
+    the layers begin by mostly carrying their input through, sigmoid(1) = 0.73).
+    """
 
     config: ElmoConfig
 
@@ -120,7 +140,9 @@ class CharCNN(nn.Module):
             pooled.append(nn.relu(jnp.max(conv, axis=1)))  # (BT, n)
         h = jnp.concatenate(pooled, axis=-1)  # (BT, F)
         for i in range(cfg.highway_layers):
-            proj = nn.Dense(2 * h.shape[-1], name=f"highway_{i}")(h)  # (BT, 2F)
+            gate_init = _split_bias_init(2, 1, cfg.highway_gate_bias_init)
+            proj = nn.Dense(2 * h.shape[-1], bias_init=gate_init,
+                            name=f"highway_{i}")(h)  # (BT, 2F)
             nonlinear, gate = jnp.split(proj, 2, axis=-1)
             gate = nn.sigmoid(gate)
             # The gate carries the input through: y = g * x + (1 - g) * relu(W x).
@@ -137,17 +159,24 @@ class LSTMProjCell(nn.Module):
         h' = clip(P (sigmoid(o) * tanh(c')), proj_clip)
 
     Carry: (c (B, H), h (B, P)). Returns (carry, h').
+
+    The forget gate's bias starts at `forget_bias_init` (the other biases at 0). The reference
+    implementations use 1: bilm-tf's `LSTMCell` adds forget_bias=1.0, AllenNLP's
+    `LstmCellWithProjection` initialises it to 1 (Jozefowicz et al., 2015). With 0 the cell
+    starts by halving its memory at every step.
     """
 
     hidden: int
     proj: int
     cell_clip: float | None = None
     proj_clip: float | None = None
+    forget_bias_init: float = 0.0
 
     @nn.compact
     def __call__(self, carry, x):
         c, h = carry
-        gates = (nn.Dense(4 * self.hidden, name="input")(x)
+        gates = (nn.Dense(4 * self.hidden, name="input",
+                          bias_init=_split_bias_init(4, 1, self.forget_bias_init))(x)
                  + nn.Dense(4 * self.hidden, use_bias=False, name="recurrent")(h))  # (B, 4H)
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
@@ -187,10 +216,10 @@ class BiLM(nn.Module):
         self.char_cnn = CharCNN(cfg)
         self.forward_layers = [
             _ScanLSTM(cfg.lstm_dim, cfg.projection_dim, cfg.cell_clip, cfg.proj_clip,
-                      name=f"forward_{i}") for i in range(cfg.num_layers)]
+                      cfg.forget_bias_init, name=f"forward_{i}") for i in range(cfg.num_layers)]
         self.backward_layers = [
             _ScanLSTM(cfg.lstm_dim, cfg.projection_dim, cfg.cell_clip, cfg.proj_clip,
-                      name=f"backward_{i}") for i in range(cfg.num_layers)]
+                      cfg.forget_bias_init, name=f"backward_{i}") for i in range(cfg.num_layers)]
         self.dropout = nn.Dropout(cfg.dropout_rate)
         # One softmax for both directions (tied): ELMo's parameter sharing.
         self.softmax_kernel = self.param(
@@ -222,7 +251,10 @@ class BiLM(nn.Module):
                      jnp.zeros((b, cfg.projection_dim), fwd.dtype))  # (c, h)
             _, fwd_out = self.forward_layers[i](carry, fwd_in)  # (B, T, P)
             _, bwd_out = self.backward_layers[i](carry, bwd_in)
-            if i > 0:  # residual connections between LSTM layers (not into the first)
+            # Residual connections between LSTM layers (not into the first). They add the
+            # layer's input before dropout; in bilm-tf the ResidualWrapper sits inside the
+            # DropoutWrapper and adds the dropped-out input (the same outside training).
+            if i > 0:
                 fwd_out, bwd_out = fwd_out + fwd, bwd_out + bwd
             fwd, bwd = fwd_out * maskf, bwd_out * maskf  # reversal keeps padding at the end
             intermediates[f"lstm_{i + 1}"] = jnp.concatenate(

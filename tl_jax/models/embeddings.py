@@ -40,6 +40,12 @@ class Word2Vec(nn.Module):
     Skip-gram scores centre word vs context and negatives; CBOW scores the mean of the context
     words' input vectors vs the centre (target) word and negatives.
 
+    Skip-gram follows the paper's p(context | centre): the centre word's input vector predicts
+    the context word's output vector. word2vec.c's loop (and gensim's) runs each pair the other
+    way round (the context word's input vector, the centre's output vector, negatives compared
+    with the centre). The pairs come from a symmetric window whose size every word draws from
+    the same distribution, so both visit the same (input, output) pairs in expectation.
+
     Batch: centre (B,), context (B,) [skip-gram] or (B, 2W) with -1 padding [CBOW],
     negatives (B, K), or (S,) shared by the batch. Outputs: pos_logits (B,),
     neg_logits (B, K) or (B, S).

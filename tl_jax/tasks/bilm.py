@@ -141,6 +141,9 @@ def sampled_softmax_nll(hidden, targets, kernel, bias, rng, num_samples: int):
 
     hidden (N, P), targets (N,), kernel (V, P), bias (V,). Logits are corrected by the log
     expected counts; a candidate equal to the target is masked out ("accidental hit").
+    Candidates are drawn with replacement (expected count S * P(k)); bilm-tf's
+    `tf.nn.sampled_softmax_loss` draws S distinct ones and corrects by each one's chance of
+    being drawn at all, a difference that matters only for the most frequent ids.
     """
     v = kernel.shape[0]
     u = jax.random.uniform(rng, (num_samples,))
@@ -198,6 +201,8 @@ class Task:
                                  f"{SPECIALS}")
         self.model_config = elmo.elmo_config(
             config.model.size, len(self.vocab), dropout_rate=config.model.dropout_rate,
+            forget_bias_init=config.model.get("forget_bias_init", 0.0),
+            highway_gate_bias_init=config.model.get("highway_gate_bias_init", 0.0),
             **({"max_chars": config.model.max_chars} if config.model.max_chars else {}))
         self.model = elmo.BiLM(self.model_config)
         max_chars = self.model_config.max_chars
