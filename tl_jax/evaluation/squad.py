@@ -69,7 +69,7 @@ def evaluate(gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str]) 
     Args:
       gold: question id -> gold answer texts; an empty list means "no answer" (v2.0).
       predictions: question id -> predicted text ("" for no answer). Missing ids score 0, as in
-        the official script.
+        the official v1.1 script (v2.0's skips them, then fails on its HasAns/NoAns totals).
     Returns:
       `{"exact", "f1", "total"}` plus `HasAns_*` / `NoAns_*` breakdowns when both kinds occur.
     """
