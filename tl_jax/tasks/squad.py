@@ -9,10 +9,12 @@ answer (or a v2.0 question without one) points at [CLS]. Such windows are traine
 as in BERT's `run_squad.py` (whose comment says they are thrown out, but whose code keeps them
 with start = end = 0) and Hugging Face's `run_qa`: they teach the model to score spans low in a
 window that lacks the answer, which decoding relies on when it compares spans across windows.
-`data.skip_windows_without_answer=True` drops them from v1.1 training instead. After each eval pass `evaluate` decodes
-n-best spans per question across its windows (a span starts only in its start sub-token's
-max-context window, as in BERT; max answer length; for `data.version="2.0"` the no-answer
-threshold), scores them with the official SQuAD EM/F1, and writes
+`data.skip_windows_without_answer=True` drops them from v1.1 training instead.
+
+After each eval pass `evaluate` decodes n-best spans per question across its windows (a span
+starts only in its start sub-token's max-context window, as in BERT; max answer length; for
+`data.version="2.0"` the no-answer threshold), scores them with the official SQuAD EM/F1, and
+writes
 `WORKDIR/predictions/eval_step_N.json` (id -> answer) and `nbest_step_N.json`. Keep the best
 checkpoint by `eval/f1`. With `train.eval_batches` > 0 only the questions whose windows were all
 evaluated are decoded and scored.
