@@ -9,7 +9,7 @@ imported all-MiniLM-L6-v2) on question + context windows (doc stride), decodes n
 maximum answer length on the dev split after every epoch, scores them with the official SQuAD
 EM/F1, keeps the best checkpoint by F1, writes WORKDIR/predictions/eval_step_N.json, and ends with
 a summary like:
-  done: 173 steps | held-out exact 3x.xxxx | held-out f1 4x.xxxx | ...
+  done: 203 steps | held-out exact 3x.xxxx | held-out f1 4x.xxxx | ...
 
 Arguments: minilm (default), scratch (MiniLM's architecture and tokenizer, random weights), tiny
 (a 2-layer model from scratch on a small slice: a smoke test). Real SQuAD:
@@ -61,6 +61,8 @@ def get_config(arg=None):
         n_best=20,
         max_answer_length=30,     # sub-tokens
         null_threshold=0.0,       # v2.0: answer "" when null score - best span score > this
+        skip_windows_without_answer=False,  # v1.1: True drops training windows that miss the
+                                  # answer; False keeps them pointing at [CLS], as BERT does
         batch_size=16,
         num_epochs=1.0,
         max_train_examples=2000,  # questions; 0 = all

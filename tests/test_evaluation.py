@@ -168,6 +168,17 @@ def test_nbest_lists_each_answer_text_once_at_its_best_score():
     assert [n["score"] for n in nbest["q"]] == sorted((n["score"] for n in nbest["q"]), reverse=True)
 
 
+def test_nbest_ranks_every_pair_of_a_window_before_taking_the_n_best_texts():
+    # "Jane and Jane": with n_best=2 the window's two best pairs are both "Jane" (10 and 9.5);
+    # keeping only those two spans of the window lost "Jane and Jane" (9) from the n-best list.
+    # BERT's write_predictions ranks every valid pair before it takes the n best texts.
+    context = "Jane and Jane"
+    w = _window(context, {1: (0, 4), 2: (5, 8), 3: (9, 13)}, [0, 5, 0, 5.5, 0], [0, 5, 0, 4, 0])
+    predictions, nbest = squad.decode_predictions([w], {"q": context}, n_best=2)
+    assert predictions["q"] == "Jane"
+    assert nbest["q"] == [{"text": "Jane", "score": 10.0}, {"text": "Jane and Jane", "score": 9.0}]
+
+
 def test_decode_starts_only_in_the_max_context_window():
     # Windows a (alpha beta gamma) and b (beta gamma delta) overlap; gamma has more context in
     # b, beta in a. Window a scores "gamma" at 9 + 9, but gamma may only start in b, where

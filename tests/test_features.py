@@ -37,6 +37,14 @@ def test_classification_pairs_truncate_longest_first(tokenizer):
     assert out["labels"].tolist() == [1] and out["input_mask"].sum() == 9
     with pytest.raises(ValueError, match="label 'c' not in label map"):
         features.encode_classification(tokenizer, [dict(records[0], label="c")], {"a": 0}, 9)
+    # Equal lengths: the second sentence loses the token, as in BERT's _truncate_seq_pair
+    # (4 + 4 sub-tokens into room for 7 is 4 + 3; it was 3 + 4).
+    tied = [{"text": "one two three four", "text_b": "five six seven eight", "label": "a"}]
+    ids = features.encode_classification(tokenizer, tied, {"a": 0}, max_seq_length=10)[
+        "input_ids"][0]
+    assert list(np.nonzero(ids == sep)[0]) == [5, 9]
+    assert tokenizer.decode(ids[1:5]) == "one two three four"
+    assert tokenizer.decode(ids[6:9]) == "five six seven"
 
 
 def test_tagging_labels_only_first_subtokens(tokenizer):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tl_jax import config as config_lib, extract, train
-from tl_jax.data import readers, task_builders
+from tl_jax.data import features, readers, task_builders
 
 FAST = ["train.progress=False", "model.num_layers=1", "data.batch_size=16", "mesh.num_devices=1",
         "data.num_epochs=2.0", "optimizer.warmup_steps=2", "optimizer.learning_rate=1e-3"]
@@ -246,12 +246,30 @@ def test_squad_answers_no_window_holds_are_counted(tmp_path, capsys):
     records.append(dict(records[0], id="long", answers=[{"text": long_answer, "answer_start": 0}]))
     path = tmp_path / "qa.json"
     readers.write_squad(path, records)
-    config = config_lib.load_config("configs/finetune_squad.py:tiny", [
-        f"data.train_file={path}", f"data.eval_file={path}", "data.max_seq_length=24",
-        "data.max_query_length=8", "data.doc_stride=4", "data.batch_size=2"])
-    squad.Task(config, str(tmp_path / "run"))
+
+    def task(*overrides):
+        config = config_lib.load_config("configs/finetune_squad.py:tiny", [
+            f"data.train_file={path}", f"data.eval_file={path}", "data.max_seq_length=24",
+            "data.max_query_length=8", "data.doc_stride=4", "data.batch_size=2", *overrides])
+        return squad.Task(config, str(tmp_path / "run"))
+
+    kept = task()
+    assert ("1 of 4 answerable training questions have their answer in no window whole, so they "
+            "are trained as unanswerable") in capsys.readouterr().out
+    skipped = task("data.skip_windows_without_answer=True")
     assert ("1 of 4 answerable training questions have their answer in no window whole, so they "
             "are skipped") in capsys.readouterr().out
+    # v1.1 trains on the windows that miss the answer, pointing at [CLS], as BERT's run_squad.py
+    # does (they were dropped, so the model never learned to score spans low in them); the
+    # option drops them.
+    starts = kept.train_arrays["start_positions"]
+    n_windows = len(features.encode_squad(
+        kept.encoder.tokenizer, kept.train_records, 24, 4, 8)["input_ids"])
+    assert len(starts) == n_windows == 36 and (starts > 0).sum() == 3
+    assert (skipped.train_arrays["start_positions"] > 0).all()
+    assert len(skipped.train_arrays["start_positions"]) == 3
+    with pytest.raises(ValueError, match="skip_windows_without_answer=True is for data.version"):
+        task("data.skip_windows_without_answer=True", "data.version=2.0")
 
 
 def test_squad_eval_scores_only_the_questions_it_reached(tmp_path):

@@ -310,6 +310,10 @@ def test_read_records_rejects_unknown_specs(tmp_path):
         readers.read_tfds("imdb_reviews", "train")
     with pytest.raises(ValueError, match="unknown GLUE config"):
         readers.read_tfds("glue/nope", "train")
+    # STS-B's labels are similarity scores: read as class names they made a classifier with
+    # one class per distinct score, scored by accuracy instead of Pearson/Spearman.
+    with pytest.raises(ValueError, match="glue/stsb is a regression task"):
+        readers.read_records("tfds:glue/stsb:train", "classification")
     # A silver task given to the other task kind was built, then read in the wrong format
     # ("tag '365}]}]}' is not BIO", "invalid JSON").
     with pytest.raises(ValueError, match="silver:cloze_qa:train is squad data .* reads tagging"):

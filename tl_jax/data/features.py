@@ -4,7 +4,8 @@ Every encoder returns a dict of numpy arrays with a leading example axis `N` and
 `T = max_seq_length`, BERT style: `[CLS] a [SEP] (b [SEP])`, then padding.
 
 * `encode_classification`: `input_ids`, `segment_ids`, `input_mask` `(N, T)`, `labels` `(N,)`.
-  Pairs are truncated longest-first, as in BERT's `run_classifier.py`.
+  Pairs are truncated longest-first, as in BERT's `run_classifier.py` (`_truncate_seq_pair`:
+  a token comes off the end of the longer sentence, off the second one when they are equal).
 * `encode_tagging`: the same inputs plus `labels` `(N, T)` with the word's tag id on its *first*
   sub-token and `IGNORE` (-100) on every other position (later sub-tokens, specials, padding),
   and `word_index` `(N, T)`: which word a first sub-token starts (-1 elsewhere), to map
@@ -103,8 +104,9 @@ def encode_classification(tokenizer, records: Sequence[dict], label_map: dict[st
         if truncated is not None and len(a) + (len(b) if b is not None else 0) > room:
             truncated.append(i)
         while len(a) + (len(b) if b is not None else 0) > room:
-            # Longest-first truncation keeps both sentences of a pair represented.
-            if b is not None and len(b) > len(a):
+            # Longest-first truncation keeps both sentences of a pair represented; on a tie the
+            # second sentence loses the token, as BERT's `_truncate_seq_pair` does.
+            if b is not None and len(b) >= len(a):
                 b.pop()
             else:
                 a.pop()

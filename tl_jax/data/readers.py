@@ -391,7 +391,7 @@ def write_squad(path: PathLike, records: Iterable[dict], version: str = "1.1") -
 # glue config -> (first text field, second text field or None)
 GLUE_FIELDS = {
     "cola": ("sentence", None), "sst2": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
-    "qqp": ("question1", "question2"), "stsb": ("sentence1", "sentence2"),
+    "qqp": ("question1", "question2"),
     "mnli": ("premise", "hypothesis"), "qnli": ("question", "sentence"),
     "rte": ("sentence1", "sentence2"), "wnli": ("sentence1", "sentence2"),
     "ax": ("premise", "hypothesis"),
@@ -409,6 +409,12 @@ def read_tfds(name: str, split: str, data_dir: str | None = None) -> list[dict]:
     family = name.split("/")[0]
     if family not in ("glue", "conll2003", "squad"):
         raise ValueError(f"read_tfds supports glue/*, conll2003 and squad/*, not {name!r}")
+    if name == "glue/stsb":
+        # Its labels are similarity scores in [0, 5]: read as class names, the classifier would
+        # learn one class per distinct score and report accuracy, not GLUE's Pearson/Spearman.
+        raise ValueError("glue/stsb is a regression task (similarity scores 0-5, scored by "
+                         "Pearson/Spearman correlation); the classify task has no regression "
+                         "head, and would read each distinct score as a class name")
     if family == "glue" and name.split("/")[-1] not in GLUE_FIELDS:
         raise ValueError(f"unknown GLUE config in {name!r}; known: {sorted(GLUE_FIELDS)}")
     try:

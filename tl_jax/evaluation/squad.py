@@ -8,7 +8,16 @@ of normalised tokens, and an empty gold answer (v2.0 no-answer) matches only an 
 `decode_predictions` turns per-window start/end logits back into answer strings: the n best
 start and end sub-tokens of each window are paired (start <= end, length <= max_answer_length,
 both inside the context), scored by start + end logit, mapped back to character offsets, and the
-best span over all windows of a question wins; the n-best list keeps each answer text once.
+best span over all windows of a question wins; the n-best list ranks every such pair of every
+window and keeps each answer text once, at its best score (BERT's `write_predictions`).
+One deliberate difference from BERT's `run_squad.py` (and Hugging Face's `run_qa`): they take
+the n best start and end positions of the whole window (question, [CLS] and specials included)
+and then drop the pairs that are not allowed; here the n best are taken among the positions
+that are allowed (context sub-tokens; for starts, in their max-context window). That is a
+superset of BERT's valid pairs, so the best span scores the same or higher: the two differ only
+when BERT's top n holds so many disallowed positions that it misses a better span (where BERT
+may even answer its nonce "empty"), and for v2.0 that can make a span beat the null score
+where BERT would answer "".
 Starts follow BERT's max-context rule (`run_squad.py`): a sub-token held by several overlapping
 windows may start an answer only in the window where it has the most context on both sides
 (`max_context` from `tl_jax.data.features.encode_squad`); ends are not restricted. For v2.0,
@@ -60,7 +69,7 @@ def evaluate(gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str]) 
     Args:
       gold: question id -> gold answer texts; an empty list means "no answer" (v2.0).
       predictions: question id -> predicted text ("" for no answer). Missing ids score 0, as in
-        the official script.
+        the official v1.1 script (v2.0's skips them, then fails on its HasAns/NoAns totals).
     Returns:
       `{"exact", "f1", "total"}` plus `HasAns_*` / `NoAns_*` breakdowns when both kinds occur.
     """
@@ -89,14 +98,17 @@ def evaluate(gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str]) 
 
 def best_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray,
                n_best: int = 20, max_answer_length: int = 30,
-               max_context: np.ndarray | None = None) -> list[tuple[float, int, int]]:
+               max_context: np.ndarray | None = None,
+               n_spans: int | None = None) -> list[tuple[float, int, int]]:
     """Candidate spans of one window as `(score, start_char, end_char)`, best first.
 
     Args:
       start_logits, end_logits: `(T,)` logits over the window's sub-tokens.
       offsets: `(T, 2)` character offsets of each sub-token in the context; `(-1, -1)` for
         tokens outside the context (question, special tokens, padding), which never answer.
-      n_best: how many start and how many end positions to pair, and spans to return.
+      n_best: how many start and how many end positions to pair (the n best allowed ones).
+      n_spans: how many spans to return; None: `n_best`. `decode_predictions` keeps them all
+        (BERT ranks every valid pair of every window before it takes the n best texts).
       max_answer_length: longest answer in sub-tokens.
       max_context: `(T,)`, nonzero where this window is the sub-token's max-context window;
         only those sub-tokens may start a span. None: every context sub-token may.
@@ -120,7 +132,7 @@ def best_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.nda
             spans.append((float(start_logits[s] + end_logits[e]), int(offsets[s, 0]),
                           int(offsets[e, 1])))
     spans.sort(key=lambda x: -x[0])
-    return spans[:n_best]
+    return spans[:n_best if n_spans is None else n_spans]
 
 
 def decode_predictions(windows: Iterable[dict], contexts: Mapping[str, str], n_best: int = 20,
@@ -150,7 +162,7 @@ def decode_predictions(windows: Iterable[dict], contexts: Mapping[str, str], n_b
         max_context = w.get("max_context")
         for score, a, b in best_spans(
                 start_logits, end_logits, np.asarray(w["offsets"]), n_best, max_answer_length,
-                None if max_context is None else np.asarray(max_context)):
+                None if max_context is None else np.asarray(max_context), n_spans=n_best * n_best):
             candidates[qid].append((score, contexts[qid][a:b]))
     predictions, nbest = {}, {}
     for qid, null in null_scores.items():

@@ -5,10 +5,16 @@ task from `tl_jax.data.task_builders`) or `tfds:squad/v1.1:SPLIT`. Question + co
 come from `tl_jax.data.features.encode_squad` (doc stride over long contexts).
 
 Loss: mean of start and end cross-entropy over each window's real tokens; a window without the
-answer (or a v2.0 question without one) points at [CLS]. After each eval pass `evaluate` decodes
-n-best spans per question across its windows (a span starts only in its start sub-token's
-max-context window, as in BERT; max answer length; for `data.version="2.0"` the no-answer
-threshold), scores them with the official SQuAD EM/F1, and writes
+answer (or a v2.0 question without one) points at [CLS]. Such windows are trained on in v1.1 too,
+as in BERT's `run_squad.py` (whose comment says they are thrown out, but whose code keeps them
+with start = end = 0) and Hugging Face's `run_qa`: they teach the model to score spans low in a
+window that lacks the answer, which decoding relies on when it compares spans across windows.
+`data.skip_windows_without_answer=True` drops them from v1.1 training instead.
+
+After each eval pass `evaluate` decodes n-best spans per question across its windows (a span
+starts only in its start sub-token's max-context window, as in BERT; max answer length; for
+`data.version="2.0"` the no-answer threshold), scores them with the official SQuAD EM/F1, and
+writes
 `WORKDIR/predictions/eval_step_N.json` (id -> answer) and `nbest_step_N.json`. Keep the best
 checkpoint by `eval/f1`. With `train.eval_batches` > 0 only the questions whose windows were all
 evaluated are decoded and scored.
@@ -55,16 +61,26 @@ def _check_version(version, train_file, train_records, eval_file, eval_records) 
                     "--config.data.version=2.0")
 
 
+def _skips_windows(d) -> bool:
+    """`data.skip_windows_without_answer` (v1.1 only; absent in older configs: False)."""
+    skip = bool(d.get("skip_windows_without_answer", False))
+    if skip and d.version != "1.1":
+        raise ValueError("data.skip_windows_without_answer=True is for data.version='1.1': v2.0 "
+                         "learns \"no answer\" from the windows that point at [CLS]")
+    return skip
+
+
 def _note_answers_in_no_window(arrays, records, d) -> None:
     """Says how many answerable training questions no window holds whole (an answer longer than
-    a window, or across a boundary where the windows overlap less than it is long): v1.1
-    training skips them and v2.0 trains them as unanswerable, which went unsaid."""
+    a window, or across a boundary where the windows overlap less than it is long): they are
+    trained as unanswerable (every window points at [CLS]), or skipped with
+    `data.skip_windows_without_answer`, which went unsaid."""
     held = np.zeros(len(records), bool)
     held[arrays["example_index"][arrays["start_positions"] > 0]] = True
     answerable = [bool(r["answers"]) for r in records]
     lost = sum(a and not h for a, h in zip(answerable, held))
     if lost:
-        what = "skipped" if d.version == "1.1" else "trained as unanswerable"
+        what = "skipped" if _skips_windows(d) else "trained as unanswerable"
         print(f"[squad] Note: {lost} of {sum(answerable)} answerable training questions have "
               f"their answer in no window whole, so they are {what}; a larger "
               f"data.max_seq_length or a smaller data.doc_stride={d.doc_stride} (more overlap) "
@@ -91,6 +107,7 @@ class Task(downstream.EncoderTask):
         for key in ("n_best", "max_answer_length", "max_query_length", "doc_stride"):
             if d[key] < 1:  # 0 would silently answer nothing (EM = F1 = 0) or loop forever
                 raise ValueError(f"data.{key}={d[key]} must be >= 1")
+        _skips_windows(d)  # the option's check, before the data's
         _check_version(d.version, d.train_file, self.train_records, d.eval_file,
                        self.eval_records)
         texts = [r["question"] for r in self.train_records] + sorted(
@@ -100,9 +117,10 @@ class Task(downstream.EncoderTask):
         self.train_arrays = self._encode(self.train_records, cut_train)
         downstream.note_truncated(config, cut_train, len(self.train_records), "training")
         _note_answers_in_no_window(self.train_arrays, self.train_records, d)
-        if d.version == "1.1":
-            # SQuAD v1.1 training skips windows that miss the answer (as BERT's run_squad.py);
-            # v2.0 keeps them, pointing at [CLS], which is how "no answer" is learned.
+        if _skips_windows(d):
+            # Opt-in: v1.1 training without the windows that miss the answer. By default they
+            # stay, pointing at [CLS], as in BERT's run_squad.py (v2.0 always keeps them: that
+            # is how "no answer" is learned).
             has = self.train_arrays["start_positions"] > 0
             self.train_arrays = {k: v[has] for k, v in self.train_arrays.items()}
         for key in _HOST_ONLY:
