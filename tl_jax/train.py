@@ -216,14 +216,22 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) ->
     if plan is not None and not all(plan.optimizer_mask.values()):
         static_mask = plan.optimizer_mask
 
-    def grads_and_metrics(params, batch, rng):
+    # Under accumulation, tasks whose loss is a mean over a count that varies with the batch's
+    # contents (masked predictions, real tokens, labelled sub-words) give the whole batch's
+    # counts (`task.loss_normalizers`); each micro-batch's loss is then its sum over those
+    # counts, and the micro-batch losses and gradients add up to exactly the whole batch's.
+    # The other tasks' micro-batches are averaged, exact when each holds the same count.
+    loss_normalizers = getattr(task, "loss_normalizers", None) if accum > 1 else None
+
+    def grads_and_metrics(params, batch, rng, normalizers=None):
+        extra = {} if normalizers is None else {"normalizers": normalizers}
         if static_mask is None:
             (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
-                params, batch, rng, True)
+                params, batch, rng, True, **extra)
             return grads, loss, metrics
         trainable, frozen = masks.split_params(params, static_mask)
         (loss, metrics), grads = jax.value_and_grad(
-            lambda t: task.loss_fn(masks.merge_params(t, frozen), batch, rng, True),
+            lambda t: task.loss_fn(masks.merge_params(t, frozen), batch, rng, True, **extra),
             has_aux=True)(trainable)
         zeros = jax.tree_util.tree_map(jnp.zeros_like, frozen)  # the optimizer ignores these
         return masks.merge_params(grads, zeros), loss, metrics
@@ -241,10 +249,11 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) ->
                 return jax.lax.with_sharding_constraint(
                     x, NamedSharding(mesh, P(None, parallel.BATCH_AXES)))
             micro = jax.tree_util.tree_map(split, batch)
+            norms = None if loss_normalizers is None else loss_normalizers(batch)
 
             def body(carry, xs):
                 mb, i = xs
-                g, l, m = grads_and_metrics(params, mb, jax.random.fold_in(rng, i))
+                g, l, m = grads_and_metrics(params, mb, jax.random.fold_in(rng, i), norms)
                 acc_g, acc_l, acc_m = carry
                 acc_g = jax.tree_util.tree_map(jnp.add, acc_g, g)
                 acc_m = jax.tree_util.tree_map(jnp.add, acc_m, m)
@@ -252,12 +261,15 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) ->
 
             first = jax.tree_util.tree_map(lambda x: x[0], micro)
             zero_g = jax.tree_util.tree_map(jnp.zeros_like, params)
-            m_shape = jax.eval_shape(lambda: grads_and_metrics(params, first, rng)[2])
+            m_shape = jax.eval_shape(lambda: grads_and_metrics(params, first, rng, norms)[2])
             zero_m = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
             (grads, loss, metrics), _ = jax.lax.scan(
                 body, (zero_g, jnp.zeros((), jnp.float32), zero_m), (micro, jnp.arange(accum)))
-            grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
-            loss = loss / accum
+            if norms is None:  # the mean of the micro-batch means
+                grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
+                loss = loss / accum
+            # (With norms, the micro-batch losses are parts of the batch's loss: their sum.)
+            # The (sum, count) metrics add up over micro-batches exactly either way.
 
         grad_norm = _global_norm(grads)
         updates, new_opt_state = tx.update(grads, state["opt_state"], params)

@@ -34,6 +34,16 @@ Optional:
         and in the final summary line (e.g. ("mlm_accuracy",), ("eval/mlm_accuracy",)).
     task.make_optimizer(total_steps) -> (tx, schedule)
         Replaces the default `optim.optimizers.make_optimizer(config.optimizer, ...)`.
+    task.loss_normalizers(batch) -> dict[str, scalar]
+        For tasks whose loss is a mean over a count that depends on the batch's contents (masked
+        predictions, real tokens, labelled sub-words): those counts, from the batch's weights
+        alone (pure, jittable, no model call). With `optimizer.grad_accum_steps` > 1 the trainer
+        computes them on the whole batch and calls `task.loss_fn(..., normalizers=...)` on each
+        micro-batch, which must then divide its sums by these counts (`normalized`) instead of
+        its own, so that the micro-batch losses and gradients SUM to the whole batch's: exactly
+        one big batch, however the counts fall between micro-batches. Tasks without it are
+        averaged over the micro-batches, which is exact only when every micro-batch holds the
+        same count (one example per training row: classification, SQuAD windows).
 
 Optional, for tasks whose evaluation needs decoding (SQuAD spans, BIO entities):
     task.predict_fn(params, batch) -> outputs           (pure, jittable)
@@ -44,6 +54,8 @@ Optional, for tasks whose evaluation needs decoding (SQuAD spans, BIO entities):
 Tasks are picked by `config.task`. Adding a task means adding one file here and one line below.
 """
 import importlib
+
+import jax.numpy as jnp
 
 # config.task -> module path; each module defines `Task(config, workdir)`.
 TASKS = {
@@ -67,3 +79,11 @@ def build_task(config, workdir):
         raise ValueError(f"Unknown task {name!r} in config.task; known tasks: {sorted(TASKS)}")
     module = importlib.import_module(TASKS[name])
     return module.Task(config, workdir)
+
+
+def normalized(total, count, normalizers=None, name=None):
+    """`total / count`, or `total / normalizers[name]` when `loss_fn` got the whole batch's
+    counts (`task.loss_normalizers`, under gradient accumulation); a count of 0 divides by 1."""
+    if normalizers is not None:
+        count = normalizers[name]
+    return total / jnp.maximum(count, 1.0)

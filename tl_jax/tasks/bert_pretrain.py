@@ -12,6 +12,7 @@ import optax
 from tl_jax import warm_start
 from tl_jax.data import pretraining
 from tl_jax.models import bert, losses
+from tl_jax.tasks import normalized
 
 
 def bert_config_from(model_cfg, vocab_size: int, tokenizer=None) -> bert.BertConfig:
@@ -176,15 +177,31 @@ class Task:
             return params
         return warm_start.warm_start(params, self.config.init_from, self.model_config)
 
-    def loss_fn(self, params, batch, rng, train):
+    def loss_normalizers(self, batch):
+        return pretraining_normalizers(batch)
+
+    def loss_fn(self, params, batch, rng, train, normalizers=None):
         outputs, _ = self.model.apply(
             {"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
             masked_positions=batch["masked_positions"], deterministic=not train,
             rngs={"dropout": rng})
-        return pretraining_loss(outputs, batch, params)
+        return pretraining_loss(outputs, batch, params, normalizers)
 
 
-def pretraining_loss(outputs, batch, params):
+def _real_rows(batch):
+    """1 for rows with real tokens, 0 for rows that only pad an eval batch. (B,)"""
+    return (batch["input_mask"].sum(-1) > 0).astype(jnp.float32)
+
+
+def pretraining_normalizers(batch):
+    """The counts the MLM and NSP means divide by: masked predictions and real rows (see
+    `task.loss_normalizers` in `tl_jax/tasks/__init__.py`). The micro-batches of one step hold
+    different numbers of masked predictions, so the mean of their means is not the batch's."""
+    return dict(predictions=batch["masked_weights"].astype(jnp.float32).sum(),
+                rows=_real_rows(batch).sum())
+
+
+def pretraining_loss(outputs, batch, params, normalizers=None):
     """MLM cross-entropy over real predictions + NSP cross-entropy; metrics as (sum, count).
 
     The MLM loss goes through `losses.tied_softmax_cross_entropy` on `outputs["mlm_hidden"]`,
@@ -194,6 +211,9 @@ def pretraining_loss(outputs, batch, params):
     ~190 ms of a ~1.4 s BERT-mini step on 2 cores). Values and gradients are the same as
     optax's cross-entropy on `mlm_logits`; MLM accuracy counts the target's logit being the
     largest (an exact tie counts as correct).
+
+    `normalizers` (`pretraining_normalizers` of the whole batch, under gradient accumulation):
+    the means divide by its counts instead of this batch's.
     """
     weights = batch["masked_weights"].astype(jnp.float32)  # (B, P)
     n_pred = weights.sum()
@@ -202,14 +222,14 @@ def pretraining_loss(outputs, batch, params):
         batch["masked_ids"], bias=params["mlm_head"]["output_bias"],
         chunk_elements=None, recompute=False)
     mlm_correct = mlm_correct * weights
-    mlm_loss = (mlm_ce * weights).sum() / jnp.maximum(n_pred, 1.0)
+    mlm_loss = normalized((mlm_ce * weights).sum(), n_pred, normalizers, "predictions")
 
     # Rows that only pad an eval batch have no real tokens; they do not count for NSP either.
-    rows = (batch["input_mask"].sum(-1) > 0).astype(jnp.float32)  # (B,)
+    rows = _real_rows(batch)  # (B,)
     nsp_logits = outputs["nsp_logits"]  # (B, 2)
     nsp_ce = optax.softmax_cross_entropy_with_integer_labels(nsp_logits, batch["nsp_labels"])
     n_rows = rows.sum()
-    nsp_loss = (nsp_ce * rows).sum() / jnp.maximum(n_rows, 1.0)
+    nsp_loss = normalized((nsp_ce * rows).sum(), n_rows, normalizers, "rows")
     nsp_correct = (jnp.argmax(nsp_logits, -1) == batch["nsp_labels"]) * rows
 
     loss = mlm_loss + nsp_loss
