@@ -131,6 +131,27 @@ def test_gradient_accumulation_is_exactly_one_big_batch(tiny_bert_overrides):
         assert got["mlm_loss"][1] == whole["mlm_loss"][1] == batch["masked_weights"].sum()
 
 
+def test_gradient_accumulation_is_exactly_one_big_batch_for_tagging(tmp_path):
+    # Tagging averages over labelled first sub-words: as many as the sentences have words, so
+    # micro-batches of sentences of different lengths hold different counts.
+    words = "emma smiled at mr knightley in highbury before the ball began".split()
+    conll = tmp_path / "train.conll"
+    conll.write_text("".join(
+        "".join(f"{w} {'B-PER' if w in ('emma', 'knightley') else 'O'}\n"
+                for w in words[:1 + (3 * i) % len(words)]) + "\n" for i in range(32)))
+    overrides = EXACT_STEP + [f"data.train_file={conll}", f"data.eval_file={conll}",
+                              "data.max_seq_length=16", "data.batch_size=16",
+                              "model.classifier_dropout=0.0", "train.progress=False"]
+    spec = str(ROOT / "configs" / "finetune_tag.py") + ":tiny"
+    whole, params, batch = one_step_metrics(overrides, spec)
+    labelled = (batch["labels"] != -100) & (batch["input_mask"] > 0)
+    for accum in (2, 4):
+        assert len({int(labelled[i::accum].sum()) for i in range(accum)}) > 1, accum
+        got, got_params, _ = one_step_metrics(overrides + [f"optimizer.grad_accum_steps={accum}"],
+                                              spec)
+        assert_same_step((got, got_params), (whole, params))
+
+
 def test_a_few_hundred_steps_on_real_text_learn(tiny_bert_overrides, tmp_path):
     # On one device: learning does not depend on the mesh (the sharded step is checked to be
     # the one-device step above), and 8 fake devices on a few cores make each step slower.

@@ -21,6 +21,7 @@ import numpy as np
 from tl_jax.data import features, readers
 from tl_jax.evaluation import spans
 from tl_jax.models import heads
+from tl_jax import tasks
 from tl_jax.tasks import downstream
 
 
@@ -92,14 +93,24 @@ class Task(downstream.EncoderTask):
         outputs = self._head_outputs(params, batch, rng, train)
         return outputs["logits"]  # (B, L, C)
 
-    def loss_fn(self, params, batch, rng, train):
-        logits = self._logits(params, batch, rng, train)
+    @staticmethod
+    def _weights(batch):
         # Rows padding an eval batch have no tokens but labels 0, not IGNORE: they must not count.
-        weights = ((batch["labels"] != features.IGNORE) & (batch["input_mask"] > 0)
-                   ).astype(jnp.float32)  # (B, L)
+        return ((batch["labels"] != features.IGNORE) & (batch["input_mask"] > 0)
+                ).astype(jnp.float32)  # (B, L)
+
+    def loss_normalizers(self, batch):
+        """The labelled sub-words (one per word) the loss averages over: sentences have
+        different numbers of words, so the micro-batches of one step have different counts."""
+        return {"labelled": self._weights(batch).sum()}
+
+    def loss_fn(self, params, batch, rng, train, normalizers=None):
+        logits = self._logits(params, batch, rng, train)
+        weights = self._weights(batch)
         ce_sum, n = downstream.weighted_cross_entropy(logits, batch["labels"], weights)
         correct = ((jnp.argmax(logits, -1) == batch["labels"]) * weights).sum()
-        return ce_sum / jnp.maximum(n, 1.0), dict(loss=(ce_sum, n), accuracy=(correct, n))
+        return (tasks.normalized(ce_sum, n, normalizers, "labelled"),
+                dict(loss=(ce_sum, n), accuracy=(correct, n)))
 
     def predict_fn(self, params, batch):
         logits = self._logits(params, batch, jax.random.PRNGKey(0), False)
