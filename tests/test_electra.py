@@ -110,6 +110,39 @@ def test_replaced_labels_count_only_real_changes():
     assert float(metrics["mlm_accuracy"][1]) == 3  # the real prediction slots only
 
 
+def test_micro_batch_losses_over_the_whole_batchs_counts_add_up_to_its_loss():
+    # Gradient accumulation: each micro-batch divides by the whole batch's masked predictions
+    # and real tokens (task.loss_normalizers), so the micro-batch losses (and their gradients)
+    # sum to the whole batch's, though the micro-batches hold different counts of both.
+    rng = np.random.default_rng(0)
+    b, length, preds, vocab = 4, 6, 3, 7
+    mask = (np.arange(length)[None] < np.array([[6], [3], [5], [2]])).astype(np.int32)
+    batch = dict(input_mask=mask, masked_ids=rng.integers(0, vocab, (b, preds)).astype(np.int32),
+                 masked_weights=np.array([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0]],
+                                         np.float32))
+    outputs = dict(mlm_logits=jnp.asarray(rng.normal(size=(b, preds, vocab)), jnp.float32),
+                   discriminator_logits=jnp.asarray(rng.normal(size=(b, length)), jnp.float32),
+                   replaced=jnp.asarray(rng.random((b, length)) < 0.3, jnp.float32))
+    rows = lambda tree, i: jax.tree.map(lambda x: x[i::2], tree)  # noqa: E731  (the trainer's split)
+
+    def loss(out, part, normalizers=None):
+        return electra_task.electra_loss(out, part, 50.0, normalizers)[0]
+
+    def accumulated(out, normalizers):
+        return sum(loss(rows(out, i), rows(batch, i), normalizers) for i in range(2))
+
+    norms = electra_task.electra_normalizers(batch)
+    assert {float(batch["masked_weights"][i::2].sum()) for i in range(2)} == {5.0, 2.0}
+    whole = jax.value_and_grad(loss)(outputs, batch)
+    split = jax.value_and_grad(accumulated)(outputs, norms)
+    np.testing.assert_allclose(split[0], whole[0], rtol=1e-6)
+    for a, b_ in zip(jax.tree.leaves(split[1]), jax.tree.leaves(whole[1])):
+        np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-7)
+    # The mean of the micro-batch means (without the whole batch's counts) is another number.
+    mean_of_means = sum(loss(rows(outputs, i), rows(batch, i)) for i in range(2)) / 2
+    assert abs(float(mean_of_means) - float(whole[0])) > 1e-2
+
+
 @pytest.fixture(scope="module")
 def gradients(tiny):
     """(loss, gradients of the loss, of the MLM loss alone, of the discriminator's loss alone)."""

@@ -29,7 +29,7 @@ import optax
 from tl_jax import warm_start
 from tl_jax.data import pretraining
 from tl_jax.models import electra
-from tl_jax.tasks import bert_pretrain
+from tl_jax.tasks import bert_pretrain, normalized
 
 
 def electra_config_from(model_cfg, vocab_size: int) -> electra.ElectraConfig:
@@ -123,25 +123,38 @@ class Task:
         return warm_start.warm_start(params, self.config.init_from,
                                      self.model_config.discriminator)
 
-    def loss_fn(self, params, batch, rng, train):
+    def loss_normalizers(self, batch):
+        return electra_normalizers(batch)
+
+    def loss_fn(self, params, batch, rng, train, normalizers=None):
         dropout_rng, sample_rng = jax.random.split(rng)
         outputs, _ = self.model.apply(
             {"params": params}, *self._inputs(batch), deterministic=not train,
             rngs={"dropout": dropout_rng, "sample": sample_rng})
-        return electra_loss(outputs, batch, self.config.electra.discriminator_weight)
+        return electra_loss(outputs, batch, self.config.electra.discriminator_weight,
+                            normalizers)
 
 
-def electra_loss(outputs, batch, discriminator_weight: float):
+def electra_normalizers(batch):
+    """The counts the two means divide by, masked predictions and real tokens, of the whole
+    batch (`task.loss_normalizers`, for exact gradient accumulation): both vary by sequence."""
+    return dict(predictions=batch["masked_weights"].astype(jnp.float32).sum(),
+                tokens=(batch["input_mask"] > 0).astype(jnp.float32).sum())
+
+
+def electra_loss(outputs, batch, discriminator_weight: float, normalizers=None):
     """Generator MLM loss + discriminator_weight * replaced-token BCE; metrics as (sum, count).
 
     The MLM loss is plain cross-entropy on the generator's logits: they exist anyway for the
     sampling, so BERT's fused tied-softmax loss would only compute them a second time.
+    `normalizers` (`electra_normalizers` of the whole batch, under gradient accumulation): the
+    means divide by its counts instead of this batch's.
     """
     weights = batch["masked_weights"].astype(jnp.float32)  # (B, P)
     n_pred = weights.sum()
     mlm_logits = outputs["mlm_logits"]  # (B, P, V)
     mlm_ce = optax.softmax_cross_entropy_with_integer_labels(mlm_logits, batch["masked_ids"])
-    mlm_loss = (mlm_ce * weights).sum() / jnp.maximum(n_pred, 1.0)
+    mlm_loss = normalized((mlm_ce * weights).sum(), n_pred, normalizers, "predictions")
     mlm_correct = (jnp.argmax(mlm_logits, -1) == batch["masked_ids"]) * weights
 
     tokens = (batch["input_mask"] > 0).astype(jnp.float32)  # (B, L); pads are not scored
@@ -149,7 +162,7 @@ def electra_loss(outputs, batch, discriminator_weight: float):
     labels = outputs["replaced"].astype(jnp.float32)  # (B, L)
     logits = outputs["discriminator_logits"]  # (B, L)
     bce = optax.sigmoid_binary_cross_entropy(logits, labels)
-    disc_loss = (bce * tokens).sum() / jnp.maximum(n_tok, 1.0)
+    disc_loss = normalized((bce * tokens).sum(), n_tok, normalizers, "tokens")
     predicted = (logits > 0).astype(jnp.float32)
     correct = (predicted == labels) * tokens
     true_pos = predicted * labels * tokens
