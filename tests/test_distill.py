@@ -150,6 +150,48 @@ def test_cosine_loss_counts_real_tokens_only():
     np.testing.assert_allclose(float(total2), float(total), rtol=1e-6)
 
 
+def test_micro_batch_losses_over_the_whole_batchs_counts_add_up_to_its_loss():
+    # Gradient accumulation: each micro-batch divides by the whole batch's masked predictions
+    # and real tokens (task.loss_normalizers), so the micro-batch losses (and their gradients)
+    # sum to the whole batch's, though the micro-batches hold different counts of both.
+    import ml_collections
+
+    rng = np.random.default_rng(2)
+    b, length, preds, vocab, hidden = 4, 6, 3, 7, 5
+    mask = (np.arange(length)[None] < np.array([[6], [3], [5], [2]])).astype(np.int32)
+    batch = dict(input_mask=mask, masked_ids=rng.integers(0, vocab, (b, preds)).astype(np.int32),
+                 masked_positions=np.tile(np.arange(preds, dtype=np.int32), (b, 1)),
+                 masked_weights=np.array([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0]],
+                                         np.float32))
+    student = dict(mlm_logits=jnp.asarray(rng.normal(size=(b, preds, vocab)), jnp.float32),
+                   sequence_output=jnp.asarray(rng.normal(size=(b, length, hidden)), jnp.float32))
+    teacher = dict(mlm_logits=jnp.asarray(rng.normal(size=(b, preds, vocab)), jnp.float32),
+                   sequence_output=jnp.asarray(rng.normal(size=(b, length, hidden)), jnp.float32))
+    cfg = ml_collections.ConfigDict(dict(temperature=2.0, alpha_ce=5.0, alpha_mlm=2.0,
+                                         alpha_cos=1.0))
+
+    def rows(tree, i):  # micro-batch i of 2, as the trainer splits (None: the whole batch)
+        return tree if i is None else jax.tree.map(lambda x: x[i::2], tree)
+
+    def loss(out, i, normalizers=None):
+        return distill.distillation_loss(out, rows(teacher, i), rows(batch, i), cfg,
+                                         normalizers)[0]
+
+    def accumulated(out, normalizers):
+        return sum(loss(rows(out, i), i, normalizers) for i in range(2))
+
+    norms = distill.distillation_normalizers(batch)
+    assert {float(batch["masked_weights"][i::2].sum()) for i in range(2)} == {5.0, 2.0}
+    whole = jax.value_and_grad(loss)(student, None)
+    split = jax.value_and_grad(accumulated)(student, norms)
+    np.testing.assert_allclose(split[0], whole[0], rtol=1e-6)
+    for a, b_ in zip(jax.tree.leaves(split[1]), jax.tree.leaves(whole[1])):
+        np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-7)
+    # The mean of the micro-batch means (without the whole batch's counts) is another number.
+    mean_of_means = sum(loss(rows(student, i), i) for i in range(2)) / 2
+    assert abs(float(mean_of_means) - float(whole[0])) > 1e-2
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 

@@ -40,7 +40,7 @@ from tl_jax.data.tokenizer import Tokenizer
 from tl_jax.models import bert
 from tl_jax.optim import transfer
 from tl_jax.tasks import downstream
-from tl_jax.tasks import bert_pretrain
+from tl_jax.tasks import bert_pretrain, normalized
 
 TEACHER = "teacher"
 # The transfer rules the task always uses: the teacher, and the student's untrained pooler and
@@ -128,11 +128,20 @@ def cosine_loss(student_hidden, teacher_hidden, input_mask):
     return ((1.0 - cos) * weights).sum(), weights.sum()
 
 
-def distillation_loss(student_out, teacher_out, batch, cfg):
+def distillation_normalizers(batch):
+    """The counts the loss's means divide by, masked predictions and real tokens, of the whole
+    batch (`task.loss_normalizers`, for exact gradient accumulation): both vary by sequence."""
+    return dict(predictions=batch["masked_weights"].astype(jnp.float32).sum(),
+                tokens=(batch["input_mask"] > 0).astype(jnp.float32).sum())
+
+
+def distillation_loss(student_out, teacher_out, batch, cfg, normalizers=None):
     """The weighted DistilBERT loss and its metrics as `(sum, count)` pairs.
 
     student_out / teacher_out: BertForPreTraining outputs at `batch["masked_positions"]`.
     cfg: `config.distill` (temperature, alpha_ce, alpha_mlm, alpha_cos).
+    normalizers: `distillation_normalizers` of the whole batch, under gradient accumulation:
+    the means divide by its counts instead of this batch's.
     """
     weights = batch["masked_weights"].astype(jnp.float32)  # (B, P)
     n_pred = weights.sum()
@@ -146,9 +155,9 @@ def distillation_loss(student_out, teacher_out, batch, cfg):
     cos_sum, n_tokens = cosine_loss(student_out["sequence_output"],
                                     teacher_out["sequence_output"], batch["input_mask"])
 
-    loss = (cfg.alpha_ce * ce_sum / jnp.maximum(n_pred, 1.0)
-            + cfg.alpha_mlm * mlm_sum / jnp.maximum(n_pred, 1.0)
-            + cfg.alpha_cos * cos_sum / jnp.maximum(n_tokens, 1.0))
+    loss = (cfg.alpha_ce * normalized(ce_sum, n_pred, normalizers, "predictions")
+            + cfg.alpha_mlm * normalized(mlm_sum, n_pred, normalizers, "predictions")
+            + cfg.alpha_cos * normalized(cos_sum, n_tokens, normalizers, "tokens"))
 
     s_top, t_top = jnp.argmax(s_logits, -1), jnp.argmax(t_logits, -1)  # (B, P)
     metrics = dict(
@@ -379,11 +388,15 @@ class Task:
             rngs={"dropout": rng})
         return outputs
 
-    def loss_fn(self, params, batch, rng, train):
+    def loss_normalizers(self, batch):
+        return distillation_normalizers(batch)
+
+    def loss_fn(self, params, batch, rng, train, normalizers=None):
         student = {k: v for k, v in params.items() if k != TEACHER}
         # The teacher always runs in inference mode (no dropout), as in DistilBERT.
         teacher_out = jax.lax.stop_gradient(
             self._forward(self.teacher, params[TEACHER], batch, rng, False))
         student_out = self._forward(self.model, student, batch, rng, train)
-        return distillation_loss(student_out, teacher_out, batch, self.config.distill)
+        return distillation_loss(student_out, teacher_out, batch, self.config.distill,
+                                 normalizers)
 
