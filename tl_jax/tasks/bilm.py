@@ -23,6 +23,7 @@ import optax
 
 from tl_jax import checkpoint
 from tl_jax.models import elmo
+from tl_jax.tasks import normalized
 
 SPECIALS = ("<pad>", "<unk>", elmo.BOS_TOKEN, elmo.EOS_TOKEN)
 PAD_ID, UNK_ID = 0, 1
@@ -291,9 +292,14 @@ class Task:
             nlls.append(jnp.sum(nll * weights))
         return nlls[0], nlls[1], jnp.sum(weights)
 
-    def loss_fn(self, params, batch, rng, train):
+    def loss_normalizers(self, batch):
+        """The predicted tokens per direction: sentences have different lengths, so the
+        micro-batches of one step hold different counts."""
+        return {"tokens": jnp.sum(batch["mask"][:, 1:].astype(jnp.float32))}
+
+    def loss_fn(self, params, batch, rng, train, normalizers=None):
         fwd, bwd, count = self._nll(params, batch, rng, train)
-        loss = (fwd + bwd) / (2.0 * jnp.maximum(count, 1.0))
+        loss = normalized(fwd + bwd, count, normalizers, "tokens") / 2.0
         return loss, {"forward_nll": (fwd, count), "backward_nll": (bwd, count)}
 
     def predict_fn(self, params, batch):

@@ -23,6 +23,7 @@ import numpy as np
 from tl_jax import checkpoint, warm_start
 from tl_jax.data import bpe, clm as clm_data
 from tl_jax.models import gpt, losses
+from tl_jax.tasks import normalized
 
 
 def init_from_tokenizer(init_from: str) -> str:
@@ -248,12 +249,17 @@ class Task:
             return params
         return load_gpt_weights(params, self.config.init_from, self.model_config)
 
-    def loss_fn(self, params, batch, rng, train):
+    def loss_normalizers(self, batch):
+        """The predicted tokens the loss averages over. Packed windows are full but for the
+        corpus's last one, so micro-batches differ only when a batch holds that one."""
+        return {"tokens": batch["weights"].sum()}
+
+    def loss_fn(self, params, batch, rng, train, normalizers=None):
         outputs, _ = self.model.apply({"params": params}, batch["inputs"], train=train,
                                       rngs={"dropout": rng}, logits=False)
         nll, correct, count = lm_loss(params, outputs["hidden"], batch["targets"],
                                       batch["weights"])
-        loss = nll / jnp.maximum(count, 1.0)
+        loss = normalized(nll, count, normalizers, "tokens")
         return loss, dict(nll=(nll, count), accuracy=(correct, count))
 
     def predict_fn(self, params, batch):

@@ -21,8 +21,7 @@ import numpy as np
 from tl_jax.data import features, readers
 from tl_jax.evaluation import spans
 from tl_jax.models import heads
-from tl_jax import tasks
-from tl_jax.tasks import downstream
+from tl_jax.tasks import downstream, normalized
 
 
 def label_set(sentences) -> list[str]:
@@ -109,7 +108,7 @@ class Task(downstream.EncoderTask):
         weights = self._weights(batch)
         ce_sum, n = downstream.weighted_cross_entropy(logits, batch["labels"], weights)
         correct = ((jnp.argmax(logits, -1) == batch["labels"]) * weights).sum()
-        return (tasks.normalized(ce_sum, n, normalizers, "labelled"),
+        return (normalized(ce_sum, n, normalizers, "labelled"),
                 dict(loss=(ce_sum, n), accuracy=(correct, n)))
 
     def predict_fn(self, params, batch):
