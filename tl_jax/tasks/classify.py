@@ -94,7 +94,9 @@ class Task(downstream.EncoderTask):
 
     def loss_fn(self, params, batch, rng, train):
         logits = self._logits(params, batch, rng, train)
-        # Rows padding an eval batch have no tokens and must not count.
+        # Rows padding an eval batch have no tokens and must not count. Training rows are all
+        # real ([CLS] at least), so every micro-batch of an accumulated step counts the same
+        # rows and the mean of their means is the batch's: no `loss_normalizers` needed.
         weights = (batch["input_mask"].sum(-1) > 0).astype(jnp.float32)  # (B,)
         ce_sum, n = downstream.weighted_cross_entropy(logits, batch["labels"], weights)
         correct = ((jnp.argmax(logits, -1) == batch["labels"]) * weights).sum()

@@ -285,7 +285,9 @@ class Task(downstream.EvalPredictions):
 
     def loss_fn(self, params, batch, rng, train):
         logits = self._logits(params, batch, rng, train)
-        weights = (batch["lengths"] > 0).astype(jnp.float32)  # eval padding rows have length 0
+        # Eval padding rows have length 0; every training row has its EOS at least, so
+        # accumulated micro-batches count the same rows: no `loss_normalizers` needed.
+        weights = (batch["lengths"] > 0).astype(jnp.float32)
         ce_sum, n = downstream.weighted_cross_entropy(logits, batch["labels"], weights)
         correct = ((jnp.argmax(logits, -1) == batch["labels"]) * weights).sum()
         return ce_sum / jnp.maximum(n, 1.0), dict(loss=(ce_sum, n), accuracy=(correct, n))

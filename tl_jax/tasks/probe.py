@@ -214,7 +214,9 @@ class Task(classify.Task):
         if not self.cached:
             return super().loss_fn(params, batch, rng, train)
         logits = self._logits(params, batch, rng, train)
-        weights = batch["valid"].astype(jnp.float32)  # 0 on rows padding an eval batch
+        # 0 on rows padding an eval batch, 1 on every training row: accumulated micro-batches
+        # count the same rows, as the classifier's (no `loss_normalizers` needed).
+        weights = batch["valid"].astype(jnp.float32)
         ce_sum, n = downstream.weighted_cross_entropy(logits, batch["labels"], weights)
         correct = ((jnp.argmax(logits, -1) == batch["labels"]) * weights).sum()
         return ce_sum / jnp.maximum(n, 1.0), dict(loss=(ce_sum, n), accuracy=(correct, n))

@@ -167,7 +167,9 @@ class Task(downstream.EncoderTask):
 
     def loss_fn(self, params, batch, rng, train):
         start_logits, end_logits = self._logits(params, batch, rng, train)
-        rows = (batch["input_mask"].sum(-1) > 0).astype(jnp.float32)  # (B,): eval padding rows
+        # (B,): 0 on eval padding rows. Training windows are all real, one start and one end
+        # each, so accumulated micro-batches count the same: no `loss_normalizers` needed.
+        rows = (batch["input_mask"].sum(-1) > 0).astype(jnp.float32)
         start_sum, n = downstream.weighted_cross_entropy(start_logits, batch["start_positions"], rows)
         end_sum, _ = downstream.weighted_cross_entropy(end_logits, batch["end_positions"], rows)
         loss_sum = 0.5 * (start_sum + end_sum)
