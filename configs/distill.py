@@ -71,6 +71,10 @@ def get_config(arg=None):
         alpha_ce=5.0,                 # soft targets: T^2 * KL(teacher || student)
         alpha_mlm=2.0,                # the student's own masked-LM loss
         alpha_cos=1.0,                # 1 - cos(last hidden states) over real tokens
+        # The KL at the masked positions only (the reference script's --restrict_ce_to_mask).
+        # False: at every real token, as that script does by default (costs every position's
+        # logits, batch x length x vocabulary, in both models).
+        restrict_ce_to_mask=True,
     ))
 
     corpus = (os.path.join(DATA_DIR, "enwiki_sample.jsonl") if DATA_DIR and arg != "default"
