@@ -63,6 +63,8 @@ def get_config(arg=None):
     c.student = ml_collections.ConfigDict(dict(
         num_layers=0,                 # 0 = half the teacher's layers (rounded up)
         layers="",                    # teacher layers to copy, e.g. "0,2,4"; "" = evenly spaced
+                                      # from layer 0 (12 -> 0,2,...,10; DistilBERT's
+                                      # extract_distilbert.py took "0,2,4,7,9,11")
         init="teacher",               # teacher | scratch | a BERT dir/workdir of the same width
     ))
 

@@ -63,8 +63,10 @@ FREEZE_RULES = ((r"teacher/.*", "frozen"), (r"bert/pooler/.*|nsp_head/.*", "froz
 def student_layer_indices(teacher_layers: int, num_layers: int, spec: str = "") -> list[int]:
     """Which teacher layer initialises each student layer.
 
-    `spec` "" spreads `num_layers` evenly from the bottom (DistilBERT's every other layer:
+    `spec` "" spreads `num_layers` evenly from the bottom (the paper's "one layer out of two":
     12 -> 0,2,...,10; 6 -> 0,2,4); otherwise a comma list of teacher layer indices, increasing.
+    The released DistilBERT was initialised from 0,2,4,7,9,11 (the reference
+    `extract_distilbert.py` keeps the top layer): `student.layers="0,2,4,7,9,11"` does that.
     `num_layers` 0 means half the teacher's layers (rounded up), or the list's length.
     """
     if spec:
