@@ -63,7 +63,8 @@ def get_config(arg=None):
         short_seq_prob=0.1,
         whole_word_masking=False,
         dynamic_masking=True,
-        dupe_factor=5,
+        dupe_factor=10,                     # static masking only: copies of the data, each
+                                            # with its own pairs and masks (BERT: 10)
         eval_fraction=0.05,
         batch_size=run["batch_size"],       # global, over all devices and processes
         eval_batch_size=run["batch_size"],

@@ -443,3 +443,14 @@ def test_build_errors_before_any_work(small_corpus, tmp_path):
         build_pretraining_data(_data_config(small_corpus, batch_size=6), 128, None, 0, 0, 4)
     with pytest.raises(ValueError, match="lacks key"):
         build_pretraining_data(ml_collections.ConfigDict({"corpus": small_corpus}), 128, None, 0)
+
+
+@pytest.mark.parametrize("name", ["bert_pretrain", "electra_pretrain", "distill"])
+def test_static_masking_makes_bert_s_ten_copies_by_default(name):
+    # create_pretraining_data.py's dupe_factor is 10; the configs had 5, so a run with
+    # data.dynamic_masking=False saw each instance under half as many masks as BERT's.
+    import pathlib
+
+    from tl_jax import config as config_lib
+    root = pathlib.Path(__file__).resolve().parent.parent
+    assert config_lib.load_config(str(root / "configs" / f"{name}.py")).data.dupe_factor == 10
