@@ -6,7 +6,11 @@ uniformly random non-special token with probability 0.1, and leaves it unchanged
 The model must predict the original token at every picked position.
 
 Maskable means "not a special token": [CLS], [SEP], [PAD], [UNK] and [MASK] are never picked
-(the original code only excluded [CLS]/[SEP]; predicting [UNK] teaches nothing).
+(the original code only excluded [CLS]/[SEP]; predicting [UNK] teaches nothing). The count is
+`round(masked_lm_prob * maskable tokens)`; the original's is `round(masked_lm_prob * all
+tokens)`, [CLS] and both [SEP]s included, so at most one prediction more per example (10 rather
+than 9 of a full 64-token pair; both give 19 of 128). The random replacement is drawn from the
+non-special tokens; the original drew from the whole vocabulary.
 
 With `whole_word=True` the unit of selection is a word: a token and the `##` pieces that follow
 it are picked together or not at all, as in BERT's whole-word-masking release. The 80/10/10
