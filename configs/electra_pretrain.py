@@ -86,6 +86,9 @@ def get_config(arg=None):
         max_seq_length=run["seq"],
         max_predictions_per_seq=max_predictions(run["seq"], run["mask"]),
         masked_lm_prob=run["mask"],
+        mask_token_prob=0.8,                # of the picked tokens: the share shown as [MASK],
+        random_token_prob=0.1,              # as a random token; the rest unchanged. BERT's
+                                            # 80/10/10; ELECTRA's code: 0.85 and 0.0
         short_seq_prob=0.1,
         whole_word_masking=False,
         dynamic_masking=True,

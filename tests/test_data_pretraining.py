@@ -454,3 +454,28 @@ def test_static_masking_makes_bert_s_ten_copies_by_default(name):
     from tl_jax import config as config_lib
     root = pathlib.Path(__file__).resolve().parent.parent
     assert config_lib.load_config(str(root / "configs" / f"{name}.py")).data.dupe_factor == 10
+
+
+def test_electra_s_85_15_replacement_rule_is_an_option(instances, tokenizer, small_corpus,
+                                                       data_dir):
+    # ELECTRA's code shows 85% of the picked tokens as [MASK] and keeps 15%, no random tokens.
+    masker = Masker(tokenizer, 0.15, L, mask_token_prob=0.85, random_token_prob=0.0)
+    picked = n_mask = n_same = 0
+    for i in range(len(instances)):
+        out = masker.mask(instances.tokens_of(i), np.random.default_rng(i))
+        new = out.input_ids[out.positions]
+        picked += len(new)
+        n_mask += int((new == tokenizer.mask_id).sum())
+        n_same += int((new == out.labels).sum())
+    assert picked > 2_000 and n_mask + n_same == picked  # nothing random
+    assert abs(n_mask / picked - 0.85) < 0.03
+    # Through the data config (optional keys), checked before the corpus is read.
+    vocab = str(data_dir / "models" / "all-MiniLM-L6-v2" / "vocab.txt")
+    data = build_pretraining_data(
+        _data_config(small_corpus, tokenizer=vocab, max_documents=20, eval_fraction=0.0,
+                     batch_size=2, mask_token_prob=0.85, random_token_prob=0.0),
+        128, None, seed=0, progress=False)
+    assert (data.train.masker.mask_token_prob, data.train.masker.random_token_prob) == (0.85, 0.0)
+    with pytest.raises(ValueError, match="data.mask_token_prob=0.9 and random_token_prob=0.2"):
+        build_pretraining_data(_data_config("/nowhere", mask_token_prob=0.9,
+                                            random_token_prob=0.2), 128, None, seed=0)

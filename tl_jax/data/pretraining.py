@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tl_jax.checkpoint import has_saved_step
-from tl_jax.data.masking import Masker
+from tl_jax.data.masking import Masker, check_replacement_probs
 from tl_jax.data.pretraining_iterator import (
     PretrainingIterator,
     eval_batches,
@@ -287,6 +287,13 @@ DATA_CONFIG_KEYS = (
 )
 
 
+def _replacement_probs(config) -> tuple[float, float]:
+    """`data.mask_token_prob`, `data.random_token_prob`: BERT's 0.8 / 0.1 when a config lacks
+    them (they are optional, unlike `DATA_CONFIG_KEYS`)."""
+    return (float(config.get("mask_token_prob", 0.8)),
+            float(config.get("random_token_prob", 0.1)))
+
+
 def _validate(config, max_position_embeddings: int, process_count: int) -> None:
     missing = [k for k in DATA_CONFIG_KEYS if k not in config]
     if missing:
@@ -305,6 +312,10 @@ def _validate(config, max_position_embeddings: int, process_count: int) -> None:
     if config.max_predictions_per_seq < 1:
         raise ValueError(f"data.max_predictions_per_seq={config.max_predictions_per_seq} must "
                          "be >= 1.")
+    try:
+        check_replacement_probs(*_replacement_probs(config))
+    except ValueError as e:
+        raise ValueError(f"data.{e}") from None
     if not 0.0 <= config.short_seq_prob <= 1.0:
         raise ValueError(f"data.short_seq_prob={config.short_seq_prob} must be in [0, 1].")
     if not 0.0 <= config.eval_fraction < 1.0:
@@ -411,7 +422,8 @@ def build_pretraining_data(
         raise ValueError(f"Corpus {c.corpus!r} gives only {len(train)} training instances, fewer "
                          f"than one batch (data.batch_size={c.batch_size}); use a larger corpus "
                          "or a smaller batch.")
-    masker = Masker(tokenizer, c.masked_lm_prob, c.max_predictions_per_seq, c.whole_word_masking)
+    masker = Masker(tokenizer, c.masked_lm_prob, c.max_predictions_per_seq, c.whole_word_masking,
+                    *_replacement_probs(c))
     iterator = PretrainingIterator(
         train, masker, c.max_seq_length, c.batch_size, seed,
         dynamic_masking=c.dynamic_masking, process_index=process_index,
