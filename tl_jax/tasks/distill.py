@@ -30,6 +30,11 @@ implementation's `--restrict_ce_to_mask` (HF examples/research_projects/distilla
 script's default, and so DistilBERT's own recipe, takes it at every real (non-pad) token,
 averaged over them; `distill.restrict_ce_to_mask=False` does that. It needs both models' MLM
 logits at every position, (batch, length, vocabulary), not only at the ~15% masked ones.
+
+Not reproduced from DistilBERT's data side: its masking picks tokens with probability
+proportional to count^-0.7 (`--mlm_smoothing 0.7`, rare tokens more often) where BERT's masking
+here is uniform, and its sequences are single contiguous segments (no pairs, no segment ids);
+here they are BERT pretraining's `[CLS] A [SEP] B [SEP]` pairs, whose NSP labels go unused.
 """
 from __future__ import annotations
 
