@@ -90,6 +90,8 @@ def get_config(arg=None):
         random_token_prob=0.1,              # as a random token; the rest unchanged. BERT's
                                             # 80/10/10; ELECTRA's code: 0.85 and 0.0
         short_seq_prob=0.1,
+        random_next_prob=0.5,               # B from another document (BERT's NSP pairs);
+                                            # ELECTRA's data: 0, B always continues A
         whole_word_masking=False,
         dynamic_masking=True,
         dupe_factor=10,                     # static masking only (BERT: 10)

@@ -479,3 +479,18 @@ def test_electra_s_85_15_replacement_rule_is_an_option(instances, tokenizer, sma
     with pytest.raises(ValueError, match="data.mask_token_prob=0.9 and random_token_prob=0.2"):
         build_pretraining_data(_data_config("/nowhere", mask_token_prob=0.9,
                                             random_token_prob=0.2), 128, None, seed=0)
+
+
+def test_random_next_share_is_an_option_and_zero_keeps_b_the_continuation(documents, tokenizer,
+                                                                          small_corpus):
+    # ELECTRA trains on BERT's pairs here, but its own data never takes B from another
+    # document: data.random_next_prob=0 gives that (one-sentence documents excepted).
+    def share(prob):
+        inst = create_instances(documents, L, 0.1, 0, tokenizer.cls_id, tokenizer.sep_id,
+                                random_next_prob=prob)
+        return inst.nsp_labels.mean(), len(inst)
+    assert share(0.0)[0] < 0.03 and 0.46 < share(0.5)[0] < 0.54 and share(1.0)[0] == 1.0
+    assert share(0.0)[1] < share(0.5)[1]  # no sentences put back for later pairs
+    with pytest.raises(ValueError, match="data.random_next_prob=1.5 must be in"):
+        build_pretraining_data(_data_config(small_corpus, random_next_prob=1.5), 128, None,
+                               seed=0)
