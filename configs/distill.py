@@ -77,6 +77,9 @@ def get_config(arg=None):
         # False: at every real token, as that script does by default (costs every position's
         # logits, batch x length x vocabulary, in both models).
         restrict_ce_to_mask=True,
+        # True: the student's position embeddings stay the teacher's (the reference command's
+        # --freeze_pos_embs); False trains them.
+        freeze_position_embeddings=False,
     ))
 
     corpus = (os.path.join(DATA_DIR, "enwiki_sample.jsonl") if DATA_DIR and arg != "default"

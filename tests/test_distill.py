@@ -189,9 +189,15 @@ def test_the_kl_can_cover_every_real_token_as_the_reference_script_does_by_defau
                                + 2.0 * float(at_masks["mlm_loss"][0]) / 2, rtol=1e-5)
 
 
-def test_the_task_gives_the_kl_every_position_s_logits_when_asked(teacher_dir, corpus):
-    config = distill_config(teacher_dir, corpus, "distill.restrict_ce_to_mask=False")
+def test_the_reference_command_s_settings_kl_everywhere_and_frozen_positions(teacher_dir,
+                                                                              corpus):
+    config = distill_config(teacher_dir, corpus, "distill.restrict_ce_to_mask=False",
+                            "distill.freeze_position_embeddings=True")
     trainer = train.build_trainer(config, None)
+    # --freeze_pos_embs: the student's position table gets no update; the rest of it trains.
+    mask = trainer.task.transfer_plan.optimizer_mask
+    assert not mask["bert/embeddings/position_embeddings/embedding"]
+    assert mask["bert/embeddings/word_embeddings/embedding"] and mask["mlm_head/output_bias"]
     params = jax.device_get(trainer.init_state(jax.random.PRNGKey(0))["params"])
     batch = next(iter(trainer.task.eval_batches()))
     everywhere = jax.device_get(trainer.task.loss_fn(params, batch, jax.random.PRNGKey(0),

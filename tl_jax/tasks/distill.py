@@ -27,9 +27,13 @@ same gradient, and a value that reaches 0 when the student matches.
 
 Where the KL is taken: by default at the masked positions only, which is the reference
 implementation's `--restrict_ce_to_mask` (HF examples/research_projects/distillation). That
-script's default, and so DistilBERT's own recipe, takes it at every real (non-pad) token,
-averaged over them; `distill.restrict_ce_to_mask=False` does that. It needs both models' MLM
+script's default (its README's training command does not set the flag) takes it at every real
+(non-pad) token, averaged over them; `distill.restrict_ce_to_mask=False` does that. It needs both models' MLM
 logits at every position, (batch, length, vocabulary), not only at the ~15% masked ones.
+
+DistilBERT's training command also froze the student's position embeddings
+(`--freeze_pos_embs`); `distill.freeze_position_embeddings=True` does that (default False: they
+train, as they did for the README's figures).
 
 Not reproduced from DistilBERT's data side: its masking picks tokens with probability
 proportional to count^-0.7 (`--mlm_smoothing 0.7`, rare tokens more often) where BERT's masking
@@ -58,6 +62,16 @@ TEACHER = "teacher"
 # NSP head (the teacher's copies), get no gradient and no optimizer state.
 FREEZE_RULES = ((r"teacher/.*", "frozen"), (r"bert/pooler/.*|nsp_head/.*", "frozen"),
                 (r".*", "train"))
+# With `distill.freeze_position_embeddings`: the student's position table stays the teacher's,
+# as the reference training command's `--freeze_pos_embs`.
+POSITION_RULE = (r"bert/embeddings/position_embeddings/.*", "frozen")
+
+
+def freeze_rules(cfg) -> tuple:
+    """The transfer rules for `config.distill`: FREEZE_RULES, plus POSITION_RULE when asked."""
+    if cfg.get("freeze_position_embeddings", False):
+        return FREEZE_RULES[:-1] + (POSITION_RULE,) + FREEZE_RULES[-1:]
+    return FREEZE_RULES
 
 
 # ================================================================================================
@@ -392,7 +406,7 @@ class Task:
         """`config.optimizer` over the student; the teacher is a frozen rule (no gradient, no
         optimizer state)."""
         t = transfer.default_config()
-        t.rules = FREEZE_RULES
+        t.rules = freeze_rules(self.config.distill)
         plan_config = ml_collections.ConfigDict(dict(transfer=t, optimizer=self.config.optimizer))
         tx, schedule = transfer.make_task_optimizer(self, plan_config, total_steps,
                                                     steps_per_epoch=1)
