@@ -683,6 +683,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                 # Metrics only for the weights they were measured on: a checkpoint between
                 # evals carrying the last eval's score could be kept as "best" instead of it.
                 save(done, last_eval if last_eval and last_eval_step == done else None)
+                # Like an eval, a (synchronous part of a) save is not training time: it would
+                # lower the next window's tokens/s and MFU and the summary's.
+                window_start = time.perf_counter()
                 if preemption.requested:
                     print(f"[checkpoint] SIGTERM: saved step {done}; exiting.", flush=True)
                     break
