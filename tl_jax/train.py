@@ -626,6 +626,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                     f"Non-finite {bad[1]} at step {bad[0]}. Stopping (the last checkpoint before "
                     "it is intact). Set --config.train.on_nonfinite=skip to skip such steps.")
         scalars = average(pending)
+        # The rate of the row's own step (the window's last update), not the window's mean
+        # that the other scalars are: a warm-up or STLR peak is not blunted in the plots.
+        scalars["learning_rate"] = float(trainer.schedule(step - 1))
         skipped_total += int(scalars.pop("nonfinite_steps", 0))
         elapsed = time.perf_counter() - window_start
         if window_steps:
