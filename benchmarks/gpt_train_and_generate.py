@@ -11,7 +11,8 @@ multiple of 16 positions), and HF's cached `generate` for reference. Both sides 
 shapes, batch, dropout 0, fp32 (`--dtype=bfloat16`: mixed precision for training on both
 sides), AdamW without clipping and all of the machine's cores (`torch.set_num_threads`); each is
 warmed up (compiled) before timing. On a GPU (JAX's default backend `gpu` and
-`torch.cuda` available) PyTorch runs on the same GPU; e.g. `--sizes=small --seq=512
+`torch.cuda` available) PyTorch runs on the same GPU, float32 matmuls in TF32 on both sides
+(XLA's default; `--f32_matmul=highest`: full float32 on both); e.g. `--sizes=small --seq=512
 --dtype=bfloat16`.
 """
 import argparse
@@ -181,6 +182,9 @@ def main():
                         help="training compute dtype of both sides; bfloat16 = mixed precision "
                              "(tl_jax's model dtype, PyTorch's autocast), params and optimizer "
                              "in f32. Generation always runs in float32")
+    parser.add_argument("--f32_matmul", default="tf32", choices=["tf32", "highest"],
+                        help="on a GPU, the float32 matmul arithmetic of both sides: TF32 "
+                             "(XLA's default; PyTorch is set to match) or full float32")
     parser.add_argument("--gen_batch", type=int, default=1)
     parser.add_argument("--prompt_len", type=int, default=16)
     parser.add_argument("--new_tokens", type=int, default=256)
@@ -190,6 +194,15 @@ def main():
         TORCH_DEVICE = "cuda"
     # XLA:CPU uses every logical core; PyTorch defaults to the physical ones.
     torch.set_num_threads(os.cpu_count())
+    if TORCH_DEVICE == "cuda":
+        # XLA runs float32 dots in TF32 on a GPU by default, PyTorch in full float32: the same
+        # arithmetic on both sides, TF32 (PyTorch set to match) or, with --f32_matmul=highest,
+        # full float32.
+        if args.f32_matmul == "highest":
+            jax.config.update("jax_default_matmul_precision", "highest")
+            torch.set_float32_matmul_precision("highest")
+        else:
+            torch.set_float32_matmul_precision("high")
     torch_where = (torch.cuda.get_device_name() if TORCH_DEVICE == "cuda"
                    else f"cpu, {torch.get_num_threads()} threads")
     print(f"devices: {jax.devices()}  torch: {torch_where}")
