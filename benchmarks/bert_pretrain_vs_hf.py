@@ -12,7 +12,9 @@ the same model FLOPs (tl_jax's, with the MLM decoder at the masked positions), s
 MFUs equals the ratio of throughputs; HF's own work is larger because it decodes every position.
 
 On a GPU (JAX's default backend `gpu` and `torch.cuda` available) PyTorch runs on the same GPU
-and the peak is measured there in the compute dtype (`--dtype`); `--settings base_b128` is
+and the peak is measured there in the compute dtype (`--dtype`); float32 matmuls are TF32 on
+both sides (XLA's default; PyTorch's is full float32, so it is set to match), or full float32
+on both with `--f32_matmul=highest`; `--settings base_b128` is
 BERT's phase-1 shape with a batch that fills a GPU.
 
 Do not run under `--xla_force_host_platform_device_count`: fake devices split the CPU.
@@ -162,6 +164,24 @@ def torch_step_timer(model, opt, inputs, device, dtype):
     return run
 
 
+def match_float32_matmuls(mode: str) -> None:
+    """Gives both sides the same float32 matmul arithmetic on a GPU. XLA runs float32 dots in
+    TF32 there by default, PyTorch (since 1.12) in full float32: left alone, a float32
+    comparison would time tl_jax on TF32 tensor cores against PyTorch without them. `tf32`
+    (the default, XLA's own) lets PyTorch use TF32 too; `highest` makes both use full float32
+    (and the measured peak with them). On a CPU both are full float32 already; nothing changes."""
+    if not on_gpu():
+        return
+    import jax
+    import torch
+    if mode == "highest":
+        jax.config.update("jax_default_matmul_precision", "highest")
+        torch.set_float32_matmul_precision("highest")
+    else:
+        torch.set_float32_matmul_precision("high")  # TF32, as XLA's default precision
+    print(f"float32 matmuls on the GPU: {mode} on both sides")
+
+
 def measure_peak(dtype: str) -> float:
     """The matmul peak MFU is measured against, printed: on a GPU in the compute dtype, on a
     CPU in float32 (also for bfloat16: AMX bf16 can pass 100% of it, see the README)."""
@@ -185,6 +205,9 @@ def add_timing_args(parser, steps: int) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="compute dtype of both sides; bfloat16 = mixed precision (tl_jax's "
                              "model.dtype, PyTorch's autocast), params and optimizer in f32")
+    parser.add_argument("--f32_matmul", default="tf32", choices=["tf32", "highest"],
+                        help="on a GPU, the float32 matmul arithmetic of both sides: TF32 "
+                             "(XLA's default; PyTorch is set to match) or full float32")
 
 
 def refuse_fake_devices() -> None:
@@ -207,6 +230,7 @@ def main():
     add_timing_args(parser, steps=10)
     args = parser.parse_args()
     refuse_fake_devices()
+    match_float32_matmuls(args.f32_matmul)
     peak = measure_peak(args.dtype)
     print(f"{'setting':8} {'tl_jax tok/s':>13} {'HF tok/s':>10} {'ratio':>6} "
           f"{'tl_jax MFU':>10} {'HF MFU':>7}")

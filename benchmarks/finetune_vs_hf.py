@@ -11,7 +11,8 @@ of each counts). tl_jax runs the trainer's jitted step (`tl_jax.train.build_trai
 `configs/finetune_classify.py:minilm`); HF runs forward, backward, clipping and
 `torch.optim.AdamW.step`. MFU is against the matmul peak this script measures first, with the same
 model FLOPs for both sides. On a GPU (JAX's default backend `gpu` and `torch.cuda` available)
-PyTorch runs on the same GPU.
+PyTorch runs on the same GPU, both sides with TF32 float32 matmuls (`--f32_matmul=highest`:
+full float32 on both).
 
 Do not run under `--xla_force_host_platform_device_count`: fake devices split the CPU.
 """
@@ -30,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bert_pretrain_vs_hf import (  # noqa: E402
-    add_timing_args, best_alternating, measure_peak, on_gpu, refuse_fake_devices,
-    torch_step_timer)
+    add_timing_args, best_alternating, match_float32_matmuls, measure_peak, on_gpu,
+    refuse_fake_devices, torch_step_timer)
 
 
 def setup_tl_jax(batch, seq, workdir, dtype):
@@ -95,6 +96,7 @@ def main():
     refuse_fake_devices()
     if not os.environ.get("TL_JAX_DATA_DIR"):
         sys.exit("Set TL_JAX_DATA_DIR to the shared data folder (MiniLM and the food reviews).")
+    match_float32_matmuls(args.f32_matmul)
     peak = measure_peak(args.dtype)
     with tempfile.TemporaryDirectory() as workdir:
         run_jax, host, flops, init_from = setup_tl_jax(args.batch, args.seq, workdir, args.dtype)

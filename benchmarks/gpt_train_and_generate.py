@@ -6,14 +6,19 @@ Run (on the real device count; do not set the 8-fake-device flag used by the tes
 
 Prints, per size, tokens/s of both trainers and their ratio (target >= 1.5x at tiny/mini on a
 CPU), then generation tokens/s with and without the cache and their ratio (target >= 5x for
-256 new tokens), and HF's cached `generate` for reference. Both sides use the same shapes,
-batch, dropout 0 and fp32 (`--dtype=bfloat16`: mixed precision for training on both sides);
-each is warmed up (compiled) before timing. On a GPU (JAX's default backend `gpu` and
-`torch.cuda` available) PyTorch runs on the same GPU; e.g. `--sizes=small --seq=512
+256 new tokens; without the cache each new token reruns the sequence so far, padded up to a
+multiple of 16 positions), and HF's cached `generate` for reference. Both sides use the same
+shapes, batch, dropout 0, fp32 (`--dtype=bfloat16`: mixed precision for training on both
+sides), AdamW without clipping and all of the machine's cores (`torch.set_num_threads`); each is
+warmed up (compiled) before timing. On a GPU (JAX's default backend `gpu` and
+`torch.cuda` available) PyTorch runs on the same GPU, float32 matmuls in TF32 on both sides
+(XLA's default; `--f32_matmul=highest`: full float32 on both); e.g. `--sizes=small --seq=512
 --dtype=bfloat16`.
 """
 import argparse
 import dataclasses
+import functools
+import os
 import time
 
 import jax
@@ -32,6 +37,8 @@ VOCAB = 8192  # the BPE size the GPT configs train
 # Where PyTorch runs: the GPU when JAX runs on one too (set in main), so the two sides compare on
 # the same chip.
 TORCH_DEVICE = "cpu"
+# The uncached baseline runs the sequence so far padded up to a multiple of this.
+RECOMPUTE_BUCKET = 16
 
 
 def torch_sync():
@@ -126,16 +133,19 @@ def generation(cfg, batch, prompt_len, new_tokens):
 
     total = prompt_len + new_tokens
 
-    @jax.jit
-    def next_token(params, tokens, t):
-        # One fixed shape (B, total): compiled once; position t-1's logits give token t.
-        logits = model.apply({"params": params}, tokens)[0]["logits"]  # (B, total, V)
+    @functools.partial(jax.jit, static_argnums=2)
+    def next_token(params, tokens, length, t):
+        # The whole sequence so far, rounded up to a multiple of RECOMPUTE_BUCKET (a compile
+        # per bucket, not per length; the causal mask keeps the zeros past t out of position
+        # t-1). Running all `total` positions for every token would inflate the speed-up.
+        logits = model.apply({"params": params}, tokens[:, :length])[0]["logits"]  # (B, len, V)
         return tokens.at[:, t].set(jnp.argmax(logits[:, t - 1], -1))
 
     def recompute():
         tokens = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_len].set(jnp.asarray(prompts))
         for t in range(prompt_len, total):
-            tokens = next_token(params, tokens, t)
+            length = min(total, -(-t // RECOMPUTE_BUCKET) * RECOMPUTE_BUCKET)
+            tokens = next_token(params, tokens, length, t)
         tokens.block_until_ready()
         return tokens
 
@@ -172,6 +182,9 @@ def main():
                         help="training compute dtype of both sides; bfloat16 = mixed precision "
                              "(tl_jax's model dtype, PyTorch's autocast), params and optimizer "
                              "in f32. Generation always runs in float32")
+    parser.add_argument("--f32_matmul", default="tf32", choices=["tf32", "highest"],
+                        help="on a GPU, the float32 matmul arithmetic of both sides: TF32 "
+                             "(XLA's default; PyTorch is set to match) or full float32")
     parser.add_argument("--gen_batch", type=int, default=1)
     parser.add_argument("--prompt_len", type=int, default=16)
     parser.add_argument("--new_tokens", type=int, default=256)
@@ -179,6 +192,17 @@ def main():
     global TORCH_DEVICE
     if jax.default_backend() == "gpu" and torch.cuda.is_available():
         TORCH_DEVICE = "cuda"
+    # XLA:CPU uses every logical core; PyTorch defaults to the physical ones.
+    torch.set_num_threads(os.cpu_count())
+    if TORCH_DEVICE == "cuda":
+        # XLA runs float32 dots in TF32 on a GPU by default, PyTorch in full float32: the same
+        # arithmetic on both sides, TF32 (PyTorch set to match) or, with --f32_matmul=highest,
+        # full float32.
+        if args.f32_matmul == "highest":
+            jax.config.update("jax_default_matmul_precision", "highest")
+            torch.set_float32_matmul_precision("highest")
+        else:
+            torch.set_float32_matmul_precision("high")
     torch_where = (torch.cuda.get_device_name() if TORCH_DEVICE == "cuda"
                    else f"cpu, {torch.get_num_threads()} threads")
     print(f"devices: {jax.devices()}  torch: {torch_where}")

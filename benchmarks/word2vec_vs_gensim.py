@@ -4,9 +4,10 @@
 
 Both train on the same tokenised corpus (Austen + the Wikipedia sample by default) with the same
 vocabulary threshold, dimension, window, negatives, subsampling, learning rate and epochs;
-gensim gets one worker thread per CPU core. Training time counts from the first update to the
-last (vocabulary building excluded for both; tl_jax's includes jit compilation and building every
-epoch's examples). Words/s = corpus tokens x epochs / training seconds. tl_jax runs once per
+gensim gets one worker thread per CPU core. Training time counts from the end of vocabulary
+building to the last update (vocabulary building excluded for both; tl_jax's includes mapping the
+corpus to ids, which gensim does inside `train`, jit compilation and building every epoch's
+examples). Words/s = corpus tokens x epochs / training seconds. tl_jax runs once per
 value of --shared-negatives (per-pair negatives as in word2vec.c, and negatives shared by each
 batch); each line gives words/s, the ratio to gensim and the WordSim353 / SimLex-999 / analogy
 scores. With --repeats N the contenders run alternately N times and the best rate of each is

@@ -60,10 +60,13 @@ def get_config(arg=None):
         max_seq_length=run["seq"],
         max_predictions_per_seq=20,
         masked_lm_prob=0.15,
+        mask_token_prob=0.8,                # of the picked tokens: the share shown as [MASK],
+        random_token_prob=0.1,              # as a random token; the rest unchanged
         short_seq_prob=0.1,
         whole_word_masking=False,
         dynamic_masking=True,
-        dupe_factor=5,
+        dupe_factor=10,                     # static masking only: copies of the data, each
+                                            # with its own pairs and masks (BERT: 10)
         eval_fraction=0.05,
         batch_size=run["batch_size"],       # global, over all devices and processes
         eval_batch_size=run["batch_size"],

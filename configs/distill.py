@@ -63,6 +63,8 @@ def get_config(arg=None):
     c.student = ml_collections.ConfigDict(dict(
         num_layers=0,                 # 0 = half the teacher's layers (rounded up)
         layers="",                    # teacher layers to copy, e.g. "0,2,4"; "" = evenly spaced
+                                      # from layer 0 (12 -> 0,2,...,10; DistilBERT's
+                                      # extract_distilbert.py took "0,2,4,7,9,11")
         init="teacher",               # teacher | scratch | a BERT dir/workdir of the same width
     ))
 
@@ -71,6 +73,13 @@ def get_config(arg=None):
         alpha_ce=5.0,                 # soft targets: T^2 * KL(teacher || student)
         alpha_mlm=2.0,                # the student's own masked-LM loss
         alpha_cos=1.0,                # 1 - cos(last hidden states) over real tokens
+        # The KL at the masked positions only (the reference script's --restrict_ce_to_mask).
+        # False: at every real token, as that script does by default (costs every position's
+        # logits, batch x length x vocabulary, in both models).
+        restrict_ce_to_mask=True,
+        # True: the student's position embeddings stay the teacher's (the reference command's
+        # --freeze_pos_embs); False trains them.
+        freeze_position_embeddings=False,
     ))
 
     corpus = (os.path.join(DATA_DIR, "enwiki_sample.jsonl") if DATA_DIR and arg != "default"
@@ -88,7 +97,7 @@ def get_config(arg=None):
         short_seq_prob=0.1,
         whole_word_masking=False,
         dynamic_masking=True,
-        dupe_factor=5,
+        dupe_factor=10,               # static masking only (BERT: 10)
         eval_fraction=0.05,
         batch_size=run["batch_size"],
         eval_batch_size=run["batch_size"],

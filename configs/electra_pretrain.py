@@ -27,15 +27,22 @@ import ml_collections
 from tl_jax import parallel
 from tl_jax.optim import optimizers
 
-# Steps / batch / warmup / peak lr per size: tiny and mini sized for a 2-core CPU as in
-# configs/bert_pretrain.py; small, base and large as in the ELECTRA paper (Table 6).
+# Steps / batch / warmup / peak lr / mask rate per size: tiny and mini sized for a 2-core CPU
+# as in configs/bert_pretrain.py; small, base and large as in the ELECTRA paper (Table 6), whose
+# Large masks 25% of the tokens (ELECTRA's configure_pretraining.py: mask_prob 0.25), not 15%.
 RUNS = {
-    "tiny": dict(steps=20, batch_size=16, warmup=5, lr=1e-3, seq=64),
-    "mini": dict(steps=600, batch_size=32, warmup=60, lr=1e-3, seq=128),
-    "small": dict(steps=1_000_000, batch_size=128, warmup=10_000, lr=5e-4, seq=128),
-    "base": dict(steps=766_000, batch_size=256, warmup=10_000, lr=2e-4, seq=512),
-    "large": dict(steps=400_000, batch_size=2048, warmup=10_000, lr=2e-4, seq=512),
+    "tiny": dict(steps=20, batch_size=16, warmup=5, lr=1e-3, seq=64, mask=0.15),
+    "mini": dict(steps=600, batch_size=32, warmup=60, lr=1e-3, seq=128, mask=0.15),
+    "small": dict(steps=1_000_000, batch_size=128, warmup=10_000, lr=5e-4, seq=128, mask=0.15),
+    "base": dict(steps=766_000, batch_size=256, warmup=10_000, lr=2e-4, seq=512, mask=0.15),
+    "large": dict(steps=400_000, batch_size=2048, warmup=10_000, lr=2e-4, seq=512, mask=0.25),
 }
+
+
+def max_predictions(seq: int, mask: float) -> int:
+    """BERT's 20 per 128 tokens (80 per 512), or ELECTRA's `int((mask + 0.005) * seq)` when
+    that is more: the cap must not cut a higher mask rate (Large: 130 of 512)."""
+    return max(20 if seq <= 128 else 80, int((mask + 0.005) * seq))
 
 
 def get_config(arg=None):
@@ -77,12 +84,17 @@ def get_config(arg=None):
         tokenizer_vocab_size=8192,
         lowercase=True,
         max_seq_length=run["seq"],
-        max_predictions_per_seq=20 if run["seq"] <= 128 else 80,
-        masked_lm_prob=0.15,
+        max_predictions_per_seq=max_predictions(run["seq"], run["mask"]),
+        masked_lm_prob=run["mask"],
+        mask_token_prob=0.8,                # of the picked tokens: the share shown as [MASK],
+        random_token_prob=0.1,              # as a random token; the rest unchanged. BERT's
+                                            # 80/10/10; ELECTRA's code: 0.85 and 0.0
         short_seq_prob=0.1,
+        random_next_prob=0.5,               # B from another document (BERT's NSP pairs);
+                                            # ELECTRA's data: 0, B always continues A
         whole_word_masking=False,
         dynamic_masking=True,
-        dupe_factor=5,
+        dupe_factor=10,                     # static masking only (BERT: 10)
         eval_fraction=0.05,
         batch_size=run["batch_size"],       # global, over all devices and processes
         eval_batch_size=run["batch_size"],

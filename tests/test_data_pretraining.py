@@ -443,3 +443,54 @@ def test_build_errors_before_any_work(small_corpus, tmp_path):
         build_pretraining_data(_data_config(small_corpus, batch_size=6), 128, None, 0, 0, 4)
     with pytest.raises(ValueError, match="lacks key"):
         build_pretraining_data(ml_collections.ConfigDict({"corpus": small_corpus}), 128, None, 0)
+
+
+@pytest.mark.parametrize("name", ["bert_pretrain", "electra_pretrain", "distill"])
+def test_static_masking_makes_bert_s_ten_copies_by_default(name):
+    # create_pretraining_data.py's dupe_factor is 10; the configs had 5, so a run with
+    # data.dynamic_masking=False saw each instance under half as many masks as BERT's.
+    import pathlib
+
+    from tl_jax import config as config_lib
+    root = pathlib.Path(__file__).resolve().parent.parent
+    assert config_lib.load_config(str(root / "configs" / f"{name}.py")).data.dupe_factor == 10
+
+
+def test_electra_s_85_15_replacement_rule_is_an_option(instances, tokenizer, small_corpus,
+                                                       data_dir):
+    # ELECTRA's code shows 85% of the picked tokens as [MASK] and keeps 15%, no random tokens.
+    masker = Masker(tokenizer, 0.15, L, mask_token_prob=0.85, random_token_prob=0.0)
+    picked = n_mask = n_same = 0
+    for i in range(len(instances)):
+        out = masker.mask(instances.tokens_of(i), np.random.default_rng(i))
+        new = out.input_ids[out.positions]
+        picked += len(new)
+        n_mask += int((new == tokenizer.mask_id).sum())
+        n_same += int((new == out.labels).sum())
+    assert picked > 2_000 and n_mask + n_same == picked  # nothing random
+    assert abs(n_mask / picked - 0.85) < 0.03
+    # Through the data config (optional keys), checked before the corpus is read.
+    vocab = str(data_dir / "models" / "all-MiniLM-L6-v2" / "vocab.txt")
+    data = build_pretraining_data(
+        _data_config(small_corpus, tokenizer=vocab, max_documents=20, eval_fraction=0.0,
+                     batch_size=2, mask_token_prob=0.85, random_token_prob=0.0),
+        128, None, seed=0, progress=False)
+    assert (data.train.masker.mask_token_prob, data.train.masker.random_token_prob) == (0.85, 0.0)
+    with pytest.raises(ValueError, match="data.mask_token_prob=0.9 and random_token_prob=0.2"):
+        build_pretraining_data(_data_config("/nowhere", mask_token_prob=0.9,
+                                            random_token_prob=0.2), 128, None, seed=0)
+
+
+def test_random_next_share_is_an_option_and_zero_keeps_b_the_continuation(documents, tokenizer,
+                                                                          small_corpus):
+    # ELECTRA trains on BERT's pairs here, but its own data never takes B from another
+    # document: data.random_next_prob=0 gives that (one-sentence documents excepted).
+    def share(prob):
+        inst = create_instances(documents, L, 0.1, 0, tokenizer.cls_id, tokenizer.sep_id,
+                                random_next_prob=prob)
+        return inst.nsp_labels.mean(), len(inst)
+    assert share(0.0)[0] < 0.03 and 0.46 < share(0.5)[0] < 0.54 and share(1.0)[0] == 1.0
+    assert share(0.0)[1] < share(0.5)[1]  # no sentences put back for later pairs
+    with pytest.raises(ValueError, match="data.random_next_prob=1.5 must be in"):
+        build_pretraining_data(_data_config(small_corpus, random_next_prob=1.5), 128, None,
+                               seed=0)

@@ -150,10 +150,12 @@ def test_cosine_loss_counts_real_tokens_only():
     np.testing.assert_allclose(float(total2), float(total), rtol=1e-6)
 
 
-def test_micro_batch_losses_over_the_whole_batchs_counts_add_up_to_its_loss():
+@pytest.mark.parametrize("restrict", [True, False])
+def test_micro_batch_losses_over_the_whole_batchs_counts_add_up_to_its_loss(restrict):
     # Gradient accumulation: each micro-batch divides by the whole batch's masked predictions
     # and real tokens (task.loss_normalizers), so the micro-batch losses (and their gradients)
-    # sum to the whole batch's, though the micro-batches hold different counts of both.
+    # sum to the whole batch's, though the micro-batches hold different counts of both. With
+    # restrict_ce_to_mask=False the KL averages over real tokens: the logits cover every one.
     import ml_collections
 
     rng = np.random.default_rng(2)
@@ -163,12 +165,15 @@ def test_micro_batch_losses_over_the_whole_batchs_counts_add_up_to_its_loss():
                  masked_positions=np.tile(np.arange(preds, dtype=np.int32), (b, 1)),
                  masked_weights=np.array([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0]],
                                          np.float32))
-    student = dict(mlm_logits=jnp.asarray(rng.normal(size=(b, preds, vocab)), jnp.float32),
-                   sequence_output=jnp.asarray(rng.normal(size=(b, length, hidden)), jnp.float32))
-    teacher = dict(mlm_logits=jnp.asarray(rng.normal(size=(b, preds, vocab)), jnp.float32),
-                   sequence_output=jnp.asarray(rng.normal(size=(b, length, hidden)), jnp.float32))
+    logit_positions = preds if restrict else length
+    student = dict(
+        mlm_logits=jnp.asarray(rng.normal(size=(b, logit_positions, vocab)), jnp.float32),
+        sequence_output=jnp.asarray(rng.normal(size=(b, length, hidden)), jnp.float32))
+    teacher = dict(
+        mlm_logits=jnp.asarray(rng.normal(size=(b, logit_positions, vocab)), jnp.float32),
+        sequence_output=jnp.asarray(rng.normal(size=(b, length, hidden)), jnp.float32))
     cfg = ml_collections.ConfigDict(dict(temperature=2.0, alpha_ce=5.0, alpha_mlm=2.0,
-                                         alpha_cos=1.0))
+                                         alpha_cos=1.0, restrict_ce_to_mask=restrict))
 
     def rows(tree, i):  # micro-batch i of 2, as the trainer splits (None: the whole batch)
         return tree if i is None else jax.tree.map(lambda x: x[i::2], tree)
@@ -190,6 +195,67 @@ def test_micro_batch_losses_over_the_whole_batchs_counts_add_up_to_its_loss():
     # The mean of the micro-batch means (without the whole batch's counts) is another number.
     mean_of_means = sum(loss(rows(student, i), i) for i in range(2)) / 2
     assert abs(float(mean_of_means) - float(whole[0])) > 1e-2
+
+
+def test_the_kl_can_cover_every_real_token_as_the_reference_script_does_by_default():
+    import ml_collections
+    rng = np.random.default_rng(2)
+    B, L, V = 2, 5, 7
+    s, t = rng.standard_normal((B, L, V)) * 2, rng.standard_normal((B, L, V)) * 2
+    t[0, 1] = s[0, 1]  # the student already matches the teacher at the masked positions...
+    t[1, 3] = s[1, 3]
+    batch = dict(input_mask=np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]),
+                 masked_positions=np.array([[1, 0], [3, 0]]),  # slot 2: padding
+                 masked_weights=np.array([[1.0, 0.0], [1.0, 0.0]]),
+                 masked_ids=np.array([[4, 0], [2, 0]]))
+    cfg = ml_collections.ConfigDict(dict(temperature=2.0, alpha_ce=5.0, alpha_mlm=2.0,
+                                         alpha_cos=0.0, restrict_ce_to_mask=True))
+    hidden = jnp.ones((B, L, 3))
+
+    def outputs(logits, positions):
+        picked = np.take_along_axis(logits, positions[..., None], axis=1) if positions is not None \
+            else logits
+        return dict(mlm_logits=jnp.asarray(picked), sequence_output=hidden)
+
+    at_masks = distill.distillation_loss(outputs(s, batch["masked_positions"]),
+                                         outputs(t, batch["masked_positions"]), batch, cfg)[1]
+    assert float(at_masks["distill_loss"][0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(at_masks["distill_loss"][1]) == 2
+    cfg.restrict_ce_to_mask = False
+    loss, everywhere = distill.distillation_loss(outputs(s, None), outputs(t, None), batch, cfg)
+    # ...but not elsewhere: with every real token in, the KL is the mean over the 8 of them.
+    kl = np.asarray(distill.soft_cross_entropy(jnp.asarray(s), jnp.asarray(t), 2.0))
+    assert float(everywhere["distill_loss"][1]) == 8
+    np.testing.assert_allclose(float(everywhere["distill_loss"][0]),
+                               kl[batch["input_mask"] > 0].sum(), rtol=1e-5)
+    # The student's MLM loss and accuracy stay at the masked positions.
+    for key in ("mlm_loss", "mlm_accuracy", "agreement"):
+        np.testing.assert_allclose(np.asarray(everywhere[key]), np.asarray(at_masks[key]),
+                                   rtol=1e-6)
+    np.testing.assert_allclose(float(loss), 5.0 * kl[batch["input_mask"] > 0].mean()
+                               + 2.0 * float(at_masks["mlm_loss"][0]) / 2, rtol=1e-5)
+
+
+def test_the_reference_command_s_settings_kl_everywhere_and_frozen_positions(teacher_dir,
+                                                                              corpus):
+    config = distill_config(teacher_dir, corpus, "distill.restrict_ce_to_mask=False",
+                            "distill.freeze_position_embeddings=True")
+    trainer = train.build_trainer(config, None)
+    # --freeze_pos_embs: the student's position table gets no update; the rest of it trains.
+    mask = trainer.task.transfer_plan.optimizer_mask
+    assert not mask["bert/embeddings/position_embeddings/embedding"]
+    assert mask["bert/embeddings/word_embeddings/embedding"] and mask["mlm_head/output_bias"]
+    params = jax.device_get(trainer.init_state(jax.random.PRNGKey(0))["params"])
+    batch = next(iter(trainer.task.eval_batches()))
+    everywhere = jax.device_get(trainer.task.loss_fn(params, batch, jax.random.PRNGKey(0),
+                                                     False)[1])
+    config.distill.restrict_ce_to_mask = True
+    at_masks = jax.device_get(trainer.task.loss_fn(params, batch, jax.random.PRNGKey(0),
+                                                   False)[1])
+    assert float(everywhere["distill_loss"][1]) == batch["input_mask"].sum()
+    assert float(at_masks["distill_loss"][1]) == batch["masked_weights"].sum()
+    np.testing.assert_allclose(float(everywhere["mlm_loss"][0]), float(at_masks["mlm_loss"][0]),
+                               rtol=1e-4)
 
 
 # -- the run ------------------------------------------------------------------------------------

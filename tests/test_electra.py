@@ -400,3 +400,14 @@ def test_a_factorised_step_trains_both_projections_and_the_shared_table(tiny_ber
     for name in ("bert/embeddings/word_embeddings/embedding", "bert/embeddings_project/kernel",
                  "generator/embeddings_project/kernel", "generator/mlm_head/transform/kernel"):
         assert not np.array_equal(after[name], before[name]), name
+
+
+@pytest.mark.parametrize("size,mask_rate", [("small", 0.15), ("base", 0.15), ("large", 0.25)])
+def test_paper_sizes_mask_as_the_paper_and_the_cap_does_not_cut_it(size, mask_rate):
+    # ELECTRA-Large masks 25% (the paper's Table 6; configure_pretraining.py's mask_prob 0.25);
+    # it was 15% with an 80-prediction cap, which would have cut 25% of 512 tokens anyway.
+    data = config_lib.load_config(f"{ELECTRA}:{size}").data
+    assert data.masked_lm_prob == mask_rate
+    # A full-length sequence's picks (every non-special token: seq - 3) fit under the cap.
+    picks = round((data.max_seq_length - 3) * data.masked_lm_prob)
+    assert data.max_predictions_per_seq >= picks

@@ -352,3 +352,27 @@ def test_training_in_a_static_vectors_workdir_is_refused(tmp_path):
     with pytest.raises(ValueError, match="holds static word vectors"):
         train.train_and_evaluate(config, str(tmp_path))
     assert (tmp_path / "vocab.txt").read_text() == "the 10\n"
+
+
+def test_flops_count_the_char_convolutions_at_their_valid_positions():
+    """A width-w filter over max_chars characters has max_chars - w + 1 positions (VALID
+    padding), as XLA's own count of the convolutions says; same CNN width, other widths."""
+    import dataclasses
+
+    import flax.linen as nn
+
+    wide = dataclasses.replace(TINY, filters=((1, 8), (2, 8), (3, 16)))
+    narrow = dataclasses.replace(TINY, filters=((1, 8), (1, 8), (1, 16)))
+
+    def xla_conv_flops(cfg):
+        x = jnp.zeros((1, cfg.max_chars, cfg.char_dim))
+        total = 0.0
+        for width, n in cfg.filters:
+            conv = nn.Conv(n, (width,), padding="VALID", use_bias=False)
+            params = conv.init(jax.random.PRNGKey(0), x)
+            cost = jax.jit(conv.apply).lower(params, x).compile().cost_analysis()
+            total += (cost[0] if isinstance(cost, list) else cost)["flops"]
+        return total
+
+    measured = 3.0 * (xla_conv_flops(wide) - xla_conv_flops(narrow))
+    assert wide.flops_per_token() - narrow.flops_per_token() == pytest.approx(measured)

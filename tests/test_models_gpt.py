@@ -211,3 +211,21 @@ def test_gpt_classifier_concat_pooling_is_ulmfits_last_max_mean_over_the_text():
     np.testing.assert_allclose(model.apply(variables, padded, lengths)[0]["logits"],
                                out["logits"], rtol=1e-5, atol=1e-6)
     assert nn.unbox(variables["params"]["head"]["kernel"]).shape == (3 * cfg.embed_dim, 3)
+
+
+def test_flops_per_token_counts_the_real_matmul_params():
+    """6 FLOPs per matmul weight per token (the tied output projection once, the MLP at its
+    configured width) plus PaLM's 12 L E T for attention; no vocabulary projection for a
+    classifier, which never computes the logits."""
+    from flax import traverse_util
+
+    cfg = gpt_config("tiny", VOCAB, max_len=32, mlp_dim=3 * 64)  # not 4 * embed_dim
+    shapes = jax.eval_shape(lambda: GPT(cfg).init(jax.random.PRNGKey(0),
+                                                  jnp.zeros((1, 4), jnp.int32)))
+    flat = traverse_util.flatten_dict(nn.unbox(shapes["params"]), sep="/")
+    kernels = sum(np.prod(v.shape) for p, v in flat.items() if p.endswith("kernel"))
+    head = cfg.vocab_size * cfg.embed_dim  # tied to wte
+    seq = 16
+    attention = 6 * cfg.num_layers * 2 * seq * cfg.embed_dim
+    assert cfg.flops_per_token(seq) == pytest.approx(6 * (kernels + head) + attention)
+    assert cfg.flops_per_token(seq, logits=False) == pytest.approx(6 * kernels + attention)

@@ -262,3 +262,23 @@ def test_a_static_vectors_sweep(tmp_path, data_dir):
     assert table.startswith("| window | seeds | wordsim353_spearman |"), table
     again = sweep.run(path, str(tmp_path), grid=["window=2,5"], overrides=[f"eval_dir={data_dir}"])
     assert again["runs"][0]["final_loss"] == result["runs"][0]["final_loss"]
+
+
+def test_a_seed_left_out_of_a_mean_is_named_in_the_table(tmp_path):
+    """A diverged seed (NaN) is left out of the mean and std; the cell says over how many seeds
+    they are instead of passing the survivors' mean off as all three's. The training loss is
+    the run's last, even when that one is NaN."""
+    setting = (("optimizer.name", "lamb"),)
+    runs = [sweep.Run(setting, s, f"lamb__seed={s}") for s in range(3)]
+    records = [{"run": r.name, "setting": dict(setting), "seed": r.seed, "curves": {},
+                "eval/mlm_accuracy": v, "train/loss": 2.0}
+               for r, v in zip(runs, [0.1, float("nan"), 0.2])]
+    table = sweep.markdown_table(sweep.summarize(records, runs))
+    assert "| lamb | 3 | 0.1500 ± 0.0500 (2 of 3 seeds) | 2.0000 ± 0.0000 |" in table, table
+    one = sweep.markdown_table(sweep.summarize(records[:2], runs[:2]))
+    assert "| lamb | 2 | 0.1000 (1 of 2 seeds) |" in one, one
+
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 1, "loss": 3.0}\n{"step": 2, "loss": "nan"}\n')
+    _, last_loss = sweep._curves(str(tmp_path))
+    assert last_loss != last_loss  # NaN, not the 3.0 before it

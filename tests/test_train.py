@@ -263,3 +263,41 @@ def test_zero_steps_in_a_new_workdir_evaluates_the_initial_model_and_says_so(
     assert "train.steps=0: nothing to train; evaluating the initial model (randomly " in out
     assert result.summary["step"] == 0 and "eval/mlm_accuracy" in result.summary
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+
+
+def test_throughput_leaves_out_checkpoint_saves(tiny_bert_overrides, tmp_path, monkeypatch):
+    """tokens/s and MFU time the training steps: like an eval, a checkpoint save (here one that
+    takes 2 s) between two logging windows is not counted in the next one."""
+    from tl_jax import checkpoint as ckpt_lib
+    import time as time_lib
+
+    original = ckpt_lib.Checkpointer.save
+
+    def slow_save(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        time_lib.sleep(2.0)
+
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", slow_save)
+    config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [
+        "mesh.num_devices=1", "train.steps=3", "train.log_every=1", "train.eval_every=0",
+        "train.checkpoint_every=1", "train.async_checkpoint=False"])
+    result = train.train_and_evaluate(config, str(tmp_path))
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rates = [x["steps_per_sec"] for x in lines if "steps_per_sec" in x]
+    assert len(rates) == 2 and min(rates) > 1.0, rates  # a tiny step takes well under 1 s
+    tokens_per_step = 16 * 32
+    assert result.summary["tokens_per_sec"] > tokens_per_step
+
+
+def test_logged_learning_rate_is_the_rows_step_not_the_windows_mean(tiny_bert_overrides,
+                                                                     tmp_path):
+    # Warm-up over 8 steps, a row every 4: step 4's row holds the rate of update 4 (index 3).
+    config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [
+        "mesh.num_devices=1", "train.steps=4", "train.log_every=4", "train.eval_every=0",
+        "train.checkpoint_every=4", "optimizer.warmup_steps=8", "optimizer.learning_rate=1e-3"])
+    result = train.train_and_evaluate(config, str(tmp_path))
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    row = [x for x in lines if x["step"] == 4 and "learning_rate" in x][-1]
+    schedule = result.trainer.schedule
+    assert row["learning_rate"] == pytest.approx(float(schedule(3)))
+    assert float(schedule(3)) > float(schedule(2))  # so a window mean would differ

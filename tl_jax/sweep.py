@@ -14,8 +14,9 @@ killed sweep loses at most the steps since a run's last checkpoint; a run traine
 settings (a changed `--config.*` override) is refused, not reported as this sweep's. More
 `train.steps` resumes the runs and trains on. A failed run is reported and the others go on.
 
-Written to DIR: results.csv (one row per run), results.md (one row per setting: mean ± std
-over seeds), results.json, and, with matplotlib installed, curves.png (held-out metrics over
+Written to DIR: results.csv (one row per run), results.md (one row per setting: mean ±
+population std over seeds; a cell over fewer seeds, some non-finite or missing, says how many),
+results.json, and, with matplotlib installed, curves.png (held-out metrics over
 steps, one line per setting) and, when one axis is numeric, final.png (each metric against it).
 """
 from __future__ import annotations
@@ -203,8 +204,11 @@ def _curves(run_dir: str) -> tuple[dict[str, list[tuple[int, float]]], float | N
             for key, value in row.items():
                 if key.startswith("eval/") and isinstance(value, (int, float)):
                     curves.setdefault(key, []).append((int(row["step"]), float(value)))
-            if isinstance(row.get("loss"), (int, float)):
-                last_loss = float(row["loss"])
+            loss = row.get("loss")
+            if isinstance(loss, (int, float)):
+                last_loss = float(loss)
+            elif loss in ("nan", "inf", "-inf"):  # as json_safe wrote it: a diverged run's
+                last_loss = float(loss)           # last loss, not its last finite one
     return curves, last_loss
 
 
@@ -324,7 +328,10 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
 
 
 def summarize(records: list[dict], runs: list[Run], metrics: Sequence[str] = ()) -> dict:
-    """Groups the runs by setting: mean and population std over seeds of each metric."""
+    """Groups the runs by setting: mean and population std over seeds of each metric.
+
+    Only finite values enter them; `row["counts"][metric]` is how many seeds that was, where
+    fewer than the setting's (a diverged or incomplete seed)."""
     if metrics:
         names = list(metrics)
         for name in names:
@@ -344,6 +351,10 @@ def summarize(records: list[dict], runs: list[Run], metrics: Sequence[str] = ())
                       if isinstance(rec.get(name), (int, float)) and math.isfinite(rec[name])]
             if values:
                 row[name] = _mean_std(values)
+                if len(values) < len(group):
+                    # A diverged seed (NaN/inf) or one without the metric is left out of the
+                    # mean and std; the table says so rather than show a survivors' mean.
+                    row.setdefault("counts", {})[name] = len(values)
         curves: dict[str, dict[int, list[float]]] = {}
         for rec in group:
             for key, points in rec["curves"].items():
@@ -355,9 +366,12 @@ def summarize(records: list[dict], runs: list[Run], metrics: Sequence[str] = ())
     return {"runs": records, "settings": settings, "metrics": names}
 
 
-def _fmt(mean_std, seeds: int) -> str:
+def _fmt(mean_std, seeds: int, count: int | None = None) -> str:
+    """`mean ± std` over the seeds; `count`: how many of them the figures cover, if fewer."""
     mean, std = mean_std
-    return f"{mean:.4f}" if seeds < 2 else f"{mean:.4f} ± {std:.4f}"
+    n = seeds if count is None else count
+    text = f"{mean:.4f}" if n < 2 else f"{mean:.4f} ± {std:.4f}"
+    return text if count is None else f"{text} ({count} of {seeds} seeds)"
 
 
 def markdown_table(result: dict) -> str:
@@ -367,7 +381,8 @@ def markdown_table(result: dict) -> str:
              "|" + "---|" * len(keys) + "---:|" + "---:|" * len(names)]
     for row in settings:
         cells = [row["setting"][k] for k in keys] + [str(row["seeds"])]
-        cells += [_fmt(row[n], row["seeds"]) if n in row else "-" for n in names]
+        cells += [_fmt(row[n], row["seeds"], row.get("counts", {}).get(n)) if n in row else "-"
+                  for n in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

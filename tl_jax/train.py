@@ -638,6 +638,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                     f"Non-finite {bad[1]} at step {bad[0]}. Stopping (the last checkpoint before "
                     "it is intact). Set --config.train.on_nonfinite=skip to skip such steps.")
         scalars = average(pending)
+        # The rate of the row's own step (the window's last update), not the window's mean
+        # that the other scalars are: a warm-up or STLR peak is not blunted in the plots.
+        scalars["learning_rate"] = float(trainer.schedule(step - 1))
         skipped_total += int(scalars.pop("nonfinite_steps", 0))
         elapsed = time.perf_counter() - window_start
         if window_steps:
@@ -695,6 +698,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                 # Metrics only for the weights they were measured on: a checkpoint between
                 # evals carrying the last eval's score could be kept as "best" instead of it.
                 save(done, last_eval if last_eval and last_eval_step == done else None)
+                # Like an eval, a (synchronous part of a) save is not training time: it would
+                # lower the next window's tokens/s and MFU and the summary's.
+                window_start = time.perf_counter()
                 if preemption.requested:
                     print(f"[checkpoint] SIGTERM: saved step {done}; exiting.", flush=True)
                     break

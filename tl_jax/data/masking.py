@@ -1,12 +1,18 @@
 """Masked-LM masking for BERT pretraining (Devlin et al., 2019, section 3.1 and appendix A.1).
 
 `Masker.mask(tokens, rng)` picks `masked_lm_prob` of the maskable tokens (at least one if there
-is one, at most `max_predictions_per_seq`) and replaces each picked token by [MASK] with probability 0.8, by a
-uniformly random non-special token with probability 0.1, and leaves it unchanged otherwise.
-The model must predict the original token at every picked position.
+is one, at most `max_predictions_per_seq`) and replaces each picked token by [MASK] with
+probability `mask_token_prob` (0.8), by a uniformly random non-special token with probability
+`random_token_prob` (0.1), and leaves it unchanged otherwise. The model must predict the
+original token at every picked position. (ELECTRA's code masks 85% and keeps 15%, no random
+tokens: `mask_token_prob=0.85, random_token_prob=0.0`.)
 
 Maskable means "not a special token": [CLS], [SEP], [PAD], [UNK] and [MASK] are never picked
-(the original code only excluded [CLS]/[SEP]; predicting [UNK] teaches nothing).
+(the original code only excluded [CLS]/[SEP]; predicting [UNK] teaches nothing). The count is
+`round(masked_lm_prob * maskable tokens)`; the original's is `round(masked_lm_prob * all
+tokens)`, [CLS] and both [SEP]s included, so at most one prediction more per example (10 rather
+than 9 of a full 64-token pair; both give 19 of 128). The random replacement is drawn from the
+non-special tokens; the original drew from the whole vocabulary.
 
 With `whole_word=True` the unit of selection is a word: a token and the `##` pieces that follow
 it are picked together or not at all, as in BERT's whole-word-masking release. The 80/10/10
@@ -19,6 +25,15 @@ import dataclasses
 import numpy as np
 
 from tl_jax.data.tokenizer import Tokenizer
+
+
+def check_replacement_probs(mask_token_prob: float, random_token_prob: float) -> None:
+    """Both in [0, 1] and together at most 1 (the rest is left unchanged)."""
+    if not (0.0 <= mask_token_prob <= 1.0 and 0.0 <= random_token_prob <= 1.0
+            and mask_token_prob + random_token_prob <= 1.0 + 1e-9):
+        raise ValueError(f"mask_token_prob={mask_token_prob} and random_token_prob="
+                         f"{random_token_prob} must be in [0, 1] and sum to at most 1 (BERT: "
+                         "0.8 and 0.1; ELECTRA's code: 0.85 and 0).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +54,16 @@ class Masker:
         masked_lm_prob: float = 0.15,
         max_predictions_per_seq: int = 20,
         whole_word: bool = False,
+        mask_token_prob: float = 0.8,
+        random_token_prob: float = 0.1,
     ):
         if not 0.0 < masked_lm_prob <= 1.0:
             raise ValueError(f"masked_lm_prob must be in (0, 1], got {masked_lm_prob}.")
         if max_predictions_per_seq < 1:
             raise ValueError(f"max_predictions_per_seq must be >= 1, got {max_predictions_per_seq}.")
+        check_replacement_probs(mask_token_prob, random_token_prob)
+        self.mask_token_prob = float(mask_token_prob)
+        self.random_token_prob = float(random_token_prob)
         self.masked_lm_prob = float(masked_lm_prob)
         self.max_predictions = int(max_predictions_per_seq)
         self.whole_word = bool(whole_word)
@@ -74,10 +94,12 @@ class Masker:
             positions = np.sort(rng.choice(candidates, size=num, replace=False))
         positions = positions.astype(np.int32)
         labels = tokens[positions]
-        # One uniform draw per picked token: < 0.8 -> [MASK], >= 0.9 -> random, else unchanged.
+        # One uniform draw per picked token: < mask_token_prob (0.8) -> [MASK],
+        # >= 1 - random_token_prob (0.9) -> random, else unchanged.
         draw = rng.random(positions.size)
         random_ids = self._random_pool[rng.integers(0, self._random_pool.size, size=positions.size)]
-        new_ids = np.where(draw < 0.8, self.mask_id, np.where(draw >= 0.9, random_ids, labels))
+        new_ids = np.where(draw < self.mask_token_prob, self.mask_id,
+                           np.where(draw >= 1.0 - self.random_token_prob, random_ids, labels))
         input_ids = tokens.copy()
         input_ids[positions] = new_ids
         return MaskedTokens(input_ids=input_ids, positions=positions, labels=labels)

@@ -6,9 +6,11 @@ Instances follow the original `create_pretraining_data.py` (google-research/bert
   a target length of `max_seq_length - 3` tokens (with probability `short_seq_prob` a random
   shorter target in [2, max_seq_length - 3], so the model also sees inputs as short as
   fine-tuning ones);
-* the chunk is cut at a random sentence boundary into A and B. With probability 0.5 (and always
-  when the document is a single sentence) B is instead taken from a random position in another
-  document (label 1, "random next"); the unused sentences are put back for the next chunk;
+* the chunk is cut at a random sentence boundary into A and B. With probability 0.5
+  (`data.random_next_prob`; and always when the document is a single sentence) B is instead
+  taken from a random position in another document (label 1, "random next"); the unused
+  sentences are put back for the next chunk. ELECTRA's data has no such pairs (its B always
+  continues A): `data.random_next_prob=0`;
 * `truncate_seq_pair` trims the longer of A and B one token at a time, from the front or the
   back at random, until the pair fits;
 * the layout is `[CLS] A [SEP] B [SEP]` with segment ids 0 for `[CLS] A [SEP]` and 1 after.
@@ -45,7 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tl_jax.checkpoint import has_saved_step
-from tl_jax.data.masking import Masker
+from tl_jax.data.masking import Masker, check_replacement_probs
 from tl_jax.data.pretraining_iterator import (
     PretrainingIterator,
     eval_batches,
@@ -148,8 +150,13 @@ def create_instances_from_document(
     rng: np.random.Generator,
     cls_id: int,
     sep_id: int,
+    random_next_prob: float = 0.5,
 ) -> list[tuple[list[int], int, int]]:
-    """NSP instances from one document, as `(tokens, num_a, nsp_label)` rows."""
+    """NSP instances from one document, as `(tokens, num_a, nsp_label)` rows.
+
+    `random_next_prob`: the share of B segments drawn from another document (BERT's 0.5; 0
+    keeps B the actual continuation, as ELECTRA's data, except for one-sentence documents).
+    """
     document = documents[document_index]
     max_num_tokens = max_seq_length - 3  # room for [CLS], [SEP], [SEP]
 
@@ -176,7 +183,7 @@ def create_instances_from_document(
             a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
             tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
             tokens_b: list[int] = []
-            if len(chunk) == 1 or rng.random() < 0.5:
+            if len(chunk) == 1 or rng.random() < random_next_prob:
                 is_random_next = 1
                 target_b_length = target_seq_length - len(tokens_a)
                 # Any document but this one: draw from n - 1 and skip over our own index.
@@ -213,6 +220,7 @@ def create_instances(
     sep_id: int,
     copy: int = 0,
     progress: bool = False,
+    random_next_prob: float = 0.5,
 ) -> PretrainingInstances:
     """NSP instances from all documents (one pass; `copy` varies the draws between passes)."""
     if len(documents) < 2:
@@ -225,7 +233,8 @@ def create_instances(
                   leave=False):
         rng = np.random.default_rng([seed, _CREATE_STREAM, copy, d])
         rows.extend(create_instances_from_document(
-            documents, d, max_seq_length, short_seq_prob, rng, cls_id, sep_id))
+            documents, d, max_seq_length, short_seq_prob, rng, cls_id, sep_id,
+            random_next_prob))
     if not rows:
         return PretrainingInstances.empty()
     return PretrainingInstances.from_rows(rows)
@@ -287,6 +296,18 @@ DATA_CONFIG_KEYS = (
 )
 
 
+def _replacement_probs(config) -> tuple[float, float]:
+    """`data.mask_token_prob`, `data.random_token_prob`: BERT's 0.8 / 0.1 when a config lacks
+    them (they are optional, unlike `DATA_CONFIG_KEYS`)."""
+    return (float(config.get("mask_token_prob", 0.8)),
+            float(config.get("random_token_prob", 0.1)))
+
+
+def _random_next_prob(config) -> float:
+    """`data.random_next_prob`: BERT's 0.5 when a config lacks it (optional, as above)."""
+    return float(config.get("random_next_prob", 0.5))
+
+
 def _validate(config, max_position_embeddings: int, process_count: int) -> None:
     missing = [k for k in DATA_CONFIG_KEYS if k not in config]
     if missing:
@@ -305,6 +326,12 @@ def _validate(config, max_position_embeddings: int, process_count: int) -> None:
     if config.max_predictions_per_seq < 1:
         raise ValueError(f"data.max_predictions_per_seq={config.max_predictions_per_seq} must "
                          "be >= 1.")
+    try:
+        check_replacement_probs(*_replacement_probs(config))
+    except ValueError as e:
+        raise ValueError(f"data.{e}") from None
+    if not 0.0 <= _random_next_prob(config) <= 1.0:
+        raise ValueError(f"data.random_next_prob={_random_next_prob(config)} must be in [0, 1].")
     if not 0.0 <= config.short_seq_prob <= 1.0:
         raise ValueError(f"data.short_seq_prob={config.short_seq_prob} must be in [0, 1].")
     if not 0.0 <= config.eval_fraction < 1.0:
@@ -405,13 +432,15 @@ def build_pretraining_data(
     copies = 1 if c.dynamic_masking else c.dupe_factor
     train = PretrainingInstances.concatenate([
         create_instances(train_docs, c.max_seq_length, c.short_seq_prob, seed,
-                         tokenizer.cls_id, tokenizer.sep_id, copy=k, progress=progress)
+                         tokenizer.cls_id, tokenizer.sep_id, copy=k, progress=progress,
+                         random_next_prob=_random_next_prob(c))
         for k in range(copies)])
     if len(train) < c.batch_size:
         raise ValueError(f"Corpus {c.corpus!r} gives only {len(train)} training instances, fewer "
                          f"than one batch (data.batch_size={c.batch_size}); use a larger corpus "
                          "or a smaller batch.")
-    masker = Masker(tokenizer, c.masked_lm_prob, c.max_predictions_per_seq, c.whole_word_masking)
+    masker = Masker(tokenizer, c.masked_lm_prob, c.max_predictions_per_seq, c.whole_word_masking,
+                    *_replacement_probs(c))
     iterator = PretrainingIterator(
         train, masker, c.max_seq_length, c.batch_size, seed,
         dynamic_masking=c.dynamic_masking, process_index=process_index,
@@ -421,7 +450,8 @@ def build_pretraining_data(
         # Seed-free, like the split: runs with different seeds are scored on the same pairs
         # and masks, so their eval metrics compare without extra noise.
         evals = create_instances(eval_docs, c.max_seq_length, c.short_seq_prob,
-                                 _EVAL_SPLIT_SEED, tokenizer.cls_id, tokenizer.sep_id)
+                                 _EVAL_SPLIT_SEED, tokenizer.cls_id, tokenizer.sep_id,
+                                 random_next_prob=_random_next_prob(c))
     else:
         evals = PretrainingInstances.empty()
 

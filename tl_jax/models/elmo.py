@@ -59,7 +59,7 @@ class ElmoConfig:
         """Forward + backward (x3) matmul FLOPs per token; the softmax scores `softmax_size`
         words per direction (default: the full vocabulary; a sampled softmax scores fewer)."""
         c, p, h = self.max_chars, self.projection_dim, self.lstm_dim
-        cnn = sum(2 * c * w * self.char_dim * n for w, n in self.filters)
+        cnn = sum(2 * (c - w + 1) * w * self.char_dim * n for w, n in self.filters)  # VALID
         highway = self.highway_layers * 2 * self.cnn_features * 2 * self.cnn_features
         proj = 2 * self.cnn_features * p
         lstm = 2 * self.num_layers * (2 * (p + p) * 4 * h + 2 * h * p)  # two directions

@@ -70,10 +70,17 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
 
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs (forward + backward = 3x forward) per token, as in the PaLM appendix."""
-        n = self.num_layers * 12 * self.embed_dim**2 + self.vocab_size * self.embed_dim
-        attention = self.num_layers * 2 * seq_len * self.embed_dim
+    def flops_per_token(self, seq_len: int, logits: bool = True) -> float:
+        """Training FLOPs (forward + backward = 3x forward) per token, as in the PaLM appendix:
+        6N for the N matmul weights (qkv and output projections 4E^2, the MLP 2EM, the tied
+        output projection VE; embedding lookups cost none) plus 12 L E T for the attention
+        scores and weighted sum (the full T x T, causal mask or not). `logits=False` leaves out
+        the output projection, which a classifier over the hidden states never computes."""
+        e = self.embed_dim
+        n = self.num_layers * (4 * e * e + 2 * e * self.mlp_dim)
+        if logits:
+            n += self.vocab_size * e
+        attention = self.num_layers * 2 * seq_len * e
         return 6.0 * n + 6.0 * attention
 
 

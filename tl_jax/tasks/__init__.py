@@ -25,7 +25,8 @@ these attributes only (the contract every task file implements):
     task.flops_per_example : float
         Training FLOPs (forward + backward) per example, for MFU.
     task.tokens_per_example : int
-        Tokens one example contributes to throughput figures.
+        Tokens one example contributes to throughput figures: its padded length (every
+        position the model runs, padding included), as the HF comparisons in benchmarks/ count.
     task.save(workdir)
         Writes what a user needs beside the checkpoint (tokenizer, label map, ...).
 

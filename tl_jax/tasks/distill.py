@@ -24,6 +24,21 @@ tokenizer):
 
 The KL differs from the paper's soft cross-entropy by the teacher's entropy, a constant: the
 same gradient, and a value that reaches 0 when the student matches.
+
+Where the KL is taken: by default at the masked positions only, which is the reference
+implementation's `--restrict_ce_to_mask` (HF examples/research_projects/distillation). That
+script's default (its README's training command does not set the flag) takes it at every real
+(non-pad) token, averaged over them; `distill.restrict_ce_to_mask=False` does that. It needs both models' MLM
+logits at every position, (batch, length, vocabulary), not only at the ~15% masked ones.
+
+DistilBERT's training command also froze the student's position embeddings
+(`--freeze_pos_embs`); `distill.freeze_position_embeddings=True` does that (default False: they
+train, as they did for the README's figures).
+
+Not reproduced from DistilBERT's data side: its masking picks tokens with probability
+proportional to count^-0.7 (`--mlm_smoothing 0.7`, rare tokens more often) where BERT's masking
+here is uniform, and its sequences are single contiguous segments (no pairs, no segment ids);
+here they are BERT pretraining's `[CLS] A [SEP] B [SEP]` pairs, whose NSP labels go unused.
 """
 from __future__ import annotations
 
@@ -47,6 +62,16 @@ TEACHER = "teacher"
 # NSP head (the teacher's copies), get no gradient and no optimizer state.
 FREEZE_RULES = ((r"teacher/.*", "frozen"), (r"bert/pooler/.*|nsp_head/.*", "frozen"),
                 (r".*", "train"))
+# With `distill.freeze_position_embeddings`: the student's position table stays the teacher's,
+# as the reference training command's `--freeze_pos_embs`.
+POSITION_RULE = (r"bert/embeddings/position_embeddings/.*", "frozen")
+
+
+def freeze_rules(cfg) -> tuple:
+    """The transfer rules for `config.distill`: FREEZE_RULES, plus POSITION_RULE when asked."""
+    if cfg.get("freeze_position_embeddings", False):
+        return FREEZE_RULES[:-1] + (POSITION_RULE,) + FREEZE_RULES[-1:]
+    return FREEZE_RULES
 
 
 # ================================================================================================
@@ -57,8 +82,10 @@ FREEZE_RULES = ((r"teacher/.*", "frozen"), (r"bert/pooler/.*|nsp_head/.*", "froz
 def student_layer_indices(teacher_layers: int, num_layers: int, spec: str = "") -> list[int]:
     """Which teacher layer initialises each student layer.
 
-    `spec` "" spreads `num_layers` evenly from the bottom (DistilBERT's every other layer:
+    `spec` "" spreads `num_layers` evenly from the bottom (the paper's "one layer out of two":
     12 -> 0,2,...,10; 6 -> 0,2,4); otherwise a comma list of teacher layer indices, increasing.
+    The released DistilBERT was initialised from 0,2,4,7,9,11 (the reference
+    `extract_distilbert.py` keeps the top layer): `student.layers="0,2,4,7,9,11"` does that.
     `num_layers` 0 means half the teacher's layers (rounded up), or the list's length.
     """
     if spec:
@@ -128,6 +155,11 @@ def cosine_loss(student_hidden, teacher_hidden, input_mask):
     return ((1.0 - cos) * weights).sum(), weights.sum()
 
 
+def restricts_ce_to_mask(cfg) -> bool:
+    """`distill.restrict_ce_to_mask` (True when a config predates the key)."""
+    return bool(cfg.get("restrict_ce_to_mask", True))
+
+
 def distillation_normalizers(batch):
     """The counts the loss's means divide by, masked predictions and real tokens, of the whole
     batch (`task.loss_normalizers`, for exact gradient accumulation): both vary by sequence."""
@@ -138,30 +170,40 @@ def distillation_normalizers(batch):
 def distillation_loss(student_out, teacher_out, batch, cfg, normalizers=None):
     """The weighted DistilBERT loss and its metrics as `(sum, count)` pairs.
 
-    student_out / teacher_out: BertForPreTraining outputs at `batch["masked_positions"]`.
-    cfg: `config.distill` (temperature, alpha_ce, alpha_mlm, alpha_cos).
+    student_out / teacher_out: BertForPreTraining outputs at `batch["masked_positions"]`, or
+    at every position (`masked_positions=None`) when `cfg.restrict_ce_to_mask` is False.
+    cfg: `config.distill` (temperature, alpha_ce, alpha_mlm, alpha_cos, restrict_ce_to_mask).
     normalizers: `distillation_normalizers` of the whole batch, under gradient accumulation:
     the means divide by its counts instead of this batch's.
     """
     weights = batch["masked_weights"].astype(jnp.float32)  # (B, P)
     n_pred = weights.sum()
-    s_logits, t_logits = student_out["mlm_logits"], teacher_out["mlm_logits"]  # (B, P, V)
-
-    ce = soft_cross_entropy(s_logits, t_logits, cfg.temperature)  # (B, P)
-    ce_sum = (ce * weights).sum()
+    s_logits, t_logits = student_out["mlm_logits"], teacher_out["mlm_logits"]
+    if restricts_ce_to_mask(cfg):  # (B, P, V): the KL at the masked positions
+        ce_weights = weights
+        ce = soft_cross_entropy(s_logits, t_logits, cfg.temperature)  # (B, P)
+    else:  # (B, L, V): the KL at every real token, the rest at the masked positions
+        ce_weights = (batch["input_mask"] > 0).astype(jnp.float32)  # (B, L)
+        ce = soft_cross_entropy(s_logits, t_logits, cfg.temperature)  # (B, L)
+        index = jnp.asarray(batch["masked_positions"])[..., None]  # (B, P, 1)
+        s_logits = jnp.take_along_axis(s_logits, index, axis=1)  # (B, P, V)
+        t_logits = jnp.take_along_axis(t_logits, index, axis=1)
+    ce_sum = (ce * ce_weights).sum()
+    n_ce = ce_weights.sum()
     labels = jnp.where(weights > 0, batch["masked_ids"], 0)
     mlm = optax.softmax_cross_entropy_with_integer_labels(s_logits, labels)  # (B, P)
     mlm_sum = (mlm * weights).sum()
     cos_sum, n_tokens = cosine_loss(student_out["sequence_output"],
                                     teacher_out["sequence_output"], batch["input_mask"])
 
-    loss = (cfg.alpha_ce * normalized(ce_sum, n_pred, normalizers, "predictions")
+    ce_count = "predictions" if restricts_ce_to_mask(cfg) else "tokens"  # what n_ce counts
+    loss = (cfg.alpha_ce * normalized(ce_sum, n_ce, normalizers, ce_count)
             + cfg.alpha_mlm * normalized(mlm_sum, n_pred, normalizers, "predictions")
             + cfg.alpha_cos * normalized(cos_sum, n_tokens, normalizers, "tokens"))
 
     s_top, t_top = jnp.argmax(s_logits, -1), jnp.argmax(t_logits, -1)  # (B, P)
     metrics = dict(
-        distill_loss=(ce_sum, n_pred),
+        distill_loss=(ce_sum, n_ce),
         mlm_loss=(mlm_sum, n_pred),
         cos_loss=(cos_sum, n_tokens),
         mlm_accuracy=(((s_top == batch["masked_ids"]) * weights).sum(), n_pred),
@@ -317,6 +359,8 @@ class Task:
         self.model = bert.BertForPreTraining(self.model_config)     # the student
         self.teacher = bert.BertForPreTraining(tc)
         seq, preds = data_cfg.max_seq_length, data_cfg.max_predictions_per_seq
+        if not restricts_ce_to_mask(config.distill):
+            preds = seq  # both MLM heads run at every position
         # The student trains (3x forward); the teacher only runs forward. (Counted here, so the
         # trainer does not discount the frozen teacher again.)
         self.flops_count_frozen = True
@@ -372,7 +416,7 @@ class Task:
         """`config.optimizer` over the student; the teacher is a frozen rule (no gradient, no
         optimizer state)."""
         t = transfer.default_config()
-        t.rules = FREEZE_RULES
+        t.rules = freeze_rules(self.config.distill)
         plan_config = ml_collections.ConfigDict(dict(transfer=t, optimizer=self.config.optimizer))
         tx, schedule = transfer.make_task_optimizer(self, plan_config, total_steps,
                                                     steps_per_epoch=1)
@@ -382,10 +426,12 @@ class Task:
         return tx, schedule
 
     def _forward(self, module, params, batch, rng, train):
+        # Every position's logits when the KL is not restricted to the masked ones.
+        positions = (batch["masked_positions"] if restricts_ce_to_mask(self.config.distill)
+                     else None)
         outputs, _ = module.apply(
             {"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
-            masked_positions=batch["masked_positions"], deterministic=not train,
-            rngs={"dropout": rng})
+            masked_positions=positions, deterministic=not train, rngs={"dropout": rng})
         return outputs
 
     def loss_normalizers(self, batch):

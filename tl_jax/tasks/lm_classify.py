@@ -213,7 +213,8 @@ class Task(downstream.EvalPredictions):
                                    pooling=self.config.model.pooling,
                                    classifier_dropout=self.config.model.classifier_dropout)
         seq = self.config.data.max_seq_length
-        self.flops_per_example = model_config.flops_per_token(seq) * seq
+        # The classifier reads the hidden states; the vocabulary projection never runs.
+        self.flops_per_example = model_config.flops_per_token(seq, logits=False) * seq
         self.tokens_per_example = seq
 
     def encode(self, records, truncated=None):
