@@ -96,3 +96,25 @@ def polarity_classifier_config(data_dir):
             "data.max_seq_length=32", "data.max_train_examples=32", "data.max_eval_examples=16",
             *overrides])
     return make
+
+
+def assert_micro_batch_losses_sum_to_the_batch(loss, outputs, normalizers):
+    """Gradient accumulation's contract for a loss with `normalizers` (the whole batch's counts):
+    over the trainer's two micro-batches (rows i::2), the losses and their gradients sum to the
+    whole batch's. `loss(out, i, normalizers=None)` is the loss of micro-batch i of `out`'s
+    batch (i=None: the whole batch). Without the counts, the mean of the two micro-batch means
+    must be another number, or the test could not tell the two apart."""
+    import jax
+    import numpy as np
+
+    def rows(tree, i):
+        return jax.tree.map(lambda x: x[i::2], tree)
+
+    whole = jax.value_and_grad(lambda out: loss(out, None))(outputs)
+    split = jax.value_and_grad(
+        lambda out: sum(loss(rows(out, i), i, normalizers) for i in range(2)))(outputs)
+    np.testing.assert_allclose(split[0], whole[0], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(split[1]), jax.tree.leaves(whole[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    mean_of_means = sum(loss(rows(outputs, i), i) for i in range(2)) / 2
+    assert abs(float(mean_of_means) - float(whole[0])) > 1e-2

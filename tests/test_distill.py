@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_micro_batch_losses_sum_to_the_batch
 
 from tl_jax import checkpoint, config as config_lib, train, warm_start
 from tl_jax.data import sources
@@ -182,19 +183,9 @@ def test_micro_batch_losses_over_the_whole_batchs_counts_add_up_to_its_loss(rest
         return distill.distillation_loss(out, rows(teacher, i), rows(batch, i), cfg,
                                          normalizers)[0]
 
-    def accumulated(out, normalizers):
-        return sum(loss(rows(out, i), i, normalizers) for i in range(2))
-
-    norms = distill.distillation_normalizers(batch)
     assert {float(batch["masked_weights"][i::2].sum()) for i in range(2)} == {5.0, 2.0}
-    whole = jax.value_and_grad(loss)(student, None)
-    split = jax.value_and_grad(accumulated)(student, norms)
-    np.testing.assert_allclose(split[0], whole[0], rtol=1e-6)
-    for a, b_ in zip(jax.tree.leaves(split[1]), jax.tree.leaves(whole[1])):
-        np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-7)
-    # The mean of the micro-batch means (without the whole batch's counts) is another number.
-    mean_of_means = sum(loss(rows(student, i), i) for i in range(2)) / 2
-    assert abs(float(mean_of_means) - float(whole[0])) > 1e-2
+    assert_micro_batch_losses_sum_to_the_batch(loss, student,
+                                               distill.distillation_normalizers(batch))
 
 
 def test_the_kl_can_cover_every_real_token_as_the_reference_script_does_by_default():

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_micro_batch_losses_sum_to_the_batch
 
 from tl_jax import config as config_lib
 from tl_jax import parallel, train
@@ -123,24 +124,14 @@ def test_micro_batch_losses_over_the_whole_batchs_counts_add_up_to_its_loss():
     outputs = dict(mlm_logits=jnp.asarray(rng.normal(size=(b, preds, vocab)), jnp.float32),
                    discriminator_logits=jnp.asarray(rng.normal(size=(b, length)), jnp.float32),
                    replaced=jnp.asarray(rng.random((b, length)) < 0.3, jnp.float32))
-    rows = lambda tree, i: jax.tree.map(lambda x: x[i::2], tree)  # noqa: E731  (the trainer's split)
 
-    def loss(out, part, normalizers=None):
+    def loss(out, i, normalizers=None):
+        part = batch if i is None else jax.tree.map(lambda x: x[i::2], batch)
         return electra_task.electra_loss(out, part, 50.0, normalizers)[0]
 
-    def accumulated(out, normalizers):
-        return sum(loss(rows(out, i), rows(batch, i), normalizers) for i in range(2))
-
-    norms = electra_task.electra_normalizers(batch)
     assert {float(batch["masked_weights"][i::2].sum()) for i in range(2)} == {5.0, 2.0}
-    whole = jax.value_and_grad(loss)(outputs, batch)
-    split = jax.value_and_grad(accumulated)(outputs, norms)
-    np.testing.assert_allclose(split[0], whole[0], rtol=1e-6)
-    for a, b_ in zip(jax.tree.leaves(split[1]), jax.tree.leaves(whole[1])):
-        np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-7)
-    # The mean of the micro-batch means (without the whole batch's counts) is another number.
-    mean_of_means = sum(loss(rows(outputs, i), rows(batch, i)) for i in range(2)) / 2
-    assert abs(float(mean_of_means) - float(whole[0])) > 1e-2
+    assert_micro_batch_losses_sum_to_the_batch(loss, outputs,
+                                               electra_task.electra_normalizers(batch))
 
 
 @pytest.fixture(scope="module")
