@@ -88,3 +88,11 @@ def normalized(total, count, normalizers=None, name=None):
     if normalizers is not None:
         count = normalizers[name]
     return total / jnp.maximum(count, 1.0)
+
+
+def masked_lm_normalizers(batch):
+    """The whole batch's masked predictions and real tokens: the counts of the losses that
+    average over both (ELECTRA's generator MLM and replaced-token BCE; distillation's soft
+    targets, MLM and cosine terms), as `task.loss_normalizers`. Both vary by sequence."""
+    return dict(predictions=batch["masked_weights"].astype(jnp.float32).sum(),
+                tokens=(batch["input_mask"] > 0).astype(jnp.float32).sum())

@@ -55,7 +55,7 @@ from tl_jax.data.tokenizer import Tokenizer
 from tl_jax.models import bert
 from tl_jax.optim import transfer
 from tl_jax.tasks import downstream
-from tl_jax.tasks import bert_pretrain, normalized
+from tl_jax.tasks import bert_pretrain, masked_lm_normalizers, normalized
 
 TEACHER = "teacher"
 # The transfer rules the task always uses: the teacher, and the student's untrained pooler and
@@ -160,11 +160,8 @@ def restricts_ce_to_mask(cfg) -> bool:
     return bool(cfg.get("restrict_ce_to_mask", True))
 
 
-def distillation_normalizers(batch):
-    """The counts the loss's means divide by, masked predictions and real tokens, of the whole
-    batch (`task.loss_normalizers`, for exact gradient accumulation): both vary by sequence."""
-    return dict(predictions=batch["masked_weights"].astype(jnp.float32).sum(),
-                tokens=(batch["input_mask"] > 0).astype(jnp.float32).sum())
+# The counts its means divide by under gradient accumulation (`task.loss_normalizers`).
+distillation_normalizers = masked_lm_normalizers
 
 
 def distillation_loss(student_out, teacher_out, batch, cfg, normalizers=None):

@@ -29,7 +29,7 @@ import optax
 from tl_jax import warm_start
 from tl_jax.data import pretraining
 from tl_jax.models import electra
-from tl_jax.tasks import bert_pretrain, normalized
+from tl_jax.tasks import bert_pretrain, masked_lm_normalizers, normalized
 
 
 def electra_config_from(model_cfg, vocab_size: int) -> electra.ElectraConfig:
@@ -135,11 +135,8 @@ class Task:
                             normalizers)
 
 
-def electra_normalizers(batch):
-    """The counts the two means divide by, masked predictions and real tokens, of the whole
-    batch (`task.loss_normalizers`, for exact gradient accumulation): both vary by sequence."""
-    return dict(predictions=batch["masked_weights"].astype(jnp.float32).sum(),
-                tokens=(batch["input_mask"] > 0).astype(jnp.float32).sum())
+# The counts its means divide by under gradient accumulation (`task.loss_normalizers`).
+electra_normalizers = masked_lm_normalizers
 
 
 def electra_loss(outputs, batch, discriminator_weight: float, normalizers=None):
