@@ -283,8 +283,6 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) ->
         metrics = dict(metrics)
         metrics["loss"] = (loss, jnp.ones((), jnp.float32))
         metrics["grad_norm"] = (grad_norm, jnp.ones((), jnp.float32))
-        metrics["learning_rate"] = (jnp.asarray(schedule(state["step"]), jnp.float32),
-                                    jnp.ones((), jnp.float32))
         metrics["nonfinite_steps"] = (1.0 - finite.astype(jnp.float32), jnp.zeros((), jnp.float32))
         new_state = dict(step=state["step"] + 1, params=new_params, opt_state=new_opt_state,
                          rng=state["rng"])
@@ -638,8 +636,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                     f"Non-finite {bad[1]} at step {bad[0]}. Stopping (the last checkpoint before "
                     "it is intact). Set --config.train.on_nonfinite=skip to skip such steps.")
         scalars = average(pending)
-        # The rate of the row's own step (the window's last update), not the window's mean
-        # that the other scalars are: a warm-up or STLR peak is not blunted in the plots.
+        # The rate of the row's own step (the window's last update), from the schedule on the
+        # host, not a window mean from the step: a warm-up or STLR peak is not blunted in plots.
         scalars["learning_rate"] = float(trainer.schedule(step - 1))
         skipped_total += int(scalars.pop("nonfinite_steps", 0))
         elapsed = time.perf_counter() - window_start
