@@ -129,3 +129,21 @@ def test_same_result_with_batch_and_vocabulary_sharded_over_a_mesh():
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     for g, w in zip(got[1], want[1]):
         np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+
+def test_float32_embedding_gradient_is_not_a_first_axis_contraction():
+    # With several chunks a per-chunk `h^T d_logits` transposed to (V, E) was folded by XLA into
+    # a dot contracting the first axis of both operands, which XLA:CPU runs outside its fast
+    # matmul library (~3x slower at GPT tiny's head); the sum is now kept (E, V). (With one
+    # chunk the folded form stays on purpose: a large final transpose costs more there.)
+    hidden, embedding, targets, _ = _problem(batch=4, length=16, width=8, vocab=50)
+
+    def loss(h, e):
+        nll, _ = tied_softmax_cross_entropy(h, e, targets, chunk_elements=3 * 4 * 50)
+        return nll.sum()
+
+    hlo = jax.jit(jax.grad(loss, (0, 1))).lower(hidden, embedding).compile().as_text()
+    first_axis = [line.strip()[:160] for line in hlo.splitlines()
+                  if " dot(" in line and "lhs_contracting_dims={0}" in line]
+    assert not first_axis, first_axis
