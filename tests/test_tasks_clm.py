@@ -129,3 +129,37 @@ def test_workdir_tokenizer_is_kept_only_by_a_run_that_resumes(tmp_path, texts):
     (workdir / "checkpoints" / "10").mkdir()
     tok = clm.load_tokenizer(data_cfg(tokenizer_vocab_size=350), str(workdir), docs)
     assert tok.vocab_size == 300
+
+
+
+def test_lm_loss_keeps_small_logits_for_the_backward_pass_and_recomputes_large_ones(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    def hidden(batch, length, width):
+        return jnp.zeros((batch, length, width))
+
+    assert not clm.recompute_logits(hidden(16, 128, 256), 8192)  # GPT mini's batch: 64 MiB
+    assert clm.recompute_logits(hidden(16, 128, 64), 8192)  # narrow: recomputing is cheaper
+    assert clm.recompute_logits(hidden(8, 1024, 768), 50257)  # GPT-2 small: 1.5 GiB of logits
+
+    # Either way lm_loss has the same value and gradients.
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    params = {"wte": {"embedding": jax.random.normal(k[0], (300, 128)) * 0.1}}
+    h = jax.random.normal(k[1], (2, 24, 128))
+    targets = jax.random.randint(k[2], (2, 24), 0, 300)
+    weights = jnp.ones((2, 24)).at[1, 20:].set(0.0)
+
+    def run():
+        def loss(p, h):
+            return clm.lm_loss(p, h, targets, weights)[0]
+        return jax.value_and_grad(loss, (0, 1))(params, h)
+
+    assert not clm.recompute_logits(h, 300)
+    kept = run()
+    monkeypatch.setattr(clm, "KEEP_LOGITS_MAX_BYTES", 0)
+    assert clm.recompute_logits(h, 300)
+    recomputed = run()
+    for a, b in zip(jax.tree_util.tree_leaves(kept), jax.tree_util.tree_leaves(recomputed)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
