@@ -33,6 +33,15 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# Before anything runs JAX: tl_jax's host memory policy (freed memory kept for reuse) then holds
+# for the whole process, so for both sides of the comparison.
+from tl_jax import host_memory  # noqa: E402
+
+
+def print_host_memory() -> None:
+    print(f"host memory: freed memory kept for reuse (tl_jax/host_memory.py): "
+          f"{host_memory.keep_freed_memory()}, for both sides (one process)")
+
 SETTINGS = {
     # name: (size, seq_len, batch, max_predictions)
     "mini": ("mini", 128, 32, 20),
@@ -230,6 +239,7 @@ def main():
     add_timing_args(parser, steps=10)
     args = parser.parse_args()
     refuse_fake_devices()
+    print_host_memory()
     match_float32_matmuls(args.f32_matmul)
     peak = measure_peak(args.dtype)
     print(f"{'setting':8} {'tl_jax tok/s':>13} {'HF tok/s':>10} {'ratio':>6} "

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bert_pretrain_vs_hf import (  # noqa: E402
     add_timing_args, best_alternating, match_float32_matmuls, measure_peak, on_gpu,
-    refuse_fake_devices, torch_step_timer)
+    print_host_memory, refuse_fake_devices, torch_step_timer)
 
 
 def setup_tl_jax(batch, seq, workdir, dtype):
@@ -96,6 +96,7 @@ def main():
     refuse_fake_devices()
     if not os.environ.get("TL_JAX_DATA_DIR"):
         sys.exit("Set TL_JAX_DATA_DIR to the shared data folder (MiniLM and the food reviews).")
+    print_host_memory()
     match_float32_matmuls(args.f32_matmul)
     peak = measure_peak(args.dtype)
     with tempfile.TemporaryDirectory() as workdir:

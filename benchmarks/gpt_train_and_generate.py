@@ -10,7 +10,9 @@ CPU), then generation tokens/s with and without the cache and their ratio (targe
 multiple of 16 positions), and HF's cached `generate` for reference. Both sides use the same
 shapes, batch, dropout 0, fp32 (`--dtype=bfloat16`: mixed precision for training on both
 sides), AdamW without clipping and all of the machine's cores (`torch.set_num_threads`); each is
-warmed up (compiled) before timing. On a GPU (JAX's default backend `gpu` and
+warmed up (compiled) before timing. tl_jax runs with its host memory policy (freed memory kept
+for reuse, tl_jax/host_memory.py); HF's training runs in a separate process with glibc's own
+(`--peer_memory=same`: in this process, under tl_jax's policy too). On a GPU (JAX's default backend `gpu` and
 `torch.cuda` available) PyTorch runs on the same GPU, float32 matmuls in TF32 on both sides
 (XLA's default; `--f32_matmul=highest`: full float32 on both); e.g. `--sizes=small --seq=512
 --dtype=bfloat16`.
@@ -18,6 +20,7 @@ warmed up (compiled) before timing. On a GPU (JAX's default backend `gpu` and
 import argparse
 import dataclasses
 import functools
+import multiprocessing
 import os
 import time
 
@@ -29,6 +32,7 @@ import torch
 from flax import linen as nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from tl_jax import host_memory
 from tl_jax.generate import Generator
 from tl_jax.models.gpt import GPT, gpt_config
 from tl_jax.tasks.clm import lm_loss
@@ -120,6 +124,42 @@ def torch_train(cfg, batch, seq, steps):
     return timed(run, steps)
 
 
+def _peer_train(setup, cfg, batch, seq, steps):
+    """`torch_train` in a fresh interpreter (see `peer_train_seconds`)."""
+    global TORCH_DEVICE
+    TORCH_DEVICE = setup["device"]
+    torch.set_num_threads(setup["threads"])
+    if setup["matmul_precision"]:
+        torch.set_float32_matmul_precision(setup["matmul_precision"])
+    return torch_train(cfg, batch, seq, steps)
+
+
+def peer_train_seconds(args, cfg, batch, seq, steps):
+    """Seconds per HF training step, under the host memory policy `args.peer_memory` names.
+
+    Importing tl_jax keeps freed host memory in the process for reuse (tl_jax/host_memory.py),
+    which removes the page faults of every step's large temporaries on both sides of this
+    process. "glibc" (the default) times PyTorch as it runs on its own, with glibc's malloc
+    policy: in a fresh interpreter started with TL_JAX_KEEP_FREED_MEMORY=0. "same" times it
+    here, under tl_jax's policy.
+    """
+    if args.peer_memory == "same":
+        return torch_train(cfg, batch, seq, steps)
+    setup = {"device": TORCH_DEVICE, "threads": torch.get_num_threads(),
+             "matmul_precision": torch.get_float32_matmul_precision()
+             if TORCH_DEVICE == "cuda" else None}
+    previous = os.environ.get("TL_JAX_KEEP_FREED_MEMORY")
+    os.environ["TL_JAX_KEEP_FREED_MEMORY"] = "0"  # inherited by the spawned interpreter
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(_peer_train, (setup, cfg, batch, seq, steps))
+    finally:
+        if previous is None:
+            del os.environ["TL_JAX_KEEP_FREED_MEMORY"]
+        else:
+            os.environ["TL_JAX_KEEP_FREED_MEMORY"] = previous
+
+
 def generation(cfg, batch, prompt_len, new_tokens):
     """Seconds for `new_tokens` tokens: with the KV cache, and recomputing all positions."""
     model = GPT(cfg)
@@ -185,6 +225,10 @@ def main():
     parser.add_argument("--f32_matmul", default="tf32", choices=["tf32", "highest"],
                         help="on a GPU, the float32 matmul arithmetic of both sides: TF32 "
                              "(XLA's default; PyTorch is set to match) or full float32")
+    parser.add_argument("--peer_memory", default="glibc", choices=["glibc", "same"],
+                        help="host memory policy of HF's training: glibc's own, in a separate "
+                             "process (PyTorch as it runs by itself), or the same as tl_jax's "
+                             "(kept for reuse, tl_jax/host_memory.py), in this process")
     parser.add_argument("--gen_batch", type=int, default=1)
     parser.add_argument("--prompt_len", type=int, default=16)
     parser.add_argument("--new_tokens", type=int, default=256)
@@ -206,6 +250,9 @@ def main():
     torch_where = (torch.cuda.get_device_name() if TORCH_DEVICE == "cuda"
                    else f"cpu, {torch.get_num_threads()} threads")
     print(f"devices: {jax.devices()}  torch: {torch_where}")
+    print(f"host memory: tl_jax keeps freed memory for reuse: {host_memory.keep_freed_memory()}"
+          f"; HF training: " + ("glibc's policy, in its own process" if args.peer_memory == "glibc"
+                                else "the same policy, in this process"))
     for size in args.sizes.split(","):
         max_len = max(args.seq, args.prompt_len + args.new_tokens)
         cfg = gpt_config(size, VOCAB, max_len=max_len, dropout_rate=0.0,
@@ -215,7 +262,8 @@ def main():
         ours = theirs = 0.0
         for _ in range(args.repeats):
             ours = max(ours, tokens / jax_train(train_cfg, args.batch, args.seq, args.steps))
-            theirs = max(theirs, tokens / torch_train(train_cfg, args.batch, args.seq, args.steps))
+            theirs = max(theirs, tokens / peer_train_seconds(
+                args, train_cfg, args.batch, args.seq, args.steps))
         per_token = train_flops_per_token(train_cfg, args.seq)
         print(f"[{size}] train {args.dtype} batch {args.batch} x seq {args.seq}: "
               f"tl_jax {ours:,.0f} tok/s ({flop_rate(ours * per_token)}) | "
