@@ -7,7 +7,8 @@ import sys
 import pytest
 
 # Runs a jitted function whose 64 MiB temporary (a matmul's output) XLA:CPU allocates and frees
-# on every call, and prints the page faults per call once it is compiled and warm.
+# on every call, and prints the median page faults of the last 5 of 12 calls (with the policy
+# the heap grows to its steady size over the first few calls; measured here, within 3).
 _PROBE = """
 import resource
 {imports}
@@ -20,13 +21,12 @@ def f(x, w):
     return jnp.tanh(y).sum(0) + y.max(0)
 
 x, w = jnp.ones((16384, 64)) * 1e-3, jnp.ones((64, 1024))
-for _ in range(2):
+faults = []
+for _ in range(12):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x, w).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    f(x, w).block_until_ready()
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3
-print(host_memory.keep_freed_memory(), faults)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(host_memory.keep_freed_memory(), sorted(faults[-5:])[2])
 """
 
 
