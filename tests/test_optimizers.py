@@ -100,3 +100,28 @@ def test_default_lamb_is_optax_lamb():
                                   mask=optimizers.decay_mask))
     for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(ours)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_scalar_mix_gamma_is_not_decayed():
+    """ScalarMix's gamma scales the whole mixed representation, like a LayerNorm scale: AdamW's
+    decay must leave it alone (it would shrink the features towards 0), while the mixing scalars
+    and ordinary kernels keep their decay."""
+    from tl_jax.models.scalar_mix import ScalarMix
+
+    layers = [jnp.ones((1, 2, 3))] * 3
+    mix = ScalarMix(3, initial_scalars=(1.0, 2.0, 3.0), initial_gamma=2.0)
+    params = {"mix": mix.init(jax.random.PRNGKey(0), layers)["params"],
+              "dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}}
+    mask = optimizers.decay_mask(params)
+    assert mask == {"mix": {"scalars": True, "gamma": False},
+                    "dense": {"kernel": True, "bias": False}}
+
+    # One AdamW step with zero gradients moves only the decayed parameters.
+    tx = optax.adamw(0.1, weight_decay=0.5, mask=optimizers.decay_mask)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    assert float(new["mix"]["gamma"]) == 2.0
+    np.testing.assert_allclose(new["mix"]["scalars"], np.array([1.0, 2.0, 3.0]) * 0.95, rtol=1e-6)
+    np.testing.assert_allclose(new["dense"]["kernel"], 0.95)
+    np.testing.assert_array_equal(new["dense"]["bias"], 1.0)

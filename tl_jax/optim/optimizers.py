@@ -27,9 +27,13 @@ import jax
 import ml_collections
 import optax
 
-# Parameters matching this get no weight decay: biases (`bias`, `output_bias`, `b`) and
-# LayerNorm scales/offsets (as in BERT's AdamWeightDecayOptimizer).
-NO_DECAY_PATTERN = re.compile(r"(^|/|_)(bias|scale)$|(^|/)b$|layer_?norm|LayerNorm|(^|/)norm/")
+# Parameters matching this get no weight decay: biases (`bias`, `output_bias`, `b`), LayerNorm
+# scales/offsets (as in BERT's AdamWeightDecayOptimizer) and ScalarMix's `gamma`, which scales a
+# whole representation as a LayerNorm scale does (decay would pull it towards 0, not towards an
+# even mix; the mixing `scalars` keep their decay, the pull towards equal weights that ELMo's
+# paper adds as an L2 term).
+NO_DECAY_PATTERN = re.compile(
+    r"(^|/|_)(bias|scale)$|(^|/)b$|layer_?norm|LayerNorm|(^|/)norm/|(^|/)gamma$")
 
 
 def path_str(path) -> str:
