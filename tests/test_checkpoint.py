@@ -265,6 +265,28 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_bert_overrides, 
     assert resumed.summary["step"] == 6
 
 
+def test_a_checkpoint_with_every_array_damaged_is_reported_in_one_line(tiny_bert_overrides,
+                                                                        tmp_path):
+    # With every array file cut, each of the other failed reads printed its own traceback with
+    # tensorstore's spec after the one-line report: ~8,700 lines on stderr for BERT-tiny.
+    run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=6")
+    data = [p for p in (tmp_path / "checkpoints" / "6" / "state").rglob("*")
+            if p.is_file() and p.parent.name == "d" and p.parent.parent.name.startswith("ocdbt")]
+    assert data
+    for f in data:
+        f.write_bytes(f.read_bytes()[: max(1, f.stat().st_size // 3)])
+    args = ["train", f"--config={BERT}:tiny", f"--workdir={tmp_path}"] + [
+        f"--config.{o}" for o in tiny_bert_overrides + STEPS + ["train.steps=6"]]
+    resumed = worker(args, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reports = [line for line in resumed.stdout.splitlines() if "is corrupt" in line]
+    assert len(reports) == 1 and "Checkpoint at step 6" in reports[0], resumed.stdout
+    assert "Resuming from step 3" in resumed.stdout
+    assert "TensorStore" not in resumed.stderr and "read" not in resumed.stderr, \
+        resumed.stderr[:3000]
+    assert len(resumed.stderr.splitlines()) < 10, resumed.stderr[:3000]
+
+
 def test_every_checkpoint_corrupt_is_reported_not_silently_restarted(tiny_bert_overrides, tmp_path,
                                                                     capsys):
     run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3")
@@ -328,8 +350,20 @@ def test_the_closed_loop_filter_passes_every_other_unraisable(monkeypatch):
     ckpt_lib._drop_closed_loop_noise()
     ckpt_lib._drop_closed_loop_noise()  # installs once
     for error in (RuntimeError("Event loop is closed"), RuntimeError("other"), ValueError("x")):
-        sys.unraisablehook(types.SimpleNamespace(exc_value=error))
-    assert [str(u.exc_value) for u in seen] == ["other", "x"]
+        sys.unraisablehook(types.SimpleNamespace(exc_value=error, object=None))
+
+    async def _read_array_index_and_device_put():  # orbax's array read, by name
+        pass
+
+    async def another_coroutine():
+        pass
+
+    for coroutine in (_read_array_index_and_device_put(), another_coroutine()):
+        sys.unraisablehook(types.SimpleNamespace(exc_value=Exception("read failed"),
+                                                 object=coroutine))
+        coroutine.close()
+    assert [str(u.exc_value) for u in seen] == ["other", "x", "read failed"]
+    assert seen[-1].object.cr_code.co_name == "another_coroutine"
 
 
 def test_saving_replicated_arrays_on_a_multi_device_cpu_compiles_nothing(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import warnings
 from typing import Any
 
 import jax
@@ -478,12 +479,28 @@ def _short(error: Exception) -> str:
     return text
 
 
+# orbax's coroutine that reads one array's slice; when a restore fails, the reads of the other
+# arrays that also fail are left in this coroutine, never awaited.
+_ORBAX_ARRAY_READ = "_read_array_index_and_device_put"
+
+
+def _drop_failed_array_reads(record: logging.LogRecord) -> bool:
+    """A `logging` filter: False for asyncio's "exception was never retrieved" records of orbax's
+    failed array reads (see `_drop_closed_loop_noise`)."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not (error is not None and "never retrieved" in str(record.msg)
+                and str(error).startswith("Encountered error while reading array index"))
+
+
 def _drop_closed_loop_noise() -> None:
     """Once a restore has failed, tensorstore's reads that were still in flight complete into
     orbax's closed asyncio loop, and each prints an "Event loop is closed" traceback (hundreds
-    of lines, during and after the restore) through `sys.unraisablehook`. The failure itself is
-    reported on one line by the caller; this drops exactly those, and passes everything else to
-    the hook that was installed before."""
+    of lines, during and after the restore) through `sys.unraisablehook`; when many arrays are
+    damaged, each other failed read also prints its own "Exception ignored in: <coroutine object
+    _read_array_index_and_device_put>" with tensorstore's whole spec (~60 lines each, thousands
+    in all), and asyncio and `warnings` add one more line per unretrieved or unstarted read. The
+    failure itself is reported on one line by the caller; this drops exactly those, and passes
+    every other unraisable to the hook that was installed before."""
     import sys
 
     previous = sys.unraisablehook
@@ -494,7 +511,17 @@ def _drop_closed_loop_noise() -> None:
         value = unraisable.exc_value
         if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
             return
+        code = getattr(getattr(unraisable, "object", None), "cr_code", None)
+        if code is not None and code.co_name == _ORBAX_ARRAY_READ:
+            return
         previous(unraisable)
+
+    # The futures gathering those reads end with the same errors, which asyncio logs as
+    # "_GatheringFuture exception was never retrieved" when they are collected.
+    logging.getLogger("asyncio").addFilter(_drop_failed_array_reads)
+    # And the reads never started print "coroutine ... was never awaited" when collected.
+    warnings.filterwarnings("ignore", message=f"coroutine '{_ORBAX_ARRAY_READ}' was never awaited",
+                            category=RuntimeWarning)
 
     hook._tl_jax_closed_loop_filter = True
     sys.unraisablehook = hook
