@@ -371,9 +371,15 @@ def test_gradient_accumulation_composes():
     assert transfer.count_params(state.acc_grads) == plan.trainable_count()
 
 
-def test_reinit_top_layers():
+def test_reinit_top_layers(capsys):
     params, fresh = toy_params(0), toy_params(1)
     out = flat(transfer.reinit_top_layers(params, fresh, 2))
+    # The run's log says what starts fresh.
+    fresh_count = sum(np.size(v) for p, v in out.items()
+                      if "layer_1/" in p or "layer_2/" in p or "pooler/" in p)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("[transfer] reinit_top_k=2: layer_1, layer_2 and ") and "pooler" in line
+    assert f"({fresh_count:,} parameters)" in line
     for path, value in out.items():
         take_fresh = "layer_1/" in path or "layer_2/" in path or "pooler/" in path
         source = flat(fresh) if take_fresh else flat(params)

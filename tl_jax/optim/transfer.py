@@ -500,10 +500,14 @@ def reinit_top_layers(params: Params, fresh: Params, k: int,
     layers = [g for g in groups if g.startswith("layer_")]
     if k > len(layers):
         raise ValueError(f"reinit_top_k={k} but the model has {len(layers)} layers.")
-    top = set(layers[len(layers) - k:])
+    top = layers[len(layers) - k:]
     extra = re.compile(extra_pattern)
-    return unflatten_paths({p: flat_fresh[p] if group_of[p] in top or extra.search(p) else x
-                    for p, x in flat.items()})
+    again = {p for p in flat if group_of[p] in top or extra.search(p)}
+    others = sorted({p.rsplit("/", 1)[0] for p in again if group_of[p] not in top})
+    print(f"[transfer] reinit_top_k={k}: {', '.join(top)}"
+          f"{' and ' + ', '.join(others) if others else ''} start from a fresh initialisation "
+          f"({count_params([flat[p] for p in again]):,} parameters).", flush=True)
+    return unflatten_paths({p: flat_fresh[p] if p in again else x for p, x in flat.items()})
 
 
 def make_task_optimizer(task, config, total_steps: int, steps_per_epoch: int):
