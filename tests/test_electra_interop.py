@@ -163,6 +163,10 @@ def test_convert_of_an_hf_pair_round_trips_through_tl_weights(tmp_path, capsys):
     convert.convert(tmp_path / "hf", tmp_path / "tl", "hf_to_tl")
     config, params, family = convert.load_tl_params(tmp_path / "tl")  # nested BertConfig rebuilt
     assert family == "electra" and isinstance(config, electra.ElectraConfig)
+    # The log says which halves were read.
+    said = capsys.readouterr().out
+    assert "[convert] ELECTRA pair: the discriminator from" in said
+    assert f"({config.generator_num_layers} layers x {config.generator_hidden_size})" in said
     convert.convert(tmp_path / "tl", tmp_path / "back", "tl_to_hf")
     for sub in ("", "generator"):
         original = load_file(tmp_path / "hf" / sub / "model.safetensors")
@@ -172,6 +176,7 @@ def test_convert_of_an_hf_pair_round_trips_through_tl_weights(tmp_path, capsys):
     # A discriminator alone (what the hub's *-discriminator repos hold) round-trips too.
     shutil.rmtree(tmp_path / "hf" / "generator")
     convert.convert(tmp_path / "hf", tmp_path / "tl_disc", "hf_to_tl")
+    assert "[convert] ELECTRA discriminator only" in capsys.readouterr().out
     config, params, family = convert.load_tl_params(tmp_path / "tl_disc")
     assert family == "electra" and sorted(params) == ["bert", "discriminator_head"]
     convert.convert(tmp_path / "tl_disc", tmp_path / "back_disc", "tl_to_hf")

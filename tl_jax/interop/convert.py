@@ -106,6 +106,16 @@ def _copy_tokenizer(src: pathlib.Path, dst: pathlib.Path) -> list[str]:
     return copied
 
 
+def _electra_halves(src: pathlib.Path, config) -> str:
+    """What an ELECTRA hf_to_tl conversion read: the pair, or the discriminator alone."""
+    if hasattr(config, "generator_num_layers"):  # an ElectraConfig: the pretraining pair
+        return (f"pair: the discriminator from {src} and the generator "
+                f"({config.generator_num_layers} layers x {config.generator_hidden_size}) from "
+                f"{src / 'generator'}")
+    return (f"discriminator only, from {src} (a generator would be read from "
+            f"{src / 'generator'}, which holds none)")
+
+
 def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
     """Converts a checkpoint directory between the HF layout and tl_jax's.
 
@@ -162,6 +172,8 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
             print(f"[convert] {report}")  # used / derived / unused / missing tensors
         else:
             config, params = module.load_pretrained(src)
+            if name == "electra":
+                print(f"[convert] ELECTRA {_electra_halves(src, config)}")
         save_tl_params(dst, config, params, name)
     elif is_trainer_workdir(src):
         _export_trainer_workdir(src, dst)
