@@ -124,7 +124,8 @@ def test_readme_states_what_qa_version_2_builds(data_dir):
     assert numbers == [n for s in tb.SPLITS for n in counts[s]], counts
 
 
-def test_silver_cache_manifest_names_the_files_where_they_are(data_dir, tmp_path, monkeypatch):
+def test_silver_cache_manifest_names_the_files_where_they_are(data_dir, tmp_path, monkeypatch,
+                                                               capsys):
     # The cache is built in a temporary folder renamed into place: the manifest's paths are
     # relative to its folder, so they hold after the rename (and after any later move).
     import pathlib
@@ -133,6 +134,15 @@ def test_silver_cache_manifest_names_the_files_where_they_are(data_dir, tmp_path
     monkeypatch.setenv("TL_JAX_TASKS_DIR", str(tmp_path / "tasks"))
     path = tb.silver_path("cloze_qa", "dev")
     root = tb.silver_build_dir(data_dir)
+    # The first use says what it builds, where, and how much; later uses say nothing.
+    said = capsys.readouterr().out
+    assert f"[tasks] Building the silver tasks (names, cloze_qa) from {data_dir} into {root}" \
+        in said
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert (f"cloze_qa {'/'.join(str(manifest['cloze_qa'][s]['questions']) for s in tb.SPLITS)}"
+            " questions") in said
+    assert tb.silver_path("names", "train") == root / "names" / "train.conll"
+    assert capsys.readouterr().out == ""
     assert root.parent == tmp_path / "tasks" and path == root / "cloze_qa" / "dev.json"
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["cloze_qa"]["dev"]["path"] == "cloze_qa/dev.json"

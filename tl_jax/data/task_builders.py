@@ -336,8 +336,14 @@ def silver_path(task: str, split: str) -> pathlib.Path:
     data_dir = pathlib.Path(os.environ.get("TL_JAX_DATA_DIR", ""))
     root = silver_build_dir(data_dir)
     if not (root / "manifest.json").exists():
+        print(f"[tasks] Building the silver tasks (names, cloze_qa) from {data_dir} into {root}, "
+              "once; later runs reuse them.", flush=True)
         tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
-        build_all(tmp, data_dir)
+        manifest = build_all(tmp, data_dir)
+        counts = "; ".join(
+            f"{t} {'/'.join(str(manifest[t][s][unit]) for s in SPLITS)} {unit}"
+            for t, unit in (("names", "sentences"), ("cloze_qa", "questions")))
+        print(f"[tasks] Built ({'/'.join(SPLITS)}): {counts}.", flush=True)
         root.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(tmp, root)
