@@ -212,7 +212,7 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
             task.write_predictions(output, predictions, stem + ".nbest.json")
         else:
             task.write_predictions(output, predictions)
-    print(f"[predict] Wrote {len(records)} predictions to {output}.", flush=True)
+        print(f"[predict] Wrote {len(records)} predictions to {output}.", flush=True)
 
     metrics = {}
     if scored:
