@@ -110,8 +110,17 @@ def test_errors_name_the_file_and_line(tmp_path):
     bad = _write(tmp_path / "bad.jsonl", '{"text": "ok"}\n\n{"text": "broken"\n')
     with pytest.raises(SourceError, match=r"bad.jsonl:3: malformed JSON"):
         load_documents(bad)
+    control = _write(tmp_path / "control.jsonl", '{"text": "a\tb"}\n')  # a raw tab in a string
+    with pytest.raises(SourceError) as e:
+        load_documents(control)
+    assert str(e.value).endswith("control.jsonl:1: malformed JSON (Invalid control character at "
+                                 "column 12).")
+    with pytest.raises(SourceError, match=r"Corpus file not found: \$TL_JAX_UNSET_DIR_XYZ/a.txt "
+                                          r"\(\$TL_JAX_UNSET_DIR_XYZ is not set"):
+        load_documents("$TL_JAX_UNSET_DIR_XYZ/a.txt")
     nofield = _jsonl(tmp_path / "nofield.jsonl", [{"text": "ok"}, {"body": "x"}])
-    with pytest.raises(SourceError, match=r"nofield.jsonl:2: missing text field 'text'"):
+    with pytest.raises(SourceError, match=r"nofield.jsonl:2: missing text field 'text' .*"
+                                          r"data.text_field"):
         load_documents(nofield)
     notstr = _jsonl(tmp_path / "notstr.jsonl", [{"text": 3}])
     with pytest.raises(SourceError, match=r"notstr.jsonl:1: text field 'text' is int"):

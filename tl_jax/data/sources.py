@@ -107,7 +107,9 @@ def _load_part(part: str, text_field: str, group_field: str | None) -> list[Docu
 def load_file(path: str, text_field: str = "text", group_field: str | None = None) -> list[Document]:
     """Reads one plain-text or jsonl file (see the module docstring for the formats)."""
     if not os.path.exists(path):
-        raise SourceError(f"Corpus file not found: {path}")
+        unset = re.search(r"\$\{?(\w+)", path)  # os.path.expandvars leaves unset variables as is
+        hint = f" (${unset.group(1)} is not set in the environment)" if unset else ""
+        raise SourceError(f"Corpus file not found: {path}{hint}")
     if not os.path.isfile(path):
         raise SourceError(f"Corpus path is not a file: {path}")
     base = re.sub(r"\.(gz|bz2)$", "", path)
@@ -204,7 +206,9 @@ def _read_jsonl(path: str, text_field: str, group_field: str | None) -> list[Doc
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise SourceError(f"{where}: malformed JSON ({e.msg} at column {e.colno}).") from None
+                # json's message for a control character ends in "at", before the position it omits.
+                raise SourceError(f"{where}: malformed JSON ({e.msg.removesuffix(' at')} at "
+                                  f"column {e.colno}).") from None
             if not isinstance(obj, dict):
                 raise SourceError(f"{where}: expected a JSON object, got {type(obj).__name__}.")
             if auto:
@@ -213,7 +217,7 @@ def _read_jsonl(path: str, text_field: str, group_field: str | None) -> list[Doc
                 auto = False
             if text_field not in obj:
                 raise SourceError(f"{where}: missing text field {text_field!r} "
-                                  f"(keys: {sorted(obj)}); set text_field to the right key.")
+                                  f"(keys: {sorted(obj)}); set the text field (data.text_field in a config) to the right key.")
             text = obj[text_field]
             if not isinstance(text, str):
                 raise SourceError(f"{where}: text field {text_field!r} is "
