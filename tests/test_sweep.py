@@ -192,6 +192,11 @@ def test_a_batch_size_the_devices_do_not_divide_is_refused_before_the_first_run(
                                          r"is not divisible by the 8 data-parallel shards"):
         sweep.run(BERT, str(tmp_path), grid=["data.batch_size=16,12"])
     assert not (tmp_path / "runs").exists()
+    # So is a value the optimizer does not know (it failed after the runs before it).
+    with pytest.raises(ValueError, match=r"sweep run name=adam__seed=0: optimizer.name='adam'; "
+                                         r"expected adamw, lamb or sgd"):
+        sweep.run(BERT, str(tmp_path), grid=["optimizer.name=adamw,adam"])
+    assert not (tmp_path / "runs").exists()
 
 
 def test_an_override_of_a_swept_key_is_refused(tmp_path, monkeypatch):

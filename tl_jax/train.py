@@ -122,9 +122,11 @@ def frozen_flops_share(task, trainer: Trainer) -> float:
 
 def mesh_and_rules(config: ml_collections.ConfigDict):
     """Starts jax.distributed if configured, builds `config.mesh` and checks the batch sizes
-    against it: `(mesh, logical axis rules)`. Nothing is read or compiled; `tl_jax sweep` runs it
-    for every run before the first trains."""
+    against it, and the optimizer settings: `(mesh, logical axis rules)`. Nothing is read or
+    compiled; `tl_jax sweep` runs it for every run before the first trains."""
     parallel.maybe_initialize_distributed(config.distributed)
+    # The optimizer settings (name, decay, LAMB's option), checked before any data is read.
+    optimizers.make_optimizer(config.optimizer, max(1, int(config.train.steps)))
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.axis_rules(config.mesh)
     global_batch = int(config.data.batch_size)
