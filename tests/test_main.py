@@ -136,6 +136,16 @@ def test_a_missing_weight_source_is_named_as_missing(argv, tmp_path, capsys, mon
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
 
 
+def test_a_missing_extract_input_is_named_by_its_flag(tmp_path, monkeypatch):
+    # It was the bare "[Errno 2] No such file or directory: '...'", without the flag.
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    missing = str(tmp_path / "nope.txt")
+    with pytest.raises(SystemExit) as e:
+        main.main(["extract", f"--init_from={tmp_path}", f"--input={missing}",
+                   f"--output={tmp_path}/f.npz"])
+    assert str(e.value.code).splitlines()[0] == f"tl_jax: error: --input={missing} does not exist"
+
+
 def test_commands_turn_on_the_persistent_compilation_cache(tmp_path, monkeypatch):
     """Every command points jax's compilation cache at ~/.cache/tl_jax/jax (under
     XDG_CACHE_HOME), or at TL_JAX_COMPILATION_CACHE; "0" turns it off; a

@@ -160,6 +160,8 @@ def run(init_from: str, input_path: str, output_path: str, layers: str = "last",
         raise ValueError(f"--input={input_path}: extract reads plain text, one text per line, "
                          "not JSON; write the texts (e.g. each line's text field) to a .txt file")
     check_sizes(max_seq_length, batch_size)
+    if not os.path.exists(input_path):
+        raise FileNotFoundError(f"--input={input_path} does not exist")
     try:
         with open(input_path, encoding="utf-8") as f:
             lines = [line.strip() for line in f]
