@@ -8,7 +8,7 @@
     tl_jax extract --init_from=DIR --input=FILE --output=OUT.npz [--layers=sum_last_four]
     tl_jax fill_mask --model=DIR --text="The capital of France is [MASK]." [--top_k=5]
     tl_jax static --config=configs/word2vec.py --workdir=DIR
-    tl_jax sweep --config=configs/bert_pretrain.py:tiny --workdir=DIR \
+    tl_jax sweep --config=configs/bert_pretrain.py:tiny --workdir=DIR \\
         --grid=data.masked_lm_prob=0.1,0.15,0.3 --seeds=0,1 [--config.key=value ...]
     tl_jax build_tasks --out_dir=DIR
 
@@ -133,11 +133,18 @@ COMMANDS = {
 SINGLE_PROCESS = ("convert", "generate", "extract", "fill_mask", "build_tasks", "static")
 
 
+# The help of the commands that take a config: overrides are not argparse flags.
+OVERRIDES_HELP = ("Any config field can be overridden with --config.KEY=VALUE, e.g. "
+                  "--config.train.steps=1000 --config.optimizer.learning_rate=3e-4; the value is "
+                  "read as a Python literal where it is one. A misspelt key is an error that "
+                  "lists the valid keys.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tl_jax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help=COMMANDS["train"][0])
+    p = sub.add_parser("train", help=COMMANDS["train"][0], epilog=OVERRIDES_HELP)
     p.add_argument("--config", required=True, help="configs/NAME.py[:ARG]")
     p.add_argument("--workdir", required=True, help="checkpoints, metrics and logs go here")
     p = sub.add_parser("predict", help=COMMANDS["predict"][0])
@@ -150,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predictions: .jsonl (classify, lm_classify), .conll (tag), "
                         ".json (squad)")
     p.add_argument("--batch_size", type=int, default=0, help="0 = the run's data.batch_size")
-    p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][0])
+    p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][0], epilog=OVERRIDES_HELP)
     p.add_argument("--workdir", default="workdirs/quickstart")
     p.add_argument("--skip_finetune", action="store_true")
     p = sub.add_parser("convert", help=COMMANDS["convert"][0])
@@ -176,10 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", required=True)
     p.add_argument("--data_dir", default="", help="default: $TL_JAX_DATA_DIR")
     p.add_argument("--qa_version", default="1.1", choices=["1.1", "2.0"])
-    p = sub.add_parser("static", help=COMMANDS["static"][0])
+    p = sub.add_parser("static", help=COMMANDS["static"][0], epilog=OVERRIDES_HELP)
     p.add_argument("--config", required=True, help="configs/word2vec.py or configs/glove.py")
     p.add_argument("--workdir", required=True)
-    p = sub.add_parser("sweep", help=COMMANDS["sweep"][0])
+    p = sub.add_parser("sweep", help=COMMANDS["sweep"][0], epilog=OVERRIDES_HELP)
     p.add_argument("--config", required=True, help="configs/NAME.py[:ARG] (a `train` config)")
     p.add_argument("--workdir", required=True, help="runs/ and the result tables go here")
     p.add_argument("--grid", action="append", help="KEY=V1,V2,... an axis (repeatable)")

@@ -269,7 +269,8 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
             except ValueError as e:
                 raise ValueError(f"sweep run {r.name}: {e}") from None
     _check_earlier_runs(workdir, runs, configs, saved_name)
-    print(f"[sweep] {len(runs)} runs ({len(runs) // len(seeds)} settings x {len(seeds)} seeds) "
+    seeds_said = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+    print(f"[sweep] {len(runs)} runs ({len(runs) // len(seeds)} settings x {seeds_said}) "
           f"under {workdir}/runs", flush=True)
     if dry_run:
         for r in runs:
