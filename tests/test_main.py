@@ -29,6 +29,21 @@ def test_missing_required_flag_is_an_error(capsys):
     assert "--workdir" in capsys.readouterr().err
 
 
+def test_an_unknown_flag_gets_the_commands_usage_and_the_override_syntax(capsys):
+    with pytest.raises(SystemExit) as e:
+        main.main(["train", "--config=configs/bert_pretrain.py:tiny", "--workdir=w", "--steps=10"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: tl_jax train ")
+    assert ("tl_jax train: error: unrecognized arguments: --steps=10; config fields are set "
+            "with --config.KEY=VALUE, e.g. --config.train.steps=1000") in err
+    with pytest.raises(SystemExit) as e:  # a command without a config: no override hint
+        main.main(["predict", "--workdir=w", "--input=i", "--output=o", "--bach_size=4"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: tl_jax predict ") and "--config" not in err
+    assert err.rstrip().endswith("error: unrecognized arguments: --bach_size=4")
+
+
 def test_input_errors_are_one_line_and_library_errors_keep_their_traceback(tmp_path, capsys,
                                                                           monkeypatch):
     empty = tmp_path / "empty.txt"

@@ -133,7 +133,9 @@ COMMANDS = {
 SINGLE_PROCESS = ("convert", "generate", "extract", "fill_mask", "build_tasks", "static")
 
 
-# The help of the commands that take a config: overrides are not argparse flags.
+# The commands that take a config, and so --config.KEY=VALUE overrides.
+CONFIG_COMMANDS = ("train", "quickstart", "static", "sweep")
+# Their help: overrides are not argparse flags.
 OVERRIDES_HELP = ("Any config field can be overridden with --config.KEY=VALUE, e.g. "
                   "--config.train.steps=1000 --config.optimizer.learning_rate=3e-4; the value is "
                   "read as a Python literal where it is one. A misspelt key is an error that "
@@ -144,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tl_jax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = sub.choices  # name -> the command's own parser
     p = sub.add_parser("train", help=COMMANDS["train"][0], epilog=OVERRIDES_HELP)
     p.add_argument("--config", required=True, help="configs/NAME.py[:ARG]")
     p.add_argument("--workdir", required=True, help="checkpoints, metrics and logs go here")
@@ -230,7 +233,14 @@ def main(argv: list[str] | None = None) -> None:
         overrides, rest = split_overrides(argv)
     except ConfigError as e:
         sys.exit(f"tl_jax: error: {e}")
-    args = build_parser().parse_args(rest)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(rest)
+    if unknown:  # argparse alone would print the top-level usage, not the command's
+        hint = ""
+        if args.command in CONFIG_COMMANDS:
+            hint = ("; config fields are set with --config.KEY=VALUE"
+                    + (", e.g. --config.train.steps=1000" if args.command != "static" else ""))
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     use_compilation_cache()
 
     def command():
