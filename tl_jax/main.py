@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     parser.commands = sub.choices  # name -> the command's own parser
-    p = sub.add_parser("train", help=COMMANDS["train"][0], epilog=OVERRIDES_HELP)
+    p = sub.add_parser("train", help=COMMANDS["train"][0])
     p.add_argument("--config", required=True, help="configs/NAME.py[:ARG]")
     p.add_argument("--workdir", required=True, help="checkpoints, metrics and logs go here")
     p = sub.add_parser("predict", help=COMMANDS["predict"][0])
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predictions: .jsonl (classify, lm_classify), .conll (tag), "
                         ".json (squad)")
     p.add_argument("--batch_size", type=int, default=0, help="0 = the run's data.batch_size")
-    p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][0], epilog=OVERRIDES_HELP)
+    p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][0])
     p.add_argument("--workdir", default="workdirs/quickstart")
     p.add_argument("--skip_finetune", action="store_true")
     p = sub.add_parser("convert", help=COMMANDS["convert"][0])
@@ -186,10 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", required=True)
     p.add_argument("--data_dir", default="", help="default: $TL_JAX_DATA_DIR")
     p.add_argument("--qa_version", default="1.1", choices=["1.1", "2.0"])
-    p = sub.add_parser("static", help=COMMANDS["static"][0], epilog=OVERRIDES_HELP)
+    p = sub.add_parser("static", help=COMMANDS["static"][0])
     p.add_argument("--config", required=True, help="configs/word2vec.py or configs/glove.py")
     p.add_argument("--workdir", required=True)
-    p = sub.add_parser("sweep", help=COMMANDS["sweep"][0], epilog=OVERRIDES_HELP)
+    p = sub.add_parser("sweep", help=COMMANDS["sweep"][0])
     p.add_argument("--config", required=True, help="configs/NAME.py[:ARG] (a `train` config)")
     p.add_argument("--workdir", required=True, help="runs/ and the result tables go here")
     p.add_argument("--grid", action="append", help="KEY=V1,V2,... an axis (repeatable)")
@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=8,
                    help="prompts per batch (score mode: each with every --choice)")
     p.add_argument("--output", default="", help="write results as jsonl")
+    for name in CONFIG_COMMANDS:
+        parser.commands[name].epilog = OVERRIDES_HELP
     return parser
 
 
