@@ -671,10 +671,12 @@ def test_a_restore_out_of_memory_leaves_the_checkpoint_and_stops(tmp_path, monke
     assert ckpt.restore_latest_good(jax.eval_shape(lambda: state))[3] == 3
 
 
-def test_a_save_that_cannot_be_written_is_one_error_and_the_earlier_checkpoint_stays(tmp_path):
+def test_a_save_that_cannot_be_written_is_one_error_and_the_earlier_checkpoint_stays(
+        tmp_path, capfd, caplog):
     # A full disk: orbax's background thread failed, and the next save (or the end of the run)
-    # raised its ValueError with two pages of orbax traceback. A file size limit makes the
-    # writes fail the same way (EFBIG instead of ENOSPC), without a small file system.
+    # raised its ValueError with two pages of orbax traceback; before it, orbax's threads
+    # logged the same traceback four times (~330 lines). A file size limit makes the writes fail
+    # the same way (EFBIG instead of ENOSPC), without a small file system.
     import resource
     ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=True)
     state = {"params": {"w": jax.random.normal(jax.random.PRNGKey(0), (256, 256))},
@@ -691,6 +693,11 @@ def test_a_save_that_cannot_be_written_is_one_error_and_the_earlier_checkpoint_s
             ckpt.close()
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    # Shown once, on one line, when it happened; none of orbax's records with the traceback.
+    err = capfd.readouterr().err
+    assert err.count("[checkpoint] A checkpoint save failed in the background (ValueError: ") == 1
+    assert "Traceback" not in err
+    assert not [r for r in caplog.records if r.exc_info]
     assert "1" in os.listdir(tmp_path / "checkpoints")
     restored = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")).restore_latest_good(
         jax.eval_shape(lambda: state))

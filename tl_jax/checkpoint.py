@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import warnings
 from typing import Any
 
@@ -429,12 +430,34 @@ class _DropOrbaxNoise(logging.Filter):
     lands in its wait for a save: `tl_jax` reports the interrupt in one line. And "Requested
     `tracked_metric`; did not provide metrics", logged for each save between evals (a SIGTERM's,
     or `checkpoint_every` off the `eval_every` grid): such a checkpoint has no score on purpose
-    (`train_and_evaluate`'s `save`)."""
+    (`train_and_evaluate`'s `save`).
+
+    A save that fails in orbax's background threads (a full disk, a file size limit) is logged
+    by three of them and by the wait for it, each with the same traceback (~330 lines for one
+    failure). It is shown once, on one line, as it happens; the run raises it at its next save
+    (`Checkpointer._write_failed`)."""
+
+    # The records of one failed background save, each with the failure as `exc_info`.
+    FAILED_SAVE = ("_SignalingThread.run() raised an exception", "Handler Commit operations",
+                   "Save Finalize thread (save_finalize) failed")
+
+    def __init__(self):
+        super().__init__()
+        self.failed_saves_shown: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
             return False
         message = str(record.msg)
+        if record.exc_info and any(m in record.getMessage() for m in self.FAILED_SAVE):
+            reason = _short(record.exc_info[1])
+            if reason not in self.failed_saves_shown:
+                self.failed_saves_shown.add(reason)
+                print(f"[checkpoint] A checkpoint save failed in the background "
+                      f"({type(record.exc_info[1]).__name__}: {reason}). The run stops with this "
+                      "error at its next save (or at its end); the checkpoints "
+                      "saved before are intact.", file=sys.stderr, flush=True)
+            return False
         return not (message.startswith("Given directory is read only")
                     or "was found in the checkpoint, but could not be restored" in message
                     or message.startswith("Type handler registry type")
