@@ -4,7 +4,10 @@ setup(
     name="tl_jax",
     version="0.1.0",
     description="Transfer learning for NLP in JAX/Flax: pretrain, adapt and fine-tune language models.",
-    packages=find_packages(include=["tl_jax", "tl_jax.*"]),
+    # configs/ ships inside the package as tl_jax/configs, so that `--config=configs/NAME.py`
+    # also resolves after a plain (non-editable) install, e.g. on Colab.
+    packages=find_packages(include=["tl_jax", "tl_jax.*"]) + ["tl_jax.configs"],
+    package_dir={"tl_jax.configs": "configs"},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.4.30",

@@ -1,4 +1,5 @@
 """Config loading: sizes, overrides, locking and the errors a user sees."""
+import os
 import pathlib
 
 import pytest
@@ -131,3 +132,31 @@ def test_a_wrong_model_dtype_is_one_line_naming_the_field(dtype, tiny_bert_overr
     assert message.startswith("tl_jax: error: model.dtype=") and dtype in message, message
     with pytest.raises(ValueError, match="model.dtype"):
         gpt.gpt_config("tiny", vocab_size=10, dtype=dtype)
+
+
+def test_a_plain_install_ships_the_configs_and_finds_them_from_anywhere(tmp_path):
+    # `pip install git+...` (Colab) installs a wheel, not the checkout: `configs/NAME.py` must
+    # resolve without the repository (it failed with "Config file not found: .../site-packages/
+    # configs/bert_pretrain.py"). Built from a copy, so the checkout stays clean.
+    import shutil
+    import subprocess
+    import sys
+
+    root = pathlib.Path(config_lib.__file__).resolve().parent.parent
+    src = tmp_path / "src"
+    for name in ("tl_jax", "configs"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(root / "setup.py", src / "setup.py")
+    run = dict(check=True, capture_output=True, text=True)
+    # build_py lays out the packages exactly as the wheel does (no network, no `wheel` needed).
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib",
+                    str(tmp_path / "site")], cwd=src, **run)
+    shutil.rmtree(src)
+    probe = ("import tl_jax.config as c\n"
+             "print(c.load_config('configs/transfer_ulmfit.py').task)\n"
+             "print(c.load_config('configs/gpt_pretrain.py:tiny').task)\n"
+             "print(c._resolve_path('configs/bert_pretrain.py'))")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, **run).stdout
+    assert out.split() == ["probe", "clm",
+                           str(tmp_path / "site" / "tl_jax" / "configs" / "bert_pretrain.py")]

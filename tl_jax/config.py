@@ -37,7 +37,8 @@ def _load_module(path: str):
 
 
 def _resolve_path(path: str) -> str:
-    """Finds a config given as a path, or as `configs/...` relative to the installed package."""
+    """Finds a config given as a path, or as `configs/...` relative to the repository or to the
+    installed package."""
     if os.path.exists(path):
         return path
     repo_root = pathlib.Path(__file__).resolve().parent.parent
@@ -47,6 +48,11 @@ def _resolve_path(path: str) -> str:
     candidate = repo_root / "configs" / path
     if candidate.exists():
         return str(candidate)
+    # A non-editable install (a wheel, `pip install git+...`) ships configs/ as tl_jax/configs.
+    installed = pathlib.Path(__file__).resolve().parent / "configs"
+    name = path.removeprefix("configs/")
+    if (installed / name).exists():
+        return str(installed / name)
     return path
 
 
