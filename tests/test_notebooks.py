@@ -36,30 +36,9 @@ def test_notebook_executes(path, tmp_path, data_dir, monkeypatch):
     assert not errors
 
 
-def test_finetune_notebook_builds_its_task_without_the_data_dir(tmp_path, monkeypatch):
-    """On a fresh Colab (no TL_JAX_DATA_DIR) the notebook's config falls back to the gensim
-    newsgroups and a model from scratch; its settings must fit that data (its positive label)."""
-    from tl_jax.tasks import build_task
-    monkeypatch.delenv("TL_JAX_DATA_DIR", raising=False)
-    monkeypatch.setenv("TL_JAX_NOTEBOOK_EXAMPLES", "64")
-    monkeypatch.chdir(ROOT)
-    nb = nbformat.read(ROOT / "colab" / "finetune.ipynb", as_version=4)
-    namespace = {}
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            if "train_and_evaluate" in cell.source:
-                break
-            exec(cell.source, namespace)
-    config = namespace["config"]
-    assert config.data.train_file == "gensim:newsgroups:train" and not config.init_from
-    build_task(config, str(tmp_path / "work"))
-
-
-def test_transfer_strategies_notebook_fetches_minilm_from_the_hub_without_the_data_dir(
-        data_dir, monkeypatch):
-    """On a fresh Colab (no TL_JAX_DATA_DIR) the notebook downloads MiniLM from the Hugging Face
-    Hub (it raised a bare KeyError). No network here: the download is a stand-in that returns
-    the shared copy and records what was asked for."""
+def fake_hub(monkeypatch, data_dir) -> list:
+    """No network here: `huggingface_hub.snapshot_download` becomes a stand-in that returns the
+    shared copy of MiniLM and records what was asked for."""
     import sys
     import types
 
@@ -71,6 +50,57 @@ def test_transfer_strategies_notebook_fetches_minilm_from_the_hub_without_the_da
 
     monkeypatch.setitem(sys.modules, "huggingface_hub",
                         types.SimpleNamespace(snapshot_download=snapshot_download))
+    return asked
+
+
+def cells_before_training(name: str) -> dict:
+    """Runs a notebook's code cells up to the one that trains; returns their namespace."""
+    nb = nbformat.read(ROOT / "colab" / name, as_version=4)
+    namespace = {}
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            if "train_and_evaluate" in cell.source:
+                break
+            exec(cell.source, namespace)
+    return namespace
+
+
+def test_finetune_notebook_builds_its_task_without_the_data_dir(tmp_path, data_dir, monkeypatch):
+    """On a fresh Colab (no TL_JAX_DATA_DIR) the notebook fine-tunes MiniLM from the Hugging Face
+    Hub on the gensim newsgroups (it trained a model from scratch, to chance accuracy); its
+    settings must fit that data (its positive label)."""
+    from tl_jax.tasks import build_task
+    asked = fake_hub(monkeypatch, data_dir)
+    monkeypatch.delenv("TL_JAX_DATA_DIR", raising=False)
+    monkeypatch.setenv("TL_JAX_NOTEBOOK_EXAMPLES", "64")
+    monkeypatch.chdir(tmp_path)  # as on Colab: not in the repository
+    config = cells_before_training("finetune.ipynb")["config"]
+    assert asked and asked[0][0] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert config.data.train_file == "gensim:newsgroups:train"
+    assert config.init_from == str(data_dir / "models" / "all-MiniLM-L6-v2")
+    task = build_task(config, str(tmp_path / "work"))
+    assert task.labels == ["alt.atheism", "sci.space"]
+    assert task.encoder.tokenizer.vocab_size == 30522  # MiniLM's vocabulary, not one trained here
+
+
+def test_gpt_notebook_trains_on_gensim_text_without_the_data_dir(tmp_path, monkeypatch):
+    """Without TL_JAX_DATA_DIR (a fresh Colab) the GPT notebook trains on the Wikipedia text that
+    ships with gensim (it failed: "Corpus file not found: $TL_JAX_DATA_DIR/austen.jsonl")."""
+    from tl_jax.tasks import build_task
+    monkeypatch.delenv("TL_JAX_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = cells_before_training("gpt_austen.ipynb")["config"]
+    assert config.data.corpus == "gensim:enwiki"
+    task = build_task(config, str(tmp_path / "work"))
+    assert task.tokenizer.vocab_size == 2048
+
+
+def test_transfer_strategies_notebook_fetches_minilm_from_the_hub_without_the_data_dir(
+        data_dir, monkeypatch):
+    """On a fresh Colab (no TL_JAX_DATA_DIR) the notebook downloads MiniLM from the Hugging Face
+    Hub (it raised a bare KeyError). No network here: the download is a stand-in that returns
+    the shared copy and records what was asked for."""
+    asked = fake_hub(monkeypatch, data_dir)
     monkeypatch.delenv("TL_JAX_DATA_DIR", raising=False)
     nb = nbformat.read(ROOT / "colab" / "transfer_strategies.ipynb", as_version=4)
     code = [cell.source for cell in nb.cells if cell.cell_type == "code"]
