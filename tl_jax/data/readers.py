@@ -197,6 +197,12 @@ def _delimited_rows(path: pathlib.Path, delimiter: str) -> Iterator[tuple[int, d
                          else "")
                 raise DataFormatError(path, line_no, f"{len(row)} columns, header has "
                                       f"{len(header)} ({header}){spans}")
+            if delimiter == "\t" and reader.line_num > line_no and any(
+                    "\t" in cell and "\n" in cell for cell in row):
+                # A quoted cell may hold line breaks, but one holding tabs too is a run of rows
+                # swallowed whole by an unclosed quote, with the right column count by chance.
+                raise DataFormatError(path, line_no, f"a cell holds tabs and line breaks; "
+                                      f"{_quote_hint(reader, line_no)}")
             yield line_no, dict(zip(header, row))
 
 
