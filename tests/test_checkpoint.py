@@ -715,3 +715,32 @@ def test_summaries_are_strict_json_even_with_nan(tmp_path):
 
     assert json.loads(open(path).read(), parse_constant=refuse) == {
         "eval/loss": "nan", "acc": 0.5, "rows": ["-inf", 2]}
+
+
+def test_a_workdir_whose_tokenizer_is_gone_is_refused_and_left_as_it_was(tiny_bert_overrides,
+                                                                           tmp_path):
+    # Deleted, or not copied with the workdir: the run trained a new vocabulary (BERT and GPT
+    # alike) and resumed the checkpoint with it, every token id now meaning another token; a
+    # BERT run then failed on its data position, having already written the new tokenizer/.
+    own_vocabulary = ["data.tokenizer=", "data.tokenizer_vocab_size=500"]  # trained on the data
+    train.train_and_evaluate(cfg(tiny_bert_overrides, "train.steps=2", *own_vocabulary),
+                             str(tmp_path))
+    shutil.rmtree(tmp_path / "tokenizer")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with pytest.raises(ckpt_lib.CheckpointError,
+                       match=rf"{tmp_path} holds checkpoints but not tokenizer/, the vocabulary "
+                             r"they were trained with .* Put it back in .*tokenizer"):
+        train.train_and_evaluate(cfg(tiny_bert_overrides, "train.steps=4", *own_vocabulary,
+                                     "data.max_documents=30"), str(tmp_path))
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_an_elmo_workdir_without_its_vocab_txt_is_refused(tmp_path):
+    from tl_jax import tasks
+    (tmp_path / "checkpoints" / "5").mkdir(parents=True)
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"holds checkpoints but not vocab\.txt,"):
+        tasks.check_saved_vocabulary("bilm", str(tmp_path))
+    (tmp_path / "vocab.txt").write_text("<pad>\n")
+    tasks.check_saved_vocabulary("bilm", str(tmp_path))
+    # Before the first checkpoint there is nothing to keep.
+    tasks.check_saved_vocabulary("clm", str(tmp_path / "new"))

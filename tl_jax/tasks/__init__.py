@@ -55,6 +55,7 @@ Optional, for tasks whose evaluation needs decoding (SQuAD spans, BIO entities):
 Tasks are picked by `config.task`. Adding a task means adding one file here and one line below.
 """
 import importlib
+import os
 
 import jax.numpy as jnp
 
@@ -73,13 +74,40 @@ TASKS = {
 }
 
 
+# What `task.save` writes that a resumed run reads back rather than rebuilds: the vocabulary its
+# checkpoints were trained with. Every other task saves a `tokenizer/` folder.
+SAVED_VOCABULARY = {"bilm": "vocab.txt"}
+
+
 def build_task(config, workdir):
     """Builds the task named by `config.task`."""
     name = config.task
     if name not in TASKS:
         raise ValueError(f"Unknown task {name!r} in config.task; known tasks: {sorted(TASKS)}")
+    if workdir:
+        check_saved_vocabulary(name, workdir)
     module = importlib.import_module(TASKS[name])
     return module.Task(config, workdir)
+
+
+def check_saved_vocabulary(name: str, workdir: str) -> None:
+    """A workdir with checkpoints must still hold the vocabulary they were trained with.
+
+    Without it (deleted, or left behind when the workdir was copied) a task builds a new one from
+    the config and the data, and the resumed weights would read every token id as another token:
+    a new BPE or WordPiece vocabulary of the same size restores without any shape error."""
+    from tl_jax import checkpoint
+
+    if not checkpoint.has_saved_step(workdir):
+        return
+    saved = os.path.join(workdir, SAVED_VOCABULARY.get(name, "tokenizer"))
+    if os.path.isfile(saved) or (os.path.isdir(saved) and os.listdir(saved)):
+        return
+    raise checkpoint.CheckpointError(
+        f"{workdir} holds checkpoints but not {os.path.basename(saved)}"
+        f"{'/' if name not in SAVED_VOCABULARY else ''}, the vocabulary they were trained with "
+        "(deleted, or not copied with the workdir?). A new one would give every token id "
+        f"another meaning. Put it back in {saved}, or train in a new workdir.")
 
 
 def normalized(total, count, normalizers=None, name=None):
