@@ -84,18 +84,19 @@ def test_csv_rows_are_placed_where_they_start(tmp_path):
         readers.read_classification(multi)
 
 
-def test_a_tsv_row_swallowed_by_an_unclosed_quote_is_an_error_not_a_merged_example(tmp_path):
-    # The quote ran to the next line's '"', which closed it; that row still had two cells, so
-    # two examples vanished into one text (tabs, labels and all) under the wrong label.
-    swallowed = _write(tmp_path / "q.tsv", 'text\tlabel\nfine\ta\n"he said hi\tb\n'
-                                           'next\ta\nthen "yes" she said\tb\nlast\ta\n')
-    with pytest.raises(readers.DataFormatError,
-                       match=r"q.tsv:3: a cell holds tabs and line breaks; the row starting here "
-                             r"runs to line 5: an unclosed"):
-        readers.read_classification(swallowed)
-    # A quoted cell with a line break and no tab is one example, as in CSV.
-    multi = _write(tmp_path / "m.tsv", 'text\tlabel\n"two\nlines"\ta\nfine\tb\n')
-    assert [r["text"] for r in readers.read_classification(multi)] == ["two\nlines", "fine"]
+def test_a_tsv_is_read_as_glue_writes_it_one_line_per_row_and_quotes_are_text(tmp_path):
+    # With CSV's quoting, a sentence starting with '"' ran to the next line's '"': two
+    # examples vanished into one text (tabs, labels and all) under the wrong label, and the
+    # quotes of '"Yes," said Elizabeth' were dropped.
+    quoted = _write(tmp_path / "q.tsv", 'text\tlabel\nfine\ta\n"he said hi\tb\n'
+                                        'then "yes" she said\ta\n"Yes," said Elizabeth\tb\n')
+    assert [(r["text"], r["label"]) for r in readers.read_classification(quoted)] == [
+        ("fine", "a"), ('"he said hi', "b"), ('then "yes" she said', "a"),
+        ('"Yes," said Elizabeth', "b")]
+    # So a line break ends a row, quoted or not.
+    split = _write(tmp_path / "m.tsv", 'text\tlabel\n"two\nlines"\ta\n')
+    with pytest.raises(readers.DataFormatError, match=r"m.tsv:2: 1 columns, header has 2"):
+        readers.read_classification(split)
 
 
 def test_a_header_naming_a_column_twice_is_refused(tmp_path):

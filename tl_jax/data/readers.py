@@ -55,7 +55,8 @@ def read_classification(path: PathLike, text_field: str = "text", text_b_field: 
     """Reads a sentence (or sentence-pair) classification file.
 
     The format follows the suffix: `.jsonl` (one JSON object per line), `.csv` or `.tsv` (a header
-    row naming the columns). `text_b_field` names the second sentence for pair tasks.
+    row naming the columns; a TSV is not quoted: one line per row, '"' is text, as in GLUE).
+    `text_b_field` names the second sentence for pair tasks.
 
     With `require_labels=False` (`tl_jax predict`) a row without the label field, or with a null
     or blank one (an empty CSV cell), is read with label None.
@@ -170,10 +171,15 @@ def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
 
 
 def _delimited_rows(path: pathlib.Path, delimiter: str) -> Iterator[tuple[int, dict]]:
-    """(line, {column: cell}) per row; the line is where the row starts (a quoted cell may
-    span lines, and an unclosed quote swallows the lines after it)."""
+    """(line, {column: cell}) per row; the line is where the row starts (a quoted CSV cell may
+    span lines, and an unclosed quote swallows the lines after it).
+
+    A TSV has no quoting: one line is one row and a '"' is text, as GLUE's files are written and
+    google-research/bert's `_read_tsv` reads them. With CSV's rules a sentence that starts
+    with '"' and has no closing one took the following rows into its text, under their label."""
     with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter)
+        reader = csv.reader(f, delimiter=delimiter,
+                            quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
         header = next(reader, None)
         if not header:
             raise DataFormatError(path, 1, "missing header row")
@@ -197,12 +203,6 @@ def _delimited_rows(path: pathlib.Path, delimiter: str) -> Iterator[tuple[int, d
                          else "")
                 raise DataFormatError(path, line_no, f"{len(row)} columns, header has "
                                       f"{len(header)} ({header}){spans}")
-            if delimiter == "\t" and reader.line_num > line_no and any(
-                    "\t" in cell and "\n" in cell for cell in row):
-                # A quoted cell may hold line breaks, but one holding tabs too is a run of rows
-                # swallowed whole by an unclosed quote, with the right column count by chance.
-                raise DataFormatError(path, line_no, f"a cell holds tabs and line breaks; "
-                                      f"{_quote_hint(reader, line_no)}")
             yield line_no, dict(zip(header, row))
 
 
