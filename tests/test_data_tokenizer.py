@@ -93,6 +93,37 @@ def test_lowercase_option(texts):
     assert cased.encode("The") != cased.encode("the")
 
 
+def test_a_cased_vocab_txt_is_not_lowercased(texts, tmp_path, capsys):
+    # A Hugging Face directory with a cased vocab.txt and no tokenizer.json (bert-base-cased's
+    # layout): `do_lower_case: false` was ignored, so fine-tuning from it lowercased every word
+    # ("Paris" -> "paris", or [UNK]) unlike transformers' BertTokenizer.
+    from transformers import BertTokenizer
+
+    from tl_jax.data import pretraining
+    cased = Tokenizer.train_wordpiece([texts[:100]], vocab_size=800, lowercase=False)
+    hf_dir = tmp_path / "cased"
+    cased.save(str(hf_dir))
+    (hf_dir / "tokenizer.json").unlink()
+    (hf_dir / "tokenizer_config.json").write_text('{"do_lower_case": false}')
+    text = "Elizabeth said THE The the"
+    expected = BertTokenizer.from_pretrained(str(hf_dir))(text, add_special_tokens=False)
+    loaded = Tokenizer.load(str(hf_dir))
+    assert loaded.encode(text) == expected["input_ids"]
+    assert loaded.decode(loaded.encode(text)) == text
+    # An explicit setting still wins (a bare vocab.txt has no other source).
+    forced = Tokenizer.load(str(hf_dir), lowercase=True)
+    assert forced.decode(forced.encode("The THE")) == "the the"
+    # Pretraining from it follows the file, and says so when data.lowercase disagrees.
+    data_cfg = type("D", (), dict(tokenizer=str(hf_dir), lowercase=True))
+    got = pretraining._get_tokenizer(data_cfg, [], None, 0)
+    assert got.encode(text) == expected["input_ids"]
+    assert "comes with do_lower_case=False (its tokenizer_config.json)" in capsys.readouterr().out
+    (hf_dir / "tokenizer_config.json").write_text('{"do_lower_case": "no"}')
+    with pytest.raises(TokenizerError, match=r"tokenizer_config.json: do_lower_case must be "
+                                             r"true or false, got \"no\""):
+        Tokenizer.load(str(hf_dir))
+
+
 def test_word_starts_agree_with_pretokenizer_words(texts, minilm_dir):
     tok = Tokenizer.load(str(minilm_dir / "vocab.txt"))
     pieces = 0

@@ -54,7 +54,7 @@ from tl_jax.data.pretraining_iterator import (
     zero_batch,
 )
 from tl_jax.data.sources import load_documents, split_sentences
-from tl_jax.data.tokenizer import Tokenizer
+from tl_jax.data.tokenizer import Tokenizer, vocab_lowercase
 
 # Stream tags in the rng seeds, so instance creation and the eval split draw independent numbers.
 _CREATE_STREAM = 11
@@ -369,7 +369,14 @@ def _get_tokenizer(config, train_documents, workdir: str | None, process_index: 
         # its first save (a bad batch size, Ctrl-C) would silently override the config.
         return Tokenizer.load(saved)
     if config.tokenizer:
-        tokenizer = Tokenizer.load(os.path.expandvars(config.tokenizer), lowercase=config.lowercase)
+        path = os.path.expandvars(config.tokenizer)
+        own = vocab_lowercase(path)
+        if own is not None and own != config.lowercase and process_index == 0:
+            print(f"[data] Note: {path} comes with do_lower_case={own} (its "
+                  f"tokenizer_config.json), and is used that way; data.lowercase="
+                  f"{config.lowercase} applies to a vocabulary trained here or a bare vocab.txt.",
+                  flush=True)
+        tokenizer = Tokenizer.load(path, lowercase=config.lowercase if own is None else own)
     else:
         tokenizer = Tokenizer.train_wordpiece(
             train_documents, vocab_size=config.tokenizer_vocab_size, lowercase=config.lowercase)

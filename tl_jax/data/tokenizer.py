@@ -15,6 +15,7 @@ because batches are padded with zeros.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Iterable, Sequence
 
@@ -25,6 +26,30 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 CONTINUATION_PREFIX = "##"
+
+
+def vocab_lowercase(path: str) -> bool | None:
+    """`do_lower_case` of the `tokenizer_config.json` beside the `vocab.txt` that `Tokenizer.load`
+    would read from `path` (a file or a directory); None when it reads a `tokenizer.json` (which
+    carries its own normaliser) or there is no such setting."""
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "tokenizer.json")):
+        return None
+    if path.endswith(".json"):
+        return None
+    config_file = os.path.join(directory, "tokenizer_config.json")
+    if not os.path.isfile(config_file):
+        return None
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            settings = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"Cannot read {config_file}: {e}") from None
+    value = settings.get("do_lower_case") if isinstance(settings, dict) else None
+    if value is not None and not isinstance(value, bool):
+        raise TokenizerError(f"{config_file}: do_lower_case must be true or false, got "
+                             f"{json.dumps(value)}")
+    return value
 
 
 class TokenizerError(ValueError):
@@ -167,17 +192,23 @@ class Tokenizer:
         return cls(_bert_pipeline(model, lowercase), source=vocab_path)
 
     @classmethod
-    def load(cls, path: str, lowercase: bool = True) -> "Tokenizer":
+    def load(cls, path: str, lowercase: bool | None = None) -> "Tokenizer":
         """Loads a `tokenizer.json`, a `vocab.txt`, or a directory holding one of them.
 
         A directory's `tokenizer.json` wins over its `vocab.txt` (it carries the normaliser
-        settings). `lowercase` applies to `vocab.txt` only.
+        settings). `lowercase` applies to `vocab.txt` only; None (the default) takes
+        `do_lower_case` from the `tokenizer_config.json` beside it, as transformers'
+        BertTokenizer does (a cased model's vocabulary lowercased would turn capitalised words
+        into other ids or [UNK]), and lowercases when there is none.
         """
         if os.path.isdir(path):
             for name in ("tokenizer.json", "vocab.txt"):
                 if os.path.exists(os.path.join(path, name)):
                     return cls.load(os.path.join(path, name), lowercase)
             raise TokenizerError(f"Directory {path} holds neither tokenizer.json nor vocab.txt.")
+        if lowercase is None and not path.endswith(".json"):
+            own = vocab_lowercase(path)
+            lowercase = True if own is None else own
         if not os.path.exists(path):
             raise TokenizerError(f"Tokenizer file not found: {path}")
         if path.endswith(".json"):
