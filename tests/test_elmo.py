@@ -376,3 +376,12 @@ def test_flops_count_the_char_convolutions_at_their_valid_positions():
 
     measured = 3.0 * (xla_conv_flops(wide) - xla_conv_flops(narrow))
     assert wide.flops_per_token() - narrow.flops_per_token() == pytest.approx(measured)
+
+
+def test_runs_with_other_seeds_are_scored_on_the_same_held_out_pieces(data_dir):
+    # The held-out pieces were drawn with config.seed (see test_tasks_clm's twin).
+    held = [_tiny_task(data_dir, f"seed={seed}", "data.eval_fraction=0.2")[1].eval_data
+            for seed in (0, 1)]
+    assert len(held[0]) == len(held[1]) > 0
+    assert np.array_equal(held[0].types, held[1].types)
+    assert np.array_equal(held[0].type_words, held[1].type_words)

@@ -155,6 +155,11 @@ def eval_batches(blocks: np.ndarray, lengths: np.ndarray, batch_size: int,
     return out
 
 
+# The held-out draw of the causal and bidirectional LMs: the same for every run, not the run's
+# seed, so that runs with different seeds are scored on the same text.
+EVAL_SPLIT_SEED = 0
+
+
 def split_documents(documents: list, eval_fraction: float, seed: int = 0):
     """(train, eval) documents: a seeded random `eval_fraction` of documents is held out."""
     if not 0.0 <= eval_fraction < 1.0:

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from tl_jax import checkpoint
+from tl_jax.data import clm as clm_data
 from tl_jax.models import elmo
 from tl_jax.tasks import normalized
 
@@ -186,8 +187,10 @@ class Task:
         if data_cfg.max_units:
             units = units[:data_cfg.max_units]
         sequences = frame_units(units, data_cfg.max_len)
-        # A seeded random eval_fraction of the pieces is held out.
-        held = np.random.default_rng(config.seed).random(len(sequences)) < data_cfg.eval_fraction
+        # A random eval_fraction of the pieces is held out, the same ones whatever the run's
+        # seed: runs with different seeds are scored on the same text.
+        held = np.random.default_rng(clm_data.EVAL_SPLIT_SEED).random(len(sequences)) < \
+            data_cfg.eval_fraction
         train_seqs = [s for s, h in zip(sequences, held) if not h]
         eval_seqs = [s for s, h in zip(sequences, held) if h]
         saved_vocab = os.path.join(workdir, "vocab.txt") if workdir else None

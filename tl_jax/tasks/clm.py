@@ -216,8 +216,10 @@ class Task:
             os.path.expandvars(data_cfg.corpus), data_cfg.text_field, data_cfg.group_field or None)
         if data_cfg.max_documents:
             documents = documents[:data_cfg.max_documents]
-        train_docs, eval_docs = clm_data.split_documents(
-            documents, data_cfg.eval_fraction, config.seed)
+        # The held-out documents do not depend on the run's seed: runs with different seeds
+        # (an ablation's repeats) are scored on the same text, as in BERT pretraining.
+        train_docs, eval_docs = clm_data.split_documents(documents, data_cfg.eval_fraction,
+                                                         seed=clm_data.EVAL_SPLIT_SEED)
         self.tokenizer = load_tokenizer(data_cfg, workdir, train_docs, config.init_from)
         self.model_config = gpt_config_from(config.model, self.tokenizer.vocab_size)
         self.model = gpt.GPT(self.model_config)
