@@ -63,8 +63,22 @@ def test_unreadable_bpe_files_are_named(tok, tmp_path):
         BPETokenizer.load(str(broken))
     with pytest.raises(BPEError, match=r"could not read .*merges.txt as a Hugging"):
         BPETokenizer.load(str(tmp_path / "tok" / "merges.txt"))  # not a tokenizer.json
-    (tmp_path / "tok" / "merges.txt").write_text("#version: 0.2\nzz qq\n")
-    with pytest.raises(BPEError, match=r"could not read BPE files .*vocab.json.*merges.txt"):
+    merges = (tmp_path / "tok" / "merges.txt").read_text().splitlines()
+    # A bad line is named by its line in the file: tokenizers' message counted from the line
+    # after "#version" (one too few) or, for unknown tokens, named no line.
+    (tmp_path / "tok" / "merges.txt").write_text("\n".join(merges[:4] + ["a b c"]) + "\n")
+    with pytest.raises(BPEError, match=r"merges.txt:5: expected a merge of two tokens separated "
+                                       r"by one space, got 'a b c'"):
+        BPETokenizer.load(str(tmp_path / "tok"))
+    (tmp_path / "tok" / "merges.txt").write_text("\n".join(merges[:4] + ["zz qq"]) + "\n")
+    with pytest.raises(BPEError, match=r"merges.txt:5: merge 'zz qq' needs token 'zz', which "
+                                       r".*vocab.json does not have"):
+        BPETokenizer.load(str(tmp_path / "tok"))
+    # Both tokens known but not their merge: tokenizers panicked (a PyO3 PanicException, which
+    # `except Exception` does not catch), with a Rust backtrace.
+    a, b = merges[1].split(" ")
+    (tmp_path / "tok" / "merges.txt").write_text(f"#version: 0.2\n{b} {a}\n")
+    with pytest.raises(BPEError, match=rf"merges.txt:2: merge '{b} {a}' needs token '{b}{a}'"):
         BPETokenizer.load(str(tmp_path / "tok"))
 
 

@@ -80,6 +80,7 @@ class BPETokenizer:
         for f in (vocab_json, merges_txt):
             if not os.path.exists(f):
                 raise BPEError(f"BPE tokenizer file {f} does not exist")
+        _check_merges(vocab_json, merges_txt)
         try:
             model = models.BPE.from_file(vocab_json, merges_txt)
         except Exception as e:  # tokenizers raises a bare Exception on malformed files
@@ -154,3 +155,32 @@ class BPETokenizer:
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size}, source={self.source!r})"
+
+
+def _check_merges(vocab_json: str, merges_txt: str) -> None:
+    """Names the first bad line of `merges_txt`: tokenizers' own error numbers lines from the
+    one after `#version` (one too few) and, for a merge of unknown tokens, names no line."""
+    try:
+        with open(vocab_json, encoding="utf-8") as f:
+            vocab = json.load(f)
+    except (ValueError, UnicodeDecodeError):
+        return  # tokenizers' error names what is wrong with vocab.json
+    if not isinstance(vocab, dict):
+        return
+    try:
+        with open(merges_txt, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise BPEError(f"{merges_txt} is not UTF-8 text ({e})") from None
+    for line_no, line in enumerate(lines, 1):
+        if line.startswith("#version"):
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise BPEError(f"{merges_txt}:{line_no}: expected a merge of two tokens separated "
+                           f"by one space, got {line[:80]!r}")
+        for token in (*parts, "".join(parts)):
+            if token not in vocab:
+                raise BPEError(f"{merges_txt}:{line_no}: merge {line[:80]!r} needs token "
+                               f"{token!r}, which {vocab_json} does not have (files of two "
+                               "different tokenizers?)")
