@@ -212,3 +212,16 @@ def test_static_embedding_classifier_uses_the_pretrained_table(encoder):
         np.testing.assert_allclose(logits, logits2, atol=1e-6)
     with pytest.raises(ValueError, match="does not match"):
         embeddings.load_embedding_matrix(params, matrix[:5])
+
+
+def test_repeated_words_keep_the_first_vector_and_are_noted(tmp_path, capsys):
+    # gensim keeps the first and warns; the loader kept the first without a word.
+    path = tmp_path / "v.txt"
+    path.write_text("cat 1 0\ndog 0 1\ncat 5 5\n")
+    vectors = vf.load_vectors(str(path), "glove_text")
+    assert vectors["cat"].tolist() == [1.0, 0.0]
+    assert (f"[vectors] Note: {path} holds 1 repeated word(s) (e.g. 'cat', entries 1 and 3); "
+            "the first vector of each is used") in capsys.readouterr().out
+    path.write_text("cat 1 0\ndog 0 1\n")
+    vf.load_vectors(str(path), "glove_text")
+    assert "repeated" not in capsys.readouterr().out

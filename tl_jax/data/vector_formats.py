@@ -253,7 +253,15 @@ def load_vectors(path, fmt: str | None = None) -> WordVectors:
     fmt = fmt or guess_format(path)
     if fmt not in FORMATS:
         raise ValueError(f"Unknown vector format {fmt!r}; known: {sorted(FORMATS)}")
-    return FORMATS[fmt][0](path)
+    vectors = FORMATS[fmt][0](path)
+    repeated = len(vectors) - len(vectors.index)
+    if repeated:
+        word = next(w for i, w in enumerate(vectors.words) if vectors.index[w] != i)
+        print(f"[vectors] Note: {path} holds {repeated} repeated word(s) (e.g. {word!r}, "
+              f"entries {vectors.index[word] + 1} and "
+              f"{vectors.words.index(word, vectors.index[word] + 1) + 1}); the first vector "
+              "of each is used, as gensim does.", flush=True)
+    return vectors
 
 
 def save_vectors(vectors: WordVectors, path, fmt: str) -> None:
