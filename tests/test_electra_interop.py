@@ -428,6 +428,10 @@ def test_errors_name_what_is_wrong(tmp_path):
     (bad / "config.json").write_text(json.dumps(dict(gen_config, vocab_size=54)))
     with pytest.raises(ValueError, match="vocab_size=54 differs from the discriminator's 53"):
         hf_electra.load(hf, generator_directory=bad)
+    (bad / "config.json").write_text(json.dumps(dict(gen_config, embedding_size="24")))
+    with pytest.raises(ValueError, match='bad_gen/config.json: embedding_size must be an '
+                                         'integer, got "24"'):
+        hf_electra.load(hf, generator_directory=bad)
 
     tensors = load_file(hf / "model.safetensors")
     name = "electra.encoder.layer.1.intermediate.dense.weight"

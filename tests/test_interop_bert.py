@@ -1,5 +1,6 @@
 """Hugging Face BERT interop: parity with transformers (PyTorch CPU), export, round trip, errors."""
 import json
+import re
 import shutil
 import warnings
 
@@ -377,6 +378,49 @@ def test_errors_name_what_is_wrong(tmp_path, data_dir):
         hf_bert.export(params, config, tmp_path / "nope", with_heads=False)
     with pytest.raises(ValueError, match="mlm_head/transform/kernel' is missing"):
         hf_bert.export(params, config.replace(adapter_size=0), tmp_path / "nope", with_heads=True)
+
+
+MINILM_HF_CONFIG = dict(model_type="bert", vocab_size=30522, hidden_size=384,
+                        num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("num_hidden_layers", "6", 'num_hidden_layers must be an integer, got "6"'),
+    ("num_hidden_layers", None, "num_hidden_layers must be an integer, got null"),
+    ("vocab_size", "30522", 'vocab_size must be an integer, got "30522"'),
+    ("hidden_size", 384.0, "hidden_size must be an integer, got 384.0"),  # transformers agrees
+    ("num_attention_heads", True, "num_attention_heads must be an integer, got true"),
+    ("hidden_dropout_prob", "0.1", 'hidden_dropout_prob must be a number, got "0.1"'),
+    ("hidden_act", None, "hidden_act must be a string, got null"),
+])
+def test_a_config_field_of_the_wrong_type_is_named_with_its_file(tmp_path, field, value,
+                                                                   expected):
+    # A hand-edited config.json ended in a bare TypeError from BertConfig ("'<=' not supported
+    # between instances of 'str' and 'int'"), or from numpy's reshape for 384.0, in convert,
+    # extract, fill_mask and init_from alike.
+    (tmp_path / "config.json").write_text(json.dumps({**MINILM_HF_CONFIG, field: value}))
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'config.json'}: {expected}")):
+        hf_bert.read_hf_config(tmp_path)
+
+
+def test_a_tl_weights_config_of_the_wrong_type_is_named_with_its_file(tmp_path):
+    config = bert.BertConfig(vocab_size=30, hidden_size=8, num_layers=1, num_heads=2,
+                             intermediate_size=8)
+    params = nn.unbox(bert.BertModel(config).init(jax.random.PRNGKey(0),
+                                                  jnp.zeros((1, 2), jnp.int32))["params"])
+    convert.save_tl_params(tmp_path, config, params, "bert")
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert convert.load_tl_params(tmp_path)[0] == config
+    for change, expected in (
+            ({"num_layers": "1"}, 'config.num_layers must be an integer, got "1"'),
+            ({"hidden_size": 8.0}, "config.hidden_size must be an integer, got 8.0"),
+            ({"vocab_size": None}, "config.vocab_size must be an integer, got null"),
+            ({"layer_norm_eps": "1e-12"}, 'config.layer_norm_eps must be a number, got "1e-12"'),
+            ({"num_layer": 1}, "not a BertConfig: unknown field(s) ['config.num_layer']")):
+        bad = dict(meta, config={**meta["config"], **change})
+        (tmp_path / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'config.json'}: {expected}")):
+            convert.load_tl_params(tmp_path)
 
 
 def test_merge_lora_export_matches_the_lora_model(tmp_path):

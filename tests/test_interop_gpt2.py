@@ -1,5 +1,6 @@
 """GPT-2 interop: logits and greedy generation match transformers' GPT2LMHeadModel (PyTorch)."""
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -168,6 +169,20 @@ def test_import_rejects_mismatched_state():
         gpt2.params_from_hf(wrong, config)
     with pytest.raises(ValueError, match="activation_function"):
         gpt2.config_from_hf(dict(hf.config.to_dict(), activation_function="relu"))
+
+
+def test_a_config_field_of_the_wrong_type_is_named_with_its_file(tmp_path):
+    # `"n_layer": "2"` in a hand-edited config.json was a bare TypeError from GPTConfig.
+    hf = GPT2Config(**SHAPES[0]).to_dict()
+    assert gpt2.config_from_hf(hf).num_layers == SHAPES[0]["n_layer"]
+    assert gpt2.config_from_hf(dict(hf, n_inner=None)).mlp_dim == 4 * SHAPES[0]["n_embd"]
+    for change, expected in (({"n_layer": "2"}, 'n_layer must be an integer, got "2"'),
+                             ({"n_embd": 48.0}, "n_embd must be an integer, got 48.0"),
+                             ({"n_inner": "192"}, 'n_inner must be an integer or null, got "192"'),
+                             ({"attn_pdrop": None}, "attn_pdrop must be a number, got null")):
+        (tmp_path / "config.json").write_text(json.dumps(dict(hf, **change)))
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'config.json'}: {expected}")):
+            gpt2.load_config(tmp_path)
 
 
 def test_convert_exports_a_clm_workdir(tmp_path, monkeypatch):

@@ -60,6 +60,40 @@ def read_config_json(directory) -> tuple[dict, pathlib.Path]:
     return hf, config_file
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               type(None): "null"}
+
+
+def _has_type(value, kind) -> bool:
+    if kind is type(None):
+        return value is None
+    if isinstance(value, bool):  # JSON true/false are Python ints: only a bool field takes them
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))  # 0 for a dropout rate is fine
+    return isinstance(value, kind)
+
+
+def check_field_types(fields: dict, source, types: dict) -> None:
+    """A clear error naming `source`, the field and its value when a field of a config.json
+    that tl_jax reads has the wrong JSON type (`"num_hidden_layers": "6"`, `null`): before it
+    reaches a model config, where it would fail as a bare TypeError. Absent fields are left to
+    the caller (defaults, or its own missing-field error).
+
+    types: field name -> a type (int, float, str, bool) or a tuple of them (`(int, type(None))`
+    for an optional size). An integral float (`384.0`) is not an integer: transformers' configs
+    refuse it too, and a size written that way is more likely a mistake than a convention.
+    """
+    for name, kinds in types.items():
+        if name not in fields:
+            continue
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        value = fields[name]
+        if not any(_has_type(value, kind) for kind in kinds):
+            want = " or ".join(_TYPE_NAMES[kind] for kind in kinds)
+            raise ValueError(f"{source}: {name} must be {want}, got {json.dumps(value)}")
+
+
 def model_type(directory) -> str:
     """The `model_type` in a HF directory's config.json (clear errors when there is none)."""
     hf, config_file = read_config_json(directory)

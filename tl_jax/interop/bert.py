@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tl_jax.interop import LoadReport, read_config_json, safetensors_io
+from tl_jax.interop import LoadReport, check_field_types, read_config_json, safetensors_io
 from tl_jax.interop.bert_tokenizer import (  # noqa: F401  (re-exported: one import for users)
     load_tl_tokenizer, load_tokenizer, load_tokenizer_for, write_tokenizer)
 from tl_jax.models import bert as bert_model
@@ -35,6 +35,14 @@ MODEL_TYPE = "bert"
 _POSITION_IDS = "embeddings.position_ids"
 _TIED_DECODER = "cls.predictions.decoder.weight"
 _TIED_DECODER_BIAS = "cls.predictions.decoder.bias"
+# The JSON type of every config.json field `config_from_hf` reads.
+HF_FIELD_TYPES = {
+    "vocab_size": int, "hidden_size": int, "num_hidden_layers": int, "num_attention_heads": int,
+    "intermediate_size": int, "max_position_embeddings": int, "type_vocab_size": int,
+    "hidden_dropout_prob": float, "attention_probs_dropout_prob": float,
+    "layer_norm_eps": float, "initializer_range": float, "hidden_act": str,
+    "position_embedding_type": str,
+}
 
 
 # ----------------------------------------------------------------------------- config
@@ -52,6 +60,7 @@ def config_from_hf(hf: dict, source: str = "config.json", *, model_type: str = M
             f"{source}: model_type={hf.get('model_type')!r}, expected {model_type!r}; this is "
             f"not {article} {name} checkpoint"
         )
+    check_field_types(hf, source, HF_FIELD_TYPES)
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"{source}: position_embedding_type="
                          f"{hf['position_embedding_type']!r} is not supported (only 'absolute')")

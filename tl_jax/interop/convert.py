@@ -30,7 +30,7 @@ import warnings
 import numpy as np
 
 from tl_jax import interop
-from tl_jax.interop import safetensors_io
+from tl_jax.interop import check_field_types, safetensors_io
 
 TL_CONFIG = "config.json"
 TL_PARAMS = "params.safetensors"
@@ -80,20 +80,38 @@ def load_tl_params(directory):
     fields = dict(meta["config"])
     for name in meta.get("dtype_fields", []):
         fields[name] = np.dtype(fields[name])
-    config = _build_config(cls, fields)
+    config = _build_config(cls, fields, config_file)
     params = safetensors_io.unflatten_params(
         safetensors_io.read_safetensors(directory / TL_PARAMS))
     return config, params, meta["family"]
 
 
-def _build_config(cls, fields: dict):
+def _build_config(cls, fields: dict, source, prefix: str = "config."):
     """`cls(**fields)`, rebuilding nested dataclass fields (an ElectraConfig's discriminator
-    `BertConfig`) from the dicts `dataclasses.asdict` wrote."""
+    `BertConfig`) from the dicts `dataclasses.asdict` wrote. A field of the wrong JSON type (a
+    hand-edited `"num_layers": "6"`), an unknown or a missing one is an error naming `source`
+    and the field (`prefix` + its name) rather than a TypeError from the dataclass."""
     hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    unknown, missing = sorted(set(fields) - names), sorted(required - set(fields))
+    if unknown or missing:
+        what = "; ".join(part for part in (
+            unknown and f"unknown field(s) {[prefix + n for n in unknown]}",
+            missing and f"missing field(s) {[prefix + n for n in missing]}") if part)
+        raise ValueError(f"{source}: not a {cls.__name__}: {what}")
+    check_field_types({prefix + name: value for name, value in fields.items()}, source,
+                      {prefix + name: hints[name] for name in fields
+                       if hints[name] in (int, float, str, bool)
+                       and not isinstance(fields[name], np.dtype)})  # dtype_fields: rebuilt
     for name, value in fields.items():
         kind = hints.get(name)
-        if isinstance(value, dict) and dataclasses.is_dataclass(kind):
-            fields[name] = _build_config(kind, dict(value))
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise ValueError(f"{source}: {prefix + name} must be a JSON object (the "
+                                 f"{kind.__name__} fields), got {json.dumps(value)}")
+            fields[name] = _build_config(kind, dict(value), source, f"{prefix}{name}.")
     return cls(**fields)
 
 

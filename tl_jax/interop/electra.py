@@ -52,7 +52,7 @@ from typing import Optional
 
 import numpy as np
 
-from tl_jax.interop import LoadReport, read_config_json, safetensors_io
+from tl_jax.interop import LoadReport, check_field_types, read_config_json, safetensors_io
 from tl_jax.interop import bert as hf_bert
 from tl_jax.models.bert import BertConfig
 from tl_jax.models.electra import ElectraConfig
@@ -82,6 +82,7 @@ def read_hf_json(directory) -> tuple[dict, pathlib.Path]:
 
 def encoder_config_from_hf(hf: dict, source: str = "config.json") -> BertConfig:
     """The `BertConfig` of a HF ELECTRA config dict (either half), embedding width included."""
+    check_field_types(hf, source, {"embedding_size": int})
     return hf_bert.config_from_hf(
         hf, source, model_type=MODEL_TYPE, name="ELECTRA",
         embedding_size=hf.get("embedding_size", _DEFAULT_EMBEDDING_SIZE))

@@ -16,11 +16,17 @@ import pathlib
 import numpy as np
 from safetensors.numpy import save_file
 
-from tl_jax.interop import read_config_json, safetensors_io
+from tl_jax.interop import check_field_types, read_config_json, safetensors_io
 from tl_jax.models.gpt import GPTConfig
 
 # HF buffers that are not parameters (older checkpoints store the causal mask).
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+# The JSON type of every config.json field `config_from_hf` reads (n_inner: null = 4 * n_embd).
+HF_FIELD_TYPES = {
+    "vocab_size": int, "n_layer": int, "n_embd": int, "n_head": int, "n_positions": int,
+    "n_inner": (int, type(None)), "resid_pdrop": float, "attn_pdrop": float,
+    "layer_norm_epsilon": float, "initializer_range": float, "activation_function": str,
+}
 
 
 def config_from_hf(hf: dict, source: str = "GPT-2 config") -> GPTConfig:
@@ -29,6 +35,7 @@ def config_from_hf(hf: dict, source: str = "GPT-2 config") -> GPTConfig:
                if k not in hf]
     if missing:
         raise ValueError(f"{source}: missing GPT-2 config field(s) {missing}")
+    check_field_types(hf, source, HF_FIELD_TYPES)
     activation = hf.get("activation_function", "gelu_new")
     if activation not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(
