@@ -433,6 +433,19 @@ def test_errors_name_what_is_wrong(tmp_path):
                                          'integer, got "24"'):
         hf_electra.load(hf, generator_directory=bad)
 
+    # Layers beyond config.json's count were dropped without a word (BERT's too).
+    disc_config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps(dict(disc_config, num_hidden_layers=1)))
+    with pytest.raises(ValueError, match=r"model.safetensors holds encoder layers up to "
+                                         r"electra.encoder.layer.1 \(2 layers\) but config.json "
+                                         "has num_hidden_layers=1"):
+        hf_electra.load_discriminator(hf)
+    (bad / "config.json").write_text(json.dumps(dict(gen_config, num_hidden_layers=1)))
+    with pytest.raises(ValueError, match=r"bad_gen/model.safetensors holds encoder layers up to "
+                                         r"electra.encoder.layer.1 \(2 layers\)"):
+        hf_electra.load_generator(bad)
+    (hf / "config.json").write_text(json.dumps(disc_config))
+
     tensors = load_file(hf / "model.safetensors")
     name = "electra.encoder.layer.1.intermediate.dense.weight"
     tensors[name] = np.zeros((24, 37), np.float32)

@@ -305,6 +305,32 @@ def test_init_from_hf_merges_into_a_nested_tree(tmp_path):
         hf_bert.init_from_hf(other, path)
 
 
+def test_layers_beyond_the_config_are_an_error_unless_the_model_keeps_fewer(tmp_path):
+    # config.json with num_hidden_layers=2 over 3 layers of weights loaded as a 2-layer model:
+    # convert listed the third layer as unused and exited 0, init_from said "encoder loaded".
+    _, path = hf_random_model(tmp_path, SHAPES[2])  # 3 layers
+    config = hf_bert.read_hf_config(path)
+    model = _Classifier(config.replace(num_layers=1))  # model.num_layers=1 of a fine-tuning run
+    fresh = nn.unbox(model.init(jax.random.PRNGKey(3), jnp.zeros((1, 4), jnp.int32))["params"])
+    params, report = hf_bert.init_from_hf(fresh, path, warn=False)
+    assert any(name.startswith("encoder.layer.2.") for name in report.unused)
+    full, _, _ = hf_bert.load(path)
+
+    hf_config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(dict(hf_config, num_hidden_layers=2)))
+    expected = re.escape(f"{path / 'model.safetensors'} holds encoder layers up to "
+                         "encoder.layer.2 (3 layers) but config.json has num_hidden_layers=2")
+    with pytest.raises(ValueError, match=expected):
+        hf_bert.load(path)
+    with pytest.raises(ValueError, match=expected):
+        hf_bert.init_from_hf(fresh, path, warn=False)
+    with pytest.raises(ValueError, match=expected):
+        hf_bert.load_flat_params(path)
+    with pytest.raises(ValueError, match=expected):
+        convert.convert(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_reads_pytorch_bin_and_lists_unused_tensors(tmp_path):
     torch_model, path = hf_random_model(tmp_path, SHAPES[0])
     (path / "model.safetensors").unlink()  # an older checkpoint: a PyTorch pickle only

@@ -249,6 +249,7 @@ def params_from_hf_tensors(tensors: dict, config: BertConfig, source: str = "che
                                     tl_shape(entry, config))
         report.used.append(original[entry.hf_name])
 
+    check_no_extra_layers(tensors, "encoder.layer.", config.num_layers, source)
     if _POSITION_IDS in tensors:  # a buffer (arange), recomputed by the model
         tensors.pop(_POSITION_IDS)
         report.derived.append(original[_POSITION_IDS])
@@ -273,6 +274,27 @@ def params_from_hf_tensors(tensors: dict, config: BertConfig, source: str = "che
             tensors.pop(_TIED_DECODER_BIAS)
     report.unused = sorted(original[name] for name in tensors)
     return flat, report
+
+
+def check_no_extra_layers(names, prefix: str, num_layers: int, source: str) -> None:
+    """An error when the checkpoint (`names`: its tensors left over after mapping) holds encoder
+    layers (`prefix` + index) beyond the `num_layers` its config.json declares.
+
+    Mapping by the config would drop them without a word, leaving a shallower model than the
+    one trained: the config and the weights disagree, and only the user knows which is right.
+    Keeping fewer layers on purpose is `model.num_layers` of a fine-tuning config, which reads
+    the whole checkpoint and leaves the top layers out of the model (`merge_encoder_params`).
+    """
+    extra = sorted({int(index) for index in (name[len(prefix):].split(".")[0]
+                                             for name in names if name.startswith(prefix))
+                    if index.isdigit() and int(index) >= num_layers})
+    if extra:
+        raise ValueError(
+            f"{source} holds encoder layers up to {prefix}{extra[-1]} ({extra[-1] + 1} layers) "
+            f"but config.json has num_hidden_layers={num_layers}, so layers "
+            f"{', '.join(map(str, extra))} would be dropped. Correct num_hidden_layers in "
+            "config.json; to fine-tune only the bottom layers, keep the config as it is and "
+            "set model.num_layers instead.")
 
 
 def tl_shape(entry: _Entry, config: BertConfig) -> tuple:

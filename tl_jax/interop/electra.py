@@ -270,6 +270,10 @@ def params_from_hf_tensors(tensors: dict, entries: list[_Entry], source: str = "
         flat[entry.tl_path] = hf_bert.to_tl(entry.kind, value.astype(np.float32),
                                             entry.tl_shape)
         report.used.append(original[entry.hf_name])
+    layer = "electra.encoder.layer."
+    num_layers = len({e.hf_name[len(layer):].split(".")[0] for e in entries
+                      if e.hf_name.startswith(layer)})
+    hf_bert.check_no_extra_layers(tensors, layer, num_layers, source)
     for name in _BUFFERS:  # arange / zeros buffers the model recomputes
         if name in tensors:
             tensors.pop(name)
