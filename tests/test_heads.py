@@ -129,3 +129,56 @@ def test_minilm_loads_into_a_head_model_and_matches_transformers(data_dir):
     with torch.no_grad():
         expected = reference(input_ids=torch.tensor(ids, dtype=torch.long)).last_hidden_state
     np.testing.assert_allclose(out["sequence_output"], expected.numpy(), atol=2e-4, rtol=1e-3)
+
+
+def test_a_data_tokenizer_other_than_init_froms_is_named(data_dir, tmp_path, capsys):
+    # Fine-tuning MiniLM with an unrelated 2,000-token vocabulary trained without a word: every
+    # id fits the 30,522 embedding rows, and every one selects another token's row.
+    import json
+
+    from tl_jax.data.tokenizer import Tokenizer
+    from tl_jax.interop import convert
+
+    def texts(name):
+        with open(data_dir / name) as f:
+            return [json.loads(line)["text"] for line in f][:400]
+
+    own = Tokenizer.train_wordpiece([texts("austen.jsonl")], 300)
+    model_config = bert.BertConfig(vocab_size=own.vocab_size, hidden_size=8, num_layers=1,
+                                   num_heads=2, intermediate_size=8)
+    params = nn.unbox(bert.BertModel(model_config).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32))["params"])
+    init_from = tmp_path / "weights"
+    convert.save_tl_params(init_from, model_config, params, "bert")
+    own.save(str(init_from))
+    own.save(str(tmp_path / "same"))
+    Tokenizer.train_wordpiece([texts("enwiki_sample.jsonl")], 200).save(str(tmp_path / "other"))
+    Tokenizer.train_wordpiece([texts("enwiki_sample.jsonl")], 600).save(str(tmp_path / "big"))
+
+    def encoder(tokenizer):
+        return downstream.Encoder.from_config(ml_collections.ConfigDict(dict(
+            task="classify", init_from=str(init_from),
+            model=dict(num_layers=0, dropout_rate=0.1, attention_dropout_rate=0.1,
+                       dtype="float32"),
+            data=dict(tokenizer=tokenizer, max_seq_length=16))), [])
+
+    capsys.readouterr()
+    encoder("")
+    encoder(str(tmp_path / "same"))
+    assert "warning" not in capsys.readouterr().out
+    encoder(str(tmp_path / "other"))
+    out = capsys.readouterr().out
+    assert out.count("warning") == 1
+    assert (f"[classify] warning: data.tokenizer={tmp_path / 'other' / 'tokenizer.json'} "
+            in out and f"is not the vocabulary init_from's weights were trained with "
+            f"({init_from / 'tokenizer.json'}, {own.vocab_size} tokens)" in out)
+    # Continued pretraining from init_from says the same.
+    from tl_jax.tasks import bert_pretrain
+    data_cfg = ml_collections.ConfigDict(dict(tokenizer=str(tmp_path / "other")))
+    assert bert_pretrain.with_init_from_tokenizer(data_cfg, str(init_from),
+                                                  "bert_pretrain") is data_cfg
+    assert "[bert_pretrain] warning: data.tokenizer=" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=f"has {Tokenizer.load(str(tmp_path / 'big')).vocab_size}"
+                                         f" tokens but the model's vocab_size is "
+                                         f"{own.vocab_size}"):
+        encoder(str(tmp_path / "big"))

@@ -86,10 +86,13 @@ def with_init_from_tokenizer(data_cfg, init_from: str, task: str):
     """`data_cfg`, with `data.tokenizer` set to `init_from`'s own when it is empty: a vocabulary
     trained afresh (on another corpus, say) would give the embedding rows taken over from
     `init_from` other tokens to stand for, without any shape to tell. An explicit
-    `data.tokenizer` wins."""
+    `data.tokenizer` wins, with a warning when it is another vocabulary."""
+    from tl_jax.data.tokenizer import Tokenizer
     from tl_jax.tasks import downstream
 
     if data_cfg.tokenizer:
+        downstream.warn_if_not_init_from_vocabulary(
+            Tokenizer.load(os.path.expandvars(data_cfg.tokenizer)), init_from, task)
         return data_cfg
     path = downstream.tokenizer_path(init_from)
     if not any(os.path.isfile(os.path.join(path, name))

@@ -48,6 +48,9 @@ class Encoder:
         if init_from:
             check_encoder_source(init_from)
             tokenizer = saved or Tokenizer.load(d.tokenizer or tokenizer_path(init_from))
+            if d.tokenizer and not saved:
+                warn_if_not_init_from_vocabulary(tokenizer, init_from,
+                                                 config.get("task", "init_from"))
             model_config = architecture(init_from, tokenizer).replace(**overrides)
             if m.num_layers:
                 # Keep the bottom layers only (as DistilBERT-style initialisation does): cheaper
@@ -153,6 +156,26 @@ def check_encoder_source(source: str, what: str = "init_from") -> None:
     raise warm_start.WarmStartError(
         f"{what}={source!r} is neither a tl_jax workdir (with checkpoints/), nor tl_jax weights "
         "(with params.safetensors), nor a Hugging Face BERT directory (with config.json).")
+
+
+def warn_if_not_init_from_vocabulary(tokenizer: Tokenizer, init_from: str, task: str) -> None:
+    """A warning when an explicit `data.tokenizer` is not the vocabulary `init_from`'s weights
+    were trained with: its ids select embedding rows that stand for other tokens, and when it
+    is no larger than the model nothing else says so. Not an error: a new vocabulary over old
+    weights can be the experiment. Nothing is said when `init_from` has no tokenizer of its
+    own (data.tokenizer then names the one it lacks)."""
+    from tl_jax.data.tokenizer import TokenizerError
+
+    try:
+        own = Tokenizer.load(tokenizer_path(init_from))
+    except TokenizerError:
+        return
+    if own.hf_tokenizer.get_vocab() != tokenizer.hf_tokenizer.get_vocab():
+        print(f"[{task}] warning: data.tokenizer={tokenizer.source} ({tokenizer.vocab_size} "
+              f"tokens) is not the vocabulary init_from's weights were trained with "
+              f"({own.source}, {own.vocab_size} tokens): the embedding rows its ids select "
+              "stand for other tokens. Leave data.tokenizer empty to use init_from's.",
+              flush=True)
 
 
 def resumed_tokenizer(workdir: str | None) -> Tokenizer | None:
