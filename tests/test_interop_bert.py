@@ -1,4 +1,6 @@
 """Hugging Face BERT interop: parity with transformers (PyTorch CPU), export, round trip, errors."""
+import fractions
+import io
 import json
 import re
 import shutil
@@ -344,6 +346,32 @@ def test_reads_pytorch_bin_and_lists_unused_tensors(tmp_path):
     assert "cls.predictions.decoder.weight" in report2.derived  # tied: checked, not stored twice
     np.testing.assert_array_equal(flat["bert/embeddings/word_embeddings/embedding"],
                                   params["bert"]["embeddings"]["word_embeddings"]["embedding"])
+
+
+def test_a_broken_pytorch_bin_is_named_without_torchs_advice(tmp_path):
+    # torch.load(weights_only=True) answers random bytes with "Re-running `torch.load` with
+    # `weights_only` set to `False` will likely succeed, but it can result in arbitrary code
+    # execution": quoted as it was, that read like advice.
+    path = tmp_path / "hf"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(MINILM_HF_CONFIG))
+    weights = path / "pytorch_model.bin"
+    buffer = io.BytesIO()
+    torch.save({"a": torch.zeros(64)}, buffer)
+    objects = io.BytesIO()
+    torch.save({"a": fractions.Fraction(1, 2)}, objects)
+    for data, reason in (
+            (np.random.default_rng(0).bytes(256),
+             "its bytes are neither a PyTorch zip archive nor a pickle of tensors"),
+            (objects.getvalue(), "it pickles fractions.Fraction, not only tensors"),
+            (buffer.getvalue()[:200], "RuntimeError: PytorchStreamReader failed reading zip "
+                                      "archive: failed finding central directory)"),
+            (b"", "the file is empty or ends too early")):
+        weights.write_bytes(data)
+        with pytest.raises(ValueError) as e:
+            hf_bert.load(path)
+        assert str(e.value).startswith(f"{weights} is not a readable PyTorch checkpoint ({reason}")
+        assert "weights_only" not in str(e.value)
 
 
 def test_reads_bfloat16_safetensors_as_float32(tmp_path):

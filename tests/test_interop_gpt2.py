@@ -116,7 +116,7 @@ def test_gpt2_directories_in_every_hf_weight_format_load_and_broken_ones_are_nam
     with pytest.raises(ValueError, match=r"model.safetensors is not a readable safetensors"):
         gpt2.load_pretrained(tmp_path / "safetensors")
     (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"PK\x03\x04 not a zip")
-    with pytest.raises(ValueError, match=r"pytorch_model.bin is not a readable PyTorch state"):
+    with pytest.raises(ValueError, match=r"pytorch_model.bin is not a readable PyTorch checkpoint"):
         gpt2.load_pretrained(tmp_path / "bin")
 
     from safetensors.numpy import load_file, save_file

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import pickle
+import re
 from typing import Mapping
 
 import numpy as np
@@ -64,12 +66,31 @@ def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a pickle, or a pickle of other objects
-        raise ValueError(f"{path} is not a readable PyTorch state dict ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}); fetch it again") from e
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({_torch_load_reason(e)})"
+                         "; fetch it again, or convert the checkpoint to model.safetensors"
+                         ) from e
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
     return {name: t.detach().float().numpy() if t.dtype == torch.bfloat16 else t.detach().numpy()
             for name, t in state.items()}
+
+
+def _torch_load_reason(error: Exception) -> str:
+    """Why `torch.load(weights_only=True)` failed, in a few words. Its own message for a file
+    that is no pickle of tensors advises retrying with `weights_only=False`, which can run
+    arbitrary code: not advice to pass on about a file that is most likely broken."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) or "weights_only" in text:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            return (f"it pickles {found.group(1)}, not only tensors, and tl_jax unpickles "
+                    "nothing else")
+        return "its bytes are neither a PyTorch zip archive nor a pickle of tensors"
+    if isinstance(error, EOFError):
+        return "the file is empty or ends too early"
+    # "PytorchStreamReader failed reading zip archive: not a ZIP archive. This is an internal
+    # miniz error. ...": the first sentence says it.
+    return f"{type(error).__name__}: {text.splitlines()[0].split('. ')[0] if text else ''}"
 
 
 def read_hf_tensors(directory) -> tuple[dict[str, np.ndarray], pathlib.Path]:
