@@ -1,5 +1,7 @@
 """Feature-based probes: feature choices, pooled == token-level for the linear head, BiLSTM
 length masking, and a frozen encoder whose gradient is never computed."""
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -148,6 +150,31 @@ def test_feature_cache_is_not_shared_by_seeds_with_reinitialised_layers(data_dir
     assert not np.array_equal(a.train_arrays["features"][:, -1], b.train_arrays["features"][:, -1])
     # Without re-initialised layers the pretrained encoder is the same for every seed: shared.
     assert task(0, 0)._cache_file("train") == task(1, 0)._cache_file("train")
+
+
+def test_feature_cache_is_not_reused_when_the_encoder_behind_the_path_changes(data_dir,
+                                                                              tmp_path):
+    # The key held the init_from path only: an encoder trained further in its workdir (a newer
+    # checkpoint, the one loaded), or replaced weights in a HF folder, read the old features.
+    import shutil
+
+    from tl_jax import config as config_lib, tasks
+    encoder = tmp_path / "minilm"
+    shutil.copytree(data_dir / "models" / "all-MiniLM-L6-v2", encoder)
+
+    def task(name):
+        config = config_lib.load_config("configs/transfer_feature.py:minilm", [
+            "data.max_train_examples=32", "data.max_eval_examples=8", "data.max_seq_length=16",
+            "model.num_layers=1", f"probe.cache_dir={tmp_path / 'cache'}",
+            f"init_from={encoder}"])
+        return tasks.build_task(config, str(tmp_path / name))
+
+    before = task("a")._cache_file("train")
+    assert task("b")._cache_file("train") == before  # unchanged: shared
+    weights = encoder / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # new weights, same name
+    assert task("c")._cache_file("train") != before
 
 
 def test_a_frozen_encoder_counts_forward_flops_only(tmp_path):

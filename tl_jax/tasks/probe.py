@@ -134,7 +134,12 @@ class Task(classify.Task):
                           # Anything else that changes the encoder or its input ids.
                           c.model.num_layers, c.model.dtype, c.data.tokenizer,
                           c.data.tokenizer_vocab_size, c.transfer.reinit_top_k,
-                          c.transfer.adapter_size, c.transfer.lora_rank], sort_keys=True)
+                          c.transfer.adapter_size, c.transfer.lora_rank,
+                          # The same paths with other contents: an encoder trained further in
+                          # its workdir, replaced weights, an edited data file.
+                          _stamp(c.init_from), _stamp(c.data.tokenizer),
+                          _stamp(c.data.train_file if split == "train" else c.data.eval_file)],
+                         sort_keys=True)
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         return os.path.join(c.probe.cache_dir, f"probe_features_{split}_{digest}.npy")
 
@@ -238,3 +243,22 @@ def default_config():
         cache_features=False,    # run the frozen encoder once, train the head on stored features
         cache_dir="",            # linear head: keep pooled features here across runs
     ))
+
+
+def _stamp(path: str) -> list:
+    """What tells one version of `path` from another without reading it: (name, size, mtime)
+    of the file, or of each file in the directory and in its `checkpoints/` (a tl_jax workdir,
+    whose newest checkpoint is the one loaded). Empty for "" and for sources that are not
+    files (gensim:..., tfds:...)."""
+    path = os.path.expandvars(path or "")
+    if os.path.isfile(path):
+        return [[os.path.basename(path), os.path.getsize(path), os.stat(path).st_mtime_ns]]
+    if not os.path.isdir(path):
+        return []
+    stamps = []
+    for folder in (path, os.path.join(path, "checkpoints")):
+        if os.path.isdir(folder):
+            for name in sorted(os.listdir(folder)):
+                st = os.stat(os.path.join(folder, name))
+                stamps.append([name, st.st_size, st.st_mtime_ns])
+    return stamps
