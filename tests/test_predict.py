@@ -309,6 +309,19 @@ def test_errors_are_one_line(classify_run, polarity_files, tmp_path, capsys):
         assert "Traceback" not in message
 
 
+def test_a_negative_batch_size_is_refused_before_the_workdir_is_read(classify_run,
+                                                                     polarity_files, tmp_path,
+                                                                     capsys):
+    # It went on to build the model and failed in numpy ("negative dimensions are not allowed").
+    argv = ["--input", str(polarity_files / "eval.jsonl"), "--output", str(tmp_path / "o.jsonl"),
+            "--batch_size=-3"]
+    expected = "--batch_size=-3 must be at least 1 (or 0 for the run's data.batch_size)"
+    assert expected in _error(capsys, "--workdir", str(classify_run), *argv)
+    assert expected in _error(capsys, "--workdir", str(tmp_path / "none"), *argv)
+    assert not (tmp_path / "o.jsonl").exists()
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_help_lists_predict():
     assert "predict" in main.build_parser().format_help()
     assert "tl_jax predict --workdir" in main.__doc__

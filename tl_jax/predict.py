@@ -154,6 +154,9 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
     Returns `{"step", "why", "examples", "labelled", "metrics", "output"}`; `metrics` is empty
     unless every record of the input has its label (tags, answers).
     """
+    if batch_size < 0:  # before anything is loaded; numpy would refuse the shape much later
+        raise ValueError(f"--batch_size={batch_size} must be at least 1 (or 0 for the run's "
+                         "data.batch_size)")
     saved = check_workdir(workdir)
     input_spec = os.path.expandvars(input_spec)
     check_output(output, input_spec, workdir)
