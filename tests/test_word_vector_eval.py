@@ -151,6 +151,12 @@ def test_the_real_files_in_the_official_layouts_read_as_the_same_pairs(data_dir,
     ("Word 1,Word 2,Human (mean)\nWord 1,Word 2,Human (mean)\n",
      r"sim.txt:2: score 'Human \(mean\)' \(column 3, 'Human \(mean\)'\) is not a number"),
     ("love,sex,6.77\ntiger,cat,lots\n", r"sim.txt:2: score 'lots' is not a number"),
+    # "nan" and "inf" parse as floats, then made the Spearman correlation nan.
+    ("love,sex,6.77\ntiger,cat,nan\n",
+     r"sim.txt:2: score 'nan' is not a finite number \(nan or inf\) in the pair 'tiger', 'cat'"),
+    (SIMLEX_OFFICIAL + "old\tnew\tA\t-inf\t1\t1\t1\t1\t1\t1\n",
+     r"sim.txt:5: score '-inf' \(column 4, 'SimLex999'\) is not a finite number"),
+    ("love\tsex\tinf\n", r"sim.txt:1: score 'inf' is not a finite number"),  # not a header
     (SIMLEX_OFFICIAL + "old\tnew\tA\tlots\t1\t1\t1\t1\t1\t1\n",
      r"sim.txt:5: score 'lots' \(column 4, 'SimLex999'\) is not a number"),
     # Too few fields for the column the header named; another separator than the first line's.

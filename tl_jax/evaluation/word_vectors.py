@@ -12,6 +12,7 @@ same number as a score over all of them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 
 import numpy as np
@@ -86,6 +87,10 @@ def read_similarity_pairs(path) -> list[tuple[str, str, float]]:
                 where = f" (column {col + 1}, {col_name!r})" if col_name else ""
                 raise ValueError(f"{path}:{lineno}: score {parts[col]!r}{where} is not a "
                                  f"number") from None
+            if not math.isfinite(score):  # "nan"/"inf" parse, then make Spearman's rho nan
+                where = f" (column {col + 1}, {col_name!r})" if col_name else ""
+                raise ValueError(f"{path}:{lineno}: score {parts[col]!r}{where} is not a finite "
+                                 f"number (nan or inf) in the pair {parts[0]!r}, {parts[1]!r}")
             pairs.append((parts[0].lower(), parts[1].lower(), score))
     if not pairs:
         if header is not None:
