@@ -188,6 +188,28 @@ def test_training_says_how_many_examples_were_truncated(tmp_path, capsys):
     assert "Note:" not in capsys.readouterr().out
 
 
+def test_a_tagging_file_with_missing_blank_lines_is_named_by_line(tmp_path, capsys):
+    # Sentences run together were only "1 of 16 training sentences are longer than ...", and a
+    # file that is one sentence failed as "1 training examples cannot fill one batch".
+    from tl_jax.tasks import tag
+
+    conll = tmp_path / "train.conll"
+    run_together = "".join(f"w{i} O\n" for i in range(300))
+    conll.write_text("a B-PER\nb O\n\n" * 5 + run_together + "\n" + "a B-PER\nb O\n\n" * 10)
+    tag.Task(config_lib.load_config("configs/finetune_tag.py:tiny", [
+        f"data.train_file={conll}", f"data.eval_file={conll}", "data.max_seq_length=8"]),
+        str(tmp_path / "tag"))
+    out = capsys.readouterr().out
+    note = f"[tag] Note: the sentence at {conll}:16 has 300 tokens: missing blank lines between"
+    assert out.count(note) == 2, out  # the training and the eval file
+    one = tmp_path / "one.conll"
+    one.write_text("a B-PER\nb O\n" + run_together)
+    with pytest.raises(ValueError, match=rf"{one}:1: the whole file is one sentence of 302 "
+                                         r"tokens \(lines 1-302\): missing blank lines"):
+        tag.Task(config_lib.load_config("configs/finetune_tag.py:tiny", [
+            f"data.train_file={one}", f"data.eval_file={conll}"]), str(tmp_path / "tag2"))
+
+
 def test_gpt_classifier_settings_are_checked_before_data_and_tokenizer(tmp_path):
     from tl_jax.tasks import lm_classify
 

@@ -199,6 +199,38 @@ def test_conll_errors_name_file_and_line(tmp_path):
         readers.read_conll(_write(tmp_path / "empty.conll", "\n\n"))
 
 
+def test_a_conll_file_that_is_one_long_sentence_lacks_its_blank_lines(tmp_path):
+    # It was read as one sentence: one training example, or every word past max_seq_length
+    # predicted O.
+    words = "".join(f"w{i} O\n" for i in range(readers.LONG_SENTENCE + 1))
+    one = _write(tmp_path / "one.conll", "-DOCSTART- O\n\n" + words + "\n\n")
+    with pytest.raises(readers.DataFormatError,
+                       match=rf"one.conll:3: the whole file is one sentence of 251 tokens "
+                             rf"\(lines 3-253\): missing blank lines between sentences\?"):
+        readers.read_conll(one)
+    tokens_only = _write(tmp_path / "tok.conll", "".join(f"w{i}\n" for i in range(1000)))
+    with pytest.raises(readers.DataFormatError, match=r"tok.conll:1: the whole file is one "
+                                                      r"sentence of 1,000 tokens"):
+        readers.read_conll(tokens_only, require_labels=False)
+    # A long sentence among others, or a file of one sentence of a sentence's length, is read.
+    assert len(readers.read_conll(_write(tmp_path / "two.conll", "a O\n\n" + words))) == 2
+    assert len(readers.read_conll(_write(tmp_path / "s.conll", "a O\n" * 250))[0]["tokens"]) \
+        == 250
+
+
+def test_record_lines_are_where_each_record_starts(tmp_path):
+    conll = _write(tmp_path / "d.conll", "-DOCSTART- O\n\nEU B-ORG\nrejects O\n\n\nPeter "
+                                         "B-PER\n")
+    assert readers.record_lines(str(conll), "tagging") == [3, 7]
+    jsonl = _write(tmp_path / "d.jsonl", '{"text": "a", "label": "x"}\n\n{"text": "b", '
+                                         '"label": "y"}\n')
+    assert readers.record_lines(str(jsonl), "classification") == [1, 3]
+    csv_file = _write(tmp_path / "d.csv", 'text,label\n"two\nlines",x\n\nb,y\n')
+    assert readers.record_lines(str(csv_file), "classification") == [2, 5]
+    assert readers.record_lines("gensim:polarity:train", "classification") is None
+    assert readers.record_lines(str(tmp_path / "gone.jsonl"), "classification") is None
+
+
 def _squad_doc(answer_start=11, impossible=False):
     qa = {"id": "q1", "question": "Who?", "answers": [] if impossible else
           [{"text": "Darcy", "answer_start": answer_start}]}

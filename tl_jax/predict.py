@@ -191,7 +191,7 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
                   "always answers, so their exact match and F1 are 0.", flush=True)
     truncated = []
     task = task_module.Task.for_prediction(config, encoder, labels, records, truncated)
-    downstream.note_truncated(config, truncated, len(records), "predict")
+    downstream.note_truncated(config, truncated, len(records), "predict", input_spec, records)
     mesh = fit_mesh(config)
     # Prediction takes no optimizer step: the run's gradient accumulation would refuse batch
     # sizes that it does not divide, or that split into micro-batches the devices do not divide.

@@ -217,13 +217,19 @@ def _quote_hint(reader, line_no: int) -> str:
 
 _TAG_RE = re.compile(r"^(O|[BI]-\S+)$")
 
+# Tokens past which one sentence is surely several run together (blank lines missing between
+# them): CoNLL-2003's longest sentence has 124 tokens; BERT's 512 sub-tokens would not hold it.
+LONG_SENTENCE = 250
+
 
 def read_conll(path: PathLike, token_column: int = 0, tag_column: int = -1,
                require_labels: bool = True) -> list[dict]:
     """Reads CoNLL-style columns: one token per line, blank lines between sentences.
 
     `-DOCSTART-` lines are skipped. Every non-blank line must have the same number of
-    whitespace-separated columns, and tags must be BIO / IOB2 (`O`, `B-X`, `I-X`).
+    whitespace-separated columns, and tags must be BIO / IOB2 (`O`, `B-X`, `I-X`). A file that
+    is one sentence of more than `LONG_SENTENCE` tokens is an error (its blank lines are
+    missing).
 
     With `require_labels=False` (`tl_jax predict`) a file of one column holds tokens only, and
     its sentences have tags None.
@@ -231,6 +237,12 @@ def read_conll(path: PathLike, token_column: int = 0, tag_column: int = -1,
     Returns:
       A list of `{"tokens": [...], "tags": [...]}` sentences.
     """
+    return _conll_sentences(path, token_column, tag_column, require_labels)[0]
+
+
+def _conll_sentences(path: PathLike, token_column: int = 0, tag_column: int = -1,
+                     require_labels: bool = True) -> tuple[list[dict], list[int]]:
+    """`read_conll`'s sentences and the line each starts at."""
     try:
         return _read_conll(pathlib.Path(path), token_column, tag_column, require_labels)
     except UnicodeDecodeError as e:
@@ -238,8 +250,8 @@ def read_conll(path: PathLike, token_column: int = 0, tag_column: int = -1,
 
 
 def _read_conll(path: pathlib.Path, token_column: int, tag_column: int,
-                require_labels: bool = True) -> list[dict]:
-    sentences, tokens, tags = [], [], []
+                require_labels: bool = True) -> tuple[list[dict], list[int]]:
+    sentences, starts, tokens, tags = [], [], [], []
     n_columns = None
     # utf-8-sig: a byte-order mark (Windows editors write one) would join the first token.
     with open(path, encoding="utf-8-sig") as f:
@@ -252,6 +264,9 @@ def _read_conll(path: pathlib.Path, token_column: int, tag_column: int,
                 continue
             if columns[0] == "-DOCSTART-":
                 continue
+            if not tokens:
+                starts.append(line_no)
+            last = line_no
             if n_columns is None:
                 n_columns = len(columns)
                 if n_columns < 2 and require_labels:
@@ -269,7 +284,14 @@ def _read_conll(path: pathlib.Path, token_column: int, tag_column: int,
         sentences.append({"tokens": tokens, "tags": tags if n_columns > 1 else None})
     if not sentences:
         raise DataFormatError(path, None, "no sentences (empty file)")
-    return sentences
+    if len(sentences) == 1 and len(sentences[0]["tokens"]) > LONG_SENTENCE:
+        # Trained on, it is one example (too few to fill a batch); predicted, every word past
+        # max_seq_length is tagged O.
+        raise DataFormatError(path, starts[0], f"the whole file is one sentence of "
+                              f"{len(sentences[0]['tokens']):,} tokens (lines {starts[0]}-{last}):"
+                              " missing blank lines between sentences? CoNLL has one token per "
+                              "line and a blank line after each sentence")
+    return sentences, starts
 
 
 def write_conll(path: PathLike, sentences: Iterable[dict]) -> None:
@@ -553,16 +575,7 @@ def read_records(spec: str, kind: str, require_labels: bool = True, **fields) ->
             raise ValueError(f"unknown gensim data set {spec!r}; known: "
                              "gensim:polarity:train|test, gensim:newsgroups:train|test")
         return GENSIM_SETS[name](split)
-    if spec.startswith("silver:"):
-        from tl_jax.data import task_builders  # builds from TL_JAX_DATA_DIR text on first use
-
-        task, _, split = spec[len("silver:"):].partition(":")
-        silver_kind = {"names": "tagging", "cloze_qa": "squad"}.get(task, kind)
-        if silver_kind != kind:  # else a CoNLL file read as JSON, or the reverse
-            raise ValueError(f"{spec} is {silver_kind} data (CoNLL for silver:names, SQuAD JSON "
-                             f"for silver:cloze_qa), but this task reads {kind} data")
-        spec = str(task_builders.silver_path(task, split))
-    spec = os.path.expandvars(spec)  # '$TL_JAX_DATA_DIR/...' in a config, as the corpora take
+    spec = _local_file(spec, kind)
     if not os.path.exists(spec):
         raise FileNotFoundError(f"{kind} data file {spec} does not exist")
     if kind == "classification":
@@ -574,3 +587,38 @@ def read_records(spec: str, kind: str, require_labels: bool = True, **fields) ->
     if kind == "squad":
         return read_squad(spec, require_labels=require_labels)
     raise ValueError(f"unknown data kind {kind!r}")
+
+
+def _local_file(spec: str, kind: str) -> str:
+    """The file a `read_records` spec other than tfds: and gensim: names."""
+    if spec.startswith("silver:"):
+        from tl_jax.data import task_builders  # builds from TL_JAX_DATA_DIR text on first use
+
+        task, _, split = spec[len("silver:"):].partition(":")
+        silver_kind = {"names": "tagging", "cloze_qa": "squad"}.get(task, kind)
+        if silver_kind != kind:  # else a CoNLL file read as JSON, or the reverse
+            raise ValueError(f"{spec} is {silver_kind} data (CoNLL for silver:names, SQuAD JSON "
+                             f"for silver:cloze_qa), but this task reads {kind} data")
+        spec = str(task_builders.silver_path(task, split))
+    return os.path.expandvars(spec)  # '$TL_JAX_DATA_DIR/...' in a config, as the corpora take
+
+
+def record_lines(spec: str, kind: str) -> list[int] | None:
+    """The line of its file at which each record `read_records(spec, kind)` gave starts, for
+    messages about a record ("FILE:LINE: ..."); the file is read again. None for what has no
+    line per record: tfds and gensim data sets, and SQuAD JSON (errors name the question id).
+    """
+    if kind not in ("classification", "tagging") or spec.startswith(("tfds:", "gensim:")):
+        return None
+    path = pathlib.Path(_local_file(spec, kind))
+    try:
+        if kind == "tagging":
+            return _conll_sentences(path, require_labels=False)[1]
+        if path.suffix == ".cor":
+            return [n for n, line in enumerate(open(path, "rb"), 1) if line.strip()]
+        if path.suffix.lower() == ".jsonl":
+            return [n for n, _ in _jsonl_rows(path)]
+        return [n for n, _ in _delimited_rows(path, "\t" if path.suffix.lower() == ".tsv"
+                                               else ",")]
+    except (OSError, ValueError):  # the file changed since it was read: no lines, no error
+        return None

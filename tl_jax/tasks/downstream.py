@@ -297,10 +297,13 @@ def check_labels(labels, configured: bool, splits, kind: str = "labels") -> None
                              f"{train_spec} ({kind} {list(labels)}); set data.labels")
 
 
-def note_truncated(config, truncated: list, n: int, where: str) -> None:
+def note_truncated(config, truncated: list, n: int, where: str, spec: str = "",
+                   records=None) -> None:
     """Says how many of `n` records `encode` had to cut (the indices in `truncated`), if any.
 
-    `where`: "predict" (a `tl_jax predict` input), or "training" / "eval" (the run's files)."""
+    `where`: "predict" (a `tl_jax predict` input), or "training" / "eval" (the run's files).
+    A tagging file's `spec` and `records` name its longest sentence where that is surely
+    several sentences run together."""
     if not truncated:
         return
     d = config.data
@@ -322,6 +325,27 @@ def note_truncated(config, truncated: list, n: int, where: str) -> None:
     else:
         print(f"[{config.task}] Note: {len(truncated)} of {n} {where} {what} are longer than "
               f"{limit} and {cut}{tail}.", flush=True)
+    if config.task == "tag" and records is not None:
+        _note_run_together(config, truncated, where, spec, records)
+
+
+def _note_run_together(config, truncated: list, where: str, spec: str, records) -> None:
+    """Names the longest cut sentence of a CoNLL file when it has more tokens than a sentence
+    does (`readers.LONG_SENTENCE`): blank lines are missing, and every word past the limit would
+    be tagged O."""
+    from tl_jax.data import readers
+    long = [i for i in truncated if len(records[i]["tokens"]) > readers.LONG_SENTENCE]
+    if not long:
+        return
+    longest = max(long, key=lambda i: len(records[i]["tokens"]))
+    lines = readers.record_lines(spec, "tagging")
+    at = (f"{spec}:{lines[longest]}" if lines and len(lines) > longest
+          else f"sentence {longest + 1} of {spec}")
+    others = f" ({len(long) - 1} more have over {readers.LONG_SENTENCE})" if len(long) > 1 else ""
+    prefix = "predict" if where == "predict" else config.task
+    print(f"[{prefix}] Note: the sentence at {at} has {len(records[longest]['tokens']):,} "
+          f"tokens{others}: missing blank lines between sentences? CoNLL has a blank line "
+          "after each sentence.", flush=True)
 
 
 def fit_schedule(config, n_train: int) -> int:

@@ -55,8 +55,10 @@ class Task(downstream.EncoderTask):
         self.train_arrays = self.encode(self.train_records, cut_train)
         self.train_arrays.pop("word_index")  # only decoding needs it
         self.eval_arrays = self.encode(self.eval_records, cut_eval)
-        downstream.note_truncated(config, cut_train, len(self.train_records), "training")
-        downstream.note_truncated(config, cut_eval, len(self.eval_records), "eval")
+        downstream.note_truncated(config, cut_train, len(self.train_records), "training",
+                                  d.train_file, self.train_records)
+        downstream.note_truncated(config, cut_eval, len(self.eval_records), "eval",
+                                  d.eval_file, self.eval_records)
         downstream.fit_schedule(config, len(self.train_records))
 
     def _build(self, encoder, labels):
