@@ -100,7 +100,7 @@ def test_squad_beats_empty_answer_baseline(silver, tmp_path):
     assert len(predictions) == 40
 
 
-def test_labels_outside_the_label_set_name_the_file(tmp_path):
+def test_labels_outside_the_label_set_name_the_file_and_line(tmp_path):
     from tl_jax.tasks import classify, lm_classify, tag
 
     def jsonl(name, labels):
@@ -113,28 +113,38 @@ def test_labels_outside_the_label_set_name_the_file(tmp_path):
     base = [f"data.train_file={train_file}", f"data.eval_file={train_file}"]
     config = config_lib.load_config("configs/finetune_classify.py:tiny", base[:1] + [
         f"data.eval_file={eval_file}"])
-    with pytest.raises(ValueError, match=r"eval.jsonl: labels \['c'\] never occur in training"):
+    with pytest.raises(ValueError, match=r"eval.jsonl:2: labels \['c'\] never occur in training"):
         classify.Task(config, str(tmp_path))
     # With data.labels, a training label outside it is named with its file too (it was
     # "record 1: label 'b' not in label map", and the eval check blamed the training data).
     config = config_lib.load_config("configs/finetune_classify.py:tiny", base + [
         "data.labels=['a']"])
-    with pytest.raises(ValueError, match=r"train.jsonl: labels \['b'\] are not in data.labels"):
+    with pytest.raises(ValueError, match=r"train.jsonl:2: labels \['b'\] are not in data.labels"):
         classify.Task(config, str(tmp_path))
     config = config_lib.load_config("configs/finetune_classify.py:tiny", base + [
         "data.labels=['a', 'b', 'a']"])
     with pytest.raises(ValueError, match=r"data.labels \['a', 'b', 'a'\] lists \['a'\] more "):
         classify.Task(config, str(tmp_path))
     conll = tmp_path / "train.conll"
-    conll.write_text("Emma B-PER\nsmiled O\n\nHighbury B-LOC\n")
+    conll.write_text("Emma B-PER\nsmiled O\n\nin O\nHighbury B-LOC\n")
     config = config_lib.load_config("configs/finetune_tag.py:tiny", [
         f"data.train_file={conll}", f"data.eval_file={conll}", "data.labels=['O', 'B-PER', 'I-PER']"])
-    with pytest.raises(ValueError, match=r"train.conll: tags \['B-LOC'\] are not in data.labels"):
+    with pytest.raises(ValueError, match=r"train.conll:5: tags \['B-LOC'\] are not in data.labels"):
+        tag.Task(config, str(tmp_path))
+    # An eval tag the training file lacks: the line is the tag's own, whatever comes between.
+    clean, tagged = tmp_path / "clean.conll", tmp_path / "eval.conll"
+    clean.write_text("Emma B-PER\nsmiled O\n")
+    tagged.write_text("-DOCSTART- O\n\nEmma B-PER\n\n\nsmiled O\n-DOCSTART- O\nat O\n"
+                      "Highbury B-LOC\n")
+    config = config_lib.load_config("configs/finetune_tag.py:tiny", [
+        f"data.train_file={clean}", f"data.eval_file={tagged}"])
+    with pytest.raises(ValueError, match=r"eval.conll:9: tags \['B-LOC'\] never occur in "
+                                         r"training data .*clean.conll"):
         tag.Task(config, str(tmp_path))
     # The GPT classifier checks its files the same way.
     config = config_lib.load_config("configs/gpt_finetune_classify.py:tiny", base + [
         "data.labels=['a']"])
-    with pytest.raises(ValueError, match=r"train.jsonl: labels \['b'\] are not in data.labels"):
+    with pytest.raises(ValueError, match=r"train.jsonl:2: labels \['b'\] are not in data.labels"):
         lm_classify.Task(config, str(tmp_path))
 
 

@@ -248,6 +248,14 @@ def test_tag_predictions_are_the_runs_own_eval(tag_run, tmp_path, capsys):
     assert first_last(out2.read_text()) == first_last(out.read_text())
 
 
+def test_tags_the_model_lacks_are_named_by_file_and_line(tag_run, tmp_path):
+    folder, workdir = tag_run
+    unknown = tmp_path / "unknown.conll"
+    unknown.write_text("a O\nfilm B-THING\n\nin O\nParis B-LOC\n")
+    with pytest.raises(ValueError, match=rf"{unknown}:5: tags \['B-LOC'\] are not among the 3 "):
+        predict.run(str(workdir), str(unknown), str(tmp_path / "out.conll"))
+
+
 def test_tag_loss_and_accuracy_do_not_count_the_rows_padding_the_last_batch(tag_run, tmp_path):
     # 21 sentences: batches of 16 pad the last one with 11 empty rows, of 21 with none. Padding
     # rows have labels 0 ("O"), not IGNORE: counted, they pushed accuracy towards 1 and changed
@@ -293,7 +301,7 @@ def test_errors_are_one_line(classify_run, polarity_files, tmp_path, capsys):
     unknown = tmp_path / "unknown.jsonl"
     unknown.write_text('{"text": "fine", "label": "pos"}\n{"text": "so so", "label": "meh"}\n')
     message = _error(capsys, *good, "--input", str(unknown))
-    assert "labels ['meh'] are not among the 2 the model" in message
+    assert f"{unknown}:2: labels ['meh'] are not among the 2 the model" in message
     assert "is the input file" in _error(capsys, "--workdir", str(classify_run), *inputs,
                                          "--output", str(polarity_files / "eval.jsonl"))
     assert "checkpoint manager owns" in _error(

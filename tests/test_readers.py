@@ -222,6 +222,7 @@ def test_record_lines_are_where_each_record_starts(tmp_path):
     conll = _write(tmp_path / "d.conll", "-DOCSTART- O\n\nEU B-ORG\nrejects O\n\n\nPeter "
                                          "B-PER\n")
     assert readers.record_lines(str(conll), "tagging") == [3, 7]
+    assert readers.record_lines(str(conll), "tagging", tokens=True) == [[3, 4], [7]]
     jsonl = _write(tmp_path / "d.jsonl", '{"text": "a", "label": "x"}\n\n{"text": "b", '
                                          '"label": "y"}\n')
     assert readers.record_lines(str(jsonl), "classification") == [1, 3]

@@ -103,15 +103,11 @@ def read_input(config, input_spec: str) -> list[dict]:
 
 def check_known_labels(config, records, labels, input_spec: str, workdir: str) -> None:
     """Labels in the file that the model has no output for cannot be scored: a clear error."""
-    field = TASKS[config.task][2]
-    if TASKS[config.task][1] == "classification":
-        seen = {r[field] for r in records if r[field] is not None}
-    else:
-        seen = {t for r in records for t in r[field] or ()}
-    unknown = sorted(seen - set(labels))
+    what = TASKS[config.task][3]
+    unknown = sorted(set(downstream.labels_of(records, what)) - set(labels))
     if unknown:
-        what = TASKS[config.task][3]
-        raise ValueError(f"{input_spec}: {what} {unknown} are not among the {len(labels)} the "
+        where = downstream.first_use(input_spec, records, unknown, what)
+        raise ValueError(f"{where}: {what} {unknown} are not among the {len(labels)} the "
                          f"model in {workdir} was trained with ({list(labels)}, labels.jsonl); "
                          f"remove the {what} column/field to get predictions only")
 

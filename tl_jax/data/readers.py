@@ -241,16 +241,20 @@ def read_conll(path: PathLike, token_column: int = 0, tag_column: int = -1,
 
 
 def _conll_sentences(path: PathLike, token_column: int = 0, tag_column: int = -1,
-                     require_labels: bool = True) -> tuple[list[dict], list[int]]:
-    """`read_conll`'s sentences and the line each starts at."""
+                     require_labels: bool = True, token_lines: bool = False
+                     ) -> tuple[list[dict], list]:
+    """`read_conll`'s sentences and the line each starts at (with `token_lines`: the line of
+    each of its tokens)."""
     try:
-        return _read_conll(pathlib.Path(path), token_column, tag_column, require_labels)
+        return _read_conll(pathlib.Path(path), token_column, tag_column, require_labels,
+                           token_lines)
     except UnicodeDecodeError as e:
         raise DataFormatError.not_utf8(path, e) from None
 
 
 def _read_conll(path: pathlib.Path, token_column: int, tag_column: int,
-                require_labels: bool = True) -> tuple[list[dict], list[int]]:
+                require_labels: bool = True, token_lines: bool = False
+                ) -> tuple[list[dict], list]:
     sentences, starts, tokens, tags = [], [], [], []
     n_columns = None
     # utf-8-sig: a byte-order mark (Windows editors write one) would join the first token.
@@ -265,7 +269,9 @@ def _read_conll(path: pathlib.Path, token_column: int, tag_column: int,
             if columns[0] == "-DOCSTART-":
                 continue
             if not tokens:
-                starts.append(line_no)
+                starts.append([] if token_lines else line_no)
+            if token_lines:
+                starts[-1].append(line_no)
             last = line_no
             if n_columns is None:
                 n_columns = len(columns)
@@ -287,8 +293,9 @@ def _read_conll(path: pathlib.Path, token_column: int, tag_column: int,
     if len(sentences) == 1 and len(sentences[0]["tokens"]) > LONG_SENTENCE:
         # Trained on, it is one example (too few to fill a batch); predicted, every word past
         # max_seq_length is tagged O.
-        raise DataFormatError(path, starts[0], f"the whole file is one sentence of "
-                              f"{len(sentences[0]['tokens']):,} tokens (lines {starts[0]}-{last}):"
+        first = starts[0][0] if token_lines else starts[0]
+        raise DataFormatError(path, first, f"the whole file is one sentence of "
+                              f"{len(sentences[0]['tokens']):,} tokens (lines {first}-{last}):"
                               " missing blank lines between sentences? CoNLL has one token per "
                               "line and a blank line after each sentence")
     return sentences, starts
@@ -603,17 +610,18 @@ def _local_file(spec: str, kind: str) -> str:
     return os.path.expandvars(spec)  # '$TL_JAX_DATA_DIR/...' in a config, as the corpora take
 
 
-def record_lines(spec: str, kind: str) -> list[int] | None:
+def record_lines(spec: str, kind: str, tokens: bool = False) -> list | None:
     """The line of its file at which each record `read_records(spec, kind)` gave starts, for
-    messages about a record ("FILE:LINE: ..."); the file is read again. None for what has no
-    line per record: tfds and gensim data sets, and SQuAD JSON (errors name the question id).
+    messages about a record ("FILE:LINE: ..."); the file is read again. With `tokens`, a
+    tagging file's records are lists: the line of each token. None for what has no line per
+    record: tfds and gensim data sets, and SQuAD JSON (errors name the question id).
     """
     if kind not in ("classification", "tagging") or spec.startswith(("tfds:", "gensim:")):
         return None
     path = pathlib.Path(_local_file(spec, kind))
     try:
         if kind == "tagging":
-            return _conll_sentences(path, require_labels=False)[1]
+            return _conll_sentences(path, require_labels=False, token_lines=tokens)[1]
         if path.suffix == ".cor":
             return [n for n, line in enumerate(open(path, "rb"), 1) if line.strip()]
         if path.suffix.lower() == ".jsonl":

@@ -44,8 +44,7 @@ class Task(downstream.EncoderTask):
         labels = [readers.label_text(label) for label in d.labels] or sorted(
             {r["label"] for r in self.train_records})
         downstream.check_labels(labels, bool(d.labels), [
-            (d.train_file, {r["label"] for r in self.train_records}),
-            (d.eval_file, {r["label"] for r in self.eval_records})])
+            (d.train_file, self.train_records), (d.eval_file, self.eval_records)])
         downstream.check_positive_label(d.positive_label, labels)
         texts = [r["text"] for r in self.train_records] + [
             r["text_b"] for r in self.train_records if r["text_b"]]

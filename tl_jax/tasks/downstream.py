@@ -278,23 +278,53 @@ def eval_batches(arrays: dict[str, np.ndarray], global_batch: int) -> Iterator[d
 
 
 def check_labels(labels, configured: bool, splits, kind: str = "labels") -> None:
-    """Raises, naming the file, when a split uses a label outside `labels`.
+    """Raises, naming the file and line, when a split uses a label outside `labels`.
 
-    `splits` is `[(file spec, labels seen in it), ...]`, training file first. With `data.labels`
-    set (`configured`), both files are checked against it; otherwise the label set comes from
-    the training file and an eval label it never shows is the error.
+    `splits` is `[(file spec, its records), ...]`, training file first; `kind` is "labels"
+    (classification records) or "tags" (tagging records). With `data.labels` set
+    (`configured`), both files are checked against it; otherwise the label set comes from the
+    training file and an eval label it never shows is the error.
     """
     repeated = sorted({label for label in labels if list(labels).count(label) > 1})
     if configured and repeated:  # two outputs for one label: one of them would never train
         raise ValueError(f"data.labels {list(labels)} lists {repeated} more than once")
     train_spec = splits[0][0]
-    for spec, seen in splits:
-        unknown = sorted(set(seen) - set(labels))
+    for spec, records in splits:
+        unknown = sorted(set(labels_of(records, kind)) - set(labels))
+        where = first_use(spec, records, unknown, kind)
         if unknown and configured:
-            raise ValueError(f"{spec}: {kind} {unknown} are not in data.labels {list(labels)}")
+            raise ValueError(f"{where}: {kind} {unknown} are not in data.labels {list(labels)}")
         if unknown:
-            raise ValueError(f"{spec}: {kind} {unknown} never occur in training data "
+            raise ValueError(f"{where}: {kind} {unknown} never occur in training data "
                              f"{train_spec} ({kind} {list(labels)}); set data.labels")
+
+
+def labels_of(records, kind: str = "labels") -> list:
+    """Every label ("labels": a classification record's, None when unlabelled) or tag ("tags":
+    every token's of a tagging record) of `records`, in order."""
+    if kind == "tags":
+        return [t for r in records for t in r["tags"] or ()]
+    return [r["label"] for r in records if r["label"] is not None]
+
+
+def first_use(spec: str, records, values, kind: str = "labels") -> str:
+    """`spec:LINE`, the line of the first record (or tag) of `records` (read from `spec`) that
+    holds one of `values`; `spec` alone when there is none, or the data set has no lines."""
+    from tl_jax.data import readers
+    values = set(values)
+    if not values:
+        return spec
+    if kind == "tags":
+        found = next(((i, j) for i, r in enumerate(records) for j, t in enumerate(r["tags"] or ())
+                      if t in values), None)
+    else:
+        found = next(((i, None) for i, r in enumerate(records) if r["label"] in values), None)
+    lines = found and readers.record_lines(
+        spec, "tagging" if kind == "tags" else "classification", tokens=kind == "tags")
+    i, j = found or (None, None)
+    if not lines or i >= len(lines) or (j is not None and j >= len(lines[i])):
+        return spec  # (the file changed since it was read)
+    return f"{spec}:{lines[i] if j is None else lines[i][j]}"
 
 
 def note_truncated(config, truncated: list, n: int, where: str, spec: str = "",

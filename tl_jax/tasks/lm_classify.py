@@ -188,8 +188,7 @@ class Task(downstream.EvalPredictions):
         labels = [readers.label_text(label) for label in d.labels] or sorted(
             {r["label"] for r in self.train_records})
         downstream.check_labels(labels, bool(d.labels), [
-            (d.train_file, {r["label"] for r in self.train_records}),
-            (d.eval_file, {r["label"] for r in self.eval_records})])
+            (d.train_file, self.train_records), (d.eval_file, self.eval_records)])
         downstream.check_positive_label(d.positive_label, labels)
         saved_tok = os.path.join(workdir, "tokenizer") if workdir else ""
         if (saved_tok and os.path.isdir(saved_tok) and checkpoint.has_saved_step(workdir)

@@ -47,8 +47,7 @@ class Task(downstream.EncoderTask):
         self.eval_records = read(d.eval_file, d.max_eval_examples)
         labels = list(d.labels) or label_set(self.train_records)
         downstream.check_labels(labels, bool(d.labels), [
-            (d.train_file, {t for s in self.train_records for t in s["tags"]}),
-            (d.eval_file, {t for s in self.eval_records for t in s["tags"]})], kind="tags")
+            (d.train_file, self.train_records), (d.eval_file, self.eval_records)], kind="tags")
         texts = [" ".join(s["tokens"]) for s in self.train_records]
         self._build(downstream.Encoder.from_config(config, texts, workdir), labels)
         cut_train, cut_eval = [], []
