@@ -390,6 +390,17 @@ def test_squad_settings_that_can_never_answer_are_errors(tmp_path):
         with pytest.raises(ValueError, match=rf"data.{key}=0 must be >= 1"):
             squad.Task(config, str(tmp_path / "run"))
 
+    # A stride past a window's context was clamped to it, silently: windows without overlap.
+    base = [f"data.train_file={path}", f"data.eval_file={path}", "data.max_seq_length=96",
+            "data.max_query_length=32", "data.batch_size=1"]
+    config = config_lib.load_config("configs/finetune_squad.py:tiny", base + ["data.doc_stride=62"])
+    with pytest.raises(ValueError, match=r"data.doc_stride=62 is larger than .* "
+                                         r"data.max_seq_length=96 - data.max_query_length=32 - 3 "
+                                         r"= 61 sub-tokens"):
+        squad.Task(config, str(tmp_path / "run"))
+    config = config_lib.load_config("configs/finetune_squad.py:tiny", base + ["data.doc_stride=61"])
+    squad.Task(config, str(tmp_path / "run2"))  # windows that just do not overlap
+
 
 def test_labels_of_a_workdir_and_of_init_from_are_not_mixed_up(tmp_path, capsys):
     """Resuming with another label set is refused (it continued silently, or moved a healthy

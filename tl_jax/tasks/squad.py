@@ -107,6 +107,17 @@ class Task(downstream.EncoderTask):
         for key in ("n_best", "max_answer_length", "max_query_length", "doc_stride"):
             if d[key] < 1:  # 0 would silently answer nothing (EM = F1 = 0) or loop forever
                 raise ValueError(f"data.{key}={d[key]} must be >= 1")
+        room = d.max_seq_length - d.max_query_length - 3  # [CLS] question [SEP] context [SEP]
+        if d.doc_stride > room > 0:  # (room <= 0: encode_squad's own error)
+            # The windows would step by their length instead, without overlap: the setting
+            # would be ignored, and every answer across a boundary lost.
+            raise ValueError(
+                f"data.doc_stride={d.doc_stride} is larger than the context a window holds beside "
+                f"the longest question: data.max_seq_length={d.max_seq_length} - "
+                f"data.max_query_length={d.max_query_length} - 3 = {room} sub-tokens. The "
+                "stride is how far each window starts after the previous one (BERT's "
+                "doc_stride, not Hugging Face's overlap); set it to at most that, e.g. half of "
+                "it for windows that overlap by half")
         _skips_windows(d)  # the option's check, before the data's
         _check_version(d.version, d.train_file, self.train_records, d.eval_file,
                        self.eval_records)
