@@ -328,6 +328,26 @@ def test_squad_errors_name_the_line_of_the_question_not_a_string_equal_to_its_id
         readers.read_squad(_write(tmp_path / "twice.json", text))
 
 
+def test_squad_empty_questions_and_answers_of_unanswerable_questions_are_errors(tmp_path):
+    # An empty question was trained on (the model asked nothing); the answers of a question
+    # marked is_impossible were dropped, silently (the official v2.0 eval would score them).
+    doc = _squad_doc()
+    doc["data"][0]["paragraphs"][0]["qas"][0]["question"] = " "
+    text = json.dumps(doc, indent=1)
+    line = text[: text.index('"id": "q1"')].count("\n") + 1
+    for require_labels in (True, False):
+        with pytest.raises(readers.DataFormatError,
+                           match=rf"empty.json:{line}: question 'q1' has an empty 'question'"):
+            readers.read_squad(_write(tmp_path / "empty.json", text), require_labels)
+    doc = _squad_doc()
+    doc["data"][0]["paragraphs"][0]["qas"][0]["is_impossible"] = True
+    text = json.dumps(doc, indent=1)
+    with pytest.raises(readers.DataFormatError,
+                       match=rf"both.json:{line}: question 'q1' is marked is_impossible but has 1 "
+                             r"answer\(s\); an unanswerable question has an empty 'answers'"):
+        readers.read_squad(_write(tmp_path / "both.json", text))
+
+
 def test_squad_is_impossible_must_be_a_boolean(tmp_path):
     # "is_impossible": "false" was read as bool("false"), True: an answerable question became
     # unanswerable, its answers dropped, silently.

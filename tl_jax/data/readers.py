@@ -320,8 +320,9 @@ def read_squad(path: PathLike, require_labels: bool = True) -> list[dict]:
     """Reads a SQuAD v1.1 / v2.0 JSON file into flat question records.
 
     Each answer's `answer_start` must point at its text inside the context; v2.0 questions marked
-    `is_impossible` have no answers. Errors name the file and the line of the JSON where the bad
-    question starts (JSON has no line per record, so the line is found by the question id).
+    `is_impossible` have no answers (answers there are an error, as is an empty question).
+    Errors name the file and the line of the JSON where the bad question starts (JSON has no line
+    per record, so the line is found by the question id).
     With `require_labels=False` (`tl_jax predict`) a question with no answers that is not marked
     `is_impossible` is unlabelled: its `answers` are None.
     """
@@ -367,6 +368,8 @@ def read_squad(path: PathLike, require_labels: bool = True) -> list[dict]:
                 qid = qa.get("id")
                 if qid is None or not isinstance(qa.get("question"), str):
                     fail(qid, f"question without 'id' or 'question' in article {title!r}")
+                if not qa["question"].strip():  # the model would be asked nothing
+                    fail(qid, f"question {qid!r} has an empty 'question' string")
                 if str(qid) in seen:
                     # Predictions and gold are keyed by id: a repeat would be decoded against
                     # the other question's context.
@@ -378,6 +381,13 @@ def read_squad(path: PathLike, require_labels: bool = True) -> list[dict]:
                     fail(qid, f"question {qid!r}: 'is_impossible' must be true or false, got "
                               f"{json.dumps(impossible)[:60]}")
                 impossible = bool(impossible)
+                if impossible and qa.get("answers"):
+                    # BERT's run_squad.py would train on no answer, the official v2.0 eval score
+                    # against these: which one is meant cannot be told.
+                    fail(qid, f"question {qid!r} is marked is_impossible but has "
+                              f"{len(qa['answers'])} answer(s); an unanswerable question has an "
+                              "empty 'answers' list (SQuAD 2.0 keeps the spans it seemed to have "
+                              "in 'plausible_answers')")
                 answers = []
                 for answer in items(qa, "answers", f"question {qid!r}", qid):
                     text, start = answer.get("text"), answer.get("answer_start")
