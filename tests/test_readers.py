@@ -268,6 +268,30 @@ def test_squad_errors_name_file_and_line(tmp_path):
         readers.read_squad(_write(tmp_path / "shape.json", "[]"))
 
 
+def test_a_squad_file_in_another_format_says_which(tmp_path):
+    # JSON lines was "invalid JSON (Extra data)", a CoNLL file "invalid JSON (Expecting value)"
+    # or "(Invalid control character at)", with nothing saying what a SQuAD file is.
+    row = {"id": "q1", "question": "Who?", "context": "It was Mr. Darcy.",
+           "answers": {"text": ["Darcy"], "answer_start": [11]}}
+    jsonl = _write(tmp_path / "hf.jsonl", json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(readers.DataFormatError,
+                       match=r"hf.jsonl:2: invalid JSON \(Extra data\); this looks like JSON lines "
+                             r"\(one object per line\), but a SQuAD file is one JSON document "
+                             r"\{\"data\": \[\{\"title\""):
+        readers.read_squad(jsonl)
+    with pytest.raises(readers.DataFormatError, match=r"one.jsonl:1: expected a SQuAD object with "
+                                                      r"a 'data' list; this is one flat question"):
+        readers.read_squad(_write(tmp_path / "one.jsonl", json.dumps(row) + "\n"))
+    for name, text in (("a.conll", "Emma B-PER\nsmiled O\n"), ("b.conll", '"Oh! O\nEmma B-PER\n')):
+        with pytest.raises(readers.DataFormatError, match=rf"{name}:1: invalid JSON .*; this looks "
+                                                          r"like CoNLL columns"):
+            readers.read_squad(_write(tmp_path / name, text))
+    # A document cut short is only invalid JSON.
+    text = json.dumps(_squad_doc(), indent=1)
+    with pytest.raises(readers.DataFormatError, match=r"cut.json:\d+: invalid JSON \([^)]*\)$"):
+        readers.read_squad(_write(tmp_path / "cut.json", text[:len(text) // 2]))
+
+
 def test_squad_shape_errors_repeated_ids_and_bad_answers_are_named(tmp_path):
     # Wrong shapes crashed with AttributeError/TypeError and no file name; a repeated id was
     # accepted (its windows were then decoded against the other question's context); a negative

@@ -334,7 +334,8 @@ def read_squad(path: PathLike, require_labels: bool = True) -> list[dict]:
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise DataFormatError(path, e.lineno, f"invalid JSON ({e.msg})") from None
+        raise DataFormatError(path, e.lineno, f"invalid JSON ({e.msg}){_not_squad_hint(raw)}"
+                              ) from None
 
     def fail(qid, message, occurrence=0):
         """Raises at the line of the `occurrence`-th `"id": qid` (not any string equal to the
@@ -349,7 +350,10 @@ def read_squad(path: PathLike, require_labels: bool = True) -> list[dict]:
         raise DataFormatError(path, line, message)
 
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise DataFormatError(path, 1, "expected a SQuAD object with a 'data' list")
+        flat = isinstance(doc, dict) and {"question", "context"} & set(doc)
+        raise DataFormatError(path, 1, "expected a SQuAD object with a 'data' list" + (
+            f"; this is one flat question (a line of JSON lines?), but a SQuAD file is "
+            f"{SQUAD_LAYOUT}" if flat else ""))
     def items(value, key, where, qid=None):
         """`value[key]` as a list of objects (a missing key is an empty list)."""
         found = value.get(key, [])
@@ -409,6 +413,31 @@ def read_squad(path: PathLike, require_labels: bool = True) -> list[dict]:
     if not records:
         raise DataFormatError(path, None, "no questions in file")
     return records
+
+
+SQUAD_LAYOUT = ('one JSON document {"data": [{"title", "paragraphs": [{"context", "qas": '
+                '[{"id", "question", "answers"}]}]}]}')
+
+
+def _not_squad_hint(raw: str) -> str:
+    """What a file that is not one JSON document looks like instead: JSON lines (a Hugging
+    Face dataset export, a classification file) or CoNLL columns; "" when it is neither."""
+    lines = [line for line in raw.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    try:
+        first = json.loads(lines[0])
+    except json.JSONDecodeError:
+        first = None
+    if isinstance(first, dict) and "data" not in first and len(lines) > 1:
+        return (f"; this looks like JSON lines (one object per line), but a SQuAD file is "
+                f"{SQUAD_LAYOUT}")
+    columns = lines[0].split()
+    if not lines[0].lstrip().startswith(("{", "[")) and len(columns) >= 2 and \
+            _TAG_RE.match(columns[-1]):
+        return (f"; this looks like CoNLL columns (token and tag per line, the tag task's "
+                f"format), but a SQuAD file is {SQUAD_LAYOUT}")
+    return ""
 
 
 def write_squad(path: PathLike, records: Iterable[dict], version: str = "1.1") -> None:
