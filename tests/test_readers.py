@@ -232,6 +232,26 @@ def test_record_lines_are_where_each_record_starts(tmp_path):
     assert readers.record_lines(str(tmp_path / "gone.jsonl"), "classification") is None
 
 
+def test_json_given_as_conll_says_so(tmp_path):
+    # A jsonl file was "tag '"great"}' is not BIO" (or, without spaces, one-column tokens that
+    # predict tagged), a SQuAD file "2 columns, expected 1".
+    expected = r"but tagging files are CoNLL columns: one token per line"
+    files = {"a.jsonl": ('{"text": "so good", "label": "great"}\n', "JSON lines"),
+             "b.jsonl": ('{"text":"good"}\n{"text":"bad"}\n', "JSON lines"),
+             "c.json": (json.dumps({"data": []}), r"a JSON document \(SQuAD JSON\?\)"),
+             "d.json": (json.dumps({"data": []}, indent=1), r"a JSON document \(SQuAD JSON\?\)")}
+    for name, (text, what) in files.items():
+        for require_labels in (True, False):
+            with pytest.raises(readers.DataFormatError,
+                               match=rf"{name}:1: this looks like {what}.*{expected}"):
+                readers.read_conll(_write(tmp_path / name, text), require_labels=require_labels)
+    # Brackets as tokens are tokens.
+    assert readers.read_conll(_write(tmp_path / "ok.conll", "{ O\n[ O\n\n{\"a\": O\n"))[0][
+        "tokens"] == ["{", "["]
+    assert readers.read_conll(_write(tmp_path / "ok2.conll", "{\nEmma\n"),
+                              require_labels=False)[0]["tokens"] == ["{", "Emma"]
+
+
 def _squad_doc(answer_start=11, impossible=False):
     qa = {"id": "q1", "question": "Who?", "answers": [] if impossible else
           [{"text": "Darcy", "answer_start": answer_start}]}

@@ -274,6 +274,8 @@ def _read_conll(path: pathlib.Path, token_column: int, tag_column: int,
                 starts[-1].append(line_no)
             last = line_no
             if n_columns is None:
+                if line.lstrip().startswith(("{", "[")):
+                    _refuse_json_as_conll(path, line_no, line)
                 n_columns = len(columns)
                 if n_columns < 2 and require_labels:
                     raise DataFormatError(path, line_no, "expected at least 2 columns (token and tag)")
@@ -299,6 +301,32 @@ def _read_conll(path: pathlib.Path, token_column: int, tag_column: int,
                               " missing blank lines between sentences? CoNLL has one token per "
                               "line and a blank line after each sentence")
     return sentences, starts
+
+
+CONLL_LAYOUT = ("CoNLL columns: one token per line, its tag in the last column, a blank line "
+                "after each sentence")
+
+
+def _refuse_json_as_conll(path: pathlib.Path, line_no: int, line: str) -> None:
+    """Raises when a CoNLL file's first line starts JSON lines or a JSON document (a
+    classification or SQuAD file given to the tag task): its fields were read as tokens and
+    tags ("tag '"great"}' is not BIO"), or, without spaces, as tokens to predict."""
+    try:
+        row = json.loads(line)
+        what = None if not isinstance(row, dict) else "a JSON document (SQuAD JSON?)" if \
+            "data" in row else "JSON lines (one object per line)"
+    except json.JSONDecodeError:
+        what = None
+    if what is None and line.strip() in ("{", "["):
+        try:
+            with open(path, encoding="utf-8-sig") as f:
+                json.load(f)
+            what = "a JSON document (SQuAD JSON?)"
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass
+    if what:
+        raise DataFormatError(path, line_no, f"this looks like {what}, but tagging files are "
+                              f"{CONLL_LAYOUT}")
 
 
 def write_conll(path: PathLike, sentences: Iterable[dict]) -> None:
