@@ -30,6 +30,11 @@ def test_labels_are_one_class_per_value(tmp_path):
                                                  for v in (1, 1.0, "0", 0.0, 2.5, " pos ")))
     assert [r["label"] for r in readers.read_classification(mixed)] == [
         "1", "1", "0", "0", "2.5", "pos"]
+    # JSON booleans (pandas writes a bool column so) as JSON spells them; they were "True".
+    flags = _write(tmp_path / "f.jsonl", "".join(json.dumps({"text": "t", "label": v}) + "\n"
+                                                 for v in (True, "true", False, 1)))
+    assert [r["label"] for r in readers.read_classification(flags)] == [
+        "true", "true", "false", "1"]
     spaced = _write(tmp_path / "s.csv", "text,label\nfine, pos\nbad,neg \n")
     assert [r["label"] for r in readers.read_classification(spaced)] == ["pos", "neg"]
     nested = _write(tmp_path / "n.jsonl", '{"text": "t", "label": "a"}\n{"text": "t", "label": [1]}\n')

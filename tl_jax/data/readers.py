@@ -109,8 +109,11 @@ def _read_classification(path: pathlib.Path, text_field: str, text_b_field: str 
 
 
 def label_text(value) -> str:
-    """A class label as a string: JSON numbers by value (1 and 1.0 are one class, "1"), spaces
+    """A class label as a string: JSON numbers by value (1 and 1.0 are one class, "1"), JSON
+    booleans as JSON spells them (true and "true" are one class, not Python's "True"), spaces
     around it trimmed (a CSV's "pos, neg" gives "neg")."""
+    if isinstance(value, bool):  # (before the numbers: True is an int)
+        return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value).strip()
