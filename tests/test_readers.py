@@ -68,6 +68,12 @@ def test_classification_errors_name_file_and_line(tmp_path):
     empty = _write(tmp_path / "empty.jsonl", "\n")
     with pytest.raises(readers.DataFormatError, match=r"empty.jsonl: no examples"):
         readers.read_classification(empty)
+    for name in ("header.csv", "header.tsv"):  # was "no examples (empty file)"
+        header = _write(tmp_path / name,
+                        "text,label\n\n" if name.endswith("csv") else "text\tlabel\n")
+        with pytest.raises(readers.DataFormatError,
+                           match=rf"{name}: no examples: a header row and no rows after it"):
+            readers.read_classification(header)
     with pytest.raises(readers.DataFormatError, match="unknown classification format '.txt'"):
         readers.read_classification(_write(tmp_path / "x.txt", "a"))
 

@@ -103,8 +103,9 @@ def _read_classification(path: pathlib.Path, text_field: str, text_b_field: str 
             "text_b": _text(row[text_b_field], path, line, text_b_field) if text_b_field else None,
             "label": _label(row[label_field], path, line, label_field) if labelled else None,
         })
-    if not records:
-        raise DataFormatError(path, None, "no examples (empty file)")
+    if not records:  # (a CSV/TSV file without even a header row failed above)
+        raise DataFormatError(path, None, "no examples (empty file)" if suffix == ".jsonl" else
+                              "no examples: a header row and no rows after it")
     return records
 
 
