@@ -315,7 +315,9 @@ def test_reading_params_skips_a_broken_checkpoint_quietly_and_leaves_it(tiny_ber
     captured = capsys.readouterr()
     assert step == 3 and {k: v.shape for k, v in params.items()} == shapes  # params only
     lines = [line for line in captured.out.splitlines() if line.startswith("[checkpoint]")]
-    assert len(lines) == 1 and "/6 does not restore" in lines[0], captured.out
+    # (Every file was cut, state/_METADATA first among them: named as such.)
+    assert len(lines) == 1 and "step 6 in" in lines[0] and "state/_METADATA" in lines[0], \
+        captured.out
     assert "tensorstore_spec" not in captured.out
     assert "Event loop is closed" not in captured.err, captured.err[-2000:]
     assert (tmp_path / "checkpoints" / "6").exists()
@@ -646,6 +648,43 @@ def test_a_checkpoint_of_other_shapes_is_an_error_not_corruption(tmp_path):
     assert ckpt.all_steps() == [3] and not (tmp_path / "checkpoints_corrupt").exists()
     restored = ckpt.restore_latest_good(jax.eval_shape(lambda: state))
     assert restored[3] == 3
+
+
+def test_a_checkpoint_without_its_state_metadata_is_named(tmp_path, capsys):
+    # A workdir copied without state/_METADATA (orbax's index of the arrays) was "'NoneType'
+    # object is not subscriptable" as init_from or in predict; an empty one "Expecting value".
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
+    state = {"params": {"w": jnp.ones((4, 2))}, "step": jnp.asarray(3)}
+    for step in (3, 6):
+        ckpt.save(step, dict(state, step=jnp.asarray(step)), {"epoch": 0}, {"model": {}})
+    ckpt.wait()
+    directory = tmp_path / "checkpoints"
+    metadata = directory / "6" / "state" / "_METADATA"
+    metadata.rename(tmp_path / "_METADATA")
+    missing = (rf"Checkpoint at step 6 in {directory} is missing state/_METADATA, orbax's index "
+               r"of its arrays: it cannot be read \(copied or written in part\?\)")
+    with pytest.raises(ckpt_lib.CheckpointError, match=missing):  # predict's: this step
+        ckpt_lib.load_params_from_workdir(str(tmp_path), step=6)
+    # Without a step, the older checkpoint is used, and the newer one named.
+    assert ckpt_lib.param_shapes_from_workdir(str(tmp_path)) == ({"w": (4, 2)}, 3)
+    assert ckpt_lib.load_params_from_workdir(str(tmp_path))[1] == 3
+    assert capsys.readouterr().out.count("is missing state/_METADATA") == 2
+    only = tmp_path / "only"  # the only checkpoint: the error is this one's
+    shutil.copytree(directory / "6", only / "checkpoints" / "6")
+    for read in (ckpt_lib.param_shapes_from_workdir, ckpt_lib.load_params_from_workdir):
+        with pytest.raises(ckpt_lib.CheckpointError,
+                           match=missing.replace(str(directory), str(only / "checkpoints"))):
+            read(str(only))
+    metadata.write_text("")
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"Checkpoint at step 6 in .* has an "
+                                                       r"unreadable state/_METADATA \(JSONDecode"):
+        ckpt_lib.load_params_from_workdir(str(tmp_path), step=6)
+    # Resuming moves it aside (nothing is deleted), saying why.
+    metadata.unlink()
+    assert ckpt.restore_latest_good(jax.eval_shape(lambda: state))[3] == 3
+    assert ("Checkpoint at step 6 is corrupt or incomplete (it is missing state/_METADATA, "
+            "orbax's index of its arrays). Moved it to") in capsys.readouterr().out
+    assert (tmp_path / "checkpoints_corrupt" / "6" / "state").is_dir()
 
 
 @pytest.mark.parametrize("error", [MemoryError(), RuntimeError("RESOURCE_EXHAUSTED: Out of memory "

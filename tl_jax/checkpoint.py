@@ -298,10 +298,12 @@ class Checkpointer:
     def _report_broken(self, step: int, error: Exception) -> None:
         if jax.process_count() > 1:
             raise CheckpointError(f"Checkpoint at step {step} failed to restore: {error}") from error
+        # orbax's reason for a missing state/_METADATA is "pytree structure error".
+        problem = _metadata_problem(self.directory, step)
+        reason = f"it {problem}" if problem else f"{type(error).__name__}: {_short(error)}"
         aside = self._move_aside(step)
-        print(f"[checkpoint] Checkpoint at step {step} is corrupt or incomplete "
-              f"({type(error).__name__}: {_short(error)}). Moved it to {aside}; falling back to "
-              "the previous checkpoint.", flush=True)
+        print(f"[checkpoint] Checkpoint at step {step} is corrupt or incomplete ({reason}). "
+              f"Moved it to {aside}; falling back to the previous checkpoint.", flush=True)
 
     def _move_aside(self, step: int) -> str:
         src = os.path.join(self.directory, str(step))
@@ -502,6 +504,46 @@ def _short(error: Exception) -> str:
     return text
 
 
+def _metadata_problem(directory: str, step: int) -> str | None:
+    """What is wrong with the metadata file of checkpoint `step`'s state, `state/_METADATA`
+    (orbax's index of the arrays, JSON): missing, or not JSON; None when it reads. orbax says
+    neither: a missing one is metadata None (so "'NoneType' object is not subscriptable" where
+    it is used, or "pytree structure error" in a restore), a damaged one "Expecting value"."""
+    state = os.path.join(directory, str(step), "state")
+    path = os.path.join(state, "_METADATA")
+    if not os.path.isdir(state):
+        return "has no state/ directory"
+    if not os.path.isfile(path):
+        return "is missing state/_METADATA, orbax's index of its arrays"
+    try:
+        with open(path, encoding="utf-8") as f:
+            json.load(f)
+    except (OSError, ValueError) as e:
+        return f"has an unreadable state/_METADATA ({type(e).__name__}: {e})"
+    return None
+
+
+def _state_metadata(mgr: ocp.CheckpointManager, directory: str, step: int):
+    """The metadata tree of checkpoint `step`'s state (shapes and dtypes; no array is read), or
+    a `CheckpointError` naming the checkpoint and its broken `state/_METADATA`."""
+    try:
+        metadata = mgr.item_metadata(step)["state"]
+    except Exception as e:  # noqa: BLE001 - orbax raises what its JSON reader raised
+        problem = _metadata_problem(directory, step)
+        if problem is None:
+            raise
+        raise CheckpointError(_unreadable(directory, step, problem)) from e
+    if metadata is None:
+        problem = _metadata_problem(directory, step) or "has no metadata of its state"
+        raise CheckpointError(_unreadable(directory, step, problem))
+    return metadata
+
+
+def _unreadable(directory: str, step: int, problem: str) -> str:
+    return (f"Checkpoint at step {step} in {directory} {problem}: it cannot be read (copied or "
+            "written in part?)")
+
+
 # orbax's coroutine that reads one array's slice; when a restore fails, the reads of the other
 # arrays that also fail are left in this coroutine, never awaited.
 _ORBAX_ARRAY_READ = "_read_array_index_and_device_put"
@@ -554,9 +596,15 @@ def param_shapes_from_workdir(workdir: str) -> tuple[dict[str, tuple[int, ...]],
     """`/`-path -> shape of the params of the newest readable checkpoint (no array is read):
     the architecture a run actually trained, whatever its config's size names."""
     mgr, directory = _read_only_manager(workdir)
-    for step in sorted(mgr.all_steps(), reverse=True):
+    steps = sorted(mgr.all_steps(), reverse=True)
+    for step in steps:
         try:
-            metadata = mgr.item_metadata(step)["state"]["params"]
+            metadata = _state_metadata(mgr, directory, step)["params"]
+        except CheckpointError as e:  # a broken state/_METADATA, said in full
+            if len(steps) == 1:
+                raise
+            print(f"[checkpoint] {e}; trying older.")
+            continue
         except Exception as e:  # noqa: BLE001
             print(f"[checkpoint] {directory}/{step} has unreadable metadata ({_short(e)}); "
                   "trying older.")
@@ -586,7 +634,7 @@ def load_params_from_workdir(workdir: str, only: tuple[str, ...] | None = None,
     steps = sorted(mgr.all_steps(), reverse=True) if step is None else [step]
     for step in steps:
         try:
-            metadata = mgr.item_metadata(step)["state"]["params"]
+            metadata = _state_metadata(mgr, directory, step)["params"]
             if only is not None:
                 metadata = {k: v for k, v in metadata.items() if k in only}
             target = {"params": jax.tree_util.tree_map(
@@ -595,6 +643,11 @@ def load_params_from_workdir(workdir: str, only: tuple[str, ...] | None = None,
                 lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
             restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
                 item=target, restore_args=restore_args, partial_restore=True)))
+        except CheckpointError as e:  # a broken state/_METADATA, said in full
+            if len(steps) == 1:
+                raise
+            print(f"[checkpoint] {e}; trying older.")
+            continue
         except Exception as e:  # noqa: BLE001
             print(f"[checkpoint] {directory}/{step} does not restore ({_short(e)}); trying older.")
             continue
