@@ -125,3 +125,44 @@ def test_scalar_mix_gamma_is_not_decayed():
     np.testing.assert_allclose(new["mix"]["scalars"], np.array([1.0, 2.0, 3.0]) * 0.95, rtol=1e-6)
     np.testing.assert_allclose(new["dense"]["kernel"], 0.95)
     np.testing.assert_array_equal(new["dense"]["bias"], 1.0)
+
+
+def test_sgd_applies_weight_decay_as_torch_does_and_the_transfer_plan_agrees():
+    # optimizer.weight_decay (0.01 by default) was silently ignored under sgd.
+    import torch
+
+    cfg = optimizers.default_config()
+    cfg.update(name="sgd", learning_rate=0.1, b1=0.9, warmup_steps=0, decay="constant",
+               clip_norm=0.0, weight_decay=0.5)
+    tx, _ = optimizers.make_optimizer(cfg, total_steps=10)
+    p, state = params(), tx.init(params())
+    for _ in range(3):
+        updates, state = tx.update(grads(), state, p)
+        p = optax.apply_updates(p, updates)
+    # torch: decay on the kernel only (biases and LayerNorm masked off, as in AdamW).
+    flat = {"/".join(k.key for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params())[0]}
+    tensors = {name: torch.tensor(np.asarray(v), requires_grad=True) for name, v in flat.items()}
+    decayed = ["bert/dense/kernel"]
+    opt = torch.optim.SGD(
+        [{"params": [tensors[n] for n in decayed], "weight_decay": 0.5},
+         {"params": [t for n, t in tensors.items() if n not in decayed], "weight_decay": 0.0}],
+        lr=0.1, momentum=0.9)
+    g = {"/".join(k.key for k in path): leaf
+         for path, leaf in jax.tree_util.tree_flatten_with_path(grads())[0]}
+    for _ in range(3):
+        for name, t in tensors.items():
+            t.grad = torch.tensor(np.asarray(g[name]))
+        opt.step()
+    got = {"/".join(k.key for k in path): leaf
+           for path, leaf in jax.tree_util.tree_flatten_with_path(p)[0]}
+    for name, t in tensors.items():
+        np.testing.assert_allclose(got[name], t.detach().numpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+    # The transfer plan's per-group chain (strategy none) gives the same updates.
+    plan = transfer.build_transfer_optimizer(params(), transfer.default_config(), cfg, 10, 5)
+    stage = plan.stage_for_step(0)
+    new, _ = plan.update(plan.split(grads(), stage)[0], plan.init(params()), params(), stage)
+    ours = jax.tree_util.tree_map(lambda n, p: n - p, new, params())
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(first_update(tx))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)

@@ -108,7 +108,10 @@ def make_optimizer(
     elif cfg.name == "lamb":
         opt = lamb(cfg, schedule, weight_decay_mask)
     elif cfg.name == "sgd":
-        opt = optax.sgd(schedule, momentum=cfg.b1 or None)
+        # optax.sgd has no weight decay: it is added to the gradient before the momentum, as
+        # torch.optim.SGD(weight_decay=...) does (L2, with the same mask as AdamW's).
+        opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=weight_decay_mask),
+                          optax.sgd(schedule, momentum=cfg.b1 or None))
     else:
         raise ValueError(f"optimizer.name={cfg.name!r}; expected adamw, lamb or sgd.")
     parts = []

@@ -95,7 +95,9 @@ def direction(cfg: ml_collections.ConfigDict, weight_decay: bool) -> optax.Gradi
                                                                False)):
             parts.append(optax.scale_by_trust_ratio())
     elif cfg.name == "sgd":
-        # As in optimizers.make_optimizer: optax.sgd has no weight decay, momentum = b1.
+        # As in optimizers.make_optimizer: weight decay added to the gradient, momentum = b1.
+        if weight_decay and cfg.weight_decay:
+            parts.append(optax.add_decayed_weights(cfg.weight_decay))
         if cfg.b1:
             parts.append(optax.trace(decay=cfg.b1))
     else:
