@@ -11,8 +11,10 @@ features (B, T, 2P) for the tokens of each sentence, so a downstream head can co
 it would consume BERT's last layer. `mode` picks what comes out: the learned mix, the top layer,
 one layer, or all layers concatenated.
 
-Freezing: `freeze_elmo=True` stops gradients into the biLM inside the model; the optimizer-level
-way (no optimizer state for frozen weights) is a transfer rule on the `elmo/.*` paths.
+Freezing: `freeze_elmo=True` stops gradients into the biLM inside the model, but an optimizer
+with weight decay (AdamW's default) still shrinks its weights step by step; the optimizer-level
+way (no update, no decay, no optimizer state for frozen weights) is a transfer rule freezing the
+`elmo/.*` paths, and is what to use when training with weight decay.
 
     config, params, vocab = load_elmo("/tmp/elmo_mini")          # a bilm workdir
     chars, mask = encode_sentences([["The", "cat", "sat", "."]], config.max_chars)

@@ -162,8 +162,9 @@ def embedding_matrix_for_vocab(vectors, vocab: Sequence[str], seed: int = 0,
 class StaticEmbeddingClassifier(nn.Module):
     """A classifier over a (pretrained) word-embedding table: bag of embeddings or BiLSTM.
 
-    `freeze_embeddings` stops gradients into the table inside the model; for optimizer-level
-    freezing (no optimizer state) use a transfer mask on the path `embed/embedding` instead.
+    `freeze_embeddings` stops gradients into the table inside the model, but weight decay (AdamW's
+    default) would still shrink the table; for optimizer-level freezing (no update, no decay, no
+    optimizer state) use a transfer mask on the path `embed/embedding` instead.
     `load_embedding_matrix` below returns params with pretrained rows in
     params["embed"]["embedding"].
 
