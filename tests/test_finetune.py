@@ -54,12 +54,15 @@ def _source_task(data_dir, tmp_path):
     return paths
 
 
-def test_classify_beats_majority_class(data_dir, tmp_path):
+def test_classify_beats_majority_class(data_dir, tmp_path, capsys):
     train_file, eval_file = _source_task(data_dir, tmp_path)
     summary, config = _run("configs/finetune_classify.py:minilm", tmp_path / "run", [
         f"data.train_file={train_file}", f"data.eval_file={eval_file}",
         "data.text_field=paragraph", "data.label_field=source", "data.positive_label=austen",
         "data.max_seq_length=32", "optimizer.learning_rate=5e-4"])
+    # model.num_layers keeps MiniLM's bottom layer, and the log says so (it said "loaded").
+    assert (f"[init_from] model.num_layers=1: the bottom 1 of the 6 layers of {config.init_from}"
+            " are used; the top 5 are left out.") in capsys.readouterr().out
     assert summary["step"] == config.train.steps == 30  # 2 epochs of 240 // 16 steps
     gold = [r["label"] for r in readers.read_records(str(eval_file), "classification",
                                                      text_field="paragraph", label_field="source")]

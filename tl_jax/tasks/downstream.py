@@ -58,6 +58,11 @@ class Encoder:
                 if m.num_layers > model_config.num_layers:
                     raise ValueError(f"model.num_layers={m.num_layers} but {init_from} has only "
                                      f"{model_config.num_layers} layers")
+                if m.num_layers < model_config.num_layers:
+                    print(f"[init_from] model.num_layers={m.num_layers}: the bottom "
+                          f"{m.num_layers} of the {model_config.num_layers} layers of "
+                          f"{init_from} are used; the top "
+                          f"{model_config.num_layers - m.num_layers} are left out.", flush=True)
                 model_config = model_config.replace(num_layers=m.num_layers)
         else:
             if saved:
