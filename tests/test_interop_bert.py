@@ -475,6 +475,15 @@ def test_a_tl_weights_config_of_the_wrong_type_is_named_with_its_file(tmp_path):
         (tmp_path / "config.json").write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'config.json'}: {expected}")):
             convert.load_tl_params(tmp_path)
+    # The class is one of tl_jax's configs, not any module a file names (it was imported, and
+    # a bad name was an AttributeError / ModuleNotFoundError); the config an object.
+    for change, expected in (
+            ({"config_class": "os.system"}, 'config_class "os.system" is not one tl_jax writes'),
+            ({"config_class": 3}, "config_class 3 is not one tl_jax writes"),
+            ({"config": [1, 2]}, "config must be a JSON object (the BertConfig fields)")):
+        (tmp_path / "config.json").write_text(json.dumps(dict(meta, **change)))
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'config.json'}: {expected}")):
+            convert.load_tl_params(tmp_path)
 
 
 def test_merge_lora_export_matches_the_lora_model(tmp_path):

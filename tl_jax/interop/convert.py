@@ -20,7 +20,6 @@ projection; its heads (task head, pooler) are left behind, and convert says so.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import pathlib
 import shutil
@@ -75,8 +74,14 @@ def load_tl_params(directory):
         if key not in meta:
             raise ValueError(f"{config_file}: missing key {key!r} (is this a HF config.json? "
                              f"use direction='hf_to_tl')")
-    module_name, _, class_name = meta["config_class"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    classes = _config_classes()
+    cls = classes.get(meta["config_class"]) if isinstance(meta["config_class"], str) else None
+    if cls is None:  # nor is any other module imported because a file names it
+        raise ValueError(f"{config_file}: config_class {json.dumps(meta['config_class'])} is not "
+                         f"one tl_jax writes ({', '.join(sorted(classes))})")
+    if not isinstance(meta["config"], dict):
+        raise ValueError(f"{config_file}: config must be a JSON object (the {cls.__name__} "
+                         f"fields), got {json.dumps(meta['config'])[:60]}")
     fields = dict(meta["config"])
     for name in meta.get("dtype_fields", []):
         fields[name] = np.dtype(fields[name])
@@ -84,6 +89,15 @@ def load_tl_params(directory):
     params = safetensors_io.unflatten_params(
         safetensors_io.read_safetensors(directory / TL_PARAMS))
     return config, params, meta["family"]
+
+
+def _config_classes() -> dict:
+    """`config_class` name (as `save_tl_params` writes it) -> the config dataclass."""
+    from tl_jax.models.bert import BertConfig
+    from tl_jax.models.electra import ElectraConfig
+    from tl_jax.models.gpt import GPTConfig
+
+    return {f"{c.__module__}.{c.__qualname__}": c for c in (BertConfig, ElectraConfig, GPTConfig)}
 
 
 def _build_config(cls, fields: dict, source, prefix: str = "config."):
