@@ -179,7 +179,12 @@ def test_a_config_field_of_the_wrong_type_is_named_with_its_file(tmp_path):
     for change, expected in (({"n_layer": "2"}, 'n_layer must be an integer, got "2"'),
                              ({"n_embd": 48.0}, "n_embd must be an integer, got 48.0"),
                              ({"n_inner": "192"}, 'n_inner must be an integer or null, got "192"'),
-                             ({"attn_pdrop": None}, "attn_pdrop must be a number, got null")):
+                             ({"attn_pdrop": None}, "attn_pdrop must be a number, got null"),
+                             # Values the model refuses name the file too (they named none).
+                             ({"n_head": 0}, "GPTConfig: num_heads must be positive, got 0 "
+                                             "(GPT-2 field names: n_layer"),
+                             ({"activation_function": "relu"}, "activation_function='relu' is "
+                                                               "not supported")):
         (tmp_path / "config.json").write_text(json.dumps(dict(hf, **change)))
         with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'config.json'}: {expected}")):
             gpt2.load_config(tmp_path)

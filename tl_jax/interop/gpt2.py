@@ -39,26 +39,30 @@ def config_from_hf(hf: dict, source: str = "GPT-2 config") -> GPTConfig:
     activation = hf.get("activation_function", "gelu_new")
     if activation not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(
-            f"GPT-2 config: activation_function={activation!r} is not supported; tl_jax's GPT "
+            f"{source}: activation_function={activation!r} is not supported; tl_jax's GPT "
             "uses the tanh GELU ('gelu_new')"
         )
     for flag, expected in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                            ("reorder_and_upcast_attn", False)):
         if hf.get(flag, expected) != expected:
-            raise ValueError(f"GPT-2 config: {flag}={hf[flag]!r} is not supported")
+            raise ValueError(f"{source}: {flag}={hf[flag]!r} is not supported")
     embed = hf["n_embd"]
-    return GPTConfig(
-        vocab_size=hf["vocab_size"],
-        num_layers=hf["n_layer"],
-        embed_dim=embed,
-        num_heads=hf["n_head"],
-        max_len=hf["n_positions"],
-        mlp_dim=hf.get("n_inner") or 4 * embed,
-        dropout_rate=hf.get("resid_pdrop", 0.1),
-        attention_dropout_rate=hf.get("attn_pdrop", 0.1),
-        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        initializer_range=hf.get("initializer_range", 0.02),
-    )
+    try:
+        return GPTConfig(
+            vocab_size=hf["vocab_size"],
+            num_layers=hf["n_layer"],
+            embed_dim=embed,
+            num_heads=hf["n_head"],
+            max_len=hf["n_positions"],
+            mlp_dim=hf.get("n_inner") or 4 * embed,
+            dropout_rate=hf.get("resid_pdrop", 0.1),
+            attention_dropout_rate=hf.get("attn_pdrop", 0.1),
+            layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            initializer_range=hf.get("initializer_range", 0.02),
+        )
+    except ValueError as e:  # "GPTConfig: num_heads must be positive, got 0": in which file
+        raise ValueError(f"{source}: {e} (GPT-2 field names: n_layer, n_embd, n_head, "
+                         "n_positions, n_inner)") from None
 
 
 def config_to_hf(config: GPTConfig, **extra) -> dict:

@@ -57,14 +57,15 @@ class GPTConfig:
     def __post_init__(self):
         # A string keeps the config JSON-serialisable (it is saved beside checkpoints).
         object.__setattr__(self, "dtype", float_dtype_name(self.dtype))
+        # Positive first: num_heads=0 made the divisibility check a ZeroDivisionError.
+        for name in ("vocab_size", "num_layers", "embed_dim", "num_heads", "max_len", "mlp_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GPTConfig: {name} must be positive, got {getattr(self, name)}")
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"GPTConfig: embed_dim={self.embed_dim} is not divisible by "
                 f"num_heads={self.num_heads}"
             )
-        for name in ("vocab_size", "num_layers", "embed_dim", "num_heads", "max_len", "mlp_dim"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"GPTConfig: {name} must be positive, got {getattr(self, name)}")
 
     @property
     def head_dim(self) -> int:
