@@ -151,6 +151,27 @@ def test_labels_outside_the_label_set_name_the_file_and_line(tmp_path):
         lm_classify.Task(config, str(tmp_path))
 
 
+def test_a_label_the_training_data_uses_once_or_twice_is_noted(tmp_path, capsys):
+    # A stray value (a boolean in a column of words, a typo) silently became a class of its own.
+    from tl_jax.tasks import classify
+
+    path = tmp_path / "train.jsonl"
+    rows = [{"text": f"review number {i}", "label": "pos" if i % 2 else "neg"} for i in range(120)]
+    rows[7]["label"], rows[50]["label"] = True, "pso"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = [f"data.train_file={path}", f"data.eval_file={path}"]
+    classify.Task(config_lib.load_config("configs/finetune_classify.py:tiny", base),
+                  str(tmp_path / "run"))
+    assert (f"[classify] Note: 2 of the 4 labels of the training data occur only once or twice "
+            f"among 120 examples: 'pso' (1x), 'true' (1x), first at {path}:8. Each is a class "
+            "of its own; set data.labels if they are stray values.") in capsys.readouterr().out
+    rows[7]["label"], rows[50]["label"] = "pos", "neg"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    classify.Task(config_lib.load_config("configs/finetune_classify.py:tiny", base),
+                  str(tmp_path / "run2"))
+    assert "only once or twice" not in capsys.readouterr().out
+
+
 def test_numeric_labels_in_the_config_are_the_files_labels(tmp_path):
     # data.labels=1,0 on the command line arrives as numbers; the files' labels are strings
     # ("1", "0"), so every label of the file was "not in data.labels [1, 0]".

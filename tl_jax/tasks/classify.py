@@ -46,6 +46,8 @@ class Task(downstream.EncoderTask):
         downstream.check_labels(labels, bool(d.labels), [
             (d.train_file, self.train_records), (d.eval_file, self.eval_records)])
         downstream.check_positive_label(d.positive_label, labels)
+        if not d.labels:
+            downstream.note_rare_labels(d.train_file, self.train_records, config.task)
         texts = [r["text"] for r in self.train_records] + [
             r["text_b"] for r in self.train_records if r["text_b"]]
         self._build(downstream.Encoder.from_config(config, texts, workdir), labels)

@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -302,6 +303,22 @@ def check_labels(labels, configured: bool, splits, kind: str = "labels") -> None
         if unknown:
             raise ValueError(f"{where}: {kind} {unknown} never occur in training data "
                              f"{train_spec} ({kind} {list(labels)}); set data.labels")
+
+
+def note_rare_labels(spec: str, records, task: str) -> None:
+    """With the label set taken from the training file, says which labels it uses only once or
+    twice among 100 or more examples: a stray value (a typo, a boolean in a column of words)
+    gets an output of its own that barely trains. `data.labels` fixes the set."""
+    counts = collections.Counter(labels_of(records))
+    if sum(counts.values()) < 100:
+        return
+    rare = sorted(label for label, n in counts.items() if n <= 2)
+    if rare:
+        shown = ", ".join(f"{label!r} ({counts[label]}x)" for label in rare[:5])
+        print(f"[{task}] Note: {len(rare)} of the {len(counts)} labels of the training data "
+              f"occur only once or twice among {sum(counts.values()):,} examples: {shown}, "
+              f"first at {first_use(spec, records, rare)}. Each is a class of its own; set "
+              "data.labels if they are stray values.", flush=True)
 
 
 def labels_of(records, kind: str = "labels") -> list:

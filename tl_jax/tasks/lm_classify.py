@@ -190,6 +190,8 @@ class Task(downstream.EvalPredictions):
         downstream.check_labels(labels, bool(d.labels), [
             (d.train_file, self.train_records), (d.eval_file, self.eval_records)])
         downstream.check_positive_label(d.positive_label, labels)
+        if not d.labels:
+            downstream.note_rare_labels(d.train_file, self.train_records, config.task)
         saved_tok = os.path.join(workdir, "tokenizer") if workdir else ""
         if (saved_tok and os.path.isdir(saved_tok) and checkpoint.has_saved_step(workdir)
                 and not d.tokenizer):
