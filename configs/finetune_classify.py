@@ -11,7 +11,7 @@ accuracy and writing WORKDIR/predictions/eval_step_N.jsonl), and ends with a sum
 Arguments:
   minilm   all-MiniLM-L6-v2 from $TL_JAX_DATA_DIR/models (the default).
   scratch  the same architecture from random weights (MiniLM's tokenizer): the no-transfer baseline.
-  tiny     a 2-layer model from scratch on a 200-example slice; a smoke test of a few steps.
+  tiny     a 2-layer model from scratch on a 192-example slice; a smoke test of a few steps.
 Fine-tune your own pretraining run with `--config.init_from=/path/to/pretrain_workdir`; any other
 file with `--config.data.train_file=... --config.data.eval_file=...` (jsonl, .csv, .tsv,
 `tfds:glue/sst2:train`, `gensim:polarity:train`, `gensim:newsgroups:train`).

@@ -13,7 +13,8 @@ parameter paths (`bert/encoder/layer_3/attention/query/kernel`):
   chain-thaw.
 * **Stages**: gradual unfreezing (head first, then one more group per stage, top down) and
   chain-thaw (head, then each group alone from the bottom, then all) are a list of stages with
-  static masks and start steps. The trainer compiles once per stage, never per step.
+  static masks and start steps. The trainer uses `as_optax()`: one compile per run, the stage
+  read from the step (`tx_for_stage` gives a transform per stage instead).
 
 Design of the optimizer state (why it looks like this):
 
