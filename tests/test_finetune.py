@@ -497,3 +497,21 @@ def test_a_resumed_run_keeps_the_tokenizer_of_its_checkpoint(data_dir, tmp_path)
     assert (workdir / "tokenizer" / "vocab.txt").read_text() == vocab
     assert result.trainer.task.encoder.tokenizer.hf_tokenizer.get_vocab() == \
         {token: i for i, token in enumerate(vocab.splitlines())}
+
+
+def test_a_resumed_gpt_classifier_reports_no_tokenizer_change_it_did_not_make(tmp_path, capsys):
+    # The task wrote the saved tokenizer into config.data.tokenizer, and the resume then said
+    # "data.tokenizer: checkpoint has '', config has '<workdir>/tokenizer' ... have no effect".
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": f"review number {i} was {'good' if i % 2 else 'bad'}",
+                                        "label": i % 2}) + "\n" for i in range(32)))
+    base = ["train.progress=False", "mesh.num_devices=1", f"data.train_file={path}",
+            f"data.eval_file={path}", "train.steps=2"]
+    config = config_lib.load_config("configs/gpt_finetune_classify.py:tiny", base)
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    capsys.readouterr()
+    config = config_lib.load_config("configs/gpt_finetune_classify.py:tiny",
+                                    base[:-1] + ["train.steps=3"])
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    out = capsys.readouterr().out
+    assert "Resuming from step 2" in out and "have no effect" not in out

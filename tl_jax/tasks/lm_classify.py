@@ -106,10 +106,12 @@ def encode(tokenizer: bpe.BPETokenizer, records, label_map: dict, max_len: int,
     return dict(input_ids=tokens, lengths=lengths, labels=labels)
 
 
-def resolve_model(config, train_texts):
+def resolve_model(config, train_texts, resumed_tokenizer: str = ""):
     """(tokenizer, GPTConfig) for `config.init_from`: a tl_jax LM workdir, a Hugging Face GPT-2
-    directory, or "" for a model from scratch of `config.model.size`."""
+    directory, or "" for a model from scratch of `config.model.size`. `resumed_tokenizer`: the
+    tokenizer a resumed run saved in its workdir, which wins over `data.tokenizer`."""
     init_from, m, d = os.path.expandvars(config.init_from), config.model, config.data
+    tokenizer_dir = resumed_tokenizer or d.tokenizer
     if init_from and warm_start.is_tl_workdir(init_from):
         run = checkpoint.load_run_config(init_from)
         if run.get("task") != "clm":
@@ -118,7 +120,7 @@ def resolve_model(config, train_texts):
                 "starts from a 'clm' (GPT language model) workdir or a Hugging Face GPT-2 "
                 "directory (for a BERT-style encoder, use configs/finetune_classify.py)")
         saved = run.get("model") or {}
-        tokenizer = bpe.BPETokenizer.load(d.tokenizer or os.path.join(init_from, "tokenizer"))
+        tokenizer = bpe.BPETokenizer.load(tokenizer_dir or os.path.join(init_from, "tokenizer"))
         # The LM's own shape (its size and any shape fields it set), this run's dropout/dtype.
         model_config = clm.gpt_config_from(ml_collections.ConfigDict({
             **saved, "dropout_rate": m.dropout_rate,
@@ -129,14 +131,14 @@ def resolve_model(config, train_texts):
         model_config = gpt.GPTConfig(**{
             **gpt2.load_config(init_from).__dict__, "dropout_rate": m.dropout_rate,
             "attention_dropout_rate": m.attention_dropout_rate, "dtype": m.dtype})
-        tokenizer = bpe.BPETokenizer.load(d.tokenizer or init_from)
+        tokenizer = bpe.BPETokenizer.load(tokenizer_dir or init_from)
     elif init_from:
         warm_start.require_source(init_from)
         raise warm_start.WarmStartError(
             f"init_from={init_from!r} is neither a tl_jax workdir (with checkpoints/) nor a "
             "Hugging Face GPT-2 directory (with config.json).")
     else:
-        tokenizer = (bpe.BPETokenizer.load(d.tokenizer) if d.tokenizer else
+        tokenizer = (bpe.BPETokenizer.load(tokenizer_dir) if tokenizer_dir else
                      bpe.BPETokenizer.train(train_texts, vocab_size=d.tokenizer_vocab_size))
         model_config = clm.gpt_config_from(m, tokenizer.vocab_size)
     if tokenizer.vocab_size > model_config.vocab_size:
@@ -192,11 +194,13 @@ class Task(downstream.EvalPredictions):
         downstream.check_positive_label(d.positive_label, labels)
         if not d.labels:
             downstream.note_rare_labels(d.train_file, self.train_records, config.task)
+        # A resumed run keeps the vocabulary it started with, whatever data.tokenizer says now
+        # (the config is not changed: the resume would report the change as the user's).
         saved_tok = os.path.join(workdir, "tokenizer") if workdir else ""
-        if (saved_tok and os.path.isdir(saved_tok) and checkpoint.has_saved_step(workdir)
-                and not d.tokenizer):
-            d.tokenizer = saved_tok  # a resumed run keeps the vocabulary it started with
-        self._build(*resolve_model(config, [r["text"] for r in self.train_records]), labels)
+        if not (saved_tok and os.path.isdir(saved_tok) and checkpoint.has_saved_step(workdir)):
+            saved_tok = ""
+        self._build(*resolve_model(config, [r["text"] for r in self.train_records], saved_tok),
+                    labels)
         cut_train, cut_eval = [], []
         self.train_arrays = self.encode(self.train_records, cut_train)
         self.eval_arrays = self.encode(self.eval_records, cut_eval)
