@@ -20,6 +20,10 @@ metrics, evaluation and predictions files). For the linear head it stores each l
 vector (N, L+1, H), from which every feature choice follows exactly (pooling is linear), so with
 `probe.cache_dir` set one encoder pass serves a whole sweep of features and seeds. The BiLSTM head
 needs token-level features and caches the chosen one in memory (float16).
+
+`tl_jax predict` applies a finished run (`for_prediction`) with the weights of its checkpoint,
+the frozen encoder's included; a cache-trained probe gets its features computed as the cache
+computed them, in the same pass, and no cache is read or written.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tl_jax.models import heads, probes
-from tl_jax.optim import transfer
+from tl_jax.optim import optimizers, transfer
 from tl_jax.tasks import classify, downstream
 
 
@@ -44,28 +48,16 @@ NEW_PARAMS = re.compile(r"(^|/)(attention_adapter|mlp_adapter|lora_a|lora_b)(/|$
 class Task(classify.Task):
     """The `probe` task (contract: `tl_jax/tasks/__init__.py`)."""
 
+    predicting = False  # `for_prediction`'s task: `tl_jax predict` on a finished run
+
     def __init__(self, config, workdir):
         transfer.check_config(config.transfer, config.optimizer)  # before reading any data
-        super().__init__(config, workdir)
-        p, t = config.probe, config.transfer
-        self.model_config = self.model_config.replace(
-            adapter_size=t.adapter_size, lora_rank=t.lora_rank, lora_alpha=t.lora_alpha)
-        if p.feature == "none":
-            self.model = heads.BertForSequenceClassification(
-                self.model_config, len(self.labels), pooling=config.model.pooling,
-                classifier_dropout=config.model.classifier_dropout)
-        else:
-            self.model = probes.ProbeClassifier(
-                self.model_config, len(self.labels), feature=p.feature, head_type=p.head,
-                pooling=p.pooling, lstm_hidden=p.lstm_hidden, mix_layer_norm=p.mix_layer_norm,
-                dropout_rate=config.model.classifier_dropout)
+        super().__init__(config, workdir)  # builds the model (`_build`)
+        p = config.probe
         if p.cache_features and p.feature == "none":
             raise ValueError("probe.cache_features needs a frozen encoder: set probe.feature.")
         self.steps_per_epoch = len(self.train_records) // config.data.batch_size
         self.cached = bool(p.cache_features)
-        # Pooled per-layer vectors suffice only where pooling commutes with the feature choice.
-        self.pooled = p.head == "linear" and not p.mix_layer_norm
-        self.selected = p.feature not in probes.MIXED_FEATURES
         if self.cached:
             self.train_arrays = self._cache(self.train_arrays, "train")
             self.eval_arrays = self._cache(self.eval_arrays, "eval")
@@ -80,6 +72,36 @@ class Task(classify.Task):
             self.flops_per_example = encoder + 6.0 * float(head_params) * (
                 1 if self.pooled else config.data.max_seq_length)
 
+    def _build(self, encoder, labels):
+        """classify's, with `transfer`'s adapters / LoRA in the encoder and, for `probe.feature`,
+        the probe model (training and `for_prediction`)."""
+        super()._build(encoder, labels)
+        p, t = self.config.probe, self.config.transfer
+        self.model_config = self.model_config.replace(
+            adapter_size=t.adapter_size, lora_rank=t.lora_rank, lora_alpha=t.lora_alpha)
+        if p.feature == "none":
+            self.model = heads.BertForSequenceClassification(
+                self.model_config, len(self.labels), pooling=self.config.model.pooling,
+                classifier_dropout=self.config.model.classifier_dropout)
+        else:
+            self.model = probes.ProbeClassifier(
+                self.model_config, len(self.labels), feature=p.feature, head_type=p.head,
+                pooling=p.pooling, lstm_hidden=p.lstm_hidden, mix_layer_norm=p.mix_layer_norm,
+                dropout_rate=self.config.model.classifier_dropout)
+        # Pooled per-layer vectors suffice only where pooling commutes with the feature choice.
+        self.pooled = p.head == "linear" and not p.mix_layer_norm
+        self.selected = p.feature not in probes.MIXED_FEATURES
+
+    @classmethod
+    def for_prediction(cls, config, encoder, labels, records, truncated=None):
+        """The task of a finished run with `records` as its eval set (`tl_jax predict`). Every
+        weight, the frozen encoder's included, comes from the run's checkpoint. A probe trained
+        on cached features gets them from that encoder in the same pass, computed as the cache
+        computed them (`_features`); no feature cache is read or written."""
+        task = super().for_prediction(config, encoder, labels, records, truncated)
+        task.predicting, task.cached = True, False
+        return task
+
     def init_params(self, params, rng):
         """Pretrained encoder from `init_from`; adapters, LoRA and the head stay fresh; then
         `transfer.reinit_top_k` layers (and the pooler) go back to their fresh values."""
@@ -91,6 +113,8 @@ class Task(classify.Task):
 
     def make_optimizer(self, total_steps):
         """The trainer's hook: the optimizer of `config.transfer` (freeze `bert/.*`)."""
+        if self.predicting:  # no step is taken: no transfer plan to check, build and print
+            return optimizers.make_optimizer(self.config.optimizer, total_steps)
         tx, schedule = transfer.make_task_optimizer(self, self.config, total_steps,
                                                     self.steps_per_epoch)
         feature = self.config.probe.feature
@@ -173,18 +197,9 @@ class Task(classify.Task):
             jax.random.PRNGKey(self.config.seed))
         import flax.linen as nn
         params = self.init_params(nn.unbox(params), None)
-        model, pooled, selected = self.model, self.pooled, self.selected
-
         # The weights are an argument, not constants closed over: closed over, they were embedded
         # in the program (megabytes of constants per compile, one program per weight set).
-        @jax.jit
-        def features(params, ids, segments, mask):
-            layers, _ = model.apply({"params": params}, ids, segments, mask, method=model.encode)
-            if pooled:
-                return probes.pool(layers, mask, model.pooling)  # (B, N+1, H)
-            if selected:
-                layers = model.apply({"params": params}, layers, mask, method=model.select)
-            return layers.astype(jnp.float16)  # (B, [N+1,] T, D)
+        features = jax.jit(self._features)
 
         chunks, n, bs = [], len(arrays["labels"]), 64
         for start in range(0, n, bs):
@@ -197,6 +212,18 @@ class Task(classify.Task):
             chunks.append(np.asarray(features(params, ids, seg, mask))[:bs - pad])
         return np.concatenate(chunks)
 
+    def _features(self, params, ids, segments, mask):
+        """What the cache holds for a batch: the frozen encoder's pooled layers (B, N+1, H) for
+        the linear head, else the chosen token-level feature (every layer, for a learned mix)
+        in float16."""
+        model = self.model
+        layers, _ = model.apply({"params": params}, ids, segments, mask, method=model.encode)
+        if self.pooled:
+            return probes.pool(layers, mask, model.pooling)  # (B, N+1, H)
+        if self.selected:
+            layers = model.apply({"params": params}, layers, mask, method=model.select)
+        return layers.astype(jnp.float16)  # (B, [N+1,] T, D)
+
     # -- batches and loss -------------------------------------------------------------------
 
     def example_batch(self, batch_size):
@@ -208,12 +235,19 @@ class Task(classify.Task):
         return batch
 
     def _logits(self, params, batch, rng, train):
-        if not self.cached:
+        if self.cached:
+            features = batch["features"]
+        elif self.predicting and self.config.probe.cache_features:
+            # Trained (and evaluated) on cached features: the same features, from this batch.
+            features = self._features(params, batch["input_ids"], batch["segment_ids"],
+                                      batch["input_mask"])
+        else:
             return super()._logits(params, batch, rng, train)
+        mask = None if self.pooled else batch["input_mask"]
         return self.model.apply(
-            {"params": params}, batch["features"], batch.get("input_mask"), pooled=self.pooled,
-            deterministic=not train, selected=self.selected and not self.pooled,
-            rngs={"dropout": rng}, method=self.model.probe)
+            {"params": params}, features, mask, pooled=self.pooled, deterministic=not train,
+            selected=self.selected and not self.pooled, rngs={"dropout": rng},
+            method=self.model.probe)
 
     def loss_fn(self, params, batch, rng, train):
         if not self.cached:
