@@ -7,6 +7,7 @@ own eval predictions on the same file, from the best checkpoint the run kept.
 import json
 import shutil
 
+import numpy as np
 import pytest
 from conftest import write_polarity_files
 
@@ -195,6 +196,77 @@ def test_gpt_classifier_unlabelled_input_gets_predictions_only(gpt_classify_run,
     assert "Metrics" not in capsys.readouterr().out
 
 
+# Probe runs (task=probe): a frozen encoder + a head; feature, head, cache, transfer settings.
+PROBES = {
+    # Features from a tl_jax workdir's encoder (a copy, deleted after training), cached in
+    # probe.cache_dir: predict reads neither.
+    "last_cached": ("configs/transfer_feature.py:tiny", [
+        "probe.feature=last", "probe.cache_features=True"]),
+    "last": ("configs/transfer_feature.py:tiny", [
+        "probe.feature=last", "probe.cache_features=False"]),
+    # Token-level cached features (float16) of every layer, mixed by the head's learned weights.
+    "scalar_mix_bilstm_cached": ("configs/transfer_feature.py:tiny", [
+        "probe.feature=scalar_mix", "probe.head=bilstm", "probe.lstm_hidden=16",
+        "probe.cache_features=True"]),
+    "adapters": ("configs/transfer_adapters.py:tiny", []),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(PROBES))
+def probe_run(request, classify_run, polarity_files, tmp_path_factory):
+    """`(workdir, name)` of a probe trained 2 epochs on the polarity files."""
+    from tl_jax import config as config_lib
+    name = request.param
+    spec, overrides = PROBES[name]
+    folder = tmp_path_factory.mktemp(f"probe_{name}")
+    if name == "last_cached":
+        encoder = folder / "encoder"
+        shutil.copytree(classify_run, encoder)
+        overrides = overrides + [f"init_from={encoder}", f"probe.cache_dir={folder / 'cache'}"]
+    workdir = folder / "run"
+    _train(config_lib.load_config(spec, [
+        *overrides, "train.progress=False", "mesh.num_devices=1", "data.max_seq_length=32",
+        f"data.train_file={polarity_files / 'train.jsonl'}",
+        f"data.eval_file={polarity_files / 'eval.jsonl'}", "data.max_train_examples=0",
+        "data.max_eval_examples=0", "data.num_epochs=2.0"]), workdir)
+    if name == "last_cached":
+        shutil.rmtree(folder / "encoder")
+    return workdir, name
+
+
+def test_a_probe_predicts_as_its_own_eval(probe_run, polarity_files, tmp_path, capsys):
+    workdir, name = probe_run
+    cache = workdir.parent / "cache"
+    if name == "last_cached":
+        # A stale cache (here: zeros) would give other predictions, were it read.
+        files = sorted(cache.glob("*.npy"))
+        assert len(files) == 2
+        for f in files:
+            np.save(f, np.zeros_like(np.load(f)))
+    out = tmp_path / "predictions.jsonl"
+    result = predict.run(str(workdir), str(polarity_files / "eval.jsonl"), str(out))
+    step = result["step"]
+    assert out.read_text() == _eval_rows(workdir, step, ".jsonl")
+    assert len(out.read_text().splitlines()) == result["examples"] == EVAL_ROWS
+    expected = _metrics_at(workdir, step)
+    assert set(result["metrics"]) == {k for k in expected if k.startswith("eval/")}
+    for key, value in result["metrics"].items():
+        assert value == pytest.approx(expected[key], abs=1e-6), key
+    printed = capsys.readouterr().out
+    assert f"[predict] Metrics on {polarity_files / 'eval.jsonl'}: accuracy " in printed
+    if name == "last_cached":  # nothing written to the cache either
+        assert sorted(cache.glob("*")) == files
+    # Unlabelled, in other batches: the same predictions, one per row, no metrics.
+    out2 = tmp_path / "unlabelled.jsonl"
+    result = predict.run(str(workdir), str(polarity_files / "unlabelled.jsonl"), str(out2),
+                         batch_size=8)
+    assert result["metrics"] == {}
+    rows = [json.loads(line) for line in out2.read_text().splitlines()]
+    gold = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == EVAL_ROWS and all(r["gold"] is None for r in rows)
+    assert [r["predicted"] for r in rows] == [g["predicted"] for g in gold]
+
+
 def _conll(path, sentences, with_tags=True):
     path.write_text("".join(
         "".join(f"{w} {t}\n" if with_tags else f"{w}\n" for w, t in zip(*s)) + "\n"
@@ -287,8 +359,8 @@ def test_errors_are_one_line(classify_run, polarity_files, tmp_path, capsys):
     (pretrain / "config.json").write_text(json.dumps({"task": "bert_pretrain"}))
     message = _error(capsys, "--workdir", str(pretrain), *inputs, "--output",
                      str(tmp_path / "o.jsonl"))
-    assert ("task='bert_pretrain', not a fine-tuned classify, tag, squad or lm_classify run"
-            in message)
+    assert ("task='bert_pretrain', not a fine-tuned classify, probe, tag, squad or lm_classify "
+            "run" in message)
     assert "fill_mask" in message
     empty = tmp_path / "no_checkpoint"
     shutil.copytree(classify_run, empty, ignore=shutil.ignore_patterns("[0-9]*"))

@@ -110,8 +110,8 @@ def _static(args, overrides):
 
 COMMANDS = {
     "train": ("Train any config (pretraining or fine-tuning).", _train),
-    "predict": ("Apply a fine-tuned classify, tag, squad or lm_classify workdir (its best "
-                "checkpoint) to a new file; metrics too when the file is labelled.", _predict),
+    "predict": ("Apply a fine-tuned classify, probe, tag, squad or lm_classify workdir (its "
+                "best checkpoint) to a new file; metrics too when the file is labelled.", _predict),
     "quickstart": ("Pretrain a small BERT on text shipped with gensim, then fine-tune it.",
                    _quickstart),
     "convert": ("Convert weights between the Hugging Face layout and tl_jax.", _convert),
@@ -152,12 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="checkpoints, metrics and logs go here")
     p = sub.add_parser("predict", help=COMMANDS["predict"][0])
     p.add_argument("--workdir", required=True,
-                   help="workdir of a classify, tag, squad or lm_classify run")
+                   help="workdir of a classify, probe, tag, squad or lm_classify run")
     p.add_argument("--input", required=True,
                    help="a file in the task's training formats (jsonl/CSV/TSV, CoNLL, SQuAD "
                         "JSON); labels, tags and answers optional")
     p.add_argument("--output", required=True,
-                   help="predictions: .jsonl (classify, lm_classify), .conll (tag), "
+                   help="predictions: .jsonl (classify, probe, lm_classify), .conll (tag), "
                         ".json (squad)")
     p.add_argument("--batch_size", type=int, default=0, help="0 = the run's data.batch_size")
     p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][0])

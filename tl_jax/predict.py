@@ -2,15 +2,20 @@
 
     tl_jax predict --workdir=WORKDIR --input=FILE --output=FILE [--batch_size=N]
 
-For a `classify`, `tag`, `squad` or `lm_classify` (GPT classifier) run it loads the run's
-config (`config.json`), tokenizer (`tokenizer/`: WordPiece, or the GPT's BPE), labels
-(`labels.jsonl`) and the best checkpoint the run kept by its `train.best_metric` (else the
-newest), reads FILE in the formats the task's training files take, and writes the predictions in
-the format of the run's own eval predictions: jsonl (classify, lm_classify), CoNLL
-`word gold predicted` or `word predicted` (tag), SQuAD predictions JSON plus `OUTPUT.nbest.json`
-(squad). Labels, tags and answers are optional; when every record has them, the task's eval
-metrics are printed too, computed by the same code as during training, so on the run's eval file
-they are the run's own figures.
+For a `classify`, `probe` (`configs/transfer_*.py`), `tag`, `squad` or `lm_classify` (GPT
+classifier) run it loads the run's config (`config.json`), tokenizer (`tokenizer/`: WordPiece, or
+the GPT's BPE), labels (`labels.jsonl`) and the best checkpoint the run kept by its
+`train.best_metric` (else the newest), reads FILE in the formats the task's training files take,
+and writes the predictions in the format of the run's own eval predictions: jsonl (classify,
+probe, lm_classify), CoNLL `word gold predicted` or `word predicted` (tag), SQuAD predictions JSON
+plus `OUTPUT.nbest.json` (squad). Labels, tags and answers are optional; when every record has
+them, the task's eval metrics are printed too, computed by the same code as during training, so
+on the run's eval file they are the run's own figures.
+
+The checkpoint holds the whole model, `init_from` is not read: a probe's frozen encoder (and any
+adapters, LoRA or re-initialised layers) is the one it trained against. A probe trained on cached
+features (`probe.cache_features`) gets the same features from that encoder as it predicts; no
+feature cache is read or written.
 
 The model runs through the trainer's own eval pass (`train.build_trainer` with this task,
 `train.eval_pass`) and the task's own decoding (`decode`, `score`, `write_predictions`), so
@@ -32,6 +37,7 @@ from tl_jax.tasks import downstream
 # config.task -> (module, reader kind, the record field holding the label, what the labels are)
 TASKS = {
     "classify": ("tl_jax.tasks.classify", "classification", "label", "labels"),
+    "probe": ("tl_jax.tasks.probe", "classification", "label", "labels"),
     "tag": ("tl_jax.tasks.tag", "tagging", "tags", "tags"),
     "squad": ("tl_jax.tasks.squad", "squad", "answers", "answers"),
     "lm_classify": ("tl_jax.tasks.lm_classify", "classification", "label", "labels"),
@@ -47,8 +53,8 @@ OTHER_COMMANDS = {
 
 
 def check_workdir(workdir: str) -> dict:
-    """The run config of a fine-tuned `classify`/`tag`/`squad`/`lm_classify` workdir, or a
-    one-line error."""
+    """The run config of a fine-tuned `classify`/`probe`/`tag`/`squad`/`lm_classify` workdir, or
+    a one-line error."""
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"--workdir={workdir} does not exist")
     if not os.path.isfile(os.path.join(workdir, "config.json")):
@@ -58,8 +64,8 @@ def check_workdir(workdir: str) -> dict:
     if task not in TASKS:
         elsewhere = OTHER_COMMANDS.get(task)
         raise ValueError(
-            f"{workdir} was trained with task={task!r}, not a fine-tuned classify, tag, squad or "
-            "lm_classify run; `tl_jax predict` applies those"
+            f"{workdir} was trained with task={task!r}, not a fine-tuned classify, probe, tag, "
+            "squad or lm_classify run; `tl_jax predict` applies those"
             + (f" (for this one see {elsewhere})" if elsewhere else ""))
     return config
 
@@ -96,7 +102,7 @@ def read_input(config, input_spec: str) -> list[dict]:
     if kind == "classification":
         d = config.data
         fields = dict(text_field=d.text_field, label_field=d.label_field)
-        if config.task == "classify":  # the GPT classifier reads single texts
+        if config.task != "lm_classify":  # the GPT classifier reads single texts
             fields["text_b_field"] = d.text_b_field or None
     return readers.read_records(input_spec, kind, require_labels=False, **fields)
 
