@@ -204,6 +204,28 @@ def test_a_host_stop_check_ends_only_the_rows_that_pass_it(gen):
     assert gen.last_steps == -(-max(ends) // 8) * 8 < M
 
 
+def test_a_row_ends_at_its_stop_token_or_check_whichever_is_first_for_any_check_every(gen):
+    """A row whose check passed and which then produced a stop token in the same segment
+    used to be skipped by the check (it was done), so it ran on to its stop token with long
+    segments but ended at the check with short ones: where a row ends depended on
+    `check_every`. It ends at the first of the two, whatever the segment length."""
+    sampling = Sampling(1.0, top_k=20)
+    free = gen.generate(PROMPTS, M, sampling, seed=5)
+    seq, stop = free[0][1:3], free[0][4]  # the check passes at 3 tokens, the stop token at 5
+    assert _first_end(free[0], seq) == 3 and stop not in free[0][:4]
+
+    def expected(row):
+        cut = row.index(stop) + 1 if stop in row else len(row)
+        return row[:_first_end(row, seq)] if _holds(seq)(row[:cut]) else row[:cut]
+
+    want = [expected(row) for row in free]
+    assert want[0] == free[0][:3]
+    for check_every in (1, 2, 8, M):
+        out = gen.generate(PROMPTS, M, sampling, seed=5, stop_tokens=[stop],
+                           stop_when=_holds(seq), check_every=check_every)
+        assert out == want, check_every
+
+
 def test_top_k_samples_only_the_k_most_likely(gen):
     k = 3
     outs, logits = gen.generate(PROMPTS, N, Sampling(2.0, top_k=k), seed=1, return_logits=True)

@@ -234,8 +234,9 @@ class Generator:
         new tokens so far pass the check ends at the shortest such prefix (its last token
         included), produces only pad from then on, and the loop stops once every row has
         ended. The check must stay true once true (as tokens are appended), so that where a
-        row ends does not depend on `check_every`. It is only called on rows that have not
-        produced a stop token. The tokens a row produces before it ends are those it produces
+        row ends does not depend on `check_every`: a row ends at its stop token or at the
+        shortest passing prefix, whichever comes first (the check is never called on tokens past
+        a row's stop token). The tokens a row produces before it ends are those it produces
         without the check: the other rows, the seed and the compiled programs are the same.
         """
         cfg = self.model.config
@@ -266,6 +267,7 @@ class Generator:
 
         ends = [None] * batch  # where the host check ended each row (its length)
         stop_rows = np.zeros(batch, bool)
+        settled = np.zeros(batch, bool)  # ended by a stop token, and checked up to it
         checked = 0  # every row's first `checked` tokens failed the check
         steps = 1
         while True:
@@ -279,9 +281,14 @@ class Generator:
             if stop_when is None:
                 break
             for b in range(batch):
-                if ends[b] is not None or done[b]:  # ended here before, or by a stop token
+                if ends[b] is not None or settled[b]:  # ended here before, or checked to its stop
                     continue
                 row = out[b, :steps].tolist()
+                if done[b]:
+                    # A stop token in this segment: the check still applies to the tokens up to
+                    # it, which a shorter segment would have checked before the row stopped.
+                    settled[b] = True
+                    row = row[:next(n for n, t in enumerate(row) if t in stop_set) + 1]
                 if stop_when(row):  # the shortest passing prefix is among the new tokens
                     ends[b] = next(n for n in range(checked + 1, steps + 1)
                                    if stop_when(row[:n]))
