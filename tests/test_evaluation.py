@@ -111,6 +111,21 @@ def test_evaluate_takes_best_gold_and_reports_percentages():
     assert squad.evaluate(gold, {})["exact"] == 0.0  # missing predictions score zero
 
 
+def test_has_answer_split_follows_the_official_script_for_answers_that_normalise_away():
+    """evaluate-v2.0.py counts a question with gold answers as HasAns even when every answer
+    normalises to "" (e.g. "The"); it used to be counted as NoAns, moving it between the
+    breakdowns (and giving v1.1 data a NoAns breakdown it does not have)."""
+    gold = {"q1": ["The"], "q2": ["Paris"], "q3": []}
+    predictions = {"q1": "the", "q2": "Paris", "q3": "London"}
+    result = squad.evaluate(gold, predictions)
+    # Official: q1 and q2 are HasAns (q1 scores EM 1: "" == ""), q3 is NoAns (EM 0).
+    assert result["HasAns_total"] == 2 and result["NoAns_total"] == 1
+    assert result["HasAns_exact"] == 100.0 and result["NoAns_exact"] == 0.0
+    assert result["exact"] == pytest.approx(100 * 2 / 3)
+    # v1.1-style data (every question answerable): no breakdown at all.
+    assert "NoAns_total" not in squad.evaluate({"q1": ["The"], "q2": ["Paris"]}, predictions)
+
+
 def _window(context, token_spans, start_logits, end_logits, qid="q", max_context=None):
     offsets = np.full((len(start_logits), 2), -1)
     for position, span in token_spans.items():

@@ -77,8 +77,10 @@ def evaluate(gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str]) 
         raise ValueError("no gold questions to evaluate")
     em, f1, has_answer = {}, {}, {}
     for qid, answers in gold.items():
+        # HasAns / NoAns as the official script splits them: by whether the question has gold
+        # answers at all, not whether they survive normalisation (a gold answer "The" is one).
+        has_answer[qid] = bool(answers)
         answers = [a for a in answers if normalize_answer(a)] or [""]
-        has_answer[qid] = answers != [""]
         if qid not in predictions:
             em[qid] = f1[qid] = 0.0
             continue
