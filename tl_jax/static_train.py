@@ -344,10 +344,11 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, 
 def run(config, workdir: str) -> dict:
     """Trains `config.method` ("word2vec" or "glove") and writes vectors + scores to `workdir`.
 
-    Writes WORKDIR/vectors.{txt,bin} in each of `config.save_formats`, WORKDIR/vocab.txt,
-    WORKDIR/static_config.json and WORKDIR/scores.json (with the evaluation when `config.eval_dir`
-    holds its files), and prints the scores last. Returns the scores (plus words_per_sec for
-    word2vec). A workdir written with another config (`eval_dir` aside) is refused.
+    Writes WORKDIR/vectors.FORMAT.{txt,bin} for each FORMAT of `config.save_formats`,
+    WORKDIR/vocab.txt, WORKDIR/static_config.json and WORKDIR/scores.json (with the evaluation
+    when `config.eval_dir` holds its files), and prints the scores last. Returns the scores (plus
+    words_per_sec for word2vec). A workdir written with another config (`eval_dir` aside) is
+    refused.
     """
     import json
 
