@@ -301,3 +301,37 @@ def test_logged_learning_rate_is_the_rows_step_not_the_windows_mean(tiny_bert_ov
     schedule = result.trainer.schedule
     assert row["learning_rate"] == pytest.approx(float(schedule(3)))
     assert float(schedule(3)) > float(schedule(2))  # so a window mean would differ
+
+
+def test_logged_learning_rate_is_the_optimizers_after_a_skipped_step(tiny_bert_overrides,
+                                                                     tmp_path, monkeypatch):
+    """A step skipped under on_nonfinite=skip leaves the optimizer's count (and so its place in
+    the schedule) where it was: the logged rate follows the optimizer, not the trainer's step."""
+    from tl_jax.tasks import bert_pretrain
+
+    original_next = bert_pretrain.ValidatedBatches.__next__
+    calls = {"n": 0}
+
+    def poisoned_next(self):
+        batch = original_next(self)
+        calls["n"] += 1
+        if calls["n"] == 3:  # step 3's loss is NaN
+            batch = dict(batch, masked_weights=batch["masked_weights"] * np.float32(np.nan))
+        return batch
+
+    monkeypatch.setattr(bert_pretrain.ValidatedBatches, "__next__", poisoned_next)
+    config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [
+        "mesh.num_devices=1", "train.steps=5", "train.log_every=1", "train.eval_every=0",
+        "train.checkpoint_every=5", "optimizer.warmup_steps=8", "optimizer.learning_rate=1e-3",
+        "train.on_nonfinite=skip"])
+    result = train.train_and_evaluate(config, str(tmp_path))
+    assert result.summary["skipped_steps"] == 1
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rates = {x["step"]: x["learning_rate"] for x in rows if "learning_rate" in x}
+    schedule = result.trainer.schedule
+    # Updates 0 and 1 at steps 1 and 2; step 3 applies none (its row: update 1's rate again);
+    # steps 4 and 5 apply updates 2 and 3.
+    expected = {1: 0, 2: 1, 3: 1, 4: 2, 5: 3}
+    for step, update in expected.items():
+        assert rates[step] == pytest.approx(float(schedule(update))), (step, rates)
+    assert train.optimizer_count(result.state["opt_state"], default=-1) == 4

@@ -326,6 +326,22 @@ def average(metric_list: list[dict]) -> dict[str, float]:
     return {k: (sums[k] / counts[k] if counts[k] else sums[k]) for k in sums}
 
 
+def optimizer_count(opt_state, default: int) -> int:
+    """How many updates the optimizer has applied: the largest scalar `count` in its state.
+
+    optax's counters (Adam's, the schedule's, the transfer plan's global one) advance once per
+    applied update; a step skipped under `train.on_nonfinite=skip` keeps the old optimizer
+    state, so they lag the trainer's step by the steps skipped (also those of a run this one
+    resumed). A group the transfer plan still holds frozen keeps its own, smaller count, hence
+    the largest. `default` (the trainer's step) when the state has no counter (a constant rate).
+    """
+    counts = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]
+              if path and getattr(path[-1], "name", None) == "count" and jnp.ndim(leaf) == 0]
+    if not counts:
+        return default
+    return max(int(c) for c in jax.device_get(counts))
+
+
 def first_nonfinite(metric_list: list[dict], first_step: int) -> tuple[int, str] | None:
     for i, metrics in enumerate(jax.device_get(metric_list)):
         for name in ("loss", "grad_norm"):
@@ -464,7 +480,8 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer):
         return trainer.init_state(jax.random.PRNGKey(config.seed)), None, None
     state, data_state, _, step = restored
     print(f"[checkpoint] Resuming from step {step} ({checkpointer.directory}).", flush=True)
-    schedule_note = _schedule_change(seen.get("saved") or {}, trainer, step)
+    schedule_note = _schedule_change(seen.get("saved") or {}, trainer, step,
+                                     optimizer_count(state["opt_state"], default=step))
     if schedule_note:
         print(schedule_note, flush=True)
     return state, data_state, {"config": seen.get("saved") or {}, "step": step,
@@ -508,10 +525,13 @@ TOKENIZER_FIELDS = ("data.tokenizer:", "data.tokenizer_vocab_size:", "data.lower
 SCHEDULE_FIELDS = ("learning_rate", "warmup_steps", "decay", "end_lr_ratio", "power")
 
 
-def _schedule_change(saved: dict, trainer: Trainer, step: int) -> str:
+def _schedule_change(saved: dict, trainer: Trainer, step: int, updates: int | None = None) -> str:
     """A note when the resumed run's step count or learning-rate schedule differs from the
     checkpoint's: the schedule is rebuilt from this config, not continued (more train.steps
-    stretches the decay, so the learning rate jumps at the resume step)."""
+    stretches the decay, so the learning rate jumps at the resume step). `updates`: the
+    optimizer's count, where the schedules are read (fewer than `step` by the non-finite steps
+    skipped; default `step`)."""
+    at = step if updates is None else updates
     config = trainer.config
     old_steps = (saved.get("train") or {}).get("steps")
     old_opt = saved.get("optimizer") or {}
@@ -538,14 +558,14 @@ def _schedule_change(saved: dict, trainer: Trainer, step: int) -> str:
             changed.append(f"{section}.{field} {old[field]} -> {new[field]}")
     if not changed:
         return ""
-    new_lr = float(trainer.schedule(step))
+    new_lr = float(trainer.schedule(at))
     note = (f"[checkpoint] Note: {', '.join(changed)} since the checkpoint. The learning-rate "
             f"schedule is this config's, over {config.train.steps} steps, not a continuation: "
             f"at step {step} it is {new_lr:.3g}")
     if not hasattr(trainer.task, "make_optimizer") and old_steps is not None:
         try:
             old_cfg = ml_collections.ConfigDict({**config.optimizer.to_dict(), **old_opt})
-            old_lr = float(optimizers.make_schedule(old_cfg, int(old_steps))(step))
+            old_lr = float(optimizers.make_schedule(old_cfg, int(old_steps))(at))
             note += f" (the checkpoint's schedule: {old_lr:.3g})"
         except (ValueError, TypeError, KeyError):
             pass  # a checkpoint from an older config layout: the new figure alone
@@ -640,7 +660,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         scalars = average(pending)
         # The rate of the row's own step (the window's last update), from the schedule on the
         # host, not a window mean from the step: a warm-up or STLR peak is not blunted in plots.
-        scalars["learning_rate"] = float(trainer.schedule(step - 1))
+        # The schedule runs on the optimizer's count, which skipped non-finite steps did not
+        # advance: the rate of its last applied update (before any: of its first).
+        updates = optimizer_count(state["opt_state"], default=step)
+        scalars["learning_rate"] = float(trainer.schedule(max(updates - 1, 0)))
         skipped_total += int(scalars.pop("nonfinite_steps", 0))
         elapsed = time.perf_counter() - window_start
         if window_steps:
