@@ -216,6 +216,36 @@ def test_a_best_metric_that_eval_never_reports_is_named_once(tiny_bert_overrides
     assert saved_steps(tmp_path) == [4]
 
 
+def test_an_eval_nothing_counted_towards_is_nan_and_never_the_best(tiny_bert_overrides,
+                                                                    tmp_path, monkeypatch,
+                                                                    capsys):
+    # The second eval's batches hold no masked prediction: its eval/mlm_loss was 0.0, the
+    # "best" loss under best_mode=min, and its checkpoint was kept as the best one.
+    original = bert_pretrain.Task.eval_batches
+    calls = {"n": 0}
+
+    def eval_batches(self):
+        calls["n"] += 1
+        for batch in original(self):
+            if calls["n"] == 2:
+                batch = dict(batch, masked_weights=np.zeros_like(batch["masked_weights"]))
+            yield batch
+
+    monkeypatch.setattr(bert_pretrain.Task, "eval_batches", eval_batches)
+    result = run(tiny_bert_overrides, tmp_path, "train.steps=3", "train.checkpoint_every=1",
+                 "train.eval_every=1", "train.keep_checkpoints=1", "train.log_every=1",
+                 "train.best_metric=eval/mlm_loss", "train.best_mode=min")
+    assert 2 not in saved_steps(tmp_path)
+    assert ckpt_lib.best_step(str(tmp_path), "eval/mlm_loss", "min")[0] != 2
+    rows = {x["step"]: x for x in metric_rows(tmp_path) if "eval/mlm_loss" in x}
+    assert rows[2]["eval/mlm_loss"] == "nan" and rows[2]["eval/mlm_accuracy"] == "nan"
+    assert isinstance(rows[2]["eval/nsp_loss"], float)  # the rows still count for NSP
+    out = capsys.readouterr().out
+    assert out.count("no held-out example counts towards eval/mlm_accuracy, "
+                     "eval/mlm_loss at step 2") == 1
+    assert np.isfinite(result.summary["eval/mlm_loss"])
+
+
 def test_kill_9_during_a_save_keeps_the_previous_checkpoint(tiny_bert_overrides, tmp_path):
     args = ["train", f"--config={BERT}:tiny", f"--workdir={tmp_path}"] + [
         f"--config.{o}" for o in tiny_bert_overrides + STEPS + ["train.steps=9",

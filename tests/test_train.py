@@ -335,3 +335,15 @@ def test_logged_learning_rate_is_the_optimizers_after_a_skipped_step(tiny_bert_o
     for step, update in expected.items():
         assert rates[step] == pytest.approx(float(schedule(update))), (step, rates)
     assert train.optimizer_count(result.state["opt_state"], default=-1) == 4
+
+
+def test_a_metric_nothing_counted_towards_is_nan_not_zero():
+    steps = [dict(loss=(np.float32(2.0), np.float32(1.0)), mlm_loss=(0.0, 0.0),
+                  accuracy=(np.float32(1.0), np.float32(4.0)), nonfinite_steps=(1.0, 0.0)),
+             dict(loss=(np.float32(4.0), np.float32(1.0)), mlm_loss=(0.0, 0.0),
+                  accuracy=(np.float32(2.0), np.float32(4.0)), nonfinite_steps=(1.0, 0.0))]
+    means = train.average(steps)
+    assert means["loss"] == 3.0 and means["accuracy"] == 3.0 / 8
+    assert np.isnan(means["mlm_loss"])  # was 0.0: a "perfect" loss
+    assert means["nonfinite_steps"] == 2.0  # a total, summed
+    assert train.empty_metrics(steps) == ["mlm_loss"]

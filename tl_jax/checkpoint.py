@@ -155,7 +155,10 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_state: dict, config: dict,
              metrics: dict | None = None, force: bool = False) -> bool:
-        if metrics is not None and self.best_metric and self.best_metric not in metrics:
+        if metrics is not None and self.best_metric and not _is_finite_number(
+                metrics.get(self.best_metric)):
+            # Missing, or NaN (an eval nothing counted towards, a diverged model): no score,
+            # so this checkpoint is kept only while among the newest, never as the best.
             metrics = None
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
@@ -319,6 +322,13 @@ class Checkpointer:
         # The manager caches its step list; rebuild it so the moved step is gone.
         self.manager.reload()
         return dst
+
+
+def _is_finite_number(value) -> bool:
+    try:
+        return not isinstance(value, (bool, str)) and np.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def _leaf_name(path) -> str:

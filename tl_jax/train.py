@@ -64,6 +64,8 @@ class Trainer:
     eval_step: Any
     predict_step: Any | None
     init_state: Any
+    # Eval metrics already said to have no example (`evaluate`), so each is named once.
+    noted_empty: set = dataclasses.field(default_factory=set)
 
 
 class _InMesh:
@@ -315,15 +317,35 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) ->
 # ================================================================================================
 
 
-def average(metric_list: list[dict]) -> dict[str, float]:
-    """Averages `(sum, count)` metrics; entries with count 0 are totals (e.g. skipped steps)."""
+# Metrics that are totals, summed over steps, not means (their counts are 0).
+TOTALS = frozenset({"nonfinite_steps"})
+
+
+def _sums_and_counts(metric_list: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
     for metrics in jax.device_get(metric_list):
         for k, (s, c) in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(s)
             counts[k] = counts.get(k, 0.0) + float(c)
-    return {k: (sums[k] / counts[k] if counts[k] else sums[k]) for k in sums}
+    return sums, counts
+
+
+def average(metric_list: list[dict]) -> dict[str, float]:
+    """Averages `(sum, count)` metrics over steps or batches; `TOTALS` are summed.
+
+    A metric nothing counted towards (its counts add up to 0: no masked prediction, no
+    labelled row in these batches) is NaN: it has no value, and 0.0 would read as a perfect
+    loss or a zero accuracy (`empty_metrics` names them)."""
+    sums, counts = _sums_and_counts(metric_list)
+    return {k: (sums[k] if k in TOTALS else sums[k] / counts[k] if counts[k] else math.nan)
+            for k in sums}
+
+
+def empty_metrics(metric_list: list[dict]) -> list[str]:
+    """The metrics (not `TOTALS`) of `metric_list` whose counts add up to 0, sorted."""
+    _, counts = _sums_and_counts(metric_list)
+    return sorted(k for k, c in counts.items() if not c and k not in TOTALS)
 
 
 def optimizer_count(opt_state, default: int) -> int:
@@ -390,6 +412,13 @@ def evaluate(trainer: Trainer, params, step: int) -> dict[str, float]:
     if not results:
         return {}
     metrics = {f"eval/{k}": v for k, v in average(results).items()}
+    empty = [k for k in empty_metrics(results) if k not in trainer.noted_empty]
+    if empty and jax.process_index() == 0:
+        names = ", ".join(f"eval/{k}" for k in empty)
+        print(f"[eval] Note: no held-out example counts towards {names} at step {step} (no "
+              "masked prediction, labelled row, ... in the eval batches): logged as nan, not 0, "
+              "and such an eval never makes a checkpoint the best.", flush=True)
+    trainer.noted_empty.update(empty)
     if trainer.predict_step is not None and hasattr(trainer.task, "evaluate"):
         extra = trainer.task.evaluate(outputs, trainer.workdir, step)
         metrics.update({f"eval/{k}": float(v) for k, v in extra.items()})
