@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -715,6 +716,42 @@ def test_a_checkpoint_without_its_state_metadata_is_named(tmp_path, capsys):
     assert ("Checkpoint at step 6 is corrupt or incomplete (it is missing state/_METADATA, "
             "orbax's index of its arrays). Moved it to") in capsys.readouterr().out
     assert (tmp_path / "checkpoints_corrupt" / "6" / "state").is_dir()
+
+
+def test_reading_params_tries_older_after_any_error_and_names_it(tmp_path, monkeypatch, capsys):
+    # param_shapes_from_workdir and load_params_from_workdir share the "trying older" handling.
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
+    state = {"params": {"w": jnp.ones((4, 2))}, "step": jnp.asarray(3)}
+    for step in (3, 6):
+        ckpt.save(step, dict(state, step=jnp.asarray(step)), {"epoch": 0}, {"model": {}})
+    ckpt.close()
+    original = ckpt_lib._state_metadata
+    broken = {6}
+
+    def state_metadata(mgr, directory, step):
+        if step in broken:
+            raise RuntimeError(f"step {step} is broken")
+        return original(mgr, directory, step)
+
+    monkeypatch.setattr(ckpt_lib, "_state_metadata", state_metadata)
+    directory = tmp_path / "checkpoints"
+    escaped = re.escape(str(directory))
+    assert ckpt_lib.param_shapes_from_workdir(str(tmp_path)) == ({"w": (4, 2)}, 3)
+    params, step = ckpt_lib.load_params_from_workdir(str(tmp_path))
+    assert step == 3 and params["w"].shape == (4, 2)
+    assert capsys.readouterr().out.splitlines() == [
+        f"[checkpoint] {directory}/6 has unreadable metadata (step 6 is broken); trying older.",
+        f"[checkpoint] {directory}/6 does not restore (step 6 is broken); trying older."]
+    with pytest.raises(ckpt_lib.CheckpointError,
+                       match=rf"^No restorable checkpoint in {escaped} at step 6\.$"):
+        ckpt_lib.load_params_from_workdir(str(tmp_path), step=6)
+    broken.add(3)
+    with pytest.raises(ckpt_lib.CheckpointError, match=rf"^No readable checkpoint in {escaped}\.$"):
+        ckpt_lib.param_shapes_from_workdir(str(tmp_path))
+    with pytest.raises(ckpt_lib.CheckpointError,
+                       match=rf"^No restorable checkpoint in {escaped}\.$"):
+        ckpt_lib.load_params_from_workdir(str(tmp_path))
+    assert sorted(os.listdir(directory)) == ["3", "6"]  # nothing moved
 
 
 @pytest.mark.parametrize("error", [MemoryError(), RuntimeError("RESOURCE_EXHAUSTED: Out of memory "

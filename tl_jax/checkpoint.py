@@ -607,21 +607,33 @@ def param_shapes_from_workdir(workdir: str) -> tuple[dict[str, tuple[int, ...]],
     the architecture a run actually trained, whatever its config's size names."""
     mgr, directory = _read_only_manager(workdir)
     steps = sorted(mgr.all_steps(), reverse=True)
+    found = _newest_that_reads(
+        directory, steps, lambda step: _state_metadata(mgr, directory, step)["params"],
+        "has unreadable metadata")
+    if found is None:
+        raise CheckpointError(f"No readable checkpoint in {directory}.")
+    metadata, step = found
+    flat, _ = jax.tree_util.tree_flatten_with_path(metadata)
+    return {path_str(p): tuple(m.shape) for p, m in flat}, step
+
+
+def _newest_that_reads(directory: str, steps: list[int], read, failure: str):
+    """`(read(step), step)` for the first of `steps` (newest first) that `read` reads, or None.
+
+    A checkpoint that does not read is reported on one line and the next older one is tried:
+    a `CheckpointError` (a broken state/_METADATA, `_state_metadata`) said in full, any other
+    error as "`directory/step` `failure` (its reason)". With a single step, a `CheckpointError`
+    is raised instead. The checkpoints are not modified."""
     for step in steps:
         try:
-            metadata = _state_metadata(mgr, directory, step)["params"]
+            return read(step), step
         except CheckpointError as e:  # a broken state/_METADATA, said in full
             if len(steps) == 1:
                 raise
             print(f"[checkpoint] {e}; trying older.")
-            continue
         except Exception as e:  # noqa: BLE001
-            print(f"[checkpoint] {directory}/{step} has unreadable metadata ({_short(e)}); "
-                  "trying older.")
-            continue
-        flat, _ = jax.tree_util.tree_flatten_with_path(metadata)
-        return {path_str(p): tuple(m.shape) for p, m in flat}, step
-    raise CheckpointError(f"No readable checkpoint in {directory}.")
+            print(f"[checkpoint] {directory}/{step} {failure} ({_short(e)}); trying older.")
+    return None
 
 
 def load_params_from_workdir(workdir: str, only: tuple[str, ...] | None = None,
@@ -642,29 +654,25 @@ def load_params_from_workdir(workdir: str, only: tuple[str, ...] | None = None,
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     _drop_closed_loop_noise()
     steps = sorted(mgr.all_steps(), reverse=True) if step is None else [step]
-    for step in steps:
-        try:
-            metadata = _state_metadata(mgr, directory, step)["params"]
-            if only is not None:
-                metadata = {k: v for k, v in metadata.items() if k in only}
-            target = {"params": jax.tree_util.tree_map(
-                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)}
-            restore_args = jax.tree_util.tree_map(
-                lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
-            restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                item=target, restore_args=restore_args, partial_restore=True)))
-        except CheckpointError as e:  # a broken state/_METADATA, said in full
-            if len(steps) == 1:
-                raise
-            print(f"[checkpoint] {e}; trying older.")
-            continue
-        except Exception as e:  # noqa: BLE001
-            print(f"[checkpoint] {directory}/{step} does not restore ({_short(e)}); trying older.")
-            continue
-        flat, _ = jax.tree_util.tree_flatten_with_path(restored["state"]["params"])
-        return {path_str(p): np.asarray(v) for p, v in flat}, step
-    raise CheckpointError(f"No restorable checkpoint in {directory}"
-                          + (f" at step {steps[0]}." if len(steps) == 1 else "."))
+
+    def read(step):
+        metadata = _state_metadata(mgr, directory, step)["params"]
+        if only is not None:
+            metadata = {k: v for k, v in metadata.items() if k in only}
+        target = {"params": jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)}
+        restore_args = jax.tree_util.tree_map(
+            lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
+        return mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True)))
+
+    found = _newest_that_reads(directory, steps, read, "does not restore")
+    if found is None:
+        raise CheckpointError(f"No restorable checkpoint in {directory}"
+                              + (f" at step {steps[0]}." if len(steps) == 1 else "."))
+    restored, step = found
+    flat, _ = jax.tree_util.tree_flatten_with_path(restored["state"]["params"])
+    return {path_str(p): np.asarray(v) for p, v in flat}, step
 
 
 def saved_steps(workdir: str) -> list[int]:
