@@ -486,6 +486,83 @@ def test_a_tl_weights_config_of_the_wrong_type_is_named_with_its_file(tmp_path):
             convert.load_tl_params(tmp_path)
 
 
+def test_tl_weights_with_more_layers_than_their_config_are_an_error(tmp_path, capsys):
+    # A config.json declaring 1 layer over 2 layers of params: warm_start listed layer_1 as
+    # "unused source tensors" and fine-tuned a 1-layer model, dropping a trained layer.
+    import ml_collections
+
+    from tl_jax import warm_start
+    from tl_jax.data.tokenizer import Tokenizer
+    from tl_jax.models import electra, gpt
+    from tl_jax.tasks import downstream
+
+    tokenizer = Tokenizer.train_wordpiece([["the cat sat on the mat", "a dog ran"] * 4], 40)
+    config = bert.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=8, num_layers=2,
+                             num_heads=2, intermediate_size=8)
+    params = nn.unbox(bert.BertModel(config).init(jax.random.PRNGKey(0),
+                                                  jnp.zeros((1, 2), jnp.int32))["params"])
+    weights = tmp_path / "weights"
+    convert.save_tl_params(weights, config, params, "bert")
+    tokenizer.save(str(weights))
+    one = bert.BertModel(config.replace(num_layers=1))
+    target = {"bert": nn.unbox(one.init(jax.random.PRNGKey(1),
+                                        jnp.zeros((1, 2), jnp.int32))["params"])}
+
+    # model.num_layers=1 over a consistent directory: the bottom layer, said twice.
+    def encoder(num_layers):
+        return downstream.Encoder.from_config(ml_collections.ConfigDict(dict(
+            task="classify", init_from=str(weights),
+            model=dict(num_layers=num_layers, dropout_rate=0.1, attention_dropout_rate=0.1,
+                       dtype="float32"),
+            data=dict(tokenizer="", max_seq_length=8))), [])
+
+    capsys.readouterr()
+    enc = encoder(1)
+    assert enc.model_config.num_layers == 1
+    loaded = enc.load_weights(target)
+    np.testing.assert_array_equal(
+        loaded["bert"]["encoder"]["layer_0"]["mlp"]["output"]["kernel"],
+        params["encoder"]["layer_0"]["mlp"]["output"]["kernel"])
+    out = capsys.readouterr().out
+    assert f"model.num_layers=1: the bottom 1 of the 2 layers of {weights}" in out
+    assert "unused source tensors: bert/encoder/layer_1/" in out
+
+    # The same params under a config.json that says 1 layer: an error wherever it is read.
+    meta = json.loads((weights / "config.json").read_text())
+    meta["config"]["num_layers"] = 1
+    (weights / "config.json").write_text(json.dumps(meta))
+    expected = re.escape(
+        f"{weights / 'params.safetensors'} holds 2 layers (layer indices 0-1) but "
+        f"{weights / 'config.json'} declares config.num_layers=1, so layer(s) 1 would be "
+        "dropped. Correct config.num_layers in config.json; to fine-tune only the bottom "
+        "layers, keep the config as it is and set model.num_layers instead.")
+    with pytest.raises(ValueError, match=expected):
+        convert.load_tl_params(weights)
+    with pytest.raises(ValueError, match=expected):
+        warm_start.warm_start(target, str(weights), only="bert/")
+    with pytest.raises(ValueError, match=expected):
+        encoder(1)
+    with pytest.raises(ValueError, match=expected):
+        convert.init_from(target, weights, warn=False)
+
+    # ELECTRA pairs count each half; GPT counts its blocks h_<i>.
+    pair = electra.ElectraConfig(discriminator=config, generator_hidden_size=8,
+                                 generator_num_heads=2, generator_intermediate_size=8,
+                                 generator_num_layers=1)
+    flat = {"bert/encoder/layer_1/x": 0, "generator/encoder/layer_0/x": 0,
+            "generator/encoder/layer_1/x": 0, "generator/encoder/layer_3/x": 0}
+    with pytest.raises(ValueError, match=r"holds 3 layers \(layer indices 0-1, 3\) but c\.json "
+                                         r"declares config.generator_num_layers=1, so layer\(s\) "
+                                         r"1, 3 would be dropped"):
+        convert.check_no_extra_layers(flat, pair, "c.json", "p.safetensors")
+    convert.check_no_extra_layers({"bert/encoder/layer_1/x": 0}, pair, "c.json", "p")
+    decoder = gpt.GPTConfig(vocab_size=10, num_layers=2, embed_dim=8, num_heads=2, max_len=8,
+                            mlp_dim=8)
+    convert.check_no_extra_layers({"gpt/h_1/x": 0}, decoder, "c.json", "p")
+    with pytest.raises(ValueError, match=r"declares config.num_layers=2, so layer\(s\) 2 would"):
+        convert.check_no_extra_layers({"gpt/h_1/x": 0, "gpt/h_2/x": 0}, decoder, "c.json", "p")
+
+
 def test_merge_lora_export_matches_the_lora_model(tmp_path):
     config = bert.BertConfig(vocab_size=40, hidden_size=16, num_layers=1, num_heads=2,
                              intermediate_size=20, lora_rank=2, lora_alpha=4.0)

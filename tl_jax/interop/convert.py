@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 import shutil
 import typing
 import warnings
@@ -86,9 +87,56 @@ def load_tl_params(directory):
     for name in meta.get("dtype_fields", []):
         fields[name] = np.dtype(fields[name])
     config = _build_config(cls, fields, config_file)
-    params = safetensors_io.unflatten_params(
-        safetensors_io.read_safetensors(directory / TL_PARAMS))
-    return config, params, meta["family"]
+    flat = safetensors_io.read_safetensors(directory / TL_PARAMS)
+    check_no_extra_layers(flat, config, config_file, directory / TL_PARAMS)
+    return config, safetensors_io.unflatten_params(flat), meta["family"]
+
+
+# Where each config class's layers sit in its param paths, and the field that counts them: the
+# encoder's `layer_<i>` (under `bert/`, or at the top of a headless BertModel tree), an ELECTRA
+# pair's generator and discriminator, a GPT's blocks `h_<i>`.
+_BERT_LAYER = r"^(?!generator/)(?:.*/)?encoder/layer_(\d+)/"
+_LAYERS = {
+    "BertConfig": ((_BERT_LAYER, "num_layers"),),
+    "ElectraConfig": ((_BERT_LAYER, "discriminator.num_layers"),
+                      (r"^generator/encoder/layer_(\d+)/", "generator_num_layers")),
+    "GPTConfig": ((r"^(?:.*/)?h_(\d+)/", "num_layers"),),
+}
+
+
+def check_no_extra_layers(flat: dict, config, config_file, params_file) -> None:
+    """An error when a tl_jax weights directory's params hold more layers than its config.json
+    declares (as `interop.bert.check_no_extra_layers` for a HF directory).
+
+    Loading by the config would leave the top layers out as "unused" tensors: a shallower
+    model than the one trained, without a word. Only the user knows whether the config or the
+    weights are right. Keeping fewer layers on purpose is `model.num_layers` of a fine-tuning
+    config, which reads the whole directory and leaves the top layers out of the model."""
+    for pattern, field in _LAYERS.get(type(config).__name__, ()):
+        declared = config
+        for name in field.split("."):
+            declared = getattr(declared, name)
+        present = sorted({int(m.group(1)) for m in map(re.compile(pattern).match, flat) if m})
+        extra = [i for i in present if i >= declared]
+        if extra:
+            raise ValueError(
+                f"{params_file} holds {len(present)} layers (layer indices "
+                f"{_ranges(present)}) but {config_file} declares config.{field}={declared}, so "
+                f"layer(s) {_ranges(extra)} would be dropped. Correct config.{field} in "
+                "config.json; to fine-tune only the bottom layers, keep the config as it is "
+                "and set model.num_layers instead.")
+
+
+def _ranges(indices: list[int]) -> str:
+    """`[0, 1, 2, 5]` -> "0-2, 5"."""
+    parts, start = [], None
+    for i, n in enumerate(indices):
+        if start is None:
+            start = n
+        if i + 1 == len(indices) or indices[i + 1] != n + 1:
+            parts.append(str(start) if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(parts)
 
 
 def _config_classes() -> dict:
