@@ -167,6 +167,29 @@ def test_joining_the_coordinator_says_what_it_waits_for_first(monkeypatch, capsy
     assert f"up to {parallel.INITIALIZATION_TIMEOUT_S} s for all 4 processes" in printed
 
 
+def test_the_initialization_timeout_is_set_by_an_environment_variable(monkeypatch, capsys):
+    # A wrong process count waited jax's 300 s before the abort, whatever the launch.
+    _clear_distributed_env(monkeypatch)
+    monkeypatch.delenv("TL_JAX_INITIALIZATION_TIMEOUT_S", raising=False)
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    cfg = parallel.distributed_config()
+    cfg.coordinator_address, cfg.num_processes, cfg.process_id = "10.0.0.1:1234", 2, 0
+    monkeypatch.setenv("TL_JAX_INITIALIZATION_TIMEOUT_S", "20")
+    parallel.maybe_initialize_distributed(cfg)
+    assert calls[-1]["initialization_timeout"] == 20
+    printed = capsys.readouterr().out
+    assert "waiting up to 20 s for all 2 processes (TL_JAX_INITIALIZATION_TIMEOUT_S sets it)" \
+        in printed and "DEADLINE_EXCEEDED (RegisterTask), not all 2 processes joined" in printed
+    for bad, message in (("0", "TL_JAX_INITIALIZATION_TIMEOUT_S=0 must be a positive"),
+                         ("5m", "TL_JAX_INITIALIZATION_TIMEOUT_S='5m' is not an integer")):
+        monkeypatch.setenv("TL_JAX_INITIALIZATION_TIMEOUT_S", bad)
+        with pytest.raises(ValueError, match=message):
+            parallel.maybe_initialize_distributed(cfg)
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize("rule,message", [
     # flax ignores a rule for a name no model uses: "batch" then had no rule, and activations
     # were silently left unsharded.

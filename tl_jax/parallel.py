@@ -62,8 +62,10 @@ def distributed_config() -> ml_collections.ConfigDict:
     ))
 
 
-# How long process 0 waits for the others to join, and they for it (jax's own default), in s.
+# How long process 0 waits for the others to join, and they for it (jax's own default), in s;
+# the environment variable TIMEOUT_VARIABLE replaces it (a quicker failure when testing a launch).
 INITIALIZATION_TIMEOUT_S = 300
+TIMEOUT_VARIABLE = "TL_JAX_INITIALIZATION_TIMEOUT_S"
 
 
 def env_int(name: str, default: int) -> int:
@@ -113,14 +115,19 @@ def maybe_initialize_distributed(cfg: ml_collections.ConfigDict) -> None:
                              f"(process ids are 0 .. {num - 1}).")
         local = [int(x) for x in cfg.local_device_ids.split(",")] if cfg.local_device_ids else None
         # jax waits for every process to join, and after the timeout aborts the process with a
-        # C++ check failure ("DEADLINE_EXCEEDED ... RegisterTask"): say first what it waits for.
+        # C++ check failure ("DEADLINE_EXCEEDED ... RegisterTask", blaming "another task"; no
+        # Python exception, no count of who joined): say first what it waits for.
+        timeout = env_int(TIMEOUT_VARIABLE, INITIALIZATION_TIMEOUT_S)
+        if timeout <= 0:
+            raise ValueError(f"{TIMEOUT_VARIABLE}={timeout} must be a positive number of seconds.")
         print(f"[distributed] Process {pid} of {num}: joining the coordinator at {address}; "
-              f"waiting up to {INITIALIZATION_TIMEOUT_S} s for all {num} processes. If it stops "
-              "here, check that process 0 is running and reachable at that address, and that "
-              "every process was given the same address and number of processes.", flush=True)
+              f"waiting up to {timeout} s for all {num} processes ({TIMEOUT_VARIABLE} sets "
+              "it). If it stops here and jax aborts with DEADLINE_EXCEEDED (RegisterTask), not "
+              f"all {num} processes joined: check that process 0 is running and reachable at "
+              "that address, and that every process was given the same address and number of "
+              "processes.", flush=True)
         jax.distributed.initialize(address, num_processes=num, process_id=pid,
-                                   local_device_ids=local,
-                                   initialization_timeout=INITIALIZATION_TIMEOUT_S)
+                                   local_device_ids=local, initialization_timeout=timeout)
         logging.info("jax.distributed: process %d of %d via %s", pid, num, address)
     elif os.environ.get("TL_JAX_AUTO_DISTRIBUTED"):
         try:
