@@ -233,3 +233,91 @@ def test_feature_extraction_passes_the_weights_as_arguments_not_as_constants(tmp
     finally:
         jax.config.update("jax_captured_constants_warn_bytes", previous)
     assert task.cached and task.train_arrays["features"].shape[0] == 32
+
+
+def _single_device_features(task, arrays):
+    """The feature cache as it was computed before it ran under the mesh: one plain jit on one
+    device, in chunks of 64 rows (the reference the mesh's features must equal)."""
+    example = task.example_batch(1)
+    params = jax.jit(lambda r: task.init_variables(r, example)["params"])(
+        jax.random.PRNGKey(task.config.seed))
+    params = task.init_params(nn.unbox(params), None)
+    features = jax.jit(task._features)
+    keys = ("input_ids", "segment_ids", "input_mask")
+    return np.concatenate([np.asarray(features(params, *(arrays[k][s:s + 64] for k in keys)))
+                           for s in range(0, len(arrays["labels"]), 64)])
+
+
+class _FeatureCalls:
+    """Spies on `jax.jit(task._features)` as the feature cache compiles it: the arguments each
+    call got (concrete, sharded arrays) and what it returned."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        real_jit = jax.jit
+
+        def jit(fn, *args, **kwargs):
+            jitted = real_jit(fn, *args, **kwargs)
+            if getattr(fn, "__name__", "") != "_features":
+                return jitted
+
+            def spy(*call_args):
+                out = jitted(*call_args)
+                self.calls.append((call_args, out))
+                return out
+            return spy
+        monkeypatch.setattr(jax, "jit", jit)
+
+
+@pytest.mark.parametrize("mesh,head", [
+    (("mesh.data=8",), "linear"),
+    (("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"), "linear"),
+    (("mesh.data=1", "mesh.fsdp=2", "mesh.tensor=4"), "linear"),
+    (("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"), "bilstm"),
+])
+def test_cached_features_are_encoded_under_the_mesh_as_on_one_device(mesh, head, tmp_path,
+                                                                      monkeypatch):
+    # The cache ran the encoder with a plain jit on one device: one of the 8 did all the work,
+    # and an encoder too large for one device under fsdp / tensor sharding could not run. Now
+    # the weights are sharded as the trainer shards them and every chunk of rows is split over
+    # the data-parallel devices; the features are the single device's (float tolerance: the
+    # sharded matmuls add in another order; the BiLSTM's token-level features are float16).
+    from tl_jax import config as config_lib, parallel, tasks, train
+
+    overrides = ["data.max_train_examples=70", "data.max_eval_examples=9",
+                 "data.max_seq_length=16", "data.batch_size=8", *mesh]
+    if head == "bilstm":
+        overrides += ["probe.head=bilstm", "probe.feature=scalar_mix", "probe.lstm_hidden=8"]
+    config = config_lib.load_config("configs/transfer_feature.py:tiny", overrides)
+    spy = _FeatureCalls(monkeypatch)
+    task = tasks.build_task(config, str(tmp_path / "run"))
+    monkeypatch.undo()
+
+    for split, records in (("train", task.train_records), ("eval", task.eval_records)):
+        got = task.train_arrays if split == "train" else task.eval_arrays
+        want = _single_device_features(task, task.encode(records))
+        assert got["features"].shape == want.shape and got["features"].dtype == want.dtype
+        tolerance = dict(rtol=1e-5, atol=1e-5) if head == "linear" else dict(rtol=4e-3, atol=1e-3)
+        np.testing.assert_allclose(got["features"].astype(np.float32), want.astype(np.float32),
+                                   err_msg=split, **tolerance)
+
+    # Every chunk (64 rows: 70 train rows in 2, 9 eval rows in 1) ran on all 8 devices: rows
+    # split over data x fsdp, the weights sharded exactly as the trainer's.
+    assert len(spy.calls) == 3
+    trainer = train.build_trainer(config, str(tmp_path / "run"), task=task)
+    want_params = trainer.state_shardings["params"]
+    rows = parallel.batch_sharding(trainer.mesh)
+    for (params, *batch), out in spy.calls:
+        for x in batch:
+            assert isinstance(x, jax.Array), "host rows: the chunk went to one device"
+            assert x.shape[0] == 64 and len(x.sharding.device_set) == 8
+            assert x.sharding.is_equivalent_to(rows, x.ndim), x.sharding
+        flat = jax.tree_util.tree_leaves_with_path(params)
+        expected = dict(jax.tree_util.tree_leaves_with_path(want_params))
+        assert len(flat) == len(expected)
+        for path, leaf in flat:
+            assert leaf.sharding.is_equivalent_to(expected[path], leaf.ndim), (
+                jax.tree_util.keystr(path), leaf.sharding, expected[path])
+        assert len(out.sharding.device_set) == 8
+    if len(mesh) > 1:  # fsdp / tensor: some weights really are split over devices
+        assert any(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(params))

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tl_jax import parallel
 from tl_jax.models import heads, probes
 from tl_jax.optim import optimizers, transfer
 from tl_jax.tasks import classify, downstream
@@ -171,7 +172,8 @@ class Task(classify.Task):
         """Replaces token arrays by encoder features: {features, labels, valid[, input_mask]}."""
         out = {"labels": arrays["labels"], "valid": np.ones(len(arrays["labels"]), np.int32)}
         path = self._cache_file(split)
-        if path and os.path.exists(path):
+        # Encoding runs collectives over every process: all of them read the file, or none.
+        if path and _on_every_process(os.path.exists(path)):
             out["features"] = np.load(path)
             want = (len(arrays["labels"]), self.model_config.num_layers + 1,
                     self.model_config.hidden_size)
@@ -191,26 +193,64 @@ class Task(classify.Task):
         return out
 
     def _encode(self, arrays: dict) -> np.ndarray:
-        """Runs the frozen encoder (the weights the trainer will load) over every example."""
-        example = self.example_batch(1)
-        params = jax.jit(lambda r: self.init_variables(r, example)["params"])(
-            jax.random.PRNGKey(self.config.seed))
+        """Runs the frozen encoder (the weights the trainer will load) over every example, under
+        the run's mesh (`config.mesh`): the weights sharded as the trainer shards them, each
+        chunk of rows split over the data-parallel devices (data x fsdp), so N devices each
+        encode 1/N of it. In a multi-process run each process feeds its own rows of every chunk
+        (as it feeds the trainer's batches), and every process gets the whole chunk's features
+        back: the cached arrays are host arrays every process holds in full, as the token
+        arrays they replace."""
         import flax.linen as nn
-        params = self.init_params(nn.unbox(params), None)
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        mesh, rules = self._mesh()
+        example = self.example_batch(1)
+
+        def init(rng):
+            return self.init_variables(rng, example)["params"]
+
+        rng = jax.random.PRNGKey(self.config.seed)  # the trainer's (`init_state`)
+        boxed = jax.eval_shape(init, rng)
+        shardings = parallel.logical_to_shardings(boxed, mesh, rules)
+        # Initialised sharded (outside the mesh context: the one-row example batch would not
+        # split over the batch axes; the values do not depend on either), then the pretrained
+        # weights, as `train.build_trainer`'s `init_state` does.
+        params = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
+        params = jax.device_put(self.init_params(params, None), shardings)
         # The weights are an argument, not constants closed over: closed over, they were embedded
         # in the program (megabytes of constants per compile, one program per weight set).
-        features = jax.jit(self._features)
+        # The features come back replicated: every process reads the whole chunk.
+        rows = parallel.batch_sharding(mesh)
+        features = jax.jit(self._features, in_shardings=(shardings, rows, rows, rows),
+                           out_shardings=NamedSharding(mesh, PartitionSpec()))
 
-        chunks, n, bs = [], len(arrays["labels"]), 64
-        for start in range(0, n, bs):
-            rows = slice(start, start + bs)
-            ids, seg, mask = (arrays[k][rows] for k in ("input_ids", "segment_ids", "input_mask"))
-            pad = bs - len(ids)  # one compiled shape for the last, short chunk
-            if pad:
-                ids, seg, mask = (np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
-                                  for a in (ids, seg, mask))
-            chunks.append(np.asarray(features(params, ids, seg, mask))[:bs - pad])
+        # A chunk of at least 64 rows, a multiple of the batch shards and of the processes.
+        shards = int(np.prod([mesh.shape[a] for a in parallel.BATCH_AXES]))
+        unit = int(np.lcm(shards, jax.process_count()))
+        bs = unit * -(-64 // unit)
+        local = bs // jax.process_count()
+        keys = ("input_ids", "segment_ids", "input_mask")
+        chunks, pending, n = [], None, len(arrays["labels"])
+        with parallel.mesh_context(mesh, rules):
+            for start in range(0, n, bs):
+                lo = start + jax.process_index() * local
+                part = {}
+                for k in keys:  # this process's rows, zeros past the end (one compiled shape)
+                    a = arrays[k][lo:lo + local]
+                    part[k] = np.concatenate([a, np.zeros((local - len(a),) + a.shape[1:],
+                                                          a.dtype)]) if len(a) < local else a
+                batch = parallel.host_batch_to_global(part, mesh)
+                out = features(params, *(batch[k] for k in keys))
+                if pending is not None:  # read the previous chunk while this one runs
+                    chunks.append(np.asarray(pending[0])[:pending[1]])
+                pending = (out, min(bs, n - start))
+            if pending is not None:
+                chunks.append(np.asarray(pending[0])[:pending[1]])
         return np.concatenate(chunks)
+
+    def _mesh(self):
+        """The run's mesh and logical-axis rules (`config.mesh`), as the trainer builds them."""
+        return parallel.make_mesh(self.config.mesh), parallel.axis_rules(self.config.mesh)
 
     def _features(self, params, ids, segments, mask):
         """What the cache holds for a batch: the frozen encoder's pooled layers (B, N+1, H) for
@@ -277,6 +317,16 @@ def default_config():
         cache_features=False,    # run the frozen encoder once, train the head on stored features
         cache_dir="",            # linear head: keep pooled features here across runs
     ))
+
+
+def _on_every_process(flag: bool) -> bool:
+    """Whether `flag` holds on every process of the run (itself, in a single-process run). A
+    cache file one process sees and another does not (a cache_dir that is not shared, a sweep
+    writing it meanwhile) must not send one into the encoder's collectives alone."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+    return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def _stamp(path: str) -> list:
