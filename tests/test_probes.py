@@ -321,3 +321,55 @@ def test_cached_features_are_encoded_under_the_mesh_as_on_one_device(mesh, head,
         assert len(out.sharding.device_set) == 8
     if len(mesh) > 1:  # fsdp / tensor: some weights really are split over devices
         assert any(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(params))
+
+
+def test_two_processes_cache_the_features_one_process_caches(data_dir, tmp_path):
+    # Each of 2 processes (4 devices each) feeds its own rows of every chunk to the encoder
+    # and gets every row's features back: 40 training rows (process 1 feeds 8 of a chunk of
+    # 64), 21 eval rows (process 1 feeds padding only). The cache file process 0 writes, and
+    # the probe trained on the features, are those of one process with 8 devices.
+    import json
+
+    from conftest import write_polarity_files
+    from test_multiprocess import two_processes
+
+    from tl_jax import config as config_lib, train
+
+    files = write_polarity_files(data_dir, tmp_path, 21)
+    overrides = [
+        "train.progress=False", "data.max_seq_length=16", "data.batch_size=8",
+        f"data.train_file={files / 'train.jsonl'}", f"data.eval_file={files / 'eval.jsonl'}",
+        "data.max_train_examples=40", "data.max_eval_examples=0", "train.steps=4",
+        "train.eval_every=2", "train.checkpoint_every=4", "train.log_every=1",
+        "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
+    multi = tmp_path / "multi"
+    results = two_processes(["train", "--config=configs/transfer_feature.py:tiny",
+                             f"--workdir={multi}", f"--config.probe.cache_dir={tmp_path / 'c2'}"]
+                            + [f"--config.{o}" for o in overrides])
+    for rc, _, err in results:
+        assert rc == 0, err[-3000:]
+    one = tmp_path / "one"
+    train.train_and_evaluate(config_lib.load_config(
+        "configs/transfer_feature.py:tiny", overrides + [f"probe.cache_dir={tmp_path / 'c1'}"]),
+        str(one))
+
+    for split, rows in (("train", 40), ("eval", 21)):
+        [two_file] = (tmp_path / "c2").glob(f"probe_features_{split}_*.npy")
+        [one_file] = (tmp_path / "c1").glob(f"probe_features_{split}_*.npy")
+        assert two_file.name == one_file.name  # the same key
+        got, want = np.load(two_file), np.load(one_file)
+        assert got.shape == want.shape and got.shape[0] == rows
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=split)
+
+    def metrics(workdir):
+        return [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+
+    def figures(row):
+        return {k: v for k, v in row.items() if k in ("loss", "accuracy") or k.startswith("eval/")}
+
+    two_rows, one_rows = metrics(multi), metrics(one)
+    assert [r["step"] for r in two_rows] == [r["step"] for r in one_rows]
+    for a, b in zip(two_rows, one_rows):
+        assert figures(a).keys() == figures(b).keys() and figures(a)
+        for key, value in figures(a).items():
+            assert value == pytest.approx(figures(b)[key], abs=1e-5), (a["step"], key)
