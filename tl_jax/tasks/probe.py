@@ -16,7 +16,10 @@ The `classify` task (same data, loss, metrics, evaluation and predictions files)
 
 `probe.cache_features=True` runs the frozen encoder once over the train and eval sets when the task
 is built, then trains the head on the stored features; nothing else changes (the same loss,
-metrics, evaluation and predictions files). For the linear head it stores each layer's pooled
+metrics, evaluation and predictions files). The encoder runs under the run's mesh (`config.mesh`):
+its weights sharded as the trainer shards them, the rows split over the data-parallel devices,
+each process feeding its own rows; every process keeps every row's features, as the token
+arrays they replace. For the linear head it stores each layer's pooled
 vector (N, L+1, H), from which every feature choice follows exactly (pooling is linear), so with
 `probe.cache_dir` set one encoder pass serves a whole sweep of features and seeds. The BiLSTM head
 needs token-level features and caches the chosen one in memory (float16).
