@@ -194,16 +194,22 @@ class BertEmbeddings(nn.Module):
 
     def setup(self):
         c = self.config
-        embed = lambda n, axes: nn.Embed(  # noqa: E731
+        # layers.Embed: nn.Embed's parameter, with a lookup that keeps the activations split
+        # over the batch on any mesh (see there).
+        embed = lambda n, axes, out_axes: layers.Embed(  # noqa: E731
             n,
             c.embedding_width,
             dtype=c.compute_dtype,
             param_dtype=jnp.float32,
             embedding_init=layers.normal_init(c.initializer_range, axes),
+            table_axes=(axes[0], None),
+            out_axes=out_axes,
         )
-        self.word_embeddings = embed(c.vocab_size, ("vocab", "embed"))
-        self.position_embeddings = embed(c.max_position_embeddings, (None, "embed"))
-        self.token_type_embeddings = embed(c.type_vocab_size, (None, "embed"))
+        activation_axes = ("batch", "length", "embed")
+        self.word_embeddings = embed(c.vocab_size, ("vocab", "embed"), activation_axes)
+        # Looked up for (1, L) positions, broadcast over the batch: no batch axis to split.
+        self.position_embeddings = embed(c.max_position_embeddings, (None, "embed"), None)
+        self.token_type_embeddings = embed(c.type_vocab_size, (None, "embed"), activation_axes)
         self.norm = layers.layer_norm(c.layer_norm_eps, c.compute_dtype, None)
         self.dropout = layers.Dropout(c.dropout_rate)
 

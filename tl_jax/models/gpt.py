@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from tl_jax.models.layers import Dense, Dropout, float_dtype_name
+from tl_jax.models.layers import Dense, Dropout, Embed, float_dtype_name
 
 # name -> (num_layers, embed_dim, num_heads, max_len). small and medium are GPT-2's shapes.
 SIZES = {
@@ -287,18 +287,22 @@ class GPT(nn.Module):
             if decode and not self.is_initializing():
                 raise ValueError("GPT: decode=True needs explicit positions (B, T)")
             positions = jnp.broadcast_to(jnp.arange(length), (batch, length))  # (B, T)
-        wte = nn.Embed(
+        # Embed: nn.Embed's parameter, with a lookup that keeps the activations split over the
+        # batch on any mesh (see tl_jax.models.layers.Embed).
+        wte = Embed(
             cfg.vocab_size,
             cfg.embed_dim,
             embedding_init=nn.with_logical_partitioning(_dense_init(cfg), ("vocab", "embed")),
+            table_axes=("vocab", None),
             name="wte",
         )
-        wpe = nn.Embed(
+        wpe = Embed(
             cfg.max_len,
             cfg.embed_dim,
             embedding_init=nn.with_logical_partitioning(
                 nn.initializers.normal(stddev=0.01), (None, "embed")
             ),
+            table_axes=(None, None),
             name="wpe",
         )
         x = wte(tokens) + wpe(positions)  # (B, T, E)

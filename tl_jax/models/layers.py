@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tl_jax import parallel
+
 Dtype = Any
 
 # A large negative number instead of -inf: a row whose keys are all padding then gets a uniform
@@ -196,6 +198,54 @@ class Dense(nn.Module):
         if self.use_bias:
             y = add_bias(y, self.param("bias", self.bias_init, features, jnp.float32))
         return y
+
+
+def logical_constraint(x: jax.Array, names: tuple) -> jax.Array:
+    """`nn.with_logical_constraint(x, names)`, less any mesh axis that does not divide its
+    dimension: the layout `parallel.logical_to_shardings` gives a parameter of x's shape with
+    these names, so a constraint on a parameter asks for no resharding beyond what it says.
+    (flax's own would shard a 30522-row table over a tensor axis of 4 with padding, where the
+    parameter itself is replicated over it.) Outside a mesh context it does nothing, as flax's.
+    """
+    rules = nn.get_logical_axis_rules()
+    get_mesh = getattr(jax.sharding, "get_abstract_mesh", None)
+    mesh = get_mesh() if get_mesh is not None else None
+    if not rules or mesh is None or mesh.empty:
+        return nn.with_logical_constraint(x, names)
+    spec = parallel._fit_spec(nn.logical_to_mesh_axes(names, rules), tuple(x.shape), mesh)
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+class Embed(nn.Embed):
+    """`nn.Embed` (the same `embedding` parameter) whose lookup is laid out for a mesh.
+
+    The table's logical axes put its rows on `table_axes[0]` ("vocab" -> tensor) and its columns
+    on "embed" (-> fsdp), while the ids, and the activations after the lookup, are split over the
+    batch (data x fsdp). Left to itself, XLA's partitioner gathers from the fsdp-sharded table
+    into rows split over fsdp's embedding columns, and must then move fsdp from the embedding
+    axis to the batch axis, and the cotangent back the other way for the table's gradient. On a
+    mesh with both a data and an fsdp axis (data 2 x fsdp 2 x tensor 2) it found no collective
+    for that and fell back to "Involuntary full rematerialization": replicating the whole
+    (B, L, E) activation, and its gradient, on every device. So the lookup gathers the table's
+    columns first (the all-gather FSDP does for every other weight before using it), keeping
+    its rows where they are (split over tensor, whose partial lookups are summed), and pins the
+    result to the activation's layout (`out_axes`). Values are the same as `nn.Embed`'s.
+    """
+
+    table_axes: tuple = ("vocab", None)
+    out_axes: tuple | None = ("batch", "length", "embed")
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if not jnp.issubdtype(inputs.dtype, jnp.integer):
+            raise ValueError("Input type must be an integer or unsigned integer.")
+        (table,) = self.promote_dtype(self.embedding, dtype=self.dtype, inexact=False)
+        if self.num_embeddings == 1:  # as nn.Embed: every id reads the one row
+            return jnp.broadcast_to(table, inputs.shape + (self.features,))
+        table = logical_constraint(table, self.table_axes)
+        out = jnp.take(table, inputs, axis=0)
+        if self.out_axes is not None and len(self.out_axes) == out.ndim:
+            out = logical_constraint(out, self.out_axes)
+        return out
 
 
 class Dropout(nn.Module):
