@@ -29,7 +29,8 @@ def test_lstm_projection_cell_matches_numpy_reference():
     xs = rng.normal(size=(steps, b, dim)).astype(np.float32)
     carry = (jnp.zeros((b, hidden)), jnp.zeros((b, proj)))
     params = cell.init(jax.random.PRNGKey(1), carry, xs[0])["params"]
-    p = jax.tree_util.tree_map(np.asarray, params)
+    # Kernels come boxed with their logical axes (nn.Partitioned), as every model's params do.
+    p = jax.tree_util.tree_map(np.asarray, flax.linen.unbox(params))
     c_np, h_np = np.zeros((b, hidden)), np.zeros((b, proj))
     for t in range(steps):
         carry, out = cell.apply({"params": params}, carry, xs[t])
@@ -385,3 +386,38 @@ def test_runs_with_other_seeds_are_scored_on_the_same_held_out_pieces(data_dir):
     assert len(held[0]) == len(held[1]) > 0
     assert np.array_equal(held[0].types, held[1].types)
     assert np.array_equal(held[0].type_words, held[1].type_words)
+
+
+def _one_mesh_step(data_dir, *mesh):
+    from tl_jax import parallel, train
+
+    config = config_lib.load_config(CONFIG + ":tiny", [
+        f"data.corpus={data_dir}/polarity_sentences.jsonl", "data.batch_size=8",
+        "train.progress=False", *mesh])
+    trainer = train.build_trainer(config, workdir=None)
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    batch = parallel.host_batch_to_global(next(trainer.task.train_batches()), trainer.mesh)
+    state, metrics = trainer.train_step(state, batch)
+    loss = {k: float(s) / max(float(c), 1.0) for k, (s, c) in jax.device_get(metrics).items()}
+    return loss, state["params"]
+
+
+def test_fsdp_shards_every_bilm_kernel_and_the_step_is_the_one_device_step(data_dir):
+    # Only the softmax carried logical axes: under fsdp the char CNN, highways, projections and
+    # LSTM kernels (all but 2 of the 29 parameters) stayed whole on every device.
+    ref, ref_params = _one_mesh_step(data_dir, "mesh.num_devices=1")
+    for mesh in (["mesh.data=1", "mesh.fsdp=8"], ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]):
+        loss, params = _one_mesh_step(data_dir, *mesh)
+        for key in ("loss", "forward_nll", "backward_nll"):
+            assert loss[key] == pytest.approx(ref[key], rel=1e-6), (mesh, key)
+        flat = jax.tree_util.tree_flatten_with_path(params)[0]
+        kernels = {jax.tree_util.keystr(k): v for k, v in flat
+                   if str(k[-1].key) in ("kernel", "embedding", "softmax_kernel")}
+        assert len(kernels) == 19  # char embedding, 3 convs, highway, projection, 12 LSTM, softmax
+        for name, value in kernels.items():
+            assert "fsdp" in str(value.sharding.spec), (mesh, name, value.sharding.spec)
+            shard = value.sharding.shard_shape(value.shape)
+            assert np.prod(shard) < np.prod(value.shape), (mesh, name)
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4,
+                                                    atol=2e-6), params, ref_params)

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tl_jax.models import layers
+
 # Character ids: 0 pads; byte b is b + 1; then word-boundary and sentence-marker characters.
 CHAR_PAD, BOW, EOW, BOS_CHAR, EOS_CHAR = 0, 257, 258, 259, 260
 NUM_CHARS = 261
@@ -108,6 +110,15 @@ def char_ids(tokens: Sequence[str], max_chars: int) -> np.ndarray:
     return out
 
 
+def _kernel(axes: tuple, init=None):
+    """A kernel initialiser (Flax's default `lecun_normal` unless `init` is given) annotated with
+    logical axes, so `mesh.axis_rules` shard it: "embed" (-> fsdp) on a feature axis of every
+    kernel. Nothing goes to the tensor axis: the highway's and the LSTM's outputs are split into
+    halves / four gates that are combined elementwise, which a tensor split of that axis would
+    put on different devices. Biases stay plain (replicated); they are small."""
+    return nn.with_logical_partitioning(init or nn.linear.default_kernel_init, axes)
+
+
 def _split_bias_init(parts: int, index: int, value: float):
     """A bias of `parts` equal blocks, zero except block `index`, which starts at `value`."""
     def init(key, shape, dtype=jnp.float32):
@@ -130,25 +141,58 @@ class CharCNN(nn.Module):
     def __call__(self, chars):
         cfg = self.config
         b, t, c = chars.shape
-        emb = nn.Embed(NUM_CHARS, cfg.char_dim, name="char_embed")(chars)  # (B, T, C, E)
+        # 261 characters: the rows cannot split; the columns go to fsdp. layers.Embed gathers
+        # them before the lookup, so the looked-up characters stay split over the batch.
+        emb = layers.Embed(NUM_CHARS, cfg.char_dim, name="char_embed", table_axes=(None, None),
+                           out_axes=None,
+                           embedding_init=_kernel((None, "embed"),
+                                                  nn.linear.default_embed_init))(chars)  # (B, T, C, E)
         x = emb.reshape(b * t, c, cfg.char_dim)  # (B*T, C, E)
         pooled = []
         for width, n in cfg.filters:
             if width > c:
                 raise ValueError(f"filter width {width} is wider than max_chars={c}")
-            conv = nn.Conv(n, (width,), padding="VALID", name=f"conv_{width}")(x)  # (BT, C-w+1, n)
+            conv = nn.Conv(n, (width,), padding="VALID", name=f"conv_{width}",
+                           kernel_init=_kernel((None, None, "embed")))(x)  # (BT, C-w+1, n)
             pooled.append(nn.relu(jnp.max(conv, axis=1)))  # (BT, n)
         h = jnp.concatenate(pooled, axis=-1)  # (BT, F)
         for i in range(cfg.highway_layers):
             gate_init = _split_bias_init(2, 1, cfg.highway_gate_bias_init)
-            proj = nn.Dense(2 * h.shape[-1], bias_init=gate_init,
-                            name=f"highway_{i}")(h)  # (BT, 2F)
+            proj = nn.Dense(2 * h.shape[-1], bias_init=gate_init, name=f"highway_{i}",
+                            kernel_init=_kernel(("embed", None)))(h)  # (BT, 2F)
             nonlinear, gate = jnp.split(proj, 2, axis=-1)
             gate = nn.sigmoid(gate)
             # The gate carries the input through: y = g * x + (1 - g) * relu(W x).
             h = gate * h + (1.0 - gate) * nn.relu(nonlinear)
-        out = nn.Dense(cfg.projection_dim, name="projection")(h)  # (BT, P)
+        out = nn.Dense(cfg.projection_dim, name="projection",
+                       kernel_init=_kernel(("embed", None)))(h)  # (BT, P)
         return out.reshape(b, t, cfg.projection_dim)  # (B, T, P)
+
+
+class _GatheredDense(nn.Module):
+    """`nn.Dense` (the same `kernel`, `bias`) whose kernel is gathered whole before use.
+
+    The LSTM cells run inside `nn.scan`: a kernel left split over fsdp there made XLA move
+    pieces of it, and of its gradient, between devices at every time step (all-to-alls and
+    collective-permutes in the loop body). Asking for the whole kernel makes that one
+    all-gather of a loop invariant, which XLA hoists out of the loop, as FSDP gathers every
+    weight before using it; the gradient is summed whole over the steps and split after.
+    """
+
+    features: int
+    kernel_axes: tuple
+    use_bias: bool = True
+    bias_init: object = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", _kernel(self.kernel_axes), (x.shape[-1], self.features),
+                            jnp.float32)
+        kernel = layers.logical_constraint(kernel, (None, None))
+        y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        return y
 
 
 class LSTMProjCell(nn.Module):
@@ -175,14 +219,16 @@ class LSTMProjCell(nn.Module):
     @nn.compact
     def __call__(self, carry, x):
         c, h = carry
-        gates = (nn.Dense(4 * self.hidden, name="input",
-                          bias_init=_split_bias_init(4, 1, self.forget_bias_init))(x)
-                 + nn.Dense(4 * self.hidden, use_bias=False, name="recurrent")(h))  # (B, 4H)
+        gates = (_GatheredDense(4 * self.hidden, ("embed", None), name="input",
+                                bias_init=_split_bias_init(4, 1, self.forget_bias_init))(x)
+                 + _GatheredDense(4 * self.hidden, ("embed", None), use_bias=False,
+                                  name="recurrent")(h))  # (B, 4H)
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
         if self.cell_clip:
             c = jnp.clip(c, -self.cell_clip, self.cell_clip)
-        h = nn.Dense(self.proj, use_bias=False, name="projection")(nn.sigmoid(o) * jnp.tanh(c))
+        h = _GatheredDense(self.proj, (None, "embed"), use_bias=False,
+                           name="projection")(nn.sigmoid(o) * jnp.tanh(c))
         if self.proj_clip:
             h = jnp.clip(h, -self.proj_clip, self.proj_clip)
         return (c, h), h
