@@ -184,3 +184,40 @@ def test_add_bias_sums_the_bias_gradient_in_float32():
         np.testing.assert_allclose(a, b, rtol=1e-6)
     with pytest.raises(ValueError, match="trailing axes"):
         layers.add_bias(y32, jnp.zeros((3, 2)))
+
+
+def test_embed_is_nn_embed_and_its_constraints_fit_the_mesh(monkeypatch):
+    # layers.Embed keeps nn.Embed's parameter and values; under a mesh its table is constrained
+    # to (vocab, None), with the tensor axis dropped where it does not divide the rows (as the
+    # parameter's own sharding is), rather than padded.
+    import flax.linen as nn
+    from jax.sharding import PartitionSpec as P
+
+    from tl_jax import parallel
+
+    ids = np.arange(32).reshape(8, 4) % 7
+    init = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed"))
+    for rows in (401, 1):
+        ours = layers.Embed(rows, 6, embedding_init=init)
+        params = nn.unbox(ours.init(jax.random.PRNGKey(0), ids % rows))
+        theirs = nn.Embed(rows, 6).apply(params, ids % rows)
+        np.testing.assert_array_equal(ours.apply(params, ids % rows), theirs)
+
+    cfg = parallel.default_config()
+    cfg.data, cfg.fsdp, cfg.tensor = 2, 2, 2
+    mesh = parallel.make_mesh(cfg)
+    seen = []
+
+    def spy(x, spec):
+        seen.append((x.shape, spec))
+        return x
+
+    ours = layers.Embed(401, 6, embedding_init=init)
+    params = nn.unbox(ours.init(jax.random.PRNGKey(0), ids))
+    monkeypatch.setattr(jax.lax, "with_sharding_constraint", spy)
+    with parallel.mesh_context(mesh, parallel.axis_rules(cfg)):
+        jax.eval_shape(lambda p: ours.apply(p, ids), params)
+        jax.eval_shape(lambda p: layers.Embed(400, 6, embedding_init=init).apply(
+            {"params": {"embedding": p}}, ids), params["params"]["embedding"][:400])
+    assert seen == [((401, 6), P(None, None)), ((8, 4, 6), P(("data", "fsdp"), None, None)),
+                    ((400, 6), P("tensor", None)), ((8, 4, 6), P(("data", "fsdp"), None, None))]
