@@ -259,6 +259,7 @@ def test_no_involuntary_full_rematerialization_on_a_mixed_mesh(tiny_bert_overrid
     # collective for that and replicated the whole activation on every device instead. XLA
     # logs this from C++ while compiling, so a subprocess counts the lines (see the worker).
     import json
+    import os
     import pathlib
     import subprocess
     import sys
@@ -274,7 +275,7 @@ def test_no_involuntary_full_rematerialization_on_a_mixed_mesh(tiny_bert_overrid
     proc = subprocess.run(
         [sys.executable, str(root / "tests" / "workers" / "remat_worker.py"), json.dumps(spec)],
         capture_output=True, text=True, cwd=root, timeout=600,
-        env={**__import__("os").environ, "PYTHONPATH": str(root)})
+        env={**os.environ, "PYTHONPATH": str(root)})
     assert proc.returncode == 0, proc.stderr[-5000:]
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
     # The capture works: a program that asks for the same move draws the warning.
