@@ -287,3 +287,33 @@ def test_a_seed_left_out_of_a_mean_is_named_in_the_table(tmp_path):
         '{"step": 1, "loss": 3.0}\n{"step": 2, "loss": "nan"}\n')
     _, last_loss = sweep._curves(str(tmp_path))
     assert last_loss != last_loss  # NaN, not the 3.0 before it
+
+
+def test_a_rerun_of_a_fine_tuning_sweep_is_not_refused_for_its_filled_schedule(
+        tmp_path, monkeypatch, capsys):
+    # Fine-tuning configs leave train.steps / eval_every / checkpoint_every at 0 ("from the
+    # epochs"); the task fills them and config.json holds the filled values. Every rerun of such
+    # a sweep (the feature-based vs fine-tuning table) was refused: "train.eval_every: 12
+    # there, 0 now". And the sweep said these runs would report no held-out metrics.
+    config_path = str(ROOT / "configs" / "finetune_classify.py") + ":tiny"
+    calls = []
+
+    def fake(config, workdir):  # like the trainer after downstream.fit_schedule
+        calls.append(pathlib.Path(workdir).name)
+        config.train.steps, config.train.eval_every, config.train.checkpoint_every = 6, 3, 3
+        work = pathlib.Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "config.json").write_text(json.dumps(config.to_dict()))
+        summary = {"step": 6, "eval/accuracy": 0.75}
+        (work / "summary.json").write_text(json.dumps(summary))
+        return train.TrainResult(summary=summary, state={}, trainer=None)
+
+    monkeypatch.setattr(train, "train_and_evaluate", fake)
+    grid = ["optimizer.learning_rate=1e-3,2e-3"]
+    sweep.run(config_path, str(tmp_path), grid=grid)
+    assert "report no held-out metrics" not in capsys.readouterr().out
+    result = sweep.run(config_path, str(tmp_path), grid=grid)
+    assert [r["eval/accuracy"] for r in result["runs"]] == [0.75, 0.75]
+    # Other epochs are another setting, still refused.
+    with pytest.raises(config_lib.ConfigError, match=r"data.num_epochs: .* there, 5.0 now"):
+        sweep.run(config_path, str(tmp_path), grid=grid, overrides=["data.num_epochs=5.0"])

@@ -153,6 +153,15 @@ def _saved_config_differences(saved: dict, current: dict) -> list[str]:
             if k not in OPERATIONAL_KEYS and k != "eval_dir" and a.get(k) != b.get(k)]
 
 
+# What a fine-tuning task fills from `data.num_epochs` when it is 0 (`downstream.fit_schedule`);
+# a run's config.json holds the filled value.
+EPOCH_FILLED_KEYS = ("steps", "eval_every", "checkpoint_every")
+
+
+def _fills_schedule_from_epochs(config: dict) -> bool:
+    return isinstance(config.get("data"), dict) and "num_epochs" in config["data"]
+
+
 def _check_earlier_runs(workdir: str, runs: list["Run"], configs: dict, saved_name: str) -> None:
     """Refuses a sweep whose workdir holds runs trained with other settings: their results
     would be reported (or resumed) as this sweep's."""
@@ -161,7 +170,13 @@ def _check_earlier_runs(workdir: str, runs: list["Run"], configs: dict, saved_na
         if not os.path.exists(path):
             continue
         saved = checkpoint.load_json(path, "the config of an earlier run of this sweep")
-        diffs = _saved_config_differences(saved, configs[r.name].to_dict())
+        current = configs[r.name].to_dict()
+        if _fills_schedule_from_epochs(current) and isinstance(saved.get("train"), dict):
+            # A 0 here is one epoch (or data.num_epochs epochs) there, as the task filled it.
+            for key in EPOCH_FILLED_KEYS:
+                if current["train"].get(key) == 0 and key in saved["train"]:
+                    current["train"][key] = saved["train"][key]
+        diffs = _saved_config_differences(saved, current)
         if diffs:
             raise config_lib.ConfigError(
                 f"sweep: {os.path.dirname(path)} was trained with other settings:\n  "
@@ -257,7 +272,8 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
     else:
         raise config_lib.ConfigError(f"sweep: {config_spec} is neither a `tl_jax train` config "
                                      "(task/train sections) nor a `tl_jax static` one")
-    if kind == "train" and not first.train.eval_every:
+    if (kind == "train" and not first.train.eval_every
+            and not _fills_schedule_from_epochs(first.to_dict())):
         print("[sweep] Note: train.eval_every=0, so runs report no held-out metrics; the "
               "tables will hold the last training loss only.", flush=True)
     if kind == "train":
