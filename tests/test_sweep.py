@@ -102,7 +102,8 @@ def test_sweep_tables_plots_and_a_rerun_that_skips_finished_runs(tmp_path, monke
     sweep.run(BERT, str(tmp_path), seeds=[0], grid=args["grid"], overrides=["train.steps=6"])
     assert calls[4:] == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.3__seed=0"]
     with pytest.raises(ValueError, match=r"no run reports the metric 'eval/f1'.*mlm_accuracy"):
-        sweep.run(BERT, str(tmp_path), seeds=[0], metrics=["eval/f1"], **args)
+        sweep.run(BERT, str(tmp_path), seeds=[0], metrics=["eval/f1"], grid=args["grid"],
+                  overrides=["train.steps=6"])
 
 
 def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):
@@ -143,10 +144,12 @@ def test_a_run_stopped_by_sigterm_stops_the_sweep(tmp_path, monkeypatch):
     assert calls == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.3__seed=0"]
 
 
-def test_a_rerun_with_fewer_steps_reports_the_runs_and_is_not_taken_for_a_sigterm(
+def test_a_rerun_with_fewer_steps_is_refused_not_reported_as_the_shorter_runs(
         tmp_path, monkeypatch, capsys):
     # Like the trainer: a workdir already past train.steps trains nothing and reports the step
-    # its checkpoint is at. The sweep took that for a SIGTERM and stopped at the first run.
+    # its checkpoint is at. The sweep took that for a SIGTERM and stopped at the first run;
+    # then it reported the longer runs' figures under the shorter train.steps, averaged with
+    # any new seed trained for the shorter one. It is refused before anything trains.
     calls = []
 
     def fake(config, workdir):
@@ -162,9 +165,19 @@ def test_a_rerun_with_fewer_steps_reports_the_runs_and_is_not_taken_for_a_sigter
     monkeypatch.setattr(train, "train_and_evaluate", fake)
     grid = ["data.masked_lm_prob=0.1,0.3"]
     sweep.run(BERT, str(tmp_path), grid=grid, overrides=["train.steps=6"])
-    result = sweep.run(BERT, str(tmp_path), grid=grid, overrides=["train.steps=4"])
+    with pytest.raises(config_lib.ConfigError, match=r"2 run\(s\) of this sweep already trained "
+                       r"past train.steps=4 \(masked_lm_prob=0.1__seed=0 at step 6, "):
+        sweep.run(BERT, str(tmp_path), grid=grid, seeds=[0, 1], overrides=["train.steps=4"])
+    assert calls == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.3__seed=0"]
+    # A run interrupted past the new value (a checkpoint, no summary yet) counts too.
+    run_dir = tmp_path / "runs" / "masked_lm_prob=0.1__seed=0"
+    (run_dir / "summary.json").unlink()
+    (run_dir / "checkpoints" / "5").mkdir(parents=True)
+    with pytest.raises(config_lib.ConfigError, match=r"0.1__seed=0 at step 5, masked_lm_prob"):
+        sweep.run(BERT, str(tmp_path), grid=grid, overrides=["train.steps=4"])
+    # The steps they were trained for report them; more trains on.
+    result = sweep.run(BERT, str(tmp_path), grid=grid, overrides=["train.steps=6"])
     assert "stopped" not in result and "the sweep stops here" not in capsys.readouterr().out
-    assert calls[2:] == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.3__seed=0"]
     assert [r["step"] for r in result["runs"]] == [6, 6]
 
 

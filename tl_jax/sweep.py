@@ -12,7 +12,8 @@ apply to every run. Every run is an ordinary workdir under DIR/runs/ (checkpoint
 resume). A sweep run again skips the finished runs and resumes an interrupted one, so a
 killed sweep loses at most the steps since a run's last checkpoint; a run trained with other
 settings (a changed `--config.*` override) is refused, not reported as this sweep's. More
-`train.steps` resumes the runs and trains on. A failed run is reported and the others go on.
+`train.steps` resumes the runs and trains on; fewer is refused for runs already past them. A
+failed run is reported and the others go on.
 
 Written to DIR: results.csv (one row per run), results.md (one row per setting: mean ±
 population std over seeds; a cell over fewer seeds, some non-finite or missing, says how many),
@@ -128,7 +129,8 @@ def plan(grid: Sequence[str] = (), zipped: Sequence[str] = (),
 
 
 # Settings that change how a run reports or saves, not what it learns: a sweep rerun may change
-# them. (`train.steps` may change too: a run then resumes and trains on, or is already done.)
+# them. (`train.steps` may change too: a run then resumes and trains on, or is already done;
+# one that trained past the new value is refused, as it cannot go back.)
 OPERATIONAL_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every",
                     "train.keep_checkpoints", "train.async_checkpoint", "train.steps")
 
@@ -182,6 +184,29 @@ def _check_earlier_runs(workdir: str, runs: list["Run"], configs: dict, saved_na
                 f"sweep: {os.path.dirname(path)} was trained with other settings:\n  "
                 + "\n  ".join(diffs[:10]) + ("\n  ..." if len(diffs) > 10 else "")
                 + "\nUse another sweep workdir (or delete that run).")
+
+
+def _step_reached(run_dir: str) -> int | None:
+    """The furthest step a run's workdir holds: its newest checkpoint or its summary.json."""
+    steps = []
+    directory = os.path.join(run_dir, "checkpoints")
+    if os.path.isdir(directory):
+        steps += [int(n) for n in os.listdir(directory) if n.isdigit()]
+    path = os.path.join(run_dir, "summary.json")
+    if os.path.exists(path):
+        step = checkpoint.load_json(path, "the final scores of an earlier run of this sweep")
+        if isinstance(step.get("step"), int):
+            steps.append(step["step"])
+    return max(steps, default=None)
+
+
+def _past_steps_message(names_steps: list[tuple[str, int]], steps: int) -> str:
+    return (f"{len(names_steps)} run(s) of this sweep already trained past train.steps={steps} "
+            f"({', '.join(f'{n} at step {s}' for n, s in names_steps[:5])}"
+            f"{', ...' if len(names_steps) > 5 else ''}): a run cannot go back, so the table "
+            "would show their longer runs' figures as this setting's, beside any run trained "
+            f"for {steps}. Rerun with the train.steps they were trained for, or use another "
+            "sweep workdir.")
 
 
 def _finished(run_dir: str, steps: int) -> dict | None:
@@ -285,6 +310,14 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
             except ValueError as e:
                 raise ValueError(f"sweep run {r.name}: {e}") from None
     _check_earlier_runs(workdir, runs, configs, saved_name)
+    if kind == "train":
+        past = [(r.name, reached) for r in runs
+                if int(configs[r.name].train.steps) > 0  # 0: filled from the epochs later
+                and (reached := _step_reached(os.path.join(workdir, "runs", r.name))) is not None
+                and reached > int(configs[r.name].train.steps)]
+        if past:
+            raise config_lib.ConfigError("sweep: " + _past_steps_message(
+                past, int(configs[past[0][0]].train.steps)))
     seeds_said = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
     print(f"[sweep] {len(runs)} runs ({len(runs) // len(seeds)} settings x {seeds_said}) "
           f"under {workdir}/runs", flush=True)
@@ -315,6 +348,14 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
                     traceback.print_exc()  # not an input error: a bug, shown in full
                 print(f"[sweep] {r.name} failed: {type(e).__name__}: {e}", flush=True)
                 failed.append({"run": r.name, "error": f"{type(e).__name__}: {e}"})
+                continue
+            if kind == "train" and (summary.get("step") or 0) > int(config.train.steps):
+                # Only where train.steps was filled from the epochs (the data changed since):
+                # an explicit one was checked above.
+                error = _past_steps_message([(r.name, summary.get("step"))],
+                                            int(config.train.steps))
+                print(f"[sweep] {r.name} failed: {error}", flush=True)
+                failed.append({"run": r.name, "error": error})
                 continue
             if kind == "train" and (summary.get("step") or 0) < int(config.train.steps):
                 # The trainer saved and returned early: SIGTERM (a preemption, a kill). The
