@@ -161,6 +161,14 @@ def main():
             start = time.time()
             summary = train.train_and_evaluate(
                 config, os.path.join(args.workdir, f"{slug}_seed{seed}")).summary
+            if summary["step"] < int(config.train.steps):
+                # SIGTERM: the trainer saved and returned early, with the last epoch's scores.
+                # Recorded, they would stand in the table as this seed's and never train on.
+                save()
+                print_table(results)
+                raise SystemExit(f"[{name} seed {seed}] stopped at step {summary['step']} of "
+                                 f"{config.train.steps} (SIGTERM); run the same command again "
+                                 "to resume it. The table above holds the finished runs only.")
             entry["runs"][str(seed)] = {"accuracy": summary["eval/accuracy"],
                                         "f1_macro": summary.get("eval/f1_macro"),
                                         "seconds": round(time.time() - start, 1)}

@@ -164,3 +164,34 @@ def test_ctrl_c_is_one_line_that_says_what_was_kept(name, monkeypatch, capsys):
     source = (ROOT / "experiments" / name).read_text()
     assert f'run_script(main, "{name}")' in source.split('if __name__ == "__main__":')[1]
     assert script.main  # the entry point it passes exists
+
+
+def test_transfer_strategies_run_stopped_by_sigterm_is_not_recorded_as_finished(
+        tmp_path, data_dir, monkeypatch):
+    """On SIGTERM the trainer saves and returns early with the last epoch's scores; the script
+    recorded them as that seed's result, so the table showed a half-trained accuracy and a rerun
+    skipped the run instead of resuming it."""
+    from tl_jax import train
+
+    script = load_script("transfer_strategies.py")
+    stop_at = [7]
+
+    def fake(config, workdir):
+        config.train.steps = 20  # as downstream.fit_schedule fills it from the epochs
+        step = stop_at[0] or 20
+        return train.TrainResult(summary={"step": step, "eval/accuracy": 0.5 + step / 100},
+                                 state={}, trainer=None)
+
+    monkeypatch.setenv("TL_JAX_DATA_DIR", str(data_dir))
+    monkeypatch.setattr(train, "train_and_evaluate", fake)
+    monkeypatch.setattr(script, "measure", lambda config: dict(
+        total_params=10, trainable=1, opt_bytes=8, stages=1))
+    monkeypatch.setattr(sys, "argv", ["transfer_strategies.py", f"--workdir={tmp_path}",
+                                      "--only=LoRA", "--seeds=0"])
+    with pytest.raises(SystemExit, match="stopped at step 7 of 20"):
+        script.main()
+    assert json.loads((tmp_path / "results.json").read_text())["LoRA (r=8)"]["runs"] == {}
+    stop_at[0] = None  # the rerun resumes it to the end
+    script.main()
+    runs = json.loads((tmp_path / "results.json").read_text())["LoRA (r=8)"]["runs"]
+    assert runs["0"]["accuracy"] == pytest.approx(0.7)
