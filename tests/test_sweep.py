@@ -140,7 +140,7 @@ def test_a_run_stopped_by_sigterm_stops_the_sweep(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls, stop_at=2))
     with pytest.raises(SystemExit, match="sweep stopped during run masked_lm_prob=0.3__seed=0"):
         cli.main(["sweep", f"--config={BERT}", f"--workdir={tmp_path}",
-                  "--grid=data.masked_lm_prob=0.1,0.3,0.5", "--config.train.steps=4"])
+                  "--grid=data.masked_lm_prob=0.1,0.3,0.25", "--config.train.steps=4"])
     assert calls == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.3__seed=0"]
 
 
@@ -226,7 +226,8 @@ def test_an_override_of_a_swept_key_is_refused(tmp_path, monkeypatch):
 
 def test_a_real_sweep_trains_each_run_in_its_own_workdir(tiny_bert_overrides, tmp_path):
     overrides = list(tiny_bert_overrides) + ["train.steps=2", "train.eval_every=2",
-                                             "train.eval_batches=1", "train.log_every=1"]
+                                             "train.eval_batches=1", "train.log_every=1",
+                                             "data.max_predictions_per_seq=9"]  # 0.3 uncapped
     result = sweep.run(BERT, str(tmp_path), grid=["data.masked_lm_prob=0.15,0.3"],
                        overrides=overrides)
     assert [r["step"] for r in result["runs"]] == [2, 2]
@@ -330,3 +331,15 @@ def test_a_rerun_of_a_fine_tuning_sweep_is_not_refused_for_its_filled_schedule(
     # Other epochs are another setting, still refused.
     with pytest.raises(config_lib.ConfigError, match=r"data.num_epochs: .* there, 5.0 now"):
         sweep.run(config_path, str(tmp_path), grid=grid, overrides=["data.num_epochs=5.0"])
+
+
+def test_a_swept_masking_ratio_that_the_prediction_cap_cuts_is_refused(tmp_path, monkeypatch):
+    # BERT tiny: 64 tokens, at most 20 predictions. The README's masking sweep ran 0.5 as ~0.33
+    # (20 of 61 tokens) and labelled its row 0.5.
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained"))
+    with pytest.raises(config_lib.ConfigError, match=r"caps the masking of 0.5 \(wants 30 of 61\)"
+                       r".*max_predictions_per_seq \(to 30 or more\)"):
+        sweep.run(BERT, str(tmp_path), grid=["data.masked_lm_prob=0.15,0.3,0.5"])
+    result = sweep.run(BERT, str(tmp_path), grid=["data.masked_lm_prob=0.15,0.3,0.5"],
+                       overrides=["data.max_predictions_per_seq=32"], dry_run=True)
+    assert result["runs"] == []

@@ -186,6 +186,31 @@ def _check_earlier_runs(workdir: str, runs: list["Run"], configs: dict, saved_na
                 + "\nUse another sweep workdir (or delete that run).")
 
 
+def _check_masking_cap(runs: list["Run"], configs: dict) -> None:
+    """Refuses a swept `data.masked_lm_prob` that `data.max_predictions_per_seq` caps: the masker
+    picks min(cap, round(prob x maskable tokens)), so at BERT tiny's 64 tokens and cap 20 a 0.5
+    run masks ~0.33, and its row would be labelled 0.5."""
+    key = "data.masked_lm_prob"
+    if not any(k == key for k, _ in runs[0].setting):
+        return
+    capped = []
+    for r in runs:
+        data = configs[r.name].get("data", {})
+        if not all(k in data for k in ("masked_lm_prob", "max_predictions_per_seq",
+                                       "max_seq_length")):
+            return
+        maskable = int(data.max_seq_length) - 3  # [CLS] A [SEP] B [SEP]
+        wanted = int(round(maskable * float(data.masked_lm_prob)))
+        if wanted > int(data.max_predictions_per_seq):
+            capped.append(f"{dict(r.setting)[key]} (wants {wanted} of {maskable})")
+    if capped:
+        raise config_lib.ConfigError(
+            f"sweep: data.max_predictions_per_seq caps the masking of "
+            f"{', '.join(dict.fromkeys(capped))}: a full-length sequence would be masked less "
+            "than its row says. Raise --config.data.max_predictions_per_seq (to "
+            f"{max(int(c.split('wants ')[1].split()[0]) for c in capped)} or more).")
+
+
 def _step_reached(run_dir: str) -> int | None:
     """The furthest step a run's workdir holds: its newest checkpoint or its summary.json."""
     steps = []
@@ -309,6 +334,7 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
                 train.mesh_and_rules(configs[r.name])
             except ValueError as e:
                 raise ValueError(f"sweep run {r.name}: {e}") from None
+    _check_masking_cap(runs, configs)
     _check_earlier_runs(workdir, runs, configs, saved_name)
     if kind == "train":
         past = [(r.name, reached) for r in runs
