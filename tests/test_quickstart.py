@@ -52,3 +52,39 @@ def test_rerun_after_more_pretraining_does_not_report_the_old_fine_tuning(
     with pytest.raises(ValueError, match="stage 1 at step 2, but stage 1 is now at step 3"):
         quickstart.run(str(tmp_path), overrides=["train.steps=3"])
     assert len(stage_two) == 2
+
+
+def _stopping_training(calls, stop_first):
+    """`train.train_and_evaluate` as a SIGTERM leaves it: saved and returned at step 3 of 10."""
+    def fake(config, workdir):
+        calls.append(workdir)
+        step = 3 if stop_first and len(calls) == 1 else 10
+        return train.TrainResult(summary={"step": step, "eval/accuracy": 0.5}, state={},
+                                 trainer=None, total_steps=10)
+    return fake
+
+
+def test_a_sigterm_in_stage_one_stops_the_quickstart_before_stage_two(tmp_path, monkeypatch):
+    # It used to fine-tune the half-pretrained encoder and report it as the quickstart's figures.
+    from tl_jax import quickstart
+    calls = []
+    monkeypatch.setattr(train, "train_and_evaluate", _stopping_training(calls, stop_first=True))
+    monkeypatch.setattr(quickstart_finetune, "run", lambda *a, **k: calls.append("stage 2"))
+    with pytest.raises(train.Stopped, match=r"Stage 1 \(pretraining\) stopped at step 3 of 10"):
+        quickstart.run(str(tmp_path))
+    assert calls == [str(tmp_path / "pretrain")]
+
+
+def test_a_sigterm_stops_the_transfer_comparison_without_recording_the_run(
+        tmp_path, monkeypatch):
+    # It used to record the stopped arm's last-epoch accuracy and go on to train the next arm.
+    from tl_jax.tasks import classify
+    calls = []
+    monkeypatch.setattr(train, "train_and_evaluate", _stopping_training(calls, stop_first=True))
+    with pytest.raises(train.Stopped, match="pretrained arm's seed 0 stopped at step 3 of 10"):
+        classify.transfer_comparison(str(tmp_path / "encoder"), str(tmp_path), seeds=(0,))
+    assert len(calls) == 1
+    calls.clear()
+    monkeypatch.setattr(train, "train_and_evaluate", _stopping_training(calls, stop_first=False))
+    results = classify.transfer_comparison(str(tmp_path / "encoder"), str(tmp_path), seeds=(0,))
+    assert len(calls) == 2 and results["pretrained_accuracy"] == (0.5, 0.0)

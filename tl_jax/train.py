@@ -772,7 +772,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     if is_main:
         ckpt_lib.save_json(os.path.join(workdir, "summary.json"), summary)
         print(format_summary(summary, task), flush=True)
-    return TrainResult(summary=summary, state=state, trainer=trainer)
+    return TrainResult(summary=summary, state=state, trainer=trainer, total_steps=total_steps)
+
+
+class Stopped(RuntimeError):
+    """A run saved and returned before `train.steps` (SIGTERM), where a caller chains runs."""
 
 
 @dataclasses.dataclass
@@ -780,6 +784,20 @@ class TrainResult:
     summary: dict
     state: dict     # the final train state (params, opt_state, step, rng), sharded
     trainer: Trainer
+    total_steps: int = 0  # train.steps, as the task filled it
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the run saved and returned early (SIGTERM): its figures are not the run's."""
+        return int(self.summary["step"]) < self.total_steps
+
+    def check_finished(self, what: str) -> None:
+        """For a caller that goes on to another run or reports this one's figures: a run
+        stopped by SIGTERM stops the caller too, rather than record a half-trained run's scores
+        or start the next run on a machine going away."""
+        if self.stopped:
+            raise Stopped(f"{what} stopped at step {self.summary['step']} of {self.total_steps} "
+                          "(SIGTERM; saved): run the same command again to resume it.")
 
 
 def format_summary(summary: dict, task) -> str:

@@ -163,8 +163,9 @@ def transfer_comparison(pretrained: str, workdir: str, seeds=(0,), overrides=(),
                 arm_overrides += ["init_from=", f"model.size={pretrained}",
                                   f"data.tokenizer={downstream.tokenizer_path(pretrained)}"]
             config = config_lib.load_config(config_spec, [*overrides, *arm_overrides])
-            summary = train.train_and_evaluate(
-                config, os.path.join(workdir, f"{arm}_seed{seed}")).summary
+            result = train.train_and_evaluate(config, os.path.join(workdir, f"{arm}_seed{seed}"))
+            result.check_finished(f"The {arm} arm's seed {seed}")
+            summary = result.summary
             results[arm].append({k: v for k, v in summary.items() if k.startswith("eval/")})
     for arm in ("pretrained", "scratch"):
         accuracies = [s["eval/accuracy"] for s in results[arm]]
