@@ -421,3 +421,19 @@ def test_fsdp_shards_every_bilm_kernel_and_the_step_is_the_one_device_step(data_
         jax.tree_util.tree_map(
             lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4,
                                                     atol=2e-6), params, ref_params)
+
+
+def test_perplexities_without_tokens_are_nan_and_noted_once(capsys):
+    import math
+    empty = {"forward_nll": np.zeros(1), "backward_nll": np.zeros(1), "tokens": np.zeros(1)}
+    ppl = bilm.perplexities([empty])
+    assert set(ppl) == {"forward_perplexity", "backward_perplexity"}
+    assert all(math.isnan(v) for v in ppl.values())
+    task = bilm.Task.__new__(bilm.Task)
+    for step in (1, 2):
+        assert all(math.isnan(v) for v in task.evaluate([(None, empty)], "", step).values())
+    out = capsys.readouterr().out
+    assert out.count("eval/forward_perplexity, eval/backward_perplexity are logged as nan") == 1
+    some = dict(empty, forward_nll=np.array([3.0]), tokens=np.array([2.0]))
+    assert bilm.perplexities([some])["forward_perplexity"] == pytest.approx(math.exp(1.5))
+    assert bilm.perplexities([some])["backward_perplexity"] == pytest.approx(1.0)

@@ -182,3 +182,19 @@ def test_runs_with_other_seeds_are_scored_on_the_same_held_out_documents(tmp_pat
         task = clm.Task(config, workdir=None)
         held.append(task.eval_blocks)
     assert all(np.array_equal(a, b) for a, b in zip(held[0], held[1]))
+
+
+def test_perplexity_of_eval_batches_with_no_token_is_nan_and_noted_once(capsys):
+    # No token to predict: exp(0 / 0) has no value; 1.0 would read as a perfect model, and a
+    # missing key as a misspelt train.best_metric. NaN, as train.average gives eval/nll.
+    import math
+    import numpy as np
+    task = clm.Task.__new__(clm.Task)
+    empty = [(None, {"nll": np.zeros(2, np.float32), "tokens": np.zeros(2, np.float32)})]
+    first = task.evaluate(empty, "", 1)
+    assert list(first) == ["perplexity"] and math.isnan(first["perplexity"])
+    assert math.isnan(task.evaluate(empty, "", 2)["perplexity"])
+    out = capsys.readouterr().out
+    assert out.count("eval/perplexity is logged as nan") == 1, out
+    some = [(None, {"nll": np.array([2.0, 0.0]), "tokens": np.array([1.0, 0.0])})]
+    assert task.evaluate(some, "", 3)["perplexity"] == pytest.approx(math.exp(2.0))

@@ -57,6 +57,7 @@ Tasks are picked by `config.task`. Adding a task means adding one file here and 
 import importlib
 import os
 
+import jax
 import jax.numpy as jnp
 
 # config.task -> module path; each module defines `Task(config, workdir)`.
@@ -108,6 +109,19 @@ def check_saved_vocabulary(name: str, workdir: str) -> None:
         f"{'/' if name not in SAVED_VOCABULARY else ''}, the vocabulary they were trained with "
         "(deleted, or not copied with the workdir?). A new one would give every token id "
         f"another meaning. Put it back in {saved}, or train in a new workdir.")
+
+
+def note_undefined(task, names, why: str) -> None:
+    """Says once per task and metric (on process 0) that the host-side eval metrics `names`
+    (e.g. "eval/perplexity") are NaN because their input is empty (`why`): like a step metric
+    nothing counted towards (`train.average`), such a metric is undefined, and 0 (or a
+    perplexity of 1) would read as a real score; a NaN never makes a checkpoint the best."""
+    noted = task.__dict__.setdefault("_noted_undefined", set())
+    new = [name for name in names if name not in noted]
+    if new and jax.process_index() == 0:
+        print(f"[eval] Note: {', '.join(new)} {'is' if len(new) == 1 else 'are'} logged as nan, "
+              f"not a score: {why}. Such an eval never makes a checkpoint the best.", flush=True)
+    noted.update(new)
 
 
 def normalized(total, count, normalizers=None, name=None):

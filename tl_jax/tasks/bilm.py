@@ -24,7 +24,7 @@ import optax
 from tl_jax import checkpoint
 from tl_jax.data import clm as clm_data
 from tl_jax.models import elmo
-from tl_jax.tasks import normalized
+from tl_jax.tasks import normalized, note_undefined
 
 SPECIALS = ("<pad>", "<unk>", elmo.BOS_TOKEN, elmo.EOS_TOKEN)
 PAD_ID, UNK_ID = 0, 1
@@ -312,17 +312,22 @@ class Task:
     def evaluate(self, batches_and_outputs, workdir, step):
         """Exact held-out perplexities exp(total NLL / total tokens), per direction."""
         del workdir, step
-        return perplexities(out for _, out in batches_and_outputs)
+        result = perplexities(out for _, out in batches_and_outputs)
+        if any(np.isnan(v) for v in result.values()):
+            note_undefined(self, [f"eval/{k}" for k in result],
+                           "the eval batches hold no token to predict")
+        return result
 
 
 def perplexities(outputs) -> dict[str, float]:
-    """Forward/backward perplexity from `predict_fn` outputs."""
+    """Forward/backward perplexity from `predict_fn` outputs; NaN when they hold no token to
+    predict (0/0: no perplexity), under the same keys."""
     totals = collections.Counter()
     for out in outputs:
         for k in ("forward_nll", "backward_nll", "tokens"):
             totals[k] += float(np.sum(out[k]))
     if not totals["tokens"]:
-        return {}
+        return {"forward_perplexity": float("nan"), "backward_perplexity": float("nan")}
     return {"forward_perplexity": float(np.exp(totals["forward_nll"] / totals["tokens"])),
             "backward_perplexity": float(np.exp(totals["backward_nll"] / totals["tokens"]))}
 

@@ -9,7 +9,9 @@ Next-token cross-entropy over packed windows of the corpus (`tl_jax.data.clm`), 
 accuracy, and held-out perplexity `exp(total NLL / total tokens)` computed exactly over the
 eval batches (not an average of per-batch perplexities). Those are the first
 `train.eval_batches` batches of the held-out windows, in corpus order: the start of the
-held-out documents, not all of them, unless `train.eval_batches=0`.
+held-out documents, not all of them, unless `train.eval_batches=0`. Eval batches with no token
+to predict have no perplexity: it is NaN (with a note), as the step metrics nothing counted
+towards are.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import numpy as np
 from tl_jax import checkpoint, warm_start
 from tl_jax.data import bpe, clm as clm_data
 from tl_jax.models import gpt, losses
-from tl_jax.tasks import normalized
+from tl_jax.tasks import normalized, note_undefined
 
 
 def init_from_tokenizer(init_from: str) -> str:
@@ -298,6 +300,7 @@ class Task:
         del workdir, step
         nll = sum(float(np.sum(out["nll"])) for _, out in batches_and_outputs)
         tokens = sum(float(np.sum(out["tokens"])) for _, out in batches_and_outputs)
-        if not tokens:
-            return {}
+        if not tokens:  # 0/0: no perplexity; a missing key would read as a misspelt best_metric
+            note_undefined(self, ["eval/perplexity"], "the eval batches hold no token to predict")
+            return {"perplexity": math.nan}
         return {"perplexity": float(np.exp(nll / tokens))}
