@@ -75,6 +75,24 @@ def test_partial_span_is_wrong_and_empty_prediction_scores_zero():
     assert spans.span_f1(gold, gold)["f1"] == 1.0
 
 
+def test_span_f1_with_no_gold_and_no_predicted_entity_is_nan_not_zero():
+    # 0/0 everywhere: conlleval prints its default 0.00, which reads as a model that finds
+    # nothing among entities that are there; scikit-learn calls such an F-score ill-defined.
+    report = spans.span_f1([["O", "O"], ["O"]], [["O", "O"], ["O"]])
+    assert (report["n_gold"], report["n_predicted"], report["n_correct"]) == (0, 0, 0)
+    assert all(math.isnan(report[k]) for k in ("precision", "recall", "f1"))
+    assert not [k for k in report if k.startswith("f1/")]
+    # One side empty: F1 = 2tp / (2tp + fp + fn) = 0 is a real score; the 0/0 side stays
+    # conlleval's 0.
+    missed = spans.span_f1([["B-PER", "O"]], [["O", "O"]])
+    assert (missed["precision"], missed["recall"], missed["f1"]) == (0.0, 0.0, 0.0)
+    invented = spans.span_f1([["O", "O"]], [["B-PER", "O"]])
+    assert (invented["precision"], invented["recall"], invented["f1"]) == (0.0, 0.0, 0.0)
+    assert invented["f1/PER"] == 0.0
+    with pytest.raises(ValueError, match="at least one sentence"):
+        spans.span_f1([], [])
+
+
 def test_span_f1_rejects_bad_tags_and_lengths():
     with pytest.raises(ValueError, match="not O, B-X"):
         spans.span_f1([["X-PER"]], [["O"]])

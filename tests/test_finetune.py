@@ -515,3 +515,27 @@ def test_a_resumed_gpt_classifier_reports_no_tokenizer_change_it_did_not_make(tm
     train.train_and_evaluate(config, str(tmp_path / "run"))
     out = capsys.readouterr().out
     assert "Resuming from step 2" in out and "have no effect" not in out
+
+
+def test_tag_eval_with_no_entity_on_either_side_is_nan_and_noted_once(capsys):
+    # Eval sentences with no gold entity, where the model predicts none: span F1 is 0/0, not
+    # the 0.0 of a model that misses every entity; logged as nan, said once.
+    import math
+
+    from tl_jax.tasks import tag
+
+    task = tag.Task.__new__(tag.Task)
+    task.eval_records = [{"tokens": ["a", "b"], "tags": ["O", "O"]},
+                         {"tokens": ["Jane"], "tags": ["B-PER"]}]
+    empty = {"rows": [0], "predicted": [["O", "O"]]}
+    for _ in range(2):
+        report = task.score(empty)
+        assert set(report) == {"span_f1", "span_precision", "span_recall"}
+        assert all(math.isnan(v) for v in report.values()), report
+    out = capsys.readouterr().out
+    assert out.count("eval/span_f1, eval/span_precision, eval/span_recall are logged as nan") == 1
+    assert "1 scored sentences hold no gold entity" in out
+    # An entity the model misses is a real 0, and no note.
+    missed = task.score({"rows": [0, 1], "predicted": [["O", "O"], ["O"]]})
+    assert missed == {"span_f1": 0.0, "span_precision": 0.0, "span_recall": 0.0}
+    assert capsys.readouterr().out == ""

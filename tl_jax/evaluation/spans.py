@@ -5,9 +5,17 @@ an `I-X` after `O`, or at any tag whose type differs from the previous tag's; it
 next start or `O`. (So a stray `I-X` with no `B-X` still counts as an entity, as in conlleval;
 IOB1 and IOB2 files score the same.) A predicted chunk is correct only when its type, start and
 end all match a gold chunk. Sentence boundaries end every chunk.
+
+One deliberate difference: sentences with no gold and no predicted entity at all have no
+precision, recall or F1 (0/0; scikit-learn calls such an F-score ill-defined). conlleval prints
+its default 0.00 for all three (beside "found: 0 phrases; correct: 0"); `span_f1` gives NaN,
+which neither reads as a real score nor makes a checkpoint the best. When only one side has
+entities F1 is 0, a real score, and the precision (no predicted entity) or recall (no gold
+entity) that is 0/0 is 0, as in conlleval.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 
@@ -61,10 +69,15 @@ def span_f1(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -
       gold, predicted: lists of sentences, each a list of tags of the same length.
     Returns:
       `{"precision", "recall", "f1", "n_gold", "n_predicted", "n_correct"}`, plus per-type
-      `f1/<TYPE>`; fractions in [0, 1] (conlleval prints percentages).
+      `f1/<TYPE>`; fractions in [0, 1] (conlleval prints percentages). NaN precision, recall
+      and F1 when neither side has an entity (`n_gold == n_predicted == 0`).
+    Raises:
+      ValueError: no sentences, or gold and predicted that do not line up.
     """
     if len(gold) != len(predicted):
         raise ValueError(f"{len(gold)} gold sentences but {len(predicted)} predicted")
+    if not gold:
+        raise ValueError("span_f1 needs at least one sentence")
     n_gold = n_pred = n_correct = 0
     per_type: dict[str, list[int]] = {}
     for i, (g, p) in enumerate(zip(gold, predicted)):
@@ -89,6 +102,8 @@ def span_f1(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -
 
 
 def _prf(n_gold: int, n_pred: int, n_correct: int) -> dict[str, float]:
+    if not n_gold and not n_pred:  # nothing to find and nothing found: undefined, not 0
+        return {"precision": math.nan, "recall": math.nan, "f1": math.nan}
     precision = n_correct / n_pred if n_pred else 0.0
     recall = n_correct / n_gold if n_gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0

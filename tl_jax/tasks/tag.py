@@ -6,7 +6,8 @@ sub-token; later sub-tokens, special tokens and padding are ignored by the loss 
 
 Metrics: in the step, `loss` and sub-token `accuracy` over labelled positions; after each eval pass,
 `evaluate` maps first-sub-token predictions back onto words and reports entity-level `span_f1`,
-`span_precision` and `span_recall` (conlleval semantics), and writes
+`span_precision` and `span_recall` (conlleval semantics; NaN, with a note, when the scored
+sentences have no gold and no predicted entity), and writes
 `WORKDIR/predictions/eval_step_N.conll` (`word gold predicted`, blank line between sentences,
 readable by `conlleval`). Keep the best checkpoint by `eval/span_f1`.
 """
@@ -21,7 +22,7 @@ import numpy as np
 from tl_jax.data import features, readers
 from tl_jax.evaluation import spans
 from tl_jax.models import heads
-from tl_jax.tasks import downstream, normalized
+from tl_jax.tasks import downstream, normalized, note_undefined
 
 
 def label_set(sentences) -> list[str]:
@@ -136,6 +137,10 @@ class Task(downstream.EncoderTask):
     def score(self, predictions) -> dict[str, float]:
         gold = [self.eval_records[row]["tags"] for row in predictions["rows"]]
         report = spans.span_f1(gold, predictions["predicted"])
+        if not report["n_gold"] and not report["n_predicted"]:
+            note_undefined(self, ["eval/span_f1", "eval/span_precision", "eval/span_recall"],
+                           f"the {len(gold)} scored sentences hold no gold entity and the model "
+                           "predicted none (all O)")
         return {"span_f1": report["f1"], "span_precision": report["precision"],
                 "span_recall": report["recall"]}
 
