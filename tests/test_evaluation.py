@@ -41,6 +41,18 @@ def test_multiclass_mcc_matches_binary_formula_and_macro_f1():
     assert classification.f1_macro(list("aabbc"), list("aabcb")) == pytest.approx((1 + 0.5 + 0) / 3)
 
 
+def test_f1_of_a_class_in_neither_list_is_nan_not_zero():
+    # TP = FP = FN = 0: no positive to find and none predicted (scikit-learn: ill-defined).
+    assert math.isnan(classification.f1_binary([0, 0, 0], [0, 0, 0], positive=1))
+    # One side has it: F1 = 2TP / (2TP + FP + FN) = 0 is a real score.
+    assert classification.f1_binary([0, 1, 0], [0, 0, 0], positive=1) == 0.0
+    assert classification.f1_binary([0, 0, 0], [0, 1, 0], positive=1) == 0.0
+    # A label asked for but in neither list has no F1: left out of the macro mean.
+    assert classification.f1_macro(list("aab"), list("aab"), labels=list("abc")) == 1.0
+    assert math.isnan(classification.f1_macro(list("aa"), list("aa"), labels=["c"]))
+    assert classification.f1_macro(list("aab"), list("aaa")) == pytest.approx((0.8 + 0.0) / 2)
+
+
 def test_classification_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="3 labels but y_pred has 2"):
         classification.accuracy([1, 0, 1], [1, 0])

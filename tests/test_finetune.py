@@ -539,3 +539,25 @@ def test_tag_eval_with_no_entity_on_either_side_is_nan_and_noted_once(capsys):
     missed = task.score({"rows": [0, 1], "predicted": [["O", "O"], ["O"]]})
     assert missed == {"span_f1": 0.0, "span_precision": 0.0, "span_recall": 0.0}
     assert capsys.readouterr().out == ""
+
+
+def test_classify_eval_without_the_positive_label_has_nan_f1_noted_once(capsys):
+    # data.positive_label in no scored record and never predicted: binary F1 is 0/0, not 0.
+    import math
+
+    import ml_collections
+
+    from tl_jax.tasks import classify
+
+    task = classify.Task.__new__(classify.Task)
+    task.config = ml_collections.ConfigDict({"data": {"positive_label": "pos"}})
+    task.eval_records = [{"label": "neg"}, {"label": "neg"}, {"label": "pos"}]
+    for _ in range(2):
+        report = task.score({"rows": [0, 1], "predicted": ["neg", "neg"]})
+        assert math.isnan(report["f1"]) and report["accuracy"] == 1.0, report
+    out = capsys.readouterr().out
+    assert out.count("eval/f1 is logged as nan") == 1, out
+    assert "none of the 2 scored records has the label data.positive_label='pos'" in out
+    # A positive the model misses is a real 0, and no note.
+    assert task.score({"rows": [0, 2], "predicted": ["neg", "neg"]})["f1"] == 0.0
+    assert capsys.readouterr().out == ""

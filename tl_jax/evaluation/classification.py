@@ -1,11 +1,13 @@
 """Classification metrics: accuracy, F1 (binary and macro) and Matthews correlation.
 
-All functions take two equal-length sequences of labels (ints or strings) and return floats in
-the usual units (fractions, not percentages). They are plain numpy, exact, and host-side: the
+All functions take two equal-length, non-empty sequences of labels (ints or strings; empty ones
+are a ValueError) and return floats in the usual units (fractions, not percentages); an F1 with
+nothing to find and nothing predicted is NaN, not 0. They are plain numpy, exact, and host-side: the
 trainer sums (correct, count) pairs inside `jit`; these run on the collected predictions.
 """
 from __future__ import annotations
 
+import math
 from typing import Hashable, Sequence
 
 import numpy as np
@@ -25,20 +27,30 @@ def accuracy(y_true: Sequence, y_pred: Sequence) -> float:
 
 
 def f1_binary(y_true: Sequence, y_pred: Sequence, positive: Hashable = 1) -> float:
-    """F1 of the `positive` class: 2PR/(P+R); 0 when there are no true positives."""
+    """F1 of the `positive` class: 2PR/(P+R) = 2TP/(2TP+FP+FN); 0 when there are no true
+    positives. NaN when `positive` is in neither list (TP+FP+FN = 0, where scikit-learn calls
+    the F-score ill-defined and warns): no positive to find and none predicted is not a score
+    of 0."""
     _check(y_true, y_pred)
     tp = sum(t == positive and p == positive for t, p in zip(y_true, y_pred))
     fp = sum(t != positive and p == positive for t, p in zip(y_true, y_pred))
     fn = sum(t == positive and p != positive for t, p in zip(y_true, y_pred))
+    if tp + fp + fn == 0:
+        return math.nan
     return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
 def f1_macro(y_true: Sequence, y_pred: Sequence, labels: Sequence | None = None) -> float:
-    """Unweighted mean of per-class F1 over `labels` (default: every label seen in either list)."""
+    """Unweighted mean of per-class F1 over `labels` (default: every label seen in either list).
+
+    A label of `labels` in neither list has no F1 (`f1_binary`) and is left out of the mean,
+    as scikit-learn's `zero_division=np.nan` does; NaN when no label has one."""
     _check(y_true, y_pred)
     if labels is None:
         labels = sorted(set(y_true) | set(y_pred), key=str)
-    return float(np.mean([f1_binary(y_true, y_pred, positive=c) for c in labels]))
+    scores = [f1_binary(y_true, y_pred, positive=c) for c in labels]
+    scores = [f for f in scores if not math.isnan(f)]
+    return float(np.mean(scores)) if scores else math.nan
 
 
 def matthews_corrcoef(y_true: Sequence, y_pred: Sequence) -> float:

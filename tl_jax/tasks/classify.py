@@ -5,12 +5,14 @@ Data: `config.data.train_file` / `eval_file` name a jsonl/CSV/TSV file, `tfds:gl
 `config.data.labels` or, when empty, the sorted set of training labels.
 
 Metrics: in the step, `loss` and `accuracy` as (sum, count); after each eval pass, `evaluate`
-computes accuracy, macro F1, MCC (and binary F1 of `data.positive_label`) on the whole eval set
-and writes `WORKDIR/predictions/eval_step_N.jsonl` (text, gold, predicted, probabilities).
+computes accuracy, macro F1, MCC (and binary F1 of `data.positive_label`: NaN, with a note, when
+no scored record has that label and none is predicted as it) on the whole eval set and writes
+`WORKDIR/predictions/eval_step_N.jsonl` (text, gold, predicted, probabilities).
 The best checkpoint is kept by `train.best_metric` (default `eval/accuracy`).
 """
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -20,7 +22,7 @@ import numpy as np
 from tl_jax.data import features, readers
 from tl_jax.evaluation import classification
 from tl_jax.models import heads
-from tl_jax.tasks import downstream
+from tl_jax.tasks import downstream, note_undefined
 
 
 def read_split(data_cfg, spec: str, limit: int) -> list[dict]:
@@ -122,8 +124,12 @@ class Task(downstream.EncoderTask):
     def score(self, predictions) -> dict[str, float]:
         gold = [self.eval_records[r]["label"] for r in predictions["rows"]]
         positive = self.config.data.positive_label or None
-        return classification.classification_report(gold, predictions["predicted"],
-                                                    positive=positive)
+        report = classification.classification_report(gold, predictions["predicted"],
+                                                      positive=positive)
+        if math.isnan(report.get("f1", 0.0)):
+            note_undefined(self, ["eval/f1"], f"none of the {len(gold)} scored records has the "
+                           f"label data.positive_label={positive!r} and none was predicted as it")
+        return report
 
     def write_predictions(self, path, predictions) -> None:
         """jsonl: text, gold (None when unlabelled), predicted and probabilities per record."""
