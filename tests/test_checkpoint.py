@@ -242,7 +242,7 @@ def test_an_eval_nothing_counted_towards_is_nan_and_never_the_best(tiny_bert_ove
     assert rows[2]["eval/mlm_loss"] == "nan" and rows[2]["eval/mlm_accuracy"] == "nan"
     assert isinstance(rows[2]["eval/nsp_loss"], float)  # the rows still count for NSP
     out = capsys.readouterr().out
-    assert out.count("no held-out example counts towards eval/mlm_accuracy, "
+    assert out.count("nothing in the eval batches counts towards eval/mlm_accuracy, "
                      "eval/mlm_loss at step 2") == 1
     assert np.isfinite(result.summary["eval/mlm_loss"])
 

@@ -415,9 +415,10 @@ def evaluate(trainer: Trainer, params, step: int) -> dict[str, float]:
     empty = [k for k in empty_metrics(results) if k not in trainer.noted_empty]
     if empty and jax.process_index() == 0:
         names = ", ".join(f"eval/{k}" for k in empty)
-        print(f"[eval] Note: no held-out example counts towards {names} at step {step} (no "
-              "masked prediction, labelled row, ... in the eval batches): logged as nan, not 0, "
-              "and such an eval never makes a checkpoint the best.", flush=True)
+        print(f"[eval] Note: nothing in the eval batches counts towards {names} at step {step} "
+              "(its count is 0: no masked prediction, no labelled row, no predicted replacement "
+              "for a precision, ...): logged as nan, not 0, and such an eval never makes a "
+              "checkpoint the best.", flush=True)
     trainer.noted_empty.update(empty)
     if trainer.predict_step is not None and hasattr(trainer.task, "evaluate"):
         extra = trainer.task.evaluate(outputs, trainer.workdir, step)
