@@ -592,7 +592,10 @@ def merge_encoder_params(params, source: dict, report, hf_name: dict, *, where: 
     from `report.used` to `report.unused` (`hf_name` gives their checkpoint names); a shape
     mismatch is an error naming the tensor, the param and `where` the weights came from.
     """
-    target = safetensors_io.flatten_params(params)
+    # Not read to the host: under a multi-process mesh the trainer's fresh params are global
+    # arrays no process can read; those the checkpoint replaces come back as numpy, which the
+    # trainer then places with the params' shardings.
+    target = safetensors_io.flatten_params(params, to_host=False)
     root = find_bert_root(target)
     parent = root[: -len("bert/")] if root.endswith("bert/") else None
     merged, taken = dict(target), set()

@@ -133,10 +133,14 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
     return _read_safetensors(pathlib.Path(path))
 
 
-def flatten_params(params) -> dict[str, np.ndarray]:
-    """A nested param tree as `{"a/b/kernel": array}` (numpy, host memory)."""
+def flatten_params(params, to_host: bool = True) -> dict[str, np.ndarray]:
+    """A nested param tree as `{"a/b/kernel": array}` (numpy, host memory).
+
+    `to_host=False` keeps the leaves as they are: a trainer's params sharded over several
+    processes cannot be read to any one host (`np.asarray` raises), and merging weights into
+    them needs only their names, shapes and dtypes."""
     flat = traverse_util.flatten_dict(_to_dict(params), sep="/")
-    return {k: np.asarray(v) for k, v in flat.items()}
+    return {k: np.asarray(v) for k, v in flat.items()} if to_host else flat
 
 
 def unflatten_params(flat: Mapping[str, np.ndarray]) -> dict:
