@@ -1,7 +1,8 @@
 """Two local processes (`jax.distributed` on localhost, CPU collectives, 4 fake devices each)
 against one process with 8 devices, for what the BERT test in test_checkpoint.py does not
 cover: a fine-tune with eval (a partial last eval batch, eval predictions, the best checkpoint)
-and `tl_jax predict`."""
+and `tl_jax predict`; a fine-tune from pretrained weights (`init_from`) whose params are
+sharded over both processes."""
 import json
 import os
 import pathlib
@@ -120,6 +121,70 @@ def test_two_processes_finetune_with_eval_and_predict_match_one_process(polarity
                                  f"--output={out}"]))
     assert out.read_text() == expected
     assert f"step {best}, the best kept checkpoint" in results[0][1]
+
+
+def test_two_processes_fine_tune_from_pretrained_weights_sharded_over_both(polarity_files,
+                                                                        tmp_path):
+    # The pod scenario: `init_from` a Hugging Face directory, then a tl_jax workdir (the first
+    # run's, written by the two processes), with `fsdp` over all 8 devices, so every weight is
+    # split over both processes and no process can read one whole (the HF path read the fresh
+    # params to the host and failed at start). A learning rate of 0 keeps the weights the
+    # runs loaded, so their checkpoints show exactly what each took.
+    import flax.linen as nn
+    import jax
+    import numpy as np
+
+    from tl_jax import checkpoint, predict
+    from tl_jax.data.tokenizer import Tokenizer
+    from tl_jax.interop import bert as hf_bert
+    from tl_jax.models import bert
+
+    train_file, eval_file = polarity_files / "train.jsonl", polarity_files / "eval.jsonl"
+    texts = [[json.loads(line)["text"]] for line in open(train_file)]
+    tokenizer = Tokenizer.train_wordpiece(texts, vocab_size=400)
+    config = bert.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_layers=1,
+                             num_heads=2, intermediate_size=32, max_position_embeddings=64)
+    params = nn.unbox(bert.BertModel(config).init(jax.random.PRNGKey(7),
+                                                   np.zeros((1, 4), np.int32))["params"])
+    hf_dir = tmp_path / "hf"
+    hf_bert.export(params, config, hf_dir, with_heads=False, tokenizer=tokenizer)
+
+    def fine_tune(workdir, init_from):
+        return _ok(two_processes(
+            ["train", "--config=configs/finetune_classify.py:tiny", f"--workdir={workdir}",
+             f"--config.init_from={init_from}"] + [f"--config.{o}" for o in (
+                 "mesh.data=1", "mesh.fsdp=8", "optimizer.learning_rate=0.0",
+                 "train.progress=False", "data.max_seq_length=32", "data.batch_size=16",
+                 f"data.train_file={train_file}", f"data.eval_file={eval_file}",
+                 "data.max_train_examples=0", "data.max_eval_examples=0", "train.steps=1",
+                 "train.eval_every=1", "train.checkpoint_every=1", "train.log_every=1")]))
+
+    def encoder(workdir):
+        flat, step = checkpoint.load_params_from_workdir(str(workdir))
+        assert step == 1
+        return {k: v for k, v in flat.items() if k.startswith("bert/")}
+
+    from_hf = tmp_path / "from_hf"
+    results = fine_tune(from_hf, hf_dir)
+    assert f"[init_from] Hugging Face checkpoint {hf_dir}: encoder loaded" in results[1][1]
+    source = hf_bert.load_flat_params(hf_dir)
+    loaded = encoder(from_hf)
+    assert loaded.keys() == source.keys()
+    for name, value in source.items():
+        np.testing.assert_array_equal(loaded[name], value, err_msg=name)
+
+    from_tl = tmp_path / "from_tl"
+    results = fine_tune(from_tl, from_hf)
+    assert f"[init_from] {from_hf} (step 1): took {len(source)} tensors." in results[1][1]
+    for name, value in encoder(from_tl).items():
+        np.testing.assert_array_equal(value, source[name], err_msg=name)
+
+    # One process with 8 devices evaluates that checkpoint as the two processes did.
+    evals = _evals(from_tl)[1]
+    one = predict.run(str(from_tl), str(eval_file), str(tmp_path / "one.jsonl"))
+    assert set(one["metrics"]) == set(evals)
+    for key, value in one["metrics"].items():
+        assert value == pytest.approx(evals[key], abs=1e-5), key
 
 
 def test_a_mesh_whose_batch_shards_span_two_processes_is_refused_at_once(data_dir, tmp_path):
