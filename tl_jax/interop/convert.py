@@ -397,7 +397,7 @@ def init_from(params, directory, *, warn: bool = True):
 
     _, source_params, family = load_tl_params(directory)
     source = safetensors_io.flatten_params(source_params)
-    target = safetensors_io.flatten_params(params)
+    target = safetensors_io.flatten_params(params, to_host=False)  # shapes and dtypes only
     src_root = dst_root = ""
     if family in ("bert", "electra"):
         from tl_jax.interop.bert import find_bert_root
