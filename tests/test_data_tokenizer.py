@@ -124,6 +124,35 @@ def test_a_cased_vocab_txt_is_not_lowercased(texts, tmp_path, capsys):
         Tokenizer.load(str(hf_dir))
 
 
+@pytest.mark.parametrize("settings", [
+    {"do_lower_case": True, "strip_accents": False},
+    {"do_lower_case": False, "strip_accents": True},
+    {"do_lower_case": True, "tokenize_chinese_chars": False},
+])
+def test_vocab_txt_follows_strip_accents_and_chinese_chars_of_its_config(settings, minilm_dir,
+                                                                         tmp_path):
+    # A vocab.txt + tokenizer_config.json directory (no tokenizer.json): only do_lower_case was
+    # read, so an uncased model with `strip_accents: false` (its "é" pieces) had its accents
+    # stripped, a cased one with `strip_accents: true` kept them, and `tokenize_chinese_chars:
+    # false` still split CJK characters: ids silently unlike BertTokenizerFast's.
+    from transformers import BertTokenizerFast
+
+    shutil.copy(minilm_dir / "vocab.txt", tmp_path / "vocab.txt")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+    texts = ["Héllo Wörld café naïve résumé", "ÀÉÎÕÜ àéîõü", "e\u0301 combining",
+             "日本語のテキスト、ひらがな", "hello中国world 東京"]
+    expected = BertTokenizerFast.from_pretrained(str(tmp_path))(
+        texts, add_special_tokens=False)["input_ids"]
+    default = Tokenizer.load(str(minilm_dir / "vocab.txt"),
+                             lowercase=settings["do_lower_case"])
+    assert [default.encode(t) for t in texts] != expected  # the settings matter for these texts
+    assert [Tokenizer.load(str(tmp_path)).encode(t) for t in texts] == expected
+    assert [Tokenizer.load(str(tmp_path / "vocab.txt")).encode(t) for t in texts] == expected
+    (tmp_path / "tokenizer_config.json").write_text('{"strip_accents": "yes"}')
+    with pytest.raises(TokenizerError, match=r"strip_accents must be true, false or null"):
+        Tokenizer.load(str(tmp_path))
+
+
 def test_word_starts_agree_with_pretokenizer_words(texts, minilm_dir):
     tok = Tokenizer.load(str(minilm_dir / "vocab.txt"))
     pieces = 0

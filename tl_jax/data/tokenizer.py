@@ -32,35 +32,59 @@ def vocab_lowercase(path: str) -> bool | None:
     """`do_lower_case` of the `tokenizer_config.json` beside the `vocab.txt` that `Tokenizer.load`
     would read from `path` (a file or a directory); None when it reads a `tokenizer.json` (which
     carries its own normaliser) or there is no such setting."""
+    return _vocab_settings(path).get("do_lower_case")
+
+
+# tokenizer_config.json settings that shape BertTokenizer(Fast)'s normaliser, and their types.
+_NORMALIZER_SETTINGS = {"do_lower_case": (bool,), "strip_accents": (bool, type(None)),
+                        "tokenize_chinese_chars": (bool,)}
+
+
+def _vocab_settings(path: str) -> dict:
+    """The normaliser settings (`_NORMALIZER_SETTINGS`) given in the `tokenizer_config.json`
+    beside the `vocab.txt` that `Tokenizer.load` would read from `path`; empty when it reads a
+    `tokenizer.json` or there is no such file. A key is present only when the file sets it."""
     directory = path if os.path.isdir(path) else os.path.dirname(path)
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "tokenizer.json")):
-        return None
+        return {}
     if path.endswith(".json"):
-        return None
+        return {}
     config_file = os.path.join(directory, "tokenizer_config.json")
     if not os.path.isfile(config_file):
-        return None
+        return {}
     try:
         with open(config_file, encoding="utf-8") as f:
             settings = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
         raise TokenizerError(f"Cannot read {config_file}: {e}") from None
-    value = settings.get("do_lower_case") if isinstance(settings, dict) else None
-    if value is not None and not isinstance(value, bool):
-        raise TokenizerError(f"{config_file}: do_lower_case must be true or false, got "
-                             f"{json.dumps(value)}")
-    return value
+    if not isinstance(settings, dict):
+        return {}
+    found = {}
+    for key, types in _NORMALIZER_SETTINGS.items():
+        if key not in settings:
+            continue
+        value = settings[key]
+        if key != "strip_accents" and value is None:
+            continue  # null: transformers' default
+        if not isinstance(value, types):
+            allowed = "true, false or null" if key == "strip_accents" else "true or false"
+            raise TokenizerError(f"{config_file}: {key} must be {allowed}, got "
+                                 f"{json.dumps(value)}")
+        found[key] = value
+    return found
 
 
 class TokenizerError(ValueError):
     """A tokenizer file is missing or unusable for BERT pretraining."""
 
 
-def _bert_pipeline(model: models.Model, lowercase: bool) -> tokenizers.Tokenizer:
+def _bert_pipeline(model: models.Model, lowercase: bool, strip_accents: bool | None = None,
+                   tokenize_chinese_chars: bool = True) -> tokenizers.Tokenizer:
     tok = tokenizers.Tokenizer(model)
     # strip_accents=None follows `lowercase`, as in BertTokenizerFast(do_lower_case=...).
     tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase)
+        clean_text=True, handle_chinese_chars=tokenize_chinese_chars,
+        strip_accents=strip_accents, lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix=CONTINUATION_PREFIX)
     return tok
@@ -167,8 +191,12 @@ class Tokenizer:
                    source=f"<trained WordPiece, vocab_size={vocab_size}>")
 
     @classmethod
-    def from_vocab(cls, vocab_path: str, lowercase: bool = True) -> "Tokenizer":
-        """Builds the BERT pipeline around a `vocab.txt` (one token per line, id = line index)."""
+    def from_vocab(cls, vocab_path: str, lowercase: bool = True, strip_accents: bool | None = None,
+                   tokenize_chinese_chars: bool = True) -> "Tokenizer":
+        """Builds the BERT pipeline around a `vocab.txt` (one token per line, id = line index).
+
+        `lowercase`, `strip_accents` (None: follow `lowercase`) and `tokenize_chinese_chars` are
+        BertTokenizer's `do_lower_case`, `strip_accents` and `tokenize_chinese_chars`."""
         vocab = {}
         try:
             # utf-8-sig: a byte-order mark would be read as part of [PAD], which then goes missing.
@@ -189,7 +217,8 @@ class Tokenizer:
             raise TokenizerError(f"Tokenizer {vocab_path} lacks the special token(s) ['{UNK}']; "
                                  f"BERT pretraining needs all of {list(SPECIAL_TOKENS)}.")
         model = models.WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=100)
-        return cls(_bert_pipeline(model, lowercase), source=vocab_path)
+        return cls(_bert_pipeline(model, lowercase, strip_accents, tokenize_chinese_chars),
+                   source=vocab_path)
 
     @classmethod
     def load(cls, path: str, lowercase: bool | None = None) -> "Tokenizer":
@@ -199,16 +228,18 @@ class Tokenizer:
         settings). `lowercase` applies to `vocab.txt` only; None (the default) takes
         `do_lower_case` from the `tokenizer_config.json` beside it, as transformers'
         BertTokenizer does (a cased model's vocabulary lowercased would turn capitalised words
-        into other ids or [UNK]), and lowercases when there is none.
+        into other ids or [UNK]), and lowercases when there is none. Its `strip_accents` and
+        `tokenize_chinese_chars` are followed too, as BertTokenizerFast.from_pretrained does
+        (an uncased vocabulary with `strip_accents: false` keeps "é" as its own piece).
         """
         if os.path.isdir(path):
             for name in ("tokenizer.json", "vocab.txt"):
                 if os.path.exists(os.path.join(path, name)):
                     return cls.load(os.path.join(path, name), lowercase)
             raise TokenizerError(f"Directory {path} holds neither tokenizer.json nor vocab.txt.")
+        settings = {} if path.endswith(".json") else _vocab_settings(path)
         if lowercase is None and not path.endswith(".json"):
-            own = vocab_lowercase(path)
-            lowercase = True if own is None else own
+            lowercase = settings.get("do_lower_case", True)
         if not os.path.exists(path):
             raise TokenizerError(f"Tokenizer file not found: {path}")
         if path.endswith(".json"):
@@ -217,7 +248,8 @@ class Tokenizer:
             except Exception as e:  # tokenizers raises a bare Exception on bad JSON.
                 raise TokenizerError(f"Cannot read tokenizer file {path}: {e}") from None
             return cls(tok, source=path)
-        return cls.from_vocab(path, lowercase)
+        return cls.from_vocab(path, lowercase, strip_accents=settings.get("strip_accents"),
+                              tokenize_chinese_chars=settings.get("tokenize_chinese_chars", True))
 
     def save(self, directory: str) -> None:
         """Writes `tokenizer.json` and `vocab.txt` (readable by `load` and by transformers)."""
