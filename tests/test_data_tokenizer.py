@@ -153,6 +153,29 @@ def test_vocab_txt_follows_strip_accents_and_chinese_chars_of_its_config(setting
         Tokenizer.load(str(tmp_path))
 
 
+@pytest.mark.parametrize("settings", [
+    {"do_lower_case": False}, {"strip_accents": False}, {"tokenize_chinese_chars": False},
+])
+def test_tokenizer_config_settings_win_over_tokenizer_json_normaliser(settings, minilm_dir,
+                                                                      tmp_path):
+    # transformers' BertTokenizerFast.from_pretrained builds the normaliser from
+    # tokenizer_config.json's do_lower_case / strip_accents / tokenize_chinese_chars, whatever
+    # tokenizer.json stores; Tokenizer.load read tokenizer.json's only: other ids, silently.
+    from transformers import BertTokenizerFast
+
+    for name in ("vocab.txt", "tokenizer.json"):
+        shutil.copy(minilm_dir / name, tmp_path / name)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        dict(settings, tokenizer_class="BertTokenizer")))
+    texts = ["Héllo WORLD café naïve", "Ångström résumé", "hello中国world 東京"]
+    expected = BertTokenizerFast.from_pretrained(str(tmp_path))(
+        texts, add_special_tokens=False)["input_ids"]
+    stored = Tokenizer.load(str(minilm_dir / "tokenizer.json"))
+    assert [stored.encode(t) for t in texts] != expected  # the settings matter for these texts
+    for path in (tmp_path, tmp_path / "tokenizer.json"):
+        assert [Tokenizer.load(str(path)).encode(t) for t in texts] == expected
+
+
 def test_word_starts_agree_with_pretokenizer_words(texts, minilm_dir):
     tok = Tokenizer.load(str(minilm_dir / "vocab.txt"))
     pieces = 0

@@ -49,6 +49,12 @@ def _vocab_settings(path: str) -> dict:
         return {}
     if path.endswith(".json"):
         return {}
+    return _config_settings(directory)
+
+
+def _config_settings(directory: str) -> dict:
+    """The normaliser settings the `tokenizer_config.json` in `directory` sets (see
+    `_vocab_settings`)."""
     config_file = os.path.join(directory, "tokenizer_config.json")
     if not os.path.isfile(config_file):
         return {}
@@ -72,6 +78,24 @@ def _vocab_settings(path: str) -> dict:
                                  f"{json.dumps(value)}")
         found[key] = value
     return found
+
+
+def _apply_config_settings(tok: tokenizers.Tokenizer, settings: dict) -> None:
+    """Overrides the BERT normaliser of a `tokenizer.json` with the settings its
+    `tokenizer_config.json` states, as transformers' BertTokenizer(Fast).from_pretrained does
+    (the config's do_lower_case / strip_accents / tokenize_chinese_chars win over the
+    normaliser stored in tokenizer.json). Settings the config leaves out keep tokenizer.json's
+    value (transformers would put its defaults there; a config that leaves them out and a
+    tokenizer.json that disagrees with those defaults is taken to mean tokenizer.json)."""
+    normalizer = tok.normalizer
+    if not settings or not isinstance(normalizer, normalizers.BertNormalizer):
+        return
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=normalizer.clean_text,
+        handle_chinese_chars=settings.get("tokenize_chinese_chars",
+                                          normalizer.handle_chinese_chars),
+        strip_accents=settings.get("strip_accents", normalizer.strip_accents),
+        lowercase=settings.get("do_lower_case", normalizer.lowercase))
 
 
 class TokenizerError(ValueError):
@@ -225,7 +249,8 @@ class Tokenizer:
         """Loads a `tokenizer.json`, a `vocab.txt`, or a directory holding one of them.
 
         A directory's `tokenizer.json` wins over its `vocab.txt` (it carries the normaliser
-        settings). `lowercase` applies to `vocab.txt` only; None (the default) takes
+        settings, but the settings a `tokenizer_config.json` beside it states win over its BERT
+        normaliser's, as in transformers' BertTokenizerFast.from_pretrained). `lowercase` applies to `vocab.txt` only; None (the default) takes
         `do_lower_case` from the `tokenizer_config.json` beside it, as transformers'
         BertTokenizer does (a cased model's vocabulary lowercased would turn capitalised words
         into other ids or [UNK]), and lowercases when there is none. Its `strip_accents` and
@@ -247,6 +272,7 @@ class Tokenizer:
                 tok = tokenizers.Tokenizer.from_file(path)
             except Exception as e:  # tokenizers raises a bare Exception on bad JSON.
                 raise TokenizerError(f"Cannot read tokenizer file {path}: {e}") from None
+            _apply_config_settings(tok, _config_settings(os.path.dirname(path)))
             return cls(tok, source=path)
         return cls.from_vocab(path, lowercase, strip_accents=settings.get("strip_accents"),
                               tokenize_chinese_chars=settings.get("tokenize_chinese_chars", True))
