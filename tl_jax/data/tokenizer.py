@@ -250,12 +250,13 @@ class Tokenizer:
 
         A directory's `tokenizer.json` wins over its `vocab.txt` (it carries the normaliser
         settings, but the settings a `tokenizer_config.json` beside it states win over its BERT
-        normaliser's, as in transformers' BertTokenizerFast.from_pretrained). `lowercase` applies to `vocab.txt` only; None (the default) takes
-        `do_lower_case` from the `tokenizer_config.json` beside it, as transformers'
-        BertTokenizer does (a cased model's vocabulary lowercased would turn capitalised words
-        into other ids or [UNK]), and lowercases when there is none. Its `strip_accents` and
-        `tokenize_chinese_chars` are followed too, as BertTokenizerFast.from_pretrained does
-        (an uncased vocabulary with `strip_accents: false` keeps "é" as its own piece).
+        normaliser's, as in transformers' BertTokenizerFast.from_pretrained). `lowercase`
+        applies to `vocab.txt` only; None (the default) takes `do_lower_case` from the
+        `tokenizer_config.json` beside it, as transformers' BertTokenizer does (a cased model's
+        vocabulary lowercased would turn capitalised words into other ids or [UNK]), and
+        lowercases when there is none. Its `strip_accents` and `tokenize_chinese_chars` are
+        followed too, as BertTokenizerFast.from_pretrained does (an uncased vocabulary with
+        `strip_accents: false` keeps "é" as its own piece).
         """
         if os.path.isdir(path):
             for name in ("tokenizer.json", "vocab.txt"):
