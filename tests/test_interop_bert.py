@@ -723,3 +723,33 @@ def test_factorised_embeddings_are_inferred_and_refused_by_hf_bert(tmp_path):
         hf_bert.load_flat_params(path, bert.BertConfig(
             vocab_size=67, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=24,
             embedding_size=8))
+
+
+def test_an_exported_cased_tokenizer_stays_cased_in_transformers(tmp_path):
+    # write_tokenizer wrote no do_lower_case, and transformers then lowercases: "Elizabeth" got
+    # the ids of "elizabeth". Loading back, tokenizer_config.json's settings win over
+    # tokenizer.json's normaliser, in tl_jax as in transformers.
+    from tl_jax.data.tokenizer import Tokenizer
+    from tl_jax.interop import bert_tokenizer
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "Elizabeth",
+                                "elizabeth", "Café", "cafe", "café", "THE", "the"]) + "\n")
+    text = "Elizabeth Café THE"
+    for lowercase, strip_accents in ((False, None), (True, False), (True, None)):
+        tok = Tokenizer.from_vocab(str(vocab), lowercase=lowercase, strip_accents=strip_accents)
+        out = tmp_path / f"hf_{lowercase}_{strip_accents}"
+        out.mkdir()
+        bert_tokenizer.write_tokenizer(tok, out, vocab_size=tok.vocab_size)
+        want = tok.encode(text)
+        hf = transformers.BertTokenizerFast.from_pretrained(str(out))
+        assert hf(text, add_special_tokens=False)["input_ids"] == want, (lowercase, strip_accents)
+        assert bert_tokenizer.load_tokenizer(out).encode(text, add_special_tokens=False).ids == want
+        assert Tokenizer.load(str(out)).encode(text) == want
+    # A tokenizer.json that lowercases, beside a config that says cased: the config wins.
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    (out / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": False}))
+    cased = Tokenizer.from_vocab(str(vocab), lowercase=False).encode(text)
+    assert bert_tokenizer.load_tokenizer(out).encode(text, add_special_tokens=False).ids == cased
+    assert transformers.BertTokenizerFast.from_pretrained(str(out))(
+        text, add_special_tokens=False)["input_ids"] == cased

@@ -49,10 +49,10 @@ def _vocab_settings(path: str) -> dict:
         return {}
     if path.endswith(".json"):
         return {}
-    return _config_settings(directory)
+    return normalizer_settings(directory)
 
 
-def _config_settings(directory: str) -> dict:
+def normalizer_settings(directory: str) -> dict:
     """The normaliser settings the `tokenizer_config.json` in `directory` sets (see
     `_vocab_settings`)."""
     config_file = os.path.join(directory, "tokenizer_config.json")
@@ -80,7 +80,7 @@ def _config_settings(directory: str) -> dict:
     return found
 
 
-def _apply_config_settings(tok: tokenizers.Tokenizer, settings: dict) -> None:
+def apply_normalizer_settings(tok: tokenizers.Tokenizer, settings: dict) -> None:
     """Overrides the BERT normaliser of a `tokenizer.json` with the settings its
     `tokenizer_config.json` states, as transformers' BertTokenizer(Fast).from_pretrained does
     (the config's do_lower_case / strip_accents / tokenize_chinese_chars win over the
@@ -273,7 +273,7 @@ class Tokenizer:
                 tok = tokenizers.Tokenizer.from_file(path)
             except Exception as e:  # tokenizers raises a bare Exception on bad JSON.
                 raise TokenizerError(f"Cannot read tokenizer file {path}: {e}") from None
-            _apply_config_settings(tok, _config_settings(os.path.dirname(path)))
+            apply_normalizer_settings(tok, normalizer_settings(os.path.dirname(path)))
             return cls(tok, source=path)
         return cls.from_vocab(path, lowercase, strip_accents=settings.get("strip_accents"),
                               tokenize_chinese_chars=settings.get("tokenize_chinese_chars", True))

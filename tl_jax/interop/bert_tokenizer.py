@@ -18,29 +18,30 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
 def load_tokenizer(directory, vocab_size: Optional[int] = None):
     """The `tokenizers.Tokenizer` of a HF directory, matching HF's own tokenizer ids.
 
-    Prefers `tokenizer.json`; else builds BERT WordPiece from `vocab.txt` (lower-casing as
-    `tokenizer_config.json` says). Padding/truncation stored in tokenizer.json are switched off:
-    batching decides those. vocab_size: when given, the tokenizer must have exactly that many
-    entries (a mismatch would give out-of-range ids or dead rows).
+    Prefers `tokenizer.json`; else builds BERT WordPiece from `vocab.txt`. Either way the
+    casing, accent and CJK settings that `tokenizer_config.json` states win, as in transformers
+    (`data.tokenizer.normalizer_settings`). Padding/truncation stored in tokenizer.json are
+    switched off: batching decides those. vocab_size: when given, the tokenizer must have exactly
+    that many entries (a mismatch would give out-of-range ids or dead rows).
     """
     import tokenizers
     from tokenizers.implementations import BertWordPieceTokenizer
 
+    from tl_jax.data.tokenizer import apply_normalizer_settings, normalizer_settings
+
     directory = pathlib.Path(directory)
+    settings = normalizer_settings(str(directory))
     if (directory / "tokenizer.json").exists():
         path = directory / "tokenizer.json"
         tok = tokenizers.Tokenizer.from_file(str(path))
         tok.no_padding()
         tok.no_truncation()
+        apply_normalizer_settings(tok, settings)
     elif (directory / "vocab.txt").exists():
         path = directory / "vocab.txt"
-        settings = {}
-        if (directory / "tokenizer_config.json").exists():
-            settings = json.loads((directory / "tokenizer_config.json").read_text())
-        lowercase = settings.get("do_lower_case", True)
-        strip_accents = settings.get("strip_accents")
         tok = BertWordPieceTokenizer(
-            str(path), lowercase=lowercase, strip_accents=strip_accents,
+            str(path), lowercase=settings.get("do_lower_case", True),
+            strip_accents=settings.get("strip_accents"),
             handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
         )._tokenizer
     else:
@@ -67,6 +68,8 @@ def write_tokenizer(tokenizer, directory: pathlib.Path, vocab_size: int,
             if (source / name).exists():
                 shutil.copyfile(source / name, directory / name)
         return
+    from tokenizers import normalizers
+
     tok = getattr(tokenizer, "hf_tokenizer", tokenizer)  # unwrap a tl_jax data.tokenizer.Tokenizer
     if tok.get_vocab_size() != vocab_size:
         raise ValueError(f"tokenizer has {tok.get_vocab_size()} entries but the model's "
@@ -74,9 +77,14 @@ def write_tokenizer(tokenizer, directory: pathlib.Path, vocab_size: int,
     tok.save(str(directory / "tokenizer.json"))
     vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])  # vocab.txt is id-ordered
     (directory / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab))
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "BertTokenizer", "model_max_length": model_max_length},
-        indent=2) + "\n")
+    config = {"tokenizer_class": "BertTokenizer", "model_max_length": model_max_length}
+    normalizer = tok.normalizer
+    if isinstance(normalizer, normalizers.BertNormalizer):
+        # transformers builds its normaliser from these (lowercasing when do_lower_case is
+        # absent), not from tokenizer.json's: a cased tokenizer must say it is.
+        config.update(do_lower_case=normalizer.lowercase, strip_accents=normalizer.strip_accents,
+                      tokenize_chinese_chars=normalizer.handle_chinese_chars)
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def load_tokenizer_for(directory):
