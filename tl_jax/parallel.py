@@ -2,7 +2,9 @@
 
 Scale-out is JAX's own: `jax.distributed` for several processes, a `Mesh` with named axes
 (`data`, `fsdp`, `tensor`), and `jax.jit` with `NamedSharding`s derived from the logical axis
-names that models attach to their parameters. Models never see the mesh.
+names that models attach to their parameters. Models name only logical axes
+(`models.layers.logical_constraint` reads the mesh in context only to leave out an axis that does
+not divide a dimension).
 """
 from __future__ import annotations
 

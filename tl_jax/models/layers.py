@@ -1,8 +1,11 @@
-"""Transformer building blocks shared by the encoder models: attention, MLP, adapters, LayerNorm.
+"""Transformer building blocks shared by the models: attention, MLP, adapters, LayerNorm, and
+the embedding lookup (`Embed`, also GPT's and ELMo's).
 
 Every parameter is annotated with logical axis names (`nn.with_logical_partitioning`) drawn from
 "vocab", "embed", "heads", "kv", "mlp" and None, so `tl_jax/parallel.py` can map them onto a
-device mesh by rules in the config. The modules know nothing about meshes themselves.
+device mesh by rules in the config. The modules name no mesh axis; `logical_constraint` (which
+`Embed` uses) reads the mesh in context only to leave out an axis that does not divide a
+dimension, as `parallel.logical_to_shardings` does for the parameters.
 
 Parameters are always created in float32; `dtype` is the compute dtype (bfloat16 for mixed
 precision). Softmax and LayerNorm statistics are computed in float32 whatever `dtype` is.
