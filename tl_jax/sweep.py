@@ -193,7 +193,7 @@ def _check_masking_cap(runs: list["Run"], configs: dict) -> None:
     key = "data.masked_lm_prob"
     if not any(k == key for k, _ in runs[0].setting):
         return
-    capped = []
+    capped, most = [], 0
     for r in runs:
         data = configs[r.name].get("data", {})
         if not all(k in data for k in ("masked_lm_prob", "max_predictions_per_seq",
@@ -203,12 +203,13 @@ def _check_masking_cap(runs: list["Run"], configs: dict) -> None:
         wanted = int(round(maskable * float(data.masked_lm_prob)))
         if wanted > int(data.max_predictions_per_seq):
             capped.append(f"{dict(r.setting)[key]} (wants {wanted} of {maskable})")
+            most = max(most, wanted)
     if capped:
         raise config_lib.ConfigError(
             f"sweep: data.max_predictions_per_seq caps the masking of "
             f"{', '.join(dict.fromkeys(capped))}: a full-length sequence would be masked less "
             "than its row says. Raise --config.data.max_predictions_per_seq (to "
-            f"{max(int(c.split('wants ')[1].split()[0]) for c in capped)} or more).")
+            f"{most} or more).")
 
 
 def _step_reached(run_dir: str) -> int | None:
