@@ -144,9 +144,8 @@ class CharCNN(nn.Module):
         # 261 characters: the rows cannot split; the columns go to fsdp. layers.Embed gathers
         # them before the lookup, so the looked-up characters stay split over the batch.
         emb = layers.Embed(NUM_CHARS, cfg.char_dim, name="char_embed", table_axes=(None, None),
-                           out_axes=None,
-                           embedding_init=_kernel((None, "embed"),
-                                                  nn.linear.default_embed_init))(chars)  # (B, T, C, E)
+                           out_axes=None, embedding_init=_kernel(
+                               (None, "embed"), nn.linear.default_embed_init))(chars)  # (B,T,C,E)
         x = emb.reshape(b * t, c, cfg.char_dim)  # (B*T, C, E)
         pooled = []
         for width, n in cfg.filters:
