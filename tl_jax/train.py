@@ -411,6 +411,7 @@ def evaluate(trainer: Trainer, params, step: int) -> dict[str, float]:
     results, outputs = eval_pass(trainer, params, int(trainer.config.train.eval_batches))
     if not results:
         return {}
+    results = jax.device_get(results)  # read once for `average` and `empty_metrics`
     metrics = {f"eval/{k}": v for k, v in average(results).items()}
     empty = [k for k in empty_metrics(results) if k not in trainer.noted_empty]
     if empty and jax.process_index() == 0:
