@@ -12,7 +12,8 @@ WORKDIR/vectors.glove_text.txt (W + W~) and scores.json, and ends with a summary
   done: glove 15 epochs in NN.Ns | final loss 0.0xxx | vectors in /tmp/glove
 
 Arguments: "" or "base" (dim 100, window 10, 15 epochs); "tiny" (dim 16, 2 epochs on 2,000
-text units: a smoke test). Override with --config.key=value.
+text units: a smoke test). Override with --config.key=value, e.g. --config.glove.adagrad=glove_c
+for glove.c's AdaGrad rule.
 """
 import ml_collections
 
@@ -44,9 +45,12 @@ def get_config(arg=None):
         alpha=0.75,            # f(x) = (x / x_max)^alpha below x_max
         # One AdaGrad step sums a batch's per-entry gradients where GloVe's C code takes one
         # step per entry, so the rate is 10x its 0.05 (0.05 here: WordSim353 -0.02). This is
-        # optax's AdaGrad, whose rate is not glove.c's eta (glove.c accumulates squares of
-        # eta-scaled gradients); `static_train.train_glove(adagrad="glove_c")` has glove.c's rule.
+        # for optax's AdaGrad, whose rate is not glove.c's eta (glove.c accumulates squares of
+        # eta-scaled gradients): retune it when switching `adagrad`.
         learning_rate=0.5,
+        # "optax": optax's AdaGrad, accumulator started at 1 (the README's scores used it);
+        # "glove_c": glove.c's own rule, u = lr * g; theta -= u / sqrt(G); G += u^2 (G from 1).
+        adagrad="optax",
     ))
     c.save_formats = ("glove_text",)
     c.eval_dir = "$TL_JAX_DATA_DIR"

@@ -250,6 +250,66 @@ def test_glove_c_adagrad_steps_like_glove_c():
         static_train.train_glove(_planted_corpus(10), min_count=1, adagrad="sgd", log=None)
 
 
+def test_glove_adagrad_is_chosen_from_the_command_line(data_dir, tmp_path, monkeypatch):
+    """`--config.glove.adagrad` reaches the optimizer: the two rules give other vectors, and
+    glove_c's are those of `train_glove(adagrad="glove_c")` on the same sentences."""
+    import json
+    import pathlib
+
+    from tl_jax import main
+    from tl_jax.data import vector_formats
+
+    config = pathlib.Path(__file__).resolve().parent.parent / "configs" / "glove.py"
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    argv = ["static", f"--config={config}:tiny", "--config.max_sentences=300",
+            "--config.epochs=2", "--config.eval_dir=''", "--config.glove.learning_rate=0.05"]
+    vectors = {}
+    for rule in ("optax", "glove_c"):
+        workdir = tmp_path / rule
+        main.main(argv + [f"--workdir={workdir}", f"--config.glove.adagrad={rule}"])
+        assert json.loads((workdir / "static_config.json").read_text())["glove"]["adagrad"] == rule
+        vectors[rule] = vector_formats.load_vectors(workdir / "vectors.glove_text.txt")
+    assert vectors["optax"].words == vectors["glove_c"].words
+    assert not np.allclose(vectors["optax"].vectors, vectors["glove_c"].vectors, atol=1e-3)
+    sentences = wv.load_sentences(
+        f"{data_dir}/austen.jsonl,{data_dir}/enwiki_sample.jsonl", "text")[:300]
+    direct, _ = static_train.train_glove(
+        sentences, dim=16, window=10, epochs=2, min_count=2, batch_size=1024, steps_per_call=4,
+        lr=0.05, adagrad="glove_c", log=None)
+    assert direct.words == vectors["glove_c"].words
+    np.testing.assert_array_equal(direct.vectors, vectors["glove_c"].vectors)
+
+    # Another value stops the run, naming the key and the choices, before the corpus is read.
+    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    with pytest.raises(SystemExit) as e:
+        main.main(argv + [f"--workdir={tmp_path / 'sgd'}", "--config.glove.adagrad=sgd"])
+    assert str(e.value.code).startswith(
+        "tl_jax: error: config.glove.adagrad='sgd': expected one of 'optax', 'glove_c'\n")
+    assert not (tmp_path / "sgd").exists()
+
+
+def test_a_workdir_saved_before_glove_adagrad_existed_reruns_with_optax(tmp_path, monkeypatch):
+    import json
+    import pathlib
+
+    from tl_jax import config as config_lib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "glove.py"
+    earlier = config_lib.load_config(f"{path}:tiny").to_dict()
+    del earlier["glove"]["adagrad"]
+    (tmp_path / "static_config.json").write_text(json.dumps(earlier))
+
+    def read(*args):
+        raise RuntimeError("reached the corpus")
+
+    monkeypatch.setattr(wv, "load_sentences", read)
+    with pytest.raises(RuntimeError, match="reached the corpus"):
+        static_train.run(config_lib.load_config(f"{path}:tiny"), str(tmp_path))
+    changed = config_lib.load_config(f"{path}:tiny", ["glove.adagrad=glove_c"])
+    with pytest.raises(ValueError, match=r"glove.adagrad: 'optax' there, 'glove_c' now"):
+        static_train.run(changed, str(tmp_path))
+
+
 @pytest.mark.parametrize("name", ["word2vec", "glove"])
 def test_tiny_configs_run_end_to_end(data_dir, tmp_path, name):
     import json

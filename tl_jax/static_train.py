@@ -341,6 +341,15 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, 
     return out
 
 
+def _with_later_keys(config: dict) -> dict:
+    """Fills in, in place, the keys added to the static configs since they were first saved,
+    with the value that older code used, so that a workdir (or a config file) from before a key
+    existed is not taken for "another config"."""
+    if isinstance(config.get("glove"), dict):
+        config["glove"].setdefault("adagrad", "optax")
+    return config
+
+
 def run(config, workdir: str) -> dict:
     """Trains `config.method` ("word2vec" or "glove") and writes vectors + scores to `workdir`.
 
@@ -371,6 +380,11 @@ def run(config, workdir: str) -> dict:
                         "config.")
     _check_at_least(1, sizes, "config.")
     _check_at_least(0, {k: config[k] for k in ("max_sentences", "max_vocab")}, "config.")
+    # A config written before `glove.adagrad` existed trained with optax's AdaGrad.
+    adagrad = config.glove.get("adagrad", "optax") if "glove" in config else "optax"
+    if config.method == "glove" and adagrad not in GLOVE_ADAGRADS:
+        raise ValueError(f"config.glove.adagrad={adagrad!r}: expected one of "
+                         f"{', '.join(map(repr, GLOVE_ADAGRADS))}")
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise ValueError(f"{workdir} is a training workdir (it has checkpoints/): static vectors "
                          f"would overwrite its vocab.txt; use another workdir")
@@ -378,9 +392,11 @@ def run(config, workdir: str) -> dict:
     # beside the new ones as if they belonged to them: refused, as train.py refuses to resume.
     # (Not "config.json": that would make the workdir look like a Hugging Face directory.)
     current = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as saved
+    _with_later_keys(current)
     config_path = os.path.join(workdir, "static_config.json")
     if os.path.exists(config_path):
         saved = checkpoint.load_json(config_path, "the config `tl_jax static` saved there")
+        _with_later_keys(saved)
         diffs = [f"  {k}: {saved_v!r} there, {now!r} now"
                  for k, saved_v, now in _differences(saved, current) if k != "eval_dir"]
         if diffs:
@@ -412,7 +428,8 @@ def run(config, workdir: str) -> dict:
         vectors, stats = train_glove(
             sentences, dim=config.dim, window=config.window, epochs=config.epochs,
             x_max=g.x_max, alpha=g.alpha, lr=g.learning_rate, batch_size=config.batch_size,
-            seed=config.seed, steps_per_call=config.steps_per_call, vocab=vocab)
+            seed=config.seed, steps_per_call=config.steps_per_call, vocab=vocab,
+            adagrad=adagrad)
     os.makedirs(workdir, exist_ok=True)
     with open(config_path, "w") as f:
         json.dump(current, f, indent=1)
