@@ -199,6 +199,48 @@ def test_conll_round_trip_and_docstart(tmp_path):
                                         {"tokens": ["Peter"], "tags": ["B-PER"]}]
 
 
+def test_conll_columns_are_split_at_ascii_spaces_and_tabs_only(tmp_path, data_dir):
+    """A token holding a non-breaking or other Unicode space is one token (str.split() made it
+    two columns: "3 columns, expected 2"), CRLF line ends included; a word the tokenizer
+    normalises away (a lone U+00A0) gets no sub-token, and the words after it keep their tags."""
+    import numpy as np
+
+    from tl_jax.data import features
+    from tl_jax.data.tokenizer import Tokenizer
+
+    path = tmp_path / "nbsp.conll"
+    path.write_bytes("-DOCSTART- O\r\n\r\nNew\u00a0York\tB-LOC\r\n\u00a0 B-MISC\r\nis\tO\r\n"
+                     "x\u2009y  B-PER\r\n\u3000\r\nbig O\r\n".encode("utf-8"))
+    tokens = ["New\u00a0York", "\u00a0", "is", "x\u2009y"]
+    tags = ["B-LOC", "B-MISC", "O", "B-PER"]
+    # A line of only whitespace, Unicode included, still ends the sentence.
+    sentences = [{"tokens": tokens, "tags": tags}, {"tokens": ["big"], "tags": ["O"]}]
+    assert readers.read_conll(path) == sentences
+    assert readers.record_lines(str(path), "tagging", tokens=True) == [[3, 4, 5, 6], [8]]
+    assert readers.read_conll(path, require_labels=False) == sentences
+    # write_conll keeps such tokens, and still refuses what would split a column or a line.
+    readers.write_conll(tmp_path / "out.conll", sentences)
+    assert readers.read_conll(tmp_path / "out.conll") == sentences
+    for bad in ("a b", "a\tb", "", "a\u2028b", "a\rb"):
+        with pytest.raises(ValueError, match="cannot be empty or hold spaces, tabs or line breaks"):
+            readers.write_conll(tmp_path / "bad.conll", [{"tokens": [bad], "tags": ["O"]}])
+
+    # The BERT normaliser turns U+00A0 and U+2009 into spaces: "New York" is two sub-tokens of
+    # word 0, and the lone U+00A0 becomes no sub-token at all.
+    tokenizer = Tokenizer.load(str(data_dir / "models" / "all-MiniLM-L6-v2"))
+    label_map = {"O": 0, "B-LOC": 1, "B-MISC": 2, "B-PER": 3}
+    out = features.encode_tagging(tokenizer, sentences[:1], label_map, max_seq_length=12)
+    assert tokenizer.decode(out["input_ids"][0]) == "new york is x y"
+    ignore = features.IGNORE
+    #                [CLS]   new    york   is     x      y     [SEP], padding
+    assert out["labels"][0].tolist() == [ignore, 1, ignore, 0, 3, ignore] + [ignore] * 6
+    assert out["word_index"][0].tolist() == [-1, 0, -1, 2, 3, -1] + [-1] * 6
+    # Predicted back onto the words: the word without a sub-token is O, the others their own.
+    perfect = np.where(out["labels"][0] >= 0, out["labels"][0], 0)
+    assert features.tags_from_predictions(perfect, out["word_index"][0], len(tokens),
+                                          list(label_map)) == ["B-LOC", "O", "O", "B-PER"]
+
+
 def test_conll_errors_name_file_and_line(tmp_path):
     ragged = _write(tmp_path / "ragged.conll", "a O\nb NNP O\n")
     with pytest.raises(readers.DataFormatError, match=r"ragged.conll:2: 3 columns, expected 2"):

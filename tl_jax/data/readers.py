@@ -230,10 +230,12 @@ def read_conll(path: PathLike, token_column: int = 0, tag_column: int = -1,
                require_labels: bool = True) -> list[dict]:
     """Reads CoNLL-style columns: one token per line, blank lines between sentences.
 
-    `-DOCSTART-` lines are skipped. Every non-blank line must have the same number of
-    whitespace-separated columns, and tags must be BIO / IOB2 (`O`, `B-X`, `I-X`). A file that
-    is one sentence of more than `LONG_SENTENCE` tokens is an error (its blank lines are
-    missing).
+    `-DOCSTART-` lines are skipped. Columns are separated by ASCII spaces and tabs only: other
+    whitespace (a non-breaking space U+00A0, a thin space U+2009) belongs to its token, as in
+    "New\u00a0York". A line of nothing but whitespace, of any kind, ends a sentence. Every other
+    line must have the same number of columns, and tags must be BIO / IOB2 (`O`, `B-X`, `I-X`).
+    A file that is one sentence of more than `LONG_SENTENCE` tokens is an error (its blank lines
+    are missing).
 
     With `require_labels=False` (`tl_jax predict`) a file of one column holds tokens only, and
     its sentences have tags None.
@@ -264,8 +266,8 @@ def _read_conll(path: pathlib.Path, token_column: int, tag_column: int,
     # utf-8-sig: a byte-order mark (Windows editors write one) would join the first token.
     with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, 1):
-            columns = line.split()
-            if not columns:
+            columns = _conll_columns(line)
+            if not columns or not line.strip():
                 if tokens:
                     sentences.append({"tokens": tokens, "tags": tags if n_columns > 1 else None})
                 tokens, tags = [], []
@@ -307,6 +309,21 @@ def _read_conll(path: pathlib.Path, token_column: int, tag_column: int,
     return sentences, starts
 
 
+# What separates CoNLL columns: ASCII spaces and tabs, as the CoNLL shared tasks and conlleval
+# write them. `str.split()` also split at U+00A0 and every other Unicode space, so a token holding
+# one ("New\u00a0York", a lone "\u00a0" in web text) became two columns: "3 columns, expected 2".
+_CONLL_SEPARATORS = " \t"
+# Characters a token cannot hold in a file: the separators and what ends a line (for
+# `str.splitlines`, which other readers of the file may use, as well as for this one).
+_CONLL_NOT_IN_TOKENS = _CONLL_SEPARATORS + "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def _conll_columns(line: str) -> list[str]:
+    """A CoNLL line's columns: split at runs of spaces and tabs, the line ending (LF or CRLF)
+    stripped, any other whitespace kept inside its token."""
+    return [c for c in re.split(r"[ \t]+", line.rstrip("\r\n")) if c]
+
+
 CONLL_LAYOUT = ("CoNLL columns: one token per line, its tag in the last column, a blank line "
                 "after each sentence")
 
@@ -338,8 +355,9 @@ def write_conll(path: PathLike, sentences: Iterable[dict]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for sentence in sentences:
             for token, tag in zip(sentence["tokens"], sentence["tags"], strict=True):
-                if not token or any(c.isspace() for c in token):
-                    raise ValueError(f"CoNLL tokens cannot be empty or hold whitespace: {token!r}")
+                if not token or any(c in _CONLL_NOT_IN_TOKENS for c in token):
+                    raise ValueError(f"CoNLL tokens cannot be empty or hold spaces, tabs or line "
+                                     f"breaks: {token!r}")
                 f.write(f"{token}\t{tag}\n")
             f.write("\n")
 
