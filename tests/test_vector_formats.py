@@ -185,6 +185,7 @@ def test_embedding_matrix_for_a_task_vocabulary():
 
 @pytest.mark.parametrize("encoder", ["bag", "bilstm"])
 def test_static_embedding_classifier_uses_the_pretrained_table(encoder):
+    import flax.linen as nn
     import jax
     import jax.numpy as jnp
 
@@ -194,7 +195,7 @@ def test_static_embedding_classifier_uses_the_pretrained_table(encoder):
     for freeze in (True, False):
         model = embeddings.StaticEmbeddingClassifier(10, 4, 3, encoder=encoder, hidden=8,
                                                      freeze_embeddings=freeze)
-        params = model.init(jax.random.PRNGKey(0), ids, mask)["params"]
+        params = nn.unbox(model.init(jax.random.PRNGKey(0), ids, mask)["params"])
         params = embeddings.load_embedding_matrix(params, matrix)
         np.testing.assert_array_equal(params["embed"]["embedding"], matrix)
 
@@ -212,6 +213,67 @@ def test_static_embedding_classifier_uses_the_pretrained_table(encoder):
         np.testing.assert_allclose(logits, logits2, atol=1e-6)
     with pytest.raises(ValueError, match="does not match"):
         embeddings.load_embedding_matrix(params, matrix[:5])
+
+
+def test_static_embedding_classifier_table_is_sharded_like_the_other_models(tmp_path):
+    """Its table was a plain nn.Embed's, without logical axes: under fsdp it stayed whole on
+    every device. It is now ("vocab", "embed") like BERT's and GPT's, with nn.Embed's name and
+    initial values, and pretrained vectors still load into it, boxed or not."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from tl_jax import parallel
+
+    vocab_size, dim = 64, 16
+    ids = jnp.asarray(np.random.default_rng(0).integers(1, vocab_size, (8, 6)))
+    ids = ids.at[:, 4:].set(0)
+    mask = ids > 0
+    model = embeddings.StaticEmbeddingClassifier(vocab_size, dim, 3, encoder="bag", dropout=0.0)
+    boxed = model.init(jax.random.PRNGKey(3), ids, mask)["params"]
+    assert boxed["embed"]["embedding"].names == ("vocab", "embed")
+
+    class PlainEmbed(nn.Module):  # the table as it was: nn.Embed at the same path
+        @nn.compact
+        def __call__(self, x):
+            return nn.Embed(vocab_size, dim, name="embed")(x)
+
+    plain = PlainEmbed().init(jax.random.PRNGKey(3), ids)["params"]["embed"]["embedding"]
+    np.testing.assert_array_equal(nn.unbox(boxed)["embed"]["embedding"], plain)
+
+    # GloVe and word2vec vectors from their files, laid out for the vocabulary, load into the
+    # boxed params (the box, and so the sharding, kept) and into unboxed ones alike.
+    vectors = vf.WordVectors([f"w{i}" for i in range(40)],
+                             np.random.default_rng(1).normal(size=(40, dim)).astype(np.float32))
+    words = ["[PAD]"] + [f"w{i}" for i in range(vocab_size - 1)]
+    for fmt, name in (("glove_text", "v.txt"), ("word2vec_binary", "v.bin")):
+        vf.save_vectors(vectors, tmp_path / name, fmt)
+        matrix, n_oov = embeddings.embedding_matrix_for_vocab(vf.load_vectors(tmp_path / name),
+                                                              words)
+        assert n_oov == vocab_size - 40
+        loaded = embeddings.load_embedding_matrix(boxed, matrix)
+        assert loaded["embed"]["embedding"].names == ("vocab", "embed")
+        unboxed = embeddings.load_embedding_matrix(nn.unbox(boxed), matrix)
+        for params in (nn.unbox(loaded), unboxed):
+            np.testing.assert_array_equal(params["embed"]["embedding"], matrix)
+            _, inter = model.apply({"params": params}, ids, mask)
+            np.testing.assert_array_equal(inter["embeddings"], matrix[np.asarray(ids)])
+    ref, _ = model.apply({"params": nn.unbox(loaded)}, ids, mask)
+
+    rules = parallel.axis_rules(parallel.default_config())
+    # fsdp 8 splits the columns; data 2 x fsdp 2 x tensor 2 the rows over tensor as well.
+    for sizes, shard in (((1, 8, 1), (64, 2)), ((2, 2, 2), (32, 8))):
+        cfg = parallel.default_config()
+        cfg.data, cfg.fsdp, cfg.tensor = sizes
+        mesh = parallel.make_mesh(cfg)
+        shardings = parallel.logical_to_shardings(loaded, mesh, rules)
+        params = jax.device_put(nn.unbox(loaded), shardings)
+        table = params["embed"]["embedding"]
+        assert "fsdp" in str(table.sharding.spec), (sizes, table.sharding.spec)
+        assert table.sharding.shard_shape(table.shape) == shard, sizes
+        with parallel.mesh_context(mesh, rules):
+            logits = jax.jit(lambda p: model.apply({"params": p}, ids, mask)[0])(params)
+        np.testing.assert_allclose(logits, ref, rtol=1e-6, atol=1e-6)
 
 
 def test_repeated_words_keep_the_first_vector_and_are_noted(tmp_path, capsys):

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tl_jax.models import layers
+
 SIZES = {
     # name: embedding dimension
     "tiny": 16,
@@ -168,6 +170,11 @@ class StaticEmbeddingClassifier(nn.Module):
     `load_embedding_matrix` below returns params with pretrained rows in
     params["embed"]["embedding"].
 
+    The table is `nn.Embed`'s parameter (same name, same initial values for a seed) with the
+    logical axes ("vocab", "embed") every other model's embedding has, so under a mesh it is
+    sharded like theirs (rows over tensor, columns over fsdp): `init` returns it boxed in
+    `nn.LogicallyPartitioned` (`nn.unbox` gives the arrays).
+
     Inputs: token_ids (B, T) int, mask (B, T) bool. Outputs: logits (B, num_classes).
     """
 
@@ -181,7 +188,13 @@ class StaticEmbeddingClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, token_ids, mask, train: bool = False):
-        emb = nn.Embed(self.vocab_size, self.dim, name="embed")(token_ids)  # (B, T, D)
+        # layers.Embed: nn.Embed's parameter and initialiser, with logical axes for the mesh
+        # and a lookup that keeps the activations split over the batch (see there).
+        emb = layers.Embed(
+            self.vocab_size, self.dim,
+            embedding_init=nn.with_logical_partitioning(nn.linear.default_embed_init,
+                                                        ("vocab", "embed")),
+            name="embed")(token_ids)  # (B, T, D)
         if self.freeze_embeddings:
             emb = jax.lax.stop_gradient(emb)
         maskf = mask.astype(emb.dtype)[..., None]  # (B, T, 1)
@@ -203,11 +216,17 @@ class StaticEmbeddingClassifier(nn.Module):
 
 
 def load_embedding_matrix(params, matrix: np.ndarray):
-    """Returns params with the classifier's embedding table replaced by `matrix`."""
-    params = jax.tree_util.tree_map(lambda x: x, params)  # shallow copy of the nested dicts
+    """Returns params with the classifier's embedding table replaced by `matrix`.
+
+    `params` may be boxed (as `init` returns them: the new table keeps its logical axes) or
+    unboxed."""
+    is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
+    params = jax.tree_util.tree_map(lambda x: x, params, is_leaf=is_box)  # a copy of the dicts
     current = params["embed"]["embedding"]
-    if tuple(current.shape) != tuple(matrix.shape):
+    value = current.unbox() if is_box(current) else current
+    if tuple(value.shape) != tuple(matrix.shape):
         raise ValueError(f"Embedding matrix {matrix.shape} does not match the model's table "
-                         f"{tuple(current.shape)}")
-    params["embed"]["embedding"] = jnp.asarray(matrix, dtype=current.dtype)
+                         f"{tuple(value.shape)}")
+    table = jnp.asarray(matrix, dtype=value.dtype)
+    params["embed"]["embedding"] = current.replace_boxed(table) if is_box(current) else table
     return params
