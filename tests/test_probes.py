@@ -1,5 +1,6 @@
 """Feature-based probes: feature choices, pooled == token-level for the linear head, BiLSTM
 length masking, and a frozen encoder whose gradient is never computed."""
+import math
 import os
 
 import flax.linen as nn
@@ -321,6 +322,46 @@ def test_cached_features_are_encoded_under_the_mesh_as_on_one_device(mesh, head,
         assert len(out.sharding.device_set) == 8
     if len(mesh) > 1:  # fsdp / tensor: some weights really are split over devices
         assert any(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("shards,processes,row_bytes,rows", [
+    # Up to 8 data shards: 64 rows as before (so the cached features are the same chunks).
+    (1, 1, 4096, 64), (8, 1, 4096, 64), (4, 2, 4096, 64), (6, 4, 4096, 72), (3, 2, 4096, 66),
+    # More shards: 8 rows each, where 64 rows gave 4, 1, or (512 shards) a 512-row chunk anyway.
+    (16, 1, 4096, 128), (64, 1, 4096, 512), (64, 8, 4096, 512), (512, 64, 4096, 4096),
+    (96, 32, 4096, 768), (24, 16, 4096, 192),
+    # Token-level BERT-base features of every layer (13 x 128 x 768 x 2 bytes, 2.5 MB a row):
+    # 256 MiB holds 105 rows, cut to whole rows per shard, never below one per shard.
+    (8, 1, 13 * 128 * 768 * 2, 64), (64, 1, 13 * 128 * 768 * 2, 64),
+    (32, 1, 13 * 128 * 768 * 2, 96), (512, 64, 13 * 128 * 768 * 2, 512),
+    (6, 4, 13 * 128 * 768 * 2, 72), (1, 1, 2**30, 1),
+])
+def test_feature_cache_chunks_scale_with_the_data_shards(shards, processes, row_bytes, rows):
+    from tl_jax.tasks import probe
+
+    got = probe.encode_chunk_rows(shards, processes, row_bytes)
+    assert got == rows
+    assert got % shards == 0 and got % processes == 0
+    per_shard, unit = got // shards, math.lcm(shards, processes)
+    assert per_shard >= 1
+    fits = got * row_bytes <= probe.ENCODE_MAX_CHUNK_BYTES
+    # Either the features fit the budget, or the chunk is down to one row per shard (or unit).
+    assert fits or got == unit
+    # The 8 rows per shard are wanted, and given whenever their features fit.
+    if 8 * unit * row_bytes <= probe.ENCODE_MAX_CHUNK_BYTES:
+        assert per_shard >= 8
+    # The old rule (at least 64 rows) on the meshes it served: the same chunk when it fits.
+    if shards <= 8 and unit * -(-64 // unit) * row_bytes <= probe.ENCODE_MAX_CHUNK_BYTES:
+        assert got == unit * -(-64 // unit)
+
+
+def test_feature_cache_chunk_sizes_below_one_are_refused():
+    from tl_jax.tasks import probe
+
+    with pytest.raises(ValueError, match=r"encode_chunk_rows: batch_shards=0; expected >= 1"):
+        probe.encode_chunk_rows(0, 1, 10)
+    with pytest.raises(ValueError, match=r"row_bytes=0"):
+        probe.encode_chunk_rows(8, 1, 0)
 
 
 def test_two_processes_cache_the_features_one_process_caches(data_dir, tmp_path):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 
@@ -227,12 +228,13 @@ class Task(classify.Task):
         features = jax.jit(self._features, in_shardings=(shardings, rows, rows, rows),
                            out_shardings=NamedSharding(mesh, PartitionSpec()))
 
-        # A chunk of at least 64 rows, a multiple of the batch shards and of the processes.
-        shards = int(np.prod([mesh.shape[a] for a in parallel.BATCH_AXES]))
-        unit = int(np.lcm(shards, jax.process_count()))
-        bs = unit * -(-64 // unit)
-        local = bs // jax.process_count()
         keys = ("input_ids", "segment_ids", "input_mask")
+        # One row's features, for the chunk's size: every device holds the whole chunk's.
+        row = jax.eval_shape(self._features, params, *(example[k] for k in keys))
+        shards = int(np.prod([mesh.shape[a] for a in parallel.BATCH_AXES]))
+        bs = encode_chunk_rows(shards, jax.process_count(),
+                               int(np.prod(row.shape[1:])) * row.dtype.itemsize)
+        local = bs // jax.process_count()
         chunks, pending, n = [], None, len(arrays["labels"])
         with parallel.mesh_context(mesh, rules):
             for start in range(0, n, bs):
@@ -302,6 +304,45 @@ class Task(classify.Task):
         ce_sum, n = downstream.weighted_cross_entropy(logits, batch["labels"], weights)
         correct = ((jnp.argmax(logits, -1) == batch["labels"]) * weights).sum()
         return ce_sum / jnp.maximum(n, 1.0), dict(loss=(ce_sum, n), accuracy=(correct, n))
+
+
+# The feature cache's chunks (`encode_chunk_rows`): rows per data-parallel device, the fewest
+# rows per chunk, and the most bytes of features per chunk.
+ENCODE_ROWS_PER_SHARD = 8
+ENCODE_MIN_ROWS = 64
+ENCODE_MAX_CHUNK_BYTES = 256 * 2**20
+
+
+def encode_chunk_rows(batch_shards: int, processes: int, row_bytes: int,
+                      rows_per_shard: int = ENCODE_ROWS_PER_SHARD,
+                      min_rows: int = ENCODE_MIN_ROWS,
+                      max_bytes: int = ENCODE_MAX_CHUNK_BYTES) -> int:
+    """Rows per chunk of the feature cache's encoder pass: a multiple of the batch shards
+    (data x fsdp, so every device gets whole rows) and of the processes (each feeds an equal
+    share), aiming at `rows_per_shard` rows per device and at least `min_rows`.
+
+    A fixed 64 rows gave each device 64 / shards rows: 1 on 64 data shards, so a pod paid a
+    dispatch and a host round trip for every row each device encoded, on matmuls of one row's
+    tokens. Eight rows per device (1,024 tokens at sequence length 128) amortise those, while
+    the encoder's activations stay small (a forward pass: no gradients, no optimizer state).
+    A choice by reasoning, not timed.
+
+    The bound is the output, not the activations: the chunk's features come back replicated,
+    so every device holds all `rows * row_bytes` of them (twice while the next chunk runs and
+    the previous one is read), and the token-level features of every layer are megabytes per
+    row (13 layers x 128 tokens x 768 x 2 bytes = 2.5 MB for BERT-base). So the chunk is cut
+    to `max_bytes` of features, though never below the smallest chunk allowed (the lcm of the
+    shards and the processes: one row per shard when the processes divide the shards). Up to 8
+    data shards with small rows this is the 64 rows it always was.
+    """
+    for name, value in (("batch_shards", batch_shards), ("processes", processes),
+                        ("row_bytes", row_bytes)):
+        if value < 1:
+            raise ValueError(f"encode_chunk_rows: {name}={value}; expected >= 1")
+    unit = math.lcm(batch_shards, processes)
+    want = unit * -(-max(min_rows, rows_per_shard * batch_shards) // unit)  # rounded up
+    fit = unit * max(1, max_bytes // row_bytes // unit)  # rounded down, at least one unit
+    return min(want, fit)
 
 
 def default_config():
