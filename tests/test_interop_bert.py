@@ -753,3 +753,28 @@ def test_an_exported_cased_tokenizer_stays_cased_in_transformers(tmp_path):
     assert bert_tokenizer.load_tokenizer(out).encode(text, add_special_tokens=False).ids == cased
     assert transformers.BertTokenizerFast.from_pretrained(str(out))(
         text, add_special_tokens=False)["input_ids"] == cased
+
+
+def test_a_copied_cased_tokenizer_directory_stays_cased_in_transformers(tmp_path):
+    # `tl_jax convert --direction=tl_to_hf` of a workdir copies its tokenizer/ folder, which holds
+    # tokenizer.json and vocab.txt only: with no tokenizer_config.json beside them transformers
+    # lowercased the export of a cased run ("Elizabeth" -> el ##iz ##abeth).
+    from tl_jax.data.tokenizer import Tokenizer
+    from tl_jax.interop import bert_tokenizer
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "Elizabeth",
+                                "elizabeth", "THE", "the"]) + "\n")
+    text = "Elizabeth THE"
+    for lowercase in (False, True):
+        tok = Tokenizer.from_vocab(str(vocab), lowercase=lowercase)
+        source = tmp_path / f"workdir_{lowercase}" / "tokenizer"
+        tok.save(str(source))
+        assert not (source / "tokenizer_config.json").exists()
+        out = tmp_path / f"hf_{lowercase}"
+        out.mkdir()
+        bert_tokenizer.write_tokenizer(source, out, vocab_size=tok.vocab_size)
+        config = json.loads((out / "tokenizer_config.json").read_text())
+        assert config["do_lower_case"] is lowercase
+        hf = transformers.BertTokenizerFast.from_pretrained(str(out))
+        assert hf(text, add_special_tokens=False)["input_ids"] == tok.encode(text), lowercase

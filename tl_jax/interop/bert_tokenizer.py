@@ -59,32 +59,43 @@ def write_tokenizer(tokenizer, directory: pathlib.Path, vocab_size: int,
 
     tokenizer: a directory holding tokenizer files (validated, then copied), or a
     `tokenizers.Tokenizer` / tl_jax `Tokenizer` (saved as tokenizer.json plus an id-ordered
-    vocab.txt). Its vocabulary size must equal `vocab_size`.
+    vocab.txt). Its vocabulary size must equal `vocab_size`. Either way `tokenizer_config.json`
+    states the casing, accent and CJK settings the tokenizer has.
     """
+    config = {"tokenizer_class": "BertTokenizer", "model_max_length": model_max_length}
     if isinstance(tokenizer, (str, pathlib.Path)):
         source = pathlib.Path(tokenizer)
-        load_tokenizer(source, vocab_size=vocab_size)  # validate before copying
+        tok = load_tokenizer(source, vocab_size=vocab_size)  # validate before copying
         for name in TOKENIZER_FILES:
             if (source / name).exists():
                 shutil.copyfile(source / name, directory / name)
-        return
+        if (source / "tokenizer_config.json").exists():
+            config = json.loads((source / "tokenizer_config.json").read_text())
+    else:
+        tok = getattr(tokenizer, "hf_tokenizer", tokenizer)  # unwrap a data.tokenizer.Tokenizer
+        if tok.get_vocab_size() != vocab_size:
+            raise ValueError(f"tokenizer has {tok.get_vocab_size()} entries but the model's "
+                             f"vocab_size is {vocab_size}; they must agree")
+        tok.save(str(directory / "tokenizer.json"))
+        vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])  # vocab.txt is id-ordered
+        (directory / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab))
+    # transformers builds its normaliser from these (lowercasing when do_lower_case is absent),
+    # not from tokenizer.json's: a cased tokenizer must say it is. A copied directory (a
+    # workdir's tokenizer/ has no tokenizer_config.json) gets them too, as tl_jax loaded them.
+    config.update(_normalizer_settings_of(tok))
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _normalizer_settings_of(tok) -> dict:
+    """do_lower_case / strip_accents / tokenize_chinese_chars of a `tokenizers.Tokenizer` whose
+    normaliser is BERT's; {} for any other normaliser (transformers' defaults then apply)."""
     from tokenizers import normalizers
 
-    tok = getattr(tokenizer, "hf_tokenizer", tokenizer)  # unwrap a tl_jax data.tokenizer.Tokenizer
-    if tok.get_vocab_size() != vocab_size:
-        raise ValueError(f"tokenizer has {tok.get_vocab_size()} entries but the model's "
-                         f"vocab_size is {vocab_size}; they must agree")
-    tok.save(str(directory / "tokenizer.json"))
-    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])  # vocab.txt is id-ordered
-    (directory / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab))
-    config = {"tokenizer_class": "BertTokenizer", "model_max_length": model_max_length}
     normalizer = tok.normalizer
-    if isinstance(normalizer, normalizers.BertNormalizer):
-        # transformers builds its normaliser from these (lowercasing when do_lower_case is
-        # absent), not from tokenizer.json's: a cased tokenizer must say it is.
-        config.update(do_lower_case=normalizer.lowercase, strip_accents=normalizer.strip_accents,
-                      tokenize_chinese_chars=normalizer.handle_chinese_chars)
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if not isinstance(normalizer, normalizers.BertNormalizer):
+        return {}
+    return dict(do_lower_case=normalizer.lowercase, strip_accents=normalizer.strip_accents,
+                tokenize_chinese_chars=normalizer.handle_chinese_chars)
 
 
 def load_tokenizer_for(directory):
