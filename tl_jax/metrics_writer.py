@@ -91,7 +91,11 @@ class MetricsWriter:
         clean = {k: json_safe(float(v)) for k, v in scalars.items()}
         self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
         for k, v in scalars.items():
-            self._tb.add_scalar(k, float(v), int(step))
+            # NaN is "nothing was measured" (an empty eval, precision with no positive
+            # prediction): metrics.jsonl keeps it, TensorBoard gets no point rather than a
+            # "NaN or Inf found" warning from tensorboardX per value. inf is still written.
+            if not math.isnan(float(v)):
+                self._tb.add_scalar(k, float(v), int(step))
 
     def close(self) -> None:
         if self.enabled:
