@@ -561,3 +561,27 @@ def test_classify_eval_without_the_positive_label_has_nan_f1_noted_once(capsys):
     # A positive the model misses is a real 0, and no note.
     assert task.score({"rows": [0, 2], "predicted": ["neg", "neg"]})["f1"] == 0.0
     assert capsys.readouterr().out == ""
+
+
+def test_a_damaged_labels_file_of_a_resumed_run_is_named_and_kept(tmp_path, monkeypatch):
+    """A resumed run reads its labels.jsonl back to compare: a damaged one (cut short) is named
+    by file and line, not a JSONDecodeError's traceback, and left as it is. Writing is atomic:
+    a write that fails leaves the previous file whole (it was truncated)."""
+    from tl_jax import checkpoint
+    from tl_jax.tasks import downstream
+
+    monkeypatch.setattr(checkpoint, "has_saved_step", lambda workdir: True)
+    path = tmp_path / "labels.jsonl"
+    damaged = '{"id": 0, "label": "a"}\n{"id": 1, "lab'
+    path.write_text(damaged)
+    with pytest.raises(ValueError, match=r"labels\.jsonl:2: expected an object with a \"label\".*"
+                                         r"Restore it.*or delete it"):
+        downstream.write_labels(str(tmp_path), ["a", "b"])
+    assert path.read_text() == damaged
+
+    out = tmp_path / "rows.jsonl"
+    downstream.write_jsonl(str(out), [{"a": 1}])
+    with pytest.raises(TypeError):  # a row json cannot write, after one it can
+        downstream.write_jsonl(str(out), iter([{"a": 2}, {"a": object()}]))
+    assert out.read_text() == '{"a": 1}\n'
+    assert sorted(os.listdir(tmp_path)) == ["labels.jsonl", "rows.jsonl"]  # no temporary left

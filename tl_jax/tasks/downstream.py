@@ -459,8 +459,13 @@ def write_labels(workdir: str, labels) -> None:
 
     path = os.path.join(workdir, "labels.jsonl")
     if os.path.exists(path) and checkpoint.has_saved_step(workdir):
-        with open(path, encoding="utf-8") as f:
-            saved = [json.loads(line)["label"] for line in f if line.strip()]
+        try:
+            saved = read_labels(workdir)
+        except ValueError as e:
+            raise ValueError(f"{e}; the checkpoints in {workdir} were trained with the labels "
+                             "it held. Restore it (it lists the label of output 0, 1, ... as "
+                             "{\"id\": 0, \"label\": ...} per line), or delete it to have this "
+                             "run's labels written there") from None
         if saved != list(labels):
             raise ValueError(
                 f"{workdir} holds checkpoints trained with labels {saved} (labels.jsonl), but "
@@ -477,10 +482,18 @@ def check_positive_label(positive: str, labels) -> None:
 
 
 def write_jsonl(path: str, rows) -> None:
+    """Writes `rows` as JSON lines. The file is written under a temporary name and renamed, so
+    an interrupted write (Ctrl-C, a full disk, a bad row) leaves the previous file whole."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class EvalPredictions:
