@@ -585,3 +585,34 @@ def test_a_damaged_labels_file_of_a_resumed_run_is_named_and_kept(tmp_path, monk
         downstream.write_jsonl(str(out), iter([{"a": 2}, {"a": object()}]))
     assert out.read_text() == '{"a": 1}\n'
     assert sorted(os.listdir(tmp_path)) == ["labels.jsonl", "rows.jsonl"]  # no temporary left
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.max_train_examples=-1", r"data\.max_train_examples=-1 must be >= 0"),
+    ("data.max_eval_examples=-5", r"data\.max_eval_examples=-5 must be >= 0"),
+    ("data.batch_size=0", r"data\.batch_size=0 must be >= 1"),
+    ("data.num_epochs=-1.0", r"data\.num_epochs=-1\.0 must be >= 0"),
+])
+def test_fine_tuning_data_sizes_are_checked_before_the_data_is_read(tmp_path, override, message):
+    """A negative example cap kept all records but the last (records[:-1]), a batch size of 0
+    was a ZeroDivisionError; both are named before any file is read (these do not exist)."""
+    from tl_jax.tasks import classify, squad, tag
+
+    for spec, task in (("configs/finetune_classify.py:tiny", classify),
+                       ("configs/finetune_tag.py:tiny", tag),
+                       ("configs/finetune_squad.py:tiny", squad)):
+        config = config_lib.load_config(spec, [
+            "train.progress=False", "mesh.num_devices=1", override,
+            f"data.train_file={tmp_path / 'missing_train'}",
+            f"data.eval_file={tmp_path / 'missing_eval'}"])
+        with pytest.raises(ValueError, match=message):
+            task.Task(config, str(tmp_path / "run"))
+
+
+def test_a_negative_epoch_count_is_named_as_it_is():
+    from tl_jax.tasks import downstream
+
+    config = config_lib.load_config("configs/finetune_classify.py:tiny", ["data.num_epochs=0.0"])
+    with pytest.raises(ValueError, match=r"train\.steps=0 and data\.num_epochs=0\.0: set one of "
+                                         r"them to a positive number"):
+        downstream.fit_schedule(config, 64)

@@ -40,6 +40,7 @@ class Task(downstream.EncoderTask):
 
     def __init__(self, config, workdir):
         self.config, d = config, config.data
+        downstream.check_data_sizes(d)
         self.train_records = read_split(d, d.train_file, d.max_train_examples)
         self.eval_records = read_split(d, d.eval_file, d.max_eval_examples)
         # As the files' labels: data.labels=0,1 arrives as numbers, the files give "0" and "1".

@@ -400,6 +400,19 @@ def _note_run_together(config, truncated: list, where: str, spec: str, records) 
           "after each sentence.", flush=True)
 
 
+def check_data_sizes(d) -> None:
+    """The data sizes of a fine-tuning config, checked before any file is read: a negative
+    `data.max_train_examples` / `max_eval_examples` would keep all records but the last ones
+    (a Python slice), a `data.batch_size` below 1 divide by zero."""
+    for key in ("max_train_examples", "max_eval_examples"):
+        if d.get(key, 0) < 0:
+            raise ValueError(f"data.{key}={d[key]} must be >= 0 (0: all examples)")
+    if d.batch_size < 1:
+        raise ValueError(f"data.batch_size={d.batch_size} must be >= 1")
+    if d.get("num_epochs", 0) < 0:
+        raise ValueError(f"data.num_epochs={d.num_epochs} must be >= 0")
+
+
 def fit_schedule(config, n_train: int) -> int:
     """Fills the schedule from the data: `train.steps` = 0 becomes `data.num_epochs` epochs, and
     `train.eval_every` / `train.checkpoint_every` = 0 become one epoch.
@@ -408,13 +421,16 @@ def fit_schedule(config, n_train: int) -> int:
     epoch. The config is locked against new keys, not against values; the trainer reads these
     fields after building the task and saves the result in config.json.
     """
+    check_data_sizes(config.data)
     steps_per_epoch = n_train // config.data.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{n_train} training examples cannot fill one batch of "
                          f"data.batch_size={config.data.batch_size}")
     if config.train.steps == 0:
         if config.data.num_epochs <= 0:
-            raise ValueError("set train.steps or data.num_epochs (both are 0)")
+            raise ValueError(f"train.steps=0 and data.num_epochs={config.data.num_epochs}: set "
+                             "one of them to a positive number (train.steps=0 trains "
+                             "data.num_epochs epochs)")
         config.train.steps = max(1, math.ceil(config.data.num_epochs * steps_per_epoch))
     if config.train.eval_every == 0:
         config.train.eval_every = steps_per_epoch

@@ -39,6 +39,7 @@ class Task(downstream.EncoderTask):
 
     def __init__(self, config, workdir):
         self.config, d = config, config.data
+        downstream.check_data_sizes(d)
 
         def read(spec, limit):
             records = readers.read_records(spec, "tagging")
