@@ -168,6 +168,18 @@ def test_host_slices_partition_the_global_batch():
         make_iterator(batch_size=6, process_count=4)
 
 
+@pytest.mark.parametrize("batch_size", [0, -8])
+def test_a_batch_size_below_one_is_named(batch_size):
+    """data.batch_size=0 was a ZeroDivisionError traceback once the corpus was tokenised."""
+    with pytest.raises(ValueError, match=rf"batch_size {batch_size} \(data.batch_size\) must be "
+                                         "at least 1"):
+        make_iterator(batch_size=batch_size)
+    blocks, lengths = clm.make_blocks(np.arange(1, 95, dtype=np.int32), 6)
+    with pytest.raises(ValueError, match=rf"eval batch_size {batch_size} "
+                                         r"\(data.eval_batch_size\) must be at least 1"):
+        clm.eval_batches(blocks, lengths, batch_size=batch_size)
+
+
 def test_eval_batches_cover_every_token_once():
     stream = np.arange(1, 95, dtype=np.int32)
     blocks, lengths = clm.make_blocks(stream, 6)

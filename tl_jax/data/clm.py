@@ -79,6 +79,8 @@ class BlockIterator:
 
     def __init__(self, blocks: np.ndarray, lengths: np.ndarray, batch_size: int, seed: int = 0,
                  process_index: int = 0, process_count: int = 1, shuffle: bool = True):
+        if batch_size < 1:  # (0 divided by zero below, a negative one reversed the slices)
+            raise ValueError(f"batch_size {batch_size} (data.batch_size) must be at least 1")
         if batch_size % process_count:
             raise ValueError(
                 f"batch_size {batch_size} is not divisible by the process count {process_count}"
@@ -136,6 +138,8 @@ def eval_batches(blocks: np.ndarray, lengths: np.ndarray, batch_size: int,
 
     The last global batch is padded with zero-weight rows, so metrics count each token once.
     """
+    if batch_size < 1:
+        raise ValueError(f"eval batch_size {batch_size} (data.eval_batch_size) must be at least 1")
     if batch_size % process_count:
         raise ValueError(
             f"eval batch_size {batch_size} is not divisible by the process count {process_count}"
