@@ -92,6 +92,24 @@ def test_an_empty_merges_file_is_an_error(tok, tmp_path):
             BPETokenizer.load(str(tmp_path / "tok"))
 
 
+def test_a_merges_file_cut_short_is_an_error(tok, tmp_path):
+    """The end of merges.txt missing (an interrupted copy, cut at a line end) loaded, and split
+    every word that needed the lost merges into other tokens than the model saw."""
+    tok.save(str(tmp_path / "tok"))
+    (tmp_path / "tok" / "tokenizer.json").unlink()  # as a GPT-2 download has it
+    merges = (tmp_path / "tok" / "merges.txt").read_text().splitlines()
+    kept = len(merges) // 2
+    (tmp_path / "tok" / "merges.txt").write_text("\n".join(merges[:kept]) + "\n")
+    lost = tok.vocab_size - 257 - (kept - 1)
+    with pytest.raises(BPEError, match=rf"merges.txt makes none of {lost} tokens of .*vocab.json "
+                                       rf"\(e.g. .*\); it has {kept - 1} merges, its last on line "
+                                       rf"{kept}. Is it cut short"):
+        BPETokenizer.load(str(tmp_path / "tok"))
+    (tmp_path / "tok" / "merges.txt").write_text("\n".join(merges) + "\n")
+    assert BPETokenizer.load(str(tmp_path / "tok")).hf_tokenizer.get_vocab() == \
+        tok.hf_tokenizer.get_vocab()
+
+
 def test_a_vocabulary_without_every_byte_symbol_is_an_error(tok, tmp_path):
     """A byte missing from vocab.json would be dropped from any text holding it."""
     tok.save(str(tmp_path / "tok"))

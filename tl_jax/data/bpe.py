@@ -172,6 +172,7 @@ def _check_merges(vocab_json: str, merges_txt: str) -> None:
             lines = f.read().splitlines()
     except UnicodeDecodeError as e:
         raise BPEError(f"{merges_txt} is not UTF-8 text ({e})") from None
+    made = set()  # the tokens the merges make
     for line_no, line in enumerate(lines, 1):
         if line.startswith("#version"):
             continue
@@ -184,3 +185,18 @@ def _check_merges(vocab_json: str, merges_txt: str) -> None:
                 raise BPEError(f"{merges_txt}:{line_no}: merge {line[:80]!r} needs token "
                                f"{token!r}, which {vocab_json} does not have (files of two "
                                "different tokenizers?)")
+        made.add("".join(parts))
+    # Every token of a byte-level BPE vocabulary is a byte symbol, a special token or made by a
+    # merge. Tokens no merge makes are never produced: with the end of merges.txt missing, every
+    # word that needed its last merges was split into other (smaller) tokens than the ones a
+    # model was trained on, silently.
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    unmade = [token for token in vocab if token not in made and token not in alphabet
+              and not (token.startswith("<") and token.endswith(">"))]  # <|endoftext|>, <pad>
+    if unmade and made:  # (no merges at all: from_files says so)
+        merges = len(lines) - sum(line.startswith("#version") for line in lines)
+        shown = ", ".join(repr(t) for t in sorted(unmade, key=vocab.get)[:3])
+        raise BPEError(f"{merges_txt} makes none of {len(unmade)} tokens of {vocab_json} (e.g. "
+                       f"{shown}); it has {merges} merges, its last on line {len(lines)}. Is it "
+                       "cut short (an interrupted download or copy), or of another tokenizer? "
+                       "Text would be split into other tokens than the ones a model saw.")
