@@ -110,6 +110,25 @@ def test_a_merges_file_cut_short_is_an_error(tok, tmp_path):
         tok.hf_tokenizer.get_vocab()
 
 
+def test_bpe_files_with_a_byte_order_mark_load(tok, tmp_path, austen):
+    """A vocab.json or merges.txt saved with a UTF-8 byte-order mark (Windows editors) was
+    refused: vocab.json as "expected value at line 1 column 1", merges.txt as a merge of a token
+    vocab.json lacks ("files of two different tokenizers?"). Both now load as without it; a
+    vocab.json that is no JSON is named by file and line."""
+    tok.save(str(tmp_path / "tok"))
+    (tmp_path / "tok" / "tokenizer.json").unlink()
+    for name in ("vocab.json", "merges.txt"):
+        path = tmp_path / "tok" / name
+        path.write_text("\ufeff" + path.read_text(encoding="utf-8"), encoding="utf-8")
+    loaded = BPETokenizer.load(str(tmp_path / "tok"))
+    text = " ".join(austen[:20])
+    assert loaded.encode(text) == tok.encode(text)
+    (tmp_path / "tok" / "vocab.json").write_text('{"a": 0,\n "b": }')
+    with pytest.raises(BPEError, match=r"vocab.json:2: invalid JSON \(Expecting value at column "
+                                       r"7\)"):
+        BPETokenizer.load(str(tmp_path / "tok"))
+
+
 def test_a_vocabulary_without_every_byte_symbol_is_an_error(tok, tmp_path):
     """A byte missing from vocab.json would be dropped from any text holding it."""
     tok.save(str(tmp_path / "tok"))

@@ -76,19 +76,18 @@ class BPETokenizer:
 
     @classmethod
     def from_files(cls, vocab_json: str, merges_txt: str) -> "BPETokenizer":
-        """Loads GPT-2 style `vocab.json` + `merges.txt`."""
+        """Loads GPT-2 style `vocab.json` + `merges.txt` (UTF-8, with or without a byte-order
+        mark, which tokenizers' own reader refuses without saying so)."""
         for f in (vocab_json, merges_txt):
             if not os.path.exists(f):
                 raise BPEError(f"BPE tokenizer file {f} does not exist")
-        _check_merges(vocab_json, merges_txt)
+        vocab, merges = _read_files(vocab_json, merges_txt)
         try:
-            model = models.BPE.from_file(vocab_json, merges_txt)
-        except Exception as e:  # tokenizers raises a bare Exception on malformed files
+            model = models.BPE(vocab, merges)
+        except Exception as e:  # tokenizers raises a bare Exception on what it cannot use
             raise BPEError(f"could not read BPE files {vocab_json}, {merges_txt}: {e}") from e
         tok = _byte_level(model)
-        with open(merges_txt, encoding="utf-8") as f:
-            has_merges = any(line.strip() and not line.startswith("#version") for line in f)
-        if not has_merges and tok.get_vocab_size() > 257:
+        if not merges and tok.get_vocab_size() > 257:
             # Without merges every word is split into single bytes: the vocabulary's longer
             # tokens (the ones a model was trained on) would never be produced.
             raise BPEError(f"{merges_txt} has no merges, but {vocab_json} has "
@@ -157,21 +156,35 @@ class BPETokenizer:
         return f"BPETokenizer(vocab_size={self.vocab_size}, source={self.source!r})"
 
 
-def _check_merges(vocab_json: str, merges_txt: str) -> None:
-    """Names the first bad line of `merges_txt`: tokenizers' own error numbers lines from the
-    one after `#version` (one too few) and, for a merge of unknown tokens, names no line."""
+def _read_files(vocab_json: str, merges_txt: str) -> tuple[dict, list[tuple[str, str]]]:
+    """The vocabulary and the merges of GPT-2 style files, or a BPEError naming the file and
+    line of what is wrong: tokenizers' own reader numbers merges.txt's lines from the one after
+    `#version` (one too few), names no line for a merge of unknown tokens, and takes a
+    byte-order mark for part of the first token or for malformed JSON."""
+    from tl_jax.data.sources import non_utf8_message
+
     try:
-        with open(vocab_json, encoding="utf-8") as f:
+        with open(vocab_json, encoding="utf-8-sig") as f:
             vocab = json.load(f)
-    except (ValueError, UnicodeDecodeError):
-        return  # tokenizers' error names what is wrong with vocab.json
+    except UnicodeDecodeError as e:
+        raise BPEError(non_utf8_message(vocab_json, e)) from None
+    except json.JSONDecodeError as e:
+        raise BPEError(f"{vocab_json}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})"
+                       ) from None
     if not isinstance(vocab, dict):
-        return
+        raise BPEError(f"{vocab_json}: expected a JSON object of token -> id, got "
+                       f"{type(vocab).__name__}")
+    bad = next((t for t, i in vocab.items()
+                if not isinstance(i, int) or isinstance(i, bool) or i < 0), None)
+    if bad is not None:
+        raise BPEError(f"{vocab_json}: token {bad!r} has id {json.dumps(vocab[bad])}; ids are "
+                       "integers >= 0")
     try:
-        with open(merges_txt, encoding="utf-8") as f:
+        with open(merges_txt, encoding="utf-8-sig") as f:
             lines = f.read().splitlines()
     except UnicodeDecodeError as e:
-        raise BPEError(f"{merges_txt} is not UTF-8 text ({e})") from None
+        raise BPEError(non_utf8_message(merges_txt, e)) from None
+    merges = []
     made = set()  # the tokens the merges make
     for line_no, line in enumerate(lines, 1):
         if line.startswith("#version"):
@@ -186,6 +199,7 @@ def _check_merges(vocab_json: str, merges_txt: str) -> None:
                                f"{token!r}, which {vocab_json} does not have (files of two "
                                "different tokenizers?)")
         made.add("".join(parts))
+        merges.append((parts[0], parts[1]))
     # Every token of a byte-level BPE vocabulary is a byte symbol, a special token or made by a
     # merge. Tokens no merge makes are never produced: with the end of merges.txt missing, every
     # word that needed its last merges was split into other (smaller) tokens than the ones a
@@ -194,9 +208,9 @@ def _check_merges(vocab_json: str, merges_txt: str) -> None:
     unmade = [token for token in vocab if token not in made and token not in alphabet
               and not (token.startswith("<") and token.endswith(">"))]  # <|endoftext|>, <pad>
     if unmade and made:  # (no merges at all: from_files says so)
-        merges = len(lines) - sum(line.startswith("#version") for line in lines)
         shown = ", ".join(repr(t) for t in sorted(unmade, key=vocab.get)[:3])
         raise BPEError(f"{merges_txt} makes none of {len(unmade)} tokens of {vocab_json} (e.g. "
-                       f"{shown}); it has {merges} merges, its last on line {len(lines)}. Is it "
+                       f"{shown}); it has {len(merges)} merges, its last on line {len(lines)}. Is it "
                        "cut short (an interrupted download or copy), or of another tokenizer? "
                        "Text would be split into other tokens than the ones a model saw.")
+    return vocab, merges
