@@ -1,5 +1,6 @@
 """The silver downstream tasks built from the real text: deterministic and well-formed."""
 import json
+import os
 
 import pytest
 
@@ -171,3 +172,41 @@ def test_silver_cache_is_keyed_by_the_source_files_and_the_builder_version(tmp_p
     (data / tb.SOURCES[0]).unlink()
     with pytest.raises(FileNotFoundError, match=tb.SOURCES[0]):
         tb.silver_build_dir(data)
+
+
+def test_source_files_are_read_as_the_corpus_reader_reads_them(data_dir, tmp_path, monkeypatch):
+    """`tl_jax build_tasks --data_dir=...` on files of one's own: a byte-order mark and blank
+    lines are fine (they were 'bad paragraph record' errors), and a line that is not UTF-8 or
+    whose text is not a string is named by file and line (they were a UnicodeDecodeError and a
+    TypeError from re, with tracebacks), and leaves no half-built silver folder behind."""
+    lines = {name: open(data_dir / name, encoding="utf-8").read().splitlines()[:400]
+             for name in tb.SOURCES}
+    plain, odd = tmp_path / "plain", tmp_path / "odd"
+    for folder, prefix, sep in ((plain, "", "\n"), (odd, "\ufeff", "\r\n\r\n")):
+        folder.mkdir()
+        for name in tb.SOURCES:
+            (folder / name).write_text(prefix + sep.join(lines[name]) + sep, encoding="utf-8",
+                                       newline="")
+    caps = dict(names_caps=(30, 5, 5), qa_caps=(10, 3, 3))
+    strip = lambda m: {t: {s: {k: v for k, v in e.items() if k != "path"}  # noqa: E731
+                           for s, e in m[t].items() if isinstance(e, dict)}
+                       for t in ("names", "cloze_qa")}
+    assert strip(tb.build_all(tmp_path / "a", plain, **caps)) == \
+        strip(tb.build_all(tmp_path / "b", odd, **caps))
+
+    austen = odd / tb.SOURCES[0]
+    original = austen.read_bytes()  # 400 paragraphs, each followed by a blank line: 800 lines
+    for bad, message in ((b'{"book": "x", "text": "caf\xe9"}\n', r"austen.jsonl:801: not UTF-8 "
+                          r"text \(byte b'\\xe9' at byte \d+ of the line\)"),
+                         (b'{"book": "x", "text": null}\n', r"austen.jsonl:801: bad paragraph "
+                          r"record: 'text' must be a string, got null"),
+                         (b'{"book": ["x"], "text": "Emma."}\n', r"austen.jsonl:801: bad "
+                          r"paragraph record: 'book' must be a string or a number")):
+        austen.write_bytes(original + bad)
+        with pytest.raises(readers.DataFormatError, match=message):
+            tb.build_all(tmp_path / "c", odd, names_caps=(10**6, 10**6, 10**6))
+    monkeypatch.setenv("TL_JAX_TASKS_DIR", str(tmp_path / "tasks"))
+    monkeypatch.setenv("TL_JAX_DATA_DIR", str(odd))
+    with pytest.raises(readers.DataFormatError, match="austen.jsonl:801"):
+        tb.silver_path("names", "train")
+    assert os.listdir(tmp_path / "tasks") == []

@@ -114,16 +114,39 @@ def _paragraphs(data_dir: pathlib.Path) -> Iterator[tuple[str, str]]:
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing; is TL_JAX_DATA_DIR the shared data folder?")
         counts: dict[str, int] = {}
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                try:
-                    row = json.loads(line)
-                    doc, text = row[key], row["text"]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise readers.DataFormatError(path, line_no, f"bad paragraph record ({e})")
-                index = counts.get(doc, 0)
-                counts[doc] = index + 1
-                yield f"{filename.split('.')[0]}/{doc}/{index // BLOCK}", text
+        # As the corpus reader takes jsonl (`sources.load_documents`): a byte-order mark and
+        # blank lines are fine, a line that is not UTF-8 is named.
+        with open(path, encoding="utf-8-sig") as f:
+            try:
+                for line_no, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    doc, text = _paragraph_record(path, line_no, line, key)
+                    index = counts.get(doc, 0)
+                    counts[doc] = index + 1
+                    yield f"{filename.split('.')[0]}/{doc}/{index // BLOCK}", text
+            except UnicodeDecodeError as e:
+                raise readers.DataFormatError.not_utf8(path, e) from None
+
+
+def _paragraph_record(path: pathlib.Path, line_no: int, line: str, key: str) -> tuple:
+    """(`key` value, text) of one line of a source file, or a DataFormatError naming the line."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise readers.DataFormatError(path, line_no, f"bad paragraph record (malformed JSON: "
+                                      f"{e.msg.removesuffix(' at')} at column {e.colno})") from None
+    if not isinstance(row, dict) or key not in row or "text" not in row:
+        has = f"keys {sorted(row)}" if isinstance(row, dict) else f"a {type(row).__name__}"
+        raise readers.DataFormatError(path, line_no, f"bad paragraph record: expected an object "
+                                      f"with {key!r} and 'text', got {has}")
+    doc, text = row[key], row["text"]
+    for field, value, types in ((key, doc, (str, int, float)), ("text", text, (str,))):
+        if not isinstance(value, types) or isinstance(value, bool):
+            kind = "a string" if field == "text" else "a string or a number"
+            raise readers.DataFormatError(path, line_no, f"bad paragraph record: {field!r} must "
+                                          f"be {kind}, got {json.dumps(value)[:60]}")
+    return doc, text
 
 
 def _blocks(data_dir: pathlib.Path) -> Iterator[tuple[str, list[str]]]:
@@ -339,7 +362,12 @@ def silver_path(task: str, split: str) -> pathlib.Path:
         print(f"[tasks] Building the silver tasks (names, cloze_qa) from {data_dir} into {root}, "
               "once; later runs reuse them.", flush=True)
         tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
-        manifest = build_all(tmp, data_dir)
+        try:
+            manifest = build_all(tmp, data_dir)
+        except BaseException:  # a bad source line, Ctrl-C: no half-built folder left behind
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         counts = "; ".join(
             f"{t} {'/'.join(str(manifest[t][s][unit]) for s in SPLITS)} {unit}"
             for t, unit in (("names", "sentences"), ("cloze_qa", "questions")))
