@@ -48,6 +48,29 @@ def test_unknown_key_names_valid_keys():
     assert "learning_rat" in msg and "learning_rate" in msg and "optimizer" in msg
 
 
+@pytest.mark.parametrize("override, meant", [
+    ("optimizer.lr=1e-3", "'optimizer.learning_rate'"),  # initials
+    ("data.max_seq_len=32", "'data.max_seq_length'"),  # spelt alike
+    ("trian.steps=3", "'train.steps'"),  # a section spelt alike
+    ("train.batch_size=8", "'data.batch_size'"),  # the field of another section
+    ("steps=3", "'train.steps'"),
+    ("optimizer.steps=3", "'optimizer.eps' or 'train.steps'"),
+])
+def test_an_unknown_key_suggests_the_key_meant(override, meant):
+    with pytest.raises(config_lib.ConfigError, match=rf"Did you mean {meant}\? Valid keys there"):
+        config_lib.load_config(BERT + ":tiny", [override])
+
+
+def test_an_unknown_key_with_nothing_like_it_suggests_nothing_and_a_value_is_no_section():
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.load_config(BERT + ":tiny", ["data.xyz=1"])
+    assert "Did you mean" not in str(e.value) and "Valid keys there: ['batch_size'" in str(e.value)
+    # It listed "Valid keys there: []", as if seed were an empty section.
+    with pytest.raises(config_lib.ConfigError, match=r"Unknown config key 'seed.x': seed is a "
+                                                     r"value \(0\), not a section with fields"):
+        config_lib.load_config(BERT + ":tiny", ["seed.x=1"])
+
+
 def test_unknown_section_and_type_mismatch():
     with pytest.raises(config_lib.ConfigError, match="no field 'trian'"):
         config_lib.load_config(BERT + ":tiny", ["trian.steps=3"])

@@ -97,6 +97,42 @@ def parse_value(text: str):
         return text
 
 
+def _leaf_paths(node: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every dotted key of `node` that holds a value (not a section)."""
+    paths = []
+    for name in node.keys():
+        path = f"{prefix}{name}"
+        value = node[name]
+        paths += (_leaf_paths(value, path + ".") if isinstance(value, ml_collections.ConfigDict)
+                  else [path])
+    return paths
+
+
+def _did_you_mean(config: ml_collections.ConfigDict, parts: list[str], depth: int) -> str:
+    """" Did you mean 'a.b'?" for an unknown key `parts` (unknown from `parts[depth]` on): keys
+    of the same section spelt alike ("max_seq_len" -> "max_seq_length"), or whose words start
+    with its letters ("lr" -> "learning_rate"), and a field of that name in another section
+    ("train.batch_size" -> "data.batch_size"); "" when there is none."""
+    import difflib
+
+    node = config
+    for part in parts[:depth]:
+        node = node[part]
+    part, before, after = parts[depth], parts[:depth], parts[depth + 1:]
+    names = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+    close = difflib.get_close_matches(part, names, n=3, cutoff=0.75)
+    close += [n for n in names if n not in close and "_" in n
+              and "".join(w[:1] for w in n.split("_")) == part]
+    guesses = [".".join(before + [name] + after) for name in close]
+    if not after:  # a field put in the wrong section, spelt right or by its initials
+        guesses += [path for path in _leaf_paths(config) if path not in guesses and (
+            path.rsplit(".", 1)[-1] == part
+            or "".join(w[:1] for w in path.rsplit(".", 1)[-1].split("_")) == part != "")]
+    if not guesses:
+        return ""
+    return " Did you mean " + " or ".join(repr(g) for g in guesses[:4]) + "?"
+
+
 def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     """Applies one `a.b.c=value` override to a locked config, with a helpful error."""
     key, sep, raw = override.partition("=")
@@ -105,11 +141,16 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     parts = key.strip().split(".")
     node = config
     for depth, part in enumerate(parts):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        if not isinstance(node, ml_collections.ConfigDict):
+            where = ".".join(parts[:depth])
+            raise ConfigError(f"Unknown config key {key!r}: {where} is a value ({node!r}), not a "
+                              f"section with fields; set it as {where}=VALUE")
+        if part not in node:
             where = ".".join(parts[:depth]) or "<top level>"
-            valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            valid = sorted(node.keys())
             raise ConfigError(
-                f"Unknown config key {key!r}: {where} has no field {part!r}. Valid keys there: {valid}"
+                f"Unknown config key {key!r}: {where} has no field {part!r}."
+                f"{_did_you_mean(config, parts, depth)} Valid keys there: {valid}"
             )
         if depth < len(parts) - 1:
             node = node[part]
