@@ -1,4 +1,5 @@
 """Corpus sources: formats, document boundaries, package corpora, tfds, and every error case."""
+import bz2
 import gzip
 import json
 import re
@@ -123,14 +124,23 @@ def test_errors_name_the_file_and_line(tmp_path):
                                           r"data.text_field"):
         load_documents(nofield)
     notstr = _jsonl(tmp_path / "notstr.jsonl", [{"text": 3}])
-    with pytest.raises(SourceError, match=r"notstr.jsonl:1: text field 'text' is int"):
+    with pytest.raises(SourceError, match=r"notstr.jsonl:1: text field 'text' is a number \(3\), "
+                                          "expected a string"):
         load_documents(notstr)
+    null = _jsonl(tmp_path / "null.jsonl", [{"text": None}])  # it said "NoneType"
+    with pytest.raises(SourceError, match=r"null.jsonl:1: text field 'text' is null, expected"):
+        load_documents(null)
     array = _write(tmp_path / "array.jsonl", '["text"]\n')
     with pytest.raises(SourceError, match=r"array.jsonl:1: expected a JSON object"):
         load_documents(array)
     nogroup = _jsonl(tmp_path / "nogroup.jsonl", [{"book": "a", "text": "x"}, {"text": "y"}])
-    with pytest.raises(SourceError, match=r"nogroup.jsonl:2: missing group field 'book'"):
+    with pytest.raises(SourceError, match=r"nogroup.jsonl:2: missing group field 'book' \(keys: "
+                                          r"\['text'\]\) \(the group field, detected on line 1; "
+                                          r"set data.group_field"):
         load_documents(nogroup)
+    with pytest.raises(SourceError, match=r"nogroup.jsonl:2: missing group field 'book' "
+                                          r"\(keys: \['text'\]\).$"):
+        load_documents(nogroup, group_field="book")  # asked for: nothing was detected
     with pytest.raises(SourceError, match="Unknown gensim corpus 'gensim:brown'"):
         load_documents("gensim:brown")
 
@@ -148,6 +158,19 @@ def test_broken_compressed_files_name_the_file(tmp_path):
     (tmp_path / "fake.jsonl.bz2").write_text('{"text": "x"}\n', encoding="utf-8")
     with pytest.raises(SourceError, match=r"fake.jsonl.bz2 cannot be decompressed as bz2"):
         load_documents(str(tmp_path / "fake.jsonl.bz2"))
+
+
+def test_extensions_are_read_in_any_case(tmp_path):
+    """DATA.JSONL was read as plain text (its braces and keys trained on as prose), EXPORT.JSON
+    too instead of being refused, and CORPUS.TXT.GZ as undecodable plain text."""
+    rows = [{"title": "A", "text": "one"}, {"title": "A", "text": "two"}]
+    assert load_documents(_jsonl(tmp_path / "DATA.JSONL", rows)) == [["one", "two"]]
+    with pytest.raises(SourceError, match=r"EXPORT.JSON is .json: .*rename it to .jsonl"):
+        load_documents(_jsonl(tmp_path / "EXPORT.JSON", rows))
+    (tmp_path / "CORPUS.TXT.GZ").write_bytes(gzip.compress(b"First.\n\nSecond.\n"))
+    assert load_documents(str(tmp_path / "CORPUS.TXT.GZ")) == [["First."], ["Second."]]
+    (tmp_path / "ROWS.Jsonl.Bz2").write_bytes(bz2.compress(b'{"text": "x"}\n'))
+    assert load_documents(str(tmp_path / "ROWS.Jsonl.Bz2")) == [["x"]]
 
 
 def test_a_json_file_is_not_read_as_plain_text(tmp_path):

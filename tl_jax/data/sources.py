@@ -112,7 +112,9 @@ def load_file(path: str, text_field: str = "text", group_field: str | None = Non
         raise SourceError(f"Corpus file not found: {path}{hint}")
     if not os.path.isfile(path):
         raise SourceError(f"Corpus path is not a file: {path}")
-    base = re.sub(r"\.(gz|bz2)$", "", path)
+    # Extensions in any case: DATA.JSONL is JSON lines (read as plain text, its braces and keys
+    # were trained on as prose), CORPUS.TXT.GZ compressed.
+    base = re.sub(r"\.(gz|bz2)$", "", path.lower())
     if base.endswith(".json"):
         # Read as plain text, its JSON syntax would be trained on as if it were prose.
         raise SourceError(f"Corpus file {path} is .json: corpora are plain text or JSON lines "
@@ -129,9 +131,9 @@ def load_file(path: str, text_field: str = "text", group_field: str | None = Non
     except (OSError, EOFError) as e:
         # gzip/bz2 say "Not a gzipped file" or "Compressed file ended before the end-of-stream
         # marker" (a download cut short) without naming the file.
-        if not path.endswith((".gz", ".bz2")) or isinstance(e, PermissionError):
+        if not path.lower().endswith((".gz", ".bz2")) or isinstance(e, PermissionError):
             raise
-        kind = "gzip" if path.endswith(".gz") else "bz2"
+        kind = "gzip" if path.lower().endswith(".gz") else "bz2"
         raise SourceError(f"Corpus file {path} cannot be decompressed as {kind} "
                           f"({type(e).__name__}: {e}): it is not {kind} data or it is "
                           "truncated.") from None
@@ -145,9 +147,9 @@ def _open_text(path: str, mode: str = "rt"):
     # utf-8-sig: a byte-order mark (Windows editors write one) would make the first jsonl line
     # malformed JSON, as the task readers already know.
     encoding = None if "b" in mode else "utf-8-sig"
-    if path.endswith(".gz"):
+    if path.lower().endswith(".gz"):
         return gzip.open(path, mode, encoding=encoding)
-    if path.endswith(".bz2"):
+    if path.lower().endswith(".bz2"):
         return bz2.open(path, mode, encoding=encoding)
     return open(path, mode.replace("t", ""), encoding=encoding)
 
@@ -198,6 +200,7 @@ def _read_jsonl(path: str, text_field: str, group_field: str | None) -> list[Doc
     current: Document = []
     current_key = object()  # Equal to no group value, so the first line starts a document.
     auto = group_field is None
+    detected = ""
     with _open_text(path) as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
@@ -215,6 +218,8 @@ def _read_jsonl(path: str, text_field: str, group_field: str | None) -> list[Doc
                 # Decided on the file's first object so one file is grouped consistently.
                 group_field = next((k for k in AUTO_GROUP_FIELDS if k in obj), "")
                 auto = False
+                detected = f" (the group field, detected on line {line_number}; set " \
+                    "data.group_field to group by another key)"
             if text_field not in obj:
                 raise SourceError(f"{where}: missing text field {text_field!r} "
                                   f"(keys: {sorted(obj)}); set the text field "
@@ -222,11 +227,11 @@ def _read_jsonl(path: str, text_field: str, group_field: str | None) -> list[Doc
             text = obj[text_field]
             if not isinstance(text, str):
                 raise SourceError(f"{where}: text field {text_field!r} is "
-                                  f"{type(text).__name__}, expected a string.")
+                                  f"{json_type(text)}, expected a string.")
             if group_field:
                 if group_field not in obj:
                     raise SourceError(f"{where}: missing group field {group_field!r} "
-                                      f"(keys: {sorted(obj)}).")
+                                      f"(keys: {sorted(obj)}){detected}.")
                 key = obj[group_field]
             else:
                 key = object()  # Every line its own document.
@@ -239,6 +244,17 @@ def _read_jsonl(path: str, text_field: str, group_field: str | None) -> list[Doc
     if current:
         documents.append(current)
     return documents
+
+
+def json_type(value) -> str:
+    """What a JSON value is, in JSON's words ("null", not Python's "NoneType")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({json.dumps(value)})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    return {list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 def load_tfds(name: str, split: str = "train", text_field: str = "text") -> list[Document]:
