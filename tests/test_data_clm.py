@@ -123,6 +123,10 @@ def test_bpe_files_with_a_byte_order_mark_load(tok, tmp_path, austen):
     loaded = BPETokenizer.load(str(tmp_path / "tok"))
     text = " ".join(austen[:20])
     assert loaded.encode(text) == tok.encode(text)
+    tok.save(str(tmp_path / "json"))  # a tokenizer.json with one
+    path = tmp_path / "json" / "tokenizer.json"
+    path.write_text("\ufeff" + path.read_text(encoding="utf-8"), encoding="utf-8")
+    assert BPETokenizer.load(str(path)).encode(text) == tok.encode(text)
     (tmp_path / "tok" / "vocab.json").write_text('{"a": 0,\n "b": }')
     with pytest.raises(BPEError, match=r"vocab.json:2: invalid JSON \(Expecting value at column "
                                        r"7\)"):

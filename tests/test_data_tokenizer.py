@@ -239,6 +239,25 @@ def test_errors(tmp_path):
         Tokenizer.load(str(tmp_path / "bad.json"))
 
 
+def test_tokenizer_files_with_a_byte_order_mark_load(texts, minilm_dir, tmp_path):
+    """tokenizer.json with a byte-order mark failed as "expected value at line 1 column 1", a
+    tokenizer_config.json with one as "Unexpected UTF-8 BOM"; vocab.txt already took one."""
+    folder = tmp_path / "bom"
+    folder.mkdir()
+    text = (minilm_dir / "tokenizer.json").read_text(encoding="utf-8")
+    (folder / "tokenizer.json").write_text("\ufeff" + text, encoding="utf-8")
+    # A cased setting, so that reading it shows: it wins over tokenizer.json's normaliser.
+    (folder / "tokenizer_config.json").write_text('\ufeff{"do_lower_case": false}',
+                                                  encoding="utf-8")
+    loaded = Tokenizer.load(str(folder))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "tokenizer.json").write_text(text, encoding="utf-8")
+    (tmp_path / "plain" / "tokenizer_config.json").write_text('{"do_lower_case": false}')
+    plain = Tokenizer.load(str(tmp_path / "plain"))
+    assert [loaded.encode(t) for t in texts] == [plain.encode(t) for t in texts]
+    assert loaded.encode("Emma") != Tokenizer.load(str(minilm_dir)).encode("Emma")  # cased
+
+
 def test_training_is_deterministic(texts):
     # tokenizers numbers its trained alphabet in hash-map order, which changes on every run;
     # our ids must not, or a resumed run or a second host would disagree with the first.

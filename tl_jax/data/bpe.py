@@ -21,6 +21,8 @@ from typing import Iterable, Sequence
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from tl_jax.data.tokenizer import read_json_text
+
 EOS = "<|endoftext|>"
 
 
@@ -110,7 +112,7 @@ class BPETokenizer:
         if not path.exists():
             raise BPEError(f"BPE tokenizer file {path} does not exist")
         try:
-            hf_tokenizer = tokenizers.Tokenizer.from_file(str(path))
+            hf_tokenizer = tokenizers.Tokenizer.from_str(read_json_text(str(path)))
         except Exception as e:  # a bare Exception on a file that is not a tokenizer.json
             raise BPEError(f"could not read {path} as a Hugging Face tokenizer.json (expected a "
                            f"directory with vocab.json + merges.txt, or a tokenizer.json): {e}"

@@ -59,7 +59,7 @@ def normalizer_settings(directory: str) -> dict:
     if not os.path.isfile(config_file):
         return {}
     try:
-        with open(config_file, encoding="utf-8") as f:
+        with open(config_file, encoding="utf-8-sig") as f:  # a byte-order mark is no error
             settings = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
         raise TokenizerError(f"Cannot read {config_file}: {e}") from None
@@ -96,6 +96,13 @@ def apply_normalizer_settings(tok: tokenizers.Tokenizer, settings: dict) -> None
                                           normalizer.handle_chinese_chars),
         strip_accents=settings.get("strip_accents", normalizer.strip_accents),
         lowercase=settings.get("do_lower_case", normalizer.lowercase))
+
+
+def read_json_text(path: str) -> str:
+    """The text of a tokenizer's JSON file without a byte-order mark, which tokenizers' own
+    reader takes for malformed JSON ("expected value at line 1 column 1")."""
+    with open(path, encoding="utf-8-sig") as f:
+        return f.read()
 
 
 class TokenizerError(ValueError):
@@ -270,7 +277,7 @@ class Tokenizer:
             raise TokenizerError(f"Tokenizer file not found: {path}")
         if path.endswith(".json"):
             try:
-                tok = tokenizers.Tokenizer.from_file(path)
+                tok = tokenizers.Tokenizer.from_str(read_json_text(path))
             except Exception as e:  # tokenizers raises a bare Exception on bad JSON.
                 raise TokenizerError(f"Cannot read tokenizer file {path}: {e}") from None
             apply_normalizer_settings(tok, normalizer_settings(os.path.dirname(path)))
