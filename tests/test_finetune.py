@@ -616,3 +616,24 @@ def test_a_negative_epoch_count_is_named_as_it_is():
     with pytest.raises(ValueError, match=r"train\.steps=0 and data\.num_epochs=0\.0: set one of "
                                          r"them to a positive number"):
         downstream.fit_schedule(config, 64)
+
+
+def test_model_num_layers_applies_from_scratch_too(tmp_path):
+    """model.num_layers was ignored without init_from: a transfer experiment's scratch arm
+    (MiniLM's shape from random weights, sharing the pretrained arm's overrides) kept all 6
+    layers while the pretrained arm had 1. Out of range is an error naming the key; a negative
+    count printed "the bottom -2 of the 6 layers ... the top 8 are left out" first."""
+    from tl_jax.tasks import downstream
+
+    texts = ["Elinor walked to Barton with Marianne."] * 20
+    for spec, layers in (("configs/finetune_classify.py:tiny", 1),
+                         ("configs/finetune_classify.py:scratch", 2),
+                         ("configs/finetune_classify.py:minilm", 2)):
+        config = config_lib.load_config(spec, [f"model.num_layers={layers}"])
+        assert downstream.Encoder.from_config(config, texts).model_config.num_layers == layers
+    for spec, layers, has in (("configs/finetune_classify.py:tiny", 3, r"model.size=tiny has 2"),
+                              ("configs/finetune_classify.py:minilm", -2, r"all-MiniLM-L6-v2 has 6")):
+        config = config_lib.load_config(spec, [f"model.num_layers={layers}"])
+        with pytest.raises(ValueError, match=rf"model.num_layers={layers} but .*{has} layers; "
+                                             r"give 1 to \d, or 0 for all of them"):
+            downstream.Encoder.from_config(config, texts)

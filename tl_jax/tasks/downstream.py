@@ -6,7 +6,8 @@
   shape is `config.model.size` (a size name, or a Hugging Face directory whose architecture, not
   weights, is copied), with `config.data.tokenizer` or else a WordPiece vocabulary trained on
   the task's own training text; a run that resumes keeps the tokenizer saved in its workdir.
-  `config.model.num_layers` > 0 keeps only that many bottom layers of `init_from`. `Encoder.load_weights` fills the `bert/` params from the source.
+  `config.model.num_layers` > 0 keeps only that many bottom layers of `init_from` (from
+  scratch: of `config.model.size`). `Encoder.load_weights` fills the `bert/` params from the source.
 * `EpochBatches`: shuffled epochs over fixed-size feature arrays, resumable (`get_state`).
 * `eval_batches`: the whole eval set in order, the last batch padded with rows whose `row` is -1.
 * `EvalPredictions`: `evaluate` as `decode`, `score` and `write_predictions` (shared with the GPT
@@ -53,18 +54,6 @@ class Encoder:
                 warn_if_not_init_from_vocabulary(tokenizer, init_from,
                                                  config.get("task", "init_from"))
             model_config = architecture(init_from, tokenizer).replace(**overrides)
-            if m.num_layers:
-                # Keep the bottom layers only (as DistilBERT-style initialisation does): cheaper
-                # to fine-tune, and the top layers' tensors are simply not used.
-                if m.num_layers > model_config.num_layers:
-                    raise ValueError(f"model.num_layers={m.num_layers} but {init_from} has only "
-                                     f"{model_config.num_layers} layers")
-                if m.num_layers < model_config.num_layers:
-                    print(f"[init_from] model.num_layers={m.num_layers}: the bottom "
-                          f"{m.num_layers} of the {model_config.num_layers} layers of "
-                          f"{init_from} are used; the top "
-                          f"{model_config.num_layers - m.num_layers} are left out.", flush=True)
-                model_config = model_config.replace(num_layers=m.num_layers)
         else:
             if saved:
                 tokenizer = saved
@@ -80,6 +69,23 @@ class Encoder:
                 # The architecture of a checkpoint without its weights: the from-scratch
                 # baseline of a transfer experiment.
                 model_config = architecture(m.size, tokenizer).replace(**overrides)
+        num_layers = m.get("num_layers", 0)
+        if num_layers:
+            # Keep the bottom layers only (as DistilBERT-style initialisation does): cheaper to
+            # fine-tune, and the top layers' tensors are simply not used. From scratch too, so
+            # that a transfer experiment's arms (init_from and the same shape from scratch,
+            # sharing the overrides) have the same depth: the scratch arm kept them all.
+            source = init_from or f"model.size={m.size}"
+            if num_layers < 0 or num_layers > model_config.num_layers:
+                raise ValueError(f"model.num_layers={num_layers} but {source} has "
+                                 f"{model_config.num_layers} layers; give 1 to "
+                                 f"{model_config.num_layers}, or 0 for all of them")
+            if init_from and num_layers < model_config.num_layers:
+                print(f"[init_from] model.num_layers={num_layers}: the bottom "
+                      f"{num_layers} of the {model_config.num_layers} layers of "
+                      f"{init_from} are used; the top "
+                      f"{model_config.num_layers - num_layers} are left out.", flush=True)
+            model_config = model_config.replace(num_layers=num_layers)
         if tokenizer.vocab_size > model_config.vocab_size:
             raise ValueError(f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} tokens but "
                              f"the model's vocab_size is {model_config.vocab_size}")
