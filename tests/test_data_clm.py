@@ -108,6 +108,12 @@ def test_a_merges_file_cut_short_is_an_error(tok, tmp_path):
     (tmp_path / "tok" / "merges.txt").write_text("\n".join(merges) + "\n")
     assert BPETokenizer.load(str(tmp_path / "tok")).hf_tokenizer.get_vocab() == \
         tok.hf_tokenizer.get_vocab()
+    # Special tokens beside the merges (a tokenizer trained with a pad token) are no sign of
+    # lost merges.
+    vocab = json.loads((tmp_path / "tok" / "vocab.json").read_text(encoding="utf-8"))
+    vocab.update({"[PAD]": len(vocab), "<pad>": len(vocab) + 1})
+    (tmp_path / "tok" / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    assert BPETokenizer.load(str(tmp_path / "tok")).vocab_size == tok.vocab_size + 2
 
 
 def test_bpe_files_with_a_byte_order_mark_load(tok, tmp_path, austen):

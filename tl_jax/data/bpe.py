@@ -158,6 +158,12 @@ class BPETokenizer:
         return f"BPETokenizer(vocab_size={self.vocab_size}, source={self.source!r})"
 
 
+def _special_shaped(token: str) -> bool:
+    """Whether `token` looks like a special token a vocabulary may hold beside its merges
+    (<|endoftext|>, <pad>, [PAD]): no merge makes it, and that is no sign of lost merges."""
+    return len(token) > 2 and (token[0], token[-1]) in (("<", ">"), ("[", "]"))
+
+
 def _read_files(vocab_json: str, merges_txt: str) -> tuple[dict, list[tuple[str, str]]]:
     """The vocabulary and the merges of GPT-2 style files, or a BPEError naming the file and
     line of what is wrong: tokenizers' own reader numbers merges.txt's lines from the one after
@@ -208,7 +214,7 @@ def _read_files(vocab_json: str, merges_txt: str) -> tuple[dict, list[tuple[str,
     # model was trained on, silently.
     alphabet = set(pre_tokenizers.ByteLevel.alphabet())
     unmade = [token for token in vocab if token not in made and token not in alphabet
-              and not (token.startswith("<") and token.endswith(">"))]  # <|endoftext|>, <pad>
+              and not _special_shaped(token)]
     if unmade and made:  # (no merges at all: from_files says so)
         shown = ", ".join(repr(t) for t in sorted(unmade, key=vocab.get)[:3])
         raise BPEError(f"{merges_txt} makes none of {len(unmade)} tokens of {vocab_json} (e.g. "
