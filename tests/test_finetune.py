@@ -637,3 +637,23 @@ def test_model_num_layers_applies_from_scratch_too(tmp_path):
         with pytest.raises(ValueError, match=rf"model.num_layers={layers} but .*{has} layers; "
                                              r"give 1 to \d, or 0 for all of them"):
             downstream.Encoder.from_config(config, texts)
+
+
+def test_encoder_paths_may_name_environment_variables(data_dir, monkeypatch):
+    """init_from, data.tokenizer and a model.size directory written as '$VAR/...' (as README
+    writes corpora, and the GPT classifier took its init_from) were not found."""
+    from tl_jax.tasks import downstream
+
+    monkeypatch.setenv("TL_JAX_TEST_MODELS", str(data_dir / "models"))
+    minilm = "$TL_JAX_TEST_MODELS/all-MiniLM-L6-v2"
+    texts = ["Elinor walked to Barton with Marianne."] * 20
+    for spec, overrides in (("configs/finetune_classify.py:minilm", [f"init_from={minilm}"]),
+                            ("configs/finetune_classify.py:tiny", [f"data.tokenizer={minilm}"]),
+                            ("configs/finetune_classify.py:tiny", [f"model.size={minilm}",
+                                                                   f"data.tokenizer={minilm}"])):
+        config = config_lib.load_config(spec, overrides + ["model.num_layers=1"])
+        encoder = downstream.Encoder.from_config(config, texts)
+        assert encoder.tokenizer.vocab_size == 30522 and encoder.model_config.num_layers == 1
+        assert encoder.init_from == (str(data_dir / "models" / "all-MiniLM-L6-v2")
+                                     if "minilm" in spec else "")
+    assert "hidden_size=384" in repr(encoder.model_config)  # MiniLM's shape, from scratch

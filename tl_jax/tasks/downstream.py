@@ -43,39 +43,44 @@ class Encoder:
     @classmethod
     def from_config(cls, config, train_texts, workdir: str | None = None) -> "Encoder":
         """Resolves `config.init_from` / `config.model` / `config.data.tokenizer` (see module doc)."""
-        init_from, m, d = config.init_from, config.model, config.data
+        m, d = config.model, config.data
+        # Paths may name environment variables ('$TL_JAX_DATA_DIR/models/...'), as the corpora,
+        # data files and the GPT's init_from and tokenizer take them.
+        init_from, tokenizer_spec = os.path.expandvars(config.init_from), os.path.expandvars(
+            d.tokenizer)
+        size = m.size if m.size in bert.SIZES else os.path.expandvars(m.size)
         overrides = dict(dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
                          dtype=m.dtype)
         saved = resumed_tokenizer(workdir)
         if init_from:
             check_encoder_source(init_from)
-            tokenizer = saved or Tokenizer.load(d.tokenizer or tokenizer_path(init_from))
-            if d.tokenizer and not saved:
+            tokenizer = saved or Tokenizer.load(tokenizer_spec or tokenizer_path(init_from))
+            if tokenizer_spec and not saved:
                 warn_if_not_init_from_vocabulary(tokenizer, init_from,
                                                  config.get("task", "init_from"))
             model_config = architecture(init_from, tokenizer).replace(**overrides)
         else:
             if saved:
                 tokenizer = saved
-            elif d.tokenizer:
-                tokenizer = Tokenizer.load(tokenizer_path(d.tokenizer))
+            elif tokenizer_spec:
+                tokenizer = Tokenizer.load(tokenizer_path(tokenizer_spec))
             else:
                 tokenizer = Tokenizer.train_wordpiece([list(train_texts)], d.tokenizer_vocab_size)
-            if m.size in bert.SIZES:
+            if size in bert.SIZES:
                 model_config = bert.BertConfig.from_size(
-                    m.size, vocab_size=tokenizer.vocab_size,
+                    size, vocab_size=tokenizer.vocab_size,
                     max_position_embeddings=m.max_position_embeddings, **overrides)
             else:
                 # The architecture of a checkpoint without its weights: the from-scratch
                 # baseline of a transfer experiment.
-                model_config = architecture(m.size, tokenizer).replace(**overrides)
+                model_config = architecture(size, tokenizer).replace(**overrides)
         num_layers = m.get("num_layers", 0)
         if num_layers:
             # Keep the bottom layers only (as DistilBERT-style initialisation does): cheaper to
             # fine-tune, and the top layers' tensors are simply not used. From scratch too, so
             # that a transfer experiment's arms (init_from and the same shape from scratch,
             # sharing the overrides) have the same depth: the scratch arm kept them all.
-            source = init_from or f"model.size={m.size}"
+            source = init_from or f"model.size={size}"
             if num_layers < 0 or num_layers > model_config.num_layers:
                 raise ValueError(f"model.num_layers={num_layers} but {source} has "
                                  f"{model_config.num_layers} layers; give 1 to "
