@@ -93,6 +93,21 @@ def test_unlabelled_input_gets_predictions_only(classify_run, polarity_files, tm
     assert "longer than data.max_seq_length=32 sub-tokens and were truncated" in printed
 
 
+def test_paths_starting_with_a_tilde_are_in_the_home_folder(classify_run, polarity_files,
+                                                            tmp_path, monkeypatch):
+    """The shell does not expand '~' in '--output=~/x': the predictions went to ./~/x."""
+    import shutil
+
+    home = tmp_path / "home"
+    shutil.copytree(classify_run, home / "run")
+    shutil.copy(polarity_files / "unlabelled.jsonl", home / "new.jsonl")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    result = predict.run("~/run", "~/new.jsonl", "~/out/new.pred.jsonl")
+    assert (home / "out" / "new.pred.jsonl").is_file() and not (tmp_path / "~").exists()
+    assert result["examples"] == EVAL_ROWS
+
+
 def test_a_run_trained_on_more_devices_predicts_on_the_devices_here(classify_run,
                                                                      polarity_files, tmp_path,
                                                                      capsys):

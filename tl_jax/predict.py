@@ -159,8 +159,11 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
     if batch_size < 0:  # before anything is loaded; numpy would refuse the shape much later
         raise ValueError(f"--batch_size={batch_size} must be at least 1 (or 0 for the run's "
                          "data.batch_size)")
+    # The shell leaves '~' after '--output=' as it is: unexpanded, the predictions went to a
+    # folder named '~' under the current one, while the message named ~/...
+    workdir, output = os.path.expanduser(workdir), os.path.expanduser(output)
     saved = check_workdir(workdir)
-    input_spec = os.path.expandvars(input_spec)
+    input_spec = os.path.expanduser(os.path.expandvars(input_spec))
     check_output(output, input_spec, workdir)
     config = ml_collections.ConfigDict(saved)
     # The processes of this command (TL_JAX_COORDINATOR etc.), not the training run's: a
