@@ -53,6 +53,28 @@ def test_bpe_save_load_gives_same_ids(tok, tmp_path, austen):
         BPETokenizer.load(str(tmp_path / "nope.json"))
 
 
+def test_an_interrupted_save_keeps_the_saved_tokenizer(tok, austen, tmp_path, monkeypatch):
+    """A run saves its tokenizer each time it starts; vocab.json was truncated and written again
+    in place, so an interruption there (a preemption) left a workdir whose tokenizer would not
+    load. The files are now renamed into place whole."""
+    folder = tmp_path / "tok"
+    tok.save(str(folder))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    other = BPETokenizer.train(austen[:200], vocab_size=300)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        other.save(str(folder))
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing else left
+    assert BPETokenizer.load(str(folder)).encode(austen[0]) == tok.encode(austen[0])
+    other.save(str(folder))
+    assert BPETokenizer.load(str(folder)).encode(austen[0]) == other.encode(austen[0])
+
+
 def test_unreadable_bpe_files_are_named(tok, tmp_path):
     """A broken tokenizer.json, vocab.json or merges.txt is a BPEError naming the file."""
     tok.save(str(tmp_path / "tok"))

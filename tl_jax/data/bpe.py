@@ -120,18 +120,32 @@ class BPETokenizer:
         return cls(hf_tokenizer, source=str(path))
 
     def save(self, directory: str) -> None:
-        """Writes vocab.json + merges.txt (GPT-2 layout) and tokenizer.json."""
+        """Writes vocab.json + merges.txt (GPT-2 layout) and tokenizer.json.
+
+        They are written in a temporary folder beside them and renamed into place, so an
+        interrupted save (a preempted run saves its tokenizer each time it starts) never leaves
+        a truncated vocab.json: tokenizers writes files in place, and vocab.json is written twice.
+        """
+        import shutil
+        import tempfile
+
         os.makedirs(directory, exist_ok=True)
-        self._tok.model.save(directory)
-        self._tok.save(os.path.join(directory, "tokenizer.json"))
-        # tokenizers writes the added EOS into tokenizer.json only; keep vocab.json complete so
-        # GPT2TokenizerFast(vocab.json, merges.txt) sees the same ids.
-        vocab_file = os.path.join(directory, "vocab.json")
-        with open(vocab_file, encoding="utf-8") as f:
-            vocab = json.load(f)
-        vocab[EOS] = self.eos_id
-        with open(vocab_file, "w", encoding="utf-8") as f:
-            json.dump(vocab, f, ensure_ascii=False)
+        staging = tempfile.mkdtemp(prefix=".saving-", dir=directory)
+        try:
+            self._tok.model.save(staging)
+            self._tok.save(os.path.join(staging, "tokenizer.json"))
+            # tokenizers writes the added EOS into tokenizer.json only; keep vocab.json complete
+            # so GPT2TokenizerFast(vocab.json, merges.txt) sees the same ids.
+            vocab_file = os.path.join(staging, "vocab.json")
+            with open(vocab_file, encoding="utf-8") as f:
+                vocab = json.load(f)
+            vocab[EOS] = self.eos_id
+            with open(vocab_file, "w", encoding="utf-8") as f:
+                json.dump(vocab, f, ensure_ascii=False)
+            for name in ("vocab.json", "merges.txt", "tokenizer.json"):
+                os.replace(os.path.join(staging, name), os.path.join(directory, name))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     @property
     def vocab_size(self) -> int:
