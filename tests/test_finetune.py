@@ -657,3 +657,16 @@ def test_encoder_paths_may_name_environment_variables(data_dir, monkeypatch):
         assert encoder.init_from == (str(data_dir / "models" / "all-MiniLM-L6-v2")
                                      if "minilm" in spec else "")
     assert "hidden_size=384" in repr(encoder.model_config)  # MiniLM's shape, from scratch
+
+
+@pytest.mark.parametrize("override", ["model.dropout_rate=10.0", "model.attention_dropout_rate=1.0",
+                                      "model.classifier_dropout=-0.1"])
+def test_dropout_rates_outside_zero_to_one_are_errors(override):
+    """A rate of 1 or more dropped every unit (the model trained on zeros), a negative one
+    scaled units up; both trained without a word."""
+    from tl_jax.tasks import downstream
+
+    config = config_lib.load_config("configs/finetune_classify.py:tiny", [override])
+    key, value = override.split("=")
+    with pytest.raises(ValueError, match=rf"{key}={value} must be in \[0, 1\)"):
+        downstream.Encoder.from_config(config, ["some text"] * 10)

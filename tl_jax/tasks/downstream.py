@@ -44,6 +44,7 @@ class Encoder:
     def from_config(cls, config, train_texts, workdir: str | None = None) -> "Encoder":
         """Resolves `config.init_from` / `config.model` / `config.data.tokenizer` (see module doc)."""
         m, d = config.model, config.data
+        check_dropout_rates(m)
         # Paths may name environment variables ('$TL_JAX_DATA_DIR/models/...'), as the corpora,
         # data files and the GPT's init_from and tokenizer take them.
         init_from, tokenizer_spec = os.path.expandvars(config.init_from), os.path.expandvars(
@@ -409,6 +410,17 @@ def _note_run_together(config, truncated: list, where: str, spec: str, records) 
     print(f"[{prefix}] Note: the sentence at {at} has {len(records[longest]['tokens']):,} "
           f"tokens{others}: missing blank lines between sentences? CoNLL has a blank line "
           "after each sentence.", flush=True)
+
+
+def check_dropout_rates(m) -> None:
+    """`model.dropout_rate`, `attention_dropout_rate` and `classifier_dropout` are probabilities:
+    10 (for 10%) dropped every unit, so the model trained on zeros without a word, and a
+    negative rate scaled the units up instead."""
+    for key in ("dropout_rate", "attention_dropout_rate", "classifier_dropout"):
+        rate = m.get(key, 0.0)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"model.{key}={rate} must be in [0, 1): the probability of dropping "
+                             "a unit (0.1 drops 10%)")
 
 
 def check_data_sizes(d) -> None:
