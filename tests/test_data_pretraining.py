@@ -494,3 +494,12 @@ def test_random_next_share_is_an_option_and_zero_keeps_b_the_continuation(docume
     with pytest.raises(ValueError, match="data.random_next_prob=1.5 must be in"):
         build_pretraining_data(_data_config(small_corpus, random_next_prob=1.5), 128, None,
                                seed=0)
+
+
+def test_a_tokenizer_vocab_size_too_small_is_named_before_the_corpus_is_read():
+    """It was 'vocab_size=-5 is too small' from the tokenizer trainer, naming no key, once the
+    whole corpus had been read (here the corpus does not exist)."""
+    with pytest.raises(ValueError, match=r"data.tokenizer_vocab_size=-5 is too small"):
+        build_pretraining_data(_data_config("/nowhere", tokenizer_vocab_size=-5), 128, None,
+                               seed=0)
+

@@ -670,3 +670,12 @@ def test_dropout_rates_outside_zero_to_one_are_errors(override):
     key, value = override.split("=")
     with pytest.raises(ValueError, match=rf"{key}={value} must be in \[0, 1\)"):
         downstream.Encoder.from_config(config, ["some text"] * 10)
+
+
+def test_a_fine_tuning_tokenizer_vocab_size_too_small_names_the_key():
+    from tl_jax.tasks import downstream
+
+    config = config_lib.load_config("configs/finetune_classify.py:tiny",
+                                    ["data.tokenizer_vocab_size=3"])
+    with pytest.raises(ValueError, match=r"data.tokenizer_vocab_size=3 is too small"):
+        downstream.Encoder.from_config(config, ["some text"] * 10)

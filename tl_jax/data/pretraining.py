@@ -54,7 +54,7 @@ from tl_jax.data.pretraining_iterator import (
     zero_batch,
 )
 from tl_jax.data.sources import load_documents, split_sentences
-from tl_jax.data.tokenizer import Tokenizer, vocab_lowercase
+from tl_jax.data.tokenizer import SPECIAL_TOKENS, Tokenizer, vocab_lowercase
 
 # Stream tags in the rng seeds, so instance creation and the eval split draw independent numbers.
 _CREATE_STREAM = 11
@@ -336,6 +336,11 @@ def _validate(config, max_position_embeddings: int, process_count: int) -> None:
         raise ValueError(f"data.short_seq_prob={config.short_seq_prob} must be in [0, 1].")
     if not 0.0 <= config.eval_fraction < 1.0:
         raise ValueError(f"data.eval_fraction={config.eval_fraction} must be in [0, 1).")
+    if not config.tokenizer and config.tokenizer_vocab_size < len(SPECIAL_TOKENS) + 1:
+        # Said before the corpus is read (the tokenizer is trained after that, which is long).
+        raise ValueError(f"data.tokenizer_vocab_size={config.tokenizer_vocab_size} is too small "
+                         "for a WordPiece vocabulary (the 5 special tokens and more); BERT's is "
+                         "30522.")
     if config.max_documents < 0:  # documents[:-n] would silently drop the last n
         raise ValueError(f"data.max_documents={config.max_documents} must be >= 0 (0: all).")
     if config.dupe_factor < 1:

@@ -66,6 +66,9 @@ class Encoder:
             elif tokenizer_spec:
                 tokenizer = Tokenizer.load(tokenizer_path(tokenizer_spec))
             else:
+                if d.tokenizer_vocab_size < 6:  # the 5 special tokens and more
+                    raise ValueError(f"data.tokenizer_vocab_size={d.tokenizer_vocab_size} is too "
+                                     "small for a WordPiece vocabulary trained on the task's text")
                 tokenizer = Tokenizer.train_wordpiece([list(train_texts)], d.tokenizer_vocab_size)
             if size in bert.SIZES:
                 model_config = bert.BertConfig.from_size(
