@@ -137,6 +137,20 @@ def test_split_overrides_from_argv():
         ["--config=x.py", "--config.train.steps=3", "--workdir", "w", "--config.seed", "4"])
     assert overrides == ["train.steps=3", "seed=4"]
     assert rest == ["--config=x.py", "--workdir", "w"]
+    # A value may be negative, or given after '=' when it starts with "--".
+    assert config_lib.split_overrides(["--config.seed", "-1", "--config.data.corpus=--x"])[0] == \
+        ["seed=-1", "data.corpus=--x"]
+
+
+@pytest.mark.parametrize("argv", [["--config.data.text_field", "--config.train.steps=2"],
+                                  ["--config.train.steps", "--workdir=/tmp/w"]])
+def test_an_override_without_its_value_does_not_take_the_next_flag(argv):
+    """It did: data.text_field became '--config.train.steps=2' (the steps override was lost and
+    the data reader said the file had no such field), or --workdir vanished and argparse said
+    it was required."""
+    with pytest.raises(config_lib.ConfigError, match=rf"{argv[0]} needs a value, but the next "
+                                                     rf"argument is the flag {argv[1]}"):
+        config_lib.split_overrides(argv)
 
 
 @pytest.mark.parametrize("dtype", ["flot16", "int8"])

@@ -200,7 +200,13 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
             body = arg[len("--config."):]
             if "=" not in body:
                 if i + 1 >= len(argv):
-                    raise ConfigError(f"{arg} needs a value")
+                    raise ConfigError(f"{arg} needs a value: {arg}=VALUE or {arg} VALUE")
+                if argv[i + 1].startswith("--"):
+                    # A value left out: the next flag would become the value ("--workdir=..."
+                    # as data.text_field), and that flag would be lost.
+                    raise ConfigError(f"{arg} needs a value, but the next argument is the flag "
+                                      f"{argv[i + 1]}; write {arg}=VALUE (a value that starts "
+                                      "with -- goes after '=')")
                 body = body + "=" + argv[i + 1]
                 i += 1
             overrides.append(body)
