@@ -280,16 +280,23 @@ def test_generate_rejects_bad_input(gen):
         gen.generate([[1], []], 4)
 
 
-def test_prompt_that_fills_the_position_table_with_padding_bucket_still_generates(lm, gen):
-    # 55 prompt tokens + 9 new = max_len 64 exactly, but the padding bucket of 8 would make the
-    # cache 56 + 9 = 65 slots: generate re-pads without the bucket instead of failing.
+def test_prompt_and_new_tokens_may_fill_max_len_plus_one_and_no_more(lm, gen):
+    # The last new token is never fed back, so the model reads positions 0 .. 63 of its 64 for
+    # 55 prompt tokens + 10 new = max_len + 1 = 65. That was refused ("exceeds max_len"). The
+    # padding bucket of 8 would make the cache 56 + 9 = 65 slots: generate re-pads without it.
     model, params = lm
     prompt = [int(t) for t in np.random.default_rng(0).integers(1, VOCAB, 55)]
-    out = gen.generate([prompt], 9)[0]
-    assert len(out) == 9
+    out, logits = gen.generate([prompt], N, return_logits=True)
+    out = out[0]
+    assert len(prompt) + len(out) == model.config.max_len + 1
     seq = prompt + out
-    expected = full_logits(model, params, seq)[len(prompt) - 1:len(seq) - 1].argmax(-1)
-    assert out == expected.tolist()
+    ref = full_logits(model, params, seq[:-1])[len(prompt) - 1:]  # one pass over all 64 slots
+    np.testing.assert_allclose(np.stack([step[0] for step in logits]), ref, atol=2e-5,
+                               rtol=1e-5)
+    assert out == ref.argmax(-1).tolist()
+    with pytest.raises(ValueError, match=r"prompt length 56 \+ max_new_tokens 10 is 66 tokens; "
+                                         r"the model's max_len 64 allows at most 65"):
+        gen.generate([prompt + [1]], N)
 
 
 def test_score_is_the_continuation_log_likelihood(lm):
@@ -384,7 +391,7 @@ def test_run_generate_from_a_gpt2_directory(tmp_path, lm):
 
 
 def test_run_generate_rejects_max_new_tokens_that_fill_the_context(tmp_path):
-    """max_new_tokens >= max_len leaves no room for any prompt: say so (it used to report an
+    """max_new_tokens > max_len leaves no room for any prompt: say so (it used to report an
     empty prompt, or a prompt length that was not the user's), in both CLI modes' terms."""
     from tl_jax.data.bpe import BPETokenizer
     from tl_jax.interop import gpt2
@@ -394,9 +401,13 @@ def test_run_generate_rejects_max_new_tokens_that_fill_the_context(tmp_path):
     params = nn.unbox(GPT(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
     gpt2.save_pretrained(tmp_path, cfg, params)
     tok.save(str(tmp_path))
-    for n in (16, 40):
+    for n in (17, 40):
         with pytest.raises(ValueError, match="leaves no room for a prompt"):
             generate.run_generate(str(tmp_path), prompts=["the cat"], max_new_tokens=n)
+    # max_len new tokens after the prompt's last token: 17 tokens, the last never fed back.
+    out = generate.run_generate(str(tmp_path), prompts=["the cat"], max_new_tokens=16,
+                                stop_at_eos=False)
+    assert out[0]["prompt_tokens_cut"] == len(tok.encode("the cat")) - 1
     out = generate.run_generate(str(tmp_path), prompts=["the cat sat " * 10], max_new_tokens=15,
                                 stop_at_eos=False)
     assert len(tok.encode(out[0]["completion"])) >= 1
@@ -577,13 +588,13 @@ def test_generate_command_line_labels_stops_and_long_prompts(tmp_path, capsys):
                                                     for r in rows]
     capsys.readouterr()
 
-    # A prompt longer than max_len - max_new_tokens keeps its end, and says so.
+    # A prompt longer than max_len + 1 - max_new_tokens keeps its end, and says so.
     long = "the cat sat on the mat. " * 6
-    cut = len(tok.encode(long)) - (16 - 4)
+    cut = len(tok.encode(long)) - (16 + 1 - 4)
     results = generate.run_generate(str(tmp_path), prompts=[long, "a cat"], max_new_tokens=4,
                                     stop_at_eos=False)
     err = capsys.readouterr().err
-    assert "1 prompt(s) longer than the 12 tokens" in err, err
+    assert "1 prompt(s) longer than the 13 tokens" in err, err
     assert results[0]["prompt_tokens_cut"] == cut > 0 and "prompt_tokens_cut" not in results[1]
 
     # --stop: the completion ends before the first occurrence of a stop string, whether it is

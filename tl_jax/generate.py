@@ -247,16 +247,22 @@ class Generator:
         tokens, mask, positions, lengths = left_pad(prompts, self.pad_id)
         check_tokens(tokens, cfg, where="generate prompts")
         batch, width = tokens.shape
-        if lengths.max() + max_new_tokens > cfg.max_len:
+        # The model reads the prompt and every new token but the last (which nothing follows):
+        # positions 0 .. prompt + max_new_tokens - 2, so prompt + max_new_tokens may be
+        # max_len + 1, and the cache needs one slot fewer than the tokens.
+        if lengths.max() + max_new_tokens > cfg.max_len + 1:
             raise ValueError(
                 f"generate: prompt length {int(lengths.max())} + max_new_tokens {max_new_tokens} "
-                f"exceeds the model's max_len {cfg.max_len}"
+                f"is {int(lengths.max()) + max_new_tokens} tokens; the model's max_len "
+                f"{cfg.max_len} allows at most {cfg.max_len + 1} (the last new token is not "
+                "fed back through the model)"
             )
         # Left padding can push the cache past max_len even when every row fits; shrink the
         # padding bucket in that case rather than failing.
-        if width + max_new_tokens > cfg.max_len:
+        if width + max_new_tokens - 1 > cfg.max_len:
             tokens, mask, positions, lengths = left_pad(prompts, self.pad_id, bucket=1)
-        key_mask = jnp.asarray(np.concatenate([mask, np.ones((batch, max_new_tokens), bool)], 1))
+        key_mask = jnp.asarray(
+            np.concatenate([mask, np.ones((batch, max_new_tokens - 1), bool)], 1))
         stop_ids = jnp.asarray(np.array(list(stop_tokens) or [-1], dtype=np.int32))
         stop_set = set(int(s) for s in stop_tokens)
         key = jax.random.PRNGKey(seed)
@@ -508,8 +514,8 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
       "\\n"; the completion ends before it): decoding of that row ends there too, at once for a
       token holding a stop string, and within 16 tokens (the host checks the text that often)
       for one the model writes across several tokens. A prompt longer than
-      `max_len - max_new_tokens` tokens keeps its end; a warning says so, and its result
-      records `prompt_tokens_cut`.
+      `max_len + 1 - max_new_tokens` tokens (the last new token is not fed back through the
+      model) keeps its end; a warning says so, and its result records `prompt_tokens_cut`.
     mode="score": for each prompt, the log-likelihood of each of `choices` as its continuation;
       the prediction is the most likely choice (zero-shot classification). If the prompt file
       has `label_field`, accuracy over the examples is printed too; `labels` names the label
@@ -609,17 +615,19 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     encoded = [tokenizer.encode(t) or [tokenizer.eos_id] for t in texts]
     results = []
     if mode == "complete":
-        if max_new_tokens >= model.config.max_len:
+        if max_new_tokens > model.config.max_len:
+            # A prompt of one token and max_len new tokens fit: the last is not fed back.
             raise ValueError(
                 f"generate: max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
-                f"model's max_len {model.config.max_len}")
+                f"model's max_len {model.config.max_len} (at most {model.config.max_len} new "
+                "tokens after a prompt of one)")
         stop_strings = [text.replace("\\n", "\n") for text in stop]
         stops = ([tokenizer.eos_id] if stop_at_eos else []) + stop_token_ids(tokenizer,
                                                                              stop_strings)
         # A stop string the model writes across several tokens is in no stop token: the host
         # checks the rows' text every few tokens instead, so they end early all the same.
         stop_when = stop_string_check(tokenizer, stop_strings) if stop_strings else None
-        limit = model.config.max_len - max_new_tokens
+        limit = model.config.max_len + 1 - max_new_tokens
         cut = [max(0, len(ids) - limit) for ids in encoded]
         if any(cut):
             print(f"[generate] warning: {sum(c > 0 for c in cut)} prompt(s) longer than the "
