@@ -312,6 +312,20 @@ def test_score_is_the_continuation_log_likelihood(lm):
     assert (got < 0).all()
 
 
+def test_score_takes_a_continuation_of_max_len_tokens_and_no_more(lm):
+    # One context token and max_len continuation tokens: the model reads positions 0 .. 63
+    # (the last token is only scored). It was refused like one token more.
+    model, params = lm
+    rng = np.random.default_rng(3)
+    cont = [int(t) for t in rng.integers(1, VOCAB, model.config.max_len)]
+    got = score(model, params, [[5, 7]], [cont], batch_size=1)[0]  # the context keeps [7]
+    logp = jax.nn.log_softmax(full_logits(model, params, [7] + cont[:-1]), -1)
+    assert got == pytest.approx(sum(float(logp[j, t]) for j, t in enumerate(cont)), abs=1e-3)
+    with pytest.raises(ValueError, match="continuation 0 has 65 tokens; the model's max_len 64 "
+                                         "allows at most 64"):
+        score(model, params, [[7]], [cont + [1]], batch_size=1)
+
+
 def test_zero_shot_classification_picks_the_likelier_label(lm):
     model, params = lm
     prompts = [[3, 4, 5], [9, 9]]

@@ -357,9 +357,10 @@ def score(model: GPT, params, contexts: Sequence[Sequence[int]],
             raise ValueError(f"score: context {i} is empty; give at least one token (e.g. EOS)")
         if not cont:
             raise ValueError(f"score: continuation {i} is empty")
-        if len(cont) >= cfg.max_len:
+        if len(cont) > cfg.max_len:  # with one context token: max_len + 1, the last not fed
             raise ValueError(
-                f"score: continuation {i} has {len(cont)} tokens; max_len is {cfg.max_len}"
+                f"score: continuation {i} has {len(cont)} tokens; the model's max_len "
+                f"{cfg.max_len} allows at most {cfg.max_len} after a context token"
             )
         ctx = list(ctx)[-(cfg.max_len + 1 - len(cont)):]
         rows.append(ctx + list(cont))
