@@ -586,7 +586,7 @@ def test_sigterm_saves_and_exits_then_resumes(tiny_bert_overrides, tmp_path):
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 143, err[-3000:]  # stopped, not finished (tests/test_main.py)
     assert "SIGTERM: saved step" in out
     saved = [int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()]
     assert len(saved) == 1 and saved[0] >= 3

@@ -227,3 +227,71 @@ def test_one_process_commands_run_on_process_0_alone_under_a_multi_process_launc
         monkeypatch.setenv("TL_JAX_NUM_PROCESSES", "2")
         monkeypatch.setenv("TL_JAX_PROCESS_ID", "0")
         monkeypatch.delenv("TL_JAX_AUTO_DISTRIBUTED", raising=False)
+
+
+def test_a_run_stopped_by_sigterm_exits_143_and_the_same_command_resumes_it_to_0(
+        tiny_bert_overrides, tmp_path):
+    """`tl_jax train` stopped by SIGTERM (a preemption) saves and used to exit 0, so
+    `tl_jax train ... && tl_jax train --config.init_from=...` fine-tuned a half-pretrained
+    encoder and a scheduler saw success. It exits 143 with a line naming the checkpoint; the
+    same command resumes from it and exits 0 once the run is finished."""
+    import json
+    import os
+    import pathlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    steps = 100  # ~10 steps a second: the signal lands long before the end
+    argv = [sys.executable, str(root / "tests" / "workers" / "train_worker.py"), "train",
+            f"--config={root / 'configs' / 'bert_pretrain.py'}:tiny", f"--workdir={tmp_path}"]
+    argv += [f"--config.{o}" for o in tiny_bert_overrides + [
+        "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=100000",
+        f"train.steps={steps}"]]
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "TL_JAX_TRACEBACK")}
+    proc = subprocess.Popen(argv, env=env, cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and
+                                          len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.1)
+    started = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    saved = [int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()]
+    assert len(saved) == 1 and 3 <= saved[0] < steps, (saved, time.time() - started)
+    assert f"SIGTERM: saved step {saved[0]}; exiting." in out
+    assert err.strip().splitlines()[-1] == (
+        f"tl_jax: Training stopped at step {saved[0]} of {steps} (SIGTERM; saved in "
+        f"{tmp_path / 'checkpoints'}): run the same command again to resume it.")
+
+    rerun = subprocess.run(argv, env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"Resuming from step {saved[0]} " in rerun.stdout
+    assert json.loads((tmp_path / "summary.json").read_text())["step"] == steps
+    assert "stopped" not in rerun.stderr
+
+
+@pytest.mark.parametrize("skip_finetune", [False, True])
+def test_a_quickstart_stopped_by_sigterm_exits_143(skip_finetune, tmp_path, capsys, monkeypatch):
+    # With --skip_finetune a stopped stage 1 went unchecked: the quickstart exited 0. Without it
+    # the stop was an error (exit 1), not the status every stopped training command has.
+    from tl_jax import quickstart_finetune, train
+
+    def stopped(config, workdir):
+        return train.TrainResult(summary={"step": 3}, state={}, trainer=None,
+                                 total_steps=int(config.train.steps), workdir=workdir)
+
+    monkeypatch.setattr(train, "train_and_evaluate", stopped)
+    monkeypatch.setattr(quickstart_finetune, "run", lambda *a, **k: pytest.fail("stage 2 ran"))
+    argv = ["quickstart", f"--workdir={tmp_path}"] + ["--skip_finetune"] * skip_finetune
+    with pytest.raises(SystemExit) as e:
+        main.main(argv)
+    assert e.value.code == main.EXIT_STOPPED == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"tl_jax: Stage 1 (pretraining) stopped at step 3 of 300 (SIGTERM; saved in "
+        f"{tmp_path / 'pretrain' / 'checkpoints'}): run the same command again to resume it.")

@@ -134,13 +134,19 @@ def test_a_run_that_hits_a_bug_is_reported_in_full_and_the_others_go_on(tmp_path
     assert "| 0.3 | 1 |" in (tmp_path / "results.md").read_text()
 
 
-def test_a_run_stopped_by_sigterm_stops_the_sweep(tmp_path, monkeypatch):
+def test_a_run_stopped_by_sigterm_stops_the_sweep(tmp_path, monkeypatch, capsys):
     # The trainer saves and returns early on SIGTERM; the sweep used to start the next run.
+    # It exits 143, like `tl_jax train` stopped so (it was 1, like a failed run).
     calls = []
     monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls, stop_at=2))
-    with pytest.raises(SystemExit, match="sweep stopped during run masked_lm_prob=0.3__seed=0"):
+    with pytest.raises(SystemExit) as e:
         cli.main(["sweep", f"--config={BERT}", f"--workdir={tmp_path}",
                   "--grid=data.masked_lm_prob=0.1,0.3,0.25", "--config.train.steps=4"])
+    assert e.value.code == cli.EXIT_STOPPED == 143
+    run = "masked_lm_prob=0.3__seed=0"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"tl_jax: The sweep stopped during run {run} (SIGTERM; saved in "
+        f"{tmp_path / 'runs' / run / 'checkpoints'}): run the same command again to resume it.")
     assert calls == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.3__seed=0"]
 
 

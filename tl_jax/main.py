@@ -13,6 +13,10 @@
     tl_jax build_tasks --out_dir=DIR
 
 Run `tl_jax <command> --help` for a command's flags.
+
+Exit status: 0 done; 1 an error (one line saying what and where); 2 bad flags; 130 Ctrl-C;
+143 a training command (train, quickstart, sweep) stopped by SIGTERM before its planned steps,
+its checkpoint saved: the same command resumes it.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ import sys
 def _train(args, overrides):
     from tl_jax import config as config_lib, train
     config = config_lib.load_config(args.config, overrides)
-    train.train_and_evaluate(config, args.workdir)
+    # A run that SIGTERM stopped part-way (saved) raises `train.Stopped`: exit EXIT_STOPPED.
+    train.train_and_evaluate(config, args.workdir).check_finished("Training")
 
 
 def _predict(args, overrides):
@@ -97,7 +102,14 @@ def _sweep(args, overrides):
                        metrics=[x.strip() for x in args.metrics.split(",") if x.strip()],
                        dry_run=args.dry_run)
     if result.get("stopped"):
-        sys.exit(f"tl_jax: sweep stopped during run {result['stopped']} (rerun to resume)")
+        import os
+
+        from tl_jax import train
+        name = result["stopped"]
+        raise train.Stopped(
+            f"The sweep stopped during run {name} (SIGTERM; saved in "
+            f"{os.path.join(args.workdir, 'runs', name, 'checkpoints')}): run the same command "
+            "again to resume it.")
     if result["failed"]:
         sys.exit(f"tl_jax: error: {len(result['failed'])} sweep run(s) failed (see "
                  f"{args.workdir}/results.md)")
@@ -260,6 +272,12 @@ def main(argv: list[str] | None = None) -> None:
                error_hint="\n(set TL_JAX_TRACEBACK=1 to see where it was raised)")
 
 
+# The exit status of a training command (train, quickstart, sweep; a script in experiments/) that
+# SIGTERM stopped before its planned steps, after saving a checkpoint: 128 + SIGTERM, what a
+# shell reports for a process the signal ended, so that `tl_jax train ... && next-step` and a
+# job scheduler do not take a preempted run for a finished one. Ctrl-C exits 130 (128 + SIGINT).
+EXIT_STOPPED = 143
+
 SCRIPT_INTERRUPTED_NOTE = (" Results and checkpoints already written are intact: run the same "
                            "command again to go on from them.")
 
@@ -271,7 +289,10 @@ def run_script(main_fn, prog: str, interrupted_note: str = SCRIPT_INTERRUPTED_NO
     workdir; see `_is_input_error`) is one line, and so is Ctrl-C, followed by
     `interrupted_note` (what was kept). A page of traceback from wherever the loop was (a
     device_get, a data worker) says nothing; what the user needs is whether anything was lost.
-    `TL_JAX_TRACEBACK=1` keeps every traceback."""
+    `TL_JAX_TRACEBACK=1` keeps every traceback. A training run that SIGTERM stopped part-way
+    (`train.Stopped`: saved, not finished) is one line saying where its checkpoint is and exits
+    with EXIT_STOPPED (143), whatever TL_JAX_TRACEBACK says: the status is for the shell or
+    scheduler, which must not go on as if the run had finished."""
     import os
 
     from tl_jax.config import ConfigError
@@ -280,6 +301,10 @@ def run_script(main_fn, prog: str, interrupted_note: str = SCRIPT_INTERRUPTED_NO
     except ConfigError as e:
         sys.exit(f"{prog}: config error: {e}")
     except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
+        train = sys.modules.get("tl_jax.train")  # loaded if it raised Stopped
+        if train is not None and isinstance(e, train.Stopped):
+            print(f"{prog}: {e}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_STOPPED)
         if not _is_input_error(e):
             raise
         sys.exit(f"{prog}: error: {e}{error_hint}")

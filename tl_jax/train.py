@@ -774,11 +774,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     if is_main:
         ckpt_lib.save_json(os.path.join(workdir, "summary.json"), summary)
         print(format_summary(summary, task), flush=True)
-    return TrainResult(summary=summary, state=state, trainer=trainer, total_steps=total_steps)
+    return TrainResult(summary=summary, state=state, trainer=trainer, total_steps=total_steps,
+                       workdir=workdir)
 
 
 class Stopped(RuntimeError):
-    """A run saved and returned before `train.steps` (SIGTERM), where a caller chains runs."""
+    """A run saved and returned before `train.steps` (SIGTERM): raised where a caller chains
+    runs, and by `tl_jax train`, which then exits with status 143 (`tl_jax.main.EXIT_STOPPED`)."""
 
 
 @dataclasses.dataclass
@@ -787,6 +789,7 @@ class TrainResult:
     state: dict     # the final train state (params, opt_state, step, rng), sharded
     trainer: Trainer
     total_steps: int = 0  # train.steps, as the task filled it
+    workdir: str = ""     # where its checkpoints are
 
     @property
     def stopped(self) -> bool:
@@ -798,8 +801,10 @@ class TrainResult:
         stopped by SIGTERM stops the caller too, rather than record a half-trained run's scores
         or start the next run on a machine going away."""
         if self.stopped:
+            saved = (f"saved in {os.path.join(self.workdir, 'checkpoints')}" if self.workdir
+                     else "saved")
             raise Stopped(f"{what} stopped at step {self.summary['step']} of {self.total_steps} "
-                          "(SIGTERM; saved): run the same command again to resume it.")
+                          f"(SIGTERM; {saved}): run the same command again to resume it.")
 
 
 def format_summary(summary: dict, task) -> str:
