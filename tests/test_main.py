@@ -44,6 +44,34 @@ def test_an_unknown_flag_gets_the_commands_usage_and_the_override_syntax(capsys)
     assert err.rstrip().endswith("error: unrecognized arguments: --bach_size=4")
 
 
+def test_training_in_a_workdir_of_another_task_is_refused_naming_both(tmp_path, monkeypatch):
+    # A GPT workdir given to a BERT config failed on its tokenizer ("is a BPE tokenizer; BERT
+    # needs a WordPiece one"), as if data.tokenizer were wrong.
+    import json
+
+    from tl_jax import train
+    trained = []
+    monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: trained.append(
+        config.task) or train.TrainResult(summary={"step": 0}, state={}, trainer=None))
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    (tmp_path / "config.json").write_text(json.dumps({"task": "clm", "model": {}}))
+    argv = ["train", "--config=configs/bert_pretrain.py:tiny", f"--workdir={tmp_path}"]
+    with pytest.raises(SystemExit) as e:
+        main.main(argv)
+    assert str(e.value.code).splitlines()[0] == (
+        f"tl_jax: error: --workdir={tmp_path} holds a run of task `clm` "
+        f"({tmp_path / 'config.json'}); this config's task is `bert_pretrain`. Use a new workdir "
+        f"(with --config.init_from={tmp_path} to start from its weights); the workdir is left as "
+        "it is.")
+    assert trained == []
+    # The same task resumes; a config.json that does not read is left to the trainer.
+    (tmp_path / "config.json").write_text(json.dumps({"task": "bert_pretrain"}))
+    main.main(argv)
+    (tmp_path / "config.json").write_text("{not json")
+    main.main(argv)
+    assert trained == ["bert_pretrain", "bert_pretrain"]
+
+
 def test_input_errors_are_one_line_and_library_errors_keep_their_traceback(tmp_path, capsys,
                                                                           monkeypatch):
     empty = tmp_path / "empty.txt"
