@@ -72,6 +72,25 @@ def test_training_in_a_workdir_of_another_task_is_refused_naming_both(tmp_path, 
     assert trained == ["bert_pretrain", "bert_pretrain"]
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["train", "--config=configs/word2vec.py", "--config.train.steps=3"],
+     "--config=configs/word2vec.py is a `tl_jax static` config (method='word2vec': static word "
+     "vectors); run it with `tl_jax static --config=configs/word2vec.py --workdir=...`"),
+    (["static", "--config=configs/bert_pretrain.py:tiny"],
+     "--config=configs/bert_pretrain.py:tiny is a `tl_jax train` config (task='bert_pretrain'); "
+     "run it with `tl_jax train --config=configs/bert_pretrain.py:tiny --workdir=...`; "
+     "`tl_jax static` takes configs/word2vec.py or configs/glove.py"),
+])
+def test_the_other_commands_config_is_named_as_such(argv, said, tmp_path, capsys, monkeypatch):
+    # Both were a traceback ending in "AttributeError: 'task'" or "'method'"; with an override
+    # of the command's own sections, "<top level> has no field 'train'".
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as e:
+        main.main(argv + [f"--workdir={tmp_path / 'w'}"])
+    assert str(e.value.code) == f"tl_jax: config error: {said}"
+    assert "Traceback" not in capsys.readouterr().err and not (tmp_path / "w").exists()
+
+
 def test_input_errors_are_one_line_and_library_errors_keep_their_traceback(tmp_path, capsys,
                                                                           monkeypatch):
     empty = tmp_path / "empty.txt"

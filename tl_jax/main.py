@@ -26,11 +26,38 @@ import sys
 
 
 def _train(args, overrides):
-    from tl_jax import config as config_lib, train
-    config = config_lib.load_config(args.config, overrides)
+    from tl_jax import train
+    config = _load_config("train", args.config, overrides)
     _check_workdir_task(args.workdir, config.task)
     # A run that SIGTERM stopped part-way (saved) raises `train.Stopped`: exit EXIT_STOPPED.
     train.train_and_evaluate(config, args.workdir).check_finished("Training")
+
+
+def _load_config(command: str, spec: str, overrides):
+    """`config.load_config` for `tl_jax train` or `tl_jax static`, refusing the other command's
+    config before its overrides are applied: a word2vec config given to `train` was a traceback
+    ("AttributeError: 'task'"), and `--config.train.steps=...` on it "has no field 'train'"."""
+    from tl_jax import config as config_lib
+    config = config_lib.load_config(spec)
+    if "task" in config and "train" in config:  # how `tl_jax sweep` tells them apart
+        kind = "train"
+    elif "method" in config and "save_formats" in config:
+        kind = "static"
+    else:
+        kind = None
+    if kind != command:
+        said = {"train": f"a `tl_jax train` config (task={config.get('task')!r})",
+                "static": f"a `tl_jax static` config (method={config.get('method')!r}: static "
+                          "word vectors)",
+                None: "neither a `tl_jax train` config (task and train sections) nor a "
+                      "`tl_jax static` one (method and save_formats)"}[kind]
+        fix = (f"; run it with `tl_jax {kind} --config={spec} --workdir=...`" if kind else "")
+        if command == "static" and kind != "static":
+            fix += "; `tl_jax static` takes configs/word2vec.py or configs/glove.py"
+        raise config_lib.ConfigError(f"--config={spec} is {said}{fix}")
+    for override in overrides:
+        config_lib.apply_override(config, override)
+    return config
 
 
 def _check_workdir_task(workdir: str, task: str) -> None:
@@ -140,8 +167,8 @@ def _sweep(args, overrides):
 
 
 def _static(args, overrides):
-    from tl_jax import config as config_lib, static_train
-    static_train.run(config_lib.load_config(args.config, overrides), args.workdir)
+    from tl_jax import static_train
+    static_train.run(_load_config("static", args.config, overrides), args.workdir)
 
 
 COMMANDS = {
