@@ -402,3 +402,33 @@ def test_paper_sizes_mask_as_the_paper_and_the_cap_does_not_cut_it(size, mask_ra
     # A full-length sequence's picks (every non-special token: seq - 3) fit under the cap.
     picks = round((data.max_seq_length - 3) * data.masked_lm_prob)
     assert data.max_predictions_per_seq >= picks
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_replacements_are_sampled_from_the_generators_softmax_not_its_argmax(tiny, temperature):
+    # With the MLM transform zeroed its LayerNorm outputs 0, so the generator's logits are its
+    # output bias exactly: a known distribution to sample from at every masked position.
+    config, _, params, batch = tiny
+    model = electra.ElectraForPreTraining(config, temperature=temperature)
+    probs = np.zeros(V)
+    probs[[7, 20, 33]] = [0.6, 0.3, 0.1]
+    params = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    for name in list(params):
+        if name[:2] == ("generator", "mlm_head") and name[2] in ("transform", "transform_norm"):
+            params[name] = jnp.zeros_like(params[name])
+    params[("generator", "mlm_head", "output_bias")] = jnp.log(jnp.asarray(probs, jnp.float32))
+    params = flax.traverse_util.unflatten_dict(params)
+
+    @jax.jit
+    def samples(keys):
+        return jax.vmap(lambda k: model.apply({"params": params}, *inputs(batch),
+                                              rngs={"sample": k})[0]["sampled_ids"])(keys)
+
+    n = 2000
+    drawn = np.asarray(samples(jax.random.split(jax.random.PRNGKey(0), n)))  # (n, B, P)
+    want = probs ** (1.0 / temperature)
+    want /= want.sum()
+    for b, p in [(0, 0), (1, 0), (1, 1)]:  # the real prediction slots
+        freq = np.bincount(drawn[:, b, p], minlength=V) / n
+        # 4 binomial standard deviations at most; argmax would put all mass on token 7.
+        np.testing.assert_allclose(freq, want, atol=4 * np.sqrt(0.25 / n))

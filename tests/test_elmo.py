@@ -437,3 +437,33 @@ def test_perplexities_without_tokens_are_nan_and_noted_once(capsys):
     some = dict(empty, forward_nll=np.array([3.0]), tokens=np.array([2.0]))
     assert bilm.perplexities([some])["forward_perplexity"] == pytest.approx(math.exp(1.5))
     assert bilm.perplexities([some])["backward_perplexity"] == pytest.approx(1.0)
+
+
+def test_bilm_loss_is_the_mean_of_next_and_previous_word_nll_over_real_tokens(data_dir):
+    """Forward state t scores token t + 1, backward state t scores token t - 1, each over the
+    row's real tokens only; the loss is the mean of the two directions' per-token NLL."""
+    _, task = _tiny_task(data_dir)
+    # The two shortest and two longest pieces: rows with padding of different lengths.
+    order = np.argsort(task.train_data.lengths, kind="stable")
+    batch = task.train_data.batch(np.concatenate([order[:2], order[-2:]]))
+    mask = np.asarray(batch["mask"])
+    assert len(set(mask.sum(1))) > 1 and not mask.all()
+    params = task.init_variables(jax.random.PRNGKey(0), batch)["params"]
+    loss, metrics = task.loss_fn(params, batch, jax.random.PRNGKey(1), train=False)
+    out, inter = task.model.apply({"params": params}, batch["chars"], batch["mask"])
+    logp = {k: np.asarray(jax.nn.log_softmax(task.model.apply(
+        {"params": params}, out[k], method=elmo.BiLM.logits)), np.float64)
+        for k in ("forward", "backward")}
+    ids = np.asarray(batch["token_ids"])
+    fwd = bwd = count = 0.0
+    for b, n in enumerate(mask.sum(1)):
+        fwd -= sum(logp["forward"][b, t, ids[b, t + 1]] for t in range(n - 1))
+        bwd -= sum(logp["backward"][b, t, ids[b, t - 1]] for t in range(1, n))
+        count += n - 1
+    np.testing.assert_allclose(float(metrics["forward_nll"][0]), fwd, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["backward_nll"][0]), bwd, rtol=1e-5)
+    assert float(metrics["forward_nll"][1]) == float(metrics["backward_nll"][1]) == count
+    np.testing.assert_allclose(float(loss), (fwd + bwd) / 2 / count, rtol=1e-5)
+    # Layer 0 of the features is the token layer twice, [x; x], as ELMo gives it to the mix.
+    p = task.model_config.projection_dim
+    np.testing.assert_array_equal(inter["char_cnn"][..., :p], inter["char_cnn"][..., p:])
