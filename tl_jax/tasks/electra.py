@@ -15,7 +15,8 @@ Metrics, each a (sum, count) pair: `mlm_loss`, `mlm_accuracy` (generator, at the
 positions), `disc_loss`, `disc_accuracy` (over real tokens), `disc_precision` and `disc_recall`
 of the "replaced" class, `disc_baseline_accuracy` (what always answering "original" scores:
 the discriminator has learnt something only above it) and `replaced_fraction`. With no token
-predicted "replaced" in a pass, `disc_precision` has no count and reads 0.
+predicted "replaced" in a pass, `disc_precision` has no count and is logged as nan (the
+trainer's "not measured", `train.average`), not 0; `disc_recall` likewise with no token replaced.
 """
 from __future__ import annotations
 
