@@ -49,7 +49,9 @@ class Encoder:
         # data files and the GPT's init_from and tokenizer take them.
         init_from, tokenizer_spec = os.path.expandvars(config.init_from), os.path.expandvars(
             d.tokenizer)
-        size = m.size if m.size in bert.SIZES else os.path.expandvars(m.size)
+        # (model.size is read only without init_from, whose architecture wins.)
+        size = m.get("size", "")
+        size = size if size in bert.SIZES else os.path.expandvars(size)
         overrides = dict(dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
                          dtype=m.dtype)
         saved = resumed_tokenizer(workdir)
