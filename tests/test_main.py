@@ -22,6 +22,30 @@ def test_generate_flags_map_onto_run_generate(monkeypatch):
     assert seen["labels"] == ["pos", "neg"] and seen["top_p"] == 0.9 and seen["mode"] == "score"
 
 
+@pytest.mark.parametrize("command", sorted(main.COMMANDS))
+def test_path_flags_starting_with_a_tilde_are_in_the_home_folder(command, monkeypatch):
+    """The shell leaves '~' after '--workdir=' as it is: `tl_jax train --workdir=~/x` made a
+    folder named '~' in the current one."""
+    monkeypatch.setenv("HOME", "/home/someone")
+    parser = main.build_parser()
+    flags = [a for a in parser.commands[command]._actions if a.dest in main.PATH_FLAGS]
+    assert flags, f"`tl_jax {command}` has no path flag"
+    args = parser.parse_args([command] + [f"--{a.dest}=~/{a.dest}" for a in flags])
+    for a in flags:
+        assert getattr(args, a.dest) == f"/home/someone/{a.dest}", (command, a.dest)
+
+
+def test_train_workdir_with_a_tilde_is_in_the_home_folder(tmp_path, monkeypatch):
+    from tl_jax import train
+    seen = []
+    monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: seen.append(
+        workdir) or train.TrainResult(summary={"step": 0}, state={}, trainer=None))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    main.main(["train", "--config=configs/bert_pretrain.py:tiny", "--workdir=~/run"])
+    assert seen == [str(tmp_path / "home" / "run")] and not (tmp_path / "~").exists()
+
+
 def test_missing_required_flag_is_an_error(capsys):
     with pytest.raises(SystemExit) as e:
         main.main(["train", "--config=configs/bert_pretrain.py:tiny"])

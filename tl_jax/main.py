@@ -287,7 +287,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="", help="write results as jsonl")
     for name in CONFIG_COMMANDS:
         parser.commands[name].epilog = OVERRIDES_HELP
+    for command_parser in parser.commands.values():
+        for action in command_parser._actions:
+            if action.dest in PATH_FLAGS:
+                action.type = _expand_home
     return parser
+
+
+# Every command's flags that name a file or folder. The shell expands a leading '~' only at the
+# start of a word, not after '--workdir=': unexpanded, `--workdir=~/run` made a folder named '~'
+# in the current one. `build_parser` expands '~' in each (argparse applies it to defaults too).
+PATH_FLAGS = ("config", "workdir", "model", "init_from", "input", "output", "out_dir",
+              "data_dir", "prompt_file")
+
+
+def _expand_home(value: str) -> str:
+    import os
+    return os.path.expanduser(value)
 
 
 def main(argv: list[str] | None = None) -> None:
