@@ -74,9 +74,18 @@ def test_training_in_a_workdir_of_another_task_is_refused_naming_both(tmp_path, 
     import json
 
     from tl_jax import train
+
+    class Reached(Exception):
+        """The check passed: train_and_evaluate went on to build the trainer."""
+
     trained = []
-    monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: trained.append(
-        config.task) or train.TrainResult(summary={"step": 0}, state={}, trainer=None))
+
+    def build_trainer(config, workdir):
+        trained.append(config.task)
+        raise Reached
+
+    # The check is train_and_evaluate's (so sweeps and scripts have it too); stubbed after it.
+    monkeypatch.setattr(train, "build_trainer", build_trainer)
     monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
     (tmp_path / "config.json").write_text(json.dumps({"task": "clm", "model": {}}))
     argv = ["train", "--config=configs/bert_pretrain.py:tiny", f"--workdir={tmp_path}"]
@@ -90,9 +99,11 @@ def test_training_in_a_workdir_of_another_task_is_refused_naming_both(tmp_path, 
     assert trained == []
     # The same task resumes; a config.json that does not read is left to the trainer.
     (tmp_path / "config.json").write_text(json.dumps({"task": "bert_pretrain"}))
-    main.main(argv)
+    with pytest.raises(Reached):
+        main.main(argv)
     (tmp_path / "config.json").write_text("{not json")
-    main.main(argv)
+    with pytest.raises(Reached):
+        main.main(argv)
     assert trained == ["bert_pretrain", "bert_pretrain"]
 
 

@@ -253,6 +253,21 @@ def test_empty_corpus_is_a_clear_error(tiny_bert_overrides, tmp_path):
         train.build_trainer(config, workdir=None)
 
 
+def test_a_workdir_of_another_task_is_refused_before_anything_is_read(tmp_path, monkeypatch):
+    """Checked by train_and_evaluate, not only `tl_jax train`: a sweep or a script given a GPT
+    workdir for a BERT config failed on its tokenizer, as if data.tokenizer were wrong."""
+    (tmp_path / "config.json").write_text(json.dumps({"task": "clm", "model": {}}))
+    monkeypatch.setattr(train, "build_trainer", lambda *a: pytest.fail("built a trainer"))
+    config = config_lib.load_config(BERT + ":tiny")
+    with pytest.raises(ValueError) as e:
+        train.train_and_evaluate(config, str(tmp_path))
+    assert str(e.value) == (
+        f"--workdir={tmp_path} holds a run of task `clm` ({tmp_path / 'config.json'}); this "
+        f"config's task is `bert_pretrain`. Use a new workdir (with --config.init_from={tmp_path} "
+        "to start from its weights); the workdir is left as it is.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
 def test_zero_steps_in_a_new_workdir_evaluates_the_initial_model_and_says_so(
         tiny_bert_overrides, tmp_path, capsys):
     config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [

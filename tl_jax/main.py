@@ -28,7 +28,6 @@ import sys
 def _train(args, overrides):
     from tl_jax import train
     config = _load_config("train", args.config, overrides)
-    _check_workdir_task(args.workdir, config.task)
     # A run that SIGTERM stopped part-way (saved) raises `train.Stopped`: exit EXIT_STOPPED.
     train.train_and_evaluate(config, args.workdir).check_finished("Training")
 
@@ -58,29 +57,6 @@ def _load_config(command: str, spec: str, overrides):
     for override in overrides:
         config_lib.apply_override(config, override)
     return config
-
-
-def _check_workdir_task(workdir: str, task: str) -> None:
-    """A workdir holds one run: one of another task (its config.json says which) is refused with
-    what it is, as `train.restore_or_init` refuses another task's checkpoint, but before the
-    trainer reads the workdir's tokenizer and fails on that instead ("a BPE tokenizer; BERT needs
-    a WordPiece one"), or a run that left no checkpoint is overwritten. A config.json that does
-    not read is left to the trainer, which resumes from the checkpoints and writes it again."""
-    import os
-
-    from tl_jax import checkpoint
-    if not os.path.exists(os.path.join(workdir, "config.json")):
-        return
-    try:
-        saved = checkpoint.load_run_config(workdir).get("task")
-    except (OSError, ValueError):
-        return
-    if saved and saved != task:
-        path = os.path.join(workdir, "config.json")
-        raise ValueError(
-            f"--workdir={workdir} holds a run of task `{saved}` ({path}); this config's task is "
-            f"`{task}`. Use a new workdir (with --config.init_from={workdir} to start from its "
-            "weights); the workdir is left as it is.")
 
 
 def _predict(args, overrides):

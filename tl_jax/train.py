@@ -608,16 +608,38 @@ def _schedule_change(saved: dict, trainer: Trainer, step: int, updates: int | No
 # ================================================================================================
 
 
+def check_workdir_task(workdir: str, task: str) -> None:
+    """A workdir holds one run: one of another task (its config.json says which) is refused with
+    what it is, as `restore_or_init` refuses another task's checkpoint, but before the trainer
+    reads the workdir's tokenizer and fails on that instead ("a BPE tokenizer; BERT needs a
+    WordPiece one"), or a run that left no checkpoint is overwritten. A config.json that does not
+    read is left to the trainer, which resumes from the checkpoints and writes it again."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    try:
+        saved = ckpt_lib.load_run_config(workdir).get("task")
+    except (OSError, ValueError):
+        return
+    if saved and saved != task:
+        raise ValueError(
+            f"--workdir={workdir} holds a run of task `{saved}` ({path}); this config's task is "
+            f"`{task}`. Use a new workdir (with --config.init_from={workdir} to start from its "
+            "weights); the workdir is left as it is.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "TrainResult":
     """Trains `config.task` for `config.train.steps` steps in `workdir`.
 
-    Resumes from the workdir's newest good checkpoint if there is one. Returns the summary
+    Resumes from the workdir's newest good checkpoint if there is one; a workdir of static word
+    vectors or of another task's run is refused first. Returns the summary
     (also written to `WORKDIR/summary.json`) and the final state.
     """
     if os.path.exists(os.path.join(workdir, "static_config.json")):
         # Its vocab.txt (and, for some tasks, more) would be overwritten by this run's.
         raise ValueError(f"{workdir} holds static word vectors (`tl_jax static`); train in "
                          "another workdir")
+    check_workdir_task(workdir, config.task)
     os.makedirs(workdir, exist_ok=True)
     trainer = build_trainer(config, workdir)
     task, mesh, tc = trainer.task, trainer.mesh, config.train
