@@ -159,16 +159,19 @@ def main():
             config = config_lib.load_config(f"configs/{config_name}.py:minilm", overrides)
             slug = "".join(ch if ch.isalnum() else "_" for ch in name)
             start = time.time()
-            summary = train.train_and_evaluate(
-                config, os.path.join(args.workdir, f"{slug}_seed{seed}")).summary
+            run_dir = os.path.join(args.workdir, f"{slug}_seed{seed}")
+            summary = train.train_and_evaluate(config, run_dir).summary
             if summary["step"] < int(config.train.steps):
                 # SIGTERM: the trainer saved and returned early, with the last epoch's scores.
                 # Recorded, they would stand in the table as this seed's and never train on.
+                # train.Stopped: run_script exits 143, as every training command does.
                 save()
                 print_table(results)
-                raise SystemExit(f"[{name} seed {seed}] stopped at step {summary['step']} of "
-                                 f"{config.train.steps} (SIGTERM); run the same command again "
-                                 "to resume it. The table above holds the finished runs only.")
+                raise train.Stopped(
+                    f"[{name} seed {seed}] stopped at step {summary['step']} of "
+                    f"{config.train.steps} (SIGTERM; saved in "
+                    f"{os.path.join(run_dir, 'checkpoints')}): run the same command again to "
+                    "resume it. The table above holds the finished runs only.")
             entry["runs"][str(seed)] = {"accuracy": summary["eval/accuracy"],
                                         "f1_macro": summary.get("eval/f1_macro"),
                                         "seconds": round(time.time() - start, 1)}

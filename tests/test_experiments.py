@@ -167,11 +167,12 @@ def test_ctrl_c_is_one_line_that_says_what_was_kept(name, monkeypatch, capsys):
 
 
 def test_transfer_strategies_run_stopped_by_sigterm_is_not_recorded_as_finished(
-        tmp_path, data_dir, monkeypatch):
+        tmp_path, data_dir, monkeypatch, capsys):
     """On SIGTERM the trainer saves and returns early with the last epoch's scores; the script
     recorded them as that seed's result, so the table showed a half-trained accuracy and a rerun
     skipped the run instead of resuming it."""
     from tl_jax import train
+    from tl_jax.main import run_script as run_script_here
 
     script = load_script("transfer_strategies.py")
     stop_at = [7]
@@ -188,10 +189,39 @@ def test_transfer_strategies_run_stopped_by_sigterm_is_not_recorded_as_finished(
         total_params=10, trainable=1, opt_bytes=8, stages=1))
     monkeypatch.setattr(sys, "argv", ["transfer_strategies.py", f"--workdir={tmp_path}",
                                       "--only=LoRA", "--seeds=0"])
-    with pytest.raises(SystemExit, match="stopped at step 7 of 20"):
-        script.main()
+    with pytest.raises(SystemExit) as e:  # as every training command: 143, one line
+        run_script_here(script.main, "transfer_strategies.py")
+    assert e.value.code == 143
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "transfer_strategies.py: [LoRA (r=8) seed 0] stopped at step 7 of 20 (SIGTERM; saved in "
+        f"{tmp_path / 'LoRA__r_8__seed0' / 'checkpoints'}): run the same command again to resume "
+        "it. The table above holds the finished runs only.")
     assert json.loads((tmp_path / "results.json").read_text())["LoRA (r=8)"]["runs"] == {}
     stop_at[0] = None  # the rerun resumes it to the end
     script.main()
     runs = json.loads((tmp_path / "results.json").read_text())["LoRA (r=8)"]["runs"]
     assert runs["0"]["accuracy"] == pytest.approx(0.7)
+
+
+def test_transfer_food_reviews_run_stopped_by_sigterm_exits_143(tmp_path, data_dir, monkeypatch,
+                                                                 capsys):
+    """Its runs go through classify.transfer_comparison, whose check_finished raises
+    train.Stopped: the same status as every training command, and nothing recorded."""
+    from tl_jax import train
+    from tl_jax.main import run_script as run_script_here
+
+    script = load_script("transfer_food_reviews.py")
+    monkeypatch.setenv("TL_JAX_DATA_DIR", str(data_dir))
+    monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: train.TrainResult(
+        summary={"step": 3, "eval/accuracy": 0.5}, state={}, trainer=None, total_steps=16,
+        workdir=workdir))
+    monkeypatch.setattr(sys, "argv", ["transfer_food_reviews.py", f"--workdir={tmp_path}",
+                                      "--seeds=0"])
+    with pytest.raises(SystemExit) as e:
+        run_script_here(script.main, "transfer_food_reviews.py")
+    assert e.value.code == 143
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "transfer_food_reviews.py: The pretrained arm's seed 0 stopped at step 3 of 16 (SIGTERM; "
+        f"saved in {tmp_path / 'pretrained_seed0' / 'checkpoints'}): run the same command again "
+        "to resume it.")
+    assert not (tmp_path / "transfer_results.json").exists()
