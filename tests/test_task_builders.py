@@ -108,6 +108,29 @@ def test_missing_data_dir_is_a_clear_error(tmp_path):
         tb.build_all(tmp_path / "out", tmp_path)
 
 
+def test_a_missing_data_dir_names_where_it_came_from(tmp_path, monkeypatch, capsys):
+    """`tl_jax build_tasks --data_dir=/nope` said "set TL_JAX_DATA_DIR", naming a setting the
+    user had not used."""
+    from tl_jax import main
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    monkeypatch.setenv("TL_JAX_DATA_DIR", str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        main.main(["build_tasks", f"--out_dir={tmp_path / 'out'}", "--data_dir=/nope"])
+    assert str(e.value.code).splitlines()[0] == (
+        "tl_jax: error: no austen.jsonl in data_dir='/nope'; it must be the shared data folder")
+    with pytest.raises(FileNotFoundError) as e:  # from $TL_JAX_DATA_DIR: that is named
+        tb.build_all(tmp_path / "out")
+    assert str(e.value) == (f"no austen.jsonl in TL_JAX_DATA_DIR={str(tmp_path)!r}; set "
+                            "TL_JAX_DATA_DIR to the shared data folder")
+    with pytest.raises(FileNotFoundError, match=f"no {tb.SOURCES[0]} in TL_JAX_DATA_DIR="):
+        tb.silver_path("names", "train")
+    monkeypatch.delenv("TL_JAX_DATA_DIR")
+    with pytest.raises(FileNotFoundError) as e:
+        tb.build_all(tmp_path / "out")
+    assert str(e.value) == ("no austen.jsonl: TL_JAX_DATA_DIR is not set and no data_dir was "
+                            "given; set TL_JAX_DATA_DIR to the shared data folder")
+
+
 def test_readme_states_what_qa_version_2_builds(data_dir):
     # The README said --qa_version=2.0 "adds unanswerable ones"; under the same caps they
     # replace answerable ones. Its counts must be what the full build gives.

@@ -276,9 +276,10 @@ def build_all(out_dir: os.PathLike, data_dir: os.PathLike | None = None,
       qa_version: "1.1" (answerable only) or "2.0" (unanswerable questions mixed in under the
         same qa_caps, so fewer answerable ones).
     """
+    given = bool(data_dir)
     data_dir = pathlib.Path(data_dir or os.environ.get("TL_JAX_DATA_DIR", ""))
     if not (data_dir / "austen.jsonl").exists():
-        raise FileNotFoundError(f"no austen.jsonl in {str(data_dir)!r}; set TL_JAX_DATA_DIR")
+        raise missing_source("austen.jsonl", data_dir, given)
     out_dir = pathlib.Path(out_dir)
     (out_dir / "names").mkdir(parents=True, exist_ok=True)
     (out_dir / "cloze_qa").mkdir(parents=True, exist_ok=True)
@@ -331,13 +332,28 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("TL_JAX_TASKS_DIR", default))
 
 
-def silver_build_dir(data_dir: pathlib.Path) -> pathlib.Path:
-    """The subfolder of `cache_dir()` for tasks built from `data_dir` by this builder version."""
+def missing_source(name: str, data_dir: pathlib.Path, given: bool) -> FileNotFoundError:
+    """The error for a source file not in `data_dir`, naming where that folder came from: a
+    `data_dir` given (`tl_jax build_tasks --data_dir=...`) or $TL_JAX_DATA_DIR. "set
+    TL_JAX_DATA_DIR" after `--data_dir=/nope` sent the user to the wrong setting."""
+    if given:
+        return FileNotFoundError(f"no {name} in data_dir={str(data_dir)!r}; it must be the shared "
+                                 "data folder")
+    if not os.environ.get("TL_JAX_DATA_DIR"):
+        return FileNotFoundError(f"no {name}: TL_JAX_DATA_DIR is not set and no data_dir was "
+                                 "given; set TL_JAX_DATA_DIR to the shared data folder")
+    return FileNotFoundError(f"no {name} in TL_JAX_DATA_DIR={str(data_dir)!r}; set "
+                             "TL_JAX_DATA_DIR to the shared data folder")
+
+
+def silver_build_dir(data_dir: pathlib.Path, given: bool = True) -> pathlib.Path:
+    """The subfolder of `cache_dir()` for tasks built from `data_dir` by this builder version
+    (`given`: False where `data_dir` is $TL_JAX_DATA_DIR, which a missing file's error names)."""
     key = [f"v{BUILDER_VERSION}"]
     for name in SOURCES:
         source = (data_dir / name).resolve()
         if not source.is_file():
-            raise FileNotFoundError(f"no {name} in {str(data_dir)!r}; set TL_JAX_DATA_DIR")
+            raise missing_source(name, data_dir, given)
         stat = source.stat()
         key.append(f"{source}:{stat.st_size}:{stat.st_mtime_ns}")
     return cache_dir() / hashlib.md5("|".join(key).encode()).hexdigest()[:12]
@@ -357,7 +373,7 @@ def silver_path(task: str, split: str) -> pathlib.Path:
         raise ValueError(f"unknown silver task {task}:{split}; tasks {sorted(suffix)}, "
                          f"splits {SPLITS}")
     data_dir = pathlib.Path(os.environ.get("TL_JAX_DATA_DIR", ""))
-    root = silver_build_dir(data_dir)
+    root = silver_build_dir(data_dir, given=False)
     if not (root / "manifest.json").exists():
         print(f"[tasks] Building the silver tasks (names, cloze_qa) from {data_dir} into {root}, "
               "once; later runs reuse them.", flush=True)
