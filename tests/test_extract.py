@@ -69,6 +69,17 @@ def test_all_layers_match_transformers_hidden_states(minilm, all_layers):
         np.testing.assert_allclose(feat, torch.stack(hidden)[:, 0].numpy(), atol=3e-4, rtol=1e-3)
 
 
+def test_a_missing_model_is_reported_before_the_input_is_read(tmp_path, capsys):
+    """The input was read, and its blank lines reported, before --init_from was looked at."""
+    text_file = tmp_path / "in.txt"
+    text_file.write_text("one\n\ntwo\n")
+    with pytest.raises(ValueError) as e:
+        extract.run(str(tmp_path / "nope"), str(text_file), str(tmp_path / "f.npz"))
+    assert str(e.value) == f"--init_from={str(tmp_path / 'nope')!r} does not exist."
+    assert capsys.readouterr().out == ""
+    assert not (tmp_path / "f.npz").exists()
+
+
 def test_files_hold_the_chosen_combinations(minilm, all_layers, tmp_path, capsys):
     tokens, stacked = all_layers
     text_file = tmp_path / "in.txt"

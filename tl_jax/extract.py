@@ -162,6 +162,9 @@ def run(init_from: str, input_path: str, output_path: str, layers: str = "last",
     check_sizes(max_seq_length, batch_size)
     if not os.path.exists(input_path):
         raise FileNotFoundError(f"--input={input_path} does not exist")
+    # Before the input is read (and its blank lines reported): a wrong --init_from is the
+    # cheaper mistake to find, and the one to report alone.
+    downstream.check_encoder_source(init_from, "--init_from")
     try:
         with open(input_path, encoding="utf-8") as f:
             lines = [line.strip() for line in f]
