@@ -377,3 +377,28 @@ def test_a_quickstart_stopped_by_sigterm_exits_143(skip_finetune, tmp_path, caps
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"tl_jax: Stage 1 (pretraining) stopped at step 3 of 300 (SIGTERM; saved in "
         f"{tmp_path / 'pretrain' / 'checkpoints'}): run the same command again to resume it.")
+
+
+def test_an_override_without_a_value_is_a_usage_error_and_an_unknown_key_a_config_error(
+        capsys, monkeypatch):
+    """`--config.KEY` with no value is a malformed flag: exit 2 with the command's usage, as
+    argparse does for its own flags (it exited 1, with no usage). A key the config lacks is
+    found once the config is loaded, and stays a config error (exit 1), as the README says."""
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    base = ["train", "--config=configs/bert_pretrain.py:tiny", "--workdir=w"]
+    with pytest.raises(SystemExit) as e:
+        main.main(base + ["--config.train.steps"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: tl_jax train ")
+    assert err.rstrip().endswith(
+        "tl_jax train: error: --config.train.steps needs a value: --config.train.steps=VALUE or "
+        "--config.train.steps VALUE")
+    with pytest.raises(SystemExit) as e:
+        main.main(base + ["--config.seed", "--workdir=v"])
+    assert e.value.code == 2
+    assert "error: --config.seed needs a value, but the next argument is the flag --workdir=v" \
+        in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main.main(base + ["--config.train.stepz=3"])
+    assert str(e.value.code).startswith("tl_jax: config error: Unknown config key 'train.stepz'")

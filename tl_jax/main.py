@@ -14,7 +14,9 @@
 
 Run `tl_jax <command> --help` for a command's flags.
 
-Exit status: 0 done; 1 an error (one line saying what and where); 2 bad flags; 130 Ctrl-C;
+Exit status: 0 done; 1 an error (one line saying what and where), a --config.KEY=VALUE the
+config lacks or cannot take included; 2 bad flags (the command's usage: a flag it does not have,
+a required one left out, a --config.KEY with no value); 130 Ctrl-C;
 143 a training command (train, quickstart, sweep) stopped by SIGTERM before its planned steps,
 its checkpoint saved: the same command resumes it.
 """
@@ -286,11 +288,15 @@ def main(argv: list[str] | None = None) -> None:
     from tl_jax.config import ConfigError, split_overrides
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
     try:
         overrides, rest = split_overrides(argv)
     except ConfigError as e:
-        sys.exit(f"tl_jax: error: {e}")
-    parser = build_parser()
+        # A --config.KEY without its value is a malformed flag: argparse's usage error (the
+        # command's usage, exit 2), as for any other flag. A key the config lacks, or a value it
+        # cannot take, is found once the config is loaded: a config error (exit 1).
+        command = parser.commands.get(argv[0]) if argv else None
+        (command or parser).error(str(e))
     args, unknown = parser.parse_known_args(rest)
     if unknown:  # argparse alone would print the top-level usage, not the command's
         hint = ""
