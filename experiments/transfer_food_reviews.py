@@ -24,8 +24,10 @@ from tl_jax.tasks import classify
 def main():
     data_dir = os.environ.get("TL_JAX_DATA_DIR", "")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--init_from", default=os.path.join(data_dir, "models", "all-MiniLM-L6-v2"))
-    parser.add_argument("--workdir", default="/tmp/tl_jax_transfer_food")
+    # type: the shell leaves '~' after '--workdir=' unexpanded (a folder named '~' was made).
+    parser.add_argument("--init_from", default=os.path.join(data_dir, "models", "all-MiniLM-L6-v2"),
+                        type=os.path.expanduser)
+    parser.add_argument("--workdir", default="/tmp/tl_jax_transfer_food", type=os.path.expanduser)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--train_examples", type=int, default=512)
     parser.add_argument("--eval_examples", type=int, default=500)

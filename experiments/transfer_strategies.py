@@ -102,7 +102,8 @@ def measure(config) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True)
+    # type: the shell leaves '~' after '--workdir=' unexpanded (a folder named '~' was made).
+    parser.add_argument("--workdir", required=True, type=os.path.expanduser)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--train_examples", type=int, default=640)
     parser.add_argument("--eval_examples", type=int, default=400)
@@ -113,7 +114,7 @@ def main():
     parser.add_argument("--feature_lr", type=float, default=3e-3)
     parser.add_argument("--finetune_lr", type=float, default=2e-4,
                         help="full fine-tuning and chain-thaw (other configs keep theirs)")
-    parser.add_argument("--cache_dir", default="")
+    parser.add_argument("--cache_dir", default="", type=os.path.expanduser)
     parser.add_argument("--only", default="", help="comma-separated substrings of strategy names")
     parser.add_argument("--measure_only", action="store_true")
     args = parser.parse_args()

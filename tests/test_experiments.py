@@ -225,3 +225,38 @@ def test_transfer_food_reviews_run_stopped_by_sigterm_exits_143(tmp_path, data_d
         f"saved in {tmp_path / 'pretrained_seed0' / 'checkpoints'}): run the same command again "
         "to resume it.")
     assert not (tmp_path / "transfer_results.json").exists()
+
+
+def test_path_flags_starting_with_a_tilde_are_in_the_home_folder(tmp_path, data_dir,
+                                                                  monkeypatch):
+    """The shell leaves '~' after '--workdir=' as it is: the runs went to a folder named '~'."""
+    from tl_jax import train
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "minilm").symlink_to(data_dir / "models" / "all-MiniLM-L6-v2")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TL_JAX_DATA_DIR", str(data_dir))
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    def fake(config, workdir):
+        seen.append((workdir, config.init_from))
+        return train.TrainResult(summary={"step": 1, "eval/accuracy": 0.5, "eval/f1_macro": 0.5,
+                                          "eval/mcc": 0.0}, state={}, trainer=None)
+
+    monkeypatch.setattr(train, "train_and_evaluate", fake)
+    script = load_script("transfer_food_reviews.py")
+    monkeypatch.setattr(sys, "argv", ["transfer_food_reviews.py", "--workdir=~/food",
+                                      "--init_from=~/minilm", "--seeds=0"])
+    script.main()
+    assert seen[0] == (str(home / "food" / "pretrained_seed0"), str(home / "minilm"))
+    assert (home / "food" / "transfer_results.json").is_file()
+    script = load_script("transfer_strategies.py")
+    monkeypatch.setattr(script, "measure", lambda config: dict(
+        total_params=10, trainable=1, opt_bytes=8, stages=1))
+    monkeypatch.setattr(sys, "argv", ["transfer_strategies.py", "--workdir=~/strategies",
+                                      "--only=LoRA", "--seeds=0", "--epochs=0"])
+    script.main()
+    assert seen[-1][0] == str(home / "strategies" / "LoRA__r_8__seed0")
+    assert (home / "strategies" / "results.json").is_file() and not (tmp_path / "~").exists()
