@@ -541,6 +541,42 @@ def test_tiny_smoke_configs_reach_their_last_stage(data_dir, tmp_path, name):
     assert plan.stages[-1].start_step < config.train.steps, (plan.stages, config.train.steps)
 
 
+def test_chain_thaw_in_the_trainer_holds_other_groups_bit_identical(data_dir, tmp_path):
+    """The trainer's own step (`as_optax`, stage read from the count) under chain-thaw, with
+    weight decay on and Adam momentum left from earlier stages: in each stage the groups it does
+    not train keep every bit of their parameters and of their optimizer state; the group it
+    trains moves."""
+    from tl_jax import config as config_lib, parallel, train
+
+    config = config_lib.load_config("configs/transfer_chain_thaw.py:tiny", TINY_RUN + [
+        "transfer.stage_steps=1", "train.steps=6", "optimizer.weight_decay=0.1",
+        "optimizer.warmup_steps=0", "optimizer.learning_rate=1e-2"])
+    trainer = train.build_trainer(config, str(tmp_path))
+    plan = trainer.task.transfer_plan
+    assert [sorted(s.groups) for s in plan.stages[:4]] == [
+        ["head"], ["embeddings"], ["layer_0"], ["layer_1"]]
+    state = trainer.init_state(jax.random.PRNGKey(config.seed))
+    batches = trainer.task.train_batches()
+    for step in range(6):  # stages head, embeddings, layer_0, layer_1, all, all
+        before = jax.device_get(state)
+        state, _ = trainer.train_step(state, parallel.host_batch_to_global(next(batches),
+                                                                            trainer.mesh))
+        after = jax.device_get(state)
+        active = plan.stages[plan.stage_for_step(step)].groups
+        old, new = flat(before["params"]), flat(after["params"])
+        for p in old:
+            held = plan.info[p].group not in active
+            same = old[p].tobytes() == new[p].tobytes()
+            if held:
+                assert same, (step, p)
+            elif p.endswith("kernel") or p.endswith("embedding"):
+                assert not same, (step, p)  # weight decay alone moves them
+        for label, inner in before["opt_state"].inner.items():
+            same = all(np.asarray(a).tobytes() == np.asarray(b).tobytes() for a, b in zip(
+                jax.tree.leaves(inner), jax.tree.leaves(after["opt_state"].inner[label])))
+            assert same == (label.split("/")[0] not in active), (step, label)
+
+
 def test_resume_with_changed_transfer_rules_is_refused_keeping_the_checkpoint(data_dir, tmp_path):
     # Other rules give the optimizer state another layout: the restore used to fail, and the
     # good checkpoint was moved to checkpoints_corrupt/ and training restarted from step 0.
