@@ -66,6 +66,17 @@ def test_lamb_trust_ratio_on_undecayed_parameters(exclude):
         np.testing.assert_allclose(up["bert"]["dense"]["bias"], expected, rtol=1e-5)
 
 
+def test_lamb_exclusion_follows_a_weight_decay_mask_of_none():
+    """`weight_decay_mask=None` decays every parameter, so lamb_exclude_from_adaptation (which
+    leaves out of the trust ratio what takes no weight decay) leaves none out: the same steps as
+    optax's LAMB with no mask. (It used to fall back to `decay_mask` for the trust ratio alone,
+    so biases and LayerNorm were decayed but took no trust ratio.)"""
+    tx, _ = optimizers.make_optimizer(lamb_config(True), 10, weight_decay_mask=None)
+    ref = optax.lamb(0.01, eps=1e-6, weight_decay=0.01, mask=None)
+    for got, want in zip(jax.tree.leaves(first_update(tx)), jax.tree.leaves(first_update(ref))):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 @pytest.mark.parametrize("exclude", [False, True])
 def test_transfer_plan_lamb_matches_make_optimizer(exclude):
     """The transfer plan builds each group's chain itself: one 'train' rule must give the same

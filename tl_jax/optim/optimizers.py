@@ -137,11 +137,15 @@ def lamb(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
     if not cfg.get("lamb_exclude_from_adaptation", False):
         return optax.lamb(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                           weight_decay=cfg.weight_decay, mask=weight_decay_mask)
-    adapted = weight_decay_mask or decay_mask
+    # As TF Addons: the parameters excluded from the trust ratio are those excluded from weight
+    # decay, so with no mask (every parameter decays) every parameter takes the trust ratio.
+    trust = optax.scale_by_trust_ratio()
+    if weight_decay_mask is not None:
+        trust = optax.masked(trust, weight_decay_mask)
     return optax.chain(
         optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
         optax.add_decayed_weights(cfg.weight_decay, mask=weight_decay_mask),
-        optax.masked(optax.scale_by_trust_ratio(), adapted),
+        trust,
         optax.scale_by_learning_rate(schedule))
 
 
