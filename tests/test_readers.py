@@ -45,6 +45,25 @@ def test_labels_are_one_class_per_value(tmp_path):
         readers.read_classification(blank)
 
 
+def test_a_text_field_that_is_not_a_string_is_named_in_json_words(tmp_path):
+    # `true` was read as the text "True" and 5 as "5"; the corpus reader refuses them so.
+    for value, words in ((True, "a boolean (true)"), (5, "a number (5)"), (2.5, "a number (2.5)"),
+                         (["a", "b"], 'a list (["a", "b"])'), ({"t": 1}, 'an object ({"t": 1})')):
+        for field in ("text", "text_b"):
+            row = {"text": "fine", "text_b": "also fine", "label": "a", field: value}
+            path = _write(tmp_path / "t.jsonl", '{"text": "ok", "text_b": "ok", "label": "a"}\n'
+                          + json.dumps(row) + "\n")
+            message = f"t.jsonl:2: field '{field}' must be a string, got {words}"
+            with pytest.raises(readers.DataFormatError) as error:
+                readers.read_classification(path, text_b_field="text_b")
+            assert str(error.value).endswith(message), (value, field, str(error.value))
+    # A label may be a number or a boolean (one class per value, see above), not a list.
+    path = _write(tmp_path / "l.jsonl", '{"text": "ok", "label": {"a": 1}}\n')
+    with pytest.raises(readers.DataFormatError, match=r"l.jsonl:1: field 'label' must be a string "
+                       r"or a number"):
+        readers.read_classification(path)
+
+
 def test_a_blank_label_cell_is_unlabelled_for_prediction(tmp_path):
     # A spreadsheet of new rows keeps the label column, left empty: `tl_jax predict` failed
     # with "empty label" instead of predicting them (training still requires every label).

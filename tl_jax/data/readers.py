@@ -25,7 +25,7 @@ import re
 import zlib
 from typing import Iterable, Iterator
 
-from tl_jax.data.sources import NOT_UTF8_HINT, first_non_utf8_line
+from tl_jax.data.sources import NOT_UTF8_HINT, first_non_utf8_line, json_type
 
 PathLike = str | os.PathLike
 
@@ -121,11 +121,13 @@ def label_text(value) -> str:
 
 
 def _text(value, path, line, field: str) -> str:
-    """A text field as a string; a list or an object would be read as its Python repr."""
-    if isinstance(value, (list, dict)):
-        raise DataFormatError(path, line, f"field {field!r} must be a string, got "
-                              f"{json.dumps(value)[:60]}")
-    return str(value)
+    """A text field, which must be a JSON string: `true` was read as the text "True", `5` as
+    "5" and a list as its Python repr. (CSV and TSV cells are always strings.)"""
+    if not isinstance(value, str):
+        got = json_type(value) + (f" ({json.dumps(value)[:60]})"
+                                  if isinstance(value, (list, dict)) else "")
+        raise DataFormatError(path, line, f"field {field!r} must be a string, got {got}")
+    return value
 
 
 def _label(value, path, line, field: str) -> str:
