@@ -78,6 +78,15 @@ def test_classification_errors_name_file_and_line(tmp_path):
     bad_json = _write(tmp_path / "bad.jsonl", '{"text": "ok", "label": "a"}\n{"text": oops}\n')
     with pytest.raises(readers.DataFormatError, match=r"bad.jsonl:2: invalid JSON"):
         readers.read_classification(bad_json)
+    with pytest.raises(readers.DataFormatError) as error:  # was "invalid JSON (Expecting value)"
+        readers.read_classification(bad_json)
+    assert str(error.value).endswith("bad.jsonl:2: invalid JSON (Expecting value at column 10)")
+    # A tab inside a string: json's message ended in a dangling "at" ("character at)").
+    tab = _write(tmp_path / "tab.jsonl", '{"text": "ok", "label": "a"}\n{"text": "a\tb"}\n')
+    with pytest.raises(readers.DataFormatError) as error:
+        readers.read_classification(tab)
+    assert str(error.value).endswith(
+        "tab.jsonl:2: invalid JSON (Invalid control character at column 12)")
     missing = _write(tmp_path / "missing.jsonl", '{"text": "ok", "label": "a"}\n\n{"text": "x"}\n')
     with pytest.raises(readers.DataFormatError, match=r"missing.jsonl:3: missing field 'label'"):
         readers.read_classification(missing)
@@ -354,7 +363,8 @@ def test_squad_errors_name_file_and_line(tmp_path):
                        match=rf"off.json:{line}: question 'q1': answer 'Darcy' not found"):
         readers.read_squad(path)
     broken = _write(tmp_path / "broken.json", '{"data": [\n{"title": }\n]}')
-    with pytest.raises(readers.DataFormatError, match=r"broken.json:2: invalid JSON"):
+    with pytest.raises(readers.DataFormatError,
+                       match=r"broken.json:2: invalid JSON \(Expecting value at column 11\)$"):
         readers.read_squad(broken)
     with pytest.raises(readers.DataFormatError, match=r"shape.json:1: expected a SQuAD object"):
         readers.read_squad(_write(tmp_path / "shape.json", "[]"))
@@ -367,7 +377,7 @@ def test_a_squad_file_in_another_format_says_which(tmp_path):
            "answers": {"text": ["Darcy"], "answer_start": [11]}}
     jsonl = _write(tmp_path / "hf.jsonl", json.dumps(row) + "\n" + json.dumps(row) + "\n")
     with pytest.raises(readers.DataFormatError,
-                       match=r"hf.jsonl:2: invalid JSON \(Extra data\); this looks like JSON lines "
+                       match=r"hf.jsonl:2: invalid JSON \(Extra data at column 1\); this looks like JSON lines "
                              r"\(one object per line\), but a SQuAD file is one JSON document "
                              r"\{\"data\": \[\{\"title\""):
         readers.read_squad(jsonl)

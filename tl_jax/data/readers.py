@@ -162,6 +162,13 @@ def read_fasttext_labels(path: PathLike, prefix: str = "__label__") -> list[dict
     return records
 
 
+def _invalid_json(error: json.JSONDecodeError) -> str:
+    """"invalid JSON (Expecting value at column 9)": json's message without its own position
+    (it ends in a bare "at" for a control character, which it does not show), and the column,
+    which the file:line before it lacks."""
+    return f"invalid JSON ({error.msg.removesuffix(' at')} at column {error.colno})"
+
+
 def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
     with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, 1):
@@ -170,7 +177,7 @@ def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataFormatError(path, line_no, f"invalid JSON ({e.msg})") from None
+                raise DataFormatError(path, line_no, _invalid_json(e)) from None
             if not isinstance(row, dict):
                 raise DataFormatError(path, line_no, "expected a JSON object per line")
             yield line_no, row
@@ -386,7 +393,7 @@ def read_squad(path: PathLike, require_labels: bool = True) -> list[dict]:
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise DataFormatError(path, e.lineno, f"invalid JSON ({e.msg}){_not_squad_hint(raw)}"
+        raise DataFormatError(path, e.lineno, f"{_invalid_json(e)}{_not_squad_hint(raw)}"
                               ) from None
 
     def fail(qid, message, occurrence=0):
