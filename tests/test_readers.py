@@ -388,6 +388,14 @@ def test_a_squad_file_in_another_format_says_which(tmp_path):
         with pytest.raises(readers.DataFormatError, match=rf"{name}:1: invalid JSON .*; this looks "
                                                           r"like CoNLL columns"):
             readers.read_squad(_write(tmp_path / name, text))
+    # A token and tag joined by U+00A0 are one column to the tag task ("expected at least 2
+    # columns"), so the file is not CoNLL columns; str.split() took it for them.
+    joined = _write(tmp_path / "nbsp.conll", "Emma\u00a0B-PER\nsmiled\u00a0O\n")
+    with pytest.raises(readers.DataFormatError) as error:
+        readers.read_squad(joined)
+    assert str(error.value).endswith("nbsp.conll:1: invalid JSON (Expecting value at column 1)")
+    with pytest.raises(readers.DataFormatError, match="nbsp.conll:1: expected at least 2 columns"):
+        readers.read_conll(joined)
     # A document cut short is only invalid JSON.
     text = json.dumps(_squad_doc(), indent=1)
     with pytest.raises(readers.DataFormatError, match=r"cut.json:\d+: invalid JSON \([^)]*\)$"):

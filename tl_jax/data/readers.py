@@ -491,7 +491,7 @@ def _not_squad_hint(raw: str) -> str:
     if isinstance(first, dict) and "data" not in first and len(lines) > 1:
         return (f"; this looks like JSON lines (one object per line), but a SQuAD file is "
                 f"{SQUAD_LAYOUT}")
-    columns = lines[0].split()
+    columns = _conll_columns(lines[0])  # as the tag task splits them: not at U+00A0
     if not lines[0].lstrip().startswith(("{", "[")) and len(columns) >= 2 and \
             _TAG_RE.match(columns[-1]):
         return (f"; this looks like CoNLL columns (token and tag per line, the tag task's "
