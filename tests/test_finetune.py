@@ -596,11 +596,12 @@ def test_a_damaged_labels_file_of_a_resumed_run_is_named_and_kept(tmp_path, monk
 def test_fine_tuning_data_sizes_are_checked_before_the_data_is_read(tmp_path, override, message):
     """A negative example cap kept all records but the last (records[:-1]), a batch size of 0
     was a ZeroDivisionError; both are named before any file is read (these do not exist)."""
-    from tl_jax.tasks import classify, squad, tag
+    from tl_jax.tasks import classify, lm_classify, squad, tag
 
     for spec, task in (("configs/finetune_classify.py:tiny", classify),
                        ("configs/finetune_tag.py:tiny", tag),
-                       ("configs/finetune_squad.py:tiny", squad)):
+                       ("configs/finetune_squad.py:tiny", squad),
+                       ("configs/gpt_finetune_classify.py:tiny", lm_classify)):
         config = config_lib.load_config(spec, [
             "train.progress=False", "mesh.num_devices=1", override,
             f"data.train_file={tmp_path / 'missing_train'}",
@@ -670,6 +671,20 @@ def test_dropout_rates_outside_zero_to_one_are_errors(override):
     key, value = override.split("=")
     with pytest.raises(ValueError, match=rf"{key}={value} must be in \[0, 1\)"):
         downstream.Encoder.from_config(config, ["some text"] * 10)
+
+
+@pytest.mark.parametrize("override", ["model.dropout_rate=10.0", "model.attention_dropout_rate=1.0",
+                                      "model.classifier_dropout=-0.1"])
+def test_gpt_classifier_dropout_rates_are_checked_before_the_data_is_read(tmp_path, override):
+    """The GPT classifier (lm_classify) took them as they were; the files do not exist."""
+    from tl_jax.tasks import lm_classify
+
+    config = config_lib.load_config("configs/gpt_finetune_classify.py:tiny", [
+        override, f"data.train_file={tmp_path / 'missing_train'}",
+        f"data.eval_file={tmp_path / 'missing_eval'}"])
+    key, value = override.split("=")
+    with pytest.raises(ValueError, match=rf"{key}={value} must be in \[0, 1\)"):
+        lm_classify.Task(config, str(tmp_path / "run"))
 
 
 def test_a_fine_tuning_tokenizer_vocab_size_too_small_names_the_key():

@@ -174,6 +174,10 @@ class Task(downstream.EvalPredictions):
             raise ValueError(f"lm_classify: model.pooling={config.model.pooling!r}; expected "
                              "last, mean or concat")
         transfer.check_config(config.transfer, config.optimizer)
+        # Before any file is read, as the encoder tasks: a negative example cap would keep all
+        # records but the last (records[:-1]), a dropout rate of 10 train on zeros.
+        downstream.check_data_sizes(d)
+        downstream.check_dropout_rates(config.model)
         t = config.transfer
         if t.adapter_size or t.lora_rank:
             raise ValueError("transfer.adapter_size / transfer.lora_rank are not supported for "
