@@ -51,6 +51,16 @@ def test_size_table_and_from_size():
         small_config(hidden_act="swishy")
 
 
+@pytest.mark.parametrize("field, rate", [("dropout_rate", 10.0), ("dropout_rate", 1.0),
+                                         ("attention_dropout_rate", -0.1)])
+def test_dropout_rates_outside_zero_to_one_are_errors(field, rate):
+    # 10 (for 10%) dropped every unit: BERT pretraining trained on zeros without a word.
+    with pytest.raises(ValueError, match=rf"BertConfig.{field}={rate} must be in \[0, 1\)"):
+        bert.BertConfig.from_size("tiny", **{field: rate})
+    for fine in (0.0, 0.1, 0.9):  # as HF configs have them
+        assert getattr(bert.BertConfig.from_size("tiny", **{field: fine}), field) == fine
+
+
 def test_outputs_shapes_and_intermediates():
     config = small_config(num_layers=3)
     model = bert.BertForPreTraining(config)

@@ -112,6 +112,16 @@ def test_bad_inputs_get_clear_errors(tiny):
         gpt_config("huge", 10)
 
 
+@pytest.mark.parametrize("field, rate", [("dropout_rate", 10.0), ("dropout_rate", 1.0),
+                                         ("attention_dropout_rate", -0.1)])
+def test_dropout_rates_outside_zero_to_one_are_errors(field, rate):
+    # 10 (for 10%) dropped every unit: a GPT run trained on zeros without a word.
+    with pytest.raises(ValueError, match=rf"GPTConfig: {field}={rate} must be in \[0, 1\)"):
+        gpt_config("tiny", 10, **{field: rate})
+    for fine in (0.0, 0.1, 0.9):  # as GPT-2's config.json files have them
+        assert getattr(gpt_config("tiny", 10, **{field: fine}), field) == fine
+
+
 def test_size_table_matches_gpt2_shapes():
     small = gpt_config("small", 50257)
     medium = gpt_config("medium", 50257)

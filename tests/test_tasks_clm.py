@@ -78,6 +78,21 @@ def test_a_negative_max_documents_is_an_error(tmp_path):
         clm.Task(config, str(tmp_path / "run"))
 
 
+@pytest.mark.parametrize("spec", ["configs/gpt_pretrain.py:tiny", "configs/bert_pretrain.py:tiny"])
+@pytest.mark.parametrize("override", ["model.dropout_rate=10.0", "model.attention_dropout_rate=-0.1"])
+def test_pretraining_dropout_rates_are_named_before_the_corpus_is_read(tmp_path, spec, override):
+    """A GPT or BERT pretraining run with model.dropout_rate=10 trained on zeros without a word;
+    it is named by its key before the corpus (which does not exist here) is read."""
+    from tl_jax import config as config_lib
+    from tl_jax.tasks import bert_pretrain
+
+    config = config_lib.load_config(spec, [f"data.corpus={tmp_path / 'not_read.txt'}", override])
+    key, value = override.split("=")
+    task = clm if "gpt" in spec else bert_pretrain
+    with pytest.raises(ValueError, match=rf"{key}={value} must be in \[0, 1\)"):
+        task.Task(config, str(tmp_path / "run"))
+
+
 def test_warm_start_from_another_model_family_is_named(tmp_path, texts, data_dir):
     """A BERT directory or workdir as a clm run's init_from: said so, not a complaint about
     the tokenizer lacking <|endoftext|>."""

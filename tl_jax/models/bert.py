@@ -96,6 +96,11 @@ class BertConfig:
             object.__setattr__(self, "embedding_size", 0)  # frozen dataclass: normalise in place
         if self.adapter_size < 0 or self.lora_rank < 0:
             raise ValueError("BertConfig.adapter_size and lora_rank must be >= 0")
+        for name in ("dropout_rate", "attention_dropout_rate"):
+            # 10 (for 10%) dropped every unit, so the model trained on zeros without a word.
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"BertConfig.{name}={getattr(self, name)} must be in [0, 1): "
+                                 "the probability of dropping a unit (0.1 drops 10%)")
         layers.activation(self.hidden_act)  # fails early on an unknown activation name
         layers.float_dtype_name(self.dtype)
 

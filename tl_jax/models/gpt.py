@@ -66,6 +66,11 @@ class GPTConfig:
                 f"GPTConfig: embed_dim={self.embed_dim} is not divisible by "
                 f"num_heads={self.num_heads}"
             )
+        for name in ("dropout_rate", "attention_dropout_rate"):
+            # 10 (for 10%) dropped every unit, so the model trained on zeros without a word.
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"GPTConfig: {name}={getattr(self, name)} must be in [0, 1): "
+                                 "the probability of dropping a unit (0.1 drops 10%)")
 
     @property
     def head_dim(self) -> int:

@@ -114,7 +114,10 @@ class Task:
         self.config = config
         data_cfg = config.data
         # The model config first, as electra does: a bad model.size (a typo, a missing
-        # directory) fails before the corpus is read and a tokenizer trained.
+        # directory) or a dropout rate of 10 fails before the corpus is read and a tokenizer
+        # trained, naming the key.
+        from tl_jax.tasks import downstream
+        downstream.check_dropout_rates(config.model)
         bert_config_from(config.model, 1)
         if data_cfg.max_seq_length > config.model.max_position_embeddings:
             raise ValueError(

@@ -214,6 +214,8 @@ class Task:
         data_cfg = config.data
         if data_cfg.max_documents < 0:  # documents[:-n] would silently drop the last n
             raise ValueError(f"data.max_documents={data_cfg.max_documents} must be >= 0 (0: all)")
+        from tl_jax.tasks import downstream
+        downstream.check_dropout_rates(config.model)  # before the corpus is read
         documents = sources.load_documents(
             os.path.expandvars(data_cfg.corpus), data_cfg.text_field, data_cfg.group_field or None)
         if data_cfg.max_documents:
