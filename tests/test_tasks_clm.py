@@ -93,6 +93,30 @@ def test_pretraining_dropout_rates_are_named_before_the_corpus_is_read(tmp_path,
         task.Task(config, str(tmp_path / "run"))
 
 
+def test_a_tokenizer_vocab_size_too_small_is_named_before_the_corpus_is_read(tmp_path, data_dir):
+    """It was "vocab_size=100 must exceed the 256 byte symbols" from the BPE trainer, naming no
+    key, once the whole corpus had been read (here the corpus and task files do not exist)."""
+    from tl_jax import config as config_lib
+    from tl_jax.tasks import lm_classify
+
+    missing = [f"data.corpus={tmp_path / 'not_read.txt'}", "data.tokenizer_vocab_size=100"]
+    message = r"data.tokenizer_vocab_size=100 is too small for a byte-level BPE vocabulary"
+    with pytest.raises(ValueError, match=message):
+        clm.Task(config_lib.load_config("configs/gpt_pretrain.py:tiny", missing), str(tmp_path))
+    files = [f"data.train_file={tmp_path / 'missing_train'}",
+             f"data.eval_file={tmp_path / 'missing_eval'}", "data.tokenizer_vocab_size=100"]
+    with pytest.raises(ValueError, match=message):
+        lm_classify.Task(config_lib.load_config("configs/gpt_finetune_classify.py:tiny", files),
+                         str(tmp_path / "run"))
+    # A tokenizer that is not trained here leaves the size unused: then the corpus is read.
+    trained = BPETokenizer.train(["the cat sat on the mat"] * 20, vocab_size=300)
+    trained.save(str(tmp_path / "tok"))
+    config = config_lib.load_config("configs/gpt_pretrain.py:tiny",
+                                    missing + [f"data.tokenizer={tmp_path / 'tok'}"])
+    with pytest.raises(Exception, match="not_read.txt"):
+        clm.Task(config, str(tmp_path / "run"))
+
+
 def test_warm_start_from_another_model_family_is_named(tmp_path, texts, data_dir):
     """A BERT directory or workdir as a clm run's init_from: said so, not a complaint about
     the tokenizer lacking <|endoftext|>."""

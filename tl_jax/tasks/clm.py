@@ -47,12 +47,23 @@ def init_from_tokenizer(init_from: str) -> str:
     return ""
 
 
+def check_tokenizer_vocab_size(data_cfg) -> None:
+    """`data.tokenizer_vocab_size` of a byte-level BPE to be trained, named by its key (the
+    trainer's "vocab_size=100 must exceed ..." named none)."""
+    size = data_cfg.tokenizer_vocab_size
+    if size < 257:
+        raise ValueError(f"data.tokenizer_vocab_size={size} is too small for a byte-level BPE "
+                         f"vocabulary (the 256 byte symbols, {bpe.EOS} and the merges); "
+                         "GPT-2's is 50257")
+
+
 def load_tokenizer(data_cfg, workdir: str | None, documents=None,
-                   init_from: str = "") -> bpe.BPETokenizer:
+                   init_from: str = "") -> bpe.BPETokenizer | None:
     """The run's tokenizer: the one saved in the workdir (a resumed run), the one named by
     `data.tokenizer`, the one `init_from`'s weights were trained with (a new vocabulary would
     give the warm-started embedding rows other meanings), or a new byte-level BPE trained on
-    `documents`."""
+    `documents`. With `documents=None`, None where one would be trained (after checking
+    `data.tokenizer_vocab_size`): the task asks before reading the corpus, which is long."""
     saved = os.path.join(workdir, "tokenizer") if workdir else None
     if saved and os.path.isdir(saved) and checkpoint.has_saved_step(workdir):
         # Only a run that resumes keeps the vocabulary it saved: one left by a run that stopped
@@ -103,7 +114,14 @@ def load_tokenizer(data_cfg, workdir: str | None, documents=None,
         print(f"[clm] tokenizer of init_from: {source}", flush=True)
         return bpe.BPETokenizer.load(source)
     if documents is None:
-        raise ValueError("load_tokenizer: no saved tokenizer, no data.tokenizer and no documents")
+        check_tokenizer_vocab_size(data_cfg)
+        return None
+    return train_tokenizer(data_cfg, documents)
+
+
+def train_tokenizer(data_cfg, documents) -> bpe.BPETokenizer:
+    """A byte-level BPE of `data.tokenizer_vocab_size` tokens trained on `documents`."""
+    check_tokenizer_vocab_size(data_cfg)
     return bpe.BPETokenizer.train(
         (unit for doc in documents for unit in doc), vocab_size=data_cfg.tokenizer_vocab_size)
 
@@ -216,6 +234,9 @@ class Task:
             raise ValueError(f"data.max_documents={data_cfg.max_documents} must be >= 0 (0: all)")
         from tl_jax.tasks import downstream
         downstream.check_dropout_rates(config.model)  # before the corpus is read
+        # The tokenizer too, unless one is to be trained on the corpus: a bad init_from or
+        # data.tokenizer_vocab_size is named before the corpus is read.
+        self.tokenizer = load_tokenizer(data_cfg, workdir, None, config.init_from)
         documents = sources.load_documents(
             os.path.expandvars(data_cfg.corpus), data_cfg.text_field, data_cfg.group_field or None)
         if data_cfg.max_documents:
@@ -224,7 +245,8 @@ class Task:
         # (an ablation's repeats) are scored on the same text, as in BERT pretraining.
         train_docs, eval_docs = clm_data.split_documents(documents, data_cfg.eval_fraction,
                                                          seed=clm_data.EVAL_SPLIT_SEED)
-        self.tokenizer = load_tokenizer(data_cfg, workdir, train_docs, config.init_from)
+        if self.tokenizer is None:
+            self.tokenizer = train_tokenizer(data_cfg, train_docs)
         self.model_config = gpt_config_from(config.model, self.tokenizer.vocab_size)
         self.model = gpt.GPT(self.model_config)
         seq = data_cfg.seq_len

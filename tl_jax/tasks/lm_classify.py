@@ -178,6 +178,8 @@ class Task(downstream.EvalPredictions):
         # records but the last (records[:-1]), a dropout rate of 10 train on zeros.
         downstream.check_data_sizes(d)
         downstream.check_dropout_rates(config.model)
+        if not config.init_from and not d.tokenizer:  # a BPE is to be trained on the task's text
+            clm.check_tokenizer_vocab_size(d)
         t = config.transfer
         if t.adapter_size or t.lora_rank:
             raise ValueError("transfer.adapter_size / transfer.lora_rank are not supported for "
