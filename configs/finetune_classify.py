@@ -42,7 +42,8 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict(dict(
         size="tiny",              # from scratch: a size name or a HF dir to copy the shape of;
                                   # ignored with init_from (the source dictates its shape)
-        num_layers=0,             # > 0: keep only the bottom num_layers of init_from
+        num_layers=0,             # > 0: keep only the bottom num_layers, of init_from or of
+                                  # the model from scratch (model.size); 0: all of them
         max_position_embeddings=512,
         dropout_rate=0.1,
         attention_dropout_rate=0.1,
