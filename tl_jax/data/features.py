@@ -123,13 +123,19 @@ def encode_classification(tokenizer, records: Sequence[dict], label_map: dict[st
 
 
 def encode_tagging(tokenizer, records: Sequence[dict], label_map: dict[str, int],
-                   max_seq_length: int, truncated: list | None = None) -> dict[str, np.ndarray]:
+                   max_seq_length: int, truncated: list | None = None,
+                   source: str = "") -> dict[str, np.ndarray]:
     """Encodes `{"tokens", "tags"}` sentences with labels on each word's first sub-token.
 
     Words past `max_seq_length - 2` sub-tokens are cut off (their `word_index` never appears, so
     decoding predicts `O` for them and span F1 counts the loss honestly). A sentence whose tags
     are None (unlabelled, `tl_jax predict`) gets `IGNORE` labels only. The index of each sentence
     that was cut is appended to `truncated` when given.
+
+    A word the tokenizer reduces to nothing (a lone U+00A0 or control character) has no
+    sub-token either, so it too is predicted `O`, as in Hugging Face's token classification;
+    when such words have gold tags other than `O` a note says how many, in `source` (the file),
+    since every one is an entity span F1 counts as missed.
     """
     tok = hf_tokenizer(tokenizer)
     specials = _Specials(tok)
@@ -137,11 +143,15 @@ def encode_tagging(tokenizer, records: Sequence[dict], label_map: dict[str, int]
     encodings = tok.encode_batch([list(r["tokens"]) for r in records], is_pretokenized=True,
                                  add_special_tokens=False)
     out = {k: [] for k in ("input_ids", "segment_ids", "input_mask", "labels", "word_index")}
+    vanished = []  # (sentence, word) of each tagged word that has no sub-token
     for i, (record, enc) in enumerate(zip(records, encodings)):
         tags = record["tags"]
         unknown = [t for t in tags or () if t not in label_map]
         if unknown:
             raise ValueError(f"sentence {i}: tags {sorted(set(unknown))} not in {sorted(label_map)}")
+        if tags is not None:
+            kept = set(enc.word_ids)
+            vanished += [(i, w) for w, tag in enumerate(tags) if tag != "O" and w not in kept]
         if truncated is not None and len(enc.ids) > max_seq_length - 2:
             truncated.append(i)
         ids, word_ids = list(enc.ids)[: max_seq_length - 2], list(enc.word_ids)[: max_seq_length - 2]
@@ -158,7 +168,23 @@ def encode_tagging(tokenizer, records: Sequence[dict], label_map: dict[str, int]
         for key, value in (("input_ids", input_ids), ("segment_ids", segments), ("input_mask", mask),
                            ("labels", labels), ("word_index", word_index)):
             out[key].append(value)
+    if vanished:
+        _note_vanished_words(records, vanished, source)
     return {k: np.stack(v) for k, v in out.items()}
+
+
+def _note_vanished_words(records: Sequence[dict], vanished: list, source: str) -> None:
+    """Says once per encoded file that its tagged words the tokenizer drops cap recall."""
+    i, w = vanished[0]
+    word, tag = records[i]["tokens"][w], records[i]["tags"][w]
+    where = f"in {source}" if source else "in the tagging data"
+    n = len(vanished)
+    print(f"[tag] Note: {n} word{'s' if n > 1 else ''} {where} with a tag other than O "
+          f"{'are' if n > 1 else 'is'} reduced to nothing by the tokenizer (the first: "
+          f"{word!r}, tagged {tag}, word {w + 1} of sentence {i + 1}), so "
+          f"{'they are' if n > 1 else 'it is'} always predicted O and counted as missed in the "
+          "span F1: recall cannot reach 1 (Hugging Face's token classification drops such "
+          "words the same way).", flush=True)
 
 
 def tags_from_predictions(pred_ids: np.ndarray, word_index: np.ndarray, n_words: int,
