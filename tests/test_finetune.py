@@ -244,6 +244,20 @@ def test_a_tagging_file_with_missing_blank_lines_is_named_by_line(tmp_path, caps
             f"data.train_file={one}", f"data.eval_file={conll}"]), str(tmp_path / "tag2"))
 
 
+def test_tagged_words_the_tokenizer_drops_are_noted_naming_the_file(tmp_path, capsys):
+    # A lone U+00A0 tagged B-PER has no sub-token: always predicted O. The note names the file.
+    from tl_jax.tasks import tag
+
+    train, dev = tmp_path / "train.conll", tmp_path / "dev.conll"
+    train.write_text("a B-PER\nb O\n\n" * 15 + "\u00a0 B-PER\nb O\n\n")
+    dev.write_text("a B-PER\nb O\n\n" * 4)
+    tag.Task(config_lib.load_config("configs/finetune_tag.py:tiny", [
+        f"data.train_file={train}", f"data.eval_file={dev}"]), str(tmp_path / "tag"))
+    out = capsys.readouterr().out
+    assert f"[tag] Note: 1 word in {train} with a tag other than O is reduced to nothing" in out
+    assert str(dev) not in out, out
+
+
 def test_gpt_classifier_settings_are_checked_before_data_and_tokenizer(tmp_path):
     from tl_jax.tasks import lm_classify
 

@@ -53,9 +53,9 @@ class Task(downstream.EncoderTask):
         texts = [" ".join(s["tokens"]) for s in self.train_records]
         self._build(downstream.Encoder.from_config(config, texts, workdir), labels)
         cut_train, cut_eval = [], []
-        self.train_arrays = self.encode(self.train_records, cut_train)
+        self.train_arrays = self.encode(self.train_records, cut_train, source=d.train_file)
         self.train_arrays.pop("word_index")  # only decoding needs it
-        self.eval_arrays = self.encode(self.eval_records, cut_eval)
+        self.eval_arrays = self.encode(self.eval_records, cut_eval, source=d.eval_file)
         downstream.note_truncated(config, cut_train, len(self.train_records), "training",
                                   d.train_file, self.train_records)
         downstream.note_truncated(config, cut_eval, len(self.eval_records), "eval",
@@ -74,9 +74,10 @@ class Task(downstream.EncoderTask):
         self.flops_per_example = downstream.encoder_flops(self.model_config, seq)
         self.tokens_per_example = seq
 
-    def encode(self, records, truncated=None):
+    def encode(self, records, truncated=None, source: str = ""):
+        """`source` (the file) names where tagged words the tokenizer drops were found."""
         return features.encode_tagging(self.encoder.tokenizer, records, self.label_map,
-                                       self.config.data.max_seq_length, truncated)
+                                       self.config.data.max_seq_length, truncated, source=source)
 
     # -- data -------------------------------------------------------------------------------
 
