@@ -580,6 +580,89 @@ def test_chain_thaw_in_the_trainer_holds_other_groups_bit_identical(data_dir, tm
             assert same == (label.split("/")[0] not in active), (step, label)
 
 
+def test_grad_norm_in_the_trainer_is_the_norm_of_what_the_stage_trains(data_dir, tmp_path):
+    """Under chain-thaw the trainer computes gradients for every group, and the plan zeroes the
+    held ones before it clips: the logged grad_norm (and so the non-finite check) is the norm
+    of the groups the stage trains, not of every gradient the step computed."""
+    import math
+
+    from tl_jax import config as config_lib, parallel, train
+
+    config = config_lib.load_config("configs/transfer_chain_thaw.py:tiny", TINY_RUN + [
+        "transfer.stage_steps=1", "train.steps=5", "optimizer.warmup_steps=0",
+        "optimizer.learning_rate=1e-2"])
+    trainer = train.build_trainer(config, str(tmp_path))
+    plan, task = trainer.task.transfer_plan, trainer.task
+    assert all(plan.optimizer_mask.values())  # the step differentiates every parameter
+    grad_fn = jax.jit(jax.grad(lambda p, b, r: task.loss_fn(p, b, r, True)[0]))
+    state = trainer.init_state(jax.random.PRNGKey(config.seed))
+    batches = task.train_batches()
+    for step in range(5):  # stages head, embeddings, layer_0, layer_1, all
+        batch = parallel.host_batch_to_global(next(batches), trainer.mesh)
+        rng = jax.random.fold_in(state["rng"], state["step"])  # as the step draws it
+        with parallel.mesh_context(trainer.mesh, trainer.rules):
+            grads = flat(jax.device_get(grad_fn(state["params"], batch, rng)))
+        state, metrics = trainer.train_step(state, batch)
+        logged = float(metrics["grad_norm"][0])
+        active = plan.stages[plan.stage_for_step(step)].groups
+
+        def norm(paths):
+            return math.sqrt(sum(np.sum(np.square(grads[p].astype(np.float64))) for p in paths))
+
+        trained = norm([p for p in grads if plan.info[p].group in active])
+        everything = norm(list(grads))
+        np.testing.assert_allclose(logged, trained, rtol=1e-4, err_msg=f"step {step}")
+        if active != frozenset(plan.groups):  # a held stage: the held groups' gradients count
+            assert everything > 1.01 * trained, (step, everything, trained)
+        else:
+            np.testing.assert_allclose(logged, everything, rtol=1e-4, err_msg=f"step {step}")
+
+
+def test_stage_gradients_give_the_norm_the_plan_clips():
+    """`stage_gradients` over the optimizer's subtree: the held groups' leaves are 0, the trained
+    ones untouched, and their norm is the one `as_optax()` clips by (plain SGD, so the clipped
+    update is -lr * g * clip_norm / norm)."""
+    params = toy_params()
+    tc, oc = configs(strategy="chain_thaw", stage_steps=1,
+                     rules=((r"bert/embeddings/.*", "frozen"), (".*", "train")))
+    oc.name, oc.b1, oc.weight_decay, oc.decay, oc.clip_norm = "sgd", 0.0, 0.0, "constant", 1e-3
+    plan = transfer.build_transfer_optimizer(params, tc, oc, 10, 5)
+    tx = plan.as_optax()
+    sub = plan.optimizer_params(params)  # no embeddings: the rule freezes them
+    frozen = transfer.split_params(params, plan.optimizer_mask)[1]
+    state = tx.init(sub)
+    for step in range(len(plan.stages)):  # head, layer_0, layer_1, layer_2, all
+        grads = jax.grad(lambda p: toy_loss(plan.merge(p, frozen), batch_for(step)))(sub)
+        staged = plan.stage_gradients(grads, state.count)
+        assert jax.tree.structure(staged) == jax.tree.structure(grads)
+        active = plan.stages[plan.stage_for_step(step)].groups
+        g, kept = flat(grads), flat(staged)
+        for p in g:
+            expected = g[p] if plan.info[p].group in active else np.zeros_like(g[p])
+            assert np.asarray(kept[p]).tobytes() == np.asarray(expected).tobytes(), (step, p)
+        norm = float(optax.tree.norm(staged))
+        updates, state = tx.update(grads, state, sub)
+        p = "head/dense/kernel" if "head" in active else \
+            f"bert/encoder/layer_{step - 1}/dense/kernel"
+        np.testing.assert_allclose(flat(updates)[p], -oc.learning_rate * g[p] * 1e-3 / norm,
+                                   rtol=1e-5, err_msg=f"step {step}")
+
+
+def test_the_trainer_finds_the_plans_count_in_a_wrapped_optimizer_state():
+    from tl_jax import train
+
+    params = toy_params()
+    tc, oc = configs(strategy="chain_thaw", stage_steps=1)
+    plan = transfer.build_transfer_optimizer(params, tc, oc, 10, 5)
+    wrapped = optax.MultiSteps(plan.as_optax(), every_k_schedule=2).init(params)
+    wrapped = wrapped._replace(inner_opt_state=wrapped.inner_opt_state._replace(
+        count=jnp.asarray(3, jnp.int32)))
+    assert int(train._transfer_count_getter(jax.eval_shape(lambda: wrapped), plan.stages)(
+        wrapped)) == 3
+    with pytest.raises(ValueError, match=r"plan with 6 stages .* holds 0 TransferStates"):
+        train._transfer_count_getter(optax.adam(1e-3).init(params), plan.stages)
+
+
 def test_resume_with_changed_transfer_rules_is_refused_keeping_the_checkpoint(data_dir, tmp_path):
     # Other rules give the optimizer state another layout: the restore used to fail, and the
     # good checkpoint was moved to checkpoints_corrupt/ and training restarted from step 0.

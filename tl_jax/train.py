@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tl_jax import checkpoint as ckpt_lib
 from tl_jax import parallel, tasks
 from tl_jax.metrics_writer import MetricsWriter
-from tl_jax.optim import masks, optimizers
+from tl_jax.optim import masks, optimizers, transfer
 
 # optax.tree.norm replaces the deprecated optax.global_norm; older optax has only the latter.
 _global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
@@ -107,6 +107,28 @@ def check_train_config(tc: ml_collections.ConfigDict) -> None:
                              + (" (0 = the whole held-out set)" if key == "eval_batches" else ""))
     if tc.get("best_mode", "max") not in ("max", "min"):
         raise ValueError(f"train.best_mode={tc.best_mode!r}; expected 'max' or 'min'.")
+
+
+def _transfer_count_getter(abstract_opt, plan_stages):
+    """A function from the optimizer state to the count of the `TransferState` inside it (the
+    plan's own state, or one wrapped by another transform), found in the state's shapes."""
+    def is_state(x):
+        return isinstance(x, transfer.TransferState)
+
+    leaves = jax.tree_util.tree_leaves(abstract_opt, is_leaf=is_state)
+    where = [i for i, x in enumerate(leaves) if is_state(x)]
+    if len(where) != 1:
+        raise ValueError(
+            f"the task has a transfer plan with {len(plan_stages)} stages (task.transfer_plan), "
+            f"but its optimizer state holds {len(where)} TransferStates, not one: the trainer "
+            "reads the stage of each step from the count of the one plan.as_optax() keeps. "
+            "Return plan.as_optax(), or a transform wrapping it, from the task's make_optimizer.")
+    index = where[0]
+
+    def count(opt_state):
+        return jax.tree_util.tree_leaves(opt_state, is_leaf=is_state)[index].count
+
+    return count
 
 
 def frozen_flops_share(task, trainer: Trainer) -> float:
@@ -220,6 +242,13 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) ->
     if plan is not None and not all(plan.optimizer_mask.values()):
         static_mask = plan.optimizer_mask
 
+    # A plan with stages computes gradients for the groups the current stage holds, and zeroes
+    # them before it clips: `grad_norm` and the non-finite check cover what the stage trains,
+    # the norm the plan clips. The stage is read from the plan's optimizer count.
+    stage_count = None
+    if plan is not None and len(plan.stages) > 1:
+        stage_count = _transfer_count_getter(abstract_opt, plan.stages)
+
     # Under accumulation, tasks whose loss is a mean over a count that varies with the batch's
     # contents (masked predictions, real tokens, labelled sub-words) give the whole batch's
     # counts (`task.loss_normalizers`); each micro-batch's loss is then its sum over those
@@ -275,7 +304,11 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) ->
             # (With norms, the micro-batch losses are parts of the batch's loss: their sum.)
             # The (sum, count) metrics add up over micro-batches exactly either way.
 
-        grad_norm = _global_norm(grads)
+        if stage_count is None:
+            grad_norm = _global_norm(grads)
+        else:
+            grad_norm = _global_norm(plan.stage_gradients(
+                grads, stage_count(state["opt_state"])))
         updates, new_opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

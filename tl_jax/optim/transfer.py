@@ -29,8 +29,9 @@ Design of the optimizer state (why it looks like this):
   count; one shared count would apply step-1000 bias correction to zero moments and take a step
   of about `3 * lr * sign(g)`.
 * Clipping is by the global norm of what the stage trains (as `optimizers.make_optimizer` does
-  for the whole model); the learning-rate schedule and the per-path multipliers are applied after
-  the per-label transforms with one global count, so the schedule spans the whole run.
+  for the whole model; `stage_gradients` gives those gradients, whose norm the trainer logs);
+  the learning-rate schedule and the per-path multipliers are applied after the per-label
+  transforms with one global count, so the schedule spans the whole run.
 * Two ways to run it, with identical state: `as_optax()` (one transform over the full tree, the
   stage read from the step at run time: one compile per run, drop-in for any trainer) and
   `tx_for_stage(k)` / `split` / `update` (the stage static: one compile per stage, and no
@@ -308,6 +309,48 @@ class TransferPlan:
         groups = self.stages[stage].groups
         return {p: self.optimizer_mask[p] and self.info[p].group in groups for p in self.paths}
 
+    @functools.cached_property
+    def _stage_table(self):
+        """`(groups, start steps, table)`: `table[k, i]` says whether stage k trains `groups[i]`,
+        over the groups with a parameter in the optimizer's tree."""
+        groups = sorted({self.info[p].group for p in self.labels})
+        starts = np.array([s.start_step for s in self.stages])
+        table = np.array([[g in s.groups for g in groups] for s in self.stages])
+        return groups, starts, table
+
+    def active_groups(self, stage: int | None = None, count=None) -> dict:
+        """`{group: trained by this update}` over the groups in the optimizer's tree.
+
+        With a static `stage`, Python bools. With `stage=None`, boolean arrays for the update at
+        optimizer count `count` (`TransferState.count` before the update; traceable): its stage
+        is the last one started by then, as `as_optax()` reads it.
+        """
+        groups, starts, table = self._stage_table
+        if stage is None:
+            k = jnp.sum(count >= starts) - 1  # stage index of this update
+            return {g: jnp.asarray(table)[k, i] for i, g in enumerate(groups)}
+        return {g: bool(table[stage, i]) for i, g in enumerate(groups)}
+
+    def stage_gradients(self, grads: Params, count) -> Params:
+        """`grads` with 0 in every leaf that the update at optimizer count `count` does not
+        train (groups its stage holds, parameters no stage trains): their global norm is the
+        norm `as_optax()` clips, and the one the trainer logs as `grad_norm`.
+
+        `grads` is the full tree or any subtree of it (the same structure comes back); `count`
+        is `TransferState.count` before the update, and may be traced.
+        """
+        active = self.active_groups(count=count)
+
+        def keep(path, g):
+            p = optimizers.path_str(path)
+            if p not in self.info:
+                raise ValueError(f"plan.stage_gradients: {p!r} is not a parameter of this plan.")
+            if not self.optimizer_mask[p]:
+                return jnp.zeros_like(g)
+            return jnp.where(active[self.info[p].group], g, 0.0)  # as as_optax() zeroes them
+
+        return jax.tree_util.tree_map_with_path(keep, grads)
+
     def split(self, params: Params, stage: int):
         """`(trainable in this stage, everything else)`; differentiate only the first."""
         return split_params(params, self.trainable_mask(stage))
@@ -420,10 +463,6 @@ def _staged_transform(plan: "TransferPlan", stage: int | None) -> optax.Gradient
     label_group = {lb: plan.info[label_paths[lb][0]].group for lb in labels}
     directions = {lb: direction(plan.optimizer_cfg, weight_decay=not lb.endswith("/no_decay"))
                   for lb in labels}
-    groups = sorted(set(label_group.values()))
-    starts = np.array([s.start_step for s in plan.stages])
-    # (stages, groups): does stage k train group g?
-    table = np.array([[g in s.groups for g in groups] for s in plan.stages])
     clip = plan.optimizer_cfg.clip_norm
 
     def init_fn(params):
@@ -436,11 +475,7 @@ def _staged_transform(plan: "TransferPlan", stage: int | None) -> optax.Gradient
     def update_fn(updates, state, params=None):
         flat_u = flat_params(updates)
         flat_p = flat_params(params) if params is not None else {}
-        if stage is None:
-            k = jnp.sum(state.count >= starts) - 1  # stage index of this update
-            active = {g: jnp.asarray(table)[k, i] for i, g in enumerate(groups)}
-        else:
-            active = {g: bool(table[stage, i]) for i, g in enumerate(groups)}
+        active = plan.active_groups(stage, state.count)
         live = [lb for lb in labels if active[label_group[lb]] is not False]
         grads = {}
         for lb in live:
