@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tl_jax import paths
 from tl_jax.models.gpt import GPT, check_tokens, init_cache
 
 
@@ -421,7 +422,7 @@ def load_model(path: str, caller: str = "generate"):
     from tl_jax import checkpoint, warm_start
     from tl_jax.data import bpe
 
-    path = os.path.expandvars(path)
+    path = paths.expand(path)
     if warm_start.is_tl_workdir(path):
         saved = checkpoint.load_run_config(path)
         if saved.get("task") != "clm":
@@ -566,7 +567,7 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     records = [{"text": p} for p in prompts]
     if prompt_file:
         from tl_jax.data.readers import DataFormatError, _text, label_text
-        path = os.path.expandvars(prompt_file)
+        path = paths.expand(prompt_file)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"generate: prompt_file {prompt_file!r} does not exist"
                                     if not os.path.exists(path) else

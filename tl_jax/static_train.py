@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tl_jax import paths
 from tl_jax.data import word_vectors as wv
 from tl_jax.data.vector_formats import FORMATS, WordVectors, save_vectors
 from tl_jax.metrics_writer import json_safe
@@ -402,7 +403,7 @@ def run(config, workdir: str) -> dict:
         if diffs:
             raise ValueError(f"{workdir} holds vectors trained with another config:\n"
                              + "\n".join(diffs) + "\nUse a new workdir (or delete this one).")
-    eval_dir = os.path.expandvars(config.eval_dir) if config.eval_dir else ""
+    eval_dir = paths.expand(config.eval_dir) if config.eval_dir else ""
     eval_files = (evaluation.WORDSIM353, evaluation.SIMLEX999, evaluation.GOOGLE_ANALOGIES)
     missing = [f for f in eval_files if not pathlib.Path(eval_dir, f).exists()]
     if eval_dir and 0 < len(missing) < len(eval_files):  # before training, not after it

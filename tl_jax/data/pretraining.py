@@ -46,6 +46,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from tl_jax import paths
 from tl_jax.checkpoint import has_saved_step
 from tl_jax.data.masking import Masker, check_replacement_probs
 from tl_jax.data.pretraining_iterator import (
@@ -374,7 +375,7 @@ def _get_tokenizer(config, train_documents, workdir: str | None, process_index: 
         # its first save (a bad batch size, Ctrl-C) would silently override the config.
         return Tokenizer.load(saved)
     if config.tokenizer:
-        path = os.path.expandvars(config.tokenizer)
+        path = paths.expand(config.tokenizer)
         own = vocab_lowercase(path)
         if own is not None and own != config.lowercase and process_index == 0:
             print(f"[data] Note: {path} comes with do_lower_case={own} (its "
@@ -419,7 +420,7 @@ def build_pretraining_data(
     c = data_config
     _validate(c, max_position_embeddings, process_count)
     # '$TL_JAX_DATA_DIR/...' in a config, as the GPT, biLM and fine-tuning data paths take.
-    documents = load_documents(os.path.expandvars(c.corpus), text_field=c.text_field,
+    documents = load_documents(paths.expand(c.corpus), text_field=c.text_field,
                                group_field=c.group_field or None)
     if c.max_documents:
         documents = documents[:c.max_documents]

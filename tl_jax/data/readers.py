@@ -25,6 +25,7 @@ import re
 import zlib
 from typing import Iterable, Iterator
 
+from tl_jax import paths
 from tl_jax.data.sources import NOT_UTF8_HINT, first_non_utf8_line, json_type
 
 PathLike = str | os.PathLike
@@ -705,7 +706,7 @@ def _local_file(spec: str, kind: str) -> str:
             raise ValueError(f"{spec} is {silver_kind} data (CoNLL for silver:names, SQuAD JSON "
                              f"for silver:cloze_qa), but this task reads {kind} data")
         spec = str(task_builders.silver_path(task, split))
-    return os.path.expandvars(spec)  # '$TL_JAX_DATA_DIR/...' in a config, as the corpora take
+    return paths.expand(spec)  # '$TL_JAX_DATA_DIR/...' in a config, as the corpora take
 
 
 def record_lines(spec: str, kind: str, tokens: bool = False) -> list | None:

@@ -25,6 +25,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import scipy.sparse
 
+from tl_jax import paths
+
 # Lowercase words: letters/digits, keeping inner apostrophes and hyphens ("don't", "well-known").
 _WORD_RE = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*")
 
@@ -309,7 +311,7 @@ def load_sentences(spec: str, text_field: str = "text") -> list[list[str]]:
 
     from tl_jax.data import sources
 
-    documents = sources.load_documents(os.path.expandvars(spec), text_field=text_field)
+    documents = sources.load_documents(paths.expand(spec), text_field=text_field)
     sentences = [tokenize(unit) for doc in documents for unit in doc]
     sentences = [s for s in sentences if s]
     if not sentences:

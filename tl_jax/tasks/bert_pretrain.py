@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from tl_jax import warm_start
+from tl_jax import paths, warm_start
 from tl_jax.data import pretraining
 from tl_jax.models import bert, losses
 from tl_jax.tasks import normalized
@@ -92,7 +92,7 @@ def with_init_from_tokenizer(data_cfg, init_from: str, task: str):
 
     if data_cfg.tokenizer:
         downstream.warn_if_not_init_from_vocabulary(
-            Tokenizer.load(os.path.expandvars(data_cfg.tokenizer)), init_from, task)
+            Tokenizer.load(paths.expand(data_cfg.tokenizer)), init_from, task)
         return data_cfg
     path = downstream.tokenizer_path(init_from)
     if not any(os.path.isfile(os.path.join(path, name))

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tl_jax import checkpoint
+from tl_jax import checkpoint, paths
 from tl_jax.data import clm as clm_data
 from tl_jax.models import elmo
 from tl_jax.tasks import normalized, note_undefined
@@ -181,7 +181,7 @@ class Task:
         bad = [f"{k}={v!r} (must be >= {m})" for k, (v, m) in minimums.items() if v < m]
         if bad:
             raise ValueError(", ".join(bad))
-        documents = sources.load_documents(os.path.expandvars(data_cfg.corpus),
+        documents = sources.load_documents(paths.expand(data_cfg.corpus),
                                            data_cfg.text_field, data_cfg.group_field or None)
         units = [u for doc in documents for u in doc]
         if data_cfg.max_units:
@@ -267,7 +267,7 @@ class Task:
         if not self.config.init_from:
             return params
         from tl_jax import warm_start
-        return warm_start.warm_start(params, os.path.expandvars(self.config.init_from),
+        return warm_start.warm_start(params, paths.expand(self.config.init_from),
                                      self.model_config)
 
     def _nll(self, params, batch, rng, train):

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tl_jax import checkpoint, warm_start
+from tl_jax import checkpoint, paths, warm_start
 from tl_jax.data import bpe, clm as clm_data
 from tl_jax.models import gpt, losses
 from tl_jax.tasks import normalized, note_undefined
@@ -33,7 +33,7 @@ def init_from_tokenizer(init_from: str) -> str:
     """The tokenizer that belongs to `init_from`'s weights ("" if it has none): a tl_jax
     workdir's `tokenizer/`, or a Hugging Face directory's vocab.json + merges.txt /
     tokenizer.json."""
-    init_from = os.path.expandvars(init_from or "")
+    init_from = paths.expand(init_from or "")
     if not init_from:
         return ""
     if warm_start.is_tl_workdir(init_from):
@@ -73,7 +73,7 @@ def load_tokenizer(data_cfg, workdir: str | None, documents=None,
               "tokens); data.tokenizer, data.tokenizer_vocab_size and init_from's tokenizer "
               "apply to new runs only", flush=True)
         return tokenizer
-    weights = os.path.expandvars(init_from or "")
+    weights = paths.expand(init_from or "")
     # Another model family's weights are named as such here, before their tokenizer is read (a
     # BERT directory's WordPiece tokenizer.json only failed for lacking <|endoftext|>).
     if weights and warm_start.is_tl_workdir(weights) and os.path.isfile(
@@ -103,7 +103,7 @@ def load_tokenizer(data_cfg, workdir: str | None, documents=None,
             f"init_from={init_from!r} has no tokenizer (vocab.json + merges.txt or "
             "tokenizer.json): name the one its weights were trained with as data.tokenizer")
     if data_cfg.tokenizer:
-        tokenizer = bpe.BPETokenizer.load(os.path.expandvars(data_cfg.tokenizer))
+        tokenizer = bpe.BPETokenizer.load(paths.expand(data_cfg.tokenizer))
         if source and (bpe.BPETokenizer.load(source).hf_tokenizer.get_vocab()
                        != tokenizer.hf_tokenizer.get_vocab()):
             print(f"[clm] warning: data.tokenizer={data_cfg.tokenizer!r} is not the vocabulary "
@@ -156,7 +156,7 @@ def load_gpt_weights(params, init_from: str, model_config: gpt.GPTConfig, prefix
 
     `prefix` is where the GPT sits in `params` (e.g. "gpt/" inside a classifier).
     """
-    init_from = os.path.expandvars(init_from)
+    init_from = paths.expand(init_from)
     if warm_start.is_hf_directory(init_from):
         from tl_jax.interop import gpt2
         hf_config, hf_params = gpt2.load_pretrained(init_from)
@@ -238,7 +238,7 @@ class Task:
         # data.tokenizer_vocab_size is named before the corpus is read.
         self.tokenizer = load_tokenizer(data_cfg, workdir, None, config.init_from)
         documents = sources.load_documents(
-            os.path.expandvars(data_cfg.corpus), data_cfg.text_field, data_cfg.group_field or None)
+            paths.expand(data_cfg.corpus), data_cfg.text_field, data_cfg.group_field or None)
         if data_cfg.max_documents:
             documents = documents[:data_cfg.max_documents]
         # The held-out documents do not depend on the run's seed: runs with different seeds

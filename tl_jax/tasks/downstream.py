@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tl_jax import warm_start
+from tl_jax import paths, warm_start
 from tl_jax.data.tokenizer import Tokenizer
 from tl_jax.models import bert
 
@@ -47,11 +47,11 @@ class Encoder:
         check_dropout_rates(m)
         # Paths may name environment variables ('$TL_JAX_DATA_DIR/models/...'), as the corpora,
         # data files and the GPT's init_from and tokenizer take them.
-        init_from, tokenizer_spec = os.path.expandvars(config.init_from), os.path.expandvars(
+        init_from, tokenizer_spec = paths.expand(config.init_from), paths.expand(
             d.tokenizer)
         # (model.size is read only without init_from, whose architecture wins.)
         size = m.get("size", "")
-        size = size if size in bert.SIZES else os.path.expandvars(size)
+        size = size if size in bert.SIZES else paths.expand(size)
         overrides = dict(dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
                          dtype=m.dtype)
         saved = resumed_tokenizer(workdir)

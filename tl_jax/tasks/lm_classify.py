@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from tl_jax import checkpoint, warm_start
+from tl_jax import checkpoint, paths, warm_start
 from tl_jax.data import bpe, features, readers
 from tl_jax.models import gpt
 from tl_jax.optim import optimizers, transfer
@@ -110,7 +110,7 @@ def resolve_model(config, train_texts, resumed_tokenizer: str = ""):
     """(tokenizer, GPTConfig) for `config.init_from`: a tl_jax LM workdir, a Hugging Face GPT-2
     directory, or "" for a model from scratch of `config.model.size`. `resumed_tokenizer`: the
     tokenizer a resumed run saved in its workdir, which wins over `data.tokenizer`."""
-    init_from, m, d = os.path.expandvars(config.init_from), config.model, config.data
+    init_from, m, d = paths.expand(config.init_from), config.model, config.data
     tokenizer_dir = resumed_tokenizer or d.tokenizer
     if init_from and warm_start.is_tl_workdir(init_from):
         run = checkpoint.load_run_config(init_from)

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tl_jax import parallel
+from tl_jax import parallel, paths
 from tl_jax.models import heads, probes
 from tl_jax.optim import optimizers, transfer
 from tl_jax.tasks import classify, downstream
@@ -378,7 +378,7 @@ def _stamp(path: str) -> list:
     of the file, or of each file in the directory and in its `checkpoints/` (a tl_jax workdir,
     whose newest checkpoint is the one loaded). Empty for "" and for sources that are not
     files (gensim:..., tfds:...)."""
-    path = os.path.expandvars(path or "")
+    path = paths.expand(path or "")
     if os.path.isfile(path):
         return [[os.path.basename(path), os.path.getsize(path), os.stat(path).st_mtime_ns]]
     if not os.path.isdir(path):
