@@ -130,7 +130,7 @@ def test_bilm_directions_see_only_their_side_and_ignore_padding():
 
 def test_sampled_softmax_correction_and_accidental_hits():
     v = 1000
-    ids = jnp.arange(v)
+    ids = jnp.arange(bilm.FIRST_CANDIDATE, v)  # the ids that are drawn (all but <pad>)
     q = jnp.exp(bilm.log_uniform_log_q(ids, v, 1))
     assert float(jnp.sum(q)) == pytest.approx(1.0, abs=1e-4)
     assert bool(jnp.all(jnp.diff(q) < 0))  # frequent (low) ids are sampled more often
@@ -138,7 +138,7 @@ def test_sampled_softmax_correction_and_accidental_hits():
     kernel = jnp.asarray(rng.normal(size=(v, 8)), jnp.float32)
     bias = jnp.zeros(v)
     hidden = jnp.asarray(rng.normal(size=(64, 8)), jnp.float32)
-    targets = jnp.asarray(rng.integers(0, 50, 64))
+    targets = jnp.asarray(rng.integers(bilm.FIRST_CANDIDATE, 50, 64))
     full = optax.softmax_cross_entropy_with_integer_labels(hidden @ kernel.T + bias, targets)
     sampled = jnp.stack([bilm.sampled_softmax_nll(hidden, targets, kernel, bias,
                                                   jax.random.PRNGKey(s), 400) for s in range(8)])
@@ -146,6 +146,55 @@ def test_sampled_softmax_correction_and_accidental_hits():
     # Importance-corrected sampled NLL tracks the full NLL across positions.
     corr = np.corrcoef(np.asarray(full), np.asarray(sampled.mean(0)))[0, 1]
     assert corr > 0.9
+
+
+def test_sampled_softmax_never_draws_pad():
+    """<pad> (id 0) is never a target; under log-uniform sampling over all ids it was the most
+    likely draw. Make its logit huge: one draw of it would dominate every position's NLL."""
+    v, s = 2000, 64
+    kernel = jnp.zeros((v, 4)).at[bilm.PAD_ID].set(100.0)
+    hidden = jnp.ones((16, 4))
+    targets = jnp.arange(16) + 10
+    for seed in range(20):
+        nll = bilm.sampled_softmax_nll(hidden, targets, kernel, jnp.zeros(v),
+                                       jax.random.PRNGKey(seed), s)
+        # Without pad every logit is 0 before the correction: the NLL is log(1 + sum of 1/(SQ)).
+        assert float(nll.max()) < 20.0, seed
+    draws = bilm.log_uniform_candidates(jax.random.PRNGKey(0), v, 100_000)
+    assert int(draws.min()) == bilm.FIRST_CANDIDATE and int(draws.max()) <= v - 1
+    # Padding targets (weight 0 in the loss) must not make the NLL NaN or infinite.
+    pad_nll = bilm.sampled_softmax_nll(hidden, jnp.full((16,), bilm.PAD_ID), jnp.zeros((v, 4)),
+                                       jnp.zeros(v), jax.random.PRNGKey(0), s)
+    assert bool(jnp.all(jnp.isfinite(pad_nll)))
+
+
+def test_sampled_candidate_frequencies_match_the_correction():
+    """The logit correction log(S Q(id)) must be the distribution the candidates come from:
+    draw 2M candidates, compare per-id counts with S Q (Pearson chi-square over ids binned to
+    an expected count >= 50) and per-id frequencies with Q."""
+    v, draws = 2000, 2_000_000
+    ids = bilm.log_uniform_candidates(jax.random.PRNGKey(3), v, draws)
+    counts = np.bincount(np.asarray(ids), minlength=v).astype(np.float64)
+    expected = np.exp(np.asarray(bilm.log_uniform_log_q(jnp.arange(v), v, draws),
+                                 np.float64))
+    expected[:bilm.FIRST_CANDIDATE] = 0.0  # ids below the first candidate are never drawn
+    assert counts[:bilm.FIRST_CANDIDATE].sum() == 0
+    assert expected.sum() == pytest.approx(draws, rel=1e-4)
+    assert np.abs(counts / draws - expected / draws).max() < 1e-3
+    # Bin consecutive ids until each bin expects >= 50 draws, then chi-square.
+    obs_bins, exp_bins, o, e = [], [], 0.0, 0.0
+    for c, x in zip(counts[bilm.FIRST_CANDIDATE:], expected[bilm.FIRST_CANDIDATE:]):
+        o, e = o + c, e + x
+        if e >= 50:
+            obs_bins.append(o), exp_bins.append(e)
+            o, e = 0.0, 0.0
+    obs_bins[-1] += o
+    exp_bins[-1] += e
+    obs_bins, exp_bins = np.array(obs_bins), np.array(exp_bins)
+    chi2 = float(np.sum((obs_bins - exp_bins) ** 2 / exp_bins))
+    dof = len(obs_bins) - 1
+    # Mean dof, sd sqrt(2 dof): 5 sd is far out for a correct sampler; a wrong Q is far past it.
+    assert chi2 < dof + 5 * np.sqrt(2 * dof), (chi2, dof)
 
 
 def _tiny_task(data_dir, *overrides):

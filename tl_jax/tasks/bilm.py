@@ -5,8 +5,9 @@ CNN sees every spelling), cut into pieces of at most `data.max_len - 2` tokens a
 <S> ... </S>. The forward LM at position t predicts token t + 1, the backward LM at t predicts
 t - 1; both use one softmax over the word vocabulary (`data.max_vocab` most frequent words,
 others are <unk>). Training uses the full softmax or, with `loss.sampled_softmax = S > 0`, a
-sampled softmax with S log-uniform candidates shared by the batch (Jean et al., 2015); eval is
-always the exact full softmax, and reports forward and backward perplexity.
+sampled softmax with S log-uniform candidates shared by the batch (Jean et al., 2015), drawn
+from every id but <pad>, which is never a target; eval is always the exact full softmax, and
+reports forward and backward perplexity.
 """
 from __future__ import annotations
 
@@ -128,32 +129,59 @@ class SequenceIterator:
         self.epoch, self.batch = epoch, batch
 
 
-def log_uniform_log_q(ids, vocab_size: int, num_samples: int):
-    """log of the expected count of `ids` among num_samples log-uniform draws (with replacement).
+# The first id the sampled softmax draws: <pad> (id 0) is never a target, and under log-uniform
+# sampling it would be the most likely draw (9% of draws at a 2,000-word vocabulary). <unk>, <S>
+# (the backward LM's last target) and </S> (the forward LM's) can all be targets and stay in.
+FIRST_CANDIDATE = PAD_ID + 1
 
-    P(k) = (log(k + 2) - log(k + 1)) / log(V + 1): roughly Zipf over frequency-sorted ids.
+
+def log_uniform_log_q(ids, vocab_size: int, num_samples: int, first_id: int = FIRST_CANDIDATE):
+    """log of the expected count of `ids` among num_samples log-uniform draws (with replacement)
+    over ids first_id .. V - 1, the draws of `log_uniform_candidates`.
+
+    With rank r = id - first_id and n = V - first_id candidates,
+    P(id) = (log(r + 2) - log(r + 1)) / log(n + 1): roughly Zipf over frequency-sorted ids. Ids
+    below first_id are never drawn; they are scored as rank 0 (a finite value) so that padding
+    targets, which carry zero weight in the loss, do not turn it into NaN.
     """
-    ids = ids.astype(jnp.float32)
-    p = (jnp.log(ids + 2.0) - jnp.log(ids + 1.0)) / jnp.log(vocab_size + 1.0)
+    n = vocab_size - first_id
+    ranks = jnp.maximum(ids - first_id, 0).astype(jnp.float32)
+    p = (jnp.log(ranks + 2.0) - jnp.log(ranks + 1.0)) / jnp.log(n + 1.0)
     return jnp.log(num_samples * p)
 
 
-def sampled_softmax_nll(hidden, targets, kernel, bias, rng, num_samples: int):
+def log_uniform_candidates(rng, vocab_size: int, num_samples: int,
+                           first_id: int = FIRST_CANDIDATE):
+    """(num_samples,) int32 ids drawn with replacement from the log-uniform distribution over
+    first_id .. V - 1 that `log_uniform_log_q` scores."""
+    n = vocab_size - first_id
+    if n < 1:
+        raise ValueError(f"no id to sample: vocabulary of {vocab_size} with candidates starting "
+                         f"at id {first_id}")
+    u = jax.random.uniform(rng, (num_samples,))
+    # floor(exp(u * log(n + 1))) - 1 = r with probability log((r + 2) / (r + 1)) / log(n + 1).
+    ranks = jnp.clip(jnp.floor(jnp.exp(u * jnp.log(n + 1.0))) - 1.0, 0, n - 1)
+    return ranks.astype(jnp.int32) + first_id
+
+
+def sampled_softmax_nll(hidden, targets, kernel, bias, rng, num_samples: int,
+                        first_id: int = FIRST_CANDIDATE):
     """Per-position NLL under a sampled softmax with shared log-uniform candidates.
 
-    hidden (N, P), targets (N,), kernel (V, P), bias (V,). Logits are corrected by the log
-    expected counts; a candidate equal to the target is masked out ("accidental hit").
+    hidden (N, P), targets (N,), kernel (V, P), bias (V,). Candidates are drawn from ids
+    first_id .. V - 1 (by default all but <pad>, which is never a target); logits are corrected
+    by the log expected counts under that distribution; a candidate equal to the target is
+    masked out ("accidental hit").
     Candidates are drawn with replacement (expected count S * P(k)); bilm-tf's
     `tf.nn.sampled_softmax_loss` draws S distinct ones and corrects by each one's chance of
     being drawn at all, a difference that matters only for the most frequent ids.
     """
     v = kernel.shape[0]
-    u = jax.random.uniform(rng, (num_samples,))
-    samples = jnp.clip(jnp.floor(jnp.exp(u * jnp.log(v + 1.0))) - 1.0, 0, v - 1).astype(jnp.int32)
+    samples = log_uniform_candidates(rng, v, num_samples, first_id)
     true_logit = (jnp.sum(hidden * kernel[targets], axis=-1) + bias[targets]
-                  - log_uniform_log_q(targets, v, num_samples))  # (N,)
+                  - log_uniform_log_q(targets, v, num_samples, first_id))  # (N,)
     sampled = (hidden @ kernel[samples].T + bias[samples]
-               - log_uniform_log_q(samples, v, num_samples)[None, :])  # (N, S)
+               - log_uniform_log_q(samples, v, num_samples, first_id)[None, :])  # (N, S)
     sampled = jnp.where(samples[None, :] == targets[:, None], -1e9, sampled)
     logits = jnp.concatenate([true_logit[:, None], sampled], axis=1)  # (N, 1 + S)
     return -jax.nn.log_softmax(logits, axis=-1)[:, 0]
