@@ -10,11 +10,12 @@ the first problem, since a truncated download is the usual way these files go wr
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 
 import numpy as np
+
+from tl_jax import paths
 
 
 @dataclasses.dataclass
@@ -186,26 +187,8 @@ def load_word2vec_binary(path) -> WordVectors:
     return WordVectors(words, vectors)
 
 
-@contextlib.contextmanager
-def _atomic_open(path, mode: str, **kwargs):
-    """Writes to a temporary file beside `path`, renamed over it only once complete: a write
-    cut short (an error, Ctrl-C) neither leaves a truncated file nor destroys the old one."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):  # else the error names the temporary file
-        raise FileNotFoundError(f"cannot write {path}: its folder {folder} does not exist")
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, mode, **kwargs) as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _write_text(vectors: WordVectors, path, header: bool) -> None:
-    with _atomic_open(path, "w", encoding="utf-8") as f:
+    with paths.atomic_open(path, "w", encoding="utf-8") as f:
         if header:
             f.write(f"{len(vectors)} {vectors.dim}\n")
         for word, row in zip(vectors.words, vectors.vectors):
@@ -225,7 +208,7 @@ def save_word2vec_text(vectors: WordVectors, path) -> None:
 
 def save_word2vec_binary(vectors: WordVectors, path) -> None:
     """Writes word2vec binary format (with the C tool's newline after each vector)."""
-    with _atomic_open(path, "wb") as f:
+    with paths.atomic_open(path, "wb") as f:
         f.write(f"{len(vectors)} {vectors.dim}\n".encode())
         for word, row in zip(vectors.words, vectors.vectors):
             f.write(word.encode("utf-8") + b" " + row.astype("<f4").tobytes() + b"\n")

@@ -529,15 +529,9 @@ def write_jsonl(path: str, rows) -> None:
     """Writes `rows` as JSON lines. The file is written under a temporary name and renamed, so
     an interrupted write (Ctrl-C, a full disk, a bad row) leaves the previous file whole."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with paths.atomic_open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 class EvalPredictions:
