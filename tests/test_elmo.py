@@ -203,6 +203,34 @@ def _tiny_task(data_dir, *overrides):
     return config, bilm.Task(config, workdir=None)
 
 
+def test_full_softmax_gives_pad_no_probability(data_dir):
+    """Training never draws <pad> (id 0) and never has it as a target, so its softmax row is
+    untrained: the full softmax of eval and of sampled_softmax=0 training must leave it out of
+    the normaliser. A huge <pad> logit must change neither perplexity nor the gradients, and
+    the padding targets (weight 0) must not turn the sums into inf or NaN."""
+    _, task = _tiny_task(data_dir)
+    batch = task.eval_batches()[0]
+    assert not np.asarray(batch["mask"]).all()  # padding targets are scored too
+    params = flax.linen.unbox(task.init_variables(jax.random.PRNGKey(0), batch)["params"])
+    huge = dict(params, softmax_bias=params["softmax_bias"].at[bilm.PAD_ID].set(1e4))
+    ppl = [bilm.perplexities([jax.tree.map(np.asarray, task.predict_fn(p, batch))])
+           for p in (params, huge)]
+    assert all(np.isfinite(v) for v in ppl[1].values()), ppl
+    assert ppl[1] == pytest.approx(ppl[0], rel=1e-6)
+    vocab = len(task.vocab)
+    assert 0.1 * vocab < ppl[0]["forward_perplexity"] < 10 * vocab  # untrained: about V
+
+    def grads(p):
+        return jax.grad(lambda p: task.loss_fn(p, batch, jax.random.PRNGKey(1), True)[0])(p)
+
+    g, g_huge = grads(params), grads(huge)
+    for leaf in jax.tree.leaves(g_huge):
+        assert np.isfinite(np.asarray(leaf)).all()
+    assert float(jnp.abs(g_huge["softmax_bias"][bilm.PAD_ID])) == 0.0
+    assert not np.asarray(g_huge["softmax_kernel"][bilm.PAD_ID]).any()
+    np.testing.assert_allclose(g_huge["softmax_bias"], g["softmax_bias"], rtol=1e-5, atol=1e-8)
+
+
 def test_bilm_task_learns_on_real_text(data_dir):
     # Trained with the sampled softmax; evaluated (loss_fn with train=False) with the full one.
     config, task = _tiny_task(data_dir, "loss.sampled_softmax=64", "data.batch_size=16")

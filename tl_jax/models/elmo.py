@@ -28,6 +28,8 @@ from tl_jax.models import layers
 
 # Character ids: 0 pads; byte b is b + 1; then word-boundary and sentence-marker characters.
 CHAR_PAD, BOW, EOW, BOS_CHAR, EOS_CHAR = 0, 257, 258, 259, 260
+# Word id 0 is <pad> in every biLM vocabulary (tl_jax.tasks.bilm.SPECIALS): never a target.
+PAD_WORD_ID = 0
 NUM_CHARS = 261
 BOS_TOKEN, EOS_TOKEN = "<S>", "</S>"
 
@@ -310,8 +312,17 @@ class BiLM(nn.Module):
         return outputs, intermediates
 
     def logits(self, hidden):
-        """Full softmax logits (..., V) of hidden states (..., P), tied across directions."""
-        return hidden @ self.softmax_kernel.T + self.softmax_bias
+        """Full softmax logits (..., V) of hidden states (..., P), tied across directions.
+
+        `<pad>` (word id PAD_WORD_ID) is never a target and the sampled softmax never draws it,
+        so nothing trains its row: its logit is set to the dtype's most negative finite value,
+        which gives it probability 0 in the normaliser (eval then scores the distribution that
+        training samples from) without the inf - inf = NaN that -inf risks. The row gets no
+        gradient through this mask.
+        """
+        logits = hidden @ self.softmax_kernel.T + self.softmax_bias
+        is_pad = jnp.arange(logits.shape[-1]) == PAD_WORD_ID
+        return jnp.where(is_pad, jnp.finfo(logits.dtype).min, logits)
 
     def softmax_weights(self):
         """(kernel (V, P), bias (V,)): for the sampled softmax in the loss."""

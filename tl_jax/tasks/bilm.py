@@ -28,7 +28,7 @@ from tl_jax.models import elmo
 from tl_jax.tasks import normalized, note_undefined
 
 SPECIALS = ("<pad>", "<unk>", elmo.BOS_TOKEN, elmo.EOS_TOKEN)
-PAD_ID, UNK_ID = 0, 1
+PAD_ID, UNK_ID = elmo.PAD_WORD_ID, 1
 
 # Words (with inner apostrophes/hyphens), numbers, or any single other non-space character.
 _TOKEN_RE = re.compile(r"\w+(?:['\u2019\-]\w+)*|[^\w\s]")
@@ -318,8 +318,11 @@ class Task:
                     params["softmax_bias"], jax.random.fold_in(rng, i), samples
                 ).reshape(targets.shape)  # (B, T-1)
             else:
+                # The full softmax gives <pad> no probability (BiLM.logits): padding targets,
+                # which weigh 0, are scored as FIRST_CANDIDATE so their NLL stays finite.
                 logits = self.model.apply({"params": params}, hidden, method=elmo.BiLM.logits)
-                nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+                nll = optax.softmax_cross_entropy_with_integer_labels(
+                    logits, jnp.where(targets == PAD_ID, FIRST_CANDIDATE, targets))
             nlls.append(jnp.sum(nll * weights))
         return nlls[0], nlls[1], jnp.sum(weights)
 
