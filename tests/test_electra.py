@@ -208,6 +208,17 @@ def test_bad_sizes_are_clear_errors(tiny_bert_overrides):
             train.build_trainer(config, workdir=None)
 
 
+@pytest.mark.parametrize("override", ["model.dropout_rate=10.0", "model.attention_dropout_rate=-0.1"])
+def test_dropout_rates_are_named_by_their_key_before_the_corpus_is_read(tmp_path, override):
+    """BertConfig refuses a rate outside [0, 1) but names its own field; the task names the
+    config key, before the corpus (which does not exist here) is read."""
+    config = config_lib.load_config(ELECTRA + ":tiny",
+                                    [f"data.corpus={tmp_path / 'not_read.txt'}", override])
+    key, value = override.split("=")
+    with pytest.raises(ValueError, match=rf"^{key}={value} must be in \[0, 1\)"):
+        electra_task.Task(config, str(tmp_path / "run"))
+
+
 @pytest.mark.parametrize("spec", [ELECTRA, ELECTRA.replace("electra_pretrain", "bert_pretrain")])
 def test_a_run_from_init_from_takes_its_tokenizer_not_a_new_vocabulary(spec, tiny_bert_overrides,
                                                                        data_dir, tmp_path):

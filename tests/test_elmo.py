@@ -197,6 +197,19 @@ def test_sampled_candidate_frequencies_match_the_correction():
     assert chi2 < dof + 5 * np.sqrt(2 * dof), (chi2, dof)
 
 
+@pytest.mark.parametrize("rate", ["10.0", "-0.1"])
+def test_a_dropout_rate_outside_0_1_is_named_before_the_corpus_is_read(tmp_path, rate):
+    """model.dropout_rate=10 (for 10%) dropped every unit, so the biLM trained on zeros without
+    a word; it is named by its key before the corpus (which does not exist here) is read, and
+    ElmoConfig refuses it too (a hand-edited elmo_config.json)."""
+    config = config_lib.load_config(CONFIG + ":tiny", [f"data.corpus={tmp_path / 'not_read'}",
+                                                       f"model.dropout_rate={rate}"])
+    with pytest.raises(ValueError, match=rf"^model.dropout_rate={rate} must be in \[0, 1\)"):
+        bilm.Task(config, str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=rf"ElmoConfig.dropout_rate={rate} must be in"):
+        elmo.elmo_config("tiny", 100, dropout_rate=float(rate))
+
+
 def _tiny_task(data_dir, *overrides):
     assert data_dir.exists()
     config = config_lib.load_config(CONFIG + ":tiny", ["data.max_units=300", *overrides])

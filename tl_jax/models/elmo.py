@@ -55,6 +55,13 @@ class ElmoConfig:
     forget_bias_init: float = 0.0
     highway_gate_bias_init: float = 0.0
 
+    def __post_init__(self):
+        # 10 (for 10%) dropped every unit, so the biLM trained on zeros without a word; a
+        # negative rate scaled the units up.
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"ElmoConfig.dropout_rate={self.dropout_rate} must be in [0, 1): "
+                             "the probability of dropping a unit (0.1 drops 10%)")
+
     @property
     def cnn_features(self) -> int:
         return sum(n for _, n in self.filters)

@@ -209,6 +209,8 @@ class Task:
         bad = [f"{k}={v!r} (must be >= {m})" for k, (v, m) in minimums.items() if v < m]
         if bad:
             raise ValueError(", ".join(bad))
+        from tl_jax.tasks import downstream
+        downstream.check_dropout_rates(config.model)  # named by its key, not as ElmoConfig's
         documents = sources.load_documents(paths.expand(data_cfg.corpus),
                                            data_cfg.text_field, data_cfg.group_field or None)
         units = [u for doc in documents for u in doc]

@@ -65,7 +65,10 @@ class Task:
     def __init__(self, config, workdir):
         self.config = config
         data_cfg, model_cfg = config.data, config.model
-        # The model config first: a bad size or generator fails before the corpus is read.
+        # The model config first: a bad size or generator fails before the corpus is read, and
+        # a dropout rate of 10 (for 10%) is named by its key, not as BertConfig's field.
+        from tl_jax.tasks import downstream
+        downstream.check_dropout_rates(model_cfg)
         electra_config_from(model_cfg, 1)
         weight = config.electra.discriminator_weight
         if not (math.isfinite(weight) and weight >= 0):
