@@ -648,6 +648,26 @@ def test_stage_gradients_give_the_norm_the_plan_clips():
                                    rtol=1e-5, err_msg=f"step {step}")
 
 
+def test_the_run_time_stage_zeroes_held_gradients_through_stage_gradients(monkeypatch):
+    """`as_optax()` zeroes held groups' gradients with `stage_gradients` itself, not a copy of
+    its rule: the norm it clips and the trainer's logged grad_norm cannot drift apart."""
+    params = toy_params()
+    tc, oc = configs(strategy="chain_thaw", stage_steps=1)
+    plan = transfer.build_transfer_optimizer(params, tc, oc, 10, 5)
+    seen = []
+    original = transfer.TransferPlan.stage_gradients
+
+    def spy(self, grads, count):
+        seen.append(sorted(flat(grads)))
+        return original(self, grads, count)
+
+    monkeypatch.setattr(transfer.TransferPlan, "stage_gradients", spy)
+    tx = plan.as_optax()
+    sub = plan.optimizer_params(params)
+    tx.update(jax.tree.map(jnp.ones_like, sub), tx.init(sub), sub)
+    assert seen == [sorted(plan.labels)]
+
+
 def test_the_trainer_finds_the_plans_count_in_a_wrapped_optimizer_state():
     from tl_jax import train
 

@@ -479,14 +479,16 @@ def _staged_transform(plan: "TransferPlan", stage: int | None) -> optax.Gradient
         live = [lb for lb in labels if active[label_group[lb]] is not False]
         grads = {}
         for lb in live:
-            a = active[label_group[lb]]
             for p in label_paths[lb]:
                 if p not in flat_u:
                     raise ValueError(f"transfer: no gradient for {p!r}, which stage "
                                      f"{stage} trains.")
-                # Run-time stage: held groups' gradients are zeroed so the clip norm is the norm
-                # of what this stage trains, exactly as with the static stage.
-                grads[p] = flat_u[p] if stage is not None else jnp.where(a, flat_u[p], 0.0)
+                grads[p] = flat_u[p]
+        if stage is None and grads:
+            # Run-time stage: held groups' gradients are zeroed so the clip norm is the norm of
+            # what this stage trains, exactly as with the static stage. The same zeroing as the
+            # trainer's logged grad_norm, so the two cannot drift apart.
+            grads = flat_params(plan.stage_gradients(unflatten_paths(grads), state.count))
         if clip and clip > 0 and grads:
             grads = flat_params(optax.clip_by_global_norm(clip).update(
                 unflatten_paths(grads), optax.EmptyState())[0])
