@@ -1,5 +1,7 @@
 """ELMo biLM: LSTM cell vs NumPy, direction/causality and padding properties, sampled softmax,
 the bilm task learning on real text, and ELMo features with a scalar mix."""
+import dataclasses
+import json
 import pathlib
 
 import flax
@@ -208,6 +210,24 @@ def test_a_dropout_rate_outside_0_1_is_named_before_the_corpus_is_read(tmp_path,
         bilm.Task(config, str(tmp_path / "run"))
     with pytest.raises(ValueError, match=rf"ElmoConfig.dropout_rate={rate} must be in"):
         elmo.elmo_config("tiny", 100, dropout_rate=float(rate))
+
+
+def test_a_damaged_elmo_config_json_is_named(tmp_path):
+    """load_elmo (ELMo features, probes) read elmo_config.json with json.load and ElmoConfig:
+    a hand-edited file failed as a bare JSONDecodeError, KeyError or TypeError, or as
+    "ElmoConfig.dropout_rate=10.0 ..." without the file."""
+    path = tmp_path / "elmo_config.json"
+    good = dataclasses.asdict(elmo.elmo_config("tiny", 100))
+    cases = [("{not json", r"elmo_config.json:1: invalid JSON"),
+             (json.dumps({k: v for k, v in good.items() if k != "filters"}),
+              r"elmo_config.json: not a biLM config \(no field 'filters'\)"),
+             (json.dumps({**good, "colour": 1}), r"elmo_config.json: not a biLM config \(.*colour"),
+             (json.dumps({**good, "dropout_rate": 10.0}),
+              r"elmo_config.json: not a biLM config \(ElmoConfig.dropout_rate=10.0 must be in")]
+    for text, message in cases:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            elmo_features.load_elmo(str(tmp_path))
 
 
 def _tiny_task(data_dir, *overrides):

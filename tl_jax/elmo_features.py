@@ -25,7 +25,6 @@ way (no update, no decay, no optimizer state for frozen weights) is a transfer r
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
 
@@ -185,10 +184,14 @@ def load_elmo(workdir: str) -> tuple[elmo.ElmoConfig, dict, list[str]]:
     config_path = os.path.join(workdir, "elmo_config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{config_path} not found: {workdir} is not a bilm workdir")
-    with open(config_path) as f:
-        raw = json.load(f)
-    raw["filters"] = tuple(tuple(x) for x in raw["filters"])
-    config = elmo.ElmoConfig(**raw)
+    raw = checkpoint.load_json(config_path, "the biLM's config, written by `tl_jax train` with "
+                               "task=bilm")
+    try:  # a hand-edited file: name it, not just the field
+        raw["filters"] = tuple(tuple(x) for x in raw["filters"])
+        config = elmo.ElmoConfig(**raw)
+    except (KeyError, TypeError, ValueError) as e:
+        detail = f"no field {e}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(f"{config_path}: not a biLM config ({detail})") from None
     flat, _ = checkpoint.load_params_from_workdir(workdir)
     params: dict = {}
     for path, value in flat.items():
