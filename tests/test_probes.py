@@ -319,39 +319,60 @@ def test_cached_features_are_encoded_under_the_mesh_as_on_one_device(mesh, head,
         for path, leaf in flat:
             assert leaf.sharding.is_equivalent_to(expected[path], leaf.ndim), (
                 jax.tree_util.keystr(path), leaf.sharding, expected[path])
+        # The features come back split as the rows went in: no device holds a whole chunk's
+        # (they came back replicated, an all-gather of every chunk onto every device).
         assert len(out.sharding.device_set) == 8
+        assert out.sharding.is_equivalent_to(rows, out.ndim), out.sharding
+        assert max(s.data.shape[0] for s in out.addressable_shards) < out.shape[0]
     if len(mesh) > 1:  # fsdp / tensor: some weights really are split over devices
         assert any(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("shards,processes,row_bytes,rows", [
+BERT_BASE_TOKEN_ROW = 13 * 128 * 768 * 2  # token-level features of every layer, float16
+
+
+@pytest.mark.parametrize("shards,processes,local_devices,row_bytes,rows", [
     # Up to 8 data shards: 64 rows as before (so the cached features are the same chunks).
-    (1, 1, 4096, 64), (8, 1, 4096, 64), (4, 2, 4096, 64), (6, 4, 4096, 72), (3, 2, 4096, 66),
+    (1, 1, 1, 4096, 64), (8, 1, 8, 4096, 64), (4, 2, 4, 4096, 64), (6, 4, 3, 4096, 72),
+    (3, 2, 3, 4096, 66),
     # More shards: 8 rows each, where 64 rows gave 4, 1, or (512 shards) a 512-row chunk anyway.
-    (16, 1, 4096, 128), (64, 1, 4096, 512), (64, 8, 4096, 512), (512, 64, 4096, 4096),
-    (96, 32, 4096, 768), (24, 16, 4096, 192),
-    # Token-level BERT-base features of every layer (13 x 128 x 768 x 2 bytes, 2.5 MB a row):
-    # 256 MiB holds 105 rows, cut to whole rows per shard, never below one per shard.
-    (8, 1, 13 * 128 * 768 * 2, 64), (64, 1, 13 * 128 * 768 * 2, 64),
-    (32, 1, 13 * 128 * 768 * 2, 96), (512, 64, 13 * 128 * 768 * 2, 512),
-    (6, 4, 13 * 128 * 768 * 2, 72), (1, 1, 2**30, 1),
+    (16, 1, 16, 4096, 128), (64, 1, 64, 4096, 512), (64, 8, 8, 4096, 512),
+    (512, 64, 8, 4096, 4096), (96, 32, 3, 4096, 768), (24, 16, 3, 4096, 192),
+    # Token-level BERT-base features (2.5 MB a row): 256 MiB holds 105 rows a device. One
+    # process's devices each hold rows / shards of a chunk: 8 rows a shard fit (the cap on the
+    # whole chunk, when every device held all of it, cut 64 shards to 1 row each).
+    (8, 1, 8, BERT_BASE_TOKEN_ROW, 64), (64, 1, 64, BERT_BASE_TOKEN_ROW, 512),
+    (32, 1, 32, BERT_BASE_TOKEN_ROW, 256), (6, 4, 3, BERT_BASE_TOKEN_ROW, 72),
+    # Several processes: each one's devices hold the whole chunk between them on its way to the
+    # host (rows / local devices each), cut to whole units, never below one.
+    (64, 16, 4, BERT_BASE_TOKEN_ROW, 384), (512, 64, 8, BERT_BASE_TOKEN_ROW, 512),
+    # Rows too large for 8 a device: whole rows per device up to 256 MiB, at least one unit.
+    (8, 1, 8, 64 * 2**20, 32), (1, 1, 1, 2**30, 1),
 ])
-def test_feature_cache_chunks_scale_with_the_data_shards(shards, processes, row_bytes, rows):
+def test_feature_cache_chunks_scale_with_the_data_shards(shards, processes, local_devices,
+                                                         row_bytes, rows):
     from tl_jax.tasks import probe
 
-    got = probe.encode_chunk_rows(shards, processes, row_bytes)
+    got = probe.encode_chunk_rows(shards, processes, row_bytes, local_devices=local_devices)
     assert got == rows
     assert got % shards == 0 and got % processes == 0
-    per_shard, unit = got // shards, math.lcm(shards, processes)
+    if processes > 1:
+        assert got % local_devices == 0  # the host-bound copy splits evenly over them
+    per_shard = got // shards
+    unit = math.lcm(shards, processes, local_devices if processes > 1 else 1)
+    split = shards if processes == 1 else min(shards, local_devices)
     assert per_shard >= 1
-    fits = got * row_bytes <= probe.ENCODE_MAX_CHUNK_BYTES
-    # Either the features fit the budget, or the chunk is down to one row per shard (or unit).
-    assert fits or got == unit
+
+    def fits(n):  # what one device holds of a chunk of n rows
+        return n * row_bytes // split <= probe.ENCODE_MAX_DEVICE_BYTES
+
+    # Either one device's features fit the budget, or the chunk is down to one unit.
+    assert fits(got) or got == unit
     # The 8 rows per shard are wanted, and given whenever their features fit.
-    if 8 * unit * row_bytes <= probe.ENCODE_MAX_CHUNK_BYTES:
+    if fits(unit * -(-8 * shards // unit)):
         assert per_shard >= 8
     # The old rule (at least 64 rows) on the meshes it served: the same chunk when it fits.
-    if shards <= 8 and unit * -(-64 // unit) * row_bytes <= probe.ENCODE_MAX_CHUNK_BYTES:
+    if shards <= 8 and fits(unit * -(-64 // unit)):
         assert got == unit * -(-64 // unit)
 
 
@@ -362,6 +383,8 @@ def test_feature_cache_chunk_sizes_below_one_are_refused():
         probe.encode_chunk_rows(0, 1, 10)
     with pytest.raises(ValueError, match=r"row_bytes=0"):
         probe.encode_chunk_rows(8, 1, 0)
+    with pytest.raises(ValueError, match=r"local_devices=0"):
+        probe.encode_chunk_rows(8, 2, 10, local_devices=0)
 
 
 def test_two_processes_cache_the_features_one_process_caches(data_dir, tmp_path):

@@ -203,9 +203,11 @@ class Task(classify.Task):
         encode 1/N of it. In a multi-process run each process feeds its own rows of every chunk
         (as it feeds the trainer's batches), and every process gets the whole chunk's features
         back: the cached arrays are host arrays every process holds in full, as the token
-        arrays they replace."""
+        arrays they replace (the trainer's shuffled batches draw any row on any process, and
+        process 0 writes the whole cache file). The features come out of the encoder split over
+        the data-parallel devices as the rows went in (rows / shards a device), and reach every
+        process's host through its own devices, split over them (`_rows_to_host`)."""
         import flax.linen as nn
-        from jax.sharding import NamedSharding, PartitionSpec
 
         mesh, rules = self._mesh()
         example = self.example_batch(1)
@@ -223,17 +225,19 @@ class Task(classify.Task):
         params = jax.device_put(self.init_params(params, None), shardings)
         # The weights are an argument, not constants closed over: closed over, they were embedded
         # in the program (megabytes of constants per compile, one program per weight set).
-        # The features come back replicated: every process reads the whole chunk.
+        # The features stay split over the batch axes, as the rows came in.
         rows = parallel.batch_sharding(mesh)
         features = jax.jit(self._features, in_shardings=(shardings, rows, rows, rows),
-                           out_shardings=NamedSharding(mesh, PartitionSpec()))
+                           out_shardings=rows)
 
         keys = ("input_ids", "segment_ids", "input_mask")
-        # One row's features, for the chunk's size: every device holds the whole chunk's.
+        # One row's features, for the chunk's size (what one device holds of it).
         row = jax.eval_shape(self._features, params, *(example[k] for k in keys))
         shards = int(np.prod([mesh.shape[a] for a in parallel.BATCH_AXES]))
         bs = encode_chunk_rows(shards, jax.process_count(),
-                               int(np.prod(row.shape[1:])) * row.dtype.itemsize)
+                               int(np.prod(row.shape[1:])) * row.dtype.itemsize,
+                               local_devices=len(_process_devices(mesh)[0]))
+        to_host = _rows_to_host(mesh)
         local = bs // jax.process_count()
         chunks, pending, n = [], None, len(arrays["labels"])
         with parallel.mesh_context(mesh, rules):
@@ -247,10 +251,10 @@ class Task(classify.Task):
                 batch = parallel.host_batch_to_global(part, mesh)
                 out = features(params, *(batch[k] for k in keys))
                 if pending is not None:  # read the previous chunk while this one runs
-                    chunks.append(np.asarray(pending[0])[:pending[1]])
+                    chunks.append(to_host(pending[0])[:pending[1]])
                 pending = (out, min(bs, n - start))
             if pending is not None:
-                chunks.append(np.asarray(pending[0])[:pending[1]])
+                chunks.append(to_host(pending[0])[:pending[1]])
         return np.concatenate(chunks)
 
     def _mesh(self):
@@ -307,19 +311,22 @@ class Task(classify.Task):
 
 
 # The feature cache's chunks (`encode_chunk_rows`): rows per data-parallel device, the fewest
-# rows per chunk, and the most bytes of features per chunk.
+# rows per chunk, and the most bytes of a chunk's features on one device.
 ENCODE_ROWS_PER_SHARD = 8
 ENCODE_MIN_ROWS = 64
-ENCODE_MAX_CHUNK_BYTES = 256 * 2**20
+ENCODE_MAX_DEVICE_BYTES = 256 * 2**20
 
 
 def encode_chunk_rows(batch_shards: int, processes: int, row_bytes: int,
+                      local_devices: int = 1,
                       rows_per_shard: int = ENCODE_ROWS_PER_SHARD,
                       min_rows: int = ENCODE_MIN_ROWS,
-                      max_bytes: int = ENCODE_MAX_CHUNK_BYTES) -> int:
+                      max_bytes: int = ENCODE_MAX_DEVICE_BYTES) -> int:
     """Rows per chunk of the feature cache's encoder pass: a multiple of the batch shards
-    (data x fsdp, so every device gets whole rows) and of the processes (each feeds an equal
-    share), aiming at `rows_per_shard` rows per device and at least `min_rows`.
+    (data x fsdp, so every device gets whole rows), of the processes (each feeds an equal
+    share) and, with more than one process, of the devices each process has (`local_devices`:
+    each process's host receives the whole chunk through them, split evenly), aiming at
+    `rows_per_shard` rows per device and at least `min_rows`.
 
     A fixed 64 rows gave each device 64 / shards rows: 1 on 64 data shards, so a pod paid a
     dispatch and a host round trip for every row each device encoded, on matmuls of one row's
@@ -327,22 +334,76 @@ def encode_chunk_rows(batch_shards: int, processes: int, row_bytes: int,
     the encoder's activations stay small (a forward pass: no gradients, no optimizer state).
     A choice by reasoning, not timed.
 
-    The bound is the output, not the activations: the chunk's features come back replicated,
-    so every device holds all `rows * row_bytes` of them (twice while the next chunk runs and
-    the previous one is read), and the token-level features of every layer are megabytes per
-    row (13 layers x 128 tokens x 768 x 2 bytes = 2.5 MB for BERT-base). So the chunk is cut
-    to `max_bytes` of features, though never below the smallest chunk allowed (the lcm of the
-    shards and the processes: one row per shard when the processes divide the shards). Up to 8
-    data shards with small rows this is the 64 rows it always was.
+    The bound is the features one device holds, twice (the chunk read while the next one
+    runs): the encoder's output is split over the batch shards, `rows / batch_shards` rows a
+    device, and with more than one process each process's devices then hold the whole chunk
+    between them on its way to the host, `rows / local_devices` rows each. Token-level
+    features of every layer are megabytes per row (13 layers x 128 tokens x 768 x 2 bytes =
+    2.5 MB for BERT-base), so the chunk is cut to `max_bytes` of features per device, though
+    never below the smallest chunk allowed (the lcm above: one row per shard when the
+    processes and their devices divide the shards). Every process's host holds the whole
+    chunk for a moment, as it holds all of the cached features afterwards. Up to 8 data
+    shards with small rows this is the 64 rows it always was.
     """
     for name, value in (("batch_shards", batch_shards), ("processes", processes),
-                        ("row_bytes", row_bytes)):
+                        ("row_bytes", row_bytes), ("local_devices", local_devices)):
         if value < 1:
             raise ValueError(f"encode_chunk_rows: {name}={value}; expected >= 1")
-    unit = math.lcm(batch_shards, processes)
+    split = batch_shards if processes == 1 else min(batch_shards, local_devices)
+    unit = math.lcm(batch_shards, processes, local_devices if processes > 1 else 1)
     want = unit * -(-max(min_rows, rows_per_shard * batch_shards) // unit)  # rounded up
-    fit = unit * max(1, max_bytes // row_bytes // unit)  # rounded down, at least one unit
+    fit = unit * max(1, max_bytes * split // row_bytes // unit)  # rounded down, at least one unit
     return min(want, fit)
+
+
+def _process_devices(mesh) -> list:
+    """The devices of `mesh`, one list per process (in process order, each in id order)."""
+    groups = {}
+    for device in mesh.devices.flat:
+        groups.setdefault(device.process_index, []).append(device)
+    out = [sorted(groups[p], key=lambda d: d.id) for p in sorted(groups)]
+    if len({len(g) for g in out}) != 1:
+        raise ValueError(f"probe feature cache: the processes hold unequal shares of mesh "
+                         f"{dict(mesh.shape)}: {[len(g) for g in out]} devices")
+    return out
+
+
+def _rows_to_host(mesh):
+    """A function from a chunk of features whose rows are split over the batch axes of `mesh`
+    to all of its rows in this process's host memory, on every process.
+
+    One process reads its devices' shards. With more, every process needs every row (the
+    trainer's shuffled batches draw any row on any process, and process 0 writes the cache
+    file), and the rows cross processes only on devices: the chunk is resharded to rows split
+    over each process's own devices and repeated across the processes (`rows / local devices`
+    a device: the whole chunk only where a process has one device), and each process reads its
+    devices' shards. Not `multihost_utils.process_allgather`, which replicates a sharded array
+    whole on every device."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    groups = _process_devices(mesh)
+    spread = None
+    if len(groups) > 1:
+        spread = NamedSharding(Mesh(np.array(groups), ("processes", "local")),
+                               PartitionSpec("local"))
+
+    def to_host(x: jax.Array) -> np.ndarray:
+        if spread is not None:
+            x = jax.device_put(x, spread)
+        out, seen, covered = np.empty(x.shape, x.dtype), set(), 0
+        for shard in x.addressable_shards:  # replicas (tensor axis, processes) read once
+            key = tuple((i.start, i.stop) for i in shard.index)
+            if key not in seen:
+                seen.add(key)
+                out[shard.index] = np.asarray(shard.data)
+                covered += shard.data.size
+        if covered != out.size:  # a sharding that leaves rows on other processes' devices
+            raise AssertionError(f"probe feature cache: this process's devices hold "
+                                 f"{covered} of the {out.size} features of a chunk of shape "
+                                 f"{x.shape} ({x.sharding})")
+        return out
+
+    return to_host
 
 
 def default_config():
