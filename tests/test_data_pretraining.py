@@ -1,5 +1,6 @@
 """BERT pretraining data: NSP instances, MLM masking statistics, and the resumable iterator."""
 import json
+import re
 
 import ml_collections
 import numpy as np
@@ -503,3 +504,24 @@ def test_a_tokenizer_vocab_size_too_small_is_named_before_the_corpus_is_read():
         build_pretraining_data(_data_config("/nowhere", tokenizer_vocab_size=-5), 128, None,
                                seed=0)
 
+
+
+def test_the_steps_before_the_bars_say_what_they_do(small_corpus, tmp_path, capsys):
+    """Reading the corpus, training WordPiece and tokenising ran with no output (11 s for
+    `bert_pretrain.py:tiny`, minutes on a real corpus) before the first bar: each says when it
+    starts and what it made; `progress=False` (train.progress=False, processes but 0) is silent."""
+    capsys.readouterr()
+    build_pretraining_data(_data_config(small_corpus), 128, str(tmp_path / "a"), seed=0,
+                           progress=True)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"[data] Reading {small_corpus}..."
+    assert re.fullmatch(rf"\[data\] Reading {re.escape(small_corpus)}: [\d,]+ documents "
+                        r"\(\d+\.\ds\)", out[1])
+    assert out[2].startswith("[data] Training a WordPiece vocabulary of 1000 tokens on ")
+    assert re.fullmatch(r"\[data\] Training a WordPiece .*: 1,000 tokens \(\d+\.\ds\)", out[3])
+    assert out[4] == "[data] Tokenising..."
+    assert re.fullmatch(r"\[data\] Tokenising: [\d,]+ training and [\d,]+ held-out sentences "
+                        r"\(\d+\.\ds\)", out[5])
+    build_pretraining_data(_data_config(small_corpus), 128, str(tmp_path / "b"), seed=0,
+                           progress=False)
+    assert capsys.readouterr() == ("", "")

@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from tl_jax import paths
 from tl_jax.checkpoint import has_saved_step
+from tl_jax.progress import phase
 from tl_jax.data.masking import Masker, check_replacement_probs
 from tl_jax.data.pretraining_iterator import (
     PretrainingIterator,
@@ -367,7 +368,8 @@ def split_eval_documents(num_documents: int, eval_fraction: float) -> tuple[np.n
     return np.sort(order[num_eval:]), np.sort(order[:num_eval])
 
 
-def _get_tokenizer(config, train_documents, workdir: str | None, process_index: int) -> Tokenizer:
+def _get_tokenizer(config, train_documents, workdir: str | None, process_index: int,
+                   progress: bool = False) -> Tokenizer:
     saved = os.path.join(workdir, "tokenizer") if workdir else None
     if saved and os.path.exists(os.path.join(saved, "tokenizer.json")) and has_saved_step(workdir):
         # A resumed run must keep its vocabulary, whatever the config says now. Without a
@@ -384,8 +386,12 @@ def _get_tokenizer(config, train_documents, workdir: str | None, process_index: 
                   flush=True)
         tokenizer = Tokenizer.load(path, lowercase=config.lowercase if own is None else own)
     else:
-        tokenizer = Tokenizer.train_wordpiece(
-            train_documents, vocab_size=config.tokenizer_vocab_size, lowercase=config.lowercase)
+        with phase(f"Training a WordPiece vocabulary of {config.tokenizer_vocab_size} tokens on "
+                   f"{len(train_documents):,} documents", progress) as step:
+            tokenizer = Tokenizer.train_wordpiece(
+                train_documents, vocab_size=config.tokenizer_vocab_size,
+                lowercase=config.lowercase)
+            step.result = f"{tokenizer.vocab_size:,} tokens"
     # Every process builds the same vocabulary (training is deterministic); one writes it.
     if saved and process_index == 0:
         tokenizer.save(saved)
@@ -420,8 +426,10 @@ def build_pretraining_data(
     c = data_config
     _validate(c, max_position_embeddings, process_count)
     # '$TL_JAX_DATA_DIR/...' in a config, as the GPT, biLM and fine-tuning data paths take.
-    documents = load_documents(paths.expand(c.corpus), text_field=c.text_field,
-                               group_field=c.group_field or None)
+    with phase(f"Reading {c.corpus}", progress) as step:
+        documents = load_documents(paths.expand(c.corpus), text_field=c.text_field,
+                                   group_field=c.group_field or None)
+        step.result = f"{len(documents):,} documents"
     if c.max_documents:
         documents = documents[:c.max_documents]
     if len(documents) < 2:
@@ -435,9 +443,12 @@ def build_pretraining_data(
     train_texts = [documents[i] for i in train_index]
     eval_texts = [documents[i] for i in eval_index]
 
-    tokenizer = _get_tokenizer(c, train_texts, workdir, process_index)
-    train_docs = tokenize_documents(train_texts, tokenizer, progress=progress)
-    eval_docs = tokenize_documents(eval_texts, tokenizer, progress=progress)
+    tokenizer = _get_tokenizer(c, train_texts, workdir, process_index, progress)
+    with phase("Tokenising", progress) as step:
+        train_docs = tokenize_documents(train_texts, tokenizer, progress=progress)
+        eval_docs = tokenize_documents(eval_texts, tokenizer, progress=progress)
+        step.result = (f"{sum(map(len, train_docs)):,} training and "
+                       f"{sum(map(len, eval_docs)):,} held-out sentences")
     if len(train_docs) < 2:
         raise ValueError(f"Corpus {c.corpus!r} has {len(train_docs)} non-empty training "
                          "document(s) after tokenisation; NSP needs at least 2.")
