@@ -1,6 +1,7 @@
 """The `clm` task's warm start: the tokenizer and weights taken from `init_from`."""
 import json
 import os
+import re
 
 import ml_collections
 import pytest
@@ -237,3 +238,31 @@ def test_perplexity_of_eval_batches_with_no_token_is_nan_and_noted_once(capsys):
     assert out.count("eval/perplexity is logged as nan") == 1, out
     some = [(None, {"nll": np.array([2.0, 0.0]), "tokens": np.array([1.0, 0.0])})]
     assert task.evaluate(some, "", 3)["perplexity"] == pytest.approx(math.exp(2.0))
+
+
+def test_the_steps_before_the_training_bar_say_what_they_do(tmp_path, data_dir, capsys):
+    """The clm task read the corpus, trained its BPE and tokenised with no output (10 s for
+    `gpt_pretrain.py:tiny`, minutes on a real corpus) before the trainer's bar: each step says
+    when it starts and what it made; train.progress=False is silent."""
+    from tl_jax import config as config_lib
+
+    def build(progress, name):
+        cfg = config_lib.load_config("configs/gpt_pretrain.py:tiny", [
+            f"data.corpus={data_dir}/polarity_sentences.jsonl", "data.tokenizer_vocab_size=300",
+            "data.seq_len=32", f"train.progress={progress}"])
+        return clm.Task(cfg, str(tmp_path / name))
+
+    capsys.readouterr()
+    build(True, "a")
+    out = capsys.readouterr().out.splitlines()
+    corpus = f"{data_dir}/polarity_sentences.jsonl"
+    assert out[0] == f"[data] Reading {corpus}..."
+    assert re.fullmatch(rf"\[data\] Reading {re.escape(corpus)}: [\d,]+ documents \(\d+\.\ds\)",
+                        out[1])
+    assert out[2].startswith("[data] Training a byte-level BPE of 300 tokens on ")
+    assert re.fullmatch(r"\[data\] Training a byte-level BPE .*: 300 tokens \(\d+\.\ds\)", out[3])
+    assert out[4] == "[data] Tokenising..."
+    assert re.fullmatch(r"\[data\] Tokenising: [\d,]+ training and [\d,]+ held-out blocks of 32 "
+                        r"tokens \(\d+\.\ds\)", out[5])
+    build(False, "b")
+    assert capsys.readouterr() == ("", "")

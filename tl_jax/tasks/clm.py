@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tl_jax import checkpoint, paths, warm_start
+from tl_jax.progress import phase
 from tl_jax.data import bpe, clm as clm_data
 from tl_jax.models import gpt, losses
 from tl_jax.tasks import normalized, note_undefined
@@ -237,8 +238,13 @@ class Task:
         # The tokenizer too, unless one is to be trained on the corpus: a bad init_from or
         # data.tokenizer_vocab_size is named before the corpus is read.
         self.tokenizer = load_tokenizer(data_cfg, workdir, None, config.init_from)
-        documents = sources.load_documents(
-            paths.expand(data_cfg.corpus), data_cfg.text_field, data_cfg.group_field or None)
+        # Phase lines while the corpus is read, a BPE trained and the text tokenised: a large
+        # corpus takes minutes before the training bar starts.
+        show = bool(config.train.progress) and jax.process_index() == 0
+        with phase(f"Reading {data_cfg.corpus}", show) as step:
+            documents = sources.load_documents(
+                paths.expand(data_cfg.corpus), data_cfg.text_field, data_cfg.group_field or None)
+            step.result = f"{len(documents):,} documents"
         if data_cfg.max_documents:
             documents = documents[:data_cfg.max_documents]
         # The held-out documents do not depend on the run's seed: runs with different seeds
@@ -246,7 +252,10 @@ class Task:
         train_docs, eval_docs = clm_data.split_documents(documents, data_cfg.eval_fraction,
                                                          seed=clm_data.EVAL_SPLIT_SEED)
         if self.tokenizer is None:
-            self.tokenizer = train_tokenizer(data_cfg, train_docs)
+            with phase(f"Training a byte-level BPE of {data_cfg.tokenizer_vocab_size} tokens "
+                       f"on {len(train_docs):,} documents", show) as step:
+                self.tokenizer = train_tokenizer(data_cfg, train_docs)
+                step.result = f"{self.tokenizer.vocab_size:,} tokens"
         self.model_config = gpt_config_from(config.model, self.tokenizer.vocab_size)
         self.model = gpt.GPT(self.model_config)
         seq = data_cfg.seq_len
@@ -254,10 +263,14 @@ class Task:
             raise ValueError(
                 f"data.seq_len={seq} is longer than the position table "
                 f"(model max_len={self.model_config.max_len})")
-        self.train_blocks = clm_data.make_blocks(
-            clm_data.pack_documents(train_docs, self.tokenizer), seq)
-        self.eval_blocks = clm_data.make_blocks(
-            clm_data.pack_documents(eval_docs, self.tokenizer), seq) if eval_docs else None
+        with phase("Tokenising", show) as step:
+            self.train_blocks = clm_data.make_blocks(
+                clm_data.pack_documents(train_docs, self.tokenizer), seq)
+            self.eval_blocks = clm_data.make_blocks(
+                clm_data.pack_documents(eval_docs, self.tokenizer), seq) if eval_docs else None
+            step.result = (f"{len(self.train_blocks[0]):,} training and "
+                           f"{len(self.eval_blocks[0]) if eval_docs else 0:,} held-out blocks of "
+                           f"{seq} tokens")
         # Token ids come from our own tokenizer, but check once: a clamped gather is silent.
         gpt.check_tokens(self.train_blocks[0][:, :-1], self.model_config, where="packed training data")
         self.flops_per_example = self.model_config.flops_per_token(seq) * seq
