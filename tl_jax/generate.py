@@ -340,12 +340,14 @@ def _score_fn(model: GPT):
 
 
 def score(model: GPT, params, contexts: Sequence[Sequence[int]],
-          continuations: Sequence[Sequence[int]], batch_size: int = 16, bucket: int = 16):
+          continuations: Sequence[Sequence[int]], batch_size: int = 16, bucket: int = 16,
+          progress: bool | None = False):
     """Log-likelihood of each continuation given its context: (N,) float64 sums of log p.
 
     Contexts longer than fits are truncated from the left (the continuation is kept whole).
     Sequences are right-padded to a bucketed length; causal attention makes the padding
-    invisible to the scored positions.
+    invisible to the scored positions. `progress`: a bar over the batches on stderr (None:
+    only when stderr is a terminal, as `tl_jax extract`'s; False: none).
     """
     cfg = model.config
     if len(contexts) != len(continuations):
@@ -368,7 +370,11 @@ def score(model: GPT, params, contexts: Sequence[Sequence[int]],
         weights.append([0.0] * len(ctx) + [1.0] * len(cont))
     fn = _score_fn(model)
     results = []
-    for start in range(0, len(rows), batch_size):
+    from tqdm.auto import tqdm
+    starts = range(0, len(rows), batch_size)
+    for start in tqdm(starts, desc="score", unit="batch", leave=False,
+                      disable=True if len(starts) < 2 else None if progress is None
+                      else not progress):
         chunk = rows[start:start + batch_size]
         n = len(chunk)
         width = min(int(-(-max(map(len, chunk)) // bucket) * bucket), cfg.max_len + 1)
@@ -385,7 +391,7 @@ def score(model: GPT, params, contexts: Sequence[Sequence[int]],
 
 def classify_zero_shot(model: GPT, params, prompts: Sequence[Sequence[int]],
                        label_continuations: Sequence[Sequence[int]], normalize: bool = False,
-                       batch_size: int = 8):
+                       batch_size: int = 8, progress: bool | None = False):
     """Zero-shot classification: the label whose continuation is most likely after the prompt.
 
     Returns (predictions (N,) int, scores (N, num_labels)). With `normalize`, scores are
@@ -395,7 +401,7 @@ def classify_zero_shot(model: GPT, params, prompts: Sequence[Sequence[int]],
     contexts = [p for p in prompts for _ in label_continuations]
     conts = [c for _ in prompts for c in label_continuations]
     scores = score(model, params, contexts, conts,
-                   batch_size=batch_size * len(label_continuations))
+                   batch_size=batch_size * len(label_continuations), progress=progress)
     scores = scores.reshape(len(prompts), len(label_continuations))
     if normalize:
         scores = scores / np.array([len(c) for c in label_continuations])[None, :]
@@ -663,8 +669,9 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
             print(f"[generate] warning: {long} prompt(s) longer than the {room} tokens that "
                   f"max_len {model.config.max_len} leaves beside the longest choice; only their "
                   "last tokens are read", file=sys.stderr, flush=True)
+        # Every prompt is scored before any is printed: a bar meanwhile (on a terminal).
         predictions, scores = classify_zero_shot(model, params, encoded, conts,
-                                                 batch_size=batch_size)
+                                                 batch_size=batch_size, progress=None)
         correct = 0
         for r, text, pred, row in zip(records, texts, predictions, scores):
             result = {"prompt": text, "prediction": labels[int(pred)],
