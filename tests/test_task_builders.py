@@ -108,6 +108,22 @@ def test_missing_data_dir_is_a_clear_error(tmp_path):
         tb.build_all(tmp_path / "out", tmp_path)
 
 
+def test_build_tasks_says_what_it_builds_before_the_build(tmp_path, monkeypatch, capsys):
+    """`tl_jax build_tasks` printed nothing until every task was built (11 s on the shared
+    data): the first line now comes before the build."""
+    printed_first = []
+
+    def build_all(out_dir, data_dir, qa_version):
+        printed_first.append(capsys.readouterr().out)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(tb, "build_all", build_all)
+    with pytest.raises(RuntimeError, match="stop here"):
+        tb.run(str(tmp_path / "out"))
+    assert printed_first == [f"[tasks] Building the silver tasks (names, cloze_qa) into "
+                             f"{tmp_path / 'out'}...\n"]
+
+
 def test_a_missing_data_dir_names_where_it_came_from(tmp_path, monkeypatch, capsys):
     """`tl_jax build_tasks --data_dir=/nope` said "set TL_JAX_DATA_DIR", naming a setting the
     user had not used."""

@@ -312,6 +312,9 @@ def _md5(path: pathlib.Path) -> str:
 
 def run(out_dir: str, data_dir: str | None = None, qa_version: str = "1.1") -> dict:
     """CLI entry (`tl_jax build_tasks --out_dir=DIR [--qa_version=2.0]`): builds and prints counts."""
+    # The build reads and tags every paragraph of the shared text before it has counts to print
+    # (about 10 s on a laptop CPU): said first, so the command is not taken for a hung one.
+    print(f"[tasks] Building the silver tasks (names, cloze_qa) into {out_dir}...", flush=True)
     manifest = build_all(out_dir, data_dir, qa_version=qa_version)
     for task in ("names", "cloze_qa"):
         for split in SPLITS:
