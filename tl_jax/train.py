@@ -413,17 +413,25 @@ def _to_host(x) -> np.ndarray:
 
 
 def eval_pass(trainer: Trainer, params, limit: int = 0, with_loss: bool = True,
-              progress: bool = False) -> tuple[list[dict], list[tuple]]:
+              progress: bool = False, desc: str = "predict",
+              leave: bool = True) -> tuple[list[dict], list[tuple]]:
     """Runs the eval step (`with_loss`: the loss needs labels) and the predict step over the
     task's held-out batches (at most `limit` of them; 0 = all). Returns the step metrics and the
-    `(batch, outputs)` numpy pairs the task decodes. `progress` shows a bar over the batches."""
+    `(batch, outputs)` numpy pairs the task decodes. `progress` shows a bar over the batches
+    (on process 0), named `desc`, cleared at the end unless `leave`."""
     results, outputs = [], []
     batches = trainer.task.eval_batches()
     if progress and jax.process_index() == 0:
         from tqdm.auto import tqdm
-        n = len(next(iter(trainer.task.eval_arrays.values())))
-        batches = tqdm(batches, total=-(-n // int(trainer.config.data.batch_size)),
-                       desc="predict", unit="batch", dynamic_ncols=True)
+        total = None  # a task without eval_arrays (pretraining): counts and rate, no ETA
+        arrays = getattr(trainer.task, "eval_arrays", None)
+        if arrays:
+            n = len(next(iter(arrays.values())))
+            total = -(-n // int(trainer.config.data.batch_size))
+            if limit:
+                total = min(total, limit)
+        batches = tqdm(batches, total=total, desc=desc, unit="batch", dynamic_ncols=True,
+                       leave=leave)
     for i, batch in enumerate(batches):
         if limit and i >= limit:
             break
@@ -440,8 +448,12 @@ def eval_pass(trainer: Trainer, params, limit: int = 0, with_loss: bool = True,
 
 
 def evaluate(trainer: Trainer, params, step: int) -> dict[str, float]:
-    """One pass over (at most `train.eval_batches` of) the held-out batches."""
-    results, outputs = eval_pass(trainer, params, int(trainer.config.train.eval_batches))
+    """One pass over (at most `train.eval_batches` of) the held-out batches, with a bar under the
+    training bar (cleared when done) unless train.progress=False: a whole eval set could take
+    minutes on a CPU with the training bar standing still."""
+    results, outputs = eval_pass(trainer, params, int(trainer.config.train.eval_batches),
+                                 progress=bool(trainer.config.train.get("progress", False)),
+                                 desc="eval", leave=False)
     if not results:
         return {}
     results = jax.device_get(results)  # read once for `average` and `empty_metrics`
