@@ -133,6 +133,16 @@ def _did_you_mean(config: ml_collections.ConfigDict, parts: list[str], depth: in
     return " Did you mean " + " or ".join(repr(g) for g in guesses[:4]) + "?"
 
 
+def config_kind(config) -> str | None:
+    """Which command runs a loaded config: "train" (task and train sections), "static" (method
+    and save_formats: word2vec/GloVe), or None for neither."""
+    if "task" in config and "train" in config:
+        return "train"
+    if "method" in config and "save_formats" in config:
+        return "static"
+    return None
+
+
 def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     """Applies one `a.b.c=value` override to a locked config, with a helpful error."""
     key, sep, raw = override.partition("=")

@@ -40,12 +40,7 @@ def _load_config(command: str, spec: str, overrides):
     ("AttributeError: 'task'"), and `--config.train.steps=...` on it "has no field 'train'"."""
     from tl_jax import config as config_lib
     config = config_lib.load_config(spec)
-    if "task" in config and "train" in config:  # how `tl_jax sweep` tells them apart
-        kind = "train"
-    elif "method" in config and "save_formats" in config:
-        kind = "static"
-    else:
-        kind = None
+    kind = config_lib.config_kind(config)
     if kind != command:
         said = {"train": f"a `tl_jax train` config (task={config.get('task')!r})",
                 "static": f"a `tl_jax static` config (method={config.get('method')!r}: static "

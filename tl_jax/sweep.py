@@ -316,11 +316,9 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
         except config_lib.ConfigError as e:
             raise config_lib.ConfigError(f"sweep run {r.name}: {e}") from e
     first = configs[runs[0].name]
-    if "task" in first and "train" in first:
-        kind, saved_name = "train", "config.json"
-    elif "method" in first and "save_formats" in first:
-        kind, saved_name = "static", "static_config.json"
-    else:
+    kind = config_lib.config_kind(first)
+    saved_name = {"train": "config.json", "static": "static_config.json"}.get(kind)
+    if kind is None:
         raise config_lib.ConfigError(f"sweep: {config_spec} is neither a `tl_jax train` config "
                                      "(task/train sections) nor a `tl_jax static` one")
     if (kind == "train" and not first.train.eval_every
