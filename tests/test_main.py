@@ -402,3 +402,29 @@ def test_an_override_without_a_value_is_a_usage_error_and_an_unknown_key_a_confi
     with pytest.raises(SystemExit) as e:
         main.main(base + ["--config.train.stepz=3"])
     assert str(e.value.code).startswith("tl_jax: config error: Unknown config key 'train.stepz'")
+
+
+@pytest.mark.parametrize("command", sorted(set(main.COMMANDS) - set(main.CONFIG_COMMANDS)))
+def test_an_override_given_to_a_command_without_a_config_is_a_usage_error(command, capsys,
+                                                                         monkeypatch):
+    """`tl_jax predict --config.train.steps=3`: the command has no config, so the flag is one it
+    does not have: exit 2 with its usage and one line naming the flag (it was a config error,
+    exit 1, found only once the command had started, and on process 0 alone)."""
+    ran = []
+    monkeypatch.setitem(main.COMMANDS, command,
+                        (main.COMMANDS[command][0], lambda args, overrides: ran.append(command)))
+    parser = main.build_parser()
+    required = [f"--{a.dest}=x" for a in parser.commands[command]._actions if a.required]
+    with pytest.raises(SystemExit) as e:
+        main.main([command, "--config.train.steps=3"] + required + ["--config.seed", "1"])
+    assert e.value.code == 2 and ran == []
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: tl_jax {command} ")
+    assert err.rstrip().splitlines()[-1] == (
+        f"tl_jax {command}: error: unrecognized arguments: --config.train.steps=3 --config.seed=1 "
+        f"(`tl_jax {command}` takes no config, so no --config.KEY=VALUE overrides)")
+    with pytest.raises(SystemExit) as e:  # with a flag it does not have: both named
+        main.main([command, "--config.train.steps=3", "--stepz=3"] + required)
+    assert e.value.code == 2
+    assert ("unrecognized arguments: --stepz=3 --config.train.steps=3 (`tl_jax "
+            f"{command}` takes no config") in capsys.readouterr().err

@@ -16,7 +16,8 @@ Run `tl_jax <command> --help` for a command's flags.
 
 Exit status: 0 done; 1 an error (one line saying what and where), a --config.KEY=VALUE the
 config lacks or cannot take included; 2 bad flags (the command's usage: a flag it does not have,
-a required one left out, a --config.KEY with no value); 130 Ctrl-C;
+a required one left out, a --config.KEY with no value or given to a command without a config);
+130 Ctrl-C;
 143 a training command (train, quickstart, sweep) stopped by SIGTERM before its planned steps,
 its checkpoint saved: the same command resumes it.
 """
@@ -57,7 +58,6 @@ def _load_config(command: str, spec: str, overrides):
 
 
 def _predict(args, overrides):
-    _no_overrides("predict", overrides)
     from tl_jax import predict
     predict.run(args.workdir, args.input, args.output, args.batch_size)
 
@@ -67,23 +67,12 @@ def _quickstart(args, overrides):
     quickstart.run(args.workdir, overrides=overrides, with_finetune=not args.skip_finetune)
 
 
-def _no_overrides(command: str, overrides) -> None:
-    """Commands without a config take no --config.* overrides; ignoring them would hide a typo
-    or a flag meant for `train`."""
-    from tl_jax.config import ConfigError
-    if overrides:
-        raise ConfigError(f"`tl_jax {command}` has no config, so --config.* overrides do not "
-                          f"apply (got {', '.join(overrides)}); see `tl_jax {command} --help`")
-
-
 def _convert(args, overrides):
-    _no_overrides("convert", overrides)
     from tl_jax.interop import convert
     convert.run(args.input, args.output, args.direction)
 
 
 def _generate(args, overrides):
-    _no_overrides("generate", overrides)
     from tl_jax import generate
     generate.run_generate(
         model_dir=args.model, mode=args.mode, prompts=args.prompt or (),
@@ -96,20 +85,17 @@ def _generate(args, overrides):
 
 
 def _extract(args, overrides):
-    _no_overrides("extract", overrides)
     from tl_jax import extract
     extract.run(args.init_from, args.input, args.output, args.layers, args.max_seq_length,
                 args.batch_size)
 
 
 def _fill_mask(args, overrides):
-    _no_overrides("fill_mask", overrides)
     from tl_jax import fill_mask
     fill_mask.run(args.model, args.text or (), args.top_k)
 
 
 def _build_tasks(args, overrides):
-    _no_overrides("build_tasks", overrides)
     from tl_jax.data import task_builders
     task_builders.run(args.out_dir, args.data_dir or None, args.qa_version)
 
@@ -293,6 +279,14 @@ def main(argv: list[str] | None = None) -> None:
         command = parser.commands.get(argv[0]) if argv else None
         (command or parser).error(str(e))
     args, unknown = parser.parse_known_args(rest)
+    if overrides and args.command not in CONFIG_COMMANDS:
+        # Ignoring them would hide a typo or a flag meant for `train`. A flag the command does
+        # not have is a usage error (exit 2), as for argparse's own flags; it was a config error
+        # (exit 1), raised after jax had started, and not at all on processes other than 0.
+        flags = [f"--config.{override}" for override in overrides]
+        parser.commands[args.command].error(
+            f"unrecognized arguments: {' '.join(unknown + flags)} (`tl_jax {args.command}` "
+            "takes no config, so no --config.KEY=VALUE overrides)")
     if unknown:  # argparse alone would print the top-level usage, not the command's
         hint = ""
         if args.command in CONFIG_COMMANDS:
