@@ -269,3 +269,48 @@ def test_training_is_deterministic(texts):
               for _ in range(8)]
     assert all(v == vocabs[0] for v in vocabs)
     assert len(vocabs[0]) == 1500
+
+
+class _Stderr:
+    """A stand-in for sys.stderr that says whether it is a terminal."""
+
+    def __init__(self, tty):
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_tokenizer_trainers_show_their_progress_on_a_terminal_only(tty, texts, monkeypatch):
+    """Training a vocabulary on a large corpus takes minutes: on a terminal the tokenizers
+    trainer shows its own progress bars (it printed nothing between the start and end lines);
+    in a log file, CI or a test's captured output it stays quiet."""
+    import sys
+
+    from tl_jax.data import bpe
+    from tl_jax.data import tokenizer as wordpiece
+
+    asked = []
+
+    def recording(trainer_class):
+        def make(**kwargs):
+            asked.append(kwargs["show_progress"])
+            return trainer_class(**kwargs)
+        return make
+
+    # Each module's own `trainers`: once transformers has imported the `tokenizers.trainers`
+    # submodule, `from tokenizers import trainers` gives another module object than theirs.
+    monkeypatch.setattr(wordpiece.trainers, "WordPieceTrainer",
+                        recording(wordpiece.trainers.WordPieceTrainer))
+    monkeypatch.setattr(bpe.trainers, "BpeTrainer", recording(bpe.trainers.BpeTrainer))
+    monkeypatch.setattr(sys, "stderr", _Stderr(tty))
+    Tokenizer.train_wordpiece([texts[:20]], vocab_size=300)
+    bpe.BPETokenizer.train(texts[:20], vocab_size=300)
+    assert asked == [tty, tty]

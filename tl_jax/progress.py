@@ -8,7 +8,19 @@ trainer's own bar: one process prints, and `train.progress=False` silences them.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
+
+
+def on_terminal(stream=None) -> bool:
+    """Whether `stream` (default: sys.stderr, looked up now) is a terminal: a library's own
+    progress display (the tokenizers trainers') is worth its redraws there, and only clutters a
+    log file, a CI log or a test's captured output."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # None (pythonw), closed, or no isatty
+        return False
 
 
 class Phase:

@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from tl_jax import progress
 from tl_jax.data.tokenizer import read_json_text
 
 EOS = "<|endoftext|>"
@@ -71,7 +72,8 @@ class BPETokenizer:
             min_frequency=min_frequency,
             special_tokens=[EOS],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
+            # Its own progress bars (on stderr) on a terminal only: a large corpus takes minutes.
+            show_progress=progress.on_terminal(),
         )
         tok.train_from_iterator(texts, trainer=trainer)
         return cls(tok, source="<trained>")

@@ -23,6 +23,8 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from tl_jax import progress
+
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 CONTINUATION_PREFIX = "##"
@@ -205,7 +207,8 @@ class Tokenizer:
             # In this order, so [PAD] is 0 (the pieces are renumbered below anyway).
             special_tokens=list(SPECIAL_TOKENS) + continuation_pieces,
             continuing_subword_prefix=CONTINUATION_PREFIX,
-            show_progress=False,
+            # Its own progress bars (on stderr) on a terminal only: a large corpus takes minutes.
+            show_progress=progress.on_terminal(),
         )
         units = (unit for document in documents for unit in document)
         tok.train_from_iterator(units, trainer=trainer, length=sum(len(d) for d in documents))
