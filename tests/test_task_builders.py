@@ -1,6 +1,7 @@
 """The silver downstream tasks built from the real text: deterministic and well-formed."""
 import json
 import os
+import re
 
 import pytest
 
@@ -124,6 +125,31 @@ def test_build_tasks_says_what_it_builds_before_the_build(tmp_path, monkeypatch,
                              f"{tmp_path / 'out'}...\n"]
 
 
+@pytest.mark.parametrize("qa_version", ["1.1", "2.0"])
+def test_build_all_says_each_task_as_it_is_built(qa_version, data_dir, tmp_path, monkeypatch,
+                                                 capsys):
+    """The build took ~10 s between its first line and the counts, saying nothing: each task
+    now gets its line (its counts per split) once written, before the next one is built."""
+    said_before_qa = []
+    build_cloze_qa = tb.build_cloze_qa
+
+    def recording(*args, **kwargs):
+        said_before_qa.append(capsys.readouterr().out)
+        return build_cloze_qa(*args, **kwargs)
+
+    monkeypatch.setattr(tb, "build_cloze_qa", recording)
+    manifest = tb.build_all(tmp_path, data_dir, names_caps=(30, 6, 6), qa_caps=(12, 3, 3),
+                            qa_version=qa_version)
+    assert re.fullmatch(r"\[tasks\] names \(train/dev/test\): 30/6/6 sentences \(\d+\.\ds\)\n",
+                        said_before_qa[0])
+    counts = "/".join(str(manifest["cloze_qa"][s]["questions"]) for s in tb.SPLITS)
+    unanswerable = "/".join(str(manifest["cloze_qa"][s]["unanswerable"]) for s in tb.SPLITS)
+    also = f", {unanswerable} unanswerable" if qa_version == "2.0" else ""
+    assert counts == "12/3/3" and (unanswerable != "0/0/0") == (qa_version == "2.0")
+    assert re.fullmatch(rf"\[tasks\] cloze_qa \(train/dev/test\): {counts} questions{also} "
+                        r"\(\d+\.\ds\)\n", capsys.readouterr().out)
+
+
 def test_a_missing_data_dir_names_where_it_came_from(tmp_path, monkeypatch, capsys):
     """`tl_jax build_tasks --data_dir=/nope` said "set TL_JAX_DATA_DIR", naming a setting the
     user had not used."""
@@ -179,8 +205,9 @@ def test_silver_cache_manifest_names_the_files_where_they_are(data_dir, tmp_path
     assert f"[tasks] Building the silver tasks (names, cloze_qa) from {data_dir} into {root}" \
         in said
     manifest = json.loads((root / "manifest.json").read_text())
-    assert (f"cloze_qa {'/'.join(str(manifest['cloze_qa'][s]['questions']) for s in tb.SPLITS)}"
-            " questions") in said
+    assert (f"[tasks] cloze_qa (train/dev/test): "
+            f"{'/'.join(str(manifest['cloze_qa'][s]['questions']) for s in tb.SPLITS)} questions"
+            ) in said
     assert tb.silver_path("names", "train") == root / "names" / "train.conll"
     assert capsys.readouterr().out == ""
     assert root.parent == tmp_path / "tasks" and path == root / "cloze_qa" / "dev.json"
