@@ -708,3 +708,65 @@ def test_a_fine_tuning_tokenizer_vocab_size_too_small_names_the_key():
                                     ["data.tokenizer_vocab_size=3"])
     with pytest.raises(ValueError, match=r"data.tokenizer_vocab_size=3 is too small"):
         downstream.Encoder.from_config(config, ["some text"] * 10)
+
+
+def _old_epoch_batches(arrays, global_batch, seed, state, steps, process_index=0, processes=1):
+    """The batches `EpochBatches` gave before it kept each epoch's order: the permutation
+    redrawn on every step, from `state` on."""
+    n = len(next(iter(arrays.values())))
+    epoch, position, local = state["epoch"], state["position"], global_batch // processes
+    out = []
+    for _ in range(steps):
+        if position >= n // global_batch:
+            epoch, position = epoch + 1, 0
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        start = position * global_batch + process_index * local
+        rows = order[start:start + local]
+        position += 1
+        out.append({k: v[rows] for k, v in arrays.items()})
+    return out
+
+
+@pytest.mark.parametrize("process_index", [0, 1])
+def test_epoch_batches_draw_each_epochs_order_once_and_give_the_same_batches(monkeypatch,
+                                                                            process_index):
+    """The order was redrawn (O(n)) on every step; now once per epoch, with the same batches
+    over epoch boundaries and after a resume (mid-epoch, and at an epoch's end)."""
+    import jax
+
+    from tl_jax.tasks import downstream
+
+    arrays = {"input_ids": np.arange(103 * 3, dtype=np.int32).reshape(103, 3),
+              "label": np.arange(103, dtype=np.int32) % 7}
+    batch, seed, steps = 10, 5, 45  # 10 steps per epoch (3 rows dropped): 4.5 epochs
+    processes = 2 if process_index else 1
+    reference = _old_epoch_batches(arrays, batch, seed, {"epoch": 0, "position": 0}, steps,
+                                   process_index, processes)
+    monkeypatch.setattr(jax, "process_count", lambda: processes)
+    monkeypatch.setattr(jax, "process_index", lambda: process_index)
+    draws = []
+    real_rng = np.random.default_rng
+    monkeypatch.setattr(np.random, "default_rng", lambda s=None: draws.append(s) or real_rng(s))
+
+    it = downstream.EpochBatches(arrays, batch, seed)
+    got = [next(it) for _ in range(steps)]
+    assert len(got) == len(reference)
+    for mine, theirs in zip(got, reference):
+        assert mine.keys() == theirs.keys()
+        for k in mine:
+            np.testing.assert_array_equal(mine[k], theirs[k])
+    assert draws == [[seed, e] for e in range(5)]  # once per epoch, not once per step
+
+    for stop in (13, 20, 30):  # mid-epoch; at the end of an epoch (twice)
+        first = downstream.EpochBatches(arrays, batch, seed)
+        for _ in range(stop):
+            next(first)
+        state = json.loads(json.dumps(first.get_state()))
+        resumed = downstream.EpochBatches(arrays, batch, seed)
+        resumed.set_state(state)
+        for mine, theirs in zip([next(resumed) for _ in range(steps - stop)], reference[stop:]):
+            for k in mine:
+                np.testing.assert_array_equal(mine[k], theirs[k])
+        # set_state on an iterator that already holds another epoch's order draws the new one
+        first.set_state({"epoch": 0, "position": 3})
+        np.testing.assert_array_equal(next(first)["label"], reference[3]["label"])
