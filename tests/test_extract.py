@@ -108,6 +108,38 @@ def test_files_hold_the_chosen_combinations(minilm, all_layers, tmp_path, capsys
     np.testing.assert_array_equal(concat[:, 384:768], stacked[1][5])
 
 
+@pytest.mark.parametrize("layers,copied", [("last", [6]), ("second_to_last", [5]),
+                                           ("sum_last_four", [3, 4, 5, 6]),
+                                           ("concat_last_four", [3, 4, 5, 6]),
+                                           ("2,-1,2", [2, 6])])
+def test_only_the_chosen_layers_leave_the_device(minilm, all_layers, monkeypatch, layers, copied):
+    """Every layer's hidden states were copied to the host for each batch, whatever --layers
+    asked for (7 of MiniLM's layers for `last`); the features are the same as before."""
+    import jax
+
+    shapes, real_jit = [], jax.jit
+
+    def spying_jit(fn):  # records the shape of what the compiled program hands the host
+        compiled = real_jit(fn)
+
+        def call(*args):
+            out = compiled(*args)
+            shapes.append(out.shape)
+            return out
+        return call
+
+    monkeypatch.setattr(jax, "jit", spying_jit)
+    tokens, features = extract.extract(minilm, TEXTS, layers=layers, max_seq_length=16,
+                                       batch_size=4)
+    assert shapes == [(4, len(copied), 16, 384)]  # one batch: the chosen layers, each once
+    how, indices = extract.resolve_layers(layers, 6)
+    assert tokens == all_layers[0]
+    for feat, stacked in zip(features, all_layers[1]):  # as combined from every layer before
+        expected = extract.combine(stacked, how, indices)
+        assert feat.dtype == np.float32 and feat.shape == expected.shape
+        np.testing.assert_array_equal(feat, expected)
+
+
 def test_bad_output_and_empty_input(minilm, tmp_path):
     with pytest.raises(ValueError, match="must end in .npz or .jsonl"):
         extract.run(minilm, "in.txt", str(tmp_path / "out.csv"))

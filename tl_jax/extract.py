@@ -116,12 +116,17 @@ def extract(init_from: str, texts: list[str], layers: str = "last", max_seq_leng
         raise ValueError(f"max_seq_length={max_seq_length} exceeds the model's "
                          f"max_position_embeddings={config.max_position_embeddings}")
     model = bert.BertModel(config)
+    # Only the layers the spec reads leave the device (each once, however often it is listed):
+    # all N+1 of them were copied to the host for every batch, 13x the bytes `last` needs on
+    # BERT-base. They are combined on the host as before, so the features do not change.
+    needed = sorted(set(indices))
+    indices = [needed.index(k) for k in indices]  # positions in what the device returns
 
     @jax.jit  # the weights are an argument: closed over, they were embedded as constants
     def hidden_states(params, ids, mask):
         _, inter = model.apply({"params": params}, ids, jnp.zeros_like(ids), mask)
-        return jnp.stack([inter["embeddings"]] + [inter[f"layer_{k}"]
-                                                  for k in range(1, config.num_layers + 1)], 1)
+        names = {0: "embeddings", **{k: f"layer_{k}" for k in range(1, config.num_layers + 1)}}
+        return jnp.stack([inter[names[k]] for k in needed], 1)  # (B, len(needed), T, H)
 
     encoded, cut = [], 0
     for text in texts:
@@ -141,7 +146,7 @@ def extract(init_from: str, texts: list[str], layers: str = "last", max_seq_leng
         mask = np.zeros_like(ids)
         for row, seq in enumerate(chunk):
             ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
-        hidden = np.asarray(hidden_states(params, ids, mask))  # (B, N+1, T, H)
+        hidden = jax.device_get(hidden_states(params, ids, mask))  # (B, len(needed), T, H)
         for row, seq in enumerate(chunk):
             all_tokens.append([tokenizer.id_to_token(i) for i in seq])
             all_features.append(combine(hidden[row, :, :len(seq)], how, indices).astype(np.float32))
