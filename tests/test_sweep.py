@@ -106,6 +106,27 @@ def test_sweep_tables_plots_and_a_rerun_that_skips_finished_runs(tmp_path, monke
                   overrides=["train.steps=6"])
 
 
+def test_only_process_0_writes_the_tables_and_plots(tmp_path, monkeypatch, capsys):
+    """Every process of a multi-process sweep wrote results.* and the plots into the one shared
+    workdir; the others now compute the same result and leave the files to process 0."""
+    import jax
+
+    calls = []
+    monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls))
+    args = dict(grid=["data.masked_lm_prob=0.1,0.3"], seeds=[0, 1], overrides=["train.steps=4"])
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    other = sweep.run(BERT, str(tmp_path / "other"), **args)
+    assert len(calls) == 4  # it trained its part of every run
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["runs"]
+    assert "results" not in capsys.readouterr().out  # nor printed the table
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    first = sweep.run(BERT, str(tmp_path / "first"), **args)
+    assert first == other  # the same figures on both
+    assert {"results.csv", "results.md", "results.json"} <= {
+        p.name for p in (tmp_path / "first").iterdir()}
+    assert "[sweep] results.md, results.csv, results.json" in capsys.readouterr().out
+
+
 def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls, fail=["0.2"]))

@@ -15,10 +15,11 @@ settings (a changed `--config.*` override) is refused, not reported as this swee
 `train.steps` resumes the runs and trains on; fewer is refused for runs already past them. A
 failed run is reported and the others go on.
 
-Written to DIR: results.csv (one row per run), results.md (one row per setting: mean ±
-population std over seeds; a cell over fewer seeds, some non-finite or missing, says how many),
-results.json, and, with matplotlib installed, curves.png (held-out metrics over
-steps, one line per setting) and, when one axis is numeric, final.png (each metric against it).
+Written to DIR (by process 0 alone, in a multi-process run): results.csv (one row per run),
+results.md (one row per setting: mean ± population std over seeds; a cell over fewer seeds, some
+non-finite or missing, says how many), results.json, and, with matplotlib installed, curves.png
+(held-out metrics over steps, one line per setting) and, when one axis is numeric, final.png
+(each metric against it).
 """
 from __future__ import annotations
 
@@ -295,6 +296,8 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
 
     Every run's config is built (and so checked: unknown keys, bad values) before the first
     one trains. Returns {"runs": [...], "settings": [...], "failed": [...]}."""
+    import jax
+
     from tl_jax import static_train, train
 
     runs = plan(grid, zipped, seeds)
@@ -403,7 +406,12 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
         metrics = [m for m in STATIC_METRICS if any(m in rec for rec in records)]
     result = summarize(records, runs, metrics)
     result["failed"] = failed
-    write_outputs(workdir, result, runs)
+    # Every process gathers the same result from the shared run folders; process 0 alone writes
+    # (and prints) the tables and plots, as it alone writes a run's files: written by every
+    # process, the same files in one shared folder were raced on. (A train sweep has started
+    # jax.distributed in mesh_and_rules above, even when every run finished before.)
+    if jax.process_index() == 0:
+        write_outputs(workdir, result, runs)
     if failed:
         print(f"[sweep] {len(failed)} of {len(runs)} runs failed: "
               f"{', '.join(f['run'] for f in failed)}", flush=True)
