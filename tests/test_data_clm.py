@@ -270,3 +270,90 @@ def test_split_documents_is_seeded_and_disjoint():
     assert clm.split_documents(docs, 0.25, seed=1) == (train, held)
     with pytest.raises(ValueError, match="eval_fraction"):
         clm.split_documents(docs, 1.5)
+
+
+# ------------------------------------------------------------- corpus memory (packing, blocks)
+
+
+def _reference_pack_documents(documents, tokenizer, separator="\n", batch_size=1024):
+    """pack_documents as it was before the corpus was kept in int32 arrays from tokenisation
+    on: the reference the packed stream must equal bit for bit."""
+    texts = [separator.join(doc) for doc in documents]
+    pieces = []
+    eos = np.array([tokenizer.eos_id], np.int32)
+    for start in range(0, len(texts), batch_size):
+        for ids in tokenizer.encode_batch(texts[start:start + batch_size]):
+            pieces.append(np.asarray(ids, np.int32))
+            pieces.append(eos)
+    return np.concatenate(pieces)
+
+
+def _reference_make_blocks(stream, seq_len, pad_id=0):
+    """make_blocks as it was (a padded copy of the stream and an (N, T + 1) index): the
+    reference the blocks must equal bit for bit."""
+    stream = np.asarray(stream, np.int32)
+    n = -(-(len(stream) - 1) // seq_len)
+    padded = np.full(n * seq_len + 1, pad_id, np.int32)
+    padded[:len(stream)] = stream
+    index = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
+    lengths = np.minimum(len(stream) - np.arange(n) * seq_len, seq_len + 1).astype(np.int32)
+    return padded[index], lengths
+
+
+def test_packed_blocks_of_real_text_are_the_same_as_before(data_dir, tok):
+    """Part of an Austen novel (one long document) and Wikipedia articles, in batches cut by
+    characters as well as by count: the same stream and blocks as the old list-based packing."""
+    from tl_jax.data.sources import load_documents
+    docs = ([load_documents(str(data_dir / "austen.jsonl"))[0][:300]]
+            + load_documents(str(data_dir / "enwiki_sample.jsonl"))[:30] + [[""], ["", ""]])
+    reference = _reference_pack_documents(docs, tok)
+    for kw in ({}, {"batch_size": 7, "batch_chars": 20_000}):
+        stream = clm.pack_documents(docs, tok, **kw)
+        assert stream.dtype == np.int32
+        np.testing.assert_array_equal(stream, reference)
+    for seq_len in (1, 2, 5, 128, len(reference) - 2, len(reference) - 1, len(reference)):
+        for cut in {2, 3, max(2, seq_len), seq_len + 1, seq_len + 2, len(reference)}:
+            want = _reference_make_blocks(reference[:cut], seq_len, pad_id=7)
+            got = clm.make_blocks(reference[:cut], seq_len, pad_id=7)
+            assert got[0].dtype == np.int32 and got[1].dtype == np.int32
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_make_blocks_makes_one_copy_of_the_stream():
+    """The blocks are the only full-size array made: the old padded stream plus an int64 index
+    of every block position (16 more bytes a token) made a large corpus run out of memory."""
+    import tracemalloc
+    stream = np.random.default_rng(0).integers(0, 50_000, 1_000_003).astype(np.int32)
+    tracemalloc.start()
+    try:
+        blocks, _ = clm.make_blocks(stream, 128)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.2 * blocks.nbytes, (peak, blocks.nbytes)
+
+
+class _CountingTokenizer:
+    """A stand-in tokenizer (one id per character) that records each batch it encodes."""
+    eos_id = 0
+
+    def __init__(self):
+        self.batches = []
+
+    def encode_batch(self, texts):
+        self.batches.append(list(texts))
+        return [[1 + ord(c) % 200 for c in text] for text in texts]
+
+
+def test_pack_documents_encodes_long_documents_a_few_at_a_time():
+    """A corpus of books (one document each) went to the tokenizer in one batch of up to 1,024
+    documents: the encodings (about 160 bytes a token) of the whole corpus at once."""
+    docs = [["x" * 300_000] * 2 for _ in range(6)] + [["short"]] * 10  # 3.6M characters
+    counting = _CountingTokenizer()
+    stream = clm.pack_documents(docs, counting)
+    assert len(counting.batches) > 1
+    # Up to the batch's character budget (1M by default), and one document beyond it.
+    assert max(sum(map(len, b)) for b in counting.batches) <= 1_000_000 + 600_001
+    assert [t for b in counting.batches for t in b] == ["\n".join(d) for d in docs]
+    assert len(stream) == sum(len("\n".join(d)) + 1 for d in docs)

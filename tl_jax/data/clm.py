@@ -18,23 +18,38 @@ the global order is the same on every host because it depends only on the seed a
 """
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import numpy as np
 
 
 def pack_documents(documents: Sequence[Sequence[str]], tokenizer, separator: str = "\n",
-                   batch_size: int = 1024) -> np.ndarray:
-    """One int32 token stream: each document's units joined by `separator`, then EOS."""
+                   batch_size: int = 1024, batch_chars: int = 1_000_000) -> np.ndarray:
+    """One int32 token stream: each document's units joined by `separator`, then EOS.
+
+    Documents are joined and tokenised a batch at a time (at most `batch_size` documents, and
+    no more than one beyond `batch_chars` characters), and each batch's ids go straight into
+    an int32 array (4 bytes a token). The tokenizer's encodings cost far more (about 160 bytes
+    a token with their offsets and token strings): a batch of documents counted only by number
+    held them for a whole corpus of long documents (books) at once.
+    """
     if not documents:
         raise ValueError("pack_documents: no documents to pack")
-    texts = [separator.join(doc) for doc in documents]
     pieces = []
-    eos = np.array([tokenizer.eos_id], np.int32)
-    for start in range(0, len(texts), batch_size):
-        for ids in tokenizer.encode_batch(texts[start:start + batch_size]):
-            pieces.append(np.asarray(ids, np.int32))
-            pieces.append(eos)
+    start = 0
+    while start < len(documents):
+        texts, chars = [], 0
+        while start < len(documents) and len(texts) < batch_size and chars < batch_chars:
+            texts.append(separator.join(documents[start]))
+            chars += len(texts[-1])
+            start += 1
+        encoded = tokenizer.encode_batch(texts)
+        lengths = np.fromiter(map(len, encoded), np.int64, count=len(encoded))
+        ids = np.fromiter(itertools.chain.from_iterable(encoded), np.int32,
+                          count=int(lengths.sum()))
+        # An EOS after each document: at the end of its ids in the batch's flat array.
+        pieces.append(np.insert(ids, np.cumsum(lengths), np.int32(tokenizer.eos_id)))
     return np.concatenate(pieces)
 
 
@@ -42,6 +57,8 @@ def make_blocks(stream: np.ndarray, seq_len: int, pad_id: int = 0):
     """Windows of `seq_len + 1` tokens with stride `seq_len`.
 
     Returns (blocks (N, seq_len + 1) int32, lengths (N,) int32: real tokens per window).
+    Window i is `stream[i * seq_len : (i + 1) * seq_len + 1]`, padded with `pad_id`; the
+    blocks are the only copy made (about 4 bytes a token), with no padded stream or index.
     """
     if seq_len < 1:
         raise ValueError(f"make_blocks: seq_len must be >= 1, got {seq_len}")
@@ -49,11 +66,19 @@ def make_blocks(stream: np.ndarray, seq_len: int, pad_id: int = 0):
     if len(stream) < 2:
         raise ValueError(f"make_blocks: a stream of {len(stream)} token(s) has nothing to predict")
     n = -(-(len(stream) - 1) // seq_len)  # windows needed to cover every target once
-    padded = np.full(n * seq_len + 1, pad_id, np.int32)
-    padded[:len(stream)] = stream
-    index = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]  # (N, T+1)
+    blocks = np.full((n, seq_len + 1), pad_id, np.int32)
+    # The first seq_len tokens of window i are stream[i * seq_len:(i + 1) * seq_len]: whole
+    # rows up to the last full one, then what is left.
+    full = min(n, len(stream) // seq_len)
+    blocks[:full, :seq_len] = stream[:full * seq_len].reshape(full, seq_len)
+    rest = stream[full * seq_len:]
+    if full < n:
+        blocks[full, :len(rest)] = rest
+    # Its last token is the first of window i + 1: stream[(i + 1) * seq_len], where there is one.
+    last = stream[seq_len::seq_len]
+    blocks[:len(last), seq_len] = last[:n]
     lengths = np.minimum(len(stream) - np.arange(n) * seq_len, seq_len + 1).astype(np.int32)
-    return padded[index], lengths
+    return blocks, lengths
 
 
 def blocks_to_batch(blocks: np.ndarray, lengths: np.ndarray) -> dict:
