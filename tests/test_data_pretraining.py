@@ -525,3 +525,117 @@ def test_the_steps_before_the_bars_say_what_they_do(small_corpus, tmp_path, caps
     build_pretraining_data(_data_config(small_corpus), 128, str(tmp_path / "b"), seed=0,
                            progress=False)
     assert capsys.readouterr() == ("", "")
+
+
+# ------------------------------------------------ corpus memory: flat int32 arrays, same pairs
+
+
+def _reference_tokenize(documents, tokenizer):
+    """tokenize_documents as it was before the corpus was kept in arrays: lists of sentences of
+    Python ints (about 36 bytes a token)."""
+    from tl_jax.data.sources import split_sentences
+    out = [[] for _ in documents]
+    for d, document in enumerate(documents):
+        sentences = [s for unit in document for s in split_sentences(unit)]
+        for ids in tokenizer.encode_batch(sentences, special_tokens_as_text=True):
+            if ids:
+                out[d].append(ids)
+    return [doc for doc in out if doc]
+
+
+def _reference_instances(documents, max_seq_length, short_seq_prob, seed, cls_id, sep_id,
+                         copy=0, random_next_prob=0.5):
+    """create_instances as it was (rows of Python lists, from lists of sentences): the
+    reference the flat version must equal bit for bit."""
+    rows = []
+    max_num_tokens = max_seq_length - 3
+    for d, document in enumerate(documents):
+        rng = np.random.default_rng([seed, 11, copy, d])
+
+        def draw_target():
+            if rng.random() < short_seq_prob:
+                return int(rng.integers(2, max_num_tokens + 1))
+            return max_num_tokens
+
+        target, chunk, chunk_length, i = draw_target(), [], 0, 0
+        while i < len(document):
+            chunk.append(document[i])
+            chunk_length += len(document[i])
+            last = len(document) - 1
+            if i == last or (chunk_length >= target and len(chunk) >= 2 and i < last - 1):
+                if len(chunk) == 1 and len(document) > 1:
+                    break
+                a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
+                tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
+                tokens_b = []
+                if len(chunk) == 1 or rng.random() < random_next_prob:
+                    label, target_b = 1, target - len(tokens_a)
+                    other = int(rng.integers(0, len(documents) - 1))
+                    other += other >= d
+                    random_document = documents[other]
+                    start = int(rng.integers(0, len(random_document)))
+                    for sentence in random_document[start:]:
+                        tokens_b.extend(sentence)
+                        if len(tokens_b) >= target_b:
+                            break
+                    i -= len(chunk) - a_end
+                else:
+                    label = 0
+                    tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
+                while len(tokens_a) + len(tokens_b) > max_num_tokens:  # the original, one by one
+                    trunc = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+                    del trunc[0 if rng.random() < 0.5 else -1]
+                if tokens_a and tokens_b:
+                    rows.append(([cls_id, *tokens_a, sep_id, *tokens_b, sep_id],
+                                 len(tokens_a) + 2, label))
+                chunk, chunk_length, target = [], 0, draw_target()
+            i += 1
+    return PretrainingInstances.from_rows(rows) if rows else PretrainingInstances.empty()
+
+
+def test_tokenised_real_text_and_its_pairs_are_the_same_as_before(data_dir, tokenizer):
+    """Wikipedia articles and part of an Austen novel (one long document), with sentences that
+    tokenise to nothing and an empty document: the same documents and the same instances,
+    array for array, as the list-based code for several settings."""
+    texts = (load_documents(str(data_dir / "enwiki_sample.jsonl"))[:25]
+             + [load_documents(str(data_dir / "austen.jsonl"))[0][:200]]
+             + [["   ", "\u200b"], ["One. Two words.", " "]])
+    reference = _reference_tokenize(texts, tokenizer)
+    docs = tokenize_documents(texts, tokenizer, chunk_size=700, progress=False)
+    assert docs.tokens.dtype == np.int32 and len(docs) == len(reference) == len(texts) - 1
+    assert [docs[d] for d in range(len(docs))] == reference
+    assert docs.num_sentences == sum(map(len, reference))
+    for length, short, random_next, seed, copy in [(64, 0.1, 0.5, 0, 0), (128, 0.5, 0.3, 1, 2),
+                                                   (512, 0.0, 1.0, 2, 0), (8, 1.0, 0.0, 3, 1)]:
+        want = _reference_instances(reference, length, short, seed, tokenizer.cls_id,
+                                    tokenizer.sep_id, copy, random_next)
+        for source in (docs, reference):  # the arrays, or documents given as lists
+            got = create_instances(source, length, short, seed, tokenizer.cls_id,
+                                   tokenizer.sep_id, copy=copy, random_next_prob=random_next)
+            for key in ("tokens", "offsets", "num_a", "nsp_labels"):
+                assert getattr(got, key).dtype == getattr(want, key).dtype
+                np.testing.assert_array_equal(getattr(got, key), getattr(want, key))
+
+
+def test_the_tokenised_corpus_costs_a_few_bytes_a_token(data_dir, tokenizer):
+    """Tokenising and pairing held every token as a Python int in lists (about 36 bytes, and
+    again in the instance rows): a corpus of a few GB did not fit in host memory. Python's
+    allocations (numpy's included) at their peak now stay within a few bytes a token."""
+    import tracemalloc
+    texts = load_documents(str(data_dir / "enwiki_sample.jsonl"))[:20]
+    tracemalloc.start()
+    try:
+        docs = tokenize_documents(texts, tokenizer, chunk_size=500, progress=False)
+        tokenised_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        instances = create_instances(docs, 128, 0.1, 0, tokenizer.cls_id, tokenizer.sep_id)
+        pairing_peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    n = len(docs.tokens)
+    assert n > 100_000
+    # The batches' arrays and their concatenation, offsets, and one batch of lists in flight.
+    assert tokenised_peak < 12 * n, (tokenised_peak, n)
+    # The instances' own arrays (about the corpus again), and no rows of lists.
+    assert pairing_peak < 2 * instances.tokens.nbytes + 4 * n, (pairing_peak, n)

@@ -34,12 +34,16 @@ Three deliberate differences:
 Every random choice comes from `np.random.default_rng([seed, stream, copy, document])`, so
 instances depend only on the seed and the corpus, not on processing order.
 
+The tokenised corpus is held flat (`TokenizedDocuments`: one int32 token array and offsets),
+and an instance is written straight from slices of it, never as lists of Python ints.
+
 `build_pretraining_data(data_config, ...)` turns a config into a tokenizer, a resumable training
 iterator and an eval pass (see `tl_jax/data/pretraining_iterator.py`).
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from typing import Callable, Iterator, Sequence
 
@@ -65,6 +69,48 @@ _CREATE_STREAM = 11
 _EVAL_SPLIT_SEED = 20190524
 
 TokenizedDocument = list[list[int]]  # sentences of token ids
+
+
+@dataclasses.dataclass
+class TokenizedDocuments:
+    """Documents of tokenised sentences, held flat: one int32 array of every token (4 bytes a
+    token, where lists of Python ints cost about 36) and two offset arrays.
+
+    Sentence s is `tokens[sentence_offsets[s]:sentence_offsets[s + 1]]`; document d is
+    sentences `document_offsets[d]` up to `document_offsets[d + 1]`. A document's sentences
+    are consecutive, so any run of them is one slice of `tokens`.
+    """
+
+    tokens: np.ndarray  # (total_tokens,) int32
+    sentence_offsets: np.ndarray  # (S + 1,) int64
+    document_offsets: np.ndarray  # (D + 1,) int64
+
+    def __len__(self) -> int:
+        return len(self.document_offsets) - 1
+
+    @property
+    def num_sentences(self) -> int:
+        return len(self.sentence_offsets) - 1
+
+    def __getitem__(self, d: int) -> TokenizedDocument:
+        """Document d as lists of ids (for a look at one document; instances use the arrays)."""
+        if not 0 <= d < len(self):
+            raise IndexError(f"document {d} of {len(self)}")
+        first, end = self.document_offsets[d], self.document_offsets[d + 1]
+        so = self.sentence_offsets
+        return [self.tokens[so[s]:so[s + 1]].tolist() for s in range(first, end)]
+
+    @classmethod
+    def from_lists(cls, documents: Sequence[TokenizedDocument]) -> "TokenizedDocuments":
+        """From documents given as lists of sentences of ids, kept as they are."""
+        sentence_lengths = [len(sentence) for doc in documents for sentence in doc]
+        sentence_offsets = np.zeros(len(sentence_lengths) + 1, np.int64)
+        np.cumsum(sentence_lengths, out=sentence_offsets[1:])
+        document_offsets = np.zeros(len(documents) + 1, np.int64)
+        np.cumsum([len(doc) for doc in documents], out=document_offsets[1:])
+        tokens = np.fromiter((t for doc in documents for sentence in doc for t in sentence),
+                             np.int32, count=int(sentence_offsets[-1]))
+        return cls(tokens, sentence_offsets, document_offsets)
 
 
 @dataclasses.dataclass
@@ -122,44 +168,59 @@ class PretrainingInstances:
         )
 
 
-def truncate_seq_pair(tokens_a: list, tokens_b: list, max_num_tokens: int, rng) -> None:
-    """Trims the longer list in place, one token at a time from the front or the back at
-    random (so the model does not always see sentence ends, as in BERT), until both fit."""
-    excess = len(tokens_a) + len(tokens_b) - max_num_tokens
+def _truncation(len_a: int, len_b: int, max_num_tokens: int, rng) -> tuple[int, int, int, int]:
+    """(front cut of A, kept length of A, front cut of B, kept length of B) after trimming the
+    longer segment one token at a time, from the front or the back at random, until both fit.
+
+    Same decisions as trimming token by token, but counted first and cut once (deleting list
+    heads one at a time is quadratic on long chunks). Draws nothing when the pair fits.
+    """
+    excess = len_a + len_b - max_num_tokens
     if excess <= 0:
-        return
-    # Same decisions as trimming token by token, but counted first and cut once (deleting
-    # list heads one at a time is quadratic on long chunks).
-    len_a, len_b = len(tokens_a), len(tokens_b)
-    front = {"a": 0, "b": 0}
+        return 0, len_a, 0, len_b
+    front_a = front_b = 0
     sides = rng.random(excess) < 0.5
     for from_front in sides:
         if len_a > len_b:
             len_a -= 1
-            front["a"] += int(from_front)
+            front_a += int(from_front)
         else:
             len_b -= 1
-            front["b"] += int(from_front)
-    for tokens, new_len, cut in ((tokens_a, len_a, front["a"]), (tokens_b, len_b, front["b"])):
-        tokens[:] = tokens[cut:cut + new_len]
+            front_b += int(from_front)
+    return front_a, len_a, front_b, len_b
+
+
+def truncate_seq_pair(tokens_a: list, tokens_b: list, max_num_tokens: int, rng) -> None:
+    """Trims the longer list in place, one token at a time from the front or the back at
+    random (so the model does not always see sentence ends, as in BERT), until both fit."""
+    cut_a, len_a, cut_b, len_b = _truncation(len(tokens_a), len(tokens_b), max_num_tokens, rng)
+    tokens_a[:] = tokens_a[cut_a:cut_a + len_a]
+    tokens_b[:] = tokens_b[cut_b:cut_b + len_b]
+
+
+# The columns of the instance specs `create_instances_from_document` returns: A is
+# tokens[a_start:a_start + a_length] of the corpus, B likewise, and the NSP label.
+_SPEC_COLUMNS = ("a_start", "a_length", "b_start", "b_length", "nsp_label")
 
 
 def create_instances_from_document(
-    documents: Sequence[TokenizedDocument],
+    documents: TokenizedDocuments,
     document_index: int,
     max_seq_length: int,
     short_seq_prob: float,
     rng: np.random.Generator,
-    cls_id: int,
-    sep_id: int,
     random_next_prob: float = 0.5,
-) -> list[tuple[list[int], int, int]]:
-    """NSP instances from one document, as `(tokens, num_a, nsp_label)` rows.
+) -> np.ndarray:
+    """NSP instances from one document, as an (N, 5) int64 array of `_SPEC_COLUMNS`: where in
+    `documents.tokens` A and B lie (each is one run of consecutive sentences, truncated), and
+    the label. `_assemble` lays them out as `[CLS] A [SEP] B [SEP]`.
 
     `random_next_prob`: the share of B segments drawn from another document (BERT's 0.5; 0
     keeps B the actual continuation, as ELECTRA's data, except for one-sentence documents).
     """
-    document = documents[document_index]
+    so = documents.sentence_offsets
+    first = int(documents.document_offsets[document_index])  # the document's first sentence
+    num_sentences = int(documents.document_offsets[document_index + 1]) - first
     max_num_tokens = max_seq_length - 3  # room for [CLS], [SEP], [SEP]
 
     def draw_target() -> int:
@@ -168,53 +229,83 @@ def create_instances_from_document(
         return max_num_tokens
 
     target_seq_length = draw_target()
-    rows = []
-    chunk: list[list[int]] = []
+    specs = []
+    chunk_start, chunk_size = first, 0  # the chunk: sentences [chunk_start, + chunk_size)
     chunk_length = 0
     i = 0
-    while i < len(document):
-        chunk.append(document[i])
-        chunk_length += len(document[i])
+    while i < num_sentences:
+        if chunk_size == 0:
+            chunk_start = first + i
+        chunk_size += 1
+        chunk_length += int(so[first + i + 1] - so[first + i])
         # A chunk takes at least two sentences, and never leaves the document's last sentence
         # alone for the next chunk (see the module docstring): one sentence alone could only
         # make a "random next" pair.
-        last = len(document) - 1
-        if i == last or (chunk_length >= target_seq_length and len(chunk) >= 2 and i < last - 1):
-            if len(chunk) == 1 and len(document) > 1:
+        last = num_sentences - 1
+        if i == last or (chunk_length >= target_seq_length and chunk_size >= 2 and i < last - 1):
+            if chunk_size == 1 and num_sentences > 1:
                 break  # A lone last sentence put back by a "random next" pair: dropped.
-            a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
-            tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
-            tokens_b: list[int] = []
-            if len(chunk) == 1 or rng.random() < random_next_prob:
+            a_end = 1 if chunk_size < 2 else int(rng.integers(1, chunk_size))
+            a_start = int(so[chunk_start])
+            a_length = int(so[chunk_start + a_end]) - a_start
+            if chunk_size == 1 or rng.random() < random_next_prob:
                 is_random_next = 1
-                target_b_length = target_seq_length - len(tokens_a)
+                target_b_length = target_seq_length - a_length
                 # Any document but this one: draw from n - 1 and skip over our own index.
                 other = int(rng.integers(0, len(documents) - 1))
                 other += other >= document_index
-                random_document = documents[other]
-                start = int(rng.integers(0, len(random_document)))
-                for sentence in random_document[start:]:
-                    tokens_b.extend(sentence)
-                    if len(tokens_b) >= target_b_length:
-                        break
+                other_first = int(documents.document_offsets[other])
+                other_end = int(documents.document_offsets[other + 1])
+                start = other_first + int(rng.integers(0, other_end - other_first))
+                # Sentences from `start` on, up to the first that brings B to its target
+                # length (at least one), or to the document's end.
+                b_start = int(so[start])
+                ends = so[start + 1:other_end + 1]
+                k = int(np.searchsorted(ends, b_start + target_b_length, side="left"))
+                b_length = int(ends[min(k, len(ends) - 1)]) - b_start
                 # The sentences after A were not used: put them back for the next chunk.
-                i -= len(chunk) - a_end
+                i -= chunk_size - a_end
             else:
                 is_random_next = 0
-                tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
-            truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
-            if tokens_a and tokens_b:
-                tokens = [cls_id, *tokens_a, sep_id, *tokens_b, sep_id]
-                rows.append((tokens, len(tokens_a) + 2, is_random_next))
-            chunk = []
+                b_start = int(so[chunk_start + a_end])
+                b_length = int(so[chunk_start + chunk_size]) - b_start
+            cut_a, a_length, cut_b, b_length = _truncation(a_length, b_length, max_num_tokens,
+                                                           rng)
+            if a_length and b_length:
+                specs.append((a_start + cut_a, a_length, b_start + cut_b, b_length,
+                              is_random_next))
+            chunk_size = 0
             chunk_length = 0
             target_seq_length = draw_target()
         i += 1
-    return rows
+    return np.array(specs, np.int64).reshape(-1, len(_SPEC_COLUMNS))
+
+
+def _assemble(documents: TokenizedDocuments, specs: np.ndarray, cls_id: int,
+              sep_id: int) -> PretrainingInstances:
+    """`[CLS] A [SEP] B [SEP]` rows from instance specs, written straight into the packed
+    token array (no per-instance lists)."""
+    if not len(specs):
+        return PretrainingInstances.empty()
+    a_start, a_length, b_start, b_length, labels = specs.T
+    offsets = np.zeros(len(specs) + 1, np.int64)
+    np.cumsum(a_length + b_length + 3, out=offsets[1:])
+    tokens = np.empty(int(offsets[-1]), np.int32)
+    source = documents.tokens
+    tokens[offsets[:-1]] = cls_id
+    tokens[offsets[:-1] + a_length + 1] = sep_id
+    tokens[offsets[1:] - 1] = sep_id
+    for o, sa, la, sb, lb in zip(offsets[:-1].tolist(), a_start.tolist(), a_length.tolist(),
+                                 b_start.tolist(), b_length.tolist()):
+        tokens[o + 1:o + 1 + la] = source[sa:sa + la]
+        tokens[o + 2 + la:o + 2 + la + lb] = source[sb:sb + lb]
+    return PretrainingInstances(tokens=tokens, offsets=offsets,
+                                num_a=(a_length + 2).astype(np.int32),
+                                nsp_labels=labels.astype(np.int32))
 
 
 def create_instances(
-    documents: Sequence[TokenizedDocument],
+    documents: TokenizedDocuments | Sequence[TokenizedDocument],
     max_seq_length: int,
     short_seq_prob: float,
     seed: int,
@@ -224,50 +315,75 @@ def create_instances(
     progress: bool = False,
     random_next_prob: float = 0.5,
 ) -> PretrainingInstances:
-    """NSP instances from all documents (one pass; `copy` varies the draws between passes)."""
+    """NSP instances from all documents (one pass; `copy` varies the draws between passes).
+
+    `documents`: `tokenize_documents`' result, or documents as lists of sentences of ids."""
+    if not isinstance(documents, TokenizedDocuments):
+        documents = TokenizedDocuments.from_lists(documents)
     if len(documents) < 2:
         raise ValueError(f"NSP needs at least 2 non-empty documents to draw random next segments "
                          f"from; got {len(documents)}.")
     if max_seq_length < 5:
         raise ValueError(f"max_seq_length={max_seq_length} leaves no room for `[CLS] A [SEP] B [SEP]`.")
-    rows = []
+    specs = []
     for d in tqdm(range(len(documents)), desc="instances", unit="doc", disable=not progress,
                   leave=False):
         rng = np.random.default_rng([seed, _CREATE_STREAM, copy, d])
-        rows.extend(create_instances_from_document(
-            documents, d, max_seq_length, short_seq_prob, rng, cls_id, sep_id,
-            random_next_prob))
-    if not rows:
-        return PretrainingInstances.empty()
-    return PretrainingInstances.from_rows(rows)
+        specs.append(create_instances_from_document(
+            documents, d, max_seq_length, short_seq_prob, rng, random_next_prob))
+    return _assemble(documents, np.concatenate(specs), cls_id, sep_id)
 
 
 def tokenize_documents(
     documents: Sequence[Sequence[str]], tokenizer: Tokenizer, chunk_size: int = 20_000,
     progress: bool = True,
-) -> list[TokenizedDocument]:
-    """Splits units into sentences and tokenises them in batches; drops empty ones."""
-    sentences = []
-    owner = []  # document index of each sentence
+) -> TokenizedDocuments:
+    """Splits units into sentences and tokenises them in batches; drops empty ones.
+
+    Sentences are split and tokenised `chunk_size` at a time and each batch's ids go straight
+    into an int32 array, so neither the sentence texts nor the tokenizer's Python lists are
+    ever held for the whole corpus.
+    """
+    pieces, lengths, owners = [], [], []  # per batch: ids, sentence lengths, their documents
+    batch_sentences, batch_owners = [], []
+
+    def flush():
+        # A corpus that writes "[MASK]" or "[PAD]" (text about BERT) must not put a real [PAD]
+        # or [SEP] inside a segment, nor an unlabelled [MASK].
+        encoded = tokenizer.encode_batch(batch_sentences, special_tokens_as_text=True)
+        n = np.fromiter(map(len, encoded), np.int64, count=len(encoded))
+        pieces.append(np.fromiter(itertools.chain.from_iterable(encoded), np.int32,
+                                  count=int(n.sum())))
+        kept = n > 0  # empty sentences (nothing but spaces) are dropped
+        lengths.append(n[kept])
+        owners.append(np.asarray(batch_owners, np.int64)[kept])
+        bar.update(len(encoded))
+        batch_sentences.clear()
+        batch_owners.clear()
+
+    num_units = sum(map(len, documents))
+    bar = tqdm(total=num_units, desc="tokenize", unit="unit",
+               disable=not progress or num_units < chunk_size, leave=False)
     for d, document in enumerate(documents):
         for unit in document:
             for sentence in split_sentences(unit):
-                sentences.append(sentence)
-                owner.append(d)
-    tokenized: list[TokenizedDocument] = [[] for _ in documents]
-    bar = tqdm(total=len(sentences), desc="tokenize", unit="sent", disable=not progress or
-               len(sentences) < 5 * chunk_size, leave=False)
-    for start in range(0, len(sentences), chunk_size):
-        # A corpus that writes "[MASK]" or "[PAD]" (text about BERT) must not put a real [PAD]
-        # or [SEP] inside a segment, nor an unlabelled [MASK].
-        batch = tokenizer.encode_batch(sentences[start:start + chunk_size],
-                                       special_tokens_as_text=True)
-        for d, ids in zip(owner[start:start + chunk_size], batch):
-            if ids:
-                tokenized[d].append(ids)
-        bar.update(len(batch))
+                batch_sentences.append(sentence)
+                batch_owners.append(d)
+            if len(batch_sentences) >= chunk_size:
+                flush()
+    if batch_sentences:
+        flush()
     bar.close()
-    return [doc for doc in tokenized if doc]
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    sentence_offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=sentence_offsets[1:])
+    # Sentences come in document order; documents left without any are dropped.
+    counts = np.bincount(np.concatenate(owners) if owners else np.zeros(0, np.int64),
+                         minlength=len(documents))
+    document_offsets = np.zeros(int(np.count_nonzero(counts)) + 1, np.int64)
+    np.cumsum(counts[counts > 0], out=document_offsets[1:])
+    return TokenizedDocuments(tokens, sentence_offsets, document_offsets)
 
 
 # ------------------------------------------------------------------ the entry point
@@ -447,8 +563,8 @@ def build_pretraining_data(
     with phase("Tokenising", progress) as step:
         train_docs = tokenize_documents(train_texts, tokenizer, progress=progress)
         eval_docs = tokenize_documents(eval_texts, tokenizer, progress=progress)
-        step.result = (f"{sum(map(len, train_docs)):,} training and "
-                       f"{sum(map(len, eval_docs)):,} held-out sentences")
+        step.result = (f"{train_docs.num_sentences:,} training and "
+                       f"{eval_docs.num_sentences:,} held-out sentences")
     if len(train_docs) < 2:
         raise ValueError(f"Corpus {c.corpus!r} has {len(train_docs)} non-empty training "
                          "document(s) after tokenisation; NSP needs at least 2.")
