@@ -577,3 +577,40 @@ def test_bilm_loss_is_the_mean_of_next_and_previous_word_nll_over_real_tokens(da
     # Layer 0 of the features is the token layer twice, [x; x], as ELMo gives it to the mix.
     p = task.model_config.projection_dim
     np.testing.assert_array_equal(inter["char_cnn"][..., :p], inter["char_cnn"][..., p:])
+
+
+def test_the_bilm_corpus_is_encoded_as_before_without_a_string_per_token(data_dir):
+    """The pieces were held as lists of token strings (about 60 bytes a token) until encoded:
+    now each unit goes straight to 4-byte ids. The vocabulary and the encoded training and
+    held-out data are the same as the string path's (frame_units, build_vocab, Encoded)."""
+    import tracemalloc
+    from tl_jax import paths
+    from tl_jax.data import clm as clm_data, sources
+    config, task = _tiny_task(data_dir, "data.max_units=3000", "data.eval_fraction=0.2",
+                              "data.max_vocab=500")
+    d = config.data
+    units = [u for doc in sources.load_documents(paths.expand(d.corpus), d.text_field, None)
+             for u in doc][:3000]
+    sequences = bilm.frame_units(units, d.max_len)
+    held = np.random.default_rng(clm_data.EVAL_SPLIT_SEED).random(len(sequences)) < 0.2
+    train = [s for s, h in zip(sequences, held) if not h]
+    vocab = bilm.build_vocab(train, d.min_count, d.max_vocab)
+    assert task.vocab == vocab
+    max_chars = task.model_config.max_chars
+    for got, want in ((task.train_data, bilm.Encoded(train, vocab, d.max_len, max_chars)),
+                      (task.eval_data, bilm.Encoded([s for s, h in zip(sequences, held) if h],
+                                                    vocab, d.max_len, max_chars))):
+        for key in ("types", "type_words", "type_chars", "lengths"):
+            assert getattr(got, key).dtype == getattr(want, key).dtype
+            np.testing.assert_array_equal(getattr(got, key), getattr(want, key))
+    tracemalloc.start()
+    try:
+        spellings, types = bilm.encode_units(units, d.max_len)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    tokens = sum(map(len, sequences))
+    assert np.count_nonzero(types) == tokens > 50_000
+    # The padded array, the ids back to back (4 bytes a token, grown by doubling) and the
+    # distinct spellings: no per-token strings (the string path's peak is over 60 per token).
+    assert peak < types.nbytes + 12 * tokens + 200 * len(spellings), (peak, tokens)

@@ -11,6 +11,7 @@ reports forward and backward perplexity.
 """
 from __future__ import annotations
 
+import array
 import collections
 import dataclasses
 import json
@@ -43,6 +44,11 @@ def build_vocab(sequences, min_count: int, max_vocab: int) -> list[str]:
     """SPECIALS + words seen at least `min_count` times, most frequent first (max `max_vocab`)."""
     counts = collections.Counter(t for seq in sequences for t in seq
                                  if t not in (elmo.BOS_TOKEN, elmo.EOS_TOKEN))
+    return vocab_from_counts(counts, min_count, max_vocab)
+
+
+def vocab_from_counts(counts, min_count: int, max_vocab: int) -> list[str]:
+    """`build_vocab` from a {word: count} mapping (words that occur, markers left out)."""
     words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
     return list(SPECIALS) + words[:max(0, max_vocab - len(SPECIALS))]
 
@@ -59,6 +65,33 @@ def frame_units(units, max_len: int) -> list[list[str]]:
     return out
 
 
+def encode_units(units, max_len: int) -> tuple[list[str], np.ndarray]:
+    """`frame_units` as arrays: (spellings, types (N, max_len) int32), where row n holds the
+    spelling ids of piece n (`spellings[id]`) and 0 (`<pad>`) after its end.
+
+    Each unit is tokenised and turned into ids at once, so the corpus is held as 4-byte ids,
+    not as one Python string per token (about 60 bytes each).
+    """
+    if max_len < 3:
+        raise ValueError(f"data.max_len must be >= 3 (two markers and a word), got {max_len}")
+    index = {"<pad>": 0, elmo.BOS_TOKEN: 1, elmo.EOS_TOKEN: 2}
+    ids, lengths = array.array("i"), array.array("i")  # every piece's ids back to back
+    width = max_len - 2
+    for unit in units:
+        unit_ids = [index.setdefault(t, len(index)) for t in tokenize(unit)]
+        for s in range(0, len(unit_ids), width):
+            piece = unit_ids[s:s + width]
+            ids.append(1)
+            ids.extend(piece)
+            ids.append(2)
+            lengths.append(len(piece) + 2)
+    types = np.zeros((len(lengths), max_len), np.int32)
+    # Row-major, a piece's positions are consecutive: the mask picks them in the order of `ids`.
+    types[np.arange(max_len)[None, :] < np.frombuffer(lengths, np.int32)[:, None]] = \
+        np.frombuffer(ids, np.int32)
+    return list(index), types
+
+
 class Encoded:
     """Sequences stored as token-type ids (B, T) plus per-type word ids and characters.
 
@@ -67,18 +100,47 @@ class Encoded:
     """
 
     def __init__(self, sequences, vocab: list[str], max_len: int, max_chars: int):
-        word_index = {w: i for i, w in enumerate(vocab)}
         type_index: dict[str, int] = {"<pad>": 0}
         types = np.zeros((len(sequences), max_len), np.int32)  # (N, T)
         for n, seq in enumerate(sequences):
             types[n, :len(seq)] = [type_index.setdefault(t, len(type_index)) for t in seq]
-        spellings = list(type_index)
+        self._set(types, list(type_index), vocab, max_chars)
+
+    @classmethod
+    def from_types(cls, types: np.ndarray, spellings: list[str], vocab: list[str],
+                   max_chars: int) -> "Encoded":
+        """From some rows of `encode_units`: the same as `Encoded` of those pieces as strings
+        (its types numbered by first appearance in the rows, only the spellings they use).
+        `types` is taken over: renumbered in place (pass a copy to keep it)."""
+        # The rows' spellings in order of first appearance, found a block of rows at a time
+        # (np.unique's index is 8 bytes a position) and renumbered in place.
+        step = max(1, (1 << 20) // max(1, types.shape[1]))
+        seen = np.zeros(len(spellings), bool)
+        order = []
+        for start in range(0, len(types), step):
+            flat = types[start:start + step].ravel()
+            used, first = np.unique(flat[flat > 0], return_index=True)
+            new = ~seen[used]
+            order.append(used[new][np.argsort(first[new])])
+            seen[used] = True
+        order = np.concatenate(order) if order else np.zeros(0, np.int32)
+        renumber = np.zeros(len(spellings), np.int32)
+        renumber[order] = np.arange(1, len(order) + 1, dtype=np.int32)
+        types = np.ascontiguousarray(types)
+        for start in range(0, len(types), step):
+            types[start:start + step] = renumber[types[start:start + step]]
+        self = cls.__new__(cls)
+        self._set(types, ["<pad>"] + [spellings[i] for i in order], vocab, max_chars)
+        return self
+
+    def _set(self, types: np.ndarray, spellings: list[str], vocab: list[str], max_chars: int):
+        word_index = {w: i for i, w in enumerate(vocab)}
         self.types = types
         self.type_words = np.array([word_index.get(t, UNK_ID) for t in spellings], np.int32)
         self.type_words[0] = PAD_ID
         self.type_chars = elmo.char_ids(spellings, max_chars)  # (n_types, C)
         self.type_chars[0] = 0  # padding positions have no characters at all
-        self.lengths = np.array([len(s) for s in sequences], np.int32)
+        self.lengths = np.count_nonzero(types, axis=1).astype(np.int32)  # padding only trails
 
     def __len__(self):
         return len(self.types)
@@ -216,19 +278,24 @@ class Task:
         units = [u for doc in documents for u in doc]
         if data_cfg.max_units:
             units = units[:data_cfg.max_units]
-        sequences = frame_units(units, data_cfg.max_len)
+        spellings, types = encode_units(units, data_cfg.max_len)
+        del units, documents
         # A random eval_fraction of the pieces is held out, the same ones whatever the run's
         # seed: runs with different seeds are scored on the same text.
-        held = np.random.default_rng(clm_data.EVAL_SPLIT_SEED).random(len(sequences)) < \
+        held = np.random.default_rng(clm_data.EVAL_SPLIT_SEED).random(len(types)) < \
             data_cfg.eval_fraction
-        train_seqs = [s for s, h in zip(sequences, held) if not h]
-        eval_seqs = [s for s, h in zip(sequences, held) if h]
+        train_types, eval_types = types[~held], types[held]
+        del types
         saved_vocab = os.path.join(workdir, "vocab.txt") if workdir else None
         if saved_vocab and os.path.exists(saved_vocab) and checkpoint.has_saved_step(workdir):
             # A resumed run keeps its vocabulary; one left by a run that never saved does not.
             self.vocab = load_vocab(saved_vocab)
         else:
-            self.vocab = build_vocab(train_seqs, data_cfg.min_count, data_cfg.max_vocab)
+            # Counted over the training pieces' ids: <pad> and the two markers are no words.
+            counts = np.bincount(train_types.ravel(), minlength=len(spellings))
+            self.vocab = vocab_from_counts(
+                {spellings[i]: int(counts[i]) for i in np.flatnonzero(counts) if i > 2},
+                data_cfg.min_count, data_cfg.max_vocab)
             if len(self.vocab) == len(SPECIALS):  # every token would be <unk>
                 raise ValueError(f"no word of the training text occurs data.min_count="
                                  f"{data_cfg.min_count} times: the vocabulary would hold only "
@@ -240,9 +307,9 @@ class Task:
             **({"max_chars": config.model.max_chars} if config.model.max_chars else {}))
         self.model = elmo.BiLM(self.model_config)
         max_chars = self.model_config.max_chars
-        self.train_data = Encoded(train_seqs, self.vocab, data_cfg.max_len, max_chars)
-        self.eval_data = Encoded(eval_seqs, self.vocab, data_cfg.max_len, max_chars) \
-            if eval_seqs else None
+        self.train_data = Encoded.from_types(train_types, spellings, self.vocab, max_chars)
+        self.eval_data = Encoded.from_types(eval_types, spellings, self.vocab, max_chars) \
+            if len(eval_types) else None
         seq = data_cfg.max_len
         sampled = config.loss.sampled_softmax
         self.flops_per_example = self.model_config.flops_per_token(
