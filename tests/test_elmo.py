@@ -614,3 +614,48 @@ def test_the_bilm_corpus_is_encoded_as_before_without_a_string_per_token(data_di
     # The padded array, the ids back to back (4 bytes a token, grown by doubling) and the
     # distinct spellings: no per-token strings (the string path's peak is over 60 per token).
     assert peak < types.nbytes + 12 * tokens + 200 * len(spellings), (peak, tokens)
+
+
+def test_sequence_iterator_draws_each_epochs_order_once_with_the_same_batches(monkeypatch):
+    """The biLM batches' order was redrawn (O(corpus)) on every step; now once per epoch, with
+    the batches of the old formula over epoch boundaries and after a resume."""
+    data = bilm.Encoded([[f"w{i}", f"v{i % 5}"] for i in range(23)], ["<pad>", "<unk>"],
+                        max_len=3, max_chars=8)
+    batch, seed, steps = 4, 3, 17  # 5 batches an epoch (3 rows dropped): 3.4 epochs
+
+    def old(process_index, process_count):  # the old per-step formula
+        local = batch // process_count
+        out, epoch, position = [], 0, 0
+        for _ in range(steps):
+            order = np.random.default_rng([seed, epoch]).permutation(len(data))
+            start = position * batch + process_index * local
+            out.append(data.batch(order[start:start + local]))
+            position += 1
+            if position == len(data) // batch:
+                epoch, position = epoch + 1, 0
+        return out
+
+    draws = []
+    real_rng = np.random.default_rng
+    monkeypatch.setattr(np.random, "default_rng", lambda s=None: draws.append(s) or real_rng(s))
+    for index, count in ((0, 1), (1, 2)):
+        reference = old(index, count)
+        draws.clear()
+        it = bilm.SequenceIterator(data, batch, seed, index, count)
+        got = [next(it) for _ in range(steps)]
+        assert draws == [[seed, e] for e in range(4)]  # once per epoch, not once per step
+        for mine, theirs in zip(got, reference, strict=True):
+            for k in theirs:
+                np.testing.assert_array_equal(mine[k], theirs[k])
+        for stop in (7, 10):  # mid-epoch; at an epoch's end
+            first = bilm.SequenceIterator(data, batch, seed, index, count)
+            for _ in range(stop):
+                next(first)
+            resumed = bilm.SequenceIterator(data, batch, seed, index, count)
+            resumed.set_state(json.loads(json.dumps(first.get_state())))
+            for mine, theirs in zip([next(resumed) for _ in range(steps - stop)],
+                                    reference[stop:], strict=True):
+                for k in theirs:
+                    np.testing.assert_array_equal(mine[k], theirs[k])
+            first.set_state({"epoch": 0, "batch": 2})  # another epoch's order is drawn again
+            np.testing.assert_array_equal(next(first)["token_ids"], reference[2]["token_ids"])
