@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tl_jax.data.sources import non_utf8_message
+from tl_jax.progress import bar as progress_bar
 from tl_jax.data.tokenizer import Tokenizer
 from tl_jax.models import bert
 from tl_jax.tasks import downstream
@@ -136,11 +137,10 @@ def extract(init_from: str, texts: list[str], layers: str = "last", max_seq_leng
     if cut:
         print(f"[extract] {cut} of {len(texts)} lines were truncated to {max_seq_length} sub-tokens")
     all_tokens, all_features = [], []
-    from tqdm.auto import tqdm
     starts = range(0, len(encoded), batch_size)
     # A bar on stderr for files of more than one batch (off when stderr is not a terminal).
-    for start in tqdm(starts, desc="extract", unit="batch", disable=None if len(starts) > 1
-                      else True, leave=False):
+    for start in progress_bar(starts, desc="extract", unit="batch",
+                              disable=None if len(starts) > 1 else True, leave=False):
         chunk = encoded[start:start + batch_size]
         ids = np.zeros((batch_size, max_seq_length), np.int32)  # fixed shape: one compilation
         mask = np.zeros_like(ids)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tl_jax import paths
+from tl_jax.progress import bar as progress_bar
 from tl_jax.models.gpt import GPT, check_tokens, init_cache
 
 
@@ -370,11 +371,10 @@ def score(model: GPT, params, contexts: Sequence[Sequence[int]],
         weights.append([0.0] * len(ctx) + [1.0] * len(cont))
     fn = _score_fn(model)
     results = []
-    from tqdm.auto import tqdm
     starts = range(0, len(rows), batch_size)
-    for start in tqdm(starts, desc="score", unit="batch", leave=False,
-                      disable=True if len(starts) < 2 else None if progress is None
-                      else not progress):
+    for start in progress_bar(starts, desc="score", unit="batch", leave=False,
+                              disable=True if len(starts) < 2 else None if progress is None
+                              else not progress):
         chunk = rows[start:start + batch_size]
         n = len(chunk)
         width = min(int(-(-max(map(len, chunk)) // bucket) * bucket), cfg.max_len + 1)

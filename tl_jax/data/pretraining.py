@@ -48,11 +48,10 @@ import os
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from tl_jax import paths
 from tl_jax.checkpoint import has_saved_step
-from tl_jax.progress import phase
+from tl_jax.progress import bar as progress_bar, phase
 from tl_jax.data.masking import Masker, check_replacement_probs
 from tl_jax.data.pretraining_iterator import (
     PretrainingIterator,
@@ -326,8 +325,8 @@ def create_instances(
     if max_seq_length < 5:
         raise ValueError(f"max_seq_length={max_seq_length} leaves no room for `[CLS] A [SEP] B [SEP]`.")
     specs = []
-    for d in tqdm(range(len(documents)), desc="instances", unit="doc", disable=not progress,
-                  leave=False):
+    for d in progress_bar(range(len(documents)), desc="instances", unit="doc",
+                          disable=not progress, leave=False):
         rng = np.random.default_rng([seed, _CREATE_STREAM, copy, d])
         specs.append(create_instances_from_document(
             documents, d, max_seq_length, short_seq_prob, rng, random_next_prob))
@@ -362,8 +361,8 @@ def tokenize_documents(
         batch_owners.clear()
 
     num_units = sum(map(len, documents))
-    bar = tqdm(total=num_units, desc="tokenize", unit="unit",
-               disable=not progress or num_units < chunk_size, leave=False)
+    bar = progress_bar(total=num_units, desc="tokenize", unit="unit",
+                       disable=not progress or num_units < chunk_size, leave=False)
     for d, document in enumerate(documents):
         for unit in document:
             for sentence in split_sentences(unit):
