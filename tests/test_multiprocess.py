@@ -2,7 +2,7 @@
 against one process with 8 devices, for what the BERT test in test_checkpoint.py does not
 cover: a fine-tune with eval (a partial last eval batch, eval predictions, the best checkpoint)
 and `tl_jax predict`; a fine-tune from pretrained weights (`init_from`) whose params are
-sharded over both processes."""
+sharded over both processes; a SIGTERM that reaches only one of the processes."""
 import json
 import os
 import pathlib
@@ -30,21 +30,37 @@ def _env(**extra):
     return env
 
 
-def two_processes(argv):
-    """Runs `tl_jax ARGV` as 2 processes; returns their (returncode, stdout, stderr)."""
+def start_two_processes(argv, **env):
+    """Starts `tl_jax ARGV` as 2 processes (4 CPU devices each); returns their Popens."""
     port = _free_port()
-    procs = [subprocess.Popen(
+    return [subprocess.Popen(
         [sys.executable, WORKER] + argv, cwd=ROOT,
         env=_env(WORKER_DEVICES="4", TL_JAX_COORDINATOR=f"localhost:{port}",
-                 TL_JAX_NUM_PROCESSES="2", TL_JAX_PROCESS_ID=str(i)),
+                 TL_JAX_NUM_PROCESSES="2", TL_JAX_PROCESS_ID=str(i), **env),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def finish(procs, timeout=600):
+    """Waits for both processes; returns their (returncode, stdout, stderr). One still running
+    after `timeout` s (a hang: the other one left a collective) is killed and fails the test."""
     try:
-        outs = [p.communicate(timeout=600) for p in procs]
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        outs = [p.communicate() for p in procs]
+        pytest.fail(f"still running after {timeout} s (hung); output tails:\n" + "\n---\n".join(
+            f"process {i}: {out[-1000:]}{err[-1000:]}" for i, (out, err) in enumerate(outs)))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
     return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+
+
+def two_processes(argv):
+    """Runs `tl_jax ARGV` as 2 processes; returns their (returncode, stdout, stderr)."""
+    return finish(start_two_processes(argv))
 
 
 def _ok(results):
@@ -203,3 +219,67 @@ def test_a_mesh_whose_batch_shards_span_two_processes_is_refused_at_once(data_di
                "processes [0, 1]" in err
         assert "Traceback" not in err
     assert not (tmp_path / "tokenizer").exists()
+
+
+def _sigterm_to_process_1(workdir, train_args, steps, **env):
+    """Starts `tl_jax TRAIN_ARGS` as 2 processes, sends SIGTERM to process 1 alone once process 0
+    has logged 3 steps, and checks that both saved the same step and exited 143 (each saying
+    so). Returns that step and the processes' (returncode, stdout, stderr)."""
+    import signal
+    import time
+
+    from tl_jax import checkpoint
+
+    procs = start_two_processes(train_args, **env)
+    metrics = workdir / "metrics.jsonl"  # written by process 0, a row a step
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in procs) and not (
+            metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)
+    results = finish(procs, timeout=120)  # a few seconds when it works; the old code hung
+    saved = [int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()]
+    assert len(saved) == 1 and 3 <= saved[0] < steps, saved
+    for rc, out, err in results:
+        assert rc == 143, err[-3000:]
+        assert f"SIGTERM: saved step {saved[0]}; exiting." in out
+        assert err.strip().splitlines()[-1] == (
+            f"tl_jax: Training stopped at step {saved[0]} of {steps} (SIGTERM; saved in "
+            f"{workdir / 'checkpoints'}): run the same command again to resume it.")
+    _, step = checkpoint.load_params_from_workdir(str(workdir))  # complete: it restores
+    assert step == saved[0]
+    return saved[0], results
+
+
+def _sigterm_args(workdir, overrides, steps):
+    return ["train", "--config=configs/bert_pretrain.py:tiny", f"--workdir={workdir}"] + [
+        f"--config.{o}" for o in overrides + [
+            "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=100000",
+            f"train.steps={steps}"]]
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step_then_resumes(tiny_bert_overrides,
+                                                                         tmp_path):
+    # A preemption may reach only one host. Each process used to stop at its own next step
+    # boundary: the signalled one went into the (collective) save, the other into the next
+    # step's collectives, and both waited there until killed. Now jax's preemption sync manager
+    # has both stop at one step: they save it together and exit 143, and the same command
+    # resumes from that checkpoint.
+    steps = 400  # several steps a second: both are stopped long before the end
+    saved, results = _sigterm_to_process_1(
+        tmp_path, _sigterm_args(tmp_path, tiny_bert_overrides, steps), steps)
+    assert "preemption sync manager is not running" not in results[0][1]
+    resumed = _ok(two_processes(_sigterm_args(tmp_path, tiny_bert_overrides, saved + 2)))
+    assert f"Resuming from step {saved} " in resumed[0][1]
+    assert json.loads((tmp_path / "summary.json").read_text())["step"] == saved + 2
+
+
+def test_sigterm_to_one_process_stops_both_without_jax_preemption_service(tiny_bert_overrides,
+                                                                          tmp_path):
+    # With jax's preemption service turned off, the processes share their SIGTERM flags after
+    # every step instead, and still stop together.
+    steps = 400
+    _, results = _sigterm_to_process_1(
+        tmp_path, _sigterm_args(tmp_path, tiny_bert_overrides, steps), steps,
+        JAX_ENABLE_PREEMPTION_SERVICE="false")
+    assert "jax's preemption sync manager is not running" in results[0][1]
