@@ -447,6 +447,72 @@ def test_checkpoint_from_8_devices_restores_on_1_and_on_4x2(tiny_bert_overrides,
             assert losses(target)[step] == pytest.approx(losses(tmp_path / "eight")[step], rel=1e-5)
 
 
+def _device_arrays_made_by_restores(monkeypatch):
+    """A list that gets, after each orbax restore, the device arrays it made that are still
+    alive when it returns (what it restored as jax.Arrays), as {device id: bytes}."""
+    import orbax.checkpoint as ocp
+    made, original = [], ocp.CheckpointManager.restore
+
+    def restore(self, *args, **kwargs):
+        before = {id(a) for a in jax.live_arrays()}
+        out = original(self, *args, **kwargs)
+        held = {}
+        for array in jax.live_arrays():
+            if id(array) not in before:
+                for shard in array.addressable_shards:
+                    held[shard.device.id] = held.get(shard.device.id, 0) + shard.data.nbytes
+        made.append(held)
+        return out
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", restore)
+    return made
+
+
+def test_params_of_a_sharded_run_are_read_into_host_memory_bit_for_bit(tiny_bert_overrides,
+                                                                       tmp_path, monkeypatch):
+    # Warm starts, predict, generate, convert and the distillation teacher read a workdir's
+    # params. They were restored onto one device first, so a model that only fits sharded could
+    # not be read at all; they are read into numpy, no device holding any of them.
+    result = run(tiny_bert_overrides, tmp_path, "mesh.fsdp=4", "mesh.tensor=2", "train.steps=2",
+                 "train.eval_every=0", "train.checkpoint_every=2")
+    trained = params_of(result)
+    kernel = result.state["params"]["bert"]["encoder"]["layer_0"]["mlp"]["output"]["kernel"]
+    assert len(kernel.sharding.device_set) == 8 and not kernel.sharding.is_fully_replicated
+    del result, kernel
+    made = _device_arrays_made_by_restores(monkeypatch)
+    flat, step = ckpt_lib.load_params_from_workdir(str(tmp_path))
+    assert step == 2 and made == [{}]
+    expected = {"/".join(str(k.key) for k in path): value for path, value in
+                jax.tree_util.tree_flatten_with_path(trained)[0]}
+    assert sorted(flat) == sorted(expected)
+    for name, value in flat.items():
+        assert type(value) is np.ndarray and value.dtype == expected[name].dtype, name
+        assert value.tobytes() == expected[name].tobytes(), name
+    # A partial read (fill_mask's, the teacher's): those subtrees only, still on no device.
+    only, _ = ckpt_lib.load_params_from_workdir(str(tmp_path), only=("mlm_head",))
+    assert made[1] == {} and sorted(only) == sorted(n for n in flat if n.startswith("mlm_head/"))
+    for name, value in only.items():
+        assert value.tobytes() == flat[name].tobytes(), name
+
+
+def test_params_are_read_in_the_dtype_they_were_saved_in(tmp_path, monkeypatch):
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("fsdp",))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
+    values = {"w": np.linspace(-3, 3, 16 * 3, dtype=np.float32).reshape(16, 3),
+              "half": np.linspace(-3, 3, 8, dtype=np.float32).astype(jnp.bfloat16),
+              "ids": np.arange(-8, 8, dtype=np.int32)}
+    state = {"params": {k: jax.device_put(v, split) for k, v in values.items()},
+             "step": jnp.asarray(5)}
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
+    ckpt.save(5, state, {"epoch": 0}, {"model": {}})
+    ckpt.close()
+    made = _device_arrays_made_by_restores(monkeypatch)
+    flat, step = ckpt_lib.load_params_from_workdir(str(tmp_path), step=5)
+    assert step == 5 and made == [{}] and sorted(flat) == sorted(values)
+    for name, value in values.items():
+        assert type(flat[name]) is np.ndarray and flat[name].dtype == value.dtype, name
+        assert flat[name].tobytes() == value.tobytes(), name
+
+
 def test_changed_model_on_resume_is_an_error_naming_the_fields(tiny_bert_overrides, tmp_path):
     run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3")
     with pytest.raises(ckpt_lib.CheckpointError) as e:

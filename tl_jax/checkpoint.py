@@ -649,9 +649,6 @@ def load_params_from_workdir(workdir: str, only: tuple[str, ...] | None = None,
     is not modified.
     """
     mgr, directory = _read_only_manager(workdir, ocp.PyTreeCheckpointHandler())
-    # Whatever mesh wrote it (8 devices, 2 processes, ...), read it onto this process's first
-    # device: orbax needs an explicit target when the topology differs.
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     _drop_closed_loop_noise()
     steps = sorted(mgr.all_steps(), reverse=True) if step is None else [step]
 
@@ -659,10 +656,15 @@ def load_params_from_workdir(workdir: str, only: tuple[str, ...] | None = None,
         metadata = _state_metadata(mgr, directory, step)["params"]
         if only is not None:
             metadata = {k: v for k, v in metadata.items() if k in only}
+        # Straight into host numpy, whatever mesh wrote it (8 devices, 2 processes, ...): orbax's
+        # numpy handler reads each array whole from its files, with the dtype it was saved in,
+        # and no device holds any of it. (Read as jax.Arrays, they all had to fit on one device
+        # first, so a model that only fits sharded could not be warm-started, predicted or be
+        # a teacher.) Callers place what they take on their own shardings.
         target = {"params": jax.tree_util.tree_map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)}
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata)}
         restore_args = jax.tree_util.tree_map(
-            lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
         return mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             item=target, restore_args=restore_args, partial_restore=True)))
 
