@@ -701,6 +701,28 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(tiny_bert_o
         assert l_multi[step] == pytest.approx(l_single[step], rel=1e-5)
 
 
+def test_a_warm_start_over_two_processes_places_each_shard_from_host_memory(tmp_path):
+    # Each device gets its own slice of a warm-started tensor from the host. `jax.device_put`
+    # of a host array onto devices of several processes first all-gathers it to check that
+    # every process passed the same value: every device held the whole tensor once per process.
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
+    params = {"w": np.arange(48, dtype=np.float32).reshape(8, 6) / 7,
+              "b": np.linspace(-1, 1, 6, dtype=np.float32)}
+    ckpt.save(3, {"params": params, "step": jnp.asarray(3)}, {"epoch": 0}, {"model": {}})
+    ckpt.close()
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "workers" / "warm_start_worker.py"), str(tmp_path),
+         str(i), str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for i in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        assert "[init_from] " + str(tmp_path) + " (step 3): took 2 tensors." in out
+        assert json.loads(out.splitlines()[-1]) == {"gathers": [], "right": True}, out
+
+
 def test_opening_a_workdir_read_only_does_not_warn(caplog):
     # Orbax logs "Given directory is read only" for every read-only manager: each generate,
     # convert, extract and init_from printed it. Other absl warnings still show.

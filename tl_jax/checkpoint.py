@@ -419,7 +419,7 @@ def merge_matching(params, source: dict[str, np.ndarray]):
             used.add(name)
             if src.shape == tuple(value.shape):
                 taken.append(name)
-                return jax.device_put(src.astype(value.dtype), value.sharding)
+                return put_from_host(src.astype(value.dtype, copy=False), value.sharding)
             mismatch.append((name, tuple(value.shape), src.shape))
         else:
             fresh.append(name)
@@ -429,6 +429,17 @@ def merge_matching(params, source: dict[str, np.ndarray]):
     report = dict(taken=taken, shape_mismatch=mismatch, not_in_checkpoint=fresh,
                   unused=sorted(set(source) - used))
     return params, report
+
+
+def put_from_host(host: np.ndarray, sharding) -> jax.Array:
+    """`host`, the same array on every process, as a jax.Array with `sharding`: each of this
+    process's devices gets its own slice, straight from host memory.
+
+    `jax.device_put` does that in one process; over several, it first all-gathers the whole
+    array to check that every process passed the same value, so every device held the whole
+    tensor once per process and a model that only fits sharded could not be warm-started. A
+    warm start reads the same checkpoint on every process, so there is nothing to check."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 class _DropOrbaxNoise(logging.Filter):
