@@ -128,14 +128,17 @@ def load_params(trainer, workdir: str, step: int):
         if name not in flat or tuple(flat[name].shape) != tuple(leaf.shape):
             missing.append(name)
             return None
-        return flat[name].astype(leaf.dtype)
+        return flat[name].astype(leaf.dtype, copy=False)
 
     params = jax.tree_util.tree_map_with_path(pick, trainer.abstract_state["params"])
     if missing:
         raise checkpoint.CheckpointError(
             f"checkpoint {step} of {workdir} does not hold the model its config builds "
             f"(missing or of another shape: {', '.join(missing[:3])})")
-    return jax.device_put(params, trainer.state_shardings["params"])
+    # Each device gets its own slice from host memory: on several processes jax.device_put
+    # first gathered every whole tensor onto every device, so the model had to fit on one.
+    return jax.tree_util.tree_map(checkpoint.put_from_host, params,
+                                  trainer.state_shardings["params"])
 
 
 def fit_mesh(config):
