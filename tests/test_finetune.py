@@ -770,3 +770,76 @@ def test_epoch_batches_draw_each_epochs_order_once_and_give_the_same_batches(mon
         # set_state on an iterator that already holds another epoch's order draws the new one
         first.set_state({"epoch": 0, "position": 3})
         np.testing.assert_array_equal(next(first)["label"], reference[3]["label"])
+
+
+# -- The eval pass -------------------------------------------------------------------------
+
+
+def _eval_trainer(kind, data_dir, tmp_path, overrides=()):
+    """A trainer (random weights, all 8 devices) and its params for an eval of `kind`: a
+    classifier on polarity sentences (21 rows: a partial last batch), a tagger, a QA model
+    whose contexts take several windows each."""
+    import jax
+    from conftest import write_polarity_files
+
+    if kind == "classify":
+        files = write_polarity_files(data_dir, tmp_path, 21)
+        spec, data = "configs/finetune_classify.py:tiny", [
+            f"data.train_file={files / 'train.jsonl'}", f"data.eval_file={files / 'eval.jsonl'}",
+            "data.max_seq_length=32", "data.batch_size=16"]
+    elif kind == "tag":
+        words = "emma smiled at mr knightley in highbury before the ball began".split()
+        conll = tmp_path / "tags.conll"
+        conll.write_text("".join(
+            "".join(f"{w} {'B-PER' if w in ('emma', 'knightley') else 'O'}\n"
+                    for w in words[:1 + (3 * i) % len(words)]) + "\n" for i in range(40)))
+        spec, data = "configs/finetune_tag.py:tiny", [
+            f"data.train_file={conll}", f"data.eval_file={conll}", "data.max_seq_length=16",
+            "data.batch_size=16"]
+    else:
+        contexts = ["Emma lived at Hartfield with her father near the village of Highbury.",
+                    "Elinor and Marianne moved to Barton Cottage in Devonshire after their "
+                    "father died."]
+        records = [dict(id=f"q{i}", title="t", question=f"who lived there {i}?",
+                        context=contexts[i % 2], is_impossible=False,
+                        answers=[dict(text=contexts[i % 2].split()[0], answer_start=0)])
+                   for i in range(24)]
+        readers.write_squad(tmp_path / "qa.json", records)
+        spec, data = "configs/finetune_squad.py:tiny", [
+            f"data.train_file={tmp_path / 'qa.json'}", f"data.eval_file={tmp_path / 'qa.json'}",
+            "data.max_seq_length=32", "data.doc_stride=8", "data.max_query_length=8",
+            "data.batch_size=8"]
+    config = config_lib.load_config(spec, ["train.progress=False", "data.max_train_examples=0",
+                                           "data.max_eval_examples=0", *data, *overrides])
+    trainer = train.build_trainer(config, str(tmp_path / "run"))
+    return trainer, trainer.init_state(jax.random.PRNGKey(0))["params"]
+
+
+def test_an_eval_on_several_processes_gathers_the_outputs_not_the_input_batches(
+        data_dir, tmp_path, monkeypatch):
+    """On several processes every eval batch was gathered whole to every host (input ids,
+    masks, labels: more than the outputs the task decodes) beside the predict step's outputs.
+    The trainer's view of the process count says 2 here, and the all-gather records what it
+    gathers: the predict outputs alone (a classifier's probabilities and rows), and the metrics
+    do not change."""
+    import types
+
+    import jax
+
+    trainer, params = _eval_trainer("classify", data_dir, tmp_path, ["mesh.num_devices=1"])
+    alone = train.evaluate(trainer, params, 0)
+    gathered = []
+
+    def allgather(x, tiled):
+        assert tiled
+        gathered.append((x.shape, str(x.dtype)))
+        return np.asarray(x)
+
+    view = {k: getattr(jax, k) for k in dir(jax) if not k.startswith("__")}
+    monkeypatch.setattr(train, "jax", types.SimpleNamespace(**dict(view, process_count=lambda: 2)))
+    monkeypatch.setattr(train, "multihost_utils", types.SimpleNamespace(
+        process_allgather=allgather))
+    assert train.evaluate(trainer, params, 0) == alone
+    n_batches, n_labels = 2, len(trainer.task.labels)
+    assert sorted(gathered) == sorted([((16, n_labels), "float32"), ((16,), "int32")]
+                                      * n_batches), gathered

@@ -406,7 +406,12 @@ def first_nonfinite(metric_list: list[dict], first_step: int) -> tuple[int, str]
 
 
 def _to_host(x) -> np.ndarray:
-    """A global array as numpy on every process (gathered across hosts when needed)."""
+    """A global array as numpy on every process (gathered across hosts when needed).
+
+    Every process gets every row, not process 0 alone: each process decodes the whole eval set
+    and so computes the same metrics, which pick the best checkpoint (a decision all processes
+    take together) and fill the summary; and an all-gather is the one way JAX moves a global
+    array's rows between hosts."""
     if jax.process_count() > 1:
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
@@ -417,8 +422,11 @@ def eval_pass(trainer: Trainer, params, limit: int = 0, with_loss: bool = True,
               leave: bool = True) -> tuple[list[dict], list[tuple]]:
     """Runs the eval step (`with_loss`: the loss needs labels) and the predict step over the
     task's held-out batches (at most `limit` of them; 0 = all). Returns the step metrics and the
-    `(batch, outputs)` numpy pairs the task decodes. `progress` shows a bar over the batches
-    (on process 0), named `desc`, cleared at the end unless `leave`."""
+    `(None, outputs)` pairs the task decodes: the predict step's outputs as numpy, every
+    process's rows on every process. The batches themselves are not gathered (the first of each
+    pair is None): what decoding needs of them (`row` and the like) the predict step returns.
+    `progress` shows a bar over the batches (on process 0), named `desc`, cleared at the end
+    unless `leave`."""
     results, outputs = [], []
     batches = trainer.task.eval_batches()
     if progress and jax.process_index() == 0:
@@ -440,10 +448,7 @@ def eval_pass(trainer: Trainer, params, limit: int = 0, with_loss: bool = True,
             results.append(trainer.eval_step(params, gbatch))
         if trainer.predict_step is not None:
             out = trainer.predict_step(params, gbatch)
-            # Whole (global) batch and outputs on every process, so decoding sees all rows.
-            whole = batch if jax.process_count() == 1 else jax.tree_util.tree_map(
-                _to_host, gbatch)
-            outputs.append((whole, jax.tree_util.tree_map(_to_host, out)))
+            outputs.append((None, jax.tree_util.tree_map(_to_host, out)))
     return results, outputs
 
 

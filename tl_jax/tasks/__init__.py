@@ -49,8 +49,11 @@ Optional:
 Optional, for tasks whose evaluation needs decoding (SQuAD spans, BIO entities):
     task.predict_fn(params, batch) -> outputs           (pure, jittable)
     task.evaluate(batches_and_outputs, workdir, step) -> dict[str, float]
-        Gets a list of `(batch, outputs)` numpy pairs from the eval set, writes predictions
-        files, and returns metrics. When present the trainer calls it after each eval pass.
+        Gets a list of `(None, outputs)` pairs, one per eval batch: predict_fn's outputs as
+        numpy, with every process's rows on every process. The input batch is not gathered
+        (the None), so predict_fn returns what decoding needs of it (`row`, ...). Writes
+        predictions files and returns metrics. When present the trainer calls it after each
+        eval pass.
 
 Tasks are picked by `config.task`. Adding a task means adding one file here and one line below.
 """
