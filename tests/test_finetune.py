@@ -7,6 +7,7 @@ comes from; the food reviews need the whole encoder, see experiments/), predicti
 empty answer (QA: EM/F1 0) by a clear margin.
 """
 import collections
+import dataclasses
 import json
 import os
 
@@ -775,6 +776,9 @@ def test_epoch_batches_draw_each_epochs_order_once_and_give_the_same_batches(mon
 # -- The eval pass -------------------------------------------------------------------------
 
 
+# -- The eval pass: one forward pass per batch, no input batch gathered ----------------------
+
+
 def _eval_trainer(kind, data_dir, tmp_path, overrides=()):
     """A trainer (random weights, all 8 devices) and its params for an eval of `kind`: a
     classifier on polarity sentences (21 rows: a partial last batch), a tagger, a QA model
@@ -813,6 +817,57 @@ def _eval_trainer(kind, data_dir, tmp_path, overrides=()):
                                            "data.max_eval_examples=0", *data, *overrides])
     trainer = train.build_trainer(config, str(tmp_path / "run"))
     return trainer, trainer.init_state(jax.random.PRNGKey(0))["params"]
+
+
+@pytest.mark.parametrize("kind", ["classify", "tag", "squad"])
+def test_an_eval_runs_one_compiled_step_per_batch_with_the_same_metrics(kind, data_dir,
+                                                                       tmp_path):
+    """The eval step (loss, accuracy) and the predict step (what the task decodes) ran one
+    after the other on every eval batch: two forward passes of the model. One compiled step
+    now gives both, with the metrics of the two steps bit for bit, and compiles to one forward
+    pass: XLA computes the part the two share once."""
+    import jax
+
+    from tl_jax import parallel
+
+    trainer, params = _eval_trainer(kind, data_dir, tmp_path)
+    batches = list(trainer.task.eval_batches())
+    assert len(batches) >= 2
+
+    # The two steps, apart, as the eval ran them before.
+    results, pairs = [], []
+    for batch in batches:
+        gbatch = parallel.host_batch_to_global(batch, trainer.mesh)
+        results.append(trainer.eval_step(params, gbatch))
+        pairs.append((None, jax.tree_util.tree_map(np.asarray,
+                                                   trainer.predict_step(params, gbatch))))
+    apart = {f"eval/{k}": v for k, v in train.average(jax.device_get(results)).items()}
+    apart.update({f"eval/{k}": float(v)
+                  for k, v in trainer.task.evaluate(pairs, trainer.workdir, 0).items()})
+
+    calls = collections.Counter()
+
+    def counted(name, step):
+        def call(*args):
+            calls[name] += 1
+            return step(*args)
+        return call
+
+    steps = {name: getattr(trainer, name, None)
+             for name in ("eval_step", "predict_step", "eval_predict_step")}
+    counting = dataclasses.replace(trainer, **{name: counted(name, step)
+                                               for name, step in steps.items() if step})
+    assert train.evaluate(counting, params, 0) == apart
+    assert sum(calls.values()) == len(batches), calls
+
+    # One forward pass: the combined step's FLOPs are the eval step's, not twice them.
+    gbatch = parallel.host_batch_to_global(batches[0], trainer.mesh)
+
+    def flops(step):
+        cost = step.lower(params, gbatch).compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+    assert flops(trainer.eval_predict_step) < 1.05 * flops(trainer.eval_step)
 
 
 def test_an_eval_on_several_processes_gathers_the_outputs_not_the_input_batches(

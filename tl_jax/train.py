@@ -64,6 +64,8 @@ class Trainer:
     eval_step: Any
     predict_step: Any | None
     init_state: Any
+    # Both in one compiled program, for tasks with a predict step: `eval_pass` runs it.
+    eval_predict_step: Any | None = None
     # Eval metrics already said to have no example (`evaluate`), so each is named once.
     noted_empty: set = dataclasses.field(default_factory=set)
 
@@ -334,15 +336,30 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) ->
                                 donate_argnums=(0,)), mesh, rules)
     jit_eval = _InMesh(jax.jit(eval_step, in_shardings=(param_shardings, batch_sharding),
                                out_shardings=replicated), mesh, rules)
-    jit_predict = None
+    jit_predict = jit_eval_predict = None
     if hasattr(task, "predict_fn"):
         jit_predict = _InMesh(jax.jit(task.predict_fn,
                                       in_shardings=(param_shardings, batch_sharding)), mesh, rules)
 
+        # An eval of a task that decodes needs the metrics and the outputs of the same batch:
+        # traced as one program, the model's forward pass the two share (the same params,
+        # batch and deterministic mode) is one computation after XLA's common-subexpression
+        # elimination, so each eval batch runs the model once, not twice (a test checks the
+        # compiled FLOPs). The outputs keep the sharding XLA gives them (some tasks return
+        # per-batch totals, not rows), as the predict step's do.
+        def eval_predict_step(params, batch):
+            metrics = jax.lax.with_sharding_constraint(eval_step(params, batch), replicated)
+            return metrics, task.predict_fn(params, batch)
+
+        jit_eval_predict = _InMesh(jax.jit(eval_predict_step,
+                                           in_shardings=(param_shardings, batch_sharding)),
+                                   mesh, rules)
+
     return Trainer(config=config, workdir=workdir, mesh=mesh, rules=rules, task=task, tx=tx,
                    schedule=schedule, state_shardings=state_shardings,
                    abstract_state=abstract_state, train_step=jit_train, eval_step=jit_eval,
-                   predict_step=jit_predict, init_state=init_state)
+                   predict_step=jit_predict, init_state=init_state,
+                   eval_predict_step=jit_eval_predict)
 
 
 # ================================================================================================
@@ -421,12 +438,12 @@ def eval_pass(trainer: Trainer, params, limit: int = 0, with_loss: bool = True,
               progress: bool = False, desc: str = "predict",
               leave: bool = True) -> tuple[list[dict], list[tuple]]:
     """Runs the eval step (`with_loss`: the loss needs labels) and the predict step over the
-    task's held-out batches (at most `limit` of them; 0 = all). Returns the step metrics and the
-    `(None, outputs)` pairs the task decodes: the predict step's outputs as numpy, every
-    process's rows on every process. The batches themselves are not gathered (the first of each
-    pair is None): what decoding needs of them (`row` and the like) the predict step returns.
-    `progress` shows a bar over the batches (on process 0), named `desc`, cleared at the end
-    unless `leave`."""
+    task's held-out batches (at most `limit` of them; 0 = all), as one compiled step when it
+    runs both. Returns the step metrics and the `(None, outputs)` pairs the task decodes: the
+    predict step's outputs as numpy, every process's rows on every process. The batches
+    themselves are not gathered (the first of each pair is None): what decoding needs of them
+    (`row` and the like) the predict step returns. `progress` shows a bar over the batches (on
+    process 0), named `desc`, cleared at the end unless `leave`."""
     results, outputs = [], []
     batches = trainer.task.eval_batches()
     if progress and jax.process_index() == 0:
@@ -440,14 +457,20 @@ def eval_pass(trainer: Trainer, params, limit: int = 0, with_loss: bool = True,
                 total = min(total, limit)
         batches = tqdm(batches, total=total, desc=desc, unit="batch", dynamic_ncols=True,
                        leave=leave)
+    both = with_loss and trainer.eval_predict_step is not None
     for i, batch in enumerate(batches):
         if limit and i >= limit:
             break
         gbatch = parallel.host_batch_to_global(batch, trainer.mesh)
-        if with_loss:
+        out = None
+        if both:
+            metrics, out = trainer.eval_predict_step(params, gbatch)
+            results.append(metrics)
+        elif with_loss:
             results.append(trainer.eval_step(params, gbatch))
-        if trainer.predict_step is not None:
+        elif trainer.predict_step is not None:
             out = trainer.predict_step(params, gbatch)
+        if out is not None:
             outputs.append((None, jax.tree_util.tree_map(_to_host, out)))
     return results, outputs
 
