@@ -281,6 +281,32 @@ def test_evaluation_shows_a_bar_unless_train_progress_is_off(tiny_bert_overrides
         assert ("eval: " in capsys.readouterr().err) == progress
 
 
+def test_a_pretraining_eval_bar_has_a_total_when_the_pass_is_bounded(tiny_bert_overrides,
+                                                                    capsys):
+    """The eval bar of a pretraining task had no total (counts and rate, no ETA): its batches
+    came from a stream, not from `eval_arrays`. BERT's masked pairs are still a stream of
+    unknown length, but train.eval_batches bounds the pass; the biLM's batches are a list,
+    whose length is the pass's."""
+    import re
+
+    config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [
+        "train.eval_batches=2", "mesh.num_devices=1"])
+    trainer = train.build_trainer(config, workdir=None)
+    params = trainer.init_state(jax.random.PRNGKey(0))["params"]
+    capsys.readouterr()
+    train.eval_pass(trainer, params, limit=2, progress=True, desc="eval")
+    assert re.search(r"eval: +0%\|.*\| 0/2 ", capsys.readouterr().err)
+
+    config = config_lib.load_config(str(ROOT / "configs" / "elmo_pretrain.py") + ":tiny", [
+        "data.max_units=300", "train.eval_batches=0", "mesh.num_devices=1"])
+    trainer = train.build_trainer(config, workdir=None)
+    params = trainer.init_state(jax.random.PRNGKey(0))["params"]
+    n = len(trainer.task.eval_batches())
+    capsys.readouterr()
+    train.eval_pass(trainer, params, progress=True, desc="eval")
+    assert f"| {n}/{n} [" in capsys.readouterr().err
+
+
 def test_zero_steps_in_a_new_workdir_evaluates_the_initial_model_and_says_so(
         tiny_bert_overrides, tmp_path, capsys):
     config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [

@@ -434,6 +434,23 @@ def _to_host(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def _eval_total(trainer: Trainer, batches, limit: int) -> int | None:
+    """How many batches an eval pass takes, for its bar's ETA: the length of the task's batches
+    when it has one (a list), else counted from its `eval_arrays` (fine-tuning); at most
+    `limit` (> 0), which alone bounds a stream of unknown length (BERT's masked pairs; a
+    shorter stream ends its bar early). None: unknown (the bar shows counts and rate only)."""
+    total = None
+    arrays = getattr(trainer.task, "eval_arrays", None)
+    if hasattr(batches, "__len__"):
+        total = len(batches)
+    elif arrays:
+        n = len(next(iter(arrays.values())))
+        total = -(-n // int(trainer.config.data.batch_size))
+    if limit:
+        total = limit if total is None else min(total, limit)
+    return total
+
+
 def eval_pass(trainer: Trainer, params, limit: int = 0, with_loss: bool = True,
               progress: bool = False, desc: str = "predict",
               leave: bool = True) -> tuple[list[dict], list[tuple]]:
@@ -448,15 +465,8 @@ def eval_pass(trainer: Trainer, params, limit: int = 0, with_loss: bool = True,
     batches = trainer.task.eval_batches()
     if progress and jax.process_index() == 0:
         from tqdm.auto import tqdm
-        total = None  # a task without eval_arrays (pretraining): counts and rate, no ETA
-        arrays = getattr(trainer.task, "eval_arrays", None)
-        if arrays:
-            n = len(next(iter(arrays.values())))
-            total = -(-n // int(trainer.config.data.batch_size))
-            if limit:
-                total = min(total, limit)
-        batches = tqdm(batches, total=total, desc=desc, unit="batch", dynamic_ncols=True,
-                       leave=leave)
+        batches = tqdm(batches, total=_eval_total(trainer, batches, limit), desc=desc,
+                       unit="batch", dynamic_ncols=True, leave=leave)
     both = with_loss and trainer.eval_predict_step is not None
     for i, batch in enumerate(batches):
         if limit and i >= limit:
