@@ -773,9 +773,6 @@ def test_epoch_batches_draw_each_epochs_order_once_and_give_the_same_batches(mon
         np.testing.assert_array_equal(next(first)["label"], reference[3]["label"])
 
 
-# -- The eval pass -------------------------------------------------------------------------
-
-
 # -- The eval pass: one forward pass per batch, no input batch gathered ----------------------
 
 
