@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tl_jax import checkpoint as ckpt_lib
 from tl_jax import parallel, tasks
 from tl_jax.metrics_writer import MetricsWriter
+from tl_jax.progress import bar as progress_bar
 from tl_jax.optim import masks, optimizers, transfer
 
 # optax.tree.norm replaces the deprecated optax.global_norm; older optax has only the latter.
@@ -464,9 +465,8 @@ def eval_pass(trainer: Trainer, params, limit: int = 0, with_loss: bool = True,
     results, outputs = [], []
     batches = trainer.task.eval_batches()
     if progress and jax.process_index() == 0:
-        from tqdm.auto import tqdm
-        batches = tqdm(batches, total=_eval_total(trainer, batches, limit), desc=desc,
-                       unit="batch", dynamic_ncols=True, leave=leave)
+        batches = progress_bar(batches, total=_eval_total(trainer, batches, limit), desc=desc,
+                               unit="batch", dynamic_ncols=True, leave=leave)
     both = with_loss and trainer.eval_predict_step is not None
     for i, batch in enumerate(batches):
         if limit and i >= limit:
@@ -808,9 +808,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
 
     bar = None
     if is_main and tc.progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total_steps, initial=start_step, desc=config.task, unit="step",
-                   dynamic_ncols=True)
+        bar = progress_bar(total=total_steps, initial=start_step, desc=config.task, unit="step",
+                           dynamic_ncols=True)
 
     pending: list[dict] = []
     last_eval: dict[str, float] = {}
