@@ -127,6 +127,44 @@ def test_only_process_0_writes_the_tables_and_plots(tmp_path, monkeypatch, capsy
     assert "[sweep] results.md, results.csv, results.json" in capsys.readouterr().out
 
 
+def test_a_static_sweep_runs_on_process_0_alone_under_a_multi_process_launch(
+        tmp_path, data_dir, monkeypatch, capsys):
+    """A static sweep starts no jax.distributed, so under a multi-process launch every process
+    took itself for process 0: each trained the same runs into the same folders (racing) and
+    wrote the tables. Like `tl_jax static`, process 0 does the work; the others say so in one
+    line and exit 0."""
+    from tl_jax import static_train
+
+    trained = []
+    real = static_train.run
+    monkeypatch.setattr(static_train, "run",
+                        lambda config, workdir: trained.append(workdir) or real(config, workdir))
+    workdir = tmp_path / "sweep"
+    argv = ["sweep", f"--config={ROOT / 'configs' / 'word2vec.py'}:tiny", f"--workdir={workdir}",
+            "--grid=window=2", f"--config.eval_dir={data_dir}"]
+    for name in ("TL_JAX_COORDINATOR", "TL_JAX_AUTO_DISTRIBUTED", "TL_JAX_TRACEBACK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TL_JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("TL_JAX_COORDINATOR", "localhost:1234")  # never contacted
+    monkeypatch.setenv("TL_JAX_PROCESS_ID", "1")
+    cli.main(argv)  # returns: exit status 0
+    assert trained == [] and not workdir.exists()
+    out = capsys.readouterr().out
+    assert out.strip().splitlines() == [
+        "tl_jax sweep of a `tl_jax static` config runs in one process: process 0 does the work "
+        "and writes the output; process 1 of 2 has nothing to do."]
+    # Which process this is must be known; otherwise every process would do the work.
+    monkeypatch.delenv("TL_JAX_PROCESS_ID")
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert "TL_JAX_PROCESS_ID is not set" in str(e.value.code) and not workdir.exists()
+    monkeypatch.setenv("TL_JAX_PROCESS_ID", "0")
+    cli.main(argv)
+    assert trained == [str(workdir / "runs" / "window=2__seed=0")]
+    assert (workdir / "results.md").exists()
+    assert "[sweep] 1/1 window=2__seed=0" in capsys.readouterr().out
+
+
 def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls, fail=["0.2"]))

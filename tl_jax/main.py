@@ -151,7 +151,8 @@ COMMANDS = {
 }
 
 # Commands that run in one process: under a multi-process launch only process 0 runs them
-# (`parallel.runs_on_this_process`). `train`, `predict`, `quickstart` and `sweep` run on all.
+# (`parallel.runs_on_this_process`). `train`, `predict`, `quickstart` and `sweep` run on all
+# (a sweep of a `static` config then on process 0 alone: `sweep.run` knows the config's kind).
 SINGLE_PROCESS = ("convert", "generate", "extract", "fill_mask", "build_tasks", "static")
 
 

@@ -15,6 +15,9 @@ settings (a changed `--config.*` override) is refused, not reported as this swee
 `train.steps` resumes the runs and trains on; fewer is refused for runs already past them. A
 failed run is reported and the others go on.
 
+On a multi-process launch, a static sweep runs on process 0 alone, as `tl_jax static` does,
+and the other processes say so and exit.
+
 Written to DIR (by process 0 alone, in a multi-process run): results.csv (one row per run),
 results.md (one row per setting: mean ± population std over seeds; a cell over fewer seeds, some
 non-finite or missing, says how many), results.json, and, with matplotlib installed, curves.png
@@ -298,7 +301,7 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
     one trains. Returns {"runs": [...], "settings": [...], "failed": [...]}."""
     import jax
 
-    from tl_jax import static_train, train
+    from tl_jax import parallel, static_train, train
 
     runs = plan(grid, zipped, seeds)
     # Each run's own setting is applied after the overrides: an override of a swept key (or
@@ -324,6 +327,13 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
     if kind is None:
         raise config_lib.ConfigError(f"sweep: {config_spec} is neither a `tl_jax train` config "
                                      "(task/train sections) nor a `tl_jax static` one")
+    if kind == "static":
+        # Like `tl_jax static`, a static sweep runs in one process: it starts no
+        # jax.distributed, so on a multi-process launch every process took itself for process
+        # 0, trained the same runs into the same folders and wrote the tables. Process 0 (by
+        # TL_JAX_PROCESS_ID) does the work; the others say so and return an empty result.
+        if not parallel.runs_on_this_process("sweep of a `tl_jax static` config"):
+            return {"runs": [], "settings": [], "failed": []}
     if (kind == "train" and not first.train.eval_every
             and not _fills_schedule_from_epochs(first.to_dict())):
         print("[sweep] Note: train.eval_every=0, so runs report no held-out metrics; the "
@@ -406,10 +416,11 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
         metrics = [m for m in STATIC_METRICS if any(m in rec for rec in records)]
     result = summarize(records, runs, metrics)
     result["failed"] = failed
-    # Every process gathers the same result from the shared run folders; process 0 alone writes
-    # (and prints) the tables and plots, as it alone writes a run's files: written by every
-    # process, the same files in one shared folder were raced on. (A train sweep has started
-    # jax.distributed in mesh_and_rules above, even when every run finished before.)
+    # Every process of a train sweep gathers the same result from the shared run folders;
+    # process 0 alone writes (and prints) the tables and plots, as it alone writes a run's
+    # files: written by every process, the same files in one shared folder were raced on. (A
+    # train sweep has started jax.distributed in mesh_and_rules above, even when every run
+    # finished before; a static sweep gets here on process 0 alone.)
     if jax.process_index() == 0:
         write_outputs(workdir, result, runs)
     if failed:
