@@ -127,6 +127,47 @@ def test_only_process_0_writes_the_tables_and_plots(tmp_path, monkeypatch, capsy
     assert "[sweep] results.md, results.csv, results.json" in capsys.readouterr().out
 
 
+def test_only_process_0_prints_the_sweep_lines(tmp_path, monkeypatch, capsys):
+    """Every process of a train sweep trains each run together; each also printed the plan,
+    every run's line, the failures, the notes and a bug's traceback, so a sweep on N processes
+    said everything N times. Process 0 alone says it; the others return the same result."""
+    import jax
+
+    calls = []
+    args = dict(grid=["data.masked_lm_prob=0.1,0.2,0.05"], seeds=[0, 1],
+                overrides=["train.steps=4", "train.eval_every=0"])
+    outputs, results = {}, {}
+    for index in (1, 0):
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        workdir = tmp_path / str(index)
+        monkeypatch.setattr(train, "train_and_evaluate",
+                            _fake_training(calls, fail=["0.2"], bug=["0.05"]))
+        dry = sweep.run(BERT, str(workdir), dry_run=True, **args)
+        first = sweep.run(BERT, str(workdir), **args)
+        again = sweep.run(BERT, str(workdir), **args)  # the finished runs are skipped
+        monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls, stop_at=2))
+        stopped = sweep.run(BERT, str(workdir / "stopped"), grid=["data.masked_lm_prob=0.3"],
+                            overrides=["train.steps=4"])
+        results[index] = (dry, first, again, stopped)
+        captured = capsys.readouterr()
+        outputs[index] = captured.out + captured.err
+    assert results[1] == results[0]  # the same return value on every process
+    assert results[1][3]["stopped"] == "masked_lm_prob=0.3__seed=0"
+    assert [f["run"] for f in results[1][1]["failed"]] == [
+        "masked_lm_prob=0.2__seed=0", "masked_lm_prob=0.2__seed=1",
+        "masked_lm_prob=0.05__seed=0", "masked_lm_prob=0.05__seed=1"]
+    for line in ["[sweep] Note: train.eval_every=0", "[sweep] 6 runs (3 settings x 2 seeds)",
+                 "  masked_lm_prob=0.1__seed=0: --config.data.masked_lm_prob=0.1",
+                 "[sweep] 1/6 masked_lm_prob=0.1__seed=0\n",
+                 "[sweep] 1/6 masked_lm_prob=0.1__seed=0: finished before, skipped",
+                 "[sweep] masked_lm_prob=0.2__seed=0 failed: ValueError: broken run",
+                 "Traceback", "[sweep] 4 of 6 runs failed",
+                 "[sweep] masked_lm_prob=0.3__seed=0 stopped at step 2 of 4"]:
+        assert line in outputs[0], line
+    assert "[sweep]" not in outputs[1] and "masked_lm_prob" not in outputs[1], outputs[1]
+    assert "Traceback" not in outputs[1]
+
+
 def test_a_static_sweep_runs_on_process_0_alone_under_a_multi_process_launch(
         tmp_path, data_dir, monkeypatch, capsys):
     """A static sweep starts no jax.distributed, so under a multi-process launch every process

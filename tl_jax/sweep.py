@@ -15,8 +15,9 @@ settings (a changed `--config.*` override) is refused, not reported as this swee
 `train.steps` resumes the runs and trains on; fewer is refused for runs already past them. A
 failed run is reported and the others go on.
 
-On a multi-process launch, a static sweep runs on process 0 alone, as `tl_jax static` does,
-and the other processes say so and exit.
+On a multi-process launch, a train sweep trains each run on every process together (process 0
+alone prints the sweep's lines); a static sweep runs on process 0 alone, as `tl_jax static`
+does, and the other processes say so and exit.
 
 Written to DIR (by process 0 alone, in a multi-process run): results.csv (one row per run),
 results.md (one row per setting: mean ± population std over seeds; a cell over fewer seeds, some
@@ -334,18 +335,28 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
         # TL_JAX_PROCESS_ID) does the work; the others say so and return an empty result.
         if not parallel.runs_on_this_process("sweep of a `tl_jax static` config"):
             return {"runs": [], "settings": [], "failed": []}
-    if (kind == "train" and not first.train.eval_every
-            and not _fills_schedule_from_epochs(first.to_dict())):
-        print("[sweep] Note: train.eval_every=0, so runs report no held-out metrics; the "
-              "tables will hold the last training loss only.", flush=True)
     if kind == "train":
         # The mesh and the batch sizes against it, so that a swept batch size the devices do
-        # not divide is refused now, not after the runs before it have trained.
+        # not divide is refused now, not after the runs before it have trained. (This starts
+        # jax.distributed, before which jax.process_index() must not be asked.)
         for r in runs:
             try:
                 train.mesh_and_rules(configs[r.name])
             except ValueError as e:
                 raise ValueError(f"sweep run {r.name}: {e}") from None
+    # The sweep's own messages (the plan, each run's line, failures, notes) are printed by
+    # process 0 alone: every process of a train sweep trains its part of each run and returns
+    # the same result, and each used to print every line once per process.
+    lead = jax.process_index() == 0
+
+    def say(*args, **kwargs):
+        if lead:
+            print(*args, **kwargs)
+
+    if (kind == "train" and not first.train.eval_every
+            and not _fills_schedule_from_epochs(first.to_dict())):
+        say("[sweep] Note: train.eval_every=0, so runs report no held-out metrics; the "
+            "tables will hold the last training loss only.", flush=True)
     _check_masking_cap(runs, configs)
     _check_earlier_runs(workdir, runs, configs, saved_name)
     if kind == "train":
@@ -357,11 +368,11 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
             raise config_lib.ConfigError("sweep: " + _past_steps_message(
                 past, int(configs[past[0][0]].train.steps)))
     seeds_said = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
-    print(f"[sweep] {len(runs)} runs ({len(runs) // len(seeds)} settings x {seeds_said}) "
-          f"under {workdir}/runs", flush=True)
+    say(f"[sweep] {len(runs)} runs ({len(runs) // len(seeds)} settings x {seeds_said}) "
+        f"under {workdir}/runs", flush=True)
     if dry_run:
         for r in runs:
-            print(f"  {r.name}: {' '.join('--config.' + o for o in r.overrides)}")
+            say(f"  {r.name}: {' '.join('--config.' + o for o in r.overrides)}")
         return {"runs": [], "settings": [], "failed": []}
     os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
     records, failed = [], []
@@ -373,9 +384,9 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
         else:
             summary = _static_scores(run_dir)
         if summary is not None:
-            print(f"[sweep] {i}/{len(runs)} {r.name}: finished before, skipped", flush=True)
+            say(f"[sweep] {i}/{len(runs)} {r.name}: finished before, skipped", flush=True)
         else:
-            print(f"[sweep] {i}/{len(runs)} {r.name}", flush=True)
+            say(f"[sweep] {i}/{len(runs)} {r.name}", flush=True)
             try:
                 if kind == "train":
                     summary = train.train_and_evaluate(config, run_dir).summary
@@ -383,8 +394,9 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
                     summary = static_train.run(config, run_dir)
             except Exception as e:  # noqa: BLE001 - one run's failure must not lose the others'
                 if not isinstance(e, (ValueError, RuntimeError, OSError, FloatingPointError)):
-                    traceback.print_exc()  # not an input error: a bug, shown in full
-                print(f"[sweep] {r.name} failed: {type(e).__name__}: {e}", flush=True)
+                    if lead:  # not an input error: a bug, shown in full
+                        traceback.print_exc()
+                say(f"[sweep] {r.name} failed: {type(e).__name__}: {e}", flush=True)
                 failed.append({"run": r.name, "error": f"{type(e).__name__}: {e}"})
                 continue
             if kind == "train" and (summary.get("step") or 0) > int(config.train.steps):
@@ -392,15 +404,15 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
                 # an explicit one was checked above.
                 error = _past_steps_message([(r.name, summary.get("step"))],
                                             int(config.train.steps))
-                print(f"[sweep] {r.name} failed: {error}", flush=True)
+                say(f"[sweep] {r.name} failed: {error}", flush=True)
                 failed.append({"run": r.name, "error": error})
                 continue
             if kind == "train" and (summary.get("step") or 0) < int(config.train.steps):
                 # The trainer saved and returned early: SIGTERM (a preemption, a kill). The
                 # sweep stops too, rather than start the next run on a machine going away.
-                print(f"[sweep] {r.name} stopped at step {summary.get('step')} of "
-                      f"{config.train.steps}; the sweep stops here. Run the same command "
-                      "again to resume it.", flush=True)
+                say(f"[sweep] {r.name} stopped at step {summary.get('step')} of "
+                    f"{config.train.steps}; the sweep stops here. Run the same command "
+                    "again to resume it.", flush=True)
                 return {"runs": records, "settings": [], "failed": failed, "stopped": r.name}
         if kind == "train":
             curves, last_loss = _curves(run_dir)
@@ -421,11 +433,11 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
     # files: written by every process, the same files in one shared folder were raced on. (A
     # train sweep has started jax.distributed in mesh_and_rules above, even when every run
     # finished before; a static sweep gets here on process 0 alone.)
-    if jax.process_index() == 0:
+    if lead:
         write_outputs(workdir, result, runs)
     if failed:
-        print(f"[sweep] {len(failed)} of {len(runs)} runs failed: "
-              f"{', '.join(f['run'] for f in failed)}", flush=True)
+        say(f"[sweep] {len(failed)} of {len(runs)} runs failed: "
+            f"{', '.join(f['run'] for f in failed)}", flush=True)
     return result
 
 
