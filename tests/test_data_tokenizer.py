@@ -314,3 +314,84 @@ def test_tokenizer_trainers_show_their_progress_on_a_terminal_only(tty, texts, m
     Tokenizer.train_wordpiece([texts[:20]], vocab_size=300)
     bpe.BPETokenizer.train(texts[:20], vocab_size=300)
     assert asked == [tty, tty]
+
+
+# Text the BERT normaliser and pre-tokeniser treat with care: characters it drops (control
+# characters Python takes for whitespace, a zero-width space, U+FFFD), so joining the words
+# beside them; whitespace other than spaces (NBSP, ideographic space, tabs); CJK characters it
+# spaces out; letters whose lower case is two characters (İ) or depends on the end of a word
+# (Σ); combining marks it strips or reorders at the start of a word (U+1D16D, U+1D165: spacing
+# marks that NFD reorders and keeps); ASCII symbols it counts as punctuation; astral
+# characters; runs of spaces.
+_AWKWARD_UNITS = [
+    "İstanbul İİ ıI", "q\x0bж x\x1fю c\u200bщ e\ufffdf g\x00h", "x\u00a0y z\u3000w\ttab\r\nline",
+    "東京大学で学ぶ 東x", "ΟΔΟΣ ΟΔΟΣ. ὈΔΥΣΣΕΎΣ", " \U0001D16D\U0001D165x \u0301\u0316y Zu\u0308rich",
+    "don't x--y $5 a^b c|d e~f `g` <h>", "😀😀 a😀 😀b", "  lots   of   spaces  ", "", " ",
+    "ＦＵＬＬ ｗｉｄｔｈ ß ﬁne Ⅻ", "Naïve café Zürich – é e\u0301", "ا\u064bلعربية हिन्दी",
+]
+
+
+def _old_continuation_characters(units, tok):
+    """The `##` characters as train_wordpiece collected them before it was made faster (a
+    Python pass over every unit's words): the reference the fast version must equal."""
+    continuation = set()
+    for unit in units:
+        normalized = tok.normalizer.normalize_str(unit)
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(normalized):
+            continuation.update(word[1:])
+    return sorted(continuation)
+
+
+def _old_train_wordpiece_vocab(documents, vocab_size, lowercase):
+    """train_wordpiece's vocabulary as it was trained before its `##` pass was made faster."""
+    from tokenizers import models, trainers
+
+    from tl_jax.data.tokenizer import CONTINUATION_PREFIX, UNK, _bert_pipeline
+
+    tok = _bert_pipeline(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100), lowercase)
+    units = [unit for document in documents for unit in document]
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=2, continuing_subword_prefix=CONTINUATION_PREFIX,
+        show_progress=False, special_tokens=list(SPECIAL_TOKENS) + [
+            CONTINUATION_PREFIX + ch for ch in _old_continuation_characters(units, tok)])
+    tok.train_from_iterator(iter(units), trainer=trainer, length=len(units))
+    trained = tok.get_vocab(with_added_tokens=True)
+    ordered = list(SPECIAL_TOKENS) + sorted(t for t in trained if t not in SPECIAL_TOKENS)
+    return {t: i for i, t in enumerate(ordered)}
+
+
+@pytest.fixture(scope="module")
+def corpus_sample(data_dir):
+    """A quarter of austen + enwiki_sample (every 4th document, 1.6M characters) and the
+    awkward units as a document of their own."""
+    from tl_jax.data.sources import load_documents
+
+    documents = load_documents(f"{data_dir / 'austen.jsonl'},{data_dir / 'enwiki_sample.jsonl'}")
+    return documents[::4] + [_AWKWARD_UNITS]
+
+
+@pytest.mark.parametrize("lowercase,strip_accents", [(True, None), (False, None), (False, True)])
+def test_continuation_characters_are_those_of_a_pass_over_every_word(
+        lowercase, strip_accents, corpus_sample):
+    """The fast `##` pass (distinct pieces normalised once, characters classified once) finds
+    exactly the characters the per-word Python pass found, on real text and on text the
+    normaliser changes in awkward ways, cased and uncased, with and without accent stripping."""
+    from tokenizers import models
+
+    from tl_jax.data.tokenizer import UNK, _bert_pipeline, _continuation_characters
+
+    tok = _bert_pipeline(models.WordPiece(unk_token=UNK), lowercase, strip_accents)
+    units = [unit for document in corpus_sample for unit in document]
+    expected = _old_continuation_characters(units, tok)
+    assert _continuation_characters(iter(units), tok) == expected
+    assert _continuation_characters(_AWKWARD_UNITS, tok) == _old_continuation_characters(
+        _AWKWARD_UNITS, tok)
+    assert _continuation_characters([], tok) == []
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_trained_vocabulary_is_the_one_trained_before_the_faster_pass(lowercase, corpus_sample):
+    """Making the `##` pass faster changed no trained vocabulary (tokens and ids)."""
+    new = Tokenizer.train_wordpiece(corpus_sample, vocab_size=8192, lowercase=lowercase)
+    assert new.hf_tokenizer.get_vocab() == _old_train_wordpiece_vocab(corpus_sample, 8192,
+                                                                      lowercase)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -123,6 +124,42 @@ def _bert_pipeline(model: models.Model, lowercase: bool, strip_accents: bool | N
     return tok
 
 
+def _continuation_characters(units: Iterable[str], tok: tokenizers.Tokenizer) -> list[str]:
+    """The characters, sorted, that follow another character inside a word of `units` once
+    `tok`'s BERT normaliser and pre-tokeniser have run: those the WordPiece trainer makes a
+    `##` piece of.
+
+    Asking the normaliser and the pre-tokeniser about each unit, and walking its words in
+    Python, took half the time a vocabulary of austen + enwiki_sample (7M characters) took to
+    train, before the trainer showed anything. The same set comes from much less work (0.6 s
+    there instead of 3.5 s):
+
+    * Each distinct space-separated piece of the text is normalised once (a corpus repeats its
+      words: 98k distinct pieces of 1.4M). That is what normalising the whole unit gives:
+      BertNormalizer maps each character on its own (cleaning, spacing out CJK characters,
+      lower-casing, stripping accents) and a space to a space, and the canonical reordering of
+      accent stripping's NFD moves combining marks only within a run of them, which a space
+      ends.
+    * BertPreTokenizer splits at whitespace (dropped) and isolates punctuation, judging each
+      character on its own; asked about each distinct character ("cc" is one word, two or
+      none), it says which ones make words. A word character right after another word
+      character is a continuation one: numpy finds them over the code points.
+    """
+    pieces = set()
+    for unit in units:
+        pieces.update(unit.split(" "))
+    # Spaces between the pieces keep their words apart, as the spaces they were cut at did.
+    text = " ".join([tok.normalizer.normalize_str(piece) for piece in pieces])
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    in_words = np.zeros(sys.maxunicode + 1, dtype=bool)
+    for code in np.unique(codes):
+        char = chr(code)
+        in_words[code] = len(tok.pre_tokenizer.pre_tokenize_str(char + char)) == 1
+    in_word = in_words[codes]
+    following = codes[1:][in_word[1:] & in_word[:-1]]
+    return [chr(code) for code in np.unique(following)]
+
+
 class Tokenizer:
     """BERT WordPiece tokenizer with the ids the pretraining pipeline needs.
 
@@ -194,13 +231,9 @@ class Tokenizer:
         # process (huggingface/tokenizers#1794). Registering the same pieces up front, sorted,
         # gives them fixed ids and so a deterministic vocabulary; the set of pieces is the
         # one the trainer would have created.
-        continuation = set()
-        for document in documents:
-            for unit in document:
-                normalized = tok.normalizer.normalize_str(unit)
-                for word, _ in tok.pre_tokenizer.pre_tokenize_str(normalized):
-                    continuation.update(word[1:])
-        continuation_pieces = [CONTINUATION_PREFIX + ch for ch in sorted(continuation)]
+        continuation = _continuation_characters(
+            (unit for document in documents for unit in document), tok)
+        continuation_pieces = [CONTINUATION_PREFIX + ch for ch in continuation]
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
