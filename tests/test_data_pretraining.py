@@ -352,6 +352,43 @@ def small_corpus(data_dir, tmp_path_factory):
     return str(path)
 
 
+class _Terminal:
+    """A stand-in for sys.stderr that is a terminal and keeps nothing written to it."""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_wordpiece_trainer_draws_its_bars_only_with_progress(progress, small_corpus,
+                                                             monkeypatch):
+    """BERT, ELECTRA and distillation pass `train.progress and process 0` as `progress`: with
+    it False the tokenizers trainer drew its own bars on a terminal all the same (every
+    process of a multi-process run, and a run that asked for quiet)."""
+    import sys
+
+    from tl_jax.data import tokenizer as wordpiece
+
+    asked = []
+    trainer_class = wordpiece.trainers.WordPieceTrainer
+
+    def recording(**kwargs):
+        asked.append(kwargs["show_progress"])
+        return trainer_class(**kwargs)
+
+    monkeypatch.setattr(wordpiece.trainers, "WordPieceTrainer", recording)
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    build_pretraining_data(_data_config(small_corpus, max_documents=20), 128, None, seed=0,
+                           progress=progress)
+    assert asked == [progress]
+
+
 def test_build_saves_and_reuses_tokenizer(small_corpus, tmp_path, capsys):
     config = _data_config(small_corpus)
     data = build_pretraining_data(config, 128, str(tmp_path), seed=0)

@@ -287,13 +287,9 @@ class _Stderr:
         pass
 
 
-@pytest.mark.parametrize("tty", [True, False])
-def test_tokenizer_trainers_show_their_progress_on_a_terminal_only(tty, texts, monkeypatch):
-    """Training a vocabulary on a large corpus takes minutes: on a terminal the tokenizers
-    trainer shows its own progress bars (it printed nothing between the start and end lines);
-    in a log file, CI or a test's captured output it stays quiet."""
-    import sys
-
+@pytest.fixture
+def trainer_requests(monkeypatch):
+    """The `show_progress` each tokenizers trainer is built with, in order."""
     from tl_jax.data import bpe
     from tl_jax.data import tokenizer as wordpiece
 
@@ -310,10 +306,64 @@ def test_tokenizer_trainers_show_their_progress_on_a_terminal_only(tty, texts, m
     monkeypatch.setattr(wordpiece.trainers, "WordPieceTrainer",
                         recording(wordpiece.trainers.WordPieceTrainer))
     monkeypatch.setattr(bpe.trainers, "BpeTrainer", recording(bpe.trainers.BpeTrainer))
+    return asked
+
+
+@pytest.mark.parametrize("tty", [True, False])
+@pytest.mark.parametrize("progress", [True, False, None])
+def test_tokenizer_trainers_show_their_progress_on_a_terminal_only(tty, progress, texts,
+                                                                   trainer_requests, monkeypatch):
+    """Training a vocabulary on a large corpus takes minutes: on a terminal the tokenizers
+    trainer shows its own progress bars (it printed nothing between the start and end lines);
+    in a log file, CI or a test's captured output it stays quiet, and so it does when the
+    caller says progress=False (a run with train.progress=False, a process other than 0), which
+    drew the bars anyway. None: the argument left out, as a script would."""
+    import sys
+
+    from tl_jax.data import bpe
+
     monkeypatch.setattr(sys, "stderr", _Stderr(tty))
-    Tokenizer.train_wordpiece([texts[:20]], vocab_size=300)
-    bpe.BPETokenizer.train(texts[:20], vocab_size=300)
-    assert asked == [tty, tty]
+    given = {} if progress is None else {"progress": progress}
+    Tokenizer.train_wordpiece([texts[:20]], vocab_size=300, **given)
+    bpe.BPETokenizer.train(texts[:20], vocab_size=300, **given)
+    shown = tty and progress is not False
+    assert trainer_requests == [shown, shown]
+
+
+def _config(spec, tmp_path, texts, progress):
+    """`spec` with train.progress=`progress`, reading a corpus of 10 small documents (for the
+    GPT) and training its own vocabulary."""
+    corpus = tmp_path / "corpus.jsonl"
+    lines = [t for t in texts if t.strip()][:200]
+    corpus.write_text("".join(json.dumps({"book": f"b{i // 20}", "text": t}) + "\n"
+                              for i, t in enumerate(lines)), encoding="utf-8")
+    overrides = [f"train.progress={progress}"]
+    if spec.startswith("configs/gpt_pretrain.py"):
+        overrides += [f"data.corpus={corpus}", "data.tokenizer_vocab_size=300"]
+    else:
+        overrides += ["data.tokenizer=", "data.tokenizer_vocab_size=300"]
+    from tl_jax import config as config_lib
+
+    return config_lib.load_config(spec, overrides)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_tasks_pass_train_progress_to_the_tokenizer_trainers(progress, texts, trainer_requests,
+                                                            tmp_path, monkeypatch, capsys):
+    """The GPT (clm), the GPT classifier and the BERT fine-tuning tasks train a vocabulary of
+    their own with train.progress=False too: the trainer drew its bars on a terminal all the
+    same. (BERT, ELECTRA and distillation pretraining: test_data_pretraining.py.)"""
+    import sys
+
+    from tl_jax.tasks import clm, downstream, lm_classify
+
+    monkeypatch.setattr(sys, "stderr", _Stderr(True))
+    clm.Task(_config("configs/gpt_pretrain.py:tiny", tmp_path, texts, progress), None)
+    lm_classify.resolve_model(
+        _config("configs/gpt_finetune_classify.py:tiny", tmp_path, texts, progress), texts[:50])
+    downstream.Encoder.from_config(
+        _config("configs/finetune_classify.py:tiny", tmp_path, texts, progress), texts[:50])
+    assert trainer_requests == [progress] * 3
 
 
 # Text the BERT normaliser and pre-tokeniser treat with care: characters it drops (control

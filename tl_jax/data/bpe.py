@@ -21,8 +21,8 @@ from typing import Iterable, Sequence
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from tl_jax import progress
 from tl_jax.data.tokenizer import read_json_text
+from tl_jax.progress import on_terminal
 
 EOS = "<|endoftext|>"
 
@@ -62,8 +62,12 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 8192,
-              min_frequency: int = 2) -> "BPETokenizer":
-        """Learns merges from `texts` (an iterable of strings, e.g. paragraphs)."""
+              min_frequency: int = 2, progress: bool = True) -> "BPETokenizer":
+        """Learns merges from `texts` (an iterable of strings, e.g. paragraphs).
+
+        `progress`: let the tokenizers trainer draw its progress bars on stderr, which it does
+        when stderr is a terminal only (see `Tokenizer.train_wordpiece`): the tasks pass
+        `train.progress` and whether they are process 0."""
         if vocab_size < 257:
             raise BPEError(f"vocab_size={vocab_size} must exceed the 256 byte symbols + {EOS}")
         tok = _byte_level(models.BPE())
@@ -73,7 +77,7 @@ class BPETokenizer:
             special_tokens=[EOS],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             # Its own progress bars (on stderr) on a terminal only: a large corpus takes minutes.
-            show_progress=progress.on_terminal(),
+            show_progress=progress and on_terminal(),
         )
         tok.train_from_iterator(texts, trainer=trainer)
         return cls(tok, source="<trained>")

@@ -505,7 +505,7 @@ def _get_tokenizer(config, train_documents, workdir: str | None, process_index: 
                    f"{len(train_documents):,} documents", progress) as step:
             tokenizer = Tokenizer.train_wordpiece(
                 train_documents, vocab_size=config.tokenizer_vocab_size,
-                lowercase=config.lowercase)
+                lowercase=config.lowercase, progress=progress)
             step.result = f"{tokenizer.vocab_size:,} tokens"
     # Every process builds the same vocabulary (training is deterministic); one writes it.
     if saved and process_index == 0:

@@ -24,7 +24,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from tl_jax import progress
+from tl_jax.progress import on_terminal
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
@@ -219,8 +219,14 @@ class Tokenizer:
         vocab_size: int,
         lowercase: bool = True,
         min_frequency: int = 2,
+        progress: bool = True,
     ) -> "Tokenizer":
-        """Trains a WordPiece vocabulary of at most `vocab_size` entries on the documents' text."""
+        """Trains a WordPiece vocabulary of at most `vocab_size` entries on the documents' text.
+
+        `progress`: let the tokenizers trainer draw its progress bars on stderr, which it does
+        when stderr is a terminal only. A script or notebook gets them by default; the tasks
+        pass `train.progress` and whether they are process 0, so that a run with
+        `train.progress=False` and the other processes of a multi-process run draw none."""
         if vocab_size < len(SPECIAL_TOKENS) + 1:
             raise TokenizerError(f"vocab_size={vocab_size} is too small for a WordPiece vocabulary.")
         documents = list(documents)
@@ -241,7 +247,7 @@ class Tokenizer:
             special_tokens=list(SPECIAL_TOKENS) + continuation_pieces,
             continuing_subword_prefix=CONTINUATION_PREFIX,
             # Its own progress bars (on stderr) on a terminal only: a large corpus takes minutes.
-            show_progress=progress.on_terminal(),
+            show_progress=progress and on_terminal(),
         )
         units = (unit for document in documents for unit in document)
         tok.train_from_iterator(units, trainer=trainer, length=sum(len(d) for d in documents))

@@ -120,11 +120,13 @@ def load_tokenizer(data_cfg, workdir: str | None, documents=None,
     return train_tokenizer(data_cfg, documents)
 
 
-def train_tokenizer(data_cfg, documents) -> bpe.BPETokenizer:
-    """A byte-level BPE of `data.tokenizer_vocab_size` tokens trained on `documents`."""
+def train_tokenizer(data_cfg, documents, progress: bool = True) -> bpe.BPETokenizer:
+    """A byte-level BPE of `data.tokenizer_vocab_size` tokens trained on `documents`; the
+    trainer's own progress bars on a terminal when `progress`."""
     check_tokenizer_vocab_size(data_cfg)
     return bpe.BPETokenizer.train(
-        (unit for doc in documents for unit in doc), vocab_size=data_cfg.tokenizer_vocab_size)
+        (unit for doc in documents for unit in doc), vocab_size=data_cfg.tokenizer_vocab_size,
+        progress=progress)
 
 
 # `config.model` fields that override the size table's shape when set (non-zero).
@@ -254,7 +256,7 @@ class Task:
         if self.tokenizer is None:
             with phase(f"Training a byte-level BPE of {data_cfg.tokenizer_vocab_size} tokens "
                        f"on {len(train_docs):,} documents", show) as step:
-                self.tokenizer = train_tokenizer(data_cfg, train_docs)
+                self.tokenizer = train_tokenizer(data_cfg, train_docs, progress=show)
                 step.result = f"{self.tokenizer.vocab_size:,} tokens"
         self.model_config = gpt_config_from(config.model, self.tokenizer.vocab_size)
         self.model = gpt.GPT(self.model_config)

@@ -71,7 +71,9 @@ class Encoder:
                 if d.tokenizer_vocab_size < 6:  # the 5 special tokens and more
                     raise ValueError(f"data.tokenizer_vocab_size={d.tokenizer_vocab_size} is too "
                                      "small for a WordPiece vocabulary trained on the task's text")
-                tokenizer = Tokenizer.train_wordpiece([list(train_texts)], d.tokenizer_vocab_size)
+                tokenizer = Tokenizer.train_wordpiece(
+                    [list(train_texts)], d.tokenizer_vocab_size,
+                    progress=bool(config.train.progress) and jax.process_index() == 0)
             if size in bert.SIZES:
                 model_config = bert.BertConfig.from_size(
                     size, vocab_size=tokenizer.vocab_size,

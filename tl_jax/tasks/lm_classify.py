@@ -139,7 +139,9 @@ def resolve_model(config, train_texts, resumed_tokenizer: str = ""):
             "Hugging Face GPT-2 directory (with config.json).")
     else:
         tokenizer = (bpe.BPETokenizer.load(tokenizer_dir) if tokenizer_dir else
-                     bpe.BPETokenizer.train(train_texts, vocab_size=d.tokenizer_vocab_size))
+                     bpe.BPETokenizer.train(train_texts, vocab_size=d.tokenizer_vocab_size,
+                                            progress=bool(config.train.progress)
+                                            and jax.process_index() == 0))
         model_config = clm.gpt_config_from(m, tokenizer.vocab_size)
     if tokenizer.vocab_size > model_config.vocab_size:
         raise ValueError(f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} tokens but the "
