@@ -232,6 +232,90 @@ def test_convert_exports_a_clm_workdir(tmp_path, monkeypatch):
         convert.convert(workdir, tmp_path / "hf2", "tl_to_hf")
 
 
+def _clm_workdir(tmp_path):
+    """A `clm` workdir with one real orbax checkpoint (step 5) of a tiny GPT whose params are
+    random numpy (from the model's shapes: nothing is initialised on a device). Returns
+    `(workdir, config, tokenizer, flat numpy params)`."""
+    from tl_jax import checkpoint
+    from tl_jax.data.bpe import BPETokenizer
+    from tl_jax.interop import safetensors_io
+
+    tok = BPETokenizer.train(["the cat sat on the mat", "a dog sat on a log"] * 20,
+                             vocab_size=280)
+    config = gpt_config("tiny", tok.vocab_size, max_len=32)
+    shapes = nn.unbox(jax.eval_shape(GPT(config).init, jax.random.PRNGKey(0),
+                                     jnp.zeros((1, 4), jnp.int32))["params"])
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(
+        lambda s: np.float32(0.2) * rng.standard_normal(s.shape, np.float32), shapes)
+    workdir = tmp_path / "run"
+    tok.save(str(workdir / "tokenizer"))
+    (workdir / "config.json").write_text(json.dumps({"task": "clm", "model": dict(
+        size="tiny", vocab_size=0, max_len=32, dropout_rate=0.1, attention_dropout_rate=0.1,
+        dtype="float32")}))
+    ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), async_save=False)
+    ckpt.save(5, {"params": params, "step": np.int32(5)}, {"epoch": 0}, {"model": {}})
+    ckpt.close()
+    return workdir, config, tok, safetensors_io.flatten_params(params)
+
+
+def _device_arrays_at_each_write(monkeypatch):
+    """A list that gets, as each safetensors file is written, the shapes of the device arrays
+    (jax.Arrays) made since this was called and still alive then."""
+    from safetensors import numpy as st_numpy
+
+    from tl_jax.interop import safetensors_io
+
+    before = jax.live_arrays()  # held, so that no new array can reuse one of their ids
+    known = {id(a) for a in before}
+    seen = []
+
+    def watched(write):
+        def save_file(tensors, *args, **kwargs):
+            seen.append(sorted(tuple(a.shape) for a in jax.live_arrays() if id(a) not in known))
+            return write(tensors, *args, **kwargs)
+        return save_file
+
+    monkeypatch.setattr(gpt2, "save_file", watched(st_numpy.save_file))
+    monkeypatch.setattr(safetensors_io, "save_file", watched(st_numpy.save_file))
+    return seen
+
+
+def test_convert_of_a_clm_workdir_puts_no_param_on_a_device(tmp_path, monkeypatch):
+    """`tl_jax convert` of a GPT run reads the checkpoint into host numpy and writes it out from
+    there: it used to copy the whole model onto device 0 first (generate's loading), which a
+    model that only fits sharded does not survive. The file holds the checkpoint's tensors bit
+    for bit; generation, which does want the params on a device, still gets them there."""
+    from safetensors.numpy import load_file
+
+    from tl_jax import generate
+    from tl_jax.interop import convert, safetensors_io
+
+    workdir, config, tok, flat = _clm_workdir(tmp_path)
+    seen = _device_arrays_at_each_write(monkeypatch)
+    convert.convert(workdir, tmp_path / "hf", "tl_to_hf")
+    assert seen == [[]]  # one file (model.safetensors) written, no device array alive then
+    written = load_file(tmp_path / "hf" / "model.safetensors")
+    expected = gpt2.params_to_hf(safetensors_io.unflatten_params(flat), config)
+    assert sorted(written) == sorted(expected)
+    for name, value in expected.items():
+        assert written[name].dtype == value.dtype and written[name].tobytes() == value.tobytes()
+
+    model, params, _ = generate.load_model(str(workdir), on_device=False)
+    assert all(type(v) is np.ndarray for v in jax.tree_util.tree_leaves(params))
+    model, params, _ = generate.load_model(str(workdir))
+    leaves = jax.tree_util.tree_leaves(params)
+    assert all(isinstance(v, jax.Array) and v.devices() == {jax.devices()[0]} for v in leaves)
+    out = generate.run_generate(str(workdir), prompts=["the cat"], max_new_tokens=4,
+                                stop_at_eos=False)
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    ids = tok.encode("the cat")
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False,
+                          pad_token_id=tok.eos_id)[0, len(ids):].tolist()
+    assert out[0]["completion"] == tok.decode(ref)
+
+
 def test_converted_tl_directory_loads_where_a_gpt2_directory_does(tmp_path):
     """`tl_jax convert` (hf_to_tl) output is usable by the GPT paths (generate --model,
     init_from): it used to fail with 'no model.safetensors' or KeyError 'n_embd'."""

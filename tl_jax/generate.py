@@ -413,13 +413,17 @@ def classify_zero_shot(model: GPT, params, prompts: Sequence[Sequence[int]],
 # ================================================================================================
 
 
-def load_model(path: str, caller: str = "generate"):
+def load_model(path: str, caller: str = "generate", on_device: bool = True):
     """(GPT model, params, BPETokenizer) from a tl_jax `clm` workdir or a GPT-2 directory (or
     its `tl_jax convert` weights directory).
 
     A workdir needs `config.json`, `tokenizer/` and `checkpoints/` (the newest good one is used);
     a Hugging Face directory needs `config.json`, `model.safetensors` and vocab.json+merges.txt
     (or tokenizer.json).
+
+    The params are read into host numpy. With `on_device` (generation) they are then placed on
+    the default device once; without it (`tl_jax convert`, which only writes them out again)
+    they stay numpy and no device holds a copy of the model.
     """
     import os
 
@@ -438,14 +442,14 @@ def load_model(path: str, caller: str = "generate"):
         from tl_jax.tasks.clm import gpt_config_from
         tokenizer = bpe.BPETokenizer.load(os.path.join(path, "tokenizer"))
         config = gpt_config_from(ml_collections.ConfigDict(saved["model"]), tokenizer.vocab_size)
-        flat, step = checkpoint.load_params_from_workdir(path)
+        flat, step = checkpoint.load_params_from_workdir(path)  # host numpy
         params = {}
         for name, value in flat.items():
             node = params
             *parents, leaf = name.split("/")
             for p in parents:
                 node = node.setdefault(p, {})
-            node[leaf] = jnp.asarray(value)
+            node[leaf] = value
         print(f"[{caller}] {path}: checkpoint step {step}", flush=True)
     elif warm_start.is_hf_directory(path):
         from tl_jax.interop import gpt2
@@ -460,6 +464,8 @@ def load_model(path: str, caller: str = "generate"):
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
                          f"{config.vocab_size}")
+    if on_device and warm_start.is_tl_workdir(path):
+        params = jax.device_put(params)  # once, not with every call of a jitted function
     return GPT(config), params, tokenizer
 
 

@@ -366,7 +366,8 @@ def _export_gpt_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
     from tl_jax.generate import load_model
     from tl_jax.interop import gpt2
 
-    model, params, tokenizer = load_model(str(src), caller="convert")
+    # The params stay host numpy: they are only written out again, so no device needs a copy.
+    model, params, tokenizer = load_model(str(src), caller="convert", on_device=False)
     eos = tokenizer.eos_id
     gpt2.save_pretrained(dst, model.config, params, bos_token_id=eos, eos_token_id=eos)
     tokenizer.save(str(dst))
