@@ -342,6 +342,26 @@ def test_converted_tl_directory_loads_where_a_gpt2_directory_does(tmp_path):
         gpt2.load_config(tmp_path / "bert")
 
 
+def test_generation_gets_the_params_of_a_gpt2_directory_on_a_device_once(tmp_path):
+    """load_model places a GPT-2 directory's params (read as numpy) on the device, as it does a
+    workdir's: left numpy, every jitted call (a decoding chunk, a scored batch) copied the whole
+    model to the device again. on_device=False keeps them as read."""
+    from tl_jax import generate
+    from tl_jax.data.bpe import BPETokenizer
+
+    tok = BPETokenizer.train(["the cat sat on the mat", "a dog sat on a log"] * 20,
+                             vocab_size=280)
+    hf = random_hf(4, vocab_size=tok.vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+    hf.save_pretrained(tmp_path)
+    tok.save(str(tmp_path))
+    _, host, _ = generate.load_model(str(tmp_path), on_device=False)
+    assert all(type(v) is np.ndarray for v in jax.tree_util.tree_leaves(host))
+    _, placed, _ = generate.load_model(str(tmp_path))
+    for v in jax.tree_util.tree_leaves(placed):
+        assert isinstance(v, jax.Array) and v.devices() == {jax.devices()[0]}
+    jax.tree_util.tree_map(np.testing.assert_array_equal, placed, host)
+
+
 def test_gpt2_checkpoint_of_a_shape_outside_the_size_table(tmp_path, data_dir, monkeypatch):
     """A GPT-2 checkpoint whose shape no size names (as distilgpt2's 6 x 768): pretraining from
     it is refused with the overrides that fit, works with them, and the workdir it writes is

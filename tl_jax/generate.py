@@ -464,8 +464,10 @@ def load_model(path: str, caller: str = "generate", on_device: bool = True):
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
                          f"{config.vocab_size}")
-    if on_device and warm_start.is_tl_workdir(path):
-        params = jax.device_put(params)  # once, not with every call of a jitted function
+    if on_device:
+        # Once, here: numpy params would be copied to the device again by every call of a
+        # jitted function (each decoding chunk, each scored batch).
+        params = jax.device_put(params)
     return GPT(config), params, tokenizer
 
 
