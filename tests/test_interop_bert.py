@@ -663,6 +663,78 @@ def test_convert_exports_a_trainer_workdir(tmp_path, monkeypatch, kind):
                                    atol=1e-5)
 
 
+def _random_params(init, *inputs):
+    """The param tree `init` would make, filled with random numpy (LayerNorm scales near 1):
+    only shapes are traced, so no device holds any of it."""
+    shapes = nn.unbox(jax.eval_shape(
+        init, {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)},
+        *inputs)["params"])
+    rng = np.random.default_rng(0)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, s: (path[-1].key == "scale") + np.float32(0.1) * rng.standard_normal(
+            s.shape, np.float32), shapes)
+
+
+@pytest.mark.parametrize("kind", ["bert", "factorised", "electra"])
+def test_convert_of_a_workdir_puts_no_param_on_a_device(tmp_path, monkeypatch, kind):
+    """`tl_jax convert` of a BERT or ELECTRA run (a real orbax checkpoint) reads the params into
+    host numpy and writes them from there: no device array holds any of them while the files
+    are written, and the files are those the library's export writes from the same params."""
+    from safetensors import numpy as st_numpy
+
+    from tl_jax import checkpoint
+    from tl_jax.interop import electra as hf_electra
+    from tl_jax.models import electra
+
+    ids = np.zeros((1, 4), np.int32)
+    encoder = bert.BertConfig(vocab_size=45, hidden_size=24, num_layers=2, num_heads=3,
+                              intermediate_size=30, max_position_embeddings=20,
+                              type_vocab_size=3, hidden_act="gelu",
+                              embedding_size=16 if kind == "factorised" else 0)
+    if kind == "electra":
+        config = electra.ElectraConfig(discriminator=encoder, generator_hidden_size=12,
+                                       generator_num_heads=2, generator_intermediate_size=20,
+                                       generator_num_layers=1)
+        positions = np.zeros((1, 2), np.int32)
+        params = _random_params(electra.ElectraForPreTraining(config).init, ids, ids, ids + 1,
+                                positions, positions, np.ones((1, 2), np.float32))
+        task, reference = "electra", lambda out: hf_electra.export(params, config, out)
+    else:
+        params = _random_params(bert.BertForPreTraining(encoder).init, ids)
+        task = "bert_pretrain"
+        # A factorised encoder exports headless, its pooler and MLM/NSP heads left behind.
+        encoder_only = {"bert": {k: v for k, v in params["bert"].items() if k != "pooler"}}
+        reference = ((lambda out: hf_electra.export_encoder(encoder_only, encoder, out))
+                     if kind == "factorised"
+                     else (lambda out: hf_bert.export(params, encoder, out)))
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"task": task, "model": {
+        "hidden_act": "gelu"}}))
+    ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), async_save=False)
+    ckpt.save(3, {"params": params, "step": np.int32(3)}, {"epoch": 0}, {"model": {}})
+    ckpt.close()
+
+    before = jax.live_arrays()  # held, so that no new array can reuse one of their ids
+    known = {id(a) for a in before}
+    seen = []
+
+    def save_file(tensors, *args, **kwargs):
+        seen.append(sorted(tuple(a.shape) for a in jax.live_arrays() if id(a) not in known))
+        return st_numpy.save_file(tensors, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(safetensors_io, "save_file", save_file)
+        convert.convert(workdir, tmp_path / "hf", "tl_to_hf")
+    assert seen == [[]] * (2 if kind == "electra" else 1)
+    reference(tmp_path / "expected")
+    files = sorted(p.relative_to(tmp_path / "expected")
+                   for p in (tmp_path / "expected").rglob("model.safetensors"))
+    assert len(files) == len(seen)
+    for name in files:
+        assert (tmp_path / "hf" / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()
+
+
 def test_pretraining_model_size_can_be_a_checkpoint_directory(data_dir):
     # Continued pretraining from a HF BERT outside the size table (MiniLM: 6 x 384, 12 heads):
     # `model.size` names the directory whose architecture to copy, as the fine-tuning configs
