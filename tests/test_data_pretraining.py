@@ -331,6 +331,12 @@ def test_remainder_and_eval_batches(instances, tokenizer):
     joined = [{k: np.concatenate([halves[0][i][k], halves[1][i][k]]) for k in BATCH_KEYS}
               for i in range(4)]
     assert _same(joined, first)
+    # The pass knows its length (the eval bar's total), on every process, before it runs.
+    for size, n in ((16, 50), (10, 50), (64, 50), (16, 0)):
+        passes = [eval_batches(instances.select(range(n)), masker, L, size, 0, process_index=p,
+                               process_count=2) for p in range(2)]
+        assert [len(batches) for batches in passes] == [len(list(batches)) for batches in passes]
+        assert len(passes[0]) == -(-n // size)
 
 
 def _data_config(corpus, **overrides):

@@ -437,9 +437,10 @@ def _to_host(x) -> np.ndarray:
 
 def _eval_total(trainer: Trainer, batches, limit: int) -> int | None:
     """How many batches an eval pass takes, for its bar's ETA: the length of the task's batches
-    when it has one (a list), else counted from its `eval_arrays` (fine-tuning); at most
-    `limit` (> 0), which alone bounds a stream of unknown length (BERT's masked pairs; a
-    shorter stream ends its bar early). None: unknown (the bar shows counts and rate only)."""
+    when it has one (a list; BERT's, ELECTRA's and distillation's `EvalBatches`), else counted
+    from its `eval_arrays` (fine-tuning); at most `limit` (> 0), which alone bounds a stream of
+    unknown length (a shorter one ends its bar early). None: unknown (the bar shows counts and
+    rate only)."""
     total = None
     arrays = getattr(trainer.task, "eval_arrays", None)
     if hasattr(batches, "__len__"):

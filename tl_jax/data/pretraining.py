@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -394,7 +394,7 @@ class PretrainingData:
 
     tokenizer: Tokenizer
     train: PretrainingIterator
-    eval_batches: Callable[[], Iterator[dict]]  # a fresh finite pass on every call
+    eval_batches: Callable[[], Iterable[dict]]  # a fresh finite pass (with a len) on every call
     num_train_instances: int
     num_eval_instances: int
     max_seq_length: int

@@ -23,7 +23,7 @@ mask of instance `i` comes from `default_rng([seed, MASK, e, i])` (dynamic maski
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -186,9 +186,24 @@ class PretrainingIterator:
         self._epoch, self._index = epoch, index
 
 
+class EvalBatches:
+    """A finite pass of eval batches that knows its length (the eval bar's total), made afresh
+    by each iteration."""
+
+    def __init__(self, make: Callable[[], Iterator[dict]], count: int):
+        self._make, self._count = make, count
+
+    def __iter__(self) -> Iterator[dict]:
+        return self._make()
+
+    def __len__(self) -> int:
+        return self._count
+
+
 def eval_batches(instances, masker: Masker, max_seq_length: int, global_batch_size: int,
-                 seed: int, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-    """One finite pass over `instances` in order, with fixed masks (same on every call).
+                 seed: int, process_index: int = 0, process_count: int = 1) -> EvalBatches:
+    """One finite pass over `instances` in order, with fixed masks (same on every call), of
+    `len()` global batches.
 
     Nothing is dropped: the last global batch is filled with all-padding rows whose
     `masked_weights` and `nsp_weights` are 0, so weighted metrics count every instance once.
@@ -197,7 +212,11 @@ def eval_batches(instances, masker: Masker, max_seq_length: int, global_batch_si
     rows_slice = _process_slice(global_batch_size, process_index, process_count)
     n = len(instances)
     rng_of = lambda i: np.random.default_rng([seed, _EVAL_MASK_STREAM, i])  # noqa: E731
-    for start in range(0, n, global_batch_size):
-        rows = np.arange(start, start + global_batch_size)
-        rows = np.where(rows < n, rows, -1)
-        yield make_batch(instances, rows[rows_slice], masker, max_seq_length, rng_of)
+
+    def make() -> Iterator[dict]:
+        for start in range(0, n, global_batch_size):
+            rows = np.arange(start, start + global_batch_size)
+            rows = np.where(rows < n, rows, -1)
+            yield make_batch(instances, rows[rows_slice], masker, max_seq_length, rng_of)
+
+    return EvalBatches(make, -(-n // global_batch_size))
