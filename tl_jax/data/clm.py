@@ -23,6 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
+from tl_jax.data.shuffle import EpochOrder
+
 
 def pack_documents(documents: Sequence[Sequence[str]], tokenizer, separator: str = "\n",
                    batch_size: int = 1024, batch_chars: int = 1_000_000) -> np.ndarray:
@@ -121,22 +123,13 @@ class BlockIterator:
         self.offset = process_index * self.local
         self.batches_per_epoch = len(blocks) // batch_size
         self.epoch, self.batch = 0, 0
-        self._order = None
-
-    def _epoch_order(self) -> np.ndarray:
-        if self._order is None or self._order[0] != self.epoch:
-            if self.shuffle:
-                order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.blocks))
-            else:
-                order = np.arange(len(self.blocks))
-            self._order = (self.epoch, order)
-        return self._order[1]
+        self._order = EpochOrder(len(blocks), seed, shuffle)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
-        order = self._epoch_order()
+        order = self._order(self.epoch)
         start = self.batch * self.batch_size + self.offset
         rows = order[start:start + self.local]
         self.batch += 1

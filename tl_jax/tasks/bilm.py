@@ -25,6 +25,7 @@ import optax
 
 from tl_jax import checkpoint, paths
 from tl_jax.data import clm as clm_data
+from tl_jax.data.shuffle import EpochOrder
 from tl_jax.models import elmo
 from tl_jax.tasks import normalized, note_undefined
 
@@ -167,21 +168,13 @@ class SequenceIterator:
         self.offset = process_index * self.local
         self.batches_per_epoch = len(data) // batch_size
         self.epoch, self.batch = 0, 0
-        self._order = None  # (epoch, its permutation): drawn once per epoch, not once per step
+        self._order = EpochOrder(len(data), seed)  # drawn once per epoch, not once per step
 
     def __iter__(self):
         return self
 
-    def _epoch_order(self) -> np.ndarray:
-        """The permutation of epoch `self.epoch` (O(n) to draw: once per epoch; keyed by the
-        epoch, so a `set_state` to another epoch draws that epoch's order)."""
-        if self._order is None or self._order[0] != self.epoch:
-            self._order = (self.epoch,
-                           np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data)))
-        return self._order[1]
-
     def __next__(self):
-        order = self._epoch_order()
+        order = self._order(self.epoch)
         start = self.batch * self.batch_size + self.offset
         rows = order[start:start + self.local]
         self.batch += 1
