@@ -205,3 +205,45 @@ def test_a_source_without_a_bert_encoder_is_named(tmp_path, kind, message):
         data=dict(tokenizer="")))
     with pytest.raises(ValueError, match=message):
         downstream.Encoder.from_config(config, TEXTS)
+
+
+def test_a_lora_workdir_is_read_with_the_lora_alpha_it_trained_with(data_dir, tmp_path):
+    """A workdir's param shapes give LoRA's rank but not its alpha: read from the shapes alone,
+    a configs/transfer_lora.py run (lora_alpha=16) was extracted with lora_alpha=1, its trained
+    update scaled down 16 times: features of a model that was never trained."""
+    import jax
+
+    from tl_jax import checkpoint, config as config_lib, train
+    from tl_jax.data.tokenizer import Tokenizer
+    from tl_jax.models import bert
+    from tl_jax.tasks import downstream
+
+    workdir = str(tmp_path / "lora")
+    config = config_lib.load_config("configs/transfer_lora.py:tiny", [
+        "data.max_train_examples=32", "data.max_eval_examples=16", "data.max_seq_length=16",
+        "data.batch_size=16", "train.steps=2", "train.progress=False",
+        "optimizer.learning_rate=0.05", "optimizer.warmup_steps=0"])
+    train.train_and_evaluate(config, workdir)
+    model_config = downstream.architecture(workdir, Tokenizer.load(f"{workdir}/tokenizer"))
+    assert (model_config.lora_rank, model_config.lora_alpha) == (8, 16.0)
+
+    tokens, features = extract.extract(workdir, TEXTS[:1], layers="last", max_seq_length=16,
+                                       batch_size=1)
+    # The encoder as the run built it (its checkpoint's resolved_model) on the trained weights.
+    flat, step = checkpoint.load_params_from_workdir(workdir)
+    resolved = bert.BertConfig(**checkpoint.config_from_workdir(workdir, step)["resolved_model"])
+    lora_b = [v for p, v in flat.items() if p.endswith("lora_b")]
+    assert lora_b and max(float(np.abs(v).max()) for v in lora_b) > 0  # LoRA trained
+    params = {}
+    for path, value in flat.items():
+        if path.startswith("bert/"):
+            node = params
+            *parents, leaf = path.split("/")[1:]
+            for name in parents:
+                node = node.setdefault(name, {})
+            node[leaf] = value
+    ids = np.array([[Tokenizer.load(f"{workdir}/tokenizer").token_to_id(t) for t in tokens[0]]])
+    _, inter = bert.BertModel(resolved).apply({"params": params}, ids, np.zeros_like(ids),
+                                              np.ones_like(ids))
+    want = np.asarray(jax.device_get(inter[f"layer_{resolved.num_layers}"]))[0]
+    np.testing.assert_allclose(features[0], want, atol=1e-5)
