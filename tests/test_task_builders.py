@@ -109,6 +109,20 @@ def test_missing_data_dir_is_a_clear_error(tmp_path):
         tb.build_all(tmp_path / "out", tmp_path)
 
 
+def test_the_module_run_as_a_script_reports_a_missing_data_dir(tmp_path):
+    # `python -m tl_jax.data.task_builders OUT_DIR` (the module docstring's command) ran its
+    # __main__ block before `missing_source` was defined: a NameError instead of the message.
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TL_JAX_DATA_DIR=str(tmp_path / "nowhere"))
+    done = subprocess.run([sys.executable, "-m", "tl_jax.data.task_builders", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "NameError" not in done.stderr, done.stderr
+    assert "FileNotFoundError: no austen.jsonl in TL_JAX_DATA_DIR=" in done.stderr, done.stderr
+
+
 def test_build_tasks_says_what_it_builds_before_the_build(tmp_path, monkeypatch, capsys):
     """`tl_jax build_tasks` printed nothing until every task was built (11 s on the shared
     data): the first line now comes before the build."""

@@ -341,12 +341,6 @@ def run(out_dir: str, data_dir: str | None = None, qa_version: str = "1.1") -> d
     return manifest
 
 
-if __name__ == "__main__":
-    if len(sys.argv) not in (2, 3):
-        sys.exit("usage: python -m tl_jax.data.task_builders OUT_DIR [QA_VERSION]")
-    run(sys.argv[1], qa_version=sys.argv[2] if len(sys.argv) == 3 else "1.1")
-
-
 def cache_dir() -> pathlib.Path:
     """Where `silver:` specs build the tasks once: `$TL_JAX_TASKS_DIR` or ~/.cache/tl_jax/tasks."""
     default = pathlib.Path(os.path.expanduser("~")) / ".cache" / "tl_jax" / "tasks"
@@ -413,3 +407,11 @@ def silver_path(task: str, split: str) -> pathlib.Path:
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
     return root / task / f"{split}.{suffix[task]}"
+
+
+# Last: run as a script, every function above is defined (`build_all` reports a missing source
+# with `missing_source`, which stood below this block and raised a NameError instead).
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python -m tl_jax.data.task_builders OUT_DIR [QA_VERSION]")
+    run(sys.argv[1], qa_version=sys.argv[2] if len(sys.argv) == 3 else "1.1")
