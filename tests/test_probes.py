@@ -178,6 +178,25 @@ def test_feature_cache_is_not_reused_when_the_encoder_behind_the_path_changes(da
     assert task("c")._cache_file("train") != before
 
 
+def test_eval_features_of_a_vocabulary_trained_on_other_training_data_are_not_reused(tmp_path):
+    # Without init_from and data.tokenizer the vocabulary is trained on the training text, so
+    # the eval set's token ids depend on the training data; the eval cache key did not say so,
+    # and a run on other training data read the eval features of another vocabulary.
+    from tl_jax import config as config_lib, tasks
+
+    def task(n_train, cache):
+        config = config_lib.load_config("configs/transfer_feature.py:tiny", [
+            f"data.max_train_examples={n_train}", "data.max_eval_examples=8",
+            "data.max_seq_length=16", "data.tokenizer_vocab_size=200", "train.progress=False",
+            *([f"probe.cache_dir={tmp_path / 'cache'}"] if cache else [])])
+        return tasks.build_task(config, str(tmp_path / f"run{n_train}_{cache}"))
+
+    task(32, cache=True)
+    cached = task(64, cache=True).eval_arrays["features"]
+    np.testing.assert_array_equal(cached, task(64, cache=False).eval_arrays["features"])
+    assert len(list((tmp_path / "cache").glob("*eval*.npy"))) == 2
+
+
 def test_a_frozen_encoder_counts_forward_flops_only(tmp_path):
     # MFU must not count a backward pass through an encoder that stop_gradient freezes (a
     # probe without the feature cache reported 127%).

@@ -155,6 +155,10 @@ class Task(classify.Task):
         # The seed picks the encoder's random weights: all of them from scratch, the top
         # layers with reinit_top_k, the adapters' (near-identity) initialisation.
         seeded = not c.init_from or c.transfer.reinit_top_k or c.transfer.adapter_size
+        # Without init_from and data.tokenizer the vocabulary is trained on the training text:
+        # the eval split's token ids (so its features) depend on the training data too.
+        vocabulary = [] if c.init_from or c.data.tokenizer or split == "train" else [
+            c.data.train_file, c.data.max_train_examples, _stamp(c.data.train_file)]
         key = json.dumps([c.init_from, c.seed if seeded else None, c.model.size,
                           c.data.train_file if split == "train" else c.data.eval_file,
                           c.data.max_seq_length, c.data.max_train_examples if split == "train"
@@ -167,7 +171,8 @@ class Task(classify.Task):
                           # The same paths with other contents: an encoder trained further in
                           # its workdir, replaced weights, an edited data file.
                           _stamp(c.init_from), _stamp(c.data.tokenizer),
-                          _stamp(c.data.train_file if split == "train" else c.data.eval_file)],
+                          _stamp(c.data.train_file if split == "train" else c.data.eval_file),
+                          *vocabulary],
                          sort_keys=True)
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         return os.path.join(c.probe.cache_dir, f"probe_features_{split}_{digest}.npy")
