@@ -197,6 +197,21 @@ def test_eval_features_of_a_vocabulary_trained_on_other_training_data_are_not_re
     assert len(list((tmp_path / "cache").glob("*eval*.npy"))) == 2
 
 
+def test_the_feature_cache_loads_init_from_once_for_both_splits(data_dir, tmp_path, capsys):
+    # Each split set the encoder up again: init_from was read (and said so) and the feature
+    # pass compiled once for the training set and once more for the eval set.
+    from tl_jax import config as config_lib, tasks
+
+    config = config_lib.load_config("configs/transfer_feature.py:minilm", [
+        "data.max_train_examples=32", "data.max_eval_examples=8", "data.max_seq_length=16",
+        "model.num_layers=1", "train.progress=False"])
+    task = tasks.build_task(config, str(tmp_path / "run"))
+    assert capsys.readouterr().out.count("encoder loaded") == 1
+    assert task.train_arrays["features"].shape == (32, 2, 384)
+    assert task.eval_arrays["features"].shape == (8, 2, 384)
+    assert "_frozen_encoder" not in vars(task)  # its weights are not kept once cached
+
+
 def test_a_frozen_encoder_counts_forward_flops_only(tmp_path):
     # MFU must not count a backward pass through an encoder that stop_gradient freezes (a
     # probe without the feature cache reported 127%).

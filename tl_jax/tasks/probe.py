@@ -30,6 +30,7 @@ computed them, in the same pass, and no cache is read or written.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -66,6 +67,7 @@ class Task(classify.Task):
         if self.cached:
             self.train_arrays = self._cache(self.train_arrays, "train")
             self.eval_arrays = self._cache(self.eval_arrays, "eval")
+            self.__dict__.pop("_frozen_encoder", None)  # its weights: the trainer loads its own
         if p.feature != "none":
             # The frozen encoder runs forward only (a third of its training FLOPs), and not at
             # all once its features are cached; the head trains on them.
@@ -212,29 +214,8 @@ class Task(classify.Task):
         process 0 writes the whole cache file). The features come out of the encoder split over
         the data-parallel devices as the rows went in (rows / shards a device), and reach every
         process's host through its own devices, split over them (`_rows_to_host`)."""
-        import flax.linen as nn
-
-        mesh, rules = self._mesh()
+        mesh, rules, params, features = self._frozen_encoder
         example = self.example_batch(1)
-
-        def init(rng):
-            return self.init_variables(rng, example)["params"]
-
-        rng = jax.random.PRNGKey(self.config.seed)  # the trainer's (`init_state`)
-        boxed = jax.eval_shape(init, rng)
-        shardings = parallel.logical_to_shardings(boxed, mesh, rules)
-        # Initialised sharded (outside the mesh context: the one-row example batch would not
-        # split over the batch axes; the values do not depend on either), then the pretrained
-        # weights, as `train.build_trainer`'s `init_state` does.
-        params = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
-        params = jax.device_put(self.init_params(params, None), shardings)
-        # The weights are an argument, not constants closed over: closed over, they were embedded
-        # in the program (megabytes of constants per compile, one program per weight set).
-        # The features stay split over the batch axes, as the rows came in.
-        rows = parallel.batch_sharding(mesh)
-        features = jax.jit(self._features, in_shardings=(shardings, rows, rows, rows),
-                           out_shardings=rows)
-
         keys = ("input_ids", "segment_ids", "input_mask")
         # One row's features, for the chunk's size (what one device holds of it).
         row = jax.eval_shape(self._features, params, *(example[k] for k in keys))
@@ -261,6 +242,35 @@ class Task(classify.Task):
             if pending is not None:
                 chunks.append(to_host(pending[0])[:pending[1]])
         return np.concatenate(chunks)
+
+    @functools.cached_property
+    def _frozen_encoder(self):
+        """`(mesh, rules, params, features)` for `_encode`: the run's mesh and rules, the weights
+        the trainer will load, and the compiled feature pass. Made once for both splits (each
+        split loaded `init_from` and compiled the pass again); dropped once they are cached."""
+        import flax.linen as nn
+
+        mesh, rules = self._mesh()
+        example = self.example_batch(1)
+
+        def init(rng):
+            return self.init_variables(rng, example)["params"]
+
+        rng = jax.random.PRNGKey(self.config.seed)  # the trainer's (`init_state`)
+        boxed = jax.eval_shape(init, rng)
+        shardings = parallel.logical_to_shardings(boxed, mesh, rules)
+        # Initialised sharded (outside the mesh context: the one-row example batch would not
+        # split over the batch axes; the values do not depend on either), then the pretrained
+        # weights, as `train.build_trainer`'s `init_state` does.
+        params = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
+        params = jax.device_put(self.init_params(params, None), shardings)
+        # The weights are an argument, not constants closed over: closed over, they were embedded
+        # in the program (megabytes of constants per compile, one program per weight set).
+        # The features stay split over the batch axes, as the rows came in.
+        rows = parallel.batch_sharding(mesh)
+        features = jax.jit(self._features, in_shardings=(shardings, rows, rows, rows),
+                           out_shardings=rows)
+        return mesh, rules, params, features
 
     def _mesh(self):
         """The run's mesh and logical-axis rules (`config.mesh`), as the trainer builds them."""
