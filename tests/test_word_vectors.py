@@ -503,6 +503,26 @@ def test_an_eval_dir_missing_some_of_the_files_fails_before_training(tmp_path, m
         static_train.run(config, str(tmp_path / "work"))
 
 
+def test_an_eval_dir_that_does_not_exist_fails_before_training(tmp_path, monkeypatch):
+    # A mistyped folder was taken for one without the files: the run trained, printed one
+    # "skipping" line and wrote no scores.
+    import pathlib
+
+    from tl_jax import config as config_lib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "word2vec.py"
+    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    config = config_lib.load_config(f"{path}:tiny", [f"eval_dir='{tmp_path / 'evlas'}'"])
+    with pytest.raises(ValueError, match=r"config.eval_dir=.*no folder .*evlas.*eval_dir=''"):
+        static_train.run(config, str(tmp_path / "work"))
+    # The default names the data folder by a variable: unset, that is said.
+    monkeypatch.delenv("TL_JAX_DATA_DIR")
+    config = config_lib.load_config(f"{path}:tiny", ["corpus='unused.jsonl'"])
+    with pytest.raises(ValueError, match=r"no folder '\$TL_JAX_DATA_DIR'.*variable"):
+        static_train.run(config, str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists()
+
+
 @pytest.mark.parametrize("broken", ["simlex999", "analogies"])
 def test_a_malformed_eval_file_fails_before_training(tmp_path, monkeypatch, broken):
     # All three files existed but one was malformed: the run trained, then crashed reading it,

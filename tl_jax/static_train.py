@@ -404,6 +404,13 @@ def run(config, workdir: str) -> dict:
             raise ValueError(f"{workdir} holds vectors trained with another config:\n"
                              + "\n".join(diffs) + "\nUse a new workdir (or delete this one).")
     eval_dir = paths.expand(config.eval_dir) if config.eval_dir else ""
+    if eval_dir and not os.path.isdir(eval_dir):
+        # A mistyped folder (or an unset variable in it) would otherwise look like a folder
+        # without the files: the run trained and skipped the scores with one line of output.
+        raise ValueError(f"config.eval_dir={config.eval_dir!r}: no folder {eval_dir!r}"
+                         + (" (is the variable in it set?)" if "$" in eval_dir else "")
+                         + "; name the folder holding eval/, or eval_dir='' to skip the "
+                         "evaluation")
     eval_files = (evaluation.WORDSIM353, evaluation.SIMLEX999, evaluation.GOOGLE_ANALOGIES)
     missing = [f for f in eval_files if not pathlib.Path(eval_dir, f).exists()]
     if eval_dir and 0 < len(missing) < len(eval_files):  # before training, not after it
