@@ -389,6 +389,28 @@ def test_a_static_vectors_sweep(tmp_path, data_dir):
     assert again["runs"][0]["final_loss"] == result["runs"][0]["final_loss"]
 
 
+def test_a_static_run_saved_before_glove_adagrad_existed_is_not_refused(tmp_path, monkeypatch):
+    # `tl_jax static` takes such a run for glove.adagrad='optax' (what trained it); the sweep
+    # refused it as "trained with other settings: glove.adagrad: '(absent)' there".
+    from tl_jax import static_train
+
+    path = str(ROOT / "configs" / "glove.py") + ":tiny"
+    run_dir = tmp_path / "runs" / "window=2__seed=0"
+    run_dir.mkdir(parents=True)
+    earlier = config_lib.load_config(path, ["window=2", "seed=0"]).to_dict()
+    del earlier["glove"]["adagrad"]
+    (run_dir / "static_config.json").write_text(json.dumps(earlier))
+    (run_dir / "scores.json").write_text(json.dumps({"final_loss": 0.5}))
+    monkeypatch.setattr(static_train, "run", lambda *a: pytest.fail("retrained a finished run"))
+    result = sweep.run(path, str(tmp_path), grid=["window=2"])
+    assert [r["final_loss"] for r in result["runs"]] == [0.5]
+    # A run trained with the other rule is still refused.
+    earlier["glove"]["adagrad"] = "glove_c"
+    (run_dir / "static_config.json").write_text(json.dumps(earlier))
+    with pytest.raises(config_lib.ConfigError, match=r"glove.adagrad: 'glove_c' there, 'optax'"):
+        sweep.run(path, str(tmp_path), grid=["window=2"])
+
+
 def test_a_seed_left_out_of_a_mean_is_named_in_the_table(tmp_path):
     """A diverged seed (NaN) is left out of the mean and std; the cell says over how many seeds
     they are instead of passing the survivors' mean off as all three's. The training loss is

@@ -178,6 +178,12 @@ def _check_earlier_runs(workdir: str, runs: list["Run"], configs: dict, saved_na
             continue
         saved = checkpoint.load_json(path, "the config of an earlier run of this sweep")
         current = configs[r.name].to_dict()
+        if saved_name == "static_config.json":
+            # Keys added to the static configs since the run was saved hold the value that
+            # trained it, as `tl_jax static` fills them when it reruns in that workdir.
+            from tl_jax import static_train
+            static_train._with_later_keys(saved)
+            static_train._with_later_keys(current)
         if _fills_schedule_from_epochs(current) and isinstance(saved.get("train"), dict):
             # A 0 here is one epoch (or data.num_epochs epochs) there, as the task filled it.
             for key in EPOCH_FILLED_KEYS:
