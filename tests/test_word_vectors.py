@@ -503,6 +503,24 @@ def test_an_eval_dir_missing_some_of_the_files_fails_before_training(tmp_path, m
         static_train.run(config, str(tmp_path / "work"))
 
 
+def test_a_workdir_that_is_a_file_fails_before_training(tmp_path, monkeypatch):
+    # The workdir was made only after training: a file there (or an uncreatable folder) raised
+    # "File exists" once the vectors were trained, and they were lost.
+    import pathlib
+
+    from tl_jax import config as config_lib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "glove.py"
+    config = config_lib.load_config(f"{path}:tiny", ["eval_dir=''"])
+    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    (tmp_path / "vectors.txt").write_text("a 1 2\n")
+    with pytest.raises(ValueError, match=r"workdir .*vectors.txt is a file, not a folder"):
+        static_train.run(config, str(tmp_path / "vectors.txt"))
+    with pytest.raises(OSError):  # a folder inside that file cannot be made either
+        static_train.run(config, str(tmp_path / "vectors.txt" / "w"))
+    assert (tmp_path / "vectors.txt").read_text() == "a 1 2\n"
+
+
 def test_an_eval_dir_that_does_not_exist_fails_before_training(tmp_path, monkeypatch):
     # A mistyped folder was taken for one without the files: the run trained, printed one
     # "skipping" line and wrote no scores.

@@ -417,6 +417,11 @@ def run(config, workdir: str) -> dict:
         raise ValueError(f"config.eval_dir={eval_dir!r} lacks {missing}; it needs all of "
                          f"{list(eval_files)} (or eval_dir='' to skip the evaluation)")
     eval_data = evaluation.read_all(eval_dir) if eval_dir and not missing else None
+    # The workdir is made now, not after training: a path that cannot be one (a file, a
+    # folder without write access) failed only once the vectors were trained, losing them.
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir {workdir} is a file, not a folder: use another workdir")
+    os.makedirs(workdir, exist_ok=True)
     sentences = wv.load_sentences(config.corpus, config.text_field)
     if config.max_sentences:
         sentences = sentences[:config.max_sentences]
@@ -438,7 +443,6 @@ def run(config, workdir: str) -> dict:
             x_max=g.x_max, alpha=g.alpha, lr=g.learning_rate, batch_size=config.batch_size,
             seed=config.seed, steps_per_call=config.steps_per_call, vocab=vocab,
             adagrad=adagrad)
-    os.makedirs(workdir, exist_ok=True)
     with open(config_path, "w") as f:
         json.dump(current, f, indent=1)
     vocab.save(os.path.join(workdir, "vocab.txt"))
