@@ -420,6 +420,9 @@ def test_a_vocabulary_left_in_the_workdir_is_kept_only_by_a_run_that_resumes(dat
     ("data.max_units=-5", r"data.max_units=-5"),
     # 0 is "no cap" in the static configs; here it would leave only the specials (all <unk>).
     ("data.max_vocab=0", r"data.max_vocab=0 \(must be >= 5"),
+    # 1 or more held out every piece: the error was an empty vocabulary at data.min_count.
+    ("data.eval_fraction=1.0", r"data.eval_fraction=1.0 \(must be in \[0, 1\)\)"),
+    ("data.eval_fraction=-0.1", r"data.eval_fraction=-0.1 \(must be in \[0, 1\)\)"),
 ])
 def test_sizes_below_their_minimum_are_named_before_the_corpus_is_read(monkeypatch, override,
                                                                         match):
@@ -496,6 +499,15 @@ def test_runs_with_other_seeds_are_scored_on_the_same_held_out_pieces(data_dir):
     assert len(held[0]) == len(held[1]) > 0
     assert np.array_equal(held[0].types, held[1].types)
     assert np.array_equal(held[0].type_words, held[1].type_words)
+
+
+def test_an_eval_fraction_that_holds_out_no_piece_is_an_error(data_dir):
+    # The run trained and reported no held-out perplexity, with nothing said (GPT refuses it).
+    with pytest.raises(ValueError, match=r"data.eval_fraction=1e-06 holds out none of the "
+                                         r"corpus's \d+ pieces.*data.eval_fraction=0"):
+        _tiny_task(data_dir, "data.eval_fraction=1e-6")
+    _, task = _tiny_task(data_dir, "data.eval_fraction=0")  # no held-out text, as asked
+    assert task.eval_data is None and task.eval_batches() == []
 
 
 def _one_mesh_step(data_dir, *mesh):

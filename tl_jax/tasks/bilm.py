@@ -271,6 +271,10 @@ class Task:
                     "data.max_vocab": (data_cfg.max_vocab, len(SPECIALS) + 1),
                     "loss.sampled_softmax": (config.loss.sampled_softmax, 0)}
         bad = [f"{k}={v!r} (must be >= {m})" for k, (v, m) in minimums.items() if v < m]
+        if not 0.0 <= data_cfg.eval_fraction < 1.0:
+            # 1 or more held every piece out, and the error was that no word of the (empty)
+            # training text reached data.min_count.
+            bad.append(f"data.eval_fraction={data_cfg.eval_fraction!r} (must be in [0, 1))")
         if bad:
             raise ValueError(", ".join(bad))
         from tl_jax.tasks import downstream
@@ -286,6 +290,11 @@ class Task:
         # seed: runs with different seeds are scored on the same text.
         held = np.random.default_rng(clm_data.EVAL_SPLIT_SEED).random(len(types)) < \
             data_cfg.eval_fraction
+        if data_cfg.eval_fraction > 0 and not held.any():
+            # The run would report no held-out perplexity at all, without a word of why.
+            raise ValueError(f"data.eval_fraction={data_cfg.eval_fraction} holds out none of "
+                             f"the corpus's {len(types)} pieces: raise it (or give more text), "
+                             "or set data.eval_fraction=0 for no held-out perplexity")
         train_types, eval_types = types[~held], types[held]
         del types
         saved_vocab = os.path.join(workdir, "vocab.txt") if workdir else None
