@@ -318,6 +318,22 @@ def test_a_batch_size_the_devices_do_not_divide_is_refused_before_the_first_run(
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_static_size_below_its_minimum_is_refused_before_the_first_run(tmp_path, monkeypatch):
+    # `tl_jax static` refuses window=0 before reading its corpus, but in a sweep it failed only
+    # when its turn came, after the runs before it had trained.
+    from tl_jax import static_train
+
+    monkeypatch.setattr(static_train, "run", lambda *a: pytest.fail("trained"))
+    path = str(ROOT / "configs" / "word2vec.py") + ":tiny"
+    with pytest.raises(ValueError, match=r"sweep run window=0__seed=0: config.window=0: "
+                                         r"must be >= 1"):
+        sweep.run(path, str(tmp_path), grid=["window=2,0"])
+    with pytest.raises(ValueError, match=r"sweep run save_formats=.*unknown format"):
+        sweep.run(str(ROOT / "configs" / "glove.py") + ":tiny", str(tmp_path),
+                  grid=["save_formats=('glove_text',),('glove',)"])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_an_override_of_a_swept_key_is_refused(tmp_path, monkeypatch):
     # The run's own value used to win, dropping the --config.* override without a word.
     monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained"))

@@ -387,6 +387,7 @@ def test_epoch_batches_have_contract_shapes_and_in_vocab_ids(cbow):
     ("word2vec", "word2vec.shared_negatives=-1", r"config.word2vec.shared_negatives=-1"),
     ("word2vec", "max_sentences=-5", r"config.max_sentences=-5"),
     ("glove", "max_vocab=-5", r"config.max_vocab=-5"),
+    ("word2vec", "min_count=0", r"config.min_count=0"),
 ])
 def test_sizes_below_their_minimum_fail_before_reading_the_corpus(tmp_path, monkeypatch, name,
                                                                    override, match):

@@ -351,6 +351,35 @@ def _with_later_keys(config: dict) -> dict:
     return config
 
 
+def check_config(config) -> str:
+    """Checks what a static config says without its data (method, save formats, sizes, the
+    AdaGrad rule), raising ValueError naming the key; returns the AdaGrad rule. `run` calls it
+    first, and a sweep calls it for every run before the first one trains."""
+    if config.method not in ("word2vec", "glove"):
+        raise ValueError(f"config.method={config.method!r}; expected 'word2vec' or 'glove'")
+    if not config.save_formats:
+        raise ValueError(f"config.save_formats is empty: the vectors would be trained and not "
+                         f"saved; name one or more of {sorted(FORMATS)}")
+    unknown = [f for f in config.save_formats if f not in FORMATS]
+    if unknown:  # before training, not after it
+        raise ValueError(f"config.save_formats: unknown format(s) {unknown}; known: "
+                         f"{sorted(FORMATS)}")
+    sizes = {k: config[k] for k in ("dim", "window", "epochs", "batch_size", "steps_per_call",
+                                    "min_count")}
+    if config.method == "word2vec":
+        sizes["word2vec.negatives"] = config.word2vec.negatives
+        _check_at_least(0, {"word2vec.shared_negatives": config.word2vec.shared_negatives},
+                        "config.")
+    _check_at_least(1, sizes, "config.")
+    _check_at_least(0, {k: config[k] for k in ("max_sentences", "max_vocab")}, "config.")
+    # A config written before `glove.adagrad` existed trained with optax's AdaGrad.
+    adagrad = config.glove.get("adagrad", "optax") if "glove" in config else "optax"
+    if config.method == "glove" and adagrad not in GLOVE_ADAGRADS:
+        raise ValueError(f"config.glove.adagrad={adagrad!r}: expected one of "
+                         f"{', '.join(map(repr, GLOVE_ADAGRADS))}")
+    return adagrad
+
+
 def run(config, workdir: str) -> dict:
     """Trains `config.method` ("word2vec" or "glove") and writes vectors + scores to `workdir`.
 
@@ -365,27 +394,7 @@ def run(config, workdir: str) -> dict:
     from tl_jax import checkpoint
     from tl_jax.evaluation import word_vectors as evaluation
 
-    if config.method not in ("word2vec", "glove"):
-        raise ValueError(f"config.method={config.method!r}; expected 'word2vec' or 'glove'")
-    if not config.save_formats:
-        raise ValueError(f"config.save_formats is empty: the vectors would be trained and not "
-                         f"saved; name one or more of {sorted(FORMATS)}")
-    unknown = [f for f in config.save_formats if f not in FORMATS]
-    if unknown:  # before training, not after it
-        raise ValueError(f"config.save_formats: unknown format(s) {unknown}; known: "
-                         f"{sorted(FORMATS)}")
-    sizes = {k: config[k] for k in ("dim", "window", "epochs", "batch_size", "steps_per_call")}
-    if config.method == "word2vec":
-        sizes["word2vec.negatives"] = config.word2vec.negatives
-        _check_at_least(0, {"word2vec.shared_negatives": config.word2vec.shared_negatives},
-                        "config.")
-    _check_at_least(1, sizes, "config.")
-    _check_at_least(0, {k: config[k] for k in ("max_sentences", "max_vocab")}, "config.")
-    # A config written before `glove.adagrad` existed trained with optax's AdaGrad.
-    adagrad = config.glove.get("adagrad", "optax") if "glove" in config else "optax"
-    if config.method == "glove" and adagrad not in GLOVE_ADAGRADS:
-        raise ValueError(f"config.glove.adagrad={adagrad!r}: expected one of "
-                         f"{', '.join(map(repr, GLOVE_ADAGRADS))}")
+    adagrad = check_config(config)
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise ValueError(f"{workdir} is a training workdir (it has checkpoints/): static vectors "
                          f"would overwrite its vocab.txt; use another workdir")

@@ -341,6 +341,13 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
         # TL_JAX_PROCESS_ID) does the work; the others say so and return an empty result.
         if not parallel.runs_on_this_process("sweep of a `tl_jax static` config"):
             return {"runs": [], "settings": [], "failed": []}
+        # The settings `tl_jax static` checks before reading the corpus (sizes, save formats),
+        # so that a swept window=0 is refused now, not after the runs before it have trained.
+        for r in runs:
+            try:
+                static_train.check_config(configs[r.name])
+            except ValueError as e:
+                raise ValueError(f"sweep run {r.name}: {e}") from None
     if kind == "train":
         # The mesh and the batch sizes against it, so that a swept batch size the devices do
         # not divide is refused now, not after the runs before it have trained. (This starts
