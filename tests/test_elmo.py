@@ -413,6 +413,22 @@ def test_a_vocabulary_left_in_the_workdir_is_kept_only_by_a_run_that_resumes(dat
     assert len(bilm.Task(smaller, workdir=str(tmp_path)).vocab) == full
 
 
+def test_a_run_continued_from_a_bilm_workdir_keeps_its_vocabulary(data_dir, tmp_path, capsys):
+    # The vocabulary was built from the new run's corpus: two corpora capped at one
+    # data.max_vocab give vocabularies of one size, so init_from's softmax rows were taken
+    # over without a shape error and each stood for another word.
+    source = config_lib.load_config(CONFIG + ":tiny", [
+        f"data.corpus={data_dir}/polarity_sentences.jsonl", "data.max_vocab=50"])
+    (tmp_path / "src").mkdir()
+    bilm.Task(source, workdir=None).save(str(tmp_path / "src"))
+    saved = bilm.load_vocab(tmp_path / "src" / "vocab.txt")
+    fresh = _tiny_task(data_dir, "data.max_vocab=50")[1].vocab
+    assert len(fresh) == len(saved) and fresh != saved  # what a vocabulary built here gives
+    _, task = _tiny_task(data_dir, "data.max_vocab=50", f"init_from={tmp_path / 'src'}")
+    assert task.vocab == saved
+    assert "[bilm] the vocabulary of init_from" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("override,match", [
     ("loss.sampled_softmax=-1", r"loss.sampled_softmax=-1"),
     ("data.batch_size=0", r"data.batch_size=0"),

@@ -298,9 +298,21 @@ class Task:
         train_types, eval_types = types[~held], types[held]
         del types
         saved_vocab = os.path.join(workdir, "vocab.txt") if workdir else None
+        source = paths.expand(config.init_from) if config.init_from else ""
+        source_vocab = os.path.join(source, "vocab.txt") if source else ""
         if saved_vocab and os.path.exists(saved_vocab) and checkpoint.has_saved_step(workdir):
             # A resumed run keeps its vocabulary; one left by a run that never saved does not.
             self.vocab = load_vocab(saved_vocab)
+        elif source_vocab and os.path.isfile(source_vocab) and os.path.isfile(
+                os.path.join(source, "elmo_config.json")):
+            # init_from's softmax rows stand for the words of its vocabulary: one built here
+            # from this corpus would give them other words (silently, when it has as many
+            # words, as two corpora capped at data.max_vocab do).
+            self.vocab = load_vocab(source_vocab)
+            if jax.process_index() == 0:
+                print(f"[bilm] the vocabulary of init_from: {source_vocab} ({len(self.vocab)} "
+                      "words); data.min_count and data.max_vocab apply to new vocabularies only",
+                      flush=True)
         else:
             # Counted over the training pieces' ids: <pad> and the two markers are no words.
             counts = np.bincount(train_types.ravel(), minlength=len(spellings))
