@@ -180,6 +180,19 @@ def test_non_utf8_evaluation_files_name_file_and_line(tmp_path):
         ev.read_analogies(tmp_path / "q.txt")
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+    # Saved by Excel or Notepad: the mark made the first word "\ufeffold" (an OOV pair, without
+    # a word) or hid a first "#" comment or ": section" line (an error about the layout).
+    sims = tmp_path / "sims.tsv"
+    sims.write_text("old\tnew\t1.5\ncat\tdog\t7.0\n", encoding="utf-8-sig")
+    assert ev.read_similarity_pairs(sims) == [("old", "new", 1.5), ("cat", "dog", 7.0)]
+    sims.write_text("# a comment\nold\tnew\t1.5\n", encoding="utf-8-sig")
+    assert ev.read_similarity_pairs(sims) == [("old", "new", 1.5)]
+    analogies = tmp_path / "questions-words.txt"
+    analogies.write_text(": capital\nathens greece baghdad iraq\n", encoding="utf-8-sig")
+    assert ev.read_analogies(analogies) == [("capital", ("athens", "greece", "baghdad", "iraq"))]
+
+
 def test_real_glove_vectors_score_well_above_chance(data_dir):
     scores = ev.evaluate_all(load_glove_text(data_dir / "glove.6B.50d.top20k.txt"), data_dir)
     # Published GloVe 6B-50d numbers are ~0.5 (WordSim353) and ~0.5 (analogies, full vocab).

@@ -30,10 +30,15 @@ def _decoded(f, path):
     file and line (text mode would raise a bare UnicodeDecodeError, with neither)."""
     for lineno, raw in enumerate(f, 1):
         try:
-            yield lineno, raw.decode("utf-8").replace("\r\n", "\n")
+            line = raw.decode("utf-8").replace("\r\n", "\n")
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}:{lineno}: not UTF-8 (byte {e.start} of the line: "
                              f"{raw[e.start:e.start + 1]!r})") from None
+        if lineno == 1 and line.startswith("\ufeff"):
+            # A UTF-8 byte order mark (files saved by Excel or Notepad), not part of the text:
+            # it hid a first `#` comment or `: section` line, or made the first word OOV.
+            line = line[1:]
+        yield lineno, line
 
 
 # Header names of the score column in the official distributions: SimLex-999.txt
