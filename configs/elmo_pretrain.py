@@ -36,7 +36,7 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.task = "bilm"
     c.seed = 0
-    c.init_from = ""  # a tl_jax bilm workdir to continue from
+    c.init_from = ""  # a tl_jax bilm workdir to continue from (its weights and its vocabulary)
 
     c.model = ml_collections.ConfigDict(dict(
         size=size,
