@@ -388,6 +388,10 @@ def test_epoch_batches_have_contract_shapes_and_in_vocab_ids(cbow):
     ("word2vec", "max_sentences=-5", r"config.max_sentences=-5"),
     ("glove", "max_vocab=-5", r"config.max_vocab=-5"),
     ("word2vec", "min_count=0", r"config.min_count=0"),
+    # Weight 1 for every entry (plain least squares), or NaN weights read as a divergence.
+    ("glove", "glove.x_max=0", r"config.glove.x_max=0.0 \(must be > 0\)"),
+    ("glove", "glove.x_max=-1", r"config.glove.x_max=-1.0 \(must be > 0\)"),
+    ("glove", "glove.alpha=-0.75", r"config.glove.alpha=-0.75 \(must be >= 0\)"),
 ])
 def test_sizes_below_their_minimum_fail_before_reading_the_corpus(tmp_path, monkeypatch, name,
                                                                    override, match):
@@ -407,6 +411,7 @@ def test_sizes_below_their_minimum_fail_before_reading_the_corpus(tmp_path, monk
     (static_train.train_word2vec, dict(negatives=0)),
     (static_train.train_glove, dict(batch_size=0)),
     (static_train.train_glove, dict(steps_per_call=0)),
+    (static_train.train_glove, dict(x_max=0)),
 ])
 def test_trainers_reject_sizes_below_one(train, kwargs):
     (key, value), = kwargs.items()

@@ -241,6 +241,17 @@ def glove_c_adagrad(learning_rate: float) -> optax.GradientTransformation:
 GLOVE_ADAGRADS = ("optax", "glove_c")
 
 
+def _check_glove_weighting(x_max, alpha, prefix: str = "") -> None:
+    """f(x) = min(1, (x / x_max)^alpha): an x_max of 0 or a negative alpha gave every entry
+    weight 1 (plain least squares, not GloVe), a negative x_max NaN weights, which stopped the
+    run as a divergence ("lower the learning rate")."""
+    bad = ([f"{prefix}x_max={x_max!r} (must be > 0)"] if not x_max > 0 else []) + \
+        ([f"{prefix}alpha={alpha!r} (must be >= 0)"] if not alpha >= 0 else [])
+    if bad:
+        raise ValueError(", ".join(bad) + ": GloVe weights a count x by (x / x_max)^alpha "
+                         "below x_max and by 1 above it")
+
+
 def _glove_loss(params, batch, x_max, alpha):
     pred, _ = embeddings.GloVe(params["word"].shape[0], params["word"].shape[1]).apply(
         {"params": params}, batch["rows"], batch["cols"])
@@ -281,6 +292,7 @@ def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: i
                             steps_per_call=steps_per_call))
     if adagrad not in GLOVE_ADAGRADS:
         raise ValueError(f"adagrad={adagrad!r}; expected one of {GLOVE_ADAGRADS}")
+    _check_glove_weighting(x_max, alpha)
     vocab = vocab or wv.Vocab.build(sentences, min_count)
     corpus = wv.encode_corpus(sentences, vocab)
     cooc = wv.cooccurrence_matrix(corpus, len(vocab), window)
@@ -377,6 +389,8 @@ def check_config(config) -> str:
     if config.method == "glove" and adagrad not in GLOVE_ADAGRADS:
         raise ValueError(f"config.glove.adagrad={adagrad!r}: expected one of "
                          f"{', '.join(map(repr, GLOVE_ADAGRADS))}")
+    if config.method == "glove":
+        _check_glove_weighting(config.glove.x_max, config.glove.alpha, "config.glove.")
     return adagrad
 
 
