@@ -392,6 +392,12 @@ def test_epoch_batches_have_contract_shapes_and_in_vocab_ids(cbow):
     ("glove", "glove.x_max=0", r"config.glove.x_max=0.0 \(must be > 0\)"),
     ("glove", "glove.x_max=-1", r"config.glove.x_max=-1.0 \(must be > 0\)"),
     ("glove", "glove.alpha=-0.75", r"config.glove.alpha=-0.75 \(must be >= 0\)"),
+    # The schedule max(lr * (1 - progress), min_lr) trained these at min_lr throughout.
+    ("word2vec", "word2vec.learning_rate=-0.025", r"config.word2vec.learning_rate=-0.025: must"),
+    ("word2vec", "word2vec.learning_rate=0", r"config.word2vec.learning_rate=0.0: must be > 0"),
+    ("word2vec", "word2vec.min_learning_rate=0.1",
+     r"config.word2vec.min_learning_rate=0.1: must be in \[0, learning_rate=0.025\]"),
+    ("glove", "glove.learning_rate=0", r"config.glove.learning_rate=0.0: must be > 0"),
 ])
 def test_sizes_below_their_minimum_fail_before_reading_the_corpus(tmp_path, monkeypatch, name,
                                                                    override, match):
@@ -412,6 +418,8 @@ def test_sizes_below_their_minimum_fail_before_reading_the_corpus(tmp_path, monk
     (static_train.train_glove, dict(batch_size=0)),
     (static_train.train_glove, dict(steps_per_call=0)),
     (static_train.train_glove, dict(x_max=0)),
+    (static_train.train_word2vec, dict(lr=0)),
+    (static_train.train_glove, dict(lr=-1)),
 ])
 def test_trainers_reject_sizes_below_one(train, kwargs):
     (key, value), = kwargs.items()

@@ -48,6 +48,18 @@ def _check_at_least(minimum: int, values: dict, prefix: str = "") -> None:
         raise ValueError(f"{', '.join(bad)}: must be >= {minimum}")
 
 
+def _check_rates(lr, min_lr, prefix: str = "",
+                 names: tuple[str, str] = ("learning_rate", "min_learning_rate")) -> None:
+    """A learning rate must be > 0, a floor in [0, lr]: the word2vec schedule max(lr * (1 -
+    progress), min_lr) trained a rate <= 0 at min_lr throughout, without a word, and a floor
+    above the rate at the floor. `names`: how the caller calls the two."""
+    if not lr > 0:
+        raise ValueError(f"{prefix}{names[0]}={lr!r}: must be > 0")
+    if not 0 <= min_lr <= lr:
+        raise ValueError(f"{prefix}{names[1]}={min_lr!r}: must be in [0, {names[0]}={lr!r}] "
+                         "(the rate falls linearly to it)")
+
+
 def word2vec_sgd_step(params, batch, lr, cbow: bool, neg_weight: float = 1.0):
     """One SGD step of negative-sampling word2vec, with the gradient in closed form.
 
@@ -157,6 +169,7 @@ def train_word2vec(sentences: Sequence[Sequence[str]], *, dim: int = 100, window
     _check_at_least(1, dict(dim=dim, window=window, negatives=negatives, epochs=epochs,
                             batch_size=batch_size, steps_per_call=steps_per_call))
     _check_at_least(0, dict(shared_negatives=shared_negatives))
+    _check_rates(lr, min_lr, names=("lr", "min_lr"))
     vocab = vocab or wv.Vocab.build(sentences, min_count)
     # The clock covers everything after the vocabulary, mapping the corpus to ids included
     # (gensim's `train` looks every word up as it goes): words_per_sec is end-to-end training.
@@ -293,6 +306,7 @@ def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: i
     if adagrad not in GLOVE_ADAGRADS:
         raise ValueError(f"adagrad={adagrad!r}; expected one of {GLOVE_ADAGRADS}")
     _check_glove_weighting(x_max, alpha)
+    _check_rates(lr, 0.0, names=("lr", "min_lr"))
     vocab = vocab or wv.Vocab.build(sentences, min_count)
     corpus = wv.encode_corpus(sentences, vocab)
     cooc = wv.cooccurrence_matrix(corpus, len(vocab), window)
@@ -391,6 +405,9 @@ def check_config(config) -> str:
                          f"{', '.join(map(repr, GLOVE_ADAGRADS))}")
     if config.method == "glove":
         _check_glove_weighting(config.glove.x_max, config.glove.alpha, "config.glove.")
+    rates = config.glove if config.method == "glove" else config.word2vec
+    _check_rates(rates.learning_rate, rates.get("min_learning_rate", 0.0),
+                 f"config.{config.method}.")
     return adagrad
 
 
