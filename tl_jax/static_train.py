@@ -379,8 +379,9 @@ def _with_later_keys(config: dict) -> dict:
 
 def check_config(config) -> str:
     """Checks what a static config says without its data (method, save formats, sizes, the
-    AdaGrad rule), raising ValueError naming the key; returns the AdaGrad rule. `run` calls it
-    first, and a sweep calls it for every run before the first one trains."""
+    AdaGrad rule, GloVe's weighting, the learning rates), raising ValueError naming the key;
+    returns the AdaGrad rule. `run` calls it first, and a sweep calls it for every run before
+    the first one trains."""
     if config.method not in ("word2vec", "glove"):
         raise ValueError(f"config.method={config.method!r}; expected 'word2vec' or 'glove'")
     if not config.save_formats:

@@ -341,8 +341,9 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
         # TL_JAX_PROCESS_ID) does the work; the others say so and return an empty result.
         if not parallel.runs_on_this_process("sweep of a `tl_jax static` config"):
             return {"runs": [], "settings": [], "failed": []}
-        # The settings `tl_jax static` checks before reading the corpus (sizes, save formats),
-        # so that a swept window=0 is refused now, not after the runs before it have trained.
+        # The settings `tl_jax static` checks before reading the corpus (sizes, save formats,
+        # rates), so that a swept window=0 is refused now, not after the runs before it have
+        # trained.
         for r in runs:
             try:
                 static_train.check_config(configs[r.name])
