@@ -4,6 +4,7 @@ import os
 import re
 
 import ml_collections
+import numpy as np
 import pytest
 
 from tl_jax.data.bpe import BPEError, BPETokenizer
@@ -266,3 +267,29 @@ def test_the_steps_before_the_training_bar_say_what_they_do(tmp_path, data_dir, 
                         r"tokens \(\d+\.\ds\)", out[5])
     build(False, "b")
     assert capsys.readouterr() == ("", "")
+
+
+def test_an_lm_run_warm_starts_from_a_gpt_classifier_workdir(tmp_path):
+    """`init_from` an `lm_classify` workdir is accepted (its tokenizer is taken), but its
+    decoder's tensors are under gpt/: every one of them went unmatched and the run stopped with
+    "no tensor matched this model"."""
+    import jax
+    from flax import linen as nn
+
+    from tl_jax import config as config_lib, train
+    from tl_jax.models import gpt
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": f"review number {i} was "
+                                                f"{'good' if i % 2 else 'bad'}",
+                                        "label": i % 2}) + "\n" for i in range(32)))
+    config = config_lib.load_config("configs/gpt_finetune_classify.py:tiny", [
+        "train.progress=False", "mesh.num_devices=1", f"data.train_file={path}",
+        f"data.eval_file={path}", "train.steps=1", "data.tokenizer_vocab_size=300"])
+    result = train.train_and_evaluate(config, str(tmp_path / "cls"))
+    trained = jax.device_get(result.state["params"])
+    model_config = result.trainer.task.model_config
+    params = nn.unbox(gpt.GPT(model_config).init(
+        jax.random.PRNGKey(1), np.zeros((1, 4), np.int32))["params"])
+    loaded = clm.load_gpt_weights(params, str(tmp_path / "cls"), model_config)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, trained["gpt"])

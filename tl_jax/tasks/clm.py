@@ -184,8 +184,14 @@ def load_gpt_weights(params, init_from: str, model_config: gpt.GPTConfig, prefix
         for line in warm_start.report_lines(report, f"GPT-2 checkpoint {init_from}"):
             print(line, flush=True)
         return params
-    return warm_start.warm_start(params, init_from, model_config,
-                                 prefix_map={"": prefix} if prefix else None)
+    prefix_map = {"": prefix} if prefix else None
+    if warm_start.is_tl_workdir(init_from) and os.path.isfile(
+            os.path.join(init_from, "config.json")) and checkpoint.load_run_config(
+            init_from).get("task") == "lm_classify":
+        # A GPT classifier's decoder sits under gpt/ (its head, under head/, has no place in
+        # an LM and is reported unused): without the rename nothing matched.
+        prefix_map = {"gpt/": prefix}
+    return warm_start.warm_start(params, init_from, model_config, prefix_map=prefix_map)
 
 
 # Logits up to this size (float32 bytes, whole batch) are kept from the forward pass for the
