@@ -293,3 +293,17 @@ def test_an_lm_run_warm_starts_from_a_gpt_classifier_workdir(tmp_path):
         jax.random.PRNGKey(1), np.zeros((1, 4), np.int32))["params"])
     loaded = clm.load_gpt_weights(params, str(tmp_path / "cls"), model_config)
     jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, trained["gpt"])
+
+
+@pytest.mark.parametrize("seq_len", [0, -4, 129])
+def test_a_seq_len_outside_the_position_table_is_named_before_the_corpus_is_read(tmp_path,
+                                                                                 seq_len):
+    """data.seq_len=0 met make_blocks' "seq_len must be >= 1", naming no key; too long a
+    length was named, but both only after the corpus had been read and a BPE trained on it."""
+    from tl_jax import config as config_lib
+
+    config = config_lib.load_config("configs/gpt_pretrain.py:tiny", [
+        f"data.corpus={tmp_path / 'not_read.txt'}", f"data.seq_len={seq_len}"])
+    with pytest.raises(ValueError, match=rf"data.seq_len={seq_len} must be in \[1, 128\] "
+                                         r"\(the model's position table, model.max_len=128\)"):
+        clm.Task(config, str(tmp_path / "run"))

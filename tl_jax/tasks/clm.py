@@ -243,6 +243,12 @@ class Task:
             raise ValueError(f"data.max_documents={data_cfg.max_documents} must be >= 0 (0: all)")
         from tl_jax.tasks import downstream
         downstream.check_dropout_rates(config.model)  # before the corpus is read
+        # The sequence length against the position table, before the corpus is read and a BPE
+        # trained on it (minutes on a large corpus): the shape does not depend on the vocabulary.
+        max_len = gpt_config_from(config.model, 1).max_len
+        if not 1 <= data_cfg.seq_len <= max_len:
+            raise ValueError(f"data.seq_len={data_cfg.seq_len} must be in [1, {max_len}] (the "
+                             f"model's position table, model.max_len={max_len})")
         # The tokenizer too, unless one is to be trained on the corpus: a bad init_from or
         # data.tokenizer_vocab_size is named before the corpus is read.
         self.tokenizer = load_tokenizer(data_cfg, workdir, None, config.init_from)
@@ -267,10 +273,6 @@ class Task:
         self.model_config = gpt_config_from(config.model, self.tokenizer.vocab_size)
         self.model = gpt.GPT(self.model_config)
         seq = data_cfg.seq_len
-        if seq > self.model_config.max_len:
-            raise ValueError(
-                f"data.seq_len={seq} is longer than the position table "
-                f"(model max_len={self.model_config.max_len})")
         with phase("Tokenising", show) as step:
             self.train_blocks = clm_data.make_blocks(
                 clm_data.pack_documents(train_docs, self.tokenizer), seq)
