@@ -307,3 +307,19 @@ def test_a_seq_len_outside_the_position_table_is_named_before_the_corpus_is_read
     with pytest.raises(ValueError, match=rf"data.seq_len={seq_len} must be in \[1, 128\] "
                                          r"\(the model's position table, model.max_len=128\)"):
         clm.Task(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("length", [0, 1])
+def test_a_gpt_classifier_max_seq_length_with_no_room_for_text_is_named(tmp_path, length):
+    """data.max_seq_length=0 failed with numpy's "could not broadcast input array from shape
+    (22,) into shape (0,)"; 1 trained a classifier that saw <|endoftext|> alone, never a word
+    of the text. Both are named before the files are read (they do not exist here)."""
+    from tl_jax import config as config_lib
+    from tl_jax.tasks import lm_classify
+
+    config = config_lib.load_config("configs/gpt_finetune_classify.py:tiny", [
+        f"data.train_file={tmp_path / 'missing_train'}",
+        f"data.eval_file={tmp_path / 'missing_eval'}", f"data.max_seq_length={length}"])
+    with pytest.raises(ValueError, match=rf"data.max_seq_length={length} is too short: a text "
+                                         r"needs at least one BPE token and <\|endoftext\|>"):
+        lm_classify.Task(config, str(tmp_path / "run"))

@@ -180,6 +180,11 @@ class Task(downstream.EvalPredictions):
         # records but the last (records[:-1]), a dropout rate of 10 train on zeros.
         downstream.check_data_sizes(d)
         downstream.check_dropout_rates(config.model)
+        if d.max_seq_length < 2:
+            # 0 failed with a numpy broadcast error; 1 kept only <|endoftext|> of every text, so
+            # the classifier never saw a word of it.
+            raise ValueError(f"data.max_seq_length={d.max_seq_length} is too short: a text "
+                             "needs at least one BPE token and <|endoftext|> (>= 2)")
         if not config.init_from and not d.tokenizer:  # a BPE is to be trained on the task's text
             clm.check_tokenizer_vocab_size(d)
         t = config.transfer
