@@ -312,6 +312,27 @@ def test_score_is_the_continuation_log_likelihood(lm):
     assert (got < 0).all()
 
 
+def test_scoring_never_holds_the_logits_of_a_whole_batch():
+    """`score` (zero-shot classification, `--mode=score`) computed the full (B, L-1, V) logits
+    and their log-softmax: 1.6 GB each for GPT-2's 50,257 words and 16 rows of 512 tokens (8
+    prompts x 2 choices). It goes through the tied embedding a chunk at a time, as the training
+    loss does. Checked on the compiled program (nothing is run)."""
+    from tl_jax.models import losses
+
+    model = GPT(gpt_config("tiny", 50257, max_len=512))
+    params = jax.eval_shape(lambda: nn.unbox(model.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]))
+    rows, width = 16, 513
+    compiled = generate._score_fn(model).lower(
+        params, jax.ShapeDtypeStruct((rows, width), jnp.int32),
+        jax.ShapeDtypeStruct((rows, width), jnp.float32)).compile()
+    logits_bytes = rows * (width - 1) * model.config.vocab_size * 4
+    chunk_bytes = losses.DEFAULT_CHUNK_ELEMENTS * 4
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    assert temp < logits_bytes / 8, (temp, logits_bytes)
+    assert temp < 16 * chunk_bytes, (temp, chunk_bytes)
+
+
 def test_score_takes_a_continuation_of_max_len_tokens_and_no_more(lm):
     # One context token and max_len continuation tokens: the model reads positions 0 .. 63
     # (the last token is only scored). It was refused like one token more.

@@ -28,6 +28,7 @@ import numpy as np
 
 from tl_jax import paths
 from tl_jax.progress import bar as progress_bar
+from tl_jax.models import losses
 from tl_jax.models.gpt import GPT, check_tokens, init_cache
 
 
@@ -331,10 +332,13 @@ def _score_fn(model: GPT):
 
     @jax.jit
     def fn(params, tokens, weights):
-        outputs, _ = model.apply({"params": params}, tokens[:, :-1])
-        logp = jax.nn.log_softmax(outputs["logits"], axis=-1)  # (B, L-1, V)
-        target = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]  # (B, L-1)
-        return (target * weights[:, 1:]).sum(-1)
+        # The log-likelihoods through the tied embedding a chunk of positions at a time, as the
+        # training loss: the whole (B, L-1, V) logits (1.6 GB at GPT-2's vocabulary for 16 rows
+        # of 512 tokens), and as much again for their log-softmax, are never held.
+        outputs, _ = model.apply({"params": params}, tokens[:, :-1], logits=False)
+        nll, _ = losses.tied_softmax_cross_entropy(
+            outputs["hidden"], params["wte"]["embedding"], tokens[:, 1:])  # (B, L-1)
+        return -(nll * weights[:, 1:]).sum(-1)
 
     _SCORE_FNS[model.config] = fn
     return fn
