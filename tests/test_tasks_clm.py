@@ -323,3 +323,16 @@ def test_a_gpt_classifier_max_seq_length_with_no_room_for_text_is_named(tmp_path
     with pytest.raises(ValueError, match=rf"data.max_seq_length={length} is too short: a text "
                                          r"needs at least one BPE token and <\|endoftext\|>"):
         lm_classify.Task(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("key", ["batch_size", "eval_batch_size"])
+def test_a_batch_size_below_one_is_named_before_the_corpus_is_read(tmp_path, key):
+    """data.eval_batch_size=0 was found at the first eval, after train.eval_every steps of
+    training that no checkpoint had kept yet; data.batch_size=0 once the corpus had been read
+    and a BPE trained on it."""
+    from tl_jax import config as config_lib
+
+    config = config_lib.load_config("configs/gpt_pretrain.py:tiny", [
+        f"data.corpus={tmp_path / 'not_read.txt'}", f"data.{key}=0"])
+    with pytest.raises(ValueError, match=rf"data.{key}=0 must be at least 1"):
+        clm.Task(config, str(tmp_path / "run"))

@@ -239,6 +239,14 @@ class Task:
 
         self.config = config
         data_cfg = config.data
+        for key in ("batch_size", "eval_batch_size"):
+            # eval_batch_size=0 was met at the first eval only, train.eval_every steps into
+            # the run (250 for `mini`), before any checkpoint: the steps trained were lost.
+            if data_cfg[key] < 1:
+                raise ValueError(f"data.{key}={data_cfg[key]} must be at least 1")
+            if data_cfg[key] % jax.process_count():
+                raise ValueError(f"data.{key}={data_cfg[key]} is not divisible by the process "
+                                 f"count {jax.process_count()}")
         if data_cfg.max_documents < 0:  # documents[:-n] would silently drop the last n
             raise ValueError(f"data.max_documents={data_cfg.max_documents} must be >= 0 (0: all)")
         from tl_jax.tasks import downstream
