@@ -336,3 +336,15 @@ def test_a_batch_size_below_one_is_named_before_the_corpus_is_read(tmp_path, key
         f"data.corpus={tmp_path / 'not_read.txt'}", f"data.{key}=0"])
     with pytest.raises(ValueError, match=rf"data.{key}=0 must be at least 1"):
         clm.Task(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("fraction", [1.5, -0.1, 1.0])
+def test_an_eval_fraction_outside_zero_one_is_named_before_the_corpus_is_read(tmp_path,
+                                                                               fraction):
+    """It was "eval_fraction must be in [0, 1)" (no config key), after the corpus was read."""
+    from tl_jax import config as config_lib
+
+    config = config_lib.load_config("configs/gpt_pretrain.py:tiny", [
+        f"data.corpus={tmp_path / 'not_read.txt'}", f"data.eval_fraction={fraction}"])
+    with pytest.raises(ValueError, match=rf"data.eval_fraction={fraction} must be in \[0, 1\)"):
+        clm.Task(config, str(tmp_path / "run"))

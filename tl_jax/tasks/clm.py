@@ -247,6 +247,9 @@ class Task:
             if data_cfg[key] % jax.process_count():
                 raise ValueError(f"data.{key}={data_cfg[key]} is not divisible by the process "
                                  f"count {jax.process_count()}")
+        if not 0.0 <= data_cfg.eval_fraction < 1.0:  # (split_documents named no key)
+            raise ValueError(f"data.eval_fraction={data_cfg.eval_fraction} must be in [0, 1): "
+                             "the share of documents held out for perplexity")
         if data_cfg.max_documents < 0:  # documents[:-n] would silently drop the last n
             raise ValueError(f"data.max_documents={data_cfg.max_documents} must be >= 0 (0: all)")
         from tl_jax.tasks import downstream
