@@ -262,6 +262,34 @@ def test_eval_batches_cover_every_token_once():
     np.testing.assert_array_equal(merged, stream[1:])
 
 
+def test_eval_batches_are_made_as_they_are_read():
+    """The whole list of eval batches was built up front (inputs, targets and weights: three
+    times the windows' bytes) at every eval of a whole held-out set (train.eval_batches=0).
+    They are made one at a time now, with a length for the eval bar, and the same contents."""
+    import tracemalloc
+
+    blocks, lengths = clm.make_blocks(np.arange(1, 20_000 * 128 + 2, dtype=np.int32) % 1000,
+                                      128)  # 20,000 windows, 10 MB
+    tracemalloc.start()
+    try:
+        batches = clm.eval_batches(blocks, lengths, batch_size=64)
+        peak_building = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        for _ in batches:
+            pass
+        peak_reading = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak_building < blocks.nbytes / 100, peak_building
+    assert peak_reading < blocks.nbytes / 20, peak_reading  # one batch at a time (~100 kB)
+    assert len(batches) == 313 and len(clm.eval_batches(blocks, lengths, 64, max_batches=5)) == 5
+    last = batches[-1]
+    np.testing.assert_array_equal(last["inputs"][:32], blocks[-32:, :-1])
+    assert not last["weights"][32:].any()
+    with pytest.raises(IndexError):
+        batches[313]
+
+
 def test_split_documents_is_seeded_and_disjoint():
     docs = [[f"doc {i}"] for i in range(20)]
     train, held = clm.split_documents(docs, 0.25, seed=1)

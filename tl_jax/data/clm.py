@@ -152,7 +152,7 @@ class BlockIterator:
 
 def eval_batches(blocks: np.ndarray, lengths: np.ndarray, batch_size: int,
                  process_index: int = 0, process_count: int = 1, max_batches: int = 0):
-    """Finite, ordered host-local eval batches covering every window once.
+    """Finite, ordered host-local eval batches covering every window once (`EvalBatches`).
 
     The last global batch is padded with zero-weight rows, so metrics count each token once.
     """
@@ -162,19 +162,38 @@ def eval_batches(blocks: np.ndarray, lengths: np.ndarray, batch_size: int,
         raise ValueError(
             f"eval batch_size {batch_size} is not divisible by the process count {process_count}"
         )
-    local = batch_size // process_count
     n_batches = -(-len(blocks) // batch_size)
     if max_batches:
         n_batches = min(n_batches, max_batches)
-    out = []
-    for i in range(n_batches):
-        start = i * batch_size + process_index * local
-        rows = np.arange(start, start + local)
-        real = rows < len(blocks)
+    return EvalBatches(blocks, lengths, batch_size, process_index, process_count, n_batches)
+
+
+class EvalBatches:
+    """The eval batches as a sequence (a length for the eval bar, indexing, iteration), each
+    made from the windows when it is read. The whole list was built up front: inputs, targets
+    and float32 weights, 12 bytes a token beside the windows' 4, for the whole held-out set at
+    `train.eval_batches=0`, at every eval."""
+
+    def __init__(self, blocks, lengths, batch_size, process_index, process_count, n_batches):
+        self.blocks, self.lengths, self.n_batches = blocks, lengths, n_batches
+        self.local = batch_size // process_count
+        self.batch_size, self.offset = batch_size, process_index * self.local
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __getitem__(self, i: int) -> dict:
+        if not -self.n_batches <= i < self.n_batches:
+            raise IndexError(f"eval batch {i} of {self.n_batches}")
+        i %= self.n_batches
+        start = i * self.batch_size + self.offset
+        rows = np.arange(start, start + self.local)
+        real = rows < len(self.blocks)
         rows = np.where(real, rows, 0)
-        batch = blocks_to_batch(blocks[rows], np.where(real, lengths[rows], 1))
-        out.append(batch)
-    return out
+        return blocks_to_batch(self.blocks[rows], np.where(real, self.lengths[rows], 1))
+
+    def __iter__(self):
+        return (self[i] for i in range(self.n_batches))
 
 
 # The held-out draw of the causal and bidirectional LMs: the same for every run, not the run's
