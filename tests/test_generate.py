@@ -352,6 +352,19 @@ def test_the_prefill_computes_the_logits_of_the_last_prompt_position_only():
     assert temp < logits_bytes / 8, (temp, logits_bytes)
 
 
+def test_params_straight_from_init_generate_and_score_as_unboxed_ones():
+    """`Generator` and `score` take the params `model.init` returns (logically partitioned
+    boxes) as well as unboxed ones: reading the tied embedding outside `model.apply` failed
+    on the boxes."""
+    model = GPT(gpt_config("tiny", VOCAB, max_len=32))
+    boxed = model.init(jax.random.PRNGKey(2), jnp.zeros((1, 4), jnp.int32))["params"]
+    plain = nn.unbox(boxed)
+    assert Generator(model, boxed).generate([[1, 2, 3]], 5) == \
+        Generator(model, plain).generate([[1, 2, 3]], 5)
+    np.testing.assert_allclose(score(model, boxed, [[1, 2]], [[3, 4]]),
+                               score(model, plain, [[1, 2]], [[3, 4]]), rtol=1e-6)
+
+
 def test_score_takes_a_continuation_of_max_len_tokens_and_no_more(lm):
     # One context token and max_len continuation tokens: the model reads positions 0 .. 63
     # (the last token is only scored). It was refused like one token more.

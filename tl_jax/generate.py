@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 
 from tl_jax import paths
 from tl_jax.progress import bar as progress_bar
@@ -149,7 +150,8 @@ class Generator:
         # model's own output (float32): the prefill's logits over the whole prompt were 1.6 GB
         # at GPT-2's vocabulary for 8 prompts of 1,016 tokens, all but the last row unused.
         last = outputs["hidden"][:, -1].astype(jnp.float32)  # (B, E)
-        logits = last @ jnp.asarray(params["wte"]["embedding"], jnp.float32).T  # (B, V)
+        embedding = nn.unbox(params["wte"]["embedding"])  # (params straight from `init` too)
+        logits = last @ jnp.asarray(embedding, jnp.float32).T  # (B, V)
         if self.num_tokens is not None:
             logits = jnp.where(jnp.arange(logits.shape[-1]) < self.num_tokens, logits, _MASKED)
         return logits, mutated["cache"]
@@ -341,7 +343,7 @@ def _score_fn(model: GPT):
         # of 512 tokens), and as much again for their log-softmax, are never held.
         outputs, _ = model.apply({"params": params}, tokens[:, :-1], logits=False)
         nll, _ = losses.tied_softmax_cross_entropy(
-            outputs["hidden"], params["wte"]["embedding"], tokens[:, 1:])  # (B, L-1)
+            outputs["hidden"], nn.unbox(params["wte"]["embedding"]), tokens[:, 1:])  # (B, L-1)
         return -(nll * weights[:, 1:]).sum(-1)
 
     _SCORE_FNS[model.config] = fn
