@@ -132,6 +132,14 @@ def test_warm_start_from_another_model_family_is_named(tmp_path, texts, data_dir
     (workdir / "config.json").write_text('{"task": "bert_pretrain"}')
     with pytest.raises(ValueError, match="was trained with task='bert_pretrain'; a clm run"):
         clm.load_tokenizer(data_cfg(), str(tmp_path / "run"), docs, str(workdir))
+    # What `tl_jax convert` makes of a BERT directory (it has a WordPiece tokenizer.json too).
+    converted = tmp_path / "bert_weights"
+    converted.mkdir()
+    (converted / "config.json").write_text('{"family": "bert", "config": {}}')
+    (converted / "params.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"holds a 'bert' model \(.*config.json\); a clm run "
+                                         "warm-starts from GPT-2-layout weights"):
+        clm.load_tokenizer(data_cfg(), str(tmp_path / "run"), docs, str(converted))
 
 
 def test_warm_start_from_a_gpt2_directory_of_another_size_is_an_error(tmp_path):

@@ -88,7 +88,10 @@ def load_tokenizer(data_cfg, workdir: str | None, documents=None,
         config_file = os.path.join(weights, "config.json")
         try:
             with open(config_file) as f:
-                model_type = json.load(f).get("model_type", "gpt2")
+                meta = json.load(f)
+            # A `tl_jax convert` weights directory names its family instead ("bert", "gpt2").
+            model_type = (meta.get("family") if warm_start.is_tl_weights(weights)
+                          else None) or meta.get("model_type", "gpt2")
         except (ValueError, AttributeError):
             model_type = "gpt2"  # the weight loader names what is wrong with the file
         if model_type != "gpt2":
