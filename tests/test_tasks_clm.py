@@ -356,3 +356,30 @@ def test_an_eval_fraction_outside_zero_one_is_named_before_the_corpus_is_read(tm
         f"data.corpus={tmp_path / 'not_read.txt'}", f"data.eval_fraction={fraction}"])
     with pytest.raises(ValueError, match=rf"data.eval_fraction={fraction} must be in \[0, 1\)"):
         clm.Task(config, str(tmp_path / "run"))
+
+
+def test_the_gpt_classifier_warns_of_a_tokenizer_that_is_not_its_lms(tmp_path, texts, capsys):
+    """data.tokenizer other than init_from's vocabulary gives the LM's embedding rows other
+    tokens: the clm task warned of it, the classifier took it without a word."""
+    from tl_jax import config as config_lib
+    from tl_jax.tasks import lm_classify
+
+    lm = tmp_path / "lm"
+    (lm / "checkpoints").mkdir(parents=True)
+    (lm / "config.json").write_text(json.dumps({"task": "clm", "model": {
+        "size": "tiny", "vocab_size": 0, "dropout_rate": 0.1, "attention_dropout_rate": 0.1}}))
+    BPETokenizer.train(texts[:200], vocab_size=300).save(str(lm / "tokenizer"))
+    BPETokenizer.train(texts[200:], vocab_size=300).save(str(tmp_path / "other"))
+
+    def resolve(tokenizer):
+        cfg = config_lib.load_config("configs/gpt_finetune_classify.py:tiny", [
+            f"init_from={lm}", f"data.tokenizer={tokenizer}"])
+        capsys.readouterr()
+        lm_classify.resolve_model(cfg, [])
+        return capsys.readouterr().out
+
+    out = resolve(tmp_path / "other")
+    assert "[lm_classify] warning: data.tokenizer=" in out
+    assert "is not the vocabulary init_from's weights were trained with" in out
+    assert "warning" not in resolve(lm / "tokenizer")
+    assert "warning" not in resolve("")

@@ -143,6 +143,14 @@ def resolve_model(config, train_texts, resumed_tokenizer: str = ""):
                                             progress=bool(config.train.progress)
                                             and jax.process_index() == 0))
         model_config = clm.gpt_config_from(m, tokenizer.vocab_size)
+    if init_from and d.tokenizer and not resumed_tokenizer:
+        # As the clm task says: the LM's embedding rows stand for its own vocabulary's tokens.
+        source = clm.init_from_tokenizer(init_from)
+        if source and (bpe.BPETokenizer.load(source).hf_tokenizer.get_vocab()
+                       != tokenizer.hf_tokenizer.get_vocab()):
+            print(f"[lm_classify] warning: data.tokenizer={d.tokenizer!r} is not the vocabulary "
+                  f"init_from's weights were trained with ({source}): embedding rows it takes "
+                  "over will stand for other tokens.", flush=True)
     if tokenizer.vocab_size > model_config.vocab_size:
         raise ValueError(f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} tokens but the "
                          f"model's vocab_size is {model_config.vocab_size}")
