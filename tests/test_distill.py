@@ -112,6 +112,30 @@ def test_student_takes_exactly_the_chosen_teacher_layers(teacher_dir, corpus):
     assert len(student) == len([p for p in source if "/layer_0/" not in p])
 
 
+def test_teacher_student_and_tokenizer_paths_may_name_home_or_environment_variables(
+        teacher_dir, corpus, tokenizer, tmp_path, monkeypatch):
+    # '~/...' and '$VAR/...' in init_from, student.init and data.tokenizer (the shell expands
+    # neither after '='): distill used them as written ("init_from='~/teacher' does not exist").
+    home = pathlib.Path(teacher_dir).parent
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TL_JAX_TEST_TEACHER", teacher_dir)
+    student_dir = random_bert_dir(tmp_path / "student", tokenizer, num_layers=1, hidden=32,
+                                  seed=1)
+    monkeypatch.setenv("TL_JAX_TEST_STUDENT", student_dir)
+    name = pathlib.Path(teacher_dir).name
+    task = distill.Task(distill_config(f"~/{name}", corpus, "student.init=$TL_JAX_TEST_STUDENT",
+                                       "data.tokenizer=$TL_JAX_TEST_TEACHER"), None)
+    assert (task.init_from, task.student_init) == (teacher_dir, student_dir)
+    batch = task.example_batch(1)
+    params = nn.unbox(jax.jit(lambda r: task.init_variables(r, batch))(jax.random.PRNGKey(0))[
+        "params"])
+    flat = masks.flat_params(jax.device_get(task.init_params(params, None)))
+    for path, value in hf_bert.load_flat_params(teacher_dir).items():
+        np.testing.assert_array_equal(flat["teacher/" + path], value)
+    for path, value in hf_bert.load_flat_params(student_dir).items():
+        np.testing.assert_array_equal(flat[path], value)
+
+
 # -- loss pieces --------------------------------------------------------------------------------
 
 

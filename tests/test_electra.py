@@ -242,6 +242,48 @@ def test_a_run_from_init_from_takes_its_tokenizer_not_a_new_vocabulary(spec, tin
             == Tokenizer.load(str(source / "tokenizer")).hf_tokenizer.get_vocab())
 
 
+@pytest.mark.parametrize("spec", [ELECTRA, ELECTRA.replace("electra_pretrain", "bert_pretrain")])
+@pytest.mark.parametrize("written", ["$TL_JAX_TEST_RUNS/source_run", "~/source_run"])
+def test_init_from_may_name_the_home_folder_or_an_environment_variable(
+        spec, written, tiny_bert_overrides, data_dir, tmp_path, monkeypatch):
+    # The README promises `--config.init_from=~/runs/bert` and `$VAR/...` (the shell expands
+    # neither after '='); both pretraining tasks used the value as written and stopped with
+    # "init_from='~/source_run' does not exist".
+    from tl_jax import tasks
+    from tl_jax.data.tokenizer import Tokenizer
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TL_JAX_TEST_RUNS", str(tmp_path))
+    source = tmp_path / "source_run"
+    (source / "checkpoints").mkdir(parents=True)
+    docs = [["A first document. It has two sentences."], ["Another one, about cats."]]
+    Tokenizer.train_wordpiece(docs, vocab_size=100).save(str(source / "tokenizer"))
+    overrides = [o for o in tiny_bert_overrides if not o.startswith("data.tokenizer=")]
+    config = config_lib.load_config(spec + ":tiny", overrides + [f"init_from={written}"])
+    task = tasks.build_task(config, None)
+    assert task.init_from == str(source)
+    assert (task.tokenizer.hf_tokenizer.get_vocab()
+            == Tokenizer.load(str(source / "tokenizer")).hf_tokenizer.get_vocab())
+
+
+def test_model_size_may_name_a_directory_under_the_home_folder(tmp_path, monkeypatch):
+    # `model.size=DIR` copies a checkpoint's architecture (MiniLM's 6 x 384); '~/...' failed as
+    # "neither a tl_jax workdir ... nor a model size name".
+    from tl_jax.tasks import bert_pretrain
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    hf = tmp_path / "hf_bert"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps(dict(
+        model_type="bert", vocab_size=120, hidden_size=48, num_hidden_layers=3,
+        num_attention_heads=4, intermediate_size=96, max_position_embeddings=64,
+        type_vocab_size=2)))
+    model_cfg = config_lib.load_config(ELECTRA.replace("electra_pretrain", "bert_pretrain")
+                                       + ":tiny", ["model.size=~/hf_bert"]).model
+    got = bert_pretrain.bert_config_from(model_cfg, 100)
+    assert (got.num_layers, got.hidden_size, got.vocab_size) == (3, 48, 120)
+
+
 def one_step(overrides):
     config = config_lib.load_config(ELECTRA + ":tiny", overrides)
     trainer = train.build_trainer(config, workdir=None)

@@ -25,13 +25,15 @@ def bert_config_from(model_cfg, vocab_size: int, tokenizer=None) -> bert.BertCon
     """
     embedding_size = model_cfg.get("embedding_size", 0)
     if model_cfg.size not in bert.SIZES:
+        # A directory may be written '~/models/x' or '$TL_JAX_DATA_DIR/models/x' (see paths).
+        size = paths.expand(model_cfg.size)
         if embedding_size:
             raise ValueError(
                 f"model.embedding_size={embedding_size} applies to a size name; "
                 f"model.size={model_cfg.size} copies its architecture, embedding width included "
                 "(set model.embedding_size=0)")
         from tl_jax.tasks import downstream
-        source = downstream.architecture(model_cfg.size, tokenizer)
+        source = downstream.architecture(size, tokenizer)
         if model_cfg.vocab_size:
             source = source.replace(vocab_size=model_cfg.vocab_size)
         if source.vocab_size < vocab_size:
@@ -123,9 +125,11 @@ class Task:
             raise ValueError(
                 f"data.max_seq_length={data_cfg.max_seq_length} is longer than the position "
                 f"table (model.max_position_embeddings={config.model.max_position_embeddings}).")
-        if config.init_from:
-            warm_start.require_source(config.init_from)
-            data_cfg = with_init_from_tokenizer(data_cfg, config.init_from, "bert_pretrain")
+        # '~/runs/bert' or '$TL_JAX_DATA_DIR/models/...': the shell expands neither in a value.
+        self.init_from = paths.expand(config.init_from)
+        if self.init_from:
+            warm_start.require_source(self.init_from)
+            data_cfg = with_init_from_tokenizer(data_cfg, self.init_from, "bert_pretrain")
         self.data = pretraining.build_pretraining_data(
             data_cfg, config.model.max_position_embeddings, workdir, config.seed,
             process_index=jax.process_index(), process_count=jax.process_count(),
@@ -179,9 +183,9 @@ class Task:
 
     def init_params(self, params, rng):
         del rng
-        if not self.config.init_from:
+        if not self.init_from:
             return params
-        return warm_start.warm_start(params, self.config.init_from, self.model_config)
+        return warm_start.warm_start(params, self.init_from, self.model_config)
 
     def loss_normalizers(self, batch):
         return pretraining_normalizers(batch)

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from tl_jax import checkpoint, warm_start
+from tl_jax import checkpoint, paths, warm_start
 from tl_jax.data import pretraining
 from tl_jax.data.tokenizer import Tokenizer
 from tl_jax.models import bert
@@ -285,41 +285,45 @@ class Task:
         self.config = config
         m, s = config.model, config.student
         check_loss_settings(config.distill)
-        if not config.init_from:
+        # Paths in config values may be '~/runs/bert' or '$TL_JAX_DATA_DIR/models/...' (the
+        # shell expands neither after '='), as every other task's.
+        init_from = self.init_from = paths.expand(config.init_from)
+        student_init = s.init if s.init in ("teacher", "scratch") else paths.expand(s.init)
+        if not init_from:
             raise ValueError(
                 "distill needs a teacher: set config.init_from to a tl_jax BERT pretraining "
                 "workdir or a Hugging Face BERT directory with an MLM head.")
         # Before its tokenizer is read: an empty directory or a file is not a model.
-        downstream.check_encoder_source(config.init_from)
-        teacher_tokenizer = Tokenizer.load(downstream.tokenizer_path(config.init_from))
+        downstream.check_encoder_source(init_from)
+        teacher_tokenizer = Tokenizer.load(downstream.tokenizer_path(init_from))
         overrides = dict(dropout_rate=m.dropout_rate,
                          attention_dropout_rate=m.attention_dropout_rate, dtype=m.dtype)
-        self.teacher_config = downstream.architecture(config.init_from,
+        self.teacher_config = downstream.architecture(init_from,
                                                       teacher_tokenizer).replace(**overrides)
         tc = self.teacher_config
-        check_mlm_head(config.init_from, tc)
+        check_mlm_head(init_from, tc)
         if teacher_tokenizer.vocab_size != tc.vocab_size:
-            raise ValueError(f"the teacher {config.init_from} has a {tc.vocab_size}-token "
+            raise ValueError(f"the teacher {init_from} has a {tc.vocab_size}-token "
                              f"embedding table but its tokenizer {teacher_tokenizer.source} has "
                              f"{teacher_tokenizer.vocab_size} tokens")
 
         # -- the student ---------------------------------------------------------------------
         self.student_layers = None
-        if s.init in ("teacher", "scratch"):
-            spec = s.layers if s.init == "teacher" else ""
-            if s.init == "scratch" and s.layers:
+        if student_init in ("teacher", "scratch"):
+            spec = s.layers if student_init == "teacher" else ""
+            if student_init == "scratch" and s.layers:
                 raise ValueError("student.layers picks teacher layers to copy; it needs "
                                  "student.init=teacher")
             indices = student_layer_indices(tc.num_layers, s.num_layers, spec)
-            if s.init == "teacher":
+            if student_init == "teacher":
                 self.student_layers = indices
             self.model_config = tc.replace(num_layers=len(indices))
         else:  # another BERT of the teacher's width and vocabulary
-            downstream.check_encoder_source(s.init, "student.init")
-            student_tokenizer = Tokenizer.load(downstream.tokenizer_path(s.init))
+            downstream.check_encoder_source(student_init, "student.init")
+            student_tokenizer = Tokenizer.load(downstream.tokenizer_path(student_init))
             _check_same_vocabulary(student_tokenizer, teacher_tokenizer,
                                    f"student.init={s.init}'s tokenizer")
-            source = downstream.architecture(s.init, student_tokenizer)
+            source = downstream.architecture(student_init, student_tokenizer)
             if (source.hidden_size, source.vocab_size) != (tc.hidden_size, tc.vocab_size):
                 raise ValueError(
                     f"student.init={s.init} is {source.hidden_size} wide with a "
@@ -340,13 +344,15 @@ class Task:
         # -- data: BERT pretraining's masked-LM batches in the teacher's vocabulary ------------
         data_cfg = ml_collections.ConfigDict(config.data.to_dict())
         if data_cfg.tokenizer:
-            _check_same_vocabulary(Tokenizer.load(data_cfg.tokenizer), teacher_tokenizer,
+            _check_same_vocabulary(Tokenizer.load(paths.expand(data_cfg.tokenizer)),
+                                   teacher_tokenizer,
                                    f"data.tokenizer={data_cfg.tokenizer}")
         else:
-            data_cfg.tokenizer = downstream.tokenizer_path(config.init_from)
+            data_cfg.tokenizer = downstream.tokenizer_path(init_from)
         if data_cfg.max_seq_length > tc.max_position_embeddings:
             raise ValueError(f"data.max_seq_length={data_cfg.max_seq_length} is longer than the "
                              f"teacher's position table ({tc.max_position_embeddings}).")
+        self.student_init = student_init
         self.data = pretraining.build_pretraining_data(
             data_cfg, tc.max_position_embeddings, workdir, config.seed,
             process_index=jax.process_index(), process_count=jax.process_count(),
@@ -391,7 +397,7 @@ class Task:
         """The teacher from `init_from`; the student from the teacher's layers (or as
         `student.init` says)."""
         del rng
-        init_from = self.config.init_from
+        init_from = self.init_from
         # A distillation workdir as the source: its student becomes this run's teacher, and its
         # own teacher is left behind.
         prefix_map = {f"{TEACHER}/": "source_teacher/", "bert/": f"{TEACHER}/bert/",
@@ -399,7 +405,7 @@ class Task:
         teacher = warm_start.warm_start({TEACHER: params[TEACHER]}, init_from,
                                         self.teacher_config, prefix_map=prefix_map)[TEACHER]
         student = {k: v for k, v in params.items() if k != TEACHER}
-        s_init = self.config.student.init
+        s_init = self.student_init
         if s_init == "teacher":
             student = student_from_teacher(teacher, self.student_layers)
             print(f"[distill] student: {self.model_config.num_layers} layers from teacher layers "

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tl_jax import warm_start
+from tl_jax import paths, warm_start
 from tl_jax.data import pretraining
 from tl_jax.models import electra
 from tl_jax.tasks import bert_pretrain, masked_lm_normalizers, normalized
@@ -77,9 +77,11 @@ class Task:
         # Written so that NaN fails too; inf is allowed: it samples uniformly.
         if not config.electra.temperature > 0:
             raise ValueError(f"electra.temperature={config.electra.temperature} must be > 0.")
-        if config.init_from:
-            warm_start.require_source(config.init_from)
-            data_cfg = bert_pretrain.with_init_from_tokenizer(data_cfg, config.init_from, "electra")
+        # '~/runs/electra' or '$VAR/...': the shell expands neither in a config value.
+        self.init_from = paths.expand(config.init_from)
+        if self.init_from:
+            warm_start.require_source(self.init_from)
+            data_cfg = bert_pretrain.with_init_from_tokenizer(data_cfg, self.init_from, "electra")
         self.data = pretraining.build_pretraining_data(
             data_cfg, model_cfg.max_position_embeddings, workdir, config.seed,
             process_index=jax.process_index(), process_count=jax.process_count(),
@@ -122,9 +124,9 @@ class Task:
     def init_params(self, params, rng):
         """`init_from` (an ELECTRA workdir to continue, or a BERT one for the discriminator)."""
         del rng
-        if not self.config.init_from:
+        if not self.init_from:
             return params
-        return warm_start.warm_start(params, self.config.init_from,
+        return warm_start.warm_start(params, self.init_from,
                                      self.model_config.discriminator)
 
     def loss_normalizers(self, batch):
