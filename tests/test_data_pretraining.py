@@ -477,6 +477,20 @@ def test_build_errors_before_any_work(small_corpus, tmp_path):
                                          "a blank line ends a document") as e:
         build_pretraining_data(_data_config(str(one)), 128, None, 0)
     assert "eval_fraction" not in str(e.value)
+    # A jsonl file whose lines all share one title is one document (grouped by 'title' with
+    # data.group_field unset); the error said "each line is one", which the file contradicts.
+    titled = tmp_path / "one_title.jsonl"
+    titled.write_text("".join(json.dumps({"title": "Cats", "text": f"Paragraph {i}. More."})
+                              + "\n" for i in range(5)), encoding="utf-8")
+    with pytest.raises(ValueError, match="holds 1 document.*sharing the first of 'title', "
+                                         "'book', 'doc_id' .*data.group_field names another"):
+        build_pretraining_data(_data_config(str(titled)), 128, None, 0)
+    with pytest.raises(ValueError, match="sharing data.group_field='title'"):
+        build_pretraining_data(_data_config(str(titled), group_field="title"), 128, None, 0)
+    # data.max_documents=1 of a larger corpus: the limit is named, not the corpus blamed.
+    with pytest.raises(ValueError, match=r"keeps 1 document of the 5 read \(data.max_documents=1\)"):
+        build_pretraining_data(_data_config(str(titled), group_field="text", max_documents=1),
+                               128, None, 0)
     few = tmp_path / "few.txt"
     few.write_text("First doc here. And more.\n\nSecond doc here. And more.", encoding="utf-8")
     with pytest.raises(ValueError, match="fewer than one batch"):

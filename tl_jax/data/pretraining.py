@@ -58,7 +58,7 @@ from tl_jax.data.pretraining_iterator import (
     eval_batches,
     zero_batch,
 )
-from tl_jax.data.sources import load_documents, split_sentences
+from tl_jax.data.sources import AUTO_GROUP_FIELDS, load_documents, split_sentences
 from tl_jax.data.tokenizer import SPECIAL_TOKENS, Tokenizer, vocab_lowercase
 
 # Stream tags in the rng seeds, so instance creation and the eval split draw independent numbers.
@@ -545,15 +545,27 @@ def build_pretraining_data(
         documents = load_documents(paths.expand(c.corpus), text_field=c.text_field,
                                    group_field=c.group_field or None)
         step.result = f"{len(documents):,} documents"
+    num_read = len(documents)
     if c.max_documents:
         documents = documents[:c.max_documents]
     if len(documents) < 2:
         # Said before the eval split, whose "set data.eval_fraction=0" would not help.
+        if len(documents) < num_read:
+            held = (f"keeps {len(documents)} document of the {num_read:,} read "
+                    f"(data.max_documents={c.max_documents})")
+        else:
+            held = f"holds {len(documents)} document"
+        # Without data.group_field, jsonl lines are grouped by a key they all may share (one
+        # 'title' for a whole file): say so, or "each line is one" contradicts what was read.
+        grouping = (f"consecutive lines sharing data.group_field={c.group_field!r}"
+                    if c.group_field else
+                    "consecutive lines sharing the first of "
+                    + ", ".join(repr(k) for k in AUTO_GROUP_FIELDS)
+                    + " that a file's first line has, unless data.group_field names another key")
         raise ValueError(
-            f"Corpus {c.corpus!r} holds {len(documents)} document; NSP needs at least 2 "
-            "documents to draw random next segments from. In a text file a blank line ends a "
-            "document; in a .jsonl file each line is one (or consecutive lines sharing "
-            "data.group_field).")
+            f"Corpus {c.corpus!r} {held}; NSP needs at least 2 documents to draw random next "
+            "segments from. In a text file a blank line ends a document; in a .jsonl file "
+            f"each line is one, or {grouping}.")
     train_index, eval_index = split_eval_documents(len(documents), c.eval_fraction)
     train_texts = [documents[i] for i in train_index]
     eval_texts = [documents[i] for i in eval_index]
