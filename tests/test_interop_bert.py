@@ -663,6 +663,38 @@ def test_convert_exports_a_trainer_workdir(tmp_path, monkeypatch, kind):
                                    atol=1e-5)
 
 
+def test_convert_of_a_workdir_that_lost_its_tokenizer_says_the_export_has_none(
+        tmp_path, monkeypatch, capsys):
+    # A workdir copied without tokenizer/ exported its weights with no tokenizer file and no
+    # word about it (README: "each with the run's tokenizer"); AutoTokenizer then failed later.
+    from tl_jax import checkpoint
+    from tl_jax.data.tokenizer import Tokenizer
+
+    words = [f"w{i}" for i in range(40)]
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
+    config = bert.BertConfig(vocab_size=45, hidden_size=24, num_layers=1, num_heads=3,
+                             intermediate_size=30, max_position_embeddings=20)
+    params = nn.unbox(bert.BertForPreTraining(config).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    monkeypatch.setattr(checkpoint, "load_params_from_workdir",
+                        lambda path: (safetensors_io.flatten_params(params), 7))
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps({"task": "bert_pretrain", "model": {}}))
+
+    convert.convert(workdir, tmp_path / "hf_none", "tl_to_hf")
+    out = capsys.readouterr().out
+    assert f"{workdir} has no tokenizer/" in out and "without tokenizer files" in out
+    assert (tmp_path / "hf_none" / "model.safetensors").is_file()
+    assert not (tmp_path / "hf_none" / "vocab.txt").exists()
+
+    Tokenizer.load(str(vocab)).save(str(workdir / "tokenizer"))
+    convert.convert(workdir, tmp_path / "hf", "tl_to_hf")
+    assert "no tokenizer/" not in capsys.readouterr().out
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "hf").vocab_size == 45
+
+
 def _random_params(init, *inputs):
     """The param tree `init` would make, filled with random numpy (LayerNorm scales near 1):
     only shapes are traced, so no device holds any of it."""

@@ -306,7 +306,7 @@ def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
                                    "attention_dropout_rate") if k in model}
     params, has_heads = hf_bert.encoder_and_heads(safetensors_io.unflatten_params(flat))
     config = hf_bert.config_from_params(params, **extra)
-    tokenizer = src / "tokenizer" if (src / "tokenizer").is_dir() else None
+    tokenizer = _workdir_tokenizer(src, dst)
     if config.factorised:
         what = _export_factorised_encoder(flat, config, dst, tokenizer)
         print(f"[convert] {src} step {step}: {what}")
@@ -314,6 +314,21 @@ def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
     hf_bert.export(params, config, dst, with_heads=has_heads, tokenizer=tokenizer)
     print(f"[convert] {src} step {step}: BERT {config.num_layers}x{config.hidden_size}, "
           f"{'with' if has_heads else 'without'} MLM/NSP heads")
+
+
+def _workdir_tokenizer(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path | None:
+    """The run's `tokenizer/` folder, exported beside the weights. A workdir that lost it
+    (deleted, or not copied with the workdir) still exports its weights, but says so: the
+    directory then has no tokenizer files for transformers to load, and no vocabulary is
+    made up for it."""
+    folder = src / "tokenizer"
+    if any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        return folder
+    print(f"[convert] Note: {src} has no tokenizer/ (the vocabulary the run was trained "
+          f"with: deleted, or not copied with the workdir?), so {dst} gets the weights without "
+          f"tokenizer files. Put it back in {folder} and convert again for a directory "
+          "transformers' AutoTokenizer loads.", flush=True)
+    return None
 
 
 def _export_factorised_encoder(flat: dict, config, dst: pathlib.Path, tokenizer) -> str:
@@ -352,7 +367,7 @@ def _export_electra_workdir(src: pathlib.Path, dst: pathlib.Path, run_config: di
                                    "attention_dropout_rate") if k in model}
     params = safetensors_io.unflatten_params(flat)
     config = hf_electra.config_from_params(params, **extra)
-    tokenizer = src / "tokenizer" if (src / "tokenizer").is_dir() else None
+    tokenizer = _workdir_tokenizer(src, dst)
     hf_electra.export(params, config, dst, tokenizer=tokenizer)
     d = config.discriminator
     print(f"[convert] {src} step {step}: ELECTRA discriminator {d.num_layers}x{d.hidden_size} "
