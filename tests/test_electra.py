@@ -266,6 +266,30 @@ def test_init_from_may_name_the_home_folder_or_an_environment_variable(
             == Tokenizer.load(str(source / "tokenizer")).hf_tokenizer.get_vocab())
 
 
+@pytest.mark.parametrize("spec", [ELECTRA, ELECTRA.replace("electra_pretrain", "bert_pretrain")])
+def test_a_resumed_run_does_not_announce_init_from_s_tokenizer(spec, tiny_bert_overrides,
+                                                                tmp_path, capsys):
+    # Resuming printed "[task] tokenizer of init_from: ..." and then kept the run's own (as it
+    # must): the log said the opposite of what happened.
+    from tl_jax import tasks
+    from tl_jax.data.tokenizer import Tokenizer
+
+    source = tmp_path / "source_run"
+    (source / "checkpoints").mkdir(parents=True)
+    Tokenizer.train_wordpiece([["A first document about dogs."], ["Another, about cats."]],
+                              vocab_size=100).save(str(source / "tokenizer"))
+    run = tmp_path / "run"
+    (run / "checkpoints" / "5").mkdir(parents=True)  # a saved step: the run resumes
+    Tokenizer.train_wordpiece([["Quite other words here."], ["And more of them."]],
+                              vocab_size=120).save(str(run / "tokenizer"))
+    overrides = [o for o in tiny_bert_overrides if not o.startswith("data.tokenizer=")]
+    config = config_lib.load_config(spec + ":tiny", overrides + [f"init_from={source}"])
+    task = tasks.build_task(config, str(run))
+    assert "tokenizer of init_from" not in capsys.readouterr().out
+    assert (task.tokenizer.hf_tokenizer.get_vocab()
+            == Tokenizer.load(str(run / "tokenizer")).hf_tokenizer.get_vocab())
+
+
 def test_model_size_may_name_a_directory_under_the_home_folder(tmp_path, monkeypatch):
     # `model.size=DIR` copies a checkpoint's architecture (MiniLM's 6 x 384); '~/...' failed as
     # "neither a tl_jax workdir ... nor a model size name".

@@ -84,14 +84,22 @@ class ValidatedBatches:
         self.iterator.set_state(state)
 
 
-def with_init_from_tokenizer(data_cfg, init_from: str, task: str):
+def with_init_from_tokenizer(data_cfg, init_from: str, task: str, workdir: str | None = None):
     """`data_cfg`, with `data.tokenizer` set to `init_from`'s own when it is empty: a vocabulary
     trained afresh (on another corpus, say) would give the embedding rows taken over from
     `init_from` other tokens to stand for, without any shape to tell. An explicit
-    `data.tokenizer` wins, with a warning when it is another vocabulary."""
+    `data.tokenizer` wins, with a warning when it is another vocabulary.
+
+    A run resuming in `workdir` keeps the tokenizer it was trained with (see
+    `pretraining._get_tokenizer`): `data_cfg` is returned as it is, and nothing is said about
+    init_from's tokenizer, which is not used."""
+    from tl_jax.checkpoint import has_saved_step
     from tl_jax.data.tokenizer import Tokenizer
     from tl_jax.tasks import downstream
 
+    if workdir and has_saved_step(workdir) and os.path.isfile(
+            os.path.join(workdir, "tokenizer", "tokenizer.json")):
+        return data_cfg
     if data_cfg.tokenizer:
         downstream.warn_if_not_init_from_vocabulary(
             Tokenizer.load(paths.expand(data_cfg.tokenizer)), init_from, task)
@@ -129,7 +137,8 @@ class Task:
         self.init_from = paths.expand(config.init_from)
         if self.init_from:
             warm_start.require_source(self.init_from)
-            data_cfg = with_init_from_tokenizer(data_cfg, self.init_from, "bert_pretrain")
+            data_cfg = with_init_from_tokenizer(data_cfg, self.init_from, "bert_pretrain",
+                                                workdir)
         self.data = pretraining.build_pretraining_data(
             data_cfg, config.model.max_position_embeddings, workdir, config.seed,
             process_index=jax.process_index(), process_count=jax.process_count(),

@@ -81,7 +81,8 @@ class Task:
         self.init_from = paths.expand(config.init_from)
         if self.init_from:
             warm_start.require_source(self.init_from)
-            data_cfg = bert_pretrain.with_init_from_tokenizer(data_cfg, self.init_from, "electra")
+            data_cfg = bert_pretrain.with_init_from_tokenizer(data_cfg, self.init_from, "electra",
+                                                              workdir)
         self.data = pretraining.build_pretraining_data(
             data_cfg, model_cfg.max_position_embeddings, workdir, config.seed,
             process_index=jax.process_index(), process_count=jax.process_count(),
