@@ -663,6 +663,39 @@ def test_convert_exports_a_trainer_workdir(tmp_path, monkeypatch, kind):
                                    atol=1e-5)
 
 
+def test_convert_of_a_lora_workdir_merges_at_the_runs_lora_alpha(tmp_path, monkeypatch):
+    """A LoRA run's lora_alpha lives in transfer.lora_alpha, not in the run's model config: the
+    export merged the update at alpha 1 (1/16 of its scale for configs/transfer_lora.py). It is
+    read from the checkpoint's resolved_model, the model the run built."""
+    from tl_jax import checkpoint
+
+    config = bert.BertConfig(vocab_size=45, hidden_size=24, num_layers=2, num_heads=3,
+                             intermediate_size=30, max_position_embeddings=20, lora_rank=4,
+                             lora_alpha=16.0)
+    model = _Classifier(config)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    flat = safetensors_io.flatten_params(params)
+    rng = np.random.default_rng(1)
+    flat = {p: (rng.normal(0, 0.3, v.shape).astype(np.float32) if p.endswith("lora_b")
+                else np.asarray(v)) for p, v in flat.items()}  # a trained update (init: zeros)
+    assert sum(p.endswith("lora_b") for p in flat) == 4
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps({"task": "classify", "model": {},
+                                                     "transfer": {"lora_alpha": 16.0}}))
+    monkeypatch.setattr(checkpoint, "load_params_from_workdir", lambda path: (flat, 7))
+    monkeypatch.setattr(checkpoint, "config_from_workdir", lambda path, step: {
+        "resolved_model": {"lora_rank": 4, "lora_alpha": 16.0, "hidden_act": "gelu"}})
+    convert.convert(workdir, tmp_path / "hf", "tl_to_hf")
+    torch_model = transformers.BertModel.from_pretrained(tmp_path / "hf").eval()
+    ids = np.random.default_rng(0).integers(0, 45, (2, 6))
+    with torch.no_grad():
+        ref = torch_model(input_ids=torch.tensor(ids)).last_hidden_state.numpy()
+    ours, _ = bert.BertModel(config).apply(
+        {"params": safetensors_io.unflatten_params(flat)["bert"]}, ids)
+    np.testing.assert_allclose(ours["sequence_output"], ref, atol=1e-5)
+
+
 def test_convert_of_a_workdir_that_lost_its_tokenizer_says_the_export_has_none(
         tmp_path, monkeypatch, capsys):
     # A workdir copied without tokenizer/ exported its weights with no tokenizer file and no

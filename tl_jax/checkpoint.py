@@ -751,6 +751,24 @@ def config_from_workdir(workdir: str, step: int) -> dict:
     return mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
 
+# What a BERT workdir's param shapes cannot tell: LoRA's scale (lora_alpha / lora_rank), the
+# activation, the LayerNorm epsilon. Read from the model the run built (its `resolved_model`).
+UNSHAPED_MODEL_FIELDS = ("lora_alpha", "hidden_act", "layer_norm_eps")
+
+
+def unshaped_model_fields(workdir: str, step: int) -> dict:
+    """The `UNSHAPED_MODEL_FIELDS` of the model checkpoint `step` of `workdir` was trained as
+    (its config's `resolved_model`); empty for a checkpoint saved without one. Left to their
+    defaults, a LoRA run's lora_alpha (16 in configs/transfer_lora.py) became 1: `tl_jax
+    extract`, a fine-tuning run started from it and its HF export computed another function
+    than the one it trained."""
+    try:
+        resolved = config_from_workdir(workdir, step).get("resolved_model") or {}
+    except Exception:  # noqa: BLE001 - a checkpoint without a readable config: the shapes alone
+        return {}
+    return {k: resolved[k] for k in UNSHAPED_MODEL_FIELDS if k in resolved}
+
+
 RUN_CONFIG = "it is the run's config, written by `tl_jax train`"
 
 

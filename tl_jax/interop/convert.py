@@ -304,6 +304,10 @@ def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
     model = run_config.get("model", {}) if isinstance(run_config.get("model"), dict) else {}
     extra = {k: model[k] for k in ("hidden_act", "layer_norm_eps", "dropout_rate",
                                    "attention_dropout_rate") if k in model}
+    # The model the run built, for what shapes cannot tell: a LoRA run's lora_alpha lives in
+    # transfer.lora_alpha, not model, and its update was merged at alpha 1 (1/16 of its scale
+    # for configs/transfer_lora.py).
+    extra.update(checkpoint.unshaped_model_fields(str(src), step))
     params, has_heads = hf_bert.encoder_and_heads(safetensors_io.unflatten_params(flat))
     config = hf_bert.config_from_params(params, **extra)
     tokenizer = _workdir_tokenizer(src, dst)

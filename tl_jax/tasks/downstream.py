@@ -238,7 +238,8 @@ def architecture(source: str, tokenizer: Tokenizer) -> bert.BertConfig:
         from tl_jax.interop import bert as hf_bert
         shapes, step = checkpoint.param_shapes_from_workdir(source)
         stand_ins = {p: np.broadcast_to(np.zeros((), np.float32), s) for p, s in shapes.items()}
-        return hf_bert.config_from_params(stand_ins, **_unshaped_fields(source, step))
+        return hf_bert.config_from_params(
+            stand_ins, **checkpoint.unshaped_model_fields(source, step))
     if warm_start.is_tl_weights(source):
         return warm_start.bert_weights(source)[0]
     if warm_start.is_hf_directory(source):
@@ -248,25 +249,6 @@ def architecture(source: str, tokenizer: Tokenizer) -> bert.BertConfig:
         f"{source!r} is neither a tl_jax workdir (with checkpoints/), nor tl_jax weights (with "
         "params.safetensors), nor a Hugging Face BERT directory (with config.json), nor a model "
         "size name.")
-
-
-# What a workdir's param shapes cannot tell: LoRA's scale (lora_alpha / lora_rank), the
-# activation, the LayerNorm epsilon. Read from the model the run built (its `resolved_model`).
-UNSHAPED_FIELDS = ("lora_alpha", "hidden_act", "layer_norm_eps")
-
-
-def _unshaped_fields(workdir: str, step: int) -> dict:
-    """The `UNSHAPED_FIELDS` of the model checkpoint `step` of `workdir` was trained as (its
-    config's `resolved_model`); empty for a checkpoint saved without one. Left to their defaults,
-    a LoRA run's lora_alpha (16 in configs/transfer_lora.py) became 1: `tl_jax extract` and a
-    fine-tuning run started from it computed another function than the one it trained."""
-    from tl_jax import checkpoint
-
-    try:
-        resolved = checkpoint.config_from_workdir(workdir, step).get("resolved_model") or {}
-    except Exception:  # noqa: BLE001 - a checkpoint without a readable config: the shapes alone
-        return {}
-    return {k: resolved[k] for k in UNSHAPED_FIELDS if k in resolved}
 
 
 class EpochBatches:
