@@ -938,3 +938,22 @@ def test_an_elmo_workdir_without_its_vocab_txt_is_refused(tmp_path):
     tasks.check_saved_vocabulary("bilm", str(tmp_path))
     # Before the first checkpoint there is nothing to keep.
     tasks.check_saved_vocabulary("clm", str(tmp_path / "new"))
+
+
+def test_a_source_that_matches_nothing_names_a_few_tensors_of_each_side(tmp_path, monkeypatch):
+    """No tensor matched: the error listed every name of the model (hundreds for BERT-base or
+    GPT-2), and none of the source's, which is what shows how the two namings differ."""
+    (tmp_path / "src" / "checkpoints").mkdir(parents=True)
+    source = {f"transformer/h.{i}/w": np.zeros((2, 2), np.float32) for i in range(200)}
+    source["embed"] = np.zeros((3,), np.float32)
+    monkeypatch.setattr(ckpt_lib, "load_params_from_workdir", lambda path: (source, 9))
+    params = {f"layer_{i}": {"kernel": np.zeros((2, 2), np.float32)} for i in range(300)}
+    params["embed"] = np.zeros((4,), np.float32)
+    with pytest.raises(warm_start.WarmStartError) as e:
+        warm_start.warm_start(params, str(tmp_path / "src"))
+    message = str(e.value)
+    assert "no tensor matched this model by name and shape" in message
+    assert "the source's: transformer/h.0/w, " in message and "and 197 more" in message
+    assert "and 297 more" in message  # the model's 300 layers and embed, four shown
+    assert "embed model (4,) vs source (3,)" in message
+    assert len(message) < 1000, len(message)
