@@ -230,6 +230,9 @@ def test_cli_reports_unknown_config_key_before_doing_anything(tmp_path):
     ("train.steps=-5", r"train.steps=-5 must be an integer >= 0"),
     ("train.eval_every=-1", r"train.eval_every=-1 must be an integer >= 0"),
     ("train.best_mode='maximum'", "expected 'max' or 'min'"),
+    # Was a ZeroDivisionError in the MFU at the first logged window, after compiling.
+    ("train.peak_flops=0", r"train.peak_flops=0.0 must be a positive number"),
+    ("train.peak_flops=-1e9", r"train.peak_flops=-1000000000.0 must be a positive number"),
 ])
 def test_bad_setups_fail_before_compiling(tiny_bert_overrides, override, message):
     config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [override])

@@ -96,7 +96,8 @@ def check_train_config(tc: ml_collections.ConfigDict) -> None:
     """Refuses `config.train` values the loop cannot run with, before anything compiles: a
     `log_every` or `checkpoint_every` of 0 would fail at the first step (modulo by zero), a
     negative `train.steps` would "finish" at once, `keep_checkpoints=0` would delete every
-    checkpoint as it is written, and a misspelt `best_mode` would silently mean "max"."""
+    checkpoint as it is written, a misspelt `best_mode` would silently mean "max", and a
+    `peak_flops` of 0 would fail at the first logged step (the MFU divides by it)."""
     positive = ("log_every", "checkpoint_every", "keep_checkpoints")
     non_negative = ("steps", "eval_every", "eval_batches")
     for key in positive + non_negative:
@@ -108,6 +109,15 @@ def check_train_config(tc: ml_collections.ConfigDict) -> None:
             raise ValueError(f"train.{key}={value!r} must be an integer >= {least}"
                              + (" (0 = never)" if key in ("eval_every",) else "")
                              + (" (0 = the whole held-out set)" if key == "eval_batches" else ""))
+    if "peak_flops" in tc:
+        # The MFU's denominator: 0 (as if to turn MFU off) failed with ZeroDivisionError at the
+        # first logged window, after the data was read and the step compiled.
+        peak = tc.peak_flops
+        if (isinstance(peak, bool) or not isinstance(peak, (int, float))
+                or not math.isfinite(peak) or peak <= 0):
+            raise ValueError(f"train.peak_flops={peak!r} must be a positive number: one "
+                             "device's peak FLOP/s, which the MFU is measured against (e.g. "
+                             "200e9; benchmarks/ measures yours).")
     if tc.get("best_mode", "max") not in ("max", "min"):
         raise ValueError(f"train.best_mode={tc.best_mode!r}; expected 'max' or 'min'.")
 
