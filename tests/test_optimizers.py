@@ -177,3 +177,26 @@ def test_sgd_applies_weight_decay_as_torch_does_and_the_transfer_plan_agrees():
     ours = jax.tree_util.tree_map(lambda n, p: n - p, new, params())
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(first_update(tx))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    # optax took it: the decay ran `warmup_steps` steps ahead, the first rate not 0 but lower
+    # down the decay than the peak.
+    ("warmup_steps", -3, r"optimizer.warmup_steps=-3 must be an integer >= 0"),
+    # Negative rates climb the loss.
+    ("learning_rate", -1e-3, r"optimizer.learning_rate=-0.001 must be a number >= 0"),
+    ("end_lr_ratio", -0.5, r"optimizer.end_lr_ratio=-0.5 must be a number >= 0"),
+])
+def test_schedule_settings_that_would_change_the_schedule_are_refused(field, value, message):
+    cfg = optimizers.default_config()
+    cfg[field] = value
+    with pytest.raises(ValueError, match=message):
+        optimizers.make_optimizer(cfg, 100)
+
+
+def test_schedule_warms_up_from_zero_to_the_peak_then_decays_to_the_end_ratio():
+    cfg = optimizers.default_config()
+    cfg.update(learning_rate=1e-3, warmup_steps=10, decay="linear", end_lr_ratio=0.1)
+    schedule = optimizers.make_schedule(cfg, 110)
+    np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 10, 60, 110)],
+                               [0.0, 5e-4, 1e-3, 5.5e-4, 1e-4], rtol=1e-5)

@@ -20,6 +20,8 @@ use it as it is):
 """
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from typing import Callable
 
@@ -66,6 +68,7 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
     step 0 and lets the warmup override the start, so right after warmup its rate is
     `peak * (1 - w / T)` rather than the peak; the two agree when w << T.
     """
+    check_schedule_config(cfg)
     peak = cfg.learning_rate
     warmup = int(cfg.warmup_steps)
     end = peak * cfg.end_lr_ratio
@@ -85,6 +88,22 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
     if warmup == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def check_schedule_config(cfg: ml_collections.ConfigDict) -> None:
+    """Refuses schedule settings that optax would take without complaint and turn into another
+    schedule: a negative `warmup_steps` shifted the decay that many steps along (the run started
+    part-way down it), and a negative `learning_rate` or `end_lr_ratio` gave negative rates,
+    which climb the loss instead of descending it."""
+    warmup = cfg.warmup_steps
+    if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral) or warmup < 0:
+        raise ValueError(f"optimizer.warmup_steps={warmup!r} must be an integer >= 0 "
+                         "(0 = no warmup).")
+    for key in ("learning_rate", "end_lr_ratio"):
+        value = cfg[key]
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                or not math.isfinite(value) or value < 0):
+            raise ValueError(f"optimizer.{key}={value!r} must be a number >= 0.")
 
 
 def make_optimizer(
