@@ -404,3 +404,23 @@ def test_a_metric_nothing_counted_towards_is_nan_not_zero():
     assert np.isnan(means["mlm_loss"])  # was 0.0: a "perfect" loss
     assert means["nonfinite_steps"] == 2.0  # a total, summed
     assert train.empty_metrics(steps) == ["mlm_loss"]
+
+
+def test_a_non_finite_stop_keeps_the_checkpoint_still_being_written(tiny_bert_overrides,
+                                                                   tmp_path):
+    """`train.on_nonfinite=stop` says the last checkpoint before the divergence is intact. It
+    was still being written in the background when the error left the loop, and the
+    interpreter shut down under it: a `1.orbax-checkpoint-tmp` folder (deleted at the next
+    start) and "cannot schedule new futures after interpreter shutdown", no step 1 to resume."""
+    overrides = tiny_bert_overrides + [
+        "train.steps=10", "train.eval_every=0", "train.log_every=1", "train.checkpoint_every=1",
+        "train.async_checkpoint=True", "optimizer.learning_rate=1e9", "optimizer.clip_norm=0.0",
+        "optimizer.warmup_steps=0"]
+    out = subprocess.run(
+        [sys.executable, "-m", "tl_jax.main", "train", f"--config={BERT}:tiny",
+         f"--workdir={tmp_path}"] + [f"--config.{o}" for o in overrides],
+        capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "Non-finite loss at step 2" in out.stderr
+    assert "cannot schedule new futures" not in out.stdout + out.stderr
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]

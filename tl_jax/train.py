@@ -588,12 +588,16 @@ class _Preemption:
 
 
 @contextlib.contextmanager
-def _finish_save_on_ctrl_c(checkpointer: ckpt_lib.Checkpointer):
-    """On Ctrl-C, lets an asynchronous save still in flight finish before the interrupt goes on.
+def _finish_save_on_error(checkpointer: ckpt_lib.Checkpointer):
+    """On Ctrl-C or an error that ends the loop (a non-finite loss, a failing eval), lets an
+    asynchronous save still in flight finish before the exception goes on.
 
     Otherwise the interpreter shuts down under orbax's background thread: that checkpoint is
-    left half-written, and the thread's failure prints pages of tracebacks after the one line
-    that says the checkpoints are intact. A second Ctrl-C stops the wait."""
+    left half-written (a `STEP.orbax-checkpoint-tmp` folder, removed at the next start), and
+    the thread's failure prints pages of tracebacks (or "cannot schedule new futures after
+    interpreter shutdown") after the one line that says the checkpoints are intact. Under
+    `train.on_nonfinite=stop` the lost save was the last one before the divergence, the one to
+    resume from. A second Ctrl-C stops the wait."""
     try:
         yield
     except KeyboardInterrupt:
@@ -601,6 +605,15 @@ def _finish_save_on_ctrl_c(checkpointer: ckpt_lib.Checkpointer):
             checkpointer.finish_after_interrupt()
         except ckpt_lib.CheckpointError as e:
             print(f"[checkpoint] {e}", flush=True)
+        raise
+    except Exception as error:
+        try:
+            checkpointer.wait()
+        except ckpt_lib.CheckpointError as e:
+            # The save failed too (or this error is its failure): the error in flight is the
+            # one to report; this says what happened to the save, unless it is that error.
+            if not isinstance(error, ckpt_lib.CheckpointError):
+                print(f"[checkpoint] {e}", flush=True)
         raise
 
 
@@ -874,7 +887,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         pending = []
         window_start, window_steps = time.perf_counter(), 0
 
-    with _Preemption() as preemption, _finish_save_on_ctrl_c(checkpointer):
+    with _Preemption() as preemption, _finish_save_on_error(checkpointer):
         window_start = time.perf_counter()
         for step in range(start_step, total_steps):
             batch = parallel.host_batch_to_global(next(train_iter), mesh)
@@ -918,7 +931,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                     print(f"[checkpoint] SIGTERM: saved step {done}; exiting.", flush=True)
                     break
         flush(int(jax.device_get(state["step"])))
-    with _finish_save_on_ctrl_c(checkpointer):  # the final save may still be in flight
+    with _finish_save_on_error(checkpointer):  # the final save may still be in flight
         checkpointer.close()
     writer.close()
     if bar is not None:
