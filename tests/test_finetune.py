@@ -484,6 +484,17 @@ def test_labels_of_a_workdir_and_of_init_from_are_not_mixed_up(tmp_path, capsys)
     assert "head/" in fresh and "bert/" not in fresh, out
     assert first.summary["step"] == 2
 
+    # A resume reads its own checkpoint, never init_from: a changed init_from is said to do
+    # nothing (it was taken in silence, as if the run had started from it); the same one is not.
+    run(tmp_path / "cd", cd, f"init_from={tmp_path / 'ab'}",
+        f"data.tokenizer={tmp_path / 'ab' / 'tokenizer'}", "train.steps=3")
+    out = capsys.readouterr().out
+    assert "Resuming from step 2" in out and "init_from changed" not in out
+    run(tmp_path / "ab", ab, "train.steps=3", f"init_from={tmp_path / 'cd'}")
+    out = capsys.readouterr().out
+    assert "Resuming from step 2" in out
+    assert f"init_from changed since the checkpoint ('' -> '{tmp_path / 'cd'}')" in out, out
+
     config = config_lib.load_config("configs/finetune_classify.py:tiny", tiny + [
         f"data.train_file={ab}", f"data.eval_file={ab}", "data.positive_label=positive"])
     with pytest.raises(ValueError, match=r"positive_label='positive' is not one of the labels"):

@@ -665,6 +665,14 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer):
                                      optimizer_count(state["opt_state"], default=step))
     if schedule_note:
         print(schedule_note, flush=True)
+    saved_from = (seen.get("saved") or {}).get("init_from") or ""
+    if (config.get("init_from") or "") != saved_from and jax.process_index() == 0:
+        # The weights come from the checkpoint: a new init_from changes nothing, which the
+        # run should say rather than seem to have taken it.
+        print(f"[checkpoint] Note: init_from changed since the checkpoint ({saved_from!r} -> "
+              f"{config.get('init_from') or ''!r}); it is read only when a run starts, so this "
+              "run continues from its own checkpoint. To start from the new weights, use a new "
+              "workdir.", flush=True)
     return state, data_state, {"config": seen.get("saved") or {}, "step": step,
                                "directory": checkpointer.directory}
 
