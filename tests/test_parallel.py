@@ -94,8 +94,13 @@ def test_mesh_context_applies_the_models_activation_constraints():
     # Each process would train alone, all in the same workdir.
     ({"TL_JAX_NUM_PROCESSES": "2", "TL_JAX_PROCESS_ID": "1"}, "no coordinator"),
     # The coordinator only admits ids 0 .. num_processes - 1: refused before any wait.
+    # Values from the environment are named by their variable, not by a config key never set.
     ({"TL_JAX_COORDINATOR": "localhost:1", "TL_JAX_NUM_PROCESSES": "2",
-      "TL_JAX_PROCESS_ID": "2"}, r"process_id=2 is not below num_processes=2"),
+      "TL_JAX_PROCESS_ID": "2"}, r"^TL_JAX_PROCESS_ID=2 is not below TL_JAX_NUM_PROCESSES=2"),
+    ({"TL_JAX_COORDINATOR": "localhost:1", "TL_JAX_NUM_PROCESSES": "2"},
+     r"^TL_JAX_COORDINATOR is set, so .*process_id=-1"),
+    ({"TL_JAX_NUM_PROCESSES": "2", "TL_JAX_PROCESS_ID": "1"},
+     r"^TL_JAX_NUM_PROCESSES=2, TL_JAX_PROCESS_ID=1 but no coordinator"),
 ])
 def test_a_half_configured_multi_process_start_is_an_error(monkeypatch, env, message):
     for key in ("TL_JAX_COORDINATOR", "TL_JAX_NUM_PROCESSES", "TL_JAX_PROCESS_ID",
@@ -109,6 +114,23 @@ def test_a_half_configured_multi_process_start_is_an_error(monkeypatch, env, mes
     for key in env:
         monkeypatch.delenv(key)
     parallel.maybe_initialize_distributed(parallel.distributed_config())
+
+
+def test_distributed_errors_name_the_config_keys_when_the_config_set_them(monkeypatch):
+    _clear_distributed_env(monkeypatch)
+    cfg = parallel.distributed_config()
+    cfg.coordinator_address, cfg.num_processes, cfg.process_id = "localhost:1", 2, 2
+    with pytest.raises(ValueError, match=r"^distributed.process_id=2 is not below "
+                                         r"distributed.num_processes=2"):
+        parallel.maybe_initialize_distributed(cfg)
+    cfg.process_id = -1
+    with pytest.raises(ValueError, match=r"^distributed.coordinator_address is set, so"):
+        parallel.maybe_initialize_distributed(cfg)
+    # Mixed: the address from the config, the id from the environment.
+    monkeypatch.setenv("TL_JAX_PROCESS_ID", "5")
+    with pytest.raises(ValueError, match=r"^TL_JAX_PROCESS_ID=5 is not below "
+                                         r"distributed.num_processes=2"):
+        parallel.maybe_initialize_distributed(cfg)
 
 
 def _clear_distributed_env(monkeypatch):

@@ -101,19 +101,25 @@ def maybe_initialize_distributed(cfg: ml_collections.ConfigDict) -> None:
     address = cfg.coordinator_address or os.environ.get("TL_JAX_COORDINATOR", "")
     num = cfg.num_processes or env_int("TL_JAX_NUM_PROCESSES", 0)
     pid = cfg.process_id if cfg.process_id >= 0 else env_int("TL_JAX_PROCESS_ID", -1)
+    # Where each value came from, for the errors: the config key, else its environment variable.
+    address_key = ("distributed.coordinator_address" if cfg.coordinator_address
+                   else "TL_JAX_COORDINATOR")
+    num_key = "distributed.num_processes" if cfg.num_processes else "TL_JAX_NUM_PROCESSES"
+    pid_key = "distributed.process_id" if cfg.process_id >= 0 else "TL_JAX_PROCESS_ID"
     if jax.distributed.is_initialized():
         return
     if address:
-        check_coordinator_address(address, "distributed.coordinator_address"
-                                  if cfg.coordinator_address else "TL_JAX_COORDINATOR")
+        check_coordinator_address(address, address_key)
         if num <= 0 or pid < 0:
             raise ValueError(
-                "distributed.coordinator_address is set, so num_processes and process_id must be "
-                f"too (got num_processes={num}, process_id={pid})."
+                f"{address_key} is set, so the number of processes and this process's id must "
+                "be too (distributed.num_processes or TL_JAX_NUM_PROCESSES, "
+                "distributed.process_id or TL_JAX_PROCESS_ID; "
+                f"got num_processes={num}, process_id={pid})."
             )
         if pid >= num:
             # The coordinator only admits ids below num_processes; checked here, before any wait.
-            raise ValueError(f"distributed.process_id={pid} is not below num_processes={num} "
+            raise ValueError(f"{pid_key}={pid} is not below {num_key}={num} "
                              f"(process ids are 0 .. {num - 1}).")
         local = [int(x) for x in cfg.local_device_ids.split(",")] if cfg.local_device_ids else None
         # jax waits for every process to join, and after the timeout aborts the process with a
@@ -143,7 +149,7 @@ def maybe_initialize_distributed(cfg: ml_collections.ConfigDict) -> None:
     elif num > 1 or pid > 0:
         # Without a coordinator each process would run alone, all in the same workdir.
         raise ValueError(
-            f"num_processes={num}, process_id={pid} but no coordinator: set "
+            f"{num_key}={num}, {pid_key}={pid} but no coordinator: set "
             "distributed.coordinator_address (or TL_JAX_COORDINATOR) to host:port of process 0, "
             "or TL_JAX_AUTO_DISTRIBUTED=1 where jax finds it (TPU pods, SLURM).")
 
