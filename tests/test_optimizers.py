@@ -200,3 +200,22 @@ def test_schedule_warms_up_from_zero_to_the_peak_then_decays_to_the_end_ratio():
     schedule = optimizers.make_schedule(cfg, 110)
     np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 10, 60, 110)],
                                [0.0, 5e-4, 1e-3, 5.5e-4, 1e-4], rtol=1e-5)
+
+
+def test_a_warmup_as_long_as_the_run_is_noted_with_the_rate_it_stops_at():
+    # bert_pretrain.py:mini with --config.train.steps=20: warmup 60, the rate never peaks.
+    cfg = optimizers.default_config()
+    cfg.update(learning_rate=1e-3, warmup_steps=60)
+    note = optimizers.warmup_note(cfg, 20)
+    assert "optimizer.warmup_steps=60 is not shorter than the run (20 steps)" in note
+    assert "never reaches its peak" in note
+    # The figure it gives is the schedule's own rate at the last update (step 19).
+    last = float(optimizers.make_schedule(cfg, 20)(19))
+    assert f"the last step's is {last:.3g}" in note and last < 1e-3
+    # Equal lengths: the peak would come at step 20, after the last update.
+    assert optimizers.warmup_note(cfg, 60)
+    # A warmup shorter than the run, no warmup, or nothing to train: no note.
+    assert optimizers.warmup_note(cfg, 61) == ""
+    assert optimizers.warmup_note(cfg, 0) == ""
+    cfg.warmup_steps = 0
+    assert optimizers.warmup_note(cfg, 20) == ""

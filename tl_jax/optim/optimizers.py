@@ -90,6 +90,24 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
+def warmup_note(cfg: ml_collections.ConfigDict, total_steps: int) -> str:
+    """A note when the warmup is as long as the run or longer, else "".
+
+    The warmup reaches `learning_rate` only at step `warmup_steps`, and the last update of a run
+    of `total_steps` uses step `total_steps - 1`: with `warmup_steps >= total_steps` the rate only
+    climbs, and the peak (and any decay) never comes. Not an error (a short trial of a long
+    config does it on purpose), but the rate it trains at is not the configured one.
+    """
+    warmup, total = int(cfg.warmup_steps), int(total_steps)
+    if warmup <= 0 or total <= 0 or warmup < total:
+        return ""
+    highest = cfg.learning_rate * (total - 1) / warmup
+    return (f"[optimizer] Note: optimizer.warmup_steps={warmup} is not shorter than the run "
+            f"({total} steps): the learning rate only warms up and never reaches its peak "
+            f"optimizer.learning_rate={cfg.learning_rate:.3g} (the last step's is {highest:.3g}); "
+            f"set a warmup below {total} steps, or more train.steps.")
+
+
 def check_schedule_config(cfg: ml_collections.ConfigDict) -> None:
     """Refuses schedule settings that optax would take without complaint and turn into another
     schedule: a negative `warmup_steps` shifted the decay that many steps along (the run started
