@@ -246,6 +246,35 @@ def test_convert_refuses_to_overwrite_a_run_or_another_kind_of_checkpoint(tmp_pa
     convert.convert(tl, other, "tl_to_hf")  # an HF export over an HF directory: allowed
 
 
+def test_convert_says_it_replaces_an_earlier_export_and_refuses_a_folder_of_other_files(
+        tmp_path, capsys):
+    hf = tmp_path / "hf"
+    transformers.BertModel(transformers.BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=8)).save_pretrained(hf)
+    # New and empty folders are written without a word about replacing anything.
+    (tmp_path / "empty").mkdir()
+    for name in ("new", "empty"):
+        convert.convert(hf, tmp_path / name)
+        assert "replacing" not in capsys.readouterr().out
+    # Converting again over the earlier export replaces it, and says so (naming what it held).
+    convert.convert(hf, tmp_path / "new")
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'new'} already holds tl_jax weights (config.json, params.safetensors" \
+           in out and "replacing it" in out
+    # A folder of other files had the export's files mixed in among them, silently.
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.md").write_text("mine")
+    with pytest.raises(ValueError, match=r"destination .*notes is not empty \(README.md\) and "
+                                         r"holds no checkpoint"):
+        convert.convert(hf, notes)
+    assert sorted(p.name for p in notes.iterdir()) == ["README.md"]
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match=r"destination .*a_file is a file"):
+        convert.convert(hf, tmp_path / "a_file")
+
+
 def test_missing_heads_are_initialised_with_a_warning(data_dir):
     model_dir = data_dir / "models" / "all-MiniLM-L6-v2"
     with pytest.warns(UserWarning, match="freshly initialised.*mlm_head/transform/kernel"):

@@ -226,10 +226,7 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
     if is_trainer_workdir(dst):
         raise ValueError(f"convert: destination {dst} is a `tl_jax train` workdir; writing there "
                          "would overwrite its run's config.json. Choose a new directory.")
-    if (dst / TL_CONFIG).exists() and (is_tl_dir(dst) != (direction == "hf_to_tl")):
-        held = "tl_jax weights" if is_tl_dir(dst) else "a Hugging Face checkpoint"
-        raise ValueError(f"convert: destination {dst} holds {held}, whose config.json this "
-                         f"{direction} conversion would overwrite. Choose a new directory.")
+    check_destination(dst, direction)
     if direction == "hf_to_tl" and (is_trainer_workdir(src) or is_tl_dir(src)):
         # hf_to_tl is the default: a tl_jax directory given without --direction.
         kind = "a `tl_jax train` workdir" if is_trainer_workdir(src) else "a tl_jax weights directory"
@@ -269,6 +266,39 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
     if direction == "tl_to_hf" and (dst / "generator" / "config.json").exists():
         _copy_tokenizer(src, dst / "generator")  # an ELECTRA pair: each half loads alone
     return dst
+
+
+def check_destination(dst: pathlib.Path, direction: str) -> None:
+    """Refuses a destination convert would spoil, and says when it replaces an earlier export.
+
+    A missing or empty folder is written as it is. One holding a checkpoint of the kind this
+    direction writes (tl_jax weights for hf_to_tl, a Hugging Face checkpoint for tl_to_hf: an
+    earlier conversion, typically) gets its files replaced, and convert says so first. Anything
+    else is refused: another kind of checkpoint (its config.json would be overwritten, leaving
+    weights that no longer load), or a folder of other files (they would be mixed with the
+    export's)."""
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"convert: destination {dst} is a file; give a directory to write to")
+    if not dst.is_dir():
+        return
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in dst.iterdir())
+    if not entries:
+        return
+    writes = "tl_jax weights" if direction == "hf_to_tl" else "a Hugging Face checkpoint"
+    if not (dst / TL_CONFIG).exists():
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5
+                                          else "")
+        raise ValueError(f"convert: destination {dst} is not empty ({shown}) and holds no "
+                         f"checkpoint ({TL_CONFIG}); writing {writes} there would mix them with "
+                         "those files. Choose a new or empty directory.")
+    held = "tl_jax weights" if is_tl_dir(dst) else "a Hugging Face checkpoint"
+    if held != writes:
+        raise ValueError(f"convert: destination {dst} holds {held}, whose config.json this "
+                         f"{direction} conversion would overwrite. Choose a new directory.")
+    # The same kind: an earlier export, replaced. Files this export does not write (a
+    # generator/ of an ELECTRA pair, another tokenizer's files) stay, so they are named.
+    print(f"[convert] {dst} already holds {held} ({', '.join(entries)}): replacing it; the "
+          "files this export writes are overwritten, any others stay as they are.", flush=True)
 
 
 def is_trainer_workdir(directory) -> bool:
