@@ -52,6 +52,27 @@ def test_a_bert_pretraining_workdir_fills_masks_with_its_mlm_head(pretrained):
     assert model.predict("no mask here") == []
 
 
+def test_only_mask_is_special_in_the_text_as_in_the_pretraining_data(pretrained):
+    # "[SEP]" or "[CLS]" written in the text went in as the special tokens, which the model
+    # never saw inside a segment; pretraining tokenises such text as plain words.
+    _, workdir = pretrained
+    model = fill_mask.FillMask.from_workdir(workdir)
+    tok, fed = model.tokenizer, []
+    apply = model._apply
+    model._apply = lambda params, ids, *rest: fed.append(np.asarray(ids)) or apply(params, ids,
+                                                                                 *rest)
+    text = "the [SEP] city [CLS] is [MASK] [PAD]."
+    top = model.predict(text, top_k=2)
+    assert len(top) == 1  # one [MASK]: the others are not masks either
+    ids = fed[0][0].tolist()
+    # As the pretraining data encodes the same words (data/pretraining.py).
+    before, after = tok.encode_batch(["the [SEP] city [CLS] is ", " [PAD]."],
+                                     special_tokens_as_text=True)
+    assert ids == [tok.cls_id] + before + [tok.mask_id] + after + [tok.sep_id]
+    assert ids.count(tok.sep_id) == 1 and ids.count(tok.cls_id) == 1
+    assert tok.pad_id not in ids
+
+
 def fake_workdir(path, task, **config):
     """A workdir as `tl_jax train` leaves it, as far as fill_mask looks before refusing it: the
     task in config.json. (Training a classifier, a GPT and a biLM would only add minutes.)"""

@@ -291,8 +291,11 @@ class FillMask:
         tok = self.tokenizer
         pieces = text.split("[MASK]")
         ids = [tok.cls_id]
-        for i, piece in enumerate(pieces):
-            ids += tok.encode(piece)
+        # Only [MASK] is special in the text: "[SEP]", "[CLS]" or "[PAD]" written in it are
+        # plain text ("[", "sep", "]"), as the pretraining data tokenises them; the model never
+        # saw a real [SEP] or [CLS] inside a segment.
+        for i, piece_ids in enumerate(tok.encode_batch(pieces, special_tokens_as_text=True)):
+            ids += piece_ids
             if i < len(pieces) - 1:
                 ids.append(tok.mask_id)
         ids.append(tok.sep_id)
