@@ -483,6 +483,8 @@ def test_labels_of_a_workdir_and_of_init_from_are_not_mixed_up(tmp_path, capsys)
     fresh = next(line for line in out.splitlines() if "freshly initialised" in line)
     assert "head/" in fresh and "bert/" not in fresh, out
     assert first.summary["step"] == 2
+    # The tiny config warms up over 2 steps: a 2-step run never reaches its peak rate, and says so.
+    assert "optimizer.warmup_steps=2 is not shorter than the run (2 steps)" in out, out
 
     # A resume reads its own checkpoint, never init_from: a changed init_from is said to do
     # nothing (it was taken in silence, as if the run had started from it); the same one is not.
@@ -490,6 +492,7 @@ def test_labels_of_a_workdir_and_of_init_from_are_not_mixed_up(tmp_path, capsys)
         f"data.tokenizer={tmp_path / 'ab' / 'tokenizer'}", "train.steps=3")
     out = capsys.readouterr().out
     assert "Resuming from step 2" in out and "init_from changed" not in out
+    assert "warmup_steps" not in out  # 3 steps: the warmup ends inside the run
     run(tmp_path / "ab", ab, "train.steps=3", f"init_from={tmp_path / 'cd'}")
     out = capsys.readouterr().out
     assert "Resuming from step 2" in out

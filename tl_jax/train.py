@@ -829,6 +829,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         config_dict["resolved_model"] = dataclasses.asdict(task.model_config)
 
     nothing_to_train = start_step >= total_steps
+    warmup_note = optimizers.warmup_note(config.optimizer, total_steps)
+    if warmup_note and is_main and not nothing_to_train:
+        print(warmup_note, flush=True)  # a short trial of a long config, say
     if nothing_to_train and is_main:
         if resumed is not None:
             print(f"[train] {workdir} is already at step {start_step} (train.steps="
