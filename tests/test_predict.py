@@ -459,3 +459,14 @@ def test_squad_predictions_are_the_runs_own_eval(tmp_path, capsys):
     capsys.readouterr()
     predict.run(str(workdir), str(tmp_path / "v2.json"), str(tmp_path / "out3.json"))
     assert ("Note: 1 of 3 questions in " in capsys.readouterr().out)
+    # OUT.nbest.json is checked as OUT is: an input named so was overwritten with n-best spans.
+    own_input = tmp_path / "questions.nbest.json"
+    shutil.copy(tmp_path / "eval.json", own_input)
+    before = own_input.read_bytes()
+    with pytest.raises(ValueError, match=r"questions.json's n-best file .*questions.nbest.json "
+                                         "is the input file"):
+        predict.run(str(workdir), str(own_input), str(tmp_path / "questions.json"))
+    assert own_input.read_bytes() == before and not (tmp_path / "questions.json").exists()
+    (tmp_path / "folder.nbest.json").mkdir()
+    with pytest.raises(ValueError, match="n-best file .*folder.nbest.json is a directory"):
+        predict.run(str(workdir), str(tmp_path / "eval.json"), str(tmp_path / "folder"))

@@ -75,24 +75,41 @@ RUN_FILES = ("config.json", "labels.jsonl", "metrics.jsonl", "summary.json", "vo
 RUN_DIRS = ("tokenizer", "tensorboard")
 
 
-def check_output(output: str, input_spec: str, workdir: str) -> None:
+def nbest_path(output: str) -> str:
+    """Where a squad run's n-best spans go beside `output`: OUT.json -> OUT.nbest.json."""
+    stem = output[:-len(".json")] if output.endswith(".json") else output
+    return stem + ".nbest.json"
+
+
+def check_outputs(output: str, input_spec: str, workdir: str, task: str) -> None:
+    """`check_output` for each file predict writes: squad's OUT.nbest.json would replace the
+    input or a run file as surely as OUT itself (it overwrote an input named OUT.nbest.json)."""
+    check_output(output, input_spec, workdir)
+    if task == "squad":
+        check_output(nbest_path(output), input_spec, workdir,
+                     what=f"--output={output}'s n-best file {nbest_path(output)}")
+
+
+def check_output(output: str, input_spec: str, workdir: str, what: str = "") -> None:
     """The output must not overwrite the input, land among the run's checkpoints, or replace a
-    file the run wrote (its config, label list, metrics, tokenizer)."""
+    file the run wrote (its config, label list, metrics, tokenizer). `what` names the file in
+    the messages (default `--output=OUTPUT`)."""
+    what = what or f"--output={output}"
     out = os.path.realpath(output)
     if os.path.exists(input_spec) and out == os.path.realpath(input_spec):
-        raise ValueError(f"--output={output} is the input file; choose another path")
+        raise ValueError(f"{what} is the input file; choose another path")
     checkpoints = os.path.realpath(os.path.join(workdir, "checkpoints"))
     if out == checkpoints or out.startswith(checkpoints + os.sep):
-        raise ValueError(f"--output={output} is inside {checkpoints}, which the run's "
+        raise ValueError(f"{what} is inside {checkpoints}, which the run's "
                          "checkpoint manager owns; write it elsewhere (e.g. WORKDIR/predictions/)")
     root = os.path.realpath(workdir)
     run_files = [os.path.join(root, name) for name in RUN_FILES]
     run_dirs = [os.path.join(root, name) for name in RUN_DIRS]
     if out in run_files or any(out == d or out.startswith(d + os.sep) for d in run_dirs):
-        raise ValueError(f"--output={output} would replace {out}, which the run in {workdir} "
+        raise ValueError(f"{what} would replace {out}, which the run in {workdir} "
                          "wrote (predict reads it); write it elsewhere (e.g. WORKDIR/predictions/)")
     if os.path.isdir(output):
-        raise ValueError(f"--output={output} is a directory; name a file")
+        raise ValueError(f"{what} is a directory; name a file")
 
 
 def read_input(config, input_spec: str) -> list[dict]:
@@ -167,7 +184,7 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
     workdir, output = os.path.expanduser(workdir), os.path.expanduser(output)
     saved = check_workdir(workdir)
     input_spec = os.path.expanduser(os.path.expandvars(input_spec))
-    check_output(output, input_spec, workdir)
+    check_outputs(output, input_spec, workdir, saved["task"])
     config = ml_collections.ConfigDict(saved)
     # The processes of this command (TL_JAX_COORDINATOR etc.), not the training run's: a
     # coordinator saved in config.json is the address of a pod that may be long gone. Started
@@ -219,8 +236,7 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
     predictions = task.decode(outputs)
     if jax.process_index() == 0:  # every process decoded the whole set; one writes it
         if config.task == "squad":
-            stem = output[:-len(".json")] if output.endswith(".json") else output
-            task.write_predictions(output, predictions, stem + ".nbest.json")
+            task.write_predictions(output, predictions, nbest_path(output))
         else:
             task.write_predictions(output, predictions)
         print(f"[predict] Wrote {len(records)} predictions to {output}.", flush=True)
