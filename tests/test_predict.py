@@ -356,6 +356,43 @@ def test_tag_loss_and_accuracy_do_not_count_the_rows_padding_the_last_batch(tag_
         assert padded[key] == pytest.approx(exact[key], abs=1e-5), key
 
 
+def test_an_interrupted_tag_or_squad_write_leaves_the_previous_file_whole(tmp_path):
+    """Tag's CoNLL and squad's JSON files were written in place: Ctrl-C or an error part way
+    left a file of whole-looking sentences that stopped short (or a JSON cut mid-answer) where
+    the previous predictions were. classify's jsonl was already written atomically."""
+    from tl_jax.tasks import squad, tag
+
+    tagger = tag.Task.__new__(tag.Task)  # what write_predictions reads of a built task
+    tagger.eval_records = [dict(tokens=["a", "film"], tags=None), dict(tokens=["b"], tags=None)]
+
+    def rows():  # the user presses Ctrl-C after the first sentence
+        yield 0
+        raise KeyboardInterrupt
+
+    out = tmp_path / "tags.conll"
+    out.write_text("previous predictions\n")
+    with pytest.raises(KeyboardInterrupt):
+        tagger.write_predictions(str(out), dict(rows=rows(), predicted=[["O", "B-X"], ["O"]]))
+    assert out.read_text() == "previous predictions\n"
+    tagger.write_predictions(str(out), dict(rows=[0, 1], predicted=[["O", "B-X"], ["O"]]))
+    assert out.read_text() == "a O\nfilm B-X\n\nb O\n\n"
+
+    reader = squad.Task.__new__(squad.Task)
+    out, nbest = tmp_path / "answers.json", tmp_path / "answers.nbest.json"
+    out.write_text('{"q0": "old"}')
+    nbest.write_text('{"q0": []}')
+    for broken in ("answers", "nbest"):  # json.dump fails half-way through one of the files
+        predictions = dict(answers={"q1": "Emma", "q2": "Elinor"},
+                           nbest={"q1": [{"text": "Emma"}], "q2": [{"text": "Elinor"}]})
+        predictions[broken]["q2"] = object() if broken == "answers" else [object()]
+        with pytest.raises(TypeError, match="not JSON serializable"):
+            reader.write_predictions(str(out), predictions, str(nbest))
+        # Neither file changes, nor is left half-written: the pair stays the previous one.
+        assert out.read_text() == '{"q0": "old"}' and nbest.read_text() == '{"q0": []}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.json", "answers.nbest.json",
+                                                         "tags.conll"]  # no temporary files
+
+
 def _error(capsys, *argv):
     with pytest.raises(SystemExit) as e:
         main.main(["predict", *argv])

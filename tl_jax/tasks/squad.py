@@ -21,6 +21,7 @@ evaluated are decoded and scored.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tl_jax import paths
 from tl_jax.data import features, readers
 from tl_jax.evaluation import squad as squad_eval
 from tl_jax.models import heads
@@ -238,12 +240,17 @@ class Task(downstream.EncoderTask):
 
     def write_predictions(self, path, predictions, nbest_path=None) -> None:
         """SQuAD's predictions JSON (id -> answer text), and the 5 best spans per question to
-        `nbest_path` when given."""
+        `nbest_path` when given.
+
+        Each file is written under a temporary name and renamed once both are complete (as
+        classify's jsonl): an interrupted write leaves the previous files whole, not a JSON
+        that stops mid-answer or an n-best file of another run beside new predictions."""
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         outputs = [(path, predictions["answers"])]
         if nbest_path:
             outputs.append((nbest_path, {q: v[:5] for q, v in predictions["nbest"].items()}))
-        for target, value in outputs:
-            # UTF-8 whatever the locale: answers hold any character of the contexts.
-            with open(target, "w", encoding="utf-8") as f:
+        with contextlib.ExitStack() as files:
+            for target, value in outputs:
+                # UTF-8 whatever the locale: answers hold any character of the contexts.
+                f = files.enter_context(paths.atomic_open(target, "w", encoding="utf-8"))
                 json.dump(value, f, ensure_ascii=False, indent=1)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tl_jax import paths
 from tl_jax.data import features, readers
 from tl_jax.evaluation import spans
 from tl_jax.models import heads
@@ -148,9 +149,11 @@ class Task(downstream.EncoderTask):
 
     def write_predictions(self, path, predictions) -> None:
         """CoNLL `word gold predicted` (`word predicted` for unlabelled sentences), a blank line
-        between sentences: readable by conlleval when labelled."""
+        between sentences: readable by conlleval when labelled. Written under a temporary name
+        and renamed, as classify's jsonl: an interrupted write leaves no file of whole-looking
+        sentences that stops short, and the previous file whole."""
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
+        with paths.atomic_open(path, "w", encoding="utf-8") as f:
             for row, tags in zip(predictions["rows"], predictions["predicted"]):
                 sentence = self.eval_records[row]
                 gold = sentence["tags"]
