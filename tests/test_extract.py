@@ -52,6 +52,33 @@ def test_resolve_layers():
         extract.resolve_layers("sum_last_four", 2)
 
 
+@pytest.mark.parametrize("layers,message", [
+    ("7", r"layer 7 is outside 0..6"), ("top", "expected one of"),
+    ("sum_last_four,-1", "expected one of"), ("0,,1", "expected one of")])
+def test_a_bad_layers_value_is_refused_before_the_weights_are_read(minilm, tmp_path,
+                                                                   monkeypatch, layers, message):
+    """--layers was checked only once the whole model had been initialised and loaded: slow to
+    learn of a typo on a big model. A spec that no model takes is refused before the input is
+    read; one outside this model's layers once its config is read, before its weights are."""
+    from tl_jax.tasks import downstream
+
+    def no_weights(*args):
+        raise AssertionError("the weights were read before --layers was checked")
+
+    monkeypatch.setattr(downstream.Encoder, "load_weights", no_weights)
+    with pytest.raises(ValueError, match=message):
+        extract.extract(minilm, TEXTS, layers=layers)
+    text_file = tmp_path / "in.txt"
+    text_file.write_text(TEXTS[0] + "\n")
+    with pytest.raises(ValueError, match=message):
+        extract.run(minilm, str(text_file), str(tmp_path / "f.npz"), layers=layers)
+    assert not (tmp_path / "f.npz").exists()
+    if message == "expected one of":  # no model needed: the input is not even looked for
+        with pytest.raises(ValueError, match=message):
+            extract.run(minilm, str(tmp_path / "missing.txt"), str(tmp_path / "f.npz"),
+                        layers=layers)
+
+
 def test_all_layers_match_transformers_hidden_states(minilm, all_layers):
     import torch
     import transformers

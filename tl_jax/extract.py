@@ -46,9 +46,23 @@ from tl_jax.tasks import downstream
 NAMED = ("last", "second_to_last", "sum_last_four", "concat_last_four", "all")
 
 
+def parse_layers(spec: str) -> str | list[int]:
+    """A named `--layers` spec, or its list of layer numbers; an error for anything else. It
+    needs no model, so a typo is reported before the input is read or the model loaded."""
+    if spec in NAMED:
+        return spec
+    try:
+        return [int(part) for part in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"--layers={spec!r}: expected one of {NAMED} or a comma-separated list "
+                         "of layer numbers (0 = embeddings, 1 .. N the transformer layers, "
+                         "negative from the top)") from None
+
+
 def resolve_layers(spec: str, num_layers: int) -> tuple[str, list[int]]:
     """`(how, layer indices)` for a `--layers` spec; how is stack | sum | concat | single."""
     top = num_layers
+    parsed = parse_layers(spec)
     if spec == "last":
         return "single", [top]
     if spec == "second_to_last":
@@ -60,13 +74,7 @@ def resolve_layers(spec: str, num_layers: int) -> tuple[str, list[int]]:
     if spec == "all":
         return "stack", list(range(top + 1))
     indices = []
-    for part in spec.split(","):
-        try:
-            k = int(part)
-        except ValueError:
-            raise ValueError(f"--layers={spec!r}: expected one of {NAMED} or a comma-separated "
-                             f"list of layer numbers (0 = embeddings .. {top}, negative from the "
-                             "top)") from None
+    for part, k in zip(spec.split(","), parsed):
         k = top + 1 + k if k < 0 else k
         if not 0 <= k <= top:
             raise ValueError(f"--layers={spec!r}: layer {part} is outside 0..{top} (-{top + 1}..-1)")
@@ -86,17 +94,26 @@ def combine(hidden: np.ndarray, how: str, indices: list[int]) -> np.ndarray:
     return chosen
 
 
-def load_encoder(init_from: str):
-    """`(tokenizer, BertConfig, params)` of a tl_jax workdir or HF directory, encoder only."""
+def encoder_config(init_from: str):
+    """`(tokenizer, BertConfig)` of a tl_jax workdir or HF directory: no weights are read."""
     downstream.check_encoder_source(init_from)
     tokenizer = Tokenizer.load(downstream.tokenizer_path(init_from))
-    config = downstream.architecture(init_from, tokenizer)
+    return tokenizer, downstream.architecture(init_from, tokenizer)
+
+
+def load_params(init_from: str, tokenizer, config: bert.BertConfig):
+    """The encoder's params from `init_from` (the slow part for a big model)."""
     model = bert.BertModel(config)
     ids = jnp.zeros((1, 8), jnp.int32)
     params = nn.unbox(model.init(jax.random.PRNGKey(0), ids)["params"])
     # The loaders fill a tree holding the encoder under bert/, as every task model does.
-    params = downstream.Encoder(tokenizer, config, init_from).load_weights({"bert": params})["bert"]
-    return tokenizer, config, params
+    return downstream.Encoder(tokenizer, config, init_from).load_weights({"bert": params})["bert"]
+
+
+def load_encoder(init_from: str):
+    """`(tokenizer, BertConfig, params)` of a tl_jax workdir or HF directory, encoder only."""
+    tokenizer, config = encoder_config(init_from)
+    return tokenizer, config, load_params(init_from, tokenizer, config)
 
 
 def check_sizes(max_seq_length: int, batch_size: int) -> None:
@@ -111,11 +128,15 @@ def extract(init_from: str, texts: list[str], layers: str = "last", max_seq_leng
             batch_size: int = 32) -> tuple[list[list[str]], list[np.ndarray]]:
     """Per-token features of `texts`; returns `(tokens per text, features per text)`."""
     check_sizes(max_seq_length, batch_size)
-    tokenizer, config, params = load_encoder(init_from)
+    parse_layers(layers)
+    # The flags are checked against the model's shape before its weights are read: on a big
+    # model a wrong --layers was reported only after they had all been loaded.
+    tokenizer, config = encoder_config(init_from)
     how, indices = resolve_layers(layers, config.num_layers)
     if max_seq_length > config.max_position_embeddings:
         raise ValueError(f"max_seq_length={max_seq_length} exceeds the model's "
                          f"max_position_embeddings={config.max_position_embeddings}")
+    params = load_params(init_from, tokenizer, config)
     model = bert.BertModel(config)
     # Only the layers the spec reads leave the device (each once, however often it is listed):
     # all N+1 of them were copied to the host for every batch, 13x the bytes `last` needs on
@@ -165,6 +186,7 @@ def run(init_from: str, input_path: str, output_path: str, layers: str = "last",
         raise ValueError(f"--input={input_path}: extract reads plain text, one text per line, "
                          "not JSON; write the texts (e.g. each line's text field) to a .txt file")
     check_sizes(max_seq_length, batch_size)
+    parse_layers(layers)  # a typo in the flag before any file is read
     if not os.path.exists(input_path):
         raise FileNotFoundError(f"--input={input_path} does not exist")
     # Before the input is read (and its blank lines reported): a wrong --init_from is the
