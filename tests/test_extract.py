@@ -52,6 +52,17 @@ def test_resolve_layers():
         extract.resolve_layers("sum_last_four", 2)
 
 
+def test_second_to_last_of_a_one_layer_model_is_not_its_embeddings():
+    """On a 1-layer model `second_to_last` returned the embedding output as a layer's. The BERT
+    paper's Second-to-Last Hidden, BERT's extract_features.py and bert-as-service count the
+    transformer layers alone; the embeddings stay available as layer 0 (and as -2 listed)."""
+    assert extract.resolve_layers("second_to_last", 2) == ("single", [1])
+    with pytest.raises(ValueError, match=r"--layers=second_to_last needs 2 layers; the model "
+                                         r"has 1 \(its embedding output is --layers=0\)"):
+        extract.resolve_layers("second_to_last", 1)
+    assert extract.resolve_layers("0", 1) == extract.resolve_layers("-2", 1) == ("stack", [0])
+
+
 @pytest.mark.parametrize("layers,message", [
     ("7", r"layer 7 is outside 0..6"), ("top", "expected one of"),
     ("sum_last_four,-1", "expected one of"), ("0,,1", "expected one of")])

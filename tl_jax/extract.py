@@ -15,6 +15,10 @@ transformer layer's output, negative numbers count from the top (-1 = last):
     all                          every layer, embeddings included   -> (N+1, T, H)
     "0,-1,-2" (any list)         the listed layers, stacked         -> (len, T, H)
 
+The named specs count transformer layers only, as the BERT paper's feature table does:
+`second_to_last` needs a model of 2 layers, the `_last_four` ones of 4 (a listed `-2` on a
+1-layer model is its embedding output, by the numbering above).
+
 Output format follows the suffix of `--output`:
 
 * `.npz`: for the i-th text (zero-padded to 6 digits) `features_000000` (float32, shapes above,
@@ -66,6 +70,12 @@ def resolve_layers(spec: str, num_layers: int) -> tuple[str, list[int]]:
     if spec == "last":
         return "single", [top]
     if spec == "second_to_last":
+        # The second-to-last *transformer* layer, as in the BERT paper's Table 7, BERT's
+        # extract_features.py and bert-as-service (all three index the encoder layers alone):
+        # on a 1-layer model top - 1 is the embedding output, returned as if it were a layer.
+        if num_layers < 2:
+            raise ValueError(f"--layers=second_to_last needs 2 layers; the model has "
+                             f"{num_layers} (its embedding output is --layers=0)")
         return "single", [top - 1]
     if spec in ("sum_last_four", "concat_last_four"):
         if num_layers < 4:
