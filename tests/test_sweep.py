@@ -427,6 +427,46 @@ def test_a_static_run_saved_before_glove_adagrad_existed_is_not_refused(tmp_path
         sweep.run(path, str(tmp_path), grid=["window=2"])
 
 
+def test_a_misspelt_metric_of_a_static_sweep_is_refused_before_any_run_trains(
+        tmp_path, monkeypatch, data_dir):
+    """The scores a static run writes are known from its config: a misspelt --metrics name
+    was refused only after every run had trained (and no table was written)."""
+    from tl_jax import static_train
+
+    path = str(ROOT / "configs" / "word2vec.py") + ":tiny"
+    monkeypatch.setattr(static_train, "run", lambda *a: pytest.fail("trained a run"))
+    with pytest.raises(config_lib.ConfigError, match=r"--metrics=wordsim_spearman: run "
+                       r"window=2__seed=0 would not report it; it reports \['train_seconds', "
+                       r"'final_loss', 'words_per_sec', 'wordsim353_spearman'"):
+        sweep.run(path, str(tmp_path), grid=["window=2,5"], metrics=["wordsim_spearman"],
+                  overrides=[f"eval_dir={data_dir}"])
+    # An evaluation score without the evaluation files is refused too, saying why.
+    empty = tmp_path / "no_evals"
+    empty.mkdir()
+    with pytest.raises(config_lib.ConfigError, match=r"--metrics=simlex999_spearman: .*would not "
+                       r"report it \(the evaluation scores need config.eval_dir"):
+        sweep.run(path, str(tmp_path), grid=["window=2,5"],
+                  metrics=["final_loss", "simlex999_spearman"], overrides=[f"eval_dir={empty}"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_misspelt_metric_of_a_train_sweep_is_refused_before_any_run_trains(tmp_path,
+                                                                              monkeypatch):
+    """A train run reports train/loss and eval/ metrics (named by its task as it evaluates):
+    any other name, or an eval/ one where nothing is evaluated, is refused up front."""
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained a run"))
+    grid = ["data.masked_lm_prob=0.1,0.3"]
+    with pytest.raises(config_lib.ConfigError, match=r"--metrics=train_loss: no run reports it; "
+                       r"a train run reports train/loss and its held-out metrics as eval/NAME"):
+        sweep.run(BERT, str(tmp_path), grid=grid, metrics=["eval/mlm_accuracy", "train_loss"],
+                  overrides=["train.steps=4"])
+    with pytest.raises(config_lib.ConfigError, match=r"--metrics=eval/mlm_accuracy: no run "
+                       r"reports it; .*no held-out metrics here \(train.eval_every=0\)"):
+        sweep.run(BERT, str(tmp_path), grid=grid, metrics=["eval/mlm_accuracy"],
+                  overrides=["train.steps=4", "train.eval_every=0"])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_seed_left_out_of_a_mean_is_named_in_the_table(tmp_path):
     """A diverged seed (NaN) is left out of the mean and std; the cell says over how many seeds
     they are instead of passing the survivors' mean off as all three's. The training loss is

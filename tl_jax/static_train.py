@@ -412,6 +412,50 @@ def check_config(config) -> str:
     return adagrad
 
 
+# The scores `run` writes to scores.json: those of every run, word2vec's speed, and (when
+# `config.eval_dir` holds the files) those of `evaluation.evaluate_all`.
+TRAIN_SCORES = ("train_seconds", "final_loss")
+WORD2VEC_SCORES = ("words_per_sec",)
+EVAL_SCORES = ("wordsim353_spearman", "wordsim353_pairs", "wordsim353_oov_pairs",
+               "wordsim353_oov_words", "simlex999_spearman", "simlex999_pairs",
+               "simlex999_oov_pairs", "simlex999_oov_words", "analogy_accuracy",
+               "analogy_questions", "analogy_oov_questions")
+
+
+def _evaluation_files(config) -> tuple[str, list[str]]:
+    """(the expanded `config.eval_dir`, the evaluation files missing there): ("", [...]) when
+    it is "", no files missing when it holds them all, every file when it holds none. A folder
+    that does not exist, or holds some of the files only, is refused (ValueError)."""
+    from tl_jax.evaluation import word_vectors as evaluation
+
+    eval_dir = paths.expand(config.eval_dir) if config.eval_dir else ""
+    if eval_dir and not os.path.isdir(eval_dir):
+        # A mistyped folder (or an unset variable in it) would otherwise look like a folder
+        # without the files: the run trained and skipped the scores with one line of output.
+        raise ValueError(f"config.eval_dir={config.eval_dir!r}: no folder {eval_dir!r}"
+                         + (" (is the variable in it set?)" if "$" in eval_dir else "")
+                         + "; name the folder holding eval/, or eval_dir='' to skip the "
+                         "evaluation")
+    eval_files = (evaluation.WORDSIM353, evaluation.SIMLEX999, evaluation.GOOGLE_ANALOGIES)
+    missing = [f for f in eval_files if not pathlib.Path(eval_dir, f).exists()]
+    if eval_dir and 0 < len(missing) < len(eval_files):  # before training, not after it
+        raise ValueError(f"config.eval_dir={eval_dir!r} lacks {missing}; it needs all of "
+                         f"{list(eval_files)} (or eval_dir='' to skip the evaluation)")
+    return eval_dir, missing
+
+
+def score_names(config) -> list[str]:
+    """The names of the scores `run` writes for `config`, as its eval_dir stands now (a sweep
+    checks `--metrics` against them before the first run trains)."""
+    names = list(TRAIN_SCORES)
+    if config.method == "word2vec":
+        names += WORD2VEC_SCORES
+    eval_dir, missing = _evaluation_files(config)
+    if eval_dir and not missing:
+        names += EVAL_SCORES
+    return names
+
+
 def run(config, workdir: str) -> dict:
     """Trains `config.method` ("word2vec" or "glove") and writes vectors + scores to `workdir`.
 
@@ -444,19 +488,7 @@ def run(config, workdir: str) -> dict:
         if diffs:
             raise ValueError(f"{workdir} holds vectors trained with another config:\n"
                              + "\n".join(diffs) + "\nUse a new workdir (or delete this one).")
-    eval_dir = paths.expand(config.eval_dir) if config.eval_dir else ""
-    if eval_dir and not os.path.isdir(eval_dir):
-        # A mistyped folder (or an unset variable in it) would otherwise look like a folder
-        # without the files: the run trained and skipped the scores with one line of output.
-        raise ValueError(f"config.eval_dir={config.eval_dir!r}: no folder {eval_dir!r}"
-                         + (" (is the variable in it set?)" if "$" in eval_dir else "")
-                         + "; name the folder holding eval/, or eval_dir='' to skip the "
-                         "evaluation")
-    eval_files = (evaluation.WORDSIM353, evaluation.SIMLEX999, evaluation.GOOGLE_ANALOGIES)
-    missing = [f for f in eval_files if not pathlib.Path(eval_dir, f).exists()]
-    if eval_dir and 0 < len(missing) < len(eval_files):  # before training, not after it
-        raise ValueError(f"config.eval_dir={eval_dir!r} lacks {missing}; it needs all of "
-                         f"{list(eval_files)} (or eval_dir='' to skip the evaluation)")
+    eval_dir, missing = _evaluation_files(config)
     eval_data = evaluation.read_all(eval_dir) if eval_dir and not missing else None
     # The workdir is made now, not after training: a path that cannot be one (a file, a
     # folder without write access) failed only once the vectors were trained, losing them.

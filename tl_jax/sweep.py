@@ -265,6 +265,22 @@ def _static_scores(run_dir: str) -> dict | None:
 STATIC_METRICS = ("wordsim353_spearman", "simlex999_spearman", "analogy_accuracy", "final_loss")
 
 
+def _check_train_metrics(metrics: Sequence[str], configs: list) -> None:
+    """Refuses, before the first run trains, a --metrics name no train run reports: a run
+    reports its last training loss ("train/loss") and its task's held-out metrics ("eval/...",
+    named by the task as it evaluates, so only their prefix is known before then; none without
+    evaluation). A misspelt eval/ name is still found only once the runs have trained."""
+    evaluates = any(bool(c.train.eval_every) or _fills_schedule_from_epochs(c.to_dict())
+                    for c in configs)
+    for name in metrics:
+        if name == "train/loss" or (name.startswith("eval/") and evaluates):
+            continue
+        raise config_lib.ConfigError(
+            f"sweep: --metrics={name}: no run reports it; a train run reports train/loss and "
+            + ("its held-out metrics as eval/NAME" if evaluates else
+               "no held-out metrics here (train.eval_every=0)"))
+
+
 def _curves(run_dir: str) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
     """Held-out metrics over steps, and the last logged training loss, from metrics.jsonl."""
     curves: dict[str, list[tuple[int, float]]] = {}
@@ -349,7 +365,24 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
                 static_train.check_config(configs[r.name])
             except ValueError as e:
                 raise ValueError(f"sweep run {r.name}: {e}") from None
+        # The scores a static run writes are known from its config (and whether its eval_dir
+        # holds the files): a misspelt --metrics name is refused now, not once every run
+        # has trained and no table was written.
+        for r in runs:
+            try:
+                reported = static_train.score_names(configs[r.name])
+            except ValueError as e:  # an eval_dir that is no folder, or holds some files only
+                raise ValueError(f"sweep run {r.name}: {e}") from None
+            unknown = [m for m in metrics if m not in reported]
+            if unknown:
+                why = ("" if not set(unknown) & set(static_train.EVAL_SCORES) else
+                       " (the evaluation scores need config.eval_dir to hold the evaluation "
+                       "files)")
+                raise config_lib.ConfigError(
+                    f"sweep: --metrics={','.join(unknown)}: run {r.name} would not report "
+                    f"{'it' if len(unknown) == 1 else 'them'}{why}; it reports {reported}")
     if kind == "train":
+        _check_train_metrics(metrics, [configs[r.name] for r in runs])
         # The mesh and the batch sizes against it, so that a swept batch size the devices do
         # not divide is refused now, not after the runs before it have trained. (This starts
         # jax.distributed, before which jax.process_index() must not be asked.)
