@@ -467,6 +467,36 @@ def test_a_misspelt_metric_of_a_train_sweep_is_refused_before_any_run_trains(tmp
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_static_run_trained_without_the_evaluation_files_is_scored_on_a_rerun(
+        tmp_path, monkeypatch, data_dir):
+    """A rerun skips trained runs; one trained while eval_dir lacked the files was skipped
+    unscored on every rerun. Its saved vectors are now scored, without training again, to the
+    figures the run would have had."""
+    from tl_jax import static_train
+
+    path = str(ROOT / "configs" / "word2vec.py") + ":tiny"
+    empty = tmp_path / "no_evals"
+    empty.mkdir()
+    small = ["max_sentences=2000"]
+    first = sweep.run(path, str(tmp_path / "sweep"), grid=["window=2"],
+                      overrides=small + [f"eval_dir={empty}"])
+    assert "wordsim353_spearman" not in first["runs"][0]
+    fresh = sweep.run(path, str(tmp_path / "fresh"), grid=["window=2"],
+                      overrides=small + [f"eval_dir={data_dir}"])["runs"][0]
+    monkeypatch.setattr(static_train, "run", lambda *a: pytest.fail("retrained a finished run"))
+    again = sweep.run(path, str(tmp_path / "sweep"), grid=["window=2"],
+                      overrides=small + [f"eval_dir={data_dir}"])
+    rec = again["runs"][0]
+    for name in ("wordsim353_spearman", "simlex999_spearman", "analogy_accuracy"):
+        assert rec[name] == pytest.approx(fresh[name]), name
+    assert rec["final_loss"] == first["runs"][0]["final_loss"]
+    saved = json.loads((tmp_path / "sweep" / "runs" / "window=2__seed=0" / "scores.json")
+                       .read_text())
+    assert saved["wordsim353_spearman"] == pytest.approx(fresh["wordsim353_spearman"])
+    assert "| window | seeds | wordsim353_spearman |" in (tmp_path / "sweep" / "results.md")\
+        .read_text()
+
+
 def test_a_seed_left_out_of_a_mean_is_named_in_the_table(tmp_path):
     """A diverged seed (NaN) is left out of the mean and std; the cell says over how many seeds
     they are instead of passing the survivors' mean off as all three's. The training loss is

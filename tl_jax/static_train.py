@@ -456,6 +456,34 @@ def score_names(config) -> list[str]:
     return names
 
 
+def score_saved(config, workdir: str, scores: dict) -> dict:
+    """Adds the evaluation to `scores` (a finished run's scores.json in `workdir`) when it
+    lacks it and `config.eval_dir` now holds the files: the run trained before they were
+    there. Scores the saved vectors (no training), rewrites scores.json and returns the
+    scores; returns `scores` as they are when there is nothing to add (or, with a note, no
+    saved vectors to score)."""
+    import json
+
+    from tl_jax.evaluation import word_vectors as evaluation
+
+    eval_dir, missing = _evaluation_files(config)
+    if not eval_dir or missing or all(k in scores for k in EVAL_SCORES):
+        return scores
+    fmt = config.save_formats[0]
+    path = os.path.join(workdir, f"vectors.{fmt}.{'bin' if fmt == 'word2vec_binary' else 'txt'}")
+    if not os.path.exists(path):
+        print(f"Note: {workdir} has scores without the evaluation and no {path} to score; it "
+              "stays unscored (delete it to train it again)", flush=True)
+        return scores
+    from tl_jax.data.vector_formats import load_vectors
+    vectors = load_vectors(path, fmt)
+    scores = {**scores, **evaluation.evaluate_all(vectors, eval_dir)}
+    print(evaluation.format_scores(scores), flush=True)
+    with open(os.path.join(workdir, "scores.json"), "w") as f:
+        json.dump(json_safe(scores), f, indent=1, allow_nan=False)
+    return scores
+
+
 def run(config, workdir: str) -> dict:
     """Trains `config.method` ("word2vec" or "glove") and writes vectors + scores to `workdir`.
 

@@ -13,7 +13,8 @@ resume). A sweep run again skips the finished runs and resumes an interrupted on
 killed sweep loses at most the steps since a run's last checkpoint; a run trained with other
 settings (a changed `--config.*` override) is refused, not reported as this sweep's. More
 `train.steps` resumes the runs and trains on; fewer is refused for runs already past them. A
-failed run is reported and the others go on.
+failed run is reported and the others go on. A static run trained while its eval_dir lacked
+the evaluation files has its saved vectors scored (no training) by a rerun that has them.
 
 On a multi-process launch, a train sweep trains each run on every process together (process 0
 alone prints the sweep's lines); a static sweep runs on process 0 alone, as `tl_jax static`
@@ -430,7 +431,20 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
             summary = _finished(run_dir, int(config.train.steps))
         else:
             summary = _static_scores(run_dir)
-        if summary is not None:
+        if summary is not None and kind == "static":
+            # A run trained while eval_dir lacked the files has scores.json without the
+            # evaluation; now that the files are there its saved vectors are scored (no
+            # training), or it would stay unscored in every table from now on.
+            try:
+                scored = static_train.score_saved(config, run_dir, summary)
+            except (ValueError, OSError) as e:
+                say(f"[sweep] {r.name} failed: {type(e).__name__}: {e}", flush=True)
+                failed.append({"run": r.name, "error": f"{type(e).__name__}: {e}"})
+                continue
+            say(f"[sweep] {i}/{len(runs)} {r.name}: finished before, "
+                + ("skipped" if scored is summary else "scored its saved vectors"), flush=True)
+            summary = scored
+        elif summary is not None:
             say(f"[sweep] {i}/{len(runs)} {r.name}: finished before, skipped", flush=True)
         else:
             say(f"[sweep] {i}/{len(runs)} {r.name}", flush=True)
