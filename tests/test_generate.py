@@ -639,6 +639,13 @@ def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
     upper.write_text('{"txt": "fine"}\n')
     with pytest.raises(DataFormatError, match=r"PROMPTS.JSONL:1: missing field 'text'"):
         generate.run_generate(missing, prompt_file=str(upper))
+    # A JSON document was read as plain-text lines ("[", '  "the cat",', ...) without a word:
+    # prompt files are plain text or .jsonl, so a .json one is refused.
+    array = tmp_path / "prompts.JSON"
+    array.write_text('[\n  "the cat",\n  "a dog"\n]\n')
+    with pytest.raises(DataFormatError, match=r"prompts.JSON: a .json prompt file is not read: "
+                       r".*plain text \(one prompt per line\) or .jsonl .*'text' field"):
+        generate.run_generate(missing, prompt_file=str(array))
     with pytest.raises(FileNotFoundError, match=r"prompt_file '.*nope.txt' does not exist"):
         generate.run_generate(missing, prompt_file=str(tmp_path / "nope.txt"))
     with pytest.raises(FileNotFoundError, match=r"prompt_file .* is not a file"):

@@ -549,7 +549,7 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
       is its own label (without surrounding spaces). Every gold label must be one of them.
 
     Prompts come from `prompts` and/or `prompt_file` (plain text: one prompt per line; jsonl:
-    `text_field` of each object), each formatted with `template` (`{text}` is the prompt; a
+    `text_field` of each object; a .json file is refused), each formatted with `template` (`{text}` is the prompt; a
     literal backslash-n becomes a newline, e.g. "{text}\\nTL;DR:").
     Results are returned (and written to `output` as jsonl when given).
     Flags are checked before the model is loaded.
@@ -596,6 +596,13 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
             raise FileNotFoundError(f"generate: prompt_file {prompt_file!r} does not exist"
                                     if not os.path.exists(path) else
                                     f"generate: prompt_file {prompt_file!r} is not a file")
+        if prompt_file.lower().endswith(".json"):
+            # A JSON document (an array of prompts, say) was read as plain-text lines: its
+            # brackets, quotes and commas became prompts of their own, without a word.
+            raise DataFormatError(prompt_file, None, "a .json prompt file is not read: prompt "
+                                  "files are plain text (one prompt per line) or .jsonl (one "
+                                  f"JSON object per line, the prompt in its {text_field!r} "
+                                  "field); write the prompts as .jsonl")
         with open(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
                 try:
