@@ -610,8 +610,9 @@ def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
 
     missing = str(tmp_path / "no_model")  # never reached: each flag is refused first
     cases = [
-        (dict(top_p=1.5), "top_p must be in"),
-        (dict(temperature=-1.0), "temperature must be a finite number >= 0"),
+        (dict(top_p=1.5), r"generate: --top_p must be in \(0, 1\], got 1.5"),
+        (dict(top_k=-1), "generate: --top_k must be >= 0, got -1"),
+        (dict(temperature=-1.0), "generate: --temperature must be a finite number >= 0"),
         (dict(temperature=float("nan")), "temperature must be a finite number >= 0, got nan"),
         (dict(temperature=float("inf")), "temperature must be a finite number >= 0, got inf"),
         (dict(batch_size=0), "batch_size must be >= 1"),
@@ -661,6 +662,24 @@ def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
                                          r"among the labels of the choices \['good', 'bad'\]"):
         generate.run_generate(missing, mode="score", prompt_file=str(labelled),
                               choices=[" good", " bad"])
+
+
+def test_sampling_errors_name_the_flag_on_the_command_line_and_the_field_in_the_library(
+        tmp_path, capsys):
+    """`tl_jax generate --top_p=1.5` said "Sampling: top_p must be in (0, 1]", the dataclass's
+    words; the command names its flag, and `Sampling` keeps naming its field."""
+    from tl_jax import main as cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", f"--model={tmp_path / 'no_model'}", "--prompt=a", "--top_p=1.5"])
+    assert str(exit_info.value.code).startswith(
+        "tl_jax: error: generate: --top_p must be in (0, 1], got 1.5")
+    with pytest.raises(ValueError, match=r"^Sampling: top_p must be in \(0, 1\], got 1.5$"):
+        Sampling(top_p=1.5)
+    with pytest.raises(ValueError, match=r"^Sampling: top_k must be >= 0, got -1$"):
+        Sampling(top_k=-1)
+    with pytest.raises(ValueError, match=r"^Sampling: temperature must be a finite number"):
+        Sampling(temperature=float("nan"))
 
 
 def test_generate_command_line_labels_stops_and_long_prompts(tmp_path, capsys):

@@ -46,13 +46,21 @@ class Sampling:
     top_p: float = 1.0
 
     def __post_init__(self):
-        if not 0.0 <= self.temperature < float("inf"):  # NaN too: it samples garbage
-            raise ValueError(f"Sampling: temperature must be a finite number >= 0, got "
-                             f"{self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"Sampling: top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"Sampling: top_p must be in (0, 1], got {self.top_p}")
+        problem = self.problem(self.temperature, self.top_k, self.top_p)
+        if problem:
+            raise ValueError(f"Sampling: {problem[0]} {problem[1]}")
+
+    @staticmethod
+    def problem(temperature: float, top_k: int, top_p: float) -> tuple[str, str] | None:
+        """(the setting, what is wrong with it) for the first one out of range, else None. The
+        dataclass raises naming the field; `tl_jax generate` names its flag (`--top_p`)."""
+        if not 0.0 <= temperature < float("inf"):  # NaN too: it samples garbage
+            return "temperature", f"must be a finite number >= 0, got {temperature}"
+        if top_k < 0:
+            return "top_k", f"must be >= 0, got {top_k}"
+        if not 0.0 < top_p <= 1.0:
+            return "top_p", f"must be in (0, 1], got {top_p}"
+        return None
 
 
 _MASKED = -1e30  # finite, so an all-masked row cannot produce NaNs
@@ -573,6 +581,9 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
             raise ValueError("generate: choices and labels are for mode=score (--mode=score)")
         if max_new_tokens < 1:
             raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+        problem = Sampling.problem(temperature, top_k, top_p)
+        if problem:  # named as the command's flag, not as the dataclass's field
+            raise ValueError(f"generate: --{problem[0]} {problem[1]}")
         sampling = Sampling(temperature, top_k, top_p)
         if any(not text for text in stop):
             raise ValueError("generate: an empty stop string would end every completion at once")
