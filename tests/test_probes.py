@@ -71,6 +71,15 @@ def test_weighted_sum_last_four_needs_four_layers():
             jax.random.PRNGKey(0), jnp.ones((2, 4, 5, 4)))
 
 
+def test_second_to_last_of_a_one_layer_encoder_is_not_its_embeddings():
+    # (B, N+1, T, H) with N=1: layers[:, N-1] was the embedding output, taken without a word.
+    probe = probes.FeatureProbe(2, feature="second_to_last")
+    with pytest.raises(ValueError, match="needs 2 encoder layers; got 1"):
+        probe.init(jax.random.PRNGKey(0), jnp.ones((2, 2, 5, 4)))
+    params = probe.init(jax.random.PRNGKey(0), jnp.ones((2, 3, 5, 4)))["params"]
+    assert probe.apply({"params": params}, jnp.ones((2, 3, 5, 4))).shape == (2, 2)
+
+
 @pytest.mark.parametrize("feature", probes.FEATURES)
 def test_linear_probe_on_pooled_features_equals_token_level(feature):
     layers, _, mask = _layers()

@@ -131,6 +131,9 @@ class FeatureProbe(nn.Module):
         if f == "last":
             return layers[:, num - 1]
         if f == "second_to_last":
+            if num < 3:  # layers[:, 0] would be the embeddings, not an encoder layer
+                raise ValueError(f"feature 'second_to_last' needs 2 encoder layers; got {num - 1} "
+                                 "(feature='embeddings' is the embedding output)")
             return layers[:, num - 2]
         if f == "sum_last_four":
             return layers[:, num - 4:].sum(axis=1)
