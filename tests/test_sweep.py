@@ -484,6 +484,17 @@ def test_a_static_run_trained_without_the_evaluation_files_is_scored_on_a_rerun(
     fresh = sweep.run(path, str(tmp_path / "fresh"), grid=["window=2"],
                       overrides=small + [f"eval_dir={data_dir}"])["runs"][0]
     monkeypatch.setattr(static_train, "run", lambda *a: pytest.fail("retrained a finished run"))
+    # A rewrite of scores.json cut short leaves the one there whole (it was truncated, and the
+    # run then looked unfinished).
+    scores_file = tmp_path / "sweep" / "runs" / "window=2__seed=0" / "scores.json"
+    before = scores_file.read_text()
+    config = config_lib.load_config(path, small + [f"eval_dir={data_dir}", "window=2"])
+    with monkeypatch.context() as m:
+        m.setattr(static_train, "json_safe", lambda scores: {**scores, "z": object()})
+        with pytest.raises(TypeError):
+            static_train.score_saved(config, str(scores_file.parent), first["runs"][0])
+    assert scores_file.read_text() == before
+    assert [p.name for p in scores_file.parent.iterdir() if ".tmp" in p.name] == []
     again = sweep.run(path, str(tmp_path / "sweep"), grid=["window=2"],
                       overrides=small + [f"eval_dir={data_dir}"])
     rec = again["runs"][0]

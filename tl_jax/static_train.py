@@ -479,7 +479,9 @@ def score_saved(config, workdir: str, scores: dict) -> dict:
     vectors = load_vectors(path, fmt)
     scores = {**scores, **evaluation.evaluate_all(vectors, eval_dir)}
     print(evaluation.format_scores(scores), flush=True)
-    with open(os.path.join(workdir, "scores.json"), "w") as f:
+    # Renamed over the run's scores.json once whole: a write cut short would lose the run's
+    # training figures, and a sweep would take it for unfinished and train it again.
+    with paths.atomic_open(os.path.join(workdir, "scores.json"), "w") as f:
         json.dump(json_safe(scores), f, indent=1, allow_nan=False)
     return scores
 
@@ -558,7 +560,9 @@ def run(config, workdir: str) -> dict:
         print(evaluation.format_scores(scores), flush=True)
     elif eval_dir:
         print(f"no evaluation files under {eval_dir}; skipping word similarity and analogies")
-    with open(os.path.join(workdir, "scores.json"), "w") as f:
+    # Renamed over the run's scores.json once whole: a write cut short would lose the run's
+    # training figures, and a sweep would take it for unfinished and train it again.
+    with paths.atomic_open(os.path.join(workdir, "scores.json"), "w") as f:
         json.dump(json_safe(scores), f, indent=1, allow_nan=False)
     print(f"done: {config.method} {config.epochs} epochs in {stats['seconds']:.1f}s | final loss "
           f"{scores['final_loss']:.4f} | vectors in {workdir}", flush=True)
