@@ -287,9 +287,9 @@ class Checkpointer:
                 p, p) for p in parts)
             raise CheckpointError(
                 f"Checkpoint at step {step} in {self.directory} holds another {what} layout than "
-                f"this run builds (only in the checkpoint: {_some(only_saved)}; only in this run: "
-                f"{_some(only_now)}): was it trained with other optimizer.* settings (name, "
-                "clip_norm) or transfer rules? Resume with the config it was "
+                f"this run builds (only in the checkpoint: {some_names(only_saved)}; only in this "
+                f"run: {some_names(only_now)}): was it trained with other optimizer.* settings "
+                "(name, clip_norm) or transfer rules? Resume with the config it was "
                 "trained with (its config.json), or use a new workdir with "
                 "--config.init_from=<this workdir>; the checkpoint is left as it is.")
         if differ:
@@ -337,9 +337,11 @@ def _leaf_name(path) -> str:
     return "/".join(part.removeprefix(".") for part in path_str(path).split("/"))
 
 
-def _some(names: list[str], n: int = 3) -> str:
+def some_names(names: list[str], n: int = 3, none: str = "nothing") -> str:
+    """The first `n` of `names` and how many more (`none` for an empty list): error messages
+    name a few of a long list rather than all of it."""
     return (", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
-            if names else "nothing")
+            if names else none)
 
 
 def _out_of_resources(error: Exception) -> bool:

@@ -52,12 +52,6 @@ def report_lines(report: dict, source: str) -> list[str]:
     return lines
 
 
-def _some(names: list[str], n: int = 4) -> str:
-    """The first `n` of `names`, and how many more."""
-    return (", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
-            if names else "none")
-
-
 def mlm_head_command(source: str, tokenizer: str, workdir: str = "runs/teacher_mlm") -> str:
     """The continued-pretraining command that gives an encoder without an MLM head (e.g.
     all-MiniLM-L6-v2) one: its own architecture and tokenizer, since its shape may be in no
@@ -115,13 +109,16 @@ def warm_start(params, init_from: str, model_config=None, prefix_map: dict | Non
         # A few names of each side, enough to see how the two namings differ: the whole lists
         # ran to hundreds of names for a BERT-base or GPT-2 source.
         mismatched = [name for name, _, _ in report["shape_mismatch"]]
+        differ = [f"{n} model {w} vs source {g}" for n, w, g in report["shape_mismatch"]]
+
+        def some(names):
+            return checkpoint.some_names(names, 4, none="none")
+
         raise WarmStartError(
             f"init_from={init_from!r}: no tensor matched this model by name and shape. The "
-            f"model's tensors: {_some(report['not_in_checkpoint'] + mismatched)}; the "
-            f"source's: {_some(report['unused'] + mismatched)}"
-            + (f" (in both, with other shapes: "
-               f"{_some([f'{n} model {w} vs source {g}' for n, w, g in report['shape_mismatch']])})"
-               if mismatched else "") + ".")
+            f"model's tensors: {some(report['not_in_checkpoint'] + mismatched)}; the "
+            f"source's: {some(report['unused'] + mismatched)}"
+            + (f" (in both, with other shapes: {some(differ)})" if differ else "") + ".")
     for line in report_lines(report, label):
         print(line, flush=True)
     return params

@@ -286,8 +286,8 @@ def check_destination(dst: pathlib.Path, direction: str) -> None:
         return
     writes = "tl_jax weights" if direction == "hf_to_tl" else "a Hugging Face checkpoint"
     if not (dst / TL_CONFIG).exists():
-        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5
-                                          else "")
+        from tl_jax.checkpoint import some_names
+        shown = some_names(entries, 5)
         raise ValueError(f"convert: destination {dst} is not empty ({shown}) and holds no "
                          f"checkpoint ({TL_CONFIG}); writing {writes} there would mix them with "
                          "those files. Choose a new or empty directory.")
