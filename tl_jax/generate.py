@@ -557,8 +557,8 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
       is its own label (without surrounding spaces). Every gold label must be one of them.
 
     Prompts come from `prompts` and/or `prompt_file` (plain text: one prompt per line; jsonl:
-    `text_field` of each object; a .json file is refused), each formatted with `template` (`{text}` is the prompt; a
-    literal backslash-n becomes a newline, e.g. "{text}\\nTL;DR:").
+    `text_field` of each object; a .json file is refused), each formatted with `template`
+    (`{text}` is the prompt; a literal backslash-n becomes a newline, e.g. "{text}\\nTL;DR:").
     Results are returned (and written to `output` as jsonl when given).
     Flags are checked before the model is loaded.
     """

@@ -456,21 +456,33 @@ def score_names(config) -> list[str]:
     return names
 
 
+def vectors_path(workdir: str, fmt: str) -> str:
+    """Where `run` saves the vectors in format `fmt`: WORKDIR/vectors.FORMAT.{txt,bin}."""
+    return os.path.join(workdir, f"vectors.{fmt}.{'bin' if fmt == 'word2vec_binary' else 'txt'}")
+
+
+def _write_scores(workdir: str, scores: dict) -> None:
+    """WORKDIR/scores.json, renamed over the old one once whole: a write cut short would lose
+    the run's training figures, and a sweep would take it for unfinished and train it again."""
+    import json
+
+    with paths.atomic_open(os.path.join(workdir, "scores.json"), "w") as f:
+        json.dump(json_safe(scores), f, indent=1, allow_nan=False)
+
+
 def score_saved(config, workdir: str, scores: dict) -> dict:
     """Adds the evaluation to `scores` (a finished run's scores.json in `workdir`) when it
     lacks it and `config.eval_dir` now holds the files: the run trained before they were
     there. Scores the saved vectors (no training), rewrites scores.json and returns the
     scores; returns `scores` as they are when there is nothing to add (or, with a note, no
     saved vectors to score)."""
-    import json
-
     from tl_jax.evaluation import word_vectors as evaluation
 
     eval_dir, missing = _evaluation_files(config)
     if not eval_dir or missing or all(k in scores for k in EVAL_SCORES):
         return scores
     fmt = config.save_formats[0]
-    path = os.path.join(workdir, f"vectors.{fmt}.{'bin' if fmt == 'word2vec_binary' else 'txt'}")
+    path = vectors_path(workdir, fmt)
     if not os.path.exists(path):
         print(f"Note: {workdir} has scores without the evaluation and no {path} to score; it "
               "stays unscored (delete it to train it again)", flush=True)
@@ -479,10 +491,7 @@ def score_saved(config, workdir: str, scores: dict) -> dict:
     vectors = load_vectors(path, fmt)
     scores = {**scores, **evaluation.evaluate_all(vectors, eval_dir)}
     print(evaluation.format_scores(scores), flush=True)
-    # Renamed over the run's scores.json once whole: a write cut short would lose the run's
-    # training figures, and a sweep would take it for unfinished and train it again.
-    with paths.atomic_open(os.path.join(workdir, "scores.json"), "w") as f:
-        json.dump(json_safe(scores), f, indent=1, allow_nan=False)
+    _write_scores(workdir, scores)
     return scores
 
 
@@ -550,8 +559,7 @@ def run(config, workdir: str) -> dict:
         json.dump(current, f, indent=1)
     vocab.save(os.path.join(workdir, "vocab.txt"))
     for fmt in config.save_formats:
-        ext = "bin" if fmt == "word2vec_binary" else "txt"
-        save_vectors(vectors, os.path.join(workdir, f"vectors.{fmt}.{ext}"), fmt)
+        save_vectors(vectors, vectors_path(workdir, fmt), fmt)
     scores = {"train_seconds": stats["seconds"], "final_loss": stats["losses"][-1]}
     if "words_per_sec" in stats:
         scores["words_per_sec"] = stats["words_per_sec"]
@@ -560,10 +568,7 @@ def run(config, workdir: str) -> dict:
         print(evaluation.format_scores(scores), flush=True)
     elif eval_dir:
         print(f"no evaluation files under {eval_dir}; skipping word similarity and analogies")
-    # Renamed over the run's scores.json once whole: a write cut short would lose the run's
-    # training figures, and a sweep would take it for unfinished and train it again.
-    with paths.atomic_open(os.path.join(workdir, "scores.json"), "w") as f:
-        json.dump(json_safe(scores), f, indent=1, allow_nan=False)
+    _write_scores(workdir, scores)
     print(f"done: {config.method} {config.epochs} epochs in {stats['seconds']:.1f}s | final loss "
           f"{scores['final_loss']:.4f} | vectors in {workdir}", flush=True)
     return scores
