@@ -475,6 +475,24 @@ def test_run_generate_from_a_gpt2_directory(tmp_path, lm):
     assert [r["prediction"] for r in named] == [{"sat": "S", "dog": "D"}[r["prediction"]]
                                                 for r in scored]
     assert (tmp_path / "out.jsonl").read_text().count("\n") == 2
+    from tl_jax.data.readers import DataFormatError
+
+    # A GLUE-style table scores as the jsonl does: its column under the header is the prompt
+    # and its label column the gold label (it was read as text lines: the header a prompt and
+    # every prompt with its tab and label).
+    tsv = tmp_path / "dev.tsv"
+    tsv.write_text("sentence\tlabel\nthe cat\t sat\na\t dog\n")
+    csv_file = tmp_path / "dev.CSV"
+    csv_file.write_text('label,sentence\n sat,the cat\n dog,"a"\n')
+    for table in (tsv, csv_file):
+        from_table = generate.run_generate(str(tmp_path), mode="score", prompt_file=str(table),
+                                           text_field="sentence", choices=[" sat", " dog"])
+        assert [(r["prompt"], r["label"], r["prediction"]) for r in from_table] == [
+            (r["prompt"], r["label"], r["prediction"]) for r in scored]
+    with pytest.raises(DataFormatError, match=r"dev.tsv:2: missing field 'text' \(has "
+                       r"\['label', 'sentence'\]\)"):
+        generate.run_generate(str(tmp_path), mode="score", prompt_file=str(tsv),
+                              choices=[" sat", " dog"])
     # A plain-text prompt file saved on Windows (BOM, CRLF) gives the same prompts.
     windows = tmp_path / "prompts.txt"
     windows.write_bytes("\ufeffthe cat\r\na dog sat\r\n".encode("utf-8"))
@@ -645,7 +663,7 @@ def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
     array = tmp_path / "prompts.JSON"
     array.write_text('[\n  "the cat",\n  "a dog"\n]\n')
     with pytest.raises(DataFormatError, match=r"prompts.JSON: a .json prompt file is not read: "
-                       r".*plain text \(one prompt per line\) or .jsonl .*'text' field"):
+                       r".*plain text \(one prompt per line\), .jsonl .*'text' field"):
         generate.run_generate(missing, prompt_file=str(array))
     with pytest.raises(FileNotFoundError, match=r"prompt_file '.*nope.txt' does not exist"):
         generate.run_generate(missing, prompt_file=str(tmp_path / "nope.txt"))

@@ -533,6 +533,37 @@ def cut_at_stop(completion: str, stop_strings: Sequence[str]) -> str:
     return completion[:min(cuts)] if cuts else completion
 
 
+def _prompt_rows(name: str, path: str, suffix: str, text_field: str,
+                 label_field: str) -> list[dict]:
+    """The prompts (and gold labels, where the row has `label_field`) of a .jsonl, .csv or
+    .tsv prompt file, read as the classification readers read rows: a CSV/TSV has a header
+    row naming its columns (a TSV is not quoted, as GLUE's files), so an SST-2-style
+    `sentence<TAB>label` file scores with `text_field="sentence"`. Before, a table was read as
+    plain-text lines: its header became a prompt and every prompt kept its tab and label."""
+    import pathlib
+
+    from tl_jax.data.readers import (DataFormatError, _delimited_rows, _jsonl_rows, _text,
+                                     label_text)
+    file = pathlib.Path(path)
+    rows = (_jsonl_rows(file) if suffix == ".jsonl" else
+            _delimited_rows(file, "\t" if suffix == ".tsv" else ","))
+    records = []
+    try:
+        for lineno, row in rows:
+            if text_field not in row:
+                raise DataFormatError(name, lineno,
+                                      f"missing field {text_field!r} (has {sorted(row)})")
+            if row[text_field] is None:  # not the prompt "None"
+                raise DataFormatError(name, lineno, f"field {text_field!r} is null")
+            gold = row.get(label_field)
+            gold = None if gold is None else label_text(gold)
+            records.append({"text": _text(row[text_field], name, lineno, text_field),
+                            "label": gold or None})  # a blank CSV cell: unlabelled
+    except UnicodeDecodeError as e:
+        raise DataFormatError.not_utf8(path, e) from None
+    return records
+
+
 def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] = (),
                  prompt_file: str = "", text_field: str = "text", label_field: str = "label",
                  template: str = "{text}", choices: Sequence[str] = (),
@@ -556,8 +587,9 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
       each choice stands for (e.g. choices " good", " bad" for labels pos, neg), else a choice
       is its own label (without surrounding spaces). Every gold label must be one of them.
 
-    Prompts come from `prompts` and/or `prompt_file` (plain text: one prompt per line; jsonl:
-    `text_field` of each object; a .json file is refused), each formatted with `template`
+    Prompts come from `prompts` and/or `prompt_file` (plain text: one prompt per line; .jsonl:
+    `text_field` of each object; .csv/.tsv: column `text_field` under a header row; a .json
+    file is refused), each formatted with `template`
     (`{text}` is the prompt; a literal backslash-n becomes a newline, e.g. "{text}\\nTL;DR:").
     Results are returned (and written to `output` as jsonl when given).
     Flags are checked before the model is loaded.
@@ -601,50 +633,35 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     # -- prompts ---------------------------------------------------------------------------------
     records = [{"text": p} for p in prompts]
     if prompt_file:
-        from tl_jax.data.readers import DataFormatError, _text, label_text
+        from tl_jax.data.readers import DataFormatError
         path = paths.expand(prompt_file)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"generate: prompt_file {prompt_file!r} does not exist"
                                     if not os.path.exists(path) else
                                     f"generate: prompt_file {prompt_file!r} is not a file")
-        if prompt_file.lower().endswith(".json"):
+        suffix = os.path.splitext(prompt_file)[1].lower()  # as the readers: .JSONL too
+        if suffix == ".json":
             # A JSON document (an array of prompts, say) was read as plain-text lines: its
             # brackets, quotes and commas became prompts of their own, without a word.
             raise DataFormatError(prompt_file, None, "a .json prompt file is not read: prompt "
-                                  "files are plain text (one prompt per line) or .jsonl (one "
+                                  "files are plain text (one prompt per line), .jsonl (one "
                                   f"JSON object per line, the prompt in its {text_field!r} "
-                                  "field); write the prompts as .jsonl")
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataFormatError(prompt_file, lineno,
-                                          f"not UTF-8 (byte {e.start} of the line)") from None
-                if lineno == 1:
-                    line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark
-                if not line.strip():
-                    continue
-                if prompt_file.lower().endswith(".jsonl"):  # as the readers: .JSONL too
+                                  "field) or .csv/.tsv (a header row; the prompt in column "
+                                  f"{text_field!r}); write the prompts as .jsonl")
+        if suffix in (".jsonl", ".csv", ".tsv"):
+            records += _prompt_rows(prompt_file, path, suffix, text_field, label_field)
+        else:
+            with open(path, "rb") as f:
+                for lineno, raw in enumerate(f, 1):
                     try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataFormatError(prompt_file, lineno, f"bad JSON: {e}") from e
-                    if not isinstance(row, dict):
-                        raise DataFormatError(prompt_file, lineno, "expected a JSON object with "
-                                              f"a {text_field!r} field, got {type(row).__name__}")
-                    if text_field not in row:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
                         raise DataFormatError(prompt_file, lineno,
-                                              f"missing field {text_field!r} (has {sorted(row)})")
-                    if row[text_field] is None:  # not the prompt "None"
-                        raise DataFormatError(prompt_file, lineno,
-                                              f"field {text_field!r} is null")
-                    gold = row.get(label_field)
-                    records.append({"text": _text(row[text_field], prompt_file, lineno,
-                                                  text_field),
-                                    "label": None if gold is None else label_text(gold)})
-                else:
-                    records.append({"text": line.rstrip("\r\n")})
+                                              f"not UTF-8 (byte {e.start} of the line)") from None
+                    if lineno == 1:
+                        line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark
+                    if line.strip():
+                        records.append({"text": line.rstrip("\r\n")})
     if not records:
         raise ValueError("generate: no prompts (give --prompt or --prompt_file)")
     if mode == "score":

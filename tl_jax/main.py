@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="tl_jax clm workdir or HF GPT-2 directory")
     p.add_argument("--mode", default="complete", choices=["complete", "score"])
     p.add_argument("--prompt", action="append", help="repeatable")
-    p.add_argument("--prompt_file", default="", help="text or jsonl file of prompts")
+    p.add_argument("--prompt_file", default="", help="text, .jsonl, .csv or .tsv file of prompts")
     p.add_argument("--text_field", default="text")
     p.add_argument("--label_field", default="label")
     p.add_argument("--template", default="{text}", help="e.g. '{text} TL;DR:'")
