@@ -276,6 +276,17 @@ def test_the_reference_command_s_settings_kl_everywhere_and_frozen_positions(tea
 # -- the run ------------------------------------------------------------------------------------
 
 
+def test_distillation_declares_the_eval_metrics_an_eval_reports(run):
+    """`tasks.eval_metric_names` (what `tl_jax sweep --metrics=eval/...` is checked against
+    before any run trains) is the task's declaration from the config: an eval reports exactly
+    those names, before training and at the end of the run."""
+    from tl_jax import tasks
+
+    declared = sorted(tasks.eval_metric_names(run["result"].trainer.config))
+    assert sorted(run["before"]) == declared
+    assert sorted(k for k in run["result"].summary if k.startswith("eval/")) == declared
+
+
 def test_a_tiny_run_reduces_the_distillation_loss(run):
     before, after = run["before"], run["result"].summary
     assert after["step"] == 10

@@ -351,6 +351,17 @@ def trained(tiny_bert_overrides, tmp_path_factory):
     return train.train_and_evaluate(config, str(workdir)), workdir
 
 
+def test_electra_declares_the_eval_metrics_an_eval_reports(trained):
+    """`tasks.eval_metric_names` (what `tl_jax sweep --metrics=eval/...` is checked against
+    before any run trains) is the task's declaration from the config: the run's eval reported
+    exactly those names."""
+    from tl_jax import tasks
+
+    result, _ = trained
+    reported = [k for k in result.summary if k.startswith("eval/")]
+    assert sorted(reported) == sorted(tasks.eval_metric_names(result.trainer.config))
+
+
 def test_a_tiny_run_on_real_text_learns_to_detect_replacements(trained):
     result, workdir = trained
     summary = result.summary

@@ -687,3 +687,20 @@ def test_sequence_iterator_draws_each_epochs_order_once_with_the_same_batches(mo
                     np.testing.assert_array_equal(mine[k], theirs[k])
             first.set_state({"epoch": 0, "batch": 2})  # another epoch's order is drawn again
             np.testing.assert_array_equal(next(first)["token_ids"], reference[2]["token_ids"])
+
+
+@pytest.mark.parametrize("held_out", ["0.1", "0"])
+def test_bilm_declares_the_eval_metrics_an_eval_reports(held_out):
+    """`tasks.eval_metric_names` (what `tl_jax sweep --metrics=eval/...` is checked against
+    before any run trains) is the task's declaration from the config: an eval reports exactly
+    those names (none when data.eval_fraction=0 holds nothing out)."""
+    from tl_jax import tasks, train
+
+    config = config_lib.load_config(CONFIG + ":tiny", [
+        "data.max_units=300", "train.eval_batches=1", "mesh.num_devices=1",
+        "train.progress=False", f"data.eval_fraction={held_out}"])
+    trainer = train.build_trainer(config, workdir=None)
+    params = trainer.init_state(jax.random.PRNGKey(0))["params"]
+    reported = train.evaluate(trainer, params, 0)
+    assert sorted(reported) == sorted(tasks.eval_metric_names(config))
+    assert bool(reported) == (held_out != "0")

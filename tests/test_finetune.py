@@ -909,3 +909,41 @@ def test_an_eval_on_several_processes_gathers_the_outputs_not_the_input_batches(
     n_batches, n_labels = 2, len(trainer.task.labels)
     assert sorted(gathered) == sorted([((16, n_labels), "float32"), ((16,), "int32")]
                                       * n_batches), gathered
+
+
+@pytest.mark.parametrize("kind,overrides", [
+    ("classify", []), ("classify", ["data.positive_label=pos"]), ("tag", []), ("squad", []),
+    ("squad", ["data.version=2.0"])])
+def test_fine_tuning_tasks_declare_the_eval_metrics_an_eval_reports(kind, overrides, data_dir,
+                                                                     tmp_path):
+    """`tasks.eval_metric_names` (what `tl_jax sweep --metrics=eval/...` is checked against
+    before any run trains) is each task's declaration from the config: an eval reports exactly
+    those names. Binary F1 comes with data.positive_label; SQuAD 2.0's HasAns_/NoAns_ figures
+    where the eval set holds both kinds of question (here it does)."""
+    import jax
+
+    from tl_jax import tasks
+
+    if kind == "squad" and overrides:
+        contexts = ["Emma lived at Hartfield with her father near the village of Highbury.",
+                    "Elinor and Marianne moved to Barton Cottage in Devonshire after their "
+                    "father died."]
+        records = [dict(id=f"q{i}", title="t", question=f"who lived there {i}?",
+                        context=contexts[i % 2], is_impossible=i % 3 == 0,
+                        answers=[] if i % 3 == 0 else [
+                            dict(text=contexts[i % 2].split()[0], answer_start=0)])
+                   for i in range(12)]
+        readers.write_squad(tmp_path / "qa2.json", records, version="2.0")
+        config = config_lib.load_config("configs/finetune_squad.py:tiny", [
+            "train.progress=False", f"data.train_file={tmp_path / 'qa2.json'}",
+            f"data.eval_file={tmp_path / 'qa2.json'}", "data.max_seq_length=32",
+            "data.doc_stride=8", "data.max_query_length=8", "data.batch_size=8",
+            "data.max_train_examples=0", "data.max_eval_examples=0", "mesh.num_devices=1",
+            *overrides])
+        trainer = train.build_trainer(config, str(tmp_path / "run"))
+        params = trainer.init_state(jax.random.PRNGKey(0))["params"]
+    else:
+        trainer, params = _eval_trainer(kind, data_dir, tmp_path,
+                                        ["mesh.num_devices=1", *overrides])
+    reported = train.evaluate(trainer, params, 0)
+    assert sorted(reported) == sorted(tasks.eval_metric_names(trainer.config))

@@ -480,3 +480,26 @@ def test_two_processes_cache_the_features_one_process_caches(data_dir, tmp_path)
         assert figures(a).keys() == figures(b).keys() and figures(a)
         for key, value in figures(a).items():
             assert value == pytest.approx(figures(b)[key], abs=1e-5), (a["step"], key)
+
+
+@pytest.mark.parametrize("spec,overrides", [
+    ("transfer_feature.py:tiny", []),  # cached features: the probe's own loss_fn
+    ("transfer_full.py:tiny", ["data.positive_label=pos"])])
+def test_probes_declare_the_eval_metrics_an_eval_reports(data_dir, tmp_path, spec, overrides):
+    """`tasks.eval_metric_names` (what `tl_jax sweep --metrics=eval/...` is checked against
+    before any run trains) is the task's declaration from the config: an eval reports exactly
+    those names, whichever loss the probe trains with (binary F1 with data.positive_label)."""
+    from conftest import write_polarity_files
+
+    from tl_jax import config as config_lib, tasks, train
+
+    files = write_polarity_files(data_dir, tmp_path, 21)
+    config = config_lib.load_config(f"configs/{spec}", [
+        "train.progress=False", "data.max_seq_length=16", "data.batch_size=8",
+        f"data.train_file={files / 'train.jsonl'}", f"data.eval_file={files / 'eval.jsonl'}",
+        "data.max_train_examples=16", "data.max_eval_examples=0", "mesh.num_devices=1",
+        *overrides])
+    trainer = train.build_trainer(config, str(tmp_path / "run"))
+    params = trainer.init_state(jax.random.PRNGKey(0))["params"]
+    reported = train.evaluate(trainer, params, 0)
+    assert sorted(reported) == sorted(tasks.eval_metric_names(config))

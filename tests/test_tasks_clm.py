@@ -383,3 +383,36 @@ def test_the_gpt_classifier_warns_of_a_tokenizer_that_is_not_its_lms(tmp_path, t
     assert "is not the vocabulary init_from's weights were trained with" in out
     assert "warning" not in resolve(lm / "tokenizer")
     assert "warning" not in resolve("")
+
+
+@pytest.mark.parametrize("spec,overrides", [
+    ("gpt_pretrain.py:tiny", ["data.eval_fraction=0.2"]),
+    ("gpt_pretrain.py:tiny", ["data.eval_fraction=0"]),
+    ("gpt_finetune_classify.py:tiny", []),
+    ("gpt_finetune_classify.py:tiny", ["data.positive_label=1"])])
+def test_gpt_tasks_declare_the_eval_metrics_an_eval_reports(tmp_path, texts, spec, overrides):
+    """`tasks.eval_metric_names` (what `tl_jax sweep --metrics=eval/...` is checked against
+    before any run trains) is each task's declaration from the config: an eval reports exactly
+    those names (the LM's perplexity, none when nothing is held out; the classifier's binary F1
+    with data.positive_label)."""
+    import jax
+
+    from tl_jax import config as config_lib, tasks, train
+
+    corpus = tmp_path / "austen.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:60]))
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("".join(json.dumps({"text": t, "label": i % 2}) + "\n"
+                                for i, t in enumerate(texts[:24])))
+    config = config_lib.load_config(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                                 spec), [
+        "train.progress=False", "mesh.num_devices=1", "data.tokenizer_vocab_size=300",
+        *(["data.seq_len=32", "model.max_len=32", f"data.corpus={corpus}"]
+          if spec.startswith("gpt_pretrain") else
+          [f"data.train_file={labelled}", f"data.eval_file={labelled}",
+           "data.max_seq_length=32"]), *overrides])
+    trainer = train.build_trainer(config, str(tmp_path / "run"))
+    params = trainer.init_state(jax.random.PRNGKey(0))["params"]
+    reported = train.evaluate(trainer, params, 0)
+    assert sorted(reported) == sorted(tasks.eval_metric_names(config))
+    assert bool(reported) == (overrides != ["data.eval_fraction=0"])

@@ -424,3 +424,46 @@ def test_a_non_finite_stop_keeps_the_checkpoint_still_being_written(tiny_bert_ov
     assert "Non-finite loss at step 2" in out.stderr
     assert "cannot schedule new futures" not in out.stdout + out.stderr
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+
+
+@pytest.mark.parametrize("held_out", ["0.1", "0"])
+def test_bert_pretraining_declares_the_eval_metrics_an_eval_reports(tiny_bert_overrides,
+                                                                     tmp_path, held_out):
+    """`tasks.eval_metric_names` (what `tl_jax sweep --metrics=eval/...` is checked against
+    before any run trains) is the task's declaration from the config: an eval reports exactly
+    those names (none when data.eval_fraction=0 holds nothing out)."""
+    from tl_jax import tasks
+
+    config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [
+        "mesh.num_devices=1", f"data.eval_fraction={held_out}"])
+    trainer = train.build_trainer(config, str(tmp_path))
+    params = trainer.init_state(jax.random.PRNGKey(0))["params"]
+    reported = train.evaluate(trainer, params, 0)
+    assert sorted(reported) == sorted(tasks.eval_metric_names(config))
+    assert bool(reported) == (held_out != "0")
+
+
+def test_every_task_declares_its_eval_metrics_and_a_name_outside_them_is_refused():
+    """Every registered task declares its eval metrics from the config (the tests beside each
+    task's eval check the names); `tasks.check_eval_metric` refuses a name outside them, e.g. a
+    misspelt train.best_metric, before anything is built."""
+    import importlib
+
+    from tl_jax import tasks
+
+    missing = [name for name, module in tasks.TASKS.items()
+               if not callable(getattr(importlib.import_module(module).Task,
+                                       "eval_metric_names", None))]
+    assert not missing, missing
+    config = config_lib.load_config(BERT + ":tiny")
+    tasks.check_eval_metric(config, "eval/mlm_accuracy")
+    with pytest.raises(ValueError, match=r"^train.best_metric='eval/mlm_acuracy' is not among "
+                       r"the eval metrics of task 'bert_pretrain': eval/mlm_loss, "
+                       r"eval/mlm_accuracy, eval/nsp_loss, eval/nsp_accuracy$"):
+        tasks.check_eval_metric(config, "eval/mlm_acuracy")
+    config.data.eval_fraction = 0.0
+    with pytest.raises(ValueError, match=r"it reports none with this config"):
+        tasks.check_eval_metric(config, "eval/mlm_accuracy")
+    config.task = "bert_pretrian"
+    with pytest.raises(ValueError, match=r"Unknown task 'bert_pretrian' in config.task"):
+        tasks.eval_metric_names(config)

@@ -29,6 +29,12 @@ these attributes only (the contract every task file implements):
         position the model runs, padding included), as the HF comparisons in benchmarks/ count.
     task.save(workdir)
         Writes what a user needs beside the checkpoint (tokenizer, label map, ...).
+    Task.eval_metric_names(config) -> tuple[str, ...]      (a staticmethod of the class)
+        The held-out metrics an eval reports, from the config alone (no data is read): the keys
+        of `loss_fn`'s metrics and of `evaluate`'s result, which the trainer logs as eval/NAME;
+        () when the config holds nothing out (data.eval_fraction=0). Read through
+        `eval_metric_names` below, so that a misspelt `tl_jax sweep --metrics=eval/...` is
+        refused before the first run trains. Tests run each task's eval and compare.
 
 Optional:
     task.progress_keys / task.summary_keys : tuples of metric names shown in the progress bar
@@ -92,6 +98,32 @@ def build_task(config, workdir):
         check_saved_vocabulary(name, workdir)
     module = importlib.import_module(TASKS[name])
     return module.Task(config, workdir)
+
+
+def eval_metric_names(config) -> tuple[str, ...]:
+    """The held-out metrics a run of `config` reports at each eval, as the trainer logs them
+    ("eval/accuracy", ...): its task's declaration (`Task.eval_metric_names`), without building
+    the task or reading any data. Whether the run evaluates at all (train.eval_every) is the
+    trainer's; this is what an eval gives when it runs. A name listed may still be missing
+    where the held-out data decide it (SQuAD 2.0's HasAns_/NoAns_ figures need both kinds of
+    question); one not listed is never reported."""
+    name = config.task
+    if name not in TASKS:
+        raise ValueError(f"Unknown task {name!r} in config.task; known tasks: {sorted(TASKS)}")
+    task_class = importlib.import_module(TASKS[name]).Task
+    return tuple(f"eval/{metric}" for metric in task_class.eval_metric_names(config))
+
+
+def check_eval_metric(config, metric: str, key: str = "train.best_metric") -> None:
+    """Refuses `metric` (the value of config key `key`, e.g. train.best_metric) when no eval of
+    a run of `config` would report it: a misspelt name would otherwise be found only at the first
+    eval, or never (no best checkpoint kept)."""
+    names = eval_metric_names(config)
+    if metric not in names:
+        raise ValueError(
+            f"{key}={metric!r} is not among the eval metrics of task {config.task!r}: "
+            + (", ".join(names) if names else "it reports none with this config "
+               "(data.eval_fraction=0 holds nothing out)"))
 
 
 def check_saved_vocabulary(name: str, workdir: str) -> None:

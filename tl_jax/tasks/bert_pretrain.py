@@ -206,6 +206,15 @@ class Task:
             rngs={"dropout": rng})
         return pretraining_loss(outputs, batch, params, normalizers)
 
+    @staticmethod
+    def eval_metric_names(config) -> tuple[str, ...]:
+        """What an eval reports (as eval/NAME), from the config alone
+        (`tl_jax.tasks.eval_metric_names`): `pretraining_loss`'s metrics over the held-out
+        documents, none when data.eval_fraction=0 holds none out."""
+        if not config.data.eval_fraction > 0:
+            return ()
+        return ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy")
+
 
 def _real_rows(batch):
     """1 for rows with real tokens, 0 for rows that only pad an eval batch. (B,)"""

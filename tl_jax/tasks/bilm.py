@@ -441,6 +441,15 @@ class Task:
                            "the eval batches hold no token to predict")
         return result
 
+    @staticmethod
+    def eval_metric_names(config) -> tuple[str, ...]:
+        """What an eval reports (as eval/NAME), from the config alone
+        (`tl_jax.tasks.eval_metric_names`): `loss_fn`'s NLLs and `evaluate`'s perplexities
+        over the held-out pieces, none when data.eval_fraction=0 holds none out."""
+        if not config.data.eval_fraction > 0:
+            return ()
+        return ("forward_nll", "backward_nll", "forward_perplexity", "backward_perplexity")
+
 
 def perplexities(outputs) -> dict[str, float]:
     """Forward/backward perplexity from `predict_fn` outputs; NaN when they hold no token to

@@ -132,6 +132,15 @@ class Task(downstream.EncoderTask):
                            f"label data.positive_label={positive!r} and none was predicted as it")
         return report
 
+    @staticmethod
+    def eval_metric_names(config) -> tuple[str, ...]:
+        """What an eval reports (as eval/NAME), from the config alone
+        (`tl_jax.tasks.eval_metric_names`): `loss_fn`'s loss and accuracy, and `score`'s
+        report: accuracy, f1_macro and mcc, and f1 (binary) with data.positive_label. The
+        `probe` and `lm_classify` tasks report the same."""
+        names = ("loss", "accuracy", "f1_macro", "mcc")
+        return names + ("f1",) if config.data.positive_label else names
+
     def write_predictions(self, path, predictions) -> None:
         """jsonl: text, gold (None when unlabelled), predicted and probabilities per record."""
         records = self.eval_records

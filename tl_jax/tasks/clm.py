@@ -365,3 +365,12 @@ class Task:
             note_undefined(self, ["eval/perplexity"], "the eval batches hold no token to predict")
             return {"perplexity": math.nan}
         return {"perplexity": float(np.exp(nll / tokens))}
+
+    @staticmethod
+    def eval_metric_names(config) -> tuple[str, ...]:
+        """What an eval reports (as eval/NAME), from the config alone
+        (`tl_jax.tasks.eval_metric_names`): `loss_fn`'s metrics and `evaluate`'s perplexity
+        over the held-out documents, none when data.eval_fraction=0 holds none out."""
+        if not config.data.eval_fraction > 0:
+            return ()
+        return ("nll", "accuracy", "perplexity")

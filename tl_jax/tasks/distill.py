@@ -449,3 +449,13 @@ class Task:
         return distillation_loss(student_out, teacher_out, batch, self.config.distill,
                                  normalizers)
 
+    @staticmethod
+    def eval_metric_names(config) -> tuple[str, ...]:
+        """What an eval reports (as eval/NAME), from the config alone
+        (`tl_jax.tasks.eval_metric_names`): `distillation_loss`'s metrics over the held-out
+        documents, none when data.eval_fraction=0 holds none out."""
+        if not config.data.eval_fraction > 0:
+            return ()
+        return ("distill_loss", "mlm_loss", "cos_loss", "mlm_accuracy", "teacher_mlm_accuracy",
+                "agreement")
+

@@ -141,6 +141,16 @@ class Task:
         return electra_loss(outputs, batch, self.config.electra.discriminator_weight,
                             normalizers)
 
+    @staticmethod
+    def eval_metric_names(config) -> tuple[str, ...]:
+        """What an eval reports (as eval/NAME), from the config alone
+        (`tl_jax.tasks.eval_metric_names`): `electra_loss`'s metrics over the held-out
+        documents, none when data.eval_fraction=0 holds none out."""
+        if not config.data.eval_fraction > 0:
+            return ()
+        return ("mlm_loss", "mlm_accuracy", "disc_loss", "disc_accuracy", "disc_precision",
+                "disc_recall", "disc_baseline_accuracy", "replaced_fraction")
+
 
 # The counts its means divide by under gradient accumulation (`task.loss_normalizers`).
 electra_normalizers = masked_lm_normalizers

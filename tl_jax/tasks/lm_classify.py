@@ -329,6 +329,7 @@ class Task(downstream.EvalPredictions):
 
     decode = classify.Task.decode
     score = classify.Task.score
+    eval_metric_names = staticmethod(classify.Task.eval_metric_names)
 
     def write_predictions(self, path, predictions) -> None:
         """jsonl: text, gold (None when unlabelled), predicted and probabilities per record."""

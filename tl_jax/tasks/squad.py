@@ -238,6 +238,17 @@ class Task(downstream.EncoderTask):
         report = squad_eval.evaluate(gold, predictions["answers"])
         return {k: v for k, v in report.items() if not k.endswith("total")}
 
+    @staticmethod
+    def eval_metric_names(config) -> tuple[str, ...]:
+        """What an eval can report (as eval/NAME), from the config alone
+        (`tl_jax.tasks.eval_metric_names`): `loss_fn`'s loss and span-boundary accuracies, and
+        `score`'s EM and F1; for data.version=2.0 also the official HasAns_/NoAns_ breakdown,
+        which `squad_eval.evaluate` gives only when the scored questions hold both kinds."""
+        names = ("loss", "start_accuracy", "end_accuracy", "exact", "f1")
+        if config.data.version == "2.0":
+            names += ("HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
+        return names
+
     def write_predictions(self, path, predictions, nbest_path=None) -> None:
         """SQuAD's predictions JSON (id -> answer text), and the 5 best spans per question to
         `nbest_path` when given.

@@ -147,6 +147,14 @@ class Task(downstream.EncoderTask):
         return {"span_f1": report["f1"], "span_precision": report["precision"],
                 "span_recall": report["recall"]}
 
+    @staticmethod
+    def eval_metric_names(config) -> tuple[str, ...]:
+        """What an eval reports (as eval/NAME), from the config alone
+        (`tl_jax.tasks.eval_metric_names`): `loss_fn`'s loss and (sub-word) accuracy, and
+        `score`'s entity spans."""
+        del config
+        return ("loss", "accuracy", "span_f1", "span_precision", "span_recall")
+
     def write_predictions(self, path, predictions) -> None:
         """CoNLL `word gold predicted` (`word predicted` for unlabelled sentences), a blank line
         between sentences: readable by conlleval when labelled. Written under a temporary name
