@@ -101,9 +101,11 @@ def test_sweep_tables_plots_and_a_rerun_that_skips_finished_runs(tmp_path, monke
     # A run whose steps changed is not "finished": it trains (resumes) again.
     sweep.run(BERT, str(tmp_path), seeds=[0], grid=args["grid"], overrides=["train.steps=6"])
     assert calls[4:] == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.3__seed=0"]
-    with pytest.raises(ValueError, match=r"no run reports the metric 'eval/f1'.*mlm_accuracy"):
-        sweep.run(BERT, str(tmp_path), seeds=[0], metrics=["eval/f1"], grid=args["grid"],
-                  overrides=["train.steps=6"])
+    # A metric the task declares (so not refused up front) that no run's summary holds.
+    with pytest.raises(ValueError, match=r"no run reports the metric 'eval/nsp_accuracy'.*"
+                       r"mlm_accuracy"):
+        sweep.run(BERT, str(tmp_path), seeds=[0], metrics=["eval/nsp_accuracy"],
+                  grid=args["grid"], overrides=["train.steps=6"])
 
 
 def test_only_process_0_writes_the_tables_and_plots(tmp_path, monkeypatch, capsys):
@@ -452,19 +454,64 @@ def test_a_misspelt_metric_of_a_static_sweep_is_refused_before_any_run_trains(
 
 def test_a_misspelt_metric_of_a_train_sweep_is_refused_before_any_run_trains(tmp_path,
                                                                               monkeypatch):
-    """A train run reports train/loss and eval/ metrics (named by its task as it evaluates):
+    """A train run reports train/loss and the eval/ metrics its task declares from the config:
     any other name, or an eval/ one where nothing is evaluated, is refused up front."""
     monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained a run"))
     grid = ["data.masked_lm_prob=0.1,0.3"]
     with pytest.raises(config_lib.ConfigError, match=r"--metrics=train_loss: no run reports it; "
-                       r"a train run reports train/loss and its held-out metrics as eval/NAME"):
+                       r"a train run reports train/loss and its held-out metrics eval/mlm_loss, "
+                       r"eval/mlm_accuracy, eval/nsp_loss, eval/nsp_accuracy$"):
         sweep.run(BERT, str(tmp_path), grid=grid, metrics=["eval/mlm_accuracy", "train_loss"],
                   overrides=["train.steps=4"])
     with pytest.raises(config_lib.ConfigError, match=r"--metrics=eval/mlm_accuracy: no run "
                        r"reports it; .*no held-out metrics here \(train.eval_every=0\)"):
         sweep.run(BERT, str(tmp_path), grid=grid, metrics=["eval/mlm_accuracy"],
                   overrides=["train.steps=4", "train.eval_every=0"])
+    with pytest.raises(config_lib.ConfigError, match=r"--metrics=eval/mlm_accuracy: no run "
+                       r"reports it; .*\(data.eval_fraction=0 holds nothing out\)"):
+        sweep.run(BERT, str(tmp_path), grid=grid, metrics=["eval/mlm_accuracy"],
+                  overrides=["train.steps=4", "data.eval_fraction=0"])
+    # One run of the grid would not evaluate: it is named.
+    with pytest.raises(config_lib.ConfigError, match=r"--metrics=eval/mlm_accuracy: run "
+                       r"eval_every=0__seed=0 would not report it; it reports train/loss and no "
+                       r"held-out metrics here \(train.eval_every=0\)"):
+        sweep.run(BERT, str(tmp_path), grid=["train.eval_every=2,0"],
+                  metrics=["eval/mlm_accuracy"], overrides=["train.steps=4"])
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_misspelt_eval_metric_is_refused_before_any_run_trains(tmp_path, monkeypatch):
+    """`--metrics=eval/acuracy` was accepted by its form (any eval/NAME), and refused only once
+    every run had trained. The task declares its eval metrics from the config, so the name is
+    refused up front, the message naming the ones the runs report; a right name runs."""
+    config_path = str(ROOT / "configs" / "finetune_classify.py") + ":tiny"
+    calls = []
+
+    def fake(config, workdir):
+        calls.append(pathlib.Path(workdir).name)
+        work = pathlib.Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        summary = {"step": int(config.train.steps), "eval/accuracy": 0.75, "eval/f1": 0.5}
+        (work / "summary.json").write_text(json.dumps(summary))
+        return train.TrainResult(summary=summary, state={}, trainer=None)
+
+    monkeypatch.setattr(train, "train_and_evaluate", fake)
+    args = dict(grid=["optimizer.learning_rate=1e-3,2e-3"], overrides=["train.steps=4"])
+    with pytest.raises(config_lib.ConfigError, match=r"--metrics=eval/acuracy: no run reports "
+                       r"it; a train run reports train/loss and its held-out metrics eval/loss, "
+                       r"eval/accuracy, eval/f1_macro, eval/mcc$"):
+        sweep.run(config_path, str(tmp_path), metrics=["eval/accuracy", "eval/acuracy"], **args)
+    # Binary F1 is reported with data.positive_label only.
+    with pytest.raises(config_lib.ConfigError, match=r"--metrics=eval/f1: no run reports it"):
+        sweep.run(config_path, str(tmp_path), metrics=["eval/f1"], **args)
+    assert calls == [] and not (tmp_path / "runs").exists()
+    result = sweep.run(config_path, str(tmp_path), metrics=["eval/accuracy"], **args)
+    assert len(calls) == 2 and result["metrics"] == ["eval/accuracy"]
+    assert [row["eval/accuracy"][0] for row in result["settings"]] == [0.75, 0.75]
+    result = sweep.run(config_path, str(tmp_path / "binary"), metrics=["eval/f1"],
+                       grid=args["grid"], overrides=args["overrides"] + [
+                           "data.positive_label=pos"])
+    assert [row["eval/f1"][0] for row in result["settings"]] == [0.5, 0.5]
 
 
 def test_a_static_run_trained_without_the_evaluation_files_is_scored_on_a_rerun(

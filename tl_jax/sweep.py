@@ -266,20 +266,43 @@ def _static_scores(run_dir: str) -> dict | None:
 STATIC_METRICS = ("wordsim353_spearman", "simlex999_spearman", "analogy_accuracy", "final_loss")
 
 
-def _check_train_metrics(metrics: Sequence[str], configs: list) -> None:
-    """Refuses, before the first run trains, a --metrics name no train run reports: a run
-    reports its last training loss ("train/loss") and its task's held-out metrics ("eval/...",
-    named by the task as it evaluates, so only their prefix is known before then; none without
-    evaluation). A misspelt eval/ name is still found only once the runs have trained."""
-    evaluates = any(bool(c.train.eval_every) or _fills_schedule_from_epochs(c.to_dict())
-                    for c in configs)
+def _train_metric_names(config) -> list[str]:
+    """What a train run of `config` reports: its last training loss ("train/loss") and, where it
+    evaluates, its task's held-out metrics ("eval/NAME", as the task declares them from the
+    config: `tasks.eval_metric_names`)."""
+    from tl_jax import tasks
+
+    evaluates = bool(config.train.eval_every) or _fills_schedule_from_epochs(config.to_dict())
+    return ["train/loss"] + (list(tasks.eval_metric_names(config)) if evaluates else [])
+
+
+def _check_train_metrics(metrics: Sequence[str], runs: list["Run"], configs: dict) -> None:
+    """Refuses, before the first run trains, a --metrics name a train run would not report (a
+    misspelt eval/ name was found only once every run had trained), naming what it reports."""
+    reported = {}
+    for r in runs:
+        try:
+            reported[r.name] = _train_metric_names(configs[r.name])
+        except ValueError as e:  # an unknown config.task
+            raise ValueError(f"sweep run {r.name}: {e}") from None
     for name in metrics:
-        if name == "train/loss" or (name.startswith("eval/") and evaluates):
+        missing = [r for r in runs if name not in reported[r.name]]
+        if not missing:
             continue
+        config, names = configs[missing[0].name], reported[missing[0].name]
+        if len(names) > 1:
+            what = f"its held-out metrics {', '.join(names[1:])}"
+        elif not (config.train.eval_every or _fills_schedule_from_epochs(config.to_dict())):
+            what = "no held-out metrics here (train.eval_every=0)"
+        elif config.data.get("eval_fraction", None) == 0:
+            what = "no held-out metrics here (data.eval_fraction=0 holds nothing out)"
+        else:
+            what = f"no held-out metrics here (task {config.task!r} reports none)"
         raise config_lib.ConfigError(
-            f"sweep: --metrics={name}: no run reports it; a train run reports train/loss and "
-            + ("its held-out metrics as eval/NAME" if evaluates else
-               "no held-out metrics here (train.eval_every=0)"))
+            f"sweep: --metrics={name}: "
+            + ("no run reports it; a train run reports" if len(missing) == len(runs) else
+               f"run {missing[0].name} would not report it; it reports")
+            + f" train/loss and {what}")
 
 
 def _curves(run_dir: str) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
@@ -383,7 +406,7 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
                     f"sweep: --metrics={','.join(unknown)}: run {r.name} would not report "
                     f"{'it' if len(unknown) == 1 else 'them'}{why}; it reports {reported}")
     if kind == "train":
-        _check_train_metrics(metrics, [configs[r.name] for r in runs])
+        _check_train_metrics(metrics, runs, configs)
         # The mesh and the batch sizes against it, so that a swept batch size the devices do
         # not divide is refused now, not after the runs before it have trained. (This starts
         # jax.distributed, before which jax.process_index() must not be asked.)
