@@ -206,8 +206,26 @@ def test_a_resumed_run_keeps_the_best_checkpoint_of_before_the_restart(tiny_bert
     assert saved_steps(tmp_path) == [4, 8]
 
 
+def test_a_misspelt_best_metric_is_refused_before_training(tiny_bert_overrides, tmp_path):
+    # It was found at the first eval, after the steps before it had trained, and no best
+    # checkpoint was kept.
+    with pytest.raises(ValueError, match=r"^train.best_metric='eval/mlm_acc' is not among the "
+                       r"eval metrics of task 'bert_pretrain': eval/mlm_loss, eval/mlm_accuracy"):
+        run(tiny_bert_overrides, tmp_path, "train.steps=4", "train.eval_every=2",
+            "train.best_metric=eval/mlm_acc")
+    assert not (tmp_path / "checkpoints").exists()
+    # Without evals the name is never looked up: not refused.
+    run(tiny_bert_overrides, tmp_path / "no_eval", "train.steps=1", "train.eval_every=0",
+        "train.best_metric=eval/mlm_acc")
+
+
 def test_a_best_metric_that_eval_never_reports_is_named_once(tiny_bert_overrides, tmp_path,
-                                                             capsys):
+                                                             capsys, monkeypatch):
+    # A name the task declares but an eval does not report (SQuAD 2.0's HasAns_ figures when
+    # the held-out questions are of one kind) is named at the first eval that lacks it.
+    declared = bert_pretrain.Task.eval_metric_names
+    monkeypatch.setattr(bert_pretrain.Task, "eval_metric_names",
+                        staticmethod(lambda config: declared(config) + ("mlm_acc",)))
     run(tiny_bert_overrides, tmp_path, "train.steps=4", "train.checkpoint_every=2",
         "train.eval_every=2", "train.keep_checkpoints=1", "train.log_every=2",
         "train.best_metric=eval/mlm_acc")

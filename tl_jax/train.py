@@ -122,6 +122,20 @@ def check_train_config(tc: ml_collections.ConfigDict) -> None:
         raise ValueError(f"train.best_mode={tc.best_mode!r}; expected 'max' or 'min'.")
 
 
+def check_best_metric(config: ml_collections.ConfigDict) -> None:
+    """Refuses a `train.best_metric` that no eval of this run would report (a misspelt
+    "eval/mlm_acuracy"), once the task is built (fine-tuning fills train.eval_every from its
+    epochs) and before anything compiles: the run found it only at its first eval, and then
+    kept no best checkpoint. Left to that first eval's note
+    when the run does not evaluate or its task reports nothing with this config (a shipped
+    config's best_metric with data.eval_fraction=0)."""
+    tc = config.train
+    if not tc.get("best_metric") or not tc.get("eval_every"):
+        return
+    if tasks.eval_metric_names(config):
+        tasks.check_eval_metric(config, tc.best_metric)
+
+
 def _transfer_count_getter(abstract_opt, plan_stages):
     """A function from the optimizer state to the count of the `TransferState` inside it (the
     plan's own state, or one wrapped by another transform), found in the state's shapes."""
@@ -195,9 +209,12 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) ->
     global_batch = int(config.data.batch_size)
     accum = int(config.optimizer.grad_accum_steps)
 
-    if task is None:
+    training = task is None  # (predict's task evaluates a finished run: no best to keep)
+    if training:
         task = tasks.build_task(config, workdir)  # tokenizer, data, input checks: before compiling
     check_train_config(config.train)  # after the task: fine-tuning fills 0s from its epochs
+    if training:
+        check_best_metric(config)
     total_steps = int(config.train.steps)
     if hasattr(task, "make_optimizer"):
         tx, schedule = task.make_optimizer(total_steps)
