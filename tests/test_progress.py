@@ -1,4 +1,5 @@
-"""tl_jax's progress output: bars drawn on a terminal whatever size it reports."""
+"""tl_jax's progress output: bars drawn on a terminal whatever size it reports, and plain lines
+where the output is no terminal (a log file, CI, captured output)."""
 import io
 import os
 
@@ -54,3 +55,152 @@ def test_a_terminal_with_a_size_and_a_file_are_left_to_tqdm(monkeypatch):
     assert progress._fixed_size(io.StringIO()) == {}  # not a terminal: tqdm's own defaults
     monkeypatch.setattr(sys, "stderr", None)  # pythonw
     assert progress._fixed_size(None) == {} and not progress.on_terminal()
+
+
+class _Clock:
+    """A clock for line mode's rate limit that moves only when told."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _line_bar(stream, clock, **kwargs):
+    """A training-like line-mode bar on `stream` (a StringIO: no terminal)."""
+    kwargs = dict(dict(total=1000, desc="bert", unit="step", dynamic_ncols=True), **kwargs)
+    return progress.bar(file=stream, clock=clock, **kwargs)
+
+
+def test_off_a_terminal_a_bar_prints_plain_lines_at_most_every_n_seconds():
+    """Redirected to a file, tqdm's redraws made one long line of carriage returns with the
+    loss and tokens/s only in the bar's postfix: a line now, every `line_seconds` at most,
+    with the postfix, the ETA and a last line when it closes."""
+    stream, clock = io.StringIO(), _Clock()
+    bar = _line_bar(stream, clock, line_seconds=30)
+    assert isinstance(bar, progress.LineProgress)
+    bar.set_postfix({"loss": "3.215", "tok/s": "6,490"}, refresh=False)
+    for _ in range(200):  # 200 steps in 40 s: one line, at 30 s
+        clock.now += 0.2
+        bar.update(1)
+    assert stream.getvalue() == (
+        "[bert] step 150/1,000 (15%) loss=3.215 tok/s=6,490 | 30s elapsed, ~2m50s left\n")
+    clock.now += 5  # 45 s since the start, 15 since the last line: none
+    bar.update(10)
+    assert stream.getvalue().count("\n") == 1
+    clock.now += 15  # 30 s since the last line, 60 steps in them: ~1m30s for the 790 left
+    bar.update(0)
+    assert stream.getvalue().splitlines()[-1] == (
+        "[bert] step 210/1,000 (21%) loss=3.215 tok/s=6,490 | 1m00s elapsed, ~6m35s left")
+    bar.n = 1000
+    clock.now += 140
+    bar.close()
+    bar.close()  # once
+    lines = stream.getvalue().split("\n")
+    assert lines[-2:] == [
+        "[bert] step 1,000/1,000 (100%) loss=3.215 tok/s=6,490 | done in 3m20s, 5.00 step/s", ""]
+    assert "\r" not in stream.getvalue() and len(lines) == 4
+
+
+def test_line_mode_every_update_with_no_interval_and_the_variable(monkeypatch):
+    stream, clock = io.StringIO(), _Clock()
+    monkeypatch.setenv("TL_JAX_PROGRESS_SECONDS", "0")
+    with _line_bar(stream, clock, total=3, initial=1) as bar:  # resumed at step 1
+        for _ in range(2):
+            clock.now += 2
+            bar.update()
+    assert stream.getvalue().splitlines() == [
+        "[bert] step 2/3 (66%) | 2.0s elapsed, ~2.0s left",
+        "[bert] step 3/3 (100%) | 4.0s elapsed, ~0.0s left",
+        "[bert] step 3/3 (100%) | done in 4.0s, 2.0s/step"]
+    monkeypatch.setenv("TL_JAX_PROGRESS_SECONDS", "45")
+    assert _line_bar(stream, clock).line_seconds == 45
+    assert _line_bar(stream, clock, line_seconds=5).line_seconds == 5  # the caller's wins
+    monkeypatch.delenv("TL_JAX_PROGRESS_SECONDS")
+    assert _line_bar(stream, clock).line_seconds == progress.DEFAULT_LINE_SECONDS == 30
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv("TL_JAX_PROGRESS_SECONDS", bad)
+        with pytest.raises(ValueError) as e:
+            _line_bar(stream, clock)
+        assert str(e.value) == (
+            f"$TL_JAX_PROGRESS_SECONDS={bad!r}: the seconds between two progress lines must be "
+            "a number >= 0 (0: a line on every update).")
+    with pytest.raises(TypeError, match="tqdm does not take: colour_scheme"):
+        _line_bar(stream, clock, line_seconds=1, colour_scheme="red")
+
+
+def test_line_mode_over_an_iterable_and_what_it_leaves_out(capsys):
+    """Iterating counts each item and closes at the end or on a `break` (as the eval pass
+    stops at train.eval_batches). Off a terminal `disable=None` (tqdm's "only on a terminal",
+    as `extract` and `generate --mode=score` ask) and disable=True print nothing. `write` is a
+    line on stdout, as tqdm's; the lines go to stderr, tqdm's stream, by default."""
+    clock = _Clock()
+
+    def batches():
+        for i in range(10):
+            clock.now += 1
+            yield i
+
+    seen = []
+    for i in progress.bar(batches(), total=4, desc="eval", unit="batch", leave=False,
+                          line_seconds=3, clock=clock):
+        if i == 4:
+            break
+        seen.append(i)
+    assert seen == [0, 1, 2, 3]
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [
+        "[eval] batch 3/4 (75%) | 3.0s elapsed, ~1.0s left",
+        "[eval] batch 4/4 (100%) | done in 5.0s, 1.2s/batch"]
+    assert list(progress.bar([1, 2], desc="x", line_seconds=0)) == [1, 2]
+    assert capsys.readouterr().err.splitlines()[-1].startswith("[x] it 2/2 (100%) | done in ")
+    for disable in (None, True):
+        bar = progress.bar(range(3), desc="score", disable=disable, line_seconds=0)
+        assert list(bar) == [0, 1, 2]
+        bar.update(5)
+        bar.set_postfix(loss=1.0)
+        bar.write("a message")
+        bar.close()
+        assert capsys.readouterr() == ("a message\n", "")
+    bar = progress.bar(desc="tokenize", unit="unit", line_seconds=0)  # no total: a rate
+    clock_bar = progress.bar(desc="n", unit="doc", line_seconds=0, clock=clock)
+    clock.now += 2
+    clock_bar.update(300)
+    bar.close()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "[n] doc 300 | 2.0s elapsed, 150 doc/s"
+    assert len(err) == 2 and err[1].startswith("[tokenize] unit 0 | done in ")
+
+
+def test_on_a_terminal_a_bar_is_still_tqdms(monkeypatch):
+    import sys
+
+    from tqdm.auto import tqdm
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((80, 24)))
+    bar = progress.bar(total=3, desc="train", mininterval=0, line_seconds=5)
+    assert isinstance(bar, tqdm)
+    bar.update(3)
+    bar.close()
+    assert "\r" in terminal.getvalue() and "train: 100%|" in terminal.getvalue()
+    assert isinstance(progress.bar(total=3, file=terminal, disable=True), tqdm)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert isinstance(progress.bar(total=3, disable=True), progress.LineProgress)
+    assert isinstance(progress.bar(total=3, file=terminal), tqdm)  # the stream it writes to
+
+
+def test_in_a_jupyter_kernel_a_bar_is_still_tqdms(monkeypatch):
+    """A notebook's stderr is no terminal, but its output area shows tqdm's widget, or redraws
+    its text bar in place: no lines there."""
+    import sys
+    import types
+
+    from tqdm.auto import tqdm
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert isinstance(progress.bar(total=3), progress.LineProgress)
+    monkeypatch.setitem(sys.modules, "ipykernel.zmqshell", types.ModuleType("ipykernel.zmqshell"))
+    bar = progress.bar(total=3, line_seconds=5)
+    assert isinstance(bar, tqdm)
+    bar.close()

@@ -275,13 +275,14 @@ def test_evaluation_shows_a_bar_unless_train_progress_is_off(tiny_bert_overrides
                                                            capsys):
     """An evaluation ran with no output while the training bar stood still: 150 s per eval of
     the 1,000 food reviews (finetune_classify.py:scratch) on a shared laptop CPU. It now has a
-    bar of its own (`eval`, cleared when done); train.progress=False shows none."""
+    bar of its own (`eval`, cleared when done; off a terminal, as here, its lines);
+    train.progress=False shows none."""
     for progress in (True, False):
         config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [
             "train.steps=0", f"train.progress={progress}"])
         capsys.readouterr()
         train.train_and_evaluate(config, str(tmp_path / str(progress)))
-        assert ("eval: " in capsys.readouterr().err) == progress
+        assert ("[eval] batch 2/2 (100%) | done in " in capsys.readouterr().err) == progress
 
 
 def test_a_pretraining_eval_bar_has_a_total_when_the_pass_is_bounded(tiny_bert_overrides,
@@ -289,8 +290,8 @@ def test_a_pretraining_eval_bar_has_a_total_when_the_pass_is_bounded(tiny_bert_o
     """The eval bar of a pretraining task had no total (counts and rate, no ETA): its batches
     came from a stream, not from `eval_arrays`. BERT's masked pairs are still a stream of
     unknown length, but train.eval_batches bounds the pass; the biLM's batches are a list,
-    whose length is the pass's."""
-    import re
+    whose length is the pass's. (Off a terminal, as here, the bar is lines: the total is in
+    the last.)"""
 
     config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [
         "train.eval_batches=2", "mesh.num_devices=1"])
@@ -298,7 +299,7 @@ def test_a_pretraining_eval_bar_has_a_total_when_the_pass_is_bounded(tiny_bert_o
     params = trainer.init_state(jax.random.PRNGKey(0))["params"]
     capsys.readouterr()
     train.eval_pass(trainer, params, limit=2, progress=True, desc="eval")
-    assert re.search(r"eval: +0%\|.*\| 0/2 ", capsys.readouterr().err)
+    assert "[eval] batch 2/2 (100%) | done in " in capsys.readouterr().err
 
     config = config_lib.load_config(str(ROOT / "configs" / "elmo_pretrain.py") + ":tiny", [
         "data.max_units=300", "train.eval_batches=0", "mesh.num_devices=1"])
@@ -307,7 +308,7 @@ def test_a_pretraining_eval_bar_has_a_total_when_the_pass_is_bounded(tiny_bert_o
     n = len(trainer.task.eval_batches())
     capsys.readouterr()
     train.eval_pass(trainer, params, progress=True, desc="eval")
-    assert f"| {n}/{n} [" in capsys.readouterr().err
+    assert f"[eval] batch {n}/{n} (100%) | done in " in capsys.readouterr().err
 
 
 def test_zero_steps_in_a_new_workdir_evaluates_the_initial_model_and_says_so(
