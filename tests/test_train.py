@@ -311,6 +311,42 @@ def test_a_pretraining_eval_bar_has_a_total_when_the_pass_is_bounded(tiny_bert_o
     assert f"[eval] batch {n}/{n} (100%) | done in " in capsys.readouterr().err
 
 
+def test_a_run_logged_to_a_file_shows_step_and_eval_lines(tiny_bert_overrides, tmp_path,
+                                                          capsys, monkeypatch):
+    """Off a terminal (`nohup ... > log 2>&1`, CI, here capsys) tqdm's redraws made one long
+    line of carriage returns, with the loss and tokens/s only in the bar's postfix: the run
+    now prints plain lines with them (here one per step: TL_JAX_PROGRESS_SECONDS=0), each
+    eval's results on a line of their own, and a last line; train.progress=False none."""
+    import re
+
+    monkeypatch.setenv("TL_JAX_PROGRESS_SECONDS", "0")
+    for progress in (True, False):
+        config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [
+            "mesh.num_devices=1", "train.steps=3", "train.log_every=1", "train.eval_every=2",
+            f"train.progress={progress}"])
+        capsys.readouterr()
+        train.train_and_evaluate(config, str(tmp_path / str(progress)))
+        out, err = capsys.readouterr()
+        if not progress:
+            assert err == "" and "[eval] step" not in out
+            continue
+        assert "\r" not in err + out and err.endswith("\n")
+        steps = [line for line in err.splitlines() if line.startswith("[bert_pretrain] ")]
+        number = r"[\d.e+-]+"
+        for i, line in enumerate(steps[:3], 1):
+            assert re.fullmatch(rf"\[bert_pretrain\] step {i}/3 \({100 * i // 3}%\) "
+                                rf".*loss={number}.* \| .* elapsed, ~.* left", line), line
+        assert "tok/s=" in steps[2]  # measured from the second step on
+        assert re.fullmatch(r"\[bert_pretrain\] step 3/3 \(100%\) .*loss=.* tok/s=[\d,]+ "
+                            r"\| done in .*", steps[3]) and len(steps) == 4
+        # The eval passes' own lines, and their results as lines of their own.
+        assert sum(line.startswith("[eval] batch 2/2 (100%) | done in ")
+                   for line in err.splitlines()) == 2
+        evals = [line for line in out.splitlines() if line.startswith("[eval] step ")]
+        assert [line.split(":")[0] for line in evals] == ["[eval] step 2", "[eval] step 3"]
+        assert re.search(r"eval/mlm_loss=\d+\.\d{4}", evals[0])
+
+
 def test_zero_steps_in_a_new_workdir_evaluates_the_initial_model_and_says_so(
         tiny_bert_overrides, tmp_path, capsys):
     config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [

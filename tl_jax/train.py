@@ -908,10 +908,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         writer.write(step, scalars)
         if bar is not None:
             shown = {k: scalars[k] for k in getattr(task, "progress_keys", ()) if k in scalars}
-            shown["loss"] = scalars["loss"]
-            if "tokens_per_sec" in scalars:
-                shown["tok/s"] = scalars["tokens_per_sec"]
-            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+            shown = {k: f"{v:.4g}" for k, v in shown.items()}
+            shown["loss"] = f"{scalars['loss']:.4g}"
+            if "tokens_per_sec" in scalars:  # 6,490 rather than 6490 or 1.234e+04
+                shown["tok/s"] = f"{scalars['tokens_per_sec']:,.0f}"
+            bar.set_postfix(shown, refresh=False)
         pending = []
         window_start, window_steps = time.perf_counter(), 0
 
@@ -944,7 +945,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                           flush=True)
                 window_start, window_steps = time.perf_counter(), 0
                 if bar is not None and last_eval:
-                    bar.write(f"step {done}: " + ", ".join(
+                    # A line of its own: above the bar on a terminal, between the progress
+                    # lines in a log (progress.LineProgress).
+                    bar.write(f"[eval] step {done}: " + ", ".join(
                         f"{k}={v:.4f}" for k, v in sorted(last_eval.items())))
             stop = preemption.stop_after(done, start_step)  # every step: all processes agree
             if done % tc.checkpoint_every == 0 or done == total_steps or stop:
