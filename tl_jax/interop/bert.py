@@ -349,23 +349,39 @@ def params_to_hf_tensors(flat: dict, config: BertConfig, with_heads: bool = True
     return out
 
 
+def fold_lora(flat: dict, lora_alpha: float, keep=lambda base: False) -> tuple[dict, int]:
+    """Folds LoRA pairs of flat params into their kernels: W + lora_alpha / r * A @ B, with r
+    the pair's rank (`lora_a` (E, r), `lora_b` (r, heads, kv) beside a query or value
+    `kernel` (E, heads, kv)). Returns `(flat, number of pairs folded)`; a folded pair's tensors
+    are left out. A pair whose path prefix `keep` accepts (`.../query/`), or that has no kernel
+    beside it, stays as it is. The kernel keeps its dtype; the sum is float32."""
+    def folds(base):
+        return (base + "kernel" in flat and base + "lora_a" in flat and base + "lora_b" in flat
+                and not keep(base))
+
+    out, folded = {}, 0
+    for path, value in flat.items():
+        leaf = path.rsplit("/", 1)[-1]
+        base = path[: len(path) - len(leaf)]
+        if leaf in ("lora_a", "lora_b") and folds(base):
+            continue
+        if leaf == "kernel" and folds(base):
+            a = np.asarray(flat[base + "lora_a"], np.float32)  # (E, r)
+            b = np.asarray(flat[base + "lora_b"], np.float32)  # (r, heads, kv)
+            update = (lora_alpha / a.shape[1]) * np.einsum("er,rhd->ehd", a, b)
+            value = (np.asarray(value, np.float32) + update).astype(np.asarray(value).dtype)
+            folded += 1
+        out[path] = value
+    return out, folded
+
+
 def merge_lora(params: dict, config: BertConfig) -> tuple[dict, BertConfig]:
-    """Folds LoRA updates into the query/value kernels: W + alpha/r * A @ B. Returns
-    `(params, config)` with the `lora_*` params removed and `lora_rank=0`."""
+    """Folds LoRA updates into the query/value kernels: W + alpha/r * A @ B (`fold_lora`).
+    Returns `(params, config)` with the `lora_*` params removed and `lora_rank=0`."""
     if not config.lora_rank:
         return params, config
-    flat = safetensors_io.flatten_params(params)
-    scale = config.lora_alpha / config.lora_rank
-    merged = {}
-    for path, value in flat.items():
-        if path.endswith("/lora_a") or path.endswith("/lora_b"):
-            continue
-        if path.endswith("/kernel") and path[: -len("kernel")] + "lora_a" in flat:
-            base = path[: -len("kernel")]
-            a, b = flat[base + "lora_a"], flat[base + "lora_b"]  # (E, r), (r, heads, kv)
-            value = value + scale * np.einsum("er,rhd->ehd", a, b)
-        merged[path] = value
-    return safetensors_io.unflatten_params(merged), config.replace(lora_rank=0)
+    flat, _ = fold_lora(safetensors_io.flatten_params(params), config.lora_alpha)
+    return safetensors_io.unflatten_params(flat), config.replace(lora_rank=0)
 
 
 # ----------------------------------------------------------------------------- directories
