@@ -503,3 +503,131 @@ def test_probes_declare_the_eval_metrics_an_eval_reports(data_dir, tmp_path, spe
     params = trainer.init_state(jax.random.PRNGKey(0))["params"]
     reported = train.evaluate(trainer, params, 0)
     assert sorted(reported) == sorted(tasks.eval_metric_names(config))
+
+
+LORA_RUN = ["data.max_train_examples=32", "data.max_eval_examples=16", "data.max_seq_length=16",
+            "data.batch_size=16", "train.steps=2", "train.progress=False",
+            "optimizer.learning_rate=0.05", "optimizer.warmup_steps=0",
+            "model.dropout_rate=0.0", "model.attention_dropout_rate=0.0"]
+
+
+@pytest.fixture(scope="module")
+def lora_workdir(data_dir, tmp_path_factory):
+    """A short configs/transfer_lora.py run (lora_rank 8, lora_alpha 16) whose LoRA trained."""
+    from tl_jax import checkpoint, config as config_lib, train
+
+    workdir = str(tmp_path_factory.mktemp("lora") / "run")
+    train.train_and_evaluate(config_lib.load_config("configs/transfer_lora.py:tiny", LORA_RUN),
+                             workdir)
+    flat, _ = checkpoint.load_params_from_workdir(workdir)
+    assert max(float(np.abs(v).max()) for p, v in flat.items() if p.endswith("lora_b")) > 0
+    return workdir
+
+
+def _lora_encoder(workdir, lora_alpha=None):
+    """`(BertConfig, bert params)` of the encoder a LoRA workdir trained, as its run built it
+    (lora_alpha=0.0: the encoder beneath its LoRA, as it was before the run)."""
+    from tl_jax import checkpoint
+    from tl_jax.interop import safetensors_io
+
+    flat, step = checkpoint.load_params_from_workdir(workdir)
+    resolved = checkpoint.config_from_workdir(workdir, step)["resolved_model"]
+    config = bert.BertConfig(**resolved)
+    assert (config.lora_rank, config.lora_alpha) == (8, 16.0)
+    if lora_alpha is not None:
+        config = config.replace(lora_alpha=lora_alpha)
+    params = safetensors_io.unflatten_params(
+        {p[len("bert/"):]: v for p, v in flat.items() if p.startswith("bert/")})
+    return config, params
+
+
+@pytest.mark.parametrize("lora_rank,lora_alpha,how", [
+    (0, 16.0, "merged 4 LoRA pairs"),     # no LoRA in the probe: folded into the kernels
+    (4, 16.0, "merged 4 LoRA pairs"),     # LoRA of another rank: folded, its own starts fresh
+    (8, 16.0, ""),                        # the same rank and scale: the pairs are taken
+    (8, 4.0, "merged 4 LoRA pairs"),      # the same rank, another scale: folded
+])
+def test_a_probe_from_a_lora_workdir_encodes_with_the_trained_lora(lora_workdir, tmp_path, capsys,
+                                                                   lora_rank, lora_alpha, how):
+    """A probe whose init_from trained LoRA (configs/transfer_lora.py) listed lora_a / lora_b
+    as unused source tensors and encoded with the pretrained kernels beneath them: features of
+    an encoder that run never had. Its features are the LoRA model's."""
+    from tl_jax import config as config_lib, tasks
+
+    config = config_lib.load_config("configs/transfer_feature.py:tiny", [
+        *LORA_RUN[:3], f"init_from={lora_workdir}", f"transfer.lora_rank={lora_rank}",
+        f"transfer.lora_alpha={lora_alpha}", "train.progress=False"])
+    if lora_rank:  # (the probe's encoder is frozen: its LoRA too)
+        config.transfer.rules = ((r".*", "frozen"),)
+    capsys.readouterr()
+    task = tasks.build_task(config, str(tmp_path / "probe"))
+    out = capsys.readouterr().out
+    assert (how in out if how else "LoRA pairs" not in out) and "unused source" not in out
+    arrays = task.encode(task.train_records)
+
+    def pooled(lora_alpha=None):
+        lora_config, params = _lora_encoder(lora_workdir, lora_alpha)
+        model = task.model.clone(config=lora_config.replace(dtype=task.model_config.dtype))
+        layers, _ = model.apply({"params": {"bert": params}}, arrays["input_ids"],
+                                arrays["segment_ids"], arrays["input_mask"], method=model.encode)
+        return np.asarray(probes.pool(layers, arrays["input_mask"], model.pooling))
+
+    features = task.train_arrays["features"]
+    np.testing.assert_allclose(features, pooled(), atol=1e-5)
+    assert np.abs(features - pooled(lora_alpha=0.0)).max() > 1e-3  # not the pre-LoRA encoder
+
+
+def test_a_model_without_lora_warm_started_from_a_lora_workdir_computes_the_trained_encoder(
+        lora_workdir, capsys):
+    """Any BERT warm-started from a LoRA workdir without LoRA of its own (continued
+    pretraining, an ELECTRA discriminator, a distillation student): the trained update is folded
+    into the query / value kernels at the run's lora_alpha / rank, not left out as unused."""
+    from tl_jax import warm_start
+
+    lora_config, lora_params = _lora_encoder(lora_workdir)
+    config = lora_config.replace(lora_rank=0, lora_alpha=1.0)
+    model = bert.BertModel(config)
+    ids = jnp.array([[2, 7, 9, 11, 3, 0], [2, 5, 3, 0, 0, 0]])
+    mask = (ids > 0).astype(jnp.int32)
+    fresh = {"bert": nn.unbox(model.init(jax.random.PRNGKey(0), ids)["params"])}
+    capsys.readouterr()
+    params = warm_start.warm_start(fresh, lora_workdir, config, only="bert/")["bert"]
+    out = capsys.readouterr().out
+    assert "merged 4 LoRA pairs into their kernels" in out and "unused source" not in out
+
+    def last(config, params):
+        _, inter = bert.BertModel(config).apply({"params": params}, ids, None, mask)
+        return np.asarray(inter[f"layer_{config.num_layers}"])
+
+    np.testing.assert_allclose(last(config, params), last(lora_config, lora_params), atol=1e-5)
+    before = last(lora_config.replace(lora_alpha=0.0), lora_params)  # beneath the LoRA
+    assert np.abs(last(config, params) - before).max() > 1e-3
+
+
+def test_fine_tuning_from_a_lora_workdir_builds_and_takes_its_lora(lora_workdir, tmp_path,
+                                                                  capsys):
+    """The fine-tuning tasks read init_from's shape from its checkpoint, LoRA included (rank from
+    the shapes, lora_alpha from its resolved_model): the pairs are taken as they are, and the
+    encoder computes what the LoRA run trained."""
+    from tl_jax import config as config_lib, tasks
+
+    config = config_lib.load_config("configs/finetune_classify.py:tiny", [
+        *LORA_RUN[:3], f"init_from={lora_workdir}", "train.progress=False"])
+    task = tasks.build_task(config, str(tmp_path / "classify"))
+    assert (task.model_config.lora_rank, task.model_config.lora_alpha) == (8, 16.0)
+    batch = task.example_batch(2)
+    fresh = nn.unbox(task.init_variables(jax.random.PRNGKey(0), batch)["params"])
+    capsys.readouterr()
+    params = task.init_params(fresh, None)
+    out = capsys.readouterr().out
+    assert "LoRA pairs" not in out and "unused source" not in out
+    arrays = task.encode(task.train_records)
+    lora_config, lora_params = _lora_encoder(lora_workdir)
+
+    def last(config, params):
+        _, inter = bert.BertModel(config).apply({"params": params}, arrays["input_ids"],
+                                                arrays["segment_ids"], arrays["input_mask"])
+        return np.asarray(inter[f"layer_{config.num_layers}"])
+
+    np.testing.assert_allclose(last(task.model_config, params["bert"]),
+                               last(lora_config, lora_params), atol=1e-5)

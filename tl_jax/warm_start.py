@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+import jax
+
 from tl_jax import checkpoint
 
 
@@ -67,6 +69,55 @@ def require_source(path: str, what: str = "init_from") -> None:
         raise WarmStartError(f"{what}={path!r} does not exist.")
 
 
+def fold_lora_for(params, source: dict, model_config, workdir: str, step: int) -> dict:
+    """`source` (a workdir's flat params) with the LoRA pairs that `params` cannot take as they
+    are folded into their kernels: W + lora_alpha / r * A @ B (`interop.bert.fold_lora`), at
+    the scale the run trained with (its checkpoint's resolved_model lora_alpha, r the pair's
+    rank). Left out as unused source tensors instead, the trained update was lost without a
+    word: a model without LoRA (a probe with transfer.lora_rank=0, continued pretraining)
+    computed the pretrained encoder beneath it.
+
+    A pair is taken as it is where the model has a LoRA pair of the same shapes (and, when
+    `model_config` gives LoRA, the same scale lora_alpha / lora_rank). A model with LoRA of
+    another rank or scale keeps its own pair fresh (lora_b starts at zero) over the folded
+    kernel, so it starts from the function the run trained too.
+    """
+    pairs = [name[: -len("lora_a")] for name in source
+             if name.endswith("/lora_a") and name[: -len("lora_a")] + "lora_b" in source]
+    if not pairs:
+        return source
+    from tl_jax.interop import bert as hf_bert
+    target = {checkpoint.path_str(path): tuple(leaf.shape)
+              for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    alpha = checkpoint.unshaped_model_fields(workdir, step).get("lora_alpha")
+    model_rank = getattr(model_config, "lora_rank", 0)
+    model_scale = model_config.lora_alpha / model_rank if model_rank else None
+
+    def taken_as_is(base):
+        rank = source[base + "lora_a"].shape[1]
+        return (base + "kernel" not in target  # nothing to fold into: unused, as before
+                or (all(target.get(base + leaf) == tuple(source[base + leaf].shape)
+                        for leaf in ("lora_a", "lora_b"))
+                    and (model_scale is None or alpha is None or model_scale == alpha / rank)))
+
+    to_fold = [base for base in pairs if not taken_as_is(base)]
+    if not to_fold:
+        return source
+    if alpha is None:
+        raise WarmStartError(
+            f"init_from={workdir!r} (step {step}) trained LoRA ({len(to_fold)} lora_a / lora_b "
+            "pairs) that this model has no place for, but its checkpoint's config has no "
+            "resolved_model to give its lora_alpha, so the update cannot be folded into the "
+            "kernels at its scale; give this model LoRA of the run's rank and lora_alpha.")
+    ranks = ", ".join(str(r) for r in sorted({source[b + "lora_a"].shape[1] for b in to_fold}))
+    source, folded = hf_bert.fold_lora(source, alpha, keep=taken_as_is)
+    why = ("this model has no LoRA there" if not any(b + "lora_a" in target for b in to_fold)
+           else "this model's LoRA has another rank or scale and starts fresh")
+    print(f"[init_from] merged {folded} LoRA pairs into their kernels (W + lora_alpha / rank "
+          f"* A @ B, the run's lora_alpha {alpha:g}, rank {ranks}): {why}.", flush=True)
+    return source
+
+
 def warm_start(params, init_from: str, model_config=None, prefix_map: dict | None = None,
                only: str = ""):
     """Returns `params` with every matching tensor taken from `init_from`.
@@ -76,6 +127,8 @@ def warm_start(params, init_from: str, model_config=None, prefix_map: dict | Non
     `prefix_map` renames source prefixes first, e.g. `{"bert/": "encoder/"}` when a task model
     names its encoder differently from the pretraining model. With `only`, just the tensors
     under that prefix are taken (e.g. "bert/": a fine-tuned workdir's head stays behind).
+    A workdir's LoRA pairs that the model has no same-shaped, same-scale LoRA for are folded
+    into their kernels (`fold_lora_for`).
     """
     require_source(init_from)
     if is_tl_workdir(init_from):
@@ -104,6 +157,8 @@ def warm_start(params, init_from: str, model_config=None, prefix_map: dict | Non
         source = renamed
     if only:
         source = {name: value for name, value in source.items() if name.startswith(only)}
+    if is_tl_workdir(init_from):
+        source = fold_lora_for(params, source, model_config, init_from, step)
     params, report = checkpoint.merge_matching(params, source)
     if not report["taken"]:
         # A few names of each side, enough to see how the two namings differ: the whole lists

@@ -108,8 +108,12 @@ class Encoder:
                              f"max_position_embeddings={model_config.max_position_embeddings}")
         return cls(tokenizer, model_config, init_from)
 
-    def load_weights(self, params):
-        """Fills `bert/...` from `init_from`; the head keeps its fresh initialisation."""
+    def load_weights(self, params, model_config: bert.BertConfig | None = None):
+        """Fills `bert/...` from `init_from`; the head keeps its fresh initialisation.
+
+        `model_config`: the model `params` are for, when it is not the encoder's own (a probe's
+        `transfer.lora_rank`); a LoRA workdir's pairs that it has no same-shaped, same-scale
+        LoRA for are folded into their kernels (`warm_start.fold_lora_for`)."""
         if not self.init_from:
             return params
         if warm_start.is_hf_directory(self.init_from) and not warm_start.is_tl_weights(
@@ -128,7 +132,8 @@ class Encoder:
                   flush=True)
             return params
         # Another task's (or label set's) head must not come along when its shapes fit.
-        return warm_start.warm_start(params, self.init_from, self.model_config, only="bert/")
+        return warm_start.warm_start(params, self.init_from, model_config or self.model_config,
+                                     only="bert/")
 
     def save(self, workdir: str) -> None:
         self.tokenizer.save(os.path.join(workdir, "tokenizer"))

@@ -49,6 +49,7 @@ from tl_jax.tasks import classify, downstream
 
 # Parameters a pretrained BERT checkpoint does not have: they keep their fresh initialisation.
 NEW_PARAMS = re.compile(r"(^|/)(attention_adapter|mlp_adapter|lora_a|lora_b)(/|$)")
+ADAPTER_PARAMS = re.compile(r"(^|/)(attention_adapter|mlp_adapter)(/|$)")
 
 
 class Task(classify.Task):
@@ -111,10 +112,18 @@ class Task(classify.Task):
 
     def init_params(self, params, rng):
         """Pretrained encoder from `init_from`; adapters, LoRA and the head stay fresh; then
-        `transfer.reinit_top_k` layers (and the pooler) go back to their fresh values."""
+        `transfer.reinit_top_k` layers (and the pooler) go back to their fresh values.
+
+        An `init_from` run that trained LoRA (a configs/transfer_lora.py workdir) gives its
+        pairs to this model's LoRA where they have the same rank and scale; else the warm start
+        folds them into the kernels, so the encoder is the one that run trained, not the
+        pretrained one beneath it (its lora_a / lora_b were left out as unused)."""
         fresh = params
-        new, base = transfer.split_params(params, lambda path: bool(NEW_PARAMS.search(path)))
-        params = transfer.merge_params(self.encoder.load_weights(base), new)
+        # The source's LoRA rank (the encoder's shape is read from it): 0 for a source
+        # without LoRA, whose pairs (none) need not be offered.
+        fresh_only = ADAPTER_PARAMS if self.encoder.model_config.lora_rank else NEW_PARAMS
+        new, base = transfer.split_params(params, lambda path: bool(fresh_only.search(path)))
+        params = transfer.merge_params(self.encoder.load_weights(base, self.model_config), new)
         k = self.config.transfer.reinit_top_k
         return transfer.reinit_top_layers(params, fresh, k, self.config.transfer.layer_pattern)
 
@@ -161,6 +170,12 @@ class Task(classify.Task):
         # the eval split's token ids (so its features) depend on the training data too.
         vocabulary = [] if c.init_from or c.data.tokenizer or split == "train" else [
             c.data.train_file, c.data.max_train_examples, _stamp(c.data.train_file)]
+        # An init_from run that trained LoRA: its update is in this encoder (folded into the
+        # kernels, or taken by its LoRA); caches written before it was hold the features of the
+        # encoder beneath it, under a key without this entry. (None for other sources: their
+        # keys are unchanged.)
+        source_lora = self.encoder.model_config.lora_rank
+        lora = [["init_from LoRA rank", source_lora]] if source_lora else []
         key = json.dumps([c.init_from, c.seed if seeded else None, c.model.size,
                           c.data.train_file if split == "train" else c.data.eval_file,
                           c.data.max_seq_length, c.data.max_train_examples if split == "train"
@@ -174,7 +189,7 @@ class Task(classify.Task):
                           # its workdir, replaced weights, an edited data file.
                           _stamp(c.init_from), _stamp(c.data.tokenizer),
                           _stamp(c.data.train_file if split == "train" else c.data.eval_file),
-                          *vocabulary],
+                          *vocabulary, *lora],
                          sort_keys=True)
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         return os.path.join(c.probe.cache_dir, f"probe_features_{split}_{digest}.npy")
