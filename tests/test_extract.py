@@ -285,3 +285,26 @@ def test_a_lora_workdir_is_read_with_the_lora_alpha_it_trained_with(data_dir, tm
                                               np.ones_like(ids))
     want = np.asarray(jax.device_get(inter[f"layer_{resolved.num_layers}"]))[0]
     np.testing.assert_allclose(features[0], want, atol=1e-5)
+
+
+def test_a_bad_layers_range_on_tl_weights_is_reported_before_any_weight_is_read(
+        minilm, all_layers, tmp_path, monkeypatch):
+    """`--init_from=<tl_jax weights>` (`tl_jax convert` output) read every tensor to build the
+    model's config, so a --layers outside the model was reported only after a full read. The
+    config comes from config.json and the header of params.safetensors now."""
+    from tl_jax.interop import convert, safetensors_io
+
+    weights = tmp_path / "tl"
+    convert.convert(minilm, weights, "hf_to_tl")
+    tokens, feats = extract.extract(str(weights), TEXTS, layers="last", max_seq_length=16,
+                                    batch_size=4)
+    assert tokens == all_layers[0]  # the same model as the HF directory it came from
+    for got, want in zip(feats, all_layers[1]):
+        np.testing.assert_allclose(got, want[-1], atol=1e-5)
+
+    def no_read(path):
+        raise AssertionError(f"{path}: weights read before --layers was checked")
+
+    monkeypatch.setattr(safetensors_io, "read_safetensors", no_read)
+    with pytest.raises(ValueError, match=r"--layers='0,9': layer 9 is outside 0..6"):
+        extract.extract(str(weights), TEXTS, layers="0,9")

@@ -29,13 +29,24 @@ def is_hf_directory(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json")) and not is_tl_workdir(path)
 
 
+def bert_config(path: str):
+    """The encoder's `BertConfig` of a tl_jax weights directory, from its config.json alone (no
+    tensor is read: a model's shape, checked before its weights are loaded)."""
+    from tl_jax.interop import convert
+    return _encoder_config(path, *convert.load_tl_config(path))
+
+
+def _encoder_config(path: str, config, family: str):
+    if family not in ("bert", "electra"):
+        raise WarmStartError(f"{path} holds {family!r} weights, not a BERT encoder.")
+    return getattr(config, "discriminator", config)  # an ELECTRA pair: the encoder that fine-tunes
+
+
 def bert_weights(path: str):
     """`(BertConfig, flat params with the encoder under bert/)` of a tl_jax weights directory."""
     from tl_jax.interop import convert, safetensors_io
     config, params, family = convert.load_tl_params(path)
-    if family not in ("bert", "electra"):
-        raise WarmStartError(f"{path} holds {family!r} weights, not a BERT encoder.")
-    config = getattr(config, "discriminator", config)  # an ELECTRA pair: the encoder that fine-tunes
+    config = _encoder_config(path, config, family)
     flat = safetensors_io.flatten_params(params)
     if not any(name.startswith("bert/") for name in flat):  # a headless BertModel tree
         flat = {"bert/" + name: value for name, value in flat.items()}

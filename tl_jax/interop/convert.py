@@ -66,6 +66,16 @@ def save_tl_params(directory, config, params, family: str) -> pathlib.Path:
 def load_tl_params(directory):
     """Reads a tl_jax weights directory: `(config, params, family)`."""
     directory = pathlib.Path(directory)
+    config, family = load_tl_config(directory)
+    flat = safetensors_io.read_safetensors(directory / TL_PARAMS)
+    return config, safetensors_io.unflatten_params(flat), family
+
+
+def load_tl_config(directory):
+    """`(config, family)` of a tl_jax weights directory from its config.json, checked against
+    the tensor names in the header of params.safetensors (`check_no_extra_layers`); no tensor
+    is read: a model's shape, for checks before its weights are loaded."""
+    directory = pathlib.Path(directory)
     config_file = directory / TL_CONFIG
     for f in (config_file, directory / TL_PARAMS):
         if not f.exists():
@@ -87,9 +97,9 @@ def load_tl_params(directory):
     for name in meta.get("dtype_fields", []):
         fields[name] = np.dtype(fields[name])
     config = _build_config(cls, fields, config_file)
-    flat = safetensors_io.read_safetensors(directory / TL_PARAMS)
-    check_no_extra_layers(flat, config, config_file, directory / TL_PARAMS)
-    return config, safetensors_io.unflatten_params(flat), meta["family"]
+    names = safetensors_io.tensor_names(directory / TL_PARAMS)
+    check_no_extra_layers(names, config, config_file, directory / TL_PARAMS)
+    return config, meta["family"]
 
 
 # Where each config class's layers sit in its param paths, and the field that counts them: the
@@ -104,9 +114,10 @@ _LAYERS = {
 }
 
 
-def check_no_extra_layers(flat: dict, config, config_file, params_file) -> None:
-    """An error when a tl_jax weights directory's params hold more layers than its config.json
-    declares (as `interop.bert.check_no_extra_layers` for a HF directory).
+def check_no_extra_layers(flat, config, config_file, params_file) -> None:
+    """An error when a tl_jax weights directory's params (`flat`: their names, or a dict by
+    name) hold more layers than its config.json declares (as
+    `interop.bert.check_no_extra_layers` for a HF directory).
 
     Loading by the config would leave the top layers out as "unused" tensors: a shallower
     model than the one trained, without a word. Only the user knows whether the config or the

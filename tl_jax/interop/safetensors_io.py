@@ -50,9 +50,22 @@ def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
                 tensors[name] = (tensor.astype(np.float32) if tensor.dtype.name == "bfloat16"
                                  else tensor)
     except SafetensorError as e:  # truncated (an interrupted download) or not safetensors
-        raise ValueError(f"{path} is not a readable safetensors file ({e}); an interrupted "
-                         "download leaves such a file: fetch it again") from e
+        raise _unreadable(path, e) from e
     return tensors
+
+
+def tensor_names(path) -> list[str]:
+    """The tensor names of one safetensors file, from its header alone: no tensor is read."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return list(f.keys())
+    except SafetensorError as e:
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path, error) -> ValueError:
+    return ValueError(f"{path} is not a readable safetensors file ({error}); an interrupted "
+                      "download leaves such a file: fetch it again")
 
 
 def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:

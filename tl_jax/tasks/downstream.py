@@ -246,7 +246,7 @@ def architecture(source: str, tokenizer: Tokenizer) -> bert.BertConfig:
         return hf_bert.config_from_params(
             stand_ins, **checkpoint.unshaped_model_fields(source, step))
     if warm_start.is_tl_weights(source):
-        return warm_start.bert_weights(source)[0]
+        return warm_start.bert_config(source)  # its config.json: the weights are read later
     if warm_start.is_hf_directory(source):
         from tl_jax import interop
         return interop.encoder_family_of(source).read_hf_config(source)  # BERT or ELECTRA
