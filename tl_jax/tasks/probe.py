@@ -119,8 +119,9 @@ class Task(classify.Task):
         folds them into the kernels, so the encoder is the one that run trained, not the
         pretrained one beneath it (its lora_a / lora_b were left out as unused)."""
         fresh = params
-        # The source's LoRA rank (the encoder's shape is read from it): 0 for a source
-        # without LoRA, whose pairs (none) need not be offered.
+        # The encoder's shape is init_from's: a LoRA rank there means its checkpoint holds
+        # LoRA pairs, and this model's LoRA is offered to the warm start with the rest (taken
+        # where the pairs fit it, fresh where they are folded). Else it stays out, fresh.
         fresh_only = ADAPTER_PARAMS if self.encoder.model_config.lora_rank else NEW_PARAMS
         new, base = transfer.split_params(params, lambda path: bool(fresh_only.search(path)))
         params = transfer.merge_params(self.encoder.load_weights(base, self.model_config), new)
