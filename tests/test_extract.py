@@ -308,3 +308,38 @@ def test_a_bad_layers_range_on_tl_weights_is_reported_before_any_weight_is_read(
     monkeypatch.setattr(safetensors_io, "read_safetensors", no_read)
     with pytest.raises(ValueError, match=r"--layers='0,9': layer 9 is outside 0..6"):
         extract.extract(str(weights), TEXTS, layers="0,9")
+
+
+def test_an_adapters_workdir_is_extracted_with_its_trained_adapters(data_dir, tmp_path):
+    """A configs/transfer_adapters.py workdir: the model is built from its checkpoint's shapes,
+    adapters included, and they are taken (they cannot be folded into the kernels as LoRA is):
+    the features are the adapter model's, not those of the encoder beneath them."""
+    import jax
+
+    from tl_jax import checkpoint, config as config_lib, train
+    from tl_jax.data.tokenizer import Tokenizer
+    from tl_jax.interop import safetensors_io
+    from tl_jax.models import bert
+
+    workdir = str(tmp_path / "adapters")
+    train.train_and_evaluate(config_lib.load_config("configs/transfer_adapters.py:tiny", [
+        "data.max_train_examples=32", "data.max_eval_examples=16", "data.max_seq_length=16",
+        "data.batch_size=16", "train.steps=2", "train.progress=False",
+        "optimizer.learning_rate=0.05", "optimizer.warmup_steps=0"]), workdir)
+    tokens, features = extract.extract(workdir, TEXTS[:1], layers="last", max_seq_length=16,
+                                       batch_size=1)
+    flat, step = checkpoint.load_params_from_workdir(workdir)
+    resolved = bert.BertConfig(**checkpoint.config_from_workdir(workdir, step)["resolved_model"])
+    assert resolved.adapter_size == 8
+    flat = {p[len("bert/"):]: v for p, v in flat.items() if p.startswith("bert/")}
+    ids = np.array([[Tokenizer.load(f"{workdir}/tokenizer").token_to_id(t) for t in tokens[0]]])
+
+    def last(config, flat):
+        _, inter = bert.BertModel(config).apply(
+            {"params": safetensors_io.unflatten_params(flat)}, ids, np.zeros_like(ids),
+            np.ones_like(ids))
+        return np.asarray(jax.device_get(inter[f"layer_{config.num_layers}"]))[0]
+
+    np.testing.assert_allclose(features[0], last(resolved, flat), atol=1e-5)
+    beneath = {p: v for p, v in flat.items() if "_adapter/" not in p}
+    assert np.abs(features[0] - last(resolved.replace(adapter_size=0), beneath)).max() > 1e-3

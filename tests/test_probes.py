@@ -631,3 +631,152 @@ def test_fine_tuning_from_a_lora_workdir_builds_and_takes_its_lora(lora_workdir,
 
     np.testing.assert_allclose(last(task.model_config, params["bert"]),
                                last(lora_config, lora_params), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def adapters_workdir(data_dir, tmp_path_factory):
+    """A short configs/transfer_adapters.py run (adapter_size 8, encoder frozen)."""
+    from tl_jax import config as config_lib, train
+
+    workdir = str(tmp_path_factory.mktemp("adapters") / "run")
+    train.train_and_evaluate(
+        config_lib.load_config("configs/transfer_adapters.py:tiny", LORA_RUN), workdir)
+    return workdir
+
+
+def _adapters_encoder(workdir, with_adapters=True):
+    """`(BertConfig, bert params)` of the encoder an adapters workdir trained, as its run built
+    it (with_adapters=False: the encoder beneath its adapters, as it was before the run)."""
+    from tl_jax import checkpoint
+    from tl_jax.interop import safetensors_io
+
+    flat, step = checkpoint.load_params_from_workdir(workdir)
+    config = bert.BertConfig(**checkpoint.config_from_workdir(workdir, step)["resolved_model"])
+    assert config.adapter_size == 8
+    flat = {p[len("bert/"):]: v for p, v in flat.items() if p.startswith("bert/")}
+    if not with_adapters:
+        config = config.replace(adapter_size=0)
+        flat = {p: v for p, v in flat.items() if "_adapter/" not in p}
+    return config, safetensors_io.unflatten_params(flat)
+
+
+@pytest.mark.parametrize("adapter_size", [0, 8])
+def test_a_probe_from_an_adapters_workdir_encodes_with_the_trained_adapters(
+        adapters_workdir, tmp_path, capsys, adapter_size):
+    """A probe whose init_from trained bottleneck adapters (configs/transfer_adapters.py) kept
+    its own adapters fresh (adapter_size 8), or had none and listed the trained ones as unused
+    (adapter_size 0): either way it encoded with an encoder that run never had. It builds and
+    takes them: its features are the adapter model's."""
+    from tl_jax import config as config_lib, tasks
+
+    config = config_lib.load_config("configs/transfer_feature.py:tiny", [
+        *LORA_RUN[:3], f"init_from={adapters_workdir}", f"transfer.adapter_size={adapter_size}",
+        "train.progress=False"])
+    capsys.readouterr()
+    task = tasks.build_task(config, str(tmp_path / "probe"))
+    out = capsys.readouterr().out
+    arrays = task.encode(task.train_records)
+
+    def pooled(with_adapters=True):
+        adapters_config, params = _adapters_encoder(adapters_workdir, with_adapters)
+        model = task.model.clone(config=adapters_config.replace(dtype=task.model_config.dtype))
+        layers, _ = model.apply({"params": {"bert": params}}, arrays["input_ids"],
+                                arrays["segment_ids"], arrays["input_mask"], method=model.encode)
+        return np.asarray(probes.pool(layers, arrays["input_mask"], model.pooling))
+
+    features = task.train_arrays["features"]
+    np.testing.assert_allclose(features, pooled(), atol=1e-5)
+    assert np.abs(features - pooled(with_adapters=False)).max() > 1e-3  # not beneath them
+    assert "unused source" not in out and task.model_config.adapter_size == 8
+
+
+def test_a_fine_tuned_probe_may_keep_init_froms_adapters_frozen(adapters_workdir, tmp_path):
+    """Adapters taken from init_from are trained ones: frozen with the encoder they are no
+    "fresh tensors that would never train" (only the head trains over the adapted encoder)."""
+    from tl_jax import config as config_lib, tasks
+
+    config = config_lib.load_config("configs/transfer_adapters.py:tiny", [
+        *LORA_RUN[:3], f"init_from={adapters_workdir}", "train.progress=False"])
+    config.transfer.rules = ((r"bert/.*", "frozen"), (r".*", "train"))
+    task = tasks.build_task(config, str(tmp_path / "probe"))
+    task.make_optimizer(10)
+    plan = task.transfer_plan
+    assert not any(plan.optimizer_mask[p] for p in plan.paths if "_adapter/" in p)
+
+
+def test_a_probe_with_adapters_of_another_size_than_init_froms_is_refused(adapters_workdir,
+                                                                       tmp_path):
+    """Adapters of another size cannot take the trained ones, and fresh ones would sit on the
+    encoder beneath them: refused before any data is encoded, saying what to set."""
+    from tl_jax import config as config_lib, tasks
+
+    config = config_lib.load_config("configs/transfer_adapters.py:tiny", [
+        *LORA_RUN[:3], f"init_from={adapters_workdir}", "transfer.adapter_size=4",
+        "train.progress=False"])
+    with pytest.raises(ValueError, match=r"transfer.adapter_size=4, but init_from=.*"
+                       r"adapters of size 8.*set transfer.adapter_size=8") as e:
+        tasks.build_task(config, str(tmp_path / "probe"))
+    assert adapters_workdir in str(e.value)
+
+
+def test_a_model_without_adapters_warm_started_from_an_adapters_workdir_is_refused(
+        adapters_workdir):
+    """Any BERT warm-started from an adapters workdir without adapters of that size (continued
+    pretraining, an ELECTRA discriminator): adapters cannot be folded into the kernels, and
+    left out as unused they computed the encoder beneath them. Refused, naming the source and
+    its adapter size; adapters of the same size take them."""
+    from tl_jax import warm_start
+
+    adapters_config, adapters_params = _adapters_encoder(adapters_workdir)
+    ids = jnp.array([[2, 7, 9, 11, 3, 0], [2, 5, 3, 0, 0, 0]])
+    mask = (ids > 0).astype(jnp.int32)
+
+    def fresh(config):
+        return {"bert": nn.unbox(bert.BertModel(config).init(jax.random.PRNGKey(0), ids)["params"])}
+
+    for size, has in ((0, "no adapters"), (4, "adapters of size 4")):
+        with pytest.raises(warm_start.WarmStartError) as e:
+            warm_start.warm_start(fresh(adapters_config.replace(adapter_size=size)),
+                                  adapters_workdir, only="bert/")
+        message = str(e.value)
+        assert (f"init_from={adapters_workdir!r} (step 2) trained bottleneck adapters "
+                f"(adapter_size=8;" in message), message
+        assert f"this model has {has}" in message and "adapters of size 8" in message
+    params = warm_start.warm_start(fresh(adapters_config), adapters_workdir, only="bert/")["bert"]
+
+    def last(config, params):
+        _, inter = bert.BertModel(config).apply({"params": params}, ids, None, mask)
+        return np.asarray(inter[f"layer_{config.num_layers}"])
+
+    np.testing.assert_allclose(last(adapters_config, params),
+                               last(adapters_config, adapters_params), atol=1e-6)
+    # Adapters of the layers a shallower model leaves out stay behind with those layers.
+    shallow = adapters_config.replace(num_layers=1)
+    warm_start.warm_start(fresh(shallow), adapters_workdir, only="bert/")
+
+
+def test_fine_tuning_from_an_adapters_workdir_builds_and_takes_its_adapters(adapters_workdir,
+                                                                           tmp_path, capsys):
+    """The fine-tuning tasks read init_from's shape from its checkpoint, adapters included: they
+    are taken as they are, and the encoder computes what the adapters run trained."""
+    from tl_jax import config as config_lib, tasks
+
+    config = config_lib.load_config("configs/finetune_classify.py:tiny", [
+        *LORA_RUN[:3], f"init_from={adapters_workdir}", "train.progress=False"])
+    task = tasks.build_task(config, str(tmp_path / "classify"))
+    assert task.model_config.adapter_size == 8
+    batch = task.example_batch(2)
+    fresh = nn.unbox(task.init_variables(jax.random.PRNGKey(0), batch)["params"])
+    capsys.readouterr()
+    params = task.init_params(fresh, None)
+    assert "unused source" not in capsys.readouterr().out
+    arrays = task.encode(task.train_records)
+    adapters_config, adapters_params = _adapters_encoder(adapters_workdir)
+
+    def last(config, params):
+        _, inter = bert.BertModel(config).apply({"params": params}, arrays["input_ids"],
+                                                arrays["segment_ids"], arrays["input_mask"])
+        return np.asarray(inter[f"layer_{config.num_layers}"])
+
+    np.testing.assert_allclose(last(task.model_config, params["bert"]),
+                               last(adapters_config, adapters_params), atol=1e-5)

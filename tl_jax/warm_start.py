@@ -6,6 +6,7 @@ fresh initialisation for the rest (new heads), and say exactly what was and wasn
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 
@@ -129,8 +130,57 @@ def fold_lora_for(params, source: dict, model_config, workdir: str, step: int) -
     return source
 
 
+# A bottleneck adapter's tensors (`models/layers.Adapter`, after attention and the FFN of a
+# layer); group 1 ends at the layer that holds it.
+ADAPTER_TENSOR = re.compile(r"^(.*/)(attention_adapter|mlp_adapter)/")
+
+
+def adapter_size_of(shapes: dict) -> int:
+    """The bottleneck width of the adapters among flat `{name: shape}` (0: none)."""
+    for name, shape in shapes.items():
+        if ADAPTER_TENSOR.match(name) and name.endswith("/down/kernel"):
+            return int(shape[-1])  # (H, adapter_size)
+    return 0
+
+
+def check_adapters_taken(params, source: dict, where: str, hint: str = "") -> None:
+    """Refuses `source` when this model cannot take its trained bottleneck adapters as they are
+    (it has none in a layer it takes from the source, or adapters of another size).
+
+    LoRA can be folded into its kernel; an adapter cannot (down, nonlinearity, up, residual),
+    and left out as an unused source tensor it was lost without a word: the model computed the
+    encoder beneath it, which the run that trained it never had. Adapters of layers the model
+    leaves out altogether (`model.num_layers`) stay unused, as the rest of those layers do.
+    `hint` says what to set for this consumer (default: give the model adapters of the size)."""
+    target = {checkpoint.path_str(path): tuple(leaf.shape)
+              for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    in_model = {}  # layer prefix -> whether the model has that layer
+
+    def layer_in_model(prefix):
+        if prefix not in in_model:
+            in_model[prefix] = any(name.startswith(prefix) for name in target)
+        return in_model[prefix]
+
+    left = [name for name, value in source.items()
+            if (match := ADAPTER_TENSOR.match(name)) and layer_in_model(match.group(1))
+            and target.get(name) != tuple(value.shape)]
+    if not left:
+        return
+    size = adapter_size_of({name: value.shape for name, value in source.items()})
+    own = adapter_size_of(target)
+    raise WarmStartError(
+        f"init_from={where} trained bottleneck adapters (adapter_size={size}; {len(left)} "
+        f"attention_adapter / mlp_adapter tensors, e.g. {left[0]}) but this model has "
+        + (f"adapters of size {own}" if own else "no adapters") + ". An adapter cannot be "
+        "folded into the kernels (it is nonlinear), and without it the model would compute the "
+        "encoder beneath it, not the one that run trained: "
+        + (hint or f"give this model adapters of size {size} (continued pretraining: "
+                   "model.size set to init_from copies its architecture, adapters included)")
+        + ".")
+
+
 def warm_start(params, init_from: str, model_config=None, prefix_map: dict | None = None,
-               only: str = ""):
+               only: str = "", adapter_hint: str = ""):
     """Returns `params` with every matching tensor taken from `init_from`.
 
     `init_from` is a tl_jax workdir (newest good checkpoint) or a Hugging Face BERT or ELECTRA
@@ -139,7 +189,9 @@ def warm_start(params, init_from: str, model_config=None, prefix_map: dict | Non
     names its encoder differently from the pretraining model. With `only`, just the tensors
     under that prefix are taken (e.g. "bert/": a fine-tuned workdir's head stays behind).
     A workdir's LoRA pairs that the model has no same-shaped, same-scale LoRA for are folded
-    into their kernels (`fold_lora_for`).
+    into their kernels (`fold_lora_for`); its bottleneck adapters, which cannot be folded, are
+    taken by same-sized adapters or refused (`check_adapters_taken`, `adapter_hint` saying what
+    to set).
     """
     require_source(init_from)
     if is_tl_workdir(init_from):
@@ -170,6 +222,8 @@ def warm_start(params, init_from: str, model_config=None, prefix_map: dict | Non
         source = {name: value for name, value in source.items() if name.startswith(only)}
     if is_tl_workdir(init_from):
         source = fold_lora_for(params, source, model_config, init_from, step)
+    check_adapters_taken(params, source, repr(init_from) + (
+        f" (step {step})" if is_tl_workdir(init_from) else ""), adapter_hint)
     params, report = checkpoint.merge_matching(params, source)
     if not report["taken"]:
         # A few names of each side, enough to see how the two namings differ: the whole lists

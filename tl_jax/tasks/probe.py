@@ -47,9 +47,11 @@ from tl_jax.optim import optimizers, transfer
 from tl_jax.tasks import classify, downstream
 
 
-# Parameters a pretrained BERT checkpoint does not have: they keep their fresh initialisation.
+# Parameters a pretrained BERT checkpoint does not have: they keep their fresh initialisation
+# (unless init_from trained them: `Task._not_in_init_from`).
 NEW_PARAMS = re.compile(r"(^|/)(attention_adapter|mlp_adapter|lora_a|lora_b)(/|$)")
 ADAPTER_PARAMS = re.compile(r"(^|/)(attention_adapter|mlp_adapter)(/|$)")
+LORA_PARAMS = re.compile(r"(^|/)(lora_a|lora_b)(/|$)")
 
 
 class Task(classify.Task):
@@ -85,8 +87,22 @@ class Task(classify.Task):
         the probe model (training and `for_prediction`)."""
         super()._build(encoder, labels)
         p, t = self.config.probe, self.config.transfer
+        # An init_from run that trained bottleneck adapters (configs/transfer_adapters.py): its
+        # encoder is the one with them, and they cannot be folded into the kernels as LoRA is.
+        # This model builds them (transfer.adapter_size 0 or the same size) and takes them.
+        # Adapters of another size can take none of them, and would sit on the encoder beneath
+        # them: refused here, before any data is encoded. (`tl_jax predict`: the run's size.)
+        source_adapters = encoder.model_config.adapter_size
+        if t.adapter_size and source_adapters and t.adapter_size != source_adapters:
+            raise ValueError(
+                f"transfer.adapter_size={t.adapter_size}, but init_from={encoder.init_from!r} "
+                f"trained bottleneck adapters of size {source_adapters}, which cannot be folded "
+                "into the kernels nor taken by adapters of another size (left out, the encoder "
+                "would be the one beneath them): set transfer.adapter_size="
+                f"{source_adapters} (or 0, the same: this probe then builds init_from's).")
         self.model_config = self.model_config.replace(
-            adapter_size=t.adapter_size, lora_rank=t.lora_rank, lora_alpha=t.lora_alpha)
+            adapter_size=t.adapter_size or source_adapters, lora_rank=t.lora_rank,
+            lora_alpha=t.lora_alpha)
         if p.feature == "none":
             self.model = heads.BertForSequenceClassification(
                 self.model_config, len(self.labels), pooling=self.config.model.pooling,
@@ -117,16 +133,30 @@ class Task(classify.Task):
         An `init_from` run that trained LoRA (a configs/transfer_lora.py workdir) gives its
         pairs to this model's LoRA where they have the same rank and scale; else the warm start
         folds them into the kernels, so the encoder is the one that run trained, not the
-        pretrained one beneath it (its lora_a / lora_b were left out as unused)."""
+        pretrained one beneath it (its lora_a / lora_b were left out as unused). One that
+        trained adapters (configs/transfer_adapters.py) gives them to this model's, which
+        `_build` made of their size: kept fresh, they were dropped the same way."""
         fresh = params
         # The encoder's shape is init_from's: a LoRA rank there means its checkpoint holds
         # LoRA pairs, and this model's LoRA is offered to the warm start with the rest (taken
-        # where the pairs fit it, fresh where they are folded). Else it stays out, fresh.
-        fresh_only = ADAPTER_PARAMS if self.encoder.model_config.lora_rank else NEW_PARAMS
-        new, base = transfer.split_params(params, lambda path: bool(fresh_only.search(path)))
+        # where the pairs fit it, fresh where they are folded); an adapter size, that it holds
+        # adapters, which this model's take. What init_from lacks stays out, fresh.
+        fresh_only = self._not_in_init_from()
+        new, base = transfer.split_params(
+            params, lambda path: bool(fresh_only and fresh_only.search(path)))
         params = transfer.merge_params(self.encoder.load_weights(base, self.model_config), new)
         k = self.config.transfer.reinit_top_k
         return transfer.reinit_top_layers(params, fresh, k, self.config.transfer.layer_pattern)
+
+    def _not_in_init_from(self):
+        """The pattern of this model's added parameters (adapters, LoRA) that `init_from` has
+        none of, which keep their fresh initialisation; None where it has both."""
+        source = self.encoder.model_config
+        if source.adapter_size and source.lora_rank:
+            return None
+        if source.adapter_size:
+            return LORA_PARAMS
+        return ADAPTER_PARAMS if source.lora_rank else NEW_PARAMS
 
     def make_optimizer(self, total_steps):
         """The trainer's hook: the optimizer of `config.transfer` (freeze `bert/.*`)."""
@@ -144,7 +174,10 @@ class Task(classify.Task):
                 f"probe.feature={feature!r} uses a frozen encoder, but transfer rule {rule!r} "
                 f"trains {len(trained)} of its tensors (e.g. {trained[0]!r}), which weight decay "
                 "would change; put (r'bert/.*', 'frozen') first in transfer.rules.")
-        added = [p for p in plan.paths if NEW_PARAMS.search(p)]
+        # Adapters taken from init_from are trained ones: frozen, they still change the encoder.
+        taken = ADAPTER_PARAMS if self.encoder.model_config.adapter_size else None
+        added = [p for p in plan.paths if NEW_PARAMS.search(p)
+                 and not (taken and taken.search(p))]
         if feature == "none" and added and not any(plan.optimizer_mask[p] for p in added):
             # Frozen at their fresh initialisation they change nothing: only the head trains.
             t = self.config.transfer
@@ -166,7 +199,10 @@ class Task(classify.Task):
             return ""
         # The seed picks the encoder's random weights: all of them from scratch, the top
         # layers with reinit_top_k, the adapters' (near-identity) initialisation.
-        seeded = not c.init_from or c.transfer.reinit_top_k or c.transfer.adapter_size
+        # (Adapters init_from trained are taken, not drawn.)
+        source = self.encoder.model_config
+        seeded = not c.init_from or c.transfer.reinit_top_k or (
+            c.transfer.adapter_size and not source.adapter_size)
         # Without init_from and data.tokenizer the vocabulary is trained on the training text:
         # the eval split's token ids (so its features) depend on the training data too.
         vocabulary = [] if c.init_from or c.data.tokenizer or split == "train" else [
@@ -174,9 +210,10 @@ class Task(classify.Task):
         # An init_from run that trained LoRA: its update is in this encoder (folded into the
         # kernels, or taken by its LoRA); caches written before it was hold the features of the
         # encoder beneath it, under a key without this entry. (None for other sources: their
-        # keys are unchanged.)
-        source_lora = self.encoder.model_config.lora_rank
-        lora = [["init_from LoRA rank", source_lora]] if source_lora else []
+        # keys are unchanged.) The same for a run that trained adapters, now taken, not fresh.
+        trained = [["init_from LoRA rank", source.lora_rank]] if source.lora_rank else []
+        if source.adapter_size:
+            trained.append(["init_from adapter size", source.adapter_size])
         key = json.dumps([c.init_from, c.seed if seeded else None, c.model.size,
                           c.data.train_file if split == "train" else c.data.eval_file,
                           c.data.max_seq_length, c.data.max_train_examples if split == "train"
@@ -190,7 +227,7 @@ class Task(classify.Task):
                           # its workdir, replaced weights, an edited data file.
                           _stamp(c.init_from), _stamp(c.data.tokenizer),
                           _stamp(c.data.train_file if split == "train" else c.data.eval_file),
-                          *vocabulary, *lora],
+                          *vocabulary, *trained],
                          sort_keys=True)
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         return os.path.join(c.probe.cache_dir, f"probe_features_{split}_{digest}.npy")
