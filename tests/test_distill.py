@@ -517,3 +517,28 @@ def test_fill_mask_predicts_with_the_student_not_the_teacher(run, capsys):
     assert out[0].startswith("[fill_mask] predicting with the distilled student of " + workdir)
     assert [line.split("\t")[1].split(":")[0] for line in out[1:]] == ["[MASK] 1", "[MASK] 2"]
     assert all(len(line.split(": ", 1)[1].split()) == 3 for line in out[1:])
+
+
+def test_a_tl_weights_teacher_is_checked_for_an_mlm_head_from_its_header(tmp_path, monkeypatch):
+    """tl_jax weights (`tl_jax convert`) are checked for an MLM head by their tensor names,
+    read from the safetensors header: the whole folder was read (a BERT-large's 1.3 GB) just to
+    list them."""
+    from tl_jax.interop import convert, safetensors_io
+
+    config = bert.BertConfig(vocab_size=30, hidden_size=8, num_layers=1, num_heads=2,
+                             intermediate_size=16, max_position_embeddings=8)
+    ids = jnp.zeros((1, 4), jnp.int32)
+    with_head = nn.unbox(bert.BertForPreTraining(config).init(
+        jax.random.PRNGKey(0), ids, None, None, masked_positions=jnp.zeros((1, 1), jnp.int32),
+        deterministic=True)["params"])
+    headless = nn.unbox(bert.BertModel(config).init(jax.random.PRNGKey(0), ids)["params"])
+    convert.save_tl_params(tmp_path / "pretrained", config, with_head, "bert")
+    convert.save_tl_params(tmp_path / "encoder", config, headless, "bert")
+
+    def no_tensor_reads(*args, **kwargs):
+        raise AssertionError("a tensor was read to list the names")
+
+    monkeypatch.setattr(safetensors_io, "read_safetensors", no_tensor_reads)
+    distill.check_mlm_head(str(tmp_path / "pretrained"), config)
+    with pytest.raises(warm_start.WarmStartError, match="has no MLM head"):
+        distill.check_mlm_head(str(tmp_path / "encoder"), config)

@@ -43,6 +43,7 @@ here they are BERT pretraining's `[CLS] A [SEP] B [SEP]` pairs, whose NSP labels
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -221,7 +222,9 @@ def check_mlm_head(init_from: str, teacher_config: bert.BertConfig) -> None:
     if warm_start.is_tl_workdir(init_from):
         names = checkpoint.param_shapes_from_workdir(init_from)[0]
     elif warm_start.is_tl_weights(init_from):
-        names = warm_start.bert_weights(init_from)[1]
+        # Its header's names: the whole folder was read (and copied) to list them.
+        from tl_jax.interop import convert, safetensors_io
+        names = safetensors_io.tensor_names(os.path.join(init_from, convert.TL_PARAMS))
     else:
         from tl_jax.interop import bert as hf_bert
         names = hf_bert.load_flat_params(init_from, teacher_config)
