@@ -143,7 +143,7 @@ def adapter_size_of(shapes: dict) -> int:
     return 0
 
 
-def check_adapters_taken(params, source: dict, where: str, hint: str = "") -> None:
+def check_adapters_taken(params, source: dict, where: str) -> None:
     """Refuses `source` when this model cannot take its trained bottleneck adapters as they are
     (it has none in a layer it takes from the source, or adapters of another size).
 
@@ -151,7 +151,7 @@ def check_adapters_taken(params, source: dict, where: str, hint: str = "") -> No
     and left out as an unused source tensor it was lost without a word: the model computed the
     encoder beneath it, which the run that trained it never had. Adapters of layers the model
     leaves out altogether (`model.num_layers`) stay unused, as the rest of those layers do.
-    `hint` says what to set for this consumer (default: give the model adapters of the size)."""
+    (A probe refuses another `transfer.adapter_size` itself, before reading its data.)"""
     target = {checkpoint.path_str(path): tuple(leaf.shape)
               for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
     in_model = {}  # layer prefix -> whether the model has that layer
@@ -174,13 +174,12 @@ def check_adapters_taken(params, source: dict, where: str, hint: str = "") -> No
         + (f"adapters of size {own}" if own else "no adapters") + ". An adapter cannot be "
         "folded into the kernels (it is nonlinear), and without it the model would compute the "
         "encoder beneath it, not the one that run trained: "
-        + (hint or f"give this model adapters of size {size} (continued pretraining: "
-                   "model.size set to init_from copies its architecture, adapters included)")
-        + ".")
+        f"give this model adapters of size {size} (continued pretraining: model.size set to "
+        "init_from copies its architecture, adapters included).")
 
 
 def warm_start(params, init_from: str, model_config=None, prefix_map: dict | None = None,
-               only: str = "", adapter_hint: str = ""):
+               only: str = ""):
     """Returns `params` with every matching tensor taken from `init_from`.
 
     `init_from` is a tl_jax workdir (newest good checkpoint) or a Hugging Face BERT or ELECTRA
@@ -190,8 +189,7 @@ def warm_start(params, init_from: str, model_config=None, prefix_map: dict | Non
     under that prefix are taken (e.g. "bert/": a fine-tuned workdir's head stays behind).
     A workdir's LoRA pairs that the model has no same-shaped, same-scale LoRA for are folded
     into their kernels (`fold_lora_for`); its bottleneck adapters, which cannot be folded, are
-    taken by same-sized adapters or refused (`check_adapters_taken`, `adapter_hint` saying what
-    to set).
+    taken by same-sized adapters or refused (`check_adapters_taken`).
     """
     require_source(init_from)
     if is_tl_workdir(init_from):
@@ -223,7 +221,7 @@ def warm_start(params, init_from: str, model_config=None, prefix_map: dict | Non
     if is_tl_workdir(init_from):
         source = fold_lora_for(params, source, model_config, init_from, step)
     check_adapters_taken(params, source, repr(init_from) + (
-        f" (step {step})" if is_tl_workdir(init_from) else ""), adapter_hint)
+        f" (step {step})" if is_tl_workdir(init_from) else ""))
     params, report = checkpoint.merge_matching(params, source)
     if not report["taken"]:
         # A few names of each side, enough to see how the two namings differ: the whole lists
