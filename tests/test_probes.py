@@ -704,6 +704,27 @@ def test_a_fine_tuned_probe_may_keep_init_froms_adapters_frozen(adapters_workdir
     assert not any(plan.optimizer_mask[p] for p in plan.paths if "_adapter/" in p)
 
 
+def test_a_fine_tuned_probe_may_keep_init_froms_lora_frozen(lora_workdir, tmp_path):
+    """LoRA pairs taken from init_from (the same rank and scale) are trained ones: frozen with
+    the encoder they are no "fresh tensors that would never train". Of another rank they are
+    folded into the kernels and the probe's own start fresh: frozen, those are refused."""
+    from tl_jax import config as config_lib, tasks
+
+    for rank, refused in ((8, False), (4, True)):
+        config = config_lib.load_config("configs/transfer_lora.py:tiny", [
+            *LORA_RUN[:3], f"init_from={lora_workdir}", "train.progress=False",
+            f"transfer.lora_rank={rank}"])
+        config.transfer.rules = ((r"bert/.*", "frozen"), (r".*", "train"))
+        task = tasks.build_task(config, str(tmp_path / f"probe{rank}"))
+        if refused:
+            with pytest.raises(ValueError, match=r"add \d+ fresh tensors .* would never train"):
+                task.make_optimizer(10)
+            continue
+        task.make_optimizer(10)
+        plan = task.transfer_plan
+        assert not any(plan.optimizer_mask[p] for p in plan.paths if "/lora_" in p)
+
+
 def test_a_probe_with_adapters_of_another_size_than_init_froms_is_refused(adapters_workdir,
                                                                        tmp_path):
     """Adapters of another size cannot take the trained ones, and fresh ones would sit on the

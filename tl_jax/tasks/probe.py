@@ -158,6 +158,17 @@ class Task(classify.Task):
             return LORA_PARAMS
         return ADAPTER_PARAMS if source.lora_rank else NEW_PARAMS
 
+    def _trained_in_init_from(self):
+        """The pattern of this model's added parameters that `init_from`'s trained ones fill
+        (adapters: `_build` gave this model their size; LoRA of the same rank and scale, which
+        the warm start takes as they are), None where there are none."""
+        source, t = self.encoder.model_config, self.config.transfer
+        names = ["attention_adapter", "mlp_adapter"] if source.adapter_size else []
+        if (source.lora_rank and t.lora_rank == source.lora_rank
+                and t.lora_alpha / t.lora_rank == source.lora_alpha / source.lora_rank):
+            names += ["lora_a", "lora_b"]
+        return re.compile(rf"(^|/)({'|'.join(names)})(/|$)") if names else None
+
     def make_optimizer(self, total_steps):
         """The trainer's hook: the optimizer of `config.transfer` (freeze `bert/.*`)."""
         if self.predicting:  # no step is taken: no transfer plan to check, build and print
@@ -174,8 +185,9 @@ class Task(classify.Task):
                 f"probe.feature={feature!r} uses a frozen encoder, but transfer rule {rule!r} "
                 f"trains {len(trained)} of its tensors (e.g. {trained[0]!r}), which weight decay "
                 "would change; put (r'bert/.*', 'frozen') first in transfer.rules.")
-        # Adapters taken from init_from are trained ones: frozen, they still change the encoder.
-        taken = ADAPTER_PARAMS if self.encoder.model_config.adapter_size else None
+        # Adapters or LoRA taken from init_from are trained ones: frozen, they still change
+        # the encoder.
+        taken = self._trained_in_init_from()
         added = [p for p in plan.paths if NEW_PARAMS.search(p)
                  and not (taken and taken.search(p))]
         if feature == "none" and added and not any(plan.optimizer_mask[p] for p in added):
