@@ -541,6 +541,22 @@ def _lora_encoder(workdir, lora_alpha=None):
     return config, params
 
 
+def _last_layer(config, params, arrays):
+    """The top layer's hidden states of a BertModel (`config`, `params`) over `arrays`."""
+    _, inter = bert.BertModel(config).apply({"params": params}, arrays["input_ids"],
+                                            arrays["segment_ids"], arrays["input_mask"])
+    return np.asarray(inter[f"layer_{config.num_layers}"])
+
+
+def _pooled_by(task, arrays, encoder_config, params):
+    """The probe `task`'s pooled features of `arrays` computed by another encoder (its config
+    and bert params), for comparison with the features the probe cached."""
+    model = task.model.clone(config=encoder_config.replace(dtype=task.model_config.dtype))
+    layers, _ = model.apply({"params": {"bert": params}}, arrays["input_ids"],
+                            arrays["segment_ids"], arrays["input_mask"], method=model.encode)
+    return np.asarray(probes.pool(layers, arrays["input_mask"], model.pooling))
+
+
 @pytest.mark.parametrize("lora_rank,lora_alpha,how", [
     (0, 16.0, "merged 4 LoRA pairs"),     # no LoRA in the probe: folded into the kernels
     (4, 16.0, "merged 4 LoRA pairs"),     # LoRA of another rank: folded, its own starts fresh
@@ -566,11 +582,7 @@ def test_a_probe_from_a_lora_workdir_encodes_with_the_trained_lora(lora_workdir,
     arrays = task.encode(task.train_records)
 
     def pooled(lora_alpha=None):
-        lora_config, params = _lora_encoder(lora_workdir, lora_alpha)
-        model = task.model.clone(config=lora_config.replace(dtype=task.model_config.dtype))
-        layers, _ = model.apply({"params": {"bert": params}}, arrays["input_ids"],
-                                arrays["segment_ids"], arrays["input_mask"], method=model.encode)
-        return np.asarray(probes.pool(layers, arrays["input_mask"], model.pooling))
+        return _pooled_by(task, arrays, *_lora_encoder(lora_workdir, lora_alpha))
 
     features = task.train_arrays["features"]
     np.testing.assert_allclose(features, pooled(), atol=1e-5)
@@ -625,9 +637,7 @@ def test_fine_tuning_from_a_lora_workdir_builds_and_takes_its_lora(lora_workdir,
     lora_config, lora_params = _lora_encoder(lora_workdir)
 
     def last(config, params):
-        _, inter = bert.BertModel(config).apply({"params": params}, arrays["input_ids"],
-                                                arrays["segment_ids"], arrays["input_mask"])
-        return np.asarray(inter[f"layer_{config.num_layers}"])
+        return _last_layer(config, params, arrays)
 
     np.testing.assert_allclose(last(task.model_config, params["bert"]),
                                last(lora_config, lora_params), atol=1e-5)
@@ -678,11 +688,7 @@ def test_a_probe_from_an_adapters_workdir_encodes_with_the_trained_adapters(
     arrays = task.encode(task.train_records)
 
     def pooled(with_adapters=True):
-        adapters_config, params = _adapters_encoder(adapters_workdir, with_adapters)
-        model = task.model.clone(config=adapters_config.replace(dtype=task.model_config.dtype))
-        layers, _ = model.apply({"params": {"bert": params}}, arrays["input_ids"],
-                                arrays["segment_ids"], arrays["input_mask"], method=model.encode)
-        return np.asarray(probes.pool(layers, arrays["input_mask"], model.pooling))
+        return _pooled_by(task, arrays, *_adapters_encoder(adapters_workdir, with_adapters))
 
     features = task.train_arrays["features"]
     np.testing.assert_allclose(features, pooled(), atol=1e-5)
@@ -795,9 +801,7 @@ def test_fine_tuning_from_an_adapters_workdir_builds_and_takes_its_adapters(adap
     adapters_config, adapters_params = _adapters_encoder(adapters_workdir)
 
     def last(config, params):
-        _, inter = bert.BertModel(config).apply({"params": params}, arrays["input_ids"],
-                                                arrays["segment_ids"], arrays["input_mask"])
-        return np.asarray(inter[f"layer_{config.num_layers}"])
+        return _last_layer(config, params, arrays)
 
     np.testing.assert_allclose(last(task.model_config, params["bert"]),
                                last(adapters_config, adapters_params), atol=1e-5)

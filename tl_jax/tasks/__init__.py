@@ -114,6 +114,12 @@ def eval_metric_names(config) -> tuple[str, ...]:
     return tuple(f"eval/{metric}" for metric in task_class.eval_metric_names(config))
 
 
+def held_out_metrics(config, names: tuple[str, ...]) -> tuple[str, ...]:
+    """A pretraining task's eval metric names: `names`, or none when data.eval_fraction=0 holds
+    none of its corpus out (the tasks that evaluate on a held-out fraction)."""
+    return tuple(names) if config.data.eval_fraction > 0 else ()
+
+
 def check_eval_metric(config, metric: str, key: str = "train.best_metric") -> None:
     """Refuses `metric` (the value of config key `key`, e.g. train.best_metric) when no eval of
     a run of `config` would report it: a misspelt name would otherwise be found only at the first

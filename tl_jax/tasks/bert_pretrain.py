@@ -12,7 +12,7 @@ import optax
 from tl_jax import paths, warm_start
 from tl_jax.data import pretraining
 from tl_jax.models import bert, losses
-from tl_jax.tasks import normalized
+from tl_jax.tasks import held_out_metrics, normalized
 
 
 def bert_config_from(model_cfg, vocab_size: int, tokenizer=None) -> bert.BertConfig:
@@ -208,12 +208,8 @@ class Task:
 
     @staticmethod
     def eval_metric_names(config) -> tuple[str, ...]:
-        """What an eval reports (as eval/NAME), from the config alone
-        (`tl_jax.tasks.eval_metric_names`): `pretraining_loss`'s metrics over the held-out
-        documents, none when data.eval_fraction=0 holds none out."""
-        if not config.data.eval_fraction > 0:
-            return ()
-        return ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy")
+        """`pretraining_loss`'s metrics (`tasks.eval_metric_names`)."""
+        return held_out_metrics(config, ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"))
 
 
 def _real_rows(batch):

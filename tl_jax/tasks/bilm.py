@@ -27,7 +27,7 @@ from tl_jax import checkpoint, paths
 from tl_jax.data import clm as clm_data
 from tl_jax.data.shuffle import EpochOrder
 from tl_jax.models import elmo
-from tl_jax.tasks import normalized, note_undefined
+from tl_jax.tasks import held_out_metrics, normalized, note_undefined
 
 SPECIALS = ("<pad>", "<unk>", elmo.BOS_TOKEN, elmo.EOS_TOKEN)
 PAD_ID, UNK_ID = elmo.PAD_WORD_ID, 1
@@ -443,12 +443,9 @@ class Task:
 
     @staticmethod
     def eval_metric_names(config) -> tuple[str, ...]:
-        """What an eval reports (as eval/NAME), from the config alone
-        (`tl_jax.tasks.eval_metric_names`): `loss_fn`'s NLLs and `evaluate`'s perplexities
-        over the held-out pieces, none when data.eval_fraction=0 holds none out."""
-        if not config.data.eval_fraction > 0:
-            return ()
-        return ("forward_nll", "backward_nll", "forward_perplexity", "backward_perplexity")
+        """`loss_fn`'s NLLs and `evaluate`'s perplexities (`tasks.eval_metric_names`)."""
+        return held_out_metrics(config, (
+            "forward_nll", "backward_nll", "forward_perplexity", "backward_perplexity"))
 
 
 def perplexities(outputs) -> dict[str, float]:

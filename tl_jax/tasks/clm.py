@@ -27,7 +27,7 @@ from tl_jax import checkpoint, paths, warm_start
 from tl_jax.progress import phase
 from tl_jax.data import bpe, clm as clm_data
 from tl_jax.models import gpt, losses
-from tl_jax.tasks import normalized, note_undefined
+from tl_jax.tasks import held_out_metrics, normalized, note_undefined
 
 
 def init_from_tokenizer(init_from: str) -> str:
@@ -368,9 +368,5 @@ class Task:
 
     @staticmethod
     def eval_metric_names(config) -> tuple[str, ...]:
-        """What an eval reports (as eval/NAME), from the config alone
-        (`tl_jax.tasks.eval_metric_names`): `loss_fn`'s metrics and `evaluate`'s perplexity
-        over the held-out documents, none when data.eval_fraction=0 holds none out."""
-        if not config.data.eval_fraction > 0:
-            return ()
-        return ("nll", "accuracy", "perplexity")
+        """`loss_fn`'s metrics and `evaluate`'s perplexity (`tasks.eval_metric_names`)."""
+        return held_out_metrics(config, ("nll", "accuracy", "perplexity"))

@@ -56,7 +56,7 @@ from tl_jax.data.tokenizer import Tokenizer
 from tl_jax.models import bert
 from tl_jax.optim import transfer
 from tl_jax.tasks import downstream
-from tl_jax.tasks import bert_pretrain, masked_lm_normalizers, normalized
+from tl_jax.tasks import bert_pretrain, held_out_metrics, masked_lm_normalizers, normalized
 
 TEACHER = "teacher"
 # The transfer rules the task always uses: the teacher, and the student's untrained pooler and
@@ -454,11 +454,7 @@ class Task:
 
     @staticmethod
     def eval_metric_names(config) -> tuple[str, ...]:
-        """What an eval reports (as eval/NAME), from the config alone
-        (`tl_jax.tasks.eval_metric_names`): `distillation_loss`'s metrics over the held-out
-        documents, none when data.eval_fraction=0 holds none out."""
-        if not config.data.eval_fraction > 0:
-            return ()
-        return ("distill_loss", "mlm_loss", "cos_loss", "mlm_accuracy", "teacher_mlm_accuracy",
-                "agreement")
-
+        """`distillation_loss`'s metrics (`tasks.eval_metric_names`)."""
+        return held_out_metrics(config, (
+            "distill_loss", "mlm_loss", "cos_loss", "mlm_accuracy", "teacher_mlm_accuracy",
+            "agreement"))

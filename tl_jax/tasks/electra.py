@@ -30,7 +30,7 @@ import optax
 from tl_jax import paths, warm_start
 from tl_jax.data import pretraining
 from tl_jax.models import electra
-from tl_jax.tasks import bert_pretrain, masked_lm_normalizers, normalized
+from tl_jax.tasks import bert_pretrain, held_out_metrics, masked_lm_normalizers, normalized
 
 
 def electra_config_from(model_cfg, vocab_size: int) -> electra.ElectraConfig:
@@ -143,13 +143,10 @@ class Task:
 
     @staticmethod
     def eval_metric_names(config) -> tuple[str, ...]:
-        """What an eval reports (as eval/NAME), from the config alone
-        (`tl_jax.tasks.eval_metric_names`): `electra_loss`'s metrics over the held-out
-        documents, none when data.eval_fraction=0 holds none out."""
-        if not config.data.eval_fraction > 0:
-            return ()
-        return ("mlm_loss", "mlm_accuracy", "disc_loss", "disc_accuracy", "disc_precision",
-                "disc_recall", "disc_baseline_accuracy", "replaced_fraction")
+        """`electra_loss`'s metrics (`tasks.eval_metric_names`)."""
+        return held_out_metrics(config, (
+            "mlm_loss", "mlm_accuracy", "disc_loss", "disc_accuracy", "disc_precision",
+            "disc_recall", "disc_baseline_accuracy", "replaced_fraction"))
 
 
 # The counts its means divide by under gradient accumulation (`task.loss_normalizers`).
