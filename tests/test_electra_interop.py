@@ -326,7 +326,7 @@ def test_an_hf_discriminator_is_an_init_from_for_fine_tuning(trained, tmp_path,
 
 
 def test_an_hf_electra_small_discriminator_fine_tunes_and_exports_back(
-        trained, tmp_path, polarity_classifier_config, capsys):
+        tiny_bert_overrides, tmp_path, polarity_classifier_config, capsys):
     """ELECTRA-Small's layout (embeddings narrower than the layers) as `init_from`: the
     classifier's encoder gets the embeddings_project and every tensor, and trains; `tl_jax
     convert` of the fine-tuned workdir writes its encoder as a headless ElectraModel (HF BERT
@@ -339,7 +339,11 @@ def test_an_hf_electra_small_discriminator_fine_tunes_and_exports_back(
         vocab_size=2000, embedding_size=12, hidden_size=16, num_hidden_layers=2,
         num_attention_heads=2, intermediate_size=20, max_position_embeddings=64)).eval()
     hf.save_pretrained(hf_dir)
-    interop.bert.write_tokenizer(trained / "tokenizer", hf_dir, 2000, 64)  # a real vocabulary
+    # A real vocabulary: the session's WordPiece of 2000 (the one `trained` copies into its
+    # workdir; taken from the fixture, this test does not pay for an electra run).
+    tokenizer = next(o.split("=", 1)[1] for o in tiny_bert_overrides
+                     if o.startswith("data.tokenizer="))
+    interop.bert.write_tokenizer(tokenizer, hf_dir, 2000, 64)
     config = polarity_classifier_config(
         hf_dir, "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
         "train.log_every=1", "data.num_epochs=0")
