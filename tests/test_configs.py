@@ -9,10 +9,13 @@ from tl_jax import config as config_lib
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))
 
-# Fields set when present: two steps, with an eval and a checkpoint at the end.
+# Fields set when present: two steps, with an eval and a checkpoint at the end. The pretraining
+# configs' :tiny read 200 documents (~480k words of gensim's Wikipedia and Lee text), built into
+# segments and a 2,000-entry WordPiece for 20 steps; two steps and one eval batch use a few
+# dozen segments, which 40 documents give many times over (the vocabulary stays 2,000).
 SHORT = {
     "train.steps": 2, "train.log_every": 1, "train.eval_every": 2, "train.checkpoint_every": 2,
-    "train.eval_batches": 1, "train.progress": False,
+    "train.eval_batches": 1, "train.progress": False, "data.max_documents": 40,
 }
 
 
