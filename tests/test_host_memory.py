@@ -7,9 +7,13 @@ import sys
 
 import pytest
 
-# Runs a jitted function whose 64 MiB temporary (a matmul's output) XLA:CPU allocates and frees
-# on every call, and prints the median page faults of the last 5 of 12 calls (with the policy
-# the heap grows to its steady size over the first few calls; measured here, within 3).
+# Runs a jitted function whose 32 MiB temporary (a matmul's output) XLA:CPU allocates and frees
+# on every call, and prints the median page faults of the last 8 of 24 calls. With the policy
+# each thread's heap grows to its steady size the first time it holds the temporary: within 3
+# calls on an idle machine, within 7 with two busy processes beside it (other threads take
+# calls then). The temporary was 64 MiB: a thread's own heap (glibc: 64 MiB at most) cannot
+# hold that, so a call that ran on such a thread mapped it afresh, and under CI's load one of
+# the last 5 of 12 calls now and then did (median 16,391 faults once).
 _PROBE = """
 import resource
 {imports}
@@ -18,16 +22,16 @@ from tl_jax import host_memory
 
 @jax.jit
 def f(x, w):
-    y = x @ w  # (16384, 1024) float32: 64 MiB
+    y = x @ w  # (8192, 1024) float32: 32 MiB
     return jnp.tanh(y).sum(0) + y.max(0)
 
-x, w = jnp.ones((16384, 64)) * 1e-3, jnp.ones((64, 1024))
+x, w = jnp.ones((8192, 64)) * 1e-3, jnp.ones((64, 1024))
 faults = []
-for _ in range(12):
+for _ in range(24):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x, w).block_until_ready()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(host_memory.keep_freed_memory(), sorted(faults[-5:])[2])
+print(host_memory.keep_freed_memory(), sorted(faults[-8:])[4])
 """
 
 
@@ -48,9 +52,9 @@ def test_xla_temporaries_are_reused_without_page_faults_unless_turned_off(import
         assert not on and not off
         return
     assert on and not off
-    # 64 MiB is 16,384 pages of 4 KiB: under glibc's own policy they are mapped and faulted in
+    # 32 MiB is 8,192 pages of 4 KiB: under glibc's own policy they are mapped and faulted in
     # again on every call.
-    assert faults_off > 10_000, faults_off
+    assert faults_off > 5_000, faults_off
     assert faults_on < 1_000, faults_on
 
 
