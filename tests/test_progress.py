@@ -204,3 +204,130 @@ def test_in_a_jupyter_kernel_a_bar_is_still_tqdms(monkeypatch):
     bar = progress.bar(total=3, line_seconds=5)
     assert isinstance(bar, tqdm)
     bar.close()
+
+
+def test_line_mode_left_by_an_exception_says_where_it_stopped_and_why():
+    """A bar left by an exception (the training loop raising, Ctrl-C, a non-finite loss) printed
+    no closing line: a log's last progress line could be 30 s old and said nothing of where
+    the run stopped. Now a last line gives the count reached and what stopped it, never
+    "done" (even at the total, or without one), once."""
+    stream, clock = io.StringIO(), _Clock()
+    with pytest.raises(KeyboardInterrupt):
+        with _line_bar(stream, clock, line_seconds=30) as bar:
+            bar.set_postfix({"loss": "3.215"}, refresh=False)
+            for _ in range(340):  # lines at 30 s and 60 s, then none for 10 s
+                clock.now += 70 / 340
+                bar.update(1)
+            raise KeyboardInterrupt
+    assert bar.closed and stream.getvalue().splitlines()[-1] == (
+        "[bert] step 340/1,000 (34%) loss=3.215 | stopped by KeyboardInterrupt after 1m10s, "
+        "4.86 step/s")
+    bar.close()  # once
+    bar.stop(ValueError())
+    assert len(stream.getvalue().splitlines()) == 3
+
+    # closed_on_error, for a bar closed after the block it counts (the trainer's): a line-mode
+    # bar is stopped; at its total and without one too, it does not say "done".
+    for total, count in ((3, "3/3 (100%)"), (None, "3")):
+        stream = io.StringIO()
+        bar = _line_bar(stream, clock, total=total, line_seconds=30)
+        with pytest.raises(FloatingPointError, match="nan"):
+            with progress.closed_on_error(bar) as same:
+                assert same is bar
+                bar.update(3)
+                raise FloatingPointError("nan")
+        assert stream.getvalue() == (
+            f"[bert] step {count} | stopped by FloatingPointError after 0.0s\n")
+    with pytest.raises(RuntimeError):  # no bar (train.progress=False, not process 0)
+        with progress.closed_on_error(None):
+            raise RuntimeError
+    bar = _line_bar(stream := io.StringIO(), clock, disable=True)
+    with pytest.raises(RuntimeError):
+        with progress.closed_on_error(bar):
+            raise RuntimeError
+    assert bar.closed and stream.getvalue() == ""
+
+    # An iterable that raises (reading a batch failed) stops the bar over it.
+    def batches():
+        yield 0
+        raise OSError("disk gone")
+
+    stream = io.StringIO()
+    with pytest.raises(OSError, match="disk gone"):
+        for _ in progress.bar(batches(), total=4, desc="eval", unit="batch", file=stream,
+                              line_seconds=30, clock=clock):
+            pass
+    assert stream.getvalue() == "[eval] batch 1/4 (25%) | stopped by OSError after 0.0s\n"
+
+
+def test_a_normally_closed_line_bar_prints_one_closing_line_as_before():
+    """Leaving `with` or `closed_on_error` without an exception adds no line: one closing line,
+    from `close` (the trainer's after its loop), "done" at the total, "stopped" before it (a
+    SIGTERM's break)."""
+    for n, ended in ((5, "done in 2.0s"), (2, "stopped after 2.0s")):
+        stream, clock = io.StringIO(), _Clock()
+        bar = _line_bar(stream, clock, total=5, line_seconds=30)
+        with progress.closed_on_error(bar):
+            clock.now += 2
+            bar.update(n)
+        assert stream.getvalue() == "" and not bar.closed
+        bar.close()
+        bar.close()
+        rate = "2.50 step/s" if n == 5 else "1.00 step/s"
+        assert stream.getvalue() == f"[bert] step {n}/5 ({20 * n}%) | {ended}, {rate}\n"
+    stream = io.StringIO()
+    with _line_bar(stream, clock, total=2, line_seconds=30) as bar:
+        bar.update(2)
+    assert stream.getvalue() == "[bert] step 2/2 (100%) | done in 0.0s\n"
+
+
+def test_on_a_terminal_an_exception_leaves_tqdms_bar_as_it_was(monkeypatch):
+    """closed_on_error leaves tqdm's bar alone: on a terminal nothing changes."""
+    import sys
+
+    from tqdm.auto import tqdm
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((80, 24)))
+    bar = progress.bar(total=3, desc="train", mininterval=0)
+    assert isinstance(bar, tqdm)
+    with pytest.raises(KeyboardInterrupt):
+        with progress.closed_on_error(bar):
+            bar.update(1)
+            raise KeyboardInterrupt
+    drawn = sys.stderr.getvalue()
+    assert "stopped" not in drawn and not bar.disable  # tqdm disables a bar it closes
+    bar.close()
+
+
+def test_a_training_run_stopped_by_a_non_finite_loss_logs_the_step_it_reached(
+        tiny_bert_overrides, tmp_path, monkeypatch, capsys):
+    """The trainer's bar off a terminal (captured stderr): a run stopped by
+    train.on_nonfinite=stop ends its progress lines with the step it reached, not with a
+    line up to 30 s old (or none, in a run shorter than that)."""
+    import numpy as np
+
+    from tl_jax import config as config_lib, train
+    from tl_jax.tasks import bert_pretrain
+
+    original_next = bert_pretrain.ValidatedBatches.__next__
+    calls = {"n": 0}
+
+    def poisoned_next(self):
+        batch = original_next(self)
+        calls["n"] += 1
+        if calls["n"] == 3:  # step 3's loss is NaN
+            batch = dict(batch, masked_weights=batch["masked_weights"] * np.float32(np.nan))
+        return batch
+
+    monkeypatch.setattr(bert_pretrain.ValidatedBatches, "__next__", poisoned_next)
+    bert = os.path.join(os.path.dirname(__file__), "..", "configs", "bert_pretrain.py")
+    config = config_lib.load_config(bert + ":tiny", tiny_bert_overrides + [
+        "mesh.num_devices=1", "train.steps=6", "train.log_every=1", "train.eval_every=0",
+        "train.checkpoint_every=100", "train.progress=True"])
+    with pytest.raises(train.NonFiniteError, match="at step 3"):
+        train.train_and_evaluate(config, str(tmp_path))
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("[bert_pretrain]")]
+    # Step 3 (counted before its metrics are logged) is the one whose loss stopped the run.
+    assert lines and lines[-1].startswith("[bert_pretrain] step 3/6 (50%) ")
+    assert " | stopped by NonFiniteError after " in lines[-1]
+    assert not any("done in" in x for x in lines)

@@ -118,9 +118,15 @@ class LineProgress:
         [bert] step 1,000/1,000 (100%) loss=2.871 tok/s=6,512 | done in 3m25s, 4.87 step/s
 
     The ETA is from the rate since the previous line (a compilation before the first step
-    slows only the first estimate). Takes tqdm's arguments; those about drawing a bar (ncols,
-    dynamic_ncols, mininterval, position, ...) mean nothing here and are ignored, and an
-    argument tqdm does not know is an error, as it is there. `leave=False` still prints the
+    slows only the first estimate). A bar left by an exception (by `with`, `stop`, or
+    `closed_on_error` around a block) closes with the count reached and what stopped it,
+
+        [bert] step 340/1,000 (34%) loss=3.215 | stopped by KeyboardInterrupt after 1m10s, ...
+
+    rather than with no line, which left a log's last line up to `line_seconds` stale.
+    Takes tqdm's arguments; those about drawing a bar (ncols, dynamic_ncols, mininterval,
+    position, ...) mean nothing here and are ignored, and an argument tqdm does not know is an
+    error, as it is there. `leave=False` still prints the
     closing line: unlike a bar, a line cannot be cleared. `clock` (seconds) is for tests."""
 
     def __init__(self, iterable=None, desc=None, total=None, leave=True, file=None, *,
@@ -166,6 +172,11 @@ class LineProgress:
             for item in self.iterable:
                 yield item
                 self.update(1)  # counted once the caller is done with it, as tqdm does
+        except GeneratorExit:
+            raise  # freed: a `break`, or the loop's body raising; `finally` closes the bar
+        except BaseException as error:  # raised by the iterable itself: say so
+            self.stop(error)
+            raise
         finally:
             self.close()  # also on a `break` out of the loop (when the generator is freed)
 
@@ -175,8 +186,11 @@ class LineProgress:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, traceback):
+        if exc is None:
+            self.close()
+        else:
+            self.stop(exc)
         return False
 
     def update(self, n=1):
@@ -214,12 +228,21 @@ class LineProgress:
 
     def close(self):
         """Prints the closing line (once), unless disabled."""
+        self._close()
+
+    def stop(self, error: BaseException):
+        """Closes the bar after `error` (an exception, Ctrl-C's KeyboardInterrupt) ended the
+        work it counts: its closing line (once, unless disabled or already closed) says that the
+        work stopped there, by what, instead of "done". Not tqdm's: see `closed_on_error`."""
+        self._close(stopped_by=type(error).__name__)
+
+    def _close(self, stopped_by=None):
         if self.closed:
             return
         self.closed = True
         if self.disable:
             return
-        self._print(self._closing_line(self._clock()))
+        self._print(self._closing_line(self._clock(), stopped_by))
 
     # -- the lines
 
@@ -245,13 +268,31 @@ class LineProgress:
             tail += f", {_rate(rate, self.unit)}"
         return f"{self._count()} | {tail}"
 
-    def _closing_line(self, now):
+    def _closing_line(self, now, stopped_by=None):
         elapsed = now - self._start
-        ended = "done in" if not self.total or self.n >= self.total else "stopped after"
+        if stopped_by:  # an exception: not "done", even at the total or without one
+            ended = f"stopped by {stopped_by} after"
+        else:
+            ended = "done in" if not self.total or self.n >= self.total else "stopped after"
         tail = f"{ended} {_duration(elapsed)}"
         if elapsed > 0 and self.n > self.initial:
             tail += f", {_rate((self.n - self.initial) / elapsed, self.unit)}"
         return f"{self._count()} | {tail}"
+
+
+@contextlib.contextmanager
+def closed_on_error(progress_bar):
+    """For a bar made before a block and closed after it, as the trainer's (which outlives its
+    loop): an exception leaving the block `stop`s a line-mode bar, whose last line then says
+    where the work stopped and by what (a non-finite loss, Ctrl-C, a failing eval), instead of
+    the log ending on a progress line up to `line_seconds` old. tqdm's bar (a terminal, a
+    notebook) and None (no bar) are left as they were."""
+    try:
+        yield progress_bar
+    except BaseException as error:
+        if isinstance(progress_bar, LineProgress):
+            progress_bar.stop(error)
+        raise
 
 
 def _tqdm_arguments() -> set:

@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tl_jax import checkpoint as ckpt_lib
 from tl_jax import parallel, tasks
 from tl_jax.metrics_writer import MetricsWriter
-from tl_jax.progress import bar as progress_bar
+from tl_jax.progress import bar as progress_bar, closed_on_error
 from tl_jax.optim import masks, optimizers, transfer
 
 # optax.tree.norm replaces the deprecated optax.global_norm; older optax has only the latter.
@@ -916,7 +916,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         pending = []
         window_start, window_steps = time.perf_counter(), 0
 
-    with _Preemption() as preemption, _finish_save_on_error(checkpointer):
+    # closed_on_error: a run ended by an exception ends its log's progress lines with the
+    # step it reached (the bar is closed after the loop otherwise).
+    with _Preemption() as preemption, _finish_save_on_error(checkpointer), \
+            closed_on_error(bar):
         window_start = time.perf_counter()
         for step in range(start_step, total_steps):
             batch = parallel.host_batch_to_global(next(train_iter), mesh)
