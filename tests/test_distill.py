@@ -542,3 +542,64 @@ def test_a_tl_weights_teacher_is_checked_for_an_mlm_head_from_its_header(tmp_pat
     distill.check_mlm_head(str(tmp_path / "pretrained"), config)
     with pytest.raises(warm_start.WarmStartError, match="has no MLM head"):
         distill.check_mlm_head(str(tmp_path / "encoder"), config)
+
+
+def test_a_hugging_face_teacher_is_checked_for_an_mlm_head_from_its_tensor_names(
+        tokenizer, tmp_path, monkeypatch):
+    """A Hugging Face BERT directory is checked for an MLM head from its tensor names: a
+    safetensors file's header, or a sharded checkpoint's index. All its weights were read, and
+    converted, just to list them. Only a pytorch_model.bin, which has no header, is still read
+    whole."""
+    import shutil
+
+    import torch
+    from safetensors.numpy import load_file
+
+    from tl_jax.interop import safetensors_io
+
+    pretrained = random_bert_dir(tmp_path / "pretrained", tokenizer, num_layers=1, hidden=16)
+    headless = random_bert_dir(tmp_path / "headless", tokenizer, num_layers=1, hidden=16,
+                               with_heads=False)
+    config = hf_bert.read_hf_config(pretrained)
+
+    # Sharded, its head named only by a TF-era name in the index: the names are the loader's,
+    # after its renaming.
+    sharded = tmp_path / "sharded"
+    shutil.copytree(pretrained, sharded)
+    tensors = load_file(str(sharded / "model.safetensors"))
+    assert "cls.predictions.transform.LayerNorm.weight" in tensors
+    (sharded / "model.safetensors").rename(sharded / "model-00001-of-00001.safetensors")
+    head_only = {"cls.predictions.transform.LayerNorm.gamma"}
+    weight_map = {name: "model-00001-of-00001.safetensors"
+                  for name in tensors if not name.startswith("cls.")}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(dict(
+        metadata={}, weight_map=dict(weight_map, **dict.fromkeys(
+            head_only, "model-00001-of-00001.safetensors")))))
+    sharded_headless = tmp_path / "sharded_headless"
+    shutil.copytree(sharded, sharded_headless)
+    (sharded_headless / "model.safetensors.index.json").write_text(json.dumps(dict(
+        metadata={}, weight_map=weight_map)))
+
+    def no_tensor_reads(*args, **kwargs):
+        raise AssertionError("a tensor was read to list the names")
+
+    monkeypatch.setattr(safetensors_io, "_read_safetensors", no_tensor_reads)
+    monkeypatch.setattr(safetensors_io, "read_hf_tensors", no_tensor_reads)
+    monkeypatch.setattr(hf_bert, "load_flat_params", no_tensor_reads)
+    for with_head, without in ((pretrained, headless), (sharded, sharded_headless)):
+        distill.check_mlm_head(str(with_head), config)
+        with pytest.raises(warm_start.WarmStartError, match="has no MLM head") as e:
+            distill.check_mlm_head(str(without), config)
+        assert f"init_from={without} has no MLM head" in str(e.value)
+    monkeypatch.undo()
+
+    # A pytorch_model.bin: no header, so read whole (its tensors give the names).
+    for source, name in ((pretrained, "torch"), (headless, "torch_headless")):
+        shutil.copytree(source, tmp_path / name)
+        weights = tmp_path / name / "model.safetensors"
+        torch.save({k: torch.from_numpy(v) for k, v in load_file(str(weights)).items()},
+                   str(tmp_path / name / "pytorch_model.bin"))
+        weights.unlink()
+    distill.check_mlm_head(str(tmp_path / "torch"), config)
+    with pytest.raises(warm_start.WarmStartError, match="has no MLM head"):
+        distill.check_mlm_head(str(tmp_path / "torch_headless"), config)

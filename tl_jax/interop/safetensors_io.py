@@ -106,23 +106,54 @@ def _torch_load_reason(error: Exception) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0].split('. ')[0] if text else ''}"
 
 
+def _hf_weight_file(directory: pathlib.Path) -> pathlib.Path:
+    """`find_weight_file`, or FileNotFoundError naming the files looked for."""
+    path = find_weight_file(directory)
+    if path is None:
+        raise FileNotFoundError(
+            f"{directory} holds no weights: expected one of {', '.join(WEIGHT_FILES)}"
+        )
+    return path
+
+
+def _weight_map(path: pathlib.Path) -> dict[str, str]:
+    """A sharded checkpoint's index (`*.index.json`): tensor name -> shard file."""
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError(f"weight_map is a {type(weight_map).__name__}")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path} is not a weight index (a JSON object whose weight_map "
+                         f"maps tensor names to shard files): {e!r}") from e
+    return weight_map
+
+
+def hf_tensor_names(directory) -> tuple[list[str], pathlib.Path]:
+    """The tensor names of the checkpoint in `directory`, and its weight file, reading no tensor
+    where the format allows: a safetensors file's header, a sharded checkpoint's index. A
+    `pytorch_model.bin` has neither (a pickle: its names come with its tensors), so that one is
+    read whole, as `read_hf_tensors` reads it.
+
+    Raises FileNotFoundError naming the files looked for when there is none.
+    """
+    directory = pathlib.Path(directory)
+    path = _hf_weight_file(directory)
+    if path.name.endswith(".index.json"):
+        return list(_weight_map(path)), path
+    if path.suffix == ".safetensors":
+        return tensor_names(path), path
+    return list(_read_torch_bin(path)), path
+
+
 def read_hf_tensors(directory) -> tuple[dict[str, np.ndarray], pathlib.Path]:
     """All tensors of the checkpoint in `directory` as numpy arrays, and the file read.
 
     Raises FileNotFoundError naming the files looked for when there is none.
     """
     directory = pathlib.Path(directory)
-    path = find_weight_file(directory)
-    if path is None:
-        raise FileNotFoundError(
-            f"{directory} holds no weights: expected one of {', '.join(WEIGHT_FILES)}"
-        )
+    path = _hf_weight_file(directory)
     if path.name.endswith(".index.json"):
-        try:
-            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path} is not a weight index (a JSON object whose weight_map "
-                             f"maps tensor names to shard files): {e!r}") from e
+        shards = sorted(set(_weight_map(path).values()))
         tensors = {}
         for shard in shards:
             shard_path = directory / shard

@@ -226,8 +226,7 @@ def check_mlm_head(init_from: str, teacher_config: bert.BertConfig) -> None:
         from tl_jax.interop import convert, safetensors_io
         names = safetensors_io.tensor_names(os.path.join(init_from, convert.TL_PARAMS))
     else:
-        from tl_jax.interop import bert as hf_bert
-        names = hf_bert.load_flat_params(init_from, teacher_config)
+        names = _hf_mlm_head_names(init_from, teacher_config)
     if any(name.startswith("mlm_head/") for name in names):
         return
     guess = "a sentence-embedding or task model?"
@@ -247,6 +246,24 @@ def check_mlm_head(init_from: str, teacher_config: bert.BertConfig) -> None:
         "teacher's soft targets are its masked-LM distribution. Give it one first with a short "
         "continued pretraining run, then distil from that workdir:\n"
         "  " + warm_start.mlm_head_command(init_from, downstream.tokenizer_path(init_from)))
+
+
+def _hf_mlm_head_names(directory: str, teacher_config: bert.BertConfig) -> list[str]:
+    """The tl_jax paths (`mlm_head/...`) of the MLM head tensors a Hugging Face BERT directory
+    holds, from its tensor names alone: a safetensors header or a sharded checkpoint's index,
+    not the weights (a BERT-large's 1.3 GB were read, and converted, just to list them). A
+    `pytorch_model.bin` is a pickle with no header: that one is still read whole. Shapes are
+    checked when the teacher's weights are loaded."""
+    from tl_jax.interop import bert as hf_bert, safetensors_io
+    names, _ = safetensors_io.hf_tensor_names(directory)
+    # The loader's own renaming (a `bert.` prefix, TF-era LayerNorm gamma/beta), so a name
+    # counts here exactly when loading would map it into the head.
+    names, _ = hf_bert._normalise_names(dict.fromkeys(names))
+    head = {entry.hf_name: entry.tl_path for entry in hf_bert.tensor_map(teacher_config)
+            if entry.tl_path.startswith("mlm_head/")}
+    # A decoder bias stands for the output bias where `cls.predictions.bias` is missing.
+    head.setdefault(hf_bert._TIED_DECODER_BIAS, "mlm_head/output_bias")
+    return [head[name] for name in names if name in head]
 
 
 def check_loss_settings(cfg) -> None:
