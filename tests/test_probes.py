@@ -557,6 +557,23 @@ def _pooled_by(task, arrays, encoder_config, params):
     return np.asarray(probes.pool(layers, arrays["input_mask"], model.pooling))
 
 
+@pytest.mark.parametrize("model,source,taken", [
+    ((8, 16.0), (8, 16.0), True),     # the same rank and scale: taken as they are
+    ((4, 8.0), (8, 16.0), False),     # another rank (the same scale, 2): folded
+    ((8, 4.0), (8, 16.0), False),     # the same rank, another lora_alpha: folded
+    ((0, 16.0), (8, 16.0), False),    # no LoRA in the model: folded
+    ((8, 16.0), (0, 16.0), False),    # no LoRA trained: nothing to take
+    ((8, None), (8, 16.0), True),     # a scale not known: the ranks decide
+    ((8, 16.0), (8, None), True),
+])
+def test_lora_pairs_are_taken_as_they_are_only_by_lora_of_the_same_rank_and_scale(model, source,
+                                                                                  taken):
+    """The one rule the warm start folds by and a probe's frozen-LoRA check reads."""
+    from tl_jax import warm_start
+
+    assert warm_start.lora_taken_as_is(*model, *source) is taken
+
+
 @pytest.mark.parametrize("lora_rank,lora_alpha,how", [
     (0, 16.0, "merged 4 LoRA pairs"),     # no LoRA in the probe: folded into the kernels
     (4, 16.0, "merged 4 LoRA pairs"),     # LoRA of another rank: folded, its own starts fresh

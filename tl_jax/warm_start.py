@@ -81,6 +81,22 @@ def require_source(path: str, what: str = "init_from") -> None:
         raise WarmStartError(f"{what}={path!r} does not exist.")
 
 
+def lora_taken_as_is(model_rank: int, model_alpha: float | None, source_rank: int,
+                     source_alpha: float | None) -> bool:
+    """Whether a model with LoRA of rank `model_rank` and `model_alpha` takes a run's trained
+    LoRA pairs (rank `source_rank`, trained at `source_alpha`) as they are: only LoRA of the
+    same rank and the same scale lora_alpha / rank computes what that run trained. Otherwise
+    the pairs are folded into their kernels (`fold_lora_for`) and the model's own LoRA, if it
+    has any, starts fresh (lora_b at zero) over them.
+
+    An alpha of None is not known (a model given without its config, a checkpoint without a
+    resolved_model): the ranks decide alone. A rank of 0 is no LoRA: nothing is taken."""
+    if not (model_rank and source_rank) or model_rank != source_rank:
+        return False
+    return model_alpha is None or source_alpha is None or (
+        model_alpha / model_rank == source_alpha / source_rank)
+
+
 def fold_lora_for(params, source: dict, model_config, workdir: str, step: int) -> dict:
     """`source` (a workdir's flat params) with the LoRA pairs that `params` cannot take as they
     are folded into their kernels: W + lora_alpha / r * A @ B (`interop.bert.fold_lora`), at
@@ -89,8 +105,8 @@ def fold_lora_for(params, source: dict, model_config, workdir: str, step: int) -
     word: a model without LoRA (a probe with transfer.lora_rank=0, continued pretraining)
     computed the pretrained encoder beneath it.
 
-    A pair is taken as it is where the model has a LoRA pair of the same shapes (and, when
-    `model_config` gives LoRA, the same scale lora_alpha / lora_rank). A model with LoRA of
+    A pair is taken as it is where the model has a LoRA pair of the same shapes and, when
+    `model_config` gives LoRA, the same scale (`lora_taken_as_is`). A model with LoRA of
     another rank or scale keeps its own pair fresh (lora_b starts at zero) over the folded
     kernel, so it starts from the function the run trained too.
     """
@@ -102,15 +118,17 @@ def fold_lora_for(params, source: dict, model_config, workdir: str, step: int) -
     target = {checkpoint.path_str(path): tuple(leaf.shape)
               for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
     alpha = checkpoint.unshaped_model_fields(workdir, step).get("lora_alpha")
-    model_rank = getattr(model_config, "lora_rank", 0)
-    model_scale = model_config.lora_alpha / model_rank if model_rank else None
+    # The model's scale, where its config gives LoRA (None: its pairs' shapes decide alone).
+    model_alpha = model_config.lora_alpha if getattr(model_config, "lora_rank", 0) else None
 
     def taken_as_is(base):
+        if base + "kernel" not in target:  # nothing to fold into: unused, as before
+            return True
+        # A pair of the run's shapes in the model is one of the run's rank.
         rank = source[base + "lora_a"].shape[1]
-        return (base + "kernel" not in target  # nothing to fold into: unused, as before
-                or (all(target.get(base + leaf) == tuple(source[base + leaf].shape)
-                        for leaf in ("lora_a", "lora_b"))
-                    and (model_scale is None or alpha is None or model_scale == alpha / rank)))
+        return (all(target.get(base + leaf) == tuple(source[base + leaf].shape)
+                    for leaf in ("lora_a", "lora_b"))
+                and lora_taken_as_is(rank, model_alpha, rank, alpha))
 
     to_fold = [base for base in pairs if not taken_as_is(base)]
     if not to_fold:

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tl_jax import parallel, paths
+from tl_jax import parallel, paths, warm_start
 from tl_jax.models import heads, probes
 from tl_jax.optim import optimizers, transfer
 from tl_jax.tasks import classify, downstream
@@ -160,12 +160,12 @@ class Task(classify.Task):
 
     def _trained_in_init_from(self):
         """The pattern of this model's added parameters that `init_from`'s trained ones fill
-        (adapters: `_build` gave this model their size; LoRA of the same rank and scale, which
-        the warm start takes as they are), None where there are none."""
+        (adapters: `_build` gave this model their size; LoRA pairs the warm start takes as they
+        are, by its rule: `warm_start.lora_taken_as_is`), None where there are none."""
         source, t = self.encoder.model_config, self.config.transfer
         names = ["attention_adapter", "mlp_adapter"] if source.adapter_size else []
-        if (source.lora_rank and t.lora_rank == source.lora_rank
-                and t.lora_alpha / t.lora_rank == source.lora_alpha / source.lora_rank):
+        if warm_start.lora_taken_as_is(t.lora_rank, t.lora_alpha, source.lora_rank,
+                                       source.lora_alpha):
             names += ["lora_a", "lora_b"]
         return re.compile(rf"(^|/)({'|'.join(names)})(/|$)") if names else None
 
