@@ -822,3 +822,24 @@ def test_fine_tuning_from_an_adapters_workdir_builds_and_takes_its_adapters(adap
 
     np.testing.assert_allclose(last(task.model_config, params["bert"]),
                                last(adapters_config, adapters_params), atol=1e-5)
+
+
+def test_an_electra_run_from_an_adapters_workdir_is_told_the_key_to_set(
+        adapters_workdir, tiny_bert_overrides, tmp_path):
+    """ELECTRA pretraining warm-started from an adapters workdir is refused (its discriminator
+    has no adapters), and the error names what that config can set: init_from, since
+    ELECTRA's model.size is a size name. It told the user to set model.size to init_from,
+    BERT pretraining's remedy, which ELECTRA refuses as an unknown size."""
+    from tl_jax import config as config_lib, tasks, warm_start
+
+    overrides = [o for o in tiny_bert_overrides if not o.startswith("data.tokenizer=")]
+    config = config_lib.load_config("configs/electra_pretrain.py:tiny",
+                                    overrides + [f"init_from={adapters_workdir}"])
+    task = tasks.build_task(config, str(tmp_path / "electra"))
+    fresh = nn.unbox(task.init_variables(jax.random.PRNGKey(0), task.example_batch(2))["params"])
+    with pytest.raises(warm_start.WarmStartError) as e:
+        task.init_params(fresh, None)
+    message = str(e.value)
+    assert "trained bottleneck adapters (adapter_size=8;" in message, message
+    assert "ELECTRA pretraining builds its discriminator from a size name" in message, message
+    assert "set init_from to the encoder those adapters were trained on" in message, message

@@ -191,9 +191,27 @@ def check_adapters_taken(params, source: dict, where: str) -> None:
         f"attention_adapter / mlp_adapter tensors, e.g. {left[0]}) but this model has "
         + (f"adapters of size {own}" if own else "no adapters") + ". An adapter cannot be "
         "folded into the kernels (it is nonlinear), and without it the model would compute the "
-        "encoder beneath it, not the one that run trained: "
-        f"give this model adapters of size {size} (continued pretraining: model.size set to "
-        "init_from copies its architecture, adapters included).")
+        f"encoder beneath it, not the one that run trained: {_adapters_remedy(target, size)}.")
+
+
+def _adapters_remedy(target: dict, size: int) -> str:
+    """What to set when `check_adapters_taken` refuses a model (init_from trained adapters of
+    `size`), in the keys of the config that builds it. The warm start is given the model's
+    tensors, not its task, so they tell which: ELECTRA's have a generator/ beside the
+    discriminator's bert/, BERT pretraining's an mlm_head/ (a probe refuses another
+    transfer.adapter_size itself, and the fine-tuning configs read the adapters from
+    init_from's checkpoint)."""
+    if any(name.startswith("generator/") for name in target):
+        # ElectraConfig is built from a name of electra.SIZES: no key gives it adapters.
+        return ("ELECTRA pretraining builds its discriminator from a size name (model.size), "
+                "which has no adapters, so set init_from to the encoder those adapters were "
+                "trained on (that run's own init_from), or continue BERT pretraining from it "
+                "(configs/bert_pretrain.py with model.size set to init_from, which builds them)")
+    if any(name.startswith("mlm_head/") for name in target):
+        return (f"set model.size to init_from, which copies its architecture, adapters of "
+                f"size {size} included")
+    return (f"give this model adapters of size {size} (a probe: transfer.adapter_size={size}, "
+            "or 0, which builds init_from's)")
 
 
 def warm_start(params, init_from: str, model_config=None, prefix_map: dict | None = None,
