@@ -633,31 +633,33 @@ def test_a_model_without_lora_warm_started_from_a_lora_workdir_computes_the_trai
     assert np.abs(last(config, params) - before).max() > 1e-3
 
 
+def _fine_tuned_from(workdir, tmp_path, capsys, trained):
+    """`(task, what its init_params printed)` of configs/finetune_classify.py warm-started from
+    `workdir`, whose encoder is checked to compute `trained` (`(BertConfig, bert params)` of the
+    encoder that workdir's run trained): the top layer over the training set."""
+    from tl_jax import config as config_lib, tasks
+
+    config = config_lib.load_config("configs/finetune_classify.py:tiny", [
+        *LORA_RUN[:3], f"init_from={workdir}", "train.progress=False"])
+    task = tasks.build_task(config, str(tmp_path / "classify"))
+    fresh = nn.unbox(task.init_variables(jax.random.PRNGKey(0), task.example_batch(2))["params"])
+    capsys.readouterr()
+    params = task.init_params(fresh, None)
+    out = capsys.readouterr().out
+    arrays = task.encode(task.train_records)
+    np.testing.assert_allclose(_last_layer(task.model_config, params["bert"], arrays),
+                               _last_layer(*trained, arrays), atol=1e-5)
+    return task, out
+
+
 def test_fine_tuning_from_a_lora_workdir_builds_and_takes_its_lora(lora_workdir, tmp_path,
                                                                   capsys):
     """The fine-tuning tasks read init_from's shape from its checkpoint, LoRA included (rank from
     the shapes, lora_alpha from its resolved_model): the pairs are taken as they are, and the
     encoder computes what the LoRA run trained."""
-    from tl_jax import config as config_lib, tasks
-
-    config = config_lib.load_config("configs/finetune_classify.py:tiny", [
-        *LORA_RUN[:3], f"init_from={lora_workdir}", "train.progress=False"])
-    task = tasks.build_task(config, str(tmp_path / "classify"))
+    task, out = _fine_tuned_from(lora_workdir, tmp_path, capsys, _lora_encoder(lora_workdir))
     assert (task.model_config.lora_rank, task.model_config.lora_alpha) == (8, 16.0)
-    batch = task.example_batch(2)
-    fresh = nn.unbox(task.init_variables(jax.random.PRNGKey(0), batch)["params"])
-    capsys.readouterr()
-    params = task.init_params(fresh, None)
-    out = capsys.readouterr().out
     assert "LoRA pairs" not in out and "unused source" not in out
-    arrays = task.encode(task.train_records)
-    lora_config, lora_params = _lora_encoder(lora_workdir)
-
-    def last(config, params):
-        return _last_layer(config, params, arrays)
-
-    np.testing.assert_allclose(last(task.model_config, params["bert"]),
-                               last(lora_config, lora_params), atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -803,25 +805,10 @@ def test_fine_tuning_from_an_adapters_workdir_builds_and_takes_its_adapters(adap
                                                                            tmp_path, capsys):
     """The fine-tuning tasks read init_from's shape from its checkpoint, adapters included: they
     are taken as they are, and the encoder computes what the adapters run trained."""
-    from tl_jax import config as config_lib, tasks
-
-    config = config_lib.load_config("configs/finetune_classify.py:tiny", [
-        *LORA_RUN[:3], f"init_from={adapters_workdir}", "train.progress=False"])
-    task = tasks.build_task(config, str(tmp_path / "classify"))
+    task, out = _fine_tuned_from(adapters_workdir, tmp_path, capsys,
+                                 _adapters_encoder(adapters_workdir))
     assert task.model_config.adapter_size == 8
-    batch = task.example_batch(2)
-    fresh = nn.unbox(task.init_variables(jax.random.PRNGKey(0), batch)["params"])
-    capsys.readouterr()
-    params = task.init_params(fresh, None)
-    assert "unused source" not in capsys.readouterr().out
-    arrays = task.encode(task.train_records)
-    adapters_config, adapters_params = _adapters_encoder(adapters_workdir)
-
-    def last(config, params):
-        return _last_layer(config, params, arrays)
-
-    np.testing.assert_allclose(last(task.model_config, params["bert"]),
-                               last(adapters_config, adapters_params), atol=1e-5)
+    assert "unused source" not in out
 
 
 def test_an_electra_run_from_an_adapters_workdir_is_told_the_key_to_set(
