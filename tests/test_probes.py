@@ -662,6 +662,24 @@ def test_fine_tuning_from_a_lora_workdir_builds_and_takes_its_lora(lora_workdir,
     assert "LoRA pairs" not in out and "unused source" not in out
 
 
+def test_a_probe_run_with_a_feature_cache_reports_its_init_from_once(lora_workdir, tmp_path,
+                                                                     capsys):
+    """A cached probe loads init_from twice, for the feature pass and again in the trainer (the
+    weights its checkpoint holds): every [init_from] line was printed twice in one run."""
+    from tl_jax import config as config_lib, train
+
+    config = config_lib.load_config("configs/transfer_feature.py:tiny", [
+        *LORA_RUN, f"init_from={lora_workdir}"])
+    assert config.probe.cache_features
+    capsys.readouterr()
+    train.train_and_evaluate(config, str(tmp_path / "probe"))
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("[init_from]")]
+    assert sum(f"{lora_workdir} (step 2): took " in line for line in lines) == 1, lines
+    assert sum("merged 4 LoRA pairs" in line for line in lines) == 1, lines
+    assert len(lines) == len(set(lines)), lines
+
+
 @pytest.fixture(scope="module")
 def adapters_workdir(data_dir, tmp_path_factory):
     """A short configs/transfer_adapters.py run (adapter_size 8, encoder frozen)."""

@@ -5,6 +5,8 @@ fresh initialisation for the rest (new heads), and say exactly what was and wasn
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
 
@@ -52,6 +54,28 @@ def bert_weights(path: str):
     if not any(name.startswith("bert/") for name in flat):  # a headless BertModel tree
         flat = {"bert/" + name: value for name, value in flat.items()}
     return config, flat
+
+
+# Whether the warm start prints its "[init_from]" lines (`say`); off inside `unreported`.
+_REPORTING = contextvars.ContextVar("tl_jax_warm_start_reporting", default=True)
+
+
+def say(line: str) -> None:
+    """Prints one of the warm start's `[init_from]` lines, unless inside `unreported`."""
+    if _REPORTING.get():
+        print(line, flush=True)
+
+
+@contextlib.contextmanager
+def unreported():
+    """Warm starts inside print nothing (what is wrong is raised as ever): for a second load,
+    in one run, of weights whose load has been reported once (a probe's feature pass, then the
+    trainer's)."""
+    token = _REPORTING.set(False)
+    try:
+        yield
+    finally:
+        _REPORTING.reset(token)
 
 
 def report_lines(report: dict, source: str) -> list[str]:
@@ -143,8 +167,8 @@ def fold_lora_for(params, source: dict, model_config, workdir: str, step: int) -
     source, folded = hf_bert.fold_lora(source, alpha, keep=taken_as_is)
     why = ("this model has no LoRA there" if not any(b + "lora_a" in target for b in to_fold)
            else "this model's LoRA has another rank or scale and starts fresh")
-    print(f"[init_from] merged {folded} LoRA pairs into their kernels (W + lora_alpha / rank "
-          f"* A @ B, the run's lora_alpha {alpha:g}, rank {ranks}): {why}.", flush=True)
+    say(f"[init_from] merged {folded} LoRA pairs into their kernels (W + lora_alpha / rank "
+        f"* A @ B, the run's lora_alpha {alpha:g}, rank {ranks}): {why}.")
     return source
 
 
@@ -274,5 +298,5 @@ def warm_start(params, init_from: str, model_config=None, prefix_map: dict | Non
             f"source's: {some(report['unused'] + mismatched)}"
             + (f" (in both, with other shapes: {some(differ)})" if differ else "") + ".")
     for line in report_lines(report, label):
-        print(line, flush=True)
+        say(line)
     return params

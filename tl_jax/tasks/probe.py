@@ -30,6 +30,7 @@ computed them, in the same pass, and no cache is read or written.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -58,6 +59,7 @@ class Task(classify.Task):
     """The `probe` task (contract: `tl_jax/tasks/__init__.py`)."""
 
     predicting = False  # `for_prediction`'s task: `tl_jax predict` on a finished run
+    _init_from_reported = False  # `init_params` has loaded init_from and said what it took
 
     def __init__(self, config, workdir):
         transfer.check_config(config.transfer, config.optimizer)  # before reading any data
@@ -144,7 +146,12 @@ class Task(classify.Task):
         fresh_only = self._not_in_init_from()
         new, base = transfer.split_params(
             params, lambda path: bool(fresh_only and fresh_only.search(path)))
-        params = transfer.merge_params(self.encoder.load_weights(base, self.model_config), new)
+        # A probe with a feature cache loads init_from twice in a run, for the feature pass
+        # (`_frozen_encoder`) and in the trainer (the weights its checkpoint keeps): the
+        # warm start's report is printed at the first.
+        with warm_start.unreported() if self._init_from_reported else contextlib.nullcontext():
+            params = transfer.merge_params(self.encoder.load_weights(base, self.model_config), new)
+        self._init_from_reported = True
         k = self.config.transfer.reinit_top_k
         return transfer.reinit_top_layers(params, fresh, k, self.config.transfer.layer_pattern)
 
