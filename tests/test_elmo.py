@@ -704,3 +704,14 @@ def test_bilm_declares_the_eval_metrics_an_eval_reports(held_out):
     reported = train.evaluate(trainer, params, 0)
     assert sorted(reported) == sorted(tasks.eval_metric_names(config))
     assert bool(reported) == (held_out != "0")
+
+
+@pytest.mark.parametrize("rate", [10.0, 1.0, -0.1])
+def test_a_feature_dropout_rate_outside_0_1_is_refused(rate):
+    # ElmoClassifier passes its rate to the encoder: 10 (meant as 10%) zeroed every feature in
+    # training, so the head learned from nothing, without a word.
+    chars, mask = _bilm_inputs([["a", "b"]])
+    for model in (elmo_features.ElmoEncoder(TINY, dropout_rate=rate),
+                  elmo_features.ElmoClassifier(TINY, num_classes=2, dropout_rate=rate)):
+        with pytest.raises(ValueError, match=r"dropout_rate=.* must be in \[0, 1\)"):
+            model.init(jax.random.PRNGKey(0), chars, mask)

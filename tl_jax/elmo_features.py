@@ -99,6 +99,11 @@ class ElmoEncoder(nn.Module):
     def __call__(self, chars, mask, train: bool = False):
         if self.mode not in MODES:
             raise ValueError(f"Unknown ELMo feature mode {self.mode!r}; choose one of {MODES}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            # 10 (for 10%) dropped every feature, so the task head trained on zeros without a
+            # word; a negative rate scaled the features up instead.
+            raise ValueError(f"dropout_rate={self.dropout_rate} of the ELMo features must be in "
+                             "[0, 1): the probability of dropping a unit (0.1 drops 10%)")
         _, hidden = elmo.BiLM(self.config, name="elmo")(chars, mask, train=False)
         names = layer_names(self.config)
         framed = [hidden[n] for n in names]  # (B, T + 2, 2P) each
