@@ -31,6 +31,31 @@ def test_guess_format_tells_the_three_apart(tmp_path):
         ["word2vec_text", "glove_text", "word2vec_binary"]
 
 
+@pytest.mark.parametrize("name", ["vectors.w2v", "vectors"])
+def test_binary_vectors_under_another_name_are_guessed_and_load(tmp_path, name):
+    # gensim's save_word2vec_format(binary=True) writes whatever name it is given; such a file
+    # was guessed word2vec text from its header and failed as "not UTF-8" on line 2.
+    vectors = _vectors(7, 50)
+    vf.save_word2vec_binary(vectors, tmp_path / name)
+    assert vf.guess_format(tmp_path / name) == "word2vec_binary"
+    loaded = vf.load_vectors(tmp_path / name)
+    assert loaded.words == vectors.words
+    np.testing.assert_array_equal(loaded.vectors, vectors.vectors)
+    # A newline byte among the first floats ends their "line" early: still binary.
+    early = vf.WordVectors(["a", "b"], np.frombuffer(b"\x0a\x00\x80\x3f" * 4, "<f4")
+                           .reshape(2, 2))
+    vf.save_word2vec_binary(early, tmp_path / name)
+    assert vf.guess_format(tmp_path / name) == "word2vec_binary"
+    # Text stays text, with many-byte words where the sniffed block ends, and so does a file
+    # broken as text (its own error names the line, not a binary layout).
+    for word in ("x" + "日本語" * 40, "x" + "日本語" * 400):
+        text = vf.WordVectors([word] * 3, np.ones((3, 2), np.float32))
+        vf.save_word2vec_text(text, tmp_path / "t.txt")
+        assert vf.guess_format(tmp_path / "t.txt") == "word2vec_text"
+    (tmp_path / "bad.txt").write_text("2 3\nthe 1 2\n")
+    assert vf.guess_format(tmp_path / "bad.txt") == "word2vec_text"
+
+
 def test_binary_without_newlines_between_entries_loads(tmp_path):
     vectors = _vectors(3, 4)
     with open(tmp_path / "v.bin", "wb") as f:  # gensim accepts entries packed back to back

@@ -221,14 +221,41 @@ FORMATS = {
 }
 
 
+def _is_text(data: bytes) -> bool:
+    """Whether `data` is UTF-8 without NULs; a character cut at its end counts as text."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.reason != "unexpected end of data":
+            return False
+    return b"\x00" not in data
+
+
 def guess_format(path) -> str:
-    """The format of a file from its extension and first line."""
+    """The format of a file from its extension and first bytes.
+
+    A `.bin` name is word2vec binary. Otherwise a `V D` header line means word2vec text, unless
+    the first entry after it is not text: then it is word2vec binary under another name
+    (gensim's `save_word2vec_format(binary=True)` writes whatever name it is given), which read
+    as text failed as "not UTF-8" on line 2. No header means GloVe text.
+    """
     path = os.fspath(path)
     if path.endswith(".bin"):
         return "word2vec_binary"
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        first = f.readline().split()
-    return "word2vec_text" if len(first) == 2 and all(p.isdigit() for p in first) else "glove_text"
+    with open(path, "rb") as f:
+        first = f.readline().decode("utf-8-sig", errors="replace").split()
+        if not (len(first) == 2 and all(p.isdigit() for p in first)):
+            return "glove_text"
+        dim = int(first[1])
+        head = f.read(4 * dim + 1024)  # at least the first entry in binary
+    line = head.split(b"\n", 1)[0]
+    if _is_text(line) and len(line.split()) == dim + 1:
+        return "word2vec_text"
+    # Binary: `word `, then D raw float32s, whose 4 D bytes hold NULs or bytes that are not
+    # UTF-8 (one of them a newline sometimes, which ends the "line" above early). Text with a
+    # broken first line stays text: its loader names the line.
+    floats = head[head.find(b" ") + 1:][:4 * dim]
+    return "word2vec_text" if _is_text(floats) else "word2vec_binary"
 
 
 def load_vectors(path, fmt: str | None = None) -> WordVectors:
