@@ -595,3 +595,28 @@ def test_word2vec_words_per_sec_includes_mapping_the_corpus_to_ids(monkeypatch):
         _planted_corpus(), dim=8, window=2, negatives=2, epochs=1, min_count=1, sample=0,
         batch_size=128, steps_per_call=16, log=None)
     assert stats["seconds"] >= 1.0
+
+
+def test_word2vec_compiles_its_chunk_once_however_many_steps_each_epoch_has():
+    # Subsampling gives every epoch another step count; the last, partial chunk of each had
+    # its own length, and every new length compiled the scan again (seconds each).
+    sentences = _planted_corpus()
+    vocab = wv.Vocab.build(sentences, 1)
+    data = wv.Word2VecBatches(wv.encode_corpus(sentences, vocab), vocab, batch_size=64,
+                              window=3, negatives=5, sample=1e-2, seed=0)
+    steps = {len(data.epoch_arrays(False)["centre"]) % 7 for _ in range(4)}
+    assert len(steps) > 1  # the epochs' last chunks do differ in length
+    before = static_train._word2vec_chunk._cache_size()
+    _, stats = static_train.train_word2vec(
+        sentences, dim=12, window=3, negatives=5, epochs=4, min_count=1, sample=1e-2,
+        batch_size=64, steps_per_call=7, seed=0, log=None)
+    assert static_train._word2vec_chunk._cache_size() - before == 1
+    assert all(np.isfinite(stats["losses"]))
+    # The padding steps (learning rate 0) leave every row as it was.
+    _, params = static_train.init_word2vec(len(vocab), 12, False, seed=0)
+    params = {k: v + 0.1 for k, v in params.items()}  # the output table starts at 0
+    want = jax.tree_util.tree_map(np.asarray, params)
+    batch = {"centre": jnp.ones((3, 64), jnp.int32), "context": jnp.full((3, 64), 2, jnp.int32)}
+    got, _ = static_train._word2vec_chunk(params, batch, jnp.zeros(3), jax.random.PRNGKey(0),
+                                          jnp.asarray(data.table), cbow=False, negatives=5)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)

@@ -193,13 +193,27 @@ def train_word2vec(sentences: Sequence[Sequence[str]], *, dim: int = 100, window
             n_steps = len(arrays["centre"])
             frac = (epoch + np.arange(n_steps) / n_steps) / epochs  # progress through training
             lrs = np.maximum(lr * (1.0 - frac), min_lr).astype(np.float32)
+            # Subsampling makes every epoch's step count differ, so its last, partial chunk had
+            # a new length each epoch, and each length compiled the scan anew (4-7 s apiece on
+            # 2 busy cores). It is padded to a whole chunk instead: the padding steps have
+            # learning rate 0, so they change no row, and their losses are dropped.
             epoch_losses = []
             for s in range(0, n_steps, steps_per_call):
                 chunk = {k: v[s:s + steps_per_call] for k, v in arrays.items()}
+                chunk_lrs = lrs[s:s + steps_per_call]
+                n_real = len(chunk_lrs)
+                if n_real < steps_per_call:  # the last chunk, padded (only it: no epoch copy)
+                    chunk = {k: np.concatenate([v, np.zeros((steps_per_call - n_real,)
+                                                            + v.shape[1:], v.dtype)])
+                             for k, v in chunk.items()}
+                    chunk_lrs = np.concatenate(
+                        [chunk_lrs, np.zeros(steps_per_call - n_real, np.float32)])
                 key, sub = jax.random.split(key)
                 params, chunk_losses = _word2vec_chunk(
-                    params, chunk, lrs[s:s + steps_per_call], sub, table, cbow=cbow,
+                    params, chunk, chunk_lrs, sub, table, cbow=cbow,
                     negatives=negatives, shared_negatives=shared_negatives)
+                if n_real < steps_per_call:
+                    chunk_losses = chunk_losses[:n_real]  # the padding steps' losses left out
                 epoch_losses.append(chunk_losses)  # kept on device: no sync inside the epoch
             losses.append(float(jnp.mean(jnp.concatenate(epoch_losses))))
             if not np.isfinite(losses[-1]):
