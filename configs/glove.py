@@ -12,8 +12,9 @@ WORKDIR/vectors.glove_text.txt (W + W~) and scores.json, and ends with a summary
   done: glove 15 epochs in NN.Ns | final loss 0.0xxx | vectors in /tmp/glove
 
 Arguments: "" or "base" (dim 100, window 10, 15 epochs); "tiny" (dim 16, 2 epochs on 2,000
-text units: a smoke test). Override with --config.key=value, e.g. --config.glove.adagrad=glove_c
-for glove.c's AdaGrad rule.
+text units: a smoke test). Override with --config.key=value, e.g.
+--config.glove.adagrad=glove_c --config.glove.learning_rate=0.05 for glove.c's AdaGrad rule (the
+default rate 0.5, tuned for optax's rule, makes the loss NaN in the first epoch under it).
 """
 import ml_collections
 
