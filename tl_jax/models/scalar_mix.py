@@ -28,7 +28,8 @@ class ScalarMix(nn.Module):
 
     Attributes:
       num_layers: how many layers are mixed (checked against the input).
-      layer_norm: normalise each layer over its last axis (and unpadded positions) first.
+      layer_norm: normalise each layer first, with one mean and variance over all its unpadded
+        (T, H) entries of an example (or of the batch: `layer_norm_stats`), not per token.
       layer_norm_stats: "example" (one mean/variance per layer and example, the default) or
         "batch" (one per layer over the whole batch, as bilm-tf and AllenNLP do).
       initial_scalars: starting values of `s` (default zeros: the plain average).
