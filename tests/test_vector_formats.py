@@ -312,3 +312,19 @@ def test_repeated_words_keep_the_first_vector_and_are_noted(tmp_path, capsys):
     path.write_text("cat 1 0\ndog 0 1\n")
     vf.load_vectors(str(path), "glove_text")
     assert "repeated" not in capsys.readouterr().out
+
+
+def test_word2vec_text_read_as_glove_text_names_the_header(tmp_path):
+    # load_vectors(path, "glove_text") on a word2vec file took `V D` for a word and a 1-d
+    # vector, and the error spoke of line 2's field count only.
+    path = tmp_path / "v.txt"
+    vf.save_word2vec_text(_vectors(3, 4), path)
+    with pytest.raises(ValueError, match=r"v.txt:2: expected a word and 1 numbers, got 5 "
+                       r"fields; line 1 \(3 4\) looks like word2vec's 'vocab_size dim' "
+                       r"header: read the file as word2vec_text"):
+        vf.load_vectors(path, "glove_text")
+    # A GloVe file whose second line is broken keeps the plain error.
+    path.write_text("the 1 2\nof 1\n")
+    with pytest.raises(ValueError, match=r"v.txt:2: expected a word and 2 numbers, got 2 "
+                       r"fields$"):
+        vf.load_vectors(path, "glove_text")

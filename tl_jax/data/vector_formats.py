@@ -128,7 +128,17 @@ def _read_text(path, header: bool) -> WordVectors:
                 continue
             if parts == [""]:
                 raise ValueError(f"{path}:{lineno}: empty line")
-            row = _parse_row(parts, dim, path, lineno)
+            try:
+                row = _parse_row(parts, dim, path, lineno)
+            except ValueError as e:
+                if not header and lineno == 2 and len(words) == 1 and words[0].isdigit() \
+                        and rows[0].size == 1 and float(rows[0][0]).is_integer():
+                    # Read as GloVe text, a word2vec header `V D` is a word and a 1-d vector,
+                    # and the error then spoke of line 2's field count only.
+                    raise ValueError(f"{e}; line 1 ({words[0]} {int(rows[0][0])}) looks like "
+                                     "word2vec's 'vocab_size dim' header: read the file as "
+                                     "word2vec_text") from None
+                raise
             dim = len(row)
             words.append(parts[0])
             rows.append(row)
