@@ -682,6 +682,23 @@ def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
                               choices=[" good", " bad"])
 
 
+def test_an_empty_prompt_file_is_named_as_such(tmp_path):
+    """A prompt file with no prompts said "no prompts (give --prompt or --prompt_file)", as
+    if no file had been given: the file is named, and what it lacks."""
+    missing = str(tmp_path / "no_model")  # never reached
+    for name, text, what in (("empty.txt", "", "it is empty or all its lines are blank"),
+                             ("blank.txt", "\n  \n\r\n", "it is empty or all its lines are blank"),
+                             ("empty.jsonl", "", "no rows"),
+                             ("header.tsv", "sentence\tlabel\n", "no rows under its header")):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ValueError, match=rf"prompt_file '.*{re.escape(name)}' holds no "
+                                             rf"prompts \({what}\)"):
+            generate.run_generate(missing, prompt_file=str(path), text_field="sentence")
+    with pytest.raises(ValueError, match=r"no prompts \(give --prompt or --prompt_file\)"):
+        generate.run_generate(missing)
+
+
 def test_sampling_errors_name_the_flag_on_the_command_line_and_the_field_in_the_library(
         tmp_path, capsys):
     """`tl_jax generate --top_p=1.5` said "Sampling: top_p must be in (0, 1]", the dataclass's

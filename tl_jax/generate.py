@@ -663,6 +663,11 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                     if line.strip():
                         records.append({"text": line.rstrip("\r\n")})
     if not records:
+        if prompt_file:  # not "give --prompt_file": it was given, and is empty
+            raise ValueError(f"generate: prompt_file {prompt_file!r} holds no prompts ("
+                             + ("no rows under its header" if suffix in (".csv", ".tsv") else
+                                "no rows" if suffix == ".jsonl" else
+                                "it is empty or all its lines are blank") + ")")
         raise ValueError("generate: no prompts (give --prompt or --prompt_file)")
     if mode == "score":
         unknown = sorted({r["label"] for r in records if r.get("label") is not None}
