@@ -699,6 +699,17 @@ def test_an_empty_prompt_file_is_named_as_such(tmp_path):
         generate.run_generate(missing)
 
 
+def test_a_choice_longer_than_the_context_is_named_as_the_flag(tmp_path):
+    """A --choice of more than max_len tokens was refused as "score: continuation 0 has N
+    tokens", which named neither the flag nor which choice."""
+    _small_gpt2_dir(tmp_path, max_len=16)
+    long = " the cat sat on the mat." * 5
+    with pytest.raises(ValueError, match=r"generate: --choice ' the cat sat on the mat\. the cat"
+                                         r".*'\.\.\. is \d+ tokens; the model's max_len 16 allows"):
+        generate.run_generate(str(tmp_path), mode="score", prompts=["a dog"],
+                              choices=[" dog", long])
+
+
 def test_sampling_errors_name_the_flag_on_the_command_line_and_the_field_in_the_library(
         tmp_path, capsys):
     """`tl_jax generate --top_p=1.5` said "Sampling: top_p must be in (0, 1]", the dataclass's

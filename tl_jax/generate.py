@@ -721,6 +721,13 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
         for c, ids in zip(choices, conts):
             if not ids:
                 raise ValueError(f"generate: choice {c!r} encodes to no tokens")
+            if len(ids) > model.config.max_len:
+                # Named here as the flag: `score` only knew it as "continuation 0" (of the
+                # first prompt's), with no word of which --choice it was.
+                raise ValueError(
+                    f"generate: --choice {c[:60]!r}{'...' if len(c) > 60 else ''} is "
+                    f"{len(ids)} tokens; the model's max_len {model.config.max_len} allows at "
+                    f"most {model.config.max_len} after a context token")
         room = model.config.max_len + 1 - max(map(len, conts))
         long = sum(len(ids) > room for ids in encoded)
         if long:
