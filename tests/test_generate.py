@@ -393,6 +393,18 @@ def test_zero_shot_classification_picks_the_likelier_label(lm):
     np.testing.assert_allclose(one_by_one, scores, atol=1e-5)
 
 
+def test_scoring_no_prompts_gives_no_scores_and_no_labels_is_named(lm):
+    """An empty list of prompts is an empty result (it raised numpy's "need at least one array
+    to concatenate"); no label continuations is an error that says so (it was "range() arg 3
+    must not be zero")."""
+    model, params = lm
+    assert score(model, params, [], []).shape == (0,)
+    predictions, scores = generate.classify_zero_shot(model, params, [], [[10], [20]])
+    assert predictions.shape == (0,) and scores.shape == (0, 2)
+    with pytest.raises(ValueError, match="classify_zero_shot: no label continuations"):
+        generate.classify_zero_shot(model, params, [[3, 4]], [])
+
+
 def test_score_mode_sends_batch_size_prompts_at_a_time(tmp_path, monkeypatch):
     _small_gpt2_dir(tmp_path)
     sizes = []

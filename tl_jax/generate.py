@@ -387,6 +387,8 @@ def score(model: GPT, params, contexts: Sequence[Sequence[int]],
         ctx = list(ctx)[-(cfg.max_len + 1 - len(cont)):]
         rows.append(ctx + list(cont))
         weights.append([0.0] * len(ctx) + [1.0] * len(cont))
+    if not rows:  # nothing to score (np.concatenate of no batches raised "need at least one")
+        return np.zeros(0, np.float64)
     fn = _score_fn(model)
     results = []
     starts = range(0, len(rows), batch_size)
@@ -416,6 +418,8 @@ def classify_zero_shot(model: GPT, params, prompts: Sequence[Sequence[int]],
     per-token averages so multi-token labels are not penalised for length. `batch_size` prompts
     (each with every continuation) go through the model at a time.
     """
+    if not label_continuations:  # (a batch of 0 rows per prompt: "range() arg 3 must not be zero")
+        raise ValueError("classify_zero_shot: no label continuations to choose between")
     contexts = [p for p in prompts for _ in label_continuations]
     conts = [c for _ in prompts for c in label_continuations]
     scores = score(model, params, contexts, conts,
