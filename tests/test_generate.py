@@ -555,6 +555,37 @@ def _small_gpt2_dir(path, max_len=64):
     return model, params, tok
 
 
+def test_output_keeps_the_completions_done_before_an_interruption(tmp_path, monkeypatch):
+    """`--output` was written only once every prompt was done: Ctrl-C (or an error) in the
+    last batch of a long prompt file lost every completion already printed. Each is written
+    as it is printed."""
+    import json
+
+    _small_gpt2_dir(tmp_path / "model")
+    real = Generator.generate
+    calls = []
+
+    def interrupted_at_the_third_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Generator, "generate", interrupted_at_the_third_batch)
+    out = tmp_path / "out.jsonl"
+    prompts = ["the cat", "a dog", "the mat", "a log", "the cat sat"]
+    with pytest.raises(KeyboardInterrupt):
+        generate.run_generate(str(tmp_path / "model"), prompts=prompts, max_new_tokens=4,
+                              batch_size=2, output=str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == prompts[:4]
+    # A run to the end writes every result, as before.
+    monkeypatch.setattr(Generator, "generate", real)
+    done = generate.run_generate(str(tmp_path / "model"), prompts=prompts, max_new_tokens=4,
+                                 batch_size=2, output=str(out))
+    assert [json.loads(line) for line in out.read_text().splitlines()] == done
+
+
 def test_a_stop_string_ends_the_loop_at_every_token_that_holds_it(tmp_path):
     _, _, tok = _small_gpt2_dir(tmp_path)
     vocab = range(tok.vocab_size)

@@ -595,7 +595,8 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     `text_field` of each object; .csv/.tsv: column `text_field` under a header row; a .json
     file is refused), each formatted with `template`
     (`{text}` is the prompt; a literal backslash-n becomes a newline, e.g. "{text}\\nTL;DR:").
-    Results are returned (and written to `output` as jsonl when given).
+    Results are returned (and written to `output` as jsonl when given, each as it is printed,
+    so an interrupted run keeps the ones done).
     Flags are checked before the model is loaded.
     """
     import json
@@ -684,6 +685,20 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     texts = [template.replace("{text}", r["text"]) for r in records]
     encoded = [tokenizer.encode(t) or [tokenizer.eos_id] for t in texts]
     results = []
+    sink = None  # the `output` file, opened at the first result
+
+    def keep(result):
+        """Adds `result`, writing it to `output` at once: an interrupted run (Ctrl-C, an error
+        in a later batch) keeps the results printed so far, which were written only once every
+        prompt was done."""
+        nonlocal sink
+        results.append(result)
+        if output:
+            if sink is None:
+                sink = open(output, "w", encoding="utf-8")
+            sink.write(json.dumps(result, ensure_ascii=False) + "\n")
+            sink.flush()
+
     if mode == "complete":
         if max_new_tokens > model.config.max_len:
             # A prompt of one token and max_len new tokens fit: the last is not fed back.
@@ -718,7 +733,7 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                 result = {"prompt": text, "completion": completion}
                 if cut[start + k]:
                     result["prompt_tokens_cut"] = cut[start + k]
-                results.append(result)
+                keep(result)
                 print(f"{text}{completion}\n{'-' * 40}", flush=True)
     else:
         conts = [tokenizer.encode(c) for c in choices]
@@ -748,14 +763,12 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
             if r.get("label") is not None:
                 result["label"] = r["label"]
                 correct += r["label"] == labels[int(pred)]
-            results.append(result)
+            keep(result)
             print(json.dumps(result, ensure_ascii=False), flush=True)
         labelled = sum(r.get("label") is not None for r in records)
         if labelled:
             print(f"zero-shot accuracy {correct / labelled:.4f} on {labelled} labelled prompts",
                   flush=True)
-    if output:
-        with open(output, "w", encoding="utf-8") as f:
-            for r in results:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    if sink is not None:
+        sink.close()
     return results
