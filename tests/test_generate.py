@@ -599,6 +599,20 @@ def test_a_stop_string_ends_the_loop_at_every_token_that_holds_it(tmp_path):
     assert generate.cut_at_stop("a cat sat. the dog", ["the", ". "]) == "a cat sat"
 
 
+def test_a_stop_string_inside_the_end_of_text_token_does_not_stop_a_row(tmp_path):
+    """With stop_at_eos=False a row shows "<|endoftext|>" where it runs past its end: that is
+    a token, which no stop token id holds, but `--stop=end` (or "t", ">") ended the row there
+    from the host and cut its completion to "...<|"."""
+    _, _, tok = _small_gpt2_dir(tmp_path)
+    eos = "<|endoftext|>"
+    assert generate.cut_at_stop(f"the cat{eos} sat", ["end"]) == f"the cat{eos} sat"
+    assert generate.cut_at_stop(f"the cat{eos} the end", ["end", ">"]) == f"the cat{eos} the "
+    assert generate.cut_at_stop("a dog sat", ["dog", "sat"]) == "a "
+    holds = generate.stop_string_check(tok, ["end", "t"])
+    assert not holds(tok.encode(" a dog") + [tok.eos_id] + tok.encode(" a dog"))
+    assert holds(tok.encode(" a dog") + [tok.eos_id] + tok.encode(" the cat"))
+
+
 def test_a_stop_string_across_several_tokens_ends_decoding_early(tmp_path, monkeypatch):
     """`--stop` with a string that no single token holds used to cut the text right but
     decode every row to max_new_tokens; now the row ends within 16 tokens of it, and the text

@@ -525,16 +525,27 @@ def stop_string_check(tokenizer, stop_strings: Sequence[str]):
     stop_strings = list(stop_strings)
 
     def holds_stop(tokens: Sequence[int]) -> bool:
-        text = tokenizer.decode(tokens).rstrip("\ufffd")
-        return any(s in text for s in stop_strings)
+        return _stop_at(tokenizer.decode(tokens).rstrip("\ufffd"), stop_strings) >= 0
 
     return holds_stop
 
 
+def _stop_at(text: str, stop_strings: Sequence[str]) -> int:
+    """Where the first of `stop_strings` in `text` starts (-1: none of them is in it), leaving
+    out the `<|endoftext|>` a row shows where it runs past its end (`stop_at_eos=False`): that
+    is a token, not text, which no stop token holds; `--stop=end` (in "<|endoftext|>") ended
+    such a row at it and cut its completion to "...<|"."""
+    from tl_jax.data.bpe import EOS
+    text = text.replace(EOS, "\0" * len(EOS))  # as long as before: the indices stay the text's
+    cuts = [text.find(s) for s in stop_strings if s in text]
+    return min(cuts) if cuts else -1
+
+
 def cut_at_stop(completion: str, stop_strings: Sequence[str]) -> str:
-    """`completion` up to (not including) the first occurrence of any of `stop_strings`."""
-    cuts = [completion.find(s) for s in stop_strings if s in completion]
-    return completion[:min(cuts)] if cuts else completion
+    """`completion` up to (not including) the first occurrence of any of `stop_strings` (not
+    inside an `<|endoftext|>`)."""
+    cut = _stop_at(completion, stop_strings)
+    return completion[:cut] if cut >= 0 else completion
 
 
 def _prompt_rows(name: str, path: str, suffix: str, text_field: str,
