@@ -249,6 +249,16 @@ def test_a_batch_size_below_one_is_named(batch_size):
         clm.eval_batches(blocks, lengths, batch_size=batch_size)
 
 
+def test_a_batch_larger_than_the_corpus_names_the_config_keys():
+    """The error said "use ... a smaller batch_size or a shorter seq_len", naming no key of
+    the config that sets them."""
+    blocks, lengths = clm.make_blocks(np.arange(1, 95, dtype=np.int32), 6)  # 16 windows
+    with pytest.raises(ValueError, match=r"only 16 packed sequences for a global batch of 32 "
+                                         r"\(data.batch_size\); use more text, a smaller "
+                                         r"data.batch_size or a shorter data.seq_len"):
+        clm.BlockIterator(blocks, lengths, batch_size=32)
+
+
 def test_eval_batches_cover_every_token_once():
     stream = np.arange(1, 95, dtype=np.int32)
     blocks, lengths = clm.make_blocks(stream, 6)

@@ -114,8 +114,9 @@ class BlockIterator:
             )
         if len(blocks) < batch_size:
             raise ValueError(
-                f"only {len(blocks)} packed sequences for a global batch of {batch_size}; use "
-                "more text, a smaller batch_size or a shorter seq_len"
+                f"only {len(blocks)} packed sequences for a global batch of {batch_size} "
+                "(data.batch_size); use more text, a smaller data.batch_size or a shorter "
+                "data.seq_len"
             )
         self.blocks, self.lengths = blocks, lengths
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
