@@ -153,6 +153,25 @@ def test_input_errors_are_one_line_and_library_errors_keep_their_traceback(tmp_p
         main.main(argv)
 
 
+def test_ctrl_c_in_generate_with_output_says_the_results_so_far_are_kept(tmp_path, capsys,
+                                                                          monkeypatch):
+    # generate writes --output one result at a time, so an interrupted run keeps those printed.
+    def interrupted(args, overrides):
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    monkeypatch.setitem(main.COMMANDS, "generate", (main.COMMANDS["generate"][0], interrupted))
+    out = tmp_path / "out.jsonl"
+    for extra, said in (([f"--output={out}"], True), ([], False)):
+        with pytest.raises(SystemExit) as e:
+            main.main(["generate", f"--model={tmp_path}", "--prompt=Hello", *extra])
+        assert e.value.code == 130
+        err = capsys.readouterr().err
+        assert err.startswith("tl_jax: interrupted (Ctrl-C).")
+        assert (f"The results printed so far are in {out}." in err) == said
+        assert len(err.strip().splitlines()) == 1
+
+
 def test_ctrl_c_is_one_line_saying_the_checkpoints_are_intact(tmp_path, capsys, monkeypatch):
     def interrupted(args, overrides):
         raise KeyboardInterrupt

@@ -307,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in ("train", "sweep", "quickstart"):  # static keeps no checkpoints
         note = (" Checkpoints already written are intact: run the same command again to "
                 "resume from the newest (SIGTERM instead saves the current step first).")
+    elif args.command == "generate" and args.output:  # written one result at a time
+        note = f" The results printed so far are in {args.output}."
     run_script(command, "tl_jax", interrupted_note=note,
                error_hint="\n(set TL_JAX_TRACEBACK=1 to see where it was raised)")
 
