@@ -669,15 +669,17 @@ def test_a_probe_run_with_a_feature_cache_reports_its_init_from_once(lora_workdi
     from tl_jax import config as config_lib, train
 
     config = config_lib.load_config("configs/transfer_feature.py:tiny", [
-        *LORA_RUN, f"init_from={lora_workdir}"])
+        *LORA_RUN, f"init_from={lora_workdir}", "transfer.reinit_top_k=1"])
     assert config.probe.cache_features
     capsys.readouterr()
     train.train_and_evaluate(config, str(tmp_path / "probe"))
-    lines = [line for line in capsys.readouterr().out.splitlines()
-             if line.startswith("[init_from]")]
+    out = capsys.readouterr().out.splitlines()
+    lines = [line for line in out if line.startswith("[init_from]")]
     assert sum(f"{lora_workdir} (step 2): took " in line for line in lines) == 1, lines
     assert sum("merged 4 LoRA pairs" in line for line in lines) == 1, lines
     assert len(lines) == len(set(lines)), lines
+    # reinit_top_k's line too, said at the first load
+    assert sum(line.startswith("[transfer] reinit_top_k=1:") for line in out) == 1, out
 
 
 @pytest.fixture(scope="module")

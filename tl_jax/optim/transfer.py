@@ -523,11 +523,12 @@ def build_transfer_optimizer(params: Params, transfer_cfg: ml_collections.Config
 
 def reinit_top_layers(params: Params, fresh: Params, k: int,
                       layer_pattern: str = DEFAULT_LAYER_PATTERN,
-                      extra_pattern: str = r"(?:^|/)pooler(?:/|$)") -> Params:
+                      extra_pattern: str = r"(?:^|/)pooler(?:/|$)", quiet: bool = False) -> Params:
     """Takes the top `k` encoder layers (and paths matching `extra_pattern`) from `fresh`.
 
     Zhang et al. 2021 ("Revisiting few-sample BERT fine-tuning") re-initialise the pooler and
     the top layers before fine-tuning. `fresh` is the model's random initialisation (same tree).
+    Says which tensors start fresh, unless `quiet` (a second call in one run, said once).
     """
     if k < 0:
         raise ValueError(f"reinit_top_k must be >= 0, got {k}.")
@@ -544,9 +545,11 @@ def reinit_top_layers(params: Params, fresh: Params, k: int,
     extra = re.compile(extra_pattern)
     again = {p for p in flat if group_of[p] in top or extra.search(p)}
     others = sorted({p.rsplit("/", 1)[0] for p in again if group_of[p] not in top})
-    print(f"[transfer] reinit_top_k={k}: {', '.join(top)}"
-          f"{' and ' + ', '.join(others) if others else ''} start from a fresh initialisation "
-          f"({count_params([flat[p] for p in again]):,} parameters).", flush=True)
+    if not quiet:
+        print(f"[transfer] reinit_top_k={k}: {', '.join(top)}"
+              f"{' and ' + ', '.join(others) if others else ''} start from a fresh "
+              f"initialisation ({count_params([flat[p] for p in again]):,} parameters).",
+              flush=True)
     return unflatten_paths({p: flat_fresh[p] if p in again else x for p, x in flat.items()})
 
 

@@ -149,11 +149,13 @@ class Task(classify.Task):
         # A probe with a feature cache loads init_from twice in a run, for the feature pass
         # (`_frozen_encoder`) and in the trainer (the weights its checkpoint keeps): the
         # warm start's report is printed at the first.
-        with warm_start.unreported() if self._init_from_reported else contextlib.nullcontext():
+        reported = self._init_from_reported
+        with warm_start.unreported() if reported else contextlib.nullcontext():
             params = transfer.merge_params(self.encoder.load_weights(base, self.model_config), new)
         self._init_from_reported = True
         k = self.config.transfer.reinit_top_k
-        return transfer.reinit_top_layers(params, fresh, k, self.config.transfer.layer_pattern)
+        return transfer.reinit_top_layers(params, fresh, k, self.config.transfer.layer_pattern,
+                                          quiet=reported)
 
     def _not_in_init_from(self):
         """The pattern of this model's added parameters (adapters, LoRA) that `init_from` has
