@@ -439,6 +439,9 @@ def test_a_run_continued_from_a_bilm_workdir_keeps_its_vocabulary(data_dir, tmp_
     # 1 or more held out every piece: the error was an empty vocabulary at data.min_count.
     ("data.eval_fraction=1.0", r"data.eval_fraction=1.0 \(must be in \[0, 1\)\)"),
     ("data.eval_fraction=-0.1", r"data.eval_fraction=-0.1 \(must be in \[0, 1\)\)"),
+    # narrower than the tiny size's widest character filter (3): the model's own error came
+    # after the corpus was read, and named no key
+    ("model.max_chars=2", r"model.max_chars=2 \(must be >= 3: .*filter 3 wide"),
 ])
 def test_sizes_below_their_minimum_are_named_before_the_corpus_is_read(monkeypatch, override,
                                                                         match):

@@ -271,6 +271,14 @@ class Task:
                     "data.max_vocab": (data_cfg.max_vocab, len(SPECIALS) + 1),
                     "loss.sampled_softmax": (config.loss.sampled_softmax, 0)}
         bad = [f"{k}={v!r} (must be >= {m})" for k, (v, m) in minimums.items() if v < m]
+        if config.model.max_chars:
+            # The character CNN's widest filter must fit in a word's characters (with its two
+            # markers); the model found it only once the corpus was read, without the key.
+            widest = max(w for w, _ in elmo.elmo_config(config.model.size, 1).filters)
+            if config.model.max_chars < max(widest, 3):
+                bad.append(f"model.max_chars={config.model.max_chars!r} (must be >= "
+                           f"{max(widest, 3)}: model.size={config.model.size!r} has a character "
+                           f"filter {widest} wide, and a word takes 2 marker characters)")
         if not 0.0 <= data_cfg.eval_fraction < 1.0:
             # 1 or more held every piece out, and the error was that no word of the (empty)
             # training text reached data.min_count.
