@@ -616,19 +616,19 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
 
     # -- flags, before anything is loaded -------------------------------------------------------
     if mode not in ("complete", "score"):
-        raise ValueError(f"generate: mode={mode!r}; expected complete or score")
+        raise ValueError(f"generate: --mode={mode!r}; expected complete or score")
     if batch_size < 1:
-        raise ValueError(f"generate: batch_size must be >= 1, got {batch_size}")
+        raise ValueError(f"generate: --batch_size must be >= 1, got {batch_size}")
     template = template.replace("\\n", "\n")  # a template typed on a command line
     if "{text}" not in template:
-        raise ValueError(f"generate: template {template!r} has no {{text}}: every prompt would "
+        raise ValueError(f"generate: --template {template!r} has no {{text}}: every prompt would "
                          "be the same text")
     labels = [str(x).strip() for x in labels]
     if mode == "complete":
         if choices or labels:
             raise ValueError("generate: choices and labels are for mode=score (--mode=score)")
         if max_new_tokens < 1:
-            raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+            raise ValueError(f"generate: --max_new_tokens must be >= 1, got {max_new_tokens}")
         problem = Sampling.problem(temperature, top_k, top_p)
         if problem:  # named as the command's flag, not as the dataclass's field
             raise ValueError(f"generate: --{problem[0]} {problem[1]}")
