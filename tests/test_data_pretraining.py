@@ -696,3 +696,26 @@ def test_the_tokenised_corpus_costs_a_few_bytes_a_token(data_dir, tokenizer):
     assert tokenised_peak < 12 * n, (tokenised_peak, n)
     # The instances' own arrays (about the corpus again), and no rows of lists.
     assert pairing_peak < 2 * instances.tokens.nbytes + 4 * n, (pairing_peak, n)
+
+
+def test_an_error_while_tokenising_ends_the_line_mode_bar_with_where_it_stopped(
+        tokenizer, capsys, monkeypatch):
+    """The tokenize bar was closed by a plain `bar.close()` after the loop: an error in a
+    batch (or Ctrl-C) left it without a closing line where stderr is no terminal (nohup, CI),
+    so the log did not say how far tokenising had got. It now ends with a `stopped by` line."""
+    monkeypatch.setenv("TL_JAX_PROGRESS_SECONDS", "3600")  # only the closing line
+    calls = []
+
+    def encode_batch(texts, special_tokens_as_text=False):
+        calls.append(len(texts))
+        if len(calls) == 2:
+            raise MemoryError("out of host memory")
+        return Tokenizer.encode_batch(tokenizer, texts, special_tokens_as_text)
+
+    monkeypatch.setattr(tokenizer, "encode_batch", encode_batch)
+    texts = [[f"Sentence number {i} of document {d}." for i in range(10)] for d in range(10)]
+    with pytest.raises(MemoryError, match="out of host memory"):
+        tokenize_documents(texts, tokenizer, chunk_size=40)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[tokenize] unit "), lines
+    assert " | stopped by MemoryError after " in lines[0], lines

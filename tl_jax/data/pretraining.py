@@ -361,18 +361,19 @@ def tokenize_documents(
         batch_owners.clear()
 
     num_units = sum(map(len, documents))
-    bar = progress_bar(total=num_units, desc="tokenize", unit="unit",
-                       disable=not progress or num_units < chunk_size, leave=False)
-    for d, document in enumerate(documents):
-        for unit in document:
-            for sentence in split_sentences(unit):
-                batch_sentences.append(sentence)
-                batch_owners.append(d)
-            if len(batch_sentences) >= chunk_size:
-                flush()
-    if batch_sentences:
-        flush()
-    bar.close()
+    # As a context manager, so that an error while tokenising (or Ctrl-C) ends a line-mode bar
+    # with a line that says where it stopped and why.
+    with progress_bar(total=num_units, desc="tokenize", unit="unit",
+                      disable=not progress or num_units < chunk_size, leave=False) as bar:
+        for d, document in enumerate(documents):
+            for unit in document:
+                for sentence in split_sentences(unit):
+                    batch_sentences.append(sentence)
+                    batch_owners.append(d)
+                if len(batch_sentences) >= chunk_size:
+                    flush()
+        if batch_sentences:
+            flush()
     tokens = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
     lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     sentence_offsets = np.zeros(len(lengths) + 1, np.int64)
