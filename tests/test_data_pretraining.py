@@ -719,3 +719,20 @@ def test_an_error_while_tokenising_ends_the_line_mode_bar_with_where_it_stopped(
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("[tokenize] unit "), lines
     assert " | stopped by MemoryError after " in lines[0], lines
+
+
+def test_the_tokenize_bar_counts_units_up_to_its_total(tokenizer, capsys, monkeypatch):
+    """The bar's total is the corpus's units (paragraphs, lines) but it was advanced by the
+    sentences of each batch, so a log read `unit 4,780/1,188 (402%)`. It now counts units and
+    ends at its total, trailing units that hold no sentence included."""
+    monkeypatch.setenv("TL_JAX_PROGRESS_SECONDS", "0")  # a line at every update
+    texts = [[f"First sentence {i}. Second one {i}. A third {i}." for i in range(30)]
+             for _ in range(4)] + [["   ", ""]]
+    docs = tokenize_documents(texts, tokenizer, chunk_size=25)
+    assert docs.num_sentences == 4 * 30 * 3
+    lines = capsys.readouterr().err.splitlines()
+    counts = [re.match(r"\[tokenize\] unit ([\d,]+)/122 ", line) for line in lines]
+    assert all(counts), lines
+    counts = [int(m.group(1).replace(",", "")) for m in counts]
+    assert counts == sorted(counts) and counts[-1] == 122, lines
+    assert "done in" in lines[-1], lines

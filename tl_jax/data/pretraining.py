@@ -345,8 +345,10 @@ def tokenize_documents(
     """
     pieces, lengths, owners = [], [], []  # per batch: ids, sentence lengths, their documents
     batch_sentences, batch_owners = [], []
+    batch_units = 0  # the units (paragraphs, lines) whose sentences are in the batch
 
     def flush():
+        nonlocal batch_units
         # A corpus that writes "[MASK]" or "[PAD]" (text about BERT) must not put a real [PAD]
         # or [SEP] inside a segment, nor an unlabelled [MASK].
         encoded = tokenizer.encode_batch(batch_sentences, special_tokens_as_text=True)
@@ -356,7 +358,8 @@ def tokenize_documents(
         kept = n > 0  # empty sentences (nothing but spaces) are dropped
         lengths.append(n[kept])
         owners.append(np.asarray(batch_owners, np.int64)[kept])
-        bar.update(len(encoded))
+        bar.update(batch_units)  # the bar counts units, as its total does, not sentences
+        batch_units = 0
         batch_sentences.clear()
         batch_owners.clear()
 
@@ -370,10 +373,12 @@ def tokenize_documents(
                 for sentence in split_sentences(unit):
                     batch_sentences.append(sentence)
                     batch_owners.append(d)
+                batch_units += 1
                 if len(batch_sentences) >= chunk_size:
                     flush()
         if batch_sentences:
             flush()
+        bar.update(batch_units)  # trailing units without a sentence
     tokens = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
     lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     sentence_offsets = np.zeros(len(lengths) + 1, np.int64)
