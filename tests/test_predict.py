@@ -441,6 +441,19 @@ def test_errors_are_one_line(classify_run, polarity_files, tmp_path, capsys):
         assert "Traceback" not in message
 
 
+def test_a_workdir_copied_without_its_labels_is_named_as_such(classify_run, polarity_files,
+                                                              tmp_path, capsys):
+    """A workdir copied without labels.jsonl failed with a bare `[Errno 2] No such file or
+    directory`; the error now says what the file holds and who writes it."""
+    copy = tmp_path / "copied"
+    shutil.copytree(classify_run, copy, ignore=shutil.ignore_patterns("labels.jsonl"))
+    message = _error(capsys, "--workdir", str(copy), "--input",
+                     str(polarity_files / "eval.jsonl"), "--output", str(tmp_path / "o.jsonl"))
+    assert f"{copy / 'labels.jsonl'} does not exist" in message
+    assert "label of each output unit" in message and "`tl_jax train`" in message
+    assert "Errno" not in message
+
+
 def test_a_negative_batch_size_is_refused_before_the_workdir_is_read(classify_run,
                                                                      polarity_files, tmp_path,
                                                                      capsys):

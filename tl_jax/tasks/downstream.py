@@ -492,6 +492,13 @@ def weighted_cross_entropy(logits, labels, weights):
 def read_labels(workdir: str) -> list[str]:
     """The labels (output index -> label) `write_labels` saved in `workdir`."""
     path = os.path.join(workdir, "labels.jsonl")
+    if not os.path.isfile(path):
+        # A workdir copied without it (`tl_jax predict` elsewhere): say what the file is, not
+        # only that it is missing; the output units' labels are in no other file.
+        raise FileNotFoundError(
+            f"{path} does not exist: a classification or tagging run's workdir keeps the label "
+            "of each output unit there ({\"id\": 0, \"label\": ...} per line, written by "
+            "`tl_jax train`); copy it along with the workdir")
     labels = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
