@@ -721,6 +721,29 @@ def test_an_error_while_tokenising_ends_the_line_mode_bar_with_where_it_stopped(
     assert " | stopped by MemoryError after " in lines[0], lines
 
 
+def test_an_error_while_pairing_ends_the_line_mode_instances_bar_with_where_it_stopped(
+        capsys, monkeypatch):
+    """The same for the instances bar, iterated by a `for` whose body raised: the bar was
+    closed when its generator was freed, as 'stopped after', without the error."""
+    from tl_jax.data import pretraining
+
+    monkeypatch.setenv("TL_JAX_PROGRESS_SECONDS", "3600")  # only the closing line
+    real = pretraining.create_instances_from_document
+
+    def failing(documents, d, *args):
+        if d == 3:
+            raise MemoryError("out of host memory")
+        return real(documents, d, *args)
+
+    monkeypatch.setattr(pretraining, "create_instances_from_document", failing)
+    documents = [[[5 + d, 6, 7, 8], [9, 10, 11]] for d in range(6)]
+    with pytest.raises(MemoryError, match="out of host memory"):
+        create_instances(documents, 16, 0.1, seed=0, cls_id=1, sep_id=2, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[instances] doc 3/6 "), lines
+    assert " | stopped by MemoryError after " in lines[0], lines
+
+
 def test_the_tokenize_bar_counts_units_up_to_its_total(tokenizer, capsys, monkeypatch):
     """The bar's total is the corpus's units (paragraphs, lines) but it was advanced by the
     sentences of each batch, so a log read `unit 4,780/1,188 (402%)`. It now counts units and

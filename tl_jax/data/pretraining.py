@@ -325,11 +325,15 @@ def create_instances(
     if max_seq_length < 5:
         raise ValueError(f"max_seq_length={max_seq_length} leaves no room for `[CLS] A [SEP] B [SEP]`.")
     specs = []
-    for d in progress_bar(range(len(documents)), desc="instances", unit="doc",
-                          disable=not progress, leave=False):
-        rng = np.random.default_rng([seed, _CREATE_STREAM, copy, d])
-        specs.append(create_instances_from_document(
-            documents, d, max_seq_length, short_seq_prob, rng, random_next_prob))
+    # Counted by hand under `with`, so that an error in the loop ends a line-mode bar saying so
+    # (a bar iterated by the `for` is freed, and closed as merely stopped, before `with` sees it).
+    with progress_bar(total=len(documents), desc="instances", unit="doc",
+                      disable=not progress, leave=False) as bar:
+        for d in range(len(documents)):
+            rng = np.random.default_rng([seed, _CREATE_STREAM, copy, d])
+            specs.append(create_instances_from_document(
+                documents, d, max_seq_length, short_seq_prob, rng, random_next_prob))
+            bar.update(1)
     return _assemble(documents, np.concatenate(specs), cls_id, sep_id)
 
 
