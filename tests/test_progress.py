@@ -331,3 +331,37 @@ def test_a_training_run_stopped_by_a_non_finite_loss_logs_the_step_it_reached(
     assert lines and lines[-1].startswith("[bert_pretrain] step 3/6 (50%) ")
     assert " | stopped by NonFiniteError after " in lines[-1]
     assert not any("done in" in x for x in lines)
+
+
+def test_an_eval_pass_stopped_in_a_step_logs_the_batch_it_reached_and_why(monkeypatch, capsys):
+    """The eval/predict bar iterated the batches itself: Ctrl-C (or an error) in a step freed it
+    first, and its last line said only 'stopped after', without what stopped it."""
+    import types
+
+    from tl_jax import train
+
+    monkeypatch.setenv("TL_JAX_PROGRESS_SECONDS", "3600")  # only the closing line
+    monkeypatch.setattr(train.parallel, "host_batch_to_global", lambda batch, mesh: batch)
+    steps = []
+
+    def eval_step(params, batch):
+        steps.append(batch)
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+        return {"loss": 1.0}
+
+    trainer = types.SimpleNamespace(
+        task=types.SimpleNamespace(eval_batches=lambda: [{"x": i} for i in range(5)]),
+        mesh=None, eval_step=eval_step, eval_predict_step=None, predict_step=None)
+    with pytest.raises(KeyboardInterrupt):
+        train.eval_pass(trainer, None, 0, progress=True, desc="predict")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[predict] batch 2/5 "), lines
+    assert " | stopped by KeyboardInterrupt after " in lines[0], lines
+    # A whole pass still ends with one closing line, at its total.
+    steps.clear()
+    trainer.eval_step = lambda params, batch: {"loss": 1.0}
+    results, _ = train.eval_pass(trainer, None, 0, progress=True, desc="predict")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(results) == 5 and len(lines) == 1, lines
+    assert lines[0].startswith("[predict] batch 5/5 (100%) | done in "), lines

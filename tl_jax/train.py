@@ -492,24 +492,32 @@ def eval_pass(trainer: Trainer, params, limit: int = 0, with_loss: bool = True,
     process 0), named `desc`, cleared at the end unless `leave`."""
     results, outputs = [], []
     batches = trainer.task.eval_batches()
+    bar = None
     if progress and jax.process_index() == 0:
-        batches = progress_bar(batches, total=_eval_total(trainer, batches, limit), desc=desc,
-                               unit="batch", dynamic_ncols=True, leave=leave)
+        bar = progress_bar(total=_eval_total(trainer, batches, limit), desc=desc, unit="batch",
+                           dynamic_ncols=True, leave=leave)
     both = with_loss and trainer.eval_predict_step is not None
-    for i, batch in enumerate(batches):
-        if limit and i >= limit:
-            break
-        gbatch = parallel.host_batch_to_global(batch, trainer.mesh)
-        out = None
-        if both:
-            metrics, out = trainer.eval_predict_step(params, gbatch)
-            results.append(metrics)
-        elif with_loss:
-            results.append(trainer.eval_step(params, gbatch))
-        elif trainer.predict_step is not None:
-            out = trainer.predict_step(params, gbatch)
-        if out is not None:
-            outputs.append((None, jax.tree_util.tree_map(_to_host, out)))
+    # Counted by hand, so that an error in a step (Ctrl-C, out of memory) ends a line-mode bar
+    # saying so: a bar iterated by the `for` is freed, and closed as merely stopped, first.
+    with closed_on_error(bar):
+        for i, batch in enumerate(batches):
+            if limit and i >= limit:
+                break
+            gbatch = parallel.host_batch_to_global(batch, trainer.mesh)
+            out = None
+            if both:
+                metrics, out = trainer.eval_predict_step(params, gbatch)
+                results.append(metrics)
+            elif with_loss:
+                results.append(trainer.eval_step(params, gbatch))
+            elif trainer.predict_step is not None:
+                out = trainer.predict_step(params, gbatch)
+            if out is not None:
+                outputs.append((None, jax.tree_util.tree_map(_to_host, out)))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     return results, outputs
 
 
