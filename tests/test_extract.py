@@ -1,6 +1,7 @@
 """`tl_jax extract`: layer selection, output files, and parity of the features with transformers."""
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -343,3 +344,26 @@ def test_an_adapters_workdir_is_extracted_with_its_trained_adapters(data_dir, tm
     np.testing.assert_allclose(features[0], last(resolved, flat), atol=1e-5)
     beneath = {p: v for p, v in flat.items() if "_adapter/" not in p}
     assert np.abs(features[0] - last(resolved.replace(adapter_size=0), beneath)).max() > 1e-3
+
+
+def test_an_interrupted_extract_ends_its_line_mode_bar_saying_what_stopped_it(
+        minilm, monkeypatch, capsys):
+    """The bar was iterated by the batch loop: Ctrl-C in a batch freed it first, and its last
+    line (stderr off a terminal: nohup, a pod's log) said only 'stopped after'."""
+    monkeypatch.setenv("TL_JAX_PROGRESS_SECONDS", "3600")  # only the closing line
+    real, calls = jax.device_get, []
+
+    def interrupted_at_the_third_batch(x):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(x)
+
+    monkeypatch.setattr(jax, "device_get", interrupted_at_the_third_batch)
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        extract.extract(minilm, [f"line number {i}" for i in range(8)], max_seq_length=16,
+                        batch_size=2)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("[extract]")]
+    assert len(lines) == 1 and lines[0].startswith("[extract] batch 2/4 "), lines
+    assert " | stopped by KeyboardInterrupt after " in lines[0], lines

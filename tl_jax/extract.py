@@ -169,18 +169,24 @@ def extract(init_from: str, texts: list[str], layers: str = "last", max_seq_leng
         print(f"[extract] {cut} of {len(texts)} lines were truncated to {max_seq_length} sub-tokens")
     all_tokens, all_features = [], []
     starts = range(0, len(encoded), batch_size)
-    # A bar on stderr for files of more than one batch (off when stderr is not a terminal).
-    for start in progress_bar(starts, desc="extract", unit="batch",
-                              disable=None if len(starts) > 1 else True, leave=False):
-        chunk = encoded[start:start + batch_size]
-        ids = np.zeros((batch_size, max_seq_length), np.int32)  # fixed shape: one compilation
-        mask = np.zeros_like(ids)
-        for row, seq in enumerate(chunk):
-            ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
-        hidden = jax.device_get(hidden_states(params, ids, mask))  # (B, len(needed), T, H)
-        for row, seq in enumerate(chunk):
-            all_tokens.append([tokenizer.id_to_token(i) for i in seq])
-            all_features.append(combine(hidden[row, :, :len(seq)], how, indices).astype(np.float32))
+    # A bar on stderr for files of more than one batch (plain lines off a terminal, as every
+    # command's). Counted by hand under `with`, so that Ctrl-C or an error in a batch ends a
+    # line-mode bar saying so (a bar iterated by the `for` is freed, and closed as merely
+    # stopped, first).
+    with progress_bar(total=len(starts), desc="extract", unit="batch",
+                      disable=len(starts) < 2, leave=False) as bar:
+        for start in starts:
+            chunk = encoded[start:start + batch_size]
+            ids = np.zeros((batch_size, max_seq_length), np.int32)  # fixed shape: one compile
+            mask = np.zeros_like(ids)
+            for row, seq in enumerate(chunk):
+                ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
+            hidden = jax.device_get(hidden_states(params, ids, mask))  # (B, len(needed), T, H)
+            for row, seq in enumerate(chunk):
+                all_tokens.append([tokenizer.id_to_token(i) for i in seq])
+                all_features.append(
+                    combine(hidden[row, :, :len(seq)], how, indices).astype(np.float32))
+            bar.update(1)
     return all_tokens, all_features
 
 
