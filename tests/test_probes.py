@@ -219,6 +219,11 @@ def test_the_feature_cache_loads_init_from_once_for_both_splits(data_dir, tmp_pa
     assert task.train_arrays["features"].shape == (32, 2, 384)
     assert task.eval_arrays["features"].shape == (8, 2, 384)
     assert "_frozen_encoder" not in vars(task)  # its weights are not kept once cached
+    # The trainer's load (the weights its checkpoint keeps) does not say it again.
+    example = task.example_batch(1)
+    params = jax.jit(lambda r: task.init_variables(r, example)["params"])(jax.random.PRNGKey(0))
+    task.init_params(nn.unbox(params), None)
+    assert "encoder loaded" not in capsys.readouterr().out
 
 
 def test_a_frozen_encoder_counts_forward_flops_only(tmp_path):

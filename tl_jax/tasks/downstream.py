@@ -128,8 +128,9 @@ class Encoder:
                 raise warm_start.WarmStartError(
                     f"init_from={self.init_from}: encoder params not in the checkpoint: {missing[:5]}")
             fresh = f"; fresh: {', '.join(report.missing)}" if report.missing else ""
-            print(f"[init_from] Hugging Face checkpoint {self.init_from}: encoder loaded{fresh}",
-                  flush=True)
+            # Through the warm start's `say`: a cached probe's second load says nothing.
+            warm_start.say(f"[init_from] Hugging Face checkpoint {self.init_from}: encoder "
+                           f"loaded{fresh}")
             return params
         # Another task's (or label set's) head must not come along when its shapes fit.
         return warm_start.warm_start(params, self.init_from, model_config or self.model_config,
