@@ -208,6 +208,8 @@ def test_bad_output_and_empty_input(minilm, tmp_path):
 
 @pytest.mark.parametrize("kind,message", [
     ("gpt", r"task='clm' \(a GPT language model\), not a BERT-style encoder"),
+    ("bilm", r"task='bilm' \(an ELMo-style biLM\), not a BERT-style encoder.*\(A biLM's ELMo "
+             r"features are used from Python: load_elmo, ElmoEncoder"),
     ("static", r"holds static word vectors"),
     ("empty", r"is an empty directory, not a model"),
     ("file", r"is neither a tl_jax workdir"),
@@ -225,9 +227,10 @@ def test_a_source_without_a_bert_encoder_is_named(tmp_path, kind, message):
         source.write_text("Mr. Darcy walked.\n")
     else:
         source.mkdir()
-    if kind == "gpt":
+    if kind in ("gpt", "bilm"):
         (source / "checkpoints").mkdir()
-        (source / "config.json").write_text(json.dumps({"task": "clm", "model": {}}))
+        (source / "config.json").write_text(json.dumps(
+            {"task": "clm" if kind == "gpt" else "bilm", "model": {}}))
         (source / "tokenizer").mkdir()
         (source / "tokenizer" / "vocab.json").write_text("{}")
     elif kind == "hf_gpt2":

@@ -166,10 +166,12 @@ def check_encoder_source(source: str, what: str = "init_from") -> None:
             from tl_jax import checkpoint
             task = checkpoint.load_run_config(source).get("task")
             if task in NOT_ENCODER_TASKS:
+                elmo = (" (A biLM's ELMo features are used from Python: load_elmo, ElmoEncoder "
+                        "and ElmoClassifier in tl_jax.elmo_features.)" if task == "bilm" else "")
                 raise warm_start.WarmStartError(
                     f"{what}={source} was trained with task={task!r} ({NOT_ENCODER_TASKS[task]}), "
                     "not a BERT-style encoder; start from a bert_pretrain, electra or fine-tuning "
-                    "workdir, tl_jax weights or a Hugging Face BERT directory.")
+                    f"workdir, tl_jax weights or a Hugging Face BERT directory.{elmo}")
         return
     if warm_start.is_tl_weights(source):
         return
