@@ -301,6 +301,20 @@ def test_an_lm_run_warm_starts_from_a_gpt_classifier_workdir(tmp_path):
         jax.random.PRNGKey(1), np.zeros((1, 4), np.int32))["params"])
     loaded = clm.load_gpt_weights(params, str(tmp_path / "cls"), model_config)
     jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, trained["gpt"])
+    # Its shape is read from the checkpoint's resolved_model: a clm run of another width is
+    # refused before its corpus is read, one of the same width goes on to read it.
+    assert clm.workdir_shape(str(tmp_path / "cls")) == model_config
+    assert model_config.embed_dim == 64
+    lm = config_lib.load_config("configs/gpt_pretrain.py:tiny", [
+        f"init_from={tmp_path / 'cls'}", f"data.corpus={tmp_path / 'not_read.txt'}",
+        "model.embed_dim=32"])
+    with pytest.raises(ValueError, match=r"no tensor matched .*width 64.*"
+                                         r"--config.model.embed_dim=64"):
+        clm.Task(lm, str(tmp_path / "lm"))
+    lm.model.embed_dim = 0
+    from tl_jax.data.sources import SourceError
+    with pytest.raises(SourceError, match="Corpus file not found: .*not_read.txt"):
+        clm.Task(lm, str(tmp_path / "lm"))
 
 
 @pytest.mark.parametrize("seq_len", [0, -4, 129])
@@ -416,3 +430,83 @@ def test_gpt_tasks_declare_the_eval_metrics_an_eval_reports(tmp_path, texts, spe
     reported = train.evaluate(trainer, params, 0)
     assert sorted(reported) == sorted(tasks.eval_metric_names(config))
     assert bool(reported) == (overrides != ["data.eval_fraction=0"])
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer(texts):
+    return BPETokenizer.train(texts, vocab_size=300, progress=False)
+
+
+def _gpt2_directory(path, tokenizer, **shape):
+    """A GPT-2 directory (config.json and tokenizer, no weights: they must not be needed)."""
+    path.mkdir()
+    tokenizer.save(str(path))
+    (path / "config.json").write_text(json.dumps(dict(
+        {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 128,
+         "vocab_size": tokenizer.vocab_size}, **shape)))
+    return path
+
+
+@pytest.mark.parametrize("shape, match", [
+    (dict(n_embd=32), r"no tensor matched this model by name and shape \(the checkpoint has 2 "
+                      r"layers of width 32.*--config.model.embed_dim=32"),
+    (dict(n_embd=64, vocab_size=50257), r"its vocabulary \(50257\) is larger than the model's "
+                                        r"\(\d+\); use its tokenizer as data.tokenizer"),
+])
+def test_a_gpt2_directory_that_cannot_fit_the_model_is_named_before_the_corpus_is_read(
+        tmp_path, monkeypatch, small_tokenizer, shape, match):
+    """The shape refusals of `load_gpt_weights` came only after the corpus had been read and
+    tokenised (9 s on the Austen text, minutes on a large corpus): init_from's config.json
+    tells them."""
+    from tl_jax import config as config_lib
+    from tl_jax.data import sources
+
+    weights = _gpt2_directory(tmp_path / "gpt2", small_tokenizer, **shape)
+    config = config_lib.load_config("configs/gpt_pretrain.py:tiny", [
+        f"init_from={weights}", f"data.corpus={tmp_path / 'not_read.txt'}"])
+    assert clm.gpt_config_from(config.model, 300).embed_dim != 32  # what the cases assume
+    monkeypatch.setattr(sources, "load_documents", lambda *a: pytest.fail("read the corpus"))
+    with pytest.raises(ValueError, match=match):
+        clm.Task(config, str(tmp_path / "run"))
+
+
+def test_an_init_from_of_the_run_width_is_not_refused_before_the_corpus(tmp_path, monkeypatch,
+                                                                         small_tokenizer):
+    """Another depth, head count or position table at the run's width still loads the tensors
+    that match (the final LayerNorm at least): nothing is refused up front."""
+    from tl_jax import config as config_lib
+    from tl_jax.data import sources
+
+    config = config_lib.load_config("configs/gpt_pretrain.py:tiny", [
+        f"data.corpus={tmp_path / 'not_read.txt'}"])
+    width = clm.gpt_config_from(config.model, 300).embed_dim
+    weights = _gpt2_directory(tmp_path / "gpt2", small_tokenizer, n_embd=width, n_layer=5)
+    config.init_from = str(weights)
+
+    class Read(Exception):
+        pass
+
+    def read(*args):
+        raise Read
+
+    monkeypatch.setattr(sources, "load_documents", read)
+    with pytest.raises(Read):
+        clm.Task(config, str(tmp_path / "run"))
+
+
+def test_a_gpt_classifier_init_from_is_resolved_before_the_files_are_read(tmp_path,
+                                                                           monkeypatch,
+                                                                           small_tokenizer):
+    """lm_classify took init_from's shape only after reading its training and eval files: a
+    max_seq_length beyond its positions was named after the whole file was read."""
+    from tl_jax import config as config_lib
+    from tl_jax.data import readers
+    from tl_jax.tasks import lm_classify
+
+    weights = _gpt2_directory(tmp_path / "gpt2", small_tokenizer, n_positions=16)
+    config = config_lib.load_config("configs/gpt_finetune_classify.py:tiny", [
+        f"init_from={weights}", f"data.train_file={tmp_path / 'not_read'}",
+        f"data.eval_file={tmp_path / 'not_read'}", "data.max_seq_length=32"])
+    monkeypatch.setattr(readers, "read_records", lambda *a, **k: pytest.fail("read the files"))
+    with pytest.raises(ValueError, match=r"data.max_seq_length=32 exceeds the model's max_len 16"):
+        lm_classify.Task(config, str(tmp_path / "run"))

@@ -21,6 +21,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from tl_jax import checkpoint, paths, warm_start
@@ -157,6 +158,75 @@ def gpt_config_from(model_cfg, vocab_size: int) -> gpt.GPTConfig:
     return gpt.gpt_config(model_cfg.size, model_cfg.vocab_size or vocab_size, **overrides)
 
 
+def check_vocab_fits(init_from: str, source: gpt.GPTConfig, model_config: gpt.GPTConfig) -> None:
+    """A GPT-2 directory's embedding rows must all find a row in the model."""
+    if source.vocab_size > model_config.vocab_size:
+        raise ValueError(
+            f"init_from={init_from}: its vocabulary ({source.vocab_size}) is larger than "
+            f"the model's ({model_config.vocab_size}); use its tokenizer as data.tokenizer")
+
+
+def no_tensor_matches(init_from: str, source: gpt.GPTConfig,
+                      model_config: gpt.GPTConfig) -> warm_start.WarmStartError:
+    """The error for a checkpoint of which no tensor fits the model, with the shape to give."""
+    return warm_start.WarmStartError(
+        f"init_from={init_from!r}: no tensor matched this model by name and shape (the "
+        f"checkpoint has {source.num_layers} layers of width {source.embed_dim} "
+        f"and {source.max_len} positions; the model {model_config.num_layers} of "
+        f"{model_config.embed_dim} and {model_config.max_len}); pick the matching size, "
+        f"or give its shape: --config.model.num_layers={source.num_layers} "
+        f"--config.model.embed_dim={source.embed_dim} "
+        f"--config.model.num_heads={source.num_heads} "
+        f"--config.model.mlp_dim={source.mlp_dim} "
+        f"--config.model.max_len={source.max_len}")
+
+
+def workdir_shape(workdir: str) -> gpt.GPTConfig | None:
+    """The GPT shape a tl_jax workdir's checkpoints hold, from its configs alone: the newest
+    checkpoint's `resolved_model`, else (a `clm` run) the model config.json names. None when
+    neither tells (no checkpoint, an unreadable config): the weights' loader then says why."""
+    try:
+        steps = checkpoint.saved_steps(workdir)
+        resolved = checkpoint.config_from_workdir(workdir, steps[-1]).get("resolved_model")
+        if resolved:
+            return gpt.GPTConfig(**resolved)
+    except Exception:  # noqa: BLE001 - the warm start itself reports what is wrong
+        return None
+    try:
+        run = checkpoint.load_run_config(workdir)
+        if run.get("task") == "clm":  # an lm_classify run's shape came from its own init_from
+            return gpt_config_from(ml_collections.ConfigDict(run["model"]), 1)
+    except Exception:  # noqa: BLE001 - as above
+        pass
+    return None
+
+
+def check_init_from_shape(init_from: str, model_config: gpt.GPTConfig) -> None:
+    """What `load_gpt_weights` would refuse `init_from` for, found from its config alone (cheap):
+    the task asks before the corpus is read and tokenised (minutes on a large corpus). Every GPT
+    tensor has the width in its shape and the final LayerNorm matches at any depth, so a width
+    other than the model's is exactly "no tensor matched"; a GPT-2 directory's vocabulary must
+    also fit. Nothing else is refused here."""
+    init_from = paths.expand(init_from or "")
+    if not init_from:
+        return
+    if warm_start.is_hf_directory(init_from):
+        from tl_jax.interop import gpt2
+        try:
+            source = gpt2.load_config(init_from)
+        except Exception:  # noqa: BLE001 - the weights' loader names what is wrong, as before
+            return
+        check_vocab_fits(init_from, source, model_config)
+    elif warm_start.is_tl_workdir(init_from):
+        source = workdir_shape(init_from)
+        if source is None:
+            return
+    else:
+        return
+    if source.embed_dim != model_config.embed_dim:
+        raise no_tensor_matches(init_from, source, model_config)
+
+
 def load_gpt_weights(params, init_from: str, model_config: gpt.GPTConfig, prefix: str = ""):
     """Warm start from a tl_jax workdir or a Hugging Face GPT-2 directory.
 
@@ -166,24 +236,12 @@ def load_gpt_weights(params, init_from: str, model_config: gpt.GPTConfig, prefix
     if warm_start.is_hf_directory(init_from):
         from tl_jax.interop import gpt2
         hf_config, hf_params = gpt2.load_pretrained(init_from)
-        if hf_config.vocab_size > model_config.vocab_size:
-            raise ValueError(
-                f"init_from={init_from}: its vocabulary ({hf_config.vocab_size}) is larger than "
-                f"the model's ({model_config.vocab_size}); use its tokenizer as data.tokenizer")
+        check_vocab_fits(init_from, hf_config, model_config)
         flat, _ = jax.tree_util.tree_flatten_with_path(hf_params)
         source = {prefix + checkpoint.path_str(p): np.asarray(v) for p, v in flat}
         params, report = checkpoint.merge_matching(params, source)
         if not report["taken"]:
-            raise warm_start.WarmStartError(
-                f"init_from={init_from!r}: no tensor matched this model by name and shape (the "
-                f"checkpoint has {hf_config.num_layers} layers of width {hf_config.embed_dim} "
-                f"and {hf_config.max_len} positions; the model {model_config.num_layers} of "
-                f"{model_config.embed_dim} and {model_config.max_len}); pick the matching size, "
-                f"or give its shape: --config.model.num_layers={hf_config.num_layers} "
-                f"--config.model.embed_dim={hf_config.embed_dim} "
-                f"--config.model.num_heads={hf_config.num_heads} "
-                f"--config.model.mlp_dim={hf_config.mlp_dim} "
-                f"--config.model.max_len={hf_config.max_len}")
+            raise no_tensor_matches(init_from, hf_config, model_config)
         for line in warm_start.report_lines(report, f"GPT-2 checkpoint {init_from}"):
             print(line, flush=True)
         return params
@@ -266,6 +324,13 @@ class Task:
         # The tokenizer too, unless one is to be trained on the corpus: a bad init_from or
         # data.tokenizer_vocab_size is named before the corpus is read.
         self.tokenizer = load_tokenizer(data_cfg, workdir, None, config.init_from)
+        # And init_from's shape against the model's, from its config alone: a GPT-2 directory
+        # of another width or a larger vocabulary was refused after the corpus was tokenised.
+        # A resumed run takes no weights from init_from.
+        if (self.tokenizer is not None and config.init_from
+                and not (workdir and checkpoint.has_saved_step(workdir))):
+            check_init_from_shape(config.init_from,
+                                  gpt_config_from(config.model, self.tokenizer.vocab_size))
         # Phase lines while the corpus is read, a BPE trained and the text tokenised: a large
         # corpus takes minutes before the training bar starts.
         show = bool(config.train.progress) and jax.process_index() == 0

@@ -109,7 +109,9 @@ def encode(tokenizer: bpe.BPETokenizer, records, label_map: dict, max_len: int,
 def resolve_model(config, train_texts, resumed_tokenizer: str = ""):
     """(tokenizer, GPTConfig) for `config.init_from`: a tl_jax LM workdir, a Hugging Face GPT-2
     directory, or "" for a model from scratch of `config.model.size`. `resumed_tokenizer`: the
-    tokenizer a resumed run saved in its workdir, which wins over `data.tokenizer`."""
+    tokenizer a resumed run saved in its workdir, which wins over `data.tokenizer`.
+    `train_texts` (a BPE is trained on them) is read only with neither `init_from` nor a
+    tokenizer: the task resolves the others before reading its files."""
     init_from, m, d = paths.expand(config.init_from), config.model, config.data
     tokenizer_dir = resumed_tokenizer or d.tokenizer
     if init_from and warm_start.is_tl_workdir(init_from):
@@ -200,6 +202,18 @@ class Task(downstream.EvalPredictions):
             raise ValueError("transfer.adapter_size / transfer.lora_rank are not supported for "
                              "the GPT classifier (lm_classify); set them to 0")
 
+        # A resumed run keeps the vocabulary it started with, whatever data.tokenizer says now
+        # (the config is not changed: the resume would report the change as the user's).
+        saved_tok = os.path.join(workdir, "tokenizer") if workdir else ""
+        if not (saved_tok and os.path.isdir(saved_tok) and checkpoint.has_saved_step(workdir)):
+            saved_tok = ""
+        # The model, unless a BPE is to be trained on the texts, before the files are read: an
+        # init_from of another task, or a max_seq_length beyond its positions, was named only
+        # after the whole training file had been read.
+        resolved = None
+        if config.init_from or d.tokenizer or saved_tok:
+            resolved = resolve_model(config, None, saved_tok)
+
         def read(spec, limit):
             records = readers.read_records(spec, "classification",
                                            text_field=d.text_field, label_field=d.label_field)
@@ -215,13 +229,9 @@ class Task(downstream.EvalPredictions):
         downstream.check_positive_label(d.positive_label, labels)
         if not d.labels:
             downstream.note_rare_labels(d.train_file, self.train_records, config.task)
-        # A resumed run keeps the vocabulary it started with, whatever data.tokenizer says now
-        # (the config is not changed: the resume would report the change as the user's).
-        saved_tok = os.path.join(workdir, "tokenizer") if workdir else ""
-        if not (saved_tok and os.path.isdir(saved_tok) and checkpoint.has_saved_step(workdir)):
-            saved_tok = ""
-        self._build(*resolve_model(config, [r["text"] for r in self.train_records], saved_tok),
-                    labels)
+        if resolved is None:  # a BPE trained on the training texts
+            resolved = resolve_model(config, [r["text"] for r in self.train_records], saved_tok)
+        self._build(*resolved, labels)
         cut_train, cut_eval = [], []
         self.train_arrays = self.encode(self.train_records, cut_train)
         self.eval_arrays = self.encode(self.eval_records, cut_eval)
