@@ -680,6 +680,35 @@ def test_a_stop_string_check_waits_for_an_unfinished_character(tmp_path):
     assert generate.stop_string_check(tok, ["a "])(ids[:-1])
 
 
+@pytest.mark.parametrize("flag, value", [
+    ("max_new_tokens", 8), ("temperature", 0.7), ("top_k", 40), ("top_p", 0.9), ("stop", "\\n"),
+    ("temperature", 0.0),  # given, even at its default value: the user meant something by it
+])
+def test_score_mode_refuses_the_completion_flags(tmp_path, flag, value):
+    """`--mode=score` silently ignored them: a user who sampled with --temperature=0.7 got the
+    same scores as without, with no word that it did nothing."""
+    from tl_jax import main
+
+    missing = str(tmp_path / "no_model")  # refused before the model is read
+    score = ["generate", f"--model={missing}", "--mode=score", "--prompt=the cat",
+             "--choice= a", "--choice= b"]
+    with pytest.raises(SystemExit) as e:  # one line, as the command's other flag errors
+        main.main(score + [f"--{flag}={value}"])
+    assert str(e.value).splitlines()[0] == (f"tl_jax: error: generate: --{flag} is for "
+                                            "--mode=complete; --mode=score writes no completion")
+    kwargs = {flag: [value] if flag == "stop" else value}
+    with pytest.raises(ValueError, match=rf"--{flag} is for --mode=complete"):
+        generate.run_generate(missing, mode="score", prompts=["the cat"], choices=[" a", " b"],
+                              **kwargs)
+    # Several are named together; without them the flags pass (the model is then missing).
+    with pytest.raises(ValueError, match=r"--top_k, --stop are for --mode=complete"):
+        generate.run_generate(missing, mode="score", prompts=["x"], choices=[" a"], top_k=5,
+                              stop=["."])
+    with pytest.raises(SystemExit) as e:
+        main.main(score)
+    assert "no_model" in str(e.value) and "for --mode=complete" not in str(e.value)
+
+
 def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
     from tl_jax.data.readers import DataFormatError
 

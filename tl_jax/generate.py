@@ -583,8 +583,9 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                  prompt_file: str = "", text_field: str = "text", label_field: str = "label",
                  template: str = "{text}", choices: Sequence[str] = (),
                  labels: Sequence[str] = (),
-                 max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True,
+                 max_new_tokens: int | None = None, temperature: float | None = None,
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                 stop_at_eos: bool = True,
                  stop: Sequence[str] = (), batch_size: int = 8, output: str = "") -> list[dict]:
     """The `tl_jax generate` command.
 
@@ -608,6 +609,9 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     (`{text}` is the prompt; a literal backslash-n becomes a newline, e.g. "{text}\\nTL;DR:").
     Results are returned (and written to `output` as jsonl when given, each as it is printed,
     so an interrupted run keeps the ones done).
+    The completion flags `max_new_tokens` (default 64), `temperature` (0.0: greedy), `top_k` (0:
+    off), `top_p` (1.0: off) and `stop` are None / empty when not given: score mode refuses
+    them, since it writes no completion for them to shape.
     Flags are checked before the model is loaded.
     """
     import json
@@ -627,6 +631,10 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     if mode == "complete":
         if choices or labels:
             raise ValueError("generate: choices and labels are for mode=score (--mode=score)")
+        max_new_tokens = 64 if max_new_tokens is None else max_new_tokens
+        temperature = 0.0 if temperature is None else temperature
+        top_k = 0 if top_k is None else top_k
+        top_p = 1.0 if top_p is None else top_p
         if max_new_tokens < 1:
             raise ValueError(f"generate: --max_new_tokens must be >= 1, got {max_new_tokens}")
         problem = Sampling.problem(temperature, top_k, top_p)
@@ -636,6 +644,13 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
         if any(not text for text in stop):
             raise ValueError("generate: an empty stop string would end every completion at once")
     else:
+        # Scoring writes no completion: these were silently ignored, as if they had shaped it.
+        given = [f"--{name}" for name, value in (
+            ("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_k", top_k),
+            ("top_p", top_p)) if value is not None] + (["--stop"] if stop else [])
+        if given:
+            raise ValueError(f"generate: {', '.join(given)} {'is' if len(given) == 1 else 'are'} "
+                             "for --mode=complete; --mode=score writes no completion")
         if not choices:
             raise ValueError("generate: mode=score needs choices (--choice, repeatable)")
         labels = labels or [c.strip() for c in choices]

@@ -233,10 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", default="{text}", help="e.g. '{text} TL;DR:'")
     p.add_argument("--choice", action="append", help="score mode: a continuation (repeatable)")
     p.add_argument("--labels", default="", help="score mode: comma-separated label per choice")
-    p.add_argument("--max_new_tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top_k", type=int, default=0)
-    p.add_argument("--top_p", type=float, default=1.0)
+    # The completion flags default to None ("not given"): score mode refuses them when given.
+    p.add_argument("--max_new_tokens", type=int, default=None, help="complete mode (default 64)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="complete mode (default 0 = greedy)")
+    p.add_argument("--top_k", type=int, default=None, help="complete mode (default 0 = off)")
+    p.add_argument("--top_p", type=float, default=None, help="complete mode (default 1.0 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_stop_at_eos", action="store_true")
     p.add_argument("--stop", action="append",
