@@ -434,6 +434,30 @@ def test_scoring_shows_a_bar_on_a_terminal_and_none_when_told_not_to(lm, capsys)
         assert capsys.readouterr() == ("", "")
 
 
+def test_an_interrupted_scoring_ends_its_line_mode_bar_saying_what_stopped_it(
+        lm, capsys, monkeypatch):
+    """The bar was iterated by the batch loop: Ctrl-C in a batch freed it first, and its last
+    line said only 'stopped after', without what stopped it."""
+    model, params = lm
+    monkeypatch.setenv("TL_JAX_PROGRESS_SECONDS", "3600")  # only the closing line
+    real = generate._score_fn(model)
+    calls = []
+
+    def interrupted_at_the_second_batch(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(generate, "_score_fn", lambda m: interrupted_at_the_second_batch)
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        score(model, params, [[3, 4, 5]] * 5, [[7]] * 5, batch_size=2, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[score] batch 1/3 "), lines
+    assert " | stopped by KeyboardInterrupt after " in lines[0], lines
+
+
 def test_score_mode_asks_for_the_terminal_bar(tmp_path, monkeypatch):
     _small_gpt2_dir(tmp_path)
     asked = []

@@ -392,20 +392,24 @@ def score(model: GPT, params, contexts: Sequence[Sequence[int]],
     fn = _score_fn(model)
     results = []
     starts = range(0, len(rows), batch_size)
-    for start in progress_bar(starts, desc="score", unit="batch", leave=False,
-                              disable=True if len(starts) < 2 else None if progress is None
-                              else not progress):
-        chunk = rows[start:start + batch_size]
-        n = len(chunk)
-        width = min(int(-(-max(map(len, chunk)) // bucket) * bucket), cfg.max_len + 1)
-        tokens = np.zeros((batch_size, width), np.int32)  # fixed batch: one compile per width
-        w = np.zeros((batch_size, width), np.float32)
-        for j, (row, wt) in enumerate(zip(chunk, weights[start:start + n])):
-            tokens[j, :len(row)] = row
-            w[j, :len(wt)] = wt
-        check_tokens(tokens[:, :-1], cfg, where="score inputs")
-        check_tokens(tokens[:, 1:], cfg, where="score targets")
-        results.append(np.asarray(fn(params, jnp.asarray(tokens), jnp.asarray(w)))[:n])
+    # Counted by hand under `with`, so that Ctrl-C or an error in a batch ends a line-mode bar
+    # saying so (a bar iterated by the `for` is freed, and closed as merely stopped, first).
+    with progress_bar(total=len(starts), desc="score", unit="batch", leave=False,
+                      disable=True if len(starts) < 2 else None if progress is None
+                      else not progress) as bar:
+        for start in starts:
+            chunk = rows[start:start + batch_size]
+            n = len(chunk)
+            width = min(int(-(-max(map(len, chunk)) // bucket) * bucket), cfg.max_len + 1)
+            tokens = np.zeros((batch_size, width), np.int32)  # fixed batch: one compile a width
+            w = np.zeros((batch_size, width), np.float32)
+            for j, (row, wt) in enumerate(zip(chunk, weights[start:start + n])):
+                tokens[j, :len(row)] = row
+                w[j, :len(wt)] = wt
+            check_tokens(tokens[:, :-1], cfg, where="score inputs")
+            check_tokens(tokens[:, 1:], cfg, where="score targets")
+            results.append(np.asarray(fn(params, jnp.asarray(tokens), jnp.asarray(w)))[:n])
+            bar.update(1)
     return np.concatenate(results).astype(np.float64)
 
 
