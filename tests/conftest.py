@@ -118,3 +118,24 @@ def assert_micro_batch_losses_sum_to_the_batch(loss, outputs, normalizers):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     mean_of_means = sum(loss(rows(outputs, i), i) for i in range(2)) / 2
     assert abs(float(mean_of_means) - float(whole[0])) > 1e-2
+
+
+def nan_loss_at_batch(monkeypatch, n: int) -> dict:
+    """Makes BERT pretraining's `n`-th training batch (from 1) give a NaN loss: its masked
+    weights times NaN. Returns the batch counter; `counter["n"] = 0` starts the count again."""
+    import numpy as np
+
+    from tl_jax.tasks import bert_pretrain
+
+    original_next = bert_pretrain.ValidatedBatches.__next__
+    counter = {"n": 0}
+
+    def poisoned_next(self):
+        batch = original_next(self)
+        counter["n"] += 1
+        if counter["n"] == n:
+            batch = dict(batch, masked_weights=batch["masked_weights"] * np.float32(np.nan))
+        return batch
+
+    monkeypatch.setattr(bert_pretrain.ValidatedBatches, "__next__", poisoned_next)
+    return counter

@@ -19,7 +19,6 @@ import pytest
 from tl_jax import checkpoint as ckpt_lib
 from tl_jax import config as config_lib
 from tl_jax import train, warm_start
-from tl_jax.tasks import bert_pretrain
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BERT = str(ROOT / "configs" / "bert_pretrain.py")
@@ -622,18 +621,10 @@ def test_warm_start_takes_matching_weights_and_reports_the_rest(tiny_bert_overri
 
 
 def test_nonfinite_loss_stops_the_run_naming_the_step(tiny_bert_overrides, tmp_path, monkeypatch):
+    from conftest import nan_loss_at_batch
+
     poison_at = 4
-    original_next = bert_pretrain.ValidatedBatches.__next__
-    calls = {"n": 0}
-
-    def poisoned_next(self):
-        batch = original_next(self)
-        calls["n"] += 1
-        if calls["n"] == poison_at:
-            batch = dict(batch, masked_weights=batch["masked_weights"] * np.float32(np.nan))
-        return batch
-
-    monkeypatch.setattr(bert_pretrain.ValidatedBatches, "__next__", poisoned_next)
+    calls = nan_loss_at_batch(monkeypatch, poison_at)
     with pytest.raises(train.NonFiniteError, match=f"Non-finite loss at step {poison_at}"):
         run(tiny_bert_overrides, tmp_path / "stop", *STEPS, "train.steps=6")
 

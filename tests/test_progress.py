@@ -304,22 +304,10 @@ def test_a_training_run_stopped_by_a_non_finite_loss_logs_the_step_it_reached(
     """The trainer's bar off a terminal (captured stderr): a run stopped by
     train.on_nonfinite=stop ends its progress lines with the step it reached, not with a
     line up to 30 s old (or none, in a run shorter than that)."""
-    import numpy as np
-
+    from conftest import nan_loss_at_batch
     from tl_jax import config as config_lib, train
-    from tl_jax.tasks import bert_pretrain
 
-    original_next = bert_pretrain.ValidatedBatches.__next__
-    calls = {"n": 0}
-
-    def poisoned_next(self):
-        batch = original_next(self)
-        calls["n"] += 1
-        if calls["n"] == 3:  # step 3's loss is NaN
-            batch = dict(batch, masked_weights=batch["masked_weights"] * np.float32(np.nan))
-        return batch
-
-    monkeypatch.setattr(bert_pretrain.ValidatedBatches, "__next__", poisoned_next)
+    nan_loss_at_batch(monkeypatch, 3)  # step 3's loss is NaN
     bert = os.path.join(os.path.dirname(__file__), "..", "configs", "bert_pretrain.py")
     config = config_lib.load_config(bert + ":tiny", tiny_bert_overrides + [
         "mesh.num_devices=1", "train.steps=6", "train.log_every=1", "train.eval_every=0",

@@ -401,19 +401,9 @@ def test_logged_learning_rate_is_the_optimizers_after_a_skipped_step(tiny_bert_o
                                                                      tmp_path, monkeypatch):
     """A step skipped under on_nonfinite=skip leaves the optimizer's count (and so its place in
     the schedule) where it was: the logged rate follows the optimizer, not the trainer's step."""
-    from tl_jax.tasks import bert_pretrain
+    from conftest import nan_loss_at_batch
 
-    original_next = bert_pretrain.ValidatedBatches.__next__
-    calls = {"n": 0}
-
-    def poisoned_next(self):
-        batch = original_next(self)
-        calls["n"] += 1
-        if calls["n"] == 3:  # step 3's loss is NaN
-            batch = dict(batch, masked_weights=batch["masked_weights"] * np.float32(np.nan))
-        return batch
-
-    monkeypatch.setattr(bert_pretrain.ValidatedBatches, "__next__", poisoned_next)
+    nan_loss_at_batch(monkeypatch, 3)  # step 3's loss is NaN
     config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [
         "mesh.num_devices=1", "train.steps=5", "train.log_every=1", "train.eval_every=0",
         "train.checkpoint_every=5", "optimizer.warmup_steps=8", "optimizer.learning_rate=1e-3",
