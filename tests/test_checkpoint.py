@@ -19,6 +19,7 @@ import pytest
 from tl_jax import checkpoint as ckpt_lib
 from tl_jax import config as config_lib
 from tl_jax import train, warm_start
+from tl_jax.tasks import bert_pretrain
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BERT = str(ROOT / "configs" / "bert_pretrain.py")
