@@ -35,6 +35,7 @@ setup(
             "nbformat",
             "ipykernel",
             "matplotlib",  # tl_jax sweep's plots are tested
+            "pyflakes",  # tests/test_source.py: names used but never defined
         ],
         "notebooks": ["jupyter", "matplotlib"],
     },
