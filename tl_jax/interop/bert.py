@@ -34,7 +34,7 @@ MODEL_TYPE = "bert"
 # Buffers and tied copies that carry no information of their own.
 _POSITION_IDS = "embeddings.position_ids"
 _TIED_DECODER = "cls.predictions.decoder.weight"
-_TIED_DECODER_BIAS = "cls.predictions.decoder.bias"
+TIED_DECODER_BIAS = "cls.predictions.decoder.bias"
 # The JSON type of every config.json field `config_from_hf` reads.
 HF_FIELD_TYPES = {
     "vocab_size": int, "hidden_size": int, "num_hidden_layers": int, "num_attention_heads": int,
@@ -213,7 +213,7 @@ def _is_head(entry: _Entry) -> bool:
     return entry.hf_name.startswith("cls.")
 
 
-def _normalise_names(tensors: dict) -> tuple[dict, dict]:
+def normalise_names(tensors: dict) -> tuple[dict, dict]:
     """Strips the `bert.` prefix and renames TF-era `gamma`/`beta`; returns (tensors, new->old)."""
     renamed, original = {}, {}
     for name, value in tensors.items():
@@ -232,7 +232,7 @@ def params_from_hf_tensors(tensors: dict, config: BertConfig, source: str = "che
     Returns `(flat_params, report)`; `report.missing` lists tl_jax paths not in the checkpoint.
     Shapes are checked against `config` before anything is transposed.
     """
-    tensors, original = _normalise_names(tensors)
+    tensors, original = normalise_names(tensors)
     report = LoadReport(source=source)
     flat = {}
     for entry in tensor_map(config):
@@ -262,16 +262,16 @@ def params_from_hf_tensors(tensors: dict, config: BertConfig, source: str = "che
         else:  # an untied decoder cannot be represented: say so rather than drop it silently
             warnings.warn(f"{source}: {_TIED_DECODER} differs from the word embeddings; tl_jax "
                           "ties them, so the checkpoint's decoder weight is not used")
-    if _TIED_DECODER_BIAS in tensors:
-        bias = np.asarray(tensors[_TIED_DECODER_BIAS])
+    if TIED_DECODER_BIAS in tensors:
+        bias = np.asarray(tensors[TIED_DECODER_BIAS])
         if "mlm_head/output_bias" not in flat and bias.shape == (config.vocab_size,):
             flat["mlm_head/output_bias"] = bias.astype(np.float32)
             report.missing.remove("mlm_head/output_bias")
-            report.used.append(original[_TIED_DECODER_BIAS])
-            tensors.pop(_TIED_DECODER_BIAS)
+            report.used.append(original[TIED_DECODER_BIAS])
+            tensors.pop(TIED_DECODER_BIAS)
         elif np.array_equal(bias, flat.get("mlm_head/output_bias")):
-            report.derived.append(original[_TIED_DECODER_BIAS])
-            tensors.pop(_TIED_DECODER_BIAS)
+            report.derived.append(original[TIED_DECODER_BIAS])
+            tensors.pop(TIED_DECODER_BIAS)
     report.unused = sorted(original[name] for name in tensors)
     return flat, report
 

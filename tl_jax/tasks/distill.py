@@ -258,11 +258,11 @@ def _hf_mlm_head_names(directory: str, teacher_config: bert.BertConfig) -> list[
     names, _ = safetensors_io.hf_tensor_names(directory)
     # The loader's own renaming (a `bert.` prefix, TF-era LayerNorm gamma/beta), so a name
     # counts here exactly when loading would map it into the head.
-    names, _ = hf_bert._normalise_names(dict.fromkeys(names))
+    names, _ = hf_bert.normalise_names(dict.fromkeys(names))
     head = {entry.hf_name: entry.tl_path for entry in hf_bert.tensor_map(teacher_config)
             if entry.tl_path.startswith("mlm_head/")}
     # A decoder bias stands for the output bias where `cls.predictions.bias` is missing.
-    head.setdefault(hf_bert._TIED_DECODER_BIAS, "mlm_head/output_bias")
+    head.setdefault(hf_bert.TIED_DECODER_BIAS, "mlm_head/output_bias")
     return [head[name] for name in names if name in head]
 
 
