@@ -13,8 +13,9 @@ WORKDIR/vectors.glove_text.txt (W + W~) and scores.json, and ends with a summary
 
 Arguments: "" or "base" (dim 100, window 10, 15 epochs); "tiny" (dim 16, 2 epochs on 2,000
 text units: a smoke test). Override with --config.key=value, e.g.
---config.glove.adagrad=glove_c --config.glove.learning_rate=0.05 for glove.c's AdaGrad rule (the
-default rate 0.5, tuned for optax's rule, makes the loss NaN in the first epoch under it).
+--config.glove.adagrad=glove_c for glove.c's AdaGrad rule, whose default rate is glove.c's 0.05
+(optax's rule defaults to 0.5, which makes the loss NaN in the first epoch under glove_c); an
+explicit --config.glove.learning_rate wins under either.
 """
 import ml_collections
 
@@ -44,11 +45,13 @@ def get_config(arg=None):
         # is far below it and all weights are tiny (WordSim353 0.00 vs 0.22 with 10 here).
         x_max=10.0,            # counts above x_max get weight 1
         alpha=0.75,            # f(x) = (x / x_max)^alpha below x_max
-        # One AdaGrad step sums a batch's per-entry gradients where GloVe's C code takes one
-        # step per entry, so the rate is 10x its 0.05 (0.05 here: WordSim353 -0.02). This is
-        # for optax's AdaGrad, whose rate is not glove.c's eta (glove.c accumulates squares of
-        # eta-scaled gradients): retune it when switching `adagrad`.
-        learning_rate=0.5,
+        # None: the `adagrad` rule's default (static_train.GLOVE_LEARNING_RATES), which the run
+        # prints and saves in WORKDIR/static_config.json. For "optax" it is 0.5: one AdaGrad
+        # step sums a batch's per-entry gradients where GloVe's C code takes one step per entry,
+        # so the rate is 10x its 0.05 (0.05 there: WordSim353 -0.02). optax's rate is not
+        # glove.c's eta (glove.c accumulates squares of eta-scaled gradients), so "glove_c"
+        # defaults to glove.c's 0.05 (0.5 makes its loss NaN in the first epoch).
+        learning_rate=None,
         # "optax": optax's AdaGrad, accumulator started at 1 (the README's scores used it);
         # "glove_c": glove.c's own rule, u = lr * g; theta -= u / sqrt(G); G += u^2 (G from 1).
         adagrad="optax",

@@ -310,6 +310,83 @@ def test_a_workdir_saved_before_glove_adagrad_existed_reruns_with_optax(tmp_path
         static_train.run(changed, str(tmp_path))
 
 
+def test_glove_learning_rate_defaults_to_the_adagrad_rules_own_and_an_explicit_one_wins(
+        tmp_path, monkeypatch):
+    """glove.learning_rate None is the rule's default (optax 0.5, glove_c 0.05: 0.5 made
+    glove_c's loss NaN in epoch 1); the saved config holds the rate that trained, so a rerun
+    that leaves it to the default, or names the same value, is the same config."""
+    import json
+    import pathlib
+
+    from tl_jax import config as config_lib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "glove.py"
+
+    def resolved(*overrides):
+        config = config_lib.load_config(f"{path}:tiny", list(overrides))
+        static_train.check_config(config)
+        return static_train._with_later_keys(config.to_dict())["glove"]["learning_rate"]
+
+    assert resolved() == 0.5
+    assert resolved("glove.adagrad=glove_c") == 0.05
+    assert resolved("glove.adagrad=glove_c", "glove.learning_rate=0.2") == 0.2
+    assert resolved("glove.learning_rate=0.1") == 0.1
+    # The field is None (any type) by default: a value that is no rate is refused by name.
+    for bad, match in (("glove.learning_rate=fast", r"learning_rate='fast': expected a number"),
+                       ("glove.learning_rate=True", r"learning_rate=True: expected a number"),
+                       ("glove.learning_rate=-1", r"config.glove.learning_rate=-1: must be > 0")):
+        with pytest.raises(ValueError, match=match):
+            static_train.check_config(config_lib.load_config(f"{path}:tiny", [bad]))
+    # train_glove resolves it the same way (the rate reaches the optimizer).
+    rates = []
+    real = static_train.glove_c_adagrad
+    monkeypatch.setattr(static_train, "glove_c_adagrad", lambda lr: rates.append(lr) or real(lr))
+    for lr in (None, 0.01):
+        static_train.train_glove(_planted_corpus(10), min_count=1, epochs=1, dim=4,
+                                 adagrad="glove_c", lr=lr, log=None)
+    assert rates == [0.05, 0.01]
+
+    # A workdir saved when 0.5 was written out in the config is the default optax run's; a
+    # glove_c run saved then (0.5) is not a default glove_c run now (0.05), which says so
+    # before reading the corpus.
+    monkeypatch.setattr(wv, "load_sentences", lambda *a: (_ for _ in ()).throw(
+        RuntimeError("reached the corpus")))
+    for adagrad in ("optax", "glove_c"):
+        earlier = config_lib.load_config(
+            f"{path}:tiny", [f"glove.adagrad={adagrad}", "glove.learning_rate=0.5"]).to_dict()
+        (tmp_path / "static_config.json").write_text(json.dumps(earlier))
+        now = config_lib.load_config(f"{path}:tiny", [f"glove.adagrad={adagrad}"])
+        if adagrad == "optax":
+            with pytest.raises(RuntimeError, match="reached the corpus"):
+                static_train.run(now, str(tmp_path))
+        else:
+            with pytest.raises(ValueError, match=r"glove.learning_rate: 0.5 there, 0.05 now"):
+                static_train.run(now, str(tmp_path))
+
+
+def test_glove_c_with_its_default_rate_trains_on_real_data_and_saves_the_rate(
+        data_dir, tmp_path, capsys):
+    """The default rate under glove_c made the loss NaN in the first epoch (500 sentences of
+    the real corpus are enough to show it); the run now names the rate it used, saves it, and a
+    rerun naming it explicitly is the same config."""
+    import json
+    import pathlib
+
+    from tl_jax import config as config_lib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "glove.py"
+    overrides = ["max_sentences=500", "epochs=1", "eval_dir=''", "glove.adagrad=glove_c"]
+    scores = static_train.run(config_lib.load_config(f"{path}:tiny", overrides), str(tmp_path))
+    assert np.isfinite(scores["final_loss"])
+    saved = json.loads((tmp_path / "static_config.json").read_text())
+    assert saved["glove"]["learning_rate"] == 0.05
+    assert "glove: AdaGrad rule glove_c, learning_rate 0.05 (the rule's default)" in (
+        capsys.readouterr().out)
+    again = static_train.run(config_lib.load_config(
+        f"{path}:tiny", overrides + ["glove.learning_rate=0.05"]), str(tmp_path))
+    assert again["final_loss"] == scores["final_loss"]
+
+
 @pytest.mark.parametrize("name", ["word2vec", "glove"])
 def test_tiny_configs_run_end_to_end(data_dir, tmp_path, name):
     import json
@@ -397,7 +474,7 @@ def test_epoch_batches_have_contract_shapes_and_in_vocab_ids(cbow):
     ("word2vec", "word2vec.learning_rate=0", r"config.word2vec.learning_rate=0.0: must be > 0"),
     ("word2vec", "word2vec.min_learning_rate=0.1",
      r"config.word2vec.min_learning_rate=0.1: must be in \[0, learning_rate=0.025\]"),
-    ("glove", "glove.learning_rate=0", r"config.glove.learning_rate=0.0: must be > 0"),
+    ("glove", "glove.learning_rate=0", r"config.glove.learning_rate=0: must be > 0"),
 ])
 def test_sizes_below_their_minimum_fail_before_reading_the_corpus(tmp_path, monkeypatch, name,
                                                                    override, match):

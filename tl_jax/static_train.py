@@ -267,6 +267,18 @@ def glove_c_adagrad(learning_rate: float) -> optax.GradientTransformation:
 
 GLOVE_ADAGRADS = ("optax", "glove_c")
 
+# Each AdaGrad rule's default learning rate: the same number means other steps in each (see
+# `glove_c_adagrad`), and optax's 0.5 made glove_c's loss NaN in the first epoch on the README's
+# corpus (and on 500 sentences of it). glove_c's is glove.c's own eta.
+GLOVE_LEARNING_RATES = {"optax": 0.5, "glove_c": 0.05}
+
+
+def glove_learning_rate(adagrad: str, lr: float | None = None) -> float:
+    """`lr` when one is given, else the default of the AdaGrad rule `adagrad`."""
+    if adagrad not in GLOVE_ADAGRADS:
+        raise ValueError(f"adagrad={adagrad!r}; expected one of {GLOVE_ADAGRADS}")
+    return GLOVE_LEARNING_RATES[adagrad] if lr is None else lr
+
 
 def _check_glove_weighting(x_max, alpha, prefix: str = "") -> None:
     """f(x) = min(1, (x / x_max)^alpha): an x_max of 0 or a negative alpha gave every entry
@@ -302,7 +314,7 @@ def _glove_chunk(params, opt_state, batches, optimizer, x_max, alpha):
 
 def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: int = 10,
                 epochs: int = 15, min_count: int = 5, x_max: float = 10.0, alpha: float = 0.75,
-                lr: float = 0.5, batch_size: int = 16384, seed: int = 0,
+                lr: float | None = None, batch_size: int = 16384, seed: int = 0,
                 steps_per_call: int = 16, vocab: wv.Vocab | None = None,
                 adagrad: str = "optax",
                 log: Callable[[str], None] | None = print) -> tuple[WordVectors, dict]:
@@ -313,12 +325,13 @@ def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: i
     scores used) is optax's AdaGrad with the accumulator started at 1; `"glove_c"` is glove.c's
     own variant, where the rate sits inside the accumulated squares (see `glove_c_adagrad`).
     The same `lr` means different steps in each, so glove.c's eta = 0.05 only carries over with
-    "glove_c" (and even then batching changes the dynamics: tune it for the corpus).
+    "glove_c" (and even then batching changes the dynamics: tune it for the corpus). `lr=None`
+    (the default) is the rule's own default, `GLOVE_LEARNING_RATES`: 0.5 for "optax", 0.05 for
+    "glove_c".
     """
     _check_at_least(1, dict(dim=dim, window=window, epochs=epochs, batch_size=batch_size,
                             steps_per_call=steps_per_call))
-    if adagrad not in GLOVE_ADAGRADS:
-        raise ValueError(f"adagrad={adagrad!r}; expected one of {GLOVE_ADAGRADS}")
+    lr = glove_learning_rate(adagrad, lr)
     _check_glove_weighting(x_max, alpha)
     _check_rates(lr, 0.0, names=("lr", "min_lr"))
     vocab = vocab or wv.Vocab.build(sentences, min_count)
@@ -385,9 +398,15 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, 
 def _with_later_keys(config: dict) -> dict:
     """Fills in, in place, the keys added to the static configs since they were first saved,
     with the value that older code used, so that a workdir (or a config file) from before a key
-    existed is not taken for "another config"."""
+    existed is not taken for "another config". Also fills a `glove.learning_rate` of None with
+    its AdaGrad rule's default: the config `run` saves names the rate that trained, and a rerun
+    leaving it to the default compares equal to it (as to a run saved when the default was
+    written out, 0.5 for every rule, which trained optax's with the same rate)."""
     if isinstance(config.get("glove"), dict):
-        config["glove"].setdefault("adagrad", "optax")
+        glove = config["glove"]
+        glove.setdefault("adagrad", "optax")
+        if glove.get("learning_rate") is None and glove["adagrad"] in GLOVE_ADAGRADS:
+            glove["learning_rate"] = glove_learning_rate(glove["adagrad"])
     return config
 
 
@@ -420,9 +439,15 @@ def check_config(config) -> str:
                          f"{', '.join(map(repr, GLOVE_ADAGRADS))}")
     if config.method == "glove":
         _check_glove_weighting(config.glove.x_max, config.glove.alpha, "config.glove.")
-    rates = config.glove if config.method == "glove" else config.word2vec
-    _check_rates(rates.learning_rate, rates.get("min_learning_rate", 0.0),
-                 f"config.{config.method}.")
+        lr = config.glove.learning_rate
+        # None is the rule's default (`GLOVE_LEARNING_RATES`); the field takes any type then.
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))):
+            raise ValueError(f"config.glove.learning_rate={lr!r}: expected a number > 0, or "
+                             f"None for the AdaGrad rule's default {GLOVE_LEARNING_RATES}")
+        _check_rates(glove_learning_rate(adagrad, lr), 0.0, "config.glove.")
+    else:
+        _check_rates(config.word2vec.learning_rate, config.word2vec.get("min_learning_rate", 0.0),
+                     "config.word2vec.")
     return adagrad
 
 
@@ -564,9 +589,12 @@ def run(config, workdir: str) -> dict:
             vocab=vocab)
     else:
         g = config.glove
+        lr = current["glove"]["learning_rate"]  # the rule's default filled in, as saved
+        print(f"glove: AdaGrad rule {adagrad}, learning_rate {lr}"
+              + (" (the rule's default)" if g.learning_rate is None else ""), flush=True)
         vectors, stats = train_glove(
             sentences, dim=config.dim, window=config.window, epochs=config.epochs,
-            x_max=g.x_max, alpha=g.alpha, lr=g.learning_rate, batch_size=config.batch_size,
+            x_max=g.x_max, alpha=g.alpha, lr=lr, batch_size=config.batch_size,
             seed=config.seed, steps_per_call=config.steps_per_call, vocab=vocab,
             adagrad=adagrad)
     with open(config_path, "w") as f:
