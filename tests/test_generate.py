@@ -312,6 +312,30 @@ def test_score_is_the_continuation_log_likelihood(lm):
     assert (got < 0).all()
 
 
+def test_score_normalises_over_the_tokenizers_vocabulary_as_generation_samples_from_it(lm):
+    """Generation never picks a row past the tokenizer's vocabulary (`num_tokens`), but score
+    mode normalised over every row of the model's embedding: with a padded embedding the
+    choices' probabilities lost the padding rows' share. Now both use the tokenizer's ids."""
+    model, params = lm
+    tokens = 40
+    contexts, conts = [[3, 4, 5], [7]], [[8, 9], [10, 11, 12]]
+    got = score(model, params, contexts, conts, batch_size=2, num_tokens=tokens)
+    for i, (ctx, cont) in enumerate(zip(contexts, conts)):
+        logits = full_logits(model, params, ctx + cont)[:, :tokens]  # the padding rows left out
+        logp = jax.nn.log_softmax(logits, -1)
+        want = sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont))
+        assert got[i] == pytest.approx(want, abs=1e-4)
+    every_row = score(model, params, contexts, conts, batch_size=2)
+    assert (got > every_row + 1e-3).all()  # the padding rows held probability before
+    np.testing.assert_array_equal(
+        score(model, params, contexts, conts, batch_size=2, num_tokens=VOCAB), every_row)
+    with pytest.raises(ValueError, match=r"continuation 1 holds token id 45, past the "
+                                         r"num_tokens=40"):
+        score(model, params, [[1], [2]], [[3], [45]], num_tokens=tokens)
+    with pytest.raises(ValueError, match="num_tokens=62"):
+        score(model, params, [[1]], [[3]], num_tokens=VOCAB + 1)
+
+
 def test_scoring_never_holds_the_logits_of_a_whole_batch():
     """`score` (zero-shot classification, `--mode=score`) computed the full (B, L-1, V) logits
     and their log-softmax: 1.6 GB each for GPT-2's 50,257 words and 16 rows of 512 tokens (8
@@ -449,7 +473,7 @@ def test_an_interrupted_scoring_ends_its_line_mode_bar_saying_what_stopped_it(
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(generate, "_score_fn", lambda m: interrupted_at_the_second_batch)
+    monkeypatch.setattr(generate, "_score_fn", lambda *a: interrupted_at_the_second_batch)
     capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):
         score(model, params, [[3, 4, 5]] * 5, [[7]] * 5, batch_size=2, progress=True)
@@ -510,6 +534,17 @@ def test_run_generate_from_a_gpt2_directory(tmp_path, lm):
                                   choices=[" sat", " dog"], labels=["S", "D"])
     assert [r["prediction"] for r in named] == [{"sat": "S", "dog": "D"}[r["prediction"]]
                                                 for r in scored]
+
+    # Scoring the padded checkpoint normalises over the tokenizer's ids, as sampling does.
+    padded_scores = generate.run_generate(str(tmp_path / "padded"), mode="score",
+                                          prompts=["the cat"], choices=[" sat", " dog"])
+    contexts = [tok.encode("the cat")] * 2
+    want = score(GPT(padded), padded_params, contexts, [tok.encode(" sat"), tok.encode(" dog")],
+                 num_tokens=tok.vocab_size)
+    assert list(padded_scores[0]["scores"].values()) == pytest.approx(want.tolist(), abs=1e-5)
+    assert not list(padded_scores[0]["scores"].values()) == pytest.approx(
+        score(GPT(padded), padded_params, contexts, [tok.encode(" sat"), tok.encode(" dog")]
+              ).tolist(), abs=1e-5)
     assert (tmp_path / "out.jsonl").read_text().count("\n") == 2
     from tl_jax.data.readers import DataFormatError
 

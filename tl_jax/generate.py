@@ -339,10 +339,12 @@ class Generator:
 _SCORE_FNS = {}
 
 
-def _score_fn(model: GPT):
-    """One jitted scorer per model config, so repeated `score` calls reuse compilations."""
-    if model.config in _SCORE_FNS:
-        return _SCORE_FNS[model.config]
+def _score_fn(model: GPT, num_tokens: int | None = None):
+    """One jitted scorer per (model config, num_tokens), so repeated `score` calls reuse
+    compilations. `num_tokens`: the softmax is over the first `num_tokens` rows only."""
+    key = (model.config, num_tokens)
+    if key in _SCORE_FNS:
+        return _SCORE_FNS[key]
 
     @jax.jit
     def fn(params, tokens, weights):
@@ -350,35 +352,50 @@ def _score_fn(model: GPT):
         # training loss: the whole (B, L-1, V) logits (1.6 GB at GPT-2's vocabulary for 16 rows
         # of 512 tokens), and as much again for their log-softmax, are never held.
         outputs, _ = model.apply({"params": params}, tokens[:, :-1], logits=False)
+        embedding = nn.unbox(params["wte"]["embedding"])
+        # Rows past the tokenizer's vocabulary get no probability, as `Generator` masks them:
+        # a bias that sends their logits to `_MASKED` (not a slice: no copy of the table).
+        bias = (None if num_tokens is None else
+                jnp.where(jnp.arange(embedding.shape[0]) < num_tokens, 0.0, _MASKED))
         nll, _ = losses.tied_softmax_cross_entropy(
-            outputs["hidden"], nn.unbox(params["wte"]["embedding"]), tokens[:, 1:])  # (B, L-1)
+            outputs["hidden"], embedding, tokens[:, 1:], bias=bias)  # (B, L-1)
         return -(nll * weights[:, 1:]).sum(-1)
 
-    _SCORE_FNS[model.config] = fn
+    _SCORE_FNS[key] = fn
     return fn
 
 
 def score(model: GPT, params, contexts: Sequence[Sequence[int]],
           continuations: Sequence[Sequence[int]], batch_size: int = 16, bucket: int = 16,
-          progress: bool | None = False):
+          progress: bool | None = False, num_tokens: int | None = None):
     """Log-likelihood of each continuation given its context: (N,) float64 sums of log p.
 
     Contexts longer than fits are truncated from the left (the continuation is kept whole).
     Sequences are right-padded to a bucketed length; causal attention makes the padding
     invisible to the scored positions. `progress`: a bar over the batches on stderr (None:
-    only when stderr is a terminal, as `tl_jax extract`'s; False: none).
+    only when stderr is a terminal, as `tl_jax extract`'s; False: none). `num_tokens`: the
+    tokenizer's vocabulary size when the model's output has more rows, as for `Generator`: the
+    probabilities are over those ids only (the padding rows get none), and a continuation
+    holding a later id is refused. None: every row is a token.
     """
     cfg = model.config
     if len(contexts) != len(continuations):
         raise ValueError(
             f"score: {len(contexts)} contexts but {len(continuations)} continuations"
         )
+    if num_tokens is not None and not 0 < num_tokens <= cfg.vocab_size:
+        raise ValueError(f"score: num_tokens={num_tokens} must be in [1, the model's "
+                         f"vocab_size={cfg.vocab_size}]")
+    num_tokens = None if num_tokens == cfg.vocab_size else num_tokens
     rows, weights = [], []
     for i, (ctx, cont) in enumerate(zip(contexts, continuations)):
         if not ctx:
             raise ValueError(f"score: context {i} is empty; give at least one token (e.g. EOS)")
         if not cont:
             raise ValueError(f"score: continuation {i} is empty")
+        if num_tokens is not None and max(cont) >= num_tokens:
+            raise ValueError(f"score: continuation {i} holds token id {max(cont)}, past the "
+                             f"num_tokens={num_tokens} that get probability")
         if len(cont) > cfg.max_len:  # with one context token: max_len + 1, the last not fed
             raise ValueError(
                 f"score: continuation {i} has {len(cont)} tokens; the model's max_len "
@@ -389,7 +406,7 @@ def score(model: GPT, params, contexts: Sequence[Sequence[int]],
         weights.append([0.0] * len(ctx) + [1.0] * len(cont))
     if not rows:  # nothing to score (np.concatenate of no batches raised "need at least one")
         return np.zeros(0, np.float64)
-    fn = _score_fn(model)
+    fn = _score_fn(model, num_tokens)
     results = []
     starts = range(0, len(rows), batch_size)
     # Counted by hand under `with`, so that Ctrl-C or an error in a batch ends a line-mode bar
@@ -415,19 +432,21 @@ def score(model: GPT, params, contexts: Sequence[Sequence[int]],
 
 def classify_zero_shot(model: GPT, params, prompts: Sequence[Sequence[int]],
                        label_continuations: Sequence[Sequence[int]], normalize: bool = False,
-                       batch_size: int = 8, progress: bool | None = False):
+                       batch_size: int = 8, progress: bool | None = False,
+                       num_tokens: int | None = None):
     """Zero-shot classification: the label whose continuation is most likely after the prompt.
 
     Returns (predictions (N,) int, scores (N, num_labels)). With `normalize`, scores are
     per-token averages so multi-token labels are not penalised for length. `batch_size` prompts
-    (each with every continuation) go through the model at a time.
+    (each with every continuation) go through the model at a time. `num_tokens`: as `score`'s.
     """
     if not label_continuations:  # (a batch of 0 rows per prompt: "range() arg 3 must not be zero")
         raise ValueError("classify_zero_shot: no label continuations to choose between")
     contexts = [p for p in prompts for _ in label_continuations]
     conts = [c for _ in prompts for c in label_continuations]
     scores = score(model, params, contexts, conts,
-                   batch_size=batch_size * len(label_continuations), progress=progress)
+                   batch_size=batch_size * len(label_continuations), progress=progress,
+                   num_tokens=num_tokens)
     scores = scores.reshape(len(prompts), len(label_continuations))
     if normalize:
         scores = scores / np.array([len(c) for c in label_continuations])[None, :]
@@ -784,8 +803,11 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                   f"max_len {model.config.max_len} leaves beside the longest choice; only their "
                   "last tokens are read", file=sys.stderr, flush=True)
         # Every prompt is scored before any is printed: a bar meanwhile (on a terminal).
+        # Over the tokenizer's vocabulary, as a completion samples from it (not the padding
+        # rows of a model whose embedding has more).
         predictions, scores = classify_zero_shot(model, params, encoded, conts,
-                                                 batch_size=batch_size, progress=None)
+                                                 batch_size=batch_size, progress=None,
+                                                 num_tokens=tokenizer.vocab_size)
         correct = 0
         for r, text, pred, row in zip(records, texts, predictions, scores):
             result = {"prompt": text, "prediction": labels[int(pred)],
