@@ -768,6 +768,32 @@ def test_score_mode_refuses_the_completion_flags(tmp_path, flag, value):
     assert "no_model" in str(e.value) and "for --mode=complete" not in str(e.value)
 
 
+def test_score_mode_refuses_a_seed_and_no_stop_at_eos(tmp_path):
+    """`--mode=score` refused the other completion flags but took --seed and --no_stop_at_eos
+    without a word, though they change nothing in a score."""
+    from tl_jax import main
+
+    missing = str(tmp_path / "no_model")  # refused before the model is read
+    score = ["generate", f"--model={missing}", "--mode=score", "--prompt=the cat",
+             "--choice= a", "--choice= b"]
+    for flags, named in ((["--seed=7"], "--seed is"), (["--no_stop_at_eos"], "--no_stop_at_eos is"),
+                         (["--top_k=5", "--no_stop_at_eos", "--seed=1"],
+                          "--top_k, --seed, --no_stop_at_eos are")):
+        with pytest.raises(SystemExit) as e:
+            main.main(score + flags)
+        assert str(e.value).splitlines()[0] == (f"tl_jax: error: generate: {named} for "
+                                                "--mode=complete; --mode=score writes no "
+                                                "completion")
+    for kwargs, named in ((dict(seed=3), "--seed"), (dict(stop_at_eos=False), "--no_stop_at_eos")):
+        with pytest.raises(ValueError, match=rf"{named} is for --mode=complete"):
+            generate.run_generate(missing, mode="score", prompts=["x"], choices=[" a"], **kwargs)
+    # Their completion defaults pass (the model is then missing): the CLI passes them when the
+    # flags are left out.
+    with pytest.raises(FileNotFoundError):
+        generate.run_generate(missing, mode="score", prompts=["x"], choices=[" a"], seed=0,
+                              stop_at_eos=True)
+
+
 def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
     from tl_jax.data.readers import DataFormatError
 

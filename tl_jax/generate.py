@@ -634,7 +634,10 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     so an interrupted run keeps the ones done).
     The completion flags `max_new_tokens` (default 64), `temperature` (0.0: greedy), `top_k` (0:
     off), `top_p` (1.0: off) and `stop` are None / empty when not given: score mode refuses
-    them, since it writes no completion for them to shape.
+    them, since it writes no completion for them to shape (even at their completion default:
+    `temperature=0.0` given says the caller meant it to do something). It refuses a `seed`
+    other than 0 and `stop_at_eos=False` too (the values the CLI passes when the flags are left
+    out).
     Flags are checked before the model is loaded.
     """
     import json
@@ -668,9 +671,13 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
             raise ValueError("generate: an empty stop string would end every completion at once")
     else:
         # Scoring writes no completion: these were silently ignored, as if they had shaped it.
+        # `seed` and `stop_at_eos` count as given when they differ from the completion's
+        # defaults: `tl_jax generate` passes 0 and True when --seed and --no_stop_at_eos are
+        # left out, so a given --seed=0 cannot be told from none (and changes nothing).
         given = [f"--{name}" for name, value in (
             ("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_k", top_k),
-            ("top_p", top_p)) if value is not None] + (["--stop"] if stop else [])
+            ("top_p", top_p)) if value is not None] + (["--seed"] if seed != 0 else []) + (
+            [] if stop_at_eos else ["--no_stop_at_eos"]) + (["--stop"] if stop else [])
         if given:
             raise ValueError(f"generate: {', '.join(given)} {'is' if len(given) == 1 else 'are'} "
                              "for --mode=complete; --mode=score writes no completion")
