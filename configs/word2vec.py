@@ -47,7 +47,7 @@ def get_config(arg=None):
         min_learning_rate=1e-4,
     ))
     c.glove = ml_collections.ConfigDict(dict(  # unused here; kept so both configs share keys
-        x_max=10.0, alpha=0.75, learning_rate=0.5, adagrad="optax"))
+        x_max=10.0, alpha=0.75, learning_rate=None, adagrad="optax"))
     c.save_formats = ("word2vec_text", "word2vec_binary")
     c.eval_dir = "$TL_JAX_DATA_DIR"   # where eval/wordsim353.tsv etc. live; "" = no evaluation
     if arg == "tiny":
