@@ -281,22 +281,96 @@ def test_a_normally_closed_line_bar_prints_one_closing_line_as_before():
     assert stream.getvalue() == "[bert] step 2/2 (100%) | done in 0.0s\n"
 
 
-def test_on_a_terminal_an_exception_leaves_tqdms_bar_as_it_was(monkeypatch):
-    """closed_on_error leaves tqdm's bar alone: on a terminal nothing changes."""
-    import sys
-
+def test_on_a_terminal_an_exception_closes_tqdms_bar_so_the_error_starts_a_line(monkeypatch):
+    """closed_on_error left tqdm's bar open: the traceback (or a `[checkpoint]` line) that
+    followed Ctrl-C, a non-finite loss or a failing eval started on the bar's line, after it.
+    Now the bar is closed as tqdm's own `with` closes it: the trainer's (leave) stays drawn
+    where it stopped, then a newline; one without leave (the eval bar) is cleared."""
     from tqdm.auto import tqdm
-    monkeypatch.setattr(sys, "stderr", _Terminal())
     monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((80, 24)))
-    bar = progress.bar(total=3, desc="train", mininterval=0)
-    assert isinstance(bar, tqdm)
+
+    def stopped(leave, terminal=None):
+        terminal = _Terminal() if terminal is None else terminal
+        bar = progress.bar(total=3, desc="train", mininterval=0, leave=leave, file=terminal)
+        assert isinstance(bar, tqdm)
+        with pytest.raises(KeyboardInterrupt):
+            with progress.closed_on_error(bar):
+                bar.update(1)
+                raise KeyboardInterrupt
+        return bar, terminal.getvalue()
+
+    bar, drawn = stopped(leave=True)
+    assert bar.disable  # tqdm disables a bar it closes
+    assert drawn.endswith("\n") and drawn.count("\n") == 1, repr(drawn)
+    last = drawn[:-1].rsplit("\r", 1)[-1]  # the bar as it was left, where it stopped
+    assert last.startswith("train:  33%|") and " 1/3 " in last
+    bar.close()  # closes once: nothing more is drawn
+    assert bar.fp.getvalue() == drawn
+
+    bar, drawn = stopped(leave=False)
+    # Cleared (blanks over the bar), the cursor back at the start of the now blank line.
+    assert bar.disable and "\n" not in drawn
+    assert drawn.endswith("\r") and drawn.split("\r")[-2].strip() == ""
+
+    # The trainer's bar with an eval bar under it, stopped during the eval: the eval bar is
+    # cleared, the training bar left, and the error starts on the line under it.
+    terminal = _Terminal()
+    train = progress.bar(total=10, desc="train", mininterval=0, file=terminal)
     with pytest.raises(KeyboardInterrupt):
-        with progress.closed_on_error(bar):
-            bar.update(1)
-            raise KeyboardInterrupt
-    drawn = sys.stderr.getvalue()
-    assert "stopped" not in drawn and not bar.disable  # tqdm disables a bar it closes
+        with progress.closed_on_error(train):
+            train.update(4)
+            evaluation = progress.bar(total=5, desc="eval", mininterval=0, leave=False,
+                                      file=terminal)
+            with progress.closed_on_error(evaluation):
+                evaluation.update(2)
+                raise KeyboardInterrupt
+    drawn = terminal.getvalue()
+    assert train.disable and evaluation.disable and drawn.endswith("\n")
+    assert drawn[:-1].rsplit("\r", 1)[-1].startswith("train:  40%|")
+
+    # Without an exception the bar is left open: its owner closes it (the trainer after its
+    # final save).
+    bar = progress.bar(total=3, desc="train", mininterval=0, file=(terminal := _Terminal()))
+    with progress.closed_on_error(bar):
+        bar.update(3)
+    assert not bar.disable and "\n" not in terminal.getvalue()
     bar.close()
+    assert terminal.getvalue().endswith("\n")
+
+
+def test_in_a_notebook_an_exception_marks_tqdms_widget_as_failed():
+    """tqdm.notebook's widget closed after an error showed "success" (green) at its total, and
+    one without leave vanished: left shown, and red ("danger"), as tqdm.notebook leaves a bar
+    whose own loop raised. (ipywidgets' parts are stand-ins here.)"""
+    import types
+
+    from tqdm.notebook import tqdm_notebook
+
+    class Widget(tqdm_notebook):
+        @staticmethod
+        def status_printer(_, total=None, desc=None, ncols=None):
+            def part():
+                return types.SimpleNamespace(value=None, bar_style="",
+                                             style=types.SimpleNamespace(bar_color=None))
+            box = types.SimpleNamespace(children=[part(), part(), part()],
+                                        layout=types.SimpleNamespace(visibility="visible"))
+            box.close = lambda: setattr(box.layout, "visibility", "hidden")
+            return box
+
+    for leave, n in ((True, 3), (False, 3), (False, 1)):
+        bar = Widget(total=3, leave=leave, display=False)
+        bar.update(n)
+        with pytest.raises(FloatingPointError):
+            with progress.closed_on_error(bar):
+                raise FloatingPointError("nan")
+        _, drawn, _ = bar.container.children
+        assert bar.disable and drawn.value == n  # closed, where it stopped
+        assert drawn.bar_style == "danger" and bar.container.layout.visibility == "visible"
+    bar = Widget(total=3, display=False)
+    with progress.closed_on_error(bar):
+        bar.update(3)
+    bar.close()
+    assert bar.container.children[1].bar_style == "success"  # no error: as before
 
 
 def test_a_training_run_stopped_by_a_non_finite_loss_logs_the_step_it_reached(

@@ -283,16 +283,33 @@ class LineProgress:
 @contextlib.contextmanager
 def closed_on_error(progress_bar):
     """For a bar made before a block and closed after it, as the trainer's (which outlives its
-    loop): an exception leaving the block `stop`s a line-mode bar, whose last line then says
-    where the work stopped and by what (a non-finite loss, Ctrl-C, a failing eval), instead of
-    the log ending on a progress line up to `line_seconds` old. tqdm's bar (a terminal, a
-    notebook) and None (no bar) are left as they were."""
+    loop): an exception leaving the block (a non-finite loss, Ctrl-C, a failing eval) closes
+    the bar, so that what follows it (the traceback, a `[checkpoint]` line) does not start on
+    the bar's line, or leave a log ending on a progress line up to `line_seconds` old.
+
+    A line-mode bar is `stop`ped: its last line says where the work stopped and by what. tqdm's
+    bar on a terminal is closed as tqdm's own `with` closes it: left drawn where it stopped
+    (with `leave`, the trainer's), or cleared (without, the eval bar), then the cursor at the
+    start of a line of its own. A notebook's widget is also marked as failed (red), as
+    tqdm.notebook marks one whose own loop raised, rather than as a success at its total.
+    None (no bar) is left alone."""
     try:
         yield progress_bar
     except BaseException as error:
         if isinstance(progress_bar, LineProgress):
             progress_bar.stop(error)
+        elif progress_bar is not None:
+            _close_tqdm_after_error(progress_bar)
         raise
+
+
+def _close_tqdm_after_error(tqdm_bar) -> None:
+    """Closes a tqdm bar that an exception stopped (see `closed_on_error`)."""
+    if getattr(tqdm_bar, "container", None) is not None and not tqdm_bar.disable:
+        # tqdm.notebook's widget: "danger" first, which its `close` then keeps (shown, and
+        # red, also with leave=False or at its total, where it would say "success").
+        tqdm_bar.disp(bar_style="danger", check_delay=False)
+    tqdm_bar.close()
 
 
 def _tqdm_arguments() -> set:
