@@ -1,4 +1,5 @@
 """The trainer on BERT pretraining: sharding invariance, learning on real text, the CLI."""
+import io
 import json
 import pathlib
 import subprocess
@@ -345,6 +346,53 @@ def test_a_run_logged_to_a_file_shows_step_and_eval_lines(tiny_bert_overrides, t
         evals = [line for line in out.splitlines() if line.startswith("[eval] step ")]
         assert [line.split(":")[0] for line in evals] == ["[eval] step 2", "[eval] step 3"]
         assert re.search(r"eval/mlm_loss=\d+\.\d{4}", evals[0])
+
+
+def test_a_failing_final_save_ends_the_progress_output_saying_so(tiny_bert_overrides, tmp_path,
+                                                                capsys, monkeypatch):
+    """The final save, finished as the trainer closes the checkpointer (an asynchronous one
+    still in flight), can fail (a full disk). Its bar was then never closed: a log had no
+    closing line (its last progress line up to $TL_JAX_PROGRESS_SECONDS old, here none at all),
+    and on a terminal the error started on the bar's line. Now the log's last line says the
+    run was stopped by the failed save, never "done"; a terminal's bar ends its line."""
+    import os
+
+    from tl_jax import checkpoint as ckpt_lib
+
+    real_close = ckpt_lib.Checkpointer.close
+
+    def failing_close(self):
+        real_close(self)
+        raise self._write_failed(OSError(28, "No space left on device"))
+
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "close", failing_close)
+    monkeypatch.setenv("TL_JAX_PROGRESS_SECONDS", "3600")  # only the closing line
+    config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [
+        "mesh.num_devices=1", "train.steps=2", "train.eval_every=0", "train.progress=True"])
+    with pytest.raises(ckpt_lib.CheckpointError, match="No space left on device"):
+        train.train_and_evaluate(config, str(tmp_path / "log"))
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("[bert_pretrain]")]
+    assert len(lines) == 1 and lines[0].startswith("[bert_pretrain] step 2/2 (100%) "), lines
+    assert " | stopped by CheckpointError after " in lines[0]
+
+    class Terminal(io.StringIO):  # stderr on a terminal: tqdm's bar
+        def isatty(self):
+            return True
+
+        def fileno(self):
+            return 2
+
+    monkeypatch.setattr(sys, "stderr", terminal := Terminal())
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((80, 24)))
+    # Held as an uncaught error's traceback is while it prints (freed, tqdm's bar closes
+    # itself, too late: after the error).
+    with pytest.raises(ckpt_lib.CheckpointError, match="No space left on device") as error:
+        train.train_and_evaluate(config, str(tmp_path / "terminal"))
+    drawn = terminal.getvalue()
+    assert error.traceback  # (still held)
+    last_drawn = drawn[drawn.rindex("\rbert_pretrain:"):]
+    # Left drawn at the step reached, and its line ended.
+    assert last_drawn.startswith("\rbert_pretrain: 100%|") and "\n" in last_drawn, last_drawn
 
 
 def test_zero_steps_in_a_new_workdir_evaluates_the_initial_model_and_says_so(

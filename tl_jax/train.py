@@ -925,7 +925,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         window_start, window_steps = time.perf_counter(), 0
 
     # closed_on_error: a run ended by an exception ends its log's progress lines with the
-    # step it reached (the bar is closed after the loop otherwise).
+    # step it reached, and on a terminal closes the bar, so the error starts on a line of its
+    # own (the bar is closed after the loop and the final save otherwise).
     with _Preemption() as preemption, _finish_save_on_error(checkpointer), \
             closed_on_error(bar):
         window_start = time.perf_counter()
@@ -973,7 +974,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                     print(f"[checkpoint] SIGTERM: saved step {done}; exiting.", flush=True)
                     break
         flush(int(jax.device_get(state["step"])))
-    with _finish_save_on_error(checkpointer):  # the final save may still be in flight
+    # The final save may still be in flight. Should it fail, the bar is closed saying so: in a
+    # log, "stopped by CheckpointError" at the step reached, where no closing line came at all;
+    # on a terminal, the error then starts on a line of its own, not on the bar's.
+    with _finish_save_on_error(checkpointer), closed_on_error(bar):
         checkpointer.close()
     writer.close()
     if bar is not None:
