@@ -373,6 +373,89 @@ def test_in_a_notebook_an_exception_marks_tqdms_widget_as_failed():
     assert bar.container.children[1].bar_style == "success"  # no error: as before
 
 
+def _screen(drawn: str) -> list[str]:
+    """The lines a terminal shows after `drawn`: carriage returns, newlines and tqdm's
+    cursor-up (ESC [A) applied, each line's trailing blanks dropped."""
+    lines, row, column, i = [[]], 0, 0, 0
+    while i < len(drawn):
+        if drawn.startswith("\x1b[A", i):
+            row, i = max(row - 1, 0), i + 3
+            continue
+        char, i = drawn[i], i + 1
+        if char == "\r":
+            column = 0
+        elif char == "\n":
+            row, column = row + 1, 0
+            if row == len(lines):
+                lines.append([])
+        else:
+            line = lines[row]
+            line.extend(" " * (column - len(line)))
+            line[column:column + 1] = [char]
+            column += 1
+    return ["".join(line).rstrip() for line in lines]
+
+
+def test_write_puts_a_message_above_tqdms_bar_on_a_line_of_its_own(monkeypatch, capsys):
+    """On a terminal stdout and stderr are one screen: a note printed while the trainer's bar
+    was drawn (an eval's note, SIGTERM's "saved step N") landed on the end of the bar's line,
+    and the bar's next redraw left a copy of it under the note."""
+    import sys
+
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((80, 24)))
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    bar = progress.bar(total=10, desc="train", unit="step", mininterval=0)
+    bar.update(3)
+    progress.write("[checkpoint] Note: a note")
+    bar.update(1)
+    bar.close()
+    screen = _screen(terminal.getvalue())
+    assert screen[0] == "[checkpoint] Note: a note", screen
+    assert screen[1].startswith("train:  40%|") and screen[2:] == [""], screen
+    # Where no bar is drawn, a line on stdout as `print`'s.
+    monkeypatch.undo()
+    progress.write("[eval] Note: x")
+    assert capsys.readouterr() == ("[eval] Note: x\n", "")
+
+
+def test_the_trainers_notes_during_its_loop_start_lines_of_their_own_on_a_terminal(
+        tiny_bert_overrides, tmp_path, monkeypatch):
+    """The trainer printed its notes during the loop (a best_metric no eval reports, SIGTERM's
+    "saved step N") with `print`: on a terminal, after the bar on its line."""
+    import sys
+
+    from tl_jax import config as config_lib, train
+    from tl_jax.tasks import bert_pretrain
+
+    declared = bert_pretrain.Task.eval_metric_names  # one more: no eval reports it
+    monkeypatch.setattr(bert_pretrain.Task, "eval_metric_names",
+                        staticmethod(lambda config: declared(config) + ("mlm_acc",)))
+    monkeypatch.setattr(train._Preemption, "stop_after",
+                        lambda self, step, start_step: step == 1)  # as if SIGTERM came
+    bert = os.path.join(os.path.dirname(__file__), "..", "configs", "bert_pretrain.py")
+    config = config_lib.load_config(bert + ":tiny", tiny_bert_overrides + [
+        "mesh.num_devices=1", "train.steps=3", "train.eval_every=1", "train.progress=True",
+        "train.best_metric=eval/mlm_acc", "train.checkpoint_every=100"])
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((80, 24)))
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert train.train_and_evaluate(config, str(tmp_path)).stopped
+    monkeypatch.undo()
+    screen = _screen(terminal.getvalue())
+    assert any(line.startswith("[checkpoint] Note: train.best_metric='eval/mlm_acc' is not "
+                               "among the eval metrics") for line in screen), screen
+    assert "[checkpoint] SIGTERM: saved step 1; exiting." in screen, screen
+    assert any(line.startswith("[eval] step 1: eval/mlm_accuracy=") for line in screen), screen
+    # The bar, left at step 1 under them, and the summary.
+    bars = [line for line in screen if line.startswith("bert_pretrain: ")]
+    assert bars and " 1/3 " in bars[-1] and screen.index(bars[-1]) > screen.index(
+        "[checkpoint] SIGTERM: saved step 1; exiting."), screen
+    assert screen[-2].startswith("done: 1 steps | held-out mlm_accuracy "), screen
+
+
 def test_a_training_run_stopped_by_a_non_finite_loss_logs_the_step_it_reached(
         tiny_bert_overrides, tmp_path, monkeypatch, capsys):
     """The trainer's bar off a terminal (captured stderr): a run stopped by

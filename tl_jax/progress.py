@@ -51,6 +51,20 @@ def phase(what: str, enabled: bool, prefix: str = "[data]"):
           flush=True)
 
 
+def write(message: str) -> None:
+    """Prints `message` on stdout on a line of its own, above tqdm's bars where they are drawn.
+
+    A plain `print` while a bar is drawn (on a terminal, stdout and stderr are one screen)
+    lands on the end of the bar's line, where the cursor waits, and the bar's next redraw
+    leaves a copy of itself under it. tqdm's `write` clears the bars first and redraws them
+    under the message; it is flushed here too, so that in a log the message keeps its place
+    among line mode's progress lines (on stderr). Where no bar is drawn, a `print`."""
+    from tqdm.auto import tqdm
+    tqdm.write(message)
+    if sys.stdout is not None:  # None under pythonw: tqdm writes nothing there either
+        sys.stdout.flush()
+
+
 # Seconds between two of line mode's lines, unless the caller or this variable says otherwise.
 DEFAULT_LINE_SECONDS = 30.0
 LINE_SECONDS_VARIABLE = "TL_JAX_PROGRESS_SECONDS"

@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tl_jax import checkpoint as ckpt_lib
 from tl_jax import parallel, tasks
 from tl_jax.metrics_writer import MetricsWriter
-from tl_jax.progress import bar as progress_bar, closed_on_error
+from tl_jax.progress import bar as progress_bar, closed_on_error, write as progress_write
 from tl_jax.optim import masks, optimizers, transfer
 
 # optax.tree.norm replaces the deprecated optax.global_norm; older optax has only the latter.
@@ -535,10 +535,12 @@ def evaluate(trainer: Trainer, params, step: int) -> dict[str, float]:
     empty = [k for k in empty_metrics(results) if k not in trainer.noted_empty]
     if empty and jax.process_index() == 0:
         names = ", ".join(f"eval/{k}" for k in empty)
-        print(f"[eval] Note: nothing in the eval batches counts towards {names} at step {step} "
-              "(its count is 0: no masked prediction, no labelled row, no predicted replacement "
-              "for a precision, ...): logged as nan, not 0, and such an eval never makes a "
-              "checkpoint the best.", flush=True)
+        # (Above the training bar, on a terminal: a print would land on the bar's line.)
+        progress_write(
+            f"[eval] Note: nothing in the eval batches counts towards {names} at step {step} "
+            "(its count is 0: no masked prediction, no labelled row, no predicted replacement "
+            "for a precision, ...): logged as nan, not 0, and such an eval never makes a "
+            "checkpoint the best.")
     trainer.noted_empty.update(empty)
     if trainer.predict_step is not None and hasattr(trainer.task, "evaluate"):
         extra = trainer.task.evaluate(outputs, trainer.workdir, step)
@@ -582,10 +584,12 @@ class _Preemption:
                 except RuntimeError:  # "Preemption sync manager has not been initialized"
                     pass
             if jax.process_index() == 0:
-                print("[train] Note: jax's preemption sync manager is not running (the "
-                      "jax_enable_preemption_service option is off, or jax.distributed was not "
-                      "started): the processes share whether one got SIGTERM after every step, "
-                      "which makes each step wait for the one before it.", flush=True)
+                # (The training bar is drawn by now: above it, not on its line.)
+                progress_write(
+                    "[train] Note: jax's preemption sync manager is not running (the "
+                    "jax_enable_preemption_service option is off, or jax.distributed was not "
+                    "started): the processes share whether one got SIGTERM after every step, "
+                    "which makes each step wait for the one before it.")
         try:
             self._old = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread (e.g. some notebook runners)
@@ -951,10 +955,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                 if (tc.best_metric and last_eval and tc.best_metric not in last_eval
                         and not best_metric_missing and is_main):
                     best_metric_missing = True  # a misspelt name would silently keep no best
-                    print(f"[checkpoint] Note: train.best_metric={tc.best_metric!r} is not "
-                          f"among the eval metrics ({', '.join(sorted(last_eval))}): no best "
-                          f"checkpoint is kept, only the last {tc.keep_checkpoints}.",
-                          flush=True)
+                    # progress_write: above the bar on a terminal, as the eval line below.
+                    progress_write(
+                        f"[checkpoint] Note: train.best_metric={tc.best_metric!r} is not "
+                        f"among the eval metrics ({', '.join(sorted(last_eval))}): no best "
+                        f"checkpoint is kept, only the last {tc.keep_checkpoints}.")
                 window_start, window_steps = time.perf_counter(), 0
                 if bar is not None and last_eval:
                     # A line of its own: above the bar on a terminal, between the progress
@@ -971,7 +976,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                 # lower the next window's tokens/s and MFU and the summary's.
                 window_start = time.perf_counter()
                 if stop:
-                    print(f"[checkpoint] SIGTERM: saved step {done}; exiting.", flush=True)
+                    # (Above the bar, still drawn: it is closed after the final save.)
+                    progress_write(f"[checkpoint] SIGTERM: saved step {done}; exiting.")
                     break
         flush(int(jax.device_get(state["step"])))
     # The final save may still be in flight. Should it fail, the bar is closed saying so: in a
