@@ -944,3 +944,38 @@ def test_a_copied_cased_tokenizer_directory_stays_cased_in_transformers(tmp_path
         assert config["do_lower_case"] is lowercase
         hf = transformers.BertTokenizerFast.from_pretrained(str(out))
         assert hf(text, add_special_tokens=False)["input_ids"] == tok.encode(text), lowercase
+
+
+def test_a_model_vocabulary_padded_beyond_its_tokenizer_exports_and_loads(tmp_path):
+    # bert_pretrain takes model.vocab_size above the tokenizer's (a padded table), and
+    # fill_mask reads such a workdir, but the export refused it ("they must agree"), and so did
+    # fill_mask and load_tokenizer_for on a Hugging Face directory of that shape. Rows past the
+    # tokenizer are never indexed; only a tokenizer larger than the table is an error.
+    from tl_jax.data.tokenizer import Tokenizer
+    from tl_jax.fill_mask import FillMask
+    from tl_jax.interop import bert_tokenizer
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat",
+                                "sat", "on", "mat", "."]) + "\n")
+    tok = Tokenizer.from_vocab(str(vocab))
+    config = bert.BertConfig(vocab_size=tok.vocab_size + 5, hidden_size=16, num_layers=1,
+                             num_heads=2, intermediate_size=24, max_position_embeddings=16)
+    params = nn.unbox(bert.BertForPreTraining(config).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 4), jnp.int32),
+        jnp.ones((1, 4), jnp.int32), masked_positions=jnp.zeros((1, 1), jnp.int32))["params"])
+    out = hf_bert.export(params, config, tmp_path / "hf", tokenizer=tok)
+
+    assert hf_bert.load_tokenizer_for(out).get_vocab_size() == tok.vocab_size
+    hf_tok = transformers.BertTokenizerFast.from_pretrained(str(out))
+    assert hf_tok("the cat sat", add_special_tokens=False)["input_ids"] == tok.encode("the cat sat")
+    torch_model = transformers.BertForMaskedLM.from_pretrained(str(out)).eval()
+    assert torch_model.config.vocab_size == tok.vocab_size + 5
+    predicted = FillMask.load(str(out)).predict("the cat [MASK] on the mat .", top_k=3)
+    assert len(predicted) == 1 and len(predicted[0]) == 3
+
+    # A tokenizer with more entries than the model has rows is not its tokenizer.
+    with pytest.raises(ValueError, match=r"has 11 entries but the model's vocab_size is 9: "
+                                         r"ids 9\.\.10 would index past"):
+        bert_tokenizer.write_tokenizer(tok, tmp_path, vocab_size=9)
+

@@ -542,7 +542,7 @@ def export(params, config: BertConfig, directory, *, with_heads: bool = True,
 
     params: a BertForPreTraining tree, or a BertModel tree when with_heads=False.
     tokenizer: None, a directory holding tokenizer files (copied), or a `tokenizers.Tokenizer`
-    (saved as tokenizer.json plus vocab.txt). Its vocabulary size must equal the model's.
+    (saved as tokenizer.json plus vocab.txt). Its vocabulary may not exceed the model's.
     """
     directory = pathlib.Path(directory)
     params, config = merge_lora(params, config)

@@ -21,8 +21,10 @@ def load_tokenizer(directory, vocab_size: Optional[int] = None):
     Prefers `tokenizer.json`; else builds BERT WordPiece from `vocab.txt`. Either way the
     casing, accent and CJK settings that `tokenizer_config.json` states win, as in transformers
     (`data.tokenizer.normalizer_settings`). Padding/truncation stored in tokenizer.json are
-    switched off: batching decides those. vocab_size: when given, the tokenizer must have exactly
-    that many entries (a mismatch would give out-of-range ids or dead rows).
+    switched off: batching decides those. vocab_size: the model's, when given; the tokenizer
+    must not have more entries (its ids past the embedding table would be out of range). It may
+    have fewer: a model vocabulary padded beyond the tokenizer's (`model.vocab_size` above it)
+    only has rows no id reaches, and transformers loads such a pair as it is.
     """
     import tokenizers
     from tokenizers.implementations import BertWordPieceTokenizer
@@ -47,10 +49,19 @@ def load_tokenizer(directory, vocab_size: Optional[int] = None):
     else:
         raise FileNotFoundError(f"{directory} has no tokenizer: expected tokenizer.json or "
                                 "vocab.txt")
-    if vocab_size is not None and tok.get_vocab_size() != vocab_size:
-        raise ValueError(f"tokenizer {path} has {tok.get_vocab_size()} entries but the model's "
-                         f"vocab_size is {vocab_size}; they must agree")
+    if vocab_size is not None:
+        check_vocab_fits(tok.get_vocab_size(), vocab_size, f"tokenizer {path}")
     return tok
+
+
+def check_vocab_fits(tokenizer_size: int, vocab_size: int, what: str = "tokenizer") -> None:
+    """A tokenizer of `tokenizer_size` entries for a model of `vocab_size` rows: larger is an
+    error (ids past the table); smaller is a padded model vocabulary, whose extra rows no id
+    reaches."""
+    if tokenizer_size > vocab_size:
+        raise ValueError(f"{what} has {tokenizer_size} entries but the model's vocab_size is "
+                         f"{vocab_size}: ids {vocab_size}..{tokenizer_size - 1} would index "
+                         "past its embedding table. It is not this model's tokenizer.")
 
 
 def write_tokenizer(tokenizer, directory: pathlib.Path, vocab_size: int,
@@ -59,7 +70,8 @@ def write_tokenizer(tokenizer, directory: pathlib.Path, vocab_size: int,
 
     tokenizer: a directory holding tokenizer files (validated, then copied), or a
     `tokenizers.Tokenizer` / tl_jax `Tokenizer` (saved as tokenizer.json plus an id-ordered
-    vocab.txt). Its vocabulary size must equal `vocab_size`. Either way `tokenizer_config.json`
+    vocab.txt). Its vocabulary must not be larger than `vocab_size` (`check_vocab_fits`: a
+    model padded beyond it is fine). Either way `tokenizer_config.json`
     states the casing, accent and CJK settings the tokenizer has.
     """
     config = {"tokenizer_class": "BertTokenizer", "model_max_length": model_max_length}
@@ -73,9 +85,7 @@ def write_tokenizer(tokenizer, directory: pathlib.Path, vocab_size: int,
             config = json.loads((source / "tokenizer_config.json").read_text())
     else:
         tok = getattr(tokenizer, "hf_tokenizer", tokenizer)  # unwrap a data.tokenizer.Tokenizer
-        if tok.get_vocab_size() != vocab_size:
-            raise ValueError(f"tokenizer has {tok.get_vocab_size()} entries but the model's "
-                             f"vocab_size is {vocab_size}; they must agree")
+        check_vocab_fits(tok.get_vocab_size(), vocab_size)
         tok.save(str(directory / "tokenizer.json"))
         vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])  # vocab.txt is id-ordered
         (directory / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab))
