@@ -979,3 +979,15 @@ def test_a_model_vocabulary_padded_beyond_its_tokenizer_exports_and_loads(tmp_pa
                                          r"ids 9\.\.10 would index past"):
         bert_tokenizer.write_tokenizer(tok, tmp_path, vocab_size=9)
 
+
+def test_a_broken_tokenizer_file_in_a_hf_directory_is_named(tmp_path):
+    # An empty vocab.txt made `tl_jax fill_mask` of the directory end in a TypeError traceback
+    # from tokenizers ("sep_token not found in the vocabulary"), a truncated tokenizer.json in
+    # a bare Exception; both are now errors that name the file.
+    _, path = hf_random_model(tmp_path, SHAPES[0])
+    (path / "vocab.txt").write_text("")
+    with pytest.raises(ValueError, match=r"vocab.txt is not a BERT vocabulary .*sep_token"):
+        hf_bert.load_tokenizer_for(path)
+    (path / "tokenizer.json").write_text('{"version": ')
+    with pytest.raises(ValueError, match=r"Cannot read tokenizer file .*tokenizer.json: EOF"):
+        hf_bert.load_tl_tokenizer(path)

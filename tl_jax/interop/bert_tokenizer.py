@@ -35,17 +35,24 @@ def load_tokenizer(directory, vocab_size: Optional[int] = None):
     settings = normalizer_settings(str(directory))
     if (directory / "tokenizer.json").exists():
         path = directory / "tokenizer.json"
-        tok = tokenizers.Tokenizer.from_file(str(path))
+        try:
+            tok = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+            raise ValueError(f"Cannot read tokenizer file {path}: {e}") from None
         tok.no_padding()
         tok.no_truncation()
         apply_normalizer_settings(tok, settings)
     elif (directory / "vocab.txt").exists():
         path = directory / "vocab.txt"
-        tok = BertWordPieceTokenizer(
-            str(path), lowercase=settings.get("do_lower_case", True),
-            strip_accents=settings.get("strip_accents"),
-            handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
-        )._tokenizer
+        try:
+            tok = BertWordPieceTokenizer(
+                str(path), lowercase=settings.get("do_lower_case", True),
+                strip_accents=settings.get("strip_accents"),
+                handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
+            )._tokenizer
+        except Exception as e:  # an empty or truncated file: a TypeError, or a bare Exception
+            raise ValueError(f"{path} is not a BERT vocabulary (one token per line, with "
+                             f"[CLS], [SEP] and [UNK]): {e}") from None
     else:
         raise FileNotFoundError(f"{directory} has no tokenizer: expected tokenizer.json or "
                                 "vocab.txt")
