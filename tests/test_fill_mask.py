@@ -367,6 +367,29 @@ def test_an_electra_discriminator_alone_is_refused_in_one_line(tmp_path, monkeyp
         fill_mask.FillMask.load(str(tmp_path / "hf"))
 
 
+def test_a_converted_electra_pair_fills_masks_as_its_hugging_face_directory(tmp_path):
+    """`tl_jax convert` of a HF pair directory gives tl_jax weights of the pair; fill_mask read
+    the HF directory but refused what it converted to ("a electra model ... needs a BERT")."""
+    import shutil
+
+    from tl_jax.interop import convert
+
+    _hf_electra(tmp_path / "hf", pair=True)
+    convert.convert(tmp_path / "hf", tmp_path / "tl", "hf_to_tl")
+    text = "the old [MASK] is big and [MASK]"
+    want = fill_mask.FillMask.load(str(tmp_path / "hf")).predict(text, top_k=3)
+    model = fill_mask.FillMask.load(str(tmp_path / "tl"))
+    assert model.description.startswith(f"the ELECTRA generator in {tmp_path / 'tl'} (2 layers, "
+                                        "16 wide)")
+    assert model.predict(text, top_k=3) == want
+    # The discriminator alone converts too, and is refused saying what it is.
+    shutil.rmtree(tmp_path / "hf" / "generator")
+    convert.convert(tmp_path / "hf", tmp_path / "disc", "hf_to_tl")
+    with pytest.raises(fill_mask.FillMaskError, match="weights directory of an ELECTRA "
+                                                      "discriminator without its generator"):
+        fill_mask.FillMask.load(str(tmp_path / "disc"))
+
+
 def test_factorised_bert_pretraining_trains_fills_masks_and_exports(tiny_bert_overrides, tmp_path,
                                                                      capsys):
     """`model.embedding_size` factorises bert_pretrain's embeddings (ALBERT's E < H): the run

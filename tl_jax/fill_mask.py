@@ -19,8 +19,8 @@ no masked-LM head and is refused with a one-line `FillMaskError` saying what the
 (`BertForMaskedLM`, `BertForPreTraining`; an encoder-only `BertModel` is refused), a Hugging
 Face ELECTRA generator directory (`ElectraForMaskedLM`, or a discriminator + generator pair
 directory, whose `generator/` predicts; a discriminator alone is refused: it has no masked-LM
-head) and a tl_jax weights directory of a BERT with its heads (`tl_jax convert` of such a
-directory or workdir).
+head) and a tl_jax weights directory of a BERT with its heads or of an ELECTRA pair (`tl_jax
+convert` of such a directory or workdir; the pair's generator predicts).
 """
 from __future__ import annotations
 
@@ -274,13 +274,23 @@ class FillMask:
         from tl_jax.interop import convert
 
         config, params, family = convert.load_tl_params(path)
+        if (family == "electra" and isinstance(config, electra.ElectraConfig)
+                and "generator" in params):
+            # An ELECTRA pair (`tl_jax convert` of a HF pair directory): its generator predicts,
+            # as in the pair directory it came from.
+            return cls(config, params, Tokenizer.load(path),
+                       f"the ELECTRA generator in {path} ({config.generator_num_layers} layers, "
+                       f"{config.generator_hidden_size} wide): the discriminator only tells "
+                       "original from replaced tokens")
         heads = isinstance(params, dict) and {"mlm_head", "nsp_head"} <= set(params)
         if family != "bert" or not heads:
-            what = (f"a {family} model" if family != "bert" else
-                    "a BERT encoder without its MLM head")
+            what = {"bert": "a BERT encoder without its MLM head",
+                    "electra": "an ELECTRA discriminator without its generator"}.get(
+                        family, f"a {family} model")
             raise FillMaskError(f"fill_mask: {path} is a tl_jax weights directory of {what}; "
-                                "fill_mask needs a BERT with its MLM head (as `tl_jax convert` "
-                                "writes one of a pretraining checkpoint)")
+                                "fill_mask needs a BERT with its MLM head or an ELECTRA "
+                                "generator (as `tl_jax convert` writes one of a pretraining "
+                                "checkpoint or a Hugging Face pair directory)")
         return cls(config, params, Tokenizer.load(path),
                    f"the BERT in {path} ({config.num_layers} layers, {config.hidden_size} wide)")
 
