@@ -991,3 +991,36 @@ def test_a_broken_tokenizer_file_in_a_hf_directory_is_named(tmp_path):
     (path / "tokenizer.json").write_text('{"version": ')
     with pytest.raises(ValueError, match=r"Cannot read tokenizer file .*tokenizer.json: EOF"):
         hf_bert.load_tl_tokenizer(path)
+
+
+def test_replacing_an_earlier_export_drops_its_tokenizer_files(tmp_path, capsys):
+    # Converting over an earlier export overwrote the files it wrote and kept the rest: a
+    # tokenizer.json of the earlier model stayed beside the new vocab.txt and, loaded first by
+    # tl_jax and transformers alike, gave the old vocabulary's ids for the new model.
+    from tl_jax.data.tokenizer import Tokenizer
+
+    words = ["the", "cat", "sat", "on", "mat"]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    config = transformers.BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=8)
+    for name, vocab in (("a", specials + words), ("b", specials + words[::-1])):
+        transformers.BertForPreTraining(config).save_pretrained(tmp_path / name)
+        (tmp_path / name / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # "a" also has a tokenizer.json (as a hub model or a workdir's export has), "b" has not.
+    Tokenizer.from_vocab(str(tmp_path / "a" / "vocab.txt")).save(str(tmp_path / "a"))
+    want = Tokenizer.from_vocab(str(tmp_path / "b" / "vocab.txt")).encode("the cat")
+    assert Tokenizer.load(str(tmp_path / "a")).encode("the cat") != want
+
+    convert.convert(tmp_path / "a", tmp_path / "tl")
+    convert.convert(tmp_path / "b", tmp_path / "tl")
+    assert Tokenizer.load(str(tmp_path / "tl")).encode("the cat") == want
+    assert sorted(p.name for p in (tmp_path / "tl").iterdir()) == [
+        "config.json", "params.safetensors", "vocab.txt"]
+    assert "old tokenizer files removed" in capsys.readouterr().out
+    # The other direction alike: an export of "a" replaced by one of "b".
+    convert.convert(tmp_path / "tl", tmp_path / "hf", "tl_to_hf")
+    shutil.copyfile(tmp_path / "a" / "tokenizer.json", tmp_path / "hf" / "tokenizer.json")
+    convert.convert(tmp_path / "tl", tmp_path / "hf", "tl_to_hf")
+    assert not (tmp_path / "hf" / "tokenizer.json").exists()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert hf_tok("the cat", add_special_tokens=False)["input_ids"] == want

@@ -237,7 +237,14 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
     if is_trainer_workdir(dst):
         raise ValueError(f"convert: destination {dst} is a `tl_jax train` workdir; writing there "
                          "would overwrite its run's config.json. Choose a new directory.")
-    check_destination(dst, direction)
+    if check_destination(dst, direction):
+        # An earlier export's tokenizer files go with it: one this export does not write (a
+        # tokenizer.json beside a new vocab.txt) would be loaded instead of the new one, by
+        # transformers and tl_jax alike, and give another vocabulary's ids.
+        for folder in (dst, dst / "generator"):
+            for name in TOKENIZER_FILES:
+                if (folder / name).is_file():
+                    (folder / name).unlink()
     if direction == "hf_to_tl" and (is_trainer_workdir(src) or is_tl_dir(src)):
         # hf_to_tl is the default: a tl_jax directory given without --direction.
         kind = "a `tl_jax train` workdir" if is_trainer_workdir(src) else "a tl_jax weights directory"
@@ -279,8 +286,9 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
     return dst
 
 
-def check_destination(dst: pathlib.Path, direction: str) -> None:
-    """Refuses a destination convert would spoil, and says when it replaces an earlier export.
+def check_destination(dst: pathlib.Path, direction: str) -> bool:
+    """Refuses a destination convert would spoil, and says when it replaces an earlier export
+    (then returns True).
 
     A missing or empty folder is written as it is. One holding a checkpoint of the kind this
     direction writes (tl_jax weights for hf_to_tl, a Hugging Face checkpoint for tl_to_hf: an
@@ -291,10 +299,10 @@ def check_destination(dst: pathlib.Path, direction: str) -> None:
     if dst.exists() and not dst.is_dir():
         raise ValueError(f"convert: destination {dst} is a file; give a directory to write to")
     if not dst.is_dir():
-        return
+        return False
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in dst.iterdir())
     if not entries:
-        return
+        return False
     writes = "tl_jax weights" if direction == "hf_to_tl" else "a Hugging Face checkpoint"
     if not (dst / TL_CONFIG).exists():
         from tl_jax.checkpoint import some_names
@@ -306,10 +314,13 @@ def check_destination(dst: pathlib.Path, direction: str) -> None:
     if held != writes:
         raise ValueError(f"convert: destination {dst} holds {held}, whose config.json this "
                          f"{direction} conversion would overwrite. Choose a new directory.")
-    # The same kind: an earlier export, replaced. Files this export does not write (a
-    # generator/ of an ELECTRA pair, another tokenizer's files) stay, so they are named.
+    # The same kind: an earlier export, replaced. Its tokenizer files are removed (`convert`);
+    # other files this export does not write (a generator/ of an ELECTRA pair) stay, so they
+    # are named.
     print(f"[convert] {dst} already holds {held} ({', '.join(entries)}): replacing it; the "
-          "files this export writes are overwritten, any others stay as they are.", flush=True)
+          "files this export writes are overwritten and the old tokenizer files removed, any "
+          "others stay as they are.", flush=True)
+    return True
 
 
 def is_trainer_workdir(directory) -> bool:
