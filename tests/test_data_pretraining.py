@@ -759,3 +759,27 @@ def test_the_tokenize_bar_counts_units_up_to_its_total(tokenizer, capsys, monkey
     counts = [int(m.group(1).replace(",", "")) for m in counts]
     assert counts == sorted(counts) and counts[-1] == 122, lines
     assert "done in" in lines[-1], lines
+
+
+def test_a_prediction_cap_below_the_masking_rate_is_noted_before_the_corpus_is_read(
+        small_corpus, capsys, monkeypatch):
+    # A longer max_seq_length with the config's max_predictions_per_seq=20 (BERT's for 128
+    # tokens) masked 20 of 509 tokens (3.9%) at 512, not 15%, without a word.
+    from tl_jax.data import pretraining
+
+    def read(*args, **kwargs):
+        raise RuntimeError("corpus read")
+
+    monkeypatch.setattr(pretraining, "load_documents", read)
+    with pytest.raises(RuntimeError, match="corpus read"):
+        build_pretraining_data(_data_config(small_corpus, max_seq_length=512,
+                                            max_predictions_per_seq=20), 512, None, 0)
+    assert ("[data] Note: data.max_predictions_per_seq=20 caps the masking: a full-length "
+            "instance (509 maskable tokens) gets 20 predictions (3.9%), not the 76 of "
+            "data.masked_lm_prob=0.15. Raise data.max_predictions_per_seq to 76 or more"
+            in capsys.readouterr().out)
+    # At the cap the default configs keep (19 of 125 at 128 tokens), nothing is said.
+    with pytest.raises(RuntimeError, match="corpus read"):
+        build_pretraining_data(_data_config(small_corpus, max_seq_length=128,
+                                            max_predictions_per_seq=20), 512, None, 0)
+    assert "caps the masking" not in capsys.readouterr().out

@@ -479,6 +479,21 @@ def _validate(config, max_position_embeddings: int, process_count: int) -> None:
                              f"count {process_count} (each process feeds an equal slice).")
 
 
+def _note_capped_masking(config) -> None:
+    """Says so when `max_predictions_per_seq` masks a full-length instance less than
+    `masked_lm_prob` asks: the masker picks min(cap, round(prob x maskable tokens)), so a longer
+    `max_seq_length` with the default cap of 20 (BERT's for 128 tokens) masks 4% at 512."""
+    maskable = config.max_seq_length - 3  # [CLS] A [SEP] B [SEP]
+    wanted = int(round(maskable * config.masked_lm_prob))
+    cap = config.max_predictions_per_seq
+    if wanted > cap:
+        print(f"[data] Note: data.max_predictions_per_seq={cap} caps the masking: a "
+              f"full-length instance ({maskable} maskable tokens) gets {cap} predictions "
+              f"({cap / maskable:.1%}), not the {wanted} of data.masked_lm_prob="
+              f"{config.masked_lm_prob}. Raise data.max_predictions_per_seq to {wanted} or more "
+              "(BERT: 20 for 128 tokens, 80 for 512).", flush=True)
+
+
 def split_eval_documents(num_documents: int, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """(train, eval) document indices. At least 2 eval documents when eval_fraction > 0, because
     random-next segments for eval instances come from other eval documents only (no leakage)."""
@@ -550,6 +565,8 @@ def build_pretraining_data(
     """
     c = data_config
     _validate(c, max_position_embeddings, process_count)
+    if process_index == 0:
+        _note_capped_masking(c)
     # '$TL_JAX_DATA_DIR/...' in a config, as the GPT, biLM and fine-tuning data paths take.
     with phase(f"Reading {c.corpus}", progress) as step:
         documents = load_documents(paths.expand(c.corpus), text_field=c.text_field,
