@@ -488,3 +488,37 @@ def test_convert_of_a_discriminator_with_extra_tensors_names_them(tmp_path, recw
     recwarn.clear()
     convert.convert(tmp_path / "hf", tmp_path / "out_pair")  # nothing extra: no such warning
     assert not [w for w in recwarn if "not converted" in str(w.message)]
+
+
+def test_a_hugging_face_init_from_of_another_shape_is_refused_before_the_corpus(tmp_path,
+                                                                                monkeypatch):
+    # An ELECTRA (or BERT) run with init_from a HF directory of another architecture read and
+    # tokenised its corpus (minutes on a large one) before the warm start refused it.
+    from tl_jax.data import pretraining
+    from tl_jax.tasks import bert_pretrain
+    from tl_jax.tasks import electra as electra_task
+
+    def build(*args, **kwargs):
+        raise AssertionError("the corpus was read")
+
+    monkeypatch.setattr(pretraining, "build_pretraining_data", build)
+    hf_pair(tmp_path / "hf", SHAPES[0])
+    transformers.BertForPreTraining(transformers.BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=8)).save_pretrained(tmp_path / "bert")
+    config = config_lib.load_config(ELECTRA + ":tiny", [f"init_from={tmp_path / 'hf'}"])
+    with pytest.raises(ValueError, match=r"init_from=.*hf: checkpoint architecture differs from "
+                                         r"the model's: hidden_size: model 128 vs checkpoint 24;"
+                                         r".* \(model.size=tiny\); pick the size"):
+        electra_task.Task(config, str(tmp_path / "run"))
+    bert_cfg = config_lib.load_config(str(ROOT / "configs" / "bert_pretrain.py") + ":tiny",
+                                      [f"init_from={tmp_path / 'bert'}"])
+    with pytest.raises(ValueError, match=r"checkpoint architecture differs .*hidden_size: model "
+                                         r"128 vs checkpoint 8.*set model.size=.*bert"):
+        bert_pretrain.Task(bert_cfg, str(tmp_path / "run"))
+    # The same shape passes the check (and reaches the corpus).
+    bert_cfg = config_lib.load_config(str(ROOT / "configs" / "bert_pretrain.py") + ":tiny",
+                                      [f"init_from={tmp_path / 'bert'}",
+                                       f"model.size={tmp_path / 'bert'}"])
+    with pytest.raises(AssertionError, match="the corpus was read"):
+        bert_pretrain.Task(bert_cfg, str(tmp_path / "run"))

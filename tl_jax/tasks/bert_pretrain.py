@@ -61,6 +61,32 @@ def bert_config_from(model_cfg, vocab_size: int, tokenizer=None) -> bert.BertCon
     )
 
 
+# What a Hugging Face init_from must share with the model (`interop.*.load_flat_params`).
+ARCHITECTURE_FIELDS = ("hidden_size", "num_layers", "num_heads", "intermediate_size",
+                       "embedding_width")
+
+
+def check_init_from_architecture(init_from: str, model_config: bert.BertConfig,
+                                 workdir: str | None, remedy: str = "") -> None:
+    """A Hugging Face `init_from` whose encoder differs from the model's in shape is refused by
+    the warm start, after the corpus is read, a tokenizer made and the text tokenised (minutes
+    on a large corpus): the same refusal, from its config.json alone, before any of that. A run
+    resuming in `workdir` takes no weights from init_from and is not checked; tl_jax workdirs
+    and weights are matched tensor by tensor later, as before."""
+    from tl_jax.checkpoint import has_saved_step
+
+    if not warm_start.is_hf_directory(init_from) or (workdir and has_saved_step(workdir)):
+        return
+    from tl_jax import interop
+
+    source = interop.encoder_family_of(init_from).read_hf_config(init_from)
+    diff = [f"{f}: model {getattr(model_config, f)} vs checkpoint {getattr(source, f)}"
+            for f in ARCHITECTURE_FIELDS if getattr(model_config, f) != getattr(source, f)]
+    if diff:
+        raise ValueError(f"init_from={init_from}: checkpoint architecture differs from the "
+                         f"model's: {'; '.join(diff)}{remedy}")
+
+
 class ValidatedBatches:
     """Wraps a batch iterator and checks every batch against the model before it is used."""
 
@@ -128,7 +154,7 @@ class Task:
         # trained, naming the key.
         from tl_jax.tasks import downstream
         downstream.check_dropout_rates(config.model)
-        bert_config_from(config.model, 1)
+        shape = bert_config_from(config.model, 1)
         if data_cfg.max_seq_length > config.model.max_position_embeddings:
             raise ValueError(
                 f"data.max_seq_length={data_cfg.max_seq_length} is longer than the position "
@@ -137,6 +163,9 @@ class Task:
         self.init_from = paths.expand(config.init_from)
         if self.init_from:
             warm_start.require_source(self.init_from)
+            check_init_from_architecture(
+                self.init_from, shape, workdir,
+                f". To take its architecture, set model.size={config.init_from}.")
             data_cfg = with_init_from_tokenizer(data_cfg, self.init_from, "bert_pretrain",
                                                 workdir)
         self.data = pretraining.build_pretraining_data(

@@ -69,7 +69,7 @@ class Task:
         # a dropout rate of 10 (for 10%) is named by its key, not as BertConfig's field.
         from tl_jax.tasks import downstream
         downstream.check_dropout_rates(model_cfg)
-        electra_config_from(model_cfg, 1)
+        shape = electra_config_from(model_cfg, 1)
         weight = config.electra.discriminator_weight
         if not (math.isfinite(weight) and weight >= 0):
             raise ValueError(f"electra.discriminator_weight={weight} must be a finite number "
@@ -81,6 +81,10 @@ class Task:
         self.init_from = paths.expand(config.init_from)
         if self.init_from:
             warm_start.require_source(self.init_from)
+            bert_pretrain.check_init_from_architecture(
+                self.init_from, shape.discriminator, workdir,
+                f" (model.size={model_cfg.size}); pick the size whose discriminator it is, "
+                f"one of {sorted(electra.SIZES)}.")
             data_cfg = bert_pretrain.with_init_from_tokenizer(data_cfg, self.init_from, "electra",
                                                               workdir)
         self.data = pretraining.build_pretraining_data(
