@@ -968,3 +968,18 @@ def test_a_source_that_matches_nothing_names_a_few_tensors_of_each_side(tmp_path
     assert "and 297 more" in message  # the model's 300 layers and embed, four shown
     assert "embed model (4,) vs source (3,)" in message
     assert len(message) < 1000, len(message)
+
+
+def test_the_best_checkpoint_is_named_with_its_score_as_precise_as_the_eval_lines(tmp_path):
+    # The reason `tl_jax predict` prints read "max: 30.7" for an eval logged as 30.7029, and
+    # two checkpoints whose scores differ in the third decimal looked tied.
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
+    for step in (2, 4):
+        ckpt.save(step, {"params": {"w": jnp.ones(2)}, "step": jnp.asarray(step)},
+                  {"epoch": 0}, {"model": {}})
+    ckpt.close()
+    rows = [{"step": 2, "eval/accuracy": 30.7029}, {"step": 4, "eval/accuracy": 30.6981}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    step, why = ckpt_lib.best_step(str(tmp_path), "eval/accuracy", "max")
+    assert step == 2
+    assert why == "the best kept checkpoint by eval/accuracy (max: 30.7029); the newest is step 4"

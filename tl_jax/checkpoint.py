@@ -739,7 +739,9 @@ def best_step(workdir: str, best_metric: str, best_mode: str = "max") -> tuple[i
                         "in metrics.jsonl)")
     sign = -1.0 if best_mode == "min" else 1.0
     best = max(scores, key=lambda s: (sign * scores[s], s))
-    why = f"the best kept checkpoint by {best_metric} ({best_mode}: {scores[best]:.4g})"
+    # As precise as the run's [eval] lines (`train.py`) and predict's metrics print it: with
+    # ".4g" a score of 30.7029 read "30.7", and two close checkpoints looked tied.
+    why = f"the best kept checkpoint by {best_metric} ({best_mode}: {scores[best]:.4f})"
     if best != newest:
         why += f"; the newest is step {newest}"
     return best, why
