@@ -827,10 +827,10 @@ def test_reading_params_tries_older_after_any_error_and_names_it(tmp_path, monke
     original = ckpt_lib._state_metadata
     broken = {6}
 
-    def state_metadata(mgr, directory, step):
+    def state_metadata(directory, step):
         if step in broken:
             raise RuntimeError(f"step {step} is broken")
-        return original(mgr, directory, step)
+        return original(directory, step)
 
     monkeypatch.setattr(ckpt_lib, "_state_metadata", state_metadata)
     directory = tmp_path / "checkpoints"
@@ -983,3 +983,50 @@ def test_the_best_checkpoint_is_named_with_its_score_as_precise_as_the_eval_line
     step, why = ckpt_lib.best_step(str(tmp_path), "eval/accuracy", "max")
     assert step == 2
     assert why == "the best kept checkpoint by eval/accuracy (max: 30.7029); the newest is step 4"
+
+
+def test_a_damaged_saved_score_is_taken_again_from_the_metrics_and_readers_ignore_it(tmp_path,
+                                                                                    capsys):
+    # orbax keeps each checkpoint's eval score in STEP/metrics/metrics and reads them all when
+    # it opens the folder: one such file cut short (a full disk, a workdir copied in part) made
+    # every resume, predict, init_from, convert and extract a JSONDecodeError traceback.
+    directory = tmp_path / "checkpoints"
+    ckpt = ckpt_lib.Checkpointer(str(directory), keep=1, best_metric="eval/accuracy",
+                                 async_save=False)
+    rows = {2: 0.9, 4: 0.5}
+    for step, score in rows.items():
+        ckpt.save(step, {"params": {"w": jnp.full((4, 2), step)}, "step": jnp.asarray(step)},
+                  {"epoch": 0}, {"model": {}}, metrics={"eval/accuracy": score})
+    ckpt.close()
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "eval/accuracy": v}) + "\n" for s, v in rows.items()))
+    (directory / "2" / "metrics" / "metrics").write_text('{"eval/accur')
+    (directory / "4" / "metrics" / "metrics").write_text("[]")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+
+    # Readers take no score from there: they read the checkpoint and leave the workdir as is.
+    params, step = ckpt_lib.load_params_from_workdir(str(tmp_path))
+    assert step == 4 and params["w"].tolist() == [[4, 4]] * 4
+    assert ckpt_lib.param_shapes_from_workdir(str(tmp_path)) == ({"w": (4, 2)}, 4)
+    assert ckpt_lib.config_from_workdir(str(tmp_path), 2) == {"model": {}}
+    assert ckpt_lib.best_step(str(tmp_path), "eval/accuracy")[0] == 2
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+    # A resume says which, scores them again from metrics.jsonl, and still keeps the best.
+    ckpt = ckpt_lib.Checkpointer(str(directory), keep=1, best_metric="eval/accuracy",
+                                 async_save=False)
+    out = capsys.readouterr().out
+    assert (f"[checkpoint] The eval score saved with the checkpoint at step 2 "
+            f"({directory}/2/metrics/metrics) is unreadable (JSONDecodeError: ") in out
+    assert ("at step 4 ({}/4/metrics/metrics) holds a JSON list, not the scores; it was removed "
+            "and taken again from metrics.jsonl.".format(directory)) in out
+    assert json.loads((directory / "2" / "metrics" / "metrics").read_text()) == {
+        "eval/accuracy": 0.9}
+    restored = ckpt.restore_latest_good(jax.eval_shape(
+        lambda: {"params": {"w": jnp.ones((4, 2), jnp.int32)}, "step": jnp.asarray(0)}))
+    assert restored[3] == 4
+    ckpt.save(6, {"params": {"w": jnp.full((4, 2), 6)}, "step": jnp.asarray(6)}, {"epoch": 0},
+              {"model": {}}, metrics={"eval/accuracy": 0.7})
+    ckpt.close()
+    assert saved_steps(tmp_path) == [2, 6]
+    assert not (tmp_path / "checkpoints_corrupt").exists()

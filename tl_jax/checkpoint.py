@@ -86,6 +86,7 @@ class Checkpointer:
         _save_cpu_arrays_without_replica_slicing()
         self.directory = os.path.abspath(directory)
         self.best_metric = best_metric
+        damaged = self._drop_damaged_scores()  # before the manager reads them
         policies: list = [pp.LatestN(n=keep)]
         tracking = {}
         if best_metric:
@@ -101,6 +102,15 @@ class Checkpointer:
             # first save after a restart deleted the best checkpoint as one without metrics.
             tracking = dict(best_fn=score, best_mode=best_mode)
             self._score_unscored_checkpoints()
+        for step, why in damaged.items():
+            rescored = os.path.exists(os.path.join(self.directory, str(step), "metrics"))
+            print(f"[checkpoint] The eval score saved with the checkpoint at step {step} "
+                  f"({os.path.join(self.directory, str(step), 'metrics', 'metrics')}) {why}; "
+                  "it was removed" + ("" if not best_metric else
+                                      " and taken again from metrics.jsonl" if rescored else
+                                      ": the checkpoint is kept while among the newest, not as "
+                                      "the best") + ". The checkpoint itself is used as before.",
+                  flush=True)
         options = ocp.CheckpointManagerOptions(
             preservation_policy=pp.AnyPreservationPolicy(policies),
             **tracking,
@@ -127,6 +137,27 @@ class Checkpointer:
             folder = os.path.join(self.directory, str(step), "metrics")
             os.makedirs(folder, exist_ok=True)
             save_json(os.path.join(folder, "metrics"), {self.best_metric: score})
+
+    def _drop_damaged_scores(self) -> dict[int, str]:
+        """Removes the saved eval scores (`STEP/metrics/metrics`) that are not a JSON object (a
+        file cut short by a full disk or an interrupted copy of the workdir): orbax reads every
+        checkpoint's score when it opens the folder, and one such file made every start fail
+        with a JSONDecodeError traceback. The score is only a copy of the eval row in
+        metrics.jsonl (`_score_unscored_checkpoints` writes it again from there); the
+        checkpoint's arrays are not in it. Returns `{step: what is wrong}`. With several
+        processes nothing is removed: an error names the files (one process removing them
+        while another reads them would race)."""
+        damaged = _damaged_scores(self.directory)
+        if damaged and jax.process_count() > 1:
+            raise CheckpointError(
+                "Unreadable eval scores beside checkpoints in " + self.directory + ": "
+                + "; ".join(f"step {step}: {os.path.join(str(step), 'metrics', 'metrics')} {why}"
+                            for step, why in damaged.items())
+                + ". Delete those metrics/ folders (the scores are taken again from "
+                "metrics.jsonl) and rerun the same command.")
+        for step in damaged:
+            shutil.rmtree(os.path.join(self.directory, str(step), "metrics"))
+        return damaged
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -324,6 +355,27 @@ class Checkpointer:
         return dst
 
 
+def _damaged_scores(directory: str) -> dict[int, str]:
+    """`{step: what is wrong}` for the checkpoints in `directory` whose saved eval score
+    (`STEP/metrics/metrics`, JSON written by orbax) does not read as a JSON object."""
+    damaged = {}
+    if not os.path.isdir(directory):
+        return damaged
+    for name in sorted((n for n in os.listdir(directory) if n.isdigit()), key=int):
+        path = os.path.join(directory, name, "metrics", "metrics")
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                score = json.load(f)
+        except (OSError, ValueError) as e:
+            damaged[int(name)] = f"is unreadable ({type(e).__name__}: {e})"
+            continue
+        if score is not None and not isinstance(score, dict):
+            damaged[int(name)] = f"holds a JSON {type(score).__name__}, not the scores"
+    return damaged
+
+
 def _is_finite_number(value) -> bool:
     try:
         return not isinstance(value, (bool, str)) and np.isfinite(float(value))
@@ -503,8 +555,13 @@ def _read_only_manager_at(directory: str, state_handler=None) -> ocp.CheckpointM
     """A manager that only reads the checkpoints in `directory`, with a handler for each item
     (so `item_metadata` describes the state's arrays, which a writing manager leaves as None
     until it has saved or restored)."""
+    # lightweight_initialize: orbax does not read each checkpoint's saved eval score and commit
+    # time, which a reader never uses (`best_step` takes the scores from metrics.jsonl); a
+    # damaged score file (see `Checkpointer._drop_damaged_scores`) failed every predict,
+    # init_from, convert and extract of the workdir with a JSONDecodeError traceback.
     return ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
+        directory, options=ocp.CheckpointManagerOptions(
+            read_only=True, create=False, save_interval_steps=0, lightweight_initialize=True),
         item_handlers={"state": state_handler or ocp.StandardCheckpointHandler(),
                        "data": ocp.JsonCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler()})
@@ -546,11 +603,17 @@ def _metadata_problem(directory: str, step: int) -> str | None:
     return None
 
 
-def _state_metadata(mgr: ocp.CheckpointManager, directory: str, step: int):
+def _state_metadata(directory: str, step: int):
     """The metadata tree of checkpoint `step`'s state (shapes and dtypes; no array is read), or
-    a `CheckpointError` naming the checkpoint and its broken `state/_METADATA`."""
+    a `CheckpointError` naming the checkpoint and its broken `state/_METADATA`.
+
+    Read by the state's handler from its folder: `mgr.item_metadata` also reads the step's
+    saved eval score, and a damaged one (`Checkpointer._drop_damaged_scores`) made a sound
+    checkpoint unreadable here."""
+    from etils import epath
     try:
-        metadata = mgr.item_metadata(step)["state"]
+        metadata = ocp.StandardCheckpointHandler().metadata(
+            epath.Path(directory) / str(step) / "state")
     except Exception as e:  # noqa: BLE001 - orbax raises what its JSON reader raised
         problem = _metadata_problem(directory, step)
         if problem is None:
@@ -621,7 +684,7 @@ def param_shapes_from_workdir(workdir: str) -> tuple[dict[str, tuple[int, ...]],
     mgr, directory = _read_only_manager(workdir)
     steps = sorted(mgr.all_steps(), reverse=True)
     found = _newest_that_reads(
-        directory, steps, lambda step: _state_metadata(mgr, directory, step)["params"],
+        directory, steps, lambda step: _state_metadata(directory, step)["params"],
         "has unreadable metadata")
     if found is None:
         raise CheckpointError(f"No readable checkpoint in {directory}.")
@@ -666,7 +729,7 @@ def load_params_from_workdir(workdir: str, only: tuple[str, ...] | None = None,
     steps = sorted(mgr.all_steps(), reverse=True) if step is None else [step]
 
     def read(step):
-        metadata = _state_metadata(mgr, directory, step)["params"]
+        metadata = _state_metadata(directory, step)["params"]
         if only is not None:
             metadata = {k: v for k, v in metadata.items() if k in only}
         # Straight into host numpy, whatever mesh wrote it (8 devices, 2 processes, ...): orbax's
