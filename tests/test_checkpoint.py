@@ -1030,3 +1030,20 @@ def test_a_damaged_saved_score_is_taken_again_from_the_metrics_and_readers_ignor
     ckpt.close()
     assert saved_steps(tmp_path) == [2, 6]
     assert not (tmp_path / "checkpoints_corrupt").exists()
+
+
+def test_a_checkpoint_whose_config_does_not_read_is_named(tmp_path):
+    # predict and fill_mask read the config a checkpoint was saved with (its resolved_model);
+    # a damaged config/metadata was a JSONDecodeError traceback.
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
+    ckpt.save(3, {"params": {"w": jnp.ones(2)}, "step": jnp.asarray(3)}, {"epoch": 0},
+              {"model": {}, "resolved_model": {"hidden_size": 8}})
+    ckpt.close()
+    assert ckpt_lib.config_from_workdir(str(tmp_path), 3)["resolved_model"] == {"hidden_size": 8}
+    (tmp_path / "checkpoints" / "3" / "config" / "metadata").write_text('{"model": {')
+    directory = re.escape(str(tmp_path / "checkpoints"))
+    with pytest.raises(ckpt_lib.CheckpointError,
+                       match=rf"^Checkpoint at step 3 in {directory} has an unreadable "
+                             r"config/metadata, the config it was saved with \(JSONDecodeError: "
+                             r".*\): it cannot be read \(copied or written in part\?\)$"):
+        ckpt_lib.config_from_workdir(str(tmp_path), 3)

@@ -814,8 +814,14 @@ def config_from_workdir(workdir: str, step: int) -> dict:
     """The config checkpoint `step` of a workdir was written with, including `resolved_model`
     (the model shape the run actually built: vocabulary from the tokenizer, a distillation
     student's depth, ...)."""
-    mgr, _ = _read_only_manager(workdir)
-    return mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    mgr, directory = _read_only_manager(workdir)
+    try:
+        return mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    except Exception as e:  # noqa: BLE001 - orbax raises what its JSON reader raised
+        # A damaged config/metadata was a JSONDecodeError traceback in predict and fill_mask.
+        raise CheckpointError(_unreadable(
+            directory, step, f"has an unreadable config/metadata, the config it was saved with "
+            f"({type(e).__name__}: {_short(e)})")) from e
 
 
 # What a BERT workdir's param shapes cannot tell: LoRA's scale (lora_alpha / lora_rank), the
