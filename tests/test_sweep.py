@@ -615,3 +615,29 @@ def test_a_swept_masking_ratio_that_the_prediction_cap_cuts_is_refused(tmp_path,
     result = sweep.run(BERT, str(tmp_path), grid=["data.masked_lm_prob=0.15,0.3,0.5"],
                        overrides=["data.max_predictions_per_seq=32"], dry_run=True)
     assert result["runs"] == []
+
+
+def test_a_run_saved_before_a_config_key_existed_is_not_refused_at_its_default(tmp_path,
+                                                                              monkeypatch):
+    # A key added to the config file since the runs were trained (data.mask_token_prob, new
+    # with the masking every earlier run had) made every earlier run "trained with other
+    # settings: data.mask_token_prob: '(absent)' there, 0.8 now": a sweep could not be given
+    # another seed after an update.
+    calls = []
+    monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls))
+    grid = ["data.masked_lm_prob=0.1"]
+    sweep.run(BERT, str(tmp_path), grid=grid, overrides=["train.steps=4"])
+    run_dir = tmp_path / "runs" / calls[0]
+    earlier = config_lib.load_config(BERT, ["train.steps=4", "data.masked_lm_prob=0.1",
+                                            "seed=0"]).to_dict()
+    del earlier["data"]["mask_token_prob"], earlier["model"]["embedding_size"]
+    (run_dir / "config.json").write_text(json.dumps(earlier))
+    result = sweep.run(BERT, str(tmp_path), grid=grid, seeds=[0, 1], overrides=["train.steps=4"])
+    assert calls == [calls[0], "masked_lm_prob=0.1__seed=1"]  # the first one skipped
+    assert len(result["runs"]) == 2
+    # Set to something else now, the new key is another setting than the run had.
+    with pytest.raises(config_lib.ConfigError, match=r"masked_lm_prob=0.1__seed=0 was trained "
+                       r"with other settings:\n  data.mask_token_prob: '\(absent\)' there, "
+                       r"0.85 now"):
+        sweep.run(BERT, str(tmp_path), grid=grid,
+                  overrides=["train.steps=4", "data.mask_token_prob=0.85"])

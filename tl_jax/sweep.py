@@ -151,14 +151,26 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _saved_config_differences(saved: dict, current: dict) -> list[str]:
+def _as_saved(config: dict) -> dict:
+    """`config` flat, as a run saves it: tuples as lists, NaN as "nan", anything else by its
+    str()."""
     from tl_jax.metrics_writer import json_safe
-    # As the run saved it: tuples as lists, NaN as "nan", anything else by its str().
-    b = _flat(json.loads(json.dumps(json_safe(current), default=str)))
-    a = _flat(saved)
+    return _flat(json.loads(json.dumps(json_safe(config), default=str)))
+
+
+def _saved_config_differences(saved: dict, current: dict, defaults: dict | None = None
+                              ) -> list[str]:
+    """What differs between a run's saved config and this sweep's config for it. A key the
+    saved config lacks (added to the config file since the run was trained) is no difference
+    while it holds the config file's default (`defaults`): new keys default to what the code
+    did before them (data.mask_token_prob=0.8 is the masking every earlier run had). Set to
+    anything else, it is one."""
+    a, b = _flat(saved), _as_saved(current)
+    defaults = _as_saved(defaults) if defaults is not None else {}
     return [f"{k}: {a.get(k, '(absent)')!r} there, {b.get(k, '(absent)')!r} now"
             for k in sorted(set(a) | set(b))
-            if k not in OPERATIONAL_KEYS and k != "eval_dir" and a.get(k) != b.get(k)]
+            if k not in OPERATIONAL_KEYS and k != "eval_dir" and a.get(k) != b.get(k)
+            and not (k not in a and k in defaults and b.get(k) == defaults[k])]
 
 
 # What a fine-tuning task fills from `data.num_epochs` when it is 0 (`downstream.fit_schedule`);
@@ -170,9 +182,11 @@ def _fills_schedule_from_epochs(config: dict) -> bool:
     return isinstance(config.get("data"), dict) and "num_epochs" in config["data"]
 
 
-def _check_earlier_runs(workdir: str, runs: list["Run"], configs: dict, saved_name: str) -> None:
+def _check_earlier_runs(workdir: str, runs: list["Run"], configs: dict, saved_name: str,
+                        defaults: dict | None = None) -> None:
     """Refuses a sweep whose workdir holds runs trained with other settings: their results
-    would be reported (or resumed) as this sweep's."""
+    would be reported (or resumed) as this sweep's. `defaults`: the config file's own values
+    (no override), for keys added to it since a run was trained."""
     for r in runs:
         path = os.path.join(workdir, "runs", r.name, saved_name)
         if not os.path.exists(path):
@@ -190,7 +204,7 @@ def _check_earlier_runs(workdir: str, runs: list["Run"], configs: dict, saved_na
             for key in EPOCH_FILLED_KEYS:
                 if current["train"].get(key) == 0 and key in saved["train"]:
                     current["train"][key] = saved["train"][key]
-        diffs = _saved_config_differences(saved, current)
+        diffs = _saved_config_differences(saved, current, defaults)
         if diffs:
             raise config_lib.ConfigError(
                 f"sweep: {os.path.dirname(path)} was trained with other settings:\n  "
@@ -429,7 +443,8 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
         say("[sweep] Note: train.eval_every=0, so runs report no held-out metrics; the "
             "tables will hold the last training loss only.", flush=True)
     _check_masking_cap(runs, configs)
-    _check_earlier_runs(workdir, runs, configs, saved_name)
+    _check_earlier_runs(workdir, runs, configs, saved_name,
+                        defaults=config_lib.load_config(config_spec).to_dict())
     if kind == "train":
         past = [(r.name, reached) for r in runs
                 if int(configs[r.name].train.steps) > 0  # 0: filled from the epochs later
