@@ -43,6 +43,7 @@ def test_plan_is_the_product_of_the_grid_the_zipped_group_and_the_seeds():
     (["seed=1,2"], [], [0], "--seeds"),
     ([], ["data.batch_size=16,32", "optimizer.learning_rate=1e-3"], [0], "one length"),
     (["data.batch_size=16,32"], [], [1, 1], "distinct"),
+    (["data.batch_size=16,32"], [], [], r"no seeds given; --seeds takes comma-separated"),
     ([], ["data.batch_size=16,16", "optimizer.name=lamb,lamb"], [0], "repeat a setting"),
     (["a.x=1/2,1_2"], [], [0], "same run name"),
 ])

@@ -112,7 +112,10 @@ def plan(grid: Sequence[str] = (), zipped: Sequence[str] = (),
         raise config_lib.ConfigError(f"sweep: --zip axes must have one length each, got {lengths}")
     if not axes and not zip_axes:
         raise config_lib.ConfigError("sweep: nothing to sweep (give --grid and/or --zip)")
-    if not seeds or len(set(seeds)) != len(seeds):
+    if not seeds:  # --seeds= (or --seeds=,): "seeds must be distinct, got []" said nothing
+        raise config_lib.ConfigError("sweep: no seeds given; --seeds takes comma-separated "
+                                     "integers, e.g. --seeds=0,1,2")
+    if len(set(seeds)) != len(seeds):
         raise config_lib.ConfigError(f"sweep: seeds must be distinct, got {list(seeds)}")
     factors = [[((k, v),) for v in values] for k, values in axes]
     if zip_axes:
