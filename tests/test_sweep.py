@@ -642,3 +642,27 @@ def test_a_run_saved_before_a_config_key_existed_is_not_refused_at_its_default(t
                        r"0.85 now"):
         sweep.run(BERT, str(tmp_path), grid=grid,
                   overrides=["train.steps=4", "data.mask_token_prob=0.85"])
+
+
+def test_train_settings_are_checked_before_the_first_run(tmp_path, monkeypatch):
+    # The trainer refuses these once a run's data is read: in a sweep, a bad value in the
+    # second setting failed only after the first had trained, and a misspelt best_metric
+    # given to every run failed each of them in turn.
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained"))
+    with pytest.raises(ValueError, match=r"sweep run best_mode=mx__seed=0: train.best_mode='mx'; "
+                                         r"expected 'max' or 'min'"):
+        sweep.run(BERT, str(tmp_path), grid=["train.best_mode=max,mx"])
+    with pytest.raises(ValueError, match=r"sweep run log_every=0__seed=0: train.log_every=0 must "
+                                         r"be an integer >= 1"):
+        sweep.run(BERT, str(tmp_path), grid=["train.log_every=5,0"])
+    with pytest.raises(ValueError, match=r"sweep run masked_lm_prob=0.1__seed=0: "
+                                         r"train.best_metric='eval/mlm_acc' is not among the "
+                                         r"eval metrics of task 'bert_pretrain': .*mlm_accuracy"):
+        sweep.run(BERT, str(tmp_path), grid=["data.masked_lm_prob=0.1,0.15"],
+                  overrides=["train.best_metric=eval/mlm_acc"])
+    assert not (tmp_path / "runs").exists()
+    # A fine-tuning config's steps and intervals, 0 until its task fills them from the
+    # epochs, are not refused here.
+    classify = str(ROOT / "configs" / "finetune_classify.py") + ":tiny"
+    assert sweep.run(classify, str(tmp_path), grid=["optimizer.learning_rate=1e-4,2e-4"],
+                     overrides=["train.steps=0"], dry_run=True)["failed"] == []

@@ -293,6 +293,25 @@ def _train_metric_names(config) -> list[str]:
     return ["train/loss"] + (list(tasks.eval_metric_names(config)) if evaluates else [])
 
 
+def _check_train_settings(config) -> None:
+    """The `train.*` values the trainer refuses once a run's data is read and its task built
+    (`train.check_train_config`: steps, intervals, best_mode, ...; `train.check_best_metric`),
+    checked for a sweep's every run before the first trains: a swept `train.best_mode=mx` or
+    a misspelt `--config.train.best_metric` failed only when each run's turn came. The keys a
+    fine-tuning task fills from its epochs (0 here) are left to the run, which fills them."""
+    import ml_collections
+
+    from tl_jax import train
+
+    tc = ml_collections.ConfigDict(config.train.to_dict())
+    if _fills_schedule_from_epochs(config.to_dict()):
+        for key in EPOCH_FILLED_KEYS:
+            if tc.get(key) == 0:
+                tc[key] = 1  # any valid value: the task puts one epoch's steps here
+    train.check_train_config(tc)
+    train.check_best_metric(config)  # left to the run where eval_every is still 0
+
+
 def _check_train_metrics(metrics: Sequence[str], runs: list["Run"], configs: dict) -> None:
     """Refuses, before the first run trains, a --metrics name a train run would not report (a
     misspelt eval/ name was found only once every run had trained), naming what it reports."""
@@ -430,6 +449,7 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
         for r in runs:
             try:
                 train.mesh_and_rules(configs[r.name])
+                _check_train_settings(configs[r.name])
             except ValueError as e:
                 raise ValueError(f"sweep run {r.name}: {e}") from None
     # The sweep's own messages (the plan, each run's line, failures, notes) are printed by
