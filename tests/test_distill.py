@@ -345,6 +345,32 @@ def test_the_finished_workdir_warm_starts_fine_tuning_with_the_student(run, tmp_
     np.testing.assert_array_equal(exported["mlm_head/output_bias"], saved["mlm_head/output_bias"])
 
 
+def test_a_distillation_workdir_gives_its_student_and_names_its_teacher_once(run, corpus,
+                                                                             capsys):
+    # As the teacher (init_from) and as the student (student.init), a distillation workdir
+    # gives its student; its own teacher is left out in one line, not listed tensor by tensor
+    # among "unused source tensors" (46 names for this 2-layer teacher).
+    workdir = run["workdir"]
+    saved, _ = checkpoint.load_params_from_workdir(workdir)
+    task = distill.Task(distill_config(workdir, corpus, f"student.init={workdir}"), None)
+    batch = task.example_batch(1)
+    params = nn.unbox(jax.jit(lambda r: task.init_variables(r, batch))(jax.random.PRNGKey(0))[
+        "params"])
+    capsys.readouterr()
+    flat = masks.flat_params(jax.device_get(task.init_params(params, None)))
+    out = capsys.readouterr().out
+    student = {p: v for p, v in saved.items() if not p.startswith("teacher/")}
+    assert set(flat) == set(student) | {"teacher/" + p for p in student}
+    for path, value in student.items():
+        np.testing.assert_array_equal(flat["teacher/" + path], value, err_msg=path)
+        np.testing.assert_array_equal(flat[path], value, err_msg=path)
+    assert "unused source tensors" not in out and "source_teacher" not in out, out
+    left = len(saved) - len(student)
+    assert out.count(f"is a distillation run: its student is this run's teacher; its "
+                     f"teacher ({left} tensors) is left behind.") == 1, out
+    assert out.count("its student is this run's student") == 1, out
+
+
 # -- errors -------------------------------------------------------------------------------------
 
 
