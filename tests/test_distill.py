@@ -1,6 +1,7 @@
 """DistilBERT-style distillation (tl_jax/tasks/distill.py) through the one trainer."""
 import json
 import pathlib
+import shutil
 
 import flax.linen as nn
 import jax
@@ -506,6 +507,39 @@ def test_a_stopped_run_resumes_from_its_checkpoint_as_if_uninterrupted(teacher_d
         np.testing.assert_array_equal(flat["teacher/" + path], value, err_msg=path)
     assert not np.array_equal(params["mlm_head"]["output_bias"],
                               saved["params"]["mlm_head"]["output_bias"])
+
+
+def test_a_stopped_run_resumes_after_its_teacher_directory_is_gone(teacher_dir, corpus,
+                                                                   tokenizer, tmp_path, capsys):
+    """The checkpoint holds the teacher; its shape (teacher_model.json) and vocabulary
+    (tokenizer/) are saved beside it, so a resume does not read init_from: one gone stopped it
+    with "init_from=... does not exist.", and one replaced by a model of another depth (the
+    same student) with an error about optimizer settings or transfer rules. A new run still
+    reads it."""
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, teacher)
+    workdir = str(tmp_path / "run")
+
+    def config(steps):
+        return distill_config(str(teacher), corpus, f"train.steps={steps}",
+                              "train.eval_every=0", "train.checkpoint_every=2")
+
+    train.train_and_evaluate(config(2), workdir)
+    shutil.rmtree(teacher)
+    capsys.readouterr()
+    resumed = train.train_and_evaluate(config(4), workdir)
+    out = capsys.readouterr().out
+    assert "Resuming from step 2" in out and f"init_from={teacher} is gone" in out, out
+    assert resumed.summary["step"] == 4
+    random_bert_dir(teacher, tokenizer, num_layers=1, hidden=32, seed=1)  # another teacher
+    resumed = train.train_and_evaluate(config(6), workdir)
+    assert resumed.summary["step"] == 6
+    flat = masks.flat_params(jax.device_get(resumed.state["params"]))
+    for path, value in hf_bert.load_flat_params(teacher_dir).items():
+        np.testing.assert_array_equal(flat["teacher/" + path], value, err_msg=path)
+    shutil.rmtree(teacher)
+    with pytest.raises(warm_start.WarmStartError, match="does not exist"):
+        train.build_trainer(config(4), str(tmp_path / "new"))
 
 
 # -- fill_mask ----------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ here they are BERT pretraining's `[CLS] A [SEP] B [SEP]` pairs, whose NSP labels
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 
@@ -303,6 +305,29 @@ def _from_student_of(params: dict, source: str, model_config, role: str) -> dict
                                  only=f"{role}/")[role]
 
 
+# Beside a run's checkpoints: the teacher's shape, so that the run resumes without init_from
+# (the checkpoint holds the teacher's weights, the workdir's tokenizer/ its vocabulary).
+TEACHER_MODEL_FILE = "teacher_model.json"
+
+
+def kept_teacher(workdir: str | None) -> bert.BertConfig | None:
+    """The teacher's `BertConfig` saved in `workdir`, for a run that resumes there; None for a
+    new run (or a workdir saved without the file), which reads init_from.
+
+    A resumed run's teacher is the checkpoint's, as every resumed run's weights are: init_from
+    is not read again. It was needed for its shape and vocabulary, so a teacher moved or
+    deleted since stopped the resume ("does not exist"), and one replaced by a model of another
+    depth stopped it with an error about optimizer settings or transfer rules."""
+    if not workdir or not checkpoint.has_saved_step(workdir):
+        return None
+    path = os.path.join(workdir, TEACHER_MODEL_FILE)
+    if not (os.path.isfile(path) and os.path.isfile(os.path.join(workdir, "tokenizer",
+                                                                 "tokenizer.json"))):
+        return None
+    with open(path) as f:
+        return bert.BertConfig(**json.load(f))
+
+
 def _check_same_vocabulary(tokenizer: Tokenizer, teacher_tokenizer: Tokenizer, what: str):
     mine, theirs = tokenizer.hf_tokenizer.get_vocab(), teacher_tokenizer.hf_tokenizer.get_vocab()
     if mine == theirs:
@@ -334,15 +359,27 @@ class Task:
             raise ValueError(
                 "distill needs a teacher: set config.init_from to a tl_jax BERT pretraining "
                 "workdir or a Hugging Face BERT directory with an MLM head.")
-        # Before its tokenizer is read: an empty directory or a file is not a model.
-        downstream.check_encoder_source(init_from)
-        teacher_tokenizer = Tokenizer.load(downstream.tokenizer_path(init_from))
         overrides = dict(dropout_rate=m.dropout_rate,
                          attention_dropout_rate=m.attention_dropout_rate, dtype=m.dtype)
-        self.teacher_config = downstream.architecture(init_from,
-                                                      teacher_tokenizer).replace(**overrides)
+        kept = kept_teacher(workdir)
+        if kept is None:
+            # Before its tokenizer is read: an empty directory or a file is not a model.
+            downstream.check_encoder_source(init_from)
+            teacher_tokenizer = Tokenizer.load(downstream.tokenizer_path(init_from))
+            self.teacher_config = downstream.architecture(init_from,
+                                                          teacher_tokenizer).replace(**overrides)
+            check_mlm_head(init_from, self.teacher_config)
+        else:
+            # Its weights come from the checkpoint, as every resumed run's do; checked for an
+            # MLM head when the run started.
+            teacher_tokenizer = Tokenizer.load(os.path.join(workdir, "tokenizer"))
+            self.teacher_config = kept.replace(**overrides)
+            if not os.path.exists(init_from) and jax.process_index() == 0:
+                print(f"[distill] init_from={init_from} is gone: the run resumes with the "
+                      "teacher its checkpoint holds (its shape from "
+                      f"{os.path.join(workdir, TEACHER_MODEL_FILE)}, its vocabulary from "
+                      f"{os.path.join(workdir, 'tokenizer')}).", flush=True)
         tc = self.teacher_config
-        check_mlm_head(init_from, tc)
         if teacher_tokenizer.vocab_size != tc.vocab_size:
             raise ValueError(f"the teacher {init_from} has a {tc.vocab_size}-token "
                              f"embedding table but its tokenizer {teacher_tokenizer.source} has "
@@ -389,7 +426,8 @@ class Task:
                                    teacher_tokenizer,
                                    f"data.tokenizer={data_cfg.tokenizer}")
         else:
-            data_cfg.tokenizer = downstream.tokenizer_path(init_from)
+            data_cfg.tokenizer = (downstream.tokenizer_path(init_from) if kept is None
+                                  else os.path.join(workdir, "tokenizer"))
         if data_cfg.max_seq_length > tc.max_position_embeddings:
             raise ValueError(f"data.max_seq_length={data_cfg.max_seq_length} is longer than the "
                              f"teacher's position table ({tc.max_position_embeddings}).")
@@ -418,7 +456,12 @@ class Task:
     example_batch = bert_pretrain.Task.example_batch
     train_batches = bert_pretrain.Task.train_batches
     eval_batches = bert_pretrain.Task.eval_batches
-    save = bert_pretrain.Task.save
+
+    def save(self, workdir):
+        """The tokenizer, as BERT pretraining's, and the teacher's shape (`kept_teacher`)."""
+        bert_pretrain.Task.save(self, workdir)
+        checkpoint.save_json(os.path.join(workdir, TEACHER_MODEL_FILE),
+                             dataclasses.asdict(self.teacher_config))
 
     # -- model ------------------------------------------------------------------------------
 
