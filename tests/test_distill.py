@@ -395,10 +395,21 @@ def test_bad_set_ups_are_clear_errors(teacher_dir, corpus, tokenizer, tmp_path):
 
     other_vocab = tmp_path / "other_tokenizer"
     docs = sources.load_documents(corpus, text_field="text", group_field="title")[:60]
-    Tokenizer.train_wordpiece(docs, vocab_size=500, lowercase=True).save(str(other_vocab))
-    with pytest.raises(ValueError, match="not the teacher's vocabulary"):
+    other_tokenizer = Tokenizer.train_wordpiece(docs, vocab_size=500, lowercase=True)
+    other_tokenizer.save(str(other_vocab))
+    with pytest.raises(ValueError, match="not the teacher's vocabulary.*Leave data.tokenizer "
+                                         "empty to use the teacher's"):
         train.build_trainer(distill_config(teacher_dir, corpus,
                                            f"data.tokenizer={other_vocab}"), None)
+    # A student source of another vocabulary: the remedy is another student.init (the hint
+    # about data.tokenizer, which was not set, sent the user to the wrong key).
+    other_student = random_bert_dir(tmp_path / "other_student", other_tokenizer, num_layers=1,
+                                    hidden=32)
+    with pytest.raises(ValueError, match="student.init=.*not the teacher's vocabulary") as error:
+        train.build_trainer(distill_config(teacher_dir, corpus, f"student.init={other_student}"),
+                            None)
+    assert "data.tokenizer" not in str(error.value)
+    assert "Set student.init to a BERT of the teacher's vocabulary" in str(error.value)
 
     narrow = random_bert_dir(tmp_path / "narrow", tokenizer, num_layers=1, hidden=16)
     with pytest.raises(ValueError, match="16 wide .* the teacher is 32 wide"):

@@ -328,7 +328,8 @@ def kept_teacher(workdir: str | None) -> bert.BertConfig | None:
         return bert.BertConfig(**json.load(f))
 
 
-def _check_same_vocabulary(tokenizer: Tokenizer, teacher_tokenizer: Tokenizer, what: str):
+def _check_same_vocabulary(tokenizer: Tokenizer, teacher_tokenizer: Tokenizer, what: str,
+                           remedy: str = "Leave data.tokenizer empty to use the teacher's."):
     mine, theirs = tokenizer.hf_tokenizer.get_vocab(), teacher_tokenizer.hf_tokenizer.get_vocab()
     if mine == theirs:
         return
@@ -336,8 +337,7 @@ def _check_same_vocabulary(tokenizer: Tokenizer, teacher_tokenizer: Tokenizer, w
     raise ValueError(
         f"{what} ({tokenizer.source}, {len(mine)} tokens) is not the teacher's vocabulary "
         f"({teacher_tokenizer.source}, {len(theirs)} tokens; e.g. {differing} differ): the "
-        "student learns the teacher's distribution over ITS vocabulary. Leave data.tokenizer "
-        "empty to use the teacher's.")
+        f"student learns the teacher's distribution over ITS vocabulary. {remedy}")
 
 
 class Task:
@@ -399,8 +399,11 @@ class Task:
         else:  # another BERT of the teacher's width and vocabulary
             downstream.check_encoder_source(student_init, "student.init")
             student_tokenizer = Tokenizer.load(downstream.tokenizer_path(student_init))
-            _check_same_vocabulary(student_tokenizer, teacher_tokenizer,
-                                   f"student.init={s.init}'s tokenizer")
+            # data.tokenizer has nothing to do with it: the student's source does not fit.
+            _check_same_vocabulary(
+                student_tokenizer, teacher_tokenizer, f"student.init={s.init}'s tokenizer",
+                "Set student.init to a BERT of the teacher's vocabulary, or to teacher (its "
+                "layers, the default) or scratch.")
             source = downstream.architecture(student_init, student_tokenizer)
             if (source.hidden_size, source.vocab_size) != (tc.hidden_size, tc.vocab_size):
                 raise ValueError(
