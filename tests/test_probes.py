@@ -226,6 +226,29 @@ def test_the_feature_cache_loads_init_from_once_for_both_splits(data_dir, tmp_pa
     assert "encoder loaded" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("shown", [True, False])
+def test_the_feature_cache_pass_shows_its_progress(tmp_path, capsys, monkeypatch, shown):
+    # The encoder pass over every example printed nothing between the truncation notes and
+    # the transfer table: minutes for the food reviews on a CPU, a run that looked hung.
+    # A bar counts the examples (plain lines here, off a terminal); train.progress=False
+    # silences it, and a split of one chunk (the 64 eval rows) is too quick for one.
+    from tl_jax import config as config_lib, tasks
+
+    monkeypatch.setenv("TL_JAX_PROGRESS_SECONDS", "0")
+    config = config_lib.load_config("configs/transfer_feature.py:tiny", [
+        "data.max_train_examples=192", f"train.progress={shown}"])
+    task = tasks.build_task(config, str(tmp_path / "run"))
+    assert task.train_arrays["features"].shape[0] == 192
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("[probe features")]
+    if not shown:
+        assert not lines, err
+        return
+    assert lines[-1].startswith("[probe features: train] example 192/192 (100%) | done in"), err
+    assert len(lines) > 1  # a line per chunk at TL_JAX_PROGRESS_SECONDS=0, not only the last
+    assert "[probe features: eval]" not in err
+
+
 def test_a_frozen_encoder_counts_forward_flops_only(tmp_path):
     # MFU must not count a backward pass through an encoder that stop_gradient freezes (a
     # probe without the feature cache reported 127%).

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tl_jax import parallel, paths, warm_start
+from tl_jax import parallel, paths, progress, warm_start
 from tl_jax.models import heads, probes
 from tl_jax.optim import optimizers, transfer
 from tl_jax.tasks import classify, downstream
@@ -267,7 +267,7 @@ class Task(classify.Task):
                                  f"but this run's {split} set and encoder need {want}; "
                                  "delete it.")
             return out
-        out["features"] = self._encode(arrays)
+        out["features"] = self._encode(arrays, split)
         if not self.pooled:
             out["input_mask"] = arrays["input_mask"]
         if path and jax.process_index() == 0:
@@ -277,7 +277,7 @@ class Task(classify.Task):
             os.replace(tmp, path)  # atomic: parallel sweeps never read half a file
         return out
 
-    def _encode(self, arrays: dict) -> np.ndarray:
+    def _encode(self, arrays: dict, split: str = "train") -> np.ndarray:
         """Runs the frozen encoder (the weights the trainer will load) over every example, under
         the run's mesh (`config.mesh`): the weights sharded as the trainer shards them, each
         chunk of rows split over the data-parallel devices (data x fsdp), so N devices each
@@ -287,7 +287,11 @@ class Task(classify.Task):
         arrays they replace (the trainer's shuffled batches draw any row on any process, and
         process 0 writes the whole cache file). The features come out of the encoder split over
         the data-parallel devices as the rows went in (rows / shards a device), and reach every
-        process's host through its own devices, split over them (`_rows_to_host`)."""
+        process's host through its own devices, split over them (`_rows_to_host`).
+
+        A bar counts the split's examples (on process 0, with `train.progress`; plain lines off
+        a terminal): the pass ran silent between the truncation notes and the transfer table,
+        minutes for a large set or encoder on a CPU, a run that looked hung."""
         mesh, rules, params, features = self._frozen_encoder
         example = self.example_batch(1)
         keys = ("input_ids", "segment_ids", "input_mask")
@@ -300,7 +304,11 @@ class Task(classify.Task):
         to_host = _rows_to_host(mesh)
         local = bs // jax.process_count()
         chunks, pending, n = [], None, len(arrays["labels"])
-        with parallel.mesh_context(mesh, rules):
+        shown = bool(self.config.train.progress) and jax.process_index() == 0 and n > bs
+        # Counted by hand under `with`: Ctrl-C or an error ends a line-mode bar saying so.
+        with parallel.mesh_context(mesh, rules), progress.bar(
+                total=n, desc=f"probe features: {split}", unit="example", disable=not shown,
+                leave=False) as bar:
             for start in range(0, n, bs):
                 lo = start + jax.process_index() * local
                 part = {}
@@ -312,9 +320,11 @@ class Task(classify.Task):
                 out = features(params, *(batch[k] for k in keys))
                 if pending is not None:  # read the previous chunk while this one runs
                     chunks.append(to_host(pending[0])[:pending[1]])
+                    bar.update(pending[1])
                 pending = (out, min(bs, n - start))
             if pending is not None:
                 chunks.append(to_host(pending[0])[:pending[1]])
+                bar.update(pending[1])
         return np.concatenate(chunks)
 
     @functools.cached_property
