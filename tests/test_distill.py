@@ -520,27 +520,37 @@ def test_a_stopped_run_resumes_from_its_checkpoint_as_if_uninterrupted(teacher_d
                               saved["params"]["mlm_head"]["output_bias"])
 
 
+@pytest.mark.parametrize("student", ["teacher", "directory"])
 def test_a_stopped_run_resumes_after_its_teacher_directory_is_gone(teacher_dir, corpus,
-                                                                   tokenizer, tmp_path, capsys):
+                                                                   tokenizer, tmp_path, capsys,
+                                                                   student):
     """The checkpoint holds the teacher; its shape (teacher_model.json) and vocabulary
     (tokenizer/) are saved beside it, so a resume does not read init_from: one gone stopped it
     with "init_from=... does not exist.", and one replaced by a model of another depth (the
     same student) with an error about optimizer settings or transfer rules. A new run still
-    reads it."""
+    reads it. The same for a student.init directory (student_model.json)."""
     teacher = tmp_path / "teacher"
     shutil.copytree(teacher_dir, teacher)
     workdir = str(tmp_path / "run")
+    student_dir = tmp_path / "student"
+    overrides = []
+    if student == "directory":
+        random_bert_dir(student_dir, tokenizer, num_layers=1, hidden=32, seed=2)
+        overrides = [f"student.init={student_dir}"]
 
     def config(steps):
         return distill_config(str(teacher), corpus, f"train.steps={steps}",
-                              "train.eval_every=0", "train.checkpoint_every=2")
+                              "train.eval_every=0", "train.checkpoint_every=2", *overrides)
 
     train.train_and_evaluate(config(2), workdir)
     shutil.rmtree(teacher)
+    if student == "directory":
+        shutil.rmtree(student_dir)
     capsys.readouterr()
     resumed = train.train_and_evaluate(config(4), workdir)
     out = capsys.readouterr().out
     assert "Resuming from step 2" in out and f"init_from={teacher} is gone" in out, out
+    assert (f"student.init={student_dir} is gone" in out) == (student == "directory"), out
     assert resumed.summary["step"] == 4
     random_bert_dir(teacher, tokenizer, num_layers=1, hidden=32, seed=1)  # another teacher
     resumed = train.train_and_evaluate(config(6), workdir)

@@ -306,8 +306,10 @@ def _from_student_of(params: dict, source: str, model_config, role: str) -> dict
 
 
 # Beside a run's checkpoints: the teacher's shape, so that the run resumes without init_from
-# (the checkpoint holds the teacher's weights, the workdir's tokenizer/ its vocabulary).
+# (the checkpoint holds the teacher's weights, the workdir's tokenizer/ its vocabulary), and
+# the shape of a student started from a directory (student.init), for the same reason.
 TEACHER_MODEL_FILE = "teacher_model.json"
+STUDENT_MODEL_FILE = "student_model.json"
 
 
 def kept_teacher(workdir: str | None) -> bert.BertConfig | None:
@@ -318,11 +320,17 @@ def kept_teacher(workdir: str | None) -> bert.BertConfig | None:
     is not read again. It was needed for its shape and vocabulary, so a teacher moved or
     deleted since stopped the resume ("does not exist"), and one replaced by a model of another
     depth stopped it with an error about optimizer settings or transfer rules."""
+    if not os.path.isfile(os.path.join(workdir or "", "tokenizer", "tokenizer.json")):
+        return None
+    return _kept_config(workdir, TEACHER_MODEL_FILE)
+
+
+def _kept_config(workdir: str | None, name: str) -> bert.BertConfig | None:
+    """The `BertConfig` saved as `name` in `workdir` when a run resumes there, else None."""
     if not workdir or not checkpoint.has_saved_step(workdir):
         return None
-    path = os.path.join(workdir, TEACHER_MODEL_FILE)
-    if not (os.path.isfile(path) and os.path.isfile(os.path.join(workdir, "tokenizer",
-                                                                 "tokenizer.json"))):
+    path = os.path.join(workdir, name)
+    if not os.path.isfile(path):
         return None
     with open(path) as f:
         return bert.BertConfig(**json.load(f))
@@ -397,14 +405,23 @@ class Task:
                 self.student_layers = indices
             self.model_config = tc.replace(num_layers=len(indices))
         else:  # another BERT of the teacher's width and vocabulary
-            downstream.check_encoder_source(student_init, "student.init")
-            student_tokenizer = Tokenizer.load(downstream.tokenizer_path(student_init))
-            # data.tokenizer has nothing to do with it: the student's source does not fit.
-            _check_same_vocabulary(
-                student_tokenizer, teacher_tokenizer, f"student.init={s.init}'s tokenizer",
-                "Set student.init to a BERT of the teacher's vocabulary, or to teacher (its "
-                "layers, the default) or scratch.")
-            source = downstream.architecture(student_init, student_tokenizer)
+            # Resumed: the student's shape as the run started it (its weights come from the
+            # checkpoint), so student.init, read only then, may be gone too.
+            source = _kept_config(workdir, STUDENT_MODEL_FILE) if kept is not None else None
+            if source is not None and not os.path.exists(student_init) and \
+                    jax.process_index() == 0:
+                print(f"[distill] student.init={student_init} is gone: the run resumes with the "
+                      "student its checkpoint holds (its shape from "
+                      f"{os.path.join(workdir, STUDENT_MODEL_FILE)}).", flush=True)
+            if source is None:
+                downstream.check_encoder_source(student_init, "student.init")
+                student_tokenizer = Tokenizer.load(downstream.tokenizer_path(student_init))
+                # data.tokenizer has nothing to do with it: the student's source does not fit.
+                _check_same_vocabulary(
+                    student_tokenizer, teacher_tokenizer, f"student.init={s.init}'s tokenizer",
+                    "Set student.init to a BERT of the teacher's vocabulary, or to teacher (its "
+                    "layers, the default) or scratch.")
+                source = downstream.architecture(student_init, student_tokenizer)
             if (source.hidden_size, source.vocab_size) != (tc.hidden_size, tc.vocab_size):
                 raise ValueError(
                     f"student.init={s.init} is {source.hidden_size} wide with a "
@@ -461,10 +478,14 @@ class Task:
     eval_batches = bert_pretrain.Task.eval_batches
 
     def save(self, workdir):
-        """The tokenizer, as BERT pretraining's, and the teacher's shape (`kept_teacher`)."""
+        """The tokenizer, as BERT pretraining's, the teacher's shape (`kept_teacher`) and that
+        of a student started from a directory."""
         bert_pretrain.Task.save(self, workdir)
         checkpoint.save_json(os.path.join(workdir, TEACHER_MODEL_FILE),
                              dataclasses.asdict(self.teacher_config))
+        if self.student_init not in ("teacher", "scratch"):
+            checkpoint.save_json(os.path.join(workdir, STUDENT_MODEL_FILE),
+                                 dataclasses.asdict(self.model_config))
 
     # -- model ------------------------------------------------------------------------------
 
