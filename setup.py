@@ -13,7 +13,7 @@ setup(
         "jax>=0.4.30",
         "flax>=0.8.5",
         "optax>=0.2.2",
-        "orbax-checkpoint>=0.5.20",
+        "orbax-checkpoint>=0.11.31",  # CheckpointManagerOptions(lightweight_initialize=...)
         "ml-collections>=0.1.1",
         "absl-py",
         "numpy",
