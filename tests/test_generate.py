@@ -776,7 +776,9 @@ def test_score_mode_refuses_a_seed_and_no_stop_at_eos(tmp_path):
     missing = str(tmp_path / "no_model")  # refused before the model is read
     score = ["generate", f"--model={missing}", "--mode=score", "--prompt=the cat",
              "--choice= a", "--choice= b"]
-    for flags, named in ((["--seed=7"], "--seed is"), (["--no_stop_at_eos"], "--no_stop_at_eos is"),
+    # --seed=0 too: given, as any completion flag at its completion default.
+    for flags, named in ((["--seed=7"], "--seed is"), (["--seed=0"], "--seed is"),
+                         (["--no_stop_at_eos"], "--no_stop_at_eos is"),
                          (["--top_k=5", "--no_stop_at_eos", "--seed=1"],
                           "--top_k, --seed, --no_stop_at_eos are")):
         with pytest.raises(SystemExit) as e:
@@ -784,14 +786,16 @@ def test_score_mode_refuses_a_seed_and_no_stop_at_eos(tmp_path):
         assert str(e.value).splitlines()[0] == (f"tl_jax: error: generate: {named} for "
                                                 "--mode=complete; --mode=score writes no "
                                                 "completion")
-    for kwargs, named in ((dict(seed=3), "--seed"), (dict(stop_at_eos=False), "--no_stop_at_eos")):
+    for kwargs, named in ((dict(seed=3), "--seed"), (dict(seed=0), "--seed"),
+                          (dict(stop_at_eos=False), "--no_stop_at_eos")):
         with pytest.raises(ValueError, match=rf"{named} is for --mode=complete"):
             generate.run_generate(missing, mode="score", prompts=["x"], choices=[" a"], **kwargs)
-    # Their completion defaults pass (the model is then missing): the CLI passes them when the
-    # flags are left out.
+    # Left out, they pass (the model is then missing), from the CLI as from Python.
     with pytest.raises(FileNotFoundError):
-        generate.run_generate(missing, mode="score", prompts=["x"], choices=[" a"], seed=0,
-                              stop_at_eos=True)
+        generate.run_generate(missing, mode="score", prompts=["x"], choices=[" a"])
+    with pytest.raises(SystemExit) as e:
+        main.main(score)
+    assert "for --mode=complete" not in str(e.value)
 
 
 def test_generate_checks_its_flags_before_loading_the_model(tmp_path):

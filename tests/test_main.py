@@ -20,6 +20,11 @@ def test_generate_flags_map_onto_run_generate(monkeypatch):
                "--choice= x", "--choice= y", "--labels=pos,neg", "--top_p=0.9"])
     assert seen["prompts"] == ["a", "b"] and seen["choices"] == [" x", " y"]
     assert seen["labels"] == ["pos", "neg"] and seen["top_p"] == 0.9 and seen["mode"] == "score"
+    # Flags left out reach run_generate as None ("not given"), which score mode accepts and
+    # complete mode fills with its defaults.
+    assert seen["seed"] is None and seen["stop_at_eos"] is None and seen["temperature"] is None
+    main.main(["generate", "--model=m", "--prompt=a", "--seed=3", "--no_stop_at_eos"])
+    assert seen["seed"] == 3 and seen["stop_at_eos"] is False and seen["mode"] == "complete"
 
 
 @pytest.mark.parametrize("command", sorted(main.COMMANDS))

@@ -607,8 +607,8 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                  template: str = "{text}", choices: Sequence[str] = (),
                  labels: Sequence[str] = (),
                  max_new_tokens: int | None = None, temperature: float | None = None,
-                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                 stop_at_eos: bool = True,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 stop_at_eos: bool | None = None,
                  stop: Sequence[str] = (), batch_size: int = 8, output: str = "") -> list[dict]:
     """The `tl_jax generate` command.
 
@@ -633,11 +633,10 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     Results are returned (and written to `output` as jsonl when given, each as it is printed,
     so an interrupted run keeps the ones done).
     The completion flags `max_new_tokens` (default 64), `temperature` (0.0: greedy), `top_k` (0:
-    off), `top_p` (1.0: off) and `stop` are None / empty when not given: score mode refuses
-    them, since it writes no completion for them to shape (even at their completion default:
-    `temperature=0.0` given says the caller meant it to do something). It refuses a `seed`
-    other than 0 and `stop_at_eos=False` too (the values the CLI passes when the flags are left
-    out).
+    off), `top_p` (1.0: off), `seed` (0), `stop_at_eos` (True) and `stop` are None / empty when
+    not given: score mode refuses them, since it writes no completion for them to shape (even
+    at their completion default: `temperature=0.0` given says the caller meant it to do
+    something).
     Flags are checked before the model is loaded.
     """
     import json
@@ -661,6 +660,8 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
         temperature = 0.0 if temperature is None else temperature
         top_k = 0 if top_k is None else top_k
         top_p = 1.0 if top_p is None else top_p
+        seed = 0 if seed is None else seed
+        stop_at_eos = True if stop_at_eos is None else stop_at_eos
         if max_new_tokens < 1:
             raise ValueError(f"generate: --max_new_tokens must be >= 1, got {max_new_tokens}")
         problem = Sampling.problem(temperature, top_k, top_p)
@@ -671,13 +672,10 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
             raise ValueError("generate: an empty stop string would end every completion at once")
     else:
         # Scoring writes no completion: these were silently ignored, as if they had shaped it.
-        # `seed` and `stop_at_eos` count as given when they differ from the completion's
-        # defaults: `tl_jax generate` passes 0 and True when --seed and --no_stop_at_eos are
-        # left out, so a given --seed=0 cannot be told from none (and changes nothing).
         given = [f"--{name}" for name, value in (
             ("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_k", top_k),
-            ("top_p", top_p)) if value is not None] + (["--seed"] if seed != 0 else []) + (
-            [] if stop_at_eos else ["--no_stop_at_eos"]) + (["--stop"] if stop else [])
+            ("top_p", top_p), ("seed", seed)) if value is not None] + (
+            [] if stop_at_eos is None else ["--no_stop_at_eos"]) + (["--stop"] if stop else [])
         if given:
             raise ValueError(f"generate: {', '.join(given)} {'is' if len(given) == 1 else 'are'} "
                              "for --mode=complete; --mode=score writes no completion")

@@ -80,7 +80,8 @@ def _generate(args, overrides):
         template=args.template, choices=args.choice or (),
         labels=[x.strip() for x in args.labels.split(",") if x.strip()],
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, seed=args.seed, stop_at_eos=not args.no_stop_at_eos,
+        top_p=args.top_p, seed=args.seed,
+        stop_at_eos=False if args.no_stop_at_eos else None,  # None: not given
         stop=args.stop or (), batch_size=args.batch_size, output=args.output)
 
 
@@ -239,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="complete mode (default 0 = greedy)")
     p.add_argument("--top_k", type=int, default=None, help="complete mode (default 0 = off)")
     p.add_argument("--top_p", type=float, default=None, help="complete mode (default 1.0 = off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no_stop_at_eos", action="store_true")
+    p.add_argument("--seed", type=int, default=None, help="complete mode (default 0)")
+    p.add_argument("--no_stop_at_eos", action="store_true",
+                   help="complete mode: go on past <|endoftext|>")
     p.add_argument("--stop", action="append",
                    help="complete mode: also end a completion where its text first holds this "
                         "string, which is not printed (repeatable; e.g. '\\n' or 'Q:')")
