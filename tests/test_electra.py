@@ -220,6 +220,34 @@ def test_dropout_rates_are_named_by_their_key_before_the_corpus_is_read(tmp_path
 
 
 @pytest.mark.parametrize("spec", [ELECTRA, ELECTRA.replace("electra_pretrain", "bert_pretrain")])
+def test_one_segment_embedding_is_refused_before_the_corpus_is_read(spec, tmp_path):
+    """Every pretraining instance, BERT's and ELECTRA's, is a pair `[CLS] A [SEP] B [SEP]` with B
+    in segment 1. model.type_vocab_size=1 failed only at the first training step ("segment id
+    1 ... outside [0, 1)"), after the corpus was read; the corpus here does not exist."""
+    from tl_jax.tasks import bert_pretrain
+
+    task = electra_task if spec == ELECTRA else bert_pretrain
+    corpus = f"data.corpus={tmp_path / 'not_read.txt'}"
+    config = config_lib.load_config(spec + ":tiny", [corpus, "model.type_vocab_size=1"])
+    with pytest.raises(ValueError, match=r"^model.type_vocab_size=1: pretraining needs 2 "
+                                         r"segment ids.*sentence pair.*Set model.type_vocab_size=2"):
+        task.Task(config, str(tmp_path / "run"))
+    if task is bert_pretrain:
+        # model.size=DIR takes the directory's segment table, whatever model.type_vocab_size says.
+        hf = tmp_path / "hf_one_segment"
+        hf.mkdir()
+        (hf / "config.json").write_text(json.dumps(dict(
+            model_type="bert", vocab_size=120, hidden_size=48, num_hidden_layers=3,
+            num_attention_heads=4, intermediate_size=96, max_position_embeddings=64,
+            type_vocab_size=1)))
+        config = config_lib.load_config(spec + ":tiny", [corpus, f"model.size={hf}",
+                                                         "data.max_seq_length=64"])
+        with pytest.raises(ValueError, match=rf"^model.size={hf} has type_vocab_size=1 .*"
+                                             "pretraining needs 2 segment ids"):
+            task.Task(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("spec", [ELECTRA, ELECTRA.replace("electra_pretrain", "bert_pretrain")])
 def test_a_run_from_init_from_takes_its_tokenizer_not_a_new_vocabulary(spec, tiny_bert_overrides,
                                                                        data_dir, tmp_path):
     # Continuing an ELECTRA or BERT workdir on another corpus with data.tokenizer unset used to

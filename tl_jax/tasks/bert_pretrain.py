@@ -87,6 +87,26 @@ def check_init_from_architecture(init_from: str, model_config: bert.BertConfig,
                          f"model's: {'; '.join(diff)}{remedy}")
 
 
+def check_two_segments(type_vocab_size: int, model_size: str | None = None) -> None:
+    """Pretraining instances are sentence pairs, `[CLS] A [SEP] B [SEP]` with B in segment 1,
+    in every instance and under every data option (ELECTRA's data keeps the pairs, without
+    the NSP labels): a model with one segment embedding fails at the first training step's
+    batch check, after the corpus is read and tokenised. Said here instead, before that.
+    `model_size`: the directory `model.size` names, whose segment table the model copies."""
+    if type_vocab_size >= 2:
+        return
+    if model_size:
+        where = (f"model.size={model_size} has type_vocab_size={type_vocab_size} (copied with "
+                 "its architecture; model.type_vocab_size does not apply)")
+    else:
+        where = f"model.type_vocab_size={type_vocab_size}"
+    raise ValueError(
+        f"{where}: pretraining needs 2 segment ids, because every instance is a sentence pair "
+        "`[CLS] A [SEP] B [SEP]` (next-sentence prediction) whose B has segment id 1. "
+        + ("Pretrain from a size name instead." if model_size
+           else "Set model.type_vocab_size=2."))
+
+
 class ValidatedBatches:
     """Wraps a batch iterator and checks every batch against the model before it is used."""
 
@@ -155,6 +175,8 @@ class Task:
         from tl_jax.tasks import downstream
         downstream.check_dropout_rates(config.model)
         shape = bert_config_from(config.model, 1)
+        check_two_segments(shape.type_vocab_size,
+                           None if config.model.size in bert.SIZES else config.model.size)
         if data_cfg.max_seq_length > config.model.max_position_embeddings:
             raise ValueError(
                 f"data.max_seq_length={data_cfg.max_seq_length} is longer than the position "

@@ -70,6 +70,7 @@ class Task:
         from tl_jax.tasks import downstream
         downstream.check_dropout_rates(model_cfg)
         shape = electra_config_from(model_cfg, 1)
+        bert_pretrain.check_two_segments(shape.discriminator.type_vocab_size)
         weight = config.electra.discriminator_weight
         if not (math.isfinite(weight) and weight >= 0):
             raise ValueError(f"electra.discriminator_weight={weight} must be a finite number "
