@@ -1024,3 +1024,24 @@ def test_replacing_an_earlier_export_drops_its_tokenizer_files(tmp_path, capsys)
     assert not (tmp_path / "hf" / "tokenizer.json").exists()
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
     assert hf_tok("the cat", add_special_tokens=False)["input_ids"] == want
+
+
+def test_convert_of_a_hf_directory_without_tokenizer_files_says_the_output_has_none(
+        tmp_path, capsys):
+    # A model saved without its tokenizer converted silently, while a workdir export that lost
+    # its tokenizer/ says so; a run taking the output as init_from then trains a new vocabulary.
+    _, path = hf_random_model(tmp_path, SHAPES[0])
+    convert.convert(path, tmp_path / "tl", "hf_to_tl")
+    out = capsys.readouterr().out
+    assert (f"[convert] Note: {path} has no tokenizer files (tokenizer.json or vocab.txt or "
+            f"vocab.json), so {tmp_path / 'tl'} gets the weights without a vocabulary: a run "
+            f"with init_from={tmp_path / 'tl'} needs data.tokenizer") in out
+    assert len([line for line in out.splitlines() if "Note:" in line]) == 1  # one line
+    # And back: transformers would find nothing to load.
+    convert.convert(tmp_path / "tl", tmp_path / "hf", "tl_to_hf")
+    assert "AutoTokenizer has nothing to load" in capsys.readouterr().out
+    # With a vocabulary beside the weights, nothing is said.
+    (path / "vocab.txt").write_text("\n".join(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(62)]) + "\n")
+    convert.convert(path, tmp_path / "tl2", "hf_to_tl")
+    assert "Note:" not in capsys.readouterr().out and (tmp_path / "tl2" / "vocab.txt").exists()

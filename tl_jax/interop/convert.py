@@ -36,6 +36,8 @@ TL_CONFIG = "config.json"
 TL_PARAMS = "params.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
                    "special_tokens_map.json", "merges.txt", "vocab.json")
+# Those of TOKENIZER_FILES that hold a vocabulary: without one, the others load nothing.
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
 DIRECTIONS = ("hf_to_tl", "tl_to_hf")
 
 
@@ -197,6 +199,21 @@ def _copy_tokenizer(src: pathlib.Path, dst: pathlib.Path) -> list[str]:
     return copied
 
 
+def _note_no_tokenizer(src: pathlib.Path, dst: pathlib.Path, direction: str) -> None:
+    """Says that `dst` got weights without a vocabulary, as a workdir export that lost its
+    tokenizer/ does (`_workdir_tokenizer`): nothing later would, until the ids went wrong."""
+    if direction == "hf_to_tl":
+        # A run finds no vocabulary of init_from's (`bert_pretrain.with_init_from_tokenizer`)
+        # and trains its own, without a word.
+        meaning = (f"a run with init_from={dst} needs data.tokenizer to name the vocabulary "
+                   "the weights were trained with (else it trains one whose ids they never saw)")
+    else:
+        meaning = "transformers' AutoTokenizer has nothing to load from it"
+    print(f"[convert] Note: {src} has no tokenizer files ({' or '.join(VOCABULARY_FILES)}), "
+          f"so {dst} gets the weights without a vocabulary: {meaning}. Copy the model's "
+          f"tokenizer files into {dst} for a directory that carries its own.", flush=True)
+
+
 def _electra_halves(src: pathlib.Path, config) -> str:
     """What an ELECTRA hf_to_tl conversion read: the pair, or the discriminator alone."""
     if hasattr(config, "generator_num_layers"):  # an ElectraConfig: the pretraining pair
@@ -280,7 +297,8 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
                 safetensors_io.flatten_params(params), config, dst, None))
         else:
             interop.family(name).save_pretrained(dst, config, params)
-    _copy_tokenizer(src, dst)
+    if not set(_copy_tokenizer(src, dst)) & set(VOCABULARY_FILES):
+        _note_no_tokenizer(src, dst, direction)
     if direction == "tl_to_hf" and (dst / "generator" / "config.json").exists():
         _copy_tokenizer(src, dst / "generator")  # an ELECTRA pair: each half loads alone
     return dst
