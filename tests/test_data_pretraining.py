@@ -783,3 +783,11 @@ def test_a_prediction_cap_below_the_masking_rate_is_noted_before_the_corpus_is_r
         build_pretraining_data(_data_config(small_corpus, max_seq_length=128,
                                             max_predictions_per_seq=20), 512, None, 0)
     assert "caps the masking" not in capsys.readouterr().out
+
+
+def test_an_unknown_tfds_corpus_is_named_by_its_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # nothing is prepared there
+    with pytest.raises(SourceError, match=r"^data.corpus: unknown tfds dataset 'imdb_reviewz' "
+                                          r"\(did you mean 'imdb_reviews'\?\)") as e:
+        build_pretraining_data(_data_config("tfds:imdb_reviewz"), 128, None, 0)
+    assert "\n" not in str(e.value)

@@ -94,8 +94,35 @@ def test_tfds_dataset_read_without_tensorflow(tmp_path, monkeypatch):
     assert sorted(docs) == [[f"Doc {i} para one.", f"Doc {i} para two."] for i in range(4)]
     with pytest.raises(SourceError, match="missing text field 'text'"):
         load_documents("tfds:tl_jax_sources_test_corpus")
-    with pytest.raises(SourceError, match="Cannot read tfds dataset 'no_such_dataset_xyz'"):
+    with pytest.raises(SourceError, match="Unknown tfds dataset 'no_such_dataset_xyz'"):
         load_documents("tfds:no_such_dataset_xyz:train")
+
+
+def test_an_unknown_tfds_name_is_one_line_naming_the_key_and_tfds_close_match(tmp_path,
+                                                                              monkeypatch):
+    # tfds' own error listed every registered builder (~250 lines) and a checklist for builder
+    # authors, with its "did you mean" at the bottom. tfds looks names up locally: the socket
+    # guard shows nothing is downloaded or asked for.
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("an unknown tfds name reached for the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(SourceError) as e:
+        load_documents("tfds:imdb_reviewz", key="data.corpus")
+    assert str(e.value) == (
+        "data.corpus: unknown tfds dataset 'imdb_reviewz' (did you mean 'imdb_reviews'?): "
+        f"tensorflow_datasets {__import__('tensorflow_datasets').__version__} finds no builder "
+        f"of that name, and {tmp_path} holds no prepared copy of it (set TFDS_DATA_DIR to the "
+        "folder that does).")
+    # A name with no close match gets no guess; still one line.
+    with pytest.raises(SourceError, match=r"^data.corpus: unknown tfds dataset "
+                                          r"'no_such_dataset_xyz': tensorflow_datasets") as e:
+        load_documents("tfds:no_such_dataset_xyz:test", key="data.corpus")
+    assert "\n" not in str(e.value) and "did you mean" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # nothing prepared or downloaded there either
 
 
 def test_errors_name_the_file_and_line(tmp_path):

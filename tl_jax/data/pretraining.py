@@ -570,7 +570,7 @@ def build_pretraining_data(
     # '$TL_JAX_DATA_DIR/...' in a config, as the GPT, biLM and fine-tuning data paths take.
     with phase(f"Reading {c.corpus}", progress) as step:
         documents = load_documents(paths.expand(c.corpus), text_field=c.text_field,
-                                   group_field=c.group_field or None)
+                                   group_field=c.group_field or None, key="data.corpus")
         step.result = f"{len(documents):,} documents"
     num_read = len(documents)
     if c.max_documents:

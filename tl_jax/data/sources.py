@@ -49,7 +49,8 @@ class SourceError(ValueError):
 
 
 def load_documents(
-    spec: str, text_field: str = "text", group_field: str | None = None
+    spec: str, text_field: str = "text", group_field: str | None = None,
+    key: str | None = None,
 ) -> list[Document]:
     """Reads every source named in `spec` into a list of documents.
 
@@ -59,6 +60,7 @@ def load_documents(
       text_field: the key holding the text in jsonl objects and tfds records.
       group_field: the jsonl key whose consecutive equal values form one document. None or ""
         auto-detects one of `AUTO_GROUP_FIELDS` from the first object of each file.
+      key: the config key `spec` came from (`data.corpus`), for errors to name.
 
     Returns:
       Documents in source order, each a non-empty list of non-empty, stripped text units.
@@ -72,13 +74,14 @@ def load_documents(
         raise SourceError(f"Empty corpus spec {spec!r}: name at least one file, glob or dataset.")
     documents: list[Document] = []
     for part in parts:
-        documents.extend(_load_part(part, text_field, group_field or None))
+        documents.extend(_load_part(part, text_field, group_field or None, key))
     if not documents:
         raise SourceError(f"Corpus {spec!r} is empty: its sources contain no text.")
     return documents
 
 
-def _load_part(part: str, text_field: str, group_field: str | None) -> list[Document]:
+def _load_part(part: str, text_field: str, group_field: str | None,
+               key: str | None = None) -> list[Document]:
     if part.startswith("gensim:"):
         name = part[len("gensim:"):]
         if name == "enwiki":
@@ -89,7 +92,7 @@ def _load_part(part: str, text_field: str, group_field: str | None) -> list[Docu
                           + ", ".join(f"gensim:{n}" for n in GENSIM_CORPORA))
     if part.startswith("tfds:"):
         name, _, split = part[len("tfds:"):].partition(":")
-        return load_tfds(name, split or "train", text_field)
+        return load_tfds(name, split or "train", text_field, key)
     # A file that exists is itself, even when its name has glob characters ("notes[1].txt").
     if any(ch in part for ch in "*?[") and not os.path.isfile(os.path.expanduser(part)):
         paths = sorted(glob.glob(os.path.expanduser(part), recursive=True))
@@ -257,18 +260,22 @@ def json_type(value) -> str:
     return {list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
 
 
-def load_tfds(name: str, split: str = "train", text_field: str = "text") -> list[Document]:
+def load_tfds(name: str, split: str = "train", text_field: str = "text",
+              key: str | None = None) -> list[Document]:
     """Reads a prepared tfds dataset from `$TFDS_DATA_DIR` (default tfds location otherwise).
 
     Nothing is downloaded: the dataset must already be prepared in a random-access format
-    (`array_record`), which `tfds.data_source` reads without TensorFlow.
+    (`array_record`), which `tfds.data_source` reads without TensorFlow. `key`: the config key
+    that named it, for the errors.
     """
     import tensorflow_datasets as tfds  # Imported here: heavy, and only this source needs it.
 
     data_dir = os.environ.get("TFDS_DATA_DIR") or None
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as e:  # tfds raises several types for "not prepared"/"unknown name".
+    except tfds.core.DatasetNotFoundError as e:
+        raise SourceError(_unknown_tfds_message(name, data_dir, key, str(e))) from None
+    except Exception as e:  # tfds raises several types for "not prepared".
         raise SourceError(
             f"Cannot read tfds dataset {name!r} split {split!r} from "
             f"{data_dir or 'the default tfds data dir'} (set TFDS_DATA_DIR; the dataset must be "
@@ -288,6 +295,21 @@ def load_tfds(name: str, split: str = "train", text_field: str = "text") -> list
     if not documents:
         raise SourceError(f"tfds:{name}:{split} contains no text in field {text_field!r}.")
     return documents
+
+
+def _unknown_tfds_message(name: str, data_dir: str | None, key: str | None,
+                          tfds_message: str) -> str:
+    """One line for a tfds name that is neither a registered builder nor prepared in
+    `data_dir`. tfds' own message lists every registered builder (~250 lines) and a checklist
+    for builder authors; only its close match, when it has one, is kept."""
+    import tensorflow_datasets as tfds
+
+    close = re.search(r"Did you mean: \S+ -> (\S+) \?", tfds_message)
+    hint = f" (did you mean {close.group(1)!r}?)" if close else ""
+    where = f"{key}: unknown" if key else "Unknown"
+    return (f"{where} tfds dataset {name!r}{hint}: tensorflow_datasets {tfds.__version__} finds "
+            f"no builder of that name, and {data_dir or 'the default tfds data dir'} holds no "
+            "prepared copy of it (set TFDS_DATA_DIR to the folder that does).")
 
 
 def _gensim_datapath(filename: str) -> str:
