@@ -304,12 +304,19 @@ def _unknown_tfds_message(name: str, data_dir: str | None, key: str | None,
     for builder authors; only its close match, when it has one, is kept."""
     import tensorflow_datasets as tfds
 
+    import importlib.util
+
     close = re.search(r"Did you mean: \S+ -> (\S+) \?", tfds_message)
     hint = f" (did you mean {close.group(1)!r}?)" if close else ""
     where = f"{key}: unknown" if key else "Unknown"
+    # Without TensorFlow, tfds leaves out every builder whose module imports it (glue,
+    # wikipedia, ...): such a name is "unknown" here though tfds has it.
+    no_tf = ("; tfds registers no builder whose code needs TensorFlow, which is not installed "
+             "here, so a prepared copy is the only way to read one of those"
+             if importlib.util.find_spec("tensorflow") is None else "")
     return (f"{where} tfds dataset {name!r}{hint}: tensorflow_datasets {tfds.__version__} finds "
             f"no builder of that name, and {data_dir or 'the default tfds data dir'} holds no "
-            "prepared copy of it (set TFDS_DATA_DIR to the folder that does).")
+            f"prepared copy of it (set TFDS_DATA_DIR to the folder that does){no_tf}.")
 
 
 def _gensim_datapath(filename: str) -> str:
