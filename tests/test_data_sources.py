@@ -260,3 +260,25 @@ def test_sentence_splitter_examples():
         'He said "Stop."', "Then Mr. Darcy left!", "Why?", "(Nobody knew.)", "3 cats."]
     assert split_sentences("no end punctuation") == ["no end punctuation"]
     assert split_sentences("  ") == []
+
+
+def test_every_corpus_reading_task_names_its_key_for_an_unknown_tfds_name(tmp_path,
+                                                                          monkeypatch):
+    # BERT/ELECTRA pretraining named data.corpus; GPT, the biLM and static vectors said only
+    # "Unknown tfds dataset".
+    from tl_jax import config as config_lib, static_train
+    from tl_jax.data import word_vectors
+    from tl_jax.tasks import bilm, clm
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    corpus = "tfds:no_such_dataset_xyz"
+    with pytest.raises(SourceError, match=r"^corpus: unknown tfds dataset 'no_such_dataset_xyz'"):
+        word_vectors.load_sentences(corpus, key="corpus")
+    static = config_lib.load_config("configs/word2vec.py:tiny", [f"corpus={corpus}"])
+    with pytest.raises(SourceError, match=r"^corpus: unknown tfds dataset"):
+        static_train.run(static, str(tmp_path / "w2v"))
+    for spec, task in (("configs/gpt_pretrain.py:tiny", clm.Task),
+                       ("configs/elmo_pretrain.py:tiny", bilm.Task)):
+        config = config_lib.load_config(spec, [f"data.corpus={corpus}"])
+        with pytest.raises(SourceError, match=r"^data.corpus: unknown tfds dataset"):
+            task(config, str(tmp_path / "run"))

@@ -573,7 +573,7 @@ def run(config, workdir: str) -> dict:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"workdir {workdir} is a file, not a folder: use another workdir")
     os.makedirs(workdir, exist_ok=True)
-    sentences = wv.load_sentences(config.corpus, config.text_field)
+    sentences = wv.load_sentences(config.corpus, config.text_field, key="corpus")
     if config.max_sentences:
         sentences = sentences[:config.max_sentences]
     vocab = wv.Vocab.build(sentences, config.min_count, config.max_vocab or None)

@@ -301,8 +301,10 @@ def cooccurrence_matrix(corpus: EncodedCorpus, vocab_size: int, window: int,
     return coo
 
 
-def load_sentences(spec: str, text_field: str = "text") -> list[list[str]]:
-    """Tokenised text units of a corpus named by `spec` (see `tl_jax.data.sources`).
+def load_sentences(spec: str, text_field: str = "text",
+                   key: str | None = None) -> list[list[str]]:
+    """Tokenised text units of a corpus named by `spec` (see `tl_jax.data.sources`); `key`:
+    the config key that named it, for errors to name.
 
     Environment variables in the spec are expanded, so configs can name
     `$TL_JAX_DATA_DIR/austen.jsonl` without hard-coding the data folder.
@@ -311,7 +313,7 @@ def load_sentences(spec: str, text_field: str = "text") -> list[list[str]]:
 
     from tl_jax.data import sources
 
-    documents = sources.load_documents(paths.expand(spec), text_field=text_field)
+    documents = sources.load_documents(paths.expand(spec), text_field=text_field, key=key)
     sentences = [tokenize(unit) for doc in documents for unit in doc]
     sentences = [s for s in sentences if s]
     if not sentences:

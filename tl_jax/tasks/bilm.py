@@ -288,7 +288,8 @@ class Task:
         from tl_jax.tasks import downstream
         downstream.check_dropout_rates(config.model)  # named by its key, not as ElmoConfig's
         documents = sources.load_documents(paths.expand(data_cfg.corpus),
-                                           data_cfg.text_field, data_cfg.group_field or None)
+                                           data_cfg.text_field, data_cfg.group_field or None,
+                                           key="data.corpus")
         units = [u for doc in documents for u in doc]
         if data_cfg.max_units:
             units = units[:data_cfg.max_units]

@@ -336,7 +336,8 @@ class Task:
         show = bool(config.train.progress) and jax.process_index() == 0
         with phase(f"Reading {data_cfg.corpus}", show) as step:
             documents = sources.load_documents(
-                paths.expand(data_cfg.corpus), data_cfg.text_field, data_cfg.group_field or None)
+                paths.expand(data_cfg.corpus), data_cfg.text_field, data_cfg.group_field or None,
+                key="data.corpus")
             step.result = f"{len(documents):,} documents"
         if data_cfg.max_documents:
             documents = documents[:data_cfg.max_documents]
