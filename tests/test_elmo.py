@@ -448,7 +448,7 @@ def test_sizes_below_their_minimum_are_named_before_the_corpus_is_read(monkeypat
     from tl_jax.data import sources
 
     config = config_lib.load_config(CONFIG + ":tiny", [override])
-    monkeypatch.setattr(sources, "load_documents", lambda *a: pytest.fail("read the corpus"))
+    monkeypatch.setattr(sources, "load_documents", lambda *a, **k: pytest.fail("read the corpus"))
     with pytest.raises(ValueError, match=match):
         bilm.Task(config, workdir=None)
 

@@ -465,7 +465,7 @@ def test_a_gpt2_directory_that_cannot_fit_the_model_is_named_before_the_corpus_i
     config = config_lib.load_config("configs/gpt_pretrain.py:tiny", [
         f"init_from={weights}", f"data.corpus={tmp_path / 'not_read.txt'}"])
     assert clm.gpt_config_from(config.model, 300).embed_dim != 32  # what the cases assume
-    monkeypatch.setattr(sources, "load_documents", lambda *a: pytest.fail("read the corpus"))
+    monkeypatch.setattr(sources, "load_documents", lambda *a, **k: pytest.fail("read the corpus"))
     with pytest.raises(ValueError, match=match):
         clm.Task(config, str(tmp_path / "run"))
 
@@ -486,7 +486,7 @@ def test_an_init_from_of_the_run_width_is_not_refused_before_the_corpus(tmp_path
     class Read(Exception):
         pass
 
-    def read(*args):
+    def read(*args, **kwargs):
         raise Read
 
     monkeypatch.setattr(sources, "load_documents", read)

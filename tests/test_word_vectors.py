@@ -280,7 +280,7 @@ def test_glove_adagrad_is_chosen_from_the_command_line(data_dir, tmp_path, monke
     np.testing.assert_array_equal(direct.vectors, vectors["glove_c"].vectors)
 
     # Another value stops the run, naming the key and the choices, before the corpus is read.
-    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
     with pytest.raises(SystemExit) as e:
         main.main(argv + [f"--workdir={tmp_path / 'sgd'}", "--config.glove.adagrad=sgd"])
     assert str(e.value.code).startswith(
@@ -299,7 +299,7 @@ def test_a_workdir_saved_before_glove_adagrad_existed_reruns_with_optax(tmp_path
     del earlier["glove"]["adagrad"]
     (tmp_path / "static_config.json").write_text(json.dumps(earlier))
 
-    def read(*args):
+    def read(*args, **kwargs):
         raise RuntimeError("reached the corpus")
 
     monkeypatch.setattr(wv, "load_sentences", read)
@@ -349,7 +349,7 @@ def test_glove_learning_rate_defaults_to_the_adagrad_rules_own_and_an_explicit_o
     # A workdir saved when 0.5 was written out in the config is the default optax run's; a
     # glove_c run saved then (0.5) is not a default glove_c run now (0.05), which says so
     # before reading the corpus.
-    monkeypatch.setattr(wv, "load_sentences", lambda *a: (_ for _ in ()).throw(
+    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: (_ for _ in ()).throw(
         RuntimeError("reached the corpus")))
     for adagrad in ("optax", "glove_c"):
         earlier = config_lib.load_config(
@@ -417,7 +417,7 @@ def test_unknown_save_format_fails_before_training(tmp_path, monkeypatch):
 
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "word2vec.py"
     config = config_lib.load_config(f"{path}:tiny", ["save_formats=('word2vec_txt',)"])
-    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
     with pytest.raises(ValueError, match=r"save_formats.*'word2vec_txt'"):
         static_train.run(config, str(tmp_path))
 
@@ -430,7 +430,7 @@ def test_empty_save_formats_fail_before_training(tmp_path, monkeypatch):
 
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "glove.py"
     config = config_lib.load_config(f"{path}:tiny", ["save_formats=()"])
-    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
     with pytest.raises(ValueError, match=r"save_formats is empty.*glove_text"):
         static_train.run(config, str(tmp_path))
     assert not (tmp_path / "static_config.json").exists()
@@ -484,7 +484,7 @@ def test_sizes_below_their_minimum_fail_before_reading_the_corpus(tmp_path, monk
 
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / f"{name}.py"
     config = config_lib.load_config(f"{path}:tiny", [override])
-    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
     with pytest.raises(ValueError, match=match):
         static_train.run(config, str(tmp_path))
 
@@ -525,7 +525,7 @@ def test_a_workdir_written_with_another_config_is_refused_and_the_same_config_re
     (tmp_path / "static_config.json").write_text(json.dumps(earlier.to_dict()))
     (tmp_path / "vectors.word2vec_text.txt").write_text("1 2\na 1 2\n")
 
-    def read(*args):
+    def read(*args, **kwargs):
         raise RuntimeError("reached the corpus")
 
     monkeypatch.setattr(wv, "load_sentences", read)
@@ -570,7 +570,7 @@ def test_a_training_workdir_is_refused_before_its_vocab_is_overwritten(tmp_path,
     (tmp_path / "vocab.txt").write_text("<pad>\n<unk>\n<S>\n</S>\nthe\n")
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "glove.py"
     config = config_lib.load_config(f"{path}:tiny")
-    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
     with pytest.raises(ValueError, match=r"training workdir.*use another workdir"):
         static_train.run(config, str(tmp_path))
     assert (tmp_path / "vocab.txt").read_text().startswith("<pad>")
@@ -589,7 +589,7 @@ def test_an_eval_dir_missing_some_of_the_files_fails_before_training(tmp_path, m
     (eval_dir / evaluation.WORDSIM353).write_text("a\tb\t1.0\nc\td\t2.0\n")
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "word2vec.py"
     config = config_lib.load_config(f"{path}:tiny", [f"eval_dir='{eval_dir}'"])
-    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
     with pytest.raises(ValueError, match=r"eval_dir.*lacks.*simlex999.txt.*questions-words.txt"):
         static_train.run(config, str(tmp_path / "work"))
 
@@ -603,7 +603,7 @@ def test_a_workdir_that_is_a_file_fails_before_training(tmp_path, monkeypatch):
 
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "glove.py"
     config = config_lib.load_config(f"{path}:tiny", ["eval_dir=''"])
-    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
     (tmp_path / "vectors.txt").write_text("a 1 2\n")
     with pytest.raises(ValueError, match=r"workdir .*vectors.txt is a file, not a folder"):
         static_train.run(config, str(tmp_path / "vectors.txt"))
@@ -620,7 +620,7 @@ def test_an_eval_dir_that_does_not_exist_fails_before_training(tmp_path, monkeyp
     from tl_jax import config as config_lib
 
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "word2vec.py"
-    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
     config = config_lib.load_config(f"{path}:tiny", [f"eval_dir='{tmp_path / 'evlas'}'"])
     with pytest.raises(ValueError, match=r"config.eval_dir=.*no folder .*evlas.*eval_dir=''"):
         static_train.run(config, str(tmp_path / "work"))
@@ -650,7 +650,7 @@ def test_a_malformed_eval_file_fails_before_training(tmp_path, monkeypatch, brok
     (eval_dir / evaluation.GOOGLE_ANALOGIES).write_text(analogies)
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "word2vec.py"
     config = config_lib.load_config(f"{path}:tiny", [f"eval_dir='{eval_dir}'"])
-    monkeypatch.setattr(wv, "load_sentences", lambda *a: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
     where = "simlex999.txt:1: score" if broken == "simlex999" else "questions-words.txt:2: expected"
     with pytest.raises(ValueError, match=where):
         static_train.run(config, str(tmp_path / "work"))
