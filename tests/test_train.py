@@ -542,3 +542,22 @@ def test_every_task_declares_its_eval_metrics_and_a_name_outside_them_is_refused
     config.task = "bert_pretrian"
     with pytest.raises(ValueError, match=r"Unknown task 'bert_pretrian' in config.task"):
         tasks.eval_metric_names(config)
+
+
+def test_a_run_stopped_by_an_error_leaves_its_tensorboard_events_on_disk(tiny_bert_overrides,
+                                                                         tmp_path, monkeypatch):
+    """A run ended by an exception (here a NaN loss under on_nonfinite=stop) still closes its
+    metrics writer: in a notebook the process lives on, and tensorboardX would hold the logged
+    steps' events in memory for up to two minutes (its flush interval), with the file open."""
+    from conftest import nan_loss_at_batch
+    from test_metrics_writer import read_events
+
+    nan_loss_at_batch(monkeypatch, 3)  # step 3's loss is NaN
+    config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [
+        "mesh.num_devices=1", "train.steps=5", "train.log_every=1", "train.eval_every=0",
+        "train.checkpoint_every=5", "train.on_nonfinite=stop"])
+    with pytest.raises(train.NonFiniteError, match="step 3"):
+        train.train_and_evaluate(config, str(tmp_path))
+    steps = sorted({step for tag, step, _ in read_events(tmp_path / "tensorboard")
+                    if tag == "loss"})
+    assert steps == [1, 2]

@@ -846,7 +846,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         ckpt_lib.save_json(os.path.join(workdir, "config.json"), config.to_dict())
 
     start_step = int(jax.device_get(state["step"]))
-    writer = MetricsWriter(workdir, start_step=start_step)
     total_steps = int(tc.steps)
     global_batch = int(config.data.batch_size)
     tokens_per_step = task.tokens_per_example * global_batch
@@ -870,6 +869,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                   + (f"init_from={config.init_from}" if config.get("init_from") else
                      "randomly initialised") + "). No checkpoint is written.", flush=True)
 
+    # (Before the bar: it may print that it set rows aside. Closed by the loop's `with`, however
+    # the loop ends.)
+    writer = MetricsWriter(workdir, start_step=start_step)
     bar = None
     if is_main and tc.progress:
         bar = progress_bar(total=total_steps, initial=start_step, desc=config.task, unit="step",
@@ -930,9 +932,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
 
     # closed_on_error: a run ended by an exception ends its log's progress lines with the
     # step it reached, and on a terminal closes the bar, so the error starts on a line of its
-    # own (the bar is closed after the loop and the final save otherwise).
+    # own (the bar is closed after the loop and the final save otherwise). The metrics writer
+    # is closed on every way out, an exception's too: in a notebook the process lives on, and
+    # tensorboardX would hold the logged steps' events unwritten for up to its two-minute
+    # flush interval, with metrics.jsonl open.
     with _Preemption() as preemption, _finish_save_on_error(checkpointer), \
-            closed_on_error(bar):
+            closed_on_error(bar), contextlib.closing(writer):
         window_start = time.perf_counter()
         for step in range(start_step, total_steps):
             batch = parallel.host_batch_to_global(next(train_iter), mesh)
@@ -985,7 +990,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     # on a terminal, the error then starts on a line of its own, not on the bar's.
     with _finish_save_on_error(checkpointer), closed_on_error(bar):
         checkpointer.close()
-    writer.close()
     if bar is not None:
         bar.close()
 
