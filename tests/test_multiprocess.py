@@ -30,11 +30,21 @@ def _env(**extra):
     return env
 
 
-def start_two_processes(argv, **env):
-    """Starts `tl_jax ARGV` as 2 processes (4 CPU devices each); returns their Popens."""
+# Runs the worker with Ctrl-C raising KeyboardInterrupt as in a terminal, even where pytest
+# itself runs with SIGINT ignored (a background job of a script), which its children inherit
+# (and Python then leaves ignored).
+_CTRL_C_AS_IN_A_TERMINAL = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def start_two_processes(argv, ctrl_c=False, **env):
+    """Starts `tl_jax ARGV` as 2 processes (4 CPU devices each); returns their Popens.
+    `ctrl_c`: they take SIGINT as Ctrl-C, whatever this process does with it."""
     port = _free_port()
+    prefix = [sys.executable] + (["-c", _CTRL_C_AS_IN_A_TERMINAL] if ctrl_c else [])
     return [subprocess.Popen(
-        [sys.executable, WORKER] + argv, cwd=ROOT,
+        prefix + [WORKER] + argv, cwd=ROOT,
         env=_env(WORKER_DEVICES="4", TL_JAX_COORDINATOR=f"localhost:{port}",
                  TL_JAX_NUM_PROCESSES="2", TL_JAX_PROCESS_ID=str(i), **env),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -221,22 +231,22 @@ def test_a_mesh_whose_batch_shards_span_two_processes_is_refused_at_once(data_di
     assert not (tmp_path / "tokenizer").exists()
 
 
-def _sigterm_to_process_1(workdir, train_args, steps, **env):
-    """Starts `tl_jax TRAIN_ARGS` as 2 processes, sends SIGTERM to process 1 alone once process 0
-    has logged 3 steps, and checks that both saved the same step and exited 143 (each saying
-    so). Returns that step and the processes' (returncode, stdout, stderr)."""
+def _sigterm_to_process_1(workdir, train_args, steps, sig=None, **env):
+    """Starts `tl_jax TRAIN_ARGS` as 2 processes, sends SIGTERM (or `sig`) to process 1 alone
+    once process 0 has logged 3 steps, and checks that both saved the same step and exited 143
+    (each saying so). Returns that step and the processes' (returncode, stdout, stderr)."""
     import signal
     import time
 
     from tl_jax import checkpoint
 
-    procs = start_two_processes(train_args, **env)
+    procs = start_two_processes(train_args, ctrl_c=sig == signal.SIGINT, **env)
     metrics = workdir / "metrics.jsonl"  # written by process 0, a row a step
     deadline = time.time() + 300
     while time.time() < deadline and all(p.poll() is None for p in procs) and not (
             metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
         time.sleep(0.1)
-    procs[1].send_signal(signal.SIGTERM)
+    procs[1].send_signal(signal.SIGTERM if sig is None else sig)
     results = finish(procs, timeout=120)  # a few seconds when it works; the old code hung
     saved = [int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()]
     assert len(saved) == 1 and 3 <= saved[0] < steps, saved
@@ -283,3 +293,20 @@ def test_sigterm_to_one_process_stops_both_without_jax_preemption_service(tiny_b
         tmp_path, _sigterm_args(tmp_path, tiny_bert_overrides, steps), steps,
         JAX_ENABLE_PREEMPTION_SERVICE="false")
     assert "jax's preemption sync manager is not running" in results[0][1]
+
+
+@pytest.mark.parametrize("service", ["true", "false"])
+def test_ctrl_c_on_one_process_stops_both_at_the_same_step(tiny_bert_overrides, tmp_path,
+                                                           service):
+    # Ctrl-C in one process's terminal: its KeyboardInterrupt left the other process waiting in
+    # the step's collectives, and itself waiting for that one at shutdown, until both were
+    # killed. It now stops both after the same step, saved, as SIGTERM does (with jax's
+    # preemption service, and with the flags shared every step without it).
+    import signal
+
+    steps = 400
+    _, results = _sigterm_to_process_1(
+        tmp_path, _sigterm_args(tmp_path, tiny_bert_overrides, steps), steps, sig=signal.SIGINT,
+        JAX_ENABLE_PREEMPTION_SERVICE=service)
+    assert "[train] Ctrl-C on process 1 of 2: every process stops after the same step" in \
+        results[1][1] + results[1][2]

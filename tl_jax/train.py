@@ -565,15 +565,29 @@ class _Preemption:
     `jax.distributed`), the processes instead all-gather their flags after every step: correct,
     but each step then waits for the one before it to finish (about 5 ms a step on two CPU
     processes on one machine, more where the hosts are far apart).
+    On several processes a Ctrl-C (on any of them) stops them the same way.
     """
 
     def __init__(self):
         self.requested = False  # set by this process's handler (one process; the all-gather)
         self._old = None
+        self._old_int = None
+        self._interrupted = False  # Ctrl-C on this process of several: noted at the next step
         self._how = "local"  # or "jax": jax's sync manager; "allgather": flags every step
 
     def __enter__(self):
         if jax.process_count() > 1:
+            # Ctrl-C too: a KeyboardInterrupt in one process left the others waiting in the
+            # step's collectives, and it waiting for them to shut down, until killed. It now
+            # stops them all after one step, saved, as SIGTERM does; a second Ctrl-C raises
+            # KeyboardInterrupt here as before.
+            # (Only over Python's own handler: an ignored SIGINT, as in a background job, stays
+            # ignored.)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                try:
+                    self._old_int = signal.signal(signal.SIGINT, self._interrupt)
+                except ValueError:  # not the main thread
+                    self._old_int = None
             self._how = "allgather"
             if jax.distributed.is_initialized():
                 try:
@@ -600,9 +614,25 @@ class _Preemption:
         del signum, frame
         self.requested = True
 
+    def _interrupt(self, signum, frame):
+        del signum, frame
+        signal.signal(signal.SIGINT, self._old_int)  # the next Ctrl-C interrupts at once
+        self._old_int = None
+        self._interrupted = True
+        if self._how == "jax":
+            os.kill(os.getpid(), signal.SIGTERM)  # to jax's handler: every process is told
+        else:
+            self.requested = True
+
     def stop_after(self, step: int, start_step: int) -> bool:
         """Whether to save and stop after `step`, the same answer on every process. Called once
         after every step of the loop (started after `start_step`), on every process."""
+        if self._interrupted:  # (said here, not in the signal handler, which may cut a print)
+            self._interrupted = False
+            progress_write(
+                f"[train] Ctrl-C on process {jax.process_index()} of {jax.process_count()}: "
+                "every process stops after the same step and saves it, as for SIGTERM (a "
+                "second Ctrl-C stops this process at once, leaving the others waiting).")
         if self._how == "jax":
             # Counted from this run's start, as on every process: a SIGTERM that came before the
             # first step (the manager then picks 1) stops a resumed run too, after its first.
@@ -614,6 +644,8 @@ class _Preemption:
     def __exit__(self, *exc):
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
+        if self._old_int is not None:
+            signal.signal(signal.SIGINT, self._old_int)
 
 
 @contextlib.contextmanager
