@@ -249,6 +249,31 @@ def test_bad_model_size_fails_before_the_corpus_is_read(tiny_bert_overrides, tmp
         train.build_trainer(config, workdir=None)
 
 
+@pytest.mark.parametrize("override, message", [
+    ("train.on_nonfinite='skp'", r"train.on_nonfinite='skp'; expected 'stop' or 'skip'"),
+    ("train.best_mode='mx'", r"train.best_mode='mx'; expected 'max' or 'min'"),
+])
+def test_a_misspelt_train_choice_fails_before_the_corpus_is_read(tiny_bert_overrides, tmp_path,
+                                                                 override, message):
+    # train.on_nonfinite was checked when the train step was built, after the corpus was read
+    # and tokenised (here it does not exist: reading it would fail first).
+    config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [
+        f"data.corpus={tmp_path / 'unread.txt'}", override])
+    with pytest.raises(ValueError, match=message):
+        train.build_trainer(config, workdir=None)
+
+
+def test_a_workdir_that_is_a_file_is_named_as_such(tmp_path, monkeypatch):
+    # os.makedirs said only "[Errno 17] File exists: 'few.jsonl'".
+    path = tmp_path / "few.jsonl"
+    path.write_text("{}\n")
+    monkeypatch.setattr(train, "build_trainer", lambda *a: pytest.fail("built a trainer"))
+    config = config_lib.load_config(BERT + ":tiny")
+    with pytest.raises(ValueError, match=rf"^--workdir={path} is a file, not a folder"):
+        train.train_and_evaluate(config, str(path))
+    assert path.read_text() == "{}\n"
+
+
 def test_empty_corpus_is_a_clear_error(tiny_bert_overrides, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")

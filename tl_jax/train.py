@@ -118,8 +118,18 @@ def check_train_config(tc: ml_collections.ConfigDict) -> None:
             raise ValueError(f"train.peak_flops={peak!r} must be a positive number: one "
                              "device's peak FLOP/s, which the MFU is measured against (e.g. "
                              "200e9; benchmarks/ measures yours).")
+    check_train_choices(tc)
+
+
+def check_train_choices(tc: ml_collections.ConfigDict) -> None:
+    """The `config.train` keys that take one of a few words, which no task fills in: checked
+    before the task reads its data too (`build_trainer`). `on_nonfinite` was checked only when
+    the train step was built, after the corpus was read and tokenised; a sweep found a swept
+    misspelling only at that run's turn."""
     if tc.get("best_mode", "max") not in ("max", "min"):
         raise ValueError(f"train.best_mode={tc.best_mode!r}; expected 'max' or 'min'.")
+    if tc.get("on_nonfinite", "stop") not in ("stop", "skip"):
+        raise ValueError(f"train.on_nonfinite={tc.on_nonfinite!r}; expected 'stop' or 'skip'.")
 
 
 def check_best_metric(config: ml_collections.ConfigDict) -> None:
@@ -210,6 +220,7 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) ->
     accum = int(config.optimizer.grad_accum_steps)
 
     training = task is None  # (predict's task evaluates a finished run: no best to keep)
+    check_train_choices(config.train)  # before the task reads its data
     if training:
         task = tasks.build_task(config, workdir)  # tokenizer, data, input checks: before compiling
     check_train_config(config.train)  # after the task: fine-tuning fills 0s from its epochs
@@ -256,9 +267,7 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str, task=None) ->
                     rng=jax.device_put(jax.random.PRNGKey(config.seed), replicated))
 
     batch_sharding = parallel.batch_sharding(mesh)
-    on_nonfinite = config.train.on_nonfinite
-    if on_nonfinite not in ("stop", "skip"):
-        raise ValueError(f"train.on_nonfinite={on_nonfinite!r}; expected 'stop' or 'skip'.")
+    on_nonfinite = config.train.on_nonfinite  # checked by check_train_config
 
     # ============================================================================================
     # Train step
@@ -854,6 +863,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     vectors or of another task's run is refused first. Returns the summary
     (also written to `WORKDIR/summary.json`) and the final state.
     """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        # (os.makedirs below said only "[Errno 17] File exists: 'few.jsonl'".)
+        raise ValueError(f"--workdir={workdir} is a file, not a folder: give a folder for the "
+                         "run's checkpoints and logs")
     if os.path.exists(os.path.join(workdir, "static_config.json")):
         # Its vocab.txt (and, for some tasks, more) would be overwritten by this run's.
         raise ValueError(f"{workdir} holds static word vectors (`tl_jax static`); train in "
