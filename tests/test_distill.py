@@ -563,6 +563,26 @@ def test_a_stopped_run_resumes_after_its_teacher_directory_is_gone(teacher_dir, 
         train.build_trainer(config(4), str(tmp_path / "new"))
 
 
+def test_a_resume_with_other_frozen_position_embeddings_names_the_key(teacher_dir, corpus,
+                                                                       tmp_path):
+    # It decides what trains, so the optimizer state: the resume was refused asking whether the
+    # run had "other optimizer.* settings or transfer rules", naming neither this key nor its
+    # values. The checkpoint is kept.
+    workdir = str(tmp_path / "run")
+
+    def config(*overrides):
+        return distill_config(teacher_dir, corpus, "train.steps=2", "train.eval_every=0",
+                              "train.checkpoint_every=2", *overrides)
+
+    train.train_and_evaluate(config(), workdir)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"distill.freeze_position_embeddings: checkpoint has False, config "
+                             r"has True"):
+        train.train_and_evaluate(config("distill.freeze_position_embeddings=True",
+                                        "train.steps=4"), workdir)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["2"]
+
+
 # -- fill_mask ----------------------------------------------------------------------------------
 
 

@@ -714,10 +714,23 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer):
             s for s in ("transfer", "probe") if s in current)
         diffs = [d for d in ckpt_lib.config_differences(saved_config, current, sections=sections)
                  if not d.startswith(("probe.cache_features:", "probe.cache_dir:"))]
+        # A task's own keys that decide what trains, so the optimizer state's layout
+        # (`Task.state_config_keys`, e.g. distill.freeze_position_embeddings): a change failed
+        # to restore as "other optimizer.* settings or transfer rules?", not naming the key.
+        task_diffs = []
+        for key in getattr(trainer.task, "state_config_keys", ()):
+            section, name = key.split(".", 1)
+            before, now = saved_config.get(section) or {}, current.get(section) or {}
+            if name not in before and now.get(name) in (0, "", False, None):
+                continue  # added since the checkpoint, at its neutral default: the same layout
+            if before.get(name) != now.get(name):
+                task_diffs.append(f"{key}: checkpoint has {before.get(name)!r}, config has "
+                                  f"{now.get(name)!r}")
+        diffs += task_diffs
         seen["saved"] = saved_config
         if diffs:
             what = "model" if all(d.startswith(("model.", "resolved_model.")) for d in diffs) \
-                else "model or transfer"
+                else "model or transfer" if not task_diffs else "model, transfer or task"
             raise ckpt_lib.CheckpointError(
                 f"The checkpoint at step {step} in {checkpointer.directory} was written with a "
                 f"different {what} config:\n  " + "\n  ".join(diffs) + "\nUse a new workdir with "

@@ -354,6 +354,9 @@ class Task:
     progress_keys = ("mlm_accuracy", "agreement")
     summary_keys = ("eval/mlm_accuracy", "eval/teacher_mlm_accuracy", "eval/agreement",
                     "eval/distill_loss")
+    # Decides what trains (`freeze_rules`), so the optimizer state's layout: a resume with
+    # another value is refused naming it (`train.restore_or_init`).
+    state_config_keys = ("distill.freeze_position_embeddings",)
 
     def __init__(self, config, workdir):
         self.config = config
