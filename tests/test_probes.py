@@ -127,6 +127,24 @@ def test_probe_classifier_stops_encoder_gradients():
             jax.random.PRNGKey(0), jnp.zeros((1, 3, 4, 8)))
 
 
+@pytest.mark.parametrize("feature, need", [("weighted_sum_last_four", 4),
+                                           ("concat_last_four", 4), ("second_to_last", 2)])
+def test_a_feature_deeper_than_the_encoder_is_refused_before_the_data_is_encoded(
+        data_dir, tmp_path, monkeypatch, feature, need):
+    # It failed at the probe's first call, after tokenising (and, cached, encoding) the data,
+    # as "feature ... needs 4 encoder layers; got 1", naming no key.
+    from tl_jax import config as config_lib, tasks
+    from tl_jax.tasks import probe
+
+    monkeypatch.setattr(probe.Task, "encode", lambda *a, **k: pytest.fail("encoded the data"))
+    config = config_lib.load_config("configs/transfer_feature.py:tiny", [
+        "data.max_train_examples=32", "data.max_eval_examples=16", "data.max_seq_length=16",
+        f"probe.feature={feature}", "model.num_layers=1"])
+    with pytest.raises(ValueError, match=rf"^probe.feature='{feature}' needs {need} encoder "
+                                         r"layers; the encoder has 1 "):
+        tasks.build_task(config, str(tmp_path / "probe"))
+
+
 def test_feature_cache_is_not_shared_by_encoders_of_different_depth(data_dir, tmp_path):
     # probe.cache_dir serves sweeps; a run keeping fewer layers of init_from must not read the
     # pooled features of a deeper encoder (its "last" would be the other run's last layer).

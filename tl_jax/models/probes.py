@@ -42,6 +42,13 @@ FEATURES = ("embeddings", "last", "second_to_last", "sum_last_four", "concat_las
             "scalar_mix", "weighted_sum_last_four", "weighted_sum_all_layers")
 # Features with learned mixing weights (the rest are a parameter-free choice of layers).
 MIXED_FEATURES = ("scalar_mix", "weighted_sum_last_four", "weighted_sum_all_layers")
+
+
+def layers_needed(feature: str) -> int:
+    """The fewest encoder layers (not counting the embeddings) `feature` can be taken from."""
+    if feature.endswith("_last_four"):
+        return 4
+    return 2 if feature == "second_to_last" else 1
 HEADS = ("linear", "bilstm")
 POOLINGS = ("mean", "cls")
 

@@ -105,6 +105,13 @@ class Task(classify.Task):
         self.model_config = self.model_config.replace(
             adapter_size=t.adapter_size or source_adapters, lora_rank=t.lora_rank,
             lora_alpha=t.lora_alpha)
+        need = probes.layers_needed(p.feature) if p.feature != "none" else 1
+        if self.model_config.num_layers < need:
+            # The probe found it at its first call, after the data was tokenised (and with a
+            # feature cache, encoded), naming no key.
+            raise ValueError(f"probe.feature={p.feature!r} needs {need} encoder layers; the "
+                             f"encoder has {self.model_config.num_layers} (model.num_layers or "
+                             "init_from's depth): pick another feature, e.g. 'last'")
         if p.feature == "none":
             self.model = heads.BertForSequenceClassification(
                 self.model_config, len(self.labels), pooling=self.config.model.pooling,
