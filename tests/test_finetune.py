@@ -546,6 +546,88 @@ def test_a_resumed_gpt_classifier_reports_no_tokenizer_change_it_did_not_make(tm
     assert "Resuming from step 2" in out and "have no effect" not in out
 
 
+def test_a_resumed_run_needs_no_init_from_and_keeps_its_own_encoder(polarity_classifier_config,
+                                                                    tmp_path, capsys):
+    """The checkpoint holds every weight a resumed run needs, and the encoder's shape is its
+    resolved_model: an init_from moved or deleted since the run started stopped the resume
+    with "init_from=... does not exist.", and one replaced by a model of another shape with a
+    model config error. A changed model config is still refused, and a new run still needs
+    init_from."""
+    import shutil
+
+    from tl_jax import checkpoint, warm_start
+    from tl_jax.tasks import downstream
+
+    source = tmp_path / "source"
+
+    def make_source(*shape):  # a tiny classifier from scratch: a tl_jax workdir with an encoder
+        train.train_and_evaluate(polarity_classifier_config(
+            "", "train.steps=1", "train.eval_every=0", *shape), str(source))
+
+    def config(steps, *more):  # the bottom layer of the source's two
+        return polarity_classifier_config(str(source), f"train.steps={steps}",
+                                          "train.eval_every=0", "train.checkpoint_every=2",
+                                          "model.num_layers=1", *more)
+
+    make_source()
+    workdir = str(tmp_path / "run")
+    first = train.train_and_evaluate(config(2), workdir)
+    built = first.trainer.task.model_config
+    assert (built.num_layers, built.hidden_size) == (1, 128)
+    params = first.state["params"]
+    # Where a resumed run reads init_from's weights again (a probe's feature pass, no usable
+    # checkpoint left), the model it started from fits the checkpoint's shape.
+    encoder = downstream.Encoder.from_config(config(4), [], workdir)
+    assert encoder.resumed and encoder.model_config == built
+    encoder.load_weights(params)
+    shutil.rmtree(source)
+    capsys.readouterr()
+    resumed = train.train_and_evaluate(config(4), workdir)
+    out = capsys.readouterr().out
+    assert "Resuming from step 2" in out and f"init_from={source} is gone" in out, out
+    assert resumed.summary["step"] == 4 and resumed.trainer.task.model_config == built
+    with pytest.raises(warm_start.WarmStartError, match="does not exist"):
+        resumed.trainer.task.encoder.load_weights(params)
+
+    # Another model at the same path (4 layers 256 wide, cut to 1) is not read either; where
+    # its weights would be, it is refused rather than taken in part.
+    make_source("model.size=mini")
+    capsys.readouterr()
+    resumed = train.train_and_evaluate(config(6), workdir)
+    out = capsys.readouterr().out
+    assert "Resuming from step 4" in out and "is gone" not in out, out
+    assert resumed.summary["step"] == 6 and resumed.trainer.task.model_config == built
+    with pytest.raises(warm_start.WarmStartError,
+                       match=r"not the model this run was started from.*hidden_size 128 vs 256"):
+        resumed.trainer.task.encoder.load_weights(params)
+
+    # What the checkpoint does not hold may not change: another model config is refused.
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"model\.num_layers: checkpoint has 1, config has 2"):
+        train.train_and_evaluate(config(8, "model.num_layers=2"), workdir)
+    # A new run takes its weights from init_from: it must be there.
+    shutil.rmtree(source)
+    with pytest.raises(warm_start.WarmStartError, match=r"init_from='.*source' does not exist"):
+        train.train_and_evaluate(config(2), str(tmp_path / "new"))
+
+
+def test_a_resumed_probe_takes_the_encoder_of_init_from_not_its_own_adapters(data_dir, tmp_path):
+    """A probe's checkpoint holds its model: init_from's encoder with transfer's adapters added.
+    Taken as the encoder's shape on a resume, it said init_from had trained those adapters."""
+    overrides = ["data.max_train_examples=32", "data.max_eval_examples=16",
+                 "data.max_seq_length=32", "data.batch_size=16", "train.progress=False",
+                 "mesh.num_devices=1", "model.num_layers=1", "train.eval_every=0",
+                 "train.checkpoint_every=2"]
+    runs = [train.train_and_evaluate(config_lib.load_config(
+        "configs/transfer_adapters.py:tiny", overrides + [f"train.steps={steps}"]),
+        str(tmp_path / "run")) for steps in (2, 3)]
+    assert runs[1].summary["step"] == 3
+    for run in runs:
+        task = run.trainer.task
+        assert task.encoder.model_config.adapter_size == 0 and not task.encoder.resumed
+        assert task.model_config.adapter_size == 8
+
+
 def test_tag_eval_with_no_entity_on_either_side_is_nan_and_noted_once(capsys):
     # Eval sentences with no gold entity, where the model predicts none: span F1 is 0/0, not
     # the 0.0 of a model that misses every entity; logged as nan, said once.

@@ -5,7 +5,8 @@
   Hugging Face BERT or ELECTRA discriminator directory (`config.json` + tokenizer + safetensors), or "" for a model from scratch whose
   shape is `config.model.size` (a size name, or a Hugging Face directory whose architecture, not
   weights, is copied), with `config.data.tokenizer` or else a WordPiece vocabulary trained on
-  the task's own training text; a run that resumes keeps the tokenizer saved in its workdir.
+  the task's own training text; a run that resumes keeps the tokenizer saved in its workdir,
+  and the shape its checkpoint was built with (`resumed_model`): init_from need not exist then.
   `config.model.num_layers` > 0 keeps only that many bottom layers of `init_from` (from
   scratch: of `config.model.size`). `Encoder.load_weights` fills the `bert/` params from the source.
 * `EpochBatches`: shuffled epochs over fixed-size feature arrays, resumable (`get_state`).
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -38,6 +40,10 @@ from tl_jax.models import bert
 class Encoder:
     """The tokenizer, encoder shape and weight source of a fine-tuning run."""
 
+    # Whether the shape is the one a resumed run's checkpoint was built with (`from_config`),
+    # not read from `init_from`: `load_weights` then checks init_from still has it.
+    resumed = False
+
     def __init__(self, tokenizer: Tokenizer, model_config: bert.BertConfig, init_from: str):
         self.tokenizer, self.model_config, self.init_from = tokenizer, model_config, init_from
 
@@ -56,7 +62,19 @@ class Encoder:
         overrides = dict(dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
                          dtype=m.dtype)
         saved = resumed_tokenizer(workdir)
-        if init_from:
+        # A resumed run's encoder is the checkpoint's: its shape is the one the run built, and
+        # init_from (or a model.size directory), read for it when the run started, may be gone.
+        kept = (resumed_model(workdir) if saved and config.get("task") in SAVES_ENCODER_SHAPE
+                else None)
+        if kept is not None:
+            tokenizer = saved
+            model_config = bert.BertConfig(**kept).replace(**overrides)
+            if init_from and not os.path.exists(init_from) and jax.process_index() == 0:
+                print(f"[{config.get('task', 'init_from')}] init_from={init_from} is gone: the "
+                      "run resumes from its checkpoint (the encoder's shape from its "
+                      f"resolved_model, its vocabulary from {os.path.join(workdir, 'tokenizer')}).",
+                      flush=True)
+        elif init_from:
             check_encoder_source(init_from)
             tokenizer = saved or Tokenizer.load(tokenizer_spec or tokenizer_path(init_from))
             if tokenizer_spec and not saved:
@@ -84,7 +102,7 @@ class Encoder:
                 # baseline of a transfer experiment.
                 model_config = architecture(size, tokenizer).replace(**overrides)
         num_layers = m.get("num_layers", 0)
-        if num_layers:
+        if num_layers and kept is None:  # (a resumed run's shape has its layers cut already)
             # Keep the bottom layers only (as DistilBERT-style initialisation does): cheaper to
             # fine-tune, and the top layers' tensors are simply not used. From scratch too, so
             # that a transfer experiment's arms (init_from and the same shape from scratch,
@@ -106,7 +124,9 @@ class Encoder:
         if d.max_seq_length > model_config.max_position_embeddings:
             raise ValueError(f"data.max_seq_length={d.max_seq_length} exceeds the model's "
                              f"max_position_embeddings={model_config.max_position_embeddings}")
-        return cls(tokenizer, model_config, init_from)
+        encoder = cls(tokenizer, model_config, init_from)
+        encoder.resumed = kept is not None
+        return encoder
 
     def load_weights(self, params, model_config: bert.BertConfig | None = None):
         """Fills `bert/...` from `init_from`; the head keeps its fresh initialisation.
@@ -116,6 +136,8 @@ class Encoder:
         LoRA for are folded into their kernels (`warm_start.fold_lora_for`)."""
         if not self.init_from:
             return params
+        if self.resumed:
+            self.check_resumed_source()
         if warm_start.is_hf_directory(self.init_from) and not warm_start.is_tl_weights(
                 self.init_from):
             from tl_jax import interop
@@ -136,6 +158,28 @@ class Encoder:
         return warm_start.warm_start(params, self.init_from, model_config or self.model_config,
                                      only="bert/")
 
+    def check_resumed_source(self) -> None:
+        """Refuses an `init_from` that no longer holds the encoder a resumed run was built as.
+
+        A resumed run takes its shape from its checkpoint and its weights from the checkpoint,
+        so init_from is read again only where the checkpoint does not give them (a run whose
+        checkpoints all turned out unusable starts afresh from it). A model of another shape
+        put at the same path since would fill part of the encoder and leave the rest at random,
+        with a few "NOT taken" lines; one that is gone says so."""
+        check_encoder_source(self.init_from)
+        source, mine = architecture(self.init_from, self.tokenizer), self.model_config
+        free = ("dropout_rate", "attention_dropout_rate", "dtype", "num_layers")
+        differ = [f"{f.name} {getattr(mine, f.name)!r} vs {getattr(source, f.name)!r}"
+                  for f in dataclasses.fields(mine)
+                  if f.name not in free and getattr(mine, f.name) != getattr(source, f.name)]
+        if source.num_layers < mine.num_layers:  # (model.num_layers may keep fewer)
+            differ.append(f"num_layers {mine.num_layers!r} vs {source.num_layers!r}")
+        if differ:
+            raise warm_start.WarmStartError(
+                f"init_from={self.init_from!r} is not the model this run was started from: its "
+                f"checkpoint's encoder vs init_from now: {'; '.join(differ)}. Point init_from "
+                "at the model the run started from, or train in a new workdir.")
+
     def save(self, workdir: str) -> None:
         self.tokenizer.save(os.path.join(workdir, "tokenizer"))
 
@@ -151,6 +195,11 @@ class Encoder:
             model_config = architecture(workdir, tokenizer).replace(dtype=config.model.dtype)
         return cls(tokenizer, model_config, init_from="")
 
+
+# The tasks whose checkpoints' resolved_model is the encoder `from_config` built. A probe's is
+# not: its model adds transfer's LoRA and adapters to it, in place of the ones init_from trained
+# (its resume reads init_from, as its feature pass does).
+SAVES_ENCODER_SHAPE = ("classify", "tag", "squad")
 
 # Tasks whose workdirs hold no BERT-style encoder (a GPT, an ELMo-style biLM).
 NOT_ENCODER_TASKS = {"clm": "a GPT language model", "lm_classify": "a GPT classifier",
@@ -226,6 +275,31 @@ def resumed_tokenizer(workdir: str | None) -> Tokenizer | None:
     if saved and os.path.isfile(os.path.join(saved, "tokenizer.json")) and \
             checkpoint.has_saved_step(workdir):
         return Tokenizer.load(saved)
+    return None
+
+
+def resumed_model(workdir: str | None) -> dict | None:
+    """The model shape a run that resumes in `workdir` built when it started: the
+    `resolved_model` of its newest checkpoint whose config reads. None for a new run (no saved
+    step), or a checkpoint saved without one; the task then builds the shape from the config.
+
+    The checkpoint holds every weight a resumed run needs, so the source of its shape
+    (`init_from`) is not read again: moved or deleted since, it stopped the resume with "does
+    not exist". A config changed since the checkpoint is still refused (the trainer compares
+    `model` and `resolved_model` with the checkpoint's)."""
+    from tl_jax import checkpoint
+
+    if not workdir or not checkpoint.has_saved_step(workdir):
+        return None
+    try:
+        steps = checkpoint.saved_steps(workdir)
+    except checkpoint.CheckpointError:
+        return None
+    for step in reversed(steps):
+        try:
+            return checkpoint.config_from_workdir(workdir, step).get("resolved_model") or None
+        except checkpoint.CheckpointError:
+            continue  # an unreadable config: the restore moves that checkpoint aside too
     return None
 
 
