@@ -628,6 +628,42 @@ def test_a_resumed_probe_takes_the_encoder_of_init_from_not_its_own_adapters(dat
         assert task.model_config.adapter_size == 8
 
 
+def test_a_resumed_gpt_classifier_needs_no_init_from(data_dir, tmp_path, capsys):
+    """As the encoder tasks: the GPT's shape comes from the checkpoint's resolved_model, so a
+    resume does not stop because the language model it started from is gone."""
+    import shutil
+
+    from tl_jax import checkpoint, warm_start
+
+    lm = tmp_path / "lm"
+    train.train_and_evaluate(config_lib.load_config("configs/gpt_pretrain.py:tiny", [
+        f"data.corpus={data_dir}/polarity_sentences.jsonl", "train.steps=1", "data.batch_size=8",
+        "data.eval_batch_size=8", "data.seq_len=16", "train.eval_every=0",
+        "train.progress=False", "mesh.num_devices=1"]), str(lm))
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": f"review number {i} was {'good' if i % 2 else 'bad'}",
+                                        "label": i % 2}) + "\n" for i in range(32)))
+
+    def config(steps, *more):
+        return config_lib.load_config("configs/gpt_finetune_classify.py:tiny", [
+            f"init_from={lm}", "train.progress=False", "mesh.num_devices=1",
+            f"data.train_file={path}", f"data.eval_file={path}", "data.max_seq_length=16",
+            "train.eval_every=0", "train.checkpoint_every=2", f"train.steps={steps}", *more])
+
+    workdir = str(tmp_path / "run")
+    built = train.train_and_evaluate(config(2), workdir).trainer.task.model_config
+    shutil.rmtree(lm)
+    capsys.readouterr()
+    resumed = train.train_and_evaluate(config(4), workdir)
+    out = capsys.readouterr().out
+    assert "Resuming from step 2" in out and f"init_from={lm} is gone" in out, out
+    assert resumed.summary["step"] == 4 and resumed.trainer.task.model_config == built
+    with pytest.raises(checkpoint.CheckpointError, match=r"model\.max_len: checkpoint has 0"):
+        train.train_and_evaluate(config(6, "model.max_len=16"), workdir)
+    with pytest.raises(warm_start.WarmStartError, match=r"init_from='.*lm' does not exist"):
+        train.train_and_evaluate(config(2), str(tmp_path / "new"))
+
+
 def test_tag_eval_with_no_entity_on_either_side_is_nan_and_noted_once(capsys):
     # Eval sentences with no gold entity, where the model predicts none: span F1 is 0/0, not
     # the 0.0 of a model that misses every entity; logged as nan, said once.

@@ -106,15 +106,29 @@ def encode(tokenizer: bpe.BPETokenizer, records, label_map: dict, max_len: int,
     return dict(input_ids=tokens, lengths=lengths, labels=labels)
 
 
-def resolve_model(config, train_texts, resumed_tokenizer: str = ""):
+def resolve_model(config, train_texts, resumed_tokenizer: str = "",
+                  resumed_model: dict | None = None):
     """(tokenizer, GPTConfig) for `config.init_from`: a tl_jax LM workdir, a Hugging Face GPT-2
     directory, or "" for a model from scratch of `config.model.size`. `resumed_tokenizer`: the
-    tokenizer a resumed run saved in its workdir, which wins over `data.tokenizer`.
+    tokenizer a resumed run saved in its workdir, which wins over `data.tokenizer`;
+    `resumed_model`: the shape it built (`downstream.resumed_model`), which wins over
+    `init_from` and `model`, so that a resume reads no init_from (moved or deleted since, it
+    stopped the resume with "does not exist"; the trainer still refuses a changed model config).
     `train_texts` (a BPE is trained on them) is read only with neither `init_from` nor a
     tokenizer: the task resolves the others before reading its files."""
     init_from, m, d = paths.expand(config.init_from), config.model, config.data
     tokenizer_dir = resumed_tokenizer or d.tokenizer
-    if init_from and warm_start.is_tl_workdir(init_from):
+    if resumed_tokenizer and resumed_model:
+        # The checkpoint holds every weight: this run's dropout and dtype on the run's shape.
+        tokenizer = bpe.BPETokenizer.load(resumed_tokenizer)
+        model_config = gpt.GPTConfig(**{
+            **resumed_model, "dropout_rate": m.dropout_rate,
+            "attention_dropout_rate": m.attention_dropout_rate, "dtype": m.dtype})
+        if init_from and not os.path.exists(init_from) and jax.process_index() == 0:
+            print(f"[lm_classify] init_from={init_from} is gone: the run resumes from its "
+                  "checkpoint (the GPT's shape from its resolved_model, its vocabulary from "
+                  f"{resumed_tokenizer}).", flush=True)
+    elif init_from and warm_start.is_tl_workdir(init_from):
         run = checkpoint.load_run_config(init_from)
         if run.get("task") != "clm":
             raise ValueError(
@@ -211,8 +225,9 @@ class Task(downstream.EvalPredictions):
         # init_from of another task, or a max_seq_length beyond its positions, was named only
         # after the whole training file had been read.
         resolved = None
+        kept = downstream.resumed_model(workdir) if saved_tok else None
         if config.init_from or d.tokenizer or saved_tok:
-            resolved = resolve_model(config, None, saved_tok)
+            resolved = resolve_model(config, None, saved_tok, kept)
 
         def read(spec, limit):
             records = readers.read_records(spec, "classification",
@@ -230,7 +245,8 @@ class Task(downstream.EvalPredictions):
         if not d.labels:
             downstream.note_rare_labels(d.train_file, self.train_records, config.task)
         if resolved is None:  # a BPE trained on the training texts
-            resolved = resolve_model(config, [r["text"] for r in self.train_records], saved_tok)
+            resolved = resolve_model(config, [r["text"] for r in self.train_records], saved_tok,
+                                     kept)
         self._build(*resolved, labels)
         cut_train, cut_eval = [], []
         self.train_arrays = self.encode(self.train_records, cut_train)
