@@ -219,6 +219,16 @@ def test_dropout_rates_are_named_by_their_key_before_the_corpus_is_read(tmp_path
         electra_task.Task(config, str(tmp_path / "run"))
 
 
+def _hf_bert_config_dir(path, type_vocab_size):
+    """A folder holding only a small BERT's config.json (what `model.size=DIR` copies)."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(dict(
+        model_type="bert", vocab_size=120, hidden_size=48, num_hidden_layers=3,
+        num_attention_heads=4, intermediate_size=96, max_position_embeddings=64,
+        type_vocab_size=type_vocab_size)))
+    return path
+
+
 @pytest.mark.parametrize("spec", [ELECTRA, ELECTRA.replace("electra_pretrain", "bert_pretrain")])
 def test_one_segment_embedding_is_refused_before_the_corpus_is_read(spec, tmp_path):
     """Every pretraining instance, BERT's and ELECTRA's, is a pair `[CLS] A [SEP] B [SEP]` with B
@@ -234,12 +244,7 @@ def test_one_segment_embedding_is_refused_before_the_corpus_is_read(spec, tmp_pa
         task.Task(config, str(tmp_path / "run"))
     if task is bert_pretrain:
         # model.size=DIR takes the directory's segment table, whatever model.type_vocab_size says.
-        hf = tmp_path / "hf_one_segment"
-        hf.mkdir()
-        (hf / "config.json").write_text(json.dumps(dict(
-            model_type="bert", vocab_size=120, hidden_size=48, num_hidden_layers=3,
-            num_attention_heads=4, intermediate_size=96, max_position_embeddings=64,
-            type_vocab_size=1)))
+        hf = _hf_bert_config_dir(tmp_path / "hf_one_segment", type_vocab_size=1)
         config = config_lib.load_config(spec + ":tiny", [corpus, f"model.size={hf}",
                                                          "data.max_seq_length=64"])
         with pytest.raises(ValueError, match=rf"^model.size={hf} has type_vocab_size=1 .*"
@@ -324,12 +329,7 @@ def test_model_size_may_name_a_directory_under_the_home_folder(tmp_path, monkeyp
     from tl_jax.tasks import bert_pretrain
 
     monkeypatch.setenv("HOME", str(tmp_path))
-    hf = tmp_path / "hf_bert"
-    hf.mkdir()
-    (hf / "config.json").write_text(json.dumps(dict(
-        model_type="bert", vocab_size=120, hidden_size=48, num_hidden_layers=3,
-        num_attention_heads=4, intermediate_size=96, max_position_embeddings=64,
-        type_vocab_size=2)))
+    _hf_bert_config_dir(tmp_path / "hf_bert", type_vocab_size=2)
     model_cfg = config_lib.load_config(ELECTRA.replace("electra_pretrain", "bert_pretrain")
                                        + ":tiny", ["model.size=~/hf_bert"]).model
     got = bert_pretrain.bert_config_from(model_cfg, 100)

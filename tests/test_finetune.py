@@ -546,6 +546,20 @@ def test_a_resumed_gpt_classifier_reports_no_tokenizer_change_it_did_not_make(tm
     assert "Resuming from step 2" in out and "have no effect" not in out
 
 
+def _resume_with_init_from_gone(source, config, workdir, built, capsys):
+    """Deletes `source` (the run's init_from), resumes the run stopped at step 2 in `workdir`
+    to step 4, and checks it says so and keeps the model config it `built`."""
+    import shutil
+
+    shutil.rmtree(source)
+    capsys.readouterr()
+    resumed = train.train_and_evaluate(config, workdir)
+    out = capsys.readouterr().out
+    assert "Resuming from step 2" in out and f"init_from={source} is gone" in out, out
+    assert resumed.summary["step"] == 4 and resumed.trainer.task.model_config == built
+    return resumed
+
+
 def test_a_resumed_run_needs_no_init_from_and_keeps_its_own_encoder(polarity_classifier_config,
                                                                     tmp_path, capsys):
     """The checkpoint holds every weight a resumed run needs, and the encoder's shape is its
@@ -580,12 +594,7 @@ def test_a_resumed_run_needs_no_init_from_and_keeps_its_own_encoder(polarity_cla
     encoder = downstream.Encoder.from_config(config(4), [], workdir)
     assert encoder.resumed and encoder.model_config == built
     encoder.load_weights(params)
-    shutil.rmtree(source)
-    capsys.readouterr()
-    resumed = train.train_and_evaluate(config(4), workdir)
-    out = capsys.readouterr().out
-    assert "Resuming from step 2" in out and f"init_from={source} is gone" in out, out
-    assert resumed.summary["step"] == 4 and resumed.trainer.task.model_config == built
+    resumed = _resume_with_init_from_gone(source, config(4), workdir, built, capsys)
     with pytest.raises(warm_start.WarmStartError, match="does not exist"):
         resumed.trainer.task.encoder.load_weights(params)
 
@@ -631,7 +640,6 @@ def test_a_resumed_probe_takes_the_encoder_of_init_from_not_its_own_adapters(dat
 def test_a_resumed_gpt_classifier_needs_no_init_from(data_dir, tmp_path, capsys):
     """As the encoder tasks: the GPT's shape comes from the checkpoint's resolved_model, so a
     resume does not stop because the language model it started from is gone."""
-    import shutil
 
     from tl_jax import checkpoint, warm_start
 
@@ -652,12 +660,7 @@ def test_a_resumed_gpt_classifier_needs_no_init_from(data_dir, tmp_path, capsys)
 
     workdir = str(tmp_path / "run")
     built = train.train_and_evaluate(config(2), workdir).trainer.task.model_config
-    shutil.rmtree(lm)
-    capsys.readouterr()
-    resumed = train.train_and_evaluate(config(4), workdir)
-    out = capsys.readouterr().out
-    assert "Resuming from step 2" in out and f"init_from={lm} is gone" in out, out
-    assert resumed.summary["step"] == 4 and resumed.trainer.task.model_config == built
+    _resume_with_init_from_gone(lm, config(4), workdir, built, capsys)
     with pytest.raises(checkpoint.CheckpointError, match=r"model\.max_len: checkpoint has 0"):
         train.train_and_evaluate(config(6, "model.max_len=16"), workdir)
     with pytest.raises(warm_start.WarmStartError, match=r"init_from='.*lm' does not exist"):
