@@ -528,7 +528,7 @@ def test_a_stopped_run_resumes_after_its_teacher_directory_is_gone(teacher_dir, 
     (tokenizer/) are saved beside it, so a resume does not read init_from: one gone stopped it
     with "init_from=... does not exist.", and one replaced by a model of another depth (the
     same student) with an error about optimizer settings or transfer rules. A new run still
-    reads it. The same for a student.init directory (student_model.json)."""
+    reads it. The same for a student.init directory (its shape: the checkpoint's resolved_model)."""
     teacher = tmp_path / "teacher"
     shutil.copytree(teacher_dir, teacher)
     workdir = str(tmp_path / "run")

@@ -66,6 +66,15 @@ def say(line: str) -> None:
         print(line, flush=True)
 
 
+def say_source_gone(task: str, key: str, source: str, kept_in: str) -> None:
+    """On a resume that reads no weights from `source` (`key`, e.g. init_from): one line, on
+    process 0, saying it is gone, when it is, and where the run's shape and vocabulary come
+    from instead (`kept_in`)."""
+    if source and not os.path.exists(source) and jax.process_index() == 0:
+        print(f"[{task}] {key}={source} is gone: the run resumes from its checkpoint "
+              f"({kept_in}).", flush=True)
+
+
 @contextlib.contextmanager
 def unreported():
     """Warm starts inside print nothing (what is wrong is raised as ever): for a second load,

@@ -306,10 +306,9 @@ def _from_student_of(params: dict, source: str, model_config, role: str) -> dict
 
 
 # Beside a run's checkpoints: the teacher's shape, so that the run resumes without init_from
-# (the checkpoint holds the teacher's weights, the workdir's tokenizer/ its vocabulary), and
-# the shape of a student started from a directory (student.init), for the same reason.
+# (the checkpoint holds the teacher's weights, the workdir's tokenizer/ its vocabulary). The
+# student's shape is the checkpoint's resolved_model, as every task's.
 TEACHER_MODEL_FILE = "teacher_model.json"
-STUDENT_MODEL_FILE = "student_model.json"
 
 
 def kept_teacher(workdir: str | None) -> bert.BertConfig | None:
@@ -320,17 +319,11 @@ def kept_teacher(workdir: str | None) -> bert.BertConfig | None:
     is not read again. It was needed for its shape and vocabulary, so a teacher moved or
     deleted since stopped the resume ("does not exist"), and one replaced by a model of another
     depth stopped it with an error about optimizer settings or transfer rules."""
-    if not os.path.isfile(os.path.join(workdir or "", "tokenizer", "tokenizer.json")):
-        return None
-    return _kept_config(workdir, TEACHER_MODEL_FILE)
-
-
-def _kept_config(workdir: str | None, name: str) -> bert.BertConfig | None:
-    """The `BertConfig` saved as `name` in `workdir` when a run resumes there, else None."""
     if not workdir or not checkpoint.has_saved_step(workdir):
         return None
-    path = os.path.join(workdir, name)
-    if not os.path.isfile(path):
+    path = os.path.join(workdir, TEACHER_MODEL_FILE)
+    if not (os.path.isfile(path)
+            and os.path.isfile(os.path.join(workdir, "tokenizer", "tokenizer.json"))):
         return None
     with open(path) as f:
         return bert.BertConfig(**json.load(f))
@@ -385,11 +378,10 @@ class Task:
             # MLM head when the run started.
             teacher_tokenizer = Tokenizer.load(os.path.join(workdir, "tokenizer"))
             self.teacher_config = kept.replace(**overrides)
-            if not os.path.exists(init_from) and jax.process_index() == 0:
-                print(f"[distill] init_from={init_from} is gone: the run resumes with the "
-                      "teacher its checkpoint holds (its shape from "
-                      f"{os.path.join(workdir, TEACHER_MODEL_FILE)}, its vocabulary from "
-                      f"{os.path.join(workdir, 'tokenizer')}).", flush=True)
+            warm_start.say_source_gone(
+                "distill", "init_from", init_from,
+                f"the teacher's shape from {os.path.join(workdir, TEACHER_MODEL_FILE)}, its "
+                f"vocabulary from {os.path.join(workdir, 'tokenizer')}")
         tc = self.teacher_config
         if teacher_tokenizer.vocab_size != tc.vocab_size:
             raise ValueError(f"the teacher {init_from} has a {tc.vocab_size}-token "
@@ -408,14 +400,14 @@ class Task:
                 self.student_layers = indices
             self.model_config = tc.replace(num_layers=len(indices))
         else:  # another BERT of the teacher's width and vocabulary
-            # Resumed: the student's shape as the run started it (its weights come from the
-            # checkpoint), so student.init, read only then, may be gone too.
-            source = _kept_config(workdir, STUDENT_MODEL_FILE) if kept is not None else None
-            if source is not None and not os.path.exists(student_init) and \
-                    jax.process_index() == 0:
-                print(f"[distill] student.init={student_init} is gone: the run resumes with the "
-                      "student its checkpoint holds (its shape from "
-                      f"{os.path.join(workdir, STUDENT_MODEL_FILE)}).", flush=True)
+            # Resumed: the student's shape as the run started it, its checkpoint's
+            # resolved_model (its weights come from the checkpoint), so student.init, read only
+            # then, may be gone too.
+            resumed = downstream.resumed_model(workdir) if kept is not None else None
+            source = bert.BertConfig(**resumed) if resumed else None
+            if source is not None:
+                warm_start.say_source_gone("distill", "student.init", student_init,
+                                           "the student's shape from its resolved_model")
             if source is None:
                 downstream.check_encoder_source(student_init, "student.init")
                 student_tokenizer = Tokenizer.load(downstream.tokenizer_path(student_init))
@@ -481,14 +473,10 @@ class Task:
     eval_batches = bert_pretrain.Task.eval_batches
 
     def save(self, workdir):
-        """The tokenizer, as BERT pretraining's, the teacher's shape (`kept_teacher`) and that
-        of a student started from a directory."""
+        """The tokenizer, as BERT pretraining's, and the teacher's shape (`kept_teacher`)."""
         bert_pretrain.Task.save(self, workdir)
         checkpoint.save_json(os.path.join(workdir, TEACHER_MODEL_FILE),
                              dataclasses.asdict(self.teacher_config))
-        if self.student_init not in ("teacher", "scratch"):
-            checkpoint.save_json(os.path.join(workdir, STUDENT_MODEL_FILE),
-                                 dataclasses.asdict(self.model_config))
 
     # -- model ------------------------------------------------------------------------------
 

@@ -69,11 +69,10 @@ class Encoder:
         if kept is not None:
             tokenizer = saved
             model_config = bert.BertConfig(**kept).replace(**overrides)
-            if init_from and not os.path.exists(init_from) and jax.process_index() == 0:
-                print(f"[{config.get('task', 'init_from')}] init_from={init_from} is gone: the "
-                      "run resumes from its checkpoint (the encoder's shape from its "
-                      f"resolved_model, its vocabulary from {os.path.join(workdir, 'tokenizer')}).",
-                      flush=True)
+            warm_start.say_source_gone(
+                config.get("task", "init_from"), "init_from", init_from,
+                "the encoder's shape from its resolved_model, its vocabulary from "
+                f"{os.path.join(workdir, 'tokenizer')}")
         elif init_from:
             check_encoder_source(init_from)
             tokenizer = saved or Tokenizer.load(tokenizer_spec or tokenizer_path(init_from))

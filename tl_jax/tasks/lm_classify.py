@@ -124,10 +124,9 @@ def resolve_model(config, train_texts, resumed_tokenizer: str = "",
         model_config = gpt.GPTConfig(**{
             **resumed_model, "dropout_rate": m.dropout_rate,
             "attention_dropout_rate": m.attention_dropout_rate, "dtype": m.dtype})
-        if init_from and not os.path.exists(init_from) and jax.process_index() == 0:
-            print(f"[lm_classify] init_from={init_from} is gone: the run resumes from its "
-                  "checkpoint (the GPT's shape from its resolved_model, its vocabulary from "
-                  f"{resumed_tokenizer}).", flush=True)
+        warm_start.say_source_gone("lm_classify", "init_from", init_from,
+                                   "the GPT's shape from its resolved_model, its vocabulary "
+                                   f"from {resumed_tokenizer}")
     elif init_from and warm_start.is_tl_workdir(init_from):
         run = checkpoint.load_run_config(init_from)
         if run.get("task") != "clm":
