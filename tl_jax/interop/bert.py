@@ -437,6 +437,17 @@ def load(directory, *, with_heads: bool = True, rng=None, warn: bool = True):
     return config, safetensors_io.unflatten_params(flat), report
 
 
+# What a checkpoint's encoder must share with the model it warm-starts, tensor for tensor.
+ARCHITECTURE_FIELDS = ("hidden_size", "num_layers", "num_heads", "intermediate_size",
+                       "embedding_width")
+
+
+def architecture_differences(model_config: BertConfig, source: BertConfig) -> list[str]:
+    """`field: model X vs checkpoint Y` for each of `ARCHITECTURE_FIELDS` that differs."""
+    return [f"{f}: model {getattr(model_config, f)} vs checkpoint {getattr(source, f)}"
+            for f in ARCHITECTURE_FIELDS if getattr(model_config, f) != getattr(source, f)]
+
+
 def load_flat_params(directory, model_config: Optional[BertConfig] = None) -> dict:
     """The checkpoint's tensors as flat tl_jax params (`bert/...`, `mlm_head/...` paths of the
     BertForPreTraining tree), without initialising anything: for name-and-shape warm starts.
@@ -446,10 +457,7 @@ def load_flat_params(directory, model_config: Optional[BertConfig] = None) -> di
     """
     config = read_hf_config(directory)
     if model_config is not None:
-        fields = ("hidden_size", "num_layers", "num_heads", "intermediate_size",
-                  "embedding_width")
-        diff = [f"{f}: model {getattr(model_config, f)} vs checkpoint {getattr(config, f)}"
-                for f in fields if getattr(model_config, f) != getattr(config, f)]
+        diff = architecture_differences(model_config, config)
         if diff:
             raise ValueError(f"{directory}: checkpoint architecture differs from the model's: "
                              + "; ".join(diff) + f". To take its architecture, set "

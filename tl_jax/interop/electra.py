@@ -551,10 +551,7 @@ def load_flat_params(directory, model_config: Optional[BertConfig] = None) -> di
     error (as `interop.bert.load_flat_params`)."""
     config, flat, _ = load_discriminator(directory)
     if model_config is not None:
-        fields = ("hidden_size", "num_layers", "num_heads", "intermediate_size",
-                  "embedding_width")
-        diff = [f"{f}: model {getattr(model_config, f)} vs checkpoint {getattr(config, f)}"
-                for f in fields if getattr(model_config, f) != getattr(config, f)]
+        diff = hf_bert.architecture_differences(model_config, config)
         if diff:
             raise ValueError(f"{directory}: checkpoint architecture differs from the model's: "
                              + "; ".join(diff))

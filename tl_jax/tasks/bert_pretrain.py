@@ -61,11 +61,6 @@ def bert_config_from(model_cfg, vocab_size: int, tokenizer=None) -> bert.BertCon
     )
 
 
-# What a Hugging Face init_from must share with the model (`interop.*.load_flat_params`).
-ARCHITECTURE_FIELDS = ("hidden_size", "num_layers", "num_heads", "intermediate_size",
-                       "embedding_width")
-
-
 def check_init_from_architecture(init_from: str, model_config: bert.BertConfig,
                                  workdir: str | None, remedy: str = "") -> None:
     """A Hugging Face `init_from` whose encoder differs from the model's in shape is refused by
@@ -78,10 +73,11 @@ def check_init_from_architecture(init_from: str, model_config: bert.BertConfig,
     if not warm_start.is_hf_directory(init_from) or (workdir and has_saved_step(workdir)):
         return
     from tl_jax import interop
+    from tl_jax.interop import bert as hf_bert
 
     source = interop.encoder_family_of(init_from).read_hf_config(init_from)
-    diff = [f"{f}: model {getattr(model_config, f)} vs checkpoint {getattr(source, f)}"
-            for f in ARCHITECTURE_FIELDS if getattr(model_config, f) != getattr(source, f)]
+    # The comparison the warm start's loader (`interop.*.load_flat_params`) makes later.
+    diff = hf_bert.architecture_differences(model_config, source)
     if diff:
         raise ValueError(f"init_from={init_from}: checkpoint architecture differs from the "
                          f"model's: {'; '.join(diff)}{remedy}")
