@@ -10,13 +10,21 @@ setup(
     package_dir={"tl_jax.configs": "configs"},
     python_requires=">=3.10",
     install_requires=[
-        "jax>=0.4.30",
-        "flax>=0.8.5",
-        "optax>=0.2.2",
+        # The floors are the oldest releases the tests were run on together (jax 0.8.1, flax
+        # 0.11.2, optax 0.2.5, orbax 0.11.31: the model, parallel, optimizer, training,
+        # checkpoint, transfer and generation tests). jax 0.8.0 and older cannot run a bfloat16
+        # matmul with a float32 result on a CPU (mixed-precision training fails) and 0.7.0 has
+        # no jax.set_mesh; flax 0.11.1 and older do not see the mesh jax.set_mesh sets, so the
+        # models' activation constraints do nothing on a mesh; optax 0.2.4 lacks optax.tree.
+        "jax>=0.8.1",
+        "flax>=0.11.2",
+        "optax>=0.2.5",
         "orbax-checkpoint>=0.11.31",  # CheckpointManagerOptions(lightweight_initialize=...)
         "ml-collections>=0.1.1",
         "absl-py",
         "numpy",
+        # Tested at these floors too (transformers 4.40.2, tokenizers 0.19.1): the interop,
+        # tokenizer, fill-mask, pretraining-data, fine-tuning and distillation tests.
         "tokenizers>=0.19",
         "transformers>=4.40",
         "safetensors",

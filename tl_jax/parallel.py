@@ -276,10 +276,9 @@ def mesh_context(mesh: Mesh, rules):
 
     Flax's activation constraints (`nn.with_logical_constraint`) read JAX's abstract mesh,
     which `jax.set_mesh` sets; the older `with mesh:` leaves it empty, and the constraints then
-    silently do nothing. JAX versions without `set_mesh` fall back to `with mesh:`.
+    silently do nothing (so setup.py asks for a jax with `set_mesh` and a flax that reads it).
     """
-    set_mesh = getattr(jax, "set_mesh", None)
-    with (set_mesh(mesh) if set_mesh is not None else mesh), nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield
 
 
