@@ -286,8 +286,8 @@ def test_a_conll_file_that_is_one_long_sentence_lacks_its_blank_lines(tmp_path):
     words = "".join(f"w{i} O\n" for i in range(readers.LONG_SENTENCE + 1))
     one = _write(tmp_path / "one.conll", "-DOCSTART- O\n\n" + words + "\n\n")
     with pytest.raises(readers.DataFormatError,
-                       match=rf"one.conll:3: the whole file is one sentence of 251 tokens "
-                             rf"\(lines 3-253\): missing blank lines between sentences\?"):
+                       match=r"one.conll:3: the whole file is one sentence of 251 tokens "
+                             r"\(lines 3-253\): missing blank lines between sentences\?"):
         readers.read_conll(one)
     tokens_only = _write(tmp_path / "tok.conll", "".join(f"w{i}\n" for i in range(1000)))
     with pytest.raises(readers.DataFormatError, match=r"tok.conll:1: the whole file is one "

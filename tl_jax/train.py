@@ -923,7 +923,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
             print(f"[train] {workdir} is already at step {start_step} (train.steps="
                   f"{total_steps}): nothing to train; evaluating the restored model.", flush=True)
         else:  # train.steps=0 in a new workdir: no checkpoint, nothing restored
-            print(f"[train] train.steps=0: nothing to train; evaluating the initial model ("
+            print("[train] train.steps=0: nothing to train; evaluating the initial model ("
                   + (f"init_from={config.init_from}" if config.get("init_from") else
                      "randomly initialised") + "). No checkpoint is written.", flush=True)
 

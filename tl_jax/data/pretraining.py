@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 

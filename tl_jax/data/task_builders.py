@@ -394,7 +394,7 @@ def silver_path(task: str, split: str) -> pathlib.Path:
               "once; later runs reuse them.", flush=True)
         tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
         try:
-            manifest = build_all(tmp, data_dir)
+            build_all(tmp, data_dir)
         except BaseException:  # a bad source line, Ctrl-C: no half-built folder left behind
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)

@@ -309,8 +309,6 @@ def load_sentences(spec: str, text_field: str = "text",
     Environment variables in the spec are expanded, so configs can name
     `$TL_JAX_DATA_DIR/austen.jsonl` without hard-coding the data folder.
     """
-    import os
-
     from tl_jax.data import sources
 
     documents = sources.load_documents(paths.expand(spec), text_field=text_field, key=key)
