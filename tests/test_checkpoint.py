@@ -899,15 +899,55 @@ def test_a_save_that_cannot_be_written_is_one_error_and_the_earlier_checkpoint_s
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     # Shown once, on one line, when it happened; none of orbax's records with the traceback.
-    err = capfd.readouterr().err
-    assert err.count("[checkpoint] A checkpoint save failed in the background (ValueError: ") == 1
-    assert "Traceback" not in err
+    out, err = capfd.readouterr()
+    assert out.count("[checkpoint] A checkpoint save failed in the background (ValueError: ") == 1
+    assert "Traceback" not in out + err
     assert not [r for r in caplog.records if r.exc_info]
     assert "1" in os.listdir(tmp_path / "checkpoints")
     restored = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")).restore_latest_good(
         jax.eval_shape(lambda: state))
     assert restored[3] == 1
 
+
+def test_a_background_save_failure_is_shown_above_the_training_bar(tmp_path, monkeypatch):
+    # On a terminal stdout and stderr are one screen. The line for a save that failed in
+    # orbax's background thread was printed wherever the cursor was: at the end of the
+    # training bar's line, which the bar's next redraw then overwrote in part. It now goes
+    # through `progress.write`, which clears the bar, writes the line and redraws the bar under
+    # it, as the trainer's other notes do.
+    import io
+    import resource
+
+    from tl_jax import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((80, 24)))
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=True)
+    state = {"params": {"w": jax.random.normal(jax.random.PRNGKey(0), (256, 256))},
+             "step": jnp.asarray(1)}
+    bar = progress.bar(total=3, desc="bert_pretrain", unit="step", mininterval=0)
+    bar.update(1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, hard))
+    try:
+        ckpt.save(1, state, {"epoch": 0}, {"model": {}})
+        with pytest.raises(ckpt_lib.CheckpointError, match="File too large"):
+            ckpt.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        bar.close()
+    drawn = terminal.getvalue()
+    at = drawn.find("[checkpoint] A checkpoint save failed in the background")
+    assert at > 0, drawn
+    # A line of its own: the bar was cleared ("\r" + blanks + "\r") before it, not extended.
+    assert drawn[at - 1] in "\r\n", repr(drawn[max(at - 80, 0):at + 20])
+    assert drawn.index("\n", at) < drawn.find("bert_pretrain", at)  # the bar redrawn under it
 
 def test_summaries_are_strict_json_even_with_nan(tmp_path):
     # summary.json / scores.json are read by jq and JSON.parse, which reject bare NaN.

@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import warnings
 from typing import Any
 
@@ -26,6 +25,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from tl_jax.metrics_writer import json_safe
 from tl_jax.optim.optimizers import path_str
+from tl_jax.progress import write as progress_write
 
 log = logging.getLogger(__name__)
 
@@ -530,10 +530,12 @@ class _DropOrbaxNoise(logging.Filter):
             reason = _short(record.exc_info[1])
             if reason not in self.failed_saves_shown:
                 self.failed_saves_shown.add(reason)
-                print(f"[checkpoint] A checkpoint save failed in the background "
-                      f"({type(record.exc_info[1]).__name__}: {reason}). The run stops with this "
-                      "error at its next save (or at its end); the checkpoints "
-                      "saved before are intact.", file=sys.stderr, flush=True)
+                # Above the training bar, on a line of its own: a print from orbax's thread
+                # landed on the end of the bar's line, wherever the cursor was.
+                progress_write(f"[checkpoint] A checkpoint save failed in the background "
+                               f"({type(record.exc_info[1]).__name__}: {reason}). The run stops "
+                               "with this error at its next save (or at its end); the "
+                               "checkpoints saved before are intact.")
             return False
         return not (message.startswith("Given directory is read only")
                     or "was found in the checkpoint, but could not be restored" in message
