@@ -98,6 +98,52 @@ def test_tfds_dataset_read_without_tensorflow(tmp_path, monkeypatch):
         load_documents("tfds:no_such_dataset_xyz:train")
 
 
+def test_a_tfds_dataset_prepared_as_tfrecord_is_one_line_naming_the_key(tmp_path, monkeypatch):
+    # tfds.data_source reads random-access formats only; a copy prepared as TFRECORD (tfds'
+    # default where TensorFlow is installed) raised tfds' multi-line NotImplementedError ("Possible
+    # root causes:\n\t* ..."), inside a line that named no config key.
+    import pathlib
+    import socket
+
+    import tensorflow_datasets as tfds
+
+    class TlJaxSourcesTfrecordCorpus(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"text": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            yield 0, {"text": "One document."}
+
+    data = tmp_path / "tfds"
+    # Writing TFRECORD needs TensorFlow (not a dependency): an array_record copy whose
+    # dataset_info.json then says TFRECORD is what tfds sees of a TFRECORD copy.
+    builder = TlJaxSourcesTfrecordCorpus(data_dir=str(data), file_format="array_record")
+    builder.download_and_prepare()
+    info_path = pathlib.Path(builder.data_dir) / "dataset_info.json"
+    info = json.loads(info_path.read_text())
+    info["fileFormat"] = "tfrecord"
+    info_path.write_text(json.dumps(info))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(data))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("reading a prepared tfds copy reached for the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    with pytest.raises(SourceError) as e:
+        load_documents("tfds:tl_jax_sources_tfrecord_corpus", key="data.corpus")
+    message = str(e.value)
+    assert "\n" not in message and "\t" not in message, message
+    assert message.startswith(
+        f"data.corpus: tfds dataset 'tl_jax_sources_tfrecord_corpus' is prepared in tfrecord "
+        f"format in {builder.data_dir}, which tfds reads only through TensorFlow"), message
+    assert "file_format=array_record" in message and "delete that copy" in message, message
+
 def test_an_unknown_tfds_name_is_one_line_naming_the_key_and_tfds_close_match(tmp_path,
                                                                               monkeypatch):
     # tfds' own error listed every registered builder (~250 lines) and a checklist for builder

@@ -276,10 +276,7 @@ def load_tfds(name: str, split: str = "train", text_field: str = "text",
     except tfds.core.DatasetNotFoundError as e:
         raise SourceError(_unknown_tfds_message(name, data_dir, key, str(e))) from None
     except Exception as e:  # tfds raises several types for "not prepared".
-        raise SourceError(
-            f"Cannot read tfds dataset {name!r} split {split!r} from "
-            f"{data_dir or 'the default tfds data dir'} (set TFDS_DATA_DIR; the dataset must be "
-            f"prepared in array_record format): {type(e).__name__}: {e}") from None
+        raise SourceError(_unreadable_tfds_message(name, split, data_dir, key, e)) from None
     documents = []
     for index in range(len(source)):
         record = source[index]
@@ -317,6 +314,32 @@ def _unknown_tfds_message(name: str, data_dir: str | None, key: str | None,
     return (f"{where} tfds dataset {name!r}{hint}: tensorflow_datasets {tfds.__version__} finds "
             f"no builder of that name, and {data_dir or 'the default tfds data dir'} holds no "
             f"prepared copy of it (set TFDS_DATA_DIR to the folder that does){no_tf}.")
+
+
+def _unreadable_tfds_message(name: str, split: str, data_dir: str | None, key: str | None,
+                             error: Exception) -> str:
+    """One line for a tfds dataset that tfds knows but `tfds.data_source` cannot read. A copy
+    prepared as TFRECORD (tfds' default where TensorFlow is installed) is said so, with what to
+    do: tfds' own message runs over several lines ("Possible root causes:\n\t* ...") and names
+    no config key. Anything else keeps tfds' words, on one line."""
+    where = f"{key}: " if key else ""
+    text = str(error)
+    found = re.search(r"for file format (?:FileFormat\.)?(\w+) is not supported", text)
+    if found:
+        import tensorflow_datasets as tfds
+
+        at = re.search(r"already prepared at (\S+) in ", text)
+        folder = at.group(1) if at else (data_dir or "the default tfds data dir")
+        formats = tfds.core.file_adapters.FileFormat.with_random_access()
+        readable = " or ".join(f.value for f in formats)  # array_record or parquet
+        return (f"{where}tfds dataset {name!r} is prepared in {found.group(1).lower()} format in "
+                f"{folder}, which tfds reads only through TensorFlow; tl_jax reads {readable} "
+                "(random access, no TensorFlow). Prepare it again with file_format=array_record "
+                f"(`tfds build {name} --file_format=array_record`) into another TFDS_DATA_DIR, "
+                "or delete that copy first.")
+    return (f"{where}{'c' if key else 'C'}annot read tfds dataset {name!r} split {split!r} from "
+            f"{data_dir or 'the default tfds data dir'} (set TFDS_DATA_DIR; the dataset must be "
+            f"prepared in array_record format): {type(error).__name__}: {' '.join(text.split())}")
 
 
 def _gensim_datapath(filename: str) -> str:
