@@ -250,6 +250,62 @@ def test_glove_c_adagrad_steps_like_glove_c():
         static_train.train_glove(_planted_corpus(10), min_count=1, adagrad="sgd", log=None)
 
 
+def _glove_c_loop(sentences, *, dim, window, epochs, eta, x_max, alpha, seed):
+    """glove.c's `glove_thread`, one co-occurrence entry at a time, in float64 NumPy, on the
+    trainer's own counts, initial tables and entry order (glove.c shuffles its file once; the
+    trainer draws a new order each epoch). Returns (W + C, mean cost per epoch)."""
+    import flax.linen as nn
+
+    vocab = wv.Vocab.build(sentences, 1)
+    cooc = wv.cooccurrence_matrix(wv.encode_corpus(sentences, vocab), len(vocab), window)
+    init = nn.unbox(embeddings.GloVe(len(vocab), dim).init(
+        jax.random.PRNGKey(seed), jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32))["params"])
+    # glove.c: W[a] = (rand() / RAND_MAX - 0.5) / vector_size for vectors and biases alike.
+    for name, table in init.items():
+        assert np.abs(table).max() <= 0.5 / dim, name
+    w, c = np.array(init["word"], np.float64), np.array(init["context"], np.float64)
+    bw, bc = np.array(init["word_bias"], np.float64), np.array(init["context_bias"], np.float64)
+    gw, gc, gbw, gbc = np.ones_like(w), np.ones_like(c), np.ones_like(bw), np.ones_like(bc)
+    rng, n, costs = np.random.default_rng(seed), cooc.nnz, []
+    for _ in range(epochs):
+        cost = 0.0
+        for e in rng.permutation(n):  # with batch_size 1 the trainer's order is the permutation
+            i, j, x = cooc.row[e], cooc.col[e], cooc.data[e]
+            diff = w[i] @ c[j] + bw[i] + bc[j] - np.log(x)
+            fdiff = (diff if x > x_max else (x / x_max) ** alpha * diff)
+            cost += 0.5 * fdiff * diff
+            fdiff *= eta
+            temp1 = np.clip(fdiff * c[j], -100.0, 100.0)  # glove.c's grad_clip_value
+            temp2 = np.clip(fdiff * w[i], -100.0, 100.0)
+            w[i] -= temp1 / np.sqrt(gw[i])
+            c[j] -= temp2 / np.sqrt(gc[j])
+            gw[i] += temp1 ** 2
+            gc[j] += temp2 ** 2
+            bw[i] -= fdiff / np.sqrt(gbw[i])
+            bc[j] -= fdiff / np.sqrt(gbc[j])
+            gbw[i] += fdiff ** 2
+            gbc[j] += fdiff ** 2
+        costs.append(cost / n)
+    return w + c, costs, init
+
+
+def test_glove_c_with_batch_size_1_is_glove_c_training_loop():
+    """With one entry per step, `train_glove(adagrad="glove_c")` is glove.c's training loop:
+    same initial scale, gradsq from 1, eta inside the squares, both tables and both biases
+    stepped, W + C saved. (On the README's corpus at eta 0.05 the batched trainer's losses and
+    scores also track a sequential glove.c loop: 3 epochs learn nothing in either.)"""
+    sentences = [s[:6] for s in _planted_corpus(6, seed=3)]
+    kw = dict(dim=4, window=3, epochs=5, x_max=2.0, alpha=0.75, seed=0)
+    expected, costs, init = _glove_c_loop(sentences, eta=0.2, **kw)
+    vectors, stats = static_train.train_glove(
+        sentences, min_count=1, lr=0.2, batch_size=1, steps_per_call=8, adagrad="glove_c",
+        log=None, **kw)
+    # The vectors moved far from where they started, so the comparison says something.
+    assert np.abs(expected - (init["word"] + init["context"])).max() > 0.05
+    np.testing.assert_allclose(vectors.vectors, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stats["losses"], costs, rtol=1e-4)
+
+
 def test_glove_adagrad_is_chosen_from_the_command_line(data_dir, tmp_path, monkeypatch):
     """`--config.glove.adagrad` reaches the optimizer: the two rules give other vectors, and
     glove_c's are those of `train_glove(adagrad="glove_c")` on the same sentences."""
