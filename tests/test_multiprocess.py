@@ -234,7 +234,7 @@ def test_a_mesh_whose_batch_shards_span_two_processes_is_refused_at_once(data_di
 def _sigterm_to_process_1(workdir, train_args, steps, sig=None, **env):
     """Starts `tl_jax TRAIN_ARGS` as 2 processes, sends SIGTERM (or `sig`) to process 1 alone
     once process 0 has logged 3 steps, and checks that both saved the same step and exited 143
-    (each saying so). Returns that step and the processes' (returncode, stdout, stderr)."""
+    (each saying so, naming the signal). Returns that step and the processes' (returncode, stdout, stderr)."""
     import signal
     import time
 
@@ -250,11 +250,13 @@ def _sigterm_to_process_1(workdir, train_args, steps, sig=None, **env):
     results = finish(procs, timeout=120)  # a few seconds when it works; the old code hung
     saved = [int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()]
     assert len(saved) == 1 and 3 <= saved[0] < steps, saved
+    # Both processes name the signal that stopped them, process 0 too, which had none.
+    name = "SIGINT" if sig == signal.SIGINT else "SIGTERM"
     for rc, out, err in results:
         assert rc == 143, err[-3000:]
-        assert f"SIGTERM: saved step {saved[0]}; exiting." in out
+        assert f"[checkpoint] {name}: saved step {saved[0]}; exiting." in out
         assert err.strip().splitlines()[-1] == (
-            f"tl_jax: Training stopped at step {saved[0]} of {steps} (SIGTERM; saved in "
+            f"tl_jax: Training stopped at step {saved[0]} of {steps} ({name}; saved in "
             f"{workdir / 'checkpoints'}): run the same command again to resume it.")
     _, step = checkpoint.load_params_from_workdir(str(workdir))  # complete: it restores
     assert step == saved[0]

@@ -586,3 +586,44 @@ def test_a_run_stopped_by_an_error_leaves_its_tensorboard_events_on_disk(tiny_be
     steps = sorted({step for tag, step, _ in read_events(tmp_path / "tensorboard")
                     if tag == "loss"})
     assert steps == [1, 2]
+
+
+@pytest.mark.parametrize("ctrl_c_on", [0, 1])
+def test_a_ctrl_c_stop_of_several_processes_is_named_sigint_not_sigterm(monkeypatch, ctrl_c_on):
+    # On several processes a Ctrl-C stops them all after one step, saved, as SIGTERM does; the
+    # lines that said so ("[checkpoint] SIGTERM: saved step N", "... stopped at step N of M
+    # (SIGTERM; saved in ...)") named SIGTERM, on the process that had the Ctrl-C too. Here
+    # the processes share their flags every step (no jax.distributed): process 0 of two, with
+    # the Ctrl-C on it or on the other one.
+    import os
+    import signal
+
+    from jax.experimental import multihost_utils
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    other = {"flags": 0}
+    monkeypatch.setattr(multihost_utils, "process_allgather",
+                        lambda x: np.asarray([x, np.int32(other["flags"])]))
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with train._Preemption() as preemption:
+            assert not preemption.stop_after(1, 0)
+            if ctrl_c_on == 0:
+                os.kill(os.getpid(), signal.SIGINT)  # handled: no KeyboardInterrupt
+            else:
+                other["flags"] = 2  # the other process's Ctrl-C, as it shares it
+            assert preemption.stop_after(2, 0)
+        assert preemption.stopped_by == "SIGINT"
+        # A Ctrl-C here and a SIGTERM on the other process: both named.
+        other["flags"] = 1
+        with train._Preemption() as both:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert both.stop_after(1, 0)
+        assert both.stopped_by == "SIGTERM and SIGINT"
+    finally:
+        signal.signal(signal.SIGINT, old)
+    result = train.TrainResult(summary={"step": 2}, state={}, trainer=None, total_steps=5,
+                               workdir="w", stopped_by=preemption.stopped_by)
+    with pytest.raises(train.Stopped, match=r"^Training stopped at step 2 of 5 \(SIGINT; saved in "
+                                            r"w/checkpoints\)"):
+        result.check_finished("Training")

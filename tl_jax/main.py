@@ -118,9 +118,9 @@ def _sweep(args, overrides):
         from tl_jax import train
         name = result["stopped"]
         raise train.Stopped(
-            f"The sweep stopped during run {name} (SIGTERM; saved in "
-            f"{os.path.join(args.workdir, 'runs', name, 'checkpoints')}): run the same command "
-            "again to resume it.")
+            f"The sweep stopped during run {name} ({result.get('stopped_by', 'SIGTERM')}; "
+            f"saved in {os.path.join(args.workdir, 'runs', name, 'checkpoints')}): run the same "
+            "command again to resume it.")
     if result["failed"]:
         sys.exit(f"tl_jax: error: {len(result['failed'])} sweep run(s) failed (see "
                  f"{args.workdir}/results.md)")

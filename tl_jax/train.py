@@ -574,14 +574,20 @@ class _Preemption:
     `jax.distributed`), the processes instead all-gather their flags after every step: correct,
     but each step then waits for the one before it to finish (about 5 ms a step on two CPU
     processes on one machine, more where the hosts are far apart).
-    On several processes a Ctrl-C (on any of them) stops them the same way.
+    On several processes a Ctrl-C (on any of them) stops them the same way. `stopped_by` names
+    the signal that stopped the loop, for the lines that say so: "SIGINT" where a Ctrl-C did
+    (on any process), which those lines called SIGTERM.
     """
+
+    SIGNALS = ((1, "SIGTERM"), (2, "SIGINT"))  # the flags a process shares: which it got
 
     def __init__(self):
         self.requested = False  # set by this process's handler (one process; the all-gather)
+        self.stopped_by = "SIGTERM"
         self._old = None
         self._old_int = None
         self._interrupted = False  # Ctrl-C on this process of several: noted at the next step
+        self._got = 0  # the SIGNALS this process's handlers saw, as bits
         self._how = "local"  # or "jax": jax's sync manager; "allgather": flags every step
 
     def __enter__(self):
@@ -622,12 +628,14 @@ class _Preemption:
     def _handle(self, signum, frame):
         del signum, frame
         self.requested = True
+        self._got |= 1
 
     def _interrupt(self, signum, frame):
         del signum, frame
         signal.signal(signal.SIGINT, self._old_int)  # the next Ctrl-C interrupts at once
         self._old_int = None
         self._interrupted = True
+        self._got |= 2
         if self._how == "jax":
             os.kill(os.getpid(), signal.SIGTERM)  # to jax's handler: every process is told
         else:
@@ -645,10 +653,25 @@ class _Preemption:
         if self._how == "jax":
             # Counted from this run's start, as on every process: a SIGTERM that came before the
             # first step (the manager then picks 1) stops a resumed run too, after its first.
-            return multihost_utils.reached_preemption_sync_point(step - start_step)
+            stop = multihost_utils.reached_preemption_sync_point(step - start_step)
+            if stop:
+                # Every process is at this step (the manager's point is the same for all), so
+                # they can gather, once, which of them had a Ctrl-C: jax's manager only says
+                # "stop". (A SIGTERM goes to jax's handler, not ours: it is what stopped the
+                # loop wherever no Ctrl-C came.)
+                got = multihost_utils.process_allgather(np.int32(self._got))
+                self._name(int(np.bitwise_or.reduce(np.ravel(got))) or 1)
+            return stop
         if self._how == "allgather":
-            return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
+            got = multihost_utils.process_allgather(np.int32(self._got))
+            got = int(np.bitwise_or.reduce(np.ravel(got)))
+            if got:
+                self._name(got)
+            return bool(got)
         return self.requested
+
+    def _name(self, got: int) -> None:
+        self.stopped_by = " and ".join(name for bit, name in self.SIGNALS if got & bit)
 
     def __exit__(self, *exc):
         if self._old is not None:
@@ -1040,7 +1063,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                 window_start = time.perf_counter()
                 if stop:
                     # (Above the bar, still drawn: it is closed after the final save.)
-                    progress_write(f"[checkpoint] SIGTERM: saved step {done}; exiting.")
+                    progress_write(f"[checkpoint] {preemption.stopped_by}: saved step {done}; "
+                                   "exiting.")
                     break
         flush(int(jax.device_get(state["step"])))
     # The final save may still be in flight. Should it fail, the bar is closed saying so: in a
@@ -1061,12 +1085,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         ckpt_lib.save_json(os.path.join(workdir, "summary.json"), summary)
         print(format_summary(summary, task), flush=True)
     return TrainResult(summary=summary, state=state, trainer=trainer, total_steps=total_steps,
-                       workdir=workdir)
+                       workdir=workdir, stopped_by=preemption.stopped_by)
 
 
 class Stopped(RuntimeError):
-    """A run saved and returned before `train.steps` (SIGTERM): raised where a caller chains
-    runs, and by `tl_jax train`, which then exits with status 143 (`tl_jax.main.EXIT_STOPPED`)."""
+    """A run saved and returned before `train.steps` (SIGTERM, or Ctrl-C on several processes):
+    raised where a caller chains runs, and by `tl_jax train`, which then exits with status 143
+    (`tl_jax.main.EXIT_STOPPED`)."""
 
 
 @dataclasses.dataclass
@@ -1076,6 +1101,7 @@ class TrainResult:
     trainer: Trainer
     total_steps: int = 0  # train.steps, as the task filled it
     workdir: str = ""     # where its checkpoints are
+    stopped_by: str = "SIGTERM"  # the signal that stopped it early: SIGTERM, or SIGINT (Ctrl-C)
 
     @property
     def stopped(self) -> bool:
@@ -1090,7 +1116,8 @@ class TrainResult:
             saved = (f"saved in {os.path.join(self.workdir, 'checkpoints')}" if self.workdir
                      else "saved")
             raise Stopped(f"{what} stopped at step {self.summary['step']} of {self.total_steps} "
-                          f"(SIGTERM; {saved}): run the same command again to resume it.")
+                          f"({self.stopped_by}; {saved}): run the same command again to resume "
+                          "it.")
 
 
 def format_summary(summary: dict, task) -> str:
