@@ -52,7 +52,7 @@ def test_bad_sweeps_are_refused(grid, zipped, seeds, message):
         sweep.plan(grid, zipped, seeds)
 
 
-def _fake_training(calls, fail=(), stop_at=None, bug=()):
+def _fake_training(calls, fail=(), stop_at=None, bug=(), stopped_by="SIGTERM"):
     """Stands in for train.train_and_evaluate: writes what a run writes, from the config."""
     def fake(config, workdir):
         name = pathlib.Path(workdir).name
@@ -71,7 +71,8 @@ def _fake_training(calls, fail=(), stop_at=None, bug=()):
         step = stop_at if stop_at and name.startswith("masked_lm_prob=0.3") else config.train.steps
         summary = {"step": step, "eval/mlm_accuracy": score}
         (work / "summary.json").write_text(json.dumps(summary))
-        return train.TrainResult(summary=summary, state={}, trainer=None)
+        return train.TrainResult(summary=summary, state={}, trainer=None,
+                                 stopped_by=stopped_by)
     return fake
 
 
@@ -79,10 +80,10 @@ def test_sweep_tables_plots_and_a_rerun_that_skips_finished_runs(tmp_path, monke
     calls = []
     monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls))
     args = dict(grid=["data.masked_lm_prob=0.1,0.3"], overrides=["train.steps=4"])
-    result = sweep.run(BERT, str(tmp_path), seeds=[0], **args)
+    sweep.run(BERT, str(tmp_path), seeds=[0], **args)
     assert calls == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.3__seed=0"]
     # More seeds later: only the new runs train.
-    result = sweep.run(BERT, str(tmp_path), seeds=[0, 1], **args)
+    sweep.run(BERT, str(tmp_path), seeds=[0, 1], **args)
     assert calls[2:] == ["masked_lm_prob=0.1__seed=1", "masked_lm_prob=0.3__seed=1"]
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert [r["run"] for r in rows] == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.1__seed=1",
@@ -251,6 +252,19 @@ def test_a_run_stopped_by_sigterm_stops_the_sweep(tmp_path, monkeypatch, capsys)
         f"tl_jax: The sweep stopped during run {run} (SIGTERM; saved in "
         f"{tmp_path / 'runs' / run / 'checkpoints'}): run the same command again to resume it.")
     assert calls == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.3__seed=0"]
+
+
+def test_a_sweep_stopped_by_ctrl_c_on_several_processes_says_sigint(tmp_path, monkeypatch, capsys):
+    # A Ctrl-C on a run of several processes stops it saved, as SIGTERM does; the sweep's last
+    # line named SIGTERM whatever stopped it.
+    monkeypatch.setattr(train, "train_and_evaluate",
+                        _fake_training([], stop_at=2, stopped_by="SIGINT"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sweep", f"--config={BERT}", f"--workdir={tmp_path}",
+                  "--grid=data.masked_lm_prob=0.1,0.3", "--config.train.steps=4"])
+    assert e.value.code == cli.EXIT_STOPPED
+    assert "stopped during run masked_lm_prob=0.3__seed=0 (SIGINT; saved in " in (
+        capsys.readouterr().err)
 
 
 def test_a_rerun_with_fewer_steps_is_refused_not_reported_as_the_shorter_runs(
@@ -666,3 +680,91 @@ def test_train_settings_are_checked_before_the_first_run(tmp_path, monkeypatch):
     classify = str(ROOT / "configs" / "finetune_classify.py") + ":tiny"
     assert sweep.run(classify, str(tmp_path), grid=["optimizer.learning_rate=1e-4,2e-4"],
                      overrides=["train.steps=0"], dry_run=True)["failed"] == []
+
+
+def test_a_second_sweep_in_the_same_workdir_is_refused_while_the_first_runs(tmp_path,
+                                                                          monkeypatch, capsys):
+    # Two sweeps started in one workdir at once trained the same runs twice, into the same
+    # folders, and wrote the same tables. The second is now refused in one line naming the
+    # first; the first goes on, and leaves no lock behind.
+    import os
+    import socket
+
+    calls, refusals = [], []
+    train_one = _fake_training(calls)
+    args = dict(grid=["data.masked_lm_prob=0.1,0.3"], overrides=["train.steps=4"])
+
+    def train_and_start_another(config, workdir):
+        if not refusals:  # while the first run trains, the same sweep is started again
+            with pytest.raises(RuntimeError) as e:
+                sweep.run(BERT, str(tmp_path), **args)
+            refusals.append(str(e.value))
+        return train_one(config, workdir)
+
+    monkeypatch.setattr(train, "train_and_evaluate", train_and_start_another)
+    lock = tmp_path / "sweep.lock"
+    result = sweep.run(BERT, str(tmp_path), **args)
+    assert calls == ["masked_lm_prob=0.1__seed=0", "masked_lm_prob=0.3__seed=0"]  # once each
+    assert not result["failed"] and len(result["runs"]) == 2
+    assert refusals and refusals[0].startswith(
+        f"sweep: another sweep is running in {tmp_path} (pid {os.getpid()} on "
+        f"{socket.gethostname()}, started "), refusals
+    assert f"its lock is {lock}" in refusals[0] and "\n" not in refusals[0]
+    assert not lock.exists()
+    # On the command line: one error line, nothing trained.
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                "started": "2026-01-01 00:00:00 UTC"}))
+    calls.clear()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sweep", f"--config={BERT}", f"--workdir={tmp_path}",
+                  "--grid=data.masked_lm_prob=0.1,0.3", "--config.train.steps=6"])
+    assert e.value.code.splitlines()[0] == (
+        f"tl_jax: error: sweep: another sweep is running in {tmp_path} (pid {os.getpid()} on "
+        f"{socket.gethostname()}, started 2026-01-01 00:00:00 UTC; its lock is {lock}). Wait for "
+        f"it to end, or use another workdir; if it is no longer running (its machine went away), "
+        f"delete {lock}.")
+    assert calls == [] and lock.exists()  # the other sweep's lock is left to it
+    # A dry run only looks: it is not refused.
+    sweep.run(BERT, str(tmp_path), dry_run=True, **args)
+    assert lock.exists()
+
+
+def test_a_lock_left_by_a_sweep_that_died_is_taken_over(tmp_path, monkeypatch, capsys):
+    # A sweep killed outright (kill -9, a SIGTERM between runs) leaves its lock: on the same
+    # host, where its process is seen to be gone, the next sweep takes it over and says so.
+    # One from another host cannot be checked, and stays held.
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid now names no process
+    lock = tmp_path / "sweep.lock"
+    lock.write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(),
+                                "started": "2026-01-01 00:00:00 UTC"}))
+    calls = []
+    monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls))
+    args = dict(grid=["data.masked_lm_prob=0.1,0.3"], overrides=["train.steps=4"])
+    sweep.run(BERT, str(tmp_path), **args)
+    assert len(calls) == 2 and not lock.exists()
+    assert (f"[sweep] Note: taking over {lock}, left by a sweep that is no longer running "
+            f"(pid {gone.pid} on {socket.gethostname()}, started 2026-01-01 00:00:00 UTC)."
+            in capsys.readouterr().out)
+    lock.write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname() + "-elsewhere",
+                                "started": "2026-01-01 00:00:00 UTC"}))
+    with pytest.raises(RuntimeError, match=r"another sweep is running in .*-elsewhere"):
+        sweep.run(BERT, str(tmp_path), **args)
+    assert lock.exists()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, ValueError])
+def test_the_sweep_lock_is_released_on_ctrl_c_and_on_an_error(tmp_path, monkeypatch, stop):
+    def interrupted(config, workdir):
+        raise stop("stopped")
+
+    monkeypatch.setattr(train, "train_and_evaluate", interrupted)
+    monkeypatch.setattr(sweep, "write_outputs", lambda *a: (_ for _ in ()).throw(stop("stop")))
+    with pytest.raises(stop):
+        sweep.run(BERT, str(tmp_path), grid=["data.masked_lm_prob=0.1"],
+                  overrides=["train.steps=4"])
+    assert not (tmp_path / "sweep.lock").exists()

@@ -14,7 +14,8 @@ killed sweep loses at most the steps since a run's last checkpoint; a run traine
 settings (a changed `--config.*` override) is refused, not reported as this sweep's. More
 `train.steps` resumes the runs and trains on; fewer is refused for runs already past them. A
 failed run is reported and the others go on. A static run trained while its eval_dir lacked
-the evaluation files has its saved vectors scored (no training) by a rerun that has them.
+the evaluation files has its saved vectors scored (no training) by a rerun that has them. One
+sweep at a time trains in DIR: a second one started there is refused (DIR/sweep.lock).
 
 On a multi-process launch, a train sweep trains each run on every process together (process 0
 alone prints the sweep's lines); a static sweep runs on process 0 alone, as `tl_jax static`
@@ -28,6 +29,7 @@ non-finite or missing, says how many), results.json, and, with matplotlib instal
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import itertools
@@ -35,6 +37,8 @@ import json
 import math
 import os
 import re
+import socket
+import time
 import traceback
 from typing import Sequence
 
@@ -375,6 +379,79 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std())
 
 
+# The file a running sweep holds in its workdir (process 0's; process N of a multi-process sweep
+# holds `sweep.lock.N`, so that every process of a second sweep is refused, not process 0 alone).
+LOCK_NAME = "sweep.lock"
+
+
+def _holder_text(holder: dict) -> str:
+    return (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
+            f"{holder.get('started', '?')}")
+
+
+def _lock_is_stale(holder: dict) -> bool:
+    """Whether the sweep that wrote a lock is gone: its process no longer runs on this host. A
+    lock from another host cannot be checked from here, and stays held."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: str, process: int, say):
+    """Holds `WORKDIR/sweep.lock` (with this process's pid, host and start time) while the sweep
+    trains, and removes it on the way out, an error's or Ctrl-C's too. A lock held by a running
+    sweep refuses this one in one line naming it; one whose sweep died without removing it (a
+    kill -9, a SIGTERM outside a run's training loop) on this host is taken over, with a note.
+    The file is created with O_EXCL, so two sweeps started at the same moment cannot both
+    take it. (Two that find the same stale lock at the same moment could: the second may
+    remove the lock the first has just written. Both would have to start within a few
+    milliseconds of each other, after a sweep that died.)"""
+    path = os.path.join(workdir, LOCK_NAME if process == 0 else f"{LOCK_NAME}.{process}")
+    mine = {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    os.makedirs(workdir, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    holder = json.load(f)
+            except FileNotFoundError:  # released in between: try again
+                continue
+            except (OSError, ValueError):  # still being written, or damaged: it says no more
+                holder = {}
+            if not isinstance(holder, dict) or not _lock_is_stale(holder):
+                holder = holder if isinstance(holder, dict) else {}
+                raise RuntimeError(
+                    f"sweep: another sweep is running in {workdir} ({_holder_text(holder)}; its "
+                    f"lock is {path}). Wait for it to end, or use another workdir; if it is no "
+                    f"longer running (its machine went away), delete {path}.")
+            say(f"[sweep] Note: taking over {path}, left by a sweep that is no longer running "
+                f"({_holder_text(holder)}).", flush=True)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(mine, f)
+        break
+    try:
+        yield path
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
 def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequence[str] = (),
         seeds: Sequence[int] = (0,), overrides: Sequence[str] = (),
         metrics: Sequence[str] = (), dry_run: bool = False) -> dict:
@@ -466,101 +543,111 @@ def run(config_spec: str, workdir: str, grid: Sequence[str] = (), zipped: Sequen
         say("[sweep] Note: train.eval_every=0, so runs report no held-out metrics; the "
             "tables will hold the last training loss only.", flush=True)
     _check_masking_cap(runs, configs)
-    _check_earlier_runs(workdir, runs, configs, saved_name,
-                        defaults=config_lib.load_config(config_spec).to_dict())
-    if kind == "train":
-        past = [(r.name, reached) for r in runs
-                if int(configs[r.name].train.steps) > 0  # 0: filled from the epochs later
-                and (reached := _step_reached(os.path.join(workdir, "runs", r.name))) is not None
-                and reached > int(configs[r.name].train.steps)]
-        if past:
-            raise config_lib.ConfigError("sweep: " + _past_steps_message(
-                past, int(configs[past[0][0]].train.steps)))
-    seeds_said = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
-    say(f"[sweep] {len(runs)} runs ({len(runs) // len(seeds)} settings x {seeds_said}) "
-        f"under {workdir}/runs", flush=True)
-    if dry_run:
-        for r in runs:
-            say(f"  {r.name}: {' '.join('--config.' + o for o in r.overrides)}")
-        return {"runs": [], "settings": [], "failed": []}
-    os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
-    records, failed = [], []
-    for i, r in enumerate(runs, 1):
-        run_dir = os.path.join(workdir, "runs", r.name)
-        config = configs[r.name]
+    # One sweep at a time in a workdir: two at once trained the same runs twice, into the same
+    # folders, and wrote the same tables. (A dry run writes nothing and may look on.)
+    lock = (contextlib.nullcontext() if dry_run else
+            _workdir_lock(workdir, jax.process_index(), say))
+    with lock:
+        _check_earlier_runs(workdir, runs, configs, saved_name,
+                            defaults=config_lib.load_config(config_spec).to_dict())
         if kind == "train":
-            summary = _finished(run_dir, int(config.train.steps))
-        else:
-            summary = _static_scores(run_dir)
-        if summary is not None and kind == "static":
-            # A run trained while eval_dir lacked the files has scores.json without the
-            # evaluation; now that the files are there its saved vectors are scored (no
-            # training), or it would stay unscored in every table from now on.
-            try:
-                scored = static_train.score_saved(config, run_dir, summary)
-            except (ValueError, OSError) as e:
-                say(f"[sweep] {r.name} failed: {type(e).__name__}: {e}", flush=True)
-                failed.append({"run": r.name, "error": f"{type(e).__name__}: {e}"})
-                continue
-            say(f"[sweep] {i}/{len(runs)} {r.name}: finished before, "
-                + ("skipped" if scored is summary else "scored its saved vectors"), flush=True)
-            summary = scored
-        elif summary is not None:
-            say(f"[sweep] {i}/{len(runs)} {r.name}: finished before, skipped", flush=True)
-        else:
-            say(f"[sweep] {i}/{len(runs)} {r.name}", flush=True)
-            try:
-                if kind == "train":
-                    summary = train.train_and_evaluate(config, run_dir).summary
-                else:
-                    summary = static_train.run(config, run_dir)
-            except Exception as e:  # noqa: BLE001 - one run's failure must not lose the others'
-                if not isinstance(e, (ValueError, RuntimeError, OSError, FloatingPointError)):
-                    if lead:  # not an input error: a bug, shown in full
-                        traceback.print_exc()
-                say(f"[sweep] {r.name} failed: {type(e).__name__}: {e}", flush=True)
-                failed.append({"run": r.name, "error": f"{type(e).__name__}: {e}"})
-                continue
-            if kind == "train" and (summary.get("step") or 0) > int(config.train.steps):
-                # Only where train.steps was filled from the epochs (the data changed since):
-                # an explicit one was checked above.
-                error = _past_steps_message([(r.name, summary.get("step"))],
-                                            int(config.train.steps))
-                say(f"[sweep] {r.name} failed: {error}", flush=True)
-                failed.append({"run": r.name, "error": error})
-                continue
-            if kind == "train" and (summary.get("step") or 0) < int(config.train.steps):
-                # The trainer saved and returned early: SIGTERM (a preemption, a kill). The
-                # sweep stops too, rather than start the next run on a machine going away.
-                say(f"[sweep] {r.name} stopped at step {summary.get('step')} of "
-                    f"{config.train.steps}; the sweep stops here. Run the same command "
-                    "again to resume it.", flush=True)
-                return {"runs": records, "settings": [], "failed": failed, "stopped": r.name}
-        if kind == "train":
-            curves, last_loss = _curves(run_dir)
-            values = {"step": summary.get("step"), "train/loss": last_loss,
-                      **{k: v for k, v in summary.items() if k.startswith("eval/")}}
-        else:
-            curves = {}
-            values = {"step": None, **{k: v for k, v in summary.items()
-                                       if isinstance(v, (int, float)) and not isinstance(v, bool)}}
-        records.append({"run": r.name, "setting": dict(r.setting), "seed": r.seed, **values,
-                        "curves": curves})
-    if kind == "static" and not metrics:
-        metrics = [m for m in STATIC_METRICS if any(m in rec for rec in records)]
-    result = summarize(records, runs, metrics)
-    result["failed"] = failed
-    # Every process of a train sweep gathers the same result from the shared run folders;
-    # process 0 alone writes (and prints) the tables and plots, as it alone writes a run's
-    # files: written by every process, the same files in one shared folder were raced on. (A
-    # train sweep has started jax.distributed in mesh_and_rules above, even when every run
-    # finished before; a static sweep gets here on process 0 alone.)
-    if lead:
-        write_outputs(workdir, result, runs)
-    if failed:
-        say(f"[sweep] {len(failed)} of {len(runs)} runs failed: "
-            f"{', '.join(f['run'] for f in failed)}", flush=True)
-    return result
+            past = [(r.name, reached) for r in runs
+                    if int(configs[r.name].train.steps) > 0  # 0: filled from the epochs later
+                    and (reached := _step_reached(os.path.join(workdir, "runs", r.name)))
+                    is not None
+                    and reached > int(configs[r.name].train.steps)]
+            if past:
+                raise config_lib.ConfigError("sweep: " + _past_steps_message(
+                    past, int(configs[past[0][0]].train.steps)))
+        seeds_said = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+        say(f"[sweep] {len(runs)} runs ({len(runs) // len(seeds)} settings x {seeds_said}) "
+            f"under {workdir}/runs", flush=True)
+        if dry_run:
+            for r in runs:
+                say(f"  {r.name}: {' '.join('--config.' + o for o in r.overrides)}")
+            return {"runs": [], "settings": [], "failed": []}
+        os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
+        records, failed = [], []
+        for i, r in enumerate(runs, 1):
+            run_dir = os.path.join(workdir, "runs", r.name)
+            config = configs[r.name]
+            if kind == "train":
+                summary = _finished(run_dir, int(config.train.steps))
+            else:
+                summary = _static_scores(run_dir)
+            if summary is not None and kind == "static":
+                # A run trained while eval_dir lacked the files has scores.json without the
+                # evaluation; now that the files are there its saved vectors are scored (no
+                # training), or it would stay unscored in every table from now on.
+                try:
+                    scored = static_train.score_saved(config, run_dir, summary)
+                except (ValueError, OSError) as e:
+                    say(f"[sweep] {r.name} failed: {type(e).__name__}: {e}", flush=True)
+                    failed.append({"run": r.name, "error": f"{type(e).__name__}: {e}"})
+                    continue
+                say(f"[sweep] {i}/{len(runs)} {r.name}: finished before, "
+                    + ("skipped" if scored is summary else "scored its saved vectors"), flush=True)
+                summary = scored
+            elif summary is not None:
+                say(f"[sweep] {i}/{len(runs)} {r.name}: finished before, skipped", flush=True)
+            else:
+                say(f"[sweep] {i}/{len(runs)} {r.name}", flush=True)
+                try:
+                    if kind == "train":
+                        outcome = train.train_and_evaluate(config, run_dir)
+                        summary, stopped_by = outcome.summary, outcome.stopped_by
+                    else:
+                        summary = static_train.run(config, run_dir)
+                except Exception as e:  # noqa: BLE001 - one run's failure must not lose the others'
+                    if not isinstance(e, (ValueError, RuntimeError, OSError, FloatingPointError)):
+                        if lead:  # not an input error: a bug, shown in full
+                            traceback.print_exc()
+                    say(f"[sweep] {r.name} failed: {type(e).__name__}: {e}", flush=True)
+                    failed.append({"run": r.name, "error": f"{type(e).__name__}: {e}"})
+                    continue
+                if kind == "train" and (summary.get("step") or 0) > int(config.train.steps):
+                    # Only where train.steps was filled from the epochs (the data changed since):
+                    # an explicit one was checked above.
+                    error = _past_steps_message([(r.name, summary.get("step"))],
+                                                int(config.train.steps))
+                    say(f"[sweep] {r.name} failed: {error}", flush=True)
+                    failed.append({"run": r.name, "error": error})
+                    continue
+                if kind == "train" and (summary.get("step") or 0) < int(config.train.steps):
+                    # The trainer saved and returned early: SIGTERM (a preemption, a kill), or
+                    # Ctrl-C on a run of several processes (`stopped_by` says which). The
+                    # sweep stops too, rather than start the next run on a machine going away.
+                    say(f"[sweep] {r.name} stopped at step {summary.get('step')} of "
+                        f"{config.train.steps}; the sweep stops here. Run the same command "
+                        "again to resume it.", flush=True)
+                    return {"runs": records, "settings": [], "failed": failed, "stopped": r.name,
+                            "stopped_by": stopped_by}
+            if kind == "train":
+                curves, last_loss = _curves(run_dir)
+                values = {"step": summary.get("step"), "train/loss": last_loss,
+                          **{k: v for k, v in summary.items() if k.startswith("eval/")}}
+            else:
+                curves = {}
+                values = {"step": None, **{
+                    k: v for k, v in summary.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+            records.append({"run": r.name, "setting": dict(r.setting), "seed": r.seed, **values,
+                            "curves": curves})
+        if kind == "static" and not metrics:
+            metrics = [m for m in STATIC_METRICS if any(m in rec for rec in records)]
+        result = summarize(records, runs, metrics)
+        result["failed"] = failed
+        # Every process of a train sweep gathers the same result from the shared run folders;
+        # process 0 alone writes (and prints) the tables and plots, as it alone writes a run's
+        # files: written by every process, the same files in one shared folder were raced on. (A
+        # train sweep has started jax.distributed in mesh_and_rules above, even when every run
+        # finished before; a static sweep gets here on process 0 alone.)
+        if lead:
+            write_outputs(workdir, result, runs)
+        if failed:
+            say(f"[sweep] {len(failed)} of {len(runs)} runs failed: "
+                f"{', '.join(f['run'] for f in failed)}", flush=True)
+        return result
 
 
 def summarize(records: list[dict], runs: list[Run], metrics: Sequence[str] = ()) -> dict:
