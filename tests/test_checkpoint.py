@@ -1087,3 +1087,76 @@ def test_a_checkpoint_whose_config_does_not_read_is_named(tmp_path):
                              r"config/metadata, the config it was saved with \(JSONDecodeError: "
                              r".*\): it cannot be read \(copied or written in part\?\)$"):
         ckpt_lib.config_from_workdir(str(tmp_path), 3)
+
+
+# Continued pretraining resumed after its init_from was moved or deleted: (config, the source's
+# overrides, the run's overrides, a model config change the resume must still refuse). SRC is
+# the source's path. BERT's run copies the source's architecture (model.size = init_from, as
+# for MiniLM), which the resume takes from its checkpoint's resolved_model.
+_GPT_DATA = ["data.batch_size=8", "data.eval_batch_size=8", "data.seq_len=16"]
+CONTINUED_PRETRAINING = {
+    "bert_pretrain": (BERT, ["model.size=mini"], ["model.size=SRC"], "model.vocab_size=5000"),
+    "electra": (str(ROOT / "configs" / "electra_pretrain.py"), [], [], "model.vocab_size=5000"),
+    "clm": (str(ROOT / "configs" / "gpt_pretrain.py"), _GPT_DATA, _GPT_DATA,
+            "model.vocab_size=5000"),
+    "bilm": (str(ROOT / "configs" / "elmo_pretrain.py"), ["data.max_units=300"],
+             ["data.max_units=300"], "model.max_chars=30"),
+}
+
+
+@pytest.mark.parametrize("task", sorted(CONTINUED_PRETRAINING))
+def test_continued_pretraining_resumes_without_its_init_from(task, tiny_bert_overrides, data_dir,
+                                                            tmp_path, capsys):
+    """A continued-pretraining run (init_from set) stopped with "init_from=... does not exist"
+    when resumed after its source was moved or deleted (BERT and ELECTRA), though its
+    checkpoint holds every weight, the workdir its vocabulary, and its shape is the config's
+    or (a model.size directory) its resolved_model. The run resumes and says so in one line; a
+    changed model config is still refused, and a new run still needs init_from."""
+    spec, source_overrides, run_overrides, changed = CONTINUED_PRETRAINING[task]
+    common = ["train.progress=False", "mesh.num_devices=1", "train.eval_every=0"]
+    if task in ("bert_pretrain", "electra"):
+        common += [o for o in tiny_bert_overrides if not o.startswith((
+            "data.tokenizer=", "model.max_position_embeddings=") if task == "bert_pretrain"
+            else "data.tokenizer=")]
+    elif task == "clm":
+        common.append(f"data.corpus={data_dir / 'polarity_sentences.jsonl'}")
+    source, workdir = tmp_path / "source", str(tmp_path / "run")
+    train.train_and_evaluate(config_lib.load_config(
+        spec + ":tiny", common + source_overrides + ["train.steps=1"]), str(source))
+
+    def config(steps, *more):
+        return config_lib.load_config(spec + ":tiny", common + [
+            o.replace("SRC", str(source)) for o in run_overrides] + [
+            f"init_from={source}", "train.checkpoint_every=2", f"train.steps={steps}", *more])
+
+    built = train.train_and_evaluate(config(2), workdir).trainer.task.model_config
+    shutil.move(source, tmp_path / "moved")
+    capsys.readouterr()
+    resumed = train.train_and_evaluate(config(4), workdir)
+    out = capsys.readouterr().out
+    assert "Resuming from step 2" in out, out
+    assert f"[{task}] init_from={source} is gone: the run resumes from its checkpoint" in out, out
+    assert resumed.summary["step"] == 4 and resumed.trainer.task.model_config == built
+    with pytest.raises(ckpt_lib.CheckpointError, match=re.escape(changed.split("=")[0])):
+        train.train_and_evaluate(config(6, changed), workdir)
+    # (BERT's model.size names the source too, and is read first.)
+    with pytest.raises(Exception, match=r"source' (does not exist|is neither a tl_jax workdir)"):
+        train.train_and_evaluate(config(2), str(tmp_path / "new"))
+
+
+def test_a_damaged_saved_shape_file_is_one_error_naming_it(tmp_path):
+    # A probe keeps its encoder's shape (encoder_model.json), distillation its teacher's
+    # (teacher_model.json), for a resume whose source is gone. Cut short by an interrupted copy
+    # of the workdir, either stopped the resume with a bare JSONDecodeError traceback.
+    from tl_jax.tasks import distill, downstream
+
+    (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "tokenizer.json").write_text("{}")
+    for name, read, what in [(downstream.ENCODER_MODEL_FILE, downstream.kept_encoder,
+                              "the encoder's shape"),
+                             (distill.TEACHER_MODEL_FILE, distill.kept_teacher,
+                              "the teacher's shape")]:
+        (tmp_path / name).write_text('{"hidden_size": 32, "num_la')
+        with pytest.raises(ValueError, match=rf"{name}:1: invalid JSON .*; {what}, saved when"):
+            read(str(tmp_path))

@@ -896,3 +896,61 @@ def test_an_electra_run_from_an_adapters_workdir_is_told_the_key_to_set(
     assert "trained bottleneck adapters (adapter_size=8;" in message, message
     assert "ELECTRA pretraining builds its discriminator from a size name" in message, message
     assert "set init_from to the encoder those adapters were trained on" in message, message
+
+
+def test_a_resumed_probe_needs_no_init_from_and_encodes_with_its_checkpoint(
+        lora_workdir, tmp_path, capsys):
+    """A probe's checkpoint holds its frozen encoder, but its resume read init_from for the
+    encoder's shape (its resolved_model adds transfer's LoRA and adapters, so it is not that
+    shape) and for the feature cache's weights: init_from moved or deleted stopped it with
+    "does not exist". The encoder's shape is saved beside the checkpoints (encoder_model.json:
+    here the LoRA run's rank 8, which the probe's own model, lora_rank 0, has folded away), and
+    the feature pass takes the checkpoint's encoder: the same features as the run's start. A
+    changed model config is still refused, a new run still needs init_from, and a workdir saved
+    before the file reads init_from as it did."""
+    import json
+    import shutil
+
+    from tl_jax import checkpoint, config as config_lib, train, warm_start
+    from tl_jax.tasks import downstream
+
+    source = tmp_path / "source"
+    shutil.copytree(lora_workdir, source)
+
+    def config(steps, *more):
+        return config_lib.load_config("configs/transfer_feature.py:tiny", [
+            *LORA_RUN, f"init_from={source}", f"train.steps={steps}", "train.eval_every=0",
+            "train.checkpoint_every=2", "transfer.reinit_top_k=1", *more])
+
+    workdir = str(tmp_path / "probe")
+    first = train.train_and_evaluate(config(2), workdir).trainer.task
+    assert first.cached and first.model_config.lora_rank == 0
+    with open(os.path.join(workdir, downstream.ENCODER_MODEL_FILE)) as f:
+        assert bert.BertConfig(**json.load(f)) == first.encoder.model_config
+    assert first.encoder.model_config.lora_rank == 8
+
+    shutil.rmtree(source)
+    capsys.readouterr()
+    resumed = train.train_and_evaluate(config(4), workdir)
+    out = capsys.readouterr().out
+    assert "Resuming from step 2" in out and f"init_from={source} is gone" in out, out
+    assert out.count("is gone") == 1 and "the feature pass encodes with the frozen encoder of" in (
+        out), out  # said once, not again by the feature pass
+    task = resumed.trainer.task
+    assert resumed.summary["step"] == 4 and task.encoder.resumed
+    assert task.encoder.model_config == first.encoder.model_config
+    assert task.model_config == first.model_config
+    # The frozen encoder (the LoRA folded in, the top layer re-initialised) is the checkpoint's.
+    for split in ("train_arrays", "eval_arrays"):
+        np.testing.assert_array_equal(getattr(task, split)["features"],
+                                      getattr(first, split)["features"])
+
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"model\.num_layers: checkpoint has 0, config has 1"):
+        train.train_and_evaluate(config(6, "model.num_layers=1"), workdir)
+    with pytest.raises(warm_start.WarmStartError, match=r"init_from='.*source' does not exist"):
+        train.train_and_evaluate(config(2), str(tmp_path / "new"))
+    # A workdir from before encoder_model.json: its resume reads init_from, as it did.
+    os.remove(os.path.join(workdir, downstream.ENCODER_MODEL_FILE))
+    with pytest.raises(warm_start.WarmStartError, match=r"init_from='.*source' does not exist"):
+        train.train_and_evaluate(config(6), workdir)

@@ -48,6 +48,14 @@ def has_saved_step(workdir: str) -> bool:
     return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
+def resumes_with_tokenizer(workdir: str | None) -> bool:
+    """Whether a run started in `workdir` resumes there with the vocabulary it saved: a finished
+    step (`has_saved_step`) and `workdir/tokenizer/tokenizer.json` beside it. Such a run reads
+    its vocabulary (and, where saved, its shape) from the workdir, not from its source."""
+    return bool(workdir) and has_saved_step(workdir) and os.path.isfile(
+        os.path.join(workdir, "tokenizer", "tokenizer.json"))
+
+
 def _save_cpu_arrays_without_replica_slicing() -> None:
     """On a CPU backend, has orbax write each replicated array from one replica.
 

@@ -126,6 +126,45 @@ class ValidatedBatches:
         self.iterator.set_state(state)
 
 
+def resumes_in(workdir: str | None) -> bool:
+    """Whether a pretraining run started in `workdir` resumes there: a saved step, and the
+    tokenizer beside it that the run keeps (`pretraining._get_tokenizer`)."""
+    from tl_jax.checkpoint import resumes_with_tokenizer
+
+    return resumes_with_tokenizer(workdir)
+
+
+def resumed_shape(model_cfg, workdir: str | None) -> bert.BertConfig | None:
+    """The shape a resumed run built from a `model.size` directory (its checkpoint's
+    resolved_model, this run's dropout and dtype on it), else None (a size name, which needs no
+    file; a new run; a checkpoint without one). The directory, read for its architecture when
+    the run started (continued pretraining: model.size = init_from), may be gone since; a
+    changed model config is still refused by the trainer's comparison with the checkpoint."""
+    from tl_jax.tasks import downstream
+
+    if model_cfg.size in bert.SIZES or not resumes_in(workdir):
+        return None
+    kept = downstream.resumed_model(workdir)
+    return bert.BertConfig(**kept).replace(
+        dropout_rate=model_cfg.dropout_rate,
+        attention_dropout_rate=model_cfg.attention_dropout_rate,
+        dtype=model_cfg.dtype) if kept else None
+
+
+def say_sources_gone(task: str, config, workdir: str, shape_kept: bool) -> None:
+    """On a resume: one line for `init_from` if it is gone (the checkpoint holds every weight,
+    the workdir the vocabulary), and one for a `model.size` directory that is, when it is
+    another path (`warm_start.say_source_gone`)."""
+    vocabulary = f"its vocabulary from {os.path.join(workdir, 'tokenizer')}"
+    shape = "the model's shape from its resolved_model, " if shape_kept else ""
+    init_from = paths.expand(config.init_from)
+    warm_start.say_source_gone(task, "init_from", init_from, shape + vocabulary)
+    size = paths.expand(config.model.size) if shape_kept else ""
+    if size and size != init_from:
+        warm_start.say_source_gone(task, "model.size", size, "the model's shape from its "
+                                   "resolved_model")
+
+
 def with_init_from_tokenizer(data_cfg, init_from: str, task: str, workdir: str | None = None):
     """`data_cfg`, with `data.tokenizer` set to `init_from`'s own when it is empty: a vocabulary
     trained afresh (on another corpus, say) would give the embedding rows taken over from
@@ -135,12 +174,10 @@ def with_init_from_tokenizer(data_cfg, init_from: str, task: str, workdir: str |
     A run resuming in `workdir` keeps the tokenizer it was trained with (see
     `pretraining._get_tokenizer`): `data_cfg` is returned as it is, and nothing is said about
     init_from's tokenizer, which is not used."""
-    from tl_jax.checkpoint import has_saved_step
     from tl_jax.data.tokenizer import Tokenizer
     from tl_jax.tasks import downstream
 
-    if workdir and has_saved_step(workdir) and os.path.isfile(
-            os.path.join(workdir, "tokenizer", "tokenizer.json")):
+    if resumes_in(workdir):
         return data_cfg
     if data_cfg.tokenizer:
         downstream.warn_if_not_init_from_vocabulary(
@@ -170,7 +207,11 @@ class Task:
         # trained, naming the key.
         from tl_jax.tasks import downstream
         downstream.check_dropout_rates(config.model)
-        shape = bert_config_from(config.model, 1)
+        # A resumed run needs neither init_from nor a model.size directory: its checkpoint
+        # holds the weights and its shape, the workdir its tokenizer.
+        resuming = resumes_in(workdir)
+        kept = resumed_shape(config.model, workdir)
+        shape = kept or bert_config_from(config.model, 1)
         check_two_segments(shape.type_vocab_size,
                            None if config.model.size in bert.SIZES else config.model.size)
         if data_cfg.max_seq_length > config.model.max_position_embeddings:
@@ -179,7 +220,9 @@ class Task:
                 f"table (model.max_position_embeddings={config.model.max_position_embeddings}).")
         # '~/runs/bert' or '$TL_JAX_DATA_DIR/models/...': the shell expands neither in a value.
         self.init_from = paths.expand(config.init_from)
-        if self.init_from:
+        if resuming:
+            say_sources_gone("bert_pretrain", config, workdir, kept is not None)
+        elif self.init_from:
             warm_start.require_source(self.init_from)
             check_init_from_architecture(
                 self.init_from, shape, workdir,
@@ -191,8 +234,8 @@ class Task:
             process_index=jax.process_index(), process_count=jax.process_count(),
             progress=bool(config.train.progress) and jax.process_index() == 0)
         self.tokenizer = self.data.tokenizer
-        self.model_config = bert_config_from(config.model, self.tokenizer.vocab_size,
-                                             self.tokenizer)
+        self.model_config = kept or bert_config_from(config.model, self.tokenizer.vocab_size,
+                                                     self.tokenizer)
         if data_cfg.max_seq_length > self.model_config.max_position_embeddings:
             raise ValueError(
                 f"data.max_seq_length={data_cfg.max_seq_length} is longer than the position "

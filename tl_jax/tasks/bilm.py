@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tl_jax import checkpoint, paths
+from tl_jax import checkpoint, paths, warm_start
 from tl_jax.data import clm as clm_data
 from tl_jax.data.shuffle import EpochOrder
 from tl_jax.models import elmo
@@ -311,7 +311,11 @@ class Task:
         source_vocab = os.path.join(source, "vocab.txt") if source else ""
         if saved_vocab and os.path.exists(saved_vocab) and checkpoint.has_saved_step(workdir):
             # A resumed run keeps its vocabulary; one left by a run that never saved does not.
+            # Its shape is the config's and its weights the checkpoint's: init_from, read only
+            # when the run started, may be gone.
             self.vocab = load_vocab(saved_vocab)
+            warm_start.say_source_gone("bilm", "init_from", source,
+                                       f"its vocabulary from {saved_vocab}")
         elif source_vocab and os.path.isfile(source_vocab) and os.path.isfile(
                 os.path.join(source, "elmo_config.json")):
             # init_from's softmax rows stand for the words of its vocabulary: one built here
@@ -395,7 +399,6 @@ class Task:
         del rng
         if not self.config.init_from:
             return params
-        from tl_jax import warm_start
         return warm_start.warm_start(params, paths.expand(self.config.init_from),
                                      self.model_config)
 

@@ -326,9 +326,14 @@ class Task:
         self.tokenizer = load_tokenizer(data_cfg, workdir, None, config.init_from)
         # And init_from's shape against the model's, from its config alone: a GPT-2 directory
         # of another width or a larger vocabulary was refused after the corpus was tokenised.
-        # A resumed run takes no weights from init_from.
-        if (self.tokenizer is not None and config.init_from
-                and not (workdir and checkpoint.has_saved_step(workdir))):
+        # A resumed run takes no weights from init_from, nor its tokenizer (the workdir's):
+        # init_from may be gone since.
+        resuming = bool(workdir) and checkpoint.has_saved_step(workdir)
+        saved = os.path.join(workdir or "", "tokenizer")
+        if resuming and os.path.isdir(saved):
+            warm_start.say_source_gone("clm", "init_from", paths.expand(config.init_from or ""),
+                                       f"its vocabulary from {saved}")
+        if self.tokenizer is not None and config.init_from and not resuming:
             check_init_from_shape(config.init_from,
                                   gpt_config_from(config.model, self.tokenizer.vocab_size))
         # Phase lines while the corpus is read, a BPE trained and the text tokenised: a large

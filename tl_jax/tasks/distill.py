@@ -43,7 +43,6 @@ here they are BERT pretraining's `[CLS] A [SEP] B [SEP]` pairs, whose NSP labels
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 
@@ -319,14 +318,14 @@ def kept_teacher(workdir: str | None) -> bert.BertConfig | None:
     is not read again. It was needed for its shape and vocabulary, so a teacher moved or
     deleted since stopped the resume ("does not exist"), and one replaced by a model of another
     depth stopped it with an error about optimizer settings or transfer rules."""
-    if not workdir or not checkpoint.has_saved_step(workdir):
+    if not checkpoint.resumes_with_tokenizer(workdir):
         return None
     path = os.path.join(workdir, TEACHER_MODEL_FILE)
-    if not (os.path.isfile(path)
-            and os.path.isfile(os.path.join(workdir, "tokenizer", "tokenizer.json"))):
+    if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return bert.BertConfig(**json.load(f))
+    return bert.BertConfig(**checkpoint.load_json(
+        path, "the teacher's shape, saved when the run started (restore it from a copy of the "
+        "workdir; deleted, the resume reads the teacher's source for it)"))
 
 
 def _check_same_vocabulary(tokenizer: Tokenizer, teacher_tokenizer: Tokenizer, what: str,

@@ -64,14 +64,19 @@ class Encoder:
         saved = resumed_tokenizer(workdir)
         # A resumed run's encoder is the checkpoint's: its shape is the one the run built, and
         # init_from (or a model.size directory), read for it when the run started, may be gone.
-        kept = (resumed_model(workdir) if saved and config.get("task") in SAVES_ENCODER_SHAPE
-                else None)
+        # A probe's resolved_model is not the encoder's shape: it keeps that in its own file
+        # (read for a run with init_from: one from scratch has its shape from model.size).
+        kept, kept_in = None, "its resolved_model"
+        if saved and config.get("task") in SAVES_ENCODER_SHAPE:
+            kept = resumed_model(workdir)
+        elif saved and init_from:
+            kept, kept_in = kept_encoder(workdir), os.path.join(workdir or "", ENCODER_MODEL_FILE)
         if kept is not None:
             tokenizer = saved
             model_config = bert.BertConfig(**kept).replace(**overrides)
             warm_start.say_source_gone(
                 config.get("task", "init_from"), "init_from", init_from,
-                "the encoder's shape from its resolved_model, its vocabulary from "
+                f"the encoder's shape from {kept_in}, its vocabulary from "
                 f"{os.path.join(workdir, 'tokenizer')}")
         elif init_from:
             check_encoder_source(init_from)
@@ -196,9 +201,10 @@ class Encoder:
 
 
 # The tasks whose checkpoints' resolved_model is the encoder `from_config` built. A probe's is
-# not: its model adds transfer's LoRA and adapters to it, in place of the ones init_from trained
-# (its resume reads init_from, as its feature pass does).
+# not: its model adds transfer's LoRA and adapters to it, in place of the ones init_from trained.
+# It saves the encoder's own shape beside its checkpoints instead (ENCODER_MODEL_FILE).
 SAVES_ENCODER_SHAPE = ("classify", "tag", "squad")
+ENCODER_MODEL_FILE = "encoder_model.json"
 
 # Tasks whose workdirs hold no BERT-style encoder (a GPT, an ELMo-style biLM).
 NOT_ENCODER_TASKS = {"clm": "a GPT language model", "lm_classify": "a GPT classifier",
@@ -270,10 +276,8 @@ def resumed_tokenizer(workdir: str | None) -> Tokenizer | None:
     """
     from tl_jax import checkpoint
 
-    saved = os.path.join(workdir, "tokenizer") if workdir else ""
-    if saved and os.path.isfile(os.path.join(saved, "tokenizer.json")) and \
-            checkpoint.has_saved_step(workdir):
-        return Tokenizer.load(saved)
+    if checkpoint.resumes_with_tokenizer(workdir):
+        return Tokenizer.load(os.path.join(workdir, "tokenizer"))
     return None
 
 
@@ -300,6 +304,20 @@ def resumed_model(workdir: str | None) -> dict | None:
         except checkpoint.CheckpointError:
             continue  # an unreadable config: the restore moves that checkpoint aside too
     return None
+
+
+def kept_encoder(workdir: str | None) -> dict | None:
+    """The encoder's shape a task saved as ENCODER_MODEL_FILE beside the checkpoints it resumes
+    from in `workdir` (a probe: `Task.save`), else None (a new run; a workdir from before the
+    file, whose resume reads init_from as it did)."""
+    from tl_jax import checkpoint
+
+    path = os.path.join(workdir or "", ENCODER_MODEL_FILE)
+    if not workdir or not checkpoint.has_saved_step(workdir) or not os.path.isfile(path):
+        return None
+    return checkpoint.load_json(
+        path, "the encoder's shape, saved when the run started (restore it from a copy of the "
+        "workdir; deleted, the resume reads init_from for it)")
 
 
 def tokenizer_path(source: str) -> str:

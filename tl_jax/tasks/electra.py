@@ -80,7 +80,11 @@ class Task:
             raise ValueError(f"electra.temperature={config.electra.temperature} must be > 0.")
         # '~/runs/electra' or '$VAR/...': the shell expands neither in a config value.
         self.init_from = paths.expand(config.init_from)
-        if self.init_from:
+        if bert_pretrain.resumes_in(workdir):
+            # The checkpoint holds every weight, the workdir the tokenizer, and the shape is a
+            # size name's: init_from, read only when the run started, may be gone.
+            bert_pretrain.say_sources_gone("electra", config, workdir, False)
+        elif self.init_from:
             warm_start.require_source(self.init_from)
             bert_pretrain.check_init_from_architecture(
                 self.init_from, shape.discriminator, workdir,

@@ -31,6 +31,7 @@ computed them, in the same pass, and no cache is read or written.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -42,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tl_jax import parallel, paths, progress, warm_start
+from tl_jax import checkpoint, parallel, paths, progress, warm_start
 from tl_jax.models import heads, probes
 from tl_jax.optim import optimizers, transfer
 from tl_jax.tasks import classify, downstream
@@ -63,6 +64,7 @@ class Task(classify.Task):
 
     def __init__(self, config, workdir):
         transfer.check_config(config.transfer, config.optimizer)  # before reading any data
+        self.workdir = workdir  # a resume whose init_from is gone reads its own checkpoint
         super().__init__(config, workdir)  # builds the model (`_build`)
         p = config.probe
         if p.cache_features and p.feature == "none":
@@ -145,6 +147,18 @@ class Task(classify.Task):
         pretrained one beneath it (its lora_a / lora_b were left out as unused). One that
         trained adapters (configs/transfer_adapters.py) gives them to this model's, which
         `_build` made of their size: kept fresh, they were dropped the same way."""
+        if self._from_own_checkpoint():
+            # A resumed run's feature pass, init_from gone: the frozen encoder is the one its
+            # checkpoint holds (the weights the trainer restores: unchanged since init_from,
+            # the reinit_top_k layers and fresh adapters at the values it drew).
+            source, step = checkpoint.load_params_from_workdir(self.workdir, only=("bert",))
+            params, _ = checkpoint.merge_matching(params, source)
+            if not self._init_from_reported:
+                # (The line before said init_from is gone: `Encoder.from_config`.)
+                warm_start.say(f"[init_from] the feature pass encodes with the frozen encoder "
+                               f"of {self.workdir}'s checkpoint (step {step}).")
+            self._init_from_reported = True
+            return params
         fresh = params
         # The encoder's shape is init_from's: a LoRA rank there means its checkpoint holds
         # LoRA pairs, and this model's LoRA is offered to the warm start with the rest (taken
@@ -163,6 +177,24 @@ class Task(classify.Task):
         k = self.config.transfer.reinit_top_k
         return transfer.reinit_top_layers(params, fresh, k, self.config.transfer.layer_pattern,
                                           quiet=reported)
+
+    def _from_own_checkpoint(self) -> bool:
+        """Whether the encoder's weights come from this run's checkpoint, not init_from: a
+        resumed run (its encoder's shape from ENCODER_MODEL_FILE) whose init_from is gone. The
+        trainer restores every weight; the feature cache's encoder pass, which runs before it,
+        reads them here. (No checkpoint left: init_from is needed, and `load_weights` says so.)"""
+        return bool(self.encoder.resumed and self.encoder.init_from
+                    and not os.path.exists(self.encoder.init_from)
+                    and getattr(self, "workdir", None)
+                    and checkpoint.has_saved_step(self.workdir))
+
+    def save(self, workdir):
+        """classify's (labels, tokenizer), and the encoder's own shape (ENCODER_MODEL_FILE):
+        this model's resolved_model adds transfer's adapters and LoRA to it. A resume takes the
+        encoder's shape from it, so init_from may be gone by then (`Encoder.from_config`)."""
+        super().save(workdir)
+        checkpoint.save_json(os.path.join(workdir, downstream.ENCODER_MODEL_FILE),
+                             dataclasses.asdict(self.encoder.model_config))
 
     def _not_in_init_from(self):
         """The pattern of this model's added parameters (adapters, LoRA) that `init_from` has
@@ -223,7 +255,9 @@ class Task(classify.Task):
     def _cache_file(self, split: str) -> str:
         """Where a split's pooled features live on disk ("" when not cached to disk)."""
         c = self.config
-        if not (c.probe.cache_dir and self.pooled):
+        if not (c.probe.cache_dir and self.pooled) or self._from_own_checkpoint():
+            # (Keyed by init_from's path and files, not by the checkpoint the encoder comes
+            # from when init_from is gone: such a run encodes its features afresh.)
             return ""
         # The seed picks the encoder's random weights: all of them from scratch, the top
         # layers with reinit_top_k, the adapters' (near-identity) initialisation.
