@@ -48,6 +48,9 @@ SETTINGS = {
     "base": ("base", 128, 8, 20),
     "base_b128": ("base", 128, 128, 20),
 }
+# What runs without --settings: the README's CPU rows. base_b128 is for a GPU (on 2 CPU cores
+# each of its steps takes 16 of base's), so only where asked for.
+DEFAULT_SETTINGS = ["mini", "base"]
 VOCAB = 30522
 
 
@@ -205,10 +208,29 @@ def measure_peak(dtype: str) -> float:
     return peak
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count or size: a whole number, at least 1. Checked before anything is
+    built: `--steps 0` used to fail only after minutes of compiling, in a division by zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def description(doc: str) -> str:
+    """The first paragraph of a script's docstring, for `--help` (its first line alone stops
+    mid-sentence)."""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
 def add_timing_args(parser, steps: int) -> None:
     """--steps, --repeats and --dtype, shared by the HF comparison scripts."""
-    parser.add_argument("--steps", type=int, default=steps, help="steps per timed block")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--steps", type=positive_int, default=steps,
+                        help="steps per timed block (default %(default)s)")
+    parser.add_argument("--repeats", type=positive_int, default=3,
                         help="timed blocks per side, alternating tl_jax and HF; the best counts "
                              "(this machine's speed drifts by 10-25%% over minutes)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
@@ -233,11 +255,19 @@ def best_alternating(run_a, run_b, repeats: int, steps: int) -> tuple[float, flo
     return a, b
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, choices=list(SETTINGS),
+                        help="model size, seq and batch of each comparison: "
+                             + ", ".join(f"{name} = BERT-{size} {batch} x {seq}"
+                                         for name, (size, seq, batch, _) in SETTINGS.items())
+                             + " (default: %(default)s)")
     add_timing_args(parser, steps=10)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     refuse_fake_devices()
     print_host_memory()
     match_float32_matmuls(args.f32_matmul)

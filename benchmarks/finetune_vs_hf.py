@@ -31,8 +31,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bert_pretrain_vs_hf import (  # noqa: E402
-    add_timing_args, best_alternating, match_float32_matmuls, measure_peak, on_gpu,
-    print_host_memory, refuse_fake_devices, torch_step_timer)
+    add_timing_args, best_alternating, description, match_float32_matmuls, measure_peak, on_gpu,
+    positive_int, print_host_memory, refuse_fake_devices, torch_step_timer)
+
+
+MINILM_POSITIONS = 512  # all-MiniLM-L6-v2's max_position_embeddings
 
 
 def setup_tl_jax(batch, seq, workdir, dtype):
@@ -87,12 +90,22 @@ def setup_hf(init_from, host, dtype):
     return torch_step_timer(model, opt, inputs, device, dtype)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seq", type=int, default=128)
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser.add_argument("--batch", type=positive_int, default=32,
+                        help="reviews per step, both sides (default %(default)s)")
+    parser.add_argument("--seq", type=positive_int, default=128,
+                        help="tokens per review, both sides (default %(default)s; at most "
+                             f"{MINILM_POSITIONS}, MiniLM's position table)")
     add_timing_args(parser, steps=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.seq > MINILM_POSITIONS:  # the library refused it too, but after loading MiniLM
+        parser.error(f"argument --seq: MiniLM has {MINILM_POSITIONS} positions, got {args.seq}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     refuse_fake_devices()
     if not os.environ.get("TL_JAX_DATA_DIR"):
         sys.exit("Set TL_JAX_DATA_DIR to the shared data folder (MiniLM and the food reviews).")

@@ -32,9 +32,10 @@ import torch
 from flax import linen as nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from bert_pretrain_vs_hf import description, positive_int, refuse_fake_devices
 from tl_jax import host_memory
 from tl_jax.generate import Generator
-from tl_jax.models.gpt import GPT, gpt_config
+from tl_jax.models.gpt import GPT, SIZES, gpt_config
 from tl_jax.tasks.clm import lm_loss
 
 VOCAB = 8192  # the BPE size the GPT configs train
@@ -209,13 +210,29 @@ def hf_generation(cfg, batch, prompt_len, new_tokens):
     return timed(run, 1)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="tiny,mini")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3,
+def size_list(text: str) -> list[str]:
+    """argparse type of --sizes: GPT sizes, comma-separated, each checked before any runs (an
+    unknown one failed only after the sizes before it had been timed)."""
+    sizes = [size.strip() for size in text.split(",") if size.strip()]
+    unknown = [size for size in sizes if size not in SIZES]
+    if unknown or not sizes:
+        raise argparse.ArgumentTypeError(
+            f"unknown GPT size(s) {unknown or text!r}; choose from {', '.join(SIZES)}")
+    return sizes
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser.add_argument("--sizes", type=size_list, default="tiny,mini",
+                        help=f"comma-separated GPT sizes ({', '.join(SIZES)}; default "
+                             "%(default)s)")
+    parser.add_argument("--batch", type=positive_int, default=16,
+                        help="training sequences per step (default %(default)s)")
+    parser.add_argument("--seq", type=positive_int, default=128,
+                        help="training tokens per sequence (default %(default)s)")
+    parser.add_argument("--steps", type=positive_int, default=10,
+                        help="training steps per timed run (default %(default)s)")
+    parser.add_argument("--repeats", type=positive_int, default=3,
                         help="training is timed this many times, alternating the two sides; "
                              "the best of each is kept (load on a shared machine hits both)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
@@ -229,10 +246,18 @@ def main():
                         help="host memory policy of HF's training: glibc's own, in a separate "
                              "process (PyTorch as it runs by itself), or the same as tl_jax's "
                              "(kept for reuse, tl_jax/host_memory.py), in this process")
-    parser.add_argument("--gen_batch", type=int, default=1)
-    parser.add_argument("--prompt_len", type=int, default=16)
-    parser.add_argument("--new_tokens", type=int, default=256)
-    args = parser.parse_args()
+    parser.add_argument("--gen_batch", type=positive_int, default=1,
+                        help="prompts generated at once (default %(default)s)")
+    parser.add_argument("--prompt_len", type=positive_int, default=16,
+                        help="tokens per random prompt (default %(default)s)")
+    parser.add_argument("--new_tokens", type=positive_int, default=256,
+                        help="tokens generated per prompt (default %(default)s)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    refuse_fake_devices()  # as the BERT and fine-tuning scripts: they would time a split CPU
     global TORCH_DEVICE
     if jax.default_backend() == "gpu" and torch.cuda.is_available():
         TORCH_DEVICE = "cuda"
@@ -253,7 +278,7 @@ def main():
     print(f"host memory: tl_jax keeps freed memory for reuse: {host_memory.keep_freed_memory()}"
           f"; HF training: " + ("glibc's policy, in its own process" if args.peer_memory == "glibc"
                                 else "the same policy, in this process"))
-    for size in args.sizes.split(","):
+    for size in args.sizes:
         max_len = max(args.seq, args.prompt_len + args.new_tokens)
         cfg = gpt_config(size, VOCAB, max_len=max_len, dropout_rate=0.0,
                          attention_dropout_rate=0.0)

@@ -11,10 +11,16 @@
 # no GPU has run it yet, so no GPU figure in the README comes from it.
 #
 #   TL_JAX_DATA_DIR=/path/to/shared/data bash benchmarks/gpu_check.sh [OUT_DIR]
+#
+# Logs go to OUT_DIR (default $OUT, else gpu_check_out; relative to where it is run). The
+# quickstart and BERT workdirs are made afresh under $TMPDIR/tl_jax_gpu_check on every pass: a
+# second pass in an old one found the runs finished ("nothing to train") and timed nothing.
 set -u
+out=$(realpath -m -- "${1:-${OUT:-gpu_check_out}}")
+work="${TMPDIR:-/tmp}/tl_jax_gpu_check"
+rm -rf "$work"
+mkdir -p "$out" "$work"
 cd "$(dirname "$0")/.."
-out="${1:-${OUT:-gpu_check_out}}"
-mkdir -p "$out"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}
 export JAX_COMPILATION_CACHE_DIR=/tmp/tl_jax_gpu_cache TOKENIZERS_PARALLELISM=false
 py=python3
@@ -33,11 +39,11 @@ tests=(tests/test_models_gpt.py tests/test_generate.py tests/test_interop_gpt2.p
 
 (
   start=$(date +%s)
-  timeout "${QUICKSTART_LIMIT:-150}" $py -m tl_jax quickstart --workdir=/tmp/gpu_quickstart
+  timeout "${QUICKSTART_LIMIT:-150}" $py -m tl_jax quickstart --workdir="$work/quickstart"
   echo "quickstart rc=$? in $(( $(date +%s) - start )) s"
   for steps in 100 200; do  # the second run resumes from the first one's checkpoint
     timeout 45 $py -m tl_jax train --config=configs/bert_pretrain.py:mini \
-      --workdir=/tmp/gpu_bert --config.data.corpus=gensim:lee --config.train.steps=$steps \
+      --workdir="$work/bert" --config.data.corpus=gensim:lee --config.train.steps=$steps \
       --config.model.dtype=bfloat16 --config.train.progress=False
     echo "bert mini bf16 to step $steps rc=$?"
   done

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from bert_pretrain_vs_hf import description, positive_int
 from tl_jax import static_train
 from tl_jax.data import word_vectors as wv
 from tl_jax.data.vector_formats import WordVectors
@@ -31,25 +32,66 @@ from tl_jax.evaluation.word_vectors import evaluate_all
 DEFAULT_CORPUS = "$TL_JAX_DATA_DIR/austen.jsonl,$TL_JAX_DATA_DIR/enwiki_sample.jsonl"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", default=DEFAULT_CORPUS)
-    parser.add_argument("--dim", type=int, default=100)
-    parser.add_argument("--window", type=int, default=5)
-    parser.add_argument("--negatives", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--min-count", type=int, default=5)
-    parser.add_argument("--sample", type=float, default=1e-3)
-    parser.add_argument("--lr", type=float, default=0.025)
-    parser.add_argument("--batch-size", type=int, default=1024)
+def shared_negatives_list(text: str) -> list[int]:
+    """argparse type of --shared-negatives: whole numbers of at least 0, comma-separated."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated whole numbers such as 0,16, got {text!r}") from None
+    if min(values) < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return values
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type of --sample: a number, at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type of --lr: a number above 0."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be above 0, got 0")
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser.add_argument("--corpus", default=DEFAULT_CORPUS,
+                        help="comma-separated text/jsonl files (default %(default)s)")
+    for flag, default, what in [
+            ("--dim", 100, "vector size"), ("--window", 5, "context window, each side"),
+            ("--negatives", 5, "negatives per pair (K)"), ("--epochs", 5, "passes over the corpus"),
+            ("--min-count", 5, "vocabulary threshold: fewer occurrences are dropped"),
+            ("--batch-size", 1024, "tl_jax's (centre, context) pairs per step"),
+            ("--workers", os.cpu_count(), "gensim's worker threads")]:
+        parser.add_argument(flag, type=positive_int, default=default,
+                            help=f"{what} (default %(default)s)")
+    parser.add_argument("--sample", type=non_negative_float, default=1e-3,
+                        help="subsampling threshold of frequent words, 0 = off "
+                             "(default %(default)s)")
+    parser.add_argument("--lr", type=positive_float, default=0.025,
+                        help="starting learning rate of both (default %(default)s)")
     parser.add_argument("--cbow", action="store_true", help="CBOW instead of skip-gram")
-    parser.add_argument("--shared-negatives", default="0,16",
+    parser.add_argument("--shared-negatives", type=shared_negatives_list, default="0,16",
                         help="comma-separated tl_jax runs: 0 = K negatives per pair as in "
-                             "word2vec.c; S > 0 = S negatives shared by each batch")
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=1,
+                             "word2vec.c; S > 0 = S negatives shared by each batch "
+                             "(default %(default)s)")
+    parser.add_argument("--repeats", type=positive_int, default=1,
                         help="alternating repeats; the best words/s of each is reported")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         print("warning: XLA_FLAGS fakes several CPU devices; tl_jax numbers will be low")
 
@@ -85,7 +127,7 @@ def main():
     vocab = wv.Vocab.build(sentences, args.min_count)
     contenders = [("gensim", run_gensim)] + [
         (f"tl_jax shared_negatives={s}" if s else "tl_jax per-pair negatives",
-         lambda s=s: run_ours(s)) for s in (int(x) for x in args.shared_negatives.split(","))]
+         lambda s=s: run_ours(s)) for s in args.shared_negatives]
     # Runs alternate (gensim, tl_jax, ..., gensim, tl_jax, ...) so a load change on a shared
     # machine hits both; each contender's best rate over the repeats is reported.
     best: dict = {}
