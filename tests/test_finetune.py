@@ -633,7 +633,9 @@ def test_a_resumed_probe_takes_the_encoder_of_init_from_not_its_own_adapters(dat
     assert runs[1].summary["step"] == 3
     for run in runs:
         task = run.trainer.task
-        assert task.encoder.model_config.adapter_size == 0 and not task.encoder.resumed
+        # (The resume's encoder shape is the one the probe saved, encoder_model.json.)
+        assert task.encoder.model_config.adapter_size == 0
+        assert task.encoder.resumed == (run is runs[1])
         assert task.model_config.adapter_size == 8
 
 

@@ -954,3 +954,36 @@ def test_a_resumed_probe_needs_no_init_from_and_encodes_with_its_checkpoint(
     os.remove(os.path.join(workdir, downstream.ENCODER_MODEL_FILE))
     with pytest.raises(warm_start.WarmStartError, match=r"init_from='.*source' does not exist"):
         train.train_and_evaluate(config(6), workdir)
+
+
+@pytest.mark.parametrize("spec", ["configs/transfer_feature.py:tiny",
+                                  "configs/finetune_classify.py:tiny"])
+def test_a_run_from_scratch_resumes_without_its_model_size_directory(spec, data_dir, tmp_path,
+                                                                     capsys):
+    """A run from scratch may take its encoder's architecture (not its weights) from a
+    model.size directory: the from-scratch arm of a transfer experiment. A probe's resume read
+    that directory again and stopped when it had been moved; the shape is now the one it saved
+    (encoder_model.json), as a fine-tuning run's is its resolved_model, and both say the
+    directory is gone."""
+    from tl_jax import config as config_lib, train
+
+    link = tmp_path / "minilm"
+    link.symlink_to(data_dir / "models" / "all-MiniLM-L6-v2")
+
+    def config(steps):
+        return config_lib.load_config(spec, [
+            *LORA_RUN, f"model.size={link}", f"data.tokenizer={link}", "model.num_layers=1",
+            f"train.steps={steps}", "train.eval_every=0", "train.checkpoint_every=2"])
+
+    workdir = str(tmp_path / "run")
+    first = train.train_and_evaluate(config(2), workdir).trainer.task
+    assert first.encoder.model_config.hidden_size == 384 and not first.encoder.init_from
+    link.unlink()
+    capsys.readouterr()
+    resumed = train.train_and_evaluate(config(4), workdir)
+    out = capsys.readouterr().out
+    assert "Resuming from step 2" in out, out
+    assert f"model.size={link} is gone: the run resumes from its checkpoint" in out, out
+    assert out.count("is gone") == 1, out
+    assert resumed.summary["step"] == 4
+    assert resumed.trainer.task.encoder.model_config == first.encoder.model_config

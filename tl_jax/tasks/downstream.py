@@ -65,19 +65,22 @@ class Encoder:
         # A resumed run's encoder is the checkpoint's: its shape is the one the run built, and
         # init_from (or a model.size directory), read for it when the run started, may be gone.
         # A probe's resolved_model is not the encoder's shape: it keeps that in its own file
-        # (read for a run with init_from: one from scratch has its shape from model.size).
+        # (a workdir saved before that file has none, and its resume reads its sources again).
         kept, kept_in = None, "its resolved_model"
         if saved and config.get("task") in SAVES_ENCODER_SHAPE:
             kept = resumed_model(workdir)
-        elif saved and init_from:
+        elif saved:
             kept, kept_in = kept_encoder(workdir), os.path.join(workdir or "", ENCODER_MODEL_FILE)
         if kept is not None:
             tokenizer = saved
             model_config = bert.BertConfig(**kept).replace(**overrides)
+            task = config.get("task", "init_from")
             warm_start.say_source_gone(
-                config.get("task", "init_from"), "init_from", init_from,
-                f"the encoder's shape from {kept_in}, its vocabulary from "
-                f"{os.path.join(workdir, 'tokenizer')}")
+                task, "init_from", init_from, f"the encoder's shape from {kept_in}, its "
+                f"vocabulary from {os.path.join(workdir, 'tokenizer')}")
+            if not init_from and size not in bert.SIZES:  # the architecture of a from-scratch run
+                warm_start.say_source_gone(task, "model.size", size,
+                                           f"the encoder's shape from {kept_in}")
         elif init_from:
             check_encoder_source(init_from)
             tokenizer = saved or Tokenizer.load(tokenizer_spec or tokenizer_path(init_from))
