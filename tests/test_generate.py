@@ -118,6 +118,25 @@ def test_sampling_is_deterministic_per_seed(gen):
     assert a != c
 
 
+def test_a_rows_sample_does_not_depend_on_the_other_rows_or_the_batch_size(gen):
+    """The whole batch drew from one key, so a prompt's sampled completion changed with the
+    prompts beside it and with its place among them. Each row now draws from the seed folded
+    with its row id (its index, by default): alone, or in another order, a prompt given its
+    id gets the same tokens."""
+    s = Sampling(temperature=1.0, top_k=20)
+    batched = gen.generate(PROMPTS, N, s, seed=3)
+    for b, prompt in enumerate(PROMPTS):
+        assert gen.generate([prompt], N, s, seed=3, row_ids=[b]) == [batched[b]]
+    assert gen.generate(PROMPTS[::-1], N, s, seed=3, row_ids=[2, 1, 0]) == batched[::-1]
+    # Other ids, other draws; the same prompt twice in one batch is two draws.
+    assert gen.generate(PROMPTS, N, s, seed=3, row_ids=[7, 8, 9]) != batched
+    twice = gen.generate([PROMPTS[0]] * 2, N, s, seed=3)
+    assert twice[0] == batched[0] and twice[1] != twice[0]
+    with pytest.raises(ValueError, match=r"row_ids must be 3 integers in \[0, 2\*\*32\), one "
+                                         r"per prompt; got \[0, 1\]"):
+        gen.generate(PROMPTS, N, s, row_ids=[0, 1])
+
+
 def test_low_temperature_sampling_is_greedy(gen):
     assert gen.generate(PROMPTS, N, Sampling(1e-4), seed=9) == gen.generate(PROMPTS, N)
 
@@ -210,9 +229,13 @@ def test_a_row_ends_at_its_stop_token_or_check_whichever_is_first_for_any_check_
     segments but ended at the check with short ones: where a row ends depended on
     `check_every`. It ends at the first of the two, whatever the segment length."""
     sampling = Sampling(1.0, top_k=20)
-    free = gen.generate(PROMPTS, M, sampling, seed=5)
-    seq, stop = free[0][1:3], free[0][4]  # the check passes at 3 tokens, the stop token at 5
-    assert _first_end(free[0], seq) == 3 and stop not in free[0][:4]
+
+    def fits(row):  # the check passes at 3 tokens (row[1:3]), the stop token row[4] at 5
+        return _first_end(row, row[1:3]) == 3 and row[4] not in row[:4]
+
+    seed = next(s for s in range(20) if fits(gen.generate(PROMPTS[:1], M, sampling, seed=s)[0]))
+    free = gen.generate(PROMPTS, M, sampling, seed=seed)
+    seq, stop = free[0][1:3], free[0][4]
 
     def expected(row):
         cut = row.index(stop) + 1 if stop in row else len(row)
@@ -221,7 +244,7 @@ def test_a_row_ends_at_its_stop_token_or_check_whichever_is_first_for_any_check_
     want = [expected(row) for row in free]
     assert want[0] == free[0][:3]
     for check_every in (1, 2, 8, M):
-        out = gen.generate(PROMPTS, M, sampling, seed=5, stop_tokens=[stop],
+        out = gen.generate(PROMPTS, M, sampling, seed=seed, stop_tokens=[stop],
                            stop_when=_holds(seq), check_every=check_every)
         assert out == want, check_every
 
@@ -368,7 +391,7 @@ def test_the_prefill_computes_the_logits_of_the_last_prompt_position_only():
     spec = jax.ShapeDtypeStruct
     compiled = Generator(model, params)._start.lower(
         params, spec((rows, prompt), jnp.int32), spec((rows, prompt), jnp.int32),
-        spec((rows, prompt + new - 1), jnp.bool_), jax.random.PRNGKey(0),
+        spec((rows, prompt + new - 1), jnp.bool_), spec((rows, 2), jnp.uint32),  # row keys
         spec((1,), jnp.int32), max_new_tokens=new, sampling=Sampling(),
         return_logits=False).compile()
     logits_bytes = rows * prompt * model.config.vocab_size * 4
@@ -614,6 +637,24 @@ def _small_gpt2_dir(path, max_len=64):
     return model, params, tok
 
 
+def test_sampled_completions_do_not_depend_on_the_batch_size(tmp_path):
+    """`tl_jax generate` sampled each batch with seed + its first prompt's index: a prompt's
+    completion changed with --batch_size, and seed 1's completions repeated seed 0's, one
+    prompt along. Each prompt now draws from the seed and its own index."""
+    _small_gpt2_dir(tmp_path)
+    prompts = ["the cat", "a dog", "the mat", "a cat and", "the log"]
+
+    def run(batch_size, seed=0):
+        return [r["completion"] for r in generate.run_generate(
+            str(tmp_path), prompts=prompts, max_new_tokens=12, temperature=1.0, seed=seed,
+            stop_at_eos=False, batch_size=batch_size)]
+
+    one = run(1)
+    assert run(2) == run(5) == one
+    assert len(set(one)) == len(one)  # sampled, not all alike
+    assert run(1, seed=1)[:-1] != one[1:]
+
+
 def test_output_keeps_the_completions_done_before_an_interruption(tmp_path, monkeypatch):
     """`--output` was written only once every prompt was done: Ctrl-C (or an error) in the
     last batch of a long prompt file lost every completion already printed. Each is written
@@ -677,7 +718,7 @@ def test_a_stop_string_across_several_tokens_ends_decoding_early(tmp_path, monke
     decode every row to max_new_tokens; now the row ends within 16 tokens of it, and the text
     is the same."""
     model, params, tok = _small_gpt2_dir(tmp_path)
-    new, seed = 48, 1
+    new, seed = 48, 2  # a seed whose samples hold such strings
     gen = Generator(model, params, pad_id=tok.eos_id, num_tokens=tok.vocab_size)
 
     def free_texts(prompts):

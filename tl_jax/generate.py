@@ -90,11 +90,19 @@ def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
 
 
 def sample_tokens(logits, rng, sampling: Sampling):
-    """Picks one token per row from (B, V) logits."""
+    """Picks one token per row from (B, V) logits. `rng`: one key for the whole batch, or (B,
+    2) keys, one per row, so that a row's draw does not depend on the other rows."""
     if sampling.temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = filter_logits(logits / sampling.temperature, sampling.top_k, sampling.top_p)
+    if rng.ndim == 2:
+        return jax.vmap(jax.random.categorical)(rng, logits).astype(jnp.int32)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def _fold_rows(keys, i):
+    """Each row's key (B, 2) folded with step `i`."""
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, bucket: int = 8):
@@ -183,8 +191,7 @@ class Generator:
         self.traces["step"] += 1  # runs at trace time only
         position = lengths + i - 1  # (B,)
         logits, cache = self._decode(params, cache, token[:, None], position[:, None], key_mask)
-        next_token, done = self._pick(logits, jax.random.fold_in(key, i), done, stop_ids,
-                                      sampling)
+        next_token, done = self._pick(logits, _fold_rows(key, i), done, stop_ids, sampling)
         return next_token, done, cache, logits
 
     def _start_fn(self, params, tokens, positions, key_mask, key, stop_ids, max_new_tokens,
@@ -196,8 +203,7 @@ class Generator:
         # the program is traced, not on every call.
         cache = init_cache(self.model, tokens.shape[0], key_mask.shape[1])
         token, done, cache, logits = self._prefill_fn(
-            params, cache, tokens, positions, key_mask, jax.random.fold_in(key, 0), stop_ids,
-            sampling)
+            params, cache, tokens, positions, key_mask, _fold_rows(key, 0), stop_ids, sampling)
         batch = token.shape[0]
         out = jnp.full((batch, max_new_tokens), self.pad_id, jnp.int32).at[:, 0].set(token)
         all_logits = None
@@ -235,7 +241,8 @@ class Generator:
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                  sampling: Sampling = Sampling(), stop_tokens: Sequence[int] = (),
                  seed: int = 0, return_logits: bool = False,
-                 stop_when: Callable[[list[int]], bool] | None = None, check_every: int = 16):
+                 stop_when: Callable[[list[int]], bool] | None = None, check_every: int = 16,
+                 row_ids: Sequence[int] | None = None):
         """Continues each prompt by up to `max_new_tokens` tokens.
 
         Returns a list of new-token lists, one per prompt; a row ends after its first stop
@@ -243,7 +250,11 @@ class Generator:
         one per decoding step that ran: the model's next-token logits that step, before
         temperature, top-k and top-p (rows past `num_tokens` masked); the token was drawn from
         them after those filters.
-        Deterministic for a given seed, batch and sampling setting.
+        Deterministic for a given seed and sampling setting. Each row draws from its own key,
+        `seed` folded with its row id (`row_ids[b]`; by default its index `b` in `prompts`), so
+        a row's tokens do not depend on the other rows in the batch or on the batch's size: a
+        caller that splits many prompts into batches passes each prompt's index among them, and
+        gets the same completions whatever the batch size (`run_generate` does).
 
         `stop_when(tokens) -> bool`: a check on the host for what no single stop token shows,
         e.g. that a row's decoded text holds a stop string the model wrote across several
@@ -282,7 +293,14 @@ class Generator:
             np.concatenate([mask, np.ones((batch, max_new_tokens - 1), bool)], 1))
         stop_ids = jnp.asarray(np.array(list(stop_tokens) or [-1], dtype=np.int32))
         stop_set = set(int(s) for s in stop_tokens)
-        key = jax.random.PRNGKey(seed)
+        if row_ids is None:
+            row_ids = range(batch)
+        row_ids = np.asarray(list(row_ids), dtype=np.int64)
+        if row_ids.shape != (batch,) or (row_ids < 0).any() or (row_ids >= 2 ** 32).any():
+            raise ValueError(f"generate: row_ids must be {batch} integers in [0, 2**32), one per "
+                             f"prompt; got {row_ids.tolist()}")
+        key = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+            jax.random.PRNGKey(seed), jnp.asarray(row_ids.astype(np.uint32)))  # (B, 2)
         lengths = jnp.asarray(lengths)
         state = self._start(
             self.params, jnp.asarray(tokens), jnp.asarray(positions), key_mask, key, stop_ids,
@@ -778,8 +796,11 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                               num_tokens=tokenizer.vocab_size)
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start:start + batch_size]
-            outs = generator.generate(chunk, max_new_tokens, sampling, stops, seed=seed + start,
-                                      stop_when=stop_when)
+            # Each prompt draws from `seed` and its index among all the prompts: the same
+            # completions whatever --batch_size (and seed 1 does not repeat seed 0's later ones).
+            outs = generator.generate(chunk, max_new_tokens, sampling, stops, seed=seed,
+                                      stop_when=stop_when,
+                                      row_ids=range(start, start + len(chunk)))
             for k, (text, out) in enumerate(zip(texts[start:start + batch_size], outs)):
                 if stop_at_eos and tokenizer.eos_id in out:
                     out = out[:out.index(tokenizer.eos_id)]
