@@ -2,6 +2,7 @@
 length masking, and a frozen encoder whose gradient is never computed."""
 import math
 import os
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -950,6 +951,19 @@ def test_a_resumed_probe_needs_no_init_from_and_encodes_with_its_checkpoint(
         train.train_and_evaluate(config(6, "model.num_layers=1"), workdir)
     with pytest.raises(warm_start.WarmStartError, match=r"init_from='.*source' does not exist"):
         train.train_and_evaluate(config(2), str(tmp_path / "new"))
+    # Every checkpoint damaged as well: one error saying where the encoder could have been.
+    saved = tmp_path / "saved_checkpoints"
+    shutil.copytree(os.path.join(workdir, "checkpoints"), saved)
+    for f in pathlib.Path(workdir, "checkpoints").rglob("*"):
+        if f.is_file() and "state" in f.parts:
+            f.write_bytes(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError, match=(
+            r"^Checkpoint at step 4 in .*checkpoints has an unreadable state/_METADATA .* With "
+            rf"init_from={source} gone, the probe's frozen encoder can only come from this "
+            r"workdir's checkpoints: put init_from back")):
+        train.train_and_evaluate(config(6), workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints"))
+    shutil.copytree(saved, os.path.join(workdir, "checkpoints"))
     # A workdir from before encoder_model.json: its resume reads init_from, as it did.
     os.remove(os.path.join(workdir, downstream.ENCODER_MODEL_FILE))
     with pytest.raises(warm_start.WarmStartError, match=r"init_from='.*source' does not exist"):

@@ -151,7 +151,13 @@ class Task(classify.Task):
             # A resumed run's feature pass, init_from gone: the frozen encoder is the one its
             # checkpoint holds (the weights the trainer restores: unchanged since init_from,
             # the reinit_top_k layers and fresh adapters at the values it drew).
-            source, step = checkpoint.load_params_from_workdir(self.workdir, only=("bert",))
+            try:
+                source, step = checkpoint.load_params_from_workdir(self.workdir, only=("bert",))
+            except checkpoint.CheckpointError as e:  # every checkpoint damaged: nothing holds it
+                raise checkpoint.CheckpointError(
+                    f"{e} With init_from={self.encoder.init_from} gone, the probe's frozen "
+                    "encoder can only come from this workdir's checkpoints: put init_from back "
+                    "(or the checkpoints, from a copy of the workdir) to resume it.") from None
             params, _ = checkpoint.merge_matching(params, source)
             if not self._init_from_reported:
                 # (The line before said init_from is gone: `Encoder.from_config`.)
