@@ -240,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="complete mode (default 0 = greedy)")
     p.add_argument("--top_k", type=int, default=None, help="complete mode (default 0 = off)")
     p.add_argument("--top_p", type=float, default=None, help="complete mode (default 1.0 = off)")
-    p.add_argument("--seed", type=int, default=None, help="complete mode (default 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="complete mode (default 0); each prompt samples from the seed and its "
+                        "own index, so --batch_size does not change its completion")
     p.add_argument("--no_stop_at_eos", action="store_true",
                    help="complete mode: go on past <|endoftext|>")
     p.add_argument("--stop", action="append",
