@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from tl_jax import paths, warm_start
+from tl_jax import checkpoint, paths, warm_start
 from tl_jax.data import pretraining
 from tl_jax.models import bert, losses
 from tl_jax.tasks import held_out_metrics, normalized
@@ -126,14 +126,6 @@ class ValidatedBatches:
         self.iterator.set_state(state)
 
 
-def resumes_in(workdir: str | None) -> bool:
-    """Whether a pretraining run started in `workdir` resumes there: a saved step, and the
-    tokenizer beside it that the run keeps (`pretraining._get_tokenizer`)."""
-    from tl_jax.checkpoint import resumes_with_tokenizer
-
-    return resumes_with_tokenizer(workdir)
-
-
 def resumed_shape(model_cfg, workdir: str | None) -> bert.BertConfig | None:
     """The shape a resumed run built from a `model.size` directory (its checkpoint's
     resolved_model, this run's dropout and dtype on it), else None (a size name, which needs no
@@ -142,7 +134,7 @@ def resumed_shape(model_cfg, workdir: str | None) -> bert.BertConfig | None:
     changed model config is still refused by the trainer's comparison with the checkpoint."""
     from tl_jax.tasks import downstream
 
-    if model_cfg.size in bert.SIZES or not resumes_in(workdir):
+    if model_cfg.size in bert.SIZES or not checkpoint.resumes_with_tokenizer(workdir):
         return None
     kept = downstream.resumed_model(workdir)
     return bert.BertConfig(**kept).replace(
@@ -177,7 +169,7 @@ def with_init_from_tokenizer(data_cfg, init_from: str, task: str, workdir: str |
     from tl_jax.data.tokenizer import Tokenizer
     from tl_jax.tasks import downstream
 
-    if resumes_in(workdir):
+    if checkpoint.resumes_with_tokenizer(workdir):
         return data_cfg
     if data_cfg.tokenizer:
         downstream.warn_if_not_init_from_vocabulary(
@@ -209,7 +201,7 @@ class Task:
         downstream.check_dropout_rates(config.model)
         # A resumed run needs neither init_from nor a model.size directory: its checkpoint
         # holds the weights and its shape, the workdir its tokenizer.
-        resuming = resumes_in(workdir)
+        resuming = checkpoint.resumes_with_tokenizer(workdir)
         kept = resumed_shape(config.model, workdir)
         shape = kept or bert_config_from(config.model, 1)
         check_two_segments(shape.type_vocab_size,

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tl_jax import paths, warm_start
+from tl_jax import checkpoint, paths, warm_start
 from tl_jax.data import pretraining
 from tl_jax.models import electra
 from tl_jax.tasks import bert_pretrain, held_out_metrics, masked_lm_normalizers, normalized
@@ -80,7 +80,7 @@ class Task:
             raise ValueError(f"electra.temperature={config.electra.temperature} must be > 0.")
         # '~/runs/electra' or '$VAR/...': the shell expands neither in a config value.
         self.init_from = paths.expand(config.init_from)
-        if bert_pretrain.resumes_in(workdir):
+        if checkpoint.resumes_with_tokenizer(workdir):
             # The checkpoint holds every weight, the workdir the tokenizer, and the shape is a
             # size name's: init_from, read only when the run started, may be gone.
             bert_pretrain.say_sources_gone("electra", config, workdir, False)
