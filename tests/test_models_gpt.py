@@ -83,6 +83,50 @@ def test_chunked_decoding_with_the_cache_equals_one_pass(tiny):
     assert int(cache["h_0"]["attn"]["cache_index"]) == 12
 
 
+def test_query_blocks_halve_until_blocks_of_64_positions():
+    assert [gpt.query_blocks(n) for n in (1, 12, 127, 128, 192, 256, 512, 1024, 4096)] == [
+        1, 1, 1, 2, 2, 4, 8, 8, 8]
+
+
+@pytest.mark.parametrize("length", [128, 256])
+def test_attention_in_query_blocks_is_the_one_block_pass(length, monkeypatch):
+    """The training pass scores each block of queries against the keys up to its end only: its
+    outputs and gradients are those of scoring every query against every key, and decoding with
+    the cache (one block) gives the same logits. Left-padded rows agree at their real tokens."""
+    assert gpt.query_blocks(length) > 1
+    cfg = gpt_config("tiny", VOCAB, max_len=length, initializer_range=0.2)
+    model = GPT(cfg)
+    tokens = jax.random.randint(jax.random.PRNGKey(3), (2, length), 0, VOCAB)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), tokens)
+    key_mask = jnp.ones((2, length), bool).at[1, :70].set(False)  # row 1: 70 pads on the left
+
+    def loss(params, tokens, mask):
+        out = model.apply({"params": params}, tokens, key_mask=mask)[0]["logits"]
+        return jnp.sum(jnp.where(mask[..., None], jnp.tanh(out), 0.0)), out
+
+    def run():
+        grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+        return [grad(variables["params"], tokens, m) for m in (jnp.ones_like(key_mask), key_mask)]
+
+    blocked = run()
+    monkeypatch.setattr(gpt, "query_blocks", lambda n: 1)
+    whole = run()
+    for ((value, logits), grads), ((value1, logits1), grads1), mask in zip(
+            blocked, whole, (jnp.ones_like(key_mask), key_mask)):
+        np.testing.assert_allclose(np.asarray(logits)[np.asarray(mask)],
+                                   np.asarray(logits1)[np.asarray(mask)], atol=2e-5)
+        np.testing.assert_allclose(value, value1, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads1)):
+            # float32 sums in another order: within a millionth of the leaf's largest gradient
+            np.testing.assert_allclose(a, b, atol=1e-6 * float(jnp.abs(b).max()), rtol=1e-4)
+    monkeypatch.undo()
+    cache = init_cache(model, 2, length)
+    positions = jnp.broadcast_to(jnp.arange(length), (2, length))
+    (out, _), _ = model.apply({"params": variables["params"], "cache": cache}, tokens,
+                              positions=positions, decode=True, mutable=["cache"])
+    np.testing.assert_allclose(out["logits"], blocked[0][0][1], atol=2e-5)
+
+
 def test_dropout_only_in_training(tiny):
     model, variables = tiny
     tokens = jnp.ones((1, 8), jnp.int32)

@@ -127,6 +127,31 @@ def check_tokens(tokens, config: GPTConfig, where: str = "tokens") -> None:
         )
 
 
+# Fewest query positions per block of `query_blocks`, and most blocks.
+MIN_QUERY_BLOCK = 64
+MAX_QUERY_BLOCKS = 8
+
+
+def query_blocks(length: int) -> int:
+    """How many equal blocks the queries of a cache-free causal pass are taken in (a power of two).
+
+    Block i of n is scored against the keys up to its own end, so the score and mixing matmuls
+    do (n + 1) / 2n of the full ones' work: 3/4 with the two blocks of a 128-token sequence, 9/16
+    with the eight of a 1024-token one. Blocks shorter than `MIN_QUERY_BLOCK` positions save less
+    than their extra small matmuls cost. Measured on a 2-core CPU (Zen 4), one process
+    alternating both forms, fp32 training steps: GPT-2 small at batch 2 x 1024 (eight blocks)
+    2.27 -> 1.90 s; GPT-mini at 8 x 256 (four) 494 -> 463 ms and at 16 x 128 (two) 441 -> 429-436
+    ms; tiny at 16 x 128 74.4 -> 72.1 ms. The outputs are the one-block pass's up to float32
+    rounding (the sums run in another order); a left-padded row's padding positions, which
+    attend to nothing, average over their block's keys instead of over all of them.
+    """
+    n = 1
+    while (n < MAX_QUERY_BLOCKS and length % (2 * n) == 0
+           and length // (2 * n) >= MIN_QUERY_BLOCK):
+        n *= 2
+    return n
+
+
 def _dense_init(config: GPTConfig, scale: float = 1.0):
     return nn.initializers.normal(stddev=config.initializer_range * scale)
 
@@ -190,13 +215,25 @@ class CausalSelfAttention(nn.Module):
         # train step on 2 CPU cores against contracting the (B, T, H, D) layout directly: ~5-9%
         # faster in fp32, ~11% in bf16; no change at tiny.
         query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))
-        scores = jnp.einsum("bhtd,bhsd->bhts", query, key) / math.sqrt(cfg.head_dim)
-        scores = scores.astype(jnp.float32)
-        # A finite minimum (not -inf) keeps fully masked rows (left padding) free of NaNs.
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)  # (B, H, T, S)
-        weights = Dropout(cfg.attention_dropout_rate)(weights, deterministic=not train)
-        out = jnp.swapaxes(jnp.einsum("bhts,bhsd->bhtd", weights, value), 1, 2)  # (B, T, H, D)
+        # Without a cache the queries are the keys' own positions, and a block of queries sees no
+        # key past its own end: each block is scored against the keys up to there only, skipping
+        # the masked scores above the diagonal (a quarter of them with two blocks).
+        blocks = 1 if decode else query_blocks(length)
+        query = query * jnp.asarray(1 / math.sqrt(cfg.head_dim), query.dtype)
+        size = length // blocks
+        outs = []
+        for block in range(blocks):
+            rows = slice(block * size, (block + 1) * size)
+            end = key.shape[2] if blocks == 1 else (block + 1) * size
+            scores = jnp.einsum("bhtd,bhsd->bhts", query[:, :, rows], key[:, :, :end])
+            scores = scores.astype(jnp.float32)
+            # A finite minimum (not -inf) keeps fully masked rows (left padding) free of NaNs.
+            scores = jnp.where(mask[:, :, rows, :end], scores, jnp.finfo(jnp.float32).min)
+            weights = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)  # (B, H, t, s)
+            weights = Dropout(cfg.attention_dropout_rate)(weights, deterministic=not train)
+            outs.append(jnp.einsum("bhts,bhsd->bhtd", weights, value[:, :, :end]))
+        out = outs[0] if blocks == 1 else jnp.concatenate(outs, axis=2)
+        out = jnp.swapaxes(out, 1, 2)  # (B, T, H, D)
         out = Dense(
             features=cfg.embed_dim,
             in_axes=2,
