@@ -757,6 +757,41 @@ def test_a_lock_left_by_a_sweep_that_died_is_taken_over(tmp_path, monkeypatch, c
     assert lock.exists()
 
 
+def test_of_two_sweeps_taking_over_the_same_stale_lock_one_is_refused(tmp_path):
+    # Both read the dead sweep's lock; the first takes it over and writes its own before the
+    # second acts on what it read. The second removed the first's lock and ran beside it; now
+    # it sees that the lock is no longer the stale one, leaves it, and is refused.
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock = tmp_path / "sweep.lock"
+    stale = {"pid": gone.pid, "host": socket.gethostname(), "started": "2026-01-01 00:00:00 UTC"}
+    first = {"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-01-02 00:00:00 UTC"}
+    lock.write_text(json.dumps(stale))
+    notes = []
+
+    def say(line, **kwargs):  # the second sweep's note; meanwhile the first takes the lock over
+        notes.append(line)
+        if len(notes) == 1:
+            lock.unlink()
+            lock.write_text(json.dumps(first))
+
+    with pytest.raises(RuntimeError, match=r"another sweep is running in .*started 2026-01-02"):
+        with sweep._workdir_lock(str(tmp_path), 0, say):
+            pass
+    assert json.loads(lock.read_text()) == first and len(notes) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.lock"]  # nothing left aside
+    # With no other sweep in the way the stale lock is taken over, held, and released.
+    lock.write_text(json.dumps(stale))
+    with sweep._workdir_lock(str(tmp_path), 0, lambda *a, **k: None) as held:
+        assert held == str(lock) and json.loads(lock.read_text())["pid"] == os.getpid()
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, ValueError])
 def test_the_sweep_lock_is_released_on_ctrl_c_and_on_an_error(tmp_path, monkeypatch, stop):
     def interrupted(config, workdir):

@@ -403,6 +403,34 @@ def _lock_is_stale(holder: dict) -> bool:
     return False
 
 
+def _remove_if_unchanged(path: str, holder: dict) -> None:
+    """Removes the lock at `path` if it still holds `holder`, the stale lock read a moment ago.
+
+    Another sweep may have taken the same stale lock over in between and written its own there:
+    unlinking `path` would remove that one and let both sweeps run. So the file is first moved
+    aside (an atomic rename: of several sweeps doing this, one moves it), read, and put back if
+    it is not the stale one."""
+    aside = f"{path}.{socket.gethostname()}.{os.getpid()}.taking-over"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:  # another sweep removed it first
+        return
+    try:
+        with open(aside, encoding="utf-8") as f:
+            moved = json.load(f)
+    except (OSError, ValueError):  # a lock still being written: not the stale one
+        moved = None
+    if moved != holder:
+        try:
+            os.link(aside, path)  # back, unless yet another sweep has written one since
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            os.replace(aside, path)
+            return
+    os.unlink(aside)
+
+
 @contextlib.contextmanager
 def _workdir_lock(workdir: str, process: int, say):
     """Holds `WORKDIR/sweep.lock` (with this process's pid, host and start time) while the sweep
@@ -410,9 +438,9 @@ def _workdir_lock(workdir: str, process: int, say):
     sweep refuses this one in one line naming it; one whose sweep died without removing it (a
     kill -9, a SIGTERM outside a run's training loop) on this host is taken over, with a note.
     The file is created with O_EXCL, so two sweeps started at the same moment cannot both
-    take it. (Two that find the same stale lock at the same moment could: the second may
-    remove the lock the first has just written. Both would have to start within a few
-    milliseconds of each other, after a sweep that died.)"""
+    take it; a stale lock is removed only if it is still the one judged stale
+    (`_remove_if_unchanged`), so of two sweeps that find the same stale lock at the same moment
+    one takes it over and the other is refused."""
     path = os.path.join(workdir, LOCK_NAME if process == 0 else f"{LOCK_NAME}.{process}")
     mine = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
@@ -436,10 +464,7 @@ def _workdir_lock(workdir: str, process: int, say):
                     f"longer running (its machine went away), delete {path}.")
             say(f"[sweep] Note: taking over {path}, left by a sweep that is no longer running "
                 f"({_holder_text(holder)}).", flush=True)
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            _remove_if_unchanged(path, holder)
             continue
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(mine, f)
