@@ -757,7 +757,7 @@ def test_a_lock_left_by_a_sweep_that_died_is_taken_over(tmp_path, monkeypatch, c
     assert lock.exists()
 
 
-def test_of_two_sweeps_taking_over_the_same_stale_lock_one_is_refused(tmp_path):
+def test_of_two_sweeps_taking_over_the_same_stale_lock_one_is_refused(tmp_path, monkeypatch):
     # Both read the dead sweep's lock; the first takes it over and writes its own before the
     # second acts on what it read. The second removed the first's lock and ran beside it; now
     # it sees that the lock is no longer the stale one, leaves it, and is refused.
@@ -772,24 +772,30 @@ def test_of_two_sweeps_taking_over_the_same_stale_lock_one_is_refused(tmp_path):
     stale = {"pid": gone.pid, "host": socket.gethostname(), "started": "2026-01-01 00:00:00 UTC"}
     first = {"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-01-02 00:00:00 UTC"}
     lock.write_text(json.dumps(stale))
-    notes = []
+    notes, judged = [], []
+    lock_is_stale = sweep._lock_is_stale
 
-    def say(line, **kwargs):  # the second sweep's note; meanwhile the first takes the lock over
-        notes.append(line)
-        if len(notes) == 1:
+    def stale_then_taken(holder):  # the second sweep judges; meanwhile the first takes over
+        judged.append(holder)
+        verdict = lock_is_stale(holder)
+        if len(judged) == 1:
             lock.unlink()
             lock.write_text(json.dumps(first))
+        return verdict
 
+    monkeypatch.setattr(sweep, "_lock_is_stale", stale_then_taken)
     with pytest.raises(RuntimeError, match=r"another sweep is running in .*started 2026-01-02"):
-        with sweep._workdir_lock(str(tmp_path), 0, say):
+        with sweep._workdir_lock(str(tmp_path), 0, lambda line, **k: notes.append(line)):
             pass
-    assert json.loads(lock.read_text()) == first and len(notes) == 1
+    # The refused sweep says nothing of taking the lock over.
+    assert json.loads(lock.read_text()) == first and notes == [] and len(judged) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.lock"]  # nothing left aside
     # With no other sweep in the way the stale lock is taken over, held, and released.
     lock.write_text(json.dumps(stale))
-    with sweep._workdir_lock(str(tmp_path), 0, lambda *a, **k: None) as held:
+    with sweep._workdir_lock(str(tmp_path), 0, lambda line, **k: notes.append(line)) as held:
         assert held == str(lock) and json.loads(lock.read_text())["pid"] == os.getpid()
     assert list(tmp_path.iterdir()) == []
+    assert len(notes) == 1 and notes[0].startswith(f"[sweep] Note: taking over {lock}")
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, ValueError])

@@ -445,6 +445,7 @@ def _workdir_lock(workdir: str, process: int, say):
     mine = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     os.makedirs(workdir, exist_ok=True)
+    taken_from = None  # the stale lock this sweep removed, if any
     while True:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -462,13 +463,15 @@ def _workdir_lock(workdir: str, process: int, say):
                     f"sweep: another sweep is running in {workdir} ({_holder_text(holder)}; its "
                     f"lock is {path}). Wait for it to end, or use another workdir; if it is no "
                     f"longer running (its machine went away), delete {path}.")
-            say(f"[sweep] Note: taking over {path}, left by a sweep that is no longer running "
-                f"({_holder_text(holder)}).", flush=True)
             _remove_if_unchanged(path, holder)
+            taken_from = holder
             continue
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(mine, f)
         break
+    if taken_from is not None:  # said once the lock is this sweep's, not before a refusal
+        say(f"[sweep] Note: taking over {path}, left by a sweep that is no longer running "
+            f"({_holder_text(taken_from)}).", flush=True)
     try:
         yield path
     finally:
