@@ -4,8 +4,16 @@ The device flag must be set before jax is imported anywhere, so it lives at the 
 """
 import os
 
+# LLVM's optimisation of the CPU code is turned down: the tests run thousands of small programs
+# once or a few times each, so compiling them costs far more than running them (a cold suite
+# took about twice as long as one whose programs were all in the compilation cache below). The
+# programs XLA builds (fusion, sharding, layouts) are the same; only the machine code is less
+# optimised. Set XLA_FLAGS with an `--xla_backend_optimization_level` of your own to test with
+# another.
+_FAST_COMPILE = (" --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+                 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "") else "")
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8" + _FAST_COMPILE
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
