@@ -1034,3 +1034,23 @@ def test_python_dash_m_runs_the_command_line():
     done = subprocess.run([sys.executable, "-m", "tl_jax", "generate", "--help"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--stop" in done.stdout, done.stderr
+
+
+def test_an_empty_prompt_completes_from_endoftext_alone(tmp_path):
+    """GPT-2's unconditional samples: an empty prompt (`--prompt=""`, or a template that makes
+    one) starts from `<|endoftext|>` alone, as that token's greedy continuation."""
+    from tl_jax.data.bpe import BPETokenizer
+    from tl_jax.interop import gpt2
+
+    tok = BPETokenizer.train(["the cat sat on the mat", "a dog ran"] * 20, vocab_size=280)
+    cfg = gpt_config("tiny", tok.vocab_size, max_len=32)
+    params = nn.unbox(GPT(cfg).init(jax.random.PRNGKey(3), jnp.zeros((1, 4), jnp.int32))["params"])
+    gpt2.save_pretrained(tmp_path, cfg, params)
+    tok.save(str(tmp_path))
+    out = generate.run_generate(str(tmp_path), prompts=["", "the cat"], max_new_tokens=6,
+                                stop_at_eos=False)
+    model, loaded, _ = generate.load_model(str(tmp_path))
+    want = Generator(model, loaded, pad_id=tok.eos_id, num_tokens=tok.vocab_size).generate(
+        [[tok.eos_id]], 6, Sampling(), [])[0]
+    assert out[0]["prompt"] == "" and out[0]["completion"] == tok.decode(want)
+    assert len(want) == 6 and "prompt_tokens_cut" not in out[0]
