@@ -306,7 +306,8 @@ def test_one_process_commands_run_on_process_0_alone_under_a_multi_process_launc
     argv = {"convert": ["--input=a", "--output=b"], "generate": ["--model=m", "--prompt=p"],
             "extract": ["--init_from=m", "--input=a", "--output=b.npz"],
             "fill_mask": ["--model=m", "--text=a [MASK]"], "build_tasks": ["--out_dir=o"],
-            "static": ["--config=configs/word2vec.py", "--workdir=w"]}[command]
+            "static": ["--config=configs/word2vec.py", "--workdir=w"],
+            "tokenize": ["--corpus=c.txt", "--tokenizer=t", "--output=o"]}[command]
     for name in ("TL_JAX_COORDINATOR", "TL_JAX_AUTO_DISTRIBUTED", "TL_JAX_TRACEBACK"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TL_JAX_NUM_PROCESSES", "2")

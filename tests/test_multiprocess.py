@@ -312,3 +312,48 @@ def test_ctrl_c_on_one_process_stops_both_at_the_same_step(tiny_bert_overrides, 
         JAX_ENABLE_PREEMPTION_SERVICE=service)
     assert "[train] Ctrl-C on process 1 of 2: every process stops after the same step" in \
         results[1][1] + results[1][2]
+
+
+def test_two_processes_pretrain_a_gpt_on_a_tokenised_corpus_as_one_process_on_its_text(
+        data_dir, tmp_path):
+    """The pod case of `tl_jax tokenize`: each of two processes reads the tokenised corpus from
+    the shared folder and feeds its rows; the losses and held-out figures are those of one
+    process training on the text with the same tokenizer."""
+    from tl_jax import train
+    from tl_jax import config as config_lib
+    from tl_jax.data import bpe, tokenized
+
+    rows = [json.loads(line) for _, line in
+            zip(range(300), open(data_dir / "polarity_sentences.jsonl"))]
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows))
+    tokenizer = bpe.BPETokenizer.train((r["text"] for r in rows), vocab_size=300, progress=False)
+    tokenizer.save(str(tmp_path / "bpe"))
+    tokenized.write(str(text), tokenizer, str(tmp_path / "corpus.tok"), progress=False)
+    common = ["train.progress=False", "train.log_every=1", "train.steps=3", "train.eval_every=3",
+              "train.eval_batches=1", "train.checkpoint_every=3", "data.seq_len=32",
+              "model.max_len=32", "data.batch_size=8", "data.eval_batch_size=8",
+              "model.dropout_rate=0.0", "model.attention_dropout_rate=0.0"]
+    multi = tmp_path / "multi"
+    _ok(two_processes(["train", "--config=configs/gpt_pretrain.py:tiny", f"--workdir={multi}"]
+                      + [f"--config.{o}" for o in common
+                         + [f"data.corpus={tmp_path / 'corpus.tok'}"]]))
+    single = tmp_path / "single"
+    train.train_and_evaluate(config_lib.load_config(
+        "configs/gpt_pretrain.py:tiny",
+        common + [f"data.corpus={text}", f"data.tokenizer={tmp_path / 'bpe'}"]), str(single))
+
+    def losses(workdir):
+        return {r["step"]: r["loss"] for r in map(json.loads, open(workdir / "metrics.jsonl"))
+                if "loss" in r}
+
+    assert sorted(losses(multi)) == sorted(losses(single)) == [1, 2, 3]
+    for step, loss in losses(single).items():
+        assert losses(multi)[step] == pytest.approx(loss, rel=1e-5)
+    (m,), (s,) = _evals(multi).values(), _evals(single).values()
+    assert m.keys() == s.keys() and "eval/perplexity" in m
+    for key in s:
+        assert m[key] == pytest.approx(s[key], rel=1e-5), key
+    # The vocabulary came with the corpus, and process 0 saved it for a resume.
+    assert (bpe.BPETokenizer.load(str(multi / "tokenizer")).hf_tokenizer.get_vocab()
+            == tokenizer.hf_tokenizer.get_vocab())

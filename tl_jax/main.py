@@ -11,6 +11,7 @@
     tl_jax sweep --config=configs/bert_pretrain.py:tiny --workdir=DIR \\
         --grid=data.masked_lm_prob=0.1,0.15,0.3 --seeds=0,1 [--config.key=value ...]
     tl_jax build_tasks --out_dir=DIR
+    tl_jax tokenize --corpus=books/*.jsonl --tokenizer=DIR --output=books.tok
 
 Run `tl_jax <command> --help` for a command's flags.
 
@@ -126,6 +127,11 @@ def _sweep(args, overrides):
                  f"{args.workdir}/results.md)")
 
 
+def _tokenize(args, overrides):
+    from tl_jax.data import tokenized
+    tokenized.run(args.corpus, args.tokenizer, args.output, args.text_field, args.group_field)
+
+
 def _static(args, overrides):
     from tl_jax import static_train
     static_train.run(_load_config("static", args.config, overrides), args.workdir)
@@ -149,12 +155,15 @@ COMMANDS = {
     "static": ("Train static word vectors (word2vec or GloVe) and score them.", _static),
     "sweep": ("Train one config over a grid of settings and seeds; tables and plots of the "
               "results (ablations).", _sweep),
+    "tokenize": ("Tokenise a GPT corpus once into a folder that clm runs read as ids "
+                 "(data.corpus=FOLDER).", _tokenize),
 }
 
 # Commands that run in one process: under a multi-process launch only process 0 runs them
 # (`parallel.runs_on_this_process`). `train`, `predict`, `quickstart` and `sweep` run on all
 # (a sweep of a `static` config then on process 0 alone: `sweep.run` knows the config's kind).
-SINGLE_PROCESS = ("convert", "generate", "extract", "fill_mask", "build_tasks", "static")
+SINGLE_PROCESS = ("convert", "generate", "extract", "fill_mask", "build_tasks", "static",
+                  "tokenize")
 
 
 # The commands that take a config, and so --config.KEY=VALUE overrides.
@@ -251,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=8,
                    help="prompts per batch (score mode: each with every --choice)")
     p.add_argument("--output", default="", help="write results as jsonl")
+    p = sub.add_parser("tokenize", help=COMMANDS["tokenize"][0])
+    p.add_argument("--corpus", required=True,
+                   help="as data.corpus: files, globs, jsonl, tfds:NAME, gensim:enwiki")
+    p.add_argument("--tokenizer", required=True,
+                   help="byte-level BPE: a folder with vocab.json + merges.txt (GPT-2), a "
+                        "tokenizer.json, or a clm workdir (its tokenizer/)")
+    p.add_argument("--output", required=True, help="a new folder")
+    p.add_argument("--text_field", default="text", help="as data.text_field")
+    p.add_argument("--group_field", default="", help="as data.group_field")
     for name in CONFIG_COMMANDS:
         parser.commands[name].epilog = OVERRIDES_HELP
     for command_parser in parser.commands.values():
@@ -264,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 # start of a word, not after '--workdir=': unexpanded, `--workdir=~/run` made a folder named '~'
 # in the current one. `build_parser` expands '~' in each (argparse applies it to defaults too).
 PATH_FLAGS = ("config", "workdir", "model", "init_from", "input", "output", "out_dir",
-              "data_dir", "prompt_file")
+              "data_dir", "prompt_file", "tokenizer", "corpus")
 
 
 def _expand_home(value: str) -> str:

@@ -30,15 +30,26 @@ def pack_documents(documents: Sequence[Sequence[str]], tokenizer, separator: str
                    batch_size: int = 1024, batch_chars: int = 1_000_000) -> np.ndarray:
     """One int32 token stream: each document's units joined by `separator`, then EOS.
 
-    Documents are joined and tokenised a batch at a time (at most `batch_size` documents, and
-    no more than one beyond `batch_chars` characters), and each batch's ids go straight into
-    an int32 array (4 bytes a token). The tokenizer's encodings cost far more (about 160 bytes
-    a token with their offsets and token strings): a batch of documents counted only by number
-    held them for a whole corpus of long documents (books) at once.
+    Documents are joined and tokenised a batch at a time (`packed_batches`), and each batch's
+    ids go straight into an int32 array (4 bytes a token).
     """
     if not documents:
         raise ValueError("pack_documents: no documents to pack")
-    pieces = []
+    return np.concatenate([ids for ids, _ in packed_batches(
+        documents, tokenizer, separator, batch_size, batch_chars)])
+
+
+def packed_batches(documents: Sequence[Sequence[str]], tokenizer, separator: str = "\n",
+                   batch_size: int = 1024, batch_chars: int = 1_000_000):
+    """Yields `(ids, lengths)` a batch of documents at a time: the batch's int32 token stream
+    (each document's units joined by `separator`, then EOS) and each document's length in it,
+    its EOS included. `pack_documents` is their concatenation.
+
+    A batch is at most `batch_size` documents, and no more than one beyond `batch_chars`
+    characters. The tokenizer's encodings cost far more than the ids (about 160 bytes a token
+    with their offsets and token strings): a batch of documents counted only by number held
+    them for a whole corpus of long documents (books) at once.
+    """
     start = 0
     while start < len(documents):
         texts, chars = [], 0
@@ -51,8 +62,7 @@ def pack_documents(documents: Sequence[Sequence[str]], tokenizer, separator: str
         ids = np.fromiter(itertools.chain.from_iterable(encoded), np.int32,
                           count=int(lengths.sum()))
         # An EOS after each document: at the end of its ids in the batch's flat array.
-        pieces.append(np.insert(ids, np.cumsum(lengths), np.int32(tokenizer.eos_id)))
-    return np.concatenate(pieces)
+        yield np.insert(ids, np.cumsum(lengths), np.int32(tokenizer.eos_id)), lengths + 1
 
 
 def make_blocks(stream: np.ndarray, seq_len: int, pad_id: int = 0):
@@ -204,20 +214,80 @@ EVAL_SPLIT_SEED = 0
 
 def split_documents(documents: list, eval_fraction: float, seed: int = 0):
     """(train, eval) documents: a seeded random `eval_fraction` of documents is held out."""
+    train, held = split_indices(len(documents), eval_fraction, seed)
+    return [documents[i] for i in train], [documents[i] for i in held]
+
+
+def split_indices(n_documents: int, eval_fraction: float, seed: int = 0):
+    """(train, eval) document indices, each in corpus order: `split_documents`' draw, for a
+    corpus known only by its number of documents (a tokenised one)."""
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    n_eval = int(round(len(documents) * eval_fraction))
+    n_eval = int(round(n_documents * eval_fraction))
     if eval_fraction > 0 and n_eval == 0:
         n_eval = 1
-    if n_eval >= len(documents):
+    if n_eval >= n_documents:
         raise ValueError(
-            f"{len(documents)} document(s) cannot be split with data.eval_fraction="
+            f"{n_documents} document(s) cannot be split with data.eval_fraction="
             f"{eval_fraction}: perplexity is measured on whole held-out documents. Give more "
             "documents (in a plain-text corpus a blank line ends one; in jsonl each row is one, "
             "unless data.group_field or a book/title field groups rows), or set "
             "data.eval_fraction=0 to train without a held-out set")
-    order = np.random.default_rng(seed).permutation(len(documents))
-    held = set(order[:n_eval].tolist())
-    train = [d for i, d in enumerate(documents) if i not in held]
-    evals = [d for i, d in enumerate(documents) if i in held]
-    return train, evals
+    order = np.random.default_rng(seed).permutation(n_documents)
+    held = np.zeros(n_documents, bool)
+    held[order[:n_eval]] = True
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def document_blocks(tokens: np.ndarray, doc_ends: np.ndarray, documents: np.ndarray,
+                    seq_len: int, pad_id: int = 0, read=None, chunk: int = 1 << 22):
+    """`make_blocks` of the stream of some documents of a packed corpus, without building it.
+
+    `tokens` is the corpus's stream, `doc_ends` where each document ends in it (after its EOS),
+    `documents` the indices of those to take, in order. `read(start, stop)`, if given, returns
+    `tokens[start:stop]` in its place (a tokenised corpus reads its file). The documents'
+    tokens are copied a `chunk` of the stream at a time into one stream with room for the last
+    window's padding, and the windows are a read-only view of it (overlapping by one token):
+    4 bytes a token, and nothing else the size of the corpus.
+    """
+    if seq_len < 1:
+        raise ValueError(f"document_blocks: seq_len must be >= 1, got {seq_len}")
+    read = read or (lambda start, stop: tokens[start:stop])
+    doc_ends = np.asarray(doc_ends, np.int64)
+    doc_starts = np.concatenate([[0], doc_ends[:-1]])
+    take = np.zeros(len(doc_ends), bool)
+    take[np.asarray(documents, np.int64)] = True
+    total = int((doc_ends - doc_starts)[take].sum())
+    if total < 2:
+        raise ValueError(f"document_blocks: a stream of {total} token(s) has nothing to predict")
+    n = -(-(total - 1) // seq_len)
+    stream = np.full(n * seq_len + 1, pad_id, np.int32)
+    end, at = (int(doc_ends[-1]) if len(doc_ends) else 0), 0
+    for start in range(0, end, chunk):
+        stop = min(end, start + chunk)
+        # The documents this chunk overlaps, and how much of each lies in it.
+        first = int(np.searchsorted(doc_ends, start, side="right"))
+        last = int(np.searchsorted(doc_ends, stop, side="left"))
+        if not take[first:last + 1].any():
+            continue
+        part = np.asarray(read(start, stop), np.int32)
+        begins = np.maximum(doc_starts[first:last + 1], start)
+        inside = np.minimum(doc_ends[first:last + 1], stop) - begins
+        kept = part[np.repeat(take[first:last + 1], inside)]
+        stream[at:at + len(kept)] = kept
+        at += len(kept)
+    assert at == total, (at, total)
+    return windows(stream, total, seq_len)
+
+
+def windows(stream: np.ndarray, length: int, seq_len: int):
+    """The windows of `make_blocks` as a read-only view of `stream`: its first `length` tokens
+    are the text, and it runs on with padding to `n * seq_len + 1` tokens for n windows."""
+    n = -(-(length - 1) // seq_len)
+    if len(stream) != n * seq_len + 1:
+        raise ValueError(f"windows: a stream of {len(stream)} tokens, expected {n * seq_len + 1}")
+    blocks = np.lib.stride_tricks.as_strided(
+        stream, shape=(n, seq_len + 1), strides=(seq_len * stream.itemsize, stream.itemsize),
+        writeable=False)
+    lengths = np.minimum(length - np.arange(n) * seq_len, seq_len + 1).astype(np.int32)
+    return blocks, lengths

@@ -69,30 +69,47 @@ def load_documents(
       SourceError: missing file, glob matching nothing, malformed jsonl line or missing text
         field (naming file and line), a file with no text, or an empty corpus.
     """
-    parts = [part.strip() for part in spec.split(",") if part.strip()]
-    if not parts:
-        raise SourceError(f"Empty corpus spec {spec!r}: name at least one file, glob or dataset.")
     documents: list[Document] = []
-    for part in parts:
-        documents.extend(_load_part(part, text_field, group_field or None, key))
-    if not documents:
-        raise SourceError(f"Corpus {spec!r} is empty: its sources contain no text.")
+    for _, part_documents in iter_sources(spec, text_field, group_field, key):
+        documents.extend(part_documents)
     return documents
 
 
-def _load_part(part: str, text_field: str, group_field: str | None,
-               key: str | None = None) -> list[Document]:
+def iter_sources(
+    spec: str, text_field: str = "text", group_field: str | None = None,
+    key: str | None = None,
+):
+    """Yields `(source, documents)` for each file or dataset `spec` names, one at a time, in
+    `load_documents`' order: a caller that tokenises as it goes (`tl_jax tokenize`) holds one
+    file's text at a time, not the whole corpus's. Raises what `load_documents` raises, the
+    empty corpus once every source has been read."""
+    parts = [part.strip() for part in spec.split(",") if part.strip()]
+    if not parts:
+        raise SourceError(f"Empty corpus spec {spec!r}: name at least one file, glob or dataset.")
+    any_text = False
+    for part in parts:
+        for source, documents in _iter_part(part, text_field, group_field or None, key):
+            any_text = any_text or bool(documents)
+            yield source, documents
+    if not any_text:
+        raise SourceError(f"Corpus {spec!r} is empty: its sources contain no text.")
+
+
+def _iter_part(part: str, text_field: str, group_field: str | None, key: str | None = None):
     if part.startswith("gensim:"):
         name = part[len("gensim:"):]
         if name == "enwiki":
-            return load_gensim_enwiki()
-        if name == "lee":
-            return load_gensim_lee()
-        raise SourceError(f"Unknown gensim corpus {part!r}; known: "
-                          + ", ".join(f"gensim:{n}" for n in GENSIM_CORPORA))
+            yield part, load_gensim_enwiki()
+        elif name == "lee":
+            yield part, load_gensim_lee()
+        else:
+            raise SourceError(f"Unknown gensim corpus {part!r}; known: "
+                              + ", ".join(f"gensim:{n}" for n in GENSIM_CORPORA))
+        return
     if part.startswith("tfds:"):
         name, _, split = part[len("tfds:"):].partition(":")
-        return load_tfds(name, split or "train", text_field, key)
+        yield part, load_tfds(name, split or "train", text_field, key)
+        return
     # A file that exists is itself, even when its name has glob characters ("notes[1].txt").
     if any(ch in part for ch in "*?[") and not os.path.isfile(os.path.expanduser(part)):
         paths = sorted(glob.glob(os.path.expanduser(part), recursive=True))
@@ -101,10 +118,8 @@ def _load_part(part: str, text_field: str, group_field: str | None,
             raise SourceError(f"Glob {part!r} matches no files.")
     else:
         paths = [os.path.expanduser(part)]
-    documents = []
     for path in paths:
-        documents.extend(load_file(path, text_field, group_field))
-    return documents
+        yield path, load_file(path, text_field, group_field)
 
 
 def load_file(path: str, text_field: str = "text", group_field: str | None = None) -> list[Document]:
@@ -114,6 +129,9 @@ def load_file(path: str, text_field: str = "text", group_field: str | None = Non
         hint = f" (${unset.group(1)} is not set in the environment)" if unset else ""
         raise SourceError(f"Corpus file not found: {path}{hint}")
     if not os.path.isfile(path):
+        if os.path.isfile(os.path.join(path, "corpus.json")):
+            raise SourceError(f"{path} is a tokenised corpus (`tl_jax tokenize`): a GPT (clm) "
+                              "run reads one given alone as data.corpus; other runs read text")
         raise SourceError(f"Corpus path is not a file: {path}")
     # Extensions in any case: DATA.JSONL is JSON lines (read as plain text, its braces and keys
     # were trained on as prose), CORPUS.TXT.GZ compressed.

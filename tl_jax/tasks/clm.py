@@ -26,7 +26,7 @@ import numpy as np
 
 from tl_jax import checkpoint, paths, warm_start
 from tl_jax.progress import phase
-from tl_jax.data import bpe, clm as clm_data
+from tl_jax.data import bpe, clm as clm_data, tokenized
 from tl_jax.models import gpt, losses
 from tl_jax.tasks import held_out_metrics, normalized, note_undefined
 
@@ -296,8 +296,6 @@ class Task:
     summary_keys = ("eval/perplexity", "eval/accuracy")
 
     def __init__(self, config, workdir):
-        from tl_jax.data import sources
-
         self.config = config
         data_cfg = config.data
         for key in ("batch_size", "eval_batch_size"):
@@ -339,6 +337,22 @@ class Task:
         # Phase lines while the corpus is read, a BPE trained and the text tokenised: a large
         # corpus takes minutes before the training bar starts.
         show = bool(config.train.progress) and jax.process_index() == 0
+        corpus_path = paths.expand(data_cfg.corpus)
+        if tokenized.is_tokenized_corpus(corpus_path):
+            self._open_tokenized(corpus_path, show)
+        else:
+            self._read_text(show)
+        seq = data_cfg.seq_len
+        self.flops_per_example = self.model_config.flops_per_token(seq) * seq
+        self.tokens_per_example = seq
+        self._process = (jax.process_index(), jax.process_count())
+
+    def _read_text(self, show: bool) -> None:
+        """The windows of a text corpus: read, split, a BPE trained on it where the run has
+        none, and tokenised."""
+        from tl_jax.data import sources
+
+        data_cfg = self.config.data
         with phase(f"Reading {data_cfg.corpus}", show) as step:
             documents = sources.load_documents(
                 paths.expand(data_cfg.corpus), data_cfg.text_field, data_cfg.group_field or None,
@@ -350,27 +364,64 @@ class Task:
         # (an ablation's repeats) are scored on the same text, as in BERT pretraining.
         train_docs, eval_docs = clm_data.split_documents(documents, data_cfg.eval_fraction,
                                                          seed=clm_data.EVAL_SPLIT_SEED)
+        del documents
         if self.tokenizer is None:
             with phase(f"Training a byte-level BPE of {data_cfg.tokenizer_vocab_size} tokens "
                        f"on {len(train_docs):,} documents", show) as step:
                 self.tokenizer = train_tokenizer(data_cfg, train_docs, progress=show)
                 step.result = f"{self.tokenizer.vocab_size:,} tokens"
-        self.model_config = gpt_config_from(config.model, self.tokenizer.vocab_size)
-        self.model = gpt.GPT(self.model_config)
+        self._set_model()
         seq = data_cfg.seq_len
         with phase("Tokenising", show) as step:
             self.train_blocks = clm_data.make_blocks(
                 clm_data.pack_documents(train_docs, self.tokenizer), seq)
             self.eval_blocks = clm_data.make_blocks(
                 clm_data.pack_documents(eval_docs, self.tokenizer), seq) if eval_docs else None
-            step.result = (f"{len(self.train_blocks[0]):,} training and "
-                           f"{len(self.eval_blocks[0]) if eval_docs else 0:,} held-out blocks of "
-                           f"{seq} tokens")
+            step.result = self._blocks_said()
         # Token ids come from our own tokenizer, but check once: a clamped gather is silent.
-        gpt.check_tokens(self.train_blocks[0][:, :-1], self.model_config, where="packed training data")
-        self.flops_per_example = self.model_config.flops_per_token(seq) * seq
-        self.tokens_per_example = seq
-        self._process = (jax.process_index(), jax.process_count())
+        gpt.check_tokens(self.train_blocks[0][:, :-1], self.model_config,
+                         where="packed training data")
+
+    def _open_tokenized(self, path: str, show: bool) -> None:
+        """The windows of a corpus `tl_jax tokenize` wrote: split by the same draw as its text
+        would be, and read into windows a chunk at a time; its tokenizer is the run's."""
+        data_cfg = self.config.data
+        with phase(f"Opening the tokenised corpus {data_cfg.corpus}", show) as step:
+            corpus = tokenized.TokenizedCorpus.open(path)
+            step.result = (f"{corpus.num_documents:,} documents, "
+                           f"{len(corpus.tokens):,} tokens")
+        if self.tokenizer is not None and (self.tokenizer.hf_tokenizer.get_vocab()
+                                           != corpus.tokenizer.hf_tokenizer.get_vocab()):
+            # Its ids are fixed: under another vocabulary they would stand for other tokens.
+            raise tokenized.TokenizedCorpusError(
+                f"data.corpus={data_cfg.corpus!r} was tokenised with another vocabulary "
+                f"({corpus.tokenizer.vocab_size:,} tokens, {corpus.path}/tokenizer) than this "
+                f"run's ({self.tokenizer.vocab_size:,} tokens, from {self.tokenizer.source}: "
+                "the workdir's on a resume, else data.tokenizer or init_from's): tokenise the "
+                "text again with `tl_jax tokenize --tokenizer=` that one")
+        self.tokenizer = self.tokenizer or corpus.tokenizer
+        n_documents = corpus.num_documents
+        if data_cfg.max_documents:
+            n_documents = min(n_documents, data_cfg.max_documents)
+        train_docs, eval_docs = clm_data.split_indices(n_documents, data_cfg.eval_fraction,
+                                                       seed=clm_data.EVAL_SPLIT_SEED)
+        self._set_model()
+        seq = data_cfg.seq_len
+        with phase("Cutting it into windows", show) as step:
+            # Every id is checked against the corpus's vocabulary as it is read; the model's
+            # is never smaller (gpt_config_from).
+            self.train_blocks = corpus.blocks(train_docs, seq)
+            self.eval_blocks = corpus.blocks(eval_docs, seq) if len(eval_docs) else None
+            step.result = self._blocks_said()
+
+    def _set_model(self) -> None:
+        self.model_config = gpt_config_from(self.config.model, self.tokenizer.vocab_size)
+        self.model = gpt.GPT(self.model_config)
+
+    def _blocks_said(self) -> str:
+        return (f"{len(self.train_blocks[0]):,} training and "
+                f"{len(self.eval_blocks[0]) if self.eval_blocks is not None else 0:,} held-out "
+                f"blocks of {self.config.data.seq_len} tokens")
 
     # -- data -------------------------------------------------------------------------------
 

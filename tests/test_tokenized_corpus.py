@@ -1,0 +1,235 @@
+"""Tokenised corpora (`tl_jax tokenize`): written once, memory-mapped by clm runs, with the
+same windows and held-out documents as the text; damaged folders named."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from tl_jax import config as config_lib, main
+from tl_jax.data import bpe, clm as clm_data, sources, tokenized
+from tl_jax.tasks import clm
+
+
+@pytest.fixture(scope="module")
+def tokenizer(data_dir):
+    docs = sources.load_documents(str(data_dir / "polarity_sentences.jsonl"))
+    return bpe.BPETokenizer.train((u for d in docs[:500] for u in d), vocab_size=300,
+                                  progress=False)
+
+
+@pytest.fixture()
+def corpus_files(tmp_path):
+    """Two jsonl files of short documents (grouped rows) and a plain-text one."""
+    rng = np.random.default_rng(0)
+    words = "the a an of to and in it was she he Emma Elizabeth said very much".split()
+    folder = tmp_path / "text"
+    folder.mkdir()
+    for name, n in (("a.jsonl", 30), ("b.jsonl", 25)):
+        with open(folder / name, "w") as f:
+            for d in range(n):
+                for _ in range(int(rng.integers(1, 4))):
+                    text = " ".join(rng.choice(words, int(rng.integers(1, 30))))
+                    f.write(json.dumps({"title": f"{name}-{d}", "text": text}) + "\n")
+    (folder / "c.txt").write_text("One paragraph.\nAnother one.\n\nA second document.\n")
+    return folder
+
+
+def spec_of(folder):
+    return f"{folder}/*.jsonl,{folder}/c.txt"
+
+
+def test_document_blocks_are_make_blocks_of_the_documents_packed(tokenizer):
+    """The windows of some documents cut from the packed stream equal those of their text
+    packed on its own, for any subset and length (a last window full, short, of one token),
+    read in chunks that cut documents anywhere."""
+    rng = np.random.default_rng(1)
+    docs = [[" ".join(rng.choice(["x", "yy", "zzz", "Emma"], int(rng.integers(1, 20))))]
+            for _ in range(40)]
+    stream = clm_data.pack_documents(docs, tokenizer)
+    ends = np.cumsum([len(clm_data.pack_documents([d], tokenizer)) for d in docs])
+    assert ends[-1] == len(stream)
+    for take in (np.arange(40), np.array([3]), np.sort(rng.choice(40, 17, replace=False))):
+        for seq_len, chunk in ((1, 3), (5, 1 << 22), (16, 7), (64, 50)):
+            want = clm_data.make_blocks(clm_data.pack_documents([docs[i] for i in take],
+                                                                tokenizer), seq_len)
+            got = clm_data.document_blocks(stream, ends, take, seq_len, chunk=chunk)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+            assert not got[0].flags.writeable  # a view of the stream: rows are copied out
+    with pytest.raises(ValueError, match="nothing to predict"):
+        clm_data.document_blocks(np.array([0], np.int32), np.array([1]), np.array([0]), 4)
+
+
+def test_split_indices_draw_what_split_documents_draws():
+    docs = [[f"d{i}"] for i in range(50)]
+    train, held = clm_data.split_documents(docs, 0.2, seed=0)
+    train_i, held_i = clm_data.split_indices(50, 0.2, seed=0)
+    assert [docs[i] for i in train_i] == train and [docs[i] for i in held_i] == held
+    assert len(held_i) == 10 and not set(train_i) & set(held_i)
+    with pytest.raises(ValueError, match="3 document"):
+        clm_data.split_indices(3, 0.9)
+
+
+def test_a_written_corpus_is_the_text_packed_with_its_tokenizer(tmp_path, tokenizer,
+                                                               corpus_files):
+    spec = spec_of(corpus_files)
+    out = tmp_path / "corpus.tok"
+    meta = tokenized.write(spec, tokenizer, str(out), progress=False)
+    documents = sources.load_documents(spec)
+    assert meta["documents"] == len(documents) == 30 + 25 + 2
+    assert [s["documents"] for s in meta["sources"]] == [30, 25, 2]
+    corpus = tokenized.TokenizedCorpus.open(str(out))
+    np.testing.assert_array_equal(corpus.tokens, clm_data.pack_documents(documents, tokenizer))
+    lengths = [len(clm_data.pack_documents([d], tokenizer)) for d in documents]
+    np.testing.assert_array_equal(corpus.doc_ends, np.cumsum(lengths))
+    assert corpus.tokenizer.hf_tokenizer.get_vocab() == tokenizer.hf_tokenizer.get_vocab()
+    assert sorted(os.listdir(tmp_path)) == ["corpus.tok", "text"]  # no .partial left
+    with pytest.raises(tokenized.TokenizedCorpusError, match="already exists"):
+        tokenized.write(spec, tokenizer, str(out), progress=False)
+
+
+def test_a_failed_write_leaves_no_folder(tmp_path, tokenizer, corpus_files):
+    (corpus_files / "b.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
+    out = tmp_path / "corpus.tok"
+    with pytest.raises(sources.SourceError, match="b.jsonl"):
+        tokenized.write(spec_of(corpus_files), tokenizer, str(out), progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["text"]
+
+
+@pytest.fixture()
+def written(tmp_path, tokenizer, corpus_files):
+    out = tmp_path / "corpus.tok"
+    tokenized.write(spec_of(corpus_files), tokenizer, str(out), progress=False)
+    return out
+
+
+def _meta(path):
+    return json.loads((path / "corpus.json").read_text())
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: (p / "tokens.int32").write_bytes((p / "tokens.int32").read_bytes()[:-8]),
+     r"tokens.int32 has [\d,]+ bytes, but corpus.json counts [\d,]+ tokens .*truncated"),
+    (lambda p: os.remove(p / "tokens.int32"), "tokens.int32 is missing"),
+    (lambda p: os.remove(p / "doc_ends.npy"), "doc_ends.npy cannot be read"),
+    (lambda p: (p / "corpus.json").write_text("{not json"), "corpus.json is not JSON"),
+    (lambda p: (p / "corpus.json").write_text('{"format": "other"}'),
+     "does not describe a tokenised corpus"),
+    (lambda p: (p / "corpus.json").write_text(json.dumps(dict(_meta(p), documents=3))),
+     "not the 3 document ends"),
+    (lambda p: np.save(p / "doc_ends.npy", np.load(p / "doc_ends.npy")[::-1].copy()),
+     "its ends must rise"),
+    (lambda p: shutil.rmtree(p / "tokenizer"), "its tokenizer cannot be read"),
+])
+def test_a_damaged_corpus_is_named_with_what_is_wrong(written, damage, message):
+    damage(written)
+    with pytest.raises(tokenized.TokenizedCorpusError, match=message) as e:
+        tokenized.TokenizedCorpus.open(str(written))
+    assert str(written) in str(e.value) and "tl_jax tokenize" in str(e.value)
+
+
+def test_a_corpus_of_a_newer_format_asks_for_a_newer_tl_jax(written):
+    (written / "corpus.json").write_text(json.dumps(dict(_meta(written), version=99)))
+    with pytest.raises(tokenized.TokenizedCorpusError, match="format version 99; this tl_jax "
+                       "reads version 1 and older"):
+        tokenized.TokenizedCorpus.open(str(written))
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 22])
+def test_a_stream_that_does_not_fit_its_documents_or_vocabulary_is_found_as_it_is_read(
+        written, chunk, monkeypatch):
+    """A stream shifted by a token (same size: the documents' ends no longer hold EOS), or with
+    an id outside the vocabulary, fails when the windows are cut, naming the token."""
+    tokens = np.fromfile(written / "tokens.int32", "<i4")
+    corpus = tokenized.TokenizedCorpus.open(str(written))
+    everything = np.arange(corpus.num_documents)
+    monkeypatch.setattr(clm_data.document_blocks, "__defaults__", (0, None, chunk))
+    want = clm_data.make_blocks(tokens, 16)
+    got = corpus.blocks(everything, 16)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.concatenate([tokens[1:], tokens[:1]]).tofile(written / "tokens.int32")
+    with pytest.raises(tokenized.TokenizedCorpusError,
+                       match=r"document 0 does not end with <\|endoftext\|> \(id 0\) at token "):
+        corpus.blocks(everything, 16)
+    bad = tokens.copy()
+    bad[9] = 300
+    bad.tofile(written / "tokens.int32")
+    with pytest.raises(tokenized.TokenizedCorpusError, match="token 9 has id 300, outside its "
+                       "vocabulary of 300"):
+        corpus.blocks(everything, 16)
+
+
+def gpt_config(corpus, *extra):
+    return config_lib.load_config("configs/gpt_pretrain.py:tiny", [
+        f"data.corpus={corpus}", "data.seq_len=16", "model.max_len=16",
+        "data.eval_fraction=0.2", "train.progress=False", *extra])
+
+
+@pytest.mark.parametrize("extra", [(), ("data.max_documents=40",)])
+def test_a_clm_run_on_the_tokenised_corpus_gets_the_windows_of_its_text(
+        tmp_path, tokenizer, corpus_files, written, extra):
+    """Same tokenizer, same held-out documents, same windows: a run on the tokenised corpus
+    trains on exactly what the run on its text would."""
+    saved = tmp_path / "bpe"
+    tokenizer.save(str(saved))
+    text = clm.Task(gpt_config(spec_of(corpus_files), f"data.tokenizer={saved}", *extra), None)
+    tok = clm.Task(gpt_config(written, *extra), None)
+    assert tok.tokenizer.hf_tokenizer.get_vocab() == tokenizer.hf_tokenizer.get_vocab()
+    assert tok.model_config == text.model_config
+    for a, b in ((tok.train_blocks, text.train_blocks), (tok.eval_blocks, text.eval_blocks)):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    batch = next(iter(tok.train_batches()))
+    want = next(iter(text.train_batches()))
+    for key in want:
+        np.testing.assert_array_equal(batch[key], want[key])
+
+
+def test_a_run_with_another_vocabulary_is_refused(tmp_path, data_dir, written):
+    docs = sources.load_documents(str(data_dir / "polarity_sentences.jsonl"))
+    other = bpe.BPETokenizer.train((u for d in docs[500:900] for u in d), vocab_size=300,
+                                   progress=False)
+    other.save(str(tmp_path / "other"))
+    with pytest.raises(tokenized.TokenizedCorpusError, match=r"was tokenised with another "
+                       r"vocabulary \(300 tokens, .*corpus.tok/tokenizer\) than this run's"):
+        clm.Task(gpt_config(written, f"data.tokenizer={tmp_path / 'other'}"), None)
+    # Its own tokenizer named as data.tokenizer is no conflict.
+    clm.Task(gpt_config(written, f"data.tokenizer={written / 'tokenizer'}"), None)
+
+
+def test_a_tokenised_corpus_given_to_a_text_reader_is_named(written):
+    with pytest.raises(sources.SourceError, match="is a tokenised corpus .*a GPT \\(clm\\) run "
+                       "reads one given alone as data.corpus"):
+        sources.load_documents(f"{written},{written}")
+
+
+def test_the_tokenize_command_writes_a_corpus_a_clm_workdir_trains_on(
+        tmp_path, tokenizer, corpus_files, capsys, monkeypatch):
+    """`tl_jax tokenize` with a clm workdir as its tokenizer (its tokenizer/ is taken), then
+    its errors: one line each."""
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    workdir = tmp_path / "lm"
+    (workdir / "checkpoints").mkdir(parents=True)
+    tokenizer.save(str(workdir / "tokenizer"))
+    out = tmp_path / "out.tok"
+    main.main(["tokenize", f"--corpus={spec_of(corpus_files)}", f"--tokenizer={workdir}",
+               f"--output={out}"])
+    said = capsys.readouterr().out
+    assert f"tokenizer: {workdir}/tokenizer (300 tokens)" in said
+    assert "57 documents" in said and f"--config.data.corpus={out}" in said
+    corpus = tokenized.TokenizedCorpus.open(str(out))
+    assert corpus.num_documents == 57
+    for argv, message in (
+            ([f"--tokenizer={workdir}", f"--output={out}"], "already exists"),
+            ([f"--tokenizer={tmp_path / 'none'}", f"--output={tmp_path / 'o2'}"],
+             "no such file or folder"),
+            ([f"--tokenizer={workdir}", f"--output={tmp_path / 'o3'}", "--text_field=body"],
+             "body")):
+        with pytest.raises(SystemExit) as e:
+            main.main(["tokenize", f"--corpus={spec_of(corpus_files)}"] + argv)
+        assert str(e.value.code).startswith("tl_jax: error: ") and message in str(e.value.code)
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+    assert not (tmp_path / "o3.partial").exists()
+
