@@ -20,7 +20,8 @@ The argument picks a model size from `tl_jax.models.gpt.SIZES` (tiny, mini, smal
 `tiny` also shrinks the run to a smoke test. Override anything with `--config.key=value`, e.g.
 `--config.data.corpus=gensim:enwiki` (zero-setup text shipped with gensim) or
 `--config.init_from=path/to/gpt2` (a Hugging Face GPT-2 directory, or a tl_jax workdir; its
-tokenizer is used unless `data.tokenizer` names another, so the ids match).
+tokenizer is used unless `data.tokenizer` names another, so the ids match). A large corpus is
+tokenised once with `tl_jax tokenize` and given as `--config.data.corpus=FOLDER` (README, GPT).
 """
 import ml_collections
 
@@ -63,7 +64,9 @@ def get_config(arg=None):
     ))
 
     c.data = ml_collections.ConfigDict(dict(
-        corpus="$TL_JAX_DATA_DIR/austen.jsonl",  # files, globs, jsonl, tfds:NAME, gensim:enwiki
+        corpus="$TL_JAX_DATA_DIR/austen.jsonl",  # files, globs, jsonl, tfds:NAME, gensim:enwiki;
+        # or a folder `tl_jax tokenize` wrote (its tokenizer comes with it; text_field and
+        # group_field were applied when it was written)
         text_field="text",
         group_field="",           # "" = auto (book/title); consecutive equal values = a document
         tokenizer="",             # "" = init_from's, else train byte-level BPE; or a dir
