@@ -233,3 +233,34 @@ def test_the_tokenize_command_writes_a_corpus_a_clm_workdir_trains_on(
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
     assert not (tmp_path / "o3.partial").exists()
 
+
+
+def test_the_tokenize_command_trains_a_bpe_on_the_corpus_without_a_tokenizer(
+        tmp_path, corpus_files, capsys, monkeypatch):
+    """--vocab_size=N in place of --tokenizer: a byte-level BPE of N tokens trained on the whole
+    corpus, saved with it; the stream decodes back to the text. Neither or both is an error,
+    as is a vocabulary too small for the bytes, named before the corpus is read."""
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    out = tmp_path / "out.tok"
+    main.main(["tokenize", f"--corpus={spec_of(corpus_files)}", "--vocab_size=280",
+               f"--output={out}"])
+    assert "Training a byte-level BPE of 280 tokens" in capsys.readouterr().out
+    corpus = tokenized.TokenizedCorpus.open(str(out))
+    assert corpus.tokenizer.vocab_size == 280
+    documents = sources.load_documents(spec_of(corpus_files))
+    starts = np.concatenate([[0], corpus.doc_ends[:-1]])
+    for i in (0, 31, len(documents) - 1):
+        ids = corpus.tokens[starts[i]:corpus.doc_ends[i] - 1]
+        assert corpus.tokenizer.decode(ids) == "\n".join(documents[i])
+    for argv, message in (
+            ([], "give --tokenizer=PATH (a byte-level BPE to tokenise with) or --vocab_size=N "
+                 "(train one of N tokens on the corpus), not neither"),
+            ([f"--tokenizer={out / 'tokenizer'}", "--vocab_size=300"],
+             "give --tokenizer=PATH (a byte-level BPE to tokenise with) or --vocab_size=N "
+             "(train one of N tokens on the corpus), not both"),
+            (["--vocab_size=100"], "--vocab_size=100 is too small for a byte-level BPE")):
+        with pytest.raises(SystemExit) as e:
+            main.main(["tokenize", "--corpus=/no/such/corpus.txt", f"--output={tmp_path / 'o'}"]
+                      + argv)
+        assert str(e.value.code).startswith(f"tl_jax: error: {message}")
+    assert not (tmp_path / "o").exists()

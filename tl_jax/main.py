@@ -11,7 +11,7 @@
     tl_jax sweep --config=configs/bert_pretrain.py:tiny --workdir=DIR \\
         --grid=data.masked_lm_prob=0.1,0.15,0.3 --seeds=0,1 [--config.key=value ...]
     tl_jax build_tasks --out_dir=DIR
-    tl_jax tokenize --corpus=books/*.jsonl --tokenizer=DIR --output=books.tok
+    tl_jax tokenize --corpus=books/*.jsonl --tokenizer=DIR|--vocab_size=N --output=books.tok
 
 Run `tl_jax <command> --help` for a command's flags.
 
@@ -129,7 +129,8 @@ def _sweep(args, overrides):
 
 def _tokenize(args, overrides):
     from tl_jax.data import tokenized
-    tokenized.run(args.corpus, args.tokenizer, args.output, args.text_field, args.group_field)
+    tokenized.run(args.corpus, args.tokenizer, args.output, args.text_field, args.group_field,
+                  args.vocab_size)
 
 
 def _static(args, overrides):
@@ -263,9 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tokenize", help=COMMANDS["tokenize"][0])
     p.add_argument("--corpus", required=True,
                    help="as data.corpus: files, globs, jsonl, tfds:NAME, gensim:enwiki")
-    p.add_argument("--tokenizer", required=True,
+    p.add_argument("--tokenizer", default="",
                    help="byte-level BPE: a folder with vocab.json + merges.txt (GPT-2), a "
                         "tokenizer.json, or a clm workdir (its tokenizer/)")
+    p.add_argument("--vocab_size", type=int, default=0,
+                   help="instead of --tokenizer: train a byte-level BPE of this many tokens on "
+                        "the corpus")
     p.add_argument("--output", required=True, help="a new folder")
     p.add_argument("--text_field", default="text", help="as data.text_field")
     p.add_argument("--group_field", default="", help="as data.group_field")

@@ -229,26 +229,48 @@ class TokenizedCorpus:
 
 
 def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
-        group_field: str = "") -> dict:
+        group_field: str = "", vocab_size: int = 0) -> dict:
     """`tl_jax tokenize`: tokenise `corpus` with `tokenizer` into the folder `output`.
 
     `tokenizer` is a byte-level BPE: a folder with vocab.json + merges.txt (a GPT-2 directory),
     a tokenizer.json, or a clm / lm_classify workdir, whose saved tokenizer/ is taken (the one
-    its weights were trained with)."""
+    its weights were trained with). Without one, `vocab_size` > 0 trains a byte-level BPE of
+    that many tokens on the whole corpus first (read one file at a time, then read again to
+    tokenise): a clm run on text trains its BPE on the training documents only, so here the
+    held-out documents' text is seen by the tokenizer, as GPT-2's BPE saw all of WebText."""
     from tl_jax import paths
-    from tl_jax.progress import phase
+    from tl_jax.progress import on_terminal, phase
     from tl_jax.tasks import clm as clm_task
 
-    check_output(os.path.abspath(paths.expand(output)))  # before the tokenizer is read
-    tokenizer_path = paths.expand(tokenizer)
-    source = clm_task.init_from_tokenizer(tokenizer_path) or tokenizer_path
-    if not os.path.exists(source):
-        raise bpe.BPEError(f"--tokenizer={tokenizer}: no such file or folder")
-    bpe_tokenizer = bpe.BPETokenizer.load(source)
-    print(f"[tokenize] tokenizer: {source} ({bpe_tokenizer.vocab_size:,} tokens)", flush=True)
+    if bool(tokenizer) == bool(vocab_size):
+        raise ValueError("give --tokenizer=PATH (a byte-level BPE to tokenise with) or "
+                         "--vocab_size=N (train one of N tokens on the corpus), not "
+                         + ("both" if tokenizer else "neither"))
+    if vocab_size and vocab_size < 257:
+        raise ValueError(f"--vocab_size={vocab_size} is too small for a byte-level BPE "
+                         f"vocabulary (the 256 byte symbols, {bpe.EOS} and the merges); GPT-2's "
+                         "is 50257")
+    check_output(os.path.abspath(paths.expand(output)))  # before anything is read
+    spec, group_field = paths.expand(corpus), group_field or None
+    if tokenizer:
+        tokenizer_path = paths.expand(tokenizer)
+        source = clm_task.init_from_tokenizer(tokenizer_path) or tokenizer_path
+        if not os.path.exists(source):
+            raise bpe.BPEError(f"--tokenizer={tokenizer}: no such file or folder")
+        bpe_tokenizer = bpe.BPETokenizer.load(source)
+        print(f"[tokenize] tokenizer: {source} ({bpe_tokenizer.vocab_size:,} tokens)",
+              flush=True)
+    else:
+        with phase(f"Training a byte-level BPE of {vocab_size:,} tokens on {corpus}", True,
+                   prefix="[tokenize]") as step:
+            units = (unit for _, documents in sources.iter_sources(
+                spec, text_field, group_field, key="--corpus")
+                for document in documents for unit in document)
+            bpe_tokenizer = bpe.BPETokenizer.train(units, vocab_size=vocab_size,
+                                                   progress=on_terminal())
+            step.result = f"{bpe_tokenizer.vocab_size:,} tokens"
     with phase(f"Tokenising {corpus} into {output}", True, prefix="[tokenize]") as step:
-        meta = write(paths.expand(corpus), bpe_tokenizer, paths.expand(output), text_field,
-                     group_field or None)
+        meta = write(spec, bpe_tokenizer, paths.expand(output), text_field, group_field)
         step.result = (f"{meta['documents']:,} documents, {meta['tokens']:,} tokens from "
                        f"{len(meta['sources'])} source(s)")
     print(f"[tokenize] train on it with --config.data.corpus={output} (a clm config); its "
