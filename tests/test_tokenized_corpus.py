@@ -264,3 +264,22 @@ def test_the_tokenize_command_trains_a_bpe_on_the_corpus_without_a_tokenizer(
                       + argv)
         assert str(e.value.code).startswith(f"tl_jax: error: {message}")
     assert not (tmp_path / "o").exists()
+
+
+def test_sources_are_read_one_file_at_a_time(corpus_files, monkeypatch):
+    """`iter_sources` reads a file only when the one before has been handed over, so the
+    tokenize command holds one file's text at a time; `load_documents` is their concatenation."""
+    read = []
+    load_file = sources.load_file
+    monkeypatch.setattr(sources, "load_file",
+                        lambda path, *a: read.append(os.path.basename(path)) or load_file(path, *a))
+    seen = []
+    for source, documents in sources.iter_sources(spec_of(corpus_files)):
+        seen.append(os.path.basename(source))
+        assert read == seen  # nothing read ahead
+    assert seen == ["a.jsonl", "b.jsonl", "c.txt"]
+    assert [d for _, docs in sources.iter_sources(spec_of(corpus_files)) for d in docs] == \
+        sources.load_documents(spec_of(corpus_files))
+    (corpus_files / "empty.txt").write_text("\n\n")
+    with pytest.raises(sources.SourceError, match="contains no text"):
+        list(sources.iter_sources(str(corpus_files / "empty.txt")))
