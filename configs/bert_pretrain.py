@@ -50,7 +50,8 @@ def get_config(arg=None):
     ))
 
     c.data = ml_collections.ConfigDict(dict(
-        corpus="gensim:enwiki,gensim:lee",  # files, globs, jsonl, tfds:NAME, gensim:enwiki|lee
+        corpus="gensim:enwiki,gensim:lee",  # files, globs, jsonl, tfds:NAME, gensim:enwiki|lee;
+        # or a folder `tl_jax tokenize` wrote with a WordPiece vocabulary (which comes with it)
         text_field="text",
         group_field="",
         tokenizer="",                       # "" = init_from's, else train WordPiece; or

@@ -76,7 +76,8 @@ def get_config(arg=None):
 
     # BERT pretraining's data pipeline; the NSP pairs are made but not scored.
     c.data = ml_collections.ConfigDict(dict(
-        corpus="gensim:enwiki,gensim:lee",  # files, globs, jsonl, tfds:NAME, gensim:enwiki|lee
+        corpus="gensim:enwiki,gensim:lee",  # files, globs, jsonl, tfds:NAME, gensim:enwiki|lee;
+        # or a folder `tl_jax tokenize` wrote with a WordPiece vocabulary (which comes with it)
         text_field="text",
         group_field="",
         tokenizer="",                       # "" = init_from's, else train WordPiece; or

@@ -217,7 +217,7 @@ def test_the_tokenize_command_writes_a_corpus_a_clm_workdir_trains_on(
     main.main(["tokenize", f"--corpus={spec_of(corpus_files)}", f"--tokenizer={workdir}",
                f"--output={out}"])
     said = capsys.readouterr().out
-    assert f"tokenizer: {workdir}/tokenizer (300 tokens)" in said
+    assert f"tokenizer: {workdir}/tokenizer (300 tokens, byte-level BPE: for GPT)" in said
     assert "57 documents" in said and f"--config.data.corpus={out}" in said
     corpus = tokenized.TokenizedCorpus.open(str(out))
     assert corpus.num_documents == 57
@@ -283,3 +283,87 @@ def test_sources_are_read_one_file_at_a_time(corpus_files, monkeypatch):
     (corpus_files / "empty.txt").write_text("\n\n")
     with pytest.raises(sources.SourceError, match="contains no text"):
         list(sources.iter_sources(str(corpus_files / "empty.txt")))
+
+
+@pytest.fixture()
+def austen_documents(tmp_path, data_dir):
+    """60 documents of a few Austen paragraphs each (several sentences: NSP pairs of both
+    kinds), as jsonl grouped by a doc_id."""
+    rows = [json.loads(line)["text"] for _, line in zip(range(240), open(data_dir / "austen.jsonl"))]
+    path = tmp_path / "austen60.jsonl"
+    path.write_text("".join(json.dumps({"doc_id": i // 4, "text": t}) + "\n"
+                            for i, t in enumerate(rows)))
+    return path
+
+
+def bert_data(corpus, *extra):
+    from tl_jax.data import pretraining
+    config = config_lib.load_config("configs/bert_pretrain.py:tiny", [
+        f"data.corpus={corpus}", "data.max_seq_length=32", "data.batch_size=8",
+        "data.eval_batch_size=8", "data.eval_fraction=0.1", *extra])
+    return pretraining.build_pretraining_data(config.data, 64, None, seed=0, progress=False)
+
+
+@pytest.mark.parametrize("extra", [(), ("data.max_documents=40",)])
+def test_a_bert_run_on_the_tokenised_corpus_gets_the_instances_of_its_text(
+        tmp_path, austen_documents, extra):
+    """WordPiece: the folder keeps sentences and documents, and a BERT run on it has the
+    training and held-out instances, and so the batches, of a run on the text."""
+    from tl_jax.data import tokenizer as wordpiece
+    docs = sources.load_documents(str(austen_documents))
+    vocab = wordpiece.Tokenizer.train_wordpiece(docs, vocab_size=400, progress=False)
+    vocab.save(str(tmp_path / "wp"))
+    out = tmp_path / "austen.tok"
+    meta = tokenized.write(str(austen_documents), vocab, str(out), progress=False)
+    assert meta["layout"] == "sentences" and meta["documents"] == 60
+    text = bert_data(austen_documents, f"data.tokenizer={tmp_path / 'wp'}", *extra)
+    tok = bert_data(out, *extra)
+    assert tok.tokenizer.hf_tokenizer.get_vocab() == vocab.hf_tokenizer.get_vocab()
+    assert (tok.num_train_instances, tok.num_eval_instances) == (
+        text.num_train_instances, text.num_eval_instances) and text.num_eval_instances > 0
+    for a, b in ((next(tok.train), next(text.train)), (next(iter(tok.eval_batches())),
+                                                       next(iter(text.eval_batches())))):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    other = wordpiece.Tokenizer.train_wordpiece(docs[:20], vocab_size=300, progress=False)
+    other.save(str(tmp_path / "other"))
+    with pytest.raises(ValueError, match=r"was tokenised with another vocabulary \(\d+ tokens"):
+        bert_data(out, f"data.tokenizer={tmp_path / 'other'}")
+
+
+def test_a_corpus_tokenised_for_the_other_model_is_named(tmp_path, written, austen_documents):
+    from tl_jax.data import tokenizer as wordpiece
+    docs = sources.load_documents(str(austen_documents))
+    wordpiece.Tokenizer.train_wordpiece(docs, vocab_size=300, progress=False).save(
+        str(tmp_path / "wp"))
+    main.main(["tokenize", f"--corpus={austen_documents}", f"--tokenizer={tmp_path / 'wp'}",
+               f"--output={tmp_path / 'bert.tok'}"])
+    with pytest.raises(tokenized.TokenizedCorpusError, match=r"was made for GPT \(`clm`\) "
+                       r"runs, with a byte-level BPE; this run reads one made for BERT"):
+        bert_data(written)
+    with pytest.raises(tokenized.TokenizedCorpusError, match="was made for BERT, ELECTRA and "
+                       "distillation runs, with a WordPiece vocabulary; this run reads one "
+                       "made for GPT"):
+        clm.Task(gpt_config(tmp_path / "bert.tok"), None)
+
+
+def test_a_damaged_bert_corpus_is_named(tmp_path, austen_documents):
+    from tl_jax.data import tokenizer as wordpiece
+    docs = sources.load_documents(str(austen_documents))
+    vocab = wordpiece.Tokenizer.train_wordpiece(docs, vocab_size=300, progress=False)
+    out = tmp_path / "bert.tok"
+    tokenized.write(str(austen_documents), vocab, str(out), progress=False)
+    ends = np.load(out / "doc_sentence_ends.npy")
+    np.save(out / "doc_sentence_ends.npy", ends[:-1])
+    with pytest.raises(tokenized.TokenizedCorpusError, match="doc_sentence_ends.npy holds "
+                       r"int64 \(59,\), not the 60 document ends"):
+        tokenized.TokenizedCorpus.open(str(out), layout="sentences")
+    np.save(out / "doc_sentence_ends.npy", ends)
+    tokens = np.fromfile(out / "tokens.int32", "<i4")
+    tokens[7] = 300
+    tokens.tofile(out / "tokens.int32")
+    corpus = tokenized.TokenizedCorpus.open(str(out), layout="sentences")
+    with pytest.raises(tokenized.TokenizedCorpusError, match="token 7 has id 300, outside its "
+                       "vocabulary of 300"):
+        corpus.sentence_documents()

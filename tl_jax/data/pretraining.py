@@ -99,6 +99,32 @@ class TokenizedDocuments:
         so = self.sentence_offsets
         return [self.tokens[so[s]:so[s + 1]].tolist() for s in range(first, end)]
 
+    def select(self, documents) -> "TokenizedDocuments":
+        """The documents `documents` (indices, in order), those without a sentence dropped, as
+        `tokenize_documents` of their text would give them."""
+        documents = np.asarray(documents, np.int64)
+        first, end = self.document_offsets[documents], self.document_offsets[documents + 1]
+        keep = end > first
+        first, end = first[keep], end[keep]
+        counts = end - first
+        document_offsets = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(counts, out=document_offsets[1:])
+        # The sentences taken, then their tokens: one slice of each document's.
+        sentences = (np.repeat(first - document_offsets[:-1], counts)
+                     + np.arange(document_offsets[-1]))
+        so = self.sentence_offsets
+        lengths = so[sentences + 1] - so[sentences]
+        sentence_offsets = np.zeros(len(sentences) + 1, np.int64)
+        np.cumsum(lengths, out=sentence_offsets[1:])
+        starts = so[first]
+        token_counts = so[end] - starts
+        tokens = np.empty(int(sentence_offsets[-1]), np.int32)
+        at = 0
+        for start, n in zip(starts.tolist(), token_counts.tolist()):
+            tokens[at:at + n] = self.tokens[start:start + n]
+            at += n
+        return TokenizedDocuments(tokens, sentence_offsets, document_offsets)
+
     @classmethod
     def from_lists(cls, documents: Sequence[TokenizedDocument]) -> "TokenizedDocuments":
         """From documents given as lists of sentences of ids, kept as they are."""
@@ -339,9 +365,11 @@ def create_instances(
 
 def tokenize_documents(
     documents: Sequence[Sequence[str]], tokenizer: Tokenizer, chunk_size: int = 20_000,
-    progress: bool = True,
+    progress: bool = True, keep_empty: bool = False,
 ) -> TokenizedDocuments:
-    """Splits units into sentences and tokenises them in batches; drops empty ones.
+    """Splits units into sentences and tokenises them in batches; drops empty ones, and the
+    documents left without a sentence unless `keep_empty` (a tokenised corpus keeps them, so
+    that its documents are numbered as the text's).
 
     Sentences are split and tokenised `chunk_size` at a time and each batch's ids go straight
     into an int32 array, so neither the sentence texts nor the tokenizer's Python lists are
@@ -390,8 +418,10 @@ def tokenize_documents(
     # Sentences come in document order; documents left without any are dropped.
     counts = np.bincount(np.concatenate(owners) if owners else np.zeros(0, np.int64),
                          minlength=len(documents))
-    document_offsets = np.zeros(int(np.count_nonzero(counts)) + 1, np.int64)
-    np.cumsum(counts[counts > 0], out=document_offsets[1:])
+    if not keep_empty:
+        counts = counts[counts > 0]
+    document_offsets = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=document_offsets[1:])
     return TokenizedDocuments(tokens, sentence_offsets, document_offsets)
 
 
@@ -538,6 +568,28 @@ def _get_tokenizer(config, train_documents, workdir: str | None, process_index: 
     return tokenizer
 
 
+def _tokenised_corpus_tokenizer(config, corpus, workdir: str | None,
+                                process_index: int) -> Tokenizer:
+    """A tokenised corpus's vocabulary is the run's: a resumed workdir's tokenizer or
+    `data.tokenizer` of another vocabulary is an error (its ids would stand for other words)."""
+    saved = os.path.join(workdir, "tokenizer") if workdir else None
+    other = ""
+    if saved and os.path.exists(os.path.join(saved, "tokenizer.json")) and has_saved_step(workdir):
+        other = saved
+    elif config.tokenizer:
+        other = paths.expand(config.tokenizer)
+    if other and (Tokenizer.load(other).hf_tokenizer.get_vocab()
+                  != corpus.tokenizer.hf_tokenizer.get_vocab()):
+        raise ValueError(
+            f"data.corpus={config.corpus!r} was tokenised with another vocabulary "
+            f"({corpus.tokenizer.vocab_size:,} tokens, {corpus.path}/tokenizer) than this run's "
+            f"({other}: the workdir's on a resume, else data.tokenizer): tokenise the text "
+            "again with `tl_jax tokenize --tokenizer=` that one")
+    if saved and process_index == 0:
+        corpus.tokenizer.save(saved)
+    return corpus.tokenizer
+
+
 def build_pretraining_data(
     data_config,
     max_position_embeddings: int,
@@ -568,20 +620,30 @@ def build_pretraining_data(
     if process_index == 0:
         _note_capped_masking(c)
     # '$TL_JAX_DATA_DIR/...' in a config, as the GPT, biLM and fine-tuning data paths take.
-    with phase(f"Reading {c.corpus}", progress) as step:
-        documents = load_documents(paths.expand(c.corpus), text_field=c.text_field,
-                                   group_field=c.group_field or None, key="data.corpus")
-        step.result = f"{len(documents):,} documents"
-    num_read = len(documents)
-    if c.max_documents:
-        documents = documents[:c.max_documents]
-    if len(documents) < 2:
+    from tl_jax.data import tokenized
+    corpus_path = paths.expand(c.corpus)
+    corpus = None
+    if tokenized.is_tokenized_corpus(corpus_path):
+        with phase(f"Opening the tokenised corpus {c.corpus}", progress) as step:
+            corpus = tokenized.TokenizedCorpus.open(corpus_path, layout="sentences")
+            every = corpus.sentence_documents()
+            step.result = (f"{corpus.num_documents:,} documents, {every.num_sentences:,} "
+                           f"sentences, {len(every.tokens):,} tokens")
+        num_read = corpus.num_documents
+    else:
+        with phase(f"Reading {c.corpus}", progress) as step:
+            documents = load_documents(corpus_path, text_field=c.text_field,
+                                       group_field=c.group_field or None, key="data.corpus")
+            step.result = f"{len(documents):,} documents"
+        num_read = len(documents)
+    num_documents = min(num_read, c.max_documents or num_read)
+    if num_documents < 2:
         # Said before the eval split, whose "set data.eval_fraction=0" would not help.
-        if len(documents) < num_read:
-            held = (f"keeps {len(documents)} document of the {num_read:,} read "
+        if num_documents < num_read:
+            held = (f"keeps {num_documents} document of the {num_read:,} read "
                     f"(data.max_documents={c.max_documents})")
         else:
-            held = f"holds {len(documents)} document"
+            held = f"holds {num_documents} document"
         # Without data.group_field, jsonl lines are grouped by a key they all may share (one
         # 'title' for a whole file): say so, or "each line is one" contradicts what was read.
         grouping = (f"consecutive lines sharing data.group_field={c.group_field!r}"
@@ -593,16 +655,23 @@ def build_pretraining_data(
             f"Corpus {c.corpus!r} {held}; NSP needs at least 2 documents to draw random next "
             "segments from. In a text file a blank line ends a document; in a .jsonl file "
             f"each line is one, or {grouping}.")
-    train_index, eval_index = split_eval_documents(len(documents), c.eval_fraction)
-    train_texts = [documents[i] for i in train_index]
-    eval_texts = [documents[i] for i in eval_index]
-
-    tokenizer = _get_tokenizer(c, train_texts, workdir, process_index, progress)
-    with phase("Tokenising", progress) as step:
-        train_docs = tokenize_documents(train_texts, tokenizer, progress=progress)
-        eval_docs = tokenize_documents(eval_texts, tokenizer, progress=progress)
-        step.result = (f"{train_docs.num_sentences:,} training and "
-                       f"{eval_docs.num_sentences:,} held-out sentences")
+    train_index, eval_index = split_eval_documents(num_documents, c.eval_fraction)
+    if corpus is not None:
+        # Its ids are fixed, and so is its vocabulary: the same documents and sentences as
+        # `tokenize_documents` of the text with it.
+        tokenizer = _tokenised_corpus_tokenizer(c, corpus, workdir, process_index)
+        train_docs, eval_docs = every.select(train_index), every.select(eval_index)
+        del every
+    else:
+        train_texts = [documents[i] for i in train_index]
+        eval_texts = [documents[i] for i in eval_index]
+        del documents
+        tokenizer = _get_tokenizer(c, train_texts, workdir, process_index, progress)
+        with phase("Tokenising", progress) as step:
+            train_docs = tokenize_documents(train_texts, tokenizer, progress=progress)
+            eval_docs = tokenize_documents(eval_texts, tokenizer, progress=progress)
+            step.result = (f"{train_docs.num_sentences:,} training and "
+                           f"{eval_docs.num_sentences:,} held-out sentences")
     if len(train_docs) < 2:
         raise ValueError(f"Corpus {c.corpus!r} has {len(train_docs)} non-empty training "
                          "document(s) after tokenisation; NSP needs at least 2.")

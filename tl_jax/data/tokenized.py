@@ -1,24 +1,32 @@
-"""Tokenised corpora: a GPT corpus tokenised once (`tl_jax tokenize`), read by each run as ids.
+"""Tokenised corpora: a corpus tokenised once (`tl_jax tokenize`), read by each run as ids.
 
-A `clm` run given a text corpus reads the whole text and tokenises it on every start and on
-every process of a pod, holding the text as Python strings meanwhile (about 3 bytes a byte of
-text, and ~40 minutes a host for 10 GB on two cores). A tokenised corpus is a folder:
+A pretraining run given a text corpus reads the whole text and tokenises it on every start and
+on every process of a pod, holding the text as Python strings meanwhile (about 3 bytes a byte
+of text, and ~40 minutes a host for 10 GB on two cores). A tokenised corpus is a folder:
 
-    corpus.json     what it is: the format and its version, the source spec, the counts, and
-                    the tokenizer's size and end-of-text id
-    tokens.int32    the token stream, little-endian int32: each document's ids (its units joined
-                    by newlines), then <|endoftext|>; exactly what a text run packs
-    doc_ends.npy    int64, where each document ends in the stream (after its end-of-text)
-    tokenizer/      the byte-level BPE it was tokenised with (vocab.json, merges.txt,
-                    tokenizer.json), which becomes the run's tokenizer
+    corpus.json     what it is: the format, its version and layout, the source spec, the
+                    counts, and the tokenizer's size
+    tokens.int32    the token ids, little-endian int32
+    tokenizer/      the tokenizer they were made with, which becomes the run's
 
-A run names the folder as `data.corpus`. The stream is read a chunk at a time, checked as it
-is read, and only the run's windows are kept (4 bytes a token), with the same held-out documents
-and the same windows as the text would give (`clm_data.document_blocks`); the text is never read
-again. `tokens` is also a read-only memory map of the stream, for a look at it.
+and, by layout (which the tokenizer decides):
+
+  * "documents" (a byte-level BPE, for GPT / `clm`): the tokens are the stream a text run
+    packs (each document's units joined by newlines, then <|endoftext|>), and `doc_ends.npy`
+    (int64) says where each document ends in it, after its end-of-text;
+  * "sentences" (WordPiece, for BERT, ELECTRA and distillation): the tokens are every sentence's
+    ids, as `pretraining.tokenize_documents` splits and tokenises the text; `sentence_ends.npy`
+    says where each sentence ends in them and `doc_sentence_ends.npy` where each document ends
+    in the sentences (a document left without a sentence keeps its number, empty).
+
+A run names the folder as `data.corpus`, and gets the same held-out documents and the same
+data as the text would give; the text is never read again. A GPT run reads the stream a chunk
+at a time, checked as it is read, and keeps only its windows (`clm_data.document_blocks`);
+BERT's reads the ids whole, as it holds them anyway. `tokens` is also a read-only memory map of
+the ids, for a look at them.
 
     write("books/*.jsonl", tokenizer, "books.tok")     # tl_jax tokenize
-    corpus = TokenizedCorpus.open("books.tok")
+    corpus = TokenizedCorpus.open("books.tok", layout="documents")
     corpus.tokens, corpus.doc_ends, corpus.tokenizer
 """
 from __future__ import annotations
@@ -36,7 +44,12 @@ VERSION = 1
 META_FILE = "corpus.json"
 TOKENS_FILE = "tokens.int32"
 ENDS_FILE = "doc_ends.npy"
+SENTENCE_ENDS_FILE = "sentence_ends.npy"
+DOC_SENTENCE_ENDS_FILE = "doc_sentence_ends.npy"
 TOKENIZER_DIR = "tokenizer"
+# What each layout is for, as errors say it.
+LAYOUTS = {"documents": "GPT (`clm`) runs, with a byte-level BPE",
+           "sentences": "BERT, ELECTRA and distillation runs, with a WordPiece vocabulary"}
 
 
 class TokenizedCorpusError(ValueError):
@@ -48,55 +61,73 @@ def is_tokenized_corpus(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, META_FILE))
 
 
-def write(spec: str, tokenizer: bpe.BPETokenizer, output: str, text_field: str = "text",
+def layout_of(tokenizer) -> str:
+    """"documents" for a byte-level BPE (GPT), "sentences" for WordPiece (BERT)."""
+    return "documents" if isinstance(tokenizer, bpe.BPETokenizer) else "sentences"
+
+
+def write(spec: str, tokenizer, output: str, text_field: str = "text",
           group_field: str | None = None, progress: bool = True) -> dict:
-    """Tokenises the corpus `spec` names (as `data.corpus` would read it) into the folder
+    """Tokenises the corpus `spec` names (as `data.corpus` would read it) with `tokenizer` (a
+    `bpe.BPETokenizer` or a WordPiece `tokenizer.Tokenizer`: `layout_of`) into the folder
     `output`; returns its corpus.json.
 
     One file (or dataset) of the corpus is held as text at a time, and its ids are appended to
-    the stream on disk as each batch of documents is tokenised. Everything is written into
-    `output.partial` first and renamed into place at the end, so an interrupted or failed run
-    leaves no folder a training run could mistake for a whole corpus. `output` must not exist
-    (or be an empty folder): a corpus is never overwritten.
+    the file as they are made. Everything is written into `output.partial` first and renamed
+    into place at the end, so an interrupted or failed run leaves no folder a training run
+    could mistake for a whole corpus. `output` must not exist (or be an empty folder): a
+    corpus is never overwritten.
     """
+    from tl_jax import progress as progress_lib
+    from tl_jax.data import pretraining
+
     output = os.path.abspath(output)
     check_output(output)
     partial = output.rstrip(os.sep) + ".partial"
     if os.path.exists(partial):  # left by an interrupted run of this command
         shutil.rmtree(partial)
     os.makedirs(partial)
-    from tl_jax import progress as progress_lib
-    n_documents = n_tokens = 0
-    ends = []
-    files = []
+    layout = layout_of(tokenizer)
+    n_documents = n_tokens = n_sentences = 0
+    ends, sentence_ends, files = [], [], []
     try:
         with open(os.path.join(partial, TOKENS_FILE), "wb") as stream:
             for source, documents in sources.iter_sources(spec, text_field, group_field,
                                                          key="--corpus"):
-                with progress_lib.bar(total=len(documents), desc=f"tokenising {source}",
-                                      unit="doc", disable=not progress) as bar:
-                    for ids, lengths in clm_data.packed_batches(documents, tokenizer):
-                        stream.write(ids.astype("<i4", copy=False).tobytes())
-                        ends.append(n_tokens + np.cumsum(lengths))
-                        n_tokens += int(lengths.sum())
-                        bar.update(len(lengths))
+                if layout == "documents":
+                    with progress_lib.bar(total=len(documents), desc=f"tokenising {source}",
+                                          unit="doc", disable=not progress) as bar:
+                        for ids, lengths in clm_data.packed_batches(documents, tokenizer):
+                            stream.write(ids.astype("<i4", copy=False).tobytes())
+                            ends.append(n_tokens + np.cumsum(lengths))
+                            n_tokens += int(lengths.sum())
+                            bar.update(len(lengths))
+                else:
+                    tokens = pretraining.tokenize_documents(documents, tokenizer,
+                                                            progress=progress, keep_empty=True)
+                    stream.write(tokens.tokens.astype("<i4", copy=False).tobytes())
+                    sentence_ends.append(n_tokens + tokens.sentence_offsets[1:])
+                    ends.append(n_sentences + tokens.document_offsets[1:])
+                    n_tokens += len(tokens.tokens)
+                    n_sentences += tokens.num_sentences
+                    del tokens
                 n_documents += len(documents)
                 files.append({"source": source, "documents": len(documents)})
                 del documents
-        np.save(os.path.join(partial, ENDS_FILE), np.concatenate(ends).astype(np.int64))
+        meta = {"format": FORMAT, "version": VERSION, "layout": layout, "corpus": spec,
+                "text_field": text_field, "group_field": group_field or "", "sources": files,
+                "documents": n_documents, "tokens": n_tokens,
+                "vocab_size": tokenizer.vocab_size}
+        if layout == "documents":
+            np.save(os.path.join(partial, ENDS_FILE), np.concatenate(ends).astype(np.int64))
+            meta["eos_id"] = tokenizer.eos_id
+        else:
+            np.save(os.path.join(partial, SENTENCE_ENDS_FILE),
+                    np.concatenate(sentence_ends).astype(np.int64))
+            np.save(os.path.join(partial, DOC_SENTENCE_ENDS_FILE),
+                    np.concatenate(ends).astype(np.int64))
+            meta["sentences"] = n_sentences
         tokenizer.save(os.path.join(partial, TOKENIZER_DIR))
-        meta = {
-            "format": FORMAT,
-            "version": VERSION,
-            "corpus": spec,
-            "text_field": text_field,
-            "group_field": group_field or "",
-            "sources": files,
-            "documents": n_documents,
-            "tokens": n_tokens,
-            "vocab_size": tokenizer.vocab_size,
-            "eos_id": tokenizer.eos_id,
-        }
         with open(os.path.join(partial, META_FILE), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
             f.write("\n")
@@ -118,22 +149,25 @@ def check_output(output: str) -> None:
 
 
 class TokenizedCorpus:
-    """A folder `write` made, its description checked (`open`); its stream read by `read`."""
+    """A folder `write` made, its description checked (`open`). "documents" layout: its stream
+    read by `read` / `blocks`; "sentences": `sentence_documents`."""
 
     def __init__(self, path: str, meta: dict, tokens: np.ndarray, doc_ends: np.ndarray,
-                 tokenizer: bpe.BPETokenizer):
+                 tokenizer, sentence_ends: np.ndarray | None = None):
         self.path, self.meta = path, meta
         self.tokens, self.doc_ends, self.tokenizer = tokens, doc_ends, tokenizer
+        self.sentence_ends = sentence_ends  # "sentences" layout: doc_ends count sentences
 
     @property
     def num_documents(self) -> int:
         return len(self.doc_ends)
 
     @classmethod
-    def open(cls, path: str) -> "TokenizedCorpus":
-        """Reads corpus.json, the document ends and the tokenizer, and maps the stream. Every
-        part is checked against corpus.json, so a damaged or half-copied folder is named with
-        what is wrong, not read as a shorter corpus or with another vocabulary."""
+    def open(cls, path: str, layout: str = "documents") -> "TokenizedCorpus":
+        """Reads corpus.json, the ends and the tokenizer, and maps the ids. Every part is
+        checked against corpus.json, so a damaged or half-copied folder is named with what is
+        wrong, not read as a shorter corpus or with another vocabulary; a folder of the other
+        `layout` (tokenised for GPT, given to BERT) is named as such."""
         meta_file = os.path.join(path, META_FILE)
 
         def broken(what: str) -> TokenizedCorpusError:
@@ -153,7 +187,16 @@ class TokenizedCorpus:
             raise TokenizedCorpusError(
                 f"tokenised corpus {path} has format version {meta.get('version')!r}; this "
                 f"tl_jax reads version {VERSION} and older: update tl_jax, or tokenise again")
-        for key in ("documents", "tokens", "vocab_size", "eos_id"):
+        if meta.get("layout") not in LAYOUTS:
+            raise broken(f"{META_FILE} has no valid \"layout\" (one of {sorted(LAYOUTS)})")
+        if meta["layout"] != layout:
+            raise TokenizedCorpusError(
+                f"tokenised corpus {path} was made for {LAYOUTS[meta['layout']]}; this run "
+                f"reads one made for {LAYOUTS[layout]}: tokenise the text again with "
+                "`tl_jax tokenize --tokenizer=` such a vocabulary")
+        counts = ("documents", "tokens", "vocab_size") + (
+            ("eos_id",) if layout == "documents" else ("sentences",))
+        for key in counts:
             if not isinstance(meta.get(key), int) or meta[key] < 0:
                 raise broken(f"{META_FILE} has no valid {key!r}")
         tokens_file = os.path.join(path, TOKENS_FILE)
@@ -167,29 +210,65 @@ class TokenizedCorpus:
         if meta["tokens"] < 2:
             raise broken(f"it holds {meta['tokens']} token(s): nothing to train on")
         tokens = np.memmap(tokens_file, dtype="<i4", mode="r", shape=(meta["tokens"],))
-        ends_file = os.path.join(path, ENDS_FILE)
+
+        def ends(name: str, count: int, total: int, what: str, empty: bool) -> np.ndarray:
+            """The int64 ends in `name`: `count` of them, rising (or staying, where parts may
+            be `empty`) and finishing at `total`."""
+            try:
+                values = np.load(os.path.join(path, name), allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise broken(f"{name} cannot be read ({e})") from None
+            if values.ndim != 1 or values.dtype.kind not in "iu" or len(values) != count:
+                raise broken(f"{name} holds {values.dtype} {values.shape}, not the {count:,} "
+                             f"{what} ends {META_FILE} counts")
+            values = values.astype(np.int64, copy=False)
+            if (len(values) == 0 or values[-1] != total
+                    or np.any(np.diff(values, prepend=0) < (0 if empty else 1))):
+                raise broken(f"{name} does not cut the {total:,} {'sentences' if empty else 'tokens'} "
+                             f"into {what}s (its ends must rise and finish at the last one)")
+            return values
+
+        sentence_ends = None
+        if layout == "documents":
+            doc_ends = ends(ENDS_FILE, meta["documents"], meta["tokens"], "document", False)
+        else:
+            sentence_ends = ends(SENTENCE_ENDS_FILE, meta["sentences"], meta["tokens"],
+                                 "sentence", False)
+            doc_ends = ends(DOC_SENTENCE_ENDS_FILE, meta["documents"], meta["sentences"],
+                            "document", True)
+        tokenizer_dir = os.path.join(path, TOKENIZER_DIR)
         try:
-            doc_ends = np.load(ends_file, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise broken(f"{ENDS_FILE} cannot be read ({e})") from None
-        if (doc_ends.ndim != 1 or doc_ends.dtype.kind not in "iu"
-                or len(doc_ends) != meta["documents"]):
-            raise broken(f"{ENDS_FILE} holds {doc_ends.dtype} {doc_ends.shape}, not the "
-                         f"{meta['documents']:,} document ends {META_FILE} counts")
-        doc_ends = doc_ends.astype(np.int64, copy=False)
-        if (len(doc_ends) == 0 or doc_ends[-1] != meta["tokens"]
-                or np.any(np.diff(doc_ends, prepend=0) < 1)):
-            raise broken(f"{ENDS_FILE} does not cut the {meta['tokens']:,} tokens into "
-                         "documents (its ends must rise and finish at the last token)")
-        try:
-            tokenizer = bpe.BPETokenizer.load(os.path.join(path, TOKENIZER_DIR))
-        except bpe.BPEError as e:
+            if layout == "documents":
+                tokenizer = bpe.BPETokenizer.load(tokenizer_dir)
+            else:
+                from tl_jax.data.tokenizer import Tokenizer
+                tokenizer = Tokenizer.load(tokenizer_dir)
+        except ValueError as e:  # BPEError, TokenizerError
             raise broken(f"its tokenizer cannot be read ({e})") from None
-        if (tokenizer.vocab_size, tokenizer.eos_id) != (meta["vocab_size"], meta["eos_id"]):
-            raise broken(f"its tokenizer has {tokenizer.vocab_size} tokens and end-of-text "
-                         f"id {tokenizer.eos_id}, but the stream was written with "
-                         f"{meta['vocab_size']} and {meta['eos_id']}")
-        return cls(path, meta, tokens, doc_ends, tokenizer)
+        if tokenizer.vocab_size != meta["vocab_size"]:
+            raise broken(f"its tokenizer has {tokenizer.vocab_size} tokens, but the ids were "
+                         f"written with {meta['vocab_size']}")
+        if layout == "documents" and tokenizer.eos_id != meta["eos_id"]:
+            raise broken(f"its tokenizer's end-of-text id is {tokenizer.eos_id}, but the stream "
+                         f"was written with {meta['eos_id']}")
+        return cls(path, meta, tokens, doc_ends, tokenizer, sentence_ends)
+
+    def sentence_documents(self):
+        """"sentences" layout: every document as `pretraining.TokenizedDocuments` (those
+        without a sentence kept, empty, so that indices are the text's documents), its ids read
+        whole and checked against the vocabulary."""
+        from tl_jax.data import pretraining
+
+        tokens = np.fromfile(os.path.join(self.path, TOKENS_FILE), dtype="<i4").astype(np.int32)
+        if len(tokens) != self.meta["tokens"]:
+            raise self._broken(f"{TOKENS_FILE} ended at token {len(tokens):,}")
+        bad = np.flatnonzero((tokens < 0) | (tokens >= self.meta["vocab_size"]))
+        if len(bad):
+            raise self._broken(f"token {int(bad[0]):,} has id {int(tokens[bad[0]])}, outside "
+                               f"its vocabulary of {self.meta['vocab_size']}")
+        return pretraining.TokenizedDocuments(
+            tokens, np.concatenate([[0], self.sentence_ends]),
+            np.concatenate([[0], self.doc_ends]))
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Tokens `[start, stop)` read from the file (not through the memory map, whose pages
@@ -228,19 +307,54 @@ class TokenizedCorpus:
                                         read=self.read)
 
 
+def load_tokenizer(path: str, flag: str):
+    """(where it was read, the tokenizer) for `tl_jax tokenize --tokenizer=PATH`: a byte-level
+    BPE (vocab.json + merges.txt, or a tokenizer.json of a BPE model) or a WordPiece vocabulary
+    (vocab.txt, or a tokenizer.json of a WordPiece model), in a folder or named as a file; a
+    tl_jax workdir gives its saved tokenizer/ (the one its weights were trained with)."""
+    from tl_jax import warm_start
+    from tl_jax.data.tokenizer import Tokenizer
+
+    if not os.path.exists(path):
+        raise TokenizedCorpusError(f"{flag}: no such file or folder")
+    if warm_start.is_tl_workdir(path):
+        if not os.path.isdir(os.path.join(path, TOKENIZER_DIR)):
+            raise TokenizedCorpusError(f"{flag} is a tl_jax workdir without a saved tokenizer/")
+        path = os.path.join(path, TOKENIZER_DIR)
+    folder = path if os.path.isdir(path) else None
+    if folder and all(os.path.isfile(os.path.join(folder, f))
+                      for f in ("vocab.json", "merges.txt")):
+        return path, bpe.BPETokenizer.load(path)
+    json_file = os.path.join(folder, "tokenizer.json") if folder else path
+    if os.path.isfile(json_file) and json_file.endswith(".json"):
+        try:
+            with open(json_file, encoding="utf-8-sig") as f:
+                kind = (json.load(f).get("model") or {}).get("type")
+        except (ValueError, AttributeError) as e:
+            raise TokenizedCorpusError(f"{flag}: {json_file} is not a tokenizer.json ({e})") from None
+        if kind == "BPE":
+            return path, bpe.BPETokenizer.load(path)
+        if kind == "WordPiece":
+            return path, Tokenizer.load(path)
+        raise TokenizedCorpusError(f"{flag}: {json_file} holds a {kind!r} model; tl_jax "
+                                   "tokenises with a byte-level BPE (GPT) or WordPiece (BERT)")
+    if os.path.isfile(os.path.join(folder, "vocab.txt") if folder else path):
+        return path, Tokenizer.load(path)
+    raise TokenizedCorpusError(f"{flag}: {path} holds no tokenizer (vocab.json + merges.txt, "
+                               "tokenizer.json or vocab.txt)")
+
+
 def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
         group_field: str = "", vocab_size: int = 0) -> dict:
     """`tl_jax tokenize`: tokenise `corpus` with `tokenizer` into the folder `output`.
 
-    `tokenizer` is a byte-level BPE: a folder with vocab.json + merges.txt (a GPT-2 directory),
-    a tokenizer.json, or a clm / lm_classify workdir, whose saved tokenizer/ is taken (the one
-    its weights were trained with). Without one, `vocab_size` > 0 trains a byte-level BPE of
+    `tokenizer` is a byte-level BPE (GPT) or a WordPiece vocabulary (BERT): see
+    `load_tokenizer`. Without one, `vocab_size` > 0 trains a byte-level BPE of
     that many tokens on the whole corpus first (read one file at a time, then read again to
     tokenise): a clm run on text trains its BPE on the training documents only, so here the
     held-out documents' text is seen by the tokenizer, as GPT-2's BPE saw all of WebText."""
     from tl_jax import paths
     from tl_jax.progress import on_terminal, phase
-    from tl_jax.tasks import clm as clm_task
 
     if bool(tokenizer) == bool(vocab_size):
         raise ValueError("give --tokenizer=PATH (a byte-level BPE to tokenise with) or "
@@ -253,12 +367,9 @@ def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
     check_output(os.path.abspath(paths.expand(output)))  # before anything is read
     spec, group_field = paths.expand(corpus), group_field or None
     if tokenizer:
-        tokenizer_path = paths.expand(tokenizer)
-        source = clm_task.init_from_tokenizer(tokenizer_path) or tokenizer_path
-        if not os.path.exists(source):
-            raise bpe.BPEError(f"--tokenizer={tokenizer}: no such file or folder")
-        bpe_tokenizer = bpe.BPETokenizer.load(source)
-        print(f"[tokenize] tokenizer: {source} ({bpe_tokenizer.vocab_size:,} tokens)",
+        source, bpe_tokenizer = load_tokenizer(paths.expand(tokenizer), f"--tokenizer={tokenizer}")
+        print(f"[tokenize] tokenizer: {source} ({bpe_tokenizer.vocab_size:,} tokens, "
+              f"{'byte-level BPE: for GPT' if layout_of(bpe_tokenizer) == 'documents' else 'WordPiece: for BERT, ELECTRA and distillation'})",
               flush=True)
     else:
         with phase(f"Training a byte-level BPE of {vocab_size:,} tokens on {corpus}", True,
@@ -273,6 +384,8 @@ def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
         meta = write(spec, bpe_tokenizer, paths.expand(output), text_field, group_field)
         step.result = (f"{meta['documents']:,} documents, {meta['tokens']:,} tokens from "
                        f"{len(meta['sources'])} source(s)")
-    print(f"[tokenize] train on it with --config.data.corpus={output} (a clm config); its "
+    configs = ("a gpt_pretrain config" if meta["layout"] == "documents" else
+               "a bert_pretrain, electra_pretrain or distill config")
+    print(f"[tokenize] train on it with --config.data.corpus={output} ({configs}); its "
           "tokenizer comes with it", flush=True)
     return meta
