@@ -253,10 +253,10 @@ def test_the_tokenize_command_trains_a_bpe_on_the_corpus_without_a_tokenizer(
         ids = corpus.tokens[starts[i]:corpus.doc_ends[i] - 1]
         assert corpus.tokenizer.decode(ids) == "\n".join(documents[i])
     for argv, message in (
-            ([], "give --tokenizer=PATH (a byte-level BPE to tokenise with) or --vocab_size=N "
+            ([], "give --tokenizer=PATH (a vocabulary to tokenise with) or --vocab_size=N "
                  "(train one of N tokens on the corpus), not neither"),
             ([f"--tokenizer={out / 'tokenizer'}", "--vocab_size=300"],
-             "give --tokenizer=PATH (a byte-level BPE to tokenise with) or --vocab_size=N "
+             "give --tokenizer=PATH (a vocabulary to tokenise with) or --vocab_size=N "
              "(train one of N tokens on the corpus), not both"),
             (["--vocab_size=100"], "--vocab_size=100 is too small for a byte-level BPE")):
         with pytest.raises(SystemExit) as e:

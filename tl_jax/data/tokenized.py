@@ -224,8 +224,9 @@ class TokenizedCorpus:
             values = values.astype(np.int64, copy=False)
             if (len(values) == 0 or values[-1] != total
                     or np.any(np.diff(values, prepend=0) < (0 if empty else 1))):
-                raise broken(f"{name} does not cut the {total:,} {'sentences' if empty else 'tokens'} "
-                             f"into {what}s (its ends must rise and finish at the last one)")
+                unit = "sentences" if empty else "tokens"
+                raise broken(f"{name} does not cut the {total:,} {unit} into {what}s (its ends "
+                             "must rise and finish at the last one)")
             return values
 
         sentence_ends = None
@@ -331,7 +332,8 @@ def load_tokenizer(path: str, flag: str):
             with open(json_file, encoding="utf-8-sig") as f:
                 kind = (json.load(f).get("model") or {}).get("type")
         except (ValueError, AttributeError) as e:
-            raise TokenizedCorpusError(f"{flag}: {json_file} is not a tokenizer.json ({e})") from None
+            raise TokenizedCorpusError(
+                f"{flag}: {json_file} is not a tokenizer.json ({e})") from None
         if kind == "BPE":
             return path, bpe.BPETokenizer.load(path)
         if kind == "WordPiece":
@@ -357,7 +359,7 @@ def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
     from tl_jax.progress import on_terminal, phase
 
     if bool(tokenizer) == bool(vocab_size):
-        raise ValueError("give --tokenizer=PATH (a byte-level BPE to tokenise with) or "
+        raise ValueError("give --tokenizer=PATH (a vocabulary to tokenise with) or "
                          "--vocab_size=N (train one of N tokens on the corpus), not "
                          + ("both" if tokenizer else "neither"))
     if vocab_size and vocab_size < 257:
@@ -367,9 +369,10 @@ def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
     check_output(os.path.abspath(paths.expand(output)))  # before anything is read
     spec, group_field = paths.expand(corpus), group_field or None
     if tokenizer:
-        source, bpe_tokenizer = load_tokenizer(paths.expand(tokenizer), f"--tokenizer={tokenizer}")
-        print(f"[tokenize] tokenizer: {source} ({bpe_tokenizer.vocab_size:,} tokens, "
-              f"{'byte-level BPE: for GPT' if layout_of(bpe_tokenizer) == 'documents' else 'WordPiece: for BERT, ELECTRA and distillation'})",
+        source, vocabulary = load_tokenizer(paths.expand(tokenizer), f"--tokenizer={tokenizer}")
+        kind = ("byte-level BPE: for GPT" if layout_of(vocabulary) == "documents" else
+                "WordPiece: for BERT, ELECTRA and distillation")
+        print(f"[tokenize] tokenizer: {source} ({vocabulary.vocab_size:,} tokens, {kind})",
               flush=True)
     else:
         with phase(f"Training a byte-level BPE of {vocab_size:,} tokens on {corpus}", True,
@@ -377,11 +380,11 @@ def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
             units = (unit for _, documents in sources.iter_sources(
                 spec, text_field, group_field, key="--corpus")
                 for document in documents for unit in document)
-            bpe_tokenizer = bpe.BPETokenizer.train(units, vocab_size=vocab_size,
-                                                   progress=on_terminal())
-            step.result = f"{bpe_tokenizer.vocab_size:,} tokens"
+            vocabulary = bpe.BPETokenizer.train(units, vocab_size=vocab_size,
+                                                progress=on_terminal())
+            step.result = f"{vocabulary.vocab_size:,} tokens"
     with phase(f"Tokenising {corpus} into {output}", True, prefix="[tokenize]") as step:
-        meta = write(spec, bpe_tokenizer, paths.expand(output), text_field, group_field)
+        meta = write(spec, vocabulary, paths.expand(output), text_field, group_field)
         step.result = (f"{meta['documents']:,} documents, {meta['tokens']:,} tokens from "
                        f"{len(meta['sources'])} source(s)")
     configs = ("a gpt_pretrain config" if meta["layout"] == "documents" else
