@@ -156,8 +156,8 @@ COMMANDS = {
     "static": ("Train static word vectors (word2vec or GloVe) and score them.", _static),
     "sweep": ("Train one config over a grid of settings and seeds; tables and plots of the "
               "results (ablations).", _sweep),
-    "tokenize": ("Tokenise a GPT corpus once into a folder that clm runs read as ids "
-                 "(data.corpus=FOLDER).", _tokenize),
+    "tokenize": ("Tokenise a pretraining corpus once into a folder of ids that GPT or BERT "
+                 "runs read as data.corpus.", _tokenize),
 }
 
 # Commands that run in one process: under a multi-process launch only process 0 runs them
@@ -265,8 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True,
                    help="as data.corpus: files, globs, jsonl, tfds:NAME, gensim:enwiki")
     p.add_argument("--tokenizer", default="",
-                   help="byte-level BPE: a folder with vocab.json + merges.txt (GPT-2), a "
-                        "tokenizer.json, or a clm workdir (its tokenizer/)")
+                   help="the vocabulary, which decides the model family: a byte-level BPE "
+                        "for GPT (vocab.json + merges.txt, a BPE tokenizer.json, a clm "
+                        "workdir) or WordPiece for BERT/ELECTRA/distillation (vocab.txt, a "
+                        "WordPiece tokenizer.json, a bert_pretrain workdir)")
     p.add_argument("--vocab_size", type=int, default=0,
                    help="instead of --tokenizer: train a byte-level BPE of this many tokens on "
                         "the corpus")
