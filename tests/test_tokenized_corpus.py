@@ -200,8 +200,8 @@ def test_a_run_with_another_vocabulary_is_refused(tmp_path, data_dir, written):
 
 
 def test_a_tokenised_corpus_given_to_a_text_reader_is_named(written):
-    with pytest.raises(sources.SourceError, match="is a tokenised corpus .*a GPT \\(clm\\) run "
-                       "reads one given alone as data.corpus"):
+    with pytest.raises(sources.SourceError, match="is a tokenised corpus .*GPT, BERT, ELECTRA "
+                       "and distillation runs read one given alone as data.corpus"):
         sources.load_documents(f"{written},{written}")
 
 
