@@ -367,3 +367,19 @@ def test_a_damaged_bert_corpus_is_named(tmp_path, austen_documents):
     with pytest.raises(tokenized.TokenizedCorpusError, match="token 7 has id 300, outside its "
                        "vocabulary of 300"):
         corpus.sentence_documents()
+
+
+def test_selected_sentence_documents_are_those_documents_alone():
+    """`TokenizedDocuments.select`: the documents asked for, in that order, each with its own
+    sentences; one left without a sentence (kept, empty, in a tokenised corpus) is dropped, as
+    `tokenize_documents` of the text drops it."""
+    from tl_jax.data.pretraining import TokenizedDocuments
+    every = TokenizedDocuments.from_lists([[[1, 2]], [], [[3], [4, 5]], [[6, 7, 8], [9]]])
+    assert len(every) == 4
+    for take, want in (([0, 1, 2], [[[1, 2]], [[3], [4, 5]]]),
+                       ([3, 0], [[[6, 7, 8], [9]], [[1, 2]]]),
+                       ([1], [])):
+        got = every.select(take)
+        expected = TokenizedDocuments.from_lists(want)
+        for field in ("tokens", "sentence_offsets", "document_offsets"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(expected, field), field)
