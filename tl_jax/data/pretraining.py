@@ -578,13 +578,9 @@ def _tokenised_corpus_tokenizer(config, corpus, workdir: str | None,
         other = saved
     elif config.tokenizer:
         other = paths.expand(config.tokenizer)
-    if other and (Tokenizer.load(other).hf_tokenizer.get_vocab()
-                  != corpus.tokenizer.hf_tokenizer.get_vocab()):
-        raise ValueError(
-            f"data.corpus={config.corpus!r} was tokenised with another vocabulary "
-            f"({corpus.tokenizer.vocab_size:,} tokens, {corpus.path}/tokenizer) than this run's "
-            f"({other}: the workdir's on a resume, else data.tokenizer): tokenise the text "
-            "again with `tl_jax tokenize --tokenizer=` that one")
+    if other:
+        corpus.check_vocabulary(Tokenizer.load(other), f"from {other}: the workdir's on a "
+                                "resume, else data.tokenizer")
     if saved and process_index == 0:
         corpus.tokenizer.save(saved)
     return corpus.tokenizer

@@ -260,13 +260,7 @@ class TokenizedCorpus:
         whole and checked against the vocabulary."""
         from tl_jax.data import pretraining
 
-        tokens = np.fromfile(os.path.join(self.path, TOKENS_FILE), dtype="<i4").astype(np.int32)
-        if len(tokens) != self.meta["tokens"]:
-            raise self._broken(f"{TOKENS_FILE} ended at token {len(tokens):,}")
-        bad = np.flatnonzero((tokens < 0) | (tokens >= self.meta["vocab_size"]))
-        if len(bad):
-            raise self._broken(f"token {int(bad[0]):,} has id {int(tokens[bad[0]])}, outside "
-                               f"its vocabulary of {self.meta['vocab_size']}")
+        tokens = self._read_ids(0, self.meta["tokens"])
         return pretraining.TokenizedDocuments(
             tokens, np.concatenate([[0], self.sentence_ends]),
             np.concatenate([[0], self.doc_ends]))
@@ -276,15 +270,7 @@ class TokenizedCorpus:
         would count in the process's resident memory), checked: each id within the vocabulary,
         and end-of-text where each document ends. A stream cut, shifted or overwritten fails
         here, with where, rather than training on ids that mean nothing."""
-        part = np.fromfile(os.path.join(self.path, TOKENS_FILE), dtype="<i4",
-                           count=stop - start, offset=4 * start)
-        if len(part) != stop - start:
-            raise self._broken(f"{TOKENS_FILE} ended at token {start + len(part):,}")
-        bad = np.flatnonzero((part < 0) | (part >= self.meta["vocab_size"]))
-        if len(bad):
-            at = start + int(bad[0])
-            raise self._broken(f"token {at:,} has id {int(part[bad[0]])}, outside its "
-                               f"vocabulary of {self.meta['vocab_size']}")
+        part = self._read_ids(start, stop)
         lo, hi = np.searchsorted(self.doc_ends, [start + 1, stop], side="left")
         hi += int(hi < len(self.doc_ends) and self.doc_ends[hi] == stop)
         ends = self.doc_ends[lo:hi] - 1 - start
@@ -296,6 +282,29 @@ class TokenizedCorpus:
                 f"{self.meta['eos_id']}) at token {int(self.doc_ends[document]) - 1:,}: "
                 f"{TOKENS_FILE} and {ENDS_FILE} do not belong together")
         return part
+
+    def _read_ids(self, start: int, stop: int) -> np.ndarray:
+        """Ids `[start, stop)` from the file, each checked to lie within the vocabulary."""
+        part = np.fromfile(os.path.join(self.path, TOKENS_FILE), dtype="<i4",
+                           count=stop - start, offset=4 * start)
+        if len(part) != stop - start:
+            raise self._broken(f"{TOKENS_FILE} ended at token {start + len(part):,}")
+        bad = np.flatnonzero((part < 0) | (part >= self.meta["vocab_size"]))
+        if len(bad):
+            raise self._broken(f"token {start + int(bad[0]):,} has id {int(part[bad[0]])}, "
+                               f"outside its vocabulary of {self.meta['vocab_size']}")
+        return part.astype(np.int32, copy=False)
+
+    def check_vocabulary(self, tokenizer, source: str) -> None:
+        """The run's `tokenizer` (from `source`, said in the error) must be the corpus's own
+        vocabulary: its ids are fixed, and under another one they would stand for other
+        tokens."""
+        if tokenizer.hf_tokenizer.get_vocab() != self.tokenizer.hf_tokenizer.get_vocab():
+            raise TokenizedCorpusError(
+                f"data.corpus={self.path!r} was tokenised with another vocabulary "
+                f"({self.tokenizer.vocab_size:,} tokens, {self.path}/{TOKENIZER_DIR}) than this "
+                f"run's ({tokenizer.vocab_size:,} tokens, {source}): tokenise the text again "
+                "with `tl_jax tokenize --tokenizer=` that one")
 
     def _broken(self, what: str) -> TokenizedCorpusError:
         return TokenizedCorpusError(f"tokenised corpus {self.path}: {what}; tokenise the corpus "

@@ -390,15 +390,9 @@ class Task:
             corpus = tokenized.TokenizedCorpus.open(path)
             step.result = (f"{corpus.num_documents:,} documents, "
                            f"{len(corpus.tokens):,} tokens")
-        if self.tokenizer is not None and (self.tokenizer.hf_tokenizer.get_vocab()
-                                           != corpus.tokenizer.hf_tokenizer.get_vocab()):
-            # Its ids are fixed: under another vocabulary they would stand for other tokens.
-            raise tokenized.TokenizedCorpusError(
-                f"data.corpus={data_cfg.corpus!r} was tokenised with another vocabulary "
-                f"({corpus.tokenizer.vocab_size:,} tokens, {corpus.path}/tokenizer) than this "
-                f"run's ({self.tokenizer.vocab_size:,} tokens, from {self.tokenizer.source}: "
-                "the workdir's on a resume, else data.tokenizer or init_from's): tokenise the "
-                "text again with `tl_jax tokenize --tokenizer=` that one")
+        if self.tokenizer is not None:
+            corpus.check_vocabulary(self.tokenizer, f"from {self.tokenizer.source}: the "
+                                    "workdir's on a resume, else data.tokenizer or init_from's")
         self.tokenizer = self.tokenizer or corpus.tokenizer
         n_documents = corpus.num_documents
         if data_cfg.max_documents:
