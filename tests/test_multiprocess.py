@@ -357,3 +357,39 @@ def test_two_processes_pretrain_a_gpt_on_a_tokenised_corpus_as_one_process_on_it
     # The vocabulary came with the corpus, and process 0 saved it for a resume.
     assert (bpe.BPETokenizer.load(str(multi / "tokenizer")).hf_tokenizer.get_vocab()
             == tokenizer.hf_tokenizer.get_vocab())
+
+
+def test_two_processes_pretrain_a_bilm_on_a_words_corpus_as_one_process_on_its_text(
+        data_dir, tmp_path):
+    """`tl_jax tokenize --words` on a pod: each of two processes reads the ids and spellings
+    from the shared folder, counts the same vocabulary and feeds its rows; the losses and
+    held-out figures are those of one process training on the text."""
+    from tl_jax import train
+    from tl_jax import config as config_lib
+    from tl_jax.data import tokenized
+
+    text = data_dir / "austen.jsonl"
+    tokenized.write(str(text), None, str(tmp_path / "words.tok"), progress=False)
+    common = ["train.progress=False", "train.log_every=1", "train.steps=3", "train.eval_every=3",
+              "train.eval_batches=1", "train.checkpoint_every=3", "data.max_units=300",
+              "model.dropout_rate=0.0"]
+    multi = tmp_path / "multi"
+    _ok(two_processes(["train", "--config=configs/elmo_pretrain.py:tiny", f"--workdir={multi}"]
+                      + [f"--config.{o}" for o in common
+                         + [f"data.corpus={tmp_path / 'words.tok'}"]]))
+    single = tmp_path / "single"
+    train.train_and_evaluate(config_lib.load_config(
+        "configs/elmo_pretrain.py:tiny", common + [f"data.corpus={text}"]), str(single))
+
+    def losses(workdir):
+        return {r["step"]: r["loss"] for r in map(json.loads, open(workdir / "metrics.jsonl"))
+                if "loss" in r}
+
+    assert sorted(losses(multi)) == sorted(losses(single)) == [1, 2, 3]
+    for step, loss in losses(single).items():
+        assert losses(multi)[step] == pytest.approx(loss, rel=1e-5)
+    (m,), (s,) = _evals(multi).values(), _evals(single).values()
+    assert m.keys() == s.keys() and "eval/forward_perplexity" in m
+    for key in s:
+        assert m[key] == pytest.approx(s[key], rel=1e-5), key
+    assert (multi / "vocab.txt").read_text() == (single / "vocab.txt").read_text()

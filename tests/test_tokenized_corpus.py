@@ -200,8 +200,8 @@ def test_a_run_with_another_vocabulary_is_refused(tmp_path, data_dir, written):
 
 
 def test_a_tokenised_corpus_given_to_a_text_reader_is_named(written):
-    with pytest.raises(sources.SourceError, match="is a tokenised corpus .*GPT, BERT, ELECTRA "
-                       "and distillation runs read one given alone as data.corpus"):
+    with pytest.raises(sources.SourceError, match="is a tokenised corpus .*GPT, BERT, ELECTRA, "
+                       "distillation and biLM runs read one given alone as data.corpus"):
         sources.load_documents(f"{written},{written}")
 
 
@@ -240,6 +240,9 @@ def test_the_tokenize_command_trains_a_bpe_on_the_corpus_without_a_tokenizer(
     """--vocab_size=N in place of --tokenizer: a byte-level BPE of N tokens trained on the whole
     corpus, saved with it; the stream decodes back to the text. Neither or both is an error,
     as is a vocabulary too small for the bytes, named before the corpus is read."""
+    one_of = ("give one of --tokenizer=PATH (a vocabulary to tokenise with, for GPT or BERT), "
+              "--vocab_size=N (train a byte-level BPE of N tokens on the corpus, for GPT) or "
+              "--words (the ELMo biLM's words), not ")
     monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
     out = tmp_path / "out.tok"
     main.main(["tokenize", f"--corpus={spec_of(corpus_files)}", "--vocab_size=280",
@@ -253,11 +256,10 @@ def test_the_tokenize_command_trains_a_bpe_on_the_corpus_without_a_tokenizer(
         ids = corpus.tokens[starts[i]:corpus.doc_ends[i] - 1]
         assert corpus.tokenizer.decode(ids) == "\n".join(documents[i])
     for argv, message in (
-            ([], "give --tokenizer=PATH (a vocabulary to tokenise with) or --vocab_size=N "
-                 "(train one of N tokens on the corpus), not neither"),
+            ([], one_of + "none"),
             ([f"--tokenizer={out / 'tokenizer'}", "--vocab_size=300"],
-             "give --tokenizer=PATH (a vocabulary to tokenise with) or --vocab_size=N "
-             "(train one of N tokens on the corpus), not both"),
+             one_of + "--tokenizer and --vocab_size"),
+            (["--vocab_size=300", "--words"], one_of + "--vocab_size and --words"),
             (["--vocab_size=100"], "--vocab_size=100 is too small for a byte-level BPE")):
         with pytest.raises(SystemExit) as e:
             main.main(["tokenize", "--corpus=/no/such/corpus.txt", f"--output={tmp_path / 'o'}"]
@@ -383,3 +385,133 @@ def test_selected_sentence_documents_are_those_documents_alone():
         expected = TokenizedDocuments.from_lists(want)
         for field in ("tokens", "sentence_offsets", "document_offsets"):
             np.testing.assert_array_equal(getattr(got, field), getattr(expected, field), field)
+
+
+# -- the biLM's words (`tl_jax tokenize --words`) -------------------------------------------
+
+def bilm_task(corpus, *extra):
+    from tl_jax.tasks import bilm
+    config = config_lib.load_config("configs/elmo_pretrain.py:tiny", [
+        f"data.corpus={corpus}", "train.progress=False", *extra])
+    return bilm.Task(config, workdir=None)
+
+
+@pytest.fixture()
+def words_written(tmp_path, austen_documents):
+    out = tmp_path / "words.tok"
+    tokenized.write(str(austen_documents), None, str(out), progress=False)
+    return out
+
+
+@pytest.mark.parametrize("max_len", [3, 7, 16, 200])
+def test_word_pieces_are_the_units_of_the_text_framed(words_written, austen_documents, max_len):
+    """Each unit's words, cut at every max_len - 2 and framed by <S> ... </S>, as
+    `encode_units` frames the text: pieces, their order and their spellings, whole and for the
+    first units alone (a cut that ends within a document)."""
+    from tl_jax.tasks import bilm
+    units = [u for d in sources.load_documents(str(austen_documents)) for u in d]
+    corpus = tokenized.TokenizedCorpus.open(str(words_written), layout="words")
+    assert corpus.meta["units"] == len(units) == 240
+    for max_units in (0, 1, 37):
+        want_spellings, want = bilm.encode_units(units[:max_units] if max_units else units,
+                                                 max_len)
+        spellings, types = corpus.word_pieces(max_len, max_units)
+        assert types.shape == want.shape and types.dtype == np.int32
+        np.testing.assert_array_equal(np.asarray(spellings, object)[types],
+                                      np.asarray(want_spellings, object)[want])
+    with pytest.raises(ValueError, match="data.max_len must be >= 3"):
+        corpus.word_pieces(2)
+
+
+@pytest.mark.parametrize("extra", [(), ("data.max_units=50", "data.eval_fraction=0.2")])
+def test_a_bilm_run_on_the_words_corpus_gets_the_data_of_its_text(
+        words_written, austen_documents, extra):
+    """The vocabulary (counted by the run: min_count, max_vocab), the training and held-out
+    pieces and the first batches are the text's."""
+    text, tok = bilm_task(austen_documents, *extra), bilm_task(words_written, *extra)
+    assert tok.vocab == text.vocab and len(text.vocab) > 100
+    assert len(tok.train_data) == len(text.train_data) and text.eval_data is not None
+    for a, b in ((tok.train_data, text.train_data), (tok.eval_data, text.eval_data)):
+        for field in ("types", "type_words", "type_chars", "lengths"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), field)
+    for a, b in ((next(tok.train_batches()), next(text.train_batches())),
+                 (tok.eval_batches()[-1], text.eval_batches()[-1])):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    smaller = bilm_task(words_written, "data.max_vocab=50", "data.min_count=1", *extra)
+    assert smaller.vocab == text.vocab[:50]
+
+
+def _replace_line(path, n, line):
+    lines = path.read_text(encoding="utf-8").split("\n")
+    lines[n] = line
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: _replace_line(p / "spellings.txt", 10, p.joinpath("spellings.txt").read_text(
+        encoding="utf-8").split("\n")[11]), "spellings.txt does not start with <pad>, <S>, "
+     "</S> or holds a spelling twice"),
+    (lambda p: _replace_line(p / "spellings.txt", 0, "<unk>"), "does not start with <pad>"),
+    (lambda p: (p / "spellings.txt").write_text("<pad>\n<S>\n</S>\nthe\n"),
+     r"spellings.txt has 4 lines, but the ids were written with [\d,]+ spellings"),
+    (lambda p: os.remove(p / "spellings.txt"), "spellings.txt cannot be read"),
+    (lambda p: os.remove(p / "unit_ends.npy"), "unit_ends.npy cannot be read"),
+    (lambda p: np.save(p / "unit_ends.npy", np.load(p / "unit_ends.npy")[:-1]),
+     r"unit_ends.npy holds int64 \(239,\), not the 240 unit ends"),
+    (lambda p: (p / "corpus.json").write_text(json.dumps(
+        {k: v for k, v in _meta(p).items() if k != "units"})), "has no valid 'units'"),
+])
+def test_a_damaged_words_corpus_is_named(words_written, damage, message):
+    damage(words_written)
+    with pytest.raises(tokenized.TokenizedCorpusError, match=message) as e:
+        bilm_task(words_written)
+    assert str(words_written) in str(e.value) and "tl_jax tokenize" in str(e.value)
+
+
+def test_words_outside_the_spellings_are_found_as_they_are_read(words_written):
+    n = _meta(words_written)["vocab_size"]
+    tokens = np.fromfile(words_written / "tokens.int32", "<i4")
+    tokens[123] = n
+    tokens.tofile(words_written / "tokens.int32")
+    with pytest.raises(tokenized.TokenizedCorpusError, match=f"token 123 has id {n}, outside "
+                       f"its {n:,} spellings"):
+        bilm_task(words_written)
+
+
+def test_a_words_corpus_and_a_gpt_or_bert_one_are_not_mistaken(tmp_path, written,
+                                                               words_written):
+    with pytest.raises(tokenized.TokenizedCorpusError, match=r"was made for GPT \(`clm`\) runs, "
+                       r"with a byte-level BPE; this run reads one made for ELMo biLM \(`bilm`\) "
+                       r"runs, as cased words and punctuation: tokenise the text again with "
+                       r"`tl_jax tokenize --words`"):
+        bilm_task(written)
+    with pytest.raises(tokenized.TokenizedCorpusError, match=r"was made for ELMo biLM .* this "
+                       r"run reads one made for GPT .*`tl_jax tokenize --tokenizer=` a "
+                       r"byte-level BPE"):
+        clm.Task(gpt_config(words_written), None)
+    with pytest.raises(tokenized.TokenizedCorpusError, match=r"was made for ELMo biLM .* this "
+                       r"run reads one made for BERT"):
+        bert_data(words_written)
+
+
+def test_the_tokenize_command_writes_words_a_bilm_trains_on(tmp_path, austen_documents, capsys):
+    """`tl_jax tokenize --words`, then `tl_jax train` of the biLM on the folder: the same
+    losses as on the text."""
+    out = tmp_path / "words.tok"
+    main.main(["tokenize", f"--corpus={austen_documents}", "--words", f"--output={out}"])
+    said = capsys.readouterr().out
+    assert "60 documents" in said and "distinct spellings" in said
+    assert f"--config.data.corpus={out} (an elmo_pretrain config)" in said
+    losses = []
+    for corpus in (austen_documents, out):
+        workdir = tmp_path / f"run{len(losses)}"
+        main.main(["train", "--config=configs/elmo_pretrain.py:tiny", f"--workdir={workdir}",
+                   f"--config.data.corpus={corpus}", "--config.train.steps=2",
+                   "--config.train.progress=False"])
+        timings = ("steps_per_sec", "tokens_per_sec", "mfu")
+        losses.append([{k: v for k, v in json.loads(line).items() if k not in timings}
+                       for line in open(workdir / "metrics.jsonl")])
+        assert (workdir / "vocab.txt").read_text() == (
+            tmp_path / "run0" / "vocab.txt").read_text()
+    assert losses[0] == losses[1] and "eval/forward_perplexity" in losses[0][-1]

@@ -11,7 +11,7 @@
     tl_jax sweep --config=configs/bert_pretrain.py:tiny --workdir=DIR \\
         --grid=data.masked_lm_prob=0.1,0.15,0.3 --seeds=0,1 [--config.key=value ...]
     tl_jax build_tasks --out_dir=DIR
-    tl_jax tokenize --corpus=books/*.jsonl --tokenizer=DIR|--vocab_size=N --output=books.tok
+    tl_jax tokenize --corpus=books/*.jsonl --tokenizer=DIR|--vocab_size=N|--words --output=books.tok
 
 Run `tl_jax <command> --help` for a command's flags.
 
@@ -130,7 +130,7 @@ def _sweep(args, overrides):
 def _tokenize(args, overrides):
     from tl_jax.data import tokenized
     tokenized.run(args.corpus, args.tokenizer, args.output, args.text_field, args.group_field,
-                  args.vocab_size)
+                  args.vocab_size, args.words)
 
 
 def _static(args, overrides):
@@ -156,8 +156,8 @@ COMMANDS = {
     "static": ("Train static word vectors (word2vec or GloVe) and score them.", _static),
     "sweep": ("Train one config over a grid of settings and seeds; tables and plots of the "
               "results (ablations).", _sweep),
-    "tokenize": ("Tokenise a pretraining corpus once into a folder of ids that GPT or BERT "
-                 "runs read as data.corpus.", _tokenize),
+    "tokenize": ("Tokenise a pretraining corpus once into a folder of ids that GPT, BERT or "
+                 "biLM runs read as data.corpus.", _tokenize),
 }
 
 # Commands that run in one process: under a multi-process launch only process 0 runs them
@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab_size", type=int, default=0,
                    help="instead of --tokenizer: train a byte-level BPE of this many tokens on "
                         "the corpus")
+    p.add_argument("--words", action="store_true",
+                   help="instead of --tokenizer: cased words and punctuation, for the ELMo "
+                        "biLM (elmo_pretrain; each run counts its own vocabulary)")
     p.add_argument("--output", required=True, help="a new folder")
     p.add_argument("--text_field", default="text", help="as data.text_field")
     p.add_argument("--group_field", default="", help="as data.group_field")

@@ -131,8 +131,8 @@ def load_file(path: str, text_field: str = "text", group_field: str | None = Non
     if not os.path.isfile(path):
         if os.path.isfile(os.path.join(path, "corpus.json")):
             raise SourceError(f"{path} is a tokenised corpus (`tl_jax tokenize`): GPT, BERT, "
-                              "ELECTRA and distillation runs read one given alone as "
-                              "data.corpus; other readers (the biLM, static vectors) take text")
+                              "ELECTRA, distillation and biLM runs read one given alone as "
+                              "data.corpus; other readers (static vectors) take text")
         raise SourceError(f"Corpus path is not a file: {path}")
     # Extensions in any case: DATA.JSONL is JSON lines (read as plain text, its braces and keys
     # were trained on as prose), CORPUS.TXT.GZ compressed.

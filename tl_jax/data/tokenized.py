@@ -17,13 +17,19 @@ and, by layout (which the tokenizer decides):
   * "sentences" (WordPiece, for BERT, ELECTRA and distillation): the tokens are every sentence's
     ids, as `pretraining.tokenize_documents` splits and tokenises the text; `sentence_ends.npy`
     says where each sentence ends in them and `doc_sentence_ends.npy` where each document ends
-    in the sentences (a document left without a sentence keeps its number, empty).
+    in the sentences (a document left without a sentence keeps its number, empty);
+  * "words" (`tl_jax tokenize --words`, for the ELMo biLM): the tokens are every text unit's
+    cased words and punctuation as `bilm.tokenize` splits them, each an id into
+    `spellings.txt` (one spelling a line; the first three are <pad>, <S> and </S>), and
+    `unit_ends.npy` says where each unit ends (a unit without a word keeps its number, empty).
+    There is no vocabulary yet: each run counts its own from the ids (data.min_count,
+    data.max_vocab), so one folder serves every biLM config.
 
 A run names the folder as `data.corpus`, and gets the same held-out documents and the same
 data as the text would give; the text is never read again. A GPT run reads the stream a chunk
 at a time, checked as it is read, and keeps only its windows (`clm_data.document_blocks`);
-BERT's reads the ids whole, as it holds them anyway. `tokens` is also a read-only memory map of
-the ids, for a look at them.
+BERT's and the biLM's read the ids whole, as they hold them anyway. `tokens` is also a
+read-only memory map of the ids, for a look at them.
 
     write("books/*.jsonl", tokenizer, "books.tok")     # tl_jax tokenize
     corpus = TokenizedCorpus.open("books.tok", layout="documents")
@@ -47,9 +53,16 @@ ENDS_FILE = "doc_ends.npy"
 SENTENCE_ENDS_FILE = "sentence_ends.npy"
 DOC_SENTENCE_ENDS_FILE = "doc_sentence_ends.npy"
 TOKENIZER_DIR = "tokenizer"
+UNIT_ENDS_FILE = "unit_ends.npy"
+SPELLINGS_FILE = "spellings.txt"
 # What each layout is for, as errors say it.
 LAYOUTS = {"documents": "GPT (`clm`) runs, with a byte-level BPE",
-           "sentences": "BERT, ELECTRA and distillation runs, with a WordPiece vocabulary"}
+           "sentences": "BERT, ELECTRA and distillation runs, with a WordPiece vocabulary",
+           "words": "ELMo biLM (`bilm`) runs, as cased words and punctuation"}
+# How `tl_jax tokenize` makes a corpus of each layout, as errors say it.
+HOW = {"documents": "`tl_jax tokenize --tokenizer=` a byte-level BPE",
+       "sentences": "`tl_jax tokenize --tokenizer=` a WordPiece vocabulary",
+       "words": "`tl_jax tokenize --words`"}
 
 
 class TokenizedCorpusError(ValueError):
@@ -62,15 +75,18 @@ def is_tokenized_corpus(path: str) -> bool:
 
 
 def layout_of(tokenizer) -> str:
-    """"documents" for a byte-level BPE (GPT), "sentences" for WordPiece (BERT)."""
+    """"documents" for a byte-level BPE (GPT), "sentences" for WordPiece (BERT), "words" for
+    None (the biLM's words, which need no vocabulary)."""
+    if tokenizer is None:
+        return "words"
     return "documents" if isinstance(tokenizer, bpe.BPETokenizer) else "sentences"
 
 
 def write(spec: str, tokenizer, output: str, text_field: str = "text",
           group_field: str | None = None, progress: bool = True) -> dict:
     """Tokenises the corpus `spec` names (as `data.corpus` would read it) with `tokenizer` (a
-    `bpe.BPETokenizer` or a WordPiece `tokenizer.Tokenizer`: `layout_of`) into the folder
-    `output`; returns its corpus.json.
+    `bpe.BPETokenizer`, a WordPiece `tokenizer.Tokenizer`, or None for the biLM's words:
+    `layout_of`) into the folder `output`; returns its corpus.json.
 
     One file (or dataset) of the corpus is held as text at a time, and its ids are appended to
     the file as they are made. Everything is written into `output.partial` first and renamed
@@ -90,6 +106,7 @@ def write(spec: str, tokenizer, output: str, text_field: str = "text",
     layout = layout_of(tokenizer)
     n_documents = n_tokens = n_sentences = 0
     ends, sentence_ends, files = [], [], []
+    spellings = {"<pad>": 0, "<S>": 1, "</S>": 2}  # "words": each spelling's id
     try:
         with open(os.path.join(partial, TOKENS_FILE), "wb") as stream:
             for source, documents in sources.iter_sources(spec, text_field, group_field,
@@ -102,6 +119,12 @@ def write(spec: str, tokenizer, output: str, text_field: str = "text",
                             ends.append(n_tokens + np.cumsum(lengths))
                             n_tokens += int(lengths.sum())
                             bar.update(len(lengths))
+                elif layout == "words":
+                    ids, unit_ends = _word_ids(documents, spellings, progress, source)
+                    stream.write(ids.astype("<i4", copy=False).tobytes())
+                    ends.append(n_tokens + unit_ends)
+                    n_tokens += len(ids)
+                    del ids
                 else:
                     tokens = pretraining.tokenize_documents(documents, tokenizer,
                                                             progress=progress, keep_empty=True)
@@ -117,17 +140,24 @@ def write(spec: str, tokenizer, output: str, text_field: str = "text",
         meta = {"format": FORMAT, "version": VERSION, "layout": layout, "corpus": spec,
                 "text_field": text_field, "group_field": group_field or "", "sources": files,
                 "documents": n_documents, "tokens": n_tokens,
-                "vocab_size": tokenizer.vocab_size}
+                "vocab_size": tokenizer.vocab_size if tokenizer is not None else len(spellings)}
         if layout == "documents":
             np.save(os.path.join(partial, ENDS_FILE), np.concatenate(ends).astype(np.int64))
             meta["eos_id"] = tokenizer.eos_id
+        elif layout == "words":
+            unit_ends = np.concatenate(ends).astype(np.int64)
+            np.save(os.path.join(partial, UNIT_ENDS_FILE), unit_ends)
+            meta["units"] = len(unit_ends)
+            with open(os.path.join(partial, SPELLINGS_FILE), "w", encoding="utf-8") as f:
+                f.write("\n".join(spellings) + "\n")
         else:
             np.save(os.path.join(partial, SENTENCE_ENDS_FILE),
                     np.concatenate(sentence_ends).astype(np.int64))
             np.save(os.path.join(partial, DOC_SENTENCE_ENDS_FILE),
                     np.concatenate(ends).astype(np.int64))
             meta["sentences"] = n_sentences
-        tokenizer.save(os.path.join(partial, TOKENIZER_DIR))
+        if tokenizer is not None:
+            tokenizer.save(os.path.join(partial, TOKENIZER_DIR))
         with open(os.path.join(partial, META_FILE), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
             f.write("\n")
@@ -138,6 +168,25 @@ def write(spec: str, tokenizer, output: str, text_field: str = "text",
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return meta
+
+
+def _word_ids(documents, spellings: dict, progress: bool, source: str):
+    """The biLM's words of every text unit of `documents` as ids into `spellings` (extended
+    with the new ones), and where each unit ends in them: (ids int32, ends int64)."""
+    import array
+
+    from tl_jax import progress as progress_lib
+    from tl_jax.tasks.bilm import tokenize
+
+    ids, ends = array.array("i"), array.array("q")
+    with progress_lib.bar(total=len(documents), desc=f"tokenising {source}", unit="doc",
+                          disable=not progress) as bar:
+        for document in documents:
+            for unit in document:
+                ids.extend(spellings.setdefault(t, len(spellings)) for t in tokenize(unit))
+                ends.append(len(ids))
+            bar.update(1)
+    return np.frombuffer(ids, np.int32), np.frombuffer(ends, np.int64)
 
 
 def check_output(output: str) -> None:
@@ -193,9 +242,9 @@ class TokenizedCorpus:
             raise TokenizedCorpusError(
                 f"tokenised corpus {path} was made for {LAYOUTS[meta['layout']]}; this run "
                 f"reads one made for {LAYOUTS[layout]}: tokenise the text again with "
-                "`tl_jax tokenize --tokenizer=` such a vocabulary")
-        counts = ("documents", "tokens", "vocab_size") + (
-            ("eos_id",) if layout == "documents" else ("sentences",))
+                f"{HOW[layout]}")
+        counts = ("documents", "tokens", "vocab_size") + {
+            "documents": ("eos_id",), "sentences": ("sentences",), "words": ("units",)}[layout]
         for key in counts:
             if not isinstance(meta.get(key), int) or meta[key] < 0:
                 raise broken(f"{META_FILE} has no valid {key!r}")
@@ -211,9 +260,10 @@ class TokenizedCorpus:
             raise broken(f"it holds {meta['tokens']} token(s): nothing to train on")
         tokens = np.memmap(tokens_file, dtype="<i4", mode="r", shape=(meta["tokens"],))
 
-        def ends(name: str, count: int, total: int, what: str, empty: bool) -> np.ndarray:
-            """The int64 ends in `name`: `count` of them, rising (or staying, where parts may
-            be `empty`) and finishing at `total`."""
+        def ends(name: str, count: int, total: int, what: str, of: str,
+                 empty: bool) -> np.ndarray:
+            """The int64 ends in `name`: `count` of them, cutting `total` `of` into `what`s:
+            rising (or staying, where parts may be `empty`) and finishing at `total`."""
             try:
                 values = np.load(os.path.join(path, name), allow_pickle=False)
             except (OSError, ValueError) as e:
@@ -224,19 +274,25 @@ class TokenizedCorpus:
             values = values.astype(np.int64, copy=False)
             if (len(values) == 0 or values[-1] != total
                     or np.any(np.diff(values, prepend=0) < (0 if empty else 1))):
-                unit = "sentences" if empty else "tokens"
-                raise broken(f"{name} does not cut the {total:,} {unit} into {what}s (its ends "
+                raise broken(f"{name} does not cut the {total:,} {of} into {what}s (its ends "
                              "must rise and finish at the last one)")
             return values
 
         sentence_ends = None
         if layout == "documents":
-            doc_ends = ends(ENDS_FILE, meta["documents"], meta["tokens"], "document", False)
-        else:
+            doc_ends = ends(ENDS_FILE, meta["documents"], meta["tokens"], "document", "tokens",
+                            False)
+        elif layout == "sentences":
             sentence_ends = ends(SENTENCE_ENDS_FILE, meta["sentences"], meta["tokens"],
-                                 "sentence", False)
+                                 "sentence", "tokens", False)
             doc_ends = ends(DOC_SENTENCE_ENDS_FILE, meta["documents"], meta["sentences"],
-                            "document", True)
+                            "document", "sentences", True)
+        else:
+            # The units' ends, for there are no documents left: the biLM reads the units of
+            # every document one after another.
+            doc_ends = ends(UNIT_ENDS_FILE, meta["units"], meta["tokens"], "unit", "tokens",
+                            True)
+            return cls(path, meta, tokens, doc_ends, _read_spellings(path, meta, broken))
         tokenizer_dir = os.path.join(path, TOKENIZER_DIR)
         try:
             if layout == "documents":
@@ -253,6 +309,36 @@ class TokenizedCorpus:
             raise broken(f"its tokenizer's end-of-text id is {tokenizer.eos_id}, but the stream "
                          f"was written with {meta['eos_id']}")
         return cls(path, meta, tokens, doc_ends, tokenizer, sentence_ends)
+
+    @property
+    def unit_ends(self) -> np.ndarray:
+        """"words" layout: where each text unit ends in the tokens."""
+        return self.doc_ends
+
+    def word_pieces(self, max_len: int, max_units: int = 0) -> tuple[list[str], np.ndarray]:
+        """"words" layout: `bilm.encode_units` of the first `max_units` units (0: all) read
+        from the ids: (the spellings, types (N, max_len) int32), each unit cut into pieces of
+        at most max_len - 2 words framed by <S> (1) and </S> (2), 0 after a piece's end. The
+        ids are read whole (checked against the spellings); the pieces hold them anyway."""
+        from tl_jax.tasks.bilm import check_max_len
+
+        check_max_len(max_len)
+        ends = self.unit_ends[:max_units] if max_units else self.unit_ends
+        ids = self._read_ids(0, int(ends[-1]) if len(ends) else 0)
+        starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+        width = max_len - 2
+        n_pieces = -(-(ends - starts) // width)  # a unit without a word has none
+        unit = np.repeat(np.arange(len(ends)), n_pieces)
+        first = np.repeat(np.cumsum(n_pieces) - n_pieces, n_pieces)
+        piece_start = starts[unit] + (np.arange(len(unit)) - first) * width
+        piece_len = np.minimum(width, ends[unit] - piece_start)
+        types = np.zeros((len(unit), max_len), np.int32)
+        types[:, 0] = 1  # <S>
+        for j in range(width):  # column j + 1 holds each piece's word j, where it has one
+            rows = np.flatnonzero(piece_len > j)
+            types[rows, j + 1] = ids[piece_start[rows] + j]
+        types[np.arange(len(unit)), piece_len + 1] = 2  # </S>
+        return self.tokenizer, types
 
     def sentence_documents(self):
         """"sentences" layout: every document as `pretraining.TokenizedDocuments` (those
@@ -291,8 +377,10 @@ class TokenizedCorpus:
             raise self._broken(f"{TOKENS_FILE} ended at token {start + len(part):,}")
         bad = np.flatnonzero((part < 0) | (part >= self.meta["vocab_size"]))
         if len(bad):
+            n = self.meta["vocab_size"]
             raise self._broken(f"token {start + int(bad[0]):,} has id {int(part[bad[0]])}, "
-                               f"outside its vocabulary of {self.meta['vocab_size']}")
+                               "outside " + (f"its {n:,} spellings" if self.meta["layout"] ==
+                                             "words" else f"its vocabulary of {n}"))
         return part.astype(np.int32, copy=False)
 
     def check_vocabulary(self, tokenizer, source: str) -> None:
@@ -315,6 +403,25 @@ class TokenizedCorpus:
         stream is read a chunk at a time (`read`, which checks it) and only their tokens kept."""
         return clm_data.document_blocks(self.tokens, self.doc_ends, documents, seq_len,
                                         read=self.read)
+
+
+def _read_spellings(path: str, meta: dict, broken) -> list[str]:
+    """"words" layout: spellings.txt, checked against corpus.json (a count) and itself (the
+    markers first, no spelling twice: the runs count words by spelling)."""
+    try:
+        with open(os.path.join(path, SPELLINGS_FILE), encoding="utf-8") as f:
+            spellings = f.read().split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise broken(f"{SPELLINGS_FILE} cannot be read ({e})") from None
+    if spellings and spellings[-1] == "":
+        spellings.pop()
+    if len(spellings) != meta["vocab_size"]:
+        raise broken(f"{SPELLINGS_FILE} has {len(spellings):,} lines, but the ids were written "
+                     f"with {meta['vocab_size']:,} spellings")
+    if spellings[:3] != ["<pad>", "<S>", "</S>"] or len(set(spellings)) != len(spellings):
+        raise broken(f"{SPELLINGS_FILE} does not start with <pad>, <S>, </S> or holds a "
+                     "spelling twice")
+    return spellings
 
 
 def load_tokenizer(path: str, flag: str):
@@ -356,28 +463,36 @@ def load_tokenizer(path: str, flag: str):
 
 
 def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
-        group_field: str = "", vocab_size: int = 0) -> dict:
+        group_field: str = "", vocab_size: int = 0, words: bool = False) -> dict:
     """`tl_jax tokenize`: tokenise `corpus` with `tokenizer` into the folder `output`.
 
     `tokenizer` is a byte-level BPE (GPT) or a WordPiece vocabulary (BERT): see
     `load_tokenizer`. Without one, `vocab_size` > 0 trains a byte-level BPE of
     that many tokens on the whole corpus first (read one file at a time, then read again to
     tokenise): a clm run on text trains its BPE on the training documents only, so here the
-    held-out documents' text is seen by the tokenizer, as GPT-2's BPE saw all of WebText."""
+    held-out documents' text is seen by the tokenizer, as GPT-2's BPE saw all of WebText.
+    `words` splits the text into the biLM's cased words instead (no vocabulary: each biLM run
+    counts its own)."""
     from tl_jax import paths
     from tl_jax.progress import on_terminal, phase
 
-    if bool(tokenizer) == bool(vocab_size):
-        raise ValueError("give --tokenizer=PATH (a vocabulary to tokenise with) or "
-                         "--vocab_size=N (train one of N tokens on the corpus), not "
-                         + ("both" if tokenizer else "neither"))
+    given = [flag for flag, value in (("--tokenizer", tokenizer), ("--vocab_size", vocab_size),
+                                      ("--words", words)) if value]
+    if len(given) != 1:
+        raise ValueError("give one of --tokenizer=PATH (a vocabulary to tokenise with, for GPT "
+                         "or BERT), --vocab_size=N (train a byte-level BPE of N tokens on the "
+                         "corpus, for GPT) or --words (the ELMo biLM's words), not "
+                         + (" and ".join(given) if given else "none"))
     if vocab_size and vocab_size < 257:
         raise ValueError(f"--vocab_size={vocab_size} is too small for a byte-level BPE "
                          f"vocabulary (the 256 byte symbols, {bpe.EOS} and the merges); GPT-2's "
                          "is 50257")
     check_output(os.path.abspath(paths.expand(output)))  # before anything is read
     spec, group_field = paths.expand(corpus), group_field or None
-    if tokenizer:
+    if words:
+        vocabulary = None
+        print("[tokenize] words: cased words and punctuation, for the ELMo biLM", flush=True)
+    elif tokenizer:
         source, vocabulary = load_tokenizer(paths.expand(tokenizer), f"--tokenizer={tokenizer}")
         kind = ("byte-level BPE: for GPT" if layout_of(vocabulary) == "documents" else
                 "WordPiece: for BERT, ELECTRA and distillation")
@@ -396,8 +511,11 @@ def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
         meta = write(spec, vocabulary, paths.expand(output), text_field, group_field)
         step.result = (f"{meta['documents']:,} documents, {meta['tokens']:,} tokens from "
                        f"{len(meta['sources'])} source(s)")
-    configs = ("a gpt_pretrain config" if meta["layout"] == "documents" else
-               "a bert_pretrain, electra_pretrain or distill config")
-    print(f"[tokenize] train on it with --config.data.corpus={output} ({configs}); its "
-          "tokenizer comes with it", flush=True)
+        if words:
+            step.result += f", {meta['vocab_size']:,} distinct spellings"
+    configs = {"documents": "a gpt_pretrain config",
+               "sentences": "a bert_pretrain, electra_pretrain or distill config",
+               "words": "an elmo_pretrain config"}[meta["layout"]]
+    print(f"[tokenize] train on it with --config.data.corpus={output} ({configs})"
+          + ("" if words else "; its tokenizer comes with it"), flush=True)
     return meta

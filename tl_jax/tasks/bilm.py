@@ -24,9 +24,10 @@ import numpy as np
 import optax
 
 from tl_jax import checkpoint, paths, warm_start
-from tl_jax.data import clm as clm_data
+from tl_jax.data import clm as clm_data, tokenized
 from tl_jax.data.shuffle import EpochOrder
 from tl_jax.models import elmo
+from tl_jax.progress import phase
 from tl_jax.tasks import held_out_metrics, normalized, note_undefined
 
 SPECIALS = ("<pad>", "<unk>", elmo.BOS_TOKEN, elmo.EOS_TOKEN)
@@ -54,10 +55,14 @@ def vocab_from_counts(counts, min_count: int, max_vocab: int) -> list[str]:
     return list(SPECIALS) + words[:max(0, max_vocab - len(SPECIALS))]
 
 
-def frame_units(units, max_len: int) -> list[list[str]]:
-    """Tokenised units cut into <S> + at most max_len - 2 tokens + </S>."""
+def check_max_len(max_len: int) -> None:
     if max_len < 3:
         raise ValueError(f"data.max_len must be >= 3 (two markers and a word), got {max_len}")
+
+
+def frame_units(units, max_len: int) -> list[list[str]]:
+    """Tokenised units cut into <S> + at most max_len - 2 tokens + </S>."""
+    check_max_len(max_len)
     out = []
     for unit in units:
         tokens = tokenize(unit)
@@ -73,8 +78,7 @@ def encode_units(units, max_len: int) -> tuple[list[str], np.ndarray]:
     Each unit is tokenised and turned into ids at once, so the corpus is held as 4-byte ids,
     not as one Python string per token (about 60 bytes each).
     """
-    if max_len < 3:
-        raise ValueError(f"data.max_len must be >= 3 (two markers and a word), got {max_len}")
+    check_max_len(max_len)
     index = {"<pad>": 0, elmo.BOS_TOKEN: 1, elmo.EOS_TOKEN: 2}
     ids, lengths = array.array("i"), array.array("i")  # every piece's ids back to back
     width = max_len - 2
@@ -287,14 +291,22 @@ class Task:
             raise ValueError(", ".join(bad))
         from tl_jax.tasks import downstream
         downstream.check_dropout_rates(config.model)  # named by its key, not as ElmoConfig's
-        documents = sources.load_documents(paths.expand(data_cfg.corpus),
-                                           data_cfg.text_field, data_cfg.group_field or None,
-                                           key="data.corpus")
-        units = [u for doc in documents for u in doc]
-        if data_cfg.max_units:
-            units = units[:data_cfg.max_units]
-        spellings, types = encode_units(units, data_cfg.max_len)
-        del units, documents
+        show = bool(config.train.progress) and jax.process_index() == 0
+        corpus_path = paths.expand(data_cfg.corpus)
+        if tokenized.is_tokenized_corpus(corpus_path):
+            # `tl_jax tokenize --words`: the same pieces as the text gives, without reading it.
+            with phase(f"Opening the tokenised corpus {data_cfg.corpus}", show) as step:
+                corpus = tokenized.TokenizedCorpus.open(corpus_path, layout="words")
+                spellings, types = corpus.word_pieces(data_cfg.max_len, data_cfg.max_units)
+                step.result = f"{len(types):,} pieces of at most {data_cfg.max_len} tokens"
+        else:
+            documents = sources.load_documents(corpus_path, data_cfg.text_field,
+                                               data_cfg.group_field or None, key="data.corpus")
+            units = [u for doc in documents for u in doc]
+            if data_cfg.max_units:
+                units = units[:data_cfg.max_units]
+            spellings, types = encode_units(units, data_cfg.max_len)
+            del units, documents
         # A random eval_fraction of the pieces is held out, the same ones whatever the run's
         # seed: runs with different seeds are scored on the same text.
         held = np.random.default_rng(clm_data.EVAL_SPLIT_SEED).random(len(types)) < \
