@@ -529,6 +529,33 @@ def test_an_eval_fraction_that_holds_out_no_piece_is_an_error(data_dir):
     assert task.eval_data is None and task.eval_batches() == []
 
 
+def test_eval_batches_are_every_held_out_piece_once_made_when_read(data_dir, monkeypatch):
+    """The held-out pieces in order, each once, the last batch padded with empty rows; a
+    process's batches are its rows of the global ones. A batch is made when it is read (the
+    whole list, characters included, was built at every eval, however few batches it took)."""
+    _, task = _tiny_task(data_dir, "data.eval_batch_size=8")
+    made = []
+    original = bilm.Encoded.batch
+    monkeypatch.setattr(bilm.Encoded, "batch",
+                        lambda self, rows: made.append(len(rows)) or original(self, rows))
+    batches = task.eval_batches()
+    n = len(task.eval_data)
+    assert len(batches) == -(-n // 8) >= 2 and n % 8 and made == []
+    first, last = next(iter(batches)), batches[-1]
+    assert made == [8, 8]
+    np.testing.assert_array_equal(first["token_ids"], task.eval_data.batch(np.arange(8))["token_ids"])
+    assert last["mask"][:n % 8].any(axis=1).all() and not last["mask"][n % 8:].any()
+    assert sum(int(b["mask"].any(axis=1).sum()) for b in batches) == n
+    halves = []
+    for index in (0, 1):
+        task._process = (index, 2)
+        halves.append(task.eval_batches()[-1])
+    for key in last:
+        np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), last[key], key)
+    with pytest.raises(IndexError):
+        batches[len(batches)]
+
+
 def _one_mesh_step(data_dir, *mesh):
     from tl_jax import parallel, train
 

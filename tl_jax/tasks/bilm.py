@@ -197,6 +197,35 @@ class SequenceIterator:
         self.epoch, self.batch = epoch, batch
 
 
+class EvalBatches:
+    """The held-out batches as a sequence (a length for the eval bar, indexing, iteration), each
+    made when it is read. The whole list was built up front at every eval: each position's
+    characters as int32 (max_chars of them: 200 bytes a word at 50), for the whole held-out set
+    however few batches `train.eval_batches` takes."""
+
+    def __init__(self, data: Encoded, batch_size: int, process_index: int = 0,
+                 process_count: int = 1):
+        self.data, self.batch_size = data, batch_size
+        self.local = batch_size // process_count
+        self.offset = process_index * self.local
+
+    def __len__(self) -> int:
+        return -(-len(self.data) // self.batch_size)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"eval batch {index} of {len(self)}")
+        start = (index % len(self)) * self.batch_size + self.offset
+        rows = np.arange(start, start + self.local)
+        n = len(self.data)
+        batch = self.data.batch(np.minimum(rows, n - 1))
+        batch["mask"] &= (rows < n)[:, None]  # rows past the end count for nothing
+        return batch
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
 # The first id the sampled softmax draws: <pad> (id 0) is never a target, and under log-uniform
 # sampling it would be the most likely draw (9% of draws at a 2,000-word vocabulary). <unk>, <S>
 # (the backward LM's last target) and </S> (the forward LM's) can all be targets and stay in.
@@ -380,20 +409,11 @@ class Task:
         return self._train
 
     def eval_batches(self):
-        """The held-out pieces in order; the last batch is padded with empty rows (mask 0)."""
+        """The held-out pieces in order (`EvalBatches`); the last batch is padded with empty
+        rows (mask 0)."""
         if self.eval_data is None:
             return []
-        global_b = self.config.data.eval_batch_size
-        local, offset = global_b // self._process[1], self._process[0] * (
-            global_b // self._process[1])
-        batches = []
-        n = len(self.eval_data)
-        for start in range(0, n, global_b):
-            rows = np.arange(start + offset, start + offset + local)
-            batch = self.eval_data.batch(np.minimum(rows, n - 1))
-            batch["mask"] &= (rows < n)[:, None]  # rows past the end count for nothing
-            batches.append(batch)
-        return batches
+        return EvalBatches(self.eval_data, self.config.data.eval_batch_size, *self._process)
 
     def save(self, workdir):
         with open(os.path.join(workdir, "vocab.txt"), "w", encoding="utf-8") as f:
