@@ -241,8 +241,9 @@ def test_the_tokenize_command_trains_a_bpe_on_the_corpus_without_a_tokenizer(
     corpus, saved with it; the stream decodes back to the text. Neither or both is an error,
     as is a vocabulary too small for the bytes, named before the corpus is read."""
     one_of = ("give one of --tokenizer=PATH (a vocabulary to tokenise with, for GPT or BERT), "
-              "--vocab_size=N (train a byte-level BPE of N tokens on the corpus, for GPT) or "
-              "--words (the ELMo biLM's words), not ")
+              "--vocab_size=N (train a byte-level BPE of N tokens on the corpus, for GPT, or "
+              "with --wordpiece a WordPiece vocabulary, for BERT) or --words (the ELMo biLM's "
+              "words), not ")
     monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
     out = tmp_path / "out.tok"
     main.main(["tokenize", f"--corpus={spec_of(corpus_files)}", "--vocab_size=280",
@@ -260,7 +261,13 @@ def test_the_tokenize_command_trains_a_bpe_on_the_corpus_without_a_tokenizer(
             ([f"--tokenizer={out / 'tokenizer'}", "--vocab_size=300"],
              one_of + "--tokenizer and --vocab_size"),
             (["--vocab_size=300", "--words"], one_of + "--vocab_size and --words"),
-            (["--vocab_size=100"], "--vocab_size=100 is too small for a byte-level BPE")):
+            (["--vocab_size=100"], "--vocab_size=100 is too small for a byte-level BPE"),
+            (["--vocab_size=5", "--wordpiece"],
+             "--vocab_size=5 is too small for a WordPiece vocabulary"),
+            ([f"--tokenizer={out / 'tokenizer'}", "--wordpiece"], "--wordpiece trains a "
+             "WordPiece vocabulary of --vocab_size=N tokens: give the size"),
+            (["--vocab_size=300", "--cased"], "--cased keeps the case of a WordPiece "
+             "vocabulary trained with --vocab_size=N --wordpiece")):
         with pytest.raises(SystemExit) as e:
             main.main(["tokenize", "--corpus=/no/such/corpus.txt", f"--output={tmp_path / 'o'}"]
                       + argv)
@@ -515,3 +522,33 @@ def test_the_tokenize_command_writes_words_a_bilm_trains_on(tmp_path, austen_doc
         assert (workdir / "vocab.txt").read_text() == (
             tmp_path / "run0" / "vocab.txt").read_text()
     assert losses[0] == losses[1] and "eval/forward_perplexity" in losses[0][-1]
+
+
+@pytest.mark.parametrize("cased", [False, True])
+def test_the_tokenize_command_trains_a_wordpiece_vocabulary_a_bert_run_takes(
+        tmp_path, austen_documents, capsys, monkeypatch, cased):
+    """--vocab_size=N --wordpiece: the vocabulary `train_wordpiece` makes of the whole corpus
+    (the same pieces; lower-cased unless --cased), trained on its files read afresh, saved with
+    the sentences a BERT run then reads with it."""
+    from tl_jax.data import tokenizer as wordpiece
+    reads = []
+    iter_sources = sources.iter_sources
+    monkeypatch.setattr(sources, "iter_sources",
+                        lambda *a, **k: reads.append(a[0]) or iter_sources(*a, **k))
+    out = tmp_path / "bert.tok"
+    main.main(["tokenize", f"--corpus={austen_documents}", "--vocab_size=400", "--wordpiece",
+               f"--output={out}"] + (["--cased"] if cased else []))
+    said = capsys.readouterr().out
+    assert (f"Training a {'cased' if cased else 'lower-cased'} WordPiece vocabulary of 400 "
+            "tokens") in said and "(a bert_pretrain, electra_pretrain or distill config)" in said
+    assert len(reads) == 3  # two passes to train, one to tokenise
+    corpus = tokenized.TokenizedCorpus.open(str(out), layout="sentences")
+    want = wordpiece.Tokenizer.train_wordpiece(sources.load_documents(str(austen_documents)),
+                                               vocab_size=400, lowercase=not cased,
+                                               progress=False)
+    assert corpus.tokenizer.hf_tokenizer.get_vocab() == want.hf_tokenizer.get_vocab()
+    assert corpus.tokenizer.encode("Emma Woodhouse") == want.encode("Emma Woodhouse")
+    assert any(t.lstrip("#")[:1].isupper() for t in corpus.tokenizer.hf_tokenizer.get_vocab()
+               if not t.startswith("[")) == cased
+    data = bert_data(out)
+    assert data.num_train_instances > 0 and data.tokenizer.vocab_size == 400

@@ -11,7 +11,8 @@
     tl_jax sweep --config=configs/bert_pretrain.py:tiny --workdir=DIR \\
         --grid=data.masked_lm_prob=0.1,0.15,0.3 --seeds=0,1 [--config.key=value ...]
     tl_jax build_tasks --out_dir=DIR
-    tl_jax tokenize --corpus=books/*.jsonl --tokenizer=DIR|--vocab_size=N|--words --output=books.tok
+    tl_jax tokenize --corpus=books/*.jsonl --tokenizer=DIR|--vocab_size=N [--wordpiece]|--words \\
+        --output=books.tok
 
 Run `tl_jax <command> --help` for a command's flags.
 
@@ -130,7 +131,7 @@ def _sweep(args, overrides):
 def _tokenize(args, overrides):
     from tl_jax.data import tokenized
     tokenized.run(args.corpus, args.tokenizer, args.output, args.text_field, args.group_field,
-                  args.vocab_size, args.words)
+                  args.vocab_size, args.words, args.wordpiece, args.cased)
 
 
 def _static(args, overrides):
@@ -271,7 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "WordPiece tokenizer.json, a bert_pretrain workdir)")
     p.add_argument("--vocab_size", type=int, default=0,
                    help="instead of --tokenizer: train a byte-level BPE of this many tokens on "
-                        "the corpus")
+                        "the corpus (with --wordpiece, a WordPiece vocabulary)")
+    p.add_argument("--wordpiece", action="store_true",
+                   help="with --vocab_size: train a WordPiece vocabulary (for BERT, ELECTRA, "
+                        "distillation), lower-cased unless --cased")
+    p.add_argument("--cased", action="store_true",
+                   help="with --vocab_size --wordpiece: keep the text's case")
     p.add_argument("--words", action="store_true",
                    help="instead of --tokenizer: cased words and punctuation, for the ELMo "
                         "biLM (elmo_pretrain; each run counts its own vocabulary)")

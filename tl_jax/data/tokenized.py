@@ -463,7 +463,8 @@ def load_tokenizer(path: str, flag: str):
 
 
 def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
-        group_field: str = "", vocab_size: int = 0, words: bool = False) -> dict:
+        group_field: str = "", vocab_size: int = 0, words: bool = False,
+        wordpiece: bool = False, cased: bool = False) -> dict:
     """`tl_jax tokenize`: tokenise `corpus` with `tokenizer` into the folder `output`.
 
     `tokenizer` is a byte-level BPE (GPT) or a WordPiece vocabulary (BERT): see
@@ -471,9 +472,11 @@ def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
     that many tokens on the whole corpus first (read one file at a time, then read again to
     tokenise): a clm run on text trains its BPE on the training documents only, so here the
     held-out documents' text is seen by the tokenizer, as GPT-2's BPE saw all of WebText.
-    `words` splits the text into the biLM's cased words instead (no vocabulary: each biLM run
+    With `wordpiece` it trains a WordPiece vocabulary instead, as a bert_pretrain run does
+    (lower-cased unless `cased`), reading the corpus twice more for it. `words` splits the text into the biLM's cased words instead (no vocabulary: each biLM run
     counts its own)."""
     from tl_jax import paths
+    from tl_jax.data.tokenizer import SPECIAL_TOKENS, Tokenizer
     from tl_jax.progress import on_terminal, phase
 
     given = [flag for flag, value in (("--tokenizer", tokenizer), ("--vocab_size", vocab_size),
@@ -481,9 +484,21 @@ def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
     if len(given) != 1:
         raise ValueError("give one of --tokenizer=PATH (a vocabulary to tokenise with, for GPT "
                          "or BERT), --vocab_size=N (train a byte-level BPE of N tokens on the "
-                         "corpus, for GPT) or --words (the ELMo biLM's words), not "
+                         "corpus, for GPT, or with --wordpiece a WordPiece vocabulary, for "
+                         "BERT) or --words (the ELMo biLM's words), not "
                          + (" and ".join(given) if given else "none"))
-    if vocab_size and vocab_size < 257:
+    if wordpiece and not vocab_size:
+        raise ValueError("--wordpiece trains a WordPiece vocabulary of --vocab_size=N tokens: "
+                         "give the size (a vocabulary you have is --tokenizer=PATH)")
+    if cased and not wordpiece:
+        raise ValueError("--cased keeps the case of a WordPiece vocabulary trained with "
+                         "--vocab_size=N --wordpiece (a given one has its own casing; a "
+                         "byte-level BPE and the biLM's words are always cased)")
+    if wordpiece and vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"--vocab_size={vocab_size} is too small for a WordPiece vocabulary "
+                         f"(its {len(SPECIAL_TOKENS)} special tokens and the pieces); "
+                         "bert-base-uncased's is 30522")
+    if vocab_size and not wordpiece and vocab_size < 257:
         raise ValueError(f"--vocab_size={vocab_size} is too small for a byte-level BPE "
                          f"vocabulary (the 256 byte symbols, {bpe.EOS} and the merges); GPT-2's "
                          "is 50257")
@@ -499,13 +514,21 @@ def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
         print(f"[tokenize] tokenizer: {source} ({vocabulary.vocab_size:,} tokens, {kind})",
               flush=True)
     else:
-        with phase(f"Training a byte-level BPE of {vocab_size:,} tokens on {corpus}", True,
-                   prefix="[tokenize]") as step:
-            units = (unit for _, documents in sources.iter_sources(
+        def units():  # one file's text held at a time
+            return (unit for _, documents in sources.iter_sources(
                 spec, text_field, group_field, key="--corpus")
                 for document in documents for unit in document)
-            vocabulary = bpe.BPETokenizer.train(units, vocab_size=vocab_size,
-                                                progress=on_terminal())
+
+        kind = (("a cased" if cased else "a lower-cased") + " WordPiece vocabulary"
+                if wordpiece else "a byte-level BPE")
+        with phase(f"Training {kind} of {vocab_size:,} tokens on {corpus}", True,
+                   prefix="[tokenize]") as step:
+            if wordpiece:
+                vocabulary = Tokenizer.train_wordpiece_on(units, vocab_size, lowercase=not cased,
+                                                          progress=on_terminal())
+            else:
+                vocabulary = bpe.BPETokenizer.train(units(), vocab_size=vocab_size,
+                                                    progress=on_terminal())
             step.result = f"{vocabulary.vocab_size:,} tokens"
     with phase(f"Tokenising {corpus} into {output}", True, prefix="[tokenize]") as step:
         meta = write(spec, vocabulary, paths.expand(output), text_field, group_field)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import tokenizers
@@ -227,9 +227,25 @@ class Tokenizer:
         when stderr is a terminal only. A script or notebook gets them by default; the tasks
         pass `train.progress` and whether they are process 0, so that a run with
         `train.progress=False` and the other processes of a multi-process run draw none."""
+        documents = list(documents)
+        return cls.train_wordpiece_on(lambda: (unit for document in documents
+                                               for unit in document),
+                                      vocab_size, lowercase, min_frequency, progress)
+
+    @classmethod
+    def train_wordpiece_on(
+        cls,
+        units: Callable[[], Iterable[str]],
+        vocab_size: int,
+        lowercase: bool = True,
+        min_frequency: int = 2,
+        progress: bool = True,
+    ) -> "Tokenizer":
+        """`train_wordpiece` on the text units that each call of `units()` gives afresh: it
+        is called twice, so a corpus too large to hold can be read from its files each time
+        (`tl_jax tokenize --vocab_size --wordpiece`)."""
         if vocab_size < len(SPECIAL_TOKENS) + 1:
             raise TokenizerError(f"vocab_size={vocab_size} is too small for a WordPiece vocabulary.")
-        documents = list(documents)
         tok = _bert_pipeline(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100), lowercase)
         # The trainer creates a `##c` piece for every character c it meets inside a word, with
         # ids in hash-map order, and breaks ties between equally frequent merges by those ids:
@@ -237,8 +253,14 @@ class Tokenizer:
         # process (huggingface/tokenizers#1794). Registering the same pieces up front, sorted,
         # gives them fixed ids and so a deterministic vocabulary; the set of pieces is the
         # one the trainer would have created.
-        continuation = _continuation_characters(
-            (unit for document in documents for unit in document), tok)
+        count = [0]
+
+        def counted():
+            for unit in units():
+                count[0] += 1
+                yield unit
+
+        continuation = _continuation_characters(counted(), tok)
         continuation_pieces = [CONTINUATION_PREFIX + ch for ch in continuation]
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size,
@@ -249,8 +271,7 @@ class Tokenizer:
             # Its own progress bars (on stderr) on a terminal only: a large corpus takes minutes.
             show_progress=progress and on_terminal(),
         )
-        units = (unit for document in documents for unit in document)
-        tok.train_from_iterator(units, trainer=trainer, length=sum(len(d) for d in documents))
+        tok.train_from_iterator(units(), trainer=trainer, length=count[0])
         # The trainer's vocabulary is deterministic as a set, but the ids of its initial
         # alphabet follow a hash-map order that changes from run to run (and process to
         # process). Ids must not depend on that: a resumed run, or a second host building its
