@@ -314,6 +314,21 @@ def test_ctrl_c_on_one_process_stops_both_at_the_same_step(tiny_bert_overrides, 
         results[1][1] + results[1][2]
 
 
+def _assert_same_training(multi, single, eval_key):
+    """The two workdirs' 3 steps have the same losses and one eval with the same figures."""
+    def losses(workdir):
+        return {r["step"]: r["loss"] for r in map(json.loads, open(workdir / "metrics.jsonl"))
+                if "loss" in r}
+
+    assert sorted(losses(multi)) == sorted(losses(single)) == [1, 2, 3]
+    for step, loss in losses(single).items():
+        assert losses(multi)[step] == pytest.approx(loss, rel=1e-5)
+    (m,), (s,) = _evals(multi).values(), _evals(single).values()
+    assert m.keys() == s.keys() and eval_key in m
+    for key in s:
+        assert m[key] == pytest.approx(s[key], rel=1e-5), key
+
+
 def test_two_processes_pretrain_a_gpt_on_a_tokenised_corpus_as_one_process_on_its_text(
         data_dir, tmp_path):
     """The pod case of `tl_jax tokenize`: each of two processes reads the tokenised corpus from
@@ -342,18 +357,7 @@ def test_two_processes_pretrain_a_gpt_on_a_tokenised_corpus_as_one_process_on_it
     train.train_and_evaluate(config_lib.load_config(
         "configs/gpt_pretrain.py:tiny",
         common + [f"data.corpus={text}", f"data.tokenizer={tmp_path / 'bpe'}"]), str(single))
-
-    def losses(workdir):
-        return {r["step"]: r["loss"] for r in map(json.loads, open(workdir / "metrics.jsonl"))
-                if "loss" in r}
-
-    assert sorted(losses(multi)) == sorted(losses(single)) == [1, 2, 3]
-    for step, loss in losses(single).items():
-        assert losses(multi)[step] == pytest.approx(loss, rel=1e-5)
-    (m,), (s,) = _evals(multi).values(), _evals(single).values()
-    assert m.keys() == s.keys() and "eval/perplexity" in m
-    for key in s:
-        assert m[key] == pytest.approx(s[key], rel=1e-5), key
+    _assert_same_training(multi, single, "eval/perplexity")
     # The vocabulary came with the corpus, and process 0 saved it for a resume.
     assert (bpe.BPETokenizer.load(str(multi / "tokenizer")).hf_tokenizer.get_vocab()
             == tokenizer.hf_tokenizer.get_vocab())
@@ -380,16 +384,5 @@ def test_two_processes_pretrain_a_bilm_on_a_words_corpus_as_one_process_on_its_t
     single = tmp_path / "single"
     train.train_and_evaluate(config_lib.load_config(
         "configs/elmo_pretrain.py:tiny", common + [f"data.corpus={text}"]), str(single))
-
-    def losses(workdir):
-        return {r["step"]: r["loss"] for r in map(json.loads, open(workdir / "metrics.jsonl"))
-                if "loss" in r}
-
-    assert sorted(losses(multi)) == sorted(losses(single)) == [1, 2, 3]
-    for step, loss in losses(single).items():
-        assert losses(multi)[step] == pytest.approx(loss, rel=1e-5)
-    (m,), (s,) = _evals(multi).values(), _evals(single).values()
-    assert m.keys() == s.keys() and "eval/forward_perplexity" in m
-    for key in s:
-        assert m[key] == pytest.approx(s[key], rel=1e-5), key
+    _assert_same_training(multi, single, "eval/forward_perplexity")
     assert (multi / "vocab.txt").read_text() == (single / "vocab.txt").read_text()
