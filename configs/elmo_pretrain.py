@@ -11,9 +11,9 @@ The argument picks a size from `tl_jax.models.elmo.SIZES` (tiny, mini, small, ba
 shrinks the run to a smoke test of a few steps. `--config.loss.sampled_softmax=N` trains with a
 sampled softmax of N candidates (eval stays exact); mini, small and base do so by default (1024,
 4096, 8192), and N=0 trains with the full softmax. Features for downstream tasks:
-`tl_jax.elmo_features.load_elmo(workdir)`. A large corpus is worth splitting into words once with
-`tl_jax tokenize --words` and given as `--config.data.corpus=FOLDER` (README, biLM section);
-text_field and group_field then apply when the folder is written.
+`tl_jax.elmo_features.load_elmo(workdir)`. A large corpus is worth splitting into words once
+with `tl_jax tokenize --words` and given as `--config.data.corpus=FOLDER` (README: "A large
+corpus, tokenised once"); text_field and group_field then apply when the folder is written.
 """
 import ml_collections
 

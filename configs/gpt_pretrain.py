@@ -21,7 +21,8 @@ The argument picks a model size from `tl_jax.models.gpt.SIZES` (tiny, mini, smal
 `--config.data.corpus=gensim:enwiki` (zero-setup text shipped with gensim) or
 `--config.init_from=path/to/gpt2` (a Hugging Face GPT-2 directory, or a tl_jax workdir; its
 tokenizer is used unless `data.tokenizer` names another, so the ids match). A large corpus is
-tokenised once with `tl_jax tokenize` and given as `--config.data.corpus=FOLDER` (README, GPT).
+tokenised once with `tl_jax tokenize` and given as `--config.data.corpus=FOLDER` (README: "A
+large corpus, tokenised once").
 """
 import ml_collections
 
