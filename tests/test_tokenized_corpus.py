@@ -98,6 +98,21 @@ def test_a_failed_write_leaves_no_folder(tmp_path, tokenizer, corpus_files):
     assert sorted(os.listdir(tmp_path)) == ["text"]
 
 
+@pytest.mark.parametrize("words", [False, True])
+def test_a_corpus_with_nothing_to_train_on_is_refused_and_no_folder_made(tmp_path, words):
+    """A single token (one sentence of WordPiece, one biLM word; a BPE document has its
+    end-of-text too) is refused by `tokenize`, not written for every run to refuse."""
+    from tl_jax.data.tokenizer import Tokenizer
+    (tmp_path / "one.txt").write_text("!\n")
+    vocabulary = None if words else Tokenizer.train_wordpiece([["a b c !"]], vocab_size=50,
+                                                                min_frequency=1, progress=False)
+    with pytest.raises(tokenized.TokenizedCorpusError, match=r"one.txt gives 1 token\(s\): "
+                       "nothing to train on"):
+        tokenized.write(str(tmp_path / "one.txt"), vocabulary, str(tmp_path / "one.tok"),
+                        progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["one.txt"]
+
+
 @pytest.fixture()
 def written(tmp_path, tokenizer, corpus_files):
     out = tmp_path / "corpus.tok"

@@ -137,6 +137,9 @@ def write(spec: str, tokenizer, output: str, text_field: str = "text",
                 n_documents += len(documents)
                 files.append({"source": source, "documents": len(documents)})
                 del documents
+        if n_tokens < 2:  # as `open` would refuse it, before a folder no run can use is made
+            raise TokenizedCorpusError(f"--corpus={spec} gives {n_tokens} token(s): nothing to "
+                                       "train on")
         meta = {"format": FORMAT, "version": VERSION, "layout": layout, "corpus": spec,
                 "text_field": text_field, "group_field": group_field or "", "sources": files,
                 "documents": n_documents, "tokens": n_tokens,
