@@ -476,8 +476,8 @@ def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
     tokenise): a clm run on text trains its BPE on the training documents only, so here the
     held-out documents' text is seen by the tokenizer, as GPT-2's BPE saw all of WebText.
     With `wordpiece` it trains a WordPiece vocabulary instead, as a bert_pretrain run does
-    (lower-cased unless `cased`), reading the corpus twice more for it. `words` splits the text into the biLM's cased words instead (no vocabulary: each biLM run
-    counts its own)."""
+    (lower-cased unless `cased`), reading the corpus twice more for it. `words` splits the
+    text into the biLM's cased words (no vocabulary: each biLM run counts its own)."""
     from tl_jax import paths
     from tl_jax.data.tokenizer import SPECIAL_TOKENS, Tokenizer
     from tl_jax.progress import on_terminal, phase
