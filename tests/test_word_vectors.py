@@ -753,3 +753,16 @@ def test_word2vec_compiles_its_chunk_once_however_many_steps_each_epoch_has():
     got, _ = static_train._word2vec_chunk(params, batch, jnp.zeros(3), jax.random.PRNGKey(0),
                                           jnp.asarray(data.table), cbow=False, negatives=5)
     jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+
+
+def test_load_sentences_shares_one_string_a_word(tmp_path):
+    """The text units' words, lower-cased, empty units dropped, in corpus order; every
+    occurrence of a word is one string object (a token costs its 8-byte reference, not a
+    string of its own)."""
+    (tmp_path / "a.txt").write_text("The cat saw the dog.\n\n...\n\nThe dog ran.\n")
+    (tmp_path / "b.txt").write_text("A cat, the end.\n")
+    sentences = wv.load_sentences(f"{tmp_path}/a.txt,{tmp_path}/b.txt")
+    assert sentences == [["the", "cat", "saw", "the", "dog"], ["the", "dog", "ran"],
+                         ["a", "cat", "the", "end"]]
+    the = [w for s in sentences for w in s if w == "the"]
+    assert len(the) == 4 and all(w is the[0] for w in the)
