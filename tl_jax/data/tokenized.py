@@ -318,6 +318,12 @@ class TokenizedCorpus:
         """"words" layout: where each text unit ends in the tokens."""
         return self.doc_ends
 
+    @property
+    def spellings(self) -> list[str]:
+        """"words" layout: each id's spelling (what stands where the other layouts have a
+        tokenizer)."""
+        return self.tokenizer
+
     def word_pieces(self, max_len: int, max_units: int = 0) -> tuple[list[str], np.ndarray]:
         """"words" layout: `bilm.encode_units` of the first `max_units` units (0: all) read
         from the ids: (the spellings, types (N, max_len) int32), each unit cut into pieces of
@@ -341,7 +347,7 @@ class TokenizedCorpus:
             rows = np.flatnonzero(piece_len > j)
             types[rows, j + 1] = ids[piece_start[rows] + j]
         types[np.arange(len(unit)), piece_len + 1] = 2  # </S>
-        return self.tokenizer, types
+        return self.spellings, types
 
     def sentence_documents(self):
         """"sentences" layout: every document as `pretraining.TokenizedDocuments` (those
