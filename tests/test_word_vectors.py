@@ -94,6 +94,29 @@ def test_cbow_examples_hold_the_same_pairs_as_skipgram():
     assert valid.any(axis=1).all()
 
 
+def test_an_epoch_s_mean_loss_compiles_nothing_whatever_its_number_of_chunks():
+    # The epoch's loss was `jnp.mean(jnp.concatenate(chunk_losses))`: a program with an operand
+    # a chunk, compiled for every chunk count, for minutes once there were tens of thousands.
+    sentences = _planted_corpus()
+    vocab = wv.Vocab.build(sentences, 1)
+
+    def train(n):
+        return static_train.train_word2vec(
+            sentences[:n], dim=8, window=2, negatives=2, epochs=1, sample=0, batch_size=16,
+            steps_per_call=2, seed=0, vocab=vocab, log=None)[1]["losses"]
+
+    train(len(sentences))  # compiles the chunk
+    compiles = []
+    listener = lambda name, *_, **__: compiles.append(name) if "backend_compile" in name else None  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        losses = [train(n) for n in (len(sentences) // 2, len(sentences) // 3)]
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+    assert all(np.isfinite(loss).all() for loss in losses)
+
+
 def test_cooccurrence_counts_weight_by_inverse_distance():
     vocab = wv.Vocab(["a", "b", "c"], [3, 2, 1])
     corpus = wv.encode_corpus([["a", "b", "c"], ["c", "a"]], vocab)

@@ -141,6 +141,17 @@ def _word2vec_chunk(params, batches, lrs, key, table, cbow: bool, negatives: int
     return params, losses
 
 
+def _epoch_mean_loss(chunk_losses: list, n_steps: int) -> float:
+    """The mean loss of an epoch's first `n_steps` steps (those after are padding), given as
+    one device array a chunk, read chunk by chunk on the host. One `jnp.concatenate` of the
+    list was an XLA program with an operand a chunk, compiled anew for each count and slower to
+    compile the more there were (word2vec on 36 M words at the tiny config, 72,000 chunks an
+    epoch: still compiling after 10 minutes), and slicing off the padding compiled a program
+    for each length."""
+    losses = np.concatenate([np.asarray(c, np.float64) for c in chunk_losses])
+    return float(np.mean(losses[:n_steps]))
+
+
 def init_word2vec(vocab_size: int, dim: int, cbow: bool, seed: int):
     """Initial word2vec tables (plain arrays, no partitioning boxes)."""
     model = embeddings.Word2Vec(vocab_size, dim, cbow)
@@ -212,10 +223,8 @@ def train_word2vec(sentences: Sequence[Sequence[str]], *, dim: int = 100, window
                 params, chunk_losses = _word2vec_chunk(
                     params, chunk, chunk_lrs, sub, table, cbow=cbow,
                     negatives=negatives, shared_negatives=shared_negatives)
-                if n_real < steps_per_call:
-                    chunk_losses = chunk_losses[:n_real]  # the padding steps' losses left out
                 epoch_losses.append(chunk_losses)  # kept on device: no sync inside the epoch
-            losses.append(float(jnp.mean(jnp.concatenate(epoch_losses))))
+            losses.append(_epoch_mean_loss(epoch_losses, n_steps))  # padding steps left out
             if not np.isfinite(losses[-1]):
                 # A batch sums the updates of every occurrence of a word; with a tiny vocabulary
                 # (or a huge batch) one row gets too many at once.
@@ -378,7 +387,7 @@ def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: i
             params, opt_state, chunk_losses = _glove_chunk(params, opt_state, chunk, optimizer,
                                                            float(x_max), float(alpha))
             epoch_losses.append(chunk_losses)
-        losses.append(float(jnp.mean(jnp.concatenate(epoch_losses))))
+        losses.append(_epoch_mean_loss(epoch_losses, n_batches))
         if not np.isfinite(losses[-1]):  # as in word2vec: not NaN vectors saved and scored
             raise FloatingPointError(
                 f"glove loss became {losses[-1]} in epoch {epoch + 1}: lower the learning "
