@@ -94,6 +94,61 @@ def test_cbow_examples_hold_the_same_pairs_as_skipgram():
     assert valid.any(axis=1).all()
 
 
+@pytest.mark.parametrize("cbow", [False, True])
+@pytest.mark.parametrize("block", [5, 37, 1 << 20])
+def test_an_epoch_built_a_block_at_a_time_is_the_whole_epoch(monkeypatch, cbow, block):
+    # The trainer reads an epoch in chunks of steps built from `block` corpus tokens at a time
+    # (an epoch's examples had been built whole, ~100 bytes a corpus word); the steps are the
+    # whole epoch's, for every block size and chunk length, sentence edges included.
+    rng = np.random.default_rng(3)
+    sents = [[str(x) for x in rng.integers(0, 40, size=rng.integers(1, 15))] for _ in range(300)]
+    vocab, corpus = _corpus(sents)
+    keep = wv.subsample_keep_prob(vocab.counts, 0.02)
+    make = wv.cbow_examples if cbow else wv.skipgram_pairs
+    centre, context = make(corpus, 4, keep, np.random.default_rng(9))
+    b = 16
+    n = len(centre) // b * b
+    monkeypatch.setattr(wv, "EPOCH_BLOCK_TOKENS", block)
+    sizes = []
+    real = wv._context_matrix
+
+    def context_matrix(ids, *args):
+        sizes.append(len(ids))
+        return real(ids, *args)
+
+    monkeypatch.setattr(wv, "_context_matrix", context_matrix)
+    for steps_per_chunk in (1, 3, 1000):
+        data = wv.Word2VecBatches(corpus, vocab, batch_size=b, window=4, negatives=2,
+                                  sample=0.02, cbow=cbow, seed=9)
+        n_steps, chunks = data.epoch_chunks(steps_per_chunk)
+        assert n_steps == len(centre) // b
+        chunks = list(chunks)
+        assert [len(c["centre"]) for c in chunks[:-1]] == [steps_per_chunk] * (len(chunks) - 1)
+        assert 1 <= len(chunks[-1]["centre"]) <= steps_per_chunk
+        got = {k: np.concatenate([c[k] for c in chunks]) for k in ("centre", "context")}
+        np.testing.assert_array_equal(got["centre"].reshape(-1), centre[:n])
+        np.testing.assert_array_equal(got["context"].reshape((n,) + context.shape[1:]),
+                                      context[:n])
+        assert got["centre"].shape[:2] == (n_steps, b)
+        assert max(sizes) <= block + 2 * 4  # never more than a block and its neighbours
+        sizes.clear()
+    whole = wv.Word2VecBatches(corpus, vocab, batch_size=b, window=4, negatives=2, sample=0.02,
+                               cbow=cbow, seed=9).epoch_arrays(False)
+    np.testing.assert_array_equal(whole["centre"].reshape(-1), centre[:n])
+
+
+def test_word2vec_trains_the_same_vectors_whatever_the_epoch_block(monkeypatch):
+    def train(block):
+        monkeypatch.setattr(wv, "EPOCH_BLOCK_TOKENS", block)
+        return static_train.train_word2vec(
+            _planted_corpus(), dim=8, window=3, negatives=2, epochs=2, min_count=1,
+            sample=1e-2, batch_size=64, steps_per_call=5, seed=1, log=None)
+
+    (a, stats_a), (b, stats_b) = train(1 << 20), train(50)
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+    assert stats_a["losses"] == stats_b["losses"]
+
+
 def test_an_epoch_s_mean_loss_compiles_nothing_whatever_its_number_of_chunks():
     # The epoch's loss was `jnp.mean(jnp.concatenate(chunk_losses))`: a program with an operand
     # a chunk, compiled for every chunk count, for minutes once there were tens of thousands.

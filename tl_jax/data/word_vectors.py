@@ -1,8 +1,9 @@
 """Training data for static word embeddings: vocabulary, word2vec examples, GloVe co-occurrences.
 
-Everything here is vectorised numpy over a whole encoded corpus (a flat array of word ids plus a
-parallel array of sentence ids), so one epoch of skip-gram pairs for a million-word corpus is built
-in well under a second, without Python loops over tokens.
+Everything here is vectorised numpy over an encoded corpus (a flat array of word ids plus a
+parallel array of sentence ids), without Python loops over tokens; an epoch's examples are built
+from a block of the corpus at a time (a million-word block in well under a second), so an epoch
+never exists whole.
 
 The statistics follow the original word2vec C code (Mikolov et al., 2013) and GloVe (Pennington et
 al., 2014):
@@ -17,6 +18,7 @@ al., 2014):
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import pathlib
 import re
@@ -165,22 +167,36 @@ def negative_table(counts: np.ndarray, power: float = 0.75, size: int = 10_000_0
     return np.repeat(np.arange(len(probs), dtype=np.int32), np.diff(bounds, prepend=0))
 
 
+# Corpus tokens an epoch's examples are built from at a time (`Word2VecBatches.epoch_chunks`).
+EPOCH_BLOCK_TOKENS = 1 << 20
+
+
 def _subsample(corpus: EncodedCorpus, keep_prob: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-    keep = rng.random(len(corpus.ids)) < keep_prob[corpus.ids]
+    # Drawn a block at a time: a float64 draw is one generator output, so the blocks draw
+    # exactly what one call for the whole corpus would, without its 8 bytes a token at once.
+    keep = np.empty(len(corpus.ids), bool)
+    for a in range(0, len(keep), EPOCH_BLOCK_TOKENS):
+        ids = corpus.ids[a:a + EPOCH_BLOCK_TOKENS]
+        keep[a:a + len(ids)] = rng.random(len(ids)) < keep_prob[ids]
     return corpus.ids[keep], corpus.sentence_ids[keep]
 
 
-def _context_matrix(ids: np.ndarray, sent: np.ndarray, window: int,
-                    rng: np.random.Generator) -> np.ndarray:
-    """(N, 2W) context ids of every token under a dynamic window; -1 marks an empty slot.
-
-    Token i draws b_i ~ U{1..window} and sees the words at distance d <= b_i in its sentence.
-    Slot order is [-1, +1, -2, +2, ...].
-    """
+def _draw_reach(n: int, window: int, rng: np.random.Generator) -> np.ndarray:
+    """b_i ~ U{1..window} for each of `n` centre words (one call: bounded integer draws are
+    buffered within a call, so blocks of calls would draw other numbers)."""
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
+    return rng.integers(1, window + 1, size=n).astype(np.min_scalar_type(window))
+
+
+def _context_matrix(ids: np.ndarray, sent: np.ndarray, window: int,
+                    reach: np.ndarray) -> np.ndarray:
+    """(N, 2W) context ids of every token under a dynamic window; -1 marks an empty slot.
+
+    Token i, with `reach[i]` = b_i in 1..window, sees the words at distance d <= b_i in its
+    sentence. Slot order is [-1, +1, -2, +2, ...].
+    """
     n = len(ids)
-    reach = rng.integers(1, window + 1, size=n)  # b_i, per centre word
     context = np.full((n, 2 * window), -1, dtype=np.int32)  # (N, 2W)
     for d in range(1, min(window, n - 1) + 1):
         same = sent[:-d] == sent[d:]
@@ -192,6 +208,21 @@ def _context_matrix(ids: np.ndarray, sent: np.ndarray, window: int,
     return context
 
 
+def _examples_per_token(sent: np.ndarray, reach: np.ndarray, cbow: bool) -> np.ndarray:
+    """How many examples each (kept) token gives: skip-gram, its context words on either side
+    within its reach and sentence; CBOW, 1 if it has any. Computed from the sentence positions,
+    without building the contexts."""
+    n = len(sent)
+    starts = np.flatnonzero(np.r_[True, sent[1:] != sent[:-1]])
+    lengths = np.diff(np.r_[starts, n])
+    pos = np.arange(n) - np.repeat(starts, lengths)  # position in its sentence
+    if cbow:
+        return (np.repeat(lengths, lengths) > 1).astype(np.int64)
+    after = np.repeat(lengths, lengths) - 1 - pos
+    reach = reach.astype(np.int64)
+    return np.minimum(reach, pos) + np.minimum(reach, after)
+
+
 def skipgram_pairs(corpus: EncodedCorpus, window: int, keep_prob: np.ndarray,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(centre, context) pairs of one epoch, after subsampling, with a dynamic window.
@@ -201,7 +232,7 @@ def skipgram_pairs(corpus: EncodedCorpus, window: int, keep_prob: np.ndarray,
     needed, and skipping it saves a random permutation of every pair each epoch.
     """
     ids, sent = _subsample(corpus, keep_prob, rng)
-    context = _context_matrix(ids, sent, window, rng)  # (N, 2W)
+    context = _context_matrix(ids, sent, window, _draw_reach(len(ids), window, rng))  # (N, 2W)
     valid = context >= 0
     centres = np.broadcast_to(ids[:, None], context.shape)[valid]
     return centres, context[valid]
@@ -214,7 +245,7 @@ def cbow_examples(corpus: EncodedCorpus, window: int, keep_prob: np.ndarray,
     Slots beyond the drawn window or the sentence are -1; targets with no context are dropped.
     """
     ids, sent = _subsample(corpus, keep_prob, rng)
-    context = _context_matrix(ids, sent, window, rng)  # (N, 2W)
+    context = _context_matrix(ids, sent, window, _draw_reach(len(ids), window, rng))  # (N, 2W)
     has_context = (context >= 0).any(axis=1)
     return ids[has_context], context[has_context]
 
@@ -226,6 +257,10 @@ class Word2VecBatches:
       skip-gram: centre (B,), context (B,), negatives (B, K)
       CBOW:      centre (B,) (the target), context (B, 2W) (-1 = empty slot), negatives (B, K)
     The last partial batch of an epoch is dropped.
+
+    `epoch_chunks` gives an epoch's steps a chunk at a time, built from `EPOCH_BLOCK_TOKENS`
+    tokens at a time, so an epoch never exists whole (its examples took ~100 bytes a corpus
+    word at window 5, and the trainer held two epochs at once).
     """
 
     def __init__(self, corpus: EncodedCorpus, vocab: Vocab, *, batch_size: int, window: int,
@@ -246,23 +281,90 @@ class Word2VecBatches:
         """Word ids drawn from the unigram^power distribution (through the table)."""
         return self.table[self.rng.integers(0, len(self.table), size=shape, dtype=np.int32)]
 
+    def epoch_chunks(self, steps_per_chunk: int) -> tuple[int, Iterator[dict[str, np.ndarray]]]:
+        """`(n_steps, chunks)`: the next epoch's number of steps, and its steps in corpus order
+        as dicts of arrays stacked (S, B, ...) with S = `steps_per_chunk` (the last chunk may
+        have fewer), without negatives (the trainer samples them on the device).
+
+        The epoch's random draws (subsampling, each centre's window) are made here, in the order
+        `skipgram_pairs` / `cbow_examples` make them, so the steps are theirs; the examples are
+        built as the chunks are read, a block of tokens at a time.
+        """
+        if steps_per_chunk < 1:
+            raise ValueError(f"steps_per_chunk must be >= 1, got {steps_per_chunk}")
+        ids, sent = _subsample(self.corpus, self.keep_prob, self.rng)
+        reach = _draw_reach(len(ids), self.window, self.rng)
+        total = sum(int(self._block(ids, sent, reach, a, count=True))
+                    for a in range(0, len(ids), EPOCH_BLOCK_TOKENS))
+        b = self.batch_size
+        n_steps = total // b
+        if n_steps == 0:
+            raise ValueError(f"The corpus gives {total} examples per epoch, fewer than "
+                             f"batch_size={b}")
+        self.epoch += 1
+        return n_steps, self._chunks(ids, sent, reach, n_steps, steps_per_chunk)
+
+    def _block(self, ids, sent, reach, a, count=False):
+        """The examples (centres, contexts) of kept tokens a.. a + EPOCH_BLOCK_TOKENS - 1, or
+        with `count` only how many there are, from the block with `window` neighbours each
+        side (a centre's examples depend on nothing further away)."""
+        z = min(a + EPOCH_BLOCK_TOKENS, len(ids))
+        lo, hi = max(0, a - self.window), min(len(ids), z + self.window)
+        if count:
+            return _examples_per_token(sent[lo:hi], reach[lo:hi], self.cbow)[a - lo:z - lo].sum()
+        context = _context_matrix(ids[lo:hi], sent[lo:hi], self.window,
+                                  reach[lo:hi])[a - lo:z - lo]
+        if self.cbow:
+            has = (context >= 0).any(axis=1)
+            return ids[a:z][has], context[has]
+        valid = context >= 0
+        return np.broadcast_to(ids[a:z, None], context.shape)[valid], context[valid]
+
+    def _chunks(self, ids, sent, reach, n_steps, steps_per_chunk):
+        b = self.batch_size
+        want = steps_per_chunk * b  # examples a chunk
+        centre = context = None  # examples built and not yet given, from `start` on
+        start, done = 0, 0  # done: steps given
+
+        def give(n):
+            steps = n // b
+            return {"centre": centre[start:start + n].reshape(steps, b),
+                    "context": context[start:start + n].reshape((steps, b) + context.shape[1:])}
+
+        blocks = range(0, len(ids), EPOCH_BLOCK_TOKENS)
+        # The next block is built on a thread while this one's chunks are given and trained on
+        # (numpy releases the GIL in its array loops); giving a chunk only slices.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            upcoming = pool.submit(self._block, ids, sent, reach, blocks[0])
+            for i in range(len(blocks)):
+                new_centre, new_context = upcoming.result()
+                if i + 1 < len(blocks):
+                    upcoming = pool.submit(self._block, ids, sent, reach, blocks[i + 1])
+                if centre is None:
+                    centre, context = new_centre, new_context
+                else:  # the rest of the last block, then this one (never changed once given)
+                    centre = np.concatenate([centre[start:], new_centre])
+                    context = np.concatenate([context[start:], new_context])
+                start = 0
+                while len(centre) - start >= want and done + steps_per_chunk <= n_steps:
+                    yield give(want)
+                    start += want
+                    done += steps_per_chunk
+        if done < n_steps:
+            yield give((n_steps - done) * b)
+
     def epoch_arrays(self, with_negatives: bool = True) -> dict[str, np.ndarray]:
-        """One epoch as arrays stacked (n_batches, B, ...), in corpus order.
+        """One epoch as arrays stacked (n_batches, B, ...), in corpus order (the whole epoch at
+        once; the trainer reads it in chunks through `epoch_chunks`).
 
         The last partial batch is dropped. Without negatives the caller samples them itself
         (the trainer does so on the device, from `self.table`).
         """
-        make = cbow_examples if self.cbow else skipgram_pairs
-        centre, context = make(self.corpus, self.window, self.keep_prob, self.rng)
-        n_batches, b = len(centre) // self.batch_size, self.batch_size
-        if n_batches == 0:
-            raise ValueError(f"The corpus gives {len(centre)} examples per epoch, fewer than "
-                             f"batch_size={b}")
-        out = {"centre": centre[:n_batches * b].reshape(n_batches, b),  # (S, B)
-               "context": context[:n_batches * b].reshape((n_batches, b) + context.shape[1:])}
+        n_steps, chunks = self.epoch_chunks(1 << 30)
+        (out,) = chunks
         if with_negatives:
-            out["negatives"] = self.sample_negatives((n_batches, b, self.negatives))  # (S, B, K)
-        self.epoch += 1
+            out["negatives"] = self.sample_negatives((n_steps, self.batch_size,
+                                                      self.negatives))  # (S, B, K)
         return out
 
     def epoch_batches(self) -> Iterator[dict[str, np.ndarray]]:
