@@ -172,6 +172,26 @@ def test_an_epoch_s_mean_loss_compiles_nothing_whatever_its_number_of_chunks():
     assert all(np.isfinite(loss).all() for loss in losses)
 
 
+@pytest.mark.parametrize("block", [1, 7, 1 << 20])
+def test_cooccurrences_counted_a_block_at_a_time_are_every_pair_s(monkeypatch, block):
+    # The pairs of each distance are counted a block of the corpus at a time (the whole
+    # corpus's pairs of one distance took ~40 bytes a token); every block size counts each pair
+    # once, across block edges too, and none across sentences.
+    rng = np.random.default_rng(5)
+    sents = [[str(x) for x in rng.integers(0, 12, size=rng.integers(1, 9))] for _ in range(60)]
+    vocab, corpus = _corpus(sents)
+    monkeypatch.setattr(wv, "EPOCH_BLOCK_TOKENS", block)
+    got = wv.cooccurrence_matrix(corpus, len(vocab), window=3).toarray()
+    want = np.zeros((len(vocab), len(vocab)))
+    for sentence in sents:
+        ids = [vocab.index[w] for w in sentence]
+        for i in range(len(ids)):
+            for j in range(i + 1, min(i + 4, len(ids))):
+                want[ids[i], ids[j]] += 1 / (j - i)
+                want[ids[j], ids[i]] += 1 / (j - i)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
 def test_cooccurrence_counts_weight_by_inverse_distance():
     vocab = wv.Vocab(["a", "b", "c"], [3, 2, 1])
     corpus = wv.encode_corpus([["a", "b", "c"], ["c", "a"]], vocab)

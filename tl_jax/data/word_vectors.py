@@ -384,15 +384,22 @@ def cooccurrence_matrix(corpus: EncodedCorpus, vocab_size: int, window: int,
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     ids, sent = corpus.ids, corpus.sentence_ids
-    total = None
-    for d in range(1, min(window, len(ids) - 1) + 1):
-        same = sent[:-d] == sent[d:]
-        rows, cols = ids[:-d][same], ids[d:][same]
-        if symmetric:
-            rows, cols = np.concatenate([rows, cols]), np.concatenate([cols, rows])
-        part = scipy.sparse.csr_matrix(
-            (np.full(len(rows), 1.0 / d), (rows, cols)), shape=(vocab_size, vocab_size))
-        # Summing per distance keeps memory at one distance's pairs at a time.
+    n, total = len(ids), None
+    for d in range(1, min(window, n - 1) + 1):
+        # Pairs a block at a time (a distance's pairs over the whole corpus took ~40 bytes a
+        # token), counted in integers, so the blocks add exactly; weighted once per distance.
+        count = None
+        for a in range(0, n - d, EPOCH_BLOCK_TOKENS):
+            z = min(a + EPOCH_BLOCK_TOKENS, n - d)
+            same = sent[a:z] == sent[a + d:z + d]
+            rows, cols = ids[a:z][same], ids[a + d:z + d][same]
+            if symmetric:
+                rows, cols = np.concatenate([rows, cols]), np.concatenate([cols, rows])
+            part = scipy.sparse.csr_matrix((np.ones(len(rows), np.int64), (rows, cols)),
+                                           shape=(vocab_size, vocab_size))
+            count = part if count is None else count + part
+        # Summing per distance keeps memory at one distance's counts at a time.
+        part = count.astype(np.float64) * (1.0 / d)
         total = part if total is None else total + part
     if total is None or total.nnz == 0:
         # No two in-vocabulary words share a sentence (e.g. one-word text units).
