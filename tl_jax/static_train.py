@@ -16,6 +16,7 @@ Run from the CLI (see configs/word2vec.py and configs/glove.py), or call `train_
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import os
 import pathlib
@@ -193,40 +194,45 @@ def train_word2vec(sentences: Sequence[Sequence[str]], *, dim: int = 100, window
     key = jax.random.PRNGKey(seed + 1)
     losses = []
     # An epoch's steps come a chunk at a time, built from a block of the corpus at a time (the
-    # next block on a host thread while the device trains): an epoch is never built whole.
-    for epoch in range(epochs):
-        n_steps, chunks = data.epoch_chunks(steps_per_call)
-        frac = (epoch + np.arange(n_steps) / n_steps) / epochs  # progress through training
-        lrs = np.maximum(lr * (1.0 - frac), min_lr).astype(np.float32)
-        # Subsampling makes every epoch's step count differ, so its last, partial chunk had
-        # a new length each epoch, and each length compiled the scan anew (4-7 s apiece on
-        # 2 busy cores). It is padded to a whole chunk instead: the padding steps have
-        # learning rate 0, so they change no row, and their losses are dropped.
-        epoch_losses = []
-        for s, chunk in zip(range(0, n_steps, steps_per_call), chunks):
-            chunk_lrs = lrs[s:s + steps_per_call]
-            n_real = len(chunk_lrs)
-            if n_real < steps_per_call:  # the last chunk, padded (only it: no epoch copy)
-                chunk = {k: np.concatenate([v, np.zeros((steps_per_call - n_real,)
-                                                        + v.shape[1:], v.dtype)])
-                         for k, v in chunk.items()}
-                chunk_lrs = np.concatenate(
-                    [chunk_lrs, np.zeros(steps_per_call - n_real, np.float32)])
-            key, sub = jax.random.split(key)
-            params, chunk_losses = _word2vec_chunk(
-                params, chunk, chunk_lrs, sub, table, cbow=cbow,
-                negatives=negatives, shared_negatives=shared_negatives)
-            epoch_losses.append(chunk_losses)  # kept on device: no sync inside the epoch
-        losses.append(_epoch_mean_loss(epoch_losses, n_steps))  # padding steps left out
-        if not np.isfinite(losses[-1]):
-            # A batch sums the updates of every occurrence of a word; with a tiny vocabulary
-            # (or a huge batch) one row gets too many at once.
-            raise FloatingPointError(
-                f"word2vec loss became {losses[-1]} in epoch {epoch + 1}: lower the learning "
-                f"rate ({lr}) or batch_size ({batch_size}) for this {len(vocab)}-word "
-                "vocabulary")
-        if log:
-            log(f"word2vec epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
+    # next block on a host thread while the device trains): an epoch is never built whole. The
+    # next epoch's random draws are made on a thread too, while this one trains.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        upcoming = pool.submit(data.epoch_chunks, steps_per_call)
+        for epoch in range(epochs):
+            n_steps, chunks = upcoming.result()
+            if epoch + 1 < epochs:
+                upcoming = pool.submit(data.epoch_chunks, steps_per_call)
+            frac = (epoch + np.arange(n_steps) / n_steps) / epochs  # progress through training
+            lrs = np.maximum(lr * (1.0 - frac), min_lr).astype(np.float32)
+            # Subsampling makes every epoch's step count differ, so its last, partial chunk had
+            # a new length each epoch, and each length compiled the scan anew (4-7 s apiece on
+            # 2 busy cores). It is padded to a whole chunk instead: the padding steps have
+            # learning rate 0, so they change no row, and their losses are dropped.
+            epoch_losses = []
+            for s, chunk in zip(range(0, n_steps, steps_per_call), chunks):
+                chunk_lrs = lrs[s:s + steps_per_call]
+                n_real = len(chunk_lrs)
+                if n_real < steps_per_call:  # the last chunk, padded (only it: no epoch copy)
+                    chunk = {k: np.concatenate([v, np.zeros((steps_per_call - n_real,)
+                                                            + v.shape[1:], v.dtype)])
+                             for k, v in chunk.items()}
+                    chunk_lrs = np.concatenate(
+                        [chunk_lrs, np.zeros(steps_per_call - n_real, np.float32)])
+                key, sub = jax.random.split(key)
+                params, chunk_losses = _word2vec_chunk(
+                    params, chunk, chunk_lrs, sub, table, cbow=cbow,
+                    negatives=negatives, shared_negatives=shared_negatives)
+                epoch_losses.append(chunk_losses)  # kept on device: no sync inside the epoch
+            losses.append(_epoch_mean_loss(epoch_losses, n_steps))  # padding steps left out
+            if not np.isfinite(losses[-1]):
+                # A batch sums the updates of every occurrence of a word; with a tiny vocabulary
+                # (or a huge batch) one row gets too many at once.
+                raise FloatingPointError(
+                    f"word2vec loss became {losses[-1]} in epoch {epoch + 1}: lower the learning "
+                    f"rate ({lr}) or batch_size ({batch_size}) for this {len(vocab)}-word "
+                    "vocabulary")
+            if log:
+                log(f"word2vec epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
     vectors = np.asarray(jax.block_until_ready(params["input"]))
     seconds = time.perf_counter() - start
     stats = {"words": n_words * epochs, "seconds": seconds,

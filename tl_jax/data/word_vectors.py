@@ -302,7 +302,11 @@ class Word2VecBatches:
             raise ValueError(f"The corpus gives {total} examples per epoch, fewer than "
                              f"batch_size={b}")
         self.epoch += 1
-        return n_steps, self._chunks(ids, sent, reach, n_steps, steps_per_chunk)
+        # The first block is built from now on, on a thread, the next while a block's chunks
+        # are given and trained on (numpy releases the GIL in its array loops).
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        first = pool.submit(self._block, ids, sent, reach, 0)
+        return n_steps, self._chunks(ids, sent, reach, n_steps, steps_per_chunk, pool, first)
 
     def _block(self, ids, sent, reach, a, count=False):
         """The examples (centres, contexts) of kept tokens a.. a + EPOCH_BLOCK_TOKENS - 1, or
@@ -320,7 +324,7 @@ class Word2VecBatches:
         valid = context >= 0
         return np.broadcast_to(ids[a:z, None], context.shape)[valid], context[valid]
 
-    def _chunks(self, ids, sent, reach, n_steps, steps_per_chunk):
+    def _chunks(self, ids, sent, reach, n_steps, steps_per_chunk, pool, upcoming):
         b = self.batch_size
         want = steps_per_chunk * b  # examples a chunk
         centre = context = None  # examples built and not yet given, from `start` on
@@ -332,10 +336,7 @@ class Word2VecBatches:
                     "context": context[start:start + n].reshape((steps, b) + context.shape[1:])}
 
         blocks = range(0, len(ids), EPOCH_BLOCK_TOKENS)
-        # The next block is built on a thread while this one's chunks are given and trained on
-        # (numpy releases the GIL in its array loops); giving a chunk only slices.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            upcoming = pool.submit(self._block, ids, sent, reach, blocks[0])
+        with pool:  # giving a chunk only slices
             for i in range(len(blocks)):
                 new_centre, new_context = upcoming.result()
                 if i + 1 < len(blocks):
