@@ -215,10 +215,11 @@ def _examples_per_token(sent: np.ndarray, reach: np.ndarray, cbow: bool) -> np.n
     n = len(sent)
     starts = np.flatnonzero(np.r_[True, sent[1:] != sent[:-1]])
     lengths = np.diff(np.r_[starts, n])
-    pos = np.arange(n) - np.repeat(starts, lengths)  # position in its sentence
+    length = np.repeat(lengths, lengths)  # of each token's sentence
     if cbow:
-        return (np.repeat(lengths, lengths) > 1).astype(np.int64)
-    after = np.repeat(lengths, lengths) - 1 - pos
+        return (length > 1).astype(np.int64)
+    pos = np.arange(n) - np.repeat(starts, lengths)  # position in its sentence
+    after = length - 1 - pos
     reach = reach.astype(np.int64)
     return np.minimum(reach, pos) + np.minimum(reach, after)
 
@@ -294,7 +295,7 @@ class Word2VecBatches:
             raise ValueError(f"steps_per_chunk must be >= 1, got {steps_per_chunk}")
         ids, sent = _subsample(self.corpus, self.keep_prob, self.rng)
         reach = _draw_reach(len(ids), self.window, self.rng)
-        total = sum(int(self._block(ids, sent, reach, a, count=True))
+        total = sum(int(self._block_count(sent, reach, a))
                     for a in range(0, len(ids), EPOCH_BLOCK_TOKENS))
         b = self.batch_size
         n_steps = total // b
@@ -308,14 +309,20 @@ class Word2VecBatches:
         first = pool.submit(self._block, ids, sent, reach, 0)
         return n_steps, self._chunks(ids, sent, reach, n_steps, steps_per_chunk, pool, first)
 
-    def _block(self, ids, sent, reach, a, count=False):
-        """The examples (centres, contexts) of kept tokens a.. a + EPOCH_BLOCK_TOKENS - 1, or
-        with `count` only how many there are, from the block with `window` neighbours each
-        side (a centre's examples depend on nothing further away)."""
-        z = min(a + EPOCH_BLOCK_TOKENS, len(ids))
-        lo, hi = max(0, a - self.window), min(len(ids), z + self.window)
-        if count:
-            return _examples_per_token(sent[lo:hi], reach[lo:hi], self.cbow)[a - lo:z - lo].sum()
+    def _block_span(self, n, a):
+        """(z, lo, hi): kept tokens a..z-1 form the block starting at `a`; lo..hi-1 adds its
+        `window` neighbours each side (a centre's examples depend on nothing further away)."""
+        z = min(a + EPOCH_BLOCK_TOKENS, n)
+        return z, max(0, a - self.window), min(n, z + self.window)
+
+    def _block_count(self, sent, reach, a):
+        """How many examples the block of kept tokens starting at `a` gives."""
+        z, lo, hi = self._block_span(len(sent), a)
+        return _examples_per_token(sent[lo:hi], reach[lo:hi], self.cbow)[a - lo:z - lo].sum()
+
+    def _block(self, ids, sent, reach, a):
+        """The examples (centres, contexts) of the block of kept tokens starting at `a`."""
+        z, lo, hi = self._block_span(len(ids), a)
         context = _context_matrix(ids[lo:hi], sent[lo:hi], self.window,
                                   reach[lo:hi])[a - lo:z - lo]
         if self.cbow:
