@@ -434,7 +434,7 @@ def test_glove_adagrad_is_chosen_from_the_command_line(data_dir, tmp_path, monke
     np.testing.assert_array_equal(direct.vectors, vectors["glove_c"].vectors)
 
     # Another value stops the run, naming the key and the choices, before the corpus is read.
-    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "read_corpus", lambda *a, **k: pytest.fail("read the corpus first"))
     with pytest.raises(SystemExit) as e:
         main.main(argv + [f"--workdir={tmp_path / 'sgd'}", "--config.glove.adagrad=sgd"])
     assert str(e.value.code).startswith(
@@ -456,7 +456,7 @@ def test_a_workdir_saved_before_glove_adagrad_existed_reruns_with_optax(tmp_path
     def read(*args, **kwargs):
         raise RuntimeError("reached the corpus")
 
-    monkeypatch.setattr(wv, "load_sentences", read)
+    monkeypatch.setattr(wv, "read_corpus", read)
     with pytest.raises(RuntimeError, match="reached the corpus"):
         static_train.run(config_lib.load_config(f"{path}:tiny"), str(tmp_path))
     changed = config_lib.load_config(f"{path}:tiny", ["glove.adagrad=glove_c"])
@@ -503,7 +503,7 @@ def test_glove_learning_rate_defaults_to_the_adagrad_rules_own_and_an_explicit_o
     # A workdir saved when 0.5 was written out in the config is the default optax run's; a
     # glove_c run saved then (0.5) is not a default glove_c run now (0.05), which says so
     # before reading the corpus.
-    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(wv, "read_corpus", lambda *a, **k: (_ for _ in ()).throw(
         RuntimeError("reached the corpus")))
     for adagrad in ("optax", "glove_c"):
         earlier = config_lib.load_config(
@@ -571,7 +571,7 @@ def test_unknown_save_format_fails_before_training(tmp_path, monkeypatch):
 
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "word2vec.py"
     config = config_lib.load_config(f"{path}:tiny", ["save_formats=('word2vec_txt',)"])
-    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "read_corpus", lambda *a, **k: pytest.fail("read the corpus first"))
     with pytest.raises(ValueError, match=r"save_formats.*'word2vec_txt'"):
         static_train.run(config, str(tmp_path))
 
@@ -584,7 +584,7 @@ def test_empty_save_formats_fail_before_training(tmp_path, monkeypatch):
 
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "glove.py"
     config = config_lib.load_config(f"{path}:tiny", ["save_formats=()"])
-    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "read_corpus", lambda *a, **k: pytest.fail("read the corpus first"))
     with pytest.raises(ValueError, match=r"save_formats is empty.*glove_text"):
         static_train.run(config, str(tmp_path))
     assert not (tmp_path / "static_config.json").exists()
@@ -638,7 +638,7 @@ def test_sizes_below_their_minimum_fail_before_reading_the_corpus(tmp_path, monk
 
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / f"{name}.py"
     config = config_lib.load_config(f"{path}:tiny", [override])
-    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "read_corpus", lambda *a, **k: pytest.fail("read the corpus first"))
     with pytest.raises(ValueError, match=match):
         static_train.run(config, str(tmp_path))
 
@@ -682,7 +682,7 @@ def test_a_workdir_written_with_another_config_is_refused_and_the_same_config_re
     def read(*args, **kwargs):
         raise RuntimeError("reached the corpus")
 
-    monkeypatch.setattr(wv, "load_sentences", read)
+    monkeypatch.setattr(wv, "read_corpus", read)
     changed = config_lib.load_config(f"{path}:tiny", ["dim=32", "eval_dir=''"])
     with pytest.raises(ValueError, match=r"(?s)another config.*dim: 16 there, 32 now"):
         static_train.run(changed, str(tmp_path))
@@ -724,7 +724,7 @@ def test_a_training_workdir_is_refused_before_its_vocab_is_overwritten(tmp_path,
     (tmp_path / "vocab.txt").write_text("<pad>\n<unk>\n<S>\n</S>\nthe\n")
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "glove.py"
     config = config_lib.load_config(f"{path}:tiny")
-    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "read_corpus", lambda *a, **k: pytest.fail("read the corpus first"))
     with pytest.raises(ValueError, match=r"training workdir.*use another workdir"):
         static_train.run(config, str(tmp_path))
     assert (tmp_path / "vocab.txt").read_text().startswith("<pad>")
@@ -743,7 +743,7 @@ def test_an_eval_dir_missing_some_of_the_files_fails_before_training(tmp_path, m
     (eval_dir / evaluation.WORDSIM353).write_text("a\tb\t1.0\nc\td\t2.0\n")
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "word2vec.py"
     config = config_lib.load_config(f"{path}:tiny", [f"eval_dir='{eval_dir}'"])
-    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "read_corpus", lambda *a, **k: pytest.fail("read the corpus first"))
     with pytest.raises(ValueError, match=r"eval_dir.*lacks.*simlex999.txt.*questions-words.txt"):
         static_train.run(config, str(tmp_path / "work"))
 
@@ -757,7 +757,7 @@ def test_a_workdir_that_is_a_file_fails_before_training(tmp_path, monkeypatch):
 
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "glove.py"
     config = config_lib.load_config(f"{path}:tiny", ["eval_dir=''"])
-    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "read_corpus", lambda *a, **k: pytest.fail("read the corpus first"))
     (tmp_path / "vectors.txt").write_text("a 1 2\n")
     with pytest.raises(ValueError, match=r"workdir .*vectors.txt is a file, not a folder"):
         static_train.run(config, str(tmp_path / "vectors.txt"))
@@ -774,7 +774,7 @@ def test_an_eval_dir_that_does_not_exist_fails_before_training(tmp_path, monkeyp
     from tl_jax import config as config_lib
 
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "word2vec.py"
-    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "read_corpus", lambda *a, **k: pytest.fail("read the corpus first"))
     config = config_lib.load_config(f"{path}:tiny", [f"eval_dir='{tmp_path / 'evlas'}'"])
     with pytest.raises(ValueError, match=r"config.eval_dir=.*no folder .*evlas.*eval_dir=''"):
         static_train.run(config, str(tmp_path / "work"))
@@ -804,7 +804,7 @@ def test_a_malformed_eval_file_fails_before_training(tmp_path, monkeypatch, brok
     (eval_dir / evaluation.GOOGLE_ANALOGIES).write_text(analogies)
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "word2vec.py"
     config = config_lib.load_config(f"{path}:tiny", [f"eval_dir='{eval_dir}'"])
-    monkeypatch.setattr(wv, "load_sentences", lambda *a, **k: pytest.fail("read the corpus first"))
+    monkeypatch.setattr(wv, "read_corpus", lambda *a, **k: pytest.fail("read the corpus first"))
     where = "simlex999.txt:1: score" if broken == "simlex999" else "questions-words.txt:2: expected"
     with pytest.raises(ValueError, match=where):
         static_train.run(config, str(tmp_path / "work"))
@@ -864,3 +864,81 @@ def test_load_sentences_shares_one_string_a_word(tmp_path):
                          ["a", "cat", "the", "end"]]
     the = [w for s in sentences for w in s if w == "the"]
     assert len(the) == 4 and all(w is the[0] for w in the)
+
+
+def test_a_corpus_read_into_integers_has_the_vocabulary_and_ids_of_its_sentences(data_dir):
+    """`read_corpus` holds ~4 bytes a token instead of lists of words; its vocabulary and
+    encoding are those of the sentences `load_sentences` gives, at any min_count and size,
+    out-of-vocabulary tokens removed and sentence ids the sentences' indices."""
+    spec = f"{data_dir}/austen.jsonl,{data_dir}/enwiki_sample.jsonl"
+    sentences = wv.load_sentences(spec)
+    corpus = wv.read_corpus(spec)
+    assert corpus.n_sentences == len(sentences)
+    assert len(corpus) == sum(len(s) for s in sentences)
+    assert corpus.ids.dtype == np.int32 and corpus.ids.nbytes == 4 * len(corpus)
+    for min_count, max_size in ((1, None), (5, None), (3, 500)):
+        vocab = corpus.vocab(min_count, max_size)
+        want = wv.Vocab.build(sentences, min_count, max_size)
+        assert vocab.words == want.words
+        np.testing.assert_array_equal(vocab.counts, want.counts)
+        got, ref = corpus.encode(vocab), wv.encode_corpus(sentences, want)
+        np.testing.assert_array_equal(got.ids, ref.ids)
+        np.testing.assert_array_equal(got.sentence_ids, ref.sentence_ids)
+    # max_sentences is the first that many, and reads no further.
+    head = wv.read_corpus(spec, max_sentences=300)
+    vocab = head.vocab(2)
+    assert vocab.words == wv.Vocab.build(sentences[:300], 2).words
+    np.testing.assert_array_equal(head.encode(vocab).ids,
+                                  wv.encode_corpus(sentences[:300], vocab).ids)
+    taken = []
+
+    def stream():
+        for s in sentences:
+            taken.append(s)
+            yield s
+
+    assert wv.WordCorpus.from_sentences(stream(), max_sentences=10).n_sentences == 10
+    assert len(taken) == 10
+
+
+def test_a_word_corpus_small_case_and_its_errors(tmp_path):
+    (tmp_path / "a.txt").write_text("The cat saw the dog.\n\n...\n\nThe dog ran.\n")
+    (tmp_path / "b.txt").write_text("A cat, the end.\n")
+    corpus = wv.read_corpus(f"{tmp_path}/a.txt,{tmp_path}/b.txt")
+    assert corpus.words == ["the", "cat", "saw", "dog", "ran", "a", "end"]
+    assert corpus.counts.tolist() == [4, 2, 1, 2, 1, 1, 1]
+    assert corpus.ids.tolist() == [0, 1, 2, 0, 3, 0, 3, 4, 5, 1, 0, 6]
+    assert corpus.lengths.tolist() == [5, 3, 4]
+    vocab = corpus.vocab(min_count=2)
+    assert vocab.words == ["the", "cat", "dog"]
+    encoded = corpus.encode(vocab)
+    assert encoded.ids.tolist() == [0, 1, 0, 2, 0, 2, 1, 0]
+    assert encoded.sentence_ids.tolist() == [0, 0, 0, 0, 1, 1, 2, 2]
+    # A sentence of only unknown words leaves its index unused (as in `encode_corpus`).
+    other = wv.WordCorpus.from_sentences([["x"], ["y", "z"], ["x", "y"]])
+    encoded = other.encode(other.vocab(min_count=2))
+    assert encoded.ids.tolist() == [0, 1, 0, 1] and encoded.sentence_ids.tolist() == [0, 1, 2, 2]
+    with pytest.raises(ValueError, match="no in-vocabulary words"):
+        other.encode(wv.Vocab(["q"], [3]))
+    with pytest.raises(ValueError, match="min_count=9"):
+        other.vocab(min_count=9)
+    with pytest.raises(ValueError, match=r"sentence 1 is a string \('ab'\)"):
+        wv.WordCorpus.from_sentences([["a"], "ab"])
+    (tmp_path / "empty.txt").write_text("...\n\n!!\n")
+    with pytest.raises(ValueError, match=r"empty.txt' has no words"):
+        wv.read_corpus(f"{tmp_path}/empty.txt")
+
+
+@pytest.mark.parametrize("method", ["word2vec", "glove"])
+def test_training_on_a_word_corpus_is_training_on_its_sentences(method):
+    sentences = _planted_corpus(300)
+    train = static_train.train_word2vec if method == "word2vec" else static_train.train_glove
+    kwargs = dict(dim=8, window=3, epochs=2, min_count=1, batch_size=64, steps_per_call=5,
+                  seed=1, log=None)
+    a, stats_a = train(sentences, **kwargs)
+    b, stats_b = train(wv.WordCorpus.from_sentences(sentences), **kwargs)
+    assert a.words == b.words
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+    assert stats_a["losses"] == stats_b["losses"]
+    if method == "word2vec":
+        assert stats_a["words"] == stats_b["words"] == 300 * 12 * 2

@@ -161,13 +161,29 @@ def init_word2vec(vocab_size: int, dim: int, cbow: bool, seed: int):
     return model, params
 
 
-def train_word2vec(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: int = 5,
-                   negatives: int = 5, epochs: int = 5, min_count: int = 5, sample: float = 1e-3,
-                   lr: float = 0.025, min_lr: float = 1e-4, batch_size: int = 1024,
-                   cbow: bool = False, seed: int = 0, steps_per_call: int = 64,
+def _vocab(sentences: Sequence[Sequence[str]] | wv.WordCorpus, min_count: int) -> wv.Vocab:
+    if isinstance(sentences, wv.WordCorpus):
+        return sentences.vocab(min_count)
+    return wv.Vocab.build(sentences, min_count)
+
+
+def _encode(sentences: Sequence[Sequence[str]] | wv.WordCorpus,
+            vocab: wv.Vocab) -> tuple[wv.EncodedCorpus, int]:
+    """The corpus in vocabulary ids, and its number of tokens (out-of-vocabulary ones too)."""
+    if isinstance(sentences, wv.WordCorpus):
+        return sentences.encode(vocab), len(sentences)
+    return wv.encode_corpus(sentences, vocab), sum(len(s) for s in sentences)
+
+
+def train_word2vec(sentences: Sequence[Sequence[str]] | wv.WordCorpus, *, dim: int = 100,
+                   window: int = 5, negatives: int = 5, epochs: int = 5, min_count: int = 5,
+                   sample: float = 1e-3, lr: float = 0.025, min_lr: float = 1e-4,
+                   batch_size: int = 1024, cbow: bool = False, seed: int = 0,
+                   steps_per_call: int = 64,
                    shared_negatives: int = 0, vocab: wv.Vocab | None = None,
                    log: Callable[[str], None] | None = print) -> tuple[WordVectors, dict]:
-    """Trains word2vec on tokenised sentences; returns (input vectors, stats).
+    """Trains word2vec on tokenised sentences (lists of words, or a `wv.WordCorpus`); returns
+    (input vectors, stats).
 
     The learning rate falls linearly from `lr` towards 0 over all planned epochs and is held
     at `min_lr` once it gets there (word2vec.c's rule, whose floor is lr * 1e-4 rather than
@@ -181,12 +197,11 @@ def train_word2vec(sentences: Sequence[Sequence[str]], *, dim: int = 100, window
                             batch_size=batch_size, steps_per_call=steps_per_call))
     _check_at_least(0, dict(shared_negatives=shared_negatives))
     _check_rates(lr, min_lr, names=("lr", "min_lr"))
-    vocab = vocab or wv.Vocab.build(sentences, min_count)
+    vocab = vocab or _vocab(sentences, min_count)
     # The clock covers everything after the vocabulary, mapping the corpus to ids included
     # (gensim's `train` looks every word up as it goes): words_per_sec is end-to-end training.
     start = time.perf_counter()
-    corpus = wv.encode_corpus(sentences, vocab)
-    n_words = sum(len(s) for s in sentences)
+    corpus, n_words = _encode(sentences, vocab)
     data = wv.Word2VecBatches(corpus, vocab, batch_size=batch_size, window=window,
                               negatives=negatives, sample=sample, cbow=cbow, seed=seed)
     _, params = init_word2vec(len(vocab), dim, cbow, seed)
@@ -332,10 +347,10 @@ def _glove_chunk(params, opt_state, batches, optimizer, x_max, alpha):
     return params, opt_state, losses
 
 
-def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: int = 10,
-                epochs: int = 15, min_count: int = 5, x_max: float = 10.0, alpha: float = 0.75,
-                lr: float | None = None, batch_size: int = 16384, seed: int = 0,
-                steps_per_call: int = 16, vocab: wv.Vocab | None = None,
+def train_glove(sentences: Sequence[Sequence[str]] | wv.WordCorpus, *, dim: int = 100,
+                window: int = 10, epochs: int = 15, min_count: int = 5, x_max: float = 10.0,
+                alpha: float = 0.75, lr: float | None = None, batch_size: int = 16384,
+                seed: int = 0, steps_per_call: int = 16, vocab: wv.Vocab | None = None,
                 adagrad: str = "optax",
                 log: Callable[[str], None] | None = print) -> tuple[WordVectors, dict]:
     """Trains GloVe with AdaGrad on the nonzero co-occurrences; returns (W + W~, stats).
@@ -355,8 +370,8 @@ def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: i
     lr = glove_learning_rate(adagrad, lr)
     _check_glove_weighting(x_max, alpha)
     _check_rates(lr, 0.0, names=("lr", "min_lr"))
-    vocab = vocab or wv.Vocab.build(sentences, min_count)
-    corpus = wv.encode_corpus(sentences, vocab)
+    vocab = vocab or _vocab(sentences, min_count)
+    corpus, _ = _encode(sentences, vocab)
     cooc = wv.cooccurrence_matrix(corpus, len(vocab), window)
     rows, cols = cooc.row.astype(np.int32), cooc.col.astype(np.int32)
     counts = cooc.data.astype(np.float32)
@@ -594,16 +609,15 @@ def run(config, workdir: str) -> dict:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"workdir {workdir} is a file, not a folder: use another workdir")
     os.makedirs(workdir, exist_ok=True)
-    sentences = wv.load_sentences(config.corpus, config.text_field, key="corpus")
-    if config.max_sentences:
-        sentences = sentences[:config.max_sentences]
-    vocab = wv.Vocab.build(sentences, config.min_count, config.max_vocab or None)
-    print(f"{config.method}: {len(sentences)} sentences, "
-          f"{sum(len(s) for s in sentences)} words, vocabulary {len(vocab)}", flush=True)
+    corpus = wv.read_corpus(config.corpus, config.text_field, key="corpus",
+                            max_sentences=config.max_sentences)
+    vocab = corpus.vocab(config.min_count, config.max_vocab or None)
+    print(f"{config.method}: {corpus.n_sentences} sentences, {len(corpus)} words, "
+          f"vocabulary {len(vocab)}", flush=True)
     if config.method == "word2vec":
         w = config.word2vec
         vectors, stats = train_word2vec(
-            sentences, dim=config.dim, window=config.window, negatives=w.negatives,
+            corpus, dim=config.dim, window=config.window, negatives=w.negatives,
             epochs=config.epochs, sample=w.sample, lr=w.learning_rate, min_lr=w.min_learning_rate,
             batch_size=config.batch_size, cbow=w.cbow, seed=config.seed,
             steps_per_call=config.steps_per_call, shared_negatives=w.shared_negatives,
@@ -614,7 +628,7 @@ def run(config, workdir: str) -> dict:
         print(f"glove: AdaGrad rule {adagrad}, learning_rate {lr}"
               + (" (the rule's default)" if g.learning_rate is None else ""), flush=True)
         vectors, stats = train_glove(
-            sentences, dim=config.dim, window=config.window, epochs=config.epochs,
+            corpus, dim=config.dim, window=config.window, epochs=config.epochs,
             x_max=g.x_max, alpha=g.alpha, lr=lr, batch_size=config.batch_size,
             seed=config.seed, steps_per_call=config.steps_per_call, vocab=vocab,
             adagrad=adagrad)
