@@ -328,3 +328,39 @@ def test_every_corpus_reading_task_names_its_key_for_an_unknown_tfds_name(tmp_pa
         config = config_lib.load_config(spec, [f"data.corpus={corpus}"])
         with pytest.raises(SourceError, match=r"^data.corpus: unknown tfds dataset"):
             task(config, str(tmp_path / "run"))
+
+
+def test_documents_one_at_a_time_are_load_documents_and_read_as_they_are_given(tmp_path,
+                                                                               data_dir):
+    """`iter_documents` (static vectors' reader) gives `load_documents`' documents, or its error,
+    for every kind of file and mistake; it reads a file as the documents are taken, so a huge
+    file is never held whole, and a malformed line surfaces when it is reached."""
+    _write(tmp_path / "a.txt", "p1\n  p2  \n\n\n d2\n")
+    _jsonl(tmp_path / "b.jsonl", [{"title": "A", "text": "a1"}, {"title": "A", "text": "a2\nx"},
+                                  {"title": "B", "text": "b1"}])
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "zipped"}) + "\n")
+    _write(tmp_path / "empty.txt", "\n \n")
+    _write(tmp_path / "bad.jsonl", '{"text": "ok"}\n{"text": "broken"\n')
+    (tmp_path / "latin.txt").write_bytes(b"First.\n\nCaf\xe9.\n")
+    (tmp_path / "fake.txt.gz").write_text("plain\n")
+    specs = [f"{tmp_path}/a.txt,{tmp_path}/b.jsonl,{tmp_path}/c.jsonl.gz",
+             f"{tmp_path}/*.txt", f"{tmp_path}/empty.txt", f"{tmp_path}/bad.jsonl",
+             f"{tmp_path}/latin.txt", f"{tmp_path}/fake.txt.gz", f"{tmp_path}/none.txt", " , ",
+             f"{data_dir}/austen.jsonl,{data_dir}/enwiki_sample.jsonl"]
+    for spec in specs:
+        try:
+            want = load_documents(spec, key="corpus")
+        except SourceError as e:
+            with pytest.raises(SourceError) as got:
+                list(sources.iter_documents(spec, key="corpus"))
+            assert str(got.value) == str(e), spec
+        else:
+            assert list(sources.iter_documents(spec, key="corpus")) == want, spec
+    # The first documents of a file with a malformed line further on come without the error (a
+    # document is given once the line after it has been read).
+    _write(tmp_path / "late.jsonl", '{"text": "one"}\n{"text": "two"}\n{"text": "3"}\n{"t\n')
+    documents = sources.iter_documents(str(tmp_path / "late.jsonl"))
+    assert next(documents) == ["one"] and next(documents) == ["two"]
+    with pytest.raises(SourceError, match=r"late.jsonl:4: malformed JSON"):
+        next(documents)

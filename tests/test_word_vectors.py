@@ -924,6 +924,11 @@ def test_a_word_corpus_small_case_and_its_errors(tmp_path):
         other.vocab(min_count=9)
     with pytest.raises(ValueError, match=r"sentence 1 is a string \('ab'\)"):
         wv.WordCorpus.from_sentences([["a"], "ab"])
+    # max_sentences reads no further into a file than that (here, not to its malformed line).
+    (tmp_path / "long.jsonl").write_text('{"text": "a b"}\n{"text": "c"}\n{"text": "d"}\n{"t\n')
+    assert wv.read_corpus(f"{tmp_path}/long.jsonl", max_sentences=2).lengths.tolist() == [2, 1]
+    with pytest.raises(ValueError, match=r"long.jsonl:4: malformed JSON"):
+        wv.read_corpus(f"{tmp_path}/long.jsonl")
     (tmp_path / "empty.txt").write_text("...\n\n!!\n")
     with pytest.raises(ValueError, match=r"empty.txt' has no words"):
         wv.read_corpus(f"{tmp_path}/empty.txt")

@@ -31,7 +31,7 @@ import gzip
 import json
 import os
 import re
-from typing import Iterable
+from typing import Iterable, Iterator
 
 Document = list[str]
 
@@ -83,11 +83,8 @@ def iter_sources(
     `load_documents`' order: a caller that tokenises as it goes (`tl_jax tokenize`) holds one
     file's text at a time, not the whole corpus's. Raises what `load_documents` raises, the
     empty corpus once every source has been read."""
-    parts = [part.strip() for part in spec.split(",") if part.strip()]
-    if not parts:
-        raise SourceError(f"Empty corpus spec {spec!r}: name at least one file, glob or dataset.")
     any_text = False
-    for part in parts:
+    for part in _parts(spec):
         for source, documents in _iter_part(part, text_field, group_field or None, key):
             any_text = any_text or bool(documents)
             yield source, documents
@@ -95,7 +92,32 @@ def iter_sources(
         raise SourceError(f"Corpus {spec!r} is empty: its sources contain no text.")
 
 
-def _iter_part(part: str, text_field: str, group_field: str | None, key: str | None = None):
+def iter_documents(spec: str, text_field: str = "text", group_field: str | None = None,
+                   key: str | None = None) -> Iterator[Document]:
+    """`load_documents`' documents one at a time, a file's read as they are given: a caller
+    that needs each document once (static vectors' reader) holds one document's text, not a
+    file's. Raises what `load_documents` raises, a malformed line when it is reached."""
+    any_text = False
+    for part in _parts(spec):
+        for _, documents in _iter_part(part, text_field, group_field or None, key, stream=True):
+            for document in documents:
+                any_text = True
+                yield document
+    if not any_text:
+        raise SourceError(f"Corpus {spec!r} is empty: its sources contain no text.")
+
+
+def _parts(spec: str) -> list[str]:
+    parts = [part.strip() for part in spec.split(",") if part.strip()]
+    if not parts:
+        raise SourceError(f"Empty corpus spec {spec!r}: name at least one file, glob or dataset.")
+    return parts
+
+
+def _iter_part(part: str, text_field: str, group_field: str | None, key: str | None = None,
+               stream: bool = False):
+    """(source, documents) for each source `part` names; with `stream`, a file's documents are
+    an iterator reading the file as it goes (tfds and gensim sources come whole either way)."""
     if part.startswith("gensim:"):
         name = part[len("gensim:"):]
         if name == "enwiki":
@@ -119,11 +141,18 @@ def _iter_part(part: str, text_field: str, group_field: str | None, key: str | N
     else:
         paths = [os.path.expanduser(part)]
     for path in paths:
-        yield path, load_file(path, text_field, group_field)
+        yield path, (iter_file if stream else load_file)(path, text_field, group_field)
 
 
 def load_file(path: str, text_field: str = "text", group_field: str | None = None) -> list[Document]:
     """Reads one plain-text or jsonl file (see the module docstring for the formats)."""
+    return list(iter_file(path, text_field, group_field))
+
+
+def iter_file(path: str, text_field: str = "text",
+              group_field: str | None = None) -> Iterator[Document]:
+    """`load_file`'s documents one at a time, the file read as they are given (its errors
+    raised when reached, a file's lack of text once it has been read)."""
     if not os.path.exists(path):
         unset = re.search(r"\$\{?(\w+)", path)  # os.path.expandvars leaves unset variables as is
         hint = f" (${unset.group(1)} is not set in the environment)" if unset else ""
@@ -143,11 +172,12 @@ def load_file(path: str, text_field: str = "text", group_field: str | None = Non
                           "named .jsonl. If it holds one JSON object per line (as Hugging Face "
                           "datasets' to_json writes), rename it to .jsonl; a JSON array is not "
                           "read.")
+    any_text = False
     try:
-        if base.endswith(".jsonl"):
-            documents = _read_jsonl(path, text_field, group_field)
-        else:
-            documents = _read_text(path)
+        for document in (_read_jsonl(path, text_field, group_field) if base.endswith(".jsonl")
+                         else _read_text(path)):
+            any_text = True
+            yield document
     except UnicodeDecodeError as e:
         raise SourceError(non_utf8_message(path, e)) from None
     except (OSError, EOFError) as e:
@@ -159,9 +189,8 @@ def load_file(path: str, text_field: str = "text", group_field: str | None = Non
         raise SourceError(f"Corpus file {path} cannot be decompressed as {kind} "
                           f"({type(e).__name__}: {e}): it is not {kind} data or it is "
                           "truncated.") from None
-    if not documents:
+    if not any_text:
         raise SourceError(f"Corpus file {path} contains no text.")
-    return documents
 
 
 def _open_text(path: str, mode: str = "rt"):
@@ -201,8 +230,7 @@ def non_utf8_message(path, error: UnicodeDecodeError) -> str:
     return f"{where}: not UTF-8 text ({what}); {NOT_UTF8_HINT}."
 
 
-def _read_text(path: str) -> list[Document]:
-    documents: list[Document] = []
+def _read_text(path: str) -> Iterator[Document]:
     current: Document = []
     with _open_text(path) as f:
         for line in f:
@@ -210,15 +238,13 @@ def _read_text(path: str) -> list[Document]:
             if line:
                 current.append(line)
             elif current:
-                documents.append(current)
+                yield current
                 current = []
     if current:
-        documents.append(current)
-    return documents
+        yield current
 
 
-def _read_jsonl(path: str, text_field: str, group_field: str | None) -> list[Document]:
-    documents: list[Document] = []
+def _read_jsonl(path: str, text_field: str, group_field: str | None) -> Iterator[Document]:
     current: Document = []
     current_key = object()  # Equal to no group value, so the first line starts a document.
     auto = group_field is None
@@ -258,14 +284,13 @@ def _read_jsonl(path: str, text_field: str, group_field: str | None) -> list[Doc
             else:
                 key = object()  # Every line its own document.
             if key != current_key and current:
-                documents.append(current)
+                yield current
                 current = []
             current_key = key
             units = [u.strip() for u in text.split("\n") if u.strip()]
             current.extend(units)
     if current:
-        documents.append(current)
-    return documents
+        yield current
 
 
 def json_type(value) -> str:

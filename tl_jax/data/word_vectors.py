@@ -185,7 +185,10 @@ class WordCorpus:
             if len(lengths) == max_sentences:
                 break
         ids = np.frombuffer(ids, dtype=np.int32) if ids else np.zeros(0, np.int32)
-        return cls(list(index), np.bincount(ids, minlength=len(index)).astype(np.int64), ids,
+        counts = np.zeros(len(index), np.int64)
+        for a in range(0, len(ids), EPOCH_BLOCK_TOKENS):  # bincount copies its input to int64
+            counts += np.bincount(ids[a:a + EPOCH_BLOCK_TOKENS], minlength=len(index))
+        return cls(list(index), counts, ids,
                    np.frombuffer(lengths, dtype=np.int32) if lengths else np.zeros(0, np.int32))
 
     def vocab(self, min_count: int = 5, max_size: int | None = None) -> Vocab:
@@ -493,21 +496,19 @@ def load_sentences(spec: str, text_field: str = "text",
     Environment variables in the spec are expanded, so configs can name
     `$TL_JAX_DATA_DIR/austen.jsonl` without hard-coding the data folder.
 
-    One source file's text is held at a time, and every occurrence of a word is the same string
-    object: a token is then an 8-byte reference in its sentence, not a string of its own (~55
-    bytes). The Austen file 10 times over (7.2 M words) peaked at 0.61 GB read whole with a
-    string a token, 0.17 GB this way.
+    The files are read as their documents are tokenised, and every occurrence of a word is the
+    same string object: a token is then an 8-byte reference in its sentence, not a string of
+    its own (~55 bytes). The Austen file 10 times over (7.2 M words) peaked at 0.61 GB read
+    whole with a string a token, 0.17 GB with one a word. (`read_corpus` holds 4 bytes a token.)
     """
     from tl_jax.data import sources
 
     sentences, words = [], {}
-    for _, documents in sources.iter_sources(paths.expand(spec), text_field=text_field, key=key):
-        for document in documents:
-            for unit in document:
-                sentence = [words.setdefault(w, w) for w in tokenize(unit)]
-                if sentence:
-                    sentences.append(sentence)
-        del documents
+    for document in sources.iter_documents(paths.expand(spec), text_field=text_field, key=key):
+        for unit in document:
+            sentence = [words.setdefault(w, w) for w in tokenize(unit)]
+            if sentence:
+                sentences.append(sentence)
     if not sentences:
         raise ValueError(f"Corpus {spec!r} has no words")
     return sentences
@@ -516,23 +517,18 @@ def load_sentences(spec: str, text_field: str = "text",
 def read_corpus(spec: str, text_field: str = "text", key: str | None = None,
                 max_sentences: int = 0) -> WordCorpus:
     """The corpus named by `spec` as a `WordCorpus`: the text units `load_sentences` gives, the
-    first `max_sentences` of them when that is > 0 (sources after those are not read).
+    first `max_sentences` of them when that is > 0 (the text after those is not read).
 
-    Each text unit's words are turned into integers as it is tokenised, so the corpus is never
-    held as lists of words (on the Austen file 50 times over, 36 M words: 145 MB of ids where
-    the lists took ~320 MB).
+    The files are read a document at a time, and each text unit's words turned into integers
+    as it is tokenised, so the corpus is never held as text or as lists of words (on the Austen
+    file 50 times over, 36 M words: 145 MB of ids where the lists took ~320 MB, with the 220 MB
+    file read whole beside them).
     """
     from tl_jax.data import sources
 
-    def units():
-        for _, documents in sources.iter_sources(paths.expand(spec), text_field=text_field,
-                                                 key=key):
-            for document in documents:
-                for unit in document:
-                    yield tokenize(unit)
-            del documents
-
-    corpus = WordCorpus.from_sentences(units(), max_sentences)
+    units = (tokenize(unit) for document in sources.iter_documents(
+        paths.expand(spec), text_field=text_field, key=key) for unit in document)
+    corpus = WordCorpus.from_sentences(units, max_sentences)
     if not len(corpus):
         raise ValueError(f"Corpus {spec!r} has no words")
     return corpus
