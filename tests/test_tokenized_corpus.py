@@ -1,5 +1,6 @@
 """Tokenised corpora (`tl_jax tokenize`): written once, memory-mapped by clm runs, with the
 same windows and held-out documents as the text; damaged folders named."""
+import functools
 import json
 import os
 import shutil
@@ -538,16 +539,18 @@ def test_the_tokenize_command_trains_a_wordpiece_vocabulary_a_bert_run_takes(
     the sentences a BERT run then reads with it."""
     from tl_jax.data import tokenizer as wordpiece
     reads = []
-    iter_sources = sources.iter_sources
-    monkeypatch.setattr(sources, "iter_sources",
-                        lambda *a, **k: reads.append(a[0]) or iter_sources(*a, **k))
+    for name in ("iter_sources", "iter_documents"):
+        monkeypatch.setattr(sources, name, functools.partial(
+            lambda read, name, *a, **k: reads.append(name) or read(*a, **k),
+            getattr(sources, name), name))
     out = tmp_path / "bert.tok"
     main.main(["tokenize", f"--corpus={austen_documents}", "--vocab_size=400", "--wordpiece",
                f"--output={out}"] + (["--cased"] if cased else []))
     said = capsys.readouterr().out
     assert (f"Training a {'cased' if cased else 'lower-cased'} WordPiece vocabulary of 400 "
             "tokens") in said and "(a bert_pretrain, electra_pretrain or distill config)" in said
-    assert len(reads) == 3  # two passes to train, one to tokenise
+    # Two passes to train, a document at a time, and one to tokenise, a file at a time.
+    assert reads == ["iter_documents", "iter_documents", "iter_sources"]
     corpus = tokenized.TokenizedCorpus.open(str(out), layout="sentences")
     want = wordpiece.Tokenizer.train_wordpiece(sources.load_documents(str(austen_documents)),
                                                vocab_size=400, lowercase=not cased,

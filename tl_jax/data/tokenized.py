@@ -478,8 +478,8 @@ def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
 
     `tokenizer` is a byte-level BPE (GPT) or a WordPiece vocabulary (BERT): see
     `load_tokenizer`. Without one, `vocab_size` > 0 trains a byte-level BPE of
-    that many tokens on the whole corpus first (read one file at a time, then read again to
-    tokenise): a clm run on text trains its BPE on the training documents only, so here the
+    that many tokens on the whole corpus first (read a document at a time, then read again,
+    a file at a time, to tokenise): a clm run on text trains its BPE on the training documents only, so here the
     held-out documents' text is seen by the tokenizer, as GPT-2's BPE saw all of WebText.
     With `wordpiece` it trains a WordPiece vocabulary instead, as a bert_pretrain run does
     (lower-cased unless `cased`), reading the corpus twice more for it. `words` splits the
@@ -523,10 +523,9 @@ def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
         print(f"[tokenize] tokenizer: {source} ({vocabulary.vocab_size:,} tokens, {kind})",
               flush=True)
     else:
-        def units():  # one file's text held at a time
-            return (unit for _, documents in sources.iter_sources(
-                spec, text_field, group_field, key="--corpus")
-                for document in documents for unit in document)
+        def units():  # one document's text held at a time
+            return (unit for document in sources.iter_documents(
+                spec, text_field, group_field, key="--corpus") for unit in document)
 
         kind = (("a cased" if cased else "a lower-cased") + " WordPiece vocabulary"
                 if wordpiece else "a byte-level BPE")
