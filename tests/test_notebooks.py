@@ -15,6 +15,7 @@ SHRINK = {
     "quickstart.ipynb": {"TL_JAX_NOTEBOOK_STEPS": "1"},
     "gpt_austen.ipynb": {"TL_JAX_NOTEBOOK_STEPS": "8"},
     "finetune.ipynb": {"TL_JAX_NOTEBOOK_EXAMPLES": "64"},
+    "word_vectors.ipynb": {"TL_JAX_NOTEBOOK_EPOCHS": "1", "TL_JAX_NOTEBOOK_SENTENCES": "2000"},
 }
 
 
@@ -65,7 +66,7 @@ def cells_before_training(name: str, skip_install: bool = False) -> dict:
     namespace = {}
     for cell in nb.cells:
         if cell.cell_type == "code":
-            if "train_and_evaluate" in cell.source:
+            if "train_and_evaluate" in cell.source or "static_train.run(" in cell.source:
                 break
             if not (skip_install and is_install_cell(cell.source)):
                 exec(cell.source, namespace)
@@ -135,3 +136,31 @@ def test_transfer_strategies_notebook_fetches_minilm_from_the_hub_without_the_da
     # Every file the import reads is among those fetched.
     assert {"config.json", "model.safetensors"} <= set(asked[0][1])
     assert namespace["transfer"].count_params(namespace["params"]) > 22_000_000
+
+
+def test_word_vectors_notebook_trains_and_scores_on_gensim_files_without_the_data_dir(
+        tmp_path, monkeypatch):
+    """On a fresh Colab (no TL_JAX_DATA_DIR) the static-vectors notebook trains on the text
+    gensim ships and scores both vector sets on gensim's copies of the three benchmarks (the
+    runs would otherwise stop: their eval_dir, `$TL_JAX_DATA_DIR`, would name no folder)."""
+    import json
+
+    work = tmp_path / "work"
+    monkeypatch.delenv("TL_JAX_DATA_DIR", raising=False)
+    monkeypatch.setenv("TL_JAX_NOTEBOOK_WORKDIR", str(work))
+    monkeypatch.setenv("XLA_FLAGS", "")
+    for key, value in SHRINK["word_vectors.ipynb"].items():
+        monkeypatch.setenv(key, value)
+    nb = nbformat.read(ROOT / "colab" / "word_vectors.ipynb", as_version=4)
+    NotebookClient(nb, timeout=900, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                      for o in c.get("outputs", []))
+    assert "corpus gensim:enwiki,gensim:lee" in outputs
+    assert sorted(p.name for p in (work / "gensim_eval" / "eval").iterdir()) == [
+        "questions-words.txt", "simlex999.txt", "wordsim353.tsv"]
+    for method in ("word2vec", "glove"):
+        scores = json.loads((work / method / "scores.json").read_text())
+        assert scores["wordsim353_pairs"] > 0 and scores["simlex999_pairs"] > 0, method
+        assert scores["analogy_questions"] > 0, method
+    assert "real GloVe" not in outputs  # only with the data folder's file
