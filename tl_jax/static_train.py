@@ -200,6 +200,8 @@ def train_word2vec(sentences: Sequence[Sequence[str]] | wv.WordCorpus, *, dim: i
     vocab = vocab or _vocab(sentences, min_count)
     # The clock covers everything after the vocabulary, mapping the corpus to ids included
     # (gensim's `train` looks every word up as it goes): words_per_sec is end-to-end training.
+    # A `WordCorpus` had its words looked up as it was read, so only their mapping to vocabulary
+    # ids is timed (`benchmarks/word2vec_vs_gensim.py` passes lists of words, as gensim gets).
     start = time.perf_counter()
     corpus, n_words = _encode(sentences, vocab)
     data = wv.Word2VecBatches(corpus, vocab, batch_size=batch_size, window=window,
