@@ -59,6 +59,7 @@ def get_config(arg=None):
         adagrad="optax",
     ))
     c.save_formats = ("glove_text",)
+    c.progress = True          # a line around reading the corpus, a bar of each epoch's steps
     c.eval_dir = "$TL_JAX_DATA_DIR"
     if arg == "tiny":
         c.max_sentences = 2000

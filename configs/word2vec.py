@@ -49,6 +49,7 @@ def get_config(arg=None):
     c.glove = ml_collections.ConfigDict(dict(  # unused here; kept so both configs share keys
         x_max=10.0, alpha=0.75, learning_rate=None, adagrad="optax"))
     c.save_formats = ("word2vec_text", "word2vec_binary")
+    c.progress = True          # a line around reading the corpus, a bar of each epoch's steps
     c.eval_dir = "$TL_JAX_DATA_DIR"   # where eval/wordsim353.tsv etc. live; "" = no evaluation
     if arg == "tiny":
         c.max_sentences = 2000

@@ -542,17 +542,30 @@ def test_glove_c_with_its_default_rate_trains_on_real_data_and_saves_the_rate(
 
 
 @pytest.mark.parametrize("name", ["word2vec", "glove"])
-def test_tiny_configs_run_end_to_end(data_dir, tmp_path, name):
+def test_tiny_configs_run_end_to_end(data_dir, tmp_path, name, capsys, monkeypatch):
     import json
     import pathlib
+    import re
 
     from tl_jax import config as config_lib
     from tl_jax.data import vector_formats
 
     path = pathlib.Path(__file__).resolve().parent.parent / "configs" / f"{name}.py"
-    config = config_lib.load_config(f"{path}:tiny", ["max_sentences=400", "epochs=1"])
+    config = config_lib.load_config(f"{path}:tiny", ["max_sentences=400", "epochs=2"])
     assert data_dir.exists()
+    monkeypatch.setenv("TL_JAX_PROGRESS_SECONDS", "0")  # a progress line on every update
     scores = static_train.run(config, str(tmp_path))
+    # What a long run shows as it goes: the corpus read, then a bar of each epoch's steps.
+    out, err = capsys.readouterr()
+    assert re.search(rf"^\[{name}\] Reading \$TL_JAX_DATA_DIR/austen.jsonl,\S+: \(\d+\.\ds\)\n"
+                     rf"{name}: 400 text units, [\d,]+ words, vocabulary [\d,]+ \(min_count 2\)$",
+                     out, re.M), out
+    for epoch in (1, 2):
+        assert re.search(rf"^\[{name} epoch {epoch}/2\] step (\d+)/\1 \(100%\) \| done in", err,
+                         re.M), err
+    if name == "glove":
+        assert re.search(r"^\[glove\] Counting co-occurrences within 10 words: [\d,]+ nonzero "
+                         r"pairs", out, re.M), out
     saved = json.loads((tmp_path / "scores.json").read_text())
     assert saved["wordsim353_pairs"] + saved["wordsim353_oov_pairs"] == 353
     assert np.isfinite(scores["final_loss"])
@@ -686,9 +699,16 @@ def test_a_workdir_written_with_another_config_is_refused_and_the_same_config_re
     changed = config_lib.load_config(f"{path}:tiny", ["dim=32", "eval_dir=''"])
     with pytest.raises(ValueError, match=r"(?s)another config.*dim: 16 there, 32 now"):
         static_train.run(changed, str(tmp_path))
-    # The same training config (evaluation aside) runs again over its own outputs.
+    # The same training config (evaluation and progress display aside) runs again over its own
+    # outputs; so does the config of a workdir saved before `progress` existed.
     with pytest.raises(RuntimeError, match="reached the corpus"):
-        static_train.run(config_lib.load_config(f"{path}:tiny", ["eval_dir=''"]), str(tmp_path))
+        static_train.run(config_lib.load_config(f"{path}:tiny", ["eval_dir=''", "progress=False"]),
+                         str(tmp_path))
+    before = earlier.to_dict()
+    del before["progress"]
+    (tmp_path / "static_config.json").write_text(json.dumps(before))
+    with pytest.raises(RuntimeError, match="reached the corpus"):
+        static_train.run(config_lib.load_config(f"{path}:tiny"), str(tmp_path))
     # A saved config that is not JSON (cut short, edited by hand) is named, file and line.
     (tmp_path / "static_config.json").write_text('{"dim": 16,\n')
     with pytest.raises(ValueError, match=r"static_config.json:2: invalid JSON \(.*\); the config "

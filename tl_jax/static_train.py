@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from tl_jax import paths
+from tl_jax import progress as progress_lib
 from tl_jax.data import word_vectors as wv
 from tl_jax.data.vector_formats import FORMATS, WordVectors, save_vectors
 from tl_jax.metrics_writer import json_safe
@@ -181,7 +182,8 @@ def train_word2vec(sentences: Sequence[Sequence[str]] | wv.WordCorpus, *, dim: i
                    batch_size: int = 1024, cbow: bool = False, seed: int = 0,
                    steps_per_call: int = 64,
                    shared_negatives: int = 0, vocab: wv.Vocab | None = None,
-                   log: Callable[[str], None] | None = print) -> tuple[WordVectors, dict]:
+                   log: Callable[[str], None] | None = print,
+                   progress: bool = False) -> tuple[WordVectors, dict]:
     """Trains word2vec on tokenised sentences (lists of words, or a `wv.WordCorpus`); returns
     (input vectors, stats).
 
@@ -191,7 +193,7 @@ def train_word2vec(sentences: Sequence[Sequence[str]] | wv.WordCorpus, *, dim: i
     `shared_negatives=S > 0` draws S negatives per batch shared by all its
     examples, weighted K / S (see `word2vec_sgd_step`); 0 draws K per example.
     stats: words (corpus tokens x epochs), seconds, words_per_sec, losses (mean loss per
-    epoch), vocab.
+    epoch), vocab. `progress` shows a bar of each epoch's steps (`tl_jax.progress.bar`).
     """
     _check_at_least(1, dict(dim=dim, window=window, negatives=negatives, epochs=epochs,
                             batch_size=batch_size, steps_per_call=steps_per_call))
@@ -226,21 +228,27 @@ def train_word2vec(sentences: Sequence[Sequence[str]] | wv.WordCorpus, *, dim: i
             # 2 busy cores). It is padded to a whole chunk instead: the padding steps have
             # learning rate 0, so they change no row, and their losses are dropped.
             epoch_losses = []
-            for s, chunk in zip(range(0, n_steps, steps_per_call), chunks):
-                chunk_lrs = lrs[s:s + steps_per_call]
-                n_real = len(chunk_lrs)
-                if n_real < steps_per_call:  # the last chunk, padded (only it: no epoch copy)
-                    chunk = {k: np.concatenate([v, np.zeros((steps_per_call - n_real,)
-                                                            + v.shape[1:], v.dtype)])
-                             for k, v in chunk.items()}
-                    chunk_lrs = np.concatenate(
-                        [chunk_lrs, np.zeros(steps_per_call - n_real, np.float32)])
-                key, sub = jax.random.split(key)
-                params, chunk_losses = _word2vec_chunk(
-                    params, chunk, chunk_lrs, sub, table, cbow=cbow,
-                    negatives=negatives, shared_negatives=shared_negatives)
-                epoch_losses.append(chunk_losses)  # kept on device: no sync inside the epoch
-            losses.append(_epoch_mean_loss(epoch_losses, n_steps))  # padding steps left out
+            bar = progress_lib.bar(total=n_steps, desc=f"word2vec epoch {epoch + 1}/{epochs}",
+                                   unit="step", dynamic_ncols=True, leave=False,
+                                   disable=not progress)
+            with progress_lib.closed_on_error(bar):
+                for s, chunk in zip(range(0, n_steps, steps_per_call), chunks):
+                    chunk_lrs = lrs[s:s + steps_per_call]
+                    n_real = len(chunk_lrs)
+                    if n_real < steps_per_call:  # the last chunk, padded (only it: no epoch copy)
+                        chunk = {k: np.concatenate([v, np.zeros((steps_per_call - n_real,)
+                                                                + v.shape[1:], v.dtype)])
+                                 for k, v in chunk.items()}
+                        chunk_lrs = np.concatenate(
+                            [chunk_lrs, np.zeros(steps_per_call - n_real, np.float32)])
+                    key, sub = jax.random.split(key)
+                    params, chunk_losses = _word2vec_chunk(
+                        params, chunk, chunk_lrs, sub, table, cbow=cbow,
+                        negatives=negatives, shared_negatives=shared_negatives)
+                    epoch_losses.append(chunk_losses)  # kept on device: no sync inside the epoch
+                    bar.update(n_real)
+                losses.append(_epoch_mean_loss(epoch_losses, n_steps))  # padding steps left out
+            bar.close()
             if not np.isfinite(losses[-1]):
                 # A batch sums the updates of every occurrence of a word; with a tiny vocabulary
                 # (or a huge batch) one row gets too many at once.
@@ -353,8 +361,8 @@ def train_glove(sentences: Sequence[Sequence[str]] | wv.WordCorpus, *, dim: int 
                 window: int = 10, epochs: int = 15, min_count: int = 5, x_max: float = 10.0,
                 alpha: float = 0.75, lr: float | None = None, batch_size: int = 16384,
                 seed: int = 0, steps_per_call: int = 16, vocab: wv.Vocab | None = None,
-                adagrad: str = "optax",
-                log: Callable[[str], None] | None = print) -> tuple[WordVectors, dict]:
+                adagrad: str = "optax", log: Callable[[str], None] | None = print,
+                progress: bool = False) -> tuple[WordVectors, dict]:
     """Trains GloVe with AdaGrad on the nonzero co-occurrences; returns (W + W~, stats).
 
     Defaults suit corpora of about a million words (see configs/glove.py for why x_max and
@@ -365,7 +373,8 @@ def train_glove(sentences: Sequence[Sequence[str]] | wv.WordCorpus, *, dim: int 
     "glove_c" (where, at 0.05, the batched steps track glove.c's per-entry ones; at higher rates
     they diverge sooner: tune it for the corpus). `lr=None` (the default) is the rule's own
     default, `GLOVE_LEARNING_RATES`: 0.5 for "optax", 0.05 for "glove_c", which like glove.c
-    needs about 15 epochs to learn anything on a million words.
+    needs about 15 epochs to learn anything on a million words. `progress` prints a line
+    around the co-occurrence count and shows a bar of each epoch's steps.
     """
     _check_at_least(1, dict(dim=dim, window=window, epochs=epochs, batch_size=batch_size,
                             steps_per_call=steps_per_call))
@@ -374,7 +383,10 @@ def train_glove(sentences: Sequence[Sequence[str]] | wv.WordCorpus, *, dim: int 
     _check_rates(lr, 0.0, names=("lr", "min_lr"))
     vocab = vocab or _vocab(sentences, min_count)
     corpus, _ = _encode(sentences, vocab)
-    cooc = wv.cooccurrence_matrix(corpus, len(vocab), window)
+    with progress_lib.phase(f"Counting co-occurrences within {window} words", progress,
+                            prefix="[glove]") as step:
+        cooc = wv.cooccurrence_matrix(corpus, len(vocab), window)
+        step.result = f"{cooc.nnz:,} nonzero pairs"
     rows, cols = cooc.row.astype(np.int32), cooc.col.astype(np.int32)
     counts = cooc.data.astype(np.float32)
     model = embeddings.GloVe(len(vocab), dim)
@@ -398,12 +410,17 @@ def train_glove(sentences: Sequence[Sequence[str]] | wv.WordCorpus, *, dim: int 
                   "mask": (perm < n).astype(np.float32)}
         arrays = {k: v.reshape(n_batches, batch_size) for k, v in arrays.items()}  # (S, B)
         epoch_losses = []
-        for s in range(0, n_batches, steps_per_call):
-            chunk = {k: v[s:s + steps_per_call] for k, v in arrays.items()}
-            params, opt_state, chunk_losses = _glove_chunk(params, opt_state, chunk, optimizer,
-                                                           float(x_max), float(alpha))
-            epoch_losses.append(chunk_losses)
-        losses.append(_epoch_mean_loss(epoch_losses, n_batches))
+        bar = progress_lib.bar(total=n_batches, desc=f"glove epoch {epoch + 1}/{epochs}",
+                               unit="step", dynamic_ncols=True, leave=False, disable=not progress)
+        with progress_lib.closed_on_error(bar):
+            for s in range(0, n_batches, steps_per_call):
+                chunk = {k: v[s:s + steps_per_call] for k, v in arrays.items()}
+                params, opt_state, chunk_losses = _glove_chunk(
+                    params, opt_state, chunk, optimizer, float(x_max), float(alpha))
+                epoch_losses.append(chunk_losses)
+                bar.update(len(chunk["rows"]))
+            losses.append(_epoch_mean_loss(epoch_losses, n_batches))
+        bar.close()
         if not np.isfinite(losses[-1]):  # as in word2vec: not NaN vectors saved and scored
             raise FloatingPointError(
                 f"glove loss became {losses[-1]} in epoch {epoch + 1}: lower the learning "
@@ -440,6 +457,7 @@ def _with_later_keys(config: dict) -> dict:
     its AdaGrad rule's default: the config `run` saves names the rate that trained, and a rerun
     leaving it to the default compares equal to it (as to a run saved when the default was
     written out, 0.5 for every rule, which trained optax's with the same rate)."""
+    config.setdefault("progress", True)
     if isinstance(config.get("glove"), dict):
         glove = config["glove"]
         glove.setdefault("adagrad", "optax")
@@ -600,7 +618,8 @@ def run(config, workdir: str) -> dict:
         saved = checkpoint.load_json(config_path, "the config `tl_jax static` saved there")
         _with_later_keys(saved)
         diffs = [f"  {k}: {saved_v!r} there, {now!r} now"
-                 for k, saved_v, now in _differences(saved, current) if k != "eval_dir"]
+                 for k, saved_v, now in _differences(saved, current)
+                 if k not in ("eval_dir", "progress")]
         if diffs:
             raise ValueError(f"{workdir} holds vectors trained with another config:\n"
                              + "\n".join(diffs) + "\nUse a new workdir (or delete this one).")
@@ -611,11 +630,13 @@ def run(config, workdir: str) -> dict:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"workdir {workdir} is a file, not a folder: use another workdir")
     os.makedirs(workdir, exist_ok=True)
-    corpus = wv.read_corpus(config.corpus, config.text_field, key="corpus",
-                            max_sentences=config.max_sentences)
+    show = bool(config.get("progress", True))
+    with progress_lib.phase(f"Reading {config.corpus}", show, prefix=f"[{config.method}]"):
+        corpus = wv.read_corpus(config.corpus, config.text_field, key="corpus",
+                                max_sentences=config.max_sentences)
     vocab = corpus.vocab(config.min_count, config.max_vocab or None)
-    print(f"{config.method}: {corpus.n_sentences} sentences, {len(corpus)} words, "
-          f"vocabulary {len(vocab)}", flush=True)
+    print(f"{config.method}: {corpus.n_sentences:,} text units, {len(corpus):,} words, "
+          f"vocabulary {len(vocab):,} (min_count {config.min_count})", flush=True)
     if config.method == "word2vec":
         w = config.word2vec
         vectors, stats = train_word2vec(
@@ -623,7 +644,7 @@ def run(config, workdir: str) -> dict:
             epochs=config.epochs, sample=w.sample, lr=w.learning_rate, min_lr=w.min_learning_rate,
             batch_size=config.batch_size, cbow=w.cbow, seed=config.seed,
             steps_per_call=config.steps_per_call, shared_negatives=w.shared_negatives,
-            vocab=vocab)
+            vocab=vocab, progress=show)
     else:
         g = config.glove
         lr = current["glove"]["learning_rate"]  # the rule's default filled in, as saved
@@ -633,7 +654,7 @@ def run(config, workdir: str) -> dict:
             corpus, dim=config.dim, window=config.window, epochs=config.epochs,
             x_max=g.x_max, alpha=g.alpha, lr=lr, batch_size=config.batch_size,
             seed=config.seed, steps_per_call=config.steps_per_call, vocab=vocab,
-            adagrad=adagrad)
+            adagrad=adagrad, progress=show)
     with open(config_path, "w") as f:
         json.dump(current, f, indent=1)
     vocab.save(os.path.join(workdir, "vocab.txt"))

@@ -145,7 +145,8 @@ def plan(grid: Sequence[str] = (), zipped: Sequence[str] = (),
 # them. (`train.steps` may change too: a run then resumes and trains on, or is already done;
 # one that trained past the new value is refused, as it cannot go back.)
 OPERATIONAL_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every",
-                    "train.keep_checkpoints", "train.async_checkpoint", "train.steps")
+                    "train.keep_checkpoints", "train.async_checkpoint", "train.steps",
+                    "progress")  # the last, a static (word2vec, GloVe) config's
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
