@@ -431,10 +431,15 @@ def test_a_static_run_saved_before_glove_adagrad_existed_is_not_refused(tmp_path
     run_dir = tmp_path / "runs" / "window=2__seed=0"
     run_dir.mkdir(parents=True)
     earlier = config_lib.load_config(path, ["window=2", "seed=0"]).to_dict()
-    del earlier["glove"]["adagrad"]
+    del earlier["glove"]["adagrad"], earlier["progress"]  # progress: a later key too
     (run_dir / "static_config.json").write_text(json.dumps(earlier))
     (run_dir / "scores.json").write_text(json.dumps({"final_loss": 0.5}))
     monkeypatch.setattr(static_train, "run", lambda *a: pytest.fail("retrained a finished run"))
+    result = sweep.run(path, str(tmp_path), grid=["window=2"])
+    assert [r["final_loss"] for r in result["runs"]] == [0.5]
+    # Nor is one that showed no progress bars (how a run reports is no setting of what it
+    # learns).
+    (run_dir / "static_config.json").write_text(json.dumps(dict(earlier, progress=False)))
     result = sweep.run(path, str(tmp_path), grid=["window=2"])
     assert [r["final_loss"] for r in result["runs"]] == [0.5]
     # A run trained with the other rule is still refused.
