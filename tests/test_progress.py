@@ -260,6 +260,29 @@ def test_line_mode_left_by_an_exception_says_where_it_stopped_and_why():
     assert stream.getvalue() == "[eval] batch 1/4 (25%) | stopped by OSError after 0.0s\n"
 
 
+def test_line_mode_with_unit_scale_shows_sizes_as_tqdm_does():
+    """unit_scale (`tl_jax tokenize`'s bar over a file's bytes): counts, totals and rates with
+    an SI prefix and the unit after them, 3.42MB/4.40MB, as tqdm's bar shows them."""
+    stream, clock = io.StringIO(), _Clock()
+    bar = progress.bar(total=4_396_208, desc="tokenising a.jsonl", unit="B", unit_scale=True,
+                       file=stream, line_seconds=1, clock=clock)
+    clock.now += 2
+    bar.update(3_424_256)
+    clock.now += 1.5
+    bar.update(971_952)
+    bar.close()
+    assert stream.getvalue().splitlines() == [
+        "[tokenising a.jsonl] 3.42MB/4.40MB (77%) | 2.0s elapsed, ~0.6s left",
+        "[tokenising a.jsonl] 4.40MB/4.40MB (100%) | 3.5s elapsed, ~0.0s left",
+        "[tokenising a.jsonl] 4.40MB/4.40MB (100%) | done in 3.5s, 1.26MB/s"]
+    stream = io.StringIO()
+    bar = progress.bar(desc="read", unit="B", unit_scale=True, file=stream, line_seconds=0,
+                       clock=clock)
+    clock.now += 4
+    bar.update(950)
+    assert stream.getvalue() == "[read] 950B | 4.0s elapsed, 238B/s\n"  # no total: a rate
+
+
 def test_a_normally_closed_line_bar_prints_one_closing_line_as_before():
     """Leaving `with` or `closed_on_error` without an exception adds no line: one closing line,
     from `close` (the trainer's after its loop), "done" at the total, "stopped" before it (a

@@ -145,7 +145,7 @@ class LineProgress:
 
     def __init__(self, iterable=None, desc=None, total=None, leave=True, file=None, *,
                  unit="it", initial=0, disable=False, postfix=None, line_seconds=None,
-                 clock=None, **drawing):
+                 clock=None, unit_scale=False, **drawing):
         unknown = sorted(set(drawing) - _tqdm_arguments())
         if unknown:
             raise TypeError(f"progress.bar got arguments that tqdm does not take: "
@@ -159,6 +159,7 @@ class LineProgress:
         self.total = total
         self.desc = desc or ""
         self.unit = unit
+        self.unit_scale = bool(unit_scale)  # numbers as 3.42M (then "3.42MB" for unit "B")
         self.leave = leave
         self.n = self.initial = initial
         self.line_seconds = (line_seconds_from_env() if line_seconds is None
@@ -260,15 +261,27 @@ class LineProgress:
 
     # -- the lines
 
+    def _rate(self, per_second: float) -> str:
+        if self.unit_scale and per_second >= 1:
+            return f"{_scaled(per_second)}{self.unit}/s"
+        return _rate(per_second, self.unit)
+
     def _print(self, line):
         self.fp.write(line + "\n")
         self.fp.flush()
 
     def _count(self):
         head = f"[{self.desc}] " if self.desc else ""
-        count = f"{head}{self.unit} {self.n:,}"
+        if self.unit_scale:
+            count = f"{head}{_scaled(self.n)}{self.unit}"
+            if self.total:
+                count += f"/{_scaled(self.total)}{self.unit}"
+        else:
+            count = f"{head}{self.unit} {self.n:,}"
+            if self.total:
+                count += f"/{self.total:,}"
         if self.total:
-            count += f"/{self.total:,} ({int(100 * self.n / self.total)}%)"
+            count += f" ({int(100 * self.n / self.total)}%)"
         return count + (f" {self._postfix}" if self._postfix else "")
 
     def _progress_line(self, now):
@@ -279,7 +292,7 @@ class LineProgress:
         if self.total and rate:
             tail += f", ~{_duration(max(self.total - self.n, 0) / rate)} left"
         elif rate:
-            tail += f", {_rate(rate, self.unit)}"
+            tail += f", {self._rate(rate)}"
         return f"{self._count()} | {tail}"
 
     def _closing_line(self, now, stopped_by=None):
@@ -290,7 +303,7 @@ class LineProgress:
             ended = "done in" if not self.total or self.n >= self.total else "stopped after"
         tail = f"{ended} {_duration(elapsed)}"
         if elapsed > 0 and self.n > self.initial:
-            tail += f", {_rate((self.n - self.initial) / elapsed, self.unit)}"
+            tail += f", {self._rate((self.n - self.initial) / elapsed)}"
         return f"{self._count()} | {tail}"
 
 
@@ -353,6 +366,12 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _scaled(number: float) -> str:
+    """A count with an SI prefix, as tqdm's unit_scale shows it: 950, 3.42k, 4.40M."""
+    from tqdm.std import tqdm
+    return tqdm.format_sizeof(number)
 
 
 def _rate(per_second: float, unit: str) -> str:
