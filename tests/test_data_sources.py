@@ -332,9 +332,10 @@ def test_every_corpus_reading_task_names_its_key_for_an_unknown_tfds_name(tmp_pa
 
 def test_documents_one_at_a_time_are_load_documents_and_read_as_they_are_given(tmp_path,
                                                                                data_dir):
-    """`iter_documents` (static vectors' reader) gives `load_documents`' documents, or its error,
-    for every kind of file and mistake; it reads a file as the documents are taken, so a huge
-    file is never held whole, and a malformed line surfaces when it is reached."""
+    """`iter_documents` (static vectors' reader) and `stream_sources` (`tl_jax tokenize`'s)
+    give `load_documents`' documents, or its error, for every kind of file and mistake; they
+    read a file as the documents are taken, so a huge file is never held whole, and a malformed
+    line surfaces when it is reached."""
     _write(tmp_path / "a.txt", "p1\n  p2  \n\n\n d2\n")
     _jsonl(tmp_path / "b.jsonl", [{"title": "A", "text": "a1"}, {"title": "A", "text": "a2\nx"},
                                   {"title": "B", "text": "b1"}])
@@ -348,15 +349,26 @@ def test_documents_one_at_a_time_are_load_documents_and_read_as_they_are_given(t
              f"{tmp_path}/*.txt", f"{tmp_path}/empty.txt", f"{tmp_path}/bad.jsonl",
              f"{tmp_path}/latin.txt", f"{tmp_path}/fake.txt.gz", f"{tmp_path}/none.txt", " , ",
              f"{data_dir}/austen.jsonl,{data_dir}/enwiki_sample.jsonl"]
-    for spec in specs:
+    def streamed(spec, key):  # `stream_sources`' documents, checking how far each was read
+        for source, size, documents in sources.stream_sources(spec, key=key):
+            done = 0
+            for document, done_now in documents:
+                assert done <= done_now <= size, spec
+                done = done_now
+                yield document
+            assert done == size, spec  # a file's bytes, compressed ones too; or its documents
+
+    for spec in specs + ["gensim:lee"]:
         try:
             want = load_documents(spec, key="corpus")
         except SourceError as e:
-            with pytest.raises(SourceError) as got:
-                list(sources.iter_documents(spec, key="corpus"))
-            assert str(got.value) == str(e), spec
+            for read in (sources.iter_documents, streamed):
+                with pytest.raises(SourceError) as got:
+                    list(read(spec, key="corpus"))
+                assert str(got.value) == str(e), spec
         else:
             assert list(sources.iter_documents(spec, key="corpus")) == want, spec
+            assert list(streamed(spec, key="corpus")) == want, spec
     # The first documents of a file with a malformed line further on come without the error (a
     # document is given once the line after it has been read).
     _write(tmp_path / "late.jsonl", '{"text": "one"}\n{"text": "two"}\n{"text": "3"}\n{"t\n')

@@ -25,9 +25,11 @@ come from another document), so every source says where its documents begin and 
 from __future__ import annotations
 
 import bz2
+import contextlib
 import functools
 import glob
 import gzip
+import io
 import json
 import os
 import re
@@ -88,6 +90,37 @@ def iter_sources(
         for source, documents in _iter_part(part, text_field, group_field or None, key):
             any_text = any_text or bool(documents)
             yield source, documents
+    if not any_text:
+        raise SourceError(f"Corpus {spec!r} is empty: its sources contain no text.")
+
+
+def stream_sources(spec: str, text_field: str = "text", group_field: str | None = None,
+                   key: str | None = None):
+    """Yields `(source, size, documents)` for each file or dataset `spec` names, one at a time,
+    in `load_documents`' order, where `documents` gives that source's documents one at a time
+    as `(document, done)` pairs: a caller that tokenises as it goes (`tl_jax tokenize`) holds
+    one document's text at a time, and `done` out of `size` is how far it has got. For a file,
+    `size` is its length in bytes (compressed, for .gz/.bz2) and `done` the bytes read so far;
+    a tfds or gensim source comes whole, and counts documents. Raises what `load_documents`
+    raises, a malformed line when it is reached and the empty corpus at the end."""
+    any_text = False
+
+    def counted(pairs):
+        nonlocal any_text
+        for pair in pairs:
+            any_text = True
+            yield pair
+
+    for part in _parts(spec):
+        for source, documents in _iter_part(part, text_field, group_field or None, key,
+                                            stream=True):
+            if isinstance(documents, list):  # tfds, gensim
+                yield source, len(documents), counted(
+                    (document, i + 1) for i, document in enumerate(documents))
+            else:  # a file (a missing one raises its error when its documents are asked for)
+                size = os.path.getsize(source) if os.path.isfile(source) else 0
+                yield source, size, counted(_file_documents(source, text_field,
+                                                            group_field or None))
     if not any_text:
         raise SourceError(f"Corpus {spec!r} is empty: its sources contain no text.")
 
@@ -153,6 +186,13 @@ def iter_file(path: str, text_field: str = "text",
               group_field: str | None = None) -> Iterator[Document]:
     """`load_file`'s documents one at a time, the file read as they are given (its errors
     raised when reached, a file's lack of text once it has been read)."""
+    for document, _ in _file_documents(path, text_field, group_field):
+        yield document
+
+
+def _file_documents(path: str, text_field: str,
+                    group_field: str | None) -> Iterator[tuple[Document, int]]:
+    """`iter_file`'s documents as `(document, bytes of the file read so far)`."""
     if not os.path.exists(path):
         unset = re.search(r"\$\{?(\w+)", path)  # os.path.expandvars leaves unset variables as is
         hint = f" (${unset.group(1)} is not set in the environment)" if unset else ""
@@ -174,10 +214,10 @@ def iter_file(path: str, text_field: str = "text",
                           "read.")
     any_text = False
     try:
-        for document in (_read_jsonl(path, text_field, group_field) if base.endswith(".jsonl")
-                         else _read_text(path)):
+        for pair in (_read_jsonl(path, text_field, group_field) if base.endswith(".jsonl")
+                     else _read_text(path)):
             any_text = True
-            yield document
+            yield pair
     except UnicodeDecodeError as e:
         raise SourceError(non_utf8_message(path, e)) from None
     except (OSError, EOFError) as e:
@@ -193,16 +233,24 @@ def iter_file(path: str, text_field: str = "text",
         raise SourceError(f"Corpus file {path} contains no text.")
 
 
+@contextlib.contextmanager
 def _open_text(path: str, mode: str = "rt"):
+    """Yields `(stream, position)`: the file as text ("rt") or bytes ("rb"), decompressed
+    when it is .gz or .bz2, and a function giving how many bytes of the file itself have been
+    read (what a progress bar over the file's size counts)."""
     # Compressed corpora are common (Wikipedia dumps), and reading them needs nothing extra.
-    # utf-8-sig: a byte-order mark (Windows editors write one) would make the first jsonl line
-    # malformed JSON, as the task readers already know.
-    encoding = None if "b" in mode else "utf-8-sig"
-    if path.lower().endswith(".gz"):
-        return gzip.open(path, mode, encoding=encoding)
-    if path.lower().endswith(".bz2"):
-        return bz2.open(path, mode, encoding=encoding)
-    return open(path, mode.replace("t", ""), encoding=encoding)
+    with open(path, "rb") as raw, contextlib.ExitStack() as closing:
+        stream = raw
+        if path.lower().endswith(".gz"):
+            stream = closing.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+        elif path.lower().endswith(".bz2"):
+            stream = closing.enter_context(bz2.BZ2File(raw, "rb"))
+        if "t" in mode:
+            # utf-8-sig: a byte-order mark (Windows editors write one) would make the first
+            # jsonl line malformed JSON, as the task readers already know. (Closing the text
+            # stream closes what it wraps; `raw` closed twice is no error.)
+            stream = closing.enter_context(io.TextIOWrapper(stream, encoding="utf-8-sig"))
+        yield stream, raw.tell
 
 
 NOT_UTF8_HINT = "convert the file to UTF-8, e.g. `iconv -f cp1252 -t utf-8`"
@@ -214,7 +262,7 @@ def first_non_utf8_line(path) -> tuple[int, str] | None:
     A decoding error while reading a text stream knows neither the line nor the offset in the
     file (it decodes in chunks), so the file is scanned again, as bytes (`.gz`/`.bz2` too).
     """
-    with _open_text(str(path), "rb") as f:
+    with _open_text(str(path), "rb") as (f, _):
         for line_number, raw in enumerate(f, start=1):
             try:
                 raw.decode("utf-8")
@@ -230,26 +278,27 @@ def non_utf8_message(path, error: UnicodeDecodeError) -> str:
     return f"{where}: not UTF-8 text ({what}); {NOT_UTF8_HINT}."
 
 
-def _read_text(path: str) -> Iterator[Document]:
+def _read_text(path: str) -> Iterator[tuple[Document, int]]:
     current: Document = []
-    with _open_text(path) as f:
+    with _open_text(path) as (f, position):
         for line in f:
             line = line.strip()
             if line:
                 current.append(line)
             elif current:
-                yield current
+                yield current, position()
                 current = []
-    if current:
-        yield current
+        if current:
+            yield current, position()
 
 
-def _read_jsonl(path: str, text_field: str, group_field: str | None) -> Iterator[Document]:
+def _read_jsonl(path: str, text_field: str,
+                group_field: str | None) -> Iterator[tuple[Document, int]]:
     current: Document = []
     current_key = object()  # Equal to no group value, so the first line starts a document.
     auto = group_field is None
     detected = ""
-    with _open_text(path) as f:
+    with _open_text(path) as (f, position):
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -284,13 +333,13 @@ def _read_jsonl(path: str, text_field: str, group_field: str | None) -> Iterator
             else:
                 key = object()  # Every line its own document.
             if key != current_key and current:
-                yield current
+                yield current, position()
                 current = []
             current_key = key
             units = [u.strip() for u in text.split("\n") if u.strip()]
             current.extend(units)
-    if current:
-        yield current
+        if current:
+            yield current, position()
 
 
 def json_type(value) -> str:
