@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from tqdm.std import tqdm
 
 from tl_jax import config as config_lib, main
 from tl_jax.data import bpe, clm as clm_data, sources, tokenized
@@ -310,6 +311,47 @@ def test_sources_are_read_one_file_at_a_time(corpus_files, monkeypatch):
         list(sources.iter_sources(str(corpus_files / "empty.txt")))
 
 
+@pytest.mark.parametrize("layout", ["documents", "sentences", "words"])
+def test_a_corpus_is_tokenised_as_it_is_read_a_batch_at_a_time(tmp_path, tokenizer, data_dir,
+                                                               corpus_files, monkeypatch, layout):
+    """`write` reads a batch of documents (about `batch_chars` characters) at a time and
+    writes its ids before reading on: the first batch is tokenised long before the file's end,
+    so a corpus of one huge file is never held as text. Small batches write the same folder as
+    one batch of everything."""
+    from tl_jax.data import tokenizer as wordpiece
+
+    vocabulary = {"documents": tokenizer, "words": None,
+                  "sentences": wordpiece.Tokenizer.train_wordpiece(
+                      sources.load_documents(spec_of(corpus_files)), vocab_size=200,
+                      progress=False)}[layout]
+    spec = f"{data_dir}/enwiki_sample.jsonl,{spec_of(corpus_files)}"
+    stream_sources, done = sources.stream_sources, []
+
+    def recorded(*args, **kwargs):  # what has been read of each source so far
+        for source, size, documents in stream_sources(*args, **kwargs):
+            done.append([0, size])
+            yield source, size, (done[-1].__setitem__(0, pair[1]) or pair for pair in documents)
+
+    read_at_batches = []
+    real_batches = tokenized._document_batches
+    monkeypatch.setattr(sources, "stream_sources", recorded)
+    monkeypatch.setattr(tokenized, "_document_batches", lambda documents, batch_chars: (
+        read_at_batches.append(tuple(done[-1])) or batch
+        for batch in real_batches(documents, batch_chars)))
+    tokenized.write(spec, vocabulary, str(tmp_path / "small"), progress=False,
+                    batch_chars=100_000)
+    enwiki_size = os.path.getsize(data_dir / "enwiki_sample.jsonl")
+    enwiki = [read for read, size in read_at_batches if size == enwiki_size]
+    assert len(enwiki) > 10 and enwiki[0] < enwiki_size / 10 and enwiki[-1] == enwiki_size
+    assert enwiki == sorted(enwiki)
+    tokenized.write(spec, vocabulary, str(tmp_path / "whole"), progress=False,
+                    batch_chars=1 << 40)
+    for name in sorted(os.listdir(tmp_path / "whole")):
+        if name != "tokenizer":
+            assert (tmp_path / "small" / name).read_bytes() == \
+                (tmp_path / "whole" / name).read_bytes(), name
+
+
 @pytest.fixture()
 def austen_documents(tmp_path, data_dir):
     """60 documents of a few Austen paragraphs each (several sentences: NSP pairs of both
@@ -524,7 +566,10 @@ def test_the_tokenize_command_writes_words_a_bilm_reads(tmp_path, austen_documen
     text)."""
     out = tmp_path / "words.tok"
     main.main(["tokenize", f"--corpus={austen_documents}", "--words", f"--output={out}"])
-    said = capsys.readouterr().out
+    said, bars = capsys.readouterr()
+    # Off a terminal, the bar of the file's bytes read closes with a line.
+    size = tqdm.format_sizeof(os.path.getsize(austen_documents)) + "B"  # e.g. 51.2kB
+    assert f"[tokenising {austen_documents}] {size}/{size} (100%) | done in " in bars
     assert "[tokenize] words: cased words and punctuation, for the ELMo biLM" in said
     assert "60 documents" in said and "distinct spellings" in said
     assert f"--config.data.corpus={out} (an elmo_pretrain config)" in said
@@ -539,7 +584,7 @@ def test_the_tokenize_command_trains_a_wordpiece_vocabulary_a_bert_run_takes(
     the sentences a BERT run then reads with it."""
     from tl_jax.data import tokenizer as wordpiece
     reads = []
-    for name in ("iter_sources", "iter_documents"):
+    for name in ("stream_sources", "iter_documents"):
         monkeypatch.setattr(sources, name, functools.partial(
             lambda read, name, *a, **k: reads.append(name) or read(*a, **k),
             getattr(sources, name), name))
@@ -549,8 +594,8 @@ def test_the_tokenize_command_trains_a_wordpiece_vocabulary_a_bert_run_takes(
     said = capsys.readouterr().out
     assert (f"Training a {'cased' if cased else 'lower-cased'} WordPiece vocabulary of 400 "
             "tokens") in said and "(a bert_pretrain, electra_pretrain or distill config)" in said
-    # Two passes to train, a document at a time, and one to tokenise, a file at a time.
-    assert reads == ["iter_documents", "iter_documents", "iter_sources"]
+    # Two passes to train and one to tokenise, each a document at a time.
+    assert reads == ["iter_documents", "iter_documents", "stream_sources"]
     corpus = tokenized.TokenizedCorpus.open(str(out), layout="sentences")
     want = wordpiece.Tokenizer.train_wordpiece(sources.load_documents(str(austen_documents)),
                                                vocab_size=400, lowercase=not cased,

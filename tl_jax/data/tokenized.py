@@ -83,13 +83,16 @@ def layout_of(tokenizer) -> str:
 
 
 def write(spec: str, tokenizer, output: str, text_field: str = "text",
-          group_field: str | None = None, progress: bool = True) -> dict:
+          group_field: str | None = None, progress: bool = True,
+          batch_chars: int = 4_000_000) -> dict:
     """Tokenises the corpus `spec` names (as `data.corpus` would read it) with `tokenizer` (a
     `bpe.BPETokenizer`, a WordPiece `tokenizer.Tokenizer`, or None for the biLM's words:
     `layout_of`) into the folder `output`; returns its corpus.json.
 
-    One file (or dataset) of the corpus is held as text at a time, and its ids are appended to
-    the file as they are made. Everything is written into `output.partial` first and renamed
+    The text is read a batch of documents at a time (about `batch_chars` characters; a tfds
+    or gensim source comes whole), and each batch's ids are appended to the file as they are
+    made: a corpus of one huge file is never held as text. A bar per source shows how much of
+    it has been read (bytes of a file). Everything is written into `output.partial` first and renamed
     into place at the end, so an interrupted or failed run leaves no folder a training run
     could mistake for a whole corpus. `output` must not exist (or be an empty folder): a
     corpus is never overwritten.
@@ -109,34 +112,38 @@ def write(spec: str, tokenizer, output: str, text_field: str = "text",
     spellings = {"<pad>": 0, "<S>": 1, "</S>": 2}  # "words": each spelling's id
     try:
         with open(os.path.join(partial, TOKENS_FILE), "wb") as stream:
-            for source, documents in sources.iter_sources(spec, text_field, group_field,
-                                                         key="--corpus"):
-                if layout == "documents":
-                    with progress_lib.bar(total=len(documents), desc=f"tokenising {source}",
-                                          unit="doc", disable=not progress) as bar:
-                        for ids, lengths in clm_data.packed_batches(documents, tokenizer):
+            for source, size, documents in sources.stream_sources(spec, text_field, group_field,
+                                                                  key="--corpus"):
+                in_file = os.path.isfile(source)  # else a tfds or gensim source
+                bar = progress_lib.bar(total=size, desc=f"tokenising {source}",
+                                       unit="B" if in_file else "doc", unit_scale=in_file,
+                                       disable=not progress)
+                n_source = 0
+                with progress_lib.closed_on_error(bar):
+                    for batch, done in _document_batches(documents, batch_chars):
+                        if layout == "documents":
+                            for ids, lengths in clm_data.packed_batches(batch, tokenizer):
+                                stream.write(ids.astype("<i4", copy=False).tobytes())
+                                ends.append(n_tokens + np.cumsum(lengths))
+                                n_tokens += int(lengths.sum())
+                        elif layout == "words":
+                            ids, unit_ends = _word_ids(batch, spellings)
                             stream.write(ids.astype("<i4", copy=False).tobytes())
-                            ends.append(n_tokens + np.cumsum(lengths))
-                            n_tokens += int(lengths.sum())
-                            bar.update(len(lengths))
-                elif layout == "words":
-                    ids, unit_ends = _word_ids(documents, spellings, progress, source)
-                    stream.write(ids.astype("<i4", copy=False).tobytes())
-                    ends.append(n_tokens + unit_ends)
-                    n_tokens += len(ids)
-                    del ids
-                else:
-                    tokens = pretraining.tokenize_documents(documents, tokenizer,
-                                                            progress=progress, keep_empty=True)
-                    stream.write(tokens.tokens.astype("<i4", copy=False).tobytes())
-                    sentence_ends.append(n_tokens + tokens.sentence_offsets[1:])
-                    ends.append(n_sentences + tokens.document_offsets[1:])
-                    n_tokens += len(tokens.tokens)
-                    n_sentences += tokens.num_sentences
-                    del tokens
-                n_documents += len(documents)
-                files.append({"source": source, "documents": len(documents)})
-                del documents
+                            ends.append(n_tokens + unit_ends)
+                            n_tokens += len(ids)
+                        else:
+                            tokens = pretraining.tokenize_documents(
+                                batch, tokenizer, progress=False, keep_empty=True)
+                            stream.write(tokens.tokens.astype("<i4", copy=False).tobytes())
+                            sentence_ends.append(n_tokens + tokens.sentence_offsets[1:])
+                            ends.append(n_sentences + tokens.document_offsets[1:])
+                            n_tokens += len(tokens.tokens)
+                            n_sentences += tokens.num_sentences
+                        n_source += len(batch)
+                        bar.update(done - bar.n)
+                bar.close()
+                n_documents += n_source
+                files.append({"source": source, "documents": n_source})
         if n_tokens < 2:  # as `open` would refuse it, before a folder no run can use is made
             raise TokenizedCorpusError(f"--corpus={spec} gives {n_tokens} token(s): nothing to "
                                        "train on")
@@ -173,22 +180,33 @@ def write(spec: str, tokenizer, output: str, text_field: str = "text",
     return meta
 
 
-def _word_ids(documents, spellings: dict, progress: bool, source: str):
+def _document_batches(documents, batch_chars: int):
+    """`(documents, done)` for `sources.stream_sources`' `(document, done)` pairs, a batch at a
+    time: documents until they hold `batch_chars` characters (a longer one alone), and the
+    `done` of the last."""
+    batch, chars, done = [], 0, 0
+    for document, done in documents:
+        batch.append(document)
+        chars += sum(map(len, document))
+        if chars >= batch_chars:
+            yield batch, done
+            batch, chars = [], 0
+    if batch:
+        yield batch, done
+
+
+def _word_ids(documents, spellings: dict):
     """The biLM's words of every text unit of `documents` as ids into `spellings` (extended
     with the new ones), and where each unit ends in them: (ids int32, ends int64)."""
     import array
 
-    from tl_jax import progress as progress_lib
     from tl_jax.tasks.bilm import tokenize
 
     ids, ends = array.array("i"), array.array("q")
-    with progress_lib.bar(total=len(documents), desc=f"tokenising {source}", unit="doc",
-                          disable=not progress) as bar:
-        for document in documents:
-            for unit in document:
-                ids.extend(spellings.setdefault(t, len(spellings)) for t in tokenize(unit))
-                ends.append(len(ids))
-            bar.update(1)
+    for document in documents:
+        for unit in document:
+            ids.extend(spellings.setdefault(t, len(spellings)) for t in tokenize(unit))
+            ends.append(len(ids))
     return np.frombuffer(ids, np.int32), np.frombuffer(ends, np.int64)
 
 
@@ -478,8 +496,8 @@ def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
 
     `tokenizer` is a byte-level BPE (GPT) or a WordPiece vocabulary (BERT): see
     `load_tokenizer`. Without one, `vocab_size` > 0 trains a byte-level BPE of
-    that many tokens on the whole corpus first (read a document at a time, then read again,
-    a file at a time, to tokenise): a clm run on text trains its BPE on the training documents only, so here the
+    that many tokens on the whole corpus first (read a document at a time, then read again
+    to tokenise): a clm run on text trains its BPE on the training documents only, so here the
     held-out documents' text is seen by the tokenizer, as GPT-2's BPE saw all of WebText.
     With `wordpiece` it trains a WordPiece vocabulary instead, as a bert_pretrain run does
     (lower-cased unless `cased`), reading the corpus twice more for it. `words` splits the
