@@ -293,8 +293,8 @@ def test_the_tokenize_command_trains_a_bpe_on_the_corpus_without_a_tokenizer(
 
 
 def test_sources_are_read_one_file_at_a_time(corpus_files, monkeypatch):
-    """`iter_sources` reads a file only when the one before has been handed over, so the
-    tokenize command holds one file's text at a time; `load_documents` is their concatenation."""
+    """`iter_sources` reads a file only when the one before has been handed over;
+    `load_documents` is their concatenation."""
     read = []
     load_file = sources.load_file
     monkeypatch.setattr(sources, "load_file",

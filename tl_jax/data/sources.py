@@ -82,9 +82,9 @@ def iter_sources(
     key: str | None = None,
 ):
     """Yields `(source, documents)` for each file or dataset `spec` names, one at a time, in
-    `load_documents`' order: a caller that tokenises as it goes (`tl_jax tokenize`) holds one
-    file's text at a time, not the whole corpus's. Raises what `load_documents` raises, the
-    empty corpus once every source has been read."""
+    `load_documents`' order, each source's documents as a list (`stream_sources` gives them
+    one at a time). Raises what `load_documents` raises, the empty corpus once every source
+    has been read."""
     any_text = False
     for part in _parts(spec):
         for source, documents in _iter_part(part, text_field, group_field or None, key):
