@@ -33,6 +33,8 @@ from typing import Sequence
 import numpy as np
 import tokenizers
 
+from tl_jax.data.tokenizer import batch_ids
+
 IGNORE = -100  # Label id the losses skip: non-first sub-tokens, special tokens, padding.
 
 
@@ -94,12 +96,11 @@ def encode_classification(tokenizer, records: Sequence[dict], label_map: dict[st
     tok, has_pair = hf_tokenizer(tokenizer), any(r.get("text_b") is not None for r in records)
     specials = _Specials(tok)
     _check_length(max_seq_length, 4 if has_pair else 3)
-    firsts = tok.encode_batch([r["text"] for r in records], add_special_tokens=False)
-    seconds = (tok.encode_batch([r["text_b"] or "" for r in records], add_special_tokens=False)
-               if has_pair else [None] * len(records))
+    firsts = batch_ids(tok, [r["text"] for r in records])
+    seconds = (batch_ids(tok, [r["text_b"] or "" for r in records]) if has_pair
+               else [None] * len(records))
     rows = []
-    for i, (record, first, second) in enumerate(zip(records, firsts, seconds)):
-        a, b = list(first.ids), (list(second.ids) if second is not None else None)
+    for i, (record, a, b) in enumerate(zip(records, firsts, seconds)):
         room = max_seq_length - (3 if b is not None else 2)
         if truncated is not None and len(a) + (len(b) if b is not None else 0) > room:
             truncated.append(i)
