@@ -92,6 +92,20 @@ def test_tfds_dataset_read_without_tensorflow(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(data))
     docs = load_documents("tfds:tl_jax_sources_test_corpus:train", text_field="body")
     assert sorted(docs) == [[f"Doc {i} para one.", f"Doc {i} para two."] for i in range(4)]
+    # Streamed (`tl_jax tokenize`, static vectors), a record is read as its document is taken.
+    streams = sources.stream_sources("tfds:tl_jax_sources_test_corpus:train", "body")
+    source, size, pairs = next(streams)
+    assert (source, size) == ("tfds:tl_jax_sources_test_corpus:train", 4)
+    first = next(pairs)
+    assert first[1] == 1  # one record read so far
+    pairs = [first] + list(pairs)
+    assert [d for d, _ in pairs] == docs and [done for _, done in pairs] == [1, 2, 3, 4]
+    assert next(streams, None) is None
+    from tl_jax.data import tokenized
+    meta = tokenized.write("tfds:tl_jax_sources_test_corpus:train", None, str(tmp_path / "tok"),
+                           text_field="body", progress=False)
+    assert (meta["documents"], meta["units"]) == (4, 8)
+    assert list(sources.iter_documents("tfds:tl_jax_sources_test_corpus:train", "body")) == docs
     with pytest.raises(SourceError, match="missing text field 'text'"):
         load_documents("tfds:tl_jax_sources_test_corpus")
     with pytest.raises(SourceError, match="Unknown tfds dataset 'no_such_dataset_xyz'"):

@@ -594,8 +594,9 @@ def test_the_tokenize_command_trains_a_wordpiece_vocabulary_a_bert_run_takes(
     said = capsys.readouterr().out
     assert (f"Training a {'cased' if cased else 'lower-cased'} WordPiece vocabulary of 400 "
             "tokens") in said and "(a bert_pretrain, electra_pretrain or distill config)" in said
-    # Two passes to train and one to tokenise, each a document at a time.
-    assert reads == ["iter_documents", "iter_documents", "stream_sources"]
+    # Two passes to train (`iter_documents`, which reads through `stream_sources`) and one to
+    # tokenise, each a document at a time.
+    assert reads == ["iter_documents", "stream_sources"] * 2 + ["stream_sources"]
     corpus = tokenized.TokenizedCorpus.open(str(out), layout="sentences")
     want = wordpiece.Tokenizer.train_wordpiece(sources.load_documents(str(austen_documents)),
                                                vocab_size=400, lowercase=not cased,

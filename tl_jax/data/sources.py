@@ -101,8 +101,9 @@ def stream_sources(spec: str, text_field: str = "text", group_field: str | None 
     as `(document, done)` pairs: a caller that tokenises as it goes (`tl_jax tokenize`) holds
     one document's text at a time, and `done` out of `size` is how far it has got. For a file,
     `size` is its length in bytes (compressed, for .gz/.bz2) and `done` the bytes read so far;
-    a tfds or gensim source comes whole, and counts documents. Raises what `load_documents`
-    raises, a malformed line when it is reached and the empty corpus at the end."""
+    for a tfds dataset, its number of records and those read (a record is read as its document
+    is taken); a gensim corpus comes whole and counts documents. Raises what `load_documents`
+    raises, a malformed line or record when it is reached and the empty corpus at the end."""
     any_text = False
 
     def counted(pairs):
@@ -112,15 +113,9 @@ def stream_sources(spec: str, text_field: str = "text", group_field: str | None 
             yield pair
 
     for part in _parts(spec):
-        for source, documents in _iter_part(part, text_field, group_field or None, key,
-                                            stream=True):
-            if isinstance(documents, list):  # tfds, gensim
-                yield source, len(documents), counted(
-                    (document, i + 1) for i, document in enumerate(documents))
-            else:  # a file (a missing one raises its error when its documents are asked for)
-                size = os.path.getsize(source) if os.path.isfile(source) else 0
-                yield source, size, counted(_file_documents(source, text_field,
-                                                            group_field or None))
+        for source, size, pairs in _iter_part(part, text_field, group_field or None, key,
+                                              stream=True):
+            yield source, size, counted(pairs)
     if not any_text:
         raise SourceError(f"Corpus {spec!r} is empty: its sources contain no text.")
 
@@ -130,14 +125,9 @@ def iter_documents(spec: str, text_field: str = "text", group_field: str | None 
     """`load_documents`' documents one at a time, a file's read as they are given: a caller
     that needs each document once (static vectors' reader) holds one document's text, not a
     file's. Raises what `load_documents` raises, a malformed line when it is reached."""
-    any_text = False
-    for part in _parts(spec):
-        for _, documents in _iter_part(part, text_field, group_field or None, key, stream=True):
-            for document in documents:
-                any_text = True
-                yield document
-    if not any_text:
-        raise SourceError(f"Corpus {spec!r} is empty: its sources contain no text.")
+    for _, _, documents in stream_sources(spec, text_field, group_field, key):
+        for document, _ in documents:
+            yield document
 
 
 def _parts(spec: str) -> list[str]:
@@ -149,21 +139,22 @@ def _parts(spec: str) -> list[str]:
 
 def _iter_part(part: str, text_field: str, group_field: str | None, key: str | None = None,
                stream: bool = False):
-    """(source, documents) for each source `part` names; with `stream`, a file's documents are
-    an iterator reading the file as it goes (tfds and gensim sources come whole either way)."""
+    """(source, documents) for each source `part` names; with `stream`, (source, size, pairs)
+    instead, the documents as `stream_sources`' (document, done) pairs, read as they are
+    taken (a gensim corpus comes whole either way)."""
     if part.startswith("gensim:"):
         name = part[len("gensim:"):]
-        if name == "enwiki":
-            yield part, load_gensim_enwiki()
-        elif name == "lee":
-            yield part, load_gensim_lee()
-        else:
+        if name not in GENSIM_CORPORA:
             raise SourceError(f"Unknown gensim corpus {part!r}; known: "
                               + ", ".join(f"gensim:{n}" for n in GENSIM_CORPORA))
+        documents = load_gensim_enwiki() if name == "enwiki" else load_gensim_lee()
+        yield (part, len(documents), ((d, i + 1) for i, d in enumerate(documents))) if stream \
+            else (part, documents)
         return
     if part.startswith("tfds:"):
         name, _, split = part[len("tfds:"):].partition(":")
-        yield part, load_tfds(name, split or "train", text_field, key)
+        size, pairs = _tfds_documents(name, split or "train", text_field, key)
+        yield (part, size, pairs) if stream else (part, [d for d, _ in pairs])
         return
     # A file that exists is itself, even when its name has glob characters ("notes[1].txt").
     if any(ch in part for ch in "*?[") and not os.path.isfile(os.path.expanduser(part)):
@@ -174,7 +165,11 @@ def _iter_part(part: str, text_field: str, group_field: str | None, key: str | N
     else:
         paths = [os.path.expanduser(part)]
     for path in paths:
-        yield path, (iter_file if stream else load_file)(path, text_field, group_field)
+        if stream:  # a missing file raises its error when its documents are asked for
+            yield (path, os.path.getsize(path) if os.path.isfile(path) else 0,
+                   _file_documents(path, text_field, group_field))
+        else:
+            yield path, load_file(path, text_field, group_field)
 
 
 def load_file(path: str, text_field: str = "text", group_field: str | None = None) -> list[Document]:
@@ -361,6 +356,14 @@ def load_tfds(name: str, split: str = "train", text_field: str = "text",
     (`array_record`), which `tfds.data_source` reads without TensorFlow. `key`: the config key
     that named it, for the errors.
     """
+    _, pairs = _tfds_documents(name, split, text_field, key)
+    return [document for document, _ in pairs]
+
+
+def _tfds_documents(name: str, split: str, text_field: str,
+                    key: str | None) -> tuple[int, Iterator[tuple[Document, int]]]:
+    """`load_tfds`' documents as (number of records, (document, records read) pairs), each
+    record read as its document is taken. The dataset is opened (and its errors raised) here."""
     import tensorflow_datasets as tfds  # Imported here: heavy, and only this source needs it.
 
     data_dir = os.environ.get("TFDS_DATA_DIR") or None
@@ -370,21 +373,25 @@ def load_tfds(name: str, split: str = "train", text_field: str = "text",
         raise SourceError(_unknown_tfds_message(name, data_dir, key, str(e))) from None
     except Exception as e:  # tfds raises several types for "not prepared".
         raise SourceError(_unreadable_tfds_message(name, split, data_dir, key, e)) from None
-    documents = []
-    for index in range(len(source)):
-        record = source[index]
-        if text_field not in record:
-            raise SourceError(f"tfds:{name}:{split} record {index}: missing text field "
-                              f"{text_field!r} (keys: {sorted(record)}).")
-        text = record[text_field]
-        if isinstance(text, bytes):
-            text = text.decode("utf-8")
-        units = [u.strip() for u in str(text).split("\n") if u.strip()]
-        if units:
-            documents.append(units)
-    if not documents:
-        raise SourceError(f"tfds:{name}:{split} contains no text in field {text_field!r}.")
-    return documents
+
+    def pairs():
+        any_text = False
+        for index in range(len(source)):
+            record = source[index]
+            if text_field not in record:
+                raise SourceError(f"tfds:{name}:{split} record {index}: missing text field "
+                                  f"{text_field!r} (keys: {sorted(record)}).")
+            text = record[text_field]
+            if isinstance(text, bytes):
+                text = text.decode("utf-8")
+            units = [u.strip() for u in str(text).split("\n") if u.strip()]
+            if units:
+                any_text = True
+                yield units, index + 1
+        if not any_text:
+            raise SourceError(f"tfds:{name}:{split} contains no text in field {text_field!r}.")
+
+    return len(source), pairs()
 
 
 def _unknown_tfds_message(name: str, data_dir: str | None, key: str | None,

@@ -89,10 +89,10 @@ def write(spec: str, tokenizer, output: str, text_field: str = "text",
     `bpe.BPETokenizer`, a WordPiece `tokenizer.Tokenizer`, or None for the biLM's words:
     `layout_of`) into the folder `output`; returns its corpus.json.
 
-    The text is read a batch of documents at a time (about `batch_chars` characters; a tfds
-    or gensim source comes whole), and each batch's ids are appended to the file as they are
-    made: a corpus of one huge file is never held as text. A bar per source shows how much of
-    it has been read (bytes of a file). Everything is written into `output.partial` first and renamed
+    The text is read a batch of documents at a time (about `batch_chars` characters; a gensim
+    corpus comes whole), and each batch's ids are appended to the file as they are made: a
+    corpus of one huge file or dataset is never held as text. A bar per source shows how much
+    of it has been read (bytes of a file, records of a tfds dataset). Everything is written into `output.partial` first and renamed
     into place at the end, so an interrupted or failed run leaves no folder a training run
     could mistake for a whole corpus. `output` must not exist (or be an empty folder): a
     corpus is never overwritten.
@@ -114,7 +114,7 @@ def write(spec: str, tokenizer, output: str, text_field: str = "text",
         with open(os.path.join(partial, TOKENS_FILE), "wb") as stream:
             for source, size, documents in sources.stream_sources(spec, text_field, group_field,
                                                                   key="--corpus"):
-                in_file = os.path.isfile(source)  # else a tfds or gensim source
+                in_file = os.path.isfile(source)  # else a tfds or gensim source: documents
                 bar = progress_lib.bar(total=size, desc=f"tokenising {source}",
                                        unit="B" if in_file else "doc", unit_scale=in_file,
                                        disable=not progress)
