@@ -15,6 +15,10 @@ _FAST_COMPILE = (" --xla_backend_optimization_level=0 --xla_llvm_disable_expensi
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8" + _FAST_COMPILE
 ).strip()
+# The same for the `tl_jax train` processes the multi-process and signal tests start through
+# tests/workers/train_worker.py, which sets XLA_FLAGS itself (its own device count): compiling
+# there at the default level took a fifth of test_multiprocess.py's time.
+os.environ["TL_JAX_TEST_FAST_COMPILE"] = _FAST_COMPILE.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -2,6 +2,8 @@
 
 Environment knobs (test-only; production code has none of these):
   WORKER_DEVICES=N          fake CPU devices in this process (default 8)
+  TL_JAX_TEST_FAST_COMPILE  XLA flags added to the device count (tests/conftest.py sets the
+                            suite's fast-compile flags)
   WORKER_KILL_IN_SAVE=STEP  SIGKILL this process while the checkpoint of STEP is being
                             committed: its files are written but not yet renamed into place.
   WORKER_CTRL_C_IN_SAVE=STEP  Ctrl-C (KeyboardInterrupt in the main thread) while the
@@ -13,7 +15,8 @@ import signal
 import sys
 
 os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count="
-                           f"{os.environ.get('WORKER_DEVICES', '8')}")
+                           f"{os.environ.get('WORKER_DEVICES', '8')} "
+                           + os.environ.get("TL_JAX_TEST_FAST_COMPILE", "")).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
