@@ -43,8 +43,8 @@ def test_subsampling_probabilities_formula_and_empirical_rate():
     np.testing.assert_array_equal(wv.subsample_keep_prob(counts, 0), np.ones(5))
     # The pair generator keeps each word at that rate (a binomial check, 6 sigma).
     ids = np.repeat(np.arange(5, dtype=np.int32), counts)
-    corpus = wv.EncodedCorpus(ids, np.zeros_like(ids))
-    kept, _ = wv._subsample(corpus, keep, np.random.default_rng(0))
+    corpus = wv.EncodedCorpus(ids, np.array([len(ids)]))
+    kept = wv._subsample(corpus, keep, np.random.default_rng(0)).ids
     seen = np.bincount(kept, minlength=5)
     assert np.all(np.abs(seen - counts * keep) <= 6 * np.sqrt(counts * keep * (1 - keep)) + 1)
 
@@ -55,7 +55,7 @@ def test_negative_table_and_samples_follow_unigram_to_the_075():
     table = wv.negative_table(counts, 0.75, size=100_000)
     np.testing.assert_allclose(np.bincount(table, minlength=5) / len(table), expected, atol=1e-5)
     vocab = wv.Vocab([str(i) for i in range(5)], counts)
-    corpus = wv.EncodedCorpus(np.arange(5, dtype=np.int32), np.zeros(5, np.int32))
+    corpus = wv.EncodedCorpus(np.arange(5, dtype=np.int32), np.array([5]))
     data = wv.Word2VecBatches(corpus, vocab, batch_size=2, window=1, negatives=5)
     draws = data.sample_negatives((200_000,))
     freq = np.bincount(draws, minlength=5) / len(draws)
@@ -68,8 +68,8 @@ def test_dynamic_window_distance_distribution_and_sentence_boundaries():
     window, n = 4, 40_000
     ids = np.arange(n, dtype=np.int32)  # every token distinct: distances are readable
     sent = (np.arange(n) // 100).astype(np.int32)
-    centre, context = wv.skipgram_pairs(wv.EncodedCorpus(ids, sent), window, np.ones(n),
-                                        np.random.default_rng(0))
+    corpus = wv.EncodedCorpus.from_sentence_ids(ids, sent)
+    centre, context = wv.skipgram_pairs(corpus, window, np.ones(n), np.random.default_rng(0))
     dist = np.abs(context - centre)
     assert dist.min() >= 1 and dist.max() <= window
     assert np.all(sent[centre] == sent[context])
@@ -903,7 +903,7 @@ def test_a_corpus_read_into_integers_has_the_vocabulary_and_ids_of_its_sentences
         np.testing.assert_array_equal(vocab.counts, want.counts)
         got, ref = corpus.encode(vocab), wv.encode_corpus(sentences, want)
         np.testing.assert_array_equal(got.ids, ref.ids)
-        np.testing.assert_array_equal(got.sentence_ids, ref.sentence_ids)
+        np.testing.assert_array_equal(got.lengths, ref.lengths)
     # max_sentences is the first that many, and reads no further.
     head = wv.read_corpus(spec, max_sentences=300)
     vocab = head.vocab(2)
@@ -934,10 +934,11 @@ def test_a_word_corpus_small_case_and_its_errors(tmp_path):
     encoded = corpus.encode(vocab)
     assert encoded.ids.tolist() == [0, 1, 0, 2, 0, 2, 1, 0]
     assert encoded.sentence_ids.tolist() == [0, 0, 0, 0, 1, 1, 2, 2]
-    # A sentence of only unknown words leaves its index unused (as in `encode_corpus`).
-    other = wv.WordCorpus.from_sentences([["x"], ["y", "z"], ["x", "y"]])
+    # A sentence of only unknown words is dropped (as in `encode_corpus`).
+    other = wv.WordCorpus.from_sentences([["x"], ["w"], ["y", "z"], ["x", "y"]])
     encoded = other.encode(other.vocab(min_count=2))
     assert encoded.ids.tolist() == [0, 1, 0, 1] and encoded.sentence_ids.tolist() == [0, 1, 2, 2]
+    assert encoded.lengths.tolist() == [1, 1, 2]
     with pytest.raises(ValueError, match="no in-vocabulary words"):
         other.encode(wv.Vocab(["q"], [3]))
     with pytest.raises(ValueError, match="min_count=9"):
@@ -967,3 +968,24 @@ def test_training_on_a_word_corpus_is_training_on_its_sentences(method):
     assert stats_a["losses"] == stats_b["losses"]
     if method == "word2vec":
         assert stats_a["words"] == stats_b["words"] == 300 * 12 * 2
+
+def test_an_encoded_corpus_works_out_each_tokens_sentence_from_the_lengths():
+    """`sentence_ids_of` a block of tokens is that block of `sentence_ids` (what the word2vec
+    epochs and GloVe's counts read instead of a stored sentence id a token), for blocks
+    starting and ending anywhere, in sentences of one token or many."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 9, size=300)
+    lengths[::7] = 1
+    corpus = wv.EncodedCorpus(rng.integers(0, 50, size=lengths.sum()).astype(np.int32), lengths)
+    every = corpus.sentence_ids
+    assert every.tolist() == [i for i, n in enumerate(lengths) for _ in range(n)]
+    n = len(corpus)
+    for start, stop in [(0, n), (0, 1), (n - 1, n), (5, 5), *rng.integers(0, n, (200, 2))]:
+        start, stop = sorted((int(start), int(stop)))
+        np.testing.assert_array_equal(corpus.sentence_ids_of(start, stop), every[start:stop])
+    again = wv.EncodedCorpus.from_sentence_ids(corpus.ids, every * 3 + 1)
+    np.testing.assert_array_equal(again.lengths, lengths)
+    with pytest.raises(ValueError, match="must cut the 5 ids"):
+        wv.EncodedCorpus(np.zeros(5, np.int32), np.array([2, 2]))
+    with pytest.raises(ValueError, match="none 0"):
+        wv.EncodedCorpus(np.zeros(2, np.int32), np.array([2, 0]))

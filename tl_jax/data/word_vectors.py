@@ -124,27 +124,61 @@ class Vocab:
 
 @dataclasses.dataclass
 class EncodedCorpus:
-    """A corpus as one flat id array; `sentence_ids` tells which sentence each token is in."""
+    """A corpus as one flat id array, cut into sentences by their lengths.
+
+    The sentences are those with an in-vocabulary word, in order; which sentence a token is in
+    is worked out for a block of tokens at a time (`sentence_ids_of`), not stored: 4 bytes a
+    token less, for a whole run."""
 
     ids: np.ndarray  # (N,) int32
-    sentence_ids: np.ndarray  # (N,) int32, non-decreasing
+    lengths: np.ndarray  # (S,) int64, tokens in each sentence (none 0), summing to N
+    n_words: int = 0  # tokens of the text, out-of-vocabulary ones too (0: N)
+
+    def __post_init__(self):
+        self.n_words = self.n_words or len(self.ids)
+        self.ends = np.cumsum(self.lengths, dtype=np.int64)  # (S,) where each sentence ends
+        if (self.ends[-1] if len(self.ends) else 0) != len(self.ids) or (self.lengths < 1).any():
+            raise ValueError(f"sentence lengths summing to {int(self.lengths.sum())} (none 0) "
+                             f"must cut the {len(self.ids)} ids")
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @classmethod
+    def from_sentence_ids(cls, ids: np.ndarray, sentence_ids: np.ndarray) -> "EncodedCorpus":
+        """From each token's sentence (non-decreasing: equal for tokens of one sentence)."""
+        starts = np.flatnonzero(np.r_[True, sentence_ids[1:] != sentence_ids[:-1]]) \
+            if len(ids) else np.zeros(0, np.int64)
+        return cls(ids, np.diff(np.r_[starts, len(ids)]).astype(np.int64))
+
+    def sentence_ids_of(self, start: int, stop: int) -> np.ndarray:
+        """(stop - start,) int32: the sentence (0, 1, ...) of each of tokens start..stop-1."""
+        if stop <= start:
+            return np.zeros(0, np.int32)
+        first, last = np.searchsorted(self.ends, [start, stop - 1], side="right")
+        ends = self.ends[first:last + 1]
+        counts = np.minimum(ends, stop) - np.maximum(ends - self.lengths[first:last + 1], start)
+        return np.repeat(np.arange(first, last + 1, dtype=np.int32), counts)
+
+    @property
+    def sentence_ids(self) -> np.ndarray:
+        """(N,) int32: every token's sentence (the whole corpus's at once)."""
+        return np.repeat(np.arange(len(self.lengths), dtype=np.int32), self.lengths)
+
 
 def encode_corpus(sentences: Iterable[Sequence[str]], vocab: Vocab) -> EncodedCorpus:
     """Encodes tokenised sentences; out-of-vocabulary words are removed before windowing."""
-    chunks, sent = [], []
+    chunks, lengths, n_words = [], [], 0
     for i, sentence in enumerate(sentences):
         _check_tokenised(i, sentence)
         ids = vocab.encode(sentence)
+        n_words += len(sentence)
         if len(ids):
             chunks.append(ids)
-            sent.append(np.full(len(ids), i, dtype=np.int32))
+            lengths.append(len(ids))
     if not chunks:
         raise ValueError("The corpus has no in-vocabulary words")
-    return EncodedCorpus(np.concatenate(chunks), np.concatenate(sent))
+    return EncodedCorpus(np.concatenate(chunks), np.array(lengths, np.int64), n_words)
 
 
 @dataclasses.dataclass
@@ -196,15 +230,16 @@ class WordCorpus:
         return Vocab.from_counts(zip(self.words, self.counts.tolist()), min_count, max_size)
 
     def encode(self, vocab: Vocab) -> EncodedCorpus:
-        """The `encode_corpus` of its sentences: out-of-vocabulary tokens removed, a token's
-        sentence id the index of its sentence."""
+        """The `encode_corpus` of its sentences: out-of-vocabulary tokens removed, and the
+        sentences left without a word."""
         to_vocab = np.array([vocab.index.get(w, -1) for w in self.words], dtype=np.int32)
         ids = to_vocab[self.ids]
         known = ids >= 0
         if not known.any():
             raise ValueError("The corpus has no in-vocabulary words")
-        sentence_ids = np.repeat(np.arange(self.n_sentences, dtype=np.int32), self.lengths)
-        return EncodedCorpus(ids[known], sentence_ids[known])
+        starts = np.r_[0, np.cumsum(self.lengths[:-1], dtype=np.int64)]
+        lengths = np.add.reduceat(known, starts, dtype=np.int64)  # known words a sentence
+        return EncodedCorpus(ids[known], lengths[lengths > 0], len(self))
 
 
 def subsample_keep_prob(counts: np.ndarray, sample: float) -> np.ndarray:
@@ -241,14 +276,17 @@ def negative_table(counts: np.ndarray, power: float = 0.75, size: int = 10_000_0
 EPOCH_BLOCK_TOKENS = 1 << 20
 
 
-def _subsample(corpus: EncodedCorpus, keep_prob: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+def _subsample(corpus: EncodedCorpus, keep_prob: np.ndarray, rng) -> EncodedCorpus:
+    """The tokens an epoch keeps (each with probability `keep_prob` of its word), in their
+    sentences (those left without a token dropped)."""
     # Drawn a block at a time: a float64 draw is one generator output, so the blocks draw
     # exactly what one call for the whole corpus would, without its 8 bytes a token at once.
     keep = np.empty(len(corpus.ids), bool)
     for a in range(0, len(keep), EPOCH_BLOCK_TOKENS):
         ids = corpus.ids[a:a + EPOCH_BLOCK_TOKENS]
         keep[a:a + len(ids)] = rng.random(len(ids)) < keep_prob[ids]
-    return corpus.ids[keep], corpus.sentence_ids[keep]
+    lengths = np.add.reduceat(keep, corpus.ends - corpus.lengths, dtype=np.int64)
+    return EncodedCorpus(corpus.ids[keep], lengths[lengths > 0])
 
 
 def _draw_reach(n: int, window: int, rng: np.random.Generator) -> np.ndarray:
@@ -302,7 +340,8 @@ def skipgram_pairs(corpus: EncodedCorpus, window: int, keep_prob: np.ndarray,
     which word2vec.c and gensim visit them; with a linearly decaying rate no global shuffle is
     needed, and skipping it saves a random permutation of every pair each epoch.
     """
-    ids, sent = _subsample(corpus, keep_prob, rng)
+    kept = _subsample(corpus, keep_prob, rng)
+    ids, sent = kept.ids, kept.sentence_ids
     context = _context_matrix(ids, sent, window, _draw_reach(len(ids), window, rng))  # (N, 2W)
     valid = context >= 0
     centres = np.broadcast_to(ids[:, None], context.shape)[valid]
@@ -315,7 +354,8 @@ def cbow_examples(corpus: EncodedCorpus, window: int, keep_prob: np.ndarray,
 
     Slots beyond the drawn window or the sentence are -1; targets with no context are dropped.
     """
-    ids, sent = _subsample(corpus, keep_prob, rng)
+    kept = _subsample(corpus, keep_prob, rng)
+    ids, sent = kept.ids, kept.sentence_ids
     context = _context_matrix(ids, sent, window, _draw_reach(len(ids), window, rng))  # (N, 2W)
     has_context = (context >= 0).any(axis=1)
     return ids[has_context], context[has_context]
@@ -363,10 +403,10 @@ class Word2VecBatches:
         """
         if steps_per_chunk < 1:
             raise ValueError(f"steps_per_chunk must be >= 1, got {steps_per_chunk}")
-        ids, sent = _subsample(self.corpus, self.keep_prob, self.rng)
-        reach = _draw_reach(len(ids), self.window, self.rng)
-        total = sum(int(self._block_count(sent, reach, a))
-                    for a in range(0, len(ids), EPOCH_BLOCK_TOKENS))
+        kept = _subsample(self.corpus, self.keep_prob, self.rng)
+        reach = _draw_reach(len(kept), self.window, self.rng)
+        total = sum(int(self._block_count(kept, reach, a))
+                    for a in range(0, len(kept), EPOCH_BLOCK_TOKENS))
         b = self.batch_size
         n_steps = total // b
         if n_steps == 0:
@@ -376,8 +416,8 @@ class Word2VecBatches:
         # The first block is built from now on, on a thread, the next while a block's chunks
         # are given and trained on (numpy releases the GIL in its array loops).
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        first = pool.submit(self._block, ids, sent, reach, 0)
-        return n_steps, self._chunks(ids, sent, reach, n_steps, steps_per_chunk, pool, first)
+        first = pool.submit(self._block, kept, reach, 0)
+        return n_steps, self._chunks(kept, reach, n_steps, steps_per_chunk, pool, first)
 
     def _block_span(self, n, a):
         """(z, lo, hi): kept tokens a..z-1 form the block starting at `a`; lo..hi-1 adds its
@@ -385,15 +425,17 @@ class Word2VecBatches:
         z = min(a + EPOCH_BLOCK_TOKENS, n)
         return z, max(0, a - self.window), min(n, z + self.window)
 
-    def _block_count(self, sent, reach, a):
+    def _block_count(self, kept, reach, a):
         """How many examples the block of kept tokens starting at `a` gives."""
-        z, lo, hi = self._block_span(len(sent), a)
-        return _examples_per_token(sent[lo:hi], reach[lo:hi], self.cbow)[a - lo:z - lo].sum()
+        z, lo, hi = self._block_span(len(kept), a)
+        return _examples_per_token(kept.sentence_ids_of(lo, hi), reach[lo:hi],
+                                   self.cbow)[a - lo:z - lo].sum()
 
-    def _block(self, ids, sent, reach, a):
+    def _block(self, kept, reach, a):
         """The examples (centres, contexts) of the block of kept tokens starting at `a`."""
-        z, lo, hi = self._block_span(len(ids), a)
-        context = _context_matrix(ids[lo:hi], sent[lo:hi], self.window,
+        z, lo, hi = self._block_span(len(kept), a)
+        ids = kept.ids
+        context = _context_matrix(ids[lo:hi], kept.sentence_ids_of(lo, hi), self.window,
                                   reach[lo:hi])[a - lo:z - lo]
         if self.cbow:
             has = (context >= 0).any(axis=1)
@@ -401,7 +443,7 @@ class Word2VecBatches:
         valid = context >= 0
         return np.broadcast_to(ids[a:z, None], context.shape)[valid], context[valid]
 
-    def _chunks(self, ids, sent, reach, n_steps, steps_per_chunk, pool, upcoming):
+    def _chunks(self, kept, reach, n_steps, steps_per_chunk, pool, upcoming):
         b = self.batch_size
         want = steps_per_chunk * b  # examples a chunk
         centre = context = None  # examples built and not yet given, from `start` on
@@ -412,12 +454,12 @@ class Word2VecBatches:
             return {"centre": centre[start:start + n].reshape(steps, b),
                     "context": context[start:start + n].reshape((steps, b) + context.shape[1:])}
 
-        blocks = range(0, len(ids), EPOCH_BLOCK_TOKENS)
+        blocks = range(0, len(kept), EPOCH_BLOCK_TOKENS)
         with pool:  # giving a chunk only slices
             for i in range(len(blocks)):
                 new_centre, new_context = upcoming.result()
                 if i + 1 < len(blocks):
-                    upcoming = pool.submit(self._block, ids, sent, reach, blocks[i + 1])
+                    upcoming = pool.submit(self._block, kept, reach, blocks[i + 1])
                 if centre is None:
                     centre, context = new_centre, new_context
                 else:  # the rest of the last block, then this one (never changed once given)
@@ -461,7 +503,7 @@ def cooccurrence_matrix(corpus: EncodedCorpus, vocab_size: int, window: int,
     """
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    ids, sent = corpus.ids, corpus.sentence_ids
+    ids = corpus.ids
     n, total = len(ids), None
     for d in range(1, min(window, n - 1) + 1):
         # Pairs a block at a time (a distance's pairs over the whole corpus took ~40 bytes a
@@ -469,7 +511,8 @@ def cooccurrence_matrix(corpus: EncodedCorpus, vocab_size: int, window: int,
         count = None
         for a in range(0, n - d, EPOCH_BLOCK_TOKENS):
             z = min(a + EPOCH_BLOCK_TOKENS, n - d)
-            same = sent[a:z] == sent[a + d:z + d]
+            sent = corpus.sentence_ids_of(a, z + d)
+            same = sent[:z - a] == sent[d:]
             rows, cols = ids[a:z][same], ids[a + d:z + d][same]
             if symmetric:
                 rows, cols = np.concatenate([rows, cols]), np.concatenate([cols, rows])
