@@ -962,12 +962,23 @@ def test_training_on_a_word_corpus_is_training_on_its_sentences(method):
     kwargs = dict(dim=8, window=3, epochs=2, min_count=1, batch_size=64, steps_per_call=5,
                   seed=1, log=None)
     a, stats_a = train(sentences, **kwargs)
-    b, stats_b = train(wv.WordCorpus.from_sentences(sentences), **kwargs)
-    assert a.words == b.words
+    corpus = wv.WordCorpus.from_sentences(sentences)
+    b, stats_b = train(corpus, **kwargs)
+    # Given as vocabulary ids (as `tl_jax static` does, dropping the words' own ids), with the
+    # vocabulary they were encoded with.
+    vocab = corpus.vocab(min_count=1)
+    c, stats_c = train(corpus.encode(vocab), vocab=vocab, **kwargs)
+    assert a.words == b.words == c.words
     np.testing.assert_array_equal(a.vectors, b.vectors)
-    assert stats_a["losses"] == stats_b["losses"]
+    np.testing.assert_array_equal(a.vectors, c.vectors)
+    assert stats_a["losses"] == stats_b["losses"] == stats_c["losses"]
     if method == "word2vec":
-        assert stats_a["words"] == stats_b["words"] == 300 * 12 * 2
+        assert stats_a["words"] == stats_b["words"] == stats_c["words"] == 300 * 12 * 2
+    with pytest.raises(ValueError, match="needs the vocabulary it was encoded with"):
+        train(corpus.encode(vocab), **kwargs)
+    with pytest.raises(ValueError, match=r"vocabulary id \d+, outside the 3-word vocabulary"):
+        train(corpus.encode(vocab), vocab=wv.Vocab(vocab.words[:3], vocab.counts[:3]), **kwargs)
+
 
 def test_an_encoded_corpus_works_out_each_tokens_sentence_from_the_lengths():
     """`sentence_ids_of` a block of tokens is that block of `sentence_ids` (what the word2vec

@@ -162,21 +162,31 @@ def init_word2vec(vocab_size: int, dim: int, cbow: bool, seed: int):
     return model, params
 
 
-def _vocab(sentences: Sequence[Sequence[str]] | wv.WordCorpus, min_count: int) -> wv.Vocab:
+Corpus = Sequence[Sequence[str]] | wv.WordCorpus | wv.EncodedCorpus
+
+
+def _vocab(sentences: Corpus, min_count: int) -> wv.Vocab:
+    if isinstance(sentences, wv.EncodedCorpus):
+        raise ValueError("a corpus given as vocabulary ids (an EncodedCorpus) needs the "
+                         "vocabulary it was encoded with: pass vocab=")
     if isinstance(sentences, wv.WordCorpus):
         return sentences.vocab(min_count)
     return wv.Vocab.build(sentences, min_count)
 
 
-def _encode(sentences: Sequence[Sequence[str]] | wv.WordCorpus,
-            vocab: wv.Vocab) -> tuple[wv.EncodedCorpus, int]:
+def _encode(sentences: Corpus, vocab: wv.Vocab) -> tuple[wv.EncodedCorpus, int]:
     """The corpus in vocabulary ids, and its number of tokens (out-of-vocabulary ones too)."""
-    if isinstance(sentences, wv.WordCorpus):
-        return sentences.encode(vocab), len(sentences)
-    return wv.encode_corpus(sentences, vocab), sum(len(s) for s in sentences)
+    if isinstance(sentences, wv.EncodedCorpus):
+        if len(vocab) <= int(sentences.ids.max()):
+            raise ValueError(f"the corpus holds vocabulary id {int(sentences.ids.max())}, "
+                             f"outside the {len(vocab):,}-word vocabulary given")
+        return sentences, sentences.n_words
+    corpus = sentences.encode(vocab) if isinstance(sentences, wv.WordCorpus) \
+        else wv.encode_corpus(sentences, vocab)
+    return corpus, corpus.n_words
 
 
-def train_word2vec(sentences: Sequence[Sequence[str]] | wv.WordCorpus, *, dim: int = 100,
+def train_word2vec(sentences: Corpus, *, dim: int = 100,
                    window: int = 5, negatives: int = 5, epochs: int = 5, min_count: int = 5,
                    sample: float = 1e-3, lr: float = 0.025, min_lr: float = 1e-4,
                    batch_size: int = 1024, cbow: bool = False, seed: int = 0,
@@ -184,8 +194,8 @@ def train_word2vec(sentences: Sequence[Sequence[str]] | wv.WordCorpus, *, dim: i
                    shared_negatives: int = 0, vocab: wv.Vocab | None = None,
                    log: Callable[[str], None] | None = print,
                    progress: bool = False) -> tuple[WordVectors, dict]:
-    """Trains word2vec on tokenised sentences (lists of words, or a `wv.WordCorpus`); returns
-    (input vectors, stats).
+    """Trains word2vec on tokenised sentences (lists of words, a `wv.WordCorpus`, or a
+    `wv.EncodedCorpus` of the `vocab` given); returns (input vectors, stats).
 
     The learning rate falls linearly from `lr` towards 0 over all planned epochs and is held
     at `min_lr` once it gets there (word2vec.c's rule, whose floor is lr * 1e-4 rather than
@@ -203,7 +213,8 @@ def train_word2vec(sentences: Sequence[Sequence[str]] | wv.WordCorpus, *, dim: i
     # The clock covers everything after the vocabulary, mapping the corpus to ids included
     # (gensim's `train` looks every word up as it goes): words_per_sec is end-to-end training.
     # A `WordCorpus` had its words looked up as it was read, so only their mapping to vocabulary
-    # ids is timed (`benchmarks/word2vec_vs_gensim.py` passes lists of words, as gensim gets).
+    # ids is timed, and an `EncodedCorpus` (`tl_jax static`'s) is mapped already
+    # (`benchmarks/word2vec_vs_gensim.py` passes lists of words, as gensim gets).
     start = time.perf_counter()
     corpus, n_words = _encode(sentences, vocab)
     data = wv.Word2VecBatches(corpus, vocab, batch_size=batch_size, window=window,
@@ -357,7 +368,7 @@ def _glove_chunk(params, opt_state, batches, optimizer, x_max, alpha):
     return params, opt_state, losses
 
 
-def train_glove(sentences: Sequence[Sequence[str]] | wv.WordCorpus, *, dim: int = 100,
+def train_glove(sentences: Corpus, *, dim: int = 100,
                 window: int = 10, epochs: int = 15, min_count: int = 5, x_max: float = 10.0,
                 alpha: float = 0.75, lr: float | None = None, batch_size: int = 16384,
                 seed: int = 0, steps_per_call: int = 16, vocab: wv.Vocab | None = None,
@@ -637,6 +648,8 @@ def run(config, workdir: str) -> dict:
     vocab = corpus.vocab(config.min_count, config.max_vocab or None)
     print(f"{config.method}: {corpus.n_sentences:,} text units, {len(corpus):,} words, "
           f"vocabulary {len(vocab):,} (min_count {config.min_count})", flush=True)
+    # Trained on the vocabulary ids alone: the words' own ids (4 bytes a token) go now.
+    corpus = corpus.encode(vocab)
     if config.method == "word2vec":
         w = config.word2vec
         vectors, stats = train_word2vec(
