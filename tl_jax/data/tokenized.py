@@ -92,10 +92,10 @@ def write(spec: str, tokenizer, output: str, text_field: str = "text",
     The text is read a batch of documents at a time (about `batch_chars` characters; a gensim
     corpus comes whole), and each batch's ids are appended to the file as they are made: a
     corpus of one huge file or dataset is never held as text. A bar per source shows how much
-    of it has been read (bytes of a file, records of a tfds dataset). Everything is written into `output.partial` first and renamed
-    into place at the end, so an interrupted or failed run leaves no folder a training run
-    could mistake for a whole corpus. `output` must not exist (or be an empty folder): a
-    corpus is never overwritten.
+    of it has been read (bytes of a file, records of a tfds dataset). Everything is written
+    into `output.partial` first and renamed into place at the end, so an interrupted or failed
+    run leaves no folder a training run could mistake for a whole corpus. `output` must not
+    exist (or be an empty folder): a corpus is never overwritten.
     """
     from tl_jax import progress as progress_lib
     from tl_jax.data import pretraining
