@@ -174,16 +174,16 @@ def _vocab(sentences: Corpus, min_count: int) -> wv.Vocab:
     return wv.Vocab.build(sentences, min_count)
 
 
-def _encode(sentences: Corpus, vocab: wv.Vocab) -> tuple[wv.EncodedCorpus, int]:
-    """The corpus in vocabulary ids, and its number of tokens (out-of-vocabulary ones too)."""
+def _encode(sentences: Corpus, vocab: wv.Vocab) -> wv.EncodedCorpus:
+    """The corpus in vocabulary ids (its `n_words` counts out-of-vocabulary tokens too)."""
     if isinstance(sentences, wv.EncodedCorpus):
         if len(vocab) <= int(sentences.ids.max()):
             raise ValueError(f"the corpus holds vocabulary id {int(sentences.ids.max())}, "
                              f"outside the {len(vocab):,}-word vocabulary given")
-        return sentences, sentences.n_words
-    corpus = sentences.encode(vocab) if isinstance(sentences, wv.WordCorpus) \
-        else wv.encode_corpus(sentences, vocab)
-    return corpus, corpus.n_words
+        return sentences
+    if isinstance(sentences, wv.WordCorpus):
+        return sentences.encode(vocab)
+    return wv.encode_corpus(sentences, vocab)
 
 
 def train_word2vec(sentences: Corpus, *, dim: int = 100,
@@ -216,7 +216,8 @@ def train_word2vec(sentences: Corpus, *, dim: int = 100,
     # ids is timed, and an `EncodedCorpus` (`tl_jax static`'s) is mapped already
     # (`benchmarks/word2vec_vs_gensim.py` passes lists of words, as gensim gets).
     start = time.perf_counter()
-    corpus, n_words = _encode(sentences, vocab)
+    corpus = _encode(sentences, vocab)
+    n_words = corpus.n_words
     data = wv.Word2VecBatches(corpus, vocab, batch_size=batch_size, window=window,
                               negatives=negatives, sample=sample, cbow=cbow, seed=seed)
     _, params = init_word2vec(len(vocab), dim, cbow, seed)
@@ -393,7 +394,7 @@ def train_glove(sentences: Corpus, *, dim: int = 100,
     _check_glove_weighting(x_max, alpha)
     _check_rates(lr, 0.0, names=("lr", "min_lr"))
     vocab = vocab or _vocab(sentences, min_count)
-    corpus, _ = _encode(sentences, vocab)
+    corpus = _encode(sentences, vocab)
     with progress_lib.phase(f"Counting co-occurrences within {window} words", progress,
                             prefix="[glove]") as step:
         cooc = wv.cooccurrence_matrix(corpus, len(vocab), window)
