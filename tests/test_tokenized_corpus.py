@@ -293,22 +293,25 @@ def test_the_tokenize_command_trains_a_bpe_on_the_corpus_without_a_tokenizer(
 
 
 def test_sources_are_read_one_file_at_a_time(corpus_files, monkeypatch):
-    """`iter_sources` reads a file only when the one before has been handed over;
-    `load_documents` is their concatenation."""
-    read = []
-    load_file = sources.load_file
-    monkeypatch.setattr(sources, "load_file",
-                        lambda path, *a: read.append(os.path.basename(path)) or load_file(path, *a))
+    """`stream_sources` opens a file only when its documents are taken, after the one
+    before has been read to its end; `load_documents` is their concatenation."""
+    opened = []
+    open_text = sources._open_text
+    monkeypatch.setattr(sources, "_open_text",
+                        lambda path, *a: opened.append(os.path.basename(path)) or
+                        open_text(path, *a))
     seen = []
-    for source, documents in sources.iter_sources(spec_of(corpus_files)):
+    for source, _, documents in sources.stream_sources(spec_of(corpus_files)):
+        assert opened == seen  # nothing opened ahead, not even this source
         seen.append(os.path.basename(source))
-        assert read == seen  # nothing read ahead
+        assert next(documents, None) is not None and opened == seen
+        list(documents)  # read to its end before the next source is asked for
     assert seen == ["a.jsonl", "b.jsonl", "c.txt"]
-    assert [d for _, docs in sources.iter_sources(spec_of(corpus_files)) for d in docs] == \
-        sources.load_documents(spec_of(corpus_files))
+    assert [d for _, _, docs in sources.stream_sources(spec_of(corpus_files)) for d, _ in docs] \
+        == sources.load_documents(spec_of(corpus_files))
     (corpus_files / "empty.txt").write_text("\n\n")
     with pytest.raises(sources.SourceError, match="contains no text"):
-        list(sources.iter_sources(str(corpus_files / "empty.txt")))
+        sources.load_documents(str(corpus_files / "empty.txt"))
 
 
 @pytest.mark.parametrize("layout", ["documents", "sentences", "words"])

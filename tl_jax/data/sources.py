@@ -71,27 +71,7 @@ def load_documents(
       SourceError: missing file, glob matching nothing, malformed jsonl line or missing text
         field (naming file and line), a file with no text, or an empty corpus.
     """
-    documents: list[Document] = []
-    for _, part_documents in iter_sources(spec, text_field, group_field, key):
-        documents.extend(part_documents)
-    return documents
-
-
-def iter_sources(
-    spec: str, text_field: str = "text", group_field: str | None = None,
-    key: str | None = None,
-):
-    """Yields `(source, documents)` for each file or dataset `spec` names, one at a time, in
-    `load_documents`' order, each source's documents as a list (`stream_sources` gives them
-    one at a time). Raises what `load_documents` raises, the empty corpus once every source
-    has been read."""
-    any_text = False
-    for part in _parts(spec):
-        for source, documents in _iter_part(part, text_field, group_field or None, key):
-            any_text = any_text or bool(documents)
-            yield source, documents
-    if not any_text:
-        raise SourceError(f"Corpus {spec!r} is empty: its sources contain no text.")
+    return list(iter_documents(spec, text_field, group_field, key))
 
 
 def stream_sources(spec: str, text_field: str = "text", group_field: str | None = None,
@@ -113,8 +93,7 @@ def stream_sources(spec: str, text_field: str = "text", group_field: str | None 
             yield pair
 
     for part in _parts(spec):
-        for source, size, pairs in _iter_part(part, text_field, group_field or None, key,
-                                              stream=True):
+        for source, size, pairs in _iter_part(part, text_field, group_field or None, key):
             yield source, size, counted(pairs)
     if not any_text:
         raise SourceError(f"Corpus {spec!r} is empty: its sources contain no text.")
@@ -137,24 +116,20 @@ def _parts(spec: str) -> list[str]:
     return parts
 
 
-def _iter_part(part: str, text_field: str, group_field: str | None, key: str | None = None,
-               stream: bool = False):
-    """(source, documents) for each source `part` names; with `stream`, (source, size, pairs)
-    instead, the documents as `stream_sources`' (document, done) pairs, read as they are
-    taken (a gensim corpus comes whole either way)."""
+def _iter_part(part: str, text_field: str, group_field: str | None, key: str | None = None):
+    """(source, size, pairs) for each source `part` names, its documents as `stream_sources`'
+    (document, done) pairs, read as they are taken (a gensim corpus comes whole)."""
     if part.startswith("gensim:"):
         name = part[len("gensim:"):]
         if name not in GENSIM_CORPORA:
             raise SourceError(f"Unknown gensim corpus {part!r}; known: "
                               + ", ".join(f"gensim:{n}" for n in GENSIM_CORPORA))
         documents = load_gensim_enwiki() if name == "enwiki" else load_gensim_lee()
-        yield (part, len(documents), ((d, i + 1) for i, d in enumerate(documents))) if stream \
-            else (part, documents)
+        yield part, len(documents), ((d, i + 1) for i, d in enumerate(documents))
         return
     if part.startswith("tfds:"):
         name, _, split = part[len("tfds:"):].partition(":")
-        size, pairs = _tfds_documents(name, split or "train", text_field, key)
-        yield (part, size, pairs) if stream else (part, [d for d, _ in pairs])
+        yield (part, *_tfds_documents(name, split or "train", text_field, key))
         return
     # A file that exists is itself, even when its name has glob characters ("notes[1].txt").
     if any(ch in part for ch in "*?[") and not os.path.isfile(os.path.expanduser(part)):
@@ -164,30 +139,16 @@ def _iter_part(part: str, text_field: str, group_field: str | None, key: str | N
             raise SourceError(f"Glob {part!r} matches no files.")
     else:
         paths = [os.path.expanduser(part)]
-    for path in paths:
-        if stream:  # a missing file raises its error when its documents are asked for
-            yield (path, os.path.getsize(path) if os.path.isfile(path) else 0,
-                   _file_documents(path, text_field, group_field))
-        else:
-            yield path, load_file(path, text_field, group_field)
-
-
-def load_file(path: str, text_field: str = "text", group_field: str | None = None) -> list[Document]:
-    """Reads one plain-text or jsonl file (see the module docstring for the formats)."""
-    return list(iter_file(path, text_field, group_field))
-
-
-def iter_file(path: str, text_field: str = "text",
-              group_field: str | None = None) -> Iterator[Document]:
-    """`load_file`'s documents one at a time, the file read as they are given (its errors
-    raised when reached, a file's lack of text once it has been read)."""
-    for document, _ in _file_documents(path, text_field, group_field):
-        yield document
+    for path in paths:  # a missing file raises its error when its documents are asked for
+        yield (path, os.path.getsize(path) if os.path.isfile(path) else 0,
+               _file_documents(path, text_field, group_field))
 
 
 def _file_documents(path: str, text_field: str,
                     group_field: str | None) -> Iterator[tuple[Document, int]]:
-    """`iter_file`'s documents as `(document, bytes of the file read so far)`."""
+    """One plain-text or jsonl file's documents (see the module docstring for the formats) as
+    `(document, bytes of the file read so far)`, the file read as they are taken: its errors
+    are raised when reached, its lack of text once it has been read."""
     if not os.path.exists(path):
         unset = re.search(r"\$\{?(\w+)", path)  # os.path.expandvars leaves unset variables as is
         hint = f" (${unset.group(1)} is not set in the environment)" if unset else ""
