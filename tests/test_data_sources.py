@@ -390,3 +390,42 @@ def test_documents_one_at_a_time_are_load_documents_and_read_as_they_are_given(t
     assert next(documents) == ["one"] and next(documents) == ["two"]
     with pytest.raises(SourceError, match=r"late.jsonl:4: malformed JSON"):
         next(documents)
+
+
+def test_an_unfinished_tokenize_folder_is_named_as_such(tmp_path):
+    """A `tl_jax tokenize` folder without its corpus.json (interrupted, damaged), the
+    `.partial` one an interrupted run leaves, and the finished name when only that exists:
+    each named as unfinished, not as "not a file"."""
+    damaged = tmp_path / "nometa.tok"
+    damaged.mkdir()
+    (damaged / "tokens.int32").write_bytes(b"\0" * 8)
+    with pytest.raises(SourceError) as e:
+        load_documents(str(damaged))
+    assert str(e.value) == (f"Corpus folder {damaged} has no corpus.json: not a finished "
+                            "`tl_jax tokenize` folder (it was interrupted or is damaged); "
+                            "tokenise the corpus again")
+    partial = tmp_path / "big.tok.partial"
+    partial.mkdir()  # kill -9 can leave it before anything is written into it
+    with pytest.raises(SourceError, match=r"big.tok.partial has no corpus.json: not a finished "
+                                          r"`tl_jax tokenize` folder"):
+        load_documents(str(partial))
+    with pytest.raises(SourceError) as e:
+        load_documents(str(tmp_path / "big.tok"))
+    assert str(e.value) == (f"Corpus file not found: {tmp_path / 'big.tok'} (only {partial} is "
+                            "there: an unfinished `tl_jax tokenize` folder, left when it was "
+                            "interrupted; tokenise again)")
+
+
+def test_a_folder_of_text_files_is_pointed_to_a_glob(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    with pytest.raises(SourceError, match=r"^Corpus path is not a file: .*corpus$"):
+        load_documents(str(folder))  # empty: no glob to suggest
+    _write(folder / "a.txt", "one")
+    _write(folder / "b.txt", "two")
+    _write(folder / "README.md", "about")
+    with pytest.raises(SourceError) as e:
+        load_documents(str(folder))
+    assert str(e.value) == (f"Corpus path is a folder, not a file: {folder}; name its files "
+                            f"with a glob such as {str(folder / '*.txt')!r}")
+    assert load_documents(str(folder / "*.txt")) == [["one"], ["two"]]

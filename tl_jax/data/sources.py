@@ -152,13 +152,13 @@ def _file_documents(path: str, text_field: str,
     if not os.path.exists(path):
         unset = re.search(r"\$\{?(\w+)", path)  # os.path.expandvars leaves unset variables as is
         hint = f" (${unset.group(1)} is not set in the environment)" if unset else ""
+        partial = path.rstrip(os.sep) + ".partial"
+        if not hint and os.path.isdir(partial):
+            hint = (f" (only {partial} is there: an unfinished `tl_jax tokenize` folder, left "
+                    "when it was interrupted; tokenise again)")
         raise SourceError(f"Corpus file not found: {path}{hint}")
     if not os.path.isfile(path):
-        if os.path.isfile(os.path.join(path, "corpus.json")):
-            raise SourceError(f"{path} is a tokenised corpus (`tl_jax tokenize`): GPT, BERT, "
-                              "ELECTRA, distillation and biLM runs read one given alone as "
-                              "data.corpus; other readers (static vectors) take text")
-        raise SourceError(f"Corpus path is not a file: {path}")
+        raise SourceError(_folder_message(path))
     # Extensions in any case: DATA.JSONL is JSON lines (read as plain text, its braces and keys
     # were trained on as prose), CORPUS.TXT.GZ compressed.
     base = re.sub(r"\.(gz|bz2)$", "", path.lower())
@@ -187,6 +187,32 @@ def _file_documents(path: str, text_field: str,
                           "truncated.") from None
     if not any_text:
         raise SourceError(f"Corpus file {path} contains no text.")
+
+
+# What `tl_jax tokenize` writes into a corpus folder before its corpus.json (tokenized.py's
+# names; that module imports this one).
+_TOKENIZED_PARTS = ("tokens.int32", "doc_ends.npy", "sentence_ends.npy", "unit_ends.npy",
+                    "spellings.txt", "tokenizer")
+
+
+def _folder_message(path: str) -> str:
+    """Why the folder `path` is not read as a corpus file, and what to give instead."""
+    if os.path.isfile(os.path.join(path, "corpus.json")):
+        return (f"{path} is a tokenised corpus (`tl_jax tokenize`): GPT, BERT, ELECTRA, "
+                "distillation and biLM runs read one given alone as data.corpus; other "
+                "readers (static vectors) take text")
+    names = os.listdir(path)
+    if path.rstrip(os.sep).endswith(".partial") or any(n in _TOKENIZED_PARTS for n in names):
+        return (f"Corpus folder {path} has no corpus.json: not a finished `tl_jax tokenize` "
+                "folder (it was interrupted or is damaged); tokenise the corpus again")
+    files = sorted(n for n in names if os.path.isfile(os.path.join(path, n)))
+    if files:
+        suffixes = [os.path.splitext(n)[1] for n in files]
+        common = max(sorted(set(suffixes)), key=suffixes.count)  # the folder's usual extension
+        pattern = os.path.join(path, "*" + common)
+        return (f"Corpus path is a folder, not a file: {path}; name its files with a glob "
+                f"such as {pattern!r}")
+    return f"Corpus path is not a file: {path}"
 
 
 @contextlib.contextmanager
