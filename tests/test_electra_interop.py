@@ -522,3 +522,20 @@ def test_a_hugging_face_init_from_of_another_shape_is_refused_before_the_corpus(
                                        f"model.size={tmp_path / 'bert'}"])
     with pytest.raises(AssertionError, match="the corpus was read"):
         bert_pretrain.Task(bert_cfg, str(tmp_path / "run"))
+    # tl_jax weights (`tl_jax convert`'s output) are checked from their own config.json, which
+    # has no Hugging Face model_type (it was read as HF's: "has no model_type").
+    convert.convert(tmp_path / "bert", tmp_path / "bert_tl", "hf_to_tl")
+    convert.convert(tmp_path / "hf", tmp_path / "hf_tl", "hf_to_tl")
+    for init_from, task, spec, width in ((tmp_path / "bert_tl", bert_pretrain, "bert_pretrain", 8),
+                                         (tmp_path / "hf_tl", electra_task, "electra_pretrain",
+                                          24)):
+        cfg = config_lib.load_config(str(ROOT / "configs" / f"{spec}.py") + ":tiny",
+                                     [f"init_from={init_from}"])
+        with pytest.raises(ValueError, match=r"init_from=.*_tl: checkpoint architecture differs "
+                                             rf".*hidden_size: model 128 vs checkpoint {width}"):
+            task.Task(cfg, str(tmp_path / "run"))
+    bert_cfg = config_lib.load_config(str(ROOT / "configs" / "bert_pretrain.py") + ":tiny",
+                                      [f"init_from={tmp_path / 'bert_tl'}",
+                                       f"model.size={tmp_path / 'bert_tl'}"])
+    with pytest.raises(AssertionError, match="the corpus was read"):
+        bert_pretrain.Task(bert_cfg, str(tmp_path / "run"))

@@ -65,9 +65,10 @@ def check_init_from_architecture(init_from: str, model_config: bert.BertConfig,
                                  workdir: str | None, remedy: str = "") -> None:
     """A Hugging Face `init_from` whose encoder differs from the model's in shape is refused by
     the warm start, after the corpus is read, a tokenizer made and the text tokenised (minutes
-    on a large corpus): the same refusal, from its config.json alone, before any of that. A run
-    resuming in `workdir` takes no weights from init_from and is not checked; tl_jax workdirs
-    and weights are matched tensor by tensor later, as before."""
+    on a large corpus): the same refusal, from its config.json alone, before any of that; so is
+    a `tl_jax convert` weights folder's (its config.json is tl_jax's own, without HF's
+    model_type). A run resuming in `workdir` takes no weights from init_from and is not
+    checked; tl_jax workdirs are matched tensor by tensor later, as before."""
     from tl_jax.checkpoint import has_saved_step
 
     if not warm_start.is_hf_directory(init_from) or (workdir and has_saved_step(workdir)):
@@ -75,7 +76,10 @@ def check_init_from_architecture(init_from: str, model_config: bert.BertConfig,
     from tl_jax import interop
     from tl_jax.interop import bert as hf_bert
 
-    source = interop.encoder_family_of(init_from).read_hf_config(init_from)
+    if warm_start.is_tl_weights(init_from):
+        source = warm_start.bert_config(init_from)
+    else:
+        source = interop.encoder_family_of(init_from).read_hf_config(init_from)
     # The comparison the warm start's loader (`interop.*.load_flat_params`) makes later.
     diff = hf_bert.architecture_differences(model_config, source)
     if diff:
