@@ -112,6 +112,34 @@ def test_training_in_a_workdir_of_another_task_is_refused_naming_both(tmp_path, 
     assert trained == ["bert_pretrain", "bert_pretrain"]
 
 
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin",
+                                     "params.safetensors"])
+def test_a_model_folder_given_as_workdir_is_left_as_it_is(weights, tmp_path, monkeypatch):
+    # `train` replaced a Hugging Face model's (or `tl_jax convert` output's) config.json with the
+    # run's, and `static` its vocab.txt: --workdir and --config.init_from swapped by mistake.
+    from tl_jax import train
+
+    monkeypatch.setattr(train, "build_trainer", lambda *a: pytest.fail("the run started"))
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    model = tmp_path / "model"
+    model.mkdir()
+    files = {"config.json": '{"model_type": "bert"}', weights: "weights", "vocab.txt": "[PAD]\n"}
+    for name, text in files.items():
+        (model / name).write_text(text)
+    for argv, said in (
+            (["train", "--config=configs/finetune_classify.py:tiny"],
+             f"--workdir={model} holds a model (config.json, {weights}), not a training run: "
+             "training there would overwrite its config.json. Train in a new workdir, with "
+             f"--config.init_from={model} to start from the model; the folder is left as it is."),
+            (["static", "--config=configs/word2vec.py:tiny"],
+             f"{model} holds a model (config.json, {weights}): static vectors would overwrite "
+             "its vocab.txt; use another workdir")):
+        with pytest.raises(SystemExit) as e:
+            main.main(argv + [f"--workdir={model}"])
+        assert str(e.value.code).splitlines()[0] == f"tl_jax: error: {said}"
+        assert {p.name: p.read_text() for p in model.iterdir()} == files
+
+
 @pytest.mark.parametrize("argv, said", [
     (["train", "--config=configs/word2vec.py", "--config.train.steps=3"],
      "--config=configs/word2vec.py is a `tl_jax static` config (method='word2vec': static word "

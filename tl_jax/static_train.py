@@ -613,13 +613,17 @@ def run(config, workdir: str) -> dict:
     """
     import json
 
-    from tl_jax import checkpoint
+    from tl_jax import checkpoint, warm_start
     from tl_jax.evaluation import word_vectors as evaluation
 
     adagrad = check_config(config)
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise ValueError(f"{workdir} is a training workdir (it has checkpoints/): static vectors "
                          f"would overwrite its vocab.txt; use another workdir")
+    weights = warm_start.model_files(workdir)
+    if weights:
+        raise ValueError(f"{workdir} holds a model ({', '.join(['config.json'] + weights)}): "
+                         "static vectors would overwrite its vocab.txt; use another workdir")
     # Outputs of another config would be overwritten, and those of formats not saved now left
     # beside the new ones as if they belonged to them: refused, as train.py refuses to resume.
     # (Not "config.json": that would make the workdir look like a Hugging Face directory.)

@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from tl_jax import checkpoint as ckpt_lib
-from tl_jax import parallel, tasks
+from tl_jax import parallel, tasks, warm_start
 from tl_jax.metrics_writer import MetricsWriter
 from tl_jax.progress import bar as progress_bar, closed_on_error, write as progress_write
 from tl_jax.optim import masks, optimizers, transfer
@@ -907,6 +907,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         # Its vocab.txt (and, for some tasks, more) would be overwritten by this run's.
         raise ValueError(f"{workdir} holds static word vectors (`tl_jax static`); train in "
                          "another workdir")
+    weights = warm_start.model_files(workdir)
+    if weights:
+        # Its config.json (and a fine-tune's vocab.txt) would be replaced by this run's: a
+        # shared model wrecked by swapping --workdir and --config.init_from.
+        raise ValueError(
+            f"--workdir={workdir} holds a model ({', '.join(['config.json'] + weights)}), not a "
+            "training run: training there would overwrite its config.json. Train in a new "
+            f"workdir, with --config.init_from={workdir} to start from the model; the folder is "
+            "left as it is.")
     check_workdir_task(workdir, config.task)
     os.makedirs(workdir, exist_ok=True)
     trainer = build_trainer(config, workdir)

@@ -28,6 +28,22 @@ def is_tl_weights(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "params.safetensors")) and not is_tl_workdir(path)
 
 
+# A model folder's weights, as Hugging Face (safetensors, torch, TF, Flax) and `tl_jax convert`
+# write them.
+MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack",
+                      "params.safetensors")
+
+
+def model_files(path: str) -> list[str]:
+    """The weight files of a model folder (a Hugging Face checkpoint or `tl_jax convert`'s
+    output: config.json and weights, no checkpoints/) in `path`; [] for anything else. A
+    command that writes a workdir refuses one: it would overwrite the model's files."""
+    if not os.path.isfile(os.path.join(path, "config.json")) or is_tl_workdir(path):
+        return []
+    return [name for name in MODEL_WEIGHT_FILES if os.path.exists(os.path.join(path, name))]
+
+
 def is_hf_directory(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json")) and not is_tl_workdir(path)
 
