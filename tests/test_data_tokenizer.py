@@ -470,3 +470,40 @@ def test_batched_ids_are_the_offset_computing_paths_ids(texts, minilm_dir):
             assert want[:30] == [tok.encode(t, add_special_tokens=False).ids for t in texts[:30]]
             assert any(want)
         tok.encode_special_tokens = False
+
+
+def test_a_workdir_gives_its_saved_tokenizer_and_a_config_json_is_named(minilm_dir, tmp_path):
+    """data.tokenizer=WORKDIR reads WORKDIR/tokenizer/, as `tl_jax tokenize --tokenizer=`
+    does; a folder whose tokenizer/ is not a workdir's is pointed to it; a model's config.json
+    (JSON, but no tokenizer) is named as such, not as tokenizers' parse error."""
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    with pytest.raises(TokenizerError) as e:
+        Tokenizer.load(str(workdir))
+    assert str(e.value) == (f"Directory {workdir} holds neither tokenizer.json nor vocab.txt "
+                            "(it is a tl_jax workdir without a saved tokenizer/).")
+    Tokenizer.load(str(minilm_dir)).save(str(workdir / "tokenizer"))
+    loaded = Tokenizer.load(str(workdir))
+    assert loaded.source == str(workdir / "tokenizer" / "tokenizer.json")
+    assert loaded.encode("Emma went") == Tokenizer.load(str(minilm_dir)).encode("Emma went")
+    shutil.rmtree(workdir / "checkpoints")  # a folder with a tokenizer/, not a workdir
+    with pytest.raises(TokenizerError) as e:
+        Tokenizer.load(str(workdir))
+    assert str(e.value) == (f"Directory {workdir} holds neither tokenizer.json nor vocab.txt; "
+                            f"its tokenizer/ holds one: name {workdir / 'tokenizer'}.")
+    config = tmp_path / "model" / "config.json"
+    config.parent.mkdir()
+    shutil.copy(minilm_dir / "config.json", config)
+    with pytest.raises(TokenizerError) as e:
+        Tokenizer.load(str(config))
+    assert str(e.value) == (f"{config} is not a tokenizer file (a tokenizers tokenizer.json or "
+                            "a WordPiece vocab.txt) but JSON of another kind, such as a model's "
+                            "config.json; name the tokenizer the weights were trained with, or "
+                            "the folder holding it")
+    shutil.copy(minilm_dir / "vocab.txt", config.parent / "vocab.txt")
+    with pytest.raises(TokenizerError, match=r"config.json is not a tokenizer file .* name the "
+                                             r"folder that holds the tokenizer, .*model$"):
+        Tokenizer.load(str(config))
+    (tmp_path / "run.json").write_text('{"model": {"size": "mini"}}')  # a run's config
+    with pytest.raises(TokenizerError, match=r"run.json is not a tokenizer file"):
+        Tokenizer.load(str(tmp_path / "run.json"))

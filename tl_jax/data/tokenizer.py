@@ -123,6 +123,25 @@ class TokenizerError(ValueError):
     """A tokenizer file is missing or unusable for BERT pretraining."""
 
 
+def _unreadable_json_message(path: str, error: Exception) -> str:
+    """Why tokenizers could not read the .json file `path`: other JSON (a model's config.json,
+    whose first key tokenizers' reader trips over) is named as not a tokenizer at all."""
+    try:
+        data = json.loads(read_json_text(path))
+    except ValueError:  # not JSON: tokenizers' own words say where
+        return f"Cannot read tokenizer file {path}: {error}"
+    model = data.get("model") if isinstance(data, dict) else None
+    if isinstance(model, dict) and "vocab" in model:  # a tokenizer.json tokenizers rejects
+        return f"Cannot read tokenizer file {path}: {error}"
+    folder = os.path.dirname(path) or "."
+    where = (f"name the folder that holds the tokenizer, {folder}" if any(
+        os.path.isfile(os.path.join(folder, *n)) for n in (
+            ("tokenizer.json",), ("vocab.txt",), ("tokenizer", "tokenizer.json")))
+        else "name the tokenizer the weights were trained with, or the folder holding it")
+    return (f"{path} is not a tokenizer file (a tokenizers tokenizer.json or a WordPiece "
+            f"vocab.txt) but JSON of another kind, such as a model's config.json; {where}")
+
+
 def _bert_pipeline(model: models.Model, lowercase: bool, strip_accents: bool | None = None,
                    tokenize_chinese_chars: bool = True) -> tokenizers.Tokenizer:
     tok = tokenizers.Tokenizer(model)
@@ -343,7 +362,18 @@ class Tokenizer:
             for name in ("tokenizer.json", "vocab.txt"):
                 if os.path.exists(os.path.join(path, name)):
                     return cls.load(os.path.join(path, name), lowercase)
-            raise TokenizerError(f"Directory {path} holds neither tokenizer.json nor vocab.txt.")
+            saved = os.path.join(path, "tokenizer")
+            has_saved = any(os.path.isfile(os.path.join(saved, name))
+                            for name in ("tokenizer.json", "vocab.txt"))
+            workdir = os.path.isdir(os.path.join(path, "checkpoints"))
+            if has_saved and workdir:
+                # A tl_jax workdir: the tokenizer its weights were trained with, as `tl_jax
+                # tokenize --tokenizer=WORKDIR` and fine-tuning's data.tokenizer take it.
+                return cls.load(saved, lowercase)
+            hint = (f"; its tokenizer/ holds one: name {saved}" if has_saved else
+                    " (it is a tl_jax workdir without a saved tokenizer/)" if workdir else "")
+            raise TokenizerError(
+                f"Directory {path} holds neither tokenizer.json nor vocab.txt{hint}.")
         settings = {} if path.endswith(".json") else _vocab_settings(path)
         if lowercase is None and not path.endswith(".json"):
             lowercase = settings.get("do_lower_case", True)
@@ -353,7 +383,7 @@ class Tokenizer:
             try:
                 tok = tokenizers.Tokenizer.from_str(read_json_text(path))
             except Exception as e:  # tokenizers raises a bare Exception on bad JSON.
-                raise TokenizerError(f"Cannot read tokenizer file {path}: {e}") from None
+                raise TokenizerError(_unreadable_json_message(path, e)) from None
             apply_normalizer_settings(tok, normalizer_settings(os.path.dirname(path)))
             return cls(tok, source=path)
         return cls.from_vocab(path, lowercase, strip_accents=settings.get("strip_accents"),
