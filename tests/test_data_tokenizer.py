@@ -507,3 +507,18 @@ def test_a_workdir_gives_its_saved_tokenizer_and_a_config_json_is_named(minilm_d
     (tmp_path / "run.json").write_text('{"model": {"size": "mini"}}')  # a run's config
     with pytest.raises(TokenizerError, match=r"run.json is not a tokenizer file"):
         Tokenizer.load(str(tmp_path / "run.json"))
+
+
+def test_model_weights_without_a_tokenizer_are_named(tmp_path):
+    """A `tl_jax convert` output of a Hugging Face folder without tokenizer files: weights and
+    config.json, no vocabulary. It said only "holds neither tokenizer.json nor vocab.txt"."""
+    weights = tmp_path / "notok_tl"
+    weights.mkdir()
+    (weights / "config.json").write_text('{"vocab_size": 30522}')
+    (weights / "params.safetensors").write_bytes(b"")
+    with pytest.raises(TokenizerError) as e:
+        Tokenizer.load(str(weights))
+    assert str(e.value) == (f"Directory {weights} holds a model (config.json) but no tokenizer "
+                            "(neither tokenizer.json nor vocab.txt): name the tokenizer its "
+                            "weights were trained with (a tokenizer.json, a vocab.txt or the "
+                            "folder holding one)")

@@ -372,6 +372,13 @@ class Tokenizer:
                 return cls.load(saved, lowercase)
             hint = (f"; its tokenizer/ holds one: name {saved}" if has_saved else
                     " (it is a tl_jax workdir without a saved tokenizer/)" if workdir else "")
+            if not hint and os.path.isfile(os.path.join(path, "config.json")):
+                # Weights without their vocabulary (a `tl_jax convert` of a Hugging Face
+                # folder that had no tokenizer files): which tokenizer fits is not for us to say.
+                raise TokenizerError(
+                    f"Directory {path} holds a model (config.json) but no tokenizer (neither "
+                    "tokenizer.json nor vocab.txt): name the tokenizer its weights were trained "
+                    "with (a tokenizer.json, a vocab.txt or the folder holding one)")
             raise TokenizerError(
                 f"Directory {path} holds neither tokenizer.json nor vocab.txt{hint}.")
         settings = {} if path.endswith(".json") else _vocab_settings(path)
