@@ -192,6 +192,11 @@ def test_bad_output_and_empty_input(minilm, tmp_path):
     with pytest.raises(ValueError, match="is the input file"):  # as predict refuses it
         extract.run(minilm, str(lines), str(lines))
     assert lines.read_text() == "a text\n"
+    # Nor a file of init_from's folder (a fine-tuned run's labels, its metrics).
+    for name in ("labels.jsonl", "metrics.jsonl"):
+        with pytest.raises(ValueError, match=rf"--output=.*{name} would replace .*{name}, which "
+                                             r"the model in .* holds \(extract reads it\)"):
+            extract.run(minilm, str(lines), f"{minilm}/{name}")
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"text": "a text"}\n')
     with pytest.raises(ValueError, match="corpus.jsonl: extract reads plain text"):

@@ -679,8 +679,9 @@ def test_output_keeps_the_completions_done_before_an_interruption(tmp_path, monk
                               batch_size=2, output=str(out))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == prompts[:4]
-    # A run to the end writes every result, as before.
+    # A run to the end writes every result, as before; a folder not made yet is made.
     monkeypatch.setattr(Generator, "generate", real)
+    out = tmp_path / "new" / "folder" / "out.jsonl"
     done = generate.run_generate(str(tmp_path / "model"), prompts=prompts, max_new_tokens=4,
                                  batch_size=2, output=str(out))
     assert [json.loads(line) for line in out.read_text().splitlines()] == done
@@ -855,7 +856,10 @@ def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
         (dict(choices=[" a"]), "are for mode=score"),
         (dict(mode="score", choices=[" a", " b"], labels=["x"]), "1 labels for 2 choices"),
         (dict(mode="score", choices=[" a", " b"], labels=["x", "x"]), "repeat a label"),
-        (dict(output=str(tmp_path / "nowhere" / "out.jsonl")), "folder of output"),
+        (dict(output=str(tmp_path)), "is a directory; name a file"),
+        # A file of the model's folder (its config.json was replaced, the model lost).
+        (dict(output=str(tmp_path / "no_model" / "config.json")),
+         r"would replace .*config.json, which the model in .*no_model holds \(generate reads"),
     ]
     for kwargs, message in cases:
         with pytest.raises((ValueError, FileNotFoundError), match=message):
@@ -864,6 +868,9 @@ def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
     bad.write_text('{"text": "fine"}\n"just a string"\n')
     with pytest.raises(DataFormatError, match=r"bad.jsonl:2: expected a JSON object"):
         generate.run_generate(missing, prompt_file=str(bad))
+    with pytest.raises(ValueError, match=r"--output=.*bad.jsonl is the input file"):
+        generate.run_generate(missing, prompt_file=str(bad), output=str(bad))
+    assert bad.read_text() == '{"text": "fine"}\n"just a string"\n'
     nulls = tmp_path / "nulls.jsonl"  # read as the prompts "None" and "['a', 'b']" before
     for row, message in (('{"text": null}', "field 'text' is null"),
                          ('{"text": ["a", "b"]}', "field 'text' must be a string")):

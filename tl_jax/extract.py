@@ -195,8 +195,9 @@ def run(init_from: str, input_path: str, output_path: str, layers: str = "last",
     """The `tl_jax extract` command: reads `input_path`, writes `output_path` (.npz or .jsonl)."""
     if not output_path.endswith((".npz", ".jsonl")):
         raise ValueError(f"--output={output_path!r} must end in .npz or .jsonl")
-    if os.path.exists(input_path) and os.path.realpath(output_path) == os.path.realpath(input_path):
-        raise ValueError(f"--output={output_path} is the input file; choose another path")
+    # Not the input file, nor a file of init_from's run or model (its labels, config, weights).
+    from tl_jax import predict
+    predict.check_output(output_path, input_path, init_from, command="extract")
     if input_path.endswith((".jsonl", ".json")):
         # Each line would be encoded as it stands, braces, keys and all.
         raise ValueError(f"--input={input_path}: extract reads plain text, one text per line, "

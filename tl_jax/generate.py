@@ -704,8 +704,10 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
             raise ValueError(f"generate: {len(labels)} labels for {len(choices)} choices")
         if len(set(labels)) != len(labels):
             raise ValueError(f"generate: labels {labels} repeat a label")
-    if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        raise FileNotFoundError(f"generate: the folder of output={output!r} does not exist")
+    if output:  # not the prompt file, nor a file of the model's folder (its config.json)
+        from tl_jax import predict
+        predict.check_output(output, paths.expand(prompt_file) if prompt_file else "",
+                             model_dir, command="generate")
 
     # -- prompts ---------------------------------------------------------------------------------
     records = [{"text": p} for p in prompts]
@@ -767,6 +769,7 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
         results.append(result)
         if output:
             if sink is None:
+                os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
                 sink = open(output, "w", encoding="utf-8")
             sink.write(json.dumps(result, ensure_ascii=False) + "\n")
             sink.flush()

@@ -73,6 +73,12 @@ def check_workdir(workdir: str) -> dict:
 # What `tl_jax train` writes in a workdir besides checkpoints/: predictions must not replace them.
 RUN_FILES = ("config.json", "labels.jsonl", "metrics.jsonl", "summary.json", "vocab.txt")
 RUN_DIRS = ("tokenizer", "tensorboard")
+# What a model folder (Hugging Face's, or `tl_jax convert`'s output) holds besides config.json
+# and vocab.txt: `generate` and `extract` read them, so their outputs must not replace them.
+MODEL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "vocab.json", "merges.txt", "model.safetensors", "model.safetensors.index.json",
+               "pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5",
+               "flax_model.msgpack", "params.safetensors")
 
 
 def nbest_path(output: str) -> str:
@@ -90,10 +96,12 @@ def check_outputs(output: str, input_spec: str, workdir: str, task: str) -> None
                      what=f"--output={output}'s n-best file {nbest_path(output)}")
 
 
-def check_output(output: str, input_spec: str, workdir: str, what: str = "") -> None:
+def check_output(output: str, input_spec: str, workdir: str, what: str = "",
+                 command: str = "predict") -> None:
     """The output must not overwrite the input, land among the run's checkpoints, or replace a
-    file the run wrote (its config, label list, metrics, tokenizer). `what` names the file in
-    the messages (default `--output=OUTPUT`)."""
+    file the run wrote (its config, label list, metrics, tokenizer) or a model folder's file
+    (its weights, tokenizer). `what` names the file in the messages (default
+    `--output=OUTPUT`); `command` the command that reads them (`generate`, `extract`)."""
     what = what or f"--output={output}"
     out = os.path.realpath(output)
     if os.path.exists(input_spec) and out == os.path.realpath(input_spec):
@@ -103,11 +111,13 @@ def check_output(output: str, input_spec: str, workdir: str, what: str = "") -> 
         raise ValueError(f"{what} is inside {checkpoints}, which the run's "
                          "checkpoint manager owns; write it elsewhere (e.g. WORKDIR/predictions/)")
     root = os.path.realpath(workdir)
-    run_files = [os.path.join(root, name) for name in RUN_FILES]
+    run_files = [os.path.join(root, name) for name in RUN_FILES + MODEL_FILES]
     run_dirs = [os.path.join(root, name) for name in RUN_DIRS]
     if out in run_files or any(out == d or out.startswith(d + os.sep) for d in run_dirs):
-        raise ValueError(f"{what} would replace {out}, which the run in {workdir} "
-                         "wrote (predict reads it); write it elsewhere (e.g. WORKDIR/predictions/)")
+        held = (f"the run in {workdir} wrote" if os.path.isdir(checkpoints)
+                else f"the model in {workdir} holds")
+        raise ValueError(f"{what} would replace {out}, which {held} ({command} reads it); "
+                         "write it elsewhere (e.g. WORKDIR/predictions/)")
     if os.path.isdir(output):
         raise ValueError(f"{what} is a directory; name a file")
 
