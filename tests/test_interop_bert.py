@@ -1045,3 +1045,37 @@ def test_convert_of_a_hf_directory_without_tokenizer_files_says_the_output_has_n
         ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(62)]) + "\n")
     convert.convert(path, tmp_path / "tl2", "hf_to_tl")
     assert "Note:" not in capsys.readouterr().out and (tmp_path / "tl2" / "vocab.txt").exists()
+
+
+def test_convert_of_a_bilm_or_static_workdir_says_it_has_no_hf_layout(tmp_path):
+    # A biLM run failed deep in the export: "expected exactly one BERT encoder in the param tree
+    # (...), found 0: []"; a static-vectors workdir as "is not a tl_jax weights directory".
+    hf = tmp_path / "hf"
+    transformers.BertModel(transformers.BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=8)).save_pretrained(hf)
+    (hf / "vocab.txt").write_text("\n".join(f"t{i}" for i in range(30)) + "\n")
+    workdir = tmp_path / "elmo"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "config.json").write_text('{"task": "bilm"}')
+    with pytest.raises(ValueError) as e:
+        convert.convert(workdir, hf, "tl_to_hf")
+    assert str(e.value) == (
+        f"convert: {workdir} was trained with task='bilm' (an ELMo-style biLM), which has no "
+        "Hugging Face layout; convert exports BERT (bert_pretrain and BERT fine-tuning runs), "
+        "ELECTRA (electra) and GPT (clm) runs. A biLM's ELMo features are used from Python: "
+        "load_elmo, ElmoEncoder and ElmoClassifier in tl_jax.elmo_features.")
+    assert (hf / "vocab.txt").exists()  # refused before an earlier export's files are removed
+    static = tmp_path / "w2v"
+    static.mkdir()
+    (static / "static_config.json").write_text("{}")
+    (static / "vocab.txt").write_text("the\n")
+    for direction in convert.DIRECTIONS:
+        with pytest.raises(ValueError) as e:
+            convert.convert(static, tmp_path / "out", direction)
+        assert str(e.value) == (
+            f"convert: {static} holds static word vectors (`tl_jax static`), not a model "
+            "checkpoint, and has no Hugging Face layout: its vectors.* files are already "
+            "word2vec/GloVe formats that gensim reads")
+    assert not (tmp_path / "out").exists()
+

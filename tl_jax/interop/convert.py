@@ -241,6 +241,10 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
         raise FileNotFoundError(f"convert: input {src} does not exist")
     if src.resolve() == dst.resolve():
         raise ValueError(f"convert: source and destination are the same directory {src}")
+    if (src / "static_config.json").is_file():
+        raise ValueError(f"convert: {src} holds static word vectors (`tl_jax static`), not a "
+                         "model checkpoint, and has no Hugging Face layout: its vectors.* files "
+                         "are already word2vec/GloVe formats that gensim reads")
     if is_trainer_workdir(src):
         # Exporting into the run's own tokenizer or checkpoint folders would overwrite files
         # the run still reads (the tokenizer would be copied onto itself).
@@ -254,6 +258,8 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
     if is_trainer_workdir(dst):
         raise ValueError(f"convert: destination {dst} is a `tl_jax train` workdir; writing there "
                          "would overwrite its run's config.json. Choose a new directory.")
+    if direction == "tl_to_hf" and is_trainer_workdir(src):
+        _check_exportable(src)
     if check_destination(dst, direction):
         # An earlier export's tokenizer files go with it: one this export does not write (a
         # tokenizer.json beside a new vocab.txt) would be loaded instead of the new one, by
@@ -367,9 +373,6 @@ def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
     if task == "electra":
         _export_electra_workdir(src, dst, run_config)
         return
-    if task == "lm_classify":
-        raise ValueError(f"convert: {src} is a GPT classifier (task lm_classify), which has no "
-                         "GPT-2 layout; export the clm workdir its LM came from")
     flat, step = checkpoint.load_params_from_workdir(str(src))
     model = run_config.get("model", {}) if isinstance(run_config.get("model"), dict) else {}
     extra = {k: model[k] for k in ("hidden_act", "layer_norm_eps", "dropout_rate",
@@ -388,6 +391,23 @@ def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
     hf_bert.export(params, config, dst, with_heads=has_heads, tokenizer=tokenizer)
     print(f"[convert] {src} step {step}: BERT {config.num_layers}x{config.hidden_size}, "
           f"{'with' if has_heads else 'without'} MLM/NSP heads")
+
+
+def _check_exportable(src: pathlib.Path) -> None:
+    """Refuses, before anything is written or removed, a workdir whose task has no Hugging Face
+    layout (`_export_trainer_workdir` would find no BERT encoder in it)."""
+    from tl_jax import checkpoint
+
+    task = checkpoint.load_run_config(str(src)).get("task")
+    if task == "lm_classify":
+        raise ValueError(f"convert: {src} is a GPT classifier (task lm_classify), which has no "
+                         "GPT-2 layout; export the clm workdir its LM came from")
+    if task == "bilm":
+        raise ValueError(f"convert: {src} was trained with task='bilm' (an ELMo-style biLM), "
+                         "which has no Hugging Face layout; convert exports BERT (bert_pretrain "
+                         "and BERT fine-tuning runs), ELECTRA (electra) and GPT (clm) runs. A "
+                         "biLM's ELMo features are used from Python: load_elmo, ElmoEncoder and "
+                         "ElmoClassifier in tl_jax.elmo_features.")
 
 
 def _workdir_tokenizer(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path | None:
