@@ -1079,3 +1079,37 @@ def test_convert_of_a_bilm_or_static_workdir_says_it_has_no_hf_layout(tmp_path):
             "word2vec/GloVe formats that gensim reads")
     assert not (tmp_path / "out").exists()
 
+
+def test_convert_refuses_to_replace_an_export_of_another_model_family(tmp_path, capsys):
+    # A GPT-2 export replaced by a BERT one was only noted ("already holds a Hugging Face
+    # checkpoint ... replacing it"): the folder then held another model under its name.
+    gpt = tmp_path / "gpt_hf"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
+        eos_token_id=0)).save_pretrained(gpt)
+    hf = tmp_path / "bert_hf"
+    transformers.BertModel(transformers.BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=8)).save_pretrained(hf)
+    (hf / "vocab.txt").write_text("\n".join(f"t{i}" for i in range(30)) + "\n")
+    gpt_tl = convert.convert(gpt, tmp_path / "gpt_tl")
+    bert_tl = convert.convert(hf, tmp_path / "tl")
+    out = convert.convert(gpt_tl, tmp_path / "out", "tl_to_hf")
+    (out / "vocab.json").write_text("{}")  # an earlier export's tokenizer file
+    before = (out / "config.json").read_text()
+    capsys.readouterr()
+    with pytest.raises(ValueError) as e:
+        convert.convert(bert_tl, out, "tl_to_hf")
+    assert str(e.value) == (
+        f"convert: destination {out} holds a Hugging Face checkpoint of another model family "
+        "(GPT-2, model_type 'gpt2') than this export (BERT, model_type 'bert'); replacing it "
+        "would put another model under its name. Choose a new directory.")
+    assert (out / "config.json").read_text() == before and (out / "vocab.json").exists()
+    assert "replacing it" not in capsys.readouterr().out
+    # hf_to_tl alike: tl_jax GPT-2 weights are not replaced by BERT ones.
+    with pytest.raises(ValueError, match=r"holds tl_jax weights of another model family \(GPT-2, "
+                                         r"model_type 'gpt2'\) than this export \(BERT"):
+        convert.convert(hf, gpt_tl, "hf_to_tl")
+    # The same family is replaced, as before, with a note.
+    convert.convert(gpt_tl, out, "tl_to_hf")
+    assert "replacing it" in capsys.readouterr().out

@@ -260,7 +260,7 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
                          "would overwrite its run's config.json. Choose a new directory.")
     if direction == "tl_to_hf" and is_trainer_workdir(src):
         _check_exportable(src)
-    if check_destination(dst, direction):
+    if check_destination(dst, direction, src):
         # An earlier export's tokenizer files go with it: one this export does not write (a
         # tokenizer.json beside a new vocab.txt) would be loaded instead of the new one, by
         # transformers and tl_jax alike, and give another vocabulary's ids.
@@ -310,15 +310,17 @@ def convert(src, dst, direction: str = "hf_to_tl") -> pathlib.Path:
     return dst
 
 
-def check_destination(dst: pathlib.Path, direction: str) -> bool:
+def check_destination(dst: pathlib.Path, direction: str, src=None) -> bool:
     """Refuses a destination convert would spoil, and says when it replaces an earlier export
     (then returns True).
 
     A missing or empty folder is written as it is. One holding a checkpoint of the kind this
     direction writes (tl_jax weights for hf_to_tl, a Hugging Face checkpoint for tl_to_hf: an
-    earlier conversion, typically) gets its files replaced, and convert says so first. Anything
-    else is refused: another kind of checkpoint (its config.json would be overwritten, leaving
-    weights that no longer load), or a folder of other files (they would be mixed with the
+    earlier conversion, typically) of the same model family as `src`'s export gets its files
+    replaced, and convert says so first. Anything else is refused: another kind of checkpoint
+    (its config.json would be overwritten, leaving weights that no longer load), one of another
+    family (a GPT-2 export replaced by a BERT one: the folder's name, and whatever reads it,
+    would then mean another model), or a folder of other files (they would be mixed with the
     export's)."""
     if dst.exists() and not dst.is_dir():
         raise ValueError(f"convert: destination {dst} is a file; give a directory to write to")
@@ -338,6 +340,12 @@ def check_destination(dst: pathlib.Path, direction: str) -> bool:
     if held != writes:
         raise ValueError(f"convert: destination {dst} holds {held}, whose config.json this "
                          f"{direction} conversion would overwrite. Choose a new directory.")
+    old, new = _held_family(dst), (_export_family(src, direction) if src else None)
+    if old and new and old != new:
+        raise ValueError(f"convert: destination {dst} holds {held} of another model family "
+                         f"({_FAMILY_NAMES.get(old, old)}, model_type {old!r}) than this export "
+                         f"({_FAMILY_NAMES.get(new, new)}, model_type {new!r}); replacing it "
+                         "would put another model under its name. Choose a new directory.")
     # The same kind: an earlier export, replaced. Its tokenizer files are removed (`convert`);
     # other files this export does not write (a generator/ of an ELECTRA pair) stay, so they
     # are named.
@@ -345,6 +353,44 @@ def check_destination(dst: pathlib.Path, direction: str) -> bool:
           "files this export writes are overwritten and the old tokenizer files removed, any "
           "others stay as they are.", flush=True)
     return True
+
+
+_FAMILY_NAMES = {"bert": "BERT", "electra": "ELECTRA", "gpt2": "GPT-2"}
+
+
+def _held_family(dst: pathlib.Path) -> str | None:
+    """The model family of the checkpoint in `dst`: its tl_jax config.json's "family", or a
+    Hugging Face config.json's "model_type"; None when it does not say."""
+    try:
+        meta = json.loads((dst / TL_CONFIG).read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    name = meta.get("family") if is_tl_dir(dst) else meta.get("model_type")
+    return name if isinstance(name, str) else None
+
+
+def _export_family(src: pathlib.Path, direction: str) -> str | None:
+    """The model family (`_held_family`'s name) converting `src` in `direction` writes; None
+    when that cannot be told before converting (a broken source is named by the conversion)."""
+    try:
+        if direction == "hf_to_tl":
+            return interop.model_type(src)
+        if is_trainer_workdir(src):
+            from tl_jax import checkpoint
+
+            task = checkpoint.load_run_config(str(src)).get("task")
+            if task in ("clm", "electra"):
+                return {"clm": "gpt2", "electra": "electra"}[task]
+            shapes, _ = checkpoint.param_shapes_from_workdir(str(src))
+            # A factorised BERT encoder exports as an ElectraModel (`_export_factorised_encoder`).
+            factorised = any(p.endswith("embeddings_project/kernel") for p in shapes)
+            return "electra" if factorised else "bert"
+        config, family = load_tl_config(src)
+        return "electra" if family == "bert" and config.factorised else family
+    except Exception:  # noqa: BLE001 - only a refusal's wording depends on it
+        return None
 
 
 def is_trainer_workdir(directory) -> bool:
