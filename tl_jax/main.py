@@ -26,6 +26,7 @@ its checkpoint saved: the same command resumes it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 
@@ -362,6 +363,42 @@ SCRIPT_INTERRUPTED_NOTE = (" Results and checkpoints already written are intact:
                            "command again to go on from them.")
 
 
+@contextlib.contextmanager
+def _ctrl_c_not_lost_in_callbacks():
+    """Ctrl-C that lands in a callback whose exceptions Python only reports ("Exception ignored
+    in: ...", as jax's garbage-collection callback, which runs whenever a command allocates
+    many objects) is delivered again, to the code that runs next: `tl_jax tokenize` went on to
+    the end, exit 0, after 7 of 10 Ctrl-Cs. Other such exceptions are reported as before."""
+    import _thread
+    import threading
+
+    previous = sys.unraisablehook
+    pending = threading.Event()
+
+    def deliver():
+        if pending.is_set():
+            pending.clear()
+            _thread.interrupt_main()  # as a Ctrl-C: the SIGINT handler in force runs
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # From another thread, a moment later: delivered from here, it is raised in this
+            # hook, whose exceptions are ignored too.
+            pending.set()
+            threading.Timer(0.05, deliver).start()
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+        if pending.is_set():  # the command ended before the Ctrl-C came again
+            pending.clear()
+            raise KeyboardInterrupt
+    finally:
+        sys.unraisablehook = previous
+
+
 def run_script(main_fn, prog: str, interrupted_note: str = SCRIPT_INTERRUPTED_NOTE,
                error_hint: str = "") -> None:
     """Runs `main_fn` (the `tl_jax` command, or a script in experiments/) with the CLI's
@@ -377,7 +414,8 @@ def run_script(main_fn, prog: str, interrupted_note: str = SCRIPT_INTERRUPTED_NO
 
     from tl_jax.config import ConfigError
     try:
-        main_fn()
+        with _ctrl_c_not_lost_in_callbacks():
+            main_fn()
     except ConfigError as e:
         sys.exit(f"{prog}: config error: {e}")
     except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
