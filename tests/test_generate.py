@@ -1061,3 +1061,32 @@ def test_an_empty_prompt_completes_from_endoftext_alone(tmp_path):
         [[tok.eos_id]], 6, Sampling(), [])[0]
     assert out[0]["prompt"] == "" and out[0]["completion"] == tok.decode(want)
     assert len(want) == 6 and "prompt_tokens_cut" not in out[0]
+
+
+@pytest.mark.parametrize("label_field, rows, noted", [
+    ("lbl", [{"text": "a"}, {"text": "b", "label": "pos"}], True),  # named, in no row
+    ("lbl", [{"text": "a"}, {"text": "b", "lbl": ""}], False),  # in a row (blank there)
+    ("label", [{"text": "a"}], False),  # the default: an unlabelled file stays silent
+])
+def test_score_mode_notes_a_named_label_field_that_no_row_has(tmp_path, monkeypatch, capsys,
+                                                               label_field, rows, noted):
+    """`--mode=score --label_field=lbl` over a file without `lbl` skipped accuracy without a
+    word."""
+    import json
+
+    prompt_file = tmp_path / "prompts.jsonl"
+    prompt_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    class Loaded(Exception):
+        pass
+
+    def load_model(model_dir):
+        raise Loaded
+    monkeypatch.setattr(generate, "load_model", load_model)
+    with pytest.raises(Loaded):
+        generate.run_generate(str(tmp_path), mode="score", prompt_file=str(prompt_file),
+                              label_field=label_field, choices=[" pos", " neg"])
+    err = capsys.readouterr().err
+    assert (f"has no field {label_field!r}, so no accuracy is computed" in err) == noted, err
+    if noted:
+        assert err.count("\n") == 1

@@ -614,7 +614,8 @@ def _prompt_rows(name: str, path: str, suffix: str, text_field: str,
             gold = row.get(label_field)
             gold = None if gold is None else label_text(gold)
             records.append({"text": _text(row[text_field], name, lineno, text_field),
-                            "label": gold or None})  # a blank CSV cell: unlabelled
+                            "label": gold or None,  # a blank CSV cell: unlabelled
+                            "has_label_field": label_field in row})
     except UnicodeDecodeError as e:
         raise DataFormatError.not_utf8(path, e) from None
     return records
@@ -640,7 +641,8 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
       model) keeps its end; a warning says so, and its result records `prompt_tokens_cut`.
     mode="score": for each prompt, the log-likelihood of each of `choices` as its continuation;
       the prediction is the most likely choice (zero-shot classification). If the prompt file
-      has `label_field`, accuracy over the examples is printed too; `labels` names the label
+      has `label_field`, accuracy over the examples is printed too (a note says so where a
+      `label_field` other than "label" is in none of its rows); `labels` names the label
       each choice stands for (e.g. choices " good", " bad" for labels pos, neg), else a choice
       is its own label (without surrounding spaces). Every gold label must be one of them.
 
@@ -748,6 +750,14 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
                                 "no rows" if suffix == ".jsonl" else
                                 "it is empty or all its lines are blank") + ")")
         raise ValueError("generate: no prompts (give --prompt or --prompt_file)")
+    if mode == "score" and prompt_file and label_field != "label" and not any(
+            r.get("has_label_field") for r in records):
+        # A --label_field the user named, in no row: accuracy was skipped without a word
+        # (the default "label" stays silent, for an unlabelled prompt file).
+        print(f"[generate] note: {prompt_file} has no field {label_field!r}"
+              + ("" if suffix in (".jsonl", ".csv", ".tsv") else
+                 " (a plain-text prompt file has no fields)")
+              + ", so no accuracy is computed", file=sys.stderr, flush=True)
     if mode == "score":
         unknown = sorted({r["label"] for r in records if r.get("label") is not None}
                          - set(labels))
