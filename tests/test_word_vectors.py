@@ -534,8 +534,9 @@ def test_glove_c_with_its_default_rate_trains_on_real_data_and_saves_the_rate(
     assert np.isfinite(scores["final_loss"])
     saved = json.loads((tmp_path / "static_config.json").read_text())
     assert saved["glove"]["learning_rate"] == 0.05
-    assert "glove: AdaGrad rule glove_c, learning_rate 0.05 (the rule's default)" in (
-        capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert "glove: AdaGrad rule glove_c, learning_rate 0.05 (the rule's default)" in out
+    assert "done: glove 1 epoch in " in out, out  # not "1 epochs"
     again = static_train.run(config_lib.load_config(
         f"{path}:tiny", overrides + ["glove.learning_rate=0.05"]), str(tmp_path))
     assert again["final_loss"] == scores["final_loss"]
@@ -560,6 +561,7 @@ def test_tiny_configs_run_end_to_end(data_dir, tmp_path, name, capsys, monkeypat
     assert re.search(rf"^\[{name}\] Reading \$TL_JAX_DATA_DIR/austen.jsonl,\S+: \(\d+\.\ds\)\n"
                      rf"{name}: 400 text units, [\d,]+ words, vocabulary [\d,]+ \(min_count 2\)$",
                      out, re.M), out
+    assert f"done: {name} 2 epochs in " in out, out
     for epoch in (1, 2):
         assert re.search(rf"^\[{name} epoch {epoch}/2\] step (\d+)/\1 \(100%\) \| done in", err,
                          re.M), err

@@ -687,6 +687,7 @@ def run(config, workdir: str) -> dict:
     elif eval_dir:
         print(f"no evaluation files under {eval_dir}; skipping word similarity and analogies")
     _write_scores(workdir, scores)
-    print(f"done: {config.method} {config.epochs} epochs in {stats['seconds']:.1f}s | final loss "
+    epochs = f"{config.epochs} epoch{'' if config.epochs == 1 else 's'}"  # not "1 epochs"
+    print(f"done: {config.method} {epochs} in {stats['seconds']:.1f}s | final loss "
           f"{scores['final_loss']:.4f} | vectors in {workdir}", flush=True)
     return scores
