@@ -290,3 +290,27 @@ def test_source_files_are_read_as_the_corpus_reader_reads_them(data_dir, tmp_pat
     with pytest.raises(readers.DataFormatError, match="austen.jsonl:801"):
         tb.silver_path("names", "train")
     assert os.listdir(tmp_path / "tasks") == []
+
+
+@pytest.mark.parametrize("earlier, now, noted", [("1.1", "2.0", True), ("2.0", "1.1", True),
+                                                 ("1.1", "1.1", False), (None, "2.0", False)])
+def test_build_tasks_notes_an_earlier_build_of_another_qa_version_it_replaces(
+        tmp_path, monkeypatch, capsys, earlier, now, noted):
+    """`tl_jax build_tasks --qa_version=2.0` over a SQuAD v1.1 build replaced it without a note."""
+    import json
+
+    out = tmp_path / "out"
+    if earlier:
+        out.mkdir()
+        (out / "manifest.json").write_text(json.dumps({"cloze_qa": {"version": earlier}}))
+
+    def build_all(out_dir, data_dir, qa_version):
+        raise RuntimeError("stop here")  # the note comes before the build
+
+    monkeypatch.setattr(tb, "build_all", build_all)
+    with pytest.raises(RuntimeError, match="stop here"):
+        tb.run(str(out), qa_version=now)
+    printed = capsys.readouterr().out
+    note = (f"[tasks] note: {out} holds a build with cloze_qa as SQuAD v{earlier}; it is "
+            f"replaced by this one (cloze_qa as SQuAD v{now})\n")
+    assert (note in printed) == noted, printed

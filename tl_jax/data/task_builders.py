@@ -333,12 +333,28 @@ def run(out_dir: str, data_dir: str | None = None, qa_version: str = "1.1") -> d
     # The build reads and tags every paragraph of the shared text before it has counts to print
     # (about 10 s on a laptop CPU): said first, so the command is not taken for a hung one.
     print(f"[tasks] Building the silver tasks (names, cloze_qa) into {out_dir}...", flush=True)
+    earlier = _built_qa_version(out_dir)
+    if earlier is not None and earlier != qa_version:
+        # A build over one of another SQuAD version replaced it without a word.
+        print(f"[tasks] note: {out_dir} holds a build with cloze_qa as SQuAD v{earlier}; it is "
+              f"replaced by this one (cloze_qa as SQuAD v{qa_version})", flush=True)
     manifest = build_all(out_dir, data_dir, qa_version=qa_version)
     for task in ("names", "cloze_qa"):
         for split in SPLITS:
             info = {k: v for k, v in manifest[task][split].items() if k not in ("path", "md5")}
             print(f"{task}/{split}: {info}")
     return manifest
+
+
+def _built_qa_version(out_dir: str) -> str | None:
+    """The cloze_qa SQuAD version of an earlier build in `out_dir` (its manifest.json), or None
+    where there is none (or no manifest that says it)."""
+    try:
+        version = json.loads((pathlib.Path(out_dir) / "manifest.json").read_text())[
+            "cloze_qa"]["version"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return version if isinstance(version, str) else None
 
 
 def cache_dir() -> pathlib.Path:
