@@ -810,3 +810,19 @@ def test_mfu_counts_no_backward_below_the_lowest_trained_group(rules, share):
     task.flops_count_frozen = True  # the probes and distillation count their frozen part
     assert train.frozen_flops_share(task, trainer) == 1.0
     assert train.frozen_flops_share(types.SimpleNamespace(), trainer) == 1.0
+
+
+def test_stages_past_the_last_step_are_a_transfer_note_not_a_root_logger_warning(capsys, caplog):
+    """Stages that never run came out as `WARNING root: transfer: ...` (Python logging), unlike
+    the `[transfer] ...` lines of the rest of the plan."""
+    tc, oc = configs(strategy="gradual_unfreezing", stage_steps=5)
+    with caplog.at_level("WARNING"):
+        plan = transfer.build_transfer_optimizer(toy_params(), tc, oc, 12, 5)
+    assert [s.start_step for s in plan.stages] == [0, 5, 10, 15, 20]
+    assert not caplog.records
+    assert capsys.readouterr().out == (
+        "[transfer] warning: 5 stages of 5 steps do not fit in 12 training steps; the last 2 "
+        "stages will never run.\n")
+    transfer.build_transfer_optimizer(toy_params(), configs(
+        strategy="gradual_unfreezing", stage_steps=2)[0], oc, 12, 5)
+    assert capsys.readouterr().out == ""  # every stage runs: no word

@@ -48,7 +48,6 @@ get -0.0 updates.
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import numbers
 import re
@@ -181,7 +180,7 @@ class TransferPlan:
 
         plan = build_transfer_optimizer(params, config.transfer, config.optimizer,
                                         total_steps, steps_per_epoch)
-        logging.info(plan.summary())
+        print(plan.summary())
         opt_state = plan.init(params)                       # same structure in every stage
         stage = plan.stage_for_step(step)                   # after a restore too
         # one jitted step per stage; `stage` is a Python int closed over (static):
@@ -251,9 +250,13 @@ class TransferPlan:
             raise ValueError("every parameter is frozen by the transfer rules; nothing to train.")
         self.stages = make_stages(cfg.strategy, trainable_groups, steps)
         if self.stages[-1].start_step >= self.total_steps:
-            logging.warning("transfer: %d stages of %d steps do not fit in %d training steps; "
-                            "the last stages will never run.", len(self.stages), steps,
-                            self.total_steps)
+            # Printed as the plan's summary is (it came through the root logger as
+            # "WARNING root: transfer: ...", unlike every other note of the run).
+            never = sum(s.start_step >= self.total_steps for s in self.stages)
+            if jax.process_index() == 0:
+                print(f"[transfer] warning: {len(self.stages)} stages of {steps} steps do not "
+                      f"fit in {self.total_steps} training steps; the last {never} "
+                      f"stage{'' if never == 1 else 's'} will never run.", flush=True)
         # Paths in the optimizer's tree: trainable by rule and in some stage's groups.
         staged = frozenset().union(*(s.groups for s in self.stages))
         self.optimizer_mask = {p: i.setting.trainable and i.group in staged
