@@ -848,6 +848,52 @@ def test_a_fine_tuning_tokenizer_vocab_size_too_small_names_the_key():
         downstream.Encoder.from_config(config, ["some text"] * 10)
 
 
+
+def _tokenizerless_bert(directory, tokenizer):
+    """A Hugging Face BERT folder of `tokenizer`'s vocabulary size with random weights and no
+    tokenizer files (as `tl_jax convert` leaves one whose source had none)."""
+    import flax.linen as nn
+    import jax
+
+    from tl_jax.interop import bert as hf_bert
+    from tl_jax.models import bert
+
+    config = bert.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=8, num_layers=1,
+                             num_heads=2, intermediate_size=8, max_position_embeddings=64)
+    params = nn.unbox(bert.BertModel(config).init(
+        jax.random.PRNGKey(0), np.zeros((1, 4), np.int32))["params"])
+    hf_bert.export(jax.tree_util.tree_map(np.asarray, params), config, directory,
+                   with_heads=False, tokenizer=None)
+    return str(directory)
+
+
+def test_an_init_from_without_a_tokenizer_names_data_tokenizer(tmp_path):
+    """init_from, a model folder with weights but no tokenizer (a `tl_jax convert` of a Hugging
+    Face folder that had none), failed with the tokenizer loader's "Directory X holds a model
+    (config.json) but no tokenizer", naming neither init_from nor the key that fixes it. Given
+    data.tokenizer, the run goes on with it."""
+    from tl_jax.data.tokenizer import Tokenizer
+    from tl_jax.interop import convert
+    from tl_jax.tasks import downstream
+
+    texts = ["Elinor walked to Barton with Marianne.", "The cottage was small."] * 10
+    tokenizer = Tokenizer.train_wordpiece([texts], 60)
+    tokenizer.save(str(tmp_path / "tokenizer"))
+    hf = _tokenizerless_bert(tmp_path / "hf", tokenizer)
+    tl = str(convert.convert(hf, tmp_path / "tl", "hf_to_tl"))
+    for folder in (hf, tl):
+        config = config_lib.load_config("configs/finetune_classify.py:tiny",
+                                        [f"init_from={folder}"])
+        with pytest.raises(ValueError) as error:
+            downstream.Encoder.from_config(config, texts)
+        assert str(error.value) == (
+            f"init_from={folder} has no tokenizer (neither tokenizer.json nor vocab.txt): pass "
+            "--config.data.tokenizer=PATH, the tokenizer its weights were trained with")
+        config.data.tokenizer = str(tmp_path / "tokenizer")
+        encoder = downstream.Encoder.from_config(config, texts)
+        assert encoder.tokenizer.vocab_size == tokenizer.vocab_size
+        assert encoder.model_config.hidden_size == 8
+
 def _old_epoch_batches(arrays, global_batch, seed, state, steps, process_index=0, processes=1):
     """The batches `EpochBatches` gave before it kept each epoch's order: the permutation
     redrawn on every step, from `state` on."""

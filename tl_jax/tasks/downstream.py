@@ -83,7 +83,8 @@ class Encoder:
                                            f"the encoder's shape from {kept_in}")
         elif init_from:
             check_encoder_source(init_from)
-            tokenizer = saved or Tokenizer.load(tokenizer_spec or tokenizer_path(init_from))
+            tokenizer = saved or (Tokenizer.load(tokenizer_spec) if tokenizer_spec
+                                  else source_tokenizer(init_from))
             if tokenizer_spec and not saved:
                 warn_if_not_init_from_vocabulary(tokenizer, init_from,
                                                  config.get("task", "init_from"))
@@ -328,6 +329,35 @@ def tokenizer_path(source: str) -> str:
     if warm_start.is_tl_workdir(source):
         return os.path.join(source, "tokenizer")
     return source
+
+
+def has_no_tokenizer(source: str) -> bool:
+    """Whether model folder `source` holds no tokenizer at all: no tokenizer.json or vocab.txt
+    of its own, nor in a tokenizer/ beside its weights (as a `tl_jax convert` of a Hugging Face
+    folder without tokenizer files leaves it). False for a file, or a folder that has one."""
+    if not os.path.isdir(source):
+        return False
+    return not any(os.path.isfile(os.path.join(folder, name))
+                   for folder in (source, os.path.join(source, "tokenizer"))
+                   for name in ("tokenizer.json", "vocab.txt"))
+
+
+def no_tokenizer_error(key: str, source: str, fix: str = "data.tokenizer"):
+    """The error for `key`=`source`, a model without a tokenizer (`has_no_tokenizer`): the
+    vocabulary its weights were trained with is not for a run to guess, so `fix` names it."""
+    from tl_jax.data.tokenizer import TokenizerError
+
+    return TokenizerError(
+        f"{key}={source} has no tokenizer (neither tokenizer.json nor vocab.txt): pass "
+        f"--config.{fix}=PATH, the tokenizer its weights were trained with")
+
+
+def source_tokenizer(source: str, key: str = "init_from") -> Tokenizer:
+    """The tokenizer of weight source `source` (`tokenizer_path`); one without any is an error
+    naming `key` and data.tokenizer (`no_tokenizer_error`), not the tokenizer loader's."""
+    if has_no_tokenizer(source):
+        raise no_tokenizer_error(key, source)
+    return Tokenizer.load(tokenizer_path(source))
 
 
 def architecture(source: str, tokenizer: Tokenizer) -> bert.BertConfig:
