@@ -119,7 +119,10 @@ def test_a_run_trained_on_more_devices_predicts_on_the_devices_here(classify_run
     (workdir / "config.json").write_text(json.dumps(saved))
     out = tmp_path / "predictions.jsonl"
     result = predict.run(str(workdir), str(polarity_files / "eval.jsonl"), str(out))
-    assert "The run's mesh does not fit the 8 devices here" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert ("[predict] The run's mesh (data=8, fsdp=1, tensor=2) does not fit the 8 devices "
+            "here; predicting with data parallelism over all 8 of them.\n") in printed, printed
+    assert "Set mesh" not in printed  # training's advice: predict picks its own mesh
     assert out.read_text() == _eval_rows(classify_run, result["step"], ".jsonl")
 
 
@@ -520,3 +523,23 @@ def test_squad_predictions_are_the_runs_own_eval(tmp_path, capsys):
     (tmp_path / "folder.nbest.json").mkdir()
     with pytest.raises(ValueError, match="n-best file .*folder.nbest.json is a directory"):
         predict.run(str(workdir), str(tmp_path / "eval.json"), str(tmp_path / "folder"))
+
+
+def test_a_mesh_that_does_not_fit_one_device_says_only_what_predict_does(monkeypatch, capsys):
+    """A run trained on a 2x2 mesh, predicted on 1 device: the note gave training's advice
+    ("Set mesh.data/fsdp/tensor so that they multiply to 1 (or use -1 for one axis).")."""
+    import jax
+    import ml_collections
+
+    from tl_jax import parallel
+
+    one = jax.devices()[:1]
+    monkeypatch.setattr(jax, "devices", lambda *a: one)
+    monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+    config = ml_collections.ConfigDict({"mesh": parallel.default_config()})
+    config.mesh.update(data=2, fsdp=2)
+    mesh = predict.fit_mesh(config)
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert capsys.readouterr().out == (
+        "[predict] The run's mesh (data=2, fsdp=2, tensor=1) does not fit the 1 device here; "
+        "predicting on that one device.\n")

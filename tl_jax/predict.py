@@ -173,9 +173,17 @@ def fit_mesh(config):
     model fine-tuned on a pod slice, applied on a laptop), written back to `config.mesh`."""
     try:
         return parallel.make_mesh(config.mesh)
-    except parallel.MeshError as e:
-        print(f"[predict] The run's mesh does not fit the {jax.device_count()} devices here "
-              f"({e}); predicting with data parallelism over all of them.", flush=True)
+    except parallel.MeshError:
+        # Says what predict does, and only that: the MeshError's advice is for training
+        # ("Set mesh.data/fsdp/tensor so that they multiply to 1"), while predict picks its mesh.
+        n = jax.device_count()
+        sizes = ", ".join(f"{axis}={config.mesh[axis]}" for axis in
+                          (("num_devices",) if config.mesh.get("num_devices") else ())
+                          + parallel.MESH_AXES)
+        print(f"[predict] The run's mesh ({sizes}) does not fit the {n} device"
+              f"{'' if n == 1 else 's'} here; "
+              + ("predicting on that one device." if n == 1 else
+                 f"predicting with data parallelism over all {n} of them."), flush=True)
         config.mesh = parallel.default_config()
         return parallel.make_mesh(config.mesh)
 
