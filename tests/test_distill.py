@@ -23,9 +23,11 @@ DISTILL = str(ROOT / "configs" / "distill.py") + ":tiny"
 CLASSIFY = str(ROOT / "configs" / "finetune_classify.py") + ":tiny"
 
 
-def random_bert_dir(path, tokenizer, num_layers, hidden, *, with_heads=True, seed=0):
+def random_bert_dir(path, tokenizer, num_layers, hidden, *, with_heads=True, seed=0,
+                    with_tokenizer=True):
     """A Hugging Face BERT directory with random weights. Its MLM output bias is large and
-    random, so the teacher's distribution is peaked (a target a student has to learn)."""
+    random, so the teacher's distribution is peaked (a target a student has to learn).
+    `with_tokenizer=False`: of `tokenizer`'s size, without its files."""
     config = bert.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden,
                              num_layers=num_layers, num_heads=2, intermediate_size=2 * hidden,
                              max_position_embeddings=64)
@@ -36,7 +38,8 @@ def random_bert_dir(path, tokenizer, num_layers, hidden, *, with_heads=True, see
     if with_heads:
         params["mlm_head"]["output_bias"] = 3.0 * np.random.default_rng(seed).standard_normal(
             tokenizer.vocab_size).astype(np.float32)
-    hf_bert.export(params, config, path, with_heads=with_heads, tokenizer=tokenizer)
+    hf_bert.export(params, config, path, with_heads=with_heads,
+                   tokenizer=tokenizer if with_tokenizer else None)
     return str(path)
 
 
@@ -419,6 +422,39 @@ def test_bad_set_ups_are_clear_errors(teacher_dir, corpus, tokenizer, tmp_path):
                                with_heads=False)
     with pytest.raises(warm_start.WarmStartError, match="has no MLM head"):
         train.build_trainer(distill_config(headless, corpus), None)
+
+
+def test_a_teacher_or_student_without_a_tokenizer_names_the_key_that_gives_one(
+        tokenizer, teacher_dir, corpus, tmp_path):
+    """A teacher folder with weights but no tokenizer (a `tl_jax convert` of a Hugging Face
+    folder that had none) failed with the tokenizer loader's "Directory X holds a model
+    (config.json) but no tokenizer", naming neither init_from nor data.tokenizer, and
+    data.tokenizer did not help: the teacher's tokenizer was read from init_from alone. A
+    student.init without one is refused naming student.init (no key gives a student's
+    vocabulary: it must be the teacher's)."""
+    from tl_jax.interop import convert
+
+    bare = random_bert_dir(tmp_path / "bare", tokenizer, num_layers=2, hidden=32,
+                           with_tokenizer=False)
+    converted = str(convert.convert(bare, tmp_path / "converted", "hf_to_tl"))
+    for folder in (bare, converted):
+        with pytest.raises(ValueError) as error:
+            distill.Task(distill_config(folder, corpus), None)
+        assert str(error.value) == (
+            f"init_from={folder} has no tokenizer (neither tokenizer.json nor vocab.txt): pass "
+            "--config.data.tokenizer=PATH, the tokenizer its weights were trained with")
+    tokenizer.save(str(tmp_path / "vocabulary"))
+    task = distill.Task(distill_config(bare, corpus, f"data.tokenizer={tmp_path / 'vocabulary'}"),
+                        None)
+    assert task.teacher_config.vocab_size == task.tokenizer.vocab_size == tokenizer.vocab_size
+
+    student = random_bert_dir(tmp_path / "student", tokenizer, num_layers=1, hidden=32,
+                              with_tokenizer=False)
+    with pytest.raises(ValueError, match=rf"^student.init={student} has no tokenizer \(neither "
+                                         r"tokenizer.json nor vocab.txt\) to show its vocabulary "
+                                         r"is the teacher's: .* set student.init to teacher or "
+                                         r"scratch$"):
+        distill.Task(distill_config(teacher_dir, corpus, f"student.init={student}"), None)
 
 
 @pytest.mark.parametrize("override,message", [

@@ -217,9 +217,10 @@ def distillation_loss(student_out, teacher_out, batch, cfg, normalizers=None):
 # ================================================================================================
 
 
-def check_mlm_head(init_from: str, teacher_config: bert.BertConfig) -> None:
+def check_mlm_head(init_from: str, teacher_config: bert.BertConfig, tokenizer: str = "") -> None:
     """Refuses a teacher without an MLM head (e.g. a sentence-embedding model), before anything
-    compiles: its soft targets would come from a randomly initialised head."""
+    compiles: its soft targets would come from a randomly initialised head. `tokenizer` is the
+    teacher's, for the command that gives it one (default: init_from's own)."""
     if warm_start.is_tl_workdir(init_from):
         names = checkpoint.param_shapes_from_workdir(init_from)[0]
     elif warm_start.is_tl_weights(init_from):
@@ -246,7 +247,8 @@ def check_mlm_head(init_from: str, teacher_config: bert.BertConfig) -> None:
         f"init_from={init_from} has no MLM head ({guess}): the "
         "teacher's soft targets are its masked-LM distribution. Give it one first with a short "
         "continued pretraining run, then distil from that workdir:\n"
-        "  " + warm_start.mlm_head_command(init_from, downstream.tokenizer_path(init_from)))
+        "  " + warm_start.mlm_head_command(init_from,
+                                           tokenizer or downstream.tokenizer_path(init_from)))
 
 
 def _hf_mlm_head_names(directory: str, teacher_config: bert.BertConfig) -> list[str]:
@@ -368,10 +370,15 @@ class Task:
         if kept is None:
             # Before its tokenizer is read: an empty directory or a file is not a model.
             downstream.check_encoder_source(init_from)
-            teacher_tokenizer = Tokenizer.load(downstream.tokenizer_path(init_from))
+            # Weights without their vocabulary (a `tl_jax convert` of a Hugging Face folder
+            # that had none): data.tokenizer names it, else that is the error.
+            named = (paths.expand(config.data.tokenizer)
+                     if downstream.has_no_tokenizer(init_from) else "")
+            teacher_tokenizer = (Tokenizer.load(named) if named
+                                 else downstream.source_tokenizer(init_from))
             self.teacher_config = downstream.architecture(init_from,
                                                           teacher_tokenizer).replace(**overrides)
-            check_mlm_head(init_from, self.teacher_config)
+            check_mlm_head(init_from, self.teacher_config, named)
         else:
             # Its weights come from the checkpoint, as every resumed run's do; checked for an
             # MLM head when the run started.
@@ -409,6 +416,13 @@ class Task:
                                            "the student's shape from its resolved_model")
             if source is None:
                 downstream.check_encoder_source(student_init, "student.init")
+                if downstream.has_no_tokenizer(student_init):
+                    # Nothing shows its vocabulary is the teacher's, and no key names one.
+                    raise ValueError(
+                        f"student.init={s.init} has no tokenizer (neither tokenizer.json nor "
+                        "vocab.txt) to show its vocabulary is the teacher's: copy the tokenizer "
+                        "its weights were trained with into it, or set student.init to teacher "
+                        "or scratch")
                 student_tokenizer = Tokenizer.load(downstream.tokenizer_path(student_init))
                 # data.tokenizer has nothing to do with it: the student's source does not fit.
                 _check_same_vocabulary(
