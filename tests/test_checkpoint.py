@@ -108,10 +108,14 @@ def test_resume_sets_aside_the_rows_logged_after_the_last_checkpoint(tiny_bert_o
 def test_rerunning_a_finished_run_trains_nothing_and_reports_held_out_metrics(
         tiny_bert_overrides, tmp_path, capsys):
     first = run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3")
+    saved_config = (tmp_path / "config.json").read_text()
     capsys.readouterr()
     again = run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=3", "train.eval_every=3")
     out = capsys.readouterr().out
     assert "already at step 3" in out and "nothing to train" in out
+    # The run's config.json stays what it trained with: a rerun that trains nothing recorded
+    # its own settings (a best_metric, a max_seq_length) as if the checkpoints had them.
+    assert (tmp_path / "config.json").read_text() == saved_config
     assert again.summary["step"] == 3 and "eval/mlm_accuracy" in again.summary
     assert "held-out mlm_accuracy" in out and "tokens/s" not in out.splitlines()[-1]
     assert_trees_equal(params_of(first), params_of(again))
@@ -600,6 +604,10 @@ def test_changed_data_on_resume_is_named_and_the_workdir_kept(tiny_bert_override
             "these changes since the checkpoint have no effect:\n  data.lowercase: checkpoint "
             "has True, config has False" in out), out
     assert resumed.summary["step"] == 6
+    # config.json records what the run trained with: the new eval batch, the old tokenizer
+    # setting (it said "data.lowercase: True" after this run, which kept a lowercasing one).
+    data = json.loads((tmp_path / "config.json").read_text())["data"]
+    assert data["eval_batch_size"] == 8 and data["lowercase"] is True
 
 
 def test_warm_start_takes_matching_weights_and_reports_the_rest(tiny_bert_overrides, tmp_path,

@@ -892,6 +892,31 @@ def check_workdir_task(workdir: str, task: str) -> None:
             "weights); the workdir is left as it is.")
 
 
+def _save_run_config(workdir: str, config, resumed: dict | None, trains: bool) -> None:
+    """Writes WORKDIR/config.json, the settings the run trains with (what predict, extract
+    and convert read): not when a resumed run trains nothing (it said "nothing to train", yet
+    a new best_metric or max_seq_length was recorded as if the checkpoints had them), unless
+    the file does not read; and a resumed run's tokenizer settings and init_from stay the
+    checkpoint's, since changing them has no effect (it keeps its tokenizer and weights)."""
+    path = os.path.join(workdir, "config.json")
+    if resumed is not None and not trains:
+        try:
+            ckpt_lib.load_run_config(workdir)
+            return
+        except (OSError, ValueError):
+            pass  # rewritten, as below
+    values = config.to_dict()
+    saved = (resumed or {}).get("config") or {}
+    if saved:
+        if "init_from" in saved:
+            values["init_from"] = saved["init_from"]
+        for field in TOKENIZER_FIELDS:
+            key = field[len("data."):-1]
+            if key in saved.get("data", {}) and key in values.get("data", {}):
+                values["data"][key] = saved["data"][key]
+    ckpt_lib.save_json(path, values)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "TrainResult":
     """Trains `config.task` for `config.train.steps` steps in `workdir`.
 
@@ -928,15 +953,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     train_iter = task.train_batches()
     if data_state is not None:
         restore_data_position(train_iter, data_state, resumed, config)
+    start_step = int(jax.device_get(state["step"]))
+    total_steps = int(tc.steps)
     if is_main:
         # Only now: a run refused for not fitting the workdir's checkpoints (another model,
         # other labels, data whose position cannot be restored) must leave the tokenizer and
         # config.json they were trained with.
         task.save(workdir)
-        ckpt_lib.save_json(os.path.join(workdir, "config.json"), config.to_dict())
-
-    start_step = int(jax.device_get(state["step"]))
-    total_steps = int(tc.steps)
+        _save_run_config(workdir, config, resumed, trains=start_step < total_steps)
     global_batch = int(config.data.batch_size)
     tokens_per_step = task.tokens_per_example * global_batch
     flops_per_step = task.flops_per_example * global_batch * frozen_flops_share(task, trainer)
