@@ -400,6 +400,10 @@ def test_a_run_stopped_by_sigterm_exits_143_and_the_same_command_resumes_it_to_0
     saved = [int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()]
     assert len(saved) == 1 and 3 <= saved[0] < steps, (saved, time.time() - started)
     assert f"SIGTERM: saved step {saved[0]}; exiting." in out
+    # Its last line says where it stopped, not "done: N steps", which reads as a finished run.
+    assert out.strip().splitlines()[-1].startswith(
+        f"stopped: {saved[0]} of {steps} steps (SIGTERM) | "), out[-2000:]
+    assert "done:" not in out
     assert err.strip().splitlines()[-1] == (
         f"tl_jax: Training stopped at step {saved[0]} of {steps} (SIGTERM; saved in "
         f"{tmp_path / 'checkpoints'}): run the same command again to resume it.")
@@ -407,6 +411,7 @@ def test_a_run_stopped_by_sigterm_exits_143_and_the_same_command_resumes_it_to_0
     rerun = subprocess.run(argv, env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"Resuming from step {saved[0]} " in rerun.stdout
+    assert rerun.stdout.strip().splitlines()[-1].startswith(f"done: {steps} steps | ")
     assert json.loads((tmp_path / "summary.json").read_text())["step"] == steps
     assert "stopped" not in rerun.stderr
 

@@ -1116,7 +1116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
                    **last_eval)
     if is_main:
         ckpt_lib.save_json(os.path.join(workdir, "summary.json"), summary)
-        print(format_summary(summary, task), flush=True)
+        print(format_summary(summary, task, total_steps, preemption.stopped_by), flush=True)
     return TrainResult(summary=summary, state=state, trainer=trainer, total_steps=total_steps,
                        workdir=workdir, stopped_by=preemption.stopped_by)
 
@@ -1153,8 +1153,14 @@ class TrainResult:
                           "it.")
 
 
-def format_summary(summary: dict, task) -> str:
-    parts = [f"done: {summary['step']} steps"]
+def format_summary(summary: dict, task, total_steps: int = 0, stopped_by: str = "") -> str:
+    """The run's last line: `done: N steps | held-out ...`, or `stopped: N of M steps (SIGTERM)
+    | ...` for a run a signal stopped before `total_steps` (a "done:" line read as a finished
+    run in a log)."""
+    if stopped_by and summary["step"] < total_steps:
+        parts = [f"stopped: {summary['step']} of {total_steps} steps ({stopped_by})"]
+    else:
+        parts = [f"done: {summary['step']} steps"]
     for key in getattr(task, "summary_keys", ()):
         if key in summary:
             parts.append(f"held-out {key.removeprefix('eval/')} {summary[key]:.4f}")
