@@ -97,7 +97,9 @@ def test_resume_sets_aside_the_rows_logged_after_the_last_checkpoint(tiny_bert_o
         f.write('{"step": 5, "lo')  # a line cut short by the kill
     capsys.readouterr()
     run(tiny_bert_overrides, tmp_path, *STEPS, "train.steps=6")
-    assert "3 row(s)" in capsys.readouterr().out
+    assert ("2 row(s) of " + str(tmp_path / "metrics.jsonl") + " logged after step 3 (past the "
+            "checkpoint this run starts from) and 1 line(s) of it with no step (cut short or not "
+            "JSON) moved" in capsys.readouterr().out)
     assert [r["step"] for r in rows("metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     set_aside = (tmp_path / "metrics.discarded.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in set_aside[:2]] == [4, 5]

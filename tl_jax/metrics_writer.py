@@ -22,17 +22,19 @@ def truncate_after(path: str, step: int) -> int:
     A run logs every `log_every` steps but saves every `checkpoint_every`, so the rows a run
     logged after its last checkpoint describe steps that the resumed run trains again; left in
     place, the file would hold two rows for each of those steps. A line cut short by a crash
-    has no step and goes with them. Returns the number of lines moved.
+    has no step and goes with them. Returns the number of rows moved for their step and of
+    lines moved for having none (cut short, or not JSON).
     """
     if not os.path.exists(path):
-        return 0
+        return 0, 0
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().splitlines(keepends=True)
-    keep, drop = [], []
+    keep, drop, unreadable = [], [], 0
     for line in lines:
         if not line.strip():
             continue
         row_step = _row_step(line)
+        unreadable += row_step is None
         (keep if row_step is not None and row_step <= step else drop).append(
             line if line.endswith("\n") else line + "\n")
     if drop:
@@ -42,7 +44,7 @@ def truncate_after(path: str, step: int) -> int:
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(keep)
         os.replace(tmp, path)
-    return len(drop)
+    return len(drop) - unreadable, unreadable
 
 
 
@@ -73,11 +75,14 @@ class MetricsWriter:
             os.makedirs(workdir, exist_ok=True)
             path = os.path.join(workdir, "metrics.jsonl")
             if start_step is not None:
-                moved = truncate_after(path, start_step)
+                later, unreadable = truncate_after(path, start_step)
+                moved = ([f"{later} row(s) of {path} logged after step {start_step} (past the "
+                          "checkpoint this run starts from)"] if later else []) + (
+                    [f"{unreadable} line(s) of {path if not later else 'it'} with no step "
+                     "(cut short or not JSON)"] if unreadable else [])
                 if moved:
-                    print(f"[metrics] {moved} row(s) of {path} logged after step {start_step} "
-                          "(past the checkpoint this run starts from) moved to "
-                          "metrics.discarded.jsonl.", flush=True)
+                    print(f"[metrics] {' and '.join(moved)} moved to metrics.discarded.jsonl.",
+                          flush=True)
             self._jsonl = open(path, "a", buffering=1)
             from tensorboardX import SummaryWriter  # imported lazily: only process 0 writes
 
