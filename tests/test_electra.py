@@ -323,6 +323,52 @@ def test_a_resumed_run_does_not_announce_init_from_s_tokenizer(spec, tiny_bert_o
             == Tokenizer.load(str(run / "tokenizer")).hf_tokenizer.get_vocab())
 
 
+@pytest.mark.parametrize("spec", [ELECTRA, ELECTRA.replace("electra_pretrain", "bert_pretrain")])
+def test_an_init_from_without_a_tokenizer_is_refused_before_the_corpus_is_read(
+        spec, tiny_bert_overrides, tmp_path):
+    # Weights without their vocabulary (a `tl_jax convert` of a Hugging Face folder that had no
+    # tokenizer files) as init_from, data.tokenizer unset: both pretraining tasks trained a new
+    # vocabulary, whose ids the warm-started embedding rows never saw, without a word. Named
+    # data.tokenizer, or a resumed run (its workdir keeps the vocabulary), go on.
+    import flax.linen as nn
+
+    from tl_jax.data.tokenizer import Tokenizer
+    from tl_jax.interop import bert as hf_bert, convert
+    from tl_jax.models import bert
+    from tl_jax.tasks import bert_pretrain
+
+    task = electra_task if spec == ELECTRA else bert_pretrain
+    named = next(o for o in tiny_bert_overrides if o.startswith("data.tokenizer="))
+    tokenizer = Tokenizer.load(named.split("=", 1)[1])
+    overrides = [o for o in tiny_bert_overrides if o != named]
+    model_cfg = config_lib.load_config(spec + ":tiny", overrides).model
+    shape = (electra_task.electra_config_from(model_cfg, tokenizer.vocab_size).discriminator
+             if task is electra_task else
+             bert_pretrain.bert_config_from(model_cfg, tokenizer.vocab_size))
+    params = nn.unbox(bert.BertModel(shape).init(jax.random.PRNGKey(0),
+                                                 jnp.zeros((1, 4), jnp.int32))["params"])
+    hf = str(hf_bert.export(jax.tree_util.tree_map(np.asarray, params), shape, tmp_path / "hf",
+                            with_heads=False, tokenizer=None))
+    tl = str(convert.convert(hf, tmp_path / "tl", "hf_to_tl"))
+    not_read = f"data.corpus={tmp_path / 'not_read.txt'}"
+    for folder in (hf, tl):
+        config = config_lib.load_config(spec + ":tiny", overrides + [not_read,
+                                                                      f"init_from={folder}"])
+        with pytest.raises(ValueError) as error:
+            task.Task(config, str(tmp_path / "run"))
+        assert str(error.value) == (
+            f"init_from={folder} has no tokenizer (neither tokenizer.json nor vocab.txt): pass "
+            "--config.data.tokenizer=PATH, the tokenizer its weights were trained with")
+    config = config_lib.load_config(spec + ":tiny", tiny_bert_overrides + [f"init_from={hf}"])
+    built = task.Task(config, str(tmp_path / "named"))
+    assert built.tokenizer.hf_tokenizer.get_vocab() == tokenizer.hf_tokenizer.get_vocab()
+    run = tmp_path / "resumed"
+    (run / "checkpoints" / "5").mkdir(parents=True)  # a saved step: the run resumes
+    tokenizer.save(str(run / "tokenizer"))
+    config = config_lib.load_config(spec + ":tiny", overrides + [f"init_from={hf}"])
+    built = task.Task(config, str(run))
+    assert built.tokenizer.hf_tokenizer.get_vocab() == tokenizer.hf_tokenizer.get_vocab()
+
 def test_model_size_may_name_a_directory_under_the_home_folder(tmp_path, monkeypatch):
     # `model.size=DIR` copies a checkpoint's architecture (MiniLM's 6 x 384); '~/...' failed as
     # "neither a tl_jax workdir ... nor a model size name".

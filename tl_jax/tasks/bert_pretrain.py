@@ -165,7 +165,9 @@ def with_init_from_tokenizer(data_cfg, init_from: str, task: str, workdir: str |
     """`data_cfg`, with `data.tokenizer` set to `init_from`'s own when it is empty: a vocabulary
     trained afresh (on another corpus, say) would give the embedding rows taken over from
     `init_from` other tokens to stand for, without any shape to tell. An explicit
-    `data.tokenizer` wins, with a warning when it is another vocabulary.
+    `data.tokenizer` wins, with a warning when it is another vocabulary. An `init_from` without
+    a tokenizer (weights a `tl_jax convert` took from a folder that had none) is an error when
+    there is no `data.tokenizer`, for the same reason: raised before the corpus is read.
 
     A run resuming in `workdir` keeps the tokenizer it was trained with (see
     `pretraining._get_tokenizer`): `data_cfg` is returned as it is, and nothing is said about
@@ -182,7 +184,10 @@ def with_init_from_tokenizer(data_cfg, init_from: str, task: str, workdir: str |
     path = downstream.tokenizer_path(init_from)
     if not any(os.path.isfile(os.path.join(path, name))
                for name in ("tokenizer.json", "vocab.txt")):
-        return data_cfg
+        # Was: a vocabulary trained afresh, whose ids the warm-started embedding rows never saw.
+        if downstream.has_no_tokenizer(init_from):
+            raise downstream.no_tokenizer_error("init_from", init_from)
+        Tokenizer.load(path)  # the loader's error: where the folder's tokenizer is
     print(f"[{task}] tokenizer of init_from: {path}", flush=True)
     data_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
     data_cfg.tokenizer = path
