@@ -790,6 +790,28 @@ def test_a_checkpoint_of_other_shapes_is_an_error_not_corruption(tmp_path):
     assert restored[3] == 3
 
 
+def test_a_step_metadata_file_that_does_not_read_is_reset_and_the_step_restores(tmp_path,
+                                                                               capsys, caplog):
+    # orbax logged "ERROR absl: Failed to json parse Metadata file" twice on every start.
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
+    state = {"params": {"w": jnp.ones((4, 2))}, "step": jnp.asarray(3)}
+    ckpt.save(3, state, {"epoch": 0}, {"model": {}})
+    ckpt.close()
+    meta = tmp_path / "checkpoints" / "3" / "_CHECKPOINT_METADATA"
+    meta.write_text("garbage{\n")
+    capsys.readouterr()
+    caplog.clear()
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
+    assert capsys.readouterr().out == (
+        f"[checkpoint] {meta} (orbax's timestamps for the step) did not read as JSON; it was "
+        "reset to {}. The checkpoint's arrays are not in it and are used as before.\n")
+    restored = ckpt.restore_latest_good(jax.eval_shape(lambda: state))
+    assert restored[3] == 3
+    np.testing.assert_array_equal(restored[0]["params"]["w"], np.ones((4, 2)))
+    assert not [r for r in caplog.records if "Metadata file" in r.getMessage()]
+    ckpt.close()
+
+
 def test_a_checkpoint_without_its_state_metadata_is_named(tmp_path, capsys):
     # A workdir copied without state/_METADATA (orbax's index of the arrays) was "'NoneType'
     # object is not subscriptable" as init_from or in predict; an empty one "Expecting value".

@@ -95,6 +95,7 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self.best_metric = best_metric
         damaged = self._drop_damaged_scores()  # before the manager reads them
+        self._reset_damaged_step_metadata()
         policies: list = [pp.LatestN(n=keep)]
         tracking = {}
         if best_metric:
@@ -166,6 +167,29 @@ class Checkpointer:
         for step in damaged:
             shutil.rmtree(os.path.join(self.directory, str(step), "metrics"))
         return damaged
+
+    def _reset_damaged_step_metadata(self) -> None:
+        """A step's `_CHECKPOINT_METADATA` (orbax's timestamps and handler names for it) that
+        is not a JSON object is replaced by an empty one, which orbax reads as it reads none:
+        it logged two raw "ERROR absl: Failed to json parse Metadata file" lines for it on every
+        start, though the step restores without it. One process only (several would race)."""
+        if jax.process_count() > 1 or not os.path.isdir(self.directory):
+            return
+        for name in sorted(os.listdir(self.directory)):
+            path = os.path.join(self.directory, name, "_CHECKPOINT_METADATA")
+            if not name.isdigit() or not os.path.isfile(path):
+                continue
+            try:
+                with open(path, encoding="utf-8") as f:
+                    if isinstance(json.load(f), dict):
+                        continue
+            except (OSError, ValueError):
+                pass
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("{}")
+            print(f"[checkpoint] {path} (orbax's timestamps for the step) did not read as JSON; "
+                  "it was reset to {}. The checkpoint's arrays are not in it and are used as "
+                  "before.", flush=True)
 
     # -- inspection ---------------------------------------------------------------------------
 
