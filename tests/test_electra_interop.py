@@ -516,10 +516,15 @@ def test_a_hugging_face_init_from_of_another_shape_is_refused_before_the_corpus(
     with pytest.raises(ValueError, match=r"checkpoint architecture differs .*hidden_size: model "
                                          r"128 vs checkpoint 8.*set model.size=.*bert"):
         bert_pretrain.Task(bert_cfg, str(tmp_path / "run"))
-    # The same shape passes the check (and reaches the corpus).
+    # The same shape passes the check (and reaches the corpus). The folder has no tokenizer:
+    # data.tokenizer names the one its weights were trained with (else that is the error).
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                               + [f"w{i}" for i in range(25)]) + "\n")
     bert_cfg = config_lib.load_config(str(ROOT / "configs" / "bert_pretrain.py") + ":tiny",
                                       [f"init_from={tmp_path / 'bert'}",
-                                       f"model.size={tmp_path / 'bert'}"])
+                                       f"model.size={tmp_path / 'bert'}",
+                                       f"data.tokenizer={vocab}"])
     with pytest.raises(AssertionError, match="the corpus was read"):
         bert_pretrain.Task(bert_cfg, str(tmp_path / "run"))
     # tl_jax weights (`tl_jax convert`'s output) are checked from their own config.json, which
@@ -536,6 +541,7 @@ def test_a_hugging_face_init_from_of_another_shape_is_refused_before_the_corpus(
             task.Task(cfg, str(tmp_path / "run"))
     bert_cfg = config_lib.load_config(str(ROOT / "configs" / "bert_pretrain.py") + ":tiny",
                                       [f"init_from={tmp_path / 'bert_tl'}",
-                                       f"model.size={tmp_path / 'bert_tl'}"])
+                                       f"model.size={tmp_path / 'bert_tl'}",
+                                       f"data.tokenizer={vocab}"])
     with pytest.raises(AssertionError, match="the corpus was read"):
         bert_pretrain.Task(bert_cfg, str(tmp_path / "run"))
