@@ -203,10 +203,10 @@ def _note_no_tokenizer(src: pathlib.Path, dst: pathlib.Path, direction: str) -> 
     """Says that `dst` got weights without a vocabulary, as a workdir export that lost its
     tokenizer/ does (`_workdir_tokenizer`): nothing later would, until the ids went wrong."""
     if direction == "hf_to_tl":
-        # A run finds no vocabulary of init_from's (`bert_pretrain.with_init_from_tokenizer`)
-        # and trains its own, without a word.
+        # A run finds no vocabulary of init_from's and is refused until data.tokenizer names
+        # one (`bert_pretrain.with_init_from_tokenizer`, `downstream.source_tokenizer`).
         meaning = (f"a run with init_from={dst} needs data.tokenizer to name the vocabulary "
-                   "the weights were trained with (else it trains one whose ids they never saw)")
+                   "the weights were trained with (it is refused without one)")
     else:
         meaning = "transformers' AutoTokenizer has nothing to load from it"
     print(f"[convert] Note: {src} has no tokenizer files ({' or '.join(VOCABULARY_FILES)}), "
