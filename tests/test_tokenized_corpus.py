@@ -283,8 +283,14 @@ def test_the_tokenize_command_trains_a_bpe_on_the_corpus_without_a_tokenizer(
              "--vocab_size=5 is too small for a WordPiece vocabulary"),
             ([f"--tokenizer={out / 'tokenizer'}", "--wordpiece"], "--wordpiece trains a "
              "WordPiece vocabulary of --vocab_size=N tokens: give the size"),
+            (["--wordpiece"], "--wordpiece trains a WordPiece vocabulary of --vocab_size=N "
+             "tokens: give the size"),  # not "give one of --tokenizer=PATH, ... not none"
+            ([f"--tokenizer={tmp_path / 'config.json'}"], f"--tokenizer={tmp_path}/config.json:"
+             f" {tmp_path}/config.json is not a tokenizer.json (it names no tokenizer model; a "
+             "model's config.json?)"),
             (["--vocab_size=300", "--cased"], "--cased keeps the case of a WordPiece "
              "vocabulary trained with --vocab_size=N --wordpiece")):
+        (tmp_path / "config.json").write_text('{"model_type": "bert", "hidden_size": 8}')
         with pytest.raises(SystemExit) as e:
             main.main(["tokenize", "--corpus=/no/such/corpus.txt", f"--output={tmp_path / 'o'}"]
                       + argv)

@@ -481,6 +481,10 @@ def load_tokenizer(path: str, flag: str):
             return path, bpe.BPETokenizer.load(path)
         if kind == "WordPiece":
             return path, Tokenizer.load(path)
+        if kind is None:  # valid JSON of another kind: a model's config.json, say
+            raise TokenizedCorpusError(
+                f"{flag}: {json_file} is not a tokenizer.json (it names no tokenizer model; a "
+                "model's config.json?): name the tokenizer file, or the folder that holds it")
         raise TokenizedCorpusError(f"{flag}: {json_file} holds a {kind!r} model; tl_jax "
                                    "tokenises with a byte-level BPE (GPT) or WordPiece (BERT)")
     if os.path.isfile(os.path.join(folder, "vocab.txt") if folder else path):
@@ -508,15 +512,15 @@ def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
 
     given = [flag for flag, value in (("--tokenizer", tokenizer), ("--vocab_size", vocab_size),
                                       ("--words", words)) if value]
+    if wordpiece and not vocab_size:  # before "give one of ...": --wordpiece is half of one
+        raise ValueError("--wordpiece trains a WordPiece vocabulary of --vocab_size=N tokens: "
+                         "give the size (a vocabulary you have is --tokenizer=PATH)")
     if len(given) != 1:
         raise ValueError("give one of --tokenizer=PATH (a vocabulary to tokenise with, for GPT "
                          "or BERT), --vocab_size=N (train a byte-level BPE of N tokens on the "
                          "corpus, for GPT, or with --wordpiece a WordPiece vocabulary, for "
                          "BERT) or --words (the ELMo biLM's words), not "
                          + (" and ".join(given) if given else "none"))
-    if wordpiece and not vocab_size:
-        raise ValueError("--wordpiece trains a WordPiece vocabulary of --vocab_size=N tokens: "
-                         "give the size (a vocabulary you have is --tokenizer=PATH)")
     if cased and not wordpiece:
         raise ValueError("--cased keeps the case of a WordPiece vocabulary trained with "
                          "--vocab_size=N --wordpiece (a given one has its own casing; a "
