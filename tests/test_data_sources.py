@@ -214,7 +214,8 @@ def test_errors_name_the_file_and_line(tmp_path):
         load_documents("$TL_JAX_UNSET_DIR_XYZ/a.txt")
     nofield = _jsonl(tmp_path / "nofield.jsonl", [{"text": "ok"}, {"body": "x"}])
     with pytest.raises(SourceError, match=r"nofield.jsonl:2: missing text field 'text' .*"
-                                          r"data.text_field"):
+                                          r"data.text_field in a config, --text_field for "
+                                          r"`tl_jax tokenize`\) to the right key"):
         load_documents(nofield)
     notstr = _jsonl(tmp_path / "notstr.jsonl", [{"text": 3}])
     with pytest.raises(SourceError, match=r"notstr.jsonl:1: text field 'text' is a number \(3\), "

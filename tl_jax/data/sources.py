@@ -302,7 +302,8 @@ def _read_jsonl(path: str, text_field: str,
             if text_field not in obj:
                 raise SourceError(f"{where}: missing text field {text_field!r} "
                                   f"(keys: {sorted(obj)}); set the text field "
-                                  "(data.text_field in a config) to the right key.")
+                                  "(data.text_field in a config, --text_field for `tl_jax "
+                                  "tokenize`) to the right key.")
             text = obj[text_field]
             if not isinstance(text, str):
                 raise SourceError(f"{where}: text field {text_field!r} is "
