@@ -112,6 +112,23 @@ def test_training_in_a_workdir_of_another_task_is_refused_naming_both(tmp_path, 
     assert trained == ["bert_pretrain", "bert_pretrain"]
 
 
+def test_a_config_the_trainer_refuses_leaves_no_empty_workdir(tmp_path, capsys, monkeypatch):
+    # A transfer rule that names no layer, say: the run was refused and an empty folder stayed.
+    monkeypatch.delenv("TL_JAX_TRACEBACK", raising=False)
+    workdir = tmp_path / "runs" / "new"
+    argv = ["train", "--config=configs/transfer_feature.py:tiny", f"--workdir={workdir}",
+            "--config.transfer.rules=(('nosuch/.*', 'frozen'),)"]
+    with pytest.raises(SystemExit) as e:
+        main.main(argv)
+    assert str(e.value.code).startswith("tl_jax: "), e.value.code
+    assert not workdir.exists() and (tmp_path / "runs").exists()
+    # A workdir that was there stays, empty or not.
+    workdir.mkdir()
+    with pytest.raises(SystemExit):
+        main.main(argv)
+    assert workdir.is_dir()
+
+
 @pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin",
                                      "params.safetensors"])
 def test_a_model_folder_given_as_workdir_is_left_as_it_is(weights, tmp_path, monkeypatch):

@@ -942,8 +942,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
             f"workdir, with --config.init_from={workdir} to start from the model; the folder is "
             "left as it is.")
     check_workdir_task(workdir, config.task)
+    made = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
-    trainer = build_trainer(config, workdir)
+    try:
+        trainer = build_trainer(config, workdir)
+    except BaseException:
+        if made:  # a config the trainer refused leaves no empty workdir behind
+            with contextlib.suppress(OSError):
+                os.rmdir(workdir)  # only if nothing was written there
+        raise
     task, mesh, tc = trainer.task, trainer.mesh, config.train
     is_main = jax.process_index() == 0
     checkpointer = ckpt_lib.Checkpointer(
