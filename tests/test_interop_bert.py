@@ -692,7 +692,7 @@ def test_convert_exports_a_trainer_workdir(tmp_path, monkeypatch, kind):
                                    atol=1e-5)
 
 
-def test_convert_of_a_lora_workdir_merges_at_the_runs_lora_alpha(tmp_path, monkeypatch):
+def test_convert_of_a_lora_workdir_merges_at_the_runs_lora_alpha(tmp_path, monkeypatch, capsys):
     """A LoRA run's lora_alpha lives in transfer.lora_alpha, not in the run's model config: the
     export merged the update at alpha 1 (1/16 of its scale for configs/transfer_lora.py). It is
     read from the checkpoint's resolved_model, the model the run built."""
@@ -716,6 +716,11 @@ def test_convert_of_a_lora_workdir_merges_at_the_runs_lora_alpha(tmp_path, monke
     monkeypatch.setattr(checkpoint, "config_from_workdir", lambda path, step: {
         "resolved_model": {"lora_rank": 4, "lora_alpha": 16.0, "hidden_act": "gelu"}})
     convert.convert(workdir, tmp_path / "hf", "tl_to_hf")
+    # The classifier's head is not in the export, and the line says so.
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"[convert] {workdir} step 7: BERT 2x24, without MLM/NSP heads (the encoder of a "
+        "classify run: its task head has no place in the Hugging Face BertModel layout and is "
+        "not exported; `tl_jax predict` uses the workdir)")
     torch_model = transformers.BertModel.from_pretrained(tmp_path / "hf").eval()
     ids = np.random.default_rng(0).integers(0, 45, (2, 6))
     with torch.no_grad():

@@ -435,8 +435,12 @@ def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
         print(f"[convert] {src} step {step}: {what}")
         return
     hf_bert.export(params, config, dst, with_heads=has_heads, tokenizer=tokenizer)
+    left = ""
+    if task and task != "bert_pretrain":
+        left = (f" (the encoder of a {task} run: its task head has no place in the Hugging Face "
+                "BertModel layout and is not exported; `tl_jax predict` uses the workdir)")
     print(f"[convert] {src} step {step}: BERT {config.num_layers}x{config.hidden_size}, "
-          f"{'with' if has_heads else 'without'} MLM/NSP heads")
+          f"{'with' if has_heads else 'without'} MLM/NSP heads{left}")
 
 
 def _check_exportable(src: pathlib.Path) -> None:
