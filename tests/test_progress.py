@@ -476,7 +476,7 @@ def test_the_trainers_notes_during_its_loop_start_lines_of_their_own_on_a_termin
     bars = [line for line in screen if line.startswith("bert_pretrain: ")]
     assert bars and " 1/3 " in bars[-1] and screen.index(bars[-1]) > screen.index(
         "[checkpoint] SIGTERM: saved step 1; exiting."), screen
-    assert screen[-2].startswith("done: 1 steps | held-out mlm_accuracy "), screen
+    assert screen[-2].startswith("stopped: 1 of 3 steps (SIGTERM) | held-out mlm_accuracy "), screen
 
 
 def test_a_training_run_stopped_by_a_non_finite_loss_logs_the_step_it_reached(
