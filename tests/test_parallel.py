@@ -220,6 +220,9 @@ def test_the_initialization_timeout_is_set_by_an_environment_variable(monkeypatc
     (("batch", ("data", "fsdpp")), "logical axis 'batch' maps to"),
     (("mlp", "model"), "logical axis 'mlp' maps to 'model'"),
     (("mlp",), "is not a .logical axis, mesh axes. pair"),
+    # JAX's DuplicateSpecError traceback at the model's init.
+    (("batch", ("fsdp", "fsdp")), r"logical axis 'batch' maps to \('fsdp', 'fsdp'\), which names "
+                                  r"'fsdp' twice"),
 ])
 def test_axis_rules_naming_an_unknown_axis_are_an_error(rule, message):
     cfg = parallel.default_config()

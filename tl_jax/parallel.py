@@ -298,6 +298,11 @@ def axis_rules(cfg: ml_collections.ConfigDict) -> tuple:
         if not isinstance(names, (tuple, list)) or any(a not in MESH_AXES for a in names):
             raise MeshError(f"mesh.axis_rules: logical axis {name!r} maps to {axes!r}; expected "
                             f"None, a mesh axis or a tuple of them ({', '.join(MESH_AXES)}).")
+        repeated = sorted({a for a in names if list(names).count(a) > 1})
+        if repeated:  # JAX's DuplicateSpecError traceback at the model's init, before
+            raise MeshError(f"mesh.axis_rules: logical axis {name!r} maps to {axes!r}, which "
+                            f"names {', '.join(map(repr, repeated))} twice; a dimension is split "
+                            "over each mesh axis at most once.")
         rules.append((name, tuple(axes) if isinstance(axes, list) else axes))
     return tuple(rules)
 
