@@ -12,6 +12,26 @@ def test_every_command_has_help(command, capsys):
     assert "usage: tl_jax " + command in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command, spec", [("train", "configs/bert_pretrain.py:tiny"),
+                                           ("sweep", "configs/finetune_classify.py:tiny"),
+                                           ("static", "configs/word2vec.py"),
+                                           ("static", "configs/glove.py"),
+                                           ("quickstart", "configs/bert_pretrain.py:mini")])
+def test_the_override_examples_in_each_commands_help_are_keys_its_configs_have(command, spec,
+                                                                               capsys):
+    # `tl_jax static --help` showed --config.train.steps=1000, which no static config has.
+    import re
+
+    from tl_jax import config as config_lib
+
+    with pytest.raises(SystemExit):
+        main.main([command, "--help"])
+    examples = re.findall(r"--config\.([\w.]+=\S+)", capsys.readouterr().out.replace("\n", " "))
+    examples = [e.rstrip(";") for e in examples if not e.startswith("KEY=")]
+    assert examples
+    config_lib.load_config(spec, examples)  # an unknown key raises
+
+
 def test_generate_flags_map_onto_run_generate(monkeypatch):
     from tl_jax import generate
     seen = {}

@@ -2,7 +2,7 @@
 
     tl_jax train --config=configs/bert_pretrain.py:mini --workdir=DIR [--config.key=value ...]
     tl_jax predict --workdir=DIR --input=FILE --output=FILE [--batch_size=N]
-    tl_jax quickstart [--workdir=DIR]
+    tl_jax quickstart [--workdir=DIR] [--skip_finetune]
     tl_jax convert --input=DIR --output=DIR [--direction=hf_to_tl|tl_to_hf]
     tl_jax generate --model=DIR --prompt="..." [--mode=score --choice=" a" --choice=" b"]
     tl_jax extract --init_from=DIR --input=FILE --output=OUT.npz [--layers=sum_last_four]
@@ -173,9 +173,15 @@ SINGLE_PROCESS = ("convert", "generate", "extract", "fill_mask", "build_tasks", 
 CONFIG_COMMANDS = ("train", "quickstart", "static", "sweep")
 # Their help: overrides are not argparse flags.
 OVERRIDES_HELP = ("Any config field can be overridden with --config.KEY=VALUE, e.g. "
-                  "--config.train.steps=1000 --config.optimizer.learning_rate=3e-4; the value is "
-                  "read as a Python literal where it is one. A misspelt key is an error that "
-                  "lists the valid keys.")
+                  "{example}; the value is read as a Python literal where it is one. A misspelt "
+                  "key is an error that lists the valid keys.")
+OVERRIDE_EXAMPLES = {
+    "train": "--config.train.steps=1000 --config.optimizer.learning_rate=3e-4",
+    "sweep": "--config.train.steps=1000 --config.optimizer.learning_rate=3e-4",
+    "static": "--config.epochs=5 --config.dim=300",
+    "quickstart": "--config.train.steps=1000 (stage 1, the pretraining, only: stage 2's "
+                  "fine-tuning keeps its own settings)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,8 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
                         ".json (squad)")
     p.add_argument("--batch_size", type=int, default=0, help="0 = the run's data.batch_size")
     p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][0])
-    p.add_argument("--workdir", default="workdirs/quickstart")
-    p.add_argument("--skip_finetune", action="store_true")
+    p.add_argument("--workdir", default="workdirs/quickstart",
+                   help="stage 1 goes to WORKDIR/pretrain, stage 2 to WORKDIR/finetune "
+                        "(default: workdirs/quickstart)")
+    p.add_argument("--skip_finetune", action="store_true",
+                   help="stage 1 (pretraining) only, without stage 2's fine-tuning comparison")
     p = sub.add_parser("convert", help=COMMANDS["convert"][0])
     p.add_argument("--input", required=True,
                    help="HF checkpoint dir (hf_to_tl), or tl_jax weights dir / workdir (tl_to_hf)")
@@ -286,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text_field", default="text", help="as data.text_field")
     p.add_argument("--group_field", default="", help="as data.group_field")
     for name in CONFIG_COMMANDS:
-        parser.commands[name].epilog = OVERRIDES_HELP
+        parser.commands[name].epilog = OVERRIDES_HELP.format(example=OVERRIDE_EXAMPLES[name])
     for command_parser in parser.commands.values():
         for action in command_parser._actions:
             if action.dest in PATH_FLAGS:
