@@ -139,10 +139,13 @@ def _clear_distributed_env(monkeypatch):
         monkeypatch.delenv(key, raising=False)
 
 
-@pytest.mark.parametrize("address", ["localhost", "http://localhost:1234", "localhost:abc",
-                                     ":1234", "localhost:0"])
+@pytest.mark.parametrize("address, said", [
+    ("localhost", "is not host:port"), ("http://localhost:1234", "is not host:port"),
+    ("localhost:abc", "is not host:port"), (":1234", "is not host:port"),
+    ("localhost:0", r": port 0 is out of range \(1 to 65535\)"),
+    ("localhost:99999", r": port 99999 is out of range \(1 to 65535\)")])
 def test_a_coordinator_address_that_is_not_host_port_is_an_error_before_any_wait(
-        monkeypatch, address):
+        monkeypatch, address, said):
     # jax failed on "localhost" with an IndexError, and on the others waited the whole
     # initialization timeout (5 minutes) before aborting the process.
     _clear_distributed_env(monkeypatch)
@@ -150,11 +153,11 @@ def test_a_coordinator_address_that_is_not_host_port_is_an_error_before_any_wait
                         lambda *a, **k: pytest.fail("jax.distributed.initialize was called"))
     cfg = parallel.distributed_config()
     cfg.num_processes, cfg.process_id, cfg.coordinator_address = 2, 0, address
-    with pytest.raises(ValueError, match="distributed.coordinator_address=.* is not host:port"):
+    with pytest.raises(ValueError, match="distributed.coordinator_address=.*" + said):
         parallel.maybe_initialize_distributed(cfg)
     monkeypatch.setenv("TL_JAX_COORDINATOR", address)
     cfg.coordinator_address = ""
-    with pytest.raises(ValueError, match="TL_JAX_COORDINATOR=.* is not host:port"):
+    with pytest.raises(ValueError, match="TL_JAX_COORDINATOR=.*" + said):
         parallel.maybe_initialize_distributed(cfg)
 
 

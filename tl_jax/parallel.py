@@ -86,8 +86,9 @@ def check_coordinator_address(address: str, key: str) -> None:
     port jax fails with an IndexError, and a URL or a port that is not a number make the
     processes wait the whole initialization timeout for each other, then abort."""
     host, sep, port = address.rpartition(":")
-    if "://" in address or "/" in address or not sep or not host or not port.isdigit() \
-            or not 0 < int(port) < 65536:
+    if sep and host and port.isdigit() and "/" not in address and not 0 < int(port) < 65536:
+        raise ValueError(f"{key}={address!r}: port {port} is out of range (1 to 65535).")
+    if "://" in address or "/" in address or not sep or not host or not port.isdigit():
         raise ValueError(f"{key}={address!r} is not host:port (e.g. 10.0.0.1:1234): the "
                          "address and port where process 0 serves the coordinator.")
 
