@@ -26,6 +26,7 @@ import numpy as np
 from bert_pretrain_vs_hf import description, positive_int
 from tl_jax import static_train
 from tl_jax.data import word_vectors as wv
+from tl_jax.data.sources import SourceError
 from tl_jax.data.vector_formats import WordVectors
 from tl_jax.evaluation.word_vectors import evaluate_all
 
@@ -100,7 +101,10 @@ def main(argv=None):
     data_dir = os.environ.get("TL_JAX_DATA_DIR")
     if not data_dir:
         raise SystemExit("Set TL_JAX_DATA_DIR to the shared data folder (evaluation files).")
-    sentences = wv.load_sentences(args.corpus)
+    try:
+        sentences = wv.load_sentences(args.corpus)
+    except SourceError as e:  # a missing or malformed --corpus: one line, as a bad flag is
+        raise SystemExit(f"word2vec_vs_gensim.py: --corpus: {e}") from None
     n_words = sum(len(s) for s in sentences)
     print(f"corpus: {len(sentences)} sentences, {n_words} words; dim={args.dim} "
           f"window={args.window} negatives={args.negatives} epochs={args.epochs} "

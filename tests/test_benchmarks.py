@@ -51,6 +51,16 @@ def test_bad_arguments_are_refused_naming_the_flag(name, argv, message, monkeypa
     assert message in capsys.readouterr().err
 
 
+def test_a_corpus_that_does_not_read_is_one_line(monkeypatch, tmp_path, data_dir):
+    # It was a traceback ending in SourceError, where every bad flag is one line.
+    module = script("word2vec_vs_gensim", monkeypatch)
+    monkeypatch.setenv("TL_JAX_DATA_DIR", str(data_dir))
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--corpus", str(tmp_path / "none.txt")])
+    assert str(exit_info.value.code) == (
+        f"word2vec_vs_gensim.py: --corpus: Corpus file not found: {tmp_path / 'none.txt'}")
+
+
 def test_defaults_and_good_arguments_parse(monkeypatch):
     assert script("bert_pretrain_vs_hf", monkeypatch).parse_args([]).steps == 10
     assert script("finetune_vs_hf", monkeypatch).parse_args(["--batch", "4"]).batch == 4
