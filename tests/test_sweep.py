@@ -32,10 +32,14 @@ def test_plan_is_the_product_of_the_grid_the_zipped_group_and_the_seeds():
     # Commas inside brackets or quotes belong to a value.
     key, values = sweep.parse_axis("model.filters=((1, 8), (2, 8)),((1, 4),),'a,b'", "grid")
     assert values == ["((1, 8), (2, 8))", "((1, 4),)", "'a,b'"]
+    # Seeds alone are a sweep too (one setting's spread over seeds); it was "nothing to sweep".
+    runs = sweep.plan([], [], [0, 1, 2])
+    assert [(r.name, r.setting, r.overrides) for r in runs] == [
+        (f"seed={s}", (), [f"seed={s}"]) for s in (0, 1, 2)]
 
 
 @pytest.mark.parametrize("grid, zipped, seeds, message", [
-    ([], [], [0], "nothing to sweep"),
+    ([], [], [0], r"nothing to sweep \(give --grid and/or --zip, or two or more --seeds\)"),
     (["data.batch_size"], [], [0], "expected KEY=V1,V2"),
     (["data.batch_size=16,,32"], [], [0], "an empty value"),
     (["data.batch_size=16,16"], [], [0], "a value repeats"),

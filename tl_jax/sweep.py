@@ -114,13 +114,14 @@ def plan(grid: Sequence[str] = (), zipped: Sequence[str] = (),
     if len({len(v) for _, v in zip_axes}) > 1:
         lengths = {k: len(v) for k, v in zip_axes}
         raise config_lib.ConfigError(f"sweep: --zip axes must have one length each, got {lengths}")
-    if not axes and not zip_axes:
-        raise config_lib.ConfigError("sweep: nothing to sweep (give --grid and/or --zip)")
     if not seeds:  # --seeds= (or --seeds=,): "seeds must be distinct, got []" said nothing
         raise config_lib.ConfigError("sweep: no seeds given; --seeds takes comma-separated "
                                      "integers, e.g. --seeds=0,1,2")
     if len(set(seeds)) != len(seeds):
         raise config_lib.ConfigError(f"sweep: seeds must be distinct, got {list(seeds)}")
+    if not axes and not zip_axes and len(seeds) < 2:  # seeds alone: one setting's variance
+        raise config_lib.ConfigError("sweep: nothing to sweep (give --grid and/or --zip, or two "
+                                     "or more --seeds)")
     factors = [[((k, v),) for v in values] for k, values in axes]
     if zip_axes:
         # A zipped value may repeat (batch 16 with two learning rates); a whole setting not.
@@ -784,6 +785,7 @@ def plot(workdir: str, result: dict, keys: list[str]) -> list[str]:
                 points = row["curves"].get(name)
                 if points:
                     label = ", ".join(f"{_short(k, keys)}={v}" for k, v in row["setting"].items())
+                    label = label or f"mean of {row['seeds']} seeds"  # a sweep of seeds alone
                     ax.plot(*zip(*points), marker="o", markersize=3, label=label)
             ax.set_xlabel("step")
             ax.set_title(name)
