@@ -127,7 +127,7 @@ def test_a_run_trained_on_more_devices_predicts_on_the_devices_here(classify_run
 
 
 def test_the_runs_gradient_accumulation_does_not_constrain_the_prediction_batch(
-        classify_run, polarity_files, tmp_path):
+        classify_run, polarity_files, tmp_path, capsys):
     # Fine-tuned with optimizer.grad_accum_steps=2, applied on 8 devices in batches of 8: that
     # was refused as "data.batch_size=8 / optimizer.grad_accum_steps=2 is not divisible by the 8
     # data-parallel shards", naming settings predict neither uses nor takes.
@@ -145,6 +145,16 @@ def test_the_runs_gradient_accumulation_does_not_constrain_the_prediction_batch(
     with pytest.raises(ValueError, match=r"--batch_size=3 is not divisible by the 8 "
                                          r"data-parallel shards.* Pass a --batch_size"):
         predict.run(str(workdir), str(polarity_files / "eval.jsonl"), str(out), batch_size=3)
+    # The run's own batch size is fitted to the devices here, with a note (it was refused just
+    # after the note that predict runs with data parallelism over them).
+    saved["data"]["batch_size"] = 12
+    (workdir / "config.json").write_text(json.dumps(saved))
+    capsys.readouterr()
+    result = predict.run(str(workdir), str(polarity_files / "eval.jsonl"), str(out))
+    assert ("[predict] The run's data.batch_size=12 does not divide over the 8 data-parallel "
+            "shards here; predicting in batches of 8 (--batch_size sets another).\n"
+            in capsys.readouterr().out)
+    assert out.read_text() == _eval_rows(classify_run, result["step"], ".jsonl")
 
 
 def test_a_coordinator_saved_by_a_multi_process_run_is_not_reused(classify_run, polarity_files,

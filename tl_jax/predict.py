@@ -24,6 +24,7 @@ batching, padding of the last batch, truncation and SQuAD's windows are those of
 from __future__ import annotations
 
 import importlib
+import math
 import os
 
 import jax
@@ -232,19 +233,30 @@ def run(workdir: str, input_spec: str, output: str, batch_size: int = 0) -> dict
             print(f"[predict] Note: {impossible} of {len(records)} questions in {input_spec} are "
                   "unanswerable (SQuAD 2.0); this run was trained as data.version='1.1', which "
                   "always answers, so their exact match and F1 are 0.", flush=True)
-    truncated = []
-    task = task_module.Task.for_prediction(config, encoder, labels, records, truncated)
-    downstream.note_truncated(config, truncated, len(records), "predict", input_spec, records)
     mesh = fit_mesh(config)
     # Prediction takes no optimizer step: the run's gradient accumulation would refuse batch
     # sizes that it does not divide, or that split into micro-batches the devices do not divide.
     config.optimizer.grad_accum_steps = 1
+    if not batch_size:
+        # The run's batch over other devices (16 on 3): the nearest that they divide, rather
+        # than a refusal after the note that it predicts with data parallelism over them.
+        shards = math.lcm(math.prod(mesh.shape[a] for a in parallel.BATCH_AXES),
+                          jax.process_count())
+        fitted = max(shards, int(config.data.batch_size) // shards * shards)
+        if fitted != int(config.data.batch_size):
+            print(f"[predict] The run's data.batch_size={config.data.batch_size} does not "
+                  f"divide over the {shards} data-parallel shards here; predicting in batches of "
+                  f"{fitted} (--batch_size sets another).", flush=True)
+            config.data.batch_size = fitted
     try:
         parallel.check_batch_size(int(config.data.batch_size), mesh,
                                   name=f"--batch_size={config.data.batch_size}" if batch_size
                                   else f"The run's data.batch_size={config.data.batch_size}")
     except parallel.MeshError as e:
         raise parallel.MeshError(f"{e} Pass a --batch_size that they divide.") from None
+    truncated = []
+    task = task_module.Task.for_prediction(config, encoder, labels, records, truncated)
+    downstream.note_truncated(config, truncated, len(records), "predict", input_spec, records)
     trainer = train.build_trainer(config, workdir, task=task)
     params = load_params(trainer, workdir, step)
 
