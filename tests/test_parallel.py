@@ -190,6 +190,14 @@ def test_joining_the_coordinator_says_what_it_waits_for_first(monkeypatch, capsy
     assert kwargs["initialization_timeout"] == parallel.INITIALIZATION_TIMEOUT_S
     assert "Process 3 of 4: joining the coordinator at 10.0.0.1:1234" in printed
     assert f"up to {parallel.INITIALIZATION_TIMEOUT_S} s for all 4 processes" in printed
+    # A process given another count than the coordinator's ran on without a word.
+    assert capsys.readouterr().out == (
+        "[distributed] Warning: this process was given distributed.num_processes=4, but the "
+        "coordinator at 10.0.0.1:1234 runs 1 processes: the run goes on as 1. Give every "
+        "process the same number.\n")
+    monkeypatch.setattr(jax, "process_count", lambda: 4)
+    parallel.maybe_initialize_distributed(cfg)
+    assert "Warning" not in capsys.readouterr().out
 
 
 def test_the_initialization_timeout_is_set_by_an_environment_variable(monkeypatch, capsys):

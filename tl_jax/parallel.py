@@ -137,6 +137,10 @@ def maybe_initialize_distributed(cfg: ml_collections.ConfigDict) -> None:
               "processes.", flush=True)
         jax.distributed.initialize(address, num_processes=num, process_id=pid,
                                    local_device_ids=local, initialization_timeout=timeout)
+        if jax.process_count() != num:  # the coordinator's count wins; this one was told another
+            print(f"[distributed] Warning: this process was given {num_key}={num}, but the "
+                  f"coordinator at {address} runs {jax.process_count()} processes: the run goes "
+                  f"on as {jax.process_count()}. Give every process the same number.", flush=True)
         logging.info("jax.distributed: process %d of %d via %s", pid, num, address)
     elif os.environ.get("TL_JAX_AUTO_DISTRIBUTED"):
         try:
