@@ -285,6 +285,9 @@ def test_the_tokenize_command_trains_a_bpe_on_the_corpus_without_a_tokenizer(
              "WordPiece vocabulary of --vocab_size=N tokens: give the size"),
             (["--wordpiece"], "--wordpiece trains a WordPiece vocabulary of --vocab_size=N "
              "tokens: give the size"),  # not "give one of --tokenizer=PATH, ... not none"
+            (["--vocab_size=0", "--wordpiece"], "--vocab_size=0 must be a number of tokens, at "
+             "least 1"),  # as above, though it was given
+            (["--vocab_size=0"], "--vocab_size=0 must be a number of tokens, at least 1"),
             ([f"--tokenizer={tmp_path / 'config.json'}"], f"--tokenizer={tmp_path}/config.json:"
              f" {tmp_path}/config.json is not a tokenizer.json (it names no tokenizer model; a "
              "model's config.json?)"),

@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "for GPT (vocab.json + merges.txt, a BPE tokenizer.json, a clm "
                         "workdir) or WordPiece for BERT/ELECTRA/distillation (vocab.txt, a "
                         "WordPiece tokenizer.json, a bert_pretrain workdir)")
-    p.add_argument("--vocab_size", type=int, default=0,
+    p.add_argument("--vocab_size", type=int, default=None,
                    help="instead of --tokenizer: train a byte-level BPE of this many tokens on "
                         "the corpus (with --wordpiece, a WordPiece vocabulary)")
     p.add_argument("--wordpiece", action="store_true",

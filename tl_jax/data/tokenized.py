@@ -494,7 +494,7 @@ def load_tokenizer(path: str, flag: str):
 
 
 def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
-        group_field: str = "", vocab_size: int = 0, words: bool = False,
+        group_field: str = "", vocab_size: int | None = None, words: bool = False,
         wordpiece: bool = False, cased: bool = False) -> dict:
     """`tl_jax tokenize`: tokenise `corpus` with `tokenizer` into the folder `output`.
 
@@ -510,6 +510,10 @@ def run(corpus: str, tokenizer: str, output: str, text_field: str = "text",
     from tl_jax.data.tokenizer import SPECIAL_TOKENS, Tokenizer
     from tl_jax.progress import on_terminal, phase
 
+    if vocab_size is not None and vocab_size < 1:  # given, as 0: not "give one of ..."
+        raise ValueError(f"--vocab_size={vocab_size} must be a number of tokens, at least 1 "
+                         "(for a byte-level BPE at least 257)")
+    vocab_size = vocab_size or 0
     given = [flag for flag, value in (("--tokenizer", tokenizer), ("--vocab_size", vocab_size),
                                       ("--words", words)) if value]
     if wordpiece and not vocab_size:  # before "give one of ...": --wordpiece is half of one
