@@ -317,6 +317,14 @@ def test_a_bad_layers_range_on_tl_weights_is_reported_before_any_weight_is_read(
     monkeypatch.setattr(safetensors_io, "read_safetensors", no_read)
     with pytest.raises(ValueError, match=r"--layers='0,9': layer 9 is outside 0..6"):
         extract.extract(str(weights), TEXTS, layers="0,9")
+    # Weights without their tokenizer: named as such, with what to do (it was the tokenizer
+    # loader's message, which asks to name a tokenizer extract has no flag for).
+    for name in ("vocab.txt", "tokenizer.json"):
+        (weights / name).unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=rf"^--init_from={weights} has no tokenizer \(neither "
+                                         r"tokenizer.json nor vocab.txt\): copy the one its "
+                                         r"weights were trained with into it$"):
+        extract.extract(str(weights), TEXTS, layers="last")
 
 
 def test_an_adapters_workdir_is_extracted_with_its_trained_adapters(data_dir, tmp_path):

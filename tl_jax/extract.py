@@ -107,6 +107,9 @@ def combine(hidden: np.ndarray, how: str, indices: list[int]) -> np.ndarray:
 def encoder_config(init_from: str):
     """`(tokenizer, BertConfig)` of a tl_jax workdir or HF directory: no weights are read."""
     downstream.check_encoder_source(init_from)
+    if downstream.has_no_tokenizer(init_from):  # extract has no flag to name one with
+        raise ValueError(f"--init_from={init_from} has no tokenizer (neither tokenizer.json nor "
+                         "vocab.txt): copy the one its weights were trained with into it")
     tokenizer = Tokenizer.load(downstream.tokenizer_path(init_from))
     return tokenizer, downstream.architecture(init_from, tokenizer)
 
