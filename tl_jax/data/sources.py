@@ -189,20 +189,20 @@ def _file_documents(path: str, text_field: str,
         raise SourceError(f"Corpus file {path} contains no text.")
 
 
-# What `tl_jax tokenize` writes into a corpus folder before its corpus.json (tokenized.py's
-# names; that module imports this one).
-_TOKENIZED_PARTS = ("tokens.int32", "doc_ends.npy", "sentence_ends.npy", "unit_ends.npy",
-                    "spellings.txt", "tokenizer")
-
-
 def _folder_message(path: str) -> str:
     """Why the folder `path` is not read as a corpus file, and what to give instead."""
-    if os.path.isfile(os.path.join(path, "corpus.json")):
+    from tl_jax.data import tokenized  # here: that module imports this one
+
+    if os.path.isfile(os.path.join(path, tokenized.META_FILE)):
         return (f"{path} is a tokenised corpus (`tl_jax tokenize`): GPT, BERT, ELECTRA, "
                 "distillation and biLM runs read one given alone as data.corpus; other "
                 "readers (static vectors) take text")
     names = os.listdir(path)
-    if path.rstrip(os.sep).endswith(".partial") or any(n in _TOKENIZED_PARTS for n in names):
+    # What `tl_jax tokenize` writes into a folder before its corpus.json.
+    parts = {tokenized.TOKENS_FILE, tokenized.ENDS_FILE, tokenized.SENTENCE_ENDS_FILE,
+             tokenized.DOC_SENTENCE_ENDS_FILE, tokenized.UNIT_ENDS_FILE,
+             tokenized.SPELLINGS_FILE, tokenized.TOKENIZER_DIR}
+    if path.rstrip(os.sep).endswith(".partial") or parts.intersection(names):
         return (f"Corpus folder {path} has no corpus.json: not a finished `tl_jax tokenize` "
                 "folder (it was interrupted or is damaged); tokenise the corpus again")
     files = sorted(n for n in names if os.path.isfile(os.path.join(path, n)))
