@@ -503,6 +503,11 @@ def test_small_has_the_papers_factorised_embeddings_shared_by_both_halves():
     d, g = config.discriminator, config.generator
     assert (d.num_layers, d.hidden_size, d.num_heads, d.embedding_size) == (12, 256, 4, 128)
     assert (g.hidden_size, g.num_heads, g.embedding_width) == (64, 1, 128)
+    # The released ELECTRA-Small checkpoint's generator is as wide as its discriminator
+    # (generator size 1, unlike the paper's Table 6): generator_fraction=1 is that layout.
+    g = electra.ElectraConfig.from_size("small", generator_fraction=1.0, vocab_size=V).generator
+    assert (g.hidden_size, g.num_heads, g.intermediate_size, g.embedding_width) == \
+        (256, 4, 1024, 128)
     assert electra.ElectraConfig.from_size("base").discriminator.embedding_size == 0
     # The same layout at a testable size: 2 layers, embeddings 12, discriminator 16, generator 8.
     config = electra.ElectraConfig.from_size("tiny", vocab_size=V, max_position_embeddings=16,

@@ -51,8 +51,10 @@ from tl_jax.models import bert, layers
 
 # name -> (num_layers, hidden_size, num_heads, generator fraction, embedding_size).
 # intermediate_size is 4 * hidden_size; embedding_size 0 is hidden_size. The generator has the
-# discriminator's depth and `fraction` of its width, heads and MLP (the paper's Table 6 /
-# released configs: 1/4 for Small and Large, 1/3 for Base); Small's embeddings are 128 wide.
+# discriminator's depth and `fraction` of its width, heads and MLP (the paper's Table 6: 1/4 for
+# Small and Large, 1/3 for Base; the released ELECTRA-Small checkpoint instead has a generator as
+# wide as its discriminator, generator size 1 in ELECTRA's README: `generator_fraction=1.0`);
+# Small's embeddings are 128 wide.
 SIZES = {
     "tiny": (2, 128, 2, 0.25, 0),
     "mini": (4, 256, 4, 0.25, 0),
