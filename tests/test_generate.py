@@ -905,6 +905,23 @@ def test_generate_checks_its_flags_before_loading_the_model(tmp_path):
                               choices=[" good", " bad"])
 
 
+def test_a_string_where_a_list_is_expected_is_refused(tmp_path):
+    """`prompts="Mr. Darcy"` completed each of its 9 characters as a prompt of its own, and
+    `choices=" wife"` scored the choices " ", "w", "i", "f", "e", without a word."""
+    missing = str(tmp_path / "no_model")  # refused before the model is loaded
+    cases = [
+        (dict(prompts="Mr. Darcy"), r"prompts='Mr. Darcy' is a string; give a list of strings "
+                                    r"\(prompts=\['Mr. Darcy'\]\)"),
+        (dict(prompts=["a"], stop="END"), "stop='END' is a string"),
+        (dict(prompts=["a"], mode="score", choices=" wife"), "choices=' wife' is a string"),
+        (dict(prompts=["a"], mode="score", choices=[" a", " b"], labels="xy"),
+         "labels='xy' is a string"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            generate.run_generate(missing, **kwargs)
+
+
 def test_an_empty_prompt_file_is_named_as_such(tmp_path):
     """A prompt file with no prompts said "no prompts (give --prompt or --prompt_file)", as
     if no file had been given: the file is named, and what it lacks."""

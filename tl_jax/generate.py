@@ -646,6 +646,8 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
       each choice stands for (e.g. choices " good", " bad" for labels pos, neg), else a choice
       is its own label (without surrounding spaces). Every gold label must be one of them.
 
+    `prompts`, `choices`, `labels` and `stop` are lists of strings (a string alone is refused:
+    each of its characters would be one).
     Prompts come from `prompts` and/or `prompt_file` (plain text: one prompt per line; .jsonl:
     `text_field` of each object; .csv/.tsv: column `text_field` under a header row; a .json
     file is refused), each formatted with `template`
@@ -668,6 +670,13 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
         raise ValueError(f"generate: --mode={mode!r}; expected complete or score")
     if batch_size < 1:
         raise ValueError(f"generate: --batch_size must be >= 1, got {batch_size}")
+    for name, value in (("prompts", prompts), ("choices", choices), ("labels", labels),
+                        ("stop", stop)):
+        if isinstance(value, str):
+            # A string is a sequence too: each of its characters became a prompt (a choice, a
+            # label, a stop string) of its own, without a word.
+            raise ValueError(f"generate: {name}={value[:60]!r} is a string; give a list of "
+                             f"strings ({name}=[{value[:60]!r}])")
     template = template.replace("\\n", "\n")  # a template typed on a command line
     if "{text}" not in template:
         raise ValueError(f"generate: --template {template!r} has no {{text}}: every prompt would "
