@@ -208,6 +208,22 @@ def test_embedding_matrix_for_a_task_vocabulary():
     assert strict_oov == 1
 
 
+def test_embedding_matrix_refuses_a_string_vocab_and_vectors_not_loaded(tmp_path):
+    """`embedding_matrix_for_vocab(vectors, "the")` built a table of 3 rows, one per character,
+    without a word; a path in place of the vectors said "'str' object has no attribute
+    'vectors'"."""
+    vectors = vf.WordVectors(["the", "cat"], np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"vocab='the' is a string; give the task's tokens as a "
+                                         "list"):
+        embeddings.embedding_matrix_for_vocab(vectors, "the")
+    path = tmp_path / "v.txt"
+    vf.save_glove_text(vectors, path)
+    for given in (str(path), path):
+        with pytest.raises(TypeError, match=r"vectors is a \w+, not WordVectors \(load the file "
+                                            r"first: vector_formats.load_vectors\(path\)\)"):
+            embeddings.embedding_matrix_for_vocab(given, ["the"])
+
+
 @pytest.mark.parametrize("encoder", ["bag", "bilstm"])
 def test_static_embedding_classifier_uses_the_pretrained_table(encoder):
     import flax.linen as nn

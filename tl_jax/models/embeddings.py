@@ -11,6 +11,7 @@ Compositionality"; Pennington et al. 2014, "GloVe: Global Vectors for Word Repre
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import flax.linen as nn
@@ -143,7 +144,17 @@ def embedding_matrix_for_vocab(vectors, vocab: Sequence[str], seed: int = 0,
     A token missing from `vectors` (also after lowercasing, when `lowercase_fallback`) gets a
     random normal row with the pretrained vectors' per-dimension mean and std, so it is on
     the same scale as the rest. Returns (matrix (len(vocab), D) float32, number of such OOV rows).
+    `vocab` is a list of tokens (a string alone is refused: each of its characters would be one
+    token), and `vectors` a loaded `WordVectors` (`vector_formats.load_vectors(path)`).
     """
+    if isinstance(vocab, str):
+        raise ValueError(f"embedding_matrix_for_vocab: vocab={vocab[:60]!r} is a string; give "
+                         "the task's tokens as a list, one per row of the table")
+    if not hasattr(vectors, "vectors") or not hasattr(vectors, "index"):
+        hint = (" (load the file first: vector_formats.load_vectors(path))"
+                if isinstance(vectors, (str, os.PathLike)) else "")
+        raise TypeError(f"embedding_matrix_for_vocab: vectors is a {type(vectors).__name__}, "
+                        f"not WordVectors{hint}")
     rng = np.random.default_rng(seed)
     table = vectors.vectors
     mean, std = table.mean(axis=0), table.std(axis=0)
