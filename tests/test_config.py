@@ -21,6 +21,15 @@ def test_size_argument_and_overrides():
     assert c.data.whole_word_masking is True
 
 
+def test_overrides_given_as_one_string_are_refused_as_such():
+    """A string is iterable: its first character was read as an override ("Override 't' must
+    look like key=value.", for a string that does look like key=value)."""
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"overrides='train.steps=7' is a string; give a list of key=value "
+                             r"strings \(\['train.steps=7'\]\)"):
+        config_lib.load_config(BERT + ":tiny", "train.steps=7")
+
+
 def test_int_override_of_float_field_and_string_that_looks_numeric():
     c = config_lib.load_config(BERT + ":tiny", ["optimizer.learning_rate=1", "data.corpus=123"])
     assert isinstance(c.optimizer.learning_rate, float)

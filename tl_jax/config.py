@@ -68,7 +68,12 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     """Loads `path.py[:arg]` and applies `key.sub=value` overrides.
 
     Example: `load_config("configs/bert_pretrain.py:tiny", ["train.steps=20"])`.
+    `overrides` is a list of such strings (a string alone is refused).
     """
+    if isinstance(overrides, str):
+        # Read one character at a time, it failed as "Override 't' must look like key=value."
+        raise ConfigError(f"overrides={overrides[:60]!r} is a string; give a list of key=value "
+                          f"strings ([{overrides[:60]!r}])")
     path, _, arg = spec.partition(":")
     resolved = _resolve_path(path)
     module = _load_module(resolved)
