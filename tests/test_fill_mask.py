@@ -138,6 +138,21 @@ def test_top_k_below_one_is_refused_and_above_the_vocabulary_gives_real_tokens(p
     assert "" not in tokens
 
 
+def test_predict_refuses_a_list_and_a_mask_in_lower_case(pretrained):
+    """A list of texts failed with "'list' object has no attribute 'split'"; "[mask]" (as an
+    uncased model might suggest) was read as plain text, so predict returned [] without a word."""
+    model = fill_mask.FillMask.from_workdir(pretrained[1])
+    with pytest.raises(fill_mask.FillMaskError,
+                       match=r"predict takes one text \(a str\), not a list; call it once per"):
+        model.predict(["the [MASK] is", "a [MASK]"])
+    for text, odd in (("the city is [mask].", "mask"), ("the [MASK] is [Mask].", "Mask")):
+        with pytest.raises(fill_mask.FillMaskError,
+                           match=rf"writes the mask as \[{odd}\]; the mask token is \[MASK\], "
+                                 "in capitals"):
+            model.predict(text)
+    assert len(model.predict("the [MASK] is [MASK].")) == 2
+
+
 def test_an_over_long_prompt_is_named_in_one_line(pretrained):
     model = fill_mask.FillMask.from_workdir(pretrained[1])
     text = "the city " * 40 + "[MASK]"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 import jax
 import numpy as np
@@ -295,8 +296,19 @@ class FillMask:
                    f"the BERT in {path} ({config.num_layers} layers, {config.hidden_size} wide)")
 
     def predict(self, text: str, top_k: int = 5) -> list[list[str]]:
-        """The top-k tokens for each [MASK] in `text` (which may contain several); fewer when
-        the vocabulary has fewer than `top_k` tokens that are not special."""
+        """The top-k tokens for each [MASK] in `text` (one string, which may contain several
+        [MASK]s; none gives []); fewer when the vocabulary has fewer than `top_k` tokens that
+        are not special. The mask is written in capitals: "[mask]" is refused, not read as
+        text."""
+        if not isinstance(text, str):
+            # A list failed as "'list' object has no attribute 'split'".
+            raise FillMaskError(f"fill_mask: predict takes one text (a str), not a "
+                                f"{type(text).__name__}; call it once per text")
+        odd = [m for m in re.findall(r"\[mask\]", text, flags=re.IGNORECASE) if m != "[MASK]"]
+        if odd:
+            # "[mask]" is plain text ("[", "mask", "]"): no mask, so [] without a word.
+            raise FillMaskError(f"fill_mask: {text[:60]!r} writes the mask as {odd[0]}; the "
+                                "mask token is [MASK], in capitals")
         _check_top_k(top_k, "top_k")
         tok = self.tokenizer
         pieces = text.split("[MASK]")
