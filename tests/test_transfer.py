@@ -316,6 +316,22 @@ def test_stages_of_no_or_negative_length_are_an_error(length):
     transfer.build_transfer_optimizer(toy_params(), tc, oc, 12, 5)
 
 
+def test_a_misspelt_transfer_or_optimizer_setting_is_an_error():
+    # default_config() is not locked: `tc.update(stage_step=2)` added a key beside stage_steps,
+    # and the plan ran with stages of one epoch, without a word.
+    tc, oc = configs(strategy="gradual_unfreezing", stage_step=2)
+    with pytest.raises(ValueError, match=r"transfer.stage_step is not a setting of the transfer "
+                                         r"section; did you mean transfer.stage_steps\? \(the "
+                                         r"settings: "):
+        transfer.build_transfer_optimizer(toy_params(), tc, oc, 12, 5)
+    tc, oc = configs()
+    oc.learning_rat = 0.1
+    with pytest.raises(ValueError, match=r"optimizer.learning_rat is not a setting of the "
+                                         r"optimizer section; did you mean "
+                                         r"optimizer.learning_rate\?"):
+        transfer.build_transfer_optimizer(toy_params(), tc, oc, 12, 5)
+
+
 def test_thawed_group_starts_with_fresh_adam_count():
     """A group thawed late takes Adam's first step (|update| = lr), not a bias-corrected blow-up."""
     params = toy_params()

@@ -136,6 +136,18 @@ def check_config(transfer_cfg: ml_collections.ConfigDict,
                  optimizer_cfg: ml_collections.ConfigDict) -> None:
     """Settings of `config.transfer` that are wrong whatever the model: checked by the tasks
     before they read data or build a model, and by `TransferPlan`."""
+    for section, cfg, known in (("transfer", transfer_cfg, default_config()),
+                                ("optimizer", optimizer_cfg, optimizers.default_config())):
+        # A config built in Python (default_config() is not locked) takes any key: a misspelt
+        # one (`stage_step=25`) was added beside the real one and the plan used the default.
+        unknown = sorted(set(cfg.keys()) - set(known.keys()))
+        if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], list(known.keys()), n=1)
+            raise ValueError(f"{section}.{unknown[0]} is not a setting of the {section} section"
+                             + (f"; did you mean {section}.{close[0]}?" if close else "")
+                             + f" (the settings: {', '.join(sorted(known.keys()))})")
     if transfer_cfg.schedule == "stlr" and optimizer_cfg.warmup_steps:
         # STLR replaces the optimizer's schedule, warm-up included: the steps would do nothing.
         raise ValueError(
