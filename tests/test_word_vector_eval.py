@@ -206,3 +206,19 @@ def test_real_glove_vectors_score_well_above_chance(data_dir):
     shuffled = WordVectors(vectors.words, vectors.vectors[perm])
     r = ev.word_similarity(shuffled, ev.read_similarity_pairs(data_dir / ev.WORDSIM353))
     assert abs(r.spearman) < 0.15
+
+
+def test_evaluate_all_on_the_eval_folder_itself_says_to_give_the_folder_holding_it(data_dir,
+                                                                                  tmp_path):
+    # It said only "No such file or directory: '.../eval/eval/wordsim353.tsv'".
+    vectors = WordVectors(["king", "queen"], np.eye(2, dtype=np.float32))
+    with pytest.raises(FileNotFoundError, match=r"'.*/eval' holds wordsim353.tsv, simlex999.txt, "
+                                                r"questions-words.txt itself, .* give its parent "
+                                                rf"folder, '{data_dir.resolve()}'"):
+        ev.evaluate_all(vectors, data_dir / "eval")
+    other = tmp_path / "mine"  # the files in a folder of another name: move them into eval/
+    other.mkdir()
+    (other / "simlex999.txt").write_text("a b 1.0\n")
+    with pytest.raises(FileNotFoundError, match=r"holds simlex999.txt itself, .* move them into "
+                                                r"'.*mine/eval'"):
+        ev.read_all(other)

@@ -770,6 +770,25 @@ def test_an_eval_dir_missing_some_of_the_files_fails_before_training(tmp_path, m
         static_train.run(config, str(tmp_path / "work"))
 
 
+def test_an_eval_dir_that_is_the_eval_folder_itself_fails_before_training(tmp_path, data_dir,
+                                                                          monkeypatch):
+    # eval_dir=$TL_JAX_DATA_DIR/eval (the folder of the files, not the one holding eval/) was
+    # taken for a folder without them: the run trained and skipped the scores in one line.
+    import pathlib
+
+    from tl_jax import config as config_lib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "word2vec.py"
+    config = config_lib.load_config(f"{path}:tiny", [f"eval_dir='{data_dir / 'eval'}'"])
+    monkeypatch.setattr(wv, "read_corpus", lambda *a, **k: pytest.fail("read the corpus first"))
+    with pytest.raises(ValueError, match=r"config.eval_dir: '.*/eval' holds wordsim353.tsv, "
+                                         r"simlex999.txt, questions-words.txt itself, but .* "
+                                         r"read from the eval/ folder inside it .*: give its "
+                                         rf"parent folder, '{data_dir.resolve()}'"):
+        static_train.run(config, str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists()
+
+
 def test_a_workdir_that_is_a_file_fails_before_training(tmp_path, monkeypatch):
     # The workdir was made only after training: a file there (or an uncreatable folder) raised
     # "File exists" once the vectors were trained, and they were lost.

@@ -545,6 +545,10 @@ def _evaluation_files(config) -> tuple[str, list[str]]:
                          "evaluation")
     eval_files = (evaluation.WORDSIM353, evaluation.SIMLEX999, evaluation.GOOGLE_ANALOGIES)
     missing = [f for f in eval_files if not pathlib.Path(eval_dir, f).exists()]
+    if eval_dir and len(missing) == len(eval_files) and evaluation.misplaced_files(eval_dir):
+        # The folder of the files themselves (eval/) was taken for one without them: the run
+        # trained and skipped the scores with one line of output.
+        raise ValueError(f"config.eval_dir: {evaluation.misplaced_files(eval_dir)}")
     if eval_dir and 0 < len(missing) < len(eval_files):  # before training, not after it
         raise ValueError(f"config.eval_dir={eval_dir!r} lacks {missing}; it needs all of "
                          f"{list(eval_files)} (or eval_dir='' to skip the evaluation)")

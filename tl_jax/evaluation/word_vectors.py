@@ -211,9 +211,30 @@ def _lowercase_index(vectors: WordVectors) -> dict[str, int]:
     return index
 
 
+def misplaced_files(data_dir) -> str:
+    """What to give instead when `data_dir` holds the evaluation files itself, not in its eval/
+    folder (the folder `eval/` was given, say); "" when it does not."""
+    data_dir = pathlib.Path(data_dir)
+    files = (WORDSIM353, SIMLEX999, GOOGLE_ANALOGIES)
+    if all((data_dir / f).exists() for f in files):
+        return ""
+    there = [pathlib.PurePosixPath(f).name for f in files
+             if (data_dir / pathlib.PurePosixPath(f).name).is_file()]
+    if not there:
+        return ""
+    fix = (f"give its parent folder, {str(data_dir.resolve().parent)!r}"
+           if data_dir.resolve().name == "eval" else f"move them into {str(data_dir / 'eval')!r}")
+    return (f"{str(data_dir)!r} holds {', '.join(there)} itself, but the evaluation files are "
+            f"read from the eval/ folder inside it ({', '.join(files)}): {fix}")
+
+
 def read_all(data_dir) -> dict:
-    """Reads (and so checks) the three evaluation files under `data_dir`; a training run calls
-    this before it trains, so a malformed file fails in seconds, not after the run."""
+    """Reads (and so checks) the three evaluation files under `data_dir` (the folder holding
+    eval/: `data_dir/eval/wordsim353.tsv`, ...); a training run calls this before it trains, so
+    a malformed file fails in seconds, not after the run."""
+    hint = misplaced_files(data_dir)
+    if hint:
+        raise FileNotFoundError(hint)
     data_dir = pathlib.Path(data_dir)
     return {"wordsim353": read_similarity_pairs(data_dir / WORDSIM353),
             "simlex999": read_similarity_pairs(data_dir / SIMLEX999),
@@ -224,7 +245,8 @@ def evaluate_all(vectors: WordVectors, data_dir=None, restrict_vocab: int | None
                  data: dict | None = None) -> dict:
     """WordSim353, SimLex-999 and Google analogies, as a flat dict of numbers.
 
-    The files are read from `data_dir`, or taken already read from `data` (see `read_all`)."""
+    The files are read from `data_dir`'s eval/ folder (`data_dir/eval/wordsim353.tsv`, ...: the
+    data folder, not eval/ itself), or taken already read from `data` (see `read_all`)."""
     if data is None:
         if data_dir is None:
             raise ValueError("evaluate_all: give data_dir or data")
