@@ -113,9 +113,18 @@ def test_other_directories_are_refused_in_one_line(tmp_path, pretrained):
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text("{}")
+    text = tmp_path / "text.txt"  # was said not to exist
+    text.write_text("the [MASK] is\n")
+    above = tmp_path / "quickstart"  # a folder holding workdirs, as `tl_jax quickstart` makes
+    for name in ("pretrain", "finetune"):
+        (above / name / ("checkpoints" if name == "pretrain" else "scratch")).mkdir(parents=True)
     for path, expected in ((static, "holds static word vectors"),
                            (tmp_path / "missing", "does not exist"),
-                           (hf, "is not a `tl_jax train` workdir")):
+                           (text, "is a file, not a workdir or model directory"),
+                           (hf, r"is not a `tl_jax train` workdir \(it needs checkpoints/ and "
+                                r"config.json\)$"),
+                           (above, r"is not a `tl_jax train` workdir .*; the workdirs in it: "
+                                   r"pretrain$")):
         with pytest.raises(fill_mask.FillMaskError, match=f"fill_mask: {path} {expected}"):
             fill_mask.FillMask.from_workdir(str(path))
     with pytest.raises(fill_mask.FillMaskError, match="has no \\[MASK\\] to fill"):

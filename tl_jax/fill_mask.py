@@ -80,11 +80,19 @@ def workdir_task(workdir: str) -> str:
         raise FillMaskError(f"fill_mask: {workdir} holds static word vectors (`tl_jax static`), "
                             "which have no masked-LM head")
     if not os.path.isdir(workdir):
-        raise FillMaskError(f"fill_mask: {workdir} does not exist")
+        # (A file was said not to exist.)
+        raise FillMaskError(f"fill_mask: {workdir} "
+                            + ("is a file, not a workdir or model directory"
+                               if os.path.exists(workdir) else "does not exist"))
     config_path = os.path.join(workdir, "config.json")
     if not os.path.isdir(os.path.join(workdir, "checkpoints")) or not os.path.isfile(config_path):
+        # The folder above a run's workdir (`tl_jax quickstart --workdir=W` pretrains in
+        # W/pretrain) is named with the workdirs in it.
+        inside = sorted(name for name in os.listdir(workdir)
+                        if os.path.isdir(os.path.join(workdir, name, "checkpoints")))
         raise FillMaskError(f"fill_mask: {workdir} is not a `tl_jax train` workdir (it needs "
-                            "checkpoints/ and config.json)")
+                            "checkpoints/ and config.json)"
+                            + (f"; the workdirs in it: {', '.join(inside)}" if inside else ""))
     config = _workdir_config(workdir)
     task = config.get("task", "")
     if task in MASKED_LM_PARAMS:
