@@ -344,3 +344,18 @@ def test_word2vec_text_read_as_glove_text_names_the_header(tmp_path):
     with pytest.raises(ValueError, match=r"v.txt:2: expected a word and 2 numbers, got 2 "
                        r"fields$"):
         vf.load_vectors(path, "glove_text")
+
+
+def test_a_folder_given_to_load_vectors_names_the_vectors_files_in_it(tmp_path):
+    """A `tl_jax static` workdir given for its vectors said only "[Errno 21] Is a directory";
+    a format misspelt for `vectors_path` gave a path no run writes."""
+    from tl_jax import static_train
+
+    vf.save_vectors(_vectors(), static_train.vectors_path(str(tmp_path), "glove_text"),
+                    "glove_text")
+    (tmp_path / "vocab.txt").write_text("the\n")
+    with pytest.raises(IsADirectoryError, match=r"is a folder, not a vectors file; the vectors "
+                                                r"files in it: vectors.glove_text.txt$"):
+        vf.load_vectors(tmp_path)
+    with pytest.raises(ValueError, match=r"Unknown vector format 'glove'; known: \['glove_text'"):
+        static_train.vectors_path(str(tmp_path), "glove")

@@ -568,7 +568,10 @@ def score_names(config) -> list[str]:
 
 
 def vectors_path(workdir: str, fmt: str) -> str:
-    """Where `run` saves the vectors in format `fmt`: WORKDIR/vectors.FORMAT.{txt,bin}."""
+    """Where `run` saves the vectors in format `fmt` (one of `vector_formats.FORMATS`):
+    WORKDIR/vectors.FORMAT.{txt,bin}."""
+    if fmt not in FORMATS:  # a path no run writes ("vectors.glove.txt"), without a word
+        raise ValueError(f"Unknown vector format {fmt!r}; known: {sorted(FORMATS)}")
     return os.path.join(workdir, f"vectors.{fmt}.{'bin' if fmt == 'word2vec_binary' else 'txt'}")
 
 

@@ -270,6 +270,13 @@ def guess_format(path) -> str:
 
 def load_vectors(path, fmt: str | None = None) -> WordVectors:
     """Loads vectors in `fmt` (one of FORMATS), guessing it from the file when None."""
+    if os.path.isdir(path):
+        # (It said only "[Errno 21] Is a directory".) A `tl_jax static` workdir, most likely.
+        found = sorted(n for n in os.listdir(path) if n.startswith("vectors.")
+                       and os.path.isfile(os.path.join(path, n)))
+        raise IsADirectoryError(f"{os.fspath(path)} is a folder, not a vectors file"
+                                + (f"; the vectors files in it: {', '.join(found)}" if found
+                                   else ""))
     fmt = fmt or guess_format(path)
     if fmt not in FORMATS:
         raise ValueError(f"Unknown vector format {fmt!r}; known: {sorted(FORMATS)}")
