@@ -130,6 +130,27 @@ def test_squad_windows_cover_the_answer_and_map_back_to_characters(tokenizer):
     assert predictions["q"] == "Pemberley"
 
 
+def test_squad_answer_keeps_the_combining_marks_that_end_it(tokenizer):
+    # Decomposed (NFD) text: MiniLM's uncased tokenizer strips the accents, and a word's last
+    # sub-token used to end before them, so the answer came back as "Cafe", not "Cafe\u0301".
+    context = "We met at Cafe\u0301 Zoe\u0308 in Zu\u0308rich, then at Ame\u0301lie\u0301."
+    answers = ["Cafe\u0301 Zoe\u0308", "Zu\u0308rich", "Ame\u0301lie\u0301"]
+    records = [{"id": f"q{i}", "question": "Where?", "context": context,
+                "answers": [{"text": a, "answer_start": context.index(a)}]}
+               for i, a in enumerate(answers)]
+    out = features.encode_squad(tokenizer, records, max_seq_length=48, doc_stride=16,
+                                max_query_length=8)
+    windows = []
+    for i in range(len(out["input_ids"])):
+        logits = np.zeros((2, 48))
+        logits[0, out["start_positions"][i]] = logits[1, out["end_positions"][i]] = 10.0
+        windows.append(dict(id=records[out["example_index"][i]]["id"], start_logits=logits[0],
+                            end_logits=logits[1], offsets=out["offsets"][i],
+                            max_context=out["max_context"][i]))
+    predictions, _ = squad.decode_predictions(windows, {r["id"]: context for r in records})
+    assert predictions == {f"q{i}": a for i, a in enumerate(answers)}
+
+
 def test_squad_max_context_is_berts_one_window_per_context_token(tokenizer):
     words = "one two three four five six seven eight nine ten eleven twelve".split()
     context = " ".join(words)  # 12 sub-tokens, one per word

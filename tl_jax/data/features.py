@@ -24,10 +24,13 @@ Every encoder returns a dict of numpy arrays with a leading example axis `N` and
   only starts answers there.
 
 Sub-token offsets come from the Hugging Face `tokenizers` encoding (`Encoding.offsets` and
-`word_ids`), so they map exactly back to the original characters, accents and case included.
+`word_ids`), so they map exactly back to the original characters, accents and case included; in
+`encode_squad` a sub-token's span also takes the combining marks right after it that an
+accent-stripping tokenizer dropped (decomposed text: "e" + U+0301), so an answer ends with them.
 """
 from __future__ import annotations
 
+import unicodedata
 from typing import Sequence
 
 import numpy as np
@@ -226,7 +229,8 @@ def encode_squad(tokenizer, records: Sequence[dict], max_seq_length: int = 384,
         if truncated is not None and len(question.ids) > max_query_length:
             truncated.append(index)
         q_ids = list(question.ids)[:max_query_length]
-        c_ids, c_offsets = list(context.ids), list(context.offsets)
+        c_ids, c_offsets = list(context.ids), _with_trailing_marks(record["context"],
+                                                                   context.offsets)
         room = max_seq_length - len(q_ids) - 3  # [CLS] q [SEP] window [SEP]
         # Sub-tokens overlapping each gold answer's characters, in the order of the answers.
         coverings = []
@@ -260,6 +264,20 @@ def encode_squad(tokenizer, records: Sequence[dict], max_seq_length: int = 384,
                 out[key].append(value)
     per_token = ("input_ids", "segment_ids", "input_mask", "offsets", "max_context")
     return {k: np.asarray(np.stack(v) if k in per_token else v, np.int32) for k, v in out.items()}
+
+
+def _with_trailing_marks(context: str, offsets) -> list[tuple[int, int]]:
+    """Sub-token character spans, each end moved past the combining marks right after it that
+    no sub-token covers. An uncased (accent-stripping) tokenizer drops the marks of decomposed
+    text (NFD: "e" + U+0301 for "é"), so a word's last sub-token ended before them and an
+    answer "Cafe\u0301" came back as "Cafe": not the context's characters, and no exact match."""
+    spans = [tuple(span) for span in offsets]
+    for t, (start, end) in enumerate(spans):
+        stop = spans[t + 1][0] if t + 1 < len(spans) else len(context)
+        while end < stop and unicodedata.category(context[end]).startswith("M"):
+            end += 1
+        spans[t] = (start, end)
+    return spans
 
 
 def _squad_windows(n_context: int, room: int, doc_stride: int) -> list[range]:
