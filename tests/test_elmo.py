@@ -465,6 +465,16 @@ def test_characters_encoded_for_another_max_chars_are_refused():
         elmo_features.ElmoEncoder(TINY).init(jax.random.PRNGKey(0), chars, mask)
 
 
+def test_tokenize_keeps_combining_marks_in_their_word():
+    # `\w` does not match a combining mark: decomposed "Zu\u0308rich" was "Zu", the mark and
+    # "rich", and Hindi, which writes vowels as marks, fell apart into letters.
+    hindi = "\u0939\u093f\u0928\u094d\u0926\u0940"
+    assert bilm.tokenize(f"Zu\u0308rich's cafe\u0301, {hindi} well-known.") == [
+        "Zu\u0308rich's", "cafe\u0301", ",", hindi, "well-known", "."]
+    assert bilm.tokenize("Don't stop, well-known! 42") == [
+        "Don't", "stop", ",", "well-known", "!", "42"]
+
+
 def test_encode_sentences_refuses_untokenised_strings():
     # A string is a sequence of strings too: each character would silently become a token.
     with pytest.raises(ValueError, match=r"sentence 1 is a string.*tokenise"):

@@ -14,9 +14,12 @@ from __future__ import annotations
 import array
 import collections
 import dataclasses
+import functools
 import json
 import os
 import re
+import sys
+import unicodedata
 
 import jax
 import jax.numpy as jnp
@@ -33,13 +36,31 @@ from tl_jax.tasks import held_out_metrics, normalized, note_undefined
 SPECIALS = ("<pad>", "<unk>", elmo.BOS_TOKEN, elmo.EOS_TOKEN)
 PAD_ID, UNK_ID = elmo.PAD_WORD_ID, 1
 
-# Words (with inner apostrophes/hyphens), numbers, or any single other non-space character.
-_TOKEN_RE = re.compile(r"\w+(?:['\u2019\-]\w+)*|[^\w\s]")
+
+@functools.cache
+def _token_re() -> re.Pattern:
+    """Words (with inner apostrophes/hyphens), numbers, or any single other non-space character.
+
+    A word goes on over combining marks (Unicode category M), which `\\w` does not match: a
+    decomposed "Zu\u0308rich" was three tokens ("Zu", the mark, "rich"), and so was nearly
+    every word of scripts that write vowels as marks (Hindi "hindi" in Devanagari: six)."""
+    marks = [c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c))[0] == "M"]
+    ranges, start = [], marks[0]
+    for previous, c in zip(marks, marks[1:] + [None]):
+        if c != previous + 1:
+            ranges.append(f"{chr(start)}-{chr(previous)}" if previous > start else chr(start))
+            start = c
+    word = rf"\w[\w{''.join(ranges)}]*"
+    return re.compile(rf"{word}(?:['\u2019\-]{word})*|[^\w\s]")
+
+
+# `_token_re` for ASCII text, which has no combining marks: the marks' class slows it down.
+_ASCII_TOKEN_RE = re.compile(r"\w+(?:['\u2019\-]\w+)*|[^\w\s]")
 
 
 def tokenize(text: str) -> list[str]:
     """Cased word/punctuation tokens for the biLM."""
-    return _TOKEN_RE.findall(text)
+    return (_ASCII_TOKEN_RE if text.isascii() else _token_re()).findall(text)
 
 
 def build_vocab(sequences, min_count: int, max_vocab: int) -> list[str]:
