@@ -147,6 +147,20 @@ def test_files_hold_the_chosen_combinations(minilm, all_layers, tmp_path, capsys
     np.testing.assert_array_equal(concat[:, 384:768], stacked[1][5])
 
 
+def test_a_byte_order_mark_and_crlf_are_not_part_of_the_texts(minilm, tmp_path):
+    text_file = tmp_path / "in.txt"
+    text_file.write_bytes(("\ufeff" + TEXTS[0] + "\r\n\r\n" + TEXTS[1] + "\r\n").encode())
+    npz = extract.run(minilm, str(text_file), str(tmp_path / "f.npz"), layers="last",
+                      max_seq_length=16, batch_size=4)
+    data = np.load(npz)
+    assert list(data["texts"]) == TEXTS and list(data["line_index"]) == [0, 2]
+    bom_only = tmp_path / "bom.txt"  # a first line that is nothing but the mark is blank
+    bom_only.write_bytes(("\ufeff\n" + TEXTS[1] + "\n").encode())
+    data = np.load(extract.run(minilm, str(bom_only), str(tmp_path / "g.npz"), layers="last",
+                               max_seq_length=16, batch_size=4))
+    assert list(data["texts"]) == TEXTS[1:] and list(data["line_index"]) == [1]
+
+
 @pytest.mark.parametrize("layers,copied", [("last", [6]), ("second_to_last", [5]),
                                            ("sum_last_four", [3, 4, 5, 6]),
                                            ("concat_last_four", [3, 4, 5, 6]),

@@ -213,7 +213,9 @@ def run(init_from: str, input_path: str, output_path: str, layers: str = "last",
     # cheaper mistake to find, and the one to report alone.
     downstream.check_encoder_source(init_from, "--init_from")
     try:
-        with open(input_path, encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not whitespace to strip,
+        # and was kept at the start of the first text in the output's `texts`.
+        with open(input_path, encoding="utf-8-sig") as f:
             lines = [line.strip() for line in f]
         numbered = [(n, line) for n, line in enumerate(lines) if line]
     except UnicodeDecodeError as e:
