@@ -278,6 +278,17 @@ def test_conll_errors_name_file_and_line(tmp_path):
         readers.read_conll(bad_tag)
     with pytest.raises(readers.DataFormatError, match=r"empty.conll: no sentences"):
         readers.read_conll(_write(tmp_path / "empty.conll", "\n\n"))
+    # Plain text given to the tagger (`tl_jax predict`) was only "tag 'Zurich.' is not BIO".
+    prose = _write(tmp_path / "prose.txt", "Zoe visited Zurich.\nBob ran home.\n")
+    for require_labels in (True, False):
+        with pytest.raises(readers.DataFormatError,
+                           match=r"prose.txt:1: tag 'Zurich.' is not BIO \(O, B-X or I-X\); this "
+                                 r"looks like plain text, .* one token per line"):
+            readers.read_conll(prose, require_labels=require_labels)
+    # CoNLL-2003's four columns with a tag that is not BIO get no such hint.
+    with pytest.raises(readers.DataFormatError, match=r"iobes.conll:1: tag 'S-ORG' is not BIO "
+                                                      r"\(O, B-X or I-X\)$"):
+        readers.read_conll(_write(tmp_path / "iobes.conll", "EU NNP B-NP S-ORG\n"))
 
 
 def test_a_conll_file_that_is_one_long_sentence_lacks_its_blank_lines(tmp_path):

@@ -302,7 +302,12 @@ def _read_conll(path: pathlib.Path, token_column: int, tag_column: int,
                 continue
             tag = columns[tag_column]
             if not _TAG_RE.match(tag):
-                raise DataFormatError(path, line_no, f"tag {tag!r} is not BIO (O, B-X or I-X)")
+                # A first line of words and no tag anywhere: plain text given to the tagger.
+                prose = not sentences and len(tokens) == 1 and n_columns > 2 and not any(
+                    _TAG_RE.match(c) for c in columns)
+                raise DataFormatError(path, line_no, f"tag {tag!r} is not BIO (O, B-X or I-X)" + (
+                    f"; this looks like plain text, several words a line, but tagging files are "
+                    f"{CONLL_LAYOUT} (to predict, the token column alone)" if prose else ""))
             tags.append(tag)
     if tokens:
         sentences.append({"tokens": tokens, "tags": tags if n_columns > 1 else None})
