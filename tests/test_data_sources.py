@@ -286,6 +286,11 @@ def test_files_that_are_not_utf8_name_the_file_and_line(tmp_path):
         f.write(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(SourceError, match=r"latin.jsonl.gz:2: not UTF-8 text"):
         load_documents(str(packed))
+    wide = tmp_path / "wide.txt"  # UTF-16: not "iconv -f cp1252", which gave NULs as text
+    wide.write_text("Caf\u00e9 society.\n", encoding="utf-16")
+    with pytest.raises(SourceError, match=r"wide.txt:1: not UTF-8 text \(it starts with a UTF-16 "
+                                          r"byte-order mark.*`iconv -f utf-16 -t utf-8`\.$"):
+        load_documents(str(wide))
 
 
 def test_byte_order_mark_is_not_text(tmp_path):

@@ -194,6 +194,15 @@ def test_files_that_are_not_utf8_name_the_file_and_line(tmp_path):
         with pytest.raises(readers.DataFormatError,
                            match=rf"{name}:{line}: not UTF-8 text \(byte b'\\xe9'"):
             readers.read_records(str(tmp_path / name), kind)
+    # UTF-16 (Excel's "Unicode Text"): converted from cp1252 as the hint said, every other
+    # character of it became a NUL, which was read as text.
+    for name, kind in (("wide.tsv", "classification"), ("wide.conll", "tagging"),
+                       ("wide.json", "squad")):
+        (tmp_path / name).write_text("text\tlabel\ncaf\u00e9\tb\n", encoding="utf-16")
+        with pytest.raises(readers.DataFormatError,
+                           match=rf"{name}:1: not UTF-8 text \(it starts with a UTF-16 byte-order "
+                                 r"mark.*`iconv -f utf-16 -t utf-8`$"):
+            readers.read_records(str(tmp_path / name), kind)
 
 
 def test_real_food_reviews(data_dir):

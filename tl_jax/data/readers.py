@@ -26,7 +26,7 @@ import zlib
 from typing import Iterable, Iterator
 
 from tl_jax import paths
-from tl_jax.data.sources import NOT_UTF8_HINT, first_non_utf8_line, json_type
+from tl_jax.data.sources import first_non_utf8_line, json_type, not_utf8_hint
 
 PathLike = str | os.PathLike
 
@@ -44,7 +44,7 @@ class DataFormatError(ValueError):
         """The error for a file that does not decode as UTF-8, naming its first bad line."""
         found = first_non_utf8_line(path)
         line, what = found if found else (None, str(error))
-        return cls(path, line, f"not UTF-8 text ({what}); {NOT_UTF8_HINT}")
+        return cls(path, line, f"not UTF-8 text ({what}); {not_utf8_hint(found)}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -236,6 +236,16 @@ def _open_text(path: str, mode: str = "rt"):
 
 
 NOT_UTF8_HINT = "convert the file to UTF-8, e.g. `iconv -f cp1252 -t utf-8`"
+# What `first_non_utf8_line` says of a file that starts with a UTF-16 byte-order mark, and the
+# hint for it: converted from cp1252 as the other hint says, its every other byte became a NUL
+# character, which every reader took as text.
+UTF16 = "it starts with a UTF-16 byte-order mark: UTF-16 text, as Excel's 'Unicode Text' writes"
+UTF16_HINT = "convert the file to UTF-8, e.g. `iconv -f utf-16 -t utf-8`"
+
+
+def not_utf8_hint(found: tuple[int, str] | None) -> str:
+    """The hint for a file `first_non_utf8_line` found to be bad at `found`."""
+    return UTF16_HINT if found and found[1] == UTF16 else NOT_UTF8_HINT
 
 
 def first_non_utf8_line(path) -> tuple[int, str] | None:
@@ -246,6 +256,8 @@ def first_non_utf8_line(path) -> tuple[int, str] | None:
     """
     with _open_text(str(path), "rb") as (f, _):
         for line_number, raw in enumerate(f, start=1):
+            if line_number == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+                return 1, UTF16
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -257,7 +269,7 @@ def non_utf8_message(path, error: UnicodeDecodeError) -> str:
     """`path:line: not UTF-8 text (...)` for a file that failed to decode with `error`."""
     found = first_non_utf8_line(path)
     where, what = (f"{path}:{found[0]}", found[1]) if found else (str(path), str(error))
-    return f"{where}: not UTF-8 text ({what}); {NOT_UTF8_HINT}."
+    return f"{where}: not UTF-8 text ({what}); {not_utf8_hint(found)}."
 
 
 def _read_text(path: str) -> Iterator[tuple[Document, int]]:
