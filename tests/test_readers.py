@@ -544,6 +544,46 @@ def test_read_records_rejects_unknown_specs(tmp_path):
         readers.read_records("silver:names:dev", "squad")
 
 
+class _FakeTfdsBuilder:
+    """A prepared tfds dataset without TensorFlow: `rows[split]` as `as_dataset` gives it."""
+
+    def __init__(self, features, rows):
+        self.info = type("Info", (), {"features": features})()
+        self.rows = rows
+
+    def download_and_prepare(self):
+        pass
+
+    def as_dataset(self, split):
+        return self.rows[split]
+
+
+def _fake_tfds(monkeypatch, builder):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: builder)
+    monkeypatch.setattr(tfds, "as_numpy", lambda dataset: dataset)
+
+
+def test_glue_test_splits_hidden_labels_are_unlabelled(monkeypatch):
+    # GLUE's test splits have label -1: it was read as the class "-1", so `tl_jax predict` on
+    # tfds:glue/sst2:test said to remove a labels column tfds does not let one remove.
+    names = type("ClassLabel", (), {"names": ["negative", "positive"]})()
+    _fake_tfds(monkeypatch, _FakeTfdsBuilder({"label": names}, {
+        "test": [{"sentence": "caf\u00e9".encode(), "label": -1},
+                 {"sentence": b"fine", "label": -1}],
+        "validation": [{"sentence": b"good", "label": 1}]}))
+    assert readers.read_records("tfds:glue/sst2:test", "classification",
+                                require_labels=False) == [
+        {"text": "caf\u00e9", "text_b": None, "label": None},
+        {"text": "fine", "text_b": None, "label": None}]
+    with pytest.raises(ValueError, match=r"tfds:glue/sst2:test: 2 of 2 records have no label "
+                                         r"\(label -1: GLUE's test splits hide their labels\)"):
+        readers.read_records("tfds:glue/sst2:test", "classification")
+    assert readers.read_records("tfds:glue/sst2:validation", "classification")[0]["label"] == \
+        "positive"
+
+
 def test_a_tfds_dataset_that_cannot_be_loaded_is_a_one_line_error(monkeypatch):
     # Offline, or without TensorFlow, tfds raised from deep inside itself with every dataset
     # name it knows (hundreds of lines), and `tl_jax train` printed the traceback.

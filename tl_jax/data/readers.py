@@ -541,7 +541,8 @@ def read_tfds(name: str, split: str, data_dir: str | None = None) -> list[dict]:
     """Loads a tfds dataset (`glue/<task>`, `conll2003`, `squad/v1.1`, `squad/v2.0`) as records.
 
     Records have the same shape as the local readers' output, so tasks need not care where data
-    came from. Label ids become the dataset's label names.
+    came from. Label ids become the dataset's label names; -1, GLUE's hidden test label, is None
+    (unlabelled, as `read_records` with `require_labels=False` takes it).
     """
     import tensorflow_datasets as tfds  # Lazy: importing tfds is slow and most runs use files.
 
@@ -578,8 +579,11 @@ def read_tfds(name: str, split: str, data_dir: str | None = None) -> list[dict]:
         names = info["label"].names if hasattr(info["label"], "names") else None
         for ex in dataset:
             label = int(ex["label"]) if names else float(ex["label"])
+            # -1: GLUE's test splits hide their labels. It was the class "-1" (`tl_jax predict`
+            # refused it as a label the model lacks); None is an unlabelled record.
             records.append({"text": text(ex[first]), "text_b": text(ex[second]) if second else None,
-                            "label": names[label] if names and label >= 0 else str(label)})
+                            "label": names[label] if names and label >= 0 else
+                            None if names else str(label)})
     elif family == "conll2003":
         tag_names = info["ner"].feature.names
         for ex in dataset:
@@ -679,7 +683,14 @@ def read_records(spec: str, kind: str, require_labels: bool = True, **fields) ->
         name, _, split = spec[len("tfds:"):].rpartition(":")
         if not name:
             raise ValueError(f"tfds spec {spec!r} must look like tfds:NAME:SPLIT")
-        return read_tfds(name, split)
+        records = read_tfds(name, split)
+        unlabelled = sum(r.get("label", "") is None for r in records)
+        if unlabelled and require_labels:
+            raise ValueError(f"{spec}: {unlabelled} of {len(records)} records have no label "
+                             "(label -1: GLUE's test splits hide their labels); train and "
+                             "evaluate on the train and validation splits, and give this one to "
+                             "`tl_jax predict`")
+        return records
     if spec.startswith("gensim:"):
         name, _, split = spec[len("gensim:"):].partition(":")
         if name not in GENSIM_SETS or kind != "classification":
