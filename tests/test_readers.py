@@ -542,6 +542,13 @@ def test_read_records_rejects_unknown_specs(tmp_path):
         readers.read_records("silver:cloze_qa:train", "tagging")
     with pytest.raises(ValueError, match="silver:names:dev is tagging data .* reads squad"):
         readers.read_records("silver:names:dev", "squad")
+    # So is a tfds data set: its records lacked the task's fields (KeyError: 'label').
+    with pytest.raises(ValueError, match=r"tfds:squad/v1.1:train is squad data \(glue/\* is "
+                                         r"classification.*this task reads classification"):
+        readers.read_records("tfds:squad/v1.1:train", "classification")
+    with pytest.raises(ValueError, match=r"tfds:glue/sst2:train is classification data .* "
+                                         r"reads tagging"):
+        readers.read_records("tfds:glue/sst2:train", "tagging")
 
 
 class _FakeTfdsBuilder:

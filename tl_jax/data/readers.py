@@ -537,6 +537,10 @@ GLUE_FIELDS = {
 }
 
 
+# The record kind of each tfds family `read_tfds` maps.
+TFDS_KINDS = {"glue": "classification", "conll2003": "tagging", "squad": "squad"}
+
+
 def read_tfds(name: str, split: str, data_dir: str | None = None) -> list[dict]:
     """Loads a tfds dataset (`glue/<task>`, `conll2003`, `squad/v1.1`, `squad/v2.0`) as records.
 
@@ -683,6 +687,10 @@ def read_records(spec: str, kind: str, require_labels: bool = True, **fields) ->
         name, _, split = spec[len("tfds:"):].rpartition(":")
         if not name:
             raise ValueError(f"tfds spec {spec!r} must look like tfds:NAME:SPLIT")
+        tfds_kind = TFDS_KINDS.get(name.split("/")[0], kind)
+        if tfds_kind != kind:  # its records lack this task's fields: a KeyError in the task
+            raise ValueError(f"{spec} is {tfds_kind} data (glue/* is classification, conll2003 "
+                             f"tagging, squad/* squad), but this task reads {kind} data")
         records = read_tfds(name, split)
         unlabelled = sum(r.get("label", "") is None for r in records)
         if unlabelled and require_labels:
