@@ -215,6 +215,12 @@ def test_bad_output_and_empty_input(minilm, tmp_path):
     corpus.write_text('{"text": "a text"}\n')
     with pytest.raises(ValueError, match="corpus.jsonl: extract reads plain text"):
         extract.run(minilm, str(corpus), str(tmp_path / "out.npz"))
+    # A classification CSV/TSV: its header row and label column were encoded as text.
+    for name in ("reviews.csv", "pairs.TSV"):
+        (tmp_path / name).write_text("text,label\ngreat food,1\n")
+        with pytest.raises(ValueError, match=rf"{name}: extract reads plain text, one text per "
+                                             r"line, not CSV/TSV rows"):
+            extract.run(minilm, str(tmp_path / name), str(tmp_path / "out.npz"))
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
     with pytest.raises(ValueError, match="no non-empty lines"):

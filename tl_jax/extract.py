@@ -201,10 +201,13 @@ def run(init_from: str, input_path: str, output_path: str, layers: str = "last",
     # Not the input file, nor a file of init_from's run or model (its labels, config, weights).
     from tl_jax import predict
     predict.check_output(output_path, input_path, init_from, command="extract")
-    if input_path.endswith((".jsonl", ".json")):
-        # Each line would be encoded as it stands, braces, keys and all.
+    if input_path.lower().endswith((".jsonl", ".json", ".csv", ".tsv")):
+        # Each line would be encoded as it stands: braces and keys, or a CSV's header row and
+        # its label column beside the text.
+        what = "JSON" if input_path.lower().endswith((".jsonl", ".json")) else "CSV/TSV rows"
         raise ValueError(f"--input={input_path}: extract reads plain text, one text per line, "
-                         "not JSON; write the texts (e.g. each line's text field) to a .txt file")
+                         f"not {what}; write the texts (e.g. each row's text field) to a .txt "
+                         "file")
     check_sizes(max_seq_length, batch_size)
     parse_layers(layers)  # a typo in the flag before any file is read
     if not os.path.exists(input_path):
