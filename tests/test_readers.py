@@ -380,8 +380,20 @@ def test_squad_errors_name_file_and_line(tmp_path):
     path = _write(tmp_path / "off.json", text)
     line = text[: text.index('"q1"')].count("\n") + 1
     with pytest.raises(readers.DataFormatError,
-                       match=rf"off.json:{line}: question 'q1': answer 'Darcy' not found"):
+                       match=rf"off.json:{line}: question 'q1': answer 'Darcy' not found") as e:
         readers.read_squad(path)
+    assert str(e.value).endswith("(context has 'was M'); the text is at character 11")
+    # Offsets of tools that count otherwise: JavaScript's UTF-16 code units (an emoji is 2),
+    # or UTF-8 bytes. The message said only that the answer was not there.
+    context = "\U0001F600 Caf\u00e9 at Z\u00fcrich."
+    for unit, start in (("UTF-16 code units", 11), ("UTF-8 bytes", 14)):
+        doc = {"data": [{"title": "t", "paragraphs": [{"context": context, "qas": [
+            {"id": "q", "question": "Where?", "answers": [{"text": "Z\u00fcrich",
+                                                           "answer_start": start}]}]}]}]}
+        with pytest.raises(readers.DataFormatError,
+                           match=rf"not found at answer_start {start} .*; answer_start seems to "
+                                 rf"count {unit}.*: in characters it is 10$"):
+            readers.read_squad(_write(tmp_path / "units.json", json.dumps(doc)))
     broken = _write(tmp_path / "broken.json", '{"data": [\n{"title": }\n]}')
     with pytest.raises(readers.DataFormatError,
                        match=r"broken.json:2: invalid JSON \(Expecting value at column 11\)$"):

@@ -466,7 +466,8 @@ def read_squad(path: PathLike, require_labels: bool = True) -> list[dict]:
                                   f"'answer_start' integer >= 0, got {json.dumps(answer)[:80]}")
                     if context[start:start + len(text)] != text:
                         fail(qid, f"question {qid!r}: answer {text!r} not found at answer_start "
-                                  f"{start} (context has {context[start:start + len(text)]!r})")
+                                  f"{start} (context has {context[start:start + len(text)]!r})"
+                                  f"{_answer_start_hint(context, text, start)}")
                     answers.append({"text": text, "answer_start": start})
                 unlabelled = not answers and not impossible
                 if unlabelled and require_labels:
@@ -478,6 +479,21 @@ def read_squad(path: PathLike, require_labels: bool = True) -> list[dict]:
     if not records:
         raise DataFormatError(path, None, "no questions in file")
     return records
+
+
+def _answer_start_hint(context: str, text: str, start: int) -> str:
+    """Where an answer not at its `answer_start` is: counted in UTF-16 code units (JavaScript's
+    string indices, an emoji counting 2) or UTF-8 bytes, or elsewhere in the context."""
+    for unit, encoding in (("UTF-16 code units, as JavaScript counts (a character past U+FFFF, "
+                            "such as an emoji, is 2)", "utf-16-le"), ("UTF-8 bytes", "utf-8")):
+        width = 2 if encoding == "utf-16-le" else 1
+        encoded = context.encode(encoding, "surrogatepass")
+        if start * width <= len(encoded):
+            prefix = encoded[:start * width].decode(encoding, "ignore")
+            if context.startswith(prefix) and context[len(prefix):].startswith(text):
+                return f"; answer_start seems to count {unit}: in characters it is {len(prefix)}"
+    found = [m.start() for m in re.finditer(re.escape(text), context)][:3]
+    return f"; the text is at character {', '.join(map(str, found))}" if found else ""
 
 
 SQUAD_LAYOUT = ('one JSON document {"data": [{"title", "paragraphs": [{"context", "qas": '
