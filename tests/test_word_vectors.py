@@ -18,6 +18,17 @@ def test_tokenize_lowercases_and_keeps_inner_apostrophes():
     assert wv.tokenize("Don\u2019t STOP, well-known 42!") == ["don't", "stop", "well-known", "42"]
 
 
+def test_tokenize_keeps_words_of_any_script_whole():
+    # Only ASCII letters were words: "café" was "caf", "Zürich" the words "z" and "rich".
+    assert wv.tokenize("The Café in Zürich, São Paulo; naïve Müller's") == [
+        "the", "café", "in", "zürich", "são", "paulo", "naïve", "müller's"]
+    # A decomposed accent (e + U+0301) is the same word as the composed one, not a cut.
+    assert wv.tokenize("Cafe\u0301 CAFÉ") == ["café", "café"]
+    # Vowel signs are combining marks: Devanagari "hindi" is one word, as are digits of any kind.
+    assert wv.tokenize("\u0939\u093f\u0928\u094d\u0926\u0940 \u0661\u0662 foo_bar") == [
+        "\u0939\u093f\u0928\u094d\u0926\u0940", "\u0661\u0662", "foo", "bar"]
+
+
 def test_vocab_min_count_order_and_round_trip(tmp_path):
     sents = [["b", "a", "a", "c"], ["a", "b", "d"]]
     vocab = wv.Vocab.build(sents, min_count=2)

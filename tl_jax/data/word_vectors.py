@@ -21,8 +21,11 @@ import array
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import pathlib
 import re
+import sys
+import unicodedata
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -31,12 +34,43 @@ import scipy.sparse
 from tl_jax import paths
 
 # Lowercase words: letters/digits, keeping inner apostrophes and hyphens ("don't", "well-known").
+# This one is for ASCII text; `_unicode_word_re` gives the same for any other.
 _WORD_RE = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*")
 
 
+@functools.cache
+def combining_marks() -> str:
+    """A regex character-class body of every combining mark (Unicode category M), which `\\w`
+    does not match: the accent of a decomposed "e\u0301", and the vowel signs of scripts such as
+    Devanagari. A word that stopped at them was cut in pieces."""
+    marks = [c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c))[0] == "M"]
+    ranges, start = [], marks[0]
+    for previous, c in zip(marks, marks[1:] + [None]):
+        if c != previous + 1:
+            ranges.append(f"{chr(start)}-{chr(previous)}" if previous > start else chr(start))
+            start = c
+    return "".join(ranges)
+
+
+@functools.cache
+def _unicode_word_re() -> re.Pattern:
+    """`_WORD_RE` for any script: a letter or digit of any alphabet, each followed by its
+    combining marks ("café", "zürich", Devanagari "हिन्दी" are one word each)."""
+    piece = rf"(?:[^\W_][{combining_marks()}]*)+"
+    return re.compile(rf"{piece}(?:['\-]{piece})*")
+
+
 def tokenize(text: str) -> list[str]:
-    """The simple lowercase word tokenizer used for static embeddings (punctuation dropped)."""
-    return _WORD_RE.findall(text.lower().replace("\u2019", "'"))
+    """The simple lowercase word tokenizer used for static embeddings (punctuation dropped).
+
+    Words are runs of letters and digits of any script (with their accents: text is put in NFC
+    form first, so a decomposed "cafe\u0301" and "café" are one word), keeping inner apostrophes
+    and hyphens."""
+    text = text.lower().replace("\u2019", "'")
+    if text.isascii():
+        return _WORD_RE.findall(text)
+    # (Only ASCII letters were words: "café" was "caf", "Zürich" the two words "z" and "rich".)
+    return _unicode_word_re().findall(unicodedata.normalize("NFC", text))
 
 
 def _check_tokenised(i: int, sentence) -> None:

@@ -18,8 +18,6 @@ import functools
 import json
 import os
 import re
-import sys
-import unicodedata
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +25,7 @@ import numpy as np
 import optax
 
 from tl_jax import checkpoint, paths, warm_start
-from tl_jax.data import clm as clm_data, tokenized
+from tl_jax.data import clm as clm_data, tokenized, word_vectors
 from tl_jax.data.shuffle import EpochOrder
 from tl_jax.models import elmo
 from tl_jax.progress import phase
@@ -44,13 +42,7 @@ def _token_re() -> re.Pattern:
     A word goes on over combining marks (Unicode category M), which `\\w` does not match: a
     decomposed "Zu\u0308rich" was three tokens ("Zu", the mark, "rich"), and so was nearly
     every word of scripts that write vowels as marks (Hindi "hindi" in Devanagari: six)."""
-    marks = [c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c))[0] == "M"]
-    ranges, start = [], marks[0]
-    for previous, c in zip(marks, marks[1:] + [None]):
-        if c != previous + 1:
-            ranges.append(f"{chr(start)}-{chr(previous)}" if previous > start else chr(start))
-            start = c
-    word = rf"\w[\w{''.join(ranges)}]*"
+    word = rf"\w[\w{word_vectors.combining_marks()}]*"
     return re.compile(rf"{word}(?:['\u2019\-]{word})*|[^\w\s]")
 
 
