@@ -336,6 +336,19 @@ def test_init_from_hf_merges_into_a_nested_tree(tmp_path):
         hf_bert.init_from_hf(other, path)
 
 
+def test_init_from_hf_names_boxed_params_and_how_to_unbox_them(tmp_path):
+    # model.init's params, not unboxed, failed as "'LogicallyPartitioned' object has no
+    # attribute 'shape'".
+    _, path = hf_random_model(tmp_path, SHAPES[0])
+    model = _Classifier(hf_bert.read_hf_config(path))
+    boxed = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 4), jnp.int32))["params"]
+    with pytest.raises(ValueError, match=r"init_from_hf: the params hold boxed leaves \(\w+ at "
+                                         r"bert/.*\), as model.init returns them; unbox them "
+                                         r"first: flax.linen.unbox"):
+        hf_bert.init_from_hf(boxed, path, warn=False)
+    hf_bert.init_from_hf(nn.unbox(boxed), path, warn=False)
+
+
 def test_layers_beyond_the_config_are_an_error_unless_the_model_keeps_fewer(tmp_path):
     # config.json with num_hidden_layers=2 over 3 layers of weights loaded as a 2-layer model:
     # convert listed the third layer as unused and exited 0, init_from said "encoder loaded".

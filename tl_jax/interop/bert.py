@@ -620,6 +620,15 @@ def merge_encoder_params(params, source: dict, report, hf_name: dict, *, where: 
     # arrays no process can read; those the checkpoint replaces come back as numpy, which the
     # trainer then places with the params' shardings.
     target = safetensors_io.flatten_params(params, to_host=False)
+    from flax.core import meta
+
+    boxed = [p for p, v in target.items() if isinstance(v, meta.AxisMetadata)]
+    if boxed:
+        # (It failed as "'LogicallyPartitioned' object has no attribute 'shape'".)
+        kind = type(target[boxed[0]]).__name__
+        raise ValueError(f"init_from_hf: the params hold boxed leaves ({kind} at {boxed[0]}), "
+                         "as model.init returns them; unbox them first: "
+                         "flax.linen.unbox(variables['params'])")
     root = find_bert_root(target)
     parent = root[: -len("bert/")] if root.endswith("bert/") else None
     merged, taken = dict(target), set()
