@@ -38,6 +38,27 @@ def test_notebook_executes(path, tmp_path, data_dir, monkeypatch):
     assert not errors
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_notebooks_default_workdir_is_ignored_by_git(path):
+    """Jupyter runs a notebook in its own folder, so its default WORKDIR (workdirs/...) lands in
+    colab/workdirs/, which .gitignore did not cover (only /workdirs/): hundreds of MB of
+    checkpoints showed as untracked files, for a `git add -A` to commit."""
+    import re
+    import shutil
+    import subprocess
+
+    nb = nbformat.read(path, as_version=4)
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    found = re.findall(r'TL_JAX_NOTEBOOK_WORKDIR", "([^"]+)"', source)
+    if not found:
+        pytest.skip("no default workdir")
+    if not shutil.which("git") or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    checkpoint = f"colab/{found[0]}/checkpoints/1/state"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", checkpoint], cwd=ROOT)
+    assert ignored.returncode == 0, f"{checkpoint} is not ignored by .gitignore"
+
+
 def fake_hub(monkeypatch, data_dir) -> list:
     """No network here: `huggingface_hub.snapshot_download` becomes a stand-in that returns the
     shared copy of MiniLM and records what was asked for."""
