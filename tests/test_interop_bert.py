@@ -349,6 +349,22 @@ def test_init_from_hf_names_boxed_params_and_how_to_unbox_them(tmp_path):
     hf_bert.init_from_hf(nn.unbox(boxed), path, warn=False)
 
 
+def test_a_train_workdirs_config_read_as_a_hf_checkpoint_is_named_as_such(tmp_path):
+    # A fine-tuned workdir given to read_hf_config / init_from_hf / convert.init_from said
+    # "model_type=None, expected 'bert'; this is not a BERT checkpoint" or "has no model_type".
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"task": "classify", "train": {"steps": 2},
+                                                     "model": {"size": "tiny"}}))
+    message = (r"run/config.json is the config of a `tl_jax train` workdir \(task 'classify'\), "
+               r"not of a Hugging Face checkpoint: export the run's weights with `tl_jax convert "
+               r"--input=.*run --output=DIR` and give DIR")
+    for read in (hf_bert.read_hf_config, lambda d: hf_bert.init_from_hf({}, d),
+                 lambda d: convert.init_from({}, d)):
+        with pytest.raises(ValueError, match=message):
+            read(workdir)
+
+
 def test_layers_beyond_the_config_are_an_error_unless_the_model_keeps_fewer(tmp_path):
     # config.json with num_hidden_layers=2 over 3 layers of weights loaded as a 2-layer model:
     # convert listed the third layer as unused and exited 0, init_from said "encoder loaded".

@@ -94,9 +94,21 @@ def check_field_types(fields: dict, source, types: dict) -> None:
             raise ValueError(f"{source}: {name} must be {want}, got {json.dumps(value)}")
 
 
+def check_not_a_workdir(hf: dict, config_file) -> None:
+    """A `tl_jax train` workdir's config.json read as a Hugging Face one is said to be one, with
+    how to read the run's weights ("model_type=None ... not a BERT checkpoint" said neither)."""
+    if "model_type" not in hf and isinstance(hf.get("task"), str) and "train" in hf:
+        workdir = pathlib.Path(config_file).parent
+        raise ValueError(f"{config_file} is the config of a `tl_jax train` workdir (task "
+                         f"{hf['task']!r}), not of a Hugging Face checkpoint: export the run's "
+                         f"weights with `tl_jax convert --input={workdir} --output=DIR` and give "
+                         "DIR")
+
+
 def model_type(directory) -> str:
     """The `model_type` in a HF directory's config.json (clear errors when there is none)."""
     hf, config_file = read_config_json(directory)
+    check_not_a_workdir(hf, config_file)
     if "model_type" not in hf:
         raise ValueError(f"{config_file} has no model_type; known families: {sorted(FAMILIES)}")
     return hf["model_type"]

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tl_jax.interop import LoadReport, check_field_types, read_config_json, safetensors_io
+from tl_jax.interop import (LoadReport, check_field_types, check_not_a_workdir, read_config_json,
+                           safetensors_io)
 from tl_jax.interop.bert_tokenizer import (  # noqa: F401  (re-exported: one import for users)
     load_tl_tokenizer, load_tokenizer, load_tokenizer_for, write_tokenizer)
 from tl_jax.models import bert as bert_model
@@ -55,6 +56,7 @@ def config_from_hf(hf: dict, source: str = "config.json", *, model_type: str = M
     Other BERT-shaped families (ELECTRA) pass their `model_type`, their `name` for the errors,
     and the `BertConfig` fields of their own (`embedding_size`)."""
     article = "an" if name[:1] in "AEIOU" else "a"
+    check_not_a_workdir(hf, source)
     if hf.get("model_type") != model_type:
         raise ValueError(
             f"{source}: model_type={hf.get('model_type')!r}, expected {model_type!r}; this is "
