@@ -111,6 +111,16 @@ def test_notebook_runs_without_its_install_cell(path, tmp_path, data_dir, monkey
     assert [line for line in lines if line.startswith("# !pip install ")]
 
 
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "gpt_austen.ipynb", "finetune.ipynb"])
+def test_a_notebooks_training_cell_shows_its_progress(name, tmp_path, data_dir, monkeypatch):
+    """finetune.ipynb set train.progress=False: its training cell (minutes on a CPU runtime)
+    printed nothing between the data notes and the final line, no bar and no eval line."""
+    monkeypatch.setenv("TL_JAX_NOTEBOOK_WORKDIR", str(tmp_path / "work"))
+    monkeypatch.setenv("TL_JAX_DATA_DIR", str(data_dir))
+    monkeypatch.chdir(tmp_path)
+    assert cells_before_training(name)["config"].train.progress
+
+
 def test_finetune_notebook_builds_its_task_without_the_data_dir(tmp_path, data_dir, monkeypatch):
     """On a fresh Colab (no TL_JAX_DATA_DIR) the notebook fine-tunes MiniLM from the Hugging Face
     Hub on the gensim newsgroups (it trained a model from scratch, to chance accuracy); its
