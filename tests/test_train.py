@@ -627,3 +627,14 @@ def test_a_ctrl_c_stop_of_several_processes_is_named_sigint_not_sigterm(monkeypa
     with pytest.raises(train.Stopped, match=r"^Training stopped at step 2 of 5 \(SIGINT; saved in "
                                             r"w/checkpoints\)"):
         result.check_finished("Training")
+
+
+def test_a_config_spec_given_for_the_loaded_config_is_named(tmp_path):
+    """`train_and_evaluate("configs/gpt_pretrain.py:tiny", workdir)`, as on the command line,
+    failed as "'str' object has no attribute 'task'"; nothing is written."""
+    for spec in ("configs/gpt_pretrain.py:tiny", pathlib.Path("configs/gpt_pretrain.py")):
+        with pytest.raises(TypeError, match=r"train_and_evaluate takes a loaded config, not "
+                                            r"'configs/gpt_pretrain.py.*': load it first with "
+                                            r"tl_jax.config.load_config\(spec, overrides\)"):
+            train.train_and_evaluate(spec, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -800,6 +800,16 @@ def test_an_eval_dir_that_is_the_eval_folder_itself_fails_before_training(tmp_pa
     assert not (tmp_path / "work").exists()
 
 
+def test_a_config_spec_given_for_the_loaded_config_is_named(tmp_path):
+    # static_train.run("configs/word2vec.py", workdir) failed as "'str' object has no
+    # attribute 'method'".
+    with pytest.raises(TypeError, match=r"static_train.run takes a loaded config, not "
+                                        r"'configs/word2vec.py': load it first with "
+                                        r"tl_jax.config.load_config"):
+        static_train.run("configs/word2vec.py", str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists()
+
+
 def test_a_workdir_that_is_a_file_fails_before_training(tmp_path, monkeypatch):
     # The workdir was made only after training: a file there (or an uncreatable folder) raised
     # "File exists" once the vectors were trained, and they were lost.

@@ -616,11 +616,16 @@ def run(config, workdir: str) -> dict:
     WORKDIR/vocab.txt, WORKDIR/static_config.json and WORKDIR/scores.json (with the evaluation
     when `config.eval_dir` holds its files), and prints the scores last. Returns the scores (plus
     words_per_sec for word2vec). A workdir written with another config (`eval_dir` aside) is
-    refused.
+    refused. `config` is a loaded config (`config.load_config("configs/word2vec.py", ...)`).
     """
     import json
 
     from tl_jax import checkpoint, warm_start
+
+    if isinstance(config, (str, os.PathLike)):
+        # (It failed as "'str' object has no attribute 'method'".)
+        raise TypeError(f"static_train.run takes a loaded config, not {str(config)!r}: load it "
+                        "first with tl_jax.config.load_config(spec, overrides)")
     from tl_jax.evaluation import word_vectors as evaluation
 
     adagrad = check_config(config)

@@ -923,7 +923,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     Resumes from the workdir's newest good checkpoint if there is one; a workdir of static word
     vectors or of another task's run is refused first. Returns the summary
     (also written to `WORKDIR/summary.json`) and the final state.
+    `config` is a loaded config (`config.load_config("configs/NAME.py[:arg]", overrides)`).
     """
+    if isinstance(config, (str, os.PathLike)):
+        # (It failed as "'str' object has no attribute 'task'".)
+        raise TypeError(f"train_and_evaluate takes a loaded config, not {str(config)!r}: load "
+                        "it first with tl_jax.config.load_config(spec, overrides)")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         # (os.makedirs below said only "[Errno 17] File exists: 'few.jsonl'".)
         raise ValueError(f"--workdir={workdir} is a file, not a folder: give a folder for the "
