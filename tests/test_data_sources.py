@@ -217,6 +217,15 @@ def test_errors_name_the_file_and_line(tmp_path):
                                           r"data.text_field in a config, --text_field for "
                                           r"`tl_jax tokenize`\) to the right key"):
         load_documents(nofield)
+    # A `tl_jax static` config's field is `text_field` (its corpus key is "corpus"): it was
+    # named as data.text_field.
+    with pytest.raises(SourceError, match=r"nofield.jsonl:2: missing text field 'text' .*set the "
+                                          r"text field \(text_field in the config\) to the"):
+        load_documents(nofield, key="corpus")
+    with pytest.raises(SourceError, match=r"\(data.text_field in a config, --text_field for"):
+        load_documents(nofield, key="data.corpus")
+    with pytest.raises(SourceError, match=r"set the text field \(--text_field\) to the"):
+        load_documents(nofield, key="--corpus")  # `tl_jax tokenize`
     notstr = _jsonl(tmp_path / "notstr.jsonl", [{"text": 3}])
     with pytest.raises(SourceError, match=r"notstr.jsonl:1: text field 'text' is a number \(3\), "
                                           "expected a string"):

@@ -141,11 +141,11 @@ def _iter_part(part: str, text_field: str, group_field: str | None, key: str | N
         paths = [os.path.expanduser(part)]
     for path in paths:  # a missing file raises its error when its documents are asked for
         yield (path, os.path.getsize(path) if os.path.isfile(path) else 0,
-               _file_documents(path, text_field, group_field))
+               _file_documents(path, text_field, group_field, key))
 
 
-def _file_documents(path: str, text_field: str,
-                    group_field: str | None) -> Iterator[tuple[Document, int]]:
+def _file_documents(path: str, text_field: str, group_field: str | None,
+                    key: str | None = None) -> Iterator[tuple[Document, int]]:
     """One plain-text or jsonl file's documents (see the module docstring for the formats) as
     `(document, bytes of the file read so far)`, the file read as they are taken: its errors
     are raised when reached, its lack of text once it has been read."""
@@ -170,7 +170,8 @@ def _file_documents(path: str, text_field: str,
                           "read.")
     any_text = False
     try:
-        for pair in (_read_jsonl(path, text_field, group_field) if base.endswith(".jsonl")
+        for pair in (_read_jsonl(path, text_field, group_field, key)
+                     if base.endswith(".jsonl")
                      else _read_text(path)):
             any_text = True
             yield pair
@@ -286,8 +287,8 @@ def _read_text(path: str) -> Iterator[tuple[Document, int]]:
             yield current, position()
 
 
-def _read_jsonl(path: str, text_field: str,
-                group_field: str | None) -> Iterator[tuple[Document, int]]:
+def _read_jsonl(path: str, text_field: str, group_field: str | None,
+                config_key: str | None = None) -> Iterator[tuple[Document, int]]:
     current: Document = []
     current_key = object()  # Equal to no group value, so the first line starts a document.
     auto = group_field is None
@@ -312,10 +313,16 @@ def _read_jsonl(path: str, text_field: str,
                 detected = f" (the group field, detected on line {line_number}; set " \
                     "data.group_field to group by another key)"
             if text_field not in obj:
+                # The field's config key beside the corpus's: `text_field` of a `tl_jax static`
+                # config (key "corpus") was named as data.text_field.
+                section = (config_key or "data.").rpartition(".")[0]
+                setting = ("data.text_field in a config, --text_field for `tl_jax tokenize`"
+                           if section == "data" else "--text_field"
+                           if config_key.startswith("--") else
+                           f"{section + '.' if section else ''}text_field in the config")
                 raise SourceError(f"{where}: missing text field {text_field!r} "
                                   f"(keys: {sorted(obj)}); set the text field "
-                                  "(data.text_field in a config, --text_field for `tl_jax "
-                                  "tokenize`) to the right key.")
+                                  f"({setting}) to the right key.")
             text = obj[text_field]
             if not isinstance(text, str):
                 raise SourceError(f"{where}: text field {text_field!r} is "
