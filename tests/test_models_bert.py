@@ -313,6 +313,15 @@ def test_validate_inputs_errors():
         bert.validate_inputs(config, ok.astype(np.float32))
 
 
+def test_a_sequence_longer_than_the_position_table_is_an_error_when_traced():
+    # The positions past the table were gathered as NaN: every output NaN, without a word.
+    model = bert.BertModel(small_config())
+    params = init(model)
+    model.apply({"params": params}, jnp.ones((1, 24), jnp.int32))  # the table's length is fine
+    with pytest.raises(ValueError, match="sequence length 25 exceeds max_position_embeddings=24"):
+        model.apply({"params": params}, jnp.ones((1, 25), jnp.int32))
+
+
 def test_sharded_apply_matches_unsharded():
     # (2 data x 4 tensor): heads, mlp and vocab split over "tensor", batch over "data".
     config = small_config(num_heads=4, intermediate_size=64, vocab_size=96)

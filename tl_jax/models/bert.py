@@ -220,6 +220,11 @@ class BertEmbeddings(nn.Module):
 
     def __call__(self, input_ids, segment_ids, deterministic: bool):
         length = input_ids.shape[1]
+        if length > self.config.max_position_embeddings:
+            # Checked when traced (shapes are static): the positions past the table were
+            # gathered as NaN, and every output was NaN without a word.
+            raise ValueError(f"sequence length {length} exceeds max_position_embeddings="
+                             f"{self.config.max_position_embeddings} of the model")
         positions = jnp.arange(length)[None, :]  # (1, L)
         x = (
             self.word_embeddings(input_ids)
