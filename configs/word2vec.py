@@ -40,7 +40,8 @@ def get_config(arg=None):
         # Measured on Austen + Wikipedia (benchmarks/word2vec_vs_gensim.py, 2 idle cores):
         # S = 16 ran at 1.38-1.39x gensim's words/s with WordSim353 0.252 (gensim 0.17-0.19) but
         # analogies 0.047 (gensim 0.056); S = 0 (word2vec.c's K per pair) ran at 0.45x,
-        # 0.228 / 0.064.
+        # 0.228 / 0.064. (Scores with the ASCII-only tokenizer of then; now S = 16 gives
+        # 0.233 / 0.041 with seed 0, 0.233-0.309 / 0.041-0.052 over seeds 0-2.)
         shared_negatives=16,
         sample=1e-3,           # frequent-word subsampling threshold; 0 = off
         learning_rate=0.05 if arg == "cbow" else 0.025,
