@@ -1116,3 +1116,24 @@ def test_fine_tuning_tasks_declare_the_eval_metrics_an_eval_reports(kind, overri
                                         ["mesh.num_devices=1", *overrides])
     reported = train.evaluate(trainer, params, 0)
     assert sorted(reported) == sorted(tasks.eval_metric_names(trainer.config))
+
+
+def test_rerunning_a_finished_run_leaves_its_summary_and_predictions(polarity_classifier_config,
+                                                                     tmp_path, capsys):
+    """A rerun that trains nothing evaluates the restored model and says so, but the run's
+    record stays the run's: summary.json lost its tokens/s and MFU (0: nothing trained), and it
+    and the predictions file took this rerun's eval set (8 rows here) while metrics.jsonl kept
+    the run's."""
+    workdir = tmp_path / "run"
+    steps = ("train.steps=2", "train.eval_every=2")
+    train.train_and_evaluate(polarity_classifier_config("", *steps), str(workdir))
+    summary = (workdir / "summary.json").read_text()
+    predictions = (workdir / "predictions" / "eval_step_2.jsonl").read_text()
+    assert json.loads(summary)["tokens_per_sec"] > 0 and len(predictions.splitlines()) == 16
+    capsys.readouterr()
+    again = train.train_and_evaluate(
+        polarity_classifier_config("", *steps, "data.max_eval_examples=8"), str(workdir))
+    assert "the run's summary.json and predictions are left as they are" in capsys.readouterr().out
+    assert (workdir / "summary.json").read_text() == summary
+    assert (workdir / "predictions" / "eval_step_2.jsonl").read_text() == predictions
+    assert again.summary["step"] == 2 and "eval/accuracy" in again.summary

@@ -530,10 +530,11 @@ def eval_pass(trainer: Trainer, params, limit: int = 0, with_loss: bool = True,
     return results, outputs
 
 
-def evaluate(trainer: Trainer, params, step: int) -> dict[str, float]:
+def evaluate(trainer: Trainer, params, step: int, write: bool = True) -> dict[str, float]:
     """One pass over (at most `train.eval_batches` of) the held-out batches, with a bar under the
     training bar (cleared when done) unless train.progress=False: a whole eval set could take
-    minutes on a CPU with the training bar standing still."""
+    minutes on a CPU with the training bar standing still. `write=False`: the task writes no
+    predictions file (`WORKDIR/predictions/eval_step_N...`)."""
     results, outputs = eval_pass(trainer, params, int(trainer.config.train.eval_batches),
                                  progress=bool(trainer.config.train.get("progress", False)),
                                  desc="eval", leave=False)
@@ -552,7 +553,7 @@ def evaluate(trainer: Trainer, params, step: int) -> dict[str, float]:
             "checkpoint the best.")
     trainer.noted_empty.update(empty)
     if trainer.predict_step is not None and hasattr(trainer.task, "evaluate"):
-        extra = trainer.task.evaluate(outputs, trainer.workdir, step)
+        extra = trainer.task.evaluate(outputs, trainer.workdir if write else None, step)
         metrics.update({f"eval/{k}": float(v) for k, v in extra.items()})
     return metrics
 
@@ -989,7 +990,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     if nothing_to_train and is_main:
         if resumed is not None:
             print(f"[train] {workdir} is already at step {start_step} (train.steps="
-                  f"{total_steps}): nothing to train; evaluating the restored model.", flush=True)
+                  f"{total_steps}): nothing to train; evaluating the restored model (the run's "
+                  "summary.json and predictions are left as they are).", flush=True)
         else:  # train.steps=0 in a new workdir: no checkpoint, nothing restored
             print("[train] train.steps=0: nothing to train; evaluating the initial model ("
                   + (f"init_from={config.init_from}" if config.get("init_from") else
@@ -1121,13 +1123,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
         bar.close()
 
     final_step = int(jax.device_get(state["step"]))
+    # A rerun over a finished run evaluates it without rewriting the run's record: its
+    # summary.json lost the training's tokens/s and MFU (0 for a run that trained nothing), and
+    # its predictions file and summary came from this rerun's eval set while metrics.jsonl
+    # kept the run's. (One is written where the run ended before writing its own.)
+    summary_path = os.path.join(workdir, "summary.json")
+    rerun = nothing_to_train and resumed is not None
     if nothing_to_train and tc.eval_every:
-        last_eval = evaluate(trainer, state["params"], final_step)
+        last_eval = evaluate(trainer, state["params"], final_step, write=not rerun)
     summary = dict(step=final_step, tokens_per_sec=summary_rate * tokens_per_step,
                    mfu=summary_rate * flops_per_step / peak, skipped_steps=skipped_total,
                    **last_eval)
     if is_main:
-        ckpt_lib.save_json(os.path.join(workdir, "summary.json"), summary)
+        if not (rerun and os.path.exists(summary_path)):
+            ckpt_lib.save_json(summary_path, summary)
         print(format_summary(summary, task, total_steps, preemption.stopped_by), flush=True)
     return TrainResult(summary=summary, state=state, trainer=trainer, total_steps=total_steps,
                        workdir=workdir, stopped_by=preemption.stopped_by)

@@ -58,8 +58,8 @@ Optional, for tasks whose evaluation needs decoding (SQuAD spans, BIO entities):
         Gets a list of `(None, outputs)` pairs, one per eval batch: predict_fn's outputs as
         numpy, with every process's rows on every process. The input batch is not gathered
         (the None), so predict_fn returns what decoding needs of it (`row`, ...). Writes
-        predictions files and returns metrics. When present the trainer calls it after each
-        eval pass.
+        predictions files under `workdir` (none when it is None: a rerun over a finished run)
+        and returns metrics. When present the trainer calls it after each eval pass.
 
 Tasks are picked by `config.task`. Adding a task means adding one file here and one line below.
 """

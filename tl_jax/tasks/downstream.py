@@ -681,14 +681,15 @@ def write_jsonl(path: str, rows) -> None:
 class EvalPredictions:
     """`evaluate` for a task whose eval set is decoded (`decode`), scored (`score`) and written
     (`write_predictions`) by the same methods `tl_jax predict` uses. Process 0 writes the
-    predictions to `WORKDIR/predictions/eval_step_N` + `predictions_extension`."""
+    predictions to `WORKDIR/predictions/eval_step_N` + `predictions_extension` (none when
+    `workdir` is None)."""
 
     predictions_extension = ".jsonl"
 
     def evaluate(self, batches_and_outputs, workdir, step):
         predictions = self.decode(batches_and_outputs)
         report = self.score(predictions)
-        if jax.process_index() == 0:
+        if workdir is not None and jax.process_index() == 0:
             self.write_eval_predictions(os.path.join(workdir, "predictions"), step, predictions)
         return report
 
