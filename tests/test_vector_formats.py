@@ -183,6 +183,12 @@ def test_most_similar_never_returns_the_word_itself_and_rejects_negative_topn():
     assert len(result) == 2 and all(np.isfinite(s) for _, s in result)
     with pytest.raises(ValueError, match="topn=-1"):
         vectors.most_similar("the", topn=-1)
+    # The vectors' words are lowercase: a capitalised word names the one that is there.
+    with pytest.raises(KeyError, match=r"'The' is not in the vocabulary; 'the' is \(the "
+                                       r"vectors' words are lowercase\)"):
+        vectors.most_similar("The")
+    with pytest.raises(KeyError, match=r"'zebra' is not in the vocabulary\W*$"):
+        vectors.most_similar("zebra")
 
 
 @pytest.mark.parametrize("content,match", [(b"0 3\n", r"e.bin: no vectors in file"),

@@ -60,7 +60,10 @@ class WordVectors:
     def most_similar(self, word: str, topn: int = 10) -> list[tuple[str, float]]:
         """The `topn` nearest words by cosine similarity, excluding the word itself."""
         if word not in self.index:
-            raise KeyError(f"{word!r} is not in the vocabulary")
+            # tl_jax's static vectors are lowercase: "London" is not a word of theirs, "london" is.
+            raise KeyError(f"{word!r} is not in the vocabulary"
+                           + (f"; {word.lower()!r} is (the vectors' words are lowercase)"
+                              if word.lower() in self.index else ""))
         if topn < 0:
             raise ValueError(f"topn={topn}: must be >= 0")
         unit = self.unit_vectors()
