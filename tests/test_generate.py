@@ -916,6 +916,10 @@ def test_a_string_where_a_list_is_expected_is_refused(tmp_path):
         (dict(prompts=["a"], mode="score", choices=" wife"), "choices=' wife' is a string"),
         (dict(prompts=["a"], mode="score", choices=[" a", " b"], labels="xy"),
          "labels='xy' is a string"),
+        # A float failed after the model loaded: "slice indices must be integers".
+        (dict(prompts=["a"], top_k=5.0), "top_k must be a whole number, got 5.0"),
+        (dict(prompts=["a"], max_new_tokens=3.0), "max_new_tokens must be a whole number"),
+        (dict(prompts=["a"], batch_size=True), "batch_size must be a whole number, got True"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):

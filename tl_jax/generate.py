@@ -20,6 +20,7 @@ Scoring (`score`) returns the log-likelihood of continuations given contexts: GP
 recipe compares these across label words (`classify_zero_shot`).
 """
 import dataclasses
+import numbers
 from typing import Callable, Sequence
 
 import jax
@@ -668,6 +669,13 @@ def run_generate(model_dir: str, mode: str = "complete", prompts: Sequence[str] 
     # -- flags, before anything is loaded -------------------------------------------------------
     if mode not in ("complete", "score"):
         raise ValueError(f"generate: --mode={mode!r}; expected complete or score")
+    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens),
+                        ("top_k", top_k), ("seed", seed)):
+        # (A float from Python failed after the model loaded: "slice indices must be
+        # integers".)
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, numbers.Integral)):
+            raise ValueError(f"generate: {name} must be a whole number, got {value!r}")
     if batch_size < 1:
         raise ValueError(f"generate: --batch_size must be >= 1, got {batch_size}")
     for name, value in (("prompts", prompts), ("choices", choices), ("labels", labels),
