@@ -639,6 +639,19 @@ def test_merge_lora_export_matches_the_lora_model(tmp_path):
     np.testing.assert_allclose(ours["sequence_output"], ref, atol=1e-5)
 
 
+def test_export_of_adapters_names_them_not_merge_lora(tmp_path):
+    # `tl_jax convert` of a configs/transfer_adapters.py workdir told the user to "call
+    # merge_lora()" (a Python function, and one that folds LoRA, not adapters).
+    config = bert.BertConfig(vocab_size=40, hidden_size=16, num_layers=1, num_heads=2,
+                             intermediate_size=20, adapter_size=4)
+    params = nn.unbox(bert.BertModel(config).init(jax.random.PRNGKey(0),
+                                                  jnp.zeros((1, 4), jnp.int32))["params"])
+    with pytest.raises(ValueError, match=r"adapter_size=4.*cannot be folded") as info:
+        hf_bert.export(params, config, tmp_path / "out", with_heads=False)
+    assert "merge_lora" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_load_flat_params_for_name_and_shape_warm_start(tmp_path):
     _, path = hf_random_model(tmp_path, SHAPES[1])
     config, params, _ = hf_bert.load(path)

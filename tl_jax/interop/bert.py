@@ -319,9 +319,18 @@ def params_to_hf_tensors(flat: dict, config: BertConfig, with_heads: bool = True
     with_heads=True gives `BertForPreTraining` names (`bert.` prefix and `cls.*`), False gives
     `BertModel` names. A tl_jax param the HF layout cannot hold (adapters, LoRA) is an error.
     """
-    if config.adapter_size or config.lora_rank:
-        raise ValueError("HF BERT has no adapters or LoRA: call merge_lora() and/or export a "
-                         "config with adapter_size=0 and lora_rank=0")
+    if config.adapter_size:
+        # An adapter is a nonlinear block beside the layer: unlike LoRA it has no kernel to be
+        # folded into, so no BertModel computes what this encoder does.
+        raise ValueError(
+            f"HF BERT has no adapters, and this encoder has bottleneck adapters (adapter_size="
+            f"{config.adapter_size}, as configs/transfer_adapters.py trains): an adapter cannot "
+            "be folded into the kernels as LoRA is, so it has no BertModel export. Use the "
+            "workdir itself: `tl_jax predict`, `tl_jax extract`, or --config.init_from for "
+            "fine-tuning.")
+    if config.lora_rank:
+        raise ValueError("HF BERT has no LoRA: fold it into the kernels first (merge_lora(); "
+                         "`tl_jax convert` and export() do so)")
     if config.factorised:
         raise ValueError(
             f"HF BERT has no factorised embeddings: this model's embeddings are "
