@@ -146,6 +146,21 @@ def test_a_feature_deeper_than_the_encoder_is_refused_before_the_data_is_encoded
         tasks.build_task(config, str(tmp_path / "probe"))
 
 
+def test_a_lora_rank_above_the_hidden_size_is_refused_before_the_data_is_encoded(
+        data_dir, tmp_path, monkeypatch):
+    # transfer.lora_rank=200 on the 128-wide tiny encoder trained without a word.
+    from tl_jax import config as config_lib, tasks
+    from tl_jax.tasks import probe
+
+    monkeypatch.setattr(probe.Task, "encode", lambda *a, **k: pytest.fail("encoded the data"))
+    config = config_lib.load_config("configs/transfer_lora.py:tiny", [
+        "data.max_train_examples=32", "data.max_eval_examples=16", "data.max_seq_length=16",
+        "transfer.lora_rank=200"])
+    with pytest.raises(ValueError, match=r"^transfer.lora_rank=200 is larger than the encoder's "
+                                         r"hidden_size=128: .*set transfer.lora_rank <= 128"):
+        tasks.build_task(config, str(tmp_path / "probe"))
+
+
 def test_feature_cache_is_not_shared_by_encoders_of_different_depth(data_dir, tmp_path):
     # probe.cache_dir serves sweeps; a run keeping fewer layers of init_from must not read the
     # pooled features of a deeper encoder (its "last" would be the other run's last layer).

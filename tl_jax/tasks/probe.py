@@ -107,6 +107,17 @@ class Task(classify.Task):
         self.model_config = self.model_config.replace(
             adapter_size=t.adapter_size or source_adapters, lora_rank=t.lora_rank,
             lora_alpha=t.lora_alpha)
+        width = self.model_config.hidden_size
+        if t.lora_rank > width:
+            # It trained without a word: A @ B, (width x r) @ (r x width), has rank at most
+            # `width` whatever r is, so the extra rank added parameters and no capacity, and
+            # the update's scale lora_alpha / lora_rank shrank with it.
+            raise ValueError(
+                f"transfer.lora_rank={t.lora_rank} is larger than the encoder's hidden_size="
+                f"{width}: LoRA's update A @ B has rank at most {width} whatever the rank, so "
+                "the excess adds parameters but nothing the update can learn (and shrinks its "
+                f"scale lora_alpha / lora_rank); set transfer.lora_rank <= {width} (LoRA's "
+                "paper: 1 to 64).")
         need = probes.layers_needed(p.feature) if p.feature != "none" else 1
         if self.model_config.num_layers < need:
             # The probe found it at its first call, after the data was tokenised (and with a
