@@ -691,6 +691,29 @@ def test_train_settings_are_checked_before_the_first_run(tmp_path, monkeypatch):
                      overrides=["train.steps=0"], dry_run=True)["failed"] == []
 
 
+def test_transfer_settings_are_checked_before_the_first_run(tmp_path, monkeypatch):
+    # A sweep over strategies with one misspelt failed only when that run's turn came, after
+    # the runs before it had trained (and its data had been read).
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained"))
+    ulmfit = str(ROOT / "configs" / "transfer_ulmfit.py") + ":tiny"
+    with pytest.raises(ValueError, match=r"sweep run strategy=chain_thw__seed=0: "
+                                         r"transfer.strategy='chain_thw'; expected one of"):
+        sweep.run(ulmfit, str(tmp_path), grid=["transfer.strategy=none,chain_thw"])
+    with pytest.raises(ValueError, match=r"sweep run schedule=slanted__seed=0: "
+                                         r"transfer.schedule='slanted'"):
+        sweep.run(ulmfit, str(tmp_path), grid=["transfer.schedule=stlr,slanted"])
+    with pytest.raises(ValueError, match=r"sweep run seed=0: .*unknown token 'freeze'"):
+        sweep.run(ulmfit, str(tmp_path), seeds=[0, 1],
+                  overrides=["transfer.rules=(('.*', 'freeze'),)"])
+    with pytest.raises(ValueError, match=r"sweep run warmup_steps=5__seed=0: "
+                                         r"transfer.schedule='stlr' with optimizer.warmup_steps=5"):
+        sweep.run(ulmfit, str(tmp_path), grid=["optimizer.warmup_steps=0,5"])
+    assert not (tmp_path / "runs").exists()
+    # Valid settings pass (the tiny configs' stage plans are the runs' to check).
+    assert sweep.run(ulmfit, str(tmp_path), grid=["transfer.strategy=none,chain_thaw"],
+                     dry_run=True)["failed"] == []
+
+
 def test_a_second_sweep_in_the_same_workdir_is_refused_while_the_first_runs(tmp_path,
                                                                           monkeypatch, capsys):
     # Two sweeps started in one workdir at once trained the same runs twice, into the same

@@ -316,6 +316,26 @@ def _check_train_settings(config) -> None:
                 tc[key] = 1  # any valid value: the task puts one epoch's steps here
     train.check_train_config(tc)
     train.check_best_metric(config)  # left to the run where eval_every is still 0
+    if "transfer" in config:
+        _check_transfer_settings(config)
+
+
+def _check_transfer_settings(config) -> None:
+    """The `transfer.*` values that are wrong whatever the model (the strategy, the schedule,
+    the rules' syntax, `transfer.check_config`), checked for a sweep's every run before the
+    first trains: a swept `transfer.strategy=chain_thw` failed only when its turn came, after
+    the runs before it had trained. What needs the model (a rule matching no parameter, a
+    layer count) is left to the run."""
+    from tl_jax.optim import masks, transfer
+
+    t = config.transfer
+    if t.strategy not in masks.STRATEGIES:
+        raise ValueError(f"transfer.strategy={t.strategy!r}; expected one of "
+                         f"{masks.STRATEGIES}.")
+    if t.schedule not in ("optimizer", "stlr"):
+        raise ValueError(f"transfer.schedule={t.schedule!r}; expected optimizer or stlr.")
+    masks.compile_rules(t.rules)
+    transfer.check_config(t, config.optimizer)
 
 
 def _check_train_metrics(metrics: Sequence[str], runs: list["Run"], configs: dict) -> None:
