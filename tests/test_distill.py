@@ -326,7 +326,7 @@ def test_the_teacher_gets_no_gradient_no_optimizer_state_and_does_not_change(run
     assert any(np.any(g) for g in jax.tree_util.tree_leaves(grads["bert"]))
 
 
-def test_the_finished_workdir_warm_starts_fine_tuning_with_the_student(run, tmp_path):
+def test_the_finished_workdir_warm_starts_fine_tuning_with_the_student(run, tmp_path, capsys):
     workdir = run["workdir"]
     saved, _ = checkpoint.load_params_from_workdir(workdir)
     config = config_lib.load_config(CLASSIFY, [f"init_from={workdir}", "train.progress=False"])
@@ -342,7 +342,13 @@ def test_the_finished_workdir_warm_starts_fine_tuning_with_the_student(run, tmp_
 
     # `tl_jax convert` exports the student (with its MLM head), not the teacher.
     from tl_jax.interop import convert
+    capsys.readouterr()
     out = convert.convert(workdir, tmp_path / "hf", "tl_to_hf")
+    said = capsys.readouterr().out
+    # It said "its task head has no place in ... BertModel ...; `tl_jax predict` uses the
+    # workdir": a distill run has no task head, and predict refuses it.
+    assert "the student of a distill run; its frozen teacher is not exported" in said, said
+    assert "task head" not in said and "predict" not in said, said
     hf_config = json.loads((out / "config.json").read_text())
     assert hf_config["num_hidden_layers"] == 1
     exported = hf_bert.load_flat_params(out)

@@ -436,7 +436,11 @@ def _export_trainer_workdir(src: pathlib.Path, dst: pathlib.Path) -> None:
         return
     hf_bert.export(params, config, dst, with_heads=has_heads, tokenizer=tokenizer)
     left = ""
-    if task and task != "bert_pretrain":
+    if task == "distill":
+        # Not "its task head ... `tl_jax predict` uses the workdir": a distill run has no task
+        # head, and predict refuses it.
+        left = " (the student of a distill run; its frozen teacher is not exported)"
+    elif task and task != "bert_pretrain":
         left = (f" (the encoder of a {task} run: its task head has no place in the Hugging Face "
                 "BertModel layout and is not exported; `tl_jax predict` uses the workdir)")
     print(f"[convert] {src} step {step}: BERT {config.num_layers}x{config.hidden_size}, "
