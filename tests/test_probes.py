@@ -178,6 +178,20 @@ def test_feature_cache_is_not_shared_by_encoders_of_different_depth(data_dir, tm
     assert len(list((tmp_path / "cache").glob("*train*.npy"))) == 2
 
 
+def test_a_damaged_feature_cache_file_is_named_not_a_numpy_traceback(data_dir, tmp_path):
+    from tl_jax import config as config_lib, tasks
+
+    config = config_lib.load_config("configs/transfer_feature.py:tiny", [
+        "data.max_train_examples=32", "data.max_eval_examples=16", "data.max_seq_length=16",
+        f"probe.cache_dir={tmp_path / 'cache'}"])
+    tasks.build_task(config, str(tmp_path / "run1"))
+    (path,) = (tmp_path / "cache").glob("*train*.npy")
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])  # a copy cut short
+    with pytest.raises(ValueError, match=rf"^{path}: the cached train features do not read "
+                                         r"\(.*\); delete it"):
+        tasks.build_task(config, str(tmp_path / "run2"))
+
+
 def test_feature_cache_is_not_shared_by_seeds_with_reinitialised_layers(data_dir, tmp_path):
     # With reinit_top_k the top layers are random per seed: seed 1 used to read seed 0's features.
     from tl_jax import config as config_lib, tasks

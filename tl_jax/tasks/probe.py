@@ -317,7 +317,13 @@ class Task(classify.Task):
         path = self._cache_file(split)
         # Encoding runs collectives over every process: all of them read the file, or none.
         if path and _on_every_process(os.path.exists(path)):
-            out["features"] = np.load(path)
+            try:
+                out["features"] = np.load(path)
+            except (OSError, ValueError, EOFError) as e:
+                # A damaged file (a full disk, a copy cut short) failed with numpy's traceback.
+                raise ValueError(f"{path}: the cached {split} features do not read "
+                                 f"({str(e).splitlines()[0]}); delete it (the next run encodes "
+                                 "them again).") from None
             want = (len(arrays["labels"]), self.model_config.num_layers + 1,
                     self.model_config.hidden_size)
             if out["features"].shape != want:
