@@ -717,6 +717,22 @@ def test_resume_with_changed_transfer_rules_is_refused_keeping_the_checkpoint(da
     assert not os.path.exists(tmp_path / "checkpoints_corrupt")
 
 
+def test_a_resumed_staged_run_says_which_stage_it_continues_in(data_dir, tmp_path, capsys):
+    # The stage table was printed at every start, but a resume did not say where in it it was.
+    from tl_jax import config as config_lib, train
+
+    run = ["train.eval_every=0", "data.num_epochs=0", "transfer.stage_steps=2"]
+    config = config_lib.load_config("configs/transfer_ulmfit.py:tiny",
+                                    TINY_RUN + run + ["train.steps=3"])
+    train.train_and_evaluate(config, str(tmp_path))
+    capsys.readouterr()
+    config = config_lib.load_config("configs/transfer_ulmfit.py:tiny",
+                                    TINY_RUN + run + ["train.steps=4"])
+    train.train_and_evaluate(config, str(tmp_path))
+    assert ("[transfer] Resuming in stage top_2 (from step 2: head layer_1); the next, top_3, "
+            "from step 4.") in capsys.readouterr().out
+
+
 def test_lora_alpha_zero_is_an_error(data_dir, tmp_path):
     # alpha / rank scales LoRA's update: with 0 the run trained only the head, without a word.
     from tl_jax import config as config_lib, tasks

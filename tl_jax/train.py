@@ -772,6 +772,17 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer):
                                      optimizer_count(state["opt_state"], default=step))
     if schedule_note:
         print(schedule_note, flush=True)
+    plan = getattr(trainer.task, "transfer_plan", None)
+    if plan is not None and len(plan.stages) > 1 and jax.process_index() == 0:
+        # Which stage the run continues in (read, as the step does, from the optimizer's count):
+        # the stage table is printed at every start, but not where in it a resume lands.
+        k = plan.stage_for_step(optimizer_count(state["opt_state"], default=step))
+        stage = plan.stages[k]
+        after = (f"; the next, {plan.stages[k + 1].name}, from step "
+                 f"{plan.stages[k + 1].start_step}" if k + 1 < len(plan.stages) else "")
+        print(f"[transfer] Resuming in stage {stage.name} (from step {stage.start_step}: "
+              f"{' '.join(g for g in reversed(plan.groups) if g in stage.groups)}){after}.",
+              flush=True)
     saved_from = (seen.get("saved") or {}).get("init_from") or ""
     if (config.get("init_from") or "") != saved_from and jax.process_index() == 0:
         # The weights come from the checkpoint: a new init_from changes nothing, which the
