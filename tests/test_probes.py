@@ -161,6 +161,19 @@ def test_a_lora_rank_above_the_hidden_size_is_refused_before_the_data_is_encoded
         tasks.build_task(config, str(tmp_path / "probe"))
 
 
+@pytest.mark.parametrize("key, value", [("feature", "layer_3"), ("head", "lstm"),
+                                        ("pooling", "max")])
+def test_a_misspelt_probe_setting_names_its_key_before_the_data_is_read(tmp_path, key, value):
+    # probe.feature=layer_3 failed as "probe feature='layer_3'; ..." at the model's first call,
+    # after the data had been read and tokenised.
+    from tl_jax import config as config_lib, tasks
+
+    config = config_lib.load_config("configs/transfer_feature.py:tiny", [
+        f"data.train_file={tmp_path / 'missing.jsonl'}", f"probe.{key}={value}"])
+    with pytest.raises(ValueError, match=rf"^probe.{key}='{value}'; expected one of "):
+        tasks.build_task(config, str(tmp_path / "probe"))
+
+
 def test_feature_cache_is_not_shared_by_encoders_of_different_depth(data_dir, tmp_path):
     # probe.cache_dir serves sweeps; a run keeping fewer layers of init_from must not read the
     # pooled features of a deeper encoder (its "last" would be the other run's last layer).

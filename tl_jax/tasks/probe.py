@@ -64,9 +64,16 @@ class Task(classify.Task):
 
     def __init__(self, config, workdir):
         transfer.check_config(config.transfer, config.optimizer)  # before reading any data
+        p = config.probe
+        # Before reading any data, naming the key: a misspelt feature failed as "probe
+        # feature='layer_3'; ..." at the model's first call, after the data was tokenised.
+        for key, value, valid in (("feature", p.feature, ("none",) + probes.FEATURES),
+                                  ("head", p.head, probes.HEADS),
+                                  ("pooling", p.pooling, probes.POOLINGS)):
+            if value not in valid:
+                raise ValueError(f"probe.{key}={value!r}; expected one of {valid}")
         self.workdir = workdir  # a resume whose init_from is gone reads its own checkpoint
         super().__init__(config, workdir)  # builds the model (`_build`)
-        p = config.probe
         if p.cache_features and p.feature == "none":
             raise ValueError("probe.cache_features needs a frozen encoder: set probe.feature.")
         self.steps_per_epoch = len(self.train_records) // config.data.batch_size
