@@ -708,6 +708,10 @@ def test_transfer_settings_are_checked_before_the_first_run(tmp_path, monkeypatc
     with pytest.raises(ValueError, match=r"sweep run warmup_steps=5__seed=0: "
                                          r"transfer.schedule='stlr' with optimizer.warmup_steps=5"):
         sweep.run(ulmfit, str(tmp_path), grid=["optimizer.warmup_steps=0,5"])
+    feature = str(ROOT / "configs" / "transfer_feature.py") + ":tiny"
+    with pytest.raises(ValueError, match=r"sweep run feature=layer_3__seed=0: "
+                                         r"probe.feature='layer_3'; expected one of"):
+        sweep.run(feature, str(tmp_path), grid=["probe.feature=last,layer_3"])
     assert not (tmp_path / "runs").exists()
     # Valid settings pass (the tiny configs' stage plans are the runs' to check).
     assert sweep.run(ulmfit, str(tmp_path), grid=["transfer.strategy=none,chain_thaw"],

@@ -318,6 +318,9 @@ def _check_train_settings(config) -> None:
     train.check_best_metric(config)  # left to the run where eval_every is still 0
     if "transfer" in config:
         _check_transfer_settings(config)
+    if "probe" in config:
+        from tl_jax.tasks import probe
+        probe.check_config(config.probe)  # a swept probe.feature=last,layer_3
 
 
 def _check_transfer_settings(config) -> None:

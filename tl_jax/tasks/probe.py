@@ -65,13 +65,7 @@ class Task(classify.Task):
     def __init__(self, config, workdir):
         transfer.check_config(config.transfer, config.optimizer)  # before reading any data
         p = config.probe
-        # Before reading any data, naming the key: a misspelt feature failed as "probe
-        # feature='layer_3'; ..." at the model's first call, after the data was tokenised.
-        for key, value, valid in (("feature", p.feature, ("none",) + probes.FEATURES),
-                                  ("head", p.head, probes.HEADS),
-                                  ("pooling", p.pooling, probes.POOLINGS)):
-            if value not in valid:
-                raise ValueError(f"probe.{key}={value!r}; expected one of {valid}")
+        check_config(p)
         self.workdir = workdir  # a resume whose init_from is gone reads its own checkpoint
         super().__init__(config, workdir)  # builds the model (`_build`)
         if p.cache_features and p.feature == "none":
@@ -574,6 +568,18 @@ def _rows_to_host(mesh):
         return out
 
     return to_host
+
+
+def check_config(p) -> None:
+    """The `probe` settings that are wrong whatever the model and data, naming the key: checked
+    by the task before it reads any data, and by a sweep for every run before the first trains
+    (a misspelt feature failed as "probe feature='layer_3'; ..." at the model's first call,
+    after the data was tokenised)."""
+    for key, value, valid in (("feature", p.feature, ("none",) + probes.FEATURES),
+                              ("head", p.head, probes.HEADS),
+                              ("pooling", p.pooling, probes.POOLINGS)):
+        if value not in valid:
+            raise ValueError(f"probe.{key}={value!r}; expected one of {valid}")
 
 
 def default_config():
