@@ -316,6 +316,18 @@ def test_stages_of_no_or_negative_length_are_an_error(length):
     transfer.build_transfer_optimizer(toy_params(), tc, oc, 12, 5)
 
 
+def test_check_config_names_a_misspelt_strategy_or_schedule():
+    # The tasks call check_config before reading data: these were found only when the plan was
+    # built, after the data was read and tokenised.
+    tc, oc = configs(strategy="chain_thw")
+    with pytest.raises(ValueError, match=r"transfer.strategy='chain_thw'; expected one of"):
+        transfer.check_config(tc, oc)
+    tc, oc = configs(schedule="slanted")
+    with pytest.raises(ValueError, match=r"transfer.schedule='slanted'; expected optimizer or "
+                                         r"stlr"):
+        transfer.check_config(tc, oc)
+
+
 def test_a_misspelt_transfer_or_optimizer_setting_is_an_error():
     # default_config() is not locked: `tc.update(stage_step=2)` added a key beside stage_steps,
     # and the plan ran with stages of one epoch, without a word.

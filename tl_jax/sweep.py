@@ -331,14 +331,8 @@ def _check_transfer_settings(config) -> None:
     layer count) is left to the run."""
     from tl_jax.optim import masks, transfer
 
-    t = config.transfer
-    if t.strategy not in masks.STRATEGIES:
-        raise ValueError(f"transfer.strategy={t.strategy!r}; expected one of "
-                         f"{masks.STRATEGIES}.")
-    if t.schedule not in ("optimizer", "stlr"):
-        raise ValueError(f"transfer.schedule={t.schedule!r}; expected optimizer or stlr.")
-    masks.compile_rules(t.rules)
-    transfer.check_config(t, config.optimizer)
+    masks.compile_rules(config.transfer.rules)
+    transfer.check_config(config.transfer, config.optimizer)
 
 
 def _check_train_metrics(metrics: Sequence[str], runs: list["Run"], configs: dict) -> None:

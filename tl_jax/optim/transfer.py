@@ -148,6 +148,13 @@ def check_config(transfer_cfg: ml_collections.ConfigDict,
             raise ValueError(f"{section}.{unknown[0]} is not a setting of the {section} section"
                              + (f"; did you mean {section}.{close[0]}?" if close else "")
                              + f" (the settings: {', '.join(sorted(known.keys()))})")
+    # (Found when the plan was built, after the data was read and tokenised.)
+    if transfer_cfg.strategy not in STRATEGIES:
+        raise ValueError(f"transfer.strategy={transfer_cfg.strategy!r}; expected one of "
+                         f"{STRATEGIES}.")
+    if transfer_cfg.schedule not in ("optimizer", "stlr"):
+        raise ValueError(f"transfer.schedule={transfer_cfg.schedule!r}; expected optimizer or "
+                         "stlr.")
     if transfer_cfg.schedule == "stlr" and optimizer_cfg.warmup_steps:
         # STLR replaces the optimizer's schedule, warm-up included: the steps would do nothing.
         raise ValueError(
