@@ -1,5 +1,6 @@
 """Transfer strategies: rule coverage, freezing, optimizer-state size, discriminative LR, stages,
 resume mid-schedule, adapters/LoRA on the real BERT, re-initialising the top layers."""
+import os
 import re
 
 import flax.linen as nn
@@ -743,6 +744,30 @@ def test_a_resumed_staged_run_says_which_stage_it_continues_in(data_dir, tmp_pat
     train.train_and_evaluate(config, str(tmp_path))
     assert ("[transfer] Resuming in stage top_2 (from step 2: head layer_1); the next, top_3, "
             "from step 4.") in capsys.readouterr().out
+
+
+def test_a_resume_that_would_land_in_another_stage_is_refused(data_dir, tmp_path):
+    # Stages of one epoch: 4 steps at batch 16 (64 examples). At batch 8 an epoch is 8 steps,
+    # so step 5, in stage top_2, fell back into the head's stage: layer_1 froze again, without a
+    # word. A change that leaves step 5 in its stage (48 examples: top_2 from 3 to 6) resumes.
+    from tl_jax import checkpoint as ckpt_lib, config as config_lib, train
+
+    run = TINY_RUN + ["train.eval_every=0", "data.num_epochs=0", "transfer.stage_steps=0",
+                      "transfer.stage_epochs=1.0", "train.checkpoint_every=5"]
+    train.train_and_evaluate(config_lib.load_config(
+        "configs/transfer_ulmfit.py:tiny", run + ["train.steps=5"]), str(tmp_path))
+    config = config_lib.load_config("configs/transfer_ulmfit.py:tiny",
+                                    run + ["train.steps=6", "data.batch_size=8"])
+    with pytest.raises(ckpt_lib.CheckpointError,
+                       match=r"transfer stages: checkpoint has top_1 from step 0, top_2 from step "
+                             r"4, .*; config has top_1 from step 0, top_2 from step 8, .*, so "
+                             r"step 5 would be in another stage"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert os.listdir(tmp_path / "checkpoints") == ["5"]
+    resumed = train.train_and_evaluate(config_lib.load_config(
+        "configs/transfer_ulmfit.py:tiny", run + ["train.steps=6",
+                                                  "data.max_train_examples=48"]), str(tmp_path))
+    assert resumed.summary["step"] == 6
 
 
 def test_lora_alpha_zero_is_an_error(data_dir, tmp_path):

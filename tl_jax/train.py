@@ -711,6 +711,14 @@ def _finish_save_on_error(checkpointer: ckpt_lib.Checkpointer):
         raise
 
 
+def _stage_starts(task) -> list[list] | None:
+    """`[[stage name, start step], ...]` of a task's transfer plan of several stages, else None."""
+    plan = getattr(task, "transfer_plan", None)
+    if plan is None or len(plan.stages) < 2:
+        return None
+    return [[stage.name, int(stage.start_step)] for stage in plan.stages]
+
+
 def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer):
     """Continues from the newest good checkpoint in the workdir, or initialises fresh."""
     config = trainer.config
@@ -751,6 +759,22 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer):
                 task_diffs.append(f"{key}: checkpoint has {before.get(name)!r}, config has "
                                   f"{now.get(name)!r}")
         diffs += task_diffs
+        # Stages measured in epochs (transfer.stage_steps=0) start elsewhere once the batch
+        # size or the number of examples changes: a resume that landed in another stage froze
+        # again the layers that had started training (or thawed some early), without a word.
+        # The stage the checkpoint's step is in must stay the one it was; later ones may move.
+        saved_stages, stages = saved_config.get("resolved_stages"), _stage_starts(trainer.task)
+        if saved_stages is not None and stages is not None:
+            def stage_at(starts):
+                return [name for name, start in starts if start <= step][-1:]
+
+            if stage_at(saved_stages) != stage_at(stages):
+                def show(starts):
+                    return ", ".join(f"{name} from step {start}" for name, start in starts)
+                diffs.append(f"transfer stages: checkpoint has {show(saved_stages)}; config has "
+                             f"{show(stages)}, so step {step} would be in another stage (stages "
+                             "measured in epochs move with the batch size and the number of "
+                             "examples; transfer.stage_steps fixes their length)")
         seen["saved"] = saved_config
         if diffs:
             what = "model" if all(d.startswith(("model.", "resolved_model.")) for d in diffs) \
@@ -993,6 +1017,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     if dataclasses.is_dataclass(getattr(task, "model_config", None)):
         # The shape actually built (vocab size from the tokenizer, etc.), checked on resume.
         config_dict["resolved_model"] = dataclasses.asdict(task.model_config)
+    if _stage_starts(task) is not None:
+        config_dict["resolved_stages"] = _stage_starts(task)  # checked on resume
 
     nothing_to_train = start_step >= total_steps
     warmup_note = optimizers.warmup_note(config.optimizer, total_steps)
