@@ -317,6 +317,20 @@ def test_stages_of_no_or_negative_length_are_an_error(length):
     transfer.build_transfer_optimizer(toy_params(), tc, oc, 12, 5)
 
 
+def test_a_lora_or_adapters_rule_with_its_size_at_0_says_why_it_matches_nothing():
+    # transfer_lora.py with transfer.lora_rank=0 said only that its rule matches no parameter.
+    tc, oc = configs(rules=((r".*/lora_[ab]", "train"), (".*", "frozen")), lora_rank=0)
+    with pytest.raises(ValueError, match=r"match no parameter .*\(transfer.lora_rank=0 builds "
+                                         r"no LoRA: give it a size above 0"):
+        transfer.build_transfer_optimizer(toy_params(), tc, oc, 12, 5)
+    tc, oc = configs(rules=((r".*_adapter/.*", "train"), (".*", "frozen")))
+    with pytest.raises(ValueError, match=r"\(transfer.adapter_size=0 builds no adapters"):
+        transfer.build_transfer_optimizer(toy_params(), tc, oc, 12, 5)
+    tc, oc = configs(rules=((r".*/layer_9/.*", "train"), (".*", "frozen")))
+    with pytest.raises(ValueError, match=r"fix or remove them\.$"):  # a typo: no such note
+        transfer.build_transfer_optimizer(toy_params(), tc, oc, 12, 5)
+
+
 def test_check_config_names_a_misspelt_strategy_or_schedule():
     # The tasks call check_config before reading data: these were found only when the plan was
     # built, after the data was read and tokenised.

@@ -223,7 +223,18 @@ class TransferPlan:
         self.paths = list(flat)
         self.sizes = {p: num_elements(x) for p, x in flat.items()}
         self.rules = compile_rules(cfg.rules)
-        rule_of = match_rules(self.paths, cfg.rules)
+        try:
+            rule_of = match_rules(self.paths, cfg.rules)
+        except ValueError as e:
+            # A LoRA or adapters config run with its size at 0 builds none of the parameters
+            # its rules name: the rule was said to match nothing, without the reason.
+            off = [f"transfer.{key}=0 builds no {what}" for key, what, part in (
+                ("lora_rank", "LoRA", "lora_"), ("adapter_size", "adapters", "adapter"))
+                if not cfg[key] and part in str(e) and not any(part in p for p in self.paths)]
+            if off and "match no parameter" in str(e):
+                raise ValueError(f"{e} ({'; '.join(off)}: give it a size above 0, or use "
+                                 "another config)") from None
+            raise
         group_of, self.groups = layer_groups(self.paths, cfg.layer_pattern, cfg.embeddings_pattern)
         self.num_layers = sum(g.startswith("layer_") for g in self.groups)
         decay = cfg.discriminative_decay
