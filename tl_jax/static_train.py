@@ -621,12 +621,12 @@ def run(config, workdir: str) -> dict:
     import json
 
     from tl_jax import checkpoint, warm_start
+    from tl_jax.evaluation import word_vectors as evaluation
 
     if isinstance(config, (str, os.PathLike)):
         # (It failed as "'str' object has no attribute 'method'".)
         raise TypeError(f"static_train.run takes a loaded config, not {str(config)!r}: load it "
                         "first with tl_jax.config.load_config(spec, overrides)")
-    from tl_jax.evaluation import word_vectors as evaluation
 
     adagrad = check_config(config)
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
