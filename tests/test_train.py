@@ -432,6 +432,22 @@ def test_zero_steps_in_a_new_workdir_evaluates_the_initial_model_and_says_so(
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
 
 
+def test_an_mfu_above_100_percent_says_peak_flops_is_too_low_once(tiny_bert_overrides, tmp_path,
+                                                                  capsys):
+    # The configs' peak_flops is a CPU estimate: a faster CPU printed "MFU 132.6%", unexplained.
+    outs = {}
+    for peak in ("1.0", "1e30"):
+        config = config_lib.load_config(BERT + ":tiny", tiny_bert_overrides + [
+            "train.steps=4", "train.log_every=1", "train.eval_every=0",
+            f"train.peak_flops={peak}"])
+        train.train_and_evaluate(config, str(tmp_path / peak))
+        outs[peak] = capsys.readouterr().out
+    assert outs["1.0"].count("[train] Note: MFU ") == 1, outs["1.0"]
+    assert ("% is above 100%: train.peak_flops=1 FLOP/s per device is below what this device "
+            "does; set it to the device's peak for a meaningful MFU") in outs["1.0"]
+    assert "[train] Note: MFU" not in outs["1e30"]
+
+
 def test_throughput_leaves_out_checkpoint_saves(tiny_bert_overrides, tmp_path, monkeypatch):
     """tokens/s and MFU time the training steps: like an eval, a checkpoint save (here one that
     takes 2 s) between two logging windows is not counted in the next one."""

@@ -1047,6 +1047,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     window_start, window_steps, timed_steps, timed_seconds = None, 0, 0, 0.0
     skipped_total = 0
     summary_rate = 0.0
+    mfu_noted = False
 
     def save(step, metrics=None):
         checkpointer.save(step, state, train_iter.get_state(), config_dict, metrics=metrics)
@@ -1057,7 +1058,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     def flush(step):
         """Logs the pending steps' metrics; stops on a non-finite value unless skipping."""
         nonlocal pending, window_start, window_steps, timed_steps, timed_seconds, summary_rate
-        nonlocal skipped_total
+        nonlocal skipped_total, mfu_noted
         if not pending:
             return
         if tc.on_nonfinite == "stop":
@@ -1083,6 +1084,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
             scalars["tokens_per_sec"] = rate * tokens_per_step
             scalars["mfu"] = rate * flops_per_step / peak
             summary_rate = timed_steps / timed_seconds
+            if scalars["mfu"] > 1 and not mfu_noted and is_main:
+                # The configs' 200 GFLOP/s per device is a CPU estimate: a faster device
+                # printed "MFU 132.6%" without a word on why.
+                mfu_noted = True
+                progress_write(
+                    f"[train] Note: MFU {100 * scalars['mfu']:.0f}% is above 100%: "
+                    f"train.peak_flops={float(tc.peak_flops):.3g} FLOP/s per device is below "
+                    "what this device does; set it to the device's peak for a meaningful MFU "
+                    "(benchmarks/bert_pretrain_vs_hf.py prints the measured matmul peak).")
         scalars["skipped_steps"] = skipped_total
         writer.write(step, scalars)
         if bar is not None:
