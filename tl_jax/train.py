@@ -1017,8 +1017,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> "Trai
     if dataclasses.is_dataclass(getattr(task, "model_config", None)):
         # The shape actually built (vocab size from the tokenizer, etc.), checked on resume.
         config_dict["resolved_model"] = dataclasses.asdict(task.model_config)
-    if _stage_starts(task) is not None:
-        config_dict["resolved_stages"] = _stage_starts(task)  # checked on resume
+    stage_starts = _stage_starts(task)
+    if stage_starts is not None:
+        config_dict["resolved_stages"] = stage_starts  # checked on resume
 
     nothing_to_train = start_step >= total_steps
     warmup_note = optimizers.warmup_note(config.optimizer, total_steps)
