@@ -68,7 +68,8 @@ def tokenize(text: str) -> list[str]:
 
     Words are runs of letters and digits of any script (with their accents: text is put in NFC
     form first, so a decomposed "cafe\u0301" and "café" are one word), keeping inner apostrophes
-    and hyphens."""
+    and hyphens. Text written without spaces (Chinese, Japanese) needs segmenting first: a run of
+    its characters is one word."""
     text = text.lower().replace("\u2019", "'")
     if text.isascii():
         return _WORD_RE.findall(text)
